@@ -1,0 +1,3 @@
+from medseg_bench.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Data layer: task catalog, fetch, validation, preprocessing cache, splits and data loading."""

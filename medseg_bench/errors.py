@@ -1,0 +1,52 @@
+"""One exception hierarchy for every domain error; the CLI maps each to a one-line message and exit code.
+
+Exit codes (documented in the README):
+    1  unexpected internal error (a bug: please report it)
+    2  usage error: unknown name, bad option value, bad spec file
+    3  data error: missing/corrupt/inconsistent input files
+    4  fetch error: download failed, checksum mismatch, unsafe archive
+    5  run error: one or more runs of a sweep failed
+    6  results error: results dir unwritable, or no results to report
+"""
+
+from __future__ import annotations
+
+
+class MedsegError(Exception):
+    """Base of all errors that the CLI reports as one line with an exit code."""
+
+    exit_code = 1
+
+
+class UsageError(MedsegError):
+    """Bad option value or spec: the user can fix the command line."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """A registry lookup failed (unknown arch, loss, aug, metric or task)."""
+
+
+class DataError(MedsegError):
+    """Input data is missing, corrupt, or inconsistent."""
+
+    exit_code = 3
+
+
+class FetchError(MedsegError):
+    """Getting a dataset failed: network, checksum, or unsafe archive."""
+
+    exit_code = 4
+
+
+class RunError(MedsegError):
+    """A training/evaluation run failed."""
+
+    exit_code = 5
+
+
+class ResultsError(MedsegError):
+    """The results store cannot be written or holds nothing to report."""
+
+    exit_code = 6

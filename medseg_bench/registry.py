@@ -1,0 +1,71 @@
+"""One generic registry for architectures, losses, augmentations, metrics and tasks.
+
+Example:
+    >>> LOSSES = Registry[Callable]("loss")
+    >>> @LOSSES.register("dice")
+    ... def dice(num_classes: int): ...
+    >>> LOSSES.get("dise")  # raises UnknownNameError: unknown loss 'dise'; did you mean 'dice'?
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from medseg_bench.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> object mapping with aliases and did-you-mean errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, name: str, obj: T, aliases: tuple[str, ...] = ()) -> T:
+        """Register `obj` under `name` (and `aliases`); a duplicate name is a programming error."""
+        for key in (name, *aliases):
+            if key in self._items or key in self._aliases:
+                raise ValueError(f"{self.kind} '{key}' registered twice")
+        self._items[name] = obj
+        for alias in aliases:
+            self._aliases[alias] = name
+        return obj
+
+    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+        """Decorator form of `add`."""
+
+        def deco(obj: T) -> T:
+            return self.add(name, obj, aliases)
+
+        return deco
+
+    def canonical(self, name: str) -> str:
+        """The registered name for `name` or one of its aliases; raises UnknownNameError."""
+        if name in self._items:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        choices = [*self._items, *self._aliases]
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(sorted(self._items))}"
+        raise UnknownNameError(f"unknown {self.kind} '{name}'{hint}")
+
+    def get(self, name: str) -> T:
+        return self._items[self.canonical(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items or name in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
+
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(a for a, target in self._aliases.items() if target == name)
