@@ -1,0 +1,296 @@
+"""Score label maps: one case in memory (`evaluate_case`), or folders of NIfTI files in parallel.
+
+One pass finds every label's bounding box (scipy.ndimage.find_objects); each label is then scored on the
+union of its prediction and reference boxes only, and all distance metrics come from one set of distances.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from medseg_bench.errors import DataError, UsageError
+from medseg_bench.metrics.info import METRIC_NAMES, MetricSettings
+from medseg_bench.metrics.overlap import overlap_from_counts
+from medseg_bench.metrics.surface import distance_metrics, set_distance_threads, surface_distances_in_box
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from medseg_bench.data.io import Geometry
+
+DEFAULT_SETTINGS = MetricSettings()
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+Box = tuple[slice, ...]
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    labels: Sequence[int],
+    settings: MetricSettings = DEFAULT_SETTINGS,
+    regions: Mapping[str, Sequence[int]] | None = None,
+) -> list[dict[str, object]]:
+    """Every metric for each label (then each region, a union of labels) of one prediction/reference pair.
+
+    `pred` and `ref` are integer label maps of the same 2D or 3D shape; `spacing_mm` is in the same axis order
+    as the arrays. Returns one dict per label then per region, with keys `label` (the label value or region
+    name), the metric names of `METRICS` (distances in mm), `ref_empty` and `pred_empty`.
+
+    Example:
+        >>> rows = evaluate_case(pred, ref, spacing_mm=(2.5, 0.8, 0.8), labels=[1, 2])
+        >>> rows[0]["hd95"]
+    """
+    pred, ref, spacing = _validated(pred, ref, spacing_mm)
+    targets: list[tuple[int | str, tuple[int, ...]]] = [(int(label), (int(label),)) for label in labels]
+    targets += [(str(name), tuple(int(v) for v in values)) for name, values in (regions or {}).items()]
+    for _, values in targets:
+        if not values or min(values) < 1:
+            raise UsageError(f"labels to evaluate must be >= 1 (0 is background), got {list(values)}")
+    max_label = max((max(values) for _, values in targets), default=0)
+    pred_boxes = _label_boxes(pred, max_label)
+    ref_boxes = _label_boxes(ref, max_label)
+    diagonal_mm = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True)))
+    return [
+        {"label": key, **_score(pred, ref, spacing, values, pred_boxes, ref_boxes, settings, diagonal_mm)}
+        for key, values in targets
+    ]
+
+
+def evaluate_folders(
+    pred_dir: Path,
+    ref_dir: Path,
+    labels: Sequence[int] | None = None,
+    settings: MetricSettings = DEFAULT_SETTINGS,
+    workers: int = 1,
+    regions: Mapping[str, Sequence[int]] | None = None,
+) -> pd.DataFrame:
+    """Score every NIfTI prediction in `pred_dir` against the reference of the same name in `ref_dir`.
+
+    Returns one row per case and label (column `case` first, then `label`, the metrics, `ref_empty`,
+    `pred_empty`), sorted by case. `labels=None` scores every nonzero label found in any reference. Cases run
+    in `workers` processes (1 = inline). Raises DataError for a missing reference or a prediction whose
+    geometry (size, spacing, origin, direction) differs from its reference's.
+    """
+    import pandas as pd
+
+    pairs = _file_pairs(Path(pred_dir), Path(ref_dir))
+    wanted = None if labels is None else tuple(int(label) for label in labels)
+    jobs = [(case, pred, ref, wanted, settings, dict(regions or {})) for case, pred, ref in pairs]
+    if workers <= 1 or len(jobs) == 1:
+        results = [_evaluate_file_pair(*job) for job in jobs]
+    else:
+        context = get_context("spawn")  # safe with threads (torch, edt) in the parent
+        processes = min(workers, len(jobs))
+        with ProcessPoolExecutor(processes, context, initializer=set_distance_threads, initargs=(1,)) as pool:
+            results = list(pool.map(_evaluate_file_pair, *zip(*jobs, strict=True)))
+    rows = [row for case_rows, _ in results for row in case_rows]
+    if wanted is None:  # keep labels some reference has; add the (both-empty) rows of cases lacking them
+        found = sorted({label for _, ref_labels in results for label in ref_labels})
+        rows = _complete_rows(rows, [case for case, _, _ in pairs], found, list(regions or {}))
+    columns = ["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summarize_cases(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric per label over the cases where it is defined (NaN skipped), with counts.
+
+    `n_cases` counts all cases; `n_both_empty` counts the cases left out because both masks were empty.
+    """
+    import pandas as pd
+
+    means = []
+    for label, group in frame.groupby("label", sort=False):
+        both_empty = group["ref_empty"] & group["pred_empty"]
+        row: dict[str, object] = {"label": label}
+        row.update({name: float(group[name].mean(skipna=True)) for name in METRIC_NAMES})
+        row.update(n_cases=len(group), n_both_empty=int(both_empty.sum()))
+        means.append(row)
+    return pd.DataFrame(means, columns=["label", *METRIC_NAMES, "n_cases", "n_both_empty"])
+
+
+# --- internals -------------------------------------------------------------------------------------------
+
+
+def _validated(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]):
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    for name, array in (("prediction", pred), ("reference", ref)):
+        if array.dtype == bool:
+            continue
+        if not np.issubdtype(array.dtype, np.integer):
+            raise DataError(f"{name} label map has dtype {array.dtype}; expected integer labels")
+    if pred.shape != ref.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if pred.ndim not in (2, 3):
+        raise DataError(f"label maps must be 2D or 3D, got shape {pred.shape}")
+    spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != pred.ndim or not all(s > 0 and math.isfinite(s) for s in spacing):
+        raise DataError(f"spacing {spacing} does not fit {pred.ndim}D label maps of shape {pred.shape}")
+    return pred, ref, spacing
+
+
+def _label_boxes(labels: np.ndarray, max_label: int) -> list[Box | None]:
+    """Bounding box of every label 1..max_label (None where the label is absent).
+
+    find_objects is one pass but slow per voxel (~1.7 ns), so it runs only on the box of all nonzero voxels,
+    which `any` projections find ~30x faster; in a CT volume that box is usually a small part of the image.
+    """
+    if max_label < 1:
+        return []
+    outer = _nonzero_box(labels)
+    if outer is None:
+        return [None] * max_label
+    inner = labels[outer].view(np.uint8) if labels.dtype == bool else labels[outer]
+    return [
+        None if box is None else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer))
+        for box in ndimage.find_objects(inner, max_label=max_label)
+    ]
+
+
+def _nonzero_box(labels: np.ndarray) -> Box | None:
+    box = [slice(0, n) for n in labels.shape]
+    for axis in range(labels.ndim):  # each projection runs on the block cropped by the previous ones
+        others = tuple(a for a in range(labels.ndim) if a != axis)
+        hits = np.flatnonzero(labels[tuple(box)].any(axis=others))
+        if hits.size == 0:
+            return None
+        box[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
+    return tuple(box)
+
+
+def present_labels(labels: np.ndarray) -> list[int]:
+    """The nonzero label values present in an integer label map."""
+    outer = _nonzero_box(labels)
+    if outer is None:
+        return []
+    block = labels[outer]
+    return [int(v) for v in np.unique(block) if v > 0]
+
+
+def _union(boxes: Sequence[Box | None]) -> Box | None:
+    present = [box for box in boxes if box is not None]
+    if not present:
+        return None
+    return tuple(
+        slice(min(box[axis].start for box in present), max(box[axis].stop for box in present))
+        for axis in range(len(present[0]))
+    )
+
+
+def _score(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: tuple[float, ...],
+    values: tuple[int, ...],
+    pred_boxes: list[Box | None],
+    ref_boxes: list[Box | None],
+    settings: MetricSettings,
+    diagonal_mm: float,
+) -> dict[str, object]:
+    pred_box = _union([pred_boxes[v - 1] for v in values])
+    ref_box = _union([ref_boxes[v - 1] for v in values])
+    flags = {"ref_empty": ref_box is None, "pred_empty": pred_box is None}
+    box = _union([pred_box, ref_box])
+    if box is None:
+        return {**dict.fromkeys(METRIC_NAMES, math.nan), **flags}
+    pred_mask = _mask(pred[box], values)
+    ref_mask = _mask(ref[box], values)
+    tp = int(np.count_nonzero(pred_mask & ref_mask))
+    scores: dict[str, object] = overlap_from_counts(
+        tp, int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask)), settings.empty_policy
+    )
+    if pred_box is None or ref_box is None:
+        worst = diagonal_mm if settings.empty_policy == "penalize" else math.nan
+        scores.update(hd=worst, hd95=worst, assd=worst, nsd=0.0)
+    else:
+        distances = surface_distances_in_box(pred_mask, ref_mask, spacing, settings.surface)
+        scores.update(distance_metrics(distances, settings.nsd_tolerance_mm))
+    return {**{name: float(scores[name]) for name in METRIC_NAMES}, **flags}  # type: ignore[arg-type]
+
+
+def _mask(crop: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    return crop == values[0] if len(values) == 1 else np.isin(crop, values)
+
+
+def _case_name(path: Path) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: {role} folder not found")
+    preds = sorted(
+        p for p in pred_dir.iterdir()
+        if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
+    )
+    if not preds:
+        raise DataError(f"{pred_dir}: no prediction files (*.nii.gz, *.nii)")
+    pairs = []
+    for pred in preds:
+        ref = ref_dir / pred.name
+        if not ref.is_file():
+            raise DataError(f"{pred}: no reference file {ref}")
+        pairs.append((_case_name(pred), pred, ref))
+    return pairs
+
+
+def _evaluate_file_pair(
+    case: str,
+    pred_path: Path,
+    ref_path: Path,
+    labels: tuple[int, ...] | None,
+    settings: MetricSettings,
+    regions: dict[str, Sequence[int]],
+) -> tuple[list[dict[str, object]], list[int]]:
+    """Worker: read, check geometry, score. Top level so that spawned processes can import it."""
+    from medseg_bench.data.io import read_label
+
+    pred, pred_geometry = read_label(pred_path)
+    ref, ref_geometry = read_label(ref_path)
+    problem = _geometry_mismatch(pred_geometry, ref_geometry)
+    if problem:
+        raise DataError(f"{pred_path}: geometry differs from reference {ref_path} ({problem})")
+    spacing = ref_geometry.spacing_zyx  # array axis order; 2D images give (Y, X) arrays and 2 spacings
+    ref_labels = present_labels(ref)
+    if labels is None:
+        labels = tuple(sorted(set(ref_labels) | set(present_labels(pred))))
+    rows = evaluate_case(pred, ref, spacing, labels, settings, regions)
+    return [{"case": case, **row} for row in rows], ref_labels
+
+
+def _geometry_mismatch(pred: Geometry, ref: Geometry) -> str:
+    if tuple(pred.size) != tuple(ref.size):
+        return f"size {tuple(pred.size)} vs {tuple(ref.size)}"
+    for name, rtol, atol in (("spacing", 1e-5, 1e-6), ("origin", 0.0, 1e-4), ("direction", 0.0, 1e-5)):
+        mine, theirs = getattr(pred, name), getattr(ref, name)
+        if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=rtol, atol=atol):
+            return f"{name} {_fmt(mine)} vs {_fmt(theirs)}"
+    return ""
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _complete_rows(
+    rows: list[dict[str, object]], cases: list[str], labels: list[int], region_names: list[str]
+) -> list[dict[str, object]]:
+    by_key = {(row["case"], row["label"]): row for row in rows}
+    empty = {**dict.fromkeys(METRIC_NAMES, math.nan), "ref_empty": True, "pred_empty": True}
+    return [
+        by_key.get((case, key), {"case": case, "label": key, **empty})
+        for case in cases
+        for key in [*labels, *region_names]
+    ]
