@@ -1,0 +1,145 @@
+"""`medseg-bench evaluate`: score a folder of predicted label maps against references of the same name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+FORMATS = ("csv", "json", "markdown")
+
+
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps (NIfTI).")],
+    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same file names.")],
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels, e.g. 1,2 (default: all in the references).")
+    ] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
+    surface: Annotated[
+        str, typer.Option(help="Surface: area (DeepMind surfels) or voxel (boundary voxels, as MONAI/MedPy).")
+    ] = "area",
+    empty_policy: Annotated[
+        str, typer.Option(help="One mask empty: penalize (distances = image diagonal) or nan.")
+    ] = "penalize",
+    fmt: Annotated[str, typer.Option("--format", help="csv, json or markdown.")] = "markdown",
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
+    ] = None,
+) -> None:
+    """Per case and label: Dice, Jaccard, precision, recall, HD, HD95, ASSD, NSD (mm); then the means."""
+    from medseg_bench.errors import UsageError
+    from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+    settings = MetricSettings(nsd_tolerance_mm=nsd_tolerance, surface=surface, empty_policy=empty_policy)
+    wanted = _parse_labels(labels)
+    processes = workers if workers is not None else (os.cpu_count() or 1)
+    if processes < 1:
+        raise UsageError(f"--workers must be at least 1, got {processes}")
+    cases = evaluate_folders(pred, ref, wanted, settings, workers=processes)
+    means = summarize_cases(cases)
+    for row in means.itertuples():
+        if row.n_both_empty:
+            typer.secho(
+                f"note: label {row.label}: {row.n_both_empty} of {row.n_cases} cases have both masks empty "
+                "(metrics NaN, left out of the mean)",
+                err=True,
+            )
+    text = _render(cases, means, settings.to_dict(), fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    _write_text_atomic(output, text)
+    typer.secho(f"wrote {len(cases)} rows to {output}", err=True)
+
+
+def _parse_labels(text: str | None) -> list[int] | None:
+    from medseg_bench.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"--labels must be comma-separated integers >= 1, got '{text}'")
+    return sorted(set(values))
+
+
+def _columns() -> list[str]:
+    """The documented leading columns (case, label, dice ... nsd), then the other metrics and the flags."""
+    from medseg_bench.metrics import METRIC_NAMES
+
+    leading = ["dice", "jaccard", "precision", "recall", "hd", "hd95", "assd", "nsd"]
+    rest = [name for name in METRIC_NAMES if name not in leading]
+    return ["case", "label", *leading, *rest, "ref_empty", "pred_empty"]
+
+
+def _render(cases: Any, means: Any, settings: dict[str, object], fmt: str) -> str:
+    import json
+
+    import pandas as pd
+
+    columns = _columns()
+    cases = cases[columns]
+    means = means[["label", *columns[2:-2], "n_cases", "n_both_empty"]]
+    if fmt == "csv":
+        mean_rows = means.assign(case="mean", ref_empty="", pred_empty="")[columns]
+        return pd.concat([cases.astype(object), mean_rows.astype(object)]).to_csv(index=False)
+    if fmt == "json":
+        payload = {
+            "settings": settings,
+            "cases": _records(cases),
+            "means": _records(means),
+        }
+        return json.dumps(payload, indent=2) + "\n"
+    setting_line = ", ".join(f"{key}={value}" for key, value in settings.items())
+    return (
+        _markdown(cases)
+        + "\n**Means per label** (cases with both masks empty are left out and counted in `n_both_empty`)\n\n"
+        + _markdown(means)
+        + f"\nSettings: {setting_line}; distances in mm.\n"
+    )
+
+
+def _records(frame: Any) -> list[dict[str, object]]:
+    import math
+
+    def clean(value: object) -> object:
+        if hasattr(value, "item"):
+            value = value.item()  # numpy scalar -> Python
+        if isinstance(value, float) and not math.isfinite(value):
+            return None  # JSON has no NaN
+        return value
+
+    return [{key: clean(value) for key, value in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _markdown(frame: Any) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "NaN" if value != value else f"{value:.4f}"
+        return str(value)
+
+    header = "| " + " | ".join(frame.columns) + " |\n"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|\n"
+    body = "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+    return header + rule + body
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from medseg_bench.errors import ResultsError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot write output ({exc.strerror})") from None
