@@ -1,0 +1,185 @@
+"""Augmentation presets (none, light, heavy), the same names in 2D and 3D.
+
+Each step draws its parameters from a seeded generator, then calls a deterministic twin with them, so what was
+applied can be logged and replayed (as TorchIO does). Steps work on numpy arrays: image (C, *spatial) float32,
+label (*spatial) uint8, and run inside DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medseg_bench.registry import Registry
+
+Params = dict[str, Any]
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One augmentation: applied with `probability`, with parameters from `draw(rng, spatial_ndim)`."""
+
+    name: str
+    probability: float
+    draw: Callable[[np.random.Generator, int], Params]
+    apply: Callable[[np.ndarray, np.ndarray, Params], Arrays]
+
+
+AUGS: Registry[tuple[Step, ...]] = Registry("aug")
+
+
+def augment(image: np.ndarray, label: np.ndarray, steps: tuple[Step, ...], rng: np.random.Generator,
+            ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+    """Apply a preset; returns the arrays and the (name, params) of what was applied."""
+    applied: list[tuple[str, Params]] = []
+    ndim = label.ndim
+    for step in steps:
+        if rng.random() >= step.probability:
+            continue
+        params = step.draw(rng, ndim)
+        image, label = step.apply(image, label, params)
+        applied.append((step.name, params))
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label), applied
+
+
+# --- spatial -------------------------------------------------------------------------------------------
+
+
+def _apply_mirror(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    for axis in p["axes"]:
+        image = np.flip(image, axis + 1)
+        label = np.flip(label, axis)
+    return image, label
+
+
+def _draw_mirror(rng: np.random.Generator, ndim: int) -> Params:
+    return {"axes": [a for a in range(ndim) if rng.random() < 0.5]}
+
+
+def _rotation_matrix(angles_deg: list[float]) -> np.ndarray:
+    if len(angles_deg) == 1:
+        a = np.deg2rad(angles_deg[0])
+        return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    matrix = np.eye(3)
+    for axis, angle in enumerate(angles_deg):
+        a = np.deg2rad(angle)
+        i, j = [k for k in range(3) if k != axis]
+        rot = np.eye(3)
+        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = np.cos(a), -np.sin(a), np.sin(a), np.cos(a)
+        matrix = rot @ matrix
+    return matrix
+
+
+def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    matrix = _rotation_matrix(p["angles_deg"]) / p["scale"]
+    center = (np.array(label.shape) - 1) / 2.0
+    offset = center - matrix @ center
+    out = np.stack([ndimage.affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0)
+                    for ch in image])
+    seg = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant", cval=0)
+    return out, seg
+
+
+def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Callable[[np.random.Generator, int], Params]:
+    def draw(rng: np.random.Generator, ndim: int) -> Params:
+        count = 1 if ndim == 2 else 3
+        return {"angles_deg": [float(rng.uniform(-max_deg, max_deg)) for _ in range(count)],
+                "scale": float(rng.uniform(*scale))}
+
+    return draw
+
+
+def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    field_rng = np.random.default_rng(p["seed"])
+    shape = label.shape
+    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"] for g in grid]
+    out = np.stack([ndimage.map_coordinates(ch, coords, order=1, mode="constant") for ch in image])
+    seg = ndimage.map_coordinates(label, coords, order=0, mode="constant")
+    return out, seg
+
+
+def _draw_elastic(rng: np.random.Generator, ndim: int) -> Params:
+    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)), "sigma": float(rng.uniform(6, 9))}
+
+
+def _apply_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    shape = np.array(label.shape)
+    small = np.maximum(1, np.round(shape * p["zoom"])).astype(int)
+    out = []
+    for ch in image:
+        down = ndimage.zoom(ch, small / shape, order=0)
+        out.append(ndimage.zoom(down, shape / np.array(down.shape), order=3)[tuple(slice(0, s) for s in shape)])
+    return np.stack(out), label
+
+
+# --- intensity -----------------------------------------------------------------------------------------
+
+
+def _apply_scale_shift(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    return image * p["scale"] + p["shift"], label
+
+
+def _apply_noise(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    noise = np.random.default_rng(p["seed"]).normal(0.0, p["std"], image.shape).astype(np.float32)
+    return image + noise, label
+
+
+def _apply_blur(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    return np.stack([ndimage.gaussian_filter(ch, p["sigma"]) for ch in image]), label
+
+
+def _apply_contrast(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    out = []
+    for ch in image:
+        mean, lo, hi = ch.mean(), ch.min(), ch.max()
+        out.append(np.clip((ch - mean) * p["factor"] + mean, lo, hi))
+    return np.stack(out), label
+
+
+def _apply_gamma(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    out = []
+    for ch in image:
+        lo, hi = float(ch.min()), float(ch.max())
+        span = max(hi - lo, 1e-8)
+        out.append(np.power((ch - lo) / span, p["gamma"]) * span + lo)
+    return np.stack(out), label
+
+
+def _uniform(key: str, low: float, high: float) -> Callable[[np.random.Generator, int], Params]:
+    return lambda rng, ndim: {key: float(rng.uniform(low, high))}
+
+
+def _seeded(key: str, low: float, high: float) -> Callable[[np.random.Generator, int], Params]:
+    return lambda rng, ndim: {key: float(rng.uniform(low, high)), "seed": int(rng.integers(2**31))}
+
+
+# --- presets: adding one is one entry here -------------------------------------------------------------
+
+MIRROR = Step("mirror", 1.0, _draw_mirror, _apply_mirror)
+
+AUGS.add("none", ())
+AUGS.add("light", (
+    Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine),
+    Step("scale_shift", 0.3,
+         lambda rng, ndim: {"scale": float(rng.uniform(0.9, 1.1)), "shift": float(rng.uniform(-0.1, 0.1))},
+         _apply_scale_shift),
+    MIRROR,
+))
+AUGS.add("heavy", (  # after nnU-Net's default training transforms
+    Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine),
+    Step("elastic", 0.2, _draw_elastic, _apply_elastic),
+    Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise),
+    Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur),
+    Step("brightness", 0.15, lambda rng, ndim: {"scale": float(rng.uniform(0.75, 1.25)), "shift": 0.0},
+         _apply_scale_shift),
+    Step("contrast", 0.15, _uniform("factor", 0.75, 1.25), _apply_contrast),
+    Step("lowres", 0.25, _uniform("zoom", 0.5, 1.0), _apply_lowres),
+    Step("gamma", 0.3, _uniform("gamma", 0.7, 1.5), _apply_gamma),
+    MIRROR,
+))

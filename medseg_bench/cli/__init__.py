@@ -1,0 +1,1 @@
+"""The `medseg-bench` command line: one module per command, added to one Typer app in `app.py`."""

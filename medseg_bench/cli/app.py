@@ -1,0 +1,58 @@
+"""The Typer app. Domain errors become one red line on stderr and their exit code, here and only here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from medseg_bench import __version__
+from medseg_bench.cli import evaluate, fetch, listing, report, sweep
+from medseg_bench.errors import MedsegError
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedsegError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="medseg-bench",
+    help="Benchmark medical image segmentation: fetch an MSD task, sweep configurations, report leaderboards.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medseg-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Benchmark medical image segmentation configurations."""
+
+
+app.command("fetch", help="Download or import an MSD task, verify and validate it.")(fetch.fetch)
+app.command("sweep", help="Train and evaluate every combination of the given axes.")(sweep.sweep)
+app.command("report", help="Leaderboard of finished runs.")(report.report)
+app.command("evaluate", help="Score predicted label maps against references.")(evaluate.evaluate)
+app.command("list", help="List tasks, archs, losses, augs or metrics.")(listing.list_items)
+
+
+def main() -> None:
+    app()

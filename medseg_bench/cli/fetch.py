@@ -1,0 +1,39 @@
+"""`medseg-bench fetch TASK`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def fetch(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (see `medseg-bench list tasks`).")],
+    source: Annotated[str | None, typer.Option(
+        help="Local MSD folder, local .tar, or mirror URL. Default: the task file's URL "
+             "(or $MEDSEG_BENCH_MIRROR/<Task>.tar).")] = None,
+    md5: Annotated[str | None, typer.Option(help="Expected md5 of the archive (overrides the catalog's).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
+) -> None:
+    """Get TASK into DATA_DIR/TASK: checksummed, resumable, extracted safely, validated."""
+    from rich.console import Console
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.settings import get_settings
+
+    settings = get_settings()
+    spec = get_task(task)
+    console = Console(stderr=True, highlight=False)
+    outcome = fetch_task(spec, data_dir or settings.data_dir, source, md5, settings.mirror,
+                         progress=console.is_terminal)
+    if outcome.already_present:
+        typer.echo(f"{spec.name}: already complete and valid in {outcome.folder}; nothing to do")
+        return
+    report = outcome.report
+    assert report is not None
+    for problem in report.problems:
+        console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
+    typer.echo(f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
+               + (f" ({len(report.excluded)} excluded)" if report.excluded else ""))

@@ -1,0 +1,61 @@
+"""`medseg-bench list tasks|archs|losses|augs|metrics`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class What(str, Enum):
+    tasks = "tasks"
+    archs = "archs"
+    losses = "losses"
+    augs = "augs"
+    metrics = "metrics"
+
+
+def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> None:
+    """List what the registries hold."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=what.value, show_lines=False)
+    if what is What.tasks:
+        from medseg_bench.data.catalog import task_registry
+
+        for col in ("name", "imaging", "modalities", "labels", "from"):
+            table.add_column(col)
+        for name, t in task_registry().items():
+            labels = ", ".join(f"{k} {v}" for k, v in t.labels.items() if k)
+            table.add_row(name, t.imaging, ", ".join(t.modalities), labels, t.source_file)
+    elif what is What.archs:
+        from medseg_bench.models import ARCHS
+
+        for col in ("name", "dims", "aliases", "description"):
+            table.add_column(col)
+        for name, a in ARCHS.items():
+            table.add_row(name, ", ".join(a.dims), ", ".join(ARCHS.aliases_of(name)), a.description)
+    elif what is What.losses:
+        from medseg_bench.losses import LOSSES
+
+        table.add_column("name")
+        table.add_column("description")
+        for name, factory in LOSSES.items():
+            table.add_row(name, (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
+    elif what is What.augs:
+        from medseg_bench.augment import AUGS
+
+        table.add_column("name")
+        table.add_column("steps (probability)")
+        for name, steps in AUGS.items():
+            table.add_row(name, ", ".join(f"{s.name} ({s.probability:g})" for s in steps) or "-")
+    else:
+        from medseg_bench.metrics import METRICS
+
+        for col in ("name", "better", "unit", "description"):
+            table.add_column(col)
+        for name, m in METRICS.items():
+            table.add_row(name, "higher" if m.higher_is_better else "lower", m.unit or "-", m.description)
+    Console(width=200).print(table)

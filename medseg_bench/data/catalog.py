@@ -1,0 +1,42 @@
+"""The task catalog: packaged `tasks/*.yaml` plus the user's `$MEDSEG_BENCH_HOME/tasks/*.yaml` (same name wins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg_bench.errors import UsageError
+from medseg_bench.registry import Registry
+from medseg_bench.settings import get_settings, packaged_tasks_dir
+from medseg_bench.spec import TaskSpec
+
+
+def _load_task_file(path: Path) -> TaskSpec:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read task file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a task file must be a YAML mapping")
+    spec = TaskSpec.from_dict(data, source_file=path)
+    if spec.name != path.stem:
+        raise UsageError(f"{path}: task name '{spec.name}' does not match the file name")
+    return spec
+
+
+def task_registry() -> Registry[TaskSpec]:
+    """Build the task registry from the task folders (read on every call: the user may add files)."""
+    found: dict[str, Path] = {}
+    for folder in (packaged_tasks_dir(), get_settings().user_tasks_dir):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found[path.stem] = path  # later folders (the user's) win
+    registry: Registry[TaskSpec] = Registry("task")
+    for name, path in sorted(found.items()):
+        registry.add(name, _load_task_file(path))
+    return registry
+
+
+def get_task(name: str) -> TaskSpec:
+    return task_registry().get(name)

@@ -1,0 +1,151 @@
+"""Training and validation samples from the preprocessed cache: 3D patches or 2D slices.
+
+Sample `i` of epoch `e` is a pure function of (seed, e, i): the sampler hands out global indices, so
+results do not depend on the number of DataLoader workers, and augmentation runs inside the workers.
+A third of the samples is centred on a foreground voxel (nnU-Net's oversampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medseg_bench.augment import Step, augment
+from medseg_bench.data.preprocess import load_case
+
+FOREGROUND_FRACTION = 1 / 3
+
+
+class EpochSampler(Sampler[int]):
+    """Yields indices `epoch * n .. epoch * n + n - 1`; Lightning calls `set_epoch` before each epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def crop_with_padding(array: np.ndarray, center: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Crop the last len(size) axes around `center`, zero-padding where the window leaves the array."""
+    lead = array.ndim - len(size)
+    out = np.zeros(array.shape[:lead] + tuple(size), dtype=array.dtype)
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
+    for axis, (c, s) in enumerate(zip(center, size, strict=True)):
+        start = int(c) - s // 2
+        dim = array.shape[lead + axis]
+        lo, hi = max(start, 0), min(start + s, dim)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class CaseStore:
+    """Memory-mapped cached cases, opened once per process."""
+
+    def __init__(self, cache_dir: Path, case_ids: Sequence[str]) -> None:
+        self.cache_dir = cache_dir
+        self.case_ids = list(case_ids)
+        self._open: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
+
+    def __getitem__(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        if case_id not in self._open:
+            self._open[case_id] = load_case(self.cache_dir, case_id)
+        return self._open[case_id]
+
+
+def _pick_center(rng: np.random.Generator, label_shape: tuple[int, ...], props: dict,
+                 force_foreground: bool) -> np.ndarray:
+    foreground = props["foreground"]
+    if force_foreground and foreground:
+        classes = sorted(foreground)
+        coords = foreground[classes[int(rng.integers(len(classes)))]]
+        return np.array(coords[int(rng.integers(len(coords)))])
+    return np.array([int(rng.integers(s)) for s in label_shape])
+
+
+class PatchDataset(Dataset):
+    """Random training samples: 3D patches (`dims="3d"`) or 2D slices along the first axis (`dims="2d"`)."""
+
+    def __init__(self, store: CaseStore, dims: str, patch_size: Sequence[int], samples_per_epoch: int,
+                 seed: int, aug_steps: tuple[Step, ...]) -> None:
+        self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
+        self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        case_id = self.store.case_ids[int(rng.integers(len(self.store.case_ids)))]
+        image, label, props = self.store[case_id]
+        center = _pick_center(rng, label.shape, props, rng.random() < FOREGROUND_FRACTION)
+        if self.dims == "2d":
+            z = int(center[0])
+            img = crop_with_padding(image[:, z], center[1:], self.patch_size)
+            seg = crop_with_padding(label[z], center[1:], self.patch_size)
+        else:
+            img = crop_with_padding(image, center, self.patch_size)
+            seg = crop_with_padding(label, center, self.patch_size)
+        img, seg, _ = augment(img, seg, self.aug_steps, rng)
+        return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
+
+
+class ValidationPatches(Dataset):
+    """A fixed set of validation samples: per held-out case, the patch (3D) or up to 8 foreground slices
+    (2D) around its foreground. Used for the per-epoch pseudo-Dice; final scores use full volumes."""
+
+    def __init__(self, store: CaseStore, dims: str, patch_size: Sequence[int]) -> None:
+        self.items: list[tuple[str, np.ndarray]] = []
+        self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
+        for case_id in store.case_ids:
+            _, label, _ = store[case_id]
+            coords = np.argwhere(label > 0)
+            center = coords.mean(0).round().astype(int) if len(coords) else np.array(label.shape) // 2
+            if dims == "3d":
+                self.items.append((case_id, center))
+                continue
+            slices = np.unique(coords[:, 0]) if len(coords) else np.array([label.shape[0] // 2])
+            for z in slices[np.linspace(0, len(slices) - 1, min(8, len(slices))).round().astype(int)]:
+                self.items.append((case_id, np.array([z, *center[1:]])))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        case_id, center = self.items[index]
+        image, label, _ = self.store[case_id]
+        if self.dims == "2d":
+            z = int(center[0])
+            img = crop_with_padding(image[:, z], center[1:], self.patch_size)
+            seg = crop_with_padding(label[z], center[1:], self.patch_size)
+        else:
+            img = crop_with_padding(image, center, self.patch_size)
+            seg = crop_with_padding(label, center, self.patch_size)
+        return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(seg[None].astype(np.int64))
+
+
+def make_loaders(cache_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], dims: str,
+                 patch_size: Sequence[int], batch_size: int, iters_per_epoch: int, seed: int,
+                 aug_steps: tuple[Step, ...], num_workers: int) -> tuple[DataLoader, DataLoader]:
+    train = PatchDataset(CaseStore(cache_dir, train_ids), dims, patch_size, iters_per_epoch * batch_size, seed,
+                         aug_steps)
+    val = ValidationPatches(CaseStore(cache_dir, val_ids), dims, patch_size)
+    common = {"num_workers": num_workers, "persistent_workers": num_workers > 0,
+              "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train, batch_size=batch_size, sampler=EpochSampler(len(train)), drop_last=True,
+                              **common)
+    val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, **common)
+    return train_loader, val_loader

@@ -1,0 +1,84 @@
+"""Reading an MSD-layout task folder: dataset.json and its training cases."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import DataError
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: an image and its label map."""
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+def case_id_from_path(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_dataset_json(folder: Path) -> dict[str, Any]:
+    path = folder / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"{path}: dataset.json missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("training"), list):
+        raise DataError(f"{path}: no 'training' list")
+    return data
+
+
+def _inside(folder: Path, relative: object, json_path: Path) -> Path:
+    if not isinstance(relative, str) or not relative:
+        raise DataError(f"{json_path}: training entry path {relative!r} is not a string")
+    candidate = (folder / relative).resolve()
+    root = folder.resolve()
+    if candidate != root and root not in candidate.parents:
+        raise DataError(f"{json_path}: entry '{relative}' points outside the task folder")
+    return candidate
+
+
+def training_cases(folder: Path) -> list[Case]:
+    """The training cases that dataset.json lists, with paths checked to stay inside `folder`.
+
+    macOS resource forks (`._name.nii.gz`) are skipped. Missing files are not checked here (see validate).
+    """
+    data = read_dataset_json(folder)
+    json_path = folder / "dataset.json"
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for entry in data["training"]:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DataError(f"{json_path}: training entry {entry!r} needs 'image' and 'label'")
+        image = _inside(folder, entry["image"], json_path)
+        label = _inside(folder, entry["label"], json_path)
+        if image.name.startswith("._"):
+            continue
+        case_id = case_id_from_path(image)
+        if case_id in seen:
+            raise DataError(f"{json_path}: case '{case_id}' listed twice")
+        seen.add(case_id)
+        cases.append(Case(case_id, image, label))
+    if not cases:
+        raise DataError(f"{json_path}: the training list is empty")
+    return cases
+
+
+def declared_labels(folder: Path) -> set[int]:
+    data = read_dataset_json(folder)
+    try:
+        return {int(k) for k in data.get("labels", {})}
+    except (TypeError, ValueError):
+        raise DataError(f"{folder / 'dataset.json'}: label keys must be integers") from None

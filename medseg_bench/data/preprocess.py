@@ -1,0 +1,152 @@
+"""The preprocessed cache: one set of uncompressed `.npy` files per case, per (task, preprocessing hash).
+
+Layout of `<data_dir>/preprocessed/<Task>/`:
+    fingerprint.json, plan.json, splits_<k>fold.json
+    <hash>/<case>.img.npy   float32 (C, Z, Y, X), normalised
+    <hash>/<case>.seg.npy   uint8 (Z, Y, X)
+    <hash>/<case>.json      geometry and foreground sample coordinates; written last: a case without it is
+                            unfinished and rebuilt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg_bench.data.fetch import MARKER, is_complete
+from medseg_bench.data.io import Geometry, read_image, read_label, write_json_atomic
+from medseg_bench.data.msd import Case, training_cases
+from medseg_bench.data.plan import Plan, load_or_make_plan, normalize
+from medseg_bench.data.splits import load_or_make_splits
+from medseg_bench.errors import DataError
+from medseg_bench.spec import TaskSpec
+
+FOREGROUND_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task ready for training: its plan, its cache folder and its splits."""
+
+    task: TaskSpec
+    plan: Plan
+    cache_dir: Path
+    case_ids: list[str]
+    splits: list[dict[str, list[str]]]
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    tmp.replace(path)
+
+
+def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
+    """Read, normalise and store one case; return its id. Safe to run in a worker process."""
+    image, geom = read_image(case.image)
+    label, _ = read_label(case.label)
+    if label.shape != image.shape[1:]:
+        raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
+    normalized = normalize(image, plan)
+    rng = np.random.default_rng(0)
+    foreground: dict[str, list[list[int]]] = {}
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        coords = np.argwhere(label == value)
+        take = rng.choice(len(coords), min(FOREGROUND_SAMPLES, len(coords)), replace=False)
+        foreground[str(int(value))] = coords[np.sort(take)].tolist()
+    _save_npy_atomic(out_dir / f"{case.case_id}.img.npy", normalized)
+    _save_npy_atomic(out_dir / f"{case.case_id}.seg.npy", label)
+    write_json_atomic(out_dir / f"{case.case_id}.json", {
+        "case_id": case.case_id,
+        "image": str(case.image),
+        "shape_zyx": list(label.shape),
+        "geometry": geom.to_dict(),
+        "foreground": foreground,
+    })
+    return case.case_id
+
+
+def _excluded_cases(folder: Path) -> set[str]:
+    marker = json.loads((folder / MARKER).read_text())
+    return {entry["case"] for entry in marker.get("excluded", [])}
+
+
+def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: int | None = None,
+                 progress: bool = False) -> PreparedTask:
+    """Plan, cache and split a fetched task; every step is skipped when its artifact exists."""
+    folder = data_dir / task.name
+    if not is_complete(folder):
+        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first")
+    excluded = _excluded_cases(folder)
+    cases = [c for c in training_cases(folder) if c.case_id not in excluded]
+    if not cases:
+        raise DataError(f"{folder}: no usable training cases")
+    root = data_dir / "preprocessed" / task.name
+    plan = load_or_make_plan(task, cases, root)
+    cache_dir = root / plan.preprocessing_hash
+    build_cache(cases, plan, cache_dir, workers=workers, progress=progress)
+    case_ids = sorted(c.case_id for c in cases)
+    splits = load_or_make_splits(root, case_ids, num_folds)
+    return PreparedTask(task, plan, cache_dir, case_ids, splits)
+
+
+def build_cache(cases: list[Case], plan: Plan, cache_dir: Path, workers: int | None = None,
+                progress: bool = False) -> None:
+    """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone."""
+    complete = cache_dir / "complete.json"
+    wanted = sorted(c.case_id for c in cases)
+    if complete.is_file() and json.loads(complete.read_text()).get("cases") == wanted:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in cache_dir.glob(".*.tmp"):
+        leftover.unlink()
+    todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
+    workers = workers or min(len(todo), os.cpu_count() or 1, 8)
+    if todo:
+        _run_cases(todo, plan, cache_dir, workers, progress)
+    write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
+
+
+def _run_cases(todo: list[Case], plan: Plan, cache_dir: Path, workers: int, progress: bool) -> None:
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress) as bar:
+        task_id = bar.add_task(f"preprocessing {len(todo)} cases", total=len(todo))
+        if workers <= 1:
+            for case in todo:
+                preprocess_case(case, plan, cache_dir)
+                bar.advance(task_id)
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(preprocess_case, case, plan, cache_dir) for case in todo]
+            for future in futures:
+                future.result()
+                bar.advance(task_id)
+
+
+def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Image (C, Z, Y, X), label (Z, Y, X) and properties of one cached case."""
+    props_path = cache_dir / f"{case_id}.json"
+    try:
+        props = json.loads(props_path.read_text())
+        mode = "r" if mmap else None
+        image = np.load(cache_dir / f"{case_id}.img.npy", mmap_mode=mode)
+        label = np.load(cache_dir / f"{case_id}.seg.npy", mmap_mode=mode)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise DataError(f"{cache_dir / case_id}: corrupt cache entry ({exc}); delete {cache_dir} to rebuild") from None
+    return image, label, props
+
+
+def case_geometry(props: dict) -> Geometry:
+    return Geometry.from_dict(props["geometry"])

@@ -1,0 +1,118 @@
+"""Validation of a task folder: every problem is reported with its file; bad cases are excluded, not hidden."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
+from medseg_bench.data.msd import Case, declared_labels, training_cases
+from medseg_bench.errors import DataError
+from medseg_bench.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    case_id: str
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    cases: list[Case]
+    problems: list[Problem]
+
+    @property
+    def excluded(self) -> set[str]:
+        return {p.case_id for p in self.problems}
+
+    @property
+    def usable_cases(self) -> list[Case]:
+        bad = self.excluded
+        return [c for c in self.cases if c.case_id not in bad]
+
+
+def _same_geometry(a: Geometry, b: Geometry) -> str | None:
+    if a.size != b.size:
+        return f"shape {list(b.size)} differs from the image's {list(a.size)}"
+    if not np.allclose(a.spacing, b.spacing, rtol=1e-3, atol=1e-4):
+        return f"spacing {list(b.spacing)} differs from the image's {list(a.spacing)}"
+    if not np.allclose(a.direction, b.direction, atol=1e-3):
+        return "orientation differs from the image's"
+    if not np.allclose(a.origin, b.origin, atol=1e-2 * max(a.spacing)):
+        return f"origin {list(b.origin)} differs from the image's {list(a.origin)}"
+    return None
+
+
+def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool) -> list[Problem]:
+    """All problems of one case; `deep` also reads voxels (label values, NaN/inf)."""
+
+    def problem(path: Path, message: str) -> list[Problem]:
+        return [Problem(case.case_id, str(path), message)]
+
+    for path, what in ((case.image, "image"), (case.label, "label")):
+        if not path.is_file():
+            return problem(path, f"{what} file missing")
+    try:
+        image_geom, channels = read_geometry(case.image)
+    except DataError as exc:
+        return problem(case.image, str(exc).split(": ", 1)[-1])
+    try:
+        label_geom, _ = read_geometry(case.label)
+    except DataError as exc:
+        return problem(case.label, str(exc).split(": ", 1)[-1])
+    ndim = 4 if task.tensor_image_size == "4D" else 3
+    image_ndim = 4 if channels > 1 or len(image_geom.size) == 4 else len(image_geom.size)
+    if image_ndim != ndim and not (ndim == 4 and channels == task.num_channels):
+        return problem(case.image, f"image is {image_ndim}D, the task declares {task.tensor_image_size}")
+    if channels != task.num_channels:
+        return problem(case.image, f"image has {channels} modalities, the task declares {task.num_channels}")
+    mismatch = _same_geometry(image_geom, label_geom)
+    if mismatch:
+        return problem(case.label, f"label {mismatch}")
+    if not deep:
+        return []
+    try:
+        label, _ = read_label(case.label)
+    except DataError as exc:
+        return problem(case.label, str(exc).split(": ", 1)[-1])
+    extra = sorted(set(np.unique(label).tolist()) - allowed_labels)
+    if extra:
+        return problem(case.label, f"label values {extra} not declared in dataset.json")
+    try:
+        image, _ = read_image(case.image)
+    except DataError as exc:
+        return problem(case.image, str(exc).split(": ", 1)[-1])
+    if not np.all(np.isfinite(image)):
+        return problem(case.image, "image holds NaN or inf voxels")
+    return []
+
+
+def validate_folder(
+    folder: Path,
+    task: TaskSpec,
+    deep: bool = True,
+    workers: int = 2,
+    on_case: Callable[[], None] | None = None,
+) -> ValidationReport:
+    """Check every training case of an MSD-layout folder. Structural problems raise DataError."""
+    cases = training_cases(folder)
+    allowed = declared_labels(folder) or set(task.labels)
+
+    def run(case: Case) -> list[Problem]:
+        found = check_case(case, task, allowed, deep)
+        if on_case is not None:
+            on_case()
+        return found
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        per_case = list(pool.map(run, cases))
+    return ValidationReport(cases=cases, problems=[p for found in per_case for p in found])

@@ -1,0 +1,80 @@
+"""Full-volume inference: slice by slice (2D) or MONAI sliding window with Gaussian weighting (3D).
+
+Optional mirroring test-time augmentation averages the softmax over all flips of the spatial axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import nullcontext
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+SLICE_MULTIPLE = 32
+SLICE_BATCH = 32
+
+
+def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
+    axes = range(2, 2 + ndim)
+    if not tta:
+        return [()]
+    return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
+
+
+def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], run) -> torch.Tensor:
+    total = None
+    for axes in flips:
+        xin = torch.flip(x, axes) if axes else x
+        prob = torch.softmax(run(xin), dim=1)
+        prob = torch.flip(prob, axes) if axes else prob
+        total = prob if total is None else total + prob
+    assert total is not None
+    return total / len(flips)
+
+
+@torch.no_grad()
+def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
+                          device: torch.device | str = "cpu", tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (K, Z, Y, X) for a normalised (C, Z, Y, X) image."""
+    net = net.eval().to(device)
+    amp = torch.autocast("cuda", dtype=torch.float16) if str(device).startswith("cuda") else nullcontext()
+    with amp:
+        if dims == "3d":
+            from monai.inferers import sliding_window_inference
+
+            x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+
+            def run(xin: torch.Tensor) -> torch.Tensor:
+                return sliding_window_inference(xin, tuple(patch_size), sw_batch_size=4, predictor=net,
+                                                overlap=0.5, mode="gaussian")
+
+            probs = _mirrored_softmax(net, x, _flips(3, tta), run)[0]
+            return probs.float().cpu().numpy()
+        return _predict_slices(net, image, patch_size, device, tta)
+
+
+def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: torch.device | str,
+                    tta: bool) -> np.ndarray:
+    _, z, h, w = image.shape
+    ph = max(int(np.ceil(h / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[0])
+    pw = max(int(np.ceil(w / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[1])
+    top, left = (ph - h) // 2, (pw - w) // 2
+    slices = np.zeros((z, image.shape[0], ph, pw), dtype=np.float32)
+    slices[:, :, top:top + h, left:left + w] = np.moveaxis(image, 1, 0)
+    out = []
+    for start in range(0, z, SLICE_BATCH):
+        x = torch.from_numpy(slices[start:start + SLICE_BATCH]).to(device)
+        probs = _mirrored_softmax(net, x, _flips(2, tta), net)
+        out.append(probs[:, :, top:top + h, left:left + w].float().cpu())
+    return torch.cat(out).permute(1, 0, 2, 3).numpy()
+
+
+def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
+                   device: torch.device | str = "cpu", tta: bool = False) -> np.ndarray:
+    """Label map (Z, Y, X) uint8 for a normalised (C, Z, Y, X) image."""
+    probs = predict_probabilities(net, image, dims, patch_size, device, tta)
+    return probs.argmax(0).astype(np.uint8)
+

@@ -1,0 +1,97 @@
+"""Sweep progress: a rich live display on a terminal, plain log lines otherwise (CI, SLURM logs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+
+
+class PlainReporter:
+    """One line per event, flushed: for logs."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.total = 0
+        self.finished = 0
+        self._start = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        self.console.print(message)
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._start = time.perf_counter()
+
+    def skip(self, run_id: str, reason: str) -> None:
+        self.finished += 1
+        self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({reason})")
+
+    def run_start(self, run_id: str) -> None:
+        self.say(f"[{self.finished + 1}/{self.total}] {run_id}: training")
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        self.say(f"  {run_id} epoch {epoch}/{epochs}  loss {train_loss:.4f}  val Dice {val_dice:.4f}")
+
+    def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
+        self.finished += 1
+        if error:
+            self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {error}")
+        else:
+            dice = (summary or {}).get("mean", {}).get("dice", float("nan"))
+            self.say(f"[{self.finished}/{self.total}] {run_id}: done, mean Dice {dice:.4f}")
+
+    def close(self) -> None:
+        elapsed = time.perf_counter() - self._start
+        self.say(f"sweep finished: {self.finished}/{self.total} runs in {elapsed / 60:.1f} min")
+
+
+class LiveReporter(PlainReporter):
+    """Overall runs with ETA, and the active run's epoch, loss and val Dice, in a rich live display."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__(console)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.console)
+        self.progress.start()
+        self.overall = self.progress.add_task("runs", total=0)
+        self.current: Any = None
+
+    def say(self, message: str) -> None:
+        self.progress.console.print(message)
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self.progress.update(self.overall, total=total)
+
+    def skip(self, run_id: str, reason: str) -> None:
+        super().skip(run_id, reason)
+        self.progress.advance(self.overall)
+
+    def run_start(self, run_id: str) -> None:
+        super().run_start(run_id)
+        self.current = self.progress.add_task(f"  {run_id}", total=None)
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        if self.current is not None:
+            self.progress.update(self.current, total=epochs, completed=epoch,
+                                 description=f"  {run_id} loss {train_loss:.3f} val Dice {val_dice:.3f}")
+
+    def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+            self.current = None
+        super().run_end(run_id, summary, error)
+        self.progress.advance(self.overall)
+
+    def close(self) -> None:
+        self.progress.stop()
+        super().close()
+
+
+def make_reporter() -> PlainReporter:
+    return LiveReporter() if sys.stdout.isatty() else PlainReporter()

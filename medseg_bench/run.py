@@ -1,0 +1,115 @@
+"""One run, start to finish: record the spec, train (or resume), evaluate the held-out fold, write results.
+
+Status goes pending -> running -> done | failed; `metrics.csv` and `summary.json` are written (atomically)
+before the status says done, so a finished run is never half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.data.preprocess import PreparedTask, case_geometry, load_case
+from medseg_bench.errors import RunError
+from medseg_bench.results import environment, write_status
+from medseg_bench.spec import RunSpec
+from medseg_bench.training import EpochReporter, build_network, load_weights, resolve_patch_and_batch, \
+    save_learning_curves, train
+
+log = logging.getLogger("medseg_bench.run")
+
+
+def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool = False):
+    """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame)."""
+    import pandas as pd
+
+    from medseg_bench.inference import predict_labels
+    from medseg_bench.metrics import MetricSettings, evaluate_case
+
+    task = prepared.task
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    settings = MetricSettings(nsd_tolerance_mm=spec.nsd_tolerance_mm or task.nsd_tolerance_mm)
+    rows = []
+    for case_id in prepared.splits[spec.fold]["val"]:
+        image, label, props = load_case(prepared.cache_dir, case_id, mmap=False)
+        pred = predict_labels(net, image, spec.dims, patch, device, tta)
+        spacing = case_geometry(props).spacing_zyx
+        for row in evaluate_case(pred, np.asarray(label), spacing, task.foreground_labels, settings,
+                                 regions=task.regions or None):
+            rows.append({"case": case_id, **row})
+    frame = pd.DataFrame(rows)
+    frame.attrs["metric_settings"] = settings.to_dict()
+    return frame
+
+
+def _write_csv_atomic(frame: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
+                num_workers: int = 0) -> dict[str, Any]:
+    """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+        write_json_atomic(folder / "env.json", environment())
+        write_json_atomic(folder / "splits.json", prepared.splits[spec.fold])
+        write_status(folder, "running")
+        log.info("run %s: training", spec.run_id)
+        result = train(spec, prepared, folder, reporter, num_workers)
+        save_learning_curves(folder)
+        log.info("run %s: evaluating %d held-out cases", spec.run_id, len(prepared.splits[spec.fold]["val"]))
+        net = load_weights(build_network(spec, prepared), folder / "checkpoints" / "last.ckpt")
+        start = time.perf_counter()
+        frame = evaluate_fold(net, spec, prepared, result.device)
+        eval_time_s = time.perf_counter() - start
+        _write_csv_atomic(frame, folder / "metrics.csv")
+        fg = frame[frame["label"].astype(str).isin([str(v) for v in prepared.task.foreground_labels])]
+        summary = {
+            "run_id": spec.run_id,
+            "mean": {m: float(np.nanmean(fg[m])) for m in ("dice", "jaccard", "hd95") if m in fg},
+            "per_label_dice": {str(k): float(np.nanmean(v)) for k, v in frame.groupby("label")["dice"]},
+            "num_cases": int(frame["case"].nunique()),
+            "metric_settings": frame.attrs.get("metric_settings", {}),
+            "cost": {
+                "params": result.params,
+                "train_time_s": result.train_time_s,
+                "eval_time_s": eval_time_s,
+                "epochs_done": result.epochs_done,
+                "time_per_epoch_s": float(np.mean(result.epoch_times_s)) if result.epoch_times_s else None,
+                "peak_memory_mb": result.peak_memory_mb,
+                "device": result.device,
+            },
+            "plan": prepared.plan.to_dict(),
+        }
+        write_json_atomic(folder / "summary.json", summary)
+        write_status(folder, "done")
+        log.info("run %s: done, mean foreground Dice %.4f", spec.run_id, summary["mean"].get("dice", float("nan")))
+        return summary
+    except BaseException as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
+        if not isinstance(exc, KeyboardInterrupt):
+            try:
+                write_status(folder, "failed", error=f"{type(exc).__name__}: {message}")
+            except OSError:
+                pass
+        if isinstance(exc, Exception):
+            raise RunError(f"run {spec.run_id} failed: {message} (log: {folder / 'run.log'})") from exc
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,42 @@
+"""The one place that reads the environment.
+
+Variables:
+    MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench): data/, tasks/, cache lives in data/.
+    MEDSEG_BENCH_MIRROR  base URL of an MSD mirror; `<mirror>/<Task>.tar` replaces the official URL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS_DIR = Path("results")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    mirror: str | None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def user_tasks_dir(self) -> Path:
+        return self.home / "tasks"
+
+
+def get_settings() -> Settings:
+    """Read the environment now (cheap; tests change it between calls)."""
+    home = Path(os.environ.get("MEDSEG_BENCH_HOME", "~/.medseg-bench")).expanduser()
+    mirror = os.environ.get("MEDSEG_BENCH_MIRROR") or None
+    return Settings(home=home, mirror=mirror)
+
+
+def packaged_tasks_dir() -> Path:
+    """Task YAML files shipped with the package (wheel) or the source checkout (editable install)."""
+    bundled = Path(__file__).resolve().parent / "_tasks"
+    return bundled if bundled.is_dir() else REPO_ROOT / "tasks"

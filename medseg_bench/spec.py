@@ -1,0 +1,140 @@
+"""Specs are data: a task spec (from tasks/<Task>.yaml) and a run spec (one point of a sweep).
+
+Variants are fields of `RunSpec`, never subclasses. The run id is a stable hash of every field that can
+change a result; where results are written is not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import UsageError
+
+# Bump when a change to the pipeline changes results for the same spec (old runs then get new ids).
+PIPELINE_VERSION = 1
+
+DIMS = ("2d", "3d")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One benchmark task: where to get it and what it contains."""
+
+    name: str
+    labels: dict[int, str]
+    modalities: list[str]
+    imaging: str = "MRI"
+    version: int = 1
+    description: str = ""
+    url: str | None = None
+    md5: str | None = None
+    local_path: str | None = None
+    tensor_image_size: str = "3D"
+    num_training: int | None = None
+    num_test: int | None = None
+    nsd_tolerance_mm: float = 1.0
+    regions: dict[str, list[int]] = field(default_factory=dict)
+    reference_dice: dict[str, float] = field(default_factory=dict)
+    citation: str = ""
+    source_file: str = ""
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(k for k in self.labels if k != 0)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.modalities)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source_file: Path) -> TaskSpec:
+        known = {f.name for f in fields(cls)} - {"source_file"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{source_file}: unknown keys {', '.join(unknown)}")
+        for key in ("name", "labels", "modalities"):
+            if key not in data:
+                raise UsageError(f"{source_file}: missing required key '{key}'")
+        values = dict(data)
+        try:
+            values["labels"] = {int(k): str(v) for k, v in data["labels"].items()}
+            values["modalities"] = [str(m) for m in data["modalities"]]
+            values["regions"] = {str(k): [int(x) for x in v] for k, v in (data.get("regions") or {}).items()}
+            values["reference_dice"] = {str(k): float(v) for k, v in (data.get("reference_dice") or {}).items()}
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise UsageError(f"{source_file}: malformed task file ({exc})") from None
+        if values["imaging"] not in ("CT", "MRI", "other"):
+            raise UsageError(f"{source_file}: imaging must be CT, MRI or other, not {values['imaging']!r}")
+        return cls(**values, source_file=str(source_file))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training + evaluation run."""
+
+    task: str
+    dims: str
+    arch: str
+    loss: str
+    aug: str
+    encoder: str | None = None  # 2D (smp) encoder name; None for 3D nets
+    fold: int = 0
+    num_folds: int = 5
+    seed: int = 0
+    epochs: int = 10
+    max_minutes: float | None = None
+    iters_per_epoch: int = 50
+    batch_size: int | None = None  # None: from the plan
+    patch_size: tuple[int, ...] | None = None  # None: from the plan
+    optimizer: str = "adamw"
+    lr: float | None = None  # None: the optimizer's default
+    nsd_tolerance_mm: float | None = None  # None: the task's default
+    task_version: int = 1
+    pipeline_version: int = PIPELINE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.dims not in DIMS:
+            raise UsageError(f"unknown dims '{self.dims}'; choose from {', '.join(DIMS)}")
+        if not 0 <= self.fold < self.num_folds:
+            raise UsageError(f"fold {self.fold} outside 0..{self.num_folds - 1}")
+        if self.epochs < 1:
+            raise UsageError("epochs must be at least 1")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["patch_size"] is not None:
+            data["patch_size"] = list(data["patch_size"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        values = dict(data)
+        if values.get("patch_size") is not None:
+            values["patch_size"] = tuple(values["patch_size"])
+        return cls(**values)
+
+    @property
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+    @property
+    def run_id(self) -> str:
+        """Readable and stable: the axes, then a hash of the whole spec."""
+        arch = self.arch if self.encoder is None else f"{self.arch}.{self.encoder}"
+        return f"{self.dims}-{arch}-{self.loss}-{self.aug}-f{self.fold}-s{self.seed}-{self.spec_hash}"
+
+    @property
+    def config_key(self) -> tuple[str, str, str, str, str, str]:
+        """What a leaderboard row aggregates over (folds and seeds are pooled)."""
+        return (self.task, self.dims, self.arch, self.encoder or "", self.loss, self.aug)

@@ -1,0 +1,256 @@
+"""Training: a LightningModule around a plain `nn.Module`, and `train()` for one run.
+
+Defaults follow nnU-Net where it matters: fixed iterations per epoch, gradient clipping at 12, SGD with
+Nesterov momentum 0.99 and poly decay (`optimizer="sgd"`), or AdamW with cosine decay (the default, which
+converges faster on short CPU budgets). Mixed precision on GPU. Checkpoints `last.ckpt` (every epoch) and
+`best.ckpt` (by validation pseudo-Dice) are written atomically into the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from medseg_bench.augment import AUGS
+from medseg_bench.data.datamodule import make_loaders
+from medseg_bench.data.preprocess import PreparedTask
+from medseg_bench.losses import LOSSES
+from medseg_bench.models import ModelInputs, build_model
+from medseg_bench.spec import RunSpec
+
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}
+GRAD_CLIP = 12.0
+
+
+class EpochReporter(Protocol):
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None: ...
+
+
+class SegmentationModule(pl.LightningModule):
+    """Optimises `net` with `loss_fn`; logs `train_loss` and the validation pseudo-Dice `val_dice`."""
+
+    def __init__(self, net: nn.Module, loss_fn: nn.Module, num_classes: int, optimizer: str, lr: float,
+                 total_steps: int) -> None:
+        super().__init__()
+        self.net, self.loss_fn, self.num_classes = net, loss_fn, num_classes
+        self.optimizer_name, self.lr, self.total_steps = optimizer, lr, max(1, total_steps)
+        self._counts = torch.zeros(3, num_classes, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, label = batch
+        loss = self.loss_fn(self.net(image), label)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=image.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._counts = torch.zeros(3, self.num_classes, dtype=torch.float64)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        image, label = batch
+        pred = self.net(image).argmax(1)
+        target = label[:, 0]
+        for k in range(1, self.num_classes):
+            p, t = pred == k, target == k
+            self._counts[0, k] += (p & t).sum().item()
+            self._counts[1, k] += (p & ~t).sum().item()
+            self._counts[2, k] += (~p & t).sum().item()
+
+    def on_validation_epoch_end(self) -> None:
+        tp, fp, fn = self._counts[:, 1:]
+        denom = 2 * tp + fp + fn
+        present = denom > 0
+        dice = (2 * tp[present] / denom[present]).mean().item() if present.any() else float("nan")
+        self.log("val_dice", dice, prog_bar=False)
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+            decay = lambda step: (1 - min(step, self.total_steps) / self.total_steps) ** 0.9  # noqa: E731
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
+            decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file, then rename: a kill never leaves a half-written checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class _ProgressCallback(pl.Callback):
+    def __init__(self, run_id: str, epochs: int, reporter: EpochReporter | None) -> None:
+        self.run_id, self.epochs, self.reporter = run_id, epochs, reporter
+        self.epoch_times_s: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.epoch_times_s.append(time.perf_counter() - self._start)
+        metrics = trainer.callback_metrics
+        loss = float(metrics.get("train_loss", float("nan")))
+        dice = float(metrics.get("val_dice", float("nan")))
+        if self.reporter is not None:
+            self.reporter.epoch_end(self.run_id, trainer.current_epoch + 1, self.epochs, loss, dice)
+
+
+@dataclass
+class TrainResult:
+    net: nn.Module
+    params: int
+    train_time_s: float
+    epoch_times_s: list[float] = field(default_factory=list)
+    epochs_done: int = 0
+    peak_memory_mb: float = 0.0
+    device: str = "cpu"
+
+
+def resolve_patch_and_batch(spec: RunSpec, prepared: PreparedTask) -> tuple[tuple[int, ...], int]:
+    plan = prepared.plan
+    patch = spec.patch_size or (plan.patch_2d if spec.dims == "2d" else plan.patch_3d)
+    batch = spec.batch_size or (plan.batch_2d if spec.dims == "2d" else plan.batch_3d)
+    return tuple(patch), int(batch)
+
+
+def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder)
+    return build_model(spec.arch, spec.dims, inputs)
+
+
+def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochReporter | None = None,
+          num_workers: int = 0) -> TrainResult:
+    """Train (or resume) one run; checkpoints and logs go into `run_dir`."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    pl.seed_everything(spec.seed, workers=True, verbose=False)
+    patch, batch = resolve_patch_and_batch(spec, prepared)
+    split = prepared.splits[spec.fold]
+    train_loader, val_loader = make_loaders(
+        prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
+        spec.seed, AUGS.get(spec.aug), num_workers)
+    net = build_network(spec, prepared)
+    module = SegmentationModule(net, LOSSES.get(spec.loss)(prepared.task.num_classes), prepared.task.num_classes,
+                                spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
+                                spec.epochs * spec.iters_per_epoch)
+    cuda = torch.cuda.is_available()
+    ckpt_dir = run_dir / "checkpoints"
+    progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version="tb"))
+    except ImportError:
+        pass
+    trainer = pl.Trainer(
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        max_epochs=spec.epochs,
+        max_time=timedelta(minutes=spec.max_minutes) if spec.max_minutes else None,
+        precision="16-mixed" if cuda else "32-true",
+        gradient_clip_val=GRAD_CLIP,
+        deterministic=not cuda,
+        logger=loggers,
+        callbacks=[
+            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_dice", mode="max", save_top_k=1,
+                            save_last=True, enable_version_counter=False),
+            progress,
+        ],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, spec.iters_per_epoch),
+        default_root_dir=run_dir,
+    )
+    last = ckpt_dir / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None, weights_only=True)
+    train_time_s = time.perf_counter() - start
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return TrainResult(
+        net=module.net.eval(),
+        params=sum(p.numel() for p in net.parameters()),
+        train_time_s=train_time_s,
+        epoch_times_s=progress.epoch_times_s,
+        epochs_done=trainer.current_epoch,
+        peak_memory_mb=peak_mb,
+        device="cuda" if cuda else "cpu",
+    )
+
+
+def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
+    """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
+    from medseg_bench.errors import DataError
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(weights)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
+    return net.eval()
+
+
+def save_learning_curves(run_dir: Path) -> Path | None:
+    """Plot train loss and validation Dice per epoch from the CSV log into `learning_curves.png`."""
+    import pandas as pd
+
+    log = run_dir / "logs" / "metrics.csv"
+    if not log.is_file():
+        return None
+    frame = pd.read_csv(log)
+    if "epoch" not in frame:
+        return None
+    per_epoch = frame.groupby("epoch").agg({c: "max" for c in ("train_loss", "val_dice") if c in frame})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if "train_loss" in per_epoch:
+        ax.plot(per_epoch.index + 1, per_epoch["train_loss"], "o-", label="train loss", color="tab:blue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    if "val_dice" in per_epoch:
+        twin = ax.twinx()
+        twin.plot(per_epoch.index + 1, per_epoch["val_dice"], "s-", label="val Dice", color="tab:orange")
+        twin.set_ylabel("val pseudo-Dice")
+        twin.set_ylim(0, 1)
+    ax.set_title(run_dir.name, fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "learning_curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
