@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
+from medseg_bench.data.io import Geometry, count_nonfinite, read_geometry, read_image, read_label
 from medseg_bench.data.msd import Case, declared_labels, training_cases
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
@@ -91,7 +91,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool)
         image, _ = read_image(case.image)
     except DataError as exc:
         return problem(case.image, str(exc).split(": ", 1)[-1])
-    if not np.all(np.isfinite(image)):
+    nonfinite = count_nonfinite(case.image) if np.all(np.isfinite(image)) else 1
+    if nonfinite:
         return problem(case.image, "image holds NaN or inf voxels")
     return []
 

@@ -1,0 +1,105 @@
+"""Shared fixtures: an isolated MEDSEG_BENCH_HOME, small real Hippocampus tasks, synthetic MSD tasks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_TASK = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MEDSEG_BENCH_HOME for the test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", str(path))
+    monkeypatch.delenv("MEDSEG_BENCH_MIRROR", raising=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_task() -> Path:
+    if not (SHARED_TASK / "dataset.json").is_file():
+        pytest.skip("../shared/data/Task04_Hippocampus is not available")
+    return SHARED_TASK
+
+
+def copy_subset(source: Path, dest: Path, num_cases: int) -> Path:
+    """An MSD folder with the first `num_cases` training cases of `source` (dataset.json rewritten)."""
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["training"] = meta["training"][:num_cases]
+    meta["numTraining"] = num_cases
+    for sub in ("imagesTr", "labelsTr"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            shutil.copy(source / entry[key], dest / entry[key])
+    (dest / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return dest
+
+
+@pytest.fixture
+def hippo_subset(shared_task: Path, tmp_path: Path) -> Path:
+    """Ten real Hippocampus cases in MSD layout."""
+    return copy_subset(shared_task, tmp_path / "src" / "Task04_Hippocampus", 10)
+
+
+def write_image(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+                vector_4d: bool = False) -> None:
+    """Write a (Z, Y, X) array, or a (C, Z, Y, X) array as a 4D NIfTI (channel = last image axis)."""
+    import SimpleITK as sitk
+
+    if array.ndim == 4:
+        image = sitk.JoinSeries([sitk.GetImageFromArray(c) for c in array])
+        image.SetSpacing((*spacing, 1.0))
+    else:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def make_synthetic_task(folder: Path, num_cases: int = 6, channels: int = 1, ct: bool = False,
+                        shape: tuple[int, int, int] = (12, 20, 20), seed: int = 0,
+                        labels: dict[str, str] | None = None) -> Path:
+    """A tiny MSD-layout task: a bright box (label 1) with a core (label 2) in noise; 4D when channels > 1."""
+    rng = np.random.default_rng(seed)
+    labels = labels or {"0": "background", "1": "outer", "2": "core"}
+    training = []
+    for i in range(num_cases):
+        seg = np.zeros(shape, np.uint8)
+        z0, y0, x0 = (int(rng.integers(1, s // 3)) for s in shape)
+        seg[z0:z0 + shape[0] // 2, y0:y0 + shape[1] // 2, x0:x0 + shape[2] // 2] = 1
+        seg[z0 + 1:z0 + shape[0] // 2 - 1, y0 + 2:y0 + shape[1] // 2 - 2, x0 + 2:x0 + shape[2] // 2 - 2] = 2
+        base = rng.normal(0, 1, (channels, *shape)).astype(np.float32) + seg[None] * 2.0
+        if ct:
+            base = (base * 200 - 500).astype(np.int16)
+        name = f"case_{i:03d}.nii.gz"
+        write_image(folder / "imagesTr" / name, base if channels > 1 else base[0])
+        write_image(folder / "labelsTr" / name, seg)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": folder.name, "tensorImageSize": "4D" if channels > 1 else "3D",
+        "modality": {str(c): ("CT" if ct else f"MR{c}") for c in range(channels)},
+        "labels": labels, "numTraining": num_cases, "numTest": 0, "training": training, "test": [],
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def write_task_file(home: Path, name: str, channels: int = 1, ct: bool = False, **extra: object) -> Path:
+    """Declare a custom task in $MEDSEG_BENCH_HOME/tasks/<name>.yaml."""
+    import yaml
+
+    data = {"name": name, "imaging": "CT" if ct else "MRI",
+            "modalities": ["CT"] if ct else [f"MR{c}" for c in range(channels)],
+            "labels": {0: "background", 1: "outer", 2: "core"},
+            "tensor_image_size": "4D" if channels > 1 else "3D", **extra}
+    path = home / "tasks" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path

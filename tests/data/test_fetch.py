@@ -1,0 +1,178 @@
+"""Fetch against a local HTTP server on 127.0.0.1 serving archives that the tests build."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import MARKER, download, fetch_task, is_complete
+from medseg_bench.errors import DataError, FetchError, UsageError
+
+
+def make_tar(folder: Path, dest: Path) -> tuple[Path, str]:
+    with tarfile.open(dest, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    return dest, hashlib.md5(dest.read_bytes()).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    drop_after: int | None = None  # close the connection after this many bytes of the first response
+    fail_first: int = 0  # answer 500 to this many requests first
+    requests: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        cls = type(self)
+        cls.requests.append(self.headers.get("Range"))
+        if cls.fail_first > 0:
+            cls.fail_first -= 1
+            self.send_error(500)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}")
+        else:
+            self.send_response(200)
+        body = cls.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if cls.drop_after is not None:
+            self.wfile.write(body[: cls.drop_after])
+            cls.drop_after = None
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"payload": b"", "drop_after": None, "fail_first": 0, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_verify_extract_validate(server, hippo_subset: Path, tmp_path: Path) -> None:
+    url, handler = server
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    handler.payload = archive.read_bytes()
+    data = tmp_path / "data"
+    outcome = fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/Task04_Hippocampus.tar", md5,
+                         progress=False)
+    assert not outcome.already_present and is_complete(data / "Task04_Hippocampus")
+    assert len(list((data / "Task04_Hippocampus" / "imagesTr").glob("*.nii.gz"))) == 10
+    again = fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/x.tar", md5, progress=False)
+    assert again.already_present and len(handler.requests) == 1
+    assert not list(data.glob(".*.partial"))
+
+
+def test_wrong_md5_leaves_nothing_marked(server, hippo_subset: Path, tmp_path: Path) -> None:
+    url, handler = server
+    archive, _ = make_tar(hippo_subset, tmp_path / "t.tar")
+    handler.payload = archive.read_bytes()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match="md5 mismatch"):
+        fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/t.tar", "0" * 32, progress=False)
+    assert not (data / "Task04_Hippocampus").exists()
+    assert not list(data.rglob(MARKER))
+    assert not list((data / ".downloads").iterdir())
+
+
+def test_mirror_env_is_used_and_catalog_md5_checked(server, hippo_subset: Path, tmp_path: Path) -> None:
+    url, handler = server
+    archive, _ = make_tar(hippo_subset, tmp_path / "t.tar")
+    handler.payload = archive.read_bytes()
+    with pytest.raises(FetchError, match="expected 9d24dba78a72977dbd1d2e110310f31b"):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", mirror=url, progress=False)
+    assert handler.requests  # the mirror was asked, and the catalog checksum refused the repackaged archive
+
+
+def test_resume_after_dropped_connection(server, tmp_path: Path) -> None:
+    url, handler = server
+    handler.payload = bytes(range(256)) * 4096  # 1 MiB
+    handler.drop_after = 300_000
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = download(f"{url}/blob", tmp_path / "blob.tar", md5, timeout_s=5, progress=False)
+    assert dest.read_bytes() == handler.payload
+    assert handler.requests[0] is None and handler.requests[-1] == "bytes=300000-"
+
+
+def test_http_500_then_success(server, tmp_path: Path) -> None:
+    url, handler = server
+    handler.payload = b"x" * 1000
+    handler.fail_first = 2
+    dest = download(f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False)
+    assert dest.read_bytes() == handler.payload and len(handler.requests) == 3
+
+
+def test_local_folder_and_local_tar(hippo_subset: Path, tmp_path: Path) -> None:
+    (hippo_subset / "imagesTr" / "._hippocampus_001.nii.gz").write_bytes(b"resource fork")
+    data = tmp_path / "data"
+    fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert not list((data / "Task04_Hippocampus").rglob("._*"))
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    other = tmp_path / "other"
+    with pytest.raises(FetchError, match="md5 mismatch"):
+        fetch_task(get_task("Task04_Hippocampus"), other, str(archive), progress=False)
+    fetch_task(get_task("Task04_Hippocampus"), other, str(archive), md5, progress=False)
+    assert is_complete(other / "Task04_Hippocampus")
+
+
+def test_only_http_urls(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="only http"):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, "ftp://example.org/x.tar", "0" * 32, progress=False)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("entry", ["../evil.txt", "/abs/evil.txt", "link", "dev"])
+def test_unsafe_archives_are_refused(entry: str, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        _add_bytes(tar, "Task04_Hippocampus/dataset.json", b"{}")
+        if entry == "link":
+            info = tarfile.TarInfo("Task04_Hippocampus/link")
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+            tar.addfile(info)
+        elif entry == "dev":
+            info = tarfile.TarInfo("Task04_Hippocampus/dev")
+            info.type = tarfile.CHRTYPE
+            tar.addfile(info)
+        else:
+            _add_bytes(tar, entry)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match="unsafe archive entry"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert not (tmp_path / "evil.txt").exists() and not (data / "Task04_Hippocampus").exists()
+
+
+def test_truncated_archive(hippo_subset: Path, tmp_path: Path) -> None:
+    archive, _ = make_tar(hippo_subset, tmp_path / "t.tar")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    md5 = hashlib.md5(cut.read_bytes()).hexdigest()
+    with pytest.raises((FetchError, DataError)):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(cut), md5, progress=False)
+    assert not (tmp_path / "data" / "Task04_Hippocampus").exists()

@@ -1,0 +1,102 @@
+"""Plan, cache and splits: normalisation per modality, multi-channel 4D input, partial caches, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.preprocess import load_case, prepare_task
+from medseg_bench.data.splits import make_splits
+from medseg_bench.errors import DataError
+from tests.conftest import make_synthetic_task, write_task_file
+
+
+def _fetched(home: Path, tmp_path: Path, name: str, **kw: object) -> Path:
+    channels = int(kw.get("channels", 1))  # type: ignore[arg-type]
+    write_task_file(home, name, channels=channels, ct=bool(kw.get("ct", False)))
+    src = make_synthetic_task(tmp_path / "src" / name, **kw)  # type: ignore[arg-type]
+    data = tmp_path / "data"
+    fetch_task(get_task(name), data, str(src), progress=False)
+    return data
+
+
+def test_multimodal_4d_becomes_channels(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path, "Task91_Multi", channels=3)
+    prepared = prepare_task(get_task("Task91_Multi"), data, num_folds=3, workers=1)
+    image, label, props = load_case(prepared.cache_dir, prepared.case_ids[0])
+    assert image.shape == (3, 12, 20, 20) and label.shape == (12, 20, 20)
+    assert image.dtype == np.float32 and label.dtype == np.uint8
+    for c in range(3):  # per-case z-score per channel
+        assert abs(float(image[c].mean())) < 1e-3 and abs(float(image[c].std()) - 1) < 1e-3
+    assert props["geometry"]["spacing"] == [1.0, 1.0, 1.0]
+    assert prepared.plan.patch_3d == (16, 24, 24) and prepared.plan.patch_2d == (32, 32)
+
+
+def test_ct_is_clipped_and_scaled_with_foreground_statistics(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path, "Task92_CT", ct=True)
+    prepared = prepare_task(get_task("Task92_CT"), data, num_folds=3, workers=1)
+    plan = prepared.plan
+    assert plan.normalization == "ct" and plan.ct_clip is not None
+    lo, hi = plan.ct_clip
+    # Foreground HU ~ N(-100, 200) (label 1) and N(300, 200) (label 2): 0.5/99.5 percentiles near -620/820.
+    assert -750 < lo < -450 and 650 < hi < 950
+    fp = json.loads((data / "preprocessed" / "Task92_CT" / "fingerprint.json").read_text())
+    assert fp["ct_foreground"]["p99_5"] == hi
+    image, _, _ = load_case(prepared.cache_dir, prepared.case_ids[0])
+    assert image.max() <= (hi - plan.ct_mean) / plan.ct_std + 1e-4
+
+
+def test_cache_is_reused_and_partial_cache_finished(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    task = get_task("Task90_Synth")
+    prepared = prepare_task(task, data, num_folds=3, workers=1)
+    first = prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy"
+    mtime = first.stat().st_mtime_ns
+    # Simulate a build killed half-way: one case lost its properties file, the completion marker is gone.
+    (prepared.cache_dir / "complete.json").unlink()
+    (prepared.cache_dir / f"{prepared.case_ids[1]}.json").unlink()
+    (prepared.cache_dir / f".{prepared.case_ids[2]}.img.npy.tmp").write_bytes(b"half")
+    again = prepare_task(task, data, num_folds=3, workers=1)
+    assert first.stat().st_mtime_ns == mtime  # finished cases are not redone
+    assert (again.cache_dir / f"{prepared.case_ids[1]}.json").is_file()
+    assert not list(again.cache_dir.glob(".*.tmp"))
+
+
+def test_corrupt_cache_entry_is_named(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    (prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="corrupt cache entry"):
+        load_case(prepared.cache_dir, prepared.case_ids[0])
+
+
+def test_not_fetched_is_a_clear_error(home: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run `medseg-bench fetch Task04_Hippocampus` first"):
+        prepare_task(get_task("Task04_Hippocampus"), tmp_path)
+
+
+def test_splits_are_deterministic_disjoint_and_cover() -> None:
+    ids = [f"c{i:03d}" for i in range(23)]
+    a, b = make_splits(ids, 5), make_splits(list(reversed(ids)), 5)
+    assert a == b
+    vals = [set(f["val"]) for f in a]
+    assert set().union(*vals) == set(ids) and sum(len(v) for v in vals) == 23
+    for fold in a:
+        assert not set(fold["train"]) & set(fold["val"])
+    with pytest.raises(DataError):
+        make_splits(ids[:3], 5)
+
+
+def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    task = get_task("Task90_Synth")
+    ids = sorted(prepare_task(task, data, num_folds=3, workers=1).case_ids)
+    custom = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
+              {"train": ids[:4], "val": ids[4:]}]
+    (data / "preprocessed" / "Task90_Synth" / "splits_3fold.json").write_text(json.dumps(custom))
+    assert prepare_task(task, data, num_folds=3, workers=1).splits == custom

@@ -1,0 +1,105 @@
+"""Every kind of broken case is named with its file and excluded; structural problems are fatal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.msd import training_cases
+from medseg_bench.data.validate import validate_folder
+from medseg_bench.errors import DataError
+from tests.conftest import make_synthetic_task, write_image, write_task_file
+
+
+@pytest.fixture
+def synth(home: Path, tmp_path: Path) -> tuple[Path, object]:
+    write_task_file(home, "Task90_Synth")
+    return make_synthetic_task(tmp_path / "Task90_Synth"), get_task("Task90_Synth")
+
+
+def test_clean_task_has_no_problems(synth) -> None:
+    folder, task = synth
+    report = validate_folder(folder, task)
+    assert report.problems == [] and len(report.usable_cases) == 6
+
+
+def _problem_for(folder: Path, task, case: str) -> str:
+    report = validate_folder(folder, task)
+    assert report.excluded == {case}, report.problems
+    return str(report.problems[0])
+
+
+def test_missing_label(synth) -> None:
+    folder, task = synth
+    (folder / "labelsTr" / "case_001.nii.gz").unlink()
+    assert "labelsTr/case_001.nii.gz: label file missing" in _problem_for(folder, task, "case_001")
+
+
+def test_label_shape_and_spacing_mismatch(synth) -> None:
+    folder, task = synth
+    write_image(folder / "labelsTr" / "case_002.nii.gz", np.zeros((12, 20, 19), np.uint8))
+    assert "shape" in _problem_for(folder, task, "case_002")
+    write_image(folder / "labelsTr" / "case_002.nii.gz", np.zeros((12, 20, 20), np.uint8), spacing=(1, 1, 3))
+    assert "spacing" in _problem_for(folder, task, "case_002")
+
+
+def test_undeclared_label_values_and_nan(synth) -> None:
+    folder, task = synth
+    seg = np.zeros((12, 20, 20), np.uint8)
+    seg[2, 2, 2] = 7
+    write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
+    assert "label values [7] not declared" in _problem_for(folder, task, "case_003")
+    write_image(folder / "labelsTr" / "case_003.nii.gz", np.zeros((12, 20, 20), np.uint8))
+    image = np.zeros((12, 20, 20), np.float32)
+    image[1, 1, 1] = np.nan
+    write_image(folder / "imagesTr" / "case_003.nii.gz", image)
+    assert "NaN or inf" in _problem_for(folder, task, "case_003")
+
+
+def test_truncated_and_non_nifti_files(synth) -> None:
+    folder, task = synth
+    path = folder / "imagesTr" / "case_004.nii.gz"
+    path.write_bytes(path.read_bytes()[:100])
+    assert "case_004.nii.gz" in _problem_for(folder, task, "case_004")
+    path.write_text("not an image")
+    assert "not a readable image" in _problem_for(folder, task, "case_004")
+
+
+def test_3d_image_where_4d_declared(home: Path, tmp_path: Path) -> None:
+    write_task_file(home, "Task91_Multi", channels=2)
+    folder = make_synthetic_task(tmp_path / "Task91_Multi", channels=1)
+    report = validate_folder(folder, get_task("Task91_Multi"))
+    assert len(report.excluded) == 6 and "declares 4D" in str(report.problems[0])
+
+
+def test_structural_problems_are_fatal(synth) -> None:
+    folder, task = synth
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"].append({"image": "../../etc/passwd", "label": "./labelsTr/x.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="points outside the task folder"):
+        training_cases(folder)
+    (folder / "dataset.json").write_text("{not json")
+    with pytest.raises(DataError, match="invalid JSON"):
+        validate_folder(folder, task)
+    (folder / "dataset.json").unlink()
+    with pytest.raises(DataError, match="dataset.json missing"):
+        validate_folder(folder, task)
+
+
+def test_empty_training_list(synth) -> None:
+    folder, task = synth
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"] = []
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="training list is empty"):
+        validate_folder(folder, task)
+
+
+def test_real_hippocampus_subset_is_clean(hippo_subset: Path) -> None:
+    report = validate_folder(hippo_subset, get_task("Task04_Hippocampus"))
+    assert report.problems == [] and len(report.cases) == 10
