@@ -149,10 +149,11 @@ def _label_boxes(labels: np.ndarray, max_label: int) -> list[Box | None]:
     if outer is None:
         return [None] * max_label
     inner = labels[outer].view(np.uint8) if labels.dtype == bool else labels[outer]
-    return [
-        None if box is None else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer))
-        for box in ndimage.find_objects(inner, max_label=max_label)
-    ]
+    return [None if box is None else _shifted(box, outer) for box in ndimage.find_objects(inner, max_label)]
+
+
+def _shifted(box: Box, outer: Box) -> Box:
+    return tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer, strict=True))
 
 
 def _nonzero_box(labels: np.ndarray) -> Box | None:
