@@ -1,0 +1,112 @@
+"""`medseg-bench evaluate` through the Typer app: formats, label selection, exit codes and messages."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.io import Geometry, write_label
+
+runner = CliRunner()
+
+
+def write(folder: Path, name: str, labels: np.ndarray, spacing=(0.8, 1.0, 2.5)) -> None:
+    geometry = Geometry(spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), labels.shape[::-1])
+    write_label(labels, geometry, folder / f"{name}.nii.gz")
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Two cases; label 2 is in case `a` only, so case `b` has a both-empty row for it."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    ref = np.zeros((6, 10, 10), np.uint8)
+    ref[1:4, 2:7, 2:7] = 1
+    pred = np.roll(ref, 1, axis=0)
+    write(pred_dir, "b", pred)
+    write(ref_dir, "b", ref)
+    ref[5, 0:2, 0:2] = 2
+    pred[5, 0:2, 0:3] = 2
+    write(pred_dir, "a", pred)
+    write(ref_dir, "a", ref)
+    return pred_dir, ref_dir
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["evaluate", *args, "--workers", "1"])
+
+
+def test_csv_rows_then_means(folders):
+    pred_dir, ref_dir = folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame.columns[:10]) == ["case", "label", "dice", "jaccard", "precision", "recall",
+                                        "hd", "hd95", "assd", "nsd"]
+    assert frame["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+    assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
+    assert frame.loc[0, "hd"] == pytest.approx(2.5)  # moved by one 2.5 mm slice
+    assert np.isnan(frame.loc[3, "dice"])  # case b has no label 2
+    assert frame.loc[5, "dice"] == pytest.approx(frame.loc[1, "dice"])  # the NaN is left out of the mean
+    assert "label 2: 1 of 2 cases have both masks empty" in result.stderr
+
+
+def test_json_records_settings_and_labels_option(folders, tmp_path):
+    pred_dir, ref_dir = folders
+    out = tmp_path / "scores" / "metrics.json"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--labels", "1", "--surface", "voxel",
+                    "--nsd-tolerance", "2", "--format", "json", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["settings"] == {"nsd_tolerance_mm": 2.0, "surface": "voxel", "empty_policy": "penalize"}
+    assert [(row["case"], row["label"]) for row in payload["cases"]] == [("a", 1), ("b", 1)]
+    assert payload["means"][0]["n_cases"] == 2
+
+
+def test_markdown_is_the_default(folders):
+    pred_dir, ref_dir = folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("| case | label | dice |")
+    assert "surface=area" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--labels", "1,x"], "--labels must be comma-separated integers"),
+        (["--surface", "mesh"], "unknown surface convention 'mesh'"),
+        (["--format", "xlsx"], "unknown format 'xlsx'"),
+        (["--nsd-tolerance", "-1"], "NSD tolerance"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(folders, extra, message):
+    pred_dir, ref_dir = folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), *extra)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_reference_exits_3_naming_both_files(folders):
+    pred_dir, ref_dir = folders
+    (ref_dir / "b.nii.gz").unlink()
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
+    assert result.exit_code == 3
+    assert f"{pred_dir / 'b.nii.gz'}: no reference file {ref_dir / 'b.nii.gz'}" in result.stderr
+
+
+def test_geometry_mismatch_exits_3_naming_both_files(folders):
+    pred_dir, ref_dir = folders
+    labels = np.zeros((6, 10, 10), np.uint8)
+    write(pred_dir, "b", labels, spacing=(0.8, 1.0, 3.0))
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
+    assert result.exit_code == 3
+    assert "b.nii.gz: geometry differs from reference" in result.stderr
+    assert str(ref_dir / "b.nii.gz") in result.stderr and "spacing" in result.stderr
