@@ -1,0 +1,69 @@
+"""CLI basics with Typer's CliRunner: help, version, list, and errors as one line with an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench import __version__
+from medseg_bench.cli.app import app
+
+runner = CliRunner()
+
+
+def test_help_and_version() -> None:
+    for flag in ("-h", "--help"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0 and "fetch" in result.output and "sweep" in result.output
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"medseg-bench {__version__}"
+
+
+@pytest.mark.parametrize(("what", "expect"), [("tasks", "Task09_Spleen"), ("archs", "deeplab"),
+                                              ("losses", "dice_ce"), ("augs", "heavy"), ("metrics", "hd95")])
+def test_list(home: Path, what: str, expect: str) -> None:
+    result = runner.invoke(app, ["list", what])
+    assert result.exit_code == 0 and expect in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arch", "unte"], "unknown arch 'unte'; did you mean 'unet'?"),
+    (["--loss", "dicece"], "unknown loss 'dicece'; did you mean 'dice_ce'?"),
+    (["--aug", "hevy"], "unknown aug 'hevy'; did you mean 'heavy'?"),
+    (["--dims", "4d"], "unknown dims '4d'"),
+    (["--folds", "x"], "--folds takes comma-separated integers"),
+])
+def test_bad_sweep_names_exit_2_before_any_work(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"),
+                                 *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_task(home: Path) -> None:
+    result = runner.invoke(app, ["fetch", "Task04_Hipocampus"])
+    assert result.exit_code == 2 and "did you mean 'Task04_Hippocampus'" in result.output
+
+
+def test_sweep_on_unfetched_task_is_a_data_error(home: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"),
+                                 "--epochs", "1"])
+    assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output
+
+
+def test_dry_run_lists_runs_with_skips(home: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--arch", "unet,deeplab",
+                                 "--dims", "2d,3d", "--dry-run", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "deeplab in 3d: skipped" in result.output
+    assert "pending  Task04_Hippocampus/2d-unet.resnet34-dice_ce-none-f0-s0-" in result.output
+    assert "3 runs" in result.output
+
+
+def test_report_without_results(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 6 and "no finished runs" in result.output

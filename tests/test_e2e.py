@@ -1,0 +1,56 @@
+"""The whole loop on real data: fetch from the shared folder, sweep two tiny configurations, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from tests.conftest import copy_subset
+
+runner = CliRunner()
+
+
+def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> None:
+    src = copy_subset(shared_task, tmp_path / "src" / "Task04_Hippocampus", 10)
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(src)])
+    assert result.exit_code == 0, result.output
+    assert "10 usable training cases" in result.output
+    results = tmp_path / "results"
+    sweep = ["sweep", "--task", "Task04_Hippocampus", "--arch", "unet", "--loss", "dice_ce", "--aug", "light",
+             "--dims", "2d,3d", "--encoder", "resnet18", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
+             "--results-dir", str(results)]
+    result = runner.invoke(app, sweep)
+    assert result.exit_code == 0, result.output
+    run_dirs = sorted((results / "Task04_Hippocampus").iterdir())
+    assert len(run_dirs) == 2
+    for run in run_dirs:
+        status = json.loads((run / "status.json").read_text())
+        assert status["state"] == "done"
+        for name in ("spec.json", "env.json", "splits.json", "metrics.csv", "summary.json", "run.log",
+                     "checkpoints/last.ckpt", "learning_curves.png"):
+            assert (run / name).is_file(), name
+        env = json.loads((run / "env.json").read_text())
+        assert env["versions"]["torch"] and env["git_revision"]
+        assert json.loads((run / "spec.json").read_text())["run_id"] == run.name
+        assert len(json.loads((run / "splits.json").read_text())["val"]) == 2
+
+    again = runner.invoke(app, sweep)  # the same spec is skipped, not repeated
+    assert again.exit_code == 0 and again.output.count("skipped (already done)") == 2
+
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "csv"])
+    assert report.exit_code == 0, report.output
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(report.output))
+    assert len(table) == 2 and set(table["dims"]) == {"2d", "3d"}
+    for column in ("dice_mean", "jaccard_mean"):
+        assert table[column].between(0, 1).all()
+    assert (table["hd95_mean"] >= 0).all() and (table["cases"] == 2).all()
+    markdown = runner.invoke(app, ["report", "--results-dir", str(results)])
+    assert markdown.exit_code == 0 and markdown.output.startswith("| task | configuration |")
+    assert markdown.output.count("\n") == 4
