@@ -8,10 +8,12 @@ converges faster on short CPU budgets). Mixed precision on GPU. Checkpoints `las
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +148,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
+    _quiet_lightning()
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)
     split = prepared.splits[spec.fold]
@@ -206,6 +209,18 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         peak_memory_mb=peak_mb,
         device="cuda" if cuda else "cpu",
     )
+
+
+def _quiet_lightning() -> None:
+    """Lightning's info lines (and tips) go to the run log, not the console; the sweep display reports."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:

@@ -31,6 +31,7 @@ from medseg_bench.metrics import (
     evaluate_case,
     evaluate_folders,
 )
+from medseg_bench.metrics import surface as surface_module
 from medseg_bench.metrics.surface import _code_to_weight
 
 SPACING_3D = (2.5, 1.0, 0.8)  # array (z, y, x) order: thick slices
@@ -178,6 +179,29 @@ def test_masks_touching_the_image_border_match_deepmind():
     actual = our_metrics(pred, ref, SPACING_3D, "area", 1.0)
     for name in expected:
         assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
+
+
+@pytest.mark.parametrize("margin_mm", [0.0, 5.0])
+@pytest.mark.parametrize("surface", ["area", "voxel"])
+def test_stray_islands_and_disjoint_masks_match_brute_force(monkeypatch, margin_mm, surface):
+    """The distance transform runs on the overlap of the two surfaces' boxes plus a margin; points outside it
+    or not provably exact there go to a k-d tree. A zero margin sends many points down that path."""
+    monkeypatch.setattr(surface_module, "_MARGIN_MM", margin_mm)
+    ref = np.zeros((10, 24, 24), bool)
+    ref[2:7, 4:14, 5:15] = True
+    pred = np.roll(ref, (1, 2), axis=(0, 1))
+    pred[8:10, 20:23, 0:2] = True  # a stray island in a far corner
+    hollow = ref.copy()
+    hollow[3:6, 7:11, 8:12] = False
+    cube = np.zeros_like(ref)
+    cube[4, 8:10, 9:11] = True  # inside the hollow: the boxes overlap, the surfaces are apart
+    far = np.zeros_like(ref)
+    far[7:10, 18:24, 18:24] = True  # boxes disjoint
+    for a, b in [(pred, ref), (ref, pred), (cube, hollow), (hollow, cube), (far, ref)]:
+        expected = brute_force_metrics(a, b, SPACING_3D, surface, tolerance_mm=1.0)
+        actual = our_metrics(a, b, SPACING_3D, surface, tolerance_mm=1.0)
+        for name in expected:
+            assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
 
 
 # --- analytic: a box and the same box moved by k slices ---------------------------------------------------

@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 # edt returns float32 distances, so a distance equal to the tolerance (say 0.8 mm at 0.8 mm spacing) can
 # come out one float32 ulp above it; this relative slack counts such a distance as within the tolerance.
 _TOLERANCE_RTOL = 1e-6
+# Margin around the overlap of the two surfaces' boxes for the distance transform (see _directed_distances).
+_MARGIN_MM = 5.0
 
 _edt_threads = 1
 
@@ -71,7 +73,7 @@ def compute_surface_distances(
     pred = np.asarray(pred_mask, dtype=bool)
     ref = np.asarray(ref_mask, dtype=bool)
     _check_masks(pred, ref, spacing_mm, surface)
-    box = _bounding_box(pred | ref)
+    box = union_box([nonzero_box(pred), nonzero_box(ref)])
     if box is None:
         empty = np.zeros(0)
         return SurfaceDistances(empty, empty, empty, empty, surface)
@@ -88,8 +90,9 @@ def surface_distances_in_box(
     pred_border, pred_weights = _surface_elements(pred_pad, spacing, surface)
     ref_border, ref_weights = _surface_elements(ref_pad, spacing, surface)
     if pred_weights.size and ref_weights.size:
-        pred_to_ref = _distance_to(ref_border, spacing)[pred_border]
-        ref_to_pred = _distance_to(pred_border, spacing)[ref_border]
+        pred_points, ref_points = np.argwhere(pred_border), np.argwhere(ref_border)  # C order, as weights
+        pred_to_ref = _directed_distances(pred_points, ref_points, ref_border, spacing)
+        ref_to_pred = _directed_distances(ref_points, pred_points, pred_border, spacing)
     else:
         pred_to_ref = np.full(pred_weights.size, np.inf)
         ref_to_pred = np.full(ref_weights.size, np.inf)
@@ -147,6 +150,33 @@ def distance_metrics(distances: SurfaceDistances, tolerance_mm: float) -> dict[s
     }
 
 
+def nonzero_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the nonzero voxels (None if there are none).
+
+    `any` projections, each on the block cropped by the previous one, are ~30x faster than find_objects.
+    """
+    box = [slice(0, n) for n in labels.shape]
+    for axis in range(labels.ndim):
+        others = tuple(a for a in range(labels.ndim) if a != axis)
+        hits = np.flatnonzero(labels[tuple(box)].any(axis=others))
+        if hits.size == 0:
+            return None
+        box[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
+    return tuple(box)
+
+
+
+def union_box(boxes: Sequence[tuple[slice, ...] | None]) -> tuple[slice, ...] | None:
+    """Smallest box holding all the given boxes (None entries are empty)."""
+    present = [box for box in boxes if box is not None]
+    if not present:
+        return None
+    return tuple(
+        slice(min(box[axis].start for box in present), max(box[axis].stop for box in present))
+        for axis in range(len(present[0]))
+    )
+
+
 # --- internals -------------------------------------------------------------------------------------------
 
 
@@ -159,11 +189,6 @@ def _check_masks(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
         raise ValueError(f"spacing {tuple(spacing_mm)} does not match {pred.ndim}D masks")
     if surface not in ("area", "voxel"):
         raise ValueError(f"unknown surface convention '{surface}'; choose area or voxel")
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    boxes = ndimage.find_objects(mask.astype(np.uint8, copy=False), max_label=1)
-    return boxes[0] if boxes else None
 
 
 def _surface_elements(padded: np.ndarray, spacing: tuple[float, ...], surface: str):
@@ -220,10 +245,56 @@ def _code_to_weight(spacing: tuple[float, ...]) -> np.ndarray:
     return lengths
 
 
+def _directed_distances(
+    points: np.ndarray, feature_points: np.ndarray, features: np.ndarray, spacing: tuple[float, ...]
+) -> np.ndarray:
+    """Distance (mm) from each grid point in `points` to the nearest True point of `features`.
+
+    The distance transform, whose cost grows with volume, runs only on the overlap of the two point sets'
+    boxes plus a margin, not on the box holding both: a stray island far from the structure would otherwise
+    blow the volume up. A distance found there is exact when no feature outside that box can be closer (it
+    is at most the distance to the box faces beyond which features lie); the few points for which this
+    fails, or that lie outside the box, get exact distances from a k-d tree of all features.
+    """
+    query_lo, query_hi = points.min(axis=0), points.max(axis=0) + 1
+    feature_lo, feature_hi = feature_points.min(axis=0), feature_points.max(axis=0) + 1
+    overlap_lo, overlap_hi = np.maximum(query_lo, feature_lo), np.minimum(query_hi, feature_hi)
+    disjoint = overlap_lo >= overlap_hi
+    core_lo = np.where(disjoint, feature_lo, overlap_lo)
+    core_hi = np.where(disjoint, feature_hi, overlap_hi)
+    margin = np.array([math.ceil(_MARGIN_MM / s) + 1 for s in spacing])
+    lo = np.maximum(core_lo - margin, 0)
+    hi = np.minimum(core_hi + margin, features.shape)
+
+    distances = np.full(len(points), np.inf)
+    inside = np.flatnonzero(np.all((points >= lo) & (points < hi), axis=1))
+    box_features = features[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    if inside.size and box_features.any():
+        local = points[inside] - lo
+        found = _distance_to(box_features, spacing)[tuple(local.T)].astype(np.float64)
+        reach = np.full(len(local), np.inf)  # distance to the nearest box face with features beyond it
+        for axis, step_mm in enumerate(spacing):
+            if feature_lo[axis] < lo[axis]:
+                reach = np.minimum(reach, (local[:, axis] + 1) * step_mm)
+            if feature_hi[axis] > hi[axis]:
+                reach = np.minimum(reach, (hi[axis] - lo[axis] - local[:, axis]) * step_mm)
+        exact = found <= reach
+        distances[inside[exact]] = found[exact]
+    rest = ~np.isfinite(distances)
+    if rest.any():
+        from scipy.spatial import cKDTree
+
+        scale = np.asarray(spacing)
+        tree = cKDTree(feature_points * scale, balanced_tree=False, compact_nodes=False)  # fast to build
+        distances[rest] = tree.query(points[rest] * scale)[0]
+    return distances
+
+
 def _distance_to(features: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Distance in mm from every grid point to the nearest True point of `features` (which has one)."""
     if _edt is not None:
-        return _edt.edt(~features, anisotropy=spacing, black_border=False, parallel=_edt_threads)
+        background = (~features).view(np.uint8)  # edt is 1.5-2.5x faster on uint8 than on bool
+        return _edt.edt(background, anisotropy=spacing, black_border=False, parallel=_edt_threads)
     return ndimage.distance_transform_edt(~features, sampling=spacing)
 
 
