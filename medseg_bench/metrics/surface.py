@@ -85,8 +85,7 @@ def surface_distances_in_box(
 ) -> SurfaceDistances:
     """`compute_surface_distances` on crops that hold all of both masks (the caller has cropped)."""
     spacing = tuple(float(s) for s in spacing_mm)
-    pred_pad = np.pad(pred_crop.astype(np.uint8, copy=False), 1)
-    ref_pad = np.pad(ref_crop.astype(np.uint8, copy=False), 1)
+    pred_pad, ref_pad = _zero_padded(pred_crop), _zero_padded(ref_crop)
     pred_border, pred_weights = _surface_elements(pred_pad, spacing, surface)
     ref_border, ref_weights = _surface_elements(ref_pad, spacing, surface)
     if pred_weights.size and ref_weights.size:
@@ -189,6 +188,13 @@ def _check_masks(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
         raise ValueError(f"spacing {tuple(spacing_mm)} does not match {pred.ndim}D masks")
     if surface not in ("area", "voxel"):
         raise ValueError(f"unknown surface convention '{surface}'; choose area or voxel")
+
+
+def _zero_padded(mask: np.ndarray) -> np.ndarray:
+    """The mask as uint8 with one voxel of zeros around it (np.pad is several times slower)."""
+    padded = np.zeros([n + 2 for n in mask.shape], np.uint8)
+    padded[tuple(slice(1, -1) for _ in mask.shape)] = mask
+    return padded
 
 
 def _surface_elements(padded: np.ndarray, spacing: tuple[float, ...], surface: str):
