@@ -16,6 +16,7 @@ class PlainReporter:
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.total = 0
         self.finished = 0
+        self.ran = 0  # finished runs that were executed (not skipped): the basis of the ETA
         self._start = time.perf_counter()
 
     def say(self, message: str) -> None:
@@ -35,13 +36,22 @@ class PlainReporter:
     def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
         self.say(f"  {run_id} epoch {epoch}/{epochs}  loss {train_loss:.4f}  val Dice {val_dice:.4f}")
 
+    def eta_s(self) -> float | None:
+        """Seconds left: elapsed time per executed run times the runs left (parallel jobs included)."""
+        if not self.ran:
+            return None
+        return (time.perf_counter() - self._start) / self.ran * (self.total - self.finished)
+
     def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
         self.finished += 1
+        self.ran += 1
+        eta = self.eta_s()
+        left = f", ETA {eta / 60:.1f} min" if eta and self.finished < self.total else ""
         if error:
-            self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {error}")
+            self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {error}{left}")
         else:
             dice = (summary or {}).get("mean", {}).get("dice", float("nan"))
-            self.say(f"[{self.finished}/{self.total}] {run_id}: done, mean Dice {dice:.4f}")
+            self.say(f"[{self.finished}/{self.total}] {run_id}: done, mean Dice {dice:.4f}{left}")
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self._start
@@ -49,7 +59,7 @@ class PlainReporter:
 
 
 class LiveReporter(PlainReporter):
-    """Overall runs with ETA, and the active run's epoch, loss and val Dice, in a rich live display."""
+    """Overall runs with ETA, and each active run's epoch, loss and val Dice (several with --jobs), live."""
 
     def __init__(self, console: Console | None = None) -> None:
         super().__init__(console)
@@ -59,7 +69,7 @@ class LiveReporter(PlainReporter):
                                  TimeRemainingColumn(), console=self.console)
         self.progress.start()
         self.overall = self.progress.add_task("runs", total=0)
-        self.current: Any = None
+        self.active: dict[str, Any] = {}
 
     def say(self, message: str) -> None:
         self.progress.console.print(message)
@@ -74,17 +84,16 @@ class LiveReporter(PlainReporter):
 
     def run_start(self, run_id: str) -> None:
         super().run_start(run_id)
-        self.current = self.progress.add_task(f"  {run_id}", total=None)
+        self.active[run_id] = self.progress.add_task(f"  {run_id}", total=None)
 
     def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
-        if self.current is not None:
-            self.progress.update(self.current, total=epochs, completed=epoch,
+        if run_id in self.active:
+            self.progress.update(self.active[run_id], total=epochs, completed=epoch,
                                  description=f"  {run_id} loss {train_loss:.3f} val Dice {val_dice:.3f}")
 
     def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-            self.current = None
+        if run_id in self.active:
+            self.progress.remove_task(self.active.pop(run_id))
         super().run_end(run_id, summary, error)
         self.progress.advance(self.overall)
 

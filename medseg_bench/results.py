@@ -3,6 +3,10 @@
 Run folder:
     spec.json        the full RunSpec (and run id)
     status.json      {"state": pending|running|done|failed, ...}, written atomically
+    heartbeat.json   refreshed every few seconds while a process works on the run (pid, host, epoch, loss)
+    events.jsonl     one line per attempt: start (from scratch) | resume | done | failed, with pid and host
+    .lock            the per-run lock file (see locks.py)
+    queued.json      the SLURM job id, when the run was submitted to SLURM
     env.json         versions, git revision, host, device
     splits.json      the fold's train/val case ids
     run.log          the run's log
@@ -11,6 +15,8 @@ Run folder:
     metrics.csv      per case and label scores on the held-out fold (written before status becomes done)
     summary.json     means, cost (params, wall time, time per epoch, peak memory)
     learning_curves.png
+
+`<results_dir>/index.parquet` is a table of every finished run's per-case scores, rebuilt from the folders.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec
 
 STATES = ("pending", "running", "done", "failed")
+# What a sweep shows for a run: STATES, plus `partial` (interrupted, has a checkpoint: it resumes) and `queued`
+# (submitted to SLURM, not started yet).
+DISPLAY_STATES = ("done", "running", "queued", "partial", "pending", "failed")
+QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone
 PACKAGES = ("medseg-bench", "torch", "pytorch-lightning", "monai", "segmentation-models-pytorch", "numpy",
             "scipy", "SimpleITK", "pandas")
 
@@ -56,6 +68,87 @@ def write_status(folder: Path, state: str, **extra: Any) -> None:
 
 def is_done(folder: Path) -> bool:
     return read_status(folder).get("state") == "done" and (folder / "metrics.csv").is_file()
+
+
+def write_heartbeat(folder: Path, **progress: Any) -> None:
+    write_json_atomic(folder / "heartbeat.json",
+                      {"time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **progress})
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when missing or unreadable (every such file is written atomically)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def append_event(folder: Path, event: str, **extra: Any) -> None:
+    """Append one line to `events.jsonl` (a single small O_APPEND write: whole lines only)."""
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
+                       **extra}) + "\n"
+    fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_events(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "events.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_live(folder: Path, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
+    """Is some process working on this run now? Its lock says so on a shared file system; a fresh heartbeat
+    from another host (whose pid cannot be checked here) counts too."""
+    from medseg_bench.locks import is_locked
+
+    if is_locked(folder):
+        return True
+    beat = read_json(folder / "heartbeat.json")
+    if not beat or time.time() - float(beat.get("time", 0)) > stale_after_s:
+        return False
+    if beat.get("host") == socket.gethostname():
+        return False  # same host and not locked: its process is gone (the kernel dropped the lock)
+    return True
+
+
+def run_state(folder: Path) -> str:
+    """One of DISPLAY_STATES, from the run folder alone."""
+    if is_done(folder):
+        return "done"
+    status = read_status(folder)
+    state = status.get("state", "pending")
+    if state in ("running", "pending") and is_live(folder):
+        return "running"
+    if state == "failed":
+        return "failed"
+    if (folder / "checkpoints" / "last.ckpt").is_file():
+        return "partial"
+    queued = read_json(folder / QUEUED_NAME)
+    if queued and float(queued.get("time", 0)) > max((e.get("time", 0) for e in read_events(folder)), default=0):
+        return "queued"  # submitted to SLURM and not started since
+    return "pending"
 
 
 def check_writable(results_dir: Path) -> None:
@@ -128,3 +221,27 @@ def load_results(results_dir: Path):
     table = pd.concat(frames, ignore_index=True)
     table["encoder"] = table["encoder"].fillna("")
     return table
+
+
+INDEX_NAME = "index.parquet"
+
+
+def write_index(results_dir: Path) -> Path:
+    """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
+
+    Each writer renames its own complete temp file into place, so concurrent rebuilds never mix.
+    """
+    import pandas as pd
+
+    try:
+        table = load_results(results_dir)
+    except ResultsError:
+        table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
+    target = results_dir / INDEX_NAME
+    tmp = results_dir / f".{INDEX_NAME}.{socket.gethostname()}.{os.getpid()}.tmp"
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,72 +1,129 @@
-"""`medseg-bench sweep`."""
+"""`medseg-bench sweep`: from flags, a sweep file, or both (flags win)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from medseg_bench.errors import UsageError
 
 
-def _names(value: str | None) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _ints(value: str, option: str) -> list[int]:
+def _ints(value: str | None, option: str) -> list[int] | None:
     try:
-        return [int(v) for v in _names(value)]
+        return [int(v) for v in _names(value) or []] or None
     except ValueError:
         raise UsageError(f"{option} takes comma-separated integers, not '{value}'") from None
 
 
 def sweep(
-    task: Annotated[str, typer.Option(help="Task name(s), comma-separated.")],
-    arch: Annotated[str, typer.Option(help="Architecture(s), e.g. unet,deeplab (see `list archs`).")] = "unet",
-    loss: Annotated[str, typer.Option(help="Loss(es), e.g. dice_ce,ce (see `list losses`).")] = "dice_ce",
-    aug: Annotated[str, typer.Option(help="Augmentation preset(s): none, light, heavy.")] = "none",
+    config: Annotated[Path | None, typer.Option(help="Sweep file (YAML): axes and settings; flags override it.")]
+    = None,
+    task: Annotated[str | None, typer.Option(help="Task name(s), comma-separated.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture(s), e.g. unet,deeplab. Default: unet.")] = None,
+    loss: Annotated[str | None, typer.Option(help="Loss(es), e.g. dice_ce,focal. Default: dice_ce.")] = None,
+    aug: Annotated[str | None, typer.Option(help="Augmentation preset(s): none, light, heavy. Default: none.")]
+    = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
-    encoder: Annotated[str, typer.Option(help="2D encoder(s) (any smp encoder name).")] = "resnet34",
-    folds: Annotated[str, typer.Option(help="Fold(s) to hold out, comma-separated.")] = "0",
-    num_folds: Annotated[int, typer.Option(help="Number of cross-validation folds.")] = 5,
-    seed: Annotated[str, typer.Option(help="Seed(s), comma-separated: a sweep axis.")] = "0",
-    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 10,
+    encoder: Annotated[str | None, typer.Option(help="2D encoder(s) (smp names). Default: resnet34.")] = None,
+    folds: Annotated[str | None, typer.Option(help="Fold(s) to hold out, comma-separated. Default: 0.")] = None,
+    num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] = None,
+    seed: Annotated[str | None, typer.Option(help="Seed(s), comma-separated: a sweep axis. Default: 0.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Drop combinations matching every key=value, e.g. 'arch=deeplab,aug=heavy'. Repeatable; added "
+             "to the sweep file's rules.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run. Default: 10.")] = None,
     max_minutes: Annotated[float | None, typer.Option(
         "--max-minutes", "--max-time", help="Wall-time budget per run in minutes (whichever comes first).")] = None,
-    iters_per_epoch: Annotated[int, typer.Option(help="Training iterations per epoch.")] = 50,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="Training iterations per epoch. Default: 50.")]
+    = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. Default: from the task plan.")] = None,
-    optimizer: Annotated[str, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] = "adamw",
+    patch_size: Annotated[str | None, typer.Option(
+        help="Patch size, e.g. 32,32,32 (3D) or 64,64 (2D). Default: from the task plan.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 3e-3 adamw, 1e-2 sgd.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers. Default: 1 with augmentation on "
-                                                     "CPU, else 0; GPU: up to 8.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers per run. Default: 1 with augmentation "
+                                                     "on CPU, else 0; GPU: up to 8.")] = None,
+    jobs: Annotated[int, typer.Option(help="Local launcher: runs in parallel (one per GPU; CPU threads are "
+                                           "divided between them).")] = 1,
+    launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    gpus_per_job: Annotated[int, typer.Option(help="SLURM: GPUs per job.")] = 0,
+    cpus_per_job: Annotated[int, typer.Option(help="SLURM: CPUs per job.")] = 4,
+    mem_gb: Annotated[float, typer.Option(help="SLURM: memory per job in GB.")] = 16.0,
+    time: Annotated[str, typer.Option("--time", help="SLURM: time limit per job ([D-]HH:MM:SS); a job that "
+                                                     "hits it is requeued and resumes.")] = "12:00:00",
+    array_parallelism: Annotated[int, typer.Option(help="SLURM: most array jobs running at once.")] = 64,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed run.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the expanded runs and their status; train nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the expanded runs, their state and the estimated cost; "
+                                               "train nothing.")] = False,
 ) -> None:
     """Train every combination of the axes and evaluate each on its held-out fold.
 
     Finished runs (same spec, same run id) are skipped; an interrupted run resumes from its last checkpoint.
     """
-    from medseg_bench.progress import make_reporter
-    from medseg_bench.results import read_status, run_dir
-    from medseg_bench.settings import get_settings
-    from medseg_bench.sweep import SweepRequest, expand, run_sweep
+    from medseg_bench.sweep.expand import expand
+    from medseg_bench.sweep.spec_file import build_request, load_sweep_file
 
-    request = SweepRequest(
-        tasks=_names(task), archs=_names(arch), losses=_names(loss), augs=_names(aug),
-        dims=_names(dims) or None, encoders=_names(encoder), folds=_ints(folds, "--folds"),
-        seeds=_ints(seed, "--seed"), num_folds=num_folds, epochs=epochs, max_minutes=max_minutes,
-        iters_per_epoch=iters_per_epoch, batch_size=batch_size, optimizer=optimizer, lr=lr)
+    if launcher not in ("local", "slurm"):
+        raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    overrides: dict[str, Any] = {
+        "tasks": _names(task), "archs": _names(arch), "losses": _names(loss), "augs": _names(aug),
+        "dims": _names(dims), "encoders": _names(encoder), "folds": _ints(folds, "--folds"),
+        "seeds": _ints(seed, "--seed"), "num_folds": num_folds, "epochs": epochs, "max_minutes": max_minutes,
+        "iters_per_epoch": iters_per_epoch, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+        "patch_size": tuple(_ints(patch_size, "--patch-size") or []) or None, "exclude": exclude or []}
+    request = build_request(load_sweep_file(config) if config else {}, overrides)
     runs, skipped = expand(request)
     for line in skipped:
         typer.echo(line)
     if dry_run:
-        for spec in runs:
-            state = read_status(run_dir(results_dir, spec)).get("state", "pending")
-            typer.echo(f"{state:8s} {spec.task}/{spec.run_id}")
-        typer.echo(f"{len(runs)} runs")
+        from medseg_bench.sweep.dry_run import dry_run_lines
+
+        for line in dry_run_lines(runs, results_dir):
+            typer.echo(line)
         return
-    run_sweep(runs, results_dir, data_dir or get_settings().data_dir, make_reporter(), fail_fast, workers)
+    from medseg_bench.settings import get_settings
+
+    data = data_dir or get_settings().data_dir
+    if launcher == "slurm":
+        _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb, array_parallelism,
+                workers)
+        return
+    from medseg_bench.progress import make_reporter
+    from medseg_bench.sweep.local import run_sweep
+
+    run_sweep(runs, results_dir, data, make_reporter(), fail_fast, workers, jobs)
+
+
+def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str | None, time: str,
+            gpus_per_job: int, cpus_per_job: int, mem_gb: float, array_parallelism: int,
+            workers: int | None) -> None:
+    try:
+        from medseg_bench.sweep.slurm import SlurmOptions, submit
+    except ImportError:
+        raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.results import check_writable
+
+    check_writable(results_dir)
+    for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
+        typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
+        prepare_task(get_task(key[0]), data_dir, key[1], progress=True)
+    options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                           mem_gb=mem_gb, array_parallelism=array_parallelism, num_workers=workers)
+    submitted = submit(runs, results_dir, data_dir, options, say=typer.echo)
+    if submitted:
+        typer.echo(f"{len(submitted)} jobs submitted; follow them with "
+                   f"`medseg-bench status --results-dir {results_dir}`")

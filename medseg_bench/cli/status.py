@@ -1,0 +1,55 @@
+"""`medseg-bench status`: what every run under a results dir is doing, from the run folders (and squeue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def status(
+    results_dir: Annotated[Path, typer.Option(help="The sweep's results dir.")] = Path("results"),
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the counts.")] = False,
+) -> None:
+    """Queued, running, partial (interrupted, resumes), pending, done and failed runs, one line each."""
+    from collections import Counter
+
+    from medseg_bench.errors import ResultsError
+    from medseg_bench.results import read_json, read_status, run_state, write_index
+
+    folders = sorted(p.parent for p in results_dir.glob(f"{task or '*'}/*/spec.json"))
+    if not folders:
+        raise ResultsError(f"{results_dir}: no runs here")
+    jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}
+    slurm: dict[str, str] = {}
+    if any(jobs.values()):
+        try:
+            from medseg_bench.sweep.slurm import squeue_states
+
+            slurm = squeue_states([j for j in jobs.values() if j])
+        except ImportError:
+            pass
+    counts: Counter[str] = Counter()
+    for folder in folders:
+        state = run_state(folder)
+        counts[state] += 1
+        if quiet:
+            continue
+        extra = ""
+        if jobs[folder]:
+            extra = f"  job {jobs[folder]}" + (f" ({slurm[jobs[folder]]})" if jobs[folder] in slurm else "")
+        if state == "running":
+            beat = read_json(folder / "heartbeat.json")
+            if beat.get("epoch"):
+                extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {beat.get('loss', float('nan')):.4f}"
+        if state == "failed":
+            extra += f"  {read_status(folder).get('error', '')}"
+        typer.echo(f"{state:8s} {folder.parent.name}/{folder.name}{extra}")
+    typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if counts["done"]:
+        try:
+            write_index(results_dir)
+        except OSError:
+            pass  # status is read-only in spirit; a read-only results dir still gets its answer

@@ -1,0 +1,7 @@
+"""`python -m medseg_bench.sweep --spec JSON ...`: one run in its own process (the local launcher's worker)."""
+
+import sys
+
+from medseg_bench.sweep.worker import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""`sweep --dry-run`: the expanded runs with their state, and what the rest will cost, judged from finished runs."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from medseg_bench.results import finished_runs, read_json, run_dir, run_state
+from medseg_bench.spec import RunSpec
+
+
+def settings_text(spec: RunSpec) -> str:
+    parts = [f"epochs={spec.epochs}", f"iters={spec.iters_per_epoch}", f"opt={spec.optimizer}"]
+    for name in ("max_minutes", "batch_size", "patch_size", "lr"):
+        value = getattr(spec, name)
+        if value is not None:
+            parts.append(f"{name}={'x'.join(map(str, value)) if name == 'patch_size' else value}")
+    return " ".join(parts)
+
+
+def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(dims, arch) -> [(seconds per epoch, evaluation seconds)] of the finished runs under `results_dir`."""
+    costs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for folder in finished_runs(results_dir):
+        spec, cost = read_json(folder / "spec.json"), read_json(folder / "summary.json").get("cost", {})
+        per_epoch = cost.get("time_per_epoch_s")
+        if per_epoch is None and cost.get("train_time_s") and cost.get("epochs_done"):
+            per_epoch = cost["train_time_s"] / cost["epochs_done"]
+        if per_epoch:
+            costs[(spec.get("dims", ""), spec.get("arch", ""))].append(
+                (float(per_epoch), float(cost.get("eval_time_s") or 0.0)))
+    return costs
+
+
+def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, int] | None:
+    """Estimated seconds for `specs`, from finished runs of the same (dims, arch), else all finished runs.
+
+    Returns (seconds, how many specs had a same-(dims, arch) basis), or None without any finished run.
+    """
+    costs = observed_costs(results_dir)
+    pooled = [c for values in costs.values() for c in values]
+    if not pooled:
+        return None
+    total, matched = 0.0, 0
+    for spec in specs:
+        basis = costs.get((spec.dims, spec.arch))
+        matched += basis is not None
+        basis = basis or pooled
+        per_epoch = sum(c[0] for c in basis) / len(basis)
+        evaluation = sum(c[1] for c in basis) / len(basis)
+        epochs_s = per_epoch * spec.epochs
+        if spec.max_minutes:
+            epochs_s = min(epochs_s, spec.max_minutes * 60)
+        total += epochs_s + evaluation
+    return total, matched
+
+
+def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
+    lines, states = [], Counter()
+    todo = []
+    for spec in runs:
+        state = run_state(run_dir(results_dir, spec))
+        states[state] += 1
+        if state != "done":
+            todo.append(spec)
+        lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
+    lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    estimate = estimate_seconds(todo, results_dir) if todo else (0.0, 0)
+    if estimate is None:
+        lines.append(f"cost: no finished runs under {results_dir} to estimate from")
+    else:
+        seconds, matched = estimate
+        lines.append(f"cost of the {len(todo)} runs left: about {_hours(seconds)} on one worker "
+                     f"({matched} estimated from the same dims and arch, {len(todo) - matched} from all "
+                     f"finished runs)")
+    return lines
+
+
+def _hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,122 @@
+"""Expand the axes of a sweep into run specs, validating every name first, then dropping `--exclude` matches."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from medseg_bench.augment import AUGS
+from medseg_bench.data.catalog import task_registry
+from medseg_bench.errors import UsageError
+from medseg_bench.losses import LOSSES
+from medseg_bench.models import ARCHS, DEFAULT_ENCODER
+from medseg_bench.spec import DIMS, RunSpec
+
+# The axes a sweep varies and an --exclude rule can name (RunSpec field names).
+AXES = ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed")
+
+
+@dataclass
+class SweepRequest:
+    """The axes of a sweep (lists), its fixed settings, and exclusion rules."""
+
+    tasks: list[str]
+    archs: list[str] = field(default_factory=lambda: ["unet"])
+    losses: list[str] = field(default_factory=lambda: ["dice_ce"])
+    augs: list[str] = field(default_factory=lambda: ["none"])
+    dims: list[str] | None = None  # None: every dims each arch supports
+    encoders: list[str] = field(default_factory=lambda: [DEFAULT_ENCODER])
+    folds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_folds: int = 5
+    epochs: int = 10
+    max_minutes: float | None = None
+    iters_per_epoch: int = 50
+    batch_size: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    optimizer: str = "adamw"
+    lr: float | None = None
+    exclude: list[str] = field(default_factory=list)  # rules like "arch=deeplab,aug=heavy"
+
+
+def parse_exclude(rule: str) -> dict[str, str]:
+    """`"arch=deeplab,aug=heavy"` -> {"arch": "deeplab", "aug": "heavy"}; names are made canonical."""
+    parsed: dict[str, str] = {}
+    for part in (p.strip() for p in rule.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise UsageError(f"exclude rule '{rule}': '{part}' is not key=value")
+        if key not in AXES:
+            raise UsageError(f"exclude rule '{rule}': unknown key '{key}'; choose from {', '.join(AXES)}")
+        if key == "arch":
+            value = ARCHS.get(value).name
+        elif key == "loss":
+            value = LOSSES.canonical(value)
+        elif key == "aug":
+            value = AUGS.canonical(value)
+        elif key == "task":
+            value = task_registry().get(value).name
+        elif key == "dims" and value not in DIMS:
+            raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
+        parsed[key] = value
+    if not parsed:
+        raise UsageError(f"exclude rule '{rule}' is empty")
+    return parsed
+
+
+def is_excluded(spec: RunSpec, rules: list[dict[str, str]]) -> bool:
+    """True when every key=value of some rule matches `spec`."""
+    return any(all(str(getattr(spec, key)) == value for key, value in rule.items()) for rule in rules)
+
+
+def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
+    """All run specs of `request`, plus one line per combination that cannot exist or is excluded.
+
+    Every name is checked before anything runs: a typo fails with a did-you-mean and exit code 2.
+    """
+    if not request.tasks:
+        raise UsageError("no task given: use --task or `task:` in the sweep file")
+    tasks = task_registry()
+    task_specs = [tasks.get(t) for t in request.tasks]
+    archs = [ARCHS.get(a) for a in request.archs]
+    losses = [LOSSES.canonical(x) for x in request.losses]
+    augs = [AUGS.canonical(x) for x in request.augs]
+    for d in request.dims or []:
+        if d not in DIMS:
+            raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
+    rules = [parse_exclude(rule) for rule in request.exclude]
+    runs: list[RunSpec] = []
+    skipped: list[str] = []
+    excluded = 0
+    for task in task_specs:
+        for dims in DIMS:
+            if request.dims is not None and dims not in request.dims:
+                continue
+            for entry in archs:
+                if dims not in entry.builders:
+                    if request.dims is not None:
+                        skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} variant "
+                                       f"(it supports {', '.join(entry.dims)})")
+                    continue
+                encoders: list[str | None] = list(request.encoders) if dims == "2d" else [None]
+                for encoder, loss, aug, fold, seed in itertools.product(
+                        encoders, losses, augs, request.folds, request.seeds):
+                    spec = RunSpec(
+                        task=task.name, dims=dims, arch=entry.name, loss=loss, aug=aug, encoder=encoder,
+                        fold=fold, num_folds=request.num_folds, seed=seed, epochs=request.epochs,
+                        max_minutes=request.max_minutes, iters_per_epoch=request.iters_per_epoch,
+                        batch_size=request.batch_size, patch_size=request.patch_size,
+                        optimizer=request.optimizer, lr=request.lr, task_version=task.version)
+                    if is_excluded(spec, rules):
+                        excluded += 1
+                        continue
+                    runs.append(spec)
+    if excluded:
+        skipped.append(f"{excluded} combination(s) removed by --exclude")
+    unique = list(dict.fromkeys(runs))
+    if not unique:
+        raise UsageError("the sweep expands to no runs")
+    return unique, skipped

@@ -1,0 +1,192 @@
+"""The local launcher: runs one after another in this process, or `jobs` at a time in worker processes.
+
+With GPUs each worker sees one GPU (CUDA_VISIBLE_DEVICES); on a CPU the cores are divided between workers
+(torch threads). Workers report through their run folders (status, heartbeat), which this process polls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import RunError
+from medseg_bench.progress import PlainReporter
+from medseg_bench.results import check_writable, is_done, is_live, read_json, run_dir, write_index
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.worker import EXIT_BUSY, EXIT_DONE, EXIT_SKIPPED, failure_message, run_one
+
+POLL_S = 1.0
+
+
+def default_num_workers(spec: RunSpec) -> int:
+    """DataLoader workers: augmentation runs in workers; without augmentation on a CPU they only compete."""
+    import torch
+
+    if torch.cuda.is_available():
+        return min(8, os.cpu_count() or 1)
+    return 1 if spec.aug != "none" else 0
+
+
+def _prepare(runs: list[RunSpec], data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
+             spec: RunSpec) -> Any:
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import prepare_task
+
+    key = (spec.task, spec.num_folds)
+    if key not in prepared:
+        reporter.say(f"preparing {spec.task} (plan, cache, {spec.num_folds}-fold splits)")
+        prepared[key] = prepare_task(get_task(spec.task), data_dir, spec.num_folds, progress=True)
+    return prepared[key]
+
+
+def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
+              fail_fast: bool = False, num_workers: int | None = None, jobs: int = 1) -> dict[str, list[str]]:
+    """Run every pending run; finished runs are skipped, runs held by another process too.
+
+    Raises RunError at the end if any run failed; the index is rebuilt either way.
+    """
+    check_writable(results_dir)
+    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "busy": []}
+    reporter.start(len(runs))
+    try:
+        if jobs <= 1:
+            _sequential(runs, results_dir, data_dir, reporter, fail_fast, num_workers, outcome)
+        else:
+            _parallel(runs, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
+    finally:
+        reporter.close()
+        if outcome["done"]:
+            write_index(results_dir)
+    if outcome["failed"]:
+        raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
+    return outcome
+
+
+def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str, list[str]],
+            summary: dict[str, Any] | None = None, error: str | None = None) -> None:
+    outcome[kind].append(spec.run_id)
+    if kind == "skipped":
+        reporter.skip(spec.run_id, "already done")
+    elif kind == "busy":
+        reporter.skip(spec.run_id, "running in another process")
+    else:
+        reporter.run_end(spec.run_id, summary, error)
+
+
+def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
+                fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
+    prepared: dict[Any, Any] = {}
+    for spec in runs:
+        folder = run_dir(results_dir, spec)
+        if is_done(folder):
+            _record(spec, "skipped", reporter, outcome)
+            continue
+        task = _prepare(runs, data_dir, reporter, prepared, spec)
+        reporter.run_start(spec.run_id)
+        workers = default_num_workers(spec) if num_workers is None else num_workers
+        result = run_one(spec, task, results_dir, reporter, workers)
+        _record(spec, result.kind, reporter, outcome, result.summary, result.error)
+        if result.kind == "failed" and fail_fast:
+            break
+
+
+@dataclass
+class _Job:
+    spec: RunSpec
+    process: subprocess.Popen[bytes]
+    epoch: int = 0
+
+
+def _slots(jobs: int) -> tuple[int, list[str | None]]:
+    """(jobs, device per slot): one GPU per job when there are GPUs, else CPU threads split between jobs."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        jobs = min(jobs, gpus)
+        return jobs, [str(i) for i in range(jobs)]
+    return jobs, [None] * jobs
+
+
+def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
+              fail_fast: bool, num_workers: int | None, jobs: int, outcome: dict[str, list[str]]) -> None:
+    jobs, devices = _slots(jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    prepared: dict[Any, Any] = {}
+    todo = []
+    for spec in runs:
+        if is_done(run_dir(results_dir, spec)):
+            _record(spec, "skipped", reporter, outcome)
+        else:
+            todo.append(spec)
+    for spec in todo:  # plan and cache once, here, before the workers read them
+        _prepare(runs, data_dir, reporter, prepared, spec)
+    active: dict[int, _Job] = {}
+    stop = False
+    try:
+        while todo or active:
+            free = [slot for slot in range(jobs) if slot not in active]
+            while free and todo and not stop:
+                spec = todo.pop(0)
+                folder = run_dir(results_dir, spec)
+                if is_live(folder):
+                    _record(spec, "busy", reporter, outcome)
+                    continue
+                slot = free.pop(0)
+                workers = default_num_workers(spec) if num_workers is None else num_workers
+                active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir, devices[slot],
+                                                        threads, workers))
+                reporter.run_start(spec.run_id)
+            if stop and not active:
+                break
+            time.sleep(POLL_S)
+            for slot, job in list(active.items()):
+                _forward_epochs(job, results_dir, reporter)
+                code = job.process.poll()
+                if code is None:
+                    continue
+                del active[slot]
+                folder = run_dir(results_dir, job.spec)
+                if code == EXIT_SKIPPED or (code == EXIT_DONE and is_done(folder)):
+                    kind = "done" if code == EXIT_DONE else "skipped"
+                    _record(job.spec, kind, reporter, outcome, read_json(folder / "summary.json"))
+                elif code == EXIT_BUSY:
+                    _record(job.spec, "busy", reporter, outcome)
+                else:
+                    _record(job.spec, "failed", reporter, outcome, error=failure_message(folder, code))
+                    stop = stop or fail_fast
+            if stop:
+                todo.clear()
+    finally:
+        for job in active.values():  # interrupted: stop the workers (their runs resume next time)
+            job.process.terminate()
+        for job in active.values():
+            job.process.wait()
+
+
+def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path, device: str | None,
+                  threads: int, workers: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "medseg_bench.sweep", "--spec", json.dumps(spec.to_dict()),
+               "--results-dir", str(results_dir), "--data-dir", str(data_dir), "--threads", str(threads),
+               "--workers", str(workers)]
+    with open(folder / "worker.log", "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> None:
+    beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
+    epoch = int(beat.get("epoch") or 0)
+    if epoch > job.epoch:
+        job.epoch = epoch
+        reporter.epoch_end(job.spec.run_id, epoch, int(beat.get("epochs") or job.spec.epochs),
+                           float(beat.get("loss", float("nan"))), float(beat.get("val_dice", float("nan"))))

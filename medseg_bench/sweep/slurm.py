@@ -1,0 +1,155 @@
+"""The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
+
+Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times out or
+is preempted is requeued by submitit (it signals the job before the end; `checkpoint()` resubmits the same
+callable), and the requeued job resumes the run from `checkpoints/last.ckpt`. Submitit's own files (the pickled
+job, its stdout/stderr) go to `<results_dir>/.slurm/`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.errors import RunError, UsageError
+from medseg_bench.results import QUEUED_NAME, read_json, run_dir, run_state, write_index
+from medseg_bench.spec import RunSpec
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    time: str = "12:00:00"
+    gpus_per_job: int = 0
+    cpus_per_job: int = 4
+    mem_gb: float = 16.0
+    array_parallelism: int = 64
+    num_workers: int | None = None
+
+
+def parse_time_minutes(value: str) -> int:
+    """SLURM time `[D-]HH:MM:SS`, `HH:MM` or minutes -> minutes (rounded up)."""
+    try:
+        days, _, rest = value.rpartition("-")
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        elif len(parts) == 2:
+            hours, minutes, seconds = parts[0], parts[1], 0
+        elif len(parts) == 3:
+            hours, minutes, seconds = parts
+        else:
+            raise ValueError
+        total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+    except ValueError:
+        raise UsageError(f"--time takes [D-]HH:MM:SS, HH:MM or minutes, not '{value}'") from None
+    if total < 1:
+        raise UsageError(f"--time must be at least one minute, not '{value}'")
+    return total
+
+
+class SlurmRun(submitit.helpers.Checkpointable):
+    """One run as a SLURM job; requeued (same callable) on timeout or preemption, then resumes."""
+
+    def __init__(self, spec: dict[str, Any], results_dir: str, data_dir: str, num_workers: int | None) -> None:
+        self.spec, self.results_dir, self.data_dir, self.num_workers = spec, results_dir, data_dir, num_workers
+
+    def __call__(self) -> str:
+        import torch
+
+        from medseg_bench.data.catalog import get_task
+        from medseg_bench.data.preprocess import prepare_task
+        from medseg_bench.sweep.local import default_num_workers
+        from medseg_bench.sweep.worker import run_one
+
+        spec = RunSpec.from_dict(self.spec)
+        env = submitit.JobEnvironment()
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the CPUs SLURM gave the job
+        prepared = prepare_task(get_task(spec.task), Path(self.data_dir), spec.num_folds)
+        workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
+        outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
+                          extra_event={"job_id": env.job_id})
+        if outcome.kind == "failed":
+            raise RunError(outcome.error or f"run {spec.run_id} failed")
+        if outcome.kind == "done":
+            write_index(Path(self.results_dir))
+        return outcome.kind
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's state (PENDING, RUNNING, ...) of those `job_ids` still in the queue; {} without squeue."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    wanted = set(job_ids)
+    states = {}
+    for line in out.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in wanted:
+            states[job_id] = state
+    return states
+
+
+def queued_job(folder: Path) -> str | None:
+    return read_json(folder / QUEUED_NAME).get("job_id")
+
+
+def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
+           say: Any = print) -> list[tuple[RunSpec, str]]:
+    """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array."""
+    folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
+    in_queue = squeue_states([j for j in (queued_job(f) for f in folders.values()) if j])
+    todo = []
+    for spec in runs:
+        folder = folders[spec.run_id]
+        state = run_state(folder)
+        job = queued_job(folder)
+        if state in ("done", "running"):
+            say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")
+        elif job and job in in_queue:
+            say(f"queued   {spec.task}/{spec.run_id}: already in the queue as job {job} ({in_queue[job]})")
+        else:
+            todo.append(spec)
+    if not todo:
+        say("nothing to submit")
+        return []
+    executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
+    params: dict[str, Any] = {
+        "name": "medseg-bench", "timeout_min": parse_time_minutes(options.time),
+        "cpus_per_task": options.cpus_per_job, "mem_gb": options.mem_gb,
+        "slurm_array_parallelism": options.array_parallelism, "slurm_signal_delay_s": 120,
+    }
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    if options.gpus_per_job:
+        params["gpus_per_node"] = options.gpus_per_job
+    executor.update_parameters(**params)
+    jobs = []
+    try:
+        with executor.batch():
+            for spec in todo:
+                jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
+                                                     str(data_dir.resolve()), options.num_workers)))
+    except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"sbatch failed: {first}") from None
+    submitted = []
+    for spec, job in zip(todo, jobs):
+        folder = run_dir(results_dir, spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": time.time()})
+        submitted.append((spec, job.job_id))
+        say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
+    return submitted

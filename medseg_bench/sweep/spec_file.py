@@ -1,0 +1,88 @@
+"""Sweep files (YAML): the axes and fixed settings of a sweep, declared once; command-line flags override them.
+
+    task: Task04_Hippocampus        # an axis: a name or a list of names
+    dims: [2d, 3d]
+    arch: [unet, deeplab]
+    loss: [dice_ce, focal]
+    aug: [none, heavy]
+    exclude: ["arch=deeplab,aug=heavy"]
+    epochs: 50                       # a fixed setting: one value
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import UsageError
+from medseg_bench.sweep.expand import SweepRequest
+
+# file key -> SweepRequest field; axes take a value or a list, settings one value.
+AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encoders", "loss": "losses",
+             "aug": "augs", "fold": "folds", "seed": "seeds"}
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "num_folds": (int,), "epochs": (int,), "max_minutes": (int, float), "iters_per_epoch": (int,),
+    "batch_size": (int,), "patch_size": (list,), "optimizer": (str,), "lr": (int, float)}
+KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, "exclude")
+
+
+def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise UsageError(f"{path}: '{key}' takes {kind.__name__} values, not {item!r}")
+    return values
+
+
+def load_sweep_file(path: Path) -> dict[str, Any]:
+    """SweepRequest field values from a sweep file; unknown keys and wrong types fail with exit code 2."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a sweep file is a mapping of keys to values, not {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(KNOWN_KEYS)})")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key in AXIS_KEYS:
+            kind = int if key in ("fold", "seed") else str
+            values[AXIS_KEYS[key]] = _as_list(path, key, value, kind)
+        elif key == "exclude":
+            values["exclude"] = _as_list(path, key, value, str)
+        else:
+            types = SETTING_TYPES[key]
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise UsageError(f"{path}: '{key}' takes one {types[0].__name__}, not {value!r}")
+            if key == "patch_size":
+                value = tuple(_as_list(path, key, value, int))
+            values[key] = float(value) if key in ("max_minutes", "lr") else value
+    return values
+
+
+def build_request(file_values: dict[str, Any], overrides: dict[str, Any]) -> SweepRequest:
+    """A request from a sweep file's values and command-line values (None = not given).
+
+    A flag replaces the file's value; `exclude` rules from both are kept.
+    """
+    merged = dict(file_values)
+    for key, value in overrides.items():
+        if value is None or (key == "exclude"):
+            continue
+        merged[key] = value
+    merged["exclude"] = [*file_values.get("exclude", []), *(overrides.get("exclude") or [])]
+    known = {f.name for f in fields(SweepRequest)}
+    assert set(merged) <= known, set(merged) - known
+    merged.setdefault("tasks", [])
+    return SweepRequest(**merged)

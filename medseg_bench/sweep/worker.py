@@ -1,0 +1,155 @@
+"""One run of a sweep, the same way under every launcher: take the run's lock, re-check that it is not done,
+record the attempt, keep a heartbeat, execute it.
+
+`main()` is the entry point of a local parallel job (`python -m medseg_bench.sweep`), which the local launcher
+starts once per run with the spec as JSON (no shell involved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import MedsegError, RunError
+from medseg_bench.locks import RunLock
+from medseg_bench.results import (
+    HEARTBEAT_INTERVAL_S,
+    append_event,
+    is_done,
+    read_status,
+    run_dir,
+    write_heartbeat,
+)
+from medseg_bench.spec import RunSpec
+
+# Exit codes of a worker process; the local launcher reads them.
+EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11
+
+
+@dataclass
+class Outcome:
+    kind: str  # done | failed | skipped | busy
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Heartbeat:
+    """Rewrites `heartbeat.json` every `interval_s` from a thread, and at each epoch end with its progress.
+
+    It is the EpochReporter the run sees; it forwards epochs to the sweep's reporter, if any.
+    """
+
+    def __init__(self, folder: Path, run_id: str, forward: Any = None,
+                 interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+        self.folder, self.run_id, self.forward, self.interval_s = folder, run_id, forward, interval_s
+        self.progress: dict[str, Any] = {"run_id": run_id}
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        with self._write_lock:
+            try:
+                write_heartbeat(self.folder, **self.progress)
+            except OSError:
+                pass  # a missed beat only makes the run look stale sooner; the lock still protects it
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        self.progress.update(epoch=epoch, epochs=epochs, loss=train_loss, val_dice=val_dice)
+        self._beat()
+        if self.forward is not None:
+            self.forward.epoch_end(run_id, epoch, epochs, train_loss, val_dice)
+
+
+def clean_temp_files(folder: Path) -> list[Path]:
+    """Remove temp files that a killed writer left in a run folder (never read: every write renames)."""
+    leftovers = [p for p in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")] if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
+            num_workers: int = 0, extra_event: dict[str, Any] | None = None) -> Outcome:
+    """Execute `spec` unless it is done or another process holds it; never raises for a failed run."""
+    from medseg_bench.run import execute_run
+
+    folder = run_dir(results_dir, spec)
+    if is_done(folder):
+        return Outcome("skipped")
+    lock = RunLock(folder)
+    if not lock.acquire():
+        return Outcome("busy")
+    try:
+        if is_done(folder):  # finished by another process between the check above and the lock
+            return Outcome("skipped")
+        clean_temp_files(folder)
+        resumed = (folder / "checkpoints" / "last.ckpt").is_file()
+        append_event(folder, "resume" if resumed else "start", **(extra_event or {}))
+        beat = Heartbeat(folder, spec.run_id, reporter)
+        beat.start()
+        try:
+            summary = execute_run(spec, prepared, folder, beat, num_workers)
+        except RunError as exc:
+            append_event(folder, "failed", error=str(exc))
+            return Outcome("failed", error=str(exc))
+        finally:
+            beat.stop()
+        append_event(folder, "done")
+        return Outcome("done", summary=summary)
+    finally:
+        lock.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one medseg-bench run (started by the local launcher).")
+    parser.add_argument("--spec", required=True, help="the RunSpec as JSON")
+    parser.add_argument("--results-dir", required=True, type=Path)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    args = parser.parse_args(argv)
+    import torch
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import prepare_task
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    spec = RunSpec.from_dict(json.loads(args.spec))
+    try:
+        prepared = prepare_task(get_task(spec.task), args.data_dir, spec.num_folds)
+    except MedsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
+    if outcome.kind == "failed":
+        print(f"error: {outcome.error}", file=sys.stderr)
+    codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY}
+    return codes[outcome.kind]
+
+
+def failure_message(folder: Path, returncode: int) -> str:
+    """Why a worker process failed, from its run folder (or its exit code if it died first)."""
+    status = read_status(folder)
+    if status.get("state") == "failed" and status.get("error"):
+        return str(status["error"])
+    return f"worker exited with code {returncode} (log: {folder / 'run.log'})"
+
