@@ -88,8 +88,11 @@ def append_event(folder: Path, event: str, **extra: Any) -> None:
     """Append one line to `events.jsonl` (a single small O_APPEND write: whole lines only)."""
     line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
                        **extra}) + "\n"
-    fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(folder / "events.jsonl", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # end a line torn by a crash, so this one stays readable
         os.write(fd, line.encode())
     finally:
         os.close(fd)

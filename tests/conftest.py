@@ -103,3 +103,19 @@ def write_task_file(home: Path, name: str, channels: int = 1, ct: bool = False, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+TINY_SWEEP = ["--task", "Task04_Hippocampus", "--dims", "3d", "--arch", "unet", "--loss", "dice_ce",
+              "--aug", "none", "--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "2"]
+
+
+def fetch_subset(shared_task: Path, tmp_path: Path, num_cases: int = 6) -> Path:
+    """Fetch the first `num_cases` real Hippocampus cases into $MEDSEG_BENCH_HOME (use the `home` fixture)."""
+    from typer.testing import CliRunner
+
+    from medseg_bench.cli.app import app
+
+    src = copy_subset(shared_task, tmp_path / "src" / "Task04_Hippocampus", num_cases)
+    result = CliRunner().invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(src)])
+    assert result.exit_code == 0, result.output
+    return src

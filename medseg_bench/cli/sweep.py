@@ -116,7 +116,9 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import prepare_task
     from medseg_bench.results import check_writable
+    from medseg_bench.sweep.slurm import parse_time_minutes
 
+    parse_time_minutes(time)  # a bad --time fails before any work
     check_writable(results_dir)
     for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")

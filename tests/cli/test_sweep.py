@@ -1,0 +1,91 @@
+"""`medseg-bench sweep` options that need no training: sweep files, overrides, --exclude, dry runs, `status`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.models import ARCHS
+from medseg_bench.results import write_status
+from medseg_bench.sweep.spec_file import load_sweep_file
+
+runner = CliRunner()
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+
+
+def _sweep(tmp_path: Path, *args: str) -> object:
+    return runner.invoke(app, ["sweep", "--results-dir", str(tmp_path / "r"), *args])
+
+
+def test_config_with_flag_overrides_and_exclude(home: Path, tmp_path: Path) -> None:
+    quick = str(SWEEPS / "quick.yaml")
+    result = _sweep(tmp_path, "--config", quick, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "4 runs: 4 pending" in result.output and "2d-unet.resnet18-focal-none-f0-s0-" in result.output
+    assert "epochs=3 iters=10 opt=adamw batch_size=4" in result.output
+    result = _sweep(tmp_path, "--config", quick, "--loss", "dice_ce", "--epochs", "1", "--exclude", "dims=2d",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "1 runs: 1 pending" in result.output and "3d-unet-dice_ce-none-f0-s0-" in result.output
+    assert "epochs=1 " in result.output and "1 combination(s) removed by --exclude" in result.output
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+
+
+def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text("task: Task04_Hippocampus\narchs: [unet]\nlearning_rate: 0.1\n")
+    result = _sweep(tmp_path, "--config", str(config))
+    assert result.exit_code == 2
+    assert f"{config}: unknown keys archs, learning_rate" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "Task04_Hippocampus", "--launcher", "pbs"], "unknown launcher 'pbs'"),
+    (["--task", "Task04_Hippocampus", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--time", "soon"], "--time takes"),
+    (["--task", "Task04_Hippocampus", "--exclude", "colour=red"], "unknown key 'colour'"),
+    (["--arch", "unet"], "no task given"),
+    (["--config", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml: cannot read sweep file"),
+])
+def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = _sweep(tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
+    missing = [a for a in load_sweep_file(SWEEPS / "survey.yaml")["archs"] if a not in ARCHS]
+    if missing:
+        pytest.skip(f"architectures not registered yet: {', '.join(missing)}")
+    result = _sweep(tmp_path, "--config", str(SWEEPS / "survey.yaml"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "360 runs: 360 pending" in result.output
+
+
+def test_status_shows_every_state(tmp_path: Path) -> None:
+    results = tmp_path / "r"
+    assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 6
+    for name, state in [("a", "done"), ("b", "failed"), ("c", "running"), ("d", None)]:
+        folder = results / "T" / name
+        folder.mkdir(parents=True)
+        write_json_atomic(folder / "spec.json", {"run_id": name})
+        if state == "done":
+            (folder / "metrics.csv").write_text("case,label,dice\nx,1,0.5\n")
+        if state:
+            write_status(folder, state, **({"error": "RuntimeError: out of memory"} if state == "failed" else {}))
+        else:
+            write_json_atomic(folder / "queued.json", {"job_id": "42_3", "time": time.time()})
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "done     T/a" in lines
+    assert "failed   T/b  RuntimeError: out of memory" in lines
+    assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
+    assert "queued   T/d  job 42_3" in lines
+    assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"

@@ -1,0 +1,53 @@
+"""Progress: plain lines with counts and ETA for logs; the live display tracks several active runs."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from medseg_bench.progress import LiveReporter, PlainReporter
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, highlight=False, soft_wrap=True, width=200), out
+
+
+def test_plain_lines_with_counts_and_eta() -> None:
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(4)
+    reporter.skip("r0", "already done")
+    reporter.run_start("r1")
+    reporter.epoch_end("r1", 1, 2, 0.5, 0.25)
+    reporter.run_end("r1", {"mean": {"dice": 0.8}})
+    reporter.run_end("r2", None, "RunError: boom")
+    reporter.run_end("r3", {"mean": {"dice": 0.7}})
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/4] r0: skipped (already done)"
+    assert lines[1] == "[2/4] r1: training"
+    assert lines[2] == "  r1 epoch 1/2  loss 0.5000  val Dice 0.2500"
+    assert lines[3].startswith("[2/4] r1: done, mean Dice 0.8000, ETA ")
+    assert lines[4].startswith("[3/4] r2: failed: RunError: boom, ETA ")
+    assert lines[5] == "[4/4] r3: done, mean Dice 0.7000"  # nothing left: no ETA
+    assert lines[6].startswith("sweep finished: 4/4 runs in ")
+
+
+def test_live_display_tracks_parallel_runs() -> None:
+    console, out = _console()
+    reporter = LiveReporter(console)
+    reporter.start(2)
+    reporter.run_start("a")
+    reporter.run_start("b")
+    reporter.epoch_end("b", 1, 3, 0.9, 0.1)
+    assert set(reporter.active) == {"a", "b"}
+    task = next(t for t in reporter.progress.tasks if t.id == reporter.active["b"])
+    assert (task.completed, task.total) == (1, 3) and "val Dice 0.100" in task.description
+    reporter.run_end("a", {"mean": {"dice": 0.5}})
+    assert set(reporter.active) == {"b"}
+    reporter.run_end("b", None, "boom")
+    reporter.close()
+    overall = next(t for t in reporter.progress.tasks if t.id == reporter.overall)
+    assert overall.completed == 2 and "b: failed: boom" in out.getvalue()

@@ -1,0 +1,122 @@
+"""Results store: per-run locks (also across a kill -9), heartbeat, events, temp-file cleanup, the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.locks import RunLock, is_locked
+from medseg_bench.results import INDEX_NAME, append_event, read_events, write_index, write_status
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    assert not is_locked(tmp_path)
+    assert first.acquire()
+    assert is_locked(tmp_path) and not second.acquire()
+    assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+    first.release()
+    assert not is_locked(tmp_path) and second.acquire()
+    second.release()
+
+
+def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
+    code = ("import sys, time; from pathlib import Path; from medseg_bench.locks import RunLock; "
+            "assert RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert is_locked(tmp_path) and not RunLock(tmp_path).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        lock = RunLock(tmp_path)
+        assert lock.acquire()  # no stale-lock cleanup needed: the kernel dropped it
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.epochs: list[tuple[int, float]] = []
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        self.epochs.append((epoch, val_dice))
+
+
+def test_heartbeat_refreshes_and_forwards_epochs(tmp_path: Path) -> None:
+    recorder = _Recorder()
+    beat = Heartbeat(tmp_path, "r1", recorder, interval_s=0.05)
+    beat.start()
+    try:
+        first = json.loads((tmp_path / "heartbeat.json").read_text())["time"]
+        deadline = time.monotonic() + 10
+        while json.loads((tmp_path / "heartbeat.json").read_text())["time"] == first:
+            assert time.monotonic() < deadline, "the heartbeat thread never wrote again"
+            time.sleep(0.02)
+        beat.epoch_end("r1", 2, 5, 0.7, 0.4)
+    finally:
+        beat.stop()
+    data = json.loads((tmp_path / "heartbeat.json").read_text())
+    assert (data["epoch"], data["epochs"], data["val_dice"], data["pid"]) == (2, 5, 0.4, os.getpid())
+    assert recorder.epochs == [(2, 0.4)]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_events_survive_a_torn_line(tmp_path: Path) -> None:
+    append_event(tmp_path, "start")
+    with open(tmp_path / "events.jsonl", "a") as fh:
+        fh.write('{"event": "res')  # what a kill in the middle of a write could leave
+    append_event(tmp_path, "done")
+    assert [e["event"] for e in read_events(tmp_path)] == ["start", "done"]
+
+
+def test_clean_temp_files_only_removes_temp_files(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / ".metrics.csv.tmp", tmp_path / "checkpoints" / ".last.ckpt.tmp"]
+    keep = [tmp_path / "metrics.csv", tmp_path / "checkpoints" / "last.ckpt", tmp_path / ".lock"]
+    for path in leftovers + keep:
+        path.write_text("x")
+    assert sorted(clean_temp_files(tmp_path)) == sorted(leftovers)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in leftovers)
+
+
+def _fake_run(results: Path, seed: int) -> None:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
+    folder = results / "T" / spec.run_id
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10]}).to_csv(folder / "metrics.csv",
+                                                                                         index=False)
+    write_status(folder, "done")
+
+
+def _rebuild(results: str) -> int:
+    for _ in range(5):
+        write_index(Path(results))
+    return 0
+
+
+def test_index_is_rebuilt_from_the_folders_and_concurrent_writers_never_corrupt_it(tmp_path: Path) -> None:
+    write_index(tmp_path)
+    assert pd.read_parquet(tmp_path / INDEX_NAME).empty
+    for seed in range(6):
+        _fake_run(tmp_path, seed)
+    with ProcessPoolExecutor(2) as pool:
+        assert list(pool.map(_rebuild, [str(tmp_path)] * 4)) == [0] * 4
+    table = pd.read_parquet(tmp_path / INDEX_NAME)
+    assert len(table) == 12 and table["run_id"].nunique() == 6
+    assert sorted(table.loc[table["case"] == "b", "dice"]) == [s / 10 for s in range(6)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

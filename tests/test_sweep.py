@@ -1,0 +1,157 @@
+"""Sweep expansion, --exclude rules, sweep files, dry-run states and cost estimates (no training here)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.errors import UsageError
+from medseg_bench.locks import RunLock
+from medseg_bench.results import append_event, run_dir, run_state, write_heartbeat, write_status
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.dry_run import dry_run_lines, estimate_seconds
+from medseg_bench.sweep.expand import SweepRequest, expand, parse_exclude
+from medseg_bench.sweep.spec_file import build_request, load_sweep_file
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "Task04_Hippocampus"
+
+
+def _request(**kw: object) -> SweepRequest:
+    return SweepRequest(tasks=[TASK], **kw)  # type: ignore[arg-type]
+
+
+def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
+    full, _ = expand(_request(archs=["unet", "deeplab"], augs=["none", "heavy"], dims=["2d"]))
+    kept, notes = expand(_request(archs=["unet", "deeplabv3plus"], augs=["none", "heavy"], dims=["2d"],
+                                  exclude=["arch=deeplabv3plus,aug=heavy"]))  # aliases are resolved
+    assert len(full) == 4 and len(kept) == 3
+    assert not any(s.arch == "deeplab" and s.aug == "heavy" for s in kept)
+    assert "1 combination(s) removed by --exclude" in notes
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("arch", "'arch' is not key=value"),
+    ("colour=red", "unknown key 'colour'"),
+    ("arch=unte", "did you mean 'unet'"),
+    ("dims=4d", "unknown dims '4d'"),
+    (",", "is empty"),
+])
+def test_bad_exclude_rules(home: Path, rule: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_exclude(rule)
+
+
+def test_excluding_everything_is_an_error(home: Path) -> None:
+    with pytest.raises(UsageError, match="no runs"):
+        expand(_request(dims=["3d"], exclude=["dims=3d"]))
+
+
+def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"task: {TASK}\ndims: 3d\nloss: [dice_ce, focal]\nseed: [0, 1]\nepochs: 3\n"
+                    "max_minutes: 2\npatch_size: [16, 16, 16]\nexclude: [loss=focal]\n")
+    values = load_sweep_file(path)
+    assert values["losses"] == ["dice_ce", "focal"] and values["seeds"] == [0, 1]
+    assert values["patch_size"] == (16, 16, 16) and values["max_minutes"] == 2.0
+    request = build_request(values, {"epochs": 5, "seeds": None, "exclude": ["seed=1"]})
+    assert request.epochs == 5 and request.seeds == [0, 1]  # a flag wins; an absent flag leaves the file's
+    assert request.exclude == ["loss=focal", "seed=1"]  # rules from both
+    runs, _ = expand(request)
+    assert [(r.loss, r.seed, r.patch_size) for r in runs] == [("dice_ce", 0, (16, 16, 16))]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("task: T\narchs: [unet]\nepoch: 3\n", "unknown keys archs, epoch (known: task,"),
+    ("task: T\nepochs: three\n", "'epochs' takes one int"),
+    ("task: T\nseed: [0, x]\n", "'seed' takes int values"),
+    ("- task\n", "a sweep file is a mapping"),
+    ("task: [\n", "not valid YAML"),
+])
+def test_bad_sweep_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match="bad.yaml: ") as info:
+        load_sweep_file(path)
+    assert message in str(info.value)
+
+
+def test_shipped_sweep_files_parse() -> None:
+    quick = load_sweep_file(REPO / "sweeps" / "quick.yaml")
+    survey = load_sweep_file(REPO / "sweeps" / "survey.yaml")
+    assert quick["tasks"] == survey["tasks"] == [TASK]
+    assert set(survey["archs"]) == {"unet", "unetplusplus", "deeplab", "fpn", "dynunet", "segresnet", "swinunetr"}
+    assert survey["losses"] == ["dice_ce", "focal", "tversky"] and survey["augs"] == ["none", "light", "heavy"]
+
+
+def _spec(seed: int = 0, **kw: object) -> RunSpec:
+    return RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed, epochs=4,
+                   **kw)  # type: ignore[arg-type]
+
+
+def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    (folder / "metrics.csv").write_text("case,label,dice\nc,1,0.5\n")
+    write_json_atomic(folder / "summary.json", {"cost": {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}})
+    write_status(folder, "done")
+
+
+def test_run_states(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert run_state(folder) == "pending"
+    write_status(folder, "running")
+    assert run_state(folder) == "pending"  # running, but nobody holds it and no checkpoint: starts over
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert run_state(folder) == "partial"
+    with RunLock(folder) as lock:
+        assert lock.acquire()
+        assert run_state(folder) == "running"
+    write_heartbeat(folder)  # a fresh heartbeat from this host without the lock: its process is gone
+    assert run_state(folder) == "partial"
+    beat = json.loads((folder / "heartbeat.json").read_text())
+    write_json_atomic(folder / "heartbeat.json", {**beat, "host": "elsewhere"})
+    assert run_state(folder) == "running"  # another host's fresh heartbeat counts
+    write_json_atomic(folder / "heartbeat.json", {**beat, "host": "elsewhere", "time": time.time() - 3600})
+    assert run_state(folder) == "partial"  # ... a stale one does not
+    write_status(folder, "failed", error="boom")
+    assert run_state(folder) == "failed"
+
+
+def test_queued_until_an_attempt_starts(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    write_json_atomic(folder / "queued.json", {"job_id": "7_0", "time": time.time()})
+    assert run_state(folder) == "queued"
+    time.sleep(0.01)
+    append_event(folder, "start")
+    assert run_state(folder) == "pending"
+
+
+def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
+    done, partial, pending = _spec(0), _spec(1), _spec(2)
+    other_arch = RunSpec(task=TASK, dims="2d", arch="deeplab", loss="dice_ce", aug="none", encoder="resnet18",
+                         epochs=10)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    ckpt = run_dir(tmp_path, partial) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    seconds, matched = estimate_seconds([partial, pending, other_arch], tmp_path)
+    # same (dims, arch): 4 epochs x 30 s + 20 s each; the 2D deeplab run falls back to all runs: 10 x 30 + 20
+    assert matched == 2 and seconds == pytest.approx(2 * (4 * 30 + 20) + (10 * 30 + 20))
+    capped = estimate_seconds([_spec(3, max_minutes=1.0)], tmp_path)
+    assert capped is not None and capped[0] == pytest.approx(60 + 20)
+    lines = dry_run_lines([done, partial, pending], tmp_path)
+    assert lines[0].startswith("done ") and lines[1].startswith("partial ") and lines[2].startswith("pending ")
+    assert "3 runs: 1 done, 1 partial, 1 pending" in lines
+    assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
+
+
+def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
+    assert dry_run_lines([_spec()], tmp_path)[-1].startswith("cost: no finished runs")

@@ -1,0 +1,50 @@
+"""Real tiny sweeps on real Hippocampus cases: parallel workers, a run held by another process, the index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.locks import RunLock
+from medseg_bench.results import INDEX_NAME, read_events
+from tests.conftest import TINY_SWEEP, fetch_subset
+
+runner = CliRunner()
+
+
+def test_parallel_sweep_skips_a_run_held_elsewhere_then_finishes_it(shared_task: Path, home: Path,
+                                                                    tmp_path: Path) -> None:
+    fetch_subset(shared_task, tmp_path)
+    results = tmp_path / "results"
+    command = ["sweep", *TINY_SWEEP, "--seed", "0,1,2", "--results-dir", str(results)]
+    dry = runner.invoke(app, [*command, "--dry-run"])
+    held_id = dry.output.splitlines()[1].split("/")[1].split()[0]  # seed 1
+    held = results / "Task04_Hippocampus" / held_id
+    lock = RunLock(held)
+    assert lock.acquire()  # another sweep is on it
+    try:
+        result = runner.invoke(app, [*command, "--jobs", "2"])
+    finally:
+        lock.release()
+    assert result.exit_code == 0, result.output
+    assert f"{held_id}: skipped (running in another process)" in result.output
+    assert result.output.count(": done, mean Dice") == 2
+    assert " epoch 2/2  loss " in result.output  # the workers' epochs reach the display through heartbeats
+    assert not (held / "status.json").exists()
+
+    again = runner.invoke(app, command)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped (already done)") == 2 and again.output.count(": done, mean Dice") == 1
+    for folder in (results / "Task04_Hippocampus").iterdir():
+        assert [e["event"] for e in read_events(folder)] == ["start", "done"], folder.name
+        assert json.loads((folder / "status.json").read_text())["state"] == "done"
+        assert not list(folder.rglob(".*.tmp"))
+    index = pd.read_parquet(results / INDEX_NAME)
+    assert index["run_id"].nunique() == 3 and set(index["seed"]) == {0, 1, 2}
+    dry = runner.invoke(app, [*command, "--seed", "0,1,2,3", "--dry-run"])
+    assert "4 runs: 3 done, 1 pending" in dry.output
+    assert "(1 estimated from the same dims and arch, 0 from all finished runs)" in dry.output
