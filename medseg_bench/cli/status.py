@@ -19,7 +19,8 @@ def status(
     from medseg_bench.errors import ResultsError
     from medseg_bench.results import read_json, read_status, run_state, write_index
 
-    folders = sorted(p.parent for p in results_dir.glob(f"{task or '*'}/*/spec.json"))
+    folders = sorted({p.parent for name in ("spec.json", "queued.json")
+                      for p in results_dir.glob(f"{task or '*'}/*/{name}")})
     if not folders:
         raise ResultsError(f"{results_dir}: no runs here")
     jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}

@@ -126,10 +126,13 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
         say("nothing to submit")
         return []
     executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
+    timeout_min = parse_time_minutes(options.time)
     params: dict[str, Any] = {
-        "name": "medseg-bench", "timeout_min": parse_time_minutes(options.time),
+        "name": "medseg-bench", "timeout_min": timeout_min,
         "cpus_per_task": options.cpus_per_job, "mem_gb": options.mem_gb,
-        "slurm_array_parallelism": options.array_parallelism, "slurm_signal_delay_s": 120,
+        "slurm_array_parallelism": options.array_parallelism,
+        # SLURM warns the job this long before its time limit; submitit then requeues it
+        "slurm_signal_delay_s": int(min(120, timeout_min * 60 / 4)),
     }
     if options.partition:
         params["slurm_partition"] = options.partition
