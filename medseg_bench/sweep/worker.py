@@ -24,6 +24,7 @@ from medseg_bench.results import (
     read_status,
     run_dir,
     write_heartbeat,
+    write_status,
 )
 from medseg_bench.spec import RunSpec
 
@@ -86,6 +87,22 @@ def clean_temp_files(folder: Path) -> list[Path]:
     return leftovers
 
 
+def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (corrupt, foreign, or not plain tensors), or None.
+
+    Our checkpoints are written atomically, so a bad one was put there from outside: it is refused, not
+    silently replaced, and the message says how to start over.
+    """
+    from medseg_bench.errors import DataError
+    from medseg_bench.training import build_network, load_weights
+
+    try:
+        load_weights(build_network(spec, prepared), checkpoint)  # weights_only=True: no code runs
+    except DataError as exc:
+        return f"{exc}; delete it to train run {spec.run_id} from scratch"
+    return None
+
+
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
             num_workers: int = 0, extra_event: dict[str, Any] | None = None) -> Outcome:
     """Execute `spec` unless it is done or another process holds it; never raises for a failed run."""
@@ -101,7 +118,14 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         if is_done(folder):  # finished by another process between the check above and the lock
             return Outcome("skipped")
         clean_temp_files(folder)
-        resumed = (folder / "checkpoints" / "last.ckpt").is_file()
+        last = folder / "checkpoints" / "last.ckpt"
+        resumed = last.is_file()
+        if resumed:
+            problem = checkpoint_problem(spec, prepared, last)
+            if problem:
+                write_status(folder, "failed", error=problem)
+                append_event(folder, "failed", error=problem)
+                return Outcome("failed", error=problem)
         append_event(folder, "resume" if resumed else "start", **(extra_event or {}))
         beat = Heartbeat(folder, spec.run_id, reporter)
         beat.start()
