@@ -9,20 +9,72 @@ from typing import Annotated
 import typer
 
 
+def _split(values: list[str] | None) -> list[str] | None:
+    """Repeatable options that also take comma-separated lists."""
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
+
+
 def report(
     results_dir: Annotated[Path, typer.Option(help="Results folder written by `sweep`.")] = Path("results"),
-    fmt: Annotated[str, typer.Option("--format", help="markdown, csv or json.")] = "markdown",
-    metric: Annotated[str, typer.Option(help="Metric that orders the rows (see `list metrics`).")] = "dice",
-    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="markdown, csv, json, latex, html or parquet (default: from --output's extension, "
+                         "else markdown).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the report to this file (atomically) instead of stdout.")] = None,
+    metric: Annotated[str, typer.Option(
+        help="Metric that ranks configurations (see `list metrics`).")] = "dice",
+    metrics: Annotated[list[str] | None, typer.Option(
+        "--metrics", help="Metrics in the tables and the cross-task ranking, comma-separated "
+                          "[default: dice,jaccard,hd95,nsd].")] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        help="Only these tasks (repeat or comma-separate).")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help="Also show the marginal effect of one axis: arch, loss, aug, dims or encoder.")] = None,
+    top: Annotated[int | None, typer.Option(help="Only the K best configurations of each task.")] = None,
+    plots: Annotated[Path | None, typer.Option(
+        help="Write the report's figures (PNG) to this folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 5000,
+    confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
 ) -> None:
-    """Leaderboard of finished runs, best first; a rich table on a terminal, markdown otherwise."""
-    from medseg_bench.report import FORMATS, build_report, print_rich, render
+    """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
+    from medseg_bench.report import FORMATS, GROUP_AXES, build_report, format_for, print_rich, render
+    from medseg_bench.report.render import write_atomic
 
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
-    table = build_report(results_dir, metric, task)
-    if fmt == "markdown" and sys.stdout.isatty():
-        print_rich(table)
+    if fmt is None:
+        fmt = format_for(output) if output is not None else "markdown"
+    if fmt == "parquet" and output is None:
+        raise UsageError("parquet is a binary format: pass --output FILE.parquet")
+    if group_by is not None and group_by not in GROUP_AXES:
+        raise UsageError(f"cannot group by '{group_by}'; choose from {', '.join(GROUP_AXES)}")
+    if top is not None and top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    if resamples < 100:
+        raise UsageError(f"--resamples must be at least 100, got {resamples}")
+
+    result = build_report(results_dir, metric, _split(task), metrics=_split(metrics), group_by=group_by,
+                          top=top, confidence=confidence, n_resamples=resamples, seed=seed)
+    figures = None
+    if plots is not None or fmt == "html":
+        from medseg_bench.report.plots import make_plots, write_plots
+
+        figures = make_plots(result)
+        if plots is not None:
+            written = write_plots(figures, plots)
+            typer.echo(f"wrote {len(written)} figures to {plots}", err=True)
+    if output is None and fmt == "markdown" and sys.stdout.isatty():
+        print_rich(result)
         return
-    typer.echo(render(table, fmt), nl=False)
+    content = render(result, fmt, figures)
+    if output is not None:
+        write_atomic(output, content)
+        typer.echo(f"wrote {fmt} report to {output}", err=True)
+    elif isinstance(content, bytes):
+        sys.stdout.buffer.write(content)
+    else:
+        typer.echo(content, nl=False)

@@ -1,0 +1,143 @@
+"""Everything a report shows, computed once: tables, ranking, tests, and where every number came from."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medseg_bench.errors import UsageError
+from medseg_bench.report.significance import significance
+from medseg_bench.report.stats import ALPHA, DEFAULT_RESAMPLES, DEFAULT_SEED
+from medseg_bench.report.tables import (
+    cross_task_ranking,
+    group_effect,
+    leaderboard,
+    resolve_metrics,
+    sample_scores,
+    top_k,
+)
+
+
+@dataclass
+class Report:
+    """A leaderboard and what goes with it. `table` is best first within each task (after `--top`)."""
+
+    metric: str
+    metrics: list[str]
+    table: pd.DataFrame
+    scores: pd.DataFrame  # per (configuration, case, fold, seed) scores of every metric
+    ranking: pd.DataFrame
+    pairs: pd.DataFrame
+    friedman: pd.DataFrame
+    groups: pd.DataFrame | None
+    provenance: dict[str, Any]
+    settings: dict[str, Any]
+    results_dir: Path
+    label_names: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> label value -> name
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(self.table["task"]))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
+    """Per run: spec axes, fold, seed, package versions, git revision, device and metric settings; per task:
+    the distinct metric settings (more than one means its numbers are not comparable)."""
+    from medseg_bench import __version__
+    from medseg_bench.metrics import METRICS
+
+    runs: dict[str, Any] = {}
+    conventions: dict[str, list[dict[str, Any]]] = {}
+    for _, row in table.iterrows():
+        for run_id in row["run_ids"]:
+            folder = results_dir / row["task"] / run_id
+            spec, env, summary = (_read_json(folder / n) for n in ("spec.json", "env.json", "summary.json"))
+            settings = summary.get("metric_settings", {})
+            runs[run_id] = {
+                "task": row["task"], "config": row["config"], "fold": spec.get("fold"),
+                "seed": spec.get("seed"), "epochs": spec.get("epochs"), "versions": env.get("versions", {}),
+                "git_revision": env.get("git_revision"), "python": env.get("python"),
+                "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
+                "metric_settings": settings,
+            }
+            seen = conventions.setdefault(row["task"], [])
+            if settings not in seen:
+                seen.append(settings)
+    return {
+        "generated_by": {"medseg_bench": __version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                  time.gmtime())},
+        "results_dir": str(results_dir),
+        "metric_conventions": conventions,
+        "metrics": {m: {"higher_is_better": METRICS.get(m).higher_is_better, "unit": METRICS.get(m).unit,
+                        "description": METRICS.get(m).description}
+                    for m in table.attrs.get("metrics", [])},
+        "runs": dict(sorted(runs.items())),
+    }
+
+
+def _label_names(tasks: list[str]) -> dict[str, dict[str, str]]:
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.errors import MedsegError
+
+    names: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        try:
+            spec = get_task(task)
+        except MedsegError:
+            continue  # a task no longer in the catalog: labels show as values
+        names[task] = {str(k): v for k, v in spec.labels.items()}
+    return names
+
+
+def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = "dice",
+                        metrics: list[str] | None = None, group_by: str | None = None, top: int | None = None,
+                        confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = DEFAULT_SEED, alpha: float = ALPHA) -> Report:
+    """Build a Report from `load_results()`'s frame; `results_dir` is where the run folders are."""
+    if not 0 < confidence < 1:
+        raise UsageError(f"confidence must be between 0 and 1, got {confidence}")
+    ranking_metric, chosen = resolve_metrics(results, metric, metrics)
+    full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed)
+    ranking = cross_task_ranking(full, chosen)
+    table = top_k(full, top)
+    scores = sample_scores(results, chosen)
+    scores = scores[scores["config"].isin(table["config"])].reset_index(drop=True)
+    pairs, friedman_table = significance(scores, table, ranking_metric, alpha)
+    groups = group_effect(full, group_by, chosen) if group_by else None
+    if top is not None:
+        ranking = ranking.head(top).reset_index(drop=True)
+    settings = {"metric": ranking_metric, "metrics": chosen, "confidence": confidence,
+                "bootstrap_resamples": n_resamples, "bootstrap_seed": seed, "alpha": alpha,
+                "group_by": group_by, "top": top}
+    return Report(ranking_metric, chosen, table, scores, ranking, pairs, friedman_table, groups,
+                  provenance(results_dir, full), settings, results_dir,
+                  _label_names(list(full["task"].unique())))
+
+
+def build_report(results_dir: Path, metric: str = "dice", task: list[str] | str | None = None,
+                 **options: Any) -> Report:
+    """Load the finished runs under `results_dir` (only `task`, when given) and build their Report."""
+    from medseg_bench.results import load_results
+
+    results = load_results(results_dir)
+    if task:
+        wanted = [task] if isinstance(task, str) else list(task)
+        unknown = [t for t in wanted if t not in set(results["task"])]
+        if unknown:
+            raise UsageError(f"no finished runs for task '{unknown[0]}' in {results_dir} "
+                             f"(tasks with results: {', '.join(sorted(results['task'].unique()))})")
+        results = results[results["task"].isin(wanted)]
+    return report_from_results(results, results_dir, metric, **options)

@@ -1,0 +1,245 @@
+"""What a human-readable report shows, independent of the format: titled sections of notes and tables whose
+cells are text plus a `best` flag. Markdown, LaTeX, HTML and the terminal each render these."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from medseg_bench.report.build import Report
+from medseg_bench.report.tables import best_rows, higher_is_better, label_columns
+
+METRIC_TITLES = {"dice": "Dice", "jaccard": "Jaccard", "precision": "Precision", "recall": "Recall",
+                 "volume_diff": "Vol. diff", "hd": "HD", "hd95": "HD95", "assd": "ASSD", "nsd": "NSD"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    best: bool = False
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+    align: list[str]  # "l" or "r" per column
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    """A heading, then notes (plain text) and tables in reading order."""
+
+    title: str
+    level: int = 2
+    items: list[str | Table] = field(default_factory=list)
+    task: str | None = None  # the task this section is about (its plots go with it)
+
+
+def metric_title(metric: str) -> str:
+    from medseg_bench.metrics import METRICS
+
+    unit = METRICS.get(metric).unit
+    title = METRIC_TITLES.get(metric, metric)
+    return f"{title} ({unit})" if unit else title
+
+
+def _digits(metric: str) -> int:
+    from medseg_bench.metrics import METRICS
+
+    return 2 if METRICS.get(metric).unit else 4
+
+
+def _num(value: object, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):.{digits}f}"  # type: ignore[arg-type]
+
+
+def format_rank(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+
+
+def _summary_cell(row: pd.Series, metric: str) -> str:
+    digits = _digits(metric)
+    mean = row[f"{metric}_mean"]
+    if math.isnan(mean):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if not math.isnan(row[f"{metric}_std"]):
+        text += f" ± {row[f'{metric}_std']:.{digits}f}"
+    return text + f" [{_num(row[f'{metric}_ci_low'], digits)}, {_num(row[f'{metric}_ci_high'], digits)}]"
+
+
+def _label_title(report: Report, task: str, column: str) -> str:
+    label = column.rsplit("_label_", 1)[1]
+    return report.label_names.get(task, {}).get(label, label)
+
+
+def task_table(report: Report, task: str) -> Table:
+    """One row per configuration of `task`, best first; bold (best) per metric and cost column."""
+    rows = report.table[report.table["task"] == task]
+    show_samples = bool((rows["samples"] != rows["cases"]).any())
+    compute = "/".join(sorted({c for c in rows["compute"] if c})) or "compute"
+    headers = ["#", "configuration", "runs", "cases", *(["samples"] if show_samples else []), "empty"]
+    align = ["r", "l", "r", "r", *(["r"] if show_samples else []), "r"]
+    columns: list[tuple[str, str, bool, object]] = []  # (header, column, higher_is_better, formatter)
+    for m in report.metrics:
+        higher = higher_is_better(m)
+        columns.append((metric_title(m), f"{m}_mean", higher, lambda r, m=m: _summary_cell(r, m)))
+        for col in label_columns(rows, m):
+            if rows[col].notna().any():
+                columns.append((f"{METRIC_TITLES.get(m, m)} {_label_title(report, task, col)}", col, higher,
+                                lambda r, col=col, m=m: _num(r[col], _digits(m))))
+    columns += [
+        ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
+        (f"{compute}-h/run", "train_hours", False, lambda r: _num(r["train_hours"], 2)),
+        ("peak mem (MB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
+        ("s/epoch", "time_per_epoch_s", False, lambda r: _num(r["time_per_epoch_s"], 1)),
+    ]
+    best = {column: best_rows(rows, column, higher) for _, column, higher, _ in columns}
+    out_rows = []
+    for idx, row in rows.iterrows():
+        cells = [Cell(format_rank(row["rank"])), Cell(row["config"]), Cell(str(row["runs"])),
+                 Cell(str(row["cases"]))]
+        if show_samples:
+            cells.append(Cell(str(row["samples"])))
+        cells.append(Cell(f"{row['empty_ref']} ({row['both_empty']})"))
+        cells += [Cell(fmt(row), idx in best[column]) for _, column, _, fmt in columns]  # type: ignore[operator]
+        out_rows.append(cells)
+    headers += [h for h, _, _, _ in columns]
+    align += ["r"] * len(columns)
+    return Table(headers, out_rows, align)
+
+
+def _p(value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def significance_section(report: Report, task: str) -> tuple[list[str], Table | None]:
+    metric = report.metric
+    alpha = report.settings["alpha"]
+    notes = []
+    friedman = report.friedman[report.friedman["task"] == task]
+    if len(friedman):
+        f = friedman.iloc[0]
+        if f["note"]:
+            notes.append(f"Friedman test ({metric_title(metric)}): not run, {f['note']} "
+                         f"({f['k']} configurations, {f['n']} complete cases).")
+        else:
+            verdict = "the configurations differ" if f["differs"] else "no difference shown"
+            notes.append(f"Friedman test ({metric_title(metric)}) across {f['k']} configurations on the "
+                         f"{f['n']} cases all of them have: χ² = {f['statistic']:.2f}, p = {_p(f['p'])}: "
+                         f"{verdict} at α = {alpha}.")
+    pairs = report.pairs[report.pairs["task"] == task]
+    if pairs.empty:
+        return notes, None
+    top = pairs.iloc[0]["top"]
+    differing = pairs[pairs["differs"]]["other"].tolist()
+    notes.append(f"Paired Wilcoxon signed-rank tests of {top} against each other configuration on "
+                 f"per-case {metric_title(metric)} (paired by case, fold and seed; Holm-corrected): "
+                 + (f"differs at α = {alpha} from {', '.join(differing)}." if differing
+                    else f"no pair differs at α = {alpha}."))
+    rows = []
+    for _, pair in pairs.iterrows():
+        verdict = f"yes, {pair['better']} better" if pair["differs"] else "no"
+        median_diff = _num(pair["median_diff"], _digits(metric))
+        rows.append([Cell(pair["other"]), Cell(str(pair["n"])), Cell(median_diff),
+                     Cell(_num(pair["statistic"], 1)), Cell(_p(pair["p"])), Cell(_p(pair["p_holm"])),
+                     Cell(verdict, bool(pair["differs"]))])
+    headers = [f"{top} vs", "n", "median Δ", "W", "p", "p (Holm)", f"differs at {alpha}"]
+    return notes, Table(headers, rows, ["l", "r", "r", "r", "r", "r", "l"])
+
+
+def ranking_table(report: Report) -> Table:
+    ranking = report.ranking
+    task_columns = [c for c in ranking.columns if c.startswith("rank[")]
+    headers = ["#", "configuration", "mean rank", "tasks", *[c[5:-1] for c in task_columns]]
+    best_mean = ranking["mean_rank"].min()
+    rows = []
+    for position, (_, row) in enumerate(ranking.iterrows(), start=1):
+        rows.append([Cell(str(position)), Cell(row["config"]),
+                     Cell(f"{row['mean_rank']:.2f}", row["mean_rank"] == best_mean), Cell(str(row["tasks"])),
+                     *[Cell(format_rank(row[c]), row[c] == 1.0) for c in task_columns]])
+    return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
+
+
+def group_table(report: Report, task: str) -> Table:
+    groups = report.groups
+    assert groups is not None
+    axis = groups.attrs["group_by"]
+    rows_frame = groups[groups["task"] == task]
+    headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics], "train h/run"]
+    best = {m: best_rows(rows_frame, f"{m}_mean", higher_is_better(m)) for m in report.metrics}
+    rows = []
+    for idx, row in rows_frame.iterrows():
+        cells = [Cell(str(row[axis]) or "(none)"), Cell(str(row["configs"])), Cell(f"{row['mean_rank']:.2f}")]
+        for m in report.metrics:
+            d = _digits(m)
+            text = _num(row[f"{m}_mean"], d)
+            if not math.isnan(row[f"{m}_std"]):
+                text += f" ± {row[f'{m}_std']:.{d}f} ({_num(row[f'{m}_min'], d)}–{_num(row[f'{m}_max'], d)})"
+            cells.append(Cell(text, idx in best[m]))
+        cells.append(Cell(_num(row["train_hours"], 2)))
+        rows.append(cells)
+    return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
+
+
+def _settings_note(report: Report, task: str) -> str:
+    conventions = report.provenance["metric_conventions"].get(task, [])
+    if not conventions:
+        return "Metric settings: not recorded."
+    parts = [", ".join(f"{k}={v}" for k, v in sorted(c.items())) or "not recorded" for c in conventions]
+    if len(parts) == 1:
+        return f"Metric settings: {parts[0]}."
+    return "WARNING: runs of this task used different metric settings (" + "; ".join(parts) + "): their " \
+           "numbers are not comparable."
+
+
+def sections(report: Report) -> list[Section]:
+    """The report as sections: an introduction, one per task, the group effect, the ranking across tasks."""
+    s = report.settings
+    direction = "higher" if higher_is_better(report.metric) else "lower"
+    intro: list[str | Table] = [
+        f"Ranked by {metric_title(report.metric)} ({direction} is better). A case scores the mean over the "
+        f"task's foreground labels; folds and seeds are pooled. Cells: mean ± std "
+        f"[{s['confidence']:.0%} percentile bootstrap CI of the mean, {s['bootstrap_resamples']} resamples, "
+        f"seed {s['bootstrap_seed']}] over cases. Bold: best in its column within the task.",
+        "empty: label evaluations with an empty reference (in parentheses: both masks empty, scored NaN and "
+        "left out of the means). Cost: parameters, training hours per run, peak memory, seconds per epoch.",
+    ]
+    if s["top"]:
+        intro.append(f"Only the top {s['top']} configurations of each task are shown.")
+    out = [Section("medseg-bench report", 1, intro)]
+    for task in report.tasks:
+        section = Section(task, 2, [_settings_note(report, task), task_table(report, task)], task=task)
+        notes, table = significance_section(report, task)
+        section.items += notes
+        if table is not None:
+            section.items.append(table)
+        out.append(section)
+    if report.groups is not None:
+        axis = report.groups.attrs["group_by"]
+        groups = Section(f"Effect of {axis}", 2, [
+            f"Per task and {axis}: the mean over the configurations with that {axis} of their mean score "
+            "(each configuration weighted equally, whatever else it varies) ± the std across them (min–max), "
+            "and their mean rank within the task."])
+        for task in report.tasks:
+            table = group_table(report, task)
+            table.caption = task
+            groups.items.append(table)
+        out.append(groups)
+    metrics = ", ".join(metric_title(m) for m in report.metrics)
+    out.append(Section("Ranking across tasks", 2, [
+        f"MSD-style: within each task the configurations are ranked for each metric ({metrics}; ties share "
+        "the mean of their ranks), and a configuration's mean rank averages those ranks over tasks and "
+        "metrics. Per-task columns: the mean of its metric ranks in that task (– where it was not run).",
+        ranking_table(report)]))
+    return out

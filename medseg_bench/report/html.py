@@ -1,0 +1,84 @@
+"""One self-contained HTML file: the report's tables and its figures as base64 PNGs (nothing to fetch)."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+from medseg_bench.report.build import Report
+from medseg_bench.report.display import Cell, Table, sections
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1400px; padding: 0 1.5em; color: #1d2731; line-height: 1.45; }
+h1 { border-bottom: 2px solid #4a6a8a; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ccd; padding-bottom: .2em; }
+p.note { color: #4b5563; font-size: .92em; max-width: 75em; }
+div.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .8em 0 1.4em; font-size: .85em; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: .3em 0; }
+th, td { padding: .3em .7em; border-bottom: 1px solid #dde; white-space: nowrap; }
+thead th { border-top: 2px solid #333; border-bottom: 1px solid #333; background: #f4f6f9; }
+tbody tr:last-child td { border-bottom: 2px solid #333; }
+tbody tr:hover { background: #f7faff; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: 700; color: #0b6b2f; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ea; }
+figcaption { font-size: .85em; color: #4b5563; }
+footer { margin-top: 3em; font-size: .8em; color: #6b7280; }
+"""
+
+
+def _cell(cell: Cell, align: str) -> str:
+    classes = " ".join(c for c in (align if align == "r" else "", "best" if cell.best else "") if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{html.escape(cell.text)}</td>"
+
+
+def _table(table: Table) -> str:
+    head = "".join(f'<th class="{a}">{html.escape(h)}</th>'
+                   for h, a in zip(table.headers, table.align, strict=True))
+    body = "".join("<tr>" + "".join(_cell(c, a) for c, a in zip(row, table.align, strict=True)) + "</tr>"
+                   for row in table.rows)
+    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
+    return (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _figure(name: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>")
+
+
+def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
+    """The whole report as one HTML page; `plots` from `make_plots(report)` (built here when None)."""
+    from medseg_bench.report.plots import make_plots, slug
+
+    if plots is None:
+        plots = make_plots(report)
+    task_slugs = {task: slug(task) for task in report.tasks}
+    used: set[str] = set()
+    parts = []
+    for section in sections(report):
+        level = min(section.level, 3)
+        parts.append(f"<h{level}>{html.escape(section.title)}</h{level}>")
+        parts += [_table(item) if isinstance(item, Table) else f'<p class="note">{html.escape(item)}</p>'
+                  for item in section.items]
+        if section.task is not None:
+            prefix = task_slugs[section.task] + "_"
+            for name, png in plots.items():
+                if name.startswith(prefix) and name not in used:
+                    parts.append(_figure(name, png))
+                    used.add(name)
+    parts += [_figure(name, png) for name, png in plots.items() if name not in used]
+    generated = report.provenance.get("generated_by", {})
+    footer = (f"<footer>medseg-bench {html.escape(str(generated.get('medseg_bench', '')))}, "
+              f"{html.escape(str(generated.get('time_utc', '')))}; results: "
+              f"{html.escape(str(report.results_dir))}; "
+              f"{len(report.provenance.get('runs', {}))} runs.</footer>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>medseg-bench report</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + footer + "</body></html>\n")

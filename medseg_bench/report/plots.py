@@ -1,0 +1,228 @@
+"""Report figures (matplotlib, Agg, PNG bytes): per-case box/strip plots, learning curves, a rank heat-map and
+cost vs quality with the Pareto front. `make_plots` returns {file name: PNG}; `write_plots` saves them."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_bench.report.build import Report
+from medseg_bench.report.display import format_rank, metric_title
+from medseg_bench.report.tables import higher_is_better
+
+DPI = 110
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _colors(configs: list[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    return {c: cmap(i % cmap.N) for i, c in enumerate(configs)}
+
+
+def case_distribution(report: Report, task: str, metric: str) -> bytes:
+    """Horizontal box plot with the per-case scores on top, one row per configuration, best at the top."""
+    plt = _pyplot()
+    configs = report.table[report.table["task"] == task]["config"].tolist()
+    scores = report.scores[report.scores["task"] == task]
+    data = [scores[scores["config"] == c][metric].dropna().to_numpy(float) for c in configs]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(configs)))
+    positions = np.arange(len(configs))[::-1]  # rank 1 on top
+    nonempty = [i for i, d in enumerate(data) if d.size]
+    if nonempty:
+        ax.boxplot([data[i] for i in nonempty], positions=positions[nonempty], vert=False, widths=0.6,
+                   showfliers=False, patch_artist=True,
+                   boxprops={"facecolor": "#dde6f0", "edgecolor": "#4a6a8a"},
+                   medianprops={"color": "#c0392b", "linewidth": 1.6})
+    rng = np.random.default_rng(0)  # jitter only: fixed so the figure is reproducible
+    for values, y in zip(data, positions, strict=True):
+        jitter = rng.uniform(-0.18, 0.18, values.size)
+        ax.scatter(values, y + jitter, s=12, color="#1f3b57", alpha=0.6, zorder=3)
+    ax.set_yticks(positions, [f"{i + 1}. {c}" for i, c in enumerate(configs)], fontsize=9)
+    ax.set_ylim(-0.7, len(configs) - 0.3)
+    ax.set_xlabel(f"per-case {metric_title(metric)} (mean over foreground labels)")
+    better = "higher" if higher_is_better(metric) else "lower"
+    ax.set_title(f"{task}: {metric_title(metric)} per case ({better} is better; ordered by rank)",
+                 fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def _epoch_log(folder: Path) -> pd.DataFrame | None:
+    path = folder / "logs" / "metrics.csv"
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    if "epoch" not in frame:
+        return None
+    columns = [c for c in ("train_loss", "val_dice") if c in frame]
+    return frame.groupby("epoch")[columns].mean() if columns else None
+
+
+def learning_curves(report: Report, task: str) -> bytes | None:
+    """Train loss and validation Dice per epoch, one line per configuration (mean over its runs; band:
+    min–max)."""
+    plt = _pyplot()
+    rows = report.table[report.table["task"] == task]
+    colors = _colors(rows["config"].tolist())
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for _, row in rows.iterrows():
+        logs = [log for run_id in row["run_ids"]
+                if (log := _epoch_log(report.results_dir / task / run_id)) is not None]
+        if not logs:
+            continue
+        combined = pd.concat(logs, keys=range(len(logs)), names=["run", "epoch"])
+        for ax, column in ((loss_ax, "train_loss"), (dice_ax, "val_dice")):
+            if column not in combined:
+                continue
+            stats = combined[column].groupby("epoch").agg(["mean", "min", "max"]).dropna()
+            if stats.empty:
+                continue
+            epochs = stats.index.to_numpy() + 1
+            ax.plot(epochs, stats["mean"], "o-", ms=3, color=colors[row["config"]], label=row["config"])
+            if len(logs) > 1:
+                ax.fill_between(epochs, stats["min"], stats["max"], color=colors[row["config"]], alpha=0.15)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    dice_ax.set(xlabel="epoch", ylabel="validation Dice", title="validation Dice")
+    for ax in (loss_ax, dice_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = loss_ax.get_legend_handles_labels()
+    if not handles:
+        handles, labels = dice_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 3)))
+    fig.suptitle(f"{task}: learning curves (mean over runs; band: min–max)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def rank_heatmap(report: Report) -> bytes:
+    """Configurations x tasks, cell = the configuration's mean metric rank in that task; last column:
+    the mean rank."""
+    plt = _pyplot()
+    ranking = report.ranking
+    task_columns = [c for c in ranking.columns if c.startswith("rank[")]
+    values = ranking[[*task_columns, "mean_rank"]].to_numpy(float)
+    labels = [c[5:-1] for c in task_columns] + ["mean rank"]
+    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(labels), 1.2 + 0.5 * len(ranking)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
+    image.cmap.set_bad("#eeeeee")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
+    ax.set_yticks(range(len(ranking)), ranking["config"], fontsize=9)
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for (i, j), value in np.ndenumerate(values):
+        text = format_rank(value)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="white" if not math.isnan(value) and value > middle else "black")
+    ax.axvline(len(task_columns) - 0.5, color="white", linewidth=3)
+    fig.colorbar(image, ax=ax, label="rank (1 = best)", shrink=0.8)
+    ax.set_title("rank per task (mean over metrics)", fontsize=10)
+    return _png(fig)
+
+
+def pareto_front(cost: np.ndarray, quality: np.ndarray, higher: bool = True) -> np.ndarray:
+    """Indices of the points no other point beats on both cost (lower) and quality, sorted by cost."""
+    q = quality if higher else -quality
+    order = np.lexsort((-q, cost))
+    front, best = [], -np.inf
+    for i in order:
+        if np.isfinite(cost[i]) and np.isfinite(q[i]) and q[i] > best:
+            front.append(i)
+            best = q[i]
+    return np.array(front, dtype=int)
+
+
+def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
+    """Training hours per run vs mean score (95% CI bars); the Pareto front joined and ringed."""
+    plt = _pyplot()
+    rows = report.table[report.table["task"] == task].reset_index(drop=True)
+    cost = rows["train_hours"].to_numpy(float)
+    quality = rows[f"{metric}_mean"].to_numpy(float)
+    if not np.isfinite(cost).any() or not np.isfinite(quality).any():
+        return None
+    compute = "/".join(sorted({c for c in rows["compute"] if c})) or "compute"
+    colors = _colors(rows["config"].tolist())
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, row in rows.iterrows():
+        low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+        err = None
+        if np.isfinite([low, high]).all():
+            err = [[max(0.0, quality[i] - low)], [max(0.0, high - quality[i])]]
+        ax.errorbar(cost[i], quality[i], yerr=err, fmt="o", ms=7, capsize=3, color=colors[row["config"]],
+                    label=row["config"])
+    front = pareto_front(cost, quality, higher_is_better(metric))
+    if front.size:
+        ax.plot(cost[front], quality[front], "--", color="#c0392b", linewidth=1.2, label="Pareto front")
+        ax.scatter(cost[front], quality[front], s=160, facecolors="none", edgecolors="#c0392b",
+                   linewidths=1.5, zorder=4)
+    ax.set_xlabel(f"{compute}-hours per training run")
+    ax.set_ylabel(f"mean {metric_title(metric)} (95% CI)")
+    ax.set_title(f"{task}: cost vs quality", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _png(fig)
+
+
+def make_plots(report: Report) -> dict[str, bytes]:
+    """Every figure of the report, by file name: per task box plots (the ranking metric, plus Dice and HD95
+    when in the table), learning curves and cost vs quality; then the rank heat-map."""
+    plots: dict[str, bytes] = {}
+    box_metrics = list(dict.fromkeys([report.metric, *[m for m in ("dice", "hd95") if m in report.metrics]]))
+    for task in report.tasks:
+        prefix = slug(task)
+        for metric in box_metrics:
+            plots[f"{prefix}_{metric}_cases.png"] = case_distribution(report, task, metric)
+        curves = learning_curves(report, task)
+        if curves is not None:
+            plots[f"{prefix}_learning_curves.png"] = curves
+        scatter = cost_quality(report, task, report.metric)
+        if scatter is not None:
+            plots[f"{prefix}_cost_quality.png"] = scatter
+    plots["rank_heatmap.png"] = rank_heatmap(report)
+    return plots
+
+
+def write_plots(plots: dict[str, bytes], folder: Path) -> list[Path]:
+    from medseg_bench.report.render import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in plots.items():
+        write_atomic(folder / name, png)
+        paths.append(folder / name)
+    return paths

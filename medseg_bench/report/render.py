@@ -1,0 +1,218 @@
+"""Report renderers: GitHub-flavoured markdown, LaTeX (booktabs), CSV, JSON, parquet, a rich terminal view.
+
+`render(report, fmt)` returns text (bytes for parquet); `write_atomic` writes a file atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medseg_bench.errors import UsageError
+from medseg_bench.report.build import Report
+from medseg_bench.report.display import Cell, Table, sections
+
+FORMATS = ("markdown", "csv", "json", "latex", "html", "parquet")
+EXTENSIONS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json", ".tex": "latex",
+              ".html": "html", ".htm": "html", ".parquet": "parquet"}
+SCHEMA_VERSION = 1
+
+
+def _md_cell(cell: Cell) -> str:
+    text = cell.text.replace("|", "\\|")
+    return f"**{text}**" if cell.best and text != "–" else text
+
+
+def _md_table(table: Table) -> list[str]:
+    lines = []
+    if table.caption:
+        lines += [f"**{table.caption}**", ""]
+    lines.append("| " + " | ".join(h.replace("|", "\\|") for h in table.headers) + " |")
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for a in table.align) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return lines
+
+
+def to_markdown(report: Report) -> str:
+    lines: list[str] = []
+    for section in sections(report):
+        lines += ["#" * section.level + " " + section.title, ""]
+        for item in section.items:
+            lines += [*(_md_table(item) if isinstance(item, Table) else [item]), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "χ²": r"$\chi^2$", "α": r"$\alpha$", "Δ": r"$\Delta$", "–": "--",
+                  "<": r"$<$", "≥": r"$\geq$"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    for symbol, replacement in _LATEX_SYMBOLS.items():
+        out = out.replace(symbol, replacement)
+    return out
+
+
+def _latex_table(table: Table, caption: str, label: str) -> list[str]:
+    def cell(c: Cell) -> str:
+        text = latex_escape(c.text)
+        return rf"\textbf{{{text}}}" if c.best and c.text != "–" else text
+
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\scriptsize", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\label{{{label}}}", r"\begin{tabular}{" + "".join(table.align) + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return lines
+
+
+def to_latex(report: Report) -> str:
+    """Tables for a paper: `\\usepackage{booktabs}`; section notes become comments and captions."""
+    lines = ["% medseg-bench report: needs \\usepackage{booktabs}"]
+    for section in sections(report):
+        lines.append(f"% --- {section.title} ---")
+        tables = 0
+        for item in section.items:
+            if not isinstance(item, Table):
+                lines.append(f"% {item}")
+                continue
+            caption = section.title if not item.caption else f"{section.title}: {item.caption}"
+            if tables == 1 and section.task:
+                caption = f"{section.title}: significance of the top configuration against the others"
+            tables += 1
+            slug = "".join(ch if ch.isalnum() else "-" for ch in caption.lower())[:60].strip("-")
+            lines += [*_latex_table(item, caption, f"tab:{slug}"), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def flat_table(report: Report) -> pd.DataFrame:
+    """What CSV and parquet hold: the leaderboard (the group effect with --group-by), plain numbers."""
+    if report.groups is not None:
+        return report.groups.copy()
+    flat = report.table.copy()
+    for column in ("run_ids", "folds", "seeds"):
+        flat[column] = flat[column].map(lambda v: ";".join(str(x) for x in v))
+    return flat
+
+
+def to_csv(report: Report) -> str:
+    return flat_table(report).to_csv(index=False)
+
+
+def to_parquet(report: Report) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        flat_table(report).to_parquet(buffer, index=False)
+    except ImportError as exc:
+        raise UsageError(f"parquet output needs pyarrow: pip install pyarrow ({exc})") from None
+    return buffer.getvalue()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN -> null, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+    if frame is None:
+        return []
+    return [_clean(record) for record in frame.to_dict(orient="records")]
+
+
+def to_json(report: Report) -> str:
+    """See docs/report-schema.md."""
+    from medseg_bench.report.tables import CONFIG_COLUMNS
+
+    scores = report.scores[["task", "config", "case", "fold", "seed", *report.metrics]]
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "settings": report.settings,
+        "tasks": report.tasks,
+        "label_names": report.label_names,
+        "leaderboard": _records(report.table),
+        "ranking": _records(report.ranking),
+        "significance": {"pairs": _records(report.pairs), "friedman": _records(report.friedman)},
+        "groups": _records(report.groups) if report.groups is not None else None,
+        "case_scores": _records(scores),
+        "config_columns": CONFIG_COLUMNS,
+        "provenance": report.provenance,
+    }
+    return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
+
+
+def render(report: Report, fmt: str, plots: dict[str, bytes] | None = None) -> str | bytes:
+    """The report in `fmt` (one of FORMATS); html embeds `plots` (built when not given)."""
+    if fmt == "html":
+        from medseg_bench.report.html import to_html
+
+        return to_html(report, plots)
+    renderers: dict[str, Callable[[Report], str | bytes]] = {
+        "markdown": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex, "parquet": to_parquet}
+    if fmt not in renderers:
+        raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+    return renderers[fmt](report)
+
+
+def format_for(path: Path) -> str:
+    """The format a file name asks for, from its extension."""
+    fmt = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot tell the format of '{path.name}' from its extension; use one of "
+                         f"{', '.join(sorted(EXTENSIONS))} or pass --format")
+    return fmt
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write to a temp file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def print_rich(report: Report) -> None:
+    """The report as rich tables on the terminal (best values in bold green)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    console = Console()
+    for section in sections(report):
+        if section.level > 1:
+            console.rule(f"[bold]{escape(section.title)}")
+        else:
+            console.print(f"[bold underline]{escape(section.title)}")
+        for item in section.items:
+            if not isinstance(item, Table):
+                console.print(escape(item), style="dim")
+                continue
+            table = item
+            out = RichTable(title=table.caption or None, show_lines=False)
+            for header, align in zip(table.headers, table.align, strict=True):
+                out.add_column(escape(header), justify="right" if align == "r" else "left", overflow="fold")
+            for row in table.rows:
+                out.add_row(*[f"[bold green]{escape(c.text)}[/]" if c.best else escape(c.text) for c in row])
+            console.print(out)

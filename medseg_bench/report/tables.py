@@ -1,0 +1,275 @@
+"""Leaderboard tables from per-case results: one row per configuration, folds and seeds pooled.
+
+A *sample* is one held-out case scored by one run: (case, fold, seed). Its score for a metric is the mean over
+the task's foreground labels (integer label values > 0; region rows get their own columns but stay out of that
+mean). Labels whose reference and prediction are both empty score NaN: they are left out of every mean and
+counted in `both_empty`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_bench.errors import UsageError
+from medseg_bench.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, rank_values
+
+CONFIG_AXES = ["dims", "arch", "encoder", "loss", "aug"]
+CONFIG_COLUMNS = ["task", *CONFIG_AXES]
+SAMPLE_COLUMNS = ["case", "fold", "seed"]
+DEFAULT_METRICS = ("dice", "jaccard", "hd95", "nsd")
+GROUP_AXES = ("arch", "loss", "aug", "dims", "encoder")
+# Cost columns are all better when lower.
+COST_COLUMNS = ("params", "train_hours", "peak_memory_mb", "time_per_epoch_s")
+
+
+def config_name(dims: str, arch: str, encoder: str, loss: str, aug: str) -> str:
+    """`<dims>-<arch>[.<encoder>]-<loss>-<aug>`, the run id without fold, seed and hash."""
+    return f"{dims}-{arch}.{encoder}-{loss}-{aug}" if encoder else f"{dims}-{arch}-{loss}-{aug}"
+
+
+def higher_is_better(metric: str) -> bool:
+    from medseg_bench.metrics import METRICS
+
+    return METRICS.get(metric).higher_is_better
+
+
+def resolve_metrics(results: pd.DataFrame, metric: str, metrics: list[str] | None) -> tuple[str, list[str]]:
+    """The ranking metric's canonical name and the table's metrics (ranking metric first), checked."""
+    from medseg_bench.metrics import METRICS
+
+    ranking = METRICS.get(metric).name
+    if metrics:
+        wanted = [METRICS.get(m).name for m in metrics]
+    else:
+        wanted = [m for m in DEFAULT_METRICS if m in results]
+    chosen = list(dict.fromkeys([ranking, *wanted]))
+    missing = [m for m in chosen if m not in results]
+    if missing:
+        raise UsageError(f"metric(s) {', '.join(missing)} not in these results")
+    return ranking, chosen
+
+
+def _with_config(results: pd.DataFrame) -> pd.DataFrame:
+    frame = results.copy()
+    frame["encoder"] = frame["encoder"].fillna("").astype(str)
+    for column in ("fold", "seed"):
+        if column not in frame:
+            frame[column] = 0
+    frame["config"] = [config_name(*values) for values in frame[CONFIG_AXES].itertuples(index=False)]
+    return frame
+
+
+def _is_foreground_label(labels: pd.Series) -> pd.Series:
+    return pd.to_numeric(labels, errors="coerce").fillna(0) > 0
+
+
+def sample_scores(results: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per (configuration, case, fold, seed): each metric averaged over the foreground labels."""
+    frame = _with_config(results)
+    foreground = frame[_is_foreground_label(frame["label"])]
+    keys = ["task", "config", *CONFIG_AXES, *SAMPLE_COLUMNS]
+    # Runs of one configuration that differ only in other spec fields (epochs, ...) are pooled here too.
+    scores = foreground.groupby(keys, dropna=False)[metrics].mean().reset_index()
+    return scores.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame:
+        return pd.Series(False, index=frame.index)
+    values = frame[column]
+    if values.dtype == object:
+        values = values.astype(str).str.lower().isin(["true", "1"])
+    return values.fillna(False).astype(bool)
+
+
+def _device_kind(devices: pd.Series) -> str:
+    kinds = {"CPU" if str(d).lower().startswith("cpu") else "GPU" for d in devices.dropna()}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+
+
+def _mean_or_nan(values: pd.Series) -> float:
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    return float(numbers.mean()) if len(numbers) else math.nan
+
+
+def _numbers(runs: pd.DataFrame, column: str) -> pd.Series:
+    if column not in runs:
+        return pd.Series([], dtype=float)
+    return pd.to_numeric(runs[column], errors="coerce").dropna()
+
+
+def _cost(runs: pd.DataFrame) -> dict[str, Any]:
+    """Cost of one configuration from its runs (one row per run): hours are per run and in total."""
+    params, train_s = _numbers(runs, "params"), _numbers(runs, "train_time_s")
+    memory, epoch_s = _numbers(runs, "peak_memory_mb"), _numbers(runs, "time_per_epoch_s")
+    return {
+        "params": int(params.iloc[0]) if len(params) else None,
+        "train_hours": float(train_s.mean() / 3600) if len(train_s) else math.nan,
+        "train_hours_total": float(train_s.sum() / 3600) if len(train_s) else math.nan,
+        "compute": _device_kind(runs["device"]) if "device" in runs else "",
+        "peak_memory_mb": float(memory.max()) if len(memory) else math.nan,
+        "time_per_epoch_s": float(epoch_s.mean()) if len(epoch_s) else math.nan,
+    }
+
+
+def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] | None = None,
+                confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES,
+                seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """One row per (task, configuration), best first by `metric` within each task.
+
+    Columns: the configuration axes and `config`; `rank` (within the task, ties averaged); `runs`, `cases`
+    (distinct case ids), `samples` (scored (case, fold, seed)), `empty_ref` and `both_empty` (label
+    evaluations with an empty reference / both masks empty); per metric `<m>_mean`, `<m>_std` (over samples),
+    `<m>_ci_low`, `<m>_ci_high` (percentile bootstrap of the mean), `<m>_n` (samples with a score) and
+    `<m>_label_<label>` (mean per label or region); cost; `run_ids`.
+    """
+    ranking, chosen = resolve_metrics(results, metric, metrics)
+    frame = _with_config(results)
+    scores = sample_scores(results, chosen)
+    label_rows = frame.assign(label=frame["label"].astype(str))
+    fg_mask = _is_foreground_label(frame["label"])
+    rows = []
+    for (task, config), group in scores.groupby(["task", "config"], sort=True):
+        runs = frame[(frame["task"] == task) & (frame["config"] == config)]
+        first = group.iloc[0]
+        row: dict[str, Any] = {"task": task, **{a: first[a] for a in CONFIG_AXES}, "config": config}
+        row["runs"] = int(runs["run_id"].nunique())
+        row["folds"] = sorted(int(f) for f in runs["fold"].dropna().unique())
+        row["seeds"] = sorted(int(s) for s in runs["seed"].dropna().unique())
+        row["cases"] = int(group["case"].nunique())
+        row["samples"] = int(len(group))
+        fg_runs = runs[fg_mask.loc[runs.index]]
+        ref_empty = _flag(fg_runs, "ref_empty")
+        row["empty_ref"] = int(ref_empty.sum())
+        row["both_empty"] = int((ref_empty & _flag(fg_runs, "pred_empty")).sum())
+        for m in chosen:
+            values = group[m].to_numpy(float)
+            valid = values[~np.isnan(values)]
+            row[f"{m}_mean"] = float(valid.mean()) if valid.size else math.nan
+            row[f"{m}_std"] = float(valid.std(ddof=1)) if valid.size > 1 else math.nan
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(
+                valid, confidence, n_resamples, seed, key=f"{task}/{config}/{m}")
+            row[f"{m}_n"] = int(valid.size)
+        labelled = label_rows.loc[runs.index]
+        for m in chosen:
+            for label, values in labelled.groupby("label", sort=False)[m]:
+                row[f"{m}_label_{label}"] = _mean_or_nan(values)
+        row.update(_cost(runs.drop_duplicates("run_id")))
+        row["run_ids"] = sorted(runs["run_id"].unique().tolist())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = _order_labels(table, chosen)
+    higher = higher_is_better(ranking)
+    table = table.sort_values(["task", f"{ranking}_mean"], ascending=[True, not higher], na_position="last",
+                              kind="stable").reset_index(drop=True)
+    table.insert(table.columns.get_loc("config") + 1, "rank",
+                 table.groupby("task")[f"{ranking}_mean"].transform(lambda v: rank_values(v, higher)))
+    table.attrs.update(metric=ranking, metrics=chosen, confidence=confidence, n_resamples=n_resamples,
+                       seed=seed)
+    return table
+
+
+def label_columns(table: pd.DataFrame, metric: str) -> list[str]:
+    prefix = f"{metric}_label_"
+    return [c for c in table.columns if c.startswith(prefix)]
+
+
+def _label_sort_key(column: str) -> tuple[int, float, str]:
+    label = column.rsplit("_label_", 1)[1]
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _order_labels(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per-label columns in label order (integers, then regions), right after their metric's summary."""
+    fixed = [c for c in table.columns if "_label_" not in c]
+    ordered: list[str] = []
+    for column in fixed:
+        ordered.append(column)
+        for m in metrics:
+            if column == f"{m}_n":
+                ordered += sorted(label_columns(table, m), key=_label_sort_key)
+    return table[ordered]
+
+
+def top_k(table: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """The first `k` rows of each task (the table is ordered best first)."""
+    if k is None:
+        return table
+    if k < 1:
+        raise UsageError(f"--top must be at least 1, got {k}")
+    kept = table.groupby("task", sort=False).head(k)
+    out = kept.reset_index(drop=True)
+    out.attrs.update(table.attrs)
+    return out
+
+
+def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """MSD-style ranking: rank the configurations within each task for each metric (ties averaged), then
+    average those ranks; a configuration missing from a task has no rank there.
+
+    Columns: `config`, the axes, `mean_rank`, `tasks` (how many it was ranked on), `rank[<task>]` (the mean of
+    its metric ranks within that task). Sorted best first.
+    """
+    long = []
+    for task, group in table.groupby("task", sort=True):
+        for m in metrics:
+            ranks = rank_values(group[f"{m}_mean"].to_numpy(float), higher_is_better(m))
+            long += [{"task": task, "config": c, "metric": m, "rank": r}
+                     for c, r in zip(group["config"], ranks, strict=True)]
+    ranks = pd.DataFrame(long)
+    per_task = ranks.pivot_table(index="config", columns="task", values="rank", aggfunc="mean")
+    overall = ranks.groupby("config")["rank"].mean()
+    axes = table.drop_duplicates("config").set_index("config")[CONFIG_AXES]
+    out = axes.loc[overall.index].copy()
+    out["mean_rank"] = overall
+    out["tasks"] = per_task.notna().sum(axis=1)
+    for task in per_task.columns:
+        out[f"rank[{task}]"] = per_task[task]
+    out = out.reset_index().sort_values(["mean_rank", "config"], kind="stable").reset_index(drop=True)
+    out.attrs["metrics"] = list(metrics)
+    return out
+
+
+def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataFrame:
+    """Marginal effect of one axis: per task and axis value, the mean over the configurations that have it
+    (each configuration weighted equally, whatever else it varies), their spread, and their mean rank."""
+    if axis not in GROUP_AXES:
+        raise UsageError(f"cannot group by '{axis}'; choose from {', '.join(GROUP_AXES)}")
+    ranking = table.attrs.get("metric", metrics[0])
+    rows = []
+    for (task, level), group in table.groupby(["task", axis], sort=True):
+        row: dict[str, Any] = {"task": task, axis: level, "configs": len(group),
+                               "mean_rank": float(group["rank"].mean())}
+        for m in metrics:
+            means = group[f"{m}_mean"].dropna()
+            row[f"{m}_mean"] = float(means.mean()) if len(means) else math.nan
+            row[f"{m}_std"] = float(means.std(ddof=1)) if len(means) > 1 else math.nan
+            row[f"{m}_min"] = float(means.min()) if len(means) else math.nan
+            row[f"{m}_max"] = float(means.max()) if len(means) else math.nan
+        row["train_hours"] = float(group["train_hours"].mean())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out = out.sort_values(["task", f"{ranking}_mean"], ascending=[True, not higher_is_better(ranking)],
+                          na_position="last", kind="stable").reset_index(drop=True)
+    out.attrs.update(table.attrs, group_by=axis)
+    return out
+
+
+def best_rows(table: pd.DataFrame, column: str, higher: bool) -> set[int]:
+    """Index labels of the best value of `column` within each task (all of them when tied)."""
+    best: set[int] = set()
+    values = pd.to_numeric(table[column], errors="coerce")
+    for _, idx in table.groupby("task", sort=False).groups.items():
+        task_values = values.loc[idx].dropna()
+        if task_values.empty:
+            continue
+        target = task_values.max() if higher else task_values.min()
+        best |= set(task_values.index[task_values == target])
+    return best
