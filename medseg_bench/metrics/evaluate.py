@@ -190,7 +190,7 @@ def _score(
     pred_mask = _mask(pred[box], values)
     ref_mask = _mask(ref[box], values)
     tp = int(np.count_nonzero(pred_mask & ref_mask))
-    scores: dict[str, object] = overlap_from_counts(
+    scores = overlap_from_counts(
         tp, int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask)), settings.empty_policy
     )
     if pred_box is None or ref_box is None:
@@ -199,7 +199,7 @@ def _score(
     else:
         distances = surface_distances_in_box(pred_mask, ref_mask, spacing, settings.surface)
         scores.update(distance_metrics(distances, settings.nsd_tolerance_mm))
-    return {**{name: float(scores[name]) for name in METRIC_NAMES}, **flags}  # type: ignore[arg-type]
+    return {**{name: float(scores[name]) for name in METRIC_NAMES}, **flags}
 
 
 def _mask(crop: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
