@@ -69,7 +69,7 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
     monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
     fetch_subset(shared_task, tmp_path)
     results = tmp_path / "results"
-    command = ["sweep", *TINY_SWEEP, "--seed", "0,1,2", "--epochs", "10", "--iters-per-epoch", "3",
+    command = ["sweep", *TINY_SWEEP, "--seed", "0,1,2", "--epochs", "6", "--iters-per-epoch", "3",
                "--results-dir", str(results), "--launcher", "slurm", "--partition", "debug",
                "--cpus-per-job", "1", "--mem-gb", "2", "--time", "00:20:00"]
     submitted = runner.invoke(app, command)

@@ -1,0 +1,101 @@
+"""Disk full, two sweeps at once, unwritable results dir, bad checkpoints: clear errors, nothing finished lost."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from medseg_bench.results import read_events, read_status, run_state
+from tests.faults.conftest import Ledger, check_done_once, run_cli, run_folders, start_cli, sweep_argv, \
+    temp_files
+
+pytestmark = pytest.mark.faults
+
+
+def test_disk_full_while_writing_results_fails_that_run_only(fetched: Path, tmp_path: Path,
+                                                             ledger: Ledger) -> None:
+    results = tmp_path / "results"
+    full = run_cli(sweep_argv(results, "--seed", "0,1", inject="enospc-summary"))
+    ledger.injected += 1
+    assert full.returncode == 5, full.stdout + full.stderr
+    assert "No space left on device" in full.stdout and "summary.json" in full.stdout
+    assert "error: 1 of 2 runs failed" in full.stderr
+    first, second = run_folders(results)  # seed 0 then seed 1 (run ids sort by seed here)
+    assert run_state(first) == "done"
+    kept = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    assert run_state(second) != "done"
+    assert "No space left on device" in (second / "run.log").read_text()
+    again = run_cli(sweep_argv(results, "--seed", "0,1"))  # space is back
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "skipped (already done)" in again.stdout
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file() and p.name in kept} == kept
+    check_done_once(results, 2, ledger)
+    assert temp_files(results) == []
+
+
+def test_two_sweeps_at_once_never_train_a_run_twice(fetched: Path, tmp_path: Path, ledger: Ledger) -> None:
+    results = tmp_path / "results"
+    argv = sweep_argv(results, "--seed", "0,1,2")
+    first, second = start_cli(argv), start_cli(argv)
+    outputs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    ledger.injected += 1
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    for folder in run_folders(results):
+        assert [e["event"] for e in read_events(folder)] == ["start", "done"], folder.name
+    check_done_once(results, 3, ledger)
+    both = "".join(outputs)
+    assert both.count(": done, mean Dice") == 3  # each run trained by exactly one of the two
+    assert temp_files(results) == []
+
+
+def test_unwritable_results_dir_is_one_clear_line(fetched: Path, tmp_path: Path, ledger: Ledger) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the results dir should be")
+    result = run_cli(sweep_argv(blocker / "results"))
+    ledger.injected += 1
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {blocker / 'results'}: results dir is not writable (Not a directory)"]
+
+
+class _Payload:
+    """A pickle that would create a file when loaded without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "pickle-code"])
+def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path: Path, ledger: Ledger,
+                                                        kind: str) -> None:
+    results = tmp_path / "results"
+    dry = run_cli(sweep_argv(results, "--dry-run"))
+    run_id = dry.stdout.splitlines()[0].split("/")[1].split()[0]
+    ckpt = results / "Task04_Hippocampus" / run_id / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    if kind == "garbage":
+        ckpt.write_bytes(b"\x00not a checkpoint" * 10)
+    elif kind == "foreign":
+        torch.save({"state_dict": {"net.conv.weight": torch.zeros(2, 2)}, "epoch": 1}, ckpt)
+    else:
+        ckpt.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    ledger.injected += 1
+    result = run_cli(sweep_argv(results))
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert f"{ckpt}: not a loadable medseg-bench checkpoint" in result.stdout
+    assert "delete it to train run" in result.stdout
+    assert not marker.exists()  # weights_only=True: the pickle's code never ran
+    folder = ckpt.parents[1]
+    assert read_status(folder)["state"] == "failed" and "start" not in [e["event"] for e in read_events(folder)]
+    ckpt.unlink()  # the user follows the advice
+    again = run_cli(sweep_argv(results))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((folder / "status.json").read_text())["state"] == "done"
