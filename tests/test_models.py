@@ -1,4 +1,4 @@
-"""Every registered arch x dims builds and does forward + backward on a tiny input."""
+"""Every registered arch x dims builds and does forward + backward on a tiny input; patch rules; encoders."""
 
 from __future__ import annotations
 
@@ -6,22 +6,56 @@ import pytest
 import torch
 
 from medseg_bench.errors import UnknownNameError, UsageError
-from medseg_bench.models import ARCHS, ModelInputs, build_model
+from medseg_bench.models import ARCHS, ModelInputs, build_model, check_patch, fit_patch, variant
+from medseg_bench.models.zoo3d import dynunet_topology
 
-TINY = {"2d": (32, 32), "3d": (16, 16, 16)}
 CASES = [(name, dims) for name, entry in ARCHS.items() for dims in entry.dims]
+ENCODER = {"fcn": "resnet50"}
+
+
+def _tiny_size(name: str, dims: str) -> tuple[int, ...]:
+    return fit_patch(name, dims, (16, 16) if dims == "2d" else (16, 16, 16))
+
+
+def _logits(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # Deep-supervision nets return (B, heads, K, *spatial) in training mode; head 0 is the full output.
+    return out[:, 0] if out.ndim == x.ndim + 1 else out
 
 
 @pytest.mark.parametrize(("name", "dims"), CASES, ids=[f"{n}-{d}" for n, d in CASES])
 def test_forward_backward(name: str, dims: str) -> None:
     torch.manual_seed(0)
-    encoder = "resnet18" if dims == "2d" else None
-    net = build_model(name, dims, ModelInputs(in_channels=2, num_classes=3, patch_size=TINY[dims], encoder=encoder))
-    x = torch.randn(2, 2, *TINY[dims])
-    out = net(x)
-    assert out.shape == (2, 3, *TINY[dims])
+    size = _tiny_size(name, dims)
+    encoder = ENCODER.get(name, "resnet18") if dims == "2d" else None
+    net = build_model(name, dims, ModelInputs(in_channels=2, num_classes=3, patch_size=size, encoder=encoder,
+                                              spacing=(1.0,) * len(size), tiny=True))
+    x = torch.randn(2 if dims == "2d" else 1, 2, *size)
+    out = _logits(net(x), x)
+    assert out.shape == (x.shape[0], 3, *size)
     out.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with torch.no_grad():
+        assert net.eval()(x).shape == out.shape  # inference always gives plain logits
+
+
+def test_patch_fitting_and_errors() -> None:
+    assert fit_patch("swinunetr", "3d", (40, 56, 40)) == (64, 64, 64)
+    assert fit_patch("unetr", "3d", (40, 56, 40)) == (48, 64, 48)
+    assert fit_patch("pan", "2d", (64, 64)) == (128, 128)
+    assert fit_patch("dynunet", "3d", (40, 56, 40)) == (40, 56, 40)
+    check_patch("unet", "2d", (64, 64))
+    with pytest.raises(UsageError, match="multiples of 32.*--patch-size 64,64,64"):
+        check_patch("swinunetr", "3d", (40, 56, 40))
+    assert variant("deeplabv3plus", "2d") is variant("deeplab", "2d")
+
+
+def test_dynunet_follows_spacing_like_nnunet() -> None:
+    kernels, strides = dynunet_topology((20, 192, 160), (5.0, 0.8, 0.8))
+    assert strides[0] == [1, 1, 1] and len(strides) == len(kernels) <= 6
+    assert kernels[0] == [1, 3, 3] and strides[1] == [1, 2, 2]  # in-plane first while z is 6x coarser
+    assert any(s[0] == 2 for s in strides)  # z is pooled once the in-plane spacing has caught up
+    _, iso = dynunet_topology((40, 56, 40), (1.0, 1.0, 1.0))
+    assert iso == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # 40 -> 5 and 56 -> 7: no feature map below 4
 
 
 def test_alias_and_errors() -> None:
@@ -29,6 +63,28 @@ def test_alias_and_errors() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'unet'"):
         ARCHS.get("unte")
     with pytest.raises(UsageError, match="has no 3d variant"):
-        build_model("deeplab", "3d", ModelInputs(1, 2, TINY["3d"]))
-    with pytest.raises(UsageError, match="pretrained encoder weights"):
-        build_model("unet", "2d", ModelInputs(1, 2, TINY["2d"], pretrained=True))
+        build_model("deeplab", "3d", ModelInputs(1, 2, (16, 16, 16)))
+    with pytest.raises(UsageError, match="needs --encoder resnet50 or resnet101.*not 'resnet34'"):
+        build_model("fcn", "2d", ModelInputs(1, 2, (32, 32), encoder="resnet34"))
+    with pytest.raises(UsageError, match="unknown smp encoder 'resnet9'"):
+        build_model("unet", "2d", ModelInputs(1, 2, (32, 32), encoder="resnet9"))
+
+
+@pytest.mark.parametrize(("name", "encoder"), [("unet", "resnet18"), ("fcn", "resnet50")])
+def test_pretrained_needs_offline_weights(name: str, encoder: str, tmp_path, monkeypatch) -> None:
+    # Empty caches: nothing is downloaded, and the error names the encoder.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    message = f"pretrained weights for encoder '{encoder}' are not available offline"
+    with pytest.raises(UsageError, match=message):
+        build_model(name, "2d", ModelInputs(1, 2, (32, 32), encoder=encoder, pretrained=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, e in ARCHS.items() if "3d" in e.dims])
+def test_full_size_3d_builds(name: str) -> None:
+    """The real (not tiny) configurations at the Hippocampus patch, fitted to each architecture."""
+    size = fit_patch(name, "3d", (40, 56, 40))
+    net = build_model(name, "3d", ModelInputs(1, 3, size, spacing=(1.0, 1.0, 1.0)))
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, *size)).shape == (1, 3, *size)

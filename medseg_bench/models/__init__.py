@@ -1,12 +1,20 @@
 """Architectures: one registry entry per name, with a builder per dims it supports.
 
 A builder takes `ModelInputs` and returns a plain `nn.Module` mapping (B, C, *spatial) to (B, K, *spatial)
-logits; the network knows nothing about Lightning. Adding an architecture is one decorated function here.
+logits; the network knows nothing about Lightning. Adding an architecture is one decorated function in
+`zoo2d.py` (segmentation-models-pytorch, torchvision) or `zoo3d.py` (MONAI).
+
+Each builder declares the spatial `divisor` its input sizes must be a multiple of and the `min_size` below
+which it cannot run (e.g. SwinUNETR: 32 and 64); `fit_patch` rounds a planned patch up to what the
+architecture accepts, `check_patch` rejects an explicitly given patch it cannot take.
+
+Example:
+    >>> net = build_model("unet", "3d", ModelInputs(in_channels=1, num_classes=3, patch_size=(40, 56, 40)))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,73 +29,103 @@ DEFAULT_ENCODER = "resnet34"
 
 @dataclass(frozen=True)
 class ModelInputs:
+    """What a builder may use. `spacing` (mm, z-y-x) lets DynUNet choose anisotropic kernels and strides;
+    `tiny` asks for the smallest configuration the constructor allows (tests only)."""
+
     in_channels: int
     num_classes: int
     patch_size: tuple[int, ...]
     encoder: str | None = None
     pretrained: bool = False
+    spacing: tuple[float, ...] | None = None
+    tiny: bool = False
 
 
 Builder = Callable[[ModelInputs], "nn.Module"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One dims of an architecture: its builder and the input sizes it accepts."""
+
+    build: Builder
+    divisor: int = 1
+    min_size: int = 1
+    encoders: tuple[str, ...] | None = None  # None: any smp encoder (2D) or no encoder (3D)
 
 
 @dataclass
 class Architecture:
     name: str
     description: str
-    builders: dict[str, Builder] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
 
     @property
     def dims(self) -> list[str]:
-        return sorted(self.builders)  # "2d" sorts before "3d"
+        return sorted(self.variants)  # "2d" sorts before "3d"
+
+    @property
+    def builders(self) -> dict[str, Builder]:
+        return {dims: variant.build for dims, variant in self.variants.items()}
 
 
 ARCHS: Registry[Architecture] = Registry("arch")
 
 
-def arch(name: str, dims: str, description: str, aliases: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+def arch(name: str, dims: str, description: str, aliases: tuple[str, ...] = (), divisor: int = 1,
+         min_size: int = 1, encoders: tuple[str, ...] | None = None) -> Callable[[Builder], Builder]:
     """Register `builder` as architecture `name` in `dims` (one entry per name across dims)."""
 
     def deco(builder: Builder) -> Builder:
         if name not in ARCHS:
             ARCHS.add(name, Architecture(name, description), aliases)
-        ARCHS.get(name).builders[dims] = builder
+        ARCHS.get(name).variants[dims] = Variant(builder, divisor, min_size, encoders)
         return builder
 
     return deco
 
 
-def build_model(name: str, dims: str, inputs: ModelInputs) -> nn.Module:
+def variant(name: str, dims: str) -> Variant:
     entry = ARCHS.get(name)
-    if dims not in entry.builders:
+    if dims not in entry.variants:
         raise UsageError(f"arch '{entry.name}' has no {dims} variant (it supports {', '.join(entry.dims)})")
-    return entry.builders[dims](inputs)
+    return entry.variants[dims]
+
+
+def check_encoder(name: str, dims: str, encoder: str | None) -> None:
+    """Raise UsageError when `name` in `dims` cannot use `encoder` (e.g. FCN with a non-ResNet-50/101)."""
+    allowed = variant(name, dims).encoders
+    if allowed is not None and encoder not in allowed:
+        raise UsageError(f"arch '{ARCHS.canonical(name)}' needs --encoder {' or '.join(allowed)} "
+                         f"(torchvision's FCN backbones), not '{encoder}'")
+
+
+def fit_patch(name: str, dims: str, patch: Sequence[int]) -> tuple[int, ...]:
+    """`patch` rounded up to the architecture's divisor and minimum size."""
+    v = variant(name, dims)
+    return tuple(max(v.min_size, -(-int(s) // v.divisor) * v.divisor) for s in patch)
+
+
+def check_patch(name: str, dims: str, patch: Sequence[int]) -> None:
+    """UsageError when the architecture cannot take `patch` (not a multiple of its divisor, too small)."""
+    fitted = fit_patch(name, dims, patch)
+    if fitted != tuple(patch):
+        v = variant(name, dims)
+        raise UsageError(f"arch '{ARCHS.canonical(name)}' ({dims}) needs patch sides that are multiples of "
+                         f"{v.divisor} and at least {v.min_size}: use --patch-size "
+                         f"{','.join(map(str, fitted))} instead of {','.join(map(str, patch))}")
+
+
+def build_model(name: str, dims: str, inputs: ModelInputs) -> nn.Module:
+    v = variant(name, dims)
+    if v.encoders is not None:
+        check_encoder(name, dims, inputs.encoder)
+    return v.build(inputs)
 
 
 def supports(name: str, dims: str) -> bool:
-    return dims in ARCHS.get(name).builders
+    return dims in ARCHS.get(name).variants
 
 
-def _smp(cls_name: str) -> Builder:
-    def build(inputs: ModelInputs) -> nn.Module:
-        import segmentation_models_pytorch as smp
-
-        if inputs.pretrained:
-            raise UsageError("pretrained encoder weights are not supported yet: they need a download")
-        cls = getattr(smp, cls_name)
-        return cls(encoder_name=inputs.encoder or DEFAULT_ENCODER, encoder_weights=None,
-                   in_channels=inputs.in_channels, classes=inputs.num_classes)
-
-    return build
-
-
-arch("unet", "2d", "U-Net (Ronneberger 2015); 2D: smp.Unet with an encoder; 3D: MONAI residual UNet")(_smp("Unet"))
-arch("deeplab", "2d", "DeepLabV3+ (Chen 2018), smp.DeepLabV3Plus", aliases=("deeplabv3plus",))(_smp("DeepLabV3Plus"))
-
-
-@arch("unet", "3d", "U-Net")
-def _monai_unet(inputs: ModelInputs) -> nn.Module:
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes,
-                channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2)
+# Registration happens on import of the zoo modules (they import nothing heavy at module level).
+from medseg_bench.models import zoo2d, zoo3d  # noqa: E402,F401

@@ -1,0 +1,122 @@
+"""2D architectures: segmentation-models-pytorch with an `--encoder` axis, and torchvision's FCN.
+
+Pretrained encoder weights are optional: with `pretrained=True` the weights must already be on this machine
+(Hugging Face cache for smp encoders, torch hub cache for FCN backbones); nothing is downloaded, and a missing
+file is one clear error naming the encoder.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medseg_bench.errors import UsageError
+from medseg_bench.models import DEFAULT_ENCODER, ModelInputs, arch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# smp models downsample five times (output stride 32); PAN's feature pyramid attention also pools its
+# 1/32 map with 7x7, 5x5 and 3x3 kernels, so it needs 128 pixels per side.
+SMP = {  # registry name: (smp class, description, aliases, min size)
+    "unet": ("Unet", "U-Net (Ronneberger 2015); 2D: smp.Unet; 3D: MONAI residual UNet", (), 32),
+    "unetplusplus": ("UnetPlusPlus", "UNet++ (Zhou 2018), nested dense skip pathways, smp", (), 32),
+    "deeplabv3": ("DeepLabV3", "DeepLabV3 (Chen 2017), atrous spatial pyramid pooling, smp", (), 32),
+    "deeplab": ("DeepLabV3Plus", "DeepLabV3+ (Chen 2018), ASPP plus a decoder, smp.DeepLabV3Plus",
+                ("deeplabv3plus",), 32),
+    "fpn": ("FPN", "Feature Pyramid Network (Lin 2017) as a segmentation head, smp", (), 32),
+    "pspnet": ("PSPNet", "Pyramid Scene Parsing Network (Zhao 2017), smp", (), 32),
+    "linknet": ("Linknet", "LinkNet (Chaurasia 2017), additive skip connections, smp", (), 32),
+    "manet": ("MAnet", "Multi-scale Attention Net (Fan 2020), smp", (), 32),
+    "pan": ("PAN", "Pyramid Attention Network (Li 2018), smp", (), 128),
+    "upernet": ("UPerNet", "Unified Perceptual Parsing (Xiao 2018), smp", (), 32),
+    "segformer": ("Segformer", "SegFormer (Xie 2021) all-MLP decoder, smp, over the chosen encoder", (), 32),
+}
+
+
+def _not_offline(encoder: str) -> UsageError:
+    return UsageError(f"pretrained weights for encoder '{encoder}' are not available offline and cannot be "
+                      "downloaded here; drop --pretrained or put them in the Hugging Face / torch hub "
+                      "cache first")
+
+
+def _smp_pretrained(cls, inputs: ModelInputs, encoder: str) -> nn.Module:
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder not in encoders or "imagenet" not in encoders[encoder]["pretrained_settings"]:
+        raise UsageError(f"pretrained weights for encoder '{encoder}': only smp encoders with ImageNet "
+                         "weights are supported with --pretrained")
+    settings = encoders[encoder]["pretrained_settings"]["imagenet"]
+    try:
+        path = hf_hub_download(settings["repo_id"], filename="model.safetensors",
+                               revision=settings["revision"], local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss means: not on this machine
+        raise _not_offline(encoder) from None
+    # Load into a 3-channel encoder, then let smp adapt the first convolution, as it does after a download.
+    net = cls(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=inputs.num_classes)
+    net.encoder.load_state_dict(load_file(path, device="cpu"))
+    net.encoder.set_in_channels(inputs.in_channels, pretrained=True)
+    return net
+
+
+def _smp(cls_name: str):
+    def build(inputs: ModelInputs) -> nn.Module:
+        import segmentation_models_pytorch as smp
+
+        cls = getattr(smp, cls_name)
+        encoder = inputs.encoder or DEFAULT_ENCODER
+        if inputs.pretrained:
+            return _smp_pretrained(cls, inputs, encoder)
+        try:
+            return cls(encoder_name=encoder, encoder_weights=None, in_channels=inputs.in_channels,
+                       classes=inputs.num_classes)
+        except KeyError as exc:
+            raise UsageError(f"unknown smp encoder '{encoder}' ({str(exc)[:120]}...)") from None
+
+    return build
+
+
+for _name, (_cls, _description, _aliases, _min) in SMP.items():
+    arch(_name, "2d", _description, _aliases, divisor=32, min_size=_min)(_smp(_cls))
+
+
+@arch("fcn", "2d", "Fully convolutional network (Long 2015), torchvision FCN over a dilated ResNet backbone",
+      divisor=8, min_size=32, encoders=("resnet50", "resnet101"))
+def _fcn(inputs: ModelInputs) -> nn.Module:
+    import torch
+    from torch import nn
+    from torchvision.models import ResNet50_Weights, ResNet101_Weights
+    from torchvision.models.segmentation import fcn_resnet50, fcn_resnet101
+
+    encoder = inputs.encoder or "resnet50"
+    factory, weights = {"resnet50": (fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+                        "resnet101": (fcn_resnet101, ResNet101_Weights.IMAGENET1K_V1)}[encoder]
+    net = factory(weights=None, weights_backbone=None, num_classes=inputs.num_classes, aux_loss=False)
+    if inputs.pretrained:
+        from pathlib import Path
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file():
+            raise _not_offline(encoder)
+        net.backbone.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True), strict=False)
+    old = net.backbone.conv1
+    if inputs.in_channels != old.in_channels:
+        conv = nn.Conv2d(inputs.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                         bias=False)
+        if inputs.pretrained:  # as smp does: reuse the RGB filters, averaged and repeated over the channels
+            with torch.no_grad():
+                conv.weight.copy_(old.weight.mean(1, keepdim=True).repeat(1, inputs.in_channels, 1, 1))
+        net.backbone.conv1 = conv
+
+    class OutOnly(nn.Module):
+        """torchvision segmentation models return {"out": logits}; the pipeline wants the tensor."""
+
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)["out"]
+
+    return OutOnly(net)

@@ -1,0 +1,129 @@
+"""3D architectures from MONAI. DynUNet is configured from the patch size and voxel spacing as nnU-Net does.
+
+Feature sizes are the published/MONAI defaults; `ModelInputs.tiny` shrinks them for the unit tests only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from medseg_bench.models import ModelInputs, arch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# nnU-Net: stop downsampling an axis when its feature map would drop below 4 voxels, at most 5 times,
+# and only along axes whose spacing is within a factor 2 of the finest one.
+MIN_FEATURE_MAP = 4
+MAX_POOLINGS = 5
+BASE_FILTERS, MAX_FILTERS = 32, 320
+
+
+def dynunet_topology(patch_size: Sequence[int], spacing: Sequence[float] | None,
+                     max_poolings: int = MAX_POOLINGS) -> tuple[list[list[int]], list[list[int]]]:
+    """(kernel sizes, strides) per resolution level, by nnU-Net's rule.
+
+    An axis is halved while its size stays even and >= 2 * 4 and its (current) spacing is at most twice the
+    finest; its kernel is 3 while that spacing ratio holds, else 1 (in-plane only convolutions for very
+    anisotropic data). The first level has stride 1.
+
+    >>> dynunet_topology((40, 56, 40), (1.0, 1.0, 1.0))[1]
+    [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    """
+    sizes = [int(s) for s in patch_size]
+    spacings = [float(s) for s in (spacing or [1.0] * len(sizes))]
+    kernels: list[list[int]] = []
+    strides: list[list[int]] = [[1] * len(sizes)]
+    while len(strides) <= max_poolings:
+        finest = min(spacings)
+        ratio = [sp / finest for sp in spacings]
+        stride = [2 if r <= 2 and s % 2 == 0 and s // 2 >= MIN_FEATURE_MAP else 1
+                  for r, s in zip(ratio, sizes, strict=True)]
+        if all(s == 1 for s in stride):
+            break
+        kernels.append([3 if r <= 2 else 1 for r in ratio])
+        strides.append(stride)
+        sizes = [s // st for s, st in zip(sizes, stride, strict=True)]
+        spacings = [sp * st for sp, st in zip(spacings, stride, strict=True)]
+    kernels.append([3] * len(sizes))  # the bottleneck
+    return kernels, strides
+
+
+@arch("dynunet", "3d", "nnU-Net's U-Net (Isensee 2021), MONAI DynUNet configured from patch size and "
+      "spacing, with deep supervision in training", divisor=1, min_size=8)
+def _dynunet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    kernels, strides = dynunet_topology(inputs.patch_size, inputs.spacing)
+    base = 8 if inputs.tiny else BASE_FILTERS
+    filters = [min(base * 2**i, MAX_FILTERS) for i in range(len(strides))]
+    # nnU-Net has a head at every decoder resolution and gives the lowest weight 0: the useful heads are full
+    # resolution down to 1/2^(poolings - 2). MONAI's are the full-resolution output plus `deep_supr_num` more.
+    heads = len(strides) - 3
+    return DynUNet(3, inputs.in_channels, inputs.num_classes, kernels, strides, strides[1:], filters=filters,
+                   norm_name=("INSTANCE", {"affine": True}), deep_supervision=heads >= 1,
+                   deep_supr_num=max(heads, 1), res_block=False)
+
+
+@arch("unet", "3d", "U-Net", divisor=8, min_size=16)
+def _monai_unet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    channels = (4, 8, 16, 32) if inputs.tiny else (16, 32, 64, 128)
+    return UNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes,
+                channels=channels, strides=(2, 2, 2), num_res_units=2)
+
+
+@arch("basicunet", "3d", "BasicUNet (MONAI), the plain 4-level 3D U-Net", divisor=16, min_size=32)
+def _basicunet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import BasicUNet
+
+    features = (4, 4, 8, 16, 32, 4) if inputs.tiny else (32, 32, 64, 128, 256, 32)
+    return BasicUNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes,
+                     features=features)
+
+
+@arch("segresnet", "3d", "SegResNet (Myronenko 2018), residual encoder, MONAI", divisor=8, min_size=8)
+def _segresnet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes,
+                     init_filters=8 if inputs.tiny else 16)
+
+
+@arch("attentionunet", "3d", "Attention U-Net (Oktay 2018), attention-gated skips, MONAI", divisor=8,
+      min_size=8)
+def _attentionunet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import AttentionUnet
+
+    channels = (4, 8, 16, 32) if inputs.tiny else (16, 32, 64, 128)
+    return AttentionUnet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes,
+                         channels=channels, strides=(2, 2, 2))
+
+
+@arch("vnet", "3d", "V-Net (Milletari 2016), MONAI", divisor=16, min_size=16)
+def _vnet(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import VNet
+
+    # VNet's widths are fixed (16 doubling to 256); only the dropout is configurable.
+    return VNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes)
+
+
+@arch("unetr", "3d", "UNETR (Hatamizadeh 2022), ViT encoder over 16^3 patches, MONAI", divisor=16,
+      min_size=16)
+def _unetr(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import UNETR
+
+    size = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 4} if inputs.tiny else {}
+    return UNETR(in_channels=inputs.in_channels, out_channels=inputs.num_classes, img_size=inputs.patch_size,
+                 spatial_dims=3, **size)
+
+
+@arch("swinunetr", "3d", "Swin UNETR (Hatamizadeh 2022), Swin transformer encoder, MONAI", divisor=32,
+      min_size=64)
+def _swinunetr(inputs: ModelInputs) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels=inputs.in_channels, out_channels=inputs.num_classes, spatial_dims=3,
+                     feature_size=12 if inputs.tiny else 24)
