@@ -15,7 +15,7 @@ from typing import Any
 from medseg_bench.errors import UsageError
 
 # Bump when a change to the pipeline changes results for the same spec (old runs then get new ids).
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 DIMS = ("2d", "3d")
 
@@ -97,6 +97,10 @@ class RunSpec:
     optimizer: str = "adamw"
     lr: float | None = None  # None: the optimizer's default
     nsd_tolerance_mm: float | None = None  # None: the task's default
+    pretrained: bool = False  # 2D: ImageNet encoder weights (must be available offline)
+    class_weights: tuple[float, ...] | None = None  # one per class, background first; None: unweighted
+    tta: bool = False  # mirroring test-time augmentation at evaluation
+    postprocess: bool = False  # largest-connected-component per label where it helps on the held-out fold
     task_version: int = 1
     pipeline_version: int = PIPELINE_VERSION
 
@@ -109,18 +113,22 @@ class RunSpec:
             raise UsageError("epochs must be at least 1")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")
+        if self.class_weights is not None and not all(w >= 0 and w < float("inf") for w in self.class_weights):
+            raise UsageError(f"class weights must be finite and >= 0, not {list(self.class_weights)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["patch_size"] is not None:
-            data["patch_size"] = list(data["patch_size"])
+        for key in ("patch_size", "class_weights"):
+            if data[key] is not None:
+                data[key] = list(data[key])
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         values = dict(data)
-        if values.get("patch_size") is not None:
-            values["patch_size"] = tuple(values["patch_size"])
+        for key in ("patch_size", "class_weights"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     @property
