@@ -138,8 +138,8 @@ def rank_heatmap(report: Report) -> bytes:
     values = ranking[[*task_columns, "mean_rank"]].to_numpy(float)
     labels = [c[5:-1] for c in task_columns] + ["mean rank"]
     fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(labels), 1.2 + 0.5 * len(ranking)))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
-    image.cmap.set_bad("#eeeeee")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="#eeeeee")  # grey: not run on that task
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
     ax.set_yticks(range(len(ranking)), ranking["config"], fontsize=9)
     finite = values[np.isfinite(values)]

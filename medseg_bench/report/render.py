@@ -105,7 +105,8 @@ def flat_table(report: Report) -> pd.DataFrame:
 
 
 def to_csv(report: Report) -> str:
-    return flat_table(report).to_csv(index=False)
+    """The flat table; floats to 6 significant digits (JSON and parquet keep full precision)."""
+    return flat_table(report).to_csv(index=False, float_format="%.6g")
 
 
 def to_parquet(report: Report) -> bytes:

@@ -1,0 +1,124 @@
+"""`medseg-bench report` through the Typer app: formats, --output, --plots, filters, errors and exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from tests.report.fake_results import write_fake_results
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_results(tmp_path_factory.mktemp("cli-report") / "results")
+
+
+def invoke(*args: str) -> object:
+    return runner.invoke(app, ["report", *args])
+
+
+def test_markdown_is_the_default_off_a_terminal(results: Path) -> None:
+    result = invoke("--results-dir", str(results))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# medseg-bench report\n")
+    for heading in ("## Task90_Alpha", "## Task91_Beta", "## Ranking across tasks"):
+        assert heading in result.output
+    assert "| # | configuration | runs | cases | empty | Dice |" in result.output
+
+
+def test_csv_is_one_row_per_configuration(results: Path) -> None:
+    result = invoke("--results-dir", str(results), "--format", "csv", "--task", "Task90_Alpha")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    assert len(table) == 3 and set(table["task"]) == {"Task90_Alpha"}
+    assert table["dice_mean"].is_monotonic_decreasing and table["rank"].tolist() == [1, 2, 3]
+    for column in ("dice_ci_low", "hd95_ci_high", "nsd_label_2", "train_hours", "peak_memory_mb", "run_ids"):
+        assert column in table
+
+
+def test_json_schema_and_provenance(results: Path) -> None:
+    result = invoke("--results-dir", str(results), "--format", "json", "--metrics", "dice,hd95")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["schema_version"] == 1 and data["settings"]["metrics"] == ["dice", "hd95"]
+    assert {"leaderboard", "ranking", "significance", "case_scores", "provenance"} <= set(data)
+    row = data["leaderboard"][0]
+    assert row["dice_label_2"] is not None and "nsd_mean" not in row
+    assert set(row["run_ids"]) <= set(data["provenance"]["runs"])
+    hd95 = data["provenance"]["metrics"]["hd95"]
+    assert hd95["higher_is_better"] is False and hd95["unit"] == "mm"
+    assert data["provenance"]["metric_conventions"]["Task90_Alpha"][0]["surface"] == "area"
+    assert len(data["case_scores"]) == 3 * 12 + 2 * 12
+
+
+@pytest.mark.parametrize(("name", "check"), [
+    ("out.md", lambda b: b.startswith(b"# medseg-bench report")),
+    ("out.csv", lambda b: b.startswith(b"task,dims,arch")),
+    ("out.json", lambda b: json.loads(b)["schema_version"] == 1),
+    ("out.tex", lambda b: b"\\toprule" in b and b"\\bottomrule" in b),
+    ("out.html", lambda b: b.startswith(b"<!DOCTYPE html>") and b"data:image/png;base64," in b),
+    ("out.parquet", lambda b: b[:4] == b"PAR1"),
+])
+def test_output_format_from_the_extension(results: Path, tmp_path: Path, name: str, check: object) -> None:
+    target = tmp_path / "sub" / name
+    result = invoke("--results-dir", str(results), "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert check(target.read_bytes())  # type: ignore[operator]
+    assert not list(target.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_parquet_round_trips(results: Path, tmp_path: Path) -> None:
+    target = tmp_path / "board.parquet"
+    assert invoke("--results-dir", str(results), "-o", str(target)).exit_code == 0
+    table = pd.read_parquet(target)
+    assert len(table) == 5 and table["dice_mean"].between(0, 1).all()
+
+
+def test_plots_folder(results: Path, tmp_path: Path) -> None:
+    result = invoke("--results-dir", str(results), "--task", "Task91_Beta", "--plots", str(tmp_path / "figs"),
+                    "--format", "csv")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["Task91_Beta_cost_quality.png", "Task91_Beta_dice_cases.png",
+                     "Task91_Beta_hd95_cases.png", "Task91_Beta_learning_curves.png", "rank_heatmap.png"]
+
+
+def test_group_by_top_and_metric(results: Path) -> None:
+    result = invoke("--results-dir", str(results), "--group-by", "loss", "--format", "csv")
+    table = pd.read_csv(io.StringIO(result.output))
+    assert result.exit_code == 0
+    assert set(table.columns) >= {"task", "loss", "configs", "dice_mean", "mean_rank"}
+    assert sorted(table[table["task"] == "Task90_Alpha"]["loss"]) == ["dice", "dice_ce"]
+    top = invoke("--results-dir", str(results), "--top", "1", "--metric", "hd95", "--format", "csv")
+    table = pd.read_csv(io.StringIO(top.output))
+    assert top.exit_code == 0 and len(table) == 2 and (table["rank"] == 1).all()
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--format", "pdf"], 2, "unknown format 'pdf'"),
+    (["--output", "x.docx"], 2, "cannot tell the format of 'x.docx'"),
+    (["--format", "parquet"], 2, "parquet is a binary format"),
+    (["--metric", "dise"], 2, "did you mean 'dice'"),
+    (["--metrics", "dice,hd96"], 2, "unknown metric 'hd96'"),
+    (["--group-by", "optimizer"], 2, "cannot group by 'optimizer'"),
+    (["--top", "0"], 2, "--top must be at least 1"),
+    (["--task", "Task99_None"], 2, "no finished runs for task 'Task99_None'"),
+])
+def test_bad_input_is_one_line_and_an_exit_code(results: Path, args: list[str], code: int,
+                                                message: str) -> None:
+    result = invoke("--results-dir", str(results), *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_no_results(tmp_path: Path) -> None:
+    result = invoke("--results-dir", str(tmp_path))
+    assert result.exit_code == 6 and "no finished runs" in result.output

@@ -1,0 +1,91 @@
+"""Figures are real PNGs with content; the HTML report is one self-contained file; Chromium renders it."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg_bench.report import Report, build_report, render
+from medseg_bench.report.plots import make_plots, write_plots
+
+
+@pytest.fixture(scope="module")
+def report_and_plots(fake_results: Path) -> tuple[Report, dict[str, bytes]]:
+    report = build_report(fake_results, group_by="aug")
+    return report, make_plots(report)
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")
+
+
+def test_every_figure_is_a_png_with_content(report_and_plots: tuple[Report, dict[str, bytes]],
+                                            tmp_path: Path) -> None:
+    _, plots = report_and_plots
+    kinds = ("dice_cases", "hd95_cases", "learning_curves", "cost_quality")
+    expected = {f"{task}_{kind}.png" for task in ("Task90_Alpha", "Task91_Beta") for kind in kinds}
+    expected.add("rank_heatmap.png")
+    assert set(plots) == expected
+    for name, png in plots.items():
+        pixels = _pixels(png)
+        assert pixels.shape[0] > 150 and pixels.shape[1] > 300, name
+        assert pixels[..., :3].std() > 0.05, f"{name} looks blank"
+    written = write_plots(plots, tmp_path / "figures")
+    assert sorted(p.name for p in written) == sorted(plots)
+    assert (tmp_path / "figures" / "rank_heatmap.png").read_bytes() == plots["rank_heatmap.png"]
+
+
+def test_learning_curves_skip_runs_without_logs(fake_results: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "results"
+    shutil.copytree(fake_results, copy)
+    for log in copy.glob("Task91_Beta/*/logs/metrics.csv"):
+        log.unlink()
+    plots = make_plots(build_report(copy, task="Task91_Beta"))
+    assert "Task91_Beta_learning_curves.png" not in plots and "Task91_Beta_dice_cases.png" in plots
+
+
+def test_html_is_self_contained(report_and_plots: tuple[Report, dict[str, bytes]]) -> None:
+    report, plots = report_and_plots
+    page = render(report, "html", plots)
+    assert isinstance(page, str) and page.startswith("<!DOCTYPE html>")
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == len(plots) and all(src.startswith("data:image/png;base64,") for src in images)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing to fetch
+    assert "<link" not in page and "<script" not in page
+    assert page.count("<table>") == 2 + 2 + 2 + 1  # per task: leaderboard + tests; group effect; ranking
+    assert "Effect of aug" in page and "3d-unet-dice_ce-light" in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+def test_html_renders_in_headless_chromium(report_and_plots: tuple[Report, dict[str, bytes]],
+                                           tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    report, plots = report_and_plots
+    page = tmp_path / "report.html"
+    page.write_text(render(report, "html", plots))  # type: ignore[arg-type]
+    shot = tmp_path / "shot.png"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+               page.as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
+    pixels = _pixels(shot.read_bytes())
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels[..., :3].std() > 0.05, "the screenshot is blank"
+    # The top of the page holds the title and the first table: dark text on white, not a single colour.
+    assert (pixels[:400, :, :3] < 0.3).mean() > 0.002

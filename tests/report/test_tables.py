@@ -1,0 +1,137 @@
+"""Leaderboard semantics on the fixed fake results: means, counts, cost, ranks, tests, grouping, top-K."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medseg_bench.errors import UnknownNameError, UsageError
+from medseg_bench.report import build_report
+from medseg_bench.report.tables import cross_task_ranking, group_effect, leaderboard, top_k
+from medseg_bench.results import load_results
+
+TOP_ALPHA = "3d-unet-dice_ce-light"
+
+
+def _raw(fake_results: Path, task: str, prefix: str) -> pd.DataFrame:
+    frames = []
+    for folder in sorted((fake_results / task).glob(f"{prefix}-f*")):
+        frame = pd.read_csv(folder / "metrics.csv")
+        frame["run"] = folder.name
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_means_counts_and_cost_from_the_run_folders(fake_results: Path) -> None:
+    table = leaderboard(load_results(fake_results))
+    row = table[(table["task"] == "Task90_Alpha") & (table["config"] == TOP_ALPHA)].iloc[0]
+    raw = _raw(fake_results, "Task90_Alpha", TOP_ALPHA)
+    per_case = raw.groupby(["run", "case"])["dice"].mean()  # NaN (both empty) left out of the label mean
+    assert row["dice_mean"] == pytest.approx(per_case.mean())
+    assert row["dice_std"] == pytest.approx(per_case.std(ddof=1))
+    assert row["dice_label_2"] == pytest.approx(raw[raw["label"] == 2]["dice"].mean())
+    assert row["dice_ci_low"] < row["dice_mean"] < row["dice_ci_high"]
+    assert (row["runs"], row["cases"], row["samples"]) == (2, 12, 12)
+    assert (row["empty_ref"], row["both_empty"]) == (2, 1)  # fold 0: both empty (NaN); fold 1: false positive
+    assert row["hd95_n"] == 12 and row["folds"] == [0, 1] and row["seeds"] == [0]
+    assert row["train_hours"] == pytest.approx((5400 + 5460) / 2 / 3600)
+    assert row["train_hours_total"] == pytest.approx((5400 + 5460) / 3600)
+    assert row["compute"] == "GPU" and row["params"] == 5_600_000 and row["peak_memory_mb"] == 560
+    beta = table[(table["task"] == "Task91_Beta")].iloc[0]
+    assert (beta["cases"], beta["samples"]) == (6, 12)  # two seeds of one fold: each case twice
+    assert math.isnan(beta["dice_label_2"])
+
+
+def test_rows_are_ranked_within_each_task(fake_results: Path) -> None:
+    table = leaderboard(load_results(fake_results), metric="hd95")
+    for _, rows in table.groupby("task"):
+        assert rows["hd95_mean"].is_monotonic_increasing  # lower is better
+        assert rows["rank"].tolist() == list(range(1, len(rows) + 1))
+    dice_table = leaderboard(load_results(fake_results), metric="dice")
+    for _, rows in dice_table.groupby("task"):
+        assert rows["dice_mean"].is_monotonic_decreasing
+
+
+def test_unknown_or_missing_metric(fake_results: Path) -> None:
+    results = load_results(fake_results)
+    with pytest.raises(UnknownNameError, match="did you mean 'dice'"):
+        leaderboard(results, metric="dise")
+    with pytest.raises(UsageError, match="nsd"):
+        leaderboard(results.drop(columns=["nsd"]), metrics=["dice", "nsd"])
+    assert "nsd_mean" not in leaderboard(results.drop(columns=["nsd"]))  # the default set adapts
+
+
+def _table(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["task", "config", "dice_mean", "hd95_mean"])
+    for axis in ("dims", "arch", "encoder", "loss", "aug"):
+        frame[axis] = frame["config"]
+    return frame
+
+
+def test_cross_task_ranking_averages_ranks_with_ties() -> None:
+    table = _table([
+        ("A", "x", 0.9, 2.0), ("A", "y", 0.9, 3.0), ("A", "z", 0.5, 3.0),
+        ("B", "x", 0.6, 5.0), ("B", "y", 0.7, 4.0),
+    ])
+    ranking = cross_task_ranking(table, ["dice", "hd95"]).set_index("config")
+    # A: dice ranks x 1.5, y 1.5, z 3; hd95 ranks x 1, y 2.5, z 2.5. B: dice x 2, y 1; hd95 x 2, y 1.
+    assert ranking.loc["x", "rank[A]"] == pytest.approx(1.25)
+    assert ranking.loc["y", "rank[A]"] == pytest.approx(2)
+    assert ranking.loc["x", "mean_rank"] == pytest.approx((1.5 + 1 + 2 + 2) / 4)
+    assert ranking.loc["y", "mean_rank"] == pytest.approx((1.5 + 2.5 + 1 + 1) / 4)
+    assert ranking.loc["z", "mean_rank"] == pytest.approx(2.75) and math.isnan(ranking.loc["z", "rank[B]"])
+    assert ranking.loc["z", "tasks"] == 1
+    assert list(ranking.index) == ["y", "x", "z"]  # best first
+
+
+def test_significance_pairs_by_case_fold_and_seed(fake_results: Path) -> None:
+    from scipy.stats import wilcoxon
+
+    report = build_report(fake_results)
+    pairs = report.pairs[report.pairs["task"] == "Task90_Alpha"].set_index("other")
+    assert set(pairs["top"]) == {TOP_ALPHA}
+    top = _raw(fake_results, "Task90_Alpha", TOP_ALPHA).groupby(["run", "case"])["dice"].mean()
+    other = _raw(fake_results, "Task90_Alpha", "3d-unet-dice-none").groupby(["run", "case"])["dice"].mean()
+    # Runs of the two configurations have the same fold/seed suffix order, so the case order lines up.
+    ref = wilcoxon(top.to_numpy(), other.to_numpy())
+    row = pairs.loc["3d-unet-dice-none"]
+    assert row["p"] == pytest.approx(ref.pvalue) and row["n"] == 12
+    p_small, p_large = sorted(pairs["p"])  # Holm with two tests: 2 * smaller, then max(that, larger)
+    expected = {p_small: min(1.0, 2 * p_small), p_large: max(min(1.0, 2 * p_small), p_large)}
+    for _, pair in pairs.iterrows():
+        assert pair["p_holm"] == pytest.approx(expected[pair["p"]])
+        assert pair["differs"] == (pair["p_holm"] < 0.05)
+    friedman = report.friedman.set_index("task")
+    assert friedman.loc["Task90_Alpha", "k"] == 3 and friedman.loc["Task90_Alpha", "n"] == 12
+    assert "3 configurations" in friedman.loc["Task91_Beta", "note"]
+
+
+def test_group_effect_and_top_k(fake_results: Path) -> None:
+    table = leaderboard(load_results(fake_results))
+    groups = group_effect(table, "loss", ["dice"]).set_index(["task", "loss"])
+    alpha = table[table["task"] == "Task90_Alpha"]
+    assert groups.loc[("Task90_Alpha", "dice_ce"), "configs"] == 2
+    assert groups.loc[("Task90_Alpha", "dice_ce"), "dice_mean"] == pytest.approx(
+        alpha[alpha["loss"] == "dice_ce"]["dice_mean"].mean())
+    with pytest.raises(UsageError, match="cannot group by"):
+        group_effect(table, "optimizer", ["dice"])
+    top = top_k(table, 1)
+    assert top.groupby("task").size().tolist() == [1, 1] and top.iloc[0]["config"] == TOP_ALPHA
+    with pytest.raises(UsageError):
+        top_k(table, 0)
+
+
+def test_report_filters_and_provenance(fake_results: Path) -> None:
+    report = build_report(fake_results, task=["Task91_Beta"], top=1)
+    assert report.tasks == ["Task91_Beta"] and len(report.table) == 1 and report.pairs.empty
+    runs = report.provenance["runs"]
+    assert len(runs) == 4  # provenance covers every run behind the full leaderboard of the task
+    first = next(iter(runs.values()))
+    assert first["git_revision"] == "0123abc" and first["versions"]["torch"] == "2.4.0"
+    assert report.provenance["metric_conventions"]["Task91_Beta"] == [
+        {"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"}]
+    with pytest.raises(UsageError, match="no finished runs for task 'Task99_None'"):
+        build_report(fake_results, task="Task99_None")
