@@ -1,69 +1,154 @@
 """Losses (MONAI implementations): each registry entry builds a callable `(logits, target) -> scalar`.
 
-`logits` is (B, K, *spatial); `target` is (B, 1, *spatial) integer labels.
+`logits` is (B, K, *spatial); `target` is (B, 1, *spatial) integer labels. A factory takes the number of
+classes and optional class weights (one per class, background first); `build_loss` checks the weights and,
+for networks with deep supervision, wraps the loss over their heads with nnU-Net's halving weights.
+
+Example:
+    >>> loss_fn = build_loss("dice_ce", num_classes=3, class_weights=(0.5, 1.0, 2.0))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-LossFactory = Callable[[int], "nn.Module"]
+Weights = tuple[float, ...] | None
+LossFactory = Callable[[int, Weights], "nn.Module"]
 LOSSES: Registry[LossFactory] = Registry("loss")
 
 _SOFTMAX = {"to_onehot_y": True, "softmax": True}
 
 
+def _tensor(weights: Sequence[float] | None) -> torch.Tensor | None:
+    import torch
+
+    return None if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+
+
+def _foreground(weights: Weights) -> torch.Tensor | None:
+    # Dice-type terms skip the background channel, so they take the foreground weights only.
+    return None if weights is None else _tensor(weights[1:])
+
+
 @LOSSES.register("ce")
-def cross_entropy(num_classes: int) -> nn.Module:
+def cross_entropy(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import DiceCELoss
 
     # DiceCELoss with lambda_dice=0 is MONAI's CE that accepts (B, 1, ...) targets.
-    return DiceCELoss(**_SOFTMAX, lambda_dice=0.0, lambda_ce=1.0)
+    return DiceCELoss(**_SOFTMAX, lambda_dice=0.0, lambda_ce=1.0, weight=_tensor(class_weights))
 
 
 @LOSSES.register("dice")
-def dice(num_classes: int) -> nn.Module:
+def dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import DiceLoss
 
-    return DiceLoss(**_SOFTMAX, include_background=False, batch=True)
+    return DiceLoss(**_SOFTMAX, include_background=False, batch=True, weight=_foreground(class_weights))
 
 
 @LOSSES.register("dice_ce")
-def dice_ce(num_classes: int) -> nn.Module:
+def dice_ce(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import DiceCELoss
 
-    return DiceCELoss(**_SOFTMAX, include_background=False, batch=True)
+    # MONAI drops the background weight for the Dice term itself.
+    return DiceCELoss(**_SOFTMAX, include_background=False, batch=True, weight=_tensor(class_weights))
 
 
 @LOSSES.register("focal")
-def focal(num_classes: int) -> nn.Module:
+def focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import FocalLoss
 
-    return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+    return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=_tensor(class_weights))
 
 
 @LOSSES.register("dice_focal")
-def dice_focal(num_classes: int) -> nn.Module:
+def dice_focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import DiceFocalLoss
 
-    return DiceFocalLoss(**_SOFTMAX, include_background=False, batch=True, gamma=2.0)
+    return DiceFocalLoss(**_SOFTMAX, include_background=False, batch=True, gamma=2.0,
+                         weight=_foreground(class_weights))
 
 
 @LOSSES.register("tversky")
-def tversky(num_classes: int) -> nn.Module:
+def tversky(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import TverskyLoss
 
-    return TverskyLoss(**_SOFTMAX, include_background=False, batch=True, alpha=0.3, beta=0.7)
+    if class_weights is None:
+        return TverskyLoss(**_SOFTMAX, include_background=False, batch=True, alpha=0.3, beta=0.7)
+    per_class = TverskyLoss(**_SOFTMAX, include_background=False, batch=True, alpha=0.3, beta=0.7,
+                            reduction="none")
+    return _WeightedPerClass(per_class, class_weights[1:])
 
 
 @LOSSES.register("generalized_dice")
-def generalized_dice(num_classes: int) -> nn.Module:
+def generalized_dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
     from monai.losses import GeneralizedDiceLoss
 
+    if class_weights is not None:
+        raise UsageError("loss 'generalized_dice' weights classes itself (inverse squared volume); "
+                         "drop --class-weights or choose another loss")
     return GeneralizedDiceLoss(**_SOFTMAX, include_background=False, batch=True)
+
+
+def _WeightedPerClass(per_class: nn.Module, weights: Sequence[float]) -> nn.Module:  # noqa: N802 - a factory
+    from torch import nn
+
+    class WeightedPerClass(nn.Module):
+        """Weighted mean over classes of a loss computed with reduction="none" (one value per class)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = per_class
+            self.register_buffer("weights", _tensor(weights))
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            values = self.inner(logits, target).reshape(-1)
+            return (values * self.weights).sum() / self.weights.sum().clamp_min(1e-12)
+
+    return WeightedPerClass()
+
+
+def deep_supervision_weights(num_heads: int) -> list[float]:
+    """nnU-Net's weights for heads at full, 1/2, 1/4, ... resolution: 1, 1/2, 1/4, ..., summing to 1."""
+    raw = [0.5**i for i in range(num_heads)]
+    return [w / sum(raw) for w in raw]
+
+
+def _with_deep_supervision(loss: nn.Module) -> nn.Module:
+    from torch import nn
+
+    class DeepSupervision(nn.Module):
+        """Passes plain logits through; for (B, heads, K, *spatial) sums the loss over heads with weights."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = loss
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if logits.ndim == target.ndim:
+                return self.inner(logits, target)
+            weights = deep_supervision_weights(logits.shape[1])
+            # MONAI's DynUNet upsamples every head to full resolution, so each is scored against the target.
+            return sum(w * self.inner(logits[:, i], target) for i, w in enumerate(weights))
+
+    return DeepSupervision()
+
+
+def build_loss(name: str, num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Loss `name` with class weights checked against `num_classes`; deep-supervision aware."""
+    factory = LOSSES.get(name)
+    if class_weights is not None:
+        if len(class_weights) != num_classes:
+            raise UsageError(f"class weights need one value per class ({num_classes}, background first), "
+                             f"got {len(class_weights)}: {list(class_weights)}")
+        if any(not 0 <= w < float("inf") for w in class_weights) or not any(w > 0 for w in class_weights[1:]):
+            raise UsageError(f"class weights must be finite, >= 0 and not all zero on the foreground, "
+                             f"not {list(class_weights)}")
+    return _with_deep_supervision(factory(num_classes, class_weights))

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from medseg_bench.losses import LOSSES
+from medseg_bench.errors import UsageError
+from medseg_bench.losses import LOSSES, build_loss, deep_supervision_weights
+
+WEIGHTABLE = [name for name in LOSSES if name != "generalized_dice"]
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -10,9 +13,45 @@ def test_loss_runs_and_prefers_the_truth(name: str, shape: tuple[int, ...]) -> N
     torch.manual_seed(0)
     target = torch.randint(0, 3, (2, 1, *shape))
     onehot = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float()
-    loss_fn = LOSSES.get(name)(3)
+    loss_fn = build_loss(name, 3)
     random_logits = torch.randn(2, 3, *shape, requires_grad=True)
     loss = loss_fn(random_logits, target)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss) and random_logits.grad is not None
     assert loss_fn(onehot * 20 - 10, target) < loss.detach()
+
+
+@pytest.mark.parametrize("name", WEIGHTABLE)
+def test_class_weights_shift_the_loss_towards_the_weighted_class(name: str) -> None:
+    # Class 1 predicted perfectly, class 2 badly: weighting class 2 up must raise the loss, down lower it.
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    logits = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float() * 8 - 4
+    logits[:, 2] = torch.randn(2, 8, 8)
+    plain = build_loss(name, 3)(logits, target)
+    up = build_loss(name, 3, (1.0, 1.0, 4.0))(logits, target)
+    down = build_loss(name, 3, (1.0, 1.0, 0.25))(logits, target)
+    assert down < up and not torch.isclose(plain, up)
+
+
+def test_class_weight_errors() -> None:
+    with pytest.raises(UsageError, match=r"one value per class \(3, background first\), got 2"):
+        build_loss("dice_ce", 3, (1.0, 2.0))
+    with pytest.raises(UsageError, match="finite, >= 0"):
+        build_loss("dice_ce", 3, (1.0, -1.0, 1.0))
+    with pytest.raises(UsageError, match="generalized_dice' weights classes itself"):
+        build_loss("generalized_dice", 3, (1.0, 1.0, 1.0))
+
+
+def test_deep_supervision_weights_halve_and_sum_to_one() -> None:
+    assert deep_supervision_weights(1) == [1.0]
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+
+
+def test_deep_supervision_loss_over_heads() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    heads = torch.randn(2, 2, 3, 6, 6, 6)  # (B, heads, K, *spatial) as DynUNet returns in training
+    loss_fn = build_loss("dice_ce", 3)
+    expected = 2 / 3 * loss_fn(heads[:, 0], target) + 1 / 3 * loss_fn(heads[:, 1], target)
+    assert torch.isclose(loss_fn(heads, target), expected)
