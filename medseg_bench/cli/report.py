@@ -42,7 +42,7 @@ def report(
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
     from medseg_bench.report import FORMATS, GROUP_AXES, build_report, format_for, print_rich, render
-    from medseg_bench.report.render import write_atomic
+    from medseg_bench.report.formats import write_atomic
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")

@@ -194,13 +194,13 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def print_rich(report: Report) -> None:
+def print_rich(report: Report, console: Any = None) -> None:
     """The report as rich tables on the terminal (best values in bold green)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    console = Console()
+    console = console or Console()
     for section in sections(report):
         if section.level > 1:
             console.rule(f"[bold]{escape(section.title)}")

@@ -218,7 +218,7 @@ def make_plots(report: Report) -> dict[str, bytes]:
 
 
 def write_plots(plots: dict[str, bytes], folder: Path) -> list[Path]:
-    from medseg_bench.report.render import write_atomic
+    from medseg_bench.report.formats import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
