@@ -59,13 +59,19 @@ def _num(value: object, digits: int) -> str:
     return f"{float(value):.{digits}f}"  # type: ignore[arg-type]
 
 
+def _significant(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):.{digits}g}"  # type: ignore[arg-type]
+
+
 def format_rank(value: float) -> str:
     if value is None or math.isnan(value):
         return "–"
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
 
 
-def _summary_cell(row: pd.Series, metric: str) -> str:
+def _summary_cell(row: pd.Series, metric: str, compact: bool = False) -> str:
     digits = _digits(metric)
     mean = row[f"{metric}_mean"]
     if math.isnan(mean):
@@ -73,7 +79,8 @@ def _summary_cell(row: pd.Series, metric: str) -> str:
     text = f"{mean:.{digits}f}"
     if not math.isnan(row[f"{metric}_std"]):
         text += f" ± {row[f'{metric}_std']:.{digits}f}"
-    return text + f" [{_num(row[f'{metric}_ci_low'], digits)}, {_num(row[f'{metric}_ci_high'], digits)}]"
+    interval = f"[{_num(row[f'{metric}_ci_low'], digits)}, {_num(row[f'{metric}_ci_high'], digits)}]"
+    return text + ("\n" if compact else " ") + interval
 
 
 def _label_title(report: Report, task: str, column: str) -> str:
@@ -81,35 +88,40 @@ def _label_title(report: Report, task: str, column: str) -> str:
     return report.label_names.get(task, {}).get(label, label)
 
 
-def task_table(report: Report, task: str) -> Table:
-    """One row per configuration of `task`, best first; bold (best) per metric and cost column."""
+def task_table(report: Report, task: str, compact: bool = False, part: str = "all") -> Table:
+    """One row per configuration of `task`, best first; bold (best) per metric and cost column.
+
+    `compact` (the terminal): no per-label columns, the interval on a second line of its cell. `part`:
+    "all", "quality" (no cost columns) or "cost" (only cost columns).
+    """
     rows = report.table[report.table["task"] == task]
-    show_samples = bool((rows["samples"] != rows["cases"]).any())
+    show_samples = bool((rows["samples"] != rows["cases"]).any()) and part != "cost"
     compute = "/".join(sorted({c for c in rows["compute"] if c})) or "compute"
-    headers = ["#", "configuration", "runs", "cases", *(["samples"] if show_samples else []), "empty"]
-    align = ["r", "l", "r", "r", *(["r"] if show_samples else []), "r"]
+    counts = [] if part == "cost" else ["runs", "cases", *(["samples"] if show_samples else []), "empty"]
+    headers = ["#", "configuration", *counts]
+    align = ["r", "l", *["r"] * len(counts)]
     columns: list[tuple[str, str, bool, object]] = []  # (header, column, higher_is_better, formatter)
-    for m in report.metrics:
+    for m in report.metrics if part != "cost" else []:
         higher = higher_is_better(m)
-        columns.append((metric_title(m), f"{m}_mean", higher, lambda r, m=m: _summary_cell(r, m)))
-        for col in label_columns(rows, m):
+        columns.append((metric_title(m), f"{m}_mean", higher, lambda r, m=m: _summary_cell(r, m, compact)))
+        for col in [] if compact else label_columns(rows, m):
             if rows[col].notna().any():
                 columns.append((f"{METRIC_TITLES.get(m, m)} {_label_title(report, task, col)}", col, higher,
                                 lambda r, col=col, m=m: _num(r[col], _digits(m))))
-    columns += [
+    columns += [] if part == "quality" else [
         ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
-        (f"{compute}-h/run", "train_hours", False, lambda r: _num(r["train_hours"], 2)),
+        (f"{compute}-h/run", "train_hours", False, lambda r: _significant(r["train_hours"])),
         ("peak mem (MB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
         ("s/epoch", "time_per_epoch_s", False, lambda r: _num(r["time_per_epoch_s"], 1)),
     ]
     best = {column: best_rows(rows, column, higher) for _, column, higher, _ in columns}
     out_rows = []
     for idx, row in rows.iterrows():
-        cells = [Cell(format_rank(row["rank"])), Cell(row["config"]), Cell(str(row["runs"])),
-                 Cell(str(row["cases"]))]
-        if show_samples:
-            cells.append(Cell(str(row["samples"])))
-        cells.append(Cell(f"{row['empty_ref']} ({row['both_empty']})"))
+        cells = [Cell(format_rank(row["rank"])), Cell(row["config"])]
+        if part != "cost":
+            cells += [Cell(str(row["runs"])), Cell(str(row["cases"]))]
+            cells += [Cell(str(row["samples"]))] if show_samples else []
+            cells.append(Cell(f"{row['empty_ref']} ({row['both_empty']})"))
         cells += [Cell(fmt(row), idx in best[column]) for _, column, _, fmt in columns]  # type: ignore[operator]
         out_rows.append(cells)
     headers += [h for h, _, _, _ in columns]
@@ -187,7 +199,7 @@ def group_table(report: Report, task: str) -> Table:
             if not math.isnan(row[f"{m}_std"]):
                 text += f" ± {row[f'{m}_std']:.{d}f} ({_num(row[f'{m}_min'], d)}–{_num(row[f'{m}_max'], d)})"
             cells.append(Cell(text, idx in best[m]))
-        cells.append(Cell(_num(row["train_hours"], 2)))
+        cells.append(Cell(_significant(row["train_hours"])))
         rows.append(cells)
     return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
 
@@ -203,8 +215,10 @@ def _settings_note(report: Report, task: str) -> str:
            "numbers are not comparable."
 
 
-def sections(report: Report) -> list[Section]:
-    """The report as sections: an introduction, one per task, the group effect, the ranking across tasks."""
+def sections(report: Report, compact: bool = False) -> list[Section]:
+    """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
+
+    `compact` leaves out the per-label columns (for the terminal)."""
     s = report.settings
     direction = "higher" if higher_is_better(report.metric) else "lower"
     intro: list[str | Table] = [
@@ -215,11 +229,18 @@ def sections(report: Report) -> list[Section]:
         "empty: label evaluations with an empty reference (in parentheses: both masks empty, scored NaN and "
         "left out of the means). Cost: parameters, training hours per run, peak memory, seconds per epoch.",
     ]
+    if compact:
+        intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
         intro.append(f"Only the top {s['top']} configurations of each task are shown.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
-        section = Section(task, 2, [_settings_note(report, task), task_table(report, task)], task=task)
+        items: list[str | Table] = [_settings_note(report, task)]
+        if compact:  # two narrower tables fit a terminal better than one wide one
+            items += [task_table(report, task, True, "quality"), task_table(report, task, True, "cost")]
+        else:
+            items.append(task_table(report, task))
+        section = Section(task, 2, items, task=task)
         notes, table = significance_section(report, task)
         section.items += notes
         if table is not None:

@@ -196,12 +196,13 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 def print_rich(report: Report, console: Any = None) -> None:
     """The report as rich tables on the terminal (best values in bold green)."""
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
 
     console = console or Console()
-    for section in sections(report):
+    for section in sections(report, compact=True):
         if section.level > 1:
             console.rule(f"[bold]{escape(section.title)}")
         else:
@@ -211,9 +212,15 @@ def print_rich(report: Report, console: Any = None) -> None:
                 console.print(escape(item), style="dim")
                 continue
             table = item
-            out = RichTable(title=table.caption or None, show_lines=False)
-            for header, align in zip(table.headers, table.align, strict=True):
-                out.add_column(escape(header), justify="right" if align == "r" else "left", overflow="fold")
+            out = RichTable(title=table.caption or None, box=box.SIMPLE_HEAD)
+            # Columns as wide as each cell's longest line, so numbers do not break mid-value, when that fits
+            # the terminal; otherwise rich wraps them.
+            widths = [min(32, max((len(line) for row in table.rows for line in row[i].text.split("\n")),
+                                  default=1)) for i in range(len(table.headers))]
+            fits = sum(widths) + 3 * len(widths) <= console.width
+            for header, align, width in zip(table.headers, table.align, widths, strict=True):
+                out.add_column(escape(header), justify="right" if align == "r" else "left", overflow="fold",
+                               min_width=width if fits else None)
             for row in table.rows:
                 out.add_row(*[f"[bold green]{escape(c.text)}[/]" if c.best else escape(c.text) for c in row])
             console.print(out)

@@ -1,0 +1,25 @@
+"""The rich terminal view: every section and configuration shown, nothing cut off on a narrow terminal."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from medseg_bench.report import build_report, print_rich
+
+
+@pytest.mark.parametrize("width", [200, 90])
+def test_terminal_view(fake_results: Path, width: int) -> None:
+    buffer = io.StringIO()
+    print_rich(build_report(fake_results), Console(file=buffer, width=width, force_terminal=False))
+    text = buffer.getvalue()
+    for expected in ("Task90_Alpha", "Task91_Beta", "Ranking across tasks", "Friedman test", "GPU-h/run",
+                     "p (Holm)"):
+        assert expected in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    if width == 200:  # wide enough: whole values on one line each
+        for expected in ("3d-unet-dice_ce-light", "0.8313 ± 0.1227", "[0.7573, 0.8744]"):
+            assert expected in text
