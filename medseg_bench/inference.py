@@ -6,8 +6,9 @@ Optional mirroring test-time augmentation averages the softmax over all flips of
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
     return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
 
 
-def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], run) -> torch.Tensor:
+def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]],
+                      run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     total = None
     for axes in flips:
         xin = torch.flip(x, axes) if axes else x
@@ -78,3 +80,34 @@ def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Seq
     probs = predict_probabilities(net, image, dims, patch_size, device, tta)
     return probs.argmax(0).astype(np.uint8)
 
+
+
+def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
+                  patch_size: Sequence[int], device: torch.device | str = "cpu",
+                  tta: bool = False) -> np.ndarray:
+    """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
+
+    The image goes through what the cache applies (normalise, crop to the non-zero region, resample to the
+    plan's target spacing); the probabilities are resampled back and the crop is undone (outside: background).
+    """
+    from medseg_bench.data.plan import normalize
+    from medseg_bench.data.resample import (
+        anisotropic_axis,
+        crop,
+        nonzero_box,
+        resample_image,
+        target_shape,
+        to_original,
+    )
+
+    shape = [int(s) for s in image.shape[1:]]
+    normalized = normalize(image, plan)
+    box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in shape]
+    cropped = crop(normalized, box)
+    separate = anisotropic_axis(spacing_zyx, plan.target_spacing)
+    new_shape = target_shape(cropped.shape[1:], spacing_zyx, plan.target_spacing)
+    resampled = np.ascontiguousarray(resample_image(cropped, new_shape, separate), dtype=np.float32)
+    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta)
+    props = {"crop_box": box, "shape_original_zyx": shape, "spacing_original_zyx": list(spacing_zyx),
+             "spacing_preprocessed_zyx": list(plan.target_spacing)}
+    return to_original(probs, props)

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from medseg_bench import __version__
-from medseg_bench.cli import evaluate, fetch, listing, report, status, sweep
+from medseg_bench.cli import evaluate, fetch, listing, predict, report, status, sweep
 from medseg_bench.errors import MedsegError
 
 
@@ -53,6 +53,7 @@ app.command("report", help="Leaderboard of finished runs.")(report.report)
 app.command("status", help="State of every run under a results dir (queued, running, done, failed, ...).")(status.status)
 app.command("evaluate", help="Score predicted label maps against references.")(evaluate.evaluate)
 app.command("list", help="List tasks, archs, losses, augs or metrics.")(listing.list_items)
+app.command("predict", help="Predict label maps for a folder of images with a trained run.")(predict.predict)
 
 
 def main() -> None:

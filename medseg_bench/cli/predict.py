@@ -1,0 +1,132 @@
+"""`medseg-bench predict`: label maps for a folder of images from a finished run (or one of its checkpoints).
+
+Each image is normalised, cropped and resampled as the run's plan says, predicted (with the run's TTA setting
+unless overridden), mapped back to its own grid, postprocessed as the run decided, and written as NIfTI with
+the source image's spacing, origin and direction, so it opens over the image in 3D Slicer or ITK-SNAP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medseg_bench.errors import DataError, UsageError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for a run folder (its last.ckpt) or a checkpoint inside a run folder."""
+    if run_or_checkpoint.is_dir():
+        folder, checkpoint = run_or_checkpoint, run_or_checkpoint / "checkpoints" / "last.ckpt"
+    elif run_or_checkpoint.is_file():
+        checkpoint = run_or_checkpoint
+        folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    else:
+        raise UsageError(f"{run_or_checkpoint}: no such run folder or checkpoint")
+    if not (folder / "spec.json").is_file():
+        raise DataError(f"{folder}: not a run folder (no spec.json next to the checkpoint)")
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: checkpoint missing (the run has not finished an epoch)")
+    return folder, checkpoint
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def _plan(folder: Path, task: str) -> Any:
+    """The plan the run trained with: from its summary.json, else the task's current plan.json."""
+    from medseg_bench.data.plan import Plan
+    from medseg_bench.settings import get_settings
+
+    summary = folder / "summary.json"
+    source = summary if summary.is_file() else get_settings().data_dir / "preprocessed" / task / "plan.json"
+    if not source.is_file():
+        raise DataError(f"{folder}: run has no summary.json and {source} does not exist; cannot normalise")
+    data = _read_json(source)
+    try:
+        return Plan.from_dict(data["plan"] if source == summary else data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{source}: malformed plan ({exc})") from None
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: --images is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)
+                    and not p.name.startswith("."))
+    if not images:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def predict(
+    run_or_checkpoint: Annotated[Path, typer.Argument(
+        help="A run folder (uses checkpoints/last.ckpt) or a checkpoint inside one.")],
+    images: Annotated[Path, typer.Option(help="Folder of images (NIfTI, NRRD, MHA); 4D for multi-channel.")],
+    out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Mirroring test-time augmentation. Default: as the run was evaluated.")]
+    = None,
+    postprocess: Annotated[bool, typer.Option(
+        help="Apply the run's largest-component decision (postprocessing.json) when it has one.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda. Default: cuda when available.")] = None,
+) -> None:
+    """Predict label maps for every image in a folder with a trained run."""
+    import torch
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.io import read_image, write_label
+    from medseg_bench.inference import predict_image
+    from medseg_bench.models import ModelInputs, build_model, fit_patch
+    from medseg_bench.postprocess import apply_postprocessing, load_decision
+    from medseg_bench.spec import RunSpec
+    from medseg_bench.training import load_weights
+
+    folder, checkpoint = _run_folder(run_or_checkpoint)
+    spec_data = _read_json(folder / "spec.json")
+    spec_data.pop("run_id", None)
+    try:
+        spec = RunSpec.from_dict(spec_data)
+    except TypeError as exc:
+        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
+    task, plan = get_task(spec.task), _plan(folder, spec.task)
+    patch = tuple(spec.patch_size) if spec.patch_size else fit_patch(
+        spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d)
+    spacing = tuple(plan.target_spacing)[-len(patch):]
+    inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing)
+    net = build_model(spec.arch, spec.dims, inputs)
+    net = load_weights(net, checkpoint)
+    decision = load_decision(folder) if postprocess else None
+    run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_tta = spec.tta if tta is None else tta
+    out.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
+    for path in _images(images):
+        target = out / path.name
+        if target.exists() and not overwrite:
+            typer.echo(f"{target}: exists, skipped (use --overwrite to replace)")
+            skipped += 1
+            continue
+        image, geometry = read_image(path)
+        if image.shape[0] != task.num_channels:
+            raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
+                            f"{task.num_channels}")
+        labels = predict_image(net, image, geometry.spacing_zyx, plan, spec.dims, patch, run_device, use_tta)
+        if decision is not None and decision.labels:
+            labels = apply_postprocessing(labels, decision.labels)
+        write_label(labels, geometry, target)
+        written += 1
+        typer.echo(f"{target}")
+    typer.echo(f"{written} prediction(s) written to {out}" + (f", {skipped} skipped" if skipped else ""))
