@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.data.preprocess import PreparedTask, case_geometry, load_case
+from medseg_bench.data.preprocess import PreparedTask, load_case
 from medseg_bench.errors import RunError
 from medseg_bench.results import environment, write_status
 from medseg_bench.spec import RunSpec
@@ -29,7 +29,9 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame)."""
     import pandas as pd
 
-    from medseg_bench.inference import predict_labels
+    from medseg_bench.data.preprocess import original_label
+    from medseg_bench.data.resample import to_original
+    from medseg_bench.inference import predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
 
     task = prepared.task
@@ -37,10 +39,12 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     settings = MetricSettings(nsd_tolerance_mm=spec.nsd_tolerance_mm or task.nsd_tolerance_mm)
     rows = []
     for case_id in prepared.splits[spec.fold]["val"]:
-        image, label, props = load_case(prepared.cache_dir, case_id, mmap=False)
-        pred = predict_labels(net, image, spec.dims, patch, device, tta)
-        spacing = case_geometry(props).spacing_zyx
-        for row in evaluate_case(pred, np.asarray(label), spacing, task.foreground_labels, settings,
+        image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
+        # Scored in the original image geometry against the original label (the cache is cropped/resampled).
+        pred = to_original(predict_probabilities(net, image, spec.dims, patch, device, tta), props)
+        label, geometry = original_label(props)
+        spacing = geometry.spacing_zyx
+        for row in evaluate_case(pred, label, spacing, task.foreground_labels, settings,
                                  regions=task.regions or None):
             rows.append({"case": case_id, **row})
     frame = pd.DataFrame(rows)

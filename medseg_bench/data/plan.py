@@ -1,27 +1,64 @@
-"""Dataset fingerprint -> plan (normalisation, patch and batch sizes), as nnU-Net derives its plans.
+"""Fingerprint -> plan, as nnU-Net derives its plans; `plan.json` in the task's preprocessed folder.
 
-Both are JSON files a person can open: `fingerprint.json` and `plan.json` in the task's preprocessed folder.
+The plan fixes what the cache holds (normalisation, target spacing, crop to the non-zero region; hashed into
+the cache folder's name) and what training uses by default (2D and 3D patch and batch sizes, sized for a
+memory budget: a CPU default or `gpu_budget(GB)`). A person may edit `plan.json`: a changed patch or batch size
+is used by the next runs (runs that set `patch_size` / `batch_size` in their spec override it anyway); a
+changed target spacing or normalisation builds a new cache next to the old one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import read_geometry, read_image, read_label
+from medseg_bench.data.io import write_json_atomic
 from medseg_bench.data.msd import Case
+from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
+from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
 
-# Voxels per batch on a CPU, calibrated so one step takes well under a second on 2 cores.
-BATCH_VOXELS_3D = 4 * 40 * 56 * 40
-BATCH_PIXELS_2D = 32 * 64 * 64
-MAX_PATCH_3D = 128
-MAX_PATCH_2D = 256
-CT_SAMPLES_PER_CASE = 10_000
+# Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
+CACHE_FORMAT = 2
+# A batch may hold at most this fraction of all the dataset's voxels (nnU-Net's rule against overfitting).
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+MIN_BATCH = 2
+PATCH_MULTIPLE_3D = 8  # three poolings
+PATCH_MULTIPLE_2D = 32  # five poolings (smp encoders)
+# nnU-Net fits 3D patches of 128^3 with batch 2 (4.2 M voxels) and 2D patches of 192x160 with batch ~105
+# (3.2 M pixels) into 8 GB; per GB that is:
+GPU_VOXELS_PER_GB_3D = 4 * 128**3 // 8
+GPU_PIXELS_PER_GB_2D = 400_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one training batch may hold: voxels (3D) and pixels (2D) per batch, and patch caps."""
+
+    name: str
+    batch_voxels_3d: int
+    batch_pixels_2d: int
+    max_patch_3d: int
+    max_patch_2d: int
+    max_batch_3d: int
+    max_batch_2d: int
+
+
+# Calibrated so that one step takes well under a second on 2 CPU cores (Hippocampus: 40x56x40 x 4, 64x64 x 32).
+CPU_BUDGET = Budget("cpu", 4 * 40 * 56 * 40, 32 * 64 * 64, 128, 256, 8, 64)
+
+
+def gpu_budget(memory_gb: float) -> Budget:
+    """The budget of a GPU with `memory_gb` GB (mixed precision, nnU-Net-sized networks)."""
+    if memory_gb <= 0:
+        raise DataError(f"GPU memory must be positive, not {memory_gb} GB")
+    return Budget(f"gpu-{memory_gb:g}GB", int(memory_gb * GPU_VOXELS_PER_GB_3D), int(memory_gb * GPU_PIXELS_PER_GB_2D),
+                  256, 1024, 256, 1024)
 
 
 @dataclass(frozen=True)
@@ -31,8 +68,11 @@ class Plan:
     ct_clip: tuple[float, float] | None
     ct_mean: float | None
     ct_std: float | None
-    median_shape: tuple[int, int, int]
-    median_spacing: tuple[float, float, float]
+    median_spacing: tuple[float, float, float]  # original, (z, y, x)
+    target_spacing: tuple[float, float, float]  # of the cache, (z, y, x)
+    crop_to_nonzero: bool
+    median_shape: tuple[int, int, int]  # in the cache: after cropping and resampling
+    budget: str  # what the patch and batch sizes were sized for: "cpu" or "gpu-<N>GB"
     patch_3d: tuple[int, int, int]
     batch_3d: int
     patch_2d: tuple[int, int]
@@ -41,69 +81,111 @@ class Plan:
     @property
     def preprocessing_hash(self) -> str:
         """Hash of what changes cached arrays (not patch/batch sizes)."""
-        key = {k: getattr(self, k) for k in ("task", "normalization", "ct_clip", "ct_mean", "ct_std")}
+        keys = ("task", "normalization", "ct_clip", "ct_mean", "ct_std", "target_spacing", "crop_to_nonzero")
+        key = {k: getattr(self, k) for k in keys} | {"cache_format": CACHE_FORMAT}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Plan:
+    def from_dict(cls, data: dict, source: Path | str = "plan") -> Plan:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            got = set(data) if isinstance(data, dict) else set()
+            raise DataError(f"{source}: not a plan (missing: {sorted(names - got)}, unknown: {sorted(got - names)})")
         values = dict(data)
-        for key in ("ct_clip", "median_shape", "median_spacing", "patch_3d", "patch_2d"):
-            if values.get(key) is not None:
+        try:
+            for key, length in (("median_spacing", 3), ("target_spacing", 3), ("median_shape", 3),
+                                ("patch_3d", 3), ("patch_2d", 2), ("ct_clip", 2)):
+                if values[key] is None and key == "ct_clip":
+                    continue
                 values[key] = tuple(values[key])
+                if len(values[key]) != length:
+                    raise ValueError(f"{key} needs {length} values")
+            for key in ("target_spacing",):
+                if min(values[key]) <= 0:
+                    raise ValueError(f"{key} must be positive")
+            for key in ("patch_3d", "patch_2d"):
+                values[key] = tuple(int(v) for v in values[key])
+                if min(values[key]) < 1:
+                    raise ValueError(f"{key} must be positive")
+            for key in ("batch_3d", "batch_2d"):
+                if int(values[key]) < 1:
+                    raise ValueError(f"{key} must be at least 1")
+                values[key] = int(values[key])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{source}: invalid plan ({exc})") from None
+        if values["normalization"] not in ("zscore", "ct"):
+            raise DataError(f"{source}: normalization must be 'zscore' or 'ct', not {values['normalization']!r}")
+        if values["normalization"] == "ct" and None in (values["ct_clip"], values["ct_mean"], values["ct_std"]):
+            raise DataError(f"{source}: normalization 'ct' needs ct_clip, ct_mean and ct_std")
         return cls(**values)
+
+
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
+    """Median spacing; for thick slices the 10th percentile along the low-resolution axis (nnU-Net's rule).
+
+    The rule applies when that axis is over 3x coarser than the others and has over 3x fewer voxels (median
+    shape), so that resampling to the median does not blow up the in-plane resolution loss.
+    """
+    target = np.median(spacings, axis=0)
+    median_shape = np.median(shapes, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    coarse_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[others])
+    few_voxels = median_shape[worst] * ANISOTROPY_THRESHOLD < min(median_shape[others])
+    if coarse_spacing and few_voxels:
+        spacing = float(np.percentile(spacings[:, worst], 10))
+        if spacing < max(target[others]):  # never finer than the in-plane spacing
+            spacing = max(float(max(target[others])), spacing) + 1e-5
+        target[worst] = spacing
+    return tuple(float(v) for v in target)  # type: ignore[return-value]
 
 
 def _round_up(value: float, multiple: int, cap: int) -> int:
     return int(min(cap, max(multiple, int(np.ceil(value / multiple)) * multiple)))
 
 
-def fingerprint(task: TaskSpec, cases: list[Case]) -> dict:
-    """Per-case shapes and spacings (headers only), plus CT foreground intensity samples when needed."""
-    shapes, spacings = [], []
-    for case in cases:
-        geom, _ = read_geometry(case.image)
-        shapes.append(list(reversed(geom.size[:3])))
-        spacings.append(list(geom.spacing_zyx))
-    result: dict = {"task": task.name, "num_cases": len(cases), "shapes_zyx": shapes, "spacings_zyx": spacings}
-    if task.imaging == "CT":
-        rng = np.random.default_rng(0)
-        samples = []
-        for case in cases:
-            image, _ = read_image(case.image)
-            label, _ = read_label(case.label)
-            foreground = image[0][label > 0]
-            if foreground.size:
-                take = min(CT_SAMPLES_PER_CASE, foreground.size)
-                samples.append(rng.choice(foreground, take, replace=False))
-        values = np.concatenate(samples) if samples else np.zeros(1, np.float32)
-        result["ct_foreground"] = {
-            "p00_5": float(np.percentile(values, 0.5)),
-            "p99_5": float(np.percentile(values, 99.5)),
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-        }
-    return result
+def fit_patch_and_batch(median_shape: tuple[int, ...], multiple: int, max_patch: int, batch_voxels: int,
+                        max_batch: int, dataset_voxels: int) -> tuple[tuple[int, ...], int]:
+    """Patch: the median shape rounded up, shrunk until `MIN_BATCH` patches fit `batch_voxels`, always along
+    the axis where the patch is largest relative to the median shape (nnU-Net). Batch: what fits, capped."""
+    patch = [_round_up(s, multiple, max_patch) for s in median_shape]
+    while MIN_BATCH * int(np.prod(patch)) > batch_voxels:
+        shrinkable = [a for a in range(len(patch)) if patch[a] > multiple]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda a: (patch[a] / max(median_shape[a], 1), patch[a]))
+        patch[axis] -= multiple
+    voxels = int(np.prod(patch))
+    batch = min(batch_voxels // voxels, max_batch, int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // voxels))
+    return tuple(patch), max(MIN_BATCH, batch)
 
 
-def make_plan(task: TaskSpec, fp: dict) -> Plan:
-    median_shape = tuple(int(v) for v in np.median(np.array(fp["shapes_zyx"]), axis=0))
-    median_spacing = tuple(float(v) for v in np.median(np.array(fp["spacings_zyx"]), axis=0))
-    patch_3d = tuple(_round_up(v, 8, MAX_PATCH_3D) for v in median_shape)
-    patch_2d = tuple(_round_up(v, 32, MAX_PATCH_2D) for v in median_shape[1:])
-    batch_3d = int(np.clip(BATCH_VOXELS_3D // int(np.prod(patch_3d)), 2, 8))
-    batch_2d = int(np.clip(BATCH_PIXELS_2D // int(np.prod(patch_2d)), 4, 64))
-    ct = fp.get("ct_foreground")
+def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
+    spacings = np.array(fp["spacings_zyx"], dtype=float)
+    cropped = np.array(fp["cropped_shapes_zyx"], dtype=float)
+    target = target_spacing(spacings, cropped)
+    resampled = np.array([target_shape(s, sp, target) for s, sp in zip(cropped, spacings, strict=True)])
+    median_shape = tuple(int(v) for v in np.median(resampled, axis=0))
+    dataset_voxels = int(np.prod(resampled, axis=1).sum())
+    patch_3d, batch_3d = fit_patch_and_batch(median_shape, PATCH_MULTIPLE_3D, budget.max_patch_3d,
+                                             budget.batch_voxels_3d, budget.max_batch_3d, dataset_voxels)
+    patch_2d, batch_2d = fit_patch_and_batch(median_shape[1:], PATCH_MULTIPLE_2D, budget.max_patch_2d,
+                                             budget.batch_pixels_2d, budget.max_batch_2d, dataset_voxels)
+    ct = fp["foreground_intensity"][0] if task.imaging == "CT" else None
     return Plan(
         task=task.name,
         normalization="ct" if ct else "zscore",
         ct_clip=(ct["p00_5"], ct["p99_5"]) if ct else None,
         ct_mean=ct["mean"] if ct else None,
         ct_std=max(ct["std"], 1e-6) if ct else None,
+        median_spacing=tuple(float(v) for v in np.median(spacings, axis=0)),  # type: ignore[arg-type]
+        target_spacing=target,
+        crop_to_nonzero=True,
         median_shape=median_shape,  # type: ignore[arg-type]
-        median_spacing=median_spacing,  # type: ignore[arg-type]
+        budget=budget.name,
         patch_3d=patch_3d,  # type: ignore[arg-type]
         batch_3d=batch_3d,
         patch_2d=patch_2d,  # type: ignore[arg-type]
@@ -131,15 +213,71 @@ def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
     return out
 
 
-def load_or_make_plan(task: TaskSpec, cases: list[Case], folder: Path) -> Plan:
-    """Read `plan.json` from `folder`, or compute fingerprint and plan and write both."""
-    from medseg_bench.data.io import write_json_atomic
+def read_plan(path: Path) -> Plan:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable plan ({exc})") from None
+    return Plan.from_dict(data, path)
 
+
+def load_or_make_fingerprint(task: TaskSpec, cases: list[Case], folder: Path, workers: int | None = None,
+                             progress: bool = False, pool: Executor | None = None) -> dict:
+    """`fingerprint.json` in `folder` when it covers exactly `cases`, else computed and written."""
+    from medseg_bench.data.fingerprint import fingerprint
+
+    path = folder / "fingerprint.json"
+    if path.is_file():
+        try:
+            fp = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            fp = {}
+        if fp.get("cases") == [c.case_id for c in cases] and "foreground_intensity" in fp:
+            return fp
+    fp = fingerprint(task, cases, workers, progress, pool)
+    write_json_atomic(path, fp)
+    return fp
+
+
+def load_or_make_plan(task: TaskSpec, cases: list[Case], folder: Path, budget: Budget | None = None,
+                      workers: int | None = None, progress: bool = False, pool: Executor | None = None) -> Plan:
+    """Read `plan.json` from `folder`, or compute fingerprint and plan and write both.
+
+    With a `budget`, an existing plan is re-sized for it (preprocessing unchanged) and rewritten.
+    """
     plan_path = folder / "plan.json"
-    if plan_path.is_file():
-        return Plan.from_dict(json.loads(plan_path.read_text()))
-    fp = fingerprint(task, cases)
-    write_json_atomic(folder / "fingerprint.json", fp)
-    plan = make_plan(task, fp)
+    if plan_path.is_file() and not _written_by_this_version(plan_path):
+        plan_path.unlink()  # a plan of medseg-bench < 0.2 (no target spacing): derived again
+    if plan_path.is_file() and budget is None:
+        return read_plan(plan_path)
+    fp = load_or_make_fingerprint(task, cases, folder, workers, progress, pool)
+    plan = make_plan(task, fp, budget or default_budget())
+    if plan_path.is_file():  # keep the user's preprocessing choices, re-size patches and batches only
+        old = read_plan(plan_path)
+        plan = Plan.from_dict(old.to_dict() | {k: getattr(plan, k) for k in
+                                                ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")})
     write_json_atomic(plan_path, plan.to_dict())
     return plan
+
+
+def _written_by_this_version(path: Path) -> bool:
+    try:
+        return "target_spacing" in json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True  # let read_plan name the problem
+
+
+def default_budget() -> Budget:
+    """8 GB on a machine with an NVIDIA GPU, else the CPU budget.
+
+    Asks torch only when it is already imported (importing it costs seconds); else looks for the driver.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        has_gpu = bool(torch.cuda.is_available())
+    else:
+        gpus = Path("/proc/driver/nvidia/gpus")
+        has_gpu = gpus.is_dir() and any(gpus.iterdir())
+    return gpu_budget(8) if has_gpu else CPU_BUDGET

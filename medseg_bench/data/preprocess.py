@@ -4,16 +4,20 @@ Layout of `<data_dir>/preprocessed/<Task>/`:
     fingerprint.json, plan.json, splits_<k>fold.json
     <hash>/<case>.img.npy   float32 (C, Z, Y, X), normalised
     <hash>/<case>.seg.npy   uint8 (Z, Y, X)
-    <hash>/<case>.json      geometry and foreground sample coordinates; written last: a case without it is
-                            unfinished and rebuilt
+    <hash>/<case>.json      properties: original geometry (spacing, origin, direction, shape), crop box,
+                            preprocessed spacing, paths of the original image and label, foreground sample
+                            coordinates; written last: a case without it is unfinished and rebuilt
+
+Cached arrays are cropped to the non-zero region and resampled to the plan's target spacing;
+`resample.to_original` maps a prediction back onto the original image grid.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,10 @@ import numpy as np
 from medseg_bench.data.fetch import MARKER, is_complete
 from medseg_bench.data.io import Geometry, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
-from medseg_bench.data.plan import Plan, load_or_make_plan, normalize
+from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
+from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize
+from medseg_bench.data.resample import anisotropic_axis, crop, nonzero_box, resample_image, resample_label, \
+    target_shape
 from medseg_bench.data.splits import load_or_make_splits
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
@@ -48,12 +55,20 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
-    """Read, normalise and store one case; return its id. Safe to run in a worker process."""
+    """Read, normalise, crop, resample and store one case; return its id. Safe to run in a worker process."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
-    normalized = normalize(image, plan)
+    original_shape = label.shape
+    normalized = normalize(image, plan)  # before cropping: the non-zero mask rule sees the whole image
+    box = nonzero_box(image, label) if plan.crop_to_nonzero else [[0, int(s)] for s in original_shape]
+    normalized, label = crop(normalized, box), crop(label, box)
+    spacing = geom.spacing_zyx
+    new_shape = target_shape(label.shape, spacing, plan.target_spacing)
+    separate = anisotropic_axis(spacing, plan.target_spacing)
+    normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate))
+    label = np.ascontiguousarray(resample_label(label, new_shape, separate))
     rng = np.random.default_rng(0)
     foreground: dict[str, list[list[int]]] = {}
     for value in np.unique(label):
@@ -67,10 +82,15 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
     write_json_atomic(out_dir / f"{case.case_id}.json", {
         "case_id": case.case_id,
         "image": str(case.image),
+        "label": str(case.label),
         "shape_zyx": list(label.shape),
-        "geometry": geom.to_dict(),
+        "geometry": geom.to_dict(),  # of the original image
+        "shape_original_zyx": list(original_shape),
+        "spacing_original_zyx": list(spacing),
+        "spacing_preprocessed_zyx": list(plan.target_spacing),
+        "crop_box": box,
         "foreground": foreground,
-    })
+    }, compact=True, durable=False)
     return case.case_id
 
 
@@ -80,8 +100,11 @@ def _excluded_cases(folder: Path) -> set[str]:
 
 
 def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: int | None = None,
-                 progress: bool = False) -> PreparedTask:
-    """Plan, cache and split a fetched task; every step is skipped when its artifact exists."""
+                 progress: bool = False, budget: Budget | None = None) -> PreparedTask:
+    """Fingerprint, plan, cache and split a fetched task; every step is skipped when its artifact exists.
+
+    `budget` re-sizes the plan's patches and batches (see `plan.load_or_make_plan`).
+    """
     folder = data_dir / task.name
     if not is_complete(folder):
         raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first")
@@ -90,16 +113,17 @@ def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: in
     if not cases:
         raise DataError(f"{folder}: no usable training cases")
     root = data_dir / "preprocessed" / task.name
-    plan = load_or_make_plan(task, cases, root)
-    cache_dir = root / plan.preprocessing_hash
-    build_cache(cases, plan, cache_dir, workers=workers, progress=progress)
+    with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for both stages
+        plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
+        cache_dir = root / plan.preprocessing_hash
+        build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool)
     case_ids = sorted(c.case_id for c in cases)
     splits = load_or_make_splits(root, case_ids, num_folds)
     return PreparedTask(task, plan, cache_dir, case_ids, splits)
 
 
 def build_cache(cases: list[Case], plan: Plan, cache_dir: Path, workers: int | None = None,
-                progress: bool = False) -> None:
+                progress: bool = False, pool: Executor | None = None) -> None:
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone."""
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
@@ -109,30 +133,10 @@ def build_cache(cases: list[Case], plan: Plan, cache_dir: Path, workers: int | N
     for leftover in cache_dir.glob(".*.tmp"):
         leftover.unlink()
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
-    workers = workers or min(len(todo), os.cpu_count() or 1, 8)
     if todo:
-        _run_cases(todo, plan, cache_dir, workers, progress)
+        parallel_map(partial(preprocess_case, plan=plan, out_dir=cache_dir), todo, workers, progress,
+                     f"preprocessing {len(todo)} cases", pool)
     write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
-
-
-def _run_cases(todo: list[Case], plan: Plan, cache_dir: Path, workers: int, progress: bool) -> None:
-    from rich.progress import Progress
-
-    with Progress(transient=True, disable=not progress) as bar:
-        task_id = bar.add_task(f"preprocessing {len(todo)} cases", total=len(todo))
-        if workers <= 1:
-            for case in todo:
-                preprocess_case(case, plan, cache_dir)
-                bar.advance(task_id)
-            return
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(preprocess_case, case, plan, cache_dir) for case in todo]
-            for future in futures:
-                future.result()
-                bar.advance(task_id)
 
 
 def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -150,3 +154,10 @@ def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndar
 
 def case_geometry(props: dict) -> Geometry:
     return Geometry.from_dict(props["geometry"])
+
+
+def original_label(props: dict) -> tuple[np.ndarray, Geometry]:
+    """The original label map of a cached case (read from the task folder), with its geometry."""
+    if "label" not in props:
+        raise DataError(f"case {props.get('case_id')}: cache entry has no label path; delete the cache to rebuild")
+    return read_label(Path(props["label"]))

@@ -46,7 +46,7 @@ def test_ct_is_clipped_and_scaled_with_foreground_statistics(home: Path, tmp_pat
     # Foreground HU ~ N(-100, 200) (label 1) and N(300, 200) (label 2): 0.5/99.5 percentiles near -620/820.
     assert -750 < lo < -450 and 650 < hi < 950
     fp = json.loads((data / "preprocessed" / "Task92_CT" / "fingerprint.json").read_text())
-    assert fp["ct_foreground"]["p99_5"] == hi
+    assert fp["foreground_intensity"][0]["p99_5"] == hi
     image, _, _ = load_case(prepared.cache_dir, prepared.case_ids[0])
     assert image.max() <= (hi - plan.ct_mean) / plan.ct_std + 1e-4
 

@@ -1,0 +1,145 @@
+"""Geometry between an original image and its preprocessed form, both ways.
+
+Forward (cache build): crop to the non-zero region, then resample to the plan's target spacing. Images use
+third-order splines, label maps linear interpolation of their one-hot encoding (as nnU-Net). When a volume is
+anisotropic (lowest resolution over 3x the highest), the low-resolution axis is resampled separately with
+nearest-neighbour interpolation, so that thick slices are not smeared into each other.
+
+Backward (evaluation): `to_original` maps a prediction (labels or class probabilities) in preprocessed space
+onto the original image grid: resample to the cropped shape, then paste into the crop box; the result has the
+original shape, and the cached properties carry the original spacing, origin and direction.
+
+All arrays are in numpy (Z, Y, X) order; spacings too (`Geometry.spacing_zyx`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ANISOTROPY_THRESHOLD = 3.0
+
+CropBox = list[list[int]]  # [[lo, hi], ...] per spatial axis, hi exclusive
+
+
+def nonzero_box(image: np.ndarray, label: np.ndarray | None = None) -> CropBox:
+    """Bounding box of voxels that are non-zero in any channel of a (C, Z, Y, X) image (or in the label).
+
+    An all-zero image keeps its full extent.
+    """
+    mask = np.any(image != 0, axis=0)
+    if label is not None:
+        mask |= label > 0
+    if not mask.any():
+        return [[0, int(s)] for s in mask.shape]
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def crop(array: np.ndarray, box: CropBox) -> np.ndarray:
+    """Crop the last len(box) axes of `array` to `box`."""
+    lead = (slice(None),) * (array.ndim - len(box))
+    return array[lead + tuple(slice(lo, hi) for lo, hi in box)]
+
+
+def target_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
+    """Shape of a volume of `shape` at `spacing` once resampled to `target_spacing` (at least 1 per axis)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True))
+
+
+def anisotropic_axis(spacing: Sequence[float], target_spacing: Sequence[float] | None = None) -> int | None:
+    """The low-resolution axis to resample separately (nnU-Net's rule), or None for near-isotropic data."""
+    for candidate in (spacing, target_spacing):
+        if candidate is None:
+            continue
+        values = np.asarray(candidate, dtype=float)
+        if values.max() / values.min() > ANISOTROPY_THRESHOLD:
+            return int(np.argmax(values))
+    return None
+
+
+def _resample_axes(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+    """Resample one (Z, Y, X) float volume to `new_shape`, voxel centres aligned (like `skimage` resize)."""
+    from scipy.ndimage import affine_transform
+
+    new_shape = tuple(int(s) for s in new_shape)
+    if tuple(volume.shape) == new_shape:
+        return volume.astype(np.float32, copy=False)
+    scale = np.asarray(volume.shape, dtype=float) / np.asarray(new_shape, dtype=float)
+    offset = 0.5 * scale - 0.5
+    return affine_transform(volume, scale, offset=offset, output_shape=new_shape, order=order, mode="nearest",
+                            prefilter=order > 1, output=np.float32)
+
+
+def _resample_volume(volume: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None,
+                     order_separate: int = 0) -> np.ndarray:
+    if separate_axis is None or tuple(volume.shape) == tuple(new_shape):
+        return _resample_axes(volume, new_shape, order)
+    in_plane = list(new_shape)
+    in_plane[separate_axis] = volume.shape[separate_axis]
+    step = _resample_axes(volume, in_plane, order)
+    return _resample_axes(step, new_shape, order_separate)
+
+
+def resample_image(image: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
+                   order: int = 3) -> np.ndarray:
+    """Resample a (C, Z, Y, X) image channel by channel; float32."""
+    if tuple(image.shape[1:]) == tuple(new_shape):
+        return image.astype(np.float32, copy=False)
+    volume = image.astype(np.float32, copy=False)
+    return np.stack([_resample_volume(volume[c], new_shape, order, separate_axis) for c in range(image.shape[0])])
+
+
+def resample_label(label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None) -> np.ndarray:
+    """Resample a (Z, Y, X) label map by linear interpolation of each class's mask, then argmax; uint8.
+
+    Classes are visited one at a time (two arrays of the output size in memory, not one per class).
+    """
+    if tuple(label.shape) == tuple(new_shape):
+        return label.astype(np.uint8, copy=False)
+    values = np.unique(label)
+    best = np.full(tuple(new_shape), -1.0, dtype=np.float32)
+    out = np.zeros(tuple(new_shape), dtype=np.uint8)
+    for value in values:
+        score = _resample_volume((label == value).astype(np.float32), new_shape, 1, separate_axis)
+        better = score > best
+        out[better] = value
+        best[better] = score[better]
+    return out
+
+
+def resample_probabilities(probabilities: np.ndarray, new_shape: Sequence[int],
+                           separate_axis: int | None = None) -> np.ndarray:
+    """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8)."""
+    best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
+    out = np.zeros(tuple(new_shape), dtype=np.uint8)
+    for k in range(probabilities.shape[0]):
+        score = _resample_volume(probabilities[k].astype(np.float32, copy=False), new_shape, 1, separate_axis)
+        better = score > best
+        out[better] = k
+        best[better] = score[better]
+    return out
+
+
+def to_original(prediction: np.ndarray, props: dict) -> np.ndarray:
+    """Map a prediction in preprocessed space back to the original image grid of a cached case.
+
+    `prediction` is a (Z, Y, X) label map or (K, Z, Y, X) class probabilities; `props` the case's cached
+    properties (`load_case`). Returns a uint8 label map of the original shape; voxels outside the crop box
+    are background.
+    """
+    box: CropBox = props["crop_box"]
+    cropped_shape = [hi - lo for lo, hi in box]
+    separate = anisotropic_axis(props["spacing_original_zyx"], props["spacing_preprocessed_zyx"])
+    if prediction.ndim == 4:
+        inside = resample_probabilities(prediction, cropped_shape, separate)
+    else:
+        inside = resample_label(prediction, cropped_shape, separate)
+    full = np.zeros(tuple(props["shape_original_zyx"]), dtype=np.uint8)
+    full[tuple(slice(lo, hi) for lo, hi in box)] = inside
+    return full
