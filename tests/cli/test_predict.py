@@ -1,0 +1,122 @@
+"""`medseg-bench predict`: geometry of the source image round-trips; the labels are the model's, unmoved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.io import read_image, read_label
+from medseg_bench.data.preprocess import prepare_task
+from medseg_bench.inference import predict_image
+from medseg_bench.postprocess import Decision, save_decision
+from medseg_bench.spec import RunSpec
+from medseg_bench.training import build_network, resolve_patch_and_batch
+from tests.conftest import make_synthetic_task, write_task_file
+
+runner = CliRunner()
+TASK = "Task93_Predict"
+DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # rotated 90 degrees about z
+ORIGIN = (12.5, -30.0, 4.0)
+SPACING = (0.9, 1.1, 1.6)
+
+
+@pytest.fixture
+def run_folder(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, object]:
+    """A run folder as `sweep` leaves it (spec, summary with plan, checkpoint) around an untrained 3D UNet."""
+    write_task_file(home, TASK)
+    src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
+    data = home / "data"
+    fetch_task(get_task(TASK), data, str(src), progress=False)
+    prepared = prepare_task(get_task(TASK), data, num_folds=2, workers=1)
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    folder = tmp_path / "results" / TASK / spec.run_id
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    net = build_network(spec, prepared)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+               folder / "checkpoints" / "last.ckpt")
+    (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    (folder / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
+    return folder, spec, prepared
+
+
+def _write_oriented(path: Path, array: np.ndarray) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_predictions_keep_source_geometry(run_folder, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    folder, spec, prepared = run_folder
+    rng = np.random.default_rng(1)
+    array = rng.normal(0, 1, (14, 22, 18)).astype(np.float32)
+    array[3:9, 5:15, 4:12] += 3.0
+    images = tmp_path / "images"
+    _write_oriented(images / "new_case.nii.gz", array)
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 prediction(s) written" in result.output
+    written = sitk.ReadImage(str(out / "new_case.nii.gz"))
+    assert written.GetSize() == (18, 22, 14)
+    assert np.allclose(written.GetSpacing(), SPACING) and np.allclose(written.GetOrigin(), ORIGIN)
+    assert np.allclose(written.GetDirection(), DIRECTION)
+    # The written voxels are the model's prediction on the array as read: no axis swapped or flipped.
+    image, geometry = read_image(images / "new_case.nii.gz")
+    net = build_network(spec, prepared)
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    expected = predict_image(net, image, geometry.spacing_zyx, prepared.plan, "3d", patch)
+    labels, _ = read_label(out / "new_case.nii.gz")
+    assert labels.shape == (14, 22, 18) and (labels == expected).all()
+
+    again = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert again.exit_code == 0 and "exists, skipped" in again.output  # nothing silently overwritten
+
+
+def test_postprocessing_decision_is_applied(run_folder, tmp_path: Path) -> None:
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    noise = np.random.default_rng(2).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    _write_oriented(images / "a.nii.gz", noise)
+    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
+    out = tmp_path / "pred"
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    result = runner.invoke(app, ["predict", str(checkpoint), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    from scipy import ndimage
+
+    labels, _ = read_label(out / "a.nii.gz")
+    for value in (1, 2):  # an untrained net scatters labels; the decision leaves one component of each
+        assert ndimage.label(labels == value, structure=np.ones((3, 3, 3)))[1] <= 1
+
+
+def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
+    folder, _, _ = run_folder
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nope"), "--images", str(tmp_path), "--out",
+                                  str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "no such run folder or checkpoint" in missing.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["predict", str(folder), "--images", str(empty), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and "no images" in result.output
+    (folder / "spec.json").unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and "not a run folder" in result.output
