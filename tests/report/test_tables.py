@@ -135,3 +135,28 @@ def test_report_filters_and_provenance(fake_results: Path) -> None:
         {"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"}]
     with pytest.raises(UsageError, match="no finished runs for task 'Task99_None'"):
         build_report(fake_results, task="Task99_None")
+
+
+def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) -> None:
+    from medseg_bench.report import render, report_from_results
+
+    rows = []
+    for config_loss, offset in (("dice_ce", 0.0), ("dice", -0.1)):
+        for case in ("a", "b", "c"):
+            for label, dice in (("1", 0.8), ("2", 0.6), ("3", 0.4), ("whole_tumour", 0.95)):
+                rows.append({"run_id": f"run-{config_loss}", "case": case, "label": label,
+                             "dice": dice + offset, "hd95": 2.0, "ref_empty": False, "pred_empty": False,
+                             "task": "Task01_BrainTumour", "dims": "3d", "arch": "unet", "encoder": "",
+                             "loss": config_loss, "aug": "none",
+                             "fold": 0, "seed": 0, "params": 10, "train_time_s": 36.0, "device": "cpu"})
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice", "hd95"])
+    top = report.table.iloc[0]
+    assert top["dice_mean"] == pytest.approx((0.8 + 0.6 + 0.4) / 3)  # the region is not a label
+    assert top["dice_label_whole_tumour"] == pytest.approx(0.95) and top["compute"] == "CPU"
+    labels = [c for c in report.table.columns if c.startswith("dice_label_")]
+    assert labels == ["dice_label_1", "dice_label_2", "dice_label_3", "dice_label_whole_tumour"]
+    text = render(report, "markdown")
+    names = report.label_names["Task01_BrainTumour"]
+    for value in ("1", "2", "3"):
+        assert f"Dice {names[value]}" in text
+    assert "Dice whole_tumour" in text and "CPU-h/run" in text
