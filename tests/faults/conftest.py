@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,15 +47,27 @@ def ledger() -> Ledger:
     return LEDGER
 
 
+@pytest.fixture(scope="session")
+def fault_home(shared_task: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six real Hippocampus cases fetched and prepared (plan, cache, splits) once; tests only read them."""
+    root = tmp_path_factory.mktemp("faults")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDSEG_BENCH_HOME", str(root / "home"))
+        patch.delenv("MEDSEG_BENCH_MIRROR", raising=False)
+        fetch_subset(shared_task, root)
+        code = ("from medseg_bench.data.catalog import get_task; from medseg_bench.settings import get_settings; "
+                "from medseg_bench.data.preprocess import prepare_task; "
+                f"prepare_task(get_task({TASK!r}), get_settings().data_dir, 5)")
+        prepared = run_cli([sys.executable, "-c", code])  # in a child, like every command below
+        assert prepared.returncode == 0, prepared.stderr
+    return root / "home"
+
+
 @pytest.fixture
-def fetched(shared_task: Path, home: Path, tmp_path: Path) -> Path:
-    """Six real Hippocampus cases fetched and prepared (plan, cache, splits) in $MEDSEG_BENCH_HOME."""
-    fetch_subset(shared_task, tmp_path)
-    code = ("from medseg_bench.data.catalog import get_task; from medseg_bench.data.preprocess import prepare_task; "
-            f"from medseg_bench.settings import get_settings; prepare_task(get_task({TASK!r}), get_settings().data_dir, 5)")
-    prepared = run_cli([sys.executable, "-c", code])  # in a child, like every command below
-    assert prepared.returncode == 0, prepared.stderr
-    return home
+def fetched(fault_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", str(fault_home))
+    monkeypatch.delenv("MEDSEG_BENCH_MIRROR", raising=False)
+    return fault_home
 
 
 def sweep_argv(results: Path, *extra: str, inject: str | None = None) -> list[str]:
@@ -117,13 +128,18 @@ def scores(results: Path) -> pd.DataFrame:
     return table[keep].sort_values(["run_id", "case", "label"]).reset_index(drop=True)
 
 
-@pytest.fixture
-def reference(fetched: Path, tmp_path: Path) -> Iterator[Any]:
-    """A function: the index of an uninterrupted sweep with these extra arguments."""
-    def make(*extra: str) -> pd.DataFrame:
-        results = tmp_path / "reference"
-        done = run_cli(sweep_argv(results, *extra))
-        assert done.returncode == 0, done.stdout + done.stderr
-        return scores(results)
+_REFERENCES: dict[tuple[str, ...], pd.DataFrame] = {}
 
-    yield make
+
+@pytest.fixture
+def reference(fetched: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A function: the per-case scores of an uninterrupted sweep with these extra arguments (computed once)."""
+    def make(*extra: str) -> pd.DataFrame:
+        if extra not in _REFERENCES:
+            results = tmp_path_factory.mktemp("reference")
+            done = run_cli(sweep_argv(results, *extra))
+            assert done.returncode == 0, done.stdout + done.stderr
+            _REFERENCES[extra] = scores(results)
+        return _REFERENCES[extra]
+
+    return make

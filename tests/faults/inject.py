@@ -3,7 +3,7 @@
     python tests/faults/inject.py POINT sweep ...
 
 POINT is one of:
-    kill-checkpoint   SIGKILL this process halfway through writing the 2nd checkpoint's temp file
+    kill-checkpoint   SIGKILL this process halfway through writing the 2nd last.ckpt's temp file
     kill-metrics      SIGKILL halfway through writing the first run's metrics.csv temp file
     kill-summary      SIGKILL halfway through writing the first run's summary.json temp file
     enospc-summary    every JSON write into the second run's folder fails with ENOSPC once it has
@@ -41,8 +41,8 @@ def install(point: str) -> None:
         original = training.AtomicCheckpointIO.save_checkpoint
 
         def save(self: Any, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            calls["n"] += 1
-            if calls["n"] == 2:
+            calls["n"] += Path(path).name == "last.ckpt"
+            if calls["n"] == 2 and Path(path).name == "last.ckpt":
                 import torch
 
                 buffer = io.BytesIO()

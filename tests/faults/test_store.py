@@ -95,6 +95,8 @@ def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path:
     assert not marker.exists()  # weights_only=True: the pickle's code never ran
     folder = ckpt.parents[1]
     assert read_status(folder)["state"] == "failed" and "start" not in [e["event"] for e in read_events(folder)]
+    if kind != "garbage":
+        return
     ckpt.unlink()  # the user follows the advice
     again = run_cli(sweep_argv(results))
     assert again.returncode == 0, again.stdout + again.stderr
