@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from medseg_bench import __version__
-from medseg_bench.cli import evaluate, fetch, listing, predict, report, status, sweep
+from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
 from medseg_bench.errors import MedsegError
 
 
@@ -54,6 +54,8 @@ app.command("status", help="State of every run under a results dir (queued, runn
 app.command("evaluate", help="Score predicted label maps against references.")(evaluate.evaluate)
 app.command("list", help="List tasks, archs, losses, augs or metrics.")(listing.list_items)
 app.command("predict", help="Predict label maps for a folder of images with a trained run.")(predict.predict)
+app.command("validate", help="Re-validate a fetched task; --strict makes any problem fatal.")(validate.validate)
+app.command("plan", help="Show the task's plan (spacing, normalisation, patch/batch sizes); re-size it.")(plan.plan)
 
 
 def main() -> None:

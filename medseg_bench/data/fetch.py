@@ -7,6 +7,7 @@ a temporary folder next to the target and renamed into place at the end.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tarfile
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.data.validate import ValidationReport, validate_folder
+from medseg_bench.data.validate import ValidationReport, case_count_warnings, validate_folder
 from medseg_bench.errors import DataError, FetchError, UsageError
 from medseg_bench.spec import TaskSpec
 
@@ -29,6 +30,7 @@ class FetchOutcome:
     folder: Path
     already_present: bool
     report: ValidationReport | None
+    warnings: tuple[str, ...] = ()
 
 
 def is_complete(folder: Path) -> bool:
@@ -55,8 +57,13 @@ def fetch_task(
     mirror: str | None = None,
     timeout_s: float = 60.0,
     progress: bool = True,
+    strict: bool = False,
 ) -> FetchOutcome:
-    """Fetch `task` into `data_dir`; a complete task is left alone."""
+    """Fetch `task` into `data_dir`; a complete task is left alone.
+
+    With `strict`, any validation problem is fatal (nothing is kept); without it, bad cases are excluded and
+    listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
+    """
     target = data_dir / task.name
     if is_complete(target):
         return FetchOutcome(target, True, None)
@@ -85,18 +92,38 @@ def fetch_task(
             else:
                 raise FetchError(f"{local}: no such file or folder")
         report = validate_folder(root, task)
+        if strict and report.problems:
+            more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
+            raise DataError(f"{report.problems[0]}{more} (--strict: nothing was kept)")
+        warnings = tuple(case_count_warnings(task, report))
         write_json_atomic(root / MARKER, {
             "task": task.name,
             "source": origin,
             "md5": md5 or task.md5,
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "cases": len(report.cases),
-            "excluded": [{"case": p.case_id, "file": p.file, "problem": p.message} for p in report.problems],
+            "excluded": _excluded_entries(report),
         })
         root.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return FetchOutcome(target, False, report)
+    return FetchOutcome(target, False, report, warnings)
+
+
+def _excluded_entries(report: ValidationReport) -> list[dict[str, str]]:
+    return [{"case": p.case_id, "file": p.file, "problem": p.message} for p in report.problems]
+
+
+def record_validation(folder: Path, report: ValidationReport) -> bool:
+    """Rewrite the marker's list of excluded cases after a re-validation; True when it changed."""
+    marker = folder / MARKER
+    data = json.loads(marker.read_text())
+    excluded = _excluded_entries(report)
+    if data.get("excluded") == excluded and data.get("cases") == len(report.cases):
+        return False
+    data.update(excluded=excluded, cases=len(report.cases), validated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(marker, data)
+    return True
 
 
 def _expected_md5(task: TaskSpec, md5: str | None, origin: str) -> str:
@@ -137,7 +164,9 @@ def download(url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: 
         except (urllib.error.URLError, OSError, TimeoutError, FetchError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            last_error = str(getattr(exc, "reason", None) or exc)
+            reason = getattr(exc, "reason", None) or exc
+            last_error = (f"no data from the server for {timeout_s:g} s (timed out)"
+                          if isinstance(reason, TimeoutError) else str(reason))
             time.sleep(min(2.0 ** attempt, 8.0) * 0.25)
     else:
         raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")

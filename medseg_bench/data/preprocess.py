@@ -94,7 +94,8 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
     return case.case_id
 
 
-def _excluded_cases(folder: Path) -> set[str]:
+def excluded_cases(folder: Path) -> set[str]:
+    """Case ids that the task's marker lists as excluded by validation."""
     marker = json.loads((folder / MARKER).read_text())
     return {entry["case"] for entry in marker.get("excluded", [])}
 
@@ -108,7 +109,7 @@ def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: in
     folder = data_dir / task.name
     if not is_complete(folder):
         raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first")
-    excluded = _excluded_cases(folder)
+    excluded = excluded_cases(folder)
     cases = [c for c in training_cases(folder) if c.case_id not in excluded]
     if not cases:
         raise DataError(f"{folder}: no usable training cases")

@@ -117,3 +117,15 @@ def validate_folder(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         per_case = list(pool.map(run, cases))
     return ValidationReport(cases=cases, problems=[p for found in per_case for p in found])
+
+
+def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
+    """Warnings when the number of training cases differs from the catalog's (a subset still works)."""
+    expected, found = task.num_training, len(report.cases)
+    if expected is None or found == expected:
+        return []
+    if found < expected:
+        return [f"{task.name}: {found} training cases, the catalog lists {expected}: a subset (it works, but "
+                "scores are not comparable with results on the full task)"]
+    return [f"{task.name}: {found} training cases, more than the {expected} the catalog lists "
+            "(another release of the data?)"]

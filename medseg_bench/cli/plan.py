@@ -1,0 +1,86 @@
+"""`medseg-bench plan TASK`: show (and optionally re-size) the task's plan, derived from its fingerprint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def plan(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (fetched first).")],
+    gpu_memory_gb: Annotated[float | None, typer.Option(
+        min=0.5, help="Re-size patches and batches for a GPU with this much memory and save the plan. "
+                      "Default: keep plan.json; a new plan is sized for 8 GB when an NVIDIA GPU is present, "
+                      "else for the CPU.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Re-size patches and batches for CPU training and save.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print plan.json as it is stored.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes for the fingerprint. Default: cores.")] = None,
+) -> None:
+    """Print the plan: target spacing, normalisation, 2D/3D patch and batch sizes (and the fingerprint behind it).
+
+    The plan lives in DATA_DIR/preprocessed/TASK/plan.json; edit it to override (patch or batch sizes apply to
+    the next runs; a new target spacing or normalisation builds a new cache), or set --patch-size /
+    --batch-size in a sweep.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
+    from medseg_bench.data.preprocess import excluded_cases
+    from medseg_bench.errors import DataError, UsageError
+    from medseg_bench.settings import get_settings
+
+    if cpu and gpu_memory_gb is not None:
+        raise UsageError("--cpu and --gpu-memory-gb exclude each other")
+    spec = get_task(task)
+    data = data_dir or get_settings().data_dir
+    folder = data / spec.name
+    if not is_complete(folder):
+        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first")
+    excluded = excluded_cases(folder)
+    cases = [c for c in training_cases(folder) if c.case_id not in excluded]
+    if not cases:
+        raise DataError(f"{folder}: no usable training cases")
+    root = data / "preprocessed" / spec.name
+    console = Console(stderr=True, highlight=False)
+    budget = CPU_BUDGET if cpu else gpu_budget(gpu_memory_gb) if gpu_memory_gb is not None else None
+    result = load_or_make_plan(spec, cases, root, budget, workers, progress=console.is_terminal)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    fp = load_or_make_fingerprint(spec, cases, root, workers)
+    out = Console(highlight=False)
+    table = Table(title=f"plan of {spec.name} ({root / 'plan.json'})", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+
+    def fmt(values: tuple) -> str:
+        return " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+    table.add_row("cases", f"{fp['num_cases']}" + (f" ({len(excluded)} excluded)" if excluded else ""))
+    table.add_row("median spacing (z, y, x) mm", fmt(result.median_spacing))
+    table.add_row("target spacing (z, y, x) mm", fmt(result.target_spacing))
+    table.add_row("crop to non-zero region", "yes" if result.crop_to_nonzero else "no")
+    table.add_row("median shape in the cache", fmt(result.median_shape))
+    norm = "per-case z-score" if result.normalization == "zscore" else (
+        f"CT: clip to [{result.ct_clip[0]:.1f}, {result.ct_clip[1]:.1f}], z-score with foreground "  # type: ignore[index]
+        f"mean {result.ct_mean:.1f}, std {result.ct_std:.1f}")
+    table.add_row("normalisation", norm)
+    table.add_row("sized for", result.budget)
+    table.add_row("3D patch, batch", f"{fmt(result.patch_3d)}, batch {result.batch_3d}")
+    table.add_row("2D patch, batch", f"{fmt(result.patch_2d)}, batch {result.batch_2d}")
+    for stats in fp["foreground_intensity"]:
+        table.add_row(f"foreground intensity, {stats['modality']}",
+                      f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
+                      f"0.5-99.5% [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}]")
+    for value, cls in fp["class_frequencies"].items():
+        table.add_row(f"class {value} ({cls['name']})",
+                      f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases")
+    out.print(table)

@@ -1,0 +1,54 @@
+"""`medseg-bench validate TASK`: check a fetched task again and update its list of excluded cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def validate(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus.")],
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Any problem is fatal (exit 3). Default: bad cases are listed and excluded.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Cases checked at the same time.")] = 2,
+) -> None:
+    """Re-validate a fetched task: labels present, geometry and label values consistent, no NaN/inf.
+
+    Every problem is printed with its file. The task's list of excluded cases is updated, so a fixed file is
+    used again by the next sweep (and a newly broken one is excluded).
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete, record_validation
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.data.validate import case_count_warnings, validate_folder
+    from medseg_bench.errors import DataError
+    from medseg_bench.settings import get_settings
+
+    spec = get_task(task)
+    folder = (data_dir or get_settings().data_dir) / spec.name
+    if not is_complete(folder):
+        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first")
+    console = Console(stderr=True, highlight=False)
+    with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
+        bar_id = bar.add_task("validating", total=len(training_cases(folder)))
+        report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
+    changed = record_validation(folder, report)
+    for warning in case_count_warnings(spec, report):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for problem in report.problems:
+        if strict:
+            console.print(f"[red]problem:[/red] {problem}")
+        else:
+            console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
+    if strict and report.problems:
+        raise DataError(f"{folder}: {len(report.problems)} problem(s) in {len(report.excluded)} case(s) (--strict)")
+    if report.excluded:
+        console.print(f"[yellow]warning:[/yellow] excluded from training: {', '.join(sorted(report.excluded))}")
+    typer.echo(f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
+               + ("; list of excluded cases updated" if changed else ""))
