@@ -22,8 +22,6 @@ CONFIG_COLUMNS = ["task", *CONFIG_AXES]
 SAMPLE_COLUMNS = ["case", "fold", "seed"]
 DEFAULT_METRICS = ("dice", "jaccard", "hd95", "nsd")
 GROUP_AXES = ("arch", "loss", "aug", "dims", "encoder")
-# Cost columns are all better when lower.
-COST_COLUMNS = ("params", "train_hours", "peak_memory_mb", "time_per_epoch_s")
 
 
 def config_name(dims: str, arch: str, encoder: str, loss: str, aug: str) -> str:
@@ -133,8 +131,9 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     label_rows = frame.assign(label=frame["label"].astype(str))
     fg_mask = _is_foreground_label(frame["label"])
     rows = []
+    runs_of = dict(iter(frame.groupby(["task", "config"], sort=False)))
     for (task, config), group in scores.groupby(["task", "config"], sort=True):
-        runs = frame[(frame["task"] == task) & (frame["config"] == config)]
+        runs = runs_of[(task, config)]
         first = group.iloc[0]
         row: dict[str, Any] = {"task": task, **{a: first[a] for a in CONFIG_AXES}, "config": config}
         row["runs"] = int(runs["run_id"].nunique())
