@@ -37,8 +37,8 @@ from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec
 
 STATES = ("pending", "running", "done", "failed")
-# What a sweep shows for a run: STATES, plus `partial` (interrupted, has a checkpoint: it resumes) and `queued`
-# (submitted to SLURM, not started yet).
+# What a sweep shows for a run: STATES, plus `partial` (interrupted, has a checkpoint: it resumes) and
+# `queued` (submitted to SLURM, not started yet).
 DISPLAY_STATES = ("done", "running", "queued", "partial", "pending", "failed")
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 HEARTBEAT_INTERVAL_S = 5.0
@@ -63,7 +63,8 @@ def read_status(folder: Path) -> dict[str, Any]:
 
 def write_status(folder: Path, state: str, **extra: Any) -> None:
     assert state in STATES
-    write_json_atomic(folder / "status.json", {"state": state, "time": time.time(), "pid": os.getpid(), **extra})
+    write_json_atomic(folder / "status.json",
+                      {"state": state, "time": time.time(), "pid": os.getpid(), **extra})
 
 
 def is_done(folder: Path) -> bool:
@@ -149,7 +150,8 @@ def run_state(folder: Path) -> str:
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "partial"
     queued = read_json(folder / QUEUED_NAME)
-    if queued and float(queued.get("time", 0)) > max((e.get("time", 0) for e in read_events(folder)), default=0):
+    last_attempt = max((e.get("time", 0) for e in read_events(folder)), default=0)
+    if queued and float(queued.get("time", 0)) > last_attempt:
         return "queued"  # submitted to SLURM and not started since
     return "pending"
 
@@ -179,7 +181,7 @@ def git_revision() -> str:
 def environment() -> dict[str, Any]:
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -211,10 +213,11 @@ def load_results(results_dir: Path):
     frames = []
     for folder in finished_runs(results_dir):
         spec = json.loads((folder / "spec.json").read_text())
-        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+        summary = read_json(folder / "summary.json")
         frame = pd.read_csv(folder / "metrics.csv")
         frame.insert(0, "run_id", folder.name)
-        for key in ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed", "epochs", "max_minutes"):
+        for key in ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed", "epochs",
+                    "max_minutes"):
             frame[key] = spec.get(key)
         for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb", "device"):
             frame[key] = summary.get("cost", {}).get(key)

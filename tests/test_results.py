@@ -98,8 +98,8 @@ def _fake_run(results: Path, seed: int) -> None:
     folder = results / "T" / spec.run_id
     folder.mkdir(parents=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
-    pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10]}).to_csv(folder / "metrics.csv",
-                                                                                         index=False)
+    frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10]})
+    frame.to_csv(folder / "metrics.csv", index=False)
     write_status(folder, "done")
 
 

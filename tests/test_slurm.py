@@ -49,7 +49,8 @@ def slurm_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _squeue_empty(job_prefixes: set[str]) -> bool:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
+                         check=True).stdout
     return not any(line.split("_")[0] in job_prefixes for line in out.split())
 
 

@@ -84,8 +84,10 @@ def test_shipped_sweep_files_parse() -> None:
     quick = load_sweep_file(REPO / "sweeps" / "quick.yaml")
     survey = load_sweep_file(REPO / "sweeps" / "survey.yaml")
     assert quick["tasks"] == survey["tasks"] == [TASK]
-    assert set(survey["archs"]) == {"unet", "unetplusplus", "deeplab", "fpn", "dynunet", "segresnet", "swinunetr"}
-    assert survey["losses"] == ["dice_ce", "focal", "tversky"] and survey["augs"] == ["none", "light", "heavy"]
+    assert set(survey["archs"]) == {"unet", "unetplusplus", "deeplab", "fpn", "dynunet", "segresnet",
+                                    "swinunetr"}
+    assert survey["losses"] == ["dice_ce", "focal", "tversky"]
+    assert survey["augs"] == ["none", "light", "heavy"]
 
 
 def _spec(seed: int = 0, **kw: object) -> RunSpec:
@@ -97,7 +99,8 @@ def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> N
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     (folder / "metrics.csv").write_text("case,label,dice\nc,1,0.5\n")
-    write_json_atomic(folder / "summary.json", {"cost": {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}})
+    cost = {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}
+    write_json_atomic(folder / "summary.json", {"cost": cost})
     write_status(folder, "done")
 
 
@@ -148,7 +151,7 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     capped = estimate_seconds([_spec(3, max_minutes=1.0)], tmp_path)
     assert capped is not None and capped[0] == pytest.approx(60 + 20)
     lines = dry_run_lines([done, partial, pending], tmp_path)
-    assert lines[0].startswith("done ") and lines[1].startswith("partial ") and lines[2].startswith("pending ")
+    assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
 

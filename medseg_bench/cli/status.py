@@ -39,12 +39,14 @@ def status(
         if quiet:
             continue
         extra = ""
-        if jobs[folder]:
-            extra = f"  job {jobs[folder]}" + (f" ({slurm[jobs[folder]]})" if jobs[folder] in slurm else "")
+        job = jobs[folder]
+        if job:
+            extra = f"  job {job}" + (f" ({slurm[job]})" if job in slurm else "")
         if state == "running":
             beat = read_json(folder / "heartbeat.json")
             if beat.get("epoch"):
-                extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {beat.get('loss', float('nan')):.4f}"
+                loss = float(beat.get("loss", float("nan")))
+                extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {loss:.4f}"
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
         typer.echo(f"{state:8s} {folder.parent.name}/{folder.name}{extra}")

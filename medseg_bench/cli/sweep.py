@@ -22,36 +22,44 @@ def _ints(value: str | None, option: str) -> list[int] | None:
 
 
 def sweep(
-    config: Annotated[Path | None, typer.Option(help="Sweep file (YAML): axes and settings; flags override it.")]
-    = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Sweep file (YAML): axes and settings; flags override it.")] = None,
     task: Annotated[str | None, typer.Option(help="Task name(s), comma-separated.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture(s), e.g. unet,deeplab. Default: unet.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture(s), e.g. unet,deeplab. Default: unet.")] \
+        = None,
     loss: Annotated[str | None, typer.Option(help="Loss(es), e.g. dice_ce,focal. Default: dice_ce.")] = None,
-    aug: Annotated[str | None, typer.Option(help="Augmentation preset(s): none, light, heavy. Default: none.")]
-    = None,
+    aug: Annotated[str | None, typer.Option(help="Augmentation: none, light, heavy. Default: none.")] \
+        = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
     encoder: Annotated[str | None, typer.Option(help="2D encoder(s) (smp names). Default: resnet34.")] = None,
-    folds: Annotated[str | None, typer.Option(help="Fold(s) to hold out, comma-separated. Default: 0.")] = None,
-    num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] = None,
-    seed: Annotated[str | None, typer.Option(help="Seed(s), comma-separated: a sweep axis. Default: 0.")] = None,
+    folds: Annotated[str | None, typer.Option(help="Fold(s) to hold out, comma-separated. Default: 0.")] \
+        = None,
+    num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] \
+        = None,
+    seed: Annotated[str | None, typer.Option(help="Seed(s), comma-separated: a sweep axis. Default: 0.")] \
+        = None,
     exclude: Annotated[list[str] | None, typer.Option(
         help="Drop combinations matching every key=value, e.g. 'arch=deeplab,aug=heavy'. Repeatable; added "
              "to the sweep file's rules.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run. Default: 10.")] = None,
     max_minutes: Annotated[float | None, typer.Option(
-        "--max-minutes", "--max-time", help="Wall-time budget per run in minutes (whichever comes first).")] = None,
-    iters_per_epoch: Annotated[int | None, typer.Option(help="Training iterations per epoch. Default: 50.")]
-    = None,
+        "--max-minutes", "--max-time", help="Wall-time budget per run in minutes (whichever comes first).")] \
+        = None,
+    iters_per_epoch: Annotated[int | None, typer.Option(help="Training iterations per epoch. Default: 50.")] \
+        = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size. Default: from the task plan.")] = None,
     patch_size: Annotated[str | None, typer.Option(
         help="Patch size, e.g. 32,32,32 (3D) or 64,64 (2D). Default: from the task plan.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] \
+        = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 3e-3 adamw, 1e-2 sgd.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
-    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers per run. Default: 1 with augmentation "
-                                                     "on CPU, else 0; GPU: up to 8.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
+        = None,
+    workers: Annotated[int | None, typer.Option(
+        help="DataLoader workers per run. Default: 1 with augmentation on CPU, else 0; GPU: up to 8.")] \
+        = None,
     jobs: Annotated[int, typer.Option(help="Local launcher: runs in parallel (one per GPU; CPU threads are "
                                            "divided between them).")] = 1,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
@@ -97,8 +105,8 @@ def sweep(
 
     data = data_dir or get_settings().data_dir
     if launcher == "slurm":
-        _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb, array_parallelism,
-                workers)
+        _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb,
+                array_parallelism, workers)
         return
     from medseg_bench.progress import make_reporter
     from medseg_bench.sweep.local import run_sweep
@@ -123,8 +131,9 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
         prepare_task(get_task(key[0]), data_dir, key[1], progress=True)
-    options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
-                           mem_gb=mem_gb, array_parallelism=array_parallelism, num_workers=workers)
+    options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
+                           cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
+                           num_workers=workers)
     submitted = submit(runs, results_dir, data_dir, options, say=typer.echo)
     if submitted:
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "

@@ -1,4 +1,4 @@
-"""`python -m medseg_bench.sweep --spec JSON ...`: one run in its own process (the local launcher's worker)."""
+"""`python -m medseg_bench.sweep --spec JSON ...`: one run in its own process (a local launcher worker)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`sweep --dry-run`: the expanded runs with their state, and what the rest will cost, judged from finished runs."""
+"""`sweep --dry-run`: the expanded runs with their state, and what the rest will cost (from finished runs)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, in
 
 
 def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
-    lines, states = [], Counter()
+    lines: list[str] = []
+    states: Counter[str] = Counter()
     todo = []
     for spec in runs:
         state = run_state(run_dir(results_dir, spec))

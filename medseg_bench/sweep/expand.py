@@ -1,4 +1,4 @@
-"""Expand the axes of a sweep into run specs, validating every name first, then dropping `--exclude` matches."""
+"""Expand the axes of a sweep into run specs (every name validated first), less the `--exclude` matches."""
 
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
             for entry in archs:
                 if dims not in entry.builders:
                     if request.dims is not None:
-                        skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} variant "
-                                       f"(it supports {', '.join(entry.dims)})")
+                        skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
+                                       f"variant (it supports {', '.join(entry.dims)})")
                     continue
                 encoders: list[str | None] = list(request.encoders) if dims == "2d" else [None]
                 for encoder, loss, aug, fold, seed in itertools.product(

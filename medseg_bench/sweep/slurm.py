@@ -1,9 +1,9 @@
 """The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
 
-Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times out or
-is preempted is requeued by submitit (it signals the job before the end; `checkpoint()` resubmits the same
-callable), and the requeued job resumes the run from `checkpoints/last.ckpt`. Submitit's own files (the pickled
-job, its stdout/stderr) go to `<results_dir>/.slurm/`.
+Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times
+out or is preempted is requeued by submitit (SLURM signals the job before the end; `checkpoint()`
+resubmits the same callable), and the requeued job resumes the run from `checkpoints/last.ckpt`.
+Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.slurm/`.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def parse_time_minutes(value: str) -> int:
 class SlurmRun(submitit.helpers.Checkpointable):
     """One run as a SLURM job; requeued (same callable) on timeout or preemption, then resumes."""
 
-    def __init__(self, spec: dict[str, Any], results_dir: str, data_dir: str, num_workers: int | None) -> None:
-        self.spec, self.results_dir, self.data_dir, self.num_workers = spec, results_dir, data_dir, num_workers
+    def __init__(self, spec: dict[str, Any], results_dir: str, data_dir: str,
+                 num_workers: int | None) -> None:
+        self.spec, self.results_dir, self.data_dir = spec, results_dir, data_dir
+        self.num_workers = num_workers
 
     def __call__(self) -> str:
         import torch
@@ -89,8 +91,8 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids or shutil.which("squeue") is None:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     wanted = set(job_ids)
@@ -139,7 +141,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     if options.gpus_per_job:
         params["gpus_per_node"] = options.gpus_per_job
     executor.update_parameters(**params)
-    jobs = []
+    jobs: list[Any] = []
     try:
         with executor.batch():
             for spec in todo:
@@ -148,8 +150,8 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"sbatch failed: {first}") from None
-    submitted = []
-    for spec, job in zip(todo, jobs):
+    submitted: list[tuple[RunSpec, str]] = []
+    for spec, job in zip(todo, jobs, strict=True):
         folder = run_dir(results_dir, spec)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": time.time()})

@@ -1,4 +1,4 @@
-"""Sweep files (YAML): the axes and fixed settings of a sweep, declared once; command-line flags override them.
+"""Sweep files (YAML): the axes and fixed settings of a sweep, declared once; command-line flags override.
 
     task: Task04_Hippocampus        # an axis: a name or a list of names
     dims: [2d, 3d]

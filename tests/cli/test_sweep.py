@@ -1,4 +1,4 @@
-"""`medseg-bench sweep` options that need no training: sweep files, overrides, --exclude, dry runs, `status`."""
+"""`medseg-bench sweep` without training: sweep files, overrides, --exclude, dry runs; `status`."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
         if state == "done":
             (folder / "metrics.csv").write_text("case,label,dice\nx,1,0.5\n")
         if state:
-            write_status(folder, state, **({"error": "RuntimeError: out of memory"} if state == "failed" else {}))
+            error = {"error": "RuntimeError: out of memory"} if state == "failed" else {}
+            write_status(folder, state, **error)
         else:
             write_json_atomic(folder / "queued.json", {"job_id": "42_3", "time": time.time()})
     result = runner.invoke(app, ["status", "--results-dir", str(results)])

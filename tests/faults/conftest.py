@@ -38,7 +38,8 @@ LEDGER = Ledger()
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if LEDGER.injected or LEDGER.checked_runs:
         terminalreporter.write_line(
-            f"faults: {LEDGER.injected} injected, {LEDGER.checked_runs} runs checked, runs lost: {LEDGER.lost}, "
+            f"faults: {LEDGER.injected} injected, {LEDGER.checked_runs} runs checked, "
+            f"runs lost: {LEDGER.lost}, "
             f"runs repeated: {LEDGER.repeated}")
 
 
@@ -55,7 +56,8 @@ def fault_home(shared_task: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         patch.setenv("MEDSEG_BENCH_HOME", str(root / "home"))
         patch.delenv("MEDSEG_BENCH_MIRROR", raising=False)
         fetch_subset(shared_task, root)
-        code = ("from medseg_bench.data.catalog import get_task; from medseg_bench.settings import get_settings; "
+        code = ("from medseg_bench.data.catalog import get_task; "
+                "from medseg_bench.settings import get_settings; "
                 "from medseg_bench.data.preprocess import prepare_task; "
                 f"prepare_task(get_task({TASK!r}), get_settings().data_dir, 5)")
         prepared = run_cli([sys.executable, "-c", code])  # in a child, like every command below
@@ -71,7 +73,7 @@ def fetched(fault_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def sweep_argv(results: Path, *extra: str, inject: str | None = None) -> list[str]:
-    """The CLI in a fresh interpreter; with `inject`, through tests/faults/inject.py (a kill at that point)."""
+    """The CLI in a fresh interpreter; with `inject`, through tests/faults/inject.py (a fault there)."""
     head = [sys.executable, str(INJECT), inject] if inject else [sys.executable, "-m", "medseg_bench"]
     return [*head, "sweep", *TINY_SWEEP, "--results-dir", str(results), *extra]
 
@@ -124,7 +126,8 @@ def check_done_once(results: Path, expected_runs: int, ledger: Ledger) -> None:
 def scores(results: Path) -> pd.DataFrame:
     """The per-case scores of the index, in a canonical order (cost columns dropped: time differs)."""
     table = pd.read_parquet(results / INDEX_NAME)
-    keep = [c for c in table.columns if c not in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb")]
+    cost = ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb")
+    keep = [c for c in table.columns if c not in cost]
     return table[keep].sort_values(["run_id", "case", "label"]).reset_index(drop=True)
 
 
@@ -133,7 +136,7 @@ _REFERENCES: dict[tuple[str, ...], pd.DataFrame] = {}
 
 @pytest.fixture
 def reference(fetched: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A function: the per-case scores of an uninterrupted sweep with these extra arguments (computed once)."""
+    """A function: per-case scores of an uninterrupted sweep with these extra arguments (computed once)."""
     def make(*extra: str) -> pd.DataFrame:
         if extra not in _REFERENCES:
             results = tmp_path_factory.mktemp("reference")

@@ -1,4 +1,4 @@
-"""Kill -9 at seeded random moments and at the worst moments: nothing finished is lost, repeated, or half-read."""
+"""Kill -9 at seeded random moments and at the worst moments: nothing lost, repeated, or half-read."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ import pandas as pd
 import pytest
 
 from medseg_bench.results import read_events, run_state
-from tests.faults.conftest import Ledger, check_done_once, kill9, run_cli, run_folders, scores, start_cli, \
-    sweep_argv, temp_files
+from tests.faults.conftest import (
+    Ledger,
+    check_done_once,
+    kill9,
+    run_cli,
+    run_folders,
+    scores,
+    start_cli,
+    sweep_argv,
+    temp_files,
+)
 
 pytestmark = pytest.mark.faults
 SEEDS = ("--seed", "0,1,2")

@@ -1,4 +1,4 @@
-"""Disk full, two sweeps at once, unwritable results dir, bad checkpoints: clear errors, nothing finished lost."""
+"""Disk full, two sweeps at once, unwritable results dir, bad checkpoints: clear errors, nothing lost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from medseg_bench.results import read_events, read_status, run_state
-from tests.faults.conftest import Ledger, check_done_once, run_cli, run_folders, start_cli, sweep_argv, \
-    temp_files
+from tests.faults.conftest import (
+    Ledger,
+    check_done_once,
+    run_cli,
+    run_folders,
+    start_cli,
+    sweep_argv,
+    temp_files,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -94,7 +101,8 @@ def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path:
     assert "delete it to train run" in result.stdout
     assert not marker.exists()  # weights_only=True: the pickle's code never ran
     folder = ckpt.parents[1]
-    assert read_status(folder)["state"] == "failed" and "start" not in [e["event"] for e in read_events(folder)]
+    assert read_status(folder)["state"] == "failed"
+    assert "start" not in [e["event"] for e in read_events(folder)]
     if kind != "garbage":
         return
     ckpt.unlink()  # the user follows the advice
