@@ -20,9 +20,10 @@ from tests.faults.conftest import (
     temp_files,
 )
 
-pytestmark = pytest.mark.faults
+# The quick checks (unwritable dir, a code-executing pickle) run by default; the rest with `-m faults`.
 
 
+@pytest.mark.faults
 def test_disk_full_while_writing_results_fails_that_run_only(fetched: Path, tmp_path: Path,
                                                              ledger: Ledger) -> None:
     results = tmp_path / "results"
@@ -44,6 +45,7 @@ def test_disk_full_while_writing_results_fails_that_run_only(fetched: Path, tmp_
     assert temp_files(results) == []
 
 
+@pytest.mark.faults
 def test_two_sweeps_at_once_never_train_a_run_twice(fetched: Path, tmp_path: Path, ledger: Ledger) -> None:
     results = tmp_path / "results"
     argv = sweep_argv(results, "--seed", "0,1,2")
@@ -79,7 +81,8 @@ class _Payload:
         return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("kind", ["garbage", "foreign", "pickle-code"])
+@pytest.mark.parametrize("kind", [pytest.param("garbage", marks=pytest.mark.faults),
+                                  pytest.param("foreign", marks=pytest.mark.faults), "pickle-code"])
 def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path: Path, ledger: Ledger,
                                                         kind: str) -> None:
     results = tmp_path / "results"
