@@ -26,13 +26,16 @@ def report(
     metric: Annotated[str, typer.Option(
         help="Metric that ranks configurations (see `list metrics`).")] = "dice",
     metrics: Annotated[list[str] | None, typer.Option(
-        "--metrics", help="Metrics in the tables and the cross-task ranking, comma-separated "
-                          "[default: dice,jaccard,hd95,nsd].")] = None,
+        "--metrics", metavar="METRIC,...",
+        help="Metrics in the tables and the cross-task ranking (default: dice,jaccard,hd95,nsd, those "
+             "present).")] = None,
     task: Annotated[list[str] | None, typer.Option(
-        help="Only these tasks (repeat or comma-separate).")] = None,
+        metavar="TASK,...", help="Only these tasks (repeat or comma-separate).")] = None,
     group_by: Annotated[str | None, typer.Option(
+        metavar="AXIS",
         help="Also show the marginal effect of one axis: arch, loss, aug, dims or encoder.")] = None,
-    top: Annotated[int | None, typer.Option(help="Only the K best configurations of each task.")] = None,
+    top: Annotated[int | None, typer.Option(
+        metavar="K", help="Only the K best configurations of each task.")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,
