@@ -106,7 +106,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
     except BaseException as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
-        if not isinstance(exc, KeyboardInterrupt):
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):  # interrupted, not failed: it resumes
             try:
                 write_status(folder, "failed", error=f"{type(exc).__name__}: {message}")
             except OSError:
