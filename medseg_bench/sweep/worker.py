@@ -134,6 +134,9 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         except RunError as exc:
             append_event(folder, "failed", error=str(exc))
             return Outcome("failed", error=str(exc))
+        except BaseException as exc:  # Ctrl-C, or submitit's exit when it requeues: the run resumes later
+            append_event(folder, "interrupted", reason=type(exc).__name__)
+            raise
         finally:
             beat.stop()
         append_event(folder, "done")
