@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         "false-positive blob elsewhere)\n"
         f"- time: fastest of {args.repeats} runs after a first run (MedPy: the first run only), each method "
         "in its own process; CPU time (user + system of the process) is shown too because it is less "
-        "disturbed by other load on the machine than wall time: load average (1 min) at the start "
+        "disturbed by other load on the machine than wall time: load average (1 min) at the end of the run "
         f"{os.getloadavg()[0]:.1f}; memory: rise of the peak resident memory during the first run\n\n"
         + "\n".join(sections)
         + "\nHD95 differs between the area and voxel conventions by design (docs/metrics.md); ours with "
