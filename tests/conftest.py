@@ -119,3 +119,35 @@ def fetch_subset(shared_task: Path, tmp_path: Path, num_cases: int = 6) -> Path:
     result = CliRunner().invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(src)])
     assert result.exit_code == 0, result.output
     return src
+
+
+def make_anisotropic_ct_task(folder: Path, num_cases: int = 4, shape: tuple[int, int, int] = (8, 40, 40),
+                             z_spacings: tuple[float, ...] = (4.0, 2.0, 5.0, 3.0), in_plane_mm: float = 0.8,
+                             margin: int = 4, seed: int = 0) -> Path:
+    """A tiny CT-like MSD task with thick slices (case i has slice spacing `z_spacings[i % len]`): HU-valued body
+    (an ellipsoid, label 1, core label 2) inside a zero border of `margin` voxels in-plane (what cropping to the
+    non-zero region removes)."""
+    rng = np.random.default_rng(seed)
+    training = []
+    z, y, x = np.indices(shape, dtype=np.float32)
+    for i in range(num_cases):
+        cy, cx = shape[1] / 2 + rng.uniform(-3, 3), shape[2] / 2 + rng.uniform(-3, 3)
+        radius = 0.25 * min(shape[1:]) + rng.uniform(0, 2)
+        inplane = ((y - cy) ** 2 + (x - cx) ** 2) / radius**2
+        axial = ((z - (shape[0] - 1) / 2) / (shape[0] / 2.5)) ** 2
+        seg = np.zeros(shape, np.uint8)
+        seg[inplane + axial <= 1] = 1
+        seg[inplane * 4 + axial <= 1] = 2
+        image = rng.normal(-50, 20, shape) + 100.0 * seg
+        image = image.astype(np.int16)
+        image[:, :margin] = image[:, -margin:] = image[:, :, :margin] = image[:, :, -margin:] = 0
+        name = f"ct_{i:03d}.nii.gz"
+        spacing_xyz = (in_plane_mm, in_plane_mm, z_spacings[i % len(z_spacings)])
+        write_image(folder / "imagesTr" / name, image, spacing=spacing_xyz)
+        write_image(folder / "labelsTr" / name, seg, spacing=spacing_xyz)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {"name": folder.name, "tensorImageSize": "3D", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "outer", "2": "core"}, "numTraining": num_cases, "numTest": 0,
+            "training": training, "test": []}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return folder

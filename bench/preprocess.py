@@ -1,0 +1,159 @@
+"""Cache build time: medseg-bench vs nnU-Net v2 `nnUNetv2_plan_and_preprocess -c 2d 3d_fullres`.
+
+Both start from the same MSD folder (default: the 200 shared Hippocampus cases) and do the same kind of work:
+read every case, fingerprint the dataset, plan, then crop/normalise/resample and write a cache. Both get the same
+number of worker processes (the machine's cores) and both are timed as fresh processes (interpreter start and
+imports included). Not timed: importing the folder (`medseg-bench fetch --source`, which also validates every
+case) and converting it to nnU-Net's raw layout.
+
+nnU-Net is installed into its own venv (default /tmp/nnunet-venv) on first use: torch==2.14.1 and
+torchvision==0.29.1 first (served from the local package index; any other version downloads gigabytes), then
+nnunetv2.
+
+    .venv/bin/python bench/preprocess.py [--source ../shared/data/Task04_Hippocampus] [--repeats 3]
+
+Prints a table and writes bench/results/preprocess.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
+NNUNET_VENV = Path("/tmp/nnunet-venv")
+DATASET_ID = 4
+
+OURS = """
+import sys
+from pathlib import Path
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.preprocess import prepare_task
+if __name__ == "__main__":
+    prepared = prepare_task(get_task(sys.argv[1]), Path(sys.argv[2]), 5, workers=int(sys.argv[3]))
+    print(len(prepared.case_ids), prepared.plan.patch_3d, prepared.plan.batch_3d)
+"""
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Run `cmd` (no shell) and return its wall time in seconds; fail loudly with its output."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def ensure_nnunet(venv: Path) -> Path:
+    exe = venv / "bin" / "nnUNetv2_plan_and_preprocess"
+    if exe.is_file():
+        return exe
+    print(f"installing nnunetv2 into {venv} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.14.1", "torchvision==0.29.1"], check=True)
+    subprocess.run([*pip, "nnunetv2"], check=True)
+    return exe
+
+
+def to_nnunet_raw(source: Path, raw: Path) -> str:
+    """nnU-Net v2 raw layout (`<case>_0000.nii.gz` per channel, v2 dataset.json) with symlinks to `source`."""
+    meta = json.loads((source / "dataset.json").read_text())
+    name = f"Dataset{DATASET_ID:03d}_{meta.get('name', source.name).split('_')[-1]}"
+    folder = raw / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for entry in meta["training"]:
+        image, label = source / entry["image"], source / entry["label"]
+        case = image.name.removesuffix(".nii.gz")
+        (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(image.resolve())
+        (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(label.resolve())
+    labels = {str(v): int(k) for k, v in meta["labels"].items()}
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(k): v for k, v in meta["modality"].items()},
+        "labels": labels, "numTraining": len(meta["training"]), "file_ending": ".nii.gz",
+    }, indent=2))
+    return name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="MSD task folder")
+    parser.add_argument("--task", default="Task04_Hippocampus")
+    parser.add_argument("--repeats", type=int, default=3, help="builds of our cache (median reported)")
+    parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
+    parser.add_argument("--skip-nnunet", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if not (args.source / "dataset.json").is_file():
+        sys.exit(f"{args.source}: no dataset.json")
+    num_cases = len(json.loads((args.source / "dataset.json").read_text())["training"])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
+    try:
+        env = dict(os.environ, MEDSEG_BENCH_HOME=str(tmp / "home"))
+        cli = str(Path(sys.executable).with_name("medseg-bench"))
+        fetch_s = run([cli, "fetch", args.task, "--source", str(args.source)], env)
+        data = tmp / "home" / "data"
+        ours = []
+        for _ in range(args.repeats):
+            shutil.rmtree(data / "preprocessed", ignore_errors=True)
+            ours.append(run([sys.executable, "-c", OURS, args.task, str(data), str(args.workers)], env))
+        ours_s = statistics.median(ours)
+        nnunet_s = None
+        if not args.skip_nnunet:
+            exe = ensure_nnunet(args.nnunet_venv)
+            raw = tmp / "nnUNet_raw"
+            to_nnunet_raw(args.source, raw)
+            nn_env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp / "nnUNet_preprocessed"),
+                          nnUNet_results=str(tmp / "nnUNet_results"))
+            w = str(args.workers)
+            nnunet_s = run([str(exe), "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", w, "-np", w, w],
+                           nn_env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = f"{ours_s / nnunet_s:.3f} (target <= 0.25)" if nnunet_s else "-"
+    load = os.getloadavg()
+    rows = [
+        ("medseg-bench cache (fingerprint, plan, cache, splits)", f"{ours_s:.1f}",
+         ", ".join(f"{t:.1f}" for t in ours)),
+        ("nnUNetv2_plan_and_preprocess -c 2d 3d_fullres", f"{nnunet_s:.1f}" if nnunet_s else "not run", ""),
+        ("(not timed above) medseg-bench fetch --source: copy + validate", f"{fetch_s:.1f}", ""),
+    ]
+    lines = [
+        "# Cache build: medseg-bench vs nnU-Net v2",
+        "",
+        f"{num_cases} cases of {args.task} from `{args.source}`; {args.workers} worker processes each; "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average after the run "
+        f"{load[0]:.1f} (the machine is shared); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "| what | wall time (s) | runs |",
+        "|---|---:|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        f"Ours / nnU-Net: {ratio}.",
+        "",
+        "Reproduce: `.venv/bin/python bench/preprocess.py` (installs nnunetv2 into /tmp/nnunet-venv once).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = REPO / "bench" / "results" / "preprocess.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(text)
+    tmp_out.replace(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Plan: target spacing (nnU-Net's anisotropic rule), patch and batch sizes for a memory budget, overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.plan import (
+    CPU_BUDGET,
+    MIN_BATCH,
+    Plan,
+    fit_patch_and_batch,
+    gpu_budget,
+    make_plan,
+    read_plan,
+    target_spacing,
+)
+from medseg_bench.data.preprocess import prepare_task
+from medseg_bench.errors import DataError
+from tests.conftest import make_synthetic_task, write_task_file
+
+
+def test_isotropic_target_is_the_median() -> None:
+    spacings = np.array([[1.0, 1.0, 1.0], [1.2, 0.9, 0.9], [0.8, 1.1, 1.1]])
+    shapes = np.array([[36, 50, 35]] * 3)
+    assert target_spacing(spacings, shapes) == (1.0, 1.0, 1.0)
+
+
+def test_thick_slices_take_the_10th_percentile() -> None:
+    z = np.array([5.0, 5.0, 5.0, 2.5, 1.5, 5.0, 5.0, 3.0, 5.0, 4.0])
+    spacings = np.stack([z, np.full(10, 0.7), np.full(10, 0.7)], axis=1)
+    few_slices = np.array([[40, 512, 512]] * 10)
+    target = target_spacing(spacings, few_slices)
+    assert target[0] == pytest.approx(np.percentile(z, 10)) and target[1:] == (0.7, 0.7)
+    # Many slices (not "few voxels" along z): the median stays.
+    assert target_spacing(spacings, np.array([[400, 512, 512]] * 10))[0] == 5.0
+    # Never finer than in-plane.
+    fine = np.stack([np.array([0.5, 0.5] + [5.0] * 8), np.full(10, 1.5), np.full(10, 1.5)], axis=1)
+    assert target_spacing(fine, few_slices)[0] == pytest.approx(1.5, abs=1e-4)  # not the 10th percentile, 0.5
+
+
+def test_cpu_budget_keeps_the_hippocampus_sizes() -> None:
+    dataset = 200 * 35 * 50 * 35
+    assert fit_patch_and_batch((35, 50, 35), 8, 128, CPU_BUDGET.batch_voxels_3d, 8, dataset) == ((40, 56, 40), 4)
+    assert fit_patch_and_batch((50, 35), 32, 256, CPU_BUDGET.batch_pixels_2d, 64, dataset) == ((64, 64), 32)
+
+
+@pytest.mark.parametrize("gb", [4, 8, 16, 40])
+def test_gpu_patches_fit_the_budget(gb: float) -> None:
+    budget = gpu_budget(gb)
+    median = (140, 170, 138)  # BraTS-like, 1 mm
+    patch, batch = fit_patch_and_batch(median, 8, budget.max_patch_3d, budget.batch_voxels_3d,
+                                       budget.max_batch_3d, 484 * int(np.prod(median)))
+    assert all(p % 8 == 0 for p in patch) and batch >= MIN_BATCH
+    assert batch * int(np.prod(patch)) <= budget.batch_voxels_3d
+    assert all(p <= m + 8 for p, m in zip(patch, median, strict=True))
+
+
+def test_more_memory_never_means_smaller_batches_of_voxels() -> None:
+    median, dataset = (140, 170, 138), 484 * 140 * 170 * 138
+    sizes = []
+    for gb in (2, 4, 8, 16, 32):
+        budget = gpu_budget(gb)
+        patch, batch = fit_patch_and_batch(median, 8, budget.max_patch_3d, budget.batch_voxels_3d,
+                                           budget.max_batch_3d, dataset)
+        sizes.append(batch * int(np.prod(patch)))
+    assert sizes == sorted(sizes)
+    with pytest.raises(DataError):
+        gpu_budget(0)
+
+
+def test_batch_is_capped_at_5_percent_of_the_dataset() -> None:
+    patch, batch = fit_patch_and_batch((20, 20, 20), 8, 128, 10**9, 10**6, dataset_voxels=100 * 24**3)
+    assert patch == (24, 24, 24) and batch == 5
+
+
+def _fingerprint(spacings: list[list[float]], shapes: list[list[int]]) -> dict:
+    return {"spacings_zyx": spacings, "cropped_shapes_zyx": shapes,
+            "foreground_intensity": [{"mean": 10.0, "std": 2.0, "p00_5": 1.0, "p99_5": 20.0}]}
+
+
+def test_make_plan_resamples_the_median_shape(home: Path) -> None:
+    write_task_file(home, "Task92_CT", ct=True)
+    fp = _fingerprint([[5.0, 0.8, 0.8], [2.5, 0.8, 0.8], [5.0, 0.8, 0.8]], [[40, 400, 400]] * 3)
+    plan = make_plan(get_task("Task92_CT"), fp, gpu_budget(8))
+    assert plan.target_spacing[0] == pytest.approx(3.0)  # 10th percentile of (2.5, 5, 5)
+    assert plan.median_shape == (67, 400, 400)  # 40 slices of 5 mm at 3 mm
+    assert plan.normalization == "ct" and plan.ct_clip == (1.0, 20.0) and plan.budget == "gpu-8GB"
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def _fetched(home: Path, tmp_path: Path) -> Path:
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    data = tmp_path / "data"
+    fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)
+    return data
+
+
+def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path)
+    task = get_task("Task90_Synth")
+    first = prepare_task(task, data, num_folds=3, workers=1)
+    path = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    edited = json.loads(path.read_text()) | {"patch_3d": [8, 16, 16], "batch_3d": 3}
+    path.write_text(json.dumps(edited))
+    second = prepare_task(task, data, num_folds=3, workers=1)
+    assert second.plan.patch_3d == (8, 16, 16) and second.plan.batch_3d == 3
+    assert second.cache_dir == first.cache_dir  # patch sizes do not touch the cache
+    path.write_text(json.dumps(edited | {"target_spacing": [2.0, 1.0, 1.0]}))
+    third = prepare_task(task, data, num_folds=3, workers=1)
+    assert third.cache_dir != first.cache_dir
+    assert (third.cache_dir / "complete.json").is_file()
+    assert np.load(third.cache_dir / f"{third.case_ids[0]}.seg.npy").shape == (6, 20, 20)
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"patch_3d": [16, 16]}, "patch_3d needs 3 values"),
+    ({"batch_2d": 0}, "batch_2d must be at least 1"),
+    ({"target_spacing": [0, 1, 1]}, "target_spacing must be positive"),
+    ({"normalization": "minmax"}, "normalization must be"),
+    ({"surprise": 1}, "unknown"),
+])
+def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, message: str) -> None:
+    data = _fetched(home, tmp_path)
+    prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | edit))
+    with pytest.raises(DataError, match=message) as info:
+        read_plan(path)
+    assert str(path) in str(info.value)
+
+
+def test_plan_of_an_older_version_is_derived_again(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path)
+    root = data / "preprocessed" / "Task90_Synth"
+    root.mkdir(parents=True)
+    (root / "plan.json").write_text(json.dumps({"task": "Task90_Synth", "normalization": "zscore"}))
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    assert prepared.plan.target_spacing == (1.0, 1.0, 1.0)
+    assert "target_spacing" in json.loads((root / "plan.json").read_text())
