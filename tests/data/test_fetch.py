@@ -176,3 +176,53 @@ def test_truncated_archive(hippo_subset: Path, tmp_path: Path) -> None:
     with pytest.raises((FetchError, DataError)):
         fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(cut), md5, progress=False)
     assert not (tmp_path / "data" / "Task04_Hippocampus").exists()
+
+
+@pytest.fixture
+def hanging_server() -> Iterator[str]:
+    """A server that accepts the request and then sends nothing until the test ends."""
+    release = threading.Event()
+
+    class Hang(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            release.wait(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_hanging_server_times_out_with_a_clear_message(hanging_server: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=r"download failed after 4 attempts \(no data from the server for 0.2 s"):
+        fetch_task(get_task("Task04_Hippocampus"), data, f"{hanging_server}/t.tar", "0" * 32, timeout_s=0.2,
+                   progress=False)
+    assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
+
+
+def test_subset_of_the_catalog_warns_but_works(hippo_subset: Path, tmp_path: Path) -> None:
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder)
+    assert len(outcome.warnings) == 1 and "10 training cases, the catalog lists 260: a subset" in outcome.warnings[0]
+
+
+def test_strict_fetch_keeps_nothing_when_a_case_is_bad(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    (src / "labelsTr" / "case_002.nii.gz").unlink()
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match=r"labelsTr/case_002.nii.gz: label file missing \(--strict: nothing was kept"):
+        fetch_task(get_task("Task90_Synth"), data, str(src), progress=False, strict=True)
+    assert not (data / "Task90_Synth").exists() and not list(data.glob(".*.partial"))
+    relaxed = fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)
+    assert relaxed.report is not None and relaxed.report.excluded == {"case_002"}

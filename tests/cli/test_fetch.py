@@ -1,0 +1,55 @@
+"""`medseg-bench fetch` from the command line: custom tasks with local_path, --strict, warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from tests.conftest import make_anisotropic_ct_task, make_synthetic_task, write_task_file
+
+runner = CliRunner()
+
+
+def test_custom_task_with_local_path_fetch_validate_plan(home: Path, tmp_path: Path) -> None:
+    """A lab's own dataset: one YAML in $MEDSEG_BENCH_HOME/tasks naming a local folder, then the usual commands."""
+    src = make_anisotropic_ct_task(tmp_path / "lab" / "Task95_LabCT")
+    write_task_file(home, "Task95_LabCT", ct=True, local_path=str(src), num_training=4)
+    listing = runner.invoke(app, ["list", "tasks"])
+    assert listing.exit_code == 0 and "Task95_LabCT" in listing.output
+    result = runner.invoke(app, ["fetch", "Task95_LabCT"])
+    assert result.exit_code == 0, result.output
+    assert "4 usable training cases" in result.output and "warning" not in result.output
+    marker = json.loads((home / "data" / "Task95_LabCT" / ".medseg-bench-valid.json").read_text())
+    assert marker["source"] == str(src) and marker["excluded"] == []
+    again = runner.invoke(app, ["fetch", "Task95_LabCT"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    checked = runner.invoke(app, ["validate", "Task95_LabCT", "--strict"])
+    assert checked.exit_code == 0, checked.output
+    shown = runner.invoke(app, ["plan", "Task95_LabCT", "--json"])
+    assert shown.exit_code == 0, shown.output
+    plan = json.loads(shown.output)
+    assert plan["normalization"] == "ct" and abs(plan["target_spacing"][0] - 2.3) < 1e-4
+
+
+def test_strict_fetch_exit_code_and_message(home: Path, tmp_path: Path) -> None:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    write_task_file(home, "Task90_Synth")
+    (src / "labelsTr" / "case_001.nii.gz").write_bytes(b"not nifti")
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--strict"])
+    assert result.exit_code == 3
+    assert "case_001.nii.gz" in result.output and "--strict" in result.output
+    assert not (home / "data" / "Task90_Synth").exists()
+    relaxed = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    assert relaxed.exit_code == 0
+    assert "case_001.nii.gz" in relaxed.output and "excluded" in relaxed.output
+
+
+def test_subset_warning(home: Path, tmp_path: Path) -> None:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=3)
+    write_task_file(home, "Task90_Synth", num_training=5)
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    assert result.exit_code == 0
+    assert "3 training cases, the catalog lists 5: a subset" in result.output

@@ -1,0 +1,49 @@
+"""`medseg-bench plan TASK`: print, re-size for a GPU or the CPU, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from tests.conftest import make_synthetic_task, write_task_file
+
+runner = CliRunner()
+
+
+def _fetched(home: Path, tmp_path: Path) -> Path:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", shape=(24, 48, 40))
+    write_task_file(home, "Task90_Synth")
+    assert runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)]).exit_code == 0
+    return home / "data" / "preprocessed" / "Task90_Synth"
+
+
+def test_print_creates_fingerprint_and_plan(home: Path, tmp_path: Path) -> None:
+    root = _fetched(home, tmp_path)
+    result = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    for text in ("target spacing", "1 x 1 x 1", "24 x 48 x 40", "per-case z-score", "24 x 48 x 40, batch",
+                 "class 2 (core)", "foreground intensity, MR0"):
+        assert text in result.output, text
+    assert (root / "plan.json").is_file() and (root / "fingerprint.json").is_file()
+
+
+def test_resize_for_gpu_then_cpu_keeps_preprocessing(home: Path, tmp_path: Path) -> None:
+    root = _fetched(home, tmp_path)
+    cpu = json.loads(runner.invoke(app, ["plan", "Task90_Synth", "--cpu", "--json"]).output)
+    assert cpu["budget"] == "cpu"
+    gpu = runner.invoke(app, ["plan", "Task90_Synth", "--gpu-memory-gb", "24", "--json"])
+    assert gpu.exit_code == 0, gpu.output
+    stored = json.loads((root / "plan.json").read_text())
+    assert json.loads(gpu.output) == stored and stored["budget"] == "gpu-24GB"
+    same = {k: v for k, v in stored.items() if k not in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")}
+    assert same == {k: v for k, v in cpu.items() if k in same}
+    both = runner.invoke(app, ["plan", "Task90_Synth", "--cpu", "--gpu-memory-gb", "8"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_unfetched_task(home: Path) -> None:
+    result = runner.invoke(app, ["plan", "Task04_Hippocampus"])
+    assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output

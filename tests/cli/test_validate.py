@@ -1,0 +1,60 @@
+"""`medseg-bench validate TASK [--strict]`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.preprocess import prepare_task
+from tests.conftest import make_synthetic_task, write_image, write_task_file
+
+runner = CliRunner()
+
+
+def _fetched(home: Path, tmp_path: Path) -> Path:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    write_task_file(home, "Task90_Synth")
+    assert runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)]).exit_code == 0
+    return home / "data" / "Task90_Synth"
+
+
+def test_clean_task(home: Path, tmp_path: Path) -> None:
+    folder = _fetched(home, tmp_path)
+    for args in ([], ["--strict"]):
+        result = runner.invoke(app, ["validate", "Task90_Synth", *args])
+        assert result.exit_code == 0, result.output
+        assert f"6 of 6 training cases valid in {folder}" in result.output
+
+
+def test_a_case_broken_after_fetch_is_found_and_excluded(home: Path, tmp_path: Path) -> None:
+    folder = _fetched(home, tmp_path)
+    label = np.zeros((12, 20, 20), np.uint8)
+    label[2, 2, 2] = 7  # a value dataset.json does not declare
+    write_image(folder / "labelsTr" / "case_004.nii.gz", label)
+    strict = runner.invoke(app, ["validate", "Task90_Synth", "--strict"])
+    assert strict.exit_code == 3
+    assert "labelsTr/case_004.nii.gz: label values [7] not declared in dataset.json" in strict.output
+    assert "1 problem(s) in 1 case(s) (--strict)" in strict.output
+    relaxed = runner.invoke(app, ["validate", "Task90_Synth"])
+    assert relaxed.exit_code == 0
+    assert "excluded from training: case_004" in relaxed.output and "5 of 6" in relaxed.output
+    marker = json.loads((folder / ".medseg-bench-valid.json").read_text())
+    assert [e["case"] for e in marker["excluded"]] == ["case_004"]
+    prepared = prepare_task(get_task("Task90_Synth"), home / "data", num_folds=2, workers=1)
+    assert "case_004" not in prepared.case_ids and len(prepared.case_ids) == 5
+
+
+def test_data_dir_option_and_unfetched_task(home: Path, tmp_path: Path) -> None:
+    _fetched(home, tmp_path)
+    moved = tmp_path / "elsewhere"
+    (home / "data").rename(moved)
+    assert runner.invoke(app, ["validate", "Task90_Synth", "--data-dir", str(moved)]).exit_code == 0
+    missing = runner.invoke(app, ["validate", "Task90_Synth"])
+    assert missing.exit_code == 3 and "run `medseg-bench fetch Task90_Synth` first" in missing.output
+    unknown = runner.invoke(app, ["validate", "Task90_Synht"])
+    assert unknown.exit_code == 2 and "did you mean" in unknown.output
