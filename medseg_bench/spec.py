@@ -40,6 +40,7 @@ class TaskSpec:
     regions: dict[str, list[int]] = field(default_factory=dict)
     reference_dice: dict[str, float] = field(default_factory=dict)
     citation: str = ""
+    group_pattern: str | None = None  # regex over case ids; its `patient` group (or whole match) = one patient
     source_file: str = ""
 
     @property
