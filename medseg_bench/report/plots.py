@@ -68,8 +68,8 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     ax.set_ylim(-0.7, len(configs) - 0.3)
     ax.set_xlabel(f"per-case {metric_title(metric)} (mean over foreground labels)")
     better = "higher" if higher_is_better(metric) else "lower"
-    ax.set_title(f"{task}: {metric_title(metric)} per case ({better} is better; ordered by rank)",
-                 fontsize=10)
+    ax.set_title(f"{task}: {metric_title(metric)} per case ({better} is better; "
+                 f"ordered by {metric_title(report.metric)} rank)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
