@@ -119,7 +119,7 @@ def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: in
         cache_dir = root / plan.preprocessing_hash
         build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool)
     case_ids = sorted(c.case_id for c in cases)
-    splits = load_or_make_splits(root, case_ids, num_folds)
+    splits = load_or_make_splits(root, case_ids, num_folds, task.group_pattern)
     return PreparedTask(task, plan, cache_dir, case_ids, splits)
 
 

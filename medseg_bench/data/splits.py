@@ -1,33 +1,82 @@
-"""Deterministic k-fold splits over case ids (independent of the run seed), saved as JSON."""
+"""Deterministic k-fold splits over case ids (independent of the run seed), saved as JSON.
+
+Patient-level splitting: when several cases belong to one patient (follow-up scans, several lesions), a task
+file may set `group_pattern`, a regular expression over case ids; cases whose ids give the same group (the
+named group `patient`, else the first group, else the whole match) are one patient and always land in the same
+fold, so no patient is in both the training and the validation set. Example: case ids `pat012_scan2` with
+`group_pattern: "^(?P<patient>pat\\d+)_"`. After changing the pattern, delete `splits_<k>fold.json` (a
+splits file, once written, is honoured as it is).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.errors import DataError
+from medseg_bench.errors import DataError, UsageError
 
 SPLIT_SEED = 12345
 
 
-def make_splits(case_ids: list[str], num_folds: int) -> list[dict[str, list[str]]]:
+def case_groups(case_ids: list[str], group_pattern: str) -> dict[str, str]:
+    """The patient of each case according to `group_pattern` (see the module docstring)."""
+    try:
+        pattern = re.compile(group_pattern)
+    except re.error as exc:
+        raise UsageError(f"group_pattern {group_pattern!r} is not a valid regular expression ({exc})") from None
+    groups = {}
+    for case in case_ids:
+        match = pattern.search(case)
+        if match is None:
+            raise DataError(f"group_pattern {group_pattern!r} does not match case id '{case}'")
+        if "patient" in pattern.groupindex:
+            groups[case] = match.group("patient")
+        else:
+            groups[case] = match.group(1) if pattern.groups else match.group(0)
+    return groups
+
+
+def make_splits(case_ids: list[str], num_folds: int,
+                group_pattern: str | None = None) -> list[dict[str, list[str]]]:
     if len(case_ids) < num_folds:
         raise DataError(f"{len(case_ids)} usable cases cannot be split into {num_folds} folds")
     ordered = sorted(case_ids)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(ordered))
-    folds = np.array_split(order, num_folds)
+    if group_pattern:
+        folds_of_cases = _grouped_folds(ordered, num_folds, case_groups(ordered, group_pattern))
+    else:
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(ordered))
+        folds_of_cases = [[ordered[i] for i in fold] for fold in np.array_split(order, num_folds)]
     splits = []
     for k in range(num_folds):
-        val = sorted(ordered[i] for i in folds[k])
-        train = sorted(c for c in ordered if c not in set(val))
-        splits.append({"train": train, "val": val})
+        val = sorted(folds_of_cases[k])
+        held = set(val)
+        splits.append({"train": [c for c in ordered if c not in held], "val": val})
     return splits
 
 
-def load_or_make_splits(folder: Path, case_ids: list[str], num_folds: int) -> list[dict[str, list[str]]]:
+def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -> list[list[str]]:
+    """Whole patients to folds: shuffled (seeded), then largest first into the smallest fold."""
+    members: dict[str, list[str]] = {}
+    for case in ordered:
+        members.setdefault(groups[case], []).append(case)
+    if len(members) < num_folds:
+        raise DataError(f"{len(members)} patients (by group_pattern) cannot be split into {num_folds} folds")
+    names = sorted(members)
+    shuffled = [names[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(names))]
+    shuffled.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
+    folds: list[list[str]] = [[] for _ in range(num_folds)]
+    for group in shuffled:
+        smallest = min(range(num_folds), key=lambda k: (len(folds[k]), k))
+        folds[smallest].extend(members[group])
+    return folds
+
+
+def load_or_make_splits(folder: Path, case_ids: list[str], num_folds: int,
+                        group_pattern: str | None = None) -> list[dict[str, list[str]]]:
     """`splits_<k>fold.json` in `folder`: made once, then honoured (a user may replace it with their own)."""
     path = folder / f"splits_{num_folds}fold.json"
     if path.is_file():
@@ -43,6 +92,6 @@ def load_or_make_splits(folder: Path, case_ids: list[str], num_folds: int) -> li
         if len(splits) != num_folds:
             raise DataError(f"{path}: holds {len(splits)} folds, expected {num_folds}")
         return splits
-    splits = make_splits(case_ids, num_folds)
+    splits = make_splits(case_ids, num_folds, group_pattern)
     write_json_atomic(path, splits)
     return splits
