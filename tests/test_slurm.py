@@ -108,3 +108,36 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
     final = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert final.output.splitlines()[-1] == "3 runs: 3 done"
     assert pd.read_parquet(results / INDEX_NAME)["run_id"].nunique() == 3
+
+
+def test_preempted_job_is_requeued_and_resumes(slurm_conf: Path, shared_task: Path, home: Path,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM warns a job it is about to be preempted or to time out with a signal (USR2 for submitit); the job
+    requeues itself and, when it starts again, resumes from its last checkpoint."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
+    fetch_subset(shared_task, tmp_path)
+    results = tmp_path / "results"
+    command = ["sweep", *TINY_SWEEP, "--seed", "5", "--epochs", "6", "--iters-per-epoch", "3",
+               "--results-dir", str(results), "--launcher", "slurm", "--cpus-per-job", "1", "--mem-gb", "2",
+               "--time", "00:20:00"]
+    submitted = runner.invoke(app, command)
+    assert submitted.exit_code == 0, submitted.output
+    (folder,) = (results / "Task04_Hippocampus").iterdir()
+    (job,) = _job_ids([folder]).values()
+    _wait(lambda: run_state(folder) == "running" and (folder / "checkpoints" / "last.ckpt").is_file(), 300,
+          "the first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before preemption
+    _wait(lambda: "interrupted" in [e["event"] for e in read_events(folder)], 120,
+          "the job to requeue itself")
+
+    def pending_again() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+        return out.strip() == "PENDING"
+
+    _wait(pending_again, 120, "the requeued job")
+    # SLURM holds a requeued job back for about two minutes; the test does not need to wait for that
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    _wait(lambda: _squeue_empty({job.split("_")[0]}), 600, "the requeued job to finish")
+    assert [e["event"] for e in read_events(folder)] == ["start", "interrupted", "resume", "done"]
+    assert {e.get("job_id") for e in read_events(folder) if e["event"] in ("start", "resume")} == {job}
+    assert run_state(folder) == "done"

@@ -158,3 +158,24 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
 
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
     assert dry_run_lines([_spec()], tmp_path)[-1].startswith("cost: no finished runs")
+
+
+def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+
+    import torch
+
+    from medseg_bench.sweep import local
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert local._slots(3) == (2, ["0", "1"])  # never more jobs than GPUs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local._slots(3) == (3, [None, None, None])
+    seen: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, env, **kw: seen.append((argv, env)))
+    local._start_worker(_spec(), tmp_path / "run", tmp_path, tmp_path / "data", "1", threads=4, workers=0)
+    argv, env = seen[0]
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert argv[1:3] == ["-m", "medseg_bench.sweep"] and argv[argv.index("--threads") + 1] == "4"
+    assert RunSpec.from_dict(json.loads(argv[argv.index("--spec") + 1])) == _spec()
