@@ -1,10 +1,10 @@
 """Cache build time: medseg-bench vs nnU-Net v2 `nnUNetv2_plan_and_preprocess -c 2d 3d_fullres`.
 
 Both start from the same MSD folder (default: the 200 shared Hippocampus cases) and do the same kind of work:
-read every case, fingerprint the dataset, plan, then crop/normalise/resample and write a cache. Both get the same
-number of worker processes (the machine's cores) and both are timed as fresh processes (interpreter start and
-imports included). Not timed: importing the folder (`medseg-bench fetch --source`, which also validates every
-case) and converting it to nnU-Net's raw layout.
+read every case, fingerprint the dataset, plan, then crop/normalise/resample and write a cache. Both get
+the same number of worker processes (the machine's cores) and both are timed as fresh processes
+(interpreter start and imports included). Not timed: importing the folder (`medseg-bench fetch --source`,
+which also validates every case) and converting it to nnU-Net's raw layout.
 
 nnU-Net is installed into its own venv (default /tmp/nnunet-venv) on first use: torch==2.14.1 and
 torchvision==0.29.1 first (served from the local package index; any other version downloads gigabytes), then
@@ -51,7 +51,10 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        sys.exit(
+            f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return elapsed
 
 
@@ -80,10 +83,17 @@ def to_nnunet_raw(source: Path, raw: Path) -> str:
         (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(image.resolve())
         (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(label.resolve())
     labels = {str(v): int(k) for k, v in meta["labels"].items()}
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(k): v for k, v in meta["modality"].items()},
-        "labels": labels, "numTraining": len(meta["training"]), "file_ending": ".nii.gz",
-    }, indent=2))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {str(k): v for k, v in meta["modality"].items()},
+                "labels": labels,
+                "numTraining": len(meta["training"]),
+                "file_ending": ".nii.gz",
+            },
+            indent=2,
+        )
+    )
     return name
 
 
@@ -115,18 +125,26 @@ def main() -> None:
             exe = ensure_nnunet(args.nnunet_venv)
             raw = tmp / "nnUNet_raw"
             to_nnunet_raw(args.source, raw)
-            nn_env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp / "nnUNet_preprocessed"),
-                          nnUNet_results=str(tmp / "nnUNet_results"))
+            nn_env = dict(
+                os.environ,
+                nnUNet_raw=str(raw),
+                nnUNet_preprocessed=str(tmp / "nnUNet_preprocessed"),
+                nnUNet_results=str(tmp / "nnUNet_results"),
+            )
             w = str(args.workers)
-            nnunet_s = run([str(exe), "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", w, "-np", w, w],
-                           nn_env)
+            nnunet_s = run(
+                [str(exe), "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", w, "-np", w, w], nn_env
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = f"{ours_s / nnunet_s:.3f} (target <= 0.25)" if nnunet_s else "-"
     load = os.getloadavg()
     rows = [
-        ("medseg-bench cache (fingerprint, plan, cache, splits)", f"{ours_s:.1f}",
-         ", ".join(f"{t:.1f}" for t in ours)),
+        (
+            "medseg-bench cache (fingerprint, plan, cache, splits)",
+            f"{ours_s:.1f}",
+            ", ".join(f"{t:.1f}" for t in ours),
+        ),
         ("nnUNetv2_plan_and_preprocess -c 2d 3d_fullres", f"{nnunet_s:.1f}" if nnunet_s else "not run", ""),
         ("(not timed above) medseg-bench fetch --source: copy + validate", f"{fetch_s:.1f}", ""),
     ]

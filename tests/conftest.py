@@ -124,9 +124,9 @@ def fetch_subset(shared_task: Path, tmp_path: Path, num_cases: int = 6) -> Path:
 def make_anisotropic_ct_task(folder: Path, num_cases: int = 4, shape: tuple[int, int, int] = (8, 40, 40),
                              z_spacings: tuple[float, ...] = (4.0, 2.0, 5.0, 3.0), in_plane_mm: float = 0.8,
                              margin: int = 4, seed: int = 0) -> Path:
-    """A tiny CT-like MSD task with thick slices (case i has slice spacing `z_spacings[i % len]`): HU-valued body
-    (an ellipsoid, label 1, core label 2) inside a zero border of `margin` voxels in-plane (what cropping to the
-    non-zero region removes)."""
+    """A tiny CT-like MSD task with thick slices (case i has slice spacing `z_spacings[i % len]`): a
+    HU-valued body (an ellipsoid, label 1, core label 2) inside a zero border of `margin` voxels in-plane
+    (what cropping to the non-zero region removes)."""
     rng = np.random.default_rng(seed)
     training = []
     z, y, x = np.indices(shape, dtype=np.float32)

@@ -9,17 +9,36 @@ import typer
 
 
 def fetch(
-    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (see `medseg-bench list tasks`).")],
-    source: Annotated[str | None, typer.Option(
-        help="Local MSD folder, local .tar, or mirror URL. Default: the task file's local_path or URL "
-             "(or $MEDSEG_BENCH_MIRROR/<Task>.tar).")] = None,
-    md5: Annotated[str | None, typer.Option(help="Expected md5 of the archive (overrides the catalog's).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Any validation problem is fatal (exit 3, nothing kept); default: bad cases are "
-                         "excluded from training with a warning.")] = False,
-    timeout: Annotated[float, typer.Option(
-        min=0.1, help="Seconds without data from the server before a download attempt fails (retried).")] = 60.0,
+    task: Annotated[
+        str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (see `medseg-bench list tasks`).")
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Local MSD folder, local .tar, or mirror URL. Default: the task file's local_path or URL "
+            "(or $MEDSEG_BENCH_MIRROR/<Task>.tar)."
+        ),
+    ] = None,
+    md5: Annotated[
+        str | None, typer.Option(help="Expected md5 of the archive (overrides the catalog's).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Any validation problem is fatal (exit 3, nothing kept); default: bad cases are "
+            "excluded from training with a warning.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds without data from the server before a download attempt fails (retried)."
+        ),
+    ] = 60.0,
 ) -> None:
     """Get TASK into DATA_DIR/TASK: checksummed, resumable, extracted safely, validated."""
     from rich.console import Console
@@ -31,8 +50,16 @@ def fetch(
     settings = get_settings()
     spec = get_task(task)
     console = Console(stderr=True, highlight=False)
-    outcome = fetch_task(spec, data_dir or settings.data_dir, source, md5, settings.mirror, timeout_s=timeout,
-                         progress=console.is_terminal, strict=strict)
+    outcome = fetch_task(
+        spec,
+        data_dir or settings.data_dir,
+        source,
+        md5,
+        settings.mirror,
+        timeout_s=timeout,
+        progress=console.is_terminal,
+        strict=strict,
+    )
     if outcome.already_present:
         typer.echo(f"{spec.name}: already complete and valid in {outcome.folder}; nothing to do")
         return
@@ -42,5 +69,7 @@ def fetch(
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for problem in report.problems:
         console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
-    typer.echo(f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
-               + (f" ({len(report.excluded)} excluded)" if report.excluded else ""))
+    typer.echo(
+        f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
+        + (f" ({len(report.excluded)} excluded)" if report.excluded else "")
+    )

@@ -11,16 +11,27 @@ import typer
 
 def plan(
     task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (fetched first).")],
-    gpu_memory_gb: Annotated[float | None, typer.Option(
-        min=0.5, help="Re-size patches and batches for a GPU with this much memory and save the plan. "
-                      "Default: keep plan.json; a new plan is sized for 8 GB when an NVIDIA GPU is present, "
-                      "else for the CPU.")] = None,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Re-size patches and batches for CPU training and save.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
+    gpu_memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.5,
+            help="Re-size patches and batches for a GPU with this much memory and save the plan. "
+            "Default: keep plan.json; a new plan is sized for 8 GB when an NVIDIA GPU is present, "
+            "else for the CPU.",
+        ),
+    ] = None,
+    cpu: Annotated[
+        bool, typer.Option("--cpu", help="Re-size patches and batches for CPU training and save.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json as it is stored.")] = False,
-    workers: Annotated[int | None, typer.Option(min=1, help="Processes for the fingerprint. Default: cores.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes for the fingerprint. Default: cores.")
+    ] = None,
 ) -> None:
-    """Print the plan: target spacing, normalisation, 2D/3D patch and batch sizes (and the fingerprint behind it).
+    """Print the plan: target spacing, normalisation, 2D/3D patch and batch sizes, and its fingerprint.
 
     The plan lives in DATA_DIR/preprocessed/TASK/plan.json; edit it to override (patch or batch sizes apply to
     the next runs; a new target spacing or normalisation builds a new cache), or set --patch-size /
@@ -43,7 +54,9 @@ def plan(
     data = data_dir or get_settings().data_dir
     folder = data / spec.name
     if not is_complete(folder):
-        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first")
+        raise DataError(
+            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first"
+        )
     excluded = excluded_cases(folder)
     cases = [c for c in training_cases(folder) if c.case_id not in excluded]
     if not cases:
@@ -69,18 +82,27 @@ def plan(
     table.add_row("target spacing (z, y, x) mm", fmt(result.target_spacing))
     table.add_row("crop to non-zero region", "yes" if result.crop_to_nonzero else "no")
     table.add_row("median shape in the cache", fmt(result.median_shape))
-    norm = "per-case z-score" if result.normalization == "zscore" else (
-        f"CT: clip to [{result.ct_clip[0]:.1f}, {result.ct_clip[1]:.1f}], z-score with foreground "  # type: ignore[index]
-        f"mean {result.ct_mean:.1f}, std {result.ct_std:.1f}")
+    norm = (
+        "per-case z-score"
+        if result.normalization == "zscore"
+        else (
+            f"CT: clip to [{result.ct_clip[0]:.1f}, {result.ct_clip[1]:.1f}], z-score with foreground "  # type: ignore[index]
+            f"mean {result.ct_mean:.1f}, std {result.ct_std:.1f}"
+        )
+    )
     table.add_row("normalisation", norm)
     table.add_row("sized for", result.budget)
     table.add_row("3D patch, batch", f"{fmt(result.patch_3d)}, batch {result.batch_3d}")
     table.add_row("2D patch, batch", f"{fmt(result.patch_2d)}, batch {result.batch_2d}")
     for stats in fp["foreground_intensity"]:
-        table.add_row(f"foreground intensity, {stats['modality']}",
-                      f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
-                      f"0.5-99.5% [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}]")
+        table.add_row(
+            f"foreground intensity, {stats['modality']}",
+            f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
+            f"0.5-99.5% [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}]",
+        )
     for value, cls in fp["class_frequencies"].items():
-        table.add_row(f"class {value} ({cls['name']})",
-                      f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases")
+        table.add_row(
+            f"class {value} ({cls['name']})",
+            f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases",
+        )
     out.print(table)

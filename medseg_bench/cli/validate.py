@@ -10,9 +10,15 @@ import typer
 
 def validate(
     task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus.")],
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Any problem is fatal (exit 3). Default: bad cases are listed and excluded.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Any problem is fatal (exit 3). Default: bad cases are listed and excluded."
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Cases checked at the same time.")] = 2,
 ) -> None:
     """Re-validate a fetched task: labels present, geometry and label values consistent, no NaN/inf.
@@ -33,7 +39,9 @@ def validate(
     spec = get_task(task)
     folder = (data_dir or get_settings().data_dir) / spec.name
     if not is_complete(folder):
-        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first")
+        raise DataError(
+            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first"
+        )
     console = Console(stderr=True, highlight=False)
     with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
         bar_id = bar.add_task("validating", total=len(training_cases(folder)))
@@ -47,8 +55,14 @@ def validate(
         else:
             console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
     if strict and report.problems:
-        raise DataError(f"{folder}: {len(report.problems)} problem(s) in {len(report.excluded)} case(s) (--strict)")
+        raise DataError(
+            f"{folder}: {len(report.problems)} problem(s) in {len(report.excluded)} case(s) (--strict)"
+        )
     if report.excluded:
-        console.print(f"[yellow]warning:[/yellow] excluded from training: {', '.join(sorted(report.excluded))}")
-    typer.echo(f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
-               + ("; list of excluded cases updated" if changed else ""))
+        console.print(
+            f"[yellow]warning:[/yellow] excluded from training: {', '.join(sorted(report.excluded))}"
+        )
+    typer.echo(
+        f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
+        + ("; list of excluded cases updated" if changed else "")
+    )

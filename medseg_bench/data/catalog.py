@@ -1,4 +1,4 @@
-"""The task catalog: packaged `tasks/*.yaml` plus the user's `$MEDSEG_BENCH_HOME/tasks/*.yaml` (same name wins)."""
+"""The task catalog: packaged `tasks/*.yaml` plus `$MEDSEG_BENCH_HOME/tasks/*.yaml` (the user's file wins)."""
 
 from __future__ import annotations
 

@@ -66,8 +66,9 @@ class CaseStore:
         return self._open[case_id]
 
 
-def _pick_center(rng: np.random.Generator, label_shape: tuple[int, ...], props: dict,
-                 force_foreground: bool) -> np.ndarray:
+def _pick_center(
+    rng: np.random.Generator, label_shape: tuple[int, ...], props: dict, force_foreground: bool
+) -> np.ndarray:
     foreground = props["foreground"]
     if force_foreground and foreground:
         classes = sorted(foreground)
@@ -79,8 +80,15 @@ def _pick_center(rng: np.random.Generator, label_shape: tuple[int, ...], props: 
 class PatchDataset(Dataset):
     """Random training samples: 3D patches (`dims="3d"`) or 2D slices along the first axis (`dims="2d"`)."""
 
-    def __init__(self, store: CaseStore, dims: str, patch_size: Sequence[int], samples_per_epoch: int,
-                 seed: int, aug_steps: tuple[Step, ...]) -> None:
+    def __init__(
+        self,
+        store: CaseStore,
+        dims: str,
+        patch_size: Sequence[int],
+        samples_per_epoch: int,
+        seed: int,
+        aug_steps: tuple[Step, ...],
+    ) -> None:
         self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
         self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
 
@@ -137,15 +145,29 @@ class ValidationPatches(Dataset):
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(seg[None].astype(np.int64))
 
 
-def make_loaders(cache_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], dims: str,
-                 patch_size: Sequence[int], batch_size: int, iters_per_epoch: int, seed: int,
-                 aug_steps: tuple[Step, ...], num_workers: int) -> tuple[DataLoader, DataLoader]:
-    train = PatchDataset(CaseStore(cache_dir, train_ids), dims, patch_size, iters_per_epoch * batch_size, seed,
-                         aug_steps)
+def make_loaders(
+    cache_dir: Path,
+    train_ids: Sequence[str],
+    val_ids: Sequence[str],
+    dims: str,
+    patch_size: Sequence[int],
+    batch_size: int,
+    iters_per_epoch: int,
+    seed: int,
+    aug_steps: tuple[Step, ...],
+    num_workers: int,
+) -> tuple[DataLoader, DataLoader]:
+    train = PatchDataset(
+        CaseStore(cache_dir, train_ids), dims, patch_size, iters_per_epoch * batch_size, seed, aug_steps
+    )
     val = ValidationPatches(CaseStore(cache_dir, val_ids), dims, patch_size)
-    common = {"num_workers": num_workers, "persistent_workers": num_workers > 0,
-              "pin_memory": torch.cuda.is_available()}
-    train_loader = DataLoader(train, batch_size=batch_size, sampler=EpochSampler(len(train)), drop_last=True,
-                              **common)
+    common = {
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    train_loader = DataLoader(
+        train, batch_size=batch_size, sampler=EpochSampler(len(train)), drop_last=True, **common
+    )
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, **common)
     return train_loader, val_loader

@@ -78,7 +78,9 @@ def fetch_task(
     try:
         if origin.startswith(("http://", "https://")):
             expected = _expected_md5(task, md5, origin)
-            archive = download(origin, data_dir / ".downloads" / f"{task.name}.tar", expected, timeout_s, progress)
+            archive = download(
+                origin, data_dir / ".downloads" / f"{task.name}.tar", expected, timeout_s, progress
+            )
             root = extract_archive(archive, staging)
         elif "://" in origin:
             raise UsageError(f"{origin}: only http(s) URLs and local paths are accepted")
@@ -96,14 +98,17 @@ def fetch_task(
             more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
             raise DataError(f"{report.problems[0]}{more} (--strict: nothing was kept)")
         warnings = tuple(case_count_warnings(task, report))
-        write_json_atomic(root / MARKER, {
-            "task": task.name,
-            "source": origin,
-            "md5": md5 or task.md5,
-            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "cases": len(report.cases),
-            "excluded": _excluded_entries(report),
-        })
+        write_json_atomic(
+            root / MARKER,
+            {
+                "task": task.name,
+                "source": origin,
+                "md5": md5 or task.md5,
+                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "cases": len(report.cases),
+                "excluded": _excluded_entries(report),
+            },
+        )
         root.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -129,7 +134,9 @@ def record_validation(folder: Path, report: ValidationReport) -> bool:
 def _expected_md5(task: TaskSpec, md5: str | None, origin: str) -> str:
     expected = md5 or task.md5
     if not expected:
-        raise UsageError(f"{origin}: no checksum known for {task.name}; pass --md5 (verification cannot be skipped)")
+        raise UsageError(
+            f"{origin}: no checksum known for {task.name}; pass --md5 (verification cannot be skipped)"
+        )
     return expected.lower()
 
 
@@ -147,8 +154,9 @@ def verify_md5(path: Path, expected: str) -> None:
         raise FetchError(f"{path}: md5 mismatch (expected {expected}, got {actual})")
 
 
-def download(url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: bool = True,
-             attempts: int = 4) -> Path:
+def download(
+    url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: bool = True, attempts: int = 4
+) -> Path:
     """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verified by md5 before it is kept."""
     if dest.is_file():
         if md5_of(dest) == md5:
@@ -165,9 +173,12 @@ def download(url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: 
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             reason = getattr(exc, "reason", None) or exc
-            last_error = (f"no data from the server for {timeout_s:g} s (timed out)"
-                          if isinstance(reason, TimeoutError) else str(reason))
-            time.sleep(min(2.0 ** attempt, 8.0) * 0.25)
+            last_error = (
+                f"no data from the server for {timeout_s:g} s (timed out)"
+                if isinstance(reason, TimeoutError)
+                else str(reason)
+            )
+            time.sleep(min(2.0**attempt, 8.0) * 0.25)
     else:
         raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")
     actual = md5_of(part)
@@ -213,11 +224,22 @@ class _progress:
         if not self.enabled:
             return lambda n: None
         from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )
 
-        self.bar = Progress(TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeRemainingColumn(), transient=True)
+        self.bar = Progress(
+            TextColumn("download"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self.bar.__enter__()
         task_id = self.bar.add_task("download", total=self.total, completed=self.done)
         return lambda n: self.bar.advance(task_id, n)

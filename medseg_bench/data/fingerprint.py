@@ -50,14 +50,23 @@ def _intensity_stats(values: np.ndarray) -> dict[str, float]:
         return {k: 0.0 for k in ("mean", "std", "median", "p00_5", "p99_5", "min", "max")} | {"std": 1.0}
     values = values.astype(np.float64)
     return {
-        "mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
-        "p00_5": float(np.percentile(values, 0.5)), "p99_5": float(np.percentile(values, 99.5)),
-        "min": float(values.min()), "max": float(values.max()),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "median": float(np.median(values)),
+        "p00_5": float(np.percentile(values, 0.5)),
+        "p99_5": float(np.percentile(values, 99.5)),
+        "min": float(values.min()),
+        "max": float(values.max()),
     }
 
 
-def fingerprint(task: TaskSpec, cases: list[Case], workers: int | None = None, progress: bool = False,
-                pool: Executor | None = None) -> dict:
+def fingerprint(
+    task: TaskSpec,
+    cases: list[Case],
+    workers: int | None = None,
+    progress: bool = False,
+    pool: Executor | None = None,
+) -> dict:
     """Fingerprint of `cases` (read in parallel, in `pool` when given)."""
     per_case = parallel_map(case_fingerprint, cases, workers, progress, "fingerprint", pool)
     total_voxels = sum(int(np.prod(c["shape_zyx"])) for c in per_case)

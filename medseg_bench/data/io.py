@@ -67,7 +67,10 @@ def read_geometry(path: Path) -> tuple[Geometry, int]:
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
     return _geometry_and_channels(
-        reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), reader.GetSize(),
+        reader.GetSpacing(),
+        reader.GetOrigin(),
+        reader.GetDirection(),
+        reader.GetSize(),
         reader.GetNumberOfComponents(),
     )
 
@@ -92,7 +95,10 @@ def read_image(path: Path, dtype: type = np.float32) -> tuple[np.ndarray, Geomet
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
     geom, channels = _geometry_and_channels(
-        image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetSize(),
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+        image.GetSize(),
         image.GetNumberOfComponentsPerPixel(),
     )
     array = sitk.GetArrayFromImage(image)
@@ -113,7 +119,12 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     if array.shape[0] != 1:
         raise DataError(f"{path}: label map has {array.shape[0]} channels, expected 1")
     values = array[0]
-    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or values.min() < 0 or values.max() > 255:
+    if (
+        not np.all(np.isfinite(values))
+        or np.any(values != np.round(values))
+        or values.min() < 0
+        or values.max() > 255
+    ):
         raise DataError(f"{path}: label map holds non-integer or out-of-range values")
     return values.astype(np.uint8), geom
 
@@ -145,8 +156,8 @@ def _first_line(exc: BaseException) -> str:
 def write_json_atomic(path: Path, data: object, compact: bool = False, durable: bool = True) -> None:
     """Write JSON to a temp file in the same folder, then rename over `path`.
 
-    `compact` writes one line with the C encoder (about 10x faster for large coordinate lists); `durable=False`
-    skips the fsync, for files that can be rebuilt (the cache).
+    `compact` writes one line with the C encoder (about 10x faster for large coordinate lists);
+    `durable=False` skips the fsync, for files that can be rebuilt (the cache).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -192,6 +203,10 @@ def count_nonfinite(path: Path) -> int:
     if datatype not in _NIFTI_FLOAT_TYPES:
         return 0
     offset = int(np.frombuffer(raw[108:112], f"{endian}f4")[0])
-    data = np.frombuffer(raw, f"{endian}{_NIFTI_FLOAT_TYPES[datatype]}", offset=offset,
-                         count=(len(raw) - offset) // np.dtype(_NIFTI_FLOAT_TYPES[datatype]).itemsize)
+    data = np.frombuffer(
+        raw,
+        f"{endian}{_NIFTI_FLOAT_TYPES[datatype]}",
+        offset=offset,
+        count=(len(raw) - offset) // np.dtype(_NIFTI_FLOAT_TYPES[datatype]).itemsize,
+    )
     return int(data.size - np.count_nonzero(np.isfinite(data)))

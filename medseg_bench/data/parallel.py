@@ -29,8 +29,14 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
         yield pool
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None, progress: bool = False,
-                 description: str = "", pool: Executor | None = None) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int | None = None,
+    progress: bool = False,
+    description: str = "",
+    pool: Executor | None = None,
+) -> list[R]:
     """`[fn(x) for x in items]` in worker processes (`pool`, else a pool of `workers`; in-process when 1).
 
     Results come in input order. Work is handed out in chunks so that small items (a 40 kB Hippocampus case)
@@ -42,8 +48,9 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
     return _map(fn, items, pool, progress, description)
 
 
-def _map(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool,
-         description: str) -> list[R]:
+def _map(
+    fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str
+) -> list[R]:
     from rich.progress import Progress
 
     results: list[R] = []

@@ -2,8 +2,8 @@
 
 The plan fixes what the cache holds (normalisation, target spacing, crop to the non-zero region; hashed into
 the cache folder's name) and what training uses by default (2D and 3D patch and batch sizes, sized for a
-memory budget: a CPU default or `gpu_budget(GB)`). A person may edit `plan.json`: a changed patch or batch size
-is used by the next runs (runs that set `patch_size` / `batch_size` in their spec override it anyway); a
+memory budget: a CPU default or `gpu_budget(GB)`). A person may edit `plan.json`: a changed patch or batch
+size is used by the next runs (runs that set `patch_size` / `batch_size` in their spec override it anyway); a
 changed target spacing or normalisation builds a new cache next to the old one.
 """
 
@@ -49,7 +49,8 @@ class Budget:
     max_batch_2d: int
 
 
-# Calibrated so that one step takes well under a second on 2 CPU cores (Hippocampus: 40x56x40 x 4, 64x64 x 32).
+# Calibrated so that one step takes well under a second on 2 CPU cores
+# (Hippocampus: patch 40x56x40 batch 4, patch 64x64 batch 32).
 CPU_BUDGET = Budget("cpu", 4 * 40 * 56 * 40, 32 * 64 * 64, 128, 256, 8, 64)
 
 
@@ -57,8 +58,15 @@ def gpu_budget(memory_gb: float) -> Budget:
     """The budget of a GPU with `memory_gb` GB (mixed precision, nnU-Net-sized networks)."""
     if memory_gb <= 0:
         raise DataError(f"GPU memory must be positive, not {memory_gb} GB")
-    return Budget(f"gpu-{memory_gb:g}GB", int(memory_gb * GPU_VOXELS_PER_GB_3D), int(memory_gb * GPU_PIXELS_PER_GB_2D),
-                  256, 1024, 256, 1024)
+    return Budget(
+        f"gpu-{memory_gb:g}GB",
+        int(memory_gb * GPU_VOXELS_PER_GB_3D),
+        int(memory_gb * GPU_PIXELS_PER_GB_2D),
+        256,
+        1024,
+        256,
+        1024,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,19 @@ class Plan:
         names = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) != names:
             got = set(data) if isinstance(data, dict) else set()
-            raise DataError(f"{source}: not a plan (missing: {sorted(names - got)}, unknown: {sorted(got - names)})")
+            raise DataError(
+                f"{source}: not a plan (missing: {sorted(names - got)}, unknown: {sorted(got - names)})"
+            )
         values = dict(data)
         try:
-            for key, length in (("median_spacing", 3), ("target_spacing", 3), ("median_shape", 3),
-                                ("patch_3d", 3), ("patch_2d", 2), ("ct_clip", 2)):
+            for key, length in (
+                ("median_spacing", 3),
+                ("target_spacing", 3),
+                ("median_shape", 3),
+                ("patch_3d", 3),
+                ("patch_2d", 2),
+                ("ct_clip", 2),
+            ):
                 if values[key] is None and key == "ct_clip":
                     continue
                 values[key] = tuple(values[key])
@@ -117,8 +133,14 @@ class Plan:
         except (TypeError, ValueError) as exc:
             raise DataError(f"{source}: invalid plan ({exc})") from None
         if values["normalization"] not in ("zscore", "ct"):
-            raise DataError(f"{source}: normalization must be 'zscore' or 'ct', not {values['normalization']!r}")
-        if values["normalization"] == "ct" and None in (values["ct_clip"], values["ct_mean"], values["ct_std"]):
+            raise DataError(
+                f"{source}: normalization must be 'zscore' or 'ct', not {values['normalization']!r}"
+            )
+        if values["normalization"] == "ct" and None in (
+            values["ct_clip"],
+            values["ct_mean"],
+            values["ct_std"],
+        ):
             raise DataError(f"{source}: normalization 'ct' needs ct_clip, ct_mean and ct_std")
         return cls(**values)
 
@@ -147,8 +169,14 @@ def _round_up(value: float, multiple: int, cap: int) -> int:
     return int(min(cap, max(multiple, int(np.ceil(value / multiple)) * multiple)))
 
 
-def fit_patch_and_batch(median_shape: tuple[int, ...], multiple: int, max_patch: int, batch_voxels: int,
-                        max_batch: int, dataset_voxels: int) -> tuple[tuple[int, ...], int]:
+def fit_patch_and_batch(
+    median_shape: tuple[int, ...],
+    multiple: int,
+    max_patch: int,
+    batch_voxels: int,
+    max_batch: int,
+    dataset_voxels: int,
+) -> tuple[tuple[int, ...], int]:
     """Patch: the median shape rounded up, shrunk until `MIN_BATCH` patches fit `batch_voxels`, always along
     the axis where the patch is largest relative to the median shape (nnU-Net). Batch: what fits, capped."""
     patch = [_round_up(s, multiple, max_patch) for s in median_shape]
@@ -159,7 +187,9 @@ def fit_patch_and_batch(median_shape: tuple[int, ...], multiple: int, max_patch:
         axis = max(shrinkable, key=lambda a: (patch[a] / max(median_shape[a], 1), patch[a]))
         patch[axis] -= multiple
     voxels = int(np.prod(patch))
-    batch = min(batch_voxels // voxels, max_batch, int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // voxels))
+    batch = min(
+        batch_voxels // voxels, max_batch, int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // voxels)
+    )
     return tuple(patch), max(MIN_BATCH, batch)
 
 
@@ -170,10 +200,22 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
     resampled = np.array([target_shape(s, sp, target) for s, sp in zip(cropped, spacings, strict=True)])
     median_shape = tuple(int(v) for v in np.median(resampled, axis=0))
     dataset_voxels = int(np.prod(resampled, axis=1).sum())
-    patch_3d, batch_3d = fit_patch_and_batch(median_shape, PATCH_MULTIPLE_3D, budget.max_patch_3d,
-                                             budget.batch_voxels_3d, budget.max_batch_3d, dataset_voxels)
-    patch_2d, batch_2d = fit_patch_and_batch(median_shape[1:], PATCH_MULTIPLE_2D, budget.max_patch_2d,
-                                             budget.batch_pixels_2d, budget.max_batch_2d, dataset_voxels)
+    patch_3d, batch_3d = fit_patch_and_batch(
+        median_shape,
+        PATCH_MULTIPLE_3D,
+        budget.max_patch_3d,
+        budget.batch_voxels_3d,
+        budget.max_batch_3d,
+        dataset_voxels,
+    )
+    patch_2d, batch_2d = fit_patch_and_batch(
+        median_shape[1:],
+        PATCH_MULTIPLE_2D,
+        budget.max_patch_2d,
+        budget.batch_pixels_2d,
+        budget.max_batch_2d,
+        dataset_voxels,
+    )
     ct = fp["foreground_intensity"][0] if task.imaging == "CT" else None
     return Plan(
         task=task.name,
@@ -221,8 +263,14 @@ def read_plan(path: Path) -> Plan:
     return Plan.from_dict(data, path)
 
 
-def load_or_make_fingerprint(task: TaskSpec, cases: list[Case], folder: Path, workers: int | None = None,
-                             progress: bool = False, pool: Executor | None = None) -> dict:
+def load_or_make_fingerprint(
+    task: TaskSpec,
+    cases: list[Case],
+    folder: Path,
+    workers: int | None = None,
+    progress: bool = False,
+    pool: Executor | None = None,
+) -> dict:
     """`fingerprint.json` in `folder` when it covers exactly `cases`, else computed and written."""
     from medseg_bench.data.fingerprint import fingerprint
 
@@ -239,8 +287,15 @@ def load_or_make_fingerprint(task: TaskSpec, cases: list[Case], folder: Path, wo
     return fp
 
 
-def load_or_make_plan(task: TaskSpec, cases: list[Case], folder: Path, budget: Budget | None = None,
-                      workers: int | None = None, progress: bool = False, pool: Executor | None = None) -> Plan:
+def load_or_make_plan(
+    task: TaskSpec,
+    cases: list[Case],
+    folder: Path,
+    budget: Budget | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    pool: Executor | None = None,
+) -> Plan:
     """Read `plan.json` from `folder`, or compute fingerprint and plan and write both.
 
     With a `budget`, an existing plan is re-sized for it (preprocessing unchanged) and rewritten.
@@ -254,8 +309,10 @@ def load_or_make_plan(task: TaskSpec, cases: list[Case], folder: Path, budget: B
     plan = make_plan(task, fp, budget or default_budget())
     if plan_path.is_file():  # keep the user's preprocessing choices, re-size patches and batches only
         old = read_plan(plan_path)
-        plan = Plan.from_dict(old.to_dict() | {k: getattr(plan, k) for k in
-                                                ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")})
+        plan = Plan.from_dict(
+            old.to_dict()
+            | {k: getattr(plan, k) for k in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")}
+        )
     write_json_atomic(plan_path, plan.to_dict())
     return plan
 

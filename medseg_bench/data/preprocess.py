@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -27,8 +28,14 @@ from medseg_bench.data.io import Geometry, read_image, read_label, write_json_at
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
 from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize
-from medseg_bench.data.resample import anisotropic_axis, crop, nonzero_box, resample_image, resample_label, \
-    target_shape
+from medseg_bench.data.resample import (
+    anisotropic_axis,
+    crop,
+    nonzero_box,
+    resample_image,
+    resample_label,
+    target_shape,
+)
 from medseg_bench.data.splits import load_or_make_splits
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
@@ -79,18 +86,23 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
         foreground[str(int(value))] = coords[np.sort(take)].tolist()
     _save_npy_atomic(out_dir / f"{case.case_id}.img.npy", normalized)
     _save_npy_atomic(out_dir / f"{case.case_id}.seg.npy", label)
-    write_json_atomic(out_dir / f"{case.case_id}.json", {
-        "case_id": case.case_id,
-        "image": str(case.image),
-        "label": str(case.label),
-        "shape_zyx": list(label.shape),
-        "geometry": geom.to_dict(),  # of the original image
-        "shape_original_zyx": list(original_shape),
-        "spacing_original_zyx": list(spacing),
-        "spacing_preprocessed_zyx": list(plan.target_spacing),
-        "crop_box": box,
-        "foreground": foreground,
-    }, compact=True, durable=False)
+    write_json_atomic(
+        out_dir / f"{case.case_id}.json",
+        {
+            "case_id": case.case_id,
+            "image": str(case.image),
+            "label": str(case.label),
+            "shape_zyx": list(label.shape),
+            "geometry": geom.to_dict(),  # of the original image
+            "shape_original_zyx": list(original_shape),
+            "spacing_original_zyx": list(spacing),
+            "spacing_preprocessed_zyx": list(plan.target_spacing),
+            "crop_box": box,
+            "foreground": foreground,
+        },
+        compact=True,
+        durable=False,
+    )
     return case.case_id
 
 
@@ -100,15 +112,23 @@ def excluded_cases(folder: Path) -> set[str]:
     return {entry["case"] for entry in marker.get("excluded", [])}
 
 
-def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: int | None = None,
-                 progress: bool = False, budget: Budget | None = None) -> PreparedTask:
+def prepare_task(
+    task: TaskSpec,
+    data_dir: Path,
+    num_folds: int = 5,
+    workers: int | None = None,
+    progress: bool = False,
+    budget: Budget | None = None,
+) -> PreparedTask:
     """Fingerprint, plan, cache and split a fetched task; every step is skipped when its artifact exists.
 
     `budget` re-sizes the plan's patches and batches (see `plan.load_or_make_plan`).
     """
     folder = data_dir / task.name
     if not is_complete(folder):
-        raise DataError(f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first")
+        raise DataError(
+            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first"
+        )
     excluded = excluded_cases(folder)
     cases = [c for c in training_cases(folder) if c.case_id not in excluded]
     if not cases:
@@ -123,8 +143,14 @@ def prepare_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: in
     return PreparedTask(task, plan, cache_dir, case_ids, splits)
 
 
-def build_cache(cases: list[Case], plan: Plan, cache_dir: Path, workers: int | None = None,
-                progress: bool = False, pool: Executor | None = None) -> None:
+def build_cache(
+    cases: list[Case],
+    plan: Plan,
+    cache_dir: Path,
+    workers: int | None = None,
+    progress: bool = False,
+    pool: Executor | None = None,
+) -> None:
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone."""
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
@@ -135,8 +161,14 @@ def build_cache(cases: list[Case], plan: Plan, cache_dir: Path, workers: int | N
         leftover.unlink()
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
-        parallel_map(partial(preprocess_case, plan=plan, out_dir=cache_dir), todo, workers, progress,
-                     f"preprocessing {len(todo)} cases", pool)
+        parallel_map(
+            partial(preprocess_case, plan=plan, out_dir=cache_dir),
+            todo,
+            workers,
+            progress,
+            f"preprocessing {len(todo)} cases",
+            pool,
+        )
     write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
 
 
@@ -145,11 +177,13 @@ def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndar
     props_path = cache_dir / f"{case_id}.json"
     try:
         props = json.loads(props_path.read_text())
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         image = np.load(cache_dir / f"{case_id}.img.npy", mmap_mode=mode)
         label = np.load(cache_dir / f"{case_id}.seg.npy", mmap_mode=mode)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise DataError(f"{cache_dir / case_id}: corrupt cache entry ({exc}); delete {cache_dir} to rebuild") from None
+        raise DataError(
+            f"{cache_dir / case_id}: corrupt cache entry ({exc}); delete {cache_dir} to rebuild"
+        ) from None
     return image, label, props
 
 
@@ -160,5 +194,7 @@ def case_geometry(props: dict) -> Geometry:
 def original_label(props: dict) -> tuple[np.ndarray, Geometry]:
     """The original label map of a cached case (read from the task folder), with its geometry."""
     if "label" not in props:
-        raise DataError(f"case {props.get('case_id')}: cache entry has no label path; delete the cache to rebuild")
+        raise DataError(
+            f"case {props.get('case_id')}: cache entry has no label path; delete the cache to rebuild"
+        )
     return read_label(Path(props["label"]))

@@ -47,9 +47,13 @@ def crop(array: np.ndarray, box: CropBox) -> np.ndarray:
     return array[lead + tuple(slice(lo, hi) for lo, hi in box)]
 
 
-def target_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
+def target_shape(
+    shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]
+) -> tuple[int, ...]:
     """Shape of a volume of `shape` at `spacing` once resampled to `target_spacing` (at least 1 per axis)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True))
+    return tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True)
+    )
 
 
 def anisotropic_axis(spacing: Sequence[float], target_spacing: Sequence[float] | None = None) -> int | None:
@@ -72,12 +76,25 @@ def _resample_axes(volume: np.ndarray, new_shape: Sequence[int], order: int) -> 
         return volume.astype(np.float32, copy=False)
     scale = np.asarray(volume.shape, dtype=float) / np.asarray(new_shape, dtype=float)
     offset = 0.5 * scale - 0.5
-    return affine_transform(volume, scale, offset=offset, output_shape=new_shape, order=order, mode="nearest",
-                            prefilter=order > 1, output=np.float32)
+    return affine_transform(
+        volume,
+        scale,
+        offset=offset,
+        output_shape=new_shape,
+        order=order,
+        mode="nearest",
+        prefilter=order > 1,
+        output=np.float32,
+    )
 
 
-def _resample_volume(volume: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None,
-                     order_separate: int = 0) -> np.ndarray:
+def _resample_volume(
+    volume: np.ndarray,
+    new_shape: Sequence[int],
+    order: int,
+    separate_axis: int | None,
+    order_separate: int = 0,
+) -> np.ndarray:
     if separate_axis is None or tuple(volume.shape) == tuple(new_shape):
         return _resample_axes(volume, new_shape, order)
     in_plane = list(new_shape)
@@ -86,16 +103,21 @@ def _resample_volume(volume: np.ndarray, new_shape: Sequence[int], order: int, s
     return _resample_axes(step, new_shape, order_separate)
 
 
-def resample_image(image: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
-                   order: int = 3) -> np.ndarray:
+def resample_image(
+    image: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None, order: int = 3
+) -> np.ndarray:
     """Resample a (C, Z, Y, X) image channel by channel; float32."""
     if tuple(image.shape[1:]) == tuple(new_shape):
         return image.astype(np.float32, copy=False)
     volume = image.astype(np.float32, copy=False)
-    return np.stack([_resample_volume(volume[c], new_shape, order, separate_axis) for c in range(image.shape[0])])
+    return np.stack(
+        [_resample_volume(volume[c], new_shape, order, separate_axis) for c in range(image.shape[0])]
+    )
 
 
-def resample_label(label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None) -> np.ndarray:
+def resample_label(
+    label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+) -> np.ndarray:
     """Resample a (Z, Y, X) label map by linear interpolation of each class's mask, then argmax; uint8.
 
     Classes are visited one at a time (two arrays of the output size in memory, not one per class).
@@ -113,8 +135,9 @@ def resample_label(label: np.ndarray, new_shape: Sequence[int], separate_axis: i
     return out
 
 
-def resample_probabilities(probabilities: np.ndarray, new_shape: Sequence[int],
-                           separate_axis: int | None = None) -> np.ndarray:
+def resample_probabilities(
+    probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+) -> np.ndarray:
     """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8)."""
     best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)

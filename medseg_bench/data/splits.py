@@ -27,7 +27,9 @@ def case_groups(case_ids: list[str], group_pattern: str) -> dict[str, str]:
     try:
         pattern = re.compile(group_pattern)
     except re.error as exc:
-        raise UsageError(f"group_pattern {group_pattern!r} is not a valid regular expression ({exc})") from None
+        raise UsageError(
+            f"group_pattern {group_pattern!r} is not a valid regular expression ({exc})"
+        ) from None
     groups = {}
     for case in case_ids:
         match = pattern.search(case)
@@ -40,8 +42,9 @@ def case_groups(case_ids: list[str], group_pattern: str) -> dict[str, str]:
     return groups
 
 
-def make_splits(case_ids: list[str], num_folds: int,
-                group_pattern: str | None = None) -> list[dict[str, list[str]]]:
+def make_splits(
+    case_ids: list[str], num_folds: int, group_pattern: str | None = None
+) -> list[dict[str, list[str]]]:
     if len(case_ids) < num_folds:
         raise DataError(f"{len(case_ids)} usable cases cannot be split into {num_folds} folds")
     ordered = sorted(case_ids)
@@ -75,8 +78,9 @@ def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -
     return folds
 
 
-def load_or_make_splits(folder: Path, case_ids: list[str], num_folds: int,
-                        group_pattern: str | None = None) -> list[dict[str, list[str]]]:
+def load_or_make_splits(
+    folder: Path, case_ids: list[str], num_folds: int, group_pattern: str | None = None
+) -> list[dict[str, list[str]]]:
     """`splits_<k>fold.json` in `folder`: made once, then honoured (a user may replace it with their own)."""
     path = folder / f"splits_{num_folds}fold.json"
     if path.is_file():

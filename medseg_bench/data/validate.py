@@ -1,4 +1,4 @@
-"""Validation of a task folder: every problem is reported with its file; bad cases are excluded, not hidden."""
+"""Validation of a task folder: each problem is reported with its file; bad cases are excluded, not hidden."""
 
 from __future__ import annotations
 
@@ -125,7 +125,11 @@ def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
     if expected is None or found == expected:
         return []
     if found < expected:
-        return [f"{task.name}: {found} training cases, the catalog lists {expected}: a subset (it works, but "
-                "scores are not comparable with results on the full task)"]
-    return [f"{task.name}: {found} training cases, more than the {expected} the catalog lists "
-            "(another release of the data?)"]
+        return [
+            f"{task.name}: {found} training cases, the catalog lists {expected}: a subset (it works, but "
+            "scores are not comparable with results on the full task)"
+        ]
+    return [
+        f"{task.name}: {found} training cases, more than the {expected} the catalog lists "
+        "(another release of the data?)"
+    ]

@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 def test_custom_task_with_local_path_fetch_validate_plan(home: Path, tmp_path: Path) -> None:
-    """A lab's own dataset: one YAML in $MEDSEG_BENCH_HOME/tasks naming a local folder, then the usual commands."""
+    """A lab's own dataset: a YAML in $MEDSEG_BENCH_HOME/tasks naming a local folder, then the usual steps."""
     src = make_anisotropic_ct_task(tmp_path / "lab" / "Task95_LabCT")
     write_task_file(home, "Task95_LabCT", ct=True, local_path=str(src), num_training=4)
     listing = runner.invoke(app, ["list", "tasks"])

@@ -24,8 +24,15 @@ def test_print_creates_fingerprint_and_plan(home: Path, tmp_path: Path) -> None:
     root = _fetched(home, tmp_path)
     result = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    for text in ("target spacing", "1 x 1 x 1", "24 x 48 x 40", "per-case z-score", "24 x 48 x 40, batch",
-                 "class 2 (core)", "foreground intensity, MR0"):
+    for text in (
+        "target spacing",
+        "1 x 1 x 1",
+        "24 x 48 x 40",
+        "per-case z-score",
+        "24 x 48 x 40, batch",
+        "class 2 (core)",
+        "foreground intensity, MR0",
+    ):
         assert text in result.output, text
     assert (root / "plan.json").is_file() and (root / "fingerprint.json").is_file()
 
@@ -38,7 +45,9 @@ def test_resize_for_gpu_then_cpu_keeps_preprocessing(home: Path, tmp_path: Path)
     assert gpu.exit_code == 0, gpu.output
     stored = json.loads((root / "plan.json").read_text())
     assert json.loads(gpu.output) == stored and stored["budget"] == "gpu-24GB"
-    same = {k: v for k, v in stored.items() if k not in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")}
+    same = {
+        k: v for k, v in stored.items() if k not in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")
+    }
     assert same == {k: v for k, v in cpu.items() if k in same}
     both = runner.invoke(app, ["plan", "Task90_Synth", "--cpu", "--gpu-memory-gb", "8"])
     assert both.exit_code == 2 and "exclude each other" in both.output

@@ -6,10 +6,18 @@ from medseg_bench.data.catalog import get_task, task_registry
 from medseg_bench.errors import UnknownNameError, UsageError
 from tests.conftest import write_task_file
 
-MSD = {"Task01_BrainTumour": (4, 4, "MRI"), "Task02_Heart": (1, 2, "MRI"), "Task03_Liver": (1, 3, "CT"),
-       "Task04_Hippocampus": (1, 3, "MRI"), "Task05_Prostate": (2, 3, "MRI"), "Task06_Lung": (1, 2, "CT"),
-       "Task07_Pancreas": (1, 3, "CT"), "Task08_HepaticVessel": (1, 3, "CT"), "Task09_Spleen": (1, 2, "CT"),
-       "Task10_Colon": (1, 2, "CT")}
+MSD = {
+    "Task01_BrainTumour": (4, 4, "MRI"),
+    "Task02_Heart": (1, 2, "MRI"),
+    "Task03_Liver": (1, 3, "CT"),
+    "Task04_Hippocampus": (1, 3, "MRI"),
+    "Task05_Prostate": (2, 3, "MRI"),
+    "Task06_Lung": (1, 2, "CT"),
+    "Task07_Pancreas": (1, 3, "CT"),
+    "Task08_HepaticVessel": (1, 3, "CT"),
+    "Task09_Spleen": (1, 2, "CT"),
+    "Task10_Colon": (1, 2, "CT"),
+}
 
 
 def test_all_ten_msd_tasks(home: Path) -> None:

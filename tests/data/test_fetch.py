@@ -60,7 +60,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"payload": b"", "drop_after": None, "fail_first": 0, "requests": []})
+    handler = type(
+        "Handler", (_Handler,), {"payload": b"", "drop_after": None, "fail_first": 0, "requests": []}
+    )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -74,8 +76,9 @@ def test_download_verify_extract_validate(server, hippo_subset: Path, tmp_path: 
     archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
     handler.payload = archive.read_bytes()
     data = tmp_path / "data"
-    outcome = fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/Task04_Hippocampus.tar", md5,
-                         progress=False)
+    outcome = fetch_task(
+        get_task("Task04_Hippocampus"), data, f"{url}/Task04_Hippocampus.tar", md5, progress=False
+    )
     assert not outcome.already_present and is_complete(data / "Task04_Hippocampus")
     assert len(list((data / "Task04_Hippocampus" / "imagesTr").glob("*.nii.gz"))) == 10
     again = fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/x.tar", md5, progress=False)
@@ -118,7 +121,9 @@ def test_http_500_then_success(server, tmp_path: Path) -> None:
     url, handler = server
     handler.payload = b"x" * 1000
     handler.fail_first = 2
-    dest = download(f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False)
+    dest = download(
+        f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False
+    )
     assert dest.read_bytes() == handler.payload and len(handler.requests) == 3
 
 
@@ -137,7 +142,9 @@ def test_local_folder_and_local_tar(hippo_subset: Path, tmp_path: Path) -> None:
 
 def test_only_http_urls(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="only http"):
-        fetch_task(get_task("Task04_Hippocampus"), tmp_path, "ftp://example.org/x.tar", "0" * 32, progress=False)
+        fetch_task(
+            get_task("Task04_Hippocampus"), tmp_path, "ftp://example.org/x.tar", "0" * 32, progress=False
+        )
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
@@ -202,16 +209,27 @@ def hanging_server() -> Iterator[str]:
 
 def test_hanging_server_times_out_with_a_clear_message(hanging_server: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with pytest.raises(FetchError, match=r"download failed after 4 attempts \(no data from the server for 0.2 s"):
-        fetch_task(get_task("Task04_Hippocampus"), data, f"{hanging_server}/t.tar", "0" * 32, timeout_s=0.2,
-                   progress=False)
+    with pytest.raises(
+        FetchError, match=r"download failed after 4 attempts \(no data from the server for 0.2 s"
+    ):
+        fetch_task(
+            get_task("Task04_Hippocampus"),
+            data,
+            f"{hanging_server}/t.tar",
+            "0" * 32,
+            timeout_s=0.2,
+            progress=False,
+        )
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
 
 
 def test_subset_of_the_catalog_warns_but_works(hippo_subset: Path, tmp_path: Path) -> None:
     outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset), progress=False)
     assert is_complete(outcome.folder)
-    assert len(outcome.warnings) == 1 and "10 training cases, the catalog lists 260: a subset" in outcome.warnings[0]
+    assert (
+        len(outcome.warnings) == 1
+        and "10 training cases, the catalog lists 260: a subset" in outcome.warnings[0]
+    )
 
 
 def test_strict_fetch_keeps_nothing_when_a_case_is_bad(home: Path, tmp_path: Path) -> None:
@@ -221,7 +239,9 @@ def test_strict_fetch_keeps_nothing_when_a_case_is_bad(home: Path, tmp_path: Pat
     src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
     (src / "labelsTr" / "case_002.nii.gz").unlink()
     data = tmp_path / "data"
-    with pytest.raises(DataError, match=r"labelsTr/case_002.nii.gz: label file missing \(--strict: nothing was kept"):
+    with pytest.raises(
+        DataError, match=r"labelsTr/case_002.nii.gz: label file missing \(--strict: nothing was kept"
+    ):
         fetch_task(get_task("Task90_Synth"), data, str(src), progress=False, strict=True)
     assert not (data / "Task90_Synth").exists() and not list(data.glob(".*.partial"))
     relaxed = fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)

@@ -46,7 +46,10 @@ def test_thick_slices_take_the_10th_percentile() -> None:
 
 def test_cpu_budget_keeps_the_hippocampus_sizes() -> None:
     dataset = 200 * 35 * 50 * 35
-    assert fit_patch_and_batch((35, 50, 35), 8, 128, CPU_BUDGET.batch_voxels_3d, 8, dataset) == ((40, 56, 40), 4)
+    assert fit_patch_and_batch((35, 50, 35), 8, 128, CPU_BUDGET.batch_voxels_3d, 8, dataset) == (
+        (40, 56, 40),
+        4,
+    )
     assert fit_patch_and_batch((50, 35), 32, 256, CPU_BUDGET.batch_pixels_2d, 64, dataset) == ((64, 64), 32)
 
 
@@ -54,8 +57,14 @@ def test_cpu_budget_keeps_the_hippocampus_sizes() -> None:
 def test_gpu_patches_fit_the_budget(gb: float) -> None:
     budget = gpu_budget(gb)
     median = (140, 170, 138)  # BraTS-like, 1 mm
-    patch, batch = fit_patch_and_batch(median, 8, budget.max_patch_3d, budget.batch_voxels_3d,
-                                       budget.max_batch_3d, 484 * int(np.prod(median)))
+    patch, batch = fit_patch_and_batch(
+        median,
+        8,
+        budget.max_patch_3d,
+        budget.batch_voxels_3d,
+        budget.max_batch_3d,
+        484 * int(np.prod(median)),
+    )
     assert all(p % 8 == 0 for p in patch) and batch >= MIN_BATCH
     assert batch * int(np.prod(patch)) <= budget.batch_voxels_3d
     assert all(p <= m + 8 for p, m in zip(patch, median, strict=True))
@@ -66,8 +75,9 @@ def test_more_memory_never_means_smaller_batches_of_voxels() -> None:
     sizes = []
     for gb in (2, 4, 8, 16, 32):
         budget = gpu_budget(gb)
-        patch, batch = fit_patch_and_batch(median, 8, budget.max_patch_3d, budget.batch_voxels_3d,
-                                           budget.max_batch_3d, dataset)
+        patch, batch = fit_patch_and_batch(
+            median, 8, budget.max_patch_3d, budget.batch_voxels_3d, budget.max_batch_3d, dataset
+        )
         sizes.append(batch * int(np.prod(patch)))
     assert sizes == sorted(sizes)
     with pytest.raises(DataError):
@@ -80,8 +90,11 @@ def test_batch_is_capped_at_5_percent_of_the_dataset() -> None:
 
 
 def _fingerprint(spacings: list[list[float]], shapes: list[list[int]]) -> dict:
-    return {"spacings_zyx": spacings, "cropped_shapes_zyx": shapes,
-            "foreground_intensity": [{"mean": 10.0, "std": 2.0, "p00_5": 1.0, "p99_5": 20.0}]}
+    return {
+        "spacings_zyx": spacings,
+        "cropped_shapes_zyx": shapes,
+        "foreground_intensity": [{"mean": 10.0, "std": 2.0, "p00_5": 1.0, "p99_5": 20.0}],
+    }
 
 
 def test_make_plan_resamples_the_median_shape(home: Path) -> None:
@@ -119,13 +132,16 @@ def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
     assert np.load(third.cache_dir / f"{third.case_ids[0]}.seg.npy").shape == (6, 20, 20)
 
 
-@pytest.mark.parametrize("edit,message", [
-    ({"patch_3d": [16, 16]}, "patch_3d needs 3 values"),
-    ({"batch_2d": 0}, "batch_2d must be at least 1"),
-    ({"target_spacing": [0, 1, 1]}, "target_spacing must be positive"),
-    ({"normalization": "minmax"}, "normalization must be"),
-    ({"surprise": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"patch_3d": [16, 16]}, "patch_3d needs 3 values"),
+        ({"batch_2d": 0}, "batch_2d must be at least 1"),
+        ({"target_spacing": [0, 1, 1]}, "target_spacing must be positive"),
+        ({"normalization": "minmax"}, "normalization must be"),
+        ({"surprise": 1}, "unknown"),
+    ],
+)
 def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, message: str) -> None:
     data = _fetched(home, tmp_path)
     prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)

@@ -96,7 +96,10 @@ def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
     data = _fetched(home, tmp_path, "Task90_Synth")
     task = get_task("Task90_Synth")
     ids = sorted(prepare_task(task, data, num_folds=3, workers=1).case_ids)
-    custom = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
-              {"train": ids[:4], "val": ids[4:]}]
+    custom = [
+        {"train": ids[2:], "val": ids[:2]},
+        {"train": ids[:2] + ids[4:], "val": ids[2:4]},
+        {"train": ids[:4], "val": ids[4:]},
+    ]
     (data / "preprocessed" / "Task90_Synth" / "splits_3fold.json").write_text(json.dumps(custom))
     assert prepare_task(task, data, num_folds=3, workers=1).splits == custom

@@ -86,8 +86,12 @@ def test_round_trip_to_target_spacing_and_back() -> None:
     new_shape = target_shape([hi - lo for lo, hi in box], spacing, target)
     separate = anisotropic_axis(spacing, target)
     small = resample_label(crop(label, box), new_shape, separate)
-    props = {"crop_box": box, "shape_original_zyx": list(shape), "spacing_original_zyx": list(spacing),
-             "spacing_preprocessed_zyx": list(target)}
+    props = {
+        "crop_box": box,
+        "shape_original_zyx": list(shape),
+        "spacing_original_zyx": list(spacing),
+        "spacing_preprocessed_zyx": list(target),
+    }
     back = to_original(small, props)
     assert back.shape == shape and back.dtype == np.uint8
     assert np.array_equal(back[:, :6], np.zeros_like(back[:, :6]))
