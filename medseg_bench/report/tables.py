@@ -79,9 +79,10 @@ def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame:
         return pd.Series(False, index=frame.index)
     values = frame[column]
-    if values.dtype == object:
-        values = values.astype(str).str.lower().isin(["true", "1"])
-    return values.fillna(False).astype(bool)
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(bool)
+    # Read back from CSV or parquet with gaps: strings, objects or floats.
+    return values.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])
 
 
 def _device_kind(devices: pd.Series) -> str:
