@@ -27,11 +27,12 @@ from torch import nn
 from medseg_bench.augment import AUGS
 from medseg_bench.data.datamodule import make_loaders
 from medseg_bench.data.preprocess import PreparedTask
-from medseg_bench.losses import LOSSES
-from medseg_bench.models import ModelInputs, build_model
+from medseg_bench.losses import build_loss
+from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
 from medseg_bench.spec import RunSpec
 
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}
+log = logging.getLogger("medseg_bench.training")
 GRAD_CLIP = 12.0
 
 
@@ -80,11 +81,13 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99, nesterov=True,
+                                  weight_decay=3e-5)
             decay = lambda step: (1 - min(step, self.total_steps) / self.total_steps) ** 0.9  # noqa: E731
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-            decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))  # noqa: E731
+            decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps)  # noqa: E731
+                                                     / self.total_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -104,7 +107,14 @@ class _ProgressCallback(pl.Callback):
     def __init__(self, run_id: str, epochs: int, reporter: EpochReporter | None) -> None:
         self.run_id, self.epochs, self.reporter = run_id, epochs, reporter
         self.epoch_times_s: list[float] = []
+        self.start_epoch = 0
         self._start = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.start_epoch = trainer.current_epoch
+        if self.start_epoch:
+            log.info("run %s: resumed from checkpoints/last.ckpt at epoch %d of %d", self.run_id,
+                     self.start_epoch + 1, self.epochs)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -125,26 +135,40 @@ class TrainResult:
     train_time_s: float
     epoch_times_s: list[float] = field(default_factory=list)
     epochs_done: int = 0
+    resumed_at_epoch: int | None = None  # 1-based epoch this process started at, when it resumed
     peak_memory_mb: float = 0.0
     device: str = "cpu"
 
 
 def resolve_patch_and_batch(spec: RunSpec, prepared: PreparedTask) -> tuple[tuple[int, ...], int]:
+    """Patch and batch size of a run: the spec's, else the plan's, rounded up to what the arch accepts
+    (a patch given in the spec must already fit: it is part of the run id)."""
     plan = prepared.plan
-    patch = spec.patch_size or (plan.patch_2d if spec.dims == "2d" else plan.patch_3d)
     batch = spec.batch_size or (plan.batch_2d if spec.dims == "2d" else plan.batch_3d)
-    return tuple(patch), int(batch)
+    if spec.patch_size is not None:
+        check_patch(spec.arch, spec.dims, spec.patch_size)
+        return tuple(spec.patch_size), int(batch)
+    planned = plan.patch_2d if spec.dims == "2d" else plan.patch_3d
+    return fit_patch(spec.arch, spec.dims, planned), int(batch)
+
+
+def network_spacing(prepared: PreparedTask) -> tuple[float, ...]:
+    """Voxel spacing (z, y, x) of the arrays the network sees: the cache's target spacing if it has one."""
+    plan = prepared.plan
+    return tuple(getattr(plan, "target_spacing", None) or plan.median_spacing)
 
 
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
     patch, _ = resolve_patch_and_batch(spec, prepared)
-    inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder)
+    spacing = network_spacing(prepared)
+    inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
+                         pretrained=spec.pretrained, spacing=spacing[-len(patch):])
     return build_model(spec.arch, spec.dims, inputs)
 
 
 def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochReporter | None = None,
-          num_workers: int = 0) -> TrainResult:
-    """Train (or resume) one run; checkpoints and logs go into `run_dir`."""
+          num_workers: int = 0, extra_callbacks: list[pl.Callback] | None = None) -> TrainResult:
+    """Train (or resume) one run; checkpoints and logs go into `run_dir`. `extra_callbacks`: benchmarks."""
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -156,7 +180,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
         spec.seed, AUGS.get(spec.aug), num_workers)
     net = build_network(spec, prepared)
-    module = SegmentationModule(net, LOSSES.get(spec.loss)(prepared.task.num_classes), prepared.task.num_classes,
+    loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
+    module = SegmentationModule(net, loss_fn, prepared.task.num_classes,
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
                                 spec.epochs * spec.iters_per_epoch)
     cuda = torch.cuda.is_available()
@@ -164,9 +189,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)
     loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
     try:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(run_dir, name="logs", version="tb"))
     except ImportError:
@@ -184,6 +208,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
             ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_dice", mode="max", save_top_k=1,
                             save_last=True, enable_version_counter=False),
             progress,
+            *(extra_callbacks or []),
         ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=False,
@@ -193,9 +218,13 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         default_root_dir=run_dir,
     )
     last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        _keep_csv_log(run_dir / "logs")
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None, weights_only=True)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
+                weights_only=True)
     train_time_s = time.perf_counter() - start
+    _merge_csv_log(run_dir / "logs", progress.start_epoch)
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -206,9 +235,42 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         train_time_s=train_time_s,
         epoch_times_s=progress.epoch_times_s,
         epochs_done=trainer.current_epoch,
+        resumed_at_epoch=progress.start_epoch + 1 if progress.start_epoch else None,
         peak_memory_mb=peak_mb,
         device="cuda" if cuda else "cpu",
     )
+
+
+def _keep_csv_log(log_dir: Path) -> None:
+    """Lightning's CSV logger deletes `metrics.csv` when it starts again: set the rows aside first (adding to
+    those of earlier interruptions), so the learning curves of a resumed run cover all its epochs."""
+    import pandas as pd
+
+    current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
+    frames = [pd.read_csv(p) for p in (kept, current) if p.is_file() and p.stat().st_size > 0]
+    if frames:
+        _write_csv_atomic(pd.concat(frames, ignore_index=True), kept)
+
+
+def _merge_csv_log(log_dir: Path, start_epoch: int) -> None:
+    """`metrics.csv` = the set-aside rows of epochs before `start_epoch`, then this attempt's rows."""
+    import pandas as pd
+
+    current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
+    if not kept.is_file():
+        return
+    old = pd.read_csv(kept)
+    old = old[old["epoch"] < start_epoch] if "epoch" in old else old.iloc[0:0]
+    old = old.drop_duplicates(keep="last")  # an epoch redone after a second kill logs the same rows (CPU)
+    new = pd.read_csv(current) if current.is_file() and current.stat().st_size > 0 else old.iloc[0:0]
+    _write_csv_atomic(pd.concat([old, new], ignore_index=True), current)
+    kept.unlink()
+
+
+def _write_csv_atomic(frame: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _quiet_lightning() -> None:

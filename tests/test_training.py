@@ -1,0 +1,113 @@
+"""Training: the same spec gives the same metrics on CPU; deep supervision trains; a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.preprocess import prepare_task
+from medseg_bench.spec import RunSpec
+from medseg_bench.training import resolve_patch_and_batch, train
+from tests.conftest import copy_subset, make_synthetic_task, write_task_file
+
+TASK = "Task94_Train"
+
+
+@pytest.fixture
+def prepared(home: Path, tmp_path: Path):
+    write_task_file(home, TASK)
+    src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
+    fetch_task(get_task(TASK), home / "data", str(src), progress=False)
+    return prepare_task(get_task(TASK), home / "data", num_folds=2, workers=1)
+
+
+def _spec(**kw: object) -> RunSpec:
+    values: dict = {"task": TASK, "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "light",
+                    "num_folds": 2,
+                    "epochs": 2, "iters_per_epoch": 2, "batch_size": 2, "patch_size": (16, 16, 16)}
+    values.update(kw)
+    return RunSpec(**values)
+
+
+@pytest.mark.parametrize("dims", [pytest.param("2d", marks=pytest.mark.slow), "3d"])
+def test_same_spec_gives_identical_metrics_and_weights(prepared, tmp_path: Path, dims: str) -> None:
+    spec = _spec(dims=dims, patch_size=(32, 32), encoder="resnet18") if dims == "2d" else _spec()
+    first = train(spec, prepared, tmp_path / "a")
+    second = train(spec, prepared, tmp_path / "b")
+    log_a = pd.read_csv(tmp_path / "a" / "logs" / "metrics.csv")
+    log_b = pd.read_csv(tmp_path / "b" / "logs" / "metrics.csv")
+    assert log_a["train_loss"].notna().sum() == 2 and log_a["val_dice"].notna().sum() == 2
+    pd.testing.assert_frame_equal(log_a, log_b)  # bit-identical losses and validation Dice, every epoch
+    for (name, a), b in zip(first.net.state_dict().items(), second.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    other_seed = train(_spec(dims=dims, seed=1, **({"patch_size": (32, 32), "encoder": "resnet18"}
+                                                   if dims == "2d" else {})), prepared, tmp_path / "c")
+    assert not all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(),
+                                                     other_seed.net.state_dict().values(), strict=True))
+
+
+def test_dynunet_trains_with_deep_supervision(prepared, tmp_path: Path) -> None:
+    # 32^3 at 1 mm: three poolings, so one extra head at 1/2 resolution besides the output (nnU-Net's rule).
+    spec = _spec(arch="dynunet", patch_size=(32, 32, 32), epochs=1, class_weights=(0.5, 1.0, 2.0))
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    result = train(spec, prepared, tmp_path / "run")
+    x = torch.zeros(1, 1, *patch)
+    assert result.net.train()(x).shape == (1, 2, 3, *patch)  # (B, heads, K, *spatial) while training
+    assert result.net.eval()(x).shape == (1, 3, *patch)
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert log["train_loss"].dropna().between(0, 10).all()
+
+
+def test_killed_run_resumes_at_epoch_2(shared_task: Path, home: Path, tmp_path: Path) -> None:
+    """Start a sweep in a subprocess, SIGKILL it once epoch 1's checkpoint exists, rerun: it resumes."""
+    src = copy_subset(shared_task, tmp_path / "src" / "Task04_Hippocampus", 10)
+    runner = CliRunner()
+    assert runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(src)]).exit_code == 0
+    results = tmp_path / "results"
+    # 3D UNet (1.2 M parameters): small checkpoints, so the test spends its time training, not writing.
+    args = ["sweep", "--task", "Task04_Hippocampus", "--dims", "3d", "--arch", "unet", "--loss", "dice_ce",
+            "--epochs", "3", "--iters-per-epoch", "6", "--batch-size", "2", "--patch-size", "16,32,32",
+            "--results-dir", str(results)]
+    env = {**os.environ, "MEDSEG_BENCH_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "medseg_bench", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        checkpoint = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(results.glob("Task04_Hippocampus/*/checkpoints/last.ckpt"))
+            if found:
+                checkpoint = found[0]
+                break
+            time.sleep(0.05)
+        assert checkpoint is not None and proc.poll() is None, "no epoch-1 checkpoint before the run ended"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    folder = checkpoint.parent.parent
+    assert not (folder / "summary.json").exists()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0  # killed during epoch 2
+
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    log_text = (folder / "run.log").read_text()
+    assert "resumed from checkpoints/last.ckpt at epoch 2 of 3" in log_text
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["cost"]["epochs_done"] == 3
+    epochs = pd.read_csv(folder / "logs" / "metrics.csv")
+    assert sorted(epochs.dropna(subset=["val_dice"])["epoch"]) == [0, 1, 2]  # epoch 1's log kept, none twice
