@@ -160,3 +160,12 @@ def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) 
     for value in ("1", "2", "3"):
         assert f"Dice {names[value]}" in text
     assert "Dice whole_tumour" in text and "CPU-h/run" in text
+
+
+@pytest.mark.parametrize("values", [[True, False, None], ["True", "False", None], [1.0, 0.0, float("nan")],
+                                    [True, False, False]])
+def test_empty_flags_of_any_dtype(values: list[object]) -> None:
+    from medseg_bench.report.tables import _flag
+
+    assert _flag(pd.DataFrame({"ref_empty": values}), "ref_empty").tolist() == [True, False, False]
+    assert _flag(pd.DataFrame({"other": values}), "ref_empty").tolist() == [False, False, False]
