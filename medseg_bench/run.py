@@ -26,29 +26,47 @@ log = logging.getLogger("medseg_bench.run")
 
 
 def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool = False):
-    """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame)."""
+    """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame).
+
+    With `spec.postprocess`, largest-component postprocessing is decided per label on these cases and the
+    scores are of the decided predictions; the decision is in `frame.attrs["postprocessing"]`.
+    """
     import pandas as pd
 
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.data.resample import to_original
     from medseg_bench.inference import predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
+    from medseg_bench.postprocess import apply_postprocessing, decide
 
     task = prepared.task
     patch, _ = resolve_patch_and_batch(spec, prepared)
     settings = MetricSettings(nsd_tolerance_mm=spec.nsd_tolerance_mm or task.nsd_tolerance_mm)
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def score(case_id: str, pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> None:
+        for row in evaluate_case(pred, label, spacing, task.foreground_labels, settings,
+                                 regions=task.regions or None):
+            rows.append({"case": case_id, **row})
+
+    kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         pred = to_original(predict_probabilities(net, image, spec.dims, patch, device, tta), props)
         label, geometry = original_label(props)
-        spacing = geometry.spacing_zyx
-        for row in evaluate_case(pred, label, spacing, task.foreground_labels, settings,
-                                 regions=task.regions or None):
-            rows.append({"case": case_id, **row})
+        if spec.postprocess:
+            kept.append((case_id, pred, label, geometry.spacing_zyx))
+        else:
+            score(case_id, pred, label, geometry.spacing_zyx)
+    decision = None
+    if spec.postprocess:
+        decision = decide([c[1] for c in kept], [c[2] for c in kept], task.foreground_labels)
+        for case_id, pred, label, spacing in kept:
+            score(case_id, apply_postprocessing(pred, decision.labels), label, spacing)
     frame = pd.DataFrame(rows)
     frame.attrs["metric_settings"] = settings.to_dict()
+    frame.attrs["postprocessing"] = decision
     return frame
 
 
@@ -78,9 +96,14 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         log.info("run %s: evaluating %d held-out cases", spec.run_id, len(prepared.splits[spec.fold]["val"]))
         net = load_weights(build_network(spec, prepared), folder / "checkpoints" / "last.ckpt")
         start = time.perf_counter()
-        frame = evaluate_fold(net, spec, prepared, result.device)
+        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta)
         eval_time_s = time.perf_counter() - start
         _write_csv_atomic(frame, folder / "metrics.csv")
+        decision = frame.attrs.get("postprocessing")
+        if decision is not None:
+            from medseg_bench.postprocess import save_decision
+
+            save_decision(decision, folder)  # before summary.json: `predict` applies it
         fg = frame[frame["label"].astype(str).isin([str(v) for v in prepared.task.foreground_labels])]
         summary = {
             "run_id": spec.run_id,
@@ -93,11 +116,15 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                 "train_time_s": result.train_time_s,
                 "eval_time_s": eval_time_s,
                 "epochs_done": result.epochs_done,
+                "resumed_at_epoch": result.resumed_at_epoch,
                 "time_per_epoch_s": float(np.mean(result.epoch_times_s)) if result.epoch_times_s else None,
                 "peak_memory_mb": result.peak_memory_mb,
                 "device": result.device,
             },
             "plan": prepared.plan.to_dict(),
+            "tta": spec.tta,
+            # Per label: kept only the largest component? with the mean Dice without and with it.
+            "postprocessing": decision.to_dict() if decision is not None else None,
         }
         write_json_atomic(folder / "summary.json", summary)
         write_status(folder, "done")

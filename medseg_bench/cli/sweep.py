@@ -21,6 +21,13 @@ def _ints(value: str | None, option: str) -> list[int] | None:
         raise UsageError(f"{option} takes comma-separated integers, not '{value}'") from None
 
 
+def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    try:
+        return tuple(float(v) for v in _names(value) or []) or None
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, not '{value}'") from None
+
+
 def sweep(
     config: Annotated[Path | None, typer.Option(
         help="Sweep file (YAML): axes and settings; flags override it.")] = None,
@@ -54,6 +61,15 @@ def sweep(
     optimizer: Annotated[str | None, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] \
         = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 3e-3 adamw, 1e-2 sgd.")] = None,
+    pretrained: Annotated[bool | None, typer.Option(
+        "--pretrained", help="2D: ImageNet encoder weights; they must already be on this machine.")] = None,
+    class_weights: Annotated[str | None, typer.Option(
+        help="Loss class weights, one per class, background first, e.g. 0.5,1,2.")] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta", help="Evaluate with mirroring test-time augmentation (part of the run id).")] = None,
+    postprocess: Annotated[bool | None, typer.Option(
+        "--postprocess", help="Largest-component postprocessing per label where it helps on the held-out "
+                              "fold (nnU-Net); decision and both scores in summary.json.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
         = None,
@@ -90,7 +106,9 @@ def sweep(
         "dims": _names(dims), "encoders": _names(encoder), "folds": _ints(folds, "--folds"),
         "seeds": _ints(seed, "--seed"), "num_folds": num_folds, "epochs": epochs, "max_minutes": max_minutes,
         "iters_per_epoch": iters_per_epoch, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
-        "patch_size": tuple(_ints(patch_size, "--patch-size") or []) or None, "exclude": exclude or []}
+        "patch_size": tuple(_ints(patch_size, "--patch-size") or []) or None, "exclude": exclude or [],
+        "pretrained": pretrained, "class_weights": _floats(class_weights, "--class-weights"), "tta": tta,
+        "postprocess": postprocess}
     request = build_request(load_sweep_file(config) if config else {}, overrides)
     runs, skipped = expand(request)
     for line in skipped:
@@ -121,16 +139,15 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         from medseg_bench.sweep.slurm import SlurmOptions, submit
     except ImportError:
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.preprocess import prepare_task
     from medseg_bench.results import check_writable
+    from medseg_bench.sweep.local import prepare_locked
     from medseg_bench.sweep.slurm import parse_time_minutes
 
     parse_time_minutes(time)  # a bad --time fails before any work
     check_writable(results_dir)
     for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
-        prepare_task(get_task(key[0]), data_dir, key[1], progress=True)
+        prepare_locked(key[0], data_dir, key[1], progress=True)
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)

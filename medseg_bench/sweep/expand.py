@@ -9,7 +9,7 @@ from medseg_bench.augment import AUGS
 from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
 from medseg_bench.losses import LOSSES
-from medseg_bench.models import ARCHS, DEFAULT_ENCODER
+from medseg_bench.models import ARCHS, DEFAULT_ENCODER, check_encoder, check_patch
 from medseg_bench.spec import DIMS, RunSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
@@ -36,6 +36,10 @@ class SweepRequest:
     patch_size: tuple[int, ...] | None = None
     optimizer: str = "adamw"
     lr: float | None = None
+    pretrained: bool = False
+    class_weights: tuple[float, ...] | None = None
+    tta: bool = False
+    postprocess: bool = False
     exclude: list[str] = field(default_factory=list)  # rules like "arch=deeplab,aug=heavy"
 
 
@@ -88,6 +92,12 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         if d not in DIMS:
             raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
     rules = [parse_exclude(rule) for rule in request.exclude]
+    if request.class_weights is not None:
+        from medseg_bench.losses import build_loss
+
+        for task in task_specs:  # wrong length or a loss that cannot weight classes: before anything runs
+            for loss in losses:
+                build_loss(loss, task.num_classes, request.class_weights)
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded = 0
@@ -102,6 +112,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
                 encoders: list[str | None] = list(request.encoders) if dims == "2d" else [None]
+                for encoder in encoders:
+                    check_encoder(entry.name, dims, encoder)
+                if request.patch_size is not None and len(request.patch_size) == (2 if dims == "2d" else 3):
+                    check_patch(entry.name, dims, request.patch_size)
                 for encoder, loss, aug, fold, seed in itertools.product(
                         encoders, losses, augs, request.folds, request.seeds):
                     spec = RunSpec(
@@ -109,7 +123,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         fold=fold, num_folds=request.num_folds, seed=seed, epochs=request.epochs,
                         max_minutes=request.max_minutes, iters_per_epoch=request.iters_per_epoch,
                         batch_size=request.batch_size, patch_size=request.patch_size,
-                        optimizer=request.optimizer, lr=request.lr, task_version=task.version)
+                        optimizer=request.optimizer, lr=request.lr, task_version=task.version,
+                        pretrained=request.pretrained and dims == "2d", class_weights=request.class_weights,
+                        tta=request.tta, postprocess=request.postprocess)
                     if is_excluded(spec, rules):
                         excluded += 1
                         continue
