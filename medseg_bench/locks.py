@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -70,3 +72,20 @@ def is_locked(folder: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the probe's own lock
     return False
+
+
+@contextmanager
+def exclusive(folder: Path, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold a blocking flock on `folder/name` for the block: for work that several processes may start at
+    once and only one may do (building a task's cache); the others wait, then find it done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:  # a read-only data dir: nobody can build anything there, so there is nothing to guard
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -120,3 +120,14 @@ def test_index_is_rebuilt_from_the_folders_and_concurrent_writers_never_corrupt_
     assert len(table) == 12 and table["run_id"].nunique() == 6
     assert sorted(table.loc[table["case"] == "b", "dice"]) == [s / 10 for s in range(6)]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_exclusive_serialises_processes(tmp_path: Path) -> None:
+    code = ("import sys, time; from pathlib import Path; from medseg_bench.locks import exclusive\n"
+            "with exclusive(Path(sys.argv[1])):\n"
+            "    open(sys.argv[2], 'a').write('in\\n'); time.sleep(0.3)\n"
+            "    open(sys.argv[2], 'a').write('out\\n')")
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d"), str(log)]) for _ in range(3)]
+    assert [p.wait() for p in procs] == [0, 0, 0]
+    assert log.read_text().split() == ["in", "out"] * 3  # never two inside at once

@@ -33,15 +33,22 @@ def default_num_workers(spec: RunSpec) -> int:
     return 1 if spec.aug != "none" else 0
 
 
-def _prepare(runs: list[RunSpec], data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
-             spec: RunSpec) -> Any:
+def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False) -> Any:
+    """`prepare_task` under a lock per task in the data dir: concurrent sweeps (or array jobs) starting on a
+    fresh cache take turns; the first builds it, the others find it complete."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.locks import exclusive
 
+    with exclusive(data_dir / "preprocessed", f".{task}.lock"):
+        return prepare_task(get_task(task), data_dir, num_folds, progress=progress)
+
+
+def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:
     key = (spec.task, spec.num_folds)
     if key not in prepared:
         reporter.say(f"preparing {spec.task} (plan, cache, {spec.num_folds}-fold splits)")
-        prepared[key] = prepare_task(get_task(spec.task), data_dir, spec.num_folds, progress=True)
+        prepared[key] = prepare_locked(spec.task, data_dir, spec.num_folds, progress=True)
     return prepared[key]
 
 
@@ -87,7 +94,7 @@ def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter
         if is_done(folder):
             _record(spec, "skipped", reporter, outcome)
             continue
-        task = _prepare(runs, data_dir, reporter, prepared, spec)
+        task = _prepare(data_dir, reporter, prepared, spec)
         reporter.run_start(spec.run_id)
         workers = default_num_workers(spec) if num_workers is None else num_workers
         result = run_one(spec, task, results_dir, reporter, workers)
@@ -126,7 +133,7 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         else:
             todo.append(spec)
     for spec in todo:  # plan and cache once, here, before the workers read them
-        _prepare(runs, data_dir, reporter, prepared, spec)
+        _prepare(data_dir, reporter, prepared, spec)
     active: dict[int, _Job] = {}
     stop = False
     try:

@@ -67,15 +67,13 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         import torch
 
-        from medseg_bench.data.catalog import get_task
-        from medseg_bench.data.preprocess import prepare_task
-        from medseg_bench.sweep.local import default_num_workers
+        from medseg_bench.sweep.local import default_num_workers, prepare_locked
         from medseg_bench.sweep.worker import run_one
 
         spec = RunSpec.from_dict(self.spec)
         env = submitit.JobEnvironment()
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the CPUs SLURM gave the job
-        prepared = prepare_task(get_task(spec.task), Path(self.data_dir), spec.num_folds)
+        prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds)
         workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
         outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
                           extra_event={"job_id": env.job_id})

@@ -155,14 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.sweep.local import prepare_locked
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     spec = RunSpec.from_dict(json.loads(args.spec))
     try:
-        prepared = prepare_task(get_task(spec.task), args.data_dir, spec.num_folds)
+        prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds)
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,11 @@ def test_disk_full_while_writing_results_fails_that_run_only(fetched: Path, tmp_
 
 
 @pytest.mark.faults
-def test_two_sweeps_at_once_never_train_a_run_twice(fetched: Path, tmp_path: Path, ledger: Ledger) -> None:
+def test_two_sweeps_at_once_never_train_a_run_twice(fetched: Path, tmp_path: Path, ledger: Ledger,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"  # a fetched task without its cache: both sweeps start by wanting to build it
+    shutil.copytree(fetched / "data" / "Task04_Hippocampus", home / "data" / "Task04_Hippocampus")
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", str(home))
     results = tmp_path / "results"
     argv = sweep_argv(results, "--seed", "0,1,2")
     first, second = start_cli(argv), start_cli(argv)
