@@ -56,3 +56,42 @@ def test_decision_round_trips_and_bad_file_is_a_data_error(tmp_path) -> None:
     (tmp_path / "postprocessing.json").write_text("{\"apply\": 3}")
     with pytest.raises(DataError, match="postprocessing.json: malformed"):
         load_decision(tmp_path)
+
+
+def test_run_records_tta_and_postprocessing_decision(home, tmp_path) -> None:
+    """A tiny run with --tta --postprocess: decision, both scores and the applied labels in its outputs."""
+    import json
+
+    import pandas as pd
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.run import execute_run
+    from medseg_bench.spec import RunSpec
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task95_Post")
+    src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
+    fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
+    prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
+    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                   epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), tta=True,
+                   postprocess=True)
+    folder = tmp_path / "run"
+    summary = execute_run(spec, prepared, folder)
+    assert summary["tta"] is True
+    post = summary["postprocessing"]
+    assert set(post["apply"]) == {"1", "2"} and set(post["dice_raw"]) == {"1", "2"}
+    assert post["labels_postprocessed"] == [int(k) for k, v in sorted(post["apply"].items()) if v]
+    for key, applied in post["apply"].items():  # applied exactly where it raised the mean Dice
+        raw, lcc = post["dice_raw"][key], post["dice_postprocessed"][key]
+        assert applied == (lcc > raw)
+    assert load_decision(folder) == Decision.from_dict(post)
+    frame = pd.read_csv(folder / "metrics.csv")
+    per_label = frame.groupby("label")["dice"].mean()
+    for key, applied in post["apply"].items():  # metrics.csv scores the decided predictions
+        expected = post["dice_postprocessed"][key] if applied else post["dice_raw"][key]
+        if np.isfinite(expected):
+            assert per_label[int(key)] == pytest.approx(expected)
+    assert json.loads((folder / "summary.json").read_text())["postprocessing"] == post
