@@ -1,0 +1,67 @@
+"""Inference: mirroring TTA averages over every flip; 2D slice-wise and 3D sliding window keep shapes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medseg_bench.inference import predict_labels, predict_probabilities
+
+
+class _Shifted(nn.Module):
+    """Not flip-equivariant: class logits depend on the position along every axis."""
+
+    def __init__(self, ndim: int) -> None:
+        super().__init__()
+        self.ndim = ndim
+        self.conv = (nn.Conv2d if ndim == 2 else nn.Conv3d)(1, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = sum(torch.linspace(0, 1, s).reshape([-1 if i == a else 1 for i in range(self.ndim)])
+                   for a, s in enumerate(x.shape[2:]))
+        return self.conv(x) + torch.stack([ramp, -ramp])[None]
+
+
+@pytest.mark.parametrize("dims", ["2d", "3d"])
+def test_tta_is_the_mean_over_all_mirrorings(dims: str) -> None:
+    torch.manual_seed(0)
+    ndim = 2 if dims == "2d" else 3
+    net = _Shifted(ndim).eval()
+    image = np.random.default_rng(0).normal(size=(1, 8, 32, 32)).astype(np.float32)
+    patch = (32, 32) if dims == "2d" else (8, 32, 32)
+    plain = predict_probabilities(net, image, dims, patch)
+    tta = predict_probabilities(net, image, dims, patch, tta=True)
+    assert plain.shape == tta.shape == (2, 8, 32, 32)
+    assert np.allclose(tta.sum(0), 1, atol=1e-5) and not np.allclose(plain, tta, atol=1e-3)
+    # Reference: flip the input, predict, flip back, average (on the 2D slices or the 3D volume).
+    with torch.no_grad():
+        x = torch.from_numpy(image)
+        x = x.permute(1, 0, 2, 3) if dims == "2d" else x[None]
+        axes = list(range(2, 2 + ndim))
+        combos = [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
+        ref = sum(torch.flip(torch.softmax(net(torch.flip(x, c)), 1), c) for c in combos) / len(combos)
+        ref = ref.permute(1, 0, 2, 3) if dims == "2d" else ref[0]
+    assert np.allclose(tta, ref.numpy(), atol=1e-5)
+
+
+def test_flip_equivariant_net_is_unchanged_by_tta() -> None:
+    net = nn.Conv3d(1, 3, 1).eval()  # pointwise: mirroring changes nothing
+    image = np.random.default_rng(1).normal(size=(1, 12, 20, 18)).astype(np.float32)
+    plain = predict_probabilities(net, image, "3d", (8, 16, 16))
+    assert np.allclose(plain, predict_probabilities(net, image, "3d", (8, 16, 16), tta=True), atol=1e-5)
+    labels = predict_labels(net, image, "3d", (8, 16, 16))
+    assert labels.shape == (12, 20, 18) and labels.dtype == np.uint8
+
+
+def test_2d_slices_are_padded_and_cropped_back() -> None:
+    net = nn.Conv2d(1, 2, 1).eval()
+    image = np.random.default_rng(2).normal(size=(1, 3, 37, 45)).astype(np.float32)  # not multiples of 32
+    probs = predict_probabilities(net, image, "2d", (64, 64))
+    assert probs.shape == (2, 3, 37, 45)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(image).permute(1, 0, 2, 3)), 1).permute(1, 0, 2, 3)
+    assert np.allclose(probs, expected.numpy(), atol=1e-5)
