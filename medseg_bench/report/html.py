@@ -52,13 +52,28 @@ def _figure(name: str, png: bytes) -> str:
             f"<figcaption>{html.escape(name)}</figcaption></figure>")
 
 
+def _provenance(report: Report) -> str:
+    """Every run behind the numbers, folded away: id, fold, seed, device, git revision, versions, settings."""
+    runs = report.provenance.get("runs", {})
+    rows = []
+    for run_id, run in runs.items():
+        versions = ", ".join(f"{k} {v}" for k, v in sorted((run.get("versions") or {}).items()) if v)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted((run.get("metric_settings") or {}).items()))
+        cells = [run_id, run.get("task"), run.get("fold"), run.get("seed"), run.get("device") or "",
+                 run.get("gpu") or "", run.get("git_revision") or "", versions, settings]
+        rows.append([Cell("" if c is None else str(c)) for c in cells])
+    headers = ["run", "task", "fold", "seed", "device", "GPU", "git revision", "versions", "metric settings"]
+    table = Table(headers, rows, ["l", "l", "r", "r", "l", "l", "l", "l", "l"])
+    return (f"<details><summary>Provenance: {len(runs)} runs (package versions, git revisions, metric "
+            f"settings)</summary>{_table(table)}</details>")
+
+
 def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
     """The whole report as one HTML page; `plots` from `make_plots(report)` (built here when None)."""
-    from medseg_bench.report.plots import make_plots, slug
+    from medseg_bench.report.plots import make_plots, task_figures
 
     if plots is None:
         plots = make_plots(report)
-    task_slugs = {task: slug(task) for task in report.tasks}
     used: set[str] = set()
     parts = []
     for section in sections(report):
@@ -67,12 +82,11 @@ def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
         parts += [_table(item) if isinstance(item, Table) else f'<p class="note">{html.escape(item)}</p>'
                   for item in section.items]
         if section.task is not None:
-            prefix = task_slugs[section.task] + "_"
-            for name, png in plots.items():
-                if name.startswith(prefix) and name not in used:
-                    parts.append(_figure(name, png))
-                    used.add(name)
+            for name in task_figures(plots, section.task):
+                parts.append(_figure(name, plots[name]))
+                used.add(name)
     parts += [_figure(name, png) for name, png in plots.items() if name not in used]
+    parts.append(_provenance(report))
     generated = report.provenance.get("generated_by", {})
     footer = (f"<footer>medseg-bench {html.escape(str(generated.get('medseg_bench', '')))}, "
               f"{html.escape(str(generated.get('time_utc', '')))}; results: "

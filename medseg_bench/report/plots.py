@@ -217,6 +217,15 @@ def make_plots(report: Report) -> dict[str, bytes]:
     return plots
 
 
+def task_figures(plots: dict[str, bytes], task: str) -> list[str]:
+    """The names in `plots` that belong to `task` (exact names, so `Task01_A` never takes `Task01_A_B`'s)."""
+    from medseg_bench.metrics import METRIC_NAMES
+
+    kinds = {"learning_curves.png", "cost_quality.png", *(f"{m}_cases.png" for m in METRIC_NAMES)}
+    prefix = slug(task) + "_"
+    return [name for name in plots if name.startswith(prefix) and name[len(prefix):] in kinds]
+
+
 def write_plots(plots: dict[str, bytes], folder: Path) -> list[Path]:
     from medseg_bench.report.formats import write_atomic
 

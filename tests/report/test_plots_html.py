@@ -60,8 +60,19 @@ def test_html_is_self_contained(report_and_plots: tuple[Report, dict[str, bytes]
     assert len(images) == len(plots) and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing to fetch
     assert "<link" not in page and "<script" not in page
-    assert page.count("<table>") == 2 + 2 + 2 + 1  # per task: leaderboard + tests; group effect; ranking
+    # Per task: leaderboard + tests; group effect per task; ranking; the folded provenance table.
+    assert page.count("<table>") == 2 + 2 + 2 + 1 + 1
     assert "Effect of aug" in page and "3d-unet-dice_ce-light" in page
+    assert "Provenance: 10 runs" in page and page.count("0123abc") == 10
+
+
+def test_figures_go_with_their_own_task() -> None:
+    from medseg_bench.report.plots import task_figures
+
+    plots = dict.fromkeys(["T_A_dice_cases.png", "T_A_B_dice_cases.png", "T_A_B_cost_quality.png",
+                           "rank_heatmap.png"], b"")
+    assert task_figures(plots, "T_A") == ["T_A_dice_cases.png"]
+    assert task_figures(plots, "T_A_B") == ["T_A_B_dice_cases.png", "T_A_B_cost_quality.png"]
 
 
 def _chromium() -> str | None:
