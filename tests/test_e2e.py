@@ -20,8 +20,8 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
     assert "10 usable training cases" in result.output
     results = tmp_path / "results"
     sweep = ["sweep", "--task", "Task04_Hippocampus", "--arch", "unet", "--loss", "dice_ce", "--aug", "light",
-             "--dims", "2d,3d", "--encoder", "resnet18", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-             "--results-dir", str(results)]
+             "--dims", "2d,3d", "--encoder", "resnet18", "--epochs", "1", "--iters-per-epoch", "2",
+             "--batch-size", "2", "--results-dir", str(results)]
     result = runner.invoke(app, sweep)
     assert result.exit_code == 0, result.output
     run_dirs = sorted((results / "Task04_Hippocampus").iterdir())
@@ -52,5 +52,6 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
         assert table[column].between(0, 1).all()
     assert (table["hd95_mean"] >= 0).all() and (table["cases"] == 2).all()
     markdown = runner.invoke(app, ["report", "--results-dir", str(results)])
-    assert markdown.exit_code == 0 and markdown.output.startswith("| task | configuration |")
-    assert markdown.output.count("\n") == 4
+    assert markdown.exit_code == 0 and markdown.output.startswith("# medseg-bench report\n")
+    assert "| # | configuration | runs | cases | empty | Dice |" in markdown.output
+    assert "## Task04_Hippocampus" in markdown.output and "## Ranking across tasks" in markdown.output

@@ -25,7 +25,8 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="medseg-bench",
-    help="Benchmark medical image segmentation: fetch an MSD task, sweep configurations, report leaderboards.",
+    help="Benchmark medical image segmentation: fetch an MSD task, sweep configurations, report "
+         "leaderboards.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -47,16 +48,21 @@ def _main(
     """Benchmark medical image segmentation configurations."""
 
 
-app.command("fetch", help="Download or import an MSD task, verify and validate it.")(fetch.fetch)
-app.command("sweep", help="Train and evaluate every combination of the given axes.")(sweep.sweep)
-app.command("report", help="Leaderboard of finished runs.")(report.report)
-app.command("status", help="State of every run under a results dir (queued, running, done, failed, ...).")(status.status)
-app.command("evaluate", help="Score predicted label maps against references.")(evaluate.evaluate)
-app.command("list", help="List tasks, archs, losses, augs or metrics.")(listing.list_items)
-app.command("predict", help="Predict label maps for a folder of images with a trained run.")(predict.predict)
-app.command("validate", help="Re-validate a fetched task; --strict makes any problem fatal.")(validate.validate)
-app.command("plan", help="Show the task's plan (spacing, normalisation, patch/batch sizes); re-size it.")(plan.plan)
-
+# The commands, in the order `--help` lists them: name, one-line help, function (one module per command).
+COMMANDS = [
+    ("fetch", "Download or import an MSD task, verify and validate it.", fetch.fetch),
+    ("validate", "Re-validate a fetched task; --strict makes any problem fatal.", validate.validate),
+    ("plan", "Show the task's plan (spacing, normalisation, patch/batch sizes); re-size it.", plan.plan),
+    ("sweep", "Train and evaluate every combination of the given axes.", sweep.sweep),
+    ("status", "State of every run under a results dir (queued, running, done, failed, ...).", status.status),
+    ("report", "Leaderboards per task (mean ± std, 95% CI, cost), significance tests, ranking across tasks, "
+               "figures.", report.report),
+    ("predict", "Predict label maps for a folder of images with a trained run.", predict.predict),
+    ("evaluate", "Score predicted label maps against references.", evaluate.evaluate),
+    ("list", "List tasks, archs, losses, augs or metrics.", listing.list_items),
+]
+for _name, _help, _function in COMMANDS:
+    app.command(_name, help=_help)(_function)
 
 def main() -> None:
     app()
