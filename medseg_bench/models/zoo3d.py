@@ -102,11 +102,12 @@ def _attentionunet(inputs: ModelInputs) -> nn.Module:
                          channels=channels, strides=(2, 2, 2))
 
 
-@arch("vnet", "3d", "V-Net (Milletari 2016), MONAI", divisor=16, min_size=16)
+@arch("vnet", "3d", "V-Net (Milletari 2016), MONAI", divisor=16, min_size=32)
 def _vnet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import VNet
 
-    # VNet's widths are fixed (16 doubling to 256); only the dropout is configurable.
+    # VNet's widths are fixed (16 doubling to 256); only the dropout is configurable. Its batch norm needs
+    # more than one value at the 1/16 bottleneck: at least 32 voxels per side (batch size 1 included).
     return VNet(spatial_dims=3, in_channels=inputs.in_channels, out_channels=inputs.num_classes)
 
 
