@@ -19,6 +19,14 @@ MSD = {
     "Task10_Colon": (1, 2, "CT"),
 }
 
+# Training / test cases per task (dataset.json of each archive; ../shared/MSD_TASKS.md).
+COUNTS = {
+    "Task01_BrainTumour": (484, 266), "Task02_Heart": (20, 10), "Task03_Liver": (131, 70),
+    "Task04_Hippocampus": (260, 130), "Task05_Prostate": (32, 16), "Task06_Lung": (63, 32),
+    "Task07_Pancreas": (281, 139), "Task08_HepaticVessel": (303, 140), "Task09_Spleen": (41, 20),
+    "Task10_Colon": (126, 64),
+}
+
 
 def test_all_ten_msd_tasks(home: Path) -> None:
     registry = task_registry()
@@ -29,6 +37,7 @@ def test_all_ten_msd_tasks(home: Path) -> None:
         assert task.url == f"https://msd-for-monai.s3-us-west-2.amazonaws.com/{name}.tar"
         assert task.md5 is not None and len(task.md5) == 32
         assert task.tensor_image_size == ("4D" if channels > 1 else "3D")
+        assert (task.num_training, task.num_test) == COUNTS[name]  # what fetch compares a download against
 
 
 def test_catalog_matches_the_shared_dataset_json(shared_task: Path) -> None:
