@@ -197,7 +197,8 @@ def quality(args: argparse.Namespace, home: Path) -> str:
         """Copy `last.ckpt` when a budget is passed (checked at each epoch end)."""
 
         def __init__(self, run_dir: Path) -> None:
-            self.run_dir, self.start, self.taken = run_dir, time.perf_counter(), []
+            self.run_dir, self.start = run_dir, time.perf_counter()
+            self.taken: dict[float, float] = {}  # budget -> minutes elapsed when the snapshot was taken
 
         def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             elapsed = (time.perf_counter() - self.start) / 60
@@ -205,7 +206,7 @@ def quality(args: argparse.Namespace, home: Path) -> str:
                 if budget not in self.taken and elapsed >= budget:
                     path = self.run_dir / f"at_{budget:g}min.ckpt"
                     trainer.save_checkpoint(path)
-                    self.taken.append(budget)
+                    self.taken[budget] = elapsed
 
     rows = []
     for config in args.configs.split(","):
@@ -223,7 +224,9 @@ def quality(args: argparse.Namespace, home: Path) -> str:
             frame = evaluate_fold(net, spec, prepared, "cuda" if torch.cuda.is_available() else "cpu")
             fg = frame[frame["label"].astype(str) != "0"]
             dice = float(np.nanmean(fg["dice"]))
-            rows.append(f"| {config} | {budget:g} | {dice:.3f} |")
+            taken = snapshots.taken.get(budget)
+            at = f"{taken:.2f}" if taken is not None else "end of run"
+            rows.append(f"| {config} | {budget:g} | {at} | {dice:.3f} |")
             print(rows[-1], flush=True)
     lines = [
         "# Validation Dice after N minutes of CPU training (Task04_Hippocampus, fold 0)",
@@ -231,11 +234,14 @@ def quality(args: argparse.Namespace, home: Path) -> str:
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
         f"({os.cpu_count()} CPUs, shared); {args.cases} cases, full-volume inference on the held-out fold.",
         "",
-        "| configuration (dims:arch:encoder:loss:aug) | minutes | mean foreground Dice |",
-        "|---|---|---|",
+        "Weights are snapshotted at the first epoch end after each budget (the column says when).",
+        "",
+        "| configuration (dims:arch:encoder:loss:aug) | budget (min) | snapshot at (min) | mean fg Dice |",
+        "|---|---|---|---|",
         *rows,
         "",
-        f"Reproduce: `.venv/bin/python bench/train.py --minutes {args.minutes} --cases {args.cases}`",
+        f"Reproduce: `.venv/bin/python bench/train.py --minutes {args.minutes} --cases {args.cases} "
+        f"--configs {args.configs}`",
     ]
     return "\n".join(lines) + "\n"
 
