@@ -98,14 +98,16 @@ def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     field_rng = np.random.default_rng(p["seed"])
     shape = label.shape
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"] for g in grid]
+    coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"]
+              for g in grid]
     out = np.stack([ndimage.map_coordinates(ch, coords, order=1, mode="constant") for ch in image])
     seg = ndimage.map_coordinates(label, coords, order=0, mode="constant")
     return out, seg
 
 
 def _draw_elastic(rng: np.random.Generator, ndim: int) -> Params:
-    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)), "sigma": float(rng.uniform(6, 9))}
+    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)),
+            "sigma": float(rng.uniform(6, 9))}
 
 
 def _apply_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
@@ -114,7 +116,8 @@ def _apply_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     out = []
     for ch in image:
         down = ndimage.zoom(ch, small / shape, order=0)
-        out.append(ndimage.zoom(down, shape / np.array(down.shape), order=3)[tuple(slice(0, s) for s in shape)])
+        up = ndimage.zoom(down, shape / np.array(down.shape), order=3)
+        out.append(up[tuple(slice(0, s) for s in shape)])
     return np.stack(out), label
 
 
