@@ -104,7 +104,10 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
     for folder in folders:
         events = [e["event"] for e in read_events(folder)]
         assert run_state(folder) == "done", (folder.name, events)
-        assert events == (["start", "resume", "done"] if folder == victim else ["start", "done"]), folder.name
+        if folder == victim:  # Lightning turns scancel's SIGTERM into an exception: recorded as interrupted
+            assert events in (["start", "resume", "done"], ["start", "interrupted", "resume", "done"]), events
+        else:
+            assert events == ["start", "done"], folder.name
     final = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert final.output.splitlines()[-1] == "3 runs: 3 done"
     assert pd.read_parquet(results / INDEX_NAME)["run_id"].nunique() == 3
