@@ -19,8 +19,14 @@ from medseg_bench.data.preprocess import PreparedTask, load_case
 from medseg_bench.errors import RunError
 from medseg_bench.results import environment, write_status
 from medseg_bench.spec import RunSpec
-from medseg_bench.training import EpochReporter, build_network, load_weights, resolve_patch_and_batch, \
-    save_learning_curves, train
+from medseg_bench.training import (
+    EpochReporter,
+    build_network,
+    load_weights,
+    resolve_patch_and_batch,
+    save_learning_curves,
+    train,
+)
 
 log = logging.getLogger("medseg_bench.run")
 
@@ -114,6 +120,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
             "cost": {
                 "params": result.params,
                 "train_time_s": result.train_time_s,
+                "first_step_at": result.first_step_at,
                 "eval_time_s": eval_time_s,
                 "epochs_done": result.epochs_done,
                 "resumed_at_epoch": result.resumed_at_epoch,
@@ -128,7 +135,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         }
         write_json_atomic(folder / "summary.json", summary)
         write_status(folder, "done")
-        log.info("run %s: done, mean foreground Dice %.4f", spec.run_id, summary["mean"].get("dice", float("nan")))
+        log.info("run %s: done, mean foreground Dice %.4f", spec.run_id,
+                 summary["mean"].get("dice", float("nan")))
         return summary
     except BaseException as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -108,6 +108,7 @@ class _ProgressCallback(pl.Callback):
         self.run_id, self.epochs, self.reporter = run_id, epochs, reporter
         self.epoch_times_s: list[float] = []
         self.start_epoch = 0
+        self.first_step_at: float | None = None  # wall clock (epoch seconds) of this process's first step
         self._start = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -118,6 +119,11 @@ class _ProgressCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.epoch_times_s.append(time.perf_counter() - self._start)
@@ -136,6 +142,7 @@ class TrainResult:
     epoch_times_s: list[float] = field(default_factory=list)
     epochs_done: int = 0
     resumed_at_epoch: int | None = None  # 1-based epoch this process started at, when it resumed
+    first_step_at: float | None = None  # wall clock of the first training step (see bench/sweep.py)
     peak_memory_mb: float = 0.0
     device: str = "cpu"
 
@@ -236,6 +243,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         epoch_times_s=progress.epoch_times_s,
         epochs_done=trainer.current_epoch,
         resumed_at_epoch=progress.start_epoch + 1 if progress.start_epoch else None,
+        first_step_at=progress.first_step_at,
         peak_memory_mb=peak_mb,
         device="cuda" if cuda else "cpu",
     )
@@ -282,6 +290,7 @@ def _quiet_lightning() -> None:
                 logger.removeHandler(handler)
         logger.propagate = True
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
