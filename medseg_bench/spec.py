@@ -40,7 +40,8 @@ class TaskSpec:
     regions: dict[str, list[int]] = field(default_factory=dict)
     reference_dice: dict[str, float] = field(default_factory=dict)
     citation: str = ""
-    group_pattern: str | None = None  # regex over case ids; its `patient` group (or whole match) = one patient
+    # Regex over case ids; its `patient` group (or the whole match) names one patient.
+    group_pattern: str | None = None
     source_file: str = ""
 
     @property
@@ -69,7 +70,8 @@ class TaskSpec:
             values["labels"] = {int(k): str(v) for k, v in data["labels"].items()}
             values["modalities"] = [str(m) for m in data["modalities"]]
             values["regions"] = {str(k): [int(x) for x in v] for k, v in (data.get("regions") or {}).items()}
-            values["reference_dice"] = {str(k): float(v) for k, v in (data.get("reference_dice") or {}).items()}
+            reference = data.get("reference_dice") or {}
+            values["reference_dice"] = {str(k): float(v) for k, v in reference.items()}
         except (AttributeError, TypeError, ValueError) as exc:
             raise UsageError(f"{source_file}: malformed task file ({exc})") from None
         if values["imaging"] not in ("CT", "MRI", "other"):
@@ -114,7 +116,7 @@ class RunSpec:
             raise UsageError("epochs must be at least 1")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")
-        if self.class_weights is not None and not all(w >= 0 and w < float("inf") for w in self.class_weights):
+        if self.class_weights is not None and not all(0 <= w < float("inf") for w in self.class_weights):
             raise UsageError(f"class weights must be finite and >= 0, not {list(self.class_weights)}")
 
     def to_dict(self) -> dict[str, Any]:

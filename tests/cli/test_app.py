@@ -35,9 +35,10 @@ def test_list(home: Path, what: str, expect: str) -> None:
     (["--dims", "4d"], "unknown dims '4d'"),
     (["--folds", "x"], "--folds takes comma-separated integers"),
 ])
-def test_bad_sweep_names_exit_2_before_any_work(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"),
-                                 *args])
+def test_bad_sweep_names_exit_2_before_any_work(home: Path, tmp_path: Path, args: list[str],
+                                                message: str) -> None:
+    results = str(tmp_path / "r")
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", results, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -50,8 +51,8 @@ def test_unknown_task(home: Path) -> None:
 
 
 def test_sweep_on_unfetched_task_is_a_data_error(home: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"),
-                                 "--epochs", "1"])
+    results = str(tmp_path / "r")
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", results, "--epochs", "1"])
     assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output
 
 
