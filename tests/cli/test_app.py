@@ -51,8 +51,8 @@ def test_unknown_task(home: Path) -> None:
 
 
 def test_sweep_on_unfetched_task_is_a_data_error(home: Path, tmp_path: Path) -> None:
-    results = str(tmp_path / "r")
-    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--results-dir", results, "--epochs", "1"])
+    args = ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"), "--epochs", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output
 
 
