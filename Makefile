@@ -10,7 +10,7 @@ DEMO_RESULTS ?= results
 DEMO_SWEEP := --task Task04_Hippocampus --arch unet --loss dice_ce --aug none --epochs 8 --iters-per-epoch 50
 DEMO_FETCH := $(if $(wildcard $(SHARED_TASK)/dataset.json),--source $(SHARED_TASK),)
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow test-faults lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,19 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# Fault injection (kill -9 loops, disk full, bad checkpoints) and a real one-node SLURM cluster: needs root.
+test-faults: install
+	$(BIN)/python -m pytest -q -m "faults or slurm"
+
 lint: install
 	$(BIN)/ruff check medseg_bench tests bench
 	$(BIN)/mypy medseg_bench
 
 bench: install
+	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
