@@ -41,26 +41,17 @@ def plan(
     from rich.table import Table
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import is_complete
-    from medseg_bench.data.msd import training_cases
     from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
-    from medseg_bench.data.preprocess import excluded_cases
-    from medseg_bench.errors import DataError, UsageError
+    from medseg_bench.data.preprocess import excluded_cases, usable_cases
+    from medseg_bench.errors import UsageError
     from medseg_bench.settings import get_settings
 
     if cpu and gpu_memory_gb is not None:
         raise UsageError("--cpu and --gpu-memory-gb exclude each other")
     spec = get_task(task)
     data = data_dir or get_settings().data_dir
-    folder = data / spec.name
-    if not is_complete(folder):
-        raise DataError(
-            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first"
-        )
-    excluded = excluded_cases(folder)
-    cases = [c for c in training_cases(folder) if c.case_id not in excluded]
-    if not cases:
-        raise DataError(f"{folder}: no usable training cases")
+    cases = usable_cases(spec, data)
+    excluded = excluded_cases(data / spec.name)
     root = data / "preprocessed" / spec.name
     console = Console(stderr=True, highlight=False)
     budget = CPU_BUDGET if cpu else gpu_budget(gpu_memory_gb) if gpu_memory_gb is not None else None

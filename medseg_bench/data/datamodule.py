@@ -52,6 +52,16 @@ def crop_with_padding(array: np.ndarray, center: Sequence[int], size: Sequence[i
     return out
 
 
+def crop_sample(image: np.ndarray, label: np.ndarray, center: np.ndarray, dims: str,
+                patch_size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The 3D patch, or the 2D slice `center[0]` cropped in plane, around `center` (zero-padded)."""
+    if dims == "2d":
+        z = int(center[0])
+        return (crop_with_padding(image[:, z], center[1:], patch_size),
+                crop_with_padding(label[z], center[1:], patch_size))
+    return crop_with_padding(image, center, patch_size), crop_with_padding(label, center, patch_size)
+
+
 class CaseStore:
     """Memory-mapped cached cases, opened once per process."""
 
@@ -100,13 +110,7 @@ class PatchDataset(Dataset):
         case_id = self.store.case_ids[int(rng.integers(len(self.store.case_ids)))]
         image, label, props = self.store[case_id]
         center = _pick_center(rng, label.shape, props, rng.random() < FOREGROUND_FRACTION)
-        if self.dims == "2d":
-            z = int(center[0])
-            img = crop_with_padding(image[:, z], center[1:], self.patch_size)
-            seg = crop_with_padding(label[z], center[1:], self.patch_size)
-        else:
-            img = crop_with_padding(image, center, self.patch_size)
-            seg = crop_with_padding(label, center, self.patch_size)
+        img, seg = crop_sample(image, label, center, self.dims, self.patch_size)
         img, seg, _ = augment(img, seg, self.aug_steps, rng)
         return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
 
@@ -135,13 +139,7 @@ class ValidationPatches(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         case_id, center = self.items[index]
         image, label, _ = self.store[case_id]
-        if self.dims == "2d":
-            z = int(center[0])
-            img = crop_with_padding(image[:, z], center[1:], self.patch_size)
-            seg = crop_with_padding(label[z], center[1:], self.patch_size)
-        else:
-            img = crop_with_padding(image, center, self.patch_size)
-            seg = crop_with_padding(label, center, self.patch_size)
+        img, seg = crop_sample(image, label, center, self.dims, self.patch_size)
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(seg[None].astype(np.int64))
 
 

@@ -112,6 +112,20 @@ def excluded_cases(folder: Path) -> set[str]:
     return {entry["case"] for entry in marker.get("excluded", [])}
 
 
+def usable_cases(task: TaskSpec, data_dir: Path) -> list[Case]:
+    """The training cases of a fetched task, less those its validation excluded."""
+    folder = data_dir / task.name
+    if not is_complete(folder):
+        raise DataError(
+            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first"
+        )
+    excluded = excluded_cases(folder)
+    cases = [c for c in training_cases(folder) if c.case_id not in excluded]
+    if not cases:
+        raise DataError(f"{folder}: no usable training cases")
+    return cases
+
+
 def prepare_task(
     task: TaskSpec,
     data_dir: Path,
@@ -124,15 +138,7 @@ def prepare_task(
 
     `budget` re-sizes the plan's patches and batches (see `plan.load_or_make_plan`).
     """
-    folder = data_dir / task.name
-    if not is_complete(folder):
-        raise DataError(
-            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first"
-        )
-    excluded = excluded_cases(folder)
-    cases = [c for c in training_cases(folder) if c.case_id not in excluded]
-    if not cases:
-        raise DataError(f"{folder}: no usable training cases")
+    cases = usable_cases(task, data_dir)
     root = data_dir / "preprocessed" / task.name
     with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for both stages
         plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
