@@ -90,24 +90,9 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
     The image goes through what the cache applies (normalise, crop to the non-zero region, resample to the
     plan's target spacing); the probabilities are resampled back and the crop is undone (outside: background).
     """
-    from medseg_bench.data.plan import normalize
-    from medseg_bench.data.resample import (
-        anisotropic_axis,
-        crop,
-        nonzero_box,
-        resample_image,
-        target_shape,
-        to_original,
-    )
+    from medseg_bench.data.preprocess import preprocess_image
+    from medseg_bench.data.resample import to_original
 
-    shape = [int(s) for s in image.shape[1:]]
-    normalized = normalize(image, plan)
-    box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in shape]
-    cropped = crop(normalized, box)
-    separate = anisotropic_axis(spacing_zyx, plan.target_spacing)
-    new_shape = target_shape(cropped.shape[1:], spacing_zyx, plan.target_spacing)
-    resampled = np.ascontiguousarray(resample_image(cropped, new_shape, separate), dtype=np.float32)
+    resampled, _, grid = preprocess_image(image, spacing_zyx, plan)
     probs = predict_probabilities(net, resampled, dims, patch_size, device, tta)
-    props = {"crop_box": box, "shape_original_zyx": shape, "spacing_original_zyx": list(spacing_zyx),
-             "spacing_preprocessed_zyx": list(plan.target_spacing)}
-    return to_original(probs, props)
+    return to_original(probs, grid)

@@ -15,11 +15,12 @@ Cached arrays are cropped to the non-zero region and resampled to the plan's tar
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -61,21 +62,36 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
+                     label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """What the cache applies to a (C, Z, Y, X) image (and its label): normalise, crop to the non-zero region,
+    resample to the plan's target spacing. Returns both arrays and the grid properties that
+    `resample.to_original` needs to map a prediction back (crop box, original and preprocessed spacing/shape).
+    """
+    original_shape = [int(s) for s in image.shape[1:]]
+    normalized = normalize(image, plan)  # before cropping: the non-zero mask rule sees the whole image
+    box = nonzero_box(image, label) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
+    normalized = crop(normalized, box)
+    new_shape = target_shape(normalized.shape[1:], spacing_zyx, plan.target_spacing)
+    separate = anisotropic_axis(spacing_zyx, plan.target_spacing)
+    normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
+    if label is not None:
+        label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate))
+    grid = {"shape_original_zyx": original_shape, "spacing_original_zyx": list(spacing_zyx),
+            "spacing_preprocessed_zyx": list(plan.target_spacing), "crop_box": box}
+    return normalized, label, grid
+
+
 def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
     """Read, normalise, crop, resample and store one case; return its id. Safe to run in a worker process."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
-    original_shape = label.shape
-    normalized = normalize(image, plan)  # before cropping: the non-zero mask rule sees the whole image
-    box = nonzero_box(image, label) if plan.crop_to_nonzero else [[0, int(s)] for s in original_shape]
-    normalized, label = crop(normalized, box), crop(label, box)
     spacing = geom.spacing_zyx
-    new_shape = target_shape(label.shape, spacing, plan.target_spacing)
-    separate = anisotropic_axis(spacing, plan.target_spacing)
-    normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate))
-    label = np.ascontiguousarray(resample_label(label, new_shape, separate))
+    normalized, resampled, grid = preprocess_image(image, spacing, plan, label)
+    assert resampled is not None
+    label = resampled
     rng = np.random.default_rng(0)
     foreground: dict[str, list[list[int]]] = {}
     for value in np.unique(label):
@@ -94,10 +110,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
             "label": str(case.label),
             "shape_zyx": list(label.shape),
             "geometry": geom.to_dict(),  # of the original image
-            "shape_original_zyx": list(original_shape),
-            "spacing_original_zyx": list(spacing),
-            "spacing_preprocessed_zyx": list(plan.target_spacing),
-            "crop_box": box,
+            **grid,
             "foreground": foreground,
         },
         compact=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from medseg_bench.report.tables import (
     sample_scores,
     top_k,
 )
+from medseg_bench.results import load_results, read_json
 
 
 @dataclass
@@ -45,14 +45,6 @@ class Report:
         return list(dict.fromkeys(self.table["task"]))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
     """Per run: spec axes, fold, seed, package versions, git revision, device and metric settings; per task:
     the distinct metric settings (more than one means its numbers are not comparable)."""
@@ -64,7 +56,7 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
     for _, row in table.iterrows():
         for run_id in row["run_ids"]:
             folder = results_dir / row["task"] / run_id
-            spec, env, summary = (_read_json(folder / n) for n in ("spec.json", "env.json", "summary.json"))
+            spec, env, summary = (read_json(folder / n) for n in ("spec.json", "env.json", "summary.json"))
             settings = summary.get("metric_settings", {})
             runs[run_id] = {
                 "task": row["task"], "config": row["config"], "fold": spec.get("fold"),
@@ -130,7 +122,6 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
 def build_report(results_dir: Path, metric: str = "dice", task: list[str] | str | None = None,
                  **options: Any) -> Report:
     """Load the finished runs under `results_dir` (only `task`, when given) and build their Report."""
-    from medseg_bench.results import load_results
 
     results = load_results(results_dir)
     if task:
