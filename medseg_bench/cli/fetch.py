@@ -42,6 +42,7 @@ def fetch(
 ) -> None:
     """Get TASK into DATA_DIR/TASK: checksummed, resumable, extracted safely, validated."""
     from rich.console import Console
+    from rich.markup import escape
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
@@ -49,7 +50,7 @@ def fetch(
 
     settings = get_settings()
     spec = get_task(task)
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
     outcome = fetch_task(
         spec,
         data_dir or settings.data_dir,
@@ -66,9 +67,9 @@ def fetch(
     report = outcome.report
     assert report is not None
     for warning in outcome.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     for problem in report.problems:
-        console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
+        console.print(f"[yellow]warning:[/yellow] {escape(str(problem))} (case excluded from training)")
     typer.echo(
         f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
         + (f" ({len(report.excluded)} excluded)" if report.excluded else "")

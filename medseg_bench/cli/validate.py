@@ -27,6 +27,7 @@ def validate(
     used again by the next sweep (and a newly broken one is excluded).
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import Progress
 
     from medseg_bench.data.catalog import get_task
@@ -42,22 +43,24 @@ def validate(
         raise DataError(
             f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first"
         )
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
     with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
         bar_id = bar.add_task("validating", total=len(training_cases(folder)))
         report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
     changed = record_validation(folder, report)
     for warning in case_count_warnings(spec, report):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    for problem in report.problems:
-        if strict:
-            console.print(f"[red]problem:[/red] {problem}")
-        else:
-            console.print(f"[yellow]warning:[/yellow] {problem} (case excluded from training)")
-    if strict and report.problems:
-        raise DataError(
-            f"{folder}: {len(report.problems)} problem(s) in {len(report.excluded)} case(s) (--strict)"
-        )
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    problems = report.problems
+    if problems and (strict or not report.usable_cases):
+        # Fatal: the error line names the first bad file and its problem; the others are listed before it.
+        for problem in problems[1:]:
+            console.print(f"[red]problem:[/red] {escape(str(problem))}")
+        more = f" and {len(problems) - 1} more problem(s) in {len(report.excluded)} case(s)" \
+            if len(problems) > 1 else ""
+        why = "(--strict)" if strict else "(no usable training case left)"
+        raise DataError(f"{problems[0]}{more} {why}")
+    for problem in problems:
+        console.print(f"[yellow]warning:[/yellow] {escape(str(problem))} (case excluded from training)")
     if report.excluded:
         console.print(
             f"[yellow]warning:[/yellow] excluded from training: {', '.join(sorted(report.excluded))}"

@@ -13,7 +13,8 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg_bench.data.io import write_json_atomic
@@ -65,13 +66,15 @@ def fetch_task(
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
     """
     target = data_dir / task.name
+    staging = data_dir / f".{task.name}.partial"
     if is_complete(target):
+        # A fetch killed after the rename into place leaves an empty staging folder behind.
+        shutil.rmtree(staging, ignore_errors=True)
         return FetchOutcome(target, True, None)
     origin = resolve_source(task, source, mirror)
     data_dir.mkdir(parents=True, exist_ok=True)
     if target.exists():  # an unmarked folder is a leftover of an interrupted fetch: never trusted
         shutil.rmtree(target)
-    staging = data_dir / f".{task.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -82,21 +85,28 @@ def fetch_task(
                 origin, data_dir / ".downloads" / f"{task.name}.tar", expected, timeout_s, progress
             )
             root = extract_archive(archive, staging)
+            in_source = _archive_member_namer(archive, staging)
         elif "://" in origin:
             raise UsageError(f"{origin}: only http(s) URLs and local paths are accepted")
         else:
             local = Path(origin).expanduser()
             if local.is_dir():
                 root = import_folder(local, staging)
+                in_source = _relocator(root, local)
             elif local.is_file():
                 verify_md5(local, _expected_md5(task, md5, origin))
                 root = extract_archive(local, staging)
+                in_source = _archive_member_namer(local, staging)
             else:
                 raise FetchError(f"{local}: no such file or folder")
         report = validate_folder(root, task)
-        if strict and report.problems:
-            more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
-            raise DataError(f"{report.problems[0]}{more} (--strict: nothing was kept)")
+        if report.problems and (strict or not report.usable_cases):
+            # Nothing is kept: name each bad file where the user has it (the folder or archive fetched from).
+            first, count = _renamed(report, in_source).problems[0], len(report.problems)
+            more = f" and {count - 1} more problem(s)" if count > 1 else ""
+            why = "(--strict: nothing was kept)" if strict else "(no usable training case: nothing was kept)"
+            raise DataError(f"{first}{more} {why}")
+        report = _renamed(report, _relocator(root, target))  # the files are kept: name them where they go
         warnings = tuple(case_count_warnings(task, report))
         write_json_atomic(
             root / MARKER,
@@ -113,6 +123,36 @@ def fetch_task(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
+
+
+def _relocator(root: Path, place: Path) -> Callable[[str], str]:
+    """Maps a path under `root` (the staging copy) to the same relative path under `place`."""
+    resolved = root.resolve()
+
+    def rename(path: str) -> str:
+        try:
+            return str(place / Path(path).resolve().relative_to(resolved))
+        except ValueError:
+            return path
+
+    return rename
+
+
+def _archive_member_namer(archive: Path, staging: Path) -> Callable[[str], str]:
+    """Maps an extracted path to `ARCHIVE:member` (the file as the archive holds it)."""
+    resolved = staging.resolve()
+
+    def rename(path: str) -> str:
+        try:
+            return f"{archive}:{Path(path).resolve().relative_to(resolved).as_posix()}"
+        except ValueError:
+            return path
+
+    return rename
+
+
+def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> ValidationReport:
+    return replace(report, problems=[replace(p, file=rename(p.file)) for p in report.problems])
 
 
 def _excluded_entries(report: ValidationReport) -> list[dict[str, str]]:

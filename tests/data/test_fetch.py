@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -246,3 +247,49 @@ def test_strict_fetch_keeps_nothing_when_a_case_is_bad(home: Path, tmp_path: Pat
     assert not (data / "Task90_Synth").exists() and not list(data.glob(".*.partial"))
     relaxed = fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)
     assert relaxed.report is not None and relaxed.report.excluded == {"case_002"}
+
+
+def test_bad_files_are_named_where_the_user_has_them(home: Path, tmp_path: Path) -> None:
+    """Kept: named in the task folder, not the staging copy; nothing kept: in the source (ARCHIVE:member)."""
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    (src / "labelsTr" / "case_002.nii.gz").unlink()
+    archive, md5 = make_tar(src, tmp_path / "synth.tar")
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    with pytest.raises(DataError) as folder_error:
+        fetch_task(task, data, str(src), progress=False, strict=True)
+    assert str(folder_error.value).startswith(f"{src}/labelsTr/case_002.nii.gz: label file missing")
+    with pytest.raises(DataError) as tar_error:
+        fetch_task(task, data, str(archive), md5, progress=False, strict=True)
+    assert str(tar_error.value).startswith(f"{archive}:Task90_Synth/labelsTr/case_002.nii.gz: label file")
+    kept = fetch_task(task, data, str(archive), md5, progress=False)
+    assert kept.report is not None
+    assert [p.file for p in kept.report.problems] == [str(data / "Task90_Synth/labelsTr/case_002.nii.gz")]
+    marker = json.loads((data / "Task90_Synth" / MARKER).read_text())
+    assert [e["file"] for e in marker["excluded"]] == [str(data / "Task90_Synth/labelsTr/case_002.nii.gz")]
+
+
+def test_no_usable_case_is_an_error_and_nothing_is_kept(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=3)
+    for label in (src / "labelsTr").iterdir():
+        label.unlink()
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match=r"case_000.nii.gz: label file missing and 2 more problem\(s\) "
+                                        r"\(no usable training case: nothing was kept\)"):
+        fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)
+    assert not (data / "Task90_Synth").exists() and not list(data.glob(".*.partial"))
+
+
+def test_staging_left_by_a_kill_after_the_rename_is_removed(hippo_subset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    task = get_task("Task04_Hippocampus")
+    fetch_task(task, data, str(hippo_subset), progress=False)
+    (data / ".Task04_Hippocampus.partial").mkdir()  # what a kill between rename and clean-up leaves
+    again = fetch_task(task, data, str(hippo_subset), progress=False)
+    assert again.already_present and not (data / ".Task04_Hippocampus.partial").exists()
