@@ -181,12 +181,14 @@ def test_masks_touching_the_image_border_match_deepmind():
         assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
 
 
-@pytest.mark.parametrize("margin_mm", [0.0, 5.0])
+@pytest.mark.parametrize(("margin_mm", "neighbour_mm"), [(0.0, 0.0), (0.0, 10.0), (5.0, 10.0)])
 @pytest.mark.parametrize("surface", ["area", "voxel"])
-def test_stray_islands_and_disjoint_masks_match_brute_force(monkeypatch, margin_mm, surface):
-    """The distance transform runs on the overlap of the two surfaces' boxes plus a margin; points outside it
-    or not provably exact there go to a k-d tree. A zero margin sends many points down that path."""
+def test_stray_islands_and_disjoint_masks_match_brute_force(monkeypatch, margin_mm, neighbour_mm, surface):
+    """In-plane distance transforms run on per-slice crops (the slice's surface box plus a margin, grown to
+    hold the other surface's nearby elements); points outside a crop they need go to a k-d tree. Zero margin
+    and no growth send many points down that path."""
     monkeypatch.setattr(surface_module, "_MARGIN_MM", margin_mm)
+    monkeypatch.setattr(surface_module, "_NEIGHBOUR_MM", neighbour_mm)
     ref = np.zeros((10, 24, 24), bool)
     ref[2:7, 4:14, 5:15] = True
     pred = np.roll(ref, (1, 2), axis=(0, 1))
@@ -202,6 +204,63 @@ def test_stray_islands_and_disjoint_masks_match_brute_force(monkeypatch, margin_
         actual = our_metrics(a, b, SPACING_3D, surface, tolerance_mm=1.0)
         for name in expected:
             assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
+
+
+def lumpy_pair(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An organ-like lumpy ellipsoid (or ellipse), a prediction of it with other lumps, moved by one voxel and
+    with a stray island in a corner: caps, bulges and far points, as in bench/metrics.py but small."""
+    rng = np.random.default_rng(seed)
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+
+    def lumpy(shift: int) -> np.ndarray:
+        radius = sum(((g - n / 2 - shift * (axis > 0)) / (0.35 * n)) ** 2
+                     for axis, (g, n) in enumerate(zip(grids, shape, strict=True)))
+        noise = ndimage.gaussian_filter(rng.standard_normal(shape), 3)
+        return np.sqrt(radius) <= 1.0 + noise * (0.1 / noise.std())
+
+    ref, pred = lumpy(0), lumpy(1)
+    pred[(slice(0, 3),) * len(shape)] = True  # the island
+    return pred, ref
+
+
+@pytest.mark.parametrize(("margin_mm", "neighbour_mm"), [(0.0, 0.0), (5.0, 10.0)])
+@pytest.mark.parametrize("surface", ["area", "voxel"])
+@pytest.mark.parametrize(
+    ("shape", "spacing"),
+    [((24, 56, 60), (2.5, 0.8, 0.8)), ((40, 40, 40), (1.0, 1.0, 1.0)), ((80, 90), (0.7, 1.3))],
+)
+def test_every_distance_matches_a_full_distance_transform(
+    monkeypatch, margin_mm, neighbour_mm, surface, shape, spacing
+):
+    """Element by element, against scipy's distance transform of the whole box (float64)."""
+    monkeypatch.setattr(surface_module, "_MARGIN_MM", margin_mm)
+    monkeypatch.setattr(surface_module, "_NEIGHBOUR_MM", neighbour_mm)
+    for seed in range(2):
+        pred, ref = lumpy_pair(shape, seed)
+        sd = compute_surface_distances(pred, ref, spacing, surface)
+        box = surface_module.union_box([surface_module.nonzero_box(pred), surface_module.nonzero_box(ref)])
+        grids = [surface_module._surface_elements(surface_module._zero_padded(m[box]), spacing, surface)
+                 for m in (pred, ref)]
+        (pred_border, pred_index, _), (ref_border, ref_index, _) = grids
+        to_ref = ndimage.distance_transform_edt(~ref_border, sampling=spacing).ravel()[pred_index]
+        to_pred = ndimage.distance_transform_edt(~pred_border, sampling=spacing).ravel()[ref_index]
+        np.testing.assert_allclose(sd.pred_to_ref_mm, to_ref, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(sd.ref_to_pred_mm, to_pred, rtol=1e-6, atol=1e-9)
+
+
+def test_area_weighted_percentile_matches_a_full_sort():
+    """The percentile sorts only the upper part of the distances; check it against sorting them all."""
+    rng = np.random.default_rng(3)
+    for size in [1, 2, 5, 20, 100, 1000, 20000]:
+        for _ in range(5):
+            distances = rng.integers(0, 40, size) * 0.5  # many ties, as on a grid
+            weights = rng.choice([0.5, 1.0, 2.0, 3.25], size)  # sums exact in binary floating point
+            for percentile in (50.0, 95.0, 99.0, 100.0):
+                order = np.argsort(distances, kind="stable")
+                cumulative = np.cumsum(weights[order]) / weights.sum()
+                index = min(int(np.searchsorted(cumulative, percentile / 100)), size - 1)
+                expected = distances[order[index]]
+                assert surface_module._percentile(distances, weights, percentile, "area") == expected
 
 
 # --- analytic: a box and the same box moved by k slices ---------------------------------------------------
