@@ -17,6 +17,16 @@ def evaluate(
     labels: Annotated[
         str | None, typer.Option(help="Comma-separated labels, e.g. 1,2 (default: all in the references).")
     ] = None,
+    regions: Annotated[
+        str | None,
+        typer.Option(help="Label unions scored as one structure, after the labels: NAME=LABELS;... e.g. "
+                          "'whole=1,2,3;core=2,3;enhancing=3'. Their rows carry the name as label."),
+    ] = None,
+    regions_from: Annotated[
+        str | None,
+        typer.Option(metavar="TASK", help="Score the regions a task file declares instead, e.g. "
+                                          "Task01_BrainTumour (see `medseg-bench list tasks`)."),
+    ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
     surface: Annotated[
         str, typer.Option(help="Surface: area (DeepMind surfels) or voxel (boundary voxels, as MONAI/MedPy).")
@@ -30,7 +40,8 @@ def evaluate(
         int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
     ] = None,
 ) -> None:
-    """Per case and label: Dice, Jaccard, precision, recall, HD, HD95, ASSD, NSD (mm); then the means."""
+    """Per case and label (then region): Dice, Jaccard, precision, recall, HD, HD95, ASSD, NSD (mm); then the
+    means."""
     from medseg_bench.errors import UsageError
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
 
@@ -38,15 +49,19 @@ def evaluate(
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
     settings = MetricSettings(nsd_tolerance_mm=nsd_tolerance, surface=surface, empty_policy=empty_policy)
     wanted = _parse_labels(labels)
+    if regions is not None and regions_from is not None:
+        raise UsageError("give --regions or --regions-from, not both")
+    groups = _parse_regions(regions) if regions is not None else _task_regions(regions_from)
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise UsageError(f"--workers must be at least 1, got {processes}")
-    cases = evaluate_folders(pred, ref, wanted, settings, workers=processes)
+    cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups)
     means = summarize_cases(cases)
     for row in means.itertuples():
         if row.n_both_empty:
+            kind = "region" if isinstance(row.label, str) else "label"
             typer.secho(
-                f"note: label {row.label}: {row.n_both_empty} of {row.n_cases} cases have both masks empty "
+                f"note: {kind} {row.label}: {row.n_both_empty} of {row.n_cases} cases have both masks empty "
                 "(metrics NaN, left out of the mean)",
                 err=True,
             )
@@ -70,6 +85,49 @@ def _parse_labels(text: str | None) -> list[int] | None:
     if not values or min(values) < 1:
         raise UsageError(f"--labels must be comma-separated integers >= 1, got '{text}'")
     return sorted(set(values))
+
+
+def _parse_regions(text: str) -> dict[str, list[int]]:
+    """'whole=1,2,3;core=2,3' -> {'whole': [1, 2, 3], 'core': [2, 3]}; a UsageError names what is wrong."""
+    import re
+
+    from medseg_bench.errors import UsageError
+
+    found: dict[str, list[int]] = {}
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        name, sep, values = (piece.strip() for piece in item.partition("="))
+        if not sep or not name or not values:
+            raise UsageError(f"--regions: '{item}' is not NAME=LABELS (e.g. 'whole=1,2,3;core=2,3')")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name):
+            raise UsageError(f"--regions: region name '{name}' must start with a letter and hold only "
+                             "letters, digits, '_', '.' and '-'")
+        if name in found:
+            raise UsageError(f"--regions: region '{name}' is given twice")
+        try:
+            labels = [int(value) for value in values.split(",") if value.strip()]
+        except ValueError:
+            labels = []
+        if not labels or min(labels) < 1:
+            raise UsageError(f"--regions: region '{name}' needs comma-separated labels >= 1, got '{values}'")
+        found[name] = sorted(set(labels))
+    if not found:
+        raise UsageError(f"--regions: no region in '{text}' (e.g. 'whole=1,2,3;core=2,3')")
+    return found
+
+
+def _task_regions(task: str | None) -> dict[str, list[int]] | None:
+    from medseg_bench.errors import UsageError
+
+    if task is None:
+        return None
+    from medseg_bench.data.catalog import get_task
+
+    spec = get_task(task)
+    if not spec.regions:
+        raise UsageError(f"--regions-from: task {spec.name} declares no regions ({spec.source_file})")
+    return {name: list(values) for name, values in spec.regions.items()}
 
 
 def _columns() -> list[str]:

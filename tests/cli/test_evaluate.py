@@ -110,3 +110,82 @@ def test_geometry_mismatch_exits_3_naming_both_files(folders):
     assert result.exit_code == 3
     assert "b.nii.gz: geometry differs from reference" in result.stderr
     assert str(ref_dir / "b.nii.gz") in result.stderr and "spacing" in result.stderr
+
+
+# --- regions -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tumour_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """One BraTS-like case of 4 x 6 x 6 voxels: labels 1 (oedema), 2 (non-enhancing), 3 (enhancing).
+
+    Reference: 1 in [0:2, 0:3, 0:3], 2 in [2:4, 0:3, 0:3], 3 in [2:4, 3:6, 3:6] (18 voxels each).
+    Prediction: 1 as the reference, 3 where the reference has 2, and 3 in [2:4, 3:6, 3:5] (12 voxels).
+    """
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    ref = np.zeros((4, 6, 6), np.uint8)
+    ref[0:2, 0:3, 0:3] = 1
+    ref[2:4, 0:3, 0:3] = 2
+    ref[2:4, 3:6, 3:6] = 3
+    pred = np.zeros_like(ref)
+    pred[0:2, 0:3, 0:3] = 1
+    pred[2:4, 0:3, 0:3] = 3
+    pred[2:4, 3:6, 3:5] = 3
+    write(pred_dir, "case", pred)
+    write(ref_dir, "case", ref)
+    return pred_dir, ref_dir
+
+
+# Dice by hand from (|P|, |R|, |P & R|): whole (48, 54, 48), core (30, 36, 30), enhancing (30, 18, 12).
+HAND_DICE = {"whole": 2 * 48 / (48 + 54), "core": 2 * 30 / (30 + 36), "enhancing": 2 * 12 / (30 + 18)}
+
+
+def test_regions_are_rows_after_the_labels_with_their_name_as_label(tumour_folders):
+    pred_dir, ref_dir = tumour_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv",
+                    "--regions", "whole=1,2,3; core=2,3;enhancing=3")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout), dtype={"label": str})
+    cases = frame[frame["case"] == "case"].set_index("label")
+    assert cases.index.tolist() == ["1", "2", "3", "whole", "core", "enhancing"]
+    for name, dice in HAND_DICE.items():
+        assert cases.loc[name, "dice"] == pytest.approx(dice), name
+    assert cases.loc["2", "dice"] == 0  # label 2 is never predicted
+    means = frame[frame["case"] == "mean"].set_index("label")
+    assert means.loc["core", "dice"] == pytest.approx(HAND_DICE["core"])
+
+
+def test_regions_from_a_task_file(tumour_folders):
+    pred_dir, ref_dir = tumour_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json", "--labels", "3",
+                    "--regions-from", "Task01_BrainTumour")
+    assert result.exit_code == 0, result.output
+    rows = {row["label"]: row for row in json.loads(result.stdout)["cases"]}
+    assert list(rows) == [3, "whole_tumour", "tumour_core", "enhancing_tumour"]
+    assert rows["tumour_core"]["dice"] == pytest.approx(HAND_DICE["core"])
+    assert rows["whole_tumour"]["dice"] == pytest.approx(HAND_DICE["whole"])
+    assert rows["enhancing_tumour"]["dice"] == pytest.approx(rows[3]["dice"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--regions", "whole"], "--regions: 'whole' is not NAME=LABELS"),
+        (["--regions", "core=2,x"], "--regions: region 'core' needs comma-separated labels >= 1, got '2,x'"),
+        (["--regions", "core=0,2"], "region 'core' needs comma-separated labels >= 1"),
+        (["--regions", "=1,2"], "'=1,2' is not NAME=LABELS"),
+        (["--regions", "2=2,3"], "region name '2' must start with a letter"),
+        (["--regions", "a=1;a=2"], "region 'a' is given twice"),
+        (["--regions", " ; "], "--regions: no region in"),
+        (["--regions", "a=1", "--regions-from", "Task01_BrainTumour"], "give --regions or --regions-from"),
+        (["--regions-from", "Task04_Hippocampus"], "task Task04_Hippocampus declares no regions"),
+        (["--regions-from", "Task01_BrainTumor"], "did you mean 'Task01_BrainTumour'"),
+    ],
+)
+def test_bad_regions_exit_2_with_one_line(tumour_folders, extra, message):
+    pred_dir, ref_dir = tumour_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
