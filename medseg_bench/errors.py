@@ -7,6 +7,7 @@ Exit codes (documented in the README):
     4  fetch error: download failed, checksum mismatch, unsafe archive
     5  run error: one or more runs of a sweep failed
     6  results error: results dir unwritable, or no results to report
+  130  a sweep interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells report it)
 """
 
 from __future__ import annotations
@@ -50,3 +51,13 @@ class ResultsError(MedsegError):
     """The results store cannot be written or holds nothing to report."""
 
     exit_code = 6
+
+
+class Interrupted(MedsegError):
+    """A sweep stopped by SIGINT or SIGTERM: finished runs are kept, the interrupted one resumes next time."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -119,17 +119,35 @@ def sweep(
         for line in dry_run_lines(runs, results_dir):
             typer.echo(line)
         return
+    import signal
+
     from medseg_bench.settings import get_settings
+    from medseg_bench.sweep import signals
 
     data = data_dir or get_settings().data_dir
-    if launcher == "slurm":
-        _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb,
-                array_parallelism, workers)
-        return
-    from medseg_bench.progress import make_reporter
-    from medseg_bench.sweep.local import run_sweep
+    with signals.interruptible():  # SIGTERM stops the sweep the way Ctrl-C does
+        try:
+            if launcher == "slurm":
+                _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb,
+                        array_parallelism, workers)
+                return
+            from medseg_bench.progress import make_reporter
+            from medseg_bench.sweep.local import run_sweep
 
-    run_sweep(runs, results_dir, data, make_reporter(), fail_fast, workers, jobs)
+            run_sweep(runs, results_dir, data, make_reporter(), fail_fast, workers, jobs)
+        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns a KeyboardInterrupt into exit(1)
+            signum = signals.received()
+            if signum is None and not isinstance(exc, KeyboardInterrupt):
+                raise
+            from medseg_bench.errors import Interrupted
+
+            stop = Interrupted(f"sweep interrupted ({signal.Signals(signum or signal.SIGINT).name}): "
+                               "finished runs are kept; rerun the same command to resume the others",
+                               signum or signal.SIGINT)
+            if signum is None:
+                raise stop from None
+            typer.secho(f"error: {stop}", fg="red", err=True)  # as the app prints every error
+            signals.exit_now(stop.exit_code)
 
 
 def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str | None, time: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -16,17 +17,50 @@ def default_workers(num_items: int) -> int:
     return max(1, min(num_items, os.cpu_count() or 1, 8))
 
 
+def _die_with_parent(parent: int, tie: bool) -> None:
+    """Pool initializer. With `tie` (Linux), the kernel kills this worker as soon as the process that started
+    it dies, kill -9 included: a killed command leaves no worker behind, blocked on a dead pipe or still
+    writing into a folder that the next command rebuilds."""
+    if tie:
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux
+            pass
+    if os.getppid() != parent:  # the parent is already gone: nobody would read our results
+        os._exit(1)
+
+
 @contextmanager
 def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """A pool of `workers` spawned processes to share between stages (None for in-process work)."""
+    """A pool of `workers` spawned processes to share between stages (None for in-process work).
+
+    When the block raises (a failed item, Ctrl-C, SIGTERM), queued work is cancelled and the workers are
+    terminated at once instead of finishing every queued item: what they write is written atomically.
+    """
     if workers <= 1:
         yield None
         return
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # fork is unsafe with threads (ITK, torch)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # The kernel ties a worker to the thread that started it: only the main thread lives as long as we do.
+    tie = threading.current_thread() is threading.main_thread()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
+                               initargs=(os.getpid(), tie))
+    try:
         yield pool
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)
 
 
 def parallel_map(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import EXIT_BUSY, EXIT_DONE, EXIT_SKIPPED, failure_message, run_one
 
 POLL_S = 1.0
+STOP_GRACE_S = 10.0  # an interrupted worker that has not exited by then is killed
 
 
 def default_num_workers(spec: RunSpec) -> int:
@@ -147,8 +149,13 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                     continue
                 slot = free.pop(0)
                 workers = default_num_workers(spec) if num_workers is None else num_workers
-                active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir, devices[slot],
-                                                        threads, workers))
+                # A signal between the start and the bookkeeping would leave a worker nobody stops.
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir,
+                                                            devices[slot], threads, workers))
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 reporter.run_start(spec.run_id)
             if stop and not active:
                 break
@@ -171,10 +178,22 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             if stop:
                 todo.clear()
     finally:
-        for job in active.values():  # interrupted: stop the workers (their runs resume next time)
-            job.process.terminate()
-        for job in active.values():
-            job.process.wait()
+        _stop_workers([job.process for job in active.values()])
+
+
+def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Interrupted: SIGTERM each worker (it records `interrupted`, keeps its last checkpoint and exits at
+    once), SIGKILL any still there after STOP_GRACE_S. Their runs resume next time."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path, device: str | None,
@@ -185,7 +204,7 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "medseg_bench.sweep", "--spec", json.dumps(spec.to_dict()),
                "--results-dir", str(results_dir), "--data-dir", str(data_dir), "--threads", str(threads),
-               "--workers", str(workers)]
+               "--workers", str(workers), "--parent", str(os.getpid())]
     with open(folder / "worker.log", "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from medseg_bench.results import (
     write_status,
 )
 from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.signals import exit_now, interruptible, received, stop_reason
 
 # Exit codes of a worker process; the local launcher reads them.
 EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11
@@ -134,8 +136,8 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         except RunError as exc:
             append_event(folder, "failed", error=str(exc))
             return Outcome("failed", error=str(exc))
-        except BaseException as exc:  # Ctrl-C, or submitit's exit when it requeues: the run resumes later
-            append_event(folder, "interrupted", reason=type(exc).__name__)
+        except BaseException as exc:  # Ctrl-C, SIGTERM, or submitit's exit when it requeues: it resumes later
+            append_event(folder, "interrupted", reason=stop_reason(exc))
             raise
         finally:
             beat.stop()
@@ -152,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--parent", type=int, default=0,
+                        help="pid of the launcher: this worker is stopped (SIGTERM) when it dies")
     args = parser.parse_args(argv)
+    if args.parent:
+        _stop_with_parent(args.parent)
     import torch
 
     from medseg_bench.sweep.local import prepare_locked
@@ -160,16 +166,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     spec = RunSpec.from_dict(json.loads(args.spec))
-    try:
-        prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds)
-    except MedsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
+    with interruptible():  # SIGTERM from the launcher (or anyone): stop now, as Ctrl-C does
+        try:
+            prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds)
+            outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
+        except MedsegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns a KeyboardInterrupt into exit(1)
+            signum = received()
+            if signum is None and not isinstance(exc, KeyboardInterrupt):
+                raise
+            exit_now(128 + (signum or 2))
     if outcome.kind == "failed":
         print(f"error: {outcome.error}", file=sys.stderr)
     codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY}
     return codes[outcome.kind]
+
+
+def _stop_with_parent(parent: int) -> None:
+    """On Linux, have the kernel send SIGTERM to this worker when the launcher dies (kill -9 included), so
+    that no worker trains on unseen; the run is interrupted as by Ctrl-C and resumes next time."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        raise SystemExit(128 + 15)
 
 
 def failure_message(folder: Path, returncode: int) -> str:

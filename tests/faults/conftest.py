@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,29 @@ def kill9(process: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     process.communicate()
+
+
+def session_processes(session: int) -> list[str]:
+    """The live processes of a session (a CLI started by `start_cli` and all it started), as 'pid command';
+    zombies waiting for their reaper are dead and not listed."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, session
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {text[text.index('(') + 1:text.rindex(')')]}")
+    return found
+
+
+def wait_for_no_processes(session: int, timeout_s: float = 5.0) -> list[str]:
+    """Poll until the session has no live process; return what is left after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def run_folders(results: Path) -> list[Path]:

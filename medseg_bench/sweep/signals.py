@@ -1,0 +1,72 @@
+"""SIGTERM stops a sweep exactly as Ctrl-C does.
+
+Without this, SIGTERM killed the local launcher outright (its `--jobs` workers trained on, orphaned), and
+inside a training run Lightning only noted it and stopped after the current batch, as a plain `exit`.
+`interruptible()` makes SIGINT and SIGTERM raise KeyboardInterrupt in the main thread at once (Lightning's
+own SIGTERM handler calls ours), so every `finally` runs: the run in progress records `interrupted` and
+keeps its last checkpoint, locks are released, worker processes are terminated. `received()` then tells
+the command which signal it was, for its exit code (128 + the signal number, as a shell reports it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def received() -> int | None:
+    """The first stop signal received inside `interruptible()`, or None."""
+    return _received[0] if _received else None
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    if _received:  # already stopping: let the clean-up finish (it is bounded; see local._stop_workers)
+        return
+    _received.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt (the first one; later ones are ignored
+    while the clean-up runs). The previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    _received.clear()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_reason(exc: BaseException) -> str:
+    """What to record in the run's `interrupted` event: the signal's name, else the exception's type."""
+    signum = received()
+    return signal.Signals(signum).name if signum is not None else type(exc).__name__
+
+
+def exit_now(code: int) -> None:
+    """Flush and leave at once, skipping the interpreter's clean-up (with torch and MONAI loaded it takes
+    seconds on a busy machine): used after an interruption, once every file is written and every lock and
+    child process released."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -1,0 +1,118 @@
+"""SIGTERM (what `kill PID`, systemd and container runtimes send) stops a real sweep as Ctrl-C does: at once,
+with its worker processes, the finished runs intact and the interrupted one resumable; exit code 143."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.locks import is_locked
+from medseg_bench.results import is_done, read_events, read_json, run_state
+from tests.faults.conftest import (
+    Ledger,
+    check_done_once,
+    kill9,
+    run_cli,
+    run_folders,
+    start_cli,
+    sweep_argv,
+    temp_files,
+    wait_for_no_processes,
+)
+
+pytestmark = pytest.mark.faults
+# Sequential: run 0 finishes, run 1 is stopped. Two jobs: runs 0 and 1 finish side by side, run 2 is stopped.
+SEEDS = {"1": "0,1", "2": "0,1,2"}
+
+
+class _Output:
+    """The lines of a child's stdout, read in a thread (so that waiting for one can time out)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, wanted: str, after: int = 0, timeout_s: float = 600) -> int:
+        """Index of the first line from `after` on that contains `wanted`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for index in range(after, len(self.lines)):
+                if wanted in self.lines[index]:
+                    return index
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {wanted!r} in {timeout_s} s: {self.lines}") from None
+            if line is None:
+                raise AssertionError(f"the sweep ended without a line with {wanted!r}: {self.lines}")
+            self.lines.append(line)
+
+    def rest(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (line := self._queue.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            self.lines.append(line)
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path: Path, ledger: Ledger,
+                                                        jobs: str) -> None:
+    results = tmp_path / "results"
+    args = ("--seed", SEEDS[jobs], "--epochs", "3", "--jobs", jobs)
+    process = start_cli(sweep_argv(results, *args))
+    try:
+        output = _Output(process)
+        done = output.wait_for(": done, mean Dice")  # one run finished ...
+        output.wait_for(" epoch 1/3 ", after=done)  # ... and another one is training
+        os.kill(process.pid, signal.SIGTERM)  # the sweep only, as `kill PID` does
+        start = time.monotonic()
+        process.wait(timeout=30)
+        stopped_s = time.monotonic() - start
+        text = output.rest(timeout_s=30)
+        left = wait_for_no_processes(process.pid, timeout_s=2)
+    finally:
+        kill9(process)
+    ledger.injected += 1
+    assert process.returncode == 143, text
+    assert stopped_s < 3, f"took {stopped_s:.1f} s to stop"
+    assert left == [], f"worker processes outlived the sweep: {left}"
+    assert text.strip().splitlines()[-1] == (
+        "error: sweep interrupted (SIGTERM): finished runs are kept; rerun the same command to resume the "
+        "others")
+    folders = run_folders(results)
+    finished = [f for f in folders if is_done(f)]
+    assert finished, "a run finished before the SIGTERM"
+    kept = {f: {p: p.read_bytes() for p in f.rglob("*") if p.is_file()} for f in finished}
+    interrupted = [f for f in folders if "interrupted" in [e["event"] for e in read_events(f)]]
+    assert interrupted, [(f.name, read_events(f)) for f in folders]
+    for folder in folders:
+        assert not is_locked(folder)  # released: the next sweep can take every run
+    for folder in interrupted:
+        assert read_events(folder)[-1]["event"] == "interrupted"
+        assert read_events(folder)[-1]["reason"] == "SIGTERM"
+        assert run_state(folder) in ("partial", "pending")
+    resumable = [f for f in interrupted if run_state(f) == "partial"]  # past its first checkpoint
+    again = run_cli(sweep_argv(results, *args))
+    assert again.returncode == 0, again.stdout + again.stderr
+    check_done_once(results, len(SEEDS[jobs].split(",")), ledger)
+    assert temp_files(results) == []
+    for folder, files in kept.items():  # finished runs: skipped, not a byte changed
+        assert {p: p.read_bytes() for p in files} == files
+        assert [e["event"] for e in read_events(folder)] == ["start", "done"]
+    for folder in resumable:  # resumed from its last checkpoint, not started over
+        assert [e["event"] for e in read_events(folder)][-2:] == ["resume", "done"]
+        assert read_json(folder / "summary.json")["cost"]["resumed_at_epoch"] >= 1
