@@ -436,9 +436,8 @@ def _area(boxes: np.ndarray) -> np.ndarray:
 
 def _squared_distance_to(features: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Squared distance (mm^2) from every grid point to the nearest True point of `features` (it has one)."""
-    if _edt is not None:
-        background = (~features).view(np.uint8)  # edt is 1.5-2.5x faster on uint8 than on bool
-        return _edt.edtsq(background, anisotropy=spacing, black_border=False, parallel=_edt_threads)
+    if _edt is not None:  # 2D: 10 % faster on bool than on uint8 (3D: the other way round)
+        return _edt.edtsq(~features, anisotropy=spacing, black_border=False, parallel=_edt_threads)
     return ndimage.distance_transform_edt(~features, sampling=spacing) ** 2
 
 
