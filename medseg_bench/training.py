@@ -2,8 +2,10 @@
 
 Defaults follow nnU-Net where it matters: fixed iterations per epoch, gradient clipping at 12, SGD with
 Nesterov momentum 0.99 and poly decay (`optimizer="sgd"`), or AdamW with cosine decay (the default, which
-converges faster on short CPU budgets). Mixed precision on GPU. Checkpoints `last.ckpt` (every epoch) and
-`best.ckpt` (by validation pseudo-Dice) are written atomically into the run folder.
+converges faster on short CPU budgets); with a `max_minutes` budget the decay follows whichever of steps and
+wall time is further along, so a run stopped by its clock has annealed too. Mixed precision on GPU.
+Checkpoints `last.ckpt` (every epoch) and `best.ckpt` (by validation pseudo-Dice) are written atomically into
+the run folder.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ class SegmentationModule(pl.LightningModule):
     """Optimises `net` with `loss_fn`; logs `train_loss` and the validation pseudo-Dice `val_dice`."""
 
     def __init__(self, net: nn.Module, loss_fn: nn.Module, num_classes: int, optimizer: str, lr: float,
-                 total_steps: int) -> None:
+                 total_steps: int, max_seconds: float | None = None) -> None:
         super().__init__()
         self.net, self.loss_fn, self.num_classes = net, loss_fn, num_classes
         self.optimizer_name, self.lr, self.total_steps = optimizer, lr, max(1, total_steps)
+        self.max_seconds = max_seconds
         self._counts = torch.zeros(3, num_classes, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,15 +84,27 @@ class SegmentationModule(pl.LightningModule):
         dice = (2 * tp[present] / denom[present]).mean().item() if present.any() else float("nan")
         self.log("val_dice", dice, prog_bar=False)
 
+    def progress(self, step: int) -> float:
+        """Fraction of the budget used, in [0, 1]: steps of `epochs`, or wall time of `max_minutes` when
+        that is further along, so a run cut by its time budget ends with its learning rate decayed (as one
+        that runs all its epochs does) instead of stopping at a high rate."""
+        done = min(step, self.total_steps) / self.total_steps
+        if self.max_seconds:
+            from pytorch_lightning.callbacks import Timer
+
+            timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)] if self._trainer else []
+            if timers:  # Lightning's own max_time clock: it survives a resume (saved in the checkpoint)
+                done = max(done, min(1.0, timers[0].time_elapsed("train") / self.max_seconds))
+        return done
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99, nesterov=True,
                                   weight_decay=3e-5)
-            decay = lambda step: (1 - min(step, self.total_steps) / self.total_steps) ** 0.9  # noqa: E731
+            decay = lambda step: (1 - self.progress(step)) ** 0.9  # noqa: E731
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-            decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps)  # noqa: E731
-                                                     / self.total_steps))
+            decay = lambda step: 0.5 * (1 + math.cos(math.pi * self.progress(step)))  # noqa: E731
         sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -192,7 +207,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
     module = SegmentationModule(net, loss_fn, prepared.task.num_classes,
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
-                                spec.epochs * spec.iters_per_epoch)
+                                spec.epochs * spec.iters_per_epoch,
+                                spec.max_minutes * 60 if spec.max_minutes else None)
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)

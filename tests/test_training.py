@@ -111,3 +111,27 @@ def test_killed_run_resumes_at_epoch_2(shared_task: Path, home: Path, tmp_path: 
     assert summary["cost"]["epochs_done"] == 3
     epochs = pd.read_csv(folder / "logs" / "metrics.csv")
     assert sorted(epochs.dropna(subset=["val_dice"])["epoch"]) == [0, 1, 2]  # epoch 1's log kept, none twice
+
+
+def test_learning_rate_decays_by_steps_or_by_the_clock_whichever_is_further() -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import Timer
+
+    from medseg_bench.training import SegmentationModule
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    by_steps = SegmentationModule(net, torch.nn.Identity(), 2, "adamw", 1e-3, total_steps=1000)
+    assert by_steps.progress(250) == 0.25
+    assert by_steps.progress(5000) == 1.0
+    timed = SegmentationModule(net, torch.nn.Identity(), 2, "sgd", 1e-2, total_steps=1000, max_seconds=60)
+    assert timed.progress(100) == 0.1  # no trainer attached yet: steps only
+    clock = Timer(duration={"seconds": 60})
+    clock._offset = 30.0  # 30 s of training already done (as restored from a checkpoint)
+    timed._trainer = SimpleNamespace(callbacks=[clock])
+    assert timed.progress(100) == 0.5  # the clock is further along than the steps
+    assert timed.progress(900) == 0.9  # the steps are further along than the clock
+    clock._offset = 600.0
+    assert timed.progress(100) == 1.0  # past the budget: fully decayed, never beyond
+    optimizer = timed.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert optimizer.get_last_lr()[0] == 0.0  # poly decay at progress 1
