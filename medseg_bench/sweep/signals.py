@@ -10,6 +10,7 @@ the command which signal it was, for its exit code (128 + the signal number, as 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -60,13 +61,16 @@ def stop_reason(exc: BaseException) -> str:
 
 
 def exit_now(code: int) -> None:
-    """Flush and leave at once, skipping the interpreter's clean-up (with torch and MONAI loaded it takes
-    seconds on a busy machine): used after an interruption, once every file is written and every lock and
-    child process released."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    """Run the exit handlers (logging, multiprocessing), flush, and leave without the interpreter's own
+    teardown (with torch and MONAI loaded it takes seconds on a busy machine): used after an interruption,
+    once every file is written and every lock and child process released."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
