@@ -21,13 +21,26 @@ one for the validation batches, next to the training process that uses all cores
 more workers only compete with the network for the CPU; 0 would run augmentation serially in the training
 process.
 
+Probe mode (--probe-steps N): when no epoch fits in the budgets, training to them yields nothing to score
+(on a 2-core CPU one default epoch of the 200-case plans takes about an hour). The probe measures that
+instead: the same conversion, plan/preprocess and split, then per configuration a generated subclass
+`nnUNetTrainer_Probe` with nnU-Net's default plan (patch, batch, augmentation, network) runs one epoch of N
+training and max(1, N // 5) validation iterations, timing each iteration (data-loader wait included; the
+first training iteration is warm-up and excluded when N > 1) into probe_times.json in the fold folder. The
+script projects nnU-Net's default epoch (the installed trainer's 250 training + 50 validation iterations)
+and the wall time of its first epoch end (its first checkpoint, counted from on_train_start as the
+snapshots are) and reports, per budget, how many epochs could have finished. Nothing is predicted or scored.
+
 Usage:
     .venv/bin/python bench/nnunet_quality.py --minutes 5,10,15 [--configs 2d,3d_fullres] [--cases 200]
-        [--workdir DIR] [--n-proc-da 1]
+        [--workdir DIR] [--n-proc-da 1] [--output FILE]
+    .venv/bin/python bench/nnunet_quality.py --probe-steps 10 [--minutes 5,10,15] [...same options]
 
-Prints a markdown table and writes bench/results/nnunet_quality.md (atomically). nnunetv2 is installed into
-/tmp/nnunet-venv if missing (see bench/preprocess.py). Long: about the largest budget per configuration, plus
-preprocessing, start-up and one prediction of the validation cases per snapshot.
+Prints a markdown table and writes bench/results/nnunet_quality.md (atomically; --output to write elsewhere).
+nnunetv2 is installed into /tmp/nnunet-venv if missing (see bench/preprocess.py). Long: about the largest
+budget per configuration (at least one epoch), plus preprocessing, start-up and one prediction of the
+validation cases per snapshot; the probe takes preprocessing plus, per configuration, start-up and
+N + max(1, N // 5) iterations.
 """
 
 from __future__ import annotations
@@ -148,6 +161,106 @@ class {TRAINER}(nnUNetTrainer):
         os.replace(path + ".tmp", path)
 '''
 
+PROBE_TRAINER = "nnUNetTrainer_Probe"
+PROBE_ENV = "MEDSEG_NNUNET_PROBE_STEPS"
+PROBE_LOG = "probe_times.json"
+PROBE_ECHO = re.compile(r"Epoch \d+$|Epoch time|probe:|Training done")
+
+PROBE_TRAINER_SOURCE = f'''"""Written by medseg-bench bench/nnunet_quality.py --probe-steps at each run.
+
+Not part of nnU-Net: nnU-Net's default trainer with its default plan (patch, batch, augmentation, network,
+learning rate: the poly schedule's epoch-0 rate), cut to one epoch of N training and max(1, N // 5)
+validation iterations (N from ${PROBE_ENV}), the way nnU-Net's own nnUNetTrainer_1epoch stops after one
+epoch. Each iteration is timed from the end of the previous one (or the start of the training / validation
+loop) to the end of its step, so the wait for the data loader's next batch is included. The times, the
+defaults of the installed nnUNetTrainer (iterations per epoch, epochs) and the set-up time go to {PROBE_LOG}
+in the fold folder. nnU-Net's final validation (prediction of the validation cases) is skipped.
+"""
+
+import json
+import os
+import time
+from os.path import join
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class {PROBE_TRAINER}(nnUNetTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        steps = int(os.environ["{PROBE_ENV}"])
+        self.probe_log = {{
+            "default_num_iterations_per_epoch": self.num_iterations_per_epoch,
+            "default_num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+            "default_num_epochs": self.num_epochs,
+            "num_iterations_per_epoch": steps,
+            "num_val_iterations_per_epoch": max(1, steps // 5),
+            "train_iter_s": [],
+            "train_wait_s": [],
+            "val_iter_s": [],
+            "val_wait_s": [],
+        }}
+        self.num_iterations_per_epoch = steps
+        self.num_val_iterations_per_epoch = max(1, steps // 5)
+        self.num_epochs = 1
+
+    def on_train_start(self):
+        start = time.perf_counter()
+        self.probe_log["loadavg_start"] = list(os.getloadavg())
+        super().on_train_start()  # initialize (network, optimizer), data loaders, unpacking
+        self.probe_log["setup_s"] = time.perf_counter() - start
+        self.probe_log["batch_size"] = int(self.batch_size)
+        self.probe_log["patch_size"] = [int(p) for p in self.configuration_manager.patch_size]
+        self.probe_log["torch_threads"] = torch.get_num_threads()
+        self.write_probe_log()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.probe_last = time.perf_counter()
+
+    def train_step(self, batch):
+        return self.probe_timed("train", super().train_step, batch)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self.probe_last = time.perf_counter()
+
+    def validation_step(self, batch):
+        return self.probe_timed("val", super().validation_step, batch)
+
+    def probe_timed(self, kind, step, batch):
+        start = time.perf_counter()  # since probe_last: waiting for the data loader's batch
+        out = step(batch)
+        now = time.perf_counter()
+        self.probe_log[kind + "_iter_s"].append(now - self.probe_last)
+        self.probe_log[kind + "_wait_s"].append(start - self.probe_last)
+        self.print_to_log_file(f"probe: {{kind}} iteration {{len(self.probe_log[kind + '_iter_s'])}}: "
+                               f"{{now - self.probe_last:.2f}} s, of which data-loader wait "
+                               f"{{start - self.probe_last:.2f}} s")
+        self.probe_last = time.perf_counter()  # the probe's own log line is not timed
+        return out
+
+    def on_epoch_end(self):
+        start = time.perf_counter()
+        super().on_epoch_end()  # logging, checkpoint_best.pth, progress plot, as at the end of any epoch
+        self.probe_log["epoch_end_s"] = time.perf_counter() - start
+        end, begin = (self.logger.get_value(f"epoch_{{t}}_timestamps", step=-1) for t in ("end", "start"))
+        self.probe_log["nnunet_epoch_time_s"] = float(end - begin)  # as nnU-Net's "Epoch time" line
+        self.probe_log["loadavg_end"] = list(os.getloadavg())
+        self.write_probe_log()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (probe run)")
+
+    def write_probe_log(self):
+        path = join(self.output_folder, "{PROBE_LOG}")
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.probe_log, f, indent=2)
+        os.replace(path + ".tmp", path)
+'''
+
 NNUNET_INFO = """
 import importlib.metadata, json, os, nnunetv2, torch
 print(json.dumps({"nnunetv2": importlib.metadata.version("nnunetv2"), "torch": torch.__version__,
@@ -184,10 +297,10 @@ def nnunet_info(venv: Path) -> dict[str, str]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def install_trainer(package: Path) -> Path:
-    path = package / "training" / "nnUNetTrainer" / "variants" / f"{TRAINER}.py"
+def install_trainer(package: Path, name: str = TRAINER, source: str = TRAINER_SOURCE) -> Path:
+    path = package / "training" / "nnUNetTrainer" / "variants" / f"{name}.py"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(TRAINER_SOURCE)
+    tmp.write_text(source)
     tmp.replace(path)
     return path
 
@@ -215,6 +328,170 @@ def mean_fg_dice(pred_dir: Path, ref_dir: Path, labels: list[int], val: list[str
     return float(np.nanmean(frame["dice"].to_numpy(dtype=float)))
 
 
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def fmt_load(load: list[float] | tuple[float, ...]) -> str:
+    return " / ".join(f"{x:.1f}" for x in load)
+
+
+def run_probe(
+    args: argparse.Namespace,
+    configs: list[str],
+    budgets: list[float],
+    work: Path,
+    env: dict[str, str],
+    ctx: dict,
+) -> str:
+    """--probe-steps: one short epoch per configuration with nnU-Net's default plan; time the iterations,
+    project nnU-Net's default epoch and its first checkpoint, compare with the budgets; the report."""
+    steps = args.probe_steps
+    bin_dir, dataset, split, logs = ctx["bin_dir"], ctx["dataset"], ctx["split"], ctx["logs"]
+    env = dict(env, **{PROBE_ENV: str(steps)})
+    rows, detail_rows, firsts = [], [], {}
+    defaults = None
+    for config in configs:
+        print(f"nnUNetv2_train {DATASET_ID} {config} 0 -tr {PROBE_TRAINER} -device cpu ...", flush=True)
+        train_cmd = [str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), config, "0", "-tr", PROBE_TRAINER]
+        train_s = run_logged([*train_cmd, "-device", "cpu"], env, logs / f"probe_{config}.log", PROBE_ECHO)
+        fold_dir = work / "nnUNet_results" / dataset / f"{PROBE_TRAINER}__nnUNetPlans__{config}" / "fold_0"
+        log = json.loads((fold_dir / PROBE_LOG).read_text())
+        train_times, val_times = log["train_iter_s"], log["val_iter_s"]
+        if len(train_times) != steps or len(val_times) != max(1, steps // 5):
+            sys.exit(
+                f"{fold_dir / PROBE_LOG}: expected {steps} training, {max(1, steps // 5)} validation times"
+            )
+        kept = train_times[1:] if len(train_times) > 1 else train_times  # the first one is warm-up
+        train_it, val_it = statistics.fmean(kept), statistics.fmean(val_times)
+        n_train, n_val = log["default_num_iterations_per_epoch"], log["default_num_val_iterations_per_epoch"]
+        defaults = (n_train, n_val, log["default_num_epochs"])
+        epoch_s = n_train * train_it + n_val * val_it
+        # nnU-Net's clock as the full mode's: from on_train_start; first checkpoint = end of epoch 1
+        first_s = log["setup_s"] + epoch_s + log["epoch_end_s"]
+        firsts[config] = first_s
+        done = [
+            0 if b * 60 < first_s else 1 + int((b * 60 - first_s) // (epoch_s + log["epoch_end_s"]))
+            for b in budgets
+        ]
+        rows.append(
+            f"| {config} | {'x'.join(map(str, log['patch_size']))} | {log['batch_size']} | {train_it:.2f} | "
+            f"{val_it:.2f} | {epoch_s / 60:.1f} | {' / '.join(map(str, done))} |"
+        )
+        print(rows[-1], flush=True)
+
+        def times(values: list[float], waits: list[float]) -> str:
+            return ", ".join(f"{t:.2f} ({w:.2f})" for t, w in zip(values, waits, strict=True))
+
+        detail_rows.append(
+            f"| {config} | {len(kept)} of {len(train_times)}: {times(train_times, log['train_wait_s'])} | "
+            f"{times(val_times, log['val_wait_s'])} | {log['setup_s']:.1f} | {log['epoch_end_s']:.1f} | "
+            f"{log['nnunet_epoch_time_s']:.1f} | {first_s / 60:.1f} | {train_s:.0f} | "
+            f"{fmt_load(log['loadavg_start'])} -> {fmt_load(log['loadavg_end'])} | {log['torch_threads']} |"
+        )
+    assert defaults is not None
+    n_train, n_val, n_epochs = defaults
+    load_end = os.getloadavg()
+    num_cases, total_cases, info = ctx["num_cases"], ctx["total_cases"], ctx["info"]
+    command = (
+        f".venv/bin/python bench/nnunet_quality.py --probe-steps {steps} --minutes {args.minutes} "
+        f"--configs {','.join(configs)} --cases {num_cases}"
+        + (f" --n-proc-da {args.n_proc_da}" if args.n_proc_da != 1 else "")
+    )
+    full = (
+        num_cases == total_cases
+        and budgets == [5.0, 10.0, 15.0]
+        and configs == list(CONFIGS)
+        and args.n_proc_da == 1
+    )
+    budgets_text = " / ".join(f"{b:g}" for b in budgets)
+    if all(first_s > budgets[-1] * 60 for first_s in firsts.values()):
+        consequence = (
+            f"nnU-Net v2 with its default plan finishes no epoch, so has no checkpoint to score, within "
+            f"{budgets[-1]:g} minutes on this machine (first checkpoint projected at "
+            + ", ".join(f"{c} {s / 60:.0f} min" for c, s in firsts.items())
+            + " after on_train_start; the full mode would train each configuration that long before its "
+            "first, and only, snapshot)."
+        )
+    else:
+        parts = []
+        for c, s in firsts.items():
+            within = [f"{b:g}" for b in budgets if b * 60 >= s]
+            parts.append(
+                f"{c} at {s / 60:.1f} min, within the {', '.join(within)} min budget(s)"
+                if within
+                else f"{c} at {s / 60:.1f} min, after the {budgets[-1]:g} min budget: no checkpoint to score"
+            )
+        consequence = f"projected first epoch end (nnU-Net's first checkpoint): {'; '.join(parts)}."
+    lines = [
+        f"# nnU-Net v2 probe mode (--probe-steps {steps}): CPU seconds per iteration and projected first "
+        f"epoch vs. {budgets_text} min budgets (Task04_Hippocampus, fold 0)",
+        "",
+        *(
+            []
+            if full
+            else [
+                f"**Smoke / partial run, not the benchmark figures**: `{command}`. The benchmark's probe "
+                f"is `.venv/bin/python bench/nnunet_quality.py --probe-steps N --minutes {REAL_MINUTES}` on "
+                f"all {total_cases} cases. nnU-Net caps its batch at 5% of the dataset's voxels, so a subset "
+                "of the cases trains with smaller batches and shorter iterations than all of them.",
+                "",
+            ]
+        ),
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"({os.cpu_count()} CPUs, shared with other jobs); load average (1 / 5 / 15 min) "
+        f"{fmt_load(ctx['load_start'])} at the start, {fmt_load(load_end)} at the end; nnunetv2 "
+        f"{info['nnunetv2']}, torch {info['torch']}; {num_cases} cases, medseg-bench's fold 0 "
+        f"({len(split['train'])} training / {len(split['val'])} validation cases) as nnU-Net's "
+        "splits_final.json; nnUNet_n_proc_DA="
+        f"{args.n_proc_da}.",
+        "",
+        f"Not a training run: the generated subclass `{PROBE_TRAINER}` keeps nnU-Net's default plan and "
+        "trainer (patch, batch, augmentation, network, loss, optimizer; learning rate of the poly schedule's "
+        f"first epoch) but stops after one epoch of {steps} training and {max(1, steps // 5)} validation "
+        "iterations. Each iteration is timed from the end of the previous one to the end of its step, so the "
+        "wait for the data loader's next batch is included (shown apart in the details); seconds per "
+        "training iteration = mean over the "
+        + ("training iterations after the first (warm-up, excluded)" if steps > 1 else "1 training iteration")
+        + ", per validation iteration = mean over all validation iterations. Projected epoch = "
+        f"{n_train} x training + {n_val} x validation iteration (the installed nnUNetTrainer's "
+        f"num_iterations_per_epoch / num_val_iterations_per_epoch; {n_epochs} epochs by default). "
+        "Epochs done by a budget = epochs whose end (checkpoint) falls within it, counting from "
+        "on_train_start as the full mode's snapshots do: the first ends after the measured set-up "
+        "(initialisation, data loaders, unpacking) + projected epoch + measured epoch-end work "
+        "(checkpoint_best.pth, progress plot), each further one an epoch + epoch-end work later.",
+        "",
+        "| nnU-Net configuration | patch | batch | s / training iteration | s / validation iteration | "
+        f"projected epoch (min) | epochs done by {budgets_text} min |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Consequence: {consequence}",
+        "",
+        "Details:",
+        "",
+        "| nnU-Net configuration | training iterations kept of all: seconds each (data-loader wait) | "
+        "validation iterations: seconds each (wait) | set-up (s) | epoch end (s) | nnU-Net's epoch time (s) "
+        "| "
+        "projected first checkpoint (min from on_train_start) | "
+        "nnUNetv2_train probe process (s) | load average at on_train_start -> epoch end | torch threads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *detail_rows,
+        "",
+        f"`nnUNetv2_plan_and_preprocess -c {' '.join(configs)}` ({ctx['workers']} processes): "
+        f"{ctx['preprocess_s']:.0f} s.",
+        "",
+        f"Reproduce: `{command}` (installs nnunetv2 into /tmp/nnunet-venv once, see bench/preprocess.py).",
+    ]
+    report = "\n".join(lines) + "\n"
+    write_atomic(args.output, report)
+    print(report)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default=REAL_MINUTES, help="wall-clock training budgets, e.g. 5,10,15")
@@ -224,6 +501,14 @@ def main() -> None:
     parser.add_argument("--n-proc-da", type=int, default=1, help="nnUNet_n_proc_DA (augmentation workers)")
     parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "nnunet_quality.md")
+    parser.add_argument(
+        "--probe-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="probe mode: time N training + max(1, N // 5) validation iterations per configuration and "
+        "project nnU-Net's default epoch against the budgets instead of training to them (default: off)",
+    )
     args = parser.parse_args()
     budgets = sorted({float(m) for m in args.minutes.split(",")})
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -231,6 +516,8 @@ def main() -> None:
         sys.exit(f"--minutes must be positive numbers, got {args.minutes!r}")
     if not configs or set(configs) - set(CONFIGS):
         sys.exit(f"--configs: choose from {', '.join(CONFIGS)}; got {args.configs!r}")
+    if args.probe_steps < 0:
+        sys.exit(f"--probe-steps must be positive (0: off), got {args.probe_steps}")
     if not (SHARED / "dataset.json").is_file():
         sys.exit(f"{SHARED}: shared Hippocampus data not found")
     meta = json.loads((SHARED / "dataset.json").read_text())
@@ -239,10 +526,14 @@ def main() -> None:
 
     ensure_nnunet(args.nnunet_venv)
     info = nnunet_info(args.nnunet_venv)
-    install_trainer(Path(info["package"]))
+    if args.probe_steps:
+        install_trainer(Path(info["package"]), PROBE_TRAINER, PROBE_TRAINER_SOURCE)
+    else:
+        install_trainer(Path(info["package"]))
     bin_dir = args.nnunet_venv / "bin"
 
-    load_start = os.getloadavg()[0]
+    load_start3 = os.getloadavg()
+    load_start = load_start3[0]
     if args.workdir is not None:
         if args.workdir.exists() and any(args.workdir.iterdir()):
             sys.exit(f"--workdir {args.workdir}: not empty")
@@ -292,6 +583,15 @@ def main() -> None:
         print(f"  {preprocess_s:.0f} s", flush=True)
         nnunet_cases = {p.name.removesuffix(".nii.gz") for p in (raw / dataset / "labelsTr").iterdir()}
         write_splits(work / "nnUNet_preprocessed" / dataset, split, nnunet_cases)
+        if args.probe_steps:
+            ctx = dict(
+                bin_dir=bin_dir, dataset=dataset, split=split, logs=logs, info=info, num_cases=num_cases,
+                total_cases=len(meta["training"]), load_start=load_start3, workers=workers,
+                preprocess_s=preprocess_s,
+            )  # fmt: skip
+            run_probe(args, configs, budgets, work, env, ctx)
+            finished = True
+            return  # the finally clause below removes a temporary work folder
         val_images = work / "val_images"
         val_images.mkdir()
         for case in split["val"]:
@@ -418,10 +718,7 @@ def main() -> None:
         f"Reproduce: `{command}` (installs nnunetv2 into /tmp/nnunet-venv once, see bench/preprocess.py).",
     ]
     report = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_name(f".{args.output.name}.tmp")
-    tmp_out.write_text(report)
-    tmp_out.replace(args.output)
+    write_atomic(args.output, report)
     print(report)
 
 
