@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from medseg_bench.errors import RunError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import check_writable, is_done, is_live, read_json, run_dir, write_index
 from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.signals import deferred
 from medseg_bench.sweep.worker import EXIT_BUSY, EXIT_DONE, EXIT_SKIPPED, failure_message, run_one
 
 POLL_S = 1.0
@@ -149,13 +149,9 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                     continue
                 slot = free.pop(0)
                 workers = default_num_workers(spec) if num_workers is None else num_workers
-                # A signal between the start and the bookkeeping would leave a worker nobody stops.
-                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-                try:
+                with deferred():  # a stop between the start and the bookkeeping: a worker nobody stops
                     active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir,
                                                             devices[slot], threads, workers))
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 reporter.run_start(spec.run_id)
             if stop and not active:
                 break

@@ -22,6 +22,7 @@ from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_deferring = {"depth": 0, "pending": False}
 
 
 def received() -> int | None:
@@ -33,7 +34,25 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     if _received:  # already stopping: let the clean-up finish (it is bounded; see local._stop_workers)
         return
     _received.append(signum)
+    if _deferring["depth"]:
+        _deferring["pending"] = True  # raised when the `deferred()` block ends
+        return
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A stop signal that arrives within the block takes effect when the block ends: for bookkeeping that
+    must not be cut in two (a run's last event, a started worker not yet recorded). Python runs signal
+    handlers in the main thread only, so this holds whichever thread the kernel delivered the signal to."""
+    _deferring["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferring["depth"] -= 1
+        if not _deferring["depth"] and _deferring["pending"]:
+            _deferring["pending"] = False
+            raise KeyboardInterrupt(signal.Signals(_received[0]).name)
 
 
 @contextmanager
@@ -44,6 +63,7 @@ def interruptible() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _deferring["pending"] = False
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)

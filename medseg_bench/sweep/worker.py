@@ -28,7 +28,7 @@ from medseg_bench.results import (
     write_status,
 )
 from medseg_bench.spec import RunSpec
-from medseg_bench.sweep.signals import exit_now, interruptible, received, stop_reason
+from medseg_bench.sweep.signals import deferred, exit_now, interruptible, received, stop_reason
 
 # Exit codes of a worker process; the local launcher reads them.
 EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11
@@ -131,17 +131,24 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         append_event(folder, "resume" if resumed else "start", **(extra_event or {}))
         beat = Heartbeat(folder, spec.run_id, reporter)
         beat.start()
+        stopped: BaseException | None = None
         try:
             summary = execute_run(spec, prepared, folder, beat, num_workers)
         except RunError as exc:
-            append_event(folder, "failed", error=str(exc))
+            with deferred():
+                beat.stop()
+                append_event(folder, "failed", error=str(exc))
             return Outcome("failed", error=str(exc))
         except BaseException as exc:  # Ctrl-C, SIGTERM, or submitit's exit when it requeues: it resumes later
-            append_event(folder, "interrupted", reason=stop_reason(exc))
-            raise
-        finally:
+            stopped = exc
+        with deferred():  # a stop signal waits until this attempt's last event is written
             beat.stop()
-        append_event(folder, "done")
+            if stopped is None or is_done(folder):  # stopped after it wrote `done`: it is done all the same
+                append_event(folder, "done")
+            else:
+                append_event(folder, "interrupted", reason=stop_reason(stopped))
+        if stopped is not None:
+            raise stopped
         return Outcome("done", summary=summary)
     finally:
         lock.release()

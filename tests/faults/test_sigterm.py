@@ -9,12 +9,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from medseg_bench.locks import is_locked
-from medseg_bench.results import is_done, read_events, read_json, run_state
+from medseg_bench.results import is_done, read_events, run_state
 from tests.faults.conftest import (
     Ledger,
     check_done_once,
@@ -27,13 +28,13 @@ from tests.faults.conftest import (
     wait_for_no_processes,
 )
 
-pytestmark = pytest.mark.faults
-# Sequential: run 0 finishes, run 1 is stopped. Two jobs: runs 0 and 1 finish side by side, run 2 is stopped.
+# Sequential: run 0 finishes, run 1 is stopped. Two jobs: runs 0 and 1 finish side by side, run 2 is stopped
+# (or run 1, if run 0 finished first).
 SEEDS = {"1": "0,1", "2": "0,1,2"}
 
 
 class _Output:
-    """The lines of a child's stdout, read in a thread (so that waiting for one can time out)."""
+    """Drains a child's stdout in a thread (a full pipe would block it) and keeps its lines."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.lines: list[str] = []
@@ -46,21 +47,6 @@ class _Output:
             self._queue.put(line)
         self._queue.put(None)
 
-    def wait_for(self, wanted: str, after: int = 0, timeout_s: float = 600) -> int:
-        """Index of the first line from `after` on that contains `wanted`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for index in range(after, len(self.lines)):
-                if wanted in self.lines[index]:
-                    return index
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line with {wanted!r} in {timeout_s} s: {self.lines}") from None
-            if line is None:
-                raise AssertionError(f"the sweep ended without a line with {wanted!r}: {self.lines}")
-            self.lines.append(line)
-
     def rest(self, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         while (line := self._queue.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
@@ -68,6 +54,24 @@ class _Output:
         return "".join(self.lines)
 
 
+def _one_done_one_training(results: Path) -> bool:
+    """A run is done and another one is past its first epoch (it has a checkpoint), not done."""
+    folders = run_folders(results)
+    return any(is_done(f) for f in folders) and any(
+        not is_done(f) and (f / "checkpoints" / "last.ckpt").is_file() for f in folders)
+
+
+def _wait_until(process: subprocess.Popen[str], output: _Output, ready: Callable[[], bool],
+                timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended first: {output.rest(timeout_s=5)}")
+        assert time.monotonic() < deadline, "the moment for the SIGTERM never came"
+        time.sleep(0.05)
+
+
+@pytest.mark.faults
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path: Path, ledger: Ledger,
                                                         jobs: str) -> None:
@@ -76,8 +80,7 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
     process = start_cli(sweep_argv(results, *args))
     try:
         output = _Output(process)
-        done = output.wait_for(": done, mean Dice")  # one run finished ...
-        output.wait_for(" epoch 1/3 ", after=done)  # ... and another one is training
+        _wait_until(process, output, lambda: _one_done_one_training(results))
         os.kill(process.pid, signal.SIGTERM)  # the sweep only, as `kill PID` does
         start = time.monotonic()
         process.wait(timeout=30)
@@ -113,6 +116,26 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
     for folder, files in kept.items():  # finished runs: skipped, not a byte changed
         assert {p: p.read_bytes() for p in files} == files
         assert [e["event"] for e in read_events(folder)] == ["start", "done"]
-    for folder in resumable:  # resumed from its last checkpoint, not started over
+    for folder in resumable:  # resumed from its last checkpoint ("resume" = trained on from last.ckpt)
         assert [e["event"] for e in read_events(folder)][-2:] == ["resume", "done"]
-        assert read_json(folder / "summary.json")["cost"]["resumed_at_epoch"] >= 1
+
+
+def test_sigterm_raises_keyboard_interrupt_and_waits_for_deferred_bookkeeping() -> None:
+    """In-process (quick, runs by default): the handler `sweep` and its workers install."""
+    from medseg_bench.sweep import signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), signals.interruptible():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, in the main thread, and only notes it
+            steps.append("bookkeeping finished")
+        steps.append("not reached")
+    assert steps == ["bookkeeping finished"] and signals.received() == signal.SIGTERM
+    assert signals.stop_reason(KeyboardInterrupt()) == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    with pytest.raises(KeyboardInterrupt), signals.interruptible():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signals.received() == signal.SIGINT
