@@ -78,13 +78,19 @@ def _parse_labels(text: str | None) -> list[int] | None:
 
     if text is None:
         return None
+    values = _label_list(text)
+    if values is None:
+        raise UsageError(f"--labels must be comma-separated integers >= 1, got '{text}'")
+    return values
+
+
+def _label_list(text: str) -> list[int] | None:
+    """'1, 2,2' -> [1, 2]; None unless it is a non-empty comma-separated list of integers >= 1."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise UsageError(f"--labels must be comma-separated integers >= 1, got '{text}'")
-    return sorted(set(values))
+        return None
+    return sorted(set(values)) if values and min(values) >= 1 else None
 
 
 def _parse_regions(text: str) -> dict[str, list[int]]:
@@ -105,13 +111,10 @@ def _parse_regions(text: str) -> dict[str, list[int]]:
                              "letters, digits, '_', '.' and '-'")
         if name in found:
             raise UsageError(f"--regions: region '{name}' is given twice")
-        try:
-            labels = [int(value) for value in values.split(",") if value.strip()]
-        except ValueError:
-            labels = []
-        if not labels or min(labels) < 1:
+        labels = _label_list(values)
+        if labels is None:
             raise UsageError(f"--regions: region '{name}' needs comma-separated labels >= 1, got '{values}'")
-        found[name] = sorted(set(labels))
+        found[name] = labels
     if not found:
         raise UsageError(f"--regions: no region in '{text}' (e.g. 'whole=1,2,3;core=2,3')")
     return found
