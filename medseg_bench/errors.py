@@ -7,7 +7,7 @@ Exit codes (documented in the README):
     4  fetch error: download failed, checksum mismatch, unsafe archive
     5  run error: one or more runs of a sweep failed
     6  results error: results dir unwritable, or no results to report
-  130  a sweep interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells report it)
+  130  any command interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells say)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class ResultsError(MedsegError):
 
 
 class Interrupted(MedsegError):
-    """A sweep stopped by SIGINT or SIGTERM: finished runs are kept, the interrupted one resumes next time."""
+    """A command stopped by SIGINT or SIGTERM: nothing finished is lost; a sweep's interrupted run resumes."""
 
     exit_code = 130
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -75,9 +75,11 @@ def is_locked(folder: Path) -> bool:
 
 
 @contextmanager
-def exclusive(folder: Path, name: str = LOCK_NAME) -> Iterator[None]:
+def exclusive(folder: Path, name: str = LOCK_NAME, on_wait: Callable[[], object] | None = None
+              ) -> Iterator[None]:
     """Hold a blocking flock on `folder/name` for the block: for work that several processes may start at
-    once and only one may do (building a task's cache); the others wait, then find it done."""
+    once and only one may do (building a task's cache, fetching a task); the others wait, then find it done.
+    `on_wait` is called once when another process holds the lock (to say why we wait)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -85,7 +87,12 @@ def exclusive(folder: Path, name: str = LOCK_NAME) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

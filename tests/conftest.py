@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +154,25 @@ def make_anisotropic_ct_task(folder: Path, num_cases: int = 4, shape: tuple[int,
             "training": training, "test": []}
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+@pytest.fixture
+def hanging_server() -> Iterator[str]:
+    """A server that accepts the request and then sends nothing until the test ends."""
+    release = threading.Event()
+
+    class Hang(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            release.wait(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()

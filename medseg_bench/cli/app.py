@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Any
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from medseg_bench import __version__
+from medseg_bench import __version__, signals
 from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
-from medseg_bench.errors import MedsegError
+from medseg_bench.errors import Interrupted, MedsegError
 
 
 class _Group(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with signals.interruptible():  # SIGTERM too runs every `finally` (staging folders, locks)
+                return super().invoke(ctx)
         except MedsegError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            signum = signals.received() or signal.SIGINT
+            stop = Interrupted(f"interrupted ({signal.Signals(signum).name}): nothing finished was lost; "
+                               "rerun the same command to carry on", signum)
+            typer.secho(f"error: {stop}", fg="red", err=True)
+            raise typer.Exit(stop.exit_code) from None
 
 
 app = typer.Typer(

@@ -60,6 +60,7 @@ def fetch(
         timeout_s=timeout,
         progress=console.is_terminal,
         strict=strict,
+        say=lambda line: console.print(escape(line)),
     )
     if outcome.already_present:
         typer.echo(f"{spec.name}: already complete and valid in {outcome.folder}; nothing to do")

@@ -121,8 +121,8 @@ def sweep(
         return
     import signal
 
+    from medseg_bench import signals
     from medseg_bench.settings import get_settings
-    from medseg_bench.sweep import signals
 
     data = data_dir or get_settings().data_dir
     with signals.interruptible():  # SIGTERM stops the sweep the way Ctrl-C does

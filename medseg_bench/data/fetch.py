@@ -20,6 +20,7 @@ from pathlib import Path
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.data.validate import ValidationReport, case_count_warnings, validate_folder
 from medseg_bench.errors import DataError, FetchError, UsageError
+from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
 
 MARKER = ".medseg-bench-valid.json"
@@ -59,19 +60,44 @@ def fetch_task(
     timeout_s: float = 60.0,
     progress: bool = True,
     strict: bool = False,
+    say: Callable[[str], object] | None = None,
 ) -> FetchOutcome:
     """Fetch `task` into `data_dir`; a complete task is left alone.
 
     With `strict`, any validation problem is fatal (nothing is kept); without it, bad cases are excluded and
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
+    Two fetches of one task never work at once: the second waits (`say` tells why), then finds it complete.
     """
+    present = _already_present(task, data_dir)
+    if present is not None:
+        return present
+    origin = resolve_source(task, source, mirror)
+
+    def waiting() -> None:
+        if say is not None:
+            say(f"{task.name}: another fetch of this task is running in {data_dir}; waiting for it")
+
+    with exclusive(data_dir, f".{task.name}.fetch.lock", on_wait=waiting):
+        present = _already_present(task, data_dir)  # the fetch we waited for may have finished it
+        if present is not None:
+            return present
+        return _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+
+
+def _already_present(task: TaskSpec, data_dir: Path) -> FetchOutcome | None:
+    target = data_dir / task.name
+    if not is_complete(target):
+        return None
+    # A fetch killed after the rename into place leaves an empty staging folder behind.
+    shutil.rmtree(data_dir / f".{task.name}.partial", ignore_errors=True)
+    return FetchOutcome(target, True, None)
+
+
+def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, timeout_s: float,
+                  progress: bool, strict: bool) -> FetchOutcome:
+    """`fetch_task`'s work, under the task's fetch lock."""
     target = data_dir / task.name
     staging = data_dir / f".{task.name}.partial"
-    if is_complete(target):
-        # A fetch killed after the rename into place leaves an empty staging folder behind.
-        shutil.rmtree(staging, ignore_errors=True)
-        return FetchOutcome(target, True, None)
-    origin = resolve_source(task, source, mirror)
     data_dir.mkdir(parents=True, exist_ok=True)
     if target.exists():  # an unmarked folder is a leftover of an interrupted fetch: never trusted
         shutil.rmtree(target)

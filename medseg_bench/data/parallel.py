@@ -17,7 +17,8 @@ def default_workers(num_items: int) -> int:
     return max(1, min(num_items, os.cpu_count() or 1, 8))
 
 
-def _die_with_parent(parent: int, tie: bool) -> None:
+def _die_with_parent(parent: int, tie: bool, setup: Callable[..., object] | None = None,
+                     setup_args: tuple[object, ...] = ()) -> None:
     """Pool initializer. With `tie` (Linux), the kernel kills this worker as soon as the process that started
     it dies, kill -9 included: a killed command leaves no worker behind, blocked on a dead pipe or still
     writing into a folder that the next command rebuilds."""
@@ -31,11 +32,15 @@ def _die_with_parent(parent: int, tie: bool) -> None:
             pass
     if os.getppid() != parent:  # the parent is already gone: nobody would read our results
         os._exit(1)
+    if setup is not None:
+        setup(*setup_args)
 
 
 @contextmanager
-def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """A pool of `workers` spawned processes to share between stages (None for in-process work).
+def worker_pool(workers: int, setup: Callable[..., object] | None = None,
+                setup_args: tuple[object, ...] = ()) -> Iterator[Executor | None]:
+    """A pool of `workers` spawned processes to share between stages (None for in-process work); each worker
+    runs `setup(*setup_args)` first (a picklable module-level function).
 
     When the block raises (a failed item, Ctrl-C, SIGTERM), queued work is cancelled and the workers are
     terminated at once instead of finishing every queued item: what they write is written atomically.
@@ -49,7 +54,7 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     # The kernel ties a worker to the thread that started it: only the main thread lives as long as we do.
     tie = threading.current_thread() is threading.main_thread()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
-                               initargs=(os.getpid(), tie))
+                               initargs=(os.getpid(), tie, setup, setup_args))
     try:
         yield pool
     except BaseException:

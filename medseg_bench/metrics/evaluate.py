@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,9 +92,11 @@ def evaluate_folders(
     if workers <= 1 or len(jobs) == 1:
         results = [_evaluate_file_pair(*job) for job in jobs]
     else:
-        context = get_context("spawn")  # safe with threads (torch, edt) in the parent
-        processes = min(workers, len(jobs))
-        with ProcessPoolExecutor(processes, context, initializer=set_distance_threads, initargs=(1,)) as pool:
+        from medseg_bench.data.parallel import worker_pool
+
+        # Spawned workers that die with us; Ctrl-C or an error cancels the queued cases at once.
+        with worker_pool(min(workers, len(jobs)), set_distance_threads, (1,)) as pool:
+            assert pool is not None
             results = list(pool.map(_evaluate_file_pair, *zip(*jobs, strict=True)))
     rows = [row for case_rows, _ in results for row in case_rows]
     if wanted is None:  # keep labels some reference has; add the (both-empty) rows of cases lacking them

@@ -18,8 +18,8 @@ from typing import Any
 from medseg_bench.errors import RunError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import check_writable, is_done, is_live, read_json, run_dir, write_index
+from medseg_bench.signals import deferred
 from medseg_bench.spec import RunSpec
-from medseg_bench.sweep.signals import deferred
 from medseg_bench.sweep.worker import EXIT_BUSY, EXIT_DONE, EXIT_SKIPPED, failure_message, run_one
 
 POLL_S = 1.0

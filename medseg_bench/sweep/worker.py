@@ -27,8 +27,8 @@ from medseg_bench.results import (
     write_heartbeat,
     write_status,
 )
+from medseg_bench.signals import deferred, exit_now, interruptible, received, stop_reason
 from medseg_bench.spec import RunSpec
-from medseg_bench.sweep.signals import deferred, exit_now, interruptible, received, stop_reason
 
 # Exit codes of a worker process; the local launcher reads them.
 EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
@@ -53,3 +59,29 @@ def test_subset_warning(home: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
     assert result.exit_code == 0
     assert "3 training cases, the catalog lists 5: a subset" in result.output
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_a_fetch_is_one_line_and_its_exit_code(
+        hanging_server: str, home: Path, tmp_path: Path, signum: int, code: int) -> None:
+    """Every command, not only `sweep`: Ctrl-C is exit 130 (not click's "Aborted!" and 1), SIGTERM 143, and
+    the `finally` blocks run (the staging folder is removed, the fetch lock released)."""
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "medseg_bench", "fetch", "Task04_Hippocampus", "--source",
+         f"{hanging_server}/t.tar", "--md5", "0" * 32, "--data-dir", str(data), "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    staging = data / ".Task04_Hippocampus.partial"
+    deadline = time.monotonic() + 60
+    while not staging.is_dir():  # it is waiting for the server now
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=60)
+    name = signal.Signals(signum).name
+    assert child.returncode == code, stderr
+    assert stderr.splitlines() == [
+        f"error: interrupted ({name}): nothing finished was lost; rerun the same command to carry on"]
+    assert not staging.exists() and not (data / "Task04_Hippocampus").exists()

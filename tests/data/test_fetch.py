@@ -8,13 +8,14 @@ import io
 import json
 import tarfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from medseg_bench.data.catalog import get_task
-from medseg_bench.data.fetch import MARKER, download, fetch_task, is_complete
+from medseg_bench.data.fetch import MARKER, FetchOutcome, download, fetch_task, is_complete
 from medseg_bench.errors import DataError, FetchError, UsageError
 
 
@@ -29,6 +30,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     drop_after: int | None = None  # close the connection after this many bytes of the first response
     fail_first: int = 0  # answer 500 to this many requests first
     requests: list[str | None] = []
+    gate: threading.Event | None = None  # when set: send half the body, wait for the gate, then the rest
 
     def do_GET(self) -> None:  # noqa: N802
         cls = type(self)
@@ -53,6 +55,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(2)
             return
+        if cls.gate is not None:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            cls.gate.wait(30)
+            body = body[len(body) // 2:]
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
@@ -62,7 +69,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, type[_Handler]]]:
     handler = type(
-        "Handler", (_Handler,), {"payload": b"", "drop_after": None, "fail_first": 0, "requests": []}
+        "Handler", (_Handler,),
+        {"payload": b"", "drop_after": None, "fail_first": 0, "requests": [], "gate": None}
     )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -85,6 +93,46 @@ def test_download_verify_extract_validate(server, hippo_subset: Path, tmp_path: 
     again = fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/x.tar", md5, progress=False)
     assert again.already_present and len(handler.requests) == 1
     assert not list(data.glob(".*.partial"))
+
+
+def test_two_fetches_of_one_task_at_once_download_it_once(server, hippo_subset: Path, tmp_path: Path) -> None:
+    """The second fetch waits for the first (it says so), then finds the task complete: one download, no
+    shared staging folder pulled from under the first."""
+    url, handler = server
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    handler.payload, handler.gate = archive.read_bytes(), threading.Event()
+    data, task = tmp_path / "data", get_task("Task04_Hippocampus")
+    outcomes: dict[str, object] = {}
+    said: list[str] = []
+
+    def fetch(name: str) -> None:
+        try:
+            outcomes[name] = fetch_task(task, data, f"{url}/t.tar", md5, progress=False, say=said.append)
+        except Exception as exc:  # reported by the asserts below
+            outcomes[name] = exc
+
+    first = threading.Thread(target=fetch, args=("first",))
+    first.start()
+    _wait_for(lambda: len(handler.requests) == 1)  # the first one is downloading, holding the lock
+    second = threading.Thread(target=fetch, args=("second",))
+    second.start()
+    _wait_for(lambda: bool(said))
+    assert said == [f"Task04_Hippocampus: another fetch of this task is running in {data}; waiting for it"]
+    assert second.is_alive() and len(handler.requests) == 1
+    handler.gate.set()
+    first.join(30)
+    second.join(30)
+    assert isinstance(outcomes["first"], FetchOutcome) and not outcomes["first"].already_present
+    assert isinstance(outcomes["second"], FetchOutcome) and outcomes["second"].already_present
+    assert len(handler.requests) == 1 and is_complete(data / "Task04_Hippocampus")
+    assert not list(data.glob(".*.partial"))
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_wrong_md5_leaves_nothing_marked(server, hippo_subset: Path, tmp_path: Path) -> None:
@@ -184,28 +232,6 @@ def test_truncated_archive(hippo_subset: Path, tmp_path: Path) -> None:
     with pytest.raises((FetchError, DataError)):
         fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(cut), md5, progress=False)
     assert not (tmp_path / "data" / "Task04_Hippocampus").exists()
-
-
-@pytest.fixture
-def hanging_server() -> Iterator[str]:
-    """A server that accepts the request and then sends nothing until the test ends."""
-    release = threading.Event()
-
-    class Hang(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            release.wait(30)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    release.set()
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_hanging_server_times_out_with_a_clear_message(hanging_server: str, tmp_path: Path) -> None:

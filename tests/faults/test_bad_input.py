@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_touches_nothing_finished(finished: tuple[Path
     assert strict.returncode == 3, strict.stdout + strict.stderr
     assert strict.stderr.splitlines() == [
         f"error: {source}/{bad_file}: {problem} (--strict: nothing was kept)"]
-    assert not data.exists() or sorted(p.name for p in data.iterdir()) == []
+    assert not data.exists() or sorted(p.name for p in data.iterdir()) == [f".{task}.fetch.lock"]
 
     # fetch without --strict: the case is excluded, named in one line where it now lives
     relaxed = _cli(home, "fetch", task, "--source", str(source), "--data-dir", str(data))

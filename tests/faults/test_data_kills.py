@@ -305,4 +305,5 @@ def test_kill_9_while_extracting_then_rerun(big_archive: tuple[Path, str, int], 
     marker, reference_marker = (json.loads(d[MARKER]) for d in (got, expected))
     del marker["fetched_at"], reference_marker["fetched_at"]
     assert marker == reference_marker
-    assert sorted(p.name for p in data.iterdir()) == ([".downloads", TASK] if server else [TASK])
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        [f".{TASK}.fetch.lock", TASK, *([".downloads"] if server else [])])

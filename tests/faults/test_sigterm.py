@@ -122,7 +122,7 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
 
 def test_sigterm_raises_keyboard_interrupt_and_waits_for_deferred_bookkeeping() -> None:
     """In-process (quick, runs by default): the handler `sweep` and its workers install."""
-    from medseg_bench.sweep import signals
+    from medseg_bench import signals
 
     before = signal.getsignal(signal.SIGTERM)
     steps = []

@@ -1,4 +1,4 @@
-"""SIGTERM stops a sweep exactly as Ctrl-C does.
+"""SIGTERM stops any command exactly as Ctrl-C does (`cli/app.py` wraps every command; a sweep's workers too).
 
 Without this, SIGTERM killed the local launcher outright (its `--jobs` workers trained on, orphaned), and
 inside a training run Lightning only noted it and stopped after the current batch, as a plain `exit`.
