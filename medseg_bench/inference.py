@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,8 +50,10 @@ def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_si
             x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
 
             def run(xin: torch.Tensor) -> torch.Tensor:
-                return sliding_window_inference(xin, tuple(patch_size), sw_batch_size=4, predictor=net,
-                                                overlap=0.5, mode="gaussian")
+                # `net` returns one tensor, so the stitched result is one too (not a tuple or dict of them).
+                out = sliding_window_inference(xin, tuple(patch_size), sw_batch_size=4, predictor=net,
+                                               overlap=0.5, mode="gaussian")
+                return cast(torch.Tensor, out)
 
             probs = _mirrored_softmax(net, x, _flips(3, tta), run)[0]
             return probs.float().cpu().numpy()

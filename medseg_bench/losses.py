@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
@@ -24,7 +24,7 @@ Weights = tuple[float, ...] | None
 LossFactory = Callable[[int, Weights], "nn.Module"]
 LOSSES: Registry[LossFactory] = Registry("loss")
 
-_SOFTMAX = {"to_onehot_y": True, "softmax": True}
+_SOFTMAX: dict[str, Any] = {"to_onehot_y": True, "softmax": True}
 
 
 def _tensor(weights: Sequence[float] | None) -> torch.Tensor | None:
@@ -102,6 +102,8 @@ def _WeightedPerClass(per_class: nn.Module, weights: Sequence[float]) -> nn.Modu
 
     class WeightedPerClass(nn.Module):
         """Weighted mean over classes of a loss computed with reduction="none" (one value per class)."""
+
+        weights: torch.Tensor  # a buffer (registered below)
 
         def __init__(self) -> None:
             super().__init__()

@@ -92,15 +92,17 @@ class SegmentationModule(pl.LightningModule):
         if self.max_seconds:
             from pytorch_lightning.callbacks import Timer
 
-            timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)] if self._trainer else []
+            # Lightning sets `Trainer.callbacks` in its callback connector without declaring it on the class.
+            callbacks = self.trainer.callbacks if self._trainer else []  # type: ignore[attr-defined]
+            timers = [c for c in callbacks if isinstance(c, Timer)]
             if timers:  # Lightning's own max_time clock: it survives a resume (saved in the checkpoint)
                 done = max(done, min(1.0, timers[0].time_elapsed("train") / self.max_seconds))
         return done
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99, nesterov=True,
-                                  weight_decay=3e-5)
+            opt: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.99,
+                                                         nesterov=True, weight_decay=3e-5)
             decay = lambda step: (1 - self.progress(step)) ** 0.9  # noqa: E731
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
@@ -276,12 +278,13 @@ def _no_nan_fill() -> Iterator[None]:
     uninitialised memory, so results stay bit-identical (tests/test_training.py checks two runs match)."""
     import torch.utils.deterministic as deterministic
 
-    before = deterministic.fill_uninitialized_memory
-    deterministic.fill_uninitialized_memory = False
+    # The flag is a property of the module's runtime class (torch swaps it in): invisible to type checkers.
+    before = deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        deterministic.fill_uninitialized_memory = before
+        deterministic.fill_uninitialized_memory = before  # type: ignore[attr-defined]
 
 
 def _keep_csv_log(log_dir: Path) -> None:

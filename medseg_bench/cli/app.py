@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -15,7 +15,8 @@ from medseg_bench.errors import Interrupted, MedsegError
 
 
 class _Group(TyperGroup):
-    def invoke(self, ctx: click.Context) -> Any:
+    # `ctx: Any`: a `click.Context` before typer 0.29, a `typer._click.Context` (its vendored click) since.
+    def invoke(self, ctx: Any) -> Any:
         try:
             with signals.interruptible():  # SIGTERM too runs every `finally` (staging folders, locks)
                 return super().invoke(ctx)
@@ -57,7 +58,7 @@ def _main(
 
 
 # The commands, in the order `--help` lists them: name, one-line help, function (one module per command).
-COMMANDS = [
+COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
     ("fetch", "Download or import an MSD task, verify and validate it.", fetch.fetch),
     ("validate", "Re-validate a fetched task; --strict makes any problem fatal.", validate.validate),
     ("plan", "Show the task's plan (spacing, normalisation, patch/batch sizes); re-size it.", plan.plan),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +58,10 @@ def crop_sample(image: np.ndarray, label: np.ndarray, center: np.ndarray, dims: 
     """The 3D patch, or the 2D slice `center[0]` cropped in plane, around `center` (zero-padded)."""
     if dims == "2d":
         z = int(center[0])
-        return (crop_with_padding(image[:, z], center[1:], patch_size),
-                crop_with_padding(label[z], center[1:], patch_size))
-    return crop_with_padding(image, center, patch_size), crop_with_padding(label, center, patch_size)
+        return (crop_with_padding(image[:, z], center[1:].tolist(), patch_size),
+                crop_with_padding(label[z], center[1:].tolist(), patch_size))
+    return (crop_with_padding(image, center.tolist(), patch_size),
+            crop_with_padding(label, center.tolist(), patch_size))
 
 
 class CaseStore:
@@ -159,7 +161,7 @@ def make_loaders(
         CaseStore(cache_dir, train_ids), dims, patch_size, iters_per_epoch * batch_size, seed, aug_steps
     )
     val = ValidationPatches(CaseStore(cache_dir, val_ids), dims, patch_size)
-    common = {
+    common: dict[str, Any] = {
         "num_workers": num_workers,
         "persistent_workers": num_workers > 0,
         "pin_memory": torch.cuda.is_available(),

@@ -6,7 +6,7 @@ Feature sizes are the published/MONAI defaults; `ModelInputs.tiny` shrinks them 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.models import ModelInputs, arch
 
@@ -116,7 +116,9 @@ def _vnet(inputs: ModelInputs) -> nn.Module:
 def _unetr(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import UNETR
 
-    size = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 4} if inputs.tiny else {}
+    size: dict[str, Any] = (
+        {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 4} if inputs.tiny else {}
+    )
     return UNETR(in_channels=inputs.in_channels, out_channels=inputs.num_classes, img_size=inputs.patch_size,
                  spatial_dims=3, **size)
 
