@@ -109,6 +109,7 @@ def test_killed_run_resumes_at_epoch_2(shared_task: Path, home: Path, tmp_path: 
     assert "resumed from checkpoints/last.ckpt at epoch 2 of 3" in log_text
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["cost"]["epochs_done"] == 3
+    assert len(summary["cost"]["epoch_times_s"]) == 2  # the epochs this attempt trained (2 and 3)
     epochs = pd.read_csv(folder / "logs" / "metrics.csv")
     assert sorted(epochs.dropna(subset=["val_dice"])["epoch"]) == [0, 1, 2]  # epoch 1's log kept, none twice
 
