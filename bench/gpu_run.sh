@@ -11,8 +11,17 @@ python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2
     .gpu-kit/simpleitk.tar.xz "$SITE"
 export PYTHONPATH="$SITE" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 -c "import torch, pytorch_lightning as pl, monai, SimpleITK, segmentation_models_pytorch as smp; \
-print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', pl.__version__, \
-'monai', monai.__version__, 'smp', smp.__version__, 'SimpleITK', SimpleITK.Version_VersionString())"
+# Versions as seen there (a package that fails to import is named, not fatal: gpu.py needs only what it uses).
+python3 - <<'PY'
+import importlib
+for name in ("torch", "pytorch_lightning", "monai", "segmentation_models_pytorch", "SimpleITK", "edt", "pynvml"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", "") or "ok")
+    except Exception as exc:  # noqa: BLE001
+        print(name, "FAILS:", type(exc).__name__, str(exc)[:200])
+import torch
+print("cuda available:", torch.cuda.is_available())
+PY
 mkdir -p "$OUT"
 python3 bench/gpu.py --source .gpu-kit/Task04_Hippocampus --out "$OUT" "$@" 2>&1 | tee "$OUT/console.log"
