@@ -18,7 +18,7 @@ Stages:
   2. budget run: `--minutes` of training (`--max-minutes`, epochs 1000 so the learning rate decays over the
      clock), then the held-out Dice, HD95, epochs done and the same utilisation figures.
 Results are written after each stage (a timed-out call still returns the finished ones): OUT/gpu.md,
-OUT/gpu.json, the budget run's OUT/report.md and OUT/budget_run.log.
+OUT/gpu.json, the budget run's OUT/report.md and OUT/budget_run.log, and the other commands' OUT/probes.log.
 
 `--smoke` runs the same stages tiny (12 cases, 2 epochs of 2 iterations, batch 2, 0.2-minute budget), on
 the CPU when there is no GPU: a check that the script works before device time is spent on it.
@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
-TASK = "Task04_Hippocampus"
+sys.path.insert(0, str(ROOT / "bench"))  # the other bench scripts, reused below
+
+from train import SHARED, TASK  # noqa: E402
+
 CLI = [sys.executable, "-m", "medseg_bench"]
 PUBLISHED = {"1": 0.90, "2": 0.89}  # nnU-Net, MSD Hippocampus test set (anterior, posterior)
 
@@ -247,50 +249,52 @@ def environment() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def subset(source: Path, dest: Path, cases: int | None) -> Path:
-    """`source` itself, or a copy of its first `cases` training cases (with a trimmed dataset.json)."""
-    if cases is None:
-        return source
-    meta = json.loads((source / "dataset.json").read_text())
-    meta["training"] = meta["training"][:cases]
-    meta["numTraining"] = len(meta["training"])
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            (dest / entry[key]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / entry[key], dest / entry[key])
-    (dest / "dataset.json").write_text(json.dumps(meta))
-    return dest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SHARED, help="Task04_Hippocampus folder (MSD layout)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu",
+                        help="folder for gpu.md, gpu.json, report.md and the command logs")
     parser.add_argument("--cases", type=int, help="use the first N cases (default: all)")
     parser.add_argument("--workers", type=int, default=8,
                         help="DataLoader workers of the second probe and of the budget run")
-    parser.add_argument("--probe-epochs", type=int, default=3)
-    parser.add_argument("--probe-iters", type=int, default=250)
+    parser.add_argument("--probe-epochs", type=int, default=3, help="epochs of each throughput probe")
+    parser.add_argument("--probe-iters", type=int, default=250, help="iterations per probe epoch")
     parser.add_argument("--minutes", type=float, default=3.0, help="budget run; 0 skips it")
-    parser.add_argument("--batch-size", type=int, default=9)
-    parser.add_argument("--patch-size", default="40,56,40")
+    parser.add_argument("--batch-size", type=int, default=9, help="nnU-Net's 3d_fullres batch (Hippocampus)")
+    parser.add_argument("--patch-size", default="40,56,40", help="nnU-Net's 3d_fullres patch (Hippocampus)")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick, CPU allowed (see above)")
     args = parser.parse_args()
     if args.smoke:
         args.cases, args.probe_epochs, args.probe_iters = args.cases or 12, 2, 2
         args.minutes, args.batch_size, args.workers = 0.2, 2, min(args.workers, 2)
+    if not (args.source / "dataset.json").is_file():
+        sys.exit(f"{args.source}: no dataset.json there (a Task04_Hippocampus folder in MSD layout)")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="medseg-gpu-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Every stage, in `work`; tables into `args.out` after each."""
     env = {**os.environ, "MEDSEG_BENCH_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    log = args.out / "budget_run.log"
-    log.write_text("")
+    log, probes_log = args.out / "budget_run.log", args.out / "probes.log"  # returned with the tables
+    for path in (log, probes_log):
+        path.write_text("")
     facts: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "command": "python3 bench/gpu.py " + " ".join(sys.argv[1:]),
         "environment": environment(),
     }
-    source = subset(args.source, work / "src" / TASK, args.cases)
+    source = args.source
+    if args.cases is not None:  # the first N cases, as the tests take them
+        sys.path.insert(0, str(ROOT))
+        from tests.conftest import copy_subset
+
+        source = copy_subset(source, work / "src" / TASK, args.cases)
     num_cases = len(json.loads((source / "dataset.json").read_text())["training"])
     val_cases = num_cases // 5  # fold 0 of 5
     cuda = facts["environment"]["gpu"] is not None
@@ -304,8 +308,8 @@ def main() -> None:
               "--aug", "none", "--patch-size", args.patch_size, "--batch-size", str(args.batch_size)]
     with GpuSampler() as sampler:
         start = time.perf_counter()
-        run_cli(["fetch", TASK, "--source", str(source)], env, work / "fetch.log")
-        run_cli(["plan", TASK], env, work / "plan.log")  # fingerprint, plan; the first sweep builds the cache
+        run_cli(["fetch", TASK, "--source", str(source)], env, probes_log)
+        run_cli(["plan", TASK], env, probes_log)  # fingerprint, plan; the first sweep builds the cache
         facts["prepare_s"] = time.perf_counter() - start
         facts["sampler"] = sampler.source
         facts["throughput"] = []
@@ -313,7 +317,7 @@ def main() -> None:
             results = work / f"probe-w{workers}"
             run_cli([*common, "--epochs", str(args.probe_epochs), "--iters-per-epoch",
                      str(args.probe_iters), "--workers", str(workers), "--results-dir", str(results)],
-                    env, work / "probe.log")
+                    env, probes_log)
             figures = run_figures(results, sampler, args.probe_iters)
             facts["throughput"].append({"workers": workers, **figures})
             write_tables(args.out, facts)
@@ -327,7 +331,6 @@ def main() -> None:
             write_tables(args.out, facts)
             run_cli(["report", "--results-dir", str(results), "--format", "markdown", "--output",
                      str(args.out / "report.md")], env, log)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

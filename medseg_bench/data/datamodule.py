@@ -38,7 +38,8 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-def crop_with_padding(array: np.ndarray, center: Sequence[int], size: Sequence[int]) -> np.ndarray:
+def crop_with_padding(array: np.ndarray, center: Sequence[int] | np.ndarray, size: Sequence[int]
+                      ) -> np.ndarray:
     """Crop the last len(size) axes around `center`, zero-padding where the window leaves the array."""
     lead = array.ndim - len(size)
     out = np.zeros(array.shape[:lead] + tuple(size), dtype=array.dtype)
@@ -58,10 +59,9 @@ def crop_sample(image: np.ndarray, label: np.ndarray, center: np.ndarray, dims: 
     """The 3D patch, or the 2D slice `center[0]` cropped in plane, around `center` (zero-padded)."""
     if dims == "2d":
         z = int(center[0])
-        return (crop_with_padding(image[:, z], center[1:].tolist(), patch_size),
-                crop_with_padding(label[z], center[1:].tolist(), patch_size))
-    return (crop_with_padding(image, center.tolist(), patch_size),
-            crop_with_padding(label, center.tolist(), patch_size))
+        return (crop_with_padding(image[:, z], center[1:], patch_size),
+                crop_with_padding(label[z], center[1:], patch_size))
+    return crop_with_padding(image, center, patch_size), crop_with_padding(label, center, patch_size)
 
 
 class CaseStore:
