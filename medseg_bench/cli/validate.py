@@ -31,9 +31,14 @@ def validate(
     from rich.progress import Progress
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import is_complete, record_validation
+    from medseg_bench.data.fetch import MARKER, is_complete, record_validation
     from medseg_bench.data.msd import training_cases
-    from medseg_bench.data.validate import case_count_warnings, validate_folder
+    from medseg_bench.data.validate import (
+        PROBLEMS_SHOWN,
+        case_count_warnings,
+        problem_summary,
+        validate_folder,
+    )
     from medseg_bench.errors import DataError
     from medseg_bench.settings import get_settings
 
@@ -53,18 +58,25 @@ def validate(
     problems = report.problems
     if problems and (strict or not report.usable_cases):
         # Fatal: the error line names the first bad file and its problem; the others are listed before it.
-        for problem in problems[1:]:
+        for problem in problems[1:PROBLEMS_SHOWN]:
             console.print(f"[red]problem:[/red] {escape(str(problem))}")
+        rest = problem_summary(problems, folder / MARKER)
+        if rest:
+            console.print(f"[red]problem:[/red] {escape(rest)}")
         more = f" and {len(problems) - 1} more problem(s) in {len(report.excluded)} case(s)" \
             if len(problems) > 1 else ""
         why = "(--strict)" if strict else "(no usable training case left)"
         raise DataError(f"{problems[0]}{more} {why}")
-    for problem in problems:
+    for problem in problems[:PROBLEMS_SHOWN]:
         console.print(f"[yellow]warning:[/yellow] {escape(str(problem))} (case excluded from training)")
+    rest = problem_summary(problems, folder / MARKER)
+    if rest:
+        console.print(f"[yellow]warning:[/yellow] {escape(rest)} (all excluded from training)")
     if report.excluded:
-        console.print(
-            f"[yellow]warning:[/yellow] excluded from training: {', '.join(sorted(report.excluded))}"
-        )
+        excluded = sorted(report.excluded)
+        listed = ", ".join(excluded[:PROBLEMS_SHOWN]) + (
+            f" and {len(excluded) - PROBLEMS_SHOWN} more" if len(excluded) > PROBLEMS_SHOWN else "")
+        console.print(f"[yellow]warning:[/yellow] excluded from training: {listed}")
     typer.echo(
         f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
         + ("; list of excluded cases updated" if changed else "")

@@ -133,3 +133,26 @@ def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
         f"{task.name}: {found} training cases, more than the {expected} the catalog lists "
         "(another release of the data?)"
     ]
+
+
+PROBLEMS_SHOWN = 10
+
+
+def problem_summary(problems: list[Problem], listed_in: Path, shown: int = PROBLEMS_SHOWN) -> str | None:
+    """One line for the problems past the first `shown` (none when there are no more), counted by kind.
+
+    A task folder whose dataset.json names many absent cases would otherwise print one line per case; every
+    problem is still written, with its file, to `listed_in`.
+    """
+    rest = problems[shown:]
+    if not rest:
+        return None
+    kinds: dict[str, int] = {}
+    for problem in rest:
+        kinds[problem.message] = kinds.get(problem.message, 0) + 1
+    common = sorted(kinds.items(), key=lambda kv: -kv[1])
+    counted = "; ".join(f"{message}: {count}" for message, count in common[:3])
+    if len(common) > 3:
+        counted += f"; {len(common) - 3} other kind(s)"
+    cases = len({p.case_id for p in rest})
+    return f"{len(rest)} more problem(s) in {cases} case(s) ({counted}); every one is listed in {listed_in}"

@@ -61,6 +61,27 @@ def test_subset_warning(home: Path, tmp_path: Path) -> None:
     assert "3 training cases, the catalog lists 5: a subset" in result.output
 
 
+def test_many_bad_cases_are_summed_up_not_listed_one_line_each(home: Path, tmp_path: Path) -> None:
+    # A dataset.json naming cases the folder lacks (a partial copy) must not flood the terminal.
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=25)
+    for i in range(3, 25):
+        (src / "imagesTr" / f"case_{i:03d}.nii.gz").unlink()
+    write_task_file(home, "Task90_Synth")
+    marker = home / "data" / "Task90_Synth" / ".medseg-bench-valid.json"
+    fetched = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    revalidated = runner.invoke(app, ["validate", "Task90_Synth"])
+    for result in (fetched, revalidated):
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert sum("image file missing (case excluded from training)" in line for line in lines) == 10
+        assert (f"warning: 12 more problem(s) in 12 case(s) (image file missing: 12); every one is listed in "
+                f"{marker} (all excluded from training)") in lines
+    assert "3 of 25 training cases valid" in revalidated.output
+    assert "excluded from training: case_003, case_004" in revalidated.output
+    assert revalidated.output.count("case_0") < 25 and "and 12 more" in revalidated.output
+    assert len(json.loads(marker.read_text())["excluded"]) == 22  # the full list is kept
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_during_a_fetch_is_one_line_and_its_exit_code(
         hanging_server: str, home: Path, tmp_path: Path, signum: int, code: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.msd import training_cases
-from medseg_bench.data.validate import validate_folder
+from medseg_bench.data.validate import Problem, problem_summary, validate_folder
 from medseg_bench.errors import DataError
 from tests.conftest import make_synthetic_task, write_image, write_task_file
 
@@ -103,3 +103,15 @@ def test_empty_training_list(synth) -> None:
 def test_real_hippocampus_subset_is_clean(hippo_subset: Path) -> None:
     report = validate_folder(hippo_subset, get_task("Task04_Hippocampus"))
     assert report.problems == [] and len(report.cases) == 10
+
+
+def test_problem_summary_counts_the_rest_by_kind() -> None:
+    listed = Path("/data/T/.medseg-bench-valid.json")
+    problems = [Problem(f"c{i}", f"/data/T/imagesTr/c{i}.nii.gz", "image file missing") for i in range(4)]
+    assert problem_summary(problems, listed, shown=4) is None
+    problems += [Problem("c9", "/data/T/labelsTr/c9.nii.gz", f"label shape [{i}] differs") for i in range(5)]
+    problems += [Problem("c8", "/data/T/labelsTr/c8.nii.gz", "label values [7] not declared")] * 2
+    assert problem_summary(problems, listed, shown=2) == (
+        "9 more problem(s) in 4 case(s) (image file missing: 2; label values [7] not declared: 2; "
+        "label shape [0] differs: 1; 4 other kind(s)); every one is listed in "
+        "/data/T/.medseg-bench-valid.json")
