@@ -110,10 +110,24 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.dims not in DIMS:
             raise UsageError(f"unknown dims '{self.dims}'; choose from {', '.join(DIMS)}")
+        if self.num_folds < 2:
+            raise UsageError(f"num_folds must be at least 2 (one fold is held out), not {self.num_folds}")
         if not 0 <= self.fold < self.num_folds:
             raise UsageError(f"fold {self.fold} outside 0..{self.num_folds - 1}")
-        if self.epochs < 1:
-            raise UsageError("epochs must be at least 1")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be in 0..{2**32 - 1}, not {self.seed}")
+        for name in ("epochs", "iters_per_epoch", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, not {value}")
+        for name in ("max_minutes", "lr"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise UsageError(f"{name} must be a positive number, not {value}")
+        sides = 2 if self.dims == "2d" else 3
+        if self.patch_size is not None and (len(self.patch_size) != sides or min(self.patch_size) < 1):
+            raise UsageError(f"a {self.dims} patch size is {sides} positive sides, not "
+                             f"{','.join(map(str, self.patch_size))}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")
         if self.class_weights is not None and not all(0 <= w < float("inf") for w in self.class_weights):

@@ -29,7 +29,21 @@ def test_known_id_does_not_drift() -> None:
     assert _spec().spec_hash == "abb68a1ee1"
 
 
-@pytest.mark.parametrize("bad", [{"dims": "4d"}, {"fold": 5}, {"epochs": 0}, {"optimizer": "lbfgs"}])
-def test_invalid_specs(bad: dict[str, object]) -> None:
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"dims": "4d"}, "unknown dims '4d'"),
+    ({"fold": 5}, "fold 5 outside 0..4"),
+    ({"num_folds": 1}, "num_folds must be at least 2"),
+    ({"epochs": 0}, "epochs must be at least 1, not 0"),
+    ({"iters_per_epoch": 0}, "iters_per_epoch must be at least 1, not 0"),
+    ({"batch_size": 0}, "batch_size must be at least 1, not 0"),  # 0 used to mean "from the plan", silently
+    ({"seed": -1}, "seed must be in 0..4294967295"),
+    ({"lr": -1.0}, "lr must be a positive number, not -1.0"),
+    ({"lr": float("nan")}, "lr must be a positive number, not nan"),
+    ({"max_minutes": 0.0}, "max_minutes must be a positive number"),
+    ({"patch_size": (32, 32)}, "a 3d patch size is 3 positive sides, not 32,32"),
+    ({"dims": "2d", "patch_size": (32, 0)}, "a 2d patch size is 2 positive sides, not 32,0"),
+    ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+])
+def test_invalid_specs(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(".", r"\.")):
         _spec(**bad)

@@ -51,6 +51,29 @@ def test_excluding_everything_is_an_error(home: Path) -> None:
         expand(_request(dims=["3d"], exclude=["dims=3d"]))
 
 
+def test_no_runs_says_why(home: Path) -> None:
+    with pytest.raises(UsageError, match=r"no runs \(deeplab in 3d: skipped, 'deeplab' has no 3d variant"):
+        expand(_request(archs=["deeplab"], dims=["3d"]))
+
+
+def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
+    # unet runs in 2D and 3D: a 3-sided patch would reach the 2D runs, which fail only once they train.
+    with pytest.raises(UsageError, match="--patch-size 32,32,32 has 3 sides, but the sweep has 2d runs"):
+        expand(_request(patch_size=(32, 32, 32)))
+    runs, _ = expand(_request(patch_size=(32, 32, 32), dims=["3d"]))
+    assert [r.patch_size for r in runs] == [(32, 32, 32)]
+
+
+def test_encoders_are_checked_before_anything_runs(home: Path) -> None:
+    with pytest.raises(UsageError, match="unknown smp encoder 'resnet999'; did you mean 'resnet50'"):
+        expand(_request(dims=["2d"], encoders=["resnet34", "resnet999"]))
+    with pytest.raises(UsageError, match="encoder 'tu-convnxt_tiny'; did you mean 'tu-convnext_tiny'"):
+        expand(_request(dims=["2d"], encoders=["tu-convnxt_tiny"]))
+    runs, _ = expand(_request(dims=["2d"], encoders=["efficientnet-b0", "tu-convnext_tiny"]))
+    assert [r.encoder for r in runs] == ["efficientnet-b0", "tu-convnext_tiny"]
+    assert len(expand(_request(dims=["3d"], encoders=["resnet999"]))[0]) == 1  # 3D nets take no encoder
+
+
 def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(f"task: {TASK}\ndims: 3d\nloss: [dice_ce, focal]\nseed: [0, 1]\nepochs: 3\n"

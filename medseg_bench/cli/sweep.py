@@ -74,8 +74,8 @@ def sweep(
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
         = None,
     workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers per run. Default: 1 with augmentation on CPU, else 0; GPU: up to 8.")] \
-        = None,
+        min=0, help="DataLoader workers per run. Default: 1 with augmentation on CPU, else 0; GPU: up to 8.",
+    )] = None,
     jobs: Annotated[int, typer.Option(help="Local launcher: runs in parallel (one per GPU; CPU threads are "
                                            "divided between them).")] = 1,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",

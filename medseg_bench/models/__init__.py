@@ -98,6 +98,10 @@ def check_encoder(name: str, dims: str, encoder: str | None) -> None:
     if allowed is not None and encoder not in allowed:
         raise UsageError(f"arch '{ARCHS.canonical(name)}' needs --encoder {' or '.join(allowed)} "
                          f"(torchvision's FCN backbones), not '{encoder}'")
+    if allowed is None and dims == "2d" and encoder is not None:
+        from medseg_bench.models.zoo2d import check_smp_encoder
+
+        check_smp_encoder(encoder)
 
 
 def fit_patch(name: str, dims: str, patch: Sequence[int]) -> tuple[int, ...]:

@@ -33,6 +33,28 @@ SMP = {  # registry name: (smp class, description, aliases, min size)
 }
 
 
+def check_smp_encoder(encoder: str) -> None:
+    """UsageError, with close names, when smp has no encoder `encoder` (`tu-NAME`: any timm model)."""
+    import difflib
+
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    if encoder.startswith("tu-"):
+        import timm
+
+        if timm.is_model(encoder[3:]):
+            return
+        known = [f"tu-{name}" for name in timm.list_models()]
+    else:
+        known = list(get_encoder_names())
+        if encoder in known:
+            return
+    close = difflib.get_close_matches(encoder, known, n=3)
+    hint = f"did you mean {' or '.join(repr(n) for n in close)}?" if close else \
+        "see segmentation-models-pytorch's list of encoders, or tu-<timm model>"
+    raise UsageError(f"unknown smp encoder '{encoder}'; {hint}")
+
+
 def _not_offline(encoder: str) -> UsageError:
     return UsageError(f"pretrained weights for encoder '{encoder}' are not available offline and cannot be "
                       "downloaded here; drop --pretrained or put them in the Hugging Face / torch hub "

@@ -114,7 +114,13 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                 encoders: list[str | None] = list(request.encoders) if dims == "2d" else [None]
                 for encoder in encoders:
                     check_encoder(entry.name, dims, encoder)
-                if request.patch_size is not None and len(request.patch_size) == (2 if dims == "2d" else 3):
+                if request.patch_size is not None:
+                    sides = 2 if dims == "2d" else 3
+                    if len(request.patch_size) != sides:
+                        given = ",".join(map(str, request.patch_size))
+                        raise UsageError(
+                            f"--patch-size {given} has {len(request.patch_size)} sides, but the sweep has "
+                            f"{dims} runs ({entry.name}), which need {sides}: set --dims to match it")
                     check_patch(entry.name, dims, request.patch_size)
                 for encoder, loss, aug, fold, seed in itertools.product(
                         encoders, losses, augs, request.folds, request.seeds):
@@ -134,5 +140,5 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
     unique = list(dict.fromkeys(runs))
     if not unique:
-        raise UsageError("the sweep expands to no runs")
+        raise UsageError("the sweep expands to no runs" + (f" ({'; '.join(skipped)})" if skipped else ""))
     return unique, skipped
