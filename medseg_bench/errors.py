@@ -7,6 +7,8 @@ Exit codes (documented in the README):
     4  fetch error: download failed, checksum mismatch, unsafe archive
     5  run error: one or more runs of a sweep failed
     6  results error: results dir unwritable, or no results to report
+    7  file system error not caught more precisely: a file or folder could not be read or written (missing
+       folder, permission denied, disk full, read-only file system); the message names the path
   130  any command interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells say)
 """
 
@@ -51,6 +53,17 @@ class ResultsError(MedsegError):
     """The results store cannot be written or holds nothing to report."""
 
     exit_code = 6
+
+
+class FileSystemError(MedsegError):
+    """An OSError no command turned into a more precise error: one line with the path, not a traceback."""
+
+    exit_code = 7
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> FileSystemError:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return cls(f"{where}{exc.strerror or exc}")
 
 
 class Interrupted(MedsegError):

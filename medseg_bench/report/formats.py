@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -15,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from medseg_bench.errors import UsageError
+from medseg_bench.errors import ResultsError, UsageError
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections
 
@@ -181,17 +182,20 @@ def format_for(path: Path) -> str:
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write to a temp file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temp file in the same folder, then rename over `path`; a failure names `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(content.encode("utf-8") if isinstance(content, str) else content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not only "missing": its folder may not be one
+            tmp.unlink()
 
 
 def print_rich(report: Report, console: Any = None) -> None:

@@ -229,8 +229,7 @@ def task_figures(plots: dict[str, bytes], task: str) -> list[str]:
 def write_plots(plots: dict[str, bytes], folder: Path) -> list[Path]:
     from medseg_bench.report.formats import write_atomic
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths = []  # write_atomic makes the folder, and names the file it could not write
     for name, png in plots.items():
         write_atomic(folder / name, png)
         paths.append(folder / name)

@@ -68,3 +68,13 @@ def test_dry_run_lists_runs_with_skips(home: Path, tmp_path: Path) -> None:
 def test_report_without_results(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--results-dir", str(tmp_path)])
     assert result.exit_code == 6 and "no finished runs" in result.output
+
+
+def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Path) -> None:
+    # No command lets a file-system failure escape as a traceback (here: a data folder that cannot exist).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path),
+                                 "--data-dir", str(blocker / "data")])
+    assert result.exit_code == 7, result.output
+    assert result.output.strip().splitlines()[-1] == f"error: {blocker / 'data'}: Not a directory"

@@ -91,6 +91,18 @@ def test_plots_folder(results: Path, tmp_path: Path) -> None:
                      "Task91_Beta_hd95_cases.png", "Task91_Beta_learning_curves.png", "rank_heatmap.png"]
 
 
+def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for option, target in (("--output", blocker / "report.md"), ("--plots", blocker / "figs")):
+        result = invoke("--results-dir", str(results), "--task", "Task91_Beta", option, str(target))
+        assert result.exit_code == 6, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith(f"error: {target}") and ": cannot write (" in last, last
+        assert "Traceback" not in result.output
+    assert blocker.read_text() == "not a folder"
+
+
 def test_group_by_top_and_metric(results: Path) -> None:
     result = invoke("--results-dir", str(results), "--group-by", "loss", "--format", "csv")
     table = pd.read_csv(io.StringIO(result.output))
