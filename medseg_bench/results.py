@@ -26,7 +26,9 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -206,15 +208,71 @@ def finished_runs(results_dir: Path) -> list[Path]:
     return sorted(p.parent for p in results_dir.glob("*/*/spec.json") if is_done(p.parent))
 
 
-def load_results(results_dir: Path):
-    """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame)."""
+METRICS_COLUMNS = ("case", "label", "dice", "ref_empty", "pred_empty")
+
+
+def _corrupt(path: Path, problem: str) -> ResultsError:
+    return ResultsError(f"{path}: {problem}; move its run folder away to report without it, or delete the "
+                        "folder to run it again")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise _corrupt(path, f"cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise _corrupt(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, "not a JSON object")
+    return data
+
+
+def read_finished_run(folder: Path):
+    """A finished run's spec, summary and per-case scores; ResultsError naming the file when one is damaged.
+
+    Every file is written atomically, so damage means a file was edited, truncated or lost after the fact.
+    """
+    import pandas as pd
+
+    spec = _read_json_object(folder / "spec.json")
+    missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
+    if missing:
+        raise _corrupt(folder / "spec.json", f"lacks {', '.join(missing)}")
+    summary = _read_json_object(folder / "summary.json")
+    path = folder / "metrics.csv"
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise _corrupt(path, f"cannot be read as CSV ({str(exc).splitlines()[0]})") from None
+    absent = [c for c in METRICS_COLUMNS if c not in frame.columns]
+    if absent:
+        raise _corrupt(path, f"lacks the column(s) {', '.join(absent)}")
+    expected = summary.get("num_cases", 0) * len(summary.get("per_label_dice") or {}) or len(frame)
+    if len(frame) != expected:
+        raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
+    if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
+        raise _corrupt(path, "a row is cut short (truncated?)")
+    return spec, summary, frame
+
+
+def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None = None):
+    """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame).
+
+    A damaged run raises ResultsError naming its file; with `skip_damaged`, it is left out and the message
+    goes to that callback instead (never silently).
+    """
     import pandas as pd
 
     frames = []
     for folder in finished_runs(results_dir):
-        spec = json.loads((folder / "spec.json").read_text())
-        summary = read_json(folder / "summary.json")
-        frame = pd.read_csv(folder / "metrics.csv")
+        try:
+            spec, summary, frame = read_finished_run(folder)
+        except ResultsError as exc:
+            if skip_damaged is None:
+                raise
+            skip_damaged(str(exc))
+            continue
         frame.insert(0, "run_id", folder.name)
         for key in ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed", "epochs",
                     "max_minutes"):
@@ -232,16 +290,21 @@ def load_results(results_dir: Path):
 INDEX_NAME = "index.parquet"
 
 
-def write_index(results_dir: Path) -> Path:
+def warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr) -> Path:
     """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
 
-    Each writer renames its own complete temp file into place, so concurrent rebuilds never mix.
+    Each writer renames its own complete temp file into place, so concurrent rebuilds never mix. A damaged
+    run is left out of the index, and `warn` is told which file and why.
     """
     import pandas as pd
 
     try:
-        table = load_results(results_dir)
-    except ResultsError:
+        table = load_results(results_dir, skip_damaged=warn)
+    except ResultsError:  # no finished run
         table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
     target = results_dir / INDEX_NAME
     tmp = results_dir / f".{INDEX_NAME}.{socket.gethostname()}.{os.getpid()}.tmp"

@@ -12,10 +12,19 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from medseg_bench.data.io import write_json_atomic
+from medseg_bench.errors import ResultsError
 from medseg_bench.locks import RunLock, is_locked
-from medseg_bench.results import INDEX_NAME, append_event, read_events, write_index, write_status
+from medseg_bench.results import (
+    INDEX_NAME,
+    append_event,
+    load_results,
+    read_events,
+    write_index,
+    write_status,
+)
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
 
@@ -98,8 +107,10 @@ def _fake_run(results: Path, seed: int) -> None:
     folder = results / "T" / spec.run_id
     folder.mkdir(parents=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
-    frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10]})
+    frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10], "ref_empty": False,
+                          "pred_empty": False})
     frame.to_csv(folder / "metrics.csv", index=False)
+    write_json_atomic(folder / "summary.json", {"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}})
     write_status(folder, "done")
 
 
@@ -120,6 +131,38 @@ def test_index_is_rebuilt_from_the_folders_and_concurrent_writers_never_corrupt_
     assert len(table) == 12 and table["run_id"].nunique() == 6
     assert sorted(table.loc[table["case"] == "b", "dice"]) == [s / 10 for s in range(6)]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+HEADER = "case,label,dice,ref_empty,pred_empty\n"
+
+
+@pytest.mark.parametrize(("name", "damage", "problem"), [
+    ("spec.json", "{", "not valid JSON"),
+    ("spec.json", "[]", "not a JSON object"),
+    ("spec.json", '{"task": "T"}', "lacks dims, arch, loss, aug"),
+    ("summary.json", "", "not valid JSON"),
+    ("metrics.csv", "x,y\n1,2\n", "lacks the column(s) case, label, dice, ref_empty, pred_empty"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 rows, summary.json counts 2 (cases x labels)"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.", "a row is cut short"),
+])
+def test_a_damaged_finished_run_is_named_never_read_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str, problem: str) -> None:
+    for seed in range(3):
+        _fake_run(tmp_path, seed)
+    damaged = sorted((tmp_path / "T").iterdir())[1]
+    (damaged / name).write_text(damage)
+    with pytest.raises(ResultsError) as info:
+        load_results(tmp_path)
+    assert str(info.value).startswith(f"{damaged / name}: {problem}")
+    assert str(info.value).endswith("move its run folder away to report without it, or delete the folder to "
+                                    "run it again")
+    skipped: list[str] = []
+    table = load_results(tmp_path, skip_damaged=skipped.append)  # the index: the others, and a warning
+    assert table["run_id"].nunique() == 2 and damaged.name not in set(table["run_id"])
+    assert skipped == [str(info.value)]
+    write_index(tmp_path)
+    assert f"warning: {info.value}" in capsys.readouterr().err
+    assert set(pd.read_parquet(tmp_path / INDEX_NAME)["run_id"]) == set(table["run_id"])
 
 
 def test_exclusive_serialises_processes(tmp_path: Path) -> None:

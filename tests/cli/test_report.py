@@ -103,6 +103,23 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
+def test_a_damaged_run_stops_the_report_with_one_line_and_status_warns(results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    damaged = sorted((copy / "Task91_Beta").iterdir())[0] / "metrics.csv"
+    damaged.write_text(damaged.read_text()[:40])
+    result = invoke("--results-dir", str(copy))
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {damaged}: lacks the column(s) ref_empty, pred_empty; move its run folder away to report "
+        "without it, or delete the folder to run it again"]
+    status = runner.invoke(app, ["status", "--results-dir", str(copy)])
+    assert status.exit_code == 0, status.output
+    assert f"warning: {damaged}: lacks" in status.output and "10 runs: 10 done" in status.output
+
+
 def test_group_by_top_and_metric(results: Path) -> None:
     result = invoke("--results-dir", str(results), "--group-by", "loss", "--format", "csv")
     table = pd.read_csv(io.StringIO(result.output))
