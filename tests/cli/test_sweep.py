@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -77,9 +78,11 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     for name, state in [("a", "done"), ("b", "failed"), ("c", "running"), ("d", None)]:
         folder = results / "T" / name
         folder.mkdir(parents=True)
-        write_json_atomic(folder / "spec.json", {"run_id": name})
+        write_json_atomic(folder / "spec.json", {"run_id": name, "task": "T", "dims": "3d", "arch": "unet",
+                                                 "loss": "dice_ce", "aug": "none"})
         if state == "done":
-            (folder / "metrics.csv").write_text("case,label,dice\nx,1,0.5\n")
+            (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nx,1,0.5,False,False\n")
+            write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}})
         if state:
             error = {"error": "RuntimeError: out of memory"} if state == "failed" else {}
             write_status(folder, state, **error)
@@ -92,4 +95,5 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     assert "failed   T/b  RuntimeError: out of memory" in lines
     assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
     assert "queued   T/d  job 42_3" in lines
-    assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"
+    assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
+    assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == ["a"]
