@@ -69,7 +69,7 @@ COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
                "figures.", report.report),
     ("predict", "Predict label maps for a folder of images with a trained run.", predict.predict),
     ("evaluate", "Score predicted label maps against references.", evaluate.evaluate),
-    ("list", "List tasks, archs, losses, augs or metrics.", listing.list_items),
+    ("list", "List tasks, archs, encoders, losses, augs or metrics.", listing.list_items),
 ]
 for _name, _help, _function in COMMANDS:
     app.command(_name, help=_help)(_function)

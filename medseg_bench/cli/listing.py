@@ -1,4 +1,4 @@
-"""`medseg-bench list tasks|archs|losses|augs|metrics`."""
+"""`medseg-bench list tasks|archs|encoders|losses|augs|metrics`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 class What(str, Enum):
     tasks = "tasks"
     archs = "archs"
+    encoders = "encoders"
     losses = "losses"
     augs = "augs"
     metrics = "metrics"
@@ -37,6 +38,19 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
             table.add_column(col)
         for name, a in ARCHS.items():
             table.add_row(name, ", ".join(a.dims), ", ".join(ARCHS.aliases_of(name)), a.description)
+    elif what is What.encoders:
+        from segmentation_models_pytorch.encoders import encoders
+
+        from medseg_bench.models import ARCHS
+
+        fixed = [f"{name}: {' or '.join(a.variants['2d'].encoders or ())}" for name, a in ARCHS.items()
+                 if "2d" in a.variants and a.variants["2d"].encoders is not None]
+        table.caption = (f"Encoders of the 2D smp archs (--encoder), also tu-<name> for any timm model, e.g. "
+                         f"tu-convnext_tiny; {'; '.join(fixed)} (torchvision); 3D nets take no encoder")
+        table.add_column("name")
+        table.add_column("--pretrained (ImageNet weights, if already on this machine)")
+        for name, entry in encoders.items():
+            table.add_row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
     elif what is What.losses:
         from medseg_bench.losses import LOSSES
 

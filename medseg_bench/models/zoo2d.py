@@ -51,7 +51,7 @@ def check_smp_encoder(encoder: str) -> None:
             return
     close = difflib.get_close_matches(encoder, known, n=3)
     hint = f"did you mean {' or '.join(repr(n) for n in close)}?" if close else \
-        "see segmentation-models-pytorch's list of encoders, or tu-<timm model>"
+        "see `medseg-bench list encoders`"
     raise UsageError(f"unknown smp encoder '{encoder}'; {hint}")
 
 
