@@ -15,6 +15,13 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: a file name from a dataset or archive cannot forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class MedsegError(Exception):
     """Base of all errors that the CLI reports as one line with an exit code."""
 

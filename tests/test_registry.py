@@ -24,6 +24,15 @@ def test_did_you_mean() -> None:
         reg.get("zzzzzz")
 
 
+def test_a_unique_prefix_is_the_suggestion() -> None:
+    reg: Registry[int] = Registry("task")
+    for name in ("Task01_BrainTumour", "Task04_Hippocampus", "Task06_Lung"):
+        reg.add(name, 1)
+    for prefix, meant in (("Task04", "Task04_Hippocampus"), ("task01", "Task01_BrainTumour")):
+        with pytest.raises(UnknownNameError, match=rf"unknown task '{prefix}'; did you mean '{meant}'\?"):
+            reg.get(prefix)
+
+
 def test_duplicate_is_an_error() -> None:
     reg: Registry[int] = Registry("loss")
     reg.add("dice", 1)

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from medseg_bench import __version__, signals
 from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
-from medseg_bench.errors import FileSystemError, Interrupted, MedsegError
+from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, one_line
 
 
 class _Group(TyperGroup):
@@ -22,7 +22,7 @@ class _Group(TyperGroup):
                 return super().invoke(ctx)
         except (MedsegError, OSError) as raised:
             exc = raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)
-            typer.secho(f"error: {exc}", fg="red", err=True)
+            typer.secho(f"error: {one_line(str(exc))}", fg="red", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             signum = signals.received() or signal.SIGINT

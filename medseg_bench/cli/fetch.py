@@ -36,7 +36,8 @@ def fetch(
     timeout: Annotated[
         float,
         typer.Option(
-            min=0.1, help="Seconds without data from the server before a download attempt fails (retried)."
+            min=0.1, max=86400,
+            help="Seconds without data from the server before a download attempt fails (retried)."
         ),
     ] = 60.0,
 ) -> None:

@@ -7,7 +7,10 @@ a temporary folder next to the target and renamed into place at the end.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
+import re
 import shutil
 import tarfile
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.data.validate import ValidationReport, case_count_warnings, validate_folder
-from medseg_bench.errors import DataError, FetchError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
 
@@ -40,7 +43,9 @@ def is_complete(folder: Path) -> bool:
 
 
 def resolve_source(task: TaskSpec, source: str | None, mirror: str | None) -> str:
-    if source:
+    if source is not None:
+        if not source.strip():
+            raise UsageError("--source is empty: give a folder, a .tar archive or an http(s) URL")
         return source
     if task.local_path:
         return task.local_path
@@ -68,29 +73,59 @@ def fetch_task(
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
     Two fetches of one task never work at once: the second waits (`say` tells why), then finds it complete.
     """
-    present = _already_present(task, data_dir)
+    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5.strip()):
+        raise UsageError(f"--md5 {md5!r} is not an md5 checksum (32 hexadecimal digits)")
+    md5 = md5.strip() if md5 is not None else None
+    present = _already_present(task, data_dir, strict)
     if present is not None:
         return present
     origin = resolve_source(task, source, mirror)
+    local = None if "://" in origin else Path(origin).expanduser()
+    if local is not None and local.is_dir() and data_dir.resolve().is_relative_to(local.resolve()):
+        raise UsageError(f"{data_dir}: the data folder is inside the source folder {local}; choose another "
+                         "--data-dir")
 
     def waiting() -> None:
         if say is not None:
             say(f"{task.name}: another fetch of this task is running in {data_dir}; waiting for it")
 
     with exclusive(data_dir, f".{task.name}.fetch.lock", on_wait=waiting):
-        present = _already_present(task, data_dir)  # the fetch we waited for may have finished it
+        present = _already_present(task, data_dir, strict)  # the fetch we waited for may have finished it
         if present is not None:
             return present
         return _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
 
 
-def _already_present(task: TaskSpec, data_dir: Path) -> FetchOutcome | None:
+def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutcome | None:
     target = data_dir / task.name
     if not is_complete(target):
         return None
     # A fetch killed after the rename into place leaves an empty staging folder behind.
     shutil.rmtree(data_dir / f".{task.name}.partial", ignore_errors=True)
+    excluded = read_marker(target).get("excluded") or []
+    if strict and excluded:
+        first = excluded[0]
+        raise DataError(f"{first.get('file')}: {first.get('problem')}" + (
+            f" and {len(excluded) - 1} more excluded case(s)" if len(excluded) > 1 else "")
+            + f" (--strict: {target} was fetched with excluded cases; fix them, then run "
+            f"`medseg-bench validate {task.name} --strict`)")
     return FetchOutcome(target, True, None)
+
+
+def read_marker(folder: Path) -> dict:
+    """The task folder's marker (source, md5, excluded cases); DataError naming it when it is damaged."""
+    path = folder / MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: damaged ({exc}); run `medseg-bench validate {folder.name}` to "
+                        "rebuild it") from None
+    excluded = data.get("excluded", []) if isinstance(data, dict) else None
+    if not isinstance(excluded, list) or not all(isinstance(e, dict) and isinstance(e.get("case"), str)
+                                                 for e in excluded):
+        raise DataError(f"{path}: damaged (not the marker's JSON object); run `medseg-bench validate "
+                        f"{folder.name}` to rebuild it")
+    return data
 
 
 def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, timeout_s: float,
@@ -98,87 +133,104 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
     """`fetch_task`'s work, under the task's fetch lock."""
     target = data_dir / task.name
     staging = data_dir / f".{task.name}.partial"
+    local = None if "://" in origin else Path(origin).expanduser()
+    if target.exists() or target.is_symlink():
+        # The fetch itself only ever renames a complete, marked folder into place: an unmarked one is the
+        # user's (a dataset put there by hand, a copy that lost its marker). It is never deleted.
+        if local is not None and local.is_dir() and local.resolve() == target.resolve():
+            return _validate_in_place(task, target, origin, strict)
+        raise DataError(f"{target}: a folder that `medseg-bench fetch` did not make (no {MARKER}) is in the "
+                        f"way; nothing was touched: move it away, or check it in place with `medseg-bench "
+                        f"fetch {task.name} --source {target}`")
     data_dir.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # an unmarked folder is a leftover of an interrupted fetch: never trusted
-        shutil.rmtree(target)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
     try:
         if origin.startswith(("http://", "https://")):
-            expected = _expected_md5(task, md5, origin)
-            archive = download(
-                origin, data_dir / ".downloads" / f"{task.name}.tar", expected, timeout_s, progress
-            )
+            verified = _expected_md5(task, md5, origin)
+            archive = download(origin, data_dir / ".downloads" / f"{task.name}.tar", verified, timeout_s,
+                               progress)
             root = extract_archive(archive, staging)
-            in_source = _archive_member_namer(archive, staging)
+            in_source = Relocation(staging, f"{archive}:")  # ARCHIVE:member, as the archive holds it
         elif "://" in origin:
             raise UsageError(f"{origin}: only http(s) URLs and local paths are accepted")
         else:
-            local = Path(origin).expanduser()
+            assert local is not None
             if local.is_dir():
                 root = import_folder(local, staging)
-                in_source = _relocator(root, local)
+                in_source = Relocation(root, f"{local}")
+                verified = None  # a folder has no checksum
             elif local.is_file():
-                verify_md5(local, _expected_md5(task, md5, origin))
+                verified = _expected_md5(task, md5, origin)
+                verify_md5(local, verified)
                 root = extract_archive(local, staging)
-                in_source = _archive_member_namer(local, staging)
+                in_source = Relocation(staging, f"{local}:")
+            elif local.exists():
+                raise FetchError(f"{local}: not a folder or a .tar archive")
             else:
                 raise FetchError(f"{local}: no such file or folder")
-        report = validate_folder(root, task)
+        try:
+            report = validate_folder(root, task)
+        except DataError as exc:  # dataset.json itself: named where the user has it
+            raise DataError(in_source(str(exc))) from None
         if report.problems and (strict or not report.usable_cases):
-            # Nothing is kept: name each bad file where the user has it (the folder or archive fetched from).
-            first, count = _renamed(report, in_source).problems[0], len(report.problems)
-            more = f" and {count - 1} more problem(s)" if count > 1 else ""
-            why = "(--strict: nothing was kept)" if strict else "(no usable training case: nothing was kept)"
-            raise DataError(f"{first}{more} {why}")
-        report = _renamed(report, _relocator(root, target))  # the files are kept: name them where they go
+            raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
+        report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
         warnings = tuple(case_count_warnings(task, report))
-        write_json_atomic(
-            root / MARKER,
-            {
-                "task": task.name,
-                "source": origin,
-                "md5": md5 or task.md5,
-                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "cases": len(report.cases),
-                "excluded": _excluded_entries(report),
-            },
-        )
+        _write_marker(root, task, origin, verified, report)
         root.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
 
 
-def _relocator(root: Path, place: Path) -> Callable[[str], str]:
-    """Maps a path under `root` (the staging copy) to the same relative path under `place`."""
-    resolved = root.resolve()
-
-    def rename(path: str) -> str:
-        try:
-            return str(place / Path(path).resolve().relative_to(resolved))
-        except ValueError:
-            return path
-
-    return rename
+def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) -> FetchOutcome:
+    """`--source DATA_DIR/<Task>`: the folder is already where it belongs; validate it and mark it."""
+    report = validate_folder(target, task)
+    if report.problems and (strict or not report.usable_cases):
+        raise _fatal(report, strict, kept="nothing was changed")
+    _write_marker(target, task, origin, None, report)
+    return FetchOutcome(target, False, report, tuple(case_count_warnings(task, report)))
 
 
-def _archive_member_namer(archive: Path, staging: Path) -> Callable[[str], str]:
-    """Maps an extracted path to `ARCHIVE:member` (the file as the archive holds it)."""
-    resolved = staging.resolve()
+def _fatal(report: ValidationReport, strict: bool, kept: str = "nothing was kept") -> DataError:
+    first, count = report.problems[0], len(report.problems)
+    more = f" and {count - 1} more problem(s)" if count > 1 else ""
+    why = f"(--strict: {kept})" if strict else f"(no usable training case: {kept})"
+    return DataError(f"{first}{more} {why}")
 
-    def rename(path: str) -> str:
-        try:
-            return f"{archive}:{Path(path).resolve().relative_to(resolved).as_posix()}"
-        except ValueError:
-            return path
 
-    return rename
+def _write_marker(root: Path, task: TaskSpec, origin: str, md5: str | None, report: ValidationReport) -> None:
+    local = None if "://" in origin else Path(origin).expanduser().resolve()
+    write_json_atomic(root / MARKER, {
+        "task": task.name,
+        "source": str(local) if local is not None else origin,
+        "md5": md5,  # the checksum that was verified; None for a folder
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cases": len(report.cases),
+        "excluded": _excluded_entries(report),
+    })
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """Rewrites every path under `prefix` in a text (a file name, an error message) to start with `to`."""
+
+    prefix: Path
+    to: str
+
+    def __call__(self, text: str) -> str:
+        sep = "" if self.to.endswith(":") else "/"
+        for written in sorted({str(self.prefix), str(self.prefix.resolve())}, key=len, reverse=True):
+            text = text.replace(written + "/", self.to + sep)  # longest first: one may hold the other
+            text = re.sub(re.escape(written) + r"(?![\w.-])", self.to.rstrip(":"), text)
+        return text
 
 
 def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> ValidationReport:
-    return replace(report, problems=[replace(p, file=rename(p.file)) for p in report.problems])
+    return replace(report, problems=[replace(p, file=rename(p.file), message=rename(p.message))
+                                     for p in report.problems])
 
 
 def _excluded_entries(report: ValidationReport) -> list[dict[str, str]]:
@@ -188,7 +240,10 @@ def _excluded_entries(report: ValidationReport) -> list[dict[str, str]]:
 def record_validation(folder: Path, report: ValidationReport) -> bool:
     """Rewrite the marker's list of excluded cases after a re-validation; True when it changed."""
     marker = folder / MARKER
-    data = json.loads(marker.read_text())
+    try:
+        data = read_marker(folder)
+    except DataError:  # damaged: this validation rebuilds it
+        data = {"task": folder.name, "rebuilt": True}
     excluded = _excluded_entries(report)
     if data.get("excluded") == excluded and data.get("cases") == len(report.cases):
         return False
@@ -235,13 +290,14 @@ def download(
         try:
             _download_once(url, part, timeout_s, progress)
             break
-        except (urllib.error.URLError, OSError, TimeoutError, FetchError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             reason = getattr(exc, "reason", None) or exc
             last_error = (
                 f"no data from the server for {timeout_s:g} s (timed out)"
                 if isinstance(reason, TimeoutError)
+                else f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException)
                 else str(reason)
             )
             time.sleep(min(2.0**attempt, 8.0) * 0.25)
@@ -270,10 +326,18 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         mode = "ab" if have else "wb"
-        with open(part, mode) as fh, _progress(progress, url, total, have) as advance:
+        try:
+            fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
+        except OSError as exc:
+            raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
+        with fh, _progress(progress, url, total, have) as advance:
             received = 0
             while chunk := response.read(CHUNK_BYTES):
-                fh.write(chunk)
+                try:
+                    fh.write(chunk)
+                except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume
+                    raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc}); "
+                                          "rerun to resume once there is room") from None
                 received += len(chunk)
                 advance(len(chunk))
         if length is not None and received < int(length):
@@ -318,13 +382,23 @@ class _progress:
 def extract_archive(archive: Path, staging: Path) -> Path:
     """Extract a tar safely into `staging` and return the folder that holds dataset.json."""
     try:
-        with tarfile.open(archive) as tar:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        first = str(exc).splitlines()[0].rstrip(":")
+        raise FetchError(f"{archive}: not a readable tar archive ({first})") from None
+    try:
+        with tar:
             for member in tar.getmembers():
                 _check_member(archive, member)
             tar.extractall(staging, filter="data")
     except tarfile.FilterError as exc:
         raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
+            reason = exc.strerror or exc
+            raise FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})") from None
+        raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None  # e.g. a bad gzip
+    except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
     return _task_root(staging, archive)
 
@@ -336,17 +410,21 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     if member.isdev():
         raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file)")
     if member.issym() or member.islnk():
-        link = Path(member.linkname)
-        resolved = Path(name).parent / link if member.issym() else link
-        if link.is_absolute() or ".." in resolved.parts:
+        # A symbolic link is relative to its own folder, a hard link to the archive's root.
+        target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname) if member.issym()
+                                  else member.linkname)
+        if os.path.isabs(member.linkname) or target == ".." or target.startswith("../"):
             raise FetchError(f"{archive}: unsafe archive entry '{name}' (link pointing outside)")
 
 
 def _task_root(staging: Path, source: Path) -> Path:
     if (staging / "dataset.json").is_file():
         return staging
-    candidates = [p for p in staging.iterdir() if p.is_dir() and (p / "dataset.json").is_file()]
-    if len(candidates) != 1:
+    candidates = sorted(p for p in staging.iterdir() if p.is_dir() and (p / "dataset.json").is_file())
+    if len(candidates) > 1:
+        raise DataError(f"{source}: several MSD task folders ({', '.join(p.name for p in candidates)}); "
+                        "one task per archive")
+    if not candidates:
         raise DataError(f"{source}: no MSD task folder (with dataset.json) found")
     return candidates[0]
 
@@ -356,5 +434,14 @@ def import_folder(folder: Path, staging: Path) -> Path:
     if not (folder / "dataset.json").is_file():
         raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
     root = staging / folder.name
-    shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
+    try:
+        shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
+    except shutil.Error as exc:  # one (source, destination, reason) per file that failed: name the first
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        if not failures:
+            raise FileSystemError(f"{folder}: copy failed ({exc})") from None
+        src, _dst, why = failures[0]
+        why = re.sub(r"^\[Errno \d+\] ([^:]+)(:.*)?$", r"\1", str(why))  # the reason, not both paths again
+        more = f" and {len(failures) - 1} more file(s)" if len(failures) > 1 else ""
+        raise FileSystemError(f"{src}: cannot copy it into {staging.parent} ({why}){more}") from None
     return root

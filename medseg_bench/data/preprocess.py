@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medseg_bench.data.fetch import MARKER, is_complete
+from medseg_bench.data.fetch import is_complete, read_marker
 from medseg_bench.data.io import Geometry, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
@@ -121,8 +121,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
 
 def excluded_cases(folder: Path) -> set[str]:
     """Case ids that the task's marker lists as excluded by validation."""
-    marker = json.loads((folder / MARKER).read_text())
-    return {entry["case"] for entry in marker.get("excluded", [])}
+    return {entry["case"] for entry in read_marker(folder).get("excluded", [])}
 
 
 def usable_cases(task: TaskSpec, data_dir: Path) -> list[Case]:

@@ -75,7 +75,16 @@ def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Pa
     # No command lets a file-system failure escape as a traceback (here: a data folder that cannot exist).
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path),
+    (tmp_path / "src").mkdir()
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path / "src"),
                                  "--data-dir", str(blocker / "data")])
     assert result.exit_code == 7, result.output
     assert result.output.strip().splitlines()[-1] == f"error: {blocker / 'data'}: Not a directory"
+
+
+def test_an_error_is_one_line_even_when_a_name_holds_a_newline(home: Path) -> None:
+    result = runner.invoke(app, ["fetch", "Task04\nfake: all good"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: unknown task 'Task04\\nfake: all good'; choose from")

@@ -58,3 +58,18 @@ def test_data_dir_option_and_unfetched_task(home: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 3 and "run `medseg-bench fetch Task90_Synth` first" in missing.output
     unknown = runner.invoke(app, ["validate", "Task90_Synht"])
     assert unknown.exit_code == 2 and "did you mean" in unknown.output
+
+
+def test_a_damaged_marker_is_named_and_validate_rebuilds_it(home: Path, tmp_path: Path) -> None:
+    folder = _fetched(home, tmp_path)
+    marker = folder / ".medseg-bench-valid.json"
+    marker.write_text('{"cases": 6, "excl')
+    planned = runner.invoke(app, ["plan", "Task90_Synth"])
+    assert planned.exit_code == 3
+    last = planned.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: {marker}: damaged (")
+    assert last.endswith("run `medseg-bench validate Task90_Synth` to rebuild it")
+    rebuilt = runner.invoke(app, ["validate", "Task90_Synth"])
+    assert rebuilt.exit_code == 0 and "list of excluded cases updated" in rebuilt.output
+    assert json.loads(marker.read_text())["excluded"] == []
+    assert runner.invoke(app, ["plan", "Task90_Synth"]).exit_code == 0

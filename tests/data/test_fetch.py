@@ -319,3 +319,147 @@ def test_staging_left_by_a_kill_after_the_rename_is_removed(hippo_subset: Path, 
     (data / ".Task04_Hippocampus.partial").mkdir()  # what a kill between rename and clean-up leaves
     again = fetch_task(task, data, str(hippo_subset), progress=False)
     assert again.already_present and not (data / ".Task04_Hippocampus.partial").exists()
+
+
+def test_an_unmarked_task_folder_is_never_deleted_it_can_be_checked_in_place(hippo_subset: Path,
+                                                                             tmp_path: Path) -> None:
+    import shutil
+
+    task, data = get_task("Task04_Hippocampus"), tmp_path / "data"
+    placed = data / "Task04_Hippocampus"  # the user put the dataset where fetch would
+    shutil.copytree(hippo_subset, placed)
+    files = sorted(p.relative_to(placed) for p in placed.rglob("*"))
+    for source in (None, str(hippo_subset), str(tmp_path / "missing.tar")):
+        with pytest.raises(DataError, match=f"{placed}: a folder that `medseg-bench fetch` did not make"):
+            fetch_task(task, data, source, "0" * 32, mirror="http://127.0.0.1:9", progress=False)
+        assert sorted(p.relative_to(placed) for p in placed.rglob("*")) == files
+    in_place = fetch_task(task, data, str(placed), progress=False)
+    assert not in_place.already_present and in_place.report is not None
+    assert len(in_place.report.usable_cases) == 10
+    assert sorted(p.relative_to(placed) for p in placed.rglob("*")) == sorted([*files, Path(MARKER)])
+    marker = json.loads((placed / MARKER).read_text())
+    assert marker["source"] == str(placed.resolve()) and marker["md5"] is None  # a folder has no checksum
+    assert fetch_task(task, data, None, progress=False).already_present
+
+
+def test_strict_refuses_a_complete_task_that_has_excluded_cases(hippo_subset: Path, tmp_path: Path) -> None:
+    (hippo_subset / "labelsTr" / "hippocampus_001.nii.gz").unlink()
+    task, data = get_task("Task04_Hippocampus"), tmp_path / "data"
+    fetch_task(task, data, str(hippo_subset), progress=False)
+    with pytest.raises(DataError, match=r"hippocampus_001.nii.gz: label file missing \(--strict: .* was "
+                                        r"fetched with excluded cases; fix them, then run `medseg-bench "
+                                        r"validate Task04_Hippocampus --strict`\)"):
+        fetch_task(task, data, None, progress=False, strict=True)
+    assert fetch_task(task, data, None, progress=False).already_present
+
+
+def test_a_bad_dataset_json_is_named_where_the_user_has_it(hippo_subset: Path, tmp_path: Path) -> None:
+    (hippo_subset / "dataset.json").write_text('{"training": [')
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    task = get_task("Task04_Hippocampus")
+    with pytest.raises(DataError) as folder_error:
+        fetch_task(task, tmp_path / "d1", str(hippo_subset), progress=False)
+    assert str(folder_error.value).startswith(f"{hippo_subset}/dataset.json: invalid JSON")
+    with pytest.raises(DataError) as tar_error:
+        fetch_task(task, tmp_path / "d2", str(archive), md5, progress=False)
+    assert str(tar_error.value).startswith(f"{archive}:Task04_Hippocampus/dataset.json: invalid JSON")
+
+
+@pytest.mark.parametrize(("kind", "error", "message"), [
+    ("empty source", UsageError, "--source is empty"),
+    ("bad md5", UsageError, "--md5 'zz' is not an md5 checksum"),
+    ("not a file or folder", FetchError, "/dev/null: not a folder or a .tar archive"),
+    ("zip", FetchError, "z.zip: not a readable tar archive (file could not be opened successfully)"),
+    ("data dir in source", UsageError, "the data folder is inside the source folder"),
+    ("two tasks", DataError, "several MSD task folders (A, B); one task per archive"),
+])
+def test_bad_sources_are_one_line_errors(kind: str, error: type[Exception], message: str, hippo_subset: Path,
+                                         tmp_path: Path) -> None:
+    data, md5, source = tmp_path / "data", None, str(hippo_subset)
+    if kind == "empty source":
+        source = ""
+    elif kind == "bad md5":
+        md5 = "zz"
+    elif kind == "not a file or folder":
+        source = "/dev/null"
+    elif kind == "zip":
+        path = tmp_path / "z.zip"
+        path.write_bytes(b"PK\x03\x04 not a tar")
+        source, md5 = str(path), hashlib.md5(path.read_bytes()).hexdigest()
+    elif kind == "data dir in source":
+        data = hippo_subset / "data"
+    else:
+        path = tmp_path / "two.tar"
+        with tarfile.open(path, "w") as tar:
+            _add_bytes(tar, "A/dataset.json", b"{}")
+            _add_bytes(tar, "B/dataset.json", b"{}")
+        source, md5 = str(path), hashlib.md5(path.read_bytes()).hexdigest()
+    with pytest.raises(error) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, source, md5, progress=False)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (hippo_subset / "data").exists()
+
+
+def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(hippo_subset, arcname="Task04_Hippocampus")
+        info = tarfile.TarInfo("Task04_Hippocampus/imagesTs/alias.nii.gz")
+        info.type, info.linkname = tarfile.SYMTYPE, "../imagesTr/hippocampus_001.nii.gz"
+        tar.addfile(info)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(archive), md5, progress=False)
+    alias = tmp_path / "data" / "Task04_Hippocampus" / "imagesTs" / "alias.nii.gz"
+    assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    from medseg_bench.errors import FileSystemError
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    task, data = get_task("Task04_Hippocampus"), tmp_path / "data"
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full)
+    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here "
+                                              r"\(No space left on device\)$"):
+        fetch_task(task, data, str(archive), md5, progress=False)
+    monkeypatch.setattr(shutil, "copyfile", full)  # what copytree's copy2 calls
+    with pytest.raises(FileSystemError, match=r"hippocampus_\d+.nii.gz: cannot copy it into .*data "
+                                              r"\(No space left on device\) and \d+ more file"):
+        fetch_task(task, data, str(hippo_subset), progress=False)
+    assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    (b"HELLO WORLD\r\n\r\n", "BadStatusLine"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc", "IncompleteRead"),
+])
+def test_a_broken_server_reply_is_retried_then_one_line(reply: bytes, reason: str, tmp_path: Path) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+
+    def serve() -> None:
+        try:
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(reply)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/t.tar"
+    try:
+        with pytest.raises(FetchError, match=rf"{url}: download failed after 2 attempts \({reason}"):
+            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False, attempts=2)
+    finally:
+        listener.close()
