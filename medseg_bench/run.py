@@ -125,7 +125,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                 "epochs_done": result.epochs_done,
                 "resumed_at_epoch": result.resumed_at_epoch,
                 "time_per_epoch_s": float(np.mean(result.epoch_times_s)) if result.epoch_times_s else None,
-                "epoch_times_s": [round(t, 4) for t in result.epoch_times_s],  # this process's epochs
+                "epoch_times_s": [round(t, 4) for t in result.epoch_times_s],  # every attempt's epochs
                 "peak_memory_mb": result.peak_memory_mb,
                 "device": result.device,
             },

@@ -123,12 +123,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _ProgressCallback(pl.Callback):
+    """Epoch times and training time, carried in the checkpoint, so a resumed run's cost counts every
+    checkpointed epoch of every attempt (an epoch cut short by a kill is redone, and counted once)."""
+
     def __init__(self, run_id: str, epochs: int, reporter: EpochReporter | None) -> None:
         self.run_id, self.epochs, self.reporter = run_id, epochs, reporter
-        self.epoch_times_s: list[float] = []
+        self.epoch_times_s: list[float] = []  # every epoch of the run, earlier attempts' first
         self.start_epoch = 0
         self.first_step_at: float | None = None  # wall clock (epoch seconds) of this process's first step
+        self.earlier_train_time_s = 0.0  # training time of earlier attempts, up to their last checkpoint
+        self.epochs_trained = 0  # by this attempt
         self._start = 0.0
+        self._epoch_open = False
+        self._attempt_start = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved at the end of an epoch's validation, before on_train_epoch_end: that epoch is still open.
+        now = time.perf_counter()
+        current = [now - self._start] if self._epoch_open else []
+        return {"epoch_times_s": [*self.epoch_times_s, *current],
+                "train_time_s": self.earlier_train_time_s + now - self._attempt_start}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch_times_s = [float(t) for t in state_dict.get("epoch_times_s", [])]
+        self.earlier_train_time_s = float(state_dict.get("train_time_s", 0.0))
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start_epoch = trainer.current_epoch
@@ -138,6 +156,7 @@ class _ProgressCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._epoch_open = True
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -146,6 +165,8 @@ class _ProgressCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.epoch_times_s.append(time.perf_counter() - self._start)
+        self._epoch_open = False
+        self.epochs_trained += 1
         metrics = trainer.callback_metrics
         loss = float(metrics.get("train_loss", float("nan")))
         dice = float(metrics.get("val_dice", float("nan")))
@@ -247,12 +268,15 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         _keep_csv_log(run_dir / "logs")
-    start = time.perf_counter()
+    start = progress._attempt_start = time.perf_counter()
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
                     weights_only=True)
-    train_time_s = time.perf_counter() - start
-    _merge_csv_log(run_dir / "logs", progress.start_epoch)
+    train_time_s = progress.earlier_train_time_s + time.perf_counter() - start
+    # The first epoch this attempt trained; when it trained none (killed during evaluation, after the last
+    # epoch's checkpoint), every logged epoch is from before.
+    first = progress.start_epoch if progress.epochs_trained else trainer.current_epoch
+    _merge_csv_log(run_dir / "logs", first)
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:

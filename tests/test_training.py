@@ -59,6 +59,18 @@ def test_same_spec_gives_identical_metrics_and_weights(prepared, tmp_path: Path,
                                                      other_seed.net.state_dict().values(), strict=True))
 
 
+def test_a_run_finished_training_but_not_evaluation_keeps_its_log_and_cost(prepared, tmp_path: Path) -> None:
+    # A kill after the last epoch's checkpoint (during evaluation): the rerun trains nothing, and must keep
+    # the learning curve and the training time of the attempt that did the work.
+    first = train(_spec(), prepared, tmp_path / "run")
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    again = train(_spec(), prepared, tmp_path / "run")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv"), log)
+    assert len(again.epoch_times_s) == 2
+    assert again.epoch_times_s[0] == pytest.approx(first.epoch_times_s[0], 0.01)
+    assert again.train_time_s >= 0.9 * first.train_time_s
+
+
 def test_dynunet_trains_with_deep_supervision(prepared, tmp_path: Path) -> None:
     # 32^3 at 1 mm: three poolings, so one extra head at 1/2 resolution besides the output (nnU-Net's rule).
     spec = _spec(arch="dynunet", patch_size=(32, 32, 32), epochs=1, class_weights=(0.5, 1.0, 2.0))
@@ -109,7 +121,8 @@ def test_killed_run_resumes_at_epoch_2(shared_task: Path, home: Path, tmp_path: 
     assert "resumed from checkpoints/last.ckpt at epoch 2 of 3" in log_text
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["cost"]["epochs_done"] == 3
-    assert len(summary["cost"]["epoch_times_s"]) == 2  # the epochs this attempt trained (2 and 3)
+    assert len(summary["cost"]["epoch_times_s"]) == 3  # epoch 1 from the killed attempt's checkpoint, 2, 3
+    assert summary["cost"]["train_time_s"] > sum(summary["cost"]["epoch_times_s"][1:])
     epochs = pd.read_csv(folder / "logs" / "metrics.csv")
     assert sorted(epochs.dropna(subset=["val_dice"])["epoch"]) == [0, 1, 2]  # epoch 1's log kept, none twice
 
