@@ -72,7 +72,8 @@ def bare_epochs(spec, prepared, epochs: int) -> list[tuple[float, float]]:
     from medseg_bench.augment import AUGS
     from medseg_bench.data.datamodule import make_loaders
     from medseg_bench.losses import build_loss
-    from medseg_bench.training import DEFAULT_LR, GRAD_CLIP, build_network, resolve_patch_and_batch
+    from medseg_bench.spec import DEFAULT_LR
+    from medseg_bench.training import GRAD_CLIP, build_network, resolve_patch_and_batch
 
     pl.seed_everything(spec.seed, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)

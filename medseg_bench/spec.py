@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from medseg_bench.errors import UsageError
 PIPELINE_VERSION = 2
 
 DIMS = ("2d", "3d")
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none
 
 
 @dataclass(frozen=True)
@@ -58,25 +62,166 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source_file: Path) -> TaskSpec:
+        """A task from its YAML mapping; each key's type and value is checked (UsageError naming the file)."""
         known = {f.name for f in fields(cls)} - {"source_file"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"{source_file}: unknown keys {', '.join(unknown)}")
-        for key in ("name", "labels", "modalities"):
+        for key in _REQUIRED_TASK_KEYS:
             if key not in data:
                 raise UsageError(f"{source_file}: missing required key '{key}'")
-        values = dict(data)
-        try:
-            values["labels"] = {int(k): str(v) for k, v in data["labels"].items()}
-            values["modalities"] = [str(m) for m in data["modalities"]]
-            values["regions"] = {str(k): [int(x) for x in v] for k, v in (data.get("regions") or {}).items()}
-            reference = data.get("reference_dice") or {}
-            values["reference_dice"] = {str(k): float(v) for k, v in reference.items()}
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise UsageError(f"{source_file}: malformed task file ({exc})") from None
-        if values["imaging"] not in ("CT", "MRI", "other"):
-            raise UsageError(f"{source_file}: imaging must be CT, MRI or other, not {values['imaging']!r}")
+        values = {key: _TASK_KEY_CHECKS[key](key, value, source_file) for key, value in data.items()}
+        undeclared = sorted({n for members in values.get("regions", {}).values() for n in members}
+                            - set(values["labels"]))
+        if undeclared:
+            raise UsageError(f"{source_file}: 'regions' name labels {undeclared} that 'labels' lacks")
         return cls(**values, source_file=str(source_file))
+
+
+# Task file checks: each takes (key, value, file) and returns the value to store, or raises UsageError.
+_REQUIRED_TASK_KEYS = ("name", "imaging", "labels", "modalities")
+_IMAGING = ("CT", "MRI", "other")
+_TENSOR_IMAGE_SIZES = ("3D", "4D")
+_Check = Callable[[str, Any, Path], Any]
+
+
+def _bad(source_file: Path, key: str, expected: str, value: object) -> UsageError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return UsageError(f"{source_file}: '{key}' must be {expected}, not {shown}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(key: str, value: object, source_file: Path) -> str:
+    if not isinstance(value, str):
+        raise _bad(source_file, key, "a string", value)
+    return value
+
+
+def _name(key: str, value: object, source_file: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(source_file, key, "a non-empty string", value)
+    return value
+
+
+def _optional_name(key: str, value: object, source_file: Path) -> str | None:
+    return None if value is None else _name(key, value, source_file)
+
+
+def _md5(key: str, value: object, source_file: Path) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", value.strip()):
+        raise _bad(source_file, key, "32 hexadecimal digits in quotes", value)
+    return value.strip().lower()
+
+
+def _choice(choices: tuple[str, ...]) -> _Check:
+    def check(key: str, value: object, source_file: Path) -> str:
+        if value not in choices:
+            raise _bad(source_file, key, f"one of {', '.join(choices)}", value)
+        return str(value)
+
+    return check
+
+
+def _count(minimum: int, optional: bool) -> _Check:
+    def check(key: str, value: object, source_file: Path) -> int | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise _bad(source_file, key, f"a whole number >= {minimum}", value)
+        return value
+
+    return check
+
+
+def _tolerance_mm(key: str, value: object, source_file: Path) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+        raise _bad(source_file, key, "a finite distance >= 0 (mm)", value)
+    return float(value)
+
+
+def _labels(key: str, value: object, source_file: Path) -> dict[int, str]:
+    if not isinstance(value, dict) or not value:
+        raise _bad(source_file, key, "a mapping of label values to names", value)
+    labels: dict[int, str] = {}
+    for number, label_name in value.items():
+        as_int = int(number) if isinstance(number, str) and number.strip().isdigit() else number
+        if not _is_int(as_int) or not 0 <= as_int <= 255:
+            raise _bad(source_file, key, "keyed by label values 0..255", number)
+        if not isinstance(label_name, str) or not label_name.strip():
+            raise _bad(source_file, f"{key}: {number}", "a non-empty name", label_name)
+        labels[as_int] = label_name
+    return labels
+
+
+def _modalities(key: str, value: object, source_file: Path) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) and m.strip() for m in value):
+        raise _bad(source_file, key, "a list of modality names, one per channel", value)
+    return list(value)
+
+
+def _regions(key: str, value: object, source_file: Path) -> dict[str, list[int]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(source_file, key, "a mapping of region names to label lists", value)
+    regions: dict[str, list[int]] = {}
+    for region, members in value.items():
+        if not isinstance(members, list) or not members or not all(_is_int(m) for m in members):
+            raise _bad(source_file, f"{key}: {region}", "a non-empty list of label values", members)
+        regions[str(region)] = [int(m) for m in members]
+    return regions
+
+
+def _reference_dice(key: str, value: object, source_file: Path) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(source_file, key, "a mapping of label or region names to Dice scores", value)
+    for label_name, dice in value.items():
+        if not isinstance(dice, (int, float)) or isinstance(dice, bool) or not 0 <= dice <= 1:
+            raise _bad(source_file, f"{key}: {label_name}", "a Dice score in 0..1", dice)
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _group_pattern(key: str, value: object, source_file: Path) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(source_file, key, "a regular expression in quotes", value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise UsageError(f"{source_file}: '{key}' {value!r} is not a valid regular expression ({exc})") \
+            from None
+    return value
+
+
+_TASK_KEY_CHECKS: dict[str, _Check] = {
+    "name": _name,
+    "labels": _labels,
+    "modalities": _modalities,
+    "imaging": _choice(_IMAGING),
+    "version": _count(1, optional=False),
+    "description": _text,
+    "url": _optional_name,
+    "md5": _md5,
+    "local_path": _optional_name,
+    "tensor_image_size": _choice(_TENSOR_IMAGE_SIZES),
+    "num_training": _count(0, optional=True),
+    "num_test": _count(0, optional=True),
+    "nsd_tolerance_mm": _tolerance_mm,
+    "regions": _regions,
+    "reference_dice": _reference_dice,
+    "citation": _text,
+    "group_pattern": _group_pattern,
+}
+assert set(_TASK_KEY_CHECKS) == {f.name for f in fields(TaskSpec)} - {"source_file"}
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,8 @@ from medseg_bench.data.datamodule import make_loaders
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.losses import build_loss
 from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
-from medseg_bench.spec import RunSpec
+from medseg_bench.spec import DEFAULT_LR, RunSpec
 
-DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}
 log = logging.getLogger("medseg_bench.training")
 GRAD_CLIP = 12.0
 
@@ -366,6 +365,9 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
         net.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off
+            first = ("it holds more than tensors and plain data; refused unread: every checkpoint is loaded "
+                     "with weights_only=True")
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
     return net.eval()
 

@@ -1,5 +1,9 @@
-import pytest
+from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
 from medseg_bench.errors import UsageError
 from medseg_bench.spec import RunSpec
 
@@ -47,3 +51,57 @@ def test_known_id_does_not_drift() -> None:
 def test_invalid_specs(bad: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(".", r"\.")):
         _spec(**bad)
+
+
+GOOD_TASK = """name: Task99_Bad
+imaging: MRI
+modalities: [MRI]
+labels: {0: background, 1: outer, 2: core}
+"""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("imaging:", "missing required key 'imaging'"),  # a bare key: the line is left out
+    ("labels:", "missing required key 'labels'"),
+    ("url: 123", "'url' must be a non-empty string, not 123"),
+    ("local_path: 5", "'local_path' must be a non-empty string, not 5"),
+    ("md5: 12345", "'md5' must be 32 hexadecimal digits in quotes, not 12345"),
+    ("md5: abc", "'md5' must be 32 hexadecimal digits in quotes, not 'abc'"),
+    ("num_training: lots", "'num_training' must be a whole number >= 0, not 'lots'"),
+    ("num_test: -1", "'num_test' must be a whole number >= 0, not -1"),
+    ("modalities: FLAIR", "'modalities' must be a list of modality names, one per channel, not 'FLAIR'"),
+    ("modalities: []", "'modalities' must be a list of modality names, one per channel, not []"),
+    ("tensor_image_size: 5D", "'tensor_image_size' must be one of 3D, 4D, not '5D'"),
+    ("imaging: PET", "'imaging' must be one of CT, MRI, other, not 'PET'"),
+    ("version: abc", "'version' must be a whole number >= 1, not 'abc'"),
+    ("version: 1.5", "'version' must be a whole number >= 1, not 1.5"),
+    ("nsd_tolerance_mm: wide", "'nsd_tolerance_mm' must be a finite distance >= 0 (mm), not 'wide'"),
+    ("nsd_tolerance_mm: .nan", "'nsd_tolerance_mm' must be a finite distance >= 0 (mm), not nan"),
+    ("labels: {0: background, 300: x}", "'labels' must be keyed by label values 0..255, not 300"),
+    ("labels: [background, outer]", "'labels' must be a mapping of label values to names"),
+    ("regions: {whole: [1, 7]}", "'regions' name labels [7] that 'labels' lacks"),
+    ("regions: {whole: 1}", "'regions: whole' must be a non-empty list of label values, not 1"),
+    ("reference_dice: {outer: 90}", "'reference_dice: outer' must be a Dice score in 0..1, not 90"),
+    ("group_pattern: '('", "'group_pattern' '(' is not a valid regular expression"),
+    ("description: [a]", "'description' must be a string, not ['a']"),
+])
+def test_bad_task_files_exit_2_with_one_line(home: Path, change: str, message: str) -> None:
+    key, value = change.split(":", 1)
+    lines = [line for line in GOOD_TASK.splitlines() if not line.startswith(f"{key}:")]
+    if value:
+        lines.append(change)
+    path = home / "tasks" / "Task99_Bad.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["list", "tasks"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {path}: {message}"), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_good_task_file_and_every_packaged_task_load(home: Path) -> None:
+    path = home / "tasks" / "Task99_Bad.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(GOOD_TASK + 'md5: "9D24DBA78A72977DBD1D2E110310F31B"\nversion: 2\nnum_training: 0\n')
+    result = CliRunner().invoke(app, ["list", "tasks"])
+    assert result.exit_code == 0 and "Task99_Bad" in result.output and "Task10_Colon" in result.output

@@ -149,3 +149,24 @@ def test_learning_rate_decays_by_steps_or_by_the_clock_whichever_is_further() ->
     assert timed.progress(100) == 1.0  # past the budget: fully decayed, never beyond
     optimizer = timed.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert optimizer.get_last_lr()[0] == 0.0  # poly decay at progress 1
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
+    import pickle
+
+    from medseg_bench.errors import DataError
+    from medseg_bench.training import load_weights
+
+    marker, ckpt = tmp_path / "ran", tmp_path / "last.ckpt"
+    ckpt.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
+    with pytest.raises(DataError, match="holds more than tensors and plain data; refused unread") as info:
+        load_weights(torch.nn.Linear(1, 1), ckpt)
+    assert "weights_only set to False" not in str(info.value) and not marker.exists()

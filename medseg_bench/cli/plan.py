@@ -8,14 +8,18 @@ from typing import Annotated
 
 import typer
 
+# Far above any accelerator's memory: a larger value is a typo (or `inf`), and would overflow the sizes.
+MAX_GPU_MEMORY_GB = 10_000.0
+MIN_GPU_MEMORY_GB = 0.5
+
 
 def plan(
     task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (fetched first).")],
     gpu_memory_gb: Annotated[
         float | None,
         typer.Option(
-            min=0.5,
-            help="Re-size patches and batches for a GPU with this much memory and save the plan. "
+            help=f"Re-size patches and batches for a GPU with this much memory ({MIN_GPU_MEMORY_GB:g} to "
+            f"{MAX_GPU_MEMORY_GB:g}) and save the plan. "
             "Default: keep plan.json; a new plan is sized for 8 GB when an NVIDIA GPU is present, "
             "else for the CPU.",
         ),
@@ -48,6 +52,9 @@ def plan(
 
     if cpu and gpu_memory_gb is not None:
         raise UsageError("--cpu and --gpu-memory-gb exclude each other")
+    if gpu_memory_gb is not None and not MIN_GPU_MEMORY_GB <= gpu_memory_gb <= MAX_GPU_MEMORY_GB:  # NaN too
+        raise UsageError(f"--gpu-memory-gb must be a number of GB from {MIN_GPU_MEMORY_GB:g} to "
+                         f"{MAX_GPU_MEMORY_GB:g}, not {gpu_memory_gb:g}")
     spec = get_task(task)
     data = data_dir or get_settings().data_dir
     cases = usable_cases(spec, data)

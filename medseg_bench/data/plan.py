@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +58,8 @@ CPU_BUDGET = Budget("cpu", 4 * 40 * 56 * 40, 32 * 64 * 64, 128, 256, 8, 64)
 
 def gpu_budget(memory_gb: float) -> Budget:
     """The budget of a GPU with `memory_gb` GB (mixed precision, nnU-Net-sized networks)."""
-    if memory_gb <= 0:
-        raise DataError(f"GPU memory must be positive, not {memory_gb} GB")
+    if not 0 < memory_gb < float("inf"):  # NaN too; inf would overflow the voxel counts
+        raise DataError(f"GPU memory must be a positive finite number of GB, not {memory_gb}")
     return Budget(
         f"gpu-{memory_gb:g}GB",
         int(memory_gb * GPU_VOXELS_PER_GB_3D),
@@ -97,45 +99,20 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: Path | str = "plan") -> Plan:
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            got = set(data) if isinstance(data, dict) else set()
+    def from_dict(cls, data: object, source: Path | str = "plan") -> Plan:
+        """A plan from its JSON; every field's type and value is checked (DataError naming `source`)."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: invalid plan (not a JSON object but {_json_kind(data)})")
+        if set(data) != set(names):
             raise DataError(
-                f"{source}: not a plan (missing: {sorted(names - got)}, unknown: {sorted(got - names)})"
+                f"{source}: not a plan (missing: {sorted(set(names) - set(data))}, "
+                f"unknown: {sorted(set(data) - set(names))})"
             )
-        values = dict(data)
         try:
-            for key, length in (
-                ("median_spacing", 3),
-                ("target_spacing", 3),
-                ("median_shape", 3),
-                ("patch_3d", 3),
-                ("patch_2d", 2),
-                ("ct_clip", 2),
-            ):
-                if values[key] is None and key == "ct_clip":
-                    continue
-                values[key] = tuple(values[key])
-                if len(values[key]) != length:
-                    raise ValueError(f"{key} needs {length} values")
-            for key in ("target_spacing",):
-                if min(values[key]) <= 0:
-                    raise ValueError(f"{key} must be positive")
-            for key in ("patch_3d", "patch_2d"):
-                values[key] = tuple(int(v) for v in values[key])
-                if min(values[key]) < 1:
-                    raise ValueError(f"{key} must be positive")
-            for key in ("batch_3d", "batch_2d"):
-                if int(values[key]) < 1:
-                    raise ValueError(f"{key} must be at least 1")
-                values[key] = int(values[key])
-        except (TypeError, ValueError) as exc:
+            values = {name: _PLAN_FIELD_CHECKS[name](name, data[name]) for name in names}
+        except ValueError as exc:
             raise DataError(f"{source}: invalid plan ({exc})") from None
-        if values["normalization"] not in ("zscore", "ct"):
-            raise DataError(
-                f"{source}: normalization must be 'zscore' or 'ct', not {values['normalization']!r}"
-            )
         if values["normalization"] == "ct" and None in (
             values["ct_clip"],
             values["ct_mean"],
@@ -143,6 +120,122 @@ class Plan:
         ):
             raise DataError(f"{source}: normalization 'ct' needs ct_clip, ct_mean and ct_std")
         return cls(**values)
+
+
+def _json_kind(value: object) -> str:
+    kinds = ((list, "a list"), (str, "a string"), (bool, "a boolean"), (int, "a number"), (float, "a number"))
+    return next((kind for cls, kind in kinds if isinstance(value, cls)), "null" if value is None else "?")
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, tuple) else json.dumps(list(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _whole(value: object) -> int | None:
+    """`value` as an int when it is a whole number (2 or 2.0, not 2.7, True or "2"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+def _sequence(key: str, value: object, length: int) -> list[object]:
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ValueError(f"{key} needs {length} values, not {_shown(value)}")
+    return list(value)
+
+
+def _check_text(choices: tuple[str, ...] | None = None) -> Callable[[str, object], str]:
+    def check(key: str, value: object) -> str:
+        if not isinstance(value, str) or (choices is not None and value not in choices):
+            expected = " or ".join(repr(c) for c in choices) if choices else "a string"
+            raise ValueError(f"{key} must be {expected}, not {_shown(value)}")
+        return value
+
+    return check
+
+
+def _check_flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, not {_shown(value)}")
+    return value
+
+
+def _check_spacing(key: str, value: object) -> tuple[float, ...]:
+    numbers = [_finite(v) for v in _sequence(key, value, 3)]
+    if any(v is None or v <= 0 for v in numbers):
+        raise ValueError(f"{key} must be positive finite numbers (mm), not {_shown(value)}")
+    return tuple(v for v in numbers if v is not None)
+
+
+def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
+    def check(key: str, value: object) -> tuple[int, ...]:
+        numbers = [_whole(v) for v in _sequence(key, value, length)]
+        if any(v is None or v < 1 for v in numbers):
+            raise ValueError(f"{key} must be positive whole numbers, not {_shown(value)}")
+        return tuple(v for v in numbers if v is not None)
+
+    return check
+
+
+def _check_batch(key: str, value: object) -> int:
+    number = _whole(value)
+    if number is None:
+        raise ValueError(f"{key} must be a whole number, not {_shown(value)}")
+    if number < 1:
+        raise ValueError(f"{key} must be at least 1, not {number}")
+    return number
+
+
+def _check_ct_clip(key: str, value: object) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, high = (_finite(v) for v in _sequence(key, value, 2))
+    if low is None or high is None or low > high:
+        raise ValueError(f"{key} must be two finite numbers, low then high, not {_shown(value)}")
+    return low, high
+
+
+def _check_ct_stat(positive: bool) -> Callable[[str, object], float | None]:
+    def check(key: str, value: object) -> float | None:
+        if value is None:
+            return None
+        number = _finite(value)
+        if number is None or (positive and number <= 0):
+            kind = "a positive finite number" if positive else "a finite number"
+            raise ValueError(f"{key} must be {kind}, not {_shown(value)}")
+        return number
+
+    return check
+
+
+_PLAN_FIELD_CHECKS: dict[str, Callable[[str, object], Any]] = {
+    "task": _check_text(),
+    "normalization": _check_text(("zscore", "ct")),
+    "ct_clip": _check_ct_clip,
+    "ct_mean": _check_ct_stat(positive=False),
+    "ct_std": _check_ct_stat(positive=True),
+    "median_spacing": _check_spacing,
+    "target_spacing": _check_spacing,
+    "crop_to_nonzero": _check_flag,
+    "median_shape": _check_sizes(3),
+    "budget": _check_text(),
+    "patch_3d": _check_sizes(3),
+    "batch_3d": _check_batch,
+    "patch_2d": _check_sizes(2),
+    "batch_2d": _check_batch,
+}
+assert set(_PLAN_FIELD_CHECKS) == {f.name for f in fields(Plan)}
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
@@ -318,10 +411,12 @@ def load_or_make_plan(
 
 
 def _written_by_this_version(path: Path) -> bool:
+    """False only for a plan of medseg-bench < 0.2: a JSON object without a target spacing."""
     try:
-        return "target_spacing" in json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return True  # let read_plan name the problem
+    return not isinstance(data, dict) or "target_spacing" in data
 
 
 def default_budget() -> Budget:

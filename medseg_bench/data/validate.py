@@ -9,9 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import Geometry, count_nonfinite, read_geometry, read_image, read_label
+from medseg_bench.data.io import (
+    Geometry,
+    check_nifti_complete,
+    count_nonfinite,
+    read_geometry,
+    read_image,
+    read_label,
+)
 from medseg_bench.data.msd import Case, declared_labels, training_cases
-from medseg_bench.errors import DataError
+from medseg_bench.errors import DataError, one_line
 from medseg_bench.spec import TaskSpec
 
 
@@ -22,7 +29,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.message}"
+        return one_line(f"{self.file}: {self.message}")
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,18 @@ def _same_geometry(a: Geometry, b: Geometry) -> str | None:
 
 
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool) -> list[Problem]:
-    """All problems of one case; `deep` also reads voxels (label values, NaN/inf)."""
+    """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
+
+    An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
+    cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
+    bytes.
+    """
 
     def problem(path: Path, message: str) -> list[Problem]:
         return [Problem(case.case_id, str(path), message)]
+
+    def reason(exc: DataError) -> str:
+        return str(exc).split(": ", 1)[-1]
 
     for path, what in ((case.image, "image"), (case.label, "label")):
         if not path.is_file():
@@ -64,11 +79,17 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool)
     try:
         image_geom, channels = read_geometry(case.image)
     except DataError as exc:
-        return problem(case.image, str(exc).split(": ", 1)[-1])
+        return problem(case.image, reason(exc))
     try:
         label_geom, _ = read_geometry(case.label)
     except DataError as exc:
-        return problem(case.label, str(exc).split(": ", 1)[-1])
+        return problem(case.label, reason(exc))
+    for path in (case.image, case.label):
+        if path.name.endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
+            try:
+                check_nifti_complete(path)
+            except DataError as exc:
+                return problem(path, reason(exc))
     ndim = 4 if task.tensor_image_size == "4D" else 3
     image_ndim = 4 if channels > 1 or len(image_geom.size) == 4 else len(image_geom.size)
     if image_ndim != ndim and not (ndim == 4 and channels == task.num_channels):
@@ -81,18 +102,19 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool)
     if not deep:
         return []
     try:
+        check_nifti_complete(case.label)
         label, _ = read_label(case.label)
     except DataError as exc:
-        return problem(case.label, str(exc).split(": ", 1)[-1])
+        return problem(case.label, reason(exc))
     extra = sorted(set(np.unique(label).tolist()) - allowed_labels)
     if extra:
         return problem(case.label, f"label values {extra} not declared in dataset.json")
     try:
         image, _ = read_image(case.image)
+        nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
     except DataError as exc:
-        return problem(case.image, str(exc).split(": ", 1)[-1])
-    nonfinite = count_nonfinite(case.image) if np.all(np.isfinite(image)) else 1
-    if nonfinite:
+        return problem(case.image, reason(exc))
+    if nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
 

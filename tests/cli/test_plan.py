@@ -56,3 +56,16 @@ def test_resize_for_gpu_then_cpu_keeps_preprocessing(home: Path, tmp_path: Path)
 def test_unfetched_task(home: Path) -> None:
     result = runner.invoke(app, ["plan", "Task04_Hippocampus"])
     assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output
+
+
+def test_absurd_gpu_memory_is_one_line_and_keeps_the_plan(home: Path, tmp_path: Path) -> None:
+    root = _fetched(home, tmp_path)
+    assert runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1", "--json"]).exit_code == 0
+    before = (root / "plan.json").read_text()
+    for value in ("inf", "-inf", "nan", "1e6", "0.1", "0"):
+        result = runner.invoke(app, ["plan", "Task90_Synth", f"--gpu-memory-gb={value}"])
+        assert result.exit_code == 2, result.output
+        expected = "error: --gpu-memory-gb must be a number of GB from 0.5 to 10000, not"
+        assert result.output.startswith(expected), result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert (root / "plan.json").read_text() == before

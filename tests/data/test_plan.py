@@ -140,6 +140,17 @@ def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
         ({"target_spacing": [0, 1, 1]}, "target_spacing must be positive"),
         ({"normalization": "minmax"}, "normalization must be"),
         ({"surprise": 1}, "unknown"),
+        ({"target_spacing": [1, 1, float("nan")]}, r"target_spacing must be positive finite numbers \(mm\), "
+                                                    r"not \[1, 1, NaN\]"),
+        ({"target_spacing": [1, 1, "2"]}, "target_spacing must be positive finite numbers"),
+        ({"batch_3d": 2.7}, "batch_3d must be a whole number, not 2.7"),
+        ({"batch_2d": True}, "batch_2d must be a whole number, not true"),
+        ({"patch_2d": [16.5, 16]}, r"patch_2d must be positive whole numbers, not \[16.5, 16\]"),
+        ({"crop_to_nonzero": "yes"}, "crop_to_nonzero must be true or false"),
+        ({"normalization": "ct", "ct_clip": [10, -10], "ct_mean": 0, "ct_std": 1},
+         "ct_clip must be two finite numbers, low then high"),
+        ({"normalization": "ct", "ct_clip": [-10, 10], "ct_mean": 0, "ct_std": 0},
+         "ct_std must be a positive finite number, not 0"),
     ],
 )
 def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, message: str) -> None:
@@ -150,6 +161,23 @@ def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, messa
     with pytest.raises(DataError, match=message) as info:
         read_plan(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"plan"', "null"])
+def test_plan_json_that_is_no_object_is_named_not_replaced(home: Path, tmp_path: Path, content: str) -> None:
+    data = _fetched(home, tmp_path)
+    root = data / "preprocessed" / "Task90_Synth"
+    root.mkdir(parents=True)
+    (root / "plan.json").write_text(content)
+    with pytest.raises(DataError, match=r"plan.json: invalid plan \(not a JSON object but ") as info:
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    assert str(root / "plan.json") in str(info.value)
+    assert (root / "plan.json").read_text() == content  # the user's file is kept
+
+
+def test_whole_float_batch_is_read_as_an_int(home: Path) -> None:
+    plan = make_plan(get_task("Task04_Hippocampus"), _fingerprint([[1.0, 1.0, 1.0]] * 3, [[36, 50, 35]] * 3))
+    assert Plan.from_dict(plan.to_dict() | {"batch_3d": 3.0}).batch_3d == 3
 
 
 def test_plan_of_an_older_version_is_derived_again(home: Path, tmp_path: Path) -> None:

@@ -69,6 +69,48 @@ def test_truncated_and_non_nifti_files(synth) -> None:
     assert "not a readable image" in _problem_for(folder, task, "case_004")
 
 
+def _as_uncompressed(folder: Path, case: str) -> tuple[Path, Path]:
+    """Rewrite a case as uncompressed .nii files (dataset.json updated); returns (image, label)."""
+    import SimpleITK as sitk
+
+    paths = []
+    for sub in ("imagesTr", "labelsTr"):
+        gz = folder / sub / f"{case}.nii.gz"
+        plain = gz.with_name(f"{case}.nii")
+        sitk.WriteImage(sitk.ReadImage(str(gz)), str(plain), False)
+        gz.unlink()
+        paths.append(plain)
+    meta_path = folder / "dataset.json"
+    meta_path.write_text(meta_path.read_text().replace(f"{case}.nii.gz", f"{case}.nii"))
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_cut_short_or_not_gzipped_nii_gz_is_excluded_not_fatal(synth, sub: str) -> None:
+    # SimpleITK reads a cut-short gzip stream without complaint (zero-filling), so only the raw read notices
+    folder, task = synth
+    path = folder / sub / "case_002.nii.gz"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-12])  # past the header, so SimpleITK still reads it
+    message = _problem_for(folder, task, "case_002")
+    assert message.startswith(str(path) + ": unreadable (") and "gzip stream cut short" in message
+    import gzip
+
+    path.write_bytes(gzip.decompress(whole))  # a plain NIfTI under a .nii.gz name
+    assert _problem_for(folder, task, "case_002") == f"{path}: unreadable (not gzip-compressed data)"
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_truncated_uncompressed_nii_is_excluded(synth, which: int) -> None:
+    folder, task = synth
+    path = _as_uncompressed(folder, "case_001")[which]
+    assert validate_folder(folder, task).problems == []
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-1000])
+    assert _problem_for(folder, task, "case_001") == (
+        f"{path}: truncated ({size - 1000} bytes of the {size} the header declares)")
+
+
 def test_3d_image_where_4d_declared(home: Path, tmp_path: Path) -> None:
     write_task_file(home, "Task91_Multi", channels=2)
     folder = make_synthetic_task(tmp_path / "Task91_Multi", channels=1)

@@ -108,6 +108,7 @@ def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path:
     assert f"{ckpt}: not a loadable medseg-bench checkpoint" in result.stdout
     assert "delete it to train run" in result.stdout
     assert not marker.exists()  # weights_only=True: the pickle's code never ran
+    assert "weights_only set to False" not in result.stdout  # torch's advice to drop the guard: not passed on
     folder = ckpt.parents[1]
     assert read_status(folder)["state"] == "failed"
     assert "start" not in [e["event"] for e in read_events(folder)]
