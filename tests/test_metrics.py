@@ -542,3 +542,36 @@ def test_evaluate_folders_in_parallel_matches_inline(tmp_path):
     inline = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], workers=1)
     parallel = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], workers=2)
     assert parallel.equals(inline)
+
+
+def test_evaluate_folders_scores_2d_and_single_slice_maps_in_2d(tmp_path):
+    """docs/metrics.md's worked example as a 2D NIfTI and as a 3D one of one slice: the documented values."""
+    from medseg_bench.data.io import Geometry, write_label
+
+    ref = np.zeros((3, 4), np.uint8)
+    ref[0:2] = 1
+    pred = np.roll(ref, 1, axis=0)
+    flat = Geometry((1.0, 2.5), (0.0, 0.0), (1, 0, 0, 1), (4, 3))
+    slab = Geometry((1.0, 2.5, 4.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (4, 3, 1))
+    for folder, labels in ((tmp_path / "pred", pred), (tmp_path / "ref", ref)):
+        write_label(labels, flat, folder / "flat.nii.gz")
+        write_label(labels[None], slab, folder / "slab.nii.gz")
+    frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1]).set_index("case")
+    in_memory = evaluate_case(pred, ref, (2.5, 1.0), [1])[0]
+    assert in_memory["assd"] == pytest.approx(1.1127, abs=1e-4)
+    assert in_memory["nsd"] == pytest.approx(0.5915, abs=1e-4)
+    for case in ("flat", "slab"):
+        for name in ("dice", "hd", "hd95", "assd", "nsd"):
+            assert frame.loc[case, name] == pytest.approx(in_memory[name]), (case, name)
+
+
+def test_evaluate_folders_refuses_references_without_prediction(tmp_path):
+    pred, ref = label_maps(True, True)
+    for name in ("a", "b", "c"):
+        write_case(tmp_path / "ref", name, ref)
+    write_case(tmp_path / "pred", "b", pred)
+    with pytest.raises(DataError, match=r"pred/a\.nii\.gz: no prediction for reference .*ref/a\.nii\.gz "
+                                        r"\(and 1 more\)"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1])
+    frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], allow_missing=True)
+    assert frame["case"].tolist() == ["b"]

@@ -39,11 +39,16 @@ def evaluate(
     workers: Annotated[
         int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
     ] = None,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Score only the references that have a prediction (a note counts the others) "
+                                "instead of stopping at the first reference without one.")
+    ] = False,
 ) -> None:
     """Per case and label (then region): Dice, Jaccard, precision, recall, HD, HD95, ASSD, NSD (mm); then the
     means."""
     from medseg_bench.errors import UsageError
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
+    from medseg_bench.metrics.evaluate import missing_predictions
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
@@ -55,7 +60,19 @@ def evaluate(
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise UsageError(f"--workers must be at least 1, got {processes}")
-    cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups)
+    if output is not None:
+        _check_output(output)  # before scoring, which can take minutes
+    cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
+                             allow_missing=allow_missing)
+    if allow_missing:
+        missing = missing_predictions(pred, ref)
+        if missing:
+            scored = cases["case"].nunique()
+            typer.secho(
+                f"note: {len(missing)} reference(s) in {ref} have no prediction in {pred} (first: "
+                f"{missing[0].name}); scored the {scored} case(s) that have one",
+                err=True,
+            )
     means = summarize_cases(cases)
     for row in means.itertuples():
         if row.n_both_empty:
@@ -195,12 +212,36 @@ def _markdown(frame: Any) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    import contextlib
+
     from medseg_bench.errors import ResultsError
 
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise ResultsError(f"{path}: cannot write output ({exc.strerror})") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a write cut short (disk full) leaves no temp file
+        blocker = _file_in_the_way(path)
+        reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
+        raise ResultsError(f"{path}: cannot write output ({reason})") from None
+
+
+def _check_output(path: Path) -> None:
+    from medseg_bench.errors import ResultsError
+
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise ResultsError(f"{path}: cannot write output ({blocker} is not a folder)")
+    if path.is_dir():
+        raise ResultsError(f"{path}: cannot write output (it is a folder; give a file name)")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing parent of `path` when it is not a folder (mkdir then says "File exists")."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None

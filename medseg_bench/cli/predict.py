@@ -60,6 +60,42 @@ def _plan(folder: Path, task: str) -> Any:
         raise DataError(f"{source}: malformed plan ({exc})") from None
 
 
+def _check_device(device: str | None) -> str | None:
+    """`device` as torch names it (cpu, cuda, cuda:N), checked against this machine, or a UsageError."""
+    import re
+
+    import torch
+
+    if device is None:
+        return None
+    name = device.strip().lower()
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise UsageError(f"--device {device}: not a device; use cpu, cuda or cuda:N (N: a GPU index)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(f"--device {device}: no CUDA GPU on this machine (use --device cpu)")
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        gpus = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise UsageError(f"--device {device}: this machine has {count} CUDA GPU(s) ({gpus})")
+    return name
+
+
+def _check_out_folder(images: Path, out: Path) -> None:
+    """Refuse an --out that is the --images folder: label maps would replace the images of the same name."""
+    same = images.resolve() == out.resolve()
+    if not same and images.is_dir() and out.is_dir():
+        try:
+            same = images.samefile(out)  # the same folder under two paths (a bind mount)
+        except OSError:
+            same = False
+    if same:
+        raise UsageError(f"{out}: --out is the --images folder; the label maps would replace the images of "
+                         "the same name: choose another --out folder")
+
+
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: --images is not a folder")
@@ -81,7 +117,8 @@ def predict(
     postprocess: Annotated[bool, typer.Option(
         help="Apply the run's largest-component decision (postprocessing.json) when it has one.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda. Default: cuda when available.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
 ) -> None:
     """Predict label maps for every image in a folder with a trained run."""
     import torch
@@ -94,6 +131,8 @@ def predict(
     from medseg_bench.spec import RunSpec
     from medseg_bench.training import load_weights
 
+    device = _check_device(device)
+    _check_out_folder(images, out)
     folder, checkpoint = _run_folder(run_or_checkpoint)
     spec_data = _read_json(folder / "spec.json")
     spec_data.pop("run_id", None)

@@ -76,17 +76,22 @@ def evaluate_folders(
     settings: MetricSettings = DEFAULT_SETTINGS,
     workers: int = 1,
     regions: Mapping[str, Sequence[int]] | None = None,
+    allow_missing: bool = False,
 ) -> pd.DataFrame:
     """Score every NIfTI prediction in `pred_dir` against the reference of the same name in `ref_dir`.
 
     Returns one row per case and label (column `case` first, then `label`, the metrics, `ref_empty`,
     `pred_empty`), sorted by case. `labels=None` scores every nonzero label found in any reference. Cases run
-    in `workers` processes (1 = inline). Raises DataError for a missing reference or a prediction whose
-    geometry (size, spacing, origin, direction) differs from its reference's.
+    in `workers` processes (1 = inline). Raises DataError for a missing reference, for a reference without a
+    prediction (unless `allow_missing`; `missing_predictions` lists them), or for a prediction whose
+    geometry (size, spacing, origin, direction) differs from its reference's. A label map with a single
+    slice (a 2D file, or a 3D one of one slice) is scored in 2D: contour lengths and in-plane distances.
     """
     import pandas as pd
 
     pairs = _file_pairs(Path(pred_dir), Path(ref_dir))
+    if not allow_missing:
+        _check_no_missing(Path(pred_dir), Path(ref_dir))
     wanted = None if labels is None else tuple(int(label) for label in labels)
     jobs = [(case, pred, ref, wanted, settings, dict(regions or {})) for case, pred, ref in pairs]
     if workers <= 1 or len(jobs) == 1:
@@ -213,14 +218,33 @@ def _case_name(path: Path) -> str:
     return path.stem
 
 
+def _label_files(folder: Path) -> list[Path]:
+    """The NIfTI files of a folder, sorted; hidden ones (temporary files, macOS `._` forks) left out."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
+    )
+
+
+def missing_predictions(pred_dir: Path, ref_dir: Path) -> list[Path]:
+    """The reference files in `ref_dir` that have no prediction of the same name in `pred_dir`."""
+    return [ref for ref in _label_files(Path(ref_dir)) if not (Path(pred_dir) / ref.name).is_file()]
+
+
+def _check_no_missing(pred_dir: Path, ref_dir: Path) -> None:
+    missing = missing_predictions(pred_dir, ref_dir)
+    if missing:
+        first, more = missing[0], len(missing) - 1
+        others = f" (and {more} more)" if more else ""
+        raise DataError(f"{pred_dir / first.name}: no prediction for reference {first}{others}; predict "
+                        "every reference, or allow missing predictions (--allow-missing) to score the others")
+
+
 def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise DataError(f"{folder}: {role} folder not found")
-    preds = sorted(
-        p for p in pred_dir.iterdir()
-        if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
-    )
+    preds = _label_files(pred_dir)
     if not preds:
         raise DataError(f"{pred_dir}: no prediction files (*.nii.gz, *.nii)")
     pairs = []
@@ -241,19 +265,65 @@ def _evaluate_file_pair(
     regions: dict[str, Sequence[int]],
 ) -> tuple[list[dict[str, object]], list[int]]:
     """Worker: read, check geometry, score. Top level so that spawned processes can import it."""
-    from medseg_bench.data.io import read_label
-
-    pred, pred_geometry = read_label(pred_path)
-    ref, ref_geometry = read_label(ref_path)
+    pred, pred_geometry = _read_label_map(pred_path)
+    ref, ref_geometry = _read_label_map(ref_path)
     problem = _geometry_mismatch(pred_geometry, ref_geometry)
     if problem:
         raise DataError(f"{pred_path}: geometry differs from reference {ref_path} ({problem})")
-    spacing = ref_geometry.spacing_zyx  # array axis order; 2D images give (Y, X) arrays and 2 spacings
+    pred, ref, spacing = _one_slice_as_2d(pred, ref, ref_geometry.spacing_zyx)
     ref_labels = present_labels(ref)
     if labels is None:
         labels = tuple(sorted(set(ref_labels) | set(present_labels(pred))))
     rows = evaluate_case(pred, ref, spacing, labels, settings, regions)
     return [{"case": case, **row} for row in rows], ref_labels
+
+
+def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A label map as read_label gives it, (Z, Y, X); a 2D file as a (Y, X) array, with its 2D geometry."""
+    from medseg_bench.data.io import read_geometry, read_label
+
+    try:
+        return read_label(path)
+    except DataError:
+        geometry, channels = read_geometry(path)
+        if len(geometry.size) != 2 or channels != 1:
+            raise
+    return _read_2d_label(path, geometry)
+
+
+def _read_2d_label(path: Path, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """A 2D single-channel label map as a (Y, X) uint8 array, checked as read_label checks 3D ones."""
+    import SimpleITK as sitk
+
+    try:
+        values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32, copy=False)
+    except RuntimeError as exc:
+        raise DataError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1][:160]})") from None
+    if values.ndim != 2:
+        raise DataError(f"{path}: unsupported image layout with array shape {values.shape}")
+    if values.size and (
+        not np.all(np.isfinite(values))
+        or np.any(values != np.round(values))
+        or values.min() < 0
+        or values.max() > 255
+    ):
+        raise DataError(f"{path}: label map holds non-integer or out-of-range values")
+    return values.astype(np.uint8), geometry
+
+
+def _one_slice_as_2d(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A 3D pair of one slice (shape (1, Y, X), or one row or column) as the 2D pair it is, with 2 spacings.
+
+    Scored in 3D, the slab's two faces would count as surface: every voxel of the mask would be a surface
+    element, and ASSD and NSD would measure the masks' overlap rather than their outlines.
+    """
+    if pred.ndim != 3 or [n == 1 for n in pred.shape].count(True) != 1:
+        return pred, ref, spacing
+    axis = pred.shape.index(1)
+    kept = tuple(s for a, s in enumerate(spacing) if a != axis)
+    return np.take(pred, 0, axis=axis), np.take(ref, 0, axis=axis), kept
 
 
 def _geometry_mismatch(pred: Geometry, ref: Geometry) -> str:

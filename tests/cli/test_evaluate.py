@@ -189,3 +189,96 @@ def test_bad_regions_exit_2_with_one_line(tumour_folders, extra, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+# --- 2D label maps, missing predictions, output path ------------------------------------------------------
+
+
+def worked_example() -> tuple[np.ndarray, np.ndarray]:
+    """docs/metrics.md's worked example: a 2 x 4 block and the same block one row down, in 3 x 4 pixels."""
+    ref = np.zeros((3, 4), np.uint8)
+    ref[0:2] = 1
+    return np.roll(ref, 1, axis=0), ref
+
+
+# By hand in docs/metrics.md, rows 2.5 mm x columns 1 mm, tau = 1 mm.
+WORKED = {"area": {"dice": 0.5, "jaccard": 1 / 3, "hd": 2.5, "hd95": 2.5, "assd": 18.23 / 16.385,
+                   "nsd": (7.69 + 2) / 16.385},
+          "voxel": {"dice": 0.5, "jaccard": 1 / 3, "hd": 2.5, "hd95": 2.5, "assd": 1.25, "nsd": 0.5}}
+
+
+@pytest.mark.parametrize("surface", ["area", "voxel"])
+def test_2d_label_maps_are_scored_in_2d(tmp_path, surface):
+    """A 2D NIfTI and a 3D one of a single slice (shape (1, H, W)) both give the hand-computed 2D values."""
+    pred, ref = worked_example()
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    flat = Geometry((1.0, 2.5), (0.0, 0.0), (1, 0, 0, 1), (4, 3))  # x, y: columns 1 mm, rows 2.5 mm
+    write_label(pred, flat, pred_dir / "flat.nii.gz")
+    write_label(ref, flat, ref_dir / "flat.nii.gz")
+    write(pred_dir, "slab", pred[None], spacing=(1.0, 2.5, 7.0))  # a thick single slice
+    write(ref_dir, "slab", ref[None], spacing=(1.0, 2.5, 7.0))
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--surface", surface)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout)).set_index("case")
+    assert frame.index.tolist() == ["flat", "slab", "mean"]
+    for case in ("flat", "slab"):
+        for name, value in WORKED[surface].items():
+            assert frame.loc[case, name] == pytest.approx(value, abs=1e-3), (case, name)
+
+
+def test_2d_label_map_with_fractional_values_is_a_data_error(tmp_path):
+    import SimpleITK as sitk
+
+    pred, ref = worked_example()
+    for folder, array in ((tmp_path / "pred", pred.astype(np.float32) * 0.5), (tmp_path / "ref", ref)):
+        folder.mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / "c.nii.gz"))
+    result = invoke("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"))
+    assert result.exit_code == 3, result.output
+    assert f"{tmp_path / 'pred' / 'c.nii.gz'}: label map holds non-integer" in result.stderr
+
+
+def test_references_without_prediction_are_an_error_unless_allowed(folders):
+    pred_dir, ref_dir = folders
+    ref = np.zeros((6, 10, 10), np.uint8)
+    for name in ("c", "d"):
+        write(ref_dir, name, ref)
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {pred_dir / 'c.nii.gz'}: no prediction for reference {ref_dir / 'c.nii.gz'} (and 1 more); "
+        "predict every reference, or allow missing predictions (--allow-missing) to score the others"]
+    assert result.stdout == ""
+
+    (ref_dir / "d.nii.gz").unlink()
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 3 and "c.nii.gz (and" not in result.stderr and "c.nii.gz;" in result.stderr
+
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--allow-missing")
+    assert result.exit_code == 0, result.output
+    assert f"note: 1 reference(s) in {ref_dir} have no prediction in {pred_dir} (first: c.nii.gz); " \
+           "scored the 2 case(s) that have one" in result.stderr
+    assert pd.read_csv(io.StringIO(result.stdout))["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+
+    (ref_dir / "c.nii.gz").unlink()  # all predicted: no note
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--allow-missing")
+    assert result.exit_code == 0 and "no prediction" not in result.stderr
+
+
+def test_output_under_a_file_names_the_file(folders, tmp_path):
+    pred_dir, ref_dir = folders
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    out = blocker / "sub" / "x.csv"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
+    assert result.exit_code == 6, result.output
+    assert result.stderr.strip() == f"error: {out}: cannot write output ({blocker} is not a folder)"
+    assert blocker.read_text() == "not a folder"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path))
+    assert result.exit_code == 6
+    assert result.stderr.strip() == f"error: {tmp_path}: cannot write output (it is a folder; give a file " \
+                                    "name)"
+    out = tmp_path / "scores" / "x.csv"  # a folder that does not exist yet is made
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")
+    assert result.exit_code == 0 and out.is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.csv"]

@@ -120,3 +120,102 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
     (folder / "spec.json").unlink()
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and "not a run folder" in result.output
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_out_folder_that_is_the_images_folder_is_refused(run_folder, tmp_path: Path) -> None:
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    (tmp_path / "link").symlink_to(images)
+    before = _tree(images)
+    for out in (images, tmp_path / "images" / ".." / "images", tmp_path / "link"):
+        for extra in (["--overwrite"], []):
+            result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out),
+                                         *extra])
+            assert result.exit_code == 2, result.output
+            assert f"error: {out}: --out is the --images folder" in result.output
+            assert len(result.output.strip().splitlines()) == 1 and "skipped" not in result.output
+            assert _tree(images) == before  # the image is untouched, nothing added
+
+
+def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    out = tmp_path / "pred"
+
+    def predict(device: str):
+        return runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out),
+                                   "--device", device])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device, message in (("cuda", "--device cuda: no CUDA GPU on this machine"),
+                            ("cuda:0", "--device cuda:0: no CUDA GPU on this machine"),
+                            ("foo", "--device foo: not a device; use cpu, cuda or cuda:N"),
+                            ("cuda:x", "--device cuda:x: not a device"),
+                            ("", "--device : not a device")):
+        result = predict(device)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = predict("cuda:1")
+    assert result.exit_code == 2
+    assert "--device cuda:1: this machine has 1 CUDA GPU(s) (cuda:0)" in result.output
+    assert not out.exists()  # refused before anything was written
+    result = predict("CPU")
+    assert result.exit_code == 0, result.output
+    assert (out / "a.nii.gz").is_file()
+
+
+def _element_data_file(header: Path) -> str:
+    lines = [line for line in header.read_text().splitlines() if line.startswith("ElementDataFile")]
+    return lines[0].split("=", 1)[1].strip()
+
+
+def test_mhd_prediction_names_its_own_data_file(run_folder, tmp_path: Path) -> None:
+    import shutil
+
+    import SimpleITK as sitk
+
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "case1.mhd", np.zeros((12, 20, 20), np.float32))
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["case1.mhd", "case1.zraw"]  # no temp file left
+    assert _element_data_file(out / "case1.mhd") == "case1.zraw"
+    moved = tmp_path / "elsewhere"  # the visible pair alone is the whole label map
+    moved.mkdir()
+    for name in ("case1.mhd", "case1.zraw"):
+        shutil.copy(out / name, moved / name)
+    written = sitk.ReadImage(str(moved / "case1.mhd"))
+    assert written.GetSize() == (20, 20, 12)
+    assert np.allclose(written.GetOrigin(), ORIGIN) and np.allclose(written.GetDirection(), DIRECTION)
+    labels, _ = read_label(out / "case1.mhd")
+    assert (labels == read_label(moved / "case1.mhd")[0]).all()
+
+
+def test_write_label_mhd_pair_replaces_atomically(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import Geometry, write_label
+
+    geometry = Geometry((0.5, 1.0, 2.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (5, 4, 3))
+    labels = np.zeros((3, 4, 5), np.uint8)
+    labels[1, 2, 3] = 2
+    for value in (1, 2):  # the second write replaces the first pair
+        labels[0, 0, 0] = value
+        write_label(labels, geometry, tmp_path / "out" / "case1.mhd")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case1.mhd", "case1.zraw"]
+    assert _element_data_file(tmp_path / "out" / "case1.mhd") == "case1.zraw"
+    image = sitk.ReadImage(str(tmp_path / "out" / "case1.mhd"))
+    assert (sitk.GetArrayFromImage(image) == labels).all()
+    assert np.allclose(image.GetSpacing(), (0.5, 1.0, 2.0))
+    assert np.allclose(image.GetOrigin(), (1.0, 2.0, 3.0))
