@@ -256,6 +256,29 @@ def read_finished_run(folder: Path):
     return spec, summary, frame
 
 
+# Spec fields besides the configuration axes (dims, arch, encoder, loss, aug) and the pooled ones (fold,
+# seed) that change a run's numbers: runs that differ in one are never pooled as one configuration.
+RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "patch_size", "optimizer", "lr",
+                   "num_folds", "pretrained", "class_weights", "tta", "postprocess", "nsd_tolerance_mm",
+                   "task_version", "pipeline_version")
+
+
+def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's RESULT_SETTINGS as it trained: the learning rate, patch and batch size it used (from
+    the plan when its spec left them open), so runs before and after a plan edit are told apart."""
+    from medseg_bench.spec import DEFAULT_LR
+
+    settings = {key: spec.get(key) for key in RESULT_SETTINGS}
+    optimizer = spec.get("optimizer") or "adamw"
+    settings["lr"] = spec.get("lr") or DEFAULT_LR.get(optimizer)
+    plan, dims = summary.get("plan") or {}, spec.get("dims")
+    if settings["patch_size"] is None and plan.get(f"patch_{dims}") is not None:
+        settings["patch_size"] = list(plan[f"patch_{dims}"])
+    if settings["batch_size"] is None and plan.get(f"batch_{dims}") is not None:
+        settings["batch_size"] = plan[f"batch_{dims}"]
+    return settings
+
+
 def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None = None):
     """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame).
 
@@ -279,6 +302,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
             frame[key] = spec.get(key)
         for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb", "device"):
             frame[key] = summary.get("cost", {}).get(key)
+        frame["run_settings"] = json.dumps(run_settings(spec, summary), sort_keys=True)
         frames.append(frame)
     if not frames:
         raise ResultsError(f"{results_dir}: no finished runs to report")

@@ -94,13 +94,37 @@ def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> Non
     ("task: T\nseed: [0, x]\n", "'seed' takes int values"),
     ("- task\n", "a sweep file is a mapping"),
     ("task: [\n", "not valid YAML"),
+    ("task: T\nlr: fast\n", "'lr' takes one number, not 'fast'"),
+    ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (key 'task' given twice)"),  # YAML keeps the last
+    ("\udcff\udcfe task: T\n", "not UTF-8 text"),
 ])
 def test_bad_sweep_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(UsageError, match="bad.yaml: ") as info:
         load_sweep_file(path)
     assert message in str(info.value)
+
+
+def test_a_learning_rate_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("task: T\nlr: 1e-3\nmax_minutes: '2'\n")  # YAML 1.1 reads 1e-3 as a string
+    assert load_sweep_file(path)["lr"] == 0.001 and load_sweep_file(path)["max_minutes"] == 2.0
+
+
+def test_the_default_learning_rate_given_explicitly_is_the_same_run(home: Path) -> None:
+    plain, _ = expand(_request(dims=["3d"]))
+    explicit, _ = expand(_request(dims=["3d"], lr=3e-3))
+    other, _ = expand(_request(dims=["3d"], lr=1e-3))
+    assert explicit[0].run_id == plain[0].run_id != other[0].run_id
+
+
+def test_exclude_rules_take_whole_numbers_for_fold_and_seed(home: Path) -> None:
+    assert parse_exclude("seed=00,fold=1") == {"seed": "0", "fold": "1"}
+    with pytest.raises(UsageError, match="fold takes a whole number, not 'zero'"):
+        parse_exclude("fold=zero")
+    runs, _ = expand(_request(dims=["3d"], seeds=[0, 1], exclude=["seed=00"]))
+    assert [r.seed for r in runs] == [1]
 
 
 def test_shipped_sweep_files_parse() -> None:
@@ -202,3 +226,22 @@ def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPa
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
     assert argv[1:3] == ["-m", "medseg_bench.sweep"] and argv[argv.index("--threads") + 1] == "4"
     assert RunSpec.from_dict(json.loads(argv[argv.index("--spec") + 1])) == _spec()
+
+
+def test_a_skipped_run_says_when_the_plan_changed_since_it_trained(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.worker import plan_changed_since
+
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
+    write_json_atomic(tmp_path / "summary.json", {"plan": {"patch_3d": [40, 56, 40], "batch_3d": 2}})
+    same = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=2)
+    edited = SimpleNamespace(patch_3d=(32, 48, 32), batch_3d=4)
+    assert plan_changed_since(spec, same, tmp_path) is None
+    assert plan_changed_since(spec, None, tmp_path) is None  # no plan yet: nothing to compare
+    assert plan_changed_since(spec, edited, tmp_path) == (
+        "trained with patch 40x56x40, batch 2; the plan now says 32x48x32, batch 4: "
+        "--patch-size/--batch-size train those as runs of their own")
+    fixed = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", patch_size=(40, 56, 40),
+                    batch_size=2)
+    assert plan_changed_since(fixed, edited, tmp_path) is None  # its spec fixed both: the plan played no part

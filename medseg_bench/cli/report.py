@@ -38,7 +38,7 @@ def report(
         metavar="K", help="Only the K best configurations of each task.")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the bootstrap confidence intervals.")] = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 5000,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
 ) -> None:

@@ -21,6 +21,13 @@ def status(
 
     folders = sorted({p.parent for name in ("spec.json", "queued.json")
                       for p in results_dir.glob(f"{task or '*'}/*/{name}")})
+    if not folders and task:
+        from medseg_bench.data.catalog import task_registry
+
+        known = task_registry().canonical(task)  # an unknown name: did-you-mean, exit 2
+        tasks = sorted({p.parent.parent.name for p in results_dir.glob("*/*/spec.json")})
+        raise ResultsError(f"{results_dir}: no runs of {known} here"
+                           + (f" (runs of: {', '.join(tasks)})" if tasks else ""))
     if not folders:
         raise ResultsError(f"{results_dir}: no runs here")
     jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}

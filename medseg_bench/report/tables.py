@@ -58,7 +58,35 @@ def _with_config(results: pd.DataFrame) -> pd.DataFrame:
         if column not in frame:
             frame[column] = 0
     frame["config"] = [config_name(*values) for values in frame[CONFIG_AXES].itertuples(index=False)]
+    if "run_settings" in frame:
+        frame["config"] = _told_apart(frame)
     return frame
+
+
+def _told_apart(frame: pd.DataFrame) -> pd.Series:
+    """Configuration names, with `[setting=value, ...]` where runs of one configuration of a task differ in
+    a setting that changes results (epochs, lr, the patch a plan edit changed, ...): never pooled."""
+    import json
+
+    names = frame["config"].copy()
+    for _, group in frame.groupby(["task", "config"], sort=False):
+        variants = group["run_settings"].unique()
+        if len(variants) < 2:
+            continue
+        parsed = {v: json.loads(v) for v in variants}
+        keys = parsed[variants[0]]
+        differing = [k for k in keys if len({json.dumps(p.get(k)) for p in parsed.values()}) > 1]
+        for variant, settings in parsed.items():
+            shown = ", ".join(f"{k}={_setting_text(settings.get(k))}" for k in differing)
+            rows = group.index[group["run_settings"] == variant]
+            names.loc[rows] = f"{group['config'].iloc[0]} [{shown}]"
+    return names
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _is_foreground_label(labels: pd.Series) -> pd.Series:

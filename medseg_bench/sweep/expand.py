@@ -10,7 +10,7 @@ from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
 from medseg_bench.losses import LOSSES
 from medseg_bench.models import ARCHS, DEFAULT_ENCODER, check_encoder, check_patch
-from medseg_bench.spec import DIMS, RunSpec
+from medseg_bench.spec import DEFAULT_LR, DIMS, RunSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
 AXES = ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed")
@@ -65,6 +65,10 @@ def parse_exclude(rule: str) -> dict[str, str]:
             value = task_registry().get(value).name
         elif key == "dims" and value not in DIMS:
             raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
+        elif key in ("fold", "seed"):
+            if not value.isdigit():
+                raise UsageError(f"exclude rule '{rule}': {key} takes a whole number, not '{value}'")
+            value = str(int(value))  # "00" is seed 0
         parsed[key] = value
     if not parsed:
         raise UsageError(f"exclude rule '{rule}' is empty")
@@ -98,6 +102,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         for task in task_specs:  # wrong length or a loss that cannot weight classes: before anything runs
             for loss in losses:
                 build_loss(loss, task.num_classes, request.class_weights)
+    # The optimizer's default learning rate, given explicitly, is the same run (the same run id) as none.
+    lr = None if request.lr == DEFAULT_LR.get(request.optimizer) else request.lr
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded = 0
@@ -129,7 +135,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         fold=fold, num_folds=request.num_folds, seed=seed, epochs=request.epochs,
                         max_minutes=request.max_minutes, iters_per_epoch=request.iters_per_epoch,
                         batch_size=request.batch_size, patch_size=request.patch_size,
-                        optimizer=request.optimizer, lr=request.lr, task_version=task.version,
+                        optimizer=request.optimizer, lr=lr, task_version=task.version,
                         pretrained=request.pretrained and dims == "2d", class_weights=request.class_weights,
                         tta=request.tta, postprocess=request.postprocess)
                     if is_excluded(spec, rules):

@@ -20,7 +20,14 @@ from medseg_bench.progress import PlainReporter
 from medseg_bench.results import check_writable, is_done, is_live, read_json, run_dir, write_index
 from medseg_bench.signals import deferred
 from medseg_bench.spec import RunSpec
-from medseg_bench.sweep.worker import EXIT_BUSY, EXIT_DONE, EXIT_SKIPPED, failure_message, run_one
+from medseg_bench.sweep.worker import (
+    EXIT_BUSY,
+    EXIT_DONE,
+    EXIT_SKIPPED,
+    failure_message,
+    plan_changed_since,
+    run_one,
+)
 
 POLL_S = 1.0
 STOP_GRACE_S = 10.0  # an interrupted worker that has not exited by then is killed
@@ -81,11 +88,24 @@ def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str
             summary: dict[str, Any] | None = None, error: str | None = None) -> None:
     outcome[kind].append(spec.run_id)
     if kind == "skipped":
-        reporter.skip(spec.run_id, "already done")
+        reporter.skip(spec.run_id, "already done" + (f"; {error}" if error else ""))
     elif kind == "busy":
         reporter.skip(spec.run_id, "running in another process")
     else:
         reporter.run_end(spec.run_id, summary, error)
+
+
+def _plan_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
+    """plan_changed_since, against the task's current plan.json (read, not made: a skip builds nothing)."""
+    from medseg_bench.data.plan import read_plan
+    from medseg_bench.errors import DataError
+
+    path = data_dir / "preprocessed" / spec.task / "plan.json"
+    try:
+        plan = read_plan(path) if path.is_file() else None
+    except DataError:
+        plan = None
+    return plan_changed_since(spec, plan, folder)
 
 
 def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
@@ -94,7 +114,7 @@ def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter
     for spec in runs:
         folder = run_dir(results_dir, spec)
         if is_done(folder):
-            _record(spec, "skipped", reporter, outcome)
+            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
             continue
         task = _prepare(data_dir, reporter, prepared, spec)
         reporter.run_start(spec.run_id)
@@ -130,8 +150,9 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     prepared: dict[Any, Any] = {}
     todo = []
     for spec in runs:
-        if is_done(run_dir(results_dir, spec)):
-            _record(spec, "skipped", reporter, outcome)
+        folder = run_dir(results_dir, spec)
+        if is_done(folder):
+            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
         else:
             todo.append(spec)
     for spec in todo:  # plan and cache once, here, before the workers read them

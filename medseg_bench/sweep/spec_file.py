@@ -27,6 +27,25 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, "exclude")
 
 
+def _unique_key_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice (YAML would keep the last one, silently)."""
+
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
     values = value if isinstance(value, list) else [value]
     for item in values:
@@ -40,9 +59,11 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # a SafeLoader
     except OSError as exc:
         raise UsageError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -63,8 +84,14 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
             values["exclude"] = _as_list(path, key, value, str)
         else:
             types = SETTING_TYPES[key]
+            if float in types and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if not isinstance(value, types) or isinstance(value, bool):
-                raise UsageError(f"{path}: '{key}' takes one {types[0].__name__}, not {value!r}")
+                wanted = "number" if float in types else types[0].__name__
+                raise UsageError(f"{path}: '{key}' takes one {wanted}, not {value!r}")
             if key == "patch_size":
                 value = tuple(_as_list(path, key, value, int))
             values[key] = float(value) if key in ("max_minutes", "lr") else value

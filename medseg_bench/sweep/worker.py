@@ -22,6 +22,7 @@ from medseg_bench.results import (
     HEARTBEAT_INTERVAL_S,
     append_event,
     is_done,
+    read_json,
     read_status,
     run_dir,
     write_heartbeat,
@@ -105,6 +106,25 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     return None
 
 
+def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:
+    """A note when a finished run took its patch or batch size from a plan that has changed since: it stays
+    as it is (finished runs are never redone), and the note says how to train the new values."""
+    if plan is None or (spec.patch_size is not None and spec.batch_size is not None):
+        return None
+    then = read_json(folder / "summary.json").get("plan") or {}
+    old_patch, old_batch = then.get(f"patch_{spec.dims}"), then.get(f"batch_{spec.dims}")
+    new_patch, new_batch = list(getattr(plan, f"patch_{spec.dims}")), getattr(plan, f"batch_{spec.dims}")
+    if old_patch is None or old_batch is None:
+        return None
+    patch_changed = spec.patch_size is None and list(old_patch) != new_patch
+    batch_changed = spec.batch_size is None and old_batch != new_batch
+    if not (patch_changed or batch_changed):
+        return None
+    return (f"trained with patch {'x'.join(map(str, old_patch))}, batch {old_batch}; the plan now says "
+            f"{'x'.join(map(str, new_patch))}, batch {new_batch}: --patch-size/--batch-size train those as "
+            "runs of their own")
+
+
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
             num_workers: int = 0, extra_event: dict[str, Any] | None = None) -> Outcome:
     """Execute `spec` unless it is done or another process holds it; never raises for a failed run."""
@@ -112,13 +132,13 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
 
     folder = run_dir(results_dir, spec)
     if is_done(folder):
-        return Outcome("skipped")
+        return Outcome("skipped", error=plan_changed_since(spec, prepared.plan, folder))
     lock = RunLock(folder)
     if not lock.acquire():
         return Outcome("busy")
     try:
         if is_done(folder):  # finished by another process between the check above and the lock
-            return Outcome("skipped")
+            return Outcome("skipped", error=plan_changed_since(spec, prepared.plan, folder))
         clean_temp_files(folder)
         last = folder / "checkpoints" / "last.ckpt"
         resumed = last.is_file()

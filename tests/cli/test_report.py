@@ -151,3 +151,18 @@ def test_bad_input_is_one_line_and_an_exit_code(results: Path, args: list[str], 
 def test_no_results(tmp_path: Path) -> None:
     result = invoke("--results-dir", str(tmp_path))
     assert result.exit_code == 6 and "no finished runs" in result.output
+
+
+def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    longer = sorted((copy / "Task91_Beta").glob("3d-*"))[0] / "spec.json"  # one of its two runs: longer
+    longer.write_text(json.dumps({**json.loads(longer.read_text()), "epochs": 8}))
+    result = invoke("--results-dir", str(copy), "--task", "Task91_Beta", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output))
+    assert sorted(table["config"]) == ["2d-unet.resnet18-dice_ce-none", "3d-unet-dice_ce-light [epochs=4]",
+                                       "3d-unet-dice_ce-light [epochs=8]"]
+    assert set(table.loc[table["config"].str.startswith("3d"), "runs"]) == {1}
