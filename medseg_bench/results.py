@@ -266,9 +266,13 @@ RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "pa
 def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """A finished run's RESULT_SETTINGS as it trained: the learning rate, patch and batch size it used (from
     the plan when its spec left them open), so runs before and after a plan edit are told apart."""
+    from dataclasses import MISSING, fields
+
     from medseg_bench.spec import DEFAULT_LR
 
-    settings = {key: spec.get(key) for key in RESULT_SETTINGS}
+    # A key a spec of an older version lacks had its default then: the same run as one that writes it out.
+    defaults = {f.name: f.default for f in fields(RunSpec) if f.default is not MISSING}
+    settings = {key: spec.get(key, defaults.get(key)) for key in RESULT_SETTINGS}
     optimizer = spec.get("optimizer") or "adamw"
     settings["lr"] = spec.get("lr") or DEFAULT_LR.get(optimizer)
     plan, dims = summary.get("plan") or {}, spec.get("dims")

@@ -174,3 +174,15 @@ def test_exclusive_serialises_processes(tmp_path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d"), str(log)]) for _ in range(3)]
     assert [p.wait() for p in procs] == [0, 0, 0]
     assert log.read_text().split() == ["in", "out"] * 3  # never two inside at once
+
+
+def test_run_settings_fill_in_what_a_spec_left_to_defaults_or_the_plan() -> None:
+    from medseg_bench.results import run_settings
+
+    written = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none").to_dict()
+    older = {k: v for k, v in written.items() if k not in ("tta", "postprocess", "class_weights")}
+    summary = {"plan": {"patch_3d": [40, 56, 40], "batch_3d": 2}}
+    assert run_settings(older, summary) == run_settings(written, summary)  # keys added later: their defaults
+    settings = run_settings(written, summary)
+    assert settings["lr"] == 3e-3 and settings["patch_size"] == [40, 56, 40] and settings["batch_size"] == 2
+    assert run_settings({**written, "lr": 3e-3}, summary) == settings
