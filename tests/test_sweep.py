@@ -203,6 +203,19 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
 
 
+def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Path) -> None:
+    # The finished run: 50 iterations of batch 2 x 40x56x40 at 30 s per epoch (0.6 s per iteration).
+    done = _spec(0)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=0.0, spec=done)
+    summary = json.loads((run_dir(tmp_path, done) / "summary.json").read_text())
+    summary["plan"] = {"patch_3d": [40, 56, 40], "batch_3d": 2}
+    write_json_atomic(run_dir(tmp_path, done) / "summary.json", summary)
+    assert estimate_seconds([_spec(1)], tmp_path) == (pytest.approx(4 * 30), 1)
+    assert estimate_seconds([_spec(1, iters_per_epoch=500)], tmp_path) == (pytest.approx(4 * 300), 1)
+    bigger = _spec(1, batch_size=4, patch_size=(40, 56, 40))  # twice the voxels a step
+    assert estimate_seconds([bigger], tmp_path) == (pytest.approx(4 * 60), 1)
+
+
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
     assert dry_run_lines([_spec()], tmp_path)[-1].startswith("cost: no finished runs")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -18,17 +19,31 @@ def settings_text(spec: RunSpec) -> str:
     return " ".join(parts)
 
 
-def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(dims, arch) -> [(seconds per epoch, evaluation seconds)] of the finished runs under `results_dir`."""
-    costs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+Cost = tuple[float, float, float | None]  # seconds per iteration, evaluation seconds, voxels per iteration
+
+
+def _voxels_per_iteration(batch: object, patch: object) -> float | None:
+    """Batch x patch voxels, the work of one training step (None when either is unknown)."""
+    if not isinstance(batch, int) or not isinstance(patch, list | tuple) or not patch:
+        return None
+    return float(batch * math.prod(int(p) for p in patch))
+
+
+def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[Cost]]:
+    """(dims, arch) -> the per-iteration and evaluation cost of the finished runs under `results_dir`."""
+    costs: dict[tuple[str, str], list[Cost]] = defaultdict(list)
     for folder in finished_runs(results_dir):
-        spec, cost = read_json(folder / "spec.json"), read_json(folder / "summary.json").get("cost", {})
+        spec, summary = read_json(folder / "spec.json"), read_json(folder / "summary.json")
+        cost, plan, dims = summary.get("cost", {}), summary.get("plan") or {}, spec.get("dims", "")
         per_epoch = cost.get("time_per_epoch_s")
         if per_epoch is None and cost.get("train_time_s") and cost.get("epochs_done"):
             per_epoch = cost["train_time_s"] / cost["epochs_done"]
         if per_epoch:
-            costs[(spec.get("dims", ""), spec.get("arch", ""))].append(
-                (float(per_epoch), float(cost.get("eval_time_s") or 0.0)))
+            iters = spec.get("iters_per_epoch") or 50
+            voxels = _voxels_per_iteration(spec.get("batch_size") or plan.get(f"batch_{dims}"),
+                                           spec.get("patch_size") or plan.get(f"patch_{dims}"))
+            costs[(dims, spec.get("arch", ""))].append(
+                (float(per_epoch) / iters, float(cost.get("eval_time_s") or 0.0), voxels))
     return costs
 
 
@@ -46,9 +61,11 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, in
         basis = costs.get((spec.dims, spec.arch))
         matched += basis is not None
         basis = basis or pooled
-        per_epoch = sum(c[0] for c in basis) / len(basis)
+        # Per iteration, scaled by the work of a step where both the spec and a finished run give it.
+        voxels = _voxels_per_iteration(spec.batch_size, spec.patch_size)
+        per_iteration = sum(c[0] * (voxels / c[2] if voxels and c[2] else 1.0) for c in basis) / len(basis)
         evaluation = sum(c[1] for c in basis) / len(basis)
-        epochs_s = per_epoch * spec.epochs
+        epochs_s = per_iteration * spec.iters_per_epoch * spec.epochs
         if spec.max_minutes:
             epochs_s = min(epochs_s, spec.max_minutes * 60)
         total += epochs_s + evaluation
