@@ -16,6 +16,7 @@ class PlainReporter:
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.total = 0
         self.finished = 0
+        self.started = 0  # runs started or skipped: two that start together (--jobs) get numbers of their own
         self.ran = 0  # finished runs that were executed (not skipped): the basis of the ETA
         self._start = time.perf_counter()
 
@@ -28,10 +29,12 @@ class PlainReporter:
 
     def skip(self, run_id: str, reason: str) -> None:
         self.finished += 1
+        self.started += 1
         self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({reason})")
 
     def run_start(self, run_id: str) -> None:
-        self.say(f"[{self.finished + 1}/{self.total}] {run_id}: training")
+        self.started += 1
+        self.say(f"[{self.started}/{self.total}] {run_id}: training")
 
     def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
         self.say(f"  {run_id} epoch {epoch}/{epochs}  loss {train_loss:.4f}  val Dice {val_dice:.4f}")

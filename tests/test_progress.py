@@ -35,6 +35,16 @@ def test_plain_lines_with_counts_and_eta() -> None:
     assert lines[6].startswith("sweep finished: 4/4 runs in ")
 
 
+def test_runs_that_start_together_get_numbers_of_their_own() -> None:
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(3)
+    reporter.skip("r0", "already done")
+    reporter.run_start("r1")  # --jobs 2: two runs start before either ends
+    reporter.run_start("r2")
+    assert out.getvalue().splitlines()[1:] == ["[2/3] r1: training", "[3/3] r2: training"]
+
+
 def test_live_display_tracks_parallel_runs() -> None:
     console, out = _console()
     reporter = LiveReporter(console)

@@ -56,6 +56,12 @@ def test_no_runs_says_why(home: Path) -> None:
         expand(_request(archs=["deeplab"], dims=["3d"]))
 
 
+def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
+    _, notes = expand(_request(dims=["3d"], encoders=["resnet50"]))
+    assert "--encoder resnet50: unused, the sweep has no 2D run (3D nets take no encoder)" in notes
+    assert not expand(_request(dims=["2d"], encoders=["resnet50"]))[1]
+
+
 def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
     # unet runs in 2D and 3D: a 3-sided patch would reach the 2D runs, which fail only once they train.
     with pytest.raises(UsageError, match="--patch-size 32,32,32 has 3 sides, but the sweep has 2d runs"):

@@ -144,6 +144,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                     runs.append(spec)
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
+    if request.encoders != [DEFAULT_ENCODER] and not any(r.dims == "2d" for r in runs):
+        given = ",".join(request.encoders)
+        skipped.append(f"--encoder {given}: unused, the sweep has no 2D run (3D nets take no encoder)")
     unique = list(dict.fromkeys(runs))
     if not unique:
         raise UsageError("the sweep expands to no runs" + (f" ({'; '.join(skipped)})" if skipped else ""))
