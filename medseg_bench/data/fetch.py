@@ -158,8 +158,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         else:
             assert local is not None
             if local.is_dir():
-                root = import_folder(local, staging)
-                in_source = Relocation(root, f"{local}")
+                root, task_folder = import_folder(local, staging)
+                in_source = Relocation(root, str(task_folder))
                 verified = None  # a folder has no checksum
             elif local.is_file():
                 verified = _expected_md5(task, md5, origin)
@@ -429,10 +429,19 @@ def _task_root(staging: Path, source: Path) -> Path:
     return candidates[0]
 
 
-def import_folder(folder: Path, staging: Path) -> Path:
-    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files."""
+def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
+    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files.
+
+    A folder that holds one task folder (the extracted archive's parent, say) is searched one level down,
+    as an archive is."""
     if not (folder / "dataset.json").is_file():
-        raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
+        inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "dataset.json").is_file()) \
+            if folder.is_dir() else []
+        if len(inner) > 1:
+            _task_root(folder, folder)  # several: the same one-line error as for an archive
+        if not inner:
+            raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
+        folder = inner[0]
     root = staging / folder.name
     try:
         shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
@@ -444,4 +453,4 @@ def import_folder(folder: Path, staging: Path) -> Path:
         why = re.sub(r"^\[Errno \d+\] ([^:]+)(:.*)?$", r"\1", str(why))  # the reason, not both paths again
         more = f" and {len(failures) - 1} more file(s)" if len(failures) > 1 else ""
         raise FileSystemError(f"{src}: cannot copy it into {staging.parent} ({why}){more}") from None
-    return root
+    return root, folder

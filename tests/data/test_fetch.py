@@ -463,3 +463,16 @@ def test_a_broken_server_reply_is_retried_then_one_line(reply: bytes, reason: st
             download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False, attempts=2)
     finally:
         listener.close()
+
+
+def test_a_folder_holding_one_task_folder_is_searched_one_level_down(hippo_subset: Path,
+                                                                      tmp_path: Path) -> None:
+    (hippo_subset / "labelsTr" / "hippocampus_001.nii.gz").unlink()
+    # The folder an archive was extracted into: searched one level down, as an archive is.
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset.parent),
+                         progress=False)
+    assert outcome.report is not None and len(outcome.report.usable_cases) == 9
+    with pytest.raises(DataError) as strict:
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path / "d2", str(hippo_subset.parent), progress=False,
+                   strict=True)
+    assert str(strict.value).startswith(f"{hippo_subset}/labelsTr/hippocampus_001.nii.gz: label file missing")
