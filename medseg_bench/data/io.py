@@ -119,15 +119,19 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     array, geom = read_image(path, dtype=np.float32)
     if array.shape[0] != 1:
         raise DataError(f"{path}: label map has {array.shape[0]} channels, expected 1")
-    values = array[0]
-    if (
+    return label_values(array[0], path), geom
+
+
+def label_values(values: np.ndarray, path: Path) -> np.ndarray:
+    """`values` as uint8 labels; DataError naming `path` when one is not an integer in 0..255."""
+    if values.size and (
         not np.all(np.isfinite(values))
         or np.any(values != np.round(values))
         or values.min() < 0
         or values.max() > 255
     ):
         raise DataError(f"{path}: label map holds non-integer or out-of-range values")
-    return values.astype(np.uint8), geom
+    return values.astype(np.uint8)
 
 
 def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:

@@ -295,20 +295,15 @@ def _read_2d_label(path: Path, geometry: Geometry) -> tuple[np.ndarray, Geometry
     """A 2D single-channel label map as a (Y, X) uint8 array, checked as read_label checks 3D ones."""
     import SimpleITK as sitk
 
+    from medseg_bench.data.io import label_values
+
     try:
         values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32, copy=False)
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1][:160]})") from None
     if values.ndim != 2:
         raise DataError(f"{path}: unsupported image layout with array shape {values.shape}")
-    if values.size and (
-        not np.all(np.isfinite(values))
-        or np.any(values != np.round(values))
-        or values.min() < 0
-        or values.max() > 255
-    ):
-        raise DataError(f"{path}: label map holds non-integer or out-of-range values")
-    return values.astype(np.uint8), geometry
+    return label_values(values, path), geometry
 
 
 def _one_slice_as_2d(
