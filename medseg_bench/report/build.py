@@ -106,8 +106,13 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     ranking = cross_task_ranking(full, chosen)
     table = top_k(full, top)
     scores = sample_scores(results, chosen)
-    scores = scores[scores["config"].isin(table["config"])].reset_index(drop=True)
-    pairs, friedman_table = significance(scores, table, ranking_metric, alpha)
+    # Tests over every configuration (--top shortens what is shown, not the Holm family or the Friedman test).
+    pairs, friedman_table = significance(scores, full, ranking_metric, alpha)
+    shown = set(zip(table["task"], table["config"], strict=True))
+    scores = scores[[key in shown for key in zip(scores["task"], scores["config"], strict=True)]]
+    scores = scores.reset_index(drop=True)
+    pairs = pairs[[key in shown for key in zip(pairs["task"], pairs["other"], strict=True)]]
+    pairs = pairs.reset_index(drop=True)
     groups = group_effect(full, group_by, chosen) if group_by else None
     if top is not None:
         ranking = ranking.head(top).reset_index(drop=True)

@@ -156,7 +156,7 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
     top = pairs.iloc[0]["top"]
     differing = pairs[pairs["differs"]]["other"].tolist()
     notes.append(f"Paired Wilcoxon signed-rank tests of {top} against each other configuration on "
-                 f"per-case {metric_title(metric)} (paired by case, fold and seed; Holm-corrected): "
+                 f"per-case {metric_title(metric)} (paired by case, its seeds averaged; Holm-corrected): "
                  + (f"differs at α = {alpha} from {', '.join(differing)}." if differing
                     else f"no pair differs at α = {alpha}."))
     rows = []
@@ -223,7 +223,7 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     direction = "higher" if higher_is_better(report.metric) else "lower"
     intro: list[str | Table] = [
         f"Ranked by {metric_title(report.metric)} ({direction} is better). A case scores the mean over the "
-        f"task's foreground labels; folds and seeds are pooled. Cells: mean ± std "
+        f"task's foreground labels; folds are pooled, and a case's seeds averaged. Cells: mean ± std "
         f"[{s['confidence']:.0%} percentile bootstrap CI of the mean, {s['bootstrap_resamples']} resamples, "
         f"seed {s['bootstrap_seed']}] over cases. Bold: best in its column within the task.",
         "empty: label evaluations with an empty reference (in parentheses: both masks empty, scored NaN and "

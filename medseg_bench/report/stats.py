@@ -48,7 +48,8 @@ def rank_values(values: Sequence[float] | np.ndarray, higher_is_better: bool) ->
     """Rank 1 = best; ties get the mean of the ranks they span; NaN ranks after every number (tied)."""
     from scipy.stats import rankdata
 
-    x = np.asarray(values, dtype=float)
+    # Rounded first: means of the same scores summed in another order differ in the last bits, not in value.
+    x = np.round(np.asarray(values, dtype=float), 12)
     keyed = np.where(np.isnan(x), np.inf, -x if higher_is_better else x)
     return rankdata(keyed, method="average")
 
@@ -75,6 +76,7 @@ class PairedTest:
     pvalue: float
     median_diff: float
     note: str = ""
+    favours: int = 0  # +1: the signed ranks favour a (W+ > W-), -1: b, 0: neither; ties dropped, as the test
 
 
 def paired_wilcoxon(a: pd.Series, b: pd.Series) -> PairedTest:
@@ -89,8 +91,13 @@ def paired_wilcoxon(a: pd.Series, b: pd.Series) -> PairedTest:
     median_diff = float(np.median(diff))
     if np.all(diff == 0):
         return PairedTest(n, 0.0, 1.0, median_diff, "identical scores")
+    from scipy.stats import rankdata
+
     result = wilcoxon(joined["a"].to_numpy(float), joined["b"].to_numpy(float))
-    return PairedTest(n, float(result.statistic), float(result.pvalue), median_diff)
+    nonzero = diff[diff != 0]  # the test drops ties; so does the direction, which a median of 0 cannot give
+    ranks = rankdata(np.abs(nonzero))
+    favours = int(np.sign(ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()))
+    return PairedTest(n, float(result.statistic), float(result.pvalue), median_diff, favours=favours)
 
 
 @dataclass(frozen=True)

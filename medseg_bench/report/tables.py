@@ -103,6 +103,14 @@ def sample_scores(results: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return scores.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
+def case_means(samples: pd.DataFrame, metric: str) -> pd.Series:
+    """`metric` per case id: the mean of its samples (one per seed, or per run), NaN-skipping.
+
+    Statistics are over cases, as the report says: several seeds of one case are one case, not several
+    independent ones, so they neither narrow an interval nor weigh a case more than another."""
+    return samples.groupby("case", sort=True)[metric].mean()
+
+
 def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame:
         return pd.Series(False, index=frame.index)
@@ -150,8 +158,9 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
 
     Columns: the configuration axes and `config`; `rank` (within the task, ties averaged); `runs`, `cases`
     (distinct case ids), `samples` (scored (case, fold, seed)), `empty_ref` and `both_empty` (label
-    evaluations with an empty reference / both masks empty); per metric `<m>_mean`, `<m>_std` (over samples),
-    `<m>_ci_low`, `<m>_ci_high` (percentile bootstrap of the mean), `<m>_n` (samples with a score) and
+    evaluations with an empty reference / both masks empty); per metric, over cases (a case's samples
+    averaged first, `case_means`): `<m>_mean`, `<m>_std`, `<m>_ci_low`, `<m>_ci_high` (percentile bootstrap
+    of the mean, resampling cases), `<m>_n` (cases with a score) and
     `<m>_label_<label>` (mean per label or region); cost; `run_ids`.
     """
     ranking, chosen = resolve_metrics(results, metric, metrics)
@@ -175,7 +184,7 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
         row["empty_ref"] = int(ref_empty.sum())
         row["both_empty"] = int((ref_empty & _flag(fg_runs, "pred_empty")).sum())
         for m in chosen:
-            values = group[m].to_numpy(float)
+            values = case_means(group, m).to_numpy(float)
             valid = values[~np.isnan(values)]
             row[f"{m}_mean"] = float(valid.mean()) if valid.size else math.nan
             row[f"{m}_std"] = float(valid.std(ddof=1)) if valid.size > 1 else math.nan
@@ -293,7 +302,7 @@ def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataF
 def best_rows(table: pd.DataFrame, column: str, higher: bool) -> set[int]:
     """Index labels of the best value of `column` within each task (all of them when tied)."""
     best: set[int] = set()
-    values = pd.to_numeric(table[column], errors="coerce")
+    values = pd.to_numeric(table[column], errors="coerce").round(12)  # equal but for the last bits: tied
     for _, idx in table.groupby("task", sort=False).groups.items():
         task_values = values.loc[idx].dropna()
         if task_values.empty:

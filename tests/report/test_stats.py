@@ -103,3 +103,18 @@ def test_pareto_front() -> None:
     assert pareto_front(cost, dice).tolist() == [4, 0, 1, 2]  # 3 is beaten by 1; NaN cost is not on it
     hd95 = np.array([5.0, 3.0, 4.0])
     assert pareto_front(np.array([1.0, 2.0, 3.0]), hd95, higher=False).tolist() == [0, 1]
+
+
+def test_the_direction_of_a_paired_test_ignores_ties_as_the_test_does() -> None:
+    # Equal on 9 cases, a ahead on 8: the median difference is 0, yet every untied pair favours a.
+    a = pd.Series([0.8] * 9 + [0.85] * 8)
+    b = pd.Series([0.8] * 17)
+    test = paired_wilcoxon(a, b)
+    assert test.median_diff == 0.0 and test.pvalue < 0.01 and test.favours == 1
+    assert paired_wilcoxon(b, a).favours == -1
+
+
+def test_means_equal_but_for_the_last_bits_tie() -> None:
+    first, second = (0.1 + 0.2 + 0.3) / 3, (0.3 + 0.2 + 0.1) / 3
+    assert first != second  # summed in another order
+    assert rank_values([first, second, 0.1], higher_is_better=True).tolist() == [1.5, 1.5, 3.0]

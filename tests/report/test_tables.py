@@ -169,3 +169,37 @@ def test_empty_flags_of_any_dtype(values: list[object]) -> None:
 
     assert _flag(pd.DataFrame({"ref_empty": values}), "ref_empty").tolist() == [True, False, False]
     assert _flag(pd.DataFrame({"other": values}), "ref_empty").tolist() == [False, False, False]
+
+
+def test_a_significant_pair_names_the_side_the_signed_ranks_favour() -> None:
+    from medseg_bench.report.significance import significance
+
+    cases = [f"c{i:02d}" for i in range(17)]
+    rows = [{"task": "T", "config": "A", "case": c, "fold": 0, "seed": 0,
+             "dice": 0.8 + (0.05 if i >= 9 else 0)} for i, c in enumerate(cases)]
+    rows += [{"task": "T", "config": "B", "case": c, "fold": 0, "seed": 0, "dice": 0.8} for c in cases]
+    table = pd.DataFrame({"task": ["T", "T"], "config": ["A", "B"]})
+    pairs, _ = significance(pd.DataFrame(rows), table, "dice")
+    assert pairs.iloc[0]["median_diff"] == 0.0 and pairs.iloc[0]["differs"]
+    assert pairs.iloc[0]["better"] == "A"  # was B: the sign of a zero median
+
+
+def test_several_seeds_of_a_case_are_one_case(fake_results: Path) -> None:
+    # Task91_Beta's runs are seeds 0 and 1 of fold 0: 6 cases, 12 samples.
+    report = build_report(fake_results, task="Task91_Beta")
+    row = report.table.iloc[0]
+    assert (row["cases"], row["samples"], row["dice_n"]) == (6, 12, 6)
+    per_case = report.scores[report.scores["config"] == row["config"]].groupby("case")["dice"].mean()
+    assert row["dice_mean"] == pytest.approx(per_case.mean())
+    assert row["dice_std"] == pytest.approx(per_case.std(ddof=1))
+    assert report.pairs.iloc[0]["n"] == 6
+
+
+def test_top_k_shortens_the_tables_not_the_family_of_tests(fake_results: Path) -> None:
+    full, top = build_report(fake_results), build_report(fake_results, top=2)
+    assert top.friedman.set_index("task").loc["Task90_Alpha", "k"] == 3  # every configuration
+    shown = top.pairs.set_index(["task", "other"])["p_holm"]
+    assert shown.to_dict() == pytest.approx(full.pairs.set_index(["task", "other"])["p_holm"].loc[shown.index]
+                                            .to_dict())
+    scored = set(zip(top.scores["task"], top.scores["config"], strict=True))
+    assert scored == set(zip(top.table["task"], top.table["config"], strict=True))
