@@ -108,11 +108,9 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     scores = sample_scores(results, chosen)
     # Tests over every configuration (--top shortens what is shown, not the Holm family or the Friedman test).
     pairs, friedman_table = significance(scores, full, ranking_metric, alpha)
-    shown = set(zip(table["task"], table["config"], strict=True))
-    scores = scores[[key in shown for key in zip(scores["task"], scores["config"], strict=True)]]
-    scores = scores.reset_index(drop=True)
-    pairs = pairs[[key in shown for key in zip(pairs["task"], pairs["other"], strict=True)]]
-    pairs = pairs.reset_index(drop=True)
+    shown = pd.MultiIndex.from_frame(table[["task", "config"]])
+    scores = scores[pd.MultiIndex.from_frame(scores[["task", "config"]]).isin(shown)].reset_index(drop=True)
+    pairs = pairs[pd.MultiIndex.from_frame(pairs[["task", "other"]]).isin(shown)].reset_index(drop=True)
     groups = group_effect(full, group_by, chosen) if group_by else None
     if top is not None:
         ranking = ranking.head(top).reset_index(drop=True)

@@ -203,3 +203,11 @@ def test_top_k_shortens_the_tables_not_the_family_of_tests(fake_results: Path) -
                                             .to_dict())
     scored = set(zip(top.scores["task"], top.scores["config"], strict=True))
     assert scored == set(zip(top.table["task"], top.table["config"], strict=True))
+
+
+def test_a_report_with_one_configuration_shown_renders(fake_results: Path) -> None:
+    from medseg_bench.report import render
+
+    report = build_report(fake_results, top=1)
+    assert report.pairs.empty and list(report.pairs.columns)[:3] == ["task", "top", "other"]
+    assert "Ranking across tasks" in render(report, "markdown")
