@@ -242,7 +242,9 @@ def read_finished_run(folder: Path):
     summary = _read_json_object(folder / "summary.json")
     path = folder / "metrics.csv"
     try:
-        frame = pd.read_csv(path)
+        # Text, whatever the task: a label column of numbers (Task09) and one with region names (Task01)
+        # must concatenate into one index.
+        frame = pd.read_csv(path, dtype={"case": str, "label": str})
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
         raise _corrupt(path, f"cannot be read as CSV ({str(exc).splitlines()[0]})") from None
     absent = [c for c in METRICS_COLUMNS if c not in frame.columns]

@@ -186,3 +186,19 @@ def test_run_settings_fill_in_what_a_spec_left_to_defaults_or_the_plan() -> None
     settings = run_settings(written, summary)
     assert settings["lr"] == 3e-3 and settings["patch_size"] == [40, 56, 40] and settings["batch_size"] == 2
     assert run_settings({**written, "lr": 3e-3}, summary) == settings
+
+
+def test_the_index_holds_tasks_with_and_without_named_regions(tmp_path: Path) -> None:
+    # Task09-like labels read as numbers, Task01-like ones with region names as text: one index all the same.
+    for task, labels in (("T9", ["1", "1"]), ("T1", ["1", "whole"])):
+        spec = RunSpec(task=task, dims="3d", arch="unet", loss="dice_ce", aug="none")
+        folder = tmp_path / task / spec.run_id
+        folder.mkdir(parents=True)
+        write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+        pd.DataFrame({"case": ["a", "b"] if task == "T9" else ["a", "a"], "label": labels, "dice": [0.5, 0.6],
+                      "ref_empty": False, "pred_empty": False}).to_csv(folder / "metrics.csv", index=False)
+        write_json_atomic(folder / "summary.json", {"cost": {}})
+        write_status(folder, "done")
+    write_index(tmp_path)
+    index = pd.read_parquet(tmp_path / INDEX_NAME)
+    assert sorted(index["label"]) == ["1", "1", "1", "whole"] and set(index["task"]) == {"T1", "T9"}

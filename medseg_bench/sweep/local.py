@@ -17,7 +17,7 @@ from typing import Any
 
 from medseg_bench.errors import RunError
 from medseg_bench.progress import PlainReporter
-from medseg_bench.results import check_writable, is_done, is_live, read_json, run_dir, write_index
+from medseg_bench.results import INDEX_NAME, check_writable, is_done, is_live, read_json, run_dir, write_index
 from medseg_bench.signals import deferred
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (
@@ -77,7 +77,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             _parallel(runs, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
     finally:
         reporter.close()
-        if outcome["done"]:
+        if outcome["done"] or not (results_dir / INDEX_NAME).is_file():
             write_index(results_dir)
     if outcome["failed"]:
         raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
