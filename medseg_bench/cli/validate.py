@@ -36,6 +36,7 @@ def validate(
     from medseg_bench.data.validate import (
         PROBLEMS_SHOWN,
         case_count_warnings,
+        label_warnings,
         problem_summary,
         validate_folder,
     )
@@ -53,7 +54,7 @@ def validate(
         bar_id = bar.add_task("validating", total=len(training_cases(folder)))
         report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
     changed = record_validation(folder, report)
-    for warning in case_count_warnings(spec, report):
+    for warning in case_count_warnings(spec, report) + label_warnings(folder, spec):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     problems = report.problems
     if problems and (strict or not report.usable_cases):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.data.validate import ValidationReport, case_count_warnings, validate_folder
+from medseg_bench.data.validate import ValidationReport, case_count_warnings, label_warnings, validate_folder
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
@@ -177,7 +177,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         if report.problems and (strict or not report.usable_cases):
             raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
-        warnings = tuple(case_count_warnings(task, report))
+        warnings = tuple(case_count_warnings(task, report) + label_warnings(root, task))
+        warnings = tuple(Relocation(root, str(target))(w) for w in warnings)
         _write_marker(root, task, origin, verified, report)
         root.rename(target)
     finally:
@@ -191,7 +192,8 @@ def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) 
     if report.problems and (strict or not report.usable_cases):
         raise _fatal(report, strict, kept="nothing was changed")
     _write_marker(target, task, origin, None, report)
-    return FetchOutcome(target, False, report, tuple(case_count_warnings(task, report)))
+    return FetchOutcome(target, False, report, tuple(case_count_warnings(task, report)
+                                                     + label_warnings(target, task)))
 
 
 def _fatal(report: ValidationReport, strict: bool, kept: str = "nothing was kept") -> DataError:

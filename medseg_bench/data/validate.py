@@ -59,7 +59,8 @@ def _same_geometry(a: Geometry, b: Geometry) -> str | None:
     return None
 
 
-def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool) -> list[Problem]:
+def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
+               declared: set[int] | None = None) -> list[Problem]:
     """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
@@ -108,6 +109,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool)
         return problem(case.label, reason(exc))
     extra = sorted(set(np.unique(label).tolist()) - allowed_labels)
     if extra:
+        if declared and set(extra) <= declared:  # in dataset.json, not in the task file that sets the classes
+            labels = ", ".join(str(k) for k in sorted(task.labels))  # (BraTS's original label 4, say)
+            return problem(case.label, f"label values {extra} not among {task.name}'s labels ({labels})")
         return problem(case.label, f"label values {extra} not declared in dataset.json")
     try:
         image, _ = read_image(case.image)
@@ -128,10 +132,12 @@ def validate_folder(
 ) -> ValidationReport:
     """Check every training case of an MSD-layout folder. Structural problems raise DataError."""
     cases = training_cases(folder)
-    allowed = declared_labels(folder) or set(task.labels)
+    declared = declared_labels(folder)
+    # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
+    allowed = (declared & set(task.labels)) if declared else set(task.labels)
 
     def run(case: Case) -> list[Problem]:
-        found = check_case(case, task, allowed, deep)
+        found = check_case(case, task, allowed, deep, declared)
         if on_case is not None:
             on_case()
         return found
@@ -139,6 +145,15 @@ def validate_folder(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         per_case = list(pool.map(run, cases))
     return ValidationReport(cases=cases, problems=[p for found in per_case for p in found])
+
+
+def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
+    """A warning when dataset.json's labels are not the task file's (the task file's are the classes)."""
+    declared = declared_labels(folder)
+    if not declared or declared == set(task.labels):
+        return []
+    return [f"{folder / 'dataset.json'}: labels {sorted(declared)} differ from {task.name}'s "
+            f"{sorted(task.labels)} (its task file sets the classes: other label values exclude a case)"]
 
 
 def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:

@@ -47,6 +47,24 @@ def test_label_shape_and_spacing_mismatch(synth) -> None:
     assert "spacing" in _problem_for(folder, task, "case_002")
 
 
+def test_a_label_dataset_json_declares_but_the_task_file_does_not_is_named(synth) -> None:
+    # BraTS's original labels (1, 2, 4) against a task file of 0-3: label 4 cannot train (4 classes).
+    from medseg_bench.data.validate import label_warnings
+
+    folder, task = synth
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"]["3"] = "extra"
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    seg = np.zeros((12, 20, 20), np.uint8)
+    seg[2, 2, 2] = 3
+    write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
+    problem = _problem_for(folder, task, "case_003")
+    assert "label values [3] not among Task90_Synth's labels (0, 1, 2)" in problem
+    assert label_warnings(folder, task) == [
+        f"{folder / 'dataset.json'}: labels [0, 1, 2, 3] differ from Task90_Synth's [0, 1, 2] (its task file "
+        "sets the classes: other label values exclude a case)"]
+
+
 def test_undeclared_label_values_and_nan(synth) -> None:
     folder, task = synth
     seg = np.zeros((12, 20, 20), np.uint8)
