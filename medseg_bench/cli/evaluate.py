@@ -27,7 +27,15 @@ def evaluate(
         typer.Option(metavar="TASK", help="Score the regions a task file declares instead, e.g. "
                                           "Task01_BrainTumour (see `medseg-bench list tasks`)."),
     ] = None,
-    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
+    task: Annotated[
+        str | None,
+        typer.Option(metavar="TASK", help="Score as a run of TASK does: its NSD tolerance and its regions, "
+                                          "if it declares any (--nsd-tolerance/--regions still win)."),
+    ] = None,
+    nsd_tolerance: Annotated[
+        float | None, typer.Option(help="NSD tolerance in mm. Default: the task's (--task or "
+                                        "--regions-from), else 1.0.")
+    ] = None,
     surface: Annotated[
         str, typer.Option(help="Surface: area (DeepMind surfels) or voxel (boundary voxels, as MONAI/MedPy).")
     ] = "area",
@@ -52,11 +60,21 @@ def evaluate(
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
-    settings = MetricSettings(nsd_tolerance_mm=nsd_tolerance, surface=surface, empty_policy=empty_policy)
-    wanted = _parse_labels(labels)
+    if task is not None and regions_from is not None:
+        raise UsageError("give --task or --regions-from, not both")
     if regions is not None and regions_from is not None:
         raise UsageError("give --regions or --regions-from, not both")
-    groups = _parse_regions(regions) if regions is not None else _task_regions(regions_from)
+    spec = _task(task or regions_from)
+    tolerance = nsd_tolerance if nsd_tolerance is not None else spec.nsd_tolerance_mm if spec else 1.0
+    settings = MetricSettings(nsd_tolerance_mm=tolerance, surface=surface, empty_policy=empty_policy)
+    wanted = _parse_labels(labels)
+    groups: dict[str, list[int]] | None
+    if regions is not None:
+        groups = _parse_regions(regions)
+    elif regions_from is not None:
+        groups = _task_regions(regions_from)
+    else:
+        groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise UsageError(f"--workers must be at least 1, got {processes}")
@@ -135,6 +153,12 @@ def _parse_regions(text: str) -> dict[str, list[int]]:
     if not found:
         raise UsageError(f"--regions: no region in '{text}' (e.g. 'whole=1,2,3;core=2,3')")
     return found
+
+
+def _task(name: str | None) -> Any:
+    from medseg_bench.data.catalog import get_task
+
+    return get_task(name) if name is not None else None
 
 
 def _task_regions(task: str | None) -> dict[str, list[int]] | None:

@@ -167,6 +167,20 @@ def test_regions_from_a_task_file(tumour_folders):
     assert rows["enhancing_tumour"]["dice"] == pytest.approx(rows[3]["dice"])
 
 
+def test_task_option_scores_as_a_run_of_the_task_does(folders):
+    # Task09_Spleen's task file says 2 mm; a run of it scores NSD at 2 mm, and so does evaluate --task.
+    pred_dir, ref_dir = folders
+    settings = {}
+    for extra in ([], ["--task", "Task09_Spleen"], ["--task", "Task09_Spleen", "--nsd-tolerance", "1.5"]):
+        result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json", *extra)
+        assert result.exit_code == 0, result.output
+        settings[len(extra)] = json.loads(result.stdout)["settings"]["nsd_tolerance_mm"]
+    assert settings == {0: 1.0, 2: 2.0, 4: 1.5}
+    both = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--task", "Task01_BrainTumour",
+                  "--regions-from", "Task01_BrainTumour")
+    assert both.exit_code == 2 and "give --task or --regions-from, not both" in both.output
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
