@@ -70,10 +70,9 @@ def focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("dice_focal")
 def dice_focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
-    from monai.losses import DiceFocalLoss
-
-    return DiceFocalLoss(**_SOFTMAX, include_background=False, batch=True, gamma=2.0,
-                         weight=_foreground(class_weights))
+    # Not MONAI's DiceFocalLoss: its focal term is a per-channel sigmoid (binary) focal loss without the
+    # background channel, whatever `softmax` says; this is the Dice of `dice` plus the focal loss of `focal`.
+    return _Sum(dice(num_classes, class_weights), focal(num_classes, class_weights))
 
 
 @LOSSES.register("tversky")
@@ -95,6 +94,20 @@ def generalized_dice(num_classes: int, class_weights: Weights = None) -> nn.Modu
         raise UsageError("loss 'generalized_dice' weights classes itself (inverse squared volume); "
                          "drop --class-weights or choose another loss")
     return GeneralizedDiceLoss(**_SOFTMAX, include_background=False, batch=True)
+
+
+def _Sum(*terms: nn.Module) -> nn.Module:  # noqa: N802 - a factory
+    from torch import nn
+
+    class Sum(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.terms = nn.ModuleList(terms)
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return sum((term(logits, target) for term in self.terms), logits.new_zeros(()))
+
+    return Sum()
 
 
 def _WeightedPerClass(per_class: nn.Module, weights: Sequence[float]) -> nn.Module:  # noqa: N802 - a factory
@@ -153,4 +166,8 @@ def build_loss(name: str, num_classes: int, class_weights: Weights = None) -> nn
         if any(not 0 <= w < float("inf") for w in class_weights) or not any(w > 0 for w in class_weights[1:]):
             raise UsageError(f"class weights must be finite, >= 0 and not all zero on the foreground, "
                              f"not {list(class_weights)}")
+        # Only their ratios count: MONAI's Dice and focal terms scale with the weights themselves (cross-
+        # entropy does not), so 1,2,2 and 0.5,1,1 would weigh Dice against CE differently.
+        mean = sum(class_weights) / len(class_weights)
+        class_weights = tuple(w / mean for w in class_weights)
     return _with_deep_supervision(factory(num_classes, class_weights))

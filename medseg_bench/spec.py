@@ -18,7 +18,10 @@ from typing import Any
 from medseg_bench.errors import UsageError
 
 # Bump when a change to the pipeline changes results for the same spec (old runs then get new ids).
-PIPELINE_VERSION = 2
+# 3: evaluation uses the final weights (version 2 evaluated last.ckpt, which Lightning only wrote when
+#    validation pseudo-Dice improved: the best epoch on the held-out fold); dice_focal's focal term is the
+#    softmax focal loss; class weights count by their ratios only.
+PIPELINE_VERSION = 3
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

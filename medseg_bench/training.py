@@ -252,8 +252,12 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         deterministic=not cuda,
         logger=loggers,
         callbacks=[
+            # best.ckpt by validation pseudo-Dice; last.ckpt every epoch, whatever validation says
+            # (Lightning's save_last writes `last` only when the monitored checkpoint is saved: it was a copy
+            # of best, so evaluation and resumption used weights picked on the held-out fold).
             ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_dice", mode="max", save_top_k=1,
-                            save_last=True, enable_version_counter=False),
+                            enable_version_counter=False),
+            ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False),
             progress,
             *(extra_callbacks or []),
         ],
@@ -271,6 +275,9 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
                     weights_only=True)
+        # The weights evaluation and `predict` use: the final ones, also when --max-minutes stopped training
+        # in the middle of an epoch (after its last epoch-end checkpoint).
+        trainer.save_checkpoint(last)
     train_time_s = progress.earlier_train_time_s + time.perf_counter() - start
     # The first epoch this attempt trained; when it trained none (killed during evaluation, after the last
     # epoch's checkpoint), every logged epoch is from before.

@@ -55,3 +55,23 @@ def test_deep_supervision_loss_over_heads() -> None:
     loss_fn = build_loss("dice_ce", 3)
     expected = 2 / 3 * loss_fn(heads[:, 0], target) + 1 / 3 * loss_fn(heads[:, 1], target)
     assert torch.isclose(loss_fn(heads, target), expected)
+
+
+def test_dice_focal_is_the_dice_of_dice_plus_the_focal_of_focal() -> None:
+    # MONAI's DiceFocalLoss makes its focal term a per-channel sigmoid loss that never sees the background.
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
+    combined = build_loss("dice_focal", 3)(logits, target)
+    parts = build_loss("dice", 3)(logits, target) + build_loss("focal", 3)(logits, target)
+    assert combined == pytest.approx(float(parts))
+    background = logits.clone().requires_grad_(True)
+    build_loss("dice_focal", 3)(background, target).backward()
+    assert background.grad is not None and background.grad[:, 0].abs().max() > 0  # the focal term trains it
+
+
+@pytest.mark.parametrize("name", ["ce", "dice", "dice_ce", "focal", "dice_focal", "tversky"])
+def test_class_weights_count_by_their_ratios(name: str) -> None:
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
+    one = build_loss(name, 3, (0.5, 1.0, 1.0))(logits, target)
+    assert build_loss(name, 3, (1.0, 2.0, 2.0))(logits, target) == pytest.approx(float(one))
