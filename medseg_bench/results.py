@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.errors import ResultsError
 from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec
@@ -217,14 +217,9 @@ def _corrupt(path: Path, problem: str) -> ResultsError:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise _corrupt(path, f"cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise _corrupt(path, f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _corrupt(path, "not a JSON object")
+    data, why = load_json_object(path)
+    if data is None:
+        raise _corrupt(path, why)
     return data
 
 

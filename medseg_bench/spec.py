@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from medseg_bench.errors import UsageError
 
@@ -94,7 +94,12 @@ def _bad(source_file: Path, key: str, expected: str, value: object) -> UsageErro
     return UsageError(f"{source_file}: '{key}' must be {expected}, not {shown}")
 
 
-def _is_int(value: object) -> bool:
+def is_md5(text: str) -> bool:
+    """32 hexadecimal digits (surrounding blanks allowed): a task file's `md5`, or `fetch --md5`."""
+    return re.fullmatch(r"[0-9a-fA-F]{32}", text.strip()) is not None
+
+
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -117,7 +122,7 @@ def _optional_name(key: str, value: object, source_file: Path) -> str | None:
 def _md5(key: str, value: object, source_file: Path) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", value.strip()):
+    if not isinstance(value, str) or not is_md5(value):
         raise _bad(source_file, key, "32 hexadecimal digits in quotes", value)
     return value.strip().lower()
 
@@ -135,7 +140,7 @@ def _count(minimum: int, optional: bool) -> _Check:
     def check(key: str, value: object, source_file: Path) -> int | None:
         if value is None and optional:
             return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not _is_int(value) or value < minimum:
             raise _bad(source_file, key, f"a whole number >= {minimum}", value)
         return value
 

@@ -136,6 +136,11 @@ class _ProgressCallback(pl.Callback):
         self._epoch_open = False
         self._attempt_start = time.perf_counter()
 
+    def start_attempt(self) -> float:
+        """Start this attempt's training clock (setup before `fit` is not training); returns its start."""
+        self._attempt_start = time.perf_counter()
+        return self._attempt_start
+
     def state_dict(self) -> dict[str, Any]:
         # Saved at the end of an epoch's validation, before on_train_epoch_end: that epoch is still open.
         now = time.perf_counter()
@@ -271,7 +276,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         _keep_csv_log(run_dir / "logs")
-    start = progress._attempt_start = time.perf_counter()
+    start = progress.start_attempt()
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
                     weights_only=True)

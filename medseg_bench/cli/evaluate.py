@@ -65,15 +65,15 @@ def evaluate(
     if regions is not None and regions_from is not None:
         raise UsageError("give --regions or --regions-from, not both")
     spec = _task(task or regions_from)
+    if regions_from is not None and not spec.regions:
+        raise UsageError(f"--regions-from: task {spec.name} declares no regions ({spec.source_file})")
     tolerance = nsd_tolerance if nsd_tolerance is not None else spec.nsd_tolerance_mm if spec else 1.0
     settings = MetricSettings(nsd_tolerance_mm=tolerance, surface=surface, empty_policy=empty_policy)
     wanted = _parse_labels(labels)
     groups: dict[str, list[int]] | None
     if regions is not None:
         groups = _parse_regions(regions)
-    elif regions_from is not None:
-        groups = _task_regions(regions_from)
-    else:
+    else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
@@ -159,19 +159,6 @@ def _task(name: str | None) -> Any:
     from medseg_bench.data.catalog import get_task
 
     return get_task(name) if name is not None else None
-
-
-def _task_regions(task: str | None) -> dict[str, list[int]] | None:
-    from medseg_bench.errors import UsageError
-
-    if task is None:
-        return None
-    from medseg_bench.data.catalog import get_task
-
-    spec = get_task(task)
-    if not spec.regions:
-        raise UsageError(f"--regions-from: task {spec.name} declares no regions ({spec.source_file})")
-    return {name: list(values) for name, values in spec.regions.items()}
 
 
 def _columns() -> list[str]:

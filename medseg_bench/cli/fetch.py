@@ -47,7 +47,7 @@ def fetch(
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import MARKER, fetch_task
-    from medseg_bench.data.validate import PROBLEMS_SHOWN, problem_summary
+    from medseg_bench.data.validate import problem_lines
     from medseg_bench.settings import get_settings
 
     settings = get_settings()
@@ -71,11 +71,8 @@ def fetch(
     assert report is not None
     for warning in outcome.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    for problem in report.problems[:PROBLEMS_SHOWN]:
-        console.print(f"[yellow]warning:[/yellow] {escape(str(problem))} (case excluded from training)")
-    rest = problem_summary(report.problems, outcome.folder / MARKER)
-    if rest:
-        console.print(f"[yellow]warning:[/yellow] {escape(rest)} (all excluded from training)")
+    for line in problem_lines(report.problems, outcome.folder / MARKER):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     typer.echo(
         f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
         + (f" ({len(report.excluded)} excluded)" if report.excluded else "")

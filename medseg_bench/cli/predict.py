@@ -7,7 +7,6 @@ the source image's spacing, origin and direction, so it opens over the image in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,12 +34,11 @@ def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
+    from medseg_bench.data.io import load_json_object
+
+    data, why = load_json_object(path)
+    if data is None:
+        raise DataError(f"{path}: {why}")
     return data
 
 

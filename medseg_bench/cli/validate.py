@@ -37,7 +37,7 @@ def validate(
         PROBLEMS_SHOWN,
         case_count_warnings,
         label_warnings,
-        problem_summary,
+        problem_lines,
         validate_folder,
     )
     from medseg_bench.errors import DataError
@@ -59,20 +59,14 @@ def validate(
     problems = report.problems
     if problems and (strict or not report.usable_cases):
         # Fatal: the error line names the first bad file and its problem; the others are listed before it.
-        for problem in problems[1:PROBLEMS_SHOWN]:
-            console.print(f"[red]problem:[/red] {escape(str(problem))}")
-        rest = problem_summary(problems, folder / MARKER)
-        if rest:
-            console.print(f"[red]problem:[/red] {escape(rest)}")
+        for line in problem_lines(problems, folder / MARKER, excluded=False, skip=1):
+            console.print(f"[red]problem:[/red] {escape(line)}")
         more = f" and {len(problems) - 1} more problem(s) in {len(report.excluded)} case(s)" \
             if len(problems) > 1 else ""
         why = "(--strict)" if strict else "(no usable training case left)"
         raise DataError(f"{problems[0]}{more} {why}")
-    for problem in problems[:PROBLEMS_SHOWN]:
-        console.print(f"[yellow]warning:[/yellow] {escape(str(problem))} (case excluded from training)")
-    rest = problem_summary(problems, folder / MARKER)
-    if rest:
-        console.print(f"[yellow]warning:[/yellow] {escape(rest)} (all excluded from training)")
+    for line in problem_lines(problems, folder / MARKER):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     if report.excluded:
         excluded = sorted(report.excluded)
         listed = ", ".join(excluded[:PROBLEMS_SHOWN]) + (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
 import shutil
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.data.validate import ValidationReport, case_count_warnings, label_warnings, validate_folder
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
-from medseg_bench.spec import TaskSpec
+from medseg_bench.spec import TaskSpec, is_md5
 
 MARKER = ".medseg-bench-valid.json"
 CHUNK_BYTES = 1 << 20
@@ -73,7 +72,7 @@ def fetch_task(
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
     Two fetches of one task never work at once: the second waits (`say` tells why), then finds it complete.
     """
-    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5.strip()):
+    if md5 is not None and not is_md5(md5):
         raise UsageError(f"--md5 {md5!r} is not an md5 checksum (32 hexadecimal digits)")
     md5 = md5.strip() if md5 is not None else None
     present = _already_present(task, data_dir, strict)
@@ -115,16 +114,13 @@ def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutco
 def read_marker(folder: Path) -> dict:
     """The task folder's marker (source, md5, excluded cases); DataError naming it when it is damaged."""
     path = folder / MARKER
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: damaged ({exc}); run `medseg-bench validate {folder.name}` to "
-                        "rebuild it") from None
-    excluded = data.get("excluded", []) if isinstance(data, dict) else None
+    data, why = load_json_object(path)
+    excluded = data.get("excluded", []) if data is not None else None
     if not isinstance(excluded, list) or not all(isinstance(e, dict) and isinstance(e.get("case"), str)
                                                  for e in excluded):
-        raise DataError(f"{path}: damaged (not the marker's JSON object); run `medseg-bench validate "
-                        f"{folder.name}` to rebuild it")
+        raise DataError(f"{path}: damaged ({why or 'not the marker the fetch wrote'}); run `medseg-bench "
+                        f"validate {folder.name}` to rebuild it")
+    assert data is not None
     return data
 
 

@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -165,6 +166,21 @@ def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     msg = lines[-1] if lines else type(exc).__name__
     return msg[:160]
+
+
+def load_json_object(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object in `path`, "") or (None, why not): cannot read, not valid JSON, or not an object.
+
+    Callers raise their own error with the reason, each with the advice that fits the file."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, "not a JSON object"
+    return data, ""
 
 
 def write_json_atomic(path: Path, data: object, compact: bool = False, durable: bool = True) -> None:

@@ -175,6 +175,17 @@ def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
 PROBLEMS_SHOWN = 10
 
 
+def problem_lines(problems: list[Problem], listed_in: Path, excluded: bool = True,
+                  skip: int = 0) -> list[str]:
+    """Lines to print: `problems[skip:PROBLEMS_SHOWN]` one each, then one for the rest (`problem_summary`).
+
+    `excluded`: the cases were excluded from training (a warning), not refused (an error's list)."""
+    one, rest = (" (case excluded from training)", " (all excluded from training)") if excluded else ("", "")
+    lines = [f"{problem}{one}" for problem in problems[skip:PROBLEMS_SHOWN]]
+    summary = problem_summary(problems, listed_in)
+    return lines + ([f"{summary}{rest}"] if summary else [])
+
+
 def problem_summary(problems: list[Problem], listed_in: Path, shown: int = PROBLEMS_SHOWN) -> str | None:
     """One line for the problems past the first `shown` (none when there are no more), counted by kind.
 

@@ -6,6 +6,7 @@ With GPUs each worker sees one GPU (CUDA_VISIBLE_DEVICES); on a CPU the cores ar
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -97,15 +98,21 @@ def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str
 
 def _plan_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
     """plan_changed_since, against the task's current plan.json (read, not made: a skip builds nothing)."""
+    path = data_dir / "preprocessed" / spec.task / "plan.json"
+    plan = _current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
+    return plan_changed_since(spec, plan, folder)
+
+
+@functools.lru_cache(maxsize=16)
+def _current_plan(path: Path, mtime_ns: int) -> Any:
+    """The plan in `path`, parsed once per version of the file (a sweep of finished runs skips hundreds)."""
     from medseg_bench.data.plan import read_plan
     from medseg_bench.errors import DataError
 
-    path = data_dir / "preprocessed" / spec.task / "plan.json"
     try:
-        plan = read_plan(path) if path.is_file() else None
+        return read_plan(path)
     except DataError:
-        plan = None
-    return plan_changed_since(spec, plan, folder)
+        return None
 
 
 def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
