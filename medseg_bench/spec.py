@@ -21,7 +21,9 @@ from medseg_bench.errors import UsageError
 # 3: evaluation uses the final weights (version 2 evaluated last.ckpt, which Lightning only wrote when
 #    validation pseudo-Dice improved: the best epoch on the held-out fold); dice_focal's focal term is the
 #    softmax focal loss; class weights count by their ratios only.
-PIPELINE_VERSION = 3
+# 4: a case's crop box is its image's non-zero region alone (version 3 widened it to cover label voxels where
+#    the image is zero, so a held-out case's score depended on its reference; no Task04_Hippocampus case).
+PIPELINE_VERSION = 4
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

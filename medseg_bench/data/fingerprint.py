@@ -28,7 +28,7 @@ def case_fingerprint(case: Case, num_samples: int = FOREGROUND_SAMPLES_PER_CASE)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
-    box = nonzero_box(image, label)
+    box = nonzero_box(image)
     foreground = label > 0
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
     count = int(foreground.sum())

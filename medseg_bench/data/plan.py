@@ -26,7 +26,7 @@ from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the crop box is the image's alone (2 also covered label voxels)
 # A batch may hold at most this fraction of all the dataset's voxels (nnU-Net's rule against overfitting).
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 MIN_BATCH = 2

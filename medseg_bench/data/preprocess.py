@@ -70,7 +70,7 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     """
     original_shape = [int(s) for s in image.shape[1:]]
     normalized = normalize(image, plan)  # before cropping: the non-zero mask rule sees the whole image
-    box = nonzero_box(image, label) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
+    box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
     normalized = crop(normalized, box)
     new_shape = target_shape(normalized.shape[1:], spacing_zyx, plan.target_spacing)
     separate = anisotropic_axis(spacing_zyx, plan.target_spacing)

@@ -23,14 +23,13 @@ ANISOTROPY_THRESHOLD = 3.0
 CropBox = list[list[int]]  # [[lo, hi], ...] per spatial axis, hi exclusive
 
 
-def nonzero_box(image: np.ndarray, label: np.ndarray | None = None) -> CropBox:
-    """Bounding box of voxels that are non-zero in any channel of a (C, Z, Y, X) image (or in the label).
+def nonzero_box(image: np.ndarray) -> CropBox:
+    """Bounding box of voxels that are non-zero in any channel of a (C, Z, Y, X) image.
 
-    An all-zero image keeps its full extent.
+    The label plays no part (as in nnU-Net): a held-out case's crop, and so its score, must not depend on its
+    reference. An all-zero image keeps its full extent.
     """
     mask = np.any(image != 0, axis=0)
-    if label is not None:
-        mask |= label > 0
     if not mask.any():
         return [[0, int(s)] for s in mask.shape]
     box = []

@@ -103,3 +103,24 @@ def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
     ]
     (data / "preprocessed" / "Task90_Synth" / "splits_3fold.json").write_text(json.dumps(custom))
     assert prepare_task(task, data, num_folds=3, workers=1).splits == custom
+
+
+def test_crop_box_does_not_depend_on_the_label(home: Path, tmp_path: Path) -> None:
+    # A held-out case is cropped as `predict` crops an image: on its non-zero voxels alone. Label voxels where
+    # the image is zero once widened the box, so a run's score depended on its reference.
+    from dataclasses import replace
+
+    from medseg_bench.data.preprocess import preprocess_image
+
+    data = _fetched(home, tmp_path, "Task93_Crop")
+    plan = replace(prepare_task(get_task("Task93_Crop"), data, num_folds=3, workers=1).plan,
+                   crop_to_nonzero=True)
+    image = np.zeros((1, 12, 20, 20), np.float32)
+    image[0, 2:8, 4:14, 4:14] = np.random.default_rng(0).normal(2, 1, (6, 10, 10))
+    label = np.zeros((12, 20, 20), np.uint8)
+    label[5:11, 10:18, 10:18] = 1
+    with_label, cropped_label, grid = preprocess_image(image, (1.0, 1.0, 1.0), plan, label)
+    alone, _, grid_alone = preprocess_image(image, (1.0, 1.0, 1.0), plan)
+    assert grid["crop_box"] == grid_alone["crop_box"] == [[2, 8], [4, 14], [4, 14]]
+    assert np.array_equal(with_label, alone)
+    assert cropped_label is not None and cropped_label.shape == (6, 10, 10)
