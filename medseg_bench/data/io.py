@@ -35,6 +35,23 @@ class Geometry:
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return {k: list(v) for k, v in asdict(self).items()}
 
+    def mismatch(self, other: Geometry) -> str:
+        """How `other` differs from this geometry ("" when it does not), e.g. "origin (0, 0, 0) vs (0, 0, 1)".
+
+        One tolerance for validation (label against image) and evaluation (prediction against reference), so a
+        case that validation accepts is never refused by `evaluate`: spacing relative 1e-3, direction 1e-3,
+        origin 1% of the largest spacing.
+        """
+        if tuple(self.size) != tuple(other.size):
+            return f"size {_fmt(self.size)} vs {_fmt(other.size)}"
+        origin_tol = 1e-2 * max(self.spacing, default=1.0)
+        checks = (("spacing", 1e-3, 1e-4), ("direction", 0.0, 1e-3), ("origin", 0.0, origin_tol))
+        for name, rtol, atol in checks:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=rtol, atol=atol):
+                return f"{name} {_fmt(mine)} vs {_fmt(theirs)}"
+        return ""
+
     @classmethod
     def from_dict(cls, data: dict[str, list]) -> Geometry:
         return cls(
@@ -43,6 +60,10 @@ class Geometry:
             direction=tuple(float(v) for v in data["direction"]),
             size=tuple(int(v) for v in data["size"]),
         )
+
+
+def _fmt(values: tuple[float, ...] | tuple[int, ...]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _sitk():  # imported lazily so that `--help` stays fast

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from medseg_bench.data.io import (
-    Geometry,
     check_nifti_complete,
     count_nonfinite,
     read_geometry,
@@ -45,18 +44,6 @@ class ValidationReport:
     def usable_cases(self) -> list[Case]:
         bad = self.excluded
         return [c for c in self.cases if c.case_id not in bad]
-
-
-def _same_geometry(a: Geometry, b: Geometry) -> str | None:
-    if a.size != b.size:
-        return f"shape {list(b.size)} differs from the image's {list(a.size)}"
-    if not np.allclose(a.spacing, b.spacing, rtol=1e-3, atol=1e-4):
-        return f"spacing {list(b.spacing)} differs from the image's {list(a.spacing)}"
-    if not np.allclose(a.direction, b.direction, atol=1e-3):
-        return "orientation differs from the image's"
-    if not np.allclose(a.origin, b.origin, atol=1e-2 * max(a.spacing)):
-        return f"origin {list(b.origin)} differs from the image's {list(a.origin)}"
-    return None
 
 
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
@@ -97,9 +84,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.image, f"image is {image_ndim}D, the task declares {task.tensor_image_size}")
     if channels != task.num_channels:
         return problem(case.image, f"image has {channels} modalities, the task declares {task.num_channels}")
-    mismatch = _same_geometry(image_geom, label_geom)
+    mismatch = label_geom.mismatch(image_geom)
     if mismatch:
-        return problem(case.label, f"label {mismatch}")
+        return problem(case.label, f"label geometry differs from the image's: {mismatch}")
     if not deep:
         return []
     try:

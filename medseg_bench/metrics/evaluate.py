@@ -267,7 +267,7 @@ def _evaluate_file_pair(
     """Worker: read, check geometry, score. Top level so that spawned processes can import it."""
     pred, pred_geometry = _read_label_map(pred_path)
     ref, ref_geometry = _read_label_map(ref_path)
-    problem = _geometry_mismatch(pred_geometry, ref_geometry)
+    problem = pred_geometry.mismatch(ref_geometry)
     if problem:
         raise DataError(f"{pred_path}: geometry differs from reference {ref_path} ({problem})")
     pred, ref, spacing = _one_slice_as_2d(pred, ref, ref_geometry.spacing_zyx)
@@ -319,20 +319,6 @@ def _one_slice_as_2d(
     axis = pred.shape.index(1)
     kept = tuple(s for a, s in enumerate(spacing) if a != axis)
     return np.take(pred, 0, axis=axis), np.take(ref, 0, axis=axis), kept
-
-
-def _geometry_mismatch(pred: Geometry, ref: Geometry) -> str:
-    if tuple(pred.size) != tuple(ref.size):
-        return f"size {tuple(pred.size)} vs {tuple(ref.size)}"
-    for name, rtol, atol in (("spacing", 1e-5, 1e-6), ("origin", 0.0, 1e-4), ("direction", 0.0, 1e-5)):
-        mine, theirs = getattr(pred, name), getattr(ref, name)
-        if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=rtol, atol=atol):
-            return f"{name} {_fmt(mine)} vs {_fmt(theirs)}"
-    return ""
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _complete_rows(
