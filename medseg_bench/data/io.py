@@ -131,6 +131,9 @@ def read_image(path: Path, dtype: type = np.float32) -> tuple[np.ndarray, Geomet
         array = np.moveaxis(array, -1, 0)
     else:
         array = array[None]
+    if image.GetDimension() == 2:
+        size = _fmt(image.GetSize())
+        raise DataError(f"{path}: 2D image of size {size}; a 3D (or 4D multi-modal) image expected")
     if array.ndim != 4 or array.shape[0] != channels:
         raise DataError(f"{path}: unsupported image layout with array shape {array.shape}")
     return np.ascontiguousarray(array, dtype=dtype), geom

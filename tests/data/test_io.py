@@ -80,3 +80,14 @@ def test_not_nifti_is_not_judged(tmp_path: Path) -> None:
     path.write_bytes(b"ObjectType = Image\n")
     check_nifti_complete(path)
     assert count_nonfinite(path) == 0
+
+
+def test_a_2d_image_is_named_as_such(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_image
+
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 44), np.float32)), str(path))
+    with pytest.raises(DataError, match=r"slice\.nii\.gz: 2D image of size \(44, 40\); a 3D"):
+        read_image(path)
