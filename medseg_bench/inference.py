@@ -39,8 +39,10 @@ def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ..
 
 @torch.no_grad()
 def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
-                          device: torch.device | str = "cpu", tta: bool = False) -> np.ndarray:
-    """Softmax probabilities (K, Z, Y, X) for a normalised (C, Z, Y, X) image."""
+                          device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0,
+                          ) -> np.ndarray:
+    """Softmax probabilities (K, Z, Y, X) for a normalised (C, Z, Y, X) image; 2D nets see its slices along
+    `slice_axis` (`data.plan.slice_axis` of the target spacing)."""
     net = net.eval().to(device)
     amp = torch.autocast("cuda", dtype=torch.float16) if str(device).startswith("cuda") else nullcontext()
     with amp:
@@ -57,7 +59,8 @@ def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_si
 
             probs = _mirrored_softmax(net, x, _flips(3, tta), run)[0]
             return probs.float().cpu().numpy()
-        return _predict_slices(net, image, patch_size, device, tta)
+        slices = _predict_slices(net, np.moveaxis(image, slice_axis + 1, 1), patch_size, device, tta)
+        return np.moveaxis(slices, 1, slice_axis + 1)
 
 
 def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: torch.device | str,
@@ -77,9 +80,9 @@ def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int]
 
 
 def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
-                   device: torch.device | str = "cpu", tta: bool = False) -> np.ndarray:
+                   device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0) -> np.ndarray:
     """Label map (Z, Y, X) uint8 for a normalised (C, Z, Y, X) image."""
-    probs = predict_probabilities(net, image, dims, patch_size, device, tta)
+    probs = predict_probabilities(net, image, dims, patch_size, device, tta, slice_axis)
     return probs.argmax(0).astype(np.uint8)
 
 
@@ -92,9 +95,11 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
     The image goes through what the cache applies (normalise, crop to the non-zero region, resample to the
     plan's target spacing); the probabilities are resampled back and the crop is undone (outside: background).
     """
+    from medseg_bench.data.plan import slice_axis
     from medseg_bench.data.preprocess import preprocess_image
     from medseg_bench.data.resample import to_original
 
     resampled, _, grid = preprocess_image(image, spacing_zyx, plan)
-    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta)
+    axis = slice_axis(plan.target_spacing) if dims == "2d" else 0
+    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta, axis)
     return to_original(probs, grid)

@@ -24,6 +24,7 @@ from medseg_bench.training import (
     build_network,
     load_weights,
     resolve_patch_and_batch,
+    run_slice_axis,
     save_learning_curves,
     train,
 )
@@ -55,11 +56,13 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
                                  regions=task.regions or None):
             rows.append({"case": case_id, **row})
 
+    slice_axis = run_slice_axis(spec, prepared)
     kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
-        pred = to_original(predict_probabilities(net, image, spec.dims, patch, device, tta), props)
+        probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis)
+        pred = to_original(probs, props)
         label, geometry = original_label(props)
         if spec.postprocess:
             kept.append((case_id, pred, label, geometry.spacing_zyx))

@@ -30,6 +30,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS
 from medseg_bench.data.datamodule import make_loaders
+from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.losses import build_loss
 from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
@@ -209,11 +210,16 @@ def network_spacing(prepared: PreparedTask) -> tuple[float, ...]:
     return tuple(getattr(plan, "target_spacing", None) or plan.median_spacing)
 
 
+def run_slice_axis(spec: RunSpec, prepared: PreparedTask) -> int:
+    """The axis a 2D run slices its volumes along (`data.plan.slice_axis`); 0 (unused) for a 3D run."""
+    return slice_axis(network_spacing(prepared)) if spec.dims == "2d" else 0
+
+
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
     patch, _ = resolve_patch_and_batch(spec, prepared)
-    spacing = network_spacing(prepared)
+    spacing = model_spacing(network_spacing(prepared), spec.dims)
     inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
-                         pretrained=spec.pretrained, spacing=spacing[-len(patch):])
+                         pretrained=spec.pretrained, spacing=spacing)
     return build_model(spec.arch, spec.dims, inputs)
 
 
@@ -229,7 +235,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
-        spec.seed, AUGS.get(spec.aug), num_workers)
+        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, prepared))
     net = build_network(spec, prepared)
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
     module = SegmentationModule(net, loss_fn, prepared.task.num_classes,

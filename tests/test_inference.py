@@ -65,3 +65,29 @@ def test_2d_slices_are_padded_and_cropped_back() -> None:
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(image).permute(1, 0, 2, 3)), 1).permute(1, 0, 2, 3)
     assert np.allclose(probs, expected.numpy(), atol=1e-5)
+
+
+def test_2d_slices_along_the_plans_slice_axis() -> None:
+    # A volume stored with its thick axis last (numpy axis 2) is sliced along that axis: each 2D input is an
+    # in-plane slice of shape (Z, Y), and the probabilities come back in the volume's own axis order.
+    seen: list[tuple[int, ...]] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return self.conv(x)
+
+    net = Probe().eval()
+    image = np.random.default_rng(3).normal(size=(1, 40, 36, 5)).astype(np.float32)
+    probs = predict_probabilities(net, image, "2d", (64, 64), slice_axis=2)
+    assert probs.shape == (2, 40, 36, 5)
+    assert {shape[1:] for shape in seen} == {(1, 64, 64)} and sum(shape[0] for shape in seen) == 5
+    with torch.no_grad():
+        slices = torch.from_numpy(image).permute(3, 0, 1, 2)  # (X, C, Z, Y)
+        expected = torch.softmax(net.conv(slices), 1).permute(1, 2, 3, 0)
+    assert np.allclose(probs, expected.numpy(), atol=1e-5)
+    assert np.array_equal(predict_labels(net, image, "2d", (64, 64), slice_axis=2), probs.argmax(0))

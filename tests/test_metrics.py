@@ -563,9 +563,35 @@ def test_evaluate_folders_scores_2d_and_single_slice_maps_in_2d(tmp_path):
     in_memory = evaluate_case(pred, ref, (2.5, 1.0), [1])[0]
     assert in_memory["assd"] == pytest.approx(1.1127, abs=1e-4)
     assert in_memory["nsd"] == pytest.approx(0.5915, abs=1e-4)
+    # A run scores its held-out cases with evaluate_case on arrays: a one-slice volume is 2D there too.
+    slab_in_memory = evaluate_case(pred[None], ref[None], (4.0, 2.5, 1.0), [1])[0]
     for case in ("flat", "slab"):
         for name in ("dice", "hd", "hd95", "assd", "nsd"):
             assert frame.loc[case, name] == pytest.approx(in_memory[name]), (case, name)
+            assert slab_in_memory[name] == pytest.approx(in_memory[name]), name
+
+
+def test_hd95_reaches_an_exact_95_percent_share():
+    # 45 isolated voxels: 360 surface elements of equal area, 342 of which are exactly 95 %. Summed in two
+    # parts, the share came out a hair under 0.95 and HD95 took the next distance (7.6158 mm, not 7.5498 mm).
+    rng = np.random.default_rng(57)
+    pred, ref = rng.random((30, 30, 30)) > 0.998, rng.random((30, 30, 30)) > 0.998
+    distances = compute_surface_distances(pred, ref, (1.0, 1.0, 1.0), surface="area")
+
+    def first_reaching_95(d: np.ndarray, w: np.ndarray) -> float:  # the definition, in exact fractions
+        from fractions import Fraction
+
+        total, acc = sum(Fraction(float(x)) for x in w), Fraction(0)
+        for i in np.argsort(d, kind="stable"):
+            acc += Fraction(float(w[i]))
+            if acc >= Fraction(95, 100) * total:
+                return float(d[i])
+        raise AssertionError
+
+    expected = max(first_reaching_95(distances.pred_to_ref_mm, distances.pred_weights),
+                   first_reaching_95(distances.ref_to_pred_mm, distances.ref_weights))
+    assert expected == pytest.approx(7.549834, abs=1e-6)
+    assert compute_hd95(distances) == pytest.approx(expected)
 
 
 def test_evaluate_folders_refuses_references_without_prediction(tmp_path):
@@ -578,3 +604,13 @@ def test_evaluate_folders_refuses_references_without_prediction(tmp_path):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1])
     frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], allow_missing=True)
     assert frame["case"].tolist() == ["b"]
+
+
+def test_nsd_counts_a_distance_equal_to_the_tolerance():
+    # 2.5 mm = sqrt((3 * 0.8)^2 + 0.7^2) exactly; float rounding must not leave such elements out (DeepMind's
+    # package does here, and gives 0.25).
+    pred, ref = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    pred[2, 4], ref[6, 5] = True, True
+    distances = compute_surface_distances(pred, ref, (0.8, 0.7), surface="area")
+    within = [d <= 2.5 + 1e-12 for d in (*distances.pred_to_ref_mm, *distances.ref_to_pred_mm)]
+    assert compute_nsd(distances, 2.5) == pytest.approx(0.5) and 0 < sum(within) < len(within)

@@ -123,6 +123,7 @@ def predict(
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.io import read_image, write_label
+    from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import predict_image
     from medseg_bench.models import ModelInputs, build_model, fit_patch
     from medseg_bench.postprocess import apply_postprocessing, load_decision
@@ -141,7 +142,7 @@ def predict(
     task, plan = get_task(spec.task), _plan(folder, spec.task)
     patch = tuple(spec.patch_size) if spec.patch_size else fit_patch(
         spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d)
-    spacing = tuple(plan.target_spacing)[-len(patch):]
+    spacing = model_spacing(plan.target_spacing, spec.dims)
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing)
     net = build_model(spec.arch, spec.dims, inputs)
     net = load_weights(net, checkpoint)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medseg_bench.augment import Step, augment
+from medseg_bench.data.plan import in_plane
 from medseg_bench.data.preprocess import load_case
 
 FOREGROUND_FRACTION = 1 / 3
@@ -65,16 +66,28 @@ def crop_sample(image: np.ndarray, label: np.ndarray, center: np.ndarray, dims: 
 
 
 class CaseStore:
-    """Memory-mapped cached cases, opened once per process."""
+    """Memory-mapped cached cases, opened once per process.
 
-    def __init__(self, cache_dir: Path, case_ids: Sequence[str]) -> None:
+    With `slice_axis` (2D runs: `data.plan.slice_axis` of the target spacing), arrays and foreground
+    coordinates are seen with that axis first (views, no copies), so slices are always taken along the first.
+    """
+
+    def __init__(self, cache_dir: Path, case_ids: Sequence[str], slice_axis: int = 0) -> None:
         self.cache_dir = cache_dir
         self.case_ids = list(case_ids)
+        self.slice_axis = slice_axis
         self._open: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
 
     def __getitem__(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
         if case_id not in self._open:
-            self._open[case_id] = load_case(self.cache_dir, case_id)
+            image, label, props = load_case(self.cache_dir, case_id)
+            axis = self.slice_axis
+            if axis:
+                order = [axis, *in_plane(range(3), axis)]
+                image, label = np.moveaxis(image, axis + 1, 1), np.moveaxis(label, axis, 0)
+                props = {**props, "foreground": {value: [[c[i] for i in order] for c in coords]
+                                                 for value, coords in props["foreground"].items()}}
+            self._open[case_id] = image, label, props
         return self._open[case_id]
 
 
@@ -90,7 +103,8 @@ def _pick_center(
 
 
 class PatchDataset(Dataset):
-    """Random training samples: 3D patches (`dims="3d"`) or 2D slices along the first axis (`dims="2d"`)."""
+    """Random training samples: 3D patches (`dims="3d"`) or 2D slices (`dims="2d"`) along the store's first
+    axis (its `slice_axis` of the cached volume)."""
 
     def __init__(
         self,
@@ -156,11 +170,12 @@ def make_loaders(
     seed: int,
     aug_steps: tuple[Step, ...],
     num_workers: int,
+    slice_axis: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
-    train = PatchDataset(
-        CaseStore(cache_dir, train_ids), dims, patch_size, iters_per_epoch * batch_size, seed, aug_steps
-    )
-    val = ValidationPatches(CaseStore(cache_dir, val_ids), dims, patch_size)
+    """Training and validation loaders; 2D runs slice the cached volumes along `slice_axis`."""
+    train = PatchDataset(CaseStore(cache_dir, train_ids, slice_axis), dims, patch_size,
+                         iters_per_epoch * batch_size, seed, aug_steps)
+    val = ValidationPatches(CaseStore(cache_dir, val_ids, slice_axis), dims, patch_size)
     common: dict[str, Any] = {
         "num_workers": num_workers,
         "persistent_workers": num_workers > 0,

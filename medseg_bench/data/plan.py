@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from medseg_bench.data.msd import Case
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
+
+T = TypeVar("T")
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
 CACHE_FORMAT = 3  # 3: the crop box is the image's alone (2 also covered label voxels)
@@ -286,6 +288,26 @@ def fit_patch_and_batch(
     return tuple(patch), max(MIN_BATCH, batch)
 
 
+def slice_axis(spacing_zyx: Sequence[float]) -> int:
+    """The array axis 2D models slice along: the coarsest (nnU-Net transposes it first), the first on ties.
+
+    For MSD data (thick slices stored along z) it is axis 0; a volume stored with its thick axis elsewhere is
+    still sliced in plane, not across its slices.
+    """
+    return int(np.argmax(np.asarray(spacing_zyx, dtype=float)))
+
+
+def in_plane(values: Sequence[T], axis: int) -> tuple[T, ...]:
+    """`values` (one per spatial axis) without the slicing axis: a 2D model's view of a shape or spacing."""
+    return tuple(v for i, v in enumerate(values) if i != axis)
+
+
+def model_spacing(spacing_zyx: Sequence[float], dims: str) -> tuple[float, ...]:
+    """The spacing of what a model sees: the volume's (3D), or its slices' in-plane spacing (2D)."""
+    spacing = tuple(float(v) for v in spacing_zyx)
+    return spacing if dims == "3d" else in_plane(spacing, slice_axis(spacing))
+
+
 def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
     spacings = np.array(fp["spacings_zyx"], dtype=float)
     cropped = np.array(fp["cropped_shapes_zyx"], dtype=float)
@@ -302,7 +324,7 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
         dataset_voxels,
     )
     patch_2d, batch_2d = fit_patch_and_batch(
-        median_shape[1:],
+        in_plane(median_shape, slice_axis(target)),
         PATCH_MULTIPLE_2D,
         budget.max_patch_2d,
         budget.batch_pixels_2d,

@@ -46,14 +46,15 @@ def evaluate_case(
     """Every metric for each label (then each region, a union of labels) of one prediction/reference pair.
 
     `pred` and `ref` are integer label maps of the same 2D or 3D shape; `spacing_mm` is in the same axis order
-    as the arrays. Returns one dict per label then per region, with keys `label` (the label value or region
-    name), the metric names of `METRICS` (distances in mm), `ref_empty` and `pred_empty`.
+    as the arrays; a 3D pair one voxel thick along an axis is scored as the 2D pair it is (`evaluate`, and a
+    run's held-out cases, alike). Returns one dict per label then per region, with keys `label` (the label
+    value or region name), the metric names of `METRICS` (distances in mm), `ref_empty` and `pred_empty`.
 
     Example:
         >>> rows = evaluate_case(pred, ref, spacing_mm=(2.5, 0.8, 0.8), labels=[1, 2])
         >>> rows[0]["hd95"]
     """
-    pred, ref, spacing = _validated(pred, ref, spacing_mm)
+    pred, ref, spacing = _one_slice_as_2d(*_validated(pred, ref, spacing_mm))
     targets: list[tuple[int | str, tuple[int, ...]]] = [(int(label), (int(label),)) for label in labels]
     targets += [(str(name), tuple(int(v) for v in values)) for name, values in (regions or {}).items()]
     for _, values in targets:
@@ -270,7 +271,7 @@ def _evaluate_file_pair(
     problem = pred_geometry.mismatch(ref_geometry)
     if problem:
         raise DataError(f"{pred_path}: geometry differs from reference {ref_path} ({problem})")
-    pred, ref, spacing = _one_slice_as_2d(pred, ref, ref_geometry.spacing_zyx)
+    spacing = ref_geometry.spacing_zyx
     ref_labels = present_labels(ref)
     if labels is None:
         labels = tuple(sorted(set(ref_labels) | set(present_labels(pred))))

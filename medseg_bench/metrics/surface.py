@@ -460,7 +460,9 @@ def _percentile(distances: np.ndarray, weights: np.ndarray, percentile: float, s
         split //= 2
     order = upper[np.argsort(distances[upper], kind="stable")]
     cumulative = (lower_weight + np.cumsum(weights[order])) / total
-    index = int(np.searchsorted(cumulative, share))
+    # A share that reaches the percentile exactly must not miss it by float rounding (equal weights whose
+    # count times 0.95 is whole, as for isolated voxels), so the comparison has a relative slack, as NSD's.
+    index = int(np.searchsorted(cumulative, share * (1 - 1e-9)))
     return float(distances[order[min(index, order.size - 1)]])
 
 

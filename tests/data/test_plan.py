@@ -16,8 +16,11 @@ from medseg_bench.data.plan import (
     Plan,
     fit_patch_and_batch,
     gpu_budget,
+    in_plane,
     make_plan,
+    model_spacing,
     read_plan,
+    slice_axis,
     target_spacing,
 )
 from medseg_bench.data.preprocess import prepare_task
@@ -105,6 +108,19 @@ def test_make_plan_resamples_the_median_shape(home: Path) -> None:
     assert plan.median_shape == (67, 400, 400)  # 40 slices of 5 mm at 3 mm
     assert plan.normalization == "ct" and plan.ct_clip == (1.0, 20.0) and plan.budget == "gpu-8GB"
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_2d_plans_slice_along_the_coarsest_axis(home: Path) -> None:
+    # Thick slices stored along numpy axis 2 (ITK x): 2D patches are in plane, (Z, Y), not across the slices.
+    write_task_file(home, "Task92_CT", ct=True)
+    fp = _fingerprint([[0.8, 0.8, 5.0]] * 3, [[300, 200, 40]] * 3)
+    plan = make_plan(get_task("Task92_CT"), fp, gpu_budget(8))
+    assert slice_axis(plan.target_spacing) == 2
+    assert plan.patch_2d[0] >= plan.patch_2d[1] and plan.patch_2d[1] > 40
+    assert model_spacing(plan.target_spacing, "2d") == (0.8, 0.8)
+    assert model_spacing(plan.target_spacing, "3d") == (0.8, 0.8, 5.0)
+    assert slice_axis((1.0, 1.0, 1.0)) == 0 and slice_axis((3.0, 0.7, 0.7)) == 0  # ties, and MSD's storage
+    assert in_plane((10, 20, 30), 1) == (10, 30)
 
 
 def _fetched(home: Path, tmp_path: Path) -> Path:
