@@ -41,7 +41,8 @@ from medseg_bench.spec import RunSpec
 STATES = ("pending", "running", "done", "failed")
 # What a sweep shows for a run: STATES, plus `partial` (interrupted, has a checkpoint: it resumes) and
 # `queued` (submitted to SLURM, not started yet).
-DISPLAY_STATES = ("done", "running", "queued", "partial", "pending", "failed")
+# `damaged`: it finished, but a file it wrote is missing or unreadable now; it is never trained again.
+DISPLAY_STATES = ("done", "running", "queued", "partial", "pending", "failed", "damaged")
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone
@@ -54,13 +55,13 @@ def run_dir(results_dir: Path, spec: RunSpec) -> Path:
 
 
 def read_status(folder: Path) -> dict[str, Any]:
+    """The run's status; {"state": "pending"} when it has none or it cannot be read (then `finished_damage`
+    tells a run that finished, and must not be redone, from one that never got far)."""
     path = folder / "status.json"
     if not path.is_file():
         return {"state": "pending"}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"state": "pending"}  # a status file is written atomically; unreadable means foreign: redo
+    data, _ = load_json_object(path)
+    return data if data is not None else {"state": "pending"}
 
 
 def write_status(folder: Path, state: str, **extra: Any) -> None:
@@ -71,6 +72,39 @@ def write_status(folder: Path, state: str, **extra: Any) -> None:
 
 def is_done(folder: Path) -> bool:
     return read_status(folder).get("state") == "done" and (folder / "metrics.csv").is_file()
+
+
+FINISHED_FILES = ("spec.json", "metrics.csv", "summary.json")
+
+
+def finished_damage(folder: Path) -> str | None:
+    """Why a run that finished can no longer be read as finished ("<file>: <problem>"), or None.
+
+    A run has finished when its status says `done`, when `events.jsonl` records `done` (appended only after
+    the status says so), or when it wrote `summary.json` and its status file is gone or unreadable (a run
+    interrupted between its summary and its status has a readable `running` status: it completes on resume).
+    Such a run is never trained again, which would overwrite what it wrote: sweep, status and report name
+    the file instead.
+    """
+    found = _damaged_file(folder)
+    return f"{found[0]}: {found[1]}" if found else None
+
+
+def _damaged_file(folder: Path) -> tuple[Path, str] | None:
+    status_path = folder / "status.json"
+    status, why = load_json_object(status_path) if status_path.is_file() else (None, "missing")
+    said_done = status is not None and status.get("state") == "done"
+    done_event = any(event.get("event") == "done" for event in read_events(folder))
+    if not (said_done or done_event or (status is None and (folder / "summary.json").is_file())):
+        return None
+    if status is None:
+        return status_path, f"{why}, but the run finished"
+    if not said_done:
+        return status_path, f"says {status.get('state')!r}, but events.jsonl records that the run finished"
+    for name in FINISHED_FILES:
+        if not (folder / name).is_file():
+            return folder / name, "missing, but the run finished"
+    return None
 
 
 def write_heartbeat(folder: Path, **progress: Any) -> None:
@@ -106,11 +140,13 @@ def read_events(folder: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     events = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             continue
+        if isinstance(event, dict):  # a line torn by a crash, or edited: skipped
+            events.append(event)
     return events
 
 
@@ -132,7 +168,8 @@ def is_live(folder: Path, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
     if is_locked(folder):
         return True
     beat = read_json(folder / "heartbeat.json")
-    if not beat or time.time() - float(beat.get("time", 0)) > stale_after_s:
+    beat_time = beat.get("time")
+    if not isinstance(beat_time, int | float) or time.time() - float(beat_time) > stale_after_s:
         return False
     if beat.get("host") == socket.gethostname():
         return False  # same host and not locked: its process is gone (the kernel dropped the lock)
@@ -141,6 +178,8 @@ def is_live(folder: Path, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
 
 def run_state(folder: Path) -> str:
     """One of DISPLAY_STATES, from the run folder alone."""
+    if finished_damage(folder):
+        return "damaged"
     if is_done(folder):
         return "done"
     status = read_status(folder)
@@ -152,10 +191,14 @@ def run_state(folder: Path) -> str:
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "partial"
     queued = read_json(folder / QUEUED_NAME)
-    last_attempt = max((e.get("time", 0) for e in read_events(folder)), default=0)
-    if queued and float(queued.get("time", 0)) > last_attempt:
+    last_attempt = max((_number(e.get("time")) for e in read_events(folder)), default=0.0)
+    if queued and _number(queued.get("time")) > last_attempt:
         return "queued"  # submitted to SLURM and not started since
     return "pending"
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def check_writable(results_dir: Path) -> None:
@@ -202,10 +245,13 @@ def environment() -> dict[str, Any]:
 
 
 def finished_runs(results_dir: Path) -> list[Path]:
-    """Folders of finished runs under `results_dir` (any task)."""
+    """Folders of finished runs under `results_dir` (any task), damaged ones included (reading them names the
+    damage: a finished run never drops out of a report silently)."""
     if not results_dir.is_dir():
         return []
-    return sorted(p.parent for p in results_dir.glob("*/*/spec.json") if is_done(p.parent))
+    folders = {p.parent for name in ("spec.json", "status.json", "summary.json", "events.jsonl")
+               for p in results_dir.glob(f"*/*/{name}")}
+    return sorted(f for f in folders if is_done(f) or finished_damage(f))
 
 
 METRICS_COLUMNS = ("case", "label", "dice", "ref_empty", "pred_empty")
@@ -230,6 +276,9 @@ def read_finished_run(folder: Path):
     """
     import pandas as pd
 
+    damage = _damaged_file(folder)
+    if damage:
+        raise _corrupt(*damage)
     spec = _read_json_object(folder / "spec.json")
     missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def _fake_run(results: Path, seed: int) -> None:
     frame.to_csv(folder / "metrics.csv", index=False)
     write_json_atomic(folder / "summary.json", {"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}})
     write_status(folder, "done")
+    append_event(folder, "done")
 
 
 def _rebuild(results: str) -> int:
@@ -137,6 +139,10 @@ HEADER = "case,label,dice,ref_empty,pred_empty\n"
 
 
 @pytest.mark.parametrize(("name", "damage", "problem"), [
+    # A damaged status file once made a finished run "pending": trained again, its summary replaced.
+    ("status.json", "{", "not valid JSON"),
+    ("status.json", "[]", "not a JSON object, but the run finished"),
+    ("status.json", '{"state": "running"}', "says 'running', but events.jsonl records that the run finished"),
     ("spec.json", "{", "not valid JSON"),
     ("spec.json", "[]", "not a JSON object"),
     ("spec.json", '{"task": "T"}', "lacks dims, arch, loss, aug"),
@@ -163,6 +169,33 @@ def test_a_damaged_finished_run_is_named_never_read_as_it_is(
     write_index(tmp_path)
     assert f"warning: {info.value}" in capsys.readouterr().err
     assert set(pd.read_parquet(tmp_path / INDEX_NAME)["run_id"]) == set(table["run_id"])
+
+
+@pytest.mark.parametrize("name", ["status.json", "spec.json", "metrics.csv", "summary.json"])
+def test_a_finished_run_that_lost_a_file_is_named_not_dropped(tmp_path: Path, name: str) -> None:
+    from medseg_bench.results import finished_damage, run_state
+
+    for seed in range(2):
+        _fake_run(tmp_path, seed)
+    damaged = sorted((tmp_path / "T").iterdir())[1]
+    (damaged / name).unlink()
+    problem = f"{damaged / name}: missing, but the run finished"
+    assert finished_damage(damaged) == problem and run_state(damaged) == "damaged"
+    with pytest.raises(ResultsError, match="^" + re.escape(problem)):
+        load_results(tmp_path)
+
+
+def test_run_files_of_the_wrong_json_shape_are_no_crash(tmp_path: Path) -> None:
+    from medseg_bench.results import is_live, read_status, run_state
+
+    folder = tmp_path / "T" / "r"
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text('"done"')
+    (folder / "events.jsonl").write_text('42\n{"event": "start", "time": "soon"}\n')
+    (folder / "heartbeat.json").write_text('{"time": null}')
+    assert read_status(folder) == {"state": "pending"} and read_events(folder) == [
+        {"event": "start", "time": "soon"}]
+    assert not is_live(folder) and run_state(folder) == "pending"
 
 
 def test_exclusive_serialises_processes(tmp_path: Path) -> None:

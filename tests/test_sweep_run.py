@@ -48,3 +48,25 @@ def test_parallel_sweep_skips_a_run_held_elsewhere_then_finishes_it(shared_task:
     dry = runner.invoke(app, [*command, "--seed", "0,1,2,3", "--dry-run"])
     assert "4 runs: 3 done, 1 pending" in dry.output
     assert "(1 estimated from the same dims and arch, 0 from all finished runs)" in dry.output
+
+
+def test_a_finished_run_with_a_damaged_status_is_named_never_trained_again(shared_task: Path, home: Path,
+                                                                          tmp_path: Path) -> None:
+    fetch_subset(shared_task, tmp_path)
+    results = tmp_path / "results"
+    command = ["sweep", *TINY_SWEEP, "--results-dir", str(results)]
+    assert runner.invoke(app, command).exit_code == 0
+    (folder,) = (results / "Task04_Hippocampus").iterdir()
+    summary = (folder / "summary.json").read_bytes()
+    (folder / "status.json").write_text('{"state": "do')  # edited, or cut short by a full disk
+    again = runner.invoke(app, command)
+    assert again.exit_code == 6, again.output
+    assert again.output.strip().splitlines()[-1].startswith(
+        f"error: {folder / 'status.json'}: not valid JSON")
+    assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output
+    assert (folder / "summary.json").read_bytes() == summary
+    assert [e["event"] for e in read_events(folder)] == ["start", "done"]
+    status = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert f"damaged  Task04_Hippocampus/{folder.name}" in status.output
+    report = runner.invoke(app, ["report", "--results-dir", str(results)])
+    assert report.exit_code == 6 and f"{folder / 'status.json'}: not valid JSON" in report.output

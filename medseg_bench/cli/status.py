@@ -13,13 +13,14 @@ def status(
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the counts.")] = False,
 ) -> None:
-    """Queued, running, partial (interrupted, resumes), pending, done and failed runs, one line each."""
+    """Queued, running, partial (interrupted, resumes), pending, done, failed and damaged (finished, a file
+    lost since) runs, one line each."""
     from collections import Counter
 
     from medseg_bench.errors import ResultsError
-    from medseg_bench.results import read_json, read_status, run_state, write_index
+    from medseg_bench.results import finished_damage, read_json, read_status, run_state, write_index
 
-    folders = sorted({p.parent for name in ("spec.json", "queued.json")
+    folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{task or '*'}/*/{name}")})
     if not folders and task:
         from medseg_bench.data.catalog import task_registry
@@ -56,6 +57,8 @@ def status(
                 extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {loss:.4f}"
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
+        if state == "damaged":
+            extra += f"  {finished_damage(folder)}"
         typer.echo(f"{state:8s} {folder.parent.name}/{folder.name}{extra}")
     typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:

@@ -162,6 +162,11 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     from medseg_bench.sweep.slurm import parse_time_minutes
 
     parse_time_minutes(time)  # a bad --time fails before any work
+    import shutil
+
+    if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it
+        raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "
+                         "node of the cluster, or use the local launcher")
     check_writable(results_dir)
     for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
@@ -169,7 +174,13 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)
-    submitted = submit(runs, results_dir, data_dir, options, say=typer.echo)
+    submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo)
     if submitted:
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
                    f"`medseg-bench status --results-dir {results_dir}`")
+    if damaged:
+        from medseg_bench.errors import ResultsError
+
+        more = f" (and {len(damaged) - 1} more finished run(s) like it)" if len(damaged) > 1 else ""
+        raise ResultsError(f"{damaged[0]}{more}; left as it is, not submitted: restore the file, move the "
+                           "run folder away, or delete it to run it again")

@@ -16,9 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import RunError
+from medseg_bench.errors import ResultsError, RunError
 from medseg_bench.progress import PlainReporter
-from medseg_bench.results import INDEX_NAME, check_writable, is_done, is_live, read_json, run_dir, write_index
+from medseg_bench.results import (
+    INDEX_NAME,
+    check_writable,
+    finished_damage,
+    is_done,
+    is_live,
+    read_json,
+    run_dir,
+    write_index,
+)
 from medseg_bench.signals import deferred
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (
@@ -69,20 +78,45 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     Raises RunError at the end if any run failed; the index is rebuilt either way.
     """
     check_writable(results_dir)
-    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "busy": []}
+    # "damage": what is wrong with each damaged run, for the error at the end
+    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "busy": [], "damaged": [],
+                                     "damage": []}
     reporter.start(len(runs))
     try:
         if jobs <= 1:
-            _sequential(runs, results_dir, data_dir, reporter, fail_fast, num_workers, outcome)
+            _sequential(_finished(runs, results_dir, data_dir, reporter, outcome), results_dir,
+                        data_dir, reporter, fail_fast, num_workers, outcome)
         else:
-            _parallel(runs, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
+            _parallel(_finished(runs, results_dir, data_dir, reporter, outcome), results_dir,
+                      data_dir, reporter, fail_fast, num_workers, jobs, outcome)
     finally:
         reporter.close()
         if outcome["done"] or not (results_dir / INDEX_NAME).is_file():
             write_index(results_dir)
     if outcome["failed"]:
         raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
+    damage = outcome["damage"]
+    if damage:
+        more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
+        raise ResultsError(f"{damage[0]}{more}; left as it is, not trained again: restore the file, move the "
+                           "run folder away, or delete it to run it again")
     return outcome
+
+
+def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
+              outcome: dict[str, list[str]]) -> list[RunSpec]:
+    """Record the finished runs (skipped, or damaged: never trained again); return the others."""
+    todo = []
+    for spec in runs:
+        folder = run_dir(results_dir, spec)
+        problem = finished_damage(folder)
+        if problem:
+            _record(spec, "damaged", reporter, outcome, error=problem)
+        elif is_done(folder):
+            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
+        else:
+            todo.append(spec)
+    return todo
 
 
 def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str, list[str]],
@@ -92,6 +126,9 @@ def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str
         reporter.skip(spec.run_id, "already done" + (f"; {error}" if error else ""))
     elif kind == "busy":
         reporter.skip(spec.run_id, "running in another process")
+    elif kind == "damaged":
+        outcome["damage"].append(error or spec.run_id)
+        reporter.skip(spec.run_id, f"finished, but damaged: {error}")
     else:
         reporter.run_end(spec.run_id, summary, error)
 
@@ -119,10 +156,6 @@ def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter
                 fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
     prepared: dict[Any, Any] = {}
     for spec in runs:
-        folder = run_dir(results_dir, spec)
-        if is_done(folder):
-            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
-            continue
         task = _prepare(data_dir, reporter, prepared, spec)
         reporter.run_start(spec.run_id)
         workers = default_num_workers(spec) if num_workers is None else num_workers
@@ -155,13 +188,7 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     jobs, devices = _slots(jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     prepared: dict[Any, Any] = {}
-    todo = []
-    for spec in runs:
-        folder = run_dir(results_dir, spec)
-        if is_done(folder):
-            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
-        else:
-            todo.append(spec)
+    todo = list(runs)
     for spec in todo:  # plan and cache once, here, before the workers read them
         _prepare(data_dir, reporter, prepared, spec)
     active: dict[int, _Job] = {}

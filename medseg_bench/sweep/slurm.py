@@ -20,7 +20,7 @@ import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
-from medseg_bench.results import QUEUED_NAME, read_json, run_dir, run_state, write_index
+from medseg_bench.results import QUEUED_NAME, finished_damage, read_json, run_dir, run_state, write_index
 from medseg_bench.spec import RunSpec
 
 
@@ -77,7 +77,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
         workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
         outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
                           extra_event={"job_id": env.job_id})
-        if outcome.kind == "failed":
+        if outcome.kind in ("failed", "damaged"):
             raise RunError(outcome.error or f"run {spec.run_id} failed")
         if outcome.kind == "done":
             write_index(Path(self.results_dir))
@@ -107,16 +107,23 @@ def queued_job(folder: Path) -> str | None:
 
 
 def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
-           say: Any = print) -> list[tuple[RunSpec, str]]:
-    """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array."""
+           say: Any = print) -> tuple[list[tuple[RunSpec, str]], list[str]]:
+    """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
+
+    Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
+    are never submitted: training them again would overwrite what they wrote)."""
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
     in_queue = squeue_states([j for j in (queued_job(f) for f in folders.values()) if j])
     todo = []
+    damaged: list[str] = []
     for spec in runs:
         folder = folders[spec.run_id]
         state = run_state(folder)
         job = queued_job(folder)
-        if state in ("done", "running"):
+        if state == "damaged":
+            damaged.append(finished_damage(folder) or spec.run_id)
+            say(f"damaged  {spec.task}/{spec.run_id}: {damaged[-1]}; not submitted")
+        elif state in ("done", "running"):
             say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")
         elif job and job in in_queue:
             say(f"queued   {spec.task}/{spec.run_id}: already in the queue as job {job} ({in_queue[job]})")
@@ -124,8 +131,11 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
             todo.append(spec)
     if not todo:
         say("nothing to submit")
-        return []
-    executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
+        return [], damaged
+    try:
+        executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
+    except RuntimeError as exc:  # no srun/sbatch where submitit looks for them
+        raise RunError(f"SLURM is not usable here: {_first_line(exc)}") from None
     timeout_min = parse_time_minutes(options.time)
     params: dict[str, Any] = {
         "name": "medseg-bench", "timeout_min": timeout_min,
@@ -146,8 +156,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
                 jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
                                                      str(data_dir.resolve()), options.num_workers)))
     except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"sbatch failed: {first}") from None
+        raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
     submitted: list[tuple[RunSpec, str]] = []
     for spec, job in zip(todo, jobs, strict=True):
         folder = run_dir(results_dir, spec)
@@ -155,4 +164,17 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
         write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": time.time()})
         submitted.append((spec, job.job_id))
         say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
-    return submitted
+    return submitted, damaged
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sbatch_reason(exc: BaseException) -> str:
+    """The line of sbatch's output that says why: its `fatal:` line when there is one (an unconfigured client
+    prints several `error:` lines first, then `fatal: Could not establish a configuration source`)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    fatal = [line for line in lines if "fatal:" in line]
+    return (fatal or lines or [type(exc).__name__])[0]

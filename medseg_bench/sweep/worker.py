@@ -21,6 +21,7 @@ from medseg_bench.locks import RunLock
 from medseg_bench.results import (
     HEARTBEAT_INTERVAL_S,
     append_event,
+    finished_damage,
     is_done,
     read_json,
     read_status,
@@ -37,7 +38,7 @@ EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11
 
 @dataclass
 class Outcome:
-    kind: str  # done | failed | skipped | busy
+    kind: str  # done | failed | skipped | busy | damaged (finished, a file of it lost since: left as it is)
     summary: dict[str, Any] | None = None
     error: str | None = None
 
@@ -131,6 +132,9 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
     from medseg_bench.run import execute_run
 
     folder = run_dir(results_dir, spec)
+    damage = finished_damage(folder)
+    if damage:
+        return Outcome("damaged", error=damage)
     if is_done(folder):
         return Outcome("skipped", error=plan_changed_since(spec, prepared.plan, folder))
     lock = RunLock(folder)
@@ -205,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             if signum is None and not isinstance(exc, KeyboardInterrupt):
                 raise
             exit_now(128 + (signum or 2))
-    if outcome.kind == "failed":
+    if outcome.kind in ("failed", "damaged"):
         print(f"error: {outcome.error}", file=sys.stderr)
-    codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY}
+    codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY,
+             "damaged": EXIT_FAILED}
     return codes[outcome.kind]
 
 
