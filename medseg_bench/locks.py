@@ -10,12 +10,32 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 LOCK_NAME = ".lock"
+# A probe (`is_locked`) holds a shared lock for an instant; a real attempt that meets it retries this long.
+ACQUIRE_RETRY_S = 0.25
+
+_held_fds: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _forget_in_child() -> None:
+    """In a forked child (DataLoader workers), close inherited run-lock descriptors without unlocking: the
+    lock stays the parent's, and when the parent dies (kill -9) it is free at once, not when the children
+    notice (about 5 s later, long enough for a rerun to skip the run as busy)."""
+    for fd in _held_fds:
+        try:
+            os.close(fd)  # never flock(LOCK_UN) here: the lock belongs to the shared open file
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunLock:
@@ -24,29 +44,37 @@ class RunLock:
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK_NAME
         self._fd: int | None = None
+        self._pid = 0  # the process that holds it (a forked child holds nothing: see _forget_in_child)
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        deadline = time.monotonic() + ACQUIRE_RETRY_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:  # held, not just probed
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _held_fds.add(fd)
         return True
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._fd is not None and self._pid == os.getpid():
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
-            self._fd = None
+            _held_fds.discard(self._fd)
+        self._fd = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None and self._pid == os.getpid()
 
     def __enter__(self) -> RunLock:
         return self

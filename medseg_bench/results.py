@@ -9,6 +9,8 @@ Run folder:
     queued.json      the SLURM job id, when the run was submitted to SLURM
     env.json         versions, git revision, host, device
     splits.json      the fold's train/val case ids
+    setup.json       the patch and batch size the run started with (a resumed run is held to them, and to
+                     its splits.json)
     run.log          the run's log
     checkpoints/     last.ckpt, best.ckpt
     logs/            CSV (and TensorBoard) training logs
@@ -43,6 +45,7 @@ STATES = ("pending", "running", "done", "failed")
 # `queued` (submitted to SLURM, not started yet).
 # `damaged`: it finished, but a file it wrote is missing or unreadable now; it is never trained again.
 DISPLAY_STATES = ("done", "running", "queued", "partial", "pending", "failed", "damaged")
+SETUP_NAME = "setup.json"
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone

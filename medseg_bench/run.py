@@ -17,7 +17,7 @@ import numpy as np
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case
 from medseg_bench.errors import RunError
-from medseg_bench.results import environment, write_status
+from medseg_bench.results import SETUP_NAME, environment, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
@@ -98,6 +98,9 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
         write_json_atomic(folder / "env.json", environment())
         write_json_atomic(folder / "splits.json", prepared.splits[spec.fold])
+        if not (folder / SETUP_NAME).is_file():  # the first attempt's: a resumed run is held to it
+            patch, batch = resolve_patch_and_batch(spec, prepared)
+            write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch})
         write_status(folder, "running")
         log.info("run %s: training", spec.run_id)
         result = train(spec, prepared, folder, reporter, num_workers)

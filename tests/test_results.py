@@ -58,6 +58,53 @@ def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
         holder.wait()
 
 
+def test_a_forked_child_does_not_keep_a_killed_parents_lock(tmp_path: Path) -> None:
+    # DataLoader workers are forked while a run's lock is held; they used to hold it for ~5 s after the
+    # sweep was killed, so an immediate rerun skipped the run as "running in another process".
+    code = ("import os, sys, time; from pathlib import Path; from medseg_bench.locks import RunLock\n"
+            "assert RunLock(Path(sys.argv[1])).acquire()\n"
+            "child = os.fork()\n"
+            "if child == 0:\n    time.sleep(60); os._exit(0)\n"
+            "print(child, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        assert is_locked(tmp_path)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the forked child lives on
+        assert not is_locked(tmp_path) and RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_probe_does_not_make_a_real_attempt_fail(tmp_path: Path) -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            is_locked(tmp_path)
+
+    (tmp_path / ".lock").touch()
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(200):
+            lock = RunLock(tmp_path)
+            assert lock.acquire()
+            lock.release()
+    finally:
+        stop.set()
+        prober.join()
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.epochs: list[tuple[int, float]] = []

@@ -264,3 +264,30 @@ def test_a_skipped_run_says_when_the_plan_changed_since_it_trained(tmp_path: Pat
     fixed = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", patch_size=(40, 56, 40),
                     batch_size=2)
     assert plan_changed_since(fixed, edited, tmp_path) is None  # its spec fixed both: the plan played no part
+
+
+def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path: Path) -> None:
+    # An edited plan.json or splits file once let a resumed run mix two setups under one run id (and score
+    # held-out cases it had trained on), and record the new ones as if they had held throughout.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.worker import setup_problem
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    split = {"train": ["a", "b", "c"], "val": ["d"]}
+    plan = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=4, patch_2d=(64, 64), batch_2d=32)
+    prepared = SimpleNamespace(plan=plan, splits=[split])
+    write_json_atomic(tmp_path / "splits.json", split)
+    write_json_atomic(tmp_path / "setup.json", {"patch_size": [40, 56, 40], "batch_size": 4})
+    assert setup_problem(spec, prepared, tmp_path) is None
+    plan.batch_3d = 2
+    assert setup_problem(spec, prepared, tmp_path) == (
+        f"{tmp_path / 'setup.json'}: the run started with patch 40x56x40, batch 4; plan.json now gives "
+        "40x56x40, batch 2: restore plan.json, or delete the run folder to start over")
+    assert setup_problem(RunSpec(**{**spec.to_dict(), "batch_size": 4}), prepared, tmp_path) is None
+    plan.batch_3d = 4
+    prepared.splits = [{"train": ["a", "b", "d"], "val": ["c"]}]
+    problem = setup_problem(spec, prepared, tmp_path)
+    assert problem is not None and problem.startswith(
+        f"{tmp_path / 'splits.json'}: the run started with another split of fold 0 than the task's splits file "
+        "gives now (2 held-out cases differ)")

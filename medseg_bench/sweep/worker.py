@@ -20,7 +20,9 @@ from medseg_bench.errors import MedsegError, RunError
 from medseg_bench.locks import RunLock
 from medseg_bench.results import (
     HEARTBEAT_INTERVAL_S,
+    SETUP_NAME,
     append_event,
+    environment,
     finished_damage,
     is_done,
     read_json,
@@ -91,6 +93,28 @@ def clean_temp_files(folder: Path) -> list[Path]:
     return leftovers
 
 
+def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
+    """Why an interrupted run cannot resume with the task as it is now, or None: its fold's split, or the
+    patch or batch size it took from the plan, changed since it started (resuming would mix two setups under
+    one run id, and score held-out cases it trained on)."""
+    from medseg_bench.training import resolve_patch_and_batch
+
+    then = read_json(folder / "splits.json")
+    if then and then != prepared.splits[spec.fold]:
+        changed = len(set(then.get("val") or []) ^ set(prepared.splits[spec.fold]["val"]))
+        return (f"{folder / 'splits.json'}: the run started with another split of fold {spec.fold} than "
+                f"the task's splits file gives now ({changed} held-out cases differ); restore that file, or "
+                "delete the run folder to start over")
+    setup = read_json(folder / SETUP_NAME)
+    patch, batch = resolve_patch_and_batch(spec, prepared)
+    if setup and (setup.get("patch_size") != list(patch) or setup.get("batch_size") != batch):
+        old = "x".join(map(str, setup.get("patch_size") or []))
+        return (f"{folder / SETUP_NAME}: the run started with patch {old}, batch {setup.get('batch_size')}; "
+                f"plan.json now gives {'x'.join(map(str, patch))}, batch {batch}: restore plan.json, or "
+                "delete the run folder to start over")
+    return None
+
+
 def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | None:
     """Why `checkpoint` cannot be resumed from (corrupt, foreign, or not plain tensors), or None.
 
@@ -147,12 +171,15 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         last = folder / "checkpoints" / "last.ckpt"
         resumed = last.is_file()
         if resumed:
-            problem = checkpoint_problem(spec, prepared, last)
+            problem = setup_problem(spec, prepared, folder) or checkpoint_problem(spec, prepared, last)
             if problem:
                 write_status(folder, "failed", error=problem)
                 append_event(folder, "failed", error=problem)
                 return Outcome("failed", error=problem)
-        append_event(folder, "resume" if resumed else "start", **(extra_event or {}))
+        # Each attempt's versions and revision (env.json holds the last one's).
+        env = environment()
+        append_event(folder, "resume" if resumed else "start", git_revision=env["git_revision"],
+                     versions=env["versions"], **(extra_event or {}))
         beat = Heartbeat(folder, spec.run_id, reporter)
         beat.start()
         stopped: BaseException | None = None
