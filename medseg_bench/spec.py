@@ -24,7 +24,8 @@ from medseg_bench.errors import UsageError
 # 4: a case's crop box is its image's non-zero region alone (version 3 widened it to cover label voxels where
 #    the image is zero, so a held-out case's score depended on its reference; no Task04_Hippocampus case);
 #    2D runs slice along the coarsest axis (was always the first); HD95 reaches an exact 95 % share; a
-#    held-out one-slice volume is scored in 2D.
+#    held-out one-slice volume is scored in 2D; class weights are recorded scaled (smallest positive 1), so
+#    the same ratios are the same run id.
 PIPELINE_VERSION = 4
 
 DIMS = ("2d", "3d")

@@ -125,6 +125,17 @@ def test_the_default_learning_rate_given_explicitly_is_the_same_run(home: Path) 
     assert explicit[0].run_id == plain[0].run_id != other[0].run_id
 
 
+def test_class_weights_with_the_same_ratios_are_the_same_run(home: Path) -> None:
+    # Only the ratios reach the loss, so 1,2,4 and 0.5,1,2 trained the same model twice under two run ids.
+    def run(weights: tuple[float, ...]) -> RunSpec:
+        return expand(_request(dims=["3d"], class_weights=weights))[0][0]
+
+    assert run((1.0, 2.0, 4.0)).run_id == run((0.5, 1.0, 2.0)).run_id == run((0.3, 0.6, 1.2)).run_id
+    assert run((0.5, 1.0, 2.0)).class_weights == (1.0, 2.0, 4.0)
+    assert run((0.0, 1.0, 3.0)).class_weights == (0.0, 1.0, 3.0)
+    assert run((1.0, 2.0, 4.0)).run_id != run((1.0, 2.0, 3.0)).run_id
+
+
 def test_exclude_rules_take_whole_numbers_for_fold_and_seed(home: Path) -> None:
     assert parse_exclude("seed=00,fold=1") == {"seed": "0", "fold": "1"}
     with pytest.raises(UsageError, match="fold takes a whole number, not 'zero'"):

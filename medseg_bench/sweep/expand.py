@@ -80,6 +80,15 @@ def is_excluded(spec: RunSpec, rules: list[dict[str, str]]) -> bool:
     return any(all(str(getattr(spec, key)) == value for key, value in rule.items()) for rule in rules)
 
 
+def canonical_weights(weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Class weights scaled so that the smallest positive one is 1 (12 significant digits): `0.5,1,2` and
+    `1,2,4` are one loss (only ratios count, see `losses.build_loss`), so they are one run id."""
+    positive = [w for w in weights or () if w > 0]
+    if weights is None or not positive:
+        return weights
+    return tuple(float(f"{w / min(positive):.12g}") for w in weights)
+
+
 def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     """All run specs of `request`, plus one line per combination that cannot exist or is excluded.
 
@@ -102,8 +111,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         for task in task_specs:  # wrong length or a loss that cannot weight classes: before anything runs
             for loss in losses:
                 build_loss(loss, task.num_classes, request.class_weights)
-    # The optimizer's default learning rate, given explicitly, is the same run (the same run id) as none.
+    # The optimizer's default learning rate, given explicitly, is the same run (the same run id) as none;
+    # class weights with the same ratios are the same loss, so the same run: scaled so the smallest is 1.
     lr = None if request.lr == DEFAULT_LR.get(request.optimizer) else request.lr
+    class_weights = canonical_weights(request.class_weights)
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded = 0
@@ -136,7 +147,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         max_minutes=request.max_minutes, iters_per_epoch=request.iters_per_epoch,
                         batch_size=request.batch_size, patch_size=request.patch_size,
                         optimizer=request.optimizer, lr=lr, task_version=task.version,
-                        pretrained=request.pretrained and dims == "2d", class_weights=request.class_weights,
+                        pretrained=request.pretrained and dims == "2d", class_weights=class_weights,
                         tta=request.tta, postprocess=request.postprocess)
                     if is_excluded(spec, rules):
                         excluded += 1
