@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.data.io import failure_names, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case
 from medseg_bench.errors import RunError
 from medseg_bench.results import SETUP_NAME, environment, write_status
@@ -81,8 +81,9 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
 def _write_csv_atomic(frame: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with failure_names(path, tmp):
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
 
 
 def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
@@ -147,6 +148,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         return summary
     except BaseException as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
         log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):  # interrupted, not failed: it resumes
             try:
@@ -158,4 +161,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         raise
     finally:
         root.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:  # a full disk: the run's own error (or result) matters more than its log's last flush
+            pass

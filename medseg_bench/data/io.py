@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,12 +221,26 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     else:
         text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    tmp.replace(path)
+    with failure_names(path, tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+
+
+@contextmanager
+def failure_names(path: Path, tmp: Path) -> Iterator[None]:
+    """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by
+    write or fsync) gets `path`'s, and the temp file is removed, so the error names what was not written."""
+    try:
+        yield
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}

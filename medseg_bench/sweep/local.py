@@ -26,6 +26,7 @@ from medseg_bench.results import (
     is_live,
     read_json,
     run_dir,
+    warn_on_stderr,
     write_index,
 )
 from medseg_bench.signals import deferred
@@ -92,7 +93,12 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     finally:
         reporter.close()
         if outcome["done"] or not (results_dir / INDEX_NAME).is_file():
-            write_index(results_dir)
+            try:
+                write_index(results_dir)
+            except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
+                name = exc.filename or results_dir / INDEX_NAME
+                warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
+                               "`medseg-bench status` rebuilds it")
     if outcome["failed"]:
         raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
     damage = outcome["damage"]

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,8 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
             if problem:
                 write_status(folder, "failed", error=problem)
                 append_event(folder, "failed", error=problem)
+                with open(folder / "run.log", "a", encoding="utf-8") as log_file:  # where exit 5 points
+                    log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR not resumed: {problem}\n")
                 return Outcome("failed", error=problem)
         # Each attempt's versions and revision (env.json holds the last one's).
         env = environment()

@@ -91,3 +91,13 @@ def test_a_2d_image_is_named_as_such(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 44), np.float32)), str(path))
     with pytest.raises(DataError, match=r"slice\.nii\.gz: 2D image of size \(44, 40\); a 3D"):
         read_image(path)
+
+
+def test_a_full_disk_names_the_file_not_written_and_leaves_no_temp(tmp_path: Path) -> None:
+    from medseg_bench.data.io import write_json_atomic
+
+    (tmp_path / ".summary.json.tmp").symlink_to("/dev/full")  # every write: ENOSPC, with no file name
+    with pytest.raises(OSError) as info:
+        write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    assert info.value.filename == str(tmp_path / "summary.json") and "No space left" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
