@@ -300,5 +300,5 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
     prepared.splits = [{"train": ["a", "b", "d"], "val": ["c"]}]
     problem = setup_problem(spec, prepared, tmp_path)
     assert problem is not None and problem.startswith(
-        f"{tmp_path / 'splits.json'}: the run started with another split of fold 0 than the task's splits file "
-        "gives now (2 held-out cases differ)")
+        f"{tmp_path / 'splits.json'}: the run started with another split of fold 0 than the task's splits "
+        "file gives now (2 held-out cases differ)")

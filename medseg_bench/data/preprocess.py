@@ -15,6 +15,7 @@ Cached arrays are cropped to the non-zero region and resampled to the plan's tar
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ def build_cache(
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
     if complete.is_file() and json.loads(complete.read_text()).get("cases") == wanted:
+        check_cache(cache_dir, wanted)
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     for leftover in cache_dir.glob(".*.tmp"):
@@ -188,6 +190,40 @@ def build_cache(
             pool,
         )
     write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
+
+
+def _npy_problem(path: Path) -> str | None:
+    """Why a cached `.npy` cannot be what we wrote (missing, not an array file, object data, or a size that
+    does not match its header), or None. Reads the header only."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh)
+            offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError as exc:
+        return f"not a numpy array file ({exc})"
+    if dtype.hasobject:
+        return "holds objects, not numbers"
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    return None if size == expected else f"{size} bytes, its header says {expected}"
+
+
+def check_cache(cache_dir: Path, case_ids: Sequence[str]) -> None:
+    """Check that every case of a finished cache is whole (headers and sizes; no voxel is read), so a damaged
+    file stops the sweep before any run (exit 3), not the run that happens to sample it."""
+    for case_id in case_ids:
+        for suffix in (".img.npy", ".seg.npy"):
+            path = cache_dir / f"{case_id}{suffix}"
+            problem = _npy_problem(path)
+            if problem:
+                raise DataError(f"{path}: corrupt cache entry ({problem}); delete {cache_dir} to rebuild")
+        if not (cache_dir / f"{case_id}.json").is_file():
+            raise DataError(f"{cache_dir / case_id}.json: corrupt cache entry (missing); delete {cache_dir} "
+                            "to rebuild")
 
 
 def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:

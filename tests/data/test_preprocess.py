@@ -75,6 +75,22 @@ def test_corrupt_cache_entry_is_named(home: Path, tmp_path: Path) -> None:
         load_case(prepared.cache_dir, prepared.case_ids[0])
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_a_damaged_cache_stops_prepare_before_any_run(home: Path, tmp_path: Path, damage: str) -> None:
+    # It was found only by the run that happened to sample the case (exit 5 then), or trained on.
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = prepared.cache_dir / f"{prepared.case_ids[-1]}.seg.npy"
+    if damage == "garbage":
+        path.write_bytes(b"garbage")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-10])
+    else:
+        path.unlink()
+    with pytest.raises(DataError, match=rf"^{path}: corrupt cache entry .*; delete {prepared.cache_dir} to"):
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+
+
 def test_not_fetched_is_a_clear_error(home: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run `medseg-bench fetch Task04_Hippocampus` first"):
         prepare_task(get_task("Task04_Hippocampus"), tmp_path)

@@ -112,7 +112,7 @@ def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path:
     folder = ckpt.parents[1]
     assert read_status(folder)["state"] == "failed"
     assert "start" not in [e["event"] for e in read_events(folder)]
-    assert f"ERROR not resumed: {ckpt}: not a loadable" in (folder / "run.log").read_text()  # exit 5 points there
+    assert f"ERROR not resumed: {ckpt}: not a loadable" in (folder / "run.log").read_text()
     if kind != "garbage":
         return
     ckpt.unlink()  # the user follows the advice
