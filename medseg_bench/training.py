@@ -210,6 +210,31 @@ def network_spacing(prepared: PreparedTask) -> tuple[float, ...]:
     return tuple(getattr(plan, "target_spacing", None) or plan.median_spacing)
 
 
+def _reset_peak_memory(cuda: bool) -> None:
+    """Start a run's memory peak now: a sweep runs its runs one after another in one process, and each used
+    to be charged the largest peak of the runs before it."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak RSS (VmHWM)
+    except OSError:
+        pass
+
+
+def _peak_memory_mb(cuda: bool) -> float:
+    """GPU memory torch allocated at most, or the process's peak RSS, since `_reset_peak_memory`."""
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: since the process started
+
+
 def run_slice_axis(spec: RunSpec, prepared: PreparedTask) -> int:
     """The axis a 2D run slices its volumes along (`data.plan.slice_axis`); 0 (unused) for a 3D run."""
     return slice_axis(network_spacing(prepared)) if spec.dims == "2d" else 0
@@ -283,6 +308,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     if last.is_file():
         _keep_csv_log(run_dir / "logs")
     start = progress.start_attempt()
+    _reset_peak_memory(cuda)
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
                     weights_only=True)
@@ -294,10 +320,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     # epoch's checkpoint), every logged epoch is from before.
     first = progress.start_epoch if progress.epochs_trained else trainer.current_epoch
     _merge_csv_log(run_dir / "logs", first)
-    if cuda:
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_memory_mb(cuda)
     return TrainResult(
         net=module.net.eval(),
         params=sum(p.numel() for p in net.parameters()),

@@ -170,3 +170,17 @@ def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="holds more than tensors and plain data; refused unread") as info:
         load_weights(torch.nn.Linear(1, 1), ckpt)
     assert "weights_only set to False" not in str(info.value) and not marker.exists()
+
+
+def test_a_runs_peak_memory_is_its_own() -> None:
+    # One sweep process runs its runs one after another; each was charged the peak of those before it.
+    import numpy as np
+
+    from medseg_bench.training import _peak_memory_mb, _reset_peak_memory
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    del big
+    before = _peak_memory_mb(cuda=False)
+    _reset_peak_memory(cuda=False)
+    after = _peak_memory_mb(cuda=False)
+    assert before - after > 300, (before, after)
