@@ -394,6 +394,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # A resumed run's folder holds its logs and checkpoints by design; Lightning's advice does not apply
+    # (_keep_csv_log keeps the log, and last.ckpt is the checkpoint it resumes from).
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:

@@ -13,6 +13,8 @@ from medseg_bench import __version__, signals
 from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
 from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, one_line
 
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a program stopped by SIGPIPE
+
 
 class _Group(TyperGroup):
     # `ctx: Any`: a `click.Context` before typer 0.29, a `typer._click.Context` (its vendored click) since.
@@ -20,6 +22,12 @@ class _Group(TyperGroup):
         try:
             with signals.interruptible():  # SIGTERM too runs every `finally` (staging folders, locks)
                 return super().invoke(ctx)
+        except BrokenPipeError:  # `medseg-bench ... | head`: the reader has gone; stop quietly, as `cat` does
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise typer.Exit(BROKEN_PIPE_EXIT) from None
         except (MedsegError, OSError) as raised:
             exc = raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)
             typer.secho(f"error: {one_line(str(exc))}", fg="red", err=True)

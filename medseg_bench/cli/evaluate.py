@@ -104,7 +104,9 @@ def evaluate(
     if output is None:
         typer.echo(text, nl=False)
         return
-    _write_text_atomic(output, text)
+    from medseg_bench.report.formats import write_atomic
+
+    write_atomic(output, text)
     typer.secho(f"wrote {len(cases)} rows to {output}", err=True)
 
 
@@ -222,37 +224,12 @@ def _markdown(frame: Any) -> str:
     return header + rule + body
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    import contextlib
-
-    from medseg_bench.errors import ResultsError
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)  # a write cut short (disk full) leaves no temp file
-        blocker = _file_in_the_way(path)
-        reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
-        raise ResultsError(f"{path}: cannot write output ({reason})") from None
-
-
 def _check_output(path: Path) -> None:
+    from medseg_bench.data.io import file_in_the_way
     from medseg_bench.errors import ResultsError
 
-    blocker = _file_in_the_way(path)
+    blocker = file_in_the_way(path)
     if blocker is not None:
-        raise ResultsError(f"{path}: cannot write output ({blocker} is not a folder)")
+        raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
     if path.is_dir():
-        raise ResultsError(f"{path}: cannot write output (it is a folder; give a file name)")
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing parent of `path` when it is not a folder (mkdir then says "File exists")."""
-    for parent in path.parents:
-        if parent.exists() or parent.is_symlink():
-            return None if parent.is_dir() else parent
-    return None
+        raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")

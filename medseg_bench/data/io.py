@@ -230,6 +230,14 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
         tmp.replace(path)
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing parent of `path` when it is not a folder (mkdir then says "File exists")."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
 @contextmanager
 def failure_names(path: Path, tmp: Path) -> Iterator[None]:
     """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by

@@ -135,6 +135,12 @@ def _p(value: float) -> str:
     return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
+def _p_relation(value: float) -> str:
+    """`= 0.0123` or `< 0.0001`, for prose."""
+    text = _p(value)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def significance_section(report: Report, task: str) -> tuple[list[str], Table | None]:
     metric = report.metric
     alpha = report.settings["alpha"]
@@ -147,8 +153,9 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
                          f"({f['k']} configurations, {f['n']} complete cases).")
         else:
             verdict = "the configurations differ" if f["differs"] else "no difference shown"
+            p_text = _p_relation(f["p"])
             notes.append(f"Friedman test ({metric_title(metric)}) across {f['k']} configurations on the "
-                         f"{f['n']} cases all of them have: χ² = {f['statistic']:.2f}, p = {_p(f['p'])}: "
+                         f"{f['n']} cases all of them have: χ² = {f['statistic']:.2f}, p {p_text}: "
                          f"{verdict} at α = {alpha}.")
     pairs = report.pairs[report.pairs["task"] == task]
     if pairs.empty:

@@ -192,7 +192,11 @@ def write_atomic(path: Path, content: str | bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        from medseg_bench.data.io import file_in_the_way
+
+        blocker = file_in_the_way(path)
+        reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
+        raise ResultsError(f"{path}: cannot write ({reason})") from None
     finally:
         with contextlib.suppress(OSError):  # not only "missing": its folder may not be one
             tmp.unlink()

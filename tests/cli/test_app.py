@@ -88,3 +88,17 @@ def test_an_error_is_one_line_even_when_a_name_holds_a_newline(home: Path) -> No
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: unknown task 'Task04\\nfake: all good'; choose from")
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(home: Path, tmp_path: Path) -> None:
+    # `medseg-bench ... | head -1` printed "error: Broken pipe" and exited 7 (a file-system error).
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("medseg-bench")
+    result = subprocess.run(f"set -o pipefail; '{exe}' sweep --config sweeps/survey.yaml --dry-run "
+                            f"--results-dir '{tmp_path}' | true", shell=True, executable="/bin/bash",
+                            capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                            env={**os.environ, "MEDSEG_BENCH_HOME": str(home)}, timeout=120)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)

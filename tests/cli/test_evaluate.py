@@ -286,11 +286,11 @@ def test_output_under_a_file_names_the_file(folders, tmp_path):
     out = blocker / "sub" / "x.csv"
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
     assert result.exit_code == 6, result.output
-    assert result.stderr.strip() == f"error: {out}: cannot write output ({blocker} is not a folder)"
+    assert result.stderr.strip() == f"error: {out}: cannot write ({blocker} is not a folder)"
     assert blocker.read_text() == "not a folder"
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path))
     assert result.exit_code == 6
-    assert result.stderr.strip() == f"error: {tmp_path}: cannot write output (it is a folder; give a file " \
+    assert result.stderr.strip() == f"error: {tmp_path}: cannot write (it is a folder; give a file " \
                                     "name)"
     out = tmp_path / "scores" / "x.csv"  # a folder that does not exist yet is made
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")

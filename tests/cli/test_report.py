@@ -98,7 +98,8 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
         result = invoke("--results-dir", str(results), "--task", "Task91_Beta", option, str(target))
         assert result.exit_code == 6, result.output
         last = result.output.strip().splitlines()[-1]
-        assert last.startswith(f"error: {target}") and ": cannot write (" in last, last
+        assert last.startswith(f"error: {target}"), last
+        assert last.endswith(f": cannot write ({blocker} is not a folder)"), last
         assert "Traceback" not in result.output
     assert blocker.read_text() == "not a folder"
 
