@@ -46,7 +46,7 @@ bench: install
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/preprocess.py
-	$(BIN)/python bench/train.py
+	$(BIN)/python bench/train.py --cases 24 --epochs 3 --iters 15 --repeats 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from medseg_bench.errors import UsageError
+from medseg_bench.errors import ResultsError, UsageError
 from medseg_bench.report.significance import significance
 from medseg_bench.report.stats import ALPHA, DEFAULT_RESAMPLES, DEFAULT_SEED
 from medseg_bench.report.tables import (
@@ -122,16 +122,27 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
                   _label_names(list(full["task"].unique())))
 
 
+def _task_name(name: str, have: set[str]) -> str:
+    """`name` as the catalog spells it (an unknown one: did-you-mean, exit 2), unless results carry it as is
+    (a task whose file has gone since still reports)."""
+    if name in have:
+        return name
+    from medseg_bench.data.catalog import task_registry
+
+    return task_registry().canonical(name)
+
+
 def build_report(results_dir: Path, metric: str = "dice", task: list[str] | str | None = None,
                  **options: Any) -> Report:
     """Load the finished runs under `results_dir` (only `task`, when given) and build their Report."""
 
     results = load_results(results_dir)
     if task:
-        wanted = [task] if isinstance(task, str) else list(task)
-        unknown = [t for t in wanted if t not in set(results["task"])]
-        if unknown:
-            raise UsageError(f"no finished runs for task '{unknown[0]}' in {results_dir} "
-                             f"(tasks with results: {', '.join(sorted(results['task'].unique()))})")
+        have = set(results["task"])
+        wanted = [_task_name(t, have) for t in ([task] if isinstance(task, str) else list(task))]
+        unknown = [t for t in wanted if t not in have]
+        if unknown:  # a known task without runs here: nothing to report (as `status --task` says it)
+            raise ResultsError(f"{results_dir}: no finished runs of {unknown[0]} here "
+                               f"(tasks with results: {', '.join(sorted(have))})")
         results = results[results["task"].isin(wanted)]
     return report_from_results(results, results_dir, metric, **options)

@@ -140,7 +140,8 @@ def test_group_by_top_and_metric(results: Path) -> None:
     (["--metrics", "dice,hd96"], 2, "unknown metric 'hd96'"),
     (["--group-by", "optimizer"], 2, "cannot group by 'optimizer'"),
     (["--top", "0"], 2, "--top must be at least 1"),
-    (["--task", "Task99_None"], 2, "no finished runs for task 'Task99_None'"),
+    (["--task", "Task99_None"], 2, "unknown task 'Task99_None'"),
+    (["--task", "Task09_Spleen"], 6, "no finished runs of Task09_Spleen here"),  # as `status --task` says
 ])
 def test_bad_input_is_one_line_and_an_exit_code(results: Path, args: list[str], code: int,
                                                 message: str) -> None:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Ledger:
     lost: int = 0
     repeated: int = 0
     checked_runs: int = 0
+    sigterm_stop_s: list[float] = field(default_factory=list)  # how long each SIGTERMed sweep took to stop
 
 
 LEDGER = Ledger()
@@ -42,6 +43,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"faults: {LEDGER.injected} injected, {LEDGER.checked_runs} runs checked, "
             f"runs lost: {LEDGER.lost}, "
             f"runs repeated: {LEDGER.repeated}")
+    if LEDGER.sigterm_stop_s:
+        times = ", ".join(f"{t:.2f} s" for t in LEDGER.sigterm_stop_s)
+        terminalreporter.write_line(f"SIGTERM: sweeps stopped in {times}")
 
 
 @pytest.fixture

@@ -90,6 +90,7 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
     finally:
         kill9(process)
     ledger.injected += 1
+    ledger.sigterm_stop_s.append(stopped_s)
     assert process.returncode == 143, text
     assert stopped_s < 3, f"took {stopped_s:.1f} s to stop"
     assert left == [], f"worker processes outlived the sweep: {left}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medseg_bench.errors import UnknownNameError, UsageError
+from medseg_bench.errors import ResultsError, UnknownNameError, UsageError
 from medseg_bench.report import build_report
 from medseg_bench.report.tables import cross_task_ranking, group_effect, leaderboard, top_k
 from medseg_bench.results import load_results
@@ -133,8 +133,10 @@ def test_report_filters_and_provenance(fake_results: Path) -> None:
     assert first["git_revision"] == "0123abc" and first["versions"]["torch"] == "2.4.0"
     assert report.provenance["metric_conventions"]["Task91_Beta"] == [
         {"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"}]
-    with pytest.raises(UsageError, match="no finished runs for task 'Task99_None'"):
+    with pytest.raises(UsageError, match="unknown task 'Task99_None'"):
         build_report(fake_results, task="Task99_None")
+    with pytest.raises(ResultsError, match="no finished runs of Task09_Spleen here"):
+        build_report(fake_results, task="Task09_Spleen")  # a known task without runs here
 
 
 def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) -> None:
