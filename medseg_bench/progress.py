@@ -18,6 +18,8 @@ class PlainReporter:
         self.finished = 0
         self.started = 0  # runs started or skipped: two that start together (--jobs) get numbers of their own
         self.ran = 0  # finished runs that were executed (not skipped): the basis of the ETA
+        self.failed = self.skipped = 0
+        self._numbered: set[str] = set()  # runs that have their number (a run started, then found busy: one)
         self._start = time.perf_counter()
 
     def say(self, message: str) -> None:
@@ -27,13 +29,19 @@ class PlainReporter:
         self.total = total
         self._start = time.perf_counter()
 
+    def _number(self, run_id: str) -> None:
+        if run_id not in self._numbered:
+            self._numbered.add(run_id)
+            self.started += 1
+
     def skip(self, run_id: str, reason: str) -> None:
         self.finished += 1
-        self.started += 1
+        self.skipped += 1
+        self._number(run_id)
         self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({reason})")
 
     def run_start(self, run_id: str) -> None:
-        self.started += 1
+        self._number(run_id)
         self.say(f"[{self.started}/{self.total}] {run_id}: training")
 
     def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
@@ -48,6 +56,7 @@ class PlainReporter:
     def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
         self.finished += 1
         self.ran += 1
+        self.failed += bool(error)
         eta = self.eta_s()
         left = f", ETA {eta / 60:.1f} min" if eta and self.finished < self.total else ""
         if error:
@@ -58,7 +67,11 @@ class PlainReporter:
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self._start
-        self.say(f"sweep finished: {self.finished}/{self.total} runs in {elapsed / 60:.1f} min")
+        counts = {"trained": self.ran - self.failed, "failed": self.failed, "skipped": self.skipped,
+                  "not reached": self.total - self.finished}
+        parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        minutes = elapsed / 60
+        self.say(f"sweep finished: {parts or 'nothing to do'} (of {self.total} runs) in {minutes:.1f} min")
 
 
 class LiveReporter(PlainReporter):
@@ -82,6 +95,8 @@ class LiveReporter(PlainReporter):
         self.progress.update(self.overall, total=total)
 
     def skip(self, run_id: str, reason: str) -> None:
+        if run_id in self.active:  # started, then found held by another process
+            self.progress.remove_task(self.active.pop(run_id))
         super().skip(run_id, reason)
         self.progress.advance(self.overall)
 

@@ -32,7 +32,7 @@ def test_plain_lines_with_counts_and_eta() -> None:
     assert lines[3].startswith("[2/4] r1: done, mean Dice 0.8000, ETA ")
     assert lines[4].startswith("[3/4] r2: failed: RunError: boom, ETA ")
     assert lines[5] == "[4/4] r3: done, mean Dice 0.7000"  # nothing left: no ETA
-    assert lines[6].startswith("sweep finished: 4/4 runs in ")
+    assert lines[6].startswith("sweep finished: 2 trained, 1 failed, 1 skipped (of 4 runs) in ")
 
 
 def test_runs_that_start_together_get_numbers_of_their_own() -> None:
@@ -43,6 +43,21 @@ def test_runs_that_start_together_get_numbers_of_their_own() -> None:
     reporter.run_start("r1")  # --jobs 2: two runs start before either ends
     reporter.run_start("r2")
     assert out.getvalue().splitlines()[1:] == ["[2/3] r1: training", "[3/3] r2: training"]
+
+
+def test_a_run_found_busy_after_its_start_keeps_its_number() -> None:
+    # Once: "[3/2] s1: training" after s0 was started, then skipped as held by another sweep.
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(2)
+    reporter.run_start("s0")
+    reporter.skip("s0", "running in another process")
+    reporter.run_start("s1")
+    reporter.run_end("s1", {"mean": {"dice": 0.5}})
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert lines[2] == "[2/2] s1: training"
+    assert lines[-1].startswith("sweep finished: 1 trained, 1 skipped (of 2 runs) in ")
 
 
 def test_live_display_tracks_parallel_runs() -> None:
