@@ -401,14 +401,21 @@ def _quiet_lightning() -> None:
 
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
     """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
+    import zipfile
+
     from medseg_bench.errors import DataError
 
+    if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
+                        "archive; refused unread)")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not any(c.isalpha() for c in first):  # a KeyError of a bare number says nothing on its own
+            first = f"{type(exc).__name__} {first}"
         if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off
             first = ("it holds more than tensors and plain data; refused unread: every checkpoint is loaded "
                      "with weights_only=True")

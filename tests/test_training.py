@@ -166,10 +166,17 @@ def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
     from medseg_bench.training import load_weights
 
     marker, ckpt = tmp_path / "ran", tmp_path / "last.ckpt"
-    ckpt.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
+    torch.save({"state_dict": _RunsCode(marker)}, ckpt)  # a torch archive whose pickle would run code
+    marker.unlink(missing_ok=True)
     with pytest.raises(DataError, match="holds more than tensors and plain data; refused unread") as info:
         load_weights(torch.nn.Linear(1, 1), ckpt)
     assert "weights_only set to False" not in str(info.value) and not marker.exists()
+    for content in (pickle.dumps({"state_dict": _RunsCode(marker)}), b"hello world, no checkpoint"):
+        ckpt.write_bytes(content)  # raw bytes: once a bare "(101)" from a KeyError for the second
+        with pytest.raises(DataError, match=r"last\.ckpt: not a loadable medseg-bench checkpoint "
+                                            r"\(not a torch checkpoint archive; refused unread\)"):
+            load_weights(torch.nn.Linear(1, 1), ckpt)
+    assert not marker.exists()
 
 
 def test_a_runs_peak_memory_is_its_own() -> None:
