@@ -186,7 +186,8 @@ class TrainResult:
     train_time_s: float
     epoch_times_s: list[float] = field(default_factory=list)
     epochs_done: int = 0
-    resumed_at_epoch: int | None = None  # 1-based epoch this process started at, when it resumed
+    # 1-based epoch this process started at, when it resumed (epochs + 1: it resumed after the last epoch)
+    resumed_at_epoch: int | None = None
     first_step_at: float | None = None  # wall clock of the first training step (see bench/sweep.py)
     peak_memory_mb: float = 0.0
     device: str = "cpu"
@@ -305,7 +306,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         default_root_dir=run_dir,
     )
     last = ckpt_dir / "last.ckpt"
-    if last.is_file():
+    resuming = last.is_file()
+    if resuming:
         _keep_csv_log(run_dir / "logs")
     start = progress.start_attempt()
     _reset_peak_memory(cuda)
@@ -320,6 +322,11 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     # epoch's checkpoint), every logged epoch is from before.
     first = progress.start_epoch if progress.epochs_trained else trainer.current_epoch
     _merge_csv_log(run_dir / "logs", first)
+    resumed_at = progress.start_epoch + 1 if progress.start_epoch else None
+    if resuming and not progress.epochs_trained:  # Lightning starts no training, so on_train_start is not run
+        resumed_at = trainer.current_epoch + 1
+        log.info("run %s: resumed from checkpoints/last.ckpt after its last epoch (%d of %d): evaluating",
+                 spec.run_id, trainer.current_epoch, spec.epochs)
     peak_mb = _peak_memory_mb(cuda)
     return TrainResult(
         net=module.net.eval(),
@@ -327,7 +334,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         train_time_s=train_time_s,
         epoch_times_s=progress.epoch_times_s,
         epochs_done=trainer.current_epoch,
-        resumed_at_epoch=progress.start_epoch + 1 if progress.start_epoch else None,
+        resumed_at_epoch=resumed_at,
         first_step_at=progress.first_step_at,
         peak_memory_mb=peak_mb,
         device="cuda" if cuda else "cpu",

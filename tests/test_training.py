@@ -69,6 +69,7 @@ def test_a_run_finished_training_but_not_evaluation_keeps_its_log_and_cost(prepa
     assert len(again.epoch_times_s) == 2
     assert again.epoch_times_s[0] == pytest.approx(first.epoch_times_s[0], 0.01)
     assert again.train_time_s >= 0.9 * first.train_time_s
+    assert first.resumed_at_epoch is None and again.resumed_at_epoch == 3  # resumed after its 2 epochs
 
 
 def test_dynunet_trains_with_deep_supervision(prepared, tmp_path: Path) -> None:
