@@ -33,15 +33,27 @@ class Step:
 AUGS: Registry[tuple[Step, ...]] = Registry("aug")
 
 
+# Spatial steps that act in plane only on thick-slice 3D patches (nnU-Net's "dummy 2D" augmentation).
+IN_PLANE_STEPS = ("affine", "elastic", "lowres")
+
+
 def augment(image: np.ndarray, label: np.ndarray, steps: tuple[Step, ...], rng: np.random.Generator,
-            ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
-    """Apply a preset; returns the arrays and the (name, params) of what was applied."""
+            thick_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+    """Apply a preset; returns the arrays and the (name, params) of what was applied.
+
+    `thick_axis` (3D patches of anisotropic data: `resample.anisotropic_axis` of the target spacing):
+    rotation, scaling, elastic deformation and simulated low resolution act in the plane across it, the same
+    on every slice, as nnU-Net does, rather than smearing thick slices into each other. The random draws are
+    the same either way, so isotropic data is augmented exactly as before.
+    """
     applied: list[tuple[str, Params]] = []
     ndim = label.ndim
     for step in steps:
         if rng.random() >= step.probability:
             continue
         params = step.draw(rng, ndim)
+        if thick_axis is not None and ndim == 3 and step.name in IN_PLANE_STEPS:
+            params = {**params, "thick_axis": thick_axis}
         image, label = step.apply(image, label, params)
         applied.append((step.name, params))
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label), applied
@@ -76,7 +88,13 @@ def _rotation_matrix(angles_deg: list[float]) -> np.ndarray:
 
 
 def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    matrix = _rotation_matrix(p["angles_deg"]) / p["scale"]
+    thick = p.get("thick_axis")
+    if thick is None:
+        matrix = _rotation_matrix(p["angles_deg"]) / p["scale"]
+    else:  # about the thick axis only, scaled in plane only
+        angles = [a if axis == thick else 0.0 for axis, a in enumerate(p["angles_deg"])]
+        inverse_scale = np.array([1.0 if axis == thick else 1.0 / p["scale"] for axis in range(3)])
+        matrix = _rotation_matrix(angles) @ np.diag(inverse_scale)
     center = (np.array(label.shape) - 1) / 2.0
     offset = center - matrix @ center
     out = np.stack([ndimage.affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0)
@@ -98,8 +116,15 @@ def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     field_rng = np.random.default_rng(p["seed"])
     shape = label.shape
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"]
-              for g in grid]
+    thick = p.get("thick_axis")
+    if thick is None:
+        coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"]
+                  for g in grid]
+    else:  # one in-plane field for every slice; nothing moves along the thick axis
+        plane = tuple(s for axis, s in enumerate(shape) if axis != thick)
+        coords = [g if axis == thick else g + np.expand_dims(
+            ndimage.gaussian_filter(field_rng.uniform(-1, 1, plane), p["sigma"]) * p["alpha"], thick)
+            for axis, g in enumerate(grid)]
     out = np.stack([ndimage.map_coordinates(ch, coords, order=1, mode="constant") for ch in image])
     seg = ndimage.map_coordinates(label, coords, order=0, mode="constant")
     return out, seg
@@ -113,6 +138,8 @@ def _draw_elastic(rng: np.random.Generator, ndim: int) -> Params:
 def _apply_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     shape = np.array(label.shape)
     small = np.maximum(1, np.round(shape * p["zoom"])).astype(int)
+    if p.get("thick_axis") is not None:
+        small[p["thick_axis"]] = shape[p["thick_axis"]]  # thick slices are low resolution already
     out = []
     for ch in image:
         down = ndimage.zoom(ch, small / shape, order=0)

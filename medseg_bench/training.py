@@ -32,6 +32,7 @@ from medseg_bench.augment import AUGS
 from medseg_bench.data.datamodule import make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
+from medseg_bench.data.resample import anisotropic_axis
 from medseg_bench.losses import build_loss
 from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
 from medseg_bench.spec import DEFAULT_LR, RunSpec
@@ -261,7 +262,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
-        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, prepared))
+        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, prepared),
+        anisotropic_axis(network_spacing(prepared)))
     net = build_network(spec, prepared)
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
     module = SegmentationModule(net, loss_fn, prepared.task.num_classes,

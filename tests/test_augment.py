@@ -53,3 +53,39 @@ def test_none_is_identity() -> None:
     image, label = _pair((8, 8))
     out_img, out_seg, applied = augment(image, label, AUGS.get("none"), np.random.default_rng(0))
     assert applied == [] and np.array_equal(out_img, image) and np.array_equal(out_seg, label)
+
+
+@pytest.mark.parametrize("thick", [0, 2])
+def test_thick_slices_are_augmented_in_plane_only(thick: int) -> None:
+    # Rotations, scaling, elastic deformation and low resolution used to act across thick slices too (2.5 mm
+    # CT slices smeared into each other); as nnU-Net, they now act in plane, the same on every slice.
+    shape = [24, 24, 24]
+    shape[thick] = 6
+    values = np.arange(1, 7, dtype=np.float32)  # slice k holds value k + 1, everywhere in its plane
+    image = np.broadcast_to(np.expand_dims(values, [a for a in range(3) if a != thick]), shape)[None].copy()
+    label = (image[0] > 3).astype(np.uint8)
+    forced = tuple(type(s)(s.name, 1.0, s.draw, s.apply) for s in AUGS.get("heavy")
+                   if s.name in ("affine", "elastic", "lowres"))
+    centre = tuple(slice(None) if a == thick else slice(10, 14) for a in range(3))  # far from the padding
+    mixed_somewhere = False
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        out_img, out_seg, applied = augment(image, label, forced, rng, thick_axis=thick)
+        assert [p["thick_axis"] for _, p in applied] == [thick] * 3
+        inner, inner_seg = out_img[0][centre], out_seg[centre]
+        for k in range(6):
+            assert np.allclose(np.take(inner, k, axis=thick), k + 1, rtol=1e-3), (seed, k)  # no slice mixing
+            assert (np.take(inner_seg, k, axis=thick) == int(k + 1 > 3)).all()
+        # The same draws without a thick axis mix slices: the test can tell the difference.
+        mixed = augment(image, label, forced, np.random.default_rng(seed))[0][0][centre]
+        mixed_somewhere |= not all(np.allclose(np.take(mixed, k, axis=thick), k + 1, rtol=1e-3)
+                                   for k in range(6))
+    assert mixed_somewhere
+
+
+def test_isotropic_data_is_augmented_exactly_as_before() -> None:
+    image, label = _pair((16, 24, 24))
+    for seed in range(4):
+        plain = augment(image, label, AUGS.get("heavy"), np.random.default_rng(seed))
+        explicit = augment(image, label, AUGS.get("heavy"), np.random.default_rng(seed), thick_axis=None)
+        assert np.array_equal(plain[0], explicit[0]) and plain[2] == explicit[2]

@@ -114,9 +114,11 @@ class PatchDataset(Dataset):
         samples_per_epoch: int,
         seed: int,
         aug_steps: tuple[Step, ...],
+        thick_axis: int | None = None,
     ) -> None:
         self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
         self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
+        self.thick_axis = thick_axis  # 3D patches of thick-slice data: spatial augmentation in plane
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -127,7 +129,7 @@ class PatchDataset(Dataset):
         image, label, props = self.store[case_id]
         center = _pick_center(rng, label.shape, props, rng.random() < FOREGROUND_FRACTION)
         img, seg = crop_sample(image, label, center, self.dims, self.patch_size)
-        img, seg, _ = augment(img, seg, self.aug_steps, rng)
+        img, seg, _ = augment(img, seg, self.aug_steps, rng, self.thick_axis)
         return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
 
 
@@ -171,10 +173,12 @@ def make_loaders(
     aug_steps: tuple[Step, ...],
     num_workers: int,
     slice_axis: int = 0,
+    thick_axis: int | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders; 2D runs slice the cached volumes along `slice_axis`."""
+    """Training and validation loaders; 2D runs slice the cached volumes along `slice_axis`; 3D runs on
+    thick-slice data (`thick_axis`) augment in plane."""
     train = PatchDataset(CaseStore(cache_dir, train_ids, slice_axis), dims, patch_size,
-                         iters_per_epoch * batch_size, seed, aug_steps)
+                         iters_per_epoch * batch_size, seed, aug_steps, thick_axis if dims == "3d" else None)
     val = ValidationPatches(CaseStore(cache_dir, val_ids, slice_axis), dims, patch_size)
     common: dict[str, Any] = {
         "num_workers": num_workers,
