@@ -302,3 +302,24 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
     assert problem is not None and problem.startswith(
         f"{tmp_path / 'splits.json'}: the run started with another split of fold 0 than the task's splits "
         "file gives now (2 held-out cases differ)")
+
+
+def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
+    # With --jobs, a resumed run showed "epoch 1/3 loss ..." of its previous attempt from the old heartbeat.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import _forward_epochs, _Job
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_heartbeat(folder, epoch=1, epochs=3, loss=1.9, val_dice=0.1)  # the killed attempt's last beat
+    seen: list[int] = []
+    reporter = SimpleNamespace(epoch_end=lambda run_id, epoch, *rest: seen.append(epoch))
+    job = _Job(spec, process=None, started=time.time() + 1)  # type: ignore[arg-type]
+    _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
+    assert seen == []
+    job.started = time.time() - 1
+    write_heartbeat(folder, epoch=2, epochs=3, loss=1.2, val_dice=0.3)
+    _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
+    assert seen == [2]

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,7 @@ class _Job:
     spec: RunSpec
     process: subprocess.Popen[bytes]
     epoch: int = 0
+    started: float = field(default_factory=time.time)  # older heartbeats are an earlier attempt's
 
 
 def _slots(jobs: int) -> tuple[int, list[str | None]]:
@@ -268,6 +269,9 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
 
 def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> None:
     beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
+    beat_time = beat.get("time")
+    if not isinstance(beat_time, int | float) or beat_time < job.started:
+        return
     epoch = int(beat.get("epoch") or 0)
     if epoch > job.epoch:
         job.epoch = epoch
