@@ -150,12 +150,17 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
         params["gpus_per_node"] = options.gpus_per_job
     executor.update_parameters(**params)
     jobs: list[Any] = []
+    slurm_dir = results_dir / ".slurm"
+    before = set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()
     try:
         with executor.batch():
             for spec in todo:
                 jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
                                                      str(data_dir.resolve()), options.num_workers)))
     except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
+        for leftover in set(slurm_dir.iterdir()) - before if slurm_dir.is_dir() else ():
+            if leftover.is_file():  # the pickles and job script of a submission that never happened
+                leftover.unlink(missing_ok=True)
         raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
     submitted: list[tuple[RunSpec, str]] = []
     for spec, job in zip(todo, jobs, strict=True):

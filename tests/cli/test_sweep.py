@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -97,3 +98,27 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     assert "queued   T/d  job 42_3" in lines
     assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
     assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == ["a"]
+
+
+def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path, home: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # sbatch present but not configured: its fatal line is the one quoted, and the job files are removed.
+    from tests.conftest import TINY_SWEEP, fetch_subset
+
+    fetch_subset(shared_task, tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    for name in ("srun", "sbatch"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm",
+                                 "--partition", "debug"])
+    assert result.exit_code == 5, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: sbatch failed: sbatch: fatal: Could not establish a configuration source")
+    assert [p for p in (results / ".slurm").rglob("*") if p.is_file()] == []
