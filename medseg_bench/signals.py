@@ -56,6 +56,22 @@ def deferred() -> Iterator[None]:
 
 
 @contextmanager
+def undeferred() -> Iterator[None]:
+    """Within a `deferred()` block, the long work its bookkeeping surrounds: a stop signal takes effect at
+    once again (one that arrived earlier in the `deferred()` block, right away). The deferral resumes after
+    it, so a signal landing just as the work ends waits for the bookkeeping."""
+    depth = _deferring["depth"]
+    _deferring["depth"] = 0
+    try:
+        if _deferring["pending"]:
+            _deferring["pending"] = False
+            raise KeyboardInterrupt(signal.Signals(_received[0]).name)
+        yield
+    finally:
+        _deferring["depth"] = depth
+
+
+@contextmanager
 def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt (the first one; later ones are ignored
     while the clean-up runs). The previous handlers are restored afterwards."""

@@ -32,7 +32,7 @@ from medseg_bench.results import (
     write_heartbeat,
     write_status,
 )
-from medseg_bench.signals import deferred, exit_now, interruptible, received, stop_reason
+from medseg_bench.signals import deferred, exit_now, interruptible, received, stop_reason, undeferred
 from medseg_bench.spec import RunSpec
 
 # Exit codes of a worker process; the local launcher reads them.
@@ -179,23 +179,25 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
                 with open(folder / "run.log", "a", encoding="utf-8") as log_file:  # where exit 5 points
                     log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR not resumed: {problem}\n")
                 return Outcome("failed", error=problem)
-        # Each attempt's versions and revision (env.json holds the last one's).
-        env = environment()
-        append_event(folder, "resume" if resumed else "start", git_revision=env["git_revision"],
-                     versions=env["versions"], **(extra_event or {}))
-        beat = Heartbeat(folder, spec.run_id, reporter)
-        beat.start()
-        stopped: BaseException | None = None
-        try:
-            summary = execute_run(spec, prepared, folder, beat, num_workers)
-        except RunError as exc:
-            with deferred():
+        # The attempt's bookkeeping is never cut in two: a stop signal stops the run itself at once
+        # (`undeferred`), but one that lands between the run's end and its last event waits for that event
+        # (once, a SIGTERM just after a run finished left it without its `done` event).
+        with deferred():
+            env = environment()  # each attempt's versions and revision (env.json holds the last one's)
+            append_event(folder, "resume" if resumed else "start", git_revision=env["git_revision"],
+                         versions=env["versions"], **(extra_event or {}))
+            beat = Heartbeat(folder, spec.run_id, reporter)
+            beat.start()
+            stopped: BaseException | None = None
+            try:
+                with undeferred():
+                    summary = execute_run(spec, prepared, folder, beat, num_workers)
+            except RunError as exc:
                 beat.stop()
                 append_event(folder, "failed", error=str(exc))
-            return Outcome("failed", error=str(exc))
-        except BaseException as exc:  # Ctrl-C, SIGTERM, or submitit's exit when it requeues: it resumes later
-            stopped = exc
-        with deferred():  # a stop signal waits until this attempt's last event is written
+                return Outcome("failed", error=str(exc))
+            except BaseException as exc:  # Ctrl-C, SIGTERM, or submitit's exit on requeue: it resumes later
+                stopped = exc
             beat.stop()
             if stopped is None or is_done(folder):  # stopped after it wrote `done`: it is done all the same
                 append_event(folder, "done")

@@ -140,3 +140,32 @@ def test_sigterm_raises_keyboard_interrupt_and_waits_for_deferred_bookkeeping() 
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
     assert signals.received() == signal.SIGINT
+
+
+@pytest.mark.parametrize("when", ["during the work", "before it", "as it ends"])
+def test_undeferred_work_stops_at_once_and_its_bookkeeping_still_runs(when: str) -> None:
+    """In-process: the shape of `run_one`. A signal stops the run itself at once, whenever it lands, and the
+    attempt's last event is written all the same (one landing just after the run once skipped it)."""
+    from medseg_bench import signals
+
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), signals.interruptible():
+        with signals.deferred():
+            if when == "before it":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            try:
+                with signals.undeferred():
+                    if when == "during the work":
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        time.sleep(5)
+                    steps.append("work done")
+            except KeyboardInterrupt:
+                steps.append("stopped")
+            if when == "as it ends":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            steps.append("last event")
+        if steps[0] == "stopped":
+            raise KeyboardInterrupt("SIGTERM")  # as run_one re-raises the stop
+    assert steps == (["work done", "last event"] if when == "as it ends" else ["stopped", "last event"])
