@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -247,13 +247,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def finished_runs(results_dir: Path) -> list[Path]:
-    """Folders of finished runs under `results_dir` (any task), damaged ones included (reading them names the
-    damage: a finished run never drops out of a report silently)."""
+def finished_runs(results_dir: Path, tasks: Sequence[str] | None = None) -> list[Path]:
+    """Folders of finished runs under `results_dir` (of `tasks`, else any), damaged ones included (reading
+    them names the damage: a finished run never drops out of a report silently)."""
     if not results_dir.is_dir():
         return []
-    folders = {p.parent for name in ("spec.json", "status.json", "summary.json", "events.jsonl")
-               for p in results_dir.glob(f"*/*/{name}")}
+    folders = {p.parent for task in (tasks or ["*"])
+               for name in ("spec.json", "status.json", "summary.json", "events.jsonl")
+               for p in results_dir.glob(f"{task}/*/{name}")}
     return sorted(f for f in folders if is_done(f) or finished_damage(f))
 
 
@@ -332,7 +333,8 @@ def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any
     return settings
 
 
-def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None = None):
+def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None = None,
+                 tasks: Sequence[str] | None = None):
     """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame).
 
     A damaged run raises ResultsError naming its file; with `skip_damaged`, it is left out and the message
@@ -341,7 +343,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
     import pandas as pd
 
     frames = []
-    for folder in finished_runs(results_dir):
+    for folder in finished_runs(results_dir, tasks):
         try:
             spec, summary, frame = read_finished_run(folder)
         except ResultsError as exc:

@@ -99,7 +99,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
         write_json_atomic(folder / "env.json", environment())
         write_json_atomic(folder / "splits.json", prepared.splits[spec.fold])
-        if not (folder / SETUP_NAME).is_file():  # the first attempt's: a resumed run is held to it
+        resuming = (folder / "checkpoints" / "last.ckpt").is_file()
+        if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it
             patch, batch = resolve_patch_and_batch(spec, prepared)
             write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch})
         write_status(folder, "running")

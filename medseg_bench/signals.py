@@ -45,11 +45,12 @@ def deferred() -> Iterator[None]:
     """A stop signal that arrives within the block takes effect when the block ends: for bookkeeping that
     must not be cut in two (a run's last event, a started worker not yet recorded). Python runs signal
     handlers in the main thread only, so this holds whichever thread the kernel delivered the signal to."""
-    _deferring["depth"] += 1
+    depth = _deferring["depth"]
+    _deferring["depth"] = depth + 1
     try:
         yield
     finally:
-        _deferring["depth"] -= 1
+        _deferring["depth"] = depth  # restored, not decremented: an interrupted `undeferred` cannot skew it
         if not _deferring["depth"] and _deferring["pending"]:
             _deferring["pending"] = False
             raise KeyboardInterrupt(signal.Signals(_received[0]).name)
@@ -79,7 +80,7 @@ def interruptible() -> Iterator[None]:
         yield
         return
     _received.clear()
-    _deferring["pending"] = False
+    _deferring.update(depth=0, pending=False)
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)

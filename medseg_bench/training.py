@@ -238,8 +238,11 @@ def _peak_memory_mb(cuda: bool) -> float:
 
 
 def run_slice_axis(spec: RunSpec, prepared: PreparedTask) -> int:
-    """The axis a 2D run slices its volumes along (`data.plan.slice_axis`); 0 (unused) for a 3D run."""
-    return slice_axis(network_spacing(prepared)) if spec.dims == "2d" else 0
+    """The axis a 2D run slices its volumes along (`data.plan.slice_axis`); 0 (unused) for a 3D run, and for a
+    run of pipeline version 3 or older, which was trained on slices along the first axis."""
+    if spec.dims != "2d" or spec.pipeline_version < 4:
+        return 0
+    return slice_axis(network_spacing(prepared))
 
 
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:

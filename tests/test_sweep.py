@@ -323,3 +323,55 @@ def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_pa
     write_heartbeat(folder, epoch=2, epochs=3, loss=1.2, val_dice=0.3)
     _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
     assert seen == [2]
+
+
+def test_an_attempt_that_starts_over_records_its_own_setup(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # setup.json kept the first attempt's batch after a restart from scratch (no checkpoint yet) with a new
+    # plan, so the restarted run's next resume was refused, and restoring the old plan let a mix through.
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(run_module, "train", stopped)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    plan = SimpleNamespace(patch_3d=(32, 32, 32), batch_3d=4)
+    prepared = SimpleNamespace(plan=plan, splits=[{"train": ["a"], "val": ["b"]}])
+    for batch in (4, 2):  # a first attempt, then one from scratch after a plan edit
+        plan.batch_3d = batch
+        with pytest.raises(KeyboardInterrupt):
+            run_module.execute_run(spec, prepared, tmp_path)  # type: ignore[arg-type]
+        assert json.loads((tmp_path / "setup.json").read_text())["batch_size"] == batch
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # now it resumes: held to batch 2
+    plan.batch_3d = 4
+    with pytest.raises(KeyboardInterrupt):
+        run_module.execute_run(spec, prepared, tmp_path)  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "setup.json").read_text())["batch_size"] == 2
+
+
+def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> None:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "summary.json", {"cost": {}})
+    append_event(folder, "done")  # finished, then its status.json was lost: never trained again
+    lines = dry_run_lines([spec], tmp_path)
+    assert lines[0].startswith("damaged  T/") and lines[1] == "1 runs: 1 damaged"
+    assert lines[-1].startswith("cost of the 0 runs left")
+
+
+def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:
+    # Trained on slices along axis 0 whatever the spacing; predict and rescoring must give it the same.
+    from types import SimpleNamespace
+
+    from medseg_bench.training import run_slice_axis
+
+    prepared = SimpleNamespace(plan=SimpleNamespace(target_spacing=(0.8, 0.8, 4.0)))
+    spec = RunSpec(task="T", dims="2d", arch="unet", loss="dice_ce", aug="none")
+    assert run_slice_axis(spec, prepared) == 2  # type: ignore[arg-type]
+    old = RunSpec(**{**spec.to_dict(), "pipeline_version": 3})
+    assert run_slice_axis(old, prepared) == 0  # type: ignore[arg-type]

@@ -161,7 +161,8 @@ def predict(
         if image.shape[0] != task.num_channels:
             raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
                             f"{task.num_channels}")
-        labels = predict_image(net, image, geometry.spacing_zyx, plan, spec.dims, patch, run_device, use_tta)
+        labels = predict_image(net, image, geometry.spacing_zyx, plan, spec.dims, patch, run_device, use_tta,
+                               slice_axis=0 if spec.pipeline_version < 4 else None)  # as it was trained
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
         write_label(labels, geometry, target)

@@ -20,7 +20,7 @@ from medseg_bench.report.tables import (
     sample_scores,
     top_k,
 )
-from medseg_bench.results import load_results, read_json
+from medseg_bench.results import finished_runs, load_results, read_json
 
 
 @dataclass
@@ -134,15 +134,14 @@ def _task_name(name: str, have: set[str]) -> str:
 
 def build_report(results_dir: Path, metric: str = "dice", task: list[str] | str | None = None,
                  **options: Any) -> Report:
-    """Load the finished runs under `results_dir` (only `task`, when given) and build their Report."""
-
-    results = load_results(results_dir)
-    if task:
-        have = set(results["task"])
-        wanted = [_task_name(t, have) for t in ([task] if isinstance(task, str) else list(task))]
-        unknown = [t for t in wanted if t not in have]
-        if unknown:  # a known task without runs here: nothing to report (as `status --task` says it)
-            raise ResultsError(f"{results_dir}: no finished runs of {unknown[0]} here "
-                               f"(tasks with results: {', '.join(sorted(have))})")
-        results = results[results["task"].isin(wanted)]
-    return report_from_results(results, results_dir, metric, **options)
+    """Load the finished runs under `results_dir` (only those of `task`, when given: a damaged run of another
+    task does not stop it) and build their Report."""
+    if not task:
+        return report_from_results(load_results(results_dir), results_dir, metric, **options)
+    have = {folder.parent.name for folder in finished_runs(results_dir)}
+    wanted = [_task_name(t, have) for t in ([task] if isinstance(task, str) else list(task))]
+    unknown = [t for t in wanted if t not in have]
+    if unknown:  # a known task without runs here: nothing to report (as `status --task` says it)
+        raise ResultsError(f"{results_dir}: no finished runs of {unknown[0]} here "
+                           f"(tasks with results: {', '.join(sorted(have)) or 'none'})")
+    return report_from_results(load_results(results_dir, tasks=wanted), results_dir, metric, **options)

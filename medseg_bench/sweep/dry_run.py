@@ -79,7 +79,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
     for spec in runs:
         state = run_state(run_dir(results_dir, spec))
         states[state] += 1
-        if state != "done":
+        if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))

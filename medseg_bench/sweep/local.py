@@ -33,6 +33,7 @@ from medseg_bench.signals import deferred
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (
     EXIT_BUSY,
+    EXIT_DAMAGED,
     EXIT_DONE,
     EXIT_SKIPPED,
     failure_message,
@@ -230,6 +231,8 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                     _record(job.spec, kind, reporter, outcome, read_json(folder / "summary.json"))
                 elif code == EXIT_BUSY:
                     _record(job.spec, "busy", reporter, outcome)
+                elif code == EXIT_DAMAGED:  # lost a file after this sweep looked: named as such, not "failed"
+                    _record(job.spec, "damaged", reporter, outcome, error=finished_damage(folder))
                 else:
                     _record(job.spec, "failed", reporter, outcome, error=failure_message(folder, code))
                     stop = stop or fail_fast

@@ -36,7 +36,7 @@ from medseg_bench.signals import deferred, exit_now, interruptible, received, st
 from medseg_bench.spec import RunSpec
 
 # Exit codes of a worker process; the local launcher reads them.
-EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY = 0, 5, 10, 11
+EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY, EXIT_DAMAGED = 0, 5, 10, 11, 12
 
 
 @dataclass
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.kind in ("failed", "damaged"):
         print(f"error: {outcome.error}", file=sys.stderr)
     codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY,
-             "damaged": EXIT_FAILED}
+             "damaged": EXIT_DAMAGED}
     return codes[outcome.kind]
 
 

@@ -139,6 +139,19 @@ def test_report_filters_and_provenance(fake_results: Path) -> None:
         build_report(fake_results, task="Task09_Spleen")  # a known task without runs here
 
 
+def test_a_damaged_run_of_another_task_does_not_stop_a_task_report(fake_results: Path,
+                                                                    tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(fake_results, copy)
+    damaged = sorted((copy / "Task91_Beta").iterdir())[0] / "summary.json"
+    damaged.unlink()
+    with pytest.raises(ResultsError, match=f"^{damaged}: missing, but the run finished"):
+        build_report(copy)
+    assert set(build_report(copy, task="Task90_Alpha").table["task"]) == {"Task90_Alpha"}
+
+
 def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) -> None:
     from medseg_bench.report import render, report_from_results
 
