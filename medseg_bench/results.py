@@ -107,6 +107,10 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
     for name in FINISHED_FILES:
         if not (folder / name).is_file():
             return folder / name, "missing, but the run finished"
+    for name in ("spec.json", "summary.json"):  # cheap to check here; metrics.csv's rows: read_finished_run
+        _, why = load_json_object(folder / name)
+        if why:
+            return folder / name, f"{why}, but the run finished"
     return None
 
 

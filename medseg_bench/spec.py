@@ -25,7 +25,8 @@ from medseg_bench.errors import UsageError
 #    the image is zero, so a held-out case's score depended on its reference; no Task04_Hippocampus case);
 #    2D runs slice along the coarsest axis (was always the first); HD95 reaches an exact 95 % share; a
 #    held-out one-slice volume is scored in 2D; class weights are recorded scaled (smallest positive 1), so
-#    the same ratios are the same run id; 3D patches of thick-slice data are augmented in plane only.
+#    the same ratios are the same run id; 3D patches of thick-slice data are augmented in plane only; a run
+#    resumed with DataLoader workers draws its first resumed epoch's samples (it re-drew the first epoch's).
 PIPELINE_VERSION = 4
 
 DIMS = ("2d", "3d")

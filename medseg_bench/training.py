@@ -29,7 +29,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from medseg_bench.augment import AUGS
-from medseg_bench.data.datamodule import make_loaders
+from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
@@ -314,6 +314,15 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     resuming = last.is_file()
     if resuming:
         _keep_csv_log(run_dir / "logs")
+        # With loader workers, the first resumed epoch's indices are fetched when its iterator is made, before
+        # Lightning sets the epoch on the sampler: set it here, from the steps the checkpoint has done
+        # (every epoch is `iters_per_epoch` steps), or that epoch re-draws the first epoch's samples.
+        try:
+            done = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        except Exception:  # noqa: BLE001 - a bad checkpoint: Lightning's restore says so, below
+            done = 0
+        if isinstance(train_loader.sampler, EpochSampler):
+            train_loader.sampler.set_epoch(int(done) // spec.iters_per_epoch)
     start = progress.start_attempt()
     _reset_peak_memory(cuda)
     with _no_nan_fill():

@@ -282,3 +282,14 @@ def test_the_index_holds_tasks_with_and_without_named_regions(tmp_path: Path) ->
     write_index(tmp_path)
     index = pd.read_parquet(tmp_path / INDEX_NAME)
     assert sorted(index["label"]) == ["1", "1", "1", "whole"] and set(index["task"]) == {"T1", "T9"}
+
+
+@pytest.mark.parametrize("name", ["spec.json", "summary.json"])
+def test_a_finished_runs_json_cut_short_is_damage(tmp_path: Path, name: str) -> None:
+    from medseg_bench.results import finished_damage, run_state
+
+    _fake_run(tmp_path, 0)
+    (folder,) = (tmp_path / "T").iterdir()
+    (folder / name).write_text((folder / name).read_text()[:20])
+    assert (finished_damage(folder) or "").startswith(f"{folder / name}: not valid JSON")
+    assert run_state(folder) == "damaged"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from typer.testing import CliRunner
 
@@ -192,3 +193,28 @@ def test_a_runs_peak_memory_is_its_own() -> None:
     _reset_peak_memory(cuda=False)
     after = _peak_memory_mb(cuda=False)
     assert before - after > 300, (before, after)
+
+
+class _StopAtEpoch(pl.Callback):
+    """Stops training as epoch `epoch` (0-based) starts, after the previous epoch's checkpoint: a kill."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt("SIGTERM")
+
+
+def test_a_resumed_run_with_loader_workers_trains_as_an_uninterrupted_one(prepared, tmp_path: Path) -> None:
+    # With DataLoader workers, the first resumed epoch re-drew the first epoch's samples: the loader fetched
+    # its indices before Lightning set the resumed epoch on the sampler.
+    spec = _spec(aug="none", epochs=3)
+    train(spec, prepared, tmp_path / "whole", num_workers=1)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(spec, prepared, tmp_path / "cut", num_workers=1, extra_callbacks=[_StopAtEpoch(1)])
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    train(spec, prepared, tmp_path / "cut", num_workers=1)
+    whole = pd.read_csv(tmp_path / "whole" / "logs" / "metrics.csv")
+    resumed = pd.read_csv(tmp_path / "cut" / "logs" / "metrics.csv")
+    assert whole["train_loss"].dropna().tolist() == resumed["train_loss"].dropna().tolist()
