@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from medseg_bench.augment import AUGS
@@ -86,7 +87,8 @@ def canonical_weights(weights: tuple[float, ...] | None) -> tuple[float, ...] | 
     positive = [w for w in weights or () if w > 0]
     if weights is None or not positive:
         return weights
-    return tuple(float(f"{w / min(positive):.12g}") for w in weights)
+    scaled = tuple(float(f"{w / min(positive):.12g}") for w in weights)
+    return scaled if all(math.isfinite(w) for w in scaled) else weights  # 1e-320,1,2: kept as typed
 
 
 def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
