@@ -62,6 +62,14 @@ class ResultsError(MedsegError):
     exit_code = 6
 
 
+class DamagedRunError(ResultsError):
+    """A finished run's file is damaged or lost; `damage` is "<file>: <problem>", the message adds advice."""
+
+    def __init__(self, damage: str, advice: str) -> None:
+        super().__init__(f"{damage}; {advice}")
+        self.damage = damage
+
+
 class FileSystemError(MedsegError):
     """An OSError no command turned into a more precise error: one line with the path, not a traceback."""
 

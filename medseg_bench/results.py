@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.data.io import load_json_object, write_json_atomic
-from medseg_bench.errors import ResultsError
+from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec
 
@@ -265,9 +265,9 @@ def finished_runs(results_dir: Path, tasks: Sequence[str] | None = None) -> list
 METRICS_COLUMNS = ("case", "label", "dice", "ref_empty", "pred_empty")
 
 
-def _corrupt(path: Path, problem: str) -> ResultsError:
-    return ResultsError(f"{path}: {problem}; move its run folder away to report without it, or delete the "
-                        "folder to run it again")
+def _corrupt(path: Path, problem: str) -> DamagedRunError:
+    return DamagedRunError(f"{path}: {problem}", "move its run folder away to report without it, or delete "
+                           "the folder to run it again")
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

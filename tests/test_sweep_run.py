@@ -70,3 +70,18 @@ def test_a_finished_run_with_a_damaged_status_is_named_never_trained_again(share
     assert f"damaged  Task04_Hippocampus/{folder.name}" in status.output
     report = runner.invoke(app, ["report", "--results-dir", str(results)])
     assert report.exit_code == 6 and f"{folder / 'status.json'}: not valid JSON" in report.output
+
+
+def test_a_finished_runs_metrics_cut_short_is_named_by_the_sweep(shared_task: Path, home: Path,
+                                                                  tmp_path: Path) -> None:
+    fetch_subset(shared_task, tmp_path)
+    results = tmp_path / "results"
+    command = ["sweep", *TINY_SWEEP, "--results-dir", str(results)]
+    assert runner.invoke(app, command).exit_code == 0
+    (folder,) = (results / "Task04_Hippocampus").iterdir()
+    metrics = folder / "metrics.csv"
+    metrics.write_text(metrics.read_text()[:-30])  # the last row cut short
+    again = runner.invoke(app, command)
+    assert again.exit_code == 6, again.output
+    assert again.output.strip().splitlines()[-1].startswith(f"error: {metrics}: ")
+    assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import ResultsError, RunError
+from medseg_bench.errors import DamagedRunError, ResultsError, RunError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
@@ -24,6 +24,7 @@ from medseg_bench.results import (
     finished_damage,
     is_done,
     is_live,
+    read_finished_run,
     read_json,
     run_dir,
     warn_on_stderr,
@@ -112,11 +113,17 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
               outcome: dict[str, list[str]]) -> list[RunSpec]:
-    """Record the finished runs (skipped, or damaged: never trained again); return the others."""
+    """Record the finished runs (skipped, or damaged: never trained again); return the others. A finished run
+    is read as `report` reads it, so a metrics.csv cut short is named here too."""
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
         problem = finished_damage(folder)
+        if problem is None and is_done(folder):
+            try:
+                read_finished_run(folder)
+            except DamagedRunError as exc:
+                problem = exc.damage
         if problem:
             _record(spec, "damaged", reporter, outcome, error=problem)
         elif is_done(folder):
