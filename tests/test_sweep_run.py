@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
@@ -50,38 +51,28 @@ def test_parallel_sweep_skips_a_run_held_elsewhere_then_finishes_it(shared_task:
     assert "(1 estimated from the same dims and arch, 0 from all finished runs)" in dry.output
 
 
-def test_a_finished_run_with_a_damaged_status_is_named_never_trained_again(shared_task: Path, home: Path,
-                                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "keep", "problem"), [
+    ("status.json", 14, "not valid JSON"),  # edited, or cut short by a full disk: was read as pending
+    ("metrics.csv", -30, ""),  # its last row cut short: was skipped as done, silently
+])
+def test_a_finished_run_with_a_damaged_file_is_named_never_trained_again(
+        shared_task: Path, home: Path, tmp_path: Path, name: str, keep: int, problem: str) -> None:
     fetch_subset(shared_task, tmp_path)
     results = tmp_path / "results"
     command = ["sweep", *TINY_SWEEP, "--results-dir", str(results)]
     assert runner.invoke(app, command).exit_code == 0
     (folder,) = (results / "Task04_Hippocampus").iterdir()
     summary = (folder / "summary.json").read_bytes()
-    (folder / "status.json").write_text('{"state": "do')  # edited, or cut short by a full disk
+    damaged = folder / name
+    damaged.write_text(damaged.read_text()[:keep])
     again = runner.invoke(app, command)
     assert again.exit_code == 6, again.output
-    assert again.output.strip().splitlines()[-1].startswith(
-        f"error: {folder / 'status.json'}: not valid JSON")
+    assert again.output.strip().splitlines()[-1].startswith(f"error: {damaged}: {problem}")
     assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output
     assert (folder / "summary.json").read_bytes() == summary
     assert [e["event"] for e in read_events(folder)] == ["start", "done"]
-    status = runner.invoke(app, ["status", "--results-dir", str(results)])
-    assert f"damaged  Task04_Hippocampus/{folder.name}" in status.output
     report = runner.invoke(app, ["report", "--results-dir", str(results)])
-    assert report.exit_code == 6 and f"{folder / 'status.json'}: not valid JSON" in report.output
-
-
-def test_a_finished_runs_metrics_cut_short_is_named_by_the_sweep(shared_task: Path, home: Path,
-                                                                  tmp_path: Path) -> None:
-    fetch_subset(shared_task, tmp_path)
-    results = tmp_path / "results"
-    command = ["sweep", *TINY_SWEEP, "--results-dir", str(results)]
-    assert runner.invoke(app, command).exit_code == 0
-    (folder,) = (results / "Task04_Hippocampus").iterdir()
-    metrics = folder / "metrics.csv"
-    metrics.write_text(metrics.read_text()[:-30])  # the last row cut short
-    again = runner.invoke(app, command)
-    assert again.exit_code == 6, again.output
-    assert again.output.strip().splitlines()[-1].startswith(f"error: {metrics}: ")
-    assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output
+    assert report.exit_code == 6 and f"error: {damaged}: {problem}" in report.output
+    if name == "status.json":
+        status = runner.invoke(app, ["status", "--results-dir", str(results)])
+        assert f"damaged  Task04_Hippocampus/{folder.name}" in status.output
