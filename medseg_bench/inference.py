@@ -89,17 +89,16 @@ def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Seq
 
 def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
                   patch_size: Sequence[int], device: torch.device | str = "cpu",
-                  tta: bool = False, slice_axis: int | None = None) -> np.ndarray:
+                  tta: bool = False, slice_axis: int = 0) -> np.ndarray:
     """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
 
     The image goes through what the cache applies (normalise, crop to the non-zero region, resample to the
     plan's target spacing); the probabilities are resampled back and the crop is undone (outside: background).
+    A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
     """
-    from medseg_bench.data.plan import slice_axis as coarsest_axis
     from medseg_bench.data.preprocess import preprocess_image
     from medseg_bench.data.resample import to_original
 
     resampled, _, grid = preprocess_image(image, spacing_zyx, plan)
-    axis = 0 if dims == "3d" else coarsest_axis(plan.target_spacing) if slice_axis is None else slice_axis
-    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta, axis)
+    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta, slice_axis)
     return to_original(probs, grid)

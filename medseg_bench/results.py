@@ -93,6 +93,14 @@ def finished_damage(folder: Path) -> str | None:
     return f"{found[0]}: {found[1]}" if found else None
 
 
+def damaged_runs_error(damage: list[str], fate: str) -> ResultsError:
+    """The one error a sweep ends with when it left finished runs as they are (`fate`: "not trained again",
+    "not submitted"): the first run's damage, and how many more."""
+    more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
+    return ResultsError(f"{damage[0]}{more}; left as it is, {fate}: restore the file, move the run folder "
+                        "away, or delete it to run it again")
+
+
 def _damaged_file(folder: Path) -> tuple[Path, str] | None:
     status_path = folder / "status.json"
     status, why = load_json_object(status_path) if status_path.is_file() else (None, "missing")

@@ -16,13 +16,14 @@ import numpy as np
 
 from medseg_bench.data.io import failure_names, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case
-from medseg_bench.errors import RunError
+from medseg_bench.errors import RunError, first_line
 from medseg_bench.results import SETUP_NAME, environment, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
     build_network,
     load_weights,
+    network_spacing,
     resolve_patch_and_batch,
     run_slice_axis,
     save_learning_curves,
@@ -56,7 +57,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
                                  regions=task.regions or None):
             rows.append({"case": case_id, **row})
 
-    slice_axis = run_slice_axis(spec, prepared)
+    slice_axis = run_slice_axis(spec, network_spacing(prepared))
     kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
@@ -148,7 +149,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                  summary["mean"].get("dice", float("nan")))
         return summary
     except BaseException as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"
         log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())

@@ -16,7 +16,7 @@ import os
 import resource
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -237,12 +237,13 @@ def _peak_memory_mb(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: since the process started
 
 
-def run_slice_axis(spec: RunSpec, prepared: PreparedTask) -> int:
-    """The axis a 2D run slices its volumes along (`data.plan.slice_axis`); 0 (unused) for a 3D run, and for a
-    run of pipeline version 3 or older, which was trained on slices along the first axis."""
+def run_slice_axis(spec: RunSpec, spacing_zyx: Sequence[float]) -> int:
+    """The axis a 2D run slices volumes of `spacing_zyx` along (`data.plan.slice_axis`), for training,
+    evaluation and `predict` alike; 0 (unused) for a 3D run, and for a run of pipeline version 3 or older,
+    which was trained on slices along the first axis."""
     if spec.dims != "2d" or spec.pipeline_version < 4:
         return 0
-    return slice_axis(network_spacing(prepared))
+    return slice_axis(spacing_zyx)
 
 
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
@@ -265,7 +266,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
-        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, prepared),
+        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, network_spacing(prepared)),
         anisotropic_axis(network_spacing(prepared)))
     net = build_network(spec, prepared)
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
@@ -424,7 +425,7 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
     """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
     import zipfile
 
-    from medseg_bench.errors import DataError
+    from medseg_bench.errors import DataError, first_line
 
     if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
@@ -434,7 +435,7 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
         weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if not any(c.isalpha() for c in first):  # a KeyError of a bare number says nothing on its own
             first = f"{type(exc).__name__} {first}"
         if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off

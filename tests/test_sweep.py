@@ -372,6 +372,6 @@ def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:
 
     prepared = SimpleNamespace(plan=SimpleNamespace(target_spacing=(0.8, 0.8, 4.0)))
     spec = RunSpec(task="T", dims="2d", arch="unet", loss="dice_ce", aug="none")
-    assert run_slice_axis(spec, prepared) == 2  # type: ignore[arg-type]
+    assert run_slice_axis(spec, prepared.plan.target_spacing) == 2
     old = RunSpec(**{**spec.to_dict(), "pipeline_version": 3})
-    assert run_slice_axis(old, prepared) == 0  # type: ignore[arg-type]
+    assert run_slice_axis(old, prepared.plan.target_spacing) == 0

@@ -128,7 +128,7 @@ def predict(
     from medseg_bench.models import ModelInputs, build_model, fit_patch
     from medseg_bench.postprocess import apply_postprocessing, load_decision
     from medseg_bench.spec import RunSpec
-    from medseg_bench.training import load_weights
+    from medseg_bench.training import load_weights, run_slice_axis
 
     device = _check_device(device)
     _check_out_folder(images, out)
@@ -162,7 +162,7 @@ def predict(
             raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
                             f"{task.num_channels}")
         labels = predict_image(net, image, geometry.spacing_zyx, plan, spec.dims, patch, run_device, use_tta,
-                               slice_axis=0 if spec.pipeline_version < 4 else None)  # as it was trained
+                               run_slice_axis(spec, plan.target_spacing))  # as it was trained
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
         write_label(labels, geometry, target)

@@ -179,8 +179,6 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
                    f"`medseg-bench status --results-dir {results_dir}`")
     if damaged:
-        from medseg_bench.errors import ResultsError
+        from medseg_bench.results import damaged_runs_error
 
-        more = f" (and {len(damaged) - 1} more finished run(s) like it)" if len(damaged) > 1 else ""
-        raise ResultsError(f"{damaged[0]}{more}; left as it is, not submitted: restore the file, move the "
-                           "run folder away, or delete it to run it again")
+        raise damaged_runs_error(damaged, "not submitted")

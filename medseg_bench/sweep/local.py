@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import DamagedRunError, ResultsError, RunError
+from medseg_bench.errors import DamagedRunError, RunError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
     check_writable,
+    damaged_runs_error,
     finished_damage,
     is_done,
     is_live,
@@ -103,11 +104,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                                "`medseg-bench status` rebuilds it")
     if outcome["failed"]:
         raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
-    damage = outcome["damage"]
-    if damage:
-        more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
-        raise ResultsError(f"{damage[0]}{more}; left as it is, not trained again: restore the file, move the "
-                           "run folder away, or delete it to run it again")
+    if outcome["damage"]:
+        raise damaged_runs_error(outcome["damage"], "not trained again")
     return outcome
 
 
@@ -118,18 +116,15 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
-        problem = finished_damage(folder)
-        if problem is None and is_done(folder):
-            try:
-                read_finished_run(folder)
-            except DamagedRunError as exc:
-                problem = exc.damage
-        if problem:
-            _record(spec, "damaged", reporter, outcome, error=problem)
-        elif is_done(folder):
-            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
-        else:
+        if not (is_done(folder) or finished_damage(folder)):
             todo.append(spec)
+            continue
+        try:
+            read_finished_run(folder)  # names any damage, finished_damage's included
+        except DamagedRunError as exc:
+            _record(spec, "damaged", reporter, outcome, error=exc.damage)
+        else:
+            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
     return todo
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import submitit
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.errors import RunError, UsageError
+from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.results import QUEUED_NAME, finished_damage, read_json, run_dir, run_state, write_index
 from medseg_bench.spec import RunSpec
 
@@ -135,7 +135,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     try:
         executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
     except RuntimeError as exc:  # no srun/sbatch where submitit looks for them
-        raise RunError(f"SLURM is not usable here: {_first_line(exc)}") from None
+        raise RunError(f"SLURM is not usable here: {first_line(exc)}") from None
     timeout_min = parse_time_minutes(options.time)
     params: dict[str, Any] = {
         "name": "medseg-bench", "timeout_min": timeout_min,
@@ -170,11 +170,6 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
         submitted.append((spec, job.job_id))
         say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
     return submitted, damaged
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _sbatch_reason(exc: BaseException) -> str:
