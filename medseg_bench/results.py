@@ -325,6 +325,20 @@ RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "pa
                    "task_version", "pipeline_version")
 
 
+def checked_state(folder: Path) -> tuple[str, str | None]:
+    """`run_state`, with a finished run read whole as `report` reads it (its metrics.csv rows included), and
+    what is damaged ("<file>: <problem>") when the state is `damaged`. For `status` and SLURM submission,
+    which must agree with `sweep` and `report` on which runs are done."""
+    state = run_state(folder)
+    if state not in ("done", "damaged"):
+        return state, None
+    try:
+        read_finished_run(folder)
+    except DamagedRunError as exc:
+        return "damaged", exc.damage
+    return "done", None
+
+
 def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """A finished run's RESULT_SETTINGS as it trained: the learning rate, patch and batch size it used (from
     the plan when its spec left them open), so runs before and after a plan edit are told apart."""

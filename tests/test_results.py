@@ -21,6 +21,7 @@ from medseg_bench.locks import RunLock, is_locked
 from medseg_bench.results import (
     INDEX_NAME,
     append_event,
+    checked_state,
     load_results,
     read_events,
     write_index,
@@ -207,6 +208,9 @@ def test_a_damaged_finished_run_is_named_never_read_as_it_is(
     with pytest.raises(ResultsError) as info:
         load_results(tmp_path)
     assert str(info.value).startswith(f"{damaged / name}: {problem}")
+    state, named = checked_state(damaged)  # status and SLURM submission agree
+    assert state == "damaged" and named is not None and named.startswith(f"{damaged / name}: {problem}")
+    assert checked_state(sorted((tmp_path / "T").iterdir())[0]) == ("done", None)
     assert str(info.value).endswith("move its run folder away to report without it, or delete the folder to "
                                     "run it again")
     skipped: list[str] = []

@@ -18,7 +18,7 @@ def status(
     from collections import Counter
 
     from medseg_bench.errors import ResultsError
-    from medseg_bench.results import finished_damage, read_json, read_status, run_state, write_index
+    from medseg_bench.results import checked_state, read_json, read_status, write_index
 
     folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{task or '*'}/*/{name}")})
@@ -42,7 +42,7 @@ def status(
             pass
     counts: Counter[str] = Counter()
     for folder in folders:
-        state = run_state(folder)
+        state, damage = checked_state(folder)
         counts[state] += 1
         if quiet:
             continue
@@ -58,7 +58,7 @@ def status(
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
         if state == "damaged":
-            extra += f"  {finished_damage(folder)}"
+            extra += f"  {damage}"
         typer.echo(f"{state:8s} {folder.parent.name}/{folder.name}{extra}")
     typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import DamagedRunError, RunError
+from medseg_bench.errors import RunError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
     check_writable,
+    checked_state,
     damaged_runs_error,
     finished_damage,
     is_done,
     is_live,
-    read_finished_run,
     read_json,
     run_dir,
     warn_on_stderr,
@@ -116,15 +116,13 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
-        if not (is_done(folder) or finished_damage(folder)):
-            todo.append(spec)
-            continue
-        try:
-            read_finished_run(folder)  # names any damage, finished_damage's included
-        except DamagedRunError as exc:
-            _record(spec, "damaged", reporter, outcome, error=exc.damage)
-        else:
+        state, damage = checked_state(folder)
+        if state == "damaged":
+            _record(spec, "damaged", reporter, outcome, error=damage)
+        elif state == "done":
             _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
+        else:
+            todo.append(spec)
     return todo
 
 

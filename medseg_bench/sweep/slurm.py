@@ -20,7 +20,7 @@ import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
-from medseg_bench.results import QUEUED_NAME, finished_damage, read_json, run_dir, run_state, write_index
+from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
 from medseg_bench.spec import RunSpec
 
 
@@ -118,10 +118,10 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     damaged: list[str] = []
     for spec in runs:
         folder = folders[spec.run_id]
-        state = run_state(folder)
+        state, damage = checked_state(folder)
         job = queued_job(folder)
         if state == "damaged":
-            damaged.append(finished_damage(folder) or spec.run_id)
+            damaged.append(damage or spec.run_id)
             say(f"damaged  {spec.task}/{spec.run_id}: {damaged[-1]}; not submitted")
         elif state in ("done", "running"):
             say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")

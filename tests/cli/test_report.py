@@ -104,7 +104,7 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
-def test_a_damaged_run_stops_the_report_with_one_line_and_status_warns(results: Path, tmp_path: Path) -> None:
+def test_a_damaged_run_stops_the_report_and_status_names_it(results: Path, tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "results"
@@ -118,7 +118,9 @@ def test_a_damaged_run_stops_the_report_with_one_line_and_status_warns(results: 
         "without it, or delete the folder to run it again"]
     status = runner.invoke(app, ["status", "--results-dir", str(copy)])
     assert status.exit_code == 0, status.output
-    assert f"warning: {damaged}: lacks" in status.output and "10 runs: 10 done" in status.output
+    run = f"{damaged.parent.parent.name}/{damaged.parent.name}"  # named as sweep and report name it
+    assert f"damaged  {run}  {damaged}: lacks the column(s) ref_empty, pred_empty" in status.output
+    assert "10 runs: 1 damaged, 9 done" in status.output
 
 
 def test_group_by_top_and_metric(results: Path) -> None:
