@@ -35,6 +35,9 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
         env = json.loads((run / "env.json").read_text())
         assert env["versions"]["torch"] and env["git_revision"]
         assert json.loads((run / "spec.json").read_text())["run_id"] == run.name
+        header = (run / "metrics.csv").read_text().splitlines()[0]  # as `evaluate --format csv` writes
+        assert header == ("case,label,dice,jaccard,precision,recall,volume_diff,hd,hd95,assd,nsd,"
+                          "ref_empty,pred_empty")
         assert len(json.loads((run / "splits.json").read_text())["val"]) == 2
 
     again = runner.invoke(app, sweep)  # the same spec is skipped, not repeated

@@ -163,23 +163,12 @@ def _task(name: str | None) -> Any:
     return get_task(name) if name is not None else None
 
 
-def _columns() -> list[str]:
-    """The documented leading columns (case, label, dice ... nsd), then the other metrics and the flags."""
-    from medseg_bench.metrics import METRIC_NAMES
-
-    leading = ["dice", "jaccard", "precision", "recall", "hd", "hd95", "assd", "nsd"]
-    rest = [name for name in METRIC_NAMES if name not in leading]
-    return ["case", "label", *leading, *rest, "ref_empty", "pred_empty"]
-
-
 def _render(cases: Any, means: Any, settings: dict[str, object], fmt: str) -> str:
     import json
 
     import pandas as pd
 
-    columns = _columns()
-    cases = cases[columns]
-    means = means[["label", *columns[2:-2], "n_cases", "n_both_empty"]]
+    columns = list(cases.columns)  # case, label, METRIC_NAMES, flags: a run's metrics.csv order
     if fmt == "csv":
         mean_rows = means.assign(case="mean", ref_empty="", pred_empty="")[columns]
         return pd.concat([cases.astype(object), mean_rows.astype(object)]).to_csv(index=False)

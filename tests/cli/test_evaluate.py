@@ -47,8 +47,8 @@ def test_csv_rows_then_means(folders):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(io.StringIO(result.stdout))
-    assert list(frame.columns[:10]) == ["case", "label", "dice", "jaccard", "precision", "recall",
-                                        "hd", "hd95", "assd", "nsd"]
+    assert list(frame.columns) == ["case", "label", "dice", "jaccard", "precision", "recall", "volume_diff",
+                                   "hd", "hd95", "assd", "nsd", "ref_empty", "pred_empty"]  # a run's order
     assert frame["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
     assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
     assert frame.loc[0, "hd"] == pytest.approx(2.5)  # moved by one 2.5 mm slice
