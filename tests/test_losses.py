@@ -75,3 +75,12 @@ def test_class_weights_count_by_their_ratios(name: str) -> None:
     logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
     one = build_loss(name, 3, (0.5, 1.0, 1.0))(logits, target)
     assert build_loss(name, 3, (1.0, 2.0, 2.0))(logits, target) == pytest.approx(float(one))
+
+
+@pytest.mark.parametrize("name", WEIGHTABLE)
+def test_equal_class_weights_are_the_unweighted_loss(name: str) -> None:
+    # Why `--class-weights 1,1,1` is recorded as no weights (sweep.expand.canonical_weights): the same loss.
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
+    plain = build_loss(name, 3)(logits, target)
+    assert build_loss(name, 3, (2.0, 2.0, 2.0))(logits, target) == pytest.approx(float(plain), rel=1e-6)

@@ -134,6 +134,8 @@ def test_class_weights_with_the_same_ratios_are_the_same_run(home: Path) -> None
     assert run((0.5, 1.0, 2.0)).class_weights == (1.0, 2.0, 4.0)
     assert run((0.0, 1.0, 3.0)).class_weights == (0.0, 1.0, 3.0)
     assert run((1.0, 2.0, 4.0)).run_id != run((1.0, 2.0, 3.0)).run_id
+    unweighted = expand(_request(dims=["3d"]))[0][0]  # equal weights: the unweighted loss (test_losses)
+    assert run((1.0, 1.0, 1.0)) == run((2.5, 2.5, 2.5)) == unweighted
 
 
 def test_exclude_rules_take_whole_numbers_for_fold_and_seed(home: Path) -> None:

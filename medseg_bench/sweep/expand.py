@@ -83,12 +83,15 @@ def is_excluded(spec: RunSpec, rules: list[dict[str, str]]) -> bool:
 
 def canonical_weights(weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """Class weights scaled so that the smallest positive one is 1 (12 significant digits): `0.5,1,2` and
-    `1,2,4` are one loss (only ratios count, see `losses.build_loss`), so they are one run id."""
+    `1,2,4` are one loss (only ratios count, see `losses.build_loss`), so they are one run id. Equal weights
+    (`1,1,1`) are the unweighted loss: None, the run id of no weights."""
     positive = [w for w in weights or () if w > 0]
     if weights is None or not positive:
         return weights
     scaled = tuple(float(f"{w / min(positive):.12g}") for w in weights)
-    return scaled if all(math.isfinite(w) for w in scaled) else weights  # 1e-320,1,2: kept as typed
+    if not all(math.isfinite(w) for w in scaled):
+        return weights  # 1e-320,1,2: kept as typed
+    return None if all(w == 1.0 for w in scaled) else scaled
 
 
 def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
