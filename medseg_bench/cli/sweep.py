@@ -155,7 +155,9 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
             workers: int | None) -> None:
     try:
         from medseg_bench.sweep.slurm import SlurmOptions, submit
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "submitit":
+            raise  # a broken install of our own: its traceback, not advice that would not help
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
     from medseg_bench.results import check_writable
     from medseg_bench.sweep.local import prepare_locked

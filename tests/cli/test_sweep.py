@@ -122,3 +122,23 @@ def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path
     assert result.output.strip().splitlines()[-1] == (
         "error: sbatch failed: sbatch: fatal: Could not establish a configuration source")
     assert [p for p in (results / ".slurm").rglob("*") if p.is_file()] == []
+
+
+def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from tests.conftest import TINY_SWEEP
+
+    monkeypatch.delitem(sys.modules, "medseg_bench.sweep.slurm", raising=False)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` fails as when it is not installed
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--launcher",
+                                 "slurm"])
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: --launcher slurm needs submitit: pip install 'medseg-bench[slurm]'\n"
+    # Any other import failure is a broken install of ours, not a missing extra: not blamed on submitit.
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    monkeypatch.setitem(sys.modules, "medseg_bench.sweep.slurm", None)
+    broken = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--launcher",
+                                 "slurm"])
+    assert "needs submitit" not in broken.output and isinstance(broken.exception, ModuleNotFoundError)
