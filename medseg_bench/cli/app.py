@@ -83,4 +83,15 @@ for _name, _help, _function in COMMANDS:
     app.command(_name, help=_help)(_function)
 
 def main() -> None:
+    import sys
+
+    if _only_prints(sys.argv[1:]):
+        # Help, the version and `list` print through rich/typer, which exit 1 on a closed pipe. They have
+        # nothing to clean up, so the default SIGPIPE action stops them as it stops `cat`: 141 in a shell.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
+
+
+def _only_prints(args: list[str]) -> bool:
+    """No arguments (the help), --help/-h/--version anywhere, or the `list` command."""
+    return not args or args[0] == "list" or any(a in ("--help", "-h", "--version") for a in args)

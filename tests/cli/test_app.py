@@ -102,3 +102,15 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(home: Path, tmp_path:
                             capture_output=True, text=True, cwd=Path(__file__).parents[2],
                             env={**os.environ, "MEDSEG_BENCH_HOME": str(home)}, timeout=120)
     assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("args", ["--help", "--version", "list archs", "sweep --help"])
+def test_help_and_list_into_a_closed_pipe_exit_as_a_shell_reports_sigpipe(args: str) -> None:
+    # They printed through rich/typer, which exit 1 on a broken pipe: `set -o pipefail` scripts failed.
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("medseg-bench")
+    result = subprocess.run(f"set -o pipefail; '{exe}' {args} | true", shell=True, executable="/bin/bash",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 141) and result.stderr == "", (result.returncode, result.stderr)
