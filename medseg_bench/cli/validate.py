@@ -38,6 +38,7 @@ def validate(
         case_count_warnings,
         label_warnings,
         problem_lines,
+        refusal,
         validate_folder,
     )
     from medseg_bench.errors import DataError
@@ -61,10 +62,7 @@ def validate(
         # Fatal: the error line names the first bad file and its problem; the others are listed before it.
         for line in problem_lines(problems, folder / MARKER, excluded=False, skip=1):
             console.print(f"[red]problem:[/red] {escape(line)}")
-        more = f" and {len(problems) - 1} more problem(s) in {len(report.excluded)} case(s)" \
-            if len(problems) > 1 else ""
-        why = "(--strict)" if strict else "(no usable training case left)"
-        raise DataError(f"{problems[0]}{more} {why}")
+        raise refusal(report, "--strict" if strict else "no usable training case left")
     for line in problem_lines(problems, folder / MARKER):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     if report.excluded:

@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg_bench.data.io import load_json_object, write_json_atomic
-from medseg_bench.data.validate import ValidationReport, case_count_warnings, label_warnings, validate_folder
+from medseg_bench.data.validate import (
+    ValidationReport,
+    case_count_warnings,
+    label_warnings,
+    refusal,
+    validate_folder,
+)
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec, is_md5
@@ -193,10 +199,7 @@ def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) 
 
 
 def _fatal(report: ValidationReport, strict: bool, kept: str = "nothing was kept") -> DataError:
-    first, count = report.problems[0], len(report.problems)
-    more = f" and {count - 1} more problem(s)" if count > 1 else ""
-    why = f"(--strict: {kept})" if strict else f"(no usable training case: {kept})"
-    return DataError(f"{first}{more} {why}")
+    return refusal(report, f"--strict: {kept}" if strict else f"no usable training case: {kept}")
 
 
 def _write_marker(root: Path, task: TaskSpec, origin: str, md5: str | None, report: ValidationReport) -> None:

@@ -159,6 +159,14 @@ def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
     ]
 
 
+def refusal(report: ValidationReport, reason: str) -> DataError:
+    """The one error line of a fetch or validate that refuses a task: the first problem, how many more in how
+    many cases, and why they are fatal (`reason`, e.g. "--strict: nothing was kept")."""
+    first, rest = report.problems[0], report.problems[1:]
+    more = f" and {len(rest)} more problem(s) in {len({p.case_id for p in rest})} case(s)" if rest else ""
+    return DataError(f"{first}{more} ({reason})")
+
+
 PROBLEMS_SHOWN = 10
 
 

@@ -306,8 +306,8 @@ def test_no_usable_case_is_an_error_and_nothing_is_kept(home: Path, tmp_path: Pa
     for label in (src / "labelsTr").iterdir():
         label.unlink()
     data = tmp_path / "data"
-    with pytest.raises(DataError, match=r"case_000.nii.gz: label file missing and 2 more problem\(s\) "
-                                        r"\(no usable training case: nothing was kept\)"):
+    with pytest.raises(DataError, match=r"case_000.nii.gz: label file missing and 2 more problem\(s\) in 2 "
+                                        r"case\(s\) \(no usable training case: nothing was kept\)"):
         fetch_task(get_task("Task90_Synth"), data, str(src), progress=False)
     assert not (data / "Task90_Synth").exists() and not list(data.glob(".*.partial"))
 

@@ -10,7 +10,7 @@ import pytest
 
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.msd import training_cases
-from medseg_bench.data.validate import Problem, problem_summary, validate_folder
+from medseg_bench.data.validate import Problem, ValidationReport, problem_summary, refusal, validate_folder
 from medseg_bench.errors import DataError
 from tests.conftest import make_synthetic_task, write_image, write_task_file
 
@@ -175,3 +175,15 @@ def test_problem_summary_counts_the_rest_by_kind() -> None:
         "9 more problem(s) in 4 case(s) (image file missing: 2; label values [7] not declared: 2; "
         "label shape [0] differs: 1; 4 other kind(s)); every one is listed in "
         "/data/T/.medseg-bench-valid.json")
+
+
+def test_a_refusal_names_the_first_problem_and_counts_the_other_cases() -> None:
+    # fetch and validate refuse a task with this one line (they had two wordings, one without the cases).
+    problems = [Problem("c0", "/d/T/labelsTr/c0.nii.gz", "label file missing"),
+                Problem("c0", "/d/T/imagesTr/c0.nii.gz", "image file missing"),
+                Problem("c1", "/d/T/labelsTr/c1.nii.gz", "label file missing")]
+    error = refusal(ValidationReport([], problems), "--strict: nothing was kept")
+    assert str(error) == ("/d/T/labelsTr/c0.nii.gz: label file missing and 2 more problem(s) in 2 case(s) "
+                          "(--strict: nothing was kept)")
+    assert str(refusal(ValidationReport([], problems[:1]), "--strict")) == (
+        "/d/T/labelsTr/c0.nii.gz: label file missing (--strict)")

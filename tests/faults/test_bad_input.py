@@ -94,7 +94,7 @@ def test_bad_input_is_one_line_and_touches_nothing_finished(finished: tuple[Path
     nothing = _cli(home, "fetch", task, "--source", str(source), "--data-dir", str(tmp_path / "data2"))
     assert nothing.returncode == 3, nothing.stderr
     assert nothing.stderr.splitlines() == [
-        f"error: {source}/imagesTr/case_000.nii.gz: {problem} and 2 more problem(s) "
+        f"error: {source}/imagesTr/case_000.nii.gz: {problem} and 2 more problem(s) in 2 case(s) "
         "(no usable training case: nothing was kept)"]
 
     # a file of a fetched task replaced by a bad one (in a copy of the home): validate --strict names it
