@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medseg_bench.data.fetch import is_complete, read_marker
-from medseg_bench.data.io import Geometry, read_image, read_label, write_json_atomic
+from medseg_bench.data.io import Geometry, load_json_object, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
 from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize
@@ -173,7 +173,9 @@ def build_cache(
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone."""
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
-    if complete.is_file() and json.loads(complete.read_text()).get("cases") == wanted:
+    # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
+    marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
+    if marker is not None and marker.get("cases") == wanted:
         check_cache(cache_dir, wanted)
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +191,7 @@ def build_cache(
             f"preprocessing {len(todo)} cases",
             pool,
         )
+    check_cache(cache_dir, wanted)  # the cases kept from before as well
     write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,14 +89,30 @@ def load_or_make_splits(
             splits = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON ({exc})") from None
-        known = set(case_ids)
-        for fold in splits:
-            unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
-            if unknown:
-                raise DataError(f"{path}: lists cases that are not usable: {', '.join(unknown[:5])}")
-        if len(splits) != num_folds:
-            raise DataError(f"{path}: holds {len(splits)} folds, expected {num_folds}")
+        _check_splits(path, splits, set(case_ids), num_folds)
         return splits
     splits = make_splits(case_ids, num_folds, group_pattern)
     write_json_atomic(path, splits)
     return splits
+
+
+def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> None:
+    """A splits file a user wrote: `num_folds` folds of usable case ids, each holding out at least one case
+    it does not also train on (a held-out case trained on would inflate every score of that fold)."""
+    fold_shape = '{"train": [case ids], "val": [case ids]}'
+    if not isinstance(splits, list):
+        raise DataError(f"{path}: not a list of folds, each {fold_shape}")
+    for index, fold in enumerate(splits):
+        if not (isinstance(fold, dict) and all(isinstance(fold.get(key), list) for key in ("train", "val"))
+                and all(isinstance(case, str) for case in fold["train"] + fold["val"])):
+            raise DataError(f"{path}: fold {index} is not {fold_shape}")
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            raise DataError(f"{path}: lists cases that are not usable: {', '.join(unknown[:5])}")
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise DataError(f"{path}: fold {index} trains on held-out case(s) {', '.join(both[:5])}")
+        if not fold["val"]:
+            raise DataError(f"{path}: fold {index} holds out no case")
+    if len(splits) != num_folds:
+        raise DataError(f"{path}: holds {len(splits)} folds, expected {num_folds}")

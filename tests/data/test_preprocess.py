@@ -121,6 +121,48 @@ def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
     assert prepare_task(task, data, num_folds=3, workers=1).splits == custom
 
 
+@pytest.mark.parametrize(("splits", "problem"), [
+    ({"train": [], "val": []}, 'not a list of folds, each {"train": [case ids], "val": [case ids]}'),
+    ([{"train": ["x"]}] * 3, 'fold 0 is not {"train": [case ids], "val": [case ids]}'),
+    ([{"train": [1], "val": [2]}] * 3, "fold 0 is not"),
+    ("overlap", "fold 1 trains on held-out case(s) "),
+    ("empty", "fold 2 holds out no case"),
+])
+def test_a_malformed_user_splits_file_is_one_line(home: Path, tmp_path: Path, splits: object,
+                                                    problem: str) -> None:
+    # A JSON object or a fold without "val" was a traceback (TypeError/KeyError); a held-out case also in
+    # training, or a fold holding out nothing, was accepted and inflated or emptied that fold's scores.
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    task = get_task("Task90_Synth")
+    ids = sorted(prepare_task(task, data, num_folds=3, workers=1).case_ids)
+    if splits == "overlap":
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids, "val": ids[2:4]},
+                  {"train": ids[:4], "val": ids[4:]}]
+    elif splits == "empty":
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
+                  {"train": ids, "val": []}]
+    path = data / "preprocessed" / "Task90_Synth" / "splits_3fold.json"
+    path.write_text(json.dumps(splits))
+    with pytest.raises(DataError) as info:
+        prepare_task(task, data, num_folds=3, workers=1)
+    assert str(info.value).startswith(f"{path}: {problem}"), str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", ""])
+def test_a_damaged_cache_marker_is_rebuilt_from_the_cases_on_disk(home: Path, tmp_path: Path,
+                                                                   damage: str) -> None:
+    # complete.json cut short was a JSONDecodeError traceback; it is ours, so the cache is checked and kept.
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    task = get_task("Task90_Synth")
+    prepared = prepare_task(task, data, num_folds=3, workers=1)
+    first = prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy"
+    mtime = first.stat().st_mtime_ns
+    (prepared.cache_dir / "complete.json").write_text(damage)
+    again = prepare_task(task, data, num_folds=3, workers=1)
+    assert first.stat().st_mtime_ns == mtime  # nothing was preprocessed again
+    assert json.loads((again.cache_dir / "complete.json").read_text())["cases"] == sorted(prepared.case_ids)
+
+
 def test_crop_box_does_not_depend_on_the_label(home: Path, tmp_path: Path) -> None:
     # A held-out case is cropped as `predict` crops an image: on its non-zero voxels alone. Label voxels where
     # the image is zero once widened the box, so a run's score depended on its reference.
