@@ -27,7 +27,15 @@ from medseg_bench.errors import UsageError
 #    held-out one-slice volume is scored in 2D; class weights are recorded scaled (smallest positive 1), so
 #    the same ratios are the same run id; 3D patches of thick-slice data are augmented in plane only; a run
 #    resumed with DataLoader workers draws its first resumed epoch's samples (it re-drew the first epoch's).
-PIPELINE_VERSION = 4
+# 5: training patches are placed as nnU-Net places them: inside the volume along every axis it is at least as
+#    large as the patch, the volume wholly inside the patch along a smaller one (centres anywhere left 37 % of
+#    a 64x96x96 patch of a 128x160x160 volume as padding on average, and 63 % on Task04_Hippocampus); the last
+#    third of every batch is centred on foreground (was a draw per sample: 20 % of batches of 4 had none).
+#    New plans normalise per channel as nnU-Net does: crop first, then z-score with the cropped case's
+#    statistics, inside the non-zero mask when the dataset's median crop is under 3/4 of a case (decided once,
+#    not case by case); CT statistics only for channels named CT (`data.plan.channel_schemes`). A plan made
+#    before keeps its normalisation. No effect on Task04_Hippocampus's arrays.
+PIPELINE_VERSION = 5
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

@@ -80,15 +80,14 @@ def plan(
     table.add_row("target spacing (z, y, x) mm", fmt(result.target_spacing))
     table.add_row("crop to non-zero region", "yes" if result.crop_to_nonzero else "no")
     table.add_row("median shape in the cache", fmt(result.median_shape))
-    norm = (
-        "per-case z-score"
-        if result.normalization == "zscore"
-        else (
-            f"CT: clip to [{result.ct_clip[0]:.1f}, {result.ct_clip[1]:.1f}], z-score with foreground "  # type: ignore[index]
-            f"mean {result.ct_mean:.1f}, std {result.ct_std:.1f}"
-        )
-    )
-    table.add_row("normalisation", norm)
+    if result.channel_normalization is None:  # a plan made before pipeline version 5: one for all channels
+        schemes = [{"scheme": "zscore", "nonzero_mask": None} if result.normalization == "zscore" else
+                   {"scheme": "ct", "clip": result.ct_clip, "mean": result.ct_mean, "std": result.ct_std}]
+        channels = ["all channels"]
+    else:
+        schemes, channels = list(result.channel_normalization), list(spec.modalities)
+    for channel, scheme in zip(channels, schemes, strict=False):
+        table.add_row(f"normalisation, {channel}", _scheme_text(scheme))
     table.add_row("sized for", result.budget)
     table.add_row("3D patch, batch", f"{fmt(result.patch_3d)}, batch {result.batch_3d}")
     table.add_row("2D patch, batch", f"{fmt(result.patch_2d)}, batch {result.batch_2d}")
@@ -104,3 +103,13 @@ def plan(
             f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases",
         )
     out.print(table)
+
+
+def _scheme_text(scheme: dict) -> str:
+    if scheme["scheme"] == "ct":
+        low, high = scheme["clip"]
+        return (f"CT: clip to [{low:.1f}, {high:.1f}], z-score with foreground mean {scheme['mean']:.1f}, "
+                f"std {scheme['std']:.1f}")
+    mask = {True: " within the non-zero mask", False: "", None: " (within the non-zero mask if under 3/4 of "
+            "the case)"}[scheme["nonzero_mask"]]
+    return f"per-case z-score{mask}"

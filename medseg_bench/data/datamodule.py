@@ -94,12 +94,47 @@ class CaseStore:
 def _pick_center(
     rng: np.random.Generator, label_shape: tuple[int, ...], props: dict, force_foreground: bool
 ) -> np.ndarray:
+    """Pipeline version 4 and older: a foreground voxel, or any voxel, as the patch centre (the patch may
+    hang over the border: zero padding)."""
     foreground = props["foreground"]
     if force_foreground and foreground:
         classes = sorted(foreground)
         coords = foreground[classes[int(rng.integers(len(classes)))]]
         return np.array(coords[int(rng.integers(len(coords)))])
     return np.array([int(rng.integers(s)) for s in label_shape])
+
+
+def _place_patch(
+    rng: np.random.Generator, label_shape: tuple[int, ...], props: dict, force_foreground: bool,
+    patch_size: Sequence[int],
+) -> np.ndarray:
+    """The centre of a training sample, placed as nnU-Net v2's `get_bbox` places it: the patch (in plane,
+    for a 2D slice `patch_size` of two sides) stays inside the volume along every axis the volume is at
+    least as large as the patch; along a smaller axis the volume lies wholly inside the patch, at a random
+    offset. A forced-foreground patch is centred on a voxel of a class drawn among those present, then moved
+    inside these bounds (the voxel stays in the patch)."""
+    lead = len(label_shape) - len(patch_size)  # 1 for a 2D slice of a volume: its slice index is free
+    spatial, size = np.array(label_shape[lead:]), np.array(patch_size)
+    pad = np.maximum(size - spatial, 0)
+    low, high = -(pad // 2), spatial + pad // 2 + pad % 2 - size  # bounds of the patch's first voxel
+    foreground = props["foreground"]
+    if force_foreground and foreground:
+        classes = sorted(foreground)
+        coords = foreground[classes[int(rng.integers(len(classes)))]]
+        voxel = np.array(coords[int(rng.integers(len(coords)))])
+        start = np.clip(voxel[lead:] - size // 2, low, high)
+        return np.concatenate([voxel[:lead], start + size // 2])
+    lead_coords = [int(rng.integers(s)) for s in label_shape[:lead]]
+    start = np.array([int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high, strict=True)])
+    return np.concatenate([np.array(lead_coords, dtype=int), start + size // 2])
+
+
+def foreground_forced(index: int, batch_size: int) -> bool | None:
+    """nnU-Net's oversampling: the last third of every batch (rounded as nnU-Net rounds: 1 of 2, 1 of 4,
+    11 of 32) is centred on foreground. A batch of one has no last third: None, and the caller draws (a
+    third of such samples, as nnU-Net's probabilistic oversampling)."""
+    first_forced = round(batch_size * (1 - FOREGROUND_FRACTION))
+    return None if first_forced >= batch_size else index % batch_size >= first_forced
 
 
 class PatchDataset(Dataset):
@@ -115,10 +150,14 @@ class PatchDataset(Dataset):
         seed: int,
         aug_steps: tuple[Step, ...],
         thick_axis: int | None = None,
+        batch_size: int = 1,
+        legacy: bool = False,
     ) -> None:
         self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
         self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
         self.thick_axis = thick_axis  # 3D patches of thick-slice data: spatial augmentation in plane
+        self.batch_size = batch_size  # the sampler yields each batch's indices in order: index % batch_size
+        self.legacy = legacy  # pipeline version 4 or older: centres anywhere, foreground by a draw per sample
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -127,7 +166,13 @@ class PatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         case_id = self.store.case_ids[int(rng.integers(len(self.store.case_ids)))]
         image, label, props = self.store[case_id]
-        center = _pick_center(rng, label.shape, props, rng.random() < FOREGROUND_FRACTION)
+        if self.legacy:
+            center = _pick_center(rng, label.shape, props, rng.random() < FOREGROUND_FRACTION)
+        else:
+            forced = foreground_forced(index, self.batch_size)
+            if forced is None:
+                forced = rng.random() < FOREGROUND_FRACTION
+            center = _place_patch(rng, label.shape, props, forced, self.patch_size)
         img, seg = crop_sample(image, label, center, self.dims, self.patch_size)
         img, seg, _ = augment(img, seg, self.aug_steps, rng, self.thick_axis)
         return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
@@ -174,11 +219,13 @@ def make_loaders(
     num_workers: int,
     slice_axis: int = 0,
     thick_axis: int | None = None,
+    legacy_sampling: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders; 2D runs slice the cached volumes along `slice_axis`; 3D runs on
-    thick-slice data (`thick_axis`) augment in plane."""
+    thick-slice data (`thick_axis`) augment in plane; `legacy_sampling`: version 4's patch centres."""
     train = PatchDataset(CaseStore(cache_dir, train_ids, slice_axis), dims, patch_size,
-                         iters_per_epoch * batch_size, seed, aug_steps, thick_axis if dims == "3d" else None)
+                         iters_per_epoch * batch_size, seed, aug_steps, thick_axis if dims == "3d" else None,
+                         batch_size, legacy_sampling)
     val = ValidationPatches(CaseStore(cache_dir, val_ids, slice_axis), dims, patch_size)
     common: dict[str, Any] = {
         "num_workers": num_workers,

@@ -89,23 +89,33 @@ class Plan:
     batch_3d: int
     patch_2d: tuple[int, int]
     batch_2d: int
+    # normalization "per_channel" (plans made since pipeline version 5): one entry per channel, either
+    # {"scheme": "ct", "clip": [low, high], "mean": m, "std": s} or {"scheme": "zscore", "nonzero_mask": b}.
+    # Older plans have none: "zscore"/"ct" then applies to every channel as it did (see `normalize`).
+    channel_normalization: tuple[dict[str, Any], ...] | None = None
 
     @property
     def preprocessing_hash(self) -> str:
-        """Hash of what changes cached arrays (not patch/batch sizes)."""
+        """Hash of what changes cached arrays (not patch/batch sizes); an older plan keeps its hash."""
         keys = ("task", "normalization", "ct_clip", "ct_mean", "ct_std", "target_spacing", "crop_to_nonzero")
         key = {k: getattr(self, k) for k in keys} | {"cache_format": CACHE_FORMAT}
+        if self.channel_normalization is not None:
+            key["channel_normalization"] = list(self.channel_normalization)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.channel_normalization is None:
+            del data["channel_normalization"]  # an older plan is written back as it was read
+        return data
 
     @classmethod
     def from_dict(cls, data: object, source: Path | str = "plan") -> Plan:
         """A plan from its JSON; every field's type and value is checked (DataError naming `source`)."""
-        names = [f.name for f in fields(cls)]
         if not isinstance(data, dict):
             raise DataError(f"{source}: invalid plan (not a JSON object but {_json_kind(data)})")
+        per_channel = "channel_normalization" in data or data.get("normalization") == "per_channel"
+        names = [f.name for f in fields(cls) if f.name != "channel_normalization" or per_channel]
         if set(data) != set(names):
             raise DataError(
                 f"{source}: not a plan (missing: {sorted(set(names) - set(data))}, "
@@ -121,6 +131,13 @@ class Plan:
             values["ct_std"],
         ):
             raise DataError(f"{source}: normalization 'ct' needs ct_clip, ct_mean and ct_std")
+        if values["normalization"] != "per_channel" and "channel_normalization" in values:
+            raise DataError(f"{source}: channel_normalization goes with normalization 'per_channel', not "
+                            f"{values['normalization']!r}")
+        if values["normalization"] == "per_channel" and (values["ct_clip"], values["ct_mean"],
+                                                         values["ct_std"]) != (None, None, None):
+            raise DataError(f"{source}: normalization 'per_channel' keeps its CT statistics in "
+                            "channel_normalization; set ct_clip, ct_mean and ct_std to null")
         return cls(**values)
 
 
@@ -221,9 +238,37 @@ def _check_ct_stat(positive: bool) -> Callable[[str, object], float | None]:
     return check
 
 
+def _check_channels(key: str, value: object) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{key} needs one entry per channel, not {_shown(value)}")
+    entries = []
+    for index, entry in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict) or entry.get("scheme") not in ("ct", "zscore"):
+            raise ValueError(f'{where} must be {{"scheme": "ct", ...}} or {{"scheme": "zscore", ...}}, '
+                             f"not {_shown(entry)}")
+        if entry["scheme"] == "zscore":
+            if set(entry) != {"scheme", "nonzero_mask"}:
+                raise ValueError(f'{where}: a z-score channel has "scheme" and "nonzero_mask", not '
+                                 f"{sorted(entry)}")
+            entries.append({"scheme": "zscore", "nonzero_mask": _check_flag(f"{where}.nonzero_mask",
+                                                                            entry["nonzero_mask"])})
+            continue
+        if set(entry) != {"scheme", "clip", "mean", "std"}:
+            raise ValueError(f'{where}: a CT channel has "scheme", "clip", "mean" and "std", not '
+                             f"{sorted(entry)}")
+        clip = _check_ct_clip(f"{where}.clip", entry["clip"])
+        mean = _check_ct_stat(positive=False)(f"{where}.mean", entry["mean"])
+        std = _check_ct_stat(positive=True)(f"{where}.std", entry["std"])
+        if clip is None or mean is None or std is None:
+            raise ValueError(f"{where}: a CT channel needs clip, mean and std")
+        entries.append({"scheme": "ct", "clip": list(clip), "mean": mean, "std": std})
+    return tuple(entries)
+
+
 _PLAN_FIELD_CHECKS: dict[str, Callable[[str, object], Any]] = {
     "task": _check_text(),
-    "normalization": _check_text(("zscore", "ct")),
+    "normalization": _check_text(("per_channel", "zscore", "ct")),
     "ct_clip": _check_ct_clip,
     "ct_mean": _check_ct_stat(positive=False),
     "ct_std": _check_ct_stat(positive=True),
@@ -236,6 +281,7 @@ _PLAN_FIELD_CHECKS: dict[str, Callable[[str, object], Any]] = {
     "batch_3d": _check_batch,
     "patch_2d": _check_sizes(2),
     "batch_2d": _check_batch,
+    "channel_normalization": _check_channels,
 }
 assert set(_PLAN_FIELD_CHECKS) == {f.name for f in fields(Plan)}
 
@@ -331,13 +377,13 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
         budget.max_batch_2d,
         dataset_voxels,
     )
-    ct = fp["foreground_intensity"][0] if task.imaging == "CT" else None
     return Plan(
         task=task.name,
-        normalization="ct" if ct else "zscore",
-        ct_clip=(ct["p00_5"], ct["p99_5"]) if ct else None,
-        ct_mean=ct["mean"] if ct else None,
-        ct_std=max(ct["std"], 1e-6) if ct else None,
+        normalization="per_channel",
+        ct_clip=None,
+        ct_mean=None,
+        ct_std=None,
+        channel_normalization=channel_schemes(task, fp),
         median_spacing=tuple(float(v) for v in np.median(spacings, axis=0)),  # type: ignore[arg-type]
         target_spacing=target,
         crop_to_nonzero=True,
@@ -350,8 +396,43 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
     )
 
 
+def channel_schemes(task: TaskSpec, fp: dict) -> tuple[dict[str, Any], ...]:
+    """nnU-Net v2's normalisation per channel: a channel named CT (or the one channel of a CT task) is clipped
+    to its foreground 0.5-99.5 percentiles over the training set and z-scored with its foreground mean and
+    std; any other channel is z-scored per case, within the non-zero mask when cropping to it shrinks the
+    median case below 3/4 of its size (skull-stripped MRI), as nnU-Net decides it once per dataset."""
+    schemes: list[dict[str, Any]] = []
+    for index, name in enumerate(task.modalities):
+        if name.strip().upper() == "CT" or (task.imaging == "CT" and task.num_channels == 1):
+            stats = fp["foreground_intensity"][index]
+            schemes.append({"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"],
+                            "std": max(stats["std"], 1e-6)})
+        else:
+            shapes = np.array(fp["shapes_zyx"], dtype=float)
+            cropped = np.array(fp["cropped_shapes_zyx"], dtype=float)
+            use_mask = bool(np.median(np.prod(cropped, axis=1) / np.prod(shapes, axis=1)) < 0.75)
+            schemes.append({"scheme": "zscore", "nonzero_mask": use_mask})
+    return tuple(schemes)
+
+
+def nonzero_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in any channel of a (C, Z, Y, X) image, holes filled (nnU-Net's
+    `create_nonzero_mask`)."""
+    from scipy.ndimage import binary_fill_holes
+
+    return np.asarray(binary_fill_holes(np.any(image != 0, axis=0)), dtype=bool)
+
+
 def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
-    """Normalise a (C, Z, Y, X) image as the plan says; returns float32."""
+    """Normalise a (C, Z, Y, X) image as the plan says; returns float32.
+
+    A "per_channel" plan normalises each channel by its scheme (`channel_schemes`); the caller has cropped the
+    image first, so the statistics are those of the cropped case, as in nnU-Net. Older plans keep their rule:
+    every channel CT-normalised ("ct"), or z-scored per case ("zscore") over the whole uncropped image, or
+    over its non-zero voxels when they are under 3/4 of it, decided case by case.
+    """
+    if plan.normalization == "per_channel":
+        return _normalize_channels(image, plan)
     out = np.empty_like(image, dtype=np.float32)
     for c in range(image.shape[0]):
         channel = image[c].astype(np.float32, copy=False)
@@ -367,6 +448,27 @@ def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
         out[c] = (channel - mean) / max(std, 1e-8)
         if use_mask:
             out[c][~nonzero] = 0.0
+    return out
+
+
+def _normalize_channels(image: np.ndarray, plan: Plan) -> np.ndarray:
+    schemes = plan.channel_normalization or ()
+    if len(schemes) != image.shape[0]:
+        raise DataError(f"the plan of {plan.task} normalises {len(schemes)} channel(s); this image has "
+                        f"{image.shape[0]}")
+    out = np.empty_like(image, dtype=np.float32)
+    mask = nonzero_mask(image) if any(s.get("nonzero_mask") for s in schemes) else None
+    for c, scheme in enumerate(schemes):
+        channel = image[c].astype(np.float32, copy=False)
+        if scheme["scheme"] == "ct":
+            out[c] = (np.clip(channel, *scheme["clip"]) - scheme["mean"]) / scheme["std"]
+            continue
+        inside = mask if scheme["nonzero_mask"] and mask is not None and mask.any() else None
+        values = channel[inside] if inside is not None else channel
+        mean, std = float(values.mean()), float(values.std())
+        out[c] = (channel - mean) / max(std, 1e-8)
+        if inside is not None:
+            out[c][~inside] = 0.0
     return out
 
 

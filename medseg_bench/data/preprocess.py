@@ -65,14 +65,16 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
                      label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """What the cache applies to a (C, Z, Y, X) image (and its label): normalise, crop to the non-zero region,
+    """What the cache applies to a (C, Z, Y, X) image (and its label): crop to the non-zero region, normalise,
     resample to the plan's target spacing. Returns both arrays and the grid properties that
     `resample.to_original` needs to map a prediction back (crop box, original and preprocessed spacing/shape).
     """
     original_shape = [int(s) for s in image.shape[1:]]
-    normalized = normalize(image, plan)  # before cropping: the non-zero mask rule sees the whole image
     box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
-    normalized = crop(normalized, box)
+    if plan.normalization == "per_channel":  # crop, then normalise with the cropped case's statistics
+        normalized = normalize(crop(image, box), plan)
+    else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
+        normalized = crop(normalize(image, plan), box)
     new_shape = target_shape(normalized.shape[1:], spacing_zyx, plan.target_spacing)
     separate = anisotropic_axis(spacing_zyx, plan.target_spacing)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)

@@ -37,7 +37,7 @@ def test_custom_task_with_local_path_fetch_validate_plan(home: Path, tmp_path: P
     shown = runner.invoke(app, ["plan", "Task95_LabCT", "--json"])
     assert shown.exit_code == 0, shown.output
     plan = json.loads(shown.output)
-    assert plan["normalization"] == "ct" and abs(plan["target_spacing"][0] - 2.3) < 1e-4
+    assert plan["channel_normalization"][0]["scheme"] == "ct" and abs(plan["target_spacing"][0] - 2.3) < 1e-4
 
 
 def test_strict_fetch_exit_code_and_message(home: Path, tmp_path: Path) -> None:

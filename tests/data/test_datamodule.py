@@ -1,4 +1,5 @@
-"""Training samples: 2D slices along the plan's slice axis, foreground picks in the same axis order."""
+"""Training samples: 2D slices along the plan's slice axis, foreground picks in the same axis order; patches
+placed inside the volume and foreground in the last third of every batch, as nnU-Net samples."""
 
 from __future__ import annotations
 
@@ -41,3 +42,48 @@ def test_2d_samples_are_in_plane_slices(tmp_path: Path) -> None:
     assert any(int(train[i][1].sum()) == 100 for i in range(len(train)))  # a 10 x 10 in-plane slice
     val = ValidationPatches(store, "2d", (32, 32))
     assert len(val) == 2 and all(int(val[i][1].sum()) == 100 for i in range(len(val)))  # slices 2 and 3
+
+
+def _padding(dataset: PatchDataset) -> list[float]:
+    """Per sample: the share of the patch that lies outside the volume (the image is all non-zero)."""
+    return [float((dataset[i][0] == 0).float().mean()) for i in range(len(dataset))]
+
+
+def _ones_case(folder: Path, shape: tuple[int, int, int], box: tuple[slice, ...]) -> None:
+    folder.mkdir(parents=True)
+    label = np.zeros(shape, np.uint8)
+    label[box] = 1
+    np.save(folder / "c0.img.npy", np.ones((1, *shape), np.float32))
+    np.save(folder / "c0.seg.npy", label)
+    coords = np.argwhere(label == 1).tolist()
+    (folder / "c0.json").write_text(f'{{"case_id": "c0", "foreground": {{"1": {coords}}}}}')
+
+
+def test_patches_stay_inside_the_volume_as_nnunet_places_them(tmp_path: Path) -> None:
+    # Centres anywhere (version 4) left 37 % of a 64x96x96 patch of a 128x160x160 volume as padding.
+    _ones_case(tmp_path / "big", (40, 48, 36), (slice(0, 3), slice(0, 3), slice(33, 36)))  # a corner
+    store = CaseStore(tmp_path / "big", ["c0"])
+    patches = PatchDataset(store, "3d", (16, 24, 20), samples_per_epoch=60, seed=0, aug_steps=(),
+                           batch_size=3)
+    assert max(_padding(patches)) == 0.0  # forced-foreground patches at the corner too
+    assert [int(patches[i][1].sum() > 0) for i in (2, 5, 8)] == [1, 1, 1]  # the last of every batch of 3
+    old = PatchDataset(store, "3d", (16, 24, 20), samples_per_epoch=60, seed=0, aug_steps=(), batch_size=3,
+                       legacy=True)
+    assert np.mean(_padding(old)) > 0.2  # version 4 runs keep their sampling
+    # Smaller than the patch along an axis: the whole volume inside the patch, at a random offset.
+    _ones_case(tmp_path / "small", (10, 48, 36), (slice(4, 6), slice(20, 22), slice(10, 12)))
+    small = PatchDataset(CaseStore(tmp_path / "small", ["c0"]), "3d", (16, 24, 20), samples_per_epoch=40,
+                         seed=0, aug_steps=(), batch_size=2)
+    assert {round(p, 6) for p in _padding(small)} == {round(1 - 10 / 16, 6)}
+    flat = PatchDataset(CaseStore(tmp_path / "small", ["c0"]), "2d", (64, 20), samples_per_epoch=40,
+                        seed=0, aug_steps=(), batch_size=2)
+    assert {round(p, 6) for p in _padding(flat)} == {round(1 - 48 / 64, 6)}
+
+
+def test_the_last_third_of_every_batch_is_centred_on_foreground() -> None:
+    from medseg_bench.data.datamodule import foreground_forced
+
+    forced = {b: [foreground_forced(i, b) for i in range(2 * b)] for b in (2, 4, 9, 32)}
+    assert {b: flags.count(True) // 2 for b, flags in forced.items()} == {2: 1, 4: 1, 9: 3, 32: 11}  # nnU-Net
+    assert forced[4] == [False, False, False, True] * 2  # the same positions in every batch
+    assert foreground_forced(0, 1) is None  # a batch of one: a draw per sample

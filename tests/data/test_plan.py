@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.plan import (
+    CACHE_FORMAT,
     CPU_BUDGET,
     MIN_BATCH,
     Plan,
@@ -95,6 +97,7 @@ def test_batch_is_capped_at_5_percent_of_the_dataset() -> None:
 def _fingerprint(spacings: list[list[float]], shapes: list[list[int]]) -> dict:
     return {
         "spacings_zyx": spacings,
+        "shapes_zyx": shapes,
         "cropped_shapes_zyx": shapes,
         "foreground_intensity": [{"mean": 10.0, "std": 2.0, "p00_5": 1.0, "p99_5": 20.0}],
     }
@@ -106,7 +109,8 @@ def test_make_plan_resamples_the_median_shape(home: Path) -> None:
     plan = make_plan(get_task("Task92_CT"), fp, gpu_budget(8))
     assert plan.target_spacing[0] == pytest.approx(3.0)  # 10th percentile of (2.5, 5, 5)
     assert plan.median_shape == (67, 400, 400)  # 40 slices of 5 mm at 3 mm
-    assert plan.normalization == "ct" and plan.ct_clip == (1.0, 20.0) and plan.budget == "gpu-8GB"
+    assert plan.normalization == "per_channel" and plan.budget == "gpu-8GB"
+    assert plan.channel_normalization == ({"scheme": "ct", "clip": [1.0, 20.0], "mean": 10.0, "std": 2.0},)
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
@@ -163,10 +167,14 @@ def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
         ({"batch_2d": True}, "batch_2d must be a whole number, not true"),
         ({"patch_2d": [16.5, 16]}, r"patch_2d must be positive whole numbers, not \[16.5, 16\]"),
         ({"crop_to_nonzero": "yes"}, "crop_to_nonzero must be true or false"),
-        ({"normalization": "ct", "ct_clip": [10, -10], "ct_mean": 0, "ct_std": 1},
-         "ct_clip must be two finite numbers, low then high"),
-        ({"normalization": "ct", "ct_clip": [-10, 10], "ct_mean": 0, "ct_std": 0},
-         "ct_std must be a positive finite number, not 0"),
+        ({"channel_normalization": [{"scheme": "ct", "clip": [10, -10], "mean": 0, "std": 1}]},
+         r"channel_normalization\[0\].clip must be two finite numbers, low then high"),
+        ({"channel_normalization": [{"scheme": "ct", "clip": [-10, 10], "mean": 0, "std": 0}]},
+         r"channel_normalization\[0\].std must be a positive finite number, not 0"),
+        ({"channel_normalization": [{"scheme": "minmax"}]}, r"channel_normalization\[0\] must be"),
+        ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": 1}]}, "nonzero_mask must be true"),
+        ({"channel_normalization": []}, "channel_normalization needs one entry per channel"),
+        ({"ct_mean": 3.0}, "normalization 'per_channel' keeps its CT statistics in channel_normalization"),
     ],
 )
 def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, message: str) -> None:
@@ -204,3 +212,43 @@ def test_plan_of_an_older_version_is_derived_again(home: Path, tmp_path: Path) -
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     assert prepared.plan.target_spacing == (1.0, 1.0, 1.0)
     assert "target_spacing" in json.loads((root / "plan.json").read_text())
+
+
+def test_a_plan_made_before_version_5_is_read_and_kept_as_it_was(home: Path) -> None:
+    # Its cache, and every run that trained on it, stay valid: one normalisation for all channels, no
+    # channel_normalization key, the same preprocessing hash; its CT fields are still checked.
+    write_task_file(home, "Task92_CT", ct=True)
+    new = make_plan(get_task("Task92_CT"), _fingerprint([[1.0, 1.0, 1.0]] * 3, [[36, 50, 35]] * 3))
+    old = {k: v for k, v in json.loads(json.dumps(new.to_dict())).items() if k != "channel_normalization"} | {
+        "normalization": "ct", "ct_clip": [1.0, 20.0], "ct_mean": 10.0, "ct_std": 2.0}
+    plan = Plan.from_dict(old)
+    assert plan.channel_normalization is None and json.loads(json.dumps(plan.to_dict())) == old
+    assert plan.preprocessing_hash != new.preprocessing_hash
+    keys = ("task", "normalization", "ct_clip", "ct_mean", "ct_std", "target_spacing", "crop_to_nonzero")
+    key = {k: old[k] for k in keys} | {"ct_clip": (1.0, 20.0), "target_spacing": (1.0, 1.0, 1.0),
+                                       "cache_format": CACHE_FORMAT}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    assert plan.preprocessing_hash == digest
+    with pytest.raises(DataError, match="ct_clip must be two finite numbers, low then high"):
+        Plan.from_dict(old | {"ct_clip": [10, -10]})
+    with pytest.raises(DataError, match="channel_normalization goes with normalization 'per_channel', not"):
+        Plan.from_dict(old | {"channel_normalization": new.to_dict()["channel_normalization"]})
+
+
+def test_channels_are_normalised_by_their_own_scheme(home: Path) -> None:
+    # A CT task with a second, non-CT channel (CT + PET): the PET channel was normalised with CT's statistics.
+    from dataclasses import replace
+
+    from medseg_bench.data.plan import normalize
+
+    write_task_file(home, "Task92_CT", ct=True)
+    plan = replace(make_plan(get_task("Task92_CT"), _fingerprint([[1.0, 1.0, 1.0]] * 3, [[8, 8, 8]] * 3)),
+                   channel_normalization=({"scheme": "ct", "clip": [1.0, 20.0], "mean": 10.0, "std": 2.0},
+                                          {"scheme": "zscore", "nonzero_mask": False}))
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.uniform(-50, 50, (8, 8, 8)), rng.normal(5.0, 3.0, (8, 8, 8))]).astype(np.float32)
+    out = normalize(image, plan)
+    assert out[0].min() == pytest.approx((1.0 - 10.0) / 2.0) and out[0].max() == pytest.approx(5.0)
+    assert abs(float(out[1].mean())) < 1e-5 and float(out[1].std()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(DataError, match="normalises 2 channel"):
+        normalize(image[:1], plan)

@@ -41,14 +41,16 @@ def test_ct_is_clipped_and_scaled_with_foreground_statistics(home: Path, tmp_pat
     data = _fetched(home, tmp_path, "Task92_CT", ct=True)
     prepared = prepare_task(get_task("Task92_CT"), data, num_folds=3, workers=1)
     plan = prepared.plan
-    assert plan.normalization == "ct" and plan.ct_clip is not None
-    lo, hi = plan.ct_clip
+    assert plan.normalization == "per_channel" and plan.channel_normalization is not None
+    (scheme,) = plan.channel_normalization
+    assert scheme["scheme"] == "ct"
+    lo, hi = scheme["clip"]
     # Foreground HU ~ N(-100, 200) (label 1) and N(300, 200) (label 2): 0.5/99.5 percentiles near -620/820.
     assert -750 < lo < -450 and 650 < hi < 950
     fp = json.loads((data / "preprocessed" / "Task92_CT" / "fingerprint.json").read_text())
     assert fp["foreground_intensity"][0]["p99_5"] == hi
     image, _, _ = load_case(prepared.cache_dir, prepared.case_ids[0])
-    assert image.max() <= (hi - plan.ct_mean) / plan.ct_std + 1e-4
+    assert image.max() <= (hi - scheme["mean"]) / scheme["std"] + 1e-4
 
 
 def test_cache_is_reused_and_partial_cache_finished(home: Path, tmp_path: Path) -> None:
@@ -182,3 +184,41 @@ def test_crop_box_does_not_depend_on_the_label(home: Path, tmp_path: Path) -> No
     assert grid["crop_box"] == grid_alone["crop_box"] == [[2, 8], [4, 14], [4, 14]]
     assert np.array_equal(with_label, alone)
     assert cropped_label is not None and cropped_label.shape == (6, 10, 10)
+
+
+def test_mr_channels_are_z_scored_after_cropping_with_one_mask_rule(home: Path, tmp_path: Path) -> None:
+    # Version 4 z-scored before cropping and chose the non-zero mask case by case: a zero border of 19 % of
+    # the volume moved the tissue's mean to +0.36 here. nnU-Net crops first, decides the mask per dataset.
+    from dataclasses import replace
+
+    from medseg_bench.data.plan import Plan
+    from medseg_bench.data.preprocess import preprocess_image
+
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    plan = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1).plan
+    assert plan.channel_normalization == ({"scheme": "zscore", "nonzero_mask": False},)  # no zero border
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 20, 20, 20), np.float32)
+    image[0, :, 1:19, 0:19] = rng.normal(50.0, 10.0, (20, 18, 19))  # 81 % non-zero
+    unit = (1.0, 1.0, 1.0)
+    tissue, _, grid = preprocess_image(image, unit, replace(plan, target_spacing=unit))
+    assert grid["crop_box"] == [[0, 20], [1, 19], [0, 19]]
+    assert abs(float(tissue.mean())) < 1e-4 and float(tissue.std()) == pytest.approx(1.0, abs=1e-4)
+    old = Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "channel_normalization"}
+                         | {"normalization": "zscore", "target_spacing": [1.0, 1.0, 1.0]})
+    legacy, _, _ = preprocess_image(image, unit, old)  # a run on a version-4 plan is predicted as it trained
+    assert float(legacy.mean()) > 0.3
+    # Skull-stripped data (the mask rule on): statistics inside the non-zero mask, holes filled, 0 outside.
+    ball = np.zeros((1, 20, 20, 20), np.float32)
+    zz, yy, xx = np.mgrid[:20, :20, :20]
+    inside = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 < 64
+    ball[0][inside] = rng.normal(50.0, 10.0, int(inside.sum()))
+    ball[0, 10, 10, 10] = 0.0  # a hole: inside the mask all the same
+    masked = replace(plan, target_spacing=unit,
+                     channel_normalization=({"scheme": "zscore", "nonzero_mask": True},))
+    out, _, grid = preprocess_image(ball, unit, masked)
+    box = [slice(a, b) for a, b in grid["crop_box"]]
+    kept = inside[tuple(box)]
+    assert float(out[0][kept].mean()) == pytest.approx(0.0, abs=1e-4) and (out[0][~kept] == 0).all()
+    hole = tuple(10 - b.start for b in box)
+    assert out[0][hole] < -3  # the filled hole is inside the mask: (0 - 50) / 10, not 0
