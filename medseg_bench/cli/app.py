@@ -79,8 +79,16 @@ COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
     ("evaluate", "Score predicted label maps against references.", evaluate.evaluate),
     ("list", "List tasks, archs, encoders, losses, augs or metrics.", listing.list_items),
 ]
-for _name, _help, _function in COMMANDS:
-    app.command(_name, help=_help)(_function)
+def _reflowed(function: Callable[..., Any]) -> str:
+    """A command's docstring for `medseg-bench CMD --help`: its paragraphs, each as one line to wrap."""
+    import inspect
+
+    doc = inspect.getdoc(function) or ""
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))
+
+
+for _name, _help, _function in COMMANDS:  # the one-liner in the command list, the docstring in CMD --help
+    app.command(_name, short_help=_help, help=_reflowed(_function))(_function)
 
 def main() -> None:
     import sys

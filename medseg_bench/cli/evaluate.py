@@ -52,8 +52,8 @@ def evaluate(
                                 "instead of stopping at the first reference without one.")
     ] = False,
 ) -> None:
-    """Per case and label (then region): Dice, Jaccard, precision, recall, HD, HD95, ASSD, NSD (mm); then the
-    means."""
+    """Per case and label (then region): Dice, Jaccard, precision, recall, volume difference, HD, HD95, ASSD
+    (mm), NSD; then the means."""
     from medseg_bench.errors import UsageError
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
     from medseg_bench.metrics.evaluate import missing_predictions

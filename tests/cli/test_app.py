@@ -114,3 +114,12 @@ def test_help_and_list_into_a_closed_pipe_exit_as_a_shell_reports_sigpipe(args: 
     result = subprocess.run(f"set -o pipefail; '{exe}' {args} | true", shell=True, executable="/bin/bash",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 141) and result.stderr == "", (result.returncode, result.stderr)
+
+
+def test_a_command_help_shows_its_docstring_and_the_list_its_one_liner() -> None:
+    # `plan --help` showed only the one-liner of the command list: where plan.json lives went unsaid.
+    listing = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "Show the task's plan (spacing, normalisation, patch/batch sizes); re-size it." in listing.output
+    plan = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "200"})
+    assert "The plan lives in DATA_DIR/preprocessed/TASK/plan.json; edit it to override" in plan.output
+    assert "re-size it." not in plan.output
