@@ -42,6 +42,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
+    """The patch the run trained with (its setup.json), which the network's shape may depend on (dynunet): a
+    run without a summary would otherwise take it from a plan.json that may have changed since."""
+    from medseg_bench.results import SETUP_NAME
+
+    path = folder / SETUP_NAME
+    if not path.is_file():
+        return None  # a run from before setup.json: its spec and plan say it
+    patch = _read_json(path).get("patch_size")
+    sides = 2 if spec.dims == "2d" else 3
+    if not (isinstance(patch, list) and len(patch) == sides
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)):
+        raise DataError(f"{path}: patch_size must be {sides} positive whole numbers, not {patch!r}")
+    return tuple(patch)
+
+
 def _plan(folder: Path, task: str) -> Any:
     """The plan the run trained with: from its summary.json, else the task's current plan.json."""
     from medseg_bench.data.plan import Plan
@@ -140,8 +156,8 @@ def predict(
     except TypeError as exc:
         raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
     task, plan = get_task(spec.task), _plan(folder, spec.task)
-    patch = tuple(spec.patch_size) if spec.patch_size else fit_patch(
-        spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d)
+    patch = _trained_patch(folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
+        spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
     spacing = model_spacing(plan.target_spacing, spec.dims)
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing)
     net = build_model(spec.arch, spec.dims, inputs)

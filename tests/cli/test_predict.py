@@ -219,3 +219,34 @@ def test_write_label_mhd_pair_replaces_atomically(tmp_path: Path) -> None:
     assert (sitk.GetArrayFromImage(image) == labels).all()
     assert np.allclose(image.GetSpacing(), (0.5, 1.0, 2.0))
     assert np.allclose(image.GetOrigin(), (1.0, 2.0, 3.0))
+
+
+def test_an_unfinished_run_predicts_with_the_patch_it_trained_with(home: Path, tmp_path: Path) -> None:
+    # No summary.json yet: predict took the patch from the task's current plan.json, which may have changed
+    # since; for dynunet the patch shapes the network, so its weights no longer loaded.
+    write_task_file(home, TASK)
+    src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
+    data = home / "data"
+    fetch_task(get_task(TASK), data, str(src), progress=False)
+    prepared = prepare_task(get_task(TASK), data, num_folds=2, workers=1)
+    spec = RunSpec(task=TASK, dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=2)
+    folder = tmp_path / "results" / TASK / spec.run_id
+    (folder / "checkpoints").mkdir(parents=True)
+    net = build_network(spec, prepared)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+               folder / "checkpoints" / "last.ckpt")
+    (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    patch, batch = resolve_patch_and_batch(spec, prepared)
+    (folder / "setup.json").write_text(json.dumps({"patch_size": list(patch), "batch_size": batch}))
+    plan_path = data / "preprocessed" / TASK / "plan.json"
+    plan_path.write_text(json.dumps(json.loads(plan_path.read_text()) | {"patch_3d": [8, 8, 8]}))
+    images = tmp_path / "images"
+    noise = np.random.default_rng(3).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    _write_oriented(images / "a.nii.gz", noise)
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "pred")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (folder / "setup.json").write_text(json.dumps({"patch_size": [16, 0, 16], "batch_size": batch}))
+    damaged = runner.invoke(app, [*args, "--overwrite"])
+    assert damaged.exit_code == 3
+    assert "setup.json: patch_size must be 3 positive whole numbers" in damaged.output
