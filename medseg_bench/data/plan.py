@@ -519,7 +519,7 @@ def load_or_make_plan(
     """
     plan_path = folder / "plan.json"
     if plan_path.is_file() and not _written_by_this_version(plan_path):
-        plan_path.unlink()  # a plan of medseg-bench < 0.2 (no target spacing): derived again
+        plan_path.unlink()  # a plan of the earliest development versions (no target spacing): derived again
     if plan_path.is_file() and budget is None:
         return read_plan(plan_path)
     fp = load_or_make_fingerprint(task, cases, folder, workers, progress, pool)
@@ -535,7 +535,7 @@ def load_or_make_plan(
 
 
 def _written_by_this_version(path: Path) -> bool:
-    """False only for a plan of medseg-bench < 0.2: a JSON object without a target spacing."""
+    """False only for a plan of the earliest development versions: a JSON object without a target spacing."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
