@@ -4,8 +4,8 @@ Run folder:
     spec.json        the full RunSpec (and run id)
     status.json      {"state": pending|running|done|failed, ...}, written atomically
     heartbeat.json   refreshed every few seconds while a process works on the run (pid, host, epoch, loss)
-    events.jsonl     one line per event of an attempt: start (from scratch) | resume | done | failed |
-                     interrupted, with pid, host, git revision and package versions
+    events.jsonl     one line per event: start (from scratch) | resume, with the attempt's git revision and
+                     package versions; then done | failed | interrupted; each with time, pid and host
     .lock            the per-run lock file (see locks.py)
     queued.json      the SLURM job id, when the run was submitted to SLURM
     env.json         versions, git revision, host, device
