@@ -108,15 +108,15 @@ def _place_patch(
     rng: np.random.Generator, label_shape: tuple[int, ...], props: dict, force_foreground: bool,
     patch_size: Sequence[int],
 ) -> np.ndarray:
-    """The centre of a training sample, placed as nnU-Net v2's `get_bbox` places it: the patch (in plane,
-    for a 2D slice `patch_size` of two sides) stays inside the volume along every axis the volume is at
-    least as large as the patch; along a smaller axis the volume lies wholly inside the patch, at a random
-    offset. A forced-foreground patch is centred on a voxel of a class drawn among those present, then moved
-    inside these bounds (the voxel stays in the patch)."""
+    """The centre of a training sample: the patch (in plane, for a 2D slice `patch_size` of two sides) stays
+    inside the volume along every axis the volume is at least as large as the patch, as nnU-Net v2's
+    `get_bbox` keeps it; along a smaller axis the volume lies wholly inside the patch, at a random offset
+    (nnU-Net centres it, then its spatial augmentation moves it; without augmentation every sample of a small
+    case would be the same crop). A forced-foreground patch is centred on a voxel of a class drawn among
+    those present, then moved inside these bounds (the voxel stays in the patch)."""
     lead = len(label_shape) - len(patch_size)  # 1 for a 2D slice of a volume: its slice index is free
     spatial, size = np.array(label_shape[lead:]), np.array(patch_size)
-    pad = np.maximum(size - spatial, 0)
-    low, high = -(pad // 2), spatial + pad // 2 + pad % 2 - size  # bounds of the patch's first voxel
+    low, high = np.minimum(spatial - size, 0), np.maximum(spatial - size, 0)  # of the patch's first voxel
     foreground = props["foreground"]
     if force_foreground and foreground:
         classes = sorted(foreground)

@@ -75,6 +75,8 @@ def test_patches_stay_inside_the_volume_as_nnunet_places_them(tmp_path: Path) ->
     small = PatchDataset(CaseStore(tmp_path / "small", ["c0"]), "3d", (16, 24, 20), samples_per_epoch=40,
                          seed=0, aug_steps=(), batch_size=2)
     assert {round(p, 6) for p in _padding(small)} == {round(1 - 10 / 16, 6)}
+    offsets = {int(np.flatnonzero(small[i][0][0].numpy().any(axis=(1, 2)))[0]) for i in range(len(small))}
+    assert len(offsets) > 3 and offsets <= set(range(7))  # a small case is not the same crop every time
     flat = PatchDataset(CaseStore(tmp_path / "small", ["c0"]), "2d", (64, 20), samples_per_epoch=40,
                         seed=0, aug_steps=(), batch_size=2)
     assert {round(p, 6) for p in _padding(flat)} == {round(1 - 48 / 64, 6)}
