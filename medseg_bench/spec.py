@@ -28,7 +28,8 @@ from medseg_bench.errors import UsageError
 #    the same ratios are the same run id; 3D patches of thick-slice data are augmented in plane only; a run
 #    resumed with DataLoader workers draws its first resumed epoch's samples (it re-drew the first epoch's).
 # 5: training patches are placed as nnU-Net places them: inside the volume along every axis it is at least as
-#    large as the patch, the volume wholly inside the patch along a smaller one (centres anywhere left 37 % of
+#    large as the patch, the volume wholly inside the patch (at a random offset) along a smaller one (centres
+#    anywhere left 37 % of
 #    a 64x96x96 patch of a 128x160x160 volume as padding on average, and 63 % on Task04_Hippocampus); the last
 #    third of every batch is centred on foreground (was a draw per sample: 20 % of batches of 4 had none).
 #    New plans normalise per channel as nnU-Net does: crop first, then z-score with the cropped case's
