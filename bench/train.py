@@ -261,7 +261,7 @@ def quality(args: argparse.Namespace, home: Path) -> str:
         *rows,
         "",
         f"Reproduce: `.venv/bin/python bench/train.py --minutes {args.minutes} --cases {args.cases} "
-        f"--configs {args.configs}`",
+        f"--configs {args.configs}" + (f" --output {args.output}" if args.output else "") + "`",
     ]
     return "\n".join(lines) + "\n"
 

@@ -96,12 +96,16 @@ def _pick_center(
 ) -> np.ndarray:
     """Pipeline version 4 and older: a foreground voxel, or any voxel, as the patch centre (the patch may
     hang over the border: zero padding)."""
-    foreground = props["foreground"]
-    if force_foreground and foreground:
-        classes = sorted(foreground)
-        coords = foreground[classes[int(rng.integers(len(classes)))]]
-        return np.array(coords[int(rng.integers(len(coords)))])
+    if force_foreground and props["foreground"]:
+        return _foreground_voxel(rng, props["foreground"])
     return np.array([int(rng.integers(s)) for s in label_shape])
+
+
+def _foreground_voxel(rng: np.random.Generator, foreground: dict[str, list[list[int]]]) -> np.ndarray:
+    """A stored voxel of a class drawn among those the case has (each class as likely, however small)."""
+    classes = sorted(foreground)
+    coords = foreground[classes[int(rng.integers(len(classes)))]]
+    return np.array(coords[int(rng.integers(len(coords)))])
 
 
 def _place_patch(
@@ -117,11 +121,8 @@ def _place_patch(
     lead = len(label_shape) - len(patch_size)  # 1 for a 2D slice of a volume: its slice index is free
     spatial, size = np.array(label_shape[lead:]), np.array(patch_size)
     low, high = np.minimum(spatial - size, 0), np.maximum(spatial - size, 0)  # of the patch's first voxel
-    foreground = props["foreground"]
-    if force_foreground and foreground:
-        classes = sorted(foreground)
-        coords = foreground[classes[int(rng.integers(len(classes)))]]
-        voxel = np.array(coords[int(rng.integers(len(coords)))])
+    if force_foreground and props["foreground"]:
+        voxel = _foreground_voxel(rng, props["foreground"])
         start = np.clip(voxel[lead:] - size // 2, low, high)
         return np.concatenate([voxel[:lead], start + size // 2])
     lead_coords = [int(rng.integers(s)) for s in label_shape[:lead]]

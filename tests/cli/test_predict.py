@@ -14,7 +14,7 @@ from medseg_bench.cli.app import app
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.io import read_image, read_label
-from medseg_bench.data.preprocess import prepare_task
+from medseg_bench.data.preprocess import PreparedTask, prepare_task
 from medseg_bench.inference import predict_image
 from medseg_bench.postprocess import Decision, save_decision
 from medseg_bench.spec import RunSpec
@@ -28,15 +28,14 @@ ORIGIN = (12.5, -30.0, 4.0)
 SPACING = (0.9, 1.1, 1.6)
 
 
-@pytest.fixture
-def run_folder(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, object]:
-    """A run folder as `sweep` leaves it (spec, summary with plan, checkpoint) around an untrained 3D UNet."""
+def _untrained_run(home: Path, tmp_path: Path, arch: str) -> tuple[Path, RunSpec, PreparedTask]:
+    """A run folder with its spec and a checkpoint of an untrained 3D `arch`, on a fetched synthetic task."""
     write_task_file(home, TASK)
     src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
     data = home / "data"
     fetch_task(get_task(TASK), data, str(src), progress=False)
     prepared = prepare_task(get_task(TASK), data, num_folds=2, workers=1)
-    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    spec = RunSpec(task=TASK, dims="3d", arch=arch, loss="dice_ce", aug="none", num_folds=2)
     folder = tmp_path / "results" / TASK / spec.run_id
     (folder / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
@@ -44,6 +43,13 @@ def run_folder(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, object]:
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
                folder / "checkpoints" / "last.ckpt")
     (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    return folder, spec, prepared
+
+
+@pytest.fixture
+def run_folder(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, object]:
+    """A run folder as `sweep` leaves it (spec, summary with plan, checkpoint) around an untrained 3D UNet."""
+    folder, spec, prepared = _untrained_run(home, tmp_path, "unet")
     (folder / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
     return folder, spec, prepared
 
@@ -224,19 +230,9 @@ def test_write_label_mhd_pair_replaces_atomically(tmp_path: Path) -> None:
 def test_an_unfinished_run_predicts_with_the_patch_it_trained_with(home: Path, tmp_path: Path) -> None:
     # No summary.json yet: predict took the patch from the task's current plan.json, which may have changed
     # since; for dynunet the patch shapes the network, so its weights no longer loaded.
-    write_task_file(home, TASK)
-    src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
-    data = home / "data"
-    fetch_task(get_task(TASK), data, str(src), progress=False)
-    prepared = prepare_task(get_task(TASK), data, num_folds=2, workers=1)
-    spec = RunSpec(task=TASK, dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=2)
-    folder = tmp_path / "results" / TASK / spec.run_id
-    (folder / "checkpoints").mkdir(parents=True)
-    net = build_network(spec, prepared)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
-               folder / "checkpoints" / "last.ckpt")
-    (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    folder, spec, prepared = _untrained_run(home, tmp_path, "dynunet")
     patch, batch = resolve_patch_and_batch(spec, prepared)
+    data = home / "data"
     (folder / "setup.json").write_text(json.dumps({"patch_size": list(patch), "batch_size": batch}))
     plan_path = data / "preprocessed" / TASK / "plan.json"
     plan_path.write_text(json.dumps(json.loads(plan_path.read_text()) | {"patch_3d": [8, 8, 8]}))
