@@ -92,8 +92,9 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
                   tta: bool = False, slice_axis: int = 0) -> np.ndarray:
     """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
 
-    The image goes through what the cache applies (normalise, crop to the non-zero region, resample to the
-    plan's target spacing); the probabilities are resampled back and the crop is undone (outside: background).
+    The image goes through what the cache applies (`preprocess.preprocess_image`: crop to the non-zero
+    region, normalise, resample to the plan's target spacing); the probabilities are resampled back and the
+    crop is undone (outside: background).
     A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
     """
     from medseg_bench.data.preprocess import preprocess_image

@@ -198,6 +198,11 @@ def run_state(folder: Path) -> str:
         return "damaged"
     if is_done(folder):
         return "done"
+    return _unfinished_state(folder)
+
+
+def _unfinished_state(folder: Path) -> str:
+    """The state of a run that has not finished: running, failed, partial, queued or pending."""
     status = read_status(folder)
     state = status.get("state", "pending")
     if state in ("running", "pending") and is_live(folder):
@@ -328,16 +333,16 @@ RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "pa
 
 def checked_state(folder: Path) -> tuple[str, str | None]:
     """`run_state`, with a finished run read whole as `report` reads it (its metrics.csv rows included), and
-    what is damaged ("<file>: <problem>") when the state is `damaged`. For `status` and SLURM submission,
-    which must agree with `sweep` and `report` on which runs are done."""
-    state = run_state(folder)
-    if state not in ("done", "damaged"):
-        return state, None
-    try:
-        read_finished_run(folder)
-    except DamagedRunError as exc:
-        return "damaged", exc.damage
-    return "done", None
+    what is damaged ("<file>: <problem>") when the state is `damaged`: `status`, sweeps and SLURM submission
+    agree with `report` on which runs are done. Each run's files are read once."""
+    if is_done(folder):
+        try:
+            read_finished_run(folder)  # names any damage, `finished_damage`'s included
+        except DamagedRunError as exc:
+            return "damaged", exc.damage
+        return "done", None
+    damage = finished_damage(folder)
+    return ("damaged", damage) if damage else (_unfinished_state(folder), None)
 
 
 def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

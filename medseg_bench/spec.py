@@ -29,9 +29,9 @@ from medseg_bench.errors import UsageError
 #    resumed with DataLoader workers draws its first resumed epoch's samples (it re-drew the first epoch's).
 # 5: training patches are placed as nnU-Net places them: inside the volume along every axis it is at least as
 #    large as the patch, the volume wholly inside the patch (at a random offset) along a smaller one (centres
-#    anywhere left 37 % of
-#    a 64x96x96 patch of a 128x160x160 volume as padding on average, and 63 % on Task04_Hippocampus); the last
-#    third of every batch is centred on foreground (was a draw per sample: 20 % of batches of 4 had none).
+#    anywhere left 37 % of a 64x96x96 patch of a 128x160x160 volume as padding on average, and 63 % on
+#    Task04_Hippocampus); the last third of every batch is centred on foreground (was a draw per sample: 20 %
+#    of batches of 4 had none).
 #    New plans normalise per channel as nnU-Net does: crop first, then z-score with the cropped case's
 #    statistics, inside the non-zero mask when the dataset's median crop is under 3/4 of a case (decided once,
 #    not case by case); CT statistics only for channels named CT (`data.plan.channel_schemes`). A plan made

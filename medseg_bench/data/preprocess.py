@@ -86,7 +86,7 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
 
 
 def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
-    """Read, normalise, crop, resample and store one case; return its id. Safe to run in a worker process."""
+    """Read, crop, normalise, resample and store one case; return its id. Safe to run in a worker process."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
