@@ -3,12 +3,18 @@
 Each step draws its parameters from a seeded generator, then calls a deterministic twin with them, so what was
 applied can be logged and replayed (as TorchIO does). Steps work on numpy arrays: image (C, *spatial) float32,
 label (*spatial) uint8, and run inside DataLoader workers.
+
+Rotation, scaling and elastic deformation read around the patch, as nnU-Net's do: `draw_plan` draws every
+step first, `input_shape` says how large a region the patch's leading resampling steps read, the caller crops
+that region from the volume around the patch's centre, and `apply_plan` returns the patch. Corners of a
+rotated patch then hold the image, not zeros (unless the region leaves the volume).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,16 +24,23 @@ from medseg_bench.registry import Registry
 
 Params = dict[str, Any]
 Arrays = tuple[np.ndarray, np.ndarray]
+Shape = tuple[int, ...]
+Plan = list[tuple["Step", Params]]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One augmentation: applied with `probability`, with parameters from `draw(rng, spatial_ndim)`."""
+    """One augmentation: applied with `probability`, with parameters from `draw(rng, spatial_ndim)`.
+
+    A resampling step has `reads(params, out_shape)`: the input shape it reads to write an output of
+    `out_shape` (centred on the same point); its `apply` writes `params["out_shape"]` when given (else the
+    input's shape)."""
 
     name: str
     probability: float
     draw: Callable[[np.random.Generator, int], Params]
     apply: Callable[[np.ndarray, np.ndarray, Params], Arrays]
+    reads: Callable[[Params, Shape], Shape] | None = None
 
 
 AUGS: Registry[tuple[Step, ...]] = Registry("aug")
@@ -37,26 +50,86 @@ AUGS: Registry[tuple[Step, ...]] = Registry("aug")
 IN_PLANE_STEPS = ("affine", "elastic", "lowres")
 
 
-def augment(image: np.ndarray, label: np.ndarray, steps: tuple[Step, ...], rng: np.random.Generator,
-            thick_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
-    """Apply a preset; returns the arrays and the (name, params) of what was applied.
+def draw_plan(steps: tuple[Step, ...], rng: np.random.Generator, ndim: int, thick_axis: int | None = None
+              ) -> Plan:
+    """The steps that fire and their parameters, drawn in order (applying draws nothing more).
 
     `thick_axis` (3D patches of anisotropic data: `resample.anisotropic_axis` of the target spacing):
     rotation, scaling, elastic deformation and simulated low resolution act in the plane across it, the same
     on every slice, as nnU-Net does, rather than smearing thick slices into each other. The random draws are
     the same either way, so isotropic data is augmented exactly as before.
     """
-    applied: list[tuple[str, Params]] = []
-    ndim = label.ndim
+    plan: Plan = []
     for step in steps:
         if rng.random() >= step.probability:
             continue
         params = step.draw(rng, ndim)
         if thick_axis is not None and ndim == 3 and step.name in IN_PLANE_STEPS:
             params = {**params, "thick_axis": thick_axis}
+        plan.append((step, params))
+    return plan
+
+
+def _output_shapes(plan: Plan, out_shape: Sequence[int]) -> list[Shape | None]:
+    """Per step, the shape a leading resampling step writes (None: the step keeps its input's shape).
+    Leading: before any step that is not resampling; later ones resample the patch in place."""
+    leading = 0
+    while leading < len(plan) and plan[leading][0].reads is not None:
+        leading += 1
+    shapes: list[Shape | None] = [None] * len(plan)
+    shape = tuple(int(s) for s in out_shape)
+    for index in reversed(range(leading)):
+        step, params = plan[index]
+        shapes[index] = shape
+        assert step.reads is not None
+        shape = step.reads(params, shape)
+    return shapes
+
+
+def input_shape(plan: Plan, out_shape: Sequence[int]) -> Shape:
+    """The region (same centre as the patch) that `apply_plan` reads to write a patch of `out_shape`."""
+    first = _output_shapes(plan, out_shape)[:1]
+    if not first or first[0] is None:
+        return tuple(int(s) for s in out_shape)
+    step, params = plan[0]
+    assert step.reads is not None
+    return step.reads(params, first[0])
+
+
+def apply_plan(image: np.ndarray, label: np.ndarray, plan: Plan, out_shape: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+    """Apply drawn steps; returns the patch and the (name, params) of what was applied.
+
+    With `out_shape`, the arrays are the region `input_shape(plan, out_shape)` around the patch. Without,
+    they are the patch itself and resampling reads nothing around it (corners of a rotation fill with zeros:
+    pipeline version 5 and older)."""
+    shapes: list[Shape | None] = [None] * len(plan)
+    if out_shape is not None:
+        if tuple(label.shape) != input_shape(plan, out_shape):
+            raise ValueError(f"augmentation reads {input_shape(plan, out_shape)}, got {tuple(label.shape)}")
+        shapes = _output_shapes(plan, out_shape)
+    applied: list[tuple[str, Params]] = []
+    for (step, params), shape in zip(plan, shapes, strict=True):
+        if step.reads is not None:
+            params = {**params, "out_shape": list(shape if shape is not None else label.shape)}
         image, label = step.apply(image, label, params)
         applied.append((step.name, params))
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label), applied
+
+
+def augment(image: np.ndarray, label: np.ndarray, steps: tuple[Step, ...], rng: np.random.Generator,
+            thick_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+    """Draw and apply a preset on a patch alone (no margin)."""
+    return apply_plan(image, label, draw_plan(steps, rng, label.ndim, thick_axis))
+
+
+def _span(extent: np.ndarray, out_shape: Shape) -> Shape:
+    """Voxels read along each axis to sample a span of `extent` voxels (plus the neighbours linear
+    interpolation reads), never fewer than `out_shape`, with its parity (so both share a centre voxel)."""
+    out = np.array(out_shape)
+    need = np.where(extent <= out - 1 + 1e-6, out, np.ceil(extent - 1e-6).astype(int) + 3)
+    need = need + (need - out) % 2
+    return tuple(int(n) for n in need)
 
 
 # --- spatial -------------------------------------------------------------------------------------------
@@ -87,19 +160,29 @@ def _rotation_matrix(angles_deg: list[float]) -> np.ndarray:
     return matrix
 
 
-def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+def _affine_matrix(p: Params, ndim: int) -> np.ndarray:
+    """Output to input coordinates (about the centres): rotation, then 1 / scale."""
     thick = p.get("thick_axis")
     if thick is None:
-        matrix = _rotation_matrix(p["angles_deg"]) / p["scale"]
-    else:  # about the thick axis only, scaled in plane only
-        angles = [a if axis == thick else 0.0 for axis, a in enumerate(p["angles_deg"])]
-        inverse_scale = np.array([1.0 if axis == thick else 1.0 / p["scale"] for axis in range(3)])
-        matrix = _rotation_matrix(angles) @ np.diag(inverse_scale)
-    center = (np.array(label.shape) - 1) / 2.0
-    offset = center - matrix @ center
-    out = np.stack([ndimage.affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0)
-                    for ch in image])
-    seg = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant", cval=0)
+        return _rotation_matrix(p["angles_deg"]) / p["scale"]
+    # about the thick axis only, scaled in plane only
+    angles = [a if axis == thick else 0.0 for axis, a in enumerate(p["angles_deg"])]
+    inverse_scale = np.array([1.0 if axis == thick else 1.0 / p["scale"] for axis in range(ndim)])
+    return _rotation_matrix(angles) @ np.diag(inverse_scale)
+
+
+def _reads_affine(p: Params, out_shape: Shape) -> Shape:
+    return _span(np.abs(_affine_matrix(p, len(out_shape))) @ (np.array(out_shape) - 1), out_shape)
+
+
+def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    out_shape = tuple(p.get("out_shape", label.shape))
+    matrix = _affine_matrix(p, label.ndim)
+    offset = (np.array(label.shape) - 1) / 2.0 - matrix @ ((np.array(out_shape) - 1) / 2.0)
+    out = np.stack([ndimage.affine_transform(ch, matrix, offset, output_shape=out_shape, order=1,
+                                             mode="constant", cval=0.0) for ch in image])
+    seg = ndimage.affine_transform(label, matrix, offset, output_shape=out_shape, order=0, mode="constant",
+                                   cval=0)
     return out, seg
 
 
@@ -112,19 +195,38 @@ def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Callable[[np.ran
     return draw
 
 
-def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    field_rng = np.random.default_rng(p["seed"])
-    shape = label.shape
-    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    thick = p.get("thick_axis")
+@lru_cache(maxsize=4)
+def _elastic_field(seed: int, alpha: float, sigma: float, thick: int | None, shape: Shape
+                   ) -> tuple[np.ndarray, ...]:
+    """The displacement along each axis of an output of `shape` (computed once for `reads` and `apply`)."""
+    field_rng = np.random.default_rng(seed)
     if thick is None:
-        coords = [g + ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), p["sigma"]) * p["alpha"]
-                  for g in grid]
-    else:  # one in-plane field for every slice; nothing moves along the thick axis
-        plane = tuple(s for axis, s in enumerate(shape) if axis != thick)
-        coords = [g if axis == thick else g + np.expand_dims(
-            ndimage.gaussian_filter(field_rng.uniform(-1, 1, plane), p["sigma"]) * p["alpha"], thick)
-            for axis, g in enumerate(grid)]
+        return tuple(ndimage.gaussian_filter(field_rng.uniform(-1, 1, shape), sigma) * alpha for _ in shape)
+    # one in-plane field for every slice; nothing moves along the thick axis
+    plane = tuple(s for axis, s in enumerate(shape) if axis != thick)
+    return tuple(np.zeros((1,) * len(shape)) if axis == thick else np.expand_dims(
+        ndimage.gaussian_filter(field_rng.uniform(-1, 1, plane), sigma) * alpha, thick)
+        for axis in range(len(shape)))
+
+
+def _field(p: Params, shape: Shape) -> tuple[np.ndarray, ...]:
+    return _elastic_field(p["seed"], p["alpha"], p["sigma"], p.get("thick_axis"), tuple(shape))
+
+
+def _reads_elastic(p: Params, out_shape: Shape) -> Shape:
+    reach = np.array([np.abs(d).max() for d in _field(p, out_shape)])
+    return _span(np.array(out_shape) - 1 + 2 * reach, out_shape)
+
+
+def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    out_shape = tuple(p.get("out_shape", label.shape))
+    shift = (np.array(label.shape) - np.array(out_shape)) / 2.0
+    ndim = len(out_shape)
+    field = _field(p, out_shape)
+    coords = [np.broadcast_to(np.arange(size, dtype=np.float32).reshape([-1 if a == axis else 1
+                                                                        for a in range(ndim)])
+                              + field[axis] + shift[axis], out_shape)
+              for axis, size in enumerate(out_shape)]
     out = np.stack([ndimage.map_coordinates(ch, coords, order=1, mode="constant") for ch in image])
     seg = ndimage.map_coordinates(label, coords, order=0, mode="constant")
     return out, seg
@@ -195,15 +297,15 @@ MIRROR = Step("mirror", 1.0, _draw_mirror, _apply_mirror)
 
 AUGS.add("none", ())
 AUGS.add("light", (
-    Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine),
+    Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine, _reads_affine),
     Step("scale_shift", 0.3,
          lambda rng, ndim: {"scale": float(rng.uniform(0.9, 1.1)), "shift": float(rng.uniform(-0.1, 0.1))},
          _apply_scale_shift),
     MIRROR,
 ))
 AUGS.add("heavy", (  # after nnU-Net's default training transforms
-    Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine),
-    Step("elastic", 0.2, _draw_elastic, _apply_elastic),
+    Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine, _reads_affine),
+    Step("elastic", 0.2, _draw_elastic, _apply_elastic, _reads_elastic),
     Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise),
     Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur),
     Step("brightness", 0.15, lambda rng, ndim: {"scale": float(rng.uniform(0.75, 1.25)), "shift": 0.0},

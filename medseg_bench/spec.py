@@ -36,7 +36,10 @@ from medseg_bench.errors import UsageError
 #    statistics, inside the non-zero mask when the dataset's median crop is under 3/4 of a case (decided once,
 #    not case by case); CT statistics only for channels named CT (`data.plan.channel_schemes`). A plan made
 #    before keeps its normalisation. No effect on Task04_Hippocampus's arrays.
-PIPELINE_VERSION = 5
+# 6: rotation, scaling and elastic deformation read the volume around the training patch, as nnU-Net's
+#    spatial transform does (they resampled the patch alone, so a rotated patch's corners were zeros, and a
+#    patch scaled down was framed by zeros). Runs without augmentation train exactly as in version 5.
+PIPELINE_VERSION = 6
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

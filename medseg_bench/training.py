@@ -267,7 +267,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     train_loader, val_loader = make_loaders(
         prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
         spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, network_spacing(prepared)),
-        anisotropic_axis(network_spacing(prepared)), legacy_sampling=spec.pipeline_version < 5)
+        anisotropic_axis(network_spacing(prepared)), pipeline_version=spec.pipeline_version)
     net = build_network(spec, prepared)
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
     module = SegmentationModule(net, loss_fn, prepared.task.num_classes,

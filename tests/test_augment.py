@@ -89,3 +89,61 @@ def test_isotropic_data_is_augmented_exactly_as_before() -> None:
         plain = augment(image, label, AUGS.get("heavy"), np.random.default_rng(seed))
         explicit = augment(image, label, AUGS.get("heavy"), np.random.default_rng(seed), thick_axis=None)
         assert np.array_equal(plain[0], explicit[0]) and plain[2] == explicit[2]
+
+
+
+def _box(centre: np.ndarray, size: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(int(c) - s // 2, int(c) - s // 2 + s) for c, s in zip(centre, size, strict=True))
+
+
+@pytest.mark.parametrize(("shape", "thick"), [((48, 48), None), ((40, 48, 44), None), ((40, 48, 44), 0)],
+                         ids=["2d", "3d", "3d-thick"])
+def test_resampling_reads_around_the_patch_as_if_the_volume_were_transformed(
+        shape: tuple[int, ...], thick: int | None) -> None:
+    # Version 6: a patch of the volume rotated, scaled and deformed about the patch's centre, read from the
+    # region `input_shape` names; version 5 resampled the patch alone, and its corners were zeros.
+    from scipy import ndimage
+
+    from medseg_bench.augment import _affine_matrix, apply_plan, draw_plan, input_shape
+
+    rng = np.random.default_rng(1)
+    volume = ndimage.gaussian_filter(rng.normal(size=shape), 2).astype(np.float32)[None] + 5.0
+    label = (volume[0] > 5.0).astype(np.uint8)
+    out = (10, 14) if len(shape) == 2 else (10, 14, 12)
+    centre = np.array(shape) // 2
+    forced = tuple(type(s)(s.name, 1.0, s.draw, s.apply, s.reads) for s in AUGS.get("heavy")
+                   if s.name in ("affine", "elastic", "mirror"))
+    zero_corners = 0
+    for seed in range(6):
+        plan = draw_plan(forced, np.random.default_rng(seed), len(shape), thick)
+        region = input_shape(plan, out)
+        assert all(r >= o and (r - o) % 2 == 0 for r, o in zip(region, out, strict=True))
+        if thick is not None:
+            assert region[thick] == out[thick]  # nothing moves along a thick axis: nothing read beyond it
+        box = _box(centre, region)
+        img, seg, applied = apply_plan(volume[(slice(None), *box)], label[box], plan, out)
+        assert img.shape == (1, *out) and seg.shape == out
+        assert [name for name, _ in applied] == ["affine", "elastic", "mirror"]
+        assert float(img.min()) > 3.0  # the volume everywhere: no zero corners
+        # The affine alone, read from its region, is the whole volume transformed about the patch's centre.
+        affine = plan[:1]
+        box = _box(centre, input_shape(affine, out))
+        mine = apply_plan(volume[(slice(None), *box)], label[box], affine, out)[0][0]
+        matrix = _affine_matrix(plan[0][1], len(shape))
+        out_centre = (np.array(out) - 1) / 2.0
+        offset = centre - np.array(out) // 2 + out_centre - matrix @ out_centre
+        whole = ndimage.affine_transform(volume[0], matrix, offset, output_shape=out, order=1)
+        assert np.allclose(mine, whole, atol=1e-4)
+        patch = _box(centre, out)
+        zero_corners += float(apply_plan(volume[(slice(None), *patch)], label[patch], affine)[0].min()) == 0.0
+    assert zero_corners > 0  # the patch alone (no margin) does fill corners with zeros: the test can tell
+
+
+def test_a_region_of_the_wrong_shape_is_refused() -> None:
+    from medseg_bench.augment import apply_plan, draw_plan
+
+    image, label = _pair((16, 24, 24))
+    affine = tuple(type(s)(s.name, 1.0, s.draw, s.apply, s.reads) for s in AUGS.get("heavy")[:1])
+    plan = draw_plan(affine, np.random.default_rng(0), 3)
+    with pytest.raises(ValueError, match="augmentation reads"):
+        apply_plan(image, label, plan, (16, 24, 24))

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medseg_bench.augment import Step, augment
+from medseg_bench.augment import Step, apply_plan, draw_plan, input_shape
 from medseg_bench.data.plan import in_plane
 from medseg_bench.data.preprocess import load_case
+from medseg_bench.spec import PIPELINE_VERSION
 
 FOREGROUND_FRACTION = 1 / 3
 
@@ -152,13 +153,16 @@ class PatchDataset(Dataset):
         aug_steps: tuple[Step, ...],
         thick_axis: int | None = None,
         batch_size: int = 1,
-        legacy: bool = False,
+        pipeline_version: int = PIPELINE_VERSION,
     ) -> None:
         self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
         self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
         self.thick_axis = thick_axis  # 3D patches of thick-slice data: spatial augmentation in plane
         self.batch_size = batch_size  # the sampler yields each batch's indices in order: index % batch_size
-        self.legacy = legacy  # pipeline version 4 or older: centres anywhere, foreground by a draw per sample
+        # Pipeline version 4 or older: centres anywhere, foreground by a draw per sample.
+        self.legacy = pipeline_version < 5
+        # Version 6: rotation, scaling and elastic deformation read the volume around the patch (a margin).
+        self.margin = pipeline_version >= 6
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -174,8 +178,10 @@ class PatchDataset(Dataset):
             if forced is None:
                 forced = rng.random() < FOREGROUND_FRACTION
             center = _place_patch(rng, label.shape, props, forced, self.patch_size)
-        img, seg = crop_sample(image, label, center, self.dims, self.patch_size)
-        img, seg, _ = augment(img, seg, self.aug_steps, rng, self.thick_axis)
+        plan = draw_plan(self.aug_steps, rng, len(self.patch_size), self.thick_axis)
+        region = input_shape(plan, self.patch_size) if self.margin else self.patch_size
+        img, seg = crop_sample(image, label, center, self.dims, region)
+        img, seg, _ = apply_plan(img, seg, plan, self.patch_size if self.margin else None)
         return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
 
 
@@ -220,13 +226,14 @@ def make_loaders(
     num_workers: int,
     slice_axis: int = 0,
     thick_axis: int | None = None,
-    legacy_sampling: bool = False,
+    pipeline_version: int = PIPELINE_VERSION,
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders; 2D runs slice the cached volumes along `slice_axis`; 3D runs on
-    thick-slice data (`thick_axis`) augment in plane; `legacy_sampling`: version 4's patch centres."""
+    thick-slice data (`thick_axis`) augment in plane; `pipeline_version`: that version's sampling and
+    augmentation (a resumed run keeps its own)."""
     train = PatchDataset(CaseStore(cache_dir, train_ids, slice_axis), dims, patch_size,
                          iters_per_epoch * batch_size, seed, aug_steps, thick_axis if dims == "3d" else None,
-                         batch_size, legacy_sampling)
+                         batch_size, pipeline_version)
     val = ValidationPatches(CaseStore(cache_dir, val_ids, slice_axis), dims, patch_size)
     common: dict[str, Any] = {
         "num_workers": num_workers,

@@ -68,7 +68,7 @@ def test_patches_stay_inside_the_volume_as_nnunet_places_them(tmp_path: Path) ->
     assert max(_padding(patches)) == 0.0  # forced-foreground patches at the corner too
     assert [int(patches[i][1].sum() > 0) for i in (2, 5, 8)] == [1, 1, 1]  # the last of every batch of 3
     old = PatchDataset(store, "3d", (16, 24, 20), samples_per_epoch=60, seed=0, aug_steps=(), batch_size=3,
-                       legacy=True)
+                       pipeline_version=4)
     assert np.mean(_padding(old)) > 0.2  # version 4 runs keep their sampling
     # Smaller than the patch along an axis: the whole volume inside the patch, at a random offset.
     _ones_case(tmp_path / "small", (10, 48, 36), (slice(4, 6), slice(20, 22), slice(10, 12)))
@@ -89,3 +89,26 @@ def test_the_last_third_of_every_batch_is_centred_on_foreground() -> None:
     assert {b: flags.count(True) // 2 for b, flags in forced.items()} == {2: 1, 4: 1, 9: 3, 32: 11}  # nnU-Net
     assert forced[4] == [False, False, False, True] * 2  # the same positions in every batch
     assert foreground_forced(0, 1) is None  # a batch of one: a draw per sample
+
+
+def test_rotation_and_scaling_read_the_volume_around_the_patch(tmp_path: Path) -> None:
+    # Version 5 rotated and scaled the patch alone: its corners (and a patch scaled down, its frame) were
+    # zeros inside the volume. Version 6 reads the volume around the patch, as nnU-Net's spatial transform.
+    from medseg_bench.augment import AUGS
+
+    _ones_case(tmp_path / "big", (60, 60, 60), (slice(28, 32), slice(28, 32), slice(28, 32)))
+    store = CaseStore(tmp_path / "big", ["c0"])
+    spatial = tuple(type(s)(s.name, 1.0, s.draw, s.apply, s.reads) for s in AUGS.get("heavy")
+                    if s.name in ("affine", "elastic"))
+    def samples(dims: str, patch: tuple[int, ...], steps: tuple, version: int) -> list:
+        data = PatchDataset(store, dims, patch, samples_per_epoch=6, seed=0, aug_steps=steps, batch_size=3,
+                            pipeline_version=version)
+        return [data[i] for i in range(6)]
+
+    for dims, patch in (("3d", (12, 12, 12)), ("2d", (16, 16))):
+        # forced-foreground patches (2 and 5) sit near the centre, far from the volume's border: no zeros
+        assert [float(s[0].min()) for s in samples(dims, patch, spatial, 6)[2::3]] == [1.0, 1.0]
+        assert min(float(s[0].min()) for s in samples(dims, patch, spatial, 5)[2::3]) == 0.0
+        # without augmentation, version 5's samples exactly
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+                   for a, b in zip(samples(dims, patch, (), 6), samples(dims, patch, (), 5), strict=True))
