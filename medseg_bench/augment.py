@@ -70,9 +70,10 @@ def draw_plan(steps: tuple[Step, ...], rng: np.random.Generator, ndim: int, thic
     return plan
 
 
-def _output_shapes(plan: Plan, out_shape: Sequence[int]) -> list[Shape | None]:
-    """Per step, the shape a leading resampling step writes (None: the step keeps its input's shape).
-    Leading: before any step that is not resampling; later ones resample the patch in place."""
+def _output_shapes(plan: Plan, out_shape: Sequence[int]) -> tuple[list[Shape | None], Shape]:
+    """Per step, the shape a leading resampling step writes (None: the step keeps its input's shape), and
+    the region the first one reads. Leading: before any step that is not resampling; later ones resample
+    the patch in place."""
     leading = 0
     while leading < len(plan) and plan[leading][0].reads is not None:
         leading += 1
@@ -83,17 +84,12 @@ def _output_shapes(plan: Plan, out_shape: Sequence[int]) -> list[Shape | None]:
         shapes[index] = shape
         assert step.reads is not None
         shape = step.reads(params, shape)
-    return shapes
+    return shapes, shape
 
 
 def input_shape(plan: Plan, out_shape: Sequence[int]) -> Shape:
     """The region (same centre as the patch) that `apply_plan` reads to write a patch of `out_shape`."""
-    first = _output_shapes(plan, out_shape)[:1]
-    if not first or first[0] is None:
-        return tuple(int(s) for s in out_shape)
-    step, params = plan[0]
-    assert step.reads is not None
-    return step.reads(params, first[0])
+    return _output_shapes(plan, out_shape)[1]
 
 
 def apply_plan(image: np.ndarray, label: np.ndarray, plan: Plan, out_shape: Sequence[int] | None = None
@@ -105,9 +101,9 @@ def apply_plan(image: np.ndarray, label: np.ndarray, plan: Plan, out_shape: Sequ
     pipeline version 5 and older)."""
     shapes: list[Shape | None] = [None] * len(plan)
     if out_shape is not None:
-        if tuple(label.shape) != input_shape(plan, out_shape):
-            raise ValueError(f"augmentation reads {input_shape(plan, out_shape)}, got {tuple(label.shape)}")
-        shapes = _output_shapes(plan, out_shape)
+        shapes, region = _output_shapes(plan, out_shape)
+        if tuple(label.shape) != region:
+            raise ValueError(f"augmentation reads {region}, got {tuple(label.shape)}")
     applied: list[tuple[str, Params]] = []
     for (step, params), shape in zip(plan, shapes, strict=True):
         if step.reads is not None:
