@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medseg_bench.augment import Step, apply_plan, draw_plan, input_shape
+from medseg_bench.augment import Params, Step, apply_plan, draw_plan, input_shape
 from medseg_bench.data.plan import in_plane
 from medseg_bench.data.preprocess import load_case
 from medseg_bench.spec import PIPELINE_VERSION
@@ -168,6 +168,11 @@ class PatchDataset(Dataset):
         return self.samples_per_epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, seg, _ = self.draw(index)
+        return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
+
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+        """Sample `index`: image, label and the augmentation steps applied (name, parameters)."""
         rng = np.random.default_rng([self.seed, index])
         case_id = self.store.case_ids[int(rng.integers(len(self.store.case_ids)))]
         image, label, props = self.store[case_id]
@@ -181,8 +186,7 @@ class PatchDataset(Dataset):
         plan = draw_plan(self.aug_steps, rng, len(self.patch_size), self.thick_axis)
         region = input_shape(plan, self.patch_size) if self.margin else self.patch_size
         img, seg = crop_sample(image, label, center, self.dims, region)
-        img, seg, _ = apply_plan(img, seg, plan, self.patch_size if self.margin else None)
-        return torch.from_numpy(img), torch.from_numpy(seg[None].astype(np.int64))
+        return apply_plan(img, seg, plan, self.patch_size if self.margin else None)
 
 
 class ValidationPatches(Dataset):
