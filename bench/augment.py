@@ -86,7 +86,7 @@ def main() -> None:
                 differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
                              for a, b in zip(old, new, strict=True)) / len(old)
                 zeros = f"{zero5:.1%} / {zero6:.1%} ({count})" if count else "-"
-                rows.append(f"| {dims} | {preset} | {ms5:.1f} / {ms6:.1f} | {zeros} | {differ:.1%} |")
+                rows.append(f"| {dims} | {preset} | {ms5:.2f} / {ms6:.2f} | {zeros} | {differ:.1%} |")
                 print(rows[-1], flush=True)
     report = "\n".join([
         "# Augmentation: cost per training sample, and reading around the patch (Task04_Hippocampus, fold 0)",
