@@ -191,7 +191,7 @@ def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Callable[[np.ran
     return draw
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)  # `reads`, then `apply`, of the same step
 def _elastic_field(seed: int, alpha: float, sigma: float, thick: int | None, shape: Shape
                    ) -> tuple[np.ndarray, ...]:
     """The displacement along each axis of an output of `shape` (computed once for `reads` and `apply`)."""
