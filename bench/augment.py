@@ -80,7 +80,7 @@ def main() -> None:
         os.environ["MEDSEG_BENCH_HOME"] = tmp
         prepared = prepare(Path(tmp), args.cases)
         for dims, arch, encoder in (("3d", "unet", None), ("2d", "unet", "resnet34")):
-            for preset in ("none", "light", "heavy"):
+            for preset in ("none", "light", "heavy", "nnunet"):
                 result = measure(prepared, dims, arch, encoder, preset, args.samples)
                 (ms5, zero5, count, old), (ms6, zero6, _, new) = result[5], result[6]
                 differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))

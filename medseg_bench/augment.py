@@ -1,4 +1,4 @@
-"""Augmentation presets (none, light, heavy), the same names in 2D and 3D.
+"""Augmentation presets (none, light, heavy, nnunet), the same names in 2D and 3D.
 
 Each step draws its parameters from a seeded generator, then calls a deterministic twin with them, so what was
 applied can be logged and replayed (as TorchIO does). Steps work on numpy arrays: image (C, *spatial) float32,
@@ -26,11 +26,14 @@ Params = dict[str, Any]
 Arrays = tuple[np.ndarray, np.ndarray]
 Shape = tuple[int, ...]
 Plan = list[tuple["Step", Params]]
+Draw = Callable[[np.random.Generator, Shape, "int | None"], "Params | None"]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One augmentation: applied with `probability`, with parameters from `draw(rng, spatial_ndim)`.
+    """One augmentation: applied with `probability`, with parameters from `draw(rng, patch_shape,
+    thick_axis)` (spatial shape; None from `draw`: the step decided not to act, as nnU-Net's spatial
+    transform, which rotates and scales each with its own probability).
 
     A resampling step has `reads(params, out_shape)`: the input shape it reads to write an output of
     `out_shape` (centred on the same point); its `apply` writes `params["out_shape"]` when given (else the
@@ -38,7 +41,7 @@ class Step:
 
     name: str
     probability: float
-    draw: Callable[[np.random.Generator, int], Params]
+    draw: Callable[[np.random.Generator, Shape, int | None], Params | None]
     apply: Callable[[np.ndarray, np.ndarray, Params], Arrays]
     reads: Callable[[Params, Shape], Shape] | None = None
 
@@ -50,8 +53,8 @@ AUGS: Registry[tuple[Step, ...]] = Registry("aug")
 IN_PLANE_STEPS = ("affine", "elastic", "lowres")
 
 
-def draw_plan(steps: tuple[Step, ...], rng: np.random.Generator, ndim: int, thick_axis: int | None = None
-              ) -> Plan:
+def draw_plan(steps: tuple[Step, ...], rng: np.random.Generator, shape: Sequence[int],
+              thick_axis: int | None = None) -> Plan:
     """The steps that fire and their parameters, drawn in order (applying draws nothing more).
 
     `thick_axis` (3D patches of anisotropic data: `resample.anisotropic_axis` of the target spacing):
@@ -60,11 +63,15 @@ def draw_plan(steps: tuple[Step, ...], rng: np.random.Generator, ndim: int, thic
     the same either way, so isotropic data is augmented exactly as before.
     """
     plan: Plan = []
+    shape = tuple(int(s) for s in shape)
+    thick_axis = thick_axis if len(shape) == 3 else None
     for step in steps:
         if rng.random() >= step.probability:
             continue
-        params = step.draw(rng, ndim)
-        if thick_axis is not None and ndim == 3 and step.name in IN_PLANE_STEPS:
+        params = step.draw(rng, shape, thick_axis)
+        if params is None:
+            continue
+        if thick_axis is not None and step.name in IN_PLANE_STEPS:
             params = {**params, "thick_axis": thick_axis}
         plan.append((step, params))
     return plan
@@ -116,7 +123,7 @@ def apply_plan(image: np.ndarray, label: np.ndarray, plan: Plan, out_shape: Sequ
 def augment(image: np.ndarray, label: np.ndarray, steps: tuple[Step, ...], rng: np.random.Generator,
             thick_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
     """Draw and apply a preset on a patch alone (no margin)."""
-    return apply_plan(image, label, draw_plan(steps, rng, label.ndim, thick_axis))
+    return apply_plan(image, label, draw_plan(steps, rng, label.shape, thick_axis))
 
 
 def _span(extent: np.ndarray, out_shape: Shape) -> Shape:
@@ -138,8 +145,8 @@ def _apply_mirror(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return image, label
 
 
-def _draw_mirror(rng: np.random.Generator, ndim: int) -> Params:
-    return {"axes": [a for a in range(ndim) if rng.random() < 0.5]}
+def _draw_mirror(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    return {"axes": [a for a in range(len(shape)) if rng.random() < 0.5]}
 
 
 def _rotation_matrix(angles_deg: list[float]) -> np.ndarray:
@@ -182,9 +189,9 @@ def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return out, seg
 
 
-def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Callable[[np.random.Generator, int], Params]:
-    def draw(rng: np.random.Generator, ndim: int) -> Params:
-        count = 1 if ndim == 2 else 3
+def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Draw:
+    def draw(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+        count = 1 if len(shape) == 2 else 3
         return {"angles_deg": [float(rng.uniform(-max_deg, max_deg)) for _ in range(count)],
                 "scale": float(rng.uniform(*scale))}
 
@@ -228,7 +235,7 @@ def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return out, seg
 
 
-def _draw_elastic(rng: np.random.Generator, ndim: int) -> Params:
+def _draw_elastic(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
     return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)),
             "sigma": float(rng.uniform(6, 9))}
 
@@ -279,12 +286,105 @@ def _apply_gamma(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return np.stack(out), label
 
 
-def _uniform(key: str, low: float, high: float) -> Callable[[np.random.Generator, int], Params]:
-    return lambda rng, ndim: {key: float(rng.uniform(low, high))}
+def _uniform(key: str, low: float, high: float) -> Draw:
+    return lambda rng, shape, thick: {key: float(rng.uniform(low, high))}
 
 
-def _seeded(key: str, low: float, high: float) -> Callable[[np.random.Generator, int], Params]:
-    return lambda rng, ndim: {key: float(rng.uniform(low, high)), "seed": int(rng.integers(2**31))}
+def _seeded(key: str, low: float, high: float) -> Draw:
+    return lambda rng, shape, thick: {key: float(rng.uniform(low, high)), "seed": int(rng.integers(2**31))}
+
+
+# --- nnU-Net v2's default training transforms (nnUNetTrainer.get_training_transforms) -------------------
+# Intensity steps act per channel, each channel with its own draws from the step's seed, as there.
+
+
+def _bg_contrast(rng: np.random.Generator, low: float, high: float) -> float:
+    """batchgenerators' BGContrast: half the factors below 1, half above."""
+    if rng.random() < 0.5 and low < 1:
+        return float(rng.uniform(low, 1))
+    return float(rng.uniform(max(low, 1), high))
+
+
+def _draw_nnunet_spatial(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params | None:
+    """Rotation (p 0.2) and scaling (p 0.2), drawn independently, applied as one resampling. Rotation:
+    +-30 deg about each axis in 3D; in plane +-180 deg on thick-slice 3D ("dummy 2D") and square-ish 2D
+    patches (sides within 1.5x), +-15 deg on elongated 2D ones. Scaling: a factor in (0.7, 1.4) on the
+    sampling grid (above 1, objects look smaller)."""
+    rotate, scale = rng.random() < 0.2, rng.random() < 0.2
+    if not (rotate or scale):
+        return None
+    if len(shape) == 2:
+        limits = [180.0 if max(shape) / min(shape) <= 1.5 else 15.0]
+    else:
+        limits = [180.0 if axis == thick else 0.0 for axis in range(3)] if thick is not None else [30.0] * 3
+    angles = [float(rng.uniform(-limit, limit)) if rotate and limit else 0.0 for limit in limits]
+    factor = float(rng.uniform(0.7, 1.4)) if scale else 1.0
+    return {"angles_deg": angles, "scale": 1.0 / factor}
+
+
+def _per_channel(image: np.ndarray, p: Params,
+                 change: Callable[[np.ndarray, np.random.Generator], np.ndarray], p_channel: float = 1.0
+                 ) -> np.ndarray:
+    """`change` each channel (with probability `p_channel`), with draws from the step's seed."""
+    rng = np.random.default_rng(p["seed"])
+    return np.stack([change(ch, rng) if rng.random() < p_channel else ch for ch in image])
+
+
+def _draw_seed(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    return {"seed": int(rng.integers(2**31))}
+
+
+def _nnunet_noise(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    variance = rng.uniform(0.0, 0.1)
+    return {"std": float(np.sqrt(variance)), "seed": int(rng.integers(2**31))}
+
+
+def _apply_nnunet_blur(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    def blur(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return ndimage.gaussian_filter(ch, [float(rng.uniform(0.5, 1.0)) for _ in range(ch.ndim)])
+
+    return _per_channel(image, p, blur, 0.5), label
+
+
+def _apply_nnunet_brightness(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    return _per_channel(image, p, lambda ch, rng: ch * _bg_contrast(rng, 0.75, 1.25)), label
+
+
+def _apply_nnunet_contrast(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    def contrast(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        mean, lo, hi = ch.mean(), ch.min(), ch.max()
+        return np.clip((ch - mean) * _bg_contrast(rng, 0.75, 1.25) + mean, lo, hi)
+
+    return _per_channel(image, p, contrast), label
+
+
+def _apply_nnunet_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    shape = np.array(label.shape)
+
+    def lowres(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        small = np.maximum(1, np.round(shape * rng.uniform(0.5, 1.0))).astype(int)
+        if p.get("thick_axis") is not None:
+            small[p["thick_axis"]] = shape[p["thick_axis"]]
+        down = ndimage.zoom(ch, small / shape, order=0)
+        return ndimage.zoom(down, shape / np.array(down.shape), order=1)[tuple(slice(0, s) for s in shape)]
+
+    return _per_channel(image, p, lowres, 0.5), label
+
+
+def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Arrays]:
+    """Gamma in (0.7, 1.5) on the channel's range (of the inverted image with `invert`), then its mean and
+    standard deviation restored."""
+    def gamma(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        sign = -1.0 if invert else 1.0
+        ch = ch * sign
+        mean, std = ch.mean(), ch.std()
+        lo = ch.min()
+        span = max(float(ch.max() - lo), 1e-7)
+        ch = np.power((ch - lo) / span, _bg_contrast(rng, 0.7, 1.5)) * span + lo
+        ch = (ch - ch.mean()) * (std / max(float(ch.std()), 1e-7)) + mean
+        return ch * sign
+
+    return lambda image, label, p: (_per_channel(image, p, gamma), label)
 
 
 # --- presets: adding one is one entry here -------------------------------------------------------------
@@ -295,7 +395,8 @@ AUGS.add("none", ())
 AUGS.add("light", (
     Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine, _reads_affine),
     Step("scale_shift", 0.3,
-         lambda rng, ndim: {"scale": float(rng.uniform(0.9, 1.1)), "shift": float(rng.uniform(-0.1, 0.1))},
+         lambda rng, shape, thick: {"scale": float(rng.uniform(0.9, 1.1)),
+                                    "shift": float(rng.uniform(-0.1, 0.1))},
          _apply_scale_shift),
     MIRROR,
 ))
@@ -304,10 +405,21 @@ AUGS.add("heavy", (  # after nnU-Net's default training transforms
     Step("elastic", 0.2, _draw_elastic, _apply_elastic, _reads_elastic),
     Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise),
     Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur),
-    Step("brightness", 0.15, lambda rng, ndim: {"scale": float(rng.uniform(0.75, 1.25)), "shift": 0.0},
-         _apply_scale_shift),
+    Step("brightness", 0.15, lambda rng, shape, thick: {"scale": float(rng.uniform(0.75, 1.25)),
+                                                         "shift": 0.0}, _apply_scale_shift),
     Step("contrast", 0.15, _uniform("factor", 0.75, 1.25), _apply_contrast),
     Step("lowres", 0.25, _uniform("zoom", 0.5, 1.0), _apply_lowres),
     Step("gamma", 0.3, _uniform("gamma", 0.7, 1.5), _apply_gamma),
+    MIRROR,
+))
+AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, with its probabilities
+    Step("affine", 1.0, _draw_nnunet_spatial, _apply_affine, _reads_affine),
+    Step("noise", 0.1, _nnunet_noise, _apply_noise),
+    Step("blur", 0.2, _draw_seed, _apply_nnunet_blur),
+    Step("brightness", 0.15, _draw_seed, _apply_nnunet_brightness),
+    Step("contrast", 0.15, _draw_seed, _apply_nnunet_contrast),
+    Step("lowres", 0.25, _draw_seed, _apply_nnunet_lowres),
+    Step("gamma_inverted", 0.1, _draw_seed, _nnunet_gamma(invert=True)),
+    Step("gamma", 0.3, _draw_seed, _nnunet_gamma(invert=False)),
     MIRROR,
 ))

@@ -115,7 +115,7 @@ def test_resampling_reads_around_the_patch_as_if_the_volume_were_transformed(
                    if s.name in ("affine", "elastic", "mirror"))
     zero_corners = 0
     for seed in range(6):
-        plan = draw_plan(forced, np.random.default_rng(seed), len(shape), thick)
+        plan = draw_plan(forced, np.random.default_rng(seed), out, thick)
         region = input_shape(plan, out)
         assert all(r >= o and (r - o) % 2 == 0 for r, o in zip(region, out, strict=True))
         if thick is not None:
@@ -144,6 +144,61 @@ def test_a_region_of_the_wrong_shape_is_refused() -> None:
 
     image, label = _pair((16, 24, 24))
     affine = tuple(type(s)(s.name, 1.0, s.draw, s.apply, s.reads) for s in AUGS.get("heavy")[:1])
-    plan = draw_plan(affine, np.random.default_rng(0), 3)
+    plan = draw_plan(affine, np.random.default_rng(0), (16, 24, 24))
     with pytest.raises(ValueError, match="augmentation reads"):
         apply_plan(image, label, plan, (16, 24, 24))
+
+
+def test_nnunet_preset_draws_with_nnunet_probabilities_and_ranges() -> None:
+    # nnU-Net v2's nnUNetTrainer.get_training_transforms: rotation and scaling each with p 0.2 (one
+    # resampling), noise 0.1, blur 0.2, brightness 0.15, contrast 0.15, low resolution 0.25, inverted gamma
+    # 0.1, gamma 0.3, mirroring always.
+    from medseg_bench.augment import draw_plan
+
+    steps = AUGS.get("nnunet")
+    rng = np.random.default_rng(0)
+    plans = [draw_plan(steps, rng, (40, 56, 40)) for _ in range(4000)]
+    share = {name: np.mean([any(n.name == name for n, _ in plan) for plan in plans])
+             for name in ("affine", "noise", "blur", "brightness", "contrast", "lowres", "gamma_inverted",
+                          "gamma", "mirror")}
+    expected = {"affine": 1 - 0.8 ** 2, "noise": 0.1, "blur": 0.2, "brightness": 0.15, "contrast": 0.15,
+                "lowres": 0.25, "gamma_inverted": 0.1, "gamma": 0.3, "mirror": 1.0}
+    assert all(abs(share[k] - v) < 0.03 for k, v in expected.items()), share
+    spatial = [p for plan in plans for s, p in plan if s.name == "affine"]
+    rotated = [p for p in spatial if any(p["angles_deg"])]
+    scaled = [p for p in spatial if p["scale"] != 1.0]
+    assert abs(len(rotated) / 4000 - 0.2) < 0.03 and abs(len(scaled) / 4000 - 0.2) < 0.03
+    assert max(abs(a) for p in rotated for a in p["angles_deg"]) <= 30.0
+    assert all(0.7 <= 1 / p["scale"] <= 1.4 for p in scaled)  # the factor on the sampling grid
+
+    def angles(shape: tuple[int, ...], thick: int | None = None) -> list[list[float]]:
+        rng = np.random.default_rng(1)
+        return [p["angles_deg"] for _ in range(400) for s, p in draw_plan(steps, rng, shape, thick)
+                if s.name == "affine" and any(p["angles_deg"])]
+
+    assert max(abs(a[0]) for a in angles((64, 64))) > 90  # square-ish 2D patches: +-180 deg
+    assert max(abs(a[0]) for a in angles((96, 32))) <= 15  # elongated ones: +-15 deg
+    thick = angles((12, 64, 64), thick=0)
+    assert all(a[1] == a[2] == 0.0 for a in thick) and max(abs(a[0]) for a in thick) > 90  # dummy 2D
+
+
+def test_nnunet_intensity_steps_act_per_channel_and_gamma_keeps_the_statistics() -> None:
+    from medseg_bench.augment import _apply_nnunet_brightness, _apply_nnunet_contrast, _nnunet_gamma
+
+    rng = np.random.default_rng(0)
+    image = np.abs(rng.normal(1.0, 0.5, (2, 12, 12, 12))).astype(np.float32) + 0.1
+    label = np.zeros((12, 12, 12), np.uint8)
+    ratios = [(_apply_nnunet_brightness(image, label, {"seed": seed})[0] / image).reshape(2, -1)[:, 0]
+              for seed in range(10)]
+    assert any(abs(r[0] - r[1]) > 1e-3 for r in ratios)  # each channel its own factor
+    assert all(0.75 - 1e-6 <= f <= 1.25 + 1e-6 for r in ratios for f in r)
+    for seed in range(4):  # within each channel's range (preserve_range)
+        contrasted = _apply_nnunet_contrast(image, label, {"seed": seed})[0]
+        assert not np.allclose(contrasted, image)
+        assert np.all(contrasted.min((1, 2, 3)) >= image.min((1, 2, 3)) - 1e-6)
+        assert np.all(contrasted.max((1, 2, 3)) <= image.max((1, 2, 3)) + 1e-6)
+    for invert in (False, True):
+        out = _nnunet_gamma(invert)(image, label, {"seed": 5})[0]
+        assert not np.allclose(out, image)
+        assert np.allclose(out.mean((1, 2, 3)), image.mean((1, 2, 3)), atol=1e-4)  # retain_stats
+        assert np.allclose(out.std((1, 2, 3)), image.std((1, 2, 3)), atol=1e-4)

@@ -10,7 +10,7 @@ common=(--task Task04_Hippocampus --folds 0 --seed 0 --epochs 8 --iters-per-epoc
 "$bin" fetch Task04_Hippocampus --source ../shared/data/Task04_Hippocampus
 # Losses and augmentation, on the 3D U-Net (Dice + CE, no augmentation is the baseline row).
 "$bin" sweep "${common[@]}" --arch unet --dims 3d --loss dice_ce,focal,tversky --aug none
-"$bin" sweep "${common[@]}" --arch unet --dims 3d --loss dice_ce --aug light,heavy
+"$bin" sweep "${common[@]}" --arch unet --dims 3d --loss dice_ce --aug light,heavy,nnunet
 # Architectures, Dice + CE, no augmentation (2D: smp with a ResNet-34 encoder; 3D: MONAI).
 # DynUNet (nnU-Net's configuration, deep supervision) needs ~9 min per 50-iteration epoch on this CPU: left out.
 "$bin" sweep "${common[@]}" --arch unet --dims 2d --loss dice_ce --aug none

@@ -35,8 +35,8 @@ def sweep(
     arch: Annotated[str | None, typer.Option(help="Architecture(s), e.g. unet,deeplab. Default: unet.")] \
         = None,
     loss: Annotated[str | None, typer.Option(help="Loss(es), e.g. dice_ce,focal. Default: dice_ce.")] = None,
-    aug: Annotated[str | None, typer.Option(help="Augmentation: none, light, heavy. Default: none.")] \
-        = None,
+    aug: Annotated[str | None, typer.Option(
+        help="Augmentation: none, light, heavy, nnunet. Default: none.")] = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
     encoder: Annotated[str | None, typer.Option(help="2D encoder(s) (smp names). Default: resnet34.")] = None,

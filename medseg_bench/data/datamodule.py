@@ -183,7 +183,7 @@ class PatchDataset(Dataset):
             if forced is None:
                 forced = rng.random() < FOREGROUND_FRACTION
             center = _place_patch(rng, label.shape, props, forced, self.patch_size)
-        plan = draw_plan(self.aug_steps, rng, len(self.patch_size), self.thick_axis)
+        plan = draw_plan(self.aug_steps, rng, self.patch_size, self.thick_axis)
         region = input_shape(plan, self.patch_size) if self.margin else self.patch_size
         img, seg = crop_sample(image, label, center, self.dims, region)
         return apply_plan(img, seg, plan, self.patch_size if self.margin else None)
