@@ -44,6 +44,10 @@ class Step:
     draw: Callable[[np.random.Generator, Shape, int | None], Params | None]
     apply: Callable[[np.ndarray, np.ndarray, Params], Arrays]
     reads: Callable[[Params, Shape], Shape] | None = None
+    chance: str = ""  # how often it acts, when `draw` decides more than `probability` says (for `list augs`)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.chance or f'{self.probability:g}'})"
 
 
 AUGS: Registry[tuple[Step, ...]] = Registry("aug")
@@ -413,7 +417,7 @@ AUGS.add("heavy", (  # after nnU-Net's default training transforms
     MIRROR,
 ))
 AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, with its probabilities
-    Step("affine", 1.0, _draw_nnunet_spatial, _apply_affine, _reads_affine),
+    Step("affine", 1.0, _draw_nnunet_spatial, _apply_affine, _reads_affine, "rotation 0.2, scaling 0.2"),
     Step("noise", 0.1, _nnunet_noise, _apply_noise),
     Step("blur", 0.2, _draw_seed, _apply_nnunet_blur),
     Step("brightness", 0.15, _draw_seed, _apply_nnunet_brightness),

@@ -180,6 +180,8 @@ def test_nnunet_preset_draws_with_nnunet_probabilities_and_ranges() -> None:
     assert max(abs(a[0]) for a in angles((96, 32))) <= 15  # elongated ones: +-15 deg
     thick = angles((12, 64, 64), thick=0)
     assert all(a[1] == a[2] == 0.0 for a in thick) and max(abs(a[0]) for a in thick) > 90  # dummy 2D
+    # `list augs` says how often the spatial step acts, not its nominal probability of 1
+    assert [s.describe() for s in steps[:2]] == ["affine (rotation 0.2, scaling 0.2)", "noise (0.1)"]
 
 
 def test_nnunet_intensity_steps_act_per_channel_and_gamma_keeps_the_statistics() -> None:

@@ -64,7 +64,7 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
         table.add_column("name")
         table.add_column("steps (probability)")
         for name, steps in AUGS.items():
-            table.add_row(name, ", ".join(f"{s.name} ({s.probability:g})" for s in steps) or "-")
+            table.add_row(name, ", ".join(s.describe() for s in steps) or "-")
     else:
         from medseg_bench.metrics import METRICS
 

@@ -22,7 +22,8 @@ def test_help_and_version() -> None:
 
 
 @pytest.mark.parametrize(("what", "expect"), [("tasks", "Task09_Spleen"), ("archs", "deeplab"),
-                                              ("losses", "dice_ce"), ("augs", "heavy"), ("metrics", "hd95"),
+                                              ("losses", "dice_ce"), ("augs", "heavy"), ("augs", "nnunet"),
+                                              ("metrics", "hd95"),
                                               ("encoders", "efficientnet-b0")])
 def test_list(home: Path, what: str, expect: str) -> None:
     result = runner.invoke(app, ["list", what])
