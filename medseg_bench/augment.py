@@ -188,9 +188,15 @@ def _apply_affine(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     offset = (np.array(label.shape) - 1) / 2.0 - matrix @ ((np.array(out_shape) - 1) / 2.0)
     out = np.stack([ndimage.affine_transform(ch, matrix, offset, output_shape=out_shape, order=1,
                                              mode="constant", cval=0.0) for ch in image])
-    seg = ndimage.affine_transform(label, matrix, offset, output_shape=out_shape, order=0, mode="constant",
-                                   cval=0)
-    return out, seg
+    if p.get("label") != "linear":  # nearest neighbour
+        return out, ndimage.affine_transform(label, matrix, offset, output_shape=out_shape, order=0,
+                                             mode="constant", cval=0)
+    # nnU-Net's: each label's mask interpolated linearly, the largest wins (background beyond the region)
+    labels = np.union1d([0], np.unique(label)).astype(label.dtype)
+    scores = [ndimage.affine_transform((label == value).astype(np.float32), matrix, offset,
+                                       output_shape=out_shape, order=1, mode="constant",
+                                       cval=1.0 if value == 0 else 0.0) for value in labels]
+    return out, labels[np.argmax(np.stack(scores), axis=0)]
 
 
 def _draw_affine(max_deg: float, scale: tuple[float, float]) -> Draw:
@@ -313,7 +319,8 @@ def _draw_nnunet_spatial(rng: np.random.Generator, shape: Shape, thick: int | No
     """Rotation (p 0.2) and scaling (p 0.2), drawn independently, applied as one resampling. Rotation:
     +-30 deg about each axis in 3D; in plane +-180 deg on thick-slice 3D ("dummy 2D") and square-ish 2D
     patches (sides within 1.5x), +-15 deg on elongated 2D ones. Scaling: a factor in (0.7, 1.4) on the
-    sampling grid (above 1, objects look smaller)."""
+    sampling grid (above 1, objects look smaller). Labels are resampled as nnU-Net's: each label's mask
+    linearly, the largest wins."""
     rotate, scale = rng.random() < 0.2, rng.random() < 0.2
     if not (rotate or scale):
         return None
@@ -323,7 +330,7 @@ def _draw_nnunet_spatial(rng: np.random.Generator, shape: Shape, thick: int | No
         limits = [180.0 if axis == thick else 0.0 for axis in range(3)] if thick is not None else [30.0] * 3
     angles = [float(rng.uniform(-limit, limit)) if rotate and limit else 0.0 for limit in limits]
     factor = float(rng.uniform(0.7, 1.4)) if scale else 1.0
-    return {"angles_deg": angles, "scale": 1.0 / factor}
+    return {"angles_deg": angles, "scale": 1.0 / factor, "label": "linear"}
 
 
 def _per_channel(image: np.ndarray, p: Params,

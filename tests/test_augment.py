@@ -204,3 +204,29 @@ def test_nnunet_intensity_steps_act_per_channel_and_gamma_keeps_the_statistics()
         assert not np.allclose(out, image)
         assert np.allclose(out.mean((1, 2, 3)), image.mean((1, 2, 3)), atol=1e-4)  # retain_stats
         assert np.allclose(out.std((1, 2, 3)), image.std((1, 2, 3)), atol=1e-4)
+
+
+def test_nnunet_preset_resamples_labels_linearly_per_label() -> None:
+    # nnU-Net interpolates each label's mask linearly and keeps the largest; for one label that is the mask
+    # interpolated and thresholded at one half, which nearest neighbour is not.
+    from scipy import ndimage
+
+    from medseg_bench.augment import _affine_matrix, _apply_affine
+
+    grid = np.indices((20, 24, 22)) - np.array([10, 12, 11])[:, None, None, None]
+    label = (np.sqrt((grid ** 2).sum(0)) < 7).astype(np.uint8)
+    image = label[None].astype(np.float32)
+    params = {"angles_deg": [20.0, -15.0, 10.0], "scale": 1 / 1.2, "out_shape": [20, 24, 22]}
+    linear = _apply_affine(image, label, {**params, "label": "linear"})[1]
+    nearest = _apply_affine(image, label, params)[1]
+    matrix = _affine_matrix(params, 3)
+    centre = (np.array(label.shape) - 1) / 2.0
+    mask = ndimage.affine_transform(label.astype(np.float32), matrix, centre - matrix @ centre, order=1)
+    reference = mask > 0.5
+    assert np.array_equal(linear, reference.astype(np.uint8))
+    assert not np.array_equal(linear, nearest)
+    # several labels: only labels of the input, and background where the region leaves it (even when the
+    # input holds no background at all)
+    full = np.ones((20, 24, 22), np.uint8) + (grid[0] > 0)
+    out = _apply_affine(full[None].astype(np.float32), full, {**params, "label": "linear"})[1]
+    assert set(np.unique(out)) == {0, 1, 2} and out[0, 0, 0] == 0
