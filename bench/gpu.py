@@ -7,8 +7,9 @@ subprocess, so this checks the GPU code path end to end: fetch, plan and cache, 
 (sliding-window inference under autocast, metrics in the original geometry), `report`.
 
 Configuration: nnU-Net's 3d_fullres plan for Hippocampus (patch 40x56x40, batch 9), `dynunet` (nnU-Net's
-topology, deep supervision), Dice+CE, AdamW with cosine decay, no augmentation, seed 0, fold 0 of the 200
-shared cases (160 train, 40 held out), 250 iterations per epoch as nnU-Net.
+topology, deep supervision), Dice+CE, AdamW with cosine decay, nnU-Net's augmentation (`--aug nnunet`, the
+CPU work the DataLoader workers exist for; `--aug none` to leave it out), seed 0, fold 0 of the 200 shared
+cases (160 train, 40 held out), 250 iterations per epoch as nnU-Net.
 
 Stages:
   1. throughput: `--probe-epochs` epochs with DataLoader workers 0 and with `--workers`: seconds per epoch
@@ -193,10 +194,11 @@ def write_tables(out: Path, facts: dict[str, Any]) -> None:
         "",
         f"{conf['cases']} Hippocampus cases, fold 0 ({conf['train_cases']} train / {conf['val_cases']} held "
         f"out); dynunet (nnU-Net topology, deep supervision), patch {conf['patch']}, batch {conf['batch']}, "
-        f"Dice+CE, no augmentation, AdamW (cosine), seed 0, precision {conf['precision']}. Fetch and plan: "
-        f"{fmt(facts.get('prepare_s'), 1)} s. GPU utilisation: {facts.get('sampler', 'none')}, every 0.2 s, "
-        "mean over each run's training window (first step to the start of evaluation; the per-epoch "
-        "validation is inside it). Peak memory: torch's maximum allocated on the GPU (process RSS on a CPU).",
+        f"Dice+CE, augmentation {conf['aug']}, AdamW (cosine), seed 0, precision {conf['precision']}. Fetch "
+        f"and plan: {fmt(facts.get('prepare_s'), 1)} s. GPU utilisation: {facts.get('sampler', 'none')}, "
+        "every 0.2 s, mean over each run's training window (first step to the start of evaluation; the "
+        "per-epoch validation is inside it). Peak memory: torch's maximum allocated on the GPU (process RSS "
+        "on a CPU).",
         "",
     ]
     probes = facts.get("throughput", [])
@@ -262,6 +264,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="budget run; 0 skips it")
     parser.add_argument("--batch-size", type=int, default=9, help="nnU-Net's 3d_fullres batch (Hippocampus)")
     parser.add_argument("--patch-size", default="40,56,40", help="nnU-Net's 3d_fullres patch (Hippocampus)")
+    parser.add_argument("--aug", default="nnunet", help="augmentation preset of every run (default: nnunet)")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick, CPU allowed (see above)")
     args = parser.parse_args()
     if args.smoke:
@@ -301,11 +304,11 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     facts["config"] = {
         "cases": num_cases, "train_cases": num_cases - val_cases, "val_cases": val_cases,
         "patch": args.patch_size.replace(",", "x"), "batch": args.batch_size,
-        "precision": "16-mixed" if cuda else "32-true", "probe_epochs": args.probe_epochs,
+        "precision": "16-mixed" if cuda else "32-true", "aug": args.aug, "probe_epochs": args.probe_epochs,
         "probe_iters": args.probe_iters, "minutes": args.minutes,
         "budget_iters": args.probe_iters if args.smoke else 250}
     common = ["sweep", "--task", TASK, "--arch", "dynunet", "--dims", "3d", "--loss", "dice_ce",
-              "--aug", "none", "--patch-size", args.patch_size, "--batch-size", str(args.batch_size)]
+              "--aug", args.aug, "--patch-size", args.patch_size, "--batch-size", str(args.batch_size)]
     with GpuSampler() as sampler:
         start = time.perf_counter()
         run_cli(["fetch", TASK, "--source", str(source)], env, probes_log)

@@ -23,6 +23,7 @@ def test_gpu_bench_smoke_runs_every_stage_and_writes_its_tables(tmp_path: Path) 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     facts = json.loads((out / "gpu.json").read_text())
     assert facts["config"]["cases"] == 10 and facts["config"]["val_cases"] == 2
+    assert facts["config"]["aug"] == "nnunet"  # what the workers exist for
     assert [row["workers"] for row in facts["throughput"]] == [0, 2]
     for row in facts["throughput"]:
         assert len(row["epoch_times_s"]) == 2 and row["s_per_epoch"] == row["epoch_times_s"][1] > 0
@@ -33,6 +34,7 @@ def test_gpu_bench_smoke_runs_every_stage_and_writes_its_tables(tmp_path: Path) 
     assert set(budget["per_label_dice"]) >= {"1", "2"}
     table = (out / "gpu.md").read_text()
     assert "## Throughput" in table and "## Budget run (0.2 minutes" in table
+    assert "augmentation nnunet" in table
     assert f"| {budget['dice']:.4f} |" in table
     assert "Task04_Hippocampus" in (out / "report.md").read_text()
     assert "medseg-bench sweep" in (out / "budget_run.log").read_text()
