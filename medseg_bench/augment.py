@@ -41,7 +41,7 @@ class Step:
 
     name: str
     probability: float
-    draw: Callable[[np.random.Generator, Shape, int | None], Params | None]
+    draw: Draw
     apply: Callable[[np.ndarray, np.ndarray, Params], Arrays]
     reads: Callable[[Params, Shape], Shape] | None = None
     chance: str = ""  # how often it acts, when `draw` decides more than `probability` says (for `list augs`)
@@ -250,17 +250,18 @@ def _draw_elastic(rng: np.random.Generator, shape: Shape, thick: int | None) -> 
             "sigma": float(rng.uniform(6, 9))}
 
 
+def _lowres(ch: np.ndarray, zoom: float, thick: int | None, order: int) -> np.ndarray:
+    """`ch` downsampled by `zoom` (nearest), then upsampled back with spline `order`."""
+    shape = np.array(ch.shape)
+    small = np.maximum(1, np.round(shape * zoom)).astype(int)
+    if thick is not None:
+        small[thick] = shape[thick]  # thick slices are low resolution already
+    down = ndimage.zoom(ch, small / shape, order=0)
+    return ndimage.zoom(down, shape / np.array(down.shape), order=order)[tuple(slice(0, s) for s in shape)]
+
+
 def _apply_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    shape = np.array(label.shape)
-    small = np.maximum(1, np.round(shape * p["zoom"])).astype(int)
-    if p.get("thick_axis") is not None:
-        small[p["thick_axis"]] = shape[p["thick_axis"]]  # thick slices are low resolution already
-    out = []
-    for ch in image:
-        down = ndimage.zoom(ch, small / shape, order=0)
-        up = ndimage.zoom(down, shape / np.array(down.shape), order=3)
-        out.append(up[tuple(slice(0, s) for s in shape)])
-    return np.stack(out), label
+    return np.stack([_lowres(ch, p["zoom"], p.get("thick_axis"), 3) for ch in image]), label
 
 
 # --- intensity -----------------------------------------------------------------------------------------
@@ -279,21 +280,25 @@ def _apply_blur(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return np.stack([ndimage.gaussian_filter(ch, p["sigma"]) for ch in image]), label
 
 
+def _contrast(ch: np.ndarray, factor: float) -> np.ndarray:
+    """Spread about the mean by `factor`, within the channel's range."""
+    mean, lo, hi = ch.mean(), ch.min(), ch.max()
+    return np.clip((ch - mean) * factor + mean, lo, hi)
+
+
 def _apply_contrast(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    out = []
-    for ch in image:
-        mean, lo, hi = ch.mean(), ch.min(), ch.max()
-        out.append(np.clip((ch - mean) * p["factor"] + mean, lo, hi))
-    return np.stack(out), label
+    return np.stack([_contrast(ch, p["factor"]) for ch in image]), label
+
+
+def _gamma(ch: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma on the channel's range (kept)."""
+    lo, hi = float(ch.min()), float(ch.max())
+    span = max(hi - lo, 1e-8)
+    return np.power((ch - lo) / span, gamma) * span + lo
 
 
 def _apply_gamma(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    out = []
-    for ch in image:
-        lo, hi = float(ch.min()), float(ch.max())
-        span = max(hi - lo, 1e-8)
-        out.append(np.power((ch - lo) / span, p["gamma"]) * span + lo)
-    return np.stack(out), label
+    return np.stack([_gamma(ch, p["gamma"]) for ch in image]), label
 
 
 def _uniform(key: str, low: float, high: float) -> Draw:
@@ -362,22 +367,12 @@ def _apply_nnunet_brightness(image: np.ndarray, label: np.ndarray, p: Params) ->
 
 
 def _apply_nnunet_contrast(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    def contrast(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        mean, lo, hi = ch.mean(), ch.min(), ch.max()
-        return np.clip((ch - mean) * _bg_contrast(rng, 0.75, 1.25) + mean, lo, hi)
-
-    return _per_channel(image, p, contrast), label
+    return _per_channel(image, p, lambda ch, rng: _contrast(ch, _bg_contrast(rng, 0.75, 1.25))), label
 
 
 def _apply_nnunet_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    shape = np.array(label.shape)
-
     def lowres(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        small = np.maximum(1, np.round(shape * rng.uniform(0.5, 1.0))).astype(int)
-        if p.get("thick_axis") is not None:
-            small[p["thick_axis"]] = shape[p["thick_axis"]]
-        down = ndimage.zoom(ch, small / shape, order=0)
-        return ndimage.zoom(down, shape / np.array(down.shape), order=1)[tuple(slice(0, s) for s in shape)]
+        return _lowres(ch, float(rng.uniform(0.5, 1.0)), p.get("thick_axis"), 1)  # linear, as nnU-Net
 
     return _per_channel(image, p, lowres, 0.5), label
 
@@ -389,9 +384,7 @@ def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Ar
         sign = -1.0 if invert else 1.0
         ch = ch * sign
         mean, std = ch.mean(), ch.std()
-        lo = ch.min()
-        span = max(float(ch.max() - lo), 1e-7)
-        ch = np.power((ch - lo) / span, _bg_contrast(rng, 0.7, 1.5)) * span + lo
+        ch = _gamma(ch, _bg_contrast(rng, 0.7, 1.5))
         ch = (ch - ch.mean()) * (std / max(float(ch.std()), 1e-7)) + mean
         return ch * sign
 
