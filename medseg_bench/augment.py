@@ -351,6 +351,19 @@ def _draw_seed(rng: np.random.Generator, shape: Shape, thick: int | None) -> Par
 
 
 def _nnunet_noise(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    """nnU-Net's `noise_variance=(0, 0.1)` is drawn as the standard deviation: batchgeneratorsv2's
+    GaussianNoiseTransform passes the drawn value to `np.random.normal` as its scale."""
+    return {"std": float(rng.uniform(0.0, 0.1)), "seed": int(rng.integers(2**31))}
+
+
+def _apply_shared_noise(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+    """One noise field added to every channel (nnU-Net's `synchronize_channels=True`)."""
+    noise = np.random.default_rng(p["seed"]).normal(0.0, p["std"], image.shape[1:]).astype(np.float32)
+    return image + noise[None], label
+
+
+def _nnunet_noise_v6(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    """Pipeline version 6 read `noise_variance` as a variance (std up to 0.32), a field per channel."""
     variance = rng.uniform(0.0, 0.1)
     return {"std": float(np.sqrt(variance)), "seed": int(rng.integers(2**31))}
 
@@ -394,6 +407,8 @@ def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Ar
 # --- presets: adding one is one entry here -------------------------------------------------------------
 
 MIRROR = Step("mirror", 1.0, _draw_mirror, _apply_mirror)
+NNUNET_NOISE = Step("noise", 0.1, _nnunet_noise, _apply_shared_noise)
+_NNUNET_NOISE_V6 = Step("noise", 0.1, _nnunet_noise_v6, _apply_noise)  # same draws, so other steps match
 
 AUGS.add("none", ())
 AUGS.add("light", (
@@ -418,7 +433,7 @@ AUGS.add("heavy", (  # after nnU-Net's default training transforms
 ))
 AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, with its probabilities
     Step("affine", 1.0, _draw_nnunet_spatial, _apply_affine, _reads_affine, "rotation 0.2, scaling 0.2"),
-    Step("noise", 0.1, _nnunet_noise, _apply_noise),
+    NNUNET_NOISE,
     Step("blur", 0.2, _draw_seed, _apply_nnunet_blur),
     Step("brightness", 0.15, _draw_seed, _apply_nnunet_brightness),
     Step("contrast", 0.15, _draw_seed, _apply_nnunet_contrast),
@@ -427,3 +442,11 @@ AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, 
     Step("gamma", 0.3, _draw_seed, _nnunet_gamma(invert=False)),
     MIRROR,
 ))
+
+
+def steps_for_version(steps: tuple[Step, ...], pipeline_version: int) -> tuple[Step, ...]:
+    """`steps` as a run of `pipeline_version` applies them: before version 7, the nnunet preset's noise drew
+    a std up to 0.32, a field per channel (`_nnunet_noise_v6`), and such a run resumes with it."""
+    if pipeline_version >= 7:
+        return steps
+    return tuple(_NNUNET_NOISE_V6 if step is NNUNET_NOISE else step for step in steps)

@@ -39,7 +39,10 @@ from medseg_bench.errors import UsageError
 # 6: rotation, scaling and elastic deformation read the volume around the training patch, as nnU-Net's
 #    spatial transform does (they resampled the patch alone, so a rotated patch's corners were zeros, and a
 #    patch scaled down was framed by zeros). Runs without augmentation train exactly as in version 5.
-PIPELINE_VERSION = 6
+# 7: the nnunet preset's Gaussian noise as batchgeneratorsv2 adds it: the drawn `noise_variance` U(0, 0.1) is
+#    the standard deviation (it was its square root: noise 4x as strong on average), one field for every
+#    channel (was one per channel). Runs of other presets train exactly as in version 6.
+PIPELINE_VERSION = 7
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

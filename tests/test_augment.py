@@ -206,6 +206,50 @@ def test_nnunet_intensity_steps_act_per_channel_and_gamma_keeps_the_statistics()
         assert np.allclose(out.std((1, 2, 3)), image.std((1, 2, 3)), atol=1e-4)
 
 
+def test_nnunet_noise_draws_its_standard_deviation_and_shares_one_field_as_batchgeneratorsv2() -> None:
+    # batchgeneratorsv2's GaussianNoiseTransform (nnU-Net: noise_variance=(0, 0.1), synchronize_channels=True)
+    # draws sigma = uniform(0, 0.1), passes it to np.random.normal as the scale, and adds one field of shape
+    # (1, *spatial) to every channel.
+    from medseg_bench.augment import NNUNET_NOISE
+
+    rng = np.random.default_rng(0)
+    stds = [NNUNET_NOISE.draw(rng, (40, 56, 40), None)["std"] for _ in range(4000)]  # type: ignore[index]
+    assert max(stds) <= 0.1 and abs(np.mean(stds) - 0.05) < 0.003
+    image = np.stack([np.zeros((16, 16, 16)), np.ones((16, 16, 16))]).astype(np.float32)
+    out = NNUNET_NOISE.apply(image, np.zeros((16, 16, 16), np.uint8), {"std": 0.05, "seed": 3})[0]
+    assert out.dtype == np.float32
+    assert np.allclose(out[0], out[1] - 1.0, atol=1e-6)  # the same field on both channels
+    assert 0.045 < out[0].std() < 0.055
+
+
+def test_version_6_runs_keep_their_nnunet_noise() -> None:
+    # A version-6 run resumes with the noise it began with (sqrt of the draw as the std, a field per
+    # channel); every other step, and every other draw, is the same in both versions.
+    from medseg_bench.augment import draw_plan, steps_for_version
+
+    steps = AUGS.get("nnunet")
+    assert steps_for_version(steps, 7) is steps
+    old = steps_for_version(steps, 6)
+    assert [s.name for s in old] == [s.name for s in steps]
+    assert [a is b for a, b in zip(old, steps, strict=True)] == [s.name != "noise" for s in steps]
+    for light in (AUGS.get("light"), AUGS.get("heavy")):
+        assert steps_for_version(light, 6) == light
+    image = np.stack([np.zeros((8, 8, 8)), np.ones((8, 8, 8))]).astype(np.float32)
+    noisy = 0
+    for seed in range(300):
+        new_plan = draw_plan(steps, np.random.default_rng(seed), (8, 8, 8))
+        old_plan = draw_plan(old, np.random.default_rng(seed), (8, 8, 8))
+        assert [(s.name, p) for s, p in new_plan if s.name != "noise"] == \
+            [(s.name, p) for s, p in old_plan if s.name != "noise"]
+        for (s_new, p_new), (s_old, p_old) in zip(new_plan, old_plan, strict=True):
+            if s_new.name == "noise":
+                noisy += 1
+                assert p_old["seed"] == p_new["seed"] and np.isclose(p_old["std"] ** 2, p_new["std"])
+                out = s_old.apply(image, np.zeros((8, 8, 8), np.uint8), p_old)[0]
+                assert not np.allclose(out[0], out[1] - 1.0, atol=1e-3)  # version 6: a field per channel
+    assert noisy > 10
+
+
 def test_nnunet_preset_resamples_labels_linearly_per_label() -> None:
     # nnU-Net interpolates each label's mask linearly and keeps the largest; for one label that is the mask
     # interpolated and thresholded at one half, which nearest neighbour is not.

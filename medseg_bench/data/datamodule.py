@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medseg_bench.augment import Params, Step, apply_plan, draw_plan, input_shape
+from medseg_bench.augment import Params, Step, apply_plan, draw_plan, input_shape, steps_for_version
 from medseg_bench.data.plan import in_plane
 from medseg_bench.data.preprocess import load_case
 from medseg_bench.spec import PIPELINE_VERSION
@@ -156,7 +156,8 @@ class PatchDataset(Dataset):
         pipeline_version: int = PIPELINE_VERSION,
     ) -> None:
         self.store, self.dims, self.patch_size = store, dims, tuple(patch_size)
-        self.samples_per_epoch, self.seed, self.aug_steps = samples_per_epoch, seed, aug_steps
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.aug_steps = steps_for_version(aug_steps, pipeline_version)
         self.thick_axis = thick_axis  # 3D patches of thick-slice data: spatial augmentation in plane
         self.batch_size = batch_size  # the sampler yields each batch's indices in order: index % batch_size
         # Pipeline version 4 or older: centres anywhere, foreground by a draw per sample.
