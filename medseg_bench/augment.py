@@ -246,6 +246,15 @@ def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
 
 
 def _draw_elastic(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    """nnU-Net's elastic deformation (v1, batchgenerators; v2 leaves it out): field smoothing sigma U(9, 13),
+    magnitude alpha U(0, 900) in 3D, U(0, 200) in 2D and in plane across a thick axis (its dummy 2D)."""
+    in_plane = len(shape) == 2 or thick is not None
+    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(0, 200 if in_plane else 900)),
+            "sigma": float(rng.uniform(9, 13))}
+
+
+def _draw_elastic_v6(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+    """Up to pipeline version 6: alpha U(20, 60), sigma U(6, 9), a field of 0.24 voxels std in 3D."""
     return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)),
             "sigma": float(rng.uniform(6, 9))}
 
@@ -408,7 +417,12 @@ def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Ar
 
 MIRROR = Step("mirror", 1.0, _draw_mirror, _apply_mirror)
 NNUNET_NOISE = Step("noise", 0.1, _nnunet_noise, _apply_shared_noise)
-_NNUNET_NOISE_V6 = Step("noise", 0.1, _nnunet_noise_v6, _apply_noise)  # same draws, so other steps match
+HEAVY_ELASTIC = Step("elastic", 0.2, _draw_elastic, _apply_elastic, _reads_elastic)
+# Version 6's steps that version 7 changed; each draws as many numbers as its successor, so others match.
+_VERSION_6_STEPS = {
+    NNUNET_NOISE: Step("noise", 0.1, _nnunet_noise_v6, _apply_noise),
+    HEAVY_ELASTIC: Step("elastic", 0.2, _draw_elastic_v6, _apply_elastic, _reads_elastic),
+}
 
 AUGS.add("none", ())
 AUGS.add("light", (
@@ -421,7 +435,7 @@ AUGS.add("light", (
 ))
 AUGS.add("heavy", (  # after nnU-Net's default training transforms
     Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine, _reads_affine),
-    Step("elastic", 0.2, _draw_elastic, _apply_elastic, _reads_elastic),
+    HEAVY_ELASTIC,
     Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise),
     Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur),
     Step("brightness", 0.15, lambda rng, shape, thick: {"scale": float(rng.uniform(0.75, 1.25)),
@@ -445,8 +459,9 @@ AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, 
 
 
 def steps_for_version(steps: tuple[Step, ...], pipeline_version: int) -> tuple[Step, ...]:
-    """`steps` as a run of `pipeline_version` applies them: before version 7, the nnunet preset's noise drew
-    a std up to 0.32, a field per channel (`_nnunet_noise_v6`), and such a run resumes with it."""
+    """`steps` as a run of `pipeline_version` applies them, so that a run resumes as it began: before
+    version 7, the nnunet preset's noise had a std up to 0.32, a field per channel, and heavy's elastic
+    field was about a seventh of nnU-Net's in 3D (`_VERSION_6_STEPS`)."""
     if pipeline_version >= 7:
         return steps
-    return tuple(_NNUNET_NOISE_V6 if step is NNUNET_NOISE else step for step in steps)
+    return tuple(_VERSION_6_STEPS.get(step, step) for step in steps)

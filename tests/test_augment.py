@@ -59,14 +59,14 @@ def test_none_is_identity() -> None:
 def test_thick_slices_are_augmented_in_plane_only(thick: int) -> None:
     # Rotations, scaling, elastic deformation and low resolution used to act across thick slices too (2.5 mm
     # CT slices smeared into each other); as nnU-Net, they now act in plane, the same on every slice.
-    shape = [24, 24, 24]
+    shape = [48, 48, 48]
     shape[thick] = 6
     values = np.arange(1, 7, dtype=np.float32)  # slice k holds value k + 1, everywhere in its plane
     image = np.broadcast_to(np.expand_dims(values, [a for a in range(3) if a != thick]), shape)[None].copy()
     label = (image[0] > 3).astype(np.uint8)
     forced = tuple(type(s)(s.name, 1.0, s.draw, s.apply) for s in AUGS.get("heavy")
                    if s.name in ("affine", "elastic", "lowres"))
-    centre = tuple(slice(None) if a == thick else slice(10, 14) for a in range(3))  # far from the padding
+    centre = tuple(slice(None) if a == thick else slice(22, 26) for a in range(3))  # far from the padding
     mixed_somewhere = False
     for seed in range(4):
         rng = np.random.default_rng(seed)
@@ -96,7 +96,7 @@ def _box(centre: np.ndarray, size: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(int(c) - s // 2, int(c) - s // 2 + s) for c, s in zip(centre, size, strict=True))
 
 
-@pytest.mark.parametrize(("shape", "thick"), [((48, 48), None), ((40, 48, 44), None), ((40, 48, 44), 0)],
+@pytest.mark.parametrize(("shape", "thick"), [((96, 96), None), ((72, 80, 76), None), ((40, 80, 76), 0)],
                          ids=["2d", "3d", "3d-thick"])
 def test_resampling_reads_around_the_patch_as_if_the_volume_were_transformed(
         shape: tuple[int, ...], thick: int | None) -> None:
@@ -222,32 +222,60 @@ def test_nnunet_noise_draws_its_standard_deviation_and_shares_one_field_as_batch
     assert 0.045 < out[0].std() < 0.055
 
 
-def test_version_6_runs_keep_their_nnunet_noise() -> None:
-    # A version-6 run resumes with the noise it began with (sqrt of the draw as the std, a field per
-    # channel); every other step, and every other draw, is the same in both versions.
+def test_heavy_elastic_deformation_has_nnunets_ranges() -> None:
+    # nnU-Net v1's default_3D_augmentation_params (batchgenerators): elastic_deform_alpha (0, 900), sigma
+    # (9, 13); 2D and dummy 2D (in plane across a thick axis): alpha (0, 200).
+    from medseg_bench.augment import HEAVY_ELASTIC
+
+    rng = np.random.default_rng(0)
+    for shape, thick, top in (((40, 56, 40), None, 900), ((56, 40), None, 200), ((12, 64, 64), 0, 200)):
+        draws = [HEAVY_ELASTIC.draw(rng, shape, thick) for _ in range(2000)]
+        alphas = [d["alpha"] for d in draws if d]
+        assert 0 <= min(alphas) < 0.02 * top and 0.98 * top < max(alphas) <= top
+        assert all(9 <= d["sigma"] <= 13 for d in draws if d)
+    # A field of nnU-Net's size: at the median alpha, a 3D displacement of about 1.7 voxels std per axis (it
+    # was 0.24 up to pipeline version 6).
+    image, label = _pair((40, 56, 40))
+    params = {"seed": 1, "alpha": 450.0, "sigma": 11.0}
+    out = HEAVY_ELASTIC.apply(image, label, params)
+    from medseg_bench.augment import _field
+
+    assert 1.2 < float(np.mean([d.std() for d in _field(params, (40, 56, 40))])) < 2.2
+    assert not np.array_equal(out[1], label)
+
+
+def test_version_6_runs_keep_their_steps() -> None:
+    # A version-6 run resumes with the steps it began with (nnunet's noise: sqrt of the draw as the std, a
+    # field per channel; heavy's elastic: alpha U(20, 60), sigma U(6, 9)); every other step, and every other
+    # draw, is the same in both versions.
     from medseg_bench.augment import draw_plan, steps_for_version
 
-    steps = AUGS.get("nnunet")
-    assert steps_for_version(steps, 7) is steps
-    old = steps_for_version(steps, 6)
-    assert [s.name for s in old] == [s.name for s in steps]
-    assert [a is b for a, b in zip(old, steps, strict=True)] == [s.name != "noise" for s in steps]
-    for light in (AUGS.get("light"), AUGS.get("heavy")):
-        assert steps_for_version(light, 6) == light
     image = np.stack([np.zeros((8, 8, 8)), np.ones((8, 8, 8))]).astype(np.float32)
-    noisy = 0
-    for seed in range(300):
-        new_plan = draw_plan(steps, np.random.default_rng(seed), (8, 8, 8))
-        old_plan = draw_plan(old, np.random.default_rng(seed), (8, 8, 8))
-        assert [(s.name, p) for s, p in new_plan if s.name != "noise"] == \
-            [(s.name, p) for s, p in old_plan if s.name != "noise"]
-        for (s_new, p_new), (s_old, p_old) in zip(new_plan, old_plan, strict=True):
-            if s_new.name == "noise":
-                noisy += 1
-                assert p_old["seed"] == p_new["seed"] and np.isclose(p_old["std"] ** 2, p_new["std"])
-                out = s_old.apply(image, np.zeros((8, 8, 8), np.uint8), p_old)[0]
-                assert not np.allclose(out[0], out[1] - 1.0, atol=1e-3)  # version 6: a field per channel
-    assert noisy > 10
+    assert steps_for_version(AUGS.get("light"), 6) == AUGS.get("light")
+    for preset, changed in (("nnunet", "noise"), ("heavy", "elastic")):
+        steps = AUGS.get(preset)
+        assert steps_for_version(steps, 7) is steps
+        old = steps_for_version(steps, 6)
+        assert [s.name for s in old] == [s.name for s in steps]
+        assert [a is b for a, b in zip(old, steps, strict=True)] == [s.name != changed for s in steps]
+        acted = 0
+        for seed in range(300):
+            new_plan = draw_plan(steps, np.random.default_rng(seed), (8, 8, 8))
+            old_plan = draw_plan(old, np.random.default_rng(seed), (8, 8, 8))
+            assert [(s.name, p) for s, p in new_plan if s.name != changed] == \
+                [(s.name, p) for s, p in old_plan if s.name != changed]
+            for (s_new, p_new), (s_old, p_old) in zip(new_plan, old_plan, strict=True):
+                if s_new.name != changed:
+                    continue
+                acted += 1
+                assert p_old["seed"] == p_new["seed"]
+                if changed == "noise":
+                    assert np.isclose(p_old["std"] ** 2, p_new["std"])  # the same uniform draw
+                    out = s_old.apply(image, np.zeros((8, 8, 8), np.uint8), p_old)[0]
+                    assert not np.allclose(out[0], out[1] - 1.0, atol=1e-3)  # version 6: a field per channel
+                else:
+                    assert 20 <= p_old["alpha"] <= 60 and 6 <= p_old["sigma"] <= 9
+        assert acted > 10
 
 
 def test_nnunet_preset_resamples_labels_linearly_per_label() -> None:
