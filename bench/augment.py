@@ -1,14 +1,14 @@
 """Benchmark: what augmentation costs per training sample, and what reading around the patch changes.
 
 For each augmentation preset and pipeline version 5 (rotation, scaling and elastic deformation resample the
-patch alone) and 6 (they read the volume around it, as nnU-Net's spatial transform), draws the same
-training samples of Task04_Hippocampus fold 0 (the sweep's plan: patch, batch, foreground oversampling) in
-the main process and reports:
+patch alone), 6 (they read the volume around it, as nnU-Net's spatial transform) and 7 (heavy's elastic
+deformation and nnunet's noise as nnU-Net's), draws the same training samples of Task04_Hippocampus fold 0
+(the sweep's plan: patch, batch, foreground oversampling) in the main process and reports:
   - milliseconds per sample (crop + augmentation, one CPU thread's work: a DataLoader worker's load);
   - among samples that were rotated or scaled, the share of patch voxels that are exactly zero. The
     normalised MRI is non-zero inside the volume, so a zero is padding: outside the volume, or (version 5)
     outside the patch that was rotated or scaled;
-  - the share of samples that differ between the two versions (same seeds, same draws).
+  - the share of samples that differ from one version to the next (same seeds, same draws).
 
 Usage:
     .venv/bin/python bench/augment.py [--cases 200] [--samples 400]
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import SHARED, TASK, prepare  # noqa: E402  (bench/train.py: the shared cases, imported once)
 
-VERSIONS = (5, 6)
+VERSIONS = (5, 6, 7)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "augment.md"
 
 
@@ -82,11 +82,14 @@ def main() -> None:
         for dims, arch, encoder in (("3d", "unet", None), ("2d", "unet", "resnet34")):
             for preset in ("none", "light", "heavy", "nnunet"):
                 result = measure(prepared, dims, arch, encoder, preset, args.samples)
-                (ms5, zero5, count, old), (ms6, zero6, _, new) = result[5], result[6]
-                differ = sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-                             for a, b in zip(old, new, strict=True)) / len(old)
-                zeros = f"{zero5:.1%} / {zero6:.1%} ({count})" if count else "-"
-                rows.append(f"| {dims} | {preset} | {ms5:.2f} / {ms6:.2f} | {zeros} | {differ:.1%} |")
+                count = result[5][2]
+                differ = [sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+                              for a, b in zip(result[v][3], result[v + 1][3], strict=True)) / args.samples
+                          for v in VERSIONS[:-1]]
+                ms = " / ".join(f"{result[v][0]:.2f}" for v in VERSIONS)
+                zeros = " / ".join(f"{result[v][1]:.1%}" for v in VERSIONS) + f" ({count})" if count else "-"
+                changed = " / ".join(f"{d:.1%}" for d in differ)
+                rows.append(f"| {dims} | {preset} | {ms} | {zeros} | {changed} |")
                 print(rows[-1], flush=True)
     report = "\n".join([
         "# Augmentation: cost per training sample, and reading around the patch (Task04_Hippocampus, fold 0)",
@@ -97,11 +100,13 @@ def main() -> None:
         "",
         f"{args.cases} cases, fold 0's training cases, {args.samples} samples per row (seed 0, the plan's "
         "patch and batch of a U-Net, 2D: ResNet-34 encoder). Version 5 resamples the patch alone; version 6 "
-        "reads the volume around it. Zero share: among samples that were rotated or scaled (how many in "
-        "brackets), the share of patch voxels that are exactly zero (padding: outside the volume, or in "
-        "version 5 also outside the patch before it was rotated or scaled).",
+        "reads the volume around it; version 7 gives heavy nnU-Net's elastic deformation and nnunet "
+        "nnU-Net's noise. Zero share: among samples that were rotated or scaled (how many in brackets; "
+        "the same samples in each version), the share of patch voxels that are exactly zero (padding: "
+        "outside the volume, or in version 5 also outside the patch before it was rotated or scaled).",
         "",
-        "| dims | preset | ms per sample, v5 / v6 | zero share, v5 / v6 (samples) | samples that differ |",
+        "| dims | preset | ms per sample, v5 / v6 / v7 | zero share, v5 / v6 / v7 (samples) "
+        "| samples that differ, v5→v6 / v6→v7 |",
         "|---|---|---|---|---|",
         *rows,
         "",
