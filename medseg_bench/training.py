@@ -10,6 +10,7 @@ the run folder.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -113,7 +114,13 @@ class SegmentationModule(pl.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temp file, then rename: a kill never leaves a half-written checkpoint."""
+    """Write checkpoints to a temp file, then rename: a kill never leaves a half-written checkpoint. Read them
+    as tensors and plain data only: a checkpoint never runs code when a run resumes."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        # weights_only=True whatever the caller asks: `Trainer.fit(weights_only=True)` needs Lightning 2.6
+        return torch.load(path, map_location=map_location, weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
@@ -327,8 +334,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     start = progress.start_attempt()
     _reset_peak_memory(cuda)
     with _no_nan_fill():
-        trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None,
-                    weights_only=True)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None)
         # The weights evaluation and `predict` use: the final ones, also when --max-minutes stopped training
         # in the middle of an epoch (after its last epoch-end checkpoint).
         trainer.save_checkpoint(last)
@@ -362,6 +368,9 @@ def _no_nan_fill() -> Iterator[None]:
     (`torch.utils.deterministic.fill_uninitialized_memory`), a debugging aid that cost about a third of each
     training step (bench/train.py: 6500 `fill_` calls per 10 steps against 220). Our kernels never read
     uninitialised memory, so results stay bit-identical (tests/test_training.py checks two runs match)."""
+    if importlib.util.find_spec("torch.utils.deterministic") is None:  # torch 2.1: no flag, and no fill
+        yield
+        return
     import torch.utils.deterministic as deterministic
 
     # The flag is a property of the module's runtime class (torch swaps it in): invisible to type checkers.

@@ -195,6 +195,24 @@ def test_a_runs_peak_memory_is_its_own() -> None:
     assert before - after > 300, (before, after)
 
 
+def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Path) -> None:
+    # Lightning resumes a run through its CheckpointIO; ours always loads with weights_only=True
+    # (Lightning before 2.6 asks nothing, and torch before 2.6 then unpickles anything).
+    import pickle
+
+    from medseg_bench.training import AtomicCheckpointIO
+
+    marker, ckpt = tmp_path / "ran", tmp_path / "last.ckpt"
+    torch.save({"state_dict": _RunsCode(marker)}, ckpt)
+    marker.unlink(missing_ok=True)
+    for asked in ({}, {"weights_only": None}, {"weights_only": False}):
+        with pytest.raises(pickle.UnpicklingError):
+            AtomicCheckpointIO().load_checkpoint(ckpt, **asked)
+    assert not marker.exists()
+    AtomicCheckpointIO().save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
+    assert AtomicCheckpointIO().load_checkpoint(ckpt)["state_dict"]["net.w"].tolist() == [1.0, 1.0]
+
+
 class _StopAtEpoch(pl.Callback):
     """Stops training as epoch `epoch` (0-based) starts, after the previous epoch's checkpoint: a kill."""
 
