@@ -126,7 +126,12 @@ def _unetr(inputs: ModelInputs) -> nn.Module:
 @arch("swinunetr", "3d", "Swin UNETR (Hatamizadeh 2022), Swin transformer encoder, MONAI", divisor=32,
       min_size=64)
 def _swinunetr(inputs: ModelInputs) -> nn.Module:
+    import inspect
+
     from monai.networks.nets import SwinUNETR
 
+    # MONAI < 1.5 requires img_size (deprecated since 1.3, used only to check the patch); 1.5 removed it
+    size: dict[str, Any] = ({"img_size": tuple(inputs.patch_size)}
+                            if "img_size" in inspect.signature(SwinUNETR).parameters else {})
     return SwinUNETR(in_channels=inputs.in_channels, out_channels=inputs.num_classes, spatial_dims=3,
-                     feature_size=12 if inputs.tiny else 24)
+                     feature_size=12 if inputs.tiny else 24, **size)
