@@ -109,7 +109,9 @@ def learning_curves(report: Report, task: str) -> bytes | None:
             epochs = stats.index.to_numpy() + 1
             ax.plot(epochs, stats["mean"], "o-", ms=3, color=colors[row["config"]], label=row["config"])
             if len(logs) > 1:
-                ax.fill_between(epochs, stats["min"], stats["max"], color=colors[row["config"]], alpha=0.15)
+                # arrays: under pandas 2, numpy.ma (in fill_between) mistakes Series._data for the values
+                ax.fill_between(epochs, stats["min"].to_numpy(), stats["max"].to_numpy(),
+                                color=colors[row["config"]], alpha=0.15)
             drawn = True
     if not drawn:
         plt.close(fig)
