@@ -74,7 +74,7 @@ def sweep(
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
         = None,
     workers: Annotated[int | None, typer.Option(
-        min=0, help="DataLoader workers per run. Default: 1 with augmentation on CPU, else 0; GPU: up to 8.",
+        help="DataLoader workers per run. Default: 1 with augmentation on CPU, else 0; GPU: up to 8.",
     )] = None,
     jobs: Annotated[int, typer.Option(help="Local launcher: runs in parallel (one per GPU; CPU threads are "
                                            "divided between them).")] = 1,
@@ -101,6 +101,8 @@ def sweep(
         raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    if workers is not None and workers < 0:  # our words, not the wording of typer's min=0 (it changes)
+        raise UsageError(f"--workers must be at least 0, not {workers}")
     overrides: dict[str, Any] = {
         "tasks": _names(task), "archs": _names(arch), "losses": _names(loss), "augs": _names(aug),
         "dims": _names(dims), "encoders": _names(encoder), "folds": _ints(folds, "--folds"),

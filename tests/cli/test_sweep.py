@@ -55,7 +55,7 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
     (["--arch", "unet"], "no task given"),
     (["--task", "Task04_Hippocampus", "--batch-size", "0"], "batch_size must be at least 1, not 0"),
     (["--task", "Task04_Hippocampus", "--lr", "-1"], "lr must be a positive number"),
-    (["--task", "Task04_Hippocampus", "--workers", "-1"], "greater than or equal to 0"),
+    (["--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be at least 0, not -1"),
     (["--config", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml: cannot read sweep file"),
 ])
 def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
