@@ -43,7 +43,10 @@ from medseg_bench.errors import UsageError
 #    the standard deviation (it was its square root: noise 4x as strong on average), one field for every
 #    channel (was one per channel). heavy's elastic deformation takes nnU-Net v1's ranges (alpha U(0, 900) in
 #    3D, U(0, 200) in 2D and in plane; sigma U(9, 13)): it was alpha U(20, 60), sigma U(6, 9), a field of
-#    0.24 voxels std in 3D against 1.7. Runs without augmentation or with light train exactly as in version 6.
+#    0.24 voxels std in 3D against 1.7. dynunet takes nnU-Net v2's topology (`get_pool_and_conv_props`: no
+#    cap of 5 poolings, spacing ratios strictly under 2, the finest spacing among poolable axes) and a bias on
+#    its transposed convolutions; unchanged on Task04_Hippocampus but for that bias. Runs of other
+#    architectures without augmentation or with light train exactly as in version 6.
 PIPELINE_VERSION = 7
 
 DIMS = ("2d", "3d")

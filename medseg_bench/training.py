@@ -257,7 +257,7 @@ def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
     patch, _ = resolve_patch_and_batch(spec, prepared)
     spacing = model_spacing(network_spacing(prepared), spec.dims)
     inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
-                         pretrained=spec.pretrained, spacing=spacing)
+                         pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
     return build_model(spec.arch, spec.dims, inputs)
 
 

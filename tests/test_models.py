@@ -58,6 +58,42 @@ def test_dynunet_follows_spacing_like_nnunet() -> None:
     assert iso == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # 40 -> 5 and 56 -> 7: no feature map below 4
 
 
+def test_dynunet_topology_is_nnunet_v2s() -> None:
+    # Expected values: nnU-Net v2's get_pool_and_conv_props(spacing, patch, 4, 999999) (network_topology.py).
+    kernels, strides = dynunet_topology((20, 320, 256), (3.6, 0.6, 0.6))  # MSD Prostate-like: 7 stages
+    assert strides == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
+    assert kernels == [[1, 3, 3], [1, 3, 3]] + [[3, 3, 3]] * 5
+    assert len(dynunet_topology((256, 256, 256), (1.0, 1.0, 1.0))[1]) == 7  # no cap at 5 poolings
+    kernels, strides = dynunet_topology((96, 160, 160), (1.6, 0.8, 0.8))  # a ratio of exactly 2 is not "< 2"
+    assert strides[1] == [1, 2, 2] and kernels[0] == [1, 3, 3] and len(strides) == 6
+    assert dynunet_topology((16, 128, 128), (1.0, 1.0, 1.0))[1] == [  # the finest among poolable axes
+        [1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 2, 2]]
+    # a lone poolable axis must be at least 12 long
+    assert dynunet_topology((16, 16, 40), (1.0, 1.0, 1.0))[1] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert dynunet_topology((40, 57, 40), (1.0, 1.0, 1.0))[1][1] == [2, 1, 2]  # an odd axis is not halved
+
+
+def test_dynunet_has_nnunets_transposed_bias_and_older_runs_keep_their_network() -> None:
+    import torch
+
+    from medseg_bench.models.zoo3d import dynunet_topology_v6
+
+    def build(version: int | None) -> torch.nn.Module:
+        inputs = ModelInputs(1, 3, (20, 320, 256), spacing=(3.6, 0.6, 0.6), tiny=True,
+                             pipeline_version=version)
+        return build_model("dynunet", "3d", inputs)
+
+    for version in (None, 7):
+        net = build(version)
+        ups = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+        assert len(ups) == 6 and all(m.bias is not None for m in ups)  # nnU-Net: conv_bias True
+    old = build(6)  # a version-6 run: its checkpoint has this network's parameters
+    ups = [m for m in old.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert len(ups) == 5 and all(m.bias is None for m in ups)
+    assert len(dynunet_topology_v6((20, 320, 256), (3.6, 0.6, 0.6))[1]) == 6
+    assert set(build(7).state_dict()) != set(old.state_dict())
+
+
 def test_alias_and_errors() -> None:
     assert ARCHS.get("deeplabv3plus") is ARCHS.get("deeplab")
     with pytest.raises(UnknownNameError, match="did you mean 'unet'"):

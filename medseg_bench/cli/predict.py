@@ -159,7 +159,8 @@ def predict(
     patch = _trained_patch(folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
         spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
     spacing = model_spacing(plan.target_spacing, spec.dims)
-    inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing)
+    inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
+                         pipeline_version=spec.pipeline_version)
     net = build_model(spec.arch, spec.dims, inputs)
     net = load_weights(net, checkpoint)
     decision = load_decision(folder) if postprocess else None

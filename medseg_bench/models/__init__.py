@@ -39,6 +39,7 @@ class ModelInputs:
     pretrained: bool = False
     spacing: tuple[float, ...] | None = None
     tiny: bool = False
+    pipeline_version: int | None = None  # the run's: a builder may keep an older run's network (None: now)
 
 
 Builder = Callable[[ModelInputs], "nn.Module"]

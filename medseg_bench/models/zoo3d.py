@@ -13,29 +13,57 @@ from medseg_bench.models import ModelInputs, arch
 if TYPE_CHECKING:
     from torch import nn
 
-# nnU-Net: stop downsampling an axis when its feature map would drop below 4 voxels, at most 5 times,
-# and only along axes whose spacing is within a factor 2 of the finest one.
 MIN_FEATURE_MAP = 4
-MAX_POOLINGS = 5
 BASE_FILTERS, MAX_FILTERS = 32, 320
 
 
-def dynunet_topology(patch_size: Sequence[int], spacing: Sequence[float] | None,
-                     max_poolings: int = MAX_POOLINGS) -> tuple[list[list[int]], list[list[int]]]:
-    """(kernel sizes, strides) per resolution level, by nnU-Net's rule.
+def dynunet_topology(patch_size: Sequence[int], spacing: Sequence[float] | None
+                     ) -> tuple[list[list[int]], list[list[int]]]:
+    """(kernel sizes, strides) per resolution level, by nnU-Net v2's rule (`get_pool_and_conv_props` with a
+    minimum feature map of 4 and no limit on the depth).
 
-    An axis is halved while its size stays even and >= 2 * 4 and its (current) spacing is at most twice the
-    finest; its kernel is 3 while that spacing ratio holds, else 1 (in-plane only convolutions for very
-    anisotropic data). The first level has stride 1.
+    Each level halves the axes at least 2 * 4 voxels long whose spacing is less than twice the finest among
+    them (a lone such axis must be at least 3 * 4 long); an axis's kernel becomes 3 once its spacing is less
+    than twice the finest of all, and stays 3 (in-plane convolutions first on very anisotropic data). The
+    first level has stride 1, the bottleneck kernel 3. nnU-Net pads its own patch to a multiple of the total
+    stride; ours is given, so an axis of odd length is not halved.
 
     >>> dynunet_topology((40, 56, 40), (1.0, 1.0, 1.0))[1]
     [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
     """
     sizes = [int(s) for s in patch_size]
     spacings = [float(s) for s in (spacing or [1.0] * len(sizes))]
+    kernel = [1] * len(sizes)
     kernels: list[list[int]] = []
     strides: list[list[int]] = [[1] * len(sizes)]
-    while len(strides) <= max_poolings:
+    while True:
+        axes = [a for a, size in enumerate(sizes) if size >= 2 * MIN_FEATURE_MAP]
+        if not axes:
+            break
+        finest = min(spacings[a] for a in axes)
+        axes = [a for a in axes if spacings[a] / finest < 2 and sizes[a] % 2 == 0]
+        if not axes or (len(axes) == 1 and sizes[axes[0]] < 3 * MIN_FEATURE_MAP):
+            break
+        least = min(spacings)
+        kernel = [3 if k == 3 or sp / least < 2 else 1 for k, sp in zip(kernel, spacings, strict=True)]
+        kernels.append(list(kernel))
+        strides.append([2 if a in axes else 1 for a in range(len(sizes))])
+        for a in axes:
+            sizes[a] //= 2
+            spacings[a] *= 2
+    kernels.append([3] * len(sizes))  # the bottleneck
+    return kernels, strides
+
+
+def dynunet_topology_v6(patch_size: Sequence[int], spacing: Sequence[float] | None
+                        ) -> tuple[list[list[int]], list[list[int]]]:
+    """Up to pipeline version 6 (kept so that such runs' checkpoints load): at most 5 poolings, an axis
+    halved while its spacing is at most twice the finest of all axes, its kernel 3 while that holds."""
+    sizes = [int(s) for s in patch_size]
+    spacings = [float(s) for s in (spacing or [1.0] * len(sizes))]
+    kernels: list[list[int]] = []
+    strides: list[list[int]] = [[1] * len(sizes)]
+    while len(strides) <= 5:
         finest = min(spacings)
         ratio = [sp / finest for sp in spacings]
         stride = [2 if r <= 2 and s % 2 == 0 and s // 2 >= MIN_FEATURE_MAP else 1
@@ -55,15 +83,19 @@ def dynunet_topology(patch_size: Sequence[int], spacing: Sequence[float] | None,
 def _dynunet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import DynUNet
 
-    kernels, strides = dynunet_topology(inputs.patch_size, inputs.spacing)
+    current = inputs.pipeline_version is None or inputs.pipeline_version >= 7
+    topology = dynunet_topology if current else dynunet_topology_v6
+    kernels, strides = topology(inputs.patch_size, inputs.spacing)
     base = 8 if inputs.tiny else BASE_FILTERS
     filters = [min(base * 2**i, MAX_FILTERS) for i in range(len(strides))]
     # nnU-Net has a head at every decoder resolution and gives the lowest weight 0: the useful heads are full
     # resolution down to 1/2^(poolings - 2). MONAI's are the full-resolution output plus `deep_supr_num` more.
     heads = len(strides) - 3
+    # Its transposed convolutions have a bias (nnU-Net's conv_bias: True), from pipeline version 7; the other
+    # convolutions need none before instance norm.
     return DynUNet(3, inputs.in_channels, inputs.num_classes, kernels, strides, strides[1:], filters=filters,
                    norm_name=("INSTANCE", {"affine": True}), deep_supervision=heads >= 1,
-                   deep_supr_num=max(heads, 1), res_block=False)
+                   deep_supr_num=max(heads, 1), res_block=False, trans_bias=current)
 
 
 @arch("unet", "3d", "U-Net", divisor=8, min_size=16)
