@@ -245,18 +245,16 @@ def _apply_elastic(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     return out, seg
 
 
-def _draw_elastic(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
-    """nnU-Net's elastic deformation (v1, batchgenerators; v2 leaves it out): field smoothing sigma U(9, 13),
-    magnitude alpha U(0, 900) in 3D, U(0, 200) in 2D and in plane across a thick axis (its dummy 2D)."""
-    in_plane = len(shape) == 2 or thick is not None
-    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(0, 200 if in_plane else 900)),
-            "sigma": float(rng.uniform(9, 13))}
+def _draw_elastic(alpha_3d: tuple[float, float], alpha_in_plane: tuple[float, float],
+                  sigma: tuple[float, float]) -> Draw:
+    """Field magnitude `alpha_3d` on 3D patches, `alpha_in_plane` on 2D ones and in plane across a thick
+    axis (dummy 2D); field smoothing `sigma` (voxels)."""
+    def draw(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
+        alpha = alpha_in_plane if len(shape) == 2 or thick is not None else alpha_3d
+        return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(*alpha)),
+                "sigma": float(rng.uniform(*sigma))}
 
-
-def _draw_elastic_v6(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
-    """Up to pipeline version 6: alpha U(20, 60), sigma U(6, 9), a field of 0.24 voxels std in 3D."""
-    return {"seed": int(rng.integers(2**31)), "alpha": float(rng.uniform(20, 60)),
-            "sigma": float(rng.uniform(6, 9))}
+    return draw
 
 
 def _lowres(ch: np.ndarray, zoom: float, thick: int | None, order: int) -> np.ndarray:
@@ -359,12 +357,6 @@ def _draw_seed(rng: np.random.Generator, shape: Shape, thick: int | None) -> Par
     return {"seed": int(rng.integers(2**31))}
 
 
-def _nnunet_noise(rng: np.random.Generator, shape: Shape, thick: int | None) -> Params:
-    """nnU-Net's `noise_variance=(0, 0.1)` is drawn as the standard deviation: batchgeneratorsv2's
-    GaussianNoiseTransform passes the drawn value to `np.random.normal` as its scale."""
-    return {"std": float(rng.uniform(0.0, 0.1)), "seed": int(rng.integers(2**31))}
-
-
 def _apply_shared_noise(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
     """One noise field added to every channel (nnU-Net's `synchronize_channels=True`)."""
     noise = np.random.default_rng(p["seed"]).normal(0.0, p["std"], image.shape[1:]).astype(np.float32)
@@ -416,12 +408,18 @@ def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Ar
 # --- presets: adding one is one entry here -------------------------------------------------------------
 
 MIRROR = Step("mirror", 1.0, _draw_mirror, _apply_mirror)
-NNUNET_NOISE = Step("noise", 0.1, _nnunet_noise, _apply_shared_noise)
-HEAVY_ELASTIC = Step("elastic", 0.2, _draw_elastic, _apply_elastic, _reads_elastic)
+# nnU-Net's `noise_variance=(0, 0.1)` is drawn as the standard deviation: batchgeneratorsv2's
+# GaussianNoiseTransform passes the drawn value to `np.random.normal` as its scale.
+NNUNET_NOISE = Step("noise", 0.1, _seeded("std", 0.0, 0.1), _apply_shared_noise)
+# nnU-Net's elastic deformation (v1's default_3D/2D_augmentation_params, batchgenerators; v2 leaves it out).
+HEAVY_ELASTIC = Step("elastic", 0.2, _draw_elastic((0, 900), (0, 200), (9, 13)), _apply_elastic,
+                     _reads_elastic)
 # Version 6's steps that version 7 changed; each draws as many numbers as its successor, so others match.
 _VERSION_6_STEPS = {
     NNUNET_NOISE: Step("noise", 0.1, _nnunet_noise_v6, _apply_noise),
-    HEAVY_ELASTIC: Step("elastic", 0.2, _draw_elastic_v6, _apply_elastic, _reads_elastic),
+    # a field of 0.24 voxels std in 3D
+    HEAVY_ELASTIC: Step("elastic", 0.2, _draw_elastic((20, 60), (20, 60), (6, 9)), _apply_elastic,
+                        _reads_elastic),
 }
 
 AUGS.add("none", ())
