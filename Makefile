@@ -41,6 +41,7 @@ test-faults: install
 lint: install
 	$(BIN)/ruff check medseg_bench tests bench
 	$(BIN)/mypy medseg_bench
+	$(BIN)/vermin -q --no-tips -t=3.10- --violations --eval-annotations medseg_bench tests bench
 
 bench: install
 	$(BIN)/python bench/sweep.py

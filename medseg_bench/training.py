@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
 from medseg_bench.augment import AUGS

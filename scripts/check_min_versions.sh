@@ -22,10 +22,9 @@ for req in project["dependencies"] + [r for r in project["optional-dependencies"
     print(f"{name}=={on_pypi.get(name, version)}")
 PY
 )
-# torchvision (smp's dependency; the FCN arch imports it) in the build that goes with torch 2.1
-"${pip[@]}" $(grep -v '^edt==' <<<"$pins") torchvision==0.16.0 surface-distance
+"${pip[@]}" $(grep -v '^edt==' <<<"$pins") surface-distance
 "${pip[@]}" wheel pbr  # edt's sdist builds against the numpy just installed
 "${pip[@]}" --no-build-isolation "$(grep '^edt==' <<<"$pins")"
 "${pip[@]}" --no-deps -e .
-"$tmp/venv/bin/pip" list 2>/dev/null | grep -iE '^(torch|torchvision|pytorch-lightning|segmentation.models.pytorch|monai|simpleitk|numpy|scipy|pandas|pyarrow|rich|typer|pyyaml|matplotlib|einops|edt|timm|click) '
+"$tmp/venv/bin/pip" list 2>/dev/null | grep -iE '^(torch|torchvision|pytorch-lightning|segmentation.models.pytorch|monai|simpleitk|numpy|scipy|pandas|pyarrow|rich|typer|pyyaml|matplotlib|einops|edt|timm|huggingface.hub|safetensors|click) '
 "$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider
