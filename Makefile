@@ -44,8 +44,8 @@ lint: install
 	$(BIN)/vermin -q --no-tips -t=3.10- --violations --eval-annotations medseg_bench tests bench
 
 bench: install
-	$(BIN)/python bench/sweep.py
-	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/sweep.py --repeats 3
+	$(BIN)/python bench/metrics.py --repeats 5
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py --cases 24 --epochs 3 --iters 15 --repeats 4
 

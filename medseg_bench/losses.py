@@ -40,6 +40,7 @@ def _foreground(weights: Weights) -> torch.Tensor | None:
 
 @LOSSES.register("ce")
 def cross_entropy(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Cross-entropy over softmax logits (class weights: CE weights)."""
     from monai.losses import DiceCELoss
 
     # DiceCELoss with lambda_dice=0 is MONAI's CE that accepts (B, 1, ...) targets.
@@ -48,6 +49,7 @@ def cross_entropy(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("dice")
 def dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Soft Dice over the batch, foreground classes only (Milletari 2016)."""
     from monai.losses import DiceLoss
 
     return DiceLoss(**_SOFTMAX, include_background=False, batch=True, weight=_foreground(class_weights))
@@ -55,6 +57,7 @@ def dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("dice_ce")
 def dice_ce(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Soft Dice (foreground) + cross-entropy, nnU-Net's default loss."""
     from monai.losses import DiceCELoss
 
     # MONAI drops the background weight for the Dice term itself.
@@ -63,6 +66,7 @@ def dice_ce(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("focal")
 def focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Softmax focal loss, gamma 2 (Lin 2017)."""
     from monai.losses import FocalLoss
 
     return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=_tensor(class_weights))
@@ -70,6 +74,7 @@ def focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("dice_focal")
 def dice_focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Soft Dice (foreground) + the softmax focal loss of `focal`."""
     # Not MONAI's DiceFocalLoss: its focal term is a per-channel sigmoid (binary) focal loss without the
     # background channel, whatever `softmax` says; this is the Dice of `dice` plus the focal loss of `focal`.
     return _Sum(dice(num_classes, class_weights), focal(num_classes, class_weights))
@@ -77,6 +82,7 @@ def dice_focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("tversky")
 def tversky(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Tversky loss, alpha 0.3 / beta 0.7: false negatives weigh more (Salehi 2017)."""
     from monai.losses import TverskyLoss
 
     if class_weights is None:
@@ -88,6 +94,7 @@ def tversky(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
 @LOSSES.register("generalized_dice")
 def generalized_dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
+    """Generalized Dice, classes weighted by inverse squared volume (Sudre 2017)."""
     from monai.losses import GeneralizedDiceLoss
 
     if class_weights is not None:

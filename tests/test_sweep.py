@@ -62,6 +62,19 @@ def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None
     assert not expand(_request(dims=["2d"], encoders=["resnet50"]))[1]
 
 
+def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -> None:
+    # fcn has torchvision's ResNet-50/101 backbones: without --encoder it runs its own default, and an encoder
+    # axis it cannot take (resnet34, for the smp archs) skips those combinations with a line, not the sweep
+    alone, _ = expand(_request(archs=["fcn"]))
+    assert [(r.arch, r.encoder) for r in alone] == [("fcn", "resnet50")]
+    runs, notes = expand(_request(archs=["fcn", "unet"], dims=["2d"], encoders=["resnet34", "resnet50"]))
+    assert sorted((r.arch, r.encoder) for r in runs) == [("fcn", "resnet50"), ("unet", "resnet34"),
+                                                         ("unet", "resnet50")]
+    assert "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101" in notes
+    with pytest.raises(UsageError, match="arch 'fcn' needs --encoder resnet50 or resnet101"):
+        expand(_request(archs=["fcn"], encoders=["resnet34"]))
+
+
 def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
     # unet runs in 2D and 3D: a 3-sided patch would reach the 2D runs, which fail only once they train.
     with pytest.raises(UsageError, match="--patch-size 32,32,32 has 3 sides, but the sweep has 2d runs"):

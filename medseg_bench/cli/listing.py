@@ -48,7 +48,8 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
         table.caption = (f"Encoders of the 2D smp archs (--encoder), also tu-<name> for any timm model, e.g. "
                          f"tu-convnext_tiny; {'; '.join(fixed)} (torchvision); 3D nets take no encoder")
         table.add_column("name")
-        table.add_column("--pretrained: ImageNet weights exist (fetched on first use, or cached)")
+        table.add_column("--pretrained: smp has ImageNet weights (read from the Hugging Face cache, "
+                         "never downloaded)")
         for name, entry in encoders.items():
             table.add_row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
     elif what is What.losses:

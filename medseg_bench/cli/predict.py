@@ -123,7 +123,8 @@ def _images(folder: Path) -> list[Path]:
 def predict(
     run_or_checkpoint: Annotated[Path, typer.Argument(
         help="A run folder (uses checkpoints/last.ckpt) or a checkpoint inside one.")],
-    images: Annotated[Path, typer.Option(help="Folder of images (NIfTI, NRRD, MHA); 4D for multi-channel.")],
+    images: Annotated[Path, typer.Option(
+        help="Folder of images (NIfTI, NRRD, MHA, MHD); 4D for multi-channel.")],
     out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
     tta: Annotated[bool | None, typer.Option(
         "--tta/--no-tta", help="Mirroring test-time augmentation. Default: as the run was evaluated.")]

@@ -20,7 +20,7 @@ def report(
     results_dir: Annotated[Path, typer.Option(help="Results folder written by `sweep`.")] = Path("results"),
     fmt: Annotated[str | None, typer.Option(
         "--format", help="markdown, csv, json, latex, html or parquet (default: from --output's extension, "
-                         "else markdown).")] = None,
+                         "else markdown; rich tables on a terminal).")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout.")] = None,
     metric: Annotated[str, typer.Option(
@@ -49,6 +49,8 @@ def report(
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+    # On a terminal, without --format or --output: rich tables; an explicit --format markdown is markdown.
+    rich = fmt is None and output is None and sys.stdout.isatty()
     if fmt is None:
         fmt = format_for(output) if output is not None else "markdown"
     if fmt == "parquet" and output is None:
@@ -70,7 +72,7 @@ def report(
         if plots is not None:
             written = write_plots(figures, plots)
             typer.echo(f"wrote {len(written)} figures to {plots}", err=True)
-    if output is None and fmt == "markdown" and sys.stdout.isatty():
+    if rich:
         print_rich(result)
         return
     content = render(result, fmt, figures)

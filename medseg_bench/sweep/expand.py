@@ -10,7 +10,7 @@ from medseg_bench.augment import AUGS
 from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
 from medseg_bench.losses import LOSSES
-from medseg_bench.models import ARCHS, DEFAULT_ENCODER, check_encoder, check_patch
+from medseg_bench.models import ARCHS, DEFAULT_ENCODER, check_encoder, check_patch, variant
 from medseg_bench.spec import DEFAULT_LR, DIMS, RunSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
@@ -26,7 +26,7 @@ class SweepRequest:
     losses: list[str] = field(default_factory=lambda: ["dice_ce"])
     augs: list[str] = field(default_factory=lambda: ["none"])
     dims: list[str] | None = None  # None: every dims each arch supports
-    encoders: list[str] = field(default_factory=lambda: [DEFAULT_ENCODER])
+    encoders: list[str] | None = None  # None: each 2D arch's default (resnet34; fcn: resnet50)
     folds: list[int] = field(default_factory=lambda: [0])
     seeds: list[int] = field(default_factory=lambda: [0])
     num_folds: int = 5
@@ -42,6 +42,25 @@ class SweepRequest:
     tta: bool = False
     postprocess: bool = False
     exclude: list[str] = field(default_factory=list)  # rules like "arch=deeplab,aug=heavy"
+
+
+def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[str]) -> list[str | None]:
+    """The encoders `arch` runs with in `dims`: the requested ones it can take (the others skipped with a
+    line; none it can take is an error), or its default; [None] for 3D."""
+    if dims != "2d":
+        return [None]
+    own = variant(arch, dims).encoders  # None: any smp encoder
+    if requested is None:
+        return [own[0] if own else DEFAULT_ENCODER]
+    usable: list[str | None] = [e for e in requested if own is None or e in own]
+    if not usable:
+        check_encoder(arch, dims, requested[0])  # raises, naming what the arch needs
+    for encoder in usable:
+        check_encoder(arch, dims, encoder)
+    if own is not None and len(usable) < len(requested):
+        left_out = ", ".join(e for e in requested if e not in own)
+        skipped.append(f"{arch} with --encoder {left_out}: skipped, '{arch}' takes {' or '.join(own)}")
+    return usable
 
 
 def parse_exclude(rule: str) -> dict[str, str]:
@@ -133,9 +152,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
-                encoders: list[str | None] = list(request.encoders) if dims == "2d" else [None]
-                for encoder in encoders:
-                    check_encoder(entry.name, dims, encoder)
+                encoders = _encoders(entry.name, dims, request.encoders, skipped)
                 if request.patch_size is not None:
                     sides = 2 if dims == "2d" else 3
                     if len(request.patch_size) != sides:
@@ -160,7 +177,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                     runs.append(spec)
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
-    if request.encoders != [DEFAULT_ENCODER] and not any(r.dims == "2d" for r in runs):
+    if request.encoders is not None and not any(r.dims == "2d" for r in runs):
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, the sweep has no 2D run (3D nets take no encoder)")
     unique = list(dict.fromkeys(runs))

@@ -30,6 +30,15 @@ def test_list(home: Path, what: str, expect: str) -> None:
     assert result.exit_code == 0 and expect in result.output
 
 
+def test_every_loss_has_a_description_for_list_losses() -> None:
+    from medseg_bench.losses import LOSSES
+
+    for name, factory in LOSSES.items():
+        assert (factory.__doc__ or "").strip(), name
+    listed = runner.invoke(app, ["list", "losses"], terminal_width=200)
+    assert "Tversky loss, alpha 0.3" in listed.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--arch", "unte"], "unknown arch 'unte'; did you mean 'unet'?"),
     (["--loss", "dicece"], "unknown loss 'dicece'; did you mean 'dice_ce'?"),

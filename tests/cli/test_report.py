@@ -34,6 +34,23 @@ def test_markdown_is_the_default_off_a_terminal(results: Path) -> None:
     assert "| # | configuration | runs | cases | empty | Dice |" in result.output
 
 
+def test_a_terminal_gets_rich_tables_unless_a_format_is_asked_for(results: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import medseg_bench.cli.report as command
+
+    terminal = types.SimpleNamespace(isatty=lambda: True)
+    monkeypatch.setattr(command, "sys", types.SimpleNamespace(stdout=terminal))
+    shown = invoke("--results-dir", str(results))
+    assert shown.exit_code == 0, shown.output
+    assert "Ranking across tasks" in shown.output and not shown.output.startswith("# medseg-bench report")
+    # the rich view points to --format markdown for per-label columns: that must give markdown
+    asked = invoke("--results-dir", str(results), "--format", "markdown")
+    assert asked.exit_code == 0, asked.output
+    assert asked.output.startswith("# medseg-bench report\n")
+
+
 def test_csv_is_one_row_per_configuration(results: Path) -> None:
     result = invoke("--results-dir", str(results), "--format", "csv", "--task", "Task90_Alpha")
     assert result.exit_code == 0, result.output
