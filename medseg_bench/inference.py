@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -87,6 +88,17 @@ def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Seq
 
 
 
+@dataclass(frozen=True)
+class Member:
+    """One trained network of an ensemble, and how it predicts (as its run was trained and evaluated)."""
+
+    net: nn.Module
+    dims: str
+    patch_size: tuple[int, ...]
+    tta: bool = False
+    slice_axis: int = 0
+
+
 def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
                   patch_size: Sequence[int], device: torch.device | str = "cpu",
                   tta: bool = False, slice_axis: int = 0) -> np.ndarray:
@@ -97,9 +109,28 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
     crop is undone (outside: background).
     A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
     """
+    return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis)], image, spacing_zyx, plan,
+                            device)
+
+
+def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """`predict_image` for several networks trained on the same preprocessing (`plan`): the mean of their
+    softmax probabilities, as nnU-Net ensembles folds (`-f 0 1 2 3 4`) and configurations. Averaging before
+    mapping back is exact: the probabilities are resampled linearly."""
     from medseg_bench.data.preprocess import preprocess_image
     from medseg_bench.data.resample import to_original
 
     resampled, _, grid = preprocess_image(image, spacing_zyx, plan)
-    probs = predict_probabilities(net, resampled, dims, patch_size, device, tta, slice_axis)
-    return to_original(probs, grid)
+    total: np.ndarray | None = None
+    for member in members:
+        probs = predict_probabilities(member.net, resampled, member.dims, member.patch_size, device,
+                                      member.tta, member.slice_axis)
+        if total is None:
+            total = probs
+        else:
+            total += probs
+    assert total is not None, "an ensemble needs at least one member"
+    if len(members) > 1:
+        total /= len(members)
+    return to_original(total, grid)

@@ -77,12 +77,29 @@ def decide(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], labels: Iter
     for label in labels:
         raw = [_dice(p, r, label) for p, r in zip(preds, refs, strict=True)]
         lcc = [_dice(keep_largest_component(p, label), r, label) for p, r in zip(preds, refs, strict=True)]
-        raw_mean = float(np.nanmean(raw)) if not np.all(np.isnan(raw)) else float("nan")
-        lcc_mean = float(np.nanmean(lcc)) if not np.all(np.isnan(lcc)) else float("nan")
-        key = str(label)
-        decision.dice_raw[key], decision.dice_postprocessed[key] = raw_mean, lcc_mean
-        decision.apply[key] = bool(np.isfinite(raw_mean) and np.isfinite(lcc_mean) and lcc_mean > raw_mean)
+        _settle(decision, str(label), raw, lcc)
     return decision
+
+
+def _settle(decision: Decision, key: str, raw: Sequence[float], lcc: Sequence[float]) -> None:
+    """Record label `key`'s mean Dice without (`raw`) and with (`lcc`) the step; apply it if higher."""
+    raw_mean = float(np.nanmean(raw)) if not np.all(np.isnan(raw)) else float("nan")
+    lcc_mean = float(np.nanmean(lcc)) if not np.all(np.isnan(lcc)) else float("nan")
+    decision.dice_raw[key], decision.dice_postprocessed[key] = raw_mean, lcc_mean
+    decision.apply[key] = bool(np.isfinite(raw_mean) and np.isfinite(lcc_mean) and lcc_mean > raw_mean)
+
+
+def pooled(decisions: Sequence[Decision]) -> Decision:
+    """One decision for an ensemble of runs (e.g. the folds of a configuration), each decided on its own
+    held-out cases: per label, the runs' mean Dice without and with the largest-component step, averaged over
+    the runs (nnU-Net decides on the pooled cross-validation predictions), and the same rule as `decide`."""
+    if len(decisions) == 1:
+        return decisions[0]
+    out = Decision()
+    for key in sorted({k for d in decisions for k in d.apply}, key=int):
+        _settle(out, key, [d.dice_raw.get(key, float("nan")) for d in decisions],
+                [d.dice_postprocessed.get(key, float("nan")) for d in decisions])
+    return out
 
 
 def save_decision(decision: Decision, folder: Path) -> Path:

@@ -48,6 +48,23 @@ def test_decision_per_label_follows_mean_dice() -> None:
     assert (fixed == ref).all()
 
 
+def test_an_ensembles_decision_pools_its_runs_mean_dice() -> None:
+    from medseg_bench.postprocess import pooled
+
+    # label 1: the first run's fold gains (0.80 -> 0.85), the second's loses more (0.60 -> 0.50): pooled, no
+    # label 2: both gain; label 3: one run saw no case of it (NaN), the other gains: decided by that one
+    first = Decision({"1": True, "2": True, "3": True}, {"1": 0.8, "2": 0.7, "3": 0.5},
+                     {"1": 0.85, "2": 0.75, "3": 0.6})
+    second = Decision({"1": False, "2": True, "3": False}, {"1": 0.6, "2": 0.5, "3": float("nan")},
+                      {"1": 0.5, "2": 0.52, "3": float("nan")})
+    decision = pooled([first, second])
+    assert decision.labels == [2, 3]
+    assert decision.dice_raw["1"] == pytest.approx(0.7)
+    assert decision.dice_postprocessed["1"] == pytest.approx(0.675)
+    assert decision.dice_raw["3"] == pytest.approx(0.5)
+    assert pooled([second]) is second  # one run: its own decision
+
+
 def test_decision_round_trips_and_bad_file_is_a_data_error(tmp_path) -> None:
     decision = Decision({"1": True, "2": False}, {"1": 0.8, "2": 0.9}, {"1": 0.85, "2": 0.7})
     save_decision(decision, tmp_path)

@@ -42,7 +42,9 @@ def evaluate(
     empty_policy: Annotated[
         str, typer.Option(help="One mask empty: penalize (distances = image diagonal) or nan.")
     ] = "penalize",
-    fmt: Annotated[str, typer.Option("--format", help="csv, json or markdown.")] = "markdown",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="csv, json or markdown (default: from --output's extension, else markdown).")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
@@ -58,6 +60,16 @@ def evaluate(
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
     from medseg_bench.metrics.evaluate import missing_predictions
 
+    if output is not None:
+        _check_output(output)  # before scoring, which can take minutes
+    if fmt is None and output is not None:
+        from medseg_bench.report.formats import EXTENSIONS
+
+        fmt = EXTENSIONS.get(output.suffix.lower())
+        if fmt not in FORMATS:
+            raise UsageError(f"cannot tell the format of '{output.name}' from its extension; evaluate writes "
+                             ".csv, .json or .md, or pass --format")
+    fmt = fmt or "markdown"
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
     if task is not None and regions_from is not None:
@@ -78,8 +90,6 @@ def evaluate(
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise UsageError(f"--workers must be at least 1, got {processes}")
-    if output is not None:
-        _check_output(output)  # before scoring, which can take minutes
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
                              allow_missing=allow_missing)
     if allow_missing:

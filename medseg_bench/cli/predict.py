@@ -1,4 +1,5 @@
-"""`medseg-bench predict`: label maps for a folder of images from a finished run (or one of its checkpoints).
+"""`medseg-bench predict`: label maps for a folder of images from a finished run (or one of its checkpoints),
+or from an ensemble of runs of one task and plan (their softmax probabilities averaged, as nnU-Net ensembles).
 
 Each image is normalised, cropped and resampled as the run's plan says, predicted (with the run's TTA setting
 unless overridden), mapped back to its own grid, postprocessed as the run decided, and written as NIfTI with
@@ -7,6 +8,7 @@ the source image's spacing, origin and direction, so it opens over the image in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,35 +122,26 @@ def _images(folder: Path) -> list[Path]:
     return images
 
 
-def predict(
-    run_or_checkpoint: Annotated[Path, typer.Argument(
-        help="A run folder (uses checkpoints/last.ckpt) or a checkpoint inside one.")],
-    images: Annotated[Path, typer.Option(
-        help="Folder of images (NIfTI, NRRD, MHA, MHD); 4D for multi-channel.")],
-    out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
-    tta: Annotated[bool | None, typer.Option(
-        "--tta/--no-tta", help="Mirroring test-time augmentation. Default: as the run was evaluated.")]
-    = None,
-    postprocess: Annotated[bool, typer.Option(
-        help="Apply the run's largest-component decision (postprocessing.json) when it has one.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
-    device: Annotated[str | None, typer.Option(
-        help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
-) -> None:
-    """Predict label maps for every image in a folder with a trained run."""
-    import torch
+@dataclass
+class _Run:
+    """A run loaded for prediction: its network and how it predicts, its plan and postprocessing decision."""
 
+    folder: Path
+    spec: Any  # RunSpec
+    plan: Any  # Plan
+    member: Any  # inference.Member
+    decision: Any  # postprocess.Decision | None
+
+
+def _load_run(run_or_checkpoint: Path, tta: bool | None, postprocess: bool) -> _Run:
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.io import read_image, write_label
     from medseg_bench.data.plan import model_spacing
-    from medseg_bench.inference import predict_image
+    from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.postprocess import apply_postprocessing, load_decision
+    from medseg_bench.postprocess import load_decision
     from medseg_bench.spec import RunSpec
     from medseg_bench.training import load_weights, run_slice_axis
 
-    device = _check_device(device)
-    _check_out_folder(images, out)
     folder, checkpoint = _run_folder(run_or_checkpoint)
     spec_data = _read_json(folder / "spec.json")
     spec_data.pop("run_id", None)
@@ -162,11 +155,79 @@ def predict(
     spacing = model_spacing(plan.target_spacing, spec.dims)
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
-    net = build_model(spec.arch, spec.dims, inputs)
-    net = load_weights(net, checkpoint)
-    decision = load_decision(folder) if postprocess else None
+    net = load_weights(build_model(spec.arch, spec.dims, inputs), checkpoint)
+    member = Member(net, spec.dims, tuple(patch), spec.tta if tta is None else tta,
+                    run_slice_axis(spec, plan.target_spacing))  # as it was trained
+    return _Run(folder, spec, plan, member, load_decision(folder) if postprocess else None)
+
+
+def _check_ensemble(runs: list[_Run]) -> None:
+    """Runs of one ensemble: each once, one task, one preprocessing (their probabilities are averaged)."""
+    first = runs[0]
+    seen: set[Path] = set()
+    for run in runs:
+        if run.folder.resolve() in seen:
+            raise UsageError(f"{run.folder}: given twice; an ensemble takes each run once")
+        seen.add(run.folder.resolve())
+        if run.spec.task != first.spec.task:
+            raise UsageError(f"{run.folder}: a run of {run.spec.task}, but {first.folder} is of "
+                             f"{first.spec.task}; an ensemble takes runs of one task")
+        if run.plan.preprocessing_hash != first.plan.preprocessing_hash:
+            raise UsageError(f"{run.folder}: trained on another preprocessing of {run.spec.task} than "
+                             f"{first.folder} (plan {run.plan.preprocessing_hash}, not "
+                             f"{first.plan.preprocessing_hash}); an ensemble takes runs of one plan")
+
+
+def _ensemble_decision(runs: list[_Run]) -> Any:
+    """The postprocessing decision of the runs, pooled; None, with a note, when one of several has none."""
+    from medseg_bench.postprocess import pooled
+
+    missing = [run.folder for run in runs if run.decision is None]
+    if len(missing) == len(runs):
+        return None
+    if missing:
+        typer.echo(f"postprocessing: none, {missing[0]} has no decision ({len(missing)} of {len(runs)} runs)")
+        return None
+    return pooled([run.decision for run in runs])
+
+
+def predict(
+    runs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_OR_CHECKPOINT...",
+        help="A run folder (uses checkpoints/last.ckpt) or a checkpoint inside one; several: an ensemble "
+             "(the mean of their softmax probabilities, e.g. the folds of a configuration).")],
+    images: Annotated[Path, typer.Option(
+        help="Folder of images (NIfTI, NRRD, MHA, MHD); 4D for multi-channel.")],
+    out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="Mirroring test-time augmentation. Default: as each run was evaluated.")]
+    = None,
+    postprocess: Annotated[bool, typer.Option(
+        help="Apply the run's largest-component decision (postprocessing.json) when it has one; an "
+             "ensemble's runs' decisions pooled.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
+) -> None:
+    """Predict label maps for every image in a folder with a trained run, or an ensemble of runs."""
+    import torch
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.io import read_image, write_label
+    from medseg_bench.inference import predict_ensemble
+    from medseg_bench.postprocess import apply_postprocessing
+
+    device = _check_device(device)
+    _check_out_folder(images, out)
+    loaded = [_load_run(path, tta, postprocess) for path in runs]
+    _check_ensemble(loaded)
+    decision = _ensemble_decision(loaded)
+    task, plan = get_task(loaded[0].spec.task), loaded[0].plan
+    if len(loaded) > 1:
+        kept = ", ".join(map(str, decision.labels)) if decision is not None else ""
+        post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
+        typer.echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    use_tta = spec.tta if tta is None else tta
     out.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     for path in _images(images):
@@ -179,8 +240,8 @@ def predict(
         if image.shape[0] != task.num_channels:
             raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
                             f"{task.num_channels}")
-        labels = predict_image(net, image, geometry.spacing_zyx, plan, spec.dims, patch, run_device, use_tta,
-                               run_slice_axis(spec, plan.target_spacing))  # as it was trained
+        members = [run.member for run in loaded]
+        labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
         write_label(labels, geometry, target)

@@ -77,6 +77,25 @@ def test_markdown_is_the_default(folders):
     assert "surface=area" in result.stdout
 
 
+def test_output_extension_sets_the_format_unless_given(folders, tmp_path):
+    pred_dir, ref_dir = folders
+    for name, check in (("s.csv", lambda text: pd.read_csv(io.StringIO(text))["case"].tolist()[0] == "a"),
+                        ("s.json", lambda text: json.loads(text)["cases"][0]["case"] == "a"),
+                        ("s.md", lambda text: text.startswith("| case | label | dice |"))):
+        result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        assert check((tmp_path / name).read_text()), name
+    given = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "t.csv"),
+                   "--format", "markdown")
+    assert given.exit_code == 0 and (tmp_path / "t.csv").read_text().startswith("| case |")
+    html = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "s.html"))
+    assert html.exit_code == 2
+    assert "cannot tell the format of 's.html' from its extension; evaluate writes .csv, .json or .md" in \
+        html.stderr
+    odd = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "s.txt"))
+    assert odd.exit_code == 2 and "cannot tell the format of 's.txt'" in odd.stderr
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

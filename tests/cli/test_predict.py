@@ -35,15 +35,21 @@ def _untrained_run(home: Path, tmp_path: Path, arch: str) -> tuple[Path, RunSpec
     data = home / "data"
     fetch_task(get_task(TASK), data, str(src), progress=False)
     prepared = prepare_task(get_task(TASK), data, num_folds=2, workers=1)
-    spec = RunSpec(task=TASK, dims="3d", arch=arch, loss="dice_ce", aug="none", num_folds=2)
+    folder, spec = _untrained_run_of(tmp_path, prepared, arch)
+    return folder, spec, prepared
+
+
+def _untrained_run_of(tmp_path: Path, prepared: PreparedTask, arch: str, dims: str = "3d",
+                      seed: int = 0) -> tuple[Path, RunSpec]:
+    spec = RunSpec(task=TASK, dims=dims, arch=arch, loss="dice_ce", aug="none", num_folds=2, seed=seed)
     folder = tmp_path / "results" / TASK / spec.run_id
     (folder / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = build_network(spec, prepared)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
                folder / "checkpoints" / "last.ckpt")
     (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
-    return folder, spec, prepared
+    return folder, spec
 
 
 @pytest.fixture
@@ -246,3 +252,73 @@ def test_an_unfinished_run_predicts_with_the_patch_it_trained_with(home: Path, t
     damaged = runner.invoke(app, [*args, "--overwrite"])
     assert damaged.exit_code == 3
     assert "setup.json: patch_size must be 3 positive whole numbers" in damaged.output
+
+
+def _loaded_net(folder: Path, spec: RunSpec, prepared: PreparedTask) -> torch.nn.Module:
+    net = build_network(spec, prepared)
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    return net
+
+
+def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp_path: Path) -> None:
+    from medseg_bench.data.preprocess import preprocess_image
+    from medseg_bench.data.resample import to_original
+    from medseg_bench.inference import predict_probabilities
+    from medseg_bench.training import run_slice_axis
+
+    folder, spec, prepared = run_folder
+    # a 2D run of the same task and plan joins a 3D one, as nnU-Net ensembles 2d and 3d_fullres
+    other, other_spec = _untrained_run_of(tmp_path, prepared, "unet", dims="2d", seed=1)
+    (other / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
+    images = tmp_path / "images"
+    array = np.random.default_rng(4).normal(0, 1, (14, 22, 18)).astype(np.float32)
+    array[3:9, 5:15, 4:12] += 3.0
+    _write_oriented(images / "a.nii.gz", array)
+    out = tmp_path / "pred"
+    args = ["predict", str(folder), str(other), "--images", str(images), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 runs: the mean of their softmax probabilities" in result.output
+
+    image, geometry = read_image(images / "a.nii.gz")
+    resampled, _, grid = preprocess_image(image, geometry.spacing_zyx, prepared.plan)
+    probs = []
+    for f, s in ((folder, spec), (other, other_spec)):
+        patch, _ = resolve_patch_and_batch(s, prepared)
+        probs.append(predict_probabilities(_loaded_net(f, s, prepared), resampled, s.dims, patch,
+                                           slice_axis=run_slice_axis(s, prepared.plan.target_spacing)))
+    expected = to_original((probs[0] + probs[1]) / 2, grid)
+    labels, _ = read_label(out / "a.nii.gz")
+    assert (labels == expected).all()
+    alone = [to_original(p, grid) for p in probs]
+    assert all((labels != a).any() for a in alone)  # neither run's own prediction
+
+    # postprocessing: the runs' decisions pooled; none when one run has no decision
+    args.append("--overwrite")
+    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
+    one = runner.invoke(app, args)
+    assert one.exit_code == 0
+    assert f"postprocessing: none, {other} has no decision (1 of 2 runs)" in one.output
+    assert (read_label(out / "a.nii.gz")[0] == expected).all()
+    save_decision(Decision({"1": False, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.4, "2": 0.7}), other)
+    both = runner.invoke(app, args)
+    assert both.exit_code == 0
+    assert "largest component of label(s) 2 (the runs' decisions pooled)" in both.output
+
+
+def test_an_ensemble_takes_each_run_once_and_one_plan(run_folder, tmp_path: Path) -> None:
+    folder, _, prepared = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    out = tmp_path / "pred"
+    twice = runner.invoke(app, ["predict", str(folder), str(folder / "checkpoints" / "last.ckpt"),
+                                "--images", str(images), "--out", str(out)])
+    assert twice.exit_code == 2 and "given twice; an ensemble takes each run once" in twice.output
+    other, _ = _untrained_run_of(tmp_path, prepared, "unet", seed=1)
+    coarser = prepared.plan.to_dict() | {"target_spacing": [2.0, 2.0, 2.0]}
+    (other / "summary.json").write_text(json.dumps({"plan": coarser}))
+    mixed = runner.invoke(app, ["predict", str(folder), str(other), "--images", str(images), "--out",
+                                str(out)])
+    assert mixed.exit_code == 2 and "trained on another preprocessing" in mixed.output
+    assert not out.exists()  # refused before anything was written
