@@ -7,6 +7,7 @@ before the status says done, so a finished run is never half-written.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -33,14 +34,21 @@ from medseg_bench.training import (
 log = logging.getLogger("medseg_bench.run")
 
 
-def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool = False):
+PREDICTIONS = "predictions"
+
+
+def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool = False,
+                  save_to: Path | None = None):
     """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame).
 
     With `spec.postprocess`, largest-component postprocessing is decided per label on these cases and the
     scores are of the decided predictions; the decision is in `frame.attrs["postprocessing"]`.
+    With `save_to`, each scored prediction is written there as `<case>.nii.gz` in its image's geometry
+    (nnU-Net's `fold_k/validation/`): `medseg-bench evaluate` on that folder gives the same scores.
     """
     import pandas as pd
 
+    from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.data.resample import to_original
     from medseg_bench.inference import predict_probabilities
@@ -52,8 +60,10 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     settings = MetricSettings(nsd_tolerance_mm=spec.nsd_tolerance_mm or task.nsd_tolerance_mm)
     rows: list[dict[str, Any]] = []
 
-    def score(case_id: str, pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...]) -> None:
-        for row in evaluate_case(pred, label, spacing, task.foreground_labels, settings,
+    def score(case_id: str, pred: np.ndarray, label: np.ndarray, geometry: Any) -> None:
+        if save_to is not None:
+            write_label(pred, geometry, save_to / f"{case_id}.nii.gz")
+        for row in evaluate_case(pred, label, geometry.spacing_zyx, task.foreground_labels, settings,
                                  regions=task.regions or None):
             rows.append({"case": case_id, **row})
 
@@ -66,14 +76,14 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
         pred = to_original(probs, props)
         label, geometry = original_label(props)
         if spec.postprocess:
-            kept.append((case_id, pred, label, geometry.spacing_zyx))
+            kept.append((case_id, pred, label, geometry))
         else:
-            score(case_id, pred, label, geometry.spacing_zyx)
+            score(case_id, pred, label, geometry)
     decision = None
     if spec.postprocess:
         decision = decide([c[1] for c in kept], [c[2] for c in kept], task.foreground_labels)
-        for case_id, pred, label, spacing in kept:
-            score(case_id, apply_postprocessing(pred, decision.labels), label, spacing)
+        for case_id, pred, label, geometry in kept:
+            score(case_id, apply_postprocessing(pred, decision.labels), label, geometry)
     frame = pd.DataFrame(rows)
     frame.attrs["metric_settings"] = settings.to_dict()
     frame.attrs["postprocessing"] = decision
@@ -111,7 +121,9 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         log.info("run %s: evaluating %d held-out cases", spec.run_id, len(prepared.splits[spec.fold]["val"]))
         net = load_weights(build_network(spec, prepared), folder / "checkpoints" / "last.ckpt")
         start = time.perf_counter()
-        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta)
+        predictions = folder / PREDICTIONS
+        shutil.rmtree(predictions, ignore_errors=True)  # an earlier attempt's, cut short: written again
+        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta, save_to=predictions)
         eval_time_s = time.perf_counter() - start
         _write_csv_atomic(frame, folder / "metrics.csv")
         decision = frame.attrs.get("postprocessing")

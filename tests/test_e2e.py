@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
@@ -38,16 +40,24 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
         header = (run / "metrics.csv").read_text().splitlines()[0]  # as `evaluate --format csv` writes
         assert header == ("case,label,dice,jaccard,precision,recall,volume_diff,hd,hd95,assd,nsd,"
                           "ref_empty,pred_empty")
-        assert len(json.loads((run / "splits.json").read_text())["val"]) == 2
+        held_out = json.loads((run / "splits.json").read_text())["val"]
+        assert len(held_out) == 2
+        # the held-out predictions as scored, in the images' geometry: evaluate gives the run's own scores
+        written = sorted(p.name for p in (run / "predictions").iterdir())
+        assert written == sorted(f"{case}.nii.gz" for case in held_out)
+        scored = runner.invoke(app, ["evaluate", "--pred", str(run / "predictions"), "--ref",
+                                     str(src / "labelsTr"), "--allow-missing", "--task", "Task04_Hippocampus",
+                                     "--format", "csv", "--workers", "1"])
+        assert scored.exit_code == 0, scored.output
+        again_scored = pd.read_csv(io.StringIO(scored.stdout)).query("case != 'mean'").reset_index(drop=True)
+        own = pd.read_csv(run / "metrics.csv")
+        pd.testing.assert_frame_equal(again_scored, own, check_dtype=False)
 
     again = runner.invoke(app, sweep)  # the same spec is skipped, not repeated
     assert again.exit_code == 0 and again.output.count("skipped (already done)") == 2
 
     report = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "csv"])
     assert report.exit_code == 0, report.output
-    import io
-
-    import pandas as pd
 
     table = pd.read_csv(io.StringIO(report.output))
     assert len(table) == 2 and set(table["dims"]) == {"2d", "3d"}
