@@ -16,7 +16,7 @@ Run folder:
     checkpoints/     last.ckpt, best.ckpt
     logs/            CSV (and TensorBoard) training logs
     metrics.csv      per case and label scores on the held-out fold (written before status becomes done)
-    predictions/     the held-out cases' label maps as scored, `<case>.nii.gz` in their image's geometry
+    predictions/     the held-out cases' label maps as scored, `<case>.nii.gz` in their label file's geometry
     summary.json     means, cost (params, wall time, time per epoch, peak memory)
     learning_curves.png
 

@@ -43,7 +43,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     With `spec.postprocess`, largest-component postprocessing is decided per label on these cases and the
     scores are of the decided predictions; the decision is in `frame.attrs["postprocessing"]`.
-    With `save_to`, each scored prediction is written there as `<case>.nii.gz` in its image's geometry
+    With `save_to`, each scored prediction is written there as `<case>.nii.gz` in its label file's geometry
     (nnU-Net's `fold_k/validation/`): `medseg-bench evaluate` on that folder gives the same scores.
     """
     import pandas as pd
@@ -121,10 +121,14 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         log.info("run %s: evaluating %d held-out cases", spec.run_id, len(prepared.splits[spec.fold]["val"]))
         net = load_weights(build_network(spec, prepared), folder / "checkpoints" / "last.ckpt")
         start = time.perf_counter()
-        predictions = folder / PREDICTIONS
-        shutil.rmtree(predictions, ignore_errors=True)  # an earlier attempt's, cut short: written again
-        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta, save_to=predictions)
-        eval_time_s = time.perf_counter() - start
+        # Written under a temporary name, published whole: an attempt cut short leaves only the temporary one.
+        partial = folder / f".{PREDICTIONS}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta, save_to=partial)
+        shutil.rmtree(folder / PREDICTIONS, ignore_errors=True)  # an attempt's killed before `done`
+        partial.mkdir(exist_ok=True)
+        partial.rename(folder / PREDICTIONS)
+        eval_time_s = time.perf_counter() - start  # scoring and writing the predictions
         _write_csv_atomic(frame, folder / "metrics.csv")
         decision = frame.attrs.get("postprocessing")
         if decision is not None:

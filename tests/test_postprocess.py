@@ -112,3 +112,47 @@ def test_run_records_tta_and_postprocessing_decision(home, tmp_path) -> None:
         if np.isfinite(expected):
             assert per_label[int(key)] == pytest.approx(expected)
     assert json.loads((folder / "summary.json").read_text())["postprocessing"] == post
+
+
+def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, tmp_path,
+                                                                          monkeypatch) -> None:
+    """predictions/ = what metrics.csv scored (here with every label postprocessed); an earlier attempt's
+    folders are replaced, not mixed in."""
+    import pandas as pd
+    from scipy import ndimage
+
+    import medseg_bench.postprocess as postprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.io import read_label
+    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.metrics import evaluate_folders
+    from medseg_bench.run import execute_run
+    from medseg_bench.spec import RunSpec
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task95_Post")
+    src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
+    fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
+    prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
+    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                   epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), postprocess=True)
+    decide = postprocess.decide
+    monkeypatch.setattr(postprocess, "decide", lambda preds, refs, labels: Decision(
+        {str(k): True for k in labels}, decide(preds, refs, labels).dice_raw, {}))
+    folder = tmp_path / "run"
+    for stale in (folder / ".predictions.partial", folder / "predictions"):  # a killed attempt's
+        stale.mkdir(parents=True)
+        (stale / "stale.nii.gz").write_text("old")
+    execute_run(spec, prepared, folder)
+    held_out = prepared.splits[0]["val"]
+    assert sorted(p.name for p in folder.iterdir() if "predictions" in p.name) == ["predictions"]
+    written = sorted(p.name for p in (folder / "predictions").iterdir())
+    assert written == sorted(f"{case}.nii.gz" for case in held_out)
+    for case in held_out:
+        labels, _ = read_label(folder / "predictions" / f"{case}.nii.gz")
+        for value in (1, 2):  # postprocessed: one component of each label at most
+            assert ndimage.label(labels == value, structure=np.ones((3, 3, 3)))[1] <= 1
+    scored = evaluate_folders(folder / "predictions", src / "labelsTr", None, workers=1, allow_missing=True)
+    own = pd.read_csv(folder / "metrics.csv")
+    assert np.allclose(scored["dice"].to_numpy(float), own["dice"].to_numpy(float), equal_nan=True)

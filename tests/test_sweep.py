@@ -71,8 +71,15 @@ def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -
     assert sorted((r.arch, r.encoder) for r in runs) == [("fcn", "resnet50"), ("unet", "resnet34"),
                                                          ("unet", "resnet50")]
     assert "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101" in notes
-    with pytest.raises(UsageError, match="arch 'fcn' needs --encoder resnet50 or resnet101"):
+    # none it can take: skipped too (as deeplab in 3D), once for all tasks; alone, the sweep has no runs
+    tasks = [TASK, "Task01_BrainTumour"]
+    runs, notes = expand(SweepRequest(tasks=tasks, archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34"]))
+    assert {(r.arch, r.encoder) for r in runs} == {("unet", "resnet34")}
+    assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
+    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped"):
         expand(_request(archs=["fcn"], encoders=["resnet34"]))
+    with pytest.raises(UsageError, match="no encoder given"):
+        expand(_request(encoders=[]))
 
 
 def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:

@@ -65,10 +65,10 @@ def evaluate(
     if fmt is None and output is not None:
         from medseg_bench.report.formats import EXTENSIONS
 
-        fmt = EXTENSIONS.get(output.suffix.lower())
+        fmt = EXTENSIONS.get(output.suffix.lower(), "markdown")  # another extension (.txt): text, markdown
         if fmt not in FORMATS:
-            raise UsageError(f"cannot tell the format of '{output.name}' from its extension; evaluate writes "
-                             ".csv, .json or .md, or pass --format")
+            raise UsageError(f"'{output.name}' asks for {fmt}; evaluate writes csv, json or markdown (.csv, "
+                             ".json, .md): pass --format or change the name")
     fmt = fmt or "markdown"
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")

@@ -124,23 +124,18 @@ def _images(folder: Path) -> list[Path]:
 
 @dataclass
 class _Run:
-    """A run loaded for prediction: its network and how it predicts, its plan and postprocessing decision."""
+    """A run given to predict, read (spec, plan, postprocessing decision) but its network not yet loaded."""
 
     folder: Path
+    checkpoint: Path
     spec: Any  # RunSpec
     plan: Any  # Plan
-    member: Any  # inference.Member
     decision: Any  # postprocess.Decision | None
 
 
-def _load_run(run_or_checkpoint: Path, tta: bool | None, postprocess: bool) -> _Run:
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.plan import model_spacing
-    from medseg_bench.inference import Member
-    from medseg_bench.models import ModelInputs, build_model, fit_patch
+def _read_run(run_or_checkpoint: Path, postprocess: bool) -> _Run:
     from medseg_bench.postprocess import load_decision
     from medseg_bench.spec import RunSpec
-    from medseg_bench.training import load_weights, run_slice_axis
 
     folder, checkpoint = _run_folder(run_or_checkpoint)
     spec_data = _read_json(folder / "spec.json")
@@ -149,26 +144,40 @@ def _load_run(run_or_checkpoint: Path, tta: bool | None, postprocess: bool) -> _
         spec = RunSpec.from_dict(spec_data)
     except TypeError as exc:
         raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
-    task, plan = get_task(spec.task), _plan(folder, spec.task)
-    patch = _trained_patch(folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
+    return _Run(folder, checkpoint, spec, _plan(folder, spec.task),
+                load_decision(folder) if postprocess else None)
+
+
+def _member(run: _Run, tta: bool | None) -> Any:
+    """The run's network with its weights, and how it predicts (inference.Member), as it was trained."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.plan import model_spacing
+    from medseg_bench.inference import Member
+    from medseg_bench.models import ModelInputs, build_model, fit_patch
+    from medseg_bench.training import load_weights, run_slice_axis
+
+    spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
+    patch = _trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
         spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
     spacing = model_spacing(plan.target_spacing, spec.dims)
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
-    net = load_weights(build_model(spec.arch, spec.dims, inputs), checkpoint)
-    member = Member(net, spec.dims, tuple(patch), spec.tta if tta is None else tta,
-                    run_slice_axis(spec, plan.target_spacing))  # as it was trained
-    return _Run(folder, spec, plan, member, load_decision(folder) if postprocess else None)
+    net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
+    return Member(net, spec.dims, tuple(patch), spec.tta if tta is None else tta,
+                  run_slice_axis(spec, plan.target_spacing))
 
 
 def _check_ensemble(runs: list[_Run]) -> None:
-    """Runs of one ensemble: each once, one task, one preprocessing (their probabilities are averaged)."""
+    """Runs of one ensemble: each run's checkpoint once, one task, one preprocessing (their probabilities are
+    averaged). Checked before any network is loaded."""
     first = runs[0]
-    seen: set[Path] = set()
+    seen: dict[tuple[str, str], Path] = {}
     for run in runs:
-        if run.folder.resolve() in seen:
-            raise UsageError(f"{run.folder}: given twice; an ensemble takes each run once")
-        seen.add(run.folder.resolve())
+        key = (run.spec.run_id, run.checkpoint.name)  # a copy of a run folder is the same run
+        if key in seen:
+            raise UsageError(f"{run.checkpoint}: the same run and checkpoint as {seen[key]}; an ensemble "
+                             "takes each once")
+        seen[key] = run.checkpoint
         if run.spec.task != first.spec.task:
             raise UsageError(f"{run.folder}: a run of {run.spec.task}, but {first.folder} is of "
                              f"{first.spec.task}; an ensemble takes runs of one task")
@@ -219,8 +228,10 @@ def predict(
 
     device = _check_device(device)
     _check_out_folder(images, out)
-    loaded = [_load_run(path, tta, postprocess) for path in runs]
+    loaded = [_read_run(path, postprocess) for path in runs]
     _check_ensemble(loaded)
+    found = _images(images)
+    members = [_member(run, tta) for run in loaded]
     decision = _ensemble_decision(loaded)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     if len(loaded) > 1:
@@ -230,7 +241,7 @@ def predict(
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
-    for path in _images(images):
+    for path in found:
         target = out / path.name
         if target.exists() and not overwrite:
             typer.echo(f"{target}: exists, skipped (use --overwrite to replace)")
@@ -240,7 +251,6 @@ def predict(
         if image.shape[0] != task.num_channels:
             raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
                             f"{task.num_channels}")
-        members = [run.member for run in loaded]
         labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)

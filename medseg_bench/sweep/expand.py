@@ -46,17 +46,15 @@ class SweepRequest:
 
 def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[str]) -> list[str | None]:
     """The encoders `arch` runs with in `dims`: the requested ones it can take (the others skipped with a
-    line; none it can take is an error), or its default; [None] for 3D."""
+    line, as an arch without that dims is), or its default; [None] for 3D."""
     if dims != "2d":
         return [None]
     own = variant(arch, dims).encoders  # None: any smp encoder
     if requested is None:
         return [own[0] if own else DEFAULT_ENCODER]
     usable: list[str | None] = [e for e in requested if own is None or e in own]
-    if not usable:
-        check_encoder(arch, dims, requested[0])  # raises, naming what the arch needs
     for encoder in usable:
-        check_encoder(arch, dims, encoder)
+        check_encoder(arch, dims, encoder)  # an unknown smp name: did-you-mean, exit 2
     if own is not None and len(usable) < len(requested):
         left_out = ", ".join(e for e in requested if e not in own)
         skipped.append(f"{arch} with --encoder {left_out}: skipped, '{arch}' takes {' or '.join(own)}")
@@ -128,6 +126,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     for d in request.dims or []:
         if d not in DIMS:
             raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
+    if request.encoders is not None and not request.encoders:
+        raise UsageError("no encoder given (an empty encoder list): name one, or leave it out for the "
+                         "default")
     rules = [parse_exclude(rule) for rule in request.exclude]
     if request.class_weights is not None:
         from medseg_bench.losses import build_loss
@@ -177,6 +178,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                     runs.append(spec)
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
+    skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
     if request.encoders is not None and not any(r.dims == "2d" for r in runs):
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, the sweep has no 2D run (3D nets take no encoder)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -301,10 +302,17 @@ def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp
     assert one.exit_code == 0
     assert f"postprocessing: none, {other} has no decision (1 of 2 runs)" in one.output
     assert (read_label(out / "a.nii.gz")[0] == expected).all()
-    save_decision(Decision({"1": False, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.4, "2": 0.7}), other)
+    save_decision(Decision({"1": True, "2": False}, {"1": 0.5, "2": 0.5}, {"1": 0.7, "2": 0.4}), other)
     both = runner.invoke(app, args)
     assert both.exit_code == 0
-    assert "largest component of label(s) 2 (the runs' decisions pooled)" in both.output
+    assert "largest component of label(s) 1 (the runs' decisions pooled)" in both.output
+    from scipy import ndimage
+
+    pooled_labels, _ = read_label(out / "a.nii.gz")
+    cube = np.ones((3, 3, 3))
+    assert ndimage.label(pooled_labels == 1, structure=cube)[1] == 1
+    assert ndimage.label(expected == 1, structure=cube)[1] > 1  # so the step did something
+    assert ((pooled_labels == 2) == (expected == 2)).all()  # label 2 left as predicted
 
 
 def test_an_ensemble_takes_each_run_once_and_one_plan(run_folder, tmp_path: Path) -> None:
@@ -314,7 +322,19 @@ def test_an_ensemble_takes_each_run_once_and_one_plan(run_folder, tmp_path: Path
     out = tmp_path / "pred"
     twice = runner.invoke(app, ["predict", str(folder), str(folder / "checkpoints" / "last.ckpt"),
                                 "--images", str(images), "--out", str(out)])
-    assert twice.exit_code == 2 and "given twice; an ensemble takes each run once" in twice.output
+    assert twice.exit_code == 2 and "the same run and checkpoint as" in twice.output
+    copy = tmp_path / "elsewhere" / folder.name  # a copy of the run folder is the same run
+    shutil.copytree(folder, copy)
+    copied = runner.invoke(app, ["predict", str(folder), str(copy), "--images", str(images), "--out",
+                                 str(out)])
+    assert copied.exit_code == 2 and "an ensemble takes each once" in copied.output
+    # another task: refused as well (the spec names the task; the catalog knows Task04_Hippocampus)
+    spec = json.loads((copy / "spec.json").read_text())
+    (copy / "spec.json").write_text(json.dumps(spec | {"task": "Task04_Hippocampus"}))
+    other_task = runner.invoke(app, ["predict", str(folder), str(copy), "--images", str(images), "--out",
+                                     str(out)])
+    assert other_task.exit_code == 2
+    assert f"a run of Task04_Hippocampus, but {folder} is of {TASK}" in other_task.output
     other, _ = _untrained_run_of(tmp_path, prepared, "unet", seed=1)
     coarser = prepared.plan.to_dict() | {"target_spacing": [2.0, 2.0, 2.0]}
     (other / "summary.json").write_text(json.dumps({"plan": coarser}))
