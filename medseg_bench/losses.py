@@ -143,6 +143,15 @@ def deep_supervision_weights(num_heads: int) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
+def _downsampled(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A (B, 1, *spatial) label map at `shape`, nearest-exact (as DownsampleSegForDSTransform of nnU-Net)."""
+    import torch.nn.functional as F
+
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest-exact").to(target.dtype)
+
+
 def _with_deep_supervision(loss: nn.Module) -> nn.Module:
     from torch import nn
 
@@ -153,11 +162,17 @@ def _with_deep_supervision(loss: nn.Module) -> nn.Module:
             super().__init__()
             self.inner = loss
 
-        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        def forward(self, logits: Any, target: torch.Tensor) -> torch.Tensor:
+            """`logits`: a tensor, or a tuple of heads (full resolution first) from a version-8 dynunet."""
+            if isinstance(logits, (tuple, list)):
+                # nnU-Net's: each head at its own resolution, against the label downsampled to it
+                weights = deep_supervision_weights(len(logits))
+                return sum(w * self.inner(head, _downsampled(target, head.shape[2:]))
+                           for head, w in zip(logits, weights, strict=True))
             if logits.ndim == target.ndim:
                 return self.inner(logits, target)
             weights = deep_supervision_weights(logits.shape[1])
-            # MONAI's DynUNet upsamples every head to full resolution, so each is scored against the target.
+            # Up to pipeline version 7: MONAI's DynUNet upsampled every head to full resolution, stacked.
             return sum(w * self.inner(logits[:, i], target) for i, w in enumerate(weights))
 
     return DeepSupervision()

@@ -47,7 +47,10 @@ from medseg_bench.errors import UsageError
 #    cap of 5 poolings, spacing ratios strictly under 2, the finest spacing among poolable axes) and a bias on
 #    its transposed convolutions; unchanged on Task04_Hippocampus but for that bias. Runs of other
 #    architectures without augmentation or with light train exactly as in version 6.
-PIPELINE_VERSION = 7
+# 8: dynunet's deep supervision as nnU-Net's: each head at its own resolution against the label downsampled
+#    (nearest-exact) to it; MONAI upsampled every head to full resolution (nearest) against the full label.
+#    Runs of every other architecture train exactly as in version 7.
+PIPELINE_VERSION = 8
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

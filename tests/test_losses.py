@@ -57,6 +57,18 @@ def test_deep_supervision_loss_over_heads() -> None:
     assert torch.isclose(loss_fn(heads, target), expected)
 
 
+def test_deep_supervision_heads_at_their_own_resolution_score_the_label_downsampled_to_them() -> None:
+    # nnU-Net (pipeline version 8): heads (full, 1/2, 1/4) against the label downsampled nearest-exact, i.e.
+    # the voxel nearest each low-resolution centre: index 2i + 1 at 1/2, 4i + 2 at 1/4
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    heads = (torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 2, 2, 2))
+    loss_fn = build_loss("dice_ce", 3)
+    expected = (4 / 7 * loss_fn(heads[0], target) + 2 / 7 * loss_fn(heads[1], target[..., 1::2, 1::2, 1::2])
+                + 1 / 7 * loss_fn(heads[2], target[..., 2::4, 2::4, 2::4]))
+    assert torch.isclose(loss_fn(heads, target), expected)
+
+
 def test_dice_focal_is_the_dice_of_dice_plus_the_focal_of_focal() -> None:
     # MONAI's DiceFocalLoss makes its focal term a per-channel sigmoid loss that never sees the background.
     torch.manual_seed(0)

@@ -17,8 +17,11 @@ def _tiny_size(name: str, dims: str) -> tuple[int, ...]:
     return fit_patch(name, dims, (16, 16) if dims == "2d" else (16, 16, 16))
 
 
-def _logits(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # Deep-supervision nets return (B, heads, K, *spatial) in training mode; head 0 is the full output.
+def _logits(out: torch.Tensor | tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    # Deep-supervision nets return their heads in training mode (dynunet: a tuple, full resolution first; up
+    # to pipeline version 7, stacked as (B, heads, K, *spatial)); the first is the full output.
+    if isinstance(out, tuple):
+        return out[0]
     return out[:, 0] if out.ndim == x.ndim + 1 else out
 
 
@@ -92,6 +95,30 @@ def test_dynunet_has_nnunets_transposed_bias_and_older_runs_keep_their_network()
     assert len(ups) == 5 and all(m.bias is None for m in ups)
     assert len(dynunet_topology_v6((20, 320, 256), (3.6, 0.6, 0.6))[1]) == 6
     assert set(build(7).state_dict()) != set(old.state_dict())
+
+
+def test_dynunet_trains_its_heads_at_their_own_resolution_as_nnunet() -> None:
+    import torch
+
+    def build(version: int | None) -> torch.nn.Module:
+        torch.manual_seed(0)
+        inputs = ModelInputs(1, 3, (64, 64, 64), spacing=(1.0, 1.0, 1.0), tiny=True, pipeline_version=version)
+        return build_model("dynunet", "3d", inputs)
+
+    x = torch.randn(1, 1, 64, 64, 64)
+    net, old = build(None), build(7)
+    heads = net.train()(x)
+    assert isinstance(heads, tuple)
+    assert [tuple(h.shape[2:]) for h in heads] == [(64, 64, 64), (32, 32, 32), (16, 16, 16)]
+    stacked = old.train()(x)  # a version-7 run: MONAI's heads, upsampled to full resolution and stacked
+    assert stacked.shape == (1, 3, 3, 64, 64, 64)
+    assert set(net.state_dict()) == set(old.state_dict())  # the same parameters: only the training output
+    old.load_state_dict(net.state_dict())
+    assert torch.equal(net.eval()(x), old.eval()(x))
+    for full, low in zip(stacked[0], heads, strict=True):  # the same heads, upsampled (nearest) by MONAI
+        factor = 64 // low.shape[2]
+        up = low[0].repeat_interleave(factor, 1).repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+        assert torch.allclose(full, up, atol=1e-5)
 
 
 def test_alias_and_errors() -> None:

@@ -79,7 +79,8 @@ def test_dynunet_trains_with_deep_supervision(prepared, tmp_path: Path) -> None:
     patch, _ = resolve_patch_and_batch(spec, prepared)
     result = train(spec, prepared, tmp_path / "run")
     x = torch.zeros(1, 1, *patch)
-    assert result.net.train()(x).shape == (1, 2, 3, *patch)  # (B, heads, K, *spatial) while training
+    heads = result.net.train()(x)  # while training: the output and each head at its own resolution
+    assert [tuple(h.shape) for h in heads] == [(1, 3, *patch), (1, 3, *(s // 2 for s in patch))]
     assert result.net.eval()(x).shape == (1, 3, *patch)
     log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
     assert log["train_loss"].dropna().between(0, 10).all()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from medseg_bench.models import ModelInputs, arch
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 MIN_FEATURE_MAP = 4
@@ -83,7 +84,8 @@ def dynunet_topology_v6(patch_size: Sequence[int], spacing: Sequence[float] | No
 def _dynunet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import DynUNet
 
-    current = inputs.pipeline_version is None or inputs.pipeline_version >= 7
+    version = inputs.pipeline_version
+    current = version is None or version >= 7
     topology = dynunet_topology if current else dynunet_topology_v6
     kernels, strides = topology(inputs.patch_size, inputs.spacing)
     base = 8 if inputs.tiny else BASE_FILTERS
@@ -93,9 +95,26 @@ def _dynunet(inputs: ModelInputs) -> nn.Module:
     heads = len(strides) - 3
     # Its transposed convolutions have a bias (nnU-Net's conv_bias: True), from pipeline version 7; the other
     # convolutions need none before instance norm.
-    return DynUNet(3, inputs.in_channels, inputs.num_classes, kernels, strides, strides[1:], filters=filters,
-                   norm_name=("INSTANCE", {"affine": True}), deep_supervision=heads >= 1,
-                   deep_supr_num=max(heads, 1), res_block=False, trans_bias=current)
+    # From pipeline version 8 the heads stay at their own resolution, as nnU-Net's (`_native_heads`).
+    cls = _native_heads(DynUNet) if version is None or version >= 8 else DynUNet
+    return cls(3, inputs.in_channels, inputs.num_classes, kernels, strides, strides[1:], filters=filters,
+               norm_name=("INSTANCE", {"affine": True}), deep_supervision=heads >= 1,
+               deep_supr_num=max(heads, 1), res_block=False, trans_bias=current)
+
+
+def _native_heads(dynunet: type) -> type:
+    """MONAI's DynUNet whose training output is nnU-Net's: a tuple of the full-resolution logits and each
+    deep-supervision head at its own resolution (1/2, 1/4, ...), not the heads upsampled (nearest) and
+    stacked. Same parameters, same inference output."""
+
+    class DynUNetNativeHeads(dynunet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+            out = self.output_block(self.skip_layers(x))  # the skip layers fill self.heads on the way
+            if self.training and self.deep_supervision:
+                return (out, *self.heads)
+            return out
+
+    return DynUNetNativeHeads
 
 
 @arch("unet", "3d", "U-Net", divisor=8, min_size=16)
