@@ -156,7 +156,8 @@ def _with_deep_supervision(loss: nn.Module) -> nn.Module:
     from torch import nn
 
     class DeepSupervision(nn.Module):
-        """Passes plain logits through; for (B, heads, K, *spatial) sums the loss over heads with weights."""
+        """Passes plain logits through; sums the loss over deep-supervision heads with nnU-Net's weights: a
+        tuple of heads at their own resolution (version-8 dynunet), or (B, heads, K, *spatial) upsampled."""
 
         def __init__(self) -> None:
             super().__init__()

@@ -121,6 +121,12 @@ def test_dynunet_trains_its_heads_at_their_own_resolution_as_nnunet() -> None:
         assert torch.allclose(full, up, atol=1e-5)
 
 
+@pytest.mark.parametrize("patch", [(40, 56, 41), (12, 12, 12)])
+def test_a_dynunet_patch_it_cannot_pool_twice_is_one_line_not_monais_error(patch: tuple[int, ...]) -> None:
+    with pytest.raises(UsageError, match=f"dynunet pools patch {'x'.join(map(str, patch))} fewer than twice"):
+        build_model("dynunet", "3d", ModelInputs(1, 3, patch, spacing=(1.0, 1.0, 1.0)))
+
+
 def test_alias_and_errors() -> None:
     assert ARCHS.get("deeplabv3plus") is ARCHS.get("deeplab")
     with pytest.raises(UnknownNameError, match="did you mean 'unet'"):

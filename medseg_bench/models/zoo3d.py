@@ -88,6 +88,13 @@ def _dynunet(inputs: ModelInputs) -> nn.Module:
     current = version is None or version >= 7
     topology = dynunet_topology if current else dynunet_topology_v6
     kernels, strides = topology(inputs.patch_size, inputs.spacing)
+    if len(strides) < 3:  # MONAI's DynUNet needs two poolings; its own error names kernel and stride lists
+        from medseg_bench.errors import UsageError
+
+        raise UsageError(f"dynunet pools patch {'x'.join(map(str, inputs.patch_size))} fewer than twice "
+                         f"(strides {strides[1:]}): a side is halved only while even and at least "
+                         f"{2 * MIN_FEATURE_MAP}, and an odd side holds finer-spaced ones back; use even "
+                         "sides, e.g. multiples of 8, each at least 16")
     base = 8 if inputs.tiny else BASE_FILTERS
     filters = [min(base * 2**i, MAX_FILTERS) for i in range(len(strides))]
     # nnU-Net has a head at every decoder resolution and gives the lowest weight 0: the useful heads are full
