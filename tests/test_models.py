@@ -107,6 +107,7 @@ def test_dynunet_trains_its_heads_at_their_own_resolution_as_nnunet() -> None:
 
     x = torch.randn(1, 1, 64, 64, 64)
     net, old = build(None), build(7)
+    assert type(build(None)) is type(net)  # the subclass is built once, not on every network
     heads = net.train()(x)
     assert isinstance(heads, tuple)
     assert [tuple(h.shape[2:]) for h in heads] == [(64, 64, 64), (32, 32, 32), (16, 16, 16)]

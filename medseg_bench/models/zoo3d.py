@@ -5,6 +5,7 @@ Feature sizes are the published/MONAI defaults; `ModelInputs.tiny` shrinks them 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -109,10 +110,11 @@ def _dynunet(inputs: ModelInputs) -> nn.Module:
                deep_supr_num=max(heads, 1), res_block=False, trans_bias=current)
 
 
+@functools.cache
 def _native_heads(dynunet: type) -> type:
     """MONAI's DynUNet whose training output is nnU-Net's: a tuple of the full-resolution logits and each
     deep-supervision head at its own resolution (1/2, 1/4, ...), not the heads upsampled (nearest) and
-    stacked. Same parameters, same inference output."""
+    stacked. Same parameters, same inference output. Built once per process."""
 
     class DynUNetNativeHeads(dynunet):
         def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
