@@ -1,8 +1,9 @@
 """Benchmark: what augmentation costs per training sample, and what reading around the patch changes.
 
 For each augmentation preset and pipeline version 5 (rotation, scaling and elastic deformation resample the
-patch alone), 6 (they read the volume around it, as nnU-Net's spatial transform) and 7 (heavy's elastic
-deformation and nnunet's noise as nnU-Net's), draws the same training samples of Task04_Hippocampus fold 0
+patch alone), 6 (they read the volume around it, as nnU-Net's spatial transform), 7 (heavy's elastic
+deformation and nnunet's noise as nnU-Net's; version 8 augments as 7) and 9 (nnunet's low resolution as
+batchgeneratorsv2's, torch's `interpolate`), draws the same training samples of Task04_Hippocampus fold 0
 (the sweep's plan: patch, batch, foreground oversampling) in the main process and reports:
   - milliseconds per sample (crop + augmentation, one CPU thread's work: a DataLoader worker's load);
   - among samples that were rotated or scaled, the share of patch voxels that are exactly zero. The
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import SHARED, TASK, prepare  # noqa: E402  (bench/train.py: the shared cases, imported once)
 
-VERSIONS = (5, 6, 7)
+VERSIONS = (5, 6, 7, 9)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "augment.md"
 
 
@@ -84,13 +85,15 @@ def main() -> None:
                 result = measure(prepared, dims, arch, encoder, preset, args.samples)
                 count = result[5][2]
                 differ = [sum(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-                              for a, b in zip(result[v][3], result[v + 1][3], strict=True)) / args.samples
-                          for v in VERSIONS[:-1]]
+                              for a, b in zip(result[v][3], result[w][3], strict=True)) / args.samples
+                          for v, w in zip(VERSIONS[:-1], VERSIONS[1:], strict=True)]
                 ms = " / ".join(f"{result[v][0]:.2f}" for v in VERSIONS)
                 zeros = " / ".join(f"{result[v][1]:.1%}" for v in VERSIONS) + f" ({count})" if count else "-"
                 changed = " / ".join(f"{d:.1%}" for d in differ)
                 rows.append(f"| {dims} | {preset} | {ms} | {zeros} | {changed} |")
                 print(rows[-1], flush=True)
+    versions = " / ".join(f"v{v}" for v in VERSIONS)
+    steps = " / ".join(f"v{v}→v{w}" for v, w in zip(VERSIONS[:-1], VERSIONS[1:], strict=True))
     report = "\n".join([
         "# Augmentation: cost per training sample, and reading around the patch (Task04_Hippocampus, fold 0)",
         "",
@@ -101,17 +104,18 @@ def main() -> None:
         f"{args.cases} cases, fold 0's training cases, {args.samples} samples per row (seed 0, the plan's "
         "patch and batch of a U-Net, 2D: ResNet-34 encoder). Version 5 resamples the patch alone; version 6 "
         "reads the volume around it; version 7 gives heavy nnU-Net's elastic deformation and nnunet "
-        "nnU-Net's noise. Zero share: among samples that were rotated or scaled (how many in brackets; "
+        "nnU-Net's noise (version 8 augments as 7); version 9 gives nnunet batchgeneratorsv2's low "
+        "resolution. Zero share: among samples that were rotated or scaled (how many in brackets; "
         "the same samples in each version), the share of patch voxels that are exactly zero (padding: "
         "outside the volume, or in version 5 also outside the patch before it was rotated or scaled).",
         "",
-        "| dims | preset | ms per sample, v5 / v6 / v7 | zero share, v5 / v6 / v7 (samples) "
-        "| samples that differ, v5→v6 / v6→v7 |",
+        f"| dims | preset | ms per sample, {versions} | zero share, {versions} (samples) "
+        f"| samples that differ, {steps} |",
         "|---|---|---|---|---|",
         *rows,
         "",
-        f"Reproduce: `.venv/bin/python bench/augment.py --cases {args.cases} --samples {args.samples}`"
-        + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}"),
+        f"Reproduce: `.venv/bin/python bench/augment.py --cases {args.cases} --samples {args.samples}"
+        + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`",
     ]) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -384,11 +384,32 @@ def _apply_nnunet_contrast(image: np.ndarray, label: np.ndarray, p: Params) -> A
     return _per_channel(image, p, lambda ch, rng: _contrast(ch, _bg_contrast(rng, 0.75, 1.25))), label
 
 
-def _apply_nnunet_lowres(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
-    def lowres(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return _lowres(ch, float(rng.uniform(0.5, 1.0)), p.get("thick_axis"), 1)  # linear, as nnU-Net
+def _lowres_torch(ch: np.ndarray, zoom: float, thick: int | None) -> np.ndarray:
+    """batchgeneratorsv2's SimulateLowResolutionTransform on one channel: torch's `interpolate` down by
+    `zoom` (nearest-exact), then back up (linear), voxel centres aligned (`align_corners=False`)."""
+    import torch
+    from torch.nn.functional import interpolate
 
-    return _per_channel(image, p, lowres, 0.5), label
+    small = [max(1, round(n * zoom)) for n in ch.shape]
+    if thick is not None:
+        small[thick] = ch.shape[thick]  # nnU-Net's `ignore_axes` on dummy-2D patches
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[ch.ndim]
+    with torch.no_grad():
+        down = interpolate(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32))[None, None], small,
+                           mode="nearest-exact")
+        return interpolate(down, ch.shape, mode=mode)[0, 0].numpy()
+
+
+def _nnunet_lowres(resample: Callable[[np.ndarray, float, int | None], np.ndarray]
+                   ) -> Callable[[np.ndarray, np.ndarray, Params], Arrays]:
+    """Each channel with p 0.5, its own zoom U(0.5, 1) for all axes (nnU-Net's `synchronize_axes`)."""
+    def apply(image: np.ndarray, label: np.ndarray, p: Params) -> Arrays:
+        def lowres(ch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return resample(ch, float(rng.uniform(0.5, 1.0)), p.get("thick_axis"))
+
+        return _per_channel(image, p, lowres, 0.5), label
+
+    return apply
 
 
 def _nnunet_gamma(invert: bool) -> Callable[[np.ndarray, np.ndarray, Params], Arrays]:
@@ -414,12 +435,21 @@ NNUNET_NOISE = Step("noise", 0.1, _seeded("std", 0.0, 0.1), _apply_shared_noise)
 # nnU-Net's elastic deformation (v1's default_3D/2D_augmentation_params, batchgenerators; v2 leaves it out).
 HEAVY_ELASTIC = Step("elastic", 0.2, _draw_elastic((0, 900), (0, 200), (9, 13)), _apply_elastic,
                      _reads_elastic)
-# Version 6's steps that version 7 changed; each draws as many numbers as its successor, so others match.
-_VERSION_6_STEPS = {
-    NNUNET_NOISE: Step("noise", 0.1, _nnunet_noise_v6, _apply_noise),
-    # a field of 0.24 voxels std in 3D
-    HEAVY_ELASTIC: Step("elastic", 0.2, _draw_elastic((20, 60), (20, 60), (6, 9)), _apply_elastic,
-                        _reads_elastic),
+NNUNET_LOWRES = Step("lowres", 0.25, _draw_seed, _nnunet_lowres(_lowres_torch))
+# Steps that a pipeline version changed, as runs of older versions apply them: {version: {step: older step}},
+# the older step used by runs before that version. Each draws as many numbers as its successor, so the other
+# steps' draws match.
+_OLDER_STEPS = {
+    7: {
+        NNUNET_NOISE: Step("noise", 0.1, _nnunet_noise_v6, _apply_noise),
+        # a field of 0.24 voxels std in 3D
+        HEAVY_ELASTIC: Step("elastic", 0.2, _draw_elastic((20, 60), (20, 60), (6, 9)), _apply_elastic,
+                            _reads_elastic),
+    },
+    9: {  # scipy's `zoom`, whose grid aligns the corner voxels, not the voxel centres
+        NNUNET_LOWRES: Step("lowres", 0.25, _draw_seed,
+                            _nnunet_lowres(lambda ch, zoom, thick: _lowres(ch, zoom, thick, 1))),
+    },
 }
 
 AUGS.add("none", ())
@@ -449,7 +479,7 @@ AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, 
     Step("blur", 0.2, _draw_seed, _apply_nnunet_blur),
     Step("brightness", 0.15, _draw_seed, _apply_nnunet_brightness),
     Step("contrast", 0.15, _draw_seed, _apply_nnunet_contrast),
-    Step("lowres", 0.25, _draw_seed, _apply_nnunet_lowres),
+    NNUNET_LOWRES,
     Step("gamma_inverted", 0.1, _draw_seed, _nnunet_gamma(invert=True)),
     Step("gamma", 0.3, _draw_seed, _nnunet_gamma(invert=False)),
     MIRROR,
@@ -457,9 +487,11 @@ AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, 
 
 
 def steps_for_version(steps: tuple[Step, ...], pipeline_version: int) -> tuple[Step, ...]:
-    """`steps` as a run of `pipeline_version` applies them, so that a run resumes as it began: before
-    version 7, the nnunet preset's noise had a std up to 0.32, a field per channel, and heavy's elastic
-    field was about a seventh of nnU-Net's in 3D (`_VERSION_6_STEPS`)."""
-    if pipeline_version >= 7:
-        return steps
-    return tuple(_VERSION_6_STEPS.get(step, step) for step in steps)
+    """`steps` as a run of `pipeline_version` applies them, so that a run resumes as it began
+    (`_OLDER_STEPS`): before version 7, the nnunet preset's noise had a std up to 0.32, a field per channel,
+    and heavy's elastic field was about a seventh of nnU-Net's in 3D; before version 9, the nnunet preset's
+    low resolution resampled on scipy's corner-aligned grid."""
+    for version, older in _OLDER_STEPS.items():
+        if pipeline_version < version:
+            steps = tuple(older.get(step, step) for step in steps)
+    return steps

@@ -50,7 +50,10 @@ from medseg_bench.errors import UsageError
 # 8: dynunet's deep supervision as nnU-Net's: each head at its own resolution against the label downsampled
 #    (nearest-exact) to it; MONAI upsampled every head to full resolution (nearest) against the full label.
 #    Runs of every other architecture train exactly as in version 7.
-PIPELINE_VERSION = 8
+# 9: the nnunet preset's low resolution as batchgeneratorsv2's: torch's `interpolate` (nearest-exact down,
+#    linear up), voxel centres aligned; it was scipy's `zoom`, whose grid aligns the corner voxels. Runs of
+#    every other augmentation train exactly as in version 8.
+PIPELINE_VERSION = 9
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

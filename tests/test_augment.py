@@ -253,8 +253,7 @@ def test_version_6_runs_keep_their_steps() -> None:
     image = np.stack([np.zeros((8, 8, 8)), np.ones((8, 8, 8))]).astype(np.float32)
     assert steps_for_version(AUGS.get("light"), 6) == AUGS.get("light")
     for preset, changed in (("nnunet", "noise"), ("heavy", "elastic")):
-        steps = AUGS.get(preset)
-        assert steps_for_version(steps, 7) is steps
+        steps = steps_for_version(AUGS.get(preset), 7)
         old = steps_for_version(steps, 6)
         assert [s.name for s in old] == [s.name for s in steps]
         assert [a is b for a, b in zip(old, steps, strict=True)] == [s.name != changed for s in steps]
@@ -302,3 +301,41 @@ def test_nnunet_preset_resamples_labels_linearly_per_label() -> None:
     full = np.ones((20, 24, 22), np.uint8) + (grid[0] > 0)
     out = _apply_affine(full[None].astype(np.float32), full, {**params, "label": "linear"})[1]
     assert set(np.unique(out)) == {0, 1, 2} and out[0, 0, 0] == 0
+
+
+def test_nnunet_low_resolution_is_batchgeneratorsv2s_and_version_8_runs_keep_scipys() -> None:
+    # batchgeneratorsv2's SimulateLowResolutionTransform (0.3.6, nnunetv2 2.8.1, torch 2.14) on this input,
+    # with the zoom fixed (synchronize_axes=True; ignore_axes=(0,) for the thick axis): the first 12 values
+    # and the sum.
+    from medseg_bench.augment import NNUNET_LOWRES, _lowres_torch, draw_plan, steps_for_version
+
+    x = (np.arange(5 * 7 * 6).reshape(5, 7, 6) % 11).astype(np.float32)
+    expected = {
+        (0.6, None): ([0, 1, 2.16667, 2.83333, 4, 5, 0.35714, 1.35714, 2.52381, 3.19048, 4.35714, 5.35714],
+                      1056.7071533),
+        (0.5, 0): ([1, 1.5, 2.5, 3.5, 4.5, 5, 1.35714, 1.85714, 2.85714, 3.85714, 4.85714, 5.35714], 1029.0),
+    }
+    for (zoom, thick), (head, total) in expected.items():
+        out = _lowres_torch(x, zoom, thick)
+        assert out.shape == x.shape and out.dtype == np.float32
+        assert np.allclose(out.ravel()[:12], head, atol=1e-5) and np.isclose(out.sum(), total, rtol=1e-6)
+    assert _lowres_torch(x[:1, :1], 0.5, None).shape == (1, 1, 6)  # an axis of one stays one voxel
+    # Runs of version 8 and older resume with scipy's corner-aligned zoom; every draw is the same.
+    steps = AUGS.get("nnunet")
+    assert steps_for_version(steps, 9) is steps
+    old = steps_for_version(steps, 8)
+    assert [a is b for a, b in zip(old, steps, strict=True)] == [s is not NNUNET_LOWRES for s in steps]
+    image = np.stack([x, x + 1])
+    acted = 0
+    for seed in range(200):
+        new_plan = draw_plan(steps, np.random.default_rng(seed), x.shape)
+        old_plan = draw_plan(old, np.random.default_rng(seed), x.shape)
+        assert [(s.name, p) for s, p in new_plan] == [(s.name, p) for s, p in old_plan]
+        for (s_new, p), (s_old, _) in zip(new_plan, old_plan, strict=True):
+            if s_new is NNUNET_LOWRES:
+                new_out = s_new.apply(image, np.zeros(x.shape, np.uint8), p)[0]
+                old_out = s_old.apply(image, np.zeros(x.shape, np.uint8), p)[0]
+                acted += not np.allclose(new_out, image)
+                assert np.array_equal(np.isclose(new_out, image).all((1, 2, 3)),
+                                      np.isclose(old_out, image).all((1, 2, 3)))  # the same channels
+    assert acted > 10
