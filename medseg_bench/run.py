@@ -90,6 +90,13 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     return frame
 
 
+def summary_means(foreground: Any) -> dict[str, float]:
+    """`summary.json`'s means of a run's foreground label rows, taken as the report takes them: each case's
+    labels averaged, then the cases (NaN, both masks empty, left out at each step)."""
+    return {m: float(foreground.groupby("case")[m].mean().mean()) for m in ("dice", "jaccard", "hd95")
+            if m in foreground}
+
+
 def _write_csv_atomic(frame: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with failure_names(path, tmp):
@@ -138,8 +145,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         fg = frame[frame["label"].astype(str).isin([str(v) for v in prepared.task.foreground_labels])]
         summary = {
             "run_id": spec.run_id,
-            "mean": {m: float(np.nanmean(fg[m])) for m in ("dice", "jaccard", "hd95") if m in fg},
-            "per_label_dice": {str(k): float(np.nanmean(v)) for k, v in frame.groupby("label")["dice"]},
+            "mean": summary_means(fg),
+            "per_label_dice": {str(k): float(v) for k, v in frame.groupby("label")["dice"].mean().items()},
             "num_cases": int(frame["case"].nunique()),
             "metric_settings": frame.attrs.get("metric_settings", {}),
             "cost": {

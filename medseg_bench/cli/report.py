@@ -35,7 +35,8 @@ def report(
         metavar="AXIS",
         help="Also show the marginal effect of one axis: arch, loss, aug, dims or encoder.")] = None,
     top: Annotated[int | None, typer.Option(
-        metavar="K", help="Only the K best configurations of each task.")] = None,
+        metavar="K", help="Only the K best configurations of each task, and the K best of the ranking "
+                          "across tasks (ranks and tests still count every configuration).")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the bootstrap confidence intervals.")] = 0,

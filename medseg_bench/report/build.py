@@ -18,6 +18,7 @@ from medseg_bench.report.tables import (
     leaderboard,
     resolve_metrics,
     sample_scores,
+    shared_cases,
     top_k,
 )
 from medseg_bench.results import finished_runs, load_results, read_json
@@ -105,7 +106,7 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed)
     ranking = cross_task_ranking(full, chosen)
     table = top_k(full, top)
-    scores = sample_scores(results, chosen)
+    scores, _ = shared_cases(sample_scores(results, chosen))  # the cases the leaderboard compares
     # Tests over every configuration (--top shortens what is shown, not the Holm family or the Friedman test).
     pairs, friedman_table = significance(scores, full, ranking_metric, alpha)
     shown = pd.MultiIndex.from_frame(table[["task", "config"]])
@@ -116,7 +117,7 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
         ranking = ranking.head(top).reset_index(drop=True)
     settings = {"metric": ranking_metric, "metrics": chosen, "confidence": confidence,
                 "bootstrap_resamples": n_resamples, "bootstrap_seed": seed, "alpha": alpha,
-                "group_by": group_by, "top": top}
+                "group_by": group_by, "top": top, "case_sets": full.attrs["case_sets"]}
     return Report(ranking_metric, chosen, table, scores, ranking, pairs, friedman_table, groups,
                   provenance(results_dir, full), settings, results_dir,
                   _label_names(list(full["task"].unique())))

@@ -222,6 +222,18 @@ def _settings_note(report: Report, task: str) -> str:
            "numbers are not comparable."
 
 
+def _case_set_note(report: Report, task: str) -> str | None:
+    sets = report.settings.get("case_sets", {}).get(task)
+    if not sets:
+        return None
+    left = "; ".join(f"{config}: {n}" for config, n in sets["left_out"].items())
+    if not sets["shared"]:
+        return ("WARNING: the configurations of this task share no scored case: each row is over its own "
+                f"cases, and its ranks compare different cases (cases only some have: {left}).")
+    return (f"The configurations of this task scored different cases: every number and test is over the "
+            f"{sets['shared']} cases all of them scored (cases left out: {left}).")
+
+
 def sections(report: Report, compact: bool = False) -> list[Section]:
     """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
 
@@ -239,10 +251,13 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     if compact:
         intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
-        intro.append(f"Only the top {s['top']} configurations of each task are shown.")
+        intro.append(f"Only the top {s['top']} configurations of each task, and of the ranking across tasks, "
+                     "are shown.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
         items: list[str | Table] = [_settings_note(report, task)]
+        case_note = _case_set_note(report, task)
+        items += [case_note] if case_note else []
         if compact:  # two narrower tables fit a terminal better than one wide one
             items += [task_table(report, task, True, "quality"), task_table(report, task, True, "cost")]
         else:
@@ -268,6 +283,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     out.append(Section("Ranking across tasks", 2, [
         f"MSD-style: within each task the configurations are ranked for each metric ({metrics}; ties share "
         "the mean of their ranks), and a configuration's mean rank averages those ranks over tasks and "
-        "metrics. Per-task columns: the mean of its metric ranks in that task (– where it was not run).",
+        "metrics; a configuration not run on a task ranks last there (tied with any other not run or without "
+        "a score). Per-task columns: the mean of its metric ranks in that task (– where it was not run; it "
+        "counts as last).",
         ranking_table(report)]))
     return out

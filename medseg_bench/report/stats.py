@@ -21,7 +21,7 @@ ALPHA = 0.05
 def bootstrap_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
                  n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                  key: str = "") -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (NaN dropped).
+    """Percentile bootstrap interval of the mean of `values` (NaN dropped); NaN for fewer than two values.
 
     The generator is seeded with `seed` and a checksum of `key` (say, the configuration and metric), so an
     interval does not change when other rows are added to or filtered out of a report.
@@ -30,7 +30,9 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
     x = x[~np.isnan(x)]
     if x.size == 0:
         return math.nan, math.nan
-    if x.size == 1 or np.all(x == x[0]):
+    if x.size == 1:  # one case: nothing to resample, no interval (as no standard deviation)
+        return math.nan, math.nan
+    if np.all(x == x[0]):
         return float(x[0]), float(x[0])
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     means = np.empty(n_resamples)

@@ -65,21 +65,26 @@ def _with_config(results: pd.DataFrame) -> pd.DataFrame:
 
 def _told_apart(frame: pd.DataFrame) -> pd.Series:
     """Configuration names, with `[setting=value, ...]` where runs of one configuration of a task differ in
-    a setting that changes results (epochs, lr, the patch a plan edit changed, ...): never pooled."""
+    a setting that changes results (epochs, lr, the patch a plan edit changed, ...): never pooled.
+
+    The settings shown are those that split the configuration in some task, and they are shown in every
+    task it has, so that the same settings are the same name across tasks (one row of the cross-task
+    ranking); settings that differ only from task to task (the plan's patch) are not shown."""
     import json
 
     names = frame["config"].copy()
-    for _, group in frame.groupby(["task", "config"], sort=False):
-        variants = group["run_settings"].unique()
-        if len(variants) < 2:
+    for config, group in frame.groupby("config", sort=False):
+        parsed = {v: json.loads(v) for v in group["run_settings"].unique()}
+        differing: list[str] = []
+        for _, in_task in group.groupby("task", sort=False):
+            variants = [parsed[v] for v in in_task["run_settings"].unique()]
+            differing += [k for k in variants[0]
+                          if k not in differing and len({json.dumps(p.get(k)) for p in variants}) > 1]
+        if not differing:
             continue
-        parsed = {v: json.loads(v) for v in variants}
-        keys = parsed[variants[0]]
-        differing = [k for k in keys if len({json.dumps(p.get(k)) for p in parsed.values()}) > 1]
         for variant, settings in parsed.items():
             shown = ", ".join(f"{k}={_setting_text(settings.get(k))}" for k in differing)
-            rows = group.index[group["run_settings"] == variant]
-            names.loc[rows] = f"{group['config'].iloc[0]} [{shown}]"
+            names.loc[group.index[group["run_settings"] == variant]] = f"{config} [{shown}]"
     return names
 
 
@@ -109,6 +114,26 @@ def case_means(samples: pd.DataFrame, metric: str) -> pd.Series:
     Statistics are over cases, as the report says: several seeds of one case are one case, not several
     independent ones, so they neither narrow an interval nor weigh a case more than another."""
     return samples.groupby("case", sort=True)[metric].mean()
+
+
+def shared_cases(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """`scores` (of `sample_scores`) kept, in each task, to the cases that every configuration of the task
+    scored, so that configurations are ranked and tested on the same cases.
+
+    Returns them and, for each task whose configurations scored different cases, `{"shared": n,
+    "left_out": {config: cases of it left out}}`. Configurations that share no case at all are kept whole
+    (`shared` 0): the report then warns that its ranks compare different cases."""
+    kept, differ = [], {}
+    for task, group in scores.groupby("task", sort=False):
+        cases = {config: set(c) for config, c in group.groupby("config", sort=True)["case"]}
+        shared = set.intersection(*cases.values())
+        left_out = {config: len(c - shared) for config, c in cases.items() if c - shared}
+        if left_out:
+            differ[str(task)] = {"shared": len(shared), "left_out": left_out}
+            if shared:
+                group = group[group["case"].isin(shared)]
+        kept.append(group)
+    return pd.concat(kept).reset_index(drop=True), differ
 
 
 def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -165,35 +190,43 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     """
     ranking, chosen = resolve_metrics(results, metric, metrics)
     frame = _with_config(results)
-    scores = sample_scores(results, chosen)
+    scores, differ = shared_cases(sample_scores(results, chosen))
     label_rows = frame.assign(label=frame["label"].astype(str))
     fg_mask = _is_foreground_label(frame["label"])
     rows = []
     runs_of = dict(iter(frame.groupby(["task", "config"], sort=False)))
     for (task, config), group in scores.groupby(["task", "config"], sort=True):
         runs = runs_of[(task, config)]
+        scored = runs[runs["case"].isin(set(group["case"]))]  # rows of the cases it is compared on
         first = group.iloc[0]
         row: dict[str, Any] = {"task": task, **{a: first[a] for a in CONFIG_AXES}, "config": config}
         row["runs"] = int(runs["run_id"].nunique())
         row["folds"] = sorted(int(f) for f in runs["fold"].dropna().unique())
         row["seeds"] = sorted(int(s) for s in runs["seed"].dropna().unique())
         row["cases"] = int(group["case"].nunique())
+        sets = differ.get(task)  # cases it scored that another configuration did not: left out
+        row["cases_left_out"] = int(sets["left_out"].get(config, 0)) if sets and sets["shared"] else 0
         row["samples"] = int(len(group))
-        fg_runs = runs[fg_mask.loc[runs.index]]
+        fg_runs = scored[fg_mask.loc[scored.index]]
         ref_empty = _flag(fg_runs, "ref_empty")
         row["empty_ref"] = int(ref_empty.sum())
         row["both_empty"] = int((ref_empty & _flag(fg_runs, "pred_empty")).sum())
+        # The interval's generator is keyed on the configuration without its `[setting=...]`, which another
+        # run's settings can add.
+        key = config_name(*(first[a] for a in CONFIG_AXES))
         for m in chosen:
             values = case_means(group, m).to_numpy(float)
             valid = values[~np.isnan(values)]
             row[f"{m}_mean"] = float(valid.mean()) if valid.size else math.nan
             row[f"{m}_std"] = float(valid.std(ddof=1)) if valid.size > 1 else math.nan
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(
-                valid, confidence, n_resamples, seed, key=f"{task}/{config}/{m}")
+                valid, confidence, n_resamples, seed, key=f"{task}/{key}/{m}")
             row[f"{m}_n"] = int(valid.size)
-        labelled = label_rows.loc[runs.index]
-        for m in chosen:
-            for label, values in labelled.groupby("label", sort=False)[m]:
+        labelled = label_rows.loc[scored.index]
+        for m in chosen:  # over cases, as the summary: a case's samples (seeds) averaged first
+            per_case = labelled.assign(**{m: pd.to_numeric(labelled[m], errors="coerce")}) \
+                .groupby(["label", "case"], sort=False)[m].mean()
+            for label, values in per_case.groupby(level="label", sort=False):
                 row[f"{m}_label_{label}"] = _mean_or_nan(values)
         row.update(_cost(runs.drop_duplicates("run_id")))
         row["run_ids"] = sorted(runs["run_id"].unique().tolist())
@@ -206,7 +239,7 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     table.insert(table.columns.get_loc("config") + 1, "rank",
                  table.groupby("task")[f"{ranking}_mean"].transform(lambda v: rank_values(v, higher)))
     table.attrs.update(metric=ranking, metrics=chosen, confidence=confidence, n_resamples=n_resamples,
-                       seed=seed)
+                       seed=seed, case_sets=differ)
     return table
 
 
@@ -249,19 +282,25 @@ def top_k(table: pd.DataFrame, k: int | None) -> pd.DataFrame:
 
 def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """MSD-style ranking: rank the configurations within each task for each metric (ties averaged), then
-    average those ranks; a configuration missing from a task has no rank there.
+    average those ranks. A configuration missing from a task ranks last there (tied with any other missing
+    or without a score), as one without a score does: skipping a task is no advantage.
 
-    Columns: `config`, the axes, `mean_rank`, `tasks` (how many it was ranked on), `rank[<task>]` (the mean of
-    its metric ranks within that task). Sorted best first.
+    Columns: `config`, the axes, `mean_rank`, `tasks` (how many it has results on), `rank[<task>]` (the mean
+    of its metric ranks within that task; NaN where it has no results). Sorted best first.
     """
+    configs = sorted(table["config"].unique())
     long = []
     for task, group in table.groupby("task", sort=True):
+        present = group.set_index("config")
         for m in metrics:
-            ranks = rank_values(group[f"{m}_mean"].to_numpy(float), higher_is_better(m))
-            long += [{"task": task, "config": c, "metric": m, "rank": r}
-                     for c, r in zip(group["config"], ranks, strict=True)]
+            values = present[f"{m}_mean"].reindex(configs).to_numpy(float)  # missing: NaN, ranked last
+            ranks = rank_values(values, higher_is_better(m))
+            long += [{"task": task, "config": c, "metric": m, "rank": r, "present": c in present.index}
+                     for c, r in zip(configs, ranks, strict=True)]
     ranks = pd.DataFrame(long)
-    per_task = ranks.pivot_table(index="config", columns="task", values="rank", aggfunc="mean")
+    shown = ranks[ranks["present"]]
+    per_task = shown.pivot_table(index="config", columns="task", values="rank", aggfunc="mean") \
+        .reindex(index=configs, columns=sorted(table["task"].unique()))
     overall = ranks.groupby("config")["rank"].mean()
     axes = table.drop_duplicates("config").set_index("config")[CONFIG_AXES]
     out = axes.loc[overall.index].copy()

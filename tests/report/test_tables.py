@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,14 +78,22 @@ def test_cross_task_ranking_averages_ranks_with_ties() -> None:
         ("B", "x", 0.6, 5.0), ("B", "y", 0.7, 4.0),
     ])
     ranking = cross_task_ranking(table, ["dice", "hd95"]).set_index("config")
-    # A: dice ranks x 1.5, y 1.5, z 3; hd95 ranks x 1, y 2.5, z 2.5. B: dice x 2, y 1; hd95 x 2, y 1.
+    # A: dice ranks x 1.5, y 1.5, z 3; hd95 ranks x 1, y 2.5, z 2.5. B: dice x 2, y 1; hd95 x 2, y 1; z was
+    # not run on B: last there (3 for both metrics), not left out of its mean (which would give it 2.75).
     assert ranking.loc["x", "rank[A]"] == pytest.approx(1.25)
     assert ranking.loc["y", "rank[A]"] == pytest.approx(2)
     assert ranking.loc["x", "mean_rank"] == pytest.approx((1.5 + 1 + 2 + 2) / 4)
     assert ranking.loc["y", "mean_rank"] == pytest.approx((1.5 + 2.5 + 1 + 1) / 4)
-    assert ranking.loc["z", "mean_rank"] == pytest.approx(2.75) and math.isnan(ranking.loc["z", "rank[B]"])
-    assert ranking.loc["z", "tasks"] == 1
+    assert ranking.loc["z", "mean_rank"] == pytest.approx((3 + 2.5 + 3 + 3) / 4)
+    assert math.isnan(ranking.loc["z", "rank[B]"]) and ranking.loc["z", "tasks"] == 1
     assert list(ranking.index) == ["y", "x", "z"]  # best first
+    # A configuration run on one task only, best there (w, y), does not top one second on both (x): x 2, w
+    # and y (1 + 4) / 2, v 3. Leaving the missing task out, w and y would be 1.
+    ranking = cross_task_ranking(_table([("A", "w", 0.95, 1.0), ("A", "x", 0.8, 2.0), ("A", "v", 0.7, 3.0),
+                                         ("B", "y", 0.9, 1.0), ("B", "x", 0.8, 2.0), ("B", "v", 0.7, 3.0)]),
+                                 ["dice", "hd95"])
+    assert ranking["config"].tolist() == ["x", "w", "y", "v"]
+    assert ranking["mean_rank"].tolist() == pytest.approx([2.0, 2.5, 2.5, 3.0])
 
 
 def test_significance_pairs_by_case_fold_and_seed(fake_results: Path) -> None:
@@ -226,3 +235,71 @@ def test_a_report_with_one_configuration_shown_renders(fake_results: Path) -> No
     report = build_report(fake_results, top=1)
     assert report.pairs.empty and list(report.pairs.columns)[:3] == ["task", "top", "other"]
     assert "Ranking across tasks" in render(report, "markdown")
+
+
+def _rows(task: str, arch: str, cases: dict[str, dict[str, float]], fold: int = 0, seed: int = 0,
+          settings: str = '{"epochs": 4}') -> list[dict[str, object]]:
+    """load_results rows of one run: `cases` maps a case to its label scores."""
+    run_id = f"3d-{arch}-dice_ce-none-f{fold}-s{seed}-{abs(hash((task, settings))) % 10**6:06d}"
+    return [{"run_id": run_id, "case": case, "label": label, "dice": dice, "hd95": 2.0,
+             "ref_empty": dice != dice, "pred_empty": dice != dice, "task": task, "dims": "3d", "arch": arch,
+             "encoder": "", "loss": "dice_ce", "aug": "none", "fold": fold, "seed": seed, "params": 10,
+             "train_time_s": 36.0, "device": "cpu", "run_settings": settings}
+            for case, labels in cases.items() for label, dice in labels.items()]
+
+
+def test_configurations_are_compared_on_the_cases_all_of_them_scored(tmp_path: Path) -> None:
+    from medseg_bench.report import render, report_from_results
+
+    easy = {f"e{i}": {"1": 0.9 + 0.005 * i} for i in range(8)}
+    hard = {f"h{i}": {"1": 0.4} for i in range(8)}
+    rows = _rows("T", "unet", easy) + _rows("T", "unet", hard, fold=1)  # two folds, one of them hard
+    rows += _rows("T", "segresnet", {c: {"1": s["1"] - 0.02} for c, s in easy.items()})  # fold 0 only
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    table = report.table.set_index("config")
+    # unet is better on every case both scored; on its own cases its mean would be 0.66 against 0.90
+    assert table.index[0] == "3d-unet-dice_ce-none" and table["rank"].tolist() == [1.0, 2.0]
+    assert table.loc["3d-unet-dice_ce-none", "dice_mean"] == pytest.approx(np.mean([s["1"] for s in
+                                                                                   easy.values()]))
+    assert table["cases"].tolist() == [8, 8] and table["cases_left_out"].tolist() == [8, 0]
+    assert report.settings["case_sets"] == {"T": {"shared": 8, "left_out": {"3d-unet-dice_ce-none": 8}}}
+    assert set(report.scores["case"]) == set(easy) and report.pairs.iloc[0]["n"] == 8
+    assert "over the 8 cases all of them scored (cases left out: 3d-unet-dice_ce-none: 8)" in \
+        render(report, "markdown")
+    # No case in common: each keeps its own cases, with a warning.
+    rows = _rows("T", "unet", easy) + _rows("T", "segresnet", hard, fold=1)
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    assert report.table["cases"].tolist() == [8, 8] and report.table["cases_left_out"].tolist() == [0, 0]
+    assert "WARNING: the configurations of this task share no scored case" in render(report, "markdown")
+    same = report_from_results(pd.DataFrame(_rows("T", "unet", easy) + _rows("T", "segresnet", easy)),
+                               tmp_path, metrics=["dice"])
+    assert same.settings["case_sets"] == {} and "scored different cases" not in render(same, "markdown")
+
+
+def test_one_configuration_is_one_name_across_tasks_and_keeps_its_interval(tmp_path: Path) -> None:
+    from medseg_bench.report import report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = [*_rows("A", "unet", cases), *_rows("A", "dynunet", cases), *_rows("B", "unet", cases),
+            *_rows("B", "dynunet", cases)]
+    before = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    rows += _rows("B", "unet", cases, settings='{"epochs": 8}')  # a variant in one task only
+    after = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    ranking = after.ranking.set_index("config")
+    assert "3d-unet-dice_ce-none [epochs=4]" in ranking.index and ranking.loc[
+        "3d-unet-dice_ce-none [epochs=4]", "tasks"] == 2  # one row over both tasks, not one per task
+    assert set(after.table[after.table["task"] == "A"]["config"]) == {"3d-unet-dice_ce-none [epochs=4]",
+                                                                      "3d-dynunet-dice_ce-none"}
+    old = before.table.set_index(["task", "config"]).loc[("A", "3d-unet-dice_ce-none")]
+    new = after.table.set_index(["task", "config"]).loc[("A", "3d-unet-dice_ce-none [epochs=4]")]
+    assert (old["dice_ci_low"], old["dice_ci_high"]) == (new["dice_ci_low"], new["dice_ci_high"])
+
+
+def test_per_label_columns_count_a_case_once_as_the_mean_does(tmp_path: Path) -> None:
+    from medseg_bench.report import report_from_results
+
+    rows = _rows("T", "unet", {"a": {"1": 0.9, "2": 0.9}}, seed=0)
+    rows += _rows("T", "unet", {"a": {"1": 0.9, "2": 0.9}}, seed=1)  # case a twice (two seeds)
+    rows += _rows("T", "unet", {"b": {"1": 0.5, "2": 0.5}}, fold=1)
+    row = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"]).table.iloc[0]
+    assert row["dice_mean"] == row["dice_label_1"] == row["dice_label_2"] == pytest.approx(0.7)
