@@ -90,6 +90,14 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     return frame
 
 
+class _RunLog(logging.FileHandler):
+    """`run.log`. A line it cannot write (a full disk) is dropped without logging's traceback on stderr: the
+    run's own error, which names the file it could not write, is what its line reports."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
 def summary_means(foreground: Any) -> dict[str, float]:
     """`summary.json`'s means of a run's foreground label rows, taken as the report takes them: each case's
     labels averaged, then the cases (NaN, both masks empty, left out at each step)."""
@@ -108,7 +116,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                 num_workers: int = 0) -> dict[str, Any]:
     """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError."""
     folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / "run.log")
+    handler = _RunLog(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)

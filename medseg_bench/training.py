@@ -31,6 +31,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
+from medseg_bench.data.io import failure_names
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
@@ -126,7 +127,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
+        # Through a Python file: a full disk is then `[Errno 28] ... PATH`, not the zip writer's "unexpected
+        # pos"; the temp file goes with it.
+        with failure_names(path, tmp), open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
         os.replace(tmp, path)
 
 

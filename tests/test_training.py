@@ -214,6 +214,43 @@ def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Pa
     assert AtomicCheckpointIO().load_checkpoint(ckpt)["state_dict"]["net.w"].tolist() == [1.0, 1.0]
 
 
+def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_last_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import errno
+
+    from medseg_bench import training
+
+    ckpt = tmp_path / "last.ckpt"
+    io = training.AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
+
+    class _Full:  # a file on a disk that fills up after a few bytes, as write(2) reports it
+        def __init__(self, path: Path, mode: str) -> None:
+            self.file = builtins.open(path, mode)
+
+        def write(self, data: bytes) -> int:
+            self.file.write(bytes(data)[:8])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def __enter__(self) -> _Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    monkeypatch.setattr(training, "open", _Full, raising=False)
+    with pytest.raises(OSError) as info:
+        io.save_checkpoint({"epoch": 4, "state_dict": {"net.w": torch.zeros(2)}}, ckpt)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt)  # not "unexpected pos"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
+    monkeypatch.undo()
+    assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
+
+
 class _StopAtEpoch(pl.Callback):
     """Stops training as epoch `epoch` (0-based) starts, after the previous epoch's checkpoint: a kill."""
 

@@ -15,6 +15,8 @@ def _load_task_file(path: Path) -> TaskSpec:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{path}: cannot read task file ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -47,6 +47,19 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def _check_url(url: str) -> None:
+    """UsageError unless `url` parses as an http(s) URL with a host (and a numeric port, if any)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError as exc:
+        raise UsageError(f"{url}: not a valid URL ({exc})") from None
+    if not parts.hostname:
+        raise UsageError(f"{url}: not a valid URL (no host)")
+
+
 def resolve_source(task: TaskSpec, source: str | None, mirror: str | None) -> str:
     if source is not None:
         if not source.strip():
@@ -150,6 +163,7 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
     staging.mkdir()
     try:
         if origin.startswith(("http://", "https://")):
+            _check_url(origin)
             verified = _expected_md5(task, md5, origin)
             archive = download(origin, data_dir / ".downloads" / f"{task.name}.tar", verified, timeout_s,
                                progress)
@@ -401,7 +415,23 @@ def extract_archive(archive: Path, staging: Path) -> Path:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None  # e.g. a bad gzip
     except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
-    return _task_root(staging, archive)
+    root = _task_root(staging, archive)
+    _check_links(archive, root)
+    return root
+
+
+def _check_links(archive: Path, root: Path) -> None:
+    """FetchError when a symbolic link under the extracted task folder `root` resolves outside it. Checked on
+    disk, after extraction: a chain of links (`a -> b/c/..` with `b/c -> ..`) passes every entry's own check
+    and tarfile's filter, which bound links to the extraction folder, one level above the task."""
+    inside = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                entry = path.relative_to(root.parent).as_posix()
+                raise FetchError(f"{archive}: unsafe archive entry '{entry}' (link pointing outside the task "
+                                 "folder)")
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:

@@ -108,7 +108,9 @@ def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> N
             raise DataError(f"{path}: fold {index} is not {fold_shape}")
         unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
         if unknown:
-            raise DataError(f"{path}: lists cases that are not usable: {', '.join(unknown[:5])}")
+            raise DataError(f"{path}: lists cases that are not usable: {', '.join(unknown[:5])} (excluded "
+                            "by validation, or gone); delete it to make new splits of the usable cases (a "
+                            "finished run keeps the split it used), or edit it")
         both = sorted(set(fold["train"]) & set(fold["val"]))
         if both:
             raise DataError(f"{path}: fold {index} trains on held-out case(s) {', '.join(both[:5])}")

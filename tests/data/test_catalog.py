@@ -60,6 +60,9 @@ def test_bad_task_files(home: Path) -> None:
     write_task_file(home, "Task98_Bad", colour="blue")
     with pytest.raises(UsageError, match="unknown keys colour"):
         task_registry()
+    (home / "tasks" / "Task98_Bad.yaml").write_bytes(b"\xff\xfename: x\n")
+    with pytest.raises(UsageError, match=r"Task98_Bad.yaml: not UTF-8 text \(invalid start byte at byte 0\)"):
+        task_registry()
 
 
 def test_unknown_task_did_you_mean(home: Path) -> None:

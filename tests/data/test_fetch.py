@@ -196,6 +196,14 @@ def test_only_http_urls(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc/x.tar", "https://h:99999/x.tar",
+                                 "http:///x.tar"])
+def test_a_malformed_url_is_one_line_before_any_download(tmp_path: Path, url: str) -> None:
+    with pytest.raises(UsageError, match=r"^.*: not a valid URL \("):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, url, "0" * 32, progress=False)
+    assert not (tmp_path / ".downloads").exists()
+
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -411,6 +419,31 @@ def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_
     fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(archive), md5, progress=False)
     alias = tmp_path / "data" / "Task04_Hippocampus" / "imagesTs" / "alias.nii.gz"
     assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
+
+
+@pytest.mark.parametrize("links", [
+    [("b/c", ".."), ("a", "b/c/..")],  # each entry alone stays inside; together they reach the data folder
+    [("sub", "imagesTr"), ("sub2", "sub/../..")],
+])
+def test_a_chain_of_links_out_of_the_task_is_refused(hippo_subset: Path, tmp_path: Path,
+                                                     links: list[tuple[str, str]]) -> None:
+    archive = tmp_path / "chain.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(hippo_subset, arcname="Task04_Hippocampus")
+        for name, target in links:
+            if "/" in name:
+                folder = tarfile.TarInfo(f"Task04_Hippocampus/{name.rsplit('/', 1)[0]}")
+                folder.type = tarfile.DIRTYPE
+                tar.addfile(folder)
+            info = tarfile.TarInfo(f"Task04_Hippocampus/{name}")
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match="link pointing outside the task folder") as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert "\n" not in str(info.value)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]  # staging removed
 
 
 def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Path, tmp_path: Path,

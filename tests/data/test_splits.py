@@ -63,3 +63,15 @@ def test_task_file_group_pattern_reaches_the_splits(home: Path, tmp_path: Path) 
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     for fold in prepared.splits:
         assert len(fold["val"]) == 2 and fold["val"][0].split("_")[0] == fold["val"][1].split("_")[0]
+
+
+def test_a_splits_file_naming_excluded_cases_says_how_to_make_new_ones(tmp_path: Path) -> None:
+    from medseg_bench.data.splits import load_or_make_splits
+
+    cases = [f"c{i}" for i in range(6)]
+    load_or_make_splits(tmp_path, cases, 2)
+    with pytest.raises(DataError, match=r"not usable: c0 .*delete it to make new splits"):
+        load_or_make_splits(tmp_path, cases[1:], 2)  # c0 excluded since
+    (tmp_path / "splits_2fold.json").unlink()
+    remade = load_or_make_splits(tmp_path, cases[1:], 2)
+    assert all("c0" not in fold["train"] + fold["val"] for fold in remade)
