@@ -65,7 +65,9 @@ def fetch(
         say=lambda line: console.print(escape(line)),
     )
     if outcome.already_present:
-        typer.echo(f"{spec.name}: already complete and valid in {outcome.folder}; nothing to do")
+        excluded = (f" ({outcome.excluded} case(s) excluded, listed in {outcome.folder / MARKER})"
+                    if outcome.excluded else "")
+        typer.echo(f"{spec.name}: already fetched and validated in {outcome.folder}{excluded}; nothing to do")
         return
     report = outcome.report
     assert report is not None

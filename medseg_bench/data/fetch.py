@@ -41,6 +41,7 @@ class FetchOutcome:
     already_present: bool
     report: ValidationReport | None
     warnings: tuple[str, ...] = ()
+    excluded: int = 0  # of a task already present: cases its validation excluded
 
 
 def is_complete(folder: Path) -> bool:
@@ -127,7 +128,7 @@ def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutco
             f" and {len(excluded) - 1} more excluded case(s)" if len(excluded) > 1 else "")
             + f" (--strict: {target} was fetched with excluded cases; fix them, then run "
             f"`medseg-bench validate {task.name} --strict`)")
-    return FetchOutcome(target, True, None)
+    return FetchOutcome(target, True, None, excluded=len(excluded))
 
 
 def read_marker(folder: Path) -> dict:

@@ -51,6 +51,9 @@ def test_strict_fetch_exit_code_and_message(home: Path, tmp_path: Path) -> None:
     relaxed = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
     assert relaxed.exit_code == 0
     assert "case_001.nii.gz" in relaxed.output and "excluded" in relaxed.output
+    again = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])  # says what it holds
+    assert again.exit_code == 0 and "already fetched and validated" in again.output
+    assert "(1 case(s) excluded, listed in" in again.output
 
 
 def test_subset_warning(home: Path, tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_bad_input_is_one_line_and_touches_nothing_finished(finished: tuple[Path
 
     # a bad source for a task that is already complete: nothing to do, nothing touched
     again = _cli(home, "fetch", task, "--source", str(source), "--strict")
-    assert again.returncode == 0 and "already complete and valid" in again.stdout
+    assert again.returncode == 0 and "already fetched and validated" in again.stdout
     ledger.injected += 4
     assert _snapshot(home, results) == before
     check_done_once(results, 1, ledger)
