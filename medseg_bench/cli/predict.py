@@ -247,7 +247,7 @@ def predict(
             typer.echo(f"{target}: exists, skipped (use --overwrite to replace)")
             skipped += 1
             continue
-        image, geometry = read_image(path)
+        image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
         if image.shape[0] != task.num_channels:
             raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
                             f"{task.num_channels}")

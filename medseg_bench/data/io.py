@@ -111,10 +111,19 @@ def _geometry_and_channels(spacing, origin, direction, size, components: int) ->
     return geom, int(components)
 
 
-def read_image(path: Path, dtype: type = np.float32) -> tuple[np.ndarray, Geometry]:
-    """Read an image as a (C, Z, Y, X) array (C=1 for 3D images) plus its spatial geometry."""
+def read_image(
+    path: Path, dtype: type = np.float32, check_complete: bool = False
+) -> tuple[np.ndarray, Geometry]:
+    """Read an image as a (C, Z, Y, X) array (C=1 for 3D images) plus its spatial geometry.
+
+    SimpleITK reads a NIfTI cut short (or with a damaged gzip stream) without an error, the missing voxels 0:
+    `check_complete` checks the file first (`check_nifti_complete`: a `.nii.gz` is decompressed twice), for
+    files a user hands in (predict, evaluate); files of a fetched task were checked when it was validated.
+    """
     sitk = _sitk()
     _check_readable(path)
+    if check_complete:
+        check_nifti_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

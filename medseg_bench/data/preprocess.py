@@ -14,9 +14,9 @@ Cached arrays are cropped to the non-zero region and resampled to the plan's tar
 
 from __future__ import annotations
 
-import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -39,7 +39,7 @@ from medseg_bench.data.resample import (
     target_shape,
 )
 from medseg_bench.data.splits import load_or_make_splits
-from medseg_bench.errors import DataError
+from medseg_bench.errors import DataError, first_line
 from medseg_bench.spec import TaskSpec
 
 FOREGROUND_SAMPLES = 2000
@@ -218,32 +218,91 @@ def _npy_problem(path: Path) -> str | None:
 
 
 def check_cache(cache_dir: Path, case_ids: Sequence[str]) -> None:
-    """Check that every case of a finished cache is whole (headers and sizes; no voxel is read), so a damaged
-    file stops the sweep before any run (exit 3), not the run that happens to sample it."""
+    """Check that every case of a finished cache is whole (array headers and sizes, no voxel read; the
+    properties its runs read), so a damaged file stops the sweep before any run (exit 3), not the run that
+    happens to sample it."""
     for case_id in case_ids:
         for suffix in (".img.npy", ".seg.npy"):
             path = cache_dir / f"{case_id}{suffix}"
             problem = _npy_problem(path)
             if problem:
-                raise DataError(f"{path}: corrupt cache entry ({problem}); delete {cache_dir} to rebuild")
-        if not (cache_dir / f"{case_id}.json").is_file():
-            raise DataError(f"{cache_dir / case_id}.json: corrupt cache entry (missing); delete {cache_dir} "
-                            "to rebuild")
+                raise _corrupt(path, problem)
+        path = cache_dir / f"{case_id}.json"
+        problem = _properties_problem(_case_properties(path))
+        if problem:
+            raise _corrupt(path, problem)
+
+
+def _corrupt(path: Path, problem: str) -> DataError:
+    return DataError(f"{path}: corrupt cache entry ({problem}); delete {path.parent} to rebuild")
+
+
+def _case_properties(path: Path) -> dict[str, Any]:
+    """A cached case's properties (its `.json`, a JSON object), or a DataError naming the file."""
+    if not path.is_file():
+        raise _corrupt(path, "missing")
+    props, why = load_json_object(path)
+    if props is None:
+        raise _corrupt(path, why)
+    return props
+
+
+def _properties_problem(props: dict[str, Any]) -> str | None:
+    """The first field of a cached case's properties that training, evaluation or prediction reads and that is
+    missing or not as `preprocess_case` writes it (e.g. "no 'crop_box'"), or None."""
+    checks: list[tuple[str, Callable[[Any], bool]]] = [
+        ("label", lambda v: isinstance(v, str)),
+        ("shape_original_zyx", lambda v: _whole_numbers(v, 3) and min(v) > 0),
+        ("spacing_original_zyx", _spacing),
+        ("spacing_preprocessed_zyx", _spacing),
+        ("crop_box", lambda v: _crop_box(v, props["shape_original_zyx"])),  # the shape: checked above
+        ("foreground", lambda v: isinstance(v, dict) and all(map(_voxels, v.values()))),
+    ]
+    for key, valid in checks:
+        if key not in props:
+            return f"no '{key}'"
+        if not valid(props[key]):
+            return f"bad '{key}': {props[key]!r:.40}"
+    return None
+
+
+def _whole_numbers(value: object, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _crop_box(box: object, shape: list[int]) -> bool:
+    return isinstance(box, list) and len(box) == len(shape) and all(
+        _whole_numbers(pair, 2) and 0 <= pair[0] < pair[1] <= n for pair, n in zip(box, shape, strict=True))
+
+
+def _voxels(coords: object) -> bool:
+    """Whether `coords` is a non-empty list of (z, y, x) voxel indices (a class's foreground samples)."""
+    try:
+        array = np.asarray(coords)
+    except ValueError:  # a ragged list
+        return False
+    return (isinstance(coords, list) and array.ndim == 2 and array.shape[1] == 3 and array.size > 0
+            and array.dtype.kind in "iu" and array.min() >= 0)
+
+
+def _spacing(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
 
 
 def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Image (C, Z, Y, X), label (Z, Y, X) and properties of one cached case."""
-    props_path = cache_dir / f"{case_id}.json"
-    try:
-        props = json.loads(props_path.read_text())
-        mode: Literal["r"] | None = "r" if mmap else None
-        image = np.load(cache_dir / f"{case_id}.img.npy", mmap_mode=mode)
-        label = np.load(cache_dir / f"{case_id}.seg.npy", mmap_mode=mode)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise DataError(
-            f"{cache_dir / case_id}: corrupt cache entry ({exc}); delete {cache_dir} to rebuild"
-        ) from None
-    return image, label, props
+    """Image (C, Z, Y, X), label (Z, Y, X) and properties of one cached case; a DataError names a damaged
+    file."""
+    props = _case_properties(cache_dir / f"{case_id}.json")
+    mode: Literal["r"] | None = "r" if mmap else None
+    arrays = []
+    for path in (cache_dir / f"{case_id}.img.npy", cache_dir / f"{case_id}.seg.npy"):
+        try:
+            arrays.append(np.load(path, mmap_mode=mode))
+        except (OSError, ValueError) as exc:
+            raise _corrupt(path, first_line(exc)) from None
+    return arrays[0], arrays[1], props
 
 
 def case_geometry(props: dict) -> Geometry:

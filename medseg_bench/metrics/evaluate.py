@@ -84,9 +84,10 @@ def evaluate_folders(
     Returns one row per case and label (column `case` first, then `label`, the metrics, `ref_empty`,
     `pred_empty`), sorted by case. `labels=None` scores every nonzero label found in any reference. Cases run
     in `workers` processes (1 = inline). Raises DataError for a missing reference, for a reference without a
-    prediction (unless `allow_missing`; `missing_predictions` lists them), or for a prediction whose
-    geometry (size, spacing, origin, direction) differs from its reference's. A label map with a single
-    slice (a 2D file, or a 3D one of one slice) is scored in 2D: contour lengths and in-plane distances.
+    prediction (unless `allow_missing`; `missing_predictions` lists them), for a NIfTI file cut short, or
+    for a prediction whose geometry (size, spacing, origin, direction) differs from its reference's. A label
+    map with a single slice (a 2D file, or a 3D one of one slice) is scored in 2D: contour lengths and
+    in-plane distances.
     """
     import pandas as pd
 
@@ -280,9 +281,12 @@ def _evaluate_file_pair(
 
 
 def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
-    """A label map as read_label gives it, (Z, Y, X); a 2D file as a (Y, X) array, with its 2D geometry."""
-    from medseg_bench.data.io import read_geometry, read_label
+    """A label map as read_label gives it, (Z, Y, X); a 2D file as a (Y, X) array, with its 2D geometry.
 
+    The file is checked complete first: SimpleITK reads a NIfTI cut short as if its missing voxels were 0."""
+    from medseg_bench.data.io import check_nifti_complete, read_geometry, read_label
+
+    check_nifti_complete(path)
     try:
         return read_label(path)
     except DataError:

@@ -130,6 +130,26 @@ def test_geometry_mismatch_exits_3_naming_both_files(folders):
     assert str(ref_dir / "b.nii.gz") in result.stderr and "spacing" in result.stderr
 
 
+
+@pytest.mark.parametrize(("cut", "workers"), [("pred", "1"), ("ref", "2")])  # "2": scored in a worker pool
+def test_a_label_map_cut_short_exits_3_naming_it(tmp_path, cut, workers):
+    from medseg_bench.data.io import read_label
+
+    noise = np.random.default_rng(0).integers(0, 3, (12, 20, 20)).astype(np.uint8)  # compresses poorly
+    for name in ("a", "b"):
+        for folder in ("pred", "ref"):
+            write(tmp_path / folder, name, noise)
+    path = tmp_path / cut / "b.nii.gz"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # `head -c half`: SimpleITK reads it, the lost voxels 0
+    assert read_label(path)[0].shape == noise.shape
+    result = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                                 "--workers", workers])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"error: {path}: unreadable (gzip stream cut short)\n"
+    assert result.stdout == ""
+
+
 # --- regions -----------------------------------------------------------------------------------------------
 
 

@@ -135,6 +135,21 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
     assert result.exit_code == 3 and "not a run folder" in result.output
 
 
+
+def test_an_image_cut_short_exits_3_naming_it(run_folder, tmp_path: Path) -> None:
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    path = images / "cut.nii.gz"
+    _write_oriented(path, np.random.default_rng(2).normal(0, 1, (14, 22, 18)).astype(np.float32))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # `head -c half`: SimpleITK reads it, the lost voxels 0
+    assert read_image(path)[0].shape == (1, 14, 22, 18)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"error: {path}: unreadable (gzip stream cut short)\n"
+    assert not (out / "cut.nii.gz").exists()
+
+
 def _tree(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 

@@ -101,3 +101,22 @@ def test_a_full_disk_names_the_file_not_written_and_leaves_no_temp(tmp_path: Pat
         write_json_atomic(tmp_path / "summary.json", {"a": 1})
     assert info.value.filename == str(tmp_path / "summary.json") and "No space left" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_read_image_checks_a_file_cut_short_when_asked(suffix: str, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_image
+
+    path = tmp_path / f"x{suffix}"
+    values = np.random.default_rng(0).normal(size=(8, 12, 10)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    assert np.array_equal(read_image(path, check_complete=True)[0][0], values)  # a whole file reads as ever
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    image, _ = read_image(path)  # SimpleITK alone reads it: the missing voxels become 0
+    assert image.shape == (1, *values.shape)
+    why = r"unreadable \(gzip stream cut short\)" if suffix == ".nii.gz" else r"truncated \(\d+ bytes of the"
+    with pytest.raises(DataError, match=rf"^{path}: {why}"):
+        read_image(path, check_complete=True)

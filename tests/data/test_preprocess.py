@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,9 @@ def test_cache_is_reused_and_partial_cache_finished(home: Path, tmp_path: Path) 
 def test_corrupt_cache_entry_is_named(home: Path, tmp_path: Path) -> None:
     data = _fetched(home, tmp_path, "Task90_Synth")
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
-    (prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="corrupt cache entry"):
+    path = prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy"
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: corrupt cache entry"):  # the file, named
         load_case(prepared.cache_dir, prepared.case_ids[0])
 
 
@@ -91,6 +93,35 @@ def test_a_damaged_cache_stops_prepare_before_any_run(home: Path, tmp_path: Path
         path.unlink()
     with pytest.raises(DataError, match=rf"^{path}: corrupt cache entry .*; delete {prepared.cache_dir} to"):
         prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+
+
+
+def _damaged_properties(text: str, damage: str) -> str:
+    props = json.loads(text)
+    if damage == "no crop_box":
+        del props["crop_box"]
+    elif damage == "foreground of pairs":
+        props["foreground"] = {k: [c[:2] for c in coords] for k, coords in props["foreground"].items()}
+    elif damage == "crop box past the image":
+        props["crop_box"][0][1] = props["shape_original_zyx"][0] + 1
+    return json.dumps(props)
+
+
+@pytest.mark.parametrize("damage", ["{", '{"foo": 1}', "[]", "no crop_box", "foreground of pairs",
+                                    "crop box past the image"])
+def test_a_damaged_case_json_stops_prepare_before_any_run(home: Path, tmp_path: Path, damage: str) -> None:
+    # It was found by the run that read it: a bare KeyError 'crop_box' after training (exit 5), or for "{"
+    # a message naming `<case>` without `.json`.
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = prepared.cache_dir / f"{prepared.case_ids[-1]}.json"
+    path.write_text(damage if damage[0] in "{[" else _damaged_properties(path.read_text(), damage))
+    named, cache = re.escape(str(path)), re.escape(str(prepared.cache_dir))
+    with pytest.raises(DataError, match=rf"^{named}: corrupt cache entry \(.+\); delete {cache} to rebuild$"):
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    if damage in ("{", "[]"):  # what a run reads, if damaged after the check (its fields: the check's)
+        with pytest.raises(DataError, match=rf"^{named}: corrupt cache entry"):
+            load_case(prepared.cache_dir, prepared.case_ids[-1])
 
 
 def test_not_fetched_is_a_clear_error(home: Path, tmp_path: Path) -> None:
