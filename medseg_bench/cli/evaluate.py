@@ -85,6 +85,10 @@ def evaluate(
     groups: dict[str, list[int]] | None
     if regions is not None:
         groups = _parse_regions(regions)
+        unknown = sorted({v for values in groups.values() for v in values} - set(spec.labels)) if spec else []
+        if unknown:
+            raise UsageError(f"--regions: label {unknown[0]} is not a label of {spec.name} "
+                             f"({', '.join(f'{k}={n}' for k, n in spec.labels.items() if k)})")
     else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
@@ -101,6 +105,12 @@ def evaluate(
                 f"{missing[0].name}); scored the {scored} case(s) that have one",
                 err=True,
             )
+    if regions is not None and spec is None:  # no task to check them against: against the references
+        found = {int(v) for v in cases["label"] if not isinstance(v, str)}
+        for name, values in (groups or {}).items():
+            for value in sorted(set(values) - found):
+                typer.secho(f"note: --regions: label {value} of region '{name}' is in no reference (labels "
+                            f"found: {', '.join(map(str, sorted(found))) or 'none'})", err=True)
     means = summarize_cases(cases)
     for row in means.itertuples():
         if row.n_both_empty:

@@ -193,6 +193,14 @@ def test_regions_are_rows_after_the_labels_with_their_name_as_label(tumour_folde
     assert means.loc["core", "dice"] == pytest.approx(HAND_DICE["core"])
 
 
+def test_a_region_label_in_no_reference_gets_a_note(tumour_folders):
+    pred_dir, ref_dir = tumour_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--regions", "whole=1,2,9")
+    assert result.exit_code == 0, result.output
+    assert "note: --regions: label 9 of region 'whole' is in no reference (labels found: 1, 2, 3)" in \
+        result.stderr
+
+
 def test_regions_from_a_task_file(tumour_folders):
     pred_dir, ref_dir = tumour_folders
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json", "--labels", "3",
@@ -232,6 +240,9 @@ def test_task_option_scores_as_a_run_of_the_task_does(folders):
         (["--regions", "a=1", "--regions-from", "Task01_BrainTumour"], "give --regions or --regions-from"),
         (["--regions-from", "Task04_Hippocampus"], "task Task04_Hippocampus declares no regions"),
         (["--regions-from", "Task01_BrainTumor"], "did you mean 'Task01_BrainTumour'"),
+        (["--regions", "whole=1,2,9", "--task", "Task01_BrainTumour"],
+         "--regions: label 9 is not a label of Task01_BrainTumour (1=edema, 2=non-enhancing tumor, "
+         "3=enhancing tumour)"),
     ],
 )
 def test_bad_regions_exit_2_with_one_line(tumour_folders, extra, message):
