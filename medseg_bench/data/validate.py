@@ -16,7 +16,7 @@ from medseg_bench.data.io import (
     read_image,
     read_label,
 )
-from medseg_bench.data.msd import Case, declared_labels, training_cases
+from medseg_bench.data.msd import Case, declared_labels, read_dataset_json, training_cases
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.spec import TaskSpec
 
@@ -135,12 +135,27 @@ def validate_folder(
 
 
 def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
-    """A warning when dataset.json's labels are not the task file's (the task file's are the classes)."""
+    """Warnings when dataset.json's labels (values, or the names of the same values) or its number of
+    modalities are not the task file's: the task file's are the classes and channels runs use."""
+    path = folder / "dataset.json"
+    data = read_dataset_json(folder)
     declared = declared_labels(folder)
-    if not declared or declared == set(task.labels):
-        return []
-    return [f"{folder / 'dataset.json'}: labels {sorted(declared)} differ from {task.name}'s "
-            f"{sorted(task.labels)} (its task file sets the classes: other label values exclude a case)"]
+    warnings = []
+    if declared and declared != set(task.labels):
+        warnings.append(f"{path}: labels {sorted(declared)} differ from {task.name}'s {sorted(task.labels)} "
+                        "(its task file sets the classes: other label values exclude a case)")
+    elif declared:
+        names = {int(k): str(v) for k, v in data["labels"].items()}
+        renamed = [f"{k}: '{names[k]}' (task file: '{task.labels[k]}')" for k in sorted(names)
+                   if " ".join(names[k].lower().split()) != " ".join(task.labels[k].lower().split())]
+        if renamed:
+            warnings.append(f"{path}: names label {'; '.join(renamed)}; the task file's names are used "
+                            "(check that the label values mean what the task file says)")
+    modalities = data.get("modality")
+    if isinstance(modalities, dict) and modalities and len(modalities) != task.num_channels:
+        warnings.append(f"{path}: declares {len(modalities)} modalities, {task.name}'s task file "
+                        f"{task.num_channels}; each image's channels are checked against the task file")
+    return warnings
 
 
 def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:

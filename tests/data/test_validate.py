@@ -65,6 +65,22 @@ def test_a_label_dataset_json_declares_but_the_task_file_does_not_is_named(synth
         "sets the classes: other label values exclude a case)"]
 
 
+def test_dataset_json_names_or_modalities_unlike_the_task_files_are_warned(synth) -> None:
+    from medseg_bench.data.validate import label_warnings
+
+    folder, task = synth
+    assert label_warnings(folder, task) == []
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"] = {"0": "Background", "1": "core", "2": "outer"}  # 1 and 2 swapped; case is no matter
+    dataset["modality"] = {"0": "T1", "1": "T2"}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    assert label_warnings(folder, task) == [
+        f"{folder / 'dataset.json'}: names label 1: 'core' (task file: 'outer'); 2: 'outer' (task file: "
+        "'core'); the task file's names are used (check that the label values mean what the task file says)",
+        f"{folder / 'dataset.json'}: declares 2 modalities, Task90_Synth's task file 1; each image's "
+        "channels are checked against the task file"]
+
+
 def test_undeclared_label_values_and_nan(synth) -> None:
     folder, task = synth
     seg = np.zeros((12, 20, 20), np.uint8)
