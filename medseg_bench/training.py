@@ -432,6 +432,9 @@ def _quiet_lightning() -> None:
     # A resumed run's folder holds its logs and checkpoints by design; Lightning's advice does not apply
     # (_keep_csv_log keeps the log, and last.ckpt is the checkpoint it resumes from).
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    # A run folder moved or copied before it resumes: best.ckpt's tracking restarts (evaluation and predict
+    # use last.ckpt), which is all this warning says.
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed.*")
 
 
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
