@@ -118,10 +118,60 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
         if not (folder / name).is_file():
             return folder / name, "missing, but the run finished"
     for name in ("spec.json", "summary.json"):  # cheap to check here; metrics.csv's rows: read_finished_run
-        _, why = load_json_object(folder / name)
-        if why:
+        data, why = load_json_object(folder / name)
+        if data is None:
             return folder / name, f"{why}, but the run finished"
+        problem = summary_problem(data) if name == "summary.json" else None
+        if problem:
+            return folder / name, problem
     return None
+
+
+def _whole(value: object, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or fits(value)
+
+
+def _sizes(sides: int) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, list) and len(value) == sides and all(_whole(v, 1) for v in value)
+
+
+_OBJECT = _optional(lambda value: isinstance(value, dict)), "an object"
+_NUMBER = _optional(lambda value: isinstance(value, int | float) and not isinstance(value, bool)), "a number"
+# summary.json's fields that sweep, status and report read ("parent.key": a field of an object), each with
+# what it must be. Any may be absent (older or hand-made folders); null only where readers take it as absent.
+SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "num_cases": (_whole, "a whole number"),
+    "per_label_dice": _OBJECT,
+    "metric_settings": _OBJECT,
+    "cost": (lambda value: isinstance(value, dict), "an object"),
+    **{f"cost.{key}": _NUMBER for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb",
+                                          "eval_time_s", "epochs_done")},
+    "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
+    "plan": _OBJECT,
+    "plan.patch_2d": (_optional(_sizes(2)), "2 positive whole numbers"),
+    "plan.patch_3d": (_optional(_sizes(3)), "3 positive whole numbers"),
+    "plan.batch_2d": (_optional(lambda value: _whole(value, 1)), "a positive whole number"),
+    "plan.batch_3d": (_optional(lambda value: _whole(value, 1)), "a positive whole number"),
+}
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    """What is wrong with a finished run's summary.json fields (`SUMMARY_FIELDS`), or None."""
+    for key, (fits, kind) in SUMMARY_FIELDS.items():
+        parent, _, name = key.rpartition(".")
+        holder = summary.get(parent) if parent else summary  # a parent is checked before its fields
+        if isinstance(holder, dict) and name in holder and not fits(holder[name]):
+            return f"{key!r} must be {kind}, not {_shown(holder[name])}"
+    return None
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_heartbeat(folder: Path, **progress: Any) -> None:
@@ -322,7 +372,33 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
+    problem = _bad_cell(frame)
+    if problem:
+        raise _corrupt(path, problem)
     return spec, summary, frame
+
+
+def _bad_cell(frame: Any) -> str | None:
+    """The first cell of a run's metrics.csv that its column cannot hold, or None: every column but case and
+    label holds numbers (an empty cell is NaN: both masks empty), the two flags True or False."""
+    import pandas as pd
+
+    for column in frame.columns.drop(["case", "label"]):
+        values = frame[column]
+        if column in METRICS_COLUMNS[3:]:
+            if pd.api.types.is_bool_dtype(values):
+                continue
+            bad, kind = ~values.astype(str).str.lower().isin(["true", "false"]), "True or False"
+        elif pd.api.types.is_bool_dtype(values):  # a column of True/False reads as bools
+            bad, kind = values.notna(), "a number"
+        elif pd.api.types.is_numeric_dtype(values):
+            continue
+        else:
+            bad, kind = values.notna() & pd.to_numeric(values, errors="coerce").isna(), "a number"
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            return f"{column} is {str(values.iloc[row])!r} in row {row + 1}, not {kind}"
+    return None
 
 
 # Spec fields besides the configuration axes (dims, arch, encoder, loss, aug) and the pooled ones (fold,

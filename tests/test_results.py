@@ -198,6 +198,33 @@ HEADER = "case,label,dice,ref_empty,pred_empty\n"
     ("metrics.csv", "x,y\n1,2\n", "lacks the column(s) case, label, dice, ref_empty, pred_empty"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 rows, summary.json counts 2 (cases x labels)"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.", "a row is cut short"),
+    # Text among the scores once crashed report (a traceback) while sweep and status called the run done.
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,abc,False,False\n",
+     "dice is 'abc' in row 2, not a number"),
+    ("metrics.csv", HEADER + "a,1,True,False,False\nb,1,False,False,False\n",
+     "dice is 'True' in row 1, not a number"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.5,no,False\n",
+     "ref_empty is 'no' in row 2, not True or False"),
+    ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,far,False,False",
+     "hd95 is 'far' in row 2, not a number"),
+    # A summary.json field of the wrong type crashed report, status and sweep (one such run stopped a sweep).
+    *[("summary.json", json.dumps({"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}, **fields}),
+       problem) for fields, problem in [
+          ({"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
+          ({"cost": None}, "'cost' must be an object, not null"),
+          ({"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
+          ({"num_cases": "2"}, "'num_cases' must be a whole number, not \"2\""),
+          ({"num_cases": None}, "'num_cases' must be a whole number, not null"),
+          ({"cost": {"params": "24M"}}, "'cost.params' must be a number, not \"24M\""),
+          ({"cost": {"train_time_s": True}}, "'cost.train_time_s' must be a number, not true"),
+          ({"cost": {"device": 0}}, "'cost.device' must be text, not 0"),
+          ({"metric_settings": "area"}, "'metric_settings' must be an object, not \"area\""),
+          ({"plan": [40, 56, 40]}, "'plan' must be an object, not [40, 56, 40]"),
+          ({"plan": {"patch_3d": 40}}, "'plan.patch_3d' must be 3 positive whole numbers, not 40"),
+          ({"plan": {"patch_2d": [64, "64"]}},
+           "'plan.patch_2d' must be 2 positive whole numbers, not [64, \"64\"]"),
+          ({"plan": {"batch_3d": 0}}, "'plan.batch_3d' must be a positive whole number, not 0"),
+      ]],
 ])
 def test_a_damaged_finished_run_is_named_never_read_as_it_is(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str, problem: str) -> None:
@@ -210,6 +237,10 @@ def test_a_damaged_finished_run_is_named_never_read_as_it_is(
     assert str(info.value).startswith(f"{damaged / name}: {problem}")
     state, named = checked_state(damaged)  # status and SLURM submission agree
     assert state == "damaged" and named is not None and named.startswith(f"{damaged / name}: {problem}")
+    if name == "summary.json":  # read without metrics.csv too: a sweep's worker and its dry run agree
+        from medseg_bench.results import finished_damage, run_state
+
+        assert finished_damage(damaged) == named and run_state(damaged) == "damaged"
     assert checked_state(sorted((tmp_path / "T").iterdir())[0]) == ("done", None)
     assert str(info.value).endswith("move its run folder away to report without it, or delete the folder to "
                                     "run it again")
@@ -220,6 +251,21 @@ def test_a_damaged_finished_run_is_named_never_read_as_it_is(
     write_index(tmp_path)
     assert f"warning: {info.value}" in capsys.readouterr().err
     assert set(pd.read_parquet(tmp_path / INDEX_NAME)["run_id"]) == set(table["run_id"])
+
+
+def test_empty_scores_and_null_or_absent_summary_fields_are_no_damage(tmp_path: Path) -> None:
+    # An empty cell is a score both empty masks leave undefined (NaN); summary fields older or hand-made
+    # folders lack, or hold null where readers take that as absent, are fine too.
+    for seed in range(2):
+        _fake_run(tmp_path, seed)
+    first, second = sorted((tmp_path / "T").iterdir())
+    (first / "metrics.csv").write_text(HEADER + "a,1,,True,True\nb,1,0.5,false,FALSE\n")
+    cost = {"params": None, "peak_memory_mb": 1.5e3, "device": None}
+    write_json_atomic(second / "summary.json",
+                      {"per_label_dice": None, "metric_settings": None, "plan": None, "cost": cost})
+    assert checked_state(first) == ("done", None) and checked_state(second) == ("done", None)
+    table = load_results(tmp_path)
+    assert table["dice"].isna().sum() == 1 and table["run_id"].nunique() == 2
 
 
 @pytest.mark.parametrize("name", ["status.json", "spec.json", "metrics.csv", "summary.json"])

@@ -326,6 +326,123 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
         "file gives now (2 held-out cases differ)")
 
 
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("setup.json", "{", "not valid JSON"),
+    ("setup.json", "[]", "not a JSON object"),
+    ("setup.json", "{}", 'not an object with "patch_size", a list of positive whole numbers, and '
+     '"batch_size", a positive whole number'),
+    ("setup.json", '{"patch_size": "40x56x40", "batch_size": 4}', 'not an object with "patch_size"'),
+    ("setup.json", '{"patch_size": [40, 56, 40], "batch_size": "4"}', 'not an object with "patch_size"'),
+    ("splits.json", "", "not valid JSON"),
+    ("splits.json", '{"train": ["a"]}', 'not an object with "train" and "val", each a list of case ids'),
+    ("splits.json", '{"train": ["a"], "val": 5}', 'not an object with "train" and "val"'),
+])
+def test_an_interrupted_run_whose_setup_record_is_damaged_never_resumes_unguarded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str, problem: str) -> None:
+    # A setup.json that could not be read counted as none: the run resumed with the plan's new patch and
+    # batch, and its summary recorded them as if they had held throughout (a splits.json: another split).
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+    from medseg_bench.results import read_events, read_status
+    from medseg_bench.sweep import worker
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    split = {"train": ["a", "b", "c"], "val": ["d"]}
+    prepared = SimpleNamespace(plan=SimpleNamespace(patch_3d=(32, 48, 32), batch_3d=2), splits=[split])
+    folder = run_dir(tmp_path, spec)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")  # interrupted after an epoch: it would resume
+    write_json_atomic(folder / "splits.json", split)
+    write_json_atomic(folder / "setup.json", {"patch_size": [40, 56, 40], "batch_size": 4})
+    (folder / name).write_text(text)
+    expected = f"{folder / name}: {problem}"
+    advice = "resumes only with it: restore the file, or delete the run folder to train from scratch"
+    found = worker.setup_problem(spec, prepared, folder)
+    assert found is not None and found.startswith(expected) and found.endswith(advice)
+    trained: list[RunSpec] = []
+    monkeypatch.setattr(worker, "checkpoint_problem", lambda *args: None)
+    monkeypatch.setattr(run_module, "execute_run", lambda spec, *rest: trained.append(spec) or {})
+    outcome = worker.run_one(spec, prepared, tmp_path)  # type: ignore[arg-type]
+    assert outcome.kind == "failed" and outcome.error == found and trained == []
+    status = read_status(folder)
+    assert status["state"] == "failed" and status["error"] == found
+    assert [e["event"] for e in read_events(folder)] == ["failed"]
+    assert f"ERROR not resumed: {found}" in (folder / "run.log").read_text()
+    assert (folder / name).read_text() == text  # left for the user to restore
+
+
+def test_a_run_folder_without_a_setup_record_resumes_as_before(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # No setup.json or splits.json (a run from before they were written): nothing holds its resume, as ever.
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+    from medseg_bench.sweep import worker
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    prepared = SimpleNamespace(plan=SimpleNamespace(patch_3d=(32, 48, 32), batch_3d=2),
+                               splits=[{"train": ["a"], "val": ["b"]}])
+    folder = run_dir(tmp_path, spec)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert worker.setup_problem(spec, prepared, folder) is None
+    trained: list[RunSpec] = []
+    monkeypatch.setattr(worker, "checkpoint_problem", lambda *args: None)
+    monkeypatch.setattr(run_module, "execute_run", lambda spec, *rest: trained.append(spec) or {})
+    assert worker.run_one(spec, prepared, tmp_path).kind == "done"  # type: ignore[arg-type]
+    assert trained == [spec]
+
+
+def _finished_run(results: Path, spec: RunSpec) -> Path:
+    folder = run_dir(results, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
+    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": {}})
+    write_status(folder, "done")
+    append_event(folder, "done")
+    return folder
+
+
+@pytest.mark.parametrize(("name", "damage", "problem"), [
+    ("summary.json", {"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
+    ("summary.json", {"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
+    ("summary.json", {"num_cases": "1"}, "'num_cases' must be a whole number, not \"1\""),
+    ("metrics.csv", None, "dice is 'abc' in row 1, not a number"),
+])
+def test_a_sweep_names_a_finished_run_with_a_bad_value_and_carries_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: dict[str, object] | None,
+        problem: str) -> None:
+    # Such a run crashed the sweep (TypeError, AttributeError, or pyarrow's while writing the index), the
+    # other runs "not reached"; it is damaged, as a run that lost a file is: named, left out, exit 6.
+    import pandas as pd
+
+    from medseg_bench.errors import ResultsError
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.results import INDEX_NAME
+    from medseg_bench.sweep.local import run_sweep
+
+    results = tmp_path / "results"
+    specs = [_spec(seed) for seed in range(3)]
+    folders = [_finished_run(results, spec) for spec in specs]
+    damaged = folders[1] / name
+    if damage is None:
+        damaged.write_text("case,label,dice,ref_empty,pred_empty\nc,1,abc,False,False\n")
+    else:
+        write_json_atomic(damaged, {**json.loads(damaged.read_text()), **damage})
+    before = {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()}
+    with pytest.raises(ResultsError) as info:
+        run_sweep(specs, results, tmp_path / "data", PlainReporter())
+    assert str(info.value).startswith(f"{damaged}: {problem}; left as it is, not trained again")
+    out, err = capsys.readouterr()
+    assert f"{specs[1].run_id}: skipped (finished, but damaged: {damaged}: {problem})" in out
+    assert out.count("skipped (already done)") == 2 and "sweep finished: 3 skipped" in out
+    assert f"warning: {damaged}: {problem}" in err  # the index leaves it out, and says so
+    assert set(pd.read_parquet(results / INDEX_NAME)["run_id"]) == {specs[0].run_id, specs[2].run_id}
+    assert {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()} == before
+
+
 def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
     # With --jobs, a resumed run showed "epoch 1/3 loss ..." of its previous attempt from the old heartbeat.
     from types import SimpleNamespace

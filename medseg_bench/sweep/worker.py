@@ -13,10 +13,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import MedsegError, RunError
 from medseg_bench.locks import RunLock
 from medseg_bench.results import (
@@ -94,23 +96,61 @@ def clean_temp_files(folder: Path) -> list[Path]:
     return leftovers
 
 
+def _positive_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_split(data: dict[str, Any]) -> bool:
+    return all(isinstance(data.get(key), list) and all(isinstance(case, str) for case in data[key])
+               for key in ("train", "val"))
+
+
+def _is_setup(data: dict[str, Any]) -> bool:
+    patch, batch = data.get("patch_size"), data.get("batch_size")
+    return (isinstance(patch, list) and bool(patch) and all(_positive_whole(v) for v in patch)
+            and _positive_whole(batch))
+
+
+def _started_with(path: Path, what: str, fits: Callable[[dict[str, Any]], bool],
+                  shape: str) -> tuple[dict[str, Any] | None, str | None]:
+    """What an interrupted run recorded when it started (its `what`), or why that record is unusable.
+
+    (None, None) when the run has no such file (a run from before it was written, or one that never got that
+    far: nothing holds its resume, as ever); a file there that cannot be read, or is not `shape`, fails the
+    run: resuming without the guard it stands for would mix two setups under one run id."""
+    if not path.is_file():
+        return None, None
+    data, why = load_json_object(path)
+    if data is not None and fits(data):
+        return data, None
+    return None, (f"{path}: {why or f'not {shape}'}; the run started with the {what} this file records and "
+                  "resumes only with it: restore the file, or delete the run folder to train from scratch")
+
+
 def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
     """Why an interrupted run cannot resume with the task as it is now, or None: its fold's split, or the
     patch or batch size it took from the plan, changed since it started (resuming would mix two setups under
-    one run id, and score held-out cases it trained on)."""
+    one run id, and score held-out cases it trained on), or the file that records them is damaged."""
     from medseg_bench.training import resolve_patch_and_batch
 
-    then = read_json(folder / "splits.json")
-    if then and then != prepared.splits[spec.fold]:
-        changed = len(set(then.get("val") or []) ^ set(prepared.splits[spec.fold]["val"]))
+    then, problem = _started_with(folder / "splits.json", "split", _is_split,
+                                  'an object with "train" and "val", each a list of case ids')
+    if problem:
+        return problem
+    if then is not None and then != prepared.splits[spec.fold]:
+        changed = len(set(then["val"]) ^ set(prepared.splits[spec.fold]["val"]))
         return (f"{folder / 'splits.json'}: the run started with another split of fold {spec.fold} than "
                 f"the task's splits file gives now ({changed} held-out cases differ); restore that file, or "
                 "delete the run folder to start over")
-    setup = read_json(folder / SETUP_NAME)
+    setup, problem = _started_with(folder / SETUP_NAME, "patch and batch size", _is_setup,
+                                   'an object with "patch_size", a list of positive whole numbers, and '
+                                   '"batch_size", a positive whole number')
+    if problem:
+        return problem
     patch, batch = resolve_patch_and_batch(spec, prepared)
-    if setup and (setup.get("patch_size") != list(patch) or setup.get("batch_size") != batch):
-        old = "x".join(map(str, setup.get("patch_size") or []))
-        return (f"{folder / SETUP_NAME}: the run started with patch {old}, batch {setup.get('batch_size')}; "
+    if setup is not None and (setup["patch_size"] != list(patch) or setup["batch_size"] != batch):
+        old = "x".join(map(str, setup["patch_size"]))
+        return (f"{folder / SETUP_NAME}: the run started with patch {old}, batch {setup['batch_size']}; "
                 f"plan.json now gives {'x'.join(map(str, patch))}, batch {batch}: restore plan.json, or "
                 "delete the run folder to start over")
     return None

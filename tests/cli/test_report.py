@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -138,6 +139,45 @@ def test_a_damaged_run_stops_the_report_and_status_names_it(results: Path, tmp_p
     run = f"{damaged.parent.parent.name}/{damaged.parent.name}"  # named as sweep and report name it
     assert f"damaged  {run}  {damaged}: lacks the column(s) ref_empty, pred_empty" in status.output
     assert "10 runs: 1 damaged, 9 done" in status.output
+
+
+def _text_in_row_2(text: str) -> str:
+    lines = text.splitlines()
+    cells = lines[2].split(",")
+    cells[2] = "abc"  # the dice column
+    return "\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n"
+
+
+def _summary_with(**fields: object) -> Callable[[str], str]:
+    return lambda text: json.dumps({**json.loads(text), **fields})
+
+
+@pytest.mark.parametrize(("name", "edit", "problem"), [
+    ("metrics.csv", _text_in_row_2, "dice is 'abc' in row 2, not a number"),
+    ("summary.json", _summary_with(cost="zzz"), "'cost' must be an object, not \"zzz\""),
+    ("summary.json", _summary_with(per_label_dice=5), "'per_label_dice' must be an object, not 5"),
+])
+def test_a_finished_run_with_a_value_of_the_wrong_type_is_damaged(
+        results: Path, tmp_path: Path, name: str, edit: Callable[[str], str], problem: str) -> None:
+    # Each once crashed report with a traceback (and status and sweep, or they called the run done).
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    damaged = sorted((copy / "Task91_Beta").iterdir())[0] / name
+    damaged.write_text(edit(damaged.read_text()))
+    result = invoke("--results-dir", str(copy))
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {damaged}: {problem}; move its run folder away to report without it, or delete the folder "
+        "to run it again"]
+    status = runner.invoke(app, ["status", "--results-dir", str(copy)])
+    assert status.exit_code == 0, status.output
+    run = f"{damaged.parent.parent.name}/{damaged.parent.name}"
+    assert f"damaged  {run}  {damaged}: {problem}\n" in status.output
+    assert "10 runs: 1 damaged, 9 done" in status.output
+    index = pd.read_parquet(copy / "index.parquet")  # rebuilt by status, without it
+    assert index["run_id"].nunique() == 9 and damaged.parent.name not in set(index["run_id"])
 
 
 def test_group_by_top_and_metric(results: Path) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from medseg_bench.results import read_events, read_status, run_state
 from tests.faults.conftest import (
+    TASK,
     Ledger,
     check_done_once,
     run_cli,
@@ -21,7 +22,8 @@ from tests.faults.conftest import (
     temp_files,
 )
 
-# The quick checks (unwritable dir, a code-executing pickle) run by default; the rest with `-m faults`.
+# The quick checks (unwritable dir, a code-executing pickle, a damaged setup.json) run by default; the rest
+# with `-m faults`.
 
 
 @pytest.mark.faults
@@ -119,3 +121,36 @@ def test_bad_checkpoint_is_refused_with_a_clear_message(fetched: Path, tmp_path:
     again = run_cli(sweep_argv(results))
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads((folder / "status.json").read_text())["state"] == "done"
+
+
+@pytest.mark.parametrize(("name", "damage", "problem"), [
+    ("setup.json", "{", "not valid JSON"),
+    pytest.param("splits.json", '{"train": []}',
+                 'not an object with "train" and "val", each a list of case ids', marks=pytest.mark.faults),
+])
+def test_an_interrupted_run_whose_setup_record_is_damaged_is_refused_not_resumed(
+        fetched: Path, tmp_path: Path, ledger: Ledger, name: str, damage: str, problem: str) -> None:
+    # An unreadable setup.json (or splits.json) once counted as none: the run resumed with whatever the
+    # plan (or the splits file) said now, under the run id of the setup it started with.
+    results = tmp_path / "results"
+    dry = run_cli(sweep_argv(results, "--dry-run"))
+    run_id = dry.stdout.splitlines()[0].split("/")[1].split()[0]
+    folder = results / TASK / run_id
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"\x00")  # interrupted: it would resume
+    (folder / name).write_text(damage)
+    ledger.injected += 1
+    result = run_cli(sweep_argv(results))
+    assert result.returncode == 5, result.stdout + result.stderr
+    what = "patch and batch size" if name == "setup.json" else "split"
+    advice = (f"the run started with the {what} this file records and resumes only with it: restore the "
+              "file, or delete the run folder to train from scratch")
+    (line,) = [line for line in result.stdout.splitlines() if f"{run_id}: failed: " in line]
+    message = line.split(": failed: ", 1)[1]
+    assert message.startswith(f"{folder / name}: {problem}") and message.endswith(advice), message
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: 1 of 1 runs failed: {run_id}"]
+    status = read_status(folder)
+    assert status["state"] == "failed" and status["error"] == message
+    assert [e["event"] for e in read_events(folder)] == ["failed"]  # never started or resumed
+    assert (folder / name).read_text() == damage  # left for the user to restore
