@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 
 class PlainReporter:
@@ -38,7 +39,7 @@ class PlainReporter:
         self.finished += 1
         self.skipped += 1
         self._number(run_id)
-        self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({reason})")
+        self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({escape(reason)})")
 
     def run_start(self, run_id: str) -> None:
         self._number(run_id)
@@ -60,7 +61,8 @@ class PlainReporter:
         eta = self.eta_s()
         left = f", ETA {eta / 60:.1f} min" if eta and self.finished < self.total else ""
         if error:
-            self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {error}{left}")
+            # the error is text, not markup: a message's "[case ids]" would vanish as an unknown style
+            self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {escape(error)}{left}")
         else:
             dice = (summary or {}).get("mean", {}).get("dice", float("nan"))
             self.say(f"[{self.finished}/{self.total}] {run_id}: done, mean Dice {dice:.4f}{left}")

@@ -76,3 +76,16 @@ def test_live_display_tracks_parallel_runs() -> None:
     reporter.close()
     overall = next(t for t in reporter.progress.tasks if t.id == reporter.overall)
     assert overall.completed == 2 and "b: failed: boom" in out.getvalue()
+
+
+def test_messages_are_text_not_markup() -> None:
+    # an error naming "[case ids]" or a "[bold]" in a path keeps its brackets
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(2)
+    reporter.skip("r0", "held by [pid 12]")
+    error = 'splits.json: not an object with "train" and "val" [case ids] in /x/[bold]/y'
+    reporter.run_end("r1", None, error)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/2] r0: skipped (held by [pid 12])"
+    assert lines[1] == f"[2/2] r1: failed: {error}"

@@ -255,6 +255,15 @@ def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Pa
     assert estimate_seconds([bigger], tmp_path) == (pytest.approx(4 * 60), 1)
 
 
+def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> None:
+    done, damaged = _spec(0), _spec(1)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    _finish(run_dir(tmp_path, damaged), per_epoch_s=30.0, eval_s=20.0, spec=damaged)
+    write_json_atomic(run_dir(tmp_path, damaged) / "summary.json", {"cost": "zzz"})  # was an AttributeError
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
+    assert dry_run_lines([done, damaged], tmp_path)[1].split()[0] == "damaged"
+
+
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
     assert dry_run_lines([_spec()], tmp_path)[-1].startswith("cost: no finished runs")
 

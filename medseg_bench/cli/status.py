@@ -52,9 +52,10 @@ def status(
             extra = f"  job {job}" + (f" ({slurm[job]})" if job in slurm else "")
         if state == "running":
             beat = read_json(folder / "heartbeat.json")
-            if beat.get("epoch"):
-                loss = float(beat.get("loss", float("nan")))
-                extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {loss:.4f}"
+            if beat.get("epoch"):  # a heartbeat is only ever shown: a value it cannot be is shown as such
+                loss = beat.get("loss")
+                shown = f"{loss:.4f}" if isinstance(loss, int | float) and not isinstance(loss, bool) else "?"
+                extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {shown}"
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
         if state == "damaged":

@@ -6,7 +6,7 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from medseg_bench.results import finished_runs, read_json, run_dir, run_state
+from medseg_bench.results import finished_damage, finished_runs, read_json, run_dir, run_state
 from medseg_bench.spec import RunSpec
 
 
@@ -33,6 +33,8 @@ def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[Cost]]:
     """(dims, arch) -> the per-iteration and evaluation cost of the finished runs under `results_dir`."""
     costs: dict[tuple[str, str], list[Cost]] = defaultdict(list)
     for folder in finished_runs(results_dir):
+        if finished_damage(folder):  # the dry run lists it as damaged; its cost is not to be trusted
+            continue
         spec, summary = read_json(folder / "spec.json"), read_json(folder / "summary.json")
         cost, plan, dims = summary.get("cost", {}), summary.get("plan") or {}, spec.get("dims", "")
         per_epoch = cost.get("time_per_epoch_s")

@@ -100,6 +100,21 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == ["a"]
 
 
+def test_status_shows_a_running_runs_heartbeat_even_a_hand_edited_one(tmp_path: Path) -> None:
+    folder = tmp_path / "r" / "T" / "e"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    write_json_atomic(folder / "spec.json", {"run_id": "e", "task": "T", "dims": "3d", "arch": "unet",
+                                             "loss": "dice_ce", "aug": "none"})
+    write_status(folder, "running")
+    for loss, shown in ((0.25, "0.2500"), ("abc", "?"), (None, "?")):
+        write_json_atomic(folder / "heartbeat.json", {"time": time.time(), "pid": 1, "host": "elsewhere",
+                                                      "epoch": 2, "epochs": 5, "loss": loss})
+        result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "r")])
+        assert result.exit_code == 0, result.output  # was a ValueError traceback for "abc"
+        assert f"running  T/e  epoch 2/5 loss {shown}" in result.output.splitlines()
+
+
 def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path, home: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # sbatch present but not configured: its fatal line is the one quoted, and the job files are removed.
