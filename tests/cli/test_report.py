@@ -122,25 +122,6 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
-def test_a_damaged_run_stops_the_report_and_status_names_it(results: Path, tmp_path: Path) -> None:
-    import shutil
-
-    copy = tmp_path / "results"
-    shutil.copytree(results, copy)
-    damaged = sorted((copy / "Task91_Beta").iterdir())[0] / "metrics.csv"
-    damaged.write_text(damaged.read_text()[:40])
-    result = invoke("--results-dir", str(copy))
-    assert result.exit_code == 6, result.output
-    assert result.output.strip().splitlines() == [
-        f"error: {damaged}: lacks the column(s) ref_empty, pred_empty; move its run folder away to report "
-        "without it, or delete the folder to run it again"]
-    status = runner.invoke(app, ["status", "--results-dir", str(copy)])
-    assert status.exit_code == 0, status.output
-    run = f"{damaged.parent.parent.name}/{damaged.parent.name}"  # named as sweep and report name it
-    assert f"damaged  {run}  {damaged}: lacks the column(s) ref_empty, pred_empty" in status.output
-    assert "10 runs: 1 damaged, 9 done" in status.output
-
-
 def _text_in_row_2(text: str) -> str:
     lines = text.splitlines()
     cells = lines[2].split(",")
@@ -153,13 +134,15 @@ def _summary_with(**fields: object) -> Callable[[str], str]:
 
 
 @pytest.mark.parametrize(("name", "edit", "problem"), [
+    ("metrics.csv", lambda text: text[:40], "lacks the column(s) ref_empty, pred_empty"),  # cut short
     ("metrics.csv", _text_in_row_2, "dice is 'abc' in row 2, not a number"),
     ("summary.json", _summary_with(cost="zzz"), "'cost' must be an object, not \"zzz\""),
     ("summary.json", _summary_with(per_label_dice=5), "'per_label_dice' must be an object, not 5"),
 ])
-def test_a_finished_run_with_a_value_of_the_wrong_type_is_damaged(
+def test_a_damaged_run_stops_the_report_and_status_names_it(
         results: Path, tmp_path: Path, name: str, edit: Callable[[str], str], problem: str) -> None:
-    # Each once crashed report with a traceback (and status and sweep, or they called the run done).
+    # A file cut short, or a value of the wrong type (each of those once crashed report with a traceback, and
+    # status and sweep, or they called the run done).
     import shutil
 
     copy = tmp_path / "results"
