@@ -105,7 +105,7 @@ def evaluate(
                 f"{missing[0].name}); scored the {scored} case(s) that have one",
                 err=True,
             )
-    if regions is not None and spec is None:  # no task to check them against: against the references
+    if regions is not None and spec is None and wanted is None:  # no task: against the references' labels
         found = {int(v) for v in cases["label"] if not isinstance(v, str)}
         for name, values in (groups or {}).items():
             for value in sorted(set(values) - found):

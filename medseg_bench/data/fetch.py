@@ -429,8 +429,14 @@ def _check_links(archive: Path, root: Path) -> None:
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             path = Path(folder) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(inside):
-                entry = path.relative_to(root.parent).as_posix()
+            if not path.is_symlink():
+                continue
+            entry = path.relative_to(root.parent).as_posix()
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError):  # a loop (RuntimeError up to Python 3.12)
+                raise FetchError(f"{archive}: unsafe archive entry '{entry}' (a loop of links)") from None
+            if not target.is_relative_to(inside):
                 raise FetchError(f"{archive}: unsafe archive entry '{entry}' (link pointing outside the task "
                                  "folder)")
 

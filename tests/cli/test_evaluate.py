@@ -199,6 +199,8 @@ def test_a_region_label_in_no_reference_gets_a_note(tumour_folders):
     assert result.exit_code == 0, result.output
     assert "note: --regions: label 9 of region 'whole' is in no reference (labels found: 1, 2, 3)" in \
         result.stderr
+    only = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--labels", "1", "--regions", "whole=1,2")
+    assert only.exit_code == 0 and "note" not in only.stderr  # label 2 is there, just not scored alone
 
 
 def test_regions_from_a_task_file(tumour_folders):

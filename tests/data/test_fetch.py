@@ -421,12 +421,13 @@ def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_
     assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
 
 
-@pytest.mark.parametrize("links", [
-    [("b/c", ".."), ("a", "b/c/..")],  # each entry alone stays inside; together they reach the data folder
-    [("sub", "imagesTr"), ("sub2", "sub/../..")],
+@pytest.mark.parametrize(("links", "why"), [
+    ([("b/c", ".."), ("a", "b/c/..")], "link pointing outside the task folder"),  # each alone stays inside
+    ([("sub", "imagesTr"), ("sub2", "sub/../..")], "link pointing outside the task folder"),
+    ([("a", "b"), ("b", "a")], "a loop of links"),
 ])
 def test_a_chain_of_links_out_of_the_task_is_refused(hippo_subset: Path, tmp_path: Path,
-                                                     links: list[tuple[str, str]]) -> None:
+                                                     links: list[tuple[str, str]], why: str) -> None:
     archive = tmp_path / "chain.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(hippo_subset, arcname="Task04_Hippocampus")
@@ -440,7 +441,7 @@ def test_a_chain_of_links_out_of_the_task_is_refused(hippo_subset: Path, tmp_pat
             tar.addfile(info)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     data = tmp_path / "data"
-    with pytest.raises(FetchError, match="link pointing outside the task folder") as info:
+    with pytest.raises(FetchError, match=why) as info:
         fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
     assert "\n" not in str(info.value)
     assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]  # staging removed
