@@ -37,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medseg_bench.checks import are_whole, is_number, is_whole, shown
 from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
@@ -127,24 +128,16 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _whole(value: object, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or fits(value)
 
 
-def _sizes(sides: int) -> Callable[[object], bool]:
-    return lambda value: isinstance(value, list) and len(value) == sides and all(_whole(v, 1) for v in value)
-
-
 _OBJECT = _optional(lambda value: isinstance(value, dict)), "an object"
-_NUMBER = _optional(lambda value: isinstance(value, int | float) and not isinstance(value, bool)), "a number"
+_NUMBER = _optional(is_number), "a number"
 # summary.json's fields that sweep, status and report read ("parent.key": a field of an object), each with
 # what it must be. Any may be absent (older or hand-made folders); null only where readers take it as absent.
 SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "num_cases": (_whole, "a whole number"),
+    "num_cases": (is_whole, "a whole number"),
     "per_label_dice": _OBJECT,
     "metric_settings": _OBJECT,
     "cost": (lambda value: isinstance(value, dict), "an object"),
@@ -152,10 +145,10 @@ SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
                                           "eval_time_s", "epochs_done")},
     "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
     "plan": _OBJECT,
-    "plan.patch_2d": (_optional(_sizes(2)), "2 positive whole numbers"),
-    "plan.patch_3d": (_optional(_sizes(3)), "3 positive whole numbers"),
-    "plan.batch_2d": (_optional(lambda value: _whole(value, 1)), "a positive whole number"),
-    "plan.batch_3d": (_optional(lambda value: _whole(value, 1)), "a positive whole number"),
+    "plan.patch_2d": (_optional(lambda value: are_whole(value, 2, least=1)), "2 positive whole numbers"),
+    "plan.patch_3d": (_optional(lambda value: are_whole(value, 3, least=1)), "3 positive whole numbers"),
+    "plan.batch_2d": (_optional(lambda value: is_whole(value, 1)), "a positive whole number"),
+    "plan.batch_3d": (_optional(lambda value: is_whole(value, 1)), "a positive whole number"),
 }
 
 
@@ -165,13 +158,8 @@ def summary_problem(summary: dict[str, Any]) -> str | None:
         parent, _, name = key.rpartition(".")
         holder = summary.get(parent) if parent else summary  # a parent is checked before its fields
         if isinstance(holder, dict) and name in holder and not fits(holder[name]):
-            return f"{key!r} must be {kind}, not {_shown(holder[name])}"
+            return f"{key!r} must be {kind}, not {shown(holder[name])}"
     return None
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_heartbeat(folder: Path, **progress: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from medseg_bench.checks import shown
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.data.msd import Case
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
@@ -146,11 +147,6 @@ def _json_kind(value: object) -> str:
     return next((kind for cls, kind in kinds if isinstance(value, cls)), "null" if value is None else "?")
 
 
-def _shown(value: object) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, tuple) else json.dumps(list(value))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _whole(value: object) -> int | None:
     """`value` as an int when it is a whole number (2 or 2.0, not 2.7, True or "2"), else None."""
     if isinstance(value, bool):
@@ -170,7 +166,7 @@ def _finite(value: object) -> float | None:
 
 def _sequence(key: str, value: object, length: int) -> list[object]:
     if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise ValueError(f"{key} needs {length} values, not {_shown(value)}")
+        raise ValueError(f"{key} needs {length} values, not {shown(value)}")
     return list(value)
 
 
@@ -178,7 +174,7 @@ def _check_text(choices: tuple[str, ...] | None = None) -> Callable[[str, object
     def check(key: str, value: object) -> str:
         if not isinstance(value, str) or (choices is not None and value not in choices):
             expected = " or ".join(repr(c) for c in choices) if choices else "a string"
-            raise ValueError(f"{key} must be {expected}, not {_shown(value)}")
+            raise ValueError(f"{key} must be {expected}, not {shown(value)}")
         return value
 
     return check
@@ -186,14 +182,14 @@ def _check_text(choices: tuple[str, ...] | None = None) -> Callable[[str, object
 
 def _check_flag(key: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, not {_shown(value)}")
+        raise ValueError(f"{key} must be true or false, not {shown(value)}")
     return value
 
 
 def _check_spacing(key: str, value: object) -> tuple[float, ...]:
     numbers = [_finite(v) for v in _sequence(key, value, 3)]
     if any(v is None or v <= 0 for v in numbers):
-        raise ValueError(f"{key} must be positive finite numbers (mm), not {_shown(value)}")
+        raise ValueError(f"{key} must be positive finite numbers (mm), not {shown(value)}")
     return tuple(v for v in numbers if v is not None)
 
 
@@ -201,7 +197,7 @@ def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
     def check(key: str, value: object) -> tuple[int, ...]:
         numbers = [_whole(v) for v in _sequence(key, value, length)]
         if any(v is None or v < 1 for v in numbers):
-            raise ValueError(f"{key} must be positive whole numbers, not {_shown(value)}")
+            raise ValueError(f"{key} must be positive whole numbers, not {shown(value)}")
         return tuple(v for v in numbers if v is not None)
 
     return check
@@ -210,7 +206,7 @@ def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
 def _check_batch(key: str, value: object) -> int:
     number = _whole(value)
     if number is None:
-        raise ValueError(f"{key} must be a whole number, not {_shown(value)}")
+        raise ValueError(f"{key} must be a whole number, not {shown(value)}")
     if number < 1:
         raise ValueError(f"{key} must be at least 1, not {number}")
     return number
@@ -221,7 +217,7 @@ def _check_ct_clip(key: str, value: object) -> tuple[float, float] | None:
         return None
     low, high = (_finite(v) for v in _sequence(key, value, 2))
     if low is None or high is None or low > high:
-        raise ValueError(f"{key} must be two finite numbers, low then high, not {_shown(value)}")
+        raise ValueError(f"{key} must be two finite numbers, low then high, not {shown(value)}")
     return low, high
 
 
@@ -232,7 +228,7 @@ def _check_ct_stat(positive: bool) -> Callable[[str, object], float | None]:
         number = _finite(value)
         if number is None or (positive and number <= 0):
             kind = "a positive finite number" if positive else "a finite number"
-            raise ValueError(f"{key} must be {kind}, not {_shown(value)}")
+            raise ValueError(f"{key} must be {kind}, not {shown(value)}")
         return number
 
     return check
@@ -240,13 +236,13 @@ def _check_ct_stat(positive: bool) -> Callable[[str, object], float | None]:
 
 def _check_channels(key: str, value: object) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{key} needs one entry per channel, not {_shown(value)}")
+        raise ValueError(f"{key} needs one entry per channel, not {shown(value)}")
     entries = []
     for index, entry in enumerate(value):
         where = f"{key}[{index}]"
         if not isinstance(entry, dict) or entry.get("scheme") not in ("ct", "zscore"):
             raise ValueError(f'{where} must be {{"scheme": "ct", ...}} or {{"scheme": "zscore", ...}}, '
-                             f"not {_shown(entry)}")
+                             f"not {shown(entry)}")
         if entry["scheme"] == "zscore":
             if set(entry) != {"scheme", "nonzero_mask"}:
                 raise ValueError(f'{where}: a z-score channel has "scheme" and "nonzero_mask", not '

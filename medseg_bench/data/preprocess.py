@@ -14,7 +14,6 @@ Cached arrays are cropped to the non-zero region and resampled to the plan's tar
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -25,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medseg_bench.checks import are_whole, is_spacing, shown
 from medseg_bench.data.fetch import is_complete, read_marker
 from medseg_bench.data.io import Geometry, load_json_object, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
@@ -252,9 +252,9 @@ def _properties_problem(props: dict[str, Any]) -> str | None:
     missing or not as `preprocess_case` writes it (e.g. "no 'crop_box'"), or None."""
     checks: list[tuple[str, Callable[[Any], bool]]] = [
         ("label", lambda v: isinstance(v, str)),
-        ("shape_original_zyx", lambda v: _whole_numbers(v, 3) and min(v) > 0),
-        ("spacing_original_zyx", _spacing),
-        ("spacing_preprocessed_zyx", _spacing),
+        ("shape_original_zyx", lambda v: are_whole(v, 3, least=1)),
+        ("spacing_original_zyx", is_spacing),
+        ("spacing_preprocessed_zyx", is_spacing),
         ("crop_box", lambda v: _crop_box(v, props["shape_original_zyx"])),  # the shape: checked above
         ("foreground", lambda v: isinstance(v, dict) and all(map(_voxels, v.values()))),
     ]
@@ -262,18 +262,13 @@ def _properties_problem(props: dict[str, Any]) -> str | None:
         if key not in props:
             return f"no '{key}'"
         if not valid(props[key]):
-            return f"bad '{key}': {props[key]!r:.40}"
+            return f"bad '{key}': {shown(props[key])}"
     return None
-
-
-def _whole_numbers(value: object, count: int) -> bool:
-    return (isinstance(value, list) and len(value) == count
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
 
 
 def _crop_box(box: object, shape: list[int]) -> bool:
     return isinstance(box, list) and len(box) == len(shape) and all(
-        _whole_numbers(pair, 2) and 0 <= pair[0] < pair[1] <= n for pair, n in zip(box, shape, strict=True))
+        are_whole(pair, 2) and 0 <= pair[0] < pair[1] <= n for pair, n in zip(box, shape, strict=True))
 
 
 def _voxels(coords: object) -> bool:
@@ -284,11 +279,6 @@ def _voxels(coords: object) -> bool:
         return False
     return (isinstance(coords, list) and array.ndim == 2 and array.shape[1] == 3 and array.size > 0
             and array.dtype.kind in "iu" and array.min() >= 0)
-
-
-def _spacing(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 3 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
 
 
 def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:

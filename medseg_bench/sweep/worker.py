@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import MedsegError, RunError
 from medseg_bench.locks import RunLock
@@ -96,19 +97,13 @@ def clean_temp_files(folder: Path) -> list[Path]:
     return leftovers
 
 
-def _positive_whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _is_split(data: dict[str, Any]) -> bool:
     return all(isinstance(data.get(key), list) and all(isinstance(case, str) for case in data[key])
                for key in ("train", "val"))
 
 
 def _is_setup(data: dict[str, Any]) -> bool:
-    patch, batch = data.get("patch_size"), data.get("batch_size")
-    return (isinstance(patch, list) and bool(patch) and all(_positive_whole(v) for v in patch)
-            and _positive_whole(batch))
+    return are_whole(data.get("patch_size"), least=1) and is_whole(data.get("batch_size"), least=1)
 
 
 def _started_with(path: Path, what: str, fits: Callable[[dict[str, Any]], bool],

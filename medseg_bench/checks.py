@@ -1,0 +1,35 @@
+"""What a value read back from a JSON file the project wrote must be: the one place that says what a whole
+number, a list of sizes or a spacing is, and how a bad value is shown in a one-line error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`value` as JSON (a tuple as a list), cut to `limit` characters."""
+    text = json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def is_whole(value: object, least: int = 0) -> bool:
+    """An int (not a bool, not 2.0) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def are_whole(value: object, count: int | None = None, least: int = 0) -> bool:
+    """A non-empty list of `count` (any number, if None) ints of at least `least` each."""
+    return (isinstance(value, list) and bool(value) and (count is None or len(value) == count)
+            and all(is_whole(v, least) for v in value))
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_spacing(value: object) -> bool:
+    """Three positive finite numbers (mm)."""
+    return isinstance(value, list) and len(value) == 3 and all(
+        is_number(v) and math.isfinite(v) and v > 0 for v in value)
