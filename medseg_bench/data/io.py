@@ -90,7 +90,7 @@ def read_geometry(path: Path) -> tuple[Geometry, int]:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable image ({_itk_reason(exc)})") from None
     return _geometry_and_channels(
         reader.GetSpacing(),
         reader.GetOrigin(),
@@ -127,7 +127,7 @@ def read_image(
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable image ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable image ({_itk_reason(exc)})") from None
     geom, channels = _geometry_and_channels(
         image.GetSpacing(),
         image.GetOrigin(),
@@ -195,6 +195,15 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
             part.replace(path.parent / part.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _itk_reason(exc: BaseException) -> str:
+    """ITK's reason for a file it failed to read. Its MetaImage reader (.mha, .mhd) blames a file it found
+    cut short or damaged on a stale errno ("No such file or directory"); the caller checked that it exists."""
+    reason = _first_line(exc)
+    if reason.startswith("Reason: ") and "File cannot be read" in str(exc):
+        return "damaged or cut short: ITK cannot read its data"
+    return reason
 
 
 def _first_line(exc: BaseException) -> str:

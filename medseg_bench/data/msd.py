@@ -76,8 +76,9 @@ def training_cases(folder: Path) -> list[Case]:
     return cases
 
 
-def declared_labels(folder: Path) -> set[int]:
-    data = read_dataset_json(folder)
+def declared_labels(folder: Path, data: dict[str, Any] | None = None) -> set[int]:
+    """The label values dataset.json declares (`data`: its contents, when already read)."""
+    data = read_dataset_json(folder) if data is None else data
     try:
         return {int(k) for k in data.get("labels", {})}
     except (TypeError, ValueError):

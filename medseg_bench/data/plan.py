@@ -29,7 +29,8 @@ from medseg_bench.spec import TaskSpec
 T = TypeVar("T")
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
-CACHE_FORMAT = 3  # 3: the crop box is the image's alone (2 also covered label voxels)
+CACHE_FORMAT = 4  # 4: no axis resampled on its own when two share the coarsest spacing; 3: the crop box is
+# the image's alone (2 also covered label voxels)
 # A batch may hold at most this fraction of all the dataset's voxels (nnU-Net's rule against overfitting).
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 MIN_BATCH = 2

@@ -31,11 +31,11 @@ from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
 from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize
 from medseg_bench.data.resample import (
-    anisotropic_axis,
     crop,
     nonzero_box,
     resample_image,
     resample_label,
+    separate_axis,
     target_shape,
 )
 from medseg_bench.data.splits import load_or_make_splits
@@ -76,7 +76,7 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
         normalized = crop(normalize(image, plan), box)
     new_shape = target_shape(normalized.shape[1:], spacing_zyx, plan.target_spacing)
-    separate = anisotropic_axis(spacing_zyx, plan.target_spacing)
+    separate = separate_axis(spacing_zyx, plan.target_spacing)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
     if label is not None:
         label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate))

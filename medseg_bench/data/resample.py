@@ -3,7 +3,8 @@
 Forward (cache build): crop to the non-zero region, then resample to the plan's target spacing. Images use
 third-order splines, label maps linear interpolation of their one-hot encoding (as nnU-Net). When a volume is
 anisotropic (lowest resolution over 3x the highest), the low-resolution axis is resampled separately with
-nearest-neighbour interpolation, so that thick slices are not smeared into each other.
+nearest-neighbour interpolation, so that thick slices are not smeared into each other; when two axes share the
+lowest resolution, none is (`separate_axis`, nnU-Net's rule).
 
 Backward (evaluation): `to_original` maps a prediction (labels or class probabilities) in preprocessed space
 onto the original image grid: resample to the cropped shape, then paste into the crop box; the result has the
@@ -55,14 +56,27 @@ def target_shape(
     )
 
 
-def anisotropic_axis(spacing: Sequence[float], target_spacing: Sequence[float] | None = None) -> int | None:
-    """The low-resolution axis to resample separately (nnU-Net's rule), or None for near-isotropic data."""
-    for candidate in (spacing, target_spacing):
-        if candidate is None:
-            continue
-        values = np.asarray(candidate, dtype=float)
-        if values.max() / values.min() > ANISOTROPY_THRESHOLD:
-            return int(np.argmax(values))
+def anisotropic_axis(spacing: Sequence[float]) -> int | None:
+    """The coarsest axis of `spacing` when it is over 3x the finest (the first, when several are), else None.
+
+    Augmentation takes it as the thick axis of a 3D patch; resampling takes `separate_axis`, which asks more.
+    """
+    values = np.asarray(spacing, dtype=float)
+    return int(np.argmax(values)) if values.max() / values.min() > ANISOTROPY_THRESHOLD else None
+
+
+def separate_axis(current_spacing: Sequence[float], new_spacing: Sequence[float]) -> int | None:
+    """The axis to resample on its own when going from `current_spacing` to `new_spacing`, or None.
+
+    nnU-Net's `determine_do_sep_z_and_axis`: the coarsest axis of the current spacing when that is
+    anisotropic, else of the new one when that is; None when neither is, and None when two or three axes
+    share that coarsest spacing (e.g. (0.24, 1.25, 1.25) mm: then all axes are resampled together).
+    """
+    for spacing in (current_spacing, new_spacing):
+        if anisotropic_axis(spacing) is not None:
+            values = np.asarray(spacing, dtype=float)
+            coarse = np.flatnonzero(values.max() / values == 1)
+            return int(coarse[0]) if coarse.size == 1 else None
     return None
 
 
@@ -157,7 +171,8 @@ def to_original(prediction: np.ndarray, props: dict) -> np.ndarray:
     """
     box: CropBox = props["crop_box"]
     cropped_shape = [hi - lo for lo, hi in box]
-    separate = anisotropic_axis(props["spacing_original_zyx"], props["spacing_preprocessed_zyx"])
+    # From the preprocessed spacing to the original one (nnU-Net's export): the preprocessed is asked first.
+    separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
     if prediction.ndim == 4:
         inside = resample_probabilities(prediction, cropped_shape, separate)
     else:

@@ -139,7 +139,7 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
     modalities are not the task file's: the task file's are the classes and channels runs use."""
     path = folder / "dataset.json"
     data = read_dataset_json(folder)
-    declared = declared_labels(folder)
+    declared = declared_labels(folder, data)
     warnings = []
     if declared and declared != set(task.labels):
         warnings.append(f"{path}: labels {sorted(declared)} differ from {task.name}'s {sorted(task.labels)} "

@@ -103,10 +103,11 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     if not 0 < confidence < 1:
         raise UsageError(f"confidence must be between 0 and 1, got {confidence}")
     ranking_metric, chosen = resolve_metrics(results, metric, metrics)
-    full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed)
+    compared = shared_cases(sample_scores(results, chosen))  # the cases the leaderboard compares
+    full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed, compared)
     ranking = cross_task_ranking(full, chosen)
     table = top_k(full, top)
-    scores, _ = shared_cases(sample_scores(results, chosen))  # the cases the leaderboard compares
+    scores = compared[0]
     # Tests over every configuration (--top shortens what is shown, not the Holm family or the Friedman test).
     pairs, friedman_table = significance(scores, full, ranking_metric, alpha)
     shown = pd.MultiIndex.from_frame(table[["task", "config"]])

@@ -178,7 +178,8 @@ def _cost(runs: pd.DataFrame) -> dict[str, Any]:
 
 def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] | None = None,
                 confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES,
-                seed: int = DEFAULT_SEED) -> pd.DataFrame:
+                seed: int = DEFAULT_SEED,
+                compared: tuple[pd.DataFrame, dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per (task, configuration), best first by `metric` within each task.
 
     Columns: the configuration axes and `config`; `rank` (within the task, ties averaged); `runs`, `cases`
@@ -186,11 +187,12 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     evaluations with an empty reference / both masks empty); per metric, over cases (a case's samples
     averaged first, `case_means`): `<m>_mean`, `<m>_std`, `<m>_ci_low`, `<m>_ci_high` (percentile bootstrap
     of the mean, resampling cases), `<m>_n` (cases with a score) and
-    `<m>_label_<label>` (mean per label or region); cost; `run_ids`.
+    `<m>_label_<label>` (mean per label or region); cost; `run_ids`. `compared`: `shared_cases(sample_scores(
+    results, metrics))` when the caller has it already.
     """
     ranking, chosen = resolve_metrics(results, metric, metrics)
     frame = _with_config(results)
-    scores, differ = shared_cases(sample_scores(results, chosen))
+    scores, differ = compared if compared is not None else shared_cases(sample_scores(results, chosen))
     label_rows = frame.assign(label=frame["label"].astype(str))
     fg_mask = _is_foreground_label(frame["label"])
     rows = []

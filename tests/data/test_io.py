@@ -120,3 +120,18 @@ def test_read_image_checks_a_file_cut_short_when_asked(suffix: str, tmp_path: Pa
     why = r"unreadable \(gzip stream cut short\)" if suffix == ".nii.gz" else r"truncated \(\d+ bytes of the"
     with pytest.raises(DataError, match=rf"^{path}: {why}"):
         read_image(path, check_complete=True)
+
+
+def test_a_metaimage_cut_short_is_not_called_missing(tmp_path: Path) -> None:
+    # ITK's MetaImage reader gave "Reason: No such file or directory" for a file that is there, cut short.
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_image
+
+    path = tmp_path / "x.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(path))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(DataError, match=rf"^{path}: not a readable image \(damaged or cut short: ITK cannot "
+                                        r"read its data\)$"):
+        read_image(path)

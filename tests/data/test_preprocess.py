@@ -217,6 +217,27 @@ def test_crop_box_does_not_depend_on_the_label(home: Path, tmp_path: Path) -> No
     assert cropped_label is not None and cropped_label.shape == (6, 10, 10)
 
 
+def test_two_equally_coarse_axes_are_resampled_together(home: Path, tmp_path: Path) -> None:
+    # nnU-Net resamples no axis on its own when two share the coarsest spacing; cache format 3 took the first.
+    from dataclasses import replace
+
+    from medseg_bench.data.preprocess import preprocess_image
+    from medseg_bench.data.resample import resample_image, resample_label
+
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    plan = replace(prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1).plan,
+                   target_spacing=(1.0, 1.0, 1.0), crop_to_nonzero=False)
+    rng = np.random.default_rng(0)
+    image = rng.normal(5.0, 1.0, (1, 6, 6, 20)).astype(np.float32)
+    label = (rng.random((6, 6, 20)) > 0.5).astype(np.uint8)
+    out, out_label, _ = preprocess_image(image, (3.5, 3.5, 1.0), plan, label)
+    assert out.shape == (1, 21, 21, 20)
+    normalized = (image - image.mean()) / image.std()
+    assert np.allclose(out, resample_image(normalized, (21, 21, 20), separate_axis=None), atol=1e-4)
+    assert not np.allclose(out, resample_image(normalized, (21, 21, 20), separate_axis=0), atol=1e-2)
+    assert np.array_equal(out_label, resample_label(label, (21, 21, 20), separate_axis=None))
+
+
 def test_mr_channels_are_z_scored_after_cropping_with_one_mask_rule(home: Path, tmp_path: Path) -> None:
     # Version 4 z-scored before cropping and chose the non-zero mask case by case: a zero border of 19 % of
     # the volume moved the tissue's mean to +0.36 here. nnU-Net crops first, decides the mask per dataset.

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg_bench.data import resample
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.io import read_geometry, read_label, write_label
@@ -17,6 +18,7 @@ from medseg_bench.data.resample import (
     nonzero_box,
     resample_image,
     resample_label,
+    separate_axis,
     target_shape,
     to_original,
 )
@@ -44,7 +46,35 @@ def test_target_shape_and_anisotropy() -> None:
     assert target_shape((1, 4, 4), (1.0, 1.0, 1.0), (5.0, 1.0, 1.0)) == (1, 4, 4)  # never 0
     assert anisotropic_axis((5.0, 0.8, 0.8)) == 0
     assert anisotropic_axis((1.0, 1.0, 1.2)) is None
-    assert anisotropic_axis((1.0, 1.0, 1.0), (1.0, 3.5, 1.0)) == 1
+    assert anisotropic_axis((3.5, 3.5, 1.0)) == 0  # the augmentation's thick axis: the first coarsest
+
+
+def test_separate_axis_is_nnunets_rule() -> None:
+    """nnU-Net's `determine_do_sep_z_and_axis`: the current spacing decides when it is anisotropic, else the
+    new one; no axis on its own when two or three share the coarsest spacing."""
+    assert separate_axis((5.0, 0.8, 0.8), (1.0, 0.8, 0.8)) == 0
+    assert separate_axis((1.0, 1.0, 1.0), (1.0, 3.5, 1.0)) == 1
+    assert separate_axis((1.0, 1.0, 1.2), (1.0, 1.0, 1.0)) is None
+    assert separate_axis((1.0, 1.0, 4.0), (4.0, 1.0, 1.0)) == 2  # the current spacing first
+    assert separate_axis((0.24, 1.25, 1.25), (0.5, 0.5, 0.5)) is None  # nnU-Net's own example
+    assert separate_axis((1.0, 1.0, 1.0), (3.5, 3.5, 1.0)) is None
+    assert separate_axis((5.0, 5.0, 5.0), (1.0, 1.0, 1.0)) is None
+
+
+def test_to_original_resamples_from_the_preprocessed_spacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mapping back goes from the preprocessed spacing to the original one, so that is asked first (as
+    nnU-Net's export); the two disagree when both are anisotropic along different axes."""
+    asked = []
+
+    def spy(current: tuple, new: tuple) -> int | None:
+        asked.append((list(current), list(new)))
+        return separate_axis(current, new)
+
+    monkeypatch.setattr(resample, "separate_axis", spy)
+    props = {"crop_box": [[0, 4], [0, 4], [0, 4]], "shape_original_zyx": [4, 4, 4],
+             "spacing_original_zyx": [4.0, 1.0, 1.0], "spacing_preprocessed_zyx": [1.0, 1.0, 4.0]}
+    assert to_original(np.ones((4, 4, 4), np.uint8), props).shape == (4, 4, 4)
+    assert asked == [([1.0, 1.0, 4.0], [4.0, 1.0, 1.0])]
 
 
 def test_resampling_keeps_smooth_images_and_identity_is_free() -> None:
@@ -82,7 +112,7 @@ def test_round_trip_to_target_spacing_and_back() -> None:
     box = nonzero_box(image)
     target = (1.4, 0.7, 0.7)
     new_shape = target_shape([hi - lo for lo, hi in box], spacing, target)
-    separate = anisotropic_axis(spacing, target)
+    separate = separate_axis(spacing, target)
     small = resample_label(crop(label, box), new_shape, separate)
     props = {
         "crop_box": box,
