@@ -348,7 +348,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
         with fh, _progress(progress, url, total, have) as advance:
             received = 0
-            while chunk := response.read(CHUNK_BYTES):
+            while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it
                 try:
                     fh.write(chunk)
                 except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume

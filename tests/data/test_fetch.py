@@ -510,3 +510,32 @@ def test_a_folder_holding_one_task_folder_is_searched_one_level_down(hippo_subse
         fetch_task(get_task("Task04_Hippocampus"), tmp_path / "d2", str(hippo_subset.parent), progress=False,
                    strict=True)
     assert str(strict.value).startswith(f"{hippo_subset}/labelsTr/hippocampus_001.nii.gz: label file missing")
+
+
+def test_a_stalled_download_keeps_every_byte_received(tmp_path: Path) -> None:
+    # `read(1 MiB)` waited for a whole MiB: a server that stalled mid-way took what had come with the timeout.
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    release = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300_000)
+                release.wait(20)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/t.tar"
+    try:
+        with pytest.raises(FetchError, match=r"after 1 attempts \(no data from the server for 0.5 s"):
+            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=0.5, progress=False, attempts=1)
+    finally:
+        release.set()
+        listener.close()
+    assert (tmp_path / "t.tar.part").stat().st_size == 300_000  # the next fetch resumes from there
