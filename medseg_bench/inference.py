@@ -1,6 +1,7 @@
 """Full-volume inference: slice by slice (2D) or MONAI sliding window with Gaussian weighting (3D).
 
-Optional mirroring test-time augmentation averages the softmax over all flips of the spatial axes.
+Optional mirroring test-time augmentation averages the softmax over all flips of the spatial axes (nnU-Net
+averages the flips' logits, then takes the softmax).
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
 def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
                      device: torch.device | str = "cpu") -> np.ndarray:
     """`predict_image` for several networks trained on the same preprocessing (`plan`): the mean of their
-    softmax probabilities, as nnU-Net ensembles folds (`-f 0 1 2 3 4`) and configurations. Averaging before
-    mapping back is exact: the probabilities are resampled linearly."""
+    softmax probabilities, as `nnUNetv2_ensemble` ensembles configurations (`nnUNetv2_predict -f 0 1 2 3 4`
+    averages the folds' logits instead). Averaging before mapping back is exact: the probabilities are
+    resampled linearly."""
     from medseg_bench.data.preprocess import preprocess_image
     from medseg_bench.data.resample import to_original
 
