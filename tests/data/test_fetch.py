@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -475,28 +476,9 @@ def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Pat
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc", "IncompleteRead"),
 ])
 def test_a_broken_server_reply_is_retried_then_one_line(reply: bytes, reason: str, tmp_path: Path) -> None:
-    import socket
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(20)
-
-    def serve() -> None:
-        try:
-            while True:
-                conn, _ = listener.accept()
-                with conn:
-                    conn.recv(4096)
-                    conn.sendall(reply)
-        except OSError:
-            pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/t.tar"
-    try:
-        with pytest.raises(FetchError, match=rf"{url}: download failed after 2 attempts \({reason}"):
-            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False, attempts=2)
-    finally:
-        listener.close()
+    with _raw_server(reply) as url, pytest.raises(
+            FetchError, match=rf"{url}: download failed after 2 attempts \({reason}"):
+        download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False, attempts=2)
 
 
 def test_a_folder_holding_one_task_folder_is_searched_one_level_down(hippo_subset: Path,
@@ -514,6 +496,17 @@ def test_a_folder_holding_one_task_folder_is_searched_one_level_down(hippo_subse
 
 def test_a_stalled_download_keeps_every_byte_received(tmp_path: Path) -> None:
     # `read(1 MiB)` waited for a whole MiB: a server that stalled mid-way took what had come with the timeout.
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300_000
+    with _raw_server(reply, hold=True) as url, pytest.raises(
+            FetchError, match=r"after 1 attempts \(no data from the server for 0.5 s"):
+        download(url, tmp_path / "t.tar", "0" * 32, timeout_s=0.5, progress=False, attempts=1)
+    assert (tmp_path / "t.tar.part").stat().st_size == 300_000  # the next fetch resumes from there
+
+
+@contextlib.contextmanager
+def _raw_server(reply: bytes, hold: bool = False) -> Iterator[str]:
+    """A URL whose server answers each request with the raw bytes `reply`, then closes the connection (with
+    `hold`: keeps it open, sending nothing more, until the test is done)."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -522,20 +515,19 @@ def test_a_stalled_download_keeps_every_byte_received(tmp_path: Path) -> None:
 
     def serve() -> None:
         try:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300_000)
-                release.wait(20)
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(reply)
+                    if hold:
+                        release.wait(20)
         except OSError:
             pass
 
     threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/t.tar"
     try:
-        with pytest.raises(FetchError, match=r"after 1 attempts \(no data from the server for 0.5 s"):
-            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=0.5, progress=False, attempts=1)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/t.tar"
     finally:
         release.set()
         listener.close()
-    assert (tmp_path / "t.tar.part").stat().st_size == 300_000  # the next fetch resumes from there
