@@ -495,3 +495,9 @@ def steps_for_version(steps: tuple[Step, ...], pipeline_version: int) -> tuple[S
         if pipeline_version < version:
             steps = tuple(older.get(step, step) for step in steps)
     return steps
+
+
+def mirrors(aug: str) -> bool:
+    """Whether preset `aug` mirrors training samples (along every axis, each with p 0.5): what mirroring
+    test-time augmentation assumes of a network."""
+    return any(step.name == MIRROR.name for step in AUGS.get(aug))

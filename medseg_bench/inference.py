@@ -1,11 +1,16 @@
-"""Full-volume inference: slice by slice (2D) or MONAI sliding window with Gaussian weighting (3D).
+"""Full-volume inference: slice by slice (2D) or a Gaussian-weighted sliding window (3D), as nnU-Net v2's
+predictor does.
 
-Optional mirroring test-time augmentation averages the softmax over all flips of the spatial axes (nnU-Net
-averages the flips' logits, then takes the softmax).
+From pipeline version 10 (`NNUNET_INFERENCE_FROM`) the 3D window is nnU-Net's (`_sliding_window`: its tile
+steps, Gaussian, padding), and mirroring test-time augmentation averages the network's logits over every flip
+of each tile (nnU-Net's `_internal_maybe_mirror_and_predict`), then takes the softmax. Runs of version 9 and
+older are predicted as they were evaluated: MONAI's `sliding_window_inference`, the softmax averaged over
+flips of the whole volume.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -16,8 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg_bench.spec import PIPELINE_VERSION
+
 SLICE_MULTIPLE = 32
 SLICE_BATCH = 32
+TILE_BATCH = 4  # tiles per forward pass (instance norm and eval-mode batch norm: the same as one at a time)
+TILE_STEP = 0.5  # nnU-Net's tile_step_size: tiles overlap by at least half a patch
+NNUNET_INFERENCE_FROM = 10
 
 
 def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
@@ -27,8 +37,19 @@ def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
     return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
 
 
+def _mean_logits(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """The network's logits for `x` averaged over `flips` (each flipped back), in float32."""
+    total = None
+    for axes in flips:
+        out = (torch.flip(net(torch.flip(x, axes)), axes) if axes else net(x)).float()
+        total = out if total is None else total + out
+    assert total is not None
+    return total / len(flips)
+
+
 def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]],
                       run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Version 9 and older: the softmax of each flip's prediction, averaged."""
     total = None
     for axes in flips:
         xin = torch.flip(x, axes) if axes else x
@@ -39,54 +60,117 @@ def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ..
     return total / len(flips)
 
 
+@functools.lru_cache(maxsize=8)
+def _gaussian(patch: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net's `compute_gaussian`: a unit impulse at `patch // 2` blurred with sigma `patch / 8`, peak 1,
+    its zeros raised to its smallest non-zero weight (float32; nnU-Net keeps it in float16)."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    weight = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
+    weight /= weight.max()
+    weight[weight == 0] = weight[weight > 0].min()
+    weight = weight.astype(np.float32)
+    weight.flags.writeable = False
+    return weight
+
+
+def _tile_starts(size: int, tile: int) -> list[int]:
+    """nnU-Net's `compute_steps_for_sliding_window` along one axis (`size` >= `tile`): as few tiles as steps
+    of at most half a tile need, spread evenly from 0 to `size - tile`."""
+    n = int(np.ceil((size - tile) / (tile * TILE_STEP))) + 1
+    return [0] if n == 1 else [int(np.round((size - tile) / (n - 1) * i)) for i in range(n)]
+
+
+def _sliding_window(x: torch.Tensor, patch: tuple[int, ...],
+                    predict: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Gaussian-weighted logits of a (1, C, Z, Y, X) tensor, stitched from `predict` on patch-sized tiles, as
+    nnU-Net's `predict_sliding_window_return_logits`: zero padding up to the patch (centred, the odd voxel
+    after), its tile steps, its Gaussian; accumulated in float32."""
+    shape = tuple(x.shape[2:])
+    short = [max(p - s, 0) for s, p in zip(shape, patch, strict=True)]
+    low = [d // 2 for d in short]
+    if any(short):  # torch's pad lists the last axis first
+        x = torch.nn.functional.pad(x, [v for d, lo in zip(short[::-1], low[::-1], strict=True)
+                                        for v in (lo, d - lo)])
+    size = tuple(x.shape[2:])
+    weight = torch.tensor(_gaussian(tuple(patch)), device=x.device)  # a copy: the cache stays read-only
+    boxes = [tuple(slice(a, a + p) for a, p in zip(start, patch, strict=True))
+             for start in itertools.product(*(_tile_starts(s, p) for s, p in zip(size, patch, strict=True)))]
+    out: torch.Tensor | None = None
+    count = torch.zeros(size, device=x.device)
+    for first in range(0, len(boxes), TILE_BATCH):
+        group = boxes[first:first + TILE_BATCH]
+        logits = predict(torch.cat([x[(slice(None), slice(None), *box)] for box in group])).float()
+        if out is None:
+            out = torch.zeros((1, logits.shape[1], *size), device=x.device)
+        for box, tile in zip(group, logits, strict=True):
+            out[0][(slice(None), *box)] += tile * weight
+            count[box] += weight
+    assert out is not None
+    inside = tuple(slice(lo, lo + s) for lo, s in zip(low, shape, strict=True))
+    return (out / count)[(slice(None), slice(None), *inside)]
+
+
 @torch.no_grad()
 def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
                           device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0,
-                          ) -> np.ndarray:
+                          pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) for a normalised (C, Z, Y, X) image; 2D nets see its slices along
-    `slice_axis` (`data.plan.slice_axis` of the target spacing)."""
+    `slice_axis` (`data.plan.slice_axis` of the target spacing). `pipeline_version`: the run's (see the
+    module docstring)."""
     net = net.eval().to(device)
+    legacy = pipeline_version < NNUNET_INFERENCE_FROM
     amp = torch.autocast("cuda", dtype=torch.float16) if str(device).startswith("cuda") else nullcontext()
     with amp:
         if dims == "3d":
-            from monai.inferers import sliding_window_inference
-
             x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
+            flips = _flips(3, tta)
+            if legacy:
+                from monai.inferers import sliding_window_inference
 
-            def run(xin: torch.Tensor) -> torch.Tensor:
-                # `net` returns one tensor, so the stitched result is one too (not a tuple or dict of them).
-                out = sliding_window_inference(xin, tuple(patch_size), sw_batch_size=4, predictor=net,
-                                               overlap=0.5, mode="gaussian")
-                return cast(torch.Tensor, out)
+                def run(xin: torch.Tensor) -> torch.Tensor:
+                    # `net` returns one tensor, so the stitched result is one too (not a tuple or dict).
+                    out = sliding_window_inference(xin, tuple(patch_size), sw_batch_size=4, predictor=net,
+                                                   overlap=0.5, mode="gaussian")
+                    return cast(torch.Tensor, out)
 
-            probs = _mirrored_softmax(net, x, _flips(3, tta), run)[0]
+                probs = _mirrored_softmax(net, x, flips, run)[0]
+            else:
+                logits = _sliding_window(x, tuple(patch_size), lambda tile: _mean_logits(net, tile, flips))
+                probs = torch.softmax(logits, dim=1)[0]
             return probs.float().cpu().numpy()
-        slices = _predict_slices(net, np.moveaxis(image, slice_axis + 1, 1), patch_size, device, tta)
+        slices = _predict_slices(net, np.moveaxis(image, slice_axis + 1, 1), patch_size, device, tta, legacy)
         return np.moveaxis(slices, 1, slice_axis + 1)
 
 
 def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: torch.device | str,
-                    tta: bool) -> np.ndarray:
+                    tta: bool, legacy: bool) -> np.ndarray:
     _, z, h, w = image.shape
     ph = max(int(np.ceil(h / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[0])
     pw = max(int(np.ceil(w / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[1])
     top, left = (ph - h) // 2, (pw - w) // 2
     slices = np.zeros((z, image.shape[0], ph, pw), dtype=np.float32)
     slices[:, :, top:top + h, left:left + w] = np.moveaxis(image, 1, 0)
+    flips = _flips(2, tta)
     out = []
     for start in range(0, z, SLICE_BATCH):
         x = torch.from_numpy(slices[start:start + SLICE_BATCH]).to(device)
-        probs = _mirrored_softmax(net, x, _flips(2, tta), net)
+        if legacy:
+            probs = _mirrored_softmax(net, x, flips, net)
+        else:
+            probs = torch.softmax(_mean_logits(net, x, flips), dim=1)
         out.append(probs[:, :, top:top + h, left:left + w].float().cpu())
     return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
 
 def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
-                   device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0) -> np.ndarray:
+                   device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0,
+                   pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
     """Label map (Z, Y, X) uint8 for a normalised (C, Z, Y, X) image."""
-    probs = predict_probabilities(net, image, dims, patch_size, device, tta, slice_axis)
+    probs = predict_probabilities(net, image, dims, patch_size, device, tta, slice_axis, pipeline_version)
     return probs.argmax(0).astype(np.uint8)
-
 
 
 @dataclass(frozen=True)
@@ -98,11 +182,13 @@ class Member:
     patch_size: tuple[int, ...]
     tta: bool = False
     slice_axis: int = 0
+    pipeline_version: int = PIPELINE_VERSION
 
 
 def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
                   patch_size: Sequence[int], device: torch.device | str = "cpu",
-                  tta: bool = False, slice_axis: int = 0) -> np.ndarray:
+                  tta: bool = False, slice_axis: int = 0,
+                  pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
     """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
 
     The image goes through what the cache applies (`preprocess.preprocess_image`: crop to the non-zero
@@ -110,16 +196,16 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
     crop is undone (outside: background).
     A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
     """
-    return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis)], image, spacing_zyx, plan,
-                            device)
+    return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis, pipeline_version)], image,
+                            spacing_zyx, plan, device)
 
 
 def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
                      device: torch.device | str = "cpu") -> np.ndarray:
     """`predict_image` for several networks trained on the same preprocessing (`plan`): the mean of their
     softmax probabilities, as `nnUNetv2_ensemble` ensembles configurations (`nnUNetv2_predict -f 0 1 2 3 4`
-    averages the folds' logits instead). Averaging before mapping back is exact: the probabilities are
-    resampled linearly."""
+    averages the folds' logits instead), mapped back as one prediction (`resample.to_original`; for runs of
+    version 10 and newer in log space, which for one network is nnU-Net's resampling of its logits)."""
     from medseg_bench.data.preprocess import preprocess_image
     from medseg_bench.data.resample import to_original
 
@@ -127,7 +213,7 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     total: np.ndarray | None = None
     for member in members:
         probs = predict_probabilities(member.net, resampled, member.dims, member.patch_size, device,
-                                      member.tta, member.slice_axis)
+                                      member.tta, member.slice_axis, member.pipeline_version)
         if total is None:
             total = probs
         else:
@@ -135,4 +221,5 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     assert total is not None, "an ensemble needs at least one member"
     if len(members) > 1:
         total /= len(members)
-    return to_original(total, grid)
+    log_space = all(m.pipeline_version >= NNUNET_INFERENCE_FROM for m in members)
+    return to_original(total, grid, log_space=log_space)

@@ -22,7 +22,8 @@ FILENAME = "postprocessing.json"
 
 
 def keep_largest_component(pred: np.ndarray, label: int) -> np.ndarray:
-    """A copy of `pred` where only the largest (fully connected) component of `label` keeps that label."""
+    """A copy of `pred` where only the largest (fully connected) component of `label` keeps that label;
+    components tied for largest all keep it, as nnU-Net's `remove_all_but_largest_component`."""
     mask = pred == label
     components, count = ndimage.label(mask, structure=np.ones((3,) * pred.ndim, dtype=bool))
     out = pred.copy()
@@ -30,7 +31,7 @@ def keep_largest_component(pred: np.ndarray, label: int) -> np.ndarray:
         return out
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    out[mask & (components != int(sizes.argmax()))] = 0
+    out[mask & (sizes[components] != sizes.max())] = 0
     return out
 
 

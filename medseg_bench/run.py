@@ -27,6 +27,7 @@ from medseg_bench.training import (
     network_spacing,
     resolve_patch_and_batch,
     run_slice_axis,
+    run_tta,
     save_learning_curves,
     train,
 )
@@ -37,9 +38,11 @@ log = logging.getLogger("medseg_bench.run")
 PREDICTIONS = "predictions"
 
 
-def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool = False,
+def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool | None = None,
                   save_to: Path | None = None):
     """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame).
+
+    `tta`: mirroring test-time augmentation, by default as the spec says (`training.run_tta`).
 
     With `spec.postprocess`, largest-component postprocessing is decided per label on these cases and the
     scores are of the decided predictions; the decision is in `frame.attrs["postprocessing"]`.
@@ -51,7 +54,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.data.resample import to_original
-    from medseg_bench.inference import predict_probabilities
+    from medseg_bench.inference import NNUNET_INFERENCE_FROM, predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
     from medseg_bench.postprocess import apply_postprocessing, decide
 
@@ -68,12 +71,15 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
             rows.append({"case": case_id, **row})
 
     slice_axis = run_slice_axis(spec, network_spacing(prepared))
+    tta = run_tta(spec, tta)
+    log_space = spec.pipeline_version >= NNUNET_INFERENCE_FROM
     kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
-        probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis)
-        pred = to_original(probs, props)
+        probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
+                                      spec.pipeline_version)
+        pred = to_original(probs, props, log_space)
         label, geometry = original_label(props)
         if spec.postprocess:
             kept.append((case_id, pred, label, geometry))
@@ -139,7 +145,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         # Written under a temporary name, published whole: an attempt cut short leaves only the temporary one.
         partial = folder / f".{PREDICTIONS}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        frame = evaluate_fold(net, spec, prepared, result.device, spec.tta, save_to=partial)
+        frame = evaluate_fold(net, spec, prepared, result.device, save_to=partial)
         shutil.rmtree(folder / PREDICTIONS, ignore_errors=True)  # an attempt's killed before `done`
         partial.mkdir(exist_ok=True)
         partial.rename(folder / PREDICTIONS)
@@ -170,7 +176,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                 "device": result.device,
             },
             "plan": prepared.plan.to_dict(),
-            "tta": spec.tta,
+            "tta": run_tta(spec),  # what the evaluation did
             # Per label: kept only the largest component? with the mean Dice without and with it.
             "postprocessing": decision.to_dict() if decision is not None else None,
         }

@@ -53,7 +53,13 @@ from medseg_bench.errors import UsageError
 # 9: the nnunet preset's low resolution as batchgeneratorsv2's: torch's `interpolate` (nearest-exact down,
 #    linear up), voxel centres aligned; it was scipy's `zoom`, whose grid aligns the corner voxels. Runs of
 #    every other augmentation train exactly as in version 8.
-PIPELINE_VERSION = 9
+# 10: held-out cases are predicted as nnU-Net v2's predictor does (`inference.NNUNET_INFERENCE_FROM`): its
+#    sliding window (tile steps spread evenly, its Gaussian; MONAI's stepped by half a patch and pushed the
+#    last tile back, and clamped the Gaussian at 1e-3), mirroring TTA averaging the logits over the flips of
+#    each tile (it averaged the softmax over flips of the whole volume, padded after flipping), and only for
+#    runs whose augmentation mirrors (`training.run_tta`); probabilities are mapped back to the original grid
+#    in log space (nnU-Net resamples logits). Training is as in version 9.
+PIPELINE_VERSION = 10
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from medseg_bench.inference import predict_labels, predict_probabilities
+from medseg_bench.inference import _gaussian, _tile_starts, predict_labels, predict_probabilities
 
 
 class _Shifted(nn.Module):
@@ -26,26 +26,75 @@ class _Shifted(nn.Module):
         return self.conv(x) + torch.stack([ramp, -ramp])[None]
 
 
+def _combos(ndim: int) -> list[tuple[int, ...]]:
+    axes = list(range(2, 2 + ndim))
+    return [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
+
+
 @pytest.mark.parametrize("dims", ["2d", "3d"])
-def test_tta_is_the_mean_over_all_mirrorings(dims: str) -> None:
+def test_tta_averages_the_logits_over_all_mirrorings(dims: str) -> None:
+    # nnU-Net's `_internal_maybe_mirror_and_predict`: flip, predict, flip back, average the logits; softmax.
     torch.manual_seed(0)
     ndim = 2 if dims == "2d" else 3
     net = _Shifted(ndim).eval()
     image = np.random.default_rng(0).normal(size=(1, 8, 32, 32)).astype(np.float32)
-    patch = (32, 32) if dims == "2d" else (8, 32, 32)
+    patch = (32, 32) if dims == "2d" else (8, 32, 32)  # one tile: the window adds nothing
     plain = predict_probabilities(net, image, dims, patch)
     tta = predict_probabilities(net, image, dims, patch, tta=True)
     assert plain.shape == tta.shape == (2, 8, 32, 32)
     assert np.allclose(tta.sum(0), 1, atol=1e-5) and not np.allclose(plain, tta, atol=1e-3)
-    # Reference: flip the input, predict, flip back, average (on the 2D slices or the 3D volume).
     with torch.no_grad():
         x = torch.from_numpy(image)
         x = x.permute(1, 0, 2, 3) if dims == "2d" else x[None]
-        axes = list(range(2, 2 + ndim))
-        combos = [c for r in range(ndim + 1) for c in itertools.combinations(axes, r)]
-        ref = sum(torch.flip(torch.softmax(net(torch.flip(x, c)), 1), c) for c in combos) / len(combos)
+        combos = _combos(ndim)
+        logits = sum(torch.flip(net(torch.flip(x, c)), c) for c in combos) / len(combos)
+        ref = torch.softmax(logits, 1)
         ref = ref.permute(1, 0, 2, 3) if dims == "2d" else ref[0]
+        # Version 9 and older: the softmax of each flip, averaged.
+        old = sum(torch.flip(torch.softmax(net(torch.flip(x, c)), 1), c) for c in combos) / len(combos)
+        old = old.permute(1, 0, 2, 3) if dims == "2d" else old[0]
+    assert np.allclose(tta, ref.numpy(), atol=1e-5) and not np.allclose(tta, old.numpy(), atol=1e-3)
+    legacy = predict_probabilities(net, image, dims, patch, tta=True, pipeline_version=9)
+    assert np.allclose(legacy, old.numpy(), atol=1e-5)
+
+
+def test_tta_flips_each_padded_tile() -> None:
+    # nnU-Net pads the image to the patch (centred, the odd voxel after) and mirrors the padded tile; version
+    # 9 mirrored the volume and padded after, so an odd padding put each flip one voxel off.
+    net = _Shifted(3).eval()
+    image = np.random.default_rng(4).normal(size=(1, 5, 13, 16)).astype(np.float32)
+    tta = predict_probabilities(net, image, "3d", (8, 16, 16), tta=True)
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(torch.from_numpy(image)[None], (0, 0, 1, 2, 1, 2))  # 5->8, 13->16
+        logits = sum(torch.flip(net(torch.flip(padded, c)), c) for c in _combos(3)) / 8
+        ref = torch.softmax(logits, 1)[0, :, 1:6, 1:14]
     assert np.allclose(tta, ref.numpy(), atol=1e-5)
+
+
+def test_tiles_and_gaussian_are_nnunets() -> None:
+    # Reference values from nnunetv2 2.8.1's compute_steps_for_sliding_window and compute_gaussian.
+    assert [_tile_starts(s, p) for s, p in zip((110, 40, 64), (64, 40, 32), strict=True)] == [
+        [0, 23, 46], [0], [0, 16, 32]]
+    assert [_tile_starts(s, p) for s, p in zip((200, 57, 129), (64, 56, 40), strict=True)] == [
+        [0, 27, 54, 82, 109, 136], [0, 1], [0, 18, 36, 53, 71, 89]]
+    weight = _gaussian((8, 16, 16))
+    assert weight[4, 8, 8] == 1.0  # the peak at patch // 2, half a voxel off-centre on even sides
+    assert weight[3, 8, 8] == pytest.approx(0.6065306663513184, rel=1e-6)
+    assert weight[0, 8, 8] == pytest.approx(0.000335462624207139, rel=1e-5)
+    assert weight[7, 15, 15] == pytest.approx(5.315785145398877e-08, rel=1e-4)
+    assert weight.min() == weight[0, 0, 0] == pytest.approx(3.775134371775124e-11, rel=1e-4)
+
+
+def test_the_window_stitches_a_pointwise_net_exactly() -> None:
+    # Weights normalised voxel by voxel, padding cropped away: a 1x1x1 convolution's logits come back as is,
+    # on an image smaller than the patch along one axis and several tiles long along the others.
+    torch.manual_seed(1)
+    net = nn.Conv3d(2, 3, 1).eval()
+    image = np.random.default_rng(5).normal(size=(2, 6, 41, 70)).astype(np.float32)
+    probs = predict_probabilities(net, image, "3d", (8, 16, 24))
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(image)[None]), 1)[0]
+    assert np.allclose(probs, expected.numpy(), atol=1e-5)
 
 
 def test_flip_equivariant_net_is_unchanged_by_tta() -> None:

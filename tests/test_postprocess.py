@@ -29,6 +29,11 @@ def test_keep_largest_component_removes_only_smaller_parts_of_that_label() -> No
     diagonal = np.zeros((4, 4, 4), np.uint8)
     diagonal[0, 0, 0] = diagonal[1, 1, 1] = 1  # corner-touching voxels are one component (full connectivity)
     assert (keep_largest_component(diagonal, 1) == diagonal).all()
+    twins = np.zeros((6, 6, 6), np.uint8)
+    twins[0:2, 0:2, 0:2] = twins[4:6, 4:6, 4:6] = 1  # two components tied for largest: both kept (nnU-Net)
+    twins[0, 5, 0] = 1
+    kept = keep_largest_component(twins, 1)
+    assert kept.sum() == 16 and kept[0, 5, 0] == 0
 
 
 def test_decision_per_label_follows_mean_dice() -> None:
@@ -92,7 +97,7 @@ def test_run_records_tta_and_postprocessing_decision(home, tmp_path) -> None:
     src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
     fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
     prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
-    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="light", num_folds=2,
                    epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), tta=True,
                    postprocess=True)
     folder = tmp_path / "run"
@@ -135,7 +140,7 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
     src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
     fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
     prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
-    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="light", num_folds=2,
                    epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), postprocess=True)
     decide = postprocess.decide
     monkeypatch.setattr(postprocess, "decide", lambda preds, refs, labels: Decision(

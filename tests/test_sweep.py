@@ -56,6 +56,16 @@ def test_no_runs_says_why(home: Path) -> None:
         expand(_request(archs=["deeplab"], dims=["3d"]))
 
 
+def test_tta_only_for_augmentations_that_mirror(home: Path) -> None:
+    # nnU-Net mirrors at inference only along axes it mirrored in training; a net trained without mirroring
+    # is no better, often far worse, on mirrored images.
+    runs, notes = expand(_request(dims=["3d"], augs=["none", "light"], tta=True))
+    assert {r.aug: r.tta for r in runs} == {"none": False, "light": True}
+    assert any(n.startswith("--tta with aug none: evaluated without it") for n in notes)
+    plain, _ = expand(_request(dims=["3d"], augs=["none"]))
+    assert [r.run_id for r in runs if r.aug == "none"] == [r.run_id for r in plain]  # the same run
+
+
 def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
     _, notes = expand(_request(dims=["3d"], encoders=["resnet50"]))
     assert "--encoder resnet50: unused, the sweep has no 2D run (3D nets take no encoder)" in notes

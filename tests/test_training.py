@@ -22,7 +22,7 @@ from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.preprocess import prepare_task
 from medseg_bench.spec import RunSpec
-from medseg_bench.training import resolve_patch_and_batch, train
+from medseg_bench.training import resolve_patch_and_batch, run_tta, train
 from tests.conftest import copy_subset, make_synthetic_task, write_task_file
 
 TASK = "Task94_Train"
@@ -281,3 +281,12 @@ def test_a_resumed_run_with_loader_workers_trains_as_an_uninterrupted_one(prepar
     whole = pd.read_csv(tmp_path / "whole" / "logs" / "metrics.csv")
     resumed = pd.read_csv(tmp_path / "cut" / "logs" / "metrics.csv")
     assert whole["train_loss"].dropna().tolist() == resumed["train_loss"].dropna().tolist()
+
+
+def test_tta_applies_to_runs_whose_augmentation_mirrors() -> None:
+    from dataclasses import replace
+
+    spec = RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none", tta=True)
+    assert not run_tta(spec) and not run_tta(spec, requested=True)
+    assert run_tta(replace(spec, aug="nnunet")) and not run_tta(replace(spec, aug="nnunet"), requested=False)
+    assert run_tta(replace(spec, pipeline_version=9))  # an older run is evaluated and predicted as it was

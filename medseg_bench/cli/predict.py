@@ -154,7 +154,7 @@ def _member(run: _Run, tta: bool | None) -> Any:
     from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.training import load_weights, run_slice_axis
+    from medseg_bench.training import load_weights, run_slice_axis, run_tta
 
     spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
     patch = _trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
@@ -163,8 +163,8 @@ def _member(run: _Run, tta: bool | None) -> Any:
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
     net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
-    return Member(net, spec.dims, tuple(patch), spec.tta if tta is None else tta,
-                  run_slice_axis(spec, plan.target_spacing))
+    return Member(net, spec.dims, tuple(patch), run_tta(spec, tta), run_slice_axis(spec, plan.target_spacing),
+                  spec.pipeline_version)
 
 
 def _check_ensemble(runs: list[_Run]) -> None:
@@ -232,6 +232,10 @@ def predict(
     _check_ensemble(loaded)
     found = _images(images)
     members = [_member(run, tta) for run in loaded]
+    for run, member in zip(loaded, members, strict=True):
+        if tta and not member.tta:
+            typer.echo(f"{run.folder}: predicted without --tta: its augmentation '{run.spec.aug}' never "
+                       "mirrored a training image (nnU-Net mirrors only along the axes it trained with)")
     decision = _ensemble_decision(loaded)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     if len(loaded) > 1:

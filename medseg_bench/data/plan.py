@@ -29,8 +29,11 @@ from medseg_bench.spec import TaskSpec
 T = TypeVar("T")
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
-CACHE_FORMAT = 4  # 4: no axis resampled on its own when two share the coarsest spacing; 3: the crop box is
-# the image's alone (2 also covered label voxels)
+# 5: spline-resampled images clipped to their input range, per slice when the thick axis goes on its own
+#    (nnU-Net's skimage `resize(clip=True)`); resampled shapes as nnU-Net's `compute_new_shape` rounds them.
+# 4: no axis resampled on its own when two share the coarsest spacing.
+# 3: the crop box is the image's alone (2 also covered label voxels).
+CACHE_FORMAT = 5
 # A batch may hold at most this fraction of all the dataset's voxels (nnU-Net's rule against overfitting).
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 MIN_BATCH = 2
@@ -326,7 +329,9 @@ def fit_patch_and_batch(
         patch[axis] -= multiple
     voxels = int(np.prod(patch))
     batch = min(
-        batch_voxels // voxels, max_batch, int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // voxels)
+        # nnU-Net rounds the 5 % cap (`bs_corresponding_to_5_percent`; a plan.json written when it was
+        # floored keeps its batch)
+        batch_voxels // voxels, max_batch, round(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / voxels)
     )
     return tuple(patch), max(MIN_BATCH, batch)
 

@@ -52,7 +52,8 @@ def target_shape(
 ) -> tuple[int, ...]:
     """Shape of a volume of `shape` at `spacing` once resampled to `target_spacing` (at least 1 per axis)."""
     return tuple(
-        max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True)
+        # In nnU-Net's order of operations (`compute_new_shape`): n * s / t rounds otherwise in some .5 cases.
+        max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target_spacing, strict=True)
     )
 
 
@@ -107,12 +108,23 @@ def _resample_volume(
     order: int,
     separate_axis: int | None,
     order_separate: int = 0,
+    clip: bool = False,
 ) -> np.ndarray:
+    """`clip`: clip the spline output to the range of its input, as nnU-Net's `skimage.transform.resize`
+    (clip=True) does: the whole volume's range, or each slice's range when the separate axis is resampled
+    on its own (nnU-Net resizes slice by slice)."""
     if separate_axis is None or tuple(volume.shape) == tuple(new_shape):
-        return _resample_axes(volume, new_shape, order)
+        out = _resample_axes(volume, new_shape, order)
+        if clip and tuple(volume.shape) != tuple(new_shape):
+            np.clip(out, volume.min(), volume.max(), out=out)
+        return out
     in_plane = list(new_shape)
     in_plane[separate_axis] = volume.shape[separate_axis]
     step = _resample_axes(volume, in_plane, order)
+    if clip and tuple(step.shape) != tuple(volume.shape):
+        others = tuple(a for a in range(volume.ndim) if a != separate_axis)
+        np.clip(step, volume.min(axis=others, keepdims=True), volume.max(axis=others, keepdims=True),
+                out=step)
     return _resample_axes(step, new_shape, order_separate)
 
 
@@ -124,7 +136,8 @@ def resample_image(
         return image.astype(np.float32, copy=False)
     volume = image.astype(np.float32, copy=False)
     return np.stack(
-        [_resample_volume(volume[c], new_shape, order, separate_axis) for c in range(image.shape[0])]
+        [_resample_volume(volume[c], new_shape, order, separate_axis, clip=True)
+         for c in range(image.shape[0])]
     )
 
 
@@ -149,32 +162,42 @@ def resample_label(
 
 
 def resample_probabilities(
-    probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+    probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
+    log_space: bool = False,
 ) -> np.ndarray:
-    """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8)."""
+    """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8).
+
+    `log_space`: their logarithms are resampled. nnU-Net resamples a network's logits; for the softmax of one
+    set of logits, log p_k = z_k - logsumexp(z) differs from z_k by the same amount for every class, so the
+    argmax is nnU-Net's (probabilities under float32's smallest normal number are taken as that number).
+    """
     best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)
+    tiny = np.finfo(np.float32).tiny
     for k in range(probabilities.shape[0]):
-        score = _resample_volume(probabilities[k].astype(np.float32, copy=False), new_shape, 1, separate_axis)
+        values = probabilities[k].astype(np.float32, copy=False)
+        if log_space:
+            values = np.log(np.maximum(values, tiny))
+        score = _resample_volume(values, new_shape, 1, separate_axis)
         better = score > best
         out[better] = k
         best[better] = score[better]
     return out
 
 
-def to_original(prediction: np.ndarray, props: dict) -> np.ndarray:
+def to_original(prediction: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
     """Map a prediction in preprocessed space back to the original image grid of a cached case.
 
-    `prediction` is a (Z, Y, X) label map or (K, Z, Y, X) class probabilities; `props` the case's cached
-    properties (`load_case`). Returns a uint8 label map of the original shape; voxels outside the crop box
-    are background.
+    `prediction` is a (Z, Y, X) label map or (K, Z, Y, X) class probabilities (`log_space`: resampled as
+    logarithms, `resample_probabilities`); `props` the case's cached properties (`load_case`). Returns a
+    uint8 label map of the original shape; voxels outside the crop box are background.
     """
     box: CropBox = props["crop_box"]
     cropped_shape = [hi - lo for lo, hi in box]
     # From the preprocessed spacing to the original one (nnU-Net's export): the preprocessed is asked first.
     separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
     if prediction.ndim == 4:
-        inside = resample_probabilities(prediction, cropped_shape, separate)
+        inside = resample_probabilities(prediction, cropped_shape, separate, log_space)
     else:
         inside = resample_label(prediction, cropped_shape, separate)
     full = np.zeros(tuple(props["shape_original_zyx"]), dtype=np.uint8)

@@ -6,7 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from medseg_bench.augment import AUGS
+from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
 from medseg_bench.losses import LOSSES
@@ -171,7 +171,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         batch_size=request.batch_size, patch_size=request.patch_size,
                         optimizer=request.optimizer, lr=lr, task_version=task.version,
                         pretrained=request.pretrained and dims == "2d", class_weights=class_weights,
-                        tta=request.tta, postprocess=request.postprocess)
+                        tta=request.tta and mirrors(aug), postprocess=request.postprocess)
+                    if request.tta and not spec.tta:
+                        skipped.append(f"--tta with aug {aug}: evaluated without it, '{aug}' never mirrors a "
+                                       "training image (nnU-Net mirrors only along the axes it trained with)")
                     if is_excluded(spec, rules):
                         excluded += 1
                         continue

@@ -101,6 +101,12 @@ def test_predictions_keep_source_geometry(run_folder, tmp_path: Path) -> None:
 
     again = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert again.exit_code == 0 and "exists, skipped" in again.output  # nothing silently overwritten
+    # --tta for a run that never saw a mirrored image: a line, and the prediction without it.
+    mirrored = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out",
+                                   str(tmp_path / "t"), "--tta"])
+    assert mirrored.exit_code == 0, mirrored.output
+    assert "without --tta: its augmentation 'none' never mirrored a training image" in mirrored.output
+    assert (read_label(tmp_path / "t" / "new_case.nii.gz")[0] == expected).all()
 
 
 def test_postprocessing_decision_is_applied(run_folder, tmp_path: Path) -> None:
@@ -304,10 +310,10 @@ def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp
         patch, _ = resolve_patch_and_batch(s, prepared)
         probs.append(predict_probabilities(_loaded_net(f, s, prepared), resampled, s.dims, patch,
                                            slice_axis=run_slice_axis(s, prepared.plan.target_spacing)))
-    expected = to_original((probs[0] + probs[1]) / 2, grid)
+    expected = to_original((probs[0] + probs[1]) / 2, grid, log_space=True)
     labels, _ = read_label(out / "a.nii.gz")
     assert (labels == expected).all()
-    alone = [to_original(p, grid) for p in probs]
+    alone = [to_original(p, grid, log_space=True) for p in probs]
     assert all((labels != a).any() for a in alone)  # neither run's own prediction
 
     # postprocessing: the runs' decisions pooled; none when one run has no decision

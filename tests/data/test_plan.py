@@ -92,6 +92,9 @@ def test_more_memory_never_means_smaller_batches_of_voxels() -> None:
 def test_batch_is_capped_at_5_percent_of_the_dataset() -> None:
     patch, batch = fit_patch_and_batch((20, 20, 20), 8, 128, 10**9, 10**6, dataset_voxels=100 * 24**3)
     assert patch == (24, 24, 24) and batch == 5
+    # nnU-Net rounds the cap: 5 % of 130 patches is 6.5 -> 6 (round half to even), of 139 is 6.95 -> 7.
+    _, batch = fit_patch_and_batch((20, 20, 20), 8, 128, 10**9, 10**6, dataset_voxels=139 * 24**3)
+    assert batch == 7
 
 
 def _fingerprint(spacings: list[list[float]], shapes: list[list[int]]) -> dict:

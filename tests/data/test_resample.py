@@ -18,6 +18,7 @@ from medseg_bench.data.resample import (
     nonzero_box,
     resample_image,
     resample_label,
+    resample_probabilities,
     separate_axis,
     target_shape,
     to_original,
@@ -158,3 +159,40 @@ def test_cached_case_maps_back_to_the_original_geometry(home: Path, tmp_path: Pa
     source, _ = read_geometry(src / "labelsTr" / f"{case}.nii.gz")
     assert written == source
     assert np.array_equal(read_label(out)[0], back)
+
+
+def test_spline_overshoot_is_clipped_as_nnunets_resize() -> None:
+    # skimage's resize(clip=True): the whole volume's range, or each slice's when the thick axis goes alone.
+    image = np.zeros((1, 4, 12, 12), np.float32)
+    image[0, :, 4:8, 4:8] = 10.0  # a step edge: cubic splines overshoot it
+    image[0, 0] *= 0.5  # slices with their own range
+    up = resample_image(image, (4, 20, 20))
+    assert up.min() >= 0.0 and up.max() <= 10.0
+    thick = resample_image(image, (9, 20, 20), separate_axis=0)
+    for out in thick[0]:  # order 0 along the thick axis: each slice within its source slice's range
+        assert any(src.min() <= out.min() and out.max() <= src.max() for src in image[0])
+    assert thick[0].max(axis=(1, 2)).min() <= 5.0  # the half-bright slice kept its own range
+    from scipy.ndimage import affine_transform
+
+    scale = np.array([4, 12, 12]) / np.array([4, 20, 20])
+    unclipped = affine_transform(image[0], scale, offset=0.5 * scale - 0.5, output_shape=(4, 20, 20), order=3,
+                                 mode="nearest")
+    assert unclipped.max() > 10.0 and unclipped.min() < 0.0  # what was cached before cache format 5
+
+
+def test_target_shape_rounds_in_nnunets_order() -> None:
+    # nnU-Net's compute_new_shape: round(s / t * n). 0.7 / 0.8 * 20 = 17.499999999999996 -> 17, where
+    # 20 * 0.7 / 0.8 = 17.5 rounded half to even gave 18.
+    assert target_shape((20, 20, 20), (0.7, 0.7, 0.7), (0.8, 0.8, 0.8)) == (17, 17, 17)
+
+
+def test_log_space_mapping_back_gives_the_argmax_of_resampled_logits() -> None:
+    # nnU-Net resamples the logits; resampling log-probabilities gives the same argmax, resampling the
+    # probabilities themselves does not everywhere.
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 4, (3, 6, 7, 5)).astype(np.float32)
+    probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    new_shape = (11, 13, 9)
+    expected = np.stack([resample_image(logits[k:k + 1], new_shape, order=1)[0] for k in range(3)]).argmax(0)
+    assert np.array_equal(resample_probabilities(probs, new_shape, log_space=True), expected)
+    assert not np.array_equal(resample_probabilities(probs, new_shape), expected)
