@@ -132,6 +132,12 @@ def test_a_metaimage_cut_short_is_not_called_missing(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(path))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 100])
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError:
+        pass
+    else:  # SimpleITK 2.2 reads it without an error
+        pytest.skip(f"SimpleITK {sitk.Version.VersionString()} reads a MetaImage cut short without an error")
     with pytest.raises(DataError, match=rf"^{path}: not a readable image \(damaged or cut short: ITK cannot "
                                         r"read its data\)$"):
         read_image(path)
