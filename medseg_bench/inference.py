@@ -37,27 +37,24 @@ def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
     return [combo for r in range(ndim + 1) for combo in itertools.combinations(axes, r)]
 
 
-def _mean_logits(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
-    """The network's logits for `x` averaged over `flips` (each flipped back), in float32."""
+def _flip_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flips: list[tuple[int, ...]],
+               softmax: bool = False) -> torch.Tensor:
+    """`run`'s output for `x` averaged over `flips` (each flipped back), in float32: the logits (nnU-Net's
+    `_internal_maybe_mirror_and_predict`), or with `softmax` each flip's softmax (version 9 and older)."""
     total = None
     for axes in flips:
-        out = (torch.flip(net(torch.flip(x, axes)), axes) if axes else net(x)).float()
+        out = run(torch.flip(x, axes)) if axes else run(x)
+        out = (torch.softmax(out, dim=1) if softmax else out).float()
+        out = torch.flip(out, axes) if axes else out
         total = out if total is None else total + out
     assert total is not None
     return total / len(flips)
 
 
-def _mirrored_softmax(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]],
-                      run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Version 9 and older: the softmax of each flip's prediction, averaged."""
-    total = None
-    for axes in flips:
-        xin = torch.flip(x, axes) if axes else x
-        prob = torch.softmax(run(xin), dim=1)
-        prob = torch.flip(prob, axes) if axes else prob
-        total = prob if total is None else total + prob
-    assert total is not None
-    return total / len(flips)
+def log_space(pipeline_version: int) -> bool:
+    """Whether a run's probabilities are mapped back to the original grid as logarithms (`resample.
+    to_original`): from version 10, so that the class is the one nnU-Net's resampled logits give."""
+    return pipeline_version >= NNUNET_INFERENCE_FROM
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,9 +133,9 @@ def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_si
                                                    overlap=0.5, mode="gaussian")
                     return cast(torch.Tensor, out)
 
-                probs = _mirrored_softmax(net, x, flips, run)[0]
+                probs = _flip_mean(run, x, flips, softmax=True)[0]
             else:
-                logits = _sliding_window(x, tuple(patch_size), lambda tile: _mean_logits(net, tile, flips))
+                logits = _sliding_window(x, tuple(patch_size), lambda tile: _flip_mean(net, tile, flips))
                 probs = torch.softmax(logits, dim=1)[0]
             return probs.float().cpu().numpy()
         slices = _predict_slices(net, np.moveaxis(image, slice_axis + 1, 1), patch_size, device, tta, legacy)
@@ -158,9 +155,9 @@ def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int]
     for start in range(0, z, SLICE_BATCH):
         x = torch.from_numpy(slices[start:start + SLICE_BATCH]).to(device)
         if legacy:
-            probs = _mirrored_softmax(net, x, flips, net)
+            probs = _flip_mean(net, x, flips, softmax=True)
         else:
-            probs = torch.softmax(_mean_logits(net, x, flips), dim=1)
+            probs = torch.softmax(_flip_mean(net, x, flips), dim=1)
         out.append(probs[:, :, top:top + h, left:left + w].float().cpu())
     return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
@@ -221,5 +218,4 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     assert total is not None, "an ensemble needs at least one member"
     if len(members) > 1:
         total /= len(members)
-    log_space = all(m.pipeline_version >= NNUNET_INFERENCE_FROM for m in members)
-    return to_original(total, grid, log_space=log_space)
+    return to_original(total, grid, log_space=all(log_space(m.pipeline_version) for m in members))

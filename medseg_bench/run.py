@@ -54,7 +54,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.data.resample import to_original
-    from medseg_bench.inference import NNUNET_INFERENCE_FROM, predict_probabilities
+    from medseg_bench.inference import log_space, predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
     from medseg_bench.postprocess import apply_postprocessing, decide
 
@@ -72,14 +72,13 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     slice_axis = run_slice_axis(spec, network_spacing(prepared))
     tta = run_tta(spec, tta)
-    log_space = spec.pipeline_version >= NNUNET_INFERENCE_FROM
     kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version)
-        pred = to_original(probs, props, log_space)
+        pred = to_original(probs, props, log_space(spec.pipeline_version))
         label, geometry = original_label(props)
         if spec.postprocess:
             kept.append((case_id, pred, label, geometry))

@@ -29,12 +29,13 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
-from medseg_bench.augment import AUGS
+from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.io import failure_names
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
+from medseg_bench.inference import NNUNET_INFERENCE_FROM
 from medseg_bench.losses import build_loss
 from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
 from medseg_bench.spec import DEFAULT_LR, RunSpec
@@ -263,9 +264,6 @@ def run_tta(spec: RunSpec, requested: bool | None = None) -> bool:
     samples: nnU-Net mirrors at inference only along the axes it mirrored in training, and a network that
     never saw a mirrored image predicts poorly on one (a 3D U-Net without augmentation on Hippocampus: Dice
     0.88 without TTA, 0.18 with it)."""
-    from medseg_bench.augment import mirrors
-    from medseg_bench.inference import NNUNET_INFERENCE_FROM
-
     tta = spec.tta if requested is None else requested
     return tta and (spec.pipeline_version < NNUNET_INFERENCE_FROM or mirrors(spec.aug))
 
