@@ -9,7 +9,10 @@ Checks, on fixed synthetic inputs (seeded; no data needed):
   we from pipeline version 10;
 - forward resampling of images (cubic, separate thick axis nearest) and label maps, and mapping class
   probabilities back: our `data.resample` against nnU-Net's `resample_data_or_seg_to_shape`
-  (`default_resampling.py`), on an isotropic and an anisotropic (thick-slice) geometry.
+  (`default_resampling.py`), on an isotropic and an anisotropic (thick-slice) geometry;
+- the dataset fingerprint's foreground intensity statistics (what a CT channel is clipped and z-scored with):
+  our `data.fingerprint.fingerprint` against nnU-Net's `DatasetFingerprintExtractor.run` on the same synthetic
+  CT cases (NIfTI files; a zero border that cropping removes, with foreground in it).
 
 nnU-Net runs in its own venv (default /tmp/nnunet-venv; installed on first use as bench/preprocess.py does).
 
@@ -21,6 +24,7 @@ Prints a table and writes bench/results/nnunet_parity.md.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -45,53 +49,69 @@ GEOMETRIES = [("isotropic 1.25 -> 1 mm", (24, 30, 28), (1.25, 1.25, 1.25), (1.0,
               ("thick slices 5 x 0.7 -> 4.2 x 0.8 mm", (10, 60, 52), (5.0, 0.7, 0.7), (4.2, 0.8, 0.8))]
 
 NNUNET_SIDE = """
+import json
+import os
 import sys
+os.environ["nnUNet_raw"] = sys.argv[1] + "/raw"
+os.environ["nnUNet_preprocessed"] = sys.argv[1] + "/preprocessed"
+os.environ["nnUNet_results"] = sys.argv[1] + "/results"
 from types import SimpleNamespace
 import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
-torch.set_num_threads(2)
-work = sys.argv[1]
-inputs = np.load(work + "/inputs.npz")
-net = torch.jit.load(work + "/net.pt")
-out = {}
-import functools
-import nnunetv2.inference.predict_from_raw_data as predict_module
-shipped_gaussian, shipped_half = predict_module.compute_gaussian, torch.half
-for precision, tta in ((p, t) for p in ("16", "32") for t in (False, True)):
-    # "32": the same code with float32 buffers and Gaussian (nnU-Net's are float16, where the Gaussian's
-    # smallest weights, near a tile's corners, underflow and the stitched logits there are coarsely quantized)
-    torch.half = shipped_half if precision == "16" else torch.float32
-    predict_module.compute_gaussian = shipped_gaussian if precision == "16" else functools.partial(
-        shipped_gaussian, dtype=torch.float32)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
-                                perform_everything_on_device=False, device=torch.device("cpu"),
-                                allow_tqdm=False)
-    predictor.network = net
-    predictor.configuration_manager = SimpleNamespace(patch_size=list(inputs["patch"]))
-    predictor.label_manager = SimpleNamespace(num_segmentation_heads=int(inputs["classes"]))
-    predictor.allowed_mirroring_axes = (0, 1, 2)
-    for i in range(int(inputs["volumes"])):
-        x = torch.from_numpy(inputs[f"volume{i}"])
-        with torch.no_grad():
-            logits = predictor.predict_sliding_window_return_logits(x).float().numpy()
-            out[f"logits{i}_{int(tta)}_{precision}"] = logits
-torch.half = shipped_half
-for i in range(int(inputs["geometries"])):
-    spacing, target = inputs[f"spacing{i}"], inputs[f"target{i}"]
-    new_shape = inputs[f"new_shape{i}"]
-    out[f"image{i}"] = resample_data_or_seg_to_shape(inputs[f"image{i}"], new_shape, spacing, target,
-                                                     is_seg=False, order=3, order_z=0, force_separate_z=None)
-    out[f"label{i}"] = resample_data_or_seg_to_shape(inputs[f"label{i}"], new_shape, spacing, target,
-                                                     is_seg=True, order=1, order_z=0, force_separate_z=None)
-    # back from the target spacing to the original, as nnU-Net's export resamples logits
-    out[f"back{i}"] = resample_data_or_seg_to_shape(inputs[f"logits_small{i}"], inputs[f"image{i}"].shape[1:],
-                                                    target, spacing, is_seg=False, order=1, order_z=0,
-                                                    force_separate_z=None)
-np.savez(work + "/nnunet.npz", **out)
+
+def inference_and_resampling(work):
+    inputs = np.load(work + "/inputs.npz")
+    net = torch.jit.load(work + "/net.pt")
+    out = {}
+    import functools
+    import nnunetv2.inference.predict_from_raw_data as predict_module
+    shipped_gaussian, shipped_half = predict_module.compute_gaussian, torch.half
+    for precision, tta in ((p, t) for p in ("16", "32") for t in (False, True)):
+        # "32": the same code with float32 buffers and Gaussian (nnU-Net's are float16, where the
+        # Gaussian's smallest weights, near a tile's corners, underflow and the stitched logits there are
+        # coarsely quantized)
+        torch.half = shipped_half if precision == "16" else torch.float32
+        predict_module.compute_gaussian = shipped_gaussian if precision == "16" else functools.partial(
+            shipped_gaussian, dtype=torch.float32)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                    perform_everything_on_device=False, device=torch.device("cpu"),
+                                    allow_tqdm=False)
+        predictor.network = net
+        predictor.configuration_manager = SimpleNamespace(patch_size=list(inputs["patch"]))
+        predictor.label_manager = SimpleNamespace(num_segmentation_heads=int(inputs["classes"]))
+        predictor.allowed_mirroring_axes = (0, 1, 2)
+        for i in range(int(inputs["volumes"])):
+            x = torch.from_numpy(inputs[f"volume{i}"])
+            with torch.no_grad():
+                logits = predictor.predict_sliding_window_return_logits(x).float().numpy()
+                out[f"logits{i}_{int(tta)}_{precision}"] = logits
+    torch.half = shipped_half
+    for i in range(int(inputs["geometries"])):
+        spacing, target = inputs[f"spacing{i}"], inputs[f"target{i}"]
+        new_shape = inputs[f"new_shape{i}"]
+        resample = functools.partial(resample_data_or_seg_to_shape, order_z=0, force_separate_z=None)
+        out[f"image{i}"] = resample(inputs[f"image{i}"], new_shape, spacing, target, is_seg=False, order=3)
+        out[f"label{i}"] = resample(inputs[f"label{i}"], new_shape, spacing, target, is_seg=True, order=1)
+        # back from the target spacing to the original, as nnU-Net's export resamples logits
+        out[f"back{i}"] = resample(inputs[f"logits_small{i}"], inputs[f"image{i}"].shape[1:], target, spacing,
+                                   is_seg=False, order=1)
+    np.savez(work + "/nnunet.npz", **out)
+
+
+if __name__ == "__main__":  # the fingerprint's pool spawns processes that import this file
+    torch.set_num_threads(2)
+    work = sys.argv[1]
+    inference_and_resampling(work)
+    fp = DatasetFingerprintExtractor(FINGERPRINT_DATASET, num_processes=2).run()
+    with open(work + "/fingerprint.json", "w") as f:
+        json.dump(fp["foreground_intensity_properties_per_channel"][0], f)
 """
+FINGERPRINT_DATASET = "Dataset901_CTParity"
+FINGERPRINT_CASES = 5
 
 
 def _net() -> torch.jit.ScriptModule:
@@ -113,12 +133,46 @@ def _geometry_inputs(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[
     return image[None], label[None]
 
 
+def _ct_dataset(root: Path, rng: np.random.Generator) -> list:
+    """Synthetic CT cases, written both in MSD layout (ours) and as nnU-Net raw data (same NIfTI files)."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.msd import Case
+
+    def write(array: np.ndarray, path: Path) -> None:
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing((0.8, 0.8, 2.5))  # x, y, z
+        sitk.WriteImage(itk, str(path))
+
+    raw = root / "raw" / FINGERPRINT_DATASET
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    cases = []
+    for i in range(FINGERPRINT_CASES):
+        shape = (20 + 3 * i, 40, 36 - 2 * i)
+        image, label = _geometry_inputs(rng, shape)
+        hu = (image[0] * 120 - 300 + rng.normal(0, 40, shape)).astype(np.float32)
+        hu[:, :3] = 0.0  # a zero border, which cropping removes: the foreground in it is not sampled
+        hu[:, -2:] = 0.0
+        label[0, :, 1, :6] = 1
+        name = f"ct_{i:03d}"
+        write(hu, raw / "imagesTr" / f"{name}_0000.nii.gz")
+        write(label[0], raw / "labelsTr" / f"{name}.nii.gz")
+        cases.append(Case(name, raw / "imagesTr" / f"{name}_0000.nii.gz",
+                          raw / "labelsTr" / f"{name}.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
+        "numTraining": FINGERPRINT_CASES, "file_ending": ".nii.gz"}))
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "nnunet_parity.md")
     args = parser.parse_args()
     ensure_nnunet(args.nnunet_venv)
+    from medseg_bench.data.fingerprint import fingerprint
     from medseg_bench.data.resample import (
         resample_image,
         resample_label,
@@ -127,6 +181,7 @@ def main() -> None:
         target_shape,
     )
     from medseg_bench.inference import predict_probabilities
+    from medseg_bench.spec import TaskSpec
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
@@ -145,8 +200,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         net.save(f"{tmp}/net.pt")
         np.savez(f"{tmp}/inputs.npz", **inputs)
+        cases = _ct_dataset(Path(tmp), rng)
         script = Path(tmp) / "nnunet_side.py"
-        script.write_text(NNUNET_SIDE)
+        script.write_text(NNUNET_SIDE.replace("FINGERPRINT_DATASET", repr(FINGERPRINT_DATASET)))
         start = time.perf_counter()
         proc = subprocess.run([str(args.nnunet_venv / "bin" / "python"), str(script), tmp],
                               capture_output=True, text=True)
@@ -155,6 +211,10 @@ def main() -> None:
                      f"{proc.stderr[-3000:]}")
         nnunet_s = time.perf_counter() - start
         theirs = dict(np.load(f"{tmp}/nnunet.npz"))
+        their_stats = json.loads(Path(f"{tmp}/fingerprint.json").read_text())
+        task = TaskSpec(name="Task99_CTParity", labels={0: "background", 1: "a", 2: "b"}, modalities=["CT"],
+                        imaging="CT")
+        our_stats = fingerprint(task, cases, workers=2)["foreground_intensity"][0]
 
     rows = []
     for precision in ("32", "16"):
@@ -180,6 +240,12 @@ def main() -> None:
         rows.append((f"probabilities mapped back: {name}", "x".join(map(str, shape)), None,
                      int((back != theirs[f"back{i}"].argmax(0)).sum()), int(np.prod(shape))))
 
+    for ours_key, their_key in (("p00_5", "percentile_00_5"), ("p99_5", "percentile_99_5"), ("mean", "mean"),
+                                ("std", "std"), ("median", "median"), ("min", "min"), ("max", "max")):
+        difference = abs(our_stats[ours_key] - their_stats[their_key])
+        rows.append((f"CT fingerprint, foreground {ours_key} ({FINGERPRINT_CASES} cases)",
+                     f"{our_stats[ours_key]:.6g}", difference, None, None))
+
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.2e}"
 
@@ -189,9 +255,9 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, torch {torch.__version__}, nnU-Net side "
         f"{nnunet_s:.1f} s. Command: `.venv/bin/python bench/nnunet_parity.py`.",
         "",
-        "| check | shape | max abs difference | voxels of another class | voxels |",
+        "| check | shape (fingerprint: our value) | max abs difference | voxels of another class | voxels |",
         "|---|---|---|---|---|",
-        *(f"| {name} | {shape} | {cell(diff)} | {'–' if n is None else n} | {total} |"
+        *(f"| {name} | {shape} | {cell(diff)} | {'–' if n is None else n} | {total or '–'} |"
           for name, shape, diff, n, total in rows),
         "",
         "Inference differences are probabilities. nnU-Net accumulates the stitched logits in float16 (the "
@@ -200,7 +266,9 @@ def main() -> None:
         "classes are nearly tied everywhere, shows most. The float32 rows run nnU-Net's same code with "
         "float32 buffers (`torch.half` and `compute_gaussian`'s dtype patched in its process). Image "
         "resampling differences are intensities; the other rows count voxels whose class differs (labels: "
-        "nnU-Net keeps the nearest label on an exact tie, we the lowest).",
+        "nnU-Net keeps the nearest label on an exact tie, we the lowest). The fingerprint rows give our "
+        "value and its difference from nnU-Net's `DatasetFingerprintExtractor.run` on the same files: both "
+        "draw 10^8 / cases voxels per case with replacement.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -15,6 +15,14 @@ import pytest
 SHARED_TASK = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 
 
+@pytest.fixture(autouse=True)
+def small_intensity_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint's foreground sample at 40,000 voxels per dataset, not nnU-Net's 10^8 (about 3 s per
+    channel per fingerprint): tiny test cases need no more. Commands run in a subprocess draw the full
+    sample."""
+    monkeypatch.setattr("medseg_bench.data.fingerprint.FOREGROUND_VOXELS_FOR_STATS", 40_000)
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty MEDSEG_BENCH_HOME for the test."""

@@ -3,12 +3,17 @@
 Per case: shape, spacing, shape after cropping to the non-zero region, label voxel counts, and a sample of
 foreground intensities per modality. Over the dataset: foreground intensity statistics per modality
 (mean, std, median, percentiles 0.5 / 99.5, min, max) and class frequencies.
+
+The intensity sample is nnU-Net v2's (`DatasetFingerprintExtractor`): 10^8 voxels over the dataset, the same
+number from every case, drawn with replacement from the foreground (label > 0) inside the non-zero box by a
+`RandomState(1234)` made anew for each case, channel after channel; the statistics are numpy's on the float32
+concatenation. So a CT task's clip bounds, mean and std are nnU-Net's (`bench/nnunet_parity.py` checks).
 """
 
 from __future__ import annotations
 
-import zlib
 from concurrent.futures import Executor
+from functools import partial
 
 import numpy as np
 
@@ -19,21 +24,30 @@ from medseg_bench.data.resample import nonzero_box
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
 
-FOREGROUND_SAMPLES_PER_CASE = 10_000
+# nnU-Net's `num_foreground_voxels_for_intensitystats` (10e7) and `collect_foreground_intensities` seed
+FOREGROUND_VOXELS_FOR_STATS = 10**8
+SAMPLE_SEED = 1234
+# 2: nnU-Net's sample (above). 1 (no "format" key): up to 10,000 voxels per case without replacement, from
+# the whole image's foreground. A fingerprint of another format is computed again; an existing plan keeps
+# the statistics it was made with.
+FINGERPRINT_FORMAT = 2
 
 
-def case_fingerprint(case: Case, num_samples: int = FOREGROUND_SAMPLES_PER_CASE) -> dict:
+def case_fingerprint(case: Case, num_samples: int) -> dict:
     """Statistics of one case (worker-safe). `samples` holds one float32 array per channel (not JSON)."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
     box = nonzero_box(image)
-    foreground = label > 0
-    rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
-    count = int(foreground.sum())
-    pick = np.sort(rng.choice(count, min(num_samples, count), replace=False)) if count else np.zeros(0, int)
-    samples = [image[c][foreground][pick].astype(np.float32) for c in range(image.shape[0])]
+    inside = tuple(slice(lo, hi) for lo, hi in box)
+    foreground = label[inside] > 0
+    rs = np.random.RandomState(SAMPLE_SEED)
+    samples = []
+    for c in range(image.shape[0]):
+        pixels = image[c][inside][foreground]
+        samples.append(rs.choice(pixels, num_samples, replace=True) if pixels.size
+                       else np.zeros(0, np.float32))
     values, voxels = np.unique(label, return_counts=True)
     return {
         "case": case.case_id,
@@ -46,17 +60,18 @@ def case_fingerprint(case: Case, num_samples: int = FOREGROUND_SAMPLES_PER_CASE)
 
 
 def _intensity_stats(values: np.ndarray) -> dict[str, float]:
+    """nnU-Net's statistics of the float32 sample (numpy's float32 mean and std, as its fingerprint)."""
     if values.size == 0:  # no foreground anywhere: neutral statistics rather than NaN
         return {k: 0.0 for k in ("mean", "std", "median", "p00_5", "p99_5", "min", "max")} | {"std": 1.0}
-    values = values.astype(np.float64)
+    p00_5, median, p99_5 = np.percentile(values, (0.5, 50.0, 99.5))
     return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "median": float(np.median(values)),
-        "p00_5": float(np.percentile(values, 0.5)),
-        "p99_5": float(np.percentile(values, 99.5)),
-        "min": float(values.min()),
-        "max": float(values.max()),
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "median": float(median),
+        "p00_5": float(p00_5),
+        "p99_5": float(p99_5),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
     }
 
 
@@ -68,7 +83,9 @@ def fingerprint(
     pool: Executor | None = None,
 ) -> dict:
     """Fingerprint of `cases` (read in parallel, in `pool` when given)."""
-    per_case = parallel_map(case_fingerprint, cases, workers, progress, "fingerprint", pool)
+    per_case_samples = int(FOREGROUND_VOXELS_FOR_STATS // max(len(cases), 1))
+    per_case = parallel_map(partial(case_fingerprint, num_samples=per_case_samples), cases, workers, progress,
+                            "fingerprint", pool)
     total_voxels = sum(int(np.prod(c["shape_zyx"])) for c in per_case)
     labels = sorted({int(v) for c in per_case for v in c["class_voxels"]} | set(task.labels))
     foreground_voxels = sum(n for c in per_case for v, n in c["class_voxels"].items() if v != "0")
@@ -84,10 +101,12 @@ def fingerprint(
     channels = len(per_case[0]["samples"]) if per_case else 0
     intensity = []
     for c in range(channels):
-        stats = _intensity_stats(np.concatenate([case["samples"][c] for case in per_case]))
+        sample = np.concatenate([case["samples"][c] for case in per_case]).astype(np.float32, copy=False)
+        stats = _intensity_stats(sample)
         modality = task.modalities[c] if c < len(task.modalities) else str(c)
         intensity.append({"channel": c, "modality": modality, **stats})
     return {
+        "format": FINGERPRINT_FORMAT,
         "task": task.name,
         "num_cases": len(per_case),
         "cases": [c["case"] for c in per_case],

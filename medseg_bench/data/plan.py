@@ -490,8 +490,8 @@ def load_or_make_fingerprint(
     progress: bool = False,
     pool: Executor | None = None,
 ) -> dict:
-    """`fingerprint.json` in `folder` when it covers exactly `cases`, else computed and written."""
-    from medseg_bench.data.fingerprint import fingerprint
+    """`fingerprint.json` in `folder` if it covers exactly `cases` in this format; else computed, written."""
+    from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, fingerprint
 
     path = folder / "fingerprint.json"
     if path.is_file():
@@ -499,7 +499,7 @@ def load_or_make_fingerprint(
             fp = json.loads(path.read_text())
         except json.JSONDecodeError:
             fp = {}
-        if fp.get("cases") == [c.case_id for c in cases] and "foreground_intensity" in fp:
+        if fp.get("cases") == [c.case_id for c in cases] and fp.get("format") == FINGERPRINT_FORMAT:
             return fp
     fp = fingerprint(task, cases, workers, progress, pool)
     write_json_atomic(path, fp)

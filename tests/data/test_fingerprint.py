@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medseg_bench.data.catalog import get_task
-from medseg_bench.data.fingerprint import fingerprint
+from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, case_fingerprint, fingerprint
 from medseg_bench.data.io import read_image, read_label
-from medseg_bench.data.msd import training_cases
-from tests.conftest import make_synthetic_task, write_task_file
+from medseg_bench.data.msd import Case, training_cases
+from medseg_bench.data.plan import load_or_make_fingerprint
+from medseg_bench.spec import TaskSpec
+from tests.conftest import make_synthetic_task, write_image, write_task_file
 
 
 def test_statistics_per_modality_and_class_frequencies(home: Path, tmp_path: Path) -> None:
@@ -30,13 +33,56 @@ def test_statistics_per_modality_and_class_frequencies(home: Path, tmp_path: Pat
         assert fp["class_frequencies"][str(value)]["cases_present"] == 4
     assert fp["class_frequencies"]["1"]["foreground_fraction"] == pytest.approx(counts[1] / counts[1:].sum())
     assert [s["modality"] for s in fp["foreground_intensity"]] == ["MR0", "MR1"]
-    for c, stats in enumerate(fp["foreground_intensity"]):  # all foreground voxels fit in the sample here
+    for c, stats in enumerate(fp["foreground_intensity"]):
         values = np.concatenate(
             [read_image(case.image)[0][c][lb > 0] for case, lb in zip(cases, labels, strict=True)]
         )
-        assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5)
-        assert stats["p99_5"] == pytest.approx(np.percentile(values, 99.5), rel=1e-5)
-        assert stats["min"] <= stats["p00_5"] < stats["median"] < stats["p99_5"] <= stats["max"]
+        assert values.min() <= stats["min"] <= stats["p00_5"] < stats["median"] < stats["p99_5"]
+        assert stats["p99_5"] <= stats["max"] <= values.max()
+        assert stats["mean"] == pytest.approx(values.mean(), abs=0.05 * float(values.std()))
+
+
+def _case(folder: Path, name: str, image: np.ndarray, label: np.ndarray) -> Case:
+    write_image(folder / "imagesTr" / name, image)
+    write_image(folder / "labelsTr" / name, label)
+    return Case(name.removesuffix(".nii.gz"), folder / "imagesTr" / name, folder / "labelsTr" / name)
+
+
+def test_every_case_gives_the_same_number_of_samples_drawn_with_replacement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nnU-Net's sample: 10^8 / cases from each case, so a case with 3 foreground voxels weighs as much as
+    one with 2,000 (without replacement it would give 3 and weigh nothing)."""
+    monkeypatch.setattr("medseg_bench.data.fingerprint.FOREGROUND_VOXELS_FOR_STATS", 10_000)
+    big = np.zeros((10, 20, 20), np.uint8)
+    big[:, :10, :] = 1
+    small = np.zeros((10, 20, 20), np.uint8)
+    small[5, 5, 5:8] = 1
+    cases = [_case(tmp_path, "a.nii.gz", np.full(big.shape, 10, np.float32), big),
+             _case(tmp_path, "b.nii.gz", np.full(small.shape, 20, np.float32), small)]
+    per_case = [case_fingerprint(c, 5_000)["samples"][0] for c in cases]
+    assert [len(s) for s in per_case] == [5_000, 5_000]
+    stats = fingerprint(TaskSpec("Task99_X", {0: "bg", 1: "fg"}, ["CT"], "CT"), cases, workers=1)
+    assert stats["foreground_intensity"][0]["mean"] == pytest.approx(15.0)
+    assert stats["foreground_intensity"][0]["median"] == pytest.approx(15.0)
+
+
+def test_the_sample_is_nnunets_draw_from_the_foreground_inside_the_non_zero_box(tmp_path: Path) -> None:
+    """Foreground in the zero border (cropped away) is not sampled, and the draw is `RandomState(1234)`'s
+    `choice` with replacement over the cropped foreground in C order, channel after channel."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 30, (2, 8, 16, 16)).astype(np.float32)
+    image[:, :, :3] = 0.0  # a zero border, with foreground in it
+    label = np.zeros((8, 16, 16), np.uint8)
+    label[2:6, 1:9, 4:12] = 1
+    case = _case(tmp_path, "c.nii.gz", image, label)
+    samples = case_fingerprint(case, 1_000)["samples"]
+    assert min(s.min() for s in samples) > 0  # the border's zeros are not in it
+    image, _ = read_image(case.image)  # as stored (the writer's float32)
+    rs = np.random.RandomState(1234)
+    for c in range(2):
+        expected = rs.choice(image[c][:, 3:][label[:, 3:] > 0], 1_000, replace=True)
+        np.testing.assert_array_equal(samples[c], expected)
 
 
 def test_parallel_and_serial_agree(home: Path, tmp_path: Path) -> None:
@@ -45,3 +91,16 @@ def test_parallel_and_serial_agree(home: Path, tmp_path: Path) -> None:
     assert fingerprint(get_task("Task90_Synth"), cases, workers=2) == fingerprint(
         get_task("Task90_Synth"), cases, workers=1
     )
+
+
+def test_a_fingerprint_of_the_earlier_format_is_computed_again(home: Path, tmp_path: Path) -> None:
+    """One written before nnU-Net's sample (no "format") holds other CT statistics: it is not reused."""
+    write_task_file(home, "Task90_Synth")
+    cases = training_cases(make_synthetic_task(tmp_path / "Task90_Synth", num_cases=3))
+    folder = tmp_path / "pre"
+    first = load_or_make_fingerprint(get_task("Task90_Synth"), cases, folder, workers=1)
+    assert first["format"] == FINGERPRINT_FORMAT
+    old = {k: v for k, v in first.items() if k != "format"} | {"foreground_intensity": "of format 1"}
+    (folder / "fingerprint.json").write_text(json.dumps(old))
+    assert load_or_make_fingerprint(get_task("Task90_Synth"), cases, folder, workers=1) == first
+    assert json.loads((folder / "fingerprint.json").read_text()) == first
