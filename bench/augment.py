@@ -47,7 +47,7 @@ def measure(prepared, dims: str, arch: str, encoder: str | None, preset: str, sa
 
     spec = RunSpec(task=TASK, dims=dims, arch=arch, encoder=encoder, loss="dice_ce", aug=preset)
     patch, batch = resolve_patch_and_batch(spec, prepared)
-    store = CaseStore(prepared.cache_dir, prepared.splits[0]["train"],
+    store = CaseStore(prepared.cache_for(spec.own_slice_spacing), prepared.splits[0]["train"],
                       run_slice_axis(spec, network_spacing(prepared)))
     for case_id in store.case_ids:  # open every case's memory maps before timing
         store[case_id]

@@ -61,7 +61,7 @@ def prepare(home: Path, num_cases: int):
     (source / "dataset.json").write_text(json.dumps(meta))
     task = get_task(TASK)
     fetch_task(task, home / "data", str(source))
-    return prepare_task(task, home / "data", 5)
+    return prepare_task(task, home / "data", 5, own_slices=True)  # 2D runs: their cache too
 
 
 def bare_epochs(spec, prepared, epochs: int) -> list[tuple[float, float]]:
@@ -78,7 +78,8 @@ def bare_epochs(spec, prepared, epochs: int) -> list[tuple[float, float]]:
     pl.seed_everything(spec.seed, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)
     split = prepared.splits[spec.fold]
-    loader, _ = make_loaders(prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch,
+    cache = prepared.cache_for(spec.own_slice_spacing)
+    loader, _ = make_loaders(cache, split["train"], split["val"], spec.dims, patch, batch,
                              spec.iters_per_epoch, spec.seed, AUGS.get(spec.aug), 0)
     net = build_network(spec, prepared).train()
     loss_fn = build_loss(spec.loss, prepared.task.num_classes)

@@ -180,42 +180,72 @@ class Member:
     tta: bool = False
     slice_axis: int = 0
     pipeline_version: int = PIPELINE_VERSION
+    own_slices: bool = False  # sees each image at its own slice spacing (`RunSpec.own_slice_spacing`)
 
 
 def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
                   patch_size: Sequence[int], device: torch.device | str = "cpu",
                   tta: bool = False, slice_axis: int = 0,
-                  pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
+                  pipeline_version: int = PIPELINE_VERSION, own_slices: bool = False) -> np.ndarray:
     """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
 
     The image goes through what the cache applies (`preprocess.preprocess_image`: crop to the non-zero
-    region, normalise, resample to the plan's target spacing); the probabilities are resampled back and the
-    crop is undone (outside: background).
+    region, normalise, resample to the plan's target spacing, or with `own_slices` in plane only); the
+    probabilities are resampled back and the crop is undone (outside: background).
     A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
     """
-    return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis, pipeline_version)], image,
-                            spacing_zyx, plan, device)
+    return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis, pipeline_version,
+                                    own_slices)], image, spacing_zyx, plan, device)
 
 
 def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
                      device: torch.device | str = "cpu") -> np.ndarray:
-    """`predict_image` for several networks trained on the same preprocessing (`plan`): the mean of their
-    softmax probabilities, as `nnUNetv2_ensemble` ensembles configurations (`nnUNetv2_predict -f 0 1 2 3 4`
-    averages the folds' logits instead), mapped back as one prediction (`resample.to_original`; for runs of
-    version 10 and newer in log space, which for one network is nnU-Net's resampling of its logits)."""
-    from medseg_bench.data.preprocess import preprocess_image
-    from medseg_bench.data.resample import to_original
+    """`predict_image` for several networks trained on the same plan: the mean of their softmax
+    probabilities, as `nnUNetv2_ensemble` ensembles configurations (`nnUNetv2_predict -f 0 1 2 3 4` averages
+    the folds' logits instead).
 
-    resampled, _, grid = preprocess_image(image, spacing_zyx, plan)
+    Networks that see the image alike (the same resampled array) are averaged where they predict and mapped
+    back as one prediction (`resample.to_original`; for runs of version 10 and newer in log space, which for
+    one network is nnU-Net's resampling of its logits). Where they see it differently (2D runs at the
+    image's own slice spacing beside 3D runs, on an image whose slices the plan resamples), each group's
+    probabilities are mapped back to the original grid first (`resample.to_original_probabilities`, what
+    nnU-Net exports to ensemble) and averaged there, each network weighing the same.
+    """
+    from medseg_bench.data.preprocess import preprocess_image, resampling
+    from medseg_bench.data.resample import to_original, to_original_probabilities
+
+    assert members, "an ensemble needs at least one member"
+    views: list[tuple[tuple[Any, ...], np.ndarray, dict[str, Any], list[Member]]] = []  # key, image, grid
+    for own_slices in dict.fromkeys(m.own_slices for m in members):
+        resampled, _, grid = preprocess_image(image, spacing_zyx, plan, own_slices=own_slices)
+        cropped = [hi - lo for lo, hi in grid["crop_box"]]
+        key = resampling(cropped, spacing_zyx, grid["spacing_preprocessed_zyx"])
+        group = [m for m in members if m.own_slices == own_slices]
+        same = next((view for view in views if view[0] == key), None)
+        if same is None:
+            views.append((key, resampled, grid, group))
+        else:
+            same[3].extend(group)
+    if len(views) == 1:
+        _, resampled, grid, group = views[0]
+        logs = all(log_space(m.pipeline_version) for m in group)
+        return to_original(_mean_probabilities(group, resampled, device), grid, log_space=logs)
+    original = np.zeros((0,), dtype=np.float32)
+    for _, resampled, grid, group in views:
+        logs = all(log_space(m.pipeline_version) for m in group)
+        probs = to_original_probabilities(_mean_probabilities(group, resampled, device), grid, logs)
+        probs *= len(group) / len(members)
+        original = probs if original.size == 0 else original + probs
+    return original.argmax(0).astype(np.uint8)
+
+
+def _mean_probabilities(members: Sequence[Member], image: np.ndarray,
+                        device: torch.device | str) -> np.ndarray:
+    """The mean of `members`' class probabilities for one preprocessed image."""
     total: np.ndarray | None = None
     for member in members:
-        probs = predict_probabilities(member.net, resampled, member.dims, member.patch_size, device,
-                                      member.tta, member.slice_axis, member.pipeline_version)
-        if total is None:
-            total = probs
-        else:
-            total += probs
-    assert total is not None, "an ensemble needs at least one member"
-    if len(members) > 1:
-        total /= len(members)
-    return to_original(total, grid, log_space=all(log_space(m.pipeline_version) for m in members))
+        probs = predict_probabilities(member.net, image, member.dims, member.patch_size, device, member.tta,
+                                      member.slice_axis, member.pipeline_version)
+        total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(members) if len(members) > 1 else total

@@ -74,7 +74,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     tta = run_tta(spec, tta)
     kept = []  # only with postprocessing: the decision needs every case first
     for case_id in prepared.splits[spec.fold]["val"]:
-        image, _, props = load_case(prepared.cache_dir, case_id, mmap=False)
+        image, _, props = load_case(prepared.cache_for(spec.own_slice_spacing), case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version)

@@ -59,7 +59,12 @@ from medseg_bench.errors import UsageError
 #    each tile (it averaged the softmax over flips of the whole volume, padded after flipping), and only for
 #    runs whose augmentation mirrors (`training.run_tta`); probabilities are mapped back to the original grid
 #    in log space (nnU-Net resamples logits). Training is as in version 9.
-PIPELINE_VERSION = 10
+# 11: 2D runs train on, and predict, each case at its own slice spacing, as nnU-Net's 2d configuration (the
+#    plan's target spacing in plane only; `RunSpec.own_slice_spacing`): they read the 3D cache, whose slices
+#    were resampled to the plan's slice spacing (thick-slice CT: slices repeated or skipped). Where no case's
+#    slices are resampled (Task04_Hippocampus) both are the same arrays and the runs are as in version 10.
+PIPELINE_VERSION = 11
+OWN_SLICE_SPACING_FROM = 11
 
 DIMS = ("2d", "3d")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none
@@ -349,6 +354,12 @@ class RunSpec:
         """Readable and stable: the axes, then a hash of the whole spec."""
         arch = self.arch if self.encoder is None else f"{self.arch}.{self.encoder}"
         return f"{self.dims}-{arch}-{self.loss}-{self.aug}-f{self.fold}-s{self.seed}-{self.spec_hash}"
+
+    @property
+    def own_slice_spacing(self) -> bool:
+        """Whether the run sees each case at its own slice spacing (2D runs from pipeline version 11, as
+        nnU-Net's 2d configuration), not resampled to the plan's (`data.plan.slice_target_spacing`)."""
+        return self.dims == "2d" and self.pipeline_version >= OWN_SLICE_SPACING_FROM
 
     @property
     def config_key(self) -> tuple[str, str, str, str, str, str]:

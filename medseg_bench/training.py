@@ -287,8 +287,9 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     patch, batch = resolve_patch_and_batch(spec, prepared)
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
-        prepared.cache_dir, split["train"], split["val"], spec.dims, patch, batch, spec.iters_per_epoch,
-        spec.seed, AUGS.get(spec.aug), num_workers, run_slice_axis(spec, network_spacing(prepared)),
+        prepared.cache_for(spec.own_slice_spacing), split["train"], split["val"], spec.dims, patch, batch,
+        spec.iters_per_epoch, spec.seed, AUGS.get(spec.aug), num_workers,
+        run_slice_axis(spec, network_spacing(prepared)),
         anisotropic_axis(network_spacing(prepared)), pipeline_version=spec.pipeline_version)
     net = build_network(spec, prepared)
     loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)

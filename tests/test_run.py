@@ -38,3 +38,44 @@ def test_a_run_log_line_that_cannot_be_written_prints_no_traceback(tmp_path, cap
     finally:
         log.removeHandler(handler)
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_2d_run_on_thick_slices_trains_and_is_scored_at_each_cases_slice_spacing(home, tmp_path) -> None:
+    """Pipeline version 11, as nnU-Net's 2d configuration: on slices of 2-5 mm (the plan's 2.3 mm) a 2D run
+    reads the cache that keeps each case's slices; its held-out predictions are on the original grids, and
+    `predict` on the raw images (which preprocesses them the same way) gives them again exactly."""
+    import json
+    import shutil
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from medseg_bench.cli.app import app
+    from medseg_bench.data.io import read_label
+    from tests.conftest import make_anisotropic_ct_task, write_task_file
+
+    runner = CliRunner()
+    write_task_file(home, "Task93_Aniso", ct=True)
+    src = make_anisotropic_ct_task(tmp_path / "src" / "Task93_Aniso")
+    assert runner.invoke(app, ["fetch", "Task93_Aniso", "--source", str(src)]).exit_code == 0
+    results = tmp_path / "results"
+    sweep = runner.invoke(app, ["sweep", "--task", "Task93_Aniso", "--dims", "2d", "--arch", "unet", "--loss",
+                                "dice_ce", "--aug", "none", "--epochs", "1", "--iters-per-epoch", "2",
+                                "--batch-size", "2", "--num-folds", "2", "--results-dir", str(results)])
+    assert sweep.exit_code == 0, sweep.output
+    assert "cache of 2D runs at each case's slice spacing" in sweep.output
+    caches = sorted(p.name for p in (home / "data" / "preprocessed" / "Task93_Aniso").iterdir() if p.is_dir())
+    assert len(caches) == 2 and caches[1] == f"{caches[0]}-2d"
+    (run,) = (results / "Task93_Aniso").iterdir()
+    held_out = json.loads((run / "splits.json").read_text())["val"]
+    images = tmp_path / "held_out"
+    images.mkdir()
+    for case in held_out:
+        shutil.copy(src / "imagesTr" / f"{case}.nii.gz", images / f"{case}.nii.gz")
+    out = tmp_path / "p"
+    predicted = runner.invoke(app, ["predict", str(run), "--images", str(images), "--out", str(out)])
+    assert predicted.exit_code == 0, predicted.output
+    for case in held_out:
+        scored, _ = read_label(run / "predictions" / f"{case}.nii.gz")
+        assert scored.shape == read_label(src / "labelsTr" / f"{case}.nii.gz")[0].shape
+        assert np.array_equal(read_label(out / f"{case}.nii.gz")[0], scored)

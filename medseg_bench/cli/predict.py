@@ -164,7 +164,7 @@ def _member(run: _Run, tta: bool | None) -> Any:
                          pipeline_version=spec.pipeline_version)
     net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
     return Member(net, spec.dims, tuple(patch), run_tta(spec, tta), run_slice_axis(spec, plan.target_spacing),
-                  spec.pipeline_version)
+                  spec.pipeline_version, spec.own_slice_spacing)
 
 
 def _check_ensemble(runs: list[_Run]) -> None:

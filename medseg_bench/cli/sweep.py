@@ -172,9 +172,13 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "
                          "node of the cluster, or use the local launcher")
     check_writable(results_dir)
-    for key in dict.fromkeys((spec.task, spec.num_folds) for spec in runs):
+    keys: dict[tuple[str, int], bool] = {}  # whether some run keeps its slices
+    for spec in runs:
+        key = (spec.task, spec.num_folds)
+        keys[key] = keys.get(key, False) or spec.own_slice_spacing
+    for key, own_slices in keys.items():
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
-        prepare_locked(key[0], data_dir, key[1], progress=True)
+        prepare_locked(key[0], data_dir, key[1], progress=True, own_slices=own_slices)
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)

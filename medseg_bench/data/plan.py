@@ -345,6 +345,13 @@ def slice_axis(spacing_zyx: Sequence[float]) -> int:
     return int(np.argmax(np.asarray(spacing_zyx, dtype=float)))
 
 
+def slice_target_spacing(target_zyx: Sequence[float], spacing_zyx: Sequence[float]) -> tuple[float, ...]:
+    """What a case of `spacing_zyx` is resampled to for a 2D run that keeps its slices (nnU-Net's 2d
+    configuration): the plan's `target_zyx` in plane, the case's own spacing along the slice axis."""
+    axis = slice_axis(target_zyx)
+    return tuple(float(spacing_zyx[a] if a == axis else t) for a, t in enumerate(target_zyx))
+
+
 def in_plane(values: Sequence[T], axis: int) -> tuple[T, ...]:
     """`values` (one per spatial axis) without the slicing axis: a 2D model's view of a shape or spacing."""
     return tuple(v for i, v in enumerate(values) if i != axis)

@@ -7,9 +7,12 @@ Layout of `<data_dir>/preprocessed/<Task>/`:
     <hash>/<case>.json      properties: original geometry (spacing, origin, direction, shape), crop box,
                             preprocessed spacing, paths of the original image and label, foreground sample
                             coordinates; written last: a case without it is unfinished and rebuilt
+    <hash>-2d/...           the same for 2D runs that keep each case's slice spacing (`own_slices`), only
+                            where that differs from <hash>/ on some case
 
-Cached arrays are cropped to the non-zero region and resampled to the plan's target spacing;
-`resample.to_original` maps a prediction back onto the original image grid.
+Cached arrays are cropped to the non-zero region and resampled to the plan's target spacing (`own_slices`:
+in plane only, as nnU-Net's 2d configuration); `resample.to_original` maps a prediction back onto the
+original image grid.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from medseg_bench.data.fetch import is_complete, read_marker
 from medseg_bench.data.io import Geometry, load_json_object, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
-from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize
+from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize, slice_target_spacing
 from medseg_bench.data.resample import (
     crop,
     nonzero_box,
@@ -47,13 +50,25 @@ FOREGROUND_SAMPLES = 2000
 
 @dataclass(frozen=True)
 class PreparedTask:
-    """A task ready for training: its plan, its cache folder and its splits."""
+    """A task ready for training: its plan, its cache folder(s) and its splits."""
 
     task: TaskSpec
     plan: Plan
     cache_dir: Path
     case_ids: list[str]
     splits: list[dict[str, list[str]]]
+    # the cache of runs that keep each case's slice spacing (`RunSpec.own_slice_spacing`): `cache_dir` when
+    # no case's slices are resampled; None when `prepare_task` was not asked for it
+    own_slices_dir: Path | None = None
+
+    def cache_for(self, own_slices: bool) -> Path:
+        """The cache a run reads: `own_slices` as its spec's `own_slice_spacing`."""
+        if not own_slices:
+            return self.cache_dir
+        if self.own_slices_dir is None:
+            raise RuntimeError(f"{self.task.name}: prepared without the cache of 2D runs that keep their "
+                               "slices (prepare_task(own_slices=True))")
+        return self.own_slices_dir
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -63,11 +78,30 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def case_target_spacing(plan: Plan, spacing_zyx: Sequence[float],
+                        own_slices: bool = False) -> tuple[float, ...]:
+    """The spacing a case of `spacing_zyx` is resampled to: the plan's target, or with `own_slices` its own
+    along the slice axis (`plan.slice_target_spacing`)."""
+    target = tuple(plan.target_spacing)
+    return slice_target_spacing(target, spacing_zyx) if own_slices else target
+
+
+def resampling(cropped_shape: Sequence[int], spacing_zyx: Sequence[float],
+               target_zyx: Sequence[float]) -> tuple[tuple[int, ...], int | None]:
+    """What resampling a cropped case to `target_zyx` does: the new shape, and the axis resampled on its own
+    (None also when nothing is resampled). Two targets with the same answer give the same arrays."""
+    shape = target_shape(cropped_shape, spacing_zyx, target_zyx)
+    moved = shape != tuple(int(s) for s in cropped_shape)
+    return shape, separate_axis(spacing_zyx, target_zyx) if moved else None
+
+
 def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
-                     label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+                     label: np.ndarray | None = None, own_slices: bool = False,
+                     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """What the cache applies to a (C, Z, Y, X) image (and its label): crop to the non-zero region, normalise,
-    resample to the plan's target spacing. Returns both arrays and the grid properties that
-    `resample.to_original` needs to map a prediction back (crop box, original and preprocessed spacing/shape).
+    resample to the plan's target spacing (`own_slices`: in plane only, `case_target_spacing`). Returns both
+    arrays and the grid properties that `resample.to_original` needs to map a prediction back (crop box,
+    original and preprocessed spacing/shape).
     """
     original_shape = [int(s) for s in image.shape[1:]]
     box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
@@ -75,24 +109,25 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
         normalized = normalize(crop(image, box), plan)
     else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
         normalized = crop(normalize(image, plan), box)
-    new_shape = target_shape(normalized.shape[1:], spacing_zyx, plan.target_spacing)
-    separate = separate_axis(spacing_zyx, plan.target_spacing)
+    target = case_target_spacing(plan, spacing_zyx, own_slices)
+    new_shape = target_shape(normalized.shape[1:], spacing_zyx, target)
+    separate = separate_axis(spacing_zyx, target)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
     if label is not None:
         label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate))
     grid = {"shape_original_zyx": original_shape, "spacing_original_zyx": list(spacing_zyx),
-            "spacing_preprocessed_zyx": list(plan.target_spacing), "crop_box": box}
+            "spacing_preprocessed_zyx": list(target), "crop_box": box}
     return normalized, label, grid
 
 
-def preprocess_case(case: Case, plan: Plan, out_dir: Path) -> str:
+def preprocess_case(case: Case, plan: Plan, out_dir: Path, own_slices: bool = False) -> str:
     """Read, crop, normalise, resample and store one case; return its id. Safe to run in a worker process."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
     spacing = geom.spacing_zyx
-    normalized, resampled, grid = preprocess_image(image, spacing, plan, label)
+    normalized, resampled, grid = preprocess_image(image, spacing, plan, label, own_slices)
     assert resampled is not None
     label = resampled
     rng = np.random.default_rng(0)
@@ -148,20 +183,43 @@ def prepare_task(
     workers: int | None = None,
     progress: bool = False,
     budget: Budget | None = None,
+    own_slices: bool = False,
 ) -> PreparedTask:
     """Fingerprint, plan, cache and split a fetched task; every step is skipped when its artifact exists.
 
-    `budget` re-sizes the plan's patches and batches (see `plan.load_or_make_plan`).
+    `budget` re-sizes the plan's patches and batches (see `plan.load_or_make_plan`). `own_slices`: also the
+    cache of 2D runs that keep each case's slice spacing (`PreparedTask.cache_for`), built only where some
+    case's slices are resampled in the 3D cache.
     """
     cases = usable_cases(task, data_dir)
     root = data_dir / "preprocessed" / task.name
-    with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for both stages
+    own_slices_dir = None
+    with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for every stage
         plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
         cache_dir = root / plan.preprocessing_hash
         build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool)
+        if own_slices:
+            own_slices_dir = cache_dir
+            if not _same_with_own_slices(cache_dir, cases, plan):
+                own_slices_dir = root / f"{plan.preprocessing_hash}-2d"
+                build_cache(cases, plan, own_slices_dir, workers=workers, progress=progress, pool=pool,
+                            own_slices=True)
     case_ids = sorted(c.case_id for c in cases)
     splits = load_or_make_splits(root, case_ids, num_folds, task.group_pattern)
-    return PreparedTask(task, plan, cache_dir, case_ids, splits)
+    return PreparedTask(task, plan, cache_dir, case_ids, splits, own_slices_dir)
+
+
+def _same_with_own_slices(cache_dir: Path, cases: list[Case], plan: Plan) -> bool:
+    """Whether every case of the (built) 3D cache would be resampled alike at its own slice spacing: then
+    2D runs that keep their slices read the 3D cache (Task04_Hippocampus: no case is resampled at all)."""
+    for case in cases:
+        props = _case_properties(cache_dir / f"{case.case_id}.json")
+        cropped = [hi - lo for lo, hi in props["crop_box"]]
+        spacing = props["spacing_original_zyx"]
+        if resampling(cropped, spacing, case_target_spacing(plan, spacing)) != resampling(
+                cropped, spacing, case_target_spacing(plan, spacing, own_slices=True)):
+            return False
+    return True
 
 
 def build_cache(
@@ -171,8 +229,10 @@ def build_cache(
     workers: int | None = None,
     progress: bool = False,
     pool: Executor | None = None,
+    own_slices: bool = False,
 ) -> None:
-    """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone."""
+    """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone.
+    `own_slices`: each case keeps its slice spacing (`preprocess_image`)."""
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
     # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
@@ -186,7 +246,7 @@ def build_cache(
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
         parallel_map(
-            partial(preprocess_case, plan=plan, out_dir=cache_dir),
+            partial(preprocess_case, plan=plan, out_dir=cache_dir, own_slices=own_slices),
             todo,
             workers,
             progress,
@@ -194,7 +254,8 @@ def build_cache(
             pool,
         )
     check_cache(cache_dir, wanted)  # the cases kept from before as well
-    write_json_atomic(complete, {"cases": wanted, "plan": plan.to_dict()})
+    record = {"cases": wanted, "plan": plan.to_dict()}
+    write_json_atomic(complete, record | {"own_slices": True} if own_slices else record)
 
 
 def _npy_problem(path: Path) -> str | None:

@@ -185,6 +185,30 @@ def resample_probabilities(
     return out
 
 
+def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
+    """(K, Z, Y, X) class probabilities in preprocessed space as probabilities on the original grid (float32;
+    outside the crop box: background), what nnU-Net exports to ensemble configurations.
+
+    `log_space`: the logarithms are resampled, then normalised (softmax): for the softmax of one set of
+    logits that is the softmax of nnU-Net's resampled logits. Else the probabilities are resampled.
+    """
+    box: CropBox = props["crop_box"]
+    cropped_shape = [hi - lo for lo, hi in box]
+    separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
+    tiny = np.finfo(np.float32).tiny
+    inside = np.stack([
+        _resample_volume(np.log(np.maximum(p, tiny)) if log_space else p.astype(np.float32, copy=False),
+                         cropped_shape, 1, separate)
+        for p in probabilities])
+    if log_space:
+        inside = np.exp(inside - inside.max(axis=0, keepdims=True))
+        inside /= inside.sum(axis=0, keepdims=True)
+    full = np.zeros((probabilities.shape[0], *props["shape_original_zyx"]), dtype=np.float32)
+    full[0] = 1.0
+    full[(slice(None), *(slice(lo, hi) for lo, hi in box))] = inside
+    return full
+
+
 def to_original(prediction: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
     """Map a prediction in preprocessed space back to the original image grid of a cached case.
 

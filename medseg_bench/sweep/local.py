@@ -56,22 +56,26 @@ def default_num_workers(spec: RunSpec) -> int:
     return 1 if spec.aug != "none" else 0
 
 
-def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False) -> Any:
+def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
+                   own_slices: bool = False) -> Any:
     """`prepare_task` under a lock per task in the data dir: concurrent sweeps (or array jobs) starting on a
-    fresh cache take turns; the first builds it, the others find it complete."""
+    fresh cache take turns; the first builds it, the others find it complete. `own_slices`: also the cache
+    of 2D runs that keep their slices (`RunSpec.own_slice_spacing`)."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import prepare_task
     from medseg_bench.locks import exclusive
 
     with exclusive(data_dir / "preprocessed", f".{task}.lock"):
-        return prepare_task(get_task(task), data_dir, num_folds, progress=progress)
+        return prepare_task(get_task(task), data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
 def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:
-    key = (spec.task, spec.num_folds)
+    key = (spec.task, spec.num_folds, spec.own_slice_spacing)
     if key not in prepared:
-        reporter.say(f"preparing {spec.task} (plan, cache, {spec.num_folds}-fold splits)")
-        prepared[key] = prepare_locked(spec.task, data_dir, spec.num_folds, progress=True)
+        what = "cache of 2D runs at each case's slice spacing" if spec.own_slice_spacing else "cache"
+        reporter.say(f"preparing {spec.task} (plan, {what}, {spec.num_folds}-fold splits)")
+        prepared[key] = prepare_locked(spec.task, data_dir, spec.num_folds, progress=True,
+                                       own_slices=spec.own_slice_spacing)
     return prepared[key]
 
 

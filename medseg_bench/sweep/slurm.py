@@ -73,7 +73,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
         spec = RunSpec.from_dict(self.spec)
         env = submitit.JobEnvironment()
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the CPUs SLURM gave the job
-        prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds)
+        prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
+                                  own_slices=spec.own_slice_spacing)
         workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
         outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
                           extra_event={"job_id": env.job_id})

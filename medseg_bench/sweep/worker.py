@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = RunSpec.from_dict(json.loads(args.spec))
     with interruptible():  # SIGTERM from the launcher (or anyone): stop now, as Ctrl-C does
         try:
-            prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds)
+            prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds,
+                                      own_slices=spec.own_slice_spacing)
             outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
         except MedsegError as exc:
             print(f"error: {exc}", file=sys.stderr)

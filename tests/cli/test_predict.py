@@ -61,11 +61,11 @@ def run_folder(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, object]:
     return folder, spec, prepared
 
 
-def _write_oriented(path: Path, array: np.ndarray) -> None:
+def _write_oriented(path: Path, array: np.ndarray, spacing: tuple[float, float, float] = SPACING) -> None:
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing(SPACING)
+    image.SetSpacing(spacing)
     image.SetOrigin(ORIGIN)
     image.SetDirection(DIRECTION)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,20 +283,24 @@ def _loaded_net(folder: Path, spec: RunSpec, prepared: PreparedTask) -> torch.nn
     return net
 
 
-def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("slice_mm", [1.6, 1.0])
+def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp_path: Path,
+                                                                  slice_mm: float) -> None:
+    """A 3D and a 2D run (nnU-Net ensembles 3d_fullres and 2d). At 1.6 mm slices (the plan's 1 mm) the 2D run
+    sees the image at its own slice spacing: each run's probabilities are mapped back to the image's grid,
+    then averaged, as nnU-Net's exported ones. At 1 mm both see the same array: averaged, then mapped back."""
     from medseg_bench.data.preprocess import preprocess_image
-    from medseg_bench.data.resample import to_original
+    from medseg_bench.data.resample import to_original, to_original_probabilities
     from medseg_bench.inference import predict_probabilities
     from medseg_bench.training import run_slice_axis
 
     folder, spec, prepared = run_folder
-    # a 2D run of the same task and plan joins a 3D one, as nnU-Net ensembles 2d and 3d_fullres
     other, other_spec = _untrained_run_of(tmp_path, prepared, "unet", dims="2d", seed=1)
     (other / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
     images = tmp_path / "images"
     array = np.random.default_rng(4).normal(0, 1, (14, 22, 18)).astype(np.float32)
     array[3:9, 5:15, 4:12] += 3.0
-    _write_oriented(images / "a.nii.gz", array)
+    _write_oriented(images / "a.nii.gz", array, (*SPACING[:2], slice_mm))
     out = tmp_path / "pred"
     args = ["predict", str(folder), str(other), "--images", str(images), "--out", str(out)]
     result = runner.invoke(app, args)
@@ -304,16 +308,25 @@ def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp
     assert "ensemble of 2 runs: the mean of their softmax probabilities" in result.output
 
     image, geometry = read_image(images / "a.nii.gz")
-    resampled, _, grid = preprocess_image(image, geometry.spacing_zyx, prepared.plan)
-    probs = []
+    probs, grids, shapes = [], [], []
     for f, s in ((folder, spec), (other, other_spec)):
+        resampled, _, grid = preprocess_image(image, geometry.spacing_zyx, prepared.plan,
+                                              own_slices=s.own_slice_spacing)
         patch, _ = resolve_patch_and_batch(s, prepared)
         probs.append(predict_probabilities(_loaded_net(f, s, prepared), resampled, s.dims, patch,
                                            slice_axis=run_slice_axis(s, prepared.plan.target_spacing)))
-    expected = to_original((probs[0] + probs[1]) / 2, grid, log_space=True)
+        grids.append(grid)
+        shapes.append(resampled.shape)
+    if slice_mm == 1.0:
+        assert shapes[0] == shapes[1]
+        expected = to_original((probs[0] + probs[1]) / 2, grids[0], log_space=True)
+    else:
+        assert shapes[0][1] == 22 and shapes[1][1] == 14  # 1.6 mm slices: resampled for the 3D run only
+        mapped = [to_original_probabilities(p, g, log_space=True) for p, g in zip(probs, grids, strict=True)]
+        expected = ((mapped[0] + mapped[1]) / 2).argmax(0)
     labels, _ = read_label(out / "a.nii.gz")
     assert (labels == expected).all()
-    alone = [to_original(p, grid, log_space=True) for p in probs]
+    alone = [to_original(p, g, log_space=True) for p, g in zip(probs, grids, strict=True)]
     assert all((labels != a).any() for a in alone)  # neither run's own prediction
 
     # postprocessing: the runs' decisions pooled; none when one run has no decision

@@ -274,3 +274,41 @@ def test_mr_channels_are_z_scored_after_cropping_with_one_mask_rule(home: Path, 
     assert float(out[0][kept].mean()) == pytest.approx(0.0, abs=1e-4) and (out[0][~kept] == 0).all()
     hole = tuple(10 - b.start for b in box)
     assert out[0][hole] < -3  # the filled hole is inside the mask: (0 - 50) / 10, not 0
+
+
+def test_2d_runs_that_keep_their_slices_get_a_cache_of_their_own_on_thick_slices(home: Path,
+                                                                                   tmp_path: Path) -> None:
+    """nnU-Net's 2d configuration: the plan's spacing in plane, each case's own along the slice axis. On
+    slices of 2-5 mm (the plan's 2.3 mm) the 3D cache resamples them, so 2D runs get `<hash>-2d`."""
+    from medseg_bench.data.preprocess import original_label
+    from medseg_bench.data.resample import to_original
+    from tests.conftest import make_anisotropic_ct_task
+
+    write_task_file(home, "Task93_Aniso", ct=True)
+    src = make_anisotropic_ct_task(tmp_path / "src" / "Task93_Aniso")
+    data = tmp_path / "data"
+    fetch_task(get_task("Task93_Aniso"), data, str(src), progress=False)
+    without = prepare_task(get_task("Task93_Aniso"), data, num_folds=2, workers=1)
+    with pytest.raises(RuntimeError, match="prepared without the cache of 2D runs"):
+        without.cache_for(own_slices=True)
+    prepared = prepare_task(get_task("Task93_Aniso"), data, num_folds=2, workers=1, own_slices=True)
+    assert prepared.cache_dir == without.cache_dir == prepared.cache_for(own_slices=False)
+    assert prepared.own_slices_dir == prepared.cache_dir.with_name(prepared.cache_dir.name + "-2d")
+    assert prepared.cache_for(own_slices=True) == prepared.own_slices_dir
+    assert json.loads((prepared.own_slices_dir / "complete.json").read_text())["own_slices"] is True
+    for case in prepared.case_ids:
+        image, label, props = load_case(prepared.own_slices_dir, case)
+        z_mm = props["spacing_original_zyx"][0]
+        assert image.shape[1:] == label.shape == (8, 32, 32)  # 8 slices kept; 0.8 mm pixels already
+        assert props["spacing_preprocessed_zyx"] == pytest.approx([z_mm, 0.8, 0.8])
+        assert load_case(prepared.cache_dir, case)[1].shape == (round(8 * z_mm / 2.3), 32, 32)
+        # only cropped: mapped back, the cached label is the original exactly
+        assert np.array_equal(to_original(np.asarray(label), props), original_label(props)[0])
+
+
+def test_where_no_case_is_resampled_2d_runs_read_the_3d_cache(home: Path, tmp_path: Path) -> None:
+    """1 mm isotropic cases (as Task04_Hippocampus): keeping the slices changes nothing, nothing is built."""
+    data = _fetched(home, tmp_path, "Task90_Synth", num_cases=4)
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1, own_slices=True)
+    assert prepared.own_slices_dir == prepared.cache_dir
+    assert [p.name for p in prepared.cache_dir.parent.iterdir() if p.is_dir()] == [prepared.cache_dir.name]

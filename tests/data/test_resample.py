@@ -22,6 +22,7 @@ from medseg_bench.data.resample import (
     separate_axis,
     target_shape,
     to_original,
+    to_original_probabilities,
 )
 from tests.conftest import make_anisotropic_ct_task, write_task_file
 
@@ -196,3 +197,19 @@ def test_log_space_mapping_back_gives_the_argmax_of_resampled_logits() -> None:
     expected = np.stack([resample_image(logits[k:k + 1], new_shape, order=1)[0] for k in range(3)]).argmax(0)
     assert np.array_equal(resample_probabilities(probs, new_shape, log_space=True), expected)
     assert not np.array_equal(resample_probabilities(probs, new_shape), expected)
+
+
+@pytest.mark.parametrize("log_space", [True, False])
+def test_probabilities_mapped_back_stay_probabilities_with_the_same_argmax(log_space: bool) -> None:
+    """What an ensemble of differently preprocessed runs averages: on the original grid, summing to 1,
+    background outside the crop box, and the argmax `to_original` gives."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, (3, 5, 9, 8)).astype(np.float32)
+    probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    props = {"crop_box": [[1, 9], [2, 14], [0, 10]], "shape_original_zyx": [10, 16, 10],
+             "spacing_original_zyx": [2.0, 0.75, 0.8], "spacing_preprocessed_zyx": [3.2, 1.0, 1.0]}
+    mapped = to_original_probabilities(probs, props, log_space)
+    assert mapped.shape == (3, 10, 16, 10) and mapped.dtype == np.float32
+    np.testing.assert_allclose(mapped.sum(0), 1.0, atol=1e-5)
+    assert (mapped[0, 0] == 1).all() and (mapped[0, :, :2] == 1).all()  # outside the box
+    assert np.array_equal(mapped.argmax(0), to_original(probs, props, log_space))
