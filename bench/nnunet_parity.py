@@ -5,8 +5,9 @@ Checks, on fixed synthetic inputs (seeded; no data needed):
   same network) predicts volumes smaller than the patch (odd padding), of one tile, and of many tiles, with
   and without mirroring TTA: our `inference.predict_probabilities` against nnU-Net's
   `nnUNetPredictor.predict_sliding_window_return_logits` (its tiles, Gaussian, padding and mirroring), as
-  shipped (float16 buffers) and with float32 buffers. nnU-Net averages the logits over the flips, and so do
-  we from pipeline version 10;
+  shipped (float16 buffers) and with float32 buffers; the same for a 2D U-Net (smp, resnet18 encoder) with a
+  2D patch, which nnU-Net slides within each slice (its 2d configuration; ours from pipeline version 11).
+  nnU-Net averages the logits over the flips, and so do we from pipeline version 10;
 - forward resampling of images (cubic, separate thick axis nearest) and label maps, and mapping class
   probabilities back: our `data.resample` against nnU-Net's `resample_data_or_seg_to_shape`
   (`default_resampling.py`), on an isotropic and an anisotropic (thick-slice) geometry;
@@ -44,6 +45,9 @@ NUM_CLASSES = 3
 # (name, image shape): smaller than the patch with odd padding, exactly one tile, many tiles on every axis
 VOLUMES = [("smaller than the patch (odd padding)", (11, 25, 24)), ("one tile", PATCH),
            ("many tiles", (45, 90, 61))]
+PATCH_2D = (64, 64)
+VOLUMES_2D = [("2D, slices smaller than the patch (odd padding)", (3, 41, 50)),
+              ("2D, slices of one tile", (2, *PATCH_2D)), ("2D, slices of many tiles", (3, 150, 97))]
 # (name, shape, spacing, target spacing): zyx
 GEOMETRIES = [("isotropic 1.25 -> 1 mm", (24, 30, 28), (1.25, 1.25, 1.25), (1.0, 1.0, 1.0)),
               ("thick slices 5 x 0.7 -> 4.2 x 0.8 mm", (10, 60, 52), (5.0, 0.7, 0.7), (4.2, 0.8, 0.8))]
@@ -65,12 +69,11 @@ from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor impo
 
 def inference_and_resampling(work):
     inputs = np.load(work + "/inputs.npz")
-    net = torch.jit.load(work + "/net.pt")
     out = {}
     import functools
     import nnunetv2.inference.predict_from_raw_data as predict_module
     shipped_gaussian, shipped_half = predict_module.compute_gaussian, torch.half
-    for precision, tta in ((p, t) for p in ("16", "32") for t in (False, True)):
+    for dims, precision, tta in ((d, p, t) for d in ("", "2d") for p in ("16", "32") for t in (False, True)):
         # "32": the same code with float32 buffers and Gaussian (nnU-Net's are float16, where the
         # Gaussian's smallest weights, near a tile's corners, underflow and the stitched logits there are
         # coarsely quantized)
@@ -80,15 +83,15 @@ def inference_and_resampling(work):
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
                                     perform_everything_on_device=False, device=torch.device("cpu"),
                                     allow_tqdm=False)
-        predictor.network = net
-        predictor.configuration_manager = SimpleNamespace(patch_size=list(inputs["patch"]))
+        predictor.network = torch.jit.load(work + f"/net{dims}.pt")
+        predictor.configuration_manager = SimpleNamespace(patch_size=list(inputs[f"patch{dims}"]))
         predictor.label_manager = SimpleNamespace(num_segmentation_heads=int(inputs["classes"]))
-        predictor.allowed_mirroring_axes = (0, 1, 2)
-        for i in range(int(inputs["volumes"])):
-            x = torch.from_numpy(inputs[f"volume{i}"])
+        predictor.allowed_mirroring_axes = (0, 1) if dims else (0, 1, 2)
+        for i in range(int(inputs[f"volumes{dims}"])):
+            x = torch.from_numpy(inputs[f"volume{dims}{i}"])
             with torch.no_grad():
                 logits = predictor.predict_sliding_window_return_logits(x).float().numpy()
-                out[f"logits{i}_{int(tta)}_{precision}"] = logits
+                out[f"logits{dims}{i}_{int(tta)}_{precision}"] = logits
     torch.half = shipped_half
     for i in range(int(inputs["geometries"])):
         spacing, target = inputs[f"spacing{i}"], inputs[f"target{i}"]
@@ -114,13 +117,14 @@ FINGERPRINT_DATASET = "Dataset901_CTParity"
 FINGERPRINT_CASES = 5
 
 
-def _net() -> torch.jit.ScriptModule:
+def _net(dims: str = "3d") -> torch.jit.ScriptModule:
     from medseg_bench.models import ModelInputs, build_model
 
     torch.manual_seed(0)
-    net = build_model("unet", "3d", ModelInputs(1, NUM_CLASSES, PATCH, None, spacing=(1.0, 1.0, 1.0))).eval()
+    patch, encoder = (PATCH, None) if dims == "3d" else (PATCH_2D, "resnet18")
+    net = build_model("unet", dims, ModelInputs(1, NUM_CLASSES, patch, encoder, spacing=(1.0,) * len(patch)))
     with torch.no_grad():
-        return torch.jit.trace(net, torch.zeros(1, 1, *PATCH))
+        return torch.jit.trace(net.eval(), torch.zeros(1, 1, *patch))
 
 
 def _geometry_inputs(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,12 +189,15 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
-    net = _net()
+    nets = {"3d": _net("3d"), "2d": _net("2d")}
     inputs: dict[str, np.ndarray] = {
         "patch": np.array(PATCH), "classes": np.array(NUM_CLASSES), "volumes": np.array(len(VOLUMES)),
+        "patch2d": np.array(PATCH_2D), "volumes2d": np.array(len(VOLUMES_2D)),
         "geometries": np.array(len(GEOMETRIES))}
     for i, (_, shape) in enumerate(VOLUMES):
         inputs[f"volume{i}"] = rng.normal(0, 1, (1, *shape)).astype(np.float32)
+    for i, (_, shape) in enumerate(VOLUMES_2D):
+        inputs[f"volume2d{i}"] = rng.normal(0, 1, (1, *shape)).astype(np.float32)
     for i, (_, shape, spacing, target) in enumerate(GEOMETRIES):
         image, label = _geometry_inputs(rng, shape)
         new_shape = target_shape(shape, spacing, target)
@@ -198,7 +205,8 @@ def main() -> None:
                    f"target{i}": np.array(target), f"new_shape{i}": np.array(new_shape),
                    f"logits_small{i}": rng.normal(0, 3, (NUM_CLASSES, *new_shape)).astype(np.float32)}
     with tempfile.TemporaryDirectory() as tmp:
-        net.save(f"{tmp}/net.pt")
+        nets["3d"].save(f"{tmp}/net.pt")
+        nets["2d"].save(f"{tmp}/net2d.pt")
         np.savez(f"{tmp}/inputs.npz", **inputs)
         cases = _ct_dataset(Path(tmp), rng)
         script = Path(tmp) / "nnunet_side.py"
@@ -217,11 +225,13 @@ def main() -> None:
         our_stats = fingerprint(task, cases, workers=2)["foreground_intensity"][0]
 
     rows = []
-    for precision in ("32", "16"):
-        for i, (name, shape) in enumerate(VOLUMES):
+    cases_by_dims = (("3d", "", PATCH, VOLUMES), ("2d", "2d", PATCH_2D, VOLUMES_2D))
+    for dims, key, patch, volumes, precision in ((*c, p) for c in cases_by_dims for p in ("32", "16")):
+        for i, (name, shape) in enumerate(volumes):
             for tta in (False, True):
-                ours = predict_probabilities(net, inputs[f"volume{i}"], "3d", PATCH, tta=tta)
-                ref = torch.softmax(torch.from_numpy(theirs[f"logits{i}_{int(tta)}_{precision}"]), 0).numpy()
+                ours = predict_probabilities(nets[dims], inputs[f"volume{key}{i}"], dims, patch, tta=tta)
+                logits = theirs[f"logits{key}{i}_{int(tta)}_{precision}"]
+                ref = torch.softmax(torch.from_numpy(logits), 0).numpy()
                 rows.append((f"inference{', TTA' if tta else ''}, nnU-Net's float{precision} buffers: {name}",
                              "x".join(map(str, shape)), float(np.abs(ours - ref).max()),
                              int((ours.argmax(0) != ref.argmax(0)).sum()), int(np.prod(shape))))

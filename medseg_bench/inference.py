@@ -1,11 +1,13 @@
-"""Full-volume inference: slice by slice (2D) or a Gaussian-weighted sliding window (3D), as nnU-Net v2's
-predictor does.
+"""Full-volume inference: a Gaussian-weighted sliding window over the volume (3D) or within each slice (2D),
+as nnU-Net v2's predictor does.
 
 From pipeline version 10 (`NNUNET_INFERENCE_FROM`) the 3D window is nnU-Net's (`_sliding_window`: its tile
 steps, Gaussian, padding), and mirroring test-time augmentation averages the network's logits over every flip
-of each tile (nnU-Net's `_internal_maybe_mirror_and_predict`), then takes the softmax. Runs of version 9 and
-older are predicted as they were evaluated: MONAI's `sliding_window_inference`, the softmax averaged over
-flips of the whole volume.
+of each tile (nnU-Net's `_internal_maybe_mirror_and_predict`), then takes the softmax. From version 11
+(`SLICE_WINDOW_FROM`) 2D runs slide the same window within each slice, with a 2D patch, as nnU-Net's 2d
+configuration; before, each whole slice went through the network at once, padded to a multiple of 32. Runs
+of version 9 and older are predicted as they were evaluated: MONAI's `sliding_window_inference`, the softmax
+averaged over flips of the whole volume (or slice).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ SLICE_BATCH = 32
 TILE_BATCH = 4  # tiles per forward pass (instance norm and eval-mode batch norm: the same as one at a time)
 TILE_STEP = 0.5  # nnU-Net's tile_step_size: tiles overlap by at least half a patch
 NNUNET_INFERENCE_FROM = 10
+SLICE_WINDOW_FROM = 11
 
 
 def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
@@ -82,9 +85,10 @@ def _tile_starts(size: int, tile: int) -> list[int]:
 
 def _sliding_window(x: torch.Tensor, patch: tuple[int, ...],
                     predict: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Gaussian-weighted logits of a (1, C, Z, Y, X) tensor, stitched from `predict` on patch-sized tiles, as
+    """Gaussian-weighted logits of a (B, C, *spatial) tensor, stitched from `predict` on patch-sized tiles, as
     nnU-Net's `predict_sliding_window_return_logits`: zero padding up to the patch (centred, the odd voxel
-    after), its tile steps, its Gaussian; accumulated in float32."""
+    after), its tile steps, its Gaussian; accumulated in float32. The B images (a volume, or slices of one
+    size) are tiled alike and go through `predict` together, each as it would alone."""
     shape = tuple(x.shape[2:])
     short = [max(p - s, 0) for s, p in zip(shape, patch, strict=True)]
     low = [d // 2 for d in short]
@@ -97,13 +101,15 @@ def _sliding_window(x: torch.Tensor, patch: tuple[int, ...],
              for start in itertools.product(*(_tile_starts(s, p) for s, p in zip(size, patch, strict=True)))]
     out: torch.Tensor | None = None
     count = torch.zeros(size, device=x.device)
-    for first in range(0, len(boxes), TILE_BATCH):
-        group = boxes[first:first + TILE_BATCH]
+    images = x.shape[0]
+    per_call = max(1, TILE_BATCH // images)  # tiles per forward pass: TILE_BATCH, or one per image
+    for first in range(0, len(boxes), per_call):
+        group = boxes[first:first + per_call]
         logits = predict(torch.cat([x[(slice(None), slice(None), *box)] for box in group])).float()
         if out is None:
-            out = torch.zeros((1, logits.shape[1], *size), device=x.device)
-        for box, tile in zip(group, logits, strict=True):
-            out[0][(slice(None), *box)] += tile * weight
+            out = torch.zeros((images, logits.shape[1], *size), device=x.device)
+        for box, tiles in zip(group, logits.split(images), strict=True):
+            out[(slice(None), slice(None), *box)] += tiles * weight
             count[box] += weight
     assert out is not None
     inside = tuple(slice(lo, lo + s) for lo, s in zip(low, shape, strict=True))
@@ -138,8 +144,27 @@ def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_si
                 logits = _sliding_window(x, tuple(patch_size), lambda tile: _flip_mean(net, tile, flips))
                 probs = torch.softmax(logits, dim=1)[0]
             return probs.float().cpu().numpy()
-        slices = _predict_slices(net, np.moveaxis(image, slice_axis + 1, 1), patch_size, device, tta, legacy)
+        image = np.moveaxis(image, slice_axis + 1, 1)
+        if pipeline_version >= SLICE_WINDOW_FROM:
+            slices = _slice_window(net, image, tuple(patch_size), device, tta)
+        else:
+            slices = _predict_slices(net, image, patch_size, device, tta, legacy)
         return np.moveaxis(slices, 1, slice_axis + 1)
+
+
+def _slice_window(net: nn.Module, image: np.ndarray, patch: tuple[int, ...], device: torch.device | str,
+                  tta: bool) -> np.ndarray:
+    """Softmax probabilities (K, Z, Y, X) of a (C, Z, Y, X) image, slice by slice along Z, each slice through
+    nnU-Net's sliding window with the 2D `patch` (`_sliding_window`; its tiles' logits averaged over the
+    flips of both axes with `tta`), SLICE_BATCH slices per forward pass."""
+    flips = _flips(2, tta)
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 1, 0)))  # (Z, C, Y, X)
+    out = []
+    for start in range(0, slices.shape[0], SLICE_BATCH):
+        x = slices[start:start + SLICE_BATCH].to(device)
+        logits = _sliding_window(x, patch, lambda tile: _flip_mean(net, tile, flips))
+        out.append(torch.softmax(logits, dim=1).float().cpu())
+    return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
 
 def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: torch.device | str,

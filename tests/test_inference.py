@@ -140,3 +140,33 @@ def test_2d_slices_along_the_plans_slice_axis() -> None:
         expected = torch.softmax(net.conv(slices), 1).permute(1, 2, 3, 0)
     assert np.allclose(probs, expected.numpy(), atol=1e-5)
     assert np.array_equal(predict_labels(net, image, "2d", (64, 64), slice_axis=2), probs.argmax(0))
+
+
+def test_2d_runs_slide_nnunets_window_within_each_slice() -> None:
+    """From version 11, as nnU-Net's 2d configuration: slices larger than the 2D patch are tiled (its steps
+    and Gaussian, in plane), smaller ones padded to the patch; the slices batched together come out as each
+    would alone. Version 10 put each whole slice through the network, padded to a multiple of 32."""
+    from medseg_bench.inference import _sliding_window
+
+    seen: list[tuple[int, ...]] = []
+
+    class Probe(_Shifted):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return super().forward(x)
+
+    torch.manual_seed(2)
+    net = Probe(2).eval()
+    image = np.random.default_rng(6).normal(size=(1, 5, 70, 20)).astype(np.float32)  # 70 > 32 > 20
+    probs = predict_probabilities(net, image, "2d", (32, 32))
+    assert probs.shape == (2, 5, 70, 20) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert {shape[1:] for shape in seen} == {(1, 32, 32)}
+    assert sum(shape[0] for shape in seen) == 5 * len(_tile_starts(70, 32))  # 4 tiles a slice
+    with torch.no_grad():
+        alone = [torch.softmax(_sliding_window(torch.from_numpy(image[:, z][None]), (32, 32), net), 1)[0]
+                 for z in range(5)]
+    assert np.allclose(probs, torch.stack(alone, 1).numpy(), atol=1e-6)
+    seen.clear()
+    old = predict_probabilities(net, image, "2d", (32, 32), pipeline_version=10)
+    assert {shape[1:] for shape in seen} == {(1, 96, 32)}  # whole slices, padded to multiples of 32
+    assert not np.allclose(old, probs, atol=1e-3)

@@ -33,7 +33,7 @@ def prepared(home: Path, tmp_path: Path):
     write_task_file(home, TASK)
     src = make_synthetic_task(tmp_path / "src" / TASK, num_cases=4)
     fetch_task(get_task(TASK), home / "data", str(src), progress=False)
-    return prepare_task(get_task(TASK), home / "data", num_folds=2, workers=1)
+    return prepare_task(get_task(TASK), home / "data", num_folds=2, workers=1, own_slices=True)
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -290,3 +290,30 @@ def test_tta_applies_to_runs_whose_augmentation_mirrors() -> None:
     assert not run_tta(spec) and not run_tta(spec, requested=True)
     assert run_tta(replace(spec, aug="nnunet")) and not run_tta(replace(spec, aug="nnunet"), requested=False)
     assert run_tta(replace(spec, pipeline_version=9))  # an older run is evaluated and predicted as it was
+
+
+@pytest.mark.parametrize(("dims", "version", "cache"), [("2d", 11, "-2d"), ("2d", 10, ""), ("3d", 11, "")])
+def test_a_2d_run_trains_on_the_cache_that_keeps_its_slices(home: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, dims: str,
+                                                             version: int, cache: str) -> None:
+    """On thick slices (2-5 mm, the plan's 2.3 mm) a version-11 2D run's samples come from `<hash>-2d/`;
+    older 2D runs and 3D runs keep the 3D cache."""
+    import medseg_bench.training as training
+    from tests.conftest import make_anisotropic_ct_task
+
+    write_task_file(home, "Task93_Aniso", ct=True)
+    src = make_anisotropic_ct_task(tmp_path / "src" / "Task93_Aniso")
+    fetch_task(get_task("Task93_Aniso"), home / "data", str(src), progress=False)
+    prepared = prepare_task(get_task("Task93_Aniso"), home / "data", num_folds=2, workers=1, own_slices=True)
+    seen = []
+
+    def loaders(cache_dir: Path, *args: object, **kwargs: object) -> None:
+        seen.append(cache_dir)
+        raise KeyboardInterrupt  # enough: the cache is chosen
+
+    monkeypatch.setattr(training, "make_loaders", loaders)
+    spec = _spec(task="Task93_Aniso", dims=dims, pipeline_version=version,
+                 **({"patch_size": (32, 32), "encoder": "resnet18"} if dims == "2d" else {}))
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, prepared, tmp_path / "run")
+    assert seen == [prepared.cache_dir.with_name(prepared.cache_dir.name + cache)]

@@ -32,8 +32,9 @@ def main(folder: Path) -> None:
                 if k not in ("run_id", "pipeline_version")}
         spec = RunSpec(**data)
         key = (spec.task, spec.num_folds)
-        if key not in prepared_by_task:
-            prepared_by_task[key] = prepare_task(get_task(spec.task), get_settings().data_dir, spec.num_folds)
+        if key not in prepared_by_task:  # with the cache of 2D runs that keep their slices (version 11)
+            prepared_by_task[key] = prepare_task(get_task(spec.task), get_settings().data_dir, spec.num_folds,
+                                                 own_slices=True)
         prepared = prepared_by_task[key]
         net = load_weights(build_network(spec, prepared), run / "checkpoints" / "last.ckpt")
         new = evaluate_fold(net, spec, prepared, "cpu", spec.tta).reset_index(drop=True)

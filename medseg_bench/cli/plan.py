@@ -66,7 +66,7 @@ def plan(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    fp = load_or_make_fingerprint(spec, cases, root, workers)
+    fp = load_or_make_fingerprint(spec, cases, root, workers, any_format=True)  # the plan's, even if older
     out = Console(highlight=False)
     table = Table(title=f"plan of {spec.name} ({root / 'plan.json'})", show_header=False)
     table.add_column("key")

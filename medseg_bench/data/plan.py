@@ -496,8 +496,10 @@ def load_or_make_fingerprint(
     workers: int | None = None,
     progress: bool = False,
     pool: Executor | None = None,
+    any_format: bool = False,
 ) -> dict:
-    """`fingerprint.json` in `folder` if it covers exactly `cases` in this format; else computed, written."""
+    """`fingerprint.json` in `folder` if it covers exactly `cases` in this format (`any_format`: in any, e.g.
+    to show the one an existing plan was made from); else computed and written."""
     from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, fingerprint
 
     path = folder / "fingerprint.json"
@@ -506,7 +508,8 @@ def load_or_make_fingerprint(
             fp = json.loads(path.read_text())
         except json.JSONDecodeError:
             fp = {}
-        if fp.get("cases") == [c.case_id for c in cases] and fp.get("format") == FINGERPRINT_FORMAT:
+        if fp.get("cases") == [c.case_id for c in cases] and (
+                fp.get("format") == FINGERPRINT_FORMAT or any_format and "foreground_intensity" in fp):
             return fp
     fp = fingerprint(task, cases, workers, progress, pool)
     write_json_atomic(path, fp)

@@ -37,6 +37,24 @@ def test_print_creates_fingerprint_and_plan(home: Path, tmp_path: Path) -> None:
     assert (root / "plan.json").is_file() and (root / "fingerprint.json").is_file()
 
 
+def test_a_plan_is_shown_with_the_fingerprint_it_was_made_from(home: Path, tmp_path: Path) -> None:
+    """A fingerprint.json of the earlier format is shown as it is (the plan's statistics come from it), not
+    computed again just to print it; a plan made anew computes it again."""
+    root = _fetched(home, tmp_path)
+    assert runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"]).exit_code == 0
+    fp = json.loads((root / "fingerprint.json").read_text())
+    del fp["format"]
+    fp["foreground_intensity"][0]["mean"] = 1234.5
+    (root / "fingerprint.json").write_text(json.dumps(fp))
+    shown = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
+    assert shown.exit_code == 0 and "mean 1234" in shown.output
+    assert "format" not in json.loads((root / "fingerprint.json").read_text())
+    (root / "plan.json").unlink()
+    remade = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
+    assert remade.exit_code == 0 and "mean 1234" not in remade.output
+    assert json.loads((root / "fingerprint.json").read_text())["format"] == 2
+
+
 def test_resize_for_gpu_then_cpu_keeps_preprocessing(home: Path, tmp_path: Path) -> None:
     root = _fetched(home, tmp_path)
     cpu = json.loads(runner.invoke(app, ["plan", "Task90_Synth", "--cpu", "--json"]).output)
