@@ -236,32 +236,26 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     probabilities are mapped back to the original grid first (`resample.to_original_probabilities`, what
     nnU-Net exports to ensemble) and averaged there, each network weighing the same.
     """
-    from medseg_bench.data.preprocess import preprocess_image, resampling
+    from medseg_bench.data.preprocess import case_target_spacing, crop_box, preprocess_image, resampling
     from medseg_bench.data.resample import to_original, to_original_probabilities
 
     assert members, "an ensemble needs at least one member"
-    views: list[tuple[tuple[Any, ...], np.ndarray, dict[str, Any], list[Member]]] = []  # key, image, grid
-    for own_slices in dict.fromkeys(m.own_slices for m in members):
-        resampled, _, grid = preprocess_image(image, spacing_zyx, plan, own_slices=own_slices)
-        cropped = [hi - lo for lo, hi in grid["crop_box"]]
-        key = resampling(cropped, spacing_zyx, grid["spacing_preprocessed_zyx"])
-        group = [m for m in members if m.own_slices == own_slices]
-        same = next((view for view in views if view[0] == key), None)
-        if same is None:
-            views.append((key, resampled, grid, group))
-        else:
-            same[3].extend(group)
-    if len(views) == 1:
-        _, resampled, grid, group = views[0]
-        logs = all(log_space(m.pipeline_version) for m in group)
-        return to_original(_mean_probabilities(group, resampled, device), grid, log_space=logs)
-    original = np.zeros((0,), dtype=np.float32)
-    for _, resampled, grid, group in views:
-        logs = all(log_space(m.pipeline_version) for m in group)
-        probs = to_original_probabilities(_mean_probabilities(group, resampled, device), grid, logs)
-        probs *= len(group) / len(members)
-        original = probs if original.size == 0 else original + probs
-    return original.argmax(0).astype(np.uint8)
+    cropped = [hi - lo for lo, hi in crop_box(image, plan)]
+    groups: dict[tuple[Any, ...], list[Member]] = {}  # by what resampling does: each preprocessed once
+    for member in members:
+        key = resampling(cropped, spacing_zyx, case_target_spacing(plan, spacing_zyx, member.own_slices))
+        groups.setdefault(key, []).append(member)
+    mapped = []  # per group: mean probabilities, grid, log space, members
+    for group in groups.values():
+        resampled, _, grid = preprocess_image(image, spacing_zyx, plan, own_slices=group[0].own_slices)
+        mapped.append((_mean_probabilities(group, resampled, device), grid,
+                       all(log_space(m.pipeline_version) for m in group), len(group)))
+    if len(mapped) == 1:
+        probs, grid, logs, _ = mapped[0]
+        return to_original(probs, grid, log_space=logs)
+    original = sum(to_original_probabilities(probs, grid, logs) * (n / len(members))
+                   for probs, grid, logs, n in mapped)
+    return np.asarray(original).argmax(0).astype(np.uint8)
 
 
 def _mean_probabilities(members: Sequence[Member], image: np.ndarray,

@@ -95,6 +95,11 @@ def resampling(cropped_shape: Sequence[int], spacing_zyx: Sequence[float],
     return shape, separate_axis(spacing_zyx, target_zyx) if moved else None
 
 
+def crop_box(image: np.ndarray, plan: Plan) -> list[list[int]]:
+    """The region of a (C, Z, Y, X) image the cache keeps: its non-zero box, or all of it."""
+    return nonzero_box(image) if plan.crop_to_nonzero else [[0, int(s)] for s in image.shape[1:]]
+
+
 def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
                      label: np.ndarray | None = None, own_slices: bool = False,
                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -104,14 +109,13 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     original and preprocessed spacing/shape).
     """
     original_shape = [int(s) for s in image.shape[1:]]
-    box = nonzero_box(image) if plan.crop_to_nonzero else [[0, s] for s in original_shape]
+    box = crop_box(image, plan)
     if plan.normalization == "per_channel":  # crop, then normalise with the cropped case's statistics
         normalized = normalize(crop(image, box), plan)
     else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
         normalized = crop(normalize(image, plan), box)
     target = case_target_spacing(plan, spacing_zyx, own_slices)
-    new_shape = target_shape(normalized.shape[1:], spacing_zyx, target)
-    separate = separate_axis(spacing_zyx, target)
+    new_shape, separate = resampling(normalized.shape[1:], spacing_zyx, target)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
     if label is not None:
         label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate))

@@ -185,6 +185,14 @@ def resample_probabilities(
     return out
 
 
+def _way_back(props: dict) -> tuple[CropBox, list[int], int | None]:
+    """A cached case's crop box, cropped shape, and the axis resampled on its own going back to it: from
+    the preprocessed spacing to the original one (nnU-Net's export), the preprocessed asked first."""
+    box: CropBox = props["crop_box"]
+    separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
+    return box, [hi - lo for lo, hi in box], separate
+
+
 def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
     """(K, Z, Y, X) class probabilities in preprocessed space as probabilities on the original grid (float32;
     outside the crop box: background), what nnU-Net exports to ensemble configurations.
@@ -192,9 +200,7 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     `log_space`: the logarithms are resampled, then normalised (softmax): for the softmax of one set of
     logits that is the softmax of nnU-Net's resampled logits. Else the probabilities are resampled.
     """
-    box: CropBox = props["crop_box"]
-    cropped_shape = [hi - lo for lo, hi in box]
-    separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
+    box, cropped_shape, separate = _way_back(props)
     tiny = np.finfo(np.float32).tiny
     inside = np.stack([
         _resample_volume(np.log(np.maximum(p, tiny)) if log_space else p.astype(np.float32, copy=False),
@@ -216,10 +222,7 @@ def to_original(prediction: np.ndarray, props: dict, log_space: bool = False) ->
     logarithms, `resample_probabilities`); `props` the case's cached properties (`load_case`). Returns a
     uint8 label map of the original shape; voxels outside the crop box are background.
     """
-    box: CropBox = props["crop_box"]
-    cropped_shape = [hi - lo for lo, hi in box]
-    # From the preprocessed spacing to the original one (nnU-Net's export): the preprocessed is asked first.
-    separate = separate_axis(props["spacing_preprocessed_zyx"], props["spacing_original_zyx"])
+    box, cropped_shape, separate = _way_back(props)
     if prediction.ndim == 4:
         inside = resample_probabilities(prediction, cropped_shape, separate, log_space)
     else:
