@@ -50,7 +50,10 @@ VOLUMES_2D = [("2D, slices smaller than the patch (odd padding)", (3, 41, 50)),
               ("2D, slices of one tile", (2, *PATCH_2D)), ("2D, slices of many tiles", (3, 150, 97))]
 # (name, shape, spacing, target spacing): zyx
 GEOMETRIES = [("isotropic 1.25 -> 1 mm", (24, 30, 28), (1.25, 1.25, 1.25), (1.0, 1.0, 1.0)),
-              ("thick slices 5 x 0.7 -> 4.2 x 0.8 mm", (10, 60, 52), (5.0, 0.7, 0.7), (4.2, 0.8, 0.8))]
+              ("thick slices 5 x 0.7 -> 4.2 x 0.8 mm", (10, 60, 52), (5.0, 0.7, 0.7), (4.2, 0.8, 0.8)),
+              # halving: every label boundary falls halfway between two voxels, an exact tie
+              ("isotropic 0.5 -> 1 mm", (40, 44, 36), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)),
+              ("thick slices 5 x 0.5 -> 5 x 1 mm", (8, 64, 60), (5.0, 0.5, 0.5), (5.0, 1.0, 1.0))]
 
 NNUNET_SIDE = """
 import json
@@ -276,9 +279,10 @@ def main() -> None:
         "classes are nearly tied everywhere, shows most. The float32 rows run nnU-Net's same code with "
         "float32 buffers (`torch.half` and `compute_gaussian`'s dtype patched in its process). Image "
         "resampling differences are intensities; the other rows count voxels whose class differs (labels: "
-        "nnU-Net keeps the nearest label on an exact tie, we the lowest). The fingerprint rows give our "
-        "value and its difference from nnU-Net's `DatasetFingerprintExtractor.run` on the same files: both "
-        "draw 10^8 / cases voxels per case with replacement.",
+        "an exact tie, as at every boundary when halving, goes to the nearest voxel's label). The "
+        "fingerprint rows give our value and its difference from nnU-Net's "
+        "`DatasetFingerprintExtractor.run` on the same files: both draw 10^8 / cases voxels per case "
+        "with replacement.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -29,11 +29,13 @@ from medseg_bench.spec import TaskSpec
 T = TypeVar("T")
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
+# 6: resampled label maps as nnU-Net's to the voxel: float64 scores, an exact tie to the nearest voxel's
+#    label.
 # 5: spline-resampled images clipped to their input range, per slice when the thick axis goes on its own
 #    (nnU-Net's skimage `resize(clip=True)`); resampled shapes as nnU-Net's `compute_new_shape` rounds them.
 # 4: no axis resampled on its own when two share the coarsest spacing.
 # 3: the crop box is the image's alone (2 also covered label voxels).
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 # A batch may hold at most this fraction of all the dataset's voxels (nnU-Net's rule against overfitting).
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 MIN_BATCH = 2

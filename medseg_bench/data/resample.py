@@ -141,23 +141,64 @@ def resample_image(
     )
 
 
+def _label_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, separate_axis: int | None,
+                  output: type = np.float64) -> np.ndarray:
+    """One label map (order 0) or one label's mask (order 1) resampled as nnU-Net's `resample_data_or_seg`
+    does it, to the last bit: skimage's `resize`, i.e. scipy's `zoom` on voxel centres in float64, over the
+    whole volume, or slice by slice with the separate axis then taken nearest at nnU-Net's coordinates.
+
+    Exact scores matter here (unlike for images): ties are decided by equality, and float32 scores, or
+    another interpolator's rounding, turn some of nnU-Net's near ties into ties and back.
+    """
+    from scipy.ndimage import zoom
+
+    def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        factors = np.divide(array.shape, shape)  # skimage's expression, so zoom rounds as it does
+        return zoom(array.astype(np.float64, copy=False), [1 / f for f in factors], order=order,
+                    mode="nearest", grid_mode=True, output=output)
+
+    if separate_axis is None:
+        return resize(volume, new_shape)
+    plane = [s for a, s in enumerate(new_shape) if a != separate_axis]
+    n = volume.shape[separate_axis]
+    step_shape = list(new_shape)
+    step_shape[separate_axis] = n
+    step: np.ndarray = np.empty(step_shape, dtype=output)
+    for i in range(n):
+        index = (slice(None),) * separate_axis + (i,)
+        step[index] = resize(volume[index], plane)
+    centres = float(n) / new_shape[separate_axis] * (np.arange(new_shape[separate_axis]) + 0.5) - 0.5
+    # scipy's order-0 map_coordinates with mode "nearest": round half up, then clamp
+    return np.take(step, np.clip(np.floor(centres + 0.5), 0, n - 1).astype(np.intp), axis=separate_axis)
+
+
 def resample_label(
     label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
 ) -> np.ndarray:
     """Resample a (Z, Y, X) label map by linear interpolation of each class's mask, then argmax; uint8.
 
-    Classes are visited one at a time (two arrays of the output size in memory, not one per class).
+    nnU-Net's `resize_segmentation` (batchgenerators' `seg_tiebreak="nearest"`) to the voxel: an exact tie (a
+    voxel halfway between two labels, as at every boundary of an even resize factor) goes to the nearest
+    voxel's label when that is one of the tied labels, else to the lowest of them. Classes are visited one
+    at a time: two float64 arrays of the output size in memory, not one per class.
     """
-    if tuple(label.shape) == tuple(new_shape):
+    shape = tuple(int(s) for s in new_shape)
+    if tuple(label.shape) == shape:
         return label.astype(np.uint8, copy=False)
-    values = np.unique(label)
-    best = np.full(tuple(new_shape), -1.0, dtype=np.float32)
-    out = np.zeros(tuple(new_shape), dtype=np.uint8)
-    for value in values:
-        score = _resample_volume((label == value).astype(np.float32), new_shape, 1, separate_axis)
+    nearest = _label_resize(label, shape, 0, separate_axis, output=np.uint8)
+    out = np.zeros(shape, dtype=np.uint8)
+    best = np.full(shape, -1.0)
+    nearest_on_top = np.zeros(shape, dtype=bool)  # the nearest voxel's label has the top score (above 0)
+    for value in np.unique(label):
+        score = _label_resize(label == value, shape, 1, separate_axis)
+        is_nearest = nearest == value
+        nearest_on_top |= is_nearest & (score == best) & (score > 0)
         better = score > best
+        nearest_on_top[better] = is_nearest[better] & (score[better] > 0)
         out[better] = value
-        best[better] = score[better]
+        np.maximum(best, score, out=best)
+        del score
+    out[nearest_on_top] = nearest[nearest_on_top]
     return out
 
 

@@ -101,6 +101,22 @@ def test_label_resampling_keeps_values_and_shapes() -> None:
     assert set(np.unique(out)) == {0, 1, 3}
 
 
+def test_label_ties_go_to_the_nearest_label_as_nnunets_resize_segmentation() -> None:
+    """The expected maps are nnU-Net's (`resample_data_or_seg_to_shape(is_seg=True)`, nnunetv2 2.8.1)."""
+    # halving [0, 1, 1, 0]: both output voxels lie halfway between a 0 and a 1 (the lowest label: 0, 0)
+    label = np.array([0, 1, 1, 0], np.uint8).reshape(1, 1, 4)
+    assert resample_label(label, (1, 1, 2)).tolist() == [[[1, 0]]]
+    # the same slice by slice, the thick axis taken nearest
+    slices = np.array([[0, 1, 1, 0], [2, 2, 0, 0]], np.uint8).reshape(2, 1, 4)
+    assert resample_label(slices, (3, 1, 2), separate_axis=0).tolist() == [[[1, 0]], [[2, 0]], [[2, 0]]]
+    # three labels meet and the nearest voxel's label (3) is not among the tied (1 and 2): the lowest of them
+    block = np.array([3, 1, 1, 1, 2, 2, 2, 3], np.uint8).reshape(2, 2, 2)
+    assert resample_label(block, (1, 1, 1)).tolist() == [[[1]]]
+    # a near tie (0.4000000000000004 against 0.3999999999999996 in float64) is none; float32 made it a tie
+    noise = np.random.default_rng(0).integers(0, 4, (6, 8, 10)).astype(np.uint8)
+    assert resample_label(noise, (4, 5, 6))[2, 0, 3] == 0
+
+
 def test_round_trip_to_target_spacing_and_back() -> None:
     """Cropped, resampled to a finer z spacing and mapped back: the same grid, the labels nearly unchanged."""
     rng = np.random.default_rng(1)
