@@ -533,3 +533,35 @@ def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:
     assert run_slice_axis(spec, prepared.plan.target_spacing) == 2
     old = RunSpec(**{**spec.to_dict(), "pipeline_version": 3})
     assert run_slice_axis(old, prepared.plan.target_spacing) == 0
+
+
+@pytest.mark.parametrize(("dims", "own_slices"), [("2d", True), ("3d", False)])
+def test_a_worker_and_a_slurm_job_prepare_the_cache_their_run_reads(
+        dims: str, own_slices: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process started by `--jobs` and a SLURM job each prepare the task themselves: a 2D run of version 11
+    asks for the cache that keeps each case's slices (`<hash>-2d/` where it differs), a 3D run does not."""
+    from types import SimpleNamespace
+
+    import submitit
+
+    from medseg_bench.errors import DataError
+    from medseg_bench.sweep import local, worker
+    from medseg_bench.sweep.slurm import SlurmRun
+
+    asked: list[bool] = []
+
+    def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
+                       own_slices: bool = False) -> None:
+        asked.append(own_slices)
+        raise DataError("prepared far enough")
+
+    monkeypatch.setattr(local, "prepare_locked", prepare_locked)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7"))
+    spec = RunSpec(task=TASK, dims=dims, arch="unet", loss="dice_ce", aug="none",
+                   encoder="resnet18" if dims == "2d" else None)
+    assert spec.own_slice_spacing is own_slices
+    argv = ["--spec", json.dumps(spec.to_dict()), "--results-dir", str(tmp_path), "--data-dir", str(tmp_path)]
+    assert worker.main(argv) == worker.EXIT_FAILED
+    with pytest.raises(DataError, match="prepared far enough"):
+        SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+    assert asked == [own_slices, own_slices]

@@ -157,3 +157,34 @@ def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Pat
     broken = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--launcher",
                                  "slurm"])
     assert "needs submitit" not in broken.output and isinstance(broken.exception, ModuleNotFoundError)
+
+
+@pytest.mark.parametrize(("dims", "own_slices"), [("2d,3d", True), ("3d", False)])
+def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
+        dims: str, own_slices: bool, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submitter builds the cache before its jobs start: the one that keeps each case's slices as well
+    when some run is 2D (version 11), once per task and fold count."""
+    import shutil
+
+    from medseg_bench.sweep import local, slurm
+
+    asked: list[tuple[str, bool]] = []
+    submitted: list[str] = []
+
+    def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
+                       own_slices: bool = False) -> None:
+        asked.append((task, own_slices))
+
+    def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object) -> tuple:
+        submitted.extend(spec.run_id for spec in runs)
+        return [], []
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/sbatch" if name == "sbatch" else which(name))
+    monkeypatch.setattr(local, "prepare_locked", prepare_locked)
+    monkeypatch.setattr(slurm, "submit", submit)
+    result = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--dims", dims, "--arch", "unet", "--loss",
+                    "dice_ce", "--aug", "none", "--launcher", "slurm")
+    assert result.exit_code == 0, result.output
+    assert asked == [("Task04_Hippocampus", own_slices)]
+    assert len(submitted) == len(dims.split(","))
