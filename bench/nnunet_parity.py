@@ -53,7 +53,11 @@ GEOMETRIES = [("isotropic 1.25 -> 1 mm", (24, 30, 28), (1.25, 1.25, 1.25), (1.0,
               ("thick slices 5 x 0.7 -> 4.2 x 0.8 mm", (10, 60, 52), (5.0, 0.7, 0.7), (4.2, 0.8, 0.8)),
               # halving: every label boundary falls halfway between two voxels, an exact tie
               ("isotropic 0.5 -> 1 mm", (40, 44, 36), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)),
-              ("thick slices 5 x 0.5 -> 5 x 1 mm", (8, 64, 60), (5.0, 0.5, 0.5), (5.0, 1.0, 1.0))]
+              ("thick slices 5 x 0.5 -> 5 x 1 mm", (8, 64, 60), (5.0, 0.5, 0.5), (5.0, 1.0, 1.0)),
+              # 6 slices to 7: a thick-axis coordinate halfway between two slices in exact arithmetic
+              ("6 thick slices -> 7", (6, 40, 36), (5.0, 0.8, 0.8), (30 / 7, 0.8, 0.8)),
+              # mapped back from 20 slices to 22: a halfway coordinate again (pipeline version 12)
+              ("22 thick slices -> 20", (22, 36, 32), (4.0, 0.8, 0.8), (4.4, 0.8, 0.8))]
 
 NNUNET_SIDE = """
 import json
@@ -249,7 +253,8 @@ def main() -> None:
                      int((label != theirs[f"label{i}"][0]).sum()), int(np.prod(new_shape))))
         logits = inputs[f"logits_small{i}"]
         probs = torch.softmax(torch.from_numpy(logits), 0).numpy()
-        back = resample_probabilities(probs, shape, separate_axis(target, spacing), log_space=True)
+        back = resample_probabilities(probs, shape, separate_axis(target, spacing), log_space=True,
+                                      nnunet_slices=True)
         rows.append((f"probabilities mapped back: {name}", "x".join(map(str, shape)), None,
                      int((back != theirs[f"back{i}"].argmax(0)).sum()), int(np.prod(shape))))
 

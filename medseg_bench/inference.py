@@ -31,6 +31,7 @@ TILE_BATCH = 4  # tiles per forward pass (instance norm and eval-mode batch norm
 TILE_STEP = 0.5  # nnU-Net's tile_step_size: tiles overlap by at least half a patch
 NNUNET_INFERENCE_FROM = 10
 SLICE_WINDOW_FROM = 11
+NNUNET_SLICES_FROM = 12
 
 
 def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
@@ -54,10 +55,12 @@ def _flip_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fli
     return total / len(flips)
 
 
-def log_space(pipeline_version: int) -> bool:
-    """Whether a run's probabilities are mapped back to the original grid as logarithms (`resample.
-    to_original`): from version 10, so that the class is the one nnU-Net's resampled logits give."""
-    return pipeline_version >= NNUNET_INFERENCE_FROM
+def mapping_back(pipeline_version: int) -> dict[str, bool]:
+    """How a run's probabilities are mapped back to the original grid (`resample.to_original`'s options): as
+    logarithms from version 10, so that the class is the one nnU-Net's resampled logits give; a thick axis
+    resampled on its own taken at nnU-Net's nearest slices from version 12 (`NNUNET_SLICES_FROM`)."""
+    return {"log_space": pipeline_version >= NNUNET_INFERENCE_FROM,
+            "nnunet_slices": pipeline_version >= NNUNET_SLICES_FROM}
 
 
 @functools.lru_cache(maxsize=8)
@@ -245,16 +248,17 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     for member in members:
         key = resampling(cropped, spacing_zyx, case_target_spacing(plan, spacing_zyx, member.own_slices))
         groups.setdefault(key, []).append(member)
-    mapped = []  # per group: mean probabilities, grid, log space, members
+    mapped = []  # per group: mean probabilities, grid, how to map back, members
     for group in groups.values():
         resampled, _, grid = preprocess_image(image, spacing_zyx, plan, own_slices=group[0].own_slices)
-        mapped.append((_mean_probabilities(group, resampled, device), grid,
-                       all(log_space(m.pipeline_version) for m in group), len(group)))
+        ways = [mapping_back(m.pipeline_version) for m in group]
+        way = {option: all(w[option] for w in ways) for option in ways[0]}  # mixed versions: the older way
+        mapped.append((_mean_probabilities(group, resampled, device), grid, way, len(group)))
     if len(mapped) == 1:
-        probs, grid, logs, _ = mapped[0]
-        return to_original(probs, grid, log_space=logs)
-    original = sum(to_original_probabilities(probs, grid, logs) * (n / len(members))
-                   for probs, grid, logs, n in mapped)
+        probs, grid, way, _ = mapped[0]
+        return to_original(probs, grid, **way)
+    original = sum(to_original_probabilities(probs, grid, **way) * (n / len(members))
+                   for probs, grid, way, n in mapped)
     return np.asarray(original).argmax(0).astype(np.uint8)
 
 

@@ -54,7 +54,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.data.resample import to_original
-    from medseg_bench.inference import log_space, predict_probabilities
+    from medseg_bench.inference import mapping_back, predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
     from medseg_bench.postprocess import apply_postprocessing, decide
 
@@ -78,7 +78,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version)
-        pred = to_original(probs, props, log_space(spec.pipeline_version))
+        pred = to_original(probs, props, **mapping_back(spec.pipeline_version))
         label, geometry = original_label(props)
         if spec.postprocess:
             kept.append((case_id, pred, label, geometry))

@@ -107,12 +107,15 @@ def _resample_volume(
     new_shape: Sequence[int],
     order: int,
     separate_axis: int | None,
-    order_separate: int = 0,
     clip: bool = False,
+    nnunet_slices: bool = False,
 ) -> np.ndarray:
     """`clip`: clip the spline output to the range of its input, as nnU-Net's `skimage.transform.resize`
     (clip=True) does: the whole volume's range, or each slice's range when the separate axis is resampled
-    on its own (nnU-Net resizes slice by slice)."""
+    on its own (nnU-Net resizes slice by slice). The separate axis is taken nearest: at nnU-Net's
+    coordinates with `nnunet_slices` (`_nearest_slices`), else with scipy's `affine_transform`, which
+    rounds some coordinates that are halfway in exact arithmetic the other way (6 slices to 7: 0 1 2 2 3 4 5
+    where nnU-Net takes 0 1 2 3 3 4 5); runs of pipeline version 11 and older map back that way."""
     if separate_axis is None or tuple(volume.shape) == tuple(new_shape):
         out = _resample_axes(volume, new_shape, order)
         if clip and tuple(volume.shape) != tuple(new_shape):
@@ -125,7 +128,20 @@ def _resample_volume(
         others = tuple(a for a in range(volume.ndim) if a != separate_axis)
         np.clip(step, volume.min(axis=others, keepdims=True), volume.max(axis=others, keepdims=True),
                 out=step)
-    return _resample_axes(step, new_shape, order_separate)
+    if nnunet_slices:
+        return _nearest_slices(step, int(new_shape[separate_axis]), separate_axis)
+    return _resample_axes(step, new_shape, 0)
+
+
+def _nearest_slices(volume: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """`volume` resampled to `size` along `axis` by nearest neighbour, as nnU-Net resamples a separate axis:
+    scipy's order-0 `map_coordinates` (round half up, then clamp; mode "nearest") at its voxel-centre
+    coordinates, computed in its order, so that halfway coordinates round as they do there."""
+    n = volume.shape[axis]
+    if n == size:
+        return volume
+    centres = float(n) / size * (np.arange(size) + 0.5) - 0.5
+    return np.take(volume, np.clip(np.floor(centres + 0.5), 0, n - 1).astype(np.intp), axis=axis)
 
 
 def resample_image(
@@ -136,7 +152,7 @@ def resample_image(
         return image.astype(np.float32, copy=False)
     volume = image.astype(np.float32, copy=False)
     return np.stack(
-        [_resample_volume(volume[c], new_shape, order, separate_axis, clip=True)
+        [_resample_volume(volume[c], new_shape, order, separate_axis, clip=True, nnunet_slices=True)
          for c in range(image.shape[0])]
     )
 
@@ -167,9 +183,7 @@ def _label_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, se
     for i in range(n):
         index = (slice(None),) * separate_axis + (i,)
         step[index] = resize(volume[index], plane)
-    centres = float(n) / new_shape[separate_axis] * (np.arange(new_shape[separate_axis]) + 0.5) - 0.5
-    # scipy's order-0 map_coordinates with mode "nearest": round half up, then clamp
-    return np.take(step, np.clip(np.floor(centres + 0.5), 0, n - 1).astype(np.intp), axis=separate_axis)
+    return _nearest_slices(step, new_shape[separate_axis], separate_axis)
 
 
 def resample_label(
@@ -204,13 +218,14 @@ def resample_label(
 
 def resample_probabilities(
     probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
-    log_space: bool = False,
+    log_space: bool = False, nnunet_slices: bool = False,
 ) -> np.ndarray:
     """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8).
 
     `log_space`: their logarithms are resampled. nnU-Net resamples a network's logits; for the softmax of one
     set of logits, log p_k = z_k - logsumexp(z) differs from z_k by the same amount for every class, so the
     argmax is nnU-Net's (probabilities under float32's smallest normal number are taken as that number).
+    `nnunet_slices`: a separate axis is taken at nnU-Net's nearest slices (`_nearest_slices`).
     """
     best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)
@@ -219,7 +234,7 @@ def resample_probabilities(
         values = probabilities[k].astype(np.float32, copy=False)
         if log_space:
             values = np.log(np.maximum(values, tiny))
-        score = _resample_volume(values, new_shape, 1, separate_axis)
+        score = _resample_volume(values, new_shape, 1, separate_axis, nnunet_slices=nnunet_slices)
         better = score > best
         out[better] = k
         best[better] = score[better]
@@ -234,7 +249,8 @@ def _way_back(props: dict) -> tuple[CropBox, list[int], int | None]:
     return box, [hi - lo for lo, hi in box], separate
 
 
-def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
+def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space: bool = False,
+                              nnunet_slices: bool = False) -> np.ndarray:
     """(K, Z, Y, X) class probabilities in preprocessed space as probabilities on the original grid (float32;
     outside the crop box: background), what nnU-Net exports to ensemble configurations.
 
@@ -245,7 +261,7 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     tiny = np.finfo(np.float32).tiny
     inside = np.stack([
         _resample_volume(np.log(np.maximum(p, tiny)) if log_space else p.astype(np.float32, copy=False),
-                         cropped_shape, 1, separate)
+                         cropped_shape, 1, separate, nnunet_slices=nnunet_slices)
         for p in probabilities])
     if log_space:
         inside = np.exp(inside - inside.max(axis=0, keepdims=True))
@@ -256,7 +272,8 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     return full
 
 
-def to_original(prediction: np.ndarray, props: dict, log_space: bool = False) -> np.ndarray:
+def to_original(prediction: np.ndarray, props: dict, log_space: bool = False,
+                nnunet_slices: bool = False) -> np.ndarray:
     """Map a prediction in preprocessed space back to the original image grid of a cached case.
 
     `prediction` is a (Z, Y, X) label map or (K, Z, Y, X) class probabilities (`log_space`: resampled as
@@ -265,7 +282,7 @@ def to_original(prediction: np.ndarray, props: dict, log_space: bool = False) ->
     """
     box, cropped_shape, separate = _way_back(props)
     if prediction.ndim == 4:
-        inside = resample_probabilities(prediction, cropped_shape, separate, log_space)
+        inside = resample_probabilities(prediction, cropped_shape, separate, log_space, nnunet_slices)
     else:
         inside = resample_label(prediction, cropped_shape, separate)
     full = np.zeros(tuple(props["shape_original_zyx"]), dtype=np.uint8)

@@ -117,6 +117,33 @@ def test_label_ties_go_to_the_nearest_label_as_nnunets_resize_segmentation() -> 
     assert resample_label(noise, (4, 5, 6))[2, 0, 3] == 0
 
 
+def test_a_thick_axis_is_taken_at_nnunets_nearest_slices() -> None:
+    """6 slices to 7: slice 3's centre maps to 2.5 in exact arithmetic; nnU-Net (`map_coordinates` at its
+    coordinates, nnunetv2 2.8.1) takes slice 3 there, scipy's `affine_transform` took slice 2."""
+    image = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], (1, 6, 4, 4))
+    assert resample_image(image, (7, 4, 4), separate_axis=0)[0, :, 0, 0].tolist() == [0, 1, 2, 3, 3, 4, 5]
+    assert resample_label(image[0].astype(np.uint8), (7, 4, 4), separate_axis=0)[:, 0, 0].tolist() == [
+        0, 1, 2, 3, 3, 4, 5]
+
+
+@pytest.mark.parametrize("log_space", [False, True])
+def test_mapping_back_takes_nnunets_nearest_slices_from_version_12(log_space: bool) -> None:
+    """20 preprocessed slices back to 22: nnU-Net (`map_coordinates` at its coordinates, nnunetv2 2.8.1)
+    takes slices 0-5, 5-15, 15-19; version 11's `affine_transform` took 14 for the second 15."""
+    props = {"crop_box": [[0, 22], [0, 3], [0, 3]], "shape_original_zyx": [22, 3, 3],
+             "spacing_original_zyx": [4.0, 0.8, 0.8], "spacing_preprocessed_zyx": [4.4, 0.8, 0.8]}
+    odd = np.zeros((2, 20, 3, 3), np.float32)  # class 1 on the odd slices: the class tells the slice's parity
+    odd[1, 1::2] = 1
+    odd[0] = 1 - odd[1]
+    nnunet = [0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15, 16, 17, 18, 19]
+    new = to_original(odd, props, log_space, nnunet_slices=True)[:, 0, 0].tolist()
+    assert new == [i % 2 for i in nnunet]
+    old = to_original(odd, props, log_space)[:, 0, 0].tolist()
+    assert old == [i % 2 for i in nnunet[:16]] + [0] + [i % 2 for i in nnunet[17:]]
+    probabilities = to_original_probabilities(odd, props, log_space, nnunet_slices=True)
+    assert probabilities.argmax(0)[:, 0, 0].tolist() == new
+
+
 def test_round_trip_to_target_spacing_and_back() -> None:
     """Cropped, resampled to a finer z spacing and mapped back: the same grid, the labels nearly unchanged."""
     rng = np.random.default_rng(1)
