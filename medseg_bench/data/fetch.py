@@ -294,7 +294,12 @@ def verify_md5(path: Path, expected: str) -> None:
 def download(
     url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: bool = True, attempts: int = 4
 ) -> Path:
-    """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verified by md5 before it is kept."""
+    """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verified by md5 before it is kept.
+
+    A resumed request carries `If-Range` with the validator (strong ETag, else Last-Modified) of the response
+    the part file began with, kept beside it in `dest.part.validator`: if the file on the server has changed
+    since, the server sends all of it and the download starts over instead of splicing two files.
+    """
     if dest.is_file():
         if md5_of(dest) == md5:
             return dest
@@ -319,6 +324,7 @@ def download(
             time.sleep(min(2.0**attempt, 8.0) * 0.25)
     else:
         raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")
+    _validator_file(part).unlink(missing_ok=True)
     actual = md5_of(part)
     if actual != md5:
         part.unlink()
@@ -327,9 +333,28 @@ def download(
     return dest
 
 
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(headers: http.client.HTTPMessage) -> str | None:
+    """What identifies this version of the file for `If-Range`: a strong ETag, else Last-Modified (RFC 9110
+    allows no weak ETag there), else None."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
 def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        validator = _validator_file(part)
+        if validator.is_file():
+            headers["If-Range"] = validator.read_text().strip()
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked by caller)
     except urllib.error.HTTPError as exc:
@@ -337,8 +362,16 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             part.unlink(missing_ok=True)
         raise
     with response:
-        if have and response.status != 206:
-            have = 0  # server ignored the range: restart cleanly
+        if have and response.status == 206:
+            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
+            if start is not None and int(start.group(1)) != have:
+                part.unlink()
+                raise FetchError(f"{url}: the server sent bytes from {start.group(1)} when asked from "
+                                 f"{have}; starting over")
+        else:
+            # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
+            have = 0
+            _remember_validator(part, _validator(response.headers))
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         mode = "ab" if have else "wb"
@@ -358,6 +391,19 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
                 advance(len(chunk))
         if length is not None and received < int(length):
             raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+
+
+def _remember_validator(part: Path, validator: str | None) -> None:
+    """Keep the validator of the response a new part file begins with (none: resumed without If-Range)."""
+    path = _validator_file(part)
+    try:
+        if validator is None or not re.fullmatch(r"[\x20-\x7e]{1,200}", validator):
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(validator)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise FileSystemError(f"{path}: cannot write the download's validator ({reason})") from None
 
 
 class _progress:

@@ -32,22 +32,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     fail_first: int = 0  # answer 500 to this many requests first
     requests: list[str | None] = []
     gate: threading.Event | None = None  # when set: send half the body, wait for the gate, then the rest
+    etag: str | None = None  # sent as ETag, and a Range is honoured only if If-Range (when sent) matches it
+    last_modified: str | None = None  # sent as Last-Modified, and matched by If-Range as well
+    if_ranges: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802
         cls = type(self)
         cls.requests.append(self.headers.get("Range"))
+        cls.if_ranges.append(self.headers.get("If-Range"))
         if cls.fail_first > 0:
             cls.fail_first -= 1
             self.send_error(500)
             return
         start = 0
-        if self.headers.get("Range"):
+        if_range = self.headers.get("If-Range")
+        if self.headers.get("Range") and if_range in (None, cls.etag, cls.last_modified):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}")
         else:
             self.send_response(200)
         body = cls.payload[start:]
+        for name, value in (("ETag", cls.etag), ("Last-Modified", cls.last_modified)):
+            if value is not None:
+                self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if cls.drop_after is not None:
@@ -71,7 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[tuple[str, type[_Handler]]]:
     handler = type(
         "Handler", (_Handler,),
-        {"payload": b"", "drop_after": None, "fail_first": 0, "requests": [], "gate": None}
+        {"payload": b"", "drop_after": None, "fail_first": 0, "requests": [], "gate": None, "etag": None,
+         "last_modified": None, "if_ranges": []}
     )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -165,6 +174,50 @@ def test_resume_after_dropped_connection(server, tmp_path: Path) -> None:
     dest = download(f"{url}/blob", tmp_path / "blob.tar", md5, timeout_s=5, progress=False)
     assert dest.read_bytes() == handler.payload
     assert handler.requests[0] is None and handler.requests[-1] == "bytes=300000-"
+
+
+@pytest.mark.parametrize(("etag", "validator"), [('"v1"', '"v1"'),
+                                                 ('W/"v1"', "Tue, 01 Dec 2026 03:00:00 GMT")])
+def test_a_file_changed_on_the_server_is_downloaded_again_not_spliced(
+        server, tmp_path: Path, etag: str, validator: str) -> None:
+    """A resumed request asks for the rest only of the file the part began with (If-Range: its strong ETag,
+    else its Last-Modified): the same file resumes, a changed one comes whole and replaces the part."""
+    url, handler = server
+    old, new = bytes(range(256)) * 4096, bytes(range(255, -1, -1)) * 4096
+    handler.payload, handler.etag, handler.drop_after = old, etag, 300_000
+    handler.last_modified = "Tue, 01 Dec 2026 03:00:00 GMT"
+    dest, md5_new = tmp_path / "blob.tar", hashlib.md5(new).hexdigest()
+    with pytest.raises(FetchError, match="rerun to resume"):
+        download(f"{url}/blob", dest, md5_new, timeout_s=5, progress=False, attempts=1)
+    assert (tmp_path / "blob.tar.part").stat().st_size == 300_000
+    assert (tmp_path / "blob.tar.part.validator").read_text() == validator
+    handler.payload, handler.etag, handler.last_modified = new, '"v2"', "Wed, 02 Dec 2026 03:00:00 GMT"
+    assert download(f"{url}/blob", dest, md5_new, timeout_s=5, progress=False).read_bytes() == new
+    assert handler.requests[-1] == "bytes=300000-" and handler.if_ranges[-1] == validator
+    assert not (tmp_path / "blob.tar.part.validator").exists()
+    # the same file: resumed from where it stopped
+    handler.drop_after, handler.requests = 300_000, []
+    other = tmp_path / "other.tar"
+    with pytest.raises(FetchError, match="rerun to resume"):
+        download(f"{url}/blob", other, md5_new, timeout_s=5, progress=False, attempts=1)
+    assert download(f"{url}/blob", other, md5_new, timeout_s=5, progress=False).read_bytes() == new
+    assert handler.requests == [None, "bytes=300000-"] and handler.if_ranges[-1] == '"v2"'
+
+
+def test_a_range_answered_from_elsewhere_starts_over(server, tmp_path: Path) -> None:
+    url, handler = server
+    handler.payload = b"y" * 1000
+    (tmp_path / "b.tar.part").write_bytes(b"y" * 400)
+    sent = handler.do_GET
+
+    def off_by_100(self) -> None:  # a 206 from byte 300 when asked from 400
+        if self.headers.get("Range"):
+            self.headers.replace_header("Range", "bytes=300-")
+        sent(self)
+
+    handler.do_GET = off_by_100
+    dest = download(f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False)
+    assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
 
 
 def test_http_500_then_success(server, tmp_path: Path) -> None:
