@@ -234,10 +234,11 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
 
     Networks that see the image alike (the same resampled array) are averaged where they predict and mapped
     back as one prediction (`resample.to_original`, as `mapping_back` says for the members' pipeline version:
-    from version 10 in log space, which for one network is nnU-Net's resampling of its logits). Where they see it differently (2D runs at the
-    image's own slice spacing beside 3D runs, on an image whose slices the plan resamples), each group's
-    probabilities are mapped back to the original grid first (`resample.to_original_probabilities`, what
-    nnU-Net exports to ensemble) and averaged there, each network weighing the same.
+    from version 10 in log space, which for one network is nnU-Net's resampling of its logits). Where they
+    see it differently (2D runs at the image's own slice spacing beside 3D runs, on an image whose slices
+    the plan resamples), each group's probabilities are mapped back to the original grid first
+    (`resample.to_original_probabilities`, what nnU-Net exports to ensemble) and averaged there, each network
+    weighing the same.
     """
     from medseg_bench.data.preprocess import case_target_spacing, crop_box, preprocess_image, resampling
     from medseg_bench.data.resample import to_original, to_original_probabilities

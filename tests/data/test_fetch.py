@@ -216,7 +216,8 @@ def test_a_range_answered_from_elsewhere_starts_over(server, tmp_path: Path) -> 
         sent(self)
 
     handler.do_GET = off_by_100
-    dest = download(f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False)
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False)
     assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
 
 
