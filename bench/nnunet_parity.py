@@ -10,10 +10,14 @@ Checks, on fixed synthetic inputs (seeded; no data needed):
   nnU-Net averages the logits over the flips, and so do we from pipeline version 10;
 - forward resampling of images (cubic, separate thick axis nearest) and label maps, and mapping class
   probabilities back: our `data.resample` against nnU-Net's `resample_data_or_seg_to_shape`
-  (`default_resampling.py`), on an isotropic and an anisotropic (thick-slice) geometry;
+  (`default_resampling.py`), on six geometries: isotropic and thick-slice, two halving (every label boundary a
+  tie), two whose thick-axis coordinates fall halfway between slices;
 - the dataset fingerprint's foreground intensity statistics (what a CT channel is clipped and z-scored with):
   our `data.fingerprint.fingerprint` against nnU-Net's `DatasetFingerprintExtractor.run` on the same synthetic
-  CT cases (NIfTI files; a zero border that cropping removes, with foreground in it).
+  CT cases (NIfTI files of five spacings; a zero border that cropping removes, with foreground in it);
+- the whole preprocessing of those cases: our plan's target spacing and cache (`data.plan.make_plan`,
+  `data.preprocess.preprocess_case`: crop, CT normalisation, resampling) against nnU-Net's
+  `plan_experiments` and `preprocess` (3d_fullres; 2d against our cache of 2D runs at each case's slices).
 
 nnU-Net runs in its own venv (default /tmp/nnunet-venv; installed on first use as bench/preprocess.py does).
 
@@ -119,9 +123,30 @@ if __name__ == "__main__":  # the fingerprint's pool spawns processes that impor
     fp = DatasetFingerprintExtractor(FINGERPRINT_DATASET, num_processes=2).run()
     with open(work + "/fingerprint.json", "w") as f:
         json.dump(fp["foreground_intensity_properties_per_channel"][0], f)
+    # the whole preprocessing: plan, then crop, normalise and resample every case (2d and 3d_fullres)
+    import blosc2
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments, preprocess
+    dataset_id = int(FINGERPRINT_DATASET[len("Dataset"):].split("_")[0])
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=("2d", "3d_fullres"), num_processes=(2, 2),
+               show_progress_bar=False)
+    folder = os.path.join(work, "preprocessed", FINGERPRINT_DATASET)
+    with open(os.path.join(folder, "nnUNetPlans.json")) as f:
+        plans = json.load(f)
+    arrays = {}
+    for config in ("2d", "3d_fullres"):
+        arrays[f"{config}_spacing"] = np.array(plans["configurations"][config]["spacing"])
+        for name in sorted(os.listdir(os.path.join(folder, "nnUNetPlans_" + config))):
+            if name.endswith(".b2nd"):
+                path = os.path.join(folder, "nnUNetPlans_" + config, name)
+                arrays[f"{config}/{name[:-len('.b2nd')]}"] = blosc2.open(urlpath=path, mode="r")[:]
+    np.savez(work + "/preprocessed.npz", **arrays)
 """
 FINGERPRINT_DATASET = "Dataset901_CTParity"
 FINGERPRINT_CASES = 5
+# (x, y, z) mm: thick slices (median 3 mm, so the other cases' slices are resampled on their own, nearest),
+# and in-plane spacings around the median 0.8 mm (resampled cubic, labels linear)
+CT_SPACINGS_XYZ = [(0.8, 0.8, 2.5), (0.75, 0.75, 3.0), (0.9, 0.9, 5.0), (0.7, 0.7, 2.0), (0.8, 0.8, 4.0)]
 
 
 def _net(dims: str = "3d") -> torch.jit.ScriptModule:
@@ -150,9 +175,9 @@ def _ct_dataset(root: Path, rng: np.random.Generator) -> list:
 
     from medseg_bench.data.msd import Case
 
-    def write(array: np.ndarray, path: Path) -> None:
+    def write(array: np.ndarray, path: Path, spacing_xyz: tuple[float, float, float]) -> None:
         itk = sitk.GetImageFromArray(array)
-        itk.SetSpacing((0.8, 0.8, 2.5))  # x, y, z
+        itk.SetSpacing(spacing_xyz)
         sitk.WriteImage(itk, str(path))
 
     raw = root / "raw" / FINGERPRINT_DATASET
@@ -167,14 +192,53 @@ def _ct_dataset(root: Path, rng: np.random.Generator) -> list:
         hu[:, -2:] = 0.0
         label[0, :, 1, :6] = 1
         name = f"ct_{i:03d}"
-        write(hu, raw / "imagesTr" / f"{name}_0000.nii.gz")
-        write(label[0], raw / "labelsTr" / f"{name}.nii.gz")
+        write(hu, raw / "imagesTr" / f"{name}_0000.nii.gz", CT_SPACINGS_XYZ[i])
+        write(label[0], raw / "labelsTr" / f"{name}.nii.gz", CT_SPACINGS_XYZ[i])
         cases.append(Case(name, raw / "imagesTr" / f"{name}_0000.nii.gz",
                           raw / "labelsTr" / f"{name}.nii.gz"))
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2},
         "numTraining": FINGERPRINT_CASES, "file_ending": ".nii.gz"}))
     return cases
+
+
+def _preprocessing_rows(task: object, dataset_fingerprint: dict, cases: list, theirs: dict[str, np.ndarray],
+                        work: Path) -> list[tuple]:
+    """Our plan and cache of the CT cases against nnU-Net's plans and preprocessed arrays: target spacing,
+    then every case's image (cropped, CT-normalised, resampled) and label map, for 3d_fullres (our 3D
+    cache) and 2d (our cache of 2D runs at each case's slice spacing)."""
+    from medseg_bench.data.plan import make_plan
+    from medseg_bench.data.preprocess import preprocess_case
+
+    plan = make_plan(task, dataset_fingerprint)  # type: ignore[arg-type]
+    rows: list[tuple] = []
+    for config, own_slices in (("3d_fullres", False), ("2d", True)):
+        ours = plan.target_spacing[1:] if own_slices else plan.target_spacing
+        spacing_difference = float(np.abs(np.subtract(ours, theirs[f"{config}_spacing"])).max())
+        shown = " x ".join(f"{s:g}" for s in ours)
+        rows.append((f"whole preprocessing, {config}: target spacing (mm)", shown, spacing_difference, None,
+                     None))
+        out = work / f"ours_{config}"
+        out.mkdir()
+        image_difference, labels_differing, voxels, shapes_differing = 0.0, 0, 0, 0
+        for case in cases:
+            preprocess_case(case, plan, out, own_slices=own_slices)
+            image = np.load(out / f"{case.case_id}.img.npy")
+            label = np.load(out / f"{case.case_id}.seg.npy")
+            their_image = theirs[f"{config}/{case.case_id}"]
+            their_label = np.maximum(theirs[f"{config}/{case.case_id}_seg"][0], 0)  # -1: outside the mask
+            voxels += their_label.size
+            if image.shape != their_image.shape:
+                shapes_differing += 1
+                labels_differing += their_label.size
+                continue
+            image_difference = max(image_difference, float(np.abs(image - their_image).max()))
+            labels_differing += int((label != their_label).sum())
+        shapes = f"{len(cases)} cases" + (f", {shapes_differing} of other shapes" if shapes_differing else "")
+        rows.append((f"whole preprocessing, {config}: images (crop, CT normalisation, resampling)", shapes,
+                     image_difference, None, voxels))
+        rows.append((f"whole preprocessing, {config}: label maps", shapes, None, labels_differing, voxels))
+    return rows
 
 
 def main() -> None:
@@ -229,7 +293,10 @@ def main() -> None:
         their_stats = json.loads(Path(f"{tmp}/fingerprint.json").read_text())
         task = TaskSpec(name="Task99_CTParity", labels={0: "background", 1: "a", 2: "b"}, modalities=["CT"],
                         imaging="CT")
-        our_stats = fingerprint(task, cases, workers=2)["foreground_intensity"][0]
+        dataset_fingerprint = fingerprint(task, cases, workers=2)
+        our_stats = dataset_fingerprint["foreground_intensity"][0]
+        preprocessing_rows = _preprocessing_rows(task, dataset_fingerprint, cases,
+                                                 dict(np.load(f"{tmp}/preprocessed.npz")), Path(tmp))
 
     rows = []
     cases_by_dims = (("3d", "", PATCH, VOLUMES), ("2d", "2d", PATCH_2D, VOLUMES_2D))
@@ -263,6 +330,7 @@ def main() -> None:
         difference = abs(our_stats[ours_key] - their_stats[their_key])
         rows.append((f"CT fingerprint, foreground {ours_key} ({FINGERPRINT_CASES} cases)",
                      f"{our_stats[ours_key]:.6g}", difference, None, None))
+    rows += preprocessing_rows
 
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.2e}"
