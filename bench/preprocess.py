@@ -41,12 +41,43 @@ from medseg_bench.data.catalog import get_task
 from medseg_bench.data.preprocess import prepare_task
 if __name__ == "__main__":
     prepared = prepare_task(get_task(sys.argv[1]), Path(sys.argv[2]), 5, workers=int(sys.argv[3]))
-    print(len(prepared.case_ids), prepared.plan.patch_3d, prepared.plan.batch_3d)
+    print(prepared.cache_dir)
+"""
+
+# Run by nnU-Net's venv (blosc2 reads its arrays): our cached arrays against nnU-Net's preprocessed ones.
+COMPARE = """
+import json, os, sys
+import blosc2
+import numpy as np
+ours, theirs = sys.argv[1:3]
+result = {"cases": 0, "voxels": 0, "other_shape": 0, "image_max_abs": 0.0, "label_voxels": 0}
+for name in sorted(os.listdir(theirs)):
+    if not name.endswith(".b2nd") or name.endswith("_seg.b2nd"):
+        continue
+    case = name[:-len(".b2nd")]
+    their_image = blosc2.open(urlpath=os.path.join(theirs, name), mode="r")[:]
+    their_label = np.maximum(blosc2.open(urlpath=os.path.join(theirs, case + "_seg.b2nd"), mode="r")[:][0], 0)
+    image = np.load(os.path.join(ours, case + ".img.npy"))
+    label = np.load(os.path.join(ours, case + ".seg.npy"))
+    result["cases"] += 1
+    result["voxels"] += their_label.size
+    if image.shape != their_image.shape:
+        result["other_shape"] += 1
+        result["label_voxels"] += their_label.size
+        continue
+    result["image_max_abs"] = max(result["image_max_abs"], float(np.abs(image - their_image).max()))
+    result["label_voxels"] += int((label != their_label).sum())
+print(json.dumps(result))
 """
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     """Run `cmd` (no shell) and return its wall time in seconds; fail loudly with its output."""
+    return run_output(cmd, env)[0]
+
+
+def run_output(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run `cmd` (no shell); its wall time in seconds and its last line of output."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -55,7 +86,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
             f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n"
             f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         )
-    return elapsed
+    lines = proc.stdout.strip().splitlines()
+    return elapsed, lines[-1] if lines else ""
 
 
 def ensure_nnunet(venv: Path) -> Path:
@@ -118,9 +150,12 @@ def main() -> None:
         ours = []
         for _ in range(args.repeats):
             shutil.rmtree(data / "preprocessed", ignore_errors=True)
-            ours.append(run([sys.executable, "-c", OURS, args.task, str(data), str(args.workers)], env))
+            ours_cmd = [sys.executable, "-c", OURS, args.task, str(data), str(args.workers)]
+            seconds, cache_dir = run_output(ours_cmd, env)
+            ours.append(seconds)
         ours_s = statistics.median(ours)
         nnunet_s = None
+        same: dict[str, dict] = {}
         if not args.skip_nnunet:
             exe = ensure_nnunet(args.nnunet_venv)
             raw = tmp / "nnUNet_raw"
@@ -135,6 +170,11 @@ def main() -> None:
             nnunet_s = run(
                 [str(exe), "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-npfp", w, "-np", w, w], nn_env
             )
+            python = str(args.nnunet_venv / "bin" / "python")
+            for config in ("3d_fullres", "2d"):
+                pattern = f"Dataset{DATASET_ID:03d}_*/nnUNetPlans_{config}"
+                (theirs,) = (tmp / "nnUNet_preprocessed").glob(pattern)
+                same[config] = json.loads(run_output([python, "-c", COMPARE, cache_dir, str(theirs)])[1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = f"{ours_s / nnunet_s:.3f} (target <= 0.25)" if nnunet_s else "-"
@@ -160,6 +200,12 @@ def main() -> None:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
         f"Ours / nnU-Net: {ratio}.",
+        "",
+        *[f"Our cache against nnU-Net's `{config}` arrays ({c['cases']} cases, {c['voxels']:,} voxels; "
+          "nnU-Net's label -1, background outside the non-zero mask, read as 0): "
+          f"{c['other_shape']} cases of another shape, images differ by at most {c['image_max_abs']:.2e}, "
+          f"{c['label_voxels']} label voxels differ."
+          for config, c in same.items()],
         "",
         "Reproduce: `.venv/bin/python bench/preprocess.py` (installs nnunetv2 into /tmp/nnunet-venv once).",
         "",

@@ -111,6 +111,12 @@ class TaskSpec:
     def num_channels(self) -> int:
         return len(self.modalities)
 
+    def is_ct_channel(self, index: int) -> bool:
+        """Whether channel `index` is normalised as CT (nnU-Net's CTNormalization, with the dataset's
+        foreground statistics): a channel named CT, or the one channel of a CT task."""
+        name = self.modalities[index] if index < len(self.modalities) else ""
+        return name.strip().upper() == "CT" or (self.imaging == "CT" and self.num_channels == 1)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source_file: Path) -> TaskSpec:
         """A task from its YAML mapping; each key's type and value is checked (UsageError naming the file)."""

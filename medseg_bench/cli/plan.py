@@ -95,7 +95,8 @@ def plan(
         table.add_row(
             f"foreground intensity, {stats['modality']}",
             f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
-            f"0.5-99.5% [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}]",
+            f"0.5-99.5% [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}]" if stats.get("sampled", True)
+            else "not sampled (z-scored per case with its own statistics)",
         )
     for value, cls in fp["class_frequencies"].items():
         table.add_row(

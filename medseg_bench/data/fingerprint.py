@@ -1,13 +1,16 @@
 """The dataset fingerprint (nnU-Net's term): what the plan is derived from, saved as `fingerprint.json`.
 
 Per case: shape, spacing, shape after cropping to the non-zero region, label voxel counts, and a sample of
-foreground intensities per modality. Over the dataset: foreground intensity statistics per modality
-(mean, std, median, percentiles 0.5 / 99.5, min, max) and class frequencies.
+foreground intensities per CT channel. Over the dataset: foreground intensity statistics of each CT channel
+(mean, std, median, percentiles 0.5 / 99.5, min, max: what it is clipped and z-scored with) and class
+frequencies. Other channels are z-scored per case with their own statistics, so theirs are not sampled
+(nnU-Net samples them too and uses them for nothing; 10^8 float32 voxels are 400 MB and about 3 s a channel).
 
 The intensity sample is nnU-Net v2's (`DatasetFingerprintExtractor`): 10^8 voxels over the dataset, the same
 number from every case, drawn with replacement from the foreground (label > 0) inside the non-zero box by a
-`RandomState(1234)` made anew for each case, channel after channel; the statistics are numpy's on the float32
-concatenation. So a CT task's clip bounds, mean and std are nnU-Net's (`bench/nnunet_parity.py` checks).
+`RandomState(1234)` made anew for each case, channel after channel (a channel before a CT channel advances it
+as nnU-Net's draw for it would); the statistics are numpy's on the float32 concatenation. So a CT task's clip
+bounds, mean and std are nnU-Net's (`bench/nnunet_parity.py` checks).
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ from medseg_bench.spec import TaskSpec
 # nnU-Net's `num_foreground_voxels_for_intensitystats` (10e7) and `collect_foreground_intensities` seed
 FOREGROUND_VOXELS_FOR_STATS = 10**8
 SAMPLE_SEED = 1234
-# 2: nnU-Net's sample (above). 1 (no "format" key): up to 10,000 voxels per case without replacement, from
-# the whole image's foreground. A fingerprint of another format is computed again; an existing plan keeps
-# the statistics it was made with.
-FINGERPRINT_FORMAT = 2
+# 3: CT channels only are sampled. 2: nnU-Net's sample (above), of every channel. 1 (no "format" key): up to
+# 10,000 voxels per case without replacement, from the whole image's foreground. A fingerprint of another
+# format is computed again; an existing plan keeps the statistics it was made with.
+FINGERPRINT_FORMAT = 3
 
 
-def case_fingerprint(case: Case, num_samples: int) -> dict:
-    """Statistics of one case (worker-safe). `samples` holds one float32 array per channel (not JSON)."""
+def case_fingerprint(case: Case, num_samples: int, sampled: tuple[int, ...] | None = None) -> dict:
+    """Statistics of one case (worker-safe). `samples` holds one float32 array per channel (not JSON): the
+    sample for the channels in `sampled` (default: all), empty for the others."""
     image, geom = read_image(case.image)
     label, _ = read_label(case.label)
     if label.shape != image.shape[1:]:
@@ -43,11 +47,17 @@ def case_fingerprint(case: Case, num_samples: int) -> dict:
     inside = tuple(slice(lo, hi) for lo, hi in box)
     foreground = label[inside] > 0
     rs = np.random.RandomState(SAMPLE_SEED)
+    wanted = range(image.shape[0]) if sampled is None else sampled
+    last = max(wanted, default=-1)
     samples = []
     for c in range(image.shape[0]):
-        pixels = image[c][inside][foreground]
-        samples.append(rs.choice(pixels, num_samples, replace=True) if pixels.size
-                       else np.zeros(0, np.float32))
+        pixels = image[c][inside][foreground] if c <= last else np.zeros(0, np.float32)
+        if c in wanted and pixels.size:
+            samples.append(rs.choice(pixels, num_samples, replace=True))
+        else:
+            if pixels.size:  # what `choice` draws, so that a later channel's sample is nnU-Net's
+                rs.randint(0, pixels.size, size=num_samples)
+            samples.append(np.zeros(0, np.float32))
     values, voxels = np.unique(label, return_counts=True)
     return {
         "case": case.case_id,
@@ -84,8 +94,9 @@ def fingerprint(
 ) -> dict:
     """Fingerprint of `cases` (read in parallel, in `pool` when given)."""
     per_case_samples = int(FOREGROUND_VOXELS_FOR_STATS // max(len(cases), 1))
-    per_case = parallel_map(partial(case_fingerprint, num_samples=per_case_samples), cases, workers, progress,
-                            "fingerprint", pool)
+    sampled = tuple(c for c in range(task.num_channels) if task.is_ct_channel(c))
+    per_case = parallel_map(partial(case_fingerprint, num_samples=per_case_samples, sampled=sampled), cases,
+                            workers, progress, "fingerprint", pool)
     total_voxels = sum(int(np.prod(c["shape_zyx"])) for c in per_case)
     labels = sorted({int(v) for c in per_case for v in c["class_voxels"]} | set(task.labels))
     foreground_voxels = sum(n for c in per_case for v, n in c["class_voxels"].items() if v != "0")
@@ -101,10 +112,12 @@ def fingerprint(
     channels = len(per_case[0]["samples"]) if per_case else 0
     intensity = []
     for c in range(channels):
-        sample = np.concatenate([case["samples"][c] for case in per_case]).astype(np.float32, copy=False)
-        stats = _intensity_stats(sample)
         modality = task.modalities[c] if c < len(task.modalities) else str(c)
-        intensity.append({"channel": c, "modality": modality, **stats})
+        if c not in sampled:
+            intensity.append({"channel": c, "modality": modality, "sampled": False})
+            continue
+        sample = np.concatenate([case["samples"][c] for case in per_case]).astype(np.float32, copy=False)
+        intensity.append({"channel": c, "modality": modality, "sampled": True, **_intensity_stats(sample)})
     return {
         "format": FINGERPRINT_FORMAT,
         "task": task.name,

@@ -414,8 +414,8 @@ def channel_schemes(task: TaskSpec, fp: dict) -> tuple[dict[str, Any], ...]:
     std; any other channel is z-scored per case, within the non-zero mask when cropping to it shrinks the
     median case below 3/4 of its size (skull-stripped MRI), as nnU-Net decides it once per dataset."""
     schemes: list[dict[str, Any]] = []
-    for index, name in enumerate(task.modalities):
-        if name.strip().upper() == "CT" or (task.imaging == "CT" and task.num_channels == 1):
+    for index in range(task.num_channels):
+        if task.is_ct_channel(index):
             stats = fp["foreground_intensity"][index]
             schemes.append({"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"],
                             "std": max(stats["std"], 1e-6)})

@@ -43,16 +43,18 @@ def test_a_plan_is_shown_with_the_fingerprint_it_was_made_from(home: Path, tmp_p
     root = _fetched(home, tmp_path)
     assert runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"]).exit_code == 0
     fp = json.loads((root / "fingerprint.json").read_text())
-    del fp["format"]
-    fp["foreground_intensity"][0]["mean"] = 1234.5
+    fp["format"] = 2  # which sampled every channel
+    fp["foreground_intensity"][0] = {"channel": 0, "modality": "MR0", "mean": 1234.5, "std": 1.0,
+                                     "p00_5": 0.0, "p99_5": 9.0}
     (root / "fingerprint.json").write_text(json.dumps(fp))
     shown = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
     assert shown.exit_code == 0 and "mean 1234" in shown.output
-    assert "format" not in json.loads((root / "fingerprint.json").read_text())
+    assert json.loads((root / "fingerprint.json").read_text())["format"] == 2
     (root / "plan.json").unlink()
     remade = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
     assert remade.exit_code == 0 and "mean 1234" not in remade.output
-    assert json.loads((root / "fingerprint.json").read_text())["format"] == 2
+    assert json.loads((root / "fingerprint.json").read_text())["format"] == 3
+    assert "not sampled (z-scored per case" in remade.output
 
 
 def test_resize_for_gpu_then_cpu_keeps_preprocessing(home: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medseg_bench.data.catalog import get_task
-from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, case_fingerprint, fingerprint
+from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, _intensity_stats, case_fingerprint, fingerprint
 from medseg_bench.data.io import read_image, read_label
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.plan import load_or_make_fingerprint
@@ -32,14 +32,29 @@ def test_statistics_per_modality_and_class_frequencies(home: Path, tmp_path: Pat
         )
         assert fp["class_frequencies"][str(value)]["cases_present"] == 4
     assert fp["class_frequencies"]["1"]["foreground_fraction"] == pytest.approx(counts[1] / counts[1:].sum())
-    assert [s["modality"] for s in fp["foreground_intensity"]] == ["MR0", "MR1"]
-    for c, stats in enumerate(fp["foreground_intensity"]):
-        values = np.concatenate(
-            [read_image(case.image)[0][c][lb > 0] for case, lb in zip(cases, labels, strict=True)]
-        )
-        assert values.min() <= stats["min"] <= stats["p00_5"] < stats["median"] < stats["p99_5"]
-        assert stats["p99_5"] <= stats["max"] <= values.max()
-        assert stats["mean"] == pytest.approx(values.mean(), abs=0.05 * float(values.std()))
+    # MRI channels are z-scored per case with their own statistics: nothing to sample for them
+    assert fp["foreground_intensity"] == [{"channel": 0, "modality": "MR0", "sampled": False},
+                                          {"channel": 1, "modality": "MR1", "sampled": False}]
+
+
+def test_a_ct_channel_after_another_is_sampled_as_nnunet_samples_it(home: Path, tmp_path: Path) -> None:
+    """Only the CT channel is sampled; the MRI channel before it still advances the `RandomState` as
+    nnU-Net's draw for it does, so the CT statistics are those of nnU-Net's sample of both channels."""
+    write_task_file(home, "Task91_Multi", channels=2, modalities=["MR", "CT"])
+    folder = make_synthetic_task(tmp_path / "Task91_Multi", num_cases=4, channels=2)
+    cases = training_cases(folder)
+    fp = fingerprint(get_task("Task91_Multi"), cases, workers=1)
+    assert fp["foreground_intensity"][0] == {"channel": 0, "modality": "MR", "sampled": False}
+    per_case = 40_000 // len(cases)  # tests/conftest.py's sample size
+    both = [case_fingerprint(c, per_case)["samples"] for c in cases]  # every channel drawn, as nnU-Net
+    assert all(len(s[0]) == per_case for s in both)
+    expected = _intensity_stats(np.concatenate([s[1] for s in both]))
+    assert fp["foreground_intensity"][1] == {"channel": 1, "modality": "CT", "sampled": True, **expected}
+    values = np.concatenate([read_image(c.image)[0][1][read_label(c.label)[0] > 0] for c in cases])
+    stats = fp["foreground_intensity"][1]
+    assert values.min() <= stats["min"] <= stats["p00_5"] < stats["median"] < stats["p99_5"]
+    assert stats["p99_5"] <= stats["max"] <= values.max()
+    assert stats["mean"] == pytest.approx(values.mean(), abs=0.05 * float(values.std()))
 
 
 def _case(folder: Path, name: str, image: np.ndarray, label: np.ndarray) -> Case:
