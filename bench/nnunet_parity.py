@@ -14,7 +14,9 @@ Checks, on fixed synthetic inputs (seeded; no data needed):
   tie), two whose thick-axis coordinates fall halfway between slices;
 - the dataset fingerprint's foreground intensity statistics (what a CT channel is clipped and z-scored with):
   our `data.fingerprint.fingerprint` against nnU-Net's `DatasetFingerprintExtractor.run` on the same synthetic
-  CT cases (NIfTI files of five spacings; a zero border that cropping removes, with foreground in it);
+  CT cases (NIfTI files of five spacings; a zero border that cropping removes, with foreground in it, and a
+  zero region inside the crop box open to the volume's edge, with foreground against it and in it, which
+  nnU-Net labels -1 before it resamples);
 - the whole preprocessing of those cases: our plan's target spacing and cache (`data.plan.make_plan`,
   `data.preprocess.preprocess_case`: crop, CT normalisation, resampling) against nnU-Net's
   `plan_experiments` and `preprocess` (3d_fullres; 2d against our cache of 2D runs at each case's slices).
@@ -191,6 +193,11 @@ def _ct_dataset(root: Path, rng: np.random.Generator) -> list:
         hu[:, :3] = 0.0  # a zero border, which cropping removes: the foreground in it is not sampled
         hu[:, -2:] = 0.0
         label[0, :, 1, :6] = 1
+        # a zero region inside the crop box, open to the volume's edge (nnU-Net's label -1 there), foreground
+        # against it and in it
+        hu[:, 10:16, :5] = 0.0
+        label[0, :, 10:16, 5:8] = 1
+        label[0, :, 12:14, 2:5] = 2
         name = f"ct_{i:03d}"
         write(hu, raw / "imagesTr" / f"{name}_0000.nii.gz", CT_SPACINGS_XYZ[i])
         write(label[0], raw / "labelsTr" / f"{name}.nii.gz", CT_SPACINGS_XYZ[i])
