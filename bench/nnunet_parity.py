@@ -148,7 +148,7 @@ FINGERPRINT_DATASET = "Dataset901_CTParity"
 FINGERPRINT_CASES = 5
 # (x, y, z) mm: thick slices (median 3 mm, so the other cases' slices are resampled on their own, nearest),
 # and in-plane spacings around the median 0.8 mm (resampled cubic, labels linear)
-CT_SPACINGS_XYZ = [(0.8, 0.8, 2.5), (0.75, 0.75, 3.0), (0.9, 0.9, 5.0), (0.7, 0.7, 2.0), (0.8, 0.8, 4.0)]
+CT_SPACINGS_XYZ = [(0.8, 0.8, 2.5), (0.75, 0.75, 3.0), (0.9, 0.9, 5.0), (0.72, 0.72, 2.0), (0.8, 0.8, 4.0)]
 
 
 def _net(dims: str = "3d") -> torch.jit.ScriptModule:

@@ -338,11 +338,11 @@ def _validator_file(part: Path) -> Path:
 
 
 def _validator(headers: http.client.HTTPMessage) -> str | None:
-    """What identifies this version of the file for `If-Range`: a strong ETag, else Last-Modified (RFC 9110
-    allows no weak ETag there), else None."""
+    """What identifies this version of the file for `If-Range` (RFC 9110 13.1.5): a strong ETag; without
+    one, Last-Modified; nothing when the ETag is weak (neither may then be sent)."""
     etag = headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
+    if etag:
+        return None if etag.startswith("W/") else etag
     return headers.get("Last-Modified")
 
 
@@ -362,7 +362,8 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             part.unlink(missing_ok=True)
         raise
     with response:
-        if have and response.status == 206:
+        fresh = not (have and response.status == 206)
+        if not fresh:
             start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
             if start is not None and int(start.group(1)) != have:
                 part.unlink()
@@ -371,7 +372,6 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         else:
             # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
             have = 0
-            _remember_validator(part, _validator(response.headers))
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         mode = "ab" if have else "wb"
@@ -379,6 +379,8 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
         except OSError as exc:
             raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
+        if fresh:  # once the part file holds this response's start (truncated), not before
+            _remember_validator(part, _validator(response.headers))
         with fh, _progress(progress, url, total, have) as advance:
             received = 0
             while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it

@@ -49,15 +49,15 @@ def case_fingerprint(case: Case, num_samples: int, sampled: tuple[int, ...] | No
     rs = np.random.RandomState(SAMPLE_SEED)
     wanted = range(image.shape[0]) if sampled is None else sampled
     last = max(wanted, default=-1)
+    count = int(np.count_nonzero(foreground))
     samples = []
     for c in range(image.shape[0]):
-        pixels = image[c][inside][foreground] if c <= last else np.zeros(0, np.float32)
-        if c in wanted and pixels.size:
-            samples.append(rs.choice(pixels, num_samples, replace=True))
-        else:
-            if pixels.size:  # what `choice` draws, so that a later channel's sample is nnU-Net's
-                rs.randint(0, pixels.size, size=num_samples)
-            samples.append(np.zeros(0, np.float32))
+        if c in wanted and count:
+            samples.append(rs.choice(image[c][inside][foreground], num_samples, replace=True))
+            continue
+        if count and c < last:  # what `choice` draws, so that a later channel's sample is nnU-Net's
+            rs.randint(0, count, size=num_samples)
+        samples.append(np.zeros(0, np.float32))
     values, voxels = np.unique(label, return_counts=True)
     return {
         "case": case.case_id,

@@ -30,8 +30,9 @@ T = TypeVar("T")
 
 # Bump when the cached arrays of the same plan change (it is part of the cache folder's hash).
 # 6: resampled label maps as nnU-Net's to the voxel: float64 scores, an exact tie to the nearest voxel's
-#    label; a separate (thick) axis taken nearest at nnU-Net's coordinates (6 slices to 7 repeated slice 2
-#    where nnU-Net repeats slice 3).
+#    label, background outside the non-zero mask a label of its own while resampling (nnU-Net's -1); a
+#    separate (thick) axis taken nearest at nnU-Net's coordinates (6 slices to 7 repeated slice 2 where
+#    nnU-Net repeats slice 3).
 # 5: spline-resampled images clipped to their input range, per slice when the thick axis goes on its own
 #    (nnU-Net's skimage `resize(clip=True)`); resampled shapes as nnU-Net's `compute_new_shape` rounds them.
 # 4: no axis resampled on its own when two share the coarsest spacing.

@@ -32,7 +32,14 @@ from medseg_bench.data.fetch import is_complete, read_marker
 from medseg_bench.data.io import Geometry, load_json_object, read_image, read_label, write_json_atomic
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
-from medseg_bench.data.plan import Budget, Plan, load_or_make_plan, normalize, slice_target_spacing
+from medseg_bench.data.plan import (
+    Budget,
+    Plan,
+    load_or_make_plan,
+    nonzero_mask,
+    normalize,
+    slice_target_spacing,
+)
 from medseg_bench.data.resample import (
     crop,
     nonzero_box,
@@ -100,6 +107,19 @@ def crop_box(image: np.ndarray, plan: Plan) -> list[list[int]]:
     return nonzero_box(image) if plan.crop_to_nonzero else [[0, int(s)] for s in image.shape[1:]]
 
 
+def _outside_mask(image: np.ndarray, box: list[list[int]], plan: Plan,
+                  new_shape: Sequence[int]) -> np.ndarray | None:
+    """Where nnU-Net labels background -1 before resampling a label map (`crop_to_nonzero`): outside the
+    non-zero mask of the whole image (any channel, holes filled), in the crop box. None where that cannot
+    matter: nothing resampled, no crop to the non-zero region, or no zero voxel in the box."""
+    cropped = crop(image, box)
+    if not plan.crop_to_nonzero or tuple(new_shape) == tuple(cropped.shape[1:]):
+        return None
+    if np.any(cropped != 0, axis=0).all():
+        return None
+    return ~crop(nonzero_mask(image), box)
+
+
 def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
                      label: np.ndarray | None = None, own_slices: bool = False,
                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -118,7 +138,8 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     new_shape, separate = resampling(normalized.shape[1:], spacing_zyx, target)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
     if label is not None:
-        label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate))
+        label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate,
+                                                    _outside_mask(image, box, plan, new_shape)))
     grid = {"shape_original_zyx": original_shape, "spacing_original_zyx": list(spacing_zyx),
             "spacing_preprocessed_zyx": list(target), "crop_box": box}
     return normalized, label, grid

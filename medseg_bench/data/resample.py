@@ -187,33 +187,39 @@ def _label_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, se
 
 
 def resample_label(
-    label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None
+    label: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
+    outside: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a (Z, Y, X) label map by linear interpolation of each class's mask, then argmax; uint8.
 
     nnU-Net's `resize_segmentation` (batchgenerators' `seg_tiebreak="nearest"`) to the voxel: an exact tie (a
     voxel halfway between two labels, as at every boundary of an even resize factor) goes to the nearest
-    voxel's label when that is one of the tied labels, else to the lowest of them. Classes are visited one
-    at a time: two float64 arrays of the output size in memory, not one per class.
+    voxel's label when that is one of the tied labels, else to the lowest of them. `outside` (a boolean map
+    of `label`'s shape): background there is a label of its own below all others while resampling, and
+    background again after, as nnU-Net's label -1 outside the non-zero mask (`crop_to_nonzero`). Classes are
+    visited one at a time: a few arrays of the output size in memory (two of float64), not one per class.
     """
     shape = tuple(int(s) for s in new_shape)
     if tuple(label.shape) == shape:
         return label.astype(np.uint8, copy=False)
-    nearest = _label_resize(label, shape, 0, separate_axis, output=np.uint8)
-    out = np.zeros(shape, dtype=np.uint8)
+    seg = label.astype(np.int16)
+    if outside is not None:
+        seg[outside & (label == 0)] = -1
+    nearest = _label_resize(seg, shape, 0, separate_axis, output=np.int16)
+    out = np.zeros(shape, dtype=np.int16)
     best = np.full(shape, -1.0)
     nearest_on_top = np.zeros(shape, dtype=bool)  # the nearest voxel's label has the top score (above 0)
-    for value in np.unique(label):
-        score = _label_resize(label == value, shape, 1, separate_axis)
+    for value in np.unique(seg):
+        score = _label_resize(seg == value, shape, 1, separate_axis)
         is_nearest = nearest == value
         nearest_on_top |= is_nearest & (score == best) & (score > 0)
         better = score > best
-        nearest_on_top[better] = is_nearest[better] & (score[better] > 0)
-        out[better] = value
+        np.copyto(nearest_on_top, is_nearest & (score > 0), where=better)
+        np.copyto(out, value, where=better)
         np.maximum(best, score, out=best)
-        del score
-    out[nearest_on_top] = nearest[nearest_on_top]
-    return out
+        del score, better, is_nearest
+    np.copyto(out, nearest, where=nearest_on_top)
+    return np.maximum(out, 0).astype(np.uint8)
 
 
 def resample_probabilities(

@@ -238,6 +238,30 @@ def test_two_equally_coarse_axes_are_resampled_together(home: Path, tmp_path: Pa
     assert np.array_equal(out_label, resample_label(label, (21, 21, 20), separate_axis=None))
 
 
+def test_labels_are_resampled_with_nnunets_outside_region(home: Path, tmp_path: Path) -> None:
+    """Background outside the image's non-zero mask (holes filled, any channel) is its own label while the
+    label map is resampled, as nnU-Net's -1; a hole inside the mask is not."""
+    from dataclasses import replace
+
+    from medseg_bench.data.preprocess import preprocess_image
+    from medseg_bench.data.resample import resample_label
+
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    plan = replace(prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1).plan,
+                   target_spacing=(1.0, 0.8, 0.8))
+    image = np.full((1, 4, 20, 20), 5.0, np.float32)
+    image[:, :, 5:12, :4] = 0.0  # open to the edge: outside the mask
+    image[:, :, 15, 15] = 0.0  # a hole: inside
+    label = np.zeros((4, 20, 20), np.uint8)
+    label[:, 5:12, 4:9] = 1
+    label[:, 8:10, 1:3] = 2
+    _, out_label, _ = preprocess_image(image, (1.0, 0.67, 0.67), plan, label)
+    outside = np.zeros(label.shape, bool)
+    outside[:, 5:12, :4] = True
+    assert np.array_equal(out_label, resample_label(label, (4, 17, 17), outside=outside))
+    assert not np.array_equal(out_label, resample_label(label, (4, 17, 17)))
+
+
 def test_mr_channels_are_z_scored_after_cropping_with_one_mask_rule(home: Path, tmp_path: Path) -> None:
     # Version 4 z-scored before cropping and chose the non-zero mask case by case: a zero border of 19 % of
     # the volume moved the tissue's mean to +0.36 here. nnU-Net crops first, decides the mask per dataset.

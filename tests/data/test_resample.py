@@ -144,6 +144,21 @@ def test_mapping_back_takes_nnunets_nearest_slices_from_version_12(log_space: bo
     assert probabilities.argmax(0)[:, 0, 0].tolist() == new
 
 
+def test_background_outside_the_non_zero_mask_is_resampled_as_a_label_of_its_own() -> None:
+    """nnU-Net labels it -1 before resampling (`crop_to_nonzero`): where it, background and foreground meet,
+    neither -1 nor 0 alone outscores the foreground label. The expected map is nnU-Net's (2.8.1)."""
+    label = np.zeros((1, 5, 5), np.uint8)
+    label[0, 2:, 2:] = 1
+    outside = np.zeros((1, 5, 5), bool)
+    outside[0, 2:, :2] = True
+    nnunet = np.zeros((1, 8, 8), np.uint8)
+    nnunet[0, 3:, 3:] = 1
+    assert np.array_equal(resample_label(label, (1, 8, 8), outside=outside), nnunet)
+    assert resample_label(label, (1, 8, 8))[0, 3, 3] == 0  # all background one label: it outscores 1 there
+    outside[0, 2:, 2:] = True  # foreground outside the mask stays foreground
+    assert np.array_equal(resample_label(label, (1, 8, 8), outside=outside), nnunet)
+
+
 def test_round_trip_to_target_spacing_and_back() -> None:
     """Cropped, resampled to a finer z spacing and mapped back: the same grid, the labels nearly unchanged."""
     rng = np.random.default_rng(1)
