@@ -17,9 +17,11 @@ Checks, on fixed synthetic inputs (seeded; no data needed):
   CT cases (NIfTI files of five spacings; a zero border that cropping removes, with foreground in it, and a
   zero region inside the crop box open to the volume's edge, with foreground against it and in it, which
   nnU-Net labels -1 before it resamples);
-- the whole preprocessing of those cases: our plan's target spacing and cache (`data.plan.make_plan`,
-  `data.preprocess.preprocess_case`: crop, CT normalisation, resampling) against nnU-Net's
-  `plan_experiments` and `preprocess` (3d_fullres; 2d against our cache of 2D runs at each case's slices).
+- the whole preprocessing of those cases, and of five synthetic skull-stripped two-channel MRI cases (z-scored
+  within the non-zero mask; a lesion across the brain's edge): our plan's target spacing and cache
+  (`data.plan.make_plan`, `data.preprocess.preprocess_case`: crop, normalisation, resampling) against
+  nnU-Net's `plan_experiments` and `preprocess` (3d_fullres; 2d against our cache of 2D runs at each case's
+  slices).
 
 nnU-Net runs in its own venv (default /tmp/nnunet-venv; installed on first use as bench/preprocess.py does).
 
@@ -128,24 +130,32 @@ if __name__ == "__main__":  # the fingerprint's pool spawns processes that impor
     # the whole preprocessing: plan, then crop, normalise and resample every case (2d and 3d_fullres)
     import blosc2
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments, preprocess
-    dataset_id = int(FINGERPRINT_DATASET[len("Dataset"):].split("_")[0])
-    plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=("2d", "3d_fullres"), num_processes=(2, 2),
-               show_progress_bar=False)
-    folder = os.path.join(work, "preprocessed", FINGERPRINT_DATASET)
-    with open(os.path.join(folder, "nnUNetPlans.json")) as f:
-        plans = json.load(f)
     arrays = {}
-    for config in ("2d", "3d_fullres"):
-        arrays[f"{config}_spacing"] = np.array(plans["configurations"][config]["spacing"])
-        for name in sorted(os.listdir(os.path.join(folder, "nnUNetPlans_" + config))):
-            if name.endswith(".b2nd"):
-                path = os.path.join(folder, "nnUNetPlans_" + config, name)
-                arrays[f"{config}/{name[:-len('.b2nd')]}"] = blosc2.open(urlpath=path, mode="r")[:]
+    for dataset in (FINGERPRINT_DATASET, MR_DATASET):
+        if dataset != FINGERPRINT_DATASET:
+            DatasetFingerprintExtractor(dataset, num_processes=2).run()
+        dataset_id = int(dataset[len("Dataset"):].split("_")[0])
+        plan_experiments([dataset_id])
+        preprocess([dataset_id], configurations=("2d", "3d_fullres"), num_processes=(2, 2),
+                   show_progress_bar=False)
+        folder = os.path.join(work, "preprocessed", dataset)
+        with open(os.path.join(folder, "nnUNetPlans.json")) as f:
+            plans = json.load(f)
+        for config in ("2d", "3d_fullres"):
+            arrays[f"{dataset}/{config}_spacing"] = np.array(plans["configurations"][config]["spacing"])
+            masks = plans["configurations"][config]["use_mask_for_norm"]
+            arrays[f"{dataset}/{config}_mask"] = np.array(masks)
+            for name in sorted(os.listdir(os.path.join(folder, "nnUNetPlans_" + config))):
+                if name.endswith(".b2nd"):
+                    path = os.path.join(folder, "nnUNetPlans_" + config, name)
+                    key = f"{dataset}/{config}/{name[:-len('.b2nd')]}"
+                    arrays[key] = blosc2.open(urlpath=path, mode="r")[:]
     np.savez(work + "/preprocessed.npz", **arrays)
 """
 FINGERPRINT_DATASET = "Dataset901_CTParity"
 FINGERPRINT_CASES = 5
+MR_DATASET = "Dataset902_MRParity"  # two skull-stripped MRI channels: z-scored within the non-zero mask
+MR_SPACINGS_XYZ = [(1.0, 1.0, 1.0), (0.9, 0.9, 1.0), (1.1, 1.1, 1.2), (0.95, 0.95, 0.9), (1.0, 1.0, 1.1)]
 # (x, y, z) mm: thick slices (median 3 mm, so the other cases' slices are resampled on their own, nearest),
 # and in-plane spacings around the median 0.8 mm (resampled cubic, labels linear)
 CT_SPACINGS_XYZ = [(0.8, 0.8, 2.5), (0.75, 0.75, 3.0), (0.9, 0.9, 5.0), (0.72, 0.72, 2.0), (0.8, 0.8, 4.0)]
@@ -209,23 +219,75 @@ def _ct_dataset(root: Path, rng: np.random.Generator) -> list:
     return cases
 
 
+def _mr_dataset(root: Path, rng: np.random.Generator) -> list:
+    """Synthetic skull-stripped two-channel MRI cases: nnU-Net raw data (a file per channel) and, for us, the
+    same arrays as MSD's 4D NIfTI; zero outside a "brain" small enough that nnU-Net z-scores within the
+    non-zero mask; foreground at the brain's edge, and some of it where the image is zero (cut by the
+    skull stripping)."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.msd import Case
+
+    raw, ours = root / "raw" / MR_DATASET, root / "ours_mr_images"
+    for folder in (raw / "imagesTr", raw / "labelsTr", ours):
+        folder.mkdir(parents=True)
+
+    def volume(array: np.ndarray, spacing_xyz: tuple[float, float, float]) -> sitk.Image:
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing(spacing_xyz)
+        return itk
+
+    cases = []
+    for i, spacing in enumerate(MR_SPACINGS_XYZ):
+        shape = (24 + 2 * i, 48, 44 - 2 * i)
+        z, y, x = np.indices(shape, dtype=np.float32)
+        centre = [s / 2 for s in shape]
+        axes = zip((z, y, x), centre, shape, strict=True)
+        brain = sum(((a - c) / (0.36 * s)) ** 2 for a, c, s in axes) <= 1
+        edge = (centre[0], centre[1], centre[2] + 0.3 * shape[2])  # a lesion across the brain's edge
+        lesion = sum(((a - c) / (0.12 * s)) ** 2 for a, c, s in zip((z, y, x), edge, shape, strict=True))
+        label = np.where(lesion <= 0.3, 2, np.where(lesion <= 1, 1, 0)).astype(np.uint8)
+        label[~brain & (x > edge[2] + 0.06 * shape[2])] = 0  # the lesion's far part outside the brain: gone,
+        channels = [np.where(brain, 100 + 40.0 * label + rng.normal(0, 10, shape), 0.0).astype(np.float32),
+                    np.where(brain, 60 - 15.0 * label + rng.normal(0, 8, shape), 0.0).astype(np.float32)]
+        name = f"mr_{i:03d}"  # its near part kept as foreground where the image is zero
+        for c, channel in enumerate(channels):
+            sitk.WriteImage(volume(channel, spacing), str(raw / "imagesTr" / f"{name}_{c:04d}.nii.gz"))
+        sitk.WriteImage(volume(label, spacing), str(raw / "labelsTr" / f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.JoinSeries([volume(channel, spacing) for channel in channels]),
+                        str(ours / f"{name}.nii.gz"))
+        cases.append(Case(name, ours / f"{name}.nii.gz", raw / "labelsTr" / f"{name}.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "a": 1, "b": 2},
+        "numTraining": len(MR_SPACINGS_XYZ), "file_ending": ".nii.gz"}))
+    return cases
+
+
 def _preprocessing_rows(task: object, dataset_fingerprint: dict, cases: list, theirs: dict[str, np.ndarray],
-                        work: Path) -> list[tuple]:
-    """Our plan and cache of the CT cases against nnU-Net's plans and preprocessed arrays: target spacing,
-    then every case's image (cropped, CT-normalised, resampled) and label map, for 3d_fullres (our 3D
-    cache) and 2d (our cache of 2D runs at each case's slice spacing)."""
+                        work: Path, dataset: str, kind: str) -> list[tuple]:
+    """Our plan and cache of `cases` against nnU-Net's plans and preprocessed arrays of `dataset`: target
+    spacing (and, for MRI, whether channels are z-scored within the non-zero mask), then every case's image
+    (cropped, normalised, resampled) and label map, for 3d_fullres (our 3D cache) and 2d (our cache of 2D
+    runs at each case's slice spacing)."""
     from medseg_bench.data.plan import make_plan
     from medseg_bench.data.preprocess import preprocess_case
 
     plan = make_plan(task, dataset_fingerprint)  # type: ignore[arg-type]
+    theirs = {k[len(dataset) + 1:]: v for k, v in theirs.items() if k.startswith(dataset + "/")}
     rows: list[tuple] = []
     for config, own_slices in (("3d_fullres", False), ("2d", True)):
         ours = plan.target_spacing[1:] if own_slices else plan.target_spacing
         spacing_difference = float(np.abs(np.subtract(ours, theirs[f"{config}_spacing"])).max())
         shown = " x ".join(f"{s:g}" for s in ours)
-        rows.append((f"whole preprocessing, {config}: target spacing (mm)", shown, spacing_difference, None,
-                     None))
-        out = work / f"ours_{config}"
+        rows.append((f"whole preprocessing, {kind} {config}: target spacing (mm)", shown, spacing_difference,
+                     None, None))
+        if kind == "MR":
+            masks = [bool(s.get("nonzero_mask")) for s in plan.channel_normalization or ()]
+            same = masks == [bool(m) for m in theirs[f"{config}_mask"]]
+            rows.append((f"whole preprocessing, {kind} {config}: z-score within the non-zero mask",
+                         ", ".join(map(str, masks)) + ("" if same else " (nnU-Net: otherwise)"), None, None,
+                         None))
+        out = work / f"ours_{kind}_{config}"
         out.mkdir()
         image_difference, labels_differing, voxels, shapes_differing = 0.0, 0, 0, 0
         for case in cases:
@@ -242,9 +304,10 @@ def _preprocessing_rows(task: object, dataset_fingerprint: dict, cases: list, th
             image_difference = max(image_difference, float(np.abs(image - their_image).max()))
             labels_differing += int((label != their_label).sum())
         shapes = f"{len(cases)} cases" + (f", {shapes_differing} of other shapes" if shapes_differing else "")
-        rows.append((f"whole preprocessing, {config}: images (crop, CT normalisation, resampling)", shapes,
-                     image_difference, None, voxels))
-        rows.append((f"whole preprocessing, {config}: label maps", shapes, None, labels_differing, voxels))
+        rows.append((f"whole preprocessing, {kind} {config}: images (crop, normalisation, resampling)",
+                     shapes, image_difference, None, voxels))
+        rows.append((f"whole preprocessing, {kind} {config}: label maps", shapes, None, labels_differing,
+                     voxels))
     return rows
 
 
@@ -288,7 +351,9 @@ def main() -> None:
         np.savez(f"{tmp}/inputs.npz", **inputs)
         cases = _ct_dataset(Path(tmp), rng)
         script = Path(tmp) / "nnunet_side.py"
-        script.write_text(NNUNET_SIDE.replace("FINGERPRINT_DATASET", repr(FINGERPRINT_DATASET)))
+        mr_cases = _mr_dataset(Path(tmp), rng)
+        script.write_text(NNUNET_SIDE.replace("FINGERPRINT_DATASET", repr(FINGERPRINT_DATASET))
+                          .replace("MR_DATASET", repr(MR_DATASET)))
         start = time.perf_counter()
         proc = subprocess.run([str(args.nnunet_venv / "bin" / "python"), str(script), tmp],
                               capture_output=True, text=True)
@@ -302,8 +367,14 @@ def main() -> None:
                         imaging="CT")
         dataset_fingerprint = fingerprint(task, cases, workers=2)
         our_stats = dataset_fingerprint["foreground_intensity"][0]
-        preprocessing_rows = _preprocessing_rows(task, dataset_fingerprint, cases,
-                                                 dict(np.load(f"{tmp}/preprocessed.npz")), Path(tmp))
+        preprocessed = dict(np.load(f"{tmp}/preprocessed.npz"))
+        preprocessing_rows = _preprocessing_rows(task, dataset_fingerprint, cases, preprocessed, Path(tmp),
+                                                 FINGERPRINT_DATASET, "CT")
+        mr_task = TaskSpec(name="Task98_MRParity", labels={0: "background", 1: "a", 2: "b"},
+                           modalities=["T1", "T2"], imaging="MRI", tensor_image_size="4D")
+        mr_fingerprint = fingerprint(mr_task, mr_cases, workers=2)
+        preprocessing_rows += _preprocessing_rows(mr_task, mr_fingerprint, mr_cases, preprocessed, Path(tmp),
+                                                  MR_DATASET, "MR")
 
     rows = []
     cases_by_dims = (("3d", "", PATCH, VOLUMES), ("2d", "2d", PATCH_2D, VOLUMES_2D))

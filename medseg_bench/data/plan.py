@@ -32,7 +32,9 @@ T = TypeVar("T")
 # 6: resampled label maps as nnU-Net's to the voxel: float64 scores, an exact tie to the nearest voxel's
 #    label, background outside the non-zero mask a label of its own while resampling (nnU-Net's -1); a
 #    separate (thick) axis taken nearest at nnU-Net's coordinates (6 slices to 7 repeated slice 2 where
-#    nnU-Net repeats slice 3).
+#    nnU-Net repeats slice 3); images resampled with skimage's interpolator in float64 (was scipy's
+#    affine_transform: the last bit); a training case's foreground counted into the non-zero mask of a
+#    z-score (nnU-Net's `seg >= 0`).
 # 5: spline-resampled images clipped to their input range, per slice when the thick axis goes on its own
 #    (nnU-Net's skimage `resize(clip=True)`); resampled shapes as nnU-Net's `compute_new_shape` rounds them.
 # 4: no axis resampled on its own when two share the coarsest spacing.
@@ -436,16 +438,18 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
     return np.asarray(binary_fill_holes(np.any(image != 0, axis=0)), dtype=bool)
 
 
-def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
+def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None) -> np.ndarray:
     """Normalise a (C, Z, Y, X) image as the plan says; returns float32.
 
     A "per_channel" plan normalises each channel by its scheme (`channel_schemes`); the caller has cropped the
-    image first, so the statistics are those of the cropped case, as in nnU-Net. Older plans keep their rule:
-    every channel CT-normalised ("ct"), or z-scored per case ("zscore") over the whole uncropped image, or
-    over its non-zero voxels when they are under 3/4 of it, decided case by case.
+    image first, so the statistics are those of the cropped case, as in nnU-Net. A channel z-scored within
+    the non-zero mask takes, with the case's `label`, its foreground voxels into the mask too (nnU-Net's
+    `seg >= 0`: a training case's labels where the image is zero; a case to predict has none). Older plans
+    keep their rule: every channel CT-normalised ("ct"), or z-scored per case ("zscore") over the whole
+    uncropped image, or over its non-zero voxels when they are under 3/4 of it, decided case by case.
     """
     if plan.normalization == "per_channel":
-        return _normalize_channels(image, plan)
+        return _normalize_channels(image, plan, label)
     out = np.empty_like(image, dtype=np.float32)
     for c in range(image.shape[0]):
         channel = image[c].astype(np.float32, copy=False)
@@ -464,13 +468,15 @@ def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
     return out
 
 
-def _normalize_channels(image: np.ndarray, plan: Plan) -> np.ndarray:
+def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None) -> np.ndarray:
     schemes = plan.channel_normalization or ()
     if len(schemes) != image.shape[0]:
         raise DataError(f"the plan of {plan.task} normalises {len(schemes)} channel(s); this image has "
                         f"{image.shape[0]}")
     out = np.empty_like(image, dtype=np.float32)
     mask = nonzero_mask(image) if any(s.get("nonzero_mask") for s in schemes) else None
+    if mask is not None and label is not None:
+        mask |= label != 0
     for c, scheme in enumerate(schemes):
         channel = image[c].astype(np.float32, copy=False)
         if scheme["scheme"] == "ct":

@@ -131,7 +131,7 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     original_shape = [int(s) for s in image.shape[1:]]
     box = crop_box(image, plan)
     if plan.normalization == "per_channel":  # crop, then normalise with the cropped case's statistics
-        normalized = normalize(crop(image, box), plan)
+        normalized = normalize(crop(image, box), plan, None if label is None else crop(label, box))
     else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
         normalized = crop(normalize(image, plan), box)
     target = case_target_spacing(plan, spacing_zyx, own_slices)

@@ -147,31 +147,36 @@ def _nearest_slices(volume: np.ndarray, size: int, axis: int) -> np.ndarray:
 def resample_image(
     image: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None, order: int = 3
 ) -> np.ndarray:
-    """Resample a (C, Z, Y, X) image channel by channel; float32."""
-    if tuple(image.shape[1:]) == tuple(new_shape):
+    """Resample a (C, Z, Y, X) image channel by channel, as nnU-Net resamples it to the last bit (spline of
+    `order`, clipped to the input's range, per slice when `separate_axis` goes on its own: `_nnunet_resize`);
+    float32."""
+    shape = tuple(int(s) for s in new_shape)
+    if tuple(image.shape[1:]) == shape:
         return image.astype(np.float32, copy=False)
-    volume = image.astype(np.float32, copy=False)
-    return np.stack(
-        [_resample_volume(volume[c], new_shape, order, separate_axis, clip=True, nnunet_slices=True)
-         for c in range(image.shape[0])]
-    )
+    return np.stack([_nnunet_resize(image[c], shape, order, separate_axis, output=np.float32, clip=True)
+                     for c in range(image.shape[0])])
 
 
-def _label_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, separate_axis: int | None,
-                  output: type = np.float64) -> np.ndarray:
-    """One label map (order 0) or one label's mask (order 1) resampled as nnU-Net's `resample_data_or_seg`
-    does it, to the last bit: skimage's `resize`, i.e. scipy's `zoom` on voxel centres in float64, over the
-    whole volume, or slice by slice with the separate axis then taken nearest at nnU-Net's coordinates.
+def _nnunet_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, separate_axis: int | None,
+                   output: type = np.float64, clip: bool = False) -> np.ndarray:
+    """One volume resampled as nnU-Net's `resample_data_or_seg` does it, to the last bit: skimage's `resize`
+    (`mode="edge"`, no anti-aliasing; `clip`: to the input's range), i.e. scipy's `zoom` on voxel centres in
+    float64, over the whole volume, or slice by slice with the separate axis then taken nearest at nnU-Net's
+    coordinates (`_nearest_slices`); cast to `output` at the end, as nnU-Net stores into its input's dtype.
 
-    Exact scores matter here (unlike for images): ties are decided by equality, and float32 scores, or
-    another interpolator's rounding, turn some of nnU-Net's near ties into ties and back.
+    For label maps (order 0) and label masks (order 1) exact scores matter: ties are decided by equality, and
+    float32 scores, or another interpolator's rounding, turn some of nnU-Net's near ties into ties and back.
     """
     from scipy.ndimage import zoom
 
     def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         factors = np.divide(array.shape, shape)  # skimage's expression, so zoom rounds as it does
-        return zoom(array.astype(np.float64, copy=False), [1 / f for f in factors], order=order,
-                    mode="nearest", grid_mode=True, output=output)
+        source = array.astype(np.float64, copy=False)
+        out = zoom(source, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True,
+                   output=np.float64 if clip else output)
+        if clip:
+            np.clip(out, source.min(), source.max(), out=out)
+        return out.astype(output, copy=False)
 
     if separate_axis is None:
         return resize(volume, new_shape)
@@ -205,12 +210,12 @@ def resample_label(
     seg = label.astype(np.int16)
     if outside is not None:
         seg[outside & (label == 0)] = -1
-    nearest = _label_resize(seg, shape, 0, separate_axis, output=np.int16)
+    nearest = _nnunet_resize(seg, shape, 0, separate_axis, output=np.int16)
     out = np.zeros(shape, dtype=np.int16)
     best = np.full(shape, -1.0)
     nearest_on_top = np.zeros(shape, dtype=bool)  # the nearest voxel's label has the top score (above 0)
     for value in np.unique(seg):
-        score = _label_resize(seg == value, shape, 1, separate_axis)
+        score = _nnunet_resize(seg == value, shape, 1, separate_axis)
         is_nearest = nearest == value
         nearest_on_top |= is_nearest & (score == best) & (score > 0)
         better = score > best
