@@ -57,8 +57,9 @@ def _flip_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fli
 
 def mapping_back(pipeline_version: int) -> dict[str, bool]:
     """How a run's probabilities are mapped back to the original grid (`resample.to_original`'s options): as
-    logarithms from version 10, so that the class is the one nnU-Net's resampled logits give; a thick axis
-    resampled on its own taken at nnU-Net's nearest slices from version 12 (`NNUNET_SLICES_FROM`)."""
+    logarithms from version 10, so that the class is the one nnU-Net's resampled logits give; resampled as
+    nnU-Net resamples, its nearest slices along a thick axis included, from version 12
+    (`NNUNET_SLICES_FROM`)."""
     return {"log_space": pipeline_version >= NNUNET_INFERENCE_FROM,
             "nnunet_slices": pipeline_version >= NNUNET_SLICES_FROM}
 

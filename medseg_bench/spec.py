@@ -66,9 +66,10 @@ from medseg_bench.errors import UsageError
 # 12: a thick axis resampled on its own is taken at nnU-Net's nearest slices when a prediction is mapped back
 #    to the original grid (`inference.NNUNET_SLICES_FROM`): scipy's `affine_transform` rounded some halfway
 #    coordinates the other way (for 6 % of the slice-count pairs between 20 and 200, e.g. 20 mapped back to
-#    22, a slice or two came from the neighbouring one). The training code is version 11's (its arrays come
-#    from the cache, whose format 6 changes resampled tasks for runs of every version); where no case is
-#    resampled (Task04_Hippocampus) runs are as in version 11.
+#    22, a slice or two came from the neighbouring one); the mapping is nnU-Net's resampling of its logits
+#    to the last bit (`resample._nnunet_resize`, as the cache since format 6). The training code is version
+#    11's (its arrays come from the cache, whose format 6 changes resampled tasks for runs of every
+#    version); where no case is resampled (Task04_Hippocampus) runs are as in version 11.
 PIPELINE_VERSION = 12
 OWN_SLICE_SPACING_FROM = 11
 

@@ -107,30 +107,15 @@ def _resample_volume(
     new_shape: Sequence[int],
     order: int,
     separate_axis: int | None,
-    clip: bool = False,
-    nnunet_slices: bool = False,
 ) -> np.ndarray:
-    """`clip`: clip the spline output to the range of its input, as nnU-Net's `skimage.transform.resize`
-    (clip=True) does: the whole volume's range, or each slice's range when the separate axis is resampled
-    on its own (nnU-Net resizes slice by slice). The separate axis is taken nearest: at nnU-Net's
-    coordinates with `nnunet_slices` (`_nearest_slices`), else with scipy's `affine_transform`, which
-    rounds some coordinates that are halfway in exact arithmetic the other way (6 slices to 7: 0 1 2 2 3 4 5
-    where nnU-Net takes 0 1 2 3 3 4 5); runs of pipeline version 11 and older map back that way."""
+    """How runs of pipeline version 11 and older map predictions back: scipy's `affine_transform` in float32,
+    the separate axis nearest, which rounds some coordinates that are halfway in exact arithmetic the other
+    way than nnU-Net (6 slices to 7: 0 1 2 2 3 4 5 where nnU-Net takes 0 1 2 3 3 4 5; `_nnunet_resize`)."""
     if separate_axis is None or tuple(volume.shape) == tuple(new_shape):
-        out = _resample_axes(volume, new_shape, order)
-        if clip and tuple(volume.shape) != tuple(new_shape):
-            np.clip(out, volume.min(), volume.max(), out=out)
-        return out
+        return _resample_axes(volume, new_shape, order)
     in_plane = list(new_shape)
     in_plane[separate_axis] = volume.shape[separate_axis]
-    step = _resample_axes(volume, in_plane, order)
-    if clip and tuple(step.shape) != tuple(volume.shape):
-        others = tuple(a for a in range(volume.ndim) if a != separate_axis)
-        np.clip(step, volume.min(axis=others, keepdims=True), volume.max(axis=others, keepdims=True),
-                out=step)
-    if nnunet_slices:
-        return _nearest_slices(step, int(new_shape[separate_axis]), separate_axis)
-    return _resample_axes(step, new_shape, 0)
+    return _resample_axes(_resample_axes(volume, in_plane, order), new_shape, 0)
 
 
 def _nearest_slices(volume: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -168,6 +153,9 @@ def _nnunet_resize(volume: np.ndarray, new_shape: tuple[int, ...], order: int, s
     float32 scores, or another interpolator's rounding, turn some of nnU-Net's near ties into ties and back.
     """
     from scipy.ndimage import zoom
+
+    if tuple(volume.shape) == tuple(new_shape):
+        return volume.astype(output, copy=False)
 
     def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         factors = np.divide(array.shape, shape)  # skimage's expression, so zoom rounds as it does
@@ -236,20 +224,30 @@ def resample_probabilities(
     `log_space`: their logarithms are resampled. nnU-Net resamples a network's logits; for the softmax of one
     set of logits, log p_k = z_k - logsumexp(z) differs from z_k by the same amount for every class, so the
     argmax is nnU-Net's (probabilities under float32's smallest normal number are taken as that number).
-    `nnunet_slices`: a separate axis is taken at nnU-Net's nearest slices (`_nearest_slices`).
+    `nnunet_slices`: resampled as nnU-Net resamples (pipeline version 12, `_class_back`).
     """
     best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)
-    tiny = np.finfo(np.float32).tiny
     for k in range(probabilities.shape[0]):
-        values = probabilities[k].astype(np.float32, copy=False)
-        if log_space:
-            values = np.log(np.maximum(values, tiny))
-        score = _resample_volume(values, new_shape, 1, separate_axis, nnunet_slices=nnunet_slices)
+        score = _class_back(probabilities[k], new_shape, separate_axis, log_space, nnunet_slices)
         better = score > best
         out[better] = k
         best[better] = score[better]
     return out
+
+
+def _class_back(probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None,
+                log_space: bool, nnunet_slices: bool) -> np.ndarray:
+    """One class's probabilities (their logarithms with `log_space`) resampled linearly towards the original
+    grid, float32: with `nnunet_slices` (pipeline version 12) exactly as nnU-Net resamples its logits
+    (`_nnunet_resize`: its nearest slices along a separate axis), else as runs of version 11 and older were
+    (`_resample_volume`)."""
+    values = probabilities.astype(np.float32, copy=False)
+    if log_space:
+        values = np.log(np.maximum(values, np.finfo(np.float32).tiny))
+    if nnunet_slices:
+        return _nnunet_resize(values, tuple(int(s) for s in new_shape), 1, separate_axis, output=np.float32)
+    return _resample_volume(values, new_shape, 1, separate_axis)
 
 
 def _way_back(props: dict) -> tuple[CropBox, list[int], int | None]:
@@ -269,11 +267,8 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     logits that is the softmax of nnU-Net's resampled logits. Else the probabilities are resampled.
     """
     box, cropped_shape, separate = _way_back(props)
-    tiny = np.finfo(np.float32).tiny
-    inside = np.stack([
-        _resample_volume(np.log(np.maximum(p, tiny)) if log_space else p.astype(np.float32, copy=False),
-                         cropped_shape, 1, separate, nnunet_slices=nnunet_slices)
-        for p in probabilities])
+    inside = np.stack([_class_back(p, cropped_shape, separate, log_space, nnunet_slices)
+                       for p in probabilities])
     if log_space:
         inside = np.exp(inside - inside.max(axis=0, keepdims=True))
         inside /= inside.sum(axis=0, keepdims=True)
