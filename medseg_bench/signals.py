@@ -73,16 +73,16 @@ def undeferred() -> Iterator[None]:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt (the first one; later ones are ignored
-    while the clean-up runs). The previous handlers are restored afterwards."""
+def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM (or `signums`) raise KeyboardInterrupt (the first one; later ones
+    are ignored while the clean-up runs). The previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
         return
     _received.clear()
     _deferring.update(depth=0, pending=False)
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    for signum in STOP_SIGNALS:
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
         signal.signal(signum, _stop)
     try:
         yield

@@ -54,11 +54,23 @@ def _squeue_empty(job_prefixes: set[str]) -> bool:
     return not any(line.split("_")[0] in job_prefixes for line in out.split())
 
 
-def _wait(predicate: object, timeout_s: float, what: str) -> None:
+def _wait(predicate: object, timeout_s: float, what: str, results: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + _what_happened(results)
         time.sleep(0.5)
+
+
+def _what_happened(results: Path | None) -> str:
+    """For a timed-out wait: each run's events and the end of every job's log (CI shows only the failure)."""
+    if results is None:
+        return ""
+    lines = [f"\nsqueue: {subprocess.run(['squeue', '-h', '-r'], capture_output=True, text=True).stdout}"]
+    for folder in sorted((results / "Task04_Hippocampus").iterdir()):
+        lines.append(f"{folder.name} events: {read_events(folder)}")
+    for log in sorted((results / ".slurm").glob("*/*_log.*")):
+        lines.append(f"--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+    return "\n".join(lines)
 
 
 def _job_ids(folders: list[Path]) -> dict[Path, str]:
@@ -70,7 +82,7 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
     monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
     fetch_subset(shared_task, tmp_path)
     results = tmp_path / "results"
-    command = ["sweep", *TINY_SWEEP, "--seed", "0,1,2", "--epochs", "6", "--iters-per-epoch", "3",
+    command = ["sweep", *TINY_SWEEP, "--seed", "0,1,2", "--epochs", "6", "--iters-per-epoch", "12",
                "--results-dir", str(results), "--launcher", "slurm", "--partition", "debug",
                "--cpus-per-job", "1", "--mem-gb", "2", "--time", "00:20:00"]
     submitted = runner.invoke(app, command)
@@ -85,11 +97,12 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
         return next((f for f in folders if run_state(f) == "running"
                      and (f / "checkpoints" / "last.ckpt").is_file()), None)
 
-    _wait(lambda: started() is not None, 300, "a run to write its first checkpoint")
+    _wait(lambda: started() is not None, 300, "a run to write its first checkpoint", results)
     victim = started()
     assert victim is not None
     subprocess.run(["scancel", jobs[victim]], check=True)
-    _wait(lambda: _squeue_empty({j.split("_")[0] for j in jobs.values()}), 600, "the array to finish")
+    _wait(lambda: _squeue_empty({j.split("_")[0] for j in jobs.values()}), 600, "the array to finish",
+          results)
     status = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert status.exit_code == 0, status.output
     assert status.output.splitlines()[-1] == "3 runs: 2 done, 1 partial", status.output
@@ -99,7 +112,8 @@ def test_array_sweep_then_scancel_mid_run_and_resume(slurm_conf: Path, shared_ta
     assert again.exit_code == 0, again.output
     assert again.output.count("submitted Task04_Hippocampus/") == 1 and victim.name in again.output
     assert again.output.count(": not submitted") == 2
-    _wait(lambda: _squeue_empty({_job_ids([victim])[victim].split("_")[0]}), 600, "the resubmitted job")
+    _wait(lambda: _squeue_empty({_job_ids([victim])[victim].split("_")[0]}), 600, "the resubmitted job",
+          results)
 
     for folder in folders:
         events = [e["event"] for e in read_events(folder)]
@@ -120,7 +134,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm_conf: Path, shared_task: Pa
     monkeypatch.setenv("SLURM_CONF", str(slurm_conf))
     fetch_subset(shared_task, tmp_path)
     results = tmp_path / "results"
-    command = ["sweep", *TINY_SWEEP, "--seed", "5", "--epochs", "6", "--iters-per-epoch", "3",
+    command = ["sweep", *TINY_SWEEP, "--seed", "5", "--epochs", "6", "--iters-per-epoch", "12",
                "--results-dir", str(results), "--launcher", "slurm", "--cpus-per-job", "1", "--mem-gb", "2",
                "--time", "00:20:00"]
     submitted = runner.invoke(app, command)
@@ -128,19 +142,21 @@ def test_preempted_job_is_requeued_and_resumes(slurm_conf: Path, shared_task: Pa
     (folder,) = (results / "Task04_Hippocampus").iterdir()
     (job,) = _job_ids([folder]).values()
     _wait(lambda: run_state(folder) == "running" and (folder / "checkpoints" / "last.ckpt").is_file(), 300,
-          "the first checkpoint")
+          "the first checkpoint", results)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before preemption
     _wait(lambda: "interrupted" in [e["event"] for e in read_events(folder)], 120,
-          "the job to requeue itself")
+          "the run to record its interruption", results)
 
     def pending_again() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
         return out.strip() == "PENDING"
 
-    _wait(pending_again, 120, "the requeued job")
+    _wait(pending_again, 120, "the requeued job", results)
     # SLURM holds a requeued job back for about two minutes; the test does not need to wait for that
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    _wait(lambda: _squeue_empty({job.split("_")[0]}), 600, "the requeued job to finish")
-    assert [e["event"] for e in read_events(folder)] == ["start", "interrupted", "resume", "done"]
+    _wait(lambda: _squeue_empty({job.split("_")[0]}), 600, "the requeued job to finish", results)
+    events = read_events(folder)
+    assert [e["event"] for e in events] == ["start", "interrupted", "resume", "done"]
+    assert events[1]["reason"] == "SIGUSR2"  # stopped by the signal itself, before submitit requeued the job
     assert {e.get("job_id") for e in read_events(folder) if e["event"] in ("start", "resume")} == {job}
     assert run_state(folder) == "done"

@@ -565,3 +565,52 @@ def test_a_worker_and_a_slurm_job_prepare_the_cache_their_run_reads(
     with pytest.raises(DataError, match="prepared far enough"):
         SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
     assert asked == [own_slices, own_slices]
+
+
+@pytest.mark.parametrize("requeue_fails", [False, True])
+def test_slurm_warning_signal_records_interrupted_before_the_job_is_requeued(
+        requeue_fails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM's warning signal (USR2) stops the run as Ctrl-C does; submitit's handler (checkpoint, `scontrol
+    requeue`, which has SLURM kill the job KillWait seconds later) runs only once the run has recorded
+    `interrupted`. A requeue that fails leaves the run interrupted, not failed: the next sweep resubmits
+    it."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import submitit
+
+    import medseg_bench.run
+    from medseg_bench.results import read_events
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.slurm import SlurmRun
+
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, spec)
+    seen_by_submitit: list[list[str]] = []
+
+    def submitit_handler(signum: int, frame: object) -> None:
+        seen_by_submitit.append([e["event"] for e in read_events(folder)])
+        if requeue_fails:
+            raise submitit.core.utils.UncompletedJobError("Job not requeued: timed-out too many times.")
+        raise SystemExit(-1)
+
+    def execute_run(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption
+        time.sleep(5)
+        raise AssertionError("the warning signal did not stop the run")
+
+    monkeypatch.setattr(local, "prepare_locked", lambda *a, **k: SimpleNamespace(plan=None))
+    monkeypatch.setattr(medseg_bench.run, "execute_run", execute_run)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7"))
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(submitit.core.utils.UncompletedJobError if requeue_fails else SystemExit):
+            SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen_by_submitit == [["start", "interrupted"]]
+    events = read_events(folder)
+    assert events[-1]["reason"] == "SIGUSR2" and events[0]["job_id"] == "7"
+    assert run_state(folder) == "pending"  # not failed (this stand-in run wrote no checkpoint)

@@ -1,8 +1,12 @@
 """The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
 
 Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times
-out or is preempted is requeued by submitit (SLURM signals the job before the end; `checkpoint()`
-resubmits the same callable), and the requeued job resumes the run from `checkpoints/last.ckpt`.
+out or is preempted is requeued (SLURM signals the job before the end, USR2 unless SUBMITIT_PREEMPT_SIGNAL
+says otherwise), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
+the run as Ctrl-C does, so that it records `interrupted`; only then does submitit's handler checkpoint the
+callable and `scontrol requeue` the job, which has SLURM kill it (SIGKILL KillWait seconds later). Left to
+interrupt training itself, that handler started the kill before the run's bookkeeping, and a requeue that
+failed (or a job timed out too often) marked the run failed instead of interrupted.
 Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.slurm/`.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ import submitit
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
+from medseg_bench.signals import interruptible, received
 from medseg_bench.spec import RunSpec
 
 
@@ -73,16 +79,35 @@ class SlurmRun(submitit.helpers.Checkpointable):
         spec = RunSpec.from_dict(self.spec)
         env = submitit.JobEnvironment()
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the CPUs SLURM gave the job
-        prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
-                                  own_slices=spec.own_slice_spacing)
-        workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
-        outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
-                          extra_event={"job_id": env.job_id})
+        warning = preempt_signal()
+        requeue = signal.getsignal(warning)  # submitit's: checkpoint(), scontrol requeue, exit
+        with interruptible((warning,)):
+            try:
+                prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
+                                          own_slices=spec.own_slice_spacing)
+                workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
+                outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
+                                  extra_event={"job_id": env.job_id})
+            except (KeyboardInterrupt, SystemExit):  # Lightning turns a KeyboardInterrupt into exit(1)
+                if received() != warning or not callable(requeue):
+                    raise
+                requeue(warning, None)  # the run has recorded `interrupted`; a second warning is ignored
+                raise
         if outcome.kind in ("failed", "damaged"):
             raise RunError(outcome.error or f"run {spec.run_id} failed")
         if outcome.kind == "done":
             write_index(Path(self.results_dir))
         return outcome.kind
+
+
+def preempt_signal() -> int:
+    """The signal SLURM sends a job before its time limit or a preemption: submitit's (its sbatch
+    `--signal`), USR2 unless SUBMITIT_PREEMPT_SIGNAL names another."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    signum = getattr(signal, name, None)
+    if not isinstance(signum, signal.Signals):
+        raise RunError(f"SUBMITIT_PREEMPT_SIGNAL names no signal: {name}")
+    return int(signum)
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
