@@ -73,6 +73,11 @@ def _what_happened(results: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _node_idle() -> bool:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    return bool(out) and all(state == "idle" for state in out)
+
+
 def _job_ids(folders: list[Path]) -> dict[Path, str]:
     return {f: json.loads((f / "queued.json").read_text())["job_id"] for f in folders}
 
@@ -152,7 +157,10 @@ def test_preempted_job_is_requeued_and_resumes(slurm_conf: Path, shared_task: Pa
         return out.strip() == "PENDING"
 
     _wait(pending_again, 120, "the requeued job", results)
-    # SLURM holds a requeued job back for about two minutes; the test does not need to wait for that
+    # SLURM holds a requeued job back for about two minutes; the test does not wait for that, only for the
+    # node to be idle: started while the first attempt is still being cleaned up there, SLURM kills the job
+    # at once ("Job credential revoked") and it leaves the queue unfinished
+    _wait(_node_idle, 120, "the first attempt to leave the node", results)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     _wait(lambda: _squeue_empty({job.split("_")[0]}), 600, "the requeued job to finish", results)
     events = read_events(folder)
