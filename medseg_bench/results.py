@@ -26,6 +26,7 @@ Run folder:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -449,11 +450,17 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
             skip_damaged(str(exc))
             continue
         frame.insert(0, "run_id", folder.name)
-        for key in ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed", "epochs",
-                    "max_minutes"):
+        cost = summary.get("cost", {})
+        for key in ("task", "dims", "arch", "encoder", "loss", "aug"):
             frame[key] = spec.get(key)
-        for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb", "device"):
-            frame[key] = summary.get("cost", {}).get(key)
+        # an absent number is NaN, not None: every run's columns then have the same dtype, whichever pandas
+        # (pandas 3 keeps an all-None column's object dtype in the concatenation; pandas 2 warned it would)
+        numbers = {key: spec.get(key) for key in ("fold", "seed", "epochs", "max_minutes")}
+        numbers.update({key: cost.get(key) for key in ("params", "train_time_s", "time_per_epoch_s",
+                                                        "peak_memory_mb")})
+        for key, value in numbers.items():
+            frame[key] = math.nan if value is None else value
+        frame["device"] = cost.get("device")
         frame["run_settings"] = json.dumps(run_settings(spec, summary), sort_keys=True)
         frames.append(frame)
     if not frames:

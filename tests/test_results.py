@@ -266,6 +266,10 @@ def test_empty_scores_and_null_or_absent_summary_fields_are_no_damage(tmp_path: 
     assert checked_state(first) == ("done", None) and checked_state(second) == ("done", None)
     table = load_results(tmp_path)
     assert table["dice"].isna().sum() == 1 and table["run_id"].nunique() == 2
+    # absent numbers are NaN in number columns (None made them object columns under pandas 3)
+    numbers = ["fold", "seed", "epochs", "max_minutes", "params", "train_time_s", "time_per_epoch_s",
+               "peak_memory_mb"]
+    assert [c for c in numbers if table[c].dtype.kind not in "if"] == []
 
 
 @pytest.mark.parametrize("name", ["status.json", "spec.json", "metrics.csv", "summary.json"])

@@ -15,6 +15,7 @@ All arrays are in numpy (Z, Y, X) order; spacings too (`Geometry.spacing_zyx`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,16 +91,18 @@ def _resample_axes(volume: np.ndarray, new_shape: Sequence[int], order: int) -> 
         return volume.astype(np.float32, copy=False)
     scale = np.asarray(volume.shape, dtype=float) / np.asarray(new_shape, dtype=float)
     offset = 0.5 * scale - 0.5
-    return affine_transform(
-        volume,
-        scale,
-        offset=offset,
-        output_shape=new_shape,
-        order=order,
-        mode="nearest",
-        prefilter=order > 1,
-        output=np.float32,
-    )
+    with warnings.catch_warnings():  # older SciPy (1.15) notes a 1-D matrix (the diagonal) changed in 0.18
+        warnings.filterwarnings("ignore", "The behavior of affine_transform with a 1-D array", UserWarning)
+        return affine_transform(
+            volume,
+            scale,
+            offset=offset,
+            output_shape=new_shape,
+            order=order,
+            mode="nearest",
+            prefilter=order > 1,
+            output=np.float32,
+        )
 
 
 def _resample_volume(

@@ -3,6 +3,7 @@ cost vs quality with the Pareto front. `make_plots` returns {file name: PNG}; `w
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import re
@@ -26,6 +27,12 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _horizontal(ax: Any) -> dict[str, Any]:
+    """boxplot's keyword for horizontal boxes: `orientation` from matplotlib 3.10 (deprecating `vert`)."""
+    return {"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters \
+        else {"vert": False}
 
 
 def _png(fig: Any) -> bytes:
@@ -56,7 +63,7 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     positions = np.arange(len(configs))[::-1]  # rank 1 on top
     nonempty = [i for i, d in enumerate(data) if d.size]
     if nonempty:
-        ax.boxplot([data[i] for i in nonempty], positions=positions[nonempty], vert=False, widths=0.6,
+        ax.boxplot([data[i] for i in nonempty], positions=positions[nonempty], **_horizontal(ax), widths=0.6,
                    showfliers=False, patch_artist=True,
                    boxprops={"facecolor": "#dde6f0", "edgecolor": "#4a6a8a"},
                    medianprops={"color": "#c0392b", "linewidth": 1.6})

@@ -234,8 +234,8 @@ def test_spline_overshoot_is_clipped_as_nnunets_resize() -> None:
     from scipy.ndimage import affine_transform
 
     scale = np.array([4, 12, 12]) / np.array([4, 20, 20])
-    unclipped = affine_transform(image[0], scale, offset=0.5 * scale - 0.5, output_shape=(4, 20, 20), order=3,
-                                 mode="nearest")
+    unclipped = affine_transform(image[0], np.diag(scale), offset=0.5 * scale - 0.5, output_shape=(4, 20, 20),
+                                 order=3, mode="nearest")
     assert unclipped.max() > 10.0 and unclipped.min() < 0.0  # what was cached before cache format 5
 
 
