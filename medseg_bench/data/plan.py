@@ -438,8 +438,10 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
     return np.asarray(binary_fill_holes(np.any(image != 0, axis=0)), dtype=bool)
 
 
-def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None) -> np.ndarray:
-    """Normalise a (C, Z, Y, X) image as the plan says; returns float32.
+def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Normalise a (C, Z, Y, X) image as the plan says; returns float32. `mask`: the image's `nonzero_mask`
+    when the caller has it already (a "per_channel" plan computes it otherwise).
 
     A "per_channel" plan normalises each channel by its scheme (`channel_schemes`); the caller has cropped the
     image first, so the statistics are those of the cropped case, as in nnU-Net. A channel z-scored within
@@ -449,7 +451,7 @@ def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None) ->
     uncropped image, or over its non-zero voxels when they are under 3/4 of it, decided case by case.
     """
     if plan.normalization == "per_channel":
-        return _normalize_channels(image, plan, label)
+        return _normalize_channels(image, plan, label, mask)
     out = np.empty_like(image, dtype=np.float32)
     for c in range(image.shape[0]):
         channel = image[c].astype(np.float32, copy=False)
@@ -468,15 +470,19 @@ def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None) ->
     return out
 
 
-def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None) -> np.ndarray:
+def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None,
+                        mask: np.ndarray | None) -> np.ndarray:
     schemes = plan.channel_normalization or ()
     if len(schemes) != image.shape[0]:
         raise DataError(f"the plan of {plan.task} normalises {len(schemes)} channel(s); this image has "
                         f"{image.shape[0]}")
     out = np.empty_like(image, dtype=np.float32)
-    mask = nonzero_mask(image) if any(s.get("nonzero_mask") for s in schemes) else None
-    if mask is not None and label is not None:
-        mask |= label != 0
+    if any(s.get("nonzero_mask") for s in schemes):
+        mask = nonzero_mask(image) if mask is None else mask
+        if label is not None:
+            mask = mask | (label != 0)  # a new array: the caller's mask is not changed
+    else:
+        mask = None
     for c, scheme in enumerate(schemes):
         channel = image[c].astype(np.float32, copy=False)
         if scheme["scheme"] == "ct":

@@ -107,17 +107,13 @@ def crop_box(image: np.ndarray, plan: Plan) -> list[list[int]]:
     return nonzero_box(image) if plan.crop_to_nonzero else [[0, int(s)] for s in image.shape[1:]]
 
 
-def _outside_mask(image: np.ndarray, box: list[list[int]], plan: Plan,
-                  new_shape: Sequence[int]) -> np.ndarray | None:
-    """Where nnU-Net labels background -1 before resampling a label map (`crop_to_nonzero`): outside the
-    non-zero mask of the whole image (any channel, holes filled), in the crop box. None where that cannot
-    matter: nothing resampled, no crop to the non-zero region, or no zero voxel in the box."""
-    cropped = crop(image, box)
+def _outside_matters(cropped: np.ndarray, plan: Plan, new_shape: Sequence[int]) -> bool:
+    """Whether nnU-Net's rule for resampling a label map can change it (`crop_to_nonzero`: background outside
+    the non-zero mask of the image, any channel, holes filled, is labelled -1 first): not when nothing is
+    resampled, without a crop to the non-zero region, or with no zero voxel in the crop box."""
     if not plan.crop_to_nonzero or tuple(new_shape) == tuple(cropped.shape[1:]):
-        return None
-    if np.any(cropped != 0, axis=0).all():
-        return None
-    return ~crop(nonzero_mask(image), box)
+        return False
+    return not np.any(cropped != 0, axis=0).all()
 
 
 def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan,
@@ -130,16 +126,23 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     """
     original_shape = [int(s) for s in image.shape[1:]]
     box = crop_box(image, plan)
-    if plan.normalization == "per_channel":  # crop, then normalise with the cropped case's statistics
-        normalized = normalize(crop(image, box), plan, None if label is None else crop(label, box))
+    cropped = crop(image, box)
+    target = case_target_spacing(plan, spacing_zyx, own_slices)
+    new_shape, separate = resampling(cropped.shape[1:], spacing_zyx, target)
+    per_channel = plan.normalization == "per_channel"
+    outside = label is not None and _outside_matters(cropped, plan, new_shape)
+    # The non-zero mask, filled once for both uses: the crop's equals the whole image's mask cropped (the box
+    # holds every non-zero voxel, so no hole crosses its faces).
+    masked = per_channel and any(s.get("nonzero_mask") for s in plan.channel_normalization or ())
+    mask = nonzero_mask(cropped) if outside or masked else None
+    if per_channel:  # crop, then normalise with the cropped case's statistics
+        normalized = normalize(cropped, plan, None if label is None else crop(label, box), mask)
     else:  # an older plan: normalised before cropping, its per-case mask rule seeing the whole image
         normalized = crop(normalize(image, plan), box)
-    target = case_target_spacing(plan, spacing_zyx, own_slices)
-    new_shape, separate = resampling(normalized.shape[1:], spacing_zyx, target)
     normalized = np.ascontiguousarray(resample_image(normalized, new_shape, separate), dtype=np.float32)
     if label is not None:
         label = np.ascontiguousarray(resample_label(crop(label, box), new_shape, separate,
-                                                    _outside_mask(image, box, plan, new_shape)))
+                                                    ~mask if outside and mask is not None else None))
     grid = {"shape_original_zyx": original_shape, "spacing_original_zyx": list(spacing_zyx),
             "spacing_preprocessed_zyx": list(target), "crop_box": box}
     return normalized, label, grid

@@ -362,3 +362,45 @@ def test_where_no_case_is_resampled_2d_runs_read_the_3d_cache(home: Path, tmp_pa
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1, own_slices=True)
     assert prepared.own_slices_dir == prepared.cache_dir
     assert [p.name for p in prepared.cache_dir.parent.iterdir() if p.is_dir()] == [prepared.cache_dir.name]
+
+
+def test_the_non_zero_mask_is_filled_once_and_equals_the_whole_images_cropped(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resampled, skull-stripped case needs the filled non-zero mask twice (z-score statistics, the label's
+    outside region): it is filled once, on the crop, which equals the whole image's mask cropped."""
+    from dataclasses import replace
+
+    from medseg_bench.data import plan as plan_module
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.plan import nonzero_mask
+    from medseg_bench.data.resample import crop, nonzero_box
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # sparse blobs with holes, some touching the image's faces
+        image = np.zeros((2, 9, 14, 13), np.float32)
+        image[0] = rng.random((9, 14, 13)) < 0.35
+        image[1, :, rng.integers(0, 14)] = 2.0
+        box = nonzero_box(image)
+        assert np.array_equal(nonzero_mask(crop(image, box)), crop(nonzero_mask(image), box))
+
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    plan = replace(prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1).plan,
+                   target_spacing=(1.0, 0.8, 0.8),
+                   channel_normalization=({"scheme": "zscore", "nonzero_mask": True},))
+    image = np.zeros((1, 6, 20, 20), np.float32)
+    image[:, 1:5, 2:18, 3:17] = rng.normal(50, 5, (1, 4, 16, 14))
+    image[:, :, 6:9, 3:6] = 0.0  # open to the box's face: outside the mask
+    label = np.zeros((6, 20, 20), np.uint8)
+    label[1:5, 6:12, 4:10] = 1
+    calls: list[tuple[int, ...]] = []
+
+    def counted(array: np.ndarray) -> np.ndarray:
+        calls.append(array.shape)
+        return nonzero_mask(array)
+
+    monkeypatch.setattr(preprocess, "nonzero_mask", counted)
+    monkeypatch.setattr(plan_module, "nonzero_mask", counted)
+    normalized, out_label, grid = preprocess.preprocess_image(image, (1.0, 0.67, 0.67), plan, label)
+    assert calls == [(1, 4, 16, 14)]  # once, on the crop
+    assert grid["crop_box"] == [[1, 5], [2, 18], [3, 17]]
+    assert normalized.shape[1:] == out_label.shape != (4, 16, 14)  # resampled
