@@ -399,7 +399,7 @@ def main() -> None:
         logits = inputs[f"logits_small{i}"]
         probs = torch.softmax(torch.from_numpy(logits), 0).numpy()
         back = resample_probabilities(probs, shape, separate_axis(target, spacing), log_space=True,
-                                      nnunet_slices=True)
+                                      nnunet_resize=True)
         rows.append((f"probabilities mapped back: {name}", "x".join(map(str, shape)), None,
                      int((back != theirs[f"back{i}"].argmax(0)).sum()), int(np.prod(shape))))
 

@@ -31,7 +31,7 @@ TILE_BATCH = 4  # tiles per forward pass (instance norm and eval-mode batch norm
 TILE_STEP = 0.5  # nnU-Net's tile_step_size: tiles overlap by at least half a patch
 NNUNET_INFERENCE_FROM = 10
 SLICE_WINDOW_FROM = 11
-NNUNET_SLICES_FROM = 12
+NNUNET_RESIZE_FROM = 12
 
 
 def _flips(ndim: int, tta: bool) -> list[tuple[int, ...]]:
@@ -59,9 +59,9 @@ def mapping_back(pipeline_version: int) -> dict[str, bool]:
     """How a run's probabilities are mapped back to the original grid (`resample.to_original`'s options): as
     logarithms from version 10, so that the class is the one nnU-Net's resampled logits give; resampled as
     nnU-Net resamples, its nearest slices along a thick axis included, from version 12
-    (`NNUNET_SLICES_FROM`)."""
+    (`NNUNET_RESIZE_FROM`)."""
     return {"log_space": pipeline_version >= NNUNET_INFERENCE_FROM,
-            "nnunet_slices": pipeline_version >= NNUNET_SLICES_FROM}
+            "nnunet_resize": pipeline_version >= NNUNET_RESIZE_FROM}
 
 
 @functools.lru_cache(maxsize=8)

@@ -64,7 +64,7 @@ from medseg_bench.errors import UsageError
 #    were resampled to the plan's slice spacing (thick-slice CT: slices repeated or skipped). Where no case's
 #    slices are resampled (Task04_Hippocampus) both are the same arrays and the runs are as in version 10.
 # 12: a thick axis resampled on its own is taken at nnU-Net's nearest slices when a prediction is mapped back
-#    to the original grid (`inference.NNUNET_SLICES_FROM`): scipy's `affine_transform` rounded some halfway
+#    to the original grid (`inference.NNUNET_RESIZE_FROM`): scipy's `affine_transform` rounded some halfway
 #    coordinates the other way (for 6 % of the slice-count pairs between 20 and 200, e.g. 20 mapped back to
 #    22, a slice or two came from the neighbouring one); the mapping is nnU-Net's resampling of its logits
 #    to the last bit (`resample._nnunet_resize`, as the cache since format 6). The training code is version

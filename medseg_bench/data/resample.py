@@ -220,19 +220,19 @@ def resample_label(
 
 def resample_probabilities(
     probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None = None,
-    log_space: bool = False, nnunet_slices: bool = False,
+    log_space: bool = False, nnunet_resize: bool = False,
 ) -> np.ndarray:
     """Resample (K, Z, Y, X) class probabilities linearly and return the argmax label map (uint8).
 
     `log_space`: their logarithms are resampled. nnU-Net resamples a network's logits; for the softmax of one
     set of logits, log p_k = z_k - logsumexp(z) differs from z_k by the same amount for every class, so the
     argmax is nnU-Net's (probabilities under float32's smallest normal number are taken as that number).
-    `nnunet_slices`: resampled as nnU-Net resamples (pipeline version 12, `_class_back`).
+    `nnunet_resize`: resampled as nnU-Net resamples (pipeline version 12, `_class_back`).
     """
     best = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)
     for k in range(probabilities.shape[0]):
-        score = _class_back(probabilities[k], new_shape, separate_axis, log_space, nnunet_slices)
+        score = _class_back(probabilities[k], new_shape, separate_axis, log_space, nnunet_resize)
         better = score > best
         out[better] = k
         best[better] = score[better]
@@ -240,15 +240,15 @@ def resample_probabilities(
 
 
 def _class_back(probabilities: np.ndarray, new_shape: Sequence[int], separate_axis: int | None,
-                log_space: bool, nnunet_slices: bool) -> np.ndarray:
+                log_space: bool, nnunet_resize: bool) -> np.ndarray:
     """One class's probabilities (their logarithms with `log_space`) resampled linearly towards the original
-    grid, float32: with `nnunet_slices` (pipeline version 12) exactly as nnU-Net resamples its logits
+    grid, float32: with `nnunet_resize` (pipeline version 12) exactly as nnU-Net resamples its logits
     (`_nnunet_resize`: its nearest slices along a separate axis), else as runs of version 11 and older were
     (`_resample_volume`)."""
     values = probabilities.astype(np.float32, copy=False)
     if log_space:
         values = np.log(np.maximum(values, np.finfo(np.float32).tiny))
-    if nnunet_slices:
+    if nnunet_resize:
         return _nnunet_resize(values, tuple(int(s) for s in new_shape), 1, separate_axis, output=np.float32)
     return _resample_volume(values, new_shape, 1, separate_axis)
 
@@ -262,7 +262,7 @@ def _way_back(props: dict) -> tuple[CropBox, list[int], int | None]:
 
 
 def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space: bool = False,
-                              nnunet_slices: bool = False) -> np.ndarray:
+                              nnunet_resize: bool = False) -> np.ndarray:
     """(K, Z, Y, X) class probabilities in preprocessed space as probabilities on the original grid (float32;
     outside the crop box: background), what nnU-Net exports to ensemble configurations.
 
@@ -270,7 +270,7 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     logits that is the softmax of nnU-Net's resampled logits. Else the probabilities are resampled.
     """
     box, cropped_shape, separate = _way_back(props)
-    inside = np.stack([_class_back(p, cropped_shape, separate, log_space, nnunet_slices)
+    inside = np.stack([_class_back(p, cropped_shape, separate, log_space, nnunet_resize)
                        for p in probabilities])
     if log_space:
         inside = np.exp(inside - inside.max(axis=0, keepdims=True))
@@ -282,7 +282,7 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
 
 
 def to_original(prediction: np.ndarray, props: dict, log_space: bool = False,
-                nnunet_slices: bool = False) -> np.ndarray:
+                nnunet_resize: bool = False) -> np.ndarray:
     """Map a prediction in preprocessed space back to the original image grid of a cached case.
 
     `prediction` is a (Z, Y, X) label map or (K, Z, Y, X) class probabilities (`log_space`: resampled as
@@ -291,7 +291,7 @@ def to_original(prediction: np.ndarray, props: dict, log_space: bool = False,
     """
     box, cropped_shape, separate = _way_back(props)
     if prediction.ndim == 4:
-        inside = resample_probabilities(prediction, cropped_shape, separate, log_space, nnunet_slices)
+        inside = resample_probabilities(prediction, cropped_shape, separate, log_space, nnunet_resize)
     else:
         inside = resample_label(prediction, cropped_shape, separate)
     full = np.zeros(tuple(props["shape_original_zyx"]), dtype=np.uint8)

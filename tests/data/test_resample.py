@@ -136,11 +136,11 @@ def test_mapping_back_takes_nnunets_nearest_slices_from_version_12(log_space: bo
     odd[1, 1::2] = 1
     odd[0] = 1 - odd[1]
     nnunet = [0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15, 16, 17, 18, 19]
-    new = to_original(odd, props, log_space, nnunet_slices=True)[:, 0, 0].tolist()
+    new = to_original(odd, props, log_space, nnunet_resize=True)[:, 0, 0].tolist()
     assert new == [i % 2 for i in nnunet]
     old = to_original(odd, props, log_space)[:, 0, 0].tolist()
     assert old == [i % 2 for i in nnunet[:16]] + [0] + [i % 2 for i in nnunet[17:]]
-    probabilities = to_original_probabilities(odd, props, log_space, nnunet_slices=True)
+    probabilities = to_original_probabilities(odd, props, log_space, nnunet_resize=True)
     assert probabilities.argmax(0)[:, 0, 0].tolist() == new
 
 
