@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from medseg_bench.checks import shown
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.data.msd import Case
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
 from medseg_bench.errors import DataError
@@ -500,7 +500,7 @@ def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None,
 def read_plan(path: Path) -> Plan:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
         raise DataError(f"{path}: unreadable plan ({exc})") from None
     return Plan.from_dict(data, path)
 
@@ -520,10 +520,7 @@ def load_or_make_fingerprint(
 
     path = folder / "fingerprint.json"
     if path.is_file():
-        try:
-            fp = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            fp = {}
+        fp = load_json_object(path)[0] or {}  # unreadable or damaged: computed again
         if fp.get("cases") == [c.case_id for c in cases] and (
                 fp.get("format") == FINGERPRINT_FORMAT or any_format and "foreground_intensity" in fp):
             return fp
@@ -563,12 +560,18 @@ def load_or_make_plan(
 
 
 def _written_by_this_version(path: Path) -> bool:
-    """False only for a plan of the earliest development versions: a JSON object without a target spacing."""
+    """False only for a plan of the earliest development versions, recognised by its exact set of keys (no
+    target spacing, no budget); any other plan, edited by hand or not, is left for `read_plan` to check."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return True  # let read_plan name the problem
-    return not isinstance(data, dict) or "target_spacing" in data
+    return not isinstance(data, dict) or set(data) != _FIRST_PLAN_KEYS
+
+
+# The keys of `plan.json` before fingerprinting (pipeline version 1), whose plan is derived again.
+_FIRST_PLAN_KEYS = {"task", "normalization", "ct_clip", "ct_mean", "ct_std", "median_shape", "median_spacing",
+                    "patch_3d", "batch_3d", "patch_2d", "batch_2d"}
 
 
 def default_budget() -> Budget:

@@ -87,8 +87,8 @@ def load_or_make_splits(
     if path.is_file():
         try:
             splits = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc})") from None
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
+            raise DataError(f"{path}: unreadable splits file ({exc})") from None
         _check_splits(path, splits, set(case_ids), num_folds)
         return splits
     splits = make_splits(case_ids, num_folds, group_pattern)

@@ -211,10 +211,48 @@ def test_plan_of_an_older_version_is_derived_again(home: Path, tmp_path: Path) -
     data = _fetched(home, tmp_path)
     root = data / "preprocessed" / "Task90_Synth"
     root.mkdir(parents=True)
-    (root / "plan.json").write_text(json.dumps({"task": "Task90_Synth", "normalization": "zscore"}))
+    # pipeline version 1's plan.json
+    first = {"task": "Task90_Synth", "normalization": "zscore", "ct_clip": None, "ct_mean": None,
+             "ct_std": None, "median_shape": [8, 20, 20], "median_spacing": [1.0, 1.0, 1.0],
+             "patch_3d": [8, 16, 16], "batch_3d": 2, "patch_2d": [16, 16], "batch_2d": 8}
+    (root / "plan.json").write_text(json.dumps(first))
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     assert prepared.plan.target_spacing == (1.0, 1.0, 1.0)
     assert "target_spacing" in json.loads((root / "plan.json").read_text())
+
+
+def test_an_edited_plan_without_target_spacing_is_named_not_replaced(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path)
+    prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    edited = json.loads(path.read_text()) | {"batch_3d": 7}
+    edited["target_spacing_zyx"] = edited.pop("target_spacing")  # a typo made while editing
+    path.write_text(json.dumps(edited))
+    with pytest.raises(DataError, match=r"plan.json: not a plan \(missing: \['target_spacing'\]"):
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    assert json.loads(path.read_text()) == edited  # the user's edits are kept
+
+
+@pytest.mark.parametrize("name", ["plan.json", "splits_3fold.json"])
+def test_a_plan_or_splits_file_that_is_not_utf8_is_named(home: Path, tmp_path: Path, name: str) -> None:
+    data = _fetched(home, tmp_path)
+    prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = data / "preprocessed" / "Task90_Synth" / name
+    path.write_bytes(path.read_text().encode("utf-16"))  # saved by an editor in another encoding
+    with pytest.raises(DataError, match=f"{name}: unreadable"):
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+
+
+def test_a_damaged_fingerprint_is_computed_again(home: Path, tmp_path: Path) -> None:
+    data = _fetched(home, tmp_path)
+    first = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    root = data / "preprocessed" / "Task90_Synth"
+    (root / "plan.json").unlink()
+    for content in (b"null", "{}".encode("utf-16")):
+        (root / "fingerprint.json").write_bytes(content)
+        again = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+        assert again.plan == first.plan
+        (root / "plan.json").unlink()
 
 
 def test_a_plan_made_before_version_5_is_read_and_kept_as_it_was(home: Path) -> None:
