@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_number, is_whole, shown
-from medseg_bench.data.io import load_json_object, write_json_atomic
+from medseg_bench.data.io import load_json_object, private_temp, write_json_atomic
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec
@@ -490,7 +490,7 @@ def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr)
     except ResultsError:  # no finished run
         table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
     target = results_dir / INDEX_NAME
-    tmp = results_dir / f".{INDEX_NAME}.{socket.gethostname()}.{os.getpid()}.tmp"
+    tmp = private_temp(target)
     try:
         table.to_parquet(tmp, index=False)
         os.replace(tmp, target)

@@ -48,6 +48,7 @@ def plan(
     from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
     from medseg_bench.data.preprocess import excluded_cases, usable_cases
     from medseg_bench.errors import UsageError
+    from medseg_bench.locks import exclusive
     from medseg_bench.settings import get_settings
 
     if cpu and gpu_memory_gb is not None:
@@ -62,11 +63,13 @@ def plan(
     root = data / "preprocessed" / spec.name
     console = Console(stderr=True, highlight=False)
     budget = CPU_BUDGET if cpu else gpu_budget(gpu_memory_gb) if gpu_memory_gb is not None else None
-    result = load_or_make_plan(spec, cases, root, budget, workers, progress=console.is_terminal)
-    if as_json:
+    with exclusive(data / "preprocessed", f".{spec.name}.lock"):  # the lock a sweep builds the task under
+        result = load_or_make_plan(spec, cases, root, budget, workers, progress=console.is_terminal)
+        # the fingerprint the plan was made from, even in an older format
+        fp = None if as_json else load_or_make_fingerprint(spec, cases, root, workers, any_format=True)
+    if fp is None:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    fp = load_or_make_fingerprint(spec, cases, root, workers, any_format=True)  # the plan's, even if older
     out = Console(highlight=False)
     table = Table(title=f"plan of {spec.name} ({root / 'plan.json'})", show_header=False)
     table.add_column("key")

@@ -6,9 +6,11 @@ the image-order values (as ITK reports them) and offers `spacing_zyx` for array-
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -234,7 +236,7 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
     `durable=False` skips the fsync, for files that can be rebuilt (the cache).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = private_temp(path)
     if compact:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     else:
@@ -246,6 +248,34 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
                 fh.flush()
                 os.fsync(fh.fileno())
         tmp.replace(path)
+    remove_dead_writers_temps(path)
+
+
+def private_temp(path: Path) -> Path:
+    """The temp file through which this process writes `path` atomically: named after the host and process,
+    so two processes writing one file at once (`plan` beside a sweep, SLURM jobs on a shared folder) never
+    rename each other's half-written temp into place, or away; `.NAME.*.tmp`, as leftover clean-ups expect."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def remove_dead_writers_temps(path: Path) -> None:
+    """Delete the temps of `path` that a process on this host left when it was killed mid-write (its pid is
+    gone); a live writer's temp, or another host's, is left alone."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        writer_host, _, pid = tmp.name[len(path.name) + 2:-len(".tmp")].rpartition(".")
+        if writer_host == host and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -29,7 +29,15 @@ import numpy as np
 
 from medseg_bench.checks import are_whole, is_spacing, shown
 from medseg_bench.data.fetch import is_complete, read_marker
-from medseg_bench.data.io import Geometry, load_json_object, read_image, read_label, write_json_atomic
+from medseg_bench.data.io import (
+    Geometry,
+    failure_names,
+    load_json_object,
+    private_temp,
+    read_image,
+    read_label,
+    write_json_atomic,
+)
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
 from medseg_bench.data.plan import (
@@ -79,10 +87,11 @@ class PreparedTask:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    tmp.replace(path)
+    tmp = private_temp(path)
+    with failure_names(path, tmp):  # a full disk names the array not written, and leaves no temp
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        tmp.replace(path)
 
 
 def case_target_spacing(plan: Plan, spacing_zyx: Sequence[float],

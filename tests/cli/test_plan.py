@@ -89,3 +89,32 @@ def test_absurd_gpu_memory_is_one_line_and_keeps_the_plan(home: Path, tmp_path: 
         assert result.output.startswith(expected), result.output
         assert len(result.output.strip().splitlines()) == 1
     assert (root / "plan.json").read_text() == before
+
+
+def test_plan_works_under_the_lock_a_sweep_builds_the_task_under(home: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    # Two writers of plan.json at once (`plan --cpu` while a sweep builds the task) take turns.
+    import fcntl
+    import os
+
+    from medseg_bench.data import plan as plan_module
+
+    root = _fetched(home, tmp_path)
+    lock = root.parent / ".Task90_Synth.lock"
+    original = plan_module.load_or_make_plan
+    held = []
+
+    def check(*args, **kwargs):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "load_or_make_plan", check)
+    assert runner.invoke(app, ["plan", "Task90_Synth", "--cpu", "--workers", "1"]).exit_code == 0
+    assert held == [True]

@@ -70,6 +70,18 @@ def test_cache_is_reused_and_partial_cache_finished(home: Path, tmp_path: Path) 
     assert not list(again.cache_dir.glob(".*.tmp"))
 
 
+def test_a_full_disk_while_caching_names_the_array_not_written(tmp_path: Path) -> None:
+    from medseg_bench.data.io import private_temp
+    from medseg_bench.data.preprocess import _save_npy_atomic
+
+    target = tmp_path / "case_001.img.npy"
+    private_temp(target).symlink_to("/dev/full")  # every write: ENOSPC, with no file name
+    with pytest.raises(OSError) as info:
+        _save_npy_atomic(target, np.zeros((4, 4), np.float32))
+    assert info.value.filename == str(target) and "No space left" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_corrupt_cache_entry_is_named(home: Path, tmp_path: Path) -> None:
     data = _fetched(home, tmp_path, "Task90_Synth")
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
