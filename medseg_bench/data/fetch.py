@@ -238,9 +238,10 @@ class Relocation:
 
     def __call__(self, text: str) -> str:
         sep = "" if self.to.endswith(":") else "/"
+        to = self.to.rstrip(":")
         for written in sorted({str(self.prefix), str(self.prefix.resolve())}, key=len, reverse=True):
             text = text.replace(written + "/", self.to + sep)  # longest first: one may hold the other
-            text = re.sub(re.escape(written) + r"(?![\w.-])", self.to.rstrip(":"), text)
+            text = re.sub(re.escape(written) + r"(?![\w.-])", lambda _: to, text)  # a path, not a template
         return text
 
 
@@ -358,8 +359,12 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked by caller)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416:  # range not satisfiable: the part file is complete or bad; start over
-            part.unlink(missing_ok=True)
+        if exc.code == 416:  # range not satisfiable: the part file is already whole (a fetch stopped while
+            # it checked the md5), or bad
+            whole = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range") or "").strip())
+            if whole is not None and int(whole.group(1)) == have:
+                return  # every byte is here: the md5 check decides
+            part.unlink(missing_ok=True)  # start over
         raise
     with response:
         fresh = not (have and response.status == 206)
@@ -372,8 +377,8 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         else:
             # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
             have = 0
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        length = _content_length(response.headers)
+        total = have + length if length is not None else None
         mode = "ab" if have else "wb"
         try:
             fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
@@ -391,8 +396,15 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
                                           "rerun to resume once there is room") from None
                 received += len(chunk)
                 advance(len(chunk))
-        if length is not None and received < int(length):
+        if length is not None and received < length:
             raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+
+
+def _content_length(headers: http.client.HTTPMessage) -> int | None:
+    """The body's length, or None when the header is absent or malformed ("5, 5"): then the body is read
+    until the server closes it, and the md5 check decides."""
+    value = (headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _remember_validator(part: Path, validator: str | None) -> None:

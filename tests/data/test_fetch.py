@@ -48,6 +48,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if self.headers.get("Range") and if_range in (None, cls.etag, cls.last_modified):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(cls.payload):  # as S3 and nginx answer a range past the end
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(cls.payload)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}")
         else:
@@ -174,6 +180,29 @@ def test_resume_after_dropped_connection(server, tmp_path: Path) -> None:
     dest = download(f"{url}/blob", tmp_path / "blob.tar", md5, timeout_s=5, progress=False)
     assert dest.read_bytes() == handler.payload
     assert handler.requests[0] is None and handler.requests[-1] == "bytes=300000-"
+
+
+def test_a_whole_part_file_is_kept_when_the_server_answers_416(server, tmp_path: Path) -> None:
+    # A fetch stopped while it checked the md5 of a finished download: the rerun asks for the bytes after the
+    # last, which such servers refuse with 416; the part file was deleted and downloaded again.
+    url, handler = server
+    handler.payload = bytes(range(256)) * 4096
+    (tmp_path / "blob.tar.part").write_bytes(handler.payload)
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = download(f"{url}/blob", tmp_path / "blob.tar", md5, timeout_s=5, progress=False)
+    assert dest.read_bytes() == handler.payload and handler.requests == [f"bytes={len(handler.payload)}-"]
+    (tmp_path / "other.tar.part").write_bytes(handler.payload + b"extra")  # not this file: started over
+    dest = download(f"{url}/blob", tmp_path / "other.tar", md5, timeout_s=5, progress=False)
+    assert dest.read_bytes() == handler.payload
+    assert handler.requests[1:] == [f"bytes={len(handler.payload) + 5}-", None]
+
+
+def test_a_malformed_content_length_is_read_to_the_end(tmp_path: Path) -> None:
+    body = b"archive bytes"
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\n" + body
+    with _raw_server(reply) as url:
+        dest = download(url, tmp_path / "t.tar", hashlib.md5(body).hexdigest(), timeout_s=5, progress=False)
+    assert dest.read_bytes() == body
 
 
 @pytest.mark.parametrize(("etag", "validator"), [('"v1"', '"v1"'), (None, "Tue, 01 Dec 2026 03:00:00 GMT")])
@@ -333,6 +362,17 @@ def test_subset_of_the_catalog_warns_but_works(hippo_subset: Path, tmp_path: Pat
         len(outcome.warnings) == 1
         and "10 training cases, the catalog lists 260: a subset" in outcome.warnings[0]
     )
+
+
+def test_a_data_dir_with_a_backslash_in_its_name(hippo_subset: Path, tmp_path: Path) -> None:
+    # The warning names files in the data dir: its path went into re.sub as a template ("bad escape \\d").
+    data = tmp_path / "d8\\data"
+    bad = hippo_subset / "labelsTr" / "hippocampus_001.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:100])
+    outcome = fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder) and outcome.report is not None
+    kept = data / "Task04_Hippocampus" / "labelsTr" / "hippocampus_001.nii.gz"
+    assert [problem.file for problem in outcome.report.problems] == [str(kept)]  # named where it is now
 
 
 def test_strict_fetch_keeps_nothing_when_a_case_is_bad(home: Path, tmp_path: Path) -> None:
