@@ -79,7 +79,11 @@ def training_cases(folder: Path) -> list[Case]:
 def declared_labels(folder: Path, data: dict[str, Any] | None = None) -> set[int]:
     """The label values dataset.json declares (`data`: its contents, when already read)."""
     data = read_dataset_json(folder) if data is None else data
+    labels = data.get("labels", {})
+    if not isinstance(labels, dict):
+        raise DataError(f"{folder / 'dataset.json'}: 'labels' must map label values to names, e.g. "
+                        '{"0": "background", "1": "tumour"}')
     try:
-        return {int(k) for k in data.get("labels", {})}
+        return {int(k) for k in labels}
     except (TypeError, ValueError):
         raise DataError(f"{folder / 'dataset.json'}: label keys must be integers") from None

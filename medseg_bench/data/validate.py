@@ -90,10 +90,12 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if not deep:
         return []
     try:
-        check_nifti_complete(case.label)
+        nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
         label, _ = read_label(case.label)
     except DataError as exc:
         return problem(case.label, reason(exc))
+    if nonfinite:  # read as 0 (background) by ITK's NIfTI reader
+        return problem(case.label, "label map holds NaN or inf voxels")
     extra = sorted(set(np.unique(label).tolist()) - allowed_labels)
     if extra:
         if declared and set(extra) <= declared:  # in dataset.json, not in the task file that sets the classes

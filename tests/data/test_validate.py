@@ -94,6 +94,29 @@ def test_undeclared_label_values_and_nan(synth) -> None:
     assert "NaN or inf" in _problem_for(folder, task, "case_003")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_label_map_with_nan_or_inf_is_named_not_read_as_background(synth, value: float) -> None:
+    folder, task = synth
+    seg = np.zeros((12, 20, 20), np.float32)
+    seg[2:4, 2:4, 2:4] = 1.0
+    seg[3, 3, 3] = value  # ITK's NIfTI reader returns 0 here
+    write_image(folder / "labelsTr" / "case_000.nii.gz", seg)
+    problem = _problem_for(folder, task, "case_000")
+    assert "labelsTr/case_000.nii.gz: label map holds NaN or inf voxels" in problem
+
+
+def test_dataset_json_labels_that_are_not_a_mapping_are_one_line(synth) -> None:
+    from medseg_bench.data.validate import label_warnings
+
+    folder, task = synth
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"] = ["0", "1", "2"]
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    for check in (lambda: validate_folder(folder, task), lambda: label_warnings(folder, task)):
+        with pytest.raises(DataError, match=r"dataset.json: 'labels' must map label values to names"):
+            check()
+
+
 def test_truncated_and_non_nifti_files(synth) -> None:
     folder, task = synth
     path = folder / "imagesTr" / "case_004.nii.gz"
