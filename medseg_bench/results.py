@@ -413,9 +413,12 @@ def checked_state(folder: Path) -> tuple[str, str | None]:
 
 def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """A finished run's RESULT_SETTINGS as it trained: the learning rate, patch and batch size it used (from
-    the plan when its spec left them open), so runs before and after a plan edit are told apart."""
+    the plan when its spec left them open), and the plan's preprocessing (its target spacing, and a digest of
+    the normalisation and crop), so runs before and after a plan edit are told apart."""
+    import hashlib
     from dataclasses import MISSING, fields
 
+    from medseg_bench.data.plan import preprocessing_of
     from medseg_bench.spec import DEFAULT_LR
 
     # A key a spec of an older version lacks had its default then: the same run as one that writes it out.
@@ -428,6 +431,10 @@ def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any
         settings["patch_size"] = list(plan[f"patch_{dims}"])
     if settings["batch_size"] is None and plan.get(f"batch_{dims}") is not None:
         settings["batch_size"] = plan[f"batch_{dims}"]
+    preprocessing = preprocessing_of(plan) if plan else {}
+    settings["target_spacing"] = preprocessing.pop("target_spacing", None)
+    digest = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest()
+    settings["preprocessing"] = digest[:6] if preprocessing else None
     return settings
 
 

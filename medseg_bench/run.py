@@ -134,7 +134,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         resuming = (folder / "checkpoints" / "last.ckpt").is_file()
         if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it
             patch, batch = resolve_patch_and_batch(spec, prepared)
-            write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch})
+            write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch,
+                                                    "preprocessing": prepared.plan.preprocessing})
         write_status(folder, "running")
         log.info("run %s: training", spec.run_id)
         result = train(spec, prepared, folder, reporter, num_workers)

@@ -322,6 +322,25 @@ def test_run_settings_fill_in_what_a_spec_left_to_defaults_or_the_plan() -> None
     assert run_settings({**written, "lr": 3e-3}, summary) == settings
 
 
+def test_runs_trained_on_another_preprocessing_are_told_apart() -> None:
+    # A plan.json edited between two seeds (another target spacing, normalisation or crop: another cache)
+    # pooled both into one leaderboard row.
+    from medseg_bench.results import run_settings
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none").to_dict()
+    plan = {"patch_3d": [40, 56, 40], "batch_3d": 2, "target_spacing": [1.0, 1.0, 1.0],
+            "normalization": "per_channel", "crop_to_nonzero": True,
+            "channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}]}
+    first = run_settings(spec, {"plan": plan})
+    assert first["target_spacing"] == [1.0, 1.0, 1.0] and first["preprocessing"] is not None
+    assert run_settings({**spec, "seed": 1}, {"plan": dict(plan)}) == first
+    spaced = run_settings(spec, {"plan": plan | {"target_spacing": [1.5, 1.5, 1.5]}})
+    assert spaced["target_spacing"] == [1.5, 1.5, 1.5] and spaced["preprocessing"] == first["preprocessing"]
+    masked = run_settings(spec, {"plan": plan | {"channel_normalization": [{"scheme": "zscore",
+                                                                            "nonzero_mask": True}]}})
+    assert masked["preprocessing"] != first["preprocessing"]
+
+
 def test_the_index_holds_tasks_with_and_without_named_regions(tmp_path: Path) -> None:
     # Task09-like labels read as numbers, Task01-like ones with region names as text: one index all the same.
     for task, labels in (("T9", ["1", "1"]), ("T1", ["1", "whole"])):

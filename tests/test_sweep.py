@@ -302,12 +302,15 @@ def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPa
 def test_a_skipped_run_says_when_the_plan_changed_since_it_trained(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from medseg_bench.data.plan import preprocessing_of
     from medseg_bench.sweep.worker import plan_changed_since
 
     spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
-    write_json_atomic(tmp_path / "summary.json", {"plan": {"patch_3d": [40, 56, 40], "batch_3d": 2}})
-    same = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=2)
-    edited = SimpleNamespace(patch_3d=(32, 48, 32), batch_3d=4)
+    trained = {"patch_3d": [40, 56, 40], "batch_3d": 2, "target_spacing": [1.0, 1.0, 1.0],
+               "normalization": "per_channel", "crop_to_nonzero": True}
+    write_json_atomic(tmp_path / "summary.json", {"plan": trained})
+    same = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=2, preprocessing=preprocessing_of(trained))
+    edited = SimpleNamespace(patch_3d=(32, 48, 32), batch_3d=4, preprocessing=preprocessing_of(trained))
     assert plan_changed_since(spec, same, tmp_path) is None
     assert plan_changed_since(spec, None, tmp_path) is None  # no plan yet: nothing to compare
     assert plan_changed_since(spec, edited, tmp_path) == (
@@ -316,6 +319,18 @@ def test_a_skipped_run_says_when_the_plan_changed_since_it_trained(tmp_path: Pat
     fixed = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", patch_size=(40, 56, 40),
                     batch_size=2)
     assert plan_changed_since(fixed, edited, tmp_path) is None  # its spec fixed both: the plan played no part
+    # Another target spacing (another cache): a note whatever the spec fixed, since no flag trains it anew.
+    spaced = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=2,
+                             preprocessing=preprocessing_of(trained | {"target_spacing": [1.5, 1.5, 1.5]}))
+    note = ("trained with target spacing 1x1x1 mm, plan.json now 1.5x1.5x1.5 mm: it keeps its result (the "
+            "report shows the two apart); sweep into another --results-dir, or move its folder away, to "
+            "train it on the new plan")
+    assert plan_changed_since(spec, spaced, tmp_path) == note
+    assert plan_changed_since(fixed, spaced, tmp_path) == note
+    masked = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=2,
+                             preprocessing=preprocessing_of(trained | {"crop_to_nonzero": False}))
+    assert plan_changed_since(spec, masked, tmp_path).startswith(
+        "trained with crop_to_nonzero other than plan.json's now: it keeps its result")
 
 
 def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path: Path) -> None:
@@ -343,6 +358,18 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
     assert problem is not None and problem.startswith(
         f"{tmp_path / 'splits.json'}: the run started with another split of fold 0 than the task's splits "
         "file gives now (2 held-out cases differ)")
+    # plan.json's target spacing edited: the run would go on training, and be scored, on another cache
+    from medseg_bench.data.plan import preprocessing_of
+
+    prepared.splits = [split]
+    plan.preprocessing = preprocessing_of({"target_spacing": [1.0, 1.0, 1.0], "normalization": "per_channel"})
+    write_json_atomic(tmp_path / "setup.json", {"patch_size": [40, 56, 40], "batch_size": 4,
+                                                "preprocessing": plan.preprocessing})
+    assert setup_problem(spec, prepared, tmp_path) is None
+    plan.preprocessing = plan.preprocessing | {"target_spacing": [1.5, 1.5, 1.5]}
+    assert setup_problem(spec, prepared, tmp_path) == (
+        f"{tmp_path / 'setup.json'}: the run started with target spacing 1x1x1 mm, plan.json now 1.5x1.5x1.5 "
+        "mm: restore plan.json, or delete the run folder to start over")
 
 
 @pytest.mark.parametrize(("name", "text", "problem"), [
@@ -496,13 +523,14 @@ def test_an_attempt_that_starts_over_records_its_own_setup(tmp_path: Path,
 
     monkeypatch.setattr(run_module, "train", stopped)
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
-    plan = SimpleNamespace(patch_3d=(32, 32, 32), batch_3d=4)
+    plan = SimpleNamespace(patch_3d=(32, 32, 32), batch_3d=4, preprocessing={"target_spacing": [1, 1, 1]})
     prepared = SimpleNamespace(plan=plan, splits=[{"train": ["a"], "val": ["b"]}])
     for batch in (4, 2):  # a first attempt, then one from scratch after a plan edit
         plan.batch_3d = batch
         with pytest.raises(KeyboardInterrupt):
             run_module.execute_run(spec, prepared, tmp_path)  # type: ignore[arg-type]
-        assert json.loads((tmp_path / "setup.json").read_text())["batch_size"] == batch
+        setup = json.loads((tmp_path / "setup.json").read_text())
+        assert setup["batch_size"] == batch and setup["preprocessing"] == {"target_spacing": [1, 1, 1]}
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # now it resumes: held to batch 2
     plan.batch_3d = 4

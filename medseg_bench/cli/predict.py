@@ -62,7 +62,8 @@ def _trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
 
 def _plan(folder: Path, task: str) -> Any:
     """The plan the run trained with: from its summary.json, else the task's current plan.json."""
-    from medseg_bench.data.plan import Plan
+    from medseg_bench.data.plan import Plan, preprocessing_change
+    from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 
     summary = folder / "summary.json"
@@ -71,9 +72,15 @@ def _plan(folder: Path, task: str) -> Any:
         raise DataError(f"{folder}: run has no summary.json and {source} does not exist; cannot normalise")
     data = _read_json(source)
     try:
-        return Plan.from_dict(data["plan"] if source == summary else data)
+        plan = Plan.from_dict(data["plan"] if source == summary else data)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{source}: malformed plan ({exc})") from None
+    setup = folder / SETUP_NAME
+    trained = _read_json(setup).get("preprocessing") if source != summary and setup.is_file() else None
+    change = preprocessing_change(trained, plan.preprocessing) if isinstance(trained, dict) else ""
+    if change:  # an unfinished run, and plan.json edited since it started: its images would be preprocessed
+        raise DataError(f"{setup}: the run trained with {change}; restore plan.json to predict with it")
+    return plan
 
 
 def _check_device(device: str | None) -> str | None:

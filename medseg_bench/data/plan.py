@@ -114,6 +114,11 @@ class Plan:
             key["channel_normalization"] = list(self.channel_normalization)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The plan's fields that set the cached arrays (as JSON holds them): what a run trained on."""
+        return preprocessing_of(self.to_dict())
+
     def to_dict(self) -> dict:
         data = asdict(self)
         if self.channel_normalization is None:
@@ -150,6 +155,25 @@ class Plan:
             raise DataError(f"{source}: normalization 'per_channel' keeps its CT statistics in "
                             "channel_normalization; set ct_clip, ct_mean and ct_std to null")
         return cls(**values)
+
+
+# The plan fields that set the cached arrays (a changed one builds a new cache), as `preprocessing_hash`.
+PREPROCESSING_FIELDS = ("target_spacing", "crop_to_nonzero", "normalization", "ct_clip", "ct_mean", "ct_std",
+                        "channel_normalization")
+
+
+def preprocessing_of(plan: dict[str, Any]) -> dict[str, Any]:
+    """`PREPROCESSING_FIELDS` of a plan's JSON (a run's `summary.json` holds its plan), as JSON holds them."""
+    return json.loads(json.dumps({key: plan.get(key) for key in PREPROCESSING_FIELDS}))
+
+
+def preprocessing_change(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """How the preprocessing `now` differs from `then` (both `preprocessing_of`), for one line; "" if not."""
+    changed = [key for key in PREPROCESSING_FIELDS if then.get(key) != now.get(key)]
+    if changed == ["target_spacing"]:
+        old, new = ("x".join(f"{v:g}" for v in plan["target_spacing"] or []) for plan in (then, now))
+        return f"target spacing {old} mm, plan.json now {new} mm"
+    return f"{', '.join(changed)} other than plan.json's now" if changed else ""
 
 
 def _json_kind(value: object) -> str:

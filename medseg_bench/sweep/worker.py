@@ -103,7 +103,8 @@ def _is_split(data: dict[str, Any]) -> bool:
 
 
 def _is_setup(data: dict[str, Any]) -> bool:
-    return are_whole(data.get("patch_size"), least=1) and is_whole(data.get("batch_size"), least=1)
+    return (are_whole(data.get("patch_size"), least=1) and is_whole(data.get("batch_size"), least=1)
+            and isinstance(data.get("preprocessing", {}), dict))  # absent in runs before it was recorded
 
 
 def _started_with(path: Path, what: str, fits: Callable[[dict[str, Any]], bool],
@@ -123,9 +124,11 @@ def _started_with(path: Path, what: str, fits: Callable[[dict[str, Any]], bool],
 
 
 def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
-    """Why an interrupted run cannot resume with the task as it is now, or None: its fold's split, or the
-    patch or batch size it took from the plan, changed since it started (resuming would mix two setups under
-    one run id, and score held-out cases it trained on), or the file that records them is damaged."""
+    """Why an interrupted run cannot resume with the task as it is now, or None: its fold's split, the patch
+    or batch size it took from the plan, or the plan's preprocessing (target spacing, normalisation: another
+    cache) changed since it started (resuming would mix two setups under one run id, and score held-out cases
+    it trained on), or the file that records them is damaged."""
+    from medseg_bench.data.plan import preprocessing_change
     from medseg_bench.training import resolve_patch_and_batch
 
     then, problem = _started_with(folder / "splits.json", "split", _is_split,
@@ -142,6 +145,11 @@ def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
                                    '"batch_size", a positive whole number')
     if problem:
         return problem
+    change = preprocessing_change(setup["preprocessing"], prepared.plan.preprocessing) if (
+        setup is not None and "preprocessing" in setup) else ""
+    if change:
+        return (f"{folder / SETUP_NAME}: the run started with {change}: restore plan.json, or delete the run "
+                "folder to start over")
     patch, batch = resolve_patch_and_batch(spec, prepared)
     if setup is not None and (setup["patch_size"] != list(patch) or setup["batch_size"] != batch):
         old = "x".join(map(str, setup["patch_size"]))
@@ -168,11 +176,19 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
 
 
 def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:
-    """A note when a finished run took its patch or batch size from a plan that has changed since: it stays
-    as it is (finished runs are never redone), and the note says how to train the new values."""
-    if plan is None or (spec.patch_size is not None and spec.batch_size is not None):
+    """A note when a finished run took its preprocessing, or its patch or batch size, from a plan that has
+    changed since: it stays as it is (finished runs are never redone), and the note says how to train anew."""
+    from medseg_bench.data.plan import preprocessing_change, preprocessing_of
+
+    if plan is None:
         return None
     then = read_json(folder / "summary.json").get("plan") or {}
+    change = preprocessing_change(preprocessing_of(then), plan.preprocessing) if then else ""
+    if change:
+        return (f"trained with {change}: it keeps its result (the report shows the two apart); sweep into "
+                "another --results-dir, or move its folder away, to train it on the new plan")
+    if spec.patch_size is not None and spec.batch_size is not None:
+        return None
     old_patch, old_batch = then.get(f"patch_{spec.dims}"), then.get(f"batch_{spec.dims}")
     new_patch, new_batch = list(getattr(plan, f"patch_{spec.dims}")), getattr(plan, f"batch_{spec.dims}")
     if old_patch is None or old_batch is None:

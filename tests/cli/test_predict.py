@@ -274,6 +274,15 @@ def test_an_unfinished_run_predicts_with_the_patch_it_trained_with(home: Path, t
     damaged = runner.invoke(app, [*args, "--overwrite"])
     assert damaged.exit_code == 3
     assert "setup.json: patch_size must be 3 positive whole numbers" in damaged.output
+    # The target spacing edited since the run started: its images would be resampled otherwise than it trained
+    (folder / "setup.json").write_text(json.dumps({"patch_size": list(patch), "batch_size": batch,
+                                                   "preprocessing": prepared.plan.preprocessing}))
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    plan_path.write_text(json.dumps(json.loads(plan_path.read_text()) | {"target_spacing": [1.5, 1.0, 1.0]}))
+    moved = runner.invoke(app, [*args, "--overwrite"])
+    assert moved.exit_code == 3, moved.output
+    assert "setup.json: the run trained with target spacing 1x1x1 mm, plan.json now 1.5x1x1 mm" in (
+        moved.output)
 
 
 def _loaded_net(folder: Path, spec: RunSpec, prepared: PreparedTask) -> torch.nn.Module:
