@@ -194,9 +194,9 @@ def _spec(seed: int = 0, **kw: object) -> RunSpec:
 def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
-    (folder / "metrics.csv").write_text("case,label,dice\nc,1,0.5\n")
+    (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
     cost = {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}
-    write_json_atomic(folder / "summary.json", {"cost": cost})
+    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": cost})
     write_status(folder, "done")
 
 
@@ -272,6 +272,26 @@ def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> 
     write_json_atomic(run_dir(tmp_path, damaged) / "summary.json", {"cost": "zzz"})  # was an AttributeError
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
     assert dry_run_lines([done, damaged], tmp_path)[1].split()[0] == "damaged"
+    # metrics.csv cut short: `status` and a sweep call it damaged; the dry run called it done and used it
+    _finish(run_dir(tmp_path, damaged), per_epoch_s=300.0, eval_s=20.0, spec=damaged)
+    (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
+    assert dry_run_lines([done, damaged], tmp_path)[1].split()[0] == "damaged"
+
+
+@pytest.mark.parametrize(("edit", "seconds"), [
+    ({"iters_per_epoch": "2"}, 4 * 30 + 20), ({"dims": 3}, 4 * 30 + 20),
+    ({"patch_size": ["a"]}, 4 * (30 + 300) / 2 + 20),  # a basis still, its step's work unknown
+])
+def test_a_finished_run_whose_spec_was_edited_crashes_no_estimate(tmp_path: Path, edit: dict[str, object],
+                                                                  seconds: float) -> None:
+    # `status` and `report` take it as done, but the dry run's estimate crashed on it (exit 1, a traceback).
+    done, edited = _spec(0), _spec(1)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    _finish(run_dir(tmp_path, edited), per_epoch_s=300.0, eval_s=20.0, spec=edited)
+    spec_path = run_dir(tmp_path, edited) / "spec.json"
+    write_json_atomic(spec_path, json.loads(spec_path.read_text()) | edit)
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(seconds), 1)
 
 
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:

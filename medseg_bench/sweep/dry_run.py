@@ -6,7 +6,9 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from medseg_bench.results import finished_damage, finished_runs, read_json, run_dir, run_state
+from medseg_bench.checks import are_whole, is_whole
+from medseg_bench.errors import ResultsError
+from medseg_bench.results import checked_state, finished_runs, read_finished_run, run_dir
 from medseg_bench.spec import RunSpec
 
 
@@ -24,29 +26,38 @@ Cost = tuple[float, float, float | None]  # seconds per iteration, evaluation se
 
 def _voxels_per_iteration(batch: object, patch: object) -> float | None:
     """Batch x patch voxels, the work of one training step (None when either is unknown)."""
-    if not isinstance(batch, int) or not isinstance(patch, list | tuple) or not patch:
+    sides = list(patch) if isinstance(patch, tuple) else patch
+    if not is_whole(batch, least=1) or not are_whole(sides, least=1):
         return None
-    return float(batch * math.prod(int(p) for p in patch))
+    return float(math.prod([batch, *sides]))  # type: ignore[list-item, misc]
 
 
 def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[Cost]]:
     """(dims, arch) -> the per-iteration and evaluation cost of the finished runs under `results_dir`."""
     costs: dict[tuple[str, str], list[Cost]] = defaultdict(list)
     for folder in finished_runs(results_dir):
-        if finished_damage(folder):  # the dry run lists it as damaged; its cost is not to be trusted
+        try:
+            spec, summary, _ = read_finished_run(folder)  # read whole, as `report` and `status` read it
+        except ResultsError:  # the dry run lists it as damaged; its cost is not to be trusted
             continue
-        spec, summary = read_json(folder / "spec.json"), read_json(folder / "summary.json")
-        cost, plan, dims = summary.get("cost", {}), summary.get("plan") or {}, spec.get("dims", "")
-        per_epoch = cost.get("time_per_epoch_s")
-        if per_epoch is None and cost.get("train_time_s") and cost.get("epochs_done"):
-            per_epoch = cost["train_time_s"] / cost["epochs_done"]
-        if per_epoch:
-            iters = spec.get("iters_per_epoch") or 50
+        cost, plan, dims, arch = (summary.get("cost") or {}, summary.get("plan") or {}, spec.get("dims"),
+                                  spec.get("arch"))
+        per_epoch, iters = _number(cost.get("time_per_epoch_s")), spec.get("iters_per_epoch") or 50
+        train_s, epochs_done = _number(cost.get("train_time_s")), _number(cost.get("epochs_done"))
+        if per_epoch is None and train_s and epochs_done:
+            per_epoch = train_s / epochs_done
+        if per_epoch and is_whole(iters, least=1) and isinstance(dims, str) and isinstance(arch, str):
             voxels = _voxels_per_iteration(spec.get("batch_size") or plan.get(f"batch_{dims}"),
                                            spec.get("patch_size") or plan.get(f"patch_{dims}"))
-            costs[(dims, spec.get("arch", ""))].append(
-                (float(per_epoch) / iters, float(cost.get("eval_time_s") or 0.0), voxels))
+            costs[(dims, arch)].append((per_epoch / iters, _number(cost.get("eval_time_s")) or 0.0, voxels))
     return costs
+
+
+def _number(value: object) -> float | None:
+    """`value` when a finite number (a run's summary.json edited by hand may hold anything), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, int] | None:
@@ -79,7 +90,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
     states: Counter[str] = Counter()
     todo = []
     for spec in runs:
-        state = run_state(run_dir(results_dir, spec))
+        state, _ = checked_state(run_dir(results_dir, spec))  # a finished run read whole: damaged or done
         states[state] += 1
         if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
