@@ -40,6 +40,7 @@ def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
     ("arch=unte", "did you mean 'unet'"),
     ("dims=4d", "unknown dims '4d'"),
     (",", "is empty"),
+    ("encoder=resnet81", r"exclude rule 'encoder=resnet81': unknown smp encoder 'resnet81'.*did you mean"),
 ])
 def test_bad_exclude_rules(home: Path, rule: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -174,6 +175,18 @@ def test_exclude_rules_take_whole_numbers_for_fold_and_seed(home: Path) -> None:
         parse_exclude("fold=zero")
     runs, _ = expand(_request(dims=["3d"], seeds=[0, 1], exclude=["seed=00"]))
     assert [r.seed for r in runs] == [1]
+    with pytest.raises(UsageError, match=r"exclude rule 'fold=7': fold 7 does not exist, the sweep has 5 "
+                                         r"folds \(0 to 4\)"):
+        expand(_request(dims=["3d"], exclude=["fold=7"]))
+
+
+def test_a_rule_that_removes_nothing_says_so(home: Path) -> None:
+    # e.g. a rule for the other dims, or for an encoder the sweep does not use: a line, not silence
+    rules = ["encoder=resnet18", "aug=none,dims=3d"]
+    runs, notes = expand(_request(archs=["unet"], dims=["2d"], exclude=rules))
+    assert len(runs) == 1
+    assert notes == [f"exclude rule '{rule}' matches no combination of this sweep: nothing removed by it"
+                     for rule in rules]
 
 
 def test_shipped_sweep_files_parse() -> None:

@@ -83,6 +83,13 @@ def parse_exclude(rule: str) -> dict[str, str]:
             value = task_registry().get(value).name
         elif key == "dims" and value not in DIMS:
             raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
+        elif key == "encoder":
+            from medseg_bench.models.zoo2d import check_smp_encoder
+
+            try:
+                check_smp_encoder(value)  # a typo would exclude nothing: did-you-mean, exit 2
+            except UsageError as exc:
+                raise UsageError(f"exclude rule '{rule}': {exc}") from None
         elif key in ("fold", "seed"):
             if not value.isdigit():
                 raise UsageError(f"exclude rule '{rule}': {key} takes a whole number, not '{value}'")
@@ -130,6 +137,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         raise UsageError("no encoder given (an empty encoder list): name one, or leave it out for the "
                          "default")
     rules = [parse_exclude(rule) for rule in request.exclude]
+    for given, rule in zip(request.exclude, rules, strict=True):
+        if "fold" in rule and int(rule["fold"]) >= request.num_folds:
+            raise UsageError(f"exclude rule '{given}': fold {rule['fold']} does not exist, the sweep has "
+                             f"{request.num_folds} folds (0 to {request.num_folds - 1})")
     if request.class_weights is not None:
         from medseg_bench.losses import build_loss
 
@@ -142,7 +153,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     class_weights = canonical_weights(request.class_weights)
     runs: list[RunSpec] = []
     skipped: list[str] = []
-    excluded = 0
+    excluded, used = 0, set[int]()
     for task in task_specs:
         for dims in DIMS:
             if request.dims is not None and dims not in request.dims:
@@ -175,12 +186,16 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                     if request.tta and not spec.tta:
                         skipped.append(f"--tta with aug {aug}: evaluated without it, '{aug}' never mirrors a "
                                        "training image (nnU-Net mirrors only along the axes it trained with)")
-                    if is_excluded(spec, rules):
+                    matched = [i for i, rule in enumerate(rules) if is_excluded(spec, [rule])]
+                    if matched:
                         excluded += 1
+                        used.update(matched)
                         continue
                     runs.append(spec)
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
+    skipped += [f"exclude rule '{given}' matches no combination of this sweep: nothing removed by it"
+                for i, given in enumerate(request.exclude) if i not in used]
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
     if request.encoders is not None and not any(r.dims == "2d" for r in runs):
         given = ",".join(request.encoders)
