@@ -522,6 +522,28 @@ def test_a_sweep_names_a_finished_run_with_a_bad_value_and_carries_on(
     assert {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()} == before
 
 
+def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed.
+    from types import SimpleNamespace
+
+    from medseg_bench.errors import RunError
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.worker import Outcome
+
+    results = tmp_path / "results"
+    damaged, failing = _spec(0), _spec(1)
+    (_finished_run(results, damaged) / "metrics.csv").unlink()
+    monkeypatch.setattr(local, "_prepare", lambda *args: SimpleNamespace())
+    monkeypatch.setattr(local, "run_one", lambda spec, *args: Outcome("failed", error="boom"))
+    with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
+        local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {run_dir(results, damaged) / 'metrics.csv'}: ")
+    assert "; left as it is, not trained again: restore the file" in err
+
+
 def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
     # With --jobs, a resumed run showed "epoch 1/3 loss ..." of its previous attempt from the old heartbeat.
     from types import SimpleNamespace

@@ -106,10 +106,13 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 name = exc.filename or results_dir / INDEX_NAME
                 warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
                                "`medseg-bench status` rebuilds it")
+    damaged = damaged_runs_error(outcome["damage"], "not trained again") if outcome["damage"] else None
     if outcome["failed"]:
+        if damaged is not None:  # exit 5 names the failed runs; the damaged ones still need this line
+            warn_on_stderr(str(damaged))
         raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
-    if outcome["damage"]:
-        raise damaged_runs_error(outcome["damage"], "not trained again")
+    if damaged is not None:
+        raise damaged
     return outcome
 
 
