@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -42,6 +43,11 @@ from medseg_bench.spec import DEFAULT_LR, RunSpec
 
 log = logging.getLogger("medseg_bench.training")
 GRAD_CLIP = 12.0
+# From pipeline version 13, torch's global generator (dropout masks) is seeded at every training step from the
+# run's seed and the step: before, a resumed run, or one with another number of DataLoader workers (whose
+# iterators draw from it), drew other dropout masks than an uninterrupted run (vnet, deeplab, deeplabv3,
+# pspnet, fcn: the archs with dropout; the others draw nothing from it and train exactly as in version 12).
+STEP_SEEDED_FROM = 13
 
 
 class EpochReporter(Protocol):
@@ -52,15 +58,22 @@ class SegmentationModule(pl.LightningModule):
     """Optimises `net` with `loss_fn`; logs `train_loss` and the validation pseudo-Dice `val_dice`."""
 
     def __init__(self, net: nn.Module, loss_fn: nn.Module, num_classes: int, optimizer: str, lr: float,
-                 total_steps: int, max_seconds: float | None = None) -> None:
+                 total_steps: int, max_seconds: float | None = None, step_seed: int | None = None) -> None:
         super().__init__()
         self.net, self.loss_fn, self.num_classes = net, loss_fn, num_classes
         self.optimizer_name, self.lr, self.total_steps = optimizer, lr, max(1, total_steps)
-        self.max_seconds = max_seconds
+        self.max_seconds, self.step_seed = max_seconds, step_seed
         self._counts = torch.zeros(3, num_classes, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """With `step_seed`, torch's generators (CPU and CUDA: dropout) start each step from (seed, step), as
+        the samples do: a resumed run, or one with DataLoader workers, draws as an uninterrupted one."""
+        if self.step_seed is not None:
+            state = np.random.SeedSequence([self.step_seed, self.global_step]).generate_state(1)[0]
+            torch.manual_seed(int(state))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, label = batch
@@ -296,7 +309,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     module = SegmentationModule(net, loss_fn, prepared.task.num_classes,
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
                                 spec.epochs * spec.iters_per_epoch,
-                                spec.max_minutes * 60 if spec.max_minutes else None)
+                                spec.max_minutes * 60 if spec.max_minutes else None,
+                                spec.seed if spec.pipeline_version >= STEP_SEEDED_FROM else None)
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)

@@ -283,6 +283,23 @@ def test_a_resumed_run_with_loader_workers_trains_as_an_uninterrupted_one(prepar
     assert whole["train_loss"].dropna().tolist() == resumed["train_loss"].dropna().tolist()
 
 
+def test_a_run_with_dropout_trains_alike_resumed_and_with_loader_workers(prepared, tmp_path: Path) -> None:
+    # Dropout masks came from torch's global generator, seeded once per attempt and drawn from by each new
+    # DataLoader iterator: pspnet's losses differed from the second epoch with --workers 1, or once resumed.
+    spec = _spec(dims="2d", arch="pspnet", encoder="resnet18", patch_size=(32, 32), aug="none", epochs=3)
+    train(spec, prepared, tmp_path / "w0", num_workers=0)
+    train(spec, prepared, tmp_path / "w1", num_workers=1)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(spec, prepared, tmp_path / "cut", extra_callbacks=[_StopAtEpoch(1)])
+    train(spec, prepared, tmp_path / "cut")
+    losses = [pd.read_csv(tmp_path / name / "logs" / "metrics.csv")["train_loss"].dropna().tolist()
+              for name in ("w0", "w1", "cut")]
+    assert losses[0] == losses[1] == losses[2] and len(losses[0]) == 3
+    weights = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for name in ("w0", "w1", "cut")]
+    assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
+
+
 def test_tta_applies_to_runs_whose_augmentation_mirrors() -> None:
     from dataclasses import replace
 
