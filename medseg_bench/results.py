@@ -345,6 +345,9 @@ def read_finished_run(folder: Path):
     missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
     if missing:
         raise _corrupt(folder / "spec.json", f"lacks {', '.join(missing)}")
+    problem = RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"})
+    if problem:  # a value of the wrong type would crash the report and the index, or be pooled as another
+        raise _corrupt(folder / "spec.json", problem)
     summary = _read_json_object(folder / "summary.json")
     path = folder / "metrics.csv"
     try:
@@ -369,8 +372,11 @@ def read_finished_run(folder: Path):
 
 def _bad_cell(frame: Any) -> str | None:
     """The first cell of a run's metrics.csv that its column cannot hold, or None: every column but case and
-    label holds numbers (an empty cell is NaN: both masks empty), the two flags True or False."""
+    label holds numbers (an empty cell is NaN: both masks empty), each in its metric's range, the two flags
+    True or False."""
     import pandas as pd
+
+    from medseg_bench.metrics.info import METRIC_NAMES, METRICS
 
     for column in frame.columns.drop(["case", "label"]):
         values = frame[column]
@@ -380,10 +386,17 @@ def _bad_cell(frame: Any) -> str | None:
             bad, kind = ~values.astype(str).str.lower().isin(["true", "false"]), "True or False"
         elif pd.api.types.is_bool_dtype(values):  # a column of True/False reads as bools
             bad, kind = values.notna(), "a number"
-        elif pd.api.types.is_numeric_dtype(values):
-            continue
-        else:
+        elif not pd.api.types.is_numeric_dtype(values) and (
+                values.notna() & pd.to_numeric(values, errors="coerce").isna()).any():
             bad, kind = values.notna() & pd.to_numeric(values, errors="coerce").isna(), "a number"
+        elif column in METRIC_NAMES:  # a number, but one the metric cannot take (inf, a Dice of 5, HD95 -1)
+            numbers = pd.to_numeric(values, errors="coerce")
+            info = METRICS.get(column)
+            low, high = (0.0, 1.0) if info.higher_is_better else (0.0, math.inf)
+            bad = numbers.notna() & ~((numbers >= low) & (numbers <= high) & numbers.abs().lt(math.inf))
+            kind = "a score from 0 to 1" if high == 1.0 else "a finite value of at least 0"
+        else:
+            continue
         if bad.any():
             row = int(bad.to_numpy().argmax())
             return f"{column} is {str(values.iloc[row])!r} in row {row + 1}, not {kind}"

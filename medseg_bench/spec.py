@@ -156,6 +156,29 @@ def _bad(source_file: Path, key: str, expected: str, value: object) -> UsageErro
     return UsageError(f"{source_file}: '{key}' must be {expected}, not {shown}")
 
 
+def _fits(annotation: str, value: object) -> bool:
+    """Whether a value read from JSON fits a RunSpec field annotated `annotation` ("int", "float | None",
+    "tuple[int, ...] | None", ...); a tuple field is a list in JSON, a float field takes a whole number."""
+    base, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
+    if value is None:
+        return optional
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if base.startswith("tuple["):
+        item = "int" if base.startswith("tuple[int") else "float"
+        return isinstance(value, list | tuple) and all(_fits(item, v) for v in value)
+    checks: dict[str, bool] = {"str": isinstance(value, str), "int": _is_int(value), "float": number,
+                               "bool": isinstance(value, bool)}
+    return checks.get(base, False)
+
+
+def _kind_text(annotation: str) -> str:
+    """A RunSpec field's annotation in words, for an error message."""
+    base = annotation.removesuffix(" | None")
+    words = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
+             "tuple[int, ...]": "a list of whole numbers", "tuple[float, ...]": "a list of numbers"}[base]
+    return words + (" or null" if annotation.endswith(" | None") else "")
+
+
 def is_md5(text: str) -> bool:
     """32 hexadecimal digits (surrounding blanks allowed): a task file's `md5`, or `fetch --md5`."""
     return re.fullmatch(r"[0-9a-fA-F]{32}", text.strip()) is not None
@@ -354,6 +377,26 @@ class RunSpec:
             if data[key] is not None:
                 data[key] = list(data[key])
         return data
+
+    @classmethod
+    def problem(cls, data: dict[str, Any]) -> str | None:
+        """Why `data` (a run's spec.json, its run_id left out) is no run spec: an unknown key, a value of the
+        wrong type (checked against the field's annotation) or out of range; None when it is one. A key an
+        older version's spec lacks takes its default, as it had then."""
+        annotations = {f.name: str(f.type) for f in fields(cls)}
+        unknown = sorted(set(data) - set(annotations))
+        if unknown:
+            return f"unknown key(s) {', '.join(unknown)}"
+        for key, value in data.items():
+            if not _fits(annotations[key], value):
+                shown = json.dumps(value)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                return f"'{key}' must be {_kind_text(annotations[key])}, not {shown}"
+        try:
+            cls.from_dict(data)
+        except UsageError as exc:
+            return str(exc)
+        return None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:

@@ -184,6 +184,7 @@ def test_index_is_rebuilt_from_the_folders_and_concurrent_writers_never_corrupt_
 
 
 HEADER = "case,label,dice,ref_empty,pred_empty\n"
+_SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1).to_dict()
 
 
 @pytest.mark.parametrize(("name", "damage", "problem"), [
@@ -207,6 +208,25 @@ HEADER = "case,label,dice,ref_empty,pred_empty\n"
      "ref_empty is 'no' in row 2, not True or False"),
     ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,far,False,False",
      "hd95 is 'far' in row 2, not a number"),
+    # Scores a metric cannot take ranked their configuration first (inf) or were averaged in (a Dice of 5).
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,inf,False,False\n",
+     "dice is 'inf' in row 2, not a score from 0 to 1"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,5,False,False\n",
+     "dice is '5.0' in row 2, not a score from 0 to 1"),
+    ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,-1,False,False",
+     "hd95 is '-1' in row 2, not a finite value of at least 0"),
+    ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,-inf,False,False",
+     "hd95 is '-inf' in row 2, not a finite value of at least 0"),
+    # A spec.json field of the wrong type crashed status and the index (pyarrow), and report (pandas).
+    *[("spec.json", json.dumps(_SPEC | fields), problem) for fields, problem in [
+        ({"fold": "0"}, "'fold' must be a whole number, not \"0\""),
+        ({"arch": ["unet"]}, "'arch' must be text, not [\"unet\"]"),
+        ({"encoder": 5}, "'encoder' must be text or null, not 5"),
+        ({"pipeline_version": "x"}, "'pipeline_version' must be a whole number, not \"x\""),
+        ({"lr": True}, "'lr' must be a number or null, not true"),
+        ({"fold": 7}, "fold 7 outside 0..4"),
+        ({"colour": "red"}, "unknown key(s) colour"),
+    ]],
     # A summary.json field of the wrong type crashed report, status and sweep (one such run stopped a sweep).
     *[("summary.json", json.dumps({"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}, **fields}),
        problem) for fields, problem in [

@@ -147,10 +147,10 @@ def _read_run(run_or_checkpoint: Path, postprocess: bool) -> _Run:
     folder, checkpoint = _run_folder(run_or_checkpoint)
     spec_data = _read_json(folder / "spec.json")
     spec_data.pop("run_id", None)
-    try:
-        spec = RunSpec.from_dict(spec_data)
-    except TypeError as exc:
-        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
+    problem = RunSpec.problem(spec_data)
+    if problem:
+        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({problem})")
+    spec = RunSpec.from_dict(spec_data)
     return _Run(folder, checkpoint, spec, _plan(folder, spec.task),
                 load_decision(folder) if postprocess else None)
 
