@@ -182,15 +182,24 @@ def format_for(path: Path) -> str:
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write to a temp file in the same folder, then rename over `path`; a failure names `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write to a temp file in the same folder, then rename over `path`; a failure names `path`.
+
+    A link to a file is written through (the file it names is replaced, the link kept); a path that is
+    neither a file nor a folder (a FIFO, `/dev/stdout`, a device) is written into, as a shell would."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with open(path, "wb") as stream:
+                stream.write(data)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
         from medseg_bench.data.io import file_in_the_way
 

@@ -93,6 +93,32 @@ def test_output_format_from_the_extension(results: Path, tmp_path: Path, name: s
     assert not list(target.parent.glob(".*.tmp"))  # the atomic write left nothing behind
 
 
+def test_output_through_a_link_a_fifo_or_a_full_device(results: Path, tmp_path: Path) -> None:
+    # The atomic rename replaced a link with a file (its target left as it was), a FIFO with a file (its
+    # reader got nothing), and, as root, /dev/full and /dev/stdout themselves, reporting success.
+    import os
+    import threading
+
+    target = tmp_path / "kept.csv"
+    target.write_text("old")
+    (tmp_path / "link.csv").symlink_to(target)
+    assert invoke("--results-dir", str(results), "--output", str(tmp_path / "link.csv")).exit_code == 0
+    assert (tmp_path / "link.csv").is_symlink() and target.read_text().startswith("task,dims,arch")
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    assert invoke("--results-dir", str(results), "--output", str(fifo)).exit_code == 0
+    reader.join(30)
+    assert received[0].startswith(b"task,dims,arch") and fifo.is_fifo()
+    if Path("/dev/full").exists():
+        full = invoke("--results-dir", str(results), "--output", "/dev/full", "--format", "csv")
+        assert full.exit_code == 6
+        assert "error: /dev/full: cannot write (No space left on device)" in full.output
+        assert Path("/dev/full").is_char_device()
+
+
 def test_parquet_round_trips(results: Path, tmp_path: Path) -> None:
     target = tmp_path / "board.parquet"
     assert invoke("--results-dir", str(results), "-o", str(target)).exit_code == 0
