@@ -87,6 +87,18 @@ class FileSystemError(MedsegError):
         return cls(f"{where}{exc.strerror or exc}")
 
 
+class OutOfMemory(MedsegError):
+    """An allocation the machine could not make (often from an absurd input: a spacing of 1e6 mm, a target
+    spacing of 1e-9 mm, 10^11 bootstrap resamples): one line with what was asked, not a traceback."""
+
+    exit_code = 8
+
+    @classmethod
+    def from_memory_error(cls, exc: MemoryError) -> OutOfMemory:
+        asked = one_line(str(exc)) or "an allocation failed"
+        return cls(f"out of memory: {asked}; check the input's sizes and spacings, or use a larger machine")
+
+
 class Interrupted(MedsegError):
     """A command stopped by SIGINT or SIGTERM: nothing finished is lost; a sweep's interrupted run resumes."""
 

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from medseg_bench import __version__, signals
 from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
-from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, one_line
+from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, OutOfMemory, one_line
 
 BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a program stopped by SIGPIPE
 
@@ -28,8 +28,9 @@ class _Group(TyperGroup):
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             raise typer.Exit(BROKEN_PIPE_EXIT) from None
-        except (MedsegError, OSError) as raised:
-            exc = raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)
+        except (MedsegError, OSError, MemoryError) as raised:
+            exc = (raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)
+                   if isinstance(raised, OSError) else OutOfMemory.from_memory_error(raised))
             typer.secho(f"error: {one_line(str(exc))}", fg="red", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1

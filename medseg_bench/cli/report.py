@@ -60,8 +60,8 @@ def report(
         raise UsageError(f"cannot group by '{group_by}'; choose from {', '.join(GROUP_AXES)}")
     if top is not None and top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
-    if resamples < 100:
-        raise UsageError(f"--resamples must be at least 100, got {resamples}")
+    if not 100 <= resamples <= 1_000_000:
+        raise UsageError(f"--resamples must be from 100 to 1000000, got {resamples}")
 
     result = build_report(results_dir, metric, _split(task), metrics=_split(metrics), group_by=group_by,
                           top=top, confidence=confidence, n_resamples=resamples, seed=seed)

@@ -92,6 +92,27 @@ def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Pa
     assert result.output.strip().splitlines()[-1] == f"error: {blocker / 'data'}: Not a directory"
 
 
+def test_running_out_of_memory_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    # e.g. `report --resamples 100000000000`, or predict on an image of spacing 1e6 mm: numpy's MemoryError
+    # escaped as a traceback, exit 1 (a bug's code).
+    import numpy as np
+
+    from medseg_bench.report import tables
+    from tests.report.fake_results import write_fake_results
+
+    def huge(*args: object, **kwargs: object) -> None:
+        np.empty((10**12, 10**3))  # numpy's own error, whatever the machine
+
+    monkeypatch.setattr(tables, "bootstrap_ci", huge)
+    results = write_fake_results(tmp_path / "results")
+    result = runner.invoke(app, ["report", "--results-dir", str(results)])
+    assert result.exit_code == 8, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: out of memory: Unable to allocate")
+    assert "Traceback" not in result.output
+    too_many = runner.invoke(app, ["report", "--results-dir", str(results), "--resamples", "100000000000"])
+    assert too_many.exit_code == 2 and "--resamples must be from 100 to 1000000" in too_many.output
+
+
 def test_an_error_is_one_line_even_when_a_name_holds_a_newline(home: Path) -> None:
     result = runner.invoke(app, ["fetch", "Task04\nfake: all good"])
     assert result.exit_code == 2
