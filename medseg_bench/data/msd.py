@@ -43,6 +43,10 @@ def read_dataset_json(folder: Path) -> dict[str, Any]:
 def _inside(folder: Path, relative: object, json_path: Path) -> Path:
     if not isinstance(relative, str) or not relative:
         raise DataError(f"{json_path}: training entry path {relative!r} is not a string")
+    if "\x00" in relative or any(len(part.encode("utf-8", "surrogateescape")) > 255
+                                  for part in Path(relative).parts):
+        raise DataError(f"{json_path}: entry {relative!r} is no file name (a NUL byte, or a name over 255 "
+                        "bytes)")
     candidate = (folder / relative).resolve()
     root = folder.resolve()
     if candidate != root and root not in candidate.parents:

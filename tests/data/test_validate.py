@@ -182,6 +182,11 @@ def test_structural_problems_are_fatal(synth) -> None:
     (folder / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="points outside the task folder"):
         training_cases(folder)
+    for entry in ("./imagesTr/a\x00b.nii.gz", "./imagesTr/" + "a" * 300 + ".nii.gz"):
+        meta["training"][-1]["image"] = entry  # a NUL byte crashed fetch; a long name named the staging copy
+        (folder / "dataset.json").write_text(json.dumps(meta))
+        with pytest.raises(DataError, match=r"dataset.json: entry .* is no file name \(a NUL byte, or a"):
+            training_cases(folder)
     (folder / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match="invalid JSON"):
         validate_folder(folder, task)
