@@ -59,11 +59,16 @@ def worker_pool(workers: int, setup: Callable[..., object] | None = None,
         yield pool
     except BaseException:
         processes = list((getattr(pool, "_processes", None) or {}).values())
+        # The pool's manager thread (shutdown forgets it): left running, it would wake at the interpreter's
+        # exit on a pipe already closed and print a traceback after our one-line error.
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=10)
+        if manager is not None:
+            manager.join(timeout=10)
         raise
     pool.shutdown(wait=True)
 
