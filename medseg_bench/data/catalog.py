@@ -8,13 +8,14 @@ from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
 from medseg_bench.settings import get_settings, packaged_tasks_dir
 from medseg_bench.spec import TaskSpec
+from medseg_bench.yaml_files import load_unique
 
 
 def _load_task_file(path: Path) -> TaskSpec:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_unique(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:

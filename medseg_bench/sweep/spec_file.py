@@ -17,6 +17,7 @@ from typing import Any
 
 from medseg_bench.errors import UsageError
 from medseg_bench.sweep.expand import SweepRequest
+from medseg_bench.yaml_files import load_unique
 
 # file key -> SweepRequest field; axes take a value or a list, settings one value.
 AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encoders", "loss": "losses",
@@ -25,25 +26,6 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "num_folds": (int,), "epochs": (int,), "max_minutes": (int, float), "iters_per_epoch": (int,),
     "batch_size": (int,), "patch_size": (list,), "optimizer": (str,), "lr": (int, float)}
 KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, "exclude")
-
-
-def _unique_key_loader() -> type:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """SafeLoader that refuses a key given twice (YAML would keep the last one, silently)."""
-
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-            seen: set[object] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key '{key}' given twice", key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return Loader
 
 
 def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
@@ -59,7 +41,7 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # a SafeLoader
+        data = load_unique(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:

@@ -63,6 +63,13 @@ def test_bad_task_files(home: Path) -> None:
     (home / "tasks" / "Task98_Bad.yaml").write_bytes(b"\xff\xfename: x\n")
     with pytest.raises(UsageError, match=r"Task98_Bad.yaml: not UTF-8 text \(invalid start byte at byte 0\)"):
         task_registry()
+    # A key given twice: YAML kept the last one, silently (`imaging: MRI` then `CT` changed normalisation)
+    write_task_file(home, "Task98_Bad")
+    path = home / "tasks" / "Task98_Bad.yaml"
+    assert "imaging:" in path.read_text()
+    path.write_text(path.read_text() + "imaging: CT\n")
+    with pytest.raises(UsageError, match=r"Task98_Bad.yaml: cannot read task file \(key 'imaging' given"):
+        task_registry()
 
 
 def test_unknown_task_did_you_mean(home: Path) -> None:

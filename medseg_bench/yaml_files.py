@@ -1,0 +1,25 @@
+"""YAML as the project reads it (task files, sweep files): safe, and a key given twice is an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_unique(text: str) -> Any:
+    """`yaml.safe_load`, refusing a mapping that gives a key twice (YAML would keep the last, silently:
+    a task file's `imaging: MRI` then `imaging: CT` would change its normalisation without a word).
+    Raises `yaml.YAMLError` (a `ConstructorError` naming the key and its line)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
