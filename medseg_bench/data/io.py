@@ -118,14 +118,15 @@ def read_image(
 ) -> tuple[np.ndarray, Geometry]:
     """Read an image as a (C, Z, Y, X) array (C=1 for 3D images) plus its spatial geometry.
 
-    SimpleITK reads a NIfTI cut short (or with a damaged gzip stream) without an error, the missing voxels 0:
-    `check_complete` checks the file first (`check_nifti_complete`: a `.nii.gz` is decompressed twice), for
-    files a user hands in (predict, evaluate); files of a fetched task were checked when it was validated.
+    SimpleITK reads a NIfTI cut short (or with a damaged gzip stream) without an error, the missing voxels 0,
+    and a NIfTI's NaN and inf voxels as 0: `check_complete` checks the file first (`count_nonfinite`: a
+    `.nii.gz` is decompressed twice) and the values read, for files a user hands in (predict, evaluate);
+    files of a fetched task were checked when it was validated.
     """
     sitk = _sitk()
     _check_readable(path)
-    if check_complete:
-        check_nifti_complete(path)
+    if check_complete and count_nonfinite(path):
+        raise DataError(f"{path}: image holds NaN or inf voxels")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -149,7 +150,10 @@ def read_image(
         raise DataError(f"{path}: 2D image of size {size}; a 3D (or 4D multi-modal) image expected")
     if array.ndim != 4 or array.shape[0] != channels:
         raise DataError(f"{path}: unsupported image layout with array shape {array.shape}")
-    return np.ascontiguousarray(array, dtype=dtype), geom
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if check_complete and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise DataError(f"{path}: image holds NaN or inf voxels")  # another format keeps them as read
+    return array, geom
 
 
 def read_label(path: Path) -> tuple[np.ndarray, Geometry]:

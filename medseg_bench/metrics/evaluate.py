@@ -283,10 +283,12 @@ def _evaluate_file_pair(
 def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A label map as read_label gives it, (Z, Y, X); a 2D file as a (Y, X) array, with its 2D geometry.
 
-    The file is checked complete first: SimpleITK reads a NIfTI cut short as if its missing voxels were 0."""
-    from medseg_bench.data.io import check_nifti_complete, read_geometry, read_label
+    The file is checked complete first, and free of NaN and inf: SimpleITK reads a NIfTI cut short as if its
+    missing voxels were 0, and a NIfTI's NaN and inf voxels as 0 (background)."""
+    from medseg_bench.data.io import count_nonfinite, read_geometry, read_label
 
-    check_nifti_complete(path)
+    if count_nonfinite(path):
+        raise DataError(f"{path}: label map holds NaN or inf voxels")
     try:
         return read_label(path)
     except DataError:

@@ -156,6 +156,21 @@ def test_an_image_cut_short_exits_3_naming_it(run_folder, tmp_path: Path) -> Non
     assert not (out / "cut.nii.gz").exists()
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_an_image_with_nan_voxels_exits_3_naming_it(run_folder, tmp_path: Path, suffix: str) -> None:
+    # A label map was written (exit 0): ITK reads a NIfTI's NaN as 0, another format keeps it as NaN.
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    image = np.random.default_rng(2).normal(0, 1, (14, 22, 18)).astype(np.float32)
+    image[3, 4, 5] = np.nan
+    path = images / f"nan{suffix}"
+    _write_oriented(path, image)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"error: {path}: image holds NaN or inf voxels\n"
+    assert not out.exists() or not list(out.iterdir())
+
+
 def _tree(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
