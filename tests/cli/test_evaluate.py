@@ -151,13 +151,16 @@ def test_a_label_map_cut_short_exits_3_naming_it(tmp_path, cut, workers):
 
 
 def test_a_label_map_with_nan_voxels_exits_3_naming_it(tmp_path):
+    import SimpleITK as sitk
+
     # ITK reads a NIfTI's NaN as 0: a float prediction with NaN voxels was scored as if they were background.
     labels = np.zeros((6, 10, 10), np.float32)
     labels[2:4, 2:5, 2:5] = 1
     write(tmp_path / "ref", "a", labels.astype(np.uint8))
     labels[3, 3, 3] = np.nan
-    write(tmp_path / "pred", "a", labels)
     pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(pred / "a.nii.gz"))  # a float label map
     result = runner.invoke(app, ["evaluate", "--pred", str(pred), "--ref", str(ref)])
     assert result.exit_code == 3, result.output
     assert result.stderr == f"error: {pred / 'a.nii.gz'}: label map holds NaN or inf voxels\n"
