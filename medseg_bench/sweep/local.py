@@ -62,11 +62,13 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
     fresh cache take turns; the first builds it, the others find it complete. `own_slices`: also the cache
     of 2D runs that keep their slices (`RunSpec.own_slice_spacing`)."""
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.data.preprocess import prepare_task, usable_cases
     from medseg_bench.locks import exclusive
 
+    spec = get_task(task)
+    usable_cases(spec, data_dir)  # not fetched there (a mistyped --data-dir): one line, and no lock file made
     with exclusive(data_dir / "preprocessed", f".{task}.lock"):
-        return prepare_task(get_task(task), data_dir, num_folds, progress=progress, own_slices=own_slices)
+        return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
 def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:

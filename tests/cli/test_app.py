@@ -65,6 +65,8 @@ def test_sweep_on_unfetched_task_is_a_data_error(home: Path, tmp_path: Path) -> 
     args = ["sweep", "--task", "Task04_Hippocampus", "--results-dir", str(tmp_path / "r"), "--epochs", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and "run `medseg-bench fetch Task04_Hippocampus` first" in result.output
+    typo = tmp_path / "no-such-data"  # a mistyped --data-dir: nothing is made there (it held a lock file)
+    assert runner.invoke(app, [*args, "--data-dir", str(typo)]).exit_code == 3 and not typo.exists()
 
 
 def test_dry_run_lists_runs_with_skips(home: Path, tmp_path: Path) -> None:
