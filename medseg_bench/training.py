@@ -46,7 +46,7 @@ GRAD_CLIP = 12.0
 # From pipeline version 13, torch's global generator (dropout masks) is seeded at every training step from the
 # run's seed and the step: before, a resumed run, or one with another number of DataLoader workers (whose
 # iterators draw from it), drew other dropout masks than an uninterrupted run (vnet, deeplab, deeplabv3,
-# pspnet, fcn: the archs with dropout; the others draw nothing from it and train exactly as in version 12).
+# pspnet, fcn: the archs with dropout; U-Net runs train bit-identically to version 12; see spec.py, 13).
 STEP_SEEDED_FROM = 13
 
 
