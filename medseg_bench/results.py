@@ -386,9 +386,9 @@ def _bad_cell(frame: Any) -> str | None:
             bad, kind = ~values.astype(str).str.lower().isin(["true", "false"]), "True or False"
         elif pd.api.types.is_bool_dtype(values):  # a column of True/False reads as bools
             bad, kind = values.notna(), "a number"
-        elif not pd.api.types.is_numeric_dtype(values) and (
-                values.notna() & pd.to_numeric(values, errors="coerce").isna()).any():
-            bad, kind = values.notna() & pd.to_numeric(values, errors="coerce").isna(), "a number"
+        elif (not pd.api.types.is_numeric_dtype(values)
+              and (text := values.notna() & pd.to_numeric(values, errors="coerce").isna()).any()):
+            bad, kind = text, "a number"
         elif column in METRIC_NAMES:  # a number, but one the metric cannot take (inf, a Dice of 5, HD95 -1)
             numbers = pd.to_numeric(values, errors="coerce")
             info = METRICS.get(column)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from medseg_bench.data.io import private_temp
 from medseg_bench.errors import ResultsError, UsageError
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections
@@ -188,7 +189,7 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     neither a file nor a folder (a FIFO, `/dev/stdout`, a device) is written into, as a shell would."""
     data = content.encode("utf-8") if isinstance(content, str) else content
     target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = private_temp(target)
     try:
         if path.exists() and not path.is_file() and not path.is_dir():
             with open(path, "wb") as stream:
