@@ -38,7 +38,7 @@ from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
 from medseg_bench.inference import NNUNET_INFERENCE_FROM
 from medseg_bench.losses import build_loss
-from medseg_bench.models import ModelInputs, build_model, check_patch, fit_patch
+from medseg_bench.models import ModelInputs, build_model, check_batch, check_channels, check_patch, fit_patch
 from medseg_bench.spec import DEFAULT_LR, RunSpec
 
 log = logging.getLogger("medseg_bench.training")
@@ -284,6 +284,7 @@ def run_tta(spec: RunSpec, requested: bool | None = None) -> bool:
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
     patch, _ = resolve_patch_and_batch(spec, prepared)
     spacing = model_spacing(network_spacing(prepared), spec.dims)
+    check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
                          pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
     return build_model(spec.arch, spec.dims, inputs)
@@ -298,6 +299,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     _quiet_lightning()
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)
+    check_batch(spec.arch, spec.dims, patch, batch)  # also a plan.json edited to batch 1
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_for(spec.own_slice_spacing), split["train"], split["val"], spec.dims, patch, batch,

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
 from medseg_bench.errors import UnknownNameError, UsageError
-from medseg_bench.models import ARCHS, ModelInputs, build_model, check_patch, fit_patch, variant
+from medseg_bench.models import (
+    ARCHS,
+    ModelInputs,
+    build_model,
+    check_batch,
+    check_channels,
+    check_patch,
+    fit_patch,
+    variant,
+)
 from medseg_bench.models.zoo3d import dynunet_topology
 
 CASES = [(name, dims) for name, entry in ARCHS.items() for dims in entry.dims]
@@ -39,6 +50,53 @@ def test_forward_backward(name: str, dims: str) -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     with torch.no_grad():
         assert net.eval()(x).shape == out.shape  # inference always gives plain logits
+
+
+def _trains(name: str, dims: str, size: tuple[int, ...], batch: int, channels: int = 1) -> bool:
+    try:
+        encoder = ENCODER.get(name, "resnet18") if dims == "2d" else None
+        inputs = ModelInputs(in_channels=channels, num_classes=3, patch_size=size, encoder=encoder,
+                             spacing=(1.0,) * len(size), tiny=True)
+        net = build_model(name, dims, inputs).train()
+        net(torch.randn(batch, channels, *size))
+    except (ValueError, RuntimeError, AssertionError):
+        return False
+    return True
+
+
+def _refused(check: Callable[[], None]) -> bool:
+    try:
+        check()
+    except UsageError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("name", "dims"), CASES, ids=[f"{n}-{d}" for n, d in CASES])
+def test_batch_of_one_is_refused_exactly_where_batchnorm_cannot_train(name: str, dims: str) -> None:
+    v = variant(name, dims)
+    smallest = fit_patch(name, dims, (16,) * (2 if dims == "2d" else 3))
+    if name == "dynunet":
+        smallest = (16, 16, 16)  # it pools twice at least (its own error otherwise)
+    # 3D nets: twice the smallest patch only where BatchNorm makes the patch matter (the others are slow)
+    sizes = [smallest] + ([tuple(2 * s for s in smallest)] if dims == "2d" or v.norm_stride else [])
+    for size in sizes:
+        trains = _trains(name, dims, size, 1)
+        assert trains != _refused(lambda size=size: check_batch(name, dims, size, 1)), (size, trains)
+        assert _trains(name, dims, size, 2)
+        assert not _refused(lambda size=size: check_batch(name, dims, size, 2))
+    if v.pooled_norm:  # refused before its patch is known
+        with pytest.raises(UsageError, match="globally pooled.*--batch-size 2 or more"):
+            check_batch(name, dims, None, 1)
+    else:
+        check_batch(name, dims, None, 1)
+
+
+@pytest.mark.parametrize(("name", "dims"), CASES, ids=[f"{n}-{d}" for n, d in CASES])
+def test_channel_counts_are_refused_exactly_where_the_arch_cannot_take_them(name: str, dims: str) -> None:
+    size = (16, 16, 16) if name == "dynunet" else fit_patch(name, dims, (16,) * (2 if dims == "2d" else 3))
+    refused = _refused(lambda: check_channels(name, dims, 3, "TaskX"))
+    assert refused != _trains(name, dims, size, 1 if dims == "3d" and name != "attentionunet" else 2, 3)
 
 
 def test_patch_fitting_and_errors() -> None:

@@ -101,6 +101,29 @@ def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
     assert [r.patch_size for r in runs] == [(32, 32, 32)]
 
 
+def test_a_batch_batchnorm_cannot_train_on_is_refused_before_anything_runs(home: Path) -> None:
+    # deeplab batch-normalises its pooled image features: a batch of 1 fails at any patch
+    with pytest.raises(UsageError, match="arch 'deeplab' .2d. batch-normalises globally pooled features"):
+        expand(_request(archs=["unet", "deeplab"], dims=["2d"], batch_size=1))
+    # smp's U-Net only at a patch whose 1/32 map is one pixel
+    with pytest.raises(UsageError, match="arch 'unet' .2d. at patch 32x32 .* side of at least 64"):
+        expand(_request(archs=["unet"], dims=["2d"], batch_size=1, patch_size=(32, 32)))
+    runs, _ = expand(_request(archs=["unet"], dims=["2d"], batch_size=1, patch_size=(64, 32)))
+    assert [r.batch_size for r in runs] == [1]
+    runs, _ = expand(_request(archs=["unet", "segresnet", "pspnet"], batch_size=1))
+    assert len(runs) == 4
+
+
+def test_an_arch_that_cannot_take_a_tasks_channels_is_skipped_for_it(home: Path) -> None:
+    from tests.conftest import write_task_file
+
+    write_task_file(home, "TaskRGB", channels=3)
+    runs, notes = expand(SweepRequest(tasks=[TASK, "TaskRGB"], archs=["unet", "vnet"], dims=["3d"]))
+    assert sorted((r.task, r.arch) for r in runs) == [(TASK, "unet"), (TASK, "vnet"), ("TaskRGB", "unet")]
+    assert notes == ["vnet on TaskRGB: skipped, arch 'vnet' (3d) takes 1, 2, 4, 8 or 16 input channels (its "
+                     "first layer repeats them to 16), but TaskRGB has 3"]
+
+
 def test_encoders_are_checked_before_anything_runs(home: Path) -> None:
     with pytest.raises(UsageError, match="unknown smp encoder 'resnet999'; did you mean 'resnet50'"):
         expand(_request(dims=["2d"], encoders=["resnet34", "resnet999"]))

@@ -21,6 +21,7 @@ from medseg_bench.cli.app import app
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.preprocess import prepare_task
+from medseg_bench.errors import UsageError
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import resolve_patch_and_batch, run_tta, train
 from tests.conftest import copy_subset, make_synthetic_task, write_task_file
@@ -298,6 +299,17 @@ def test_a_run_with_dropout_trains_alike_resumed_and_with_loader_workers(prepare
     weights = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                for name in ("w0", "w1", "cut")]
     assert all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0])
+
+
+def test_a_plan_edited_to_a_batch_batchnorm_cannot_train_on_stops_the_run_before_it_trains(
+        prepared, tmp_path: Path) -> None:
+    import dataclasses
+
+    one = dataclasses.replace(prepared, plan=dataclasses.replace(prepared.plan, batch_2d=1))
+    with pytest.raises(UsageError, match="arch 'deeplab' .2d. batch-normalises globally pooled features"):
+        train(_spec(dims="2d", arch="deeplab", encoder="resnet18", patch_size=(32, 32), batch_size=None), one,
+              tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_tta_applies_to_runs_whose_augmentation_mirrors() -> None:

@@ -53,6 +53,13 @@ class Variant:
     divisor: int = 1
     min_size: int = 1
     encoders: tuple[str, ...] | None = None  # None: any smp encoder (2D) or no encoder (3D)
+    # Training BatchNorm needs more than one value per channel: `norm_stride` is the downsampling of the
+    # deepest batch-normalised map (a batch of 1 at a patch of that size fails), `pooled_norm` says it also
+    # normalises globally pooled features (a batch of 1 always fails). `channels_of`: in_channels must
+    # divide it (V-Net repeats the input up to 16 channels).
+    norm_stride: int | None = None
+    pooled_norm: bool = False
+    channels_of: int | None = None
 
 
 @dataclass
@@ -74,13 +81,15 @@ ARCHS: Registry[Architecture] = Registry("arch")
 
 
 def arch(name: str, dims: str, description: str, aliases: tuple[str, ...] = (), divisor: int = 1,
-         min_size: int = 1, encoders: tuple[str, ...] | None = None) -> Callable[[Builder], Builder]:
+         min_size: int = 1, encoders: tuple[str, ...] | None = None, norm_stride: int | None = None,
+         pooled_norm: bool = False, channels_of: int | None = None) -> Callable[[Builder], Builder]:
     """Register `builder` as architecture `name` in `dims` (one entry per name across dims)."""
 
     def deco(builder: Builder) -> Builder:
         if name not in ARCHS:
             ARCHS.add(name, Architecture(name, description), aliases)
-        ARCHS.get(name).variants[dims] = Variant(builder, divisor, min_size, encoders)
+        ARCHS.get(name).variants[dims] = Variant(builder, divisor, min_size, encoders, norm_stride,
+                                                 pooled_norm, channels_of)
         return builder
 
     return deco
@@ -119,6 +128,33 @@ def check_patch(name: str, dims: str, patch: Sequence[int]) -> None:
         raise UsageError(f"arch '{ARCHS.canonical(name)}' ({dims}) needs patch sides that are multiples of "
                          f"{v.divisor} and at least {v.min_size}: use --patch-size "
                          f"{','.join(map(str, fitted))} instead of {','.join(map(str, patch))}")
+
+
+def check_batch(name: str, dims: str, patch: Sequence[int] | None, batch: int) -> None:
+    """UsageError when the architecture cannot train on batches of `batch` patches of `patch` (None: not
+    known yet, only what holds at any patch is checked): its BatchNorm would see one value per channel."""
+    v = variant(name, dims)
+    if batch >= 2:
+        return
+    canonical = ARCHS.canonical(name)
+    if v.pooled_norm:
+        raise UsageError(f"arch '{canonical}' ({dims}) batch-normalises globally pooled features, which "
+                         f"needs a batch of at least 2 in training: use --batch-size 2 or more, not {batch}")
+    if v.norm_stride is not None and patch is not None and all(s < 2 * v.norm_stride for s in patch):
+        raise UsageError(f"arch '{canonical}' ({dims}) at patch {'x'.join(map(str, patch))} "
+                         f"batch-normalises a map of one voxel (1/{v.norm_stride} of the patch), which "
+                         "needs a batch of at least 2 in training: use --batch-size 2 or more, or a "
+                         f"--patch-size with a side of at least {2 * v.norm_stride}")
+
+
+def check_channels(name: str, dims: str, in_channels: int, task: str) -> None:
+    """UsageError when the architecture cannot take the task's `in_channels` input channels."""
+    v = variant(name, dims)
+    if v.channels_of is not None and v.channels_of % in_channels:
+        takes = [str(n) for n in range(1, v.channels_of + 1) if v.channels_of % n == 0]
+        raise UsageError(f"arch '{ARCHS.canonical(name)}' ({dims}) takes {', '.join(takes[:-1])} or "
+                         f"{takes[-1]} input channels (its first layer repeats them to {v.channels_of}), "
+                         f"but {task} has {in_channels}")
 
 
 def build_model(name: str, dims: str, inputs: ModelInputs) -> nn.Module:

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
 # smp models downsample five times (output stride 32); PAN's feature pyramid attention also pools its
 # 1/32 map with 7x7, 5x5 and 3x3 kernels, so it needs 128 pixels per side.
+# Their deepest BatchNorm is on the 1/32 map (a batch of 1 at a 32x32 patch fails in training; smp's PSPNet
+# stops its encoder at 1/8 and leaves its 1x1 pyramid level unnormalised: never); these also batch-normalise
+# globally pooled features (ASPP's image pooling, PAN's and UPerNet's 1x1 pyramid level): a batch of 1 fails
+# at any patch.
+POOLED_NORM = {"deeplab", "deeplabv3", "pan", "upernet"}
 SMP = {  # registry name: (smp class, description, aliases, min size)
     "unet": ("Unet", "U-Net (Ronneberger 2015); 2D: smp.Unet; 3D: MONAI residual UNet", (), 32),
     "unetplusplus": ("UnetPlusPlus", "UNet++ (Zhou 2018), nested dense skip pathways, smp", (), 32),
@@ -100,7 +105,8 @@ def _smp(cls_name: str):
 
 
 for _name, (_cls, _description, _aliases, _min) in SMP.items():
-    arch(_name, "2d", _description, _aliases, divisor=32, min_size=_min)(_smp(_cls))
+    arch(_name, "2d", _description, _aliases, divisor=32, min_size=_min,
+         norm_stride=None if _name == "pspnet" else 32, pooled_norm=_name in POOLED_NORM)(_smp(_cls))
 
 
 @arch("fcn", "2d", "Fully convolutional network (Long 2015), torchvision FCN over a dilated ResNet backbone",

@@ -153,7 +153,7 @@ def _segresnet(inputs: ModelInputs) -> nn.Module:
 
 
 @arch("attentionunet", "3d", "Attention U-Net (Oktay 2018), attention-gated skips, MONAI", divisor=8,
-      min_size=8)
+      min_size=8, norm_stride=8)
 def _attentionunet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import AttentionUnet
 
@@ -162,7 +162,7 @@ def _attentionunet(inputs: ModelInputs) -> nn.Module:
                          channels=channels, strides=(2, 2, 2))
 
 
-@arch("vnet", "3d", "V-Net (Milletari 2016), MONAI", divisor=16, min_size=32)
+@arch("vnet", "3d", "V-Net (Milletari 2016), MONAI", divisor=16, min_size=32, channels_of=16)
 def _vnet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import VNet
 

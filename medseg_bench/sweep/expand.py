@@ -10,7 +10,15 @@ from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
 from medseg_bench.losses import LOSSES
-from medseg_bench.models import ARCHS, DEFAULT_ENCODER, check_encoder, check_patch, variant
+from medseg_bench.models import (
+    ARCHS,
+    DEFAULT_ENCODER,
+    check_batch,
+    check_channels,
+    check_encoder,
+    check_patch,
+    variant,
+)
 from medseg_bench.spec import DEFAULT_LR, DIMS, RunSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
@@ -173,6 +181,13 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                             f"--patch-size {given} has {len(request.patch_size)} sides, but the sweep has "
                             f"{dims} runs ({entry.name}), which need {sides}: set --dims to match it")
                     check_patch(entry.name, dims, request.patch_size)
+                if request.batch_size is not None:  # the planned patch is checked when the run starts
+                    check_batch(entry.name, dims, request.patch_size, request.batch_size)
+                try:
+                    check_channels(entry.name, dims, task.num_channels, task.name)
+                except UsageError as exc:  # this task only, as an arch without the dims: a line, not an error
+                    skipped.append(f"{entry.name} on {task.name}: skipped, {exc}")
+                    continue
                 for encoder, loss, aug, fold, seed in itertools.product(
                         encoders, losses, augs, request.folds, request.seeds):
                     spec = RunSpec(
