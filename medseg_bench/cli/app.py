@@ -17,6 +17,14 @@ BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a progr
 
 
 class _Group(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # An empty argument is Path(""), the current folder: `--results-dir "$UNSET"` would write there.
+        problem = _empty_argument(args)
+        if problem:
+            typer.secho(f"error: {problem}", fg="red", err=True)
+            raise typer.Exit(2)
+        return super().parse_args(ctx, args)
+
     # `ctx: Any`: a `click.Context` before typer 0.29, a `typer._click.Context` (its vendored click) since.
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -99,6 +107,17 @@ def main() -> None:
         # nothing to clean up, so the default SIGPIPE action stops them as it stops `cat`: 141 in a shell.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
+
+
+def _empty_argument(args: list[str]) -> str | None:
+    """What is wrong when an argument is empty (`--out ''`, `--out=`, an empty RUN), else None."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            return f"{arg[:-1]} is empty: give a value (an unset shell variable?)"
+        if arg == "":
+            after = f"{args[i - 1]} " if i and args[i - 1].startswith("-") else "an argument "
+            return f"{after}is empty: give a value (an unset shell variable?)"
+    return None
 
 
 def _only_prints(args: list[str]) -> bool:

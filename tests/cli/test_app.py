@@ -83,6 +83,20 @@ def test_report_without_results(tmp_path: Path) -> None:
     assert result.exit_code == 6 and "no finished runs" in result.output
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    (["report", "--results-dir", ""], "--results-dir is empty"),
+    (["sweep", "--task", "Task04_Hippocampus", "--results-dir=", "--dry-run"], "--results-dir is empty"),
+    (["predict", "", "--images", "x", "--out", "y"], "an argument is empty"),
+])
+def test_an_empty_argument_is_refused_not_taken_as_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], named: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {named}: give a value (an unset shell variable?)"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Path) -> None:
     # No command lets a file-system failure escape as a traceback (here: a data folder that cannot exist).
     blocker = tmp_path / "a-file"
