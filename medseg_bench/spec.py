@@ -75,9 +75,8 @@ from medseg_bench.errors import UsageError
 #    iterators draw from it), drew other masks than an uninterrupted run without workers, so one run id gave
 #    different results with --workers (found for pspnet and vnet: losses differed from the second epoch).
 #    Changes runs of the archs with dropout (vnet, deeplab, deeplabv3, pspnet, fcn). U-Net runs, with and
-#    without augmentation, train bit-identically to version 12 (the CPU survey's six U-Net rows); the survey's
-#    SegResNet run moved (0.3259 -> 0.4097) although SegResNet draws nothing from the generator in a forward
-#    and backward pass: cause not found yet.
+#    without augmentation, train bit-identically to version 12 (the CPU survey's six U-Net rows), and so does
+#    SegResNet (its survey row moved with the machine, not the version: docs/results/README.md).
 PIPELINE_VERSION = 13
 OWN_SLICE_SPACING_FROM = 11
 
