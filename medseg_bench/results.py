@@ -284,6 +284,29 @@ def git_revision() -> str:
         return "unknown"
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its family and model numbers (Linux: /proc/cpuinfo; a VM may show only
+    "AMD EPYC", the numbers tell its generation), else what `platform` knows, else `unknown`."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = (fields.get("model name") or fields.get("Processor") or fields.get("cpu model")
+            or platform.processor())
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+    if not name:
+        return "unknown"
+    return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -300,6 +323,10 @@ def environment() -> dict[str, Any]:
         "host": socket.gethostname(),
         "git_revision": git_revision(),
         "cpu_count": os.cpu_count(),
+        # The CPU and the instruction set torch's kernels use: a run's floating-point results can differ
+        # between machines with the same packages (see the README, "Reproducibility").
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
