@@ -35,7 +35,7 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
 
 
-def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path) -> None:
+def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
                     "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: other\n")
@@ -45,6 +45,9 @@ def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path) -> None:
     assert cpu_model(str(tmp_path / "none")) == (platform.processor() or "unknown")
     env = environment()
     assert env["cpu"] == cpu_model() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # caps oneDNN's convolutions: other float results
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert environment()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def _provenance(report: Report) -> str:
     for run_id, run in runs.items():
         versions = ", ".join(f"{k} {v}" for k, v in sorted((run.get("versions") or {}).items()) if v)
         settings = ", ".join(f"{k}={v}" for k, v in sorted((run.get("metric_settings") or {}).items()))
-        cpu = " ".join(str(v) for v in (run.get("cpu"), run.get("cpu_capability")) if v)
+        limits = " ".join(f"{k}={v}" for k, v in sorted((run.get("isa_limits") or {}).items()))
+        cpu = " ".join(str(v) for v in (run.get("cpu"), run.get("cpu_capability"), limits) if v)
         cells = [run_id, run.get("task"), run.get("fold"), run.get("seed"), run.get("device") or "",
                  run.get("gpu") or cpu, run.get("git_revision") or "", versions, settings]
         rows.append([Cell("" if c is None else str(c)) for c in cells])
