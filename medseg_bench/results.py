@@ -284,6 +284,33 @@ def git_revision() -> str:
         return "unknown"
 
 
+# Environment variables that cap the instruction set of torch's CPU kernels (ATen's, oneDNN's, MKL's).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its family and model numbers (Linux: /proc/cpuinfo; a VM may show only
+    "AMD EPYC", the numbers tell its generation), else what `platform` knows, else `unknown`."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = (fields.get("model name") or fields.get("Processor") or fields.get("cpu model")
+            or platform.processor())
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+    if not name:
+        return "unknown"
+    return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
 def environment() -> dict[str, Any]:
     import torch
 
@@ -300,6 +327,12 @@ def environment() -> dict[str, Any]:
         "host": socket.gethostname(),
         "git_revision": git_revision(),
         "cpu_count": os.cpu_count(),
+        # The CPU and the instruction set torch's kernels use (oneDNN's convolutions pick theirs from the same
+        # CPU unless an ISA_LIMITS variable caps it): floating-point results differ between instruction sets
+        # with the same packages (the README, "Training").
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import ResultsError
@@ -22,6 +24,8 @@ from medseg_bench.results import (
     INDEX_NAME,
     append_event,
     checked_state,
+    cpu_model,
+    environment,
     load_results,
     read_events,
     write_index,
@@ -29,6 +33,21 @@ from medseg_bench.results import (
 )
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
+
+
+def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpu_model(str(info)) == "AMD EPYC (cpu family 25, model 17)"  # a VM's bare name; its generation
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name (aarch64): platform's, if any
+    assert cpu_model(str(info)) == (platform.processor() or "unknown")
+    assert cpu_model(str(tmp_path / "none")) == (platform.processor() or "unknown")
+    env = environment()
+    assert env["cpu"] == cpu_model() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # caps oneDNN's convolutions: other float results
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert environment()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:

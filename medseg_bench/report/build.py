@@ -64,6 +64,8 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                 "seed": spec.get("seed"), "epochs": spec.get("epochs"), "versions": env.get("versions", {}),
                 "git_revision": env.get("git_revision"), "python": env.get("python"),
                 "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
+                "cpu": env.get("cpu"), "cpu_capability": env.get("cpu_capability"),
+                "isa_limits": env.get("isa_limits") or {},
                 "metric_settings": settings,
             }
             seen = conventions.setdefault(row["task"], [])

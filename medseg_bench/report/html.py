@@ -53,16 +53,20 @@ def _figure(name: str, png: bytes) -> str:
 
 
 def _provenance(report: Report) -> str:
-    """Every run behind the numbers, folded away: id, fold, seed, device, git revision, versions, settings."""
+    """Every run behind the numbers, folded away: id, fold, seed, device (the GPU, else the CPU and its
+    instruction set, where recorded), git revision, versions, settings."""
     runs = report.provenance.get("runs", {})
     rows = []
     for run_id, run in runs.items():
         versions = ", ".join(f"{k} {v}" for k, v in sorted((run.get("versions") or {}).items()) if v)
         settings = ", ".join(f"{k}={v}" for k, v in sorted((run.get("metric_settings") or {}).items()))
+        limits = " ".join(f"{k}={v}" for k, v in sorted((run.get("isa_limits") or {}).items()))
+        cpu = " ".join(str(v) for v in (run.get("cpu"), run.get("cpu_capability"), limits) if v)
         cells = [run_id, run.get("task"), run.get("fold"), run.get("seed"), run.get("device") or "",
-                 run.get("gpu") or "", run.get("git_revision") or "", versions, settings]
+                 run.get("gpu") or cpu, run.get("git_revision") or "", versions, settings]
         rows.append([Cell("" if c is None else str(c)) for c in cells])
-    headers = ["run", "task", "fold", "seed", "device", "GPU", "git revision", "versions", "metric settings"]
+    headers = ["run", "task", "fold", "seed", "device", "GPU or CPU", "git revision", "versions",
+               "metric settings"]
     table = Table(headers, rows, ["l", "l", "r", "r", "l", "l", "l", "l", "l"])
     return (f"<details><summary>Provenance: {len(runs)} runs (package versions, git revisions, metric "
             f"settings)</summary>{_table(table)}</details>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -64,6 +65,21 @@ def test_html_is_self_contained(report_and_plots: tuple[Report, dict[str, bytes]
     assert page.count("<table>") == 2 + 2 + 2 + 1 + 1
     assert "Effect of aug" in page and "3d-unet-dice_ce-light" in page
     assert "Provenance: 10 runs" in page and page.count("0123abc") == 10
+
+
+def test_provenance_names_each_runs_gpu_or_else_its_cpu(fake_results: Path, tmp_path: Path) -> None:
+    # floating-point results can differ between CPUs (and their instruction sets) with the same packages
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    env_file = sorted(results.glob("*/*/env.json"))[0]
+    env = json.loads(env_file.read_text())
+    env.update(gpu=None, cpu="AMD EPYC (cpu family 25, model 17)", cpu_capability="AVX512",
+               isa_limits={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    env_file.write_text(json.dumps(env))
+    page = render(build_report(results), "html", {})
+    assert page.count("NVIDIA A100") == 9
+    assert page.count("AMD EPYC (cpu family 25, model 17) AVX512 ONEDNN_MAX_CPU_ISA=AVX2") == 1
+    assert build_report(results).provenance["runs"][env_file.parent.name]["cpu_capability"] == "AVX512"
 
 
 def test_figures_go_with_their_own_task() -> None:
