@@ -207,7 +207,7 @@ def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypat
                             ("cuda:0", "--device cuda:0: no CUDA GPU on this machine"),
                             ("foo", "--device foo: not a device; use cpu, cuda or cuda:N"),
                             ("cuda:x", "--device cuda:x: not a device"),
-                            ("", "--device : not a device")):
+                            ("", "--device is empty: give a value")):
         result = predict(device)
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
