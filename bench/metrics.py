@@ -181,14 +181,9 @@ def measure(name: str, data_dir: Path, repeats: int) -> dict[str, object] | None
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from medseg_bench.results import cpu_model
+
+    model = cpu_model()
     system = f"{platform.system()} {platform.release()}"
     return f"{model}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
