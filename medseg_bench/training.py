@@ -38,7 +38,15 @@ from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
 from medseg_bench.inference import NNUNET_INFERENCE_FROM
 from medseg_bench.losses import build_loss
-from medseg_bench.models import ModelInputs, build_model, check_batch, check_channels, check_patch, fit_patch
+from medseg_bench.models import (
+    ModelInputs,
+    build_model,
+    check_batch,
+    check_channels,
+    check_inputs,
+    check_patch,
+    fit_patch,
+)
 from medseg_bench.spec import DEFAULT_LR, RunSpec
 
 log = logging.getLogger("medseg_bench.training")
@@ -281,13 +289,27 @@ def run_tta(spec: RunSpec, requested: bool | None = None) -> bool:
     return tta and (spec.pipeline_version < NNUNET_INFERENCE_FROM or mirrors(spec.aug))
 
 
-def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
+def model_inputs(spec: RunSpec, prepared: PreparedTask) -> ModelInputs:
+    """What run `spec`'s network is built from on `prepared`'s plan (its patch, the plan's spacing)."""
     patch, _ = resolve_patch_and_batch(spec, prepared)
     spacing = model_spacing(network_spacing(prepared), spec.dims)
+    return ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
+                       pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
+
+
+def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
+    """UsageError when run `spec` cannot train on `prepared`'s plan, found without building anything: a patch
+    or batch (given, or the plan's, perhaps edited) its network cannot take, the task's channel count, a
+    patch DynUNet cannot pool twice at the plan's spacing. A sweep asks it of every run before any trains."""
+    patch, batch = resolve_patch_and_batch(spec, prepared)
+    check_batch(spec.arch, spec.dims, patch, batch)
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
-    inputs = ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
-                         pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
-    return build_model(spec.arch, spec.dims, inputs)
+    check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
+
+
+def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
+    check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
+    return build_model(spec.arch, spec.dims, model_inputs(spec, prepared))
 
 
 def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochReporter | None = None,
@@ -299,7 +321,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     _quiet_lightning()
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)
-    check_batch(spec.arch, spec.dims, patch, batch)  # also a plan.json edited to batch 1
+    check_trainable(spec, prepared)  # also a plan.json edited to batch 1, before anything is written
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_for(spec.own_slice_spacing), split["train"], split["val"], spec.dims, patch, batch,

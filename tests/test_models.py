@@ -14,6 +14,7 @@ from medseg_bench.models import (
     build_model,
     check_batch,
     check_channels,
+    check_inputs,
     check_patch,
     fit_patch,
     variant,
@@ -184,6 +185,16 @@ def test_dynunet_trains_its_heads_at_their_own_resolution_as_nnunet() -> None:
 def test_a_dynunet_patch_it_cannot_pool_twice_is_one_line_not_monais_error(patch: tuple[int, ...]) -> None:
     with pytest.raises(UsageError, match=f"dynunet pools patch {'x'.join(map(str, patch))} fewer than twice"):
         build_model("dynunet", "3d", ModelInputs(1, 3, patch, spacing=(1.0, 1.0, 1.0)))
+
+
+def test_whether_dynunet_can_pool_a_patch_depends_on_the_spacing_and_is_checked_without_building() -> None:
+    # 16x8x8: isotropic, every side is halved at once and z (8) is then too short alone; at 3x1x1 mm the
+    # in-plane sides are halved first and z (16) later: two poolings.
+    with pytest.raises(UsageError, match="pools patch 16x8x8 fewer than twice at spacing 1x1x1 mm"):
+        check_inputs("dynunet", "3d", ModelInputs(1, 3, (16, 8, 8), spacing=(1.0, 1.0, 1.0)))
+    check_inputs("dynunet", "3d", ModelInputs(1, 3, (16, 8, 8), spacing=(3.0, 1.0, 1.0)))
+    net = build_model("dynunet", "3d", ModelInputs(1, 3, (16, 8, 8), spacing=(3.0, 1.0, 1.0), tiny=True))
+    assert net.eval()(torch.zeros(1, 1, 16, 8, 8)).shape == (1, 3, 16, 8, 8)
 
 
 def test_alias_and_errors() -> None:

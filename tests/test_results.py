@@ -84,14 +84,15 @@ def test_a_forked_child_does_not_keep_a_killed_parents_lock(tmp_path: Path) -> N
     code = ("import os, sys, time; from pathlib import Path; from medseg_bench.locks import RunLock\n"
             "assert RunLock(Path(sys.argv[1])).acquire()\n"
             "child = os.fork()\n"
-            "if child == 0:\n    print('child ready', flush=True); time.sleep(60); os._exit(0)\n"
-            "print(child, flush=True); time.sleep(60)")
+            "if child == 0:\n    os.write(1, b'child ready\\n'); time.sleep(60); os._exit(0)\n"
+            "os.write(1, f'{child}\\n'.encode()); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     child = 0
     try:
         assert holder.stdout is not None
         # both lines, in either order: the child has run its fork handler (which closes its copy of the lock)
-        # once it prints; killing the parent before that left the lock held a moment longer on a busy machine
+        # once it prints; killing the parent before that left the lock held a moment longer on a busy machine.
+        # One os.write a line: print() could interleave the two ("11493child ready", then the newline).
         lines = [holder.stdout.readline().strip() for _ in range(2)]
         child = int(next(line for line in lines if line.isdigit()))
         assert is_locked(tmp_path)

@@ -558,7 +558,9 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     results = tmp_path / "results"
     damaged, failing = _spec(0), _spec(1)
     (_finished_run(results, damaged) / "metrics.csv").unlink()
-    monkeypatch.setattr(local, "_prepare", lambda *args: SimpleNamespace())
+    monkeypatch.setattr(local, "_prepare", lambda data_dir, reporter, prepared, spec: prepared.setdefault(
+        local._key(spec), SimpleNamespace()))
+    monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args: Outcome("failed", error="boom"))
     with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
         local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())

@@ -76,3 +76,28 @@ def test_a_finished_run_with_a_damaged_file_is_named_never_trained_again(
     if name == "status.json":
         status = runner.invoke(app, ["status", "--results-dir", str(results)])
         assert f"damaged  Task04_Hippocampus/{folder.name}" in status.output
+
+
+def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(shared_task: Path, home: Path,
+                                                                             tmp_path: Path) -> None:
+    """What `expand` cannot know before the plan exists (DynUNet's poolings depend on its spacing; a
+    plan.json edited to batch 1) is checked for every run once the plan is made, before the first trains."""
+    fetch_subset(shared_task, tmp_path)
+    results = tmp_path / "results"
+    common = ["sweep", "--task", "Task04_Hippocampus", "--loss", "dice_ce", "--aug", "none", "--epochs", "1",
+              "--iters-per-epoch", "1", "--results-dir", str(results)]
+    result = runner.invoke(app, [*common, "--arch", "dynunet", "--dims", "3d", "--patch-size", "12,12,12",
+                                 "--seed", "0,1"])
+    assert result.exit_code == 2, result.output
+    assert "error: run 3d-dynunet-dice_ce-none-f0-s0-" in result.output
+    assert ("cannot train: dynunet pools patch 12x12x12 fewer than twice at spacing 1x1x1 mm" in result.output
+            and "(1 more run cannot train either); nothing was trained" in result.output)
+    assert not (results / "Task04_Hippocampus").exists()
+    plan_path = home / "data" / "preprocessed" / "Task04_Hippocampus" / "plan.json"
+    plan = json.loads(plan_path.read_text())  # the plan was made: what it says decided
+    plan["batch_2d"] = 1
+    plan_path.write_text(json.dumps(plan))
+    result = runner.invoke(app, [*common, "--arch", "unet,deeplab", "--encoder", "resnet18"])
+    assert result.exit_code == 2, result.output
+    assert "cannot train: arch 'deeplab' (2d) batch-normalises globally pooled features" in result.output
+    assert not (results / "Task04_Hippocampus").exists()  # the 2D U-Net (first in order) did not train

@@ -176,13 +176,15 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     for spec in runs:
         key = (spec.task, spec.num_folds)
         keys[key] = keys.get(key, False) or spec.own_slice_spacing
+    prepared: dict[tuple[str, int], Any] = {}
     for key, own_slices in keys.items():
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
-        prepare_locked(key[0], data_dir, key[1], progress=True, own_slices=own_slices)
+        prepared[key] = prepare_locked(key[0], data_dir, key[1], progress=True, own_slices=own_slices)
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)
-    submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo)
+    submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,
+                                prepared_for=lambda spec: prepared[spec.task, spec.num_folds])
     if submitted:
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
                    f"`medseg-bench status --results-dir {results_dir}`")

@@ -43,6 +43,7 @@ class ModelInputs:
 
 
 Builder = Callable[[ModelInputs], "nn.Module"]
+Check = Callable[[ModelInputs], None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Variant:
     norm_stride: int | None = None
     pooled_norm: bool = False
     channels_of: int | None = None
+    # Raises UsageError for inputs the builder cannot take, without building (DynUNet's poolings depend on
+    # patch and spacing): a sweep calls it for every run before any trains.
+    check: Check | None = None
 
 
 @dataclass
@@ -82,14 +86,15 @@ ARCHS: Registry[Architecture] = Registry("arch")
 
 def arch(name: str, dims: str, description: str, aliases: tuple[str, ...] = (), divisor: int = 1,
          min_size: int = 1, encoders: tuple[str, ...] | None = None, norm_stride: int | None = None,
-         pooled_norm: bool = False, channels_of: int | None = None) -> Callable[[Builder], Builder]:
+         pooled_norm: bool = False, channels_of: int | None = None,
+         check: Check | None = None) -> Callable[[Builder], Builder]:
     """Register `builder` as architecture `name` in `dims` (one entry per name across dims)."""
 
     def deco(builder: Builder) -> Builder:
         if name not in ARCHS:
             ARCHS.add(name, Architecture(name, description), aliases)
         ARCHS.get(name).variants[dims] = Variant(builder, divisor, min_size, encoders, norm_stride,
-                                                 pooled_norm, channels_of)
+                                                 pooled_norm, channels_of, check)
         return builder
 
     return deco
@@ -157,11 +162,18 @@ def check_channels(name: str, dims: str, in_channels: int, task: str) -> None:
                          f"but {task} has {in_channels}")
 
 
-def build_model(name: str, dims: str, inputs: ModelInputs) -> nn.Module:
+def check_inputs(name: str, dims: str, inputs: ModelInputs) -> None:
+    """UsageError when the architecture cannot be built for `inputs` (its encoder, its own `check`)."""
     v = variant(name, dims)
     if v.encoders is not None:
         check_encoder(name, dims, inputs.encoder)
-    return v.build(inputs)
+    if v.check is not None:
+        v.check(inputs)
+
+
+def build_model(name: str, dims: str, inputs: ModelInputs) -> nn.Module:
+    check_inputs(name, dims, inputs)
+    return variant(name, dims).build(inputs)
 
 
 def supports(name: str, dims: str) -> bool:

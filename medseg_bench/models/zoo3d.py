@@ -80,22 +80,33 @@ def dynunet_topology_v6(patch_size: Sequence[int], spacing: Sequence[float] | No
     return kernels, strides
 
 
+def _dynunet_kernels_and_strides(inputs: ModelInputs) -> tuple[list[list[int]], list[list[int]]]:
+    version = inputs.pipeline_version
+    topology = dynunet_topology if version is None or version >= 7 else dynunet_topology_v6
+    return topology(inputs.patch_size, inputs.spacing)
+
+
+def _check_dynunet(inputs: ModelInputs) -> None:
+    """MONAI's DynUNet needs two poolings; its own error names kernel and stride lists."""
+    _, strides = _dynunet_kernels_and_strides(inputs)
+    if len(strides) < 3:
+        from medseg_bench.errors import UsageError
+
+        spacing = "x".join(f"{s:g}" for s in inputs.spacing) if inputs.spacing else "1x1x1"
+        raise UsageError(f"dynunet pools patch {'x'.join(map(str, inputs.patch_size))} fewer than twice "
+                         f"at spacing {spacing} mm (strides {strides[1:]}): a side is halved only while "
+                         f"even and at least {2 * MIN_FEATURE_MAP}, and an odd side holds finer-spaced ones "
+                         "back; use even sides, e.g. multiples of 8, each at least 16")
+
+
 @arch("dynunet", "3d", "nnU-Net's U-Net (Isensee 2021), MONAI DynUNet configured from patch size and "
-      "spacing, with deep supervision in training", divisor=1, min_size=8)
+      "spacing, with deep supervision in training", divisor=1, min_size=8, check=_check_dynunet)
 def _dynunet(inputs: ModelInputs) -> nn.Module:
     from monai.networks.nets import DynUNet
 
     version = inputs.pipeline_version
     current = version is None or version >= 7
-    topology = dynunet_topology if current else dynunet_topology_v6
-    kernels, strides = topology(inputs.patch_size, inputs.spacing)
-    if len(strides) < 3:  # MONAI's DynUNet needs two poolings; its own error names kernel and stride lists
-        from medseg_bench.errors import UsageError
-
-        raise UsageError(f"dynunet pools patch {'x'.join(map(str, inputs.patch_size))} fewer than twice "
-                         f"(strides {strides[1:]}): a side is halved only while even and at least "
-                         f"{2 * MIN_FEATURE_MAP}, and an odd side holds finer-spaced ones back; use even "
-                         "sides, e.g. multiples of 8, each at least 16")
+    kernels, strides = _dynunet_kernels_and_strides(inputs)
     base = 8 if inputs.tiny else BASE_FILTERS
     filters = [min(base * 2**i, MAX_FILTERS) for i in range(len(strides))]
     # nnU-Net has a head at every decoder resolution and gives the lowest weight 0: the useful heads are full

@@ -12,11 +12,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import RunError
+from medseg_bench.errors import RunError, UsageError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
@@ -71,8 +72,12 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
+def _key(spec: RunSpec) -> tuple[str, int, bool]:
+    return spec.task, spec.num_folds, spec.own_slice_spacing
+
+
 def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:
-    key = (spec.task, spec.num_folds, spec.own_slice_spacing)
+    key = _key(spec)
     if key not in prepared:
         what = "cache of 2D runs at each case's slice spacing" if spec.own_slice_spacing else "cache"
         reporter.say(f"preparing {spec.task} (plan, {what}, {spec.num_folds}-fold splits)")
@@ -93,12 +98,15 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                                      "damage": []}
     reporter.start(len(runs))
     try:
+        todo = _finished(runs, results_dir, data_dir, reporter, outcome)
+        prepared: dict[Any, Any] = {}
+        for spec in todo:  # plan and cache once, here, before any run (or worker) reads them
+            _prepare(data_dir, reporter, prepared, spec)
+        check_runs(todo, lambda spec: prepared[_key(spec)])
         if jobs <= 1:
-            _sequential(_finished(runs, results_dir, data_dir, reporter, outcome), results_dir,
-                        data_dir, reporter, fail_fast, num_workers, outcome)
+            _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome)
         else:
-            _parallel(_finished(runs, results_dir, data_dir, reporter, outcome), results_dir,
-                      data_dir, reporter, fail_fast, num_workers, jobs, outcome)
+            _parallel(todo, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
     finally:
         reporter.close()
         if outcome["done"] or not (results_dir / INDEX_NAME).is_file():
@@ -168,11 +176,31 @@ def _current_plan(path: Path, mtime_ns: int) -> Any:
         return None
 
 
-def _sequential(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
-                fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
-    prepared: dict[Any, Any] = {}
+def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> None:
+    """UsageError, before any run trains, when some run cannot train on its task's plan (`check_trainable`:
+    what `expand` cannot know before the plan exists, such as a patch DynUNet cannot pool at the plan's
+    spacing, or a plan.json edited to a batch BatchNorm cannot train on). Names the first such run and
+    counts the others."""
+    from medseg_bench.training import check_trainable
+
+    problems: list[tuple[str, str]] = []
     for spec in runs:
-        task = _prepare(data_dir, reporter, prepared, spec)
+        try:
+            check_trainable(spec, prepared_for(spec))
+        except UsageError as exc:
+            problems.append((spec.run_id, str(exc)))
+    if problems:
+        run_id, message = problems[0]
+        others = len(problems) - 1
+        more = f" ({others} more run{'s' * (others > 1)} cannot train either)" if others else ""
+        raise UsageError(f"run {run_id} cannot train: {message}{more}; nothing was trained (leave such "
+                         "runs out with --exclude)")
+
+
+def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
+                fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
+    for spec in runs:
+        task = prepared[_key(spec)]
         reporter.run_start(spec.run_id)
         workers = default_num_workers(spec) if num_workers is None else num_workers
         result = run_one(spec, task, results_dir, reporter, workers)
@@ -204,10 +232,7 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
               fail_fast: bool, num_workers: int | None, jobs: int, outcome: dict[str, list[str]]) -> None:
     jobs, devices = _slots(jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    prepared: dict[Any, Any] = {}
     todo = list(runs)
-    for spec in todo:  # plan and cache once, here, before the workers read them
-        _prepare(data_dir, reporter, prepared, spec)
     active: dict[int, _Job] = {}
     stop = False
     try:

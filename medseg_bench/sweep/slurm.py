@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,10 @@ def queued_job(folder: Path) -> str | None:
 
 
 def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
-           say: Any = print) -> tuple[list[tuple[RunSpec, str]], list[str]]:
+           say: Any = print, prepared_for: Callable[[RunSpec], Any] | None = None
+           ) -> tuple[list[tuple[RunSpec, str]], list[str]]:
     """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
+    With `prepared_for` (a run's prepared task), each is first checked against its plan (`check_runs`).
 
     Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
     are never submitted: training them again would overwrite what they wrote)."""
@@ -158,6 +161,10 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     if not todo:
         say("nothing to submit")
         return [], damaged
+    if prepared_for is not None:
+        from medseg_bench.sweep.local import check_runs
+
+        check_runs(todo, prepared_for)
     try:
         executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
     except RuntimeError as exc:  # no srun/sbatch where submitit looks for them

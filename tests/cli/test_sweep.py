@@ -115,21 +115,29 @@ def test_status_shows_a_running_runs_heartbeat_even_a_hand_edited_one(tmp_path: 
         assert f"running  T/e  epoch 2/5 loss {shown}" in result.output.splitlines()
 
 
+def _unconfigured_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """srun and sbatch on PATH that fail as on a machine without a SLURM configuration; sbatch leaves a
+    file `sbatch-called` beside them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text(
+        f"#!/bin/sh\ntouch '{bin_dir}/sbatch-called'\n"
+        "echo 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    for name in ("srun", "sbatch"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir / "sbatch-called"
+
+
 def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path, home: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # sbatch present but not configured: its fatal line is the one quoted, and the job files are removed.
     from tests.conftest import TINY_SWEEP, fetch_subset
 
     fetch_subset(shared_task, tmp_path)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "sbatch").write_text(
-        "#!/bin/sh\necho 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
-        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
-    for name in ("srun", "sbatch"):
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _unconfigured_sbatch(tmp_path, monkeypatch)
     results = tmp_path / "results"
     result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm",
                                  "--partition", "debug"])
@@ -137,6 +145,21 @@ def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path
     assert result.output.strip().splitlines()[-1] == (
         "error: sbatch failed: sbatch: fatal: Could not establish a configuration source")
     assert [p for p in (results / ".slurm").rglob("*") if p.is_file()] == []
+
+
+def test_slurm_submits_nothing_when_a_run_cannot_train_on_the_plan(shared_task: Path, home: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import fetch_subset
+
+    fetch_subset(shared_task, tmp_path)
+    called = _unconfigured_sbatch(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--arch", "dynunet", "--dims", "3d",
+                                 "--loss", "dice_ce", "--aug", "none", "--patch-size", "12,12,12",
+                                 "--results-dir", str(tmp_path / "results"), "--launcher", "slurm"])
+    assert result.exit_code == 2, result.output
+    assert "cannot train: dynunet pools patch 12x12x12 fewer than twice" in result.output.splitlines()[-1]
+    assert not called.exists() and not (tmp_path / "results" / ".slurm").exists()
 
 
 def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Path,
@@ -175,7 +198,8 @@ def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
                        own_slices: bool = False) -> None:
         asked.append((task, own_slices))
 
-    def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object) -> tuple:
+    def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object,
+               prepared_for: object) -> tuple:
         submitted.extend(spec.run_id for spec in runs)
         return [], []
 
