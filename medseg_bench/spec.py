@@ -137,6 +137,16 @@ class TaskSpec:
             if key not in data:
                 raise UsageError(f"{source_file}: missing required key '{key}'")
         values = {key: _TASK_KEY_CHECKS[key](key, value, source_file) for key, value in data.items()}
+        if 0 not in values["labels"]:
+            raise UsageError(f"{source_file}: 'labels' must name 0, the background, as MSD's dataset.json "
+                             "does (0: background)")
+        channels = len(values["modalities"])
+        if channels > 1:  # MSD stores a case's modalities along a fourth axis
+            if values.setdefault("tensor_image_size", "4D") != "4D":
+                raise UsageError(f"{source_file}: 'tensor_image_size' 3D cannot hold {channels} modalities "
+                                 "(an MSD image stores them along a fourth axis): use 4D")
+        if values.get("local_path"):  # relative to the task file, not to where a command is run
+            values["local_path"] = str(source_file.parent / Path(values["local_path"]).expanduser())
         undeclared = sorted({n for members in values.get("regions", {}).values() for n in members}
                             - set(values["labels"]))
         if undeclared:
@@ -249,6 +259,8 @@ def _labels(key: str, value: object, source_file: Path) -> dict[int, str]:
             raise _bad(source_file, key, "keyed by label values 0..255", number)
         if not isinstance(label_name, str) or not label_name.strip():
             raise _bad(source_file, f"{key}: {number}", "a non-empty name", label_name)
+        if as_int in labels:
+            raise UsageError(f"{source_file}: '{key}' names label value {as_int} twice")
         labels[as_int] = label_name
     return labels
 

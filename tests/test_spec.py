@@ -84,6 +84,9 @@ labels: {0: background, 1: outer, 2: core}
     ("reference_dice: {outer: 90}", "'reference_dice: outer' must be a Dice score in 0..1, not 90"),
     ("group_pattern: '('", "'group_pattern' '(' is not a valid regular expression"),
     ("description: [a]", "'description' must be a string, not ['a']"),
+    ("labels: {1: outer, 2: core}", "'labels' must name 0, the background"),  # every case would fail
+    ('labels: {0: background, "1": outer, 1: core}', "'labels' names label value 1 twice"),
+    ("modalities: [T2, ADC]\ntensor_image_size: 3D", "'tensor_image_size' 3D cannot hold 2 modalities"),
 ])
 def test_bad_task_files_exit_2_with_one_line(home: Path, change: str, message: str) -> None:
     key, value = change.split(":", 1)
@@ -97,6 +100,20 @@ def test_bad_task_files_exit_2_with_one_line(home: Path, change: str, message: s
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {path}: {message}"), result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_task_files_defaults_and_relative_local_path(home: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.data.catalog import get_task
+
+    path = home / "tasks" / "Task99_Bad.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(GOOD_TASK.replace("modalities: [MRI]", "modalities: [T2, ADC]") + "local_path: data/x\n")
+    monkeypatch.chdir(tmp_path)  # not where the task file is
+    task = get_task("Task99_Bad")
+    assert task.tensor_image_size == "4D"  # two modalities: a fourth axis, as MSD stores them
+    assert task.local_path == str(path.parent / "data" / "x")
+    assert get_task("Task04_Hippocampus").tensor_image_size == "3D"
 
 
 def test_good_task_file_and_every_packaged_task_load(home: Path) -> None:
