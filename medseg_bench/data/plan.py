@@ -572,6 +572,7 @@ def load_or_make_plan(
     if plan_path.is_file() and budget is None:
         return read_plan(plan_path)
     fp = load_or_make_fingerprint(task, cases, folder, workers, progress, pool)
+    _check_foreground(task, fp, cases)
     plan = make_plan(task, fp, budget or default_budget())
     if plan_path.is_file():  # keep the user's preprocessing choices, re-size patches and batches only
         old = read_plan(plan_path)
@@ -581,6 +582,17 @@ def load_or_make_plan(
         )
     write_json_atomic(plan_path, plan.to_dict())
     return plan
+
+
+def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
+    """DataError when no training case holds a foreground label: nothing to learn, and a CT channel's
+    statistics (clip, mean, std) would be made up (clip to [0, 0])."""
+    classes = fp.get("class_frequencies", {})
+    if cases and not any(classes.get(str(v), {}).get("cases_present", 0) for v in task.foreground_labels):
+        names = ", ".join(f"{v} {task.labels[v]}" for v in task.foreground_labels)
+        raise DataError(f"{cases[0].label.parent}: none of the {len(cases)} training cases holds a foreground "
+                        f"label ({names}): nothing to learn" + (", and no foreground to take CT intensity "
+                        "statistics from" if any(map(task.is_ct_channel, range(task.num_channels))) else ""))
 
 
 def _written_by_this_version(path: Path) -> bool:
