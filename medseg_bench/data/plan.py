@@ -227,11 +227,14 @@ def _check_spacing(key: str, value: object) -> tuple[float, ...]:
     return tuple(v for v in numbers if v is not None)
 
 
+MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
+
+
 def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
     def check(key: str, value: object) -> tuple[int, ...]:
         numbers = [_whole(v) for v in _sequence(key, value, length)]
-        if any(v is None or v < 1 for v in numbers):
-            raise ValueError(f"{key} must be positive whole numbers, not {shown(value)}")
+        if any(v is None or not 1 <= v <= MAX_SIZE for v in numbers):
+            raise ValueError(f"{key} must be positive whole numbers up to {MAX_SIZE}, not {shown(value)}")
         return tuple(v for v in numbers if v is not None)
 
     return check
@@ -241,8 +244,8 @@ def _check_batch(key: str, value: object) -> int:
     number = _whole(value)
     if number is None:
         raise ValueError(f"{key} must be a whole number, not {shown(value)}")
-    if number < 1:
-        raise ValueError(f"{key} must be at least 1, not {number}")
+    if not 1 <= number <= MAX_SIZE:
+        raise ValueError(f"{key} must be at least 1 and at most {MAX_SIZE}, not {shown(value)}")
     return number
 
 
@@ -570,17 +573,29 @@ def load_or_make_plan(
     if plan_path.is_file() and not _written_by_this_version(plan_path):
         plan_path.unlink()  # a plan of the earliest development versions (no target spacing): derived again
     if plan_path.is_file() and budget is None:
-        return read_plan(plan_path)
+        return _for_task(read_plan(plan_path), task, plan_path)
     fp = load_or_make_fingerprint(task, cases, folder, workers, progress, pool)
     _check_foreground(task, fp, cases)
     plan = make_plan(task, fp, budget or default_budget())
     if plan_path.is_file():  # keep the user's preprocessing choices, re-size patches and batches only
-        old = read_plan(plan_path)
+        old = _for_task(read_plan(plan_path), task, plan_path)
         plan = Plan.from_dict(
             old.to_dict()
             | {k: getattr(plan, k) for k in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")}
         )
     write_json_atomic(plan_path, plan.to_dict())
+    return plan
+
+
+def _for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
+    """`plan`, or DataError when it cannot be `task`'s (an edited or copied plan.json)."""
+    if plan.task != task.name:
+        raise DataError(f"{path}: a plan of task {plan.task!r}, not of {task.name}: restore its \"task\", or "
+                        "delete the file to plan the task again")
+    channels = plan.channel_normalization
+    if channels is not None and len(channels) != task.num_channels:
+        raise DataError(f"{path}: channel_normalization has {len(channels)} entries, but {task.name} has "
+                        f"{task.num_channels} channel(s) ({', '.join(task.modalities)}): one entry per channel")
     return plan
 
 

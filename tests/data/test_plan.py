@@ -168,7 +168,10 @@ def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
         ({"target_spacing": [1, 1, "2"]}, "target_spacing must be positive finite numbers"),
         ({"batch_3d": 2.7}, "batch_3d must be a whole number, not 2.7"),
         ({"batch_2d": True}, "batch_2d must be a whole number, not true"),
-        ({"patch_2d": [16.5, 16]}, r"patch_2d must be positive whole numbers, not \[16.5, 16\]"),
+        ({"patch_2d": [16.5, 16]}, r"patch_2d must be positive whole numbers up to 2147483647, not "
+                                   r"\[16.5, 16\]"),
+        ({"batch_3d": 1e300}, "batch_3d must be at least 1 and at most 2147483647, not 1e"),  # whole, too
+        ({"patch_3d": [16, 16, 2**31]}, "patch_3d must be positive whole numbers up to 2147483647"),
         ({"crop_to_nonzero": "yes"}, "crop_to_nonzero must be true or false"),
         ({"channel_normalization": [{"scheme": "ct", "clip": [10, -10], "mean": 0, "std": 1}]},
          r"channel_normalization\[0\].clip must be two finite numbers, low then high"),
@@ -188,6 +191,24 @@ def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, messa
     with pytest.raises(DataError, match=message) as info:
         read_plan(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"task": "Task09_Spleen"}, "a plan of task 'Task09_Spleen', not of Task90_Synth: restore its"),
+    ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}] * 2},
+     r"channel_normalization has 2 entries, but Task90_Synth has 1 channel\(s\) \(MR0\): one entry per"),
+])
+def test_a_plan_json_that_cannot_be_the_tasks_is_named_not_replaced(home: Path, tmp_path: Path, edit: dict,
+                                                                    message: str) -> None:
+    data = _fetched(home, tmp_path)
+    prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    edited = json.loads(path.read_text()) | edit
+    path.write_text(json.dumps(edited))
+    with pytest.raises(DataError, match=message) as info:
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    assert str(info.value).startswith(f"{path}: ")
+    assert json.loads(path.read_text()) == edited
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"plan"', "null"])
