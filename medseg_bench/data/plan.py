@@ -595,7 +595,8 @@ def _for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
     channels = plan.channel_normalization
     if channels is not None and len(channels) != task.num_channels:
         raise DataError(f"{path}: channel_normalization has {len(channels)} entries, but {task.name} has "
-                        f"{task.num_channels} channel(s) ({', '.join(task.modalities)}): one entry per channel")
+                        f"{task.num_channels} channel(s) ({', '.join(task.modalities)}): one entry per "
+                        "channel")
     return plan
 
 
@@ -605,8 +606,8 @@ def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
     classes = fp.get("class_frequencies", {})
     if cases and not any(classes.get(str(v), {}).get("cases_present", 0) for v in task.foreground_labels):
         names = ", ".join(f"{v} {task.labels[v]}" for v in task.foreground_labels)
-        raise DataError(f"{cases[0].label.parent}: none of the {len(cases)} training cases holds a foreground "
-                        f"label ({names}): nothing to learn" + (", and no foreground to take CT intensity "
+        raise DataError(f"{cases[0].label.parent}: none of the {len(cases)} training cases holds a "
+                        f"foreground label ({names}): nothing to learn" + (", and no foreground to take CT intensity "
                         "statistics from" if any(map(task.is_ct_channel, range(task.num_channels))) else ""))
 
 
