@@ -606,9 +606,10 @@ def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
     classes = fp.get("class_frequencies", {})
     if cases and not any(classes.get(str(v), {}).get("cases_present", 0) for v in task.foreground_labels):
         names = ", ".join(f"{v} {task.labels[v]}" for v in task.foreground_labels)
+        ct = any(map(task.is_ct_channel, range(task.num_channels)))
         raise DataError(f"{cases[0].label.parent}: none of the {len(cases)} training cases holds a "
-                        f"foreground label ({names}): nothing to learn" + (", and no foreground to take CT intensity "
-                        "statistics from" if any(map(task.is_ct_channel, range(task.num_channels))) else ""))
+                        f"foreground label ({names}): nothing to learn"
+                        + (", and no foreground to take CT intensity statistics from" if ct else ""))
 
 
 def _written_by_this_version(path: Path) -> bool:
