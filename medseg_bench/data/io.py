@@ -6,6 +6,7 @@ the image-order values (as ITK reports them) and offers `spacing_zyx` for array-
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
@@ -70,10 +71,15 @@ def _fmt(values: tuple[float, ...] | tuple[int, ...]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def _sitk():  # imported lazily so that `--help` stays fast
+@functools.cache
+def sitk_module():  # imported lazily so that `--help` stays fast
+    """SimpleITK, its warnings off: ITK prints them to stderr over several lines, naming the file as opened
+    (`fetch`'s temporary copy, say); what matters of a file we check and say in one line ourselves."""
     import SimpleITK as sitk
 
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     return sitk
+
 
 
 def _check_readable(path: Path) -> None:
@@ -85,7 +91,7 @@ def _check_readable(path: Path) -> None:
 
 def read_geometry(path: Path) -> tuple[Geometry, int]:
     """Read only the header: geometry (spatial axes) and the number of channels."""
-    sitk = _sitk()
+    sitk = sitk_module()
     _check_readable(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -123,7 +129,7 @@ def read_image(
     `.nii.gz` is decompressed twice) and the values read, for files a user hands in (predict, evaluate);
     files of a fetched task were checked when it was validated.
     """
-    sitk = _sitk()
+    sitk = sitk_module()
     _check_readable(path)
     if check_complete and count_nonfinite(path):
         raise DataError(f"{path}: image holds NaN or inf voxels")
@@ -187,7 +193,7 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     import shutil
     import tempfile
 
-    sitk = _sitk()
+    sitk = sitk_module()
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(np.uint8)))
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)

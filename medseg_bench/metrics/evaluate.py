@@ -300,9 +300,9 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
 
 def _read_2d_label(path: Path, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
     """A 2D single-channel label map as a (Y, X) uint8 array, checked as read_label checks 3D ones."""
-    import SimpleITK as sitk
+    from medseg_bench.data.io import label_values, sitk_module
 
-    from medseg_bench.data.io import label_values
+    sitk = sitk_module()
 
     try:
         values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32, copy=False)

@@ -187,3 +187,19 @@ def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: P
     write_json_atomic(tmp_path / "plan.json", {"a": 1})
     assert not left.exists() and all(temp.exists() for temp in others)
     assert not private_temp(tmp_path / "plan.json").exists()
+
+
+def test_itk_warnings_do_not_reach_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # ITK printed "WARNING: In .../itkNiftiImageIO.cxx, line 2008 / NiftiImageIO (0x...): <file> has
+    # unexpected scales in sform" over three lines for each read, naming fetch's temporary copy.
+    from medseg_bench.data.io import read_geometry, sitk_module
+
+    sitk = sitk_module()
+    path = tmp_path / "sform.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(path))
+    data = bytearray(path.read_bytes())
+    data[80:84] = struct.pack("<f", 1e-6)  # pixdim[1] no longer matches the sform's scale
+    path.write_bytes(bytes(data))
+    geometry, _ = read_geometry(path)
+    assert geometry.spacing[0] == pytest.approx(1e-6)
+    assert capfd.readouterr().err == ""
