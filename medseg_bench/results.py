@@ -42,7 +42,7 @@ from medseg_bench.checks import are_whole, is_number, is_whole, shown
 from medseg_bench.data.io import load_json_object, private_temp, write_json_atomic
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
-from medseg_bench.spec import RunSpec
+from medseg_bench.spec import RunSpec, run_id_problem
 
 STATES = ("pending", "running", "done", "failed")
 # What a sweep shows for a run: STATES, plus `partial` (interrupted, has a checkpoint: it resumes) and
@@ -123,10 +123,21 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
         data, why = load_json_object(folder / name)
         if data is None:
             return folder / name, f"{why}, but the run finished"
-        problem = summary_problem(data) if name == "summary.json" else None
+        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder.name)
         if problem:
             return folder / name, problem
     return None
+
+
+def spec_problem(spec: dict[str, Any], folder_name: str) -> str | None:
+    """Why a finished run's spec.json cannot be read as its spec, or None: a key the report needs missing, a
+    value of the wrong type (it would crash the report and the index, or be pooled as another), or settings
+    edited after the run (its run id no longer theirs)."""
+    missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    return RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"}) or run_id_problem(spec,
+                                                                                             folder_name)
 
 
 def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -374,13 +385,7 @@ def read_finished_run(folder: Path):
     damage = _damaged_file(folder)
     if damage:
         raise _corrupt(*damage)
-    spec = _read_json_object(folder / "spec.json")
-    missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
-    if missing:
-        raise _corrupt(folder / "spec.json", f"lacks {', '.join(missing)}")
-    problem = RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"})
-    if problem:  # a value of the wrong type would crash the report and the index, or be pooled as another
-        raise _corrupt(folder / "spec.json", problem)
+    spec = _read_json_object(folder / "spec.json")  # checked by _damaged_file (`spec_problem`)
     summary = _read_json_object(folder / "summary.json")
     path = folder / "metrics.csv"
     try:

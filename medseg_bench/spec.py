@@ -330,6 +330,27 @@ _TASK_KEY_CHECKS: dict[str, _Check] = {
 assert set(_TASK_KEY_CHECKS) == {f.name for f in fields(TaskSpec)} - {"source_file"}
 
 
+def spec_hash_of(data: dict[str, Any]) -> str:
+    """The hash ending a run id, of a spec as `RunSpec.to_dict` gives it, or as a run's spec.json holds it
+    (its run_id left out): spec.json is written from `to_dict`, so this gives an older version's run its
+    own id, fields added since and all."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def run_id_problem(data: dict[str, Any], folder_name: str) -> str | None:
+    """Why a run's spec.json (`data`) does not match its run id (its own `run_id`, its folder's name): a
+    setting edited after the run, which would be pooled as a run it never was; None when it matches."""
+    stored = data.get("run_id")
+    actual = spec_hash_of({k: v for k, v in data.items() if k != "run_id"})
+    if stored != folder_name:
+        return f"its run_id {json.dumps(stored)} is not its folder's name"
+    if not isinstance(stored, str) or not stored.endswith(f"-{actual}"):
+        return (f"edited after the run: its settings hash to {actual}, its run id ends in "
+                f"{str(stored).rsplit('-', 1)[-1]}")
+    return None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that defines one training + evaluation run."""
@@ -421,8 +442,7 @@ class RunSpec:
 
     @property
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        return spec_hash_of(self.to_dict())
 
     @property
     def run_id(self) -> str:

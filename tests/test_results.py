@@ -409,3 +409,34 @@ def test_a_finished_runs_json_cut_short_is_damage(tmp_path: Path, name: str) -> 
     (folder / name).write_text((folder / name).read_text()[:20])
     assert (finished_damage(folder) or "").startswith(f"{folder / name}: not valid JSON")
     assert run_state(folder) == "damaged"
+
+
+def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_is_not(tmp_path: Path) -> None:
+    # spec.json edited (epochs 10 -> 5, still a valid spec): sweep skipped it as done for --epochs 10, while
+    # the report pooled and labelled it as a 5-epoch run.
+    from medseg_bench.spec import spec_hash_of
+
+    for seed in range(2):
+        _fake_run(tmp_path, seed)
+    edited, renamed = sorted((tmp_path / "T").iterdir())
+    spec = json.loads((edited / "spec.json").read_text())
+    write_json_atomic(edited / "spec.json", spec | {"epochs": 5})
+    expected = spec_hash_of({k: v for k, v in (spec | {"epochs": 5}).items() if k != "run_id"})
+    state, damage = checked_state(edited)
+    assert state == "damaged" and damage == (f"{edited / 'spec.json'}: edited after the run: its settings hash "
+                                             f"to {expected}, its run id ends in {edited.name[-10:]}")
+    write_json_atomic(edited / "spec.json", spec)
+    assert checked_state(edited)[0] == "done"
+    moved = renamed.parent / "3d-unet-dice_ce-none-f0-s1-0000000000"
+    renamed.rename(moved)
+    assert checked_state(moved)[1] == (f"{moved / 'spec.json'}: its run_id \"{renamed.name}\" is not its "
+                                       "folder's name")
+    moved.rename(renamed)
+    # A run of an older version: its spec.json lacks the keys added since, and its id hashes what it holds.
+    old = {k: v for k, v in spec.items() if k not in ("run_id", "postprocess", "tta", "class_weights")}
+    old["pipeline_version"] = 3
+    old_id = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(old)}"
+    edited.rename(edited.parent / old_id)
+    write_json_atomic(edited.parent / old_id / "spec.json", {"run_id": old_id, **old})
+    assert checked_state(edited.parent / old_id)[0] == "done"
+    assert load_results(tmp_path)["run_id"].nunique() == 2

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
+from medseg_bench.spec import spec_hash_of
 from tests.report.fake_results import write_fake_results
 
 runner = CliRunner()
@@ -228,8 +229,12 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path:
 
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
-    longer = sorted((copy / "Task91_Beta").glob("3d-*"))[0] / "spec.json"  # one of its two runs: longer
-    longer.write_text(json.dumps({**json.loads(longer.read_text()), "epochs": 8}))
+    longer = sorted((copy / "Task91_Beta").glob("3d-*"))[0]  # one of its two runs: trained longer
+    spec = {k: v for k, v in json.loads((longer / "spec.json").read_text()).items() if k != "run_id"}
+    spec["epochs"] = 8
+    run_id = f"{longer.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"  # a run of its own: its own id
+    (longer / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
+    longer.rename(longer.parent / run_id)
     result = invoke("--results-dir", str(copy), "--task", "Task91_Beta", "--format", "csv")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.output))

@@ -14,6 +14,7 @@ from medseg_bench.cli.app import app
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.models import ARCHS
 from medseg_bench.results import write_status
+from medseg_bench.spec import spec_hash_of
 from medseg_bench.sweep.spec_file import load_sweep_file
 
 runner = CliRunner()
@@ -76,11 +77,12 @@ def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
 def test_status_shows_every_state(tmp_path: Path) -> None:
     results = tmp_path / "r"
     assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 6
-    for name, state in [("a", "done"), ("b", "failed"), ("c", "running"), ("d", None)]:
+    spec = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
+    done = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(spec)}"  # a finished run's spec.json matches its id
+    for name, state in [(done, "done"), ("b", "failed"), ("c", "running"), ("d", None)]:
         folder = results / "T" / name
         folder.mkdir(parents=True)
-        write_json_atomic(folder / "spec.json", {"run_id": name, "task": "T", "dims": "3d", "arch": "unet",
-                                                 "loss": "dice_ce", "aug": "none"})
+        write_json_atomic(folder / "spec.json", {"run_id": name, **spec})
         if state == "done":
             (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nx,1,0.5,False,False\n")
             write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}})
@@ -92,12 +94,12 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "done     T/a" in lines
+    assert f"done     T/{done}" in lines
     assert "failed   T/b  RuntimeError: out of memory" in lines
     assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
     assert "queued   T/d  job 42_3" in lines
     assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
-    assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == ["a"]
+    assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == [done]
 
 
 def test_status_shows_a_running_runs_heartbeat_even_a_hand_edited_one(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_bench.spec import spec_hash_of
+
 METRIC_COLUMNS = ["dice", "jaccard", "precision", "recall", "volume_diff", "hd", "hd95", "assd", "nsd"]
 # (task, dims, arch, encoder, loss, aug): quality offset, params, train seconds per run, device
 CONFIGS = {
@@ -54,12 +56,12 @@ def write_fake_results(root: Path, seed: int = 7) -> Path:
     for (task, dims, arch, encoder, loss, aug), (offset, params, train_s, device) in CONFIGS.items():
         for fold, run_seed in RUNS[task]:
             arch_id = f"{arch}.{encoder}" if encoder else arch
-            run_hash = f"{len(task) * 1000 + fold * 10 + run_seed:06d}"
-            run_id = f"{dims}-{arch_id}-{loss}-{aug}-f{fold}-s{run_seed}-{run_hash}"
+            spec = {"task": task, "dims": dims, "arch": arch, "encoder": encoder, "loss": loss, "aug": aug,
+                    "fold": fold, "num_folds": 2, "seed": run_seed, "epochs": 4}
+            # the hash a run id ends in (an older version's spec, with fewer keys, keeps its own)
+            run_id = f"{dims}-{arch_id}-{loss}-{aug}-f{fold}-s{run_seed}-{spec_hash_of(spec)}"
             folder = root / task / run_id
-            spec = {"run_id": run_id, "task": task, "dims": dims, "arch": arch, "encoder": encoder,
-                    "loss": loss, "aug": aug, "fold": fold, "num_folds": 2, "seed": run_seed, "epochs": 4}
-            _write(folder / "spec.json", json.dumps(spec))
+            _write(folder / "spec.json", json.dumps({"run_id": run_id, **spec}))
             header = ",".join(["case", "label", *METRIC_COLUMNS, "ref_empty", "pred_empty"])
             rows = _metrics_rows(task, offset, fold, run_seed, rng)
             _write(folder / "metrics.csv", "\n".join([header, *rows]) + "\n")
