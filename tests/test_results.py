@@ -411,7 +411,8 @@ def test_a_finished_runs_json_cut_short_is_damage(tmp_path: Path, name: str) -> 
     assert run_state(folder) == "damaged"
 
 
-def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_is_not(tmp_path: Path) -> None:
+def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_is_not(
+        tmp_path: Path) -> None:
     # spec.json edited (epochs 10 -> 5, still a valid spec): sweep skipped it as done for --epochs 10, while
     # the report pooled and labelled it as a 5-epoch run.
     from medseg_bench.spec import spec_hash_of
@@ -423,8 +424,9 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     write_json_atomic(edited / "spec.json", spec | {"epochs": 5})
     expected = spec_hash_of({k: v for k, v in (spec | {"epochs": 5}).items() if k != "run_id"})
     state, damage = checked_state(edited)
-    assert state == "damaged" and damage == (f"{edited / 'spec.json'}: edited after the run: its settings hash "
-                                             f"to {expected}, its run id ends in {edited.name[-10:]}")
+    assert state == "damaged"
+    assert damage == (f"{edited / 'spec.json'}: edited after the run: its settings hash to {expected}, its run "
+                      f"id ends in {edited.name[-10:]}")
     write_json_atomic(edited / "spec.json", spec)
     assert checked_state(edited)[0] == "done"
     moved = renamed.parent / "3d-unet-dice_ce-none-f0-s1-0000000000"
