@@ -425,8 +425,8 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     expected = spec_hash_of({k: v for k, v in (spec | {"epochs": 5}).items() if k != "run_id"})
     state, damage = checked_state(edited)
     assert state == "damaged"
-    assert damage == (f"{edited / 'spec.json'}: edited after the run: its settings hash to {expected}, its run "
-                      f"id ends in {edited.name[-10:]}")
+    assert damage == (f"{edited / 'spec.json'}: edited after the run: its settings hash to {expected}, its "
+                      f"run id ends in {edited.name[-10:]}")
     write_json_atomic(edited / "spec.json", spec)
     assert checked_state(edited)[0] == "done"
     moved = renamed.parent / "3d-unet-dice_ce-none-f0-s1-0000000000"
