@@ -282,10 +282,13 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert matched == 2 and seconds == pytest.approx(2 * (4 * 30 + 20) + (10 * 30 + 20))
     capped = estimate_seconds([_spec(3, max_minutes=1.0)], tmp_path)
     assert capped is not None and capped[0] == pytest.approx(60 + 20)
-    lines = dry_run_lines([done, partial, pending], tmp_path)
+    lines = dry_run_lines([done, partial, pending], tmp_path, tmp_path / "data")
     assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
+    # a sweep stops at a task not fetched before it trains anything: the dry run says so
+    assert lines[-2] == (f"{tmp_path / 'data' / TASK}: task not fetched (or incomplete); the sweep would stop: "
+                         f"run `medseg-bench fetch {TASK}` first")
 
 
 def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Path) -> None:
@@ -307,12 +310,12 @@ def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> 
     _finish(run_dir(tmp_path, damaged), per_epoch_s=30.0, eval_s=20.0, spec=damaged)
     write_json_atomic(run_dir(tmp_path, damaged) / "summary.json", {"cost": "zzz"})  # was an AttributeError
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
-    assert dry_run_lines([done, damaged], tmp_path)[1].split()[0] == "damaged"
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
     # metrics.csv cut short: `status` and a sweep call it damaged; the dry run called it done and used it
     _finish(run_dir(tmp_path, damaged), per_epoch_s=300.0, eval_s=20.0, spec=damaged)
     (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
-    assert dry_run_lines([done, damaged], tmp_path)[1].split()[0] == "damaged"
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
 
 
 @pytest.mark.parametrize(("edit", "seconds"), [
@@ -330,8 +333,17 @@ def test_a_finished_run_whose_spec_was_edited_crashes_no_estimate(tmp_path: Path
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(seconds), 1)
 
 
+def test_dry_run_lines_show_every_setting_that_tells_two_runs_apart() -> None:
+    from medseg_bench.sweep.dry_run import settings_text
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="light", patch_size=(32, 48, 32),
+                   class_weights=(1.0, 2.5, 4.0), tta=True, postprocess=True)
+    assert settings_text(spec) == ("epochs=10 iters=50 opt=adamw patch_size=32x48x32 class_weights=1,2.5,4 tta "
+                                   "postprocess")
+
+
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
-    assert dry_run_lines([_spec()], tmp_path)[-1].startswith("cost: no finished runs")
+    assert dry_run_lines([_spec()], tmp_path, tmp_path / "data")[-1].startswith("cost: no finished runs")
 
 
 def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -625,7 +637,7 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     folder.mkdir(parents=True)
     write_json_atomic(folder / "summary.json", {"cost": {}})
     append_event(folder, "done")  # finished, then its status.json was lost: never trained again
-    lines = dry_run_lines([spec], tmp_path)
+    lines = dry_run_lines([spec], tmp_path, tmp_path / "data")
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 runs: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
 

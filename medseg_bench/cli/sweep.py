@@ -115,18 +115,18 @@ def sweep(
     runs, skipped = expand(request)
     for line in skipped:
         typer.echo(line)
+    from medseg_bench.settings import get_settings
+
+    data = data_dir or get_settings().data_dir
     if dry_run:
         from medseg_bench.sweep.dry_run import dry_run_lines
 
-        for line in dry_run_lines(runs, results_dir):
+        for line in dry_run_lines(runs, results_dir, data):
             typer.echo(line)
         return
     import signal
 
     from medseg_bench import signals
-    from medseg_bench.settings import get_settings
-
-    data = data_dir or get_settings().data_dir
     with signals.interruptible():  # SIGTERM stops the sweep the way Ctrl-C does
         try:
             if launcher == "slurm":

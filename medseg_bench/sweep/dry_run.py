@@ -14,10 +14,13 @@ from medseg_bench.spec import RunSpec
 
 def settings_text(spec: RunSpec) -> str:
     parts = [f"epochs={spec.epochs}", f"iters={spec.iters_per_epoch}", f"opt={spec.optimizer}"]
-    for name in ("max_minutes", "batch_size", "patch_size", "lr"):
+    for name in ("max_minutes", "batch_size", "patch_size", "lr", "class_weights"):
         value = getattr(spec, name)
         if value is not None:
-            parts.append(f"{name}={'x'.join(map(str, value)) if name == 'patch_size' else value}")
+            shown = ("x" if name == "patch_size" else ",").join(f"{v:g}" for v in value) \
+                if isinstance(value, tuple) else value
+            parts.append(f"{name}={shown}")
+    parts += [name for name in ("pretrained", "tta", "postprocess") if getattr(spec, name)]
     return " ".join(parts)
 
 
@@ -85,7 +88,15 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, in
     return total, matched
 
 
-def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
+def _unfetched(tasks: list[str], data_dir: Path) -> list[str]:
+    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop)."""
+    from medseg_bench.data.fetch import is_complete
+
+    return [f"{data_dir / task}: task not fetched (or incomplete); the sweep would stop: run `medseg-bench "
+            f"fetch {task}` first" for task in tasks if not is_complete(data_dir / task)]
+
+
+def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> list[str]:
     lines: list[str] = []
     states: Counter[str] = Counter()
     todo = []
@@ -96,6 +107,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path) -> list[str]:
             todo.append(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
     estimate = estimate_seconds(todo, results_dir) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
