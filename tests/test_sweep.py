@@ -287,8 +287,8 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
     # a sweep stops at a task not fetched before it trains anything: the dry run says so
-    assert lines[-2] == (f"{tmp_path / 'data' / TASK}: task not fetched (or incomplete); the sweep would stop: "
-                         f"run `medseg-bench fetch {TASK}` first")
+    assert lines[-2] == (f"{tmp_path / 'data' / TASK}: task not fetched (or incomplete); the sweep would "
+                         f"stop: run `medseg-bench fetch {TASK}` first")
 
 
 def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Path) -> None:
@@ -338,8 +338,8 @@ def test_dry_run_lines_show_every_setting_that_tells_two_runs_apart() -> None:
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="light", patch_size=(32, 48, 32),
                    class_weights=(1.0, 2.5, 4.0), tta=True, postprocess=True)
-    assert settings_text(spec) == ("epochs=10 iters=50 opt=adamw patch_size=32x48x32 class_weights=1,2.5,4 tta "
-                                   "postprocess")
+    assert settings_text(spec) == ("epochs=10 iters=50 opt=adamw patch_size=32x48x32 class_weights=1,2.5,4 "
+                                   "tta postprocess")
 
 
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
