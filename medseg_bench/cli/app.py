@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +17,25 @@ BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a progr
 
 
 class _Group(TyperGroup):
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
+             **extra: Any) -> Any:
+        """Click's own errors (a mistyped option, a value that does not parse) as one line and exit 2 too, not
+        typer's boxed usage block."""
+        given = {"args": args, "prog_name": prog_name, "complete_var": complete_var,
+                 "windows_expand_args": windows_expand_args, **extra}
+        if not standalone_mode:
+            return super().main(**given, standalone_mode=False)
+        import sys
+
+        try:
+            code = super().main(**given, standalone_mode=False)
+        except _click_errors() as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # no arguments: typer printed the help making it
+                typer.secho(f"error: {_click_message(exc)}", fg="red", err=True)
+            sys.exit(getattr(exc, "exit_code", 1))
+        sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit(n) comes back as n
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # An empty argument is Path(""), the current folder: `--results-dir "$UNSET"` would write there.
         problem = _empty_argument(args)
@@ -107,6 +126,32 @@ def main() -> None:
         # nothing to clean up, so the default SIGPIPE action stops them as it stops `cat`: 141 in a shell.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
+
+
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """Click's exception classes: its ClickException (usage and parameter errors) and Abort, from click and
+    from the copy typer vendors since 0.29 (its Abort in typer.exceptions)."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [getattr(module, cls) for cls in ("ClickException", "Abort") if hasattr(module, cls)]
+    return tuple(found)
+
+
+def _click_message(exc: BaseException) -> str:
+    """One line for a click error: the command it concerns, click's message, where to look for help."""
+    format_message = getattr(exc, "format_message", None)
+    if format_message is None:  # Abort: end of input at a prompt
+        return "aborted"
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None)
+    text = one_line(format_message())
+    return f"{path}: {text} (see `{path} --help`)" if path else text
 
 
 def _empty_argument(args: list[str]) -> str | None:

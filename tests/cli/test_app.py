@@ -170,3 +170,25 @@ def test_a_command_help_shows_its_docstring_and_the_list_its_one_liner() -> None
     plan = runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "200"})
     assert "The plan lives in DATA_DIR/preprocessed/TASK/plan.json; edit it to override" in plan.output
     assert "re-size it." not in plan.output
+
+
+@pytest.mark.parametrize(("args", "command", "message"), [
+    (["sweep", "--epochs", "abc"], "medseg-bench sweep", "Invalid value for '--epochs': "),
+    (["sweep", "--bogus"], "medseg-bench sweep", "No such option: --bogus"),
+    (["list", "foo"], "medseg-bench list", "Invalid value for 'what': "),
+    (["fetch"], "medseg-bench fetch", "Missing argument 'task'."),
+    (["bogus"], "medseg-bench", "No such command 'bogus'."),
+])
+def test_a_command_line_click_cannot_parse_is_one_line_exit_2(args: list[str], command: str,
+                                                              message: str) -> None:
+    # was typer's boxed block: "Usage: ...", "Try ... for help.", and the message in a frame over 3-5 lines
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: {command}: {message}"), result.output
+    assert result.output.rstrip().endswith(f"(see `{command} --help`)")
+
+
+def test_no_arguments_print_the_help_once(capsys: pytest.CaptureFixture[str]) -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2 and result.output.count("Usage: medseg-bench [OPTIONS] COMMAND") == 1
