@@ -232,10 +232,10 @@ def test_regions_from_a_task_file(tumour_folders):
 
 
 def test_task_option_scores_as_a_run_of_the_task_does(folders):
-    # Task09_Spleen's task file says 2 mm; a run of it scores NSD at 2 mm, and so does evaluate --task.
+    # Task03_Liver's task file says 2 mm; a run of it scores NSD at 2 mm, and so does evaluate --task.
     pred_dir, ref_dir = folders
     settings = {}
-    for extra in ([], ["--task", "Task09_Spleen"], ["--task", "Task09_Spleen", "--nsd-tolerance", "1.5"]):
+    for extra in ([], ["--task", "Task03_Liver"], ["--task", "Task03_Liver", "--nsd-tolerance", "1.5"]):
         result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json", *extra)
         assert result.exit_code == 0, result.output
         settings[len(extra)] = json.loads(result.stdout)["settings"]["nsd_tolerance_mm"]
@@ -363,3 +363,79 @@ def test_output_under_a_file_names_the_file(folders, tmp_path):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")
     assert result.exit_code == 0 and out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.csv"]
+
+
+# --- which labels are scored ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def spurious_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Two cases whose references hold label 1 only; case `a`'s prediction also has label 2 (4 voxels)."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    ref = np.zeros((6, 10, 10), np.uint8)
+    ref[1:4, 2:7, 2:7] = 1
+    for name in ("a", "b"):
+        write(ref_dir, name, ref)
+        write(pred_dir, name, ref)
+    pred = ref.copy()
+    pred[5, 0:2, 0:2] = 2
+    write(pred_dir, "a", pred)
+    return pred_dir, ref_dir
+
+
+def test_a_label_only_predictions_hold_is_scored_with_a_note(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
+    assert frame["dice"].tolist()[:2] == [1.0, 0.0]  # a's false positives
+    assert frame["dice"].iloc[5] == 0.0  # the mean over the case that predicts it; b's both-empty row is NaN
+    assert "note: label 2 is in no reference, only in predictions: scored as false positives (Dice 0 where " \
+           "predicted); give --task or --labels to choose the labels" in result.stderr
+    one = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--labels", "1")
+    assert one.exit_code == 0 and "only in predictions" not in one.stderr
+    assert pd.read_csv(io.StringIO(one.stdout))["label"].tolist() == [1, 1, 1]
+
+
+def test_task_scores_its_foreground_labels_as_a_run_does(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv",
+                    "--task", "Task04_Hippocampus")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
+    assert frame["dice"].iloc[1] == 0.0 and frame["dice"].iloc[4] == 1.0
+    for name in ("a", "b"):  # a task label that nothing holds still has its (both-empty) rows
+        write(ref_dir, name, np.zeros((6, 10, 10), np.uint8))
+        write(pred_dir, name, np.zeros((6, 10, 10), np.uint8))
+    empty = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv",
+                   "--task", "Task04_Hippocampus")
+    assert empty.exit_code == 0, empty.output
+    assert pd.read_csv(io.StringIO(empty.stdout))["label"].tolist() == [1, 2, 1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_task_refuses_a_value_it_does_not_have(spurious_folders, role):
+    pred_dir, ref_dir = spurious_folders
+    folder = pred_dir if role == "pred" else ref_dir
+    odd = np.zeros((6, 10, 10), np.uint8)
+    odd[1:4, 2:7, 2:7] = 1
+    odd[0, 0, 0] = 3
+    write(folder, "b", odd)
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--task", "Task04_Hippocampus")
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (f"error: {folder / 'b.nii.gz'}: label values [3] not among Task04_Hippocampus's "
+                             "labels (0, 1, 2)\n")
+    assert result.stdout == ""
+    without = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert without.exit_code == 0 and 3 in pd.read_csv(io.StringIO(without.stdout))["label"].tolist()
+
+
+def test_task_refuses_a_labels_value_it_does_not_have(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--task", "Task04_Hippocampus",
+                    "--labels", "1,3")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: --labels: label 3 is not a label of Task04_Hippocampus (1=Anterior, " \
+                            "2=Posterior)\n"
