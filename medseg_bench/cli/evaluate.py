@@ -266,9 +266,15 @@ def _markdown(frame: Any) -> str:
 def _check_output(path: Path) -> None:
     from medseg_bench.data.io import file_in_the_way
     from medseg_bench.errors import ResultsError
+    from medseg_bench.report.formats import check_writable
 
-    blocker = file_in_the_way(path)
+    try:
+        blocker = file_in_the_way(path)
+        is_dir = path.is_dir()
+    except OSError as exc:  # a folder name too long, say: stat fails
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     if blocker is not None:
         raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
-    if path.is_dir():
+    if is_dir:
         raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
+    check_writable(path)  # a read-only folder, a name too long: now, not after minutes of scoring

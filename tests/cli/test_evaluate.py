@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +364,43 @@ def test_output_under_a_file_names_the_file(folders, tmp_path):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")
     assert result.exit_code == 0 and out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.csv"]
+
+
+def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
+    """Permission bits do not stop root, so the name is one whose atomic-write temp is too long (the name
+    itself, 254 bytes, is not): only trying to create that temp finds it out, as the write would, late."""
+    import medseg_bench.metrics as metrics
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    monkeypatch.setattr(metrics, "evaluate_folders", no_scoring)
+    pred_dir, ref_dir = folders
+    out = tmp_path / ("s" * 250 + ".csv")
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
+    assert result.exit_code == 6, result.output
+    assert result.stderr == f"error: {out}: cannot write (File name too long)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred", "ref"]  # no probe left behind
+    missing = tmp_path / ("d" * 256) / "x.csv"  # a folder to make, its name too long: made and removed
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(missing))
+    assert result.exit_code == 6 and result.stderr == f"error: {missing}: cannot write (File name too long)\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_output_in_a_read_only_folder_fails_before_scoring(folders, tmp_path, monkeypatch):
+    import medseg_bench.metrics as metrics
+
+    monkeypatch.setattr(metrics, "evaluate_folders", lambda *a, **k: pytest.fail("scored"))
+    pred_dir, ref_dir = folders
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(locked / "x.csv"))
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 6, result.output
+    assert result.stderr == f"error: {locked / 'x.csv'}: cannot write (Permission denied)\n"
 
 
 # --- which labels are scored ---------------------------------------------------------------------------
