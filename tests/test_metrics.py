@@ -614,3 +614,47 @@ def test_nsd_counts_a_distance_equal_to_the_tolerance():
     distances = compute_surface_distances(pred, ref, (0.8, 0.7), surface="area")
     within = [d <= 2.5 + 1e-12 for d in (*distances.pred_to_ref_mm, *distances.ref_to_pred_mm)]
     assert compute_nsd(distances, 2.5) == pytest.approx(0.5) and 0 < sum(within) < len(within)
+
+
+def test_evaluate_folders_scores_a_label_only_predictions_hold(tmp_path):
+    """Without labels, a label no reference holds is scored where it is predicted (false positives, Dice 0),
+    not left out; a case without it in either gets its both-empty row."""
+    pred, ref = label_maps(True, True)
+    spurious = pred.copy()
+    spurious[0, 0, 0:2] = 2
+    write_case(tmp_path / "pred", "a", spurious)
+    write_case(tmp_path / "pred", "b", pred)
+    for name in ("a", "b"):
+        write_case(tmp_path / "ref", name, ref)
+    frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, workers=1)
+    frame = frame.set_index(["case", "label"])
+    assert frame.index.tolist() == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    spurious_row = frame.loc[("a", 2), ["dice", "precision", "ref_empty", "pred_empty"]]
+    assert spurious_row.tolist() == [0, 0, True, False]
+    assert np.isnan(frame.loc[("b", 2), "dice"]) and frame.loc[("b", 2), "pred_empty"]
+
+
+def test_evaluate_folders_with_a_task_scores_its_labels_and_refuses_other_values(tmp_path):
+    """As a run scores its held-out cases: the task's foreground labels, present or not; a value the task does
+    not have is an error naming the file and the values (validation excludes such a case from a run)."""
+    from medseg_bench.data.catalog import get_task
+
+    task = get_task("Task04_Hippocampus")  # labels 0, 1, 2
+    pred, ref = label_maps(True, True)
+    write_case(tmp_path / "pred", "a", pred)
+    write_case(tmp_path / "ref", "a", ref)  # label 1 only: label 2 is both-empty, a row all the same
+    frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, workers=1, task=task)
+    assert frame["label"].tolist() == [1, 2]
+    assert frame.iloc[1][["ref_empty", "pred_empty"]].tolist() == [True, True]
+    chosen = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [2], workers=1, task=task)
+    assert chosen["label"].tolist() == [2]
+    odd = pred.copy()
+    odd[0, 0, 0:2] = (3, 7)
+    write_case(tmp_path / "pred", "a", odd)
+    with pytest.raises(DataError, match=r"^\S*pred/a\.nii\.gz: label values \[3, 7\] not among "
+                                        r"Task04_Hippocampus's labels \(0, 1, 2\)$"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", None, workers=1, task=task)
+    write_case(tmp_path / "pred", "a", pred)
+    write_case(tmp_path / "ref", "a", odd)
+    with pytest.raises(DataError, match=r"ref/a\.nii\.gz: label values \[3, 7\] not among"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], workers=1, task=task)

@@ -15,7 +15,8 @@ def evaluate(
     pred: Annotated[Path, typer.Option(help="Folder of predicted label maps (NIfTI).")],
     ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same file names.")],
     labels: Annotated[
-        str | None, typer.Option(help="Comma-separated labels, e.g. 1,2 (default: all in the references).")
+        str | None, typer.Option(help="Comma-separated labels, e.g. 1,2 (default: the task's with --task, "
+                                      "else every label in the references or the predictions).")
     ] = None,
     regions: Annotated[
         str | None,
@@ -29,8 +30,10 @@ def evaluate(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(metavar="TASK", help="Score as a run of TASK does: its NSD tolerance and its regions, "
-                                          "if it declares any (--nsd-tolerance/--regions still win)."),
+        typer.Option(metavar="TASK", help="Score as a run of TASK does: its foreground labels, its NSD "
+                                          "tolerance and its regions, if it declares any (--labels, "
+                                          "--nsd-tolerance, --regions still win); a value that is not one of "
+                                          "its labels is an error."),
     ] = None,
     nsd_tolerance: Annotated[
         float | None, typer.Option(help="NSD tolerance in mm. Default: the task's (--task or "
@@ -82,20 +85,20 @@ def evaluate(
     tolerance = nsd_tolerance if nsd_tolerance is not None else spec.nsd_tolerance_mm if spec else 1.0
     settings = MetricSettings(nsd_tolerance_mm=tolerance, surface=surface, empty_policy=empty_policy)
     wanted = _parse_labels(labels)
+    if wanted is not None and task is not None:
+        _check_task_labels("--labels", wanted, spec)
     groups: dict[str, list[int]] | None
     if regions is not None:
         groups = _parse_regions(regions)
-        unknown = sorted({v for values in groups.values() for v in values} - set(spec.labels)) if spec else []
-        if unknown:
-            raise UsageError(f"--regions: label {unknown[0]} is not a label of {spec.name} "
-                             f"({', '.join(f'{k}={n}' for k, n in spec.labels.items() if k)})")
+        if spec:
+            _check_task_labels("--regions", [v for values in groups.values() for v in values], spec)
     else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
     if processes < 1:
         raise UsageError(f"--workers must be at least 1, got {processes}")
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
-                             allow_missing=allow_missing)
+                             allow_missing=allow_missing, task=spec if task is not None else None)
     if allow_missing:
         missing = missing_predictions(pred, ref)
         if missing:
@@ -105,8 +108,10 @@ def evaluate(
                 f"{missing[0].name}); scored the {scored} case(s) that have one",
                 err=True,
             )
+    if task is None and wanted is None:
+        _note_prediction_only_labels(cases)
     if regions is not None and spec is None and wanted is None:  # no task: against the references' labels
-        found = {int(v) for v in cases["label"] if not isinstance(v, str)}
+        found = set(_labels_in_references(cases))
         for name, values in (groups or {}).items():
             for value in sorted(set(values) - found):
                 typer.secho(f"note: --regions: label {value} of region '{name}' is in no reference (labels "
@@ -177,6 +182,31 @@ def _parse_regions(text: str) -> dict[str, list[int]]:
     return found
 
 
+def _check_task_labels(option: str, values: list[int], spec: Any) -> None:
+    from medseg_bench.errors import UsageError
+
+    unknown = sorted(set(values) - set(spec.labels))
+    if unknown:
+        raise UsageError(f"{option}: label {unknown[0]} is not a label of {spec.name} "
+                         f"({', '.join(f'{k}={n}' for k, n in spec.labels.items() if k)})")
+
+
+def _labels_in_references(cases: Any) -> list[int]:
+    """The labels (not regions) that some scored reference holds."""
+    labels = cases[cases["label"].map(lambda v: not isinstance(v, str))]
+    return sorted(int(v) for v in labels.loc[~labels["ref_empty"].astype(bool), "label"].unique())
+
+
+def _note_prediction_only_labels(cases: Any) -> None:
+    """Scored labels no reference holds: a label map numbered otherwise than its references, likely."""
+    scored = {int(v) for v in cases["label"] if not isinstance(v, str)}
+    only = sorted(scored - set(_labels_in_references(cases)))
+    if only:
+        named = f"label {only[0]} is" if len(only) == 1 else f"labels {', '.join(map(str, only))} are"
+        typer.secho(f"note: {named} in no reference, only in predictions: scored as false positives (Dice 0 "
+                    "where predicted); give --task or --labels to choose the labels", err=True)
+
+
 def _task(name: str | None) -> Any:
     from medseg_bench.data.catalog import get_task
 
@@ -236,9 +266,15 @@ def _markdown(frame: Any) -> str:
 def _check_output(path: Path) -> None:
     from medseg_bench.data.io import file_in_the_way
     from medseg_bench.errors import ResultsError
+    from medseg_bench.report.formats import check_writable
 
-    blocker = file_in_the_way(path)
+    try:
+        blocker = file_in_the_way(path)
+        is_dir = path.is_dir()
+    except OSError as exc:  # a folder name too long, say: stat fails
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
     if blocker is not None:
         raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
-    if path.is_dir():
+    if is_dir:
         raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
+    check_writable(path)  # a read-only folder, a name too long: now, not after minutes of scoring

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from medseg_bench.data.io import Geometry
+    from medseg_bench.spec import TaskSpec
 
 DEFAULT_SETTINGS = MetricSettings()
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -78,24 +79,30 @@ def evaluate_folders(
     workers: int = 1,
     regions: Mapping[str, Sequence[int]] | None = None,
     allow_missing: bool = False,
+    task: TaskSpec | None = None,
 ) -> pd.DataFrame:
     """Score every NIfTI prediction in `pred_dir` against the reference of the same name in `ref_dir`.
 
     Returns one row per case and label (column `case` first, then `label`, the metrics, `ref_empty`,
-    `pred_empty`), sorted by case. `labels=None` scores every nonzero label found in any reference. Cases run
-    in `workers` processes (1 = inline). Raises DataError for a missing reference, for a reference without a
-    prediction (unless `allow_missing`; `missing_predictions` lists them), for a NIfTI file cut short, or
-    for a prediction whose geometry (size, spacing, origin, direction) differs from its reference's. A label
-    map with a single slice (a 2D file, or a 3D one of one slice) is scored in 2D: contour lengths and
-    in-plane distances.
+    `pred_empty`), sorted by case. `labels=None` scores `task`'s foreground labels, as a run of it scores its
+    held-out cases; without a task, every nonzero label found in any reference or prediction (a label only
+    predictions hold is scored: its false positives give Dice 0). Cases run in `workers` processes (1 =
+    inline). Raises DataError for a missing reference, for a reference without a prediction (unless
+    `allow_missing`; `missing_predictions` lists them), for a NIfTI file cut short, for a prediction whose
+    geometry (size, spacing, origin, direction) differs from its reference's, or, with a `task`, for a file
+    holding a value that is not one of its labels. A label map with a single slice (a 2D file, or a 3D one of
+    one slice) is scored in 2D: contour lengths and in-plane distances.
     """
     import pandas as pd
 
     pairs = _file_pairs(Path(pred_dir), Path(ref_dir))
     if not allow_missing:
         _check_no_missing(Path(pred_dir), Path(ref_dir))
+    if labels is None and task is not None:
+        labels = task.foreground_labels
     wanted = None if labels is None else tuple(int(label) for label in labels)
-    jobs = [(case, pred, ref, wanted, settings, dict(regions or {})) for case, pred, ref in pairs]
+    known = None if task is None else (task.name, tuple(sorted(task.labels)))
+    jobs = [(case, pred, ref, wanted, settings, dict(regions or {}), known) for case, pred, ref in pairs]
     if workers <= 1 or len(jobs) == 1:
         results = [_evaluate_file_pair(*job) for job in jobs]
     else:
@@ -105,9 +112,9 @@ def evaluate_folders(
         with worker_pool(min(workers, len(jobs)), set_distance_threads, (1,)) as pool:
             assert pool is not None
             results = list(pool.map(_evaluate_file_pair, *zip(*jobs, strict=True)))
-    rows = [row for case_rows, _ in results for row in case_rows]
-    if wanted is None:  # keep labels some reference has; add the (both-empty) rows of cases lacking them
-        found = sorted({label for _, ref_labels in results for label in ref_labels})
+    rows = [row for case_rows in results for row in case_rows]
+    if wanted is None:  # each case scored its own labels: give every case a row (both empty) for all of them
+        found = sorted({row["label"] for row in rows if isinstance(row["label"], int)})
         rows = _complete_rows(rows, [case for case, _, _ in pairs], found, list(regions or {}))
     columns = ["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"]
     return pd.DataFrame(rows, columns=columns)
@@ -265,19 +272,33 @@ def _evaluate_file_pair(
     labels: tuple[int, ...] | None,
     settings: MetricSettings,
     regions: dict[str, Sequence[int]],
-) -> tuple[list[dict[str, object]], list[int]]:
-    """Worker: read, check geometry, score. Top level so that spawned processes can import it."""
+    known: tuple[str, tuple[int, ...]] | None = None,
+) -> list[dict[str, object]]:
+    """Worker: read, check geometry (and, with `known` = (task name, its label values), the values), score;
+    `labels=None`: the labels either file holds. Top level so that spawned processes can import it."""
     pred, pred_geometry = _read_label_map(pred_path)
     ref, ref_geometry = _read_label_map(ref_path)
     problem = pred_geometry.mismatch(ref_geometry)
     if problem:
         raise DataError(f"{pred_path}: geometry differs from reference {ref_path} ({problem})")
-    spacing = ref_geometry.spacing_zyx
-    ref_labels = present_labels(ref)
+    pred_labels, ref_labels = present_labels(pred), present_labels(ref)
+    if known is not None:
+        _check_known_values(pred_path, pred_labels, known)
+        _check_known_values(ref_path, ref_labels, known)
     if labels is None:
-        labels = tuple(sorted(set(ref_labels) | set(present_labels(pred))))
-    rows = evaluate_case(pred, ref, spacing, labels, settings, regions)
-    return [{"case": case, **row} for row in rows], ref_labels
+        labels = tuple(sorted(set(ref_labels) | set(pred_labels)))
+    rows = evaluate_case(pred, ref, ref_geometry.spacing_zyx, labels, settings, regions)
+    return [{"case": case, **row} for row in rows]
+
+
+def _check_known_values(path: Path, present: list[int], known: tuple[str, tuple[int, ...]]) -> None:
+    """A value that is not one of the task's labels is an error, as `validate` excludes such a case from runs
+    (a run's networks predict the task's labels only)."""
+    task_name, values = known
+    extra = sorted(set(present) - set(values))
+    if extra:
+        raise DataError(f"{path}: label values {extra} not among {task_name}'s labels "
+                        f"({', '.join(map(str, values))})")
 
 
 def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:

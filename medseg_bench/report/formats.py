@@ -212,6 +212,40 @@ def write_atomic(path: Path, content: str | bytes) -> None:
             tmp.unlink()
 
 
+def check_writable(path: Path) -> None:
+    """ResultsError now if `write_atomic(path, ...)` would fail to start: its temp file is created and
+    removed in `path`'s folder, or, where that folder is missing, the first folder it would make is made and
+    removed. Catches a folder without write permission, a read-only file system, a name too long."""
+    try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            return  # a FIFO or device is written into, not replaced; opening a FIFO would block
+        target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
+        if target.parent.exists():
+            _probe_file(private_temp(target))
+        else:
+            _probe_folder(target.parent)
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _probe_file(probe: Path) -> None:
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return  # not ours to remove; the write replaces it
+    probe.unlink()
+
+
+def _probe_folder(folder: Path) -> None:
+    while not folder.parent.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return  # made meanwhile by someone else: not ours to remove
+    folder.rmdir()
+
+
 def print_rich(report: Report, console: Any = None) -> None:
     """The report as rich tables on the terminal (best values in bold green)."""
     from rich import box

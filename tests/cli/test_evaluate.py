@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -232,10 +233,10 @@ def test_regions_from_a_task_file(tumour_folders):
 
 
 def test_task_option_scores_as_a_run_of_the_task_does(folders):
-    # Task09_Spleen's task file says 2 mm; a run of it scores NSD at 2 mm, and so does evaluate --task.
+    # Task03_Liver's task file says 2 mm; a run of it scores NSD at 2 mm, and so does evaluate --task.
     pred_dir, ref_dir = folders
     settings = {}
-    for extra in ([], ["--task", "Task09_Spleen"], ["--task", "Task09_Spleen", "--nsd-tolerance", "1.5"]):
+    for extra in ([], ["--task", "Task03_Liver"], ["--task", "Task03_Liver", "--nsd-tolerance", "1.5"]):
         result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json", *extra)
         assert result.exit_code == 0, result.output
         settings[len(extra)] = json.loads(result.stdout)["settings"]["nsd_tolerance_mm"]
@@ -363,3 +364,116 @@ def test_output_under_a_file_names_the_file(folders, tmp_path):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")
     assert result.exit_code == 0 and out.is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.csv"]
+
+
+def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
+    """Permission bits do not stop root, so the name is one whose atomic-write temp is too long (the name
+    itself, 254 bytes, is not): only trying to create that temp finds it out, as the write would, late."""
+    import medseg_bench.metrics as metrics
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    monkeypatch.setattr(metrics, "evaluate_folders", no_scoring)
+    pred_dir, ref_dir = folders
+    out = tmp_path / ("s" * 250 + ".csv")
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
+    assert result.exit_code == 6, result.output
+    assert result.stderr == f"error: {out}: cannot write (File name too long)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred", "ref"]  # no probe left behind
+    missing = tmp_path / ("d" * 256) / "x.csv"  # a folder to make, its name too long: made and removed
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(missing))
+    assert result.exit_code == 6 and result.stderr == f"error: {missing}: cannot write (File name too long)\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_output_in_a_read_only_folder_fails_before_scoring(folders, tmp_path, monkeypatch):
+    import medseg_bench.metrics as metrics
+
+    monkeypatch.setattr(metrics, "evaluate_folders", lambda *a, **k: pytest.fail("scored"))
+    pred_dir, ref_dir = folders
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(locked / "x.csv"))
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 6, result.output
+    assert result.stderr == f"error: {locked / 'x.csv'}: cannot write (Permission denied)\n"
+
+
+# --- which labels are scored ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def spurious_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Two cases whose references hold label 1 only; case `a`'s prediction also has label 2 (4 voxels)."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    ref = np.zeros((6, 10, 10), np.uint8)
+    ref[1:4, 2:7, 2:7] = 1
+    for name in ("a", "b"):
+        write(ref_dir, name, ref)
+        write(pred_dir, name, ref)
+    pred = ref.copy()
+    pred[5, 0:2, 0:2] = 2
+    write(pred_dir, "a", pred)
+    return pred_dir, ref_dir
+
+
+def test_a_label_only_predictions_hold_is_scored_with_a_note(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
+    assert frame["dice"].tolist()[:2] == [1.0, 0.0]  # a's false positives
+    assert frame["dice"].iloc[5] == 0.0  # the mean over the case that predicts it; b's both-empty row is NaN
+    assert "note: label 2 is in no reference, only in predictions: scored as false positives (Dice 0 where " \
+           "predicted); give --task or --labels to choose the labels" in result.stderr
+    one = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--labels", "1")
+    assert one.exit_code == 0 and "only in predictions" not in one.stderr
+    assert pd.read_csv(io.StringIO(one.stdout))["label"].tolist() == [1, 1, 1]
+
+
+def test_task_scores_its_foreground_labels_as_a_run_does(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv",
+                    "--task", "Task04_Hippocampus")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
+    assert frame["dice"].iloc[1] == 0.0 and frame["dice"].iloc[4] == 1.0
+    for name in ("a", "b"):  # a task label that nothing holds still has its (both-empty) rows
+        write(ref_dir, name, np.zeros((6, 10, 10), np.uint8))
+        write(pred_dir, name, np.zeros((6, 10, 10), np.uint8))
+    empty = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv",
+                   "--task", "Task04_Hippocampus")
+    assert empty.exit_code == 0, empty.output
+    assert pd.read_csv(io.StringIO(empty.stdout))["label"].tolist() == [1, 2, 1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_task_refuses_a_value_it_does_not_have(spurious_folders, role):
+    pred_dir, ref_dir = spurious_folders
+    folder = pred_dir if role == "pred" else ref_dir
+    odd = np.zeros((6, 10, 10), np.uint8)
+    odd[1:4, 2:7, 2:7] = 1
+    odd[0, 0, 0] = 3
+    write(folder, "b", odd)
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--task", "Task04_Hippocampus")
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (f"error: {folder / 'b.nii.gz'}: label values [3] not among Task04_Hippocampus's "
+                             "labels (0, 1, 2)\n")
+    assert result.stdout == ""
+    without = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert without.exit_code == 0 and 3 in pd.read_csv(io.StringIO(without.stdout))["label"].tolist()
+
+
+def test_task_refuses_a_labels_value_it_does_not_have(spurious_folders):
+    pred_dir, ref_dir = spurious_folders
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--task", "Task04_Hippocampus",
+                    "--labels", "1,3")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: --labels: label 3 is not a label of Task04_Hippocampus (1=Anterior, " \
+                            "2=Posterior)\n"
