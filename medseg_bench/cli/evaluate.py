@@ -48,7 +48,8 @@ def evaluate(
     fmt: Annotated[str | None, typer.Option(
         "--format", help="csv, json or markdown (default: from --output's extension, else markdown).")
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to this file instead of stdout.")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
     ] = None,
@@ -132,7 +133,7 @@ def evaluate(
     from medseg_bench.report.formats import write_atomic
 
     write_atomic(output, text)
-    typer.secho(f"wrote {len(cases)} rows to {output}", err=True)
+    typer.secho(f"wrote {len(cases)} per-case rows and {len(means)} mean row(s) to {output}", err=True)
 
 
 def _parse_labels(text: str | None) -> list[int] | None:
