@@ -51,9 +51,12 @@ class Registry(Generic[T]):
         if name in self._aliases:
             return self._aliases[name]
         choices = [*self._items, *self._aliases]
-        # A unique prefix ("Task04" for Task04_Hippocampus) beats spelling similarity.
+        # The same name in other case ("UNet" for unet), then a unique prefix ("Task04" for
+        # Task04_Hippocampus), beat spelling similarity (which offered 'vnet' for "UNet").
+        same = [c for c in choices if c.lower() == name.lower()]
         prefixed = [c for c in self._items if name and c.lower().startswith(name.lower())]
-        close = prefixed if len(prefixed) == 1 else difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+        close = same[:1] or (prefixed if len(prefixed) == 1 else
+                             difflib.get_close_matches(name, choices, n=1, cutoff=0.5))
         hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(sorted(self._items))}"
         raise UnknownNameError(f"unknown {self.kind} '{name}'{hint}")
 

@@ -33,6 +33,15 @@ def test_a_unique_prefix_is_the_suggestion() -> None:
             reg.get(prefix)
 
 
+def test_the_name_in_other_case_is_the_suggestion() -> None:
+    from medseg_bench.models import ARCHS
+
+    with pytest.raises(UnknownNameError, match=r"unknown arch 'UNet'; did you mean 'unet'\?"):  # was 'vnet'
+        ARCHS.get("UNet")
+    with pytest.raises(UnknownNameError, match=r"did you mean 'deeplabv3plus'\?"):
+        ARCHS.get("DeepLabV3Plus")
+
+
 def test_duplicate_is_an_error() -> None:
     reg: Registry[int] = Registry("loss")
     reg.add("dice", 1)
