@@ -93,6 +93,7 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert ("cannot train: dynunet pools patch 12x12x12 fewer than twice at spacing 1x1x1 mm" in result.output
             and "(1 more run cannot train either); nothing was trained" in result.output)
     assert not (results / "Task04_Hippocampus").exists()
+    assert not (results / "index.parquet").exists()  # no run finished: no empty index either
     plan_path = home / "data" / "preprocessed" / "Task04_Hippocampus" / "plan.json"
     plan = json.loads(plan_path.read_text())  # the plan was made: what it says decided
     plan["batch_2d"] = 1

@@ -109,7 +109,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             _parallel(todo, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
     finally:
         reporter.close()
-        if outcome["done"] or not (results_dir / INDEX_NAME).is_file():
+        if outcome["done"] or outcome["skipped"] and not (results_dir / INDEX_NAME).is_file():
             try:
                 write_index(results_dir)
             except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
