@@ -89,6 +89,7 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     result = runner.invoke(app, [*common, "--arch", "dynunet", "--dims", "3d", "--patch-size", "12,12,12",
                                  "--seed", "0,1"])
     assert result.exit_code == 2, result.output
+    assert "\n\n" not in result.output  # the cache's progress bars, off a terminal, left an empty line each
     assert "error: run 3d-dynunet-dice_ce-none-f0-s0-" in result.output
     assert ("cannot train: dynunet pools patch 12x12x12 fewer than twice at spacing 1x1x1 mm" in result.output
             and "(1 more run cannot train either); nothing was trained" in result.output)

@@ -95,10 +95,12 @@ def parallel_map(
 def _map(
     fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str
 ) -> list[R]:
+    from rich.console import Console
     from rich.progress import Progress
 
     results: list[R] = []
-    with Progress(transient=True, disable=not progress) as bar:
+    console = Console(stderr=True)  # a bar only on a terminal: elsewhere rich left an empty line per bar
+    with Progress(transient=True, console=console, disable=not progress or not console.is_terminal) as bar:
         task_id = bar.add_task(description or f"{len(items)} items", total=len(items))
         if pool is None:
             for item in items:
