@@ -11,6 +11,7 @@ import http.client
 import os
 import re
 import shutil
+import stat
 import tarfile
 import time
 import urllib.error
@@ -120,7 +121,7 @@ def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutco
     if not is_complete(target):
         return None
     # A fetch killed after the rename into place leaves an empty staging folder behind.
-    shutil.rmtree(data_dir / f".{task.name}.partial", ignore_errors=True)
+    remove_tree(data_dir / f".{task.name}.partial", ignore_errors=True)
     excluded = read_marker(target).get("excluded") or []
     if strict and excluded:
         first = excluded[0]
@@ -159,8 +160,13 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
                         f"way; nothing was touched: move it away, or check it in place with `medseg-bench "
                         f"fetch {task.name} --source {target}`")
     data_dir.mkdir(parents=True, exist_ok=True)
-    if staging.exists():
-        shutil.rmtree(staging)
+    if staging.exists() or staging.is_symlink():
+        try:
+            remove_tree(staging)
+        except OSError as exc:
+            why = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            raise FileSystemError(f"{staging}: cannot remove what an earlier fetch left there ({why}); "
+                                  "remove it by hand") from None
     staging.mkdir()
     try:
         if origin.startswith(("http://", "https://")):
@@ -199,8 +205,40 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         _write_marker(root, task, origin, verified, report)
         root.rename(target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
+
+
+def remove_tree(folder: Path, ignore_errors: bool = False) -> None:
+    """`shutil.rmtree`, with every folder under `folder` made owner-writable first: a staging copy of a
+    read-only source made by an older version kept the source's modes, and an entry cannot be removed from a
+    read-only folder (except by root)."""
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            folder.unlink(missing_ok=True)
+            return
+        make_owner_writable(folder, files=False)
+    except OSError:
+        if not ignore_errors:
+            raise
+    shutil.rmtree(folder, ignore_errors=ignore_errors)  # with ignore_errors: whatever it can
+
+
+def make_owner_writable(folder: Path, files: bool = True) -> None:
+    """Give the owner read, write and search permission on `folder` and every folder under it, and write
+    permission on every file (with `files`); links are not followed."""
+    _add_mode(folder, stat.S_IRWXU)
+    for parent, dirs, names in os.walk(folder):  # top-down: a folder is opened after its mode was fixed
+        for name in dirs:
+            _add_mode(Path(parent, name), stat.S_IRWXU)
+        for name in names if files else ():
+            _add_mode(Path(parent, name), stat.S_IWUSR)
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    mode = path.lstat().st_mode
+    if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & bits != bits:
+        path.chmod(stat.S_IMODE(mode) | bits)
 
 
 def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) -> FetchOutcome:
@@ -528,7 +566,8 @@ def _task_root(staging: Path, source: Path) -> Path:
 
 
 def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
-    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files.
+    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files; the
+    copy is the owner's to write, whatever the source's modes.
 
     A folder that holds one task folder (the extracted archive's parent, say) is searched one level down,
     as an archive is."""
@@ -543,6 +582,7 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
     root = staging / folder.name
     try:
         shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
+        make_owner_writable(root)  # copytree copies modes: a read-only source made a copy fetch cannot mark
     except shutil.Error as exc:  # one (source, destination, reason) per file that failed: name the first
         failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
         if not failures:

@@ -638,3 +638,67 @@ def _raw_server(reply: bytes, hold: bool = False) -> Iterator[str]:
     finally:
         release.set()
         listener.close()
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Makes a tree read-only (files and folders, as /work/shared/data is); the modes come back afterwards
+    so that pytest can remove tmp_path. (Root ignores the bits: the tests check the modes of the copies.)"""
+    made: list[Path] = []
+
+    def make(folder: Path) -> None:
+        for path in sorted(folder.rglob("*"), reverse=True):  # deepest first
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        folder.chmod(0o555)
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if not folder.exists():  # removed by the test
+            continue
+        folder.chmod(0o755)
+        for path in folder.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _not_owner_writable(folder: Path, files: bool = True) -> list[str]:
+    import stat
+
+    return [str(p) for p in [folder, *folder.rglob("*")] if (files or p.is_dir())
+            and not p.lstat().st_mode & stat.S_IWUSR]
+
+
+def test_a_read_only_source_folder_is_imported_as_a_writable_copy(hippo_subset: Path, tmp_path: Path,
+                                                                  read_only: Callable[[Path], None]) -> None:
+    """A non-root user could not mark the copy (copytree kept the modes: "Permission denied", exit 7)."""
+    read_only(hippo_subset)
+    assert _not_owner_writable(hippo_subset)
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder) and _not_owner_writable(outcome.folder) == []
+
+
+def test_a_read_only_staging_folder_left_by_an_older_version_is_removed(
+        hippo_subset: Path, tmp_path: Path, read_only: Callable[[Path], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older version's copy of a read-only source stayed read-only; rmtree cannot empty a read-only
+    folder (for a non-root user), so every fetch after failed with "Permission denied". Its folders are made
+    writable before it is removed."""
+    import shutil
+
+    from medseg_bench.data import fetch
+
+    data = tmp_path / "data"
+    left = data / ".Task04_Hippocampus.partial"
+    shutil.copytree(hippo_subset, left / "Task04_Hippocampus")
+    read_only(left)
+    removed: list[list[str]] = []
+    rmtree = shutil.rmtree
+
+    def checking_rmtree(path: Path, *args: object, **kwargs: object) -> None:
+        removed.append(_not_owner_writable(Path(path), files=False))  # a file's own mode does not matter
+        rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetch.shutil, "rmtree", checking_rmtree)
+    outcome = fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder) and not left.exists()
+    assert removed and removed[0] == []  # every folder was owner-writable when it was removed
