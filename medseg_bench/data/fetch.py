@@ -16,7 +16,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +34,9 @@ from medseg_bench.spec import TaskSpec, is_md5
 
 MARKER = ".medseg-bench-valid.json"
 CHUNK_BYTES = 1 << 20
+# tarfile's extraction filters came with Python 3.10.12 and 3.11.4; older ones extract with our checks alone.
+TAR_FILTERS = hasattr(tarfile, "data_filter")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
 
 
 @dataclass(frozen=True)
@@ -494,7 +497,13 @@ class _progress:
 
 
 def extract_archive(archive: Path, staging: Path) -> Path:
-    """Extract a tar safely into `staging` and return the folder that holds dataset.json."""
+    """Extract a tar safely into `staging` and return the folder that holds dataset.json.
+
+    Every entry is checked before anything is written (`_check_member`), and again just before it is written,
+    through the links extracted so far (`_check_destination`): these checks alone refuse what matters of what
+    tarfile's "data" filter refuses, for Pythons without it; where it exists, the filter checks too. Entries
+    come out as the filter makes them (`_drop_privileges`).
+    """
     try:
         tar = tarfile.open(archive)
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -504,8 +513,9 @@ def extract_archive(archive: Path, staging: Path) -> Path:
         with tar:
             for member in tar.getmembers():
                 _check_member(archive, member)
-            tar.extractall(staging, filter="data")
-    except tarfile.FilterError as exc:
+                _drop_privileges(member)
+            _extract(tar, archive, staging)
+    except _FILTER_ERRORS as exc:
         raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
     except OSError as exc:
         if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
@@ -517,6 +527,48 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     root = _task_root(staging, archive)
     _check_links(archive, root)
     return root
+
+
+def _extract(tar: tarfile.TarFile, archive: Path, staging: Path) -> None:
+    """Extract every entry of `tar` into `staging`, each checked just before it is written."""
+    inside = os.path.realpath(staging)
+
+    def one_by_one() -> Iterator[tarfile.TarInfo]:  # extractall takes each when it writes it
+        for member in tar.getmembers():
+            _check_destination(archive, inside, member)
+            yield member
+
+    if TAR_FILTERS:
+        tar.extractall(staging, members=one_by_one(), filter="data")
+    else:
+        tar.extractall(staging, members=one_by_one(), numeric_owner=True)
+
+
+def _drop_privileges(member: tarfile.TarInfo) -> None:
+    """The entry's mode and owner as the "data" filter sets them, on the archive's own entry (where a hard
+    link whose target is missing reads it): no setuid, setgid or sticky bit, no write for group or others,
+    files readable and writable by their owner, folders also searchable; owned by whoever extracts."""
+    mode = member.mode & 0o755
+    if member.isdir():
+        mode |= 0o700
+    elif not member.issym():
+        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    member.mode = mode
+    member.uid, member.gid, member.uname, member.gname = os.geteuid(), os.getegid(), "", ""
+
+
+def _check_destination(archive: Path, inside: str, member: tarfile.TarInfo) -> None:
+    """FetchError when `member`, about to be written under the resolved folder `inside`, would land outside
+    it, or is a link that points outside it, following the links extracted before it (the "data" filter's
+    check): `p -> q/..` while `q` does not exist, then `q -> ..`, then `p/file` pass each entry's check."""
+    path = os.path.join(inside, member.name)
+    if os.path.commonpath([os.path.realpath(path), inside]) != inside:
+        raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (written through a link pointing "
+                         "outside)")
+    if member.issym() or member.islnk():
+        target = os.path.join(os.path.dirname(path) if member.issym() else inside, member.linkname)
+        if os.path.commonpath([os.path.realpath(target), inside]) != inside:
+            raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (link pointing outside)")
 
 
 def _check_links(archive: Path, root: Path) -> None:
@@ -543,8 +595,8 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = member.name
     if name.startswith("/") or ".." in Path(name).parts:
         raise FetchError(f"{archive}: unsafe archive entry '{name}' (absolute path or '..')")
-    if member.isdev():
-        raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file)")
+    if member.isdev():  # character and block devices, FIFOs
+        raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file or FIFO)")
     if member.issym() or member.islnk():
         # A symbolic link is relative to its own folder, a hard link to the archive's root.
         target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname) if member.issym()
