@@ -6,6 +6,7 @@ a temporary folder next to the target and renamed into place at the end.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -28,7 +29,7 @@ from medseg_bench.data.validate import (
     refusal,
     validate_folder,
 )
-from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec, is_md5
 
@@ -37,6 +38,12 @@ CHUNK_BYTES = 1 << 20
 # tarfile's extraction filters came with Python 3.10.12 and 3.11.4; older ones extract with our checks alone.
 TAR_FILTERS = hasattr(tarfile, "data_filter")
 _FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
+# An entry that cannot be written for one of these reasons clashes with another entry of the archive.
+_CLASHES = {
+    errno.EISDIR: "the archive also holds a folder of that name",
+    errno.ENOTDIR: "the archive holds a file where a folder on its path should be",
+    errno.EEXIST: "the archive holds another entry of that name",
+}
 
 
 @dataclass(frozen=True)
@@ -502,26 +509,25 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     Every entry is checked before anything is written (`_check_member`), and again just before it is written,
     through the links extracted so far (`_check_destination`): these checks alone refuse what matters of what
     tarfile's "data" filter refuses, for Pythons without it; where it exists, the filter checks too. Entries
-    come out as the filter makes them (`_drop_privileges`).
+    come out as the filter makes them (`_drop_privileges`). An entry that clashes with another (a file and a
+    folder of one name) is the archive's fault; a disk that cannot take it is not.
     """
     try:
         tar = tarfile.open(archive)
     except (tarfile.TarError, EOFError, OSError) as exc:
         first = str(exc).splitlines()[0].rstrip(":")
         raise FetchError(f"{archive}: not a readable tar archive ({first})") from None
+    entry: list[str] = []  # the name of the entry being extracted
     try:
         with tar:
             for member in tar.getmembers():
                 _check_member(archive, member)
                 _drop_privileges(member)
-            _extract(tar, archive, staging)
+            _extract(tar, archive, staging, entry)
     except _FILTER_ERRORS as exc:
         raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
     except OSError as exc:
-        if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
-            reason = exc.strerror or exc
-            raise FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})") from None
-        raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None  # e.g. a bad gzip
+        raise _extraction_error(archive, staging, exc, entry[0] if entry else None) from None
     except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
     root = _task_root(staging, archive)
@@ -529,12 +535,14 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     return root
 
 
-def _extract(tar: tarfile.TarFile, archive: Path, staging: Path) -> None:
-    """Extract every entry of `tar` into `staging`, each checked just before it is written."""
+def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:
+    """Extract every entry of `tar` into `staging`, each checked just before it is written; `entry` holds the
+    name of the one being extracted."""
     inside = os.path.realpath(staging)
 
     def one_by_one() -> Iterator[tarfile.TarInfo]:  # extractall takes each when it writes it
         for member in tar.getmembers():
+            entry[:] = [member.name]
             _check_destination(archive, inside, member)
             yield member
 
@@ -542,6 +550,16 @@ def _extract(tar: tarfile.TarFile, archive: Path, staging: Path) -> None:
         tar.extractall(staging, members=one_by_one(), filter="data")
     else:
         tar.extractall(staging, members=one_by_one(), numeric_owner=True)
+
+
+def _extraction_error(archive: Path, staging: Path, exc: OSError, entry: str | None) -> MedsegError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in _CLASHES:
+        named = f"entry '{entry}'" if entry is not None else "an entry"
+        return FetchError(f"{archive}: {named} cannot be extracted ({reason}: {_CLASHES[exc.errno]})")
+    if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
+        return FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})")
+    return FetchError(f"{archive}: corrupt or truncated archive ({exc})")  # e.g. a bad gzip
 
 
 def _drop_privileges(member: tarfile.TarInfo) -> None:

@@ -785,3 +785,27 @@ def test_extracted_entries_are_the_owners_without_setuid_bits(hippo_subset: Path
     assert [name for name, st in modes.items() if st.st_mode & privileged] == []
     assert stat.S_IMODE(modes["imagesTs/setuid.sh"].st_mode) == 0o755
     assert {(st.st_uid, st.st_gid) for st in modes.values()} == {(os.geteuid(), os.getegid())}
+
+
+@pytest.mark.parametrize(("order", "entry", "why"), [
+    ("after", "Task04_Hippocampus/imagesTr", "Is a directory: the archive also holds a folder of that name"),
+    ("before", "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz",
+     "Not a directory: the archive holds a file where a folder on its path should be"),
+])
+def test_a_file_and_a_folder_of_one_name_are_blamed_on_the_archive(
+        hippo_subset: Path, tmp_path: Path, order: str, entry: str, why: str, tar_filters: str) -> None:
+    """Not on the disk ("DATA_DIR: cannot extract ARCHIVE here (Is a directory)", exit 7): exit 4, with the
+    entry."""
+    archive = tmp_path / "clash.tar"
+    with tarfile.open(archive, "w") as tar:
+        if order == "before":
+            _add_bytes(tar, "Task04_Hippocampus/imagesTr")
+        tar.add(hippo_subset, arcname="Task04_Hippocampus")
+        if order == "after":
+            _add_bytes(tar, "Task04_Hippocampus/imagesTr")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert str(info.value) == f"{archive}: entry '{entry}' cannot be extracted ({why})"
+    assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
