@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medseg_bench.data.io import load_json_object, write_json_atomic
+from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.data.validate import (
     ValidationReport,
     case_count_warnings,
@@ -106,6 +106,7 @@ def fetch_task(
     if md5 is not None and not is_md5(md5):
         raise UsageError(f"--md5 {md5!r} is not an md5 checksum (32 hexadecimal digits)")
     md5 = md5.strip() if md5 is not None else None
+    _check_data_dir(data_dir)
     present = _already_present(task, data_dir, strict)
     if present is not None:
         return present
@@ -124,6 +125,17 @@ def fetch_task(
         if present is not None:
             return present
         return _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """UsageError when the data folder is a file, or cannot be made because a file is on its path (mkdir
+    said "File exists" or "Not a directory", exit 7)."""
+    blocker = file_in_the_way(data_dir / "task")  # the data folder itself, or a parent of it
+    if blocker == data_dir:
+        raise UsageError(f"{data_dir}: the data folder is not a folder; choose another --data-dir")
+    if blocker is not None:
+        raise UsageError(f"{data_dir}: the data folder cannot be made ({blocker} is not a folder); choose "
+                         "another --data-dir")
 
 
 def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutcome | None:
