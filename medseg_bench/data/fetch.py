@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import os
 import re
+import shlex
 import shutil
 import stat
 import tarfile
@@ -180,7 +181,7 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             return _validate_in_place(task, target, origin, strict)
         raise DataError(f"{target}: a folder that `medseg-bench fetch` did not make (no {MARKER}) is in the "
                         f"way; nothing was touched: move it away, or check it in place with `medseg-bench "
-                        f"fetch {task.name} --source {target}`")
+                        f"fetch {shlex.quote(task.name)} --source {shlex.quote(str(target))}`")
     data_dir.mkdir(parents=True, exist_ok=True)
     if staging.exists() or staging.is_symlink():
         try:

@@ -809,3 +809,19 @@ def test_a_file_and_a_folder_of_one_name_are_blamed_on_the_archive(
         fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
     assert str(info.value) == f"{archive}: entry '{entry}' cannot be extracted ({why})"
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
+
+
+def test_the_command_suggested_for_a_folder_in_the_way_can_be_copied(hippo_subset: Path,
+                                                                      tmp_path: Path) -> None:
+    """Its path is quoted for the shell: a data folder with a space in its name."""
+    import shlex
+    import shutil
+
+    data = tmp_path / "my data"
+    placed = data / "Task04_Hippocampus"
+    shutil.copytree(hippo_subset, placed)
+    with pytest.raises(DataError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    command = str(info.value).split("`")[-2]
+    assert command == f"medseg-bench fetch Task04_Hippocampus --source '{placed}'"
+    assert shlex.split(command)[-1] == str(placed)
