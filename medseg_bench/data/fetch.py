@@ -103,6 +103,7 @@ def fetch_task(
     With `strict`, any validation problem is fatal (nothing is kept); without it, bad cases are excluded and
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
     Two fetches of one task never work at once: the second waits (`say` tells why), then finds it complete.
+    An `md5` for a folder is ignored, with a warning.
     """
     if md5 is not None and not is_md5(md5):
         raise UsageError(f"--md5 {md5!r} is not an md5 checksum (32 hexadecimal digits)")
@@ -125,7 +126,11 @@ def fetch_task(
         present = _already_present(task, data_dir, strict)  # the fetch we waited for may have finished it
         if present is not None:
             return present
-        return _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+        outcome = _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+    if md5 is not None and local is not None and local.is_dir():  # said, not silently dropped
+        ignored = f"{local}: --md5 ignored: a folder has no checksum (only archives are verified)"
+        outcome = replace(outcome, warnings=(ignored, *outcome.warnings))
+    return outcome
 
 
 def _check_data_dir(data_dir: Path) -> None:

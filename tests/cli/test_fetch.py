@@ -125,3 +125,17 @@ def test_a_data_dir_that_is_a_file_is_a_usage_error(home: Path, tmp_path: Path, 
     expected = f"error: {data}: the data folder {blocked}; choose another --data-dir"
     assert result.output.splitlines() == [expected]
     assert afile.read_text() == ""
+
+
+def test_md5_for_a_folder_is_ignored_with_a_warning(home: Path, tmp_path: Path) -> None:
+    """Said on stderr, not silently dropped: a folder has no checksum to verify."""
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=2)
+    write_task_file(home, "Task90_Synth", num_training=2)
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--md5", "0" * 32])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == (
+        f"warning: {src}: --md5 ignored: a folder has no checksum (only archives are verified)")
+    assert "2 usable training cases" in result.output
+    without = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--data-dir",
+                                  str(tmp_path / "other")])
+    assert without.exit_code == 0 and "--md5" not in without.output
