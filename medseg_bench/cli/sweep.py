@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -187,7 +188,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
                                 prepared_for=lambda spec: prepared[spec.task, spec.num_folds])
     if submitted:
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
-                   f"`medseg-bench status --results-dir {results_dir}`")
+                   f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")
     if damaged:
         from medseg_bench.results import damaged_runs_error
 

@@ -6,20 +6,23 @@ a temporary folder next to the target and renamed into place at the end.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
 import re
+import shlex
 import shutil
+import stat
 import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medseg_bench.data.io import load_json_object, write_json_atomic
+from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.data.validate import (
     ValidationReport,
     case_count_warnings,
@@ -27,12 +30,21 @@ from medseg_bench.data.validate import (
     refusal,
     validate_folder,
 )
-from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec, is_md5
 
 MARKER = ".medseg-bench-valid.json"
 CHUNK_BYTES = 1 << 20
+# tarfile's extraction filters came with Python 3.10.12 and 3.11.4; older ones extract with our checks alone.
+TAR_FILTERS = hasattr(tarfile, "data_filter")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
+# An entry that cannot be written for one of these reasons clashes with another entry of the archive.
+_CLASHES = {
+    errno.EISDIR: "the archive also holds a folder of that name",
+    errno.ENOTDIR: "the archive holds a file where a folder on its path should be",
+    errno.EEXIST: "the archive holds another entry of that name",
+}
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,12 @@ def fetch_task(
     With `strict`, any validation problem is fatal (nothing is kept); without it, bad cases are excluded and
     listed in the marker. A case count that differs from the catalog's is a warning (subsets are allowed).
     Two fetches of one task never work at once: the second waits (`say` tells why), then finds it complete.
+    An `md5` for a folder is ignored, with a warning.
     """
     if md5 is not None and not is_md5(md5):
         raise UsageError(f"--md5 {md5!r} is not an md5 checksum (32 hexadecimal digits)")
     md5 = md5.strip() if md5 is not None else None
+    _check_data_dir(data_dir)
     present = _already_present(task, data_dir, strict)
     if present is not None:
         return present
@@ -112,7 +126,22 @@ def fetch_task(
         present = _already_present(task, data_dir, strict)  # the fetch we waited for may have finished it
         if present is not None:
             return present
-        return _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+        outcome = _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+    if md5 is not None and local is not None and local.is_dir():  # said, not silently dropped
+        ignored = f"{local}: --md5 ignored: a folder has no checksum (only archives are verified)"
+        outcome = replace(outcome, warnings=(ignored, *outcome.warnings))
+    return outcome
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """UsageError when the data folder is a file, or cannot be made because a file is on its path (mkdir
+    said "File exists" or "Not a directory", exit 7)."""
+    blocker = file_in_the_way(data_dir / "task")  # the data folder itself, or a parent of it
+    if blocker == data_dir:
+        raise UsageError(f"{data_dir}: the data folder is not a folder; choose another --data-dir")
+    if blocker is not None:
+        raise UsageError(f"{data_dir}: the data folder cannot be made ({blocker} is not a folder); choose "
+                         "another --data-dir")
 
 
 def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutcome | None:
@@ -120,7 +149,7 @@ def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutco
     if not is_complete(target):
         return None
     # A fetch killed after the rename into place leaves an empty staging folder behind.
-    shutil.rmtree(data_dir / f".{task.name}.partial", ignore_errors=True)
+    remove_tree(data_dir / f".{task.name}.partial", ignore_errors=True)
     excluded = read_marker(target).get("excluded") or []
     if strict and excluded:
         first = excluded[0]
@@ -157,10 +186,15 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             return _validate_in_place(task, target, origin, strict)
         raise DataError(f"{target}: a folder that `medseg-bench fetch` did not make (no {MARKER}) is in the "
                         f"way; nothing was touched: move it away, or check it in place with `medseg-bench "
-                        f"fetch {task.name} --source {target}`")
+                        f"fetch {shlex.quote(task.name)} --source {shlex.quote(str(target))}`")
     data_dir.mkdir(parents=True, exist_ok=True)
-    if staging.exists():
-        shutil.rmtree(staging)
+    if staging.exists() or staging.is_symlink():
+        try:
+            remove_tree(staging)
+        except OSError as exc:
+            why = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            raise FileSystemError(f"{staging}: cannot remove what an earlier fetch left there ({why}); "
+                                  "remove it by hand") from None
     staging.mkdir()
     try:
         if origin.startswith(("http://", "https://")):
@@ -199,8 +233,40 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         _write_marker(root, task, origin, verified, report)
         root.rename(target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
+
+
+def remove_tree(folder: Path, ignore_errors: bool = False) -> None:
+    """`shutil.rmtree`, with every folder under `folder` made owner-writable first: a staging copy of a
+    read-only source made by an older version kept the source's modes, and an entry cannot be removed from a
+    read-only folder (except by root)."""
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            folder.unlink(missing_ok=True)
+            return
+        make_owner_writable(folder, files=False)
+    except OSError:
+        if not ignore_errors:
+            raise
+    shutil.rmtree(folder, ignore_errors=ignore_errors)  # with ignore_errors: whatever it can
+
+
+def make_owner_writable(folder: Path, files: bool = True) -> None:
+    """Give the owner read, write and search permission on `folder` and every folder under it, and write
+    permission on every file (with `files`); links are not followed."""
+    _add_mode(folder, stat.S_IRWXU)
+    for parent, dirs, names in os.walk(folder):  # top-down: a folder is opened after its mode was fixed
+        for name in dirs:
+            _add_mode(Path(parent, name), stat.S_IRWXU)
+        for name in names if files else ():
+            _add_mode(Path(parent, name), stat.S_IWUSR)
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    mode = path.lstat().st_mode
+    if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & bits != bits:
+        path.chmod(stat.S_IMODE(mode) | bits)
 
 
 def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) -> FetchOutcome:
@@ -456,29 +522,89 @@ class _progress:
 
 
 def extract_archive(archive: Path, staging: Path) -> Path:
-    """Extract a tar safely into `staging` and return the folder that holds dataset.json."""
+    """Extract a tar safely into `staging` and return the folder that holds dataset.json.
+
+    Every entry is checked before anything is written (`_check_member`), and again just before it is written,
+    through the links extracted so far (`_check_destination`): these checks alone refuse what matters of what
+    tarfile's "data" filter refuses, for Pythons without it; where it exists, the filter checks too. Entries
+    come out as the filter makes them (`_drop_privileges`). An entry that clashes with another (a file and a
+    folder of one name) is the archive's fault; a disk that cannot take it is not.
+    """
     try:
         tar = tarfile.open(archive)
     except (tarfile.TarError, EOFError, OSError) as exc:
         first = str(exc).splitlines()[0].rstrip(":")
         raise FetchError(f"{archive}: not a readable tar archive ({first})") from None
+    entry: list[str] = []  # the name of the entry being extracted
     try:
         with tar:
             for member in tar.getmembers():
                 _check_member(archive, member)
-            tar.extractall(staging, filter="data")
-    except tarfile.FilterError as exc:
+                _drop_privileges(member)
+            _extract(tar, archive, staging, entry)
+    except _FILTER_ERRORS as exc:
         raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
     except OSError as exc:
-        if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
-            reason = exc.strerror or exc
-            raise FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})") from None
-        raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None  # e.g. a bad gzip
+        raise _extraction_error(archive, staging, exc, entry[0] if entry else None) from None
     except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
     root = _task_root(staging, archive)
     _check_links(archive, root)
     return root
+
+
+def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:
+    """Extract every entry of `tar` into `staging`, each checked just before it is written; `entry` holds the
+    name of the one being extracted."""
+    inside = os.path.realpath(staging)
+
+    def one_by_one() -> Iterator[tarfile.TarInfo]:  # extractall takes each when it writes it
+        for member in tar.getmembers():
+            entry[:] = [member.name]
+            _check_destination(archive, inside, member)
+            yield member
+
+    if TAR_FILTERS:
+        tar.extractall(staging, members=one_by_one(), filter="data")
+    else:
+        tar.extractall(staging, members=one_by_one(), numeric_owner=True)
+
+
+def _extraction_error(archive: Path, staging: Path, exc: OSError, entry: str | None) -> MedsegError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in _CLASHES:
+        named = f"entry '{entry}'" if entry is not None else "an entry"
+        return FetchError(f"{archive}: {named} cannot be extracted ({reason}: {_CLASHES[exc.errno]})")
+    if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
+        return FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})")
+    return FetchError(f"{archive}: corrupt or truncated archive ({exc})")  # e.g. a bad gzip
+
+
+def _drop_privileges(member: tarfile.TarInfo) -> None:
+    """The entry's mode and owner as the "data" filter sets them, on the archive's own entry (where a hard
+    link whose target is missing reads it): no setuid, setgid or sticky bit, no write for group or others,
+    files readable and writable by their owner, folders also searchable; owned by whoever extracts."""
+    mode = member.mode & 0o755
+    if member.isdir():
+        mode |= 0o700
+    elif not member.issym():
+        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    member.mode = mode
+    member.uid, member.gid, member.uname, member.gname = os.geteuid(), os.getegid(), "", ""
+
+
+def _check_destination(archive: Path, inside: str, member: tarfile.TarInfo) -> None:
+    """FetchError when `member`, about to be written under the resolved folder `inside`, would land outside
+    it, or is a link that points outside it, following the links extracted before it (the "data" filter's
+    check): `p -> q/..` while `q` does not exist, then `q -> ..`, then `p/file` pass each entry's check."""
+    path = os.path.join(inside, member.name)
+    if os.path.commonpath([os.path.realpath(path), inside]) != inside:
+        raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (written through a link pointing "
+                         "outside)")
+    if member.issym() or member.islnk():
+        target = os.path.join(os.path.dirname(path) if member.issym() else inside, member.linkname)
+        if os.path.commonpath([os.path.realpath(target), inside]) != inside:
+            raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (link pointing outside)")
 
 
 def _check_links(archive: Path, root: Path) -> None:
@@ -505,8 +631,8 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = member.name
     if name.startswith("/") or ".." in Path(name).parts:
         raise FetchError(f"{archive}: unsafe archive entry '{name}' (absolute path or '..')")
-    if member.isdev():
-        raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file)")
+    if member.isdev():  # character and block devices, FIFOs
+        raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file or FIFO)")
     if member.issym() or member.islnk():
         # A symbolic link is relative to its own folder, a hard link to the archive's root.
         target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname) if member.issym()
@@ -528,7 +654,8 @@ def _task_root(staging: Path, source: Path) -> Path:
 
 
 def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
-    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files.
+    """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files; the
+    copy is the owner's to write, whatever the source's modes.
 
     A folder that holds one task folder (the extracted archive's parent, say) is searched one level down,
     as an archive is."""
@@ -543,6 +670,7 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
     root = staging / folder.name
     try:
         shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
+        make_owner_writable(root)  # copytree copies modes: a read-only source made a copy fetch cannot mark
     except shutil.Error as exc:  # one (source, destination, reason) per file that failed: name the first
         failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
         if not failures:

@@ -64,6 +64,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     for path, what in ((case.image, "image"), (case.label, "label")):
         if not path.is_file():
             return problem(path, f"{what} file missing")
+    if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
+        return problem(case.label, "label is the image file itself (dataset.json names one file for both)")
     try:
         image_geom, channels = read_geometry(case.image)
     except DataError as exc:
@@ -100,8 +102,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if extra:
         if declared and set(extra) <= declared:  # in dataset.json, not in the task file that sets the classes
             labels = ", ".join(str(k) for k in sorted(task.labels))  # (BraTS's original label 4, say)
-            return problem(case.label, f"label values {extra} not among {task.name}'s labels ({labels})")
-        return problem(case.label, f"label values {extra} not declared in dataset.json")
+            return problem(case.label, f"label values {_listed(extra)} not among {task.name}'s labels "
+                                       f"({labels})")
+        return problem(case.label, f"label values {_listed(extra)} not declared in dataset.json")
     try:
         image, _ = read_image(case.image)
         nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
@@ -110,6 +113,16 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
+
+
+VALUES_SHOWN = 10
+
+
+def _listed(values: list[int]) -> str:
+    """`[2, 3]`; past `VALUES_SHOWN` values, those first and how many more (`[..., 11 and 190 more]`)."""
+    shown = ", ".join(str(v) for v in values[:VALUES_SHOWN])
+    more = f" and {len(values) - VALUES_SHOWN} more" if len(values) > VALUES_SHOWN else ""
+    return f"[{shown}{more}]"
 
 
 def validate_folder(

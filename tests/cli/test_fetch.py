@@ -109,3 +109,33 @@ def test_ctrl_c_or_sigterm_during_a_fetch_is_one_line_and_its_exit_code(
     assert stderr.splitlines() == [
         f"error: interrupted ({name}): nothing finished was lost; rerun the same command to carry on"]
     assert not staging.exists() and not (data / "Task04_Hippocampus").exists()
+
+
+@pytest.mark.parametrize("under", ["", "sub/data"])
+def test_a_data_dir_that_is_a_file_is_a_usage_error(home: Path, tmp_path: Path, under: str) -> None:
+    """Not "error: DIR: File exists" (or "Not a directory"), exit 7."""
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=2)
+    write_task_file(home, "Task90_Synth")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    data = afile / under if under else afile
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--data-dir", str(data)])
+    assert result.exit_code == 2, result.output
+    blocked = "is not a folder" if not under else f"cannot be made ({afile} is not a folder)"
+    expected = f"error: {data}: the data folder {blocked}; choose another --data-dir"
+    assert result.output.splitlines() == [expected]
+    assert afile.read_text() == ""
+
+
+def test_md5_for_a_folder_is_ignored_with_a_warning(home: Path, tmp_path: Path) -> None:
+    """Said on stderr, not silently dropped: a folder has no checksum to verify."""
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=2)
+    write_task_file(home, "Task90_Synth", num_training=2)
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--md5", "0" * 32])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == (
+        f"warning: {src}: --md5 ignored: a folder has no checksum (only archives are verified)")
+    assert "2 usable training cases" in result.output
+    without = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--data-dir",
+                                  str(tmp_path / "other")])
+    assert without.exit_code == 0 and "--md5" not in without.output

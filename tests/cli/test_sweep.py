@@ -164,6 +164,26 @@ def test_slurm_submits_nothing_when_a_run_cannot_train_on_the_plan(shared_task: 
     assert not called.exists() and not (tmp_path / "results" / ".slurm").exists()
 
 
+def test_a_submission_suggests_a_status_command_that_can_be_copied(shared_task: Path, home: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results folder in the suggested command is quoted for the shell (here it has a space)."""
+    import shlex
+
+    from medseg_bench.sweep import slurm
+    from tests.conftest import TINY_SWEEP, fetch_subset
+
+    fetch_subset(shared_task, tmp_path)
+    _unconfigured_sbatch(tmp_path, monkeypatch)  # on PATH; never called: submit is replaced
+    monkeypatch.setattr(slurm, "submit", lambda runs, *args, **kwargs: (list(runs), []))
+    results = tmp_path / "my results"
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == f"1 jobs submitted; follow them with `medseg-bench status --results-dir '{results}'`"
+    assert shlex.split(last.split("`")[1])[-1] == str(results)
+
+
 def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import sys

@@ -307,8 +307,33 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-@pytest.mark.parametrize("entry", ["../evil.txt", "/abs/evil.txt", "link", "dev"])
-def test_unsafe_archives_are_refused(entry: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["filter", "no filter"])
+def tar_filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An archive test runs twice: with tarfile's "data" filter, and as on a Python without extraction
+    filters (before 3.10.12 and 3.11.4: `extractall` takes no `filter` and filters nothing), where the fetch's
+    own checks alone stand between an archive and the disk."""
+    from medseg_bench.data import fetch
+
+    if request.param == "filter":
+        if not fetch.TAR_FILTERS:
+            pytest.skip("this Python's tarfile has no extraction filters")
+        return request.param
+    monkeypatch.setattr(fetch, "TAR_FILTERS", False)
+    if hasattr(tarfile, "data_filter"):  # this Python has filters: extract as an older one does
+        extractall = tarfile.TarFile.extractall
+
+        def unfiltered(self: tarfile.TarFile, path: str | Path = ".", members: object = None, *,
+                       numeric_owner: bool = False) -> None:
+            # No filter at all: "fully_trusted" (the default until 3.14, "data" since).
+            options = {"numeric_owner": numeric_owner, "filter": "fully_trusted"}
+            extractall(self, path, members, **options)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", unfiltered)
+    return request.param
+
+
+@pytest.mark.parametrize("entry", ["../evil.txt", "/abs/evil.txt", "link", "dev", "fifo", "hard link"])
+def test_unsafe_archives_are_refused(entry: str, tmp_path: Path, tar_filters: str) -> None:
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:
         _add_bytes(tar, "Task04_Hippocampus/dataset.json", b"{}")
@@ -316,9 +341,13 @@ def test_unsafe_archives_are_refused(entry: str, tmp_path: Path) -> None:
             info = tarfile.TarInfo("Task04_Hippocampus/link")
             info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
             tar.addfile(info)
-        elif entry == "dev":
+        elif entry in ("dev", "fifo"):
             info = tarfile.TarInfo("Task04_Hippocampus/dev")
-            info.type = tarfile.CHRTYPE
+            info.type = tarfile.CHRTYPE if entry == "dev" else tarfile.FIFOTYPE
+            tar.addfile(info)
+        elif entry == "hard link":
+            info = tarfile.TarInfo("Task04_Hippocampus/hard")
+            info.type, info.linkname = tarfile.LNKTYPE, "Task04_Hippocampus/../../evil.txt"
             tar.addfile(info)
         else:
             _add_bytes(tar, entry)
@@ -329,7 +358,7 @@ def test_unsafe_archives_are_refused(entry: str, tmp_path: Path) -> None:
     assert not (tmp_path / "evil.txt").exists() and not (data / "Task04_Hippocampus").exists()
 
 
-def test_truncated_archive(hippo_subset: Path, tmp_path: Path) -> None:
+def test_truncated_archive(hippo_subset: Path, tmp_path: Path, tar_filters: str) -> None:
     archive, _ = make_tar(hippo_subset, tmp_path / "t.tar")
     cut = tmp_path / "cut.tar"
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
@@ -516,7 +545,8 @@ def test_bad_sources_are_one_line_errors(kind: str, error: type[Exception], mess
     assert not (hippo_subset / "data").exists()
 
 
-def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_path: Path) -> None:
+def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_path: Path,
+                                                         tar_filters: str) -> None:
     archive = tmp_path / "t.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(hippo_subset, arcname="Task04_Hippocampus")
@@ -535,7 +565,8 @@ def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_
     ([("a", "b"), ("b", "a")], "a loop of links"),
 ])
 def test_a_chain_of_links_out_of_the_task_is_refused(hippo_subset: Path, tmp_path: Path,
-                                                     links: list[tuple[str, str]], why: str) -> None:
+                                                     links: list[tuple[str, str]], why: str,
+                                                     tar_filters: str) -> None:
     archive = tmp_path / "chain.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(hippo_subset, arcname="Task04_Hippocampus")
@@ -555,25 +586,27 @@ def test_a_chain_of_links_out_of_the_task_is_refused(hippo_subset: Path, tmp_pat
     assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]  # staging removed
 
 
+@pytest.mark.parametrize(("code", "reason"), [("ENOSPC", "No space left on device"),
+                                            ("EDQUOT", "Disk quota exceeded")])
 def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                monkeypatch: pytest.MonkeyPatch, code: str,
+                                                                reason: str) -> None:
     import errno
     import shutil
 
     from medseg_bench.errors import FileSystemError
 
     def full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(getattr(errno, code), reason)
 
     archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
     task, data = get_task("Task04_Hippocampus"), tmp_path / "data"
     monkeypatch.setattr(tarfile.TarFile, "extractall", full)
-    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here "
-                                              r"\(No space left on device\)$"):
+    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here \\({reason}\\)$"):
         fetch_task(task, data, str(archive), md5, progress=False)
     monkeypatch.setattr(shutil, "copyfile", full)  # what copytree's copy2 calls
-    with pytest.raises(FileSystemError, match=r"hippocampus_\d+.nii.gz: cannot copy it into .*data "
-                                              r"\(No space left on device\) and \d+ more file"):
+    with pytest.raises(FileSystemError, match=rf"hippocampus_\d+.nii.gz: cannot copy it into .*data "
+                                              rf"\({reason}\) and \d+ more file"):
         fetch_task(task, data, str(hippo_subset), progress=False)
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
 
@@ -638,3 +671,157 @@ def _raw_server(reply: bytes, hold: bool = False) -> Iterator[str]:
     finally:
         release.set()
         listener.close()
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Makes a tree read-only (files and folders, as /work/shared/data is); the modes come back afterwards
+    so that pytest can remove tmp_path. (Root ignores the bits: the tests check the modes of the copies.)"""
+    made: list[Path] = []
+
+    def make(folder: Path) -> None:
+        for path in sorted(folder.rglob("*"), reverse=True):  # deepest first
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        folder.chmod(0o555)
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if not folder.exists():  # removed by the test
+            continue
+        folder.chmod(0o755)
+        for path in folder.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _not_owner_writable(folder: Path, files: bool = True) -> list[str]:
+    import stat
+
+    return [str(p) for p in [folder, *folder.rglob("*")] if (files or p.is_dir())
+            and not p.lstat().st_mode & stat.S_IWUSR]
+
+
+def test_a_read_only_source_folder_is_imported_as_a_writable_copy(hippo_subset: Path, tmp_path: Path,
+                                                                  read_only: Callable[[Path], None]) -> None:
+    """A non-root user could not mark the copy (copytree kept the modes: "Permission denied", exit 7)."""
+    read_only(hippo_subset)
+    assert _not_owner_writable(hippo_subset)
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder) and _not_owner_writable(outcome.folder) == []
+
+
+def test_a_read_only_staging_folder_left_by_an_older_version_is_removed(
+        hippo_subset: Path, tmp_path: Path, read_only: Callable[[Path], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older version's copy of a read-only source stayed read-only; rmtree cannot empty a read-only
+    folder (for a non-root user), so every fetch after failed with "Permission denied". Its folders are made
+    writable before it is removed."""
+    import shutil
+
+    from medseg_bench.data import fetch
+
+    data = tmp_path / "data"
+    left = data / ".Task04_Hippocampus.partial"
+    shutil.copytree(hippo_subset, left / "Task04_Hippocampus")
+    read_only(left)
+    removed: list[list[str]] = []
+    rmtree = shutil.rmtree
+
+    def checking_rmtree(path: Path, *args: object, **kwargs: object) -> None:
+        removed.append(_not_owner_writable(Path(path), files=False))  # a file's own mode does not matter
+        rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetch.shutil, "rmtree", checking_rmtree)
+    outcome = fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert is_complete(outcome.folder) and not left.exists()
+    assert removed and removed[0] == []  # every folder was owner-writable when it was removed
+
+
+def test_a_path_through_links_that_lead_out_later_is_refused(tmp_path: Path, tar_filters: str) -> None:
+    """`p -> q/..` points inside while `q` does not exist; `q -> ..` points inside too; together `p` is the
+    folder above the extraction folder, and `p/evil.txt` would be written there. Each entry is checked through
+    the links on disk just before it is written, with or without tarfile's filter."""
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        _add_bytes(tar, "Task04_Hippocampus/dataset.json", b"{}")
+        for name, target in (("p", "q/.."), ("q", "..")):
+            info = tarfile.TarInfo(f"Task04_Hippocampus/{name}")
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        _add_bytes(tar, "Task04_Hippocampus/p/evil.txt")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=r"evil.tar: unsafe archive entry 'Task04_Hippocampus/p/evil.txt' "
+                                         r"\(written through a link pointing outside\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_extracted_entries_are_the_owners_without_setuid_bits(hippo_subset: Path, tmp_path: Path,
+                                                               tar_filters: str) -> None:
+    """As tarfile's "data" filter leaves them, also without it: files and folders owner-writable (a read-only
+    archive, like a read-only folder, gave a task folder fetch could not mark), no setuid or setgid bit, no
+    write for others, owned by whoever extracts (root extracting took the archive's owners)."""
+    import os
+    import stat
+
+    def read_only(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mode = 0o555 if info.isdir() else 0o444
+        info.uid, info.gid, info.uname, info.gname = 4321, 4321, "someone", "others"
+        return info
+
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(hippo_subset, arcname="Task04_Hippocampus", filter=read_only)
+        for name, mode in (("setuid.sh", 0o4755), ("setgid", 0o2777)):
+            info = tarfile.TarInfo(f"Task04_Hippocampus/imagesTs/{name}")
+            info.size, info.mode = 1, mode
+            tar.addfile(info, io.BytesIO(b"x"))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(archive), md5, progress=False)
+    modes = {p.relative_to(outcome.folder).as_posix(): p.lstat() for p in outcome.folder.rglob("*")}
+    assert _not_owner_writable(outcome.folder) == []
+    privileged = stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH
+    assert [name for name, st in modes.items() if st.st_mode & privileged] == []
+    assert stat.S_IMODE(modes["imagesTs/setuid.sh"].st_mode) == 0o755
+    assert {(st.st_uid, st.st_gid) for st in modes.values()} == {(os.geteuid(), os.getegid())}
+
+
+@pytest.mark.parametrize(("order", "entry", "why"), [
+    ("after", "Task04_Hippocampus/imagesTr", "Is a directory: the archive also holds a folder of that name"),
+    ("before", "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz",
+     "Not a directory: the archive holds a file where a folder on its path should be"),
+])
+def test_a_file_and_a_folder_of_one_name_are_blamed_on_the_archive(
+        hippo_subset: Path, tmp_path: Path, order: str, entry: str, why: str, tar_filters: str) -> None:
+    """Not on the disk ("DATA_DIR: cannot extract ARCHIVE here (Is a directory)", exit 7): exit 4, with the
+    entry."""
+    archive = tmp_path / "clash.tar"
+    with tarfile.open(archive, "w") as tar:
+        if order == "before":
+            _add_bytes(tar, "Task04_Hippocampus/imagesTr")
+        tar.add(hippo_subset, arcname="Task04_Hippocampus")
+        if order == "after":
+            _add_bytes(tar, "Task04_Hippocampus/imagesTr")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert str(info.value) == f"{archive}: entry '{entry}' cannot be extracted ({why})"
+    assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
+
+
+def test_the_command_suggested_for_a_folder_in_the_way_can_be_copied(hippo_subset: Path,
+                                                                      tmp_path: Path) -> None:
+    """Its path is quoted for the shell: a data folder with a space in its name."""
+    import shlex
+    import shutil
+
+    data = tmp_path / "my data"
+    placed = data / "Task04_Hippocampus"
+    shutil.copytree(hippo_subset, placed)
+    with pytest.raises(DataError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    command = str(info.value).split("`")[-2]
+    assert command == f"medseg-bench fetch Task04_Hippocampus --source '{placed}'"
+    assert shlex.split(command)[-1] == str(placed)

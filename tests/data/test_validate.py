@@ -231,3 +231,24 @@ def test_a_refusal_names_the_first_problem_and_counts_the_other_cases() -> None:
                           "(--strict: nothing was kept)")
     assert str(refusal(ValidationReport([], problems[:1]), "--strict")) == (
         "/d/T/labelsTr/c0.nii.gz: label file missing (--strict)")
+
+
+def test_many_undeclared_label_values_are_counted_past_ten(synth) -> None:
+    """Not every value (an integer image given as a label listed 200 of them, 900 characters)."""
+    folder, task = synth
+    seg = np.arange(12 * 20 * 20, dtype=np.int16).reshape(12, 20, 20) % 203  # 0-202: 200 undeclared
+    write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
+    problem = _problem_for(folder, task, "case_003")
+    assert problem.endswith(": label values [3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 190 more] not declared in "
+                            "dataset.json")
+
+
+def test_a_label_that_is_the_image_file_is_named_as_such(synth) -> None:
+    """Not "label map holds non-integer or out-of-range values"."""
+    folder, task = synth
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["training"][1]["label"] = dataset["training"][1]["image"]
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    assert _problem_for(folder, task, "case_001") == (
+        f"{folder / 'imagesTr' / 'case_001.nii.gz'}: label is the image file itself (dataset.json names one "
+        "file for both)")
