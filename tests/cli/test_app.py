@@ -97,15 +97,21 @@ def test_an_empty_argument_is_refused_not_taken_as_the_current_folder(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Path) -> None:
-    # No command lets a file-system failure escape as a traceback (here: a data folder that cannot exist).
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
+def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # No command lets a file-system failure escape as a traceback (here: one no check foresaw).
+    import errno
+
+    from medseg_bench.data import fetch
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "a-file" / "data"))
+
+    monkeypatch.setattr(fetch, "fetch_task", fails)
     (tmp_path / "src").mkdir()
-    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path / "src"),
-                                 "--data-dir", str(blocker / "data")])
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path / "src")])
     assert result.exit_code == 7, result.output
-    assert result.output.strip().splitlines()[-1] == f"error: {blocker / 'data'}: Not a directory"
+    assert result.output.strip().splitlines()[-1] == f"error: {tmp_path / 'a-file' / 'data'}: Not a directory"
 
 
 def test_running_out_of_memory_is_one_line(tmp_path: Path, monkeypatch) -> None:
