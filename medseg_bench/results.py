@@ -17,7 +17,8 @@ Run folder:
     logs/            CSV (and TensorBoard) training logs
     metrics.csv      per case and label scores on the held-out fold (written before status becomes done)
     predictions/     the held-out cases' label maps as scored, `<case>.nii.gz` in their label file's geometry
-    summary.json     means, cost (params, wall time, time per epoch, peak memory)
+    summary.json     means of dice, jaccard, hd95, nsd (no nsd in runs finished before 2026-12-01), cost
+                     (params, wall time, time per epoch, peak memory)
     learning_curves.png
 
 `<results_dir>/index.parquet` is a table of every finished run's per-case scores, rebuilt from the folders.

@@ -105,10 +105,13 @@ class _RunLog(logging.FileHandler):
 
 
 def summary_means(foreground: Any) -> dict[str, float]:
-    """`summary.json`'s means of a run's foreground label rows, taken as the report takes them: each case's
-    labels averaged, then the cases (NaN, both masks empty, left out at each step)."""
-    return {m: float(foreground.groupby("case")[m].mean().mean()) for m in ("dice", "jaccard", "hd95")
-            if m in foreground}
+    """`summary.json`'s means of the headline metrics (Dice, Jaccard, HD95, NSD) over a run's foreground label
+    rows, taken as the report takes them: each case's labels averaged, then the cases (NaN, both masks empty,
+    left out at each step). Runs finished before 2026-12-01 have no NSD here."""
+    from medseg_bench.metrics.info import HEADLINE_METRICS
+
+    by_case = foreground.groupby("case")
+    return {m: float(by_case[m].mean().mean()) for m in HEADLINE_METRICS if m in foreground}
 
 
 def _write_csv_atomic(frame: Any, path: Path) -> None:

@@ -67,7 +67,9 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
     assert (table["hd95_mean"] >= 0).all() and (table["cases"] == 2).all()
     for row in table.itertuples():  # the sweep's summary and the report take the same mean
         summary = json.loads((results / "Task04_Hippocampus" / row.run_ids / "summary.json").read_text())
-        assert summary["mean"]["dice"] == pytest.approx(row.dice_mean, rel=1e-5)  # CSV: 6 digits
+        for metric in ("dice", "jaccard", "hd95", "nsd"):  # CSV: 6 digits
+            reported = getattr(row, f"{metric}_mean")
+            assert summary["mean"][metric] == pytest.approx(reported, rel=1e-5, nan_ok=True)
     markdown = runner.invoke(app, ["report", "--results-dir", str(results)])
     assert markdown.exit_code == 0 and markdown.output.startswith("# medseg-bench report\n")
     assert "| # | configuration | runs | cases | empty | Dice |" in markdown.output

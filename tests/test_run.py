@@ -16,6 +16,16 @@ def test_summary_means_are_the_reports_case_means() -> None:
     assert summary_means(rows) == {"dice": pytest.approx(0.8), "hd95": pytest.approx(2.0)}
 
 
+def test_summary_means_hold_every_headline_metric_nsd_included() -> None:
+    # NSD, a headline metric of metrics.csv and the report, was left out of summary.json's means
+    nan = float("nan")
+    rows = pd.DataFrame({"case": ["a", "a", "b", "b"], "label": [1, 2, 1, 2], "dice": [0.9, 0.5, 0.9, nan],
+                         "jaccard": [0.8, 0.4, 0.8, nan], "hd95": [1.0, 3.0, 2.0, nan],
+                         "nsd": [1.0, 0.6, 0.5, nan], "precision": [0.9, 0.9, 0.9, nan]})
+    assert summary_means(rows) == {"dice": pytest.approx(0.8), "jaccard": pytest.approx(0.7),
+                                   "hd95": pytest.approx(2.0), "nsd": pytest.approx((0.8 + 0.5) / 2)}
+
+
 def test_a_run_log_line_that_cannot_be_written_prints_no_traceback(tmp_path, capsys) -> None:
     import errno
     import logging

@@ -1,5 +1,7 @@
 """`medseg-bench predict`: label maps for a folder of images from a finished run (or one of its checkpoints),
 or from an ensemble of runs of one task and plan (their softmax probabilities averaged, as nnU-Net ensembles).
+A run that has not finished (interrupted, failed, or training now) is refused unless `--allow-unfinished`: its
+last checkpoint is from mid-training, where nnU-Net predicts from `checkpoint_final`.
 
 Each image is normalised, cropped and resampled as the run's plan says, predicted (with the run's TTA setting
 unless overridden), mapped back to its own grid, postprocessed as the run decided, and written as NIfTI with
@@ -33,6 +35,58 @@ def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint missing (the run has not finished an epoch)")
     return folder, checkpoint
+
+
+def _epochs_in(checkpoint: Path, iters_per_epoch: int) -> int | None:
+    """The epochs the checkpoint's training steps make, or None where it cannot be read (it is mapped, not
+    read: its tensors stay on disk)."""
+    import torch
+
+    from medseg_bench.checks import is_whole
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so, with or without this
+        return None
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return step // iters_per_epoch if isinstance(step, int) and is_whole(step) else None
+
+
+def _unfinished(folder: Path, checkpoint: Path, spec: Any) -> tuple[str, str] | None:
+    """(what, advice) for a run that has not finished: "FOLDER: not finished (STATE, epoch N of M)" and what
+    to do; None for a finished one (done, or done and a file lost since: its checkpoint is final all the
+    same)."""
+    from medseg_bench.results import run_state
+
+    state = run_state(folder)
+    if state in ("done", "damaged"):
+        return None
+    epochs = _epochs_in(checkpoint, spec.iters_per_epoch)
+    epoch = f", epoch {epochs} of {spec.epochs}" if epochs is not None else ""
+    if state == "running":
+        advice = "a process is training it now; wait until it is done"
+    elif state == "failed":
+        advice = f"it failed (see {folder / 'run.log'}); the same `medseg-bench sweep` command retries it"
+    elif epochs is not None and epochs >= spec.epochs:
+        advice = ("it trained but was not evaluated; finish it with `medseg-bench sweep` (the same command "
+                  "evaluates it)")
+    else:
+        advice = ("its last checkpoint is mid-training; finish it with `medseg-bench sweep` (the same "
+                  "command resumes it)")
+    return f"{folder}: not finished ({state}{epoch})", advice
+
+
+def _check_finished(run: Path, checkpoint: Path, spec: Any, allow_unfinished: bool) -> None:
+    """Refuse a run that has not finished (exit 2), or, with --allow-unfinished, say on stderr that it
+    predicts with it all the same."""
+    unfinished = _unfinished(run, checkpoint, spec)
+    if unfinished is None:
+        return
+    what, advice = unfinished
+    if not allow_unfinished:
+        raise UsageError(f"{what}: {advice}, or pass --allow-unfinished")
+    typer.echo(f"warning: {what}: predicting with {checkpoint.name} all the same (--allow-unfinished)",
+               err=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -140,7 +194,7 @@ class _Run:
     decision: Any  # postprocess.Decision | None
 
 
-def _read_run(run_or_checkpoint: Path, postprocess: bool) -> _Run:
+def _read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool = False) -> _Run:
     from medseg_bench.postprocess import load_decision
     from medseg_bench.spec import RunSpec
 
@@ -151,6 +205,7 @@ def _read_run(run_or_checkpoint: Path, postprocess: bool) -> _Run:
     if problem:
         raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({problem})")
     spec = RunSpec.from_dict(spec_data)
+    _check_finished(folder, checkpoint, spec, allow_unfinished)
     return _Run(folder, checkpoint, spec, _plan(folder, spec.task),
                 load_decision(folder) if postprocess else None)
 
@@ -210,8 +265,8 @@ def _ensemble_decision(runs: list[_Run]) -> Any:
 def predict(
     runs: Annotated[list[Path], typer.Argument(
         metavar="RUN_OR_CHECKPOINT...",
-        help="A run folder (uses checkpoints/last.ckpt) or a checkpoint inside one; several: an ensemble "
-             "(the mean of their softmax probabilities, e.g. the folds of a configuration).")],
+        help="A finished run's folder (uses checkpoints/last.ckpt) or a checkpoint inside one; several: an "
+             "ensemble (the mean of their softmax probabilities, e.g. the folds of a configuration).")],
     images: Annotated[Path, typer.Option(
         help="Folder of images (NIfTI, NRRD, MHA, MHD); 4D for multi-channel.")],
     out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
@@ -224,6 +279,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
     device: Annotated[str | None, typer.Option(
         help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
+    allow_unfinished: Annotated[bool, typer.Option(
+        help="Predict with a run that has not finished (interrupted, failed, or training now) from its "
+             "last checkpoint, mid-training, with a warning; refused otherwise.")] = False,
 ) -> None:
     """Predict label maps for every image in a folder with a trained run, or an ensemble of runs."""
     import torch
@@ -235,7 +293,7 @@ def predict(
 
     device = _check_device(device)
     _check_out_folder(images, out)
-    loaded = [_read_run(path, postprocess) for path in runs]
+    loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
     _check_ensemble(loaded)
     found = _images(images)
     members = [_member(run, tta) for run in loaded]

@@ -20,7 +20,8 @@ def report(
     results_dir: Annotated[Path, typer.Option(help="Results folder written by `sweep`.")] = Path("results"),
     fmt: Annotated[str | None, typer.Option(
         "--format", help="markdown, csv, json, latex, html or parquet (default: from --output's extension, "
-                         "else markdown; rich tables on a terminal).")] = None,
+                         "else markdown; rich tables on a terminal). With --output, its extension must not "
+                         "name another format.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout.")] = None,
     metric: Annotated[str, typer.Option(
@@ -36,7 +37,8 @@ def report(
         help="Also show the marginal effect of one axis: arch, loss, aug, dims or encoder.")] = None,
     top: Annotated[int | None, typer.Option(
         metavar="K", help="Only the K best configurations of each task, and the K best of the ranking "
-                          "across tasks (ranks and tests still count every configuration).")] = None,
+                          "across tasks (ranks and tests still count every configuration, and every pair's "
+                          "test is listed).")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the bootstrap confidence intervals.")] = 0,
@@ -46,10 +48,12 @@ def report(
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
     from medseg_bench.report import FORMATS, GROUP_AXES, build_report, format_for, print_rich, render
-    from medseg_bench.report.formats import write_atomic
+    from medseg_bench.report.formats import check_output_format, write_atomic
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if fmt is not None and output is not None:
+        check_output_format(fmt, output)
     # On a terminal, without --format or --output: rich tables; an explicit --format markdown is markdown.
     rich = fmt is None and output is None and sys.stdout.isatty()
     if fmt is None:

@@ -8,7 +8,7 @@ Example:
 """
 
 from medseg_bench.metrics.evaluate import evaluate_case, evaluate_folders, summarize_cases
-from medseg_bench.metrics.info import METRIC_NAMES, METRICS, MetricInfo, MetricSettings
+from medseg_bench.metrics.info import HEADLINE_METRICS, METRIC_NAMES, METRICS, MetricInfo, MetricSettings
 from medseg_bench.metrics.overlap import (
     compute_dice,
     compute_jaccard,
@@ -29,6 +29,7 @@ from medseg_bench.metrics.surface import (
 )
 
 __all__ = [
+    "HEADLINE_METRICS",
     "METRICS",
     "METRIC_NAMES",
     "MetricInfo",

@@ -35,6 +35,9 @@ _METRIC_INFOS = (
     MetricInfo("nsd", True, "", "normalised surface Dice: share of both surfaces within the tolerance"),
 )
 
+# The headline metrics: a run's summary.json means and the report's default columns.
+HEADLINE_METRICS = ("dice", "jaccard", "hd95", "nsd")
+
 METRICS: Registry[MetricInfo] = Registry("metric")
 for _info in _METRIC_INFOS:
     METRICS.add(_info.name, _info)

@@ -26,7 +26,8 @@ from medseg_bench.results import finished_runs, load_results, read_json
 
 @dataclass
 class Report:
-    """A leaderboard and what goes with it. `table` is best first within each task (after `--top`)."""
+    """A leaderboard and what goes with it. `table` is best first within each task (after `--top`); `pairs`
+    holds the winner of each task against every other configuration, also those `--top` leaves out."""
 
     metric: str
     metrics: list[str]
@@ -110,11 +111,11 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     ranking = cross_task_ranking(full, chosen)
     table = top_k(full, top)
     scores = compared[0]
-    # Tests over every configuration (--top shortens what is shown, not the Holm family or the Friedman test).
+    # Tests over every configuration, and every pair kept: --top shortens the leaderboard and the ranking,
+    # not the Holm family, the Friedman test or the list of pairs (each is the shown winner against another).
     pairs, friedman_table = significance(scores, full, ranking_metric, alpha)
     shown = pd.MultiIndex.from_frame(table[["task", "config"]])
     scores = scores[pd.MultiIndex.from_frame(scores[["task", "config"]]).isin(shown)].reset_index(drop=True)
-    pairs = pairs[pd.MultiIndex.from_frame(pairs[["task", "other"]]).isin(shown)].reset_index(drop=True)
     groups = group_effect(full, group_by, chosen) if group_by else None
     if top is not None:
         ranking = ranking.head(top).reset_index(drop=True)

@@ -141,6 +141,18 @@ def _p_relation(value: float) -> str:
     return text if text.startswith("<") else f"= {text}"
 
 
+def _unlisted_note(report: Report, task: str, pairs: pd.DataFrame) -> str:
+    """A sentence on the pairs whose other configuration `--top` leaves out of the task's table (listed all
+    the same: each is the shown winner's test), or "" when there are none."""
+    listed = set(report.table.loc[report.table["task"] == task, "config"])
+    unlisted = int((~pairs["other"].isin(listed)).sum())
+    if not unlisted:
+        return ""
+    top = report.settings["top"]
+    return (f" Every pair is listed, also the {unlisted} configuration(s) that --top {top} leaves out of the "
+            "table above.")
+
+
 def significance_section(report: Report, task: str) -> tuple[list[str], Table | None]:
     metric = report.metric
     alpha = report.settings["alpha"]
@@ -165,7 +177,7 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
     notes.append(f"Paired Wilcoxon signed-rank tests of {top} against each other configuration on "
                  f"per-case {metric_title(metric)} (paired by case, its seeds averaged; Holm-corrected): "
                  + (f"differs at α = {alpha} from {', '.join(differing)}." if differing
-                    else f"no pair differs at α = {alpha}."))
+                    else f"no pair differs at α = {alpha}.") + _unlisted_note(report, task, pairs))
     rows = []
     for _, pair in pairs.iterrows():
         verdict = f"yes, {pair['better']} better" if pair["differs"] else "no"
@@ -252,7 +264,7 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
         intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
         intro.append(f"Only the top {s['top']} configurations of each task, and of the ranking across tasks, "
-                     "are shown.")
+                     "are shown; the significance tests cover, and list, every configuration.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
         items: list[str | Table] = [_settings_note(report, task)]

@@ -182,6 +182,18 @@ def format_for(path: Path) -> str:
     return fmt
 
 
+def check_output_format(fmt: str, path: Path) -> None:
+    """Refuse a `--format` that the extension of `--output` contradicts (`--format csv --output rep.json`
+    would write CSV into a .json file, perhaps over a JSON report); an extension no format claims (.txt)
+    takes any format."""
+    implied = EXTENSIONS.get(path.suffix.lower())
+    if implied is None or implied == fmt:
+        return
+    extension = next(ext for ext, name in EXTENSIONS.items() if name == fmt)
+    raise UsageError(f"--format {fmt} but --output {path} is a {path.suffix} name: drop --format, or name "
+                     f"the file {extension}")
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write to a temp file in the same folder, then rename over `path`; a failure names `path`.
 

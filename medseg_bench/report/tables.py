@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 from medseg_bench.errors import UsageError
+from medseg_bench.metrics.info import HEADLINE_METRICS
 from medseg_bench.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, rank_values
 
 CONFIG_AXES = ["dims", "arch", "encoder", "loss", "aug"]
 CONFIG_COLUMNS = ["task", *CONFIG_AXES]
 SAMPLE_COLUMNS = ["case", "fold", "seed"]
-DEFAULT_METRICS = ("dice", "jaccard", "hd95", "nsd")
+DEFAULT_METRICS = HEADLINE_METRICS
 GROUP_AXES = ("arch", "loss", "aug", "dims", "encoder")
 
 

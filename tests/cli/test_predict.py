@@ -282,7 +282,8 @@ def test_an_unfinished_run_predicts_with_the_patch_it_trained_with(home: Path, t
     images = tmp_path / "images"
     noise = np.random.default_rng(3).normal(0, 1, (12, 20, 20)).astype(np.float32)
     _write_oriented(images / "a.nii.gz", noise)
-    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "pred")]
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "pred"),
+            "--allow-unfinished"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     (folder / "setup.json").write_text(json.dumps({"patch_size": [16, 0, 16], "batch_size": batch}))
@@ -400,3 +401,60 @@ def test_an_ensemble_takes_each_run_once_and_one_plan(run_folder, tmp_path: Path
                                 str(out)])
     assert mixed.exit_code == 2 and "trained on another preprocessing" in mixed.output
     assert not out.exists()  # refused before anything was written
+
+
+class _StopAtEndOfEpoch:
+    """A sweep's reporter that interrupts its run, as Ctrl-C would, as epoch `epoch` (1-based) ends: before
+    that epoch's checkpoint (Lightning's checkpoint callbacks run after the others), after the one before."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("SIGINT")
+
+
+def test_an_unfinished_run_is_refused_unless_allowed_and_then_named(run_folder, tmp_path: Path) -> None:
+    """A real run interrupted in epoch 2 of 3 left its last.ckpt from mid-training: predict wrote label maps
+    from it, exit 0, alone or in an ensemble with a finished run, without a word."""
+    from medseg_bench.results import run_state
+    from medseg_bench.sweep.worker import run_one
+
+    finished, _, prepared = run_folder
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2, epochs=3,
+                   iters_per_epoch=1, batch_size=2, patch_size=(16, 16, 16))
+    with pytest.raises((KeyboardInterrupt, SystemExit)):  # Lightning may turn Ctrl-C into exit(1)
+        run_one(spec, prepared, tmp_path / "results", reporter=_StopAtEndOfEpoch(2))
+    folder = tmp_path / "results" / TASK / spec.run_id
+    assert run_state(folder) == "partial" and (folder / "checkpoints" / "last.ckpt").is_file()
+    images = tmp_path / "images"
+    noise = np.random.default_rng(5).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    _write_oriented(images / "a.nii.gz", noise)
+    out = tmp_path / "pred"
+    advice = ("its last checkpoint is mid-training; finish it with `medseg-bench sweep` (the same command "
+              "resumes it), or pass --allow-unfinished")
+    for given in ([folder], [folder / "checkpoints" / "last.ckpt"], [finished, folder]):
+        refused = runner.invoke(app, ["predict", *map(str, given), "--images", str(images), "--out",
+                                      str(out)])
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr == f"error: {folder}: not finished (partial, epoch 1 of 3): {advice}\n"
+        assert not out.exists()  # before any work
+    allowed = runner.invoke(app, ["predict", str(finished), str(folder), "--images", str(images), "--out",
+                                  str(out), "--allow-unfinished"])
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.stderr == (f"warning: {folder}: not finished (partial, epoch 1 of 3): predicting with "
+                              "last.ckpt all the same (--allow-unfinished)\n")
+    assert (out / "a.nii.gz").is_file()
+    # a run that failed, and one that trained every epoch but was not evaluated, say so
+    (folder / "status.json").write_text(json.dumps({"state": "failed", "error": "RuntimeError: boom"}))
+    failed = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert failed.exit_code == 2
+    assert (f"{folder}: not finished (failed, epoch 1 of 3): it failed (see {folder / 'run.log'}); the same "
+            "`medseg-bench sweep` command retries it, or pass --allow-unfinished") in failed.stderr
+    (folder / "status.json").write_text(json.dumps({"state": "running"}))
+    spec_path = folder / "spec.json"
+    spec_path.write_text(json.dumps(json.loads(spec_path.read_text()) | {"epochs": 1}))
+    trained = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert trained.exit_code == 2
+    assert "not finished (partial, epoch 1 of 1): it trained but was not evaluated" in trained.stderr

@@ -94,6 +94,33 @@ def test_output_format_from_the_extension(results: Path, tmp_path: Path, name: s
     assert not list(target.parent.glob(".*.tmp"))  # the atomic write left nothing behind
 
 
+@pytest.mark.parametrize(("fmt", "name", "fix"), [
+    ("csv", "rep.json", ".csv"), ("json", "rep.md", ".json"), ("markdown", "rep.HTML", ".md"),
+    ("latex", "rep.parquet", ".tex")])
+def test_a_format_that_the_output_extension_contradicts_is_refused_before_any_work(
+        tmp_path: Path, fmt: str, name: str, fix: str) -> None:
+    # --format csv --output rep.json wrote CSV into rep.json, over the JSON report that was there
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+    target.write_text("the report that was there")
+    result = invoke("--results-dir", str(tmp_path / "none"), "--format", fmt, "--output", str(target))
+    assert result.exit_code == 2, result.output  # before reading runs: an empty results dir would be exit 6
+    assert result.output == (f"error: --format {fmt} but --output {target} is a {target.suffix} name: drop "
+                             f"--format, or name the file {fix}\n")
+    assert target.read_text() == "the report that was there"
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("csv", "rep.csv"), ("markdown", "rep.markdown"),
+                                           ("html", "rep.htm"), ("csv", "rep.txt"), ("json", "rep")])
+def test_a_format_the_output_name_agrees_with_or_does_not_name_is_written(
+        results: Path, tmp_path: Path, fmt: str, name: str) -> None:
+    target = tmp_path / name
+    result = invoke("--results-dir", str(results), "--task", "Task91_Beta", "--format", fmt, "--output",
+                    str(target))
+    assert result.exit_code == 0, result.output
+    assert f"wrote {fmt} report to {target}" in result.output
+
+
 def test_output_through_a_link_a_fifo_or_a_full_device(results: Path, tmp_path: Path) -> None:
     # The atomic rename replaced a link with a file (its target left as it was), a FIFO with a file (its
     # reader got nothing), and, as root, /dev/full and /dev/stdout themselves, reporting success.

@@ -135,7 +135,8 @@ def test_group_effect_and_top_k(fake_results: Path) -> None:
 
 def test_report_filters_and_provenance(fake_results: Path) -> None:
     report = build_report(fake_results, task=["Task91_Beta"], top=1)
-    assert report.tasks == ["Task91_Beta"] and len(report.table) == 1 and report.pairs.empty
+    assert report.tasks == ["Task91_Beta"] and len(report.table) == 1
+    assert report.pairs["other"].tolist() == ["3d-unet-dice_ce-light"]  # not shown, tested all the same
     runs = report.provenance["runs"]
     assert len(runs) == 4  # provenance covers every run behind the full leaderboard of the task
     first = next(iter(runs.values()))
@@ -219,22 +220,33 @@ def test_several_seeds_of_a_case_are_one_case(fake_results: Path) -> None:
     assert report.pairs.iloc[0]["n"] == 6
 
 
-def test_top_k_shortens_the_tables_not_the_family_of_tests(fake_results: Path) -> None:
-    full, top = build_report(fake_results), build_report(fake_results, top=2)
+@pytest.mark.parametrize("k", [1, 2])
+def test_top_k_shortens_the_tables_not_the_tests_or_their_pairs(fake_results: Path, k: int) -> None:
+    # --top 1 dropped every pair (each is the winner against a configuration not shown), --top 2 all but one
+    full, top = build_report(fake_results), build_report(fake_results, top=k)
     assert top.friedman.set_index("task").loc["Task90_Alpha", "k"] == 3  # every configuration
-    shown = top.pairs.set_index(["task", "other"])["p_holm"]
-    assert shown.to_dict() == pytest.approx(full.pairs.set_index(["task", "other"])["p_holm"].loc[shown.index]
-                                            .to_dict())
+    pd.testing.assert_frame_equal(top.pairs, full.pairs)
+    assert len(top.pairs) == 3  # Task90_Alpha: 2, Task91_Beta: 1
     scored = set(zip(top.scores["task"], top.scores["config"], strict=True))
     assert scored == set(zip(top.table["task"], top.table["config"], strict=True))
 
 
-def test_a_report_with_one_configuration_shown_renders(fake_results: Path) -> None:
+def test_a_report_with_one_configuration_shown_lists_every_pair(fake_results: Path) -> None:
+    import json
+
     from medseg_bench.report import render
 
     report = build_report(fake_results, top=1)
-    assert report.pairs.empty and list(report.pairs.columns)[:3] == ["task", "top", "other"]
-    assert "Ranking across tasks" in render(report, "markdown")
+    markdown = render(report, "markdown")
+    assert isinstance(markdown, str) and "Ranking across tasks" in markdown
+    assert "| 3d-unet-dice_ce-light vs | n |" in markdown  # Task90_Alpha's pairs table
+    for other in report.pairs["other"]:
+        assert f"| {other} | " in markdown
+    assert "Every pair is listed, also the 2 configuration(s) that --top 1 leaves out" in markdown
+    data = json.loads(render(report, "json"))
+    assert [(p["task"], p["other"]) for p in data["significance"]["pairs"]] == list(
+        zip(report.pairs["task"], report.pairs["other"], strict=True))
+    assert len(data["leaderboard"]) == 2  # one row per task
 
 
 def _rows(task: str, arch: str, cases: dict[str, dict[str, float]], fold: int = 0, seed: int = 0,
