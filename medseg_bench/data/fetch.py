@@ -6,22 +6,18 @@ a temporary folder next to the target and renamed into place at the end.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import http.client
 import os
 import re
 import shlex
 import shutil
 import stat
-import tarfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from medseg_bench.data.archive import extract_archive, task_root
+from medseg_bench.data.download import download, verify_md5
 from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.data.validate import (
     ValidationReport,
@@ -30,21 +26,11 @@ from medseg_bench.data.validate import (
     refusal,
     validate_folder,
 )
-from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec, is_md5
 
 MARKER = ".medseg-bench-valid.json"
-CHUNK_BYTES = 1 << 20
-# tarfile's extraction filters came with Python 3.10.12 and 3.11.4; older ones extract with our checks alone.
-TAR_FILTERS = hasattr(tarfile, "data_filter")
-_FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
-# An entry that cannot be written for one of these reasons clashes with another entry of the archive.
-_CLASHES = {
-    errno.EISDIR: "the archive also holds a folder of that name",
-    errno.ENOTDIR: "the archive holds a file where a folder on its path should be",
-    errno.EEXIST: "the archive holds another entry of that name",
-}
 
 
 @dataclass(frozen=True)
@@ -344,315 +330,6 @@ def _expected_md5(task: TaskSpec, md5: str | None, origin: str) -> str:
     return expected.lower()
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_md5(path: Path, expected: str) -> None:
-    actual = md5_of(path)
-    if actual != expected.lower():
-        raise FetchError(f"{path}: md5 mismatch (expected {expected}, got {actual})")
-
-
-def download(
-    url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: bool = True, attempts: int = 4
-) -> Path:
-    """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verified by md5 before it is kept.
-
-    A resumed request carries `If-Range` with the validator (strong ETag, else Last-Modified) of the response
-    the part file began with, kept beside it in `dest.part.validator`: if the file on the server has changed
-    since, the server sends all of it and the download starts over instead of splicing two files.
-    """
-    if dest.is_file():
-        if md5_of(dest) == md5:
-            return dest
-        dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    last_error = ""
-    for attempt in range(attempts):
-        try:
-            _download_once(url, part, timeout_s, progress)
-            break
-        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
-            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
-                raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            reason = getattr(exc, "reason", None) or exc
-            last_error = (
-                f"no data from the server for {timeout_s:g} s (timed out)"
-                if isinstance(reason, TimeoutError)
-                else f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException)
-                else str(reason)
-            )
-            time.sleep(min(2.0**attempt, 8.0) * 0.25)
-    else:
-        raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")
-    _validator_file(part).unlink(missing_ok=True)
-    actual = md5_of(part)
-    if actual != md5:
-        part.unlink()
-        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); the download was discarded")
-    part.replace(dest)
-    return dest
-
-
-def _validator_file(part: Path) -> Path:
-    return part.with_name(part.name + ".validator")
-
-
-def _validator(headers: http.client.HTTPMessage) -> str | None:
-    """What identifies this version of the file for `If-Range` (RFC 9110 13.1.5): a strong ETag; without
-    one, Last-Modified; nothing when the ETag is weak (neither may then be sent)."""
-    etag = headers.get("ETag")
-    if etag:
-        return None if etag.startswith("W/") else etag
-    return headers.get("Last-Modified")
-
-
-def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
-    have = part.stat().st_size if part.exists() else 0
-    headers = {}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-        validator = _validator_file(part)
-        if validator.is_file():
-            headers["If-Range"] = validator.read_text().strip()
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked by caller)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416:  # range not satisfiable: the part file is already whole (a fetch stopped while
-            # it checked the md5), or bad
-            whole = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range") or "").strip())
-            if whole is not None and int(whole.group(1)) == have:
-                return  # every byte is here: the md5 check decides
-            part.unlink(missing_ok=True)  # start over
-        raise
-    with response:
-        fresh = not (have and response.status == 206)
-        if not fresh:
-            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
-            if start is not None and int(start.group(1)) != have:
-                part.unlink()
-                raise FetchError(f"{url}: the server sent bytes from {start.group(1)} when asked from "
-                                 f"{have}; starting over")
-        else:
-            # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
-            have = 0
-        length = _content_length(response.headers)
-        total = have + length if length is not None else None
-        mode = "ab" if have else "wb"
-        try:
-            fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
-        except OSError as exc:
-            raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
-        if fresh:  # once the part file holds this response's start (truncated), not before
-            _remember_validator(part, _validator(response.headers))
-        with fh, _progress(progress, url, total, have) as advance:
-            received = 0
-            while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it
-                try:
-                    fh.write(chunk)
-                except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume
-                    raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc}); "
-                                          "rerun to resume once there is room") from None
-                received += len(chunk)
-                advance(len(chunk))
-        if length is not None and received < length:
-            raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
-
-
-def _content_length(headers: http.client.HTTPMessage) -> int | None:
-    """The body's length, or None when the header is absent or malformed ("5, 5"): then the body is read
-    until the server closes it, and the md5 check decides."""
-    value = (headers.get("Content-Length") or "").strip()
-    return int(value) if value.isdigit() else None
-
-
-def _remember_validator(part: Path, validator: str | None) -> None:
-    """Keep the validator of the response a new part file begins with (none: resumed without If-Range)."""
-    path = _validator_file(part)
-    try:
-        if validator is None or not re.fullmatch(r"[\x20-\x7e]{1,200}", validator):
-            path.unlink(missing_ok=True)
-        else:
-            path.write_text(validator)
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise FileSystemError(f"{path}: cannot write the download's validator ({reason})") from None
-
-
-class _progress:
-    """A rich download bar (bytes, rate, ETA), or nothing."""
-
-    def __init__(self, enabled: bool, url: str, total: int | None, done: int) -> None:
-        self.enabled, self.url, self.total, self.done = enabled, url, total, done
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("download"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self.bar.__enter__()
-        task_id = self.bar.add_task("download", total=self.total, completed=self.done)
-        return lambda n: self.bar.advance(task_id, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(None, None, None)
-
-
-def extract_archive(archive: Path, staging: Path) -> Path:
-    """Extract a tar safely into `staging` and return the folder that holds dataset.json.
-
-    Every entry is checked before anything is written (`_check_member`), and again just before it is written,
-    through the links extracted so far (`_check_destination`): these checks alone refuse what matters of what
-    tarfile's "data" filter refuses, for Pythons without it; where it exists, the filter checks too. Entries
-    come out as the filter makes them (`_drop_privileges`). An entry that clashes with another (a file and a
-    folder of one name) is the archive's fault; a disk that cannot take it is not.
-    """
-    try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        first = str(exc).splitlines()[0].rstrip(":")
-        raise FetchError(f"{archive}: not a readable tar archive ({first})") from None
-    entry: list[str] = []  # the name of the entry being extracted
-    try:
-        with tar:
-            for member in tar.getmembers():
-                _check_member(archive, member)
-                _drop_privileges(member)
-            _extract(tar, archive, staging, entry)
-    except _FILTER_ERRORS as exc:
-        raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
-    except OSError as exc:
-        raise _extraction_error(archive, staging, exc, entry[0] if entry else None) from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
-    root = _task_root(staging, archive)
-    _check_links(archive, root)
-    return root
-
-
-def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:
-    """Extract every entry of `tar` into `staging`, each checked just before it is written; `entry` holds the
-    name of the one being extracted."""
-    inside = os.path.realpath(staging)
-
-    def one_by_one() -> Iterator[tarfile.TarInfo]:  # extractall takes each when it writes it
-        for member in tar.getmembers():
-            entry[:] = [member.name]
-            _check_destination(archive, inside, member)
-            yield member
-
-    if TAR_FILTERS:
-        tar.extractall(staging, members=one_by_one(), filter="data")
-    else:
-        tar.extractall(staging, members=one_by_one(), numeric_owner=True)
-
-
-def _extraction_error(archive: Path, staging: Path, exc: OSError, entry: str | None) -> MedsegError:
-    reason = exc.strerror or str(exc)
-    if exc.errno in _CLASHES:
-        named = f"entry '{entry}'" if entry is not None else "an entry"
-        return FetchError(f"{archive}: {named} cannot be extracted ({reason}: {_CLASHES[exc.errno]})")
-    if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
-        return FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})")
-    return FetchError(f"{archive}: corrupt or truncated archive ({exc})")  # e.g. a bad gzip
-
-
-def _drop_privileges(member: tarfile.TarInfo) -> None:
-    """The entry's mode and owner as the "data" filter sets them, on the archive's own entry (where a hard
-    link whose target is missing reads it): no setuid, setgid or sticky bit, no write for group or others,
-    files readable and writable by their owner, folders also searchable; owned by whoever extracts."""
-    mode = member.mode & 0o755
-    if member.isdir():
-        mode |= 0o700
-    elif not member.issym():
-        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
-    member.mode = mode
-    member.uid, member.gid, member.uname, member.gname = os.geteuid(), os.getegid(), "", ""
-
-
-def _check_destination(archive: Path, inside: str, member: tarfile.TarInfo) -> None:
-    """FetchError when `member`, about to be written under the resolved folder `inside`, would land outside
-    it, or is a link that points outside it, following the links extracted before it (the "data" filter's
-    check): `p -> q/..` while `q` does not exist, then `q -> ..`, then `p/file` pass each entry's check."""
-    path = os.path.join(inside, member.name)
-    if os.path.commonpath([os.path.realpath(path), inside]) != inside:
-        raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (written through a link pointing "
-                         "outside)")
-    if member.issym() or member.islnk():
-        target = os.path.join(os.path.dirname(path) if member.issym() else inside, member.linkname)
-        if os.path.commonpath([os.path.realpath(target), inside]) != inside:
-            raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (link pointing outside)")
-
-
-def _check_links(archive: Path, root: Path) -> None:
-    """FetchError when a symbolic link under the extracted task folder `root` resolves outside it. Checked on
-    disk, after extraction: a chain of links (`a -> b/c/..` with `b/c -> ..`) passes every entry's own check
-    and tarfile's filter, which bound links to the extraction folder, one level above the task."""
-    inside = root.resolve()
-    for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = Path(folder) / name
-            if not path.is_symlink():
-                continue
-            entry = path.relative_to(root.parent).as_posix()
-            try:
-                target = path.resolve()
-            except (RuntimeError, OSError):  # a loop (RuntimeError up to Python 3.12)
-                raise FetchError(f"{archive}: unsafe archive entry '{entry}' (a loop of links)") from None
-            if not target.is_relative_to(inside):
-                raise FetchError(f"{archive}: unsafe archive entry '{entry}' (link pointing outside the task "
-                                 "folder)")
-
-
-def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
-    name = member.name
-    if name.startswith("/") or ".." in Path(name).parts:
-        raise FetchError(f"{archive}: unsafe archive entry '{name}' (absolute path or '..')")
-    if member.isdev():  # character and block devices, FIFOs
-        raise FetchError(f"{archive}: unsafe archive entry '{name}' (device file or FIFO)")
-    if member.issym() or member.islnk():
-        # A symbolic link is relative to its own folder, a hard link to the archive's root.
-        target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname) if member.issym()
-                                  else member.linkname)
-        if os.path.isabs(member.linkname) or target == ".." or target.startswith("../"):
-            raise FetchError(f"{archive}: unsafe archive entry '{name}' (link pointing outside)")
-
-
-def _task_root(staging: Path, source: Path) -> Path:
-    if (staging / "dataset.json").is_file():
-        return staging
-    candidates = sorted(p for p in staging.iterdir() if p.is_dir() and (p / "dataset.json").is_file())
-    if len(candidates) > 1:
-        raise DataError(f"{source}: several MSD task folders ({', '.join(p.name for p in candidates)}); "
-                        "one task per archive")
-    if not candidates:
-        raise DataError(f"{source}: no MSD task folder (with dataset.json) found")
-    return candidates[0]
-
-
 def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
     """Copy a local MSD-layout folder (dataset.json, imagesTr, labelsTr, imagesTs), skipping `._*` files; the
     copy is the owner's to write, whatever the source's modes.
@@ -663,7 +340,7 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
         inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "dataset.json").is_file()) \
             if folder.is_dir() else []
         if len(inner) > 1:
-            _task_root(folder, folder)  # several: the same one-line error as for an archive
+            task_root(folder, folder)  # several: the same one-line error as for an archive
         if not inner:
             raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
         folder = inner[0]

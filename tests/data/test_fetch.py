@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from medseg_bench.data.catalog import get_task
-from medseg_bench.data.fetch import MARKER, FetchOutcome, download, fetch_task, is_complete
+from medseg_bench.data.download import download
+from medseg_bench.data.fetch import MARKER, FetchOutcome, fetch_task, is_complete
 from medseg_bench.errors import DataError, FetchError, UsageError
 
 
@@ -312,13 +313,13 @@ def tar_filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """An archive test runs twice: with tarfile's "data" filter, and as on a Python without extraction
     filters (before 3.10.12 and 3.11.4: `extractall` takes no `filter` and filters nothing), where the fetch's
     own checks alone stand between an archive and the disk."""
-    from medseg_bench.data import fetch
+    from medseg_bench.data import archive
 
     if request.param == "filter":
-        if not fetch.TAR_FILTERS:
+        if not archive.TAR_FILTERS:
             pytest.skip("this Python's tarfile has no extraction filters")
         return request.param
-    monkeypatch.setattr(fetch, "TAR_FILTERS", False)
+    monkeypatch.setattr(archive, "TAR_FILTERS", False)
     if hasattr(tarfile, "data_filter"):  # this Python has filters: extract as an older one does
         extractall = tarfile.TarFile.extractall
 

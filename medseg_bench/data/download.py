@@ -1,0 +1,194 @@
+"""Download an archive over HTTP(S): resumable (Range, with If-Range so a changed file is not spliced),
+retried, md5-verified before it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from medseg_bench.errors import FetchError, FileSystemError
+
+CHUNK_BYTES = 1 << 20
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str) -> None:
+    actual = md5_of(path)
+    if actual != expected.lower():
+        raise FetchError(f"{path}: md5 mismatch (expected {expected}, got {actual})")
+
+
+def download(
+    url: str, dest: Path, md5: str, timeout_s: float = 60.0, progress: bool = True, attempts: int = 4
+) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` with HTTP Range; verified by md5 before it is kept.
+
+    A resumed request carries `If-Range` with the validator (strong ETag, else Last-Modified) of the response
+    the part file began with, kept beside it in `dest.part.validator`: if the file on the server has changed
+    since, the server sends all of it and the download starts over instead of splicing two files.
+    """
+    if dest.is_file():
+        if md5_of(dest) == md5:
+            return dest
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error = ""
+    for attempt in range(attempts):
+        try:
+            _download_once(url, part, timeout_s, progress)
+            break
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
+                raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            reason = getattr(exc, "reason", None) or exc
+            last_error = (
+                f"no data from the server for {timeout_s:g} s (timed out)"
+                if isinstance(reason, TimeoutError)
+                else f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException)
+                else str(reason)
+            )
+            time.sleep(min(2.0**attempt, 8.0) * 0.25)
+    else:
+        raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")
+    _validator_file(part).unlink(missing_ok=True)
+    actual = md5_of(part)
+    if actual != md5:
+        part.unlink()
+        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); the download was discarded")
+    part.replace(dest)
+    return dest
+
+
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(headers: http.client.HTTPMessage) -> str | None:
+    """What identifies this version of the file for `If-Range` (RFC 9110 13.1.5): a strong ETag; without
+    one, Last-Modified; nothing when the ETag is weak (neither may then be sent)."""
+    etag = headers.get("ETag")
+    if etag:
+        return None if etag.startswith("W/") else etag
+    return headers.get("Last-Modified")
+
+
+def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        validator = _validator_file(part)
+        if validator.is_file():
+            headers["If-Range"] = validator.read_text().strip()
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked by caller)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:  # range not satisfiable: the part file is already whole (a fetch stopped while
+            # it checked the md5), or bad
+            whole = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range") or "").strip())
+            if whole is not None and int(whole.group(1)) == have:
+                return  # every byte is here: the md5 check decides
+            part.unlink(missing_ok=True)  # start over
+        raise
+    with response:
+        fresh = not (have and response.status == 206)
+        if not fresh:
+            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
+            if start is not None and int(start.group(1)) != have:
+                part.unlink()
+                raise FetchError(f"{url}: the server sent bytes from {start.group(1)} when asked from "
+                                 f"{have}; starting over")
+        else:
+            # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
+            have = 0
+        length = _content_length(response.headers)
+        total = have + length if length is not None else None
+        mode = "ab" if have else "wb"
+        try:
+            fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
+        except OSError as exc:
+            raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
+        if fresh:  # once the part file holds this response's start (truncated), not before
+            _remember_validator(part, _validator(response.headers))
+        with fh, _progress(progress, url, total, have) as advance:
+            received = 0
+            while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it
+                try:
+                    fh.write(chunk)
+                except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume
+                    raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc}); "
+                                          "rerun to resume once there is room") from None
+                received += len(chunk)
+                advance(len(chunk))
+        if length is not None and received < length:
+            raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+
+
+def _content_length(headers: http.client.HTTPMessage) -> int | None:
+    """The body's length, or None when the header is absent or malformed ("5, 5"): then the body is read
+    until the server closes it, and the md5 check decides."""
+    value = (headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _remember_validator(part: Path, validator: str | None) -> None:
+    """Keep the validator of the response a new part file begins with (none: resumed without If-Range)."""
+    path = _validator_file(part)
+    try:
+        if validator is None or not re.fullmatch(r"[\x20-\x7e]{1,200}", validator):
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(validator)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise FileSystemError(f"{path}: cannot write the download's validator ({reason})") from None
+
+
+class _progress:
+    """A rich download bar (bytes, rate, ETA), or nothing."""
+
+    def __init__(self, enabled: bool, url: str, total: int | None, done: int) -> None:
+        self.enabled, self.url, self.total, self.done = enabled, url, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("download"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self.bar.__enter__()
+        task_id = self.bar.add_task("download", total=self.total, completed=self.done)
+        return lambda n: self.bar.advance(task_id, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(None, None, None)
