@@ -70,7 +70,8 @@ class PlainReporter:
     def close(self) -> None:
         elapsed = time.perf_counter() - self._start
         counts = {"trained": self.ran - self.failed, "failed": self.failed, "skipped": self.skipped,
-                  "not reached": self.total - self.finished}
+                  "stopped while training": max(0, self.started - self.finished),  # they resume next time
+                  "not reached": self.total - max(self.started, self.finished)}
         parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
         minutes = elapsed / 60
         self.say(f"sweep finished: {parts or 'nothing to do'} (of {self.total} runs) in {minutes:.1f} min")

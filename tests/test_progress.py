@@ -35,6 +35,19 @@ def test_plain_lines_with_counts_and_eta() -> None:
     assert lines[6].startswith("sweep finished: 2 trained, 1 failed, 1 skipped (of 4 runs) in ")
 
 
+def test_a_sweep_stopped_mid_run_counts_that_run_apart_from_those_not_reached() -> None:
+    # The run a Ctrl-C stopped was counted "not reached" with those never started.
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(3)
+    reporter.run_start("r0")
+    reporter.run_end("r0", {"mean": {"dice": 0.8}})
+    reporter.run_start("r1")
+    reporter.close()
+    assert out.getvalue().splitlines()[-1].startswith(
+        "sweep finished: 1 trained, 1 stopped while training, 1 not reached (of 3 runs) in ")
+
+
 def test_runs_that_start_together_get_numbers_of_their_own() -> None:
     console, out = _console()
     reporter = PlainReporter(console)
