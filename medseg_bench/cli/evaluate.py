@@ -65,7 +65,9 @@ def evaluate(
     from medseg_bench.metrics.evaluate import missing_predictions
 
     if output is not None:
-        _check_output(output)  # before scoring, which can take minutes
+        from medseg_bench.report.formats import check_output_file
+
+        check_output_file(output)  # before scoring, which can take minutes
     if fmt is None and output is not None:
         from medseg_bench.report.formats import EXTENSIONS
 
@@ -262,20 +264,3 @@ def _markdown(frame: Any) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|\n"
     body = "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
     return header + rule + body
-
-
-def _check_output(path: Path) -> None:
-    from medseg_bench.data.io import file_in_the_way
-    from medseg_bench.errors import ResultsError
-    from medseg_bench.report.formats import check_writable
-
-    try:
-        blocker = file_in_the_way(path)
-        is_dir = path.is_dir()
-    except OSError as exc:  # a folder name too long, say: stat fails
-        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    if blocker is not None:
-        raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
-    if is_dir:
-        raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
-    check_writable(path)  # a read-only folder, a name too long: now, not after minutes of scoring

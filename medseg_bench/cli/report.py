@@ -48,7 +48,7 @@ def report(
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
     from medseg_bench.report import FORMATS, GROUP_AXES, build_report, format_for, print_rich, render
-    from medseg_bench.report.formats import check_output_format, write_atomic
+    from medseg_bench.report.formats import check_output_file, check_output_format, write_atomic
 
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
@@ -66,6 +66,8 @@ def report(
         raise UsageError(f"--top must be at least 1, got {top}")
     if not 100 <= resamples <= 1_000_000:
         raise UsageError(f"--resamples must be from 100 to 1000000, got {resamples}")
+    if output is not None:
+        check_output_file(output)  # before the report is built (bootstrap intervals can take a while)
 
     result = build_report(results_dir, metric, _split(task), metrics=_split(metrics), group_by=group_by,
                           top=top, confidence=confidence, n_resamples=resamples, seed=seed)

@@ -224,6 +224,23 @@ def write_atomic(path: Path, content: str | bytes) -> None:
             tmp.unlink()
 
 
+def check_output_file(path: Path) -> None:
+    """ResultsError now, before minutes of work, when `path` cannot take the output file: a file on its
+    path where a folder should be, a folder in its place, or a write that would fail (`check_writable`)."""
+    from medseg_bench.data.io import file_in_the_way
+
+    try:
+        blocker = file_in_the_way(path)
+        is_dir = path.is_dir()
+    except OSError as exc:  # a folder name too long, say: stat fails
+        raise ResultsError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    if blocker is not None:
+        raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
+    if is_dir:
+        raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
+    check_writable(path)
+
+
 def check_writable(path: Path) -> None:
     """ResultsError now if `write_atomic(path, ...)` would fail to start: its temp file is created and
     removed in `path`'s folder, or, where that folder is missing, the first folder it would make is made and

@@ -176,6 +176,15 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_report_is_built(tmp_path: Path) -> None:
+    # was found only after the runs were read and the intervals bootstrapped (a name too long, here: a
+    # permission bit stops no root)
+    target = tmp_path / ("x" * 300 + ".md")
+    result = invoke("--results-dir", str(tmp_path / "none"), "--output", str(target))
+    assert result.exit_code == 6, result.output  # "no finished runs" had it read the results dir first
+    assert result.output == f"error: {target}: cannot write (File name too long)\n"
+
+
 def _text_in_row_2(text: str) -> str:
     lines = text.splitlines()
     cells = lines[2].split(",")
