@@ -32,7 +32,7 @@ from medseg_bench.results import (
     warn_on_stderr,
     write_index,
 )
-from medseg_bench.signals import deferred
+from medseg_bench.signals import deferred, received
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (
     EXIT_BUSY,
@@ -277,11 +277,15 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 
 def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Interrupted: SIGTERM each worker (it records `interrupted`, keeps its last checkpoint and exits at
-    once), SIGKILL any still there after STOP_GRACE_S. Their runs resume next time."""
+    """Interrupted: each worker gets the signal the sweep got (SIGINT or SIGTERM; SIGTERM otherwise): it
+    records `interrupted` with that reason, keeps its last checkpoint and exits at once; SIGKILL for any still
+    there after STOP_GRACE_S. Their runs resume next time."""
+    import signal
+
+    signum = received() or signal.SIGTERM
     for process in processes:
         if process.poll() is None:
-            process.terminate()
+            process.send_signal(signum)
     deadline = time.monotonic() + STOP_GRACE_S
     for process in processes:
         try:

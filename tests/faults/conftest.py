@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"runs repeated: {LEDGER.repeated}")
     if LEDGER.sigterm_stop_s:
         times = ", ".join(f"{t:.2f} s" for t in LEDGER.sigterm_stop_s)
-        terminalreporter.write_line(f"SIGTERM: sweeps stopped in {times}")
+        terminalreporter.write_line(f"SIGTERM or SIGINT: sweeps stopped in {times}")
 
 
 @pytest.fixture

@@ -72,16 +72,18 @@ def _wait_until(process: subprocess.Popen[str], output: _Output, ready: Callable
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize(("jobs", "signum"), [("1", signal.SIGTERM), ("2", signal.SIGTERM),
+                                              ("2", signal.SIGINT)],  # `kill -INT PID`: the sweep alone
+                         ids=["jobs1-SIGTERM", "jobs2-SIGTERM", "jobs2-SIGINT"])
 def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path: Path, ledger: Ledger,
-                                                        jobs: str) -> None:
+                                                        jobs: str, signum: signal.Signals) -> None:
     results = tmp_path / "results"
     args = ("--seed", SEEDS[jobs], "--epochs", "3", "--jobs", jobs)
     process = start_cli(sweep_argv(results, *args))
     try:
         output = _Output(process)
         _wait_until(process, output, lambda: _one_done_one_training(results))
-        os.kill(process.pid, signal.SIGTERM)  # the sweep only, as `kill PID` does
+        os.kill(process.pid, signum)  # the sweep only, as `kill PID` does
         start = time.monotonic()
         process.wait(timeout=30)
         stopped_s = time.monotonic() - start
@@ -91,12 +93,12 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
         kill9(process)
     ledger.injected += 1
     ledger.sigterm_stop_s.append(stopped_s)
-    assert process.returncode == 143, text
+    assert process.returncode == 128 + signum, text
     assert stopped_s < 3, f"took {stopped_s:.1f} s to stop"
     assert left == [], f"worker processes outlived the sweep: {left}"
     assert text.strip().splitlines()[-1] == (
-        "error: sweep interrupted (SIGTERM): finished runs are kept; rerun the same command to resume the "
-        "others")
+        f"error: sweep interrupted ({signum.name}): finished runs are kept; rerun the same command to resume "
+        "the others")
     folders = run_folders(results)
     finished = [f for f in folders if is_done(f)]
     assert finished, "a run finished before the SIGTERM"
@@ -107,7 +109,7 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
         assert not is_locked(folder)  # released: the next sweep can take every run
     for folder in interrupted:
         assert read_events(folder)[-1]["event"] == "interrupted"
-        assert read_events(folder)[-1]["reason"] == "SIGTERM"
+        assert read_events(folder)[-1]["reason"] == signum.name  # the workers got the sweep's signal
         assert run_state(folder) in ("partial", "pending")
     resumable = [f for f in interrupted if run_state(f) == "partial"]  # past its first checkpoint
     again = run_cli(sweep_argv(results, *args))
