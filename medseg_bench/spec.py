@@ -345,9 +345,9 @@ def run_id_problem(data: dict[str, Any], folder_name: str) -> str | None:
     actual = spec_hash_of({k: v for k, v in data.items() if k != "run_id"})
     if stored != folder_name:
         return f"its run_id {json.dumps(stored)} is not its folder's name"
-    if not isinstance(stored, str) or not stored.endswith(f"-{actual}"):
+    if not folder_name.endswith(f"-{actual}"):
         return (f"edited after the run: its settings hash to {actual}, its run id ends in "
-                f"{str(stored).rsplit('-', 1)[-1]}")
+                f"{folder_name.rsplit('-', 1)[-1]}")
     return None
 
 

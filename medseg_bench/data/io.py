@@ -81,7 +81,6 @@ def sitk_module():  # imported lazily so that `--help` stays fast
     return sitk
 
 
-
 def _check_readable(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -226,7 +226,8 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 def check_output_file(path: Path) -> None:
     """ResultsError now, before minutes of work, when `path` cannot take the output file: a file on its
-    path where a folder should be, a folder in its place, or a write that would fail (`check_writable`)."""
+    path where a folder should be, a folder in its place, or a write that would fail
+    (`_check_file_writable`)."""
     from medseg_bench.data.io import file_in_the_way
 
     try:
@@ -238,10 +239,10 @@ def check_output_file(path: Path) -> None:
         raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
     if is_dir:
         raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
-    check_writable(path)
+    _check_file_writable(path)
 
 
-def check_writable(path: Path) -> None:
+def _check_file_writable(path: Path) -> None:
     """ResultsError now if `write_atomic(path, ...)` would fail to start: its temp file is created and
     removed in `path`'s folder, or, where that folder is missing, the first folder it would make is made and
     removed. Catches a folder without write permission, a read-only file system, a name too long."""

@@ -16,10 +16,10 @@ def settings_text(spec: RunSpec) -> str:
     parts = [f"epochs={spec.epochs}", f"iters={spec.iters_per_epoch}", f"opt={spec.optimizer}"]
     for name in ("max_minutes", "batch_size", "patch_size", "lr", "class_weights"):
         value = getattr(spec, name)
+        if isinstance(value, tuple):  # patch 32x48x32, class weights 1,2.5,4
+            value = ("x" if name == "patch_size" else ",").join(f"{v:g}" for v in value)
         if value is not None:
-            shown = ("x" if name == "patch_size" else ",").join(f"{v:g}" for v in value) \
-                if isinstance(value, tuple) else value
-            parts.append(f"{name}={shown}")
+            parts.append(f"{name}={value}")
     parts += [name for name in ("pretrained", "tta", "postprocess") if getattr(spec, name)]
     return " ".join(parts)
 
