@@ -65,6 +65,11 @@ def _significant(value: object, digits: int = 3) -> str:
     return f"{float(value):.{digits}g}"  # type: ignore[arg-type]
 
 
+def confidence_text(level: float) -> str:
+    """0.95 -> '95%', 0.975 -> '97.5%', 0.999 -> '99.9%' (a whole percent would show 98% and 100%)."""
+    return f"{round(level * 100, 6):g}%"
+
+
 def format_rank(value: float) -> str:
     if value is None or math.isnan(value):
         return "–"
@@ -189,16 +194,24 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
     return notes, Table(headers, rows, ["l", "r", "r", "r", "r", "r", "l"])
 
 
+def _lowest(values: pd.Series) -> set[object]:
+    """Index labels of the lowest value (all of them when tied; equal but for the last bits: tied)."""
+    numbers = pd.to_numeric(values, errors="coerce").round(12).dropna()
+    return set(numbers.index[numbers == numbers.min()]) if len(numbers) else set()
+
+
 def ranking_table(report: Report) -> Table:
     ranking = report.ranking
     task_columns = [c for c in ranking.columns if c.startswith("rank[")]
     headers = ["#", "configuration", "mean rank", "tasks", *[c[5:-1] for c in task_columns]]
-    best_mean = ranking["mean_rank"].min()
+    # Bold: the lowest of each column, ties all bold. A task's column holds mean ranks over metrics, so its
+    # best can be 1.25, or 1.5 for two configurations each first on half the metrics: not always 1.
+    best = {c: _lowest(ranking[c]) for c in ["mean_rank", *task_columns]}
     rows = []
-    for position, (_, row) in enumerate(ranking.iterrows(), start=1):
+    for position, (idx, row) in enumerate(ranking.iterrows(), start=1):
         rows.append([Cell(str(position)), Cell(row["config"]),
-                     Cell(f"{row['mean_rank']:.2f}", row["mean_rank"] == best_mean), Cell(str(row["tasks"])),
-                     *[Cell(format_rank(row[c]), row[c] == 1.0) for c in task_columns]])
+                     Cell(f"{row['mean_rank']:.2f}", idx in best["mean_rank"]), Cell(str(row["tasks"])),
+                     *[Cell(format_rank(row[c]), idx in best[c]) for c in task_columns]])
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
 
@@ -255,8 +268,9 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     intro: list[str | Table] = [
         f"Ranked by {metric_title(report.metric)} ({direction} is better). A case scores the mean over the "
         f"task's foreground labels; folds are pooled, and a case's seeds averaged. Cells: mean ± std "
-        f"[{s['confidence']:.0%} percentile bootstrap CI of the mean, {s['bootstrap_resamples']} resamples, "
-        f"seed {s['bootstrap_seed']}] over cases. Bold: best in its column within the task.",
+        f"[{confidence_text(s['confidence'])} percentile bootstrap CI of the mean, "
+        f"{s['bootstrap_resamples']} resamples, seed {s['bootstrap_seed']}] over cases. Bold: best in its "
+        "column within the task.",
         "empty: label evaluations with an empty reference (in parentheses: both masks empty, scored NaN and "
         "left out of the means). Cost: parameters, training hours per run, peak memory, seconds per epoch.",
     ]

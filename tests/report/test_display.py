@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
-from medseg_bench.report.display import _p_relation
+from pathlib import Path
+
+from medseg_bench.report.build import report_from_results
+from medseg_bench.report.display import _p_relation, ranking_table
+from medseg_bench.results import load_results
 
 
 def test_a_p_value_reads_as_prose() -> None:
     assert _p_relation(0.0123) == "= 0.0123"
     assert _p_relation(1e-9) == "< 0.0001"  # once "p = < 0.0001"
+
+
+def test_the_ranking_bolds_the_best_of_each_column_also_when_it_is_not_rank_1(fake_results: Path) -> None:
+    results = load_results(fake_results)
+    # 3d-unet-dice-none: second by Dice in Task90_Alpha, first by HD95 there; the Dice winner is second by
+    # HD95, so both have the task rank (1 + 2) / 2 = 1.5, the column's best, and neither has a rank of 1
+    dice_loss = (results["task"] == "Task90_Alpha") & (results["loss"] == "dice")
+    results.loc[dice_loss, "hd95"] -= 3
+    report = report_from_results(results, fake_results, metrics=["dice", "hd95"])
+    table = ranking_table(report)
+    alpha = table.headers.index("Task90_Alpha")
+    cells = {row[1].text: row[alpha] for row in table.rows}
+    assert cells["3d-unet-dice_ce-light"].text == cells["3d-unet-dice-none"].text == "1.5"
+    assert cells["3d-unet-dice_ce-light"].best and cells["3d-unet-dice-none"].best
+    assert not cells["2d-unet.resnet18-dice_ce-none"].best
+    mean_rank = table.headers.index("mean rank")
+    assert [row[mean_rank].best for row in table.rows] == [True, False, False]
+
+
+def test_the_confidence_level_is_shown_as_given() -> None:
+    from medseg_bench.report.display import confidence_text
+
+    assert [confidence_text(c) for c in (0.95, 0.975, 0.999)] == ["95%", "97.5%", "99.9%"]  # once 98%, 100%
