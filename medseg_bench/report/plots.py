@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from medseg_bench.report.build import Report
-from medseg_bench.report.display import format_rank, metric_title
-from medseg_bench.report.tables import higher_is_better
+from medseg_bench.report.display import confidence_text, format_rank, metric_title
+from medseg_bench.report.tables import case_means, higher_is_better
 
 DPI = 110
 
@@ -58,7 +58,8 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     plt = _pyplot()
     configs = report.table[report.table["task"] == task]["config"].tolist()
     scores = report.scores[report.scores["task"] == task]
-    data = [scores[scores["config"] == c][metric].dropna().to_numpy(float) for c in configs]
+    # A case's samples (its seeds) averaged first, as every statistic of the table is computed.
+    data = [case_means(scores[scores["config"] == c], metric).dropna().to_numpy(float) for c in configs]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(configs)))
     positions = np.arange(len(configs))[::-1]  # rank 1 on top
     nonempty = [i for i, d in enumerate(data) if d.size]
@@ -176,7 +177,8 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray, higher: bool = True) -> 
 
 
 def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
-    """Training hours per run vs mean score (95% CI bars); the Pareto front joined and ringed."""
+    """Training hours per run vs mean score (bars: the report's bootstrap CI); the Pareto front joined and
+    ringed."""
     plt = _pyplot()
     rows = report.table[report.table["task"] == task].reset_index(drop=True)
     cost = rows["train_hours"].to_numpy(float)
@@ -199,7 +201,7 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
         ax.scatter(cost[front], quality[front], s=160, facecolors="none", edgecolors="#c0392b",
                    linewidths=1.5, zorder=4)
     ax.set_xlabel(f"{compute}-hours per training run")
-    ax.set_ylabel(f"mean {metric_title(metric)} (95% CI)")
+    ax.set_ylabel(f"mean {metric_title(metric)} ({confidence_text(report.settings['confidence'])} CI)")
     ax.set_title(f"{task}: cost vs quality", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +43,37 @@ def test_every_figure_is_a_png_with_content(report_and_plots: tuple[Report, dict
     written = write_plots(plots, tmp_path / "figures")
     assert sorted(p.name for p in written) == sorted(plots)
     assert (tmp_path / "figures" / "rank_heatmap.png").read_bytes() == plots["rank_heatmap.png"]
+
+
+def _figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Figures the plot functions make, kept open instead of saved as PNG."""
+    from medseg_bench.report import plots
+
+    kept: list[Any] = []
+    monkeypatch.setattr(plots, "_png", lambda fig: kept.append(fig) or b"")
+    return kept
+
+
+def test_the_case_plot_shows_a_point_per_case_seeds_averaged_as_the_table(
+        fake_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.report.plots import case_distribution
+
+    report = build_report(fake_results)
+    figures = _figures(monkeypatch)
+    case_distribution(report, "Task91_Beta", "dice")  # two seeds of 6 cases per configuration
+    points = [c.get_offsets()[:, 0] for c in figures[0].axes[0].collections if len(c.get_offsets())]
+    rows = report.table[report.table["task"] == "Task91_Beta"]
+    assert [len(p) for p in points] == rows["cases"].tolist() == [6, 6]
+    assert [p.mean() for p in points] == pytest.approx(rows["dice_mean"].tolist())
+
+
+def test_the_cost_plot_names_the_reports_confidence_level(fake_results: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.report.plots import cost_quality
+
+    figures = _figures(monkeypatch)
+    cost_quality(build_report(fake_results, confidence=0.975), "Task90_Alpha", "dice")
+    assert figures[0].axes[0].get_ylabel() == "mean Dice (97.5% CI)"
 
 
 def test_learning_curves_skip_runs_without_logs(fake_results: Path, tmp_path: Path) -> None:
