@@ -82,7 +82,7 @@ Compute = Callable[[Measured], float]
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A metric's name, direction, unit and report title, for reports, sweeps and rankings, and how it is
+    """A metric's name, direction, unit and report title, for scoring, reports and rankings, and how it is
     computed (`needs_surfaces`: it reads `Measured.distances`)."""
 
     name: str
