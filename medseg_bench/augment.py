@@ -1,4 +1,5 @@
-"""Augmentation presets (none, light, heavy, nnunet), the same names in 2D and 3D.
+"""Augmentation presets, the same names in 2D and 3D: adding one is one `AUGS.add` entry (a name and its
+steps, see "presets" below); `medseg-bench list augs` shows them.
 
 Each step draws its parameters from a seeded generator, then calls a deterministic twin with them, so what was
 applied can be logged and replayed (as TorchIO does). Steps work on numpy arrays: image (C, *spatial) float32,

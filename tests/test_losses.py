@@ -81,7 +81,7 @@ def test_dice_focal_is_the_dice_of_dice_plus_the_focal_of_focal() -> None:
     assert background.grad is not None and background.grad[:, 0].abs().max() > 0  # the focal term trains it
 
 
-@pytest.mark.parametrize("name", ["ce", "dice", "dice_ce", "focal", "dice_focal", "tversky"])
+@pytest.mark.parametrize("name", WEIGHTABLE)
 def test_class_weights_count_by_their_ratios(name: str) -> None:
     torch.manual_seed(1)
     logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))

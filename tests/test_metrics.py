@@ -451,6 +451,32 @@ def test_bad_inputs_raise_domain_errors():
         MetricSettings(surface="mesh")
 
 
+@pytest.mark.parametrize("name", METRIC_NAMES)
+@pytest.mark.parametrize("policy", ["penalize", "nan"])
+def test_every_metric_scores_within_the_range_a_run_is_checked_against(name: str, policy: str) -> None:
+    # A run's metrics.csv is read back by results._bad_cell: a score from 0 to 1 where higher is better, else
+    # a finite value of at least 0 (NaN only where a mask is empty). A registered metric outside its range
+    # would make every run that scored it read as damaged.
+    info = METRICS.get(name)
+    rng = np.random.default_rng(3)
+    high = 1.0 if info.higher_is_better else math.inf
+    settings_ = MetricSettings(empty_policy=policy)
+    for trial in range(12):
+        ref = (rng.random((6, 9, 8)) < 0.3).astype(np.uint8)
+        pred = np.where(rng.random(ref.shape) < 0.25, 1 - ref, ref).astype(np.uint8)
+        if trial == 1:
+            pred[:] = 0  # a miss
+        if trial == 2:
+            ref[:] = 0  # a false positive
+        if trial == 3:
+            pred[:] = 1  # over-segmented: three times the reference's volume
+        row = evaluate_case(pred, ref, SPACING_3D, [1], settings_)[0]
+        value = row[name]
+        in_range = math.isnan(value) or 0 <= value <= high and math.isfinite(value)
+        assert info.title and in_range, (trial, value)
+        assert not math.isnan(value) or row["ref_empty"] or row["pred_empty"]
+
+
 def test_registry_names_every_metric_with_direction_and_unit():
     assert set(METRICS) == set(METRIC_NAMES) == {
         "dice", "jaccard", "precision", "recall", "volume_diff", "hd", "hd95", "assd", "nsd",

@@ -32,12 +32,15 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
 def sweep(
     config: Annotated[Path | None, typer.Option(
         help="Sweep file (YAML): axes and settings; flags override it.")] = None,
-    task: Annotated[str | None, typer.Option(help="Task name(s), comma-separated.")] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture(s), e.g. unet,deeplab. Default: unet.")] \
-        = None,
-    loss: Annotated[str | None, typer.Option(help="Loss(es), e.g. dice_ce,focal. Default: dice_ce.")] = None,
+    # The names are examples: `list` prints what the registries hold (importing them here would slow --help).
+    task: Annotated[str | None, typer.Option(
+        help="Task name(s), comma-separated (`medseg-bench list tasks`).")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="Architecture(s), e.g. unet,deeplab (`medseg-bench list archs`). Default: unet.")] = None,
+    loss: Annotated[str | None, typer.Option(
+        help="Loss(es), e.g. dice_ce,focal (`medseg-bench list losses`). Default: dice_ce.")] = None,
     aug: Annotated[str | None, typer.Option(
-        help="Augmentation: none, light, heavy, nnunet. Default: none.")] = None,
+        help="Augmentation preset(s), e.g. none,light (`medseg-bench list augs`). Default: none.")] = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
     encoder: Annotated[str | None, typer.Option(help="2D encoder(s) (smp names). Default: resnet34.")] = None,

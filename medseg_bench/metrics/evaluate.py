@@ -15,10 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from medseg_bench.errors import DataError, UsageError
-from medseg_bench.metrics.info import METRIC_NAMES, MetricSettings
-from medseg_bench.metrics.overlap import overlap_from_counts
+from medseg_bench.metrics.info import METRIC_NAMES, METRICS, Measured, MetricSettings
 from medseg_bench.metrics.surface import (
-    distance_metrics,
     nonzero_box,
     set_distance_threads,
     surface_distances_in_box,
@@ -203,17 +201,11 @@ def _score(
         return {**dict.fromkeys(METRIC_NAMES, math.nan), **flags}
     pred_mask = _mask(pred[box], values)
     ref_mask = _mask(ref[box], values)
-    tp = int(np.count_nonzero(pred_mask & ref_mask))
-    scores = overlap_from_counts(
-        tp, int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask)), settings.empty_policy
-    )
-    if pred_box is None or ref_box is None:
-        worst = diagonal_mm if settings.empty_policy == "penalize" else math.nan
-        scores.update(hd=worst, hd95=worst, assd=worst, nsd=0.0)
-    else:
-        distances = surface_distances_in_box(pred_mask, ref_mask, spacing, settings.surface)
-        scores.update(distance_metrics(distances, settings.nsd_tolerance_mm))
-    return {**{name: float(scores[name]) for name in METRIC_NAMES}, **flags}
+    distances = (None if pred_box is None or ref_box is None
+                 else surface_distances_in_box(pred_mask, ref_mask, spacing, settings.surface))
+    measured = Measured(int(np.count_nonzero(pred_mask & ref_mask)), int(np.count_nonzero(pred_mask)),
+                        int(np.count_nonzero(ref_mask)), distances, settings, diagonal_mm)
+    return {**{name: float(METRICS.get(name).compute(measured)) for name in METRIC_NAMES}, **flags}
 
 
 def _mask(crop: np.ndarray, values: tuple[int, ...]) -> np.ndarray:

@@ -57,19 +57,17 @@ def compute_volume_diff(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
 
 
 def overlap_from_counts(tp: int, n_pred: int, n_ref: int, empty_policy: str = "penalize") -> dict[str, float]:
-    """All overlap metrics from the true-positive and mask voxel counts, with the empty-mask policy applied.
+    """Every metric that needs no surfaces (Dice, Jaccard, precision, recall, volume difference) from the
+    true-positive and mask voxel counts, with the empty-mask policy applied.
 
     Both empty: every value NaN. Exactly one empty: Dice and Jaccard are 0 by definition; the undefined one
     of precision/recall is 0 under "penalize" and NaN under "nan"; volume_diff is NaN when the reference is
     empty (no volume to be relative to).
     """
+    from medseg_bench.metrics.info import METRIC_NAMES, METRICS, Measured, MetricSettings
+
+    infos = [METRICS.get(name) for name in METRIC_NAMES if not METRICS.get(name).needs_surfaces]
     if n_pred == 0 and n_ref == 0:
-        return dict.fromkeys(("dice", "jaccard", "precision", "recall", "volume_diff"), NAN)
-    undefined = 0.0 if empty_policy == "penalize" else NAN
-    return {
-        "dice": 2 * tp / (n_pred + n_ref),
-        "jaccard": tp / (n_pred + n_ref - tp),
-        "precision": tp / n_pred if n_pred else undefined,
-        "recall": tp / n_ref if n_ref else undefined,
-        "volume_diff": abs(n_pred - n_ref) / n_ref if n_ref else NAN,
-    }
+        return {info.name: NAN for info in infos}
+    measured = Measured(tp, n_pred, n_ref, None, MetricSettings(empty_policy=empty_policy), NAN)
+    return {info.name: info.compute(measured) for info in infos}

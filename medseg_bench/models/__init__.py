@@ -1,8 +1,11 @@
 """Architectures: one registry entry per name, with a builder per dims it supports.
 
 A builder takes `ModelInputs` and returns a plain `nn.Module` mapping (B, C, *spatial) to (B, K, *spatial)
-logits; the network knows nothing about Lightning. Adding an architecture is one decorated function in
-`zoo2d.py` (segmentation-models-pytorch, torchvision) or `zoo3d.py` (MONAI).
+logits, one tensor (a net that returns a list or dict of outputs is wrapped to return the logits; only
+dynunet returns its deep-supervision heads, a tuple, in training); the network knows nothing about
+Lightning. Adding an architecture is one decorated function (`@arch(...)`) in `zoo3d.py` (MONAI) or
+`zoo2d.py` (torchvision), or one entry of `zoo2d.SMP` (segmentation-models-pytorch); `tests/test_models.py`
+runs every registered one forward and backward and checks its declared batch and channel limits.
 
 Each builder declares the spatial `divisor` its input sizes must be a multiple of and the `min_size` below
 which it cannot run (e.g. SwinUNETR: 32 and 64); `fit_patch` rounds a planned patch up to what the

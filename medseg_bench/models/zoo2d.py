@@ -7,7 +7,7 @@ file is one clear error naming the encoder.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from medseg_bench.errors import UsageError
 from medseg_bench.models import DEFAULT_ENCODER, ModelInputs, arch
@@ -15,26 +15,40 @@ from medseg_bench.models import DEFAULT_ENCODER, ModelInputs, arch
 if TYPE_CHECKING:
     from torch import nn
 
-# smp models downsample five times (output stride 32); PAN's feature pyramid attention also pools its
-# 1/32 map with 7x7, 5x5 and 3x3 kernels, so it needs 128 pixels per side.
-# Their deepest BatchNorm is on the 1/32 map (a batch of 1 at a 32x32 patch fails in training; smp's PSPNet
-# stops its encoder at 1/8 and leaves its 1x1 pyramid level unnormalised: never); these also batch-normalise
-# globally pooled features (ASPP's image pooling, PAN's and UPerNet's 1x1 pyramid level): a batch of 1 fails
-# at any patch.
-POOLED_NORM = {"deeplab", "deeplabv3", "pan", "upernet"}
-SMP = {  # registry name: (smp class, description, aliases, min size)
-    "unet": ("Unet", "U-Net (Ronneberger 2015); 2D: smp.Unet; 3D: MONAI residual UNet", (), 32),
-    "unetplusplus": ("UnetPlusPlus", "UNet++ (Zhou 2018), nested dense skip pathways, smp", (), 32),
-    "deeplabv3": ("DeepLabV3", "DeepLabV3 (Chen 2017), atrous spatial pyramid pooling, smp", (), 32),
-    "deeplab": ("DeepLabV3Plus", "DeepLabV3+ (Chen 2018), ASPP plus a decoder, smp.DeepLabV3Plus",
-                ("deeplabv3plus",), 32),
-    "fpn": ("FPN", "Feature Pyramid Network (Lin 2017) as a segmentation head, smp", (), 32),
-    "pspnet": ("PSPNet", "Pyramid Scene Parsing Network (Zhao 2017), smp", (), 32),
-    "linknet": ("Linknet", "LinkNet (Chaurasia 2017), additive skip connections, smp", (), 32),
-    "manet": ("MAnet", "Multi-scale Attention Net (Fan 2020), smp", (), 32),
-    "pan": ("PAN", "Pyramid Attention Network (Li 2018), smp", (), 128),
-    "upernet": ("UPerNet", "Unified Perceptual Parsing (Xiao 2018), smp", (), 32),
-    "segformer": ("Segformer", "SegFormer (Xie 2021) all-MLP decoder, smp, over the chosen encoder", (), 32),
+
+class Smp(NamedTuple):
+    """A segmentation-models-pytorch architecture: adding one is one entry of `SMP`.
+
+    smp models downsample five times (output stride 32), so `min_size` is at least 32; PAN's feature pyramid
+    attention also pools its 1/32 map with 7x7, 5x5 and 3x3 kernels, so it needs 128 pixels per side. Their
+    deepest BatchNorm is on the 1/32 map (`norm_stride` 32: a batch of 1 at a 32x32 patch fails in training;
+    smp's PSPNet stops its encoder at 1/8 and leaves its 1x1 pyramid level unnormalised: None, never);
+    `pooled_norm`: it also batch-normalises globally pooled features (ASPP's image pooling, PAN's and
+    UPerNet's 1x1 pyramid level), so a batch of 1 fails at any patch.
+    """
+
+    smp_class: str
+    description: str
+    aliases: tuple[str, ...] = ()
+    min_size: int = 32
+    norm_stride: int | None = 32
+    pooled_norm: bool = False
+
+
+SMP = {  # registry name: its smp class and properties
+    "unet": Smp("Unet", "U-Net (Ronneberger 2015); 2D: smp.Unet; 3D: MONAI residual UNet"),
+    "unetplusplus": Smp("UnetPlusPlus", "UNet++ (Zhou 2018), nested dense skip pathways, smp"),
+    "deeplabv3": Smp("DeepLabV3", "DeepLabV3 (Chen 2017), atrous spatial pyramid pooling, smp",
+                     pooled_norm=True),
+    "deeplab": Smp("DeepLabV3Plus", "DeepLabV3+ (Chen 2018), ASPP plus a decoder, smp.DeepLabV3Plus",
+                   ("deeplabv3plus",), pooled_norm=True),
+    "fpn": Smp("FPN", "Feature Pyramid Network (Lin 2017) as a segmentation head, smp"),
+    "pspnet": Smp("PSPNet", "Pyramid Scene Parsing Network (Zhao 2017), smp", norm_stride=None),
+    "linknet": Smp("Linknet", "LinkNet (Chaurasia 2017), additive skip connections, smp"),
+    "manet": Smp("MAnet", "Multi-scale Attention Net (Fan 2020), smp"),
+    "pan": Smp("PAN", "Pyramid Attention Network (Li 2018), smp", min_size=128, pooled_norm=True),
+    "upernet": Smp("UPerNet", "Unified Perceptual Parsing (Xiao 2018), smp", pooled_norm=True),
+    "segformer": Smp("Segformer", "SegFormer (Xie 2021) all-MLP decoder, smp, over the chosen encoder"),
 }
 
 
@@ -104,9 +118,9 @@ def _smp(cls_name: str):
     return build
 
 
-for _name, (_cls, _description, _aliases, _min) in SMP.items():
-    arch(_name, "2d", _description, _aliases, divisor=32, min_size=_min,
-         norm_stride=None if _name == "pspnet" else 32, pooled_norm=_name in POOLED_NORM)(_smp(_cls))
+for _name, _entry in SMP.items():
+    arch(_name, "2d", _entry.description, _entry.aliases, divisor=32, min_size=_entry.min_size,
+         norm_stride=_entry.norm_stride, pooled_norm=_entry.pooled_norm)(_smp(_entry.smp_class))
 
 
 @arch("fcn", "2d", "Fully convolutional network (Long 2015), torchvision FCN over a dilated ResNet backbone",

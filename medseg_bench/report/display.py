@@ -11,9 +11,6 @@ import pandas as pd
 from medseg_bench.report.build import Report
 from medseg_bench.report.tables import best_rows, higher_is_better, label_columns
 
-METRIC_TITLES = {"dice": "Dice", "jaccard": "Jaccard", "precision": "Precision", "recall": "Recall",
-                 "volume_diff": "Vol. diff", "hd": "HD", "hd95": "HD95", "assd": "ASSD", "nsd": "NSD"}
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -39,12 +36,12 @@ class Section:
     task: str | None = None  # the task this section is about (its plots go with it)
 
 
-def metric_title(metric: str) -> str:
+def metric_title(metric: str, unit: bool = True) -> str:
+    """The metric's title in a report, with its unit in parentheses (`unit=False`: without)."""
     from medseg_bench.metrics import METRICS
 
-    unit = METRICS.get(metric).unit
-    title = METRIC_TITLES.get(metric, metric)
-    return f"{title} ({unit})" if unit else title
+    info = METRICS.get(metric)
+    return f"{info.title} ({info.unit})" if unit and info.unit else info.title
 
 
 def _digits(metric: str) -> int:
@@ -111,8 +108,8 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
         columns.append((metric_title(m), f"{m}_mean", higher, lambda r, m=m: _summary_cell(r, m, compact)))
         for col in [] if compact else label_columns(rows, m):
             if rows[col].notna().any():
-                columns.append((f"{METRIC_TITLES.get(m, m)} {_label_title(report, task, col)}", col, higher,
-                                lambda r, col=col, m=m: _num(r[col], _digits(m))))
+                title = f"{metric_title(m, unit=False)} {_label_title(report, task, col)}"
+                columns.append((title, col, higher, lambda r, col=col, m=m: _num(r[col], _digits(m))))
     columns += [] if part == "quality" else [
         ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
         (f"{compute}-h/run", "train_hours", False, lambda r: _significant(r["train_hours"])),

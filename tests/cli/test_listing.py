@@ -1,0 +1,48 @@
+"""`medseg-bench list`: every registered entry, and the docs that list them by hand name each one too."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.augment import AUGS
+from medseg_bench.cli.app import app
+from medseg_bench.losses import LOSSES
+from medseg_bench.metrics import METRIC_NAMES
+from medseg_bench.models import ARCHS
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _registered(what: str) -> list[str]:
+    if what == "archs":
+        return [name for arch in ARCHS for name in (arch, *ARCHS.aliases_of(arch))]
+    return {"losses": list(LOSSES), "augs": list(AUGS), "metrics": list(METRIC_NAMES)}[what]
+
+
+@pytest.mark.parametrize("what", ["archs", "losses", "augs", "metrics"])
+def test_list_shows_every_registered_entry(what: str) -> None:
+    result = runner.invoke(app, ["list", what], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    listed = set(re.findall(r"[\w-]+", result.output))
+    assert [name for name in _registered(what) if name not in listed] == []
+
+
+def test_the_readme_names_every_arch_loss_and_augmentation_preset() -> None:
+    # What a contributor adds in one place must still be named where the README lists them by hand.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("### Architectures, losses, augmentation, training options")
+    section = readme[start:readme.index("\n### ", start + 1)]
+    words = set(re.findall(r"\w+", section))
+    missing = {what: [n for n in _registered(what) if n not in words] for what in ("archs", "losses", "augs")}
+    assert missing == {"archs": [], "losses": [], "augs": []}
+
+
+def test_docs_metrics_has_a_row_for_every_metric() -> None:
+    table = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
+    assert rows == list(METRIC_NAMES)  # in column order
