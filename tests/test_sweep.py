@@ -16,6 +16,7 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.dry_run import dry_run_lines, estimate_seconds
 from medseg_bench.sweep.expand import SweepRequest, expand, parse_exclude
 from medseg_bench.sweep.spec_file import build_request, load_sweep_file
+from tests.conftest import finished_summary
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "Task04_Hippocampus"
@@ -232,7 +233,7 @@ def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> N
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
     cost = {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}
-    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": cost})
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, cost=cost))
     write_status(folder, "done")
 
 
@@ -296,7 +297,7 @@ def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Pa
     done = _spec(0)
     _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=0.0, spec=done)
     summary = json.loads((run_dir(tmp_path, done) / "summary.json").read_text())
-    summary["plan"] = {"patch_3d": [40, 56, 40], "batch_3d": 2}
+    summary["plan"].update({"patch_3d": [40, 56, 40], "batch_3d": 2})
     write_json_atomic(run_dir(tmp_path, done) / "summary.json", summary)
     assert estimate_seconds([_spec(1)], tmp_path) == (pytest.approx(4 * 30), 1)
     assert estimate_seconds([_spec(1, iters_per_epoch=500)], tmp_path) == (pytest.approx(4 * 300), 1)
@@ -513,7 +514,7 @@ def _finished_run(results: Path, spec: RunSpec) -> Path:
     folder.mkdir(parents=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
-    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": {}})
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id))
     write_status(folder, "done")
     append_event(folder, "done")
     return folder
