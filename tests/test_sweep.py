@@ -305,6 +305,30 @@ def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Pa
     assert estimate_seconds([bigger], tmp_path) == (pytest.approx(4 * 60), 1)
 
 
+def test_the_dry_run_reads_each_finished_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once for its state and once more for the cost estimate: every metrics.csv was parsed twice.
+    import medseg_bench.results as results
+    import medseg_bench.sweep.dry_run as dry_run
+
+    done, damaged, pending = _spec(0), _spec(1), _spec(2)
+    for spec in (done, damaged):
+        _finish(run_dir(tmp_path, spec), per_epoch_s=30.0, eval_s=20.0, spec=spec)
+    (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
+    reads: list[str] = []
+    real = results.read_finished_run
+
+    def counted(folder: Path):  # type: ignore[no-untyped-def]
+        reads.append(folder.name)
+        return real(folder)
+
+    monkeypatch.setattr(results, "read_finished_run", counted)
+    monkeypatch.setattr(dry_run, "read_finished_run", counted)
+    lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data")
+    assert [line.split()[0] for line in lines[:3]] == ["done", "damaged", "pending"]
+    assert lines[-1].startswith("cost of the 1 runs left: about 2 min on one worker (1 estimated")
+    assert sorted(reads) == sorted([done.run_id, damaged.run_id])
+
+
 def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> None:
     done, damaged = _spec(0), _spec(1)
     _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
