@@ -145,33 +145,48 @@ def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or fits(value)
 
 
-_OBJECT = _optional(lambda value: isinstance(value, dict)), "an object"
+_OBJECT = (lambda value: isinstance(value, dict)), "an object"
 _NUMBER = _optional(is_number), "a number"
+# The fields every version that wrote summary.json wrote (`run.py`, from the first on): a finished run that
+# lacks one had its summary emptied or edited, not written by an older version. Those added later (`tta`,
+# `postprocessing`, `cost.first_step_at`, `cost.resumed_at_epoch`, `cost.epoch_times_s`) may be absent.
+SUMMARY_ALWAYS_WRITTEN = (
+    "run_id", "mean", "per_label_dice", "num_cases", "metric_settings", "cost", "plan",
+    *(f"cost.{key}" for key in ("params", "train_time_s", "eval_time_s", "epochs_done", "time_per_epoch_s",
+                                "peak_memory_mb", "device")),
+    *(f"plan.{key}" for key in ("patch_3d", "batch_3d", "patch_2d", "batch_2d")),
+)
 # summary.json's fields that sweep, status and report read ("parent.key": a field of an object), each with
-# what it must be. Any may be absent (older or hand-made folders); null only where readers take it as absent.
+# what it must be; null only where every version may have written it (a cost it did not measure).
 SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "num_cases": (is_whole, "a whole number"),
     "per_label_dice": _OBJECT,
     "metric_settings": _OBJECT,
-    "cost": (lambda value: isinstance(value, dict), "an object"),
+    "cost": _OBJECT,
     **{f"cost.{key}": _NUMBER for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb",
                                           "eval_time_s", "epochs_done")},
     "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
     "plan": _OBJECT,
-    "plan.patch_2d": (_optional(lambda value: are_whole(value, 2, least=1)), "2 positive whole numbers"),
-    "plan.patch_3d": (_optional(lambda value: are_whole(value, 3, least=1)), "3 positive whole numbers"),
-    "plan.batch_2d": (_optional(lambda value: is_whole(value, 1)), "a positive whole number"),
-    "plan.batch_3d": (_optional(lambda value: is_whole(value, 1)), "a positive whole number"),
+    "plan.patch_2d": (lambda value: are_whole(value, 2, least=1), "2 positive whole numbers"),
+    "plan.patch_3d": (lambda value: are_whole(value, 3, least=1), "3 positive whole numbers"),
+    "plan.batch_2d": (lambda value: is_whole(value, 1), "a positive whole number"),
+    "plan.batch_3d": (lambda value: is_whole(value, 1), "a positive whole number"),
 }
 
 
 def summary_problem(summary: dict[str, Any]) -> str | None:
-    """What is wrong with a finished run's summary.json fields (`SUMMARY_FIELDS`), or None."""
+    """What is wrong with a finished run's summary.json: a field every version writes missing
+    (`SUMMARY_ALWAYS_WRITTEN`), or one of the wrong type (`SUMMARY_FIELDS`); None when nothing is."""
     for key, (fits, kind) in SUMMARY_FIELDS.items():
         parent, _, name = key.rpartition(".")
         holder = summary.get(parent) if parent else summary  # a parent is checked before its fields
         if isinstance(holder, dict) and name in holder and not fits(holder[name]):
             return f"{key!r} must be {kind}, not {shown(holder[name])}"
+    for key in SUMMARY_ALWAYS_WRITTEN:
+        parent, _, name = key.rpartition(".")
+        holder = summary.get(parent) if parent else summary
+        if isinstance(holder, dict) and name not in holder:
+            return f"lacks {key!r}, which every finished run writes"
     return None
 
 

@@ -414,23 +414,28 @@ class RunSpec:
 
     @classmethod
     def problem(cls, data: dict[str, Any]) -> str | None:
-        """Why `data` (a run's spec.json, its run_id left out) is no run spec: an unknown key, a value of the
-        wrong type (checked against the field's annotation) or out of range; None when it is one. A key an
-        older version's spec lacks takes its default, as it had then."""
+        """Why `data` (a run's spec.json without its run_id) is no run spec (`checked`); None if it is one."""
+        try:
+            cls.checked(data)
+        except UsageError as exc:
+            return str(exc)
+        return None
+
+    @classmethod
+    def checked(cls, data: dict[str, Any]) -> RunSpec:
+        """The spec `data` (a run's spec.json, its run_id left out) holds; UsageError saying why it holds
+        none: an unknown key, a value of the wrong type (checked against the field's annotation) or out of
+        range. A key an older version's spec lacks takes its default, as it had then."""
         annotations = {f.name: str(f.type) for f in fields(cls)}
         unknown = sorted(set(data) - set(annotations))
         if unknown:
-            return f"unknown key(s) {', '.join(unknown)}"
+            raise UsageError(f"unknown key(s) {', '.join(unknown)}")
         for key, value in data.items():
             if not _fits(annotations[key], value):
                 shown = json.dumps(value)
                 shown = shown if len(shown) <= 40 else shown[:37] + "..."
-                return f"'{key}' must be {_kind_text(annotations[key])}, not {shown}"
-        try:
-            cls.from_dict(data)
-        except UsageError as exc:
-            return str(exc)
-        return None
+                raise UsageError(f"'{key}' must be {_kind_text(annotations[key])}, not {shown}")
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:

@@ -120,6 +120,24 @@ TINY_SWEEP = ["--task", "Task04_Hippocampus", "--dims", "3d", "--arch", "unet", 
               "--aug", "none", "--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "2"]
 
 
+def finished_summary(**fields: object) -> dict[str, object]:
+    """A summary.json with every field each version of run.py wrote (`results.SUMMARY_ALWAYS_WRITTEN`), for
+    hand-made finished runs: `fields` replace the defaults, except that an object for `cost` or `plan` updates
+    theirs (`cost={"params": 5}` keeps the other costs)."""
+    summary: dict[str, object] = {
+        "run_id": "hand-made", "mean": {"dice": 0.5}, "per_label_dice": {"1": 0.5}, "num_cases": 1,
+        "metric_settings": {},
+        "cost": {"params": 1000, "train_time_s": 60.0, "eval_time_s": 1.0, "epochs_done": 1,
+                 "time_per_epoch_s": 60.0, "peak_memory_mb": None, "device": "cpu"},
+        "plan": {"patch_3d": [16, 16, 16], "batch_3d": 2, "patch_2d": [16, 16], "batch_2d": 2},
+    }
+    for key, value in fields.items():
+        default = summary.get(key)
+        merge = key in ("cost", "plan") and isinstance(value, dict) and isinstance(default, dict)
+        summary[key] = {**default, **value} if merge else value  # type: ignore[dict-item]
+    return summary
+
+
 def fetch_subset(shared_task: Path, tmp_path: Path, num_cases: int = 6) -> Path:
     """Fetch the first `num_cases` real Hippocampus cases into $MEDSEG_BENCH_HOME (use the `home` fixture)."""
     from typer.testing import CliRunner

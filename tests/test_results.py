@@ -33,6 +33,7 @@ from medseg_bench.results import (
 )
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
+from tests.conftest import finished_summary
 
 
 def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +183,7 @@ def _fake_run(results: Path, seed: int) -> None:
     frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10], "ref_empty": False,
                           "pred_empty": False})
     frame.to_csv(folder / "metrics.csv", index=False)
-    write_json_atomic(folder / "summary.json", {"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}})
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, num_cases=2))
     write_status(folder, "done")
     append_event(folder, "done")
 
@@ -251,8 +252,8 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
         ({"colour": "red"}, "unknown key(s) colour"),
     ]],
     # A summary.json field of the wrong type crashed report, status and sweep (one such run stopped a sweep).
-    *[("summary.json", json.dumps({"num_cases": 2, "per_label_dice": {"1": 0.5}, "cost": {}, **fields}),
-       problem) for fields, problem in [
+    *[("summary.json", json.dumps(finished_summary(**{"num_cases": 2, **fields})), problem)
+      for fields, problem in [
           ({"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
           ({"cost": None}, "'cost' must be an object, not null"),
           ({"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
@@ -267,7 +268,17 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
           ({"plan": {"patch_2d": [64, "64"]}},
            "'plan.patch_2d' must be 2 positive whole numbers, not [64, \"64\"]"),
           ({"plan": {"batch_3d": 0}}, "'plan.batch_3d' must be a positive whole number, not 0"),
+          ({"per_label_dice": None}, "'per_label_dice' must be an object, not null"),
+          ({"plan": {"patch_2d": None}}, "'plan.patch_2d' must be 2 positive whole numbers, not null"),
       ]],
+    # A summary emptied or cut down to a few fields read as a finished run (every version wrote these).
+    ("summary.json", '{"state": "done"}', "lacks 'run_id', which every finished run writes"),
+    *[("summary.json", json.dumps({k: v for k, v in finished_summary(num_cases=2).items() if k != key}),
+       f"lacks {key!r}, which every finished run writes") for key in ("num_cases", "per_label_dice", "plan")],
+    ("summary.json", json.dumps(finished_summary(num_cases=2) | {"cost": {"device": "cpu"}}),
+     "lacks 'cost.params', which every finished run writes"),
+    ("summary.json", json.dumps(finished_summary(num_cases=2) | {"plan": {"patch_3d": [8, 8, 8]}}),
+     "lacks 'plan.batch_3d', which every finished run writes"),
 ])
 def test_a_damaged_finished_run_is_named_never_read_as_it_is(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str, problem: str) -> None:
@@ -297,15 +308,16 @@ def test_a_damaged_finished_run_is_named_never_read_as_it_is(
 
 
 def test_empty_scores_and_null_or_absent_summary_fields_are_no_damage(tmp_path: Path) -> None:
-    # An empty cell is a score both empty masks leave undefined (NaN); summary fields older or hand-made
-    # folders lack, or hold null where readers take that as absent, are fine too.
+    # An empty cell is a score both empty masks leave undefined (NaN); summary fields older versions did not
+    # write (tta, postprocessing, some costs), or costs they wrote as null (not measured), are fine too.
     for seed in range(2):
         _fake_run(tmp_path, seed)
     first, second = sorted((tmp_path / "T").iterdir())
     (first / "metrics.csv").write_text(HEADER + "a,1,,True,True\nb,1,0.5,false,FALSE\n")
-    cost = {"params": None, "peak_memory_mb": 1.5e3, "device": None}
-    write_json_atomic(second / "summary.json",
-                      {"per_label_dice": None, "metric_settings": None, "plan": None, "cost": cost})
+    cost = {"params": None, "peak_memory_mb": 1.5e3, "device": None, "time_per_epoch_s": None}
+    summary = finished_summary(num_cases=2, cost=cost)
+    assert "tta" not in summary and "postprocessing" not in summary and "first_step_at" not in summary["cost"]
+    write_json_atomic(second / "summary.json", summary)
     assert checked_state(first) == ("done", None) and checked_state(second) == ("done", None)
     table = load_results(tmp_path)
     assert table["dice"].isna().sum() == 1 and table["run_id"].nunique() == 2
@@ -393,7 +405,8 @@ def test_the_index_holds_tasks_with_and_without_named_regions(tmp_path: Path) ->
         write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
         pd.DataFrame({"case": ["a", "b"] if task == "T9" else ["a", "a"], "label": labels, "dice": [0.5, 0.6],
                       "ref_empty": False, "pred_empty": False}).to_csv(folder / "metrics.csv", index=False)
-        write_json_atomic(folder / "summary.json", {"cost": {}})
+        write_json_atomic(folder / "summary.json", finished_summary(
+            num_cases=2 if task == "T9" else 1, per_label_dice={label: 0.5 for label in labels}))
         write_status(folder, "done")
     write_index(tmp_path)
     index = pd.read_parquet(tmp_path / INDEX_NAME)

@@ -53,6 +53,20 @@ def test_invalid_specs(bad: dict[str, object], message: str) -> None:
         _spec(**bad)
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"epochs": "8"}, "'epochs' must be a whole number, not \"8\""),
+    ({"fold": 7}, "fold 7 outside 0..4"),
+])
+def test_a_spec_json_is_checked_and_built_in_one_step(change: dict[str, object], problem: str) -> None:
+    # predict checked a spec.json (which built the spec) and then built it again.
+    data = _spec(patch_size=(32, 48, 32)).to_dict()
+    assert RunSpec.checked(data) == _spec(patch_size=(32, 48, 32)) and RunSpec.problem(data) is None
+    with pytest.raises(UsageError) as info:
+        RunSpec.checked(data | change)
+    assert str(info.value) == problem == RunSpec.problem(data | change)
+
+
 GOOD_TASK = """name: Task99_Bad
 imaging: MRI
 modalities: [MRI]

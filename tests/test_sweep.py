@@ -16,6 +16,7 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.dry_run import dry_run_lines, estimate_seconds
 from medseg_bench.sweep.expand import SweepRequest, expand, parse_exclude
 from medseg_bench.sweep.spec_file import build_request, load_sweep_file
+from tests.conftest import finished_summary
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "Task04_Hippocampus"
@@ -232,7 +233,7 @@ def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> N
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
     cost = {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}
-    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": cost})
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, cost=cost))
     write_status(folder, "done")
 
 
@@ -296,12 +297,36 @@ def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Pa
     done = _spec(0)
     _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=0.0, spec=done)
     summary = json.loads((run_dir(tmp_path, done) / "summary.json").read_text())
-    summary["plan"] = {"patch_3d": [40, 56, 40], "batch_3d": 2}
+    summary["plan"].update({"patch_3d": [40, 56, 40], "batch_3d": 2})
     write_json_atomic(run_dir(tmp_path, done) / "summary.json", summary)
     assert estimate_seconds([_spec(1)], tmp_path) == (pytest.approx(4 * 30), 1)
     assert estimate_seconds([_spec(1, iters_per_epoch=500)], tmp_path) == (pytest.approx(4 * 300), 1)
     bigger = _spec(1, batch_size=4, patch_size=(40, 56, 40))  # twice the voxels a step
     assert estimate_seconds([bigger], tmp_path) == (pytest.approx(4 * 60), 1)
+
+
+def test_the_dry_run_reads_each_finished_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once for its state and once more for the cost estimate: every metrics.csv was parsed twice.
+    import medseg_bench.results as results
+    import medseg_bench.sweep.dry_run as dry_run
+
+    done, damaged, pending = _spec(0), _spec(1), _spec(2)
+    for spec in (done, damaged):
+        _finish(run_dir(tmp_path, spec), per_epoch_s=30.0, eval_s=20.0, spec=spec)
+    (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
+    reads: list[str] = []
+    real = results.read_finished_run
+
+    def counted(folder: Path):  # type: ignore[no-untyped-def]
+        reads.append(folder.name)
+        return real(folder)
+
+    monkeypatch.setattr(results, "read_finished_run", counted)
+    monkeypatch.setattr(dry_run, "read_finished_run", counted)
+    lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data")
+    assert [line.split()[0] for line in lines[:3]] == ["done", "damaged", "pending"]
+    assert lines[-1].startswith("cost of the 1 runs left: about 2 min on one worker (1 estimated")
+    assert sorted(reads) == sorted([done.run_id, damaged.run_id])
 
 
 def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> None:
@@ -513,7 +538,7 @@ def _finished_run(results: Path, spec: RunSpec) -> Path:
     folder.mkdir(parents=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
-    write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}, "cost": {}})
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id))
     write_status(folder, "done")
     append_event(folder, "done")
     return folder

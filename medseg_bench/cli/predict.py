@@ -201,10 +201,10 @@ def _read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool
     folder, checkpoint = _run_folder(run_or_checkpoint)
     spec_data = _read_json(folder / "spec.json")
     spec_data.pop("run_id", None)
-    problem = RunSpec.problem(spec_data)
-    if problem:
-        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({problem})")
-    spec = RunSpec.from_dict(spec_data)
+    try:
+        spec = RunSpec.checked(spec_data)
+    except UsageError as exc:
+        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
     _check_finished(folder, checkpoint, spec, allow_unfinished)
     return _Run(folder, checkpoint, spec, _plan(folder, spec.task),
                 load_decision(folder) if postprocess else None)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_bench.data.itk_output import Printed, captured
 from medseg_bench.errors import DataError
 
 
@@ -95,9 +96,10 @@ def read_geometry(path: Path) -> tuple[Geometry, int]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with captured() as printed:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable image ({_itk_reason(exc)})") from None
+        raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
     return _geometry_and_channels(
         reader.GetSpacing(),
         reader.GetOrigin(),
@@ -132,10 +134,7 @@ def read_image(
     _check_readable(path)
     if check_complete and count_nonfinite(path):
         raise DataError(f"{path}: image holds NaN or inf voxels")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable image ({_itk_reason(exc)})") from None
+    image = read_sitk_image(path)
     geom, channels = _geometry_and_channels(
         image.GetSpacing(),
         image.GetOrigin(),
@@ -208,12 +207,24 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _itk_reason(exc: BaseException) -> str:
+def read_sitk_image(path: Path) -> Any:
+    """`sitk.ReadImage(path)`, what ITK prints to stderr on its own kept off it (`itk_output`): a file it
+    cannot read is one DataError naming it, what ITK printed about it the reason where its error says less."""
+    sitk = sitk_module()
+    try:
+        with captured() as printed:
+            return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
+
+
+def _itk_reason(exc: BaseException, printed: Printed) -> str:
     """ITK's reason for a file it failed to read. Its MetaImage reader (.mha, .mhd) blames a file it found
-    cut short or damaged on a stale errno ("No such file or directory"); the caller checked that it exists."""
+    cut short or damaged on a stale errno ("No such file or directory"; the caller checked that it exists),
+    having printed what it found ("data not read completely") to stderr."""
     reason = _first_line(exc)
     if reason.startswith("Reason: ") and "File cannot be read" in str(exc):
-        return "damaged or cut short: ITK cannot read its data"
+        return f"damaged or cut short: {printed.detail or 'ITK cannot read its data'}"
     return reason
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.image, f"image is {image_ndim}D, the task declares {task.tensor_image_size}")
     if channels != task.num_channels:
         return problem(case.image, f"image has {channels} modalities, the task declares {task.num_channels}")
+    bad_spacing = spacing_problem(image_geom.spacing)
+    if bad_spacing:
+        return problem(case.image, bad_spacing)
     mismatch = label_geom.mismatch(image_geom)
     if mismatch:
         return problem(case.label, f"label geometry differs from the image's: {mismatch}")
@@ -113,6 +117,24 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
+
+
+SPACING_RANGE_MM = (1e-3, 1e3)
+
+
+def spacing_problem(spacing: tuple[float, ...]) -> str:
+    """Why a voxel spacing (mm, ITK's order) cannot be an image's, "" when it can: a value that is not
+    positive and finite, or one outside `SPACING_RANGE_MM`. MSD's spacings are 0.2-10 mm; one of 1e-6 or 1e6
+    mm is a header in other units or a broken one: resampled to the task's spacing, such a case would have no
+    voxels along that axis, or a million times as many."""
+    shown = "(" + ", ".join(f"{v:g}" for v in spacing) + ")"
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        return f"voxel spacing {shown} mm: each must be a positive finite number"
+    low, high = SPACING_RANGE_MM
+    if not all(low <= v <= high for v in spacing):
+        return (f"voxel spacing {shown} mm is outside {low:g}-{high:g} mm "
+                "(a header in other units, or a broken one)")
+    return ""
 
 
 VALUES_SHOWN = 10

@@ -313,14 +313,9 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
 
 def _read_2d_label(path: Path, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
     """A 2D single-channel label map as a (Y, X) uint8 array, checked as read_label checks 3D ones."""
-    from medseg_bench.data.io import label_values, sitk_module
+    from medseg_bench.data.io import label_values, read_sitk_image, sitk_module
 
-    sitk = sitk_module()
-
-    try:
-        values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32, copy=False)
-    except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable image ({str(exc).strip().splitlines()[-1][:160]})") from None
+    values = sitk_module().GetArrayFromImage(read_sitk_image(path)).astype(np.float32, copy=False)
     if values.ndim != 2:
         raise DataError(f"{path}: unsupported image layout with array shape {values.shape}")
     return label_values(values, path), geometry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import ResultsError
@@ -35,14 +36,28 @@ def _voxels_per_iteration(batch: object, patch: object) -> float | None:
     return float(math.prod([batch, *sides]))  # type: ignore[list-item, misc]
 
 
-def observed_costs(results_dir: Path) -> dict[tuple[str, str], list[Cost]]:
-    """(dims, arch) -> the per-iteration and evaluation cost of the finished runs under `results_dir`."""
-    costs: dict[tuple[str, str], list[Cost]] = defaultdict(list)
+# A finished run's folder -> its spec and summary, or None when it is damaged (its cost is not to be trusted)
+Finished = dict[Path, "tuple[dict[str, Any], dict[str, Any]] | None"]
+
+
+def read_finished(results_dir: Path) -> Finished:
+    """Every finished run under `results_dir`, read whole as `report` and `status` read it (`checked_state`
+    of such a folder is "done" exactly when it is read here), once for its state and its cost."""
+    finished: Finished = {}
     for folder in finished_runs(results_dir):
         try:
-            spec, summary, _ = read_finished_run(folder)  # read whole, as `report` and `status` read it
-        except ResultsError:  # the dry run lists it as damaged; its cost is not to be trusted
-            continue
+            spec, summary, _ = read_finished_run(folder)
+        except ResultsError:
+            finished[folder] = None
+        else:
+            finished[folder] = (spec, summary)
+    return finished
+
+
+def observed_costs(finished: Finished) -> dict[tuple[str, str], list[Cost]]:
+    """(dims, arch) -> the per-iteration and evaluation cost of the `finished` runs that are not damaged."""
+    costs: dict[tuple[str, str], list[Cost]] = defaultdict(list)
+    for spec, summary in filter(None, finished.values()):
         cost, plan, dims, arch = (summary.get("cost") or {}, summary.get("plan") or {}, spec.get("dims"),
                                   spec.get("arch"))
         per_epoch, iters = _number(cost.get("time_per_epoch_s")), spec.get("iters_per_epoch") or 50
@@ -63,12 +78,14 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def estimate_seconds(specs: list[RunSpec], results_dir: Path) -> tuple[float, int] | None:
-    """Estimated seconds for `specs`, from finished runs of the same (dims, arch), else all finished runs.
+def estimate_seconds(specs: list[RunSpec], results_dir: Path,
+                     finished: Finished | None = None) -> tuple[float, int] | None:
+    """Estimated seconds for `specs`, from finished runs of the same (dims, arch), else all finished runs
+    (`finished`, those under `results_dir` when not given).
 
     Returns (seconds, how many specs had a same-(dims, arch) basis), or None without any finished run.
     """
-    costs = observed_costs(results_dir)
+    costs = observed_costs(read_finished(results_dir) if finished is None else finished)
     pooled = [c for values in costs.values() for c in values]
     if not pooled:
         return None
@@ -100,15 +117,20 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
     lines: list[str] = []
     states: Counter[str] = Counter()
     todo = []
+    finished = read_finished(results_dir)
     for spec in runs:
-        state, _ = checked_state(run_dir(results_dir, spec))  # a finished run read whole: damaged or done
+        folder = run_dir(results_dir, spec)
+        if folder in finished:  # read whole: damaged or done
+            state = "done" if finished[folder] else "damaged"
+        else:
+            state, _ = checked_state(folder)
         states[state] += 1
         if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
-    estimate = estimate_seconds(todo, results_dir) if todo else (0.0, 0)
+    estimate = estimate_seconds(todo, results_dir, finished) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
     else:

@@ -136,6 +136,12 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
     args = ["predict", str(folder), "--images", str(empty), "--out", str(tmp_path / "o")]
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and "no images" in result.output
+    spec = json.loads((folder / "spec.json").read_text())
+    (folder / "spec.json").write_text(json.dumps(spec | {"epochs": "8"}))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {folder / 'spec.json'}: not a run spec of this version ('epochs' must be a whole number, "
+        "not \"8\")\n")
     (folder / "spec.json").unlink()
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and "not a run folder" in result.output

@@ -16,6 +16,7 @@ from medseg_bench.models import ARCHS
 from medseg_bench.results import write_status
 from medseg_bench.spec import spec_hash_of
 from medseg_bench.sweep.spec_file import load_sweep_file
+from tests.conftest import finished_summary
 
 runner = CliRunner()
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -85,7 +86,7 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
         write_json_atomic(folder / "spec.json", {"run_id": name, **spec})
         if state == "done":
             (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nx,1,0.5,False,False\n")
-            write_json_atomic(folder / "summary.json", {"num_cases": 1, "per_label_dice": {"1": 0.5}})
+            write_json_atomic(folder / "summary.json", finished_summary(run_id=name))
         if state:
             error = {"error": "RuntimeError: out of memory"} if state == "failed" else {}
             write_status(folder, state, **error)

@@ -147,11 +147,13 @@ def test_read_image_checks_a_file_cut_short_when_asked(suffix: str, tmp_path: Pa
         read_image(path, check_complete=True)
 
 
-def test_a_metaimage_cut_short_is_not_called_missing(tmp_path: Path) -> None:
-    # ITK's MetaImage reader gave "Reason: No such file or directory" for a file that is there, cut short.
+def test_a_metaimage_cut_short_is_not_called_missing(tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    # ITK's MetaImage reader gave "Reason: No such file or directory" for a file that is there, cut short, and
+    # printed "MetaImage: M_ReadElementsData: data not read completely" and "   ideal = ..." to stderr itself.
     import SimpleITK as sitk
 
-    from medseg_bench.data.io import read_image
+    from medseg_bench.data.io import read_geometry, read_image
 
     path = tmp_path / "x.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(path))
@@ -163,9 +165,16 @@ def test_a_metaimage_cut_short_is_not_called_missing(tmp_path: Path) -> None:
         pass
     else:  # SimpleITK 2.2 reads it without an error
         pytest.skip(f"SimpleITK {sitk.Version.VersionString()} reads a MetaImage cut short without an error")
-    with pytest.raises(DataError, match=rf"^{path}: not a readable image \(damaged or cut short: ITK cannot "
-                                        r"read its data\)$"):
+    capfd.readouterr()
+    with pytest.raises(DataError, match=rf"^{path}: not a readable image \(damaged or cut short: data not "
+                                        r"read completely\)$"):
         read_image(path)
+    assert capfd.readouterr().err == ""
+    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementDataFile = LOCAL\n")
+    with pytest.raises(DataError, match=rf"^{path}: not a readable image \(damaged or cut short: ElementType "
+                                        r"required and not defined\)$"):
+        read_geometry(path)  # the header alone: ITK printed four lines about it
+    assert capfd.readouterr().err == ""
 
 
 def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:

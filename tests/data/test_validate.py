@@ -168,6 +168,45 @@ def test_truncated_uncompressed_nii_is_excluded(synth, which: int) -> None:
         f"{path}: truncated ({size - 1000} bytes of the {size} the header declares)")
 
 
+NOT_POSITIVE = "each must be a positive finite number"
+OUT_OF_RANGE = "is outside 0.001-1000 mm (a header in other units, or a broken one)"
+
+
+@pytest.mark.parametrize(("header", "problem"), [
+    ("1 1e-6 1", f"(1, 1e-06, 1) mm {OUT_OF_RANGE}"),
+    ("1 0.0009 1", f"(1, 0.0009, 1) mm {OUT_OF_RANGE}"),
+    ("1 1e6 1", f"(1, 1e+06, 1) mm {OUT_OF_RANGE}"),
+    ("1 1001 1", f"(1, 1001, 1) mm {OUT_OF_RANGE}"),
+    ("1 0 1", f"(1, 0, 1) mm: {NOT_POSITIVE}"),
+    ("1 -2 1", f"(1, -2, 1) mm: {NOT_POSITIVE}"),
+    ("1 nan 1", f"(1, 0, 0) mm: {NOT_POSITIVE}"),  # ITK stops reading the spacing at the NaN
+])
+def test_an_absurd_voxel_spacing_is_named_and_its_case_excluded(synth, header: str, problem: str) -> None:
+    # 1e-6 mm passed, and so did 0, -2 and NaN in a MetaImage header (ITK reads a NIfTI's 0 or NaN as 1).
+    import SimpleITK as sitk
+
+    folder, task = synth
+    for sub in ("imagesTr", "labelsTr"):  # image and label alike: their geometries agree
+        gz = folder / sub / "case_003.nii.gz"
+        mha = gz.with_name("case_003.mha")
+        sitk.WriteImage(sitk.ReadImage(str(gz)), str(mha))
+        gz.unlink()
+        spacing_line = f"ElementSpacing = {header}".encode()
+        mha.write_bytes(mha.read_bytes().replace(b"ElementSpacing = 1 1 1", spacing_line))
+    meta_path = folder / "dataset.json"
+    meta_path.write_text(meta_path.read_text().replace("case_003.nii.gz", "case_003.mha"))
+    image = folder / "imagesTr" / "case_003.mha"
+    assert _problem_for(folder, task, "case_003") == f"{image}: voxel spacing {problem}"
+
+
+def test_spacings_at_the_bounds_and_real_ones_pass() -> None:
+    from medseg_bench.data.validate import spacing_problem
+
+    for spacing in ((0.001, 1000.0, 1.0), (0.2, 0.2, 10.0), (1.0, 1.0, 1.0)):
+        assert spacing_problem(spacing) == ""
+    assert "positive finite" in spacing_problem((1.0, float("inf"), 1.0))
+
+
 def test_3d_image_where_4d_declared(home: Path, tmp_path: Path) -> None:
     write_task_file(home, "Task91_Multi", channels=2)
     folder = make_synthetic_task(tmp_path / "Task91_Multi", channels=1)

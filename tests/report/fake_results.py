@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_bench.spec import spec_hash_of
+from tests.conftest import finished_summary
 
 METRIC_COLUMNS = ["dice", "jaccard", "precision", "recall", "volume_diff", "hd", "hd95", "assd", "nsd"]
 # (task, dims, arch, encoder, loss, aug): quality offset, params, train seconds per run, device
@@ -67,9 +68,10 @@ def write_fake_results(root: Path, seed: int = 7) -> Path:
             _write(folder / "metrics.csv", "\n".join([header, *rows]) + "\n")
             cost = {"params": params, "train_time_s": train_s + fold * 60, "time_per_epoch_s": train_s / 4,
                     "peak_memory_mb": params / 10_000, "device": device, "epochs_done": 4}
-            _write(folder / "summary.json", json.dumps({
-                "run_id": run_id, "cost": cost,
-                "metric_settings": {"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"}}))
+            _write(folder / "summary.json", json.dumps(finished_summary(
+                run_id=run_id, cost=cost, num_cases=CASES_PER_FOLD,
+                per_label_dice={str(label): offset for label in LABELS[task]},
+                metric_settings={"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"})))
             _write(folder / "env.json", json.dumps({
                 "versions": {"medseg-bench": "0.1.0", "torch": "2.4.0"}, "git_revision": "0123abc",
                 "python": "3.11.9", "gpu": "NVIDIA A100"}))
