@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.data.itk_output import Printed, captured
+from medseg_bench.data.itk_output import Printed, captured_for
 from medseg_bench.errors import DataError
 
 
@@ -96,7 +96,7 @@ def read_geometry(path: Path) -> tuple[Geometry, int]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with captured() as printed:
+        with captured_for(path) as printed:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
@@ -212,7 +212,7 @@ def read_sitk_image(path: Path) -> Any:
     cannot read is one DataError naming it, what ITK printed about it the reason where its error says less."""
     sitk = sitk_module()
     try:
-        with captured() as printed:
+        with captured_for(path) as printed:
             return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None

@@ -6,6 +6,9 @@ before SimpleITK raises its own error; SimpleITK's switch for ITK's warnings doe
 points descriptor 2 at a temporary file for the call: what a call that failed printed is for its error to use
 (`Printed.detail`); what a call that succeeded printed is written to stderr after it, as it would have been.
 
+Only MetaImage files are read through it (`captured_for`): other readers (NIfTI, MSD's format) do not print
+this way, and their reads stay free to run at once in threads.
+
 Descriptor 2 belongs to the whole process, so one call is captured at a time (a lock, held through the call):
 two threads redirecting it at once would each restore the other's copy and leave stderr in a file. A fork
 waits for the call in progress, so a child (a DataLoader worker, the preparation pool) starts with the real
@@ -102,6 +105,18 @@ def captured() -> Iterator[Printed]:
             if data and not failed:
                 with contextlib.suppress(OSError):
                     os.write(2, data)
+
+
+# The readers that print to std::cerr themselves: ITK's MetaIO.
+PRINTING_SUFFIXES = (".mha", ".mhd")
+
+
+def captured_for(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Printed]:
+    """`captured()` for a file whose reader prints on its own (MetaImage), else a block that captures
+    nothing (a NIfTI read takes no lock)."""
+    if str(path).lower().endswith(PRINTING_SUFFIXES):
+        return captured()
+    return contextlib.nullcontext(Printed())
 
 
 def _dup_stderr() -> int | None:

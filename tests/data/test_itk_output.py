@@ -127,3 +127,16 @@ def test_a_fork_waits_for_the_call_so_the_child_has_the_real_stderr(
     thread.join()
     assert os.waitpid(pid, 0)[1] == 0
     assert capfd.readouterr().err == "the child's error\n"
+
+
+def test_only_metaimage_reads_are_captured(capfd: pytest.CaptureFixture[str]) -> None:
+    from medseg_bench.data import itk_output
+
+    with itk_output.captured_for("case.nii.gz") as printed:  # no lock: NIfTI reads run at once in threads
+        assert not itk_output._lock.locked()
+        os.write(2, b"left alone\n")
+    assert printed.text == ""
+    with itk_output.captured_for("case.MHA"):
+        assert itk_output._lock.locked()
+        os.write(2, b"kept back\n")
+    assert capfd.readouterr().err == "left alone\nkept back\n"
