@@ -54,8 +54,10 @@ SETUP_NAME = "setup.json"
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone
+# Every package a run's numbers go through: torchvision (the fcn arch), timm (tu-* encoders), edt (surface
+# distances where installed, else scipy's; None in env.json when it is not).
 PACKAGES = ("medseg-bench", "torch", "pytorch-lightning", "monai", "segmentation-models-pytorch", "numpy",
-            "scipy", "SimpleITK", "pandas")
+            "scipy", "SimpleITK", "pandas", "torchvision", "timm", "edt")
 
 
 def run_dir(results_dir: Path, spec: RunSpec) -> Path:

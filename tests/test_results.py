@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,8 @@ def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.Mon
     assert cpu_model(str(info)) == (platform.processor() or "unknown")
     assert cpu_model(str(tmp_path / "none")) == (platform.processor() or "unknown")
     env = environment()
+    for package in ("torch", "torchvision", "timm", "edt"):  # fcn, tu-* encoders, surface distances
+        assert env["versions"][package] == metadata.version(package)
     assert env["cpu"] == cpu_model() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # caps oneDNN's convolutions: other float results
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
