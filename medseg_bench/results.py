@@ -54,8 +54,10 @@ SETUP_NAME = "setup.json"
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone
+# Every package a run's numbers go through: torchvision (the fcn arch), timm (tu-* encoders), edt (surface
+# distances where installed, else scipy's; None in env.json when it is not).
 PACKAGES = ("medseg-bench", "torch", "pytorch-lightning", "monai", "segmentation-models-pytorch", "numpy",
-            "scipy", "SimpleITK", "pandas")
+            "scipy", "SimpleITK", "pandas", "torchvision", "timm", "edt")
 
 
 def run_dir(results_dir: Path, spec: RunSpec) -> Path:
@@ -299,14 +301,25 @@ def check_writable(results_dir: Path) -> None:
         raise ResultsError(f"{results_dir}: results dir is not writable ({exc.strerror or exc})") from None
 
 
-def git_revision() -> str:
-    """The source checkout's commit (with `+dirty`), or `unknown` for an installed package."""
+def git_revision(root: Path = REPO_ROOT) -> str:
+    """The commit of the source checkout at `root` (with `+dirty`), or `unknown` for an installed package.
+
+    Only a repository whose top folder is `root` is the source: an installed package's folder is often
+    inside another repository (a virtual environment in a project's folder), whose commit git would give.
+    Git's own variables are left out of its environment: `GIT_DIR` would name another repository too.
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, timeout=5)
+
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
+        found = git("rev-parse", "--show-toplevel", "HEAD")
+        lines = found.stdout.split("\n")
+        if found.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != root.resolve():
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return lines[1].strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,7 @@ from medseg_bench.results import (
     checked_state,
     cpu_model,
     environment,
+    git_revision,
     load_results,
     read_events,
     write_index,
@@ -45,10 +47,37 @@ def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.Mon
     assert cpu_model(str(info)) == (platform.processor() or "unknown")
     assert cpu_model(str(tmp_path / "none")) == (platform.processor() or "unknown")
     env = environment()
+    for package in ("torch", "torchvision", "timm", "edt"):  # fcn, tu-* encoders, surface distances
+        assert env["versions"][package] == metadata.version(package)
     assert env["cpu"] == cpu_model() and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # caps oneDNN's convolutions: other float results
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     assert environment()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_git_revision_is_the_checkouts_own_never_an_enclosing_repositorys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "tracked.txt").write_text("a")
+    git("add", "tracked.txt")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert git_revision(tmp_path) == head
+    (tmp_path / "tracked.txt").write_text("b")
+    assert git_revision(tmp_path) == head + "+dirty"
+    # An installed package in a virtual environment inside another project's repository: not its source.
+    site_packages = tmp_path / ".venv" / "lib" / "site-packages"
+    site_packages.mkdir(parents=True)
+    assert git_revision(site_packages) == "unknown"
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / ".git"))  # another repository, named by git's variable
+    outside = tmp_path.parent / f"{tmp_path.name}-installed"
+    outside.mkdir()
+    assert git_revision(outside) == "unknown"
+    assert git_revision(tmp_path / "no such folder") == "unknown"
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:

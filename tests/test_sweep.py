@@ -156,6 +156,8 @@ def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> Non
     ("- task\n", "a sweep file is a mapping"),
     ("task: [\n", "not valid YAML"),
     ("task: T\nlr: fast\n", "'lr' takes one number, not 'fast'"),
+    ("task: T\nclass_weights: [1, x, 2]\n", "'class_weights' takes numbers, one per class, not 'x'"),
+    ("task: T\npostprocess: 1\n", "'postprocess' takes true or false, not 1"),
     ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (key 'task' given twice)"),  # YAML keeps the last
     ("\udcff\udcfe task: T\n", "not UTF-8 text"),
 ])

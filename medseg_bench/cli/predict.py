@@ -183,6 +183,28 @@ def _images(folder: Path) -> list[Path]:
     return images
 
 
+def _channels_problem(channels: int, task: Any) -> str:
+    """"" when an image of `channels` channels fits `task`'s models, else what they take and in which order
+    (a 4D image's fourth axis, as MSD stores a case's modalities)."""
+    if channels == task.num_channels:
+        return ""
+    order = ", in this order along the fourth axis" if task.num_channels > 1 else ""
+    return (f"{channels} channel(s), but {task.name} models take {task.num_channels} "
+            f"({', '.join(task.modalities)}{order})")
+
+
+def _check_images(found: list[Path], task: Any) -> None:
+    """Every image's dimensions and channels against the task's, from its header, before anything is
+    predicted: a wrong image late in the folder would otherwise stop the command with half of it written."""
+    from medseg_bench.data.io import layout_problem, read_geometry
+
+    for path in found:
+        geometry, channels = read_geometry(path)  # a 4D image's geometry: its three spatial axes
+        problem = layout_problem(geometry.size) or _channels_problem(channels, task)
+        if problem:
+            raise DataError(f"{path}: {problem}")
+
+
 @dataclass
 class _Run:
     """A run given to predict, read (spec, plan, postprocessing decision) but its network not yet loaded."""
@@ -296,13 +318,14 @@ def predict(
     loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
     _check_ensemble(loaded)
     found = _images(images)
+    task, plan = get_task(loaded[0].spec.task), loaded[0].plan
+    _check_images(found, task)
     members = [_member(run, tta) for run in loaded]
     for run, member in zip(loaded, members, strict=True):
         if tta and not member.tta:
             typer.echo(f"{run.folder}: predicted without --tta: its augmentation '{run.spec.aug}' never "
                        "mirrored a training image (nnU-Net mirrors only along the axes it trained with)")
     decision = _ensemble_decision(loaded)
-    task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     if len(loaded) > 1:
         kept = ", ".join(map(str, decision.labels)) if decision is not None else ""
         post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
@@ -317,9 +340,9 @@ def predict(
             skipped += 1
             continue
         image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
-        if image.shape[0] != task.num_channels:
-            raise DataError(f"{path}: {image.shape[0]} channel(s), but {task.name} models take "
-                            f"{task.num_channels}")
+        problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
+        if problem:
+            raise DataError(f"{path}: {problem}")
         labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)

@@ -66,14 +66,17 @@ def sweep(
         = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 3e-3 adamw, 1e-2 sgd.")] = None,
     pretrained: Annotated[bool | None, typer.Option(
-        "--pretrained", help="2D: ImageNet encoder weights; they must already be on this machine.")] = None,
+        "--pretrained/--no-pretrained",
+        help="2D: ImageNet encoder weights; they must already be on this machine.")] = None,
     class_weights: Annotated[str | None, typer.Option(
         help="Loss class weights, one per class, background first, e.g. 0.5,1,2.")] = None,
     tta: Annotated[bool | None, typer.Option(
-        "--tta", help="Evaluate with mirroring test-time augmentation (part of the run id).")] = None,
+        "--tta/--no-tta", help="Evaluate with mirroring test-time augmentation (part of the run id).")] \
+        = None,
     postprocess: Annotated[bool | None, typer.Option(
-        "--postprocess", help="Largest-component postprocessing per label where it helps on the held-out "
-                              "fold (nnU-Net); decision and both scores in summary.json.")] = None,
+        "--postprocess/--no-postprocess",
+        help="Largest-component postprocessing per label where it helps on the held-out fold (nnU-Net); "
+             "decision and both scores in summary.json.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
         = None,

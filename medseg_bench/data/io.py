@@ -142,6 +142,9 @@ def read_image(
         image.GetSize(),
         image.GetNumberOfComponentsPerPixel(),
     )
+    problem = layout_problem(image.GetSize())
+    if problem:
+        raise DataError(f"{path}: {problem}")
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 4:
         pass  # already (C, Z, Y, X)
@@ -149,15 +152,20 @@ def read_image(
         array = np.moveaxis(array, -1, 0)
     else:
         array = array[None]
-    if image.GetDimension() == 2:
-        size = _fmt(image.GetSize())
-        raise DataError(f"{path}: 2D image of size {size}; a 3D (or 4D multi-modal) image expected")
     if array.ndim != 4 or array.shape[0] != channels:
         raise DataError(f"{path}: unsupported image layout with array shape {array.shape}")
     array = np.ascontiguousarray(array, dtype=dtype)
     if check_complete and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: image holds NaN or inf voxels")  # another format keeps them as read
     return array, geom
+
+
+def layout_problem(size: tuple[int, ...]) -> str:
+    """What is wrong with an image of `size` (ITK order) as a case: "" for 3D, and for 4D (MSD's channels
+    along the fourth axis); else e.g. "2D image of size (35, 51); a 3D (or 4D multi-modal) image expected"."""
+    if len(size) in (3, 4):
+        return ""
+    return f"{len(size)}D image of size {_fmt(tuple(size))}; a 3D (or 4D multi-modal) image expected"
 
 
 def read_label(path: Path) -> tuple[np.ndarray, Geometry]:

@@ -171,6 +171,11 @@ def validate_folder(
     return ValidationReport(cases=cases, problems=[p for found in per_case for p in found])
 
 
+def _same_name(one: str, other: str) -> bool:
+    """The same name but for case and spacing ("Non-enhancing  tumor" and "non-enhancing tumor")."""
+    return " ".join(one.lower().split()) == " ".join(other.lower().split())
+
+
 def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
     """Warnings when dataset.json's labels (values, or the names of the same values) or its number of
     modalities are not the task file's: the task file's are the classes and channels runs use."""
@@ -184,7 +189,7 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
     elif declared:
         names = {int(k): str(v) for k, v in data["labels"].items()}
         renamed = [f"{k}: '{names[k]}' (task file: '{task.labels[k]}')" for k in sorted(names)
-                   if " ".join(names[k].lower().split()) != " ".join(task.labels[k].lower().split())]
+                   if not _same_name(names[k], task.labels[k])]
         if renamed:
             warnings.append(f"{path}: names label {'; '.join(renamed)}; the task file's names are used "
                             "(check that the label values mean what the task file says)")
@@ -192,6 +197,15 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
     if isinstance(modalities, dict) and modalities and len(modalities) != task.num_channels:
         warnings.append(f"{path}: declares {len(modalities)} modalities, {task.name}'s task file "
                         f"{task.num_channels}; each image's channels are checked against the task file")
+    elif isinstance(modalities, dict) and modalities:
+        # Channels are taken in the images' order, named by the task file (a "CT" channel is normalised as
+        # CT, `predict` asks for them in this order): another order in dataset.json goes unseen otherwise.
+        named = {str(k): str(v) for k, v in modalities.items()}
+        unlike = [f"{c}: '{named[str(c)]}' (task file: '{name}')" for c, name in enumerate(task.modalities)
+                  if str(c) in named and not _same_name(named[str(c)], name)]
+        if unlike:
+            warnings.append(f"{path}: names channel {'; '.join(unlike)}; each image's channels are taken in "
+                            "its order, under the task file's names (check that the orders agree)")
     return warnings
 
 

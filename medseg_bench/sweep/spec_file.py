@@ -7,6 +7,8 @@
     aug: [none, heavy]
     exclude: ["arch=deeplab,aug=heavy"]
     epochs: 50                       # a fixed setting: one value
+    tta: true                        # every flag of `sweep` that sets runs has its key (--class-weights:
+    class_weights: [0.5, 1, 2]       # class_weights, a list)
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encod
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "num_folds": (int,), "epochs": (int,), "max_minutes": (int, float), "iters_per_epoch": (int,),
     "batch_size": (int,), "patch_size": (list,), "optimizer": (str,), "lr": (int, float)}
-KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, "exclude")
+# Every other setting of a run (its --flag): a sweep file holds all that a command line can give.
+FLAG_KEYS = ("pretrained", "tta", "postprocess")  # true or false
+KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, *FLAG_KEYS, "class_weights", "exclude")
 
 
 def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
@@ -34,6 +38,17 @@ def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
         if not isinstance(item, kind) or isinstance(item, bool):
             raise UsageError(f"{path}: '{key}' takes {kind.__name__} values, not {item!r}")
     return values
+
+
+def _number(path: Path, key: str, value: Any, wanted: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise UsageError(f"{path}: '{key}' takes {wanted}, not {value!r}")
+    return float(value)
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
@@ -64,19 +79,20 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
             values[AXIS_KEYS[key]] = _as_list(path, key, value, kind)
         elif key == "exclude":
             values["exclude"] = _as_list(path, key, value, str)
+        elif key in FLAG_KEYS:
+            if not isinstance(value, bool):
+                raise UsageError(f"{path}: '{key}' takes true or false, not {value!r}")
+            values[key] = value
+        elif key == "class_weights":  # one per class, background first, as --class-weights
+            weights = value if isinstance(value, list) else [value]
+            values[key] = tuple(_number(path, key, w, "numbers, one per class") for w in weights) or None
+        elif float in SETTING_TYPES[key]:
+            values[key] = _number(path, key, value, "one number")
         else:
             types = SETTING_TYPES[key]
-            if float in types and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
             if not isinstance(value, types) or isinstance(value, bool):
-                wanted = "number" if float in types else types[0].__name__
-                raise UsageError(f"{path}: '{key}' takes one {wanted}, not {value!r}")
-            if key == "patch_size":
-                value = tuple(_as_list(path, key, value, int))
-            values[key] = float(value) if key in ("max_minutes", "lr") else value
+                raise UsageError(f"{path}: '{key}' takes one {types[0].__name__}, not {value!r}")
+            values[key] = tuple(_as_list(path, key, value, int)) if key == "patch_size" else value
     return values
 
 

@@ -464,3 +464,89 @@ def test_an_unfinished_run_is_refused_unless_allowed_and_then_named(run_folder, 
     trained = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert trained.exit_code == 2
     assert "not finished (partial, epoch 1 of 1): it trained but was not evaluated" in trained.stderr
+
+
+def _write(path: Path, image: object) -> None:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_an_image_the_task_cannot_take_is_refused_before_anything_is_written(run_folder, tmp_path: Path
+                                                                               ) -> None:
+    import SimpleITK as sitk
+
+    folder, _, _ = run_folder
+    volume = np.random.default_rng(3).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    wrong = {  # each after a good image in the folder's order: checked from every header first
+        "b_slice.nii.gz": (sitk.GetImageFromArray(volume[4]), "2D image of size (20, 20); a 3D (or 4D "
+                                                              "multi-modal) image expected"),
+        "b_two.nii.gz": (sitk.JoinSeries([sitk.GetImageFromArray(c) for c in (volume, -volume)]),
+                         "2 channel(s), but Task93_Predict models take 1 (MR0)"),
+        "b_vector.nrrd": (sitk.GetImageFromArray(np.stack([volume] * 3, -1), isVector=True),
+                          "3 channel(s), but Task93_Predict models take 1 (MR0)"),
+        "b_5d.nii.gz": (sitk.Image([20, 20, 12, 2, 2], sitk.sitkFloat32),
+                        "5D image of size (20, 20, 12, 2, 2); a 3D (or 4D multi-modal) image expected"),
+    }
+    for name, (image, problem) in wrong.items():
+        images, out = tmp_path / name / "images", tmp_path / name / "pred"
+        _write_oriented(images / "a.nii.gz", volume)
+        _write(images / name, image)
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+        assert result.exit_code == 3, result.output
+        assert result.stderr == f"error: {images / name}: {problem}\n"
+        assert not out.exists()  # not a.nii.gz either
+
+
+MULTI = "Task94_PredictMulti"
+
+
+def test_a_4d_image_reaches_the_network_in_the_tasks_modality_order(home: Path, tmp_path: Path) -> None:
+    """Channels are the fourth axis's, in order, as the cache gives them to training (MSD's 4D layout)."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.preprocess import load_case
+
+    write_task_file(home, MULTI, channels=2)
+    src = make_synthetic_task(tmp_path / "src" / MULTI, num_cases=4, channels=2)
+    fetch_task(get_task(MULTI), home / "data", str(src), progress=False)
+    prepared = prepare_task(get_task(MULTI), home / "data", num_folds=2, workers=1)
+    # Training's side: cached channel c is the file's channel c, z-scored on its own.
+    case = prepared.case_ids[0]
+    cached, _, _ = load_case(prepared.cache_dir, case)
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "imagesTr" / f"{case}.nii.gz")))  # (C, Z, Y, X)
+    for c in range(2):
+        assert np.corrcoef(cached[c].ravel(), raw[c].ravel())[0, 1] > 0.999
+
+    spec = RunSpec(task=MULTI, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    folder = tmp_path / "results" / MULTI / spec.run_id
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    net = build_network(spec, prepared)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+               folder / "checkpoints" / "last.ckpt")
+    (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    (folder / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
+    rng = np.random.default_rng(5)
+    channels = [rng.normal(0, 1, (12, 20, 20)).astype(np.float32) * s + m for s, m in ((1, 0), (5, 40))]
+    channels[0][2:8, 4:12, 5:14] += 4.0
+    images, out = tmp_path / "images", tmp_path / "pred"
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(c) for c in channels])
+    four_d.SetSpacing((0.9, 1.1, 1.6, 1.0))
+    _write(images / "multi.nii.gz", four_d)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    labels, geometry = read_label(out / "multi.nii.gz")
+    assert labels.shape == (12, 20, 20) and np.allclose(geometry.spacing, (0.9, 1.1, 1.6))
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    image = np.stack(channels)
+    expected = predict_image(net, image, (1.6, 1.1, 0.9), prepared.plan, "3d", patch)
+    swapped = predict_image(net, image[::-1].copy(), (1.6, 1.1, 0.9), prepared.plan, "3d", patch)
+    assert (labels == expected).all() and (labels != swapped).any()  # so the order is seen
+
+    _write(images / "one.nii.gz", sitk.GetImageFromArray(channels[0]))  # one modality of the two
+    one = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert one.exit_code == 3
+    assert one.stderr == (f"error: {images / 'one.nii.gz'}: 1 channel(s), but {MULTI} models take 2 "
+                          "(MR0, MR1, in this order along the fourth axis)\n")

@@ -40,6 +40,41 @@ def test_config_with_flag_overrides_and_exclude(home: Path, tmp_path: Path) -> N
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
 
 
+def _run_ids(output: str) -> list[str]:
+    return sorted(word for line in output.splitlines() for word in line.split()
+                  if word.startswith("Task04_Hippocampus/"))
+
+
+def test_a_sweep_file_or_flags_in_any_order_give_the_same_run_ids(home: Path, tmp_path: Path) -> None:
+    # Every setting a flag gives has its sweep-file key: a sweep with --tta or --class-weights could not be
+    # written down as a file (tta: an unknown key), so its run ids could not be reproduced from one.
+    flags = ["--task", "Task04_Hippocampus", "--arch", "unet", "--dims", "3d,2d", "--loss", "dice_ce,focal",
+             "--aug", "light", "--epochs", "1", "--iters-per-epoch", "5", "--seed", "0,1", "--tta",
+             "--postprocess", "--class-weights", "0.5,1,2", "--lr", "1e-3"]
+    given = _sweep(tmp_path, *flags, "--dry-run")
+    assert given.exit_code == 0, given.output
+    ids = _run_ids(given.output)
+    assert len(ids) == 8 and all("-light-" in i for i in ids)
+    pairs = [flags[i:i + 2] if flags[i + 1:i + 2] and not flags[i + 1].startswith("--") else [flags[i]]
+             for i in range(len(flags)) if flags[i].startswith("--")]
+    reordered = _sweep(tmp_path, *[word for pair in reversed(pairs) for word in pair], "--dry-run")
+    assert _run_ids(reordered.output) == ids
+    config = tmp_path / "sweep.yaml"
+    config.write_text("seed: [1, 0]\nlr: 1e-3\nclass_weights: [1, 2, 4]\npostprocess: true\ntta: true\n"
+                      "iters_per_epoch: 5\nepochs: 1\naug: light\nloss: [focal, dice_ce]\ndims: [2d, 3d]\n"
+                      "arch: unet\ntask: Task04_Hippocampus\npretrained: false\n")
+    from_file = _sweep(tmp_path, "--config", str(config), "--dry-run")
+    assert from_file.exit_code == 0, from_file.output
+    assert _run_ids(from_file.output) == ids
+    untested = _sweep(tmp_path, "--config", str(config), "--no-tta", "--dry-run")  # a flag overrides
+    assert untested.exit_code == 0 and not set(_run_ids(untested.output)) & set(ids)
+    without = _sweep(tmp_path, *[flag for flag in flags if flag != "--tta"], "--dry-run")
+    assert _run_ids(untested.output) == _run_ids(without.output)
+    config.write_text("task: Task04_Hippocampus\ntta: yes please\n")
+    bad = _sweep(tmp_path, "--config", str(config))
+    assert bad.exit_code == 2 and f"{config}: 'tta' takes true or false, not 'yes please'" in bad.output
+
+
 def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text("task: Task04_Hippocampus\narchs: [unet]\nlearning_rate: 0.1\n")

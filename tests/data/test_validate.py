@@ -79,6 +79,15 @@ def test_dataset_json_names_or_modalities_unlike_the_task_files_are_warned(synth
         "'core'); the task file's names are used (check that the label values mean what the task file says)",
         f"{folder / 'dataset.json'}: declares 2 modalities, Task90_Synth's task file 1; each image's "
         "channels are checked against the task file"]
+    dataset["labels"] = {"0": "background", "1": "outer", "2": "core"}
+    dataset["modality"] = {"0": "CT"}  # another modality than the task file's MR0, or another order
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    assert label_warnings(folder, task) == [
+        f"{folder / 'dataset.json'}: names channel 0: 'CT' (task file: 'MR0'); each image's channels are "
+        "taken in its order, under the task file's names (check that the orders agree)"]
+    dataset["modality"] = {"0": " mr0"}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    assert label_warnings(folder, task) == []
 
 
 def test_undeclared_label_values_and_nan(synth) -> None:
