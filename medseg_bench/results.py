@@ -26,6 +26,7 @@ Run folder:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -324,6 +325,13 @@ def git_revision(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+@functools.cache
+def code_revision() -> str:
+    """`git_revision()` of the checkout this process runs, read once, when its first run starts (the modules
+    a run uses are imported by then): a commit made while a sweep goes on is not the code of its later runs."""
+    return git_revision()
+
+
 # Environment variables that cap the instruction set of torch's CPU kernels (ATen's, oneDNN's, MKL's).
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
@@ -365,7 +373,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "git_revision": git_revision(),
+        "git_revision": code_revision(),
         "cpu_count": os.cpu_count(),
         # The CPU and the instruction set torch's kernels use (oneDNN's convolutions pick theirs from the same
         # CPU unless an ISA_LIMITS variable caps it): floating-point results differ between instruction sets

@@ -55,6 +55,18 @@ def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.Mon
     assert environment()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
+def test_runs_record_the_revision_their_process_started_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg_bench.results as results
+
+    revisions = iter(["aaa111", "bbb222+dirty"])  # a commit made while a sweep goes on
+    monkeypatch.setattr(results, "git_revision", lambda: next(revisions))
+    results.code_revision.cache_clear()
+    try:
+        assert [results.environment()["git_revision"] for _ in range(2)] == ["aaa111", "aaa111"]
+    finally:
+        results.code_revision.cache_clear()
+
+
 def test_git_revision_is_the_checkouts_own_never_an_enclosing_repositorys(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def git(*args: str) -> str:
