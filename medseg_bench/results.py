@@ -328,7 +328,7 @@ def git_revision(root: Path = REPO_ROOT) -> str:
 @functools.cache
 def code_revision() -> str:
     """`git_revision()` of the checkout this process runs, read once, when its first run starts (the modules
-    a run uses are imported by then): a commit made while a sweep goes on is not the code of its later runs."""
+    a run uses are imported by then): a commit made while a sweep goes on is not what its later runs ran."""
     return git_revision()
 
 
