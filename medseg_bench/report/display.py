@@ -205,8 +205,8 @@ def ranking_table(report: Report) -> Table:
     # best can be 1.25, or 1.5 for two configurations each first on half the metrics: not always 1.
     best = {c: _lowest(ranking[c]) for c in ["mean_rank", *task_columns]}
     rows = []
-    for position, (idx, row) in enumerate(ranking.iterrows(), start=1):
-        rows.append([Cell(str(position)), Cell(row["config"]),
+    for idx, row in ranking.iterrows():
+        rows.append([Cell(format_rank(row["rank"])), Cell(row["config"]),
                      Cell(f"{row['mean_rank']:.2f}", idx in best["mean_rank"]), Cell(str(row["tasks"])),
                      *[Cell(format_rank(row[c]), idx in best[c]) for c in task_columns]])
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])

@@ -56,7 +56,8 @@ def _colors(configs: list[str]) -> dict[str, Any]:
 def case_distribution(report: Report, task: str, metric: str) -> bytes:
     """Horizontal box plot with the per-case scores on top, one row per configuration, best at the top."""
     plt = _pyplot()
-    configs = report.table[report.table["task"] == task]["config"].tolist()
+    rows = report.table[report.table["task"] == task]
+    configs = rows["config"].tolist()
     scores = report.scores[report.scores["task"] == task]
     # A case's samples (its seeds) averaged first, as every statistic of the table is computed.
     data = [case_means(scores[scores["config"] == c], metric).dropna().to_numpy(float) for c in configs]
@@ -72,7 +73,9 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     for values, y in zip(data, positions, strict=True):
         jitter = rng.uniform(-0.18, 0.18, values.size)
         ax.scatter(values, y + jitter, s=12, color="#1f3b57", alpha=0.6, zorder=3)
-    ax.set_yticks(positions, [f"{i + 1}. {c}" for i, c in enumerate(configs)], fontsize=9)
+    # The table's rank, ties shared (1.5), not the row's position
+    labels = [f"{format_rank(r)}. {c}" for r, c in zip(rows["rank"], configs, strict=True)]
+    ax.set_yticks(positions, labels, fontsize=9)
     ax.set_ylim(-0.7, len(configs) - 0.3)
     ax.set_xlabel(f"per-case {metric_title(metric)} (mean over foreground labels)")
     better = "higher" if higher_is_better(metric) else "lower"

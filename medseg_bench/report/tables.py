@@ -288,8 +288,10 @@ def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     average those ranks. A configuration missing from a task ranks last there (tied with any other missing
     or without a score), as one without a score does: skipping a task is no advantage.
 
-    Columns: `config`, the axes, `mean_rank`, `tasks` (how many it has results on), `rank[<task>]` (the mean
-    of its metric ranks within that task; NaN where it has no results). Sorted best first.
+    Columns: `config`, `rank` (by `mean_rank`, 1 = best; configurations whose mean ranks tie share the mean
+    of the positions they span, as the leaderboard's `rank`), the axes, `mean_rank`, `tasks` (how many it has
+    results on), `rank[<task>]` (the mean of its metric ranks within that task; NaN where it has no results).
+    Sorted best first.
     """
     configs = sorted(table["config"].unique())
     long = []
@@ -312,6 +314,7 @@ def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for task in per_task.columns:
         out[f"rank[{task}]"] = per_task[task]
     out = out.reset_index().sort_values(["mean_rank", "config"], kind="stable").reset_index(drop=True)
+    out.insert(out.columns.get_loc("config") + 1, "rank", rank_values(out["mean_rank"], False))
     out.attrs["metrics"] = list(metrics)
     return out
 

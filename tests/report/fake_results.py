@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medseg_bench.spec import spec_hash_of
 from tests.conftest import finished_summary
@@ -82,3 +83,14 @@ def write_fake_results(root: Path, seed: int = 7) -> Path:
             _write(folder / "logs" / "metrics.csv", "\n".join(log) + "\n")
             _write(folder / "status.json", json.dumps({"state": "done"}))
     return root
+
+
+def with_tied_ranking(results: pd.DataFrame) -> pd.DataFrame:
+    """`load_results`'s frame of the fake results with the Dice of Task91_Beta's 2D configuration 0.2 lower,
+    so that by Dice no task has a tie but the ranking across tasks has one: 3d-unet-dice_ce-light first in
+    both tasks (mean rank 1); 3d-unet-dice-none second in Task90_Alpha and not run on Task91_Beta (last
+    there, 3), 2d-unet.resnet18-dice_ce-none third in Task90_Alpha and second in Task91_Beta: both 2.5."""
+    tied = results.copy()
+    tied.loc[(tied["task"] == "Task91_Beta") & (tied["dims"] == "2d"), "dice"] -= 0.2
+    return tied
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from medseg_bench.report.build import report_from_results
 from medseg_bench.report.display import _p_relation, ranking_table
 from medseg_bench.results import load_results
@@ -35,3 +37,16 @@ def test_the_confidence_level_is_shown_as_given() -> None:
     from medseg_bench.report.display import confidence_text
 
     assert [confidence_text(c) for c in (0.95, 0.975, 0.999)] == ["95%", "97.5%", "99.9%"]  # once 98%, 100%
+
+
+@pytest.mark.parametrize("top", [None, 2])
+def test_configurations_whose_mean_ranks_tie_share_their_place(fake_results: Path, top: int | None) -> None:
+    from tests.report.fake_results import with_tied_ranking
+
+    report = report_from_results(with_tied_ranking(load_results(fake_results)), fake_results,
+                                 metrics=["dice"], top=top)
+    table = ranking_table(report)
+    places = [(row[0].text, row[1].text) for row in table.rows]
+    expected = [("1", "3d-unet-dice_ce-light"), ("2.5", "2d-unet.resnet18-dice_ce-none"),
+                ("2.5", "3d-unet-dice-none")]
+    assert places == expected[:top]  # once 1, 2, 3: the second looked better than the third

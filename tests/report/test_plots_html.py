@@ -67,6 +67,25 @@ def test_the_case_plot_shows_a_point_per_case_seeds_averaged_as_the_table(
     assert [p.mean() for p in points] == pytest.approx(rows["dice_mean"].tolist())
 
 
+def test_the_case_plot_labels_rows_with_the_tables_rank_ties_shared(
+        fake_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.report import report_from_results
+    from medseg_bench.report.plots import case_distribution
+    from medseg_bench.results import load_results
+
+    results = load_results(fake_results)
+    tied = (results["task"] == "Task90_Alpha") & ((results["loss"] == "dice") | (results["dims"] == "2d"))
+    results.loc[tied & results["dice"].notna(), "dice"] = 0.5  # the same Dice on every case: a tie
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    figures = _figures(monkeypatch)
+    case_distribution(report, "Task90_Alpha", "dice")
+    axis = figures[0].axes[0]
+    top_down = sorted(axis.get_yticklabels(), key=lambda label: -label.get_position()[1])
+    assert report.table["rank"].tolist()[:3] == [1, 2.5, 2.5]
+    assert [label.get_text() for label in top_down] == [  # once 1., 2., 3.: as if the second were better
+        "1. 3d-unet-dice_ce-light", "2.5. 2d-unet.resnet18-dice_ce-none", "2.5. 3d-unet-dice-none"]
+
+
 def test_the_cost_plot_names_the_reports_confidence_level(fake_results: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from medseg_bench.report.plots import cost_quality

@@ -315,3 +315,15 @@ def test_per_label_columns_count_a_case_once_as_the_mean_does(tmp_path: Path) ->
     rows += _rows("T", "unet", {"b": {"1": 0.5, "2": 0.5}}, fold=1)
     row = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"]).table.iloc[0]
     assert row["dice_mean"] == row["dice_label_1"] == row["dice_label_2"] == pytest.approx(0.7)
+
+
+def test_configurations_whose_mean_ranks_tie_share_their_rank(fake_results: Path) -> None:
+    from tests.report.fake_results import with_tied_ranking
+
+    table = leaderboard(with_tied_ranking(load_results(fake_results)), metrics=["dice"])
+    assert table["rank"].tolist() == [1, 2, 3, 1, 2]  # no tie within a task
+    ranking = cross_task_ranking(table, ["dice"])
+    assert ranking["config"].tolist() == [TOP_ALPHA, "2d-unet.resnet18-dice_ce-none", "3d-unet-dice-none"]
+    assert ranking["mean_rank"].tolist() == [1, 2.5, 2.5]
+    assert ranking["rank"].tolist() == [1, 2.5, 2.5]  # as the leaderboard's ties; once places 1, 2, 3
+    assert ranking.columns.tolist()[:2] == ["config", "rank"]
