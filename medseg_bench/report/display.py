@@ -256,6 +256,31 @@ def _case_set_note(report: Report, task: str) -> str | None:
             f"{sets['shared']} cases all of them scored (cases left out: {left}).")
 
 
+def _absent_metric_note(report: Report, task: str) -> str | None:
+    """Which configurations have runs scored before a metric existed, and how to score them again."""
+    absent = report.absent_metrics.get(task)
+    if not absent:
+        return None
+    counts = [counts for metrics in absent.values() for counts in metrics.values()]
+
+    def runs(lacking: int, total: int) -> str:
+        return f"all {total} runs" if lacking == total else f"{lacking} of {total} runs"
+
+    listed = "; ".join(f"{config}: " + ", ".join(f"{metric_title(m, unit=False)} ({runs(*n)})"
+                                               for m, n in metrics.items())
+                       for config, metrics in absent.items())
+    effects = []
+    if any(lacking == total for lacking, total in counts):
+        effects.append("where every run of a configuration lacks a metric, it shows – and ranks last on it")
+    if any(lacking < total for lacking, total in counts):
+        effects.append("where only some runs of a configuration lack a metric, its score comes from the "
+                       "others")
+    effects_text = "; ".join(effects)
+    return (f"Runs scored before a metric existed have no column for it in their metrics.csv: {listed}. "
+            f"{effects_text[0].upper()}{effects_text[1:]}. Score such a run again with `medseg-bench "
+            f"evaluate --pred RUN/predictions --ref labelsTr --allow-missing --task {task}`.")
+
+
 def sections(report: Report, compact: bool = False) -> list[Section]:
     """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
 
@@ -281,6 +306,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
         items: list[str | Table] = [_settings_note(report, task)]
         case_note = _case_set_note(report, task)
         items += [case_note] if case_note else []
+        absent_note = _absent_metric_note(report, task)
+        items += [absent_note] if absent_note else []
         if compact:  # two narrower tables fit a terminal better than one wide one
             items += [task_table(report, task, True, "quality"), task_table(report, task, True, "cost")]
         else:

@@ -94,3 +94,11 @@ def with_tied_ranking(results: pd.DataFrame) -> pd.DataFrame:
     tied.loc[(tied["task"] == "Task91_Beta") & (tied["dims"] == "2d"), "dice"] -= 0.2
     return tied
 
+
+def drop_metric_column(folder: Path, metric: str) -> None:
+    """Rewrite a run's metrics.csv without `metric`'s column, as a run scored before the metric existed."""
+    path = folder / "metrics.csv"
+    lines = path.read_text().splitlines()
+    drop = lines[0].split(",").index(metric)
+    path.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop)
+                              for line in lines) + "\n")

@@ -1,17 +1,18 @@
-"""Every format says the same: tied places in the ranking across tasks."""
+"""Every format says the same: tied places in the ranking across tasks, metrics that older runs lack."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from medseg_bench.report import Report, print_rich, render, report_from_results
+from medseg_bench.report import Report, build_report, print_rich, render, report_from_results
 from medseg_bench.results import load_results
-from tests.report.fake_results import with_tied_ranking
+from tests.report.fake_results import drop_metric_column, with_tied_ranking
 
 TIED = [("1", "3d-unet-dice_ce-light"), ("2.5", "2d-unet.resnet18-dice_ce-none"),
         ("2.5", "3d-unet-dice-none")]
@@ -42,3 +43,28 @@ def test_tied_configurations_share_their_place_in_every_format(fake_results: Pat
     assert [(r["rank"], r["config"]) for r in data["ranking"]] == [(float(p), c) for p, c in shown]
     assert [r["mean_rank"] for r in data["ranking"]] == [1, 2.5, 2.5][:top]  # the numbers as they were
 
+
+def test_a_metric_older_runs_lack_is_named_with_how_to_score_them_again(fake_results: Path,
+                                                                         tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    for folder in (results / "Task90_Alpha").glob("3d-unet-dice-none-*"):  # both of its runs
+        drop_metric_column(folder, "nsd")
+    drop_metric_column(sorted((results / "Task91_Beta").glob("2d-*"))[0], "nsd")  # one of its two
+    report = build_report(results)
+    alpha = ("Runs scored before a metric existed have no column for it in their metrics.csv: "
+             "3d-unet-dice-none: NSD (all 2 runs). Where every run of a configuration lacks a metric, it "
+             "shows – and ranks last on it. Score such a run again with `medseg-bench evaluate --pred "
+             "RUN/predictions --ref labelsTr --allow-missing --task Task90_Alpha`.")
+    beta = ("metrics.csv: 2d-unet.resnet18-dice_ce-none: NSD (1 of 2 runs). Where only some runs of a "
+            "configuration lack a metric, its score comes from the others. Score")
+    markdown, latex, page = (render(report, fmt, {}) for fmt in ("markdown", "latex", "html"))
+    assert isinstance(markdown, str) and isinstance(latex, str) and isinstance(page, str)
+    assert markdown.count(alpha) == latex.count(f"% {alpha}") == page.count(alpha) == 1
+    assert markdown.count(beta) == latex.count(beta) == page.count(beta) == 1
+    assert " ".join(_terminal(report).split()).count(alpha) == 1  # rich wraps long lines
+    lines = markdown.splitlines()
+    nsd = next(line for line in lines if line.startswith("| # |")).split(" | ").index("NSD")
+    row = next(line for line in lines if "| 3d-unet-dice-none |" in line)  # Task90_Alpha's leaderboard
+    assert row.split(" | ")[nsd] == "–"
+    assert "no column for it" not in render(build_report(fake_results), "markdown")
