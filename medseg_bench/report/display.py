@@ -257,7 +257,7 @@ def _case_set_note(report: Report, task: str) -> str | None:
 
 
 def _absent_metric_note(report: Report, task: str) -> str | None:
-    """Which configurations have runs scored before a metric existed, and how to score their predictions on it."""
+    """Which configurations have runs scored before a metric existed, and how their predictions score on it."""
     absent = report.absent_metrics.get(task)
     if not absent:
         return None
@@ -278,8 +278,8 @@ def _absent_metric_note(report: Report, task: str) -> str | None:
     effects_text = "; ".join(effects)
     return (f"Runs scored before a metric existed have no column for it in their metrics.csv: {listed}. "
             f"{effects_text[0].upper()}{effects_text[1:]}. `medseg-bench evaluate --pred RUN/predictions "
-            f"--ref labelsTr --allow-missing --task {task}` scores the predictions of such a run on every metric, "
-            f"apart from this report, which reads the metrics.csv of each run as it is.")
+            f"--ref labelsTr --allow-missing --task {task}` scores the predictions of such a run on every "
+            f"metric, apart from this report, which reads the metrics.csv of each run as it is.")
 
 
 def sections(report: Report, compact: bool = False) -> list[Section]:

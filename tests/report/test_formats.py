@@ -55,8 +55,8 @@ def test_a_metric_older_runs_lack_is_named_with_how_to_score_them_again(fake_res
     alpha = ("Runs scored before a metric existed have no column for it in their metrics.csv: "
              "3d-unet-dice-none: NSD (all 2 runs). Where every run of a configuration lacks a metric, it "
              "shows – and ranks last on it. `medseg-bench evaluate --pred RUN/predictions --ref labelsTr "
-             "--allow-missing --task Task90_Alpha` scores the predictions of such a run on every metric, apart "
-             "from this report, which reads the metrics.csv of each run as it is.")
+             "--allow-missing --task Task90_Alpha` scores the predictions of such a run on every metric, "
+             "apart from this report, which reads the metrics.csv of each run as it is.")
     beta = ("metrics.csv: 2d-unet.resnet18-dice_ce-none: NSD (1 of 2 runs). Where only some runs of a "
             "configuration lack a metric, its score comes from the others. `medseg-bench")
     markdown, latex, page = (render(report, fmt, {}) for fmt in ("markdown", "latex", "html"))
