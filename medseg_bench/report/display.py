@@ -257,7 +257,7 @@ def _case_set_note(report: Report, task: str) -> str | None:
 
 
 def _absent_metric_note(report: Report, task: str) -> str | None:
-    """Which configurations have runs scored before a metric existed, and how their predictions score on it."""
+    """Which configurations have runs scored before a metric existed; how to score their predictions."""
     absent = report.absent_metrics.get(task)
     if not absent:
         return None
