@@ -148,6 +148,19 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
 
 
 
+def test_a_spec_json_lacking_a_key_exits_3_naming_it(tmp_path: Path) -> None:
+    # It was a TypeError's traceback (RunSpec's missing positional arguments), exit 1.
+    folder, images = tmp_path / "run", tmp_path / "images"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (folder / "spec.json").write_text(json.dumps({"task": TASK, "dims": "3d", "arch": "unet"}))
+    images.mkdir()
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {folder / 'spec.json'}: not a run spec of this version (lacks loss, aug)\n")
+
+
 def test_an_image_cut_short_exits_3_naming_it(run_folder, tmp_path: Path) -> None:
     folder, _, _ = run_folder
     images, out = tmp_path / "images", tmp_path / "pred"
