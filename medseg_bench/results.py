@@ -137,9 +137,6 @@ def spec_problem(spec: dict[str, Any], folder_name: str) -> str | None:
     """Why a finished run's spec.json cannot be read as its spec, or None: a key the report needs missing, a
     value of the wrong type (it would crash the report and the index, or be pooled as another), or settings
     edited after the run (its run id no longer theirs)."""
-    missing = [key for key in ("task", "dims", "arch", "loss", "aug") if key not in spec]
-    if missing:
-        return f"lacks {', '.join(missing)}"
     return RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"}) or run_id_problem(spec,
                                                                                              folder_name)
 

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -424,8 +424,13 @@ class RunSpec:
     @classmethod
     def checked(cls, data: dict[str, Any]) -> RunSpec:
         """The spec `data` (a run's spec.json, its run_id left out) holds; UsageError saying why it holds
-        none: an unknown key, a value of the wrong type (checked against the field's annotation) or out of
-        range. A key an older version's spec lacks takes its default, as it had then."""
+        none: a key without a default missing, an unknown key, a value of the wrong type (checked against the
+        field's annotation) or out of range. A key an older version's spec lacks takes its default, as it had
+        then."""
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise UsageError(f"lacks {', '.join(missing)}")
         annotations = {f.name: str(f.type) for f in fields(cls)}
         unknown = sorted(set(data) - set(annotations))
         if unknown:

@@ -67,6 +67,14 @@ def test_a_spec_json_is_checked_and_built_in_one_step(change: dict[str, object],
     assert str(info.value) == problem == RunSpec.problem(data | change)
 
 
+def test_a_spec_json_lacking_a_required_key_is_a_usage_error_naming_it() -> None:
+    # `checked` let the dataclass's TypeError through: `predict` on such a run folder showed a traceback.
+    data = {key: value for key, value in _spec().to_dict().items() if key not in ("arch", "aug")}
+    with pytest.raises(UsageError) as info:
+        RunSpec.checked(data)
+    assert str(info.value) == "lacks arch, aug" == RunSpec.problem(data)
+
+
 GOOD_TASK = """name: Task99_Bad
 imaging: MRI
 modalities: [MRI]

@@ -194,13 +194,16 @@ def _channels_problem(channels: int, task: Any) -> str:
 
 
 def _check_images(found: list[Path], task: Any) -> None:
-    """Every image's dimensions and channels against the task's, from its header, before anything is
-    predicted: a wrong image late in the folder would otherwise stop the command with half of it written."""
+    """Every image's dimensions, channels and voxel spacing (as validate checks a training case's) against
+    the task's, from its header, before anything is predicted: a wrong image late in the folder would
+    otherwise stop the command with half of it written."""
     from medseg_bench.data.io import layout_problem, read_geometry
+    from medseg_bench.data.validate import spacing_problem
 
     for path in found:
         geometry, channels = read_geometry(path)  # a 4D image's geometry: its three spatial axes
-        problem = layout_problem(geometry.size) or _channels_problem(channels, task)
+        problem = (layout_problem(geometry.size) or _channels_problem(channels, task)
+                   or spacing_problem(geometry.spacing))
         if problem:
             raise DataError(f"{path}: {problem}")
 

@@ -92,9 +92,9 @@ def captured() -> Iterator[Printed]:
             yield printed
             return
         _flush_stderr()  # Python's own text, written before the call, goes where it always went
-        os.dup2(capture.fileno(), 2)
         failed = True
-        try:
+        try:  # the redirection inside: a signal handled just after it (Ctrl-C) still finds fd 2 restored
+            os.dup2(capture.fileno(), 2)
             yield printed
             failed = False
         finally:

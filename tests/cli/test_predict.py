@@ -148,6 +148,19 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
 
 
 
+def test_a_spec_json_lacking_a_key_exits_3_naming_it(tmp_path: Path) -> None:
+    # It was a TypeError's traceback (RunSpec's missing positional arguments), exit 1.
+    folder, images = tmp_path / "run", tmp_path / "images"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (folder / "spec.json").write_text(json.dumps({"task": TASK, "dims": "3d", "arch": "unet"}))
+    images.mkdir()
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {folder / 'spec.json'}: not a run spec of this version (lacks loss, aug)\n")
+
+
 def test_an_image_cut_short_exits_3_naming_it(run_folder, tmp_path: Path) -> None:
     folder, _, _ = run_folder
     images, out = tmp_path / "images", tmp_path / "pred"
@@ -479,6 +492,8 @@ def test_an_image_the_task_cannot_take_is_refused_before_anything_is_written(run
 
     folder, _, _ = run_folder
     volume = np.random.default_rng(3).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    micro = sitk.GetImageFromArray(volume)
+    micro.SetSpacing((1e-6, 1.1, 1.6))
     wrong = {  # each after a good image in the folder's order: checked from every header first
         "b_slice.nii.gz": (sitk.GetImageFromArray(volume[4]), "2D image of size (20, 20); a 3D (or 4D "
                                                               "multi-modal) image expected"),
@@ -488,6 +503,9 @@ def test_an_image_the_task_cannot_take_is_refused_before_anything_is_written(run
                           "3 channel(s), but Task93_Predict models take 1 (MR0)"),
         "b_5d.nii.gz": (sitk.Image([20, 20, 12, 2, 2], sitk.sitkFloat32),
                         "5D image of size (20, 20, 12, 2, 2); a 3D (or 4D multi-modal) image expected"),
+        # as validate refuses a training case's (a label map was written from it, exit 0)
+        "b_microns.nii.gz": (micro, "voxel spacing (1e-06, 1.1, 1.6) mm is outside 0.001-1000 mm (a header "
+                                    "in other units, or a broken one)"),
     }
     for name, (image, problem) in wrong.items():
         images, out = tmp_path / name / "images", tmp_path / name / "pred"

@@ -140,3 +140,34 @@ def test_only_metaimage_reads_are_captured(capfd: pytest.CaptureFixture[str]) ->
         assert itk_output._lock.locked()
         os.write(2, b"kept back\n")
     assert capfd.readouterr().err == "left alone\nkept back\n"
+
+
+def test_a_signal_just_after_the_redirection_still_restores_stderr(monkeypatch: pytest.MonkeyPatch,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C handled right after fd 2 was pointed at the capture file raised before the block that restores
+    # it: the interrupted command's one line, and all it printed after, went into the temporary file.
+    import signal
+
+    from medseg_bench.data import itk_output
+
+    capture = itk_output._capture_file()
+    assert capture is not None
+    real_dup2 = os.dup2
+
+    def dup2_then_interrupt(fd: int, fd2: int) -> None:
+        real_dup2(fd, fd2)
+        if fd == capture.fileno():
+            os.kill(os.getpid(), signal.SIGINT)  # handled on return, as a Ctrl-C during the system call
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(os, "dup2", dup2_then_interrupt)
+    before = _stderr_file()
+    try:
+        with pytest.raises(KeyboardInterrupt), captured():
+            pass
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGINT, previous)
+    assert _stderr_file() == before
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
