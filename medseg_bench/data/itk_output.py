@@ -39,8 +39,9 @@ class Printed:
     @property
     def detail(self) -> str:
         """Its first line without the printer's names ("MetaImage: M_ReadElementsData: data not read
-        completely" gives "data not read completely"); "" when nothing was printed."""
-        lines = [line.strip() for line in self.text.splitlines() if line.strip()]
+        completely" gives "data not read completely"); "" when nothing was printed. A line with terminal
+        control codes is another thread's (a progress bar redrawn during the call), never ITK's."""
+        lines = [line.strip() for line in self.text.splitlines() if line.strip() and "\x1b" not in line]
         if not lines:
             return ""
         line = re.sub(r"^(?:[A-Za-z_]\w*: )+", "", lines[0]).rstrip(".")

@@ -73,6 +73,8 @@ def test_what_a_call_that_failed_printed_is_kept_for_its_error(capfd: pytest.Cap
     ("\nElementType required and not defined.\nMetaObject: Read: MET_Read Failed\n",
      "ElementType required and not defined"),
     ("", ""),
+    ("\x1b[2Kvalidating 40%\rMetaImage: M_ReadElementsData: data not read completely\n",  # a progress bar
+     "data not read completely"),
 ])
 def test_the_detail_is_the_first_line_without_the_printers_names(text: str, detail: str) -> None:
     assert Printed(text).detail == detail
