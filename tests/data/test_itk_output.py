@@ -21,6 +21,20 @@ def _stderr_file() -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def _cut_short_mha(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A MetaImage cut short by 100 bytes (ITK's lines about it on stderr); the test skipped where SimpleITK
+    reads one without an error (2.2)."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.float32)), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError:
+        return path
+    pytest.skip(f"SimpleITK {sitk.Version.VersionString()} reads a MetaImage cut short without an error")
+
+
 def test_what_a_call_that_succeeded_printed_is_written_after_it(capfd: pytest.CaptureFixture[str]) -> None:
     with captured() as printed:
         os.write(2, b"from C\n")
@@ -32,11 +46,7 @@ def test_a_command_prints_its_error_alone_and_python_text_still(tmp_path: Path) 
     # Under pytest sys.stderr is not descriptor 2: a process of its own shows what a user's terminal gets.
     import subprocess
 
-    import SimpleITK as sitk
-
-    cut = tmp_path / "cut.mha"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(cut))
-    cut.write_bytes(cut.read_bytes()[:-100])
+    cut = _cut_short_mha(tmp_path / "cut.mha", (8, 12, 10))
     script = f"""
 import sys
 from pathlib import Path
@@ -87,10 +97,9 @@ def test_threads_reading_at_once_leave_stderr_as_it_was(tmp_path: Path,
 
     from medseg_bench.data.io import read_image
 
-    good, cut = tmp_path / "good.mha", tmp_path / "cut.mha"
-    for path in (good, cut):
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30, 40), np.float32)), str(path))
-    cut.write_bytes(cut.read_bytes()[:-100])
+    good, cut = tmp_path / "good.mha", _cut_short_mha(tmp_path / "cut.mha", (20, 30, 40))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30, 40), np.float32)), str(good))
+    capfd.readouterr()
     before = _stderr_file()
 
     def read(i: int) -> str:
