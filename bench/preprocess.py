@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 NNUNET_VENV = Path("/tmp/nnunet-venv")
 DATASET_ID = 4
+DEFAULT_TASK = "Task04_Hippocampus"
+DEFAULT_REPEATS = 3
+DEFAULT_WORKERS = os.cpu_count() or 1
 
 OURS = """
 import sys
@@ -129,14 +132,27 @@ def to_nnunet_raw(source: Path, raw: Path) -> str:
     return name
 
 
+def reproduce(args: argparse.Namespace) -> str:
+    """The command line that measures the same thing: every option that differs from its default."""
+    command = ".venv/bin/python bench/preprocess.py"
+    options = (("--source", args.source, DEFAULT_SOURCE), ("--task", args.task, DEFAULT_TASK),
+               ("--repeats", args.repeats, DEFAULT_REPEATS), ("--nnunet-venv", args.nnunet_venv, NNUNET_VENV),
+               ("--workers", args.workers, DEFAULT_WORKERS))
+    for flag, value, default in options:
+        if value != default:
+            command += f" {flag} {value}"
+    return command + (" --skip-nnunet" if args.skip_nnunet else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="MSD task folder")
-    parser.add_argument("--task", default="Task04_Hippocampus")
-    parser.add_argument("--repeats", type=int, default=3, help="builds of our cache (median reported)")
+    parser.add_argument("--task", default=DEFAULT_TASK)
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="builds of our cache (median reported)")
     parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
     parser.add_argument("--skip-nnunet", action="store_true")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     args = parser.parse_args()
     if not (args.source / "dataset.json").is_file():
         sys.exit(f"{args.source}: no dataset.json")
@@ -207,7 +223,8 @@ def main() -> None:
           f"{c['label_voxels']} label voxels differ."
           for config, c in same.items()],
         "",
-        "Reproduce: `.venv/bin/python bench/preprocess.py` (installs nnunetv2 into /tmp/nnunet-venv once).",
+        f"Reproduce: `{reproduce(args)}`" + ("" if args.skip_nnunet else
+                                             f" (installs nnunetv2 into {args.nnunet_venv} once)") + ".",
         "",
     ]
     text = "\n".join(lines)

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 CLI = [sys.executable, "-m", "medseg_bench"]
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "sweep.md"
 
 
 def launch_latency(args: list[str], repeats: int) -> float:
@@ -68,7 +69,7 @@ def run_overhead(workdir: Path, env: dict[str, str], seed: int) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sweep.md")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     help_s = launch_latency(["--help"], args.repeats)
     version_s = launch_latency(["--version"], args.repeats)
@@ -88,7 +89,8 @@ def main() -> None:
         "",
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores "
         f"(`{platform.processor() or platform.platform()}`), Python {platform.python_version()}, "
-        f"median of {args.repeats}. Command: `.venv/bin/python bench/sweep.py --repeats {args.repeats}`.",
+        f"median of {args.repeats}. Command: `.venv/bin/python bench/sweep.py --repeats {args.repeats}"
+        + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`.",
         "",
         "| what | seconds |",
         "|---|---|",

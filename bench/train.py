@@ -41,6 +41,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippo
 TASK = "Task04_Hippocampus"
 # The best configurations of each dims on Hippocampus in our sweeps (see README); override with --configs.
 QUALITY_CONFIGS = ["3d:unet::dice_ce:none", "2d:unet:resnet34:dice_ce:none"]
+QUALITY_EPOCHS = 1000  # the cosine schedule's length in quality mode: the budget, not the epochs, ends a run
 
 
 def prepare(home: Path, num_cases: int):
@@ -185,7 +186,8 @@ def overhead(args: argparse.Namespace, home: Path) -> str:
         + "; ours " + ", ".join(f"{t:.3f}" for t in results["ours"]) + ".",
         "",
         f"Reproduce: `.venv/bin/python bench/train.py --cases {args.cases} --epochs {args.epochs} "
-        f"--iters {args.iters} --repeats {args.repeats}`",
+        f"--iters {args.iters} --repeats {args.repeats}" + (f" --output {args.output}" if args.output else "")
+        + "`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -262,7 +264,9 @@ def quality(args: argparse.Namespace, home: Path) -> str:
         *rows,
         "",
         f"Reproduce: `.venv/bin/python bench/train.py --minutes {args.minutes} --cases {args.cases} "
-        f"--configs {args.configs}" + (f" --output {args.output}" if args.output else "") + "`",
+        f"--configs {args.configs}"
+        + (f" --quality-epochs {args.quality_epochs}" if args.quality_epochs != QUALITY_EPOCHS else "")
+        + (f" --output {args.output}" if args.output else "") + "`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -275,7 +279,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--minutes", help="time-to-quality mode: budgets in minutes, e.g. 5,10,15")
     parser.add_argument("--configs", default=",".join(QUALITY_CONFIGS))
-    parser.add_argument("--quality-epochs", type=int, default=1000, help="cosine schedule length (quality)")
+    parser.add_argument("--quality-epochs", type=int, default=QUALITY_EPOCHS,
+                        help="cosine schedule length (quality)")
     parser.add_argument("--output", type=Path, help="default: bench/results/train.md (or train_quality.md)")
     args = parser.parse_args()
     if not (SHARED / "dataset.json").is_file():
