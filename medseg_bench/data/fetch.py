@@ -344,6 +344,7 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
         if not inner:
             raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
         folder = inner[0]
+    _check_source_links(folder)
     root = staging / folder.name
     try:
         shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
@@ -357,3 +358,26 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
         more = f" and {len(failures) - 1} more file(s)" if len(failures) > 1 else ""
         raise FileSystemError(f"{src}: cannot copy it into {staging.parent} ({why}){more}") from None
     return root, folder
+
+
+def _check_source_links(folder: Path) -> None:
+    """Refuse a link in a folder to import that leads out of it, or to a folder: the copy follows links, so
+    `imagesTr/x.nii.gz -> /etc/passwd` would copy that file into the task, and a link to a folder would
+    copy the tree it leads to (all of it, for a link to `/`; without end, for one to a folder above it).
+    A link to a file inside the folder is copied as that file. `._*` files and the marker are not copied."""
+    root = folder.resolve()
+    for parent, dirs, names in os.walk(folder):  # links to folders are listed in `dirs`, not followed
+        for name in [*dirs, *names]:
+            link = Path(parent, name)
+            if name.startswith("._") or name == MARKER or not link.is_symlink():
+                continue
+            try:
+                target = link.resolve()
+            except (OSError, RuntimeError):  # a loop of links: RuntimeError before Python 3.13
+                raise DataError(f"{link}: a link that leads back to itself") from None
+            if target != root and root not in target.parents:
+                raise DataError(f"{link}: a link to {target}, outside {folder}; fetch copies only what the "
+                                "folder holds: copy the file in its place")
+            if target.is_dir():
+                raise DataError(f"{link}: a link to the folder {target}; fetch copies files, not links to "
+                                "folders: copy the folder in its place")

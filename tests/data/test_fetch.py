@@ -826,3 +826,32 @@ def test_the_command_suggested_for_a_folder_in_the_way_can_be_copied(hippo_subse
     command = str(info.value).split("`")[-2]
     assert command == f"medseg-bench fetch Task04_Hippocampus --source '{placed}'"
     assert shlex.split(command)[-1] == str(placed)
+
+
+@pytest.mark.parametrize("kind", ["file outside", "folder outside", "folder above", "loop"])
+def test_a_link_in_an_imported_folder_leading_out_or_to_a_folder_is_refused(kind: str, hippo_subset: Path,
+                                                                          tmp_path: Path) -> None:
+    """The copy followed links: a file outside the folder (a secret) was copied into the task, a link to a
+    folder copied that folder's whole tree (to a folder above it: without end)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    link = {"file outside": hippo_subset / "imagesTr" / "extra.nii.gz",
+            "folder outside": hippo_subset / "imagesTs",
+            "folder above": hippo_subset / "imagesTr" / "up",
+            "loop": hippo_subset / "imagesTr" / "self.nii.gz"}[kind]
+    target = {"file outside": secret, "folder outside": tmp_path, "folder above": Path(".."),
+              "loop": link}[kind]
+    link.symlink_to(target)
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match=rf"^{link}: a link "):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert not (data / "Task04_Hippocampus").exists()
+
+
+def test_a_link_to_a_file_inside_an_imported_folder_is_copied_as_that_file(hippo_subset: Path,
+                                                                          tmp_path: Path) -> None:
+    (hippo_subset / "imagesTr" / "copy.nii.gz").symlink_to("hippocampus_001.nii.gz")
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(hippo_subset), progress=False)
+    copied = outcome.folder / "imagesTr" / "copy.nii.gz"
+    assert not copied.is_symlink()
+    assert copied.read_bytes() == (hippo_subset / "imagesTr" / "hippocampus_001.nii.gz").read_bytes()
