@@ -211,6 +211,16 @@ def _name(key: str, value: object, source_file: Path) -> str:
     return value
 
 
+def _task_name(key: str, value: object, source_file: Path) -> str:
+    """A task's name is a folder name under DATA_DIR, the cache and RESULTS: `..` or `.` would put the task
+    one folder up, or in the data folder itself; a leading dot would hide it (or meet `.slurm`)."""
+    name = _name(key, value, source_file)
+    if not name[0].isalnum() or any(ch in name for ch in "/\\\x00"):
+        raise _bad(source_file, key, "a folder name that starts with a letter or digit, without / or \\",
+                   value)
+    return name
+
+
 def _optional_name(key: str, value: object, source_file: Path) -> str | None:
     return None if value is None else _name(key, value, source_file)
 
@@ -309,7 +319,7 @@ def _group_pattern(key: str, value: object, source_file: Path) -> str | None:
 
 
 _TASK_KEY_CHECKS: dict[str, _Check] = {
-    "name": _name,
+    "name": _task_name,
     "labels": _labels,
     "modalities": _modalities,
     "imaging": _choice(_IMAGING),

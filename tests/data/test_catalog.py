@@ -75,3 +75,13 @@ def test_bad_task_files(home: Path) -> None:
 def test_unknown_task_did_you_mean(home: Path) -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'Task04_Hippocampus'"):
         get_task("Task04_Hipocampus")
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_task_name_that_is_no_plain_folder_name_is_refused(home: Path, name: str) -> None:
+    """A task file `...yaml` named '..' was registered: fetch, the cache and sweep put the task's folders
+    one level above DATA_DIR and RESULTS."""
+    write_task_file(home, name)
+    with pytest.raises(UsageError, match=rf"{name}.yaml: 'name' must be a folder name that starts with a "
+                                         "letter or digit"):
+        task_registry()
