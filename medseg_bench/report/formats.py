@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,30 @@ EXTENSIONS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json"
 SCHEMA_VERSION = 1
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks as spaces: a label name, case id or version read from a run folder or a
+    task file could end a markdown table row, or put a blank line (a paragraph: an error) in a LaTeX table
+    or a line of LaTeX after a `%` comment."""
+    return " ".join(text.splitlines())
+
+
+def _md_text(text: str, cell: bool = True) -> str:
+    """Text for markdown: one line; a `<` that could open an HTML tag escaped (markdown passes HTML through to
+    the page it renders); in a table, `|` escaped."""
+    text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", one_line(text))
+    return text.replace("|", "\\|") if cell else text
+
+
 def _md_cell(cell: Cell) -> str:
-    text = cell.text.replace("|", "\\|")
+    text = _md_text(cell.text)
     return f"**{text}**" if cell.best and text != "–" else text
 
 
 def _md_table(table: Table) -> list[str]:
     lines = []
     if table.caption:
-        lines += [f"**{table.caption}**", ""]
-    lines.append("| " + " | ".join(h.replace("|", "\\|") for h in table.headers) + " |")
+        lines += [f"**{_md_text(table.caption, cell=False)}**", ""]
+    lines.append("| " + " | ".join(_md_text(h) for h in table.headers) + " |")
     lines.append("|" + "|".join("---:" if a == "r" else "---" for a in table.align) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     return lines
@@ -45,9 +60,9 @@ def _md_table(table: Table) -> list[str]:
 def to_markdown(report: Report) -> str:
     lines: list[str] = []
     for section in sections(report):
-        lines += ["#" * section.level + " " + section.title, ""]
+        lines += ["#" * section.level + " " + _md_text(section.title, cell=False), ""]
         for item in section.items:
-            lines += [*(_md_table(item) if isinstance(item, Table) else [item]), ""]
+            lines += [*(_md_table(item) if isinstance(item, Table) else [_md_text(item, cell=False)]), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -58,7 +73,7 @@ _LATEX_SYMBOLS = {"±": r"$\pm$", "χ²": r"$\chi^2$", "α": r"$\alpha$", "Δ": 
 
 
 def latex_escape(text: str) -> str:
-    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in one_line(text))
     for symbol, replacement in _LATEX_SYMBOLS.items():
         out = out.replace(symbol, replacement)
     return out
@@ -81,11 +96,11 @@ def to_latex(report: Report) -> str:
     """Tables for a paper: `\\usepackage{booktabs}`; section notes become comments and captions."""
     lines = ["% medseg-bench report: needs \\usepackage{booktabs}"]
     for section in sections(report):
-        lines.append(f"% --- {section.title} ---")
+        lines.append(f"% --- {one_line(section.title)} ---")
         tables = 0
         for item in section.items:
             if not isinstance(item, Table):
-                lines.append(f"% {item}")
+                lines.append(f"% {one_line(item)}")
                 continue
             caption = section.title if not item.caption else f"{section.title}: {item.caption}"
             if tables == 1 and section.task:

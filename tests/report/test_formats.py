@@ -69,3 +69,36 @@ def test_a_metric_older_runs_lack_is_named_with_how_to_score_them_again(fake_res
     row = next(line for line in lines if "| 3d-unet-dice-none |" in line)  # Task90_Alpha's leaderboard
     assert row.split(" | ")[nsd] == "–"
     assert "no column for it" not in render(build_report(fake_results), "markdown")
+
+
+HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)> a|b\n\n\\input{/etc/passwd}\n# | x |'
+
+
+def test_names_from_task_files_keep_every_table_whole(fake_results: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label name with line breaks ended markdown table rows and put a blank line (an error) and a line of
+    its own choosing into a LaTeX tabular; markdown passed its HTML tags through to the rendered page."""
+    import re
+
+    from tests.conftest import write_task_file
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", str(home))
+    for task in ("Task90_Alpha", "Task91_Beta"):
+        write_task_file(home, task, labels={0: "background", 1: HOSTILE, 2: "core"})
+    report = build_report(fake_results)
+    markdown, latex, page = (render(report, fmt, {}) for fmt in ("markdown", "latex", "html"))
+    assert isinstance(markdown, str) and isinstance(latex, str) and isinstance(page, str)
+    assert "| Dice \\<script>alert(1)\\</script>\">\\<img src=x onerror=alert(1)> a\\|b" in markdown
+    assert not re.search(r"(?<!\\)<(script|img)", markdown)
+    tables = re.findall(r"(?:^\|.*\n)+", markdown, flags=re.MULTILINE)
+    assert tables
+    for table in tables:
+        pipes = {len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()}
+        assert len(pipes) == 1, table
+    assert "\\input" not in latex.replace("\\textbackslash{}input", "")
+    for body in re.findall(r"\\begin\{tabular\}\{(\w+)\}\n(.*?)\\end\{tabular\}", latex, flags=re.DOTALL):
+        columns, rows = body
+        assert "\n\n" not in rows
+        assert {row.count(" & ") for row in rows.splitlines() if row.endswith("\\\\")} == {len(columns) - 1}
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
