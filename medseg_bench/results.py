@@ -178,16 +178,21 @@ def summary_problem(summary: dict[str, Any]) -> str | None:
     """What is wrong with a finished run's summary.json: a field every version writes missing
     (`SUMMARY_ALWAYS_WRITTEN`), or one of the wrong type (`SUMMARY_FIELDS`); None when nothing is."""
     for key, (fits, kind) in SUMMARY_FIELDS.items():
-        parent, _, name = key.rpartition(".")
-        holder = summary.get(parent) if parent else summary  # a parent is checked before its fields
+        holder, name = _holder(summary, key)
         if isinstance(holder, dict) and name in holder and not fits(holder[name]):
             return f"{key!r} must be {kind}, not {shown(holder[name])}"
     for key in SUMMARY_ALWAYS_WRITTEN:
-        parent, _, name = key.rpartition(".")
-        holder = summary.get(parent) if parent else summary
+        holder, name = _holder(summary, key)
         if isinstance(holder, dict) and name not in holder:
             return f"lacks {key!r}, which every finished run writes"
     return None
+
+
+def _holder(summary: dict[str, Any], key: str) -> tuple[object, str]:
+    """The object that holds summary field `key` ("parent.name": a field of an object) and its name there; a
+    parent is checked before its fields, so one that is no object is reported as itself."""
+    parent, _, name = key.rpartition(".")
+    return (summary.get(parent) if parent else summary), name
 
 
 def write_heartbeat(folder: Path, **progress: Any) -> None:
@@ -528,11 +533,16 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
     """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame).
 
     A damaged run raises ResultsError naming its file; with `skip_damaged`, it is left out and the message
-    goes to that callback instead (never silently).
+    goes to that callback instead (never silently). `attrs["absent_metrics"]`: "task/run_id" -> the metrics
+    its metrics.csv has no column for (scored before they existed; NaN in the frame, as a label with both
+    masks empty is: only the file tells the two apart).
     """
     import pandas as pd
 
+    from medseg_bench.metrics.info import METRIC_NAMES
+
     frames = []
+    absent: dict[str, list[str]] = {}
     for folder in finished_runs(results_dir, tasks):
         try:
             spec, summary, frame = read_finished_run(folder)
@@ -541,6 +551,9 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
                 raise
             skip_damaged(str(exc))
             continue
+        lacking = [name for name in METRIC_NAMES if name not in frame.columns]
+        if lacking:
+            absent[f"{spec.get('task')}/{folder.name}"] = lacking
         frame.insert(0, "run_id", folder.name)
         cost = summary.get("cost", {})
         for key in ("task", "dims", "arch", "encoder", "loss", "aug"):
@@ -559,6 +572,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
         raise ResultsError(f"{results_dir}: no finished runs to report")
     table = pd.concat(frames, ignore_index=True)
     table["encoder"] = table["encoder"].fillna("")
+    table.attrs["absent_metrics"] = absent
     return table
 
 

@@ -86,32 +86,21 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _csv_columns(path: Path) -> list[str] | None:
-    """The header of a CSV file, or None when there is no such file (results built without run folders)."""
-    import csv
-
-    if not path.is_file():
-        return None
-    with open(path, newline="") as stream:
-        return next(csv.reader(stream), [])
-
-
-def absent_metrics(results_dir: Path, table: pd.DataFrame,
+def absent_metrics(absent_columns: dict[str, list[str]], table: pd.DataFrame,
                    metrics: list[str]) -> dict[str, dict[str, dict[str, list[int]]]]:
     """Per task, configuration and metric of `metrics`: `[runs whose metrics.csv has no column for it, runs]`,
-    for the configurations with any such run.
+    for the configurations with any such run; `absent_columns` is `load_results`' `attrs["absent_metrics"]`.
 
     A run scored before a metric was added lacks its column: its scores of it are NaN in `load_results`, as
     those of a label with both masks empty, so the configuration shows `–` for it and ranks last on it (or,
-    where only some of its runs lack it, is scored from the others). Its file tells the two apart."""
+    where only some of its runs lack it, is scored from the others)."""
     absent: dict[str, dict[str, dict[str, list[int]]]] = {}
     for _, row in table.iterrows():
         lacking = dict.fromkeys(metrics, 0)
         for run_id in row["run_ids"]:
-            columns = _csv_columns(results_dir / row["task"] / run_id / "metrics.csv")
-            if columns is not None:
-                for m in metrics:
-                    lacking[m] += int(m not in columns)
+            for m in absent_columns.get(f"{row['task']}/{run_id}", []):
+                if m in lacking:
+                    lacking[m] += 1
         found = {m: [n, len(row["run_ids"])] for m, n in lacking.items() if n}
         if found:
             absent.setdefault(row["task"], {})[row["config"]] = found
@@ -158,7 +147,8 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
                 "group_by": group_by, "top": top, "case_sets": full.attrs["case_sets"]}
     return Report(ranking_metric, chosen, table, scores, ranking, pairs, friedman_table, groups,
                   provenance(results_dir, full), settings, results_dir,
-                  _label_names(list(full["task"].unique())), absent_metrics(results_dir, full, chosen))
+                  _label_names(list(full["task"].unique())),
+                  absent_metrics(results.attrs.get("absent_metrics", {}), full, chosen))
 
 
 def _task_name(name: str, have: set[str]) -> str:
