@@ -11,6 +11,8 @@
 # (default 16817) and $SLURMD_PORT (default 16818). The node is this host with all its CPUs and most of
 # its memory; one partition `debug`. No cgroups (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none),
 # so it also works in containers. A cancelled job gets SIGTERM and, KillWait=5 seconds later, SIGKILL.
+# Job credentials live 20 s (cred_expire, default 120): a requeued job waits that long before it starts
+# again, while the node still refuses its revoked credential.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop STATE_DIR" >&2; exit 2; }
@@ -54,7 +56,7 @@ SlurmdUser=root
 SlurmctldPort=${SLURMCTLD_PORT:-16817}
 SlurmdPort=${SLURMD_PORT:-16818}
 AuthType=auth/munge
-AuthInfo=socket=$state/munge.socket
+AuthInfo=socket=$state/munge.socket,cred_expire=20
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
