@@ -66,10 +66,12 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# LaTeX's default font encoding (OT1) has no `<`, `>` or `|` glyph in text: typed as they are, they print as
+# ¡, ¿ and —. Each is written in math mode, which prints it in every encoding.
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"$|$"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "χ²": r"$\chi^2$", "α": r"$\alpha$", "Δ": r"$\Delta$", "–": "--",
-                  "<": r"$<$", "≥": r"$\geq$"}
+                  "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$"}
 
 
 def latex_escape(text: str) -> str:

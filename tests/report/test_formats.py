@@ -102,3 +102,15 @@ def test_names_from_task_files_keep_every_table_whole(fake_results: Path, tmp_pa
         assert "\n\n" not in rows
         assert {row.count(" & ") for row in rows.splitlines() if row.endswith("\\\\")} == {len(columns) - 1}
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_latex_escape_writes_every_special_character_as_one_that_prints() -> None:
+    """`<`, `>` and `|` typed in LaTeX text print as ¡, ¿ and — (OT1 has no such glyphs); the ten characters
+    LaTeX reads as commands are escaped; symbols of the report's own text are math."""
+    from medseg_bench.report.formats import latex_escape
+
+    assert latex_escape("p < 0.05 | n > 3") == r"p $<$ 0.05 $|$ n $>$ 3"
+    assert latex_escape(r"a_b & 5% #1 $x {y} ~ ^ \ ") == \
+        r"a\_b \& 5\% \#1 \$x \{y\} \textasciitilde{} \textasciicircum{} \textbackslash{} "
+    assert latex_escape("0.81 ± 0.02, α = 0.05, χ², Δ ≥ 1 ≤ 2, 1–2") == \
+        r"0.81 $\pm$ 0.02, $\alpha$ = 0.05, $\chi^2$, $\Delta$ $\geq$ 1 $\leq$ 2, 1--2"
