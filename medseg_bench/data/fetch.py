@@ -344,7 +344,7 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
         if not inner:
             raise DataError(f"{folder / 'dataset.json'}: dataset.json missing")
         folder = inner[0]
-    _check_source_links(folder)
+    _check_source_entries(folder)
     root = staging / folder.name
     try:
         shutil.copytree(folder, root, ignore=shutil.ignore_patterns("._*", MARKER), symlinks=False)
@@ -360,8 +360,9 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
     return root, folder
 
 
-def _check_source_links(folder: Path) -> None:
-    """Refuse a link in a folder to import that leads out of it, or to a folder: the copy follows links, so
+def _check_source_entries(folder: Path) -> None:
+    """Refuse a link in a folder to import that leads out of it, or to a folder, and anything that is neither
+    a file nor a folder (`_check_plain`): the copy follows links, so
     `imagesTr/x.nii.gz -> /etc/passwd` would copy that file into the task, and a link to a folder would
     copy the tree it leads to (all of it, for a link to `/`; without end, for one to a folder above it).
     A link to a file inside the folder is copied as that file. `._*` files and the marker are not copied."""
@@ -369,7 +370,10 @@ def _check_source_links(folder: Path) -> None:
     for parent, dirs, names in os.walk(folder):  # links to folders are listed in `dirs`, not followed
         for name in [*dirs, *names]:
             link = Path(parent, name)
-            if name.startswith("._") or name == MARKER or not link.is_symlink():
+            if name.startswith("._") or name == MARKER:
+                continue
+            if not link.is_symlink():
+                _check_plain(link)
                 continue
             try:
                 target = link.resolve()
@@ -381,3 +385,17 @@ def _check_source_links(folder: Path) -> None:
             if target.is_dir():
                 raise DataError(f"{link}: a link to the folder {target}; fetch copies files, not links to "
                                 "folders: copy the folder in its place")
+            _check_plain(target, link)
+
+
+def _check_plain(path: Path, named: Path | None = None) -> None:
+    """Refuse what is neither a file nor a folder: the copy blocked for ever opening a named pipe, and read a
+    device (`/dev/zero`: without end) as if it were a file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{named or path}: a link to {path}, which does not exist") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+                stat.S_IFBLK: "a device"}.get(stat.S_IFMT(mode), "not a file")
+        raise DataError(f"{named or path}: {kind}, not a file; fetch copies files and folders only")

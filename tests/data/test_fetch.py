@@ -855,3 +855,30 @@ def test_a_link_to_a_file_inside_an_imported_folder_is_copied_as_that_file(hippo
     copied = outcome.folder / "imagesTr" / "copy.nii.gz"
     assert not copied.is_symlink()
     assert copied.read_bytes() == (hippo_subset / "imagesTr" / "hippocampus_001.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "socket", "device", "broken link"])
+def test_what_is_neither_file_nor_folder_in_an_imported_folder_is_refused(kind: str, hippo_subset: Path,
+                                                                        tmp_path: Path) -> None:
+    """The copy blocked for ever opening a named pipe, and read a device (here a /dev/zero) without end."""
+    import os
+    import stat
+
+    entry = hippo_subset / "imagesTr" / "odd.nii.gz"
+    if kind == "named pipe":
+        os.mkfifo(entry)
+    elif kind == "socket":
+        os.mknod(entry, 0o600 | stat.S_IFSOCK)
+    elif kind == "device":
+        try:
+            os.mknod(entry, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    else:
+        entry.symlink_to("missing.nii.gz")
+    data = tmp_path / "data"
+    why = {"named pipe": "a named pipe, not a file", "socket": "a socket, not a file",
+           "device": "a device, not a file", "broken link": "a link to .*, which does not exist"}[kind]
+    with pytest.raises(DataError, match=rf"^{entry}: {why}"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
+    assert not (data / "Task04_Hippocampus").exists()
