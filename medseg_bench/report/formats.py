@@ -172,7 +172,7 @@ def to_json(report: Report) -> str:
         "groups": _records(report.groups) if report.groups is not None else None,
         "case_scores": _records(scores),
         "config_columns": CONFIG_COLUMNS,
-        "provenance": report.provenance,
+        "provenance": {**report.provenance, "absent_metrics": report.absent_metrics},
     }
     return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
 

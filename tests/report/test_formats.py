@@ -68,7 +68,11 @@ def test_a_metric_older_runs_lack_is_named_with_how_to_score_them_again(fake_res
     nsd = next(line for line in lines if line.startswith("| # |")).split(" | ").index("NSD")
     row = next(line for line in lines if "| 3d-unet-dice-none |" in line)  # Task90_Alpha's leaderboard
     assert row.split(" | ")[nsd] == "–"
+    absent = json.loads(render(report, "json"))["provenance"]["absent_metrics"]  # type: ignore[arg-type]
+    assert absent == {"Task90_Alpha": {"3d-unet-dice-none": {"nsd": [2, 2]}},
+                      "Task91_Beta": {"2d-unet.resnet18-dice_ce-none": {"nsd": [1, 2]}}}
     assert "no column for it" not in render(build_report(fake_results), "markdown")
+    assert json.loads(render(build_report(fake_results), "json"))["provenance"]["absent_metrics"] == {}  # type: ignore[arg-type]
 
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)> a|b\n\n\\input{/etc/passwd}\n# | x |'
