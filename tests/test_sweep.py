@@ -294,6 +294,27 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
                          f"stop: run `medseg-bench fetch {TASK}` first")
 
 
+def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing left to run: only the sweep's own runs are read (a results dir of a thousand other runs was
+    read whole to estimate a cost of nothing). Runs left: every finished run is read, each once."""
+    from medseg_bench.sweep import dry_run
+
+    specs = [_spec(seed) for seed in range(4)]
+    for spec in specs:
+        _finish(run_dir(tmp_path, spec), per_epoch_s=30.0, eval_s=20.0, spec=spec)
+    reads: list[Path] = []
+    real = dry_run.read_finished_run
+    monkeypatch.setattr(dry_run, "read_finished_run", lambda folder: reads.append(folder) or real(folder))
+    lines = dry_run_lines(specs[:1], tmp_path, tmp_path / "data")
+    assert lines[0].startswith("done ") and lines[-1].startswith("cost of the 0 runs left")
+    assert reads == [run_dir(tmp_path, specs[0])]
+    reads.clear()
+    lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data")
+    assert lines[-1].startswith("cost of the 1 runs left")
+    assert sorted(reads) == sorted(run_dir(tmp_path, spec) for spec in specs)
+
+
 def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Path) -> None:
     # The finished run: 50 iterations of batch 2 x 40x56x40 at 30 s per epoch (0.6 s per iteration).
     done = _spec(0)

@@ -9,7 +9,14 @@ from typing import Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import ResultsError
-from medseg_bench.results import checked_state, finished_runs, read_finished_run, run_dir
+from medseg_bench.results import (
+    checked_state,
+    finished_damage,
+    finished_runs,
+    is_done,
+    read_finished_run,
+    run_dir,
+)
 from medseg_bench.spec import RunSpec
 
 
@@ -40,18 +47,23 @@ def _voxels_per_iteration(batch: object, patch: object) -> float | None:
 Finished = dict[Path, "tuple[dict[str, Any], dict[str, Any]] | None"]
 
 
-def read_finished(results_dir: Path) -> Finished:
+def read_finished(results_dir: Path, known: Finished | None = None) -> Finished:
     """Every finished run under `results_dir`, read whole as `report` and `status` read it (`checked_state`
-    of such a folder is "done" exactly when it is read here), once for its state and its cost."""
-    finished: Finished = {}
+    of such a folder is "done" exactly when it is read here), once for its state and its cost: those in
+    `known` (read already) are not read again."""
+    finished: Finished = dict(known or {})
     for folder in finished_runs(results_dir):
-        try:
-            spec, summary, _ = read_finished_run(folder)
-        except ResultsError:
-            finished[folder] = None
-        else:
-            finished[folder] = (spec, summary)
+        if folder not in finished:
+            finished[folder] = _read_one(folder)
     return finished
+
+
+def _read_one(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    try:
+        spec, summary, _ = read_finished_run(folder)
+    except ResultsError:
+        return None
+    return spec, summary
 
 
 def observed_costs(finished: Finished) -> dict[tuple[str, str], list[Cost]]:
@@ -117,10 +129,11 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
     lines: list[str] = []
     states: Counter[str] = Counter()
     todo = []
-    finished = read_finished(results_dir)
+    finished: Finished = {}  # the sweep's own finished runs; the others are read only for a cost to estimate
     for spec in runs:
         folder = run_dir(results_dir, spec)
-        if folder in finished:  # read whole: damaged or done
+        if is_done(folder) or finished_damage(folder):  # finished: read whole, as `finished_runs` finds it
+            finished[folder] = _read_one(folder)
             state = "done" if finished[folder] else "damaged"
         else:
             state, _ = checked_state(folder)
@@ -130,7 +143,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
-    estimate = estimate_seconds(todo, results_dir, finished) if todo else (0.0, 0)
+    estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
     else:
