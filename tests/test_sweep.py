@@ -311,7 +311,7 @@ def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(
     assert reads == [run_dir(tmp_path, specs[0])]
     reads.clear()
     lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data")
-    assert lines[-1].startswith("cost of the 1 runs left")
+    assert lines[-1].startswith("cost of the 1 run left")
     assert sorted(reads) == sorted(run_dir(tmp_path, spec) for spec in specs)
 
 
@@ -348,7 +348,7 @@ def test_the_dry_run_reads_each_finished_run_once(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(dry_run, "read_finished_run", counted)
     lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data")
     assert [line.split()[0] for line in lines[:3]] == ["done", "damaged", "pending"]
-    assert lines[-1].startswith("cost of the 1 runs left: about 2 min on one worker (1 estimated")
+    assert lines[-1].startswith("cost of the 1 run left: about 2 min on one worker (1 estimated")
     assert sorted(reads) == sorted([done.run_id, damaged.run_id])
 
 

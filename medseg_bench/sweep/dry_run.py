@@ -148,9 +148,9 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
     else:
         seconds, matched = estimate
-        lines.append(f"cost of the {len(todo)} runs left: about {_hours(seconds)} on one worker "
-                     f"({matched} estimated from the same dims and arch, {len(todo) - matched} from all "
-                     f"finished runs)")
+        left = f"{len(todo)} run" + ("" if len(todo) == 1 else "s")
+        lines.append(f"cost of the {left} left: about {_hours(seconds)} on one worker ({matched} estimated "
+                     f"from the same dims and arch, {len(todo) - matched} from all finished runs)")
     return lines
 
 
