@@ -140,6 +140,11 @@ class TaskSpec:
         if 0 not in values["labels"]:
             raise UsageError(f"{source_file}: 'labels' must name 0, the background, as MSD's dataset.json "
                              "does (0: background)")
+        gaps = sorted(set(range(max(values["labels"]) + 1)) - set(values["labels"]))
+        if gaps:  # a network predicts every value up to the largest: a gap would come out as a label
+            raise UsageError(f"{source_file}: 'labels' must be consecutive from 0 (0, 1, 2, ...), as nnU-Net "
+                             f"requires: {', '.join(map(str, gaps))} missing; number the labels 0..N in the "
+                             "label files and here (BraTS's 4 as 3, say)")
         channels = len(values["modalities"])
         if channels > 1:  # MSD stores a case's modalities along a fourth axis
             if values.setdefault("tensor_image_size", "4D") != "4D":

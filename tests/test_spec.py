@@ -108,6 +108,9 @@ labels: {0: background, 1: outer, 2: core}
     ("description: [a]", "'description' must be a string, not ['a']"),
     ("labels: {1: outer, 2: core}", "'labels' must name 0, the background"),  # every case would fail
     ('labels: {0: background, "1": outer, 1: core}', "'labels' names label value 1 twice"),
+    # BraTS's own numbering: a network of 5 classes predicted 3, which no label file or metric knew
+    ("labels: {0: background, 1: necrosis, 2: edema, 4: enhancing}",
+     "'labels' must be consecutive from 0 (0, 1, 2, ...), as nnU-Net requires: 3 missing; number the labels"),
     ("modalities: [T2, ADC]\ntensor_image_size: 3D", "'tensor_image_size' 3D cannot hold 2 modalities"),
 ])
 def test_bad_task_files_exit_2_with_one_line(home: Path, change: str, message: str) -> None:
