@@ -20,11 +20,10 @@ from functools import partial
 
 import numpy as np
 
-from medseg_bench.data.io import read_image, read_label
 from medseg_bench.data.msd import Case
 from medseg_bench.data.parallel import parallel_map
 from medseg_bench.data.resample import nonzero_box
-from medseg_bench.errors import DataError
+from medseg_bench.data.validate import read_case
 from medseg_bench.spec import TaskSpec
 
 # nnU-Net's `num_foreground_voxels_for_intensitystats` (10e7) and `collect_foreground_intensities` seed
@@ -36,13 +35,12 @@ SAMPLE_SEED = 1234
 FINGERPRINT_FORMAT = 3
 
 
-def case_fingerprint(case: Case, num_samples: int, sampled: tuple[int, ...] | None = None) -> dict:
+def case_fingerprint(case: Case, num_samples: int, sampled: tuple[int, ...] | None = None,
+                     task: TaskSpec | None = None) -> dict:
     """Statistics of one case (worker-safe). `samples` holds one float32 array per channel (not JSON): the
-    sample for the channels in `sampled` (default: all), empty for the others."""
-    image, geom = read_image(case.image)
-    label, _ = read_label(case.label)
-    if label.shape != image.shape[1:]:
-        raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
+    sample for the channels in `sampled` (default: all), empty for the others. With `task`, its channels and
+    label values are checked against the task's (`validate.read_case`)."""
+    image, geom, label = read_case(case, task)
     box = nonzero_box(image)
     inside = tuple(slice(lo, hi) for lo, hi in box)
     foreground = label[inside] > 0
@@ -95,8 +93,8 @@ def fingerprint(
     """Fingerprint of `cases` (read in parallel, in `pool` when given)."""
     per_case_samples = int(FOREGROUND_VOXELS_FOR_STATS // max(len(cases), 1))
     sampled = tuple(c for c in range(task.num_channels) if task.is_ct_channel(c))
-    per_case = parallel_map(partial(case_fingerprint, num_samples=per_case_samples, sampled=sampled), cases,
-                            workers, progress, "fingerprint", pool)
+    read = partial(case_fingerprint, num_samples=per_case_samples, sampled=sampled, task=task)
+    per_case = parallel_map(read, cases, workers, progress, "fingerprint", pool)
     total_voxels = sum(int(np.prod(c["shape_zyx"])) for c in per_case)
     labels = sorted({int(v) for c in per_case for v in c["class_voxels"]} | set(task.labels))
     foreground_voxels = sum(n for c in per_case for v, n in c["class_voxels"].items() if v != "0")

@@ -34,7 +34,6 @@ from medseg_bench.data.io import (
     failure_names,
     load_json_object,
     private_temp,
-    read_image,
     read_label,
     write_json_atomic,
 )
@@ -57,6 +56,7 @@ from medseg_bench.data.resample import (
     target_shape,
 )
 from medseg_bench.data.splits import load_or_make_splits
+from medseg_bench.data.validate import read_case
 from medseg_bench.errors import DataError, first_line
 from medseg_bench.spec import TaskSpec
 
@@ -157,12 +157,11 @@ def preprocess_image(image: np.ndarray, spacing_zyx: Sequence[float], plan: Plan
     return normalized, label, grid
 
 
-def preprocess_case(case: Case, plan: Plan, out_dir: Path, own_slices: bool = False) -> str:
-    """Read, crop, normalise, resample and store one case; return its id. Safe to run in a worker process."""
-    image, geom = read_image(case.image)
-    label, _ = read_label(case.label)
-    if label.shape != image.shape[1:]:
-        raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
+def preprocess_case(case: Case, plan: Plan, out_dir: Path, own_slices: bool = False,
+                    task: TaskSpec | None = None) -> str:
+    """Read, crop, normalise, resample and store one case; return its id. Safe to run in a worker process.
+    With `task`, its channels and label values are checked against the task's (`validate.read_case`)."""
+    image, geom, label = read_case(case, task)
     spacing = geom.spacing_zyx
     normalized, resampled, grid = preprocess_image(image, spacing, plan, label, own_slices)
     assert resampled is not None
@@ -234,13 +233,13 @@ def prepare_task(
     with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for every stage
         plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
         cache_dir = root / plan.preprocessing_hash
-        build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool)
+        build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool, task=task)
         if own_slices:
             own_slices_dir = cache_dir
             if not _same_with_own_slices(cache_dir, cases, plan):
                 own_slices_dir = root / f"{plan.preprocessing_hash}-2d"
                 build_cache(cases, plan, own_slices_dir, workers=workers, progress=progress, pool=pool,
-                            own_slices=True)
+                            own_slices=True, task=task)
     case_ids = sorted(c.case_id for c in cases)
     splits = load_or_make_splits(root, case_ids, num_folds, task.group_pattern)
     return PreparedTask(task, plan, cache_dir, case_ids, splits, own_slices_dir)
@@ -267,9 +266,10 @@ def build_cache(
     progress: bool = False,
     pool: Executor | None = None,
     own_slices: bool = False,
+    task: TaskSpec | None = None,
 ) -> None:
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone.
-    `own_slices`: each case keeps its slice spacing (`preprocess_image`)."""
+    `own_slices`: each case keeps its slice spacing (`preprocess_image`); `task`: see `preprocess_case`."""
     complete = cache_dir / "complete.json"
     wanted = sorted(c.case_id for c in cases)
     # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
@@ -283,7 +283,7 @@ def build_cache(
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
         parallel_map(
-            partial(preprocess_case, plan=plan, out_dir=cache_dir, own_slices=own_slices),
+            partial(preprocess_case, plan=plan, out_dir=cache_dir, own_slices=own_slices, task=task),
             todo,
             workers,
             progress,

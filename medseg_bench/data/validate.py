@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_bench.data.io import (
+    Geometry,
     check_nifti_complete,
     count_nonfinite,
     read_geometry,
@@ -117,6 +118,29 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
+
+
+def read_case(case: Case, task: TaskSpec | None = None) -> tuple[np.ndarray, Geometry, np.ndarray]:
+    """A training case's image (C, Z, Y, X), its geometry and its label map, for the stages that read a
+    validated task's voxels (fingerprint, cache). With `task`, what validation found of the arrays is checked
+    again: a file replaced since stops the stage with one line naming it (a label value past the task's
+    classes failed a run later on an index out of range, with no file named)."""
+    image, geometry = read_image(case.image)
+    label, _ = read_label(case.label)
+    again = f" (changed since {task.name} was validated? `validate {task.name}` checks it)" if task else ""
+    if task is not None and image.shape[0] != task.num_channels:
+        raise DataError(f"{case.image}: image has {image.shape[0]} modalities, the task declares "
+                        f"{task.num_channels}{again}")
+    if label.shape != image.shape[1:]:
+        raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
+    if task is not None:
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()  # faster than np.unique
+        extra = sorted(set(present) - set(task.labels))
+        if extra:
+            labels = ", ".join(str(k) for k in sorted(task.labels))
+            raise DataError(f"{case.label}: label values {_listed(extra)} not among {task.name}'s labels "
+                            f"({labels}){again}")
+    return image, geometry, label
 
 
 SPACING_RANGE_MM = (1e-3, 1e3)

@@ -11,6 +11,7 @@ import pytest
 
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.io import read_label, write_label
 from medseg_bench.data.preprocess import load_case, prepare_task
 from medseg_bench.data.splits import make_splits
 from medseg_bench.errors import DataError
@@ -106,6 +107,35 @@ def test_a_damaged_cache_stops_prepare_before_any_run(home: Path, tmp_path: Path
     with pytest.raises(DataError, match=rf"^{path}: corrupt cache entry .*; delete {prepared.cache_dir} to"):
         prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
 
+
+
+@pytest.mark.parametrize("stage", ["fingerprint", "cache"])
+@pytest.mark.parametrize("replaced", ["image", "label"])
+def test_a_file_replaced_since_validation_is_named_by_the_stage_that_reads_it(
+        home: Path, tmp_path: Path, stage: str, replaced: str) -> None:
+    # A label value past the task's classes failed the run that trained on it ("index 4 is out of bounds for
+    # dimension 1 with size 4", no file named); an image of 1 channel for a task of 2 failed the cache with
+    # "the plan of Task91_Multi normalises 2 channel(s); this image has 1", and the fingerprint took it.
+    import shutil
+
+    data = _fetched(home, tmp_path, "Task91_Multi", channels=2)
+    task = get_task("Task91_Multi")
+    if stage == "cache":  # fingerprint and plan made; the cache is built again (an edited plan, say)
+        shutil.rmtree(prepare_task(task, data, num_folds=3, workers=1).cache_dir)
+    case = data / "Task91_Multi" / ("imagesTr" if replaced == "image" else "labelsTr") / "case_001.nii.gz"
+    other = make_synthetic_task(tmp_path / "other", num_cases=2, channels=1)  # the same shape
+    if replaced == "image":
+        shutil.copy(other / "imagesTr" / "case_001.nii.gz", case)
+        problem = "image has 1 modalities, the task declares 2"
+    else:
+        label, geometry = read_label(case)
+        label[label == 2] = 5
+        write_label(label, geometry, case)
+        problem = "label values [5] not among Task91_Multi's labels (0, 1, 2)"
+    with pytest.raises(DataError) as error:
+        prepare_task(task, data, num_folds=3, workers=1)
+    assert str(error.value) == (f"{case}: {problem} (changed since Task91_Multi was validated? "
+                                "`validate Task91_Multi` checks it)")
 
 
 def _damaged_properties(text: str, damage: str) -> str:
