@@ -12,7 +12,9 @@ Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,23 +43,41 @@ class SlurmOptions:
     array_parallelism: int = 64
     num_workers: int | None = None
 
+    def check(self) -> None:
+        """Refuse a value sbatch would refuse only after the cache is built, or would read otherwise than
+        meant (`--mem=0` is all of a node's memory), with the option's name."""
+        parse_time_minutes(self.time)
+        for option, value, least in (("--gpus-per-job", self.gpus_per_job, 0),
+                                     ("--cpus-per-job", self.cpus_per_job, 1),
+                                     ("--array-parallelism", self.array_parallelism, 1)):
+            if value < least:
+                raise UsageError(f"{option} must be at least {least}, not {value}")
+        # submitit writes whole MB: less than 1 MB would reach sbatch as --mem=0, a whole node's memory
+        if not math.isfinite(self.mem_gb) or self.mem_gb * 1024 < 1:
+            raise UsageError(f"--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's "
+                             f"memory), not {self.mem_gb:g}")
+
+
+# sbatch's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", re.ASCII)
+
 
 def parse_time_minutes(value: str) -> int:
-    """SLURM time `[D-]HH:MM:SS`, `HH:MM` or minutes -> minutes (rounded up)."""
-    try:
-        days, _, rest = value.rpartition("-")
-        parts = [int(p) for p in rest.split(":")]
-        if len(parts) == 1:
-            hours, minutes, seconds = 0, parts[0], 0
-        elif len(parts) == 2:
-            hours, minutes, seconds = parts[0], parts[1], 0
-        elif len(parts) == 3:
-            hours, minutes, seconds = parts
-        else:
-            raise ValueError
-        total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
-    except ValueError:
-        raise UsageError(f"--time takes [D-]HH:MM:SS, HH:MM or minutes, not '{value}'") from None
+    """A SLURM time limit, read as sbatch reads `--time`, in minutes (seconds rounded up, as SLURM does).
+
+    Two numbers are minutes:seconds and a day prefix is followed by hours (`30:00` is half an hour, `1-12`
+    a day and a half), as sbatch reads them."""
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        raise UsageError(f"--time takes minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (as sbatch), "
+                         f"not '{value}'")
+    days, first, second, third = (int(group) if group else 0 for group in match.groups())
+    if match.group(1) is None and match.group(4) is None:  # minutes[:seconds]
+        hours, minutes, seconds = 0, first, second
+    else:  # [days-]hours[:minutes[:seconds]]
+        hours, minutes, seconds = first, second, third
+    total = (days * 24 + hours) * 60 + minutes + (1 if seconds else 0)
     if total < 1:
         raise UsageError(f"--time must be at least one minute, not '{value}'")
     return total

@@ -1,0 +1,45 @@
+"""The SLURM launcher without a cluster: its options, and what a job does when its run is held elsewhere.
+(`tests/test_slurm.py` runs it on a one-node SLURM cluster.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg_bench.errors import UsageError
+from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes
+
+
+@pytest.mark.parametrize(("value", "minutes"), [
+    ("90", 90), ("30:00", 30), ("0:30", 1), ("12:00:00", 720), ("1:30:01", 91), ("1-12", 2160),
+    ("1-0:30", 1470), ("2-00:00:00", 2880), (" 45 ", 45)])
+def test_time_is_read_as_sbatch_reads_it(value: str, minutes: int) -> None:
+    # `30:00` is half an hour for sbatch; it was read as HH:MM, 30 hours (and `1-12` as a day and 12 minutes)
+    assert parse_time_minutes(value) == minutes
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-5", "--time takes minutes, MM:SS, HH:MM:SS"), ("1:-30", "--time takes"), ("1:2:3:4", "--time takes"),
+    ("2-", "--time takes"), ("soon", "--time takes"), ("UNLIMITED", "--time takes"), ("１０", "--time takes"),
+    ("0", "--time must be at least one minute, not '0'"), ("0:00:00", "at least one minute")])
+def test_a_time_sbatch_would_read_otherwise_is_refused(value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):  # '-5' was taken as 5 minutes, '1:-30' as 30
+        parse_time_minutes(value)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("gpus_per_job", -1, "--gpus-per-job must be at least 0, not -1"),
+    ("cpus_per_job", 0, "--cpus-per-job must be at least 1, not 0"),
+    ("cpus_per_job", -4, "--cpus-per-job must be at least 1, not -4"),
+    ("array_parallelism", 0, "--array-parallelism must be at least 1, not 0"),
+    ("mem_gb", 0.0,
+     "--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's memory), not 0"),
+    ("mem_gb", 0.0005, "not 0.0005"), ("mem_gb", -2.0, "not -2"), ("mem_gb", float("nan"), "not nan"),
+    ("mem_gb", float("inf"), "not inf"), ("time", "soon", "--time takes")])
+def test_options_sbatch_would_refuse_or_misread_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SlurmOptions(**{field: value}).check()  # type: ignore[arg-type]
+
+
+def test_the_defaults_and_the_least_values_pass() -> None:
+    SlurmOptions().check()
+    SlurmOptions(gpus_per_job=0, cpus_per_job=1, mem_gb=0.001, array_parallelism=1, time="1").check()
