@@ -132,20 +132,31 @@ def preempt_signal() -> int:
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's state (PENDING, RUNNING, ...) of those `job_ids` still in the queue; {} without squeue."""
-    if not job_ids or shutil.which("squeue") is None:
+    """SLURM's state of those `job_ids` still in its queue (`RUNNING`, `PENDING: Priority`: a pending job's
+    reason, which tells a job that waits its turn from one that cannot start, `PENDING: PartitionTimeLimit`);
+    a job not in the answer has left the queue. RunError naming why when squeue cannot answer."""
+    if not job_ids:
         return {}
+    if shutil.which("squeue") is None:
+        raise RunError("squeue is not on PATH")
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        raise RunError("squeue gave no answer in 30 s") from None
+    except OSError as exc:
+        raise RunError(f"squeue could not be run ({exc.strerror or exc})") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        raise RunError(f"squeue failed: {lines[0] if lines else f'exit code {done.returncode}'}")
     wanted = set(job_ids)
     states = {}
-    for line in out.splitlines():
-        job_id, _, state = line.strip().partition("|")
+    for line in done.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
         if job_id in wanted:
-            states[job_id] = state
+            states[job_id] = f"{state}: {reason}" if state == "PENDING" and reason not in ("", "None") \
+                else state
     return states
 
 
@@ -162,18 +173,24 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
     are never submitted: training them again would overwrite what they wrote)."""
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
-    in_queue = squeue_states([j for j in (queued_job(f) for f in folders.values()) if j])
+    queued = {spec.run_id: queued_job(folders[spec.run_id]) for spec in runs}
+    try:  # asked before the folders are read: a job that ends meanwhile has left its run's final state
+        in_queue, unknown = squeue_states([job for job in queued.values() if job]), None
+    except RunError as exc:
+        in_queue, unknown = {}, str(exc)
     todo = []
     damaged: list[str] = []
     for spec in runs:
-        folder = folders[spec.run_id]
-        state, damage = checked_state(folder)
-        job = queued_job(folder)
+        state, damage = checked_state(folders[spec.run_id])
+        job = queued[spec.run_id]
         if state == "damaged":
             damaged.append(damage or spec.run_id)
             say(f"damaged  {spec.task}/{spec.run_id}: {damaged[-1]}; not submitted")
         elif state in ("done", "running"):
             say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")
+        elif job and unknown:  # submitting blind would put a run whose job is still queued in twice
+            raise RunError(f"cannot tell whether job {job} of {spec.task}/{spec.run_id} is still in SLURM's "
+                           f"queue: {unknown}; nothing submitted")
         elif job and job in in_queue:
             say(f"queued   {spec.task}/{spec.run_id}: already in the queue as job {job} ({in_queue[job]})")
         else:

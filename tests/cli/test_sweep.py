@@ -16,7 +16,7 @@ from medseg_bench.models import ARCHS
 from medseg_bench.results import write_status
 from medseg_bench.spec import spec_hash_of
 from medseg_bench.sweep.spec_file import load_sweep_file
-from tests.conftest import finished_summary
+from tests.conftest import fake_squeue, finished_summary
 
 runner = CliRunner()
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -114,8 +114,9 @@ def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
     assert "360 runs: 360 pending" in result.output
 
 
-def test_status_shows_every_state(tmp_path: Path) -> None:
+def test_status_shows_every_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "r"
+    fake_squeue(tmp_path, monkeypatch, ["42_3|PENDING|Priority"])  # whatever SLURM this machine has
     assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 6
     spec = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
     done = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(spec)}"  # a finished run's spec.json matches its id
@@ -137,7 +138,7 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     assert f"done     T/{done}" in lines
     assert "failed   T/b  RuntimeError: out of memory" in lines
     assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
-    assert "queued   T/d  job 42_3" in lines
+    assert "queued   T/d  job 42_3 (PENDING: Priority)" in lines
     assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
     assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == [done]
 

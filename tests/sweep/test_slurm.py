@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
-import pytest
+import time
+from pathlib import Path
 
-from medseg_bench.errors import UsageError
-from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes
+import pytest
+import submitit
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.errors import RunError, UsageError
+from medseg_bench.results import QUEUED_NAME, run_dir
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
+from tests.conftest import fake_squeue
 
 
 @pytest.mark.parametrize(("value", "minutes"), [
@@ -43,3 +51,42 @@ def test_options_sbatch_would_refuse_or_misread_are_refused(field: str, value: o
 def test_the_defaults_and_the_least_values_pass() -> None:
     SlurmOptions().check()
     SlurmOptions(gpus_per_job=0, cpus_per_job=1, mem_gb=0.001, array_parallelism=1, time="1").check()
+
+
+def _queued_run(results: Path, seed: int, job: str) -> RunSpec:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
+    folder = run_dir(results, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / QUEUED_NAME, {"job_id": job, "time": time.time()})
+    return spec
+
+
+def test_a_run_whose_job_is_still_queued_is_not_submitted_again(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "r"
+    runs = [_queued_run(results, 0, "42_0"), _queued_run(results, 1, "42_1")]
+    fake_squeue(tmp_path, monkeypatch, ["42_0|PENDING|Priority", "42_1|RUNNING|None"])
+    said: list[str] = []
+    assert submit(runs, results, tmp_path, SlurmOptions(), say=said.append) == ([], [])
+    assert said == [f"queued   T/{runs[0].run_id}: already in the queue as job 42_0 (PENDING: Priority)",
+                    f"queued   T/{runs[1].run_id}: already in the queue as job 42_1 (RUNNING)",
+                    "nothing to submit"]
+
+
+def test_without_an_answer_from_squeue_nothing_is_submitted(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue failing (a busy or unreachable controller) read as 'no job queued': every queued run was
+    submitted a second time."""
+    results = tmp_path / "r"
+    (spec,) = runs = [_queued_run(results, 0, "42_0")]
+    fake_squeue(tmp_path, monkeypatch, None)
+    monkeypatch.setattr(submitit, "AutoExecutor", None)  # never reached
+    with pytest.raises(RunError) as caught:
+        submit(runs, results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert str(caught.value) == (
+        f"cannot tell whether job 42_0 of T/{spec.run_id} is still in SLURM's queue: squeue failed: "
+        "slurm_load_jobs error: Unable to contact slurm controller (connect failure); nothing submitted")
+    assert not (results / ".slurm").exists()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RunError, match="still in SLURM's queue: squeue is not on PATH; nothing submitted"):
+        submit(runs, results, tmp_path, SlurmOptions(), say=lambda line: None)
