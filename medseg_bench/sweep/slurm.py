@@ -18,19 +18,24 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
+from medseg_bench.locks import LOCK_NAME
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
 from medseg_bench.signals import interruptible, received
 from medseg_bench.spec import RunSpec
+
+if TYPE_CHECKING:
+    from medseg_bench.sweep.worker import Outcome
 
 
 @dataclass
@@ -83,6 +88,12 @@ def parse_time_minutes(value: str) -> int:
     return total
 
 
+# A job whose run is held by another process retries this long: the holder may be an earlier attempt
+# still ending (see `until_free`)
+BUSY_WAIT_S = 180.0
+BUSY_POLL_S = 5.0
+
+
 class SlurmRun(submitit.helpers.Checkpointable):
     """One run as a SLURM job; requeued (same callable) on timeout or preemption, then resumes."""
 
@@ -107,8 +118,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
                                           own_slices=spec.own_slice_spacing)
                 workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
-                outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
-                                  extra_event={"job_id": env.job_id})
+                outcome = until_free(spec, Path(self.results_dir), env.job_id, lambda: run_one(
+                    spec, prepared, Path(self.results_dir), num_workers=workers,
+                    extra_event={"job_id": env.job_id}))
             except (KeyboardInterrupt, SystemExit):  # Lightning turns a KeyboardInterrupt into exit(1)
                 if received() != warning or not callable(requeue):
                     raise
@@ -118,7 +130,41 @@ class SlurmRun(submitit.helpers.Checkpointable):
             raise RunError(outcome.error or f"run {spec.run_id} failed")
         if outcome.kind == "done":
             write_index(Path(self.results_dir))
+        elif outcome.kind == "skipped":
+            print(f"run {spec.task}/{spec.run_id} is already done: nothing to do"
+                  + (f" ({outcome.error})" if outcome.error else ""), flush=True)
         return outcome.kind
+
+
+def until_free(spec: RunSpec, results_dir: Path, job_id: str, attempt: Callable[[], Outcome]) -> Outcome:
+    """`attempt()` (the run, as `run_one`), again every BUSY_POLL_S for BUSY_WAIT_S while another process
+    holds the run's lock: an earlier attempt may still be ending (its node slow to kill it, a lock on a
+    network file system that outlives a failed node for a lease time). Each wait, and a run left to the
+    holder, is said in the job's log: the job ends without the run, as nothing else would say."""
+    outcome = attempt()
+    if outcome.kind != "busy":
+        return outcome
+    lock = run_dir(results_dir, spec) / LOCK_NAME
+    print(f"run {spec.task}/{spec.run_id} is held by {_holder(lock)}: waiting up to {BUSY_WAIT_S:.0f} s "
+          "for it to end", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while outcome.kind == "busy" and time.monotonic() < deadline:
+        time.sleep(BUSY_POLL_S)
+        outcome = attempt()
+    if outcome.kind == "busy":
+        print(f"warning: job {job_id} leaves run {spec.task}/{spec.run_id} to {_holder(lock)}, which has "
+              f"held it for {BUSY_WAIT_S:.0f} s ({lock}); if `medseg-bench status` shows the run partial or "
+              "pending later, sweep again to submit it", file=sys.stderr, flush=True)
+    return outcome
+
+
+def _holder(lock: Path) -> str:
+    """Who holds a run's lock, as its file says ('pid host', written by the holder)."""
+    try:
+        pid, host = lock.read_text().split()
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {pid} on {host}"
 
 
 def preempt_signal() -> int:

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
+from medseg_bench.locks import RunLock
 from medseg_bench.results import QUEUED_NAME, run_dir
 from medseg_bench.spec import RunSpec
+from medseg_bench.sweep import slurm
 from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
 from tests.conftest import fake_squeue
 
@@ -90,3 +96,55 @@ def test_without_an_answer_from_squeue_nothing_is_submitted(tmp_path: Path,
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RunError, match="still in SLURM's queue: squeue is not on PATH; nothing submitted"):
         submit(runs, results, tmp_path, SlurmOptions(), say=lambda line: None)
+
+
+def _job_runs(spec: RunSpec, results: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """SlurmRun's job for `spec` with training replaced: the list fills with 'trained' when the run trains
+    (and the job then fails, as that stand-in run does)."""
+    import medseg_bench.run
+    from medseg_bench.sweep import local
+
+    trained: list[str] = []
+
+    def execute_run(*args: object) -> None:
+        trained.append("trained")
+        raise RunError("stand-in run")
+
+    monkeypatch.setattr(local, "prepare_locked", lambda *a, **k: SimpleNamespace(plan=None))
+    monkeypatch.setattr(medseg_bench.run, "execute_run", execute_run)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7_1"))
+    monkeypatch.setattr(slurm, "BUSY_POLL_S", 0.05)
+    return trained
+
+
+def test_a_job_waits_for_a_lock_an_earlier_attempt_still_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run held by a dying earlier attempt (a node slow to kill it, a network file system's lock outliving
+    a failed node): the job waits for the lock and runs it, where it ended at once, successfully, unrun."""
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    trained = _job_runs(spec, tmp_path, monkeypatch)
+    monkeypatch.setattr(slurm, "BUSY_WAIT_S", 30.0)
+    earlier = RunLock(run_dir(tmp_path, spec))
+    assert earlier.acquire()
+    threading.Timer(0.5, earlier.release).start()
+    with pytest.raises(RunError, match="stand-in run"):
+        slurm.SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+    assert trained == ["trained"]
+    assert capsys.readouterr().err == (f"run T/{spec.run_id} is held by process {os.getpid()} on "
+                                       f"{socket.gethostname()}: waiting up to 30 s for it to end\n")
+
+
+def test_a_job_that_leaves_its_run_to_another_process_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    trained = _job_runs(spec, tmp_path, monkeypatch)
+    monkeypatch.setattr(slurm, "BUSY_WAIT_S", 1.0)
+    with RunLock(run_dir(tmp_path, spec)) as other:
+        assert other.acquire()
+        assert slurm.SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)() == "busy"
+    assert trained == []
+    holder = f"process {os.getpid()} on {socket.gethostname()}"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"warning: job 7_1 leaves run T/{spec.run_id} to {holder}, which has held it for 1 s "
+        f"({run_dir(tmp_path, spec) / '.lock'}); if `medseg-bench status` shows the run partial or pending "
+        "later, sweep again to submit it")
