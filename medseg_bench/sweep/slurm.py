@@ -268,6 +268,9 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     jobs: list[Any] = []
     slurm_dir = results_dir / ".slurm"
     before = set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()
+    # before sbatch: a job may start (and record its attempt) before queued.json is written, and `queued`
+    # means submitted and not started since
+    submitted_at = time.time()
     try:
         with executor.batch():
             for spec in todo:
@@ -282,7 +285,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     for spec, job in zip(todo, jobs, strict=True):
         folder = run_dir(results_dir, spec)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": time.time()})
+        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": submitted_at})
         submitted.append((spec, job.job_id))
         say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
     return submitted, damaged

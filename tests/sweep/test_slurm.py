@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +18,7 @@ import submitit
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
 from medseg_bench.locks import RunLock
-from medseg_bench.results import QUEUED_NAME, run_dir
+from medseg_bench.results import QUEUED_NAME, append_event, run_dir, run_state
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import slurm
 from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
@@ -148,3 +150,34 @@ def test_a_job_that_leaves_its_run_to_another_process_says_so(
         f"warning: job 7_1 leaves run T/{spec.run_id} to {holder}, which has held it for 1 s "
         f"({run_dir(tmp_path, spec) / '.lock'}); if `medseg-bench status` shows the run partial or pending "
         "later, sweep again to submit it")
+
+
+def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """queued.json is written once sbatch has answered; a job can start before that. Its time was taken then,
+    later than the job's `start`, so a run interrupted before its first checkpoint said `queued` (and status
+    'left the queue without starting the run') though it had started."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+
+    class Executor:  # submitit's, with a job that starts at once
+        def __init__(self, **kwargs: object) -> None:
+            pass
+
+        def update_parameters(self, **kwargs: object) -> None:
+            pass
+
+        @contextmanager
+        def batch(self) -> Iterator[None]:
+            yield
+
+        def submit(self, job: object) -> SimpleNamespace:
+            run_dir(results, spec).mkdir(parents=True)
+            append_event(run_dir(results, spec), "start")
+            append_event(run_dir(results, spec), "interrupted")
+            return SimpleNamespace(job_id="9_0")
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    submitted, _ = submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert submitted == [(spec, "9_0")]
+    assert run_state(run_dir(results, spec)) == "pending"
