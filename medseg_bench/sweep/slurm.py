@@ -1,8 +1,9 @@
 """The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
 
 Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times
-out or is preempted is requeued (SLURM signals the job before the end, USR2 unless SUBMITIT_PREEMPT_SIGNAL
-says otherwise), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
+out (or is preempted, where the cluster sends the job's signal then: PreemptParameters=preempt_send_user_signal;
+by default preemption sends SIGTERM) is requeued (SLURM signals the job before the end, USR2 unless
+SUBMITIT_PREEMPT_SIGNAL says otherwise), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
 the run as Ctrl-C does, so that it records `interrupted`; only then does submitit's handler checkpoint the
 callable and `scontrol requeue` the job, which has SLURM kill it (SIGKILL KillWait seconds later). Left to
 interrupt training itself, that handler started the kill before the run's bookkeeping, and a requeue that
@@ -29,7 +30,7 @@ import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
-from medseg_bench.locks import LOCK_NAME
+from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
 from medseg_bench.signals import interruptible, received
 from medseg_bench.spec import RunSpec
@@ -92,6 +93,7 @@ def parse_time_minutes(value: str) -> int:
 # still ending (see `until_free`)
 BUSY_WAIT_S = 180.0
 BUSY_POLL_S = 5.0
+SUBMIT_LOCK = ".slurm-submit.lock"  # in the results dir
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
@@ -217,7 +219,17 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     With `prepared_for` (a run's prepared task), each is first checked against its plan (`check_runs`).
 
     Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
-    are never submitted: training them again would overwrite what they wrote)."""
+    are never submitted: training them again would overwrite what they wrote).
+
+    One submission to a results dir at a time (`SUBMIT_LOCK`): two at once each found the other's runs not
+    queued yet and submitted them too, and one whose sbatch failed deleted the other's new job files."""
+    with exclusive(results_dir, SUBMIT_LOCK,
+                   on_wait=lambda: say("waiting for another submission to this results dir to finish")):
+        return _submit(runs, results_dir, data_dir, options, say, prepared_for)
+
+
+def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
+            prepared_for: Callable[[RunSpec], Any] | None) -> tuple[list[tuple[RunSpec, str]], list[str]]:
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
     queued = {spec.run_id: queued_job(folders[spec.run_id]) for spec in runs}
     try:  # asked before the folders are read: a job that ends meanwhile has left its run's final state

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +17,7 @@ import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
-from medseg_bench.locks import RunLock
+from medseg_bench.locks import RunLock, exclusive
 from medseg_bench.results import QUEUED_NAME, append_event, run_dir, run_state
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import slurm
@@ -152,15 +152,13 @@ def test_a_job_that_leaves_its_run_to_another_process_says_so(
         "later, sweep again to submit it")
 
 
-def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """queued.json is written once sbatch has answered; a job can start before that. Its time was taken then,
-    later than the job's `start`, so a run interrupted before its first checkpoint said `queued` (and status
-    'left the queue without starting the run') though it had started."""
-    results = tmp_path / "r"
-    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+def _fake_sbatch(monkeypatch: pytest.MonkeyPatch,
+                 on_submit: Callable[[], object] = lambda: None) -> list[str]:
+    """submitit's executor without SLURM: each job submitted calls `on_submit` and gets the next id of array
+    9; the list returned fills with them."""
+    job_ids: list[str] = []
 
-    class Executor:  # submitit's, with a job that starts at once
+    class Executor:
         def __init__(self, **kwargs: object) -> None:
             pass
 
@@ -172,12 +170,52 @@ def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued
             yield
 
         def submit(self, job: object) -> SimpleNamespace:
-            run_dir(results, spec).mkdir(parents=True)
-            append_event(run_dir(results, spec), "start")
-            append_event(run_dir(results, spec), "interrupted")
-            return SimpleNamespace(job_id="9_0")
+            on_submit()
+            job_ids.append(f"9_{len(job_ids)}")
+            return SimpleNamespace(job_id=job_ids[-1])
 
     monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    return job_ids
+
+
+def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """queued.json is written once sbatch has answered; a job can start before that. Its time was taken then,
+    later than the job's `start`, so a run interrupted before its first checkpoint said `queued` (and status
+    'left the queue without starting the run') though it had started."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+
+    def job_starts_at_once() -> None:
+        run_dir(results, spec).mkdir(parents=True)
+        append_event(run_dir(results, spec), "start")
+        append_event(run_dir(results, spec), "interrupted")
+
+    _fake_sbatch(monkeypatch, job_starts_at_once)
     submitted, _ = submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
     assert submitted == [(spec, "9_0")]
     assert run_state(run_dir(results, spec)) == "pending"
+
+
+def test_two_submissions_to_one_results_dir_take_turns(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second submission waits for the first, then finds its runs queued: at once, both submitted them."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    fake_squeue(tmp_path, monkeypatch, ["9_0|PENDING|Priority"])
+    said: list[str] = []
+    results.mkdir()
+    with exclusive(results, slurm.SUBMIT_LOCK):  # the first submission, between its squeue and its sbatch
+        second = threading.Thread(target=submit, args=([spec], results, tmp_path, SlurmOptions(),
+                                                       said.append))
+        second.start()
+        second.join(1.0)
+        assert second.is_alive() and said == ["waiting for another submission to this results dir to finish"]
+        run_dir(results, spec).mkdir(parents=True)  # what the first submission then writes
+        write_json_atomic(run_dir(results, spec) / QUEUED_NAME, {"job_id": "9_0", "time": time.time()})
+    second.join(10.0)
+    assert not second.is_alive()
+    assert said[1:] == [f"queued   T/{spec.run_id}: already in the queue as job 9_0 (PENDING: Priority)",
+                        "nothing to submit"]
+    assert sbatch_calls == []
