@@ -1,9 +1,9 @@
 """The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
 
 Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times
-out (or is preempted, where the cluster sends the job's signal then: PreemptParameters=preempt_send_user_signal;
-by default preemption sends SIGTERM) is requeued (SLURM signals the job before the end, USR2 unless
-SUBMITIT_PREEMPT_SIGNAL says otherwise), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
+out is requeued (SLURM signals the job before the end, USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise; a
+preempted job gets that signal only where the cluster sets PreemptParameters=preempt_send_user_signal, else
+SIGTERM), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
 the run as Ctrl-C does, so that it records `interrupted`; only then does submitit's handler checkpoint the
 callable and `scontrol requeue` the job, which has SLURM kill it (SIGKILL KillWait seconds later). Left to
 interrupt training itself, that handler started the kill before the run's bookkeeping, and a requeue that
