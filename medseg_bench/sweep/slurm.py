@@ -13,6 +13,8 @@ Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -283,8 +285,8 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
     # before sbatch: a job may start (and record its attempt) before queued.json is written, and `queued`
     # means submitted and not started since
     submitted_at = time.time()
-    try:
-        with executor.batch():
+    try:  # submitit prints a failed sbatch's stderr before raising it: the error below quotes its reason
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             for spec in todo:
                 jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
                                                      str(data_dir.resolve()), options.num_workers)))

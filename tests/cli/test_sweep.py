@@ -187,6 +187,7 @@ def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path
     assert result.exit_code == 5, result.output
     assert result.output.strip().splitlines()[-1] == (
         "error: sbatch failed: sbatch: fatal: Could not establish a configuration source")
+    assert "res_nsearch" not in result.output  # sbatch's stderr, printed by submitit before it raised
     assert [p for p in (results / ".slurm").rglob("*") if p.is_file()] == []
 
 
