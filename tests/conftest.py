@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -202,3 +203,19 @@ def hanging_server() -> Iterator[str]:
     release.set()
     httpd.shutdown()
     httpd.server_close()
+
+
+def fake_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[str] | None) -> None:
+    """An `squeue` first on PATH that prints `lines` (its `%i|%T|%r` rows), or, for None, fails as squeue does
+    when the controller does not answer."""
+    bin_dir = tmp_path / "squeue-bin"
+    bin_dir.mkdir(exist_ok=True)
+    if lines is None:
+        body = ("echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\n"
+                "exit 1\n")
+    else:
+        (bin_dir / "answer").write_text("".join(f"{line}\n" for line in lines))
+        body = f"cat '{bin_dir / 'answer'}'\n"
+    (bin_dir / "squeue").write_text("#!/bin/sh\n" + body)
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -32,24 +32,22 @@ def status(
     if not folders:
         raise ResultsError(f"{results_dir}: no runs here")
     jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}
-    slurm: dict[str, str] = {}
-    if any(jobs.values()):
-        try:
-            from medseg_bench.sweep.slurm import squeue_states
-
-            slurm = squeue_states([j for j in jobs.values() if j])
-        except ImportError:
-            pass
+    slurm = _slurm_states([j for j in jobs.values() if j])  # asked before the folders are read
     counts: Counter[str] = Counter()
     for folder in folders:
         state, damage = checked_state(folder)
+        job = jobs[folder]
+        extra = ""
+        if job:
+            extra = f"  job {job}" + (f" ({slurm[job]})" if slurm and job in slurm else "")
+        if state == "queued" and job and slurm is not None and job not in slurm:
+            # its job ended, or was cancelled, before the run began: nothing will run it
+            state = "pending"
+            logs = sorted((results_dir / ".slurm" / job).glob("*_log.err"))  # submitit's, where errors go
+            extra += " left the queue without starting the run" + (f" (its log: {logs[0]})" if logs else "")
         counts[state] += 1
         if quiet:
             continue
-        extra = ""
-        job = jobs[folder]
-        if job:
-            extra = f"  job {job}" + (f" ({slurm[job]})" if job in slurm else "")
         if state == "running":
             beat = read_json(folder / "heartbeat.json")
             if beat.get("epoch"):  # a heartbeat is only ever shown: a value it cannot be is shown as such
@@ -67,3 +65,23 @@ def status(
             write_index(results_dir)
         except OSError:
             pass  # status is read-only in spirit; a read-only results dir still gets its answer
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """squeue's state of the jobs still in the queue; None where it cannot say (no SLURM here: said only
+    when squeue is on PATH and fails)."""
+    import shutil
+
+    if not job_ids or shutil.which("squeue") is None:
+        return None
+    try:
+        from medseg_bench.sweep.slurm import squeue_states
+    except ImportError:  # no submitit
+        return None
+    from medseg_bench.errors import RunError
+
+    try:
+        return squeue_states(job_ids)
+    except RunError as exc:
+        typer.secho(f"warning: {exc}: the SLURM state of queued runs is unknown", fg="yellow", err=True)
+        return None

@@ -90,7 +90,8 @@ def sweep(
     gpus_per_job: Annotated[int, typer.Option(help="SLURM: GPUs per job.")] = 0,
     cpus_per_job: Annotated[int, typer.Option(help="SLURM: CPUs per job.")] = 4,
     mem_gb: Annotated[float, typer.Option(help="SLURM: memory per job in GB.")] = 16.0,
-    time: Annotated[str, typer.Option("--time", help="SLURM: time limit per job ([D-]HH:MM:SS); a job that "
+    time: Annotated[str, typer.Option("--time", help="SLURM: time limit per job, as sbatch's --time "
+                                                     "(HH:MM:SS, D-HH:MM:SS, minutes, MM:SS); a job that "
                                                      "hits it is requeued and resumes.")] = "12:00:00",
     array_parallelism: Annotated[int, typer.Option(help="SLURM: most array jobs running at once.")] = 64,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed run.")] = False,
@@ -170,9 +171,11 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
     from medseg_bench.results import check_writable
     from medseg_bench.sweep.local import prepare_locked
-    from medseg_bench.sweep.slurm import parse_time_minutes
 
-    parse_time_minutes(time)  # a bad --time fails before any work
+    options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
+                           cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
+                           num_workers=workers)
+    options.check()  # a bad value fails before any work
     import shutil
 
     if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it
@@ -187,9 +190,6 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     for key, own_slices in keys.items():
         typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
         prepared[key] = prepare_locked(key[0], data_dir, key[1], progress=True, own_slices=own_slices)
-    options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
-                           cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
-                           num_workers=workers)
     submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,
                                 prepared_for=lambda spec: prepared[spec.task, spec.num_folds])
     if submitted:

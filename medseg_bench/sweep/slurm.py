@@ -1,8 +1,9 @@
 """The SLURM launcher (submitit): the pending runs of a sweep become one job array, one run per job.
 
 Every job writes only its own run folder in the shared results dir, under the run's lock. A job that times
-out or is preempted is requeued (SLURM signals the job before the end, USR2 unless SUBMITIT_PREEMPT_SIGNAL
-says otherwise), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
+out is requeued (SLURM signals the job before the end, USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise; a
+preempted job gets that signal only where the cluster sets PreemptParameters=preempt_send_user_signal, else
+SIGTERM), and the requeued job resumes the run from `checkpoints/last.ckpt`. The signal first stops
 the run as Ctrl-C does, so that it records `interrupted`; only then does submitit's handler checkpoint the
 callable and `scontrol requeue` the job, which has SLURM kill it (SIGKILL KillWait seconds later). Left to
 interrupt training itself, that handler started the kill before the run's bookkeeping, and a requeue that
@@ -12,23 +13,32 @@ Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
+from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
 from medseg_bench.signals import interruptible, received
 from medseg_bench.spec import RunSpec
+
+if TYPE_CHECKING:
+    from medseg_bench.sweep.worker import Outcome
 
 
 @dataclass
@@ -41,26 +51,51 @@ class SlurmOptions:
     array_parallelism: int = 64
     num_workers: int | None = None
 
+    def check(self) -> None:
+        """Refuse a value sbatch would refuse only after the cache is built, or would read otherwise than
+        meant (`--mem=0` is all of a node's memory), with the option's name."""
+        parse_time_minutes(self.time)
+        for option, value, least in (("--gpus-per-job", self.gpus_per_job, 0),
+                                     ("--cpus-per-job", self.cpus_per_job, 1),
+                                     ("--array-parallelism", self.array_parallelism, 1)):
+            if value < least:
+                raise UsageError(f"{option} must be at least {least}, not {value}")
+        # submitit writes whole MB: less than 1 MB would reach sbatch as --mem=0, a whole node's memory
+        if not math.isfinite(self.mem_gb) or self.mem_gb * 1024 < 1:
+            raise UsageError(f"--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's "
+                             f"memory), not {self.mem_gb:g}")
+
+
+# sbatch's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", re.ASCII)
+
 
 def parse_time_minutes(value: str) -> int:
-    """SLURM time `[D-]HH:MM:SS`, `HH:MM` or minutes -> minutes (rounded up)."""
-    try:
-        days, _, rest = value.rpartition("-")
-        parts = [int(p) for p in rest.split(":")]
-        if len(parts) == 1:
-            hours, minutes, seconds = 0, parts[0], 0
-        elif len(parts) == 2:
-            hours, minutes, seconds = parts[0], parts[1], 0
-        elif len(parts) == 3:
-            hours, minutes, seconds = parts
-        else:
-            raise ValueError
-        total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
-    except ValueError:
-        raise UsageError(f"--time takes [D-]HH:MM:SS, HH:MM or minutes, not '{value}'") from None
+    """A SLURM time limit, read as sbatch reads `--time`, in minutes (seconds rounded up, as SLURM does).
+
+    Two numbers are minutes:seconds and a day prefix is followed by hours (`30:00` is half an hour, `1-12`
+    a day and a half), as sbatch reads them."""
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        raise UsageError(f"--time takes minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (as sbatch), "
+                         f"not '{value}'")
+    days, first, second, third = (int(group) if group else 0 for group in match.groups())
+    if match.group(1) is None and match.group(4) is None:  # minutes[:seconds]
+        hours, minutes, seconds = 0, first, second
+    else:  # [days-]hours[:minutes[:seconds]]
+        hours, minutes, seconds = first, second, third
+    total = (days * 24 + hours) * 60 + minutes + (1 if seconds else 0)
     if total < 1:
         raise UsageError(f"--time must be at least one minute, not '{value}'")
     return total
+
+
+# A job whose run is held by another process retries this long: the holder may be an earlier attempt
+# still ending (see `until_free`)
+BUSY_WAIT_S = 180.0
+BUSY_POLL_S = 5.0
+SUBMIT_LOCK = ".slurm-submit.lock"  # in the results dir
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
@@ -87,8 +122,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
                                           own_slices=spec.own_slice_spacing)
                 workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
-                outcome = run_one(spec, prepared, Path(self.results_dir), num_workers=workers,
-                                  extra_event={"job_id": env.job_id})
+                outcome = until_free(spec, Path(self.results_dir), env.job_id, lambda: run_one(
+                    spec, prepared, Path(self.results_dir), num_workers=workers,
+                    extra_event={"job_id": env.job_id}))
             except (KeyboardInterrupt, SystemExit):  # Lightning turns a KeyboardInterrupt into exit(1)
                 if received() != warning or not callable(requeue):
                     raise
@@ -98,7 +134,41 @@ class SlurmRun(submitit.helpers.Checkpointable):
             raise RunError(outcome.error or f"run {spec.run_id} failed")
         if outcome.kind == "done":
             write_index(Path(self.results_dir))
+        elif outcome.kind == "skipped":
+            print(f"run {spec.task}/{spec.run_id} is already done: nothing to do"
+                  + (f" ({outcome.error})" if outcome.error else ""), flush=True)
         return outcome.kind
+
+
+def until_free(spec: RunSpec, results_dir: Path, job_id: str, attempt: Callable[[], Outcome]) -> Outcome:
+    """`attempt()` (the run, as `run_one`), again every BUSY_POLL_S for BUSY_WAIT_S while another process
+    holds the run's lock: an earlier attempt may still be ending (its node slow to kill it, a lock on a
+    network file system that outlives a failed node for a lease time). Each wait, and a run left to the
+    holder, is said in the job's log: the job ends without the run, as nothing else would say."""
+    outcome = attempt()
+    if outcome.kind != "busy":
+        return outcome
+    lock = run_dir(results_dir, spec) / LOCK_NAME
+    print(f"run {spec.task}/{spec.run_id} is held by {_holder(lock)}: waiting up to {BUSY_WAIT_S:.0f} s "
+          "for it to end", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while outcome.kind == "busy" and time.monotonic() < deadline:
+        time.sleep(BUSY_POLL_S)
+        outcome = attempt()
+    if outcome.kind == "busy":
+        print(f"warning: job {job_id} leaves run {spec.task}/{spec.run_id} to {_holder(lock)}, which has "
+              f"held it for {BUSY_WAIT_S:.0f} s ({lock}); if `medseg-bench status` shows the run partial or "
+              "pending later, sweep again to submit it", file=sys.stderr, flush=True)
+    return outcome
+
+
+def _holder(lock: Path) -> str:
+    """Who holds a run's lock, as its file says ('pid host', written by the holder)."""
+    try:
+        pid, host = lock.read_text().split()
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {pid} on {host}"
 
 
 def preempt_signal() -> int:
@@ -112,20 +182,31 @@ def preempt_signal() -> int:
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's state (PENDING, RUNNING, ...) of those `job_ids` still in the queue; {} without squeue."""
-    if not job_ids or shutil.which("squeue") is None:
+    """SLURM's state of those `job_ids` still in its queue (`RUNNING`, `PENDING: Priority`: a pending job's
+    reason, which tells a job that waits its turn from one that cannot start, `PENDING: PartitionTimeLimit`);
+    a job not in the answer has left the queue. RunError naming why when squeue cannot answer."""
+    if not job_ids:
         return {}
+    if shutil.which("squeue") is None:
+        raise RunError("squeue is not on PATH")
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        raise RunError("squeue gave no answer in 30 s") from None
+    except OSError as exc:
+        raise RunError(f"squeue could not be run ({exc.strerror or exc})") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        raise RunError(f"squeue failed: {lines[0] if lines else f'exit code {done.returncode}'}")
     wanted = set(job_ids)
     states = {}
-    for line in out.splitlines():
-        job_id, _, state = line.strip().partition("|")
+    for line in done.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
         if job_id in wanted:
-            states[job_id] = state
+            states[job_id] = f"{state}: {reason}" if state == "PENDING" and reason not in ("", "None") \
+                else state
     return states
 
 
@@ -140,20 +221,36 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     With `prepared_for` (a run's prepared task), each is first checked against its plan (`check_runs`).
 
     Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
-    are never submitted: training them again would overwrite what they wrote)."""
+    are never submitted: training them again would overwrite what they wrote).
+
+    One submission to a results dir at a time (`SUBMIT_LOCK`): two at once each found the other's runs not
+    queued yet and submitted them too, and one whose sbatch failed deleted the other's new job files."""
+    with exclusive(results_dir, SUBMIT_LOCK,
+                   on_wait=lambda: say("waiting for another submission to this results dir to finish")):
+        return _submit(runs, results_dir, data_dir, options, say, prepared_for)
+
+
+def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
+            prepared_for: Callable[[RunSpec], Any] | None) -> tuple[list[tuple[RunSpec, str]], list[str]]:
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
-    in_queue = squeue_states([j for j in (queued_job(f) for f in folders.values()) if j])
+    queued = {spec.run_id: queued_job(folders[spec.run_id]) for spec in runs}
+    try:  # asked before the folders are read: a job that ends meanwhile has left its run's final state
+        in_queue, unknown = squeue_states([job for job in queued.values() if job]), None
+    except RunError as exc:
+        in_queue, unknown = {}, str(exc)
     todo = []
     damaged: list[str] = []
     for spec in runs:
-        folder = folders[spec.run_id]
-        state, damage = checked_state(folder)
-        job = queued_job(folder)
+        state, damage = checked_state(folders[spec.run_id])
+        job = queued[spec.run_id]
         if state == "damaged":
             damaged.append(damage or spec.run_id)
             say(f"damaged  {spec.task}/{spec.run_id}: {damaged[-1]}; not submitted")
         elif state in ("done", "running"):
             say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")
+        elif job and unknown:  # submitting blind would put a run whose job is still queued in twice
+            raise RunError(f"cannot tell whether job {job} of {spec.task}/{spec.run_id} is still in SLURM's "
+                           f"queue: {unknown}; nothing submitted")
         elif job and job in in_queue:
             say(f"queued   {spec.task}/{spec.run_id}: already in the queue as job {job} ({in_queue[job]})")
         else:
@@ -185,8 +282,11 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     jobs: list[Any] = []
     slurm_dir = results_dir / ".slurm"
     before = set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()
-    try:
-        with executor.batch():
+    # before sbatch: a job may start (and record its attempt) before queued.json is written, and `queued`
+    # means submitted and not started since
+    submitted_at = time.time()
+    try:  # submitit prints a failed sbatch's stderr before raising it: the error below quotes its reason
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             for spec in todo:
                 jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
                                                      str(data_dir.resolve()), options.num_workers)))
@@ -199,7 +299,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     for spec, job in zip(todo, jobs, strict=True):
         folder = run_dir(results_dir, spec)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": time.time()})
+        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": submitted_at})
         submitted.append((spec, job.job_id))
         say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
     return submitted, damaged

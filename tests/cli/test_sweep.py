@@ -16,7 +16,7 @@ from medseg_bench.models import ARCHS
 from medseg_bench.results import write_status
 from medseg_bench.spec import spec_hash_of
 from medseg_bench.sweep.spec_file import load_sweep_file
-from tests.conftest import finished_summary
+from tests.conftest import fake_squeue, finished_summary
 
 runner = CliRunner()
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -88,6 +88,10 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
     (["--task", "Task04_Hippocampus", "--launcher", "pbs"], "unknown launcher 'pbs'"),
     (["--task", "Task04_Hippocampus", "--jobs", "0"], "--jobs must be at least 1"),
     (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--time", "soon"], "--time takes"),
+    (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--mem-gb", "0"],
+     "--mem-gb must be at least 0.001"),
+    (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--cpus-per-job", "0"],
+     "--cpus-per-job must be at least 1, not 0"),
     (["--task", "Task04_Hippocampus", "--exclude", "colour=red"], "unknown key 'colour'"),
     (["--arch", "unet"], "no task given"),
     (["--task", "Task04_Hippocampus", "--batch-size", "0"], "batch_size must be at least 1, not 0"),
@@ -110,8 +114,9 @@ def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
     assert "360 runs: 360 pending" in result.output
 
 
-def test_status_shows_every_state(tmp_path: Path) -> None:
+def test_status_shows_every_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "r"
+    fake_squeue(tmp_path, monkeypatch, ["42_3|PENDING|Priority"])  # whatever SLURM this machine has
     assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 6
     spec = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
     done = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(spec)}"  # a finished run's spec.json matches its id
@@ -133,7 +138,7 @@ def test_status_shows_every_state(tmp_path: Path) -> None:
     assert f"done     T/{done}" in lines
     assert "failed   T/b  RuntimeError: out of memory" in lines
     assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
-    assert "queued   T/d  job 42_3" in lines
+    assert "queued   T/d  job 42_3 (PENDING: Priority)" in lines
     assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
     assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == [done]
 
@@ -182,6 +187,7 @@ def test_an_unconfigured_sbatch_is_one_line_and_leaves_nothing(shared_task: Path
     assert result.exit_code == 5, result.output
     assert result.output.strip().splitlines()[-1] == (
         "error: sbatch failed: sbatch: fatal: Could not establish a configuration source")
+    assert "res_nsearch" not in result.output  # sbatch's stderr, printed by submitit before it raised
     assert [p for p in (results / ".slurm").rglob("*") if p.is_file()] == []
 
 

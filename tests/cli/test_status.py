@@ -1,0 +1,62 @@
+"""`medseg-bench status` on runs submitted to SLURM: what squeue says of their jobs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.results import append_event
+from tests.conftest import fake_squeue
+
+runner = CliRunner()
+
+
+def _queued(results: Path, name: str, job: str) -> Path:
+    folder = results / "T" / name
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": name, "task": "T", "dims": "3d", "arch": "unet",
+                                             "loss": "dice_ce", "aug": "none"})
+    write_json_atomic(folder / "queued.json", {"job_id": job, "time": time.time()})
+    return folder
+
+
+def test_status_names_a_pending_jobs_reason_and_a_job_gone_without_starting_its_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "r"
+    _queued(results, "a", "42_0")
+    _queued(results, "b", "42_1")
+    _queued(results, "c", "42_2")
+    log = results / ".slurm" / "42_2" / "42_2_0_log.err"
+    log.parent.mkdir(parents=True)
+    log.write_text("ModuleNotFoundError: No module named 'medseg_bench'\n")
+    fake_squeue(tmp_path, monkeypatch, ["42_0|PENDING|PartitionTimeLimit", "42_1|RUNNING|None",
+                                        "7|PENDING|None"])
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "queued   T/a  job 42_0 (PENDING: PartitionTimeLimit)" in lines  # one that cannot start: why
+    assert "queued   T/b  job 42_1 (RUNNING)" in lines
+    # Cancelled while pending, or dead before its run began: it said `queued` for ever, with nothing to run it
+    assert f"pending  T/c  job 42_2 left the queue without starting the run (its log: {log})" in lines
+    assert lines[-1] == "3 runs: 1 pending, 2 queued"
+
+
+def test_status_without_an_answer_from_squeue_says_so_and_keeps_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "r"
+    _queued(results, "a", "42_0")
+    started = _queued(results, "b", "42_1")
+    append_event(started, "start")  # started since: no longer queued, whatever squeue says
+    fake_squeue(tmp_path, monkeypatch, None)
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    assert ("warning: squeue failed: slurm_load_jobs error: Unable to contact slurm controller (connect "
+            "failure): the SLURM state of queued runs is unknown") in result.output
+    lines = result.output.splitlines()
+    assert "queued   T/a  job 42_0" in lines and "pending  T/b  job 42_1" in lines
+    assert lines[-1] == "2 runs: 1 pending, 1 queued"

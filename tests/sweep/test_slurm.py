@@ -1,0 +1,221 @@
+"""The SLURM launcher without a cluster: its options, and what a job does when its run is held elsewhere.
+(`tests/test_slurm.py` runs it on a one-node SLURM cluster.)"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import submitit
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.errors import RunError, UsageError
+from medseg_bench.locks import RunLock, exclusive
+from medseg_bench.results import QUEUED_NAME, append_event, run_dir, run_state
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep import slurm
+from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
+from tests.conftest import fake_squeue
+
+
+@pytest.mark.parametrize(("value", "minutes"), [
+    ("90", 90), ("30:00", 30), ("0:30", 1), ("12:00:00", 720), ("1:30:01", 91), ("1-12", 2160),
+    ("1-0:30", 1470), ("2-00:00:00", 2880), (" 45 ", 45)])
+def test_time_is_read_as_sbatch_reads_it(value: str, minutes: int) -> None:
+    # `30:00` is half an hour for sbatch; it was read as HH:MM, 30 hours (and `1-12` as a day and 12 minutes)
+    assert parse_time_minutes(value) == minutes
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-5", "--time takes minutes, MM:SS, HH:MM:SS"), ("1:-30", "--time takes"), ("1:2:3:4", "--time takes"),
+    ("2-", "--time takes"), ("soon", "--time takes"), ("UNLIMITED", "--time takes"), ("１０", "--time takes"),
+    ("0", "--time must be at least one minute, not '0'"), ("0:00:00", "at least one minute")])
+def test_a_time_sbatch_would_read_otherwise_is_refused(value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):  # '-5' was taken as 5 minutes, '1:-30' as 30
+        parse_time_minutes(value)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("gpus_per_job", -1, "--gpus-per-job must be at least 0, not -1"),
+    ("cpus_per_job", 0, "--cpus-per-job must be at least 1, not 0"),
+    ("cpus_per_job", -4, "--cpus-per-job must be at least 1, not -4"),
+    ("array_parallelism", 0, "--array-parallelism must be at least 1, not 0"),
+    ("mem_gb", 0.0,
+     "--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's memory), not 0"),
+    ("mem_gb", 0.0005, "not 0.0005"), ("mem_gb", -2.0, "not -2"), ("mem_gb", float("nan"), "not nan"),
+    ("mem_gb", float("inf"), "not inf"), ("time", "soon", "--time takes")])
+def test_options_sbatch_would_refuse_or_misread_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SlurmOptions(**{field: value}).check()  # type: ignore[arg-type]
+
+
+def test_the_defaults_and_the_least_values_pass() -> None:
+    SlurmOptions().check()
+    SlurmOptions(gpus_per_job=0, cpus_per_job=1, mem_gb=0.001, array_parallelism=1, time="1").check()
+
+
+def _queued_run(results: Path, seed: int, job: str) -> RunSpec:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
+    folder = run_dir(results, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / QUEUED_NAME, {"job_id": job, "time": time.time()})
+    return spec
+
+
+def test_a_run_whose_job_is_still_queued_is_not_submitted_again(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "r"
+    runs = [_queued_run(results, 0, "42_0"), _queued_run(results, 1, "42_1")]
+    fake_squeue(tmp_path, monkeypatch, ["42_0|PENDING|Priority", "42_1|RUNNING|None"])
+    said: list[str] = []
+    assert submit(runs, results, tmp_path, SlurmOptions(), say=said.append) == ([], [])
+    assert said == [f"queued   T/{runs[0].run_id}: already in the queue as job 42_0 (PENDING: Priority)",
+                    f"queued   T/{runs[1].run_id}: already in the queue as job 42_1 (RUNNING)",
+                    "nothing to submit"]
+
+
+def test_without_an_answer_from_squeue_nothing_is_submitted(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue failing (a busy or unreachable controller) read as 'no job queued': every queued run was
+    submitted a second time."""
+    results = tmp_path / "r"
+    (spec,) = runs = [_queued_run(results, 0, "42_0")]
+    fake_squeue(tmp_path, monkeypatch, None)
+    monkeypatch.setattr(submitit, "AutoExecutor", None)  # never reached
+    with pytest.raises(RunError) as caught:
+        submit(runs, results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert str(caught.value) == (
+        f"cannot tell whether job 42_0 of T/{spec.run_id} is still in SLURM's queue: squeue failed: "
+        "slurm_load_jobs error: Unable to contact slurm controller (connect failure); nothing submitted")
+    assert not (results / ".slurm").exists()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RunError, match="still in SLURM's queue: squeue is not on PATH; nothing submitted"):
+        submit(runs, results, tmp_path, SlurmOptions(), say=lambda line: None)
+
+
+def _job_runs(spec: RunSpec, results: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """SlurmRun's job for `spec` with training replaced: the list fills with 'trained' when the run trains
+    (and the job then fails, as that stand-in run does)."""
+    import medseg_bench.run
+    from medseg_bench.sweep import local
+
+    trained: list[str] = []
+
+    def execute_run(*args: object) -> None:
+        trained.append("trained")
+        raise RunError("stand-in run")
+
+    monkeypatch.setattr(local, "prepare_locked", lambda *a, **k: SimpleNamespace(plan=None))
+    monkeypatch.setattr(medseg_bench.run, "execute_run", execute_run)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7_1"))
+    monkeypatch.setattr(slurm, "BUSY_POLL_S", 0.05)
+    return trained
+
+
+def test_a_job_waits_for_a_lock_an_earlier_attempt_still_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run held by a dying earlier attempt (a node slow to kill it, a network file system's lock outliving
+    a failed node): the job waits for the lock and runs it, where it ended at once, successfully, unrun."""
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    trained = _job_runs(spec, tmp_path, monkeypatch)
+    monkeypatch.setattr(slurm, "BUSY_WAIT_S", 30.0)
+    earlier = RunLock(run_dir(tmp_path, spec))
+    assert earlier.acquire()
+    threading.Timer(0.5, earlier.release).start()
+    with pytest.raises(RunError, match="stand-in run"):
+        slurm.SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+    assert trained == ["trained"]
+    assert capsys.readouterr().err == (f"run T/{spec.run_id} is held by process {os.getpid()} on "
+                                       f"{socket.gethostname()}: waiting up to 30 s for it to end\n")
+
+
+def test_a_job_that_leaves_its_run_to_another_process_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    trained = _job_runs(spec, tmp_path, monkeypatch)
+    monkeypatch.setattr(slurm, "BUSY_WAIT_S", 1.0)
+    with RunLock(run_dir(tmp_path, spec)) as other:
+        assert other.acquire()
+        assert slurm.SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)() == "busy"
+    assert trained == []
+    holder = f"process {os.getpid()} on {socket.gethostname()}"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"warning: job 7_1 leaves run T/{spec.run_id} to {holder}, which has held it for 1 s "
+        f"({run_dir(tmp_path, spec) / '.lock'}); if `medseg-bench status` shows the run partial or pending "
+        "later, sweep again to submit it")
+
+
+def _fake_sbatch(monkeypatch: pytest.MonkeyPatch,
+                 on_submit: Callable[[], object] = lambda: None) -> list[str]:
+    """submitit's executor without SLURM: each job submitted calls `on_submit` and gets the next id of array
+    9; the list returned fills with them."""
+    job_ids: list[str] = []
+
+    class Executor:
+        def __init__(self, **kwargs: object) -> None:
+            pass
+
+        def update_parameters(self, **kwargs: object) -> None:
+            pass
+
+        @contextmanager
+        def batch(self) -> Iterator[None]:
+            yield
+
+        def submit(self, job: object) -> SimpleNamespace:
+            on_submit()
+            job_ids.append(f"9_{len(job_ids)}")
+            return SimpleNamespace(job_id=job_ids[-1])
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    return job_ids
+
+
+def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """queued.json is written once sbatch has answered; a job can start before that. Its time was taken then,
+    later than the job's `start`, so a run interrupted before its first checkpoint said `queued` (and status
+    'left the queue without starting the run') though it had started."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+
+    def job_starts_at_once() -> None:
+        run_dir(results, spec).mkdir(parents=True)
+        append_event(run_dir(results, spec), "start")
+        append_event(run_dir(results, spec), "interrupted")
+
+    _fake_sbatch(monkeypatch, job_starts_at_once)
+    submitted, _ = submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert submitted == [(spec, "9_0")]
+    assert run_state(run_dir(results, spec)) == "pending"
+
+
+def test_two_submissions_to_one_results_dir_take_turns(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second submission waits for the first, then finds its runs queued: at once, both submitted them."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    fake_squeue(tmp_path, monkeypatch, ["9_0|PENDING|Priority"])
+    said: list[str] = []
+    results.mkdir()
+    with exclusive(results, slurm.SUBMIT_LOCK):  # the first submission, between its squeue and its sbatch
+        second = threading.Thread(target=submit, args=([spec], results, tmp_path, SlurmOptions(),
+                                                       said.append))
+        second.start()
+        second.join(1.0)
+        assert second.is_alive() and said == ["waiting for another submission to this results dir to finish"]
+        run_dir(results, spec).mkdir(parents=True)  # what the first submission then writes
+        write_json_atomic(run_dir(results, spec) / QUEUED_NAME, {"job_id": "9_0", "time": time.time()})
+    second.join(10.0)
+    assert not second.is_alive()
+    assert said[1:] == [f"queued   T/{spec.run_id}: already in the queue as job 9_0 (PENDING: Priority)",
+                        "nothing to submit"]
+    assert sbatch_calls == []
