@@ -128,7 +128,12 @@ def test_a_job_waits_for_a_lock_an_earlier_attempt_still_holds(
     monkeypatch.setattr(slurm, "BUSY_WAIT_S", 30.0)
     earlier = RunLock(run_dir(tmp_path, spec))
     assert earlier.acquire()
-    threading.Timer(0.5, earlier.release).start()
+
+    def sleep(seconds: float) -> None:  # the earlier attempt ends while the job waits (no race with a timer)
+        earlier.release()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(slurm, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic, time=time.time))
     with pytest.raises(RunError, match="stand-in run"):
         slurm.SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
     assert trained == ["trained"]
@@ -210,7 +215,9 @@ def test_two_submissions_to_one_results_dir_take_turns(tmp_path: Path,
         second = threading.Thread(target=submit, args=([spec], results, tmp_path, SlurmOptions(),
                                                        said.append))
         second.start()
-        second.join(1.0)
+        deadline = time.monotonic() + 60  # a join of fixed length raced a slow thread start on a busy machine
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert second.is_alive() and said == ["waiting for another submission to this results dir to finish"]
         run_dir(results, spec).mkdir(parents=True)  # what the first submission then writes
         write_json_atomic(run_dir(results, spec) / QUEUED_NAME, {"job_id": "9_0", "time": time.time()})
