@@ -87,7 +87,7 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if image_ndim != ndim and not (ndim == 4 and channels == task.num_channels):
         return problem(case.image, f"image is {image_ndim}D, the task declares {task.tensor_image_size}")
     if channels != task.num_channels:
-        return problem(case.image, f"image has {channels} modalities, the task declares {task.num_channels}")
+        return problem(case.image, _modalities_problem(channels, task))
     bad_spacing = spacing_problem(image_geom.spacing)
     if bad_spacing:
         return problem(case.image, bad_spacing)
@@ -103,12 +103,10 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, reason(exc))
     if nonfinite:  # read as 0 (background) by ITK's NIfTI reader
         return problem(case.label, "label map holds NaN or inf voxels")
-    extra = sorted(set(np.unique(label).tolist()) - allowed_labels)
+    extra = sorted(set(_values(label)) - allowed_labels)
     if extra:
         if declared and set(extra) <= declared:  # in dataset.json, not in the task file that sets the classes
-            labels = ", ".join(str(k) for k in sorted(task.labels))  # (BraTS's original label 4, say)
-            return problem(case.label, f"label values {_listed(extra)} not among {task.name}'s labels "
-                                       f"({labels})")
+            return problem(case.label, _foreign_labels_problem(extra, task))  # (BraTS's original 4, say)
         return problem(case.label, f"label values {_listed(extra)} not declared in dataset.json")
     try:
         image, _ = read_image(case.image)
@@ -129,18 +127,28 @@ def read_case(case: Case, task: TaskSpec | None = None) -> tuple[np.ndarray, Geo
     label, _ = read_label(case.label)
     again = f" (changed since {task.name} was validated? `validate {task.name}` checks it)" if task else ""
     if task is not None and image.shape[0] != task.num_channels:
-        raise DataError(f"{case.image}: image has {image.shape[0]} modalities, the task declares "
-                        f"{task.num_channels}{again}")
+        raise DataError(f"{case.image}: {_modalities_problem(image.shape[0], task)}{again}")
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from image shape {image.shape[1:]}")
     if task is not None:
-        present = np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()  # faster than np.unique
-        extra = sorted(set(present) - set(task.labels))
+        extra = sorted(set(_values(label)) - set(task.labels))
         if extra:
-            labels = ", ".join(str(k) for k in sorted(task.labels))
-            raise DataError(f"{case.label}: label values {_listed(extra)} not among {task.name}'s labels "
-                            f"({labels}){again}")
+            raise DataError(f"{case.label}: {_foreign_labels_problem(extra, task)}{again}")
     return image, geometry, label
+
+
+def _values(label: np.ndarray) -> list[int]:
+    """The values a uint8 label map holds (a bincount: faster than np.unique)."""
+    return np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()
+
+
+def _modalities_problem(channels: int, task: TaskSpec) -> str:
+    return f"image has {channels} modalities, the task declares {task.num_channels}"
+
+
+def _foreign_labels_problem(extra: list[int], task: TaskSpec) -> str:
+    labels = ", ".join(str(k) for k in sorted(task.labels))
+    return f"label values {_listed(extra)} not among {task.name}'s labels ({labels})"
 
 
 SPACING_RANGE_MM = (1e-3, 1e3)
