@@ -7,7 +7,9 @@ SIGTERM), and the requeued job resumes the run from `checkpoints/last.ckpt`. The
 the run as Ctrl-C does, so that it records `interrupted`; only then does submitit's handler checkpoint the
 callable and `scontrol requeue` the job, which has SLURM kill it (SIGKILL KillWait seconds later). Left to
 interrupt training itself, that handler started the kill before the run's bookkeeping, and a requeue that
-failed (or a job timed out too often) marked the run failed instead of interrupted.
+failed (or a job timed out too often) marked the run failed instead of interrupted. SIGTERM (scancel, a
+preemption without the warning) stops the run the same way, without the requeue: SLURM requeues a preempted
+job itself where its PreemptMode says so.
 Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.slurm/`.
 """
 
@@ -117,7 +119,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the CPUs SLURM gave the job
         warning = preempt_signal()
         requeue = signal.getsignal(warning)  # submitit's: checkpoint(), scontrol requeue, exit
-        with interruptible((warning,)):
+        # SIGTERM too: scancel, a preemption without the warning, the time limit itself. submitit only logs it
+        # ("Bypassing signal SIGTERM"), so a job preparing the task ran on until SLURM's SIGKILL
+        with interruptible(tuple(dict.fromkeys((warning, signal.SIGTERM)))):
             try:
                 prepared = prepare_locked(spec.task, Path(self.data_dir), spec.num_folds,
                                           own_slices=spec.own_slice_spacing)
