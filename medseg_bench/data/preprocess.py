@@ -5,18 +5,25 @@ Layout of `<data_dir>/preprocessed/<Task>/`:
     <hash>/<case>.img.npy   float32 (C, Z, Y, X), normalised
     <hash>/<case>.seg.npy   uint8 (Z, Y, X)
     <hash>/<case>.json      properties: original geometry (spacing, origin, direction, shape), crop box,
-                            preprocessed spacing, paths of the original image and label, foreground sample
-                            coordinates; written last: a case without it is unfinished and rebuilt
+                            preprocessed spacing, paths of the original image and label and what they were
+                            (`sources`: size, modification time, md5), foreground sample coordinates; written
+                            last: a case without it is unfinished and rebuilt
     <hash>-2d/...           the same for 2D runs that keep each case's slice spacing (`own_slices`), only
                             where that differs from <hash>/ on some case
 
 Cached arrays are cropped to the non-zero region and resampled to the plan's target spacing (`own_slices`:
 in plane only, as nnU-Net's 2d configuration); `resample.to_original` maps a prediction back onto the
 original image grid.
+
+Every prepare checks that each case's image and label are still the files its entry was made from
+(`check_sources`): one replaced since (a task fetched again into the same data dir, a label corrected) stops
+it with one line naming the file, as the fingerprint, plan and cache describe the earlier data. A file only
+touched or copied (another time, the same md5), or a data dir moved, is recorded anew.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -161,6 +168,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path, own_slices: bool = Fa
                     task: TaskSpec | None = None) -> str:
     """Read, crop, normalise, resample and store one case; return its id. Safe to run in a worker process.
     With `task`, its channels and label values are checked against the task's (`validate.read_case`)."""
+    sources = {"image": source_record(case.image), "label": source_record(case.label)}  # before it is read
     image, geom, label = read_case(case, task)
     spacing = geom.spacing_zyx
     normalized, resampled, grid = preprocess_image(image, spacing, plan, label, own_slices)
@@ -182,6 +190,7 @@ def preprocess_case(case: Case, plan: Plan, out_dir: Path, own_slices: bool = Fa
             "case_id": case.case_id,
             "image": str(case.image),
             "label": str(case.label),
+            "sources": sources,
             "shape_zyx": list(label.shape),
             "geometry": geom.to_dict(),  # of the original image
             **grid,
@@ -275,7 +284,7 @@ def build_cache(
     # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
     marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
     if marker is not None and marker.get("cases") == wanted:
-        check_cache(cache_dir, wanted)
+        check_cache(cache_dir, cases)
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     for leftover in cache_dir.glob(".*.tmp"):
@@ -290,7 +299,7 @@ def build_cache(
             f"preprocessing {len(todo)} cases",
             pool,
         )
-    check_cache(cache_dir, wanted)  # the cases kept from before as well
+    check_cache(cache_dir, cases)  # the cases kept from before as well
     record = {"cases": wanted, "plan": plan.to_dict()}
     write_json_atomic(complete, record | {"own_slices": True} if own_slices else record)
 
@@ -315,20 +324,67 @@ def _npy_problem(path: Path) -> str | None:
     return None if size == expected else f"{size} bytes, its header says {expected}"
 
 
-def check_cache(cache_dir: Path, case_ids: Sequence[str]) -> None:
+def check_cache(cache_dir: Path, cases: Sequence[Case]) -> None:
     """Check that every case of a finished cache is whole (array headers and sizes, no voxel read; the
     properties its runs read), so a damaged file stops the sweep before any run (exit 3), not the run that
-    happens to sample it."""
-    for case_id in case_ids:
+    happens to sample it; and that it was made from the case's files as they are now (`check_sources`)."""
+    for case in cases:
         for suffix in (".img.npy", ".seg.npy"):
-            path = cache_dir / f"{case_id}{suffix}"
+            path = cache_dir / f"{case.case_id}{suffix}"
             problem = _npy_problem(path)
             if problem:
                 raise _corrupt(path, problem)
-        path = cache_dir / f"{case_id}.json"
-        problem = _properties_problem(_case_properties(path))
+        path = cache_dir / f"{case.case_id}.json"
+        props = _case_properties(path)
+        problem = _properties_problem(props)
         if problem:
             raise _corrupt(path, problem)
+        check_sources(case, props, path)
+
+
+def source_record(path: Path) -> dict[str, Any]:
+    """What a cache entry records of a file it is made from: size, modification time (ns) and md5. Taken
+    before the file is read, so that a file changed while it is read differs from its record."""
+    from medseg_bench.data.download import md5_of
+
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": md5_of(path)}
+
+
+def check_sources(case: Case, props: dict[str, Any], path: Path) -> None:
+    """DataError when the case's image or label is not the file its cache entry `path` was made from: replaced
+    or edited since, its md5 differs (its size and time are compared first; the md5 is read only when they
+    differ). A file with the same md5 (touched, copied) or at another path (the data dir moved) is recorded
+    anew, so the paths evaluation reads are the case's. An entry written before caches recorded `sources` is
+    not checked; a missing file is left for `read_case` to name."""
+    from medseg_bench.data.download import md5_of
+
+    sources = props.get("sources")
+    changed = False
+    for what, file in (("image", case.image), ("label", case.label)):
+        if props.get(what) != str(file):  # the data dir moved (or was copied) since
+            props[what], changed = str(file), True
+        recorded = sources.get(what) if isinstance(sources, dict) else None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("md5"), str):
+            continue
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        if [stat.st_size, stat.st_mtime_ns] == [recorded.get("size"), recorded.get("mtime_ns")]:
+            continue
+        digest = md5_of(file)
+        if digest != recorded["md5"]:
+            root = path.parent.parent
+            raise DataError(f"{file}: changed since {root.name} was preprocessed (md5 {recorded['md5']}, now "
+                            f"{digest}): its fingerprint, plan and cache describe the earlier data; delete "
+                            f"{root} to plan and preprocess {root.name} again (finished runs keep their "
+                            "results)")
+        recorded.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        changed = True
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only cache: checked again (md5 read) next time
+            write_json_atomic(path, props, compact=True, durable=False)
 
 
 def _corrupt(path: Path, problem: str) -> DataError:

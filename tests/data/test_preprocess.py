@@ -446,3 +446,51 @@ def test_the_non_zero_mask_is_filled_once_and_equals_the_whole_images_cropped(
     assert calls == [(1, 4, 16, 14)]  # once, on the crop
     assert grid["crop_box"] == [[1, 5], [2, 18], [3, 17]]
     assert normalized.shape[1:] == out_label.shape != (4, 16, 14)  # resampled
+
+
+def test_a_case_changed_since_it_was_cached_stops_prepare(home: Path, tmp_path: Path) -> None:
+    """A label edited (or a task fetched again into the same data dir) after its cache was built: training
+    read the earlier arrays while evaluation scored against the new label file. Now prepare names the file. A
+    file only touched has the same md5 and is recorded anew; so is a moved data dir, whose paths evaluation
+    reads."""
+    import os
+    import shutil
+
+    from medseg_bench.data.preprocess import original_label
+
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    task = get_task("Task90_Synth")
+    prepared = prepare_task(task, data, num_folds=3, workers=1)
+    case = prepared.case_ids[0]
+    entry = prepared.cache_dir / f"{case}.json"
+    label_path = data / "Task90_Synth" / "labelsTr" / f"{case}.nii.gz"
+    recorded = json.loads(entry.read_text())["sources"]
+    assert recorded["label"]["size"] == label_path.stat().st_size and len(recorded["image"]["md5"]) == 32
+
+    stat = label_path.stat()
+    os.utime(label_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same contents
+    prepare_task(task, data, num_folds=3, workers=1)
+    assert json.loads(entry.read_text())["sources"]["label"]["mtime_ns"] == stat.st_mtime_ns + 10**9
+
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    again = prepare_task(task, moved, num_folds=3, workers=1)
+    new_label = (moved / "Task90_Synth" / "labelsTr" / f"{case}.nii.gz").resolve()
+    props = json.loads((again.cache_dir / f"{case}.json").read_text())
+    assert props["label"] == str(new_label) and props["image"].startswith(str(moved.resolve()))
+    assert original_label(props)[0].shape == read_label(new_label)[0].shape  # read from where it is now
+
+    label, geometry = read_label(new_label)
+    label[label == 2] = 1  # a corrected label, same size on disk or not
+    write_label(label, geometry, new_label)
+    with pytest.raises(DataError) as error:
+        prepare_task(task, moved, num_folds=3, workers=1)
+    root = moved / "preprocessed" / "Task90_Synth"
+    assert re.fullmatch(
+        rf"{re.escape(str(new_label))}: changed since Task90_Synth was preprocessed "
+        rf"\(md5 [0-9a-f]{{32}}, now [0-9a-f]{{32}}\): its fingerprint, plan and cache describe the earlier "
+        rf"data; delete {re.escape(str(root))} to plan and preprocess Task90_Synth again "
+        rf"\(finished runs keep their results\)",
+        str(error.value)), str(error.value)
+    shutil.rmtree(root)
+    assert prepare_task(task, moved, num_folds=3, workers=1).case_ids == prepared.case_ids
