@@ -156,7 +156,29 @@ class TaskSpec:
                             - set(values["labels"]))
         if undeclared:
             raise UsageError(f"{source_file}: 'regions' name labels {undeclared} that 'labels' lacks")
+        for region in values.get("regions", {}):
+            clash = _region_name_problem(region, values["labels"])
+            if clash:
+                raise UsageError(f"{source_file}: 'regions: {region}' {clash}")
         return cls(**values, source_file=str(source_file))
+
+
+def _region_name_problem(name: str, labels: dict[int, str]) -> str | None:
+    """Why a region's name cannot be told apart from a label in results and reports, or None: a region's
+    scores are rows of metrics.csv's `label` column and report columns `<metric>_label_<name>`, titled by
+    name, as a label's are by its value and its name."""
+    try:
+        float(name)
+    except ValueError:
+        pass
+    else:
+        return "is a number, which the report reads as a label value: give the region a name"
+    same = [value for value, label in labels.items() if label.casefold() == name.casefold()]
+    if same:
+        return f"is also label {same[0]}'s name: the report could not tell their columns apart; rename one"
+    if "_label_" in name:
+        return "holds '_label_', which separates a metric from a label in the report's columns"
+    return None
 
 
 # Task file checks: each takes (key, value, file) and returns the value to store, or raises UsageError.

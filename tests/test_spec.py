@@ -103,6 +103,11 @@ labels: {0: background, 1: outer, 2: core}
     ("labels: [background, outer]", "'labels' must be a mapping of label values to names"),
     ("regions: {whole: [1, 7]}", "'regions' name labels [7] that 'labels' lacks"),
     ("regions: {whole: 1}", "'regions: whole' must be a non-empty list of label values, not 1"),
+    # a region's scores are columns `<metric>_label_<name>` and are titled by name, as a label's by its name
+    ("regions: {1: [1, 2]}", "'regions: 1' is a number, which the report reads as a label value: give the"),
+    ("regions: {'2.0': [1, 2]}", "'regions: 2.0' is a number, which the report reads as a label value"),
+    ("regions: {core: [1, 2]}", "'regions: core' is also label 2's name: the report could not tell their"),
+    ("regions: {a_label_b: [1, 2]}", "'regions: a_label_b' holds '_label_', which separates a metric from"),
     ("reference_dice: {outer: 90}", "'reference_dice: outer' must be a Dice score in 0..1, not 90"),
     ("group_pattern: '('", "'group_pattern' '(' is not a valid regular expression"),
     ("description: [a]", "'description' must be a string, not ['a']"),

@@ -251,16 +251,18 @@ def label_columns(table: pd.DataFrame, metric: str) -> list[str]:
     return [c for c in table.columns if c.startswith(prefix)]
 
 
-def _label_sort_key(column: str) -> tuple[int, float, str]:
+def _label_sort_key(column: str) -> tuple[int, float]:
+    """Label values in order, then regions, which keep theirs (a stable sort)."""
     label = column.rsplit("_label_", 1)[1]
     try:
-        return (0, float(label), "")
+        return (0, float(label))
     except ValueError:
-        return (1, 0.0, label)
+        return (1, 0.0)
 
 
 def _order_labels(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per-label columns in label order (integers, then regions), right after their metric's summary."""
+    """Per-label columns in label order (values, then regions in the order of the task file, as evaluation
+    writes them: Task01's whole, core, enhancing tumour), right after their metric's summary."""
     fixed = [c for c in table.columns if "_label_" not in c]
     ordered: list[str] = []
     for column in fixed:

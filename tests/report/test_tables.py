@@ -168,7 +168,8 @@ def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) 
     rows = []
     for config_loss, offset in (("dice_ce", 0.0), ("dice", -0.1)):
         for case in ("a", "b", "c"):
-            for label, dice in (("1", 0.8), ("2", 0.6), ("3", 0.4), ("whole_tumour", 0.95)):
+            for label, dice in (("1", 0.8), ("2", 0.6), ("3", 0.4), ("whole_tumour", 0.95),
+                                ("tumour_core", 0.9), ("enhancing_tumour", 0.85)):  # as evaluated
                 rows.append({"run_id": f"run-{config_loss}", "case": case, "label": label,
                              "dice": dice + offset, "hd95": 2.0, "ref_empty": False, "pred_empty": False,
                              "task": "Task01_BrainTumour", "dims": "3d", "arch": "unet", "encoder": "",
@@ -179,7 +180,8 @@ def test_regions_stay_out_of_the_case_mean_and_labels_get_names(tmp_path: Path) 
     assert top["dice_mean"] == pytest.approx((0.8 + 0.6 + 0.4) / 3)  # the region is not a label
     assert top["dice_label_whole_tumour"] == pytest.approx(0.95) and top["compute"] == "CPU"
     labels = [c for c in report.table.columns if c.startswith("dice_label_")]
-    assert labels == ["dice_label_1", "dice_label_2", "dice_label_3", "dice_label_whole_tumour"]
+    assert labels == ["dice_label_1", "dice_label_2", "dice_label_3", "dice_label_whole_tumour",
+                      "dice_label_tumour_core", "dice_label_enhancing_tumour"]  # the task's order, not A-Z
     text = render(report, "markdown")
     names = report.label_names["Task01_BrainTumour"]
     for value in ("1", "2", "3"):
