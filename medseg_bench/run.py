@@ -91,7 +91,10 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
         for case_id, pred, label, geometry in kept:
             score(case_id, apply_postprocessing(pred, decision.labels), label, geometry)
     frame = pd.DataFrame(rows)
-    frame.attrs["metric_settings"] = settings.to_dict()
+    # the regions too, where the task has any: what a region's scores are of, and whether two runs' compare
+    # (a list, as JSON files are written with sorted keys: the task file's order)
+    regions = [{"name": name, "labels": list(labels)} for name, labels in task.regions.items()]
+    frame.attrs["metric_settings"] = settings.to_dict() | ({"regions": regions} if regions else {})
     frame.attrs["postprocessing"] = decision
     return frame
 

@@ -89,3 +89,37 @@ def test_a_2d_run_on_thick_slices_trains_and_is_scored_at_each_cases_slice_spaci
         scored, _ = read_label(run / "predictions" / f"{case}.nii.gz")
         assert scored.shape == read_label(src / "labelsTr" / f"{case}.nii.gz")[0].shape
         assert np.array_equal(read_label(out / f"{case}.nii.gz")[0], scored)
+
+
+def test_a_runs_metric_settings_record_its_tasks_regions_and_the_report_shows_them(home, tmp_path) -> None:
+    """A region's scores mean what its labels were when the run was scored: the run records them with its
+    metric settings (the report JSON's `metric_conventions`; runs of two definitions are flagged as not
+    comparable), and every format's settings note shows them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medseg_bench.cli.app import app
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    runner = CliRunner()
+    task_file = write_task_file(home, "Task94_Regions")
+    with task_file.open("a") as fh:  # not A-Z (yaml.safe_dump would sort them)
+        fh.write("regions:\n  whole: [1, 2]\n  inner: [2]\n")
+    src = make_synthetic_task(tmp_path / "src" / "Task94_Regions")
+    assert runner.invoke(app, ["fetch", "Task94_Regions", "--source", str(src)]).exit_code == 0
+    results = tmp_path / "results"
+    sweep = runner.invoke(app, ["sweep", "--task", "Task94_Regions", "--dims", "3d", "--arch", "unet",
+                                "--loss", "dice_ce", "--aug", "none", "--epochs", "1", "--iters-per-epoch",
+                                "2", "--batch-size", "2", "--num-folds", "2", "--results-dir", str(results)])
+    assert sweep.exit_code == 0, sweep.output
+    (run,) = (results / "Task94_Regions").iterdir()
+    settings = json.loads((run / "summary.json").read_text())["metric_settings"]
+    assert settings["regions"] == [{"name": "whole", "labels": [1, 2]}, {"name": "inner", "labels": [2]}]
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    conventions = json.loads(report.stdout)["provenance"]["metric_conventions"]["Task94_Regions"]
+    assert [c["regions"] for c in conventions] == [settings["regions"]]
+    markdown = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "markdown"])
+    assert "regions=(whole: 1+2; inner: 2), surface=" in markdown.stdout, markdown.stdout
+    assert markdown.stdout.index("Dice whole") < markdown.stdout.index("Dice inner")  # the task file's order

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -233,11 +234,23 @@ def group_table(report: Report, task: str) -> Table:
     return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
 
 
+def settings_text(settings: dict[str, Any]) -> str:
+    """A run's metric settings on one line: `empty_policy=penalize, ..., regions=(whole: 1+2+3; core: 2+3)`
+    (`regions` as `run.evaluate_fold` records them)."""
+    def shown(value: object) -> str:
+        if isinstance(value, list) and all(isinstance(r, dict) and isinstance(r.get("labels"), list)
+                                           for r in value):  # regions: [{"name": ..., "labels": [...]}]
+            return "(" + "; ".join(f"{r.get('name')}: {'+'.join(map(str, r['labels']))}" for r in value) + ")"
+        return str(value)
+
+    return ", ".join(f"{k}={shown(v)}" for k, v in sorted(settings.items()))
+
+
 def _settings_note(report: Report, task: str) -> str:
     conventions = report.provenance["metric_conventions"].get(task, [])
     if not conventions:
         return "Metric settings: not recorded."
-    parts = [", ".join(f"{k}={v}" for k, v in sorted(c.items())) or "not recorded" for c in conventions]
+    parts = [settings_text(c) or "not recorded" for c in conventions]
     if len(parts) == 1:
         return f"Metric settings: {parts[0]}."
     return "WARNING: runs of this task used different metric settings (" + "; ".join(parts) + "): their " \

@@ -6,7 +6,7 @@ import base64
 import html
 
 from medseg_bench.report.build import Report
-from medseg_bench.report.display import Cell, Table, sections
+from medseg_bench.report.display import Cell, Table, sections, settings_text
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -59,7 +59,7 @@ def _provenance(report: Report) -> str:
     rows = []
     for run_id, run in runs.items():
         versions = ", ".join(f"{k} {v}" for k, v in sorted((run.get("versions") or {}).items()) if v)
-        settings = ", ".join(f"{k}={v}" for k, v in sorted((run.get("metric_settings") or {}).items()))
+        settings = settings_text(run.get("metric_settings") or {})
         limits = " ".join(f"{k}={v}" for k, v in sorted((run.get("isa_limits") or {}).items()))
         cpu = " ".join(str(v) for v in (run.get("cpu"), run.get("cpu_capability"), limits) if v)
         cells = [run_id, run.get("task"), run.get("fold"), run.get("seed"), run.get("device") or "",
