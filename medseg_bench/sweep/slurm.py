@@ -36,7 +36,7 @@ from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
-from medseg_bench.signals import interruptible, received
+from medseg_bench.signals import deferred, interruptible, received
 from medseg_bench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -300,12 +300,13 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
                 leftover.unlink(missing_ok=True)
         raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
     submitted: list[tuple[RunSpec, str]] = []
-    for spec, job in zip(todo, jobs, strict=True):
-        folder = run_dir(results_dir, spec)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": submitted_at})
-        submitted.append((spec, job.job_id))
-        say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
+    with deferred():  # Ctrl-C now waits for every job to be recorded: one left out would be submitted again
+        for spec, job in zip(todo, jobs, strict=True):
+            folder = run_dir(results_dir, spec)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": submitted_at})
+            submitted.append((spec, job.job_id))
+            say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
     return submitted, damaged
 
 

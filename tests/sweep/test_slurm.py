@@ -226,3 +226,24 @@ def test_two_submissions_to_one_results_dir_take_turns(tmp_path: Path,
     assert said[1:] == [f"queued   T/{spec.run_id}: already in the queue as job 9_0 (PENDING: Priority)",
                         "nothing to submit"]
     assert sbatch_calls == []
+
+
+def test_ctrl_c_while_jobs_are_recorded_waits_until_every_one_is(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch has answered for the whole array; a Ctrl-C while their queued.json files are written left the
+    later runs unrecorded, and the next sweep submitted them a second time. It now takes effect after."""
+    import signal
+
+    from medseg_bench.signals import interruptible
+
+    results = tmp_path / "r"
+    specs = [RunSpec(task="T", dims="3d", arch="unet", loss=loss, aug="none") for loss in ("dice_ce", "dice")]
+    _fake_sbatch(monkeypatch)
+
+    def say(line: str) -> None:
+        if line.startswith("submitted"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        submit(specs, results, tmp_path, SlurmOptions(), say=say)
+    assert [slurm.queued_job(run_dir(results, spec)) for spec in specs] == ["9_0", "9_1"]
