@@ -378,8 +378,8 @@ def check_sources(case: Case, props: dict[str, Any], path: Path) -> None:
             root = path.parent.parent
             raise DataError(f"{file}: changed since {root.name} was preprocessed (md5 {recorded['md5']}, now "
                             f"{digest}): its fingerprint, plan and cache describe the earlier data; delete "
-                            f"{root} to plan and preprocess {root.name} again (finished runs keep their "
-                            "results)")
+                            f"{root} to plan and preprocess {root.name} again (a splits file of your own in "
+                            "it: keep a copy; finished runs keep their results)")
         recorded.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
         changed = True
     if changed:

@@ -490,7 +490,7 @@ def test_a_case_changed_since_it_was_cached_stops_prepare(home: Path, tmp_path: 
         rf"{re.escape(str(new_label))}: changed since Task90_Synth was preprocessed "
         rf"\(md5 [0-9a-f]{{32}}, now [0-9a-f]{{32}}\): its fingerprint, plan and cache describe the earlier "
         rf"data; delete {re.escape(str(root))} to plan and preprocess Task90_Synth again "
-        rf"\(finished runs keep their results\)",
+        rf"\(a splits file of your own in it: keep a copy; finished runs keep their results\)",
         str(error.value)), str(error.value)
     shutil.rmtree(root)
     assert prepare_task(task, moved, num_folds=3, workers=1).case_ids == prepared.case_ids
