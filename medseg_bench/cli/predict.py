@@ -19,6 +19,7 @@ import typer
 from medseg_bench.errors import DataError, UsageError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+ORIENTATION_SAMPLE = 25  # training images whose headers say how the run's images were stored
 
 
 def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
@@ -208,6 +209,44 @@ def _check_images(found: list[Path], task: Any) -> None:
             raise DataError(f"{path}: {problem}")
 
 
+def orientation(direction: tuple[float, ...]) -> str | None:
+    """Where each image axis (x, y, z as stored) points, as DICOM letters in ITK's LPS world: "RAS" for
+    MSD's usual direction diag(-1, -1, 1); None for a direction with no one nearest world axis per image
+    axis (oblique by 45 degrees)."""
+    import numpy as np
+
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    world = np.abs(matrix).argmax(axis=0)  # per image axis (column): the world axis it runs along
+    if len(set(world.tolist())) != 3:
+        return None
+    letters = ("LR", "PA", "SI")
+    return "".join(letters[w][0 if matrix[w, axis] > 0 else 1] for axis, w in enumerate(world))
+
+
+def _training_orientation(run: _Run) -> str | None:
+    """How the run's training images are stored (`orientation` of their direction, the most common among up to
+    ORIENTATION_SAMPLE of them), from the task's fetched data; None where they cannot be read here."""
+    from collections import Counter
+
+    from medseg_bench.data.io import read_geometry
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.settings import get_settings
+
+    folder = get_settings().data_dir / run.spec.task
+    splits = run.folder / "splits.json"
+    try:
+        cases = training_cases(folder)
+        trained = _read_json(splits).get("train") if splits.is_file() else None
+        if isinstance(trained, list):
+            cases = [case for case in cases if case.case_id in set(trained)] or cases
+        found = Counter(orientation(read_geometry(case.image)[0].direction)
+                        for case in cases[:ORIENTATION_SAMPLE] if case.image.is_file())
+    except (DataError, OSError):  # the task not fetched here: nothing to compare with
+        return None
+    found.pop(None, None)
+    return found.most_common(1)[0][0] if found else None
+
+
 @dataclass
 class _Run:
     """A run given to predict, read (spec, plan, postprocessing decision) but its network not yet loaded."""
@@ -334,6 +373,7 @@ def predict(
         post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
         typer.echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trained_as = _training_orientation(loaded[0])  # one task: its images, whichever run's split
     out.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     for path in found:
@@ -346,6 +386,12 @@ def predict(
         problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
         if problem:
             raise DataError(f"{path}: {problem}")
+        stored_as = orientation(geometry.direction)
+        if trained_as is not None and stored_as is not None and stored_as != trained_as:
+            typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' "
+                       f"{trained_as}: the network sees it turned or mirrored and may segment it badly "
+                       f"(predict does not reorient, as nnU-Net); store it {trained_as} to predict it as "
+                       "trained", err=True)
         labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
