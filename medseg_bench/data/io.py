@@ -87,6 +87,11 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{path}: file not found")
     if path.name.startswith("._"):
         raise DataError(f"{path}: macOS resource-fork file, not an image")
+    if path.name.endswith(".nii.gz") and path.with_name(path.name[:-3]).is_file():
+        # ITK's NIfTI reader, asked for NAME.nii.gz, opens NAME.nii where both exist: an old uncompressed
+        # file would be read in its place without a word
+        raise DataError(f"{path}: {path.name[:-3]} lies beside it, and ITK reads that file for either name; "
+                        "remove or rename one of the two")
 
 
 def read_geometry(path: Path) -> tuple[Geometry, int]:

@@ -121,6 +121,22 @@ def test_missing_reference_exits_3_naming_both_files(folders):
     assert f"{pred_dir / 'b.nii.gz'}: no reference file {ref_dir / 'b.nii.gz'}" in result.stderr
 
 
+def test_a_nii_beside_a_nii_gz_of_the_same_case_exits_3_naming_both(folders):
+    """An old `a.nii` beside `a.nii.gz`: ITK read `a.nii` for both names, so an empty `a.nii` prediction
+    scored the full `a.nii.gz` one's numbers (and the reverse), twice, without a word."""
+    import SimpleITK as sitk
+
+    pred_dir, ref_dir = folders
+    write_label(np.zeros((6, 10, 10), np.uint8), Geometry((0.8, 1.0, 2.5), (0.0, 0.0, 0.0),
+                                                          (1, 0, 0, 0, 1, 0, 0, 0, 1), (10, 10, 6)),
+                pred_dir / "a.nii")
+    sitk.WriteImage(sitk.ReadImage(str(ref_dir / "a.nii.gz")), str(ref_dir / "a.nii"))
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (f"error: {pred_dir / 'a.nii.gz'}: a.nii lies beside it, and ITK reads that file "
+                             "for either name; remove or rename one of the two\n")
+
+
 def test_geometry_mismatch_exits_3_naming_both_files(folders):
     pred_dir, ref_dir = folders
     labels = np.zeros((6, 10, 10), np.uint8)
