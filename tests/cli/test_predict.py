@@ -244,6 +244,23 @@ def test_out_folder_that_is_the_images_folder_is_refused(run_folder, tmp_path: P
             assert _tree(images) == before  # the image is untouched, nothing added
 
 
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(run_folder, tmp_path: Path) -> None:
+    # it said `error: outfile: File exists` (exit 7) once the models were loaded, naming no option
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    taken = tmp_path / "outfile"
+    taken.write_text("mine")
+    under = taken / "sub"
+    for out, message in ((taken, f"{taken}: --out is a file, not a folder"),
+                         (under, f"{under}: --out cannot be made a folder: {taken} is a file")):
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {message}"), result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert taken.read_text() == "mine"
+
+
 def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:
     folder, _, _ = run_folder
     images = tmp_path / "images"
