@@ -217,20 +217,6 @@ def _check_images(found: list[Path], task: Any) -> None:
             raise DataError(f"{path}: {problem}")
 
 
-def orientation(direction: tuple[float, ...]) -> str | None:
-    """Where each image axis (x, y, z as stored) points, as DICOM letters in ITK's LPS world: "RAS" for
-    MSD's usual direction diag(-1, -1, 1); None for a direction with no one nearest world axis per image
-    axis (oblique by 45 degrees)."""
-    import numpy as np
-
-    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
-    world = np.abs(matrix).argmax(axis=0)  # per image axis (column): the world axis it runs along
-    if len(set(world.tolist())) != 3:
-        return None
-    letters = ("LR", "PA", "SI")
-    return "".join(letters[w][0 if matrix[w, axis] > 0 else 1] for axis, w in enumerate(world))
-
-
 def _training_orientation(run: _Run) -> str | None:
     """How the run's training images are stored (`orientation` of their direction, the most common among up to
     ORIENTATION_SAMPLE of them), from the task's fetched data; None where they cannot be read here."""
@@ -247,7 +233,7 @@ def _training_orientation(run: _Run) -> str | None:
         trained = _read_json(splits).get("train") if splits.is_file() else None
         if isinstance(trained, list):
             cases = [case for case in cases if case.case_id in set(trained)] or cases
-        found = Counter(orientation(read_geometry(case.image)[0].direction)
+        found = Counter(read_geometry(case.image)[0].orientation
                         for case in cases[:ORIENTATION_SAMPLE] if case.image.is_file())
     except (DataError, OSError):  # the task not fetched here: nothing to compare with
         return None
@@ -394,7 +380,7 @@ def predict(
         problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
         if problem:
             raise DataError(f"{path}: {problem}")
-        stored_as = orientation(geometry.direction)
+        stored_as = geometry.orientation
         if trained_as is not None and stored_as is not None and stored_as != trained_as:
             typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' "
                        f"{trained_as}: the network sees it turned or mirrored and may segment it badly "

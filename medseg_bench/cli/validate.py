@@ -35,10 +35,9 @@ def validate(
     from medseg_bench.data.msd import training_cases
     from medseg_bench.data.validate import (
         PROBLEMS_SHOWN,
-        case_count_warnings,
-        label_warnings,
         problem_lines,
         refusal,
+        report_warnings,
         validate_folder,
     )
     from medseg_bench.errors import DataError
@@ -55,7 +54,7 @@ def validate(
         bar_id = bar.add_task("validating", total=len(training_cases(folder)))
         report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
     changed = record_validation(folder, report)
-    for warning in case_count_warnings(spec, report) + label_warnings(folder, spec):
+    for warning in report_warnings(spec, report, folder):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     problems = report.problems
     if problems and (strict or not report.usable_cases):

@@ -21,9 +21,8 @@ from medseg_bench.data.download import download, verify_md5
 from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.data.validate import (
     ValidationReport,
-    case_count_warnings,
-    label_warnings,
     refusal,
+    report_warnings,
     validate_folder,
 )
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
@@ -214,7 +213,7 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         if report.problems and (strict or not report.usable_cases):
             raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
-        warnings = tuple(case_count_warnings(task, report) + label_warnings(root, task))
+        warnings = tuple(report_warnings(task, report, root))
         warnings = tuple(Relocation(root, str(target))(w) for w in warnings)
         _write_marker(root, task, origin, verified, report)
         root.rename(target)
@@ -261,8 +260,7 @@ def _validate_in_place(task: TaskSpec, target: Path, origin: str, strict: bool) 
     if report.problems and (strict or not report.usable_cases):
         raise _fatal(report, strict, kept="nothing was changed")
     _write_marker(target, task, origin, None, report)
-    return FetchOutcome(target, False, report, tuple(case_count_warnings(task, report)
-                                                     + label_warnings(target, task)))
+    return FetchOutcome(target, False, report, tuple(report_warnings(task, report, target)))
 
 
 def _fatal(report: ValidationReport, strict: bool, kept: str = "nothing was kept") -> DataError:

@@ -38,6 +38,20 @@ class Geometry:
         """Spacing in numpy array axis order (spatial axes only)."""
         return tuple(reversed(self.spacing[:3]))
 
+    @property
+    def orientation(self) -> str | None:
+        """Where each image axis (x, y, z as stored) points, as DICOM letters in ITK's LPS world: "RAS" for
+        MSD's usual direction diag(-1, -1, 1); None for a direction with no one nearest world axis per image
+        axis (oblique by 45 degrees), or not 3D."""
+        if len(self.direction) != 9:
+            return None
+        matrix = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        world = np.abs(matrix).argmax(axis=0)  # per image axis (column): the world axis it runs along
+        if len(set(world.tolist())) != 3:
+            return None
+        letters = ("LR", "PA", "SI")
+        return "".join(letters[w][0 if matrix[w, axis] > 0 else 1] for axis, w in enumerate(world))
+
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return {k: list(v) for k, v in asdict(self).items()}
 

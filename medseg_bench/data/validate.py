@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ class Problem:
 class ValidationReport:
     cases: list[Case]
     problems: list[Problem]
+    # case id -> how its image's axes are stored (`Geometry.orientation`), for the cases read that far
+    orientations: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def excluded(self) -> set[str]:
@@ -49,8 +51,10 @@ class ValidationReport:
 
 
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
-               declared: set[int] | None = None) -> list[Problem]:
+               declared: set[int] | None = None,
+               orientations: dict[str, str | None] | None = None) -> list[Problem]:
     """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
+    `orientations` gets the image's (`Geometry.orientation`) once its header is read.
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
     cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
@@ -72,6 +76,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         image_geom, channels = read_geometry(case.image)
     except DataError as exc:
         return problem(case.image, reason(exc))
+    if orientations is not None:
+        orientations[case.case_id] = image_geom.orientation
     try:
         label_geom, _ = read_geometry(case.label)
     except DataError as exc:
@@ -192,15 +198,18 @@ def validate_folder(
     # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
     allowed = (declared & set(task.labels)) if declared else set(task.labels)
 
+    orientations: dict[str, str | None] = {}
+
     def run(case: Case) -> list[Problem]:
-        found = check_case(case, task, allowed, deep, declared)
+        found = check_case(case, task, allowed, deep, declared, orientations)
         if on_case is not None:
             on_case()
         return found
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         per_case = list(pool.map(run, cases))
-    return ValidationReport(cases=cases, problems=[p for found in per_case for p in found])
+    return ValidationReport(cases=cases, problems=[p for found in per_case for p in found],
+                            orientations=orientations)
 
 
 def _same_name(one: str, other: str) -> bool:
@@ -239,6 +248,31 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
             warnings.append(f"{path}: names channel {'; '.join(unlike)}; each image's channels are taken in "
                             "its order, under the task file's names (check that the orders agree)")
     return warnings
+
+
+def report_warnings(task: TaskSpec, report: ValidationReport, folder: Path) -> list[str]:
+    """What fetch and validate warn of for a task they keep: its case count, its dataset.json's labels and
+    modalities, and images stored in more than one orientation."""
+    return (case_count_warnings(task, report) + label_warnings(folder, task)
+            + orientation_warnings(task, report))
+
+
+def orientation_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
+    """A warning when the usable cases' images are not all stored one way (`Geometry.orientation`): neither
+    medseg-bench nor nnU-Net reorients them, so a network sees the others mirrored or turned."""
+    from collections import Counter
+
+    usable = {c.case_id for c in report.usable_cases}
+    seen = {case: o for case, o in report.orientations.items() if case in usable and o is not None}
+    found = Counter(seen.values())
+    if len(found) < 2:
+        return []
+    (main, count), *others = found.most_common()
+    listed = ", ".join(f"{o} ({n}, e.g. {min(c for c, x in seen.items() if x == o)})" for o, n in others)
+    return [f"{task.name}: images stored in {len(found)} orientations: {main} ({count} cases), {listed}; "
+            "neither medseg-bench nor nnU-Net reorients them, so networks see these mirrored or turned: "
+            f"store every case {main} for comparable training (MONAI's Orientationd, nibabel's "
+            "as_closest_canonical)"]
 
 
 def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:

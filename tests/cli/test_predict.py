@@ -134,7 +134,10 @@ def test_an_image_stored_otherwise_than_the_training_images_is_named(run_folder,
 
 
 def test_orientation_names_where_each_axis_points() -> None:
-    from medseg_bench.cli.predict import orientation
+    from medseg_bench.data.io import Geometry
+
+    def orientation(direction: tuple[float, ...]) -> str | None:
+        return Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction, (2, 2, 2)).orientation
 
     assert orientation((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)) == "RAS"  # MSD's usual header
     assert orientation(IDENTITY) == "LPS"

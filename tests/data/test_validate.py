@@ -300,3 +300,34 @@ def test_a_label_that_is_the_image_file_is_named_as_such(synth) -> None:
     assert _problem_for(folder, task, "case_001") == (
         f"{folder / 'imagesTr' / 'case_001.nii.gz'}: label is the image file itself (dataset.json names one "
         "file for both)")
+
+
+def test_images_stored_in_more_than_one_orientation_are_warned(synth) -> None:
+    """Neither medseg-bench nor nnU-Net reorients: a case stored RAS among LPS ones is trained on mirrored.
+    fetch and validate say so (how many each way, a case of each other way); an excluded case does not
+    count."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.validate import orientation_warnings, report_warnings
+
+    folder, task = synth
+    report = validate_folder(folder, task)
+    assert set(report.orientations.values()) == {"LPS"} and orientation_warnings(task, report) == []
+    cases = training_cases(folder)
+    for case in cases[1:3]:  # stored with MSD's usual direction: x and y flipped
+        for path in (case.image, case.label):
+            image = sitk.ReadImage(str(path))
+            image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+            sitk.WriteImage(image, str(path))
+    report = validate_folder(folder, task)
+    assert report.problems == []
+    warning = (f"Task90_Synth: images stored in 2 orientations: LPS (4 cases), RAS (2, e.g. "
+               f"{cases[1].case_id}); neither medseg-bench nor nnU-Net reorients them, so networks see these "
+               "mirrored or turned: "
+               "store every case LPS for comparable training (MONAI's Orientationd, nibabel's "
+               "as_closest_canonical)")
+    assert orientation_warnings(task, report) == [warning]
+    assert warning in report_warnings(task, report, folder)
+    cases[1].label.unlink()
+    cases[2].label.unlink()  # both excluded: the rest are stored one way
+    assert orientation_warnings(task, validate_folder(folder, task)) == []
