@@ -218,7 +218,7 @@ def _check_images(found: list[Path], task: Any) -> None:
 
 
 def _training_orientation(run: _Run) -> str | None:
-    """How the run's training images are stored (`orientation` of their direction, the most common among up to
+    """How the run's training images are stored (`Geometry.orientation`, the most common among up to
     ORIENTATION_SAMPLE of them), from the task's fetched data; None where they cannot be read here."""
     from collections import Counter
 
@@ -232,7 +232,8 @@ def _training_orientation(run: _Run) -> str | None:
         cases = training_cases(folder)
         trained = _read_json(splits).get("train") if splits.is_file() else None
         if isinstance(trained, list):
-            cases = [case for case in cases if case.case_id in set(trained)] or cases
+            ids = set(trained)
+            cases = [case for case in cases if case.case_id in ids] or cases
         found = Counter(read_geometry(case.image)[0].orientation
                         for case in cases[:ORIENTATION_SAMPLE] if case.image.is_file())
     except (DataError, OSError):  # the task not fetched here: nothing to compare with
