@@ -10,8 +10,9 @@ Run folder:
     queued.json      the SLURM job id, when the run was submitted to SLURM
     env.json         versions, git revision, host, device
     splits.json      the fold's train/val case ids
-    setup.json       the patch and batch size the run started with (a resumed run is held to them, and to
-                     its splits.json)
+    setup.json       the patch and batch size and preprocessing the run started with (a resumed run is held
+                     to them, and to its splits.json), and how its training images are stored (orientation,
+                     e.g. "RAS", for predict's warning; absent in runs started before 2026-12-02)
     run.log          the run's log
     checkpoints/     last.ckpt, best.ckpt
     logs/            CSV (and TensorBoard) training logs

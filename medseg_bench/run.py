@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.io import failure_names, write_json_atomic
-from medseg_bench.data.preprocess import PreparedTask, load_case
+from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.results import SETUP_NAME, environment, write_status
 from medseg_bench.signals import stop_reason
@@ -140,8 +140,12 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         resuming = (folder / "checkpoints" / "last.ckpt").is_file()
         if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it
             patch, batch = resolve_patch_and_batch(spec, prepared)
+            # the training images' orientation: predict warns about an image stored otherwise
+            orientation = stored_orientation(prepared.cache_for(spec.own_slice_spacing),
+                                             prepared.splits[spec.fold]["train"])
             write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch,
-                                                    "preprocessing": prepared.plan.preprocessing})
+                                                    "preprocessing": prepared.plan.preprocessing,
+                                                    "orientation": orientation})
         write_status(folder, "running")
         log.info("run %s: training", spec.run_id)
         result = train(spec, prepared, folder, reporter, num_workers)

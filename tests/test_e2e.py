@@ -35,6 +35,8 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
         for name in ("spec.json", "env.json", "splits.json", "metrics.csv", "summary.json", "run.log",
                      "checkpoints/last.ckpt", "learning_curves.png"):
             assert (run / name).is_file(), name
+        setup = json.loads((run / "setup.json").read_text())
+        assert setup["orientation"] == "RAS"  # how MSD stores Hippocampus: predict warns about another
         env = json.loads((run / "env.json").read_text())
         assert env["versions"]["torch"] and env["git_revision"]
         assert json.loads((run / "spec.json").read_text())["run_id"] == run.name

@@ -664,13 +664,15 @@ def test_an_attempt_that_starts_over_records_its_own_setup(tmp_path: Path,
     monkeypatch.setattr(run_module, "train", stopped)
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
     plan = SimpleNamespace(patch_3d=(32, 32, 32), batch_3d=4, preprocessing={"target_spacing": [1, 1, 1]})
-    prepared = SimpleNamespace(plan=plan, splits=[{"train": ["a"], "val": ["b"]}])
+    prepared = SimpleNamespace(plan=plan, splits=[{"train": ["a"], "val": ["b"]}],
+                               cache_for=lambda own_slices: tmp_path / "cache")  # no entries: no orientation
     for batch in (4, 2):  # a first attempt, then one from scratch after a plan edit
         plan.batch_3d = batch
         with pytest.raises(KeyboardInterrupt):
             run_module.execute_run(spec, prepared, tmp_path)  # type: ignore[arg-type]
         setup = json.loads((tmp_path / "setup.json").read_text())
         assert setup["batch_size"] == batch and setup["preprocessing"] == {"target_spacing": [1, 1, 1]}
+        assert setup["orientation"] is None
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # now it resumes: held to batch 2
     plan.batch_3d = 4

@@ -218,14 +218,24 @@ def _check_images(found: list[Path], task: Any) -> None:
 
 
 def _training_orientation(run: _Run) -> str | None:
-    """How the run's training images are stored (`Geometry.orientation`, the most common among up to
-    ORIENTATION_SAMPLE of them), from the task's fetched data; None where they cannot be read here."""
+    """How the run's training images are stored (`Geometry.orientation`): as its setup.json records, or for
+    a run started before it did, the most common among up to ORIENTATION_SAMPLE of them in the task's fetched
+    data; None where neither says."""
     from collections import Counter
 
     from medseg_bench.data.io import read_geometry
     from medseg_bench.data.msd import training_cases
+    from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 
+    setup = run.folder / SETUP_NAME
+    recorded = _read_json(setup) if setup.is_file() else {}
+    if "orientation" in recorded:
+        value = recorded["orientation"]
+        if value is not None and not (isinstance(value, str) and len(value) == 3):
+            raise DataError(f"{setup}: orientation must be three letters such as \"RAS\" or null, not "
+                            f"{value!r}")
+        return value
     folder = get_settings().data_dir / run.spec.task
     splits = run.folder / "splits.json"
     try:

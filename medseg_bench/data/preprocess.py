@@ -453,6 +453,22 @@ def case_geometry(props: dict) -> Geometry:
     return Geometry.from_dict(props["geometry"])
 
 
+def stored_orientation(cache_dir: Path, case_ids: Sequence[str]) -> str | None:
+    """How most of these cached cases' original images are stored (`Geometry.orientation`, from each case's
+    properties: no image is read); None when none of them says."""
+    from collections import Counter
+
+    found: Counter[str] = Counter()
+    for case_id in case_ids:
+        try:
+            orientation = case_geometry(_case_properties(cache_dir / f"{case_id}.json")).orientation
+        except (DataError, KeyError, TypeError, ValueError):  # an entry without geometry says nothing
+            continue
+        if orientation is not None:
+            found[orientation] += 1
+    return found.most_common(1)[0][0] if found else None
+
+
 def original_label(props: dict) -> tuple[np.ndarray, Geometry]:
     """The original label map of a cached case (read from the task folder), with its geometry."""
     if "label" not in props:

@@ -133,6 +133,30 @@ def test_an_image_stored_otherwise_than_the_training_images_is_named(run_folder,
     assert (tmp_path / "p2" / "b.nii.gz").is_file()  # predicted all the same, as nnU-Net predicts it
 
 
+def test_the_orientation_a_run_recorded_is_compared_without_the_task_fetched(run_folder, home: Path,
+                                                                            tmp_path: Path) -> None:
+    """A run's setup.json records how its training images are stored: predict compares with it where the
+    task is not fetched (a run folder copied to another machine); a damaged record is named."""
+    folder, _, _ = run_folder
+    shutil.rmtree(home / "data" / TASK)
+    setup = folder / "setup.json"
+    setup.write_text(json.dumps({"patch_size": [16, 24, 24], "batch_size": 2, "orientation": "PRS"}))
+    noise = np.random.default_rng(4).normal(0, 1, (12, 20, 20)).astype(np.float32)
+    _write_oriented(tmp_path / "images" / "a.nii.gz", noise, direction=IDENTITY)
+    args = ["predict", str(folder), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"warning: {tmp_path / 'images' / 'a.nii.gz'}: its axes are stored LPS, "
+                                    "the training images' PRS")
+    setup.write_text(json.dumps({"patch_size": [16, 24, 24], "batch_size": 2, "orientation": None}))
+    unknown = runner.invoke(app, args + ["--overwrite"])  # nothing recorded to compare with: no warning
+    assert unknown.exit_code == 0 and unknown.stderr == ""
+    setup.write_text(json.dumps({"patch_size": [16, 24, 24], "batch_size": 2, "orientation": 3}))
+    damaged = runner.invoke(app, args + ["--overwrite"])
+    assert damaged.exit_code == 3
+    assert f'{setup}: orientation must be three letters such as "RAS" or null, not 3' in damaged.output
+
+
 def test_orientation_names_where_each_axis_points() -> None:
     from medseg_bench.data.io import Geometry
 

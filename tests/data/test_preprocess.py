@@ -12,7 +12,7 @@ import pytest
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.io import read_label, write_label
-from medseg_bench.data.preprocess import load_case, prepare_task
+from medseg_bench.data.preprocess import load_case, prepare_task, stored_orientation
 from medseg_bench.data.splits import make_splits
 from medseg_bench.errors import DataError
 from tests.conftest import make_synthetic_task, write_task_file
@@ -494,3 +494,29 @@ def test_a_case_changed_since_it_was_cached_stops_prepare(home: Path, tmp_path: 
         str(error.value)), str(error.value)
     shutil.rmtree(root)
     assert prepare_task(task, moved, num_folds=3, workers=1).case_ids == prepared.case_ids
+
+
+def test_the_training_images_orientation_is_read_from_the_cache(home: Path, tmp_path: Path) -> None:
+    """The orientation most of the cases are stored in, from their cache entries (no image is read); an
+    entry without a geometry, or a case without an entry, does not count."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.msd import training_cases
+
+    data = _fetched(home, tmp_path, "Task92_Turned", num_cases=5)
+    for case in training_cases(data / "Task92_Turned")[:3]:  # stored with MSD's usual direction
+        for path in (case.image, case.label):
+            image = sitk.ReadImage(str(path))
+            image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+            sitk.WriteImage(image, str(path))
+    prepared = prepare_task(get_task("Task92_Turned"), data, num_folds=2, workers=1)
+    ids = prepared.case_ids
+    assert stored_orientation(prepared.cache_dir, ids) == "RAS"
+    assert stored_orientation(prepared.cache_dir, ids[3:]) == "LPS"
+    for case_id in ids[:2]:  # two of the three RAS entries without a geometry: LPS is now most of them
+        entry = prepared.cache_dir / f"{case_id}.json"
+        props = json.loads(entry.read_text())
+        del props["geometry"]
+        entry.write_text(json.dumps(props))
+    assert stored_orientation(prepared.cache_dir, ids) == "LPS"
+    assert stored_orientation(prepared.cache_dir, ["no_such_case"]) is None
