@@ -274,21 +274,30 @@ def run_state(folder: Path) -> str:
     return _unfinished_state(folder)
 
 
-def _unfinished_state(folder: Path) -> str:
-    """The state of a run that has not finished: running, failed, partial, queued or pending."""
+def _unfinished_state(folder: Path, queue: bool = True) -> str:
+    """The state of a run that has not finished: running, queued, failed, partial or pending. A run submitted
+    to SLURM and not started since is queued, whether it failed or stopped with a checkpoint before (the job
+    retries or resumes it); without `queue`, what it is once its job has left the queue unstarted."""
     status = read_status(folder)
     state = status.get("state", "pending")
     if state in ("running", "pending") and is_live(folder):
         return "running"
+    if queue:
+        queued = read_json(folder / QUEUED_NAME)
+        last_attempt = max((_number(e.get("time")) for e in read_events(folder)), default=0.0)
+        if queued and _number(queued.get("time")) > last_attempt:
+            return "queued"
     if state == "failed":
         return "failed"
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "partial"
-    queued = read_json(folder / QUEUED_NAME)
-    last_attempt = max((_number(e.get("time")) for e in read_events(folder)), default=0.0)
-    if queued and _number(queued.get("time")) > last_attempt:
-        return "queued"  # submitted to SLURM and not started since
     return "pending"
+
+
+def unqueued_state(folder: Path) -> str:
+    """The state of a queued run whose SLURM job left the queue without starting it: failed, partial or
+    pending, as before it was submitted."""
+    return _unfinished_state(folder, queue=False)
 
 
 def _number(value: Any) -> float:

@@ -66,6 +66,8 @@ def _unfinished(folder: Path, checkpoint: Path, spec: Any) -> tuple[str, str] | 
     epoch = f", epoch {epochs} of {spec.epochs}" if epochs is not None else ""
     if state == "running":
         advice = "a process is training it now; wait until it is done"
+    elif state == "queued":
+        advice = "it is submitted to SLURM (queued.json); wait until its job has finished it"
     elif state == "failed":
         advice = f"it failed (see {folder / 'run.log'}); the same `medseg-bench sweep` command retries it"
     elif epochs is not None and epochs >= spec.epochs:

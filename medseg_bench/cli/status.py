@@ -18,7 +18,7 @@ def status(
     from collections import Counter
 
     from medseg_bench.errors import ResultsError
-    from medseg_bench.results import checked_state, read_json, read_status, write_index
+    from medseg_bench.results import checked_state, read_json, read_status, unqueued_state, write_index
 
     folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{task or '*'}/*/{name}")})
@@ -42,7 +42,7 @@ def status(
             extra = f"  job {job}" + (f" ({slurm[job]})" if slurm and job in slurm else "")
         if state == "queued" and job and slurm is not None and job not in slurm:
             # its job ended, or was cancelled, before the run began: nothing will run it
-            state = "pending"
+            state = unqueued_state(folder)
             logs = sorted((results_dir / ".slurm" / job).glob("*_log.err"))  # submitit's, where errors go
             extra += " left the queue without starting the run" + (f" (its log: {logs[0]})" if logs else "")
         counts[state] += 1
@@ -54,6 +54,10 @@ def status(
                 loss = beat.get("loss")
                 shown = f"{loss:.4f}" if isinstance(loss, int | float) and not isinstance(loss, bool) else "?"
                 extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {shown}"
+        if state == "queued" and read_status(folder).get("state") == "failed":
+            extra += "  retries a failed run"
+        elif state == "queued" and (folder / "checkpoints" / "last.ckpt").is_file():
+            extra += "  resumes from its checkpoint"
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
         if state == "damaged":

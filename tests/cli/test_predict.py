@@ -555,6 +555,13 @@ def test_an_unfinished_run_is_refused_unless_allowed_and_then_named(run_folder, 
     trained = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert trained.exit_code == 2
     assert "not finished (partial, epoch 1 of 1): it trained but was not evaluated" in trained.stderr
+    import time
+
+    (folder / "queued.json").write_text(json.dumps({"job_id": "7_0", "time": time.time() + 1}))
+    queued = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert queued.exit_code == 2  # submitted to SLURM again: its job will finish it
+    assert ("not finished (queued, epoch 1 of 1): it is submitted to SLURM (queued.json); wait until its job "
+            "has finished it") in queued.stderr
 
 
 def _write(path: Path, image: object) -> None:

@@ -60,3 +60,41 @@ def test_status_without_an_answer_from_squeue_says_so_and_keeps_queued(
     lines = result.output.splitlines()
     assert "queued   T/a  job 42_0" in lines and "pending  T/b  job 42_1" in lines
     assert lines[-1] == "2 runs: 1 pending, 1 queued"
+
+
+def test_a_run_submitted_again_is_queued_and_says_it_resumes_or_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped with a checkpoint, or failed, then submitted again showed `partial`/`failed` with its new
+    job pending: it is queued until the job starts it. One requeued by SLURM itself (its job preempted after
+    the run started) is partial, its job pending again; a resubmitted run whose job left the queue unstarted
+    is what it was before."""
+    from medseg_bench.results import write_status
+
+    results = tmp_path / "r"
+    stopped, failed, gone = (results / "T" / name for name in ("stopped", "failed", "gone"))
+    for folder in (stopped, failed, gone):
+        folder.mkdir(parents=True)
+        append_event(folder, "start")
+        append_event(folder, "interrupted" if folder != failed else "failed")
+    for folder in (stopped, gone):
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    write_status(failed, "failed", error="run failed: CUDA out of memory")
+    time.sleep(0.01)  # submitted after those attempts
+    for folder, job in ((stopped, "43_0"), (failed, "43_1"), (gone, "43_2")):
+        write_json_atomic(folder / "queued.json", {"job_id": job, "time": time.time()})
+    requeued = _queued(results, "requeued", "44_0")  # SLURM requeued the job after the run started
+    append_event(requeued, "start")
+    append_event(requeued, "interrupted")
+    (requeued / "checkpoints").mkdir()
+    (requeued / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    fake_squeue(tmp_path, monkeypatch, ["43_0|PENDING|Priority", "43_1|PENDING|Priority",
+                                        "44_0|PENDING|BeginTime"])
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "queued   T/stopped  job 43_0 (PENDING: Priority)  resumes from its checkpoint" in lines
+    assert "queued   T/failed  job 43_1 (PENDING: Priority)  retries a failed run" in lines
+    assert "partial  T/gone  job 43_2 left the queue without starting the run" in lines
+    assert "partial  T/requeued  job 44_0 (PENDING: BeginTime)" in lines
+    assert lines[-1] == "4 runs: 2 partial, 2 queued"
