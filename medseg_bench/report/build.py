@@ -132,6 +132,9 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     compared = shared_cases(sample_scores(results, chosen))  # the cases the leaderboard compares
     full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed, compared)
     ranking = cross_task_ranking(full, chosen)
+    places = ranking.set_index("config")  # each row's configuration's place across tasks: in CSV and parquet
+    full["cross_task_rank"] = full["config"].map(places["rank"])
+    full["cross_task_mean_rank"] = full["config"].map(places["mean_rank"])
     table = top_k(full, top)
     scores = compared[0]
     # Tests over every configuration, and every pair kept: --top shortens the leaderboard and the ranking,

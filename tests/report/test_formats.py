@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from rich.console import Console
 
@@ -42,6 +43,16 @@ def test_tied_configurations_share_their_place_in_every_format(fake_results: Pat
     data = json.loads(render(report, "json"))  # type: ignore[arg-type]
     assert [(r["rank"], r["config"]) for r in data["ranking"]] == [(float(p), c) for p, c in shown]
     assert [r["mean_rank"] for r in data["ranking"]] == [1, 2.5, 2.5][:top]  # the numbers as they were
+    # CSV and parquet hold the leaderboard only: each row carries its configuration's place across tasks, from
+    # the ranking of every configuration, also one --top leaves out of the ranking
+    flat = pd.read_csv(io.StringIO(render(report, "csv")))  # type: ignore[arg-type]
+    places = dict((config, float(place)) for place, config in TIED)
+    assert dict(zip(flat["config"], flat["cross_task_rank"], strict=True)) == {
+        config: places[config] for config in flat["config"]}
+    if top is not None:
+        assert set(flat["config"]) - {config for _, config in shown}  # a row whose place --top does not list
+    parquet = pd.read_parquet(io.BytesIO(render(report, "parquet")))  # type: ignore[arg-type]
+    assert parquet["cross_task_mean_rank"].tolist() == flat["cross_task_mean_rank"].tolist()
 
 
 def test_a_metric_older_runs_lack_is_named_with_how_to_score_them_again(fake_results: Path,
