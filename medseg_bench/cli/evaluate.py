@@ -12,8 +12,10 @@ FORMATS = ("csv", "json", "markdown")
 
 
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps (NIfTI).")],
-    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same file names.")],
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps (NIfTI, NRRD, MHA, MHD).")],
+    ref: Annotated[Path, typer.Option(help="Folder of reference label maps, paired with the predictions by "
+                                           "case name (the file name without its suffix; formats may "
+                                           "differ).")],
     labels: Annotated[
         str | None, typer.Option(help="Comma-separated labels, e.g. 1,2 (default: the task's with --task, "
                                       "else every label in the references or the predictions).")

@@ -18,7 +18,6 @@ import typer
 
 from medseg_bench.errors import DataError, UsageError
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 ORIENTATION_SAMPLE = 25  # training images whose headers say how the run's images were stored
 
 
@@ -187,8 +186,9 @@ def _check_out_folder(images: Path, out: Path) -> None:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: --images is not a folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)
-                    and not p.name.startswith("."))
+    from medseg_bench.data.io import IMAGE_SUFFIXES, image_files
+
+    images = image_files(folder)
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return images

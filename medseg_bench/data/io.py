@@ -23,6 +23,25 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured_for
 from medseg_bench.errors import DataError
 
+# The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
+# label maps, a task's cases
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def case_name(path: Path) -> str:
+    """A file's name without its image suffix (`case_001.nii.gz` -> `case_001`)."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (IMAGE_SUFFIXES), sorted; hidden ones (temporary files, macOS `._` forks)
+    left out."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+
 
 @dataclass(frozen=True)
 class Geometry:

@@ -20,11 +20,9 @@ class Case:
 
 
 def case_id_from_path(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    from medseg_bench.data.io import case_name
+
+    return case_name(path)
 
 
 def read_dataset_json(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Score label maps: one case in memory (`evaluate_case`), or folders of NIfTI files in parallel.
+"""Score label maps: one case in memory (`evaluate_case`), or folders of label files in parallel.
 
 One pass finds every label's bounding box (scipy.ndimage.find_objects); each label is then scored on the
 union of its prediction and reference boxes only, and all distance metrics come from one set of distances.
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from medseg_bench.spec import TaskSpec
 
 DEFAULT_SETTINGS = MetricSettings()
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 Box = tuple[slice, ...]
 
 
@@ -79,7 +78,8 @@ def evaluate_folders(
     allow_missing: bool = False,
     task: TaskSpec | None = None,
 ) -> pd.DataFrame:
-    """Score every NIfTI prediction in `pred_dir` against the reference of the same name in `ref_dir`.
+    """Score every prediction in `pred_dir` (NIfTI, NRRD, MHA, MHD) against the reference of the same case
+    name in `ref_dir` (in any of those formats).
 
     Returns one row per case and label (column `case` first, then `label`, the metrics, `ref_empty`,
     `pred_empty`), sorted by case. `labels=None` scores `task`'s foreground labels, as a run of it scores its
@@ -212,24 +212,25 @@ def _mask(crop: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
     return crop == values[0] if len(values) == 1 else np.isin(crop, values)
 
 
-def _case_name(path: Path) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+def _files_by_case(folder: Path, role: str) -> dict[str, Path]:
+    """A folder's label maps by case name (any of `io.IMAGE_SUFFIXES`); two files of one case (`a.nii.gz` and
+    `a.nrrd`) are a DataError naming both: either could be the one meant."""
+    from medseg_bench.data.io import case_name, image_files
 
-
-def _label_files(folder: Path) -> list[Path]:
-    """The NIfTI files of a folder, sorted; hidden ones (temporary files, macOS `._` forks) left out."""
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
-    )
+    found: dict[str, Path] = {}
+    for path in image_files(folder):
+        name = case_name(path)
+        if name in found:
+            raise DataError(f"{path}: {found[name].name} beside it is a {role} of the same case '{name}'; "
+                            "keep one of the two")
+        found[name] = path
+    return found
 
 
 def missing_predictions(pred_dir: Path, ref_dir: Path) -> list[Path]:
-    """The reference files in `ref_dir` that have no prediction of the same name in `pred_dir`."""
-    return [ref for ref in _label_files(Path(ref_dir)) if not (Path(pred_dir) / ref.name).is_file()]
+    """The reference files in `ref_dir` whose case has no prediction in `pred_dir` (in any format)."""
+    preds = _files_by_case(Path(pred_dir), "prediction")
+    return [ref for case, ref in _files_by_case(Path(ref_dir), "reference").items() if case not in preds]
 
 
 def _check_no_missing(pred_dir: Path, ref_dir: Path) -> None:
@@ -242,18 +243,22 @@ def _check_no_missing(pred_dir: Path, ref_dir: Path) -> None:
 
 
 def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(case, prediction, reference) for every prediction, paired by case name: `a.nii.gz` with `a.nii.gz`, or
+    with `a.nrrd` (formats may differ; the geometry is checked)."""
+    from medseg_bench.data.io import IMAGE_SUFFIXES
+
     for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise DataError(f"{folder}: {role} folder not found")
-    preds = _label_files(pred_dir)
+    preds = _files_by_case(pred_dir, "prediction")
     if not preds:
-        raise DataError(f"{pred_dir}: no prediction files (*.nii.gz, *.nii)")
+        raise DataError(f"{pred_dir}: no prediction files ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+    refs = _files_by_case(ref_dir, "reference")
     pairs = []
-    for pred in preds:
-        ref = ref_dir / pred.name
-        if not ref.is_file():
-            raise DataError(f"{pred}: no reference file {ref}")
-        pairs.append((_case_name(pred), pred, ref))
+    for case, pred in preds.items():
+        if case not in refs:
+            raise DataError(f"{pred}: no reference file {ref_dir / pred.name}")
+        pairs.append((case, pred, refs[case]))
     return pairs
 
 

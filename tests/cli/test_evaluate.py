@@ -133,8 +133,47 @@ def test_a_nii_beside_a_nii_gz_of_the_same_case_exits_3_naming_both(folders):
     sitk.WriteImage(sitk.ReadImage(str(ref_dir / "a.nii.gz")), str(ref_dir / "a.nii"))
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
     assert result.exit_code == 3, result.output
-    assert result.stderr == (f"error: {pred_dir / 'a.nii.gz'}: a.nii lies beside it, and ITK reads that file "
-                             "for either name; remove or rename one of the two\n")
+    assert result.stderr == (f"error: {pred_dir / 'a.nii.gz'}: a.nii beside it is a prediction of the same "
+                             "case 'a'; keep one of the two\n")
+
+
+def test_label_maps_in_other_formats_pair_by_case_name(folders, tmp_path):
+    """NRRD, MHA and MHD label maps are scored as NIfTI ones (`predict` writes an NRRD image's prediction as
+    NRRD), paired with their reference by case name, whatever its format; two files of one case are
+    refused."""
+    import SimpleITK as sitk
+
+    pred_dir, ref_dir = folders
+    expected = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv").stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    for name, suffix in (("a", ".nrrd"), ("b", ".mha")):
+        sitk.WriteImage(sitk.ReadImage(str(pred_dir / f"{name}.nii.gz")), str(other / f"{name}{suffix}"))
+    result = invoke("--pred", str(other), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(ref_dir / "a.nii.gz")), str(refs / "a.mhd"))  # with its a.raw
+    sitk.WriteImage(sitk.ReadImage(str(ref_dir / "b.nii.gz")), str(refs / "b.nrrd"))
+    result = invoke("--pred", str(pred_dir), "--ref", str(refs), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected
+    (refs / "b.nrrd").unlink()  # a reference missing: by case name, whatever the prediction's format
+    missing = invoke("--pred", str(pred_dir), "--ref", str(refs))
+    assert missing.exit_code == 3 and f"{pred_dir / 'b.nii.gz'}: no reference file {refs / 'b.nii.gz'}" in (
+        missing.stderr)
+    only_a = invoke("--pred", str(other), "--ref", str(refs), "--allow-missing", "--format", "csv")
+    assert only_a.exit_code == 3  # other's b.mha has no reference either: not a missing prediction
+    (other / "b.mha").unlink()
+    scored = invoke("--pred", str(other), "--ref", str(refs), "--format", "csv")
+    assert scored.exit_code == 0, scored.output
+    assert set(pd.read_csv(io.StringIO(scored.stdout))["case"]) == {"a", "mean"}
+    sitk.WriteImage(sitk.ReadImage(str(pred_dir / "a.nii.gz")), str(other / "a.nii.gz"))
+    twice = invoke("--pred", str(other), "--ref", str(refs))
+    assert twice.exit_code == 3
+    assert twice.stderr == (f"error: {other / 'a.nrrd'}: a.nii.gz beside it is a prediction of the same case "
+                            "'a'; keep one of the two\n")
 
 
 def test_geometry_mismatch_exits_3_naming_both_files(folders):
