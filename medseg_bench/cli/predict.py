@@ -4,9 +4,10 @@ A run that has not finished (interrupted, failed, or training now) is refused un
 last checkpoint is from mid-training, where nnU-Net predicts from `checkpoint_final`.
 
 Each image is normalised, cropped and resampled as the run's plan says, predicted (with the run's TTA setting
-unless overridden), mapped back to its own grid, postprocessed as the run decided, and written as NIfTI with
-the source image's spacing, origin and direction, so it opens over the image in 3D Slicer or ITK-SNAP.
-"""
+unless overridden), mapped back to its own grid, postprocessed as the run decided, and written under the
+image's file name, in its format, with the source image's spacing, origin and direction, so it opens over the
+image in 3D Slicer or ITK-SNAP. An image stored in another orientation than the training images is predicted
+as stored with a warning, or with `--reorient` as if stored like them (`data/orient.py`)."""
 
 from __future__ import annotations
 
@@ -227,6 +228,7 @@ def _training_orientation(run: _Run) -> str | None:
 
     from medseg_bench.data.io import read_geometry
     from medseg_bench.data.msd import training_cases
+    from medseg_bench.data.orient import is_orientation
     from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 
@@ -234,9 +236,9 @@ def _training_orientation(run: _Run) -> str | None:
     recorded = _read_json(setup) if setup.is_file() else {}
     if "orientation" in recorded:
         value = recorded["orientation"]
-        if value is not None and not (isinstance(value, str) and len(value) == 3):
-            raise DataError(f"{setup}: orientation must be three letters such as \"RAS\" or null, not "
-                            f"{value!r}")
+        if value is not None and not is_orientation(value):
+            raise DataError(f"{setup}: orientation must be an orientation such as \"RAS\" (one of L/R, P/A, "
+                            f"S/I each) or null, not {value!r}")
         return value
     folder = get_settings().data_dir / run.spec.task
     splits = run.folder / "splits.json"
@@ -353,12 +355,19 @@ def predict(
     allow_unfinished: Annotated[bool, typer.Option(
         help="Predict with a run that has not finished (interrupted, failed, or training now) from its "
              "last checkpoint, mid-training, with a warning; refused otherwise.")] = False,
+    reorient: Annotated[bool, typer.Option(
+        help="Predict an image stored in another orientation than the run's training images (LPS where "
+             "they are RAS) as if stored like them: its axes permuted and flipped, not resampled; the label "
+             "map is written as the image is stored. Default: predicted as stored, with a warning (as "
+             "nnU-Net).")]
+    = False,
 ) -> None:
     """Predict label maps for every image in a folder with a trained run, or an ensemble of runs."""
     import torch
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.io import read_image, write_label
+    from medseg_bench.data.orient import reorientation
     from medseg_bench.inference import predict_ensemble
     from medseg_bench.postprocess import apply_postprocessing
 
@@ -369,6 +378,10 @@ def predict(
     found = _images(images)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     _check_images(found, task)
+    trained_as = _training_orientation(loaded[0])  # one task: its images, whichever run's split
+    if reorient and trained_as is None:
+        raise UsageError(f"--reorient: how {loaded[0].folder}'s training images are stored is not known here "
+                         f"(its setup.json does not say, and {task.name} is not fetched here to read them)")
     members = [_member(run, tta) for run in loaded]
     for run, member in zip(loaded, members, strict=True):
         if tta and not member.tta:
@@ -380,7 +393,6 @@ def predict(
         post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
         typer.echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trained_as = _training_orientation(loaded[0])  # one task: its images, whichever run's split
     out.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     for path in found:
@@ -394,12 +406,22 @@ def predict(
         if problem:
             raise DataError(f"{path}: {problem}")
         stored_as = geometry.orientation
+        change = None
         if trained_as is not None and stored_as is not None and stored_as != trained_as:
-            typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' "
-                       f"{trained_as}: the network sees it turned or mirrored and may segment it badly "
-                       f"(predict does not reorient, as nnU-Net); store it {trained_as} to predict it as "
-                       "trained", err=True)
-        labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
+            if reorient:
+                change = reorientation(stored_as, trained_as)
+                typer.echo(f"{path}: stored {stored_as}, predicted as stored {trained_as} like the training "
+                           "images (--reorient); its label map written as the image is stored")
+            else:
+                typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' "
+                           f"{trained_as}: the network sees it turned or mirrored and may segment it badly "
+                           f"(predict does not reorient unless asked, as nnU-Net); store it {trained_as}, or "
+                           "pass --reorient, to predict it as trained", err=True)
+        if change is not None:
+            labels = change.undo(predict_ensemble(members, change.apply(image),
+                                                  change.spacing(geometry.spacing_zyx), plan, run_device))
+        else:
+            labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
         write_label(labels, geometry, target)

@@ -129,8 +129,61 @@ def test_an_image_stored_otherwise_than_the_training_images_is_named(run_folder,
     assert result.exit_code == 0, result.output
     assert result.stderr == (f"warning: {turned}: its axes are stored PRS, the training images' LPS: the "
                              "network sees it turned or mirrored and may segment it badly (predict does not "
-                             "reorient, as nnU-Net); store it LPS to predict it as trained\n")
+                             "reorient unless asked, as nnU-Net); store it LPS, or pass --reorient, to "
+                             "predict it as trained\n")
     assert (tmp_path / "p2" / "b.nii.gz").is_file()  # predicted all the same, as nnU-Net predicts it
+
+
+def test_reorient_predicts_an_image_as_stored_like_the_training_images(run_folder, tmp_path: Path) -> None:
+    """--reorient: an image stored PRS where the training images are LPS is predicted on its axes permuted
+    and flipped to LPS (the same array as the scan stored LPS: the same labels), and written as stored."""
+    import SimpleITK as sitk
+
+    folder, _, _ = run_folder
+    rng = np.random.default_rng(6)
+    array = rng.normal(0, 1, (12, 20, 16)).astype(np.float32)
+    array[2:8, 4:12, 3:9] += 3.0
+    _write_oriented(tmp_path / "lps" / "a.nii.gz", array, direction=IDENTITY)
+    turned = sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "lps" / "a.nii.gz")), "PRS")  # the same scan
+    (tmp_path / "prs").mkdir()
+    sitk.WriteImage(turned, str(tmp_path / "prs" / "a.nii.gz"))
+    as_trained = runner.invoke(app, ["predict", str(folder), "--images", str(tmp_path / "lps"), "--out",
+                                     str(tmp_path / "p_lps"), "--reorient"])
+    assert as_trained.exit_code == 0 and as_trained.stderr == ""
+    assert "--reorient" not in as_trained.stdout  # stored as trained: nothing to do
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "p_lps" / "a.nii.gz")))
+    assert len(np.unique(expected)) > 1
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(tmp_path / "prs"), "--out",
+                                 str(tmp_path / "p_prs"), "--reorient"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert (f"{tmp_path / 'prs' / 'a.nii.gz'}: stored PRS, predicted as stored LPS like the training images "
+            "(--reorient); its label map written as the image is stored") in result.stdout
+    written = sitk.ReadImage(str(tmp_path / "p_prs" / "a.nii.gz"))
+    assert written.GetSize() == turned.GetSize()
+    assert np.allclose(written.GetDirection(), turned.GetDirection())
+    assert np.allclose(written.GetOrigin(), turned.GetOrigin())
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(written, "LPS")), expected)
+    plain = runner.invoke(app, ["predict", str(folder), "--images", str(tmp_path / "prs"), "--out",
+                                str(tmp_path / "p_plain")])
+    assert plain.exit_code == 0 and "pass --reorient" in plain.stderr  # predicted as stored: other labels
+    unturned = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "p_plain" / "a.nii.gz")),
+                                                       "LPS"))
+    assert not np.array_equal(unturned, expected)
+
+
+def test_reorient_without_a_known_training_orientation_is_refused_before_any_work(
+        run_folder, home: Path, tmp_path: Path) -> None:
+    folder, _, _ = run_folder
+    shutil.rmtree(home / "data" / TASK)  # no setup.json orientation, and the task not fetched here
+    _write_oriented(tmp_path / "images" / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(tmp_path / "images"), "--out",
+                                 str(tmp_path / "p"), "--reorient"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --reorient: how {folder}'s training images are stored is not known "
+                             f"here (its setup.json does not say, and {TASK} is not fetched here to read "
+                             "them)\n")
+    assert not (tmp_path / "p").exists()
 
 
 def test_the_orientation_a_run_recorded_is_compared_without_the_task_fetched(run_folder, home: Path,
@@ -154,7 +207,8 @@ def test_the_orientation_a_run_recorded_is_compared_without_the_task_fetched(run
     setup.write_text(json.dumps({"patch_size": [16, 24, 24], "batch_size": 2, "orientation": 3}))
     damaged = runner.invoke(app, args + ["--overwrite"])
     assert damaged.exit_code == 3
-    assert f'{setup}: orientation must be three letters such as "RAS" or null, not 3' in damaged.output
+    assert (f'{setup}: orientation must be an orientation such as "RAS" (one of L/R, P/A, S/I each) or null, '
+            "not 3") in damaged.output
 
 
 def test_orientation_names_where_each_axis_points() -> None:
