@@ -2,27 +2,36 @@
 
 Run folder:
     spec.json        the full RunSpec (and run id)
-    status.json      {"state": pending|running|done|failed, ...}, written atomically
+    status.json      {"state": running|done|failed, ...}, written atomically (none yet: pending)
     heartbeat.json   refreshed every few seconds while a process works on the run (pid, host, epoch, loss)
     events.jsonl     one line per event: start (from scratch) | resume, with the attempt's git revision and
                      package versions; then done | failed | interrupted; each with time, pid and host
     .lock            the per-run lock file (see locks.py)
     queued.json      the SLURM job id, when the run was submitted to SLURM
-    env.json         versions, git revision, host, device
+    env.json         package versions, Python, platform, host, git revision, CPU (model, the instruction set
+                     torch uses and the variables capping it), torch threads, GPU name
     splits.json      the fold's train/val case ids
     setup.json       the patch and batch size and preprocessing the run started with (a resumed run is held
                      to them, and to its splits.json), and how its training images are stored (orientation,
                      e.g. "RAS", for predict's warning; absent in runs started before 2026-12-02)
     run.log          the run's log
+    worker.log       a `--jobs` worker's output, when a sweep ran the run in one
     checkpoints/     last.ckpt, best.ckpt
-    logs/            CSV (and TensorBoard) training logs
+    logs/            CSV (and TensorBoard) training logs (`.metrics.before_resume.csv` while a resumed
+                     attempt's log is merged)
     metrics.csv      per case and label scores on the held-out fold (written before status becomes done)
     predictions/     the held-out cases' label maps as scored, `<case>.nii.gz` in their label file's geometry
-    summary.json     means of dice, jaccard, hd95, nsd (no nsd in runs finished before 2026-12-01), cost
-                     (params, wall time, time per epoch, peak memory)
+                     (written into `.predictions.partial/`, renamed when complete)
+    postprocessing.json  the largest-component decision per label (runs with `postprocess`), which predict
+                     applies
+    summary.json     means of dice, jaccard, hd95, nsd (no nsd in runs finished before 2026-12-01), per-label
+                     Dice, case count, metric settings, the plan (which report and predict read), TTA and
+                     postprocessing, cost (params, wall and evaluation time, time per epoch, epochs done,
+                     device, peak memory, the epoch a resume started at)
     learning_curves.png
 
-`<results_dir>/index.parquet` is a table of every finished run's per-case scores, rebuilt from the folders.
+`<results_dir>/index.parquet` is a table of every finished run's per-case scores, rebuilt from the folders;
+`<results_dir>/.slurm/` holds submitit's job files and logs, `.slurm-submit.lock` serialises submissions.
 """
 
 from __future__ import annotations

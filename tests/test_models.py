@@ -22,7 +22,14 @@ from medseg_bench.models import (
 from medseg_bench.models.zoo3d import dynunet_topology
 
 CASES = [(name, dims) for name, entry in ARCHS.items() for dims in entry.dims]
-ENCODER = {"fcn": "resnet50"}
+
+
+def _encoder(name: str, dims: str) -> str | None:
+    """A 2D arch's first allowed encoder (torchvision's FCN: its own backbones), else smp's resnet18."""
+    if dims != "2d":
+        return None
+    allowed = variant(name, dims).encoders
+    return allowed[0] if allowed else "resnet18"
 
 
 def _tiny_size(name: str, dims: str) -> tuple[int, ...]:
@@ -41,7 +48,7 @@ def _logits(out: torch.Tensor | tuple[torch.Tensor, ...], x: torch.Tensor) -> to
 def test_forward_backward(name: str, dims: str) -> None:
     torch.manual_seed(0)
     size = _tiny_size(name, dims)
-    encoder = ENCODER.get(name, "resnet18") if dims == "2d" else None
+    encoder = _encoder(name, dims)
     net = build_model(name, dims, ModelInputs(in_channels=2, num_classes=3, patch_size=size, encoder=encoder,
                                               spacing=(1.0,) * len(size), tiny=True))
     x = torch.randn(2 if dims == "2d" else 1, 2, *size)
@@ -55,7 +62,7 @@ def test_forward_backward(name: str, dims: str) -> None:
 
 def _trains(name: str, dims: str, size: tuple[int, ...], batch: int, channels: int = 1) -> bool:
     try:
-        encoder = ENCODER.get(name, "resnet18") if dims == "2d" else None
+        encoder = _encoder(name, dims)
         inputs = ModelInputs(in_channels=channels, num_classes=3, patch_size=size, encoder=encoder,
                              spacing=(1.0,) * len(size), tiny=True)
         net = build_model(name, dims, inputs).train()
