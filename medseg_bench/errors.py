@@ -9,7 +9,9 @@ Exit codes (documented in the README):
     6  results error: results dir unwritable, or no results to report
     7  file system error not caught more precisely: a file or folder could not be read or written (missing
        folder, permission denied, disk full, read-only file system); the message names the path
+    8  out of memory: an allocation the machine could not make (a failed run in a sweep: 5)
   130  any command interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells say)
+  141  the reader of the output went away (SIGPIPE, `... | head`): stops quietly
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ def report(
     results_dir: Annotated[Path, typer.Option(help="Results folder written by `sweep`.")] = Path("results"),
     fmt: Annotated[str | None, typer.Option(
         "--format", help="markdown, csv, json, latex, html or parquet (default: from --output's extension, "
-                         "else markdown; rich tables on a terminal). With --output, its extension must not "
-                         "name another format.")] = None,
+                         "which must then name a format; without --output, markdown, rich tables on a "
+                         "terminal). With --output, its extension must not name another format.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout.")] = None,
     metric: Annotated[str, typer.Option(
@@ -42,7 +42,7 @@ def report(
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the bootstrap confidence intervals.")] = 0,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 5000,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval (100 to 1000000).")] = 5000,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
 ) -> None:
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
