@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import SHARED, TASK, prepare  # noqa: E402  (bench/train.py: the shared cases, imported once)
 
+from medseg_bench.results import cpu_model  # noqa: E402
+
 VERSIONS = (5, 6, 7, 9)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "augment.md"
 
@@ -97,7 +99,8 @@ def main() -> None:
     report = "\n".join([
         "# Augmentation: cost per training sample, and reading around the patch (Task04_Hippocampus, fold 0)",
         "",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"host: {platform.node()}, {cpu_model()} "
         f"({os.cpu_count()} CPUs, 1 thread); load average (1, 5, 15 min) at the end: "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; torch {torch.__version__}.",
         "",

@@ -67,6 +67,8 @@ sys.path.insert(0, str(BENCH))  # the other bench scripts, reused below
 from preprocess import DATASET_ID, NNUNET_VENV, ensure_nnunet, to_nnunet_raw  # noqa: E402
 from train import SHARED, TASK, prepare  # noqa: E402
 
+from medseg_bench.results import cpu_model  # noqa: E402
+
 CONFIGS = ("2d", "3d_fullres")
 REAL_MINUTES = "5,10,15"
 TRAINER = "nnUNetTrainer_TimeBudget"
@@ -441,7 +443,8 @@ def run_probe(
                 "",
             ]
         ),
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"host: {platform.node()}, {cpu_model()} "
         f"({os.cpu_count()} CPUs, shared with other jobs); load average (1 / 5 / 15 min) "
         f"{fmt_load(ctx['load_start'])} at the start, {fmt_load(load_end)} at the end; nnunetv2 "
         f"{info['nnunetv2']}, torch {info['torch']}; {num_cases} cases, medseg-bench's fold 0 "
@@ -682,7 +685,8 @@ def main() -> None:
                 "",
             ]
         ),
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"host: {platform.node()}, {cpu_model()} "
         f"({os.cpu_count()} CPUs, shared with other jobs; load average {load_start:.1f} at the start, "
         f"{load[0]:.1f} at the end); "
         f"nnunetv2 {info['nnunetv2']}, torch {info['torch']}; {num_cases} cases, medseg-bench's fold 0 "

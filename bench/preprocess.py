@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -145,6 +144,9 @@ def reproduce(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from medseg_bench.results import cpu_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="MSD task folder")
     parser.add_argument("--task", default=DEFAULT_TASK)
@@ -208,7 +210,7 @@ def main() -> None:
         "# Cache build: medseg-bench vs nnU-Net v2",
         "",
         f"{num_cases} cases of {args.task} from `{args.source}`; {args.workers} worker processes each; "
-        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average after the run "
+        f"{os.cpu_count()} cores ({cpu_model()}), load average after the run "
         f"{load[0]:.1f} (the machine is shared); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "| what | wall time (s) | runs |",

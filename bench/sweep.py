@@ -67,6 +67,9 @@ def run_overhead(workdir: Path, env: dict[str, str], seed: int) -> tuple[float, 
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from medseg_bench.results import cpu_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -88,7 +91,8 @@ def main() -> None:
         "# Sweep engine overhead",
         "",
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores "
-        f"(`{platform.processor() or platform.platform()}`), Python {platform.python_version()}, "
+        f"(`{platform.processor() or platform.platform()}`, {cpu_model()}), "
+        f"Python {platform.python_version()}, "
         f"median of {args.repeats}. Command: `.venv/bin/python bench/sweep.py --repeats {args.repeats}"
         + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`.",
         "",

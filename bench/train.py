@@ -37,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from medseg_bench.results import cpu_model  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 TASK = "Task04_Hippocampus"
 # The best configurations of each dims on Hippocampus in our sweeps (see README); override with --configs.
@@ -160,7 +162,8 @@ def overhead(args: argparse.Namespace, home: Path) -> str:
     lines = [
         "# Training loop overhead: ours (Lightning) vs a bare PyTorch loop",
         "",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"host: {platform.node()}, {cpu_model()} "
         f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, shared with other users; load "
         f"average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}); "
         f"torch {torch.__version__}.",
@@ -246,7 +249,8 @@ def quality(args: argparse.Namespace, home: Path) -> str:
     lines = [
         "# Validation Dice after N minutes of CPU training (Task04_Hippocampus, fold 0)",
         "",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; host: {platform.node()} "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"host: {platform.node()}, {cpu_model()} "
         f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads); load average (1, 5, 15 min) at "
         f"the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}; torch {torch.__version__}.",
         "",
