@@ -221,9 +221,9 @@ def _check_images(found: list[Path], task: Any) -> None:
 
 
 def _training_orientation(run: _Run) -> str | None:
-    """How the run's training images are stored (`Geometry.orientation`): as its setup.json records, or for
-    a run started before it did, the most common among up to ORIENTATION_SAMPLE of them in the task's fetched
-    data; None where neither says."""
+    """How the run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
+    it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of them in
+    the task's fetched data; None where neither says."""
     from collections import Counter
 
     from medseg_bench.data.io import read_geometry
@@ -233,13 +233,12 @@ def _training_orientation(run: _Run) -> str | None:
     from medseg_bench.settings import get_settings
 
     setup = run.folder / SETUP_NAME
-    recorded = _read_json(setup) if setup.is_file() else {}
-    if "orientation" in recorded:
-        value = recorded["orientation"]
-        if value is not None and not is_orientation(value):
+    recorded = (_read_json(setup) if setup.is_file() else {}).get("orientation")
+    if recorded is not None:
+        if not is_orientation(recorded):
             raise DataError(f"{setup}: orientation must be an orientation such as \"RAS\" (one of L/R, P/A, "
-                            f"S/I each) or null, not {value!r}")
-        return value
+                            f"S/I each) or null, not {recorded!r}")
+        return str(recorded)
     folder = get_settings().data_dir / run.spec.task
     splits = run.folder / "splits.json"
     try:
@@ -254,6 +253,19 @@ def _training_orientation(run: _Run) -> str | None:
         return None
     found.pop(None, None)
     return found.most_common(1)[0][0] if found else None
+
+
+def _ensemble_orientation(runs: list[_Run]) -> str | None:
+    """How the runs' training images are stored (`_training_orientation`): one way for all of them, or a
+    UsageError naming two runs that disagree (an image could be turned for one and not the other); None where
+    none of them says."""
+    known = [(run, found) for run in runs if (found := _training_orientation(run)) is not None]
+    for run, found in known[1:]:
+        if found != known[0][1]:
+            raise UsageError(f"{run.folder}: trained on images stored {found}, but {known[0][0].folder} on "
+                             f"images stored {known[0][1]}; an ensemble takes runs trained on images stored "
+                             "one way")
+    return known[0][1] if known else None
 
 
 @dataclass
@@ -366,7 +378,7 @@ def predict(
     import torch
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.io import read_image, write_label
+    from medseg_bench.data.io import case_name, image_suffix, read_image, write_label
     from medseg_bench.data.orient import reorientation
     from medseg_bench.inference import predict_ensemble
     from medseg_bench.postprocess import apply_postprocessing
@@ -378,7 +390,7 @@ def predict(
     found = _images(images)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     _check_images(found, task)
-    trained_as = _training_orientation(loaded[0])  # one task: its images, whichever run's split
+    trained_as = _ensemble_orientation(loaded)
     if reorient and trained_as is None:
         raise UsageError(f"--reorient: how {loaded[0].folder}'s training images are stored is not known here "
                          f"(its setup.json does not say, and {task.name} is not fetched here to read them)")
@@ -396,7 +408,7 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     for path in found:
-        target = out / path.name
+        target = out / (case_name(path) + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK writes it
         if target.exists() and not overwrite:
             typer.echo(f"{target}: exists, skipped (use --overwrite to replace)")
             skipped += 1

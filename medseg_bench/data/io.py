@@ -21,26 +21,33 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.itk_output import Printed, captured_for
-from medseg_bench.errors import DataError
+from medseg_bench.errors import DataError, FileSystemError
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
+def image_suffix(path: Path) -> str:
+    """A file's image suffix (IMAGE_SUFFIXES) in lower case, as ITK's writers need it (`A.NII.GZ` ->
+    `.nii.gz`); "" for another file."""
+    return next((suffix for suffix in IMAGE_SUFFIXES if path.name.lower().endswith(suffix)), "")
+
+
 def case_name(path: Path) -> str:
-    """A file's name without its image suffix (`case_001.nii.gz` -> `case_001`)."""
+    """A file's name without its image suffix, in any case (`case_001.nii.gz`, `case_001.NII.GZ` ->
+    `case_001`)."""
     for suffix in IMAGE_SUFFIXES:
-        if path.name.endswith(suffix):
+        if path.name.lower().endswith(suffix):
             return path.name[: -len(suffix)]
     return path.stem
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files of a folder (IMAGE_SUFFIXES), sorted; hidden ones (temporary files, macOS `._` forks)
-    left out."""
+    """The image files of a folder (IMAGE_SUFFIXES, in any case: ITK reads `.NII.GZ` too), sorted; hidden
+    ones (temporary files, macOS `._` forks) left out."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+                  if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
 
 
 @dataclass(frozen=True)
@@ -60,16 +67,19 @@ class Geometry:
     @property
     def orientation(self) -> str | None:
         """Where each image axis (x, y, z as stored) points, as DICOM letters in ITK's LPS world: "RAS" for
-        MSD's usual direction diag(-1, -1, 1); None for a direction with no one nearest world axis per image
-        axis (oblique by 45 degrees), or not 3D."""
+        MSD's usual direction diag(-1, -1, 1); None where not 3D. An oblique direction gets the nearest
+        orientation as ITK's DICOMOrient names it: the largest direction cosine picks its image and world axes
+        first, then the largest of the rest (an exact tie, 45 degrees, to the lower image axis, then the lower
+        world axis)."""
         if len(self.direction) != 9:
             return None
-        matrix = np.asarray(self.direction, dtype=float).reshape(3, 3)
-        world = np.abs(matrix).argmax(axis=0)  # per image axis (column): the world axis it runs along
-        if len(set(world.tolist())) != 3:
-            return None
+        matrix = np.asarray(self.direction, dtype=float).reshape(3, 3)  # rows: world axes; columns: image
+        world: dict[int, int] = {}  # image axis -> the world axis it runs along
+        for _, axis, row in sorted((-abs(matrix[w, a]), a, w) for w in range(3) for a in range(3)):
+            if axis not in world and row not in world.values():
+                world[axis] = row
         letters = ("LR", "PA", "SI")
-        return "".join(letters[w][0 if matrix[w, axis] > 0 else 1] for axis, w in enumerate(world))
+        return "".join(letters[world[axis]][0 if matrix[world[axis], axis] > 0 else 1] for axis in range(3))
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         return {k: list(v) for k, v in asdict(self).items()}
@@ -120,11 +130,35 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{path}: file not found")
     if path.name.startswith("._"):
         raise DataError(f"{path}: macOS resource-fork file, not an image")
-    if path.name.endswith(".nii.gz") and path.with_name(path.name[:-3]).is_file():
+    if path.name.lower().endswith(".nii.gz") and path.with_name(path.name[:-3]).is_file():
         # ITK's NIfTI reader, asked for NAME.nii.gz, opens NAME.nii where both exist: an old uncompressed
         # file would be read in its place without a word
         raise DataError(f"{path}: {path.name[:-3]} lies beside it, and ITK reads that file for either name; "
                         "remove or rename one of the two")
+    data_file = _metaimage_data_file(path)
+    if data_file is not None and not data_file.is_file():
+        raise DataError(f"{path}: its data file {data_file.name} (ElementDataFile) is missing; keep it "
+                        "beside the header")
+
+
+def _metaimage_data_file(path: Path) -> Path | None:
+    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
+    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
+    if not path.name.lower().endswith((".mhd", ".mha")):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("latin-1")
+    except OSError:
+        return None  # the read that follows names the problem
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            name = value.strip()
+            if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
+                return None
+            return path.parent / name
+    return None
 
 
 def read_geometry(path: Path) -> tuple[Geometry, int]:
@@ -245,7 +279,11 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        sitk.WriteImage(image, str(staging / path.name), True)
+        try:
+            sitk.WriteImage(image, str(staging / path.name), True)
+        except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
+            reason = _first_line(exc).replace(str(staging / path.name), str(path))
+            raise FileSystemError(f"{path}: not written ({reason})") from None
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
             part.replace(path.parent / part.name)
@@ -457,7 +495,7 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
 
 def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]:
     """The file's bytes (decompressed; only the header unless `keep_data`) and header, checked complete."""
-    if path.name.endswith(".gz"):
+    if path.name.lower().endswith(".gz"):
         raw, length = _gunzip(path, keep_data)
     else:
         try:
@@ -475,13 +513,17 @@ def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]
     return raw, header
 
 
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
 def check_nifti_complete(path: Path) -> None:
     """DataError when a NIfTI file holds fewer bytes than its header declares, or its gzip stream is damaged.
 
     SimpleITK reads both without complaint, filling the missing voxels with 0. An uncompressed `.nii` costs a
     header read; a `.nii.gz` is decompressed to its end. Other formats pass.
     """
-    if path.name.endswith((".nii", ".nii.gz")):
+    if is_nifti(path):
         _read_nifti(path, keep_data=False)
 
 
@@ -492,7 +534,7 @@ def count_nonfinite(path: Path) -> int:
     silently; this reads the stored values. Non-float and non-NIfTI files count 0. A damaged gzip stream or
     a file shorter than its header declares is a DataError (`check_nifti_complete`).
     """
-    if not path.name.endswith((".nii", ".nii.gz")):
+    if not is_nifti(path):
         return 0
     raw, header = _read_nifti(path, keep_data=True)
     if header is None or header.datatype not in _NIFTI_FLOAT_TYPES:

@@ -83,7 +83,7 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     except DataError as exc:
         return problem(case.label, reason(exc))
     for path in (case.image, case.label):
-        if path.name.endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
+        if path.name.lower().endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
             try:
                 check_nifti_complete(path)
             except DataError as exc:

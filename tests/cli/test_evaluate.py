@@ -532,3 +532,28 @@ def test_task_refuses_a_labels_value_it_does_not_have(spurious_folders):
     assert result.exit_code == 2, result.output
     assert result.stderr == "error: --labels: label 3 is not a label of Task04_Hippocampus (1=Anterior, " \
                             "2=Posterior)\n"
+
+
+def test_upper_case_suffixes_are_read_and_a_missing_metaimage_data_file_is_named(folders, tmp_path):
+    """ITK reads `A.NII.GZ`: it was ignored (a reference there was reported missing); an `.mhd` without the
+    data file its header names said `cannot open data file` without naming the file."""
+    import SimpleITK as sitk
+
+    pred_dir, ref_dir = folders
+    expected = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv").stdout
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    for name in ("a", "b"):
+        (upper / f"{name}.NII.GZ").write_bytes((ref_dir / f"{name}.nii.gz").read_bytes())
+    result = invoke("--pred", str(pred_dir), "--ref", str(upper), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected
+    metaimage = tmp_path / "mhd"
+    metaimage.mkdir()
+    for name in ("a", "b"):
+        sitk.WriteImage(sitk.ReadImage(str(pred_dir / f"{name}.nii.gz")), str(metaimage / f"{name}.mhd"))
+    (metaimage / "b.raw").unlink()
+    missing = invoke("--pred", str(metaimage), "--ref", str(ref_dir))
+    assert missing.exit_code == 3
+    assert missing.stderr == (f"error: {metaimage / 'b.mhd'}: its data file b.raw (ElementDataFile) is "
+                              "missing; keep it beside the header\n")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medseg_bench.data.io import check_nifti_complete, count_nonfinite, parse_nifti_header
+from medseg_bench.data.io import (
+    Geometry,
+    check_nifti_complete,
+    count_nonfinite,
+    parse_nifti_header,
+    write_label,
+)
 from medseg_bench.errors import DataError
 
 SHAPE_XYZ = (5, 4, 3)
@@ -212,3 +219,15 @@ def test_itk_warnings_do_not_reach_stderr(tmp_path: Path, capfd: pytest.CaptureF
     geometry, _ = read_geometry(path)
     assert geometry.spacing[0] == pytest.approx(1e-6)
     assert capfd.readouterr().err == ""
+
+
+def test_a_label_map_itk_cannot_write_is_one_line_naming_it(tmp_path: Path) -> None:
+    """ITK's writers refuse a name they do not know (`.NII.GZ`, `.xyz`) with a RuntimeError: it came out as a
+    traceback (exit 1), naming the temporary folder."""
+    from medseg_bench.errors import FileSystemError
+
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (2, 2, 2))
+    for name in ("a.xyz", "A.NII.GZ"):
+        with pytest.raises(FileSystemError, match=rf"^{re.escape(str(tmp_path / name))}: not written \("):
+            write_label(np.zeros((2, 2, 2), np.uint8), geometry, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left
