@@ -229,6 +229,13 @@ def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float
 
 def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
                      device: torch.device | str = "cpu") -> np.ndarray:
+    """The label map of `predict_ensemble_probabilities`, without the probabilities."""
+    return predict_ensemble_probabilities(members, image, spacing_zyx, plan, device)[0]
+
+
+def predict_ensemble_probabilities(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float],
+                                   plan: Any, device: torch.device | str = "cpu",
+                                   with_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """`predict_image` for several networks trained on the same plan: the mean of their softmax
     probabilities, as `nnUNetv2_ensemble` ensembles configurations (`nnUNetv2_predict -f 0 1 2 3 4` averages
     the folds' logits instead).
@@ -240,6 +247,9 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
     the plan resamples), each group's probabilities are mapped back to the original grid first
     (`resample.to_original_probabilities`, what nnU-Net exports to ensemble) and averaged there, each network
     weighing the same.
+
+    Returns the label map and, `with_probabilities`, the class probabilities on the image's grid, (K, Z, Y, X)
+    float32 (`to_original_probabilities`, what nnU-Net's `--save_probabilities` exports); else None.
     """
     from medseg_bench.data.preprocess import case_target_spacing, crop_box, preprocess_image, resampling
     from medseg_bench.data.resample import to_original, to_original_probabilities
@@ -256,12 +266,15 @@ def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: 
         ways = [mapping_back(m.pipeline_version) for m in group]
         way = {option: all(w[option] for w in ways) for option in ways[0]}  # mixed versions: the older way
         mapped.append((_mean_probabilities(group, resampled, device), grid, way, len(group)))
-    if len(mapped) == 1:
+    if len(mapped) == 1 and not with_probabilities:
         probs, grid, way, _ = mapped[0]
-        return to_original(probs, grid, **way)
-    original = sum(to_original_probabilities(probs, grid, **way) * (n / len(members))
-                   for probs, grid, way, n in mapped)
-    return np.asarray(original).argmax(0).astype(np.uint8)
+        return to_original(probs, grid, **way), None
+    original = np.asarray(sum(to_original_probabilities(probs, grid, **way) * (n / len(members))
+                              for probs, grid, way, n in mapped), dtype=np.float32)
+    if len(mapped) == 1:  # the labels as without the probabilities: the argmax of the resampled logits
+        probs, grid, way, _ = mapped[0]
+        return to_original(probs, grid, **way), original
+    return original.argmax(0).astype(np.uint8), original
 
 
 def _mean_probabilities(members: Sequence[Member], image: np.ndarray,

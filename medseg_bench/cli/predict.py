@@ -367,6 +367,10 @@ def predict(
     allow_unfinished: Annotated[bool, typer.Option(
         help="Predict with a run that has not finished (interrupted, failed, or training now) from its "
              "last checkpoint, mid-training, with a warning; refused otherwise.")] = False,
+    save_probabilities: Annotated[bool, typer.Option(
+        help="Also write NAME.npz beside each label map: the class probabilities on the image's grid "
+             "(`probabilities`, K x Z x Y x X float32; an ensemble's averaged), as nnU-Net's "
+             "--save_probabilities, for ensembling or calibration later.")] = False,
     reorient: Annotated[bool, typer.Option(
         help="Predict an image stored in another orientation than the run's training images (LPS where "
              "they are RAS) as if stored like them: its axes permuted and flipped, not resampled; the label "
@@ -378,9 +382,9 @@ def predict(
     import torch
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.io import case_name, image_suffix, read_image, write_label
+    from medseg_bench.data.io import case_name, image_suffix, read_image, write_label, write_probabilities
     from medseg_bench.data.orient import reorientation
-    from medseg_bench.inference import predict_ensemble
+    from medseg_bench.inference import predict_ensemble_probabilities
     from medseg_bench.postprocess import apply_postprocessing
 
     device = _check_device(device)
@@ -388,6 +392,15 @@ def predict(
     loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
     _check_ensemble(loaded)
     found = _images(images)
+    if save_probabilities:  # NAME.npz for each: two images of one case would write one file
+        from medseg_bench.data.io import case_name
+
+        names: dict[str, Path] = {}
+        for path in found:
+            if case_name(path) in names:
+                raise UsageError(f"{path}: {names[case_name(path)].name} beside it is an image of the same "
+                                 f"case, and --save-probabilities writes one {case_name(path)}.npz; keep one")
+            names[case_name(path)] = path
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     _check_images(found, task)
     trained_as = _ensemble_orientation(loaded)
@@ -429,13 +442,17 @@ def predict(
                            f"{trained_as}: the network sees it turned or mirrored and may segment it badly "
                            f"(predict does not reorient unless asked, as nnU-Net); store it {trained_as}, or "
                            "pass --reorient, to predict it as trained", err=True)
+        seen, spacing = (change.apply(image), change.spacing(geometry.spacing_zyx)) if change else (
+            image, geometry.spacing_zyx)
+        labels, probabilities = predict_ensemble_probabilities(members, seen, spacing, plan, run_device,
+                                                               save_probabilities)
         if change is not None:
-            labels = change.undo(predict_ensemble(members, change.apply(image),
-                                                  change.spacing(geometry.spacing_zyx), plan, run_device))
-        else:
-            labels = predict_ensemble(members, image, geometry.spacing_zyx, plan, run_device)
+            labels = change.undo(labels)
+            probabilities = change.undo(probabilities) if probabilities is not None else None
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
+        if probabilities is not None:  # before the label map: a label map there means both were written
+            write_probabilities(probabilities, geometry, out / f"{case_name(target)}.npz")
         write_label(labels, geometry, target)
         written += 1
         typer.echo(f"{target}")

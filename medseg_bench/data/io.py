@@ -291,6 +291,19 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write (K, Z, Y, X) class probabilities on an image's grid as a compressed `.npz`, atomically: arrays
+    `probabilities` (float32, the image's array order), `spacing`, `origin` and `direction` (ITK's, x first);
+    read back with `np.load(path)`, no pickle."""
+    tmp = private_temp(path)
+    with failure_names(path, tmp):
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probabilities=probabilities.astype(np.float32, copy=False),
+                                spacing=np.asarray(geometry.spacing), origin=np.asarray(geometry.origin),
+                                direction=np.asarray(geometry.direction))
+        tmp.replace(path)
+
+
 def read_sitk_image(path: Path) -> Any:
     """`sitk.ReadImage(path)`, what ITK prints to stderr on its own kept off it (`itk_output`): a file it
     cannot read is one DataError naming it, what ITK printed about it the reason where its error says less."""

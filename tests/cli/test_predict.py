@@ -232,6 +232,41 @@ def test_the_orientation_a_run_recorded_is_compared_without_the_task_fetched(run
             "not 3") in damaged.output
 
 
+def test_save_probabilities_writes_each_images_class_probabilities_on_its_grid(run_folder,
+                                                                              tmp_path: Path) -> None:
+    """nnU-Net's --save_probabilities: NAME.npz beside the label map, the probabilities on the image's own
+    grid (here resampled back from the plan's spacing), whose argmax is the label map, itself as without."""
+    folder, _, _ = run_folder
+    rng = np.random.default_rng(7)
+    images = tmp_path / "images"
+    array = rng.normal(0, 1, (12, 20, 16)).astype(np.float32)
+    array[2:8, 4:12, 3:9] += 3.0
+    _write_oriented(images / "a.nii.gz", array, direction=IDENTITY)
+    _write_oriented(images / "b.nrrd", array[:, ::-1].copy(), direction=DIRECTION)  # turned: --reorient
+    args = ["predict", str(folder), "--images", str(images), "--reorient", "--out"]
+    plain = runner.invoke(app, [*args, str(tmp_path / "p1")])
+    saved = runner.invoke(app, [*args, str(tmp_path / "p2"), "--save-probabilities"])
+    assert plain.exit_code == 0 and saved.exit_code == 0, saved.output
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["a.nii.gz", "a.npz", "b.npz", "b.nrrd"]
+    for name in ("a.nii.gz", "b.nrrd"):
+        labels, geometry = read_label(tmp_path / "p2" / name)
+        assert (labels == read_label(tmp_path / "p1" / name)[0]).all()  # as without --save-probabilities
+        with np.load(tmp_path / "p2" / f"{name.split('.')[0]}.npz") as stored:  # no pickle needed
+            probabilities = stored["probabilities"]
+            assert probabilities.dtype == np.float32 and probabilities.shape == (3, *labels.shape)
+            assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
+            assert (probabilities.argmax(0) == labels).all()
+            assert np.allclose(stored["spacing"], geometry.spacing)
+            assert np.allclose(stored["direction"], geometry.direction)
+            assert np.allclose(stored["origin"], geometry.origin)
+    _write_oriented(images / "a.mha", array, direction=IDENTITY)
+    twice = runner.invoke(app, [*args, str(tmp_path / "p3"), "--save-probabilities"])
+    assert twice.exit_code == 2
+    assert twice.stderr == (f"error: {images / 'a.nii.gz'}: a.mha beside it is an image of the same case, "
+                            "and --save-probabilities writes one a.npz; keep one\n")
+    assert not (tmp_path / "p3").exists()
+
+
 def test_orientation_names_where_each_axis_points() -> None:
     from medseg_bench.data.io import Geometry
 
