@@ -91,7 +91,7 @@ def main() -> None:
         "# Sweep engine overhead",
         "",
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores "
-        f"(`{platform.processor() or platform.platform()}`, {cpu_model()}), "
+        f"(`{platform.platform()}`, {cpu_model()}), "
         f"Python {platform.python_version()}, "
         f"median of {args.repeats}. Command: `.venv/bin/python bench/sweep.py --repeats {args.repeats}"
         + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`.",

@@ -559,7 +559,7 @@ def test_evaluate_folders_rows_and_geometry_checks(tmp_path):
     write_case(pred_dir, "c", pred, origin=(0.0, 0.0, 0.02))
     assert len(evaluate_folders(pred_dir, ref_dir, labels=[1], workers=1)) == 3
     write_case(pred_dir, "d", pred)
-    with pytest.raises(DataError, match=r"pred/d\.nii\.gz: no reference file .*ref/d\.nii\.gz"):
+    with pytest.raises(DataError, match=r"pred/d\.nii\.gz: no reference of case 'd' in .*ref"):
         evaluate_folders(pred_dir, ref_dir, labels=[1])
 
 
@@ -625,7 +625,7 @@ def test_evaluate_folders_refuses_references_without_prediction(tmp_path):
     for name in ("a", "b", "c"):
         write_case(tmp_path / "ref", name, ref)
     write_case(tmp_path / "pred", "b", pred)
-    with pytest.raises(DataError, match=r"pred/a\.nii\.gz: no prediction for reference .*ref/a\.nii\.gz "
+    with pytest.raises(DataError, match=r"ref/a\.nii\.gz: no prediction of case 'a' in .*pred "
                                         r"\(and 1 more\)"):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1])
     frame = evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1], allow_missing=True)

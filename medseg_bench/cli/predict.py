@@ -19,8 +19,6 @@ import typer
 
 from medseg_bench.errors import DataError, UsageError
 
-ORIENTATION_SAMPLE = 25  # training images whose headers say how the run's images were stored
-
 
 def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
     """(run folder, checkpoint) for a run folder (its last.ckpt) or a checkpoint inside a run folder."""
@@ -67,7 +65,8 @@ def _unfinished(folder: Path, checkpoint: Path, spec: Any) -> tuple[str, str] | 
     if state == "running":
         advice = "a process is training it now; wait until it is done"
     elif state == "queued":
-        advice = "it is submitted to SLURM (queued.json); wait until its job has finished it"
+        advice = ("it is submitted to SLURM (queued.json); wait until its job has finished it (`medseg-bench "
+                  "status` says whether the job is still queued)")
     elif state == "failed":
         advice = f"it failed (see {folder / 'run.log'}); the same `medseg-bench sweep` command retries it"
     elif epochs is not None and epochs >= spec.epochs:
@@ -187,9 +186,11 @@ def _check_out_folder(images: Path, out: Path) -> None:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: --images is not a folder")
-    from medseg_bench.data.io import IMAGE_SUFFIXES, image_files
+    from medseg_bench.data.io import IMAGE_SUFFIXES, files_by_case
 
-    images = image_files(folder)
+    # one image per case: `a.nii.gz` and `a.mha` would give two label maps of one case (evaluate refuses such
+    # a folder), `A.nii.gz` and `A.NII.GZ` one file, and each its own `a.npz`
+    images = sorted(files_by_case(folder, "an image").values())
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return images
@@ -218,54 +219,6 @@ def _check_images(found: list[Path], task: Any) -> None:
                    or spacing_problem(geometry.spacing))
         if problem:
             raise DataError(f"{path}: {problem}")
-
-
-def _training_orientation(run: _Run) -> str | None:
-    """How the run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
-    it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of them in
-    the task's fetched data; None where neither says."""
-    from collections import Counter
-
-    from medseg_bench.data.io import read_geometry
-    from medseg_bench.data.msd import training_cases
-    from medseg_bench.data.orient import is_orientation
-    from medseg_bench.results import SETUP_NAME
-    from medseg_bench.settings import get_settings
-
-    setup = run.folder / SETUP_NAME
-    recorded = (_read_json(setup) if setup.is_file() else {}).get("orientation")
-    if recorded is not None:
-        if not is_orientation(recorded):
-            raise DataError(f"{setup}: orientation must be an orientation such as \"RAS\" (one of L/R, P/A, "
-                            f"S/I each) or null, not {recorded!r}")
-        return str(recorded)
-    folder = get_settings().data_dir / run.spec.task
-    splits = run.folder / "splits.json"
-    try:
-        cases = training_cases(folder)
-        trained = _read_json(splits).get("train") if splits.is_file() else None
-        if isinstance(trained, list):
-            ids = set(trained)
-            cases = [case for case in cases if case.case_id in ids] or cases
-        found = Counter(read_geometry(case.image)[0].orientation
-                        for case in cases[:ORIENTATION_SAMPLE] if case.image.is_file())
-    except (DataError, OSError):  # the task not fetched here: nothing to compare with
-        return None
-    found.pop(None, None)
-    return found.most_common(1)[0][0] if found else None
-
-
-def _ensemble_orientation(runs: list[_Run]) -> str | None:
-    """How the runs' training images are stored (`_training_orientation`): one way for all of them, or a
-    UsageError naming two runs that disagree (an image could be turned for one and not the other); None where
-    none of them says."""
-    known = [(run, found) for run in runs if (found := _training_orientation(run)) is not None]
-    for run, found in known[1:]:
-        if found != known[0][1]:
-            raise UsageError(f"{run.folder}: trained on images stored {found}, but {known[0][0].folder} on "
-                             f"images stored {known[0][1]}; an ensemble takes runs trained on images stored "
-                             "one way")
-    return known[0][1] if known else None
 
 
 @dataclass
@@ -383,7 +336,7 @@ def predict(
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.io import case_name, image_suffix, read_image, write_label, write_probabilities
-    from medseg_bench.data.orient import reorientation
+    from medseg_bench.data.orient import ensemble_orientation, reorientation
     from medseg_bench.inference import predict_ensemble_probabilities
     from medseg_bench.postprocess import apply_postprocessing
 
@@ -392,18 +345,9 @@ def predict(
     loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
     _check_ensemble(loaded)
     found = _images(images)
-    if save_probabilities:  # NAME.npz for each: two images of one case would write one file
-        from medseg_bench.data.io import case_name
-
-        names: dict[str, Path] = {}
-        for path in found:
-            if case_name(path) in names:
-                raise UsageError(f"{path}: {names[case_name(path)].name} beside it is an image of the same "
-                                 f"case, and --save-probabilities writes one {case_name(path)}.npz; keep one")
-            names[case_name(path)] = path
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     _check_images(found, task)
-    trained_as = _ensemble_orientation(loaded)
+    trained_as = ensemble_orientation([run.folder for run in loaded], task.name)
     if reorient and trained_as is None:
         raise UsageError(f"--reorient: how {loaded[0].folder}'s training images are stored is not known here "
                          f"(its setup.json does not say, and {task.name} is not fetched here to read them)")
@@ -422,8 +366,11 @@ def predict(
     written = skipped = 0
     for path in found:
         target = out / (case_name(path) + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK writes it
+        saved = out / f"{case_name(path)}.npz"  # its probabilities, written before it
         if target.exists() and not overwrite:
-            typer.echo(f"{target}: exists, skipped (use --overwrite to replace)")
+            missing = f"; its probabilities {saved.name} are not there: --overwrite writes both" if (
+                save_probabilities and not saved.exists()) else ""
+            typer.echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
             skipped += 1
             continue
         image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
@@ -452,7 +399,11 @@ def predict(
         if decision is not None and decision.labels:
             labels = apply_postprocessing(labels, decision.labels)
         if probabilities is not None:  # before the label map: a label map there means both were written
-            write_probabilities(probabilities, geometry, out / f"{case_name(target)}.npz")
+            write_probabilities(probabilities, geometry, saved)
+        elif saved.exists():  # an earlier prediction's, not this label map's
+            saved.unlink()
+            typer.echo(f"{saved}: removed, the probabilities of the label map replaced (--save-probabilities "
+                       "writes them anew)")
         write_label(labels, geometry, target)
         written += 1
         typer.echo(f"{target}")

@@ -50,6 +50,20 @@ def image_files(folder: Path) -> list[Path]:
                   if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
 
 
+def files_by_case(folder: Path, role: str) -> dict[str, Path]:
+    """A folder's image files (`image_files`) by case name; two files of one case (`a.nii.gz` and `a.nrrd`,
+    `A.nii.gz` and `A.NII.GZ`) are a DataError naming both: either could be the one meant. `role` names what
+    the files are, with its article ("a prediction")."""
+    found: dict[str, Path] = {}
+    for path in image_files(folder):
+        name = case_name(path)
+        if name in found:
+            raise DataError(f"{path}: {found[name].name} beside it is {role} of the same case '{name}'; keep "
+                            "one of the two")
+        found[name] = path
+    return found
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Physical geometry of an image, in ITK (x, y, z) order."""
@@ -69,15 +83,15 @@ class Geometry:
         """Where each image axis (x, y, z as stored) points, as DICOM letters in ITK's LPS world: "RAS" for
         MSD's usual direction diag(-1, -1, 1); None where not 3D. An oblique direction gets the nearest
         orientation as ITK's DICOMOrient names it: the largest direction cosine picks its image and world axes
-        first, then the largest of the rest (an exact tie, 45 degrees, to the lower image axis, then the lower
-        world axis)."""
+        first, then the largest of the rest; among equal cosines (45 degrees), ITK's order: the higher world
+        axis, then the higher image axis."""
         if len(self.direction) != 9:
             return None
         matrix = np.asarray(self.direction, dtype=float).reshape(3, 3)  # rows: world axes; columns: image
         world: dict[int, int] = {}  # image axis -> the world axis it runs along
-        for _, axis, row in sorted((-abs(matrix[w, a]), a, w) for w in range(3) for a in range(3)):
-            if axis not in world and row not in world.values():
-                world[axis] = row
+        for _, row, axis in sorted((-abs(matrix[w, a]), -w, -a) for w in range(3) for a in range(3)):
+            if -axis not in world and -row not in world.values():
+                world[-axis] = -row
         letters = ("LR", "PA", "SI")
         return "".join(letters[world[axis]][0 if matrix[world[axis], axis] > 0 else 1] for axis in range(3))
 
@@ -527,6 +541,7 @@ def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]
 
 
 def is_nifti(path: Path) -> bool:
+    """Whether `path` is named as a NIfTI file (`.nii`, `.nii.gz`, in any case)."""
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 

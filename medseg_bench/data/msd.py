@@ -20,9 +20,11 @@ class Case:
 
 
 def case_id_from_path(path: Path) -> str:
-    from medseg_bench.data.io import case_name
+    """A task file's case id: its name without its image suffix, matched in the case it is written in (as
+    ever: a task's case ids, which splits and caches are keyed by, do not change)."""
+    from medseg_bench.data.io import IMAGE_SUFFIXES
 
-    return case_name(path)
+    return next((path.name[: -len(s)] for s in IMAGE_SUFFIXES if path.name.endswith(s)), path.stem)
 
 
 def read_dataset_json(folder: Path) -> dict[str, Any]:

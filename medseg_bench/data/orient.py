@@ -1,4 +1,5 @@
-"""Reorienting an image's array to another storage orientation, and back, without resampling.
+"""Reorienting an image's array to another storage orientation, and back, without resampling; how a run's
+training images were stored.
 
 An orientation (`io.Geometry.orientation`) names, for each image axis (x, y, z as stored), the world direction
 it runs towards, as DICOM letters in ITK's LPS world ("RAS" for MSD's usual direction diag(-1, -1, 1)). Two
@@ -8,9 +9,15 @@ permutation and those flips on the (..., Z, Y, X) array, exact and invertible, a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from medseg_bench.errors import DataError, UsageError
+
+ORIENTATION_SAMPLE = 25  # training images whose headers say how a run's images were stored
 
 _WORLD_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
 
@@ -66,3 +73,53 @@ def reorientation(source: str, target: str) -> Reorientation:
         axes.append(2 - axis)
         flips.append(was != letter)
     return Reorientation((axes[0], axes[1], axes[2]), (flips[0], flips[1], flips[2]))
+
+
+def training_orientation(run_folder: Path, task: str) -> str | None:
+    """How a run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
+    it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of its
+    training cases in the task's fetched data; None where neither says."""
+    from medseg_bench.data.io import load_json_object, read_geometry
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.results import SETUP_NAME
+    from medseg_bench.settings import get_settings
+
+    def read(path: Path) -> dict:
+        data, why = load_json_object(path)
+        if data is None:
+            raise DataError(f"{path}: {why}")
+        return data
+
+    setup = run_folder / SETUP_NAME
+    recorded = (read(setup) if setup.is_file() else {}).get("orientation")
+    if recorded is not None:
+        if not is_orientation(recorded):
+            raise DataError(f"{setup}: orientation must be an orientation such as \"RAS\" (one of L/R, P/A, "
+                            f"S/I each) or null, not {recorded!r}")
+        return str(recorded)
+    splits = run_folder / "splits.json"
+    try:
+        cases = training_cases(get_settings().data_dir / task)
+        trained = read(splits).get("train") if splits.is_file() else None
+        if isinstance(trained, list):
+            ids = set(trained)
+            cases = [case for case in cases if case.case_id in ids] or cases
+        found = Counter(read_geometry(case.image)[0].orientation
+                        for case in cases[:ORIENTATION_SAMPLE] if case.image.is_file())
+    except (DataError, OSError):  # the task not fetched here: nothing to compare with
+        return None
+    found.pop(None, None)
+    return found.most_common(1)[0][0] if found else None
+
+
+def ensemble_orientation(run_folders: list[Path], task: str) -> str | None:
+    """How the runs' training images are stored (`training_orientation`): one way for all of them, or a
+    UsageError naming two runs that disagree (an image would be turned for one and not the other); None where
+    none of them says."""
+    known = [(folder, found) for folder in run_folders
+             if (found := training_orientation(folder, task)) is not None]
+    for folder, found in known[1:]:
+        if found != known[0][1]:
+            raise UsageError(f"{folder}: trained on images stored {found}, but {known[0][0]} on images "
+                             f"stored {known[0][1]}; an ensemble takes runs trained on images stored one way")
+    return known[0][1] if known else None

@@ -212,52 +212,41 @@ def _mask(crop: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
     return crop == values[0] if len(values) == 1 else np.isin(crop, values)
 
 
-def _files_by_case(folder: Path, role: str) -> dict[str, Path]:
-    """A folder's label maps by case name (any of `io.IMAGE_SUFFIXES`); two files of one case (`a.nii.gz` and
-    `a.nrrd`) are a DataError naming both: either could be the one meant."""
-    from medseg_bench.data.io import case_name, image_files
-
-    found: dict[str, Path] = {}
-    for path in image_files(folder):
-        name = case_name(path)
-        if name in found:
-            raise DataError(f"{path}: {found[name].name} beside it is a {role} of the same case '{name}'; "
-                            "keep one of the two")
-        found[name] = path
-    return found
-
-
 def missing_predictions(pred_dir: Path, ref_dir: Path) -> list[Path]:
     """The reference files in `ref_dir` whose case has no prediction in `pred_dir` (in any format)."""
-    preds = _files_by_case(Path(pred_dir), "prediction")
-    return [ref for case, ref in _files_by_case(Path(ref_dir), "reference").items() if case not in preds]
+    from medseg_bench.data.io import files_by_case
+
+    preds = files_by_case(Path(pred_dir), "a prediction")
+    return [ref for case, ref in files_by_case(Path(ref_dir), "a reference").items() if case not in preds]
 
 
 def _check_no_missing(pred_dir: Path, ref_dir: Path) -> None:
+    from medseg_bench.data.io import case_name
+
     missing = missing_predictions(pred_dir, ref_dir)
     if missing:
         first, more = missing[0], len(missing) - 1
         others = f" (and {more} more)" if more else ""
-        raise DataError(f"{pred_dir / first.name}: no prediction for reference {first}{others}; predict "
+        raise DataError(f"{first}: no prediction of case '{case_name(first)}' in {pred_dir}{others}; predict "
                         "every reference, or allow missing predictions (--allow-missing) to score the others")
 
 
 def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     """(case, prediction, reference) for every prediction, paired by case name: `a.nii.gz` with `a.nii.gz`, or
     with `a.nrrd` (formats may differ; the geometry is checked)."""
-    from medseg_bench.data.io import IMAGE_SUFFIXES
+    from medseg_bench.data.io import IMAGE_SUFFIXES, files_by_case
 
     for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise DataError(f"{folder}: {role} folder not found")
-    preds = _files_by_case(pred_dir, "prediction")
+    preds = files_by_case(pred_dir, "a prediction")
     if not preds:
         raise DataError(f"{pred_dir}: no prediction files ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
-    refs = _files_by_case(ref_dir, "reference")
+    refs = files_by_case(ref_dir, "a reference")
     pairs = []
     for case, pred in preds.items():
         if case not in refs:
-            raise DataError(f"{pred}: no reference file {ref_dir / pred.name}")
+            raise DataError(f"{pred}: no reference of case '{case}' in {ref_dir}")
         pairs.append((case, pred, refs[case]))
     return pairs
 

@@ -118,7 +118,7 @@ def test_missing_reference_exits_3_naming_both_files(folders):
     (ref_dir / "b.nii.gz").unlink()
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir))
     assert result.exit_code == 3
-    assert f"{pred_dir / 'b.nii.gz'}: no reference file {ref_dir / 'b.nii.gz'}" in result.stderr
+    assert f"{pred_dir / 'b.nii.gz'}: no reference of case 'b' in {ref_dir}" in result.stderr
 
 
 def test_a_nii_beside_a_nii_gz_of_the_same_case_exits_3_naming_both(folders):
@@ -161,10 +161,11 @@ def test_label_maps_in_other_formats_pair_by_case_name(folders, tmp_path):
     assert result.stdout == expected
     (refs / "b.nrrd").unlink()  # a reference missing: by case name, whatever the prediction's format
     missing = invoke("--pred", str(pred_dir), "--ref", str(refs))
-    assert missing.exit_code == 3 and f"{pred_dir / 'b.nii.gz'}: no reference file {refs / 'b.nii.gz'}" in (
+    assert missing.exit_code == 3 and f"{pred_dir / 'b.nii.gz'}: no reference of case 'b' in {refs}" in (
         missing.stderr)
     only_a = invoke("--pred", str(other), "--ref", str(refs), "--allow-missing", "--format", "csv")
     assert only_a.exit_code == 3  # other's b.mha has no reference either: not a missing prediction
+    assert only_a.stderr == f"error: {other / 'b.mha'}: no reference of case 'b' in {refs}\n"
     (other / "b.mha").unlink()
     scored = invoke("--pred", str(other), "--ref", str(refs), "--format", "csv")
     assert scored.exit_code == 0, scored.output
@@ -383,13 +384,14 @@ def test_references_without_prediction_are_an_error_unless_allowed(folders):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
     assert result.exit_code == 3, result.output
     assert result.stderr.strip().splitlines() == [
-        f"error: {pred_dir / 'c.nii.gz'}: no prediction for reference {ref_dir / 'c.nii.gz'} (and 1 more); "
+        f"error: {ref_dir / 'c.nii.gz'}: no prediction of case 'c' in {pred_dir} (and 1 more); "
         "predict every reference, or allow missing predictions (--allow-missing) to score the others"]
     assert result.stdout == ""
 
     (ref_dir / "d.nii.gz").unlink()
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
-    assert result.exit_code == 3 and "c.nii.gz (and" not in result.stderr and "c.nii.gz;" in result.stderr
+    assert result.exit_code == 3
+    assert "(and" not in result.stderr and f"in {pred_dir}; predict" in result.stderr
 
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--allow-missing")
     assert result.exit_code == 0, result.output

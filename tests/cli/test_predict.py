@@ -235,8 +235,12 @@ def test_the_orientation_a_run_recorded_is_compared_without_the_task_fetched(run
 def test_save_probabilities_writes_each_images_class_probabilities_on_its_grid(run_folder,
                                                                               tmp_path: Path) -> None:
     """nnU-Net's --save_probabilities: NAME.npz beside the label map, the probabilities on the image's own
-    grid (here resampled back from the plan's spacing), whose argmax is the label map, itself as without."""
+    grid (here resampled back from the plan's spacing), before postprocessing: the label map is their argmax,
+    postprocessed, and itself as without them."""
+    from medseg_bench.postprocess import apply_postprocessing
+
     folder, _, _ = run_folder
+    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
     rng = np.random.default_rng(7)
     images = tmp_path / "images"
     array = rng.normal(0, 1, (12, 20, 16)).astype(np.float32)
@@ -247,23 +251,40 @@ def test_save_probabilities_writes_each_images_class_probabilities_on_its_grid(r
     plain = runner.invoke(app, [*args, str(tmp_path / "p1")])
     saved = runner.invoke(app, [*args, str(tmp_path / "p2"), "--save-probabilities"])
     assert plain.exit_code == 0 and saved.exit_code == 0, saved.output
-    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["a.nii.gz", "a.npz", "b.npz", "b.nrrd"]
+    out = tmp_path / "p2"
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a.npz", "b.npz", "b.nrrd"]
+    postprocessed = 0
     for name in ("a.nii.gz", "b.nrrd"):
-        labels, geometry = read_label(tmp_path / "p2" / name)
+        labels, geometry = read_label(out / name)
         assert (labels == read_label(tmp_path / "p1" / name)[0]).all()  # as without --save-probabilities
-        with np.load(tmp_path / "p2" / f"{name.split('.')[0]}.npz") as stored:  # no pickle needed
+        with np.load(out / f"{name.split('.')[0]}.npz") as stored:  # no pickle needed
             probabilities = stored["probabilities"]
             assert probabilities.dtype == np.float32 and probabilities.shape == (3, *labels.shape)
             assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
-            assert (probabilities.argmax(0) == labels).all()
+            assert (apply_postprocessing(probabilities.argmax(0).astype(np.uint8), [1, 2]) == labels).all()
+            postprocessed += int((probabilities.argmax(0) != labels).sum())
             assert np.allclose(stored["spacing"], geometry.spacing)
             assert np.allclose(stored["direction"], geometry.direction)
             assert np.allclose(stored["origin"], geometry.origin)
-    _write_oriented(images / "a.mha", array, direction=IDENTITY)
-    twice = runner.invoke(app, [*args, str(tmp_path / "p3"), "--save-probabilities"])
-    assert twice.exit_code == 2
-    assert twice.stderr == (f"error: {images / 'a.nii.gz'}: a.mha beside it is an image of the same case, "
-                            "and --save-probabilities writes one a.npz; keep one\n")
+    assert postprocessed  # the untrained net's scattered labels: the decision removed some
+    # a label map without its probabilities is not predicted again without --overwrite, but named
+    (out / "a.npz").unlink()
+    again = runner.invoke(app, [*args, str(out), "--save-probabilities"])
+    assert again.exit_code == 0, again.output
+    assert (f"{out / 'a.nii.gz'}: exists, skipped (use --overwrite to replace); its probabilities a.npz are "
+            "not there: --overwrite writes both") in again.stdout
+    assert not (out / "a.npz").exists()
+    # a label map replaced without them: the earlier probabilities, no longer its own, are removed
+    replaced = runner.invoke(app, [*args, str(out), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (f"{out / 'b.npz'}: removed, the probabilities of the label map replaced (--save-probabilities "
+            "writes them anew)") in replaced.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nrrd"]
+    _write_oriented(images / "a.mha", array, direction=IDENTITY)  # two images of one case: one a.npz, and
+    twice = runner.invoke(app, [*args, str(tmp_path / "p3")])  # two label maps evaluate would refuse
+    assert twice.exit_code == 3
+    assert twice.stderr == (f"error: {images / 'a.nii.gz'}: a.mha beside it is an image of the same case "
+                            "'a'; keep one of the two\n")
     assert not (tmp_path / "p3").exists()
 
 
@@ -279,31 +300,6 @@ def test_orientation_names_where_each_axis_points() -> None:
     tilted = 0.5 ** 0.5  # 45 degrees about z: x and y equally near two world axes, named as ITK names them
     assert orientation((tilted, -tilted, 0.0, tilted, tilted, 0.0, 0.0, 0.0, 1.0)) == "LPS"
     assert Geometry((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), (2, 2)).orientation is None  # not 3D
-
-
-def test_an_oblique_images_orientation_is_the_one_itks_dicomorient_names() -> None:
-    """Each image axis's nearest world axis, the largest direction cosine first, as ITK (a per-axis nearest
-    axis gave no orientation for 15 % of random rotations, and an image oblique by exactly 45 degrees went
-    unwarned and unreoriented)."""
-    import itertools
-
-    import SimpleITK as sitk
-
-    from medseg_bench.data.io import Geometry
-
-    itk = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines
-    rng = np.random.default_rng(0)
-    directions = [tuple(np.linalg.qr(rng.normal(size=(3, 3)))[0].ravel()) for _ in range(300)]
-    half = 0.5 ** 0.5
-    for i, j in itertools.combinations(range(3), 2):  # 45 degrees about each axis, both ways, any axis order
-        for sign, order in itertools.product((1, -1), itertools.permutations(range(3))):
-            turn = np.eye(3)
-            turn[i, i] = turn[j, j] = half
-            turn[i, j], turn[j, i] = -sign * half, sign * half
-            matrix = turn @ np.eye(3)[list(order)]
-            directions += [tuple(matrix.ravel()), tuple(matrix.astype(np.float32).astype(float).ravel())]
-    for direction in directions:
-        assert Geometry((1.0,) * 3, (0.0,) * 3, direction, (2, 2, 2)).orientation == itk(direction), direction
 
 
 def test_postprocessing_decision_is_applied(run_folder, tmp_path: Path) -> None:
@@ -648,9 +644,10 @@ def test_an_ensemble_takes_runs_trained_on_images_stored_one_way(run_folder, hom
     _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32), direction=IDENTITY)
     (other / "setup.json").write_text(json.dumps({"patch_size": [16, 24, 24], "batch_size": 2,
                                                   "orientation": "PRS"}))
-    for runs in ([folder, other], [other, folder]):  # the task's images (LPS) against the record (PRS)
+    for runs, reorient in (([folder, other], ["--reorient"]), ([other, folder], ["--reorient"]),
+                           ([folder, other], [])):  # the task's images (LPS) against the record (PRS)
         result = runner.invoke(app, ["predict", *map(str, runs), "--images", str(images), "--out",
-                                     str(tmp_path / "out"), "--reorient"])
+                                     str(tmp_path / "out"), *reorient])
         assert result.exit_code == 2, result.output
         assert "an ensemble takes runs trained on images stored one way" in result.stderr
         assert not (tmp_path / "out").exists()
@@ -723,7 +720,7 @@ def test_an_unfinished_run_is_refused_unless_allowed_and_then_named(run_folder, 
     queued = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert queued.exit_code == 2  # submitted to SLURM again: its job will finish it
     assert ("not finished (queued, epoch 1 of 1): it is submitted to SLURM (queued.json); wait until its job "
-            "has finished it") in queued.stderr
+            "has finished it (`medseg-bench status` says whether the job is still queued)") in queued.stderr
 
 
 def _write(path: Path, image: object) -> None:

@@ -231,3 +231,35 @@ def test_a_label_map_itk_cannot_write_is_one_line_naming_it(tmp_path: Path) -> N
         with pytest.raises(FileSystemError, match=rf"^{re.escape(str(tmp_path / name))}: not written \("):
             write_label(np.zeros((2, 2, 2), np.uint8), geometry, tmp_path / name)
     assert list(tmp_path.iterdir()) == []  # no temporary folder left
+
+
+def test_an_oblique_images_orientation_is_the_one_itks_dicomorient_names() -> None:
+    """Each image axis's nearest world axis, the largest direction cosine first, equal ones in ITK's order (a
+    per-axis nearest axis gave no orientation for 15 % of random rotations, and an image oblique by exactly
+    45 degrees went unwarned and unreoriented; the lower axis first named 1 in 8 compound 45-degree turns
+    otherwise than ITK)."""
+    import itertools
+    import math
+
+    import SimpleITK as sitk
+
+    itk = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines
+
+    def turn(i: int, j: int, angle: float) -> np.ndarray:
+        matrix = np.eye(3)
+        matrix[i, i] = matrix[j, j] = math.cos(angle)
+        matrix[i, j], matrix[j, i] = -math.sin(angle), math.sin(angle)
+        return matrix
+
+    rng = np.random.default_rng(0)
+    matrices = [np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(300)]
+    angles = (math.pi / 4, -math.pi / 4, math.pi / 2)
+    for (first, second), a1, a2 in itertools.product(itertools.permutations([(0, 1), (0, 2), (1, 2)], 2),
+                                                      angles, angles):  # one or two 45-degree turns
+        for order in itertools.permutations(range(3)):
+            matrices.append(turn(*first, a1) @ turn(*second, a2) @ np.eye(3)[list(order)])
+    for matrix in matrices:
+        for stored in (matrix, matrix.astype(np.float32).astype(float)):  # as a NIfTI header rounds it
+            direction = tuple(stored.ravel())
+            geometry = Geometry((1.0,) * 3, (0.0,) * 3, direction, (2, 2, 2))
+            assert geometry.orientation == itk(direction), direction
