@@ -92,12 +92,9 @@ def _check_finished(run: Path, checkpoint: Path, spec: Any, allow_unfinished: bo
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    from medseg_bench.data.io import load_json_object
+    from medseg_bench.data.io import read_json_object
 
-    data, why = load_json_object(path)
-    if data is None:
-        raise DataError(f"{path}: {why}")
-    return data
+    return read_json_object(path)
 
 
 def _trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:

@@ -37,10 +37,8 @@ def image_suffix(path: Path) -> str:
 def case_name(path: Path) -> str:
     """A file's name without its image suffix, in any case (`case_001.nii.gz`, `case_001.NII.GZ` ->
     `case_001`)."""
-    for suffix in IMAGE_SUFFIXES:
-        if path.name.lower().endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -358,6 +356,14 @@ def load_json_object(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(data, dict):
         return None, "not a JSON object"
     return data, ""
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or a DataError naming the file and why not (`load_json_object`)."""
+    data, why = load_json_object(path)
+    if data is None:
+        raise DataError(f"{path}: {why}")
+    return data
 
 
 def write_json_atomic(path: Path, data: object, compact: bool = False, durable: bool = True) -> None:

@@ -79,19 +79,13 @@ def training_orientation(run_folder: Path, task: str) -> str | None:
     """How a run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
     it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of its
     training cases in the task's fetched data; None where neither says."""
-    from medseg_bench.data.io import load_json_object, read_geometry
+    from medseg_bench.data.io import read_geometry, read_json_object
     from medseg_bench.data.msd import training_cases
     from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 
-    def read(path: Path) -> dict:
-        data, why = load_json_object(path)
-        if data is None:
-            raise DataError(f"{path}: {why}")
-        return data
-
     setup = run_folder / SETUP_NAME
-    recorded = (read(setup) if setup.is_file() else {}).get("orientation")
+    recorded = (read_json_object(setup) if setup.is_file() else {}).get("orientation")
     if recorded is not None:
         if not is_orientation(recorded):
             raise DataError(f"{setup}: orientation must be an orientation such as \"RAS\" (one of L/R, P/A, "
@@ -100,7 +94,7 @@ def training_orientation(run_folder: Path, task: str) -> str | None:
     splits = run_folder / "splits.json"
     try:
         cases = training_cases(get_settings().data_dir / task)
-        trained = read(splits).get("train") if splits.is_file() else None
+        trained = read_json_object(splits).get("train") if splits.is_file() else None
         if isinstance(trained, list):
             ids = set(trained)
             cases = [case for case in cases if case.case_id in ids] or cases

@@ -93,9 +93,9 @@ def evaluate_folders(
     """
     import pandas as pd
 
-    pairs = _file_pairs(Path(pred_dir), Path(ref_dir))
-    if not allow_missing:
-        _check_no_missing(Path(pred_dir), Path(ref_dir))
+    pairs, missing = _file_pairs(Path(pred_dir), Path(ref_dir))
+    if missing and not allow_missing:
+        _refuse_missing(missing, Path(pred_dir))
     if labels is None and task is not None:
         labels = task.foreground_labels
     wanted = None if labels is None else tuple(int(label) for label in labels)
@@ -220,20 +220,19 @@ def missing_predictions(pred_dir: Path, ref_dir: Path) -> list[Path]:
     return [ref for case, ref in files_by_case(Path(ref_dir), "a reference").items() if case not in preds]
 
 
-def _check_no_missing(pred_dir: Path, ref_dir: Path) -> None:
+def _refuse_missing(missing: list[Path], pred_dir: Path) -> None:
+    """The DataError for references without a prediction (`missing`, not empty)."""
     from medseg_bench.data.io import case_name
 
-    missing = missing_predictions(pred_dir, ref_dir)
-    if missing:
-        first, more = missing[0], len(missing) - 1
-        others = f" (and {more} more)" if more else ""
-        raise DataError(f"{first}: no prediction of case '{case_name(first)}' in {pred_dir}{others}; predict "
-                        "every reference, or allow missing predictions (--allow-missing) to score the others")
+    first, more = missing[0], len(missing) - 1
+    others = f" (and {more} more)" if more else ""
+    raise DataError(f"{first}: no prediction of case '{case_name(first)}' in {pred_dir}{others}; predict "
+                    "every reference, or allow missing predictions (--allow-missing) to score the others")
 
 
-def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+def _file_pairs(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     """(case, prediction, reference) for every prediction, paired by case name: `a.nii.gz` with `a.nii.gz`, or
-    with `a.nrrd` (formats may differ; the geometry is checked)."""
+    with `a.nrrd` (formats may differ; the geometry is checked); and the references without a prediction."""
     from medseg_bench.data.io import IMAGE_SUFFIXES, files_by_case
 
     for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
@@ -248,7 +247,7 @@ def _file_pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
         if case not in refs:
             raise DataError(f"{pred}: no reference of case '{case}' in {ref_dir}")
         pairs.append((case, pred, refs[case]))
-    return pairs
+    return pairs, [ref for case, ref in refs.items() if case not in preds]
 
 
 def _evaluate_file_pair(
