@@ -19,7 +19,7 @@ from medseg_bench.data.io import failure_names, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.results import SETUP_NAME, environment, write_status
-from medseg_bench.signals import stop_reason
+from medseg_bench.signals import caused_by_stop, stop_reason
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
@@ -200,9 +200,11 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         message = first_line(exc)
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # interrupted, not failed: it resumes
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or caused_by_stop(exc):  # not failed: it resumes
             log.warning("run %s interrupted (%s): it resumes when run again", spec.run_id,
                         stop_reason(exc))
+            if isinstance(exc, Exception):  # raised while the signal's KeyboardInterrupt unwound
+                raise KeyboardInterrupt(stop_reason(exc)) from exc
         else:
             log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
             try:

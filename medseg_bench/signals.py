@@ -91,6 +91,25 @@ def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def caused_by_stop(exc: BaseException) -> bool:
+    """Whether `exc` is a stop signal's KeyboardInterrupt, or an exception raised while one unwound: a
+    `torch.save` cut by the signal mid-write raises RuntimeError ("unexpected pos") from its zip writer's
+    clean-up in the KeyboardInterrupt's place (once, a SIGTERM during a checkpoint save marked a run failed,
+    not interrupted). Only after a stop signal: without one, an exception is a failure of its own."""
+    if received() is None:
+        return False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        # `raise ... from None` handled the interruption on purpose: what it raised is its own
+        link = link.__cause__ if link.__cause__ is not None else (
+            None if link.__suppress_context__ else link.__context__)
+    return False
+
+
 def stop_reason(exc: BaseException) -> str:
     """What to record in the run's `interrupted` event: the signal's name, else the exception's type."""
     signum = received()

@@ -219,3 +219,27 @@ def fake_squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[str
     (bin_dir / "squeue").write_text("#!/bin/sh\n" + body)
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def save_cut_by_signal(signum: int = 15, at_write: int = 3) -> None:
+    """`torch.save` into memory (as Lightning saves a checkpoint) with `signum` sent to this process at its
+    `at_write`-th write: the KeyboardInterrupt the handler raises inside the write makes torch's zip writer
+    raise RuntimeError ("unexpected pos ... vs ...") from its clean-up, in the interrupt's place."""
+    import io
+    import signal
+    import time
+
+    import torch
+
+    class CutWrite(io.BytesIO):
+        writes = 0
+
+        def write(self, data: object) -> int:
+            self.writes += 1
+            if self.writes == at_write:
+                os.kill(os.getpid(), signum)
+                time.sleep(1)  # the handler runs here
+            return super().write(data)  # type: ignore[arg-type]
+
+    torch.save({"weight": torch.zeros(1000)}, CutWrite())
+    raise AssertionError(f"{signal.Signals(signum).name} did not stop torch.save")

@@ -123,3 +123,35 @@ def test_a_runs_metric_settings_record_its_tasks_regions_and_the_report_shows_th
     markdown = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "markdown"])
     assert "regions=(whole: 1+2; inner: 2), surface=" in markdown.stdout, markdown.stdout
     assert markdown.stdout.index("Dice whole") < markdown.stdout.index("Dice inner")  # the task file's order
+
+
+def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen once in `make test-faults`: a sweep's SIGTERM landed while Lightning saved a checkpoint; torch's
+    # zip writer raised RuntimeError in the KeyboardInterrupt's place, and the run was marked failed (a rerun
+    # skipped it as failed) instead of interrupted (a rerun resumes it).
+    import signal
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+    from medseg_bench import signals
+    from medseg_bench.results import read_events, read_status, run_dir
+    from medseg_bench.spec import RunSpec
+    from medseg_bench.sweep import worker
+    from tests.conftest import save_cut_by_signal
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}), cache_for=lambda own_slices: None,
+                               splits=[{"train": ["a"], "val": ["b"]}])
+    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 2))
+    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    monkeypatch.setattr(run_module, "train", lambda *args: save_cut_by_signal(signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped, signals.interruptible():
+        worker.run_one(spec, prepared, tmp_path)  # type: ignore[arg-type]
+    assert "unexpected pos" in str(stopped.value.__cause__)  # torch's error, kept as the cause
+    folder = run_dir(tmp_path, spec)
+    events = read_events(folder)
+    assert [e["event"] for e in events] == ["start", "interrupted"] and events[-1]["reason"] == "SIGTERM"
+    assert read_status(folder)["state"] == "running"  # as any interrupted run leaves it (not "failed")
+    log = (folder / "run.log").read_text()
+    assert "interrupted (SIGTERM): it resumes when run again" in log and "failed" not in log

@@ -48,7 +48,12 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             with signals.interruptible():  # SIGTERM too runs every `finally` (staging folders, locks)
-                return super().invoke(ctx)
+                try:
+                    return super().invoke(ctx)
+                except Exception as raised:  # one raised while the signal unwound is that interruption
+                    if signals.caused_by_stop(raised):
+                        raise KeyboardInterrupt(signals.stop_reason(raised)) from raised
+                    raise
         except BrokenPipeError:  # `medseg-bench ... | head`: the reader has gone; stop quietly, as `cat` does
             import os
             import sys

@@ -114,6 +114,23 @@ def test_any_other_os_error_is_one_line_naming_the_path(home: Path, tmp_path: Pa
     assert result.output.strip().splitlines()[-1] == f"error: {tmp_path / 'a-file' / 'data'}: Not a directory"
 
 
+def test_an_error_raised_while_a_sigterm_unwinds_is_that_interruption(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.save cut by the signal raises RuntimeError in the KeyboardInterrupt's place: it escaped as a
+    # traceback, exit 1, not as the interruption it is (exit 143, one line).
+    import signal
+
+    from medseg_bench.data import fetch
+    from tests.conftest import save_cut_by_signal
+
+    monkeypatch.setattr(fetch, "fetch_task", lambda *args, **kwargs: save_cut_by_signal(signal.SIGTERM))
+    (tmp_path / "src").mkdir()
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(tmp_path / "src")])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines() == [
+        "error: interrupted (SIGTERM): nothing finished was lost; rerun the same command to carry on"]
+
+
 def test_running_out_of_memory_is_one_line(tmp_path: Path, monkeypatch) -> None:
     # e.g. `report --resamples 100000000000`, or predict on an image of spacing 1e6 mm: numpy's MemoryError
     # escaped as a traceback, exit 1 (a bug's code).

@@ -171,3 +171,22 @@ def test_undeferred_work_stops_at_once_and_its_bookkeeping_still_runs(when: str)
         if steps[0] == "stopped":
             raise KeyboardInterrupt("SIGTERM")  # as run_one re-raises the stop
     assert steps == (["work done", "last event"] if when == "as it ends" else ["stopped", "last event"])
+
+
+def test_an_error_raised_while_a_stop_unwinds_is_that_stop_and_only_then() -> None:
+    """In-process: a SIGTERM during a checkpoint save made torch raise RuntimeError in the KeyboardInterrupt's
+    place, and the run was marked failed, not interrupted (seen once in `make test-faults`)."""
+    from medseg_bench import signals
+    from tests.conftest import save_cut_by_signal
+
+    with pytest.raises(RuntimeError, match="unexpected pos") as cut, signals.interruptible():
+        save_cut_by_signal(signal.SIGTERM)
+    assert isinstance(cut.value.__context__, KeyboardInterrupt)
+    assert signals.caused_by_stop(cut.value) and signals.stop_reason(cut.value) == "SIGTERM"
+    handled = ValueError("handled the stop on purpose")
+    handled.__context__, handled.__suppress_context__ = cut.value, True  # `raise ... from None`
+    assert not signals.caused_by_stop(handled)
+    assert not signals.caused_by_stop(RuntimeError("a failure of its own, after the signal"))
+    with signals.interruptible():  # no signal this time: the same error is a failure
+        pass
+    assert not signals.caused_by_stop(cut.value)
