@@ -110,6 +110,14 @@ def caused_by_stop(exc: BaseException) -> bool:
     return False
 
 
+def is_stop(exc: BaseException) -> bool:
+    """Whether `exc` means "stop as the signal asked": a KeyboardInterrupt (Ctrl-C or our handler), or, after
+    a stop signal, Lightning's `exit(1)` for one or an exception raised while one unwound (`caused_by_stop`).
+    """
+    return isinstance(exc, KeyboardInterrupt) or (
+        received() is not None and (isinstance(exc, SystemExit) or caused_by_stop(exc)))
+
+
 def stop_reason(exc: BaseException) -> str:
     """What to record in the run's `interrupted` event: the signal's name, else the exception's type."""
     signum = received()

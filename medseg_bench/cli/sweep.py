@@ -145,10 +145,10 @@ def sweep(
             from medseg_bench.sweep.local import run_sweep
 
             run_sweep(runs, results_dir, data, make_reporter(), fail_fast, workers, jobs)
-        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns a KeyboardInterrupt into exit(1)
-            signum = signals.received()
-            if signum is None and not isinstance(exc, KeyboardInterrupt):
+        except BaseException as exc:
+            if not signals.is_stop(exc):  # Ctrl-C or SIGTERM, however it surfaced (see signals.is_stop)
                 raise
+            signum = signals.received()
             from medseg_bench.errors import Interrupted
 
             stop = Interrupted(f"sweep interrupted ({signal.Signals(signum or signal.SIGINT).name}): "

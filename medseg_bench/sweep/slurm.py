@@ -36,7 +36,7 @@ from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
-from medseg_bench.signals import deferred, interruptible, received
+from medseg_bench.signals import deferred, interruptible, is_stop, received
 from medseg_bench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -129,8 +129,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 outcome = until_free(spec, Path(self.results_dir), env.job_id, lambda: run_one(
                     spec, prepared, Path(self.results_dir), num_workers=workers,
                     extra_event={"job_id": env.job_id}))
-            except (KeyboardInterrupt, SystemExit):  # Lightning turns a KeyboardInterrupt into exit(1)
-                if received() != warning or not callable(requeue):
+            except BaseException as exc:  # a stop, as `signals.is_stop` tells it: submitit requeues
+                if not is_stop(exc) or received() != warning or not callable(requeue):
                     raise
                 requeue(warning, None)  # the run has recorded `interrupted`; a second warning is ignored
                 raise

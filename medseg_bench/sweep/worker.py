@@ -35,7 +35,7 @@ from medseg_bench.results import (
     write_heartbeat,
     write_status,
 )
-from medseg_bench.signals import deferred, exit_now, interruptible, received, stop_reason, undeferred
+from medseg_bench.signals import deferred, exit_now, interruptible, is_stop, received, stop_reason, undeferred
 from medseg_bench.spec import RunSpec
 
 # Exit codes of a worker process; the local launcher reads them.
@@ -285,14 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds,
                                       own_slices=spec.own_slice_spacing)
             outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
-        except MedsegError as exc:
+        except BaseException as exc:
+            if is_stop(exc):  # also Lightning's exit(1) for a KeyboardInterrupt, or torch.save cut by one
+                exit_now(128 + (received() or 2))
+            if not isinstance(exc, MedsegError):
+                raise
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns a KeyboardInterrupt into exit(1)
-            signum = received()
-            if signum is None and not isinstance(exc, KeyboardInterrupt):
-                raise
-            exit_now(128 + (signum or 2))
     if outcome.kind in ("failed", "damaged"):
         print(f"error: {outcome.error}", file=sys.stderr)
     codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY,

@@ -183,6 +183,7 @@ def test_an_error_raised_while_a_stop_unwinds_is_that_stop_and_only_then() -> No
         save_cut_by_signal(signal.SIGTERM)
     assert isinstance(cut.value.__context__, KeyboardInterrupt)
     assert signals.caused_by_stop(cut.value) and signals.stop_reason(cut.value) == "SIGTERM"
+    assert signals.is_stop(cut.value) and signals.is_stop(SystemExit(1))  # Lightning's exit(1) for one
     handled = ValueError("handled the stop on purpose")
     handled.__context__, handled.__suppress_context__ = cut.value, True  # `raise ... from None`
     assert not signals.caused_by_stop(handled)
@@ -190,3 +191,24 @@ def test_an_error_raised_while_a_stop_unwinds_is_that_stop_and_only_then() -> No
     with signals.interruptible():  # no signal this time: the same error is a failure
         pass
     assert not signals.caused_by_stop(cut.value)
+    assert not signals.is_stop(cut.value) and not signals.is_stop(SystemExit(1))
+    assert signals.is_stop(KeyboardInterrupt())  # Ctrl-C in a command that installed no handler
+
+
+def test_a_worker_cut_by_sigterm_while_preparing_exits_143_as_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the `--jobs` worker's own exit when the sweep's SIGTERM cuts something other than the run
+    (its task preparation here) into an error of another kind: 143, the stop, not a failure's traceback."""
+    import json
+
+    from medseg_bench.spec import RunSpec
+    from medseg_bench.sweep import local, worker
+    from tests.conftest import save_cut_by_signal
+
+    def exits(code: int) -> None:
+        raise SystemExit(f"exit_now({code})")
+
+    monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: save_cut_by_signal(signal.SIGTERM))
+    monkeypatch.setattr(worker, "exit_now", exits)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    with pytest.raises(SystemExit, match=r"exit_now\(143\)"):
+        worker.main(["--spec", json.dumps(spec.to_dict()), "--results-dir", "r", "--data-dir", "d"])
