@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from medseg_bench.locks import is_locked
-from medseg_bench.results import is_done, read_events, run_state
+from medseg_bench.results import is_done, read_events, read_json, run_state
 from tests.faults.conftest import (
     Ledger,
     check_done_once,
@@ -55,10 +55,18 @@ class _Output:
 
 
 def _one_done_one_training(results: Path) -> bool:
-    """A run is done and another one is past its first epoch (it has a checkpoint), not done."""
+    """A run is done and another one is past its first epoch (it has a checkpoint) but not in its last one,
+    so that it is still training when the signal lands a few milliseconds later (a run in its last epoch
+    could write `done` first, and the test would find nothing interrupted)."""
     folders = run_folders(results)
-    return any(is_done(f) for f in folders) and any(
-        not is_done(f) and (f / "checkpoints" / "last.ckpt").is_file() for f in folders)
+
+    def training(folder: Path) -> bool:
+        beat = read_json(folder / "heartbeat.json")
+        return (not is_done(folder) and (folder / "checkpoints" / "last.ckpt").is_file()
+                and isinstance(beat.get("epoch"), int) and isinstance(beat.get("epochs"), int)
+                and 1 <= beat["epoch"] < beat["epochs"])
+
+    return any(is_done(f) for f in folders) and any(training(f) for f in folders)
 
 
 def _wait_until(process: subprocess.Popen[str], output: _Output, ready: Callable[[], bool],
