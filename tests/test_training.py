@@ -264,6 +264,36 @@ def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_last_o
     assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
 
 
+def test_a_checkpoint_save_cut_by_sigterm_leaves_no_temp_file_and_the_last_one_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.save cut by the signal raises RuntimeError in the KeyboardInterrupt's place (a run records it as
+    # its interruption: tests/test_run.py); the half-written temp file was left until the run resumed.
+    from io import FileIO
+
+    from medseg_bench import signals, training
+
+    ckpt = tmp_path / "last.ckpt"
+    io = training.AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
+
+    class _CutAtThirdWrite(FileIO):  # SIGTERM lands inside the third write
+        writes = 0
+
+        def write(self, data: object) -> int:
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().write(data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "open", lambda path, mode: _CutAtThirdWrite(path, mode), raising=False)
+    with pytest.raises(BaseException) as cut, signals.interruptible():
+        io.save_checkpoint({"epoch": 4, "state_dict": {"net.w": torch.zeros(1000)}}, ckpt)
+    assert signals.is_stop(cut.value), cut.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
+    monkeypatch.undo()
+    assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
+
+
 class _StopAtEpoch(pl.Callback):
     """Stops training as epoch `epoch` (0-based) starts, after the previous epoch's checkpoint: a kill."""
 

@@ -426,13 +426,17 @@ def file_in_the_way(path: Path) -> Path | None:
 @contextmanager
 def failure_names(path: Path, tmp: Path) -> Iterator[None]:
     """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by
-    write or fsync) gets `path`'s, and the temp file is removed, so the error names what was not written."""
+    write or fsync) gets `path`'s, so the error names what was not written; on any error or interruption the
+    temp file is removed."""
     try:
         yield
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.filename is None:
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    except BaseException:  # Ctrl-C, SIGTERM, or torch's error for a save they cut
+        tmp.unlink(missing_ok=True)
         raise
 
 
