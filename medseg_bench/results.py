@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_number, is_whole, shown
-from medseg_bench.data.io import load_json_object, private_temp, write_json_atomic
+from medseg_bench.data.io import load_json_object, private_temp, remove_dead_writers_temps, write_json_atomic
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec, run_id_problem
@@ -621,4 +621,5 @@ def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    remove_dead_writers_temps(target)  # a sweep killed while it wrote the index left its temp
     return target

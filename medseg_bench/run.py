@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.data.io import failure_names, write_json_atomic
+from medseg_bench.data.io import write_csv_atomic, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.results import SETUP_NAME, environment, write_status
@@ -117,13 +117,6 @@ def summary_means(foreground: Any) -> dict[str, float]:
     return {m: float(by_case[m].mean().mean()) for m in HEADLINE_METRICS if m in foreground}
 
 
-def _write_csv_atomic(frame: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with failure_names(path, tmp):
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-
-
 def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
                 num_workers: int = 0) -> dict[str, Any]:
     """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError."""
@@ -161,7 +154,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         partial.mkdir(exist_ok=True)
         partial.rename(folder / PREDICTIONS)
         eval_time_s = time.perf_counter() - start  # scoring and writing the predictions
-        _write_csv_atomic(frame, folder / "metrics.csv")
+        write_csv_atomic(frame, folder / "metrics.csv")
         decision = frame.attrs.get("postprocessing")
         if decision is not None:
             from medseg_bench.postprocess import save_decision

@@ -32,7 +32,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
-from medseg_bench.data.io import failure_names
+from medseg_bench.data.io import failure_names, write_csv_atomic
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
@@ -444,7 +444,7 @@ def _keep_csv_log(log_dir: Path) -> None:
     current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
     frames = [pd.read_csv(p) for p in (kept, current) if p.is_file() and p.stat().st_size > 0]
     if frames:
-        _write_csv_atomic(pd.concat(frames, ignore_index=True), kept)
+        write_csv_atomic(pd.concat(frames, ignore_index=True), kept)
 
 
 def _merge_csv_log(log_dir: Path, start_epoch: int) -> None:
@@ -458,14 +458,8 @@ def _merge_csv_log(log_dir: Path, start_epoch: int) -> None:
     old = old[old["epoch"] < start_epoch] if "epoch" in old else old.iloc[0:0]
     old = old.drop_duplicates(keep="last")  # an epoch redone after a second kill logs the same rows (CPU)
     new = pd.read_csv(current) if current.is_file() and current.stat().st_size > 0 else old.iloc[0:0]
-    _write_csv_atomic(pd.concat([old, new], ignore_index=True), current)
+    write_csv_atomic(pd.concat([old, new], ignore_index=True), current)
     kept.unlink()
-
-
-def _write_csv_atomic(frame: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def _quiet_lightning() -> None:

@@ -248,6 +248,19 @@ def test_index_is_rebuilt_from_the_folders_and_concurrent_writers_never_corrupt_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_rebuilding_the_index_removes_the_temp_a_killed_sweep_left(tmp_path: Path) -> None:
+    # A sweep killed (-9) while it wrote the index left `.index.parquet.HOST.PID.tmp`: nothing removed it.
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is gone
+    left = tmp_path / f".{INDEX_NAME}.{socket.gethostname()}.{dead.pid}.tmp"
+    left.write_bytes(b"PAR1 cut short")
+    write_index(tmp_path)
+    assert not left.exists() and pd.read_parquet(tmp_path / INDEX_NAME).empty
+
+
 HEADER = "case,label,dice,ref_empty,pred_empty\n"
 _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1).to_dict()
 

@@ -388,6 +388,15 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
     remove_dead_writers_temps(path)
 
 
+def write_csv_atomic(frame: Any, path: Path) -> None:
+    """A pandas DataFrame as CSV (no index) through a temp file beside `path`, renamed over it; a killed or
+    interrupted write leaves `path` as it was (see `failure_names`)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with failure_names(path, tmp):
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+
+
 def private_temp(path: Path) -> Path:
     """The temp file through which this process writes `path` atomically: named after the host and process,
     so two processes writing one file at once (`plan` beside a sweep, SLURM jobs on a shared folder) never

@@ -263,3 +263,23 @@ def test_an_oblique_images_orientation_is_the_one_itks_dicomorient_names() -> No
             direction = tuple(stored.ravel())
             geometry = Geometry((1.0,) * 3, (0.0,) * 3, direction, (2, 2, 2))
             assert geometry.orientation == itk(direction), direction
+
+
+def test_an_interrupted_csv_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    # The learning-curve CSVs of a resumed run (training.py) were written without clean-up: a SIGTERM there
+    # left `logs/.metrics.csv.tmp` until the run resumed.
+    import pandas as pd
+
+    from medseg_bench.data.io import write_csv_atomic
+
+    target = tmp_path / "metrics.csv"
+    write_csv_atomic(pd.DataFrame({"epoch": [0]}), target)
+
+    class _CutShort:
+        def to_csv(self, path: Path, index: bool) -> None:
+            Path(path).write_text("epoch\n0\n1")
+            raise KeyboardInterrupt("SIGTERM")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_csv_atomic(_CutShort(), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"] and target.read_text() == "epoch\n0\n"

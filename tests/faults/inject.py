@@ -56,7 +56,7 @@ def install(point: str) -> None:
         def write_csv(frame: Any, path: Path) -> None:
             _die_half_written(path.with_name(f".{path.name}.tmp"), frame.to_csv(index=False).encode())
 
-        run._write_csv_atomic = write_csv  # type: ignore[assignment]
+        run.write_csv_atomic = write_csv  # type: ignore[assignment]
     elif point == "kill-summary":
         original_json = run.write_json_atomic
 

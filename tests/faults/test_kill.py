@@ -28,14 +28,19 @@ pytestmark = pytest.mark.faults
 SEEDS = ("--seed", "0,1,2")
 
 
+def _attempts(results: Path) -> int:
+    """How many times a run was started or resumed under `results`."""
+    return sum(e["event"] in ("start", "resume") for f in run_folders(results) for e in read_events(f))
+
+
 @pytest.mark.slow
 def test_ten_random_kills_then_finish_equals_an_uninterrupted_sweep(fetched: Path, tmp_path: Path,
                                                                   reference: Any, ledger: Ledger) -> None:
     start = time.perf_counter()
     expected = reference(*SEEDS)
     # Kill moments scale with how long the uninterrupted sweep took on this machine (an idle machine is
-    # several times faster than a loaded one): each attempt gets at most 30% of that time, so at least three
-    # kills land before the sweep can finish.
+    # several times faster than a loaded one): each attempt trains for at most 15% of that time, so at least
+    # three kills land before the sweep can finish.
     uninterrupted_s = time.perf_counter() - start
     if uninterrupted_s < 1.0:  # computed by an earlier test: fall back to a typical duration
         uninterrupted_s = 30.0
@@ -43,8 +48,13 @@ def test_ten_random_kills_then_finish_equals_an_uninterrupted_sweep(fetched: Pat
     rng = random.Random(20261125)
     kills = 0
     for _ in range(10):
+        started = _attempts(results)
         process = start_cli(sweep_argv(results, *SEEDS))
-        time.sleep(rng.uniform(0.05, 0.3) * uninterrupted_s)
+        # The clock starts when this sweep starts (or resumes) a run, not at launch: its imports alone take
+        # seconds, and kills timed from launch landed before any run had started.
+        while _attempts(results) == started and process.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.025, 0.15) * uninterrupted_s)
         finished = process.poll() is not None
         kill9(process)
         if finished:

@@ -64,7 +64,7 @@ def _one_done_one_training(results: Path) -> bool:
         beat = read_json(folder / "heartbeat.json")
         return (not is_done(folder) and (folder / "checkpoints" / "last.ckpt").is_file()
                 and isinstance(beat.get("epoch"), int) and isinstance(beat.get("epochs"), int)
-                and 1 <= beat["epoch"] < beat["epochs"])
+                and 1 <= beat["epoch"] <= beat["epochs"] - 2)  # epochs done: a whole epoch is left
 
     return any(is_done(f) for f in folders) and any(training(f) for f in folders)
 
@@ -102,7 +102,9 @@ def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path:
     ledger.injected += 1
     ledger.sigterm_stop_s.append(stopped_s)
     assert process.returncode == 128 + signum, text
-    assert stopped_s < 3, f"took {stopped_s:.1f} s to stop"
+    # At once, not after the launcher's 10 s grace and SIGKILL (measured 0.1 to 1.5 s; 8 s of room for a
+    # loaded 2-core machine)
+    assert stopped_s < 8, f"took {stopped_s:.1f} s to stop"
     assert left == [], f"worker processes outlived the sweep: {left}"
     assert text.strip().splitlines()[-1] == (
         f"error: sweep interrupted ({signum.name}): finished runs are kept; rerun the same command to resume "
