@@ -439,13 +439,10 @@ def failure_names(path: Path, tmp: Path) -> Iterator[None]:
     temp file is removed."""
     try:
         yield
-    except OSError as exc:
+    except BaseException as exc:  # also Ctrl-C, SIGTERM, or torch's error for a save they cut
         tmp.unlink(missing_ok=True)
-        if exc.filename is None:
+        if isinstance(exc, OSError) and exc.filename is None:
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-    except BaseException:  # Ctrl-C, SIGTERM, or torch's error for a save they cut
-        tmp.unlink(missing_ok=True)
         raise
 
 
