@@ -32,7 +32,8 @@ def plan(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json as it is stored.")] = False,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Processes for the fingerprint. Default: cores.")
+        int | None,
+        typer.Option(min=1, help="Processes for the fingerprint. Default: cores, at most 8 and the cases."),
     ] = None,
 ) -> None:
     """Print the plan: target spacing, normalisation, 2D/3D patch and batch sizes, and its fingerprint.

@@ -43,7 +43,9 @@ def sweep(
         help="Augmentation preset(s), e.g. none,light (`medseg-bench list augs`). Default: none.")] = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
-    encoder: Annotated[str | None, typer.Option(help="2D encoder(s) (smp names). Default: resnet34.")] = None,
+    encoder: Annotated[str | None, typer.Option(
+        help="2D encoder(s) (smp names; fcn: resnet50, resnet101). Default: resnet34 (fcn: resnet50).",
+    )] = None,
     folds: Annotated[str | None, typer.Option(help="Fold(s) to hold out, comma-separated. Default: 0.")] \
         = None,
     num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] \
