@@ -600,6 +600,28 @@ def _for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
     return plan
 
 
+def check_declared_labels(task: TaskSpec, cases: list[Case], folder: Path) -> None:
+    """DataError naming the task file when the label maps hold a value it no longer declares (its labels
+    edited since the fingerprint, plan and cache were made: the cached label maps would index past the
+    network's classes), as `fingerprint.json` of these `cases` records them. A value it records is one
+    validation and the fingerprint read under the task file of that time."""
+    fp = load_json_object(folder / "fingerprint.json")[0] or {}
+    classes = fp.get("class_frequencies")
+    if fp.get("cases") != [c.case_id for c in cases] or not isinstance(classes, dict):
+        return  # computed again (or never read): each case's label is checked as it is read
+    held = {}
+    for value, entry in classes.items():
+        if value.isdigit() and int(value) not in task.labels and isinstance(entry, dict):
+            if isinstance(entry.get("cases_present"), int) and entry["cases_present"] > 0:
+                held[int(value)] = entry["cases_present"]
+    if held:
+        values = ", ".join(f"{v} (in {n} of {len(cases)} cases)" for v, n in sorted(held.items()))
+        labels = ", ".join(str(k) for k in sorted(task.labels))
+        raise DataError(f"{task.source_file or task.name}: label value(s) {values} of {task.name}'s "
+                        f"label maps not among its labels ({labels}), edited since the task was preprocessed: "
+                        "declare every value the label maps hold")
+
+
 def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
     """DataError when no training case holds a foreground label: nothing to learn, and a CT channel's
     statistics (clip, mean, std) would be made up (clip to [0, 0])."""

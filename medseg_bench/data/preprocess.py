@@ -49,6 +49,7 @@ from medseg_bench.data.parallel import default_workers, parallel_map, worker_poo
 from medseg_bench.data.plan import (
     Budget,
     Plan,
+    check_declared_labels,
     load_or_make_plan,
     nonzero_mask,
     normalize,
@@ -241,6 +242,7 @@ def prepare_task(
     own_slices_dir = None
     with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for every stage
         plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
+        check_declared_labels(task, cases, root)
         cache_dir = root / plan.preprocessing_hash
         build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool, task=task)
         if own_slices:

@@ -109,6 +109,24 @@ def test_a_damaged_cache_stops_prepare_before_any_run(home: Path, tmp_path: Path
 
 
 
+def test_a_label_the_task_file_no_longer_declares_stops_prepare_naming_the_file(
+        home: Path, tmp_path: Path) -> None:
+    # The task file's labels edited after preprocessing (2 removed): the cached label maps still held 2, and
+    # every run failed with "index 2 is out of bounds for dimension 1 with size 2", no file named.
+    data = _fetched(home, tmp_path, "Task90_Synth")
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    path = write_task_file(home, "Task90_Synth", labels={0: "background", 1: "outer"})
+    with pytest.raises(DataError) as error:
+        prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    cases = len(prepared.case_ids)
+    assert str(error.value) == (f"{path}: label value(s) 2 (in {cases} of {cases} cases) of Task90_Synth's "
+                                "label maps not among its labels (0, 1), edited since the task was "
+                                "preprocessed: declare every value the label maps hold")
+    write_task_file(home, "Task90_Synth", labels={0: "background", 1: "outer", 2: "core", 3: "new"})
+    again = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    assert again.cache_dir == prepared.cache_dir
+
+
 @pytest.mark.parametrize("stage", ["fingerprint", "cache"])
 @pytest.mark.parametrize("replaced", ["image", "label"])
 def test_a_file_replaced_since_validation_is_named_by_the_stage_that_reads_it(
