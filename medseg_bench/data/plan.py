@@ -618,8 +618,8 @@ def check_declared_labels(task: TaskSpec, cases: list[Case], folder: Path) -> No
         values = ", ".join(f"{v} (in {n} of {len(cases)} cases)" for v, n in sorted(held.items()))
         labels = ", ".join(str(k) for k in sorted(task.labels))
         raise DataError(f"{task.source_file or task.name}: label value(s) {values} of {task.name}'s "
-                        f"label maps not among its labels ({labels}), edited since the task was preprocessed: "
-                        "declare every value the label maps hold")
+                        f"label maps not among its labels ({labels}), edited since the task was "
+                        "preprocessed: declare every value the label maps hold")
 
 
 def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
