@@ -16,12 +16,26 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 def one_line(text: str) -> str:
     """`text` with control characters escaped: a file name from a dataset or archive cannot forge lines."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling (`__cause__`, else `__context__`), and so on;
+    not past a `raise ... from None`, which handled the earlier exception on purpose."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ if link.__cause__ is not None else (
+            None if link.__suppress_context__ else link.__context__)
 
 
 def first_line(exc: BaseException) -> str:

@@ -96,18 +96,10 @@ def caused_by_stop(exc: BaseException) -> bool:
     `torch.save` cut by the signal mid-write raises RuntimeError ("unexpected pos") from its zip writer's
     clean-up in the KeyboardInterrupt's place (once, a SIGTERM during a checkpoint save marked a run failed,
     not interrupted). Only after a stop signal: without one, an exception is a failure of its own."""
-    if received() is None:
-        return False
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        if isinstance(link, KeyboardInterrupt):
-            return True
-        seen.add(id(link))
-        # `raise ... from None` handled the interruption on purpose: what it raised is its own
-        link = link.__cause__ if link.__cause__ is not None else (
-            None if link.__suppress_context__ else link.__context__)
-    return False
+    from medseg_bench.errors import exception_chain
+
+    # `raise ... from None` handled the interruption on purpose: what it raised is its own
+    return received() is not None and any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 
 
 def is_stop(exc: BaseException) -> bool:

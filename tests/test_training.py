@@ -227,8 +227,11 @@ def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Pa
     assert AtomicCheckpointIO().load_checkpoint(ckpt)["state_dict"]["net.w"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("full_at", [1, 3])
 def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_last_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_at: int) -> None:
+    # A write failing past torch.save's first made it raise its own RuntimeError ("unexpected pos 46 vs 0"),
+    # the OSError only its context: a run on a full disk failed with that, naming no file and no full disk.
     import builtins
     import errno
 
@@ -238,11 +241,15 @@ def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_last_o
     io = training.AtomicCheckpointIO()
     io.save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
 
-    class _Full:  # a file on a disk that fills up after a few bytes, as write(2) reports it
+    class _Full:  # a file on a disk that fills up after a few writes, as write(2) reports it
         def __init__(self, path: Path, mode: str) -> None:
             self.file = builtins.open(path, mode)
+            self.writes = 0
 
         def write(self, data: bytes) -> int:
+            self.writes += 1
+            if self.writes < full_at:
+                return self.file.write(data)
             self.file.write(bytes(data)[:8])
             raise OSError(errno.ENOSPC, "No space left on device")
 

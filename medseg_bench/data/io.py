@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.itk_output import Printed, captured_for
-from medseg_bench.errors import DataError, FileSystemError
+from medseg_bench.errors import DataError, FileSystemError, exception_chain
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
@@ -435,15 +435,26 @@ def file_in_the_way(path: Path) -> Path | None:
 @contextmanager
 def failure_names(path: Path, tmp: Path) -> Iterator[None]:
     """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by
-    write or fsync) gets `path`'s, so the error names what was not written; on any error or interruption the
-    temp file is removed."""
+    write or fsync) gets `path`'s, so the error names what was not written, also where the writer raised its
+    own error in its place (torch.save's "unexpected pos" when a write fails past its first: the OSError is
+    its context); on any error or interruption the temp file is removed."""
     try:
         yield
     except BaseException as exc:  # also Ctrl-C, SIGTERM, or torch's error for a save they cut
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        cause = _os_error_behind(exc)
+        if cause is not None and cause.filename is None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
         raise
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """`exc` if an OSError, else the first OSError that a writer's own error was raised while handling
+    (`errors.exception_chain`); None when an interruption is in that chain: the interruption is the cause."""
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        return None
+    return next((e for e in chain if isinstance(e, OSError)), None)
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
