@@ -94,11 +94,20 @@ class PreparedTask:
         return self.own_slices_dir
 
 
+class _PythonWrites:
+    """A file for `np.save` that is not a file object to numpy: it writes through Python's `write`, whose
+    OSError says why (ENOSPC: "No space left on device"), not through C's fwrite, whose short write numpy
+    reports as "61880 requested and 12160 written" (no errno: a full disk read as an unknown failure)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.write = fh.write
+
+
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     tmp = private_temp(path)
     with failure_names(path, tmp):  # a full disk names the array not written, and leaves no temp
         with open(tmp, "wb") as fh:
-            np.save(fh, array)
+            np.save(_PythonWrites(fh), array)
         tmp.replace(path)
 
 

@@ -83,6 +83,32 @@ def test_a_full_disk_while_caching_names_the_array_not_written(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_disk_that_fills_part_way_through_an_array_says_why(tmp_path: Path) -> None:
+    # numpy wrote a file object through C's fwrite, whose short write it reported without an errno:
+    # "error: FILE: 61880 requested and 12160 written" on a full disk. A file-size limit cuts writes as a
+    # full disk does, part way (EFBIG instead of ENOSPC), without a disk to fill.
+    import subprocess
+    import sys
+
+    script = (
+        "import errno, resource, signal, sys\n"
+        "import numpy as np\n"
+        "from pathlib import Path\n"
+        "from medseg_bench.data.preprocess import _save_npy_atomic\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (12160, 12160))\n"
+        "try:\n"
+        "    _save_npy_atomic(Path(sys.argv[1]), np.zeros((10, 100, 100), np.float32))\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno == errno.EFBIG, exc.filename, exc.strerror)\n"
+    )
+    target = tmp_path / "case_001.img.npy"
+    out = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == f"True {target} File too large\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_corrupt_cache_entry_is_named(home: Path, tmp_path: Path) -> None:
     data = _fetched(home, tmp_path, "Task90_Synth")
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
