@@ -388,3 +388,23 @@ def test_a_2d_run_trains_on_the_cache_that_keeps_its_slices(home: Path, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(spec, prepared, tmp_path / "run")
     assert seen == [prepared.cache_dir.with_name(prepared.cache_dir.name + cache)]
+
+
+def test_learning_curves_are_written_atomically_and_a_full_disk_names_them(tmp_path: Path) -> None:
+    # savefig wrote straight onto learning_curves.png: a full disk left it empty, with no file named.
+    import errno
+
+    from medseg_bench.data.io import private_temp
+    from medseg_bench.training import save_learning_curves
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text("epoch,train_loss,val_dice\n0,1.5,\n0,,0.4\n1,1.1,0.6\n")
+    out = save_learning_curves(tmp_path)
+    assert out == tmp_path / "learning_curves.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = out.read_bytes()
+    private_temp(out).symlink_to("/dev/full")  # every write: ENOSPC, with no file name
+    with pytest.raises(OSError) as info:
+        save_learning_curves(tmp_path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
+    assert out.read_bytes() == before  # the plot of before, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learning_curves.png", "logs"]
