@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.data.itk_output import Printed, captured_for
+from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.errors import DataError, FileSystemError, exception_chain
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
@@ -290,17 +290,47 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     image.SetDirection(geometry.direction)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    staged = staging / path.name
     try:
-        try:
-            sitk.WriteImage(image, str(staging / path.name), True)
-        except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
-            reason = _first_line(exc).replace(str(staging / path.name), str(path))
-            raise FileSystemError(f"{path}: not written ({reason})") from None
+        # What ITK's writers print themselves ("MetaImage: M_WriteElementsData: ...", NIfTI's "** ERROR: NWAD:
+        # wrote only 3744 of 120000 bytes") is kept off the terminal when the write fails: the error says it.
+        with captured():
+            try:
+                sitk.WriteImage(image, str(staged), True)
+            except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
+                reason = _first_line(exc).replace(str(staged), str(path)).removeprefix("Reason: ")
+                if _disk_full(staging, array.size) and "No space" not in reason:  # NRRD: "failed to write"
+                    reason = f"No space left on device: {reason}"
+                raise FileSystemError(f"{path}: not written ({reason})") from None
+            _check_written(staged, path, array.size)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
             part.replace(path.parent / part.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_written(staged: Path, path: Path, voxels: int) -> None:
+    """FileSystemError when ITK's NIfTI writer left `staged` short of what its header declares, or its gzip
+    stream unfinished: it reports no error for a write the disk refused (a full disk left a 0-byte or a
+    4096-byte `.nii.gz`, and `predict` said it was written). Other formats' writers raise."""
+    try:
+        check_nifti_complete(staged)
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"{staged}: ")
+        full = _disk_full(staged.parent, voxels)
+        raise FileSystemError(f"{path}: not written ({'No space left on device: ' if full else ''}ITK's "
+                              f"NIfTI writer reported no error, but the file is {reason})") from None
+
+
+def _disk_full(folder: Path, voxels: int) -> bool:
+    """Whether `folder`'s disk lacks the room for an uncompressed label map of `voxels` voxels (uint8)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < voxels + _NIFTI2_HEADER_BYTES
+    except OSError:
+        return False
 
 
 def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Path) -> None:

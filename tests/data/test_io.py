@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import struct
 from pathlib import Path
@@ -15,6 +16,7 @@ from medseg_bench.data.io import (
     check_nifti_complete,
     count_nonfinite,
     parse_nifti_header,
+    read_label,
     write_label,
 )
 from medseg_bench.errors import DataError
@@ -231,6 +233,46 @@ def test_a_label_map_itk_cannot_write_is_one_line_naming_it(tmp_path: Path) -> N
         with pytest.raises(FileSystemError, match=rf"^{re.escape(str(tmp_path / name))}: not written \("):
             write_label(np.zeros((2, 2, 2), np.uint8), geometry, tmp_path / name)
     assert list(tmp_path.iterdir()) == []  # no temporary folder left
+
+
+@pytest.mark.parametrize("name", ["a.nii.gz", "a.nii"])
+@pytest.mark.parametrize("full", [True, False])
+def test_a_label_map_itks_nifti_writer_cut_short_is_an_error_not_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], name: str,
+        full: bool) -> None:
+    """ITK's NIfTI writer reports no error for a write the disk refused: on a full disk `predict` left 0-byte
+    and 4096-byte label maps, said "3 prediction(s) written" and skipped them when run again. It prints its
+    own line to stderr ("** ERROR: NWAD: wrote only ..."), kept off the terminal: the error says it."""
+    import collections
+    import shutil
+
+    import SimpleITK as sitk
+
+    from medseg_bench.errors import FileSystemError
+
+    write = sitk.WriteImage
+
+    def cut_short(image: object, file_name: str, *args: object) -> None:  # as on a disk that filled up
+        write(image, file_name, *args)
+        data = Path(file_name).read_bytes()
+        Path(file_name).write_bytes(data[:len(data) // 2])
+        os.write(2, b"** ERROR: NWAD: wrote only 3744 of 120000 bytes to file\n")
+
+    monkeypatch.setattr(sitk, "WriteImage", cut_short)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9, 0 if full else 10**9))
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (40, 30, 20))
+    label = np.random.default_rng(0).integers(0, 3, (20, 30, 40), dtype=np.uint8)
+    with pytest.raises(FileSystemError) as error:
+        write_label(label, geometry, tmp_path / name)
+    found = "unreadable (gzip stream cut short)" if name.endswith(".gz") else "truncated ("
+    assert str(error.value).startswith(f"{tmp_path / name}: not written ({'No space left on device: ' * full}"
+                                       f"ITK's NIfTI writer reported no error, but the file is {found}")
+    assert list(tmp_path.iterdir()) == []  # no label map, no temporary folder
+    assert capfd.readouterr().err == ""
+    monkeypatch.setattr(sitk, "WriteImage", write)
+    write_label(label, geometry, tmp_path / name)  # a whole file: written
+    assert (read_label(tmp_path / name)[0] == label).all()
 
 
 def test_an_oblique_images_orientation_is_the_one_itks_dicomorient_names() -> None:
