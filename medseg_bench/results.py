@@ -98,6 +98,16 @@ def is_done(folder: Path) -> bool:
 FINISHED_FILES = ("spec.json", "metrics.csv", "summary.json")
 
 
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder that holds `path` (at any depth: `predictions/`, `checkpoints/`), or None: a folder
+    with the run's `spec.json` and its status, summary or events (what `run.py` writes first)."""
+    for folder in Path(os.path.realpath(path)).parents:  # `path`'s own folder first
+        if (folder / "spec.json").is_file() and any(
+                (folder / name).is_file() for name in ("status.json", "summary.json", "events.jsonl")):
+            return folder
+    return None
+
+
 def finished_damage(folder: Path) -> str | None:
     """Why a run that finished can no longer be read as finished ("<file>: <problem>"), or None.
 

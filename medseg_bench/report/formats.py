@@ -256,7 +256,26 @@ def check_output_file(path: Path) -> None:
         raise ResultsError(f"{path}: cannot write ({blocker} is not a folder)")
     if is_dir:
         raise ResultsError(f"{path}: cannot write (it is a folder; give a file name)")
+    _check_not_a_runs_file(path)
     _check_file_writable(path)
+
+
+def _check_not_a_runs_file(path: Path) -> None:
+    """ResultsError when `path` is an existing file of a run folder (`results.run_folder_of`): `evaluate
+    --pred RUN/predictions ... -o RUN/metrics.csv` replaced the run's own scores, `report --output
+    RUN/summary.json` its summary, without a word. A new file in a run folder is written."""
+    from medseg_bench.results import run_folder_of
+
+    try:
+        target = Path(os.path.realpath(path))  # through links, and `missing/..` as the write will take it
+        if not target.is_file():
+            return
+        run = run_folder_of(target)
+    except OSError:
+        return  # `_check_file_writable` says what is wrong with the path
+    if run is not None:
+        raise ResultsError(f"{path}: cannot write (a file of run {run.name}, whose results are never "
+                           "replaced; give another name)")
 
 
 def _check_file_writable(path: Path) -> None:

@@ -423,6 +423,26 @@ def test_output_under_a_file_names_the_file(folders, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.csv"]
 
 
+def test_output_onto_a_runs_own_file_is_refused_and_a_new_file_beside_it_written(folders, tmp_path):
+    # README: `evaluate --pred RUN/predictions ...` gives the run's metrics.csv again; with `-o
+    # RUN/metrics.csv` it replaced the run's own scores without a word.
+    pred_dir, ref_dir = folders
+    run = tmp_path / "results" / "Task04_Hippocampus" / "3d-unet-dice_ce-none-f0-s0-0123456789"
+    run.mkdir(parents=True)
+    for name in ("spec.json", "status.json"):
+        (run / name).write_text("{}")
+    (run / "metrics.csv").write_text("the run's scores")
+    for out in (run / "metrics.csv", run / "predictions" / ".." / "metrics.csv"):
+        result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
+        assert result.exit_code == 6, result.output
+        assert result.stderr == (f"error: {out}: cannot write (a file of run {run.name}, whose results are "
+                                 "never replaced; give another name)\n")
+    assert (run / "metrics.csv").read_text() == "the run's scores"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(run / "rescored.csv"))
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(run / "rescored.csv")["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+
+
 def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
     """Permission bits do not stop root, so the name is one whose atomic-write temp is too long (the name
     itself, 254 bytes, is not): only trying to create that temp finds it out, as the write would, late."""

@@ -163,6 +163,20 @@ def test_plots_folder(results: Path, tmp_path: Path) -> None:
                      "Task91_Beta_hd95_cases.png", "Task91_Beta_learning_curves.png", "rank_heatmap.png"]
 
 
+def test_output_onto_a_runs_own_file_is_refused(results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    summary = next(copy.glob("*/*/summary.json"))
+    before = summary.read_bytes()
+    result = invoke("--results-dir", str(copy), "--format", "json", "--output", str(summary))
+    assert result.exit_code == 6, result.output
+    assert result.stderr == (f"error: {summary}: cannot write (a file of run {summary.parent.name}, whose "
+                             "results are never replaced; give another name)\n")
+    assert summary.read_bytes() == before
+
+
 def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
