@@ -155,7 +155,8 @@ def _click_message(exc: BaseException) -> str:
         return "aborted"
     ctx = getattr(exc, "ctx", None)
     path = getattr(ctx, "command_path", None)
-    text = one_line(format_message())
+    # click lays out a list over lines ("Choose from:\n\ttasks,\n\tarchs"): one line, not escaped codes
+    text = one_line(" ".join(part.strip() for part in format_message().splitlines() if part.strip()))
     return f"{path}: {text} (see `{path} --help`)" if path else text
 
 
