@@ -289,9 +289,10 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
-    # a sweep stops at a task not fetched before it trains anything: the dry run says so
+    # a sweep stops at a task not fetched before it trains anything: the dry run says so, and how to fetch
+    # it into that data dir (the command without --data-dir fetched into the default one)
     assert lines[-2] == (f"{tmp_path / 'data' / TASK}: task not fetched (or incomplete); the sweep would "
-                         f"stop: run `medseg-bench fetch {TASK}` first")
+                         f"stop: run `medseg-bench fetch {TASK} --data-dir {tmp_path / 'data'}` first")
 
 
 def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(

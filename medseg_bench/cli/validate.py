@@ -31,7 +31,7 @@ def validate(
     from rich.progress import Progress
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import MARKER, is_complete, record_validation
+    from medseg_bench.data.fetch import MARKER, is_complete, not_fetched, record_validation
     from medseg_bench.data.msd import training_cases
     from medseg_bench.data.validate import (
         PROBLEMS_SHOWN,
@@ -46,9 +46,7 @@ def validate(
     spec = get_task(task)
     folder = (data_dir or get_settings().data_dir) / spec.name
     if not is_complete(folder):
-        raise DataError(
-            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {spec.name}` first"
-        )
+        raise DataError(not_fetched(folder))
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
     with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
         bar_id = bar.add_task("validating", total=len(training_cases(folder)))

@@ -45,6 +45,21 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def fetch_command(task: str, data_dir: Path) -> str:
+    """The command that fetches `task` into `data_dir`: `--data-dir` only where it is not the default one
+    (`medseg-bench fetch T` alone would fetch into the default data folder, not the one asked for)."""
+    from medseg_bench.settings import get_settings
+
+    default = Path(os.path.abspath(get_settings().data_dir)) == Path(os.path.abspath(data_dir))
+    return f"medseg-bench fetch {task}" + ("" if default else f" --data-dir {shlex.quote(str(data_dir))}")
+
+
+def not_fetched(folder: Path) -> str:
+    """The problem of a task folder `DATA_DIR/<Task>` that is not fetched, with the command to fetch it."""
+    command = fetch_command(folder.name, folder.parent)
+    return f"{folder}: task not fetched (or incomplete); run `{command}` first"
+
+
 def _check_url(url: str) -> None:
     """UsageError unless `url` parses as an http(s) URL with a host (and a numeric port, if any)."""
     from urllib.parse import urlsplit

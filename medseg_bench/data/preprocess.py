@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medseg_bench.checks import are_whole, is_spacing, shown
-from medseg_bench.data.fetch import is_complete, read_marker
+from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 from medseg_bench.data.io import (
     Geometry,
     failure_names,
@@ -221,9 +221,7 @@ def usable_cases(task: TaskSpec, data_dir: Path) -> list[Case]:
     """The training cases of a fetched task, less those its validation excluded."""
     folder = data_dir / task.name
     if not is_complete(folder):
-        raise DataError(
-            f"{folder}: task not fetched (or incomplete); run `medseg-bench fetch {task.name}` first"
-        )
+        raise DataError(not_fetched(folder))
     excluded = excluded_cases(folder)
     cases = [c for c in training_cases(folder) if c.case_id not in excluded]
     if not cases:

@@ -119,10 +119,10 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path,
 
 def _unfetched(tasks: list[str], data_dir: Path) -> list[str]:
     """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop)."""
-    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.fetch import is_complete, not_fetched
 
-    return [f"{data_dir / task}: task not fetched (or incomplete); the sweep would stop: run `medseg-bench "
-            f"fetch {task}` first" for task in tasks if not is_complete(data_dir / task)]
+    return [not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1)
+            for task in tasks if not is_complete(data_dir / task)]
 
 
 def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> list[str]:

@@ -56,6 +56,12 @@ def test_data_dir_option_and_unfetched_task(home: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["validate", "Task90_Synth", "--data-dir", str(moved)]).exit_code == 0
     missing = runner.invoke(app, ["validate", "Task90_Synth"])
     assert missing.exit_code == 3 and "run `medseg-bench fetch Task90_Synth` first" in missing.output
+    # the command to fetch it names the data dir asked for (without, it fetched into the default one)
+    other = tmp_path / "other data"
+    missing = runner.invoke(app, ["validate", "Task90_Synth", "--data-dir", str(other)])
+    assert missing.exit_code == 3 and missing.output.strip() == (
+        f"error: {other / 'Task90_Synth'}: task not fetched (or incomplete); run `medseg-bench fetch "
+        f"Task90_Synth --data-dir '{other}'` first")
     unknown = runner.invoke(app, ["validate", "Task90_Synht"])
     assert unknown.exit_code == 2 and "did you mean" in unknown.output
 
