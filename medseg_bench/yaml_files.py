@@ -23,3 +23,15 @@ def load_unique(text: str) -> Any:
             return super().construct_mapping(node, deep=deep)
 
     return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """One line for a YAML error, with where it is: "line 2, column 5: expected ',' or ']', but got ':'
+    (while parsing a flow sequence)" (PyYAML's first line named no line: "while parsing a flow sequence")."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")

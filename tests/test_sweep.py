@@ -154,11 +154,14 @@ def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> Non
     ("task: T\nepochs: three\n", "'epochs' takes one int"),
     ("task: T\nseed: [0, x]\n", "'seed' takes int values"),
     ("- task\n", "a sweep file is a mapping"),
-    ("task: [\n", "not valid YAML"),
+    # where, not PyYAML's first line alone ("while parsing a flow node"): the line and column
+    ("task: [\n", "not valid YAML (line 2, column 1: expected the node content, but found '<stream end>' "
+                  "(while parsing a flow node))"),
     ("task: T\nlr: fast\n", "'lr' takes one number, not 'fast'"),
     ("task: T\nclass_weights: [1, x, 2]\n", "'class_weights' takes numbers, one per class, not 'x'"),
     ("task: T\npostprocess: 1\n", "'postprocess' takes true or false, not 1"),
-    ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (key 'task' given twice)"),  # YAML keeps the last
+    # YAML keeps the last
+    ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (line 3, column 1: key 'task' given twice)"),
     ("\udcff\udcfe task: T\n", "not UTF-8 text"),
 ])
 def test_bad_sweep_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:

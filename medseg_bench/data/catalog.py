@@ -8,7 +8,7 @@ from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
 from medseg_bench.settings import get_settings, packaged_tasks_dir
 from medseg_bench.spec import TaskSpec
-from medseg_bench.yaml_files import load_unique
+from medseg_bench.yaml_files import load_unique, yaml_problem
 
 
 def _load_task_file(path: Path) -> TaskSpec:
@@ -18,8 +18,10 @@ def _load_task_file(path: Path) -> TaskSpec:
         data = load_unique(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read task file ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read task file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: cannot read task file ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a task file must be a YAML mapping")
     spec = TaskSpec.from_dict(data, source_file=path)

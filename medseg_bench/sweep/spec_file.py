@@ -19,7 +19,7 @@ from typing import Any
 
 from medseg_bench.errors import UsageError
 from medseg_bench.sweep.expand import SweepRequest
-from medseg_bench.yaml_files import load_unique
+from medseg_bench.yaml_files import load_unique, yaml_problem
 
 # file key -> SweepRequest field; axes take a value or a list, settings one value.
 AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encoders", "loss": "losses",
@@ -62,7 +62,7 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -68,7 +68,9 @@ def test_bad_task_files(home: Path) -> None:
     path = home / "tasks" / "Task98_Bad.yaml"
     assert "imaging:" in path.read_text()
     path.write_text(path.read_text() + "imaging: CT\n")
-    with pytest.raises(UsageError, match=r"Task98_Bad.yaml: cannot read task file \(key 'imaging' given"):
+    lines = len(path.read_text().splitlines())
+    with pytest.raises(UsageError, match=rf"Task98_Bad.yaml: cannot read task file \(line {lines}, column 1: "
+                                         r"key 'imaging' given twice\)$"):
         task_registry()
 
 
