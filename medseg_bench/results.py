@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_number, is_whole, shown
-from medseg_bench.data.io import load_json_object, private_temp, remove_dead_writers_temps, write_json_atomic
+from medseg_bench.data.io import (
+    file_in_the_way,
+    load_json_object,
+    private_temp,
+    remove_dead_writers_temps,
+    write_json_atomic,
+)
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.settings import REPO_ROOT
 from medseg_bench.spec import RunSpec, run_id_problem
@@ -323,7 +329,20 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+def check_results_dir(results_dir: Path) -> None:
+    """ResultsError when `results_dir`, or a folder on its path, is a file: a sweep said "not writable (File
+    exists)", its dry run listed every run as pending, status and report found no runs."""
+    try:
+        blocker = results_dir if results_dir.exists() and not results_dir.is_dir() else file_in_the_way(
+            results_dir)
+    except OSError:
+        return  # a path that cannot be looked at: the command's own access names the problem
+    if blocker is not None:
+        raise ResultsError(f"{results_dir}: not a results dir ({blocker} is a file, not a folder)")
+
+
 def check_writable(results_dir: Path) -> None:
+    check_results_dir(results_dir)
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         probe = results_dir / f".write-test-{os.getpid()}"
@@ -569,6 +588,8 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
     import pandas as pd
 
     from medseg_bench.metrics.info import METRIC_NAMES
+
+    check_results_dir(results_dir)
 
     frames = []
     absent: dict[str, list[str]] = {}

@@ -18,8 +18,16 @@ def status(
     from collections import Counter
 
     from medseg_bench.errors import ResultsError
-    from medseg_bench.results import checked_state, read_json, read_status, unqueued_state, write_index
+    from medseg_bench.results import (
+        check_results_dir,
+        checked_state,
+        read_json,
+        read_status,
+        unqueued_state,
+        write_index,
+    )
 
+    check_results_dir(results_dir)
     folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{task or '*'}/*/{name}")})
     if not folders and task:

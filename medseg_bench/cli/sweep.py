@@ -129,8 +129,10 @@ def sweep(
 
     data = data_dir or get_settings().data_dir
     if dry_run:
+        from medseg_bench.results import check_results_dir
         from medseg_bench.sweep.dry_run import dry_run_lines
 
+        check_results_dir(results_dir)
         for line in dry_run_lines(runs, results_dir, data):
             typer.echo(line)
         return

@@ -98,3 +98,20 @@ def test_a_run_submitted_again_is_queued_and_says_it_resumes_or_retries(
     assert "partial  T/gone  job 43_2 left the queue without starting the run" in lines
     assert "partial  T/requeued  job 44_0 (PENDING: BeginTime)" in lines
     assert lines[-1] == "4 runs: 2 partial, 2 queued"
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["report"], ["sweep", "--task", "Task04_Hippocampus", "--dry-run"],
+    ["sweep", "--task", "Task04_Hippocampus"],
+])
+@pytest.mark.parametrize("below", [False, True])
+def test_a_results_dir_that_is_a_file_is_named_as_such(tmp_path: Path, args: list[str], below: bool) -> None:
+    # A sweep said "results dir is not writable (File exists)", its dry run listed every run as pending and
+    # exited 0, status and report said there were no runs.
+    afile = tmp_path / "results"
+    afile.write_text("not a folder")
+    results = afile / "sub" if below else afile
+    result = runner.invoke(app, [*args, "--results-dir", str(results)])
+    assert result.exit_code == 6, result.output
+    assert result.output == f"error: {results}: not a results dir ({afile} is a file, not a folder)\n"
+    assert afile.read_text() == "not a folder"
