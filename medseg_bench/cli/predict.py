@@ -32,6 +32,11 @@ def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
     if not (folder / "spec.json").is_file():
         raise DataError(f"{folder}: not a run folder (no spec.json next to the checkpoint)")
     if not checkpoint.is_file():
+        from medseg_bench.results import run_state
+
+        if run_state(folder) in ("done", "damaged"):  # it said "the run has not finished an epoch"
+            raise DataError(f"{checkpoint}: checkpoint missing (deleted since the run finished; restore it, "
+                            "or move the run folder away and train it again with `medseg-bench sweep`)")
         raise DataError(f"{checkpoint}: checkpoint missing (the run has not finished an epoch)")
     return folder, checkpoint
 

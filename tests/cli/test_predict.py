@@ -812,3 +812,23 @@ def test_a_4d_image_reaches_the_network_in_the_tasks_modality_order(home: Path, 
     assert one.exit_code == 3
     assert one.stderr == (f"error: {images / 'one.nii.gz'}: 1 channel(s), but {MULTI} models take 2 "
                           "(MR0, MR1, in this order along the fourth axis)\n")
+
+
+def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_path: Path) -> None:
+    # It said "the run has not finished an epoch" of a run status shows as done.
+    from medseg_bench.results import run_state, write_status
+
+    folder, _, _ = run_folder
+    assert run_state(folder) in ("done", "damaged")  # finished (its hand-made summary lacks fields)
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    checkpoint.unlink()
+    args = ["predict", str(folder), "--images", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {checkpoint}: checkpoint missing (deleted since the run finished; restore it, or move the run "
+        "folder away and train it again with `medseg-bench sweep`)\n")
+    write_status(folder, "failed")
+    (folder / "summary.json").unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {checkpoint}: checkpoint missing (the run has not finished an epoch)\n")
