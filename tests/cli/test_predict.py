@@ -825,8 +825,8 @@ def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_
     args = ["predict", str(folder), "--images", str(tmp_path), "--out", str(tmp_path / "o")]
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and result.stderr == (
-        f"error: {checkpoint}: checkpoint missing (deleted since the run finished; restore it, or move the run "
-        "folder away and train it again with `medseg-bench sweep`)\n")
+        f"error: {checkpoint}: checkpoint missing (deleted since the run finished; restore it, or move the "
+        "run folder away and train it again with `medseg-bench sweep`)\n")
     write_status(folder, "failed")
     (folder / "summary.json").unlink()
     result = runner.invoke(app, args)
