@@ -259,21 +259,35 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 if code is None:
                     continue
                 del active[slot]
-                folder = run_dir(results_dir, job.spec)
-                if code == EXIT_SKIPPED or (code == EXIT_DONE and is_done(folder)):
-                    kind = "done" if code == EXIT_DONE else "skipped"
-                    _record(job.spec, kind, reporter, outcome, read_json(folder / "summary.json"))
-                elif code == EXIT_BUSY:
-                    _record(job.spec, "busy", reporter, outcome)
-                elif code == EXIT_DAMAGED:  # lost a file after this sweep looked: named as such, not "failed"
-                    _record(job.spec, "damaged", reporter, outcome, error=finished_damage(folder))
-                else:
-                    _record(job.spec, "failed", reporter, outcome, error=failure_message(folder, code))
+                if not _settle(job, code, results_dir, reporter, outcome):
                     stop = stop or fail_fast
             if stop:
                 todo.clear()
     finally:
         _stop_workers([job.process for job in active.values()])
+        for job in active.values():  # stopped: a run that had finished first is recorded as it ended, also
+            code = job.process.poll()  # where the signal reached its worker after the run was done
+            if code != EXIT_SKIPPED and is_done(run_dir(results_dir, job.spec)):
+                code = EXIT_DONE
+            if code in (EXIT_DONE, EXIT_SKIPPED):
+                _settle(job, code, results_dir, reporter, outcome)
+
+
+def _settle(job: _Job, code: int, results_dir: Path, reporter: PlainReporter,
+            outcome: dict[str, list[str]]) -> bool:
+    """Record how a worker's run ended (its exit `code`); False when it failed."""
+    folder = run_dir(results_dir, job.spec)
+    if code == EXIT_SKIPPED or (code == EXIT_DONE and is_done(folder)):
+        kind = "done" if code == EXIT_DONE else "skipped"
+        _record(job.spec, kind, reporter, outcome, read_json(folder / "summary.json"))
+    elif code == EXIT_BUSY:
+        _record(job.spec, "busy", reporter, outcome)
+    elif code == EXIT_DAMAGED:  # lost a file after this sweep looked: named as such, not "failed"
+        _record(job.spec, "damaged", reporter, outcome, error=finished_damage(folder))
+    else:
+        _record(job.spec, "failed", reporter, outcome, error=failure_message(folder, code))
+        return False
+    return True
 
 
 def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
