@@ -11,7 +11,7 @@ from rich.console import Console
 
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.progress import PlainReporter
-from medseg_bench.results import run_dir, write_status
+from medseg_bench.results import write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import local
 from tests.conftest import finished_summary
@@ -23,7 +23,6 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     # Ctrl-C with --jobs 2 once summed up "2 stopped while training" of two runs recorded done: their workers
     # had finished between two polls of the loop, or as the signal came (exit 130, the run done on disk).
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
-    folder = run_dir(tmp_path, spec)
     workers: list[subprocess.Popen[bytes]] = []
 
     def finished_worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
