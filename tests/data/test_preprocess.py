@@ -212,6 +212,9 @@ def test_a_damaged_case_json_stops_prepare_before_any_run(home: Path, tmp_path: 
 
 def test_not_fetched_is_a_clear_error(home: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run `medseg-bench fetch Task04_Hippocampus` first"):
+        prepare_task(get_task("Task04_Hippocampus"), home / "data")  # the default data dir
+    with pytest.raises(DataError, match=f"run `medseg-bench fetch Task04_Hippocampus --data-dir {tmp_path}` "
+                                        "first"):
         prepare_task(get_task("Task04_Hippocampus"), tmp_path)
 
 

@@ -75,7 +75,7 @@ def test_unwritable_results_dir_is_one_clear_line(fetched: Path, tmp_path: Path,
     ledger.injected += 1
     assert result.returncode == 6, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: {blocker / 'results'}: results dir is not writable (Not a directory)"]
+        f"error: {blocker / 'results'}: not a results dir ({blocker} is a file, not a folder)"]
 
 
 class _Payload:
