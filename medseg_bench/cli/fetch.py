@@ -67,7 +67,11 @@ def fetch(
     if outcome.already_present:
         excluded = (f" ({outcome.excluded} case(s) excluded, listed in {outcome.folder / MARKER})"
                     if outcome.excluded else "")
-        typer.echo(f"{spec.name}: already fetched and validated in {outcome.folder}{excluded}; nothing to do")
+        ignored = ""
+        if source is not None and not _same_place(source, outcome.folder):  # it went unsaid
+            ignored = f"; --source {source} not imported (move {outcome.folder} away to import it instead)"
+        typer.echo(f"{spec.name}: already fetched and validated in {outcome.folder}{excluded}; nothing to do"
+                   + ignored)
         return
     report = outcome.report
     assert report is not None
@@ -79,3 +83,10 @@ def fetch(
         f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
         + (f" ({len(report.excluded)} excluded)" if report.excluded else "")
     )
+
+
+def _same_place(source: str, folder: Path) -> bool:
+    """Whether `--source` names the task folder itself (checked in place), not an archive or folder."""
+    import os
+
+    return "://" not in source and os.path.realpath(source) == os.path.realpath(folder)

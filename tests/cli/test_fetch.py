@@ -54,6 +54,12 @@ def test_strict_fetch_exit_code_and_message(home: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])  # says what it holds
     assert again.exit_code == 0 and "already fetched and validated" in again.output
     assert "(1 case(s) excluded, listed in" in again.output
+    # the --source given is not imported: said (it went unsaid), unless it is the task folder itself
+    folder = home / "data" / "Task90_Synth"
+    assert again.output.rstrip().endswith(f"; --source {src} not imported (move {folder} away to import it "
+                                          "instead)")
+    in_place = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(folder)])
+    assert in_place.exit_code == 0 and in_place.output.rstrip().endswith("; nothing to do")
 
 
 def test_subset_warning(home: Path, tmp_path: Path) -> None:
