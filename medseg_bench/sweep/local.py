@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import RunError, UsageError
+from medseg_bench.errors import ResultsError, RunError, UsageError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
@@ -133,6 +133,9 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
+        if folder.exists() and not folder.is_dir():  # each run failed "File exists", counted as stopped
+            raise ResultsError(f"{folder}: not a run folder (a file is where run {spec.run_id} keeps its "
+                               "results); move it away")
         state, damage = checked_state(folder)
         if state == "damaged":
             _record(spec, "damaged", reporter, outcome, error=damage)

@@ -53,3 +53,20 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     said = (tmp_path / "out.txt").read_text()
     assert f"[1/1] {spec.run_id}: done, mean Dice 0.5000" in said
     assert "sweep finished: 1 trained (of 1 runs)" in said
+
+
+def test_a_file_where_a_run_folder_goes_stops_the_sweep_naming_it(tmp_path: Path) -> None:
+    # Each such run failed with "RUN: File exists" (exit 7), and the summary counted it "stopped while
+    # training".
+    from medseg_bench.errors import ResultsError
+    from medseg_bench.results import run_dir
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
+    folder = run_dir(tmp_path, spec)
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    with pytest.raises(ResultsError) as error:
+        local._finished([spec], tmp_path, tmp_path / "data", PlainReporter(), {})
+    assert str(error.value) == (f"{folder}: not a run folder (a file is where run {spec.run_id} keeps its "
+                                "results); move it away")
+    assert folder.read_text() == "not a folder"
