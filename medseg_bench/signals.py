@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from medseg_bench.errors import exception_chain
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 _deferring = {"depth": 0, "pending": False}
@@ -96,8 +98,6 @@ def caused_by_stop(exc: BaseException) -> bool:
     `torch.save` cut by the signal mid-write raises RuntimeError ("unexpected pos") from its zip writer's
     clean-up in the KeyboardInterrupt's place (once, a SIGTERM during a checkpoint save marked a run failed,
     not interrupted). Only after a stop signal: without one, an exception is a failure of its own."""
-    from medseg_bench.errors import exception_chain
-
     # `raise ... from None` handled the interruption on purpose: what it raised is its own
     return received() is not None and any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 

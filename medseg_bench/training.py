@@ -32,7 +32,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
-from medseg_bench.data.io import failure_names, private_temp, write_csv_atomic
+from medseg_bench.data.io import atomic_binary, failure_names, write_csv_atomic
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
@@ -534,12 +534,9 @@ def save_learning_curves(run_dir: Path) -> Path | None:
     ax.set_title(run_dir.name, fontsize=8)
     fig.tight_layout()
     out = run_dir / "learning_curves.png"
-    tmp = private_temp(out)
     try:
-        with failure_names(out, tmp):  # atomic: a full disk names the plot and leaves no empty one
-            with open(tmp, "wb") as fh:
-                fig.savefig(fh, dpi=100, format="png")
-            tmp.replace(out)
+        with atomic_binary(out) as fh:  # a full disk names the plot and leaves no empty one
+            fig.savefig(fh, dpi=100, format="png")
     finally:
         plt.close(fig)
     return out

@@ -31,7 +31,8 @@ def yaml_problem(exc: BaseException) -> str:
     problem = getattr(exc, "problem", None)
     mark = getattr(exc, "problem_mark", None)
     if not problem or mark is None:
-        text = str(exc).strip()
-        return text.splitlines()[0] if text else type(exc).__name__
+        from medseg_bench.errors import first_line
+
+        return first_line(exc)
     context = getattr(exc, "context", None)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")

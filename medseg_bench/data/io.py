@@ -299,10 +299,13 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
                 sitk.WriteImage(image, str(staged), True)
             except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
                 reason = _first_line(exc).replace(str(staged), str(path)).removeprefix("Reason: ")
-                if _disk_full(staging, array.size) and "No space" not in reason:  # NRRD: "failed to write"
-                    reason = f"No space left on device: {reason}"
-                raise FileSystemError(f"{path}: not written ({reason})") from None
-            _check_written(staged, path, array.size)
+                raise _not_written(path, reason, staging, array.size) from None
+            try:
+                check_nifti_complete(staged)
+            except DataError as exc:  # ITK's NIfTI writer reports no error for a write the disk refused
+                reason = str(exc).removeprefix(f"{staged}: ")
+                raise _not_written(path, f"ITK's NIfTI writer reported no error, but the file is {reason}",
+                                   staging, array.size) from None
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
             part.replace(path.parent / part.name)
@@ -310,40 +313,29 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_written(staged: Path, path: Path, voxels: int) -> None:
-    """FileSystemError when ITK's NIfTI writer left `staged` short of what its header declares, or its gzip
-    stream unfinished: it reports no error for a write the disk refused (a full disk left a 0-byte or a
-    4096-byte `.nii.gz`, and `predict` said it was written). Other formats' writers raise."""
-    try:
-        check_nifti_complete(staged)
-    except DataError as exc:
-        reason = str(exc).removeprefix(f"{staged}: ")
-        full = _disk_full(staged.parent, voxels)
-        raise FileSystemError(f"{path}: not written ({'No space left on device: ' if full else ''}ITK's "
-                              f"NIfTI writer reported no error, but the file is {reason})") from None
-
-
-def _disk_full(folder: Path, voxels: int) -> bool:
-    """Whether `folder`'s disk lacks the room for an uncompressed label map of `voxels` voxels (uint8)."""
+def _not_written(path: Path, reason: str, folder: Path, voxels: int) -> FileSystemError:
+    """The error for a label map of `voxels` voxels not written to `path`, "No space left on device" first
+    where `folder`'s disk lacks the room for it uncompressed: ITK's NIfTI writer says nothing on a full disk
+    (it left a 0-byte or 4096-byte `.nii.gz`, and `predict` said it was written), NRRD "failed to write"."""
     import shutil
 
     try:
-        return shutil.disk_usage(folder).free < voxels + _NIFTI2_HEADER_BYTES
+        full = shutil.disk_usage(folder).free < voxels + _NIFTI2_HEADER_BYTES
     except OSError:
-        return False
+        full = False
+    if full and "No space" not in reason:
+        reason = f"No space left on device: {reason}"
+    return FileSystemError(f"{path}: not written ({reason})")
 
 
 def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write (K, Z, Y, X) class probabilities on an image's grid as a compressed `.npz`, atomically: arrays
     `probabilities` (float32, the image's array order), `spacing`, `origin` and `direction` (ITK's, x first);
     read back with `np.load(path)`, no pickle."""
-    tmp = private_temp(path)
-    with failure_names(path, tmp):
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probabilities=probabilities.astype(np.float32, copy=False),
-                                spacing=np.asarray(geometry.spacing), origin=np.asarray(geometry.origin),
-                                direction=np.asarray(geometry.direction))
-        tmp.replace(path)
+    with atomic_binary(path) as fh:
+        np.savez_compressed(fh, probabilities=probabilities.astype(np.float32, copy=False),
+                            spacing=np.asarray(geometry.spacing), origin=np.asarray(geometry.origin),
+                            direction=np.asarray(geometry.direction))
 
 
 def read_sitk_image(path: Path) -> Any:
@@ -460,6 +452,17 @@ def file_in_the_way(path: Path) -> Path | None:
         if parent.exists() or parent.is_symlink():
             return None if parent.is_dir() else parent
     return None
+
+
+@contextmanager
+def atomic_binary(path: Path) -> Iterator[Any]:
+    """A binary file to write `path` through: this process's temp file (`private_temp`), renamed over `path`
+    when the block ends; on an error or interruption `path` is left as it was (`failure_names`)."""
+    tmp = private_temp(path)
+    with failure_names(path, tmp):
+        with open(tmp, "wb") as fh:
+            yield fh
+        tmp.replace(path)
 
 
 @contextmanager

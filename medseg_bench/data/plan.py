@@ -609,11 +609,10 @@ def check_declared_labels(task: TaskSpec, cases: list[Case], folder: Path) -> No
     classes = fp.get("class_frequencies")
     if fp.get("cases") != [c.case_id for c in cases] or not isinstance(classes, dict):
         return  # computed again (or never read): each case's label is checked as it is read
-    held = {}
-    for value, entry in classes.items():
-        if value.isdigit() and int(value) not in task.labels and isinstance(entry, dict):
-            if isinstance(entry.get("cases_present"), int) and entry["cases_present"] > 0:
-                held[int(value)] = entry["cases_present"]
+    present = {value: entry.get("cases_present") for value, entry in classes.items()
+               if isinstance(entry, dict)}
+    held = {int(value): n for value, n in present.items()
+            if value.isdigit() and int(value) not in task.labels and isinstance(n, int) and n > 0}
     if held:
         values = ", ".join(f"{v} (in {n} of {len(cases)} cases)" for v, n in sorted(held.items()))
         labels = ", ".join(str(k) for k in sorted(task.labels))

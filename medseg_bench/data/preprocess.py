@@ -38,9 +38,8 @@ from medseg_bench.checks import are_whole, is_spacing, shown
 from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 from medseg_bench.data.io import (
     Geometry,
-    failure_names,
+    atomic_binary,
     load_json_object,
-    private_temp,
     read_label,
     write_json_atomic,
 )
@@ -104,11 +103,8 @@ class _PythonWrites:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = private_temp(path)
-    with failure_names(path, tmp):  # a full disk names the array not written, and leaves no temp
-        with open(tmp, "wb") as fh:
-            np.save(_PythonWrites(fh), array)
-        tmp.replace(path)
+    with atomic_binary(path) as fh:  # a full disk names the array not written, and leaves no temp
+        np.save(_PythonWrites(fh), array)
 
 
 def case_target_spacing(plan: Plan, spacing_zyx: Sequence[float],
