@@ -341,6 +341,24 @@ def check_results_dir(results_dir: Path) -> None:
         raise ResultsError(f"{results_dir}: not a results dir ({blocker} is a file, not a folder)")
 
 
+def check_run_folders(results_dir: Path, runs: Sequence[RunSpec]) -> None:
+    """ResultsError naming the first run whose folder under `results_dir` is a file (or lies below one):
+    each such run failed "File exists" and was counted as stopped while training; a dry run listed it as
+    pending; SLURM submission failed on it after submitting the runs before it."""
+    for spec in runs:
+        folder = run_dir(results_dir, spec)
+        try:
+            blocker = folder if folder.exists() and not folder.is_dir() else file_in_the_way(folder)
+        except OSError:
+            continue  # a path that cannot be looked at: the run's own access names the problem
+        if blocker == folder:
+            raise ResultsError(f"{folder}: not a run folder (a file is where run {spec.run_id} keeps its "
+                               "results); move it away")
+        if blocker is not None and results_dir in blocker.parents:  # the results dir: `check_results_dir`
+            raise ResultsError(f"{blocker}: not a folder (run {spec.run_id} keeps its results in {folder}); "
+                               "move it away")
+
+
 def check_writable(results_dir: Path) -> None:
     check_results_dir(results_dir)
     try:

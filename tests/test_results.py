@@ -24,12 +24,14 @@ from medseg_bench.locks import RunLock, is_locked
 from medseg_bench.results import (
     INDEX_NAME,
     append_event,
+    check_run_folders,
     checked_state,
     cpu_model,
     environment,
     git_revision,
     load_results,
     read_events,
+    run_dir,
     write_index,
     write_status,
 )
@@ -509,3 +511,45 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     write_json_atomic(edited.parent / old_id / "spec.json", {"run_id": old_id, **old})
     assert checked_state(edited.parent / old_id)[0] == "done"
     assert load_results(tmp_path)["run_id"].nunique() == 2
+
+
+@pytest.mark.parametrize("caller", ["sweep", "dry run", "slurm"])
+@pytest.mark.parametrize("in_the_way", ["run", "task"])
+def test_a_file_where_a_run_folder_goes_stops_before_any_run(tmp_path: Path, caller: str,
+                                                             in_the_way: str) -> None:
+    # Each such run failed with "RUN: File exists" (exit 7) and the summary counted it "stopped while
+    # training"; the dry run listed it as pending; SLURM submission failed on it after submitting the others.
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.dry_run import dry_run_lines
+    from medseg_bench.sweep.slurm import SlurmOptions, submit
+
+    results = tmp_path / "results"
+    runs = [RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1, seed=seed)
+            for seed in (0, 1)]
+    folder = run_dir(results, runs[1])
+    blocker = folder if in_the_way == "run" else folder.parent
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    with pytest.raises(ResultsError) as error:
+        if caller == "sweep":
+            local._finished(runs, results, tmp_path / "data", PlainReporter(), {})
+        elif caller == "dry run":
+            dry_run_lines(runs, results, tmp_path / "data")
+        else:
+            submit(runs, results, tmp_path / "data", SlurmOptions(), say=lambda line: None)
+    if in_the_way == "run":
+        assert str(error.value) == (f"{folder}: not a run folder (a file is where run {runs[1].run_id} keeps "
+                                    "its results); move it away")
+    else:
+        assert str(error.value) == (f"{blocker}: not a folder (run {runs[0].run_id} keeps its results in "
+                                    f"{run_dir(results, runs[0])}); move it away")
+    assert blocker.read_text() == "not a folder"
+    written = sorted(path for path in results.rglob("*") if path.name != ".slurm-submit.lock")
+    assert written == sorted({blocker, blocker.parent} - {results})  # no run folder, no queued file
+
+
+def test_a_results_dir_that_is_a_file_is_left_to_check_results_dir(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.write_text("a file")
+    check_run_folders(results, [RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")])

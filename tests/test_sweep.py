@@ -625,7 +625,7 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     monkeypatch.setattr(local, "_prepare", lambda data_dir, reporter, prepared, spec: prepared.setdefault(
         local._key(spec), SimpleNamespace()))
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
-    monkeypatch.setattr(local, "run_one", lambda spec, *args: Outcome("failed", error="boom"))
+    monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
     with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
         local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())
     err = capsys.readouterr().err

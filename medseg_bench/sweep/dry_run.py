@@ -10,6 +10,7 @@ from typing import Any
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import ResultsError
 from medseg_bench.results import (
+    check_run_folders,
     checked_state,
     finished_damage,
     finished_runs,
@@ -130,6 +131,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
     states: Counter[str] = Counter()
     todo = []
     finished: Finished = {}  # the sweep's own finished runs; the others are read only for a cost to estimate
+    check_run_folders(results_dir, runs)  # the sweep would stop on it
     for spec in runs:
         folder = run_dir(results_dir, spec)
         if is_done(folder) or finished_damage(folder):  # finished: read whole, as `finished_runs` finds it

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.errors import ResultsError, RunError, UsageError
+from medseg_bench.errors import RunError, UsageError
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
+    check_run_folders,
     check_writable,
     checked_state,
     damaged_runs_error,
@@ -130,12 +131,10 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
               outcome: dict[str, list[str]]) -> list[RunSpec]:
     """Record the finished runs (skipped, or damaged: never trained again); return the others. A finished run
     is read as `report` reads it, so a metrics.csv cut short is named here too."""
+    check_run_folders(results_dir, runs)
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
-        if folder.exists() and not folder.is_dir():  # each run failed "File exists", counted as stopped
-            raise ResultsError(f"{folder}: not a run folder (a file is where run {spec.run_id} keeps its "
-                               "results); move it away")
         state, damage = checked_state(folder)
         if state == "damaged":
             _record(spec, "damaged", reporter, outcome, error=damage)
@@ -204,9 +203,8 @@ def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter,
                 fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
     for spec in runs:
         task = prepared[_key(spec)]
-        reporter.run_start(spec.run_id)
         workers = default_num_workers(spec) if num_workers is None else num_workers
-        result = run_one(spec, task, results_dir, reporter, workers)
+        result = run_one(spec, task, results_dir, reporter, workers, started=reporter.run_start)
         _record(spec, result.kind, reporter, outcome, result.summary, result.error)
         if result.kind == "failed" and fail_fast:
             break

@@ -35,7 +35,14 @@ import submitit
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.locks import LOCK_NAME, exclusive
-from medseg_bench.results import QUEUED_NAME, checked_state, read_json, run_dir, write_index
+from medseg_bench.results import (
+    QUEUED_NAME,
+    check_run_folders,
+    checked_state,
+    read_json,
+    run_dir,
+    write_index,
+)
 from medseg_bench.signals import deferred, interruptible, is_stop, received
 from medseg_bench.spec import RunSpec
 
@@ -236,6 +243,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
 
 def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
             prepared_for: Callable[[RunSpec], Any] | None) -> tuple[list[tuple[RunSpec, str]], list[str]]:
+    check_run_folders(results_dir, runs)
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
     queued = {spec.run_id: queued_job(folders[spec.run_id]) for spec in runs}
     try:  # asked before the folders are read: a job that ends meanwhile has left its run's final state

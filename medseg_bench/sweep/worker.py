@@ -203,8 +203,10 @@ def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:
 
 
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
-            num_workers: int = 0, extra_event: dict[str, Any] | None = None) -> Outcome:
-    """Execute `spec` unless it is done or another process holds it; never raises for a failed run."""
+            num_workers: int = 0, extra_event: dict[str, Any] | None = None,
+            started: Callable[[str], None] | None = None) -> Outcome:
+    """Execute `spec` unless it is done or another process holds it; never raises for a failed run.
+    `started(run_id)` is called once the run is this process's to train."""
     from medseg_bench.run import execute_run
 
     folder = run_dir(results_dir, spec)
@@ -219,6 +221,8 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
     try:
         if is_done(folder):  # finished by another process between the check above and the lock
             return Outcome("skipped", error=plan_changed_since(spec, prepared.plan, folder))
+        if started is not None:  # once the run is this process's: never for a run found busy or done
+            started(spec.run_id)
         clean_temp_files(folder)
         last = folder / "checkpoints" / "last.ckpt"
         resumed = last.is_file()

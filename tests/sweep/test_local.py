@@ -55,18 +55,26 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     assert "sweep finished: 1 trained (of 1 runs)" in said
 
 
-def test_a_file_where_a_run_folder_goes_stops_the_sweep_naming_it(tmp_path: Path) -> None:
-    # Each such run failed with "RUN: File exists" (exit 7), and the summary counted it "stopped while
-    # training".
-    from medseg_bench.errors import ResultsError
+def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) -> None:
+    # Two sweeps on one results dir: the one that found the run held printed "[1/1] RUN: training" and then
+    # "RUN: skipped (running in another process)".
+    from medseg_bench.locks import RunLock
     from medseg_bench.results import run_dir
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
-    folder = run_dir(tmp_path, spec)
-    folder.parent.mkdir(parents=True)
-    folder.write_text("not a folder")
-    with pytest.raises(ResultsError) as error:
-        local._finished([spec], tmp_path, tmp_path / "data", PlainReporter(), {})
-    assert str(error.value) == (f"{folder}: not a run folder (a file is where run {spec.run_id} keeps its "
-                                "results); move it away")
-    assert folder.read_text() == "not a folder"
+    lock = RunLock(run_dir(tmp_path, spec))
+    assert lock.acquire()
+    try:
+        with open(tmp_path / "out.txt", "w") as out:
+            reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+            reporter.start(1)
+            outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy",
+                                                                   "damaged", "damage")}
+            local._sequential([spec], tmp_path, reporter, {local._key(spec): None}, False, 0, outcome)
+            reporter.close()
+    finally:
+        lock.release()
+    assert outcome["busy"] == [spec.run_id]
+    said = (tmp_path / "out.txt").read_text()
+    assert f"{spec.run_id}: skipped (running in another process)" in said
+    assert "training" not in said, said
