@@ -32,10 +32,13 @@ from medseg_bench.results import (
     load_results,
     read_events,
     run_dir,
+    run_state,
+    write_heartbeat,
     write_index,
     write_status,
 )
 from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.dry_run import dry_run_lines
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
 from tests.conftest import finished_summary
 
@@ -521,7 +524,6 @@ def test_a_file_where_a_run_folder_goes_stops_before_any_run(tmp_path: Path, cal
     # training"; the dry run listed it as pending; SLURM submission failed on it after submitting the others.
     from medseg_bench.progress import PlainReporter
     from medseg_bench.sweep import local
-    from medseg_bench.sweep.dry_run import dry_run_lines
     from medseg_bench.sweep.slurm import SlurmOptions, submit
 
     results = tmp_path / "results"
@@ -553,3 +555,36 @@ def test_a_results_dir_that_is_a_file_is_left_to_check_results_dir(tmp_path: Pat
     results = tmp_path / "results"
     results.write_text("a file")
     check_run_folders(results, [RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")])
+
+
+def test_run_states(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert run_state(folder) == "pending"
+    write_status(folder, "running")
+    assert run_state(folder) == "pending"  # running, but nobody holds it and no checkpoint: starts over
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert run_state(folder) == "partial"
+    with RunLock(folder) as lock:
+        assert lock.acquire()
+        assert run_state(folder) == "running"
+    write_heartbeat(folder)  # a fresh heartbeat from this host without the lock: its process is gone
+    assert run_state(folder) == "partial"
+    beat = json.loads((folder / "heartbeat.json").read_text())
+    write_json_atomic(folder / "heartbeat.json", {**beat, "host": "elsewhere"})
+    assert run_state(folder) == "running"  # another host's fresh heartbeat counts
+    write_json_atomic(folder / "heartbeat.json", {**beat, "host": "elsewhere", "time": time.time() - 3600})
+    assert run_state(folder) == "partial"  # ... a stale one does not
+    write_status(folder, "failed", error="boom")
+    assert run_state(folder) == "failed"
+
+
+def test_queued_until_an_attempt_starts(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    write_json_atomic(folder / "queued.json", {"job_id": "7_0", "time": time.time()})
+    assert run_state(folder) == "queued"
+    time.sleep(0.01)
+    append_event(folder, "start")
+    assert run_state(folder) == "pending"

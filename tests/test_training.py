@@ -408,3 +408,16 @@ def test_learning_curves_are_written_atomically_and_a_full_disk_names_them(tmp_p
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
     assert out.read_bytes() == before  # the plot of before, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["learning_curves.png", "logs"]
+
+
+def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:
+    # Trained on slices along axis 0 whatever the spacing; predict and rescoring must give it the same.
+    from types import SimpleNamespace
+
+    from medseg_bench.training import run_slice_axis
+
+    prepared = SimpleNamespace(plan=SimpleNamespace(target_spacing=(0.8, 0.8, 4.0)))
+    spec = RunSpec(task="T", dims="2d", arch="unet", loss="dice_ce", aug="none")
+    assert run_slice_axis(spec, prepared.plan.target_spacing) == 2
+    old = RunSpec(**{**spec.to_dict(), "pipeline_version": 3})
+    assert run_slice_axis(old, prepared.plan.target_spacing) == 0

@@ -1,20 +1,29 @@
-"""`sweep/local.py`'s `--jobs` loop: what a stop records of the runs its workers were on."""
+"""`sweep/local.py`: the sequential and `--jobs` loops (worker slots, what a stop records of the runs its
+workers were on, a run held elsewhere), finished runs with a bad value or damaged, heartbeats shown."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from medseg_bench.data.io import write_json_atomic
+from medseg_bench.locks import RunLock
 from medseg_bench.progress import PlainReporter
-from medseg_bench.results import write_status
+from medseg_bench.results import append_event, run_dir, write_heartbeat, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import local
 from tests.conftest import finished_summary
+
+
+def _spec(seed: int = 0) -> RunSpec:
+    return RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed,
+                   epochs=4)
 
 
 @pytest.mark.parametrize("exit_code", [local.EXIT_DONE, 130])
@@ -58,7 +67,6 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
 def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) -> None:
     # Two sweeps on one results dir: the one that found the run held printed "[1/1] RUN: training" and then
     # "RUN: skipped (running in another process)".
-    from medseg_bench.locks import RunLock
     from medseg_bench.results import run_dir
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
@@ -78,3 +86,118 @@ def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) 
     said = (tmp_path / "out.txt").read_text()
     assert f"{spec.run_id}: skipped (running in another process)" in said
     assert "training" not in said, said
+
+
+def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+
+    import torch
+
+    from medseg_bench.sweep import local
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert local._slots(3) == (2, ["0", "1"])  # never more jobs than GPUs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local._slots(3) == (3, [None, None, None])
+    seen: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, env, **kw: seen.append((argv, env)))
+    local._start_worker(_spec(), tmp_path / "run", tmp_path, tmp_path / "data", "1", threads=4, workers=0)
+    argv, env = seen[0]
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert argv[1:3] == ["-m", "medseg_bench.sweep"] and argv[argv.index("--threads") + 1] == "4"
+    assert RunSpec.from_dict(json.loads(argv[argv.index("--spec") + 1])) == _spec()
+
+
+def _finished_run(results: Path, spec: RunSpec) -> Path:
+    folder = run_dir(results, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id))
+    write_status(folder, "done")
+    append_event(folder, "done")
+    return folder
+
+
+@pytest.mark.parametrize(("name", "damage", "problem"), [
+    ("summary.json", {"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
+    ("summary.json", {"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
+    ("summary.json", {"num_cases": "1"}, "'num_cases' must be a whole number, not \"1\""),
+    ("metrics.csv", None, "dice is 'abc' in row 1, not a number"),
+])
+def test_a_sweep_names_a_finished_run_with_a_bad_value_and_carries_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: dict[str, object] | None,
+        problem: str) -> None:
+    # Such a run crashed the sweep (TypeError, AttributeError, or pyarrow's while writing the index), the
+    # other runs "not reached"; it is damaged, as a run that lost a file is: named, left out, exit 6.
+    import pandas as pd
+
+    from medseg_bench.errors import ResultsError
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.results import INDEX_NAME
+    from medseg_bench.sweep.local import run_sweep
+
+    results = tmp_path / "results"
+    specs = [_spec(seed) for seed in range(3)]
+    folders = [_finished_run(results, spec) for spec in specs]
+    damaged = folders[1] / name
+    if damage is None:
+        damaged.write_text("case,label,dice,ref_empty,pred_empty\nc,1,abc,False,False\n")
+    else:
+        write_json_atomic(damaged, {**json.loads(damaged.read_text()), **damage})
+    before = {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()}
+    with pytest.raises(ResultsError) as info:
+        run_sweep(specs, results, tmp_path / "data", PlainReporter())
+    assert str(info.value).startswith(f"{damaged}: {problem}; left as it is, not trained again")
+    out, err = capsys.readouterr()
+    assert f"{specs[1].run_id}: skipped (finished, but damaged: {damaged}: {problem})" in out
+    assert out.count("skipped (already done)") == 2 and "sweep finished: 3 skipped" in out
+    assert f"warning: {damaged}: {problem}" in err  # the index leaves it out, and says so
+    assert set(pd.read_parquet(results / INDEX_NAME)["run_id"]) == {specs[0].run_id, specs[2].run_id}
+    assert {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()} == before
+
+
+def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed.
+    from types import SimpleNamespace
+
+    from medseg_bench.errors import RunError
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.worker import Outcome
+
+    results = tmp_path / "results"
+    damaged, failing = _spec(0), _spec(1)
+    (_finished_run(results, damaged) / "metrics.csv").unlink()
+    monkeypatch.setattr(local, "_prepare", lambda data_dir, reporter, prepared, spec: prepared.setdefault(
+        local._key(spec), SimpleNamespace()))
+    monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
+    with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
+        local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {run_dir(results, damaged) / 'metrics.csv'}: ")
+    assert "; left as it is, not trained again: restore the file" in err
+
+
+def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
+    # With --jobs, a resumed run showed "epoch 1/3 loss ..." of its previous attempt from the old heartbeat.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import _forward_epochs, _Job
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_heartbeat(folder, epoch=1, epochs=3, loss=1.9, val_dice=0.1)  # the killed attempt's last beat
+    seen: list[int] = []
+    reporter = SimpleNamespace(epoch_end=lambda run_id, epoch, *rest: seen.append(epoch))
+    job = _Job(spec, process=None, started=time.time() + 1)  # type: ignore[arg-type]
+    _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
+    assert seen == []
+    job.started = time.time() - 1
+    write_heartbeat(folder, epoch=2, epochs=3, loss=1.2, val_dice=0.3)
+    _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
+    assert seen == [2]

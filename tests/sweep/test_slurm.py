@@ -1,5 +1,5 @@
 """The SLURM launcher without a cluster: its options, and what a job does when its run is held elsewhere.
-(`tests/test_slurm.py` runs it on a one-node SLURM cluster.)"""
+(`tests/sweep/test_slurm_cluster.py` runs it on a one-node SLURM cluster.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import slurm
 from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
 from tests.conftest import fake_squeue
+
+TASK = "Task04_Hippocampus"
 
 
 @pytest.mark.parametrize(("value", "minutes"), [
@@ -247,3 +249,107 @@ def test_ctrl_c_while_jobs_are_recorded_waits_until_every_one_is(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt), interruptible():
         submit(specs, results, tmp_path, SlurmOptions(), say=say)
     assert [slurm.queued_job(run_dir(results, spec)) for spec in specs] == ["9_0", "9_1"]
+
+
+@pytest.mark.parametrize("requeue_fails", [False, True])
+def test_slurm_warning_signal_records_interrupted_before_the_job_is_requeued(
+        requeue_fails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM's warning signal (USR2) stops the run as Ctrl-C does; submitit's handler (checkpoint, `scontrol
+    requeue`, which has SLURM kill the job KillWait seconds later) runs only once the run has recorded
+    `interrupted`. A requeue that fails leaves the run interrupted, not failed: the next sweep resubmits
+    it."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import submitit
+
+    import medseg_bench.run
+    from medseg_bench.results import read_events
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.slurm import SlurmRun
+
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, spec)
+    seen_by_submitit: list[list[str]] = []
+
+    def submitit_handler(signum: int, frame: object) -> None:
+        seen_by_submitit.append([e["event"] for e in read_events(folder)])
+        if requeue_fails:
+            raise submitit.core.utils.UncompletedJobError("Job not requeued: timed-out too many times.")
+        raise SystemExit(-1)
+
+    def execute_run(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption
+        time.sleep(5)
+        raise AssertionError("the warning signal did not stop the run")
+
+    monkeypatch.setattr(local, "prepare_locked", lambda *a, **k: SimpleNamespace(plan=None))
+    monkeypatch.setattr(medseg_bench.run, "execute_run", execute_run)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7"))
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(submitit.core.utils.UncompletedJobError if requeue_fails else SystemExit):
+            SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen_by_submitit == [["start", "interrupted"]]
+    events = read_events(folder)
+    assert events[-1]["reason"] == "SIGUSR2" and events[0]["job_id"] == "7"
+    assert run_state(folder) == "pending"  # not failed (this stand-in run wrote no checkpoint)
+
+
+@pytest.mark.parametrize("when", ["preparing", "training"])
+def test_slurm_sigterm_stops_the_job_at_once(when: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (scancel; a preemption without the warning signal; the end of the time limit) stops the job as
+    Ctrl-C does, wherever it is: submitit only logs it ('Bypassing signal SIGTERM'), so a job preparing the
+    task ran on until SLURM's SIGKILL, and its run was left 'running' for the heartbeat to expire. The
+    warning signal's handler (a requeue) is not called: SLURM requeues a preempted job itself."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import submitit
+
+    import medseg_bench.run
+    from medseg_bench.results import read_events
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.slurm import SlurmRun
+
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, spec)
+    called: list[int] = []
+
+    def terminated(*args: object, **kwargs: object) -> SimpleNamespace:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the job")
+
+    if when == "preparing":
+        monkeypatch.setattr(local, "prepare_locked", terminated)
+    else:
+        monkeypatch.setattr(local, "prepare_locked", lambda *a, **k: SimpleNamespace(plan=None))
+        monkeypatch.setattr(medseg_bench.run, "execute_run", terminated)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="7"))
+
+    def bypass(signum: int, frame: object) -> None:  # submitit's SIGTERM handler; its USR2 one, the same
+        called.append(signum)
+
+    requeue = bypass
+    previous = signal.signal(signal.SIGTERM, bypass), signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
+        assert signal.getsignal(signal.SIGTERM) is bypass and signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGUSR2, previous[1])
+    assert called == []
+    events = read_events(folder)
+    if when == "preparing":
+        assert events == [] and run_state(folder) == "pending"
+    else:
+        assert [e["event"] for e in events] == ["start", "interrupted"] and events[-1]["reason"] == "SIGTERM"
+        assert run_state(folder) == "pending"

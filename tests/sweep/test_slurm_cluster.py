@@ -23,7 +23,7 @@ from medseg_bench.results import INDEX_NAME, read_events, run_state
 from tests.conftest import TINY_SWEEP, fetch_subset
 
 pytestmark = pytest.mark.slurm
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_local.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slurm_local.sh"
 runner = CliRunner()
 
 

@@ -1,0 +1,164 @@
+"""`sweep/dry_run.py`: each run's state and the cost estimate from finished runs (no training here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.data.io import write_json_atomic
+from medseg_bench.results import append_event, run_dir, write_status
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.dry_run import dry_run_lines, estimate_seconds
+from tests.conftest import finished_summary
+
+TASK = "Task04_Hippocampus"
+
+
+def _spec(seed: int = 0, **kw: object) -> RunSpec:
+    return RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed, epochs=4,
+                   **kw)  # type: ignore[arg-type]
+
+
+def _finish(folder: Path, per_epoch_s: float, eval_s: float, spec: RunSpec) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1,0.5,False,False\n")
+    cost = {"time_per_epoch_s": per_epoch_s, "eval_time_s": eval_s}
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, cost=cost))
+    write_status(folder, "done")
+
+
+def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
+    done, partial, pending = _spec(0), _spec(1), _spec(2)
+    other_arch = RunSpec(task=TASK, dims="2d", arch="deeplab", loss="dice_ce", aug="none", encoder="resnet18",
+                         epochs=10)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    ckpt = run_dir(tmp_path, partial) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    seconds, matched = estimate_seconds([partial, pending, other_arch], tmp_path)
+    # same (dims, arch): 4 epochs x 30 s + 20 s each; the 2D deeplab run falls back to all runs: 10 x 30 + 20
+    assert matched == 2 and seconds == pytest.approx(2 * (4 * 30 + 20) + (10 * 30 + 20))
+    capped = estimate_seconds([_spec(3, max_minutes=1.0)], tmp_path)
+    assert capped is not None and capped[0] == pytest.approx(60 + 20)
+    lines = dry_run_lines([done, partial, pending], tmp_path, tmp_path / "data")
+    assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
+    assert "3 runs: 1 done, 1 partial, 1 pending" in lines
+    assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
+    # a sweep stops at a task not fetched before it trains anything: the dry run says so, and how to fetch
+    # it into that data dir (the command without --data-dir fetched into the default one)
+    assert lines[-2] == (f"{tmp_path / 'data' / TASK}: task not fetched (or incomplete); the sweep would "
+                         f"stop: run `medseg-bench fetch {TASK} --data-dir {tmp_path / 'data'}` first")
+
+
+def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing left to run: only the sweep's own runs are read (a results dir of a thousand other runs was
+    read whole to estimate a cost of nothing). Runs left: every finished run is read, each once."""
+    from medseg_bench.sweep import dry_run
+
+    specs = [_spec(seed) for seed in range(4)]
+    for spec in specs:
+        _finish(run_dir(tmp_path, spec), per_epoch_s=30.0, eval_s=20.0, spec=spec)
+    reads: list[Path] = []
+    real = dry_run.read_finished_run
+    monkeypatch.setattr(dry_run, "read_finished_run", lambda folder: reads.append(folder) or real(folder))
+    lines = dry_run_lines(specs[:1], tmp_path, tmp_path / "data")
+    assert lines[0].startswith("done ") and lines[-1].startswith("cost of the 0 runs left")
+    assert reads == [run_dir(tmp_path, specs[0])]
+    reads.clear()
+    lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data")
+    assert lines[-1].startswith("cost of the 1 run left")
+    assert sorted(reads) == sorted(run_dir(tmp_path, spec) for spec in specs)
+
+
+def test_the_estimate_scales_with_iterations_and_the_work_of_a_step(tmp_path: Path) -> None:
+    # The finished run: 50 iterations of batch 2 x 40x56x40 at 30 s per epoch (0.6 s per iteration).
+    done = _spec(0)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=0.0, spec=done)
+    summary = json.loads((run_dir(tmp_path, done) / "summary.json").read_text())
+    summary["plan"].update({"patch_3d": [40, 56, 40], "batch_3d": 2})
+    write_json_atomic(run_dir(tmp_path, done) / "summary.json", summary)
+    assert estimate_seconds([_spec(1)], tmp_path) == (pytest.approx(4 * 30), 1)
+    assert estimate_seconds([_spec(1, iters_per_epoch=500)], tmp_path) == (pytest.approx(4 * 300), 1)
+    bigger = _spec(1, batch_size=4, patch_size=(40, 56, 40))  # twice the voxels a step
+    assert estimate_seconds([bigger], tmp_path) == (pytest.approx(4 * 60), 1)
+
+
+def test_the_dry_run_reads_each_finished_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once for its state and once more for the cost estimate: every metrics.csv was parsed twice.
+    import medseg_bench.results as results
+    import medseg_bench.sweep.dry_run as dry_run
+
+    done, damaged, pending = _spec(0), _spec(1), _spec(2)
+    for spec in (done, damaged):
+        _finish(run_dir(tmp_path, spec), per_epoch_s=30.0, eval_s=20.0, spec=spec)
+    (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
+    reads: list[str] = []
+    real = results.read_finished_run
+
+    def counted(folder: Path):  # type: ignore[no-untyped-def]
+        reads.append(folder.name)
+        return real(folder)
+
+    monkeypatch.setattr(results, "read_finished_run", counted)
+    monkeypatch.setattr(dry_run, "read_finished_run", counted)
+    lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data")
+    assert [line.split()[0] for line in lines[:3]] == ["done", "damaged", "pending"]
+    assert lines[-1].startswith("cost of the 1 run left: about 2 min on one worker (1 estimated")
+    assert sorted(reads) == sorted([done.run_id, damaged.run_id])
+
+
+def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> None:
+    done, damaged = _spec(0), _spec(1)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    _finish(run_dir(tmp_path, damaged), per_epoch_s=30.0, eval_s=20.0, spec=damaged)
+    write_json_atomic(run_dir(tmp_path, damaged) / "summary.json", {"cost": "zzz"})  # was an AttributeError
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
+    # metrics.csv cut short: `status` and a sweep call it damaged; the dry run called it done and used it
+    _finish(run_dir(tmp_path, damaged), per_epoch_s=300.0, eval_s=20.0, spec=damaged)
+    (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
+
+
+@pytest.mark.parametrize(("edit", "seconds"), [
+    ({"iters_per_epoch": "2"}, 4 * 30 + 20), ({"dims": 3}, 4 * 30 + 20),
+    ({"patch_size": ["a"]}, 4 * 30 + 20),
+])
+def test_a_finished_run_whose_spec_was_edited_crashes_no_estimate(tmp_path: Path, edit: dict[str, object],
+                                                                  seconds: float) -> None:
+    # The dry run's estimate crashed on it (exit 1, a traceback); such a run is damaged (`RunSpec.problem`).
+    done, edited = _spec(0), _spec(1)
+    _finish(run_dir(tmp_path, done), per_epoch_s=30.0, eval_s=20.0, spec=done)
+    _finish(run_dir(tmp_path, edited), per_epoch_s=300.0, eval_s=20.0, spec=edited)
+    spec_path = run_dir(tmp_path, edited) / "spec.json"
+    write_json_atomic(spec_path, json.loads(spec_path.read_text()) | edit)
+    assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(seconds), 1)
+
+
+def test_dry_run_lines_show_every_setting_that_tells_two_runs_apart() -> None:
+    from medseg_bench.sweep.dry_run import settings_text
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="light", patch_size=(32, 48, 32),
+                   class_weights=(1.0, 2.5, 4.0), tta=True, postprocess=True)
+    assert settings_text(spec) == ("epochs=10 iters=50 opt=adamw patch_size=32x48x32 class_weights=1,2.5,4 "
+                                   "tta postprocess")
+
+
+def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
+    assert dry_run_lines([_spec()], tmp_path, tmp_path / "data")[-1].startswith("cost: no finished runs")
+
+
+def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> None:
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "summary.json", {"cost": {}})
+    append_event(folder, "done")  # finished, then its status.json was lost: never trained again
+    lines = dry_run_lines([spec], tmp_path, tmp_path / "data")
+    assert lines[0].startswith("damaged  T/") and lines[1] == "1 runs: 1 damaged"
+    assert lines[-1].startswith("cost of the 0 runs left")

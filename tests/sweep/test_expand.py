@@ -1,0 +1,166 @@
+"""`sweep/expand.py`: axes to runs, --exclude rules, and what is refused before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.errors import UsageError
+from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.expand import SweepRequest, expand, parse_exclude
+
+TASK = "Task04_Hippocampus"
+
+
+def _request(**kw: object) -> SweepRequest:
+    return SweepRequest(tasks=[TASK], **kw)  # type: ignore[arg-type]
+
+
+def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
+    full, _ = expand(_request(archs=["unet", "deeplab"], augs=["none", "heavy"], dims=["2d"]))
+    kept, notes = expand(_request(archs=["unet", "deeplabv3plus"], augs=["none", "heavy"], dims=["2d"],
+                                  exclude=["arch=deeplabv3plus,aug=heavy"]))  # aliases are resolved
+    assert len(full) == 4 and len(kept) == 3
+    assert not any(s.arch == "deeplab" and s.aug == "heavy" for s in kept)
+    assert "1 combination(s) removed by --exclude" in notes
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("arch", "'arch' is not key=value"),
+    ("colour=red", "unknown key 'colour'"),
+    ("arch=unte", "did you mean 'unet'"),
+    ("dims=4d", "unknown dims '4d'"),
+    (",", "is empty"),
+    ("encoder=resnet81", r"exclude rule 'encoder=resnet81': unknown smp encoder 'resnet81'.*did you mean"),
+])
+def test_bad_exclude_rules(home: Path, rule: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_exclude(rule)
+
+
+def test_excluding_everything_is_an_error(home: Path) -> None:
+    with pytest.raises(UsageError, match="no runs"):
+        expand(_request(dims=["3d"], exclude=["dims=3d"]))
+
+
+def test_no_runs_says_why(home: Path) -> None:
+    with pytest.raises(UsageError, match=r"no runs \(deeplab in 3d: skipped, 'deeplab' has no 3d variant"):
+        expand(_request(archs=["deeplab"], dims=["3d"]))
+
+
+def test_tta_only_for_augmentations_that_mirror(home: Path) -> None:
+    # nnU-Net mirrors at inference only along axes it mirrored in training; a net trained without mirroring
+    # is no better, often far worse, on mirrored images.
+    runs, notes = expand(_request(dims=["3d"], augs=["none", "light"], tta=True))
+    assert {r.aug: r.tta for r in runs} == {"none": False, "light": True}
+    assert any(n.startswith("--tta with aug none: evaluated without it") for n in notes)
+    plain, _ = expand(_request(dims=["3d"], augs=["none"]))
+    assert [r.run_id for r in runs if r.aug == "none"] == [r.run_id for r in plain]  # the same run
+
+
+def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
+    _, notes = expand(_request(dims=["3d"], encoders=["resnet50"]))
+    assert "--encoder resnet50: unused, the sweep has no 2D run (3D nets take no encoder)" in notes
+    assert not expand(_request(dims=["2d"], encoders=["resnet50"]))[1]
+
+
+def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -> None:
+    # fcn has torchvision's ResNet-50/101 backbones: without --encoder it runs its own default, and an encoder
+    # axis it cannot take (resnet34, for the smp archs) skips those combinations with a line, not the sweep
+    alone, _ = expand(_request(archs=["fcn"]))
+    assert [(r.arch, r.encoder) for r in alone] == [("fcn", "resnet50")]
+    runs, notes = expand(_request(archs=["fcn", "unet"], dims=["2d"], encoders=["resnet34", "resnet50"]))
+    assert sorted((r.arch, r.encoder) for r in runs) == [("fcn", "resnet50"), ("unet", "resnet34"),
+                                                         ("unet", "resnet50")]
+    assert "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101" in notes
+    # none it can take: skipped too (as deeplab in 3D), once for all tasks; alone, the sweep has no runs
+    tasks = [TASK, "Task01_BrainTumour"]
+    runs, notes = expand(SweepRequest(tasks=tasks, archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34"]))
+    assert {(r.arch, r.encoder) for r in runs} == {("unet", "resnet34")}
+    assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
+    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped"):
+        expand(_request(archs=["fcn"], encoders=["resnet34"]))
+    with pytest.raises(UsageError, match="no encoder given"):
+        expand(_request(encoders=[]))
+
+
+def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
+    # unet runs in 2D and 3D: a 3-sided patch would reach the 2D runs, which fail only once they train.
+    with pytest.raises(UsageError, match="--patch-size 32,32,32 has 3 sides, but the sweep has 2d runs"):
+        expand(_request(patch_size=(32, 32, 32)))
+    runs, _ = expand(_request(patch_size=(32, 32, 32), dims=["3d"]))
+    assert [r.patch_size for r in runs] == [(32, 32, 32)]
+
+
+def test_a_batch_batchnorm_cannot_train_on_is_refused_before_anything_runs(home: Path) -> None:
+    # deeplab batch-normalises its pooled image features: a batch of 1 fails at any patch
+    with pytest.raises(UsageError, match="arch 'deeplab' .2d. batch-normalises globally pooled features"):
+        expand(_request(archs=["unet", "deeplab"], dims=["2d"], batch_size=1))
+    # smp's U-Net only at a patch whose 1/32 map is one pixel
+    with pytest.raises(UsageError, match="arch 'unet' .2d. at patch 32x32 .* side of at least 64"):
+        expand(_request(archs=["unet"], dims=["2d"], batch_size=1, patch_size=(32, 32)))
+    runs, _ = expand(_request(archs=["unet"], dims=["2d"], batch_size=1, patch_size=(64, 32)))
+    assert [r.batch_size for r in runs] == [1]
+    runs, _ = expand(_request(archs=["unet", "segresnet", "pspnet"], batch_size=1))
+    assert len(runs) == 4
+
+
+def test_an_arch_that_cannot_take_a_tasks_channels_is_skipped_for_it(home: Path) -> None:
+    from tests.conftest import write_task_file
+
+    write_task_file(home, "TaskRGB", channels=3)
+    runs, notes = expand(SweepRequest(tasks=[TASK, "TaskRGB"], archs=["unet", "vnet"], dims=["3d"]))
+    assert sorted((r.task, r.arch) for r in runs) == [(TASK, "unet"), (TASK, "vnet"), ("TaskRGB", "unet")]
+    assert notes == ["vnet on TaskRGB: skipped, arch 'vnet' (3d) takes 1, 2, 4, 8 or 16 input channels (its "
+                     "first layer repeats them to 16), but TaskRGB has 3"]
+
+
+def test_encoders_are_checked_before_anything_runs(home: Path) -> None:
+    with pytest.raises(UsageError, match="unknown smp encoder 'resnet999'; did you mean 'resnet50'"):
+        expand(_request(dims=["2d"], encoders=["resnet34", "resnet999"]))
+    with pytest.raises(UsageError, match="encoder 'tu-convnxt_tiny'; did you mean 'tu-convnext_tiny'"):
+        expand(_request(dims=["2d"], encoders=["tu-convnxt_tiny"]))
+    runs, _ = expand(_request(dims=["2d"], encoders=["efficientnet-b0", "tu-convnext_tiny"]))
+    assert [r.encoder for r in runs] == ["efficientnet-b0", "tu-convnext_tiny"]
+    assert len(expand(_request(dims=["3d"], encoders=["resnet999"]))[0]) == 1  # 3D nets take no encoder
+
+
+def test_the_default_learning_rate_given_explicitly_is_the_same_run(home: Path) -> None:
+    plain, _ = expand(_request(dims=["3d"]))
+    explicit, _ = expand(_request(dims=["3d"], lr=3e-3))
+    other, _ = expand(_request(dims=["3d"], lr=1e-3))
+    assert explicit[0].run_id == plain[0].run_id != other[0].run_id
+
+
+def test_class_weights_with_the_same_ratios_are_the_same_run(home: Path) -> None:
+    # Only the ratios reach the loss, so 1,2,4 and 0.5,1,2 trained the same model twice under two run ids.
+    def run(weights: tuple[float, ...]) -> RunSpec:
+        return expand(_request(dims=["3d"], class_weights=weights))[0][0]
+
+    assert run((1.0, 2.0, 4.0)).run_id == run((0.5, 1.0, 2.0)).run_id == run((0.3, 0.6, 1.2)).run_id
+    assert run((0.5, 1.0, 2.0)).class_weights == (1.0, 2.0, 4.0)
+    assert run((0.0, 1.0, 3.0)).class_weights == (0.0, 1.0, 3.0)
+    assert run((1.0, 2.0, 4.0)).run_id != run((1.0, 2.0, 3.0)).run_id
+    unweighted = expand(_request(dims=["3d"]))[0][0]  # equal weights: the unweighted loss (test_losses)
+    assert run((1.0, 1.0, 1.0)) == run((2.5, 2.5, 2.5)) == unweighted
+
+
+def test_exclude_rules_take_whole_numbers_for_fold_and_seed(home: Path) -> None:
+    assert parse_exclude("seed=00,fold=1") == {"seed": "0", "fold": "1"}
+    with pytest.raises(UsageError, match="fold takes a whole number, not 'zero'"):
+        parse_exclude("fold=zero")
+    runs, _ = expand(_request(dims=["3d"], seeds=[0, 1], exclude=["seed=00"]))
+    assert [r.seed for r in runs] == [1]
+    with pytest.raises(UsageError, match=r"exclude rule 'fold=7': fold 7 does not exist, the sweep has 5 "
+                                         r"folds \(0 to 4\)"):
+        expand(_request(dims=["3d"], exclude=["fold=7"]))
+
+
+def test_a_rule_that_removes_nothing_says_so(home: Path) -> None:
+    # e.g. a rule for the other dims, or for an encoder the sweep does not use: a line, not silence
+    rules = ["encoder=resnet18", "aug=none,dims=3d"]
+    runs, notes = expand(_request(archs=["unet"], dims=["2d"], exclude=rules))
+    assert len(runs) == 1
+    assert notes == [f"exclude rule '{rule}' matches no combination of this sweep: nothing removed by it"
+                     for rule in rules]

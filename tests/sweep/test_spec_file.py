@@ -1,0 +1,69 @@
+"""`sweep/spec_file.py`: sweep files, their values under the flags' overrides, and bad files named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.errors import UsageError
+from medseg_bench.sweep.expand import expand
+from medseg_bench.sweep.spec_file import build_request, load_sweep_file
+
+TASK = "Task04_Hippocampus"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"task: {TASK}\ndims: 3d\nloss: [dice_ce, focal]\nseed: [0, 1]\nepochs: 3\n"
+                    "max_minutes: 2\npatch_size: [16, 16, 16]\nexclude: [loss=focal]\n")
+    values = load_sweep_file(path)
+    assert values["losses"] == ["dice_ce", "focal"] and values["seeds"] == [0, 1]
+    assert values["patch_size"] == (16, 16, 16) and values["max_minutes"] == 2.0
+    request = build_request(values, {"epochs": 5, "seeds": None, "exclude": ["seed=1"]})
+    assert request.epochs == 5 and request.seeds == [0, 1]  # a flag wins; an absent flag leaves the file's
+    assert request.exclude == ["loss=focal", "seed=1"]  # rules from both
+    runs, _ = expand(request)
+    assert [(r.loss, r.seed, r.patch_size) for r in runs] == [("dice_ce", 0, (16, 16, 16))]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("task: T\narchs: [unet]\nepoch: 3\n", "unknown keys archs, epoch (known: task,"),
+    ("task: T\nepochs: three\n", "'epochs' takes one int"),
+    ("task: T\nseed: [0, x]\n", "'seed' takes int values"),
+    ("- task\n", "a sweep file is a mapping"),
+    # where, not PyYAML's first line alone ("while parsing a flow node"): the line and column
+    ("task: [\n", "not valid YAML (line 2, column 1: expected the node content, but found '<stream end>' "
+                  "(while parsing a flow node))"),
+    ("task: T\nlr: fast\n", "'lr' takes one number, not 'fast'"),
+    ("task: T\nclass_weights: [1, x, 2]\n", "'class_weights' takes numbers, one per class, not 'x'"),
+    ("task: T\npostprocess: 1\n", "'postprocess' takes true or false, not 1"),
+    # YAML keeps the last
+    ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (line 3, column 1: key 'task' given twice)"),
+    ("\udcff\udcfe task: T\n", "not UTF-8 text"),
+])
+def test_bad_sweep_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UsageError, match="bad.yaml: ") as info:
+        load_sweep_file(path)
+    assert message in str(info.value)
+
+
+def test_a_learning_rate_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("task: T\nlr: 1e-3\nmax_minutes: '2'\n")  # YAML 1.1 reads 1e-3 as a string
+    assert load_sweep_file(path)["lr"] == 0.001 and load_sweep_file(path)["max_minutes"] == 2.0
+
+
+def test_shipped_sweep_files_parse() -> None:
+    quick = load_sweep_file(REPO / "sweeps" / "quick.yaml")
+    survey = load_sweep_file(REPO / "sweeps" / "survey.yaml")
+    assert quick["tasks"] == survey["tasks"] == [TASK]
+    assert set(survey["archs"]) == {"unet", "unetplusplus", "deeplab", "fpn", "dynunet", "segresnet",
+                                    "swinunetr"}
+    assert survey["losses"] == ["dice_ce", "focal", "tversky"]
+    assert survey["augs"] == ["none", "light", "heavy"]
