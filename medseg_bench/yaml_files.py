@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,23 @@ def load_unique(text: str) -> Any:
             return super().construct_mapping(node, deep=deep)
 
     return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+
+
+def read_yaml_file(path: Path, kind: str) -> Any:
+    """`path` read as `load_unique` reads it; `UsageError` naming the file for one that cannot be read
+    (`kind`: "task file", "sweep file"), is not UTF-8 text, or is not valid YAML (where: `yaml_problem`)."""
+    import yaml
+
+    from medseg_bench.errors import UsageError
+
+    try:
+        return load_unique(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {kind} ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
 
 
 def yaml_problem(exc: BaseException) -> str:

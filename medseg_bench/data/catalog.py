@@ -8,20 +8,11 @@ from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
 from medseg_bench.settings import get_settings, packaged_tasks_dir
 from medseg_bench.spec import TaskSpec
-from medseg_bench.yaml_files import load_unique, yaml_problem
+from medseg_bench.yaml_files import read_yaml_file
 
 
 def _load_task_file(path: Path) -> TaskSpec:
-    import yaml
-
-    try:
-        data = load_unique(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read task file ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: cannot read task file ({yaml_problem(exc)})") from None
+    data = read_yaml_file(path, "task file")
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a task file must be a YAML mapping")
     spec = TaskSpec.from_dict(data, source_file=path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from medseg_bench.errors import UsageError
 from medseg_bench.sweep.expand import SweepRequest
-from medseg_bench.yaml_files import load_unique, yaml_problem
+from medseg_bench.yaml_files import read_yaml_file
 
 # file key -> SweepRequest field; axes take a value or a list, settings one value.
 AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encoders", "loss": "losses",
@@ -53,16 +53,7 @@ def _number(path: Path, key: str, value: Any, wanted: str) -> float:
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """SweepRequest field values from a sweep file; unknown keys and wrong types fail with exit code 2."""
-    import yaml
-
-    try:
-        data = load_unique(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    data = read_yaml_file(path, "sweep file")
     if data is None:
         data = {}
     if not isinstance(data, dict):

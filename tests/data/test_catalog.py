@@ -69,7 +69,7 @@ def test_bad_task_files(home: Path) -> None:
     assert "imaging:" in path.read_text()
     path.write_text(path.read_text() + "imaging: CT\n")
     lines = len(path.read_text().splitlines())
-    with pytest.raises(UsageError, match=rf"Task98_Bad.yaml: cannot read task file \(line {lines}, column 1: "
+    with pytest.raises(UsageError, match=rf"Task98_Bad.yaml: not valid YAML \(line {lines}, column 1: "
                                          r"key 'imaging' given twice\)$"):
         task_registry()
 

@@ -1,0 +1,36 @@
+"""`yaml_files.py`: task and sweep files read safely, a key given twice refused, each problem one line naming
+the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.errors import UsageError
+from medseg_bench.yaml_files import read_yaml_file
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"a: 1\na: 2\n", "not valid YAML (line 2, column 1: key 'a' given twice)"),
+    (b"a: [1,\n", "not valid YAML (line 2, column 1: expected the node content, but found '<stream end>' "
+                  "(while parsing a flow node))"),
+    (b"a: \xff\n", "not UTF-8 text (invalid start byte at byte 3)"),
+    (b"a: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML (line 1, column 4: could not "
+                                                           "determine a constructor for the tag"),
+    (None, "cannot read sweep file (No such file or directory)"),
+])
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, content: bytes | None,
+                                                          message: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UsageError) as error:
+        read_yaml_file(path, "sweep file")
+    assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
+
+
+def test_a_good_file_is_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "task.yaml"
+    path.write_text("name: T\nlabels: {0: background, 1: organ}\n", encoding="utf-8")
+    assert read_yaml_file(path, "task file") == {"name": "T", "labels": {0: "background", 1: "organ"}}
