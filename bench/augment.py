@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import SHARED, TASK, prepare  # noqa: E402  (bench/train.py: the shared cases, imported once)
 
-from medseg_bench.results import cpu_model  # noqa: E402
+from medseg_bench.provenance import cpu_model  # noqa: E402
 
 VERSIONS = (5, 6, 7, 9)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "augment.md"

@@ -181,7 +181,7 @@ def measure(name: str, data_dir: Path, repeats: int) -> dict[str, object] | None
 
 
 def machine() -> str:
-    from medseg_bench.results import cpu_model
+    from medseg_bench.provenance import cpu_model
 
     model = cpu_model()
     system = f"{platform.system()} {platform.release()}"

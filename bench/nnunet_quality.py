@@ -67,7 +67,7 @@ sys.path.insert(0, str(BENCH))  # the other bench scripts, reused below
 from preprocess import DATASET_ID, NNUNET_VENV, ensure_nnunet, to_nnunet_raw  # noqa: E402
 from train import SHARED, TASK, prepare  # noqa: E402
 
-from medseg_bench.results import cpu_model  # noqa: E402
+from medseg_bench.provenance import cpu_model  # noqa: E402
 
 CONFIGS = ("2d", "3d_fullres")
 REAL_MINUTES = "5,10,15"

@@ -145,7 +145,7 @@ def reproduce(args: argparse.Namespace) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from medseg_bench.results import cpu_model
+    from medseg_bench.provenance import cpu_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="MSD task folder")

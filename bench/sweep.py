@@ -68,7 +68,7 @@ def run_overhead(workdir: Path, env: dict[str, str], seed: int) -> tuple[float, 
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from medseg_bench.results import cpu_model
+    from medseg_bench.provenance import cpu_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from medseg_bench.results import cpu_model  # noqa: E402
+from medseg_bench.provenance import cpu_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 TASK = "Task04_Hippocampus"

@@ -22,11 +22,11 @@ from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import MedsegError, RunError
 from medseg_bench.locks import RunLock
+from medseg_bench.provenance import environment
 from medseg_bench.results import (
     HEARTBEAT_INTERVAL_S,
     SETUP_NAME,
     append_event,
-    environment,
     finished_damage,
     is_done,
     read_json,
