@@ -10,15 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import (
-    Geometry,
-    check_nifti_complete,
-    count_nonfinite,
-    read_geometry,
-    read_image,
-    read_label,
-)
+from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
 from medseg_bench.data.msd import Case, declared_labels, read_dataset_json, training_cases
+from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.spec import TaskSpec
 

@@ -291,7 +291,8 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
 
     The file is checked complete first, and free of NaN and inf: SimpleITK reads a NIfTI cut short as if its
     missing voxels were 0, and a NIfTI's NaN and inf voxels as 0 (background)."""
-    from medseg_bench.data.io import count_nonfinite, read_geometry, read_label
+    from medseg_bench.data.io import read_geometry, read_label
+    from medseg_bench.data.nifti import count_nonfinite
 
     if count_nonfinite(path):
         raise DataError(f"{path}: label map holds NaN or inf voxels")
