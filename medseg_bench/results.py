@@ -55,6 +55,7 @@ from medseg_bench.data.io import (
     write_json_atomic,
 )
 from medseg_bench.errors import DamagedRunError, ResultsError
+from medseg_bench.locks import exclusive, is_locked
 from medseg_bench.spec import RunSpec, run_id_problem
 
 STATES = ("pending", "running", "done", "failed")
@@ -266,8 +267,6 @@ def _pid_alive(pid: int) -> bool:
 def is_live(folder: Path, stale_after_s: float = HEARTBEAT_STALE_S) -> bool:
     """Is some process working on this run now? Its lock says so on a shared file system; a fresh heartbeat
     from another host (whose pid cannot be checked here) counts too."""
-    from medseg_bench.locks import is_locked
-
     if is_locked(folder):
         return True
     beat = read_json(folder / "heartbeat.json")
@@ -295,6 +294,8 @@ def _unfinished_state(folder: Path, queue: bool = True) -> str:
     status = read_status(folder)
     state = status.get("state", "pending")
     if state in ("running", "pending") and is_live(folder):
+        return "running"
+    if state == "failed" and is_locked(folder):  # retried: its status says failed until the attempt starts
         return "running"
     if queue:
         queued = read_json(folder / QUEUED_NAME)
@@ -550,6 +551,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
 
 
 INDEX_NAME = "index.parquet"
+INDEX_LOCK = ".index.lock"  # held while the index is rebuilt
 
 
 def warn_on_stderr(message: str) -> None:
@@ -559,21 +561,24 @@ def warn_on_stderr(message: str) -> None:
 def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr) -> Path:
     """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
 
-    Each writer renames its own complete temp file into place, so concurrent rebuilds never mix. A damaged
-    run is left out of the index, and `warn` is told which file and why.
+    Each writer renames its own complete temp file into place, so concurrent rebuilds never mix; one at a
+    time (`INDEX_LOCK`), each reading the runs once it has the lock, so the last to write has read the last
+    run to finish (a rebuild that read the folders first, then wrote after another sweep's newer index, left
+    a finished run out). A damaged run is left out of the index, and `warn` is told which file and why.
     """
     import pandas as pd
 
-    try:
-        table = load_results(results_dir, skip_damaged=warn)
-    except ResultsError:  # no finished run
-        table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
     target = results_dir / INDEX_NAME
-    tmp = private_temp(target)
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with exclusive(results_dir, INDEX_LOCK):
+        try:
+            table = load_results(results_dir, skip_damaged=warn)
+        except ResultsError:  # no finished run
+            table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
+        tmp = private_temp(target)
+        try:
+            table.to_parquet(tmp, index=False)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     remove_dead_writers_temps(target)  # a sweep killed while it wrote the index left its temp
     return target

@@ -518,6 +518,11 @@ def test_run_states(tmp_path: Path) -> None:
     assert run_state(folder) == "partial"  # ... a stale one does not
     write_status(folder, "failed", error="boom")
     assert run_state(folder) == "failed"
+    with RunLock(folder) as lock:  # another sweep retrying it: said "failed" until its attempt had started
+        assert lock.acquire()
+        assert run_state(folder) == "running"
+    write_json_atomic(folder / "heartbeat.json", {**beat, "host": "elsewhere"})  # the failed attempt's last
+    assert run_state(folder) == "failed"
 
 
 def test_queued_until_an_attempt_starts(tmp_path: Path) -> None:
@@ -528,3 +533,35 @@ def test_queued_until_an_attempt_starts(tmp_path: Path) -> None:
     time.sleep(0.01)
     append_event(folder, "start")
     assert run_state(folder) == "pending"
+
+
+def test_two_index_rebuilds_at_once_leave_the_later_runs_in(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rebuild that read the run folders, then wrote after another process's newer index (a sweep finishing
+    # a run meanwhile), left that run out of index.parquet until the next rebuild.
+    import threading
+
+    import medseg_bench.results as results
+
+    reading, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def load(results_dir: Path, skip_damaged: object = None) -> pd.DataFrame:
+        calls.append(len(calls))
+        if len(calls) == 1:  # the slow rebuild: it has read 1 run
+            reading.set()
+            assert release.wait(30)
+            return pd.DataFrame({"run_id": ["a"]})
+        return pd.DataFrame({"run_id": ["a", "b"]})  # read after the second run finished
+
+    monkeypatch.setattr(results, "load_results", load)
+    slow = threading.Thread(target=write_index, args=(tmp_path,))
+    slow.start()
+    assert reading.wait(30)
+    later = threading.Thread(target=write_index, args=(tmp_path,))
+    later.start()
+    time.sleep(0.5)  # without a lock the later rebuild has written its index by now
+    release.set()
+    slow.join(30)
+    later.join(30)
+    assert sorted(pd.read_parquet(tmp_path / INDEX_NAME)["run_id"]) == ["a", "b"]

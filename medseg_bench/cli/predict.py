@@ -19,6 +19,9 @@ import typer
 
 from medseg_bench.errors import DataError, UsageError
 
+# Held in --out while a predict writes into it: a second predict into the same folder waits for the first.
+PREDICT_LOCK = ".predict.lock"
+
 
 def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
     """(run folder, checkpoint) for a run folder (its last.ckpt) or a checkpoint inside a run folder."""
@@ -302,6 +305,24 @@ def _ensemble_decision(runs: list[_Run]) -> Any:
     return pooled([run.decision for run in runs])
 
 
+def _orientation_change(path: Path, stored_as: str | None, trained_as: str | None, reorient: bool) -> Any:
+    """The reorientation that `--reorient` applies to an image stored otherwise than the training images
+    (None when it is stored alike, or either is unknown); without `--reorient`, a warning and None."""
+    from medseg_bench.data.orient import reorientation
+
+    if trained_as is None or stored_as is None or stored_as == trained_as:
+        return None
+    if reorient:
+        typer.echo(f"{path}: stored {stored_as}, predicted as stored {trained_as} like the training images "
+                   "(--reorient); its label map written as the image is stored")
+        return reorientation(stored_as, trained_as)
+    typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' {trained_as}: the "
+               "network sees it turned or mirrored and may segment it badly (predict does not reorient "
+               f"unless asked, as nnU-Net); store it {trained_as}, or pass --reorient, to predict it as "
+               "trained", err=True)
+    return None
+
+
 def predict(
     runs: Annotated[list[Path], typer.Argument(
         metavar="RUN_OR_CHECKPOINT...",
@@ -338,8 +359,9 @@ def predict(
 
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.io import case_name, image_suffix, read_image, write_label, write_probabilities
-    from medseg_bench.data.orient import ensemble_orientation, reorientation
+    from medseg_bench.data.orient import ensemble_orientation
     from medseg_bench.inference import predict_ensemble_probabilities
+    from medseg_bench.locks import exclusive
     from medseg_bench.postprocess import apply_postprocessing
 
     device = _check_device(device)
@@ -365,48 +387,41 @@ def predict(
         typer.echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
-    written = skipped = 0
-    for path in found:
-        target = out / (case_name(path) + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK writes it
-        saved = out / f"{case_name(path)}.npz"  # its probabilities, written before it
-        if target.exists() and not overwrite:
-            missing = f"; its probabilities {saved.name} are not there: --overwrite writes both" if (
-                save_probabilities and not saved.exists()) else ""
-            typer.echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
-            skipped += 1
-            continue
-        image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
-        problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
-        if problem:
-            raise DataError(f"{path}: {problem}")
-        stored_as = geometry.orientation
-        change = None
-        if trained_as is not None and stored_as is not None and stored_as != trained_as:
-            if reorient:
-                change = reorientation(stored_as, trained_as)
-                typer.echo(f"{path}: stored {stored_as}, predicted as stored {trained_as} like the training "
-                           "images (--reorient); its label map written as the image is stored")
-            else:
-                typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' "
-                           f"{trained_as}: the network sees it turned or mirrored and may segment it badly "
-                           f"(predict does not reorient unless asked, as nnU-Net); store it {trained_as}, or "
-                           "pass --reorient, to predict it as trained", err=True)
-        seen, spacing = (change.apply(image), change.spacing(geometry.spacing_zyx)) if change else (
-            image, geometry.spacing_zyx)
-        labels, probabilities = predict_ensemble_probabilities(members, seen, spacing, plan, run_device,
-                                                               save_probabilities)
-        if change is not None:
-            labels = change.undo(labels)
-            probabilities = change.undo(probabilities) if probabilities is not None else None
-        if decision is not None and decision.labels:
-            labels = apply_postprocessing(labels, decision.labels)
-        if probabilities is not None:  # before the label map: a label map there means both were written
-            write_probabilities(probabilities, geometry, saved)
-        elif saved.exists():  # an earlier prediction's, not this label map's
-            saved.unlink()
-            typer.echo(f"{saved}: removed, the probabilities of the label map replaced (--save-probabilities "
-                       "writes them anew)")
-        write_label(labels, geometry, target)
-        written += 1
-        typer.echo(f"{target}")
+    # One predict writes into a folder at a time: another's label map, written between this one's check
+    # that a file is not there and its write, put two models' label maps in one folder (and lost an .npz).
+    with exclusive(out, PREDICT_LOCK, on_wait=lambda: typer.echo(
+            f"{out}: another predict is writing into it; waiting for it to finish", err=True)):
+        written = skipped = 0
+        for path in found:
+            target = out / (case_name(path) + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK does
+            saved = out / f"{case_name(path)}.npz"  # its probabilities, written before it
+            if target.exists() and not overwrite:
+                missing = f"; its probabilities {saved.name} are not there: --overwrite writes both" if (
+                    save_probabilities and not saved.exists()) else ""
+                typer.echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
+                skipped += 1
+                continue
+            image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
+            problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
+            if problem:
+                raise DataError(f"{path}: {problem}")
+            change = _orientation_change(path, geometry.orientation, trained_as, reorient)
+            seen, spacing = (change.apply(image), change.spacing(geometry.spacing_zyx)) if change else (
+                image, geometry.spacing_zyx)
+            labels, probabilities = predict_ensemble_probabilities(members, seen, spacing, plan, run_device,
+                                                                   save_probabilities)
+            if change is not None:
+                labels = change.undo(labels)
+                probabilities = change.undo(probabilities) if probabilities is not None else None
+            if decision is not None and decision.labels:
+                labels = apply_postprocessing(labels, decision.labels)
+            if probabilities is not None:  # before the label map: a label map there means both were written
+                write_probabilities(probabilities, geometry, saved)
+            elif saved.exists():  # an earlier prediction's, not this label map's
+                saved.unlink()
+                typer.echo(f"{saved}: removed, the probabilities of the label map replaced "
+                           "(--save-probabilities writes them anew)")
+            write_label(labels, geometry, target)
+            written += 1
+            typer.echo(f"{target}")
     typer.echo(f"{written} prediction(s) written to {out}" + (f", {skipped} skipped" if skipped else ""))

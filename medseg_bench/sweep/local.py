@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ class _Job:
     process: subprocess.Popen[bytes]
     epoch: int = 0
     started: float = field(default_factory=time.time)  # older heartbeats are an earlier attempt's
+    announced: bool = False  # "training" said: once its worker's own heartbeat shows it holds the run
 
 
 def _slots(jobs: int) -> tuple[int, list[str | None]]:
@@ -250,7 +252,6 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 with deferred():  # a stop between the start and the bookkeeping: a worker nobody stops
                     active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir,
                                                             devices[slot], threads, workers))
-                reporter.run_start(spec.run_id)
             if stop and not active:
                 break
             time.sleep(POLL_S)
@@ -278,6 +279,9 @@ def _settle(job: _Job, code: int, results_dir: Path, reporter: PlainReporter,
             outcome: dict[str, list[str]]) -> bool:
     """Record how a worker's run ended (its exit `code`); False when it failed."""
     folder = run_dir(results_dir, job.spec)
+    ran = code not in (EXIT_SKIPPED, EXIT_BUSY, EXIT_DAMAGED)
+    if ran and not job.announced:  # ended before the loop saw its heartbeat
+        reporter.run_start(job.spec.run_id)
     if code == EXIT_SKIPPED or (code == EXIT_DONE and is_done(folder)):
         kind = "done" if code == EXIT_DONE else "skipped"
         _record(job.spec, kind, reporter, outcome, read_json(folder / "summary.json"))
@@ -324,10 +328,17 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
 
 
 def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> None:
+    """Say "training" once the job's worker holds its run (its own heartbeat, by pid: another process's
+    is not this job's, nor is an earlier attempt's), then each epoch it finishes."""
     beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
     beat_time = beat.get("time")
     if not isinstance(beat_time, int | float) or beat_time < job.started:
         return
+    if beat.get("pid") != job.process.pid or beat.get("host") != socket.gethostname():
+        return
+    if not job.announced:
+        job.announced = True
+        reporter.run_start(job.spec.run_id)
     epoch = int(beat.get("epoch") or 0)
     if epoch > job.epoch:
         job.epoch = epoch

@@ -832,3 +832,35 @@ def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and result.stderr == (
         f"error: {checkpoint}: checkpoint missing (the run has not finished an epoch)\n")
+
+
+def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_wrote(run_folder,
+                                                                                      tmp_path: Path) -> None:
+    # Two predicts into one --out at once: the second wrote its label maps over the first's, without
+    # --overwrite, between its check that a file was not there and its write (and removed the first's .npz).
+    import subprocess
+    import sys
+
+    from medseg_bench.cli.predict import PREDICT_LOCK
+
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    _write_oriented(images / "new_case.nii.gz", np.zeros((14, 22, 18), np.float32))
+    out.mkdir()
+    first = np.ones((14, 22, 18), np.uint8)
+    _write_oriented(tmp_path / "first.nii.gz", first)  # what the first predict writes, as it ends
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, shutil, sys, time\n"
+         f"fd = os.open({str(out / PREDICT_LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(3)\n"
+         f"shutil.copy({str(tmp_path / 'first.nii.gz')!r}, {str(out / 'new_case.nii.gz')!r})\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    finally:
+        holder.wait(30)
+    assert result.exit_code == 0, result.output
+    assert f"{out}: another predict is writing into it; waiting for it to finish" in result.output
+    assert "new_case.nii.gz: exists, skipped" in result.output and "0 prediction(s) written" in result.output
+    assert (read_label(out / "new_case.nii.gz")[0] == first).all()

@@ -4,6 +4,7 @@ workers were on, a run held elsewhere), finished runs with a bad value or damage
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -193,11 +194,38 @@ def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_pa
     folder.mkdir(parents=True)
     write_heartbeat(folder, epoch=1, epochs=3, loss=1.9, val_dice=0.1)  # the killed attempt's last beat
     seen: list[int] = []
-    reporter = SimpleNamespace(epoch_end=lambda run_id, epoch, *rest: seen.append(epoch))
-    job = _Job(spec, process=None, started=time.time() + 1)  # type: ignore[arg-type]
+    reporter = SimpleNamespace(epoch_end=lambda run_id, epoch, *rest: seen.append(epoch),
+                               run_start=lambda run_id: seen.append(0))
+    job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() + 1)  # type: ignore[arg-type]
     _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
     assert seen == []
     job.started = time.time() - 1
     write_heartbeat(folder, epoch=2, epochs=3, loss=1.2, val_dice=0.3)
     _forward_epochs(job, tmp_path, reporter)  # type: ignore[arg-type]
-    assert seen == [2]
+    assert seen == [0, 2]  # "training", then its epoch
+
+
+def test_a_jobs_run_held_by_another_sweep_shows_none_of_that_sweeps_training(tmp_path: Path) -> None:
+    # With --jobs, a run another sweep held was said to be "training", with that sweep's epochs from its
+    # heartbeat, then "skipped (running in another process)" when this sweep's worker found it held.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import EXIT_BUSY, _forward_epochs, _Job, _settle
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_heartbeat(folder, epoch=1, epochs=3, loss=1.9, val_dice=0.1)  # the other sweep's, this host
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(1)
+        job = _Job(spec, process=SimpleNamespace(pid=os.getpid() + 1), started=time.time() - 1)  # type: ignore[arg-type]
+        _forward_epochs(job, tmp_path, reporter)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        assert _settle(job, EXIT_BUSY, tmp_path, reporter, outcome)
+        reporter.close()
+    said = (tmp_path / "out.txt").read_text()
+    assert outcome["busy"] == [spec.run_id]
+    assert said.splitlines()[0] == f"[1/1] {spec.run_id}: skipped (running in another process)", said
+    assert "training" not in said and "epoch" not in said
