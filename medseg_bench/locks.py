@@ -124,3 +124,30 @@ def exclusive(folder: Path, name: str = LOCK_NAME, on_wait: Callable[[], object]
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def exclusive_folder(folder: Path, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
+    """`exclusive`, with the flock on `folder` itself: nothing is left in a folder that holds a user's files
+    (predict's --out) or that tests list (the results dir). Where the file system cannot lock a folder
+    (NFS emulates flock with POSIX locks, which a folder opened for reading cannot take), the block runs
+    unguarded, as before there was a lock."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            fd = -1
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # closing releases the lock

@@ -55,7 +55,7 @@ from medseg_bench.data.io import (
     write_json_atomic,
 )
 from medseg_bench.errors import DamagedRunError, ResultsError
-from medseg_bench.locks import exclusive, is_locked
+from medseg_bench.locks import exclusive_folder, is_locked
 from medseg_bench.spec import RunSpec, run_id_problem
 
 STATES = ("pending", "running", "done", "failed")
@@ -551,7 +551,6 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
 
 
 INDEX_NAME = "index.parquet"
-INDEX_LOCK = ".index.lock"  # held while the index is rebuilt
 
 
 def warn_on_stderr(message: str) -> None:
@@ -562,14 +561,15 @@ def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr)
     """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
 
     Each writer renames its own complete temp file into place, so concurrent rebuilds never mix; one at a
-    time (`INDEX_LOCK`), each reading the runs once it has the lock, so the last to write has read the last
-    run to finish (a rebuild that read the folders first, then wrote after another sweep's newer index, left
-    a finished run out). A damaged run is left out of the index, and `warn` is told which file and why.
+    time (a flock on the results dir), each reading the runs once it has the lock, so the last to write has
+    read the last run to finish (a rebuild that read the folders first, then wrote after another sweep's
+    newer index, left a finished run out). A damaged run is left out of the index, and `warn` is told which
+    file and why.
     """
     import pandas as pd
 
     target = results_dir / INDEX_NAME
-    with exclusive(results_dir, INDEX_LOCK):
+    with exclusive_folder(results_dir):
         try:
             table = load_results(results_dir, skip_damaged=warn)
         except ResultsError:  # no finished run

@@ -19,9 +19,6 @@ import typer
 
 from medseg_bench.errors import DataError, UsageError
 
-# Held in --out while a predict writes into it: a second predict into the same folder waits for the first.
-PREDICT_LOCK = ".predict.lock"
-
 
 def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
     """(run folder, checkpoint) for a run folder (its last.ckpt) or a checkpoint inside a run folder."""
@@ -361,7 +358,7 @@ def predict(
     from medseg_bench.data.io import case_name, image_suffix, read_image, write_label, write_probabilities
     from medseg_bench.data.orient import ensemble_orientation
     from medseg_bench.inference import predict_ensemble_probabilities
-    from medseg_bench.locks import exclusive
+    from medseg_bench.locks import exclusive_folder
     from medseg_bench.postprocess import apply_postprocessing
 
     device = _check_device(device)
@@ -389,7 +386,7 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     # One predict writes into a folder at a time: another's label map, written between this one's check
     # that a file is not there and its write, put two models' label maps in one folder (and lost an .npz).
-    with exclusive(out, PREDICT_LOCK, on_wait=lambda: typer.echo(
+    with exclusive_folder(out, on_wait=lambda: typer.echo(
             f"{out}: another predict is writing into it; waiting for it to finish", err=True)):
         written = skipped = 0
         for path in found:

@@ -841,8 +841,6 @@ def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_w
     import subprocess
     import sys
 
-    from medseg_bench.cli.predict import PREDICT_LOCK
-
     folder, _, _ = run_folder
     images, out = tmp_path / "images", tmp_path / "pred"
     _write_oriented(images / "new_case.nii.gz", np.zeros((14, 22, 18), np.float32))
@@ -851,7 +849,7 @@ def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_w
     _write_oriented(tmp_path / "first.nii.gz", first)  # what the first predict writes, as it ends
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, shutil, sys, time\n"
-         f"fd = os.open({str(out / PREDICT_LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+         f"fd = os.open({str(out)!r}, os.O_RDONLY | os.O_DIRECTORY)\n"
          "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(3)\n"
          f"shutil.copy({str(tmp_path / 'first.nii.gz')!r}, {str(out / 'new_case.nii.gz')!r})\n"],
         stdout=subprocess.PIPE, text=True)
@@ -864,3 +862,4 @@ def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_w
     assert f"{out}: another predict is writing into it; waiting for it to finish" in result.output
     assert "new_case.nii.gz: exists, skipped" in result.output and "0 prediction(s) written" in result.output
     assert (read_label(out / "new_case.nii.gz")[0] == first).all()
+    assert sorted(path.name for path in out.iterdir()) == ["new_case.nii.gz"]  # no lock file left
