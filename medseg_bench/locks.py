@@ -115,15 +115,20 @@ def exclusive(folder: Path, name: str = LOCK_NAME, on_wait: Callable[[], object]
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_waiting(fd, on_wait)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _lock_waiting(fd: int, on_wait: Callable[[], object] | None) -> None:
+    """A blocking exclusive flock on `fd`; `on_wait` is called first when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 @contextmanager
@@ -139,12 +144,8 @@ def exclusive_folder(folder: Path, on_wait: Callable[[], object] | None = None) 
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
+            _lock_waiting(fd, on_wait)
+        except OSError:  # not BlockingIOError (that one waits): a file system that cannot lock a folder
             os.close(fd)
             fd = -1
         yield
