@@ -73,7 +73,7 @@ def test_a_2d_run_on_thick_slices_trains_and_is_scored_at_each_cases_slice_spaci
                                 "dice_ce", "--aug", "none", "--epochs", "1", "--iters-per-epoch", "2",
                                 "--batch-size", "2", "--num-folds", "2", "--results-dir", str(results)])
     assert sweep.exit_code == 0, sweep.output
-    assert "cache of 2D runs at each case's slice spacing" in sweep.output
+    assert "cache; for 2D runs, each case at its own slice spacing where that differs" in sweep.output
     caches = sorted(p.name for p in (home / "data" / "preprocessed" / "Task93_Aniso").iterdir() if p.is_dir())
     assert len(caches) == 2 and caches[1] == f"{caches[0]}-2d"
     (run,) = (results / "Task93_Aniso").iterdir()

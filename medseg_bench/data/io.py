@@ -261,14 +261,16 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
 
 
 def label_values(values: np.ndarray, path: Path) -> np.ndarray:
-    """`values` as uint8 labels; DataError naming `path` when one is not an integer in 0..255."""
-    if values.size and (
-        not np.all(np.isfinite(values))
-        or np.any(values != np.round(values))
-        or values.min() < 0
-        or values.max() > 255
-    ):
-        raise DataError(f"{path}: label map holds non-integer or out-of-range values")
+    """`values` as uint8 labels; DataError naming `path` and the first few values that are not an integer
+    in 0..255 (a float label file's rounding artefact, 0.99999994 for 1, shows as such)."""
+    if values.size:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255)
+        if bad.any():
+            shown = np.unique(values[bad])[:3]  # NaN sorts last
+            more = ", ..." if np.unique(values[bad]).size > shown.size else ""
+            listed = ", ".join(f"{v:.9g}" for v in shown.tolist()) + more
+            raise DataError(f"{path}: label map holds non-integer or out-of-range values ({listed})")
     return values.astype(np.uint8)
 
 

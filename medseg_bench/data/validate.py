@@ -105,9 +105,11 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, "label map holds NaN or inf voxels")
     extra = sorted(set(_values(label)) - allowed_labels)
     if extra:
-        if declared and set(extra) <= declared:  # in dataset.json, not in the task file that sets the classes
-            return problem(case.label, _foreign_labels_problem(extra, task))  # (BraTS's original 4, say)
-        return problem(case.label, f"label values {_listed(extra)} not declared in dataset.json")
+        if all(value in task.labels for value in extra):  # the task file's, but dataset.json leaves them out
+            return problem(case.label, f"label values {_listed(extra)} not declared in dataset.json")
+        # not in the task file that sets the classes (BraTS's original 4, say), nor perhaps in dataset.json
+        also = "" if not declared or set(extra) <= declared else " nor declared in dataset.json"
+        return problem(case.label, _foreign_labels_problem(extra, task) + also)
     try:
         image, _ = read_image(case.image)
         nonfinite = count_nonfinite(case.image)  # also checks the raw file complete

@@ -81,7 +81,8 @@ def _key(spec: RunSpec) -> tuple[str, int, bool]:
 def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:
     key = _key(spec)
     if key not in prepared:
-        what = "cache of 2D runs at each case's slice spacing" if spec.own_slice_spacing else "cache"
+        what = ("cache; for 2D runs, each case at its own slice spacing where that differs"
+                if spec.own_slice_spacing else "cache")
         reporter.say(f"preparing {spec.task} (plan, {what}, {spec.num_folds}-fold splits)")
         prepared[key] = prepare_locked(spec.task, data_dir, spec.num_folds, progress=True,
                                        own_slices=spec.own_slice_spacing)

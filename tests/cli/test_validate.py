@@ -39,7 +39,8 @@ def test_a_case_broken_after_fetch_is_found_and_excluded(home: Path, tmp_path: P
     strict = runner.invoke(app, ["validate", "Task90_Synth", "--strict"])
     assert strict.exit_code == 3
     assert strict.output.strip().splitlines()[-1] == (  # one line: the file, the problem
-        f"error: {folder}/labelsTr/case_004.nii.gz: label values [7] not declared in dataset.json (--strict)")
+        f"error: {folder}/labelsTr/case_004.nii.gz: label values [7] not among Task90_Synth's labels "
+        "(0, 1, 2) nor declared in dataset.json (--strict)")
     relaxed = runner.invoke(app, ["validate", "Task90_Synth"])
     assert relaxed.exit_code == 0
     assert "excluded from training: case_004" in relaxed.output and "5 of 6" in relaxed.output

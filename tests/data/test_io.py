@@ -250,3 +250,16 @@ def test_an_interrupted_csv_write_leaves_the_old_file_and_no_temp(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         write_csv_atomic(_CutShort(), target)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"] and target.read_text() == "epoch\n0\n"
+
+
+def test_a_label_value_that_is_not_a_whole_number_is_shown() -> None:
+    # "label map holds non-integer or out-of-range values" said which file, not which value: a float label
+    # file's rounding artefact (0.99999994 for 1) was not to be told from a 2.5.
+    from medseg_bench.data.io import label_values
+
+    values = np.array([0, 1, np.float32(0.99999994), 2.5, 300, np.nan], np.float32)
+    with pytest.raises(DataError) as error:
+        label_values(values, Path("L.nii.gz"))
+    assert str(error.value) == ("L.nii.gz: label map holds non-integer or out-of-range values "
+                                "(0.99999994, 2.5, 300, ...)")
+    assert label_values(np.array([0.0, 2.0], np.float32), Path("L.nii.gz")).tolist() == [0, 2]

@@ -95,7 +95,15 @@ def test_undeclared_label_values_and_nan(synth) -> None:
     seg = np.zeros((12, 20, 20), np.uint8)
     seg[2, 2, 2] = 7
     write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
-    assert "label values [7] not declared" in _problem_for(folder, task, "case_003")
+    assert _problem_for(folder, task, "case_003").endswith(  # a BraTS label 4, say: the task file says so
+        ": label values [7] not among Task90_Synth's labels (0, 1, 2) nor declared in dataset.json")
+    seg[2, 2, 2] = 2  # the task file's, left out of dataset.json
+    write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**dataset, "labels": {"0": "background", "1": "outer"}}))
+    report = validate_folder(folder, task)  # every case holds 2
+    assert str(report.problems[3]).endswith("case_003.nii.gz: label values [2] not declared in dataset.json")
+    (folder / "dataset.json").write_text(json.dumps(dataset))
     write_image(folder / "labelsTr" / "case_003.nii.gz", np.zeros((12, 20, 20), np.uint8))
     image = np.zeros((12, 20, 20), np.float32)
     image[1, 1, 1] = np.nan
@@ -287,8 +295,8 @@ def test_many_undeclared_label_values_are_counted_past_ten(synth) -> None:
     seg = np.arange(12 * 20 * 20, dtype=np.int16).reshape(12, 20, 20) % 203  # 0-202: 200 undeclared
     write_image(folder / "labelsTr" / "case_003.nii.gz", seg)
     problem = _problem_for(folder, task, "case_003")
-    assert problem.endswith(": label values [3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 190 more] not declared in "
-                            "dataset.json")
+    assert problem.endswith(": label values [3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 190 more] not among "
+                            "Task90_Synth's labels (0, 1, 2) nor declared in dataset.json")
 
 
 def test_a_label_that_is_the_image_file_is_named_as_such(synth) -> None:
