@@ -146,9 +146,7 @@ def exclusive_folder(folder: Path, on_wait: Callable[[], object] | None = None) 
         try:
             _lock_waiting(fd, on_wait)
         except OSError:  # not BlockingIOError (that one waits): a file system that cannot lock a folder
-            os.close(fd)
-            fd = -1
+            pass
         yield
     finally:
-        if fd >= 0:
-            os.close(fd)  # closing releases the lock
+        os.close(fd)  # closing releases the lock

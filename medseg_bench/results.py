@@ -323,8 +323,7 @@ def check_results_dir(results_dir: Path) -> None:
     """ResultsError when `results_dir`, or a folder on its path, is a file: a sweep said "not writable (File
     exists)", its dry run listed every run as pending, status and report found no runs."""
     try:
-        blocker = results_dir if results_dir.exists() and not results_dir.is_dir() else file_in_the_way(
-            results_dir)
+        blocker = file_in_the_way(results_dir, itself=True)
     except OSError:
         return  # a path that cannot be looked at: the command's own access names the problem
     if blocker is not None:
@@ -338,7 +337,7 @@ def check_run_folders(results_dir: Path, runs: Sequence[RunSpec]) -> None:
     for spec in runs:
         folder = run_dir(results_dir, spec)
         try:
-            blocker = folder if folder.exists() and not folder.is_dir() else file_in_the_way(folder)
+            blocker = file_in_the_way(folder, itself=True)
         except OSError:
             continue  # a path that cannot be looked at: the run's own access names the problem
         if blocker == folder:

@@ -136,7 +136,7 @@ def fetch_task(
 def _check_data_dir(data_dir: Path) -> None:
     """UsageError when the data folder is a file, or cannot be made because a file is on its path (mkdir
     said "File exists" or "Not a directory", exit 7)."""
-    blocker = file_in_the_way(data_dir / "task")  # the data folder itself, or a parent of it
+    blocker = file_in_the_way(data_dir, itself=True)
     if blocker == data_dir:
         raise UsageError(f"{data_dir}: the data folder is not a folder; choose another --data-dir")
     if blocker is not None:

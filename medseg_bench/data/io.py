@@ -267,9 +267,8 @@ def label_values(values: np.ndarray, path: Path) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255)
         if bad.any():
-            shown = np.unique(values[bad])[:3]  # NaN sorts last
-            more = ", ..." if np.unique(values[bad]).size > shown.size else ""
-            listed = ", ".join(f"{v:.9g}" for v in shown.tolist()) + more
+            found = np.unique(values[bad])  # NaN sorts last
+            listed = ", ".join(f"{v:.9g}" for v in found[:3].tolist()) + (", ..." if found.size > 3 else "")
             raise DataError(f"{path}: label map holds non-integer or out-of-range values ({listed})")
     return values.astype(np.uint8)
 
@@ -449,9 +448,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing parent of `path` when it is not a folder (mkdir then says "File exists")."""
-    for parent in path.parents:
+def file_in_the_way(path: Path, itself: bool = False) -> Path | None:
+    """The nearest existing parent of `path` (or `path` itself, with `itself`) when it is not a folder (mkdir
+    then says "File exists")."""
+    for parent in [path, *path.parents] if itself else path.parents:
         if parent.exists() or parent.is_symlink():
             return None if parent.is_dir() else parent
     return None
