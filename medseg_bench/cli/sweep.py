@@ -173,7 +173,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         if exc.name != "submitit":
             raise  # a broken install of our own: its traceback, not advice that would not help
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
-    from medseg_bench.results import check_writable
+    from medseg_bench.results import check_run_folders, check_writable
     from medseg_bench.sweep.local import prepare_locked
 
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
@@ -186,6 +186,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "
                          "node of the cluster, or use the local launcher")
     check_writable(results_dir)
+    check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
     keys: dict[tuple[str, int], bool] = {}  # whether some run keeps its slices
     for spec in runs:
         key = (spec.task, spec.num_folds)

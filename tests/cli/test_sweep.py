@@ -209,6 +209,37 @@ def test_slurm_submits_nothing_when_a_run_cannot_train_on_the_plan(shared_task: 
     assert not called.exists() and not (tmp_path / "results" / ".slurm").exists()
 
 
+def test_slurm_names_a_file_in_a_run_folders_place_before_preparing_the_task(home: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    # Submission found it only after planning and caching the task (minutes on a large one).
+    from medseg_bench.results import run_dir
+    from medseg_bench.sweep import local
+    from medseg_bench.sweep.expand import expand
+    from medseg_bench.sweep.spec_file import build_request
+    from tests.conftest import TINY_SWEEP
+
+    _unconfigured_sbatch(tmp_path, monkeypatch)
+    prepared: list[str] = []
+    monkeypatch.setattr(local, "prepare_locked", lambda task, *args, **kwargs: prepared.append(task))
+    results = tmp_path / "results"
+    args = dict(zip(TINY_SWEEP[::2], TINY_SWEEP[1::2], strict=True))
+    (spec,), _ = expand(build_request({}, {"tasks": [args["--task"]], "archs": [args["--arch"]],
+                                           "losses": [args["--loss"]], "augs": [args["--aug"]],
+                                           "dims": [args["--dims"]], "epochs": int(args["--epochs"]),
+                                           "iters_per_epoch": int(args["--iters-per-epoch"]),
+                                           "batch_size": int(args["--batch-size"])}))
+    folder = run_dir(results, spec)
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {folder}: not a run folder (a file is where run {spec.run_id} keeps its results); "
+        "move it away")
+    assert prepared == [] and "preparing" not in result.output
+
+
 def test_a_submission_suggests_a_status_command_that_can_be_copied(shared_task: Path, home: Path,
                                                                    tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
