@@ -34,8 +34,8 @@ from medseg_bench.errors import UsageError
 #    of batches of 4 had none).
 #    New plans normalise per channel as nnU-Net does: crop first, then z-score with the cropped case's
 #    statistics, inside the non-zero mask when the dataset's median crop is under 3/4 of a case (decided once,
-#    not case by case); CT statistics only for channels named CT (`data.plan.channel_schemes`). A plan made
-#    before keeps its normalisation. No effect on Task04_Hippocampus's arrays.
+#    not case by case); CT statistics only for channels named CT (`data.normalize.channel_schemes`). A plan
+#    made before keeps its normalisation. No effect on Task04_Hippocampus's arrays.
 # 6: rotation, scaling and elastic deformation read the volume around the training patch, as nnU-Net's
 #    spatial transform does (they resampled the patch alone, so a rotated patch's corners were zeros, and a
 #    patch scaled down was framed by zeros). Runs without augmentation train exactly as in version 5.

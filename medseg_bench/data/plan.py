@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from medseg_bench.checks import shown
 from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.data.msd import Case
+from medseg_bench.data.normalize import channel_schemes
+from medseg_bench.data.plan_fields import PLAN_FIELD_CHECKS, json_kind
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
 from medseg_bench.errors import DataError
 from medseg_bench.spec import TaskSpec
@@ -129,7 +130,7 @@ class Plan:
     def from_dict(cls, data: object, source: Path | str = "plan") -> Plan:
         """A plan from its JSON; every field's type and value is checked (DataError naming `source`)."""
         if not isinstance(data, dict):
-            raise DataError(f"{source}: invalid plan (not a JSON object but {_json_kind(data)})")
+            raise DataError(f"{source}: invalid plan (not a JSON object but {json_kind(data)})")
         per_channel = "channel_normalization" in data or data.get("normalization") == "per_channel"
         names = [f.name for f in fields(cls) if f.name != "channel_normalization" or per_channel]
         if set(data) != set(names):
@@ -138,7 +139,7 @@ class Plan:
                 f"unknown: {sorted(set(data) - set(names))})"
             )
         try:
-            values = {name: _PLAN_FIELD_CHECKS[name](name, data[name]) for name in names}
+            values = {name: PLAN_FIELD_CHECKS[name](name, data[name]) for name in names}
         except ValueError as exc:
             raise DataError(f"{source}: invalid plan ({exc})") from None
         if values["normalization"] == "ct" and None in (
@@ -176,147 +177,7 @@ def preprocessing_change(then: dict[str, Any], now: dict[str, Any]) -> str:
     return f"{', '.join(changed)} other than plan.json's now" if changed else ""
 
 
-def _json_kind(value: object) -> str:
-    kinds = ((list, "a list"), (str, "a string"), (bool, "a boolean"), (int, "a number"), (float, "a number"))
-    return next((kind for cls, kind in kinds if isinstance(value, cls)), "null" if value is None else "?")
-
-
-def _whole(value: object) -> int | None:
-    """`value` as an int when it is a whole number (2 or 2.0, not 2.7, True or "2"), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return None
-    return float(value) if np.isfinite(value) else None
-
-
-def _sequence(key: str, value: object, length: int) -> list[object]:
-    if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise ValueError(f"{key} needs {length} values, not {shown(value)}")
-    return list(value)
-
-
-def _check_text(choices: tuple[str, ...] | None = None) -> Callable[[str, object], str]:
-    def check(key: str, value: object) -> str:
-        if not isinstance(value, str) or (choices is not None and value not in choices):
-            expected = " or ".join(repr(c) for c in choices) if choices else "a string"
-            raise ValueError(f"{key} must be {expected}, not {shown(value)}")
-        return value
-
-    return check
-
-
-def _check_flag(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, not {shown(value)}")
-    return value
-
-
-def _check_spacing(key: str, value: object) -> tuple[float, ...]:
-    numbers = [_finite(v) for v in _sequence(key, value, 3)]
-    if any(v is None or v <= 0 for v in numbers):
-        raise ValueError(f"{key} must be positive finite numbers (mm), not {shown(value)}")
-    return tuple(v for v in numbers if v is not None)
-
-
-MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
-
-
-def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
-    def check(key: str, value: object) -> tuple[int, ...]:
-        numbers = [_whole(v) for v in _sequence(key, value, length)]
-        if any(v is None or not 1 <= v <= MAX_SIZE for v in numbers):
-            raise ValueError(f"{key} must be positive whole numbers up to {MAX_SIZE}, not {shown(value)}")
-        return tuple(v for v in numbers if v is not None)
-
-    return check
-
-
-def _check_batch(key: str, value: object) -> int:
-    number = _whole(value)
-    if number is None:
-        raise ValueError(f"{key} must be a whole number, not {shown(value)}")
-    if not 1 <= number <= MAX_SIZE:
-        raise ValueError(f"{key} must be at least 1 and at most {MAX_SIZE}, not {shown(value)}")
-    return number
-
-
-def _check_ct_clip(key: str, value: object) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    low, high = (_finite(v) for v in _sequence(key, value, 2))
-    if low is None or high is None or low > high:
-        raise ValueError(f"{key} must be two finite numbers, low then high, not {shown(value)}")
-    return low, high
-
-
-def _check_ct_stat(positive: bool) -> Callable[[str, object], float | None]:
-    def check(key: str, value: object) -> float | None:
-        if value is None:
-            return None
-        number = _finite(value)
-        if number is None or (positive and number <= 0):
-            kind = "a positive finite number" if positive else "a finite number"
-            raise ValueError(f"{key} must be {kind}, not {shown(value)}")
-        return number
-
-    return check
-
-
-def _check_channels(key: str, value: object) -> tuple[dict[str, Any], ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{key} needs one entry per channel, not {shown(value)}")
-    entries = []
-    for index, entry in enumerate(value):
-        where = f"{key}[{index}]"
-        if not isinstance(entry, dict) or entry.get("scheme") not in ("ct", "zscore"):
-            raise ValueError(f'{where} must be {{"scheme": "ct", ...}} or {{"scheme": "zscore", ...}}, '
-                             f"not {shown(entry)}")
-        if entry["scheme"] == "zscore":
-            if set(entry) != {"scheme", "nonzero_mask"}:
-                raise ValueError(f'{where}: a z-score channel has "scheme" and "nonzero_mask", not '
-                                 f"{sorted(entry)}")
-            entries.append({"scheme": "zscore", "nonzero_mask": _check_flag(f"{where}.nonzero_mask",
-                                                                            entry["nonzero_mask"])})
-            continue
-        if set(entry) != {"scheme", "clip", "mean", "std"}:
-            raise ValueError(f'{where}: a CT channel has "scheme", "clip", "mean" and "std", not '
-                             f"{sorted(entry)}")
-        clip = _check_ct_clip(f"{where}.clip", entry["clip"])
-        mean = _check_ct_stat(positive=False)(f"{where}.mean", entry["mean"])
-        std = _check_ct_stat(positive=True)(f"{where}.std", entry["std"])
-        if clip is None or mean is None or std is None:
-            raise ValueError(f"{where}: a CT channel needs clip, mean and std")
-        entries.append({"scheme": "ct", "clip": list(clip), "mean": mean, "std": std})
-    return tuple(entries)
-
-
-_PLAN_FIELD_CHECKS: dict[str, Callable[[str, object], Any]] = {
-    "task": _check_text(),
-    "normalization": _check_text(("per_channel", "zscore", "ct")),
-    "ct_clip": _check_ct_clip,
-    "ct_mean": _check_ct_stat(positive=False),
-    "ct_std": _check_ct_stat(positive=True),
-    "median_spacing": _check_spacing,
-    "target_spacing": _check_spacing,
-    "crop_to_nonzero": _check_flag,
-    "median_shape": _check_sizes(3),
-    "budget": _check_text(),
-    "patch_3d": _check_sizes(3),
-    "batch_3d": _check_batch,
-    "patch_2d": _check_sizes(2),
-    "batch_2d": _check_batch,
-    "channel_normalization": _check_channels,
-}
-assert set(_PLAN_FIELD_CHECKS) == {f.name for f in fields(Plan)}
+assert set(PLAN_FIELD_CHECKS) == {f.name for f in fields(Plan)}
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
@@ -436,92 +297,6 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
         patch_2d=patch_2d,  # type: ignore[arg-type]
         batch_2d=batch_2d,
     )
-
-
-def channel_schemes(task: TaskSpec, fp: dict) -> tuple[dict[str, Any], ...]:
-    """nnU-Net v2's normalisation per channel: a channel named CT (or the one channel of a CT task) is clipped
-    to its foreground 0.5-99.5 percentiles over the training set and z-scored with its foreground mean and
-    std; any other channel is z-scored per case, within the non-zero mask when cropping to it shrinks the
-    median case below 3/4 of its size (skull-stripped MRI), as nnU-Net decides it once per dataset."""
-    schemes: list[dict[str, Any]] = []
-    for index in range(task.num_channels):
-        if task.is_ct_channel(index):
-            stats = fp["foreground_intensity"][index]
-            schemes.append({"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"],
-                            "std": max(stats["std"], 1e-6)})
-        else:
-            shapes = np.array(fp["shapes_zyx"], dtype=float)
-            cropped = np.array(fp["cropped_shapes_zyx"], dtype=float)
-            use_mask = bool(np.median(np.prod(cropped, axis=1) / np.prod(shapes, axis=1)) < 0.75)
-            schemes.append({"scheme": "zscore", "nonzero_mask": use_mask})
-    return tuple(schemes)
-
-
-def nonzero_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels non-zero in any channel of a (C, Z, Y, X) image, holes filled (nnU-Net's
-    `create_nonzero_mask`)."""
-    from scipy.ndimage import binary_fill_holes
-
-    return np.asarray(binary_fill_holes(np.any(image != 0, axis=0)), dtype=bool)
-
-
-def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None,
-              mask: np.ndarray | None = None) -> np.ndarray:
-    """Normalise a (C, Z, Y, X) image as the plan says; returns float32. `mask`: the image's `nonzero_mask`
-    when the caller has it already (a "per_channel" plan computes it otherwise).
-
-    A "per_channel" plan normalises each channel by its scheme (`channel_schemes`); the caller has cropped the
-    image first, so the statistics are those of the cropped case, as in nnU-Net. A channel z-scored within
-    the non-zero mask takes, with the case's `label`, its foreground voxels into the mask too (nnU-Net's
-    `seg >= 0`: a training case's labels where the image is zero; a case to predict has none). Older plans
-    keep their rule: every channel CT-normalised ("ct"), or z-scored per case ("zscore") over the whole
-    uncropped image, or over its non-zero voxels when they are under 3/4 of it, decided case by case.
-    """
-    if plan.normalization == "per_channel":
-        return _normalize_channels(image, plan, label, mask)
-    out = np.empty_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        channel = image[c].astype(np.float32, copy=False)
-        if plan.normalization == "ct":
-            assert plan.ct_clip is not None and plan.ct_mean is not None and plan.ct_std is not None
-            out[c] = (np.clip(channel, *plan.ct_clip) - plan.ct_mean) / plan.ct_std
-            continue
-        nonzero = channel != 0
-        # Skull-stripped MRI (BraTS): statistics over the brain only, background stays 0 (as nnU-Net).
-        use_mask = nonzero.mean() < 0.75 and nonzero.any()
-        values = channel[nonzero] if use_mask else channel
-        mean, std = float(values.mean()), float(values.std())
-        out[c] = (channel - mean) / max(std, 1e-8)
-        if use_mask:
-            out[c][~nonzero] = 0.0
-    return out
-
-
-def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None,
-                        mask: np.ndarray | None) -> np.ndarray:
-    schemes = plan.channel_normalization or ()
-    if len(schemes) != image.shape[0]:
-        raise DataError(f"the plan of {plan.task} normalises {len(schemes)} channel(s); this image has "
-                        f"{image.shape[0]}")
-    out = np.empty_like(image, dtype=np.float32)
-    if any(s.get("nonzero_mask") for s in schemes):
-        mask = nonzero_mask(image) if mask is None else mask
-        if label is not None:
-            mask = mask | (label != 0)  # a new array: the caller's mask is not changed
-    else:
-        mask = None
-    for c, scheme in enumerate(schemes):
-        channel = image[c].astype(np.float32, copy=False)
-        if scheme["scheme"] == "ct":
-            out[c] = (np.clip(channel, *scheme["clip"]) - scheme["mean"]) / scheme["std"]
-            continue
-        inside = mask if scheme["nonzero_mask"] and mask is not None and mask.any() else None
-        values = channel[inside] if inside is not None else channel
-        mean, std = float(values.mean()), float(values.std())
-        out[c] = (channel - mean) / max(std, 1e-8)
-        if inside is not None:
-            out[c][~inside] = 0.0
-    return out
 
 
 def read_plan(path: Path) -> Plan:

@@ -44,14 +44,13 @@ from medseg_bench.data.io import (
     write_json_atomic,
 )
 from medseg_bench.data.msd import Case, training_cases
+from medseg_bench.data.normalize import nonzero_mask, normalize
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
 from medseg_bench.data.plan import (
     Budget,
     Plan,
     check_declared_labels,
     load_or_make_plan,
-    nonzero_mask,
-    normalize,
     slice_target_spacing,
 )
 from medseg_bench.data.resample import (

@@ -155,42 +155,15 @@ def test_plan_json_edits_are_honoured(home: Path, tmp_path: Path) -> None:
     assert np.load(third.cache_dir / f"{third.case_ids[0]}.seg.npy").shape == (6, 20, 20)
 
 
-@pytest.mark.parametrize(
-    "edit,message",
-    [
-        ({"patch_3d": [16, 16]}, "patch_3d needs 3 values"),
-        ({"batch_2d": 0}, "batch_2d must be at least 1"),
-        ({"target_spacing": [0, 1, 1]}, "target_spacing must be positive"),
-        ({"normalization": "minmax"}, "normalization must be"),
-        ({"surprise": 1}, "unknown"),
-        ({"target_spacing": [1, 1, float("nan")]}, r"target_spacing must be positive finite numbers \(mm\), "
-                                                    r"not \[1, 1, NaN\]"),
-        ({"target_spacing": [1, 1, "2"]}, "target_spacing must be positive finite numbers"),
-        ({"batch_3d": 2.7}, "batch_3d must be a whole number, not 2.7"),
-        ({"batch_2d": True}, "batch_2d must be a whole number, not true"),
-        ({"patch_2d": [16.5, 16]}, r"patch_2d must be positive whole numbers up to 2147483647, not "
-                                   r"\[16.5, 16\]"),
-        ({"batch_3d": 1e300}, "batch_3d must be at least 1 and at most 2147483647, not 1e"),  # whole, too
-        ({"patch_3d": [16, 16, 2**31]}, "patch_3d must be positive whole numbers up to 2147483647"),
-        ({"crop_to_nonzero": "yes"}, "crop_to_nonzero must be true or false"),
-        ({"channel_normalization": [{"scheme": "ct", "clip": [10, -10], "mean": 0, "std": 1}]},
-         r"channel_normalization\[0\].clip must be two finite numbers, low then high"),
-        ({"channel_normalization": [{"scheme": "ct", "clip": [-10, 10], "mean": 0, "std": 0}]},
-         r"channel_normalization\[0\].std must be a positive finite number, not 0"),
-        ({"channel_normalization": [{"scheme": "minmax"}]}, r"channel_normalization\[0\] must be"),
-        ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": 1}]}, "nonzero_mask must be true"),
-        ({"channel_normalization": []}, "channel_normalization needs one entry per channel"),
-        ({"ct_mean": 3.0}, "normalization 'per_channel' keeps its CT statistics in channel_normalization"),
-    ],
-)
-def test_broken_plan_json_is_named(home: Path, tmp_path: Path, edit: dict, message: str) -> None:
+def test_broken_plan_json_is_named(home: Path, tmp_path: Path) -> None:
+    # Each field's checks: tests/data/test_plan_fields.py.
     data = _fetched(home, tmp_path)
     prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     path = data / "preprocessed" / "Task90_Synth" / "plan.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | edit))
-    with pytest.raises(DataError, match=message) as info:
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"batch_3d": 2.7}))
+    with pytest.raises(DataError) as info:
         read_plan(path)
-    assert str(path) in str(info.value)
+    assert str(info.value) == f"{path}: invalid plan (batch_3d must be a whole number, not 2.7)"
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -221,11 +194,6 @@ def test_plan_json_that_is_no_object_is_named_not_replaced(home: Path, tmp_path:
         prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     assert str(root / "plan.json") in str(info.value)
     assert (root / "plan.json").read_text() == content  # the user's file is kept
-
-
-def test_whole_float_batch_is_read_as_an_int(home: Path) -> None:
-    plan = make_plan(get_task("Task04_Hippocampus"), _fingerprint([[1.0, 1.0, 1.0]] * 3, [[36, 50, 35]] * 3))
-    assert Plan.from_dict(plan.to_dict() | {"batch_3d": 3.0}).batch_3d == 3
 
 
 def test_plan_of_an_older_version_is_derived_again(home: Path, tmp_path: Path) -> None:
@@ -295,22 +263,3 @@ def test_a_plan_made_before_version_5_is_read_and_kept_as_it_was(home: Path) -> 
         Plan.from_dict(old | {"ct_clip": [10, -10]})
     with pytest.raises(DataError, match="channel_normalization goes with normalization 'per_channel', not"):
         Plan.from_dict(old | {"channel_normalization": new.to_dict()["channel_normalization"]})
-
-
-def test_channels_are_normalised_by_their_own_scheme(home: Path) -> None:
-    # A CT task with a second, non-CT channel (CT + PET): the PET channel was normalised with CT's statistics.
-    from dataclasses import replace
-
-    from medseg_bench.data.plan import normalize
-
-    write_task_file(home, "Task92_CT", ct=True)
-    plan = replace(make_plan(get_task("Task92_CT"), _fingerprint([[1.0, 1.0, 1.0]] * 3, [[8, 8, 8]] * 3)),
-                   channel_normalization=({"scheme": "ct", "clip": [1.0, 20.0], "mean": 10.0, "std": 2.0},
-                                          {"scheme": "zscore", "nonzero_mask": False}))
-    rng = np.random.default_rng(0)
-    image = np.stack([rng.uniform(-50, 50, (8, 8, 8)), rng.normal(5.0, 3.0, (8, 8, 8))]).astype(np.float32)
-    out = normalize(image, plan)
-    assert out[0].min() == pytest.approx((1.0 - 10.0) / 2.0) and out[0].max() == pytest.approx(5.0)
-    assert abs(float(out[1].mean())) < 1e-5 and float(out[1].std()) == pytest.approx(1.0, abs=1e-4)
-    with pytest.raises(DataError, match="normalises 2 channel"):
-        normalize(image[:1], plan)

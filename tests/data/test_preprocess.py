@@ -351,32 +351,6 @@ def test_labels_are_resampled_with_nnunets_outside_region(home: Path, tmp_path: 
     assert not np.array_equal(out_label, resample_label(label, (4, 17, 17)))
 
 
-def test_foreground_where_the_image_is_zero_is_z_scored_with_the_mask(home: Path, tmp_path: Path) -> None:
-    """nnU-Net z-scores within `seg >= 0`: the non-zero mask and a training case's labels where the image is
-    zero (a lesion cut by skull stripping); a case to predict has no label, so only the non-zero mask."""
-    from dataclasses import replace
-
-    from medseg_bench.data.plan import normalize
-
-    data = _fetched(home, tmp_path, "Task90_Synth")
-    plan = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1).plan
-    plan = replace(plan, channel_normalization=({"scheme": "zscore", "nonzero_mask": True},))
-    rng = np.random.default_rng(0)
-    image = np.zeros((1, 6, 10, 10), np.float32)
-    image[:, 1:5, 2:8, 2:8] = rng.normal(50, 5, (1, 4, 6, 6))
-    label = np.zeros((6, 10, 10), np.uint8)
-    label[2, 2:5, 8] = 1  # foreground just outside the brain, where the image is zero
-    with_label, without = normalize(image, plan, label)[0], normalize(image, plan)[0]
-    inside = np.zeros((6, 10, 10), bool)
-    inside[1:5, 2:8, 2:8] = True
-    assert np.all(without[~inside] == 0)
-    mask = inside | (label > 0)
-    values = image[0][mask]
-    expected = (image[0] - values.mean()) / values.std()
-    np.testing.assert_allclose(with_label[mask], expected[mask], rtol=1e-6)
-    assert np.all(with_label[label > 0] < -5) and np.all(with_label[~mask] == 0)
-
-
 def test_mr_channels_are_z_scored_after_cropping_with_one_mask_rule(home: Path, tmp_path: Path) -> None:
     # Version 4 z-scored before cropping and chose the non-zero mask case by case: a zero border of 19 % of
     # the volume moved the tissue's mean to +0.36 here. nnU-Net crops first, decides the mask per dataset.
@@ -459,9 +433,9 @@ def test_the_non_zero_mask_is_filled_once_and_equals_the_whole_images_cropped(
     outside region): it is filled once, on the crop, which equals the whole image's mask cropped."""
     from dataclasses import replace
 
-    from medseg_bench.data import plan as plan_module
+    from medseg_bench.data import normalize as normalize_module
     from medseg_bench.data import preprocess
-    from medseg_bench.data.plan import nonzero_mask
+    from medseg_bench.data.normalize import nonzero_mask
     from medseg_bench.data.resample import crop, nonzero_box
 
     rng = np.random.default_rng(3)
@@ -488,7 +462,7 @@ def test_the_non_zero_mask_is_filled_once_and_equals_the_whole_images_cropped(
         return nonzero_mask(array)
 
     monkeypatch.setattr(preprocess, "nonzero_mask", counted)
-    monkeypatch.setattr(plan_module, "nonzero_mask", counted)
+    monkeypatch.setattr(normalize_module, "nonzero_mask", counted)
     normalized, out_label, grid = preprocess.preprocess_image(image, (1.0, 0.67, 0.67), plan, label)
     assert calls == [(1, 4, 16, 14)]  # once, on the crop
     assert grid["crop_box"] == [[1, 5], [2, 18], [3, 17]]
