@@ -19,7 +19,8 @@ from medseg_bench.data.io import write_csv_atomic, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.provenance import environment
-from medseg_bench.results import SETUP_NAME, write_status
+from medseg_bench.results import SETUP_NAME
+from medseg_bench.run_folder import write_status
 from medseg_bench.signals import caused_by_stop, stop_reason
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (

@@ -122,7 +122,7 @@ TINY_SWEEP = ["--task", "Task04_Hippocampus", "--dims", "3d", "--arch", "unet", 
 
 
 def finished_summary(**fields: object) -> dict[str, object]:
-    """A summary.json with every field each version of run.py wrote (`results.SUMMARY_ALWAYS_WRITTEN`), for
+    """A summary.json with every field each version of run.py wrote (`finished.SUMMARY_ALWAYS_WRITTEN`), for
     hand-made finished runs: `fields` replace the defaults, except that an object for `cost` or `plan` updates
     theirs (`cost={"params": 5}` keeps the other costs)."""
     summary: dict[str, object] = {
@@ -137,6 +137,27 @@ def finished_summary(**fields: object) -> dict[str, object]:
         merge = key in ("cost", "plan") and isinstance(value, dict) and isinstance(default, dict)
         summary[key] = {**default, **value} if merge else value  # type: ignore[dict-item]
     return summary
+
+
+def fake_finished_run(results: Path, seed: int) -> None:
+    """A finished run of task T (two cases, label 1; Dice 0.5 and seed / 10) under `results`, as run.py leaves
+    it."""
+    import pandas as pd
+
+    from medseg_bench.data.io import write_json_atomic
+    from medseg_bench.run_folder import append_event, write_status
+    from medseg_bench.spec import RunSpec
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
+    folder = results / "T" / spec.run_id
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10], "ref_empty": False,
+                          "pred_empty": False})
+    frame.to_csv(folder / "metrics.csv", index=False)
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, num_cases=2))
+    write_status(folder, "done")
+    append_event(folder, "done")
 
 
 def fetch_subset(shared_task: Path, tmp_path: Path, num_cases: int = 6) -> Path:

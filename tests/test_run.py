@@ -135,7 +135,8 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
 
     import medseg_bench.run as run_module
     from medseg_bench import signals
-    from medseg_bench.results import read_events, read_status, run_dir
+    from medseg_bench.results import run_dir
+    from medseg_bench.run_folder import read_events, read_status
     from medseg_bench.spec import RunSpec
     from medseg_bench.sweep import worker
     from tests.conftest import save_cut_by_signal

@@ -18,14 +18,8 @@ def status(
     from collections import Counter
 
     from medseg_bench.errors import ResultsError
-    from medseg_bench.results import (
-        check_results_dir,
-        checked_state,
-        read_json,
-        read_status,
-        unqueued_state,
-        write_index,
-    )
+    from medseg_bench.results import check_results_dir, checked_state, write_index
+    from medseg_bench.run_folder import read_json, read_status, unqueued_state
 
     check_results_dir(results_dir)
     folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")

@@ -201,6 +201,6 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
                    f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")
     if damaged:
-        from medseg_bench.results import damaged_runs_error
+        from medseg_bench.finished import damaged_runs_error
 
         raise damaged_runs_error(damaged, "not submitted")

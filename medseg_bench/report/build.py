@@ -21,7 +21,8 @@ from medseg_bench.report.tables import (
     shared_cases,
     top_k,
 )
-from medseg_bench.results import finished_runs, load_results, read_json
+from medseg_bench.results import finished_runs, load_results
+from medseg_bench.run_folder import read_json
 
 
 @dataclass

@@ -9,15 +9,9 @@ from typing import Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import ResultsError
-from medseg_bench.results import (
-    check_run_folders,
-    checked_state,
-    finished_damage,
-    finished_runs,
-    is_done,
-    read_finished_run,
-    run_dir,
-)
+from medseg_bench.finished import finished_damage, read_finished_run
+from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
+from medseg_bench.run_folder import is_done
 from medseg_bench.spec import RunSpec
 
 

@@ -19,21 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import RunError, UsageError
+from medseg_bench.finished import damaged_runs_error, finished_damage
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
     check_run_folders,
     check_writable,
     checked_state,
-    damaged_runs_error,
-    finished_damage,
-    is_done,
-    is_live,
-    read_json,
     run_dir,
     warn_on_stderr,
     write_index,
 )
+from medseg_bench.run_folder import is_done, is_live, read_json
 from medseg_bench.signals import deferred, received
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (

@@ -35,14 +35,8 @@ import submitit
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
 from medseg_bench.locks import LOCK_NAME, exclusive
-from medseg_bench.results import (
-    QUEUED_NAME,
-    check_run_folders,
-    checked_state,
-    read_json,
-    run_dir,
-    write_index,
-)
+from medseg_bench.results import check_run_folders, checked_state, run_dir, write_index
+from medseg_bench.run_folder import QUEUED_NAME, read_json
 from medseg_bench.signals import deferred, interruptible, is_stop, received
 from medseg_bench.spec import RunSpec
 

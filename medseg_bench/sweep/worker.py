@@ -21,17 +21,16 @@ from typing import Any
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import MedsegError, RunError
+from medseg_bench.finished import finished_damage
 from medseg_bench.locks import RunLock
 from medseg_bench.provenance import environment
-from medseg_bench.results import (
+from medseg_bench.results import SETUP_NAME, run_dir
+from medseg_bench.run_folder import (
     HEARTBEAT_INTERVAL_S,
-    SETUP_NAME,
     append_event,
-    finished_damage,
     is_done,
     read_json,
     read_status,
-    run_dir,
     write_heartbeat,
     write_status,
 )

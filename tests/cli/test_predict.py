@@ -816,7 +816,8 @@ def test_a_4d_image_reaches_the_network_in_the_tasks_modality_order(home: Path, 
 
 def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_path: Path) -> None:
     # It said "the run has not finished an epoch" of a run status shows as done.
-    from medseg_bench.results import run_state, write_status
+    from medseg_bench.results import run_state
+    from medseg_bench.run_folder import write_status
 
     folder, _, _ = run_folder
     assert run_state(folder) in ("done", "damaged")  # finished (its hand-made summary lacks fields)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.results import append_event
+from medseg_bench.run_folder import append_event
 from tests.conftest import fake_squeue
 
 runner = CliRunner()
@@ -68,7 +68,7 @@ def test_a_run_submitted_again_is_queued_and_says_it_resumes_or_retries(
     job pending: it is queued until the job starts it. One requeued by SLURM itself (its job preempted after
     the run started) is partial, its job pending again; a resubmitted run whose job left the queue unstarted
     is what it was before."""
-    from medseg_bench.results import write_status
+    from medseg_bench.run_folder import write_status
 
     results = tmp_path / "r"
     stopped, failed, gone = (results / "T" / name for name in ("stopped", "failed", "gone"))

@@ -16,7 +16,8 @@ from medseg_bench.cli.app import app
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.locks import RunLock
 from medseg_bench.models import ARCHS
-from medseg_bench.results import INDEX_NAME, read_events, write_status
+from medseg_bench.results import INDEX_NAME
+from medseg_bench.run_folder import read_events, write_status
 from medseg_bench.spec import spec_hash_of
 from medseg_bench.sweep.spec_file import load_sweep_file
 from tests.conftest import TINY_SWEEP, fake_squeue, fetch_subset, finished_summary

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from medseg_bench.results import INDEX_NAME, is_done, read_events, read_json
+from medseg_bench.results import INDEX_NAME
+from medseg_bench.run_folder import is_done, read_events, read_json
 from tests.conftest import TINY_SWEEP, fetch_subset
 
 INJECT = Path(__file__).with_name("inject.py")

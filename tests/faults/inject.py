@@ -32,8 +32,8 @@ def install(point: str) -> None:
     import io
     import json
 
-    import medseg_bench.results as results
     import medseg_bench.run as run
+    import medseg_bench.run_folder as run_folder
     import medseg_bench.training as training
 
     if point == "kill-checkpoint":
@@ -80,7 +80,7 @@ def install(point: str) -> None:
             return write
 
         run.write_json_atomic = guard(run.write_json_atomic)  # type: ignore[assignment]
-        results.write_json_atomic = guard(results.write_json_atomic)  # type: ignore[assignment]
+        run_folder.write_json_atomic = guard(run_folder.write_json_atomic)  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown injection point {point!r}")
 

@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from medseg_bench.results import read_events, run_state
+from medseg_bench.results import run_state
+from medseg_bench.run_folder import read_events
 from tests.faults.conftest import (
     Ledger,
     check_done_once,

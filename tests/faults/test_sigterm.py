@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from medseg_bench.locks import is_locked
-from medseg_bench.results import is_done, read_events, read_json, run_state
+from medseg_bench.results import run_state
+from medseg_bench.run_folder import is_done, read_events, read_json
 from tests.faults.conftest import (
     Ledger,
     check_done_once,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg_bench.results import read_events, read_status, run_state
+from medseg_bench.results import run_state
+from medseg_bench.run_folder import read_events, read_status
 from tests.faults.conftest import (
     TASK,
     Ledger,

@@ -33,7 +33,7 @@ def test_registry_names_every_metric_with_direction_and_unit():
 @pytest.mark.parametrize("name", METRIC_NAMES)
 @pytest.mark.parametrize("policy", ["penalize", "nan"])
 def test_every_metric_scores_within_the_range_a_run_is_checked_against(name: str, policy: str) -> None:
-    # A run's metrics.csv is read back by results._bad_cell: a score from 0 to 1 where higher is better, else
+    # A run's metrics.csv is read back by finished._bad_cell: a score from 0 to 1 where higher is better, else
     # a finite value of at least 0 (NaN only where a mask is empty). A registered metric outside its range
     # would make every run that scored it read as damaged.
     info = METRICS.get(name)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from medseg_bench.data.io import write_json_atomic
-from medseg_bench.results import append_event, run_dir, write_status
+from medseg_bench.results import run_dir
+from medseg_bench.run_folder import append_event, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.dry_run import dry_run_lines, estimate_seconds
 from tests.conftest import finished_summary

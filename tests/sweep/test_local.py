@@ -16,7 +16,8 @@ from rich.console import Console
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.locks import RunLock
 from medseg_bench.progress import PlainReporter
-from medseg_bench.results import append_event, run_dir, write_heartbeat, write_status
+from medseg_bench.results import run_dir
+from medseg_bench.run_folder import append_event, write_heartbeat, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import local
 from tests.conftest import finished_summary

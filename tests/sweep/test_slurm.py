@@ -18,7 +18,8 @@ import submitit
 from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
 from medseg_bench.locks import RunLock, exclusive
-from medseg_bench.results import QUEUED_NAME, append_event, run_dir, run_state
+from medseg_bench.results import run_dir, run_state
+from medseg_bench.run_folder import QUEUED_NAME, append_event
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import slurm
 from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
@@ -265,7 +266,7 @@ def test_slurm_warning_signal_records_interrupted_before_the_job_is_requeued(
     import submitit
 
     import medseg_bench.run
-    from medseg_bench.results import read_events
+    from medseg_bench.run_folder import read_events
     from medseg_bench.sweep import local
     from medseg_bench.sweep.slurm import SlurmRun
 
@@ -314,7 +315,7 @@ def test_slurm_sigterm_stops_the_job_at_once(when: str, tmp_path: Path,
     import submitit
 
     import medseg_bench.run
-    from medseg_bench.results import read_events
+    from medseg_bench.run_folder import read_events
     from medseg_bench.sweep import local
     from medseg_bench.sweep.slurm import SlurmRun
 

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
-from medseg_bench.results import INDEX_NAME, read_events, run_state
+from medseg_bench.results import INDEX_NAME, run_state
+from medseg_bench.run_folder import read_events
 from tests.conftest import TINY_SWEEP, fetch_subset
 
 pytestmark = pytest.mark.slurm

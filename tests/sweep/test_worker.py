@@ -106,7 +106,7 @@ def test_an_interrupted_run_whose_setup_record_is_damaged_never_resumes_unguarde
     from types import SimpleNamespace
 
     import medseg_bench.run as run_module
-    from medseg_bench.results import read_events, read_status
+    from medseg_bench.run_folder import read_events, read_status
     from medseg_bench.sweep import worker
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")

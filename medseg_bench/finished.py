@@ -1,0 +1,208 @@
+"""A finished run read back whole and checked: its `spec.json`, `summary.json` and `metrics.csv`, as `report`
+reads them. A finished run that lost or damaged a file since is never trained again over what it wrote
+(`finished_damage`); reading it names the file and the problem (`read_finished_run`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.checks import are_whole, is_number, is_whole, shown
+from medseg_bench.data.io import load_json_object
+from medseg_bench.errors import DamagedRunError, ResultsError
+from medseg_bench.run_folder import read_events
+from medseg_bench.spec import RunSpec, run_id_problem
+
+FINISHED_FILES = ("spec.json", "metrics.csv", "summary.json")
+
+
+def finished_damage(folder: Path) -> str | None:
+    """Why a run that finished can no longer be read as finished ("<file>: <problem>"), or None.
+
+    A run has finished when its status says `done`, when `events.jsonl` records `done` (appended only after
+    the status says so), or when it wrote `summary.json` and its status file is gone or unreadable (a run
+    interrupted between its summary and its status has a readable `running` status: it completes on resume).
+    Such a run is never trained again, which would overwrite what it wrote: sweep, status and report name
+    the file instead.
+    """
+    found = _damaged_file(folder)
+    return f"{found[0]}: {found[1]}" if found else None
+
+
+def damaged_runs_error(damage: list[str], fate: str) -> ResultsError:
+    """The one error a sweep ends with when it left finished runs as they are (`fate`: "not trained again",
+    "not submitted"): the first run's damage, and how many more."""
+    more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
+    return ResultsError(f"{damage[0]}{more}; left as it is, {fate}: restore the file, move the run folder "
+                        "away, or delete it to run it again")
+
+
+def _damaged_file(folder: Path) -> tuple[Path, str] | None:
+    status_path = folder / "status.json"
+    status, why = load_json_object(status_path) if status_path.is_file() else (None, "missing")
+    said_done = status is not None and status.get("state") == "done"
+    done_event = any(event.get("event") == "done" for event in read_events(folder))
+    if not (said_done or done_event or (status is None and (folder / "summary.json").is_file())):
+        return None
+    if status is None:
+        return status_path, f"{why}, but the run finished"
+    if not said_done:
+        return status_path, f"says {status.get('state')!r}, but events.jsonl records that the run finished"
+    for name in FINISHED_FILES:
+        if not (folder / name).is_file():
+            return folder / name, "missing, but the run finished"
+    for name in ("spec.json", "summary.json"):  # cheap to check here; metrics.csv's rows: read_finished_run
+        data, why = load_json_object(folder / name)
+        if data is None:
+            return folder / name, f"{why}, but the run finished"
+        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder.name)
+        if problem:
+            return folder / name, problem
+    return None
+
+
+def spec_problem(spec: dict[str, Any], folder_name: str) -> str | None:
+    """Why a finished run's spec.json cannot be read as its spec, or None: a key the report needs missing, a
+    value of the wrong type (it would crash the report and the index, or be pooled as another), or settings
+    edited after the run (its run id no longer theirs)."""
+    return RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"}) or run_id_problem(spec,
+                                                                                             folder_name)
+
+
+def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or fits(value)
+
+_OBJECT = (lambda value: isinstance(value, dict)), "an object"
+_NUMBER = _optional(is_number), "a number"
+
+
+# The fields every version that wrote summary.json wrote (`run.py`, from the first on): a finished run that
+# lacks one had its summary emptied or edited, not written by an older version. Those added later (`tta`,
+# `postprocessing`, `cost.first_step_at`, `cost.resumed_at_epoch`, `cost.epoch_times_s`) may be absent.
+SUMMARY_ALWAYS_WRITTEN = (
+    "run_id", "mean", "per_label_dice", "num_cases", "metric_settings", "cost", "plan",
+    *(f"cost.{key}" for key in ("params", "train_time_s", "eval_time_s", "epochs_done", "time_per_epoch_s",
+                                "peak_memory_mb", "device")),
+    *(f"plan.{key}" for key in ("patch_3d", "batch_3d", "patch_2d", "batch_2d")),
+)
+
+
+# summary.json's fields that sweep, status and report read ("parent.key": a field of an object), each with
+# what it must be; null only where every version may have written it (a cost it did not measure).
+SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "num_cases": (is_whole, "a whole number"),
+    "per_label_dice": _OBJECT,
+    "metric_settings": _OBJECT,
+    "cost": _OBJECT,
+    **{f"cost.{key}": _NUMBER for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb",
+                                          "eval_time_s", "epochs_done")},
+    "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
+    "plan": _OBJECT,
+    "plan.patch_2d": (lambda value: are_whole(value, 2, least=1), "2 positive whole numbers"),
+    "plan.patch_3d": (lambda value: are_whole(value, 3, least=1), "3 positive whole numbers"),
+    "plan.batch_2d": (lambda value: is_whole(value, 1), "a positive whole number"),
+    "plan.batch_3d": (lambda value: is_whole(value, 1), "a positive whole number"),
+}
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    """What is wrong with a finished run's summary.json: a field every version writes missing
+    (`SUMMARY_ALWAYS_WRITTEN`), or one of the wrong type (`SUMMARY_FIELDS`); None when nothing is."""
+    for key, (fits, kind) in SUMMARY_FIELDS.items():
+        holder, name = _holder(summary, key)
+        if isinstance(holder, dict) and name in holder and not fits(holder[name]):
+            return f"{key!r} must be {kind}, not {shown(holder[name])}"
+    for key in SUMMARY_ALWAYS_WRITTEN:
+        holder, name = _holder(summary, key)
+        if isinstance(holder, dict) and name not in holder:
+            return f"lacks {key!r}, which every finished run writes"
+    return None
+
+
+def _holder(summary: dict[str, Any], key: str) -> tuple[object, str]:
+    """The object that holds summary field `key` ("parent.name": a field of an object) and its name there; a
+    parent is checked before its fields, so one that is no object is reported as itself."""
+    parent, _, name = key.rpartition(".")
+    return (summary.get(parent) if parent else summary), name
+
+METRICS_COLUMNS = ("case", "label", "dice", "ref_empty", "pred_empty")
+
+
+def _corrupt(path: Path, problem: str) -> DamagedRunError:
+    return DamagedRunError(f"{path}: {problem}", "move its run folder away to report without it, or delete "
+                           "the folder to run it again")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    data, why = load_json_object(path)
+    if data is None:
+        raise _corrupt(path, why)
+    return data
+
+
+def read_finished_run(folder: Path):
+    """A finished run's spec, summary and per-case scores; ResultsError naming the file when one is damaged.
+
+    Every file is written atomically, so damage means a file was edited, truncated or lost after the fact.
+    """
+    import pandas as pd
+
+    damage = _damaged_file(folder)
+    if damage:
+        raise _corrupt(*damage)
+    spec = _read_json_object(folder / "spec.json")  # checked by _damaged_file (`spec_problem`)
+    summary = _read_json_object(folder / "summary.json")
+    path = folder / "metrics.csv"
+    try:
+        # Text, whatever the task: a label column of numbers (Task09) and one with region names (Task01)
+        # must concatenate into one index.
+        frame = pd.read_csv(path, dtype={"case": str, "label": str})
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise _corrupt(path, f"cannot be read as CSV ({str(exc).splitlines()[0]})") from None
+    absent = [c for c in METRICS_COLUMNS if c not in frame.columns]
+    if absent:
+        raise _corrupt(path, f"lacks the column(s) {', '.join(absent)}")
+    expected = summary.get("num_cases", 0) * len(summary.get("per_label_dice") or {}) or len(frame)
+    if len(frame) != expected:
+        raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
+    if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
+        raise _corrupt(path, "a row is cut short (truncated?)")
+    problem = _bad_cell(frame)
+    if problem:
+        raise _corrupt(path, problem)
+    return spec, summary, frame
+
+
+def _bad_cell(frame: Any) -> str | None:
+    """The first cell of a run's metrics.csv that its column cannot hold, or None: every column but case and
+    label holds numbers (an empty cell is NaN: both masks empty), each in its metric's range, the two flags
+    True or False."""
+    import pandas as pd
+
+    from medseg_bench.metrics.info import METRIC_NAMES, METRICS
+
+    for column in frame.columns.drop(["case", "label"]):
+        values = frame[column]
+        if column in METRICS_COLUMNS[3:]:
+            if pd.api.types.is_bool_dtype(values):
+                continue
+            bad, kind = ~values.astype(str).str.lower().isin(["true", "false"]), "True or False"
+        elif pd.api.types.is_bool_dtype(values):  # a column of True/False reads as bools
+            bad, kind = values.notna(), "a number"
+        elif (not pd.api.types.is_numeric_dtype(values)
+              and (text := values.notna() & pd.to_numeric(values, errors="coerce").isna()).any()):
+            bad, kind = text, "a number"
+        elif column in METRIC_NAMES:  # a number, but one the metric cannot take (inf, a Dice of 5, HD95 -1)
+            numbers = pd.to_numeric(values, errors="coerce")
+            info = METRICS.get(column)
+            low, high = (0.0, 1.0) if info.higher_is_better else (0.0, math.inf)
+            bad = numbers.notna() & ~((numbers >= low) & (numbers <= high) & numbers.abs().lt(math.inf))
+            kind = "a score from 0 to 1" if high == 1.0 else "a finite value of at least 0"
+        else:
+            continue
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            return f"{column} is {str(values.iloc[row])!r} in row {row + 1}, not {kind}"
+    return None
