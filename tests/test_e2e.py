@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
+from medseg_bench.metrics.info import METRIC_NAMES
 from tests.conftest import copy_subset
 
 runner = CliRunner()
@@ -41,8 +42,7 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
         assert env["versions"]["torch"] and env["git_revision"]
         assert json.loads((run / "spec.json").read_text())["run_id"] == run.name
         header = (run / "metrics.csv").read_text().splitlines()[0]  # as `evaluate --format csv` writes
-        assert header == ("case,label,dice,jaccard,precision,recall,volume_diff,hd,hd95,assd,nsd,"
-                          "ref_empty,pred_empty")
+        assert header == ",".join(["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"])
         held_out = json.loads((run / "splits.json").read_text())["val"]
         assert len(held_out) == 2
         # the held-out predictions as scored, in the images' geometry: evaluate gives the run's own scores

@@ -104,7 +104,8 @@ def test_batch_of_one_is_refused_exactly_where_batchnorm_cannot_train(name: str,
 def test_channel_counts_are_refused_exactly_where_the_arch_cannot_take_them(name: str, dims: str) -> None:
     size = (16, 16, 16) if name == "dynunet" else fit_patch(name, dims, (16,) * (2 if dims == "2d" else 3))
     refused = _refused(lambda: check_channels(name, dims, 3, "TaskX"))
-    assert refused != _trains(name, dims, size, 1 if dims == "3d" and name != "attentionunet" else 2, 3)
+    batch = 1 if dims == "3d" and not _refused(lambda: check_batch(name, dims, size, 1)) else 2
+    assert refused != _trains(name, dims, size, batch, 3)
 
 
 def test_patch_fitting_and_errors() -> None:
@@ -234,3 +235,20 @@ def test_full_size_3d_builds(name: str) -> None:
     net = build_model(name, "3d", ModelInputs(1, 3, size, spacing=(1.0, 1.0, 1.0)))
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 1, *size)).shape == (1, 3, *size)
+
+
+def test_an_smp_entry_declares_its_encoders_and_constructor_options() -> None:
+    # What an smp class that takes only some encoders, or further arguments, needs of its one SMP entry.
+    import torch
+
+    from medseg_bench.models import ModelInputs
+    from medseg_bench.models.zoo2d import Smp, _smp
+
+    entry = Smp("Unet", "test entry", encoders=("resnet18", "resnet34"),
+                options=(("decoder_channels", (32, 16, 8, 8, 4)),))
+    inputs = ModelInputs(in_channels=1, num_classes=3, patch_size=(32, 32))
+    net = _smp(entry)(inputs).eval()
+    assert len(net.encoder.layer1) == 2  # ResNet-18's (ResNet-34 has 3): the entry's default encoder
+    assert net.segmentation_head[0].in_channels == 4  # the last decoder_channels
+    assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    assert len(_smp(entry)(ModelInputs(1, 3, (32, 32), encoder="resnet34")).encoder.layer1) == 3

@@ -114,8 +114,8 @@ def check_encoder(name: str, dims: str, encoder: str | None) -> None:
     """Raise UsageError when `name` in `dims` cannot use `encoder` (e.g. FCN with a non-ResNet-50/101)."""
     allowed = variant(name, dims).encoders
     if allowed is not None and encoder not in allowed:
-        raise UsageError(f"arch '{ARCHS.canonical(name)}' needs --encoder {' or '.join(allowed)} "
-                         f"(torchvision's FCN backbones), not '{encoder}'")
+        raise UsageError(f"arch '{ARCHS.canonical(name)}' needs --encoder {' or '.join(allowed)}, "
+                         f"not '{encoder}'")
     if allowed is None and dims == "2d" and encoder is not None:
         from medseg_bench.models.zoo2d import check_smp_encoder
 

@@ -24,7 +24,10 @@ class Smp(NamedTuple):
     deepest BatchNorm is on the 1/32 map (`norm_stride` 32: a batch of 1 at a 32x32 patch fails in training;
     smp's PSPNet stops its encoder at 1/8 and leaves its 1x1 pyramid level unnormalised: None, never);
     `pooled_norm`: it also batch-normalises globally pooled features (ASPP's image pooling, PAN's and
-    UPerNet's 1x1 pyramid level), so a batch of 1 fails at any patch.
+    UPerNet's 1x1 pyramid level), so a batch of 1 fails at any patch. `encoders`: the only encoders it
+    takes, the first its default (None: any smp encoder, `DEFAULT_ENCODER` by default); `divisor`: what
+    each patch side must be a multiple of; `options`: further constructor arguments, as (name, value) pairs.
+    A network that needs more than this gets its own `@arch` builder, as FCN below.
     """
 
     smp_class: str
@@ -33,6 +36,9 @@ class Smp(NamedTuple):
     min_size: int = 32
     norm_stride: int | None = 32
     pooled_norm: bool = False
+    encoders: tuple[str, ...] | None = None
+    divisor: int = 32
+    options: tuple[tuple[str, object], ...] = ()
 
 
 SMP = {  # registry name: its smp class and properties
@@ -80,7 +86,7 @@ def _not_offline(encoder: str) -> UsageError:
                       "cache first")
 
 
-def _smp_pretrained(cls, inputs: ModelInputs, encoder: str) -> nn.Module:
+def _smp_pretrained(cls, inputs: ModelInputs, encoder: str, options: dict[str, object]) -> nn.Module:
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
     from segmentation_models_pytorch.encoders import encoders
@@ -95,23 +101,24 @@ def _smp_pretrained(cls, inputs: ModelInputs, encoder: str) -> nn.Module:
     except Exception:  # noqa: BLE001 - any miss means: not on this machine
         raise _not_offline(encoder) from None
     # Load into a 3-channel encoder, then let smp adapt the first convolution, as it does after a download.
-    net = cls(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=inputs.num_classes)
+    net = cls(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=inputs.num_classes,
+              **options)
     net.encoder.load_state_dict(load_file(path, device="cpu"))
     net.encoder.set_in_channels(inputs.in_channels, pretrained=True)
     return net
 
 
-def _smp(cls_name: str):
+def _smp(entry: Smp):
     def build(inputs: ModelInputs) -> nn.Module:
         import segmentation_models_pytorch as smp
 
-        cls = getattr(smp, cls_name)
-        encoder = inputs.encoder or DEFAULT_ENCODER
+        cls = getattr(smp, entry.smp_class)
+        encoder = inputs.encoder or (entry.encoders[0] if entry.encoders else DEFAULT_ENCODER)
         if inputs.pretrained:
-            return _smp_pretrained(cls, inputs, encoder)
+            return _smp_pretrained(cls, inputs, encoder, dict(entry.options))
         try:
             return cls(encoder_name=encoder, encoder_weights=None, in_channels=inputs.in_channels,
-                       classes=inputs.num_classes)
+                       classes=inputs.num_classes, **dict(entry.options))
         except KeyError as exc:
             raise UsageError(f"unknown smp encoder '{encoder}' ({str(exc)[:120]}...)") from None
 
@@ -119,8 +126,9 @@ def _smp(cls_name: str):
 
 
 for _name, _entry in SMP.items():
-    arch(_name, "2d", _entry.description, _entry.aliases, divisor=32, min_size=_entry.min_size,
-         norm_stride=_entry.norm_stride, pooled_norm=_entry.pooled_norm)(_smp(_entry.smp_class))
+    arch(_name, "2d", _entry.description, _entry.aliases, divisor=_entry.divisor, min_size=_entry.min_size,
+         encoders=_entry.encoders, norm_stride=_entry.norm_stride,
+         pooled_norm=_entry.pooled_norm)(_smp(_entry))
 
 
 @arch("fcn", "2d", "Fully convolutional network (Long 2015), torchvision FCN over a dilated ResNet backbone",

@@ -214,7 +214,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
     if request.encoders is not None and not any(r.dims == "2d" for r in runs):
         given = ",".join(request.encoders)
-        skipped.append(f"--encoder {given}: unused, the sweep has no 2D run (3D nets take no encoder)")
+        skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
     unique = list(dict.fromkeys(runs))
     if not unique:
         raise UsageError("the sweep expands to no runs" + (f" ({'; '.join(skipped)})" if skipped else ""))

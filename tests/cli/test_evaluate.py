@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
 from medseg_bench.data.io import Geometry, write_label
+from medseg_bench.metrics.info import METRIC_NAMES
 
 runner = CliRunner()
 
@@ -48,8 +49,8 @@ def test_csv_rows_then_means(folders):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(io.StringIO(result.stdout))
-    assert list(frame.columns) == ["case", "label", "dice", "jaccard", "precision", "recall", "volume_diff",
-                                   "hd", "hd95", "assd", "nsd", "ref_empty", "pred_empty"]  # a run's order
+    # a run's metrics.csv columns: one per metric, in registration order (`list metrics`)
+    assert list(frame.columns) == ["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"]
     assert frame["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
     assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
     assert frame.loc[0, "hd"] == pytest.approx(2.5)  # moved by one 2.5 mm slice

@@ -46,3 +46,16 @@ def test_docs_metrics_has_a_row_for_every_metric() -> None:
     table = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
     assert rows == list(METRIC_NAMES)  # in column order
+
+
+def test_the_metrics_csv_columns_written_out_in_the_docs_are_a_runs() -> None:
+    # README and docs/metrics.md spell out a run's metrics.csv header; a metric added to the registry adds a
+    # column there (and to the empty-mask table's header) that the docs must name too.
+    header = ",".join(["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"])
+    for path in (ROOT / "README.md", ROOT / "docs" / "metrics.md"):
+        spelled = re.findall(r"`(case,label,[\w,]+)`", path.read_text(encoding="utf-8"))
+        assert spelled and set(spelled) == {header}, path
+    metrics_md = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    empty_table = next(line for line in metrics_md.splitlines() if line.startswith("| case | dice"))
+    assert set(re.findall(r"\w+", empty_table)) >= set(METRIC_NAMES)
+

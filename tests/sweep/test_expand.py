@@ -61,8 +61,11 @@ def test_tta_only_for_augmentations_that_mirror(home: Path) -> None:
 
 def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
     _, notes = expand(_request(dims=["3d"], encoders=["resnet50"]))
-    assert "--encoder resnet50: unused, the sweep has no 2D run (3D nets take no encoder)" in notes
+    assert "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)" in notes
     assert not expand(_request(dims=["2d"], encoders=["resnet50"]))[1]
+    # 2D asked for, but its only arch has no 2D variant: the line said "the sweep has no 2D run"
+    _, notes = expand(_request(dims=["2d", "3d"], archs=["unetr"], encoders=["resnet50"]))
+    assert notes[-1] == "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
 
 
 def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -> None:
