@@ -437,6 +437,23 @@ NNUNET_NOISE = Step("noise", 0.1, _seeded("std", 0.0, 0.1), _apply_shared_noise)
 HEAVY_ELASTIC = Step("elastic", 0.2, _draw_elastic((0, 900), (0, 200), (9, 13)), _apply_elastic,
                      _reads_elastic)
 NNUNET_LOWRES = Step("lowres", 0.25, _draw_seed, _nnunet_lowres(_lowres_torch))
+# The light and heavy presets' steps, by name: a new preset reuses a step (which `_OLDER_STEPS` then
+# keeps treating as that step) rather than copying it.
+LIGHT_AFFINE = Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine, _reads_affine)
+LIGHT_SCALE_SHIFT = Step("scale_shift", 0.3,
+                         lambda rng, shape, thick: {"scale": float(rng.uniform(0.9, 1.1)),
+                                                    "shift": float(rng.uniform(-0.1, 0.1))},
+                         _apply_scale_shift)
+HEAVY_AFFINE = Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine, _reads_affine)
+HEAVY_NOISE = Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise)
+HEAVY_BLUR = Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur)
+HEAVY_BRIGHTNESS = Step("brightness", 0.15,
+                        lambda rng, shape, thick: {"scale": float(rng.uniform(0.75, 1.25)), "shift": 0.0},
+                        _apply_scale_shift)
+HEAVY_CONTRAST = Step("contrast", 0.15, _uniform("factor", 0.75, 1.25), _apply_contrast)
+HEAVY_LOWRES = Step("lowres", 0.25, _uniform("zoom", 0.5, 1.0), _apply_lowres)
+HEAVY_GAMMA = Step("gamma", 0.3, _uniform("gamma", 0.7, 1.5), _apply_gamma)
+
 # Steps that a pipeline version changed, as runs of older versions apply them: {version: {step: older step}},
 # the older step used by runs before that version. Each draws as many numbers as its successor, so the other
 # steps' draws match.
@@ -454,25 +471,10 @@ _OLDER_STEPS = {
 }
 
 AUGS.add("none", ())
-AUGS.add("light", (
-    Step("affine", 0.3, _draw_affine(15.0, (0.9, 1.1)), _apply_affine, _reads_affine),
-    Step("scale_shift", 0.3,
-         lambda rng, shape, thick: {"scale": float(rng.uniform(0.9, 1.1)),
-                                    "shift": float(rng.uniform(-0.1, 0.1))},
-         _apply_scale_shift),
-    MIRROR,
-))
+AUGS.add("light", (LIGHT_AFFINE, LIGHT_SCALE_SHIFT, MIRROR))
 AUGS.add("heavy", (  # after nnU-Net's default training transforms
-    Step("affine", 0.2, _draw_affine(30.0, (0.7, 1.4)), _apply_affine, _reads_affine),
-    HEAVY_ELASTIC,
-    Step("noise", 0.1, _seeded("std", 0.0, 0.3), _apply_noise),
-    Step("blur", 0.2, _uniform("sigma", 0.5, 1.0), _apply_blur),
-    Step("brightness", 0.15, lambda rng, shape, thick: {"scale": float(rng.uniform(0.75, 1.25)),
-                                                         "shift": 0.0}, _apply_scale_shift),
-    Step("contrast", 0.15, _uniform("factor", 0.75, 1.25), _apply_contrast),
-    Step("lowres", 0.25, _uniform("zoom", 0.5, 1.0), _apply_lowres),
-    Step("gamma", 0.3, _uniform("gamma", 0.7, 1.5), _apply_gamma),
-    MIRROR,
+    HEAVY_AFFINE, HEAVY_ELASTIC, HEAVY_NOISE, HEAVY_BLUR, HEAVY_BRIGHTNESS, HEAVY_CONTRAST, HEAVY_LOWRES,
+    HEAVY_GAMMA, MIRROR,
 ))
 AUGS.add("nnunet", (  # nnU-Net v2's default training transforms, in its order, with its probabilities
     Step("affine", 1.0, _draw_nnunet_spatial, _apply_affine, _reads_affine, "rotation 0.2, scaling 0.2"),
