@@ -15,8 +15,8 @@ def fetch(
     source: Annotated[
         str | None,
         typer.Option(
-            help="Local MSD folder, local .tar, or mirror URL. Default: the task file's local_path or URL "
-            "(or $MEDSEG_BENCH_MIRROR/<Task>.tar)."
+            help="Local MSD folder (or nnU-Net v2 raw dataset folder, imported in MSD's layout), local .tar, "
+            "or mirror URL. Default: the task file's local_path or URL (or $MEDSEG_BENCH_MIRROR/<Task>.tar)."
         ),
     ] = None,
     md5: Annotated[

@@ -19,6 +19,8 @@ from pathlib import Path
 from medseg_bench.data.archive import extract_archive, task_root
 from medseg_bench.data.download import download, verify_md5
 from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
+from medseg_bench.data.nnunet_raw import convert as convert_nnunet_raw
+from medseg_bench.data.nnunet_raw import is_nnunet_raw
 from medseg_bench.data.validate import (
     ValidationReport,
     refusal,
@@ -126,7 +128,7 @@ def fetch_task(
         present = _already_present(task, data_dir, strict)  # the fetch we waited for may have finished it
         if present is not None:
             return present
-        outcome = _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict)
+        outcome = _fetch_locked(task, data_dir, origin, md5, timeout_s, progress, strict, say)
     if md5 is not None and local is not None and local.is_dir():  # said, not silently dropped
         ignored = f"{local}: --md5 ignored: a folder has no checksum (only archives are verified)"
         outcome = replace(outcome, warnings=(ignored, *outcome.warnings))
@@ -174,7 +176,7 @@ def read_marker(folder: Path) -> dict:
 
 
 def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, timeout_s: float,
-                  progress: bool, strict: bool) -> FetchOutcome:
+                  progress: bool, strict: bool, say: Callable[[str], object] | None = None) -> FetchOutcome:
     """`fetch_task`'s work, under the task's fetch lock."""
     target = data_dir / task.name
     staging = data_dir / f".{task.name}.partial"
@@ -196,6 +198,7 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             raise FileSystemError(f"{staging}: cannot remove what an earlier fetch left there ({why}); "
                                   "remove it by hand") from None
     staging.mkdir()
+    in_source: Callable[[str], str]  # names a file of the copy as the user has it (folder, ARCHIVE:member)
     try:
         if origin.startswith(("http://", "https://")):
             _check_url(origin)
@@ -221,10 +224,17 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
                 raise FetchError(f"{local}: not a folder or a .tar archive")
             else:
                 raise FetchError(f"{local}: no such file or folder")
+        conversion = None
         try:
+            if is_nnunet_raw(root):  # one file per channel, no training list: into MSD's layout, in the copy
+                conversion = convert_nnunet_raw(root, say or (lambda line: None))
+                in_source = _chained(conversion.rename, in_source)
             report = validate_folder(root, task)
         except DataError as exc:  # dataset.json itself: named where the user has it
             raise DataError(in_source(str(exc))) from None
+        if conversion is not None and conversion.problems:  # cases whose channel files could not be joined
+            report = replace(report, cases=report.cases + conversion.cases,
+                             problems=report.problems + conversion.problems)
         if report.problems and (strict or not report.usable_cases):
             raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
@@ -308,6 +318,10 @@ class Relocation:
             text = text.replace(written + "/", self.to + sep)  # longest first: one may hold the other
             text = re.sub(re.escape(written) + r"(?![\w.-])", lambda _: to, text)  # a path, not a template
         return text
+
+
+def _chained(first: Callable[[str], str], then: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: then(first(text))
 
 
 def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> ValidationReport:

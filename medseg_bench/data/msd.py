@@ -36,6 +36,9 @@ def read_dataset_json(folder: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):
+        if isinstance(data, dict) and "file_ending" in data and "training" not in data:
+            raise DataError(f"{path}: an nnU-Net v2 dataset (no 'training' list); `medseg-bench fetch TASK "
+                            "--source FOLDER` imports a copy of it in MSD's layout, the folder as it is")
         raise DataError(f"{path}: no 'training' list")
     return data
 

@@ -1,0 +1,150 @@
+"""Importing an nnU-Net v2 raw dataset (one file per channel, no training list) with `fetch --source`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medseg_bench.cli.app import app
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fetch import fetch_task
+from medseg_bench.data.io import read_image
+from medseg_bench.data.msd import training_cases
+from medseg_bench.errors import DataError
+from tests.conftest import copy_subset, make_synthetic_task, write_image, write_task_file
+
+runner = CliRunner()
+
+
+def _as_nnunet(msd: Path, dest: Path, channel_names: dict[str, str], labels: dict[str, object]) -> Path:
+    """`msd` (an MSD-layout folder) as nnU-Net v2's converter lays it out: a file per channel, no list."""
+    for entry in json.loads((msd / "dataset.json").read_text())["training"]:
+        case = Path(entry["image"]).name.removesuffix(".nii.gz")
+        image, geometry = read_image(msd / entry["image"])
+        if len(channel_names) == 1:
+            (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
+            shutil.copy(msd / entry["image"], dest / "imagesTr" / f"{case}_0000.nii.gz")
+        else:
+            for index, channel in enumerate(image):
+                write_image(dest / "imagesTr" / f"{case}_{index:04d}.nii.gz", channel, geometry.spacing[:3])
+        (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
+        shutil.copy(msd / entry["label"], dest / "labelsTr" / f"{case}.nii.gz")
+    cases = len(list((dest / "labelsTr").iterdir()))
+    (dest / "dataset.json").write_text(json.dumps({
+        "channel_names": channel_names, "labels": labels, "numTraining": cases, "file_ending": ".nii.gz"}))
+    return dest
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_one_channel_dataset_is_the_same_task_as_its_msd_original(shared_task: Path, home: Path,
+                                                                     tmp_path: Path) -> None:
+    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 4)
+    source = _as_nnunet(msd, tmp_path / "nnUNet_raw" / "Dataset004_Hippocampus", {"0": "MRI"},
+                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    before = _digests(source)
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None and not outcome.report.problems
+    assert [w for w in outcome.warnings if "a subset" not in w] == []  # no label or channel name differs
+    assert _digests(source) == before  # the user's folder as it was
+    task = outcome.folder
+    cases, originals = training_cases(task), training_cases(msd)
+    assert [c.case_id for c in cases] == [c.case_id for c in originals]  # nnU-Net's case ids, not CASE_0000
+    for case, original in zip(cases, originals, strict=True):
+        assert case.image.read_bytes() == original.image.read_bytes()
+        assert case.label.read_bytes() == original.label.read_bytes()
+    data = json.loads((task / "dataset.json").read_text())
+    assert data["modality"] == {"0": "MRI"} and data["labels"] == {"0": "background", "1": "Anterior",
+                                                                   "2": "Posterior"}
+    assert "file_ending" in json.loads((task / "dataset.nnunet.json").read_text())
+
+
+def test_channel_files_are_stacked_as_msd_stores_them_and_bad_cases_are_named(home: Path,
+                                                                             tmp_path: Path) -> None:
+    write_task_file(home, "Task93_Two", channels=2)
+    msd = make_synthetic_task(tmp_path / "msd" / "Task93_Two", num_cases=4, channels=2)
+    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset093_Two", {"0": "MR0", "1": "MR1"},
+                        {"background": 0, "outer": 1, "core": 2})
+    (source / "imagesTr" / "case_001_0001.nii.gz").unlink()
+    shifted = read_image(source / "imagesTr" / "case_002_0001.nii.gz")[0][0]
+    write_image(source / "imagesTr" / "case_002_0001.nii.gz", shifted, (1.0, 1.0, 2.0))
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None
+    problems = {p.case_id: str(p) for p in outcome.report.problems}
+    images = outcome.folder / "imagesTr"
+    assert problems == {
+        "case_001": f"{images}/case_001_0001.nii.gz: missing (one file per channel: CASE_0000, CASE_0001, "
+                    "...)",
+        "case_002": f"{images}/case_002_0001.nii.gz: its geometry is not case_002_0000.nii.gz's: spacing "
+                    "(1, 1, 1) vs (1, 1, 2)"}
+    assert [c.case_id for c in outcome.report.usable_cases] == ["case_000", "case_003"]
+    for case in (c for c in training_cases(outcome.folder) if c.case_id in ("case_000", "case_003")):
+        image, geometry = read_image(case.image)
+        original, original_geometry = read_image(msd / "imagesTr" / f"{case.case_id}.nii.gz")
+        assert case.image.name == f"{case.case_id}.nii.gz" and np.array_equal(image, original)
+        assert geometry == original_geometry
+    assert not list((outcome.folder / "imagesTr").glob("case_000_*"))  # stacked, not kept twice
+    marker = json.loads((outcome.folder / ".medseg-bench-valid.json").read_text())
+    assert sorted(entry["case"] for entry in marker["excluded"]) == ["case_001", "case_002"]
+
+
+def test_a_problem_found_by_validation_names_the_users_channel_file(shared_task: Path, home: Path,
+                                                                    tmp_path: Path) -> None:
+    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 2)
+    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset004_Hippocampus", {"0": "MRI"},
+                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    image = sorted((source / "imagesTr").iterdir())[0]
+    image.write_bytes(image.read_bytes()[:300])  # cut short
+    with pytest.raises(DataError) as error:
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", source=str(source), strict=True)
+    assert str(image) in str(error.value)
+    assert not (tmp_path / "data" / "Task04_Hippocampus").exists()
+
+
+def test_region_based_labels_leave_the_values_to_the_task_file(home: Path, tmp_path: Path) -> None:
+    write_task_file(home, "Task93_One")
+    msd = make_synthetic_task(tmp_path / "msd" / "Task93_One", num_cases=2)
+    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset093_One", {"0": "MR0"},
+                        {"background": 0, "whole": [1, 2], "core": 2})
+    outcome = fetch_task(get_task("Task93_One"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None and not outcome.report.problems
+    assert "labels" not in json.loads((outcome.folder / "dataset.json").read_text())
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"file_ending": ".png"}, "file_ending '.png'; medseg-bench reads .nii.gz, .nii, .nrrd, .mha, .mhd"),
+    ({"channel_names": {"1": "MR0"}}, "channel_names must map 0, 1, ... to channel names"),
+    ({"labels": {"background": 0, "outer": "1"}}, "labels must map label names to whole numbers"),
+])
+def test_a_dataset_json_that_cannot_be_converted_is_named(home: Path, tmp_path: Path, edit: dict,
+                                                          message: str) -> None:
+    write_task_file(home, "Task93_One")
+    source = _as_nnunet(make_synthetic_task(tmp_path / "msd" / "Task93_One", num_cases=1),
+                        tmp_path / "raw" / "Dataset093_One", {"0": "MR0"}, {"background": 0, "outer": 1})
+    data = json.loads((source / "dataset.json").read_text()) | edit
+    (source / "dataset.json").write_text(json.dumps(data))
+    result = runner.invoke(app, ["fetch", "Task93_One", "--source", str(source), "--data-dir",
+                                 str(tmp_path / "data")])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {source / 'dataset.json'}: {message}")
+
+
+def test_checking_an_nnunet_folder_in_place_says_how_to_import_it(home: Path, tmp_path: Path) -> None:
+    write_task_file(home, "Task93_One")
+    data = tmp_path / "data"
+    _as_nnunet(make_synthetic_task(tmp_path / "msd" / "Task93_One", num_cases=1), data / "Task93_One",
+               {"0": "MR0"}, {"background": 0, "outer": 1})
+    result = runner.invoke(app, ["fetch", "Task93_One", "--source", str(data / "Task93_One"), "--data-dir",
+                                 str(data)])
+    assert result.exit_code == 3, result.output
+    assert "an nnU-Net v2 dataset (no 'training' list); `medseg-bench fetch TASK --source FOLDER` imports" \
+        in result.output
