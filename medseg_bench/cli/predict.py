@@ -185,17 +185,33 @@ def _check_out_folder(images: Path, out: Path) -> None:
                          "the same name: choose another --out folder")
 
 
-def _images(folder: Path) -> list[Path]:
+@dataclass(frozen=True)
+class _Image:
+    """One case to predict: its image file, or, in nnU-Net v2's layout, its channel files in order."""
+
+    name: str  # the case's name, which its label map takes
+    files: tuple[Path, ...]
+
+
+def _images(folder: Path, task: Any) -> list[_Image]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: --images is not a folder")
-    from medseg_bench.data.io import IMAGE_SUFFIXES, files_by_case
+    from medseg_bench.data.io import IMAGE_SUFFIXES, case_name, files_by_case, image_suffix, read_geometry
+    from medseg_bench.data.nnunet_raw import channel_files
 
     # one image per case: `a.nii.gz` and `a.mha` would give two label maps of one case (evaluate refuses such
     # a folder), `A.nii.gz` and `A.NII.GZ` one file, and each its own `a.npz`
     images = sorted(files_by_case(folder, "an image").values())
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
+    groups = channel_files(images, task.num_channels)
+    if groups is not None and all(read_geometry(path)[1] == 1 for path in images):
+        suffix = image_suffix(images[0])
+        more = f", CASE_0001{suffix}, ..." if task.num_channels > 1 else ""
+        typer.echo(f"{folder}: {len(groups)} case(s) in nnU-Net's layout, a file per channel "
+                   f"(CASE_0000{suffix}{more}): each label map is named CASE{suffix}")
+        return [_Image(name, tuple(files)) for name, files in groups.items()]
+    return [_Image(case_name(path), (path,)) for path in images]
 
 
 def _channels_problem(channels: int, task: Any) -> str:
@@ -208,19 +224,38 @@ def _channels_problem(channels: int, task: Any) -> str:
             f"({', '.join(task.modalities)}{order})")
 
 
-def _check_images(found: list[Path], task: Any) -> None:
+def _check_images(found: list[_Image], task: Any) -> None:
     """Every image's dimensions, channels and voxel spacing (as validate checks a training case's) against
     the task's, from its header, before anything is predicted: a wrong image late in the folder would
-    otherwise stop the command with half of it written."""
+    otherwise stop the command with half of it written. A case's channel files share their geometry."""
     from medseg_bench.data.io import layout_problem, read_geometry
     from medseg_bench.data.validate import spacing_problem
 
-    for path in found:
-        geometry, channels = read_geometry(path)  # a 4D image's geometry: its three spatial axes
-        problem = (layout_problem(geometry.size) or _channels_problem(channels, task)
-                   or spacing_problem(geometry.spacing))
+    for image in found:
+        first: Any = None
+        channels = 0
+        for path in image.files:
+            geometry, count = read_geometry(path)  # a 4D image's geometry: its three spatial axes
+            problem = layout_problem(geometry.size) or spacing_problem(geometry.spacing)
+            if not problem and first is not None:
+                differs = first.mismatch(geometry)
+                problem = f"its geometry is not {image.files[0].name}'s: {differs}" if differs else ""
+            if problem:
+                raise DataError(f"{path}: {problem}")
+            first, channels = first or geometry, channels + count
+        problem = _channels_problem(channels, task)
         if problem:
-            raise DataError(f"{path}: {problem}")
+            raise DataError(f"{image.files[0]}: {problem}")
+
+
+def _read_channels(image: _Image) -> tuple[Any, Any]:
+    """A case's (C, Z, Y, X) array and geometry, its channel files stacked in order."""
+    import numpy as np
+
+    from medseg_bench.data.io import read_image
+
+    read = [read_image(path, check_complete=True) for path in image.files]  # a cut-short NIfTI reads as 0s
+    return (read[0][0] if len(read) == 1 else np.concatenate([array for array, _ in read])), read[0][1]
 
 
 @dataclass
@@ -355,7 +390,7 @@ def predict(
     import torch
 
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.io import case_name, image_suffix, read_image, write_label, write_probabilities
+    from medseg_bench.data.io import image_suffix, write_label, write_probabilities
     from medseg_bench.data.orient import ensemble_orientation
     from medseg_bench.inference import predict_ensemble_probabilities
     from medseg_bench.locks import exclusive_folder
@@ -365,8 +400,8 @@ def predict(
     _check_out_folder(images, out)
     loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
     _check_ensemble(loaded)
-    found = _images(images)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
+    found = _images(images, task)
     _check_images(found, task)
     trained_as = ensemble_orientation([run.folder for run in loaded], task.name)
     if reorient and trained_as is None:
@@ -389,16 +424,17 @@ def predict(
     with exclusive_folder(out, on_wait=lambda: typer.echo(
             f"{out}: another predict is writing into it; waiting for it to finish", err=True)):
         written = skipped = 0
-        for path in found:
-            target = out / (case_name(path) + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK does
-            saved = out / f"{case_name(path)}.npz"  # its probabilities, written before it
+        for case in found:
+            path = case.files[0]
+            target = out / (case.name + image_suffix(path))  # `A.NII.GZ`: `A.nii.gz`, as ITK does
+            saved = out / f"{case.name}.npz"  # its probabilities, written before it
             if target.exists() and not overwrite:
                 missing = f"; its probabilities {saved.name} are not there: --overwrite writes both" if (
                     save_probabilities and not saved.exists()) else ""
                 typer.echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
                 skipped += 1
                 continue
-            image, geometry = read_image(path, check_complete=True)  # a cut-short NIfTI reads as zeros
+            image, geometry = _read_channels(case)
             problem = _channels_problem(image.shape[0], task)  # its header said otherwise: changed since
             if problem:
                 raise DataError(f"{path}: {problem}")

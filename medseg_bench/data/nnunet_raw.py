@@ -167,3 +167,24 @@ def _labels(data: dict[str, Any], json_path: Path) -> dict[int, str] | None:
     if not all(isinstance(value, int) and not isinstance(value, bool) for value in labels.values()):
         raise DataError(f"{json_path}: labels must map label names to whole numbers")
     return {value: str(name) for name, value in sorted(labels.items(), key=lambda item: item[1])}
+
+
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def channel_files(images: list[Path], channels: int) -> dict[str, list[Path]] | None:
+    """`images` (a folder's image files) grouped by case as nnU-Net v2 names channel files, `CASE_0000...`,
+    each case's files in channel order; None when they are not all so named: every file `CASE_NNNN` and
+    every case with exactly channels 0 to `channels` - 1 (a folder of MSD images, one file a case, is
+    None unless each file of a one-channel task ends in `_0000`)."""
+    from medseg_bench.data.io import case_name
+
+    groups: dict[str, dict[int, Path]] = {}
+    for path in images:
+        match = CHANNEL_FILE.match(case_name(path))
+        if match is None:
+            return None
+        groups.setdefault(match["case"], {})[int(match["channel"])] = path
+    if not groups or any(sorted(files) != list(range(channels)) for files in groups.values()):
+        return None
+    return {case: [files[index] for index in range(channels)] for case, files in sorted(groups.items())}

@@ -20,7 +20,7 @@ from medseg_bench.inference import predict_image
 from medseg_bench.postprocess import Decision, save_decision
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import build_network, resolve_patch_and_batch
-from tests.conftest import make_synthetic_task, write_task_file
+from tests.conftest import make_synthetic_task, write_image, write_task_file
 
 runner = CliRunner()
 TASK = "Task93_Predict"
@@ -864,3 +864,56 @@ def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_w
     assert "new_case.nii.gz: exists, skipped" in result.output and "0 prediction(s) written" in result.output
     assert (read_label(out / "new_case.nii.gz")[0] == first).all()
     assert sorted(path.name for path in out.iterdir()) == ["new_case.nii.gz"]  # no lock file left
+
+
+def test_channel_files_in_nnunets_layout_are_one_case_each(run_folder, home: Path, tmp_path: Path) -> None:
+    # nnU-Net v2 names a test image's channel files CASE_0000, CASE_0001, ... and its label map CASE: each
+    # file was predicted as a case of its own, named CASE_0000 (and refused as one channel of two).
+    folder, _, _ = run_folder
+    rng = np.random.default_rng(3)
+    arrays = {name: rng.normal(0, 1, (10, 20, 16)).astype(np.float32) for name in ("a", "b")}
+    msd, raw = tmp_path / "msd", tmp_path / "raw"
+    for name, array in arrays.items():
+        _write_oriented(msd / f"{name}.nii.gz", array)
+        _write_oriented(raw / f"{name}_0000.nii.gz", array)
+    for images, out in ((msd, tmp_path / "p_msd"), (raw, tmp_path / "p_raw")):
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    assert f"{raw}: 2 case(s) in nnU-Net's layout, a file per channel (CASE_0000.nii.gz): each label map " \
+        "is named CASE.nii.gz" in result.output
+    assert sorted(p.name for p in (tmp_path / "p_raw").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    for name in arrays:
+        assert (read_label(tmp_path / "p_raw" / f"{name}.nii.gz")[0]
+                == read_label(tmp_path / "p_msd" / f"{name}.nii.gz")[0]).all()
+
+    # Two channels: the files stacked in channel order, as the 4D image MSD would store.
+    two = "Task94_Two"
+    write_task_file(home, two, channels=2)
+    fetch_task(get_task(two), home / "data", str(make_synthetic_task(tmp_path / "src2" / two, num_cases=4,
+                                                                     channels=2)), progress=False)
+    prepared = prepare_task(get_task(two), home / "data", num_folds=2, workers=1)
+    spec = RunSpec(task=two, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    run = tmp_path / "results" / two / spec.run_id
+    (run / "checkpoints").mkdir(parents=True)
+    net = build_network(spec, prepared)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+               run / "checkpoints" / "last.ckpt")
+    (run / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+    (run / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
+    stacked = np.stack([arrays["a"], arrays["b"] * 2.0])
+    write_image(tmp_path / "msd2" / "c.nii.gz", stacked, (1.0, 1.0, 1.0))
+    for index, channel in enumerate(stacked):
+        write_image(tmp_path / "raw2" / f"c_{index:04d}.nii.gz", channel, (1.0, 1.0, 1.0))
+    for images in ("msd2", "raw2"):
+        result = runner.invoke(app, ["predict", str(run), "--images", str(tmp_path / images), "--out",
+                                     str(tmp_path / f"p_{images}"), "--allow-unfinished"])
+        assert result.exit_code == 0, result.output
+    raw_labels, msd_labels = (read_label(tmp_path / f"p_{name}" / "c.nii.gz")[0] for name in ("raw2", "msd2"))
+    assert (raw_labels == msd_labels).all()
+    write_image(tmp_path / "raw2" / "c_0001.nii.gz", stacked[1], (1.0, 1.0, 2.0))  # another grid
+    result = runner.invoke(app, ["predict", str(run), "--images", str(tmp_path / "raw2"), "--out",
+                                 str(tmp_path / "p_bad"), "--allow-unfinished"])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'raw2' / 'c_0001.nii.gz'}: its geometry is not c_0000.nii.gz's: spacing "
+        "(1, 1, 1) vs (1, 1, 2)")
