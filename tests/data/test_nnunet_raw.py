@@ -148,3 +148,19 @@ def test_checking_an_nnunet_folder_in_place_says_how_to_import_it(home: Path, tm
     assert result.exit_code == 3, result.output
     assert "an nnU-Net v2 dataset (no 'training' list); `medseg-bench fetch TASK --source FOLDER` imports" \
         in result.output
+
+
+def test_channel_files_are_grouped_only_when_every_file_and_case_is_complete() -> None:
+    from medseg_bench.data.nnunet_raw import channel_files
+
+    def paths(*names: str) -> list[Path]:
+        return [Path("images") / name for name in names]
+
+    eleven = paths(*(f"c_{i:04d}.nii.gz" for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)))
+    assert channel_files(eleven, 11) == {"c": sorted(eleven, key=lambda p: int(p.name[2:6]))}  # 2 before 10
+    assert channel_files(paths("a_0000.nii.gz", "b_0000.NII.GZ"), 1) == {
+        "a": paths("a_0000.nii.gz"), "b": paths("b_0000.NII.GZ")}
+    assert channel_files(paths("hippocampus_001.nii.gz"), 1) is None  # MSD's names
+    assert channel_files(paths("case_0001.nii.gz", "case_0002.nii.gz"), 1) is None  # numbered cases
+    assert channel_files(paths("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"), 2) is None  # b lacks one
+    assert channel_files(paths("a_0000.nii.gz", "a_0001.nii.gz", "x.nii.gz"), 2) is None
