@@ -73,9 +73,9 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
     if not labels:
         raise DataError(f"{labels_dir}: no label maps ending in {ending} (dataset.json's file_ending)")
     done = Conversion()
-    if len(channels) > 1:
-        say(f"stacking the {len(channels)} channel files of {len(labels)} cases into 4D images (nnU-Net v2 "
-            "layout)")
+    how = (f"each case's {len(channels)} channel files stacked into one 4D image" if len(channels) > 1
+           else "each CASE_0000 image renamed CASE")
+    say(f"{root.name}: an nnU-Net v2 dataset of {len(labels)} cases, imported in MSD's layout ({how})")
     training = []
     for label in labels:
         case_id = label.name[:-len(ending)]

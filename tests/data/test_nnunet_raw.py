@@ -77,7 +77,10 @@ def test_channel_files_are_stacked_as_msd_stores_them_and_bad_cases_are_named(ho
     (source / "imagesTr" / "case_001_0001.nii.gz").unlink()
     shifted = read_image(source / "imagesTr" / "case_002_0001.nii.gz")[0][0]
     write_image(source / "imagesTr" / "case_002_0001.nii.gz", shifted, (1.0, 1.0, 2.0))
-    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    said: list[str] = []
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source), say=said.append)
+    assert said == ["Dataset093_Two: an nnU-Net v2 dataset of 4 cases, imported in MSD's layout (each case's "
+                    "2 channel files stacked into one 4D image)"]
     assert outcome.report is not None
     problems = {p.case_id: str(p) for p in outcome.report.problems}
     images = outcome.folder / "imagesTr"
