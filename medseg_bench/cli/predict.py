@@ -204,7 +204,9 @@ def _images(folder: Path, task: Any) -> list[_Image]:
     images = sorted(files_by_case(folder, "an image").values())
     if not images:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    groups = channel_files(images, task.num_channels)
+    groups, note = channel_files(images, task.num_channels)  # a case lacking a channel file: DataError
+    if note:
+        typer.echo(note)
     if groups is not None and all(read_geometry(path)[1] == 1 for path in images):
         suffix = image_suffix(images[0])
         more = f", CASE_0001{suffix}, ..." if task.num_channels > 1 else ""

@@ -232,14 +232,12 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             report = validate_folder(root, task)
         except DataError as exc:  # dataset.json itself: named where the user has it
             raise DataError(in_source(str(exc))) from None
-        if conversion is not None and conversion.problems:  # cases whose channel files could not be joined
-            report = replace(report, cases=report.cases + conversion.cases,
-                             problems=report.problems + conversion.problems)
         if report.problems and (strict or not report.usable_cases):
             raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
-        warnings = tuple(report_warnings(task, report, root))
-        warnings = tuple(Relocation(root, str(target))(w) for w in warnings)
+        warnings = tuple(Relocation(root, str(target))(w) for w in report_warnings(task, report, root))
+        if conversion is not None:  # about the dataset the user has: named there
+            warnings = tuple(in_source(w) for w in conversion.warnings) + warnings
         _write_marker(root, task, origin, verified, report)
         root.rename(target)
     finally:

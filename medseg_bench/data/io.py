@@ -293,20 +293,7 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     staged = staging / path.name
     try:
-        # What ITK's writers print themselves ("MetaImage: M_WriteElementsData: ...", NIfTI's "** ERROR: NWAD:
-        # wrote only 3744 of 120000 bytes") is kept off the terminal when the write fails: the error says it.
-        with captured():
-            try:
-                sitk.WriteImage(image, str(staged), True)
-            except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
-                reason = _itk_last_line(exc).replace(str(staged), str(path)).removeprefix("Reason: ")
-                raise _not_written(path, reason, staging, array.size) from None
-            try:
-                check_nifti_complete(staged)
-            except DataError as exc:  # ITK's NIfTI writer reports no error for a write the disk refused
-                reason = str(exc).removeprefix(f"{staged}: ")
-                raise _not_written(path, f"ITK's NIfTI writer reported no error, but the file is {reason}",
-                                   staging, array.size) from None
+        write_checked(image, staged, path, array.size)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
             part.replace(path.parent / part.name)
@@ -314,14 +301,37 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _not_written(path: Path, reason: str, folder: Path, voxels: int) -> FileSystemError:
-    """The error for a label map of `voxels` voxels not written to `path`, "No space left on device" first
-    where `folder`'s disk lacks the room for it uncompressed: ITK's NIfTI writer says nothing on a full disk
-    (it left a 0-byte or 4096-byte `.nii.gz`, and `predict` said it was written), NRRD "failed to write"."""
+def write_checked(image: Any, path: Path, named: Path, size_bytes: int) -> None:
+    """`sitk.WriteImage(image, path)`, compressed; a write ITK refused, or a NIfTI its writer left cut short
+    without an error (a full disk), is a FileSystemError naming `named` (the file the user knows, where `path`
+    is a temporary name). `size_bytes`: the image's voxel data, to tell a full disk.
+
+    What ITK's writers print themselves ("MetaImage: M_WriteElementsData: ...", NIfTI's "** ERROR: NWAD:
+    wrote only 3744 of 120000 bytes") is kept off the terminal: the error says it."""
+    sitk = sitk_module()
+    with captured():
+        try:
+            sitk.WriteImage(image, str(path), True)
+        except RuntimeError as exc:  # ITK's: no writer for the name, a write that failed
+            reason = _itk_last_line(exc).replace(str(path), str(named)).removeprefix("Reason: ")
+            raise _not_written(named, reason, path.parent, size_bytes) from None
+        try:
+            check_nifti_complete(path)
+        except DataError as exc:  # ITK's NIfTI writer reports no error for a write the disk refused
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise _not_written(named, f"ITK's NIfTI writer reported no error, but the file is {reason}",
+                               path.parent, size_bytes) from None
+
+
+def _not_written(path: Path, reason: str, folder: Path, size_bytes: int) -> FileSystemError:
+    """The error for an image of `size_bytes` bytes of voxels not written to `path`, "No space left on device"
+    first where `folder`'s disk lacks the room for it uncompressed: ITK's NIfTI writer says nothing on a full
+    disk (it left a 0-byte or 4096-byte `.nii.gz`, and `predict` said it was written), NRRD "failed to
+    write"."""
     import shutil
 
     try:
-        full = shutil.disk_usage(folder).free < voxels + NIFTI2_HEADER_BYTES
+        full = shutil.disk_usage(folder).free < size_bytes + NIFTI2_HEADER_BYTES
     except OSError:
         full = False
     if full and "No space" not in reason:

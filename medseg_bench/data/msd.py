@@ -94,3 +94,21 @@ def declared_labels(folder: Path, data: dict[str, Any] | None = None) -> set[int
         return {int(k) for k in labels}
     except (TypeError, ValueError):
         raise DataError(f"{folder / 'dataset.json'}: label keys must be integers") from None
+
+
+def not_imported(folder: Path, data: dict[str, Any] | None = None) -> list[tuple[Case, Path, str]]:
+    """The cases an import left out of the training list (an nnU-Net dataset's case whose channel files could
+    not be stacked, `nnunet_raw.NOT_IMPORTED`), each with the file at fault and the problem, so that every
+    validation excludes them with their reason."""
+    from medseg_bench.data.nnunet_raw import NOT_IMPORTED
+
+    data = read_dataset_json(folder) if data is None else data
+    json_path = folder / "dataset.json"
+    entries = data.get(NOT_IMPORTED) or []
+    keys = ("image", "label", "file", "problem")
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), str) for k in keys) for e in entries):
+        raise DataError(f"{json_path}: {NOT_IMPORTED} must list {{image, label, file, problem}} entries")
+    return [(Case(case_id_from_path(Path(e["image"])), _inside(folder, e["image"], json_path),
+                  _inside(folder, e["label"], json_path)),
+             _inside(folder, e["file"], json_path), e["problem"]) for e in entries]

@@ -1,13 +1,17 @@
 """Importing an nnU-Net v2 raw dataset (`nnUNet_raw/DatasetNNN_Name`) as an MSD-layout task folder.
 
 nnU-Net v2 keeps one file per channel (`imagesTr/CASE_0000.nii.gz`, `CASE_0001.nii.gz`, ...), labels as
-`labelsTr/CASE.nii.gz`, and a `dataset.json` with `channel_names`, `labels` (name -> value) and
-`file_ending`, but no list of training cases. `fetch --source` copies such a folder and, in its copy, turns
-it into MSD's layout, which the rest of the pipeline reads: a one-channel image is renamed
+`labelsTr/CASE.nii.gz`, and a `dataset.json` with `channel_names` (or the older `modality`), `labels` (name ->
+value) and `file_ending`, but no list of training cases. `fetch --source` copies such a folder and, in its
+copy, turns it into MSD's layout, which the rest of the pipeline reads: a one-channel image is renamed
 `imagesTr/CASE<ending>` (case ids stay nnU-Net's), a multi-channel one stacked into one 4D NIfTI
-`imagesTr/CASE.nii.gz` (channels along the fourth axis, as MSD stores them); `dataset.json` is written in
-MSD's form, the original kept as `dataset.nnunet.json`. The user's folder is never changed; `imagesTs/` is
-copied as it is.
+`imagesTr/CASE.nii.gz` (channels along the fourth axis, as MSD stores them; float32 where the channel files'
+types differ, as nnU-Net reads every channel); `dataset.json` is written in MSD's form, the original kept as
+`dataset.nnunet.json`. The user's folder is never changed; `imagesTs/` is copied as it is.
+
+A case whose channel files cannot be stacked stays in the task, listed under `NOT_IMPORTED` in its
+`dataset.json` with the file and the problem, so that validation (at fetch, and every `validate` after)
+excludes it with that reason, as it excludes any bad case.
 """
 
 from __future__ import annotations
@@ -19,23 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import IMAGE_SUFFIXES, Geometry, read_sitk_image, sitk_module, write_json_atomic
-from medseg_bench.data.itk_output import captured
-from medseg_bench.data.msd import Case
-from medseg_bench.data.validate import Problem
+from medseg_bench.data.io import (
+    IMAGE_SUFFIXES,
+    Geometry,
+    read_sitk_image,
+    sitk_module,
+    write_checked,
+    write_json_atomic,
+)
+from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
 
 ORIGINAL_JSON = "dataset.nnunet.json"
+NOT_IMPORTED = "medseg_bench_not_imported"  # dataset.json: [{"case", "image", "label", "problem"}]
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass
 class Conversion:
     """What converting wrote: `sources` maps each image written to the user's file(s) it came from (for
-    messages about it); `problems`: cases left out, each with the file and what is wrong with it."""
+    messages about it); `warnings`: what the dataset holds that is not imported, or disagrees with itself."""
 
     sources: dict[Path, str] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    cases: list[Case] = field(default_factory=list)  # the cases of `problems`
+    warnings: list[str] = field(default_factory=list)
 
     def rename(self, text: str) -> str:
         """`text` with each image written named as the user's file(s) it came from."""
@@ -50,21 +60,26 @@ def _replaced(text: str, path: str, by: str) -> str:
 
 
 def is_nnunet_raw(root: Path) -> bool:
-    """Whether `root` holds an nnU-Net v2 raw dataset: its dataset.json has `channel_names` and
-    `file_ending`, and no MSD `training` list."""
+    """Whether `root` holds an nnU-Net v2 raw dataset: its dataset.json has `file_ending` and no MSD
+    `training` list."""
     try:
         data = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # MSD's reader names the problem
-    return isinstance(data, dict) and "training" not in data and {"channel_names", "file_ending"} <= set(data)
+    return isinstance(data, dict) and "training" not in data and "file_ending" in data
 
 
 def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Conversion:
     """Turn the nnU-Net v2 raw dataset in `root` (a copy: files are renamed and removed) into MSD's layout."""
     json_path = root / "dataset.json"
     data = json.loads(json_path.read_text(encoding="utf-8"))
+    if "dataset" in data:
+        raise DataError(f"{json_path}: lists its files per case ('dataset'), which medseg-bench does not "
+                        "read; lay them out as imagesTr/CASE_0000<file_ending> and "
+                        "labelsTr/CASE<file_ending>")
     channels = _channel_names(data, json_path)
     ending = _file_ending(data, json_path)
+    declared = _labels(data, json_path)  # before any case is converted
     labels_dir, images_dir = root / "labelsTr", root / "imagesTr"
     if not labels_dir.is_dir():
         raise DataError(f"{labels_dir}: missing (an nnU-Net v2 dataset keeps its label maps there)")
@@ -72,30 +87,32 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
                     if p.name.endswith(ending) and not p.name.startswith(".") and p.is_file())
     if not labels:
         raise DataError(f"{labels_dir}: no label maps ending in {ending} (dataset.json's file_ending)")
-    done = Conversion()
+    done = Conversion(warnings=[*_unlabelled(images_dir, labels, ending),
+                                *_count_warning(data, json_path, labels)])
     how = (f"each case's {len(channels)} channel files stacked into one 4D image" if len(channels) > 1
            else "each CASE_0000 image renamed CASE")
     say(f"{root.name}: an nnU-Net v2 dataset of {len(labels)} cases, imported in MSD's layout ({how})")
-    training = []
+    training, not_imported = [], []
     for label in labels:
         case_id = label.name[:-len(ending)]
         files = [images_dir / f"{case_id}_{index:04d}{ending}" for index in range(len(channels))]
-        problem = _join(files, images_dir / f"{case_id}{ending if len(files) == 1 else '.nii.gz'}", done)
+        image = images_dir / f"{case_id}{ending if len(files) == 1 else '.nii.gz'}"
+        entry = {"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"}
+        problem = _join(files, image, done)
         if problem:
-            done.problems.append(Problem(case_id, str(problem[0]), problem[1]))
-            done.cases.append(Case(case_id, problem[0], label))
-            continue
-        image = f"./imagesTr/{case_id}{ending if len(files) == 1 else '.nii.gz'}"
-        training.append({"image": image, "label": f"./labelsTr/{label.name}"})
+            at_fault, why = problem
+            not_imported.append(entry | {"file": f"./imagesTr/{at_fault.name}", "problem": why})
+        else:
+            training.append(entry)
     if not training:
-        first = done.problems[0]
-        raise DataError(f"{first}; so is every other case of the {len(labels)}: nothing to import")
+        first = not_imported[0]
+        raise DataError(f"{images_dir / Path(first['file']).name}: {first['problem']}; so is every other "
+                        f"case of the {len(labels)}: nothing to import")
     (root / ORIGINAL_JSON).write_text(json_path.read_text(encoding="utf-8"), encoding="utf-8")
     msd: dict[str, Any] = {"name": data.get("name", root.name), "modality": dict(enumerate(channels)),
-                           "training": training, "numTraining": len(training)}
-    labels_declared = _labels(data, json_path)
-    if labels_declared is not None:
-        msd["labels"] = labels_declared
+                           "training": training, "numTraining": len(training), NOT_IMPORTED: not_imported}
+    if declared is not None:
+        msd["labels"] = declared
     write_json_atomic(json_path, json.loads(json.dumps(msd)))  # integer keys as JSON strings
     return done
 
@@ -113,22 +130,29 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
     sitk = sitk_module()
     images: list[Any] = []
     for path in files:
-        try:
+        try:  # ITK reads a NIfTI cut short, and its NaN voxels, as zeros: each file is checked as stored
+            nonfinite = count_nonfinite(path)
             image = read_sitk_image(path)
         except DataError as exc:
             return path, str(exc).removeprefix(f"{path}: ")
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        if nonfinite:
+            return path, "image holds NaN or inf voxels"
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            return path, (f"{image.GetNumberOfComponentsPerPixel()} components per voxel; each channel file "
+                          "of an nnU-Net dataset holds one")
+        if image.GetDimension() != 3:
             return path, f"a {image.GetDimension()}D image; each channel file of an nnU-Net dataset is 3D"
         if images:
-            first = images[0]
-            differs = _geometry(first).mismatch(_geometry(image))
+            differs = _geometry(images[0]).mismatch(_geometry(image))
             if differs:
                 return path, f"its geometry is not {files[0].name}'s: {differs}"
-            image = sitk.Cast(image, first.GetPixelID())
-            image.CopyInformation(first)  # within the tolerance of a label against its image
+            image.CopyInformation(images[0])  # within the tolerance of a label against its image
         images.append(image)
-    with captured():
-        sitk.WriteImage(sitk.JoinSeries(images), str(target), True)
+    if len({image.GetPixelID() for image in images}) > 1:  # int16 CT beside float PET: no channel cut
+        images = [sitk.Cast(image, sitk.sitkFloat32) for image in images]
+    joined = sitk.JoinSeries(images)
+    voxels = joined.GetNumberOfPixels() * joined.GetSizeOfPixelComponent()
+    write_checked(joined, target, target, voxels)  # a full disk stops the import, naming the file
     for path in files:
         path.unlink()
     done.sources[target] = f"{files[0]} (and its other channel files)"
@@ -140,7 +164,7 @@ def _geometry(image: Any) -> Geometry:
 
 
 def _channel_names(data: dict[str, Any], json_path: Path) -> list[str]:
-    names = data["channel_names"]
+    names = data.get("channel_names", data.get("modality"))  # nnU-Net v2 still reads the older name
     if not isinstance(names, dict) or not names or set(names) != {str(i) for i in range(len(names))}:
         raise DataError(f"{json_path}: channel_names must map 0, 1, ... to channel names, e.g. "
                         '{"0": "T2"}')
@@ -162,6 +186,10 @@ def _labels(data: dict[str, Any], json_path: Path) -> dict[int, str] | None:
     if not isinstance(labels, dict):
         raise DataError(f"{json_path}: labels must map label names to values, e.g. "
                         '{"background": 0, "tumour": 1}')
+    if "ignore" in labels:
+        raise DataError(f"{json_path}: labels has nnU-Net's 'ignore' label ({labels['ignore']}: voxels left "
+                        "unannotated, which nnU-Net leaves out of its loss); medseg-bench trains on every "
+                        "voxel: give those voxels a class, or leave the dataset to nnU-Net")
     if any(isinstance(value, list) for value in labels.values()):
         return None
     if not all(isinstance(value, int) and not isinstance(value, bool) for value in labels.values()):
@@ -169,22 +197,56 @@ def _labels(data: dict[str, Any], json_path: Path) -> dict[int, str] | None:
     return {value: str(name) for name, value in sorted(labels.items(), key=lambda item: item[1])}
 
 
-CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+def _unlabelled(images_dir: Path, labels: list[Path], ending: str) -> list[str]:
+    """A warning naming channel files of cases without a label map (nnU-Net refuses such a dataset)."""
+    cases = {label.name[:-len(ending)] for label in labels}
+    orphans = sorted(path for path in images_dir.glob(f"*{ending}") if not path.name.startswith(".")
+                     and (match := CHANNEL_FILE.match(path.name[:-len(ending)]))
+                     and match["case"] not in cases)
+    if not orphans:
+        return []
+    more = f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""
+    return [f"{orphans[0]}{more}: no label map in labelsTr for its case: not imported"]
 
 
-def channel_files(images: list[Path], channels: int) -> dict[str, list[Path]] | None:
+def _count_warning(data: dict[str, Any], json_path: Path, labels: list[Path]) -> list[str]:
+    count = data.get("numTraining")
+    if count is None or count == len(labels):
+        return []
+    return [f"{json_path}: numTraining is {count}, labelsTr holds {len(labels)} label maps: all of them "
+            "imported"]
+
+
+def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Path]] | None, str]:
     """`images` (a folder's image files) grouped by case as nnU-Net v2 names channel files, `CASE_0000...`,
-    each case's files in channel order; None when they are not all so named: every file `CASE_NNNN` and
-    every case with exactly channels 0 to `channels` - 1 (a folder of MSD images, one file a case, is
-    None unless each file of a one-channel task ends in `_0000`)."""
+    each case's files in channel order, and "". None when they are not so named: with "" when no case has
+    exactly the task's channels (a folder of MSD images, one file a case, numbered `img_0000`, `img_0001`
+    or not), with a note naming a file when some are and others are not named so. DataError naming the
+    file when some cases have their channels and another lacks one or has one more."""
     from medseg_bench.data.io import case_name
 
     groups: dict[str, dict[int, Path]] = {}
+    strays = []
     for path in images:
         match = CHANNEL_FILE.match(case_name(path))
         if match is None:
-            return None
-        groups.setdefault(match["case"], {})[int(match["channel"])] = path
-    if not groups or any(sorted(files) != list(range(channels)) for files in groups.values()):
-        return None
-    return {case: [files[index] for index in range(channels)] for case, files in sorted(groups.items())}
+            strays.append(path)
+        else:
+            groups.setdefault(match["case"], {})[int(match["channel"])] = path
+    wanted = set(range(channels))
+    complete = [case for case, files in sorted(groups.items()) if set(files) == wanted]
+    if not complete:
+        return None, ""
+    example = groups[complete[0]][0].name
+    if strays:
+        return None, (f"{strays[0]}: not named as nnU-Net names a channel file (CASE_0000...), as {example} "
+                      "is: each file is taken as a case of its own")
+    for case, files in sorted(groups.items()):
+        if set(files) != wanted:
+            suffix = files[min(files)].name[len(case_name(files[min(files)])):]
+            odd = min(wanted ^ set(files))
+            what = "missing" if odd in wanted else f"a channel past the task's {channels}"
+            where = files[min(files)].parent / f"{case}_{odd:04d}{suffix}"
+            raise DataError(f"{where}: {what} (nnU-Net's layout, as {example}: CASE_0000 to "
+                            f"CASE_{channels - 1:04d})")
+    return {case: [files[index] for index in range(channels)] for case, files in sorted(groups.items())}, ""

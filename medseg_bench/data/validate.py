@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
-from medseg_bench.data.msd import Case, declared_labels, read_dataset_json, training_cases
+from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.spec import TaskSpec
@@ -204,7 +204,10 @@ def validate_folder(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         per_case = list(pool.map(run, cases))
-    return ValidationReport(cases=cases, problems=[p for found in per_case for p in found],
+    left_out = not_imported(folder)  # by an import, with the problem it found
+    return ValidationReport(cases=cases + [case for case, _, _ in left_out],
+                            problems=[p for found in per_case for p in found]
+                            + [Problem(case.case_id, str(path), problem) for case, path, problem in left_out],
                             orientations=orientations)
 
 

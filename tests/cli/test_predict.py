@@ -917,3 +917,29 @@ def test_channel_files_in_nnunets_layout_are_one_case_each(run_folder, home: Pat
     assert result.output.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'raw2' / 'c_0001.nii.gz'}: its geometry is not c_0000.nii.gz's: spacing "
         "(1, 1, 1) vs (1, 1, 2)")
+
+
+def test_a_folder_partly_in_nnunets_layout_is_named(run_folder, tmp_path: Path) -> None:
+    # A stray file among channel files: each file predicted as a case of its own without a word (label maps
+    # named CASE_0000, which evaluate cannot pair); a channel past the task's: the wrong file was blamed.
+    folder, _, _ = run_folder
+    array = np.random.default_rng(0).normal(0, 1, (10, 20, 16)).astype(np.float32)
+    mixed = tmp_path / "mixed"
+    _write_oriented(mixed / "a_0000.nii.gz", array)
+    _write_oriented(mixed / "b.nii.gz", array)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(mixed), "--out",
+                                 str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (f"{mixed / 'b.nii.gz'}: not named as nnU-Net names a channel file (CASE_0000...), as "
+            "a_0000.nii.gz is: each file is taken as a case of its own") in result.output
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a_0000.nii.gz", "b.nii.gz"]
+    extra = tmp_path / "extra"
+    for name in ("a_0000", "b_0000", "b_0001"):
+        _write_oriented(extra / f"{name}.nii.gz", array)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(extra), "--out",
+                                 str(tmp_path / "q")])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {extra / 'b_0001.nii.gz'}: a channel past the task's 1 (nnU-Net's layout, as a_0000.nii.gz: "
+        "CASE_0000 to CASE_0000)")
+    assert not (tmp_path / "q").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_region_based_labels_leave_the_values_to_the_task_file(home: Path, tmp_p
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ({"file_ending": ".png"}, "file_ending '.png'; medseg-bench reads .nii.gz, .nii, .nrrd, .mha, .mhd"),
+    ({"file_ending": ".png"}, "file_ending '.png'; medseg-bench reads .nii.gz, .nii, .nrrd, .mha"),
     ({"channel_names": {"1": "MR0"}}, "channel_names must map 0, 1, ... to channel names"),
     ({"labels": {"background": 0, "outer": "1"}}, "labels must map label names to whole numbers"),
 ])
@@ -153,17 +154,134 @@ def test_checking_an_nnunet_folder_in_place_says_how_to_import_it(home: Path, tm
         in result.output
 
 
-def test_channel_files_are_grouped_only_when_every_file_and_case_is_complete() -> None:
+def test_channel_files_are_grouped_only_where_cases_have_the_tasks_channels() -> None:
     from medseg_bench.data.nnunet_raw import channel_files
 
     def paths(*names: str) -> list[Path]:
         return [Path("images") / name for name in names]
 
     eleven = paths(*(f"c_{i:04d}.nii.gz" for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)))
-    assert channel_files(eleven, 11) == {"c": sorted(eleven, key=lambda p: int(p.name[2:6]))}  # 2 before 10
-    assert channel_files(paths("a_0000.nii.gz", "b_0000.NII.GZ"), 1) == {
-        "a": paths("a_0000.nii.gz"), "b": paths("b_0000.NII.GZ")}
-    assert channel_files(paths("hippocampus_001.nii.gz"), 1) is None  # MSD's names
-    assert channel_files(paths("case_0001.nii.gz", "case_0002.nii.gz"), 1) is None  # numbered cases
-    assert channel_files(paths("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"), 2) is None  # b lacks one
-    assert channel_files(paths("a_0000.nii.gz", "a_0001.nii.gz", "x.nii.gz"), 2) is None
+    assert channel_files(eleven, 11) == ({"c": sorted(eleven, key=lambda p: int(p.name[2:6]))}, "")  # 2, 10
+    assert channel_files(paths("a_0000.nii.gz", "b_0000.NII.GZ"), 1) == (
+        {"a": paths("a_0000.nii.gz"), "b": paths("b_0000.NII.GZ")}, "")
+    assert channel_files(paths("hippocampus_001.nii.gz"), 1) == (None, "")  # MSD's names
+    assert channel_files(paths("img_0000.nii.gz", "img_0001.nii.gz"), 1) == (None, "")  # numbered cases
+    groups, note = channel_files(paths("a_0000.nii.gz", "b.nii.gz"), 1)
+    assert groups is None and note == ("images/b.nii.gz: not named as nnU-Net names a channel file (CASE_0000"
+                                       "...), as a_0000.nii.gz is: each file is taken as a case of its own")
+    with pytest.raises(DataError) as missing:
+        channel_files(paths("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"), 2)
+    assert str(missing.value) == ("images/b_0001.nii.gz: missing (nnU-Net's layout, as a_0000.nii.gz: "
+                                  "CASE_0000 to CASE_0001)")
+    with pytest.raises(DataError, match="images/b_0001.nii.gz: a channel past the task's 1"):
+        channel_files(paths("a_0000.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"), 1)
+
+
+def _two_channel_source(home: Path, tmp_path: Path, num_cases: int = 3) -> tuple[Path, Path]:
+    write_task_file(home, "Task93_Two", channels=2)
+    msd = make_synthetic_task(tmp_path / "msd" / "Task93_Two", num_cases=num_cases, channels=2)
+    return msd, _as_nnunet(msd, tmp_path / "raw" / "Dataset093_Two", {"0": "MR0", "1": "MR1"},
+                           {"background": 0, "outer": 1, "core": 2})
+
+
+def test_channels_of_different_types_are_stacked_without_cutting_one(home: Path, tmp_path: Path) -> None:
+    # int16 CT beside a float PET channel: the float channel was cast to int16 (10.79 -> 10; into uint8 it
+    # wrapped), so training saw other values than predict, which reads each channel file as float32.
+    import SimpleITK as sitk
+
+    _, source = _two_channel_source(home, tmp_path, num_cases=2)
+    first = source / "imagesTr" / "case_000_0000.nii.gz"
+    image = sitk.ReadImage(str(first))
+    sitk.WriteImage(sitk.Cast(sitk.RescaleIntensity(image, 0, 200), sitk.sitkUInt8), str(first))
+    second = read_image(source / "imagesTr" / "case_000_0001.nii.gz")[0][0] * 100.0 - 1000.0
+    write_image(source / "imagesTr" / "case_000_0001.nii.gz", second)
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    stacked, _ = read_image(outcome.folder / "imagesTr" / "case_000.nii.gz")
+    assert np.allclose(stacked[1], second, atol=1e-3) and stacked[1].min() < -100
+    assert np.array_equal(stacked[0], read_image(first)[0][0])
+
+
+def test_a_channel_file_cut_short_or_with_nan_excludes_its_case_also_after_validate(home: Path,
+                                                                                  tmp_path: Path) -> None:
+    # ITK reads both as zeros: stacked into a clean 4D file, they were accepted (with --strict too); and a
+    # case left out by the import was forgotten by the next `validate`.
+    _, source = _two_channel_source(home, tmp_path)
+    cut = source / "imagesTr" / "case_001_0001.nii.gz"
+    cut.write_bytes(cut.read_bytes()[:200])
+    nan = read_image(source / "imagesTr" / "case_002_0000.nii.gz")[0][0]
+    nan[0, 0, 0] = np.nan
+    write_image(source / "imagesTr" / "case_002_0000.nii.gz", nan)
+    with pytest.raises(DataError, match="case_001_0001.nii.gz: .*gzip stream"):
+        fetch_task(get_task("Task93_Two"), tmp_path / "strict", source=str(source), strict=True)
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None
+    problems = {p.case_id: (Path(p.file).name, p.message) for p in outcome.report.problems}
+    assert problems["case_002"] == ("case_002_0000.nii.gz", "image holds NaN or inf voxels")
+    assert problems["case_001"][0] == "case_001_0001.nii.gz" and "gzip stream" in problems["case_001"][1]
+    again = runner.invoke(app, ["validate", "Task93_Two", "--data-dir", str(tmp_path / "data")])
+    assert again.exit_code == 0, again.output
+    assert "1 of 3 training cases valid" in again.output
+    assert "list of excluded cases updated" not in again.output
+    strict = runner.invoke(app, ["validate", "Task93_Two", "--data-dir", str(tmp_path / "data"), "--strict"])
+    assert strict.exit_code == 3, strict.output
+
+
+def test_a_stacked_image_the_disk_cannot_take_stops_the_import(home: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full disk was read as a damaged case (and fetch kept the task), or gave a traceback.
+    from medseg_bench.data import io
+
+    _, source = _two_channel_source(home, tmp_path)
+    real = io.sitk_module().WriteImage
+
+    def full(image: object, path: str, *args: object) -> None:
+        real(image, path, *args)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # as ITK's writer leaves it, without an error
+
+    monkeypatch.setattr(io.sitk_module(), "WriteImage", full)
+    monkeypatch.setattr("shutil.disk_usage", lambda folder: type("Usage", (), {"free": 0})())
+    result = runner.invoke(app, ["fetch", "Task93_Two", "--source", str(source), "--data-dir",
+                                 str(tmp_path / "data")])
+    assert result.exit_code == 7, result.output
+    assert "case_000.nii.gz: not written (No space left on device" in result.output.splitlines()[-1]
+    assert not (tmp_path / "data" / "Task93_Two").exists()
+
+
+def test_what_the_dataset_holds_but_is_not_imported_is_said(home: Path, tmp_path: Path) -> None:
+    _, source = _two_channel_source(home, tmp_path)
+    shutil.copy(source / "imagesTr" / "case_000_0000.nii.gz", source / "imagesTr" / "orphan_0000.nii.gz")
+    data = json.loads((source / "dataset.json").read_text())
+    data["numTraining"] = 5
+    data["modality"] = data.pop("channel_names")  # nnU-Net v2 still reads the older key
+    (source / "dataset.json").write_text(json.dumps(data))
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert outcome.warnings[:2] == (
+        f"{source / 'imagesTr' / 'orphan_0000.nii.gz'}: no label map in labelsTr for its case: not imported",
+        f"{source / 'dataset.json'}: numTraining is 5, labelsTr holds 3 label maps: all of them imported")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"labels": {"background": 0, "outer": 1, "ignore": 3}}, "labels has nnU-Net's 'ignore' label"),
+    ({"labels": {"background": 0, "outer": 1.0}}, "labels must map label names to whole numbers"),
+    ({"dataset": {}}, "lists its files per case ('dataset'), which medseg-bench does not read"),
+])
+def test_a_dataset_json_refused_is_refused_before_any_case_is_converted(home: Path, tmp_path: Path,
+                                                                        edit: dict, message: str) -> None:
+    _, source = _two_channel_source(home, tmp_path)
+    (source / "dataset.json").write_text(json.dumps(json.loads((source / "dataset.json").read_text()) | edit))
+    said: list[str] = []
+    with pytest.raises(DataError, match=re.escape(message)):
+        fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source), say=said.append)
+    assert said == []  # nothing stacked first
+
+
+def test_a_channel_file_with_vector_voxels_is_named_as_such(home: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    _, source = _two_channel_source(home, tmp_path)
+    vector = sitk.Compose([sitk.ReadImage(str(source / "imagesTr" / "case_000_0001.nii.gz"))] * 3)
+    sitk.WriteImage(vector, str(source / "imagesTr" / "case_000_0001.nii.gz"))
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None
+    assert [p.message for p in outcome.report.problems] == [
+        "3 components per voxel; each channel file of an nnU-Net dataset holds one"]
