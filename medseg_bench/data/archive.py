@@ -148,8 +148,9 @@ def task_root(staging: Path, source: Path) -> Path:
         return staging
     candidates = sorted(p for p in staging.iterdir() if p.is_dir() and (p / "dataset.json").is_file())
     if len(candidates) > 1:
-        raise DataError(f"{source}: several MSD task folders ({', '.join(p.name for p in candidates)}); "
-                        "one task per archive")
+        hint = (f"pass one of them, as --source {source / candidates[0].name}" if source.is_dir()
+                else "one task per archive")
+        raise DataError(f"{source}: several task folders ({', '.join(p.name for p in candidates)}); {hint}")
     if not candidates:
         raise DataError(f"{source}: no MSD task folder (with dataset.json) found")
     return candidates[0]

@@ -517,7 +517,7 @@ def test_a_bad_dataset_json_is_named_where_the_user_has_it(hippo_subset: Path, t
     ("not a file or folder", FetchError, "/dev/null: not a folder or a .tar archive"),
     ("zip", FetchError, "z.zip: not a readable tar archive (file could not be opened successfully)"),
     ("data dir in source", UsageError, "the data folder is inside the source folder"),
-    ("two tasks", DataError, "several MSD task folders (A, B); one task per archive"),
+    ("two tasks", DataError, "several task folders (A, B); one task per archive"),
 ])
 def test_bad_sources_are_one_line_errors(kind: str, error: type[Exception], message: str, hippo_subset: Path,
                                          tmp_path: Path) -> None:

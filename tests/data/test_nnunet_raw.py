@@ -285,3 +285,12 @@ def test_a_channel_file_with_vector_voxels_is_named_as_such(home: Path, tmp_path
     assert outcome.report is not None
     assert [p.message for p in outcome.report.problems] == [
         "3 components per voxel; each channel file of an nnU-Net dataset holds one"]
+
+
+def test_an_nnunet_raw_folder_of_several_datasets_says_which_to_pass(home: Path, tmp_path: Path) -> None:
+    _, source = _two_channel_source(home, tmp_path)
+    shutil.copytree(source, source.parent / "Dataset094_Other")
+    with pytest.raises(DataError) as error:
+        fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source.parent))
+    assert str(error.value) == (f"{source.parent}: several task folders (Dataset093_Two, Dataset094_Other); "
+                                f"pass one of them, as --source {source}")
