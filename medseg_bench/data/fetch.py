@@ -217,7 +217,13 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
                 verified = None  # a folder has no checksum
             elif local.is_file():
                 verified = _expected_md5(task, md5, origin)
-                verify_md5(local, verified)
+                try:
+                    verify_md5(local, verified)
+                except FetchError as exc:
+                    if md5 is not None:
+                        raise
+                    raise FetchError(f"{exc}: not {task.name}'s official archive? pass the md5 of your own "
+                                     "with --md5") from None
                 root = extract_archive(local, staging)
                 in_source = Relocation(staging, f"{local}:")
             elif local.exists():

@@ -281,8 +281,11 @@ def test_local_folder_and_local_tar(hippo_subset: Path, tmp_path: Path) -> None:
     assert not list((data / "Task04_Hippocampus").rglob("._*"))
     archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
     other = tmp_path / "other"
-    with pytest.raises(FetchError, match="md5 mismatch"):
+    with pytest.raises(FetchError, match=r"md5 mismatch \(expected .*\): not Task04_Hippocampus's official "
+                       r"archive\? pass the md5 of your own with --md5$"):
         fetch_task(get_task("Task04_Hippocampus"), other, str(archive), progress=False)
+    with pytest.raises(FetchError, match=r"md5 mismatch \(expected 0{32}, got [0-9a-f]+\)$"):  # no hint
+        fetch_task(get_task("Task04_Hippocampus"), other, str(archive), "0" * 32, progress=False)
     fetch_task(get_task("Task04_Hippocampus"), other, str(archive), md5, progress=False)
     assert is_complete(other / "Task04_Hippocampus")
 
