@@ -17,128 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from medseg_bench import trained_runs
 from medseg_bench.errors import DataError, UsageError
-
-
-def _run_folder(run_or_checkpoint: Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for a run folder (its last.ckpt) or a checkpoint inside a run folder."""
-    if run_or_checkpoint.is_dir():
-        folder, checkpoint = run_or_checkpoint, run_or_checkpoint / "checkpoints" / "last.ckpt"
-    elif run_or_checkpoint.is_file():
-        checkpoint = run_or_checkpoint
-        folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    else:
-        raise UsageError(f"{run_or_checkpoint}: no such run folder or checkpoint")
-    if not (folder / "spec.json").is_file():
-        raise DataError(f"{folder}: not a run folder (no spec.json next to the checkpoint)")
-    if not checkpoint.is_file():
-        from medseg_bench.results import run_state
-
-        if run_state(folder) in ("done", "damaged"):  # it said "the run has not finished an epoch"
-            raise DataError(f"{checkpoint}: checkpoint missing (deleted since the run finished; restore it, "
-                            "or move the run folder away and train it again with `medseg-bench sweep`)")
-        raise DataError(f"{checkpoint}: checkpoint missing (the run has not finished an epoch)")
-    return folder, checkpoint
-
-
-def _epochs_in(checkpoint: Path, iters_per_epoch: int) -> int | None:
-    """The epochs the checkpoint's training steps make, or None where it cannot be read (it is mapped, not
-    read: its tensors stay on disk)."""
-    import torch
-
-    from medseg_bench.checks import is_whole
-
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so, with or without this
-        return None
-    step = state.get("global_step") if isinstance(state, dict) else None
-    return step // iters_per_epoch if isinstance(step, int) and is_whole(step) else None
-
-
-def _unfinished(folder: Path, checkpoint: Path, spec: Any) -> tuple[str, str] | None:
-    """(what, advice) for a run that has not finished: "FOLDER: not finished (STATE, epoch N of M)" and what
-    to do; None for a finished one (done, or done and a file lost since: its checkpoint is final all the
-    same)."""
-    from medseg_bench.results import run_state
-
-    state = run_state(folder)
-    if state in ("done", "damaged"):
-        return None
-    epochs = _epochs_in(checkpoint, spec.iters_per_epoch)
-    epoch = f", epoch {epochs} of {spec.epochs}" if epochs is not None else ""
-    if state == "running":
-        advice = "a process is training it now; wait until it is done"
-    elif state == "queued":
-        advice = ("it is submitted to SLURM (queued.json); wait until its job has finished it (`medseg-bench "
-                  "status` says whether the job is still queued)")
-    elif state == "failed":
-        advice = f"it failed (see {folder / 'run.log'}); the same `medseg-bench sweep` command retries it"
-    elif epochs is not None and epochs >= spec.epochs:
-        advice = ("it trained but was not evaluated; finish it with `medseg-bench sweep` (the same command "
-                  "evaluates it)")
-    else:
-        advice = ("its last checkpoint is mid-training; finish it with `medseg-bench sweep` (the same "
-                  "command resumes it)")
-    return f"{folder}: not finished ({state}{epoch})", advice
-
-
-def _check_finished(run: Path, checkpoint: Path, spec: Any, allow_unfinished: bool) -> None:
-    """Refuse a run that has not finished (exit 2), or, with --allow-unfinished, say on stderr that it
-    predicts with it all the same."""
-    unfinished = _unfinished(run, checkpoint, spec)
-    if unfinished is None:
-        return
-    what, advice = unfinished
-    if not allow_unfinished:
-        raise UsageError(f"{what}: {advice}, or pass --allow-unfinished")
-    typer.echo(f"warning: {what}: predicting with {checkpoint.name} all the same (--allow-unfinished)",
-               err=True)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    from medseg_bench.data.io import read_json_object
-
-    return read_json_object(path)
-
-
-def _trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
-    """The patch the run trained with (its setup.json), which the network's shape may depend on (dynunet): a
-    run without a summary would otherwise take it from a plan.json that may have changed since."""
-    from medseg_bench.results import SETUP_NAME
-
-    path = folder / SETUP_NAME
-    if not path.is_file():
-        return None  # a run from before setup.json: its spec and plan say it
-    patch = _read_json(path).get("patch_size")
-    sides = 2 if spec.dims == "2d" else 3
-    if not (isinstance(patch, list) and len(patch) == sides
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)):
-        raise DataError(f"{path}: patch_size must be {sides} positive whole numbers, not {patch!r}")
-    return tuple(patch)
-
-
-def _plan(folder: Path, task: str) -> Any:
-    """The plan the run trained with: from its summary.json, else the task's current plan.json."""
-    from medseg_bench.data.plan import Plan, preprocessing_change
-    from medseg_bench.results import SETUP_NAME
-    from medseg_bench.settings import get_settings
-
-    summary = folder / "summary.json"
-    source = summary if summary.is_file() else get_settings().data_dir / "preprocessed" / task / "plan.json"
-    if not source.is_file():
-        raise DataError(f"{folder}: run has no summary.json and {source} does not exist; cannot normalise")
-    data = _read_json(source)
-    try:
-        plan = Plan.from_dict(data["plan"] if source == summary else data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{source}: malformed plan ({exc})") from None
-    setup = folder / SETUP_NAME
-    trained = _read_json(setup).get("preprocessing") if source != summary and setup.is_file() else None
-    change = preprocessing_change(trained, plan.preprocessing) if isinstance(trained, dict) else ""
-    if change:  # an unfinished run, and plan.json edited since it started: its images would be preprocessed
-        raise DataError(f"{setup}: the run trained with {change}; restore plan.json to predict with it")
-    return plan
 
 
 def _check_device(device: str | None) -> str | None:
@@ -260,85 +140,6 @@ def _read_channels(image: _Image) -> tuple[Any, Any]:
     return (read[0][0] if len(read) == 1 else np.concatenate([array for array, _ in read])), read[0][1]
 
 
-@dataclass
-class _Run:
-    """A run given to predict, read (spec, plan, postprocessing decision) but its network not yet loaded."""
-
-    folder: Path
-    checkpoint: Path
-    spec: Any  # RunSpec
-    plan: Any  # Plan
-    decision: Any  # postprocess.Decision | None
-
-
-def _read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool = False) -> _Run:
-    from medseg_bench.postprocess import load_decision
-    from medseg_bench.spec import RunSpec
-
-    folder, checkpoint = _run_folder(run_or_checkpoint)
-    spec_data = _read_json(folder / "spec.json")
-    spec_data.pop("run_id", None)
-    try:
-        spec = RunSpec.checked(spec_data)
-    except UsageError as exc:
-        raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
-    _check_finished(folder, checkpoint, spec, allow_unfinished)
-    return _Run(folder, checkpoint, spec, _plan(folder, spec.task),
-                load_decision(folder) if postprocess else None)
-
-
-def _member(run: _Run, tta: bool | None) -> Any:
-    """The run's network with its weights, and how it predicts (inference.Member), as it was trained."""
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.plan import model_spacing
-    from medseg_bench.inference import Member
-    from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.training import load_weights, run_slice_axis, run_tta
-
-    spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
-    patch = _trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
-        spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
-    spacing = model_spacing(plan.target_spacing, spec.dims)
-    inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
-                         pipeline_version=spec.pipeline_version)
-    net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
-    return Member(net, spec.dims, tuple(patch), run_tta(spec, tta), run_slice_axis(spec, plan.target_spacing),
-                  spec.pipeline_version, spec.own_slice_spacing)
-
-
-def _check_ensemble(runs: list[_Run]) -> None:
-    """Runs of one ensemble: each run's checkpoint once, one task, one preprocessing (their probabilities are
-    averaged). Checked before any network is loaded."""
-    first = runs[0]
-    seen: dict[tuple[str, str], Path] = {}
-    for run in runs:
-        key = (run.spec.run_id, run.checkpoint.name)  # a copy of a run folder is the same run
-        if key in seen:
-            raise UsageError(f"{run.checkpoint}: the same run and checkpoint as {seen[key]}; an ensemble "
-                             "takes each once")
-        seen[key] = run.checkpoint
-        if run.spec.task != first.spec.task:
-            raise UsageError(f"{run.folder}: a run of {run.spec.task}, but {first.folder} is of "
-                             f"{first.spec.task}; an ensemble takes runs of one task")
-        if run.plan.preprocessing_hash != first.plan.preprocessing_hash:
-            raise UsageError(f"{run.folder}: trained on another preprocessing of {run.spec.task} than "
-                             f"{first.folder} (plan {run.plan.preprocessing_hash}, not "
-                             f"{first.plan.preprocessing_hash}); an ensemble takes runs of one plan")
-
-
-def _ensemble_decision(runs: list[_Run]) -> Any:
-    """The postprocessing decision of the runs, pooled; None, with a note, when one of several has none."""
-    from medseg_bench.postprocess import pooled
-
-    missing = [run.folder for run in runs if run.decision is None]
-    if len(missing) == len(runs):
-        return None
-    if missing:
-        typer.echo(f"postprocessing: none, {missing[0]} has no decision ({len(missing)} of {len(runs)} runs)")
-        return None
-    return pooled([run.decision for run in runs])
-
-
 def _orientation_change(path: Path, stored_as: str | None, trained_as: str | None, reorient: bool) -> Any:
     """The reorientation that `--reorient` applies to an image stored otherwise than the training images
     (None when it is stored alike, or either is unknown); without `--reorient`, a warning and None."""
@@ -400,8 +201,9 @@ def predict(
 
     device = _check_device(device)
     _check_out_folder(images, out)
-    loaded = [_read_run(path, postprocess, allow_unfinished) for path in runs]
-    _check_ensemble(loaded)
+    loaded = [trained_runs.read_run(path, postprocess, allow_unfinished,
+                                    lambda line: typer.echo(f"warning: {line}", err=True)) for path in runs]
+    trained_runs.check_ensemble(loaded)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     found = _images(images, task)
     _check_images(found, task)
@@ -409,12 +211,12 @@ def predict(
     if reorient and trained_as is None:
         raise UsageError(f"--reorient: how {loaded[0].folder}'s training images are stored is not known here "
                          f"(its setup.json does not say, and {task.name} is not fetched here to read them)")
-    members = [_member(run, tta) for run in loaded]
+    members = [trained_runs.member(run, tta) for run in loaded]
     for run, member in zip(loaded, members, strict=True):
         if tta and not member.tta:
             typer.echo(f"{run.folder}: predicted without --tta: its augmentation '{run.spec.aug}' never "
                        "mirrored a training image (nnU-Net mirrors only along the axes it trained with)")
-    decision = _ensemble_decision(loaded)
+    decision = trained_runs.ensemble_decision(loaded, typer.echo)
     if len(loaded) > 1:
         kept = ", ".join(map(str, decision.labels)) if decision is not None else ""
         post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
