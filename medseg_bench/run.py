@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_bench.checkpoints import load_weights
 from medseg_bench.data.io import write_csv_atomic, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
@@ -26,14 +27,13 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
     build_network,
-    load_weights,
     network_spacing,
     resolve_patch_and_batch,
     run_slice_axis,
     run_tta,
-    save_learning_curves,
     train,
 )
+from medseg_bench.training_log import save_learning_curves
 
 log = logging.getLogger("medseg_bench.run")
 

@@ -166,11 +166,12 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
 
 def member(run: TrainedRun, tta: bool | None) -> Any:
     """The run's network with its weights, and how it predicts (inference.Member), as it was trained."""
+    from medseg_bench.checkpoints import load_weights
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.training import load_weights, run_slice_axis, run_tta
+    from medseg_bench.training import run_slice_axis, run_tta
 
     spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
     patch = trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(

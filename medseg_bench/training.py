@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import resource
 import time
 import warnings
@@ -27,12 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
+from medseg_bench.checkpoints import AtomicCheckpointIO
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
-from medseg_bench.data.io import atomic_binary, failure_names, write_csv_atomic
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
@@ -48,6 +46,7 @@ from medseg_bench.models import (
     fit_patch,
 )
 from medseg_bench.spec import DEFAULT_LR, RunSpec
+from medseg_bench.training_log import keep_csv_log, merge_csv_log
 
 log = logging.getLogger("medseg_bench.training")
 GRAD_CLIP = 12.0
@@ -134,26 +133,6 @@ class SegmentationModule(pl.LightningModule):
             decay = lambda step: 0.5 * (1 + math.cos(math.pi * self.progress(step)))  # noqa: E731
         sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temp file, then rename: a kill never leaves a half-written checkpoint. Read them
-    as tensors and plain data only: a checkpoint never runs code when a run resumes."""
-
-    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None
-                        ) -> dict[str, Any]:
-        # weights_only=True whatever the caller asks: `Trainer.fit(weights_only=True)` needs Lightning 2.6
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        # Through a Python file: a full disk is then `[Errno 28] ... PATH`, not the zip writer's "unexpected
-        # pos"; the temp file goes with it.
-        with failure_names(path, tmp), open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-        os.replace(tmp, path)
 
 
 class _ProgressCallback(pl.Callback):
@@ -375,7 +354,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     last = ckpt_dir / "last.ckpt"
     resuming = last.is_file()
     if resuming:
-        _keep_csv_log(run_dir / "logs")
+        keep_csv_log(run_dir / "logs")
         # With loader workers, the first resumed epoch's indices are fetched when its iterator is made, before
         # Lightning sets the epoch on the sampler: set it here, from the steps the checkpoint has done
         # (every epoch is `iters_per_epoch` steps), or that epoch re-draws the first epoch's samples.
@@ -396,7 +375,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     # The first epoch this attempt trained; when it trained none (killed during evaluation, after the last
     # epoch's checkpoint), every logged epoch is from before.
     first = progress.start_epoch if progress.epochs_trained else trainer.current_epoch
-    _merge_csv_log(run_dir / "logs", first)
+    merge_csv_log(run_dir / "logs", first)
     resumed_at = progress.start_epoch + 1 if progress.start_epoch else None
     if resuming and not progress.epochs_trained:  # Lightning starts no training, so on_train_start is not run
         resumed_at = trainer.current_epoch + 1
@@ -436,32 +415,6 @@ def _no_nan_fill() -> Iterator[None]:
         deterministic.fill_uninitialized_memory = before  # type: ignore[attr-defined]
 
 
-def _keep_csv_log(log_dir: Path) -> None:
-    """Lightning's CSV logger deletes `metrics.csv` when it starts again: set the rows aside first (adding to
-    those of earlier interruptions), so the learning curves of a resumed run cover all its epochs."""
-    import pandas as pd
-
-    current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
-    frames = [pd.read_csv(p) for p in (kept, current) if p.is_file() and p.stat().st_size > 0]
-    if frames:
-        write_csv_atomic(pd.concat(frames, ignore_index=True), kept)
-
-
-def _merge_csv_log(log_dir: Path, start_epoch: int) -> None:
-    """`metrics.csv` = the set-aside rows of epochs before `start_epoch`, then this attempt's rows."""
-    import pandas as pd
-
-    current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
-    if not kept.is_file():
-        return
-    old = pd.read_csv(kept)
-    old = old[old["epoch"] < start_epoch] if "epoch" in old else old.iloc[0:0]
-    old = old.drop_duplicates(keep="last")  # an epoch redone after a second kill logs the same rows (CPU)
-    new = pd.read_csv(current) if current.is_file() and current.stat().st_size > 0 else old.iloc[0:0]
-    write_csv_atomic(pd.concat([old, new], ignore_index=True), current)
-    kept.unlink()
-
-
 def _quiet_lightning() -> None:
     """Lightning's info lines (and tips) go to the run log, not the console; the sweep display reports."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -474,69 +427,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # A resumed run's folder holds its logs and checkpoints by design; Lightning's advice does not apply
-    # (_keep_csv_log keeps the log, and last.ckpt is the checkpoint it resumes from).
+    # (keep_csv_log keeps the log, and last.ckpt is the checkpoint it resumes from).
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     # A run folder moved or copied before it resumes: best.ckpt's tracking restarts (evaluation and predict
     # use last.ckpt), which is all this warning says.
     warnings.filterwarnings("ignore", message=".*The dirpath has changed.*")
 
 
-def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
-    """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
-    import zipfile
-
-    from medseg_bench.errors import DataError, first_line
-
-    if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
-        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
-                        "archive; refused unread)")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(weights)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
-        first = first_line(exc)
-        if not any(c.isalpha() for c in first):  # a KeyError of a bare number says nothing on its own
-            first = f"{type(exc).__name__} {first}"
-        if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off
-            first = ("it holds more than tensors and plain data; refused unread: every checkpoint is loaded "
-                     "with weights_only=True")
-        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
-    return net.eval()
-
-
-def save_learning_curves(run_dir: Path) -> Path | None:
-    """Plot train loss and validation Dice per epoch from the CSV log into `learning_curves.png`."""
-    import pandas as pd
-
-    log = run_dir / "logs" / "metrics.csv"
-    if not log.is_file():
-        return None
-    frame = pd.read_csv(log)
-    if "epoch" not in frame:
-        return None
-    per_epoch = frame.groupby("epoch").agg({c: "max" for c in ("train_loss", "val_dice") if c in frame})
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if "train_loss" in per_epoch:
-        ax.plot(per_epoch.index + 1, per_epoch["train_loss"], "o-", label="train loss", color="tab:blue")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss")
-    if "val_dice" in per_epoch:
-        twin = ax.twinx()
-        twin.plot(per_epoch.index + 1, per_epoch["val_dice"], "s-", label="val Dice", color="tab:orange")
-        twin.set_ylabel("val pseudo-Dice")
-        twin.set_ylim(0, 1)
-    ax.set_title(run_dir.name, fontsize=8)
-    fig.tight_layout()
-    out = run_dir / "learning_curves.png"
-    try:
-        with atomic_binary(out) as fh:  # a full disk names the plot and leaves no empty one
-            fig.savefig(fh, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return out

@@ -167,34 +167,6 @@ def test_learning_rate_decays_by_steps_or_by_the_clock_whichever_is_further() ->
     assert optimizer.get_last_lr()[0] == 0.0  # poly decay at progress 1
 
 
-class _RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
-        return (open, (str(self.marker), "w"))
-
-
-def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
-    import pickle
-
-    from medseg_bench.errors import DataError
-    from medseg_bench.training import load_weights
-
-    marker, ckpt = tmp_path / "ran", tmp_path / "last.ckpt"
-    torch.save({"state_dict": _RunsCode(marker)}, ckpt)  # a torch archive whose pickle would run code
-    marker.unlink(missing_ok=True)
-    with pytest.raises(DataError, match="holds more than tensors and plain data; refused unread") as info:
-        load_weights(torch.nn.Linear(1, 1), ckpt)
-    assert "weights_only set to False" not in str(info.value) and not marker.exists()
-    for content in (pickle.dumps({"state_dict": _RunsCode(marker)}), b"hello world, no checkpoint"):
-        ckpt.write_bytes(content)  # raw bytes: once a bare "(101)" from a KeyError for the second
-        with pytest.raises(DataError, match=r"last\.ckpt: not a loadable medseg-bench checkpoint "
-                                            r"\(not a torch checkpoint archive; refused unread\)"):
-            load_weights(torch.nn.Linear(1, 1), ckpt)
-    assert not marker.exists()
-
-
 def test_a_runs_peak_memory_is_its_own() -> None:
     # One sweep process runs its runs one after another; each was charged the peak of those before it.
     import numpy as np
@@ -207,98 +179,6 @@ def test_a_runs_peak_memory_is_its_own() -> None:
     _reset_peak_memory(cuda=False)
     after = _peak_memory_mb(cuda=False)
     assert before - after > 300, (before, after)
-
-
-def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Path) -> None:
-    # Lightning resumes a run through its CheckpointIO; ours always loads with weights_only=True
-    # (Lightning before 2.6 asks nothing, and torch before 2.6 then unpickles anything).
-    import pickle
-
-    from medseg_bench.training import AtomicCheckpointIO
-
-    marker, ckpt = tmp_path / "ran", tmp_path / "last.ckpt"
-    torch.save({"state_dict": _RunsCode(marker)}, ckpt)
-    marker.unlink(missing_ok=True)
-    for asked in ({}, {"weights_only": None}, {"weights_only": False}):
-        with pytest.raises(pickle.UnpicklingError):
-            AtomicCheckpointIO().load_checkpoint(ckpt, **asked)
-    assert not marker.exists()
-    AtomicCheckpointIO().save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
-    assert AtomicCheckpointIO().load_checkpoint(ckpt)["state_dict"]["net.w"].tolist() == [1.0, 1.0]
-
-
-@pytest.mark.parametrize("full_at", [1, 3])
-def test_a_full_disk_while_a_checkpoint_is_written_names_it_and_keeps_the_last_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_at: int) -> None:
-    # A write failing past torch.save's first made it raise its own RuntimeError ("unexpected pos 46 vs 0"),
-    # the OSError only its context: a run on a full disk failed with that, naming no file and no full disk.
-    import builtins
-    import errno
-
-    from medseg_bench import training
-
-    ckpt = tmp_path / "last.ckpt"
-    io = training.AtomicCheckpointIO()
-    io.save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
-
-    class _Full:  # a file on a disk that fills up after a few writes, as write(2) reports it
-        def __init__(self, path: Path, mode: str) -> None:
-            self.file = builtins.open(path, mode)
-            self.writes = 0
-
-        def write(self, data: bytes) -> int:
-            self.writes += 1
-            if self.writes < full_at:
-                return self.file.write(data)
-            self.file.write(bytes(data)[:8])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def flush(self) -> None:
-            self.file.flush()
-
-        def __enter__(self) -> _Full:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.file.close()
-
-    monkeypatch.setattr(training, "open", _Full, raising=False)
-    with pytest.raises(OSError) as info:
-        io.save_checkpoint({"epoch": 4, "state_dict": {"net.w": torch.zeros(2)}}, ckpt)
-    assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt)  # not "unexpected pos"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
-    monkeypatch.undo()
-    assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
-
-
-def test_a_checkpoint_save_cut_by_sigterm_leaves_no_temp_file_and_the_last_one_whole(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # torch.save cut by the signal raises RuntimeError in the KeyboardInterrupt's place (a run records it as
-    # its interruption: tests/test_run.py); the half-written temp file was left until the run resumed.
-    from io import FileIO
-
-    from medseg_bench import signals, training
-
-    ckpt = tmp_path / "last.ckpt"
-    io = training.AtomicCheckpointIO()
-    io.save_checkpoint({"epoch": 3, "state_dict": {"net.w": torch.ones(2)}}, ckpt)
-
-    class _CutAtThirdWrite(FileIO):  # SIGTERM lands inside the third write
-        writes = 0
-
-        def write(self, data: object) -> int:
-            self.writes += 1
-            if self.writes == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().write(data)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(training, "open", lambda path, mode: _CutAtThirdWrite(path, mode), raising=False)
-    with pytest.raises(BaseException) as cut, signals.interruptible():
-        io.save_checkpoint({"epoch": 4, "state_dict": {"net.w": torch.zeros(1000)}}, ckpt)
-    assert signals.is_stop(cut.value), cut.value
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
-    monkeypatch.undo()
-    assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
 
 
 class _StopAtEpoch(pl.Callback):
@@ -388,26 +268,6 @@ def test_a_2d_run_trains_on_the_cache_that_keeps_its_slices(home: Path, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(spec, prepared, tmp_path / "run")
     assert seen == [prepared.cache_dir.with_name(prepared.cache_dir.name + cache)]
-
-
-def test_learning_curves_are_written_atomically_and_a_full_disk_names_them(tmp_path: Path) -> None:
-    # savefig wrote straight onto learning_curves.png: a full disk left it empty, with no file named.
-    import errno
-
-    from medseg_bench.data.io import private_temp
-    from medseg_bench.training import save_learning_curves
-
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "metrics.csv").write_text("epoch,train_loss,val_dice\n0,1.5,\n0,,0.4\n1,1.1,0.6\n")
-    out = save_learning_curves(tmp_path)
-    assert out == tmp_path / "learning_curves.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    before = out.read_bytes()
-    private_temp(out).symlink_to("/dev/full")  # every write: ENOSPC, with no file name
-    with pytest.raises(OSError) as info:
-        save_learning_curves(tmp_path)
-    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
-    assert out.read_bytes() == before  # the plot of before, whole
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["learning_curves.png", "logs"]
 
 
 def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:

@@ -164,8 +164,9 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     Our checkpoints are written atomically, so a bad one was put there from outside: it is refused, not
     silently replaced, and the message says how to start over.
     """
+    from medseg_bench.checkpoints import load_weights
     from medseg_bench.errors import DataError
-    from medseg_bench.training import build_network, load_weights
+    from medseg_bench.training import build_network
 
     try:
         load_weights(build_network(spec, prepared), checkpoint)  # weights_only=True: no code runs

@@ -32,13 +32,13 @@ def install(point: str) -> None:
     import io
     import json
 
+    import medseg_bench.checkpoints as checkpoints
     import medseg_bench.run as run
     import medseg_bench.run_folder as run_folder
-    import medseg_bench.training as training
 
     if point == "kill-checkpoint":
         calls = {"n": 0}
-        original = training.AtomicCheckpointIO.save_checkpoint
+        original = checkpoints.AtomicCheckpointIO.save_checkpoint
 
         def save(self: Any, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
             calls["n"] += Path(path).name == "last.ckpt"
@@ -51,7 +51,7 @@ def install(point: str) -> None:
                 _die_half_written(target.with_name(f".{target.name}.tmp"), buffer.getvalue())
             original(self, checkpoint, path, storage_options)
 
-        training.AtomicCheckpointIO.save_checkpoint = save  # type: ignore[method-assign]
+        checkpoints.AtomicCheckpointIO.save_checkpoint = save  # type: ignore[method-assign]
     elif point == "kill-metrics":
         def write_csv(frame: Any, path: Path) -> None:
             _die_half_written(path.with_name(f".{path.name}.tmp"), frame.to_csv(index=False).encode())

@@ -1,0 +1,59 @@
+"""A run's checkpoints: written atomically, read as tensors and plain data only (a checkpoint never runs
+code), and the network weights loaded from one (`load_weights`, for evaluation, predict and a resume's
+check)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
+from torch import nn
+
+from medseg_bench.data.io import failure_names
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file, then rename: a kill never leaves a half-written checkpoint. Read them
+    as tensors and plain data only: a checkpoint never runs code when a run resumes."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        # weights_only=True whatever the caller asks: `Trainer.fit(weights_only=True)` needs Lightning 2.6
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        # Through a Python file: a full disk is then `[Errno 28] ... PATH`, not the zip writer's "unexpected
+        # pos"; the temp file goes with it.
+        with failure_names(path, tmp), open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+        os.replace(tmp, path)
+
+
+def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
+    """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
+    import zipfile
+
+    from medseg_bench.errors import DataError, first_line
+
+    if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
+                        "archive; refused unread)")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(weights)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
+        first = first_line(exc)
+        if not any(c.isalpha() for c in first):  # a KeyError of a bare number says nothing on its own
+            first = f"{type(exc).__name__} {first}"
+        if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off
+            first = ("it holds more than tensors and plain data; refused unread: every checkpoint is loaded "
+                     "with weights_only=True")
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
+    return net.eval()
