@@ -29,7 +29,8 @@ from medseg_bench.data.validate import (
 )
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 from medseg_bench.locks import exclusive
-from medseg_bench.spec import TaskSpec, is_md5
+from medseg_bench.spec import TaskSpec
+from medseg_bench.task_fields import is_md5
 
 MARKER = ".medseg-bench-valid.json"
 
