@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
-from medseg_bench.data.io import failure_names
+from medseg_bench.files import failure_names
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_number, is_whole, shown
-from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import DamagedRunError, ResultsError
+from medseg_bench.files import load_json_object
 from medseg_bench.run_folder import read_events
 from medseg_bench.spec import RunSpec, run_id_problem
 

@@ -104,7 +104,7 @@ def pooled(decisions: Sequence[Decision]) -> Decision:
 
 
 def save_decision(decision: Decision, folder: Path) -> Path:
-    from medseg_bench.data.io import write_json_atomic
+    from medseg_bench.files import write_json_atomic
 
     path = folder / FILENAME
     write_json_atomic(path, decision.to_dict())

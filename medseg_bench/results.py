@@ -47,8 +47,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import file_in_the_way, private_temp, remove_dead_writers_temps
 from medseg_bench.errors import DamagedRunError, ResultsError
+from medseg_bench.files import file_in_the_way, private_temp, remove_dead_writers_temps
 from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.locks import exclusive_folder
 from medseg_bench.run_folder import is_done, unfinished_state

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.checkpoints import load_weights
-from medseg_bench.data.io import write_csv_atomic, write_json_atomic
 from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
 from medseg_bench.errors import RunError, first_line
+from medseg_bench.files import write_csv_atomic, write_json_atomic
 from medseg_bench.provenance import environment
 from medseg_bench.results import SETUP_NAME
 from medseg_bench.run_folder import write_status

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import load_json_object, write_json_atomic
+from medseg_bench.files import load_json_object, write_json_atomic
 from medseg_bench.locks import is_locked
 
 STATES = ("pending", "running", "done", "failed")

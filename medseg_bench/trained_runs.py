@@ -90,7 +90,7 @@ def check_finished(run: Path, checkpoint: Path, spec: Any, allow_unfinished: boo
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    from medseg_bench.data.io import read_json_object
+    from medseg_bench.files import read_json_object
 
     return read_json_object(path)
 

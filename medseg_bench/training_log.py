@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg_bench.data.io import atomic_binary, write_csv_atomic
+from medseg_bench.files import atomic_binary, write_csv_atomic
 
 
 def keep_csv_log(log_dir: Path) -> None:

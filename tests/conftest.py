@@ -144,7 +144,7 @@ def fake_finished_run(results: Path, seed: int) -> None:
     it."""
     import pandas as pd
 
-    from medseg_bench.data.io import write_json_atomic
+    from medseg_bench.files import write_json_atomic
     from medseg_bench.run_folder import append_event, write_status
     from medseg_bench.spec import RunSpec
 

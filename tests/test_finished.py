@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import ResultsError
+from medseg_bench.files import write_json_atomic
 from medseg_bench.results import (
     INDEX_NAME,
     checked_state,

@@ -11,7 +11,7 @@ def test_learning_curves_are_written_atomically_and_a_full_disk_names_them(tmp_p
     # savefig wrote straight onto learning_curves.png: a full disk left it empty, with no file named.
     import errno
 
-    from medseg_bench.data.io import private_temp
+    from medseg_bench.files import private_temp
     from medseg_bench.training_log import save_learning_curves
 
     (tmp_path / "logs").mkdir()

@@ -47,7 +47,7 @@ def _check_device(device: str | None) -> str | None:
 def _check_out_folder(images: Path, out: Path) -> None:
     """Refuse an --out that is the --images folder (label maps would replace the images of the same name), or
     that cannot be a folder (a file, or under one), before any work."""
-    from medseg_bench.data.io import file_in_the_way
+    from medseg_bench.files import file_in_the_way
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: --out is a file, not a folder: choose a folder for the label maps")

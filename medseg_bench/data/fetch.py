@@ -18,7 +18,6 @@ from pathlib import Path
 
 from medseg_bench.data.archive import extract_archive, task_root
 from medseg_bench.data.download import download, verify_md5
-from medseg_bench.data.io import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.data.nnunet_raw import convert as convert_nnunet_raw
 from medseg_bench.data.nnunet_raw import is_nnunet_raw
 from medseg_bench.data.validate import (
@@ -28,6 +27,7 @@ from medseg_bench.data.validate import (
     validate_folder,
 )
 from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
+from medseg_bench.files import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
 from medseg_bench.task_fields import is_md5

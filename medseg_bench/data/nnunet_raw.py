@@ -23,16 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import (
-    IMAGE_SUFFIXES,
-    Geometry,
-    read_sitk_image,
-    sitk_module,
-    write_checked,
-    write_json_atomic,
-)
+from medseg_bench.data.io import IMAGE_SUFFIXES, Geometry, read_sitk_image, sitk_module, write_checked
 from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
+from medseg_bench.files import write_json_atomic
 
 ORIGINAL_JSON = "dataset.nnunet.json"
 NOT_IMPORTED = "medseg_bench_not_imported"  # dataset.json: [{"case", "image", "label", "problem"}]

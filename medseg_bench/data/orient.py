@@ -79,8 +79,9 @@ def training_orientation(run_folder: Path, task: str) -> str | None:
     """How a run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
     it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of its
     training cases in the task's fetched data; None where neither says."""
-    from medseg_bench.data.io import read_geometry, read_json_object
+    from medseg_bench.data.io import read_geometry
     from medseg_bench.data.msd import training_cases
+    from medseg_bench.files import read_json_object
     from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from medseg_bench.data.io import load_json_object, write_json_atomic
 from medseg_bench.data.msd import Case
 from medseg_bench.data.normalize import channel_schemes
 from medseg_bench.data.plan_fields import PLAN_FIELD_CHECKS, json_kind
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
 from medseg_bench.errors import DataError
+from medseg_bench.files import load_json_object, write_json_atomic
 from medseg_bench.spec import TaskSpec
 
 T = TypeVar("T")

@@ -36,13 +36,7 @@ import numpy as np
 
 from medseg_bench.checks import are_whole, is_spacing, shown
 from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
-from medseg_bench.data.io import (
-    Geometry,
-    atomic_binary,
-    load_json_object,
-    read_label,
-    write_json_atomic,
-)
+from medseg_bench.data.io import Geometry, read_label
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.normalize import nonzero_mask, normalize
 from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
@@ -64,6 +58,7 @@ from medseg_bench.data.resample import (
 from medseg_bench.data.splits import load_or_make_splits
 from medseg_bench.data.validate import read_case
 from medseg_bench.errors import DataError, first_line
+from medseg_bench.files import atomic_binary, load_json_object, write_json_atomic
 from medseg_bench.spec import TaskSpec
 
 FOREGROUND_SAMPLES = 2000

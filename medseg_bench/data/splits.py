@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import DataError, UsageError
+from medseg_bench.files import write_json_atomic
 
 SPLIT_SEED = 12345
 

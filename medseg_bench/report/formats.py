@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from medseg_bench.data.io import private_temp
 from medseg_bench.errors import ResultsError, UsageError
+from medseg_bench.files import private_temp
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections
 
@@ -231,7 +231,7 @@ def write_atomic(path: Path, content: str | bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except OSError as exc:
-        from medseg_bench.data.io import file_in_the_way
+        from medseg_bench.files import file_in_the_way
 
         blocker = file_in_the_way(path)
         reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
@@ -245,7 +245,7 @@ def check_output_file(path: Path) -> None:
     """ResultsError now, before minutes of work, when `path` cannot take the output file: a file on its
     path where a folder should be, a folder in its place, or a write that would fail
     (`_check_file_writable`)."""
-    from medseg_bench.data.io import file_in_the_way
+    from medseg_bench.files import file_in_the_way
 
     try:
         blocker = file_in_the_way(path)

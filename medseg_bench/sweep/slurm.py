@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import submitit
 
-from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError, first_line
+from medseg_bench.files import write_json_atomic
 from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import check_run_folders, checked_state, run_dir, write_index
 from medseg_bench.run_folder import QUEUED_NAME, read_json

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_whole
-from medseg_bench.data.io import load_json_object
 from medseg_bench.errors import MedsegError, RunError
+from medseg_bench.files import load_json_object
 from medseg_bench.finished import finished_damage
 from medseg_bench.locks import RunLock
 from medseg_bench.provenance import environment

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.files import write_json_atomic
 from medseg_bench.run_folder import append_event
 from tests.conftest import fake_squeue
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.files import write_json_atomic
 from medseg_bench.locks import RunLock
 from medseg_bench.models import ARCHS
 from medseg_bench.results import INDEX_NAME

@@ -72,8 +72,8 @@ def test_cache_is_reused_and_partial_cache_finished(home: Path, tmp_path: Path) 
 
 
 def test_a_full_disk_while_caching_names_the_array_not_written(tmp_path: Path) -> None:
-    from medseg_bench.data.io import private_temp
     from medseg_bench.data.preprocess import _save_npy_atomic
+    from medseg_bench.files import private_temp
 
     target = tmp_path / "case_001.img.npy"
     private_temp(target).symlink_to("/dev/full")  # every write: ENOSPC, with no file name

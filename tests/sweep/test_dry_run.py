@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.files import write_json_atomic
 from medseg_bench.results import run_dir
 from medseg_bench.run_folder import append_event, write_status
 from medseg_bench.spec import RunSpec

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from medseg_bench.data.io import write_json_atomic
+from medseg_bench.files import write_json_atomic
 from medseg_bench.locks import RunLock
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import run_dir

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import submitit
 
-from medseg_bench.data.io import write_json_atomic
 from medseg_bench.errors import RunError, UsageError
+from medseg_bench.files import write_json_atomic
 from medseg_bench.locks import RunLock, exclusive
 from medseg_bench.results import run_dir, run_state
 from medseg_bench.run_folder import QUEUED_NAME, append_event

@@ -1,0 +1,142 @@
+"""The project's own files: JSON read back (a damaged file named, not a traceback) and JSON, CSV and binary
+files written atomically (a temp beside the file, renamed over it; a temp per process where two may write one
+file; a killed writer's temp removed), a failure naming the file; and what stands in a folder's way."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.errors import DataError, exception_chain
+
+
+def load_json_object(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object in `path`, "") or (None, why not): cannot read, not valid JSON, or not an object.
+
+    Callers raise their own error with the reason, each with the advice that fits the file."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, "not a JSON object"
+    return data, ""
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or a DataError naming the file and why not (`load_json_object`)."""
+    data, why = load_json_object(path)
+    if data is None:
+        raise DataError(f"{path}: {why}")
+    return data
+
+
+def write_json_atomic(path: Path, data: object, compact: bool = False, durable: bool = True) -> None:
+    """Write JSON to a temp file in the same folder, then rename over `path`.
+
+    `compact` writes one line with the C encoder (about 10x faster for large coordinate lists);
+    `durable=False` skips the fsync, for files that can be rebuilt (the cache).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_temp(path)
+    if compact:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    else:
+        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    with failure_names(path, tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+    remove_dead_writers_temps(path)
+
+
+def write_csv_atomic(frame: Any, path: Path) -> None:
+    """A pandas DataFrame as CSV (no index) through a temp file beside `path`, renamed over it; a killed or
+    interrupted write leaves `path` as it was (see `failure_names`)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with failure_names(path, tmp):
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+
+
+def private_temp(path: Path) -> Path:
+    """The temp file through which this process writes `path` atomically: named after the host and process,
+    so two processes writing one file at once (`plan` beside a sweep, SLURM jobs on a shared folder) never
+    rename each other's half-written temp into place, or away; `.NAME.*.tmp`, as leftover clean-ups expect."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def remove_dead_writers_temps(path: Path) -> None:
+    """Delete the temps of `path` that a process on this host left when it was killed mid-write (its pid is
+    gone); a live writer's temp, or another host's, is left alone."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        writer_host, _, pid = tmp.name[len(path.name) + 2:-len(".tmp")].rpartition(".")
+        if writer_host == host and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def file_in_the_way(path: Path, itself: bool = False) -> Path | None:
+    """The nearest existing parent of `path` (or `path` itself, with `itself`) when it is not a folder (mkdir
+    then says "File exists")."""
+    for parent in [path, *path.parents] if itself else path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+@contextmanager
+def atomic_binary(path: Path) -> Iterator[Any]:
+    """A binary file to write `path` through: this process's temp file (`private_temp`), renamed over `path`
+    when the block ends; on an error or interruption `path` is left as it was (`failure_names`)."""
+    tmp = private_temp(path)
+    with failure_names(path, tmp):
+        with open(tmp, "wb") as fh:
+            yield fh
+        tmp.replace(path)
+
+
+@contextmanager
+def failure_names(path: Path, tmp: Path) -> Iterator[None]:
+    """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by
+    write or fsync) gets `path`'s, so the error names what was not written, also where the writer raised its
+    own error in its place (torch.save's "unexpected pos" when a write fails past its first: the OSError is
+    its context); on any error or interruption the temp file is removed."""
+    try:
+        yield
+    except BaseException as exc:  # also Ctrl-C, SIGTERM, or torch's error for a save they cut
+        tmp.unlink(missing_ok=True)
+        cause = _os_error_behind(exc)
+        if cause is not None and cause.filename is None:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
+        raise
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """`exc` if an OSError, else the first OSError that a writer's own error was raised while handling
+    (`errors.exception_chain`); None when an interruption is in that chain: the interruption is the cause."""
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        return None
+    return next((e for e in chain if isinstance(e, OSError)), None)
