@@ -3,6 +3,8 @@
 Variables:
     MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench): data/, tasks/, cache lives in data/.
     MEDSEG_BENCH_MIRROR  base URL of an MSD mirror; `<mirror>/<Task>.tar` replaces the official URL.
+    NO_COLOR             set and not empty: no colour in error lines (https://no-color.org; rich's own
+                         output reads it too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ DEFAULT_RESULTS_DIR = Path("results")
 class Settings:
     home: Path
     mirror: str | None
+    no_color: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -33,7 +36,7 @@ def get_settings() -> Settings:
     """Read the environment now (cheap; tests change it between calls)."""
     home = Path(os.environ.get("MEDSEG_BENCH_HOME", "~/.medseg-bench")).expanduser()
     mirror = os.environ.get("MEDSEG_BENCH_MIRROR") or None
-    return Settings(home=home, mirror=mirror)
+    return Settings(home=home, mirror=mirror, no_color=bool(os.environ.get("NO_COLOR")))
 
 
 def packaged_tasks_dir() -> Path:

@@ -16,6 +16,13 @@ from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, OutOf
 BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a program stopped by SIGPIPE
 
 
+def print_error(message: str) -> None:
+    """`error: MESSAGE` on stderr, in red unless NO_COLOR is set: how every command ends on an error."""
+    from medseg_bench.settings import get_settings
+
+    typer.secho(f"error: {message}", fg=None if get_settings().no_color else "red", err=True)
+
+
 class _Group(TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
@@ -32,7 +39,7 @@ class _Group(TyperGroup):
             code = super().main(**given, standalone_mode=False)
         except _click_errors() as exc:
             if type(exc).__name__ != "NoArgsIsHelpError":  # no arguments: typer printed the help making it
-                typer.secho(f"error: {_click_message(exc)}", fg="red", err=True)
+                print_error(_click_message(exc))
             sys.exit(getattr(exc, "exit_code", 1))
         sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit(n) comes back as n
 
@@ -40,7 +47,7 @@ class _Group(TyperGroup):
         # An empty argument is Path(""), the current folder: `--results-dir "$UNSET"` would write there.
         problem = _empty_argument(args)
         if problem:
-            typer.secho(f"error: {problem}", fg="red", err=True)
+            print_error(problem)
             raise typer.Exit(2)
         return super().parse_args(ctx, args)
 
@@ -63,13 +70,13 @@ class _Group(TyperGroup):
         except (MedsegError, OSError, MemoryError) as raised:
             exc = (raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)
                    if isinstance(raised, OSError) else OutOfMemory.from_memory_error(raised))
-            typer.secho(f"error: {one_line(str(exc))}", fg="red", err=True)
+            print_error(one_line(str(exc)))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             signum = signals.received() or signal.SIGINT
             stop = Interrupted(f"interrupted ({signal.Signals(signum).name}): nothing finished was lost; "
                                "rerun the same command to carry on", signum)
-            typer.secho(f"error: {stop}", fg="red", err=True)
+            print_error(str(stop))
             raise typer.Exit(stop.exit_code) from None
 
 

@@ -56,8 +56,8 @@ def evaluate(
         int | None, typer.Option(help="Processes scoring cases in parallel (default: CPU cores).")
     ] = None,
     allow_missing: Annotated[
-        bool, typer.Option(help="Score only the references that have a prediction (a note counts the others) "
-                                "instead of stopping at the first reference without one.")
+        bool, typer.Option("--allow-missing", help="Score only the references that have a prediction (a note "
+                                "counts the others) instead of stopping at the first reference without one.")
     ] = False,
 ) -> None:
     """Per case and label (then region): Dice, Jaccard, precision, recall, volume difference, HD, HD95, ASSD
@@ -80,6 +80,10 @@ def evaluate(
     fmt = fmt or "markdown"
     if fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if output is not None:
+        from medseg_bench.report.formats import check_output_format
+
+        check_output_format(fmt, output)  # `--format csv -o scores.json`: as report, refused
     if task is not None and regions_from is not None:
         raise UsageError("give --task or --regions-from, not both")
     if regions is not None and regions_from is not None:

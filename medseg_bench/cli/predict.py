@@ -172,17 +172,21 @@ def predict(
     postprocess: Annotated[bool, typer.Option(
         help="Apply the run's largest-component decision (postprocessing.json) when it has one; an "
              "ensemble's runs' decisions pooled.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace predictions that already exist in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace predictions that already exist in --out.")] = False,
     device: Annotated[str | None, typer.Option(
         help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
     allow_unfinished: Annotated[bool, typer.Option(
+        "--allow-unfinished",
         help="Predict with a run that has not finished (interrupted, failed, or training now) from its "
              "last checkpoint, mid-training, with a warning; refused otherwise.")] = False,
     save_probabilities: Annotated[bool, typer.Option(
+        "--save-probabilities",
         help="Also write NAME.npz beside each label map: the class probabilities on the image's grid "
              "(`probabilities`, K x Z x Y x X float32; an ensemble's averaged), as nnU-Net's "
              "--save_probabilities, for ensembling or calibration later.")] = False,
     reorient: Annotated[bool, typer.Option(
+        "--reorient",
         help="Predict an image stored in another orientation than the run's training images (LPS where "
              "they are RAS) as if stored like them: its axes permuted and flipped, not resampled; the label "
              "map is written as the image is stored. Default: predicted as stored, with a warning (as "

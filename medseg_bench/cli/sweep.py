@@ -96,9 +96,10 @@ def sweep(
                                                      "(HH:MM:SS, D-HH:MM:SS, minutes, MM:SS); a job that "
                                                      "hits it is requeued and resumes.")] = "12:00:00",
     array_parallelism: Annotated[int, typer.Option(help="SLURM: most array jobs running at once.")] = 64,
-    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed run.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the expanded runs, their state and the estimated cost; "
-                                               "train nothing.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed run.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the expanded runs, their state and the estimated cost; train nothing.")] \
+        = False,
 ) -> None:
     """Train every combination of the axes and evaluate each on its held-out fold.
 
@@ -160,7 +161,9 @@ def sweep(
                                signum or signal.SIGINT)
             if signum is None:
                 raise stop from None
-            typer.secho(f"error: {stop}", fg="red", err=True)  # as the app prints every error
+            from medseg_bench.cli.app import print_error
+
+            print_error(str(stop))  # as the app prints every error
             signals.exit_now(stop.exit_code)
 
 

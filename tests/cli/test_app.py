@@ -218,3 +218,12 @@ def test_a_command_line_click_cannot_parse_is_one_line_exit_2(args: list[str], c
 def test_no_arguments_print_the_help_once(capsys: pytest.CaptureFixture[str]) -> None:
     result = runner.invoke(app, [])
     assert result.exit_code == 2 and result.output.count("Usage: medseg-bench [OPTIONS] COMMAND") == 1
+
+
+@pytest.mark.parametrize(("no_color", "red"), [("1", False), ("", True)])
+def test_error_lines_honour_no_color(home: Path, no_color: str, red: bool) -> None:
+    # click's secho ignores NO_COLOR (https://no-color.org): error lines stayed red, rich's output did not.
+    result = CliRunner().invoke(app, ["status", "--task", "Task04_Hipocampus"], color=True,
+                                env={"NO_COLOR": no_color})
+    assert result.exit_code == 2
+    assert ("\x1b[31m" in result.output) is red and "error: unknown task" in result.output

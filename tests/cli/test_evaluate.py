@@ -87,9 +87,9 @@ def test_output_extension_sets_the_format_unless_given(folders, tmp_path):
         result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / name))
         assert result.exit_code == 0, result.output
         assert check((tmp_path / name).read_text()), name
-    given = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "t.csv"),
-                   "--format", "markdown")
-    assert given.exit_code == 0 and (tmp_path / "t.csv").read_text().startswith("| case |")
+    given = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "t.txt"),
+                   "--format", "csv")  # an extension no format claims takes any
+    assert given.exit_code == 0 and (tmp_path / "t.txt").read_text().startswith("case,label,dice")
     html = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(tmp_path / "s.html"))
     assert html.exit_code == 2
     assert "'s.html' asks for html; evaluate writes csv, json or markdown" in html.stderr
@@ -580,3 +580,14 @@ def test_upper_case_suffixes_are_read_and_a_missing_metaimage_data_file_is_named
     assert missing.exit_code == 3
     assert missing.stderr == (f"error: {metaimage / 'b.mhd'}: its data file b.raw (ElementDataFile) is "
                               "missing; keep it beside the header\n")
+
+
+def test_a_format_the_output_name_contradicts_is_refused_as_by_report(folders, tmp_path: Path) -> None:
+    # `--format csv -o scores.json` wrote CSV into a .json file (report refused the same).
+    pred_dir, ref_dir = folders
+    output = tmp_path / "scores.json"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "-o", str(output))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: --format csv but --output {output} is a .json name: drop --format, or name the file .csv")
+    assert not output.exists()
