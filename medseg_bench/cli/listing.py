@@ -20,9 +20,13 @@ class What(str, Enum):
 def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> None:
     """List what the registries hold."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=what.value, show_lines=False)
+
+    def row(*cells: str) -> None:  # names and paths as text: `[red]` in a folder's name is no markup
+        table.add_row(*(escape(cell) for cell in cells))
     if what is What.tasks:
         from medseg_bench.data.catalog import task_registry
 
@@ -30,14 +34,14 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
             table.add_column(col)
         for name, t in task_registry().items():
             labels = ", ".join(f"{k} {v}" for k, v in t.labels.items() if k)
-            table.add_row(name, t.imaging, ", ".join(t.modalities), labels, t.source_file)
+            row(name, t.imaging, ", ".join(t.modalities), labels, t.source_file)
     elif what is What.archs:
         from medseg_bench.models import ARCHS
 
         for col in ("name", "dims", "aliases", "description"):
             table.add_column(col)
         for name, a in ARCHS.items():
-            table.add_row(name, ", ".join(a.dims), ", ".join(ARCHS.aliases_of(name)), a.description)
+            row(name, ", ".join(a.dims), ", ".join(ARCHS.aliases_of(name)), a.description)
     elif what is What.encoders:
         from segmentation_models_pytorch.encoders import encoders
 
@@ -51,26 +55,27 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
         table.add_column("--pretrained: smp has ImageNet weights (read from the Hugging Face cache, "
                          "never downloaded)")
         for name, entry in encoders.items():
-            table.add_row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
+            row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
     elif what is What.losses:
         from medseg_bench.losses import LOSSES
 
         table.add_column("name")
         table.add_column("description")
         for name, factory in LOSSES.items():
-            table.add_row(name, (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
+            row(name, (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
     elif what is What.augs:
         from medseg_bench.augment import AUGS
 
         table.add_column("name")
         table.add_column("steps (probability)")
         for name, steps in AUGS.items():
-            table.add_row(name, ", ".join(s.describe() for s in steps) or "-")
+            row(name, ", ".join(s.describe() for s in steps) or "-")
     else:
         from medseg_bench.metrics import METRICS
 
         for col in ("name", "better", "unit", "description"):
             table.add_column(col)
         for name, m in METRICS.items():
-            table.add_row(name, "higher" if m.higher_is_better else "lower", m.unit or "-", m.description)
-    Console(width=200).print(table)
+            row(name, "higher" if m.higher_is_better else "lower", m.unit or "-", m.description)
+    terminal = Console()  # a terminal's own width; piped or captured, wide enough for a row a line
+    (terminal if terminal.is_terminal else Console(width=200)).print(table)

@@ -71,8 +71,10 @@ def plan(
     if fp is None:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
+    from rich.markup import escape
+
     out = Console(highlight=False)
-    table = Table(title=f"plan of {spec.name} ({root / 'plan.json'})", show_header=False)
+    table = Table(title=escape(f"plan of {spec.name} ({root / 'plan.json'})"), show_header=False)
     table.add_column("key")
     table.add_column("value")
 

@@ -59,3 +59,16 @@ def test_the_metrics_csv_columns_written_out_in_the_docs_are_a_runs() -> None:
     empty_table = next(line for line in metrics_md.splitlines() if line.startswith("| case | dice"))
     assert set(re.findall(r"\w+", empty_table)) >= set(METRIC_NAMES)
 
+
+
+def test_a_task_file_in_a_folder_named_like_markup_is_shown_as_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # rich read "[red]" in the path as markup: the `from` column lost it (and coloured the rest of it).
+    from tests.conftest import write_task_file
+
+    monkeypatch.chdir(tmp_path)  # a short, relative home: its path fits its column
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", "h [red]x")
+    write_task_file(Path("h [red]x"), "Task93_Mine")
+    result = CliRunner().invoke(app, ["list", "tasks"])
+    assert result.exit_code == 0, result.output
+    assert "h [red]x/tasks/Task93_Mine.yaml" in result.output
