@@ -10,7 +10,8 @@ import typer
 
 def fetch(
     task: Annotated[
-        str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (see `medseg-bench list tasks`).")
+        str, typer.Argument(metavar="TASK",
+                            help="Task name, e.g. Task04_Hippocampus (see `medseg-bench list tasks`).")
     ],
     source: Annotated[
         str | None,

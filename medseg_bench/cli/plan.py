@@ -14,7 +14,8 @@ MIN_GPU_MEMORY_GB = 0.5
 
 
 def plan(
-    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus (fetched first).")],
+    task: Annotated[str, typer.Argument(
+        metavar="TASK", help="Task name, e.g. Task04_Hippocampus (fetched first).")],
     gpu_memory_gb: Annotated[
         float | None,
         typer.Option(

@@ -25,7 +25,7 @@ def report(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the report to this file (atomically) instead of stdout.")] = None,
     metric: Annotated[str, typer.Option(
-        help="Metric that ranks configurations (see `list metrics`).")] = "dice",
+        help="Metric that ranks configurations (see `medseg-bench list metrics`).")] = "dice",
     metrics: Annotated[list[str] | None, typer.Option(
         "--metrics", metavar="METRIC,...",
         help="Metrics in the tables and the cross-task ranking (default: dice,jaccard,hd95,nsd, those "

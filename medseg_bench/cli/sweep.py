@@ -64,8 +64,8 @@ def sweep(
     batch_size: Annotated[int | None, typer.Option(help="Batch size. Default: from the task plan.")] = None,
     patch_size: Annotated[str | None, typer.Option(
         help="Patch size, e.g. 32,32,32 (3D) or 64,64 (2D). Default: from the task plan.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adamw (cosine) or sgd (Nesterov 0.99, poly).")] \
-        = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="adamw (cosine) or sgd (Nesterov 0.99, poly). Default: adamw.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 3e-3 adamw, 1e-2 sgd.")] = None,
     pretrained: Annotated[bool | None, typer.Option(
         "--pretrained/--no-pretrained",

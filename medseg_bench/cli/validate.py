@@ -9,7 +9,7 @@ import typer
 
 
 def validate(
-    task: Annotated[str, typer.Argument(help="Task name, e.g. Task04_Hippocampus.")],
+    task: Annotated[str, typer.Argument(metavar="TASK", help="Task name, e.g. Task04_Hippocampus.")],
     strict: Annotated[
         bool,
         typer.Option(

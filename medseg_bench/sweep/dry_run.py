@@ -137,7 +137,8 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
         if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
-    lines.append(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    runs_word = "run" if len(runs) == 1 else "runs"
+    lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:

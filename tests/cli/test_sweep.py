@@ -39,7 +39,7 @@ def test_config_with_flag_overrides_and_exclude(home: Path, tmp_path: Path) -> N
     result = _sweep(tmp_path, "--config", quick, "--loss", "dice_ce", "--epochs", "1", "--exclude", "dims=2d",
                     "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "1 runs: 1 pending" in result.output and "3d-unet-dice_ce-none-f0-s0-" in result.output
+    assert "1 run: 1 pending" in result.output and "3d-unet-dice_ce-none-f0-s0-" in result.output
     assert "epochs=1 " in result.output and "1 combination(s) removed by --exclude" in result.output
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
 

@@ -161,5 +161,5 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     write_json_atomic(folder / "summary.json", {"cost": {}})
     append_event(folder, "done")  # finished, then its status.json was lost: never trained again
     lines = dry_run_lines([spec], tmp_path, tmp_path / "data")
-    assert lines[0].startswith("damaged  T/") and lines[1] == "1 runs: 1 damaged"
+    assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
