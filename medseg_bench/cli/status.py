@@ -10,7 +10,8 @@ import typer
 
 def status(
     results_dir: Annotated[Path, typer.Option(help="The sweep's results dir.")] = Path("results"),
-    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only these tasks, comma-separated (as sweep's --task).")] \
+        = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the counts.")] = False,
 ) -> None:
     """Queued, running, partial (interrupted, resumes), pending, done, failed and damaged (finished, a file
@@ -22,14 +23,20 @@ def status(
     from medseg_bench.run_folder import read_json, read_status, unqueued_state
 
     check_results_dir(results_dir)
-    folders = sorted({p.parent for name in ("spec.json", "queued.json", "status.json", "summary.json")
-                      for p in results_dir.glob(f"{task or '*'}/*/{name}")})
+    if not results_dir.exists():
+        default = (" (the default, results, is a folder of the current one)"
+                   if results_dir == Path("results") else "")
+        raise ResultsError(f"{results_dir}: no such results dir{default}; pass the sweep's --results-dir")
+    wanted = [name.strip() for name in task.split(",") if name.strip()] if task else ["*"]
+    folders = sorted({p.parent for glob in wanted
+                      for name in ("spec.json", "queued.json", "status.json", "summary.json")
+                      for p in results_dir.glob(f"{glob}/*/{name}")})
     if not folders and task:
         from medseg_bench.data.catalog import task_registry
 
-        known = task_registry().canonical(task)  # an unknown name: did-you-mean, exit 2
+        known = [task_registry().canonical(name) for name in wanted]  # an unknown name: did-you-mean, exit 2
         tasks = sorted({p.parent.parent.name for p in results_dir.glob("*/*/spec.json")})
-        raise ResultsError(f"{results_dir}: no runs of {known} here"
+        raise ResultsError(f"{results_dir}: no runs of {', '.join(known)} here"
                            + (f" (runs of: {', '.join(tasks)})" if tasks else ""))
     if not folders:
         raise ResultsError(f"{results_dir}: no runs here")

@@ -199,7 +199,7 @@ def test_a_command_help_shows_its_docstring_and_the_list_its_one_liner() -> None
     (["sweep", "--epochs", "abc"], "medseg-bench sweep", "Invalid value for '--epochs': "),
     (["sweep", "--bogus"], "medseg-bench sweep", "No such option: --bogus"),
     (["list", "foo"], "medseg-bench list", "Invalid value for 'what': "),
-    (["fetch"], "medseg-bench fetch", "Missing argument 'task'."),
+    (["fetch"], "medseg-bench fetch", "Missing argument 'TASK'."),
     (["bogus"], "medseg-bench", "No such command 'bogus'."),
     # click's list over lines came out as escaped codes: "Choose from:\n\ttasks,\n\tarchs,..."
     (["list"], "medseg-bench list", "Missing argument 'what'. Choose from: tasks, archs, encoders, losses, "
@@ -221,9 +221,9 @@ def test_no_arguments_print_the_help_once(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize(("no_color", "red"), [("1", False), ("", True)])
-def test_error_lines_honour_no_color(home: Path, no_color: str, red: bool) -> None:
+def test_error_lines_honour_no_color(home: Path, tmp_path: Path, no_color: str, red: bool) -> None:
     # click's secho ignores NO_COLOR (https://no-color.org): error lines stayed red, rich's output did not.
-    result = CliRunner().invoke(app, ["status", "--task", "Task04_Hipocampus"], color=True,
-                                env={"NO_COLOR": no_color})
+    result = CliRunner().invoke(app, ["status", "--task", "Task04_Hipocampus", "--results-dir",
+                                      str(tmp_path)], color=True, env={"NO_COLOR": no_color})
     assert result.exit_code == 2
     assert ("\x1b[31m" in result.output) is red and "error: unknown task" in result.output

@@ -115,3 +115,26 @@ def test_a_results_dir_that_is_a_file_is_named_as_such(tmp_path: Path, args: lis
     assert result.exit_code == 6, result.output
     assert result.output == f"error: {results}: not a results dir ({afile} is a file, not a folder)\n"
     assert afile.read_text() == "not a folder"
+
+
+def test_status_takes_several_tasks_and_names_a_results_dir_that_is_not_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --task took one name (`A,B` was an unknown task), as report's and sweep's take several; a results dir
+    # that does not exist said "no runs here", where the default is a folder of the current one.
+    import shutil
+
+    from tests.conftest import fake_finished_run
+
+    results = tmp_path / "results"
+    fake_finished_run(results, 0)
+    shutil.copytree(results / "T", results / "U")
+    shutil.copytree(results / "T", results / "V")
+    result = runner.invoke(app, ["status", "--results-dir", str(results), "--task", "T,U", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("2 runs: 2 done")
+    monkeypatch.chdir(tmp_path / "results" / "T")
+    missing = runner.invoke(app, ["status"])
+    assert missing.exit_code == 6
+    assert missing.output.strip() == ("error: results: no such results dir (the default, results, is a "
+                                      "folder of the current one); pass the sweep's --results-dir")
+
