@@ -111,14 +111,16 @@ def trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
     return tuple(patch)
 
 
-def trained_plan(folder: Path, task: str) -> Any:
-    """The plan the run trained with: from its summary.json, else the task's current plan.json."""
+def trained_plan(folder: Path, task: str, data_dir: Path | None = None) -> Any:
+    """The plan the run trained with: from its summary.json, else the task's current plan.json (in
+    `data_dir`, default the settings')."""
     from medseg_bench.data.plan import Plan, preprocessing_change
     from medseg_bench.results import SETUP_NAME
     from medseg_bench.settings import get_settings
 
     summary = folder / "summary.json"
-    source = summary if summary.is_file() else get_settings().data_dir / "preprocessed" / task / "plan.json"
+    root = data_dir or get_settings().data_dir
+    source = summary if summary.is_file() else root / "preprocessed" / task / "plan.json"
     if not source.is_file():
         raise DataError(f"{folder}: run has no summary.json and {source} does not exist; cannot normalise")
     data = _read_json(source)
@@ -146,7 +148,7 @@ class TrainedRun:
 
 
 def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool = False,
-             warn: Callable[[str], object] = lambda line: None) -> TrainedRun:
+             warn: Callable[[str], object] = lambda line: None, data_dir: Path | None = None) -> TrainedRun:
     """A run given to predict (its folder, or a checkpoint in it), read and checked: a spec of this version,
     finished (or `allow_unfinished`), the plan it trained with; `postprocess`: its decision too."""
     from medseg_bench.postprocess import load_decision
@@ -160,7 +162,7 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
     except UsageError as exc:
         raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
     check_finished(folder, checkpoint, spec, allow_unfinished, warn)
-    return TrainedRun(folder, checkpoint, spec, trained_plan(folder, spec.task),
+    return TrainedRun(folder, checkpoint, spec, trained_plan(folder, spec.task, data_dir),
                 load_decision(folder) if postprocess else None)
 
 

@@ -176,6 +176,9 @@ def predict(
         "--overwrite", help="Replace predictions that already exist in --out.")] = False,
     device: Annotated[str | None, typer.Option(
         help="cpu, cuda or cuda:N (the N-th GPU). Default: cuda when available.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Data folder (a run's plan.json when it has no summary, an older run's training images' "
+             "orientation). Default: $MEDSEG_BENCH_HOME/data.")] = None,
     allow_unfinished: Annotated[bool, typer.Option(
         "--allow-unfinished",
         help="Predict with a run that has not finished (interrupted, failed, or training now) from its "
@@ -206,12 +209,13 @@ def predict(
     device = _check_device(device)
     _check_out_folder(images, out)
     loaded = [trained_runs.read_run(path, postprocess, allow_unfinished,
-                                    lambda line: typer.echo(f"warning: {line}", err=True)) for path in runs]
+                                    lambda line: typer.echo(f"warning: {line}", err=True), data_dir)
+              for path in runs]
     trained_runs.check_ensemble(loaded)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
     found = _images(images, task)
     _check_images(found, task)
-    trained_as = ensemble_orientation([run.folder for run in loaded], task.name)
+    trained_as = ensemble_orientation([run.folder for run in loaded], task.name, data_dir)
     if reorient and trained_as is None:
         raise UsageError(f"--reorient: how {loaded[0].folder}'s training images are stored is not known here "
                          f"(its setup.json does not say, and {task.name} is not fetched here to read them)")

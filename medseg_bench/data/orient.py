@@ -75,10 +75,11 @@ def reorientation(source: str, target: str) -> Reorientation:
     return Reorientation((axes[0], axes[1], axes[2]), (flips[0], flips[1], flips[2]))
 
 
-def training_orientation(run_folder: Path, task: str) -> str | None:
+def training_orientation(run_folder: Path, task: str, data_dir: Path | None = None) -> str | None:
     """How a run's training images are stored (`Geometry.orientation`): as its setup.json records, or where
     it records none (a run started before it did), the most common among up to ORIENTATION_SAMPLE of its
-    training cases in the task's fetched data; None where neither says."""
+    training cases in the task's fetched data (in `data_dir`, default the settings'); None where neither
+    says."""
     from medseg_bench.data.io import read_geometry
     from medseg_bench.data.msd import training_cases
     from medseg_bench.files import read_json_object
@@ -94,7 +95,7 @@ def training_orientation(run_folder: Path, task: str) -> str | None:
         return str(recorded)
     splits = run_folder / "splits.json"
     try:
-        cases = training_cases(get_settings().data_dir / task)
+        cases = training_cases((data_dir or get_settings().data_dir) / task)
         trained = read_json_object(splits).get("train") if splits.is_file() else None
         if isinstance(trained, list):
             ids = set(trained)
@@ -107,12 +108,12 @@ def training_orientation(run_folder: Path, task: str) -> str | None:
     return found.most_common(1)[0][0] if found else None
 
 
-def ensemble_orientation(run_folders: list[Path], task: str) -> str | None:
+def ensemble_orientation(run_folders: list[Path], task: str, data_dir: Path | None = None) -> str | None:
     """How the runs' training images are stored (`training_orientation`): one way for all of them, or a
     UsageError naming two runs that disagree (an image would be turned for one and not the other); None where
     none of them says."""
     known = [(folder, found) for folder in run_folders
-             if (found := training_orientation(folder, task)) is not None]
+             if (found := training_orientation(folder, task, data_dir)) is not None]
     for folder, found in known[1:]:
         if found != known[0][1]:
             raise UsageError(f"{folder}: trained on images stored {found}, but {known[0][0]} on images "

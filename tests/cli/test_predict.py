@@ -943,3 +943,23 @@ def test_a_folder_partly_in_nnunets_layout_is_named(run_folder, tmp_path: Path) 
         f"error: {extra / 'b_0001.nii.gz'}: a channel past the task's 1 (nnU-Net's layout, as a_0000.nii.gz: "
         "CASE_0000 to CASE_0000)")
     assert not (tmp_path / "q").exists()
+
+
+def test_data_dir_says_where_a_runs_task_was_fetched(run_folder, home: Path, tmp_path: Path) -> None:
+    # predict read the plan.json of a run without a summary only from $MEDSEG_BENCH_HOME/data: a task fetched
+    # with --data-dir elsewhere could not be predicted with.
+    import shutil
+
+    folder, _, _ = run_folder
+    (folder / "summary.json").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(home / "data"), str(elsewhere))
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((10, 20, 16), np.float32))
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "p"),
+            "--allow-unfinished"]
+    lost = runner.invoke(app, args)
+    assert lost.exit_code == 3 and "run has no summary.json and" in lost.output
+    found = runner.invoke(app, [*args, "--data-dir", str(elsewhere)])
+    assert found.exit_code == 0, found.output
+    assert (tmp_path / "p" / "a.nii.gz").is_file()
