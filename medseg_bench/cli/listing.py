@@ -17,8 +17,10 @@ class What(str, Enum):
     metrics = "metrics"
 
 
-def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> None:
+def list_items(what: Annotated[str, typer.Argument(
+        metavar="tasks|archs|encoders|losses|augs|metrics", help="What to list.")]) -> None:
     """List what the registries hold."""
+    what = _what(what)
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -79,3 +81,18 @@ def list_items(what: Annotated[What, typer.Argument(help="What to list.")]) -> N
             row(name, "higher" if m.higher_is_better else "lower", m.unit or "-", m.description)
     terminal = Console()  # a terminal's own width; piped or captured, wide enough for a row a line
     (terminal if terminal.is_terminal else Console(width=200)).print(table)
+
+
+def _what(name: str) -> What:
+    """`name` as a What; a UsageError with a did-you-mean for a typo (`task`), as every name elsewhere."""
+    import difflib
+
+    from medseg_bench.errors import UsageError
+
+    choices = [item.value for item in What]
+    if name in choices:
+        return What(name)
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(choices)}"
+    raise UsageError(f"unknown list '{name}'; {hint}")
+

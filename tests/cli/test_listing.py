@@ -72,3 +72,10 @@ def test_a_task_file_in_a_folder_named_like_markup_is_shown_as_named(
     result = CliRunner().invoke(app, ["list", "tasks"])
     assert result.exit_code == 0, result.output
     assert "h [red]x/tasks/Task93_Mine.yaml" in result.output
+
+
+def test_a_typo_in_what_to_list_gets_did_you_mean() -> None:
+    # typer said "Invalid value for 'what': Value error, 'task' is not one of ..."
+    result = CliRunner().invoke(app, ["list", "task"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown list 'task'; did you mean 'tasks'?"
