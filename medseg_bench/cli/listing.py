@@ -17,19 +17,20 @@ class What(str, Enum):
     metrics = "metrics"
 
 
-def list_items(what: Annotated[str, typer.Argument(
-        metavar="tasks|archs|encoders|losses|augs|metrics", help="What to list.")]) -> None:
+def list_items(what: Annotated[str | None, typer.Argument(
+        metavar="WHAT", help="What to list: tasks, archs, encoders, losses, augs or metrics.")] = None
+) -> None:
     """List what the registries hold."""
-    what = _what(what)
+    chosen = _what(what)
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=what.value, show_lines=False)
+    table = Table(title=chosen.value, show_lines=False)
 
     def row(*cells: str) -> None:  # names and paths as text: `[red]` in a folder's name is no markup
         table.add_row(*(escape(cell) for cell in cells))
-    if what is What.tasks:
+    if chosen is What.tasks:
         from medseg_bench.data.catalog import task_registry
 
         for col in ("name", "imaging", "modalities", "labels", "from"):
@@ -37,14 +38,14 @@ def list_items(what: Annotated[str, typer.Argument(
         for name, t in task_registry().items():
             labels = ", ".join(f"{k} {v}" for k, v in t.labels.items() if k)
             row(name, t.imaging, ", ".join(t.modalities), labels, t.source_file)
-    elif what is What.archs:
+    elif chosen is What.archs:
         from medseg_bench.models import ARCHS
 
         for col in ("name", "dims", "aliases", "description"):
             table.add_column(col)
         for name, a in ARCHS.items():
             row(name, ", ".join(a.dims), ", ".join(ARCHS.aliases_of(name)), a.description)
-    elif what is What.encoders:
+    elif chosen is What.encoders:
         from segmentation_models_pytorch.encoders import encoders
 
         from medseg_bench.models import ARCHS
@@ -58,14 +59,14 @@ def list_items(what: Annotated[str, typer.Argument(
                          "never downloaded)")
         for name, entry in encoders.items():
             row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
-    elif what is What.losses:
+    elif chosen is What.losses:
         from medseg_bench.losses import LOSSES
 
         table.add_column("name")
         table.add_column("description")
         for name, factory in LOSSES.items():
             row(name, (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
-    elif what is What.augs:
+    elif chosen is What.augs:
         from medseg_bench.augment import AUGS
 
         table.add_column("name")
@@ -83,13 +84,15 @@ def list_items(what: Annotated[str, typer.Argument(
     (terminal if terminal.is_terminal else Console(width=200)).print(table)
 
 
-def _what(name: str) -> What:
+def _what(name: str | None) -> What:
     """`name` as a What; a UsageError with a did-you-mean for a typo (`task`), as every name elsewhere."""
     import difflib
 
     from medseg_bench.errors import UsageError
 
     choices = [item.value for item in What]
+    if name is None:
+        raise UsageError(f"say what to list: {', '.join(choices)}")
     if name in choices:
         return What(name)
     close = difflib.get_close_matches(name, choices, n=1)

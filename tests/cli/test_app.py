@@ -198,12 +198,9 @@ def test_a_command_help_shows_its_docstring_and_the_list_its_one_liner() -> None
 @pytest.mark.parametrize(("args", "command", "message"), [
     (["sweep", "--epochs", "abc"], "medseg-bench sweep", "Invalid value for '--epochs': "),
     (["sweep", "--bogus"], "medseg-bench sweep", "No such option: --bogus"),
-    (["list", "foo"], "medseg-bench list", "Invalid value for 'what': "),
     (["fetch"], "medseg-bench fetch", "Missing argument 'TASK'."),
     (["bogus"], "medseg-bench", "No such command 'bogus'."),
     # click's list over lines came out as escaped codes: "Choose from:\n\ttasks,\n\tarchs,..."
-    (["list"], "medseg-bench list", "Missing argument 'what'. Choose from: tasks, archs, encoders, losses, "
-                                    "augs, metrics (see"),
 ])
 def test_a_command_line_click_cannot_parse_is_one_line_exit_2(args: list[str], command: str,
                                                               message: str) -> None:

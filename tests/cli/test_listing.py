@@ -79,3 +79,8 @@ def test_a_typo_in_what_to_list_gets_did_you_mean() -> None:
     result = CliRunner().invoke(app, ["list", "task"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: unknown list 'task'; did you mean 'tasks'?"
+    listed = "tasks, archs, encoders, losses, augs, metrics"
+    for args, said in ((["list", "foo"], f"unknown list 'foo'; choose from {listed}"),
+                       (["list"], f"say what to list: {listed}")):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.output.strip() == f"error: {said}"
