@@ -60,7 +60,13 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: a sweep file is a mapping of keys to values, not {type(data).__name__}")
     unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
     if unknown:
-        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(KNOWN_KEYS)})")
+        import difflib
+
+        close = {key: found[0] for key in unknown
+                 if (found := difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75))}
+        hint = "; did you mean " + ", ".join(f"'{close[k]}' for '{k}'" for k in unknown if k in close) \
+            if close else ""
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)}{hint} (known: {', '.join(KNOWN_KEYS)})")
     values: dict[str, Any] = {}
     for key, value in data.items():
         if value is None:

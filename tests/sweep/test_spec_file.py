@@ -31,7 +31,10 @@ def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> Non
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("task: T\narchs: [unet]\nepoch: 3\n", "unknown keys archs, epoch (known: task,"),
+    ("task: T\narchs: [unet]\nepoch: 3\n", "unknown keys archs, epoch; did you mean 'arch' for 'archs', "
+                                            "'epochs' for 'epoch' (known: task,"),
+    ("task: T\nfolds: [0, 1]\ncolour: red\n", "unknown keys colour, folds; did you mean 'fold' for 'folds' "
+                                              "(known:"),
     ("task: T\nepochs: three\n", "'epochs' takes one int"),
     ("task: T\nseed: [0, x]\n", "'seed' takes int values"),
     ("- task\n", "a sweep file is a mapping"),
