@@ -39,7 +39,9 @@ class _Group(TyperGroup):
             code = super().main(**given, standalone_mode=False)
         except _click_errors() as exc:
             if type(exc).__name__ != "NoArgsIsHelpError":  # no arguments: typer printed the help making it
-                print_error(_click_message(exc))
+                given_args = list(args) if args is not None else sys.argv[1:]
+                command = given_args[0] if given_args and given_args[0] in self.commands else None
+                print_error(_click_message(exc, f"medseg-bench {command}" if command else None))
             sys.exit(getattr(exc, "exit_code", 1))
         sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit(n) comes back as n
 
@@ -155,13 +157,14 @@ def _click_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _click_message(exc: BaseException) -> str:
-    """One line for a click error: the command it concerns, click's message, where to look for help."""
+def _click_message(exc: BaseException, command: str | None = None) -> str:
+    """One line for a click error: the command it concerns (`command` where click's error does not say, as
+    for an option missing its value), click's message, where to look for help."""
     format_message = getattr(exc, "format_message", None)
     if format_message is None:  # Abort: end of input at a prompt
         return "aborted"
     ctx = getattr(exc, "ctx", None)
-    path = getattr(ctx, "command_path", None)
+    path = getattr(ctx, "command_path", None) or command
     # click lays out a list over lines ("Choose from:\n\ttasks,\n\tarchs"): one line, not escaped codes
     text = one_line(" ".join(part.strip() for part in format_message().splitlines() if part.strip()))
     return f"{path}: {text} (see `{path} --help`)" if path else text

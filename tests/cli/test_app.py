@@ -199,6 +199,8 @@ def test_a_command_help_shows_its_docstring_and_the_list_its_one_liner() -> None
     (["sweep", "--epochs", "abc"], "medseg-bench sweep", "Invalid value for '--epochs': "),
     (["sweep", "--bogus"], "medseg-bench sweep", "No such option: --bogus"),
     (["fetch"], "medseg-bench fetch", "Missing argument 'TASK'."),
+    # an option without its value: click's error knows no command; it was "error: Option '--epochs' ..."
+    (["sweep", "--epochs"], "medseg-bench sweep", "Option '--epochs' requires an argument."),
     (["bogus"], "medseg-bench", "No such command 'bogus'."),
     # click's list over lines came out as escaped codes: "Choose from:\n\ttasks,\n\tarchs,..."
 ])
