@@ -104,8 +104,9 @@ def evaluate(
     else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
-    if processes < 1:
-        raise UsageError(f"--workers must be at least 1, got {processes}")
+    from medseg_bench.cli import check_range
+
+    check_range("--workers", processes, 1)
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
                              allow_missing=allow_missing, task=spec if task is not None else None)
     if allow_missing:

@@ -37,7 +37,6 @@ def fetch(
     timeout: Annotated[
         float,
         typer.Option(
-            min=0.1, max=86400,
             help="Seconds without data from the server before a download attempt fails (retried)."
         ),
     ] = 60.0,
@@ -46,6 +45,9 @@ def fetch(
     from rich.console import Console
     from rich.markup import escape
 
+    from medseg_bench.cli import check_range
+
+    check_range("--timeout", timeout, 0.1, 86400)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import MARKER, fetch_task
     from medseg_bench.data.validate import problem_lines

@@ -34,7 +34,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json as it is stored.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes for the fingerprint. Default: cores, at most 8 and the cases."),
+        typer.Option(help="Processes for the fingerprint. Default: cores, at most 8 and the cases."),
     ] = None,
 ) -> None:
     """Print the plan: target spacing, normalisation, 2D/3D patch and batch sizes, and its fingerprint.
@@ -46,6 +46,9 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
+    from medseg_bench.cli import check_range
+
+    check_range("--workers", workers, 1)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
     from medseg_bench.data.preprocess import excluded_cases, usable_cases

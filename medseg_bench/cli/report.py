@@ -41,7 +41,7 @@ def report(
                           "test is listed).")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the bootstrap confidence intervals.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval (100 to 1000000).")] = 5000,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
 ) -> None:
@@ -62,8 +62,10 @@ def report(
         raise UsageError("parquet is a binary format: pass --output FILE.parquet")
     if group_by is not None and group_by not in GROUP_AXES:
         raise UsageError(f"cannot group by '{group_by}'; choose from {', '.join(GROUP_AXES)}")
-    if top is not None and top < 1:
-        raise UsageError(f"--top must be at least 1, got {top}")
+    from medseg_bench.cli import check_range
+
+    check_range("--top", top, 1)
+    check_range("--seed", seed, 0)
     if not 100 <= resamples <= 1_000_000:
         raise UsageError(f"--resamples must be from 100 to 1000000, got {resamples}")
     if output is not None:

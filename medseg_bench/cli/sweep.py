@@ -110,10 +110,10 @@ def sweep(
 
     if launcher not in ("local", "slurm"):
         raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
-    if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    if workers is not None and workers < 0:  # our words, not the wording of typer's min=0 (it changes)
-        raise UsageError(f"--workers must be at least 0, not {workers}")
+    from medseg_bench.cli import check_range
+
+    check_range("--jobs", jobs, 1)
+    check_range("--workers", workers, 0)
     overrides: dict[str, Any] = {
         "tasks": _names(task), "archs": _names(arch), "losses": _names(loss), "augs": _names(aug),
         "dims": _names(dims), "encoders": _names(encoder), "folds": _ints(folds, "--folds"),

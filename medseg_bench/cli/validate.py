@@ -19,7 +19,7 @@ def validate(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Cases checked at the same time.")] = 2,
+    workers: Annotated[int, typer.Option(help="Cases checked at the same time.")] = 2,
 ) -> None:
     """Re-validate a fetched task: labels present, geometry and label values consistent, no NaN/inf.
 
@@ -30,6 +30,9 @@ def validate(
     from rich.markup import escape
     from rich.progress import Progress
 
+    from medseg_bench.cli import check_range
+
+    check_range("--workers", workers, 1)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import MARKER, is_complete, not_fetched, record_validation
     from medseg_bench.data.msd import training_cases

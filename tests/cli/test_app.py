@@ -226,3 +226,20 @@ def test_error_lines_honour_no_color(home: Path, tmp_path: Path, no_color: str, 
                                       str(tmp_path)], color=True, env={"NO_COLOR": no_color})
     assert result.exit_code == 2
     assert ("\x1b[31m" in result.output) is red and "error: unknown task" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["validate", "Task04_Hippocampus", "--workers", "0"], "--workers must be at least 1, not 0"),
+    (["plan", "Task04_Hippocampus", "--workers", "0"], "--workers must be at least 1, not 0"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--workers", "0"], "--workers must be at least 1, not 0"),
+    (["sweep", "--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be at least 0, not -1"),
+    (["report", "--seed", "-1"], "--seed must be at least 0, not -1"),
+    (["fetch", "Task04_Hippocampus", "--timeout", "0"], "--timeout must be from 0.1 to 86400, not 0"),
+])
+def test_a_number_out_of_range_is_said_alike_by_every_command(home: Path, args: list[str],
+                                                               message: str) -> None:
+    # typer's min= said "Invalid value for '--workers': Input should be greater than or equal to 1" for some
+    # commands, ours "--workers must be at least 1, got 0" or "..., not -1" for others.
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {message}"
