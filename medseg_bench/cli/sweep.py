@@ -122,6 +122,17 @@ def sweep(
         "patch_size": tuple(_ints(patch_size, "--patch-size") or []) or None, "exclude": exclude or [],
         "pretrained": pretrained, "class_weights": _floats(class_weights, "--class-weights"), "tta": tta,
         "postprocess": postprocess}
+    if launcher == "local":  # given to the local launcher, a SLURM option would be lost without a word
+        import inspect
+
+        defaults = inspect.signature(sweep).parameters
+        slurm = {"partition": partition, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job,
+                 "mem_gb": mem_gb, "time": time, "array_parallelism": array_parallelism}
+        given = [f"--{name.replace('_', '-')}" for name, value in slurm.items()
+                 if value != defaults[name].default]
+        if given:
+            typer.echo(f"{', '.join(given)}: for SLURM only, unused by the local launcher (--launcher slurm "
+                       "submits to SLURM)")
     request = build_request(load_sweep_file(config) if config else {}, overrides)
     runs, skipped = expand(request)
     for line in skipped:

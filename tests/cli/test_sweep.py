@@ -402,3 +402,16 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert result.exit_code == 2, result.output
     assert "cannot train: arch 'deeplab' (2d) batch-normalises globally pooled features" in result.output
     assert not (results / "Task04_Hippocampus").exists()  # the 2D U-Net (first in order) did not train
+
+
+def test_slurm_options_given_to_the_local_launcher_are_said_to_be_unused(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import TINY_SWEEP
+
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run",
+                                 "--time", "99", "--mem-gb", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == ("--mem-gb, --time: for SLURM only, unused by the local launcher "
+                                             "(--launcher slurm submits to SLURM)")
+    plain = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run"])
+    assert "SLURM" not in plain.output
+
