@@ -320,6 +320,7 @@ def print_rich(report: Report, console: Any = None) -> None:
     from rich.table import Table as RichTable
 
     console = console or Console()
+    narrow_said = False
     for section in sections(report, compact=True):
         if section.level > 1:
             console.rule(f"[bold]{escape(section.title)}")
@@ -336,6 +337,10 @@ def print_rich(report: Report, console: Any = None) -> None:
             widths = [min(32, max((len(line) for row in table.rows for line in row[i].text.split("\n")),
                                   default=1)) for i in range(len(table.headers))]
             fits = sum(widths) + 3 * len(widths) <= console.width
+            if not fits and not narrow_said:  # rich then breaks names and numbers inside their cells
+                console.print(f"(tables wider than the terminal's {console.width} columns wrap inside their "
+                              "cells: widen it, or use --format markdown)", style="dim")
+                narrow_said = True
             for header, align, width in zip(table.headers, table.align, widths, strict=True):
                 out.add_column(escape(header), justify="right" if align == "r" else "left", overflow="fold",
                                min_width=width if fits else None)

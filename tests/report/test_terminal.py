@@ -23,3 +23,7 @@ def test_terminal_view(fake_results: Path, width: int) -> None:
     if width == 200:  # wide enough: whole values on one line each
         for expected in ("3d-unet-dice_ce-light", "0.8313 ± 0.1227", "[0.7573, 0.8744]"):
             assert expected in text
+        assert "wrap inside their cells" not in text
+    else:  # values break inside their cells: said once, with what to do
+        assert " ".join(text.split()).count("(tables wider than the terminal's 90 columns wrap inside their "
+                                            "cells: widen it, or use --format markdown)") == 1
