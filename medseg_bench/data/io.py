@@ -142,13 +142,13 @@ def _check_readable(path: Path) -> None:
         # file would be read in its place without a word
         raise DataError(f"{path}: {path.name[:-3]} lies beside it, and ITK reads that file for either name; "
                         "remove or rename one of the two")
-    data_file = _metaimage_data_file(path)
+    data_file = metaimage_data_file(path)
     if data_file is not None and not data_file.is_file():
         raise DataError(f"{path}: its data file {data_file.name} (ElementDataFile) is missing; keep it "
                         "beside the header")
 
 
-def _metaimage_data_file(path: Path) -> Path | None:
+def metaimage_data_file(path: Path) -> Path | None:
     """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
     in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
     if not path.name.lower().endswith((".mhd", ".mha")):

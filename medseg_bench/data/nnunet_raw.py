@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.data.io import IMAGE_SUFFIXES, Geometry, read_sitk_image, sitk_module, write_checked
+from medseg_bench.data.io import (
+    IMAGE_SUFFIXES,
+    Geometry,
+    metaimage_data_file,
+    read_sitk_image,
+    sitk_module,
+    write_checked,
+)
 from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
 from medseg_bench.files import write_json_atomic
@@ -148,7 +155,10 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
     voxels = joined.GetNumberOfPixels() * joined.GetSizeOfPixelComponent()
     write_checked(joined, target, target, voxels)  # a full disk stops the import, naming the file
     for path in files:
+        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own
         path.unlink()
+        if data_file is not None and data_file.is_file():
+            data_file.unlink()
     done.sources[target] = f"{files[0]} (and its other channel files)"
     return None
 

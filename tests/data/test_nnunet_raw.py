@@ -294,3 +294,20 @@ def test_an_nnunet_raw_folder_of_several_datasets_says_which_to_pass(home: Path,
         fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source.parent))
     assert str(error.value) == (f"{source.parent}: several task folders (Dataset093_Two, Dataset094_Other); "
                                 f"pass one of them, as --source {source}")
+
+
+def test_metaimage_channel_files_leave_no_data_file_behind(home: Path, tmp_path: Path) -> None:
+    # A stacked .mhd channel file went, its .raw voxels stayed in the task's imagesTr.
+    import SimpleITK as sitk
+
+    _, source = _two_channel_source(home, tmp_path, num_cases=2)
+    for path in sorted(source.glob("*Tr/*.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path.with_name(path.name.replace(".nii.gz", ".mhd"))))
+        path.unlink()
+    data = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps(data | {"file_ending": ".mhd"}))
+    assert sorted(p.suffix for p in (source / "imagesTr").iterdir()) == [".mhd"] * 4 + [".raw"] * 4
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert outcome.report is not None and not outcome.report.problems
+    assert sorted(p.name for p in (outcome.folder / "imagesTr").iterdir()) == ["case_000.nii.gz",
+                                                                               "case_001.nii.gz"]
