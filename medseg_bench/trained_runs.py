@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import DataError, UsageError
+from medseg_bench.files import read_json_object
 
 
 def run_folder_and_checkpoint(run_or_checkpoint: Path) -> tuple[Path, Path]:
@@ -89,12 +90,6 @@ def check_finished(run: Path, checkpoint: Path, spec: Any, allow_unfinished: boo
     warn(f"{what}: predicting with {checkpoint.name} all the same (--allow-unfinished)")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    from medseg_bench.files import read_json_object
-
-    return read_json_object(path)
-
-
 def trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
     """The patch the run trained with (its setup.json), which the network's shape may depend on (dynunet): a
     run without a summary would otherwise take it from a plan.json that may have changed since."""
@@ -103,7 +98,7 @@ def trained_patch(folder: Path, spec: Any) -> tuple[int, ...] | None:
     path = folder / SETUP_NAME
     if not path.is_file():
         return None  # a run from before setup.json: its spec and plan say it
-    patch = _read_json(path).get("patch_size")
+    patch = read_json_object(path).get("patch_size")
     sides = 2 if spec.dims == "2d" else 3
     if not (isinstance(patch, list) and len(patch) == sides
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)):
@@ -123,13 +118,13 @@ def trained_plan(folder: Path, task: str, data_dir: Path | None = None) -> Any:
     source = summary if summary.is_file() else root / "preprocessed" / task / "plan.json"
     if not source.is_file():
         raise DataError(f"{folder}: run has no summary.json and {source} does not exist; cannot normalise")
-    data = _read_json(source)
+    data = read_json_object(source)
     try:
         plan = Plan.from_dict(data["plan"] if source == summary else data)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{source}: malformed plan ({exc})") from None
     setup = folder / SETUP_NAME
-    trained = _read_json(setup).get("preprocessing") if source != summary and setup.is_file() else None
+    trained = read_json_object(setup).get("preprocessing") if source != summary and setup.is_file() else None
     change = preprocessing_change(trained, plan.preprocessing) if isinstance(trained, dict) else ""
     if change:  # an unfinished run, and plan.json edited since it started: its images would be preprocessed
         raise DataError(f"{setup}: the run trained with {change}; restore plan.json to predict with it")
@@ -155,7 +150,7 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
     from medseg_bench.spec import RunSpec
 
     folder, checkpoint = run_folder_and_checkpoint(run_or_checkpoint)
-    spec_data = _read_json(folder / "spec.json")
+    spec_data = read_json_object(folder / "spec.json")
     spec_data.pop("run_id", None)
     try:
         spec = RunSpec.checked(spec_data)

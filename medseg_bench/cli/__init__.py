@@ -10,6 +10,11 @@ def check_range(option: str, value: float | None, least: float, most: float | No
 
     if value is None or (value >= least and (most is None or value <= most)):
         return
-    wanted = f"at least {least:g}" if most is None else f"from {least:g} to {most:g}"
-    raise UsageError(f"{option} must be {wanted}, not {value:g}")
+    wanted = f"at least {_number(least)}" if most is None else f"from {_number(least)} to {_number(most)}"
+    raise UsageError(f"{option} must be {wanted}, not {_number(value)}")
+
+
+def _number(value: float) -> str:
+    """1000000 as itself (`:g` writes 1e+06), 0.1 as 0.1."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 

@@ -111,6 +111,7 @@ def _check_images(found: list[_Image], task: Any) -> None:
     the task's, from its header, before anything is predicted: a wrong image late in the folder would
     otherwise stop the command with half of it written. A case's channel files share their geometry."""
     from medseg_bench.data.io import layout_problem, read_geometry
+    from medseg_bench.data.nnunet_raw import channel_mismatch
     from medseg_bench.data.validate import spacing_problem
 
     for image in found:
@@ -120,8 +121,7 @@ def _check_images(found: list[_Image], task: Any) -> None:
             geometry, count = read_geometry(path)  # a 4D image's geometry: its three spatial axes
             problem = layout_problem(geometry.size) or spacing_problem(geometry.spacing)
             if not problem and first is not None:
-                differs = first.mismatch(geometry)
-                problem = f"its geometry is not {image.files[0].name}'s: {differs}" if differs else ""
+                problem = channel_mismatch(image.files[0], first, geometry)
             if problem:
                 raise DataError(f"{path}: {problem}")
             first, channels = first or geometry, channels + count

@@ -66,8 +66,7 @@ def report(
 
     check_range("--top", top, 1)
     check_range("--seed", seed, 0)
-    if not 100 <= resamples <= 1_000_000:
-        raise UsageError(f"--resamples must be from 100 to 1000000, got {resamples}")
+    check_range("--resamples", resamples, 100, 1_000_000)
     if output is not None:
         check_output_file(output)  # before the report is built (bootstrap intervals can take a while)
 

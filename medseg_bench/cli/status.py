@@ -24,8 +24,10 @@ def status(
 
     check_results_dir(results_dir)
     if not results_dir.exists():
+        from medseg_bench.settings import DEFAULT_RESULTS_DIR
+
         default = (" (the default, results, is a folder of the current one)"
-                   if results_dir == Path("results") else "")
+                   if results_dir == DEFAULT_RESULTS_DIR else "")
         raise ResultsError(f"{results_dir}: no such results dir{default}; pass the sweep's --results-dir")
     wanted = [name.strip() for name in task.split(",") if name.strip()] if task else ["*"]
     folders = sorted({p.parent for glob in wanted

@@ -235,7 +235,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         try:
             if is_nnunet_raw(root):  # one file per channel, no training list: into MSD's layout, in the copy
                 conversion = convert_nnunet_raw(root, say or (lambda line: None))
-                in_source = _chained(conversion.rename, in_source)
+                renames = [Relocation(written, source) for written, source in conversion.sources.items()]
+                in_source = _chained(renames, in_source)
             report = validate_folder(root, task)
         except DataError as exc:  # dataset.json itself: named where the user has it
             raise DataError(in_source(str(exc))) from None
@@ -325,8 +326,14 @@ class Relocation:
         return text
 
 
-def _chained(first: Callable[[str], str], then: Callable[[str], str]) -> Callable[[str], str]:
-    return lambda text: then(first(text))
+def _chained(renames: list[Relocation], then: Callable[[str], str]) -> Callable[[str], str]:
+    """`then` after each of `renames` (a converted file named as the user's file it came from)."""
+    def rename(text: str) -> str:
+        for relocation in renames:
+            text = relocation(text)
+        return then(text)
+
+    return rename
 
 
 def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> ValidationReport:

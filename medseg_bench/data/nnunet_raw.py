@@ -48,17 +48,6 @@ class Conversion:
     sources: dict[Path, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def rename(self, text: str) -> str:
-        """`text` with each image written named as the user's file(s) it came from."""
-        for written, source in sorted(self.sources.items(), key=lambda item: -len(str(item[0]))):
-            text = _replaced(text, str(written), source)
-        return text
-
-
-def _replaced(text: str, path: str, by: str) -> str:
-    """`text` with `path` (a whole path, not the start of a longer name) replaced by `by`."""
-    return re.sub(re.escape(path) + r"(?![\w.-])", lambda _: by, text)
-
 
 def is_nnunet_raw(root: Path) -> bool:
     """Whether `root` holds an nnU-Net v2 raw dataset: its dataset.json has `file_ending` and no MSD
@@ -144,9 +133,9 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
         if image.GetDimension() != 3:
             return path, f"a {image.GetDimension()}D image; each channel file of an nnU-Net dataset is 3D"
         if images:
-            differs = _geometry(images[0]).mismatch(_geometry(image))
+            differs = channel_mismatch(files[0], _geometry(images[0]), _geometry(image))
             if differs:
-                return path, f"its geometry is not {files[0].name}'s: {differs}"
+                return path, differs
             image.CopyInformation(images[0])  # within the tolerance of a label against its image
         images.append(image)
     if len({image.GetPixelID() for image in images}) > 1:  # int16 CT beside float PET: no channel cut
@@ -161,6 +150,13 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
             data_file.unlink()
     done.sources[target] = f"{files[0]} (and its other channel files)"
     return None
+
+
+def channel_mismatch(first: Path, first_geometry: Geometry, geometry: Geometry) -> str:
+    """How a case's channel file's geometry differs from its first channel file's (`first`), for one line
+    naming the file; "" when within the tolerance of a label against its image."""
+    differs = first_geometry.mismatch(geometry)
+    return f"its geometry is not {first.name}'s: {differs}" if differs else ""
 
 
 def _geometry(image: Any) -> Geometry:
