@@ -265,6 +265,8 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 todo.clear()
     finally:
         _stop_workers([job.process for job in active.values()])
+        for job in active.values():  # held by its worker before the loop saw so: stopped while training
+            _forward_epochs(job, results_dir, reporter)
         for job in active.values():  # stopped: a run that had finished first is recorded as it ended, also
             code = job.process.poll()  # where the signal reached its worker after the run was done
             if code != EXIT_SKIPPED and is_done(run_dir(results_dir, job.spec)):

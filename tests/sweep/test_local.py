@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +65,46 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     said = (tmp_path / "out.txt").read_text()
     assert f"[1/1] {spec.run_id}: done, mean Dice 0.5000" in said
     assert "sweep finished: 1 trained (of 1 runs)" in said
+
+
+def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_while_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C with --jobs within a poll of a worker's first heartbeat: its run, which had started (and resumes
+    # next time), was summed up as "not reached", with the runs no worker had begun.
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def training_worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
+        folder.mkdir(parents=True, exist_ok=True)
+        workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        write_json_atomic(folder / "heartbeat.json", {"time": time.time() + 1, "pid": workers[-1].pid,
+                                                      "host": socket.gethostname(), "epoch": 0})
+        return workers[-1]
+
+    sleep = time.sleep
+    calls = []
+
+    def stopped(seconds: float) -> None:  # Ctrl-C in the loop's first sleep (the stop's waits sleep too)
+        calls.append(seconds)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr(local, "_start_worker", training_worker)
+    monkeypatch.setattr(local.time, "sleep", stopped)
+    monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(2)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        with pytest.raises(KeyboardInterrupt):
+            local._parallel([spec], tmp_path, tmp_path / "data", reporter, False, 0, 2, outcome)
+        reporter.close()
+    assert workers[-1].poll() is not None  # stopped
+    said = (tmp_path / "out.txt").read_text()
+    assert f"{spec.run_id}: training" in said
+    assert "sweep finished: 1 stopped while training, 1 not reached (of 2 runs)" in said
 
 
 def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) -> None:
