@@ -242,6 +242,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             raise DataError(in_source(str(exc))) from None
         if report.problems and (strict or not report.usable_cases):
             raise _fatal(_renamed(report, in_source), strict)  # nothing kept: named where the user has them
+        if conversion is not None:  # a converted image's problem names the user's file too
+            report = _with_sources(report, conversion.sources, in_source)
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
         warnings = tuple(Relocation(root, str(target))(w) for w in report_warnings(task, report, root))
         if conversion is not None:  # about the dataset the user has: named there
@@ -339,6 +341,13 @@ def _chained(renames: list[Relocation], then: Callable[[str], str]) -> Callable[
 def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> ValidationReport:
     return replace(report, problems=[replace(p, file=rename(p.file), message=rename(p.message))
                                      for p in report.problems])
+
+
+def _with_sources(report: ValidationReport, sources: dict[Path, str],
+                  in_source: Callable[[str], str]) -> ValidationReport:
+    return replace(report, problems=[
+        replace(p, imported_from=in_source(sources[Path(p.file)])) if Path(p.file) in sources else p
+        for p in report.problems])
 
 
 def _excluded_entries(report: ValidationReport) -> list[dict[str, str]]:

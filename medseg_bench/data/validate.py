@@ -22,9 +22,11 @@ class Problem:
     case_id: str
     file: str
     message: str
+    imported_from: str = ""  # the user's file `file` was converted from, where its name differs (nnU-Net's)
 
     def __str__(self) -> str:
-        return one_line(f"{self.file}: {self.message}")
+        source = f" (imported from {self.imported_from})" if self.imported_from else ""
+        return one_line(f"{self.file}{source}: {self.message}")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,26 @@ def test_a_problem_found_by_validation_names_the_users_channel_file(shared_task:
     assert not (tmp_path / "data" / "Task04_Hippocampus").exists()
 
 
+def test_a_case_excluded_from_a_kept_import_names_the_users_file_too(shared_task: Path, home: Path,
+                                                                    tmp_path: Path) -> None:
+    # It named only the converted file in the data dir (CASE.nii.gz), a name the user's dataset does not hold.
+    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 3)
+    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset004_Hippocampus", {"0": "MRI"},
+                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    image = sorted((source / "imagesTr").iterdir())[0]
+    image.write_bytes(image.read_bytes()[:300])  # cut short
+    case = image.name.removesuffix("_0000.nii.gz")
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(source), "--data-dir",
+                                 str(tmp_path / "data")], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    kept = tmp_path / "data" / "Task04_Hippocampus" / "imagesTr" / f"{case}.nii.gz"
+    warning = next(line for line in result.output.splitlines() if case in line)
+    assert warning.startswith(f"warning: {kept} (imported from {image}): ")
+    assert "(case excluded from training)" in warning
+    marker = json.loads((kept.parent.parent / ".medseg-bench-valid.json").read_text())
+    assert marker["excluded"][0]["file"] == str(kept)
+
+
 def test_region_based_labels_leave_the_values_to_the_task_file(home: Path, tmp_path: Path) -> None:
     write_task_file(home, "Task93_One")
     msd = make_synthetic_task(tmp_path / "msd" / "Task93_One", num_cases=2)
