@@ -42,6 +42,13 @@ def _as_nnunet(msd: Path, dest: Path, channel_names: dict[str, str], labels: dic
     return dest
 
 
+def _hippocampus_as_nnunet(shared_task: Path, tmp_path: Path, cases: int) -> tuple[Path, Path]:
+    """`cases` shared Hippocampus cases in MSD's layout and as nnU-Net's converter lays them out."""
+    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", cases)
+    return msd, _as_nnunet(msd, tmp_path / "nnUNet_raw" / "Dataset004_Hippocampus", {"0": "MRI"},
+                           {"background": 0, "Anterior": 1, "Posterior": 2})
+
+
 def _digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -49,9 +56,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_a_one_channel_dataset_is_the_same_task_as_its_msd_original(shared_task: Path, home: Path,
                                                                      tmp_path: Path) -> None:
-    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 4)
-    source = _as_nnunet(msd, tmp_path / "nnUNet_raw" / "Dataset004_Hippocampus", {"0": "MRI"},
-                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    msd, source = _hippocampus_as_nnunet(shared_task, tmp_path, 4)
     before = _digests(source)
     outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", source=str(source))
     assert outcome.report is not None and not outcome.report.problems
@@ -103,9 +108,7 @@ def test_channel_files_are_stacked_as_msd_stores_them_and_bad_cases_are_named(ho
 
 def test_a_problem_found_by_validation_names_the_users_channel_file(shared_task: Path, home: Path,
                                                                     tmp_path: Path) -> None:
-    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 2)
-    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset004_Hippocampus", {"0": "MRI"},
-                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    _, source = _hippocampus_as_nnunet(shared_task, tmp_path, 2)
     image = sorted((source / "imagesTr").iterdir())[0]
     image.write_bytes(image.read_bytes()[:300])  # cut short
     with pytest.raises(DataError) as error:
@@ -117,9 +120,7 @@ def test_a_problem_found_by_validation_names_the_users_channel_file(shared_task:
 def test_a_case_excluded_from_a_kept_import_names_the_users_file_too(shared_task: Path, home: Path,
                                                                     tmp_path: Path) -> None:
     # It named only the converted file in the data dir (CASE.nii.gz), a name the user's dataset does not hold.
-    msd = copy_subset(shared_task, tmp_path / "msd" / "Task04_Hippocampus", 3)
-    source = _as_nnunet(msd, tmp_path / "raw" / "Dataset004_Hippocampus", {"0": "MRI"},
-                        {"background": 0, "Anterior": 1, "Posterior": 2})
+    _, source = _hippocampus_as_nnunet(shared_task, tmp_path, 3)
     image = sorted((source / "imagesTr").iterdir())[0]
     image.write_bytes(image.read_bytes()[:300])  # cut short
     case = image.name.removesuffix("_0000.nii.gz")

@@ -29,6 +29,19 @@ def _spec(seed: int = 0) -> RunSpec:
                    epochs=4)
 
 
+def _stopped_parallel(tmp_path: Path, specs: list[RunSpec], total: int) -> tuple[dict[str, list[str]], str]:
+    """`local._parallel`, 2 slots, until a test's sleep raises KeyboardInterrupt; (outcome, what was said)."""
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(total)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        with pytest.raises(KeyboardInterrupt):
+            local._parallel(specs, tmp_path, tmp_path / "data", reporter, False, 0, 2, outcome)
+        reporter.close()
+    return outcome, (tmp_path / "out.txt").read_text()
+
+
 @pytest.mark.parametrize("exit_code", [local.EXIT_DONE, 130])
 def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int) -> None:
@@ -53,16 +66,8 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     monkeypatch.setattr(local, "_start_worker", finished_worker)
     monkeypatch.setattr(local.time, "sleep", stopped)
     monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
-    with open(tmp_path / "out.txt", "w") as out:
-        reporter = PlainReporter(Console(file=out, highlight=False))
-        reporter.start(1)
-        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
-                                                               "damage")}
-        with pytest.raises(KeyboardInterrupt):
-            local._parallel([spec], tmp_path, tmp_path / "data", reporter, False, 0, 2, outcome)
-        reporter.close()
+    outcome, said = _stopped_parallel(tmp_path, [spec], 1)
     assert outcome["done"] == [spec.run_id] and not outcome["failed"]
-    said = (tmp_path / "out.txt").read_text()
     assert f"[1/1] {spec.run_id}: done, mean Dice 0.5000" in said
     assert "sweep finished: 1 trained (of 1 runs)" in said
 
@@ -93,16 +98,8 @@ def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_whil
     monkeypatch.setattr(local, "_start_worker", training_worker)
     monkeypatch.setattr(local.time, "sleep", stopped)
     monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
-    with open(tmp_path / "out.txt", "w") as out:
-        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
-        reporter.start(2)
-        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
-                                                               "damage")}
-        with pytest.raises(KeyboardInterrupt):
-            local._parallel([spec], tmp_path, tmp_path / "data", reporter, False, 0, 2, outcome)
-        reporter.close()
+    _, said = _stopped_parallel(tmp_path, [spec], 2)
     assert workers[-1].poll() is not None  # stopped
-    said = (tmp_path / "out.txt").read_text()
     assert f"{spec.run_id}: training" in said
     assert "sweep finished: 1 stopped while training, 1 not reached (of 2 runs)" in said
 
