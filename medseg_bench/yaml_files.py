@@ -17,6 +17,10 @@ def load_unique(text: str) -> Any:
             seen: set[object] = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, list | dict | set):  # `? [a, b]`: YAML allows it, Python keys cannot
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"a key must be text or a number, not a {type(key).__name__}",
+                        key_node.start_mark)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"key '{key}' given twice", key_node.start_mark)

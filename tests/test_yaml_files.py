@@ -18,6 +18,9 @@ from medseg_bench.yaml_files import read_yaml_file
     (b"a: \xff\n", "not UTF-8 text (invalid start byte at byte 3)"),
     (b"a: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML (line 1, column 4: could not "
                                                            "determine a constructor for the tag"),
+    (b"task: T\n? [a, b]\n: c\n", "not valid YAML (line 2, column 3: a key must be text or a number, not a "
+                                "list)"),  # a traceback (unhashable type: 'list')
+    (b"{? {a: 1}: c}\n", "not valid YAML (line 1, column 4: a key must be text or a number, not a dict)"),
     (None, "cannot read sweep file (No such file or directory)"),
 ])
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, content: bytes | None,
