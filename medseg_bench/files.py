@@ -4,6 +4,7 @@ file; a killed writer's temp removed), a failure naming the file; and what stand
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -95,6 +96,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def broken_link(path: Path) -> str | None:
+    """Why `path` is a link that leads to nothing ("a link to T, which does not exist", "a link that leads
+    back to itself"); None when it is no link or leads to something."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that leads back to itself"
+        if exc.errno == errno.ENOENT:
+            return f"a link to {os.readlink(path)}, which does not exist"
+        return f"a link that cannot be followed ({exc.strerror or exc})"
+    return None
+
+
+def kind_of(path: Path) -> str:
+    """What `path`, standing where a folder should be (`file_in_the_way`), is: a broken link, or a file."""
+    return broken_link(path) or "a file"
 
 
 def file_in_the_way(path: Path, itself: bool = False) -> Path | None:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import DamagedRunError, ResultsError
-from medseg_bench.files import file_in_the_way, private_temp, remove_dead_writers_temps
+from medseg_bench.files import file_in_the_way, kind_of, private_temp, remove_dead_writers_temps
 from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.locks import exclusive_folder
 from medseg_bench.run_folder import is_done, unfinished_state
@@ -92,7 +92,8 @@ def check_results_dir(results_dir: Path) -> None:
     except OSError:
         return  # a path that cannot be looked at: the command's own access names the problem
     if blocker is not None:
-        raise ResultsError(f"{results_dir}: not a results dir ({blocker} is a file, not a folder)")
+        raise ResultsError(f"{results_dir}: not a results dir ({blocker} is {kind_of(blocker)}, not a "
+                           "folder)")
 
 
 def check_run_folders(results_dir: Path, runs: Sequence[RunSpec]) -> None:

@@ -47,13 +47,13 @@ def _check_device(device: str | None) -> str | None:
 def _check_out_folder(images: Path, out: Path) -> None:
     """Refuse an --out that is the --images folder (label maps would replace the images of the same name), or
     that cannot be a folder (a file, or under one), before any work."""
-    from medseg_bench.files import file_in_the_way
+    from medseg_bench.files import file_in_the_way, kind_of
 
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out is a file, not a folder: choose a folder for the label maps")
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise UsageError(f"{out}: --out is {kind_of(out)}, not a folder: choose a folder for the label maps")
     blocker = file_in_the_way(out)
     if blocker is not None:
-        raise UsageError(f"{out}: --out cannot be made a folder: {blocker} is a file")
+        raise UsageError(f"{out}: --out cannot be made a folder: {blocker} is {kind_of(blocker)}")
     same = images.resolve() == out.resolve()
     if not same and images.is_dir() and out.is_dir():
         try:

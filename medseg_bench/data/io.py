@@ -16,7 +16,7 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, FileSystemError
-from medseg_bench.files import atomic_binary
+from medseg_bench.files import atomic_binary, broken_link
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
@@ -38,9 +38,17 @@ def case_name(path: Path) -> str:
 
 def image_files(folder: Path) -> list[Path]:
     """The image files of a folder (IMAGE_SUFFIXES, in any case: ITK reads `.NII.GZ` too), sorted; hidden
-    ones (temporary files, macOS `._` forks) left out."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."))
+    ones (temporary files, macOS `._` forks) left out; a broken link is a DataError naming it."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not path.name.lower().endswith(IMAGE_SUFFIXES) or path.name.startswith("."):
+            continue
+        why = broken_link(path)
+        if why is not None:  # it was left out without a word: a case less to predict, or to score
+            raise DataError(f"{path}: {why}")
+        if path.is_file():
+            found.append(path)
+    return found
 
 
 def files_by_case(folder: Path, role: str) -> dict[str, Path]:

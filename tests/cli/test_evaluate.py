@@ -122,6 +122,18 @@ def test_missing_reference_exits_3_naming_both_files(folders):
     assert f"{pred_dir / 'b.nii.gz'}: no reference of case 'b' in {ref_dir}" in result.stderr
 
 
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_a_label_map_that_is_a_broken_link_exits_3_naming_it(folders, role):
+    # it was left out without a word: a reference less, or a prediction less, changed which cases are scored
+    pred_dir, ref_dir = folders
+    link = (pred_dir if role == "pred" else ref_dir) / "b.nii.gz"
+    link.unlink()
+    link.symlink_to(link)
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--allow-missing")
+    assert result.exit_code == 3
+    assert result.stderr == f"error: {link}: a link that leads back to itself\n"
+
+
 def test_a_nii_beside_a_nii_gz_of_the_same_case_exits_3_naming_both(folders):
     """An old `a.nii` beside `a.nii.gz`: ITK read `a.nii` for both names, so an empty `a.nii` prediction
     scored the full `a.nii.gz` one's numbers (and the reverse), twice, without a word."""

@@ -420,6 +420,34 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(run_folder, t
     assert taken.read_text() == "mine"
 
 
+def test_an_out_or_image_that_is_a_broken_link_is_refused_naming_it(run_folder, tmp_path: Path) -> None:
+    # --out: a traceback (RuntimeError: Symlink loop) or "File exists", exit 7; an image: left out without a
+    # word ("1 prediction(s) written")
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    loop, dangling = tmp_path / "loop", tmp_path / "dangling"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "gone")
+    for out, why in ((loop, "a link that leads back to itself"),
+                     (dangling, f"a link to {tmp_path / 'gone'}, which does not exist")):
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output == (f"error: {out}: --out is {why}, not a folder: choose a folder for the label "
+                                 "maps\n")
+        under = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out",
+                                    str(out / "x")])
+        assert under.exit_code == 2, under.output
+        assert under.output == f"error: {out / 'x'}: --out cannot be made a folder: {out} is {why}\n"
+    (images / "b.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.output == (f"error: {images / 'b.nii.gz'}: a link to {tmp_path / 'gone.nii.gz'}, which "
+                             "does not exist\n")
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:
     folder, _, _ = run_folder
     images = tmp_path / "images"

@@ -117,6 +117,18 @@ def test_a_results_dir_that_is_a_file_is_named_as_such(tmp_path: Path, args: lis
     assert afile.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_results_dir_that_is_a_broken_link_is_named_as_such(tmp_path: Path, loop: bool) -> None:
+    # it was "a file, not a folder"
+    results = tmp_path / "results"
+    results.symlink_to(results if loop else tmp_path / "gone")
+    gone = f"a link to {tmp_path / 'gone'}, which does not exist"
+    why = "a link that leads back to itself" if loop else gone
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 6, result.output
+    assert result.output == f"error: {results}: not a results dir ({results} is {why}, not a folder)\n"
+
+
 def test_status_takes_several_tasks_and_names_a_results_dir_that_is_not_there(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # --task took one name (`A,B` was an unknown task), as report's and sweep's take several; a results dir
