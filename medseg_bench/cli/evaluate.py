@@ -152,17 +152,18 @@ def _parse_labels(text: str | None) -> list[int] | None:
         return None
     values = _label_list(text)
     if values is None:
-        raise UsageError(f"--labels must be comma-separated integers >= 1, got '{text}'")
+        raise UsageError(f"--labels must be comma-separated integers from 1 to 255 (label maps hold 0..255), "
+                         f"got '{text}'")
     return values
 
 
 def _label_list(text: str) -> list[int] | None:
-    """'1, 2,2' -> [1, 2]; None unless it is a non-empty comma-separated list of integers >= 1."""
+    """'1, 2,2' -> [1, 2]; None unless it is a non-empty comma-separated list of integers in 1..255."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         return None
-    return sorted(set(values)) if values and min(values) >= 1 else None
+    return sorted(set(values)) if values and min(values) >= 1 and max(values) <= 255 else None
 
 
 def _parse_regions(text: str) -> dict[str, list[int]]:
@@ -185,7 +186,8 @@ def _parse_regions(text: str) -> dict[str, list[int]]:
             raise UsageError(f"--regions: region '{name}' is given twice")
         labels = _label_list(values)
         if labels is None:
-            raise UsageError(f"--regions: region '{name}' needs comma-separated labels >= 1, got '{values}'")
+            raise UsageError(f"--regions: region '{name}' needs comma-separated labels from 1 to 255, got "
+                             f"'{values}'")
         found[name] = labels
     if not found:
         raise UsageError(f"--regions: no region in '{text}' (e.g. 'whole=1,2,3;core=2,3')")

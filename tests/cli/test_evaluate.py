@@ -101,6 +101,9 @@ def test_output_extension_sets_the_format_unless_given(folders, tmp_path):
     ("extra", "message"),
     [
         (["--labels", "1,x"], "--labels must be comma-separated integers"),
+        (["--labels", "99999999999999999999"], "--labels must be comma-separated integers from 1 to 255 "
+                                               "(label maps hold 0..255), got '99999999999999999999'"),
+        (["--labels", "1099511627776"], "from 1 to 255"),  # 'out of memory', exit 8
         (["--surface", "mesh"], "unknown surface convention 'mesh'"),
         (["--format", "xlsx"], "unknown format 'xlsx'"),
         (["--nsd-tolerance", "-1"], "NSD tolerance"),
@@ -319,8 +322,10 @@ def test_task_option_scores_as_a_run_of_the_task_does(folders):
     ("extra", "message"),
     [
         (["--regions", "whole"], "--regions: 'whole' is not NAME=LABELS"),
-        (["--regions", "core=2,x"], "--regions: region 'core' needs comma-separated labels >= 1, got '2,x'"),
-        (["--regions", "core=0,2"], "region 'core' needs comma-separated labels >= 1"),
+        (["--regions", "core=2,x"],
+         "--regions: region 'core' needs comma-separated labels from 1 to 255, got '2,x'"),
+        (["--regions", "core=0,2"], "region 'core' needs comma-separated labels from 1 to 255"),
+        (["--regions", "a=99999999999999999999"], "region 'a' needs comma-separated labels from 1 to 255"),
         (["--regions", "=1,2"], "'=1,2' is not NAME=LABELS"),
         (["--regions", "2=2,3"], "region name '2' must start with a letter"),
         (["--regions", "a=1;a=2"], "region 'a' is given twice"),
