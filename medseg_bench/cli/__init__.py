@@ -18,3 +18,18 @@ def _number(value: float) -> str:
     """1000000 as itself (`:g` writes 1e+06), 0.1 as 0.1."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
+
+def comma_list(option: str, values: str | list[str] | None) -> list[str] | None:
+    """'a, b,' (or a repeated option's values, each such a list) -> ['a', 'b']; None when `option` was not
+    given; UsageError when it was but names nothing (',', ''): `report --task ,` reported every task, `status
+    --task ,` found "no runs of  here", `sweep --arch ,` said the sweep "expands to no runs"."""
+    from medseg_bench.errors import UsageError
+
+    if values is None:
+        return None
+    given = [values] if isinstance(values, str) else values
+    names = [name.strip() for value in given for name in value.split(",") if name.strip()]
+    if given and not names:
+        shown = " ".join(repr(value) for value in given)
+        raise UsageError(f"{option} {shown}: no value in it; give one or more, comma-separated")
+    return names or None

@@ -9,13 +9,6 @@ from typing import Annotated
 import typer
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    """Repeatable options that also take comma-separated lists."""
-    if not values:
-        return None
-    return [v.strip() for value in values for v in value.split(",") if v.strip()] or None
-
-
 def report(
     results_dir: Annotated[Path, typer.Option(help="Results folder written by `sweep`.")] = Path("results"),
     fmt: Annotated[str | None, typer.Option(
@@ -70,7 +63,10 @@ def report(
     if output is not None:
         check_output_file(output)  # before the report is built (bootstrap intervals can take a while)
 
-    result = build_report(results_dir, metric, _split(task), metrics=_split(metrics), group_by=group_by,
+    from medseg_bench.cli import comma_list
+
+    result = build_report(results_dir, metric, comma_list("--task", task),
+                          metrics=comma_list("--metrics", metrics), group_by=group_by,
                           top=top, confidence=confidence, n_resamples=resamples, seed=seed)
     figures = None
     if plots is not None or fmt == "html":

@@ -29,7 +29,9 @@ def status(
         default = (" (the default, results, is a folder of the current one)"
                    if results_dir == DEFAULT_RESULTS_DIR else "")
         raise ResultsError(f"{results_dir}: no such results dir{default}; pass the sweep's --results-dir")
-    wanted = [name.strip() for name in task.split(",") if name.strip()] if task else ["*"]
+    from medseg_bench.cli import comma_list
+
+    wanted = comma_list("--task", task) or ["*"]
     folders = sorted({p.parent for glob in wanted
                       for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{glob}/*/{name}")})

@@ -11,20 +11,20 @@ import typer
 from medseg_bench.errors import UsageError
 
 
-def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def _ints(value: str | None, option: str) -> list[int] | None:
+    from medseg_bench.cli import comma_list
+
     try:
-        return [int(v) for v in _names(value) or []] or None
+        return [int(v) for v in comma_list(option, value) or []] or None
     except ValueError:
         raise UsageError(f"{option} takes comma-separated integers, not '{value}'") from None
 
 
 def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    from medseg_bench.cli import comma_list
+
     try:
-        return tuple(float(v) for v in _names(value) or []) or None
+        return tuple(float(v) for v in comma_list(option, value) or []) or None
     except ValueError:
         raise UsageError(f"{option} takes comma-separated numbers, not '{value}'") from None
 
@@ -110,13 +110,15 @@ def sweep(
 
     if launcher not in ("local", "slurm"):
         raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
-    from medseg_bench.cli import check_range
+    from medseg_bench.cli import check_range, comma_list
 
     check_range("--jobs", jobs, 1)
     check_range("--workers", workers, 0)
     overrides: dict[str, Any] = {
-        "tasks": _names(task), "archs": _names(arch), "losses": _names(loss), "augs": _names(aug),
-        "dims": _names(dims), "encoders": _names(encoder), "folds": _ints(folds, "--folds"),
+        "tasks": comma_list("--task", task), "archs": comma_list("--arch", arch),
+        "losses": comma_list("--loss", loss), "augs": comma_list("--aug", aug),
+        "dims": comma_list("--dims", dims), "encoders": comma_list("--encoder", encoder),
+        "folds": _ints(folds, "--folds"),
         "seeds": _ints(seed, "--seed"), "num_folds": num_folds, "epochs": epochs, "max_minutes": max_minutes,
         "iters_per_epoch": iters_per_epoch, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
         "patch_size": tuple(_ints(patch_size, "--patch-size") or []) or None, "exclude": exclude or [],

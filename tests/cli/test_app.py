@@ -243,3 +243,21 @@ def test_a_number_out_of_range_is_said_alike_by_every_command(home: Path, args: 
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert result.output.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize("args", [
+    ["report", "--task", ","], ["report", "--task", " , "],
+    ["status", "--task", ","], ["sweep", "--task", ",", "--dry-run"],
+    ["sweep", "--task", "Task04_Hippocampus", "--arch", ",", "--dry-run"],
+    ["sweep", "--task", "Task04_Hippocampus", "--folds", ",", "--dry-run"],
+    ["report", "--metrics", ","],
+])
+def test_a_list_option_of_commas_only_is_refused(home: Path, tmp_path: Path, args: list[str]) -> None:
+    # report --task , reported every task; status --task , found "no runs of  here"; sweep --arch , said the
+    # sweep "expands to no runs"
+    result = runner.invoke(app, [*args, "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    option = next(arg for arg in args if arg.startswith("--") and args[args.index(arg) + 1].strip(" ") == ",")
+    assert result.output.startswith(f"error: {option} "), result.output
+    assert result.output.rstrip().endswith(": no value in it; give one or more, comma-separated")
+    assert len(result.output.strip().splitlines()) == 1
