@@ -1,7 +1,8 @@
 """The one place that reads the environment.
 
 Variables:
-    MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench): data/, tasks/, cache lives in data/.
+    MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench, also when empty): data/, tasks/, cache lives
+                         in data/.
     MEDSEG_BENCH_MIRROR  base URL of an MSD mirror; `<mirror>/<Task>.tar` replaces the official URL.
     NO_COLOR             set and not empty: no colour in error lines (https://no-color.org; rich's own
                          output reads it too).
@@ -34,7 +35,9 @@ class Settings:
 
 def get_settings() -> Settings:
     """Read the environment now (cheap; tests change it between calls)."""
-    home = Path(os.environ.get("MEDSEG_BENCH_HOME", "~/.medseg-bench")).expanduser()
+    home_text = os.environ.get("MEDSEG_BENCH_HOME", "")
+    # empty or blank is unset (as XDG's variables): "" was the current folder, " " a folder named " "
+    home = Path(home_text if home_text.strip() else "~/.medseg-bench").expanduser()
     mirror = os.environ.get("MEDSEG_BENCH_MIRROR") or None
     return Settings(home=home, mirror=mirror, no_color=bool(os.environ.get("NO_COLOR")))
 
