@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.checks import are_whole, is_number, is_whole, shown
+from medseg_bench.checks import are_whole, is_amount, is_whole, shown
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.files import load_json_object
 from medseg_bench.run_folder import read_events
@@ -75,7 +75,14 @@ def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or fits(value)
 
 _OBJECT = (lambda value: isinstance(value, dict)), "an object"
-_NUMBER = _optional(is_number), "a number"
+_AMOUNT = _optional(is_amount), "a finite number of at least 0"
+# A count of parameters a float64 holds exactly (2**53, 9e15; the largest networks have ~1e12): the report
+# and the index take it as a number (pyarrow failed on 2**64, pandas on 10**400).
+MAX_PARAMS = 2**53
+
+
+def _is_params_count(value: object) -> bool:
+    return is_whole(value) and isinstance(value, int) and value <= MAX_PARAMS
 
 
 # The fields every version that wrote summary.json wrote (`run.py`, from the first on): a finished run that
@@ -96,8 +103,12 @@ SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "per_label_dice": _OBJECT,
     "metric_settings": _OBJECT,
     "cost": _OBJECT,
-    **{f"cost.{key}": _NUMBER for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb",
-                                          "eval_time_s", "epochs_done")},
+    "cost.params": (_optional(_is_params_count), "a whole number from 0 to 2**53"),
+    **{f"cost.{key}": _AMOUNT for key in ("train_time_s", "time_per_epoch_s", "peak_memory_mb",
+                                          "eval_time_s")},
+    "cost.epochs_done": (_optional(is_whole), "a whole number of at least 0"),
+    "cost.epoch_times_s": (_optional(lambda value: isinstance(value, list) and all(map(is_amount, value))),
+                           "a list of finite numbers of at least 0"),
     "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
     "plan": _OBJECT,
     "plan.patch_2d": (lambda value: are_whole(value, 2, least=1), "2 positive whole numbers"),

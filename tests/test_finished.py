@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from medseg_bench.spec import RunSpec
 from tests.conftest import fake_finished_run, finished_summary
 
 HEADER = "case,label,dice,ref_empty,pred_empty\n"
+_PARAMS, _FINITE = "a whole number from 0 to 2**53", "a finite number of at least 0"
 _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1).to_dict()
 
 
@@ -73,8 +75,19 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
           ({"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
           ({"num_cases": "2"}, "'num_cases' must be a whole number, not \"2\""),
           ({"num_cases": None}, "'num_cases' must be a whole number, not null"),
-          ({"cost": {"params": "24M"}}, "'cost.params' must be a number, not \"24M\""),
-          ({"cost": {"train_time_s": True}}, "'cost.train_time_s' must be a number, not true"),
+          ({"cost": {"params": "24M"}}, f"'cost.params' must be {_PARAMS}, not \"24M\""),
+          # Numbers no run measures: params of 2**64 crashed status and the index (pyarrow), 10**400 the
+          # report (pandas); inf or NaN costs were reported as they were.
+          *[({"cost": {"params": params}}, f"'cost.params' must be {_PARAMS}, not {shown}") for params, shown
+            in [(2**64, 2**64), (10**400, str(10**400)[:57] + "..."), (-1, -1), (2.5, 2.5)]],
+          ({"cost": {"peak_memory_mb": math.inf}}, f"'cost.peak_memory_mb' must be {_FINITE}, not Infinity"),
+          ({"cost": {"train_time_s": math.nan}}, f"'cost.train_time_s' must be {_FINITE}, not NaN"),
+          ({"cost": {"time_per_epoch_s": -1.0}}, f"'cost.time_per_epoch_s' must be {_FINITE}, not -1.0"),
+          ({"cost": {"epoch_times_s": [0.5, math.inf]}},
+           "'cost.epoch_times_s' must be a list of finite numbers of at least 0, not [0.5, Infinity]"),
+          ({"cost": {"epochs_done": 1.5}},
+           "'cost.epochs_done' must be a whole number of at least 0, not 1.5"),
+          ({"cost": {"train_time_s": True}}, f"'cost.train_time_s' must be {_FINITE}, not true"),
           ({"cost": {"device": 0}}, "'cost.device' must be text, not 0"),
           ({"metric_settings": "area"}, "'metric_settings' must be an object, not \"area\""),
           ({"plan": [40, 56, 40]}, "'plan' must be an object, not [40, 56, 40]"),
