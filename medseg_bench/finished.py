@@ -57,18 +57,22 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
         data, why = load_json_object(folder / name)
         if data is None:
             return folder / name, f"{why}, but the run finished"
-        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder.name)
+        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder)
         if problem:
             return folder / name, problem
     return None
 
 
-def spec_problem(spec: dict[str, Any], folder_name: str) -> str | None:
+def spec_problem(spec: dict[str, Any], folder: Path) -> str | None:
     """Why a finished run's spec.json cannot be read as its spec, or None: a key the report needs missing, a
-    value of the wrong type (it would crash the report and the index, or be pooled as another), or settings
-    edited after the run (its run id no longer theirs)."""
-    return RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"}) or run_id_problem(spec,
-                                                                                             folder_name)
+    value of the wrong type (it would crash the report and the index, or be pooled as another), settings
+    edited after the run (its run id no longer theirs), or its run folder under another task's folder (status
+    and `report --task` counted it as a run of that task, and the index held it twice)."""
+    problem = (RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"})
+               or run_id_problem(spec, folder.name))
+    if problem is None and spec["task"] != folder.parent.name:
+        problem = f"its task is {spec['task']!r}, but its run folder is under {folder.parent.name!r}"
+    return problem
 
 
 def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:

@@ -211,3 +211,22 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     write_json_atomic(edited.parent / old_id / "spec.json", {"run_id": old_id, **old})
     assert checked_state(edited.parent / old_id)[0] == "done"
     assert load_results(tmp_path)["run_id"].nunique() == 2
+
+
+def test_a_finished_run_under_another_tasks_folder_is_damaged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A Task T run copied under U/: status counted it as U's, `report --task U` printed T's table, and the
+    # index held its rows twice.
+    import shutil
+
+    fake_finished_run(tmp_path, 0)
+    (original,) = (tmp_path / "T").iterdir()
+    copy = tmp_path / "U" / original.name
+    shutil.copytree(original, copy)
+    problem = f"{copy / 'spec.json'}: its task is 'T', but its run folder is under 'U'"
+    assert checked_state(copy) == ("damaged", problem) and checked_state(original) == ("done", None)
+    with pytest.raises(ResultsError, match="^" + re.escape(problem)):
+        load_results(tmp_path, tasks=["U"])
+    write_index(tmp_path)
+    assert f"warning: {problem}" in capsys.readouterr().err
+    assert len(pd.read_parquet(tmp_path / INDEX_NAME)) == 2  # the original's two rows, once
