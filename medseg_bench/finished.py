@@ -179,15 +179,58 @@ def read_finished_run(folder: Path):
     absent = [c for c in METRICS_COLUMNS if c not in frame.columns]
     if absent:
         raise _corrupt(path, f"lacks the column(s) {', '.join(absent)}")
-    expected = summary.get("num_cases", 0) * len(summary.get("per_label_dice") or {}) or len(frame)
+    labels = list(summary.get("per_label_dice") or {})
+    if labels and _whole_table(frame, summary["num_cases"]) and set(frame["label"]) != set(labels):
+        # metrics.csv scores every case for the same labels, and as many cases as the summary counts: the
+        # per-label means run.py wrote from it (one per label it holds) were edited, not the rows
+        raise _corrupt(folder / "summary.json", f"per_label_dice holds label(s) {', '.join(labels)}, but "
+                       f"metrics.csv scores {', '.join(sorted(set(frame['label'])))} for each case")
+    expected = summary.get("num_cases", 0) * len(labels) or len(frame)
     if len(frame) != expected:
         raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_cell(frame)
+    problem = _bad_row(frame, labels) or _bad_cell(frame)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
+
+
+def _whole_table(frame: Any, num_cases: int) -> bool:
+    """Does metrics.csv hold `num_cases` named cases, each scored once for the same labels?"""
+    if frame["case"].isna().any() or frame["label"].isna().any() or frame.duplicated(["case", "label"]).any():
+        return False
+    per_case = frame.groupby("case")["label"].agg(frozenset)
+    return len(per_case) == num_cases and per_case.nunique() == 1
+
+
+def _bad_row(frame: Any, labels: list[str]) -> str | None:
+    """The first row of a run's metrics.csv that names no case, or no label the run scored (`labels`, the
+    keys of summary.json's per_label_dice: run.py writes one per label and region it scored), or repeats a
+    case's label, or a case that lacks one of those labels; None when every case has each label once.
+    Labels are compared as text: a region's name (Task01's "whole tumour"), or a label value as written."""
+    for column in ("case", "label"):
+        empty = frame[column].isna() | (frame[column].str.strip() == "")
+        if empty.any():
+            return f"{column} is empty in row {int(empty.to_numpy().argmax()) + 1}"
+    if labels:
+        unknown = ~frame["label"].isin(labels)
+        if unknown.any():
+            row = int(unknown.to_numpy().argmax())
+            return (f"label {frame['label'].iloc[row]!r} in row {row + 1} is none of the run's labels "
+                    f"({', '.join(labels)}, as summary.json's per_label_dice holds them)")
+    twice = frame.duplicated(["case", "label"])
+    if twice.any():
+        row = int(twice.to_numpy().argmax())
+        return (f"case {frame['case'].iloc[row]!r} is scored for label {frame['label'].iloc[row]!r} twice "
+                f"(again in row {row + 1})")
+    if labels:
+        for case, held in frame.groupby("case", sort=False)["label"]:
+            lacking = [label for label in labels if label not in set(held)]
+            if lacking:
+                return (f"case {case!r} (row {int(held.index[0]) + 1}) has no row for label(s) "
+                        f"{', '.join(lacking)}")
+    return None
 
 
 def _bad_cell(frame: Any) -> str | None:

@@ -39,6 +39,17 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
     ("metrics.csv", "x,y\n1,2\n", "lacks the column(s) case, label, dice, ref_empty, pred_empty"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 rows, summary.json counts 2 (cases x labels)"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.", "a row is cut short"),
+    # Rows edited by hand: an empty case name was counted as a case of its own (cases 4, samples 5, the Dice
+    # moved), a label the run never scored got a column of its own (dice_label_7), 1.5 too.
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n,1,0.5,False,False\n", "case is empty in row 2"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n  ,1,0.5,False,False\n", "case is empty in row 2"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,,0.5,False,False\n", "label is empty in row 2"),
+    *[("metrics.csv", HEADER + f"a,1,0.5,False,False\nb,{label},0.5,False,False\n",
+       f"label '{label}' in row 2 is none of the run's labels (1, as summary.json's per_label_dice holds "
+       "them)")
+      for label in ("7", "1.5", "01")],
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\na,1,0.5,False,False\n",
+     "case 'a' is scored for label '1' twice (again in row 2)"),
     # Text among the scores once crashed report (a traceback) while sweep and status called the run done.
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,abc,False,False\n",
      "dice is 'abc' in row 2, not a number"),
@@ -230,3 +241,44 @@ def test_a_finished_run_under_another_tasks_folder_is_damaged(
     write_index(tmp_path)
     assert f"warning: {problem}" in capsys.readouterr().err
     assert len(pd.read_parquet(tmp_path / INDEX_NAME)) == 2  # the original's two rows, once
+
+
+def _run_with(results: Path, metrics: str, per_label_dice: list[str], num_cases: int = 2) -> Path:
+    fake_finished_run(results, 0)
+    (folder,) = (results / "T").iterdir()
+    (folder / "metrics.csv").write_text(HEADER + metrics)
+    summary = json.loads((folder / "summary.json").read_text())
+    write_json_atomic(folder / "summary.json", summary | {
+        "num_cases": num_cases, "per_label_dice": {label: 0.5 for label in per_label_dice}})
+    return folder
+
+
+# Every case scored for labels 1 and 2 and a region (Task01's regions are named in the label column).
+REGION_ROWS = "".join(f"{case},{label},0.5,False,False\n"
+                      for case in "ab" for label in ("1", "2", "whole tumour"))
+
+
+def test_a_finished_run_with_regions_is_done(tmp_path: Path) -> None:
+    folder = _run_with(tmp_path, REGION_ROWS, ["1", "2", "whole tumour"])
+    assert checked_state(folder) == ("done", None)
+    assert sorted(set(load_results(tmp_path)["label"])) == ["1", "2", "whole tumour"]
+
+
+@pytest.mark.parametrize(("name", "metrics", "per_label_dice", "problem"), [
+    # per_label_dice edited to one label blamed metrics.csv: "has 6 rows, summary.json counts 2"
+    ("summary.json", REGION_ROWS, ["1"],
+     "per_label_dice holds label(s) 1, but metrics.csv scores 1, 2, whole tumour for each case"),
+    ("summary.json", REGION_ROWS, ["1", "2", "3", "whole tumour"],
+     "per_label_dice holds label(s) 1, 2, 3, whole tumour, but metrics.csv scores 1, 2, whole tumour for "
+     "each case"),
+    # a case renamed in one row: as many rows as the summary counts, no label twice
+    ("metrics.csv", REGION_ROWS.replace("b,2,", "c,2,"), ["1", "2", "whole tumour"],
+     "case 'b' (row 4) has no row for label(s) 2"),
+    ("metrics.csv", REGION_ROWS.replace("b,whole tumour,", "b,whole,"), ["1", "2", "whole tumour"],
+     "label 'whole' in row 6 is none of the run's labels (1, 2, whole tumour, as summary.json's "
+     "per_label_dice holds them)"),
+])
+def test_metrics_rows_and_per_label_dice_that_disagree_name_the_edited_file(
+        tmp_path: Path, name: str, metrics: str, per_label_dice: list[str], problem: str) -> None:
+    folder = _run_with(tmp_path, metrics, per_label_dice)
+    assert checked_state(folder) == ("damaged", f"{folder / name}: {problem}")
