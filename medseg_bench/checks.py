@@ -29,6 +29,12 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def is_amount(value: object) -> bool:
+    """A finite number of at least 0 (a time, a size): not NaN or inf, which JSON files may hold."""
+    return (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0)
+
+
 def is_spacing(value: object) -> bool:
     """Three positive finite numbers (mm)."""
     return isinstance(value, list) and len(value) == 3 and all(

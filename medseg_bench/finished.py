@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.checks import are_whole, is_number, is_whole, shown
+from medseg_bench.checks import are_whole, is_amount, is_whole, shown
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.files import load_json_object
 from medseg_bench.run_folder import read_events
@@ -57,25 +57,36 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
         data, why = load_json_object(folder / name)
         if data is None:
             return folder / name, f"{why}, but the run finished"
-        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder.name)
+        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder)
         if problem:
             return folder / name, problem
     return None
 
 
-def spec_problem(spec: dict[str, Any], folder_name: str) -> str | None:
+def spec_problem(spec: dict[str, Any], folder: Path) -> str | None:
     """Why a finished run's spec.json cannot be read as its spec, or None: a key the report needs missing, a
-    value of the wrong type (it would crash the report and the index, or be pooled as another), or settings
-    edited after the run (its run id no longer theirs)."""
-    return RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"}) or run_id_problem(spec,
-                                                                                             folder_name)
+    value of the wrong type (it would crash the report and the index, or be pooled as another), settings
+    edited after the run (its run id no longer theirs), or its run folder under another task's folder (status
+    and `report --task` counted it as a run of that task, and the index held it twice)."""
+    problem = (RunSpec.problem({k: v for k, v in spec.items() if k != "run_id"})
+               or run_id_problem(spec, folder.name))
+    if problem is None and spec["task"] != folder.parent.name:
+        problem = f"its task is {spec['task']!r}, but its run folder is under {folder.parent.name!r}"
+    return problem
 
 
 def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or fits(value)
 
 _OBJECT = (lambda value: isinstance(value, dict)), "an object"
-_NUMBER = _optional(is_number), "a number"
+_AMOUNT = _optional(is_amount), "a finite number of at least 0"
+# A count of parameters a float64 holds exactly (2**53, 9e15; the largest networks have ~1e12): the report
+# and the index take it as a number (pyarrow failed on 2**64, pandas on 10**400).
+MAX_PARAMS = 2**53
+
+
+def _is_params_count(value: object) -> bool:
+    return is_whole(value) and isinstance(value, int) and value <= MAX_PARAMS
 
 
 # The fields every version that wrote summary.json wrote (`run.py`, from the first on): a finished run that
@@ -96,8 +107,12 @@ SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "per_label_dice": _OBJECT,
     "metric_settings": _OBJECT,
     "cost": _OBJECT,
-    **{f"cost.{key}": _NUMBER for key in ("params", "train_time_s", "time_per_epoch_s", "peak_memory_mb",
-                                          "eval_time_s", "epochs_done")},
+    "cost.params": (_optional(_is_params_count), "a whole number from 0 to 2**53"),
+    **{f"cost.{key}": _AMOUNT for key in ("train_time_s", "time_per_epoch_s", "peak_memory_mb",
+                                          "eval_time_s")},
+    "cost.epochs_done": (_optional(is_whole), "a whole number of at least 0"),
+    "cost.epoch_times_s": (_optional(lambda value: isinstance(value, list) and all(map(is_amount, value))),
+                           "a list of finite numbers of at least 0"),
     "cost.device": (_optional(lambda value: isinstance(value, str)), "text"),
     "plan": _OBJECT,
     "plan.patch_2d": (lambda value: are_whole(value, 2, least=1), "2 positive whole numbers"),
@@ -164,15 +179,58 @@ def read_finished_run(folder: Path):
     absent = [c for c in METRICS_COLUMNS if c not in frame.columns]
     if absent:
         raise _corrupt(path, f"lacks the column(s) {', '.join(absent)}")
-    expected = summary.get("num_cases", 0) * len(summary.get("per_label_dice") or {}) or len(frame)
+    labels = list(summary.get("per_label_dice") or {})
+    if labels and _whole_table(frame, summary["num_cases"]) and set(frame["label"]) != set(labels):
+        # metrics.csv scores every case for the same labels, and as many cases as the summary counts: the
+        # per-label means run.py wrote from it (one per label it holds) were edited, not the rows
+        raise _corrupt(folder / "summary.json", f"per_label_dice holds label(s) {', '.join(labels)}, but "
+                       f"metrics.csv scores {', '.join(sorted(set(frame['label'])))} for each case")
+    expected = summary.get("num_cases", 0) * len(labels) or len(frame)
     if len(frame) != expected:
         raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_cell(frame)
+    problem = _bad_row(frame, labels) or _bad_cell(frame)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
+
+
+def _whole_table(frame: Any, num_cases: int) -> bool:
+    """Does metrics.csv hold `num_cases` named cases, each scored once for the same labels?"""
+    if frame["case"].isna().any() or frame["label"].isna().any() or frame.duplicated(["case", "label"]).any():
+        return False
+    per_case = frame.groupby("case")["label"].agg(frozenset)
+    return len(per_case) == num_cases and per_case.nunique() == 1
+
+
+def _bad_row(frame: Any, labels: list[str]) -> str | None:
+    """The first row of a run's metrics.csv that names no case, or no label the run scored (`labels`, the
+    keys of summary.json's per_label_dice: run.py writes one per label and region it scored), or repeats a
+    case's label, or a case that lacks one of those labels; None when every case has each label once.
+    Labels are compared as text: a region's name (Task01's "whole tumour"), or a label value as written."""
+    for column in ("case", "label"):
+        empty = frame[column].isna() | (frame[column].str.strip() == "")
+        if empty.any():
+            return f"{column} is empty in row {int(empty.to_numpy().argmax()) + 1}"
+    if labels:
+        unknown = ~frame["label"].isin(labels)
+        if unknown.any():
+            row = int(unknown.to_numpy().argmax())
+            return (f"label {frame['label'].iloc[row]!r} in row {row + 1} is none of the run's labels "
+                    f"({', '.join(labels)}, as summary.json's per_label_dice holds them)")
+    twice = frame.duplicated(["case", "label"])
+    if twice.any():
+        row = int(twice.to_numpy().argmax())
+        return (f"case {frame['case'].iloc[row]!r} is scored for label {frame['label'].iloc[row]!r} twice "
+                f"(again in row {row + 1})")
+    if labels:
+        for case, held in frame.groupby("case", sort=False)["label"]:
+            lacking = [label for label in labels if label not in set(held)]
+            if lacking:
+                return (f"case {case!r} (row {int(held.index[0]) + 1}) has no row for label(s) "
+                        f"{', '.join(lacking)}")
+    return None
 
 
 def _bad_cell(frame: Any) -> str | None:

@@ -139,8 +139,8 @@ def finished_summary(**fields: object) -> dict[str, object]:
     return summary
 
 
-def fake_finished_run(results: Path, seed: int) -> None:
-    """A finished run of task T (two cases, label 1; Dice 0.5 and seed / 10) under `results`, as run.py leaves
+def fake_finished_run(results: Path, seed: int, task: str = "T") -> None:
+    """A finished run of `task` (two cases, label 1; Dice 0.5 and seed / 10) under `results`, as run.py leaves
     it."""
     import pandas as pd
 
@@ -148,8 +148,8 @@ def fake_finished_run(results: Path, seed: int) -> None:
     from medseg_bench.run_folder import append_event, write_status
     from medseg_bench.spec import RunSpec
 
-    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
-    folder = results / "T" / spec.run_id
+    spec = RunSpec(task=task, dims="3d", arch="unet", loss="dice_ce", aug="none", seed=seed)
+    folder = results / task / spec.run_id
     folder.mkdir(parents=True)
     write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10], "ref_empty": False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from medseg_bench.spec import RunSpec
 from tests.conftest import fake_finished_run, finished_summary
 
 HEADER = "case,label,dice,ref_empty,pred_empty\n"
+_PARAMS, _FINITE = "a whole number from 0 to 2**53", "a finite number of at least 0"
 _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1).to_dict()
 
 
@@ -37,6 +39,17 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
     ("metrics.csv", "x,y\n1,2\n", "lacks the column(s) case, label, dice, ref_empty, pred_empty"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 rows, summary.json counts 2 (cases x labels)"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.", "a row is cut short"),
+    # Rows edited by hand: an empty case name was counted as a case of its own (cases 4, samples 5, the Dice
+    # moved), a label the run never scored got a column of its own (dice_label_7), 1.5 too.
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n,1,0.5,False,False\n", "case is empty in row 2"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n  ,1,0.5,False,False\n", "case is empty in row 2"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,,0.5,False,False\n", "label is empty in row 2"),
+    *[("metrics.csv", HEADER + f"a,1,0.5,False,False\nb,{label},0.5,False,False\n",
+       f"label '{label}' in row 2 is none of the run's labels (1, as summary.json's per_label_dice holds "
+       "them)")
+      for label in ("7", "1.5", "01")],
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\na,1,0.5,False,False\n",
+     "case 'a' is scored for label '1' twice (again in row 2)"),
     # Text among the scores once crashed report (a traceback) while sweep and status called the run done.
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,abc,False,False\n",
      "dice is 'abc' in row 2, not a number"),
@@ -73,8 +86,19 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
           ({"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
           ({"num_cases": "2"}, "'num_cases' must be a whole number, not \"2\""),
           ({"num_cases": None}, "'num_cases' must be a whole number, not null"),
-          ({"cost": {"params": "24M"}}, "'cost.params' must be a number, not \"24M\""),
-          ({"cost": {"train_time_s": True}}, "'cost.train_time_s' must be a number, not true"),
+          ({"cost": {"params": "24M"}}, f"'cost.params' must be {_PARAMS}, not \"24M\""),
+          # Numbers no run measures: params of 2**64 crashed status and the index (pyarrow), 10**400 the
+          # report (pandas); inf or NaN costs were reported as they were.
+          *[({"cost": {"params": params}}, f"'cost.params' must be {_PARAMS}, not {shown}") for params, shown
+            in [(2**64, 2**64), (10**400, str(10**400)[:57] + "..."), (-1, -1), (2.5, 2.5)]],
+          ({"cost": {"peak_memory_mb": math.inf}}, f"'cost.peak_memory_mb' must be {_FINITE}, not Infinity"),
+          ({"cost": {"train_time_s": math.nan}}, f"'cost.train_time_s' must be {_FINITE}, not NaN"),
+          ({"cost": {"time_per_epoch_s": -1.0}}, f"'cost.time_per_epoch_s' must be {_FINITE}, not -1.0"),
+          ({"cost": {"epoch_times_s": [0.5, math.inf]}},
+           "'cost.epoch_times_s' must be a list of finite numbers of at least 0, not [0.5, Infinity]"),
+          ({"cost": {"epochs_done": 1.5}},
+           "'cost.epochs_done' must be a whole number of at least 0, not 1.5"),
+          ({"cost": {"train_time_s": True}}, f"'cost.train_time_s' must be {_FINITE}, not true"),
           ({"cost": {"device": 0}}, "'cost.device' must be text, not 0"),
           ({"metric_settings": "area"}, "'metric_settings' must be an object, not \"area\""),
           ({"plan": [40, 56, 40]}, "'plan' must be an object, not [40, 56, 40]"),
@@ -198,3 +222,63 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     write_json_atomic(edited.parent / old_id / "spec.json", {"run_id": old_id, **old})
     assert checked_state(edited.parent / old_id)[0] == "done"
     assert load_results(tmp_path)["run_id"].nunique() == 2
+
+
+def test_a_finished_run_under_another_tasks_folder_is_damaged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A Task T run copied under U/: status counted it as U's, `report --task U` printed T's table, and the
+    # index held its rows twice.
+    import shutil
+
+    fake_finished_run(tmp_path, 0)
+    (original,) = (tmp_path / "T").iterdir()
+    copy = tmp_path / "U" / original.name
+    shutil.copytree(original, copy)
+    problem = f"{copy / 'spec.json'}: its task is 'T', but its run folder is under 'U'"
+    assert checked_state(copy) == ("damaged", problem) and checked_state(original) == ("done", None)
+    with pytest.raises(ResultsError, match="^" + re.escape(problem)):
+        load_results(tmp_path, tasks=["U"])
+    write_index(tmp_path)
+    assert f"warning: {problem}" in capsys.readouterr().err
+    assert len(pd.read_parquet(tmp_path / INDEX_NAME)) == 2  # the original's two rows, once
+
+
+def _run_with(results: Path, metrics: str, per_label_dice: list[str], num_cases: int = 2) -> Path:
+    fake_finished_run(results, 0)
+    (folder,) = (results / "T").iterdir()
+    (folder / "metrics.csv").write_text(HEADER + metrics)
+    summary = json.loads((folder / "summary.json").read_text())
+    write_json_atomic(folder / "summary.json", summary | {
+        "num_cases": num_cases, "per_label_dice": {label: 0.5 for label in per_label_dice}})
+    return folder
+
+
+# Every case scored for labels 1 and 2 and a region (Task01's regions are named in the label column).
+REGION_ROWS = "".join(f"{case},{label},0.5,False,False\n"
+                      for case in "ab" for label in ("1", "2", "whole tumour"))
+
+
+def test_a_finished_run_with_regions_is_done(tmp_path: Path) -> None:
+    folder = _run_with(tmp_path, REGION_ROWS, ["1", "2", "whole tumour"])
+    assert checked_state(folder) == ("done", None)
+    assert sorted(set(load_results(tmp_path)["label"])) == ["1", "2", "whole tumour"]
+
+
+@pytest.mark.parametrize(("name", "metrics", "per_label_dice", "problem"), [
+    # per_label_dice edited to one label blamed metrics.csv: "has 6 rows, summary.json counts 2"
+    ("summary.json", REGION_ROWS, ["1"],
+     "per_label_dice holds label(s) 1, but metrics.csv scores 1, 2, whole tumour for each case"),
+    ("summary.json", REGION_ROWS, ["1", "2", "3", "whole tumour"],
+     "per_label_dice holds label(s) 1, 2, 3, whole tumour, but metrics.csv scores 1, 2, whole tumour for "
+     "each case"),
+    # a case renamed in one row: as many rows as the summary counts, no label twice
+    ("metrics.csv", REGION_ROWS.replace("b,2,", "c,2,"), ["1", "2", "whole tumour"],
+     "case 'b' (row 4) has no row for label(s) 2"),
+    ("metrics.csv", REGION_ROWS.replace("b,whole tumour,", "b,whole,"), ["1", "2", "whole tumour"],
+     "label 'whole' in row 6 is none of the run's labels (1, 2, whole tumour, as summary.json's "
+     "per_label_dice holds them)"),
+])
+def test_metrics_rows_and_per_label_dice_that_disagree_name_the_edited_file(
+        tmp_path: Path, name: str, metrics: str, per_label_dice: list[str], problem: str) -> None:
+    folder = _run_with(tmp_path, metrics, per_label_dice)
+    assert checked_state(folder) == ("damaged", f"{folder / name}: {problem}")

@@ -101,8 +101,9 @@ def _is_split(data: dict[str, Any]) -> bool:
                for key in ("train", "val"))
 
 
-def _is_setup(data: dict[str, Any]) -> bool:
-    return (are_whole(data.get("patch_size"), least=1) and is_whole(data.get("batch_size"), least=1)
+def _is_setup(data: dict[str, Any], sides: int) -> bool:
+    """A setup.json of a run whose patches have `sides` sides (2D: 2, 3D: 3)."""
+    return (are_whole(data.get("patch_size"), sides, least=1) and is_whole(data.get("batch_size"), least=1)
             and isinstance(data.get("preprocessing", {}), dict))  # absent in runs before it was recorded
 
 
@@ -139,9 +140,11 @@ def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
         return (f"{folder / 'splits.json'}: the run started with another split of fold {spec.fold} than "
                 f"the task's splits file gives now ({changed} held-out cases differ); restore that file, or "
                 "delete the run folder to start over")
-    setup, problem = _started_with(folder / SETUP_NAME, "patch and batch size", _is_setup,
-                                   'an object with "patch_size", a list of positive whole numbers, and '
-                                   '"batch_size", a positive whole number')
+    sides = 2 if spec.dims == "2d" else 3  # a patch of other sides was said to differ from the plan's
+    setup, problem = _started_with(folder / SETUP_NAME, "patch and batch size",
+                                   lambda data: _is_setup(data, sides),
+                                   f'an object with "patch_size", a list of {sides} positive whole numbers, '
+                                   'and "batch_size", a positive whole number')
     if problem:
         return problem
     change = preprocessing_change(setup["preprocessing"], prepared.plan.preprocessing) if (

@@ -133,14 +133,11 @@ def test_status_takes_several_tasks_and_names_a_results_dir_that_is_not_there(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # --task took one name (`A,B` was an unknown task), as report's and sweep's take several; a results dir
     # that does not exist said "no runs here", where the default is a folder of the current one.
-    import shutil
-
     from tests.conftest import fake_finished_run
 
     results = tmp_path / "results"
-    fake_finished_run(results, 0)
-    shutil.copytree(results / "T", results / "U")
-    shutil.copytree(results / "T", results / "V")
+    for task in ("T", "U", "V"):
+        fake_finished_run(results, 0, task)
     result = runner.invoke(app, ["status", "--results-dir", str(results), "--task", "T,U", "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith("2 runs: 2 done")

@@ -91,8 +91,11 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
 @pytest.mark.parametrize(("name", "text", "problem"), [
     ("setup.json", "{", "not valid JSON"),
     ("setup.json", "[]", "not a JSON object"),
-    ("setup.json", "{}", 'not an object with "patch_size", a list of positive whole numbers, and '
+    ("setup.json", "{}", 'not an object with "patch_size", a list of 3 positive whole numbers, and '
      '"batch_size", a positive whole number'),
+    # two sides for a 3D run: it said "the run started with patch 40x56 ...: restore plan.json"
+    ("setup.json", '{"patch_size": [40, 56], "batch_size": 4}',
+     'not an object with "patch_size", a list of 3 positive whole numbers'),
     ("setup.json", '{"patch_size": "40x56x40", "batch_size": 4}', 'not an object with "patch_size"'),
     ("setup.json", '{"patch_size": [40, 56, 40], "batch_size": "4"}', 'not an object with "patch_size"'),
     ("splits.json", "", "not valid JSON"),
