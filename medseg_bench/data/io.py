@@ -6,6 +6,7 @@ the image-order values (as ITK reports them) and offers `spacing_zyx` for array-
 
 from __future__ import annotations
 
+import errno
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,9 +133,20 @@ def sitk_module():  # imported lazily so that `--help` stays fast
     return sitk
 
 
+def link_loops(path: Path) -> bool:
+    """Whether `path` is a link that leads back to itself (directly or through other links): `is_file` says
+    False, as for a missing file."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def _check_readable(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        why = "a link that leads back to itself" if link_loops(path) else "file not found"
+        raise DataError(f"{path}: {why}")
     if path.name.startswith("._"):
         raise DataError(f"{path}: macOS resource-fork file, not an image")
     if path.name.lower().endswith(".nii.gz") and path.with_name(path.name[:-3]).is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
+from medseg_bench.data.io import Geometry, link_loops, read_geometry, read_image, read_label
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
@@ -65,6 +65,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
 
     for path, what in ((case.image, "image"), (case.label, "label")):
         if not path.is_file():
+            if link_loops(path):
+                return problem(path, f"{what} file is a link that leads back to itself")
             return problem(path, f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_bench.data.io import Geometry, read_label, write_label
+from medseg_bench.data.io import Geometry, read_image, read_label, write_label
 from medseg_bench.errors import DataError
 
 
@@ -187,3 +187,10 @@ def test_a_label_value_that_is_not_a_whole_number_is_shown() -> None:
     assert str(error.value) == ("L.nii.gz: label map holds non-integer or out-of-range values "
                                 "(0.99999994, 2.5, 300, ...)")
     assert label_values(np.array([0.0, 2.0], np.float32), Path("L.nii.gz")).tolist() == [0, 2]
+
+
+def test_an_image_that_is_a_link_to_itself_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "img.nii.gz"
+    path.symlink_to(path.name)
+    with pytest.raises(DataError, match=r"img\.nii\.gz: a link that leads back to itself$"):
+        read_image(path)

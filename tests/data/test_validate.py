@@ -39,6 +39,17 @@ def test_missing_label(synth) -> None:
     assert "labelsTr/case_001.nii.gz: label file missing" in _problem_for(folder, task, "case_001")
 
 
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_a_case_file_that_is_a_link_to_itself_is_named_and_excluded(synth, sub: str) -> None:
+    folder, task = synth
+    path = folder / sub / "case_001.nii.gz"
+    path.unlink()
+    path.symlink_to(path.name)  # Path.resolve raised RuntimeError("Symlink loop ...") from training_cases
+    what = "image" if sub == "imagesTr" else "label"
+    assert (f"{sub}/case_001.nii.gz: {what} file is a link that leads back to itself"
+            in _problem_for(folder, task, "case_001"))
+
+
 def test_label_shape_and_spacing_mismatch(synth) -> None:
     folder, task = synth
     write_image(folder / "labelsTr" / "case_002.nii.gz", np.zeros((12, 20, 19), np.uint8))
