@@ -249,6 +249,9 @@ def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
     ([{"train": [1], "val": [2]}] * 3, "fold 0 is not"),
     ("overlap", "fold 1 trains on held-out case(s) "),
     ("empty", "fold 2 holds out no case"),
+    ("no training", "fold 2 trains on no case"),
+    ("val twice", "fold 1 lists case(s) case_002, case_003 twice in its val list"),
+    ("train twice", "fold 0 lists case(s) case_003 twice in its train list"),
 ])
 def test_a_malformed_user_splits_file_is_one_line(home: Path, tmp_path: Path, splits: object,
                                                     problem: str) -> None:
@@ -263,6 +266,15 @@ def test_a_malformed_user_splits_file_is_one_line(home: Path, tmp_path: Path, sp
     elif splits == "empty":
         splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
                   {"train": ids, "val": []}]
+    elif splits == "no training":  # numpy's "high <= 0" when the run drew its first batch
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
+                  {"train": [], "val": ids[4:]}]
+    elif splits == "val twice":  # trained, then scored each twice: the new run's metrics.csv "damaged"
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4] * 2},
+                  {"train": ids[:4], "val": ids[4:]}]
+    elif splits == "train twice":  # accepted without a word
+        splits = [{"train": ids[2:] + ids[3:4], "val": ids[:2]},
+                  {"train": ids[:2] + ids[4:], "val": ids[2:4]}, {"train": ids[:4], "val": ids[4:]}]
     path = data / "preprocessed" / "Task90_Synth" / "splits_3fold.json"
     path.write_text(json.dumps(splits))
     with pytest.raises(DataError) as info:
