@@ -17,7 +17,7 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, FileSystemError
-from medseg_bench.files import atomic_binary
+from medseg_bench.files import atomic_binary, failure_names, temp_stem
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
@@ -297,13 +297,17 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:  # a read-only folder: named as `path`, which the user asked for, not as the temporary folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{temp_stem(path.name)}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     staged = staging / path.name
     try:
         write_checked(image, staged, path, array.size)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
-            part.replace(path.parent / part.name)
+            with failure_names(path.parent / part.name, part):
+                part.replace(path.parent / part.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

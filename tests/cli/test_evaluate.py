@@ -445,8 +445,9 @@ def test_output_onto_a_runs_own_file_is_refused_and_a_new_file_beside_it_written
 
 
 def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
-    """Permission bits do not stop root, so the name is one whose atomic-write temp is too long (the name
-    itself, 254 bytes, is not): only trying to create that temp finds it out, as the write would, late."""
+    """Permission bits do not stop root, so the name is one too long for the file system (260 bytes): only
+    trying to create the file finds it out, as the write would, late. (A name of 254 bytes is written: its
+    atomic-write temp's name is cut short, `files.temp_stem`.)"""
     import medseg_bench.metrics as metrics
 
     def no_scoring(*args, **kwargs):
