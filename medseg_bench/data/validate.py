@@ -14,6 +14,7 @@ from medseg_bench.data.io import Geometry, link_loops, read_geometry, read_image
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
+from medseg_bench.files import NAME_MAX
 from medseg_bench.spec import TaskSpec
 
 
@@ -63,6 +64,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     def reason(exc: DataError) -> str:
         return str(exc).split(": ", 1)[-1]
 
+    too_long = case_name_problem(case.case_id)
+    if too_long:
+        return problem(case.image, too_long)
     for path, what in ((case.image, "image"), (case.label, "label")):
         if not path.is_file():
             if link_loops(path):
@@ -122,6 +126,20 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
+
+
+CACHE_SUFFIX = ".img.npy"  # the longest ending of a case's files in the cache (`preprocess.preprocess_case`)
+
+
+def case_name_problem(case_id: str) -> str:
+    """Why a case's id cannot name its files in the cache (`CASE.img.npy`, and the temps they are written
+    through, `files.temp_stem`), "" when it can: a name the file system allows, with the cache's ending past
+    `files.NAME_MAX` bytes (every sweep failed on it while building the cache: "File name too long")."""
+    size = len(case_id.encode("utf-8", "surrogateescape"))
+    if size + len(CACHE_SUFFIX) <= NAME_MAX:
+        return ""
+    return (f"case name too long for the cache: {size} bytes (with '{CACHE_SUFFIX}', at most "
+            f"{NAME_MAX - len(CACHE_SUFFIX)}); rename its files (and their entries in dataset.json)")
 
 
 def read_case(case: Case, task: TaskSpec | None = None) -> tuple[np.ndarray, Geometry, np.ndarray]:
