@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import Geometry, link_loops, read_geometry, read_image, read_label
+from medseg_bench.data.io import (
+    Geometry,
+    link_loops,
+    read_geometry,
+    read_image,
+    read_label,
+    vector_components,
+    vector_pixels,
+)
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
@@ -80,10 +88,18 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.image, reason(exc))
     if orientations is not None:
         orientations[case.case_id] = image_geom.orientation
+    try:  # vector pixels read as channels: "image is 4D, the task declares 3D" was all it said
+        if channels > 1 and channels != task.num_channels and vector_components(case.image) > 1:
+            return problem(case.image, _modalities_problem(channels, task, vector=True))
+    except DataError as exc:
+        return problem(case.image, reason(exc))
     try:
-        label_geom, _ = read_geometry(case.label)
+        label_geom, label_channels = read_geometry(case.label)
+        label_vector = label_channels > 1 and vector_components(case.label) > 1
     except DataError as exc:
         return problem(case.label, reason(exc))
+    if label_vector:
+        return problem(case.label, f"{vector_pixels(label_channels)}; a label map holds one value per voxel")
     for path in (case.image, case.label):
         if path.name.lower().endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
             try:
@@ -166,7 +182,11 @@ def _values(label: np.ndarray) -> list[int]:
     return np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()
 
 
-def _modalities_problem(channels: int, task: TaskSpec) -> str:
+def _modalities_problem(channels: int, task: TaskSpec, vector: bool = False) -> str:
+    """`vector`: the image's `channels` are the values of its vector pixels (an RGB image's 3)."""
+    if vector:
+        declared = "1 modality" if task.num_channels == 1 else f"{task.num_channels} modalities"
+        return f"{vector_pixels(channels)}, but the task declares {declared} ({', '.join(task.modalities)})"
     return f"image has {channels} modalities, the task declares {task.num_channels}"
 
 
