@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import socket
@@ -65,25 +66,43 @@ def write_json_atomic(path: Path, data: object, compact: bool = False, durable: 
 def write_csv_atomic(frame: Any, path: Path) -> None:
     """A pandas DataFrame as CSV (no index) through a temp file beside `path`, renamed over it; a killed or
     interrupted write leaves `path` as it was (see `failure_names`)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{temp_stem(path.name)}.tmp")
     with failure_names(path, tmp):
         frame.to_csv(tmp, index=False)
         tmp.replace(path)
 
 
+NAME_MAX = 255  # bytes in a file name: Linux's file systems, APFS, NTFS (in UTF-16 units)
+TEMP_STEM_MAX = 150  # bytes of a file's name in its temp's: room left for `.HOST.PID.tmp` (a host name: 64)
+
+
+def temp_stem(name: str) -> str:
+    """`name` as it goes into its temp file's name: itself, or where longer than `TEMP_STEM_MAX` bytes, its
+    start and a hash of the whole (`START~0123456789`), so that the temp's name stays within the file
+    system's `NAME_MAX` (a case file of 240 characters: its cache's temps were "File name too long")."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= TEMP_STEM_MAX:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:10]
+    start = encoded[:TEMP_STEM_MAX - len(digest) - 1].decode("utf-8", "ignore")  # no character cut in two
+    return f"{start}~{digest}"
+
+
 def private_temp(path: Path) -> Path:
     """The temp file through which this process writes `path` atomically: named after the host and process,
     so two processes writing one file at once (`plan` beside a sweep, SLURM jobs on a shared folder) never
-    rename each other's half-written temp into place, or away; `.NAME.*.tmp`, as leftover clean-ups expect."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    rename each other's half-written temp into place, or away; `.NAME.*.tmp` (NAME: `temp_stem`), as
+    leftover clean-ups expect."""
+    return path.with_name(f".{temp_stem(path.name)}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
 def remove_dead_writers_temps(path: Path) -> None:
     """Delete the temps of `path` that a process on this host left when it was killed mid-write (its pid is
     gone); a live writer's temp, or another host's, is left alone."""
     host = socket.gethostname()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        writer_host, _, pid = tmp.name[len(path.name) + 2:-len(".tmp")].rpartition(".")
+    stem = temp_stem(path.name)
+    for tmp in path.parent.glob(f".{glob.escape(stem)}.*.tmp"):
+        writer_host, _, pid = tmp.name[len(stem) + 2:-len(".tmp")].rpartition(".")
         if writer_host == host and pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -144,13 +163,14 @@ def failure_names(path: Path, tmp: Path) -> Iterator[None]:
     """For an atomic write of `path` through `tmp`: an OSError without a file name (a full disk reported by
     write or fsync) gets `path`'s, so the error names what was not written, also where the writer raised its
     own error in its place (torch.save's "unexpected pos" when a write fails past its first: the OSError is
-    its context); on any error or interruption the temp file is removed."""
+    its context), and one naming `tmp` (a read-only folder; a rename onto a folder) gets `path`'s in its
+    place: the user knows `path`, not the temp; on any error or interruption the temp file is removed."""
     try:
         yield
     except BaseException as exc:  # also Ctrl-C, SIGTERM, or torch's error for a save they cut
         tmp.unlink(missing_ok=True)
         cause = _os_error_behind(exc)
-        if cause is not None and cause.filename is None:
+        if cause is not None and cause.filename in (None, str(tmp), tmp):
             raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
         raise
 

@@ -1,8 +1,8 @@
 """The one place that reads the environment.
 
 Variables:
-    MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench, also when empty): data/, tasks/, cache lives
-                         in data/.
+    MEDSEG_BENCH_HOME    root of user state (default ~/.medseg-bench, also when empty): data/, tasks/, cache
+                         lives in data/.
     MEDSEG_BENCH_MIRROR  base URL of an MSD mirror; `<mirror>/<Task>.tar` replaces the official URL.
     NO_COLOR             set and not empty: no colour in error lines (https://no-color.org; rich's own
                          output reads it too).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,44 @@ def test_an_interrupted_csv_write_leaves_the_old_file_and_no_temp(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         write_csv_atomic(_CutShort(), target)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"] and target.read_text() == "epoch\n0\n"
+
+
+def test_a_long_file_name_gets_a_temp_name_that_fits(tmp_path: Path) -> None:
+    # A case named with 240 characters: `.NAME.img.npy.HOST.PID.tmp` was "File name too long"; the next write
+    # still removes a killed writer's temp of it.
+    import subprocess
+
+    from medseg_bench.files import NAME_MAX, private_temp, write_json_atomic
+
+    path = tmp_path / ("é" * 120 + "x" * 7 + ".img.npy")  # 255 bytes, the most a name may have
+    temp = private_temp(path)
+    assert temp.name.startswith(".") and temp.name.endswith(".tmp") and len(temp.name.encode()) < NAME_MAX
+    assert private_temp(path.with_name("é" * 120 + "y" * 7 + ".img.npy")) != temp  # a hash of the whole
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = temp.with_name(temp.name.replace(f".{os.getpid()}.tmp", f".{dead.pid}.tmp"))
+    left.write_text("{half")
+    write_json_atomic(path, {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_write_refused_names_the_file_not_its_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `plan --cpu` on a read-only data dir said '.plan.json.vm.4121.tmp: Read-only file system'.
+    import errno
+
+    from medseg_bench.files import atomic_binary, private_temp, write_json_atomic
+
+    real_open = open
+
+    def read_only(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode:
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", read_only)
+    path = tmp_path / "plan.json"
+    for write in (lambda: write_json_atomic(path, {"a": 1}), lambda: atomic_binary(path).__enter__()):
+        with pytest.raises(OSError) as info:
+            write()
+        assert info.value.errno == errno.EROFS and info.value.filename == str(path), info.value
+    assert not private_temp(path).exists()

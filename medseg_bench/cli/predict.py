@@ -96,13 +96,17 @@ def _images(folder: Path, task: Any) -> list[_Image]:
     return [_Image(case_name(path), (path,)) for path in images]
 
 
-def _channels_problem(channels: int, task: Any) -> str:
+def _channels_problem(channels: int, task: Any, vector: bool = False) -> str:
     """"" when an image of `channels` channels fits `task`'s models, else what they take and in which order
-    (a 4D image's fourth axis, as MSD stores a case's modalities)."""
+    (a 4D image's fourth axis, as MSD stores a case's modalities). `vector`: the channels are the values of
+    the image's vector pixels (an RGB image's 3)."""
+    from medseg_bench.data.io import vector_pixels
+
     if channels == task.num_channels:
         return ""
     order = ", in this order along the fourth axis" if task.num_channels > 1 else ""
-    return (f"{channels} channel(s), but {task.name} models take {task.num_channels} "
+    found = vector_pixels(channels) if vector else f"{channels} channel(s)"
+    return (f"{found}, but {task.name} models take {task.num_channels} "
             f"({', '.join(task.modalities)}{order})")
 
 
@@ -110,7 +114,7 @@ def _check_images(found: list[_Image], task: Any) -> None:
     """Every image's dimensions, channels and voxel spacing (as validate checks a training case's) against
     the task's, from its header, before anything is predicted: a wrong image late in the folder would
     otherwise stop the command with half of it written. A case's channel files share their geometry."""
-    from medseg_bench.data.io import layout_problem, read_geometry
+    from medseg_bench.data.io import layout_problem, read_geometry, vector_components
     from medseg_bench.data.nnunet_raw import channel_mismatch
     from medseg_bench.data.validate import spacing_problem
 
@@ -122,6 +126,8 @@ def _check_images(found: list[_Image], task: Any) -> None:
             problem = layout_problem(geometry.size) or spacing_problem(geometry.spacing)
             if not problem and first is not None:
                 problem = channel_mismatch(image.files[0], first, geometry)
+            if not problem and count > 1 and count != task.num_channels and vector_components(path) > 1:
+                problem = _channels_problem(count, task, vector=True)
             if problem:
                 raise DataError(f"{path}: {problem}")
             first, channels = first or geometry, channels + count

@@ -16,7 +16,7 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, FileSystemError
-from medseg_bench.files import atomic_binary, broken_link
+from medseg_bench.files import atomic_binary, broken_link, failure_names, temp_stem
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
@@ -142,7 +142,8 @@ def sitk_module():  # imported lazily so that `--help` stays fast
 
 def _check_readable(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        why = broken_link(path) or "file not found"
+        raise DataError(f"{path}: {why}")
     if path.name.startswith("._"):
         raise DataError(f"{path}: macOS resource-fork file, not an image")
     if path.name.lower().endswith(".nii.gz") and path.with_name(path.name[:-3]).is_file():
@@ -176,8 +177,23 @@ def metaimage_data_file(path: Path) -> Path | None:
     return None
 
 
-def read_geometry(path: Path) -> tuple[Geometry, int]:
-    """Read only the header: geometry (spatial axes) and the number of channels."""
+COMPLEX_PIXELS = "complex pixels are not supported (one real value per voxel expected)"
+
+
+def vector_pixels(components: int) -> str:
+    """What an image of `components` values per voxel (an RGB image's 3) is called in messages."""
+    return f"RGB/vector pixels ({components} components per voxel)"
+
+
+def _is_complex(pixel_id: int) -> bool:
+    sitk = sitk_module()
+    return pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
+
+
+def _header(path: Path) -> Any:
+    """ITK's reader of `path` with its header read; a complex-valued image is a DataError (ITK counts its
+    real and imaginary parts as 2 components: "image is 4D", "2 channel(s)"; read, its imaginary part was
+    dropped with numpy's ComplexWarning)."""
     sitk = sitk_module()
     _check_readable(path)
     reader = sitk.ImageFileReader()
@@ -187,6 +203,23 @@ def read_geometry(path: Path) -> tuple[Geometry, int]:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
+    if _is_complex(reader.GetPixelID()):
+        raise DataError(f"{path}: {COMPLEX_PIXELS}")
+    return reader
+
+
+def vector_components(path: Path) -> int:
+    """The values per voxel of a 3D image stored with vector pixels (an RGB image: 3), read from its header;
+    1 for one value per voxel and for a 4D image (MSD's channels along the fourth axis). `read_geometry`
+    counts either as channels: this tells the two apart, for a message that says which it is."""
+    reader = _header(path)
+    return 1 if reader.GetDimension() == 4 else int(reader.GetNumberOfComponents())
+
+
+def read_geometry(path: Path) -> tuple[Geometry, int]:
+    """Read only the header: geometry (spatial axes) and the number of channels (a 4D image's fourth axis, or
+    a vector image's values per voxel, `vector_components`); a complex-valued image is a DataError."""
+    reader = _header(path)
     return _geometry_and_channels(
         reader.GetSpacing(),
         reader.GetOrigin(),
@@ -259,6 +292,8 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map as a (Z, Y, X) uint8 array; non-integer values are an error."""
     array, geom = read_image(path, dtype=np.float32)
     if array.shape[0] != 1:
+        if vector_components(path) > 1:
+            raise DataError(f"{path}: {vector_pixels(array.shape[0])}; a label map holds one value per voxel")
         raise DataError(f"{path}: label map has {array.shape[0]} channels, expected 1")
     return label_values(array[0], path), geom
 
@@ -293,13 +328,17 @@ def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:  # a read-only folder: named as `path`, which the user asked for, not as the temporary folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{temp_stem(path.name)}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     staged = staging / path.name
     try:
         write_checked(image, staged, path, array.size)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # the header (`path`) last
         for part in written:
-            part.replace(path.parent / part.name)
+            with failure_names(path.parent / part.name, part):
+                part.replace(path.parent / part.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -354,13 +393,17 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Pat
 
 def read_sitk_image(path: Path) -> Any:
     """`sitk.ReadImage(path)`, what ITK prints to stderr on its own kept off it (`itk_output`): a file it
-    cannot read is one DataError naming it, what ITK printed about it the reason where its error says less."""
+    cannot read is one DataError naming it, what ITK printed about it the reason where its error says less;
+    so is a complex-valued image (`COMPLEX_PIXELS`)."""
     sitk = sitk_module()
     try:
         with captured_for(path) as printed:
-            return sitk.ReadImage(str(path))
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
+    if _is_complex(image.GetPixelID()):
+        raise DataError(f"{path}: {COMPLEX_PIXELS}")
+    return image
 
 
 def _itk_reason(exc: BaseException, printed: Printed) -> str:

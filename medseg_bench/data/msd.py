@@ -50,11 +50,25 @@ def _inside(folder: Path, relative: object, json_path: Path) -> Path:
                                   for part in Path(relative).parts):
         raise DataError(f"{json_path}: entry {relative!r} is no file name (a NUL byte, or a name over 255 "
                         "bytes)")
-    candidate = (folder / relative).resolve()
+    candidate = _resolved(folder / relative, json_path, relative)
     root = folder.resolve()
     if candidate != root and root not in candidate.parents:
         raise DataError(f"{json_path}: entry '{relative}' points outside the task folder")
     return candidate
+
+
+def _resolved(path: Path, json_path: Path, relative: str) -> Path:
+    """`path` with its links followed; a file that is a loop of links as itself in its followed folder (it
+    cannot be read: validation names it, `files.broken_link`)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a loop of links: RuntimeError before Python 3.13
+        pass
+    try:
+        return path.parent.resolve() / path.name
+    except (OSError, RuntimeError):
+        raise DataError(f"{json_path}: entry '{relative}' is in a folder that is a link leading back to "
+                        "itself") from None
 
 
 def training_cases(folder: Path) -> list[Case]:

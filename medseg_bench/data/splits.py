@@ -98,7 +98,8 @@ def load_or_make_splits(
 
 def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> None:
     """A splits file a user wrote: `num_folds` folds of usable case ids, each holding out at least one case
-    it does not also train on (a held-out case trained on would inflate every score of that fold)."""
+    it does not also train on (a held-out case trained on would inflate every score of that fold) and
+    training on at least one, no case listed twice in a list."""
     fold_shape = '{"train": [case ids], "val": [case ids]}'
     if not isinstance(splits, list):
         raise DataError(f"{path}: not a list of folds, each {fold_shape}")
@@ -114,7 +115,14 @@ def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> N
         both = sorted(set(fold["train"]) & set(fold["val"]))
         if both:
             raise DataError(f"{path}: fold {index} trains on held-out case(s) {', '.join(both[:5])}")
+        for key in ("val", "train"):  # a held-out case twice was scored twice, and its run then "damaged"
+            twice = sorted({case for case in fold[key] if fold[key].count(case) > 1})
+            if twice:
+                raise DataError(f"{path}: fold {index} lists case(s) {', '.join(twice[:5])} twice in its "
+                                f"{key} list")
         if not fold["val"]:
             raise DataError(f"{path}: fold {index} holds out no case")
+        if not fold["train"]:  # numpy's "high <= 0" when the first batch was drawn
+            raise DataError(f"{path}: fold {index} trains on no case")
     if len(splits) != num_folds:
         raise DataError(f"{path}: holds {len(splits)} folds, expected {num_folds}")

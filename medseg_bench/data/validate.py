@@ -10,10 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.data.io import Geometry, read_geometry, read_image, read_label
+from medseg_bench.data.io import (
+    Geometry,
+    read_geometry,
+    read_image,
+    read_label,
+    vector_components,
+    vector_pixels,
+)
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
+from medseg_bench.files import NAME_MAX, broken_link
 from medseg_bench.spec import TaskSpec
 
 
@@ -63,9 +71,13 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     def reason(exc: DataError) -> str:
         return str(exc).split(": ", 1)[-1]
 
+    too_long = case_name_problem(case.case_id)
+    if too_long:
+        return problem(case.image, too_long)
     for path, what in ((case.image, "image"), (case.label, "label")):
         if not path.is_file():
-            return problem(path, f"{what} file missing")
+            why = broken_link(path)
+            return problem(path, f"{what} file is {why}" if why else f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")
     try:
@@ -74,10 +86,18 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.image, reason(exc))
     if orientations is not None:
         orientations[case.case_id] = image_geom.orientation
+    try:  # vector pixels read as channels: "image is 4D, the task declares 3D" was all it said
+        if channels > 1 and channels != task.num_channels and vector_components(case.image) > 1:
+            return problem(case.image, _modalities_problem(channels, task, vector=True))
+    except DataError as exc:
+        return problem(case.image, reason(exc))
     try:
-        label_geom, _ = read_geometry(case.label)
+        label_geom, label_channels = read_geometry(case.label)
+        label_vector = label_channels > 1 and vector_components(case.label) > 1
     except DataError as exc:
         return problem(case.label, reason(exc))
+    if label_vector:
+        return problem(case.label, f"{vector_pixels(label_channels)}; a label map holds one value per voxel")
     for path in (case.image, case.label):
         if path.name.lower().endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
             try:
@@ -122,6 +142,20 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     return []
 
 
+CACHE_SUFFIX = ".img.npy"  # the longest ending of a case's files in the cache (`preprocess.preprocess_case`)
+
+
+def case_name_problem(case_id: str) -> str:
+    """Why a case's id cannot name its files in the cache (`CASE.img.npy`, and the temps they are written
+    through, `files.temp_stem`), "" when it can: a name the file system allows, with the cache's ending past
+    `files.NAME_MAX` bytes (every sweep failed on it while building the cache: "File name too long")."""
+    size = len(case_id.encode("utf-8", "surrogateescape"))
+    if size + len(CACHE_SUFFIX) <= NAME_MAX:
+        return ""
+    return (f"case name too long for the cache: {size} bytes (with '{CACHE_SUFFIX}', at most "
+            f"{NAME_MAX - len(CACHE_SUFFIX)}); rename its files (and their entries in dataset.json)")
+
+
 def read_case(case: Case, task: TaskSpec | None = None) -> tuple[np.ndarray, Geometry, np.ndarray]:
     """A training case's image (C, Z, Y, X), its geometry and its label map, for the stages that read a
     validated task's voxels (fingerprint, cache). With `task`, what validation found of the arrays is checked
@@ -146,7 +180,11 @@ def _values(label: np.ndarray) -> list[int]:
     return np.flatnonzero(np.bincount(label.ravel(), minlength=1)).tolist()
 
 
-def _modalities_problem(channels: int, task: TaskSpec) -> str:
+def _modalities_problem(channels: int, task: TaskSpec, vector: bool = False) -> str:
+    """`vector`: the image's `channels` are the values of its vector pixels (an RGB image's 3)."""
+    if vector:
+        declared = "1 modality" if task.num_channels == 1 else f"{task.num_channels} modalities"
+        return f"{vector_pixels(channels)}, but the task declares {declared} ({', '.join(task.modalities)})"
     return f"image has {channels} modalities, the task declares {task.num_channels}"
 
 

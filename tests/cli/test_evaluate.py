@@ -239,6 +239,28 @@ def test_a_label_map_with_nan_voxels_exits_3_naming_it(tmp_path):
     assert result.stderr == f"error: {pred / 'a.nii.gz'}: label map holds NaN or inf voxels\n"
 
 
+@pytest.mark.parametrize(("kind", "problem"), [
+    ("complex", "complex pixels are not supported (one real value per voxel expected)"),
+    ("rgb", "RGB/vector pixels (3 components per voxel); a label map holds one value per voxel"),
+])
+def test_a_label_map_of_complex_or_vector_pixels_exits_3_naming_it(tmp_path, kind, problem):
+    import SimpleITK as sitk
+
+    # A complex label map was scored on its real part, numpy's two-line ComplexWarning printed; an RGB one
+    # was "label map has 3 channels".
+    labels = np.zeros((6, 10, 10), np.uint8)
+    labels[2:4, 2:5, 2:5] = 1
+    write(tmp_path / "ref", "a", labels)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    image = (sitk.GetImageFromArray(labels.astype(np.complex64)) if kind == "complex"
+             else sitk.GetImageFromArray(np.stack([labels] * 3, -1), isVector=True))
+    sitk.WriteImage(image, str(pred / "a.nii.gz"))
+    result = runner.invoke(app, ["evaluate", "--pred", str(pred), "--ref", str(tmp_path / "ref")])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"error: {pred / 'a.nii.gz'}: {problem}\n"
+
+
 # --- regions -----------------------------------------------------------------------------------------------
 
 
@@ -462,8 +484,9 @@ def test_output_onto_a_runs_own_file_is_refused_and_a_new_file_beside_it_written
 
 
 def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
-    """Permission bits do not stop root, so the name is one whose atomic-write temp is too long (the name
-    itself, 254 bytes, is not): only trying to create that temp finds it out, as the write would, late."""
+    """Permission bits do not stop root, so the name is one too long for the file system (260 bytes): only
+    trying to create the file finds it out, as the write would, late. (A name of 254 bytes is written: its
+    atomic-write temp's name is cut short, `files.temp_stem`.)"""
     import medseg_bench.metrics as metrics
 
     def no_scoring(*args, **kwargs):
@@ -471,7 +494,7 @@ def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, m
 
     monkeypatch.setattr(metrics, "evaluate_folders", no_scoring)
     pred_dir, ref_dir = folders
-    out = tmp_path / ("s" * 250 + ".csv")
+    out = tmp_path / ("s" * 256 + ".csv")
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
     assert result.exit_code == 6, result.output
     assert result.stderr == f"error: {out}: cannot write (File name too long)\n"

@@ -772,7 +772,10 @@ def test_an_image_the_task_cannot_take_is_refused_before_anything_is_written(run
         "b_two.nii.gz": (sitk.JoinSeries([sitk.GetImageFromArray(c) for c in (volume, -volume)]),
                          "2 channel(s), but Task93_Predict models take 1 (MR0)"),
         "b_vector.nrrd": (sitk.GetImageFromArray(np.stack([volume] * 3, -1), isVector=True),
-                          "3 channel(s), but Task93_Predict models take 1 (MR0)"),
+                          "RGB/vector pixels (3 components per voxel), but Task93_Predict models take 1 "
+                          "(MR0)"),
+        "b_complex.nii.gz": (sitk.GetImageFromArray(volume.astype(np.complex64)),  # "2 channel(s)" before
+                             "complex pixels are not supported (one real value per voxel expected)"),
         "b_5d.nii.gz": (sitk.Image([20, 20, 12, 2, 2], sitk.sitkFloat32),
                         "5D image of size (20, 20, 12, 2, 2); a 3D (or 4D multi-modal) image expected"),
         # as validate refuses a training case's (a label map was written from it, exit 0)

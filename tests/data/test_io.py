@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_bench.data.io import Geometry, read_label, write_label
+from medseg_bench.data.io import Geometry, read_image, read_label, write_label
 from medseg_bench.errors import DataError
 
 
@@ -104,6 +104,30 @@ def test_a_label_map_itk_cannot_write_is_one_line_naming_it(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []  # no temporary folder left
 
 
+def test_a_label_map_in_a_read_only_folder_names_it_not_the_temporary_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `predict --out` a read-only folder said '.hippocampus_001.nii.gz.tmp-lys6w3vr: Read-only file system'.
+    import errno
+    import tempfile
+
+    def read_only(prefix: str, dir: str) -> str:
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, f"{prefix}lys6w3vr"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (2, 2, 2))
+    with pytest.raises(OSError) as info:
+        write_label(np.zeros((2, 2, 2), np.uint8), geometry, tmp_path / "case.nii.gz")
+    assert info.value.errno == errno.EROFS and info.value.filename == str(tmp_path / "case.nii.gz")
+
+
+def test_a_label_map_with_a_long_name_is_written(tmp_path: Path) -> None:
+    # its temporary folder `.NAME.tmp-XXXXXXXX` was "File name too long" for a name of 240 characters
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (2, 2, 2))
+    path = tmp_path / ("a" * 248 + ".nii.gz")
+    write_label(np.ones((2, 2, 2), np.uint8), geometry, path)
+    assert read_label(path)[0].sum() == 8 and list(tmp_path.iterdir()) == [path]
+
+
 @pytest.mark.parametrize("name", ["a.nii.gz", "a.nii"])
 @pytest.mark.parametrize("full", [True, False])
 def test_a_label_map_itks_nifti_writer_cut_short_is_an_error_not_a_file(
@@ -187,3 +211,10 @@ def test_a_label_value_that_is_not_a_whole_number_is_shown() -> None:
     assert str(error.value) == ("L.nii.gz: label map holds non-integer or out-of-range values "
                                 "(0.99999994, 2.5, 300, ...)")
     assert label_values(np.array([0.0, 2.0], np.float32), Path("L.nii.gz")).tolist() == [0, 2]
+
+
+def test_an_image_that_is_a_link_to_itself_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "img.nii.gz"
+    path.symlink_to(path.name)
+    with pytest.raises(DataError, match=r"img\.nii\.gz: a link that leads back to itself$"):
+        read_image(path)

@@ -249,6 +249,9 @@ def test_user_splits_file_is_honoured(home: Path, tmp_path: Path) -> None:
     ([{"train": [1], "val": [2]}] * 3, "fold 0 is not"),
     ("overlap", "fold 1 trains on held-out case(s) "),
     ("empty", "fold 2 holds out no case"),
+    ("no training", "fold 2 trains on no case"),
+    ("val twice", "fold 1 lists case(s) case_002, case_003 twice in its val list"),
+    ("train twice", "fold 0 lists case(s) case_003 twice in its train list"),
 ])
 def test_a_malformed_user_splits_file_is_one_line(home: Path, tmp_path: Path, splits: object,
                                                     problem: str) -> None:
@@ -263,6 +266,15 @@ def test_a_malformed_user_splits_file_is_one_line(home: Path, tmp_path: Path, sp
     elif splits == "empty":
         splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
                   {"train": ids, "val": []}]
+    elif splits == "no training":  # numpy's "high <= 0" when the run drew its first batch
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4]},
+                  {"train": [], "val": ids[4:]}]
+    elif splits == "val twice":  # trained, then scored each twice: the new run's metrics.csv "damaged"
+        splits = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2] + ids[4:], "val": ids[2:4] * 2},
+                  {"train": ids[:4], "val": ids[4:]}]
+    elif splits == "train twice":  # accepted without a word
+        splits = [{"train": ids[2:] + ids[3:4], "val": ids[:2]},
+                  {"train": ids[:2] + ids[4:], "val": ids[2:4]}, {"train": ids[:4], "val": ids[4:]}]
     path = data / "preprocessed" / "Task90_Synth" / "splits_3fold.json"
     path.write_text(json.dumps(splits))
     with pytest.raises(DataError) as info:
@@ -541,3 +553,34 @@ def test_the_training_images_orientation_is_read_from_the_cache(home: Path, tmp_
         entry.write_text(json.dumps(props))
     assert stored_orientation(prepared.cache_dir, ids) == "LPS"
     assert stored_orientation(prepared.cache_dir, ["no_such_case"]) is None
+
+
+def _renamed_case(src: Path, index: int, name: str) -> None:
+    """Give case `index` of a synthetic task the file name `name` (its image, label and dataset.json)."""
+    meta = json.loads((src / "dataset.json").read_text())
+    entry = meta["training"][index]
+    for key in ("image", "label"):
+        old = src / entry[key]
+        old.rename(old.with_name(name))
+        entry[key] = str(Path(entry[key]).with_name(name))
+    (src / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_a_long_case_name_is_cached_and_one_too_long_for_the_cache_is_excluded(home: Path,
+                                                                             tmp_path: Path) -> None:
+    # A case named with 240 characters: its cache's temps (`.NAME.img.npy.HOST.PID.tmp`) were "File name too
+    # long" in every sweep; one of 248 fits the file system, but not with '.img.npy' in the cache.
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    long, too_long = "a" * 240, "b" * 248
+    _renamed_case(src, 0, f"{long}.nii.gz")
+    _renamed_case(src, 1, f"{too_long}.nii.gz")
+    data = tmp_path / "data"
+    report = fetch_task(get_task("Task90_Synth"), data, str(src), progress=False).report
+    assert report is not None and [str(p).split("/")[-1] for p in report.problems] == [
+        f"{too_long}.nii.gz: case name too long for the cache: 248 bytes (with '.img.npy', at most 247); "
+        "rename its files (and their entries in dataset.json)"]
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
+    assert long in prepared.case_ids and too_long not in prepared.case_ids
+    assert (prepared.cache_dir / f"{long}.img.npy").is_file()
+    assert not list(prepared.cache_dir.glob(".*.tmp"))

@@ -39,6 +39,49 @@ def test_missing_label(synth) -> None:
     assert "labelsTr/case_001.nii.gz: label file missing" in _problem_for(folder, task, "case_001")
 
 
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_a_case_file_that_is_a_link_to_itself_is_named_and_excluded(synth, sub: str) -> None:
+    folder, task = synth
+    path = folder / sub / "case_001.nii.gz"
+    path.unlink()
+    path.symlink_to(path.name)  # Path.resolve raised RuntimeError("Symlink loop ...") from training_cases
+    what = "image" if sub == "imagesTr" else "label"
+    assert (f"{sub}/case_001.nii.gz: {what} file is a link that leads back to itself"
+            in _problem_for(folder, task, "case_001"))
+
+
+@pytest.mark.parametrize(("sub", "kind", "problem"), [
+    ("imagesTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
+    ("labelsTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
+    ("imagesTr", "rgb", "RGB/vector pixels (3 components per voxel), but the task declares 1 modality (MR0)"),
+    ("labelsTr", "rgb", "RGB/vector pixels (3 components per voxel); a label map holds one value per voxel"),
+])
+def test_complex_or_vector_pixels_are_named_and_the_case_excluded(synth, sub: str, kind: str,
+                                                                  problem: str) -> None:
+    # ITK counts a complex voxel's two parts as components: a complex image was "image is 4D, the task
+    # declares 3D", as an RGB one; a complex label map was read on its real part, with numpy's ComplexWarning.
+    import SimpleITK as sitk
+
+    folder, task = synth
+    path = folder / sub / "case_001.nii.gz"
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    image = (sitk.GetImageFromArray(values.astype(np.complex64)) if kind == "complex"
+             else sitk.GetImageFromArray(np.stack([values] * 3, -1).astype(np.uint8), isVector=True))
+    sitk.WriteImage(image, str(path))
+    assert _problem_for(folder, task, "case_001") == f"{path}: {problem}"
+
+
+def test_vector_pixels_are_the_channels_of_a_task_declaring_as_many(home: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    write_task_file(home, "Task91_Multi", channels=3)
+    folder = make_synthetic_task(tmp_path / "Task91_Multi", num_cases=2, channels=3)
+    path = folder / "imagesTr" / "case_000.nii.gz"
+    channels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # (C, Z, Y, X)
+    sitk.WriteImage(sitk.GetImageFromArray(np.moveaxis(channels, 0, -1), isVector=True), str(path))
+    assert validate_folder(folder, get_task("Task91_Multi")).problems == []
+
+
 def test_label_shape_and_spacing_mismatch(synth) -> None:
     folder, task = synth
     write_image(folder / "labelsTr" / "case_002.nii.gz", np.zeros((12, 20, 19), np.uint8))
