@@ -45,15 +45,20 @@ def _check_device(device: str | None) -> str | None:
 
 
 def _check_out_folder(images: Path, out: Path) -> None:
-    """Refuse an --out that is the --images folder (label maps would replace the images of the same name), or
-    that cannot be a folder (a file, or under one), before any work."""
+    """Refuse an --out that is the --images folder (label maps would replace the images of the same name),
+    that cannot be a folder (a file, or under one), or that is in a run's folder, before any work."""
     from medseg_bench.files import file_in_the_way, kind_of
+    from medseg_bench.results import run_folder_of
 
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise UsageError(f"{out}: --out is {kind_of(out)}, not a folder: choose a folder for the label maps")
     blocker = file_in_the_way(out)
     if blocker is not None:
         raise UsageError(f"{out}: --out cannot be made a folder: {blocker} is {kind_of(blocker)}")
+    run = run_folder_of(out / "label-map")  # --out itself, or a folder in it
+    if run is not None:  # RUN/predictions: --overwrite replaced the held-out predictions its scores are of
+        raise UsageError(f"{out}: --out is in the folder of run {run.name}, whose results are never "
+                         "replaced: choose a folder outside it")
     same = images.resolve() == out.resolve()
     if not same and images.is_dir() and out.is_dir():
         try:

@@ -448,6 +448,21 @@ def test_an_out_or_image_that_is_a_broken_link_is_refused_naming_it(run_folder, 
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_an_out_in_a_runs_folder_is_refused(run_folder, tmp_path: Path) -> None:
+    # --out RUN/predictions --overwrite replaced the held-out predictions the run's metrics.csv scores
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for out in (folder, folder / "predictions", folder / "checkpoints" / "new"):
+        result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out),
+                                     "--overwrite"])
+        assert result.exit_code == 2, result.output
+        assert result.output == (f"error: {out}: --out is in the folder of run {folder.name}, whose results "
+                                 "are never replaced: choose a folder outside it\n")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:
     folder, _, _ = run_folder
     images = tmp_path / "images"
