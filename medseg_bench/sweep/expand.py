@@ -81,6 +81,9 @@ def parse_exclude(rule: str) -> dict[str, str]:
             raise UsageError(f"exclude rule '{rule}': '{part}' is not key=value")
         if key not in AXES:
             raise UsageError(f"exclude rule '{rule}': unknown key '{key}'; choose from {', '.join(AXES)}")
+        if key in parsed:  # the last value won without a word: arch=unet,arch=deeplab dropped deeplab only
+            raise UsageError(f"exclude rule '{rule}': {key} is given twice; a rule drops the runs that match "
+                             "all its pairs: give one rule for each (--exclude arch=a --exclude arch=b)")
         if key == "arch":
             value = ARCHS.get(value).name
         elif key == "loss":

@@ -32,6 +32,8 @@ def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
     ("arch=unte", "did you mean 'unet'"),
     ("dims=4d", "unknown dims '4d'"),
     (",", "is empty"),
+    ("arch=unet,arch=deeplab",  # deeplab alone was dropped
+     r"exclude rule 'arch=unet,arch=deeplab': arch is given twice; a rule drops the runs that match all its"),
     ("encoder=resnet81", r"exclude rule 'encoder=resnet81': unknown smp encoder 'resnet81'.*did you mean"),
 ])
 def test_bad_exclude_rules(home: Path, rule: str, message: str) -> None:
