@@ -120,6 +120,30 @@ def _unfetched(tasks: list[str], data_dir: Path) -> list[str]:
             for task in tasks if not is_complete(data_dir / task)]
 
 
+def _unplannable(runs: list[RunSpec], data_dir: Path) -> list[str]:
+    """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
+    (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
+    by the sweep, which checks its runs then."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.plan import read_plan
+    from medseg_bench.data.preprocess import PreparedTask
+    from medseg_bench.errors import DataError, UsageError
+    from medseg_bench.sweep.local import check_runs
+
+    lines = []
+    planned: dict[str, PreparedTask] = {}
+    for task in sorted({spec.task for spec in runs}):
+        path = data_dir / "preprocessed" / task / "plan.json"
+        if not path.is_file():
+            continue
+        try:  # the checks read the task and its plan alone: no cache, no split
+            planned[task] = PreparedTask(get_task(task), read_plan(path), path.parent, [], [])
+            check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
+        except (DataError, UsageError) as exc:
+            lines.append(f"{task}: the sweep would stop: {exc}")
+    return lines
+
+
 def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> list[str]:
     lines: list[str] = []
     states: Counter[str] = Counter()
@@ -140,6 +164,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
     runs_word = "run" if len(runs) == 1 else "runs"
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
+    lines += _unplannable(todo, data_dir)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")

@@ -393,6 +393,12 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert ("cannot train: dynunet pools patch 12x12x12 fewer than twice at spacing 1x1x1 mm" in result.output
             and "(1 more run cannot train either); nothing was trained" in result.output)
     assert not (results / "Task04_Hippocampus").exists()
+    # its dry run, once the plan exists, says so (it listed both runs as pending, the sweep would train them)
+    dry = runner.invoke(app, [*common, "--arch", "dynunet", "--dims", "3d", "--patch-size", "12,12,12",
+                              "--seed", "0,1", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert ("Task04_Hippocampus: the sweep would stop: run 3d-dynunet-dice_ce-none-f0-s0-" in dry.output
+            and "cannot train: dynunet pools patch 12x12x12" in dry.output)
     assert not (results / "index.parquet").exists()  # no run finished: no empty index either
     plan_path = home / "data" / "preprocessed" / "Task04_Hippocampus" / "plan.json"
     plan = json.loads(plan_path.read_text())  # the plan was made: what it says decided
@@ -402,6 +408,10 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert result.exit_code == 2, result.output
     assert "cannot train: arch 'deeplab' (2d) batch-normalises globally pooled features" in result.output
     assert not (results / "Task04_Hippocampus").exists()  # the 2D U-Net (first in order) did not train
+    plan_path.write_text(json.dumps({**plan, "patch_3d": [0, 8, 8]}))
+    dry = runner.invoke(app, [*common, "--arch", "unet", "--dims", "3d", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"Task04_Hippocampus: the sweep would stop: {plan_path}: " in dry.output
 
 
 def test_slurm_options_given_to_the_local_launcher_are_said_to_be_unused(home: Path, tmp_path: Path) -> None:
