@@ -50,6 +50,8 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
         net.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
         first = first_line(exc)
+        if first.endswith(":"):  # "Error(s) in loading state_dict for UNet:", the keys on the next line
+            first = " ".join(line.strip() for line in str(exc).splitlines()[:2])
         if not any(c.isalpha() for c in first):  # a KeyError of a bare number says nothing on its own
             first = f"{type(exc).__name__} {first}"
         if "weights only load failed" in first.lower():  # torch's own text goes on to suggest turning it off

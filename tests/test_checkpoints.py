@@ -38,6 +38,20 @@ def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_checkpoint_of_another_network_says_which_weights_differ(tmp_path: Path) -> None:
+    # it said "(Error(s) in loading state_dict for Linear:)", cut at the colon before the keys
+    from medseg_bench.checkpoints import load_weights
+    from medseg_bench.errors import DataError
+
+    ckpt = tmp_path / "last.ckpt"
+    other = torch.nn.Conv1d(1, 1, 1).state_dict()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in other.items()}}, ckpt)
+    with pytest.raises(DataError) as info:
+        load_weights(torch.nn.Linear(2, 1), ckpt)
+    assert str(info.value).startswith(f"{ckpt}: not a loadable medseg-bench checkpoint (Error(s) in loading "
+                                      "state_dict for Linear: size mismatch for weight")
+
+
 def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Path) -> None:
     # Lightning resumes a run through its CheckpointIO; ours always loads with weights_only=True
     # (Lightning before 2.6 asks nothing, and torch before 2.6 then unpickles anything).

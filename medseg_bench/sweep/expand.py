@@ -157,7 +157,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
 
         for task in task_specs:  # wrong length or a loss that cannot weight classes: before anything runs
             for loss in losses:
-                build_loss(loss, task.num_classes, request.class_weights)
+                try:
+                    build_loss(loss, task.num_classes, request.class_weights)
+                except UsageError as exc:  # which task's classes, in a sweep of several
+                    raise UsageError(f"{task.name}: {exc}") from None
     # The optimizer's default learning rate, given explicitly, is the same run (the same run id) as none;
     # class weights with the same ratios are the same loss, so the same run: scaled so the smallest is 1.
     lr = None if request.lr == DEFAULT_LR.get(request.optimizer) else request.lr

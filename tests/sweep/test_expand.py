@@ -169,3 +169,11 @@ def test_a_rule_that_removes_nothing_says_so(home: Path) -> None:
     assert len(runs) == 1
     assert notes == [f"exclude rule '{rule}' matches no combination of this sweep: nothing removed by it"
                      for rule in rules]
+
+
+def test_class_weights_of_the_wrong_length_name_the_task(home: Path) -> None:
+    # a sweep of two tasks said "class weights need one value per class (4, ...)" without saying whose
+    with pytest.raises(UsageError, match=r"^Task01_BrainTumour: class weights need one value per class \(4, "
+                                         r"background first\), got 3"):
+        expand(SweepRequest(tasks=["Task04_Hippocampus", "Task01_BrainTumour"], dims=["3d"],
+                            class_weights=(1.0, 2.0, 3.0)))
