@@ -141,6 +141,10 @@ def finished_runs(results_dir: Path, tasks: Sequence[str] | None = None) -> list
 RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "patch_size", "optimizer", "lr",
                    "num_folds", "pretrained", "class_weights", "tta", "postprocess", "nsd_tolerance_mm",
                    "task_version", "pipeline_version")
+# Of `run_settings`' keys, those that differ from task to task by nature (a task's plan gives its patch,
+# batch, target spacing and preprocessing; a task file its version): the report tells runs apart by them
+# within a task only. Runs of one configuration that differ in any other setting are told apart across tasks.
+TASK_SETTINGS = ("patch_size", "batch_size", "target_spacing", "preprocessing", "task_version")
 
 
 def checked_state(folder: Path) -> tuple[str, str | None]:

@@ -120,6 +120,8 @@ def flat_table(report: Report) -> pd.DataFrame:
     flat = report.table.copy()
     for column in ("run_ids", "folds", "seeds"):
         flat[column] = flat[column].map(lambda v: ";".join(str(x) for x in v))
+    if "settings" in flat:  # a JSON object per row, as text
+        flat["settings"] = flat["settings"].map(lambda v: "" if v is None else json.dumps(v, sort_keys=True))
     return flat
 
 

@@ -291,3 +291,35 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path:
     assert sorted(table["config"]) == ["2d-unet.resnet18-dice_ce-none", "3d-unet-dice_ce-light [epochs=4]",
                                        "3d-unet-dice_ce-light [epochs=8]"]
     assert set(table.loc[table["config"].str.startswith("3d"), "runs"]) == {1}
+
+
+def test_runs_that_differ_in_a_setting_across_tasks_are_never_pooled(results: Path, tmp_path: Path) -> None:
+    # Task91_Beta's 3d-unet-dice_ce-light trained with class weights, Task90_Alpha's without: the ranking
+    # across tasks pooled them as one configuration run on both tasks, and JSON did not say which was which.
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    for run in sorted((copy / "Task91_Beta").glob("3d-unet-dice_ce-light-*")):
+        spec = {k: v for k, v in json.loads((run / "spec.json").read_text()).items() if k != "run_id"}
+        spec["class_weights"] = [1000.0, 1.0]
+        run_id = f"{run.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"
+        (run / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
+        run.rename(run.parent / run_id)
+    result = invoke("--results-dir", str(copy), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    ranking = {row["config"]: row for row in data["ranking"]}
+    weighted, plain = ("3d-unet-dice_ce-light [class_weights=1000.0x1.0]",
+                       "3d-unet-dice_ce-light [class_weights=default]")
+    assert ranking[weighted]["tasks"] == ranking[plain]["tasks"] == 1
+    assert ranking[weighted]["rank[Task90_Alpha]"] is None and ranking[plain]["rank[Task91_Beta]"] is None
+    assert ranking["2d-unet.resnet18-dice_ce-none"]["tasks"] == 2  # the same settings: still one row
+    rows = {(row["task"], row["config"]): row for row in data["leaderboard"]}
+    assert rows[("Task91_Beta", weighted)]["settings"]["class_weights"] == [1000.0, 1.0]
+    assert rows[("Task90_Alpha", plain)]["settings"]["class_weights"] is None
+    assert all(row["settings"]["lr"] == rows[("Task90_Alpha", plain)]["settings"]["lr"] is not None
+               for row in data["leaderboard"])
+    csv = invoke("--results-dir", str(copy), "--format", "csv")
+    table = pd.read_csv(io.StringIO(csv.output)).set_index(["task", "config"])
+    assert json.loads(table.loc[("Task91_Beta", weighted), "settings"])["class_weights"] == [1000.0, 1.0]

@@ -309,6 +309,33 @@ def test_one_configuration_is_one_name_across_tasks_and_keeps_its_interval(tmp_p
     assert (old["dice_ci_low"], old["dice_ci_high"]) == (new["dice_ci_low"], new["dice_ci_high"])
 
 
+def test_a_setting_that_differs_between_tasks_splits_the_configuration_unless_tasks_differ_in_it(
+        tmp_path: Path) -> None:
+    # lr differs only from one task to the other: once one row across tasks (`tasks 2`), now two, each run
+    # on one task; the patch a task's plan gives differs from task to task by nature: one row.
+    from medseg_bench.report import report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = [*_rows("A", "unet", cases, settings='{"lr": 0.001, "patch_size": [64, 64, 64]}'),
+            *_rows("B", "unet", cases, settings='{"lr": 0.01, "patch_size": [32, 32, 32]}'),
+            *_rows("A", "dynunet", cases, settings='{"lr": 0.001, "patch_size": [64, 64, 64]}'),
+            *_rows("B", "dynunet", cases, settings='{"lr": 0.001, "patch_size": [32, 32, 32]}')]
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    ranking = report.ranking.set_index("config")
+    assert ranking["tasks"].to_dict() == {"3d-dynunet-dice_ce-none": 2, "3d-unet-dice_ce-none [lr=0.001]": 1,
+                                          "3d-unet-dice_ce-none [lr=0.01]": 1}
+    assert ranking.loc["3d-unet-dice_ce-none [lr=0.01]", "rank[A]"] != ranking.loc[
+        "3d-unet-dice_ce-none [lr=0.01]", "rank[A]"]  # NaN: not run on A, so ranked last there
+    settings = report.table.set_index(["task", "config"])["settings"]
+    assert settings[("B", "3d-unet-dice_ce-none [lr=0.01]")] == {"lr": 0.01, "patch_size": [32, 32, 32]}
+    # Within a task the patch still splits a configuration (a plan edit), and is then shown in every task.
+    rows += _rows("A", "dynunet", cases, fold=1, settings='{"lr": 0.001, "patch_size": [48, 48, 48]}')
+    names = set(report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"]).table["config"])
+    assert {n for n in names if "dynunet" in n} == {"3d-dynunet-dice_ce-none [patch_size=64x64x64]",
+                                                    "3d-dynunet-dice_ce-none [patch_size=48x48x48]",
+                                                    "3d-dynunet-dice_ce-none [patch_size=32x32x32]"}
+
+
 def test_per_label_columns_count_a_case_once_as_the_mean_does(tmp_path: Path) -> None:
     from medseg_bench.report import report_from_results
 
