@@ -20,6 +20,7 @@ from medseg_bench.report.tables import (
     sample_scores,
     shared_cases,
     top_k,
+    top_ranked,
 )
 from medseg_bench.results import finished_runs, load_results
 from medseg_bench.run_folder import read_json
@@ -144,8 +145,8 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     shown = pd.MultiIndex.from_frame(table[["task", "config"]])
     scores = scores[pd.MultiIndex.from_frame(scores[["task", "config"]]).isin(shown)].reset_index(drop=True)
     groups = group_effect(full, group_by, chosen) if group_by else None
-    if top is not None:
-        ranking = ranking.head(top).reset_index(drop=True)
+    if top is not None:  # and the configurations tied with the top-th
+        ranking = top_ranked(ranking, top).reset_index(drop=True)
     settings = {"metric": ranking_metric, "metrics": chosen, "confidence": confidence,
                 "bootstrap_resamples": n_resamples, "bootstrap_seed": seed, "alpha": alpha,
                 "group_by": group_by, "top": top, "case_sets": full.attrs["case_sets"]}

@@ -295,6 +295,11 @@ def _absent_metric_note(report: Report, task: str) -> str | None:
             f"metric, apart from this report, which reads the metrics.csv of each run as it is.")
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def sections(report: Report, compact: bool = False) -> list[Section]:
     """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
 
@@ -314,7 +319,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
         intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
         intro.append(f"Only the top {s['top']} configurations of each task, and of the ranking across tasks, "
-                     "are shown; the significance tests cover, and list, every configuration.")
+                     f"are shown, and those tied with the {_ordinal(s['top'])} (so a table may hold more); "
+                     "the significance tests cover, and list, every configuration.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
         items: list[str | Table] = [_settings_note(report, task)]

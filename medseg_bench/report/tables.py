@@ -297,15 +297,23 @@ def _order_labels(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def top_k(table: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    """The first `k` rows of each task (the table is ordered best first)."""
+    """The first `k` rows of each task (the table is ordered best first), and every row tied with the k-th
+    (the same `rank`): a cut never chooses between configurations that tie, so more than `k` may be kept."""
     if k is None:
         return table
     if k < 1:
         raise UsageError(f"--top must be at least 1, got {k}")
-    kept = table.groupby("task", sort=False).head(k)
+    kept = pd.concat([top_ranked(group, k) for _, group in table.groupby("task", sort=False)])
     out = kept.reset_index(drop=True)
     out.attrs.update(table.attrs)
     return out
+
+
+def top_ranked(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The first `k` rows of `frame` (ordered by its `rank`, best first) and those tied with the k-th."""
+    if len(frame) <= k:
+        return frame
+    return frame[frame["rank"] <= frame["rank"].iloc[k - 1]]
 
 
 def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

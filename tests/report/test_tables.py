@@ -133,6 +133,35 @@ def test_group_effect_and_top_k(fake_results: Path) -> None:
         top_k(table, 0)
 
 
+def test_top_k_keeps_the_configurations_tied_with_the_kth(tmp_path: Path) -> None:
+    # unet and segresnet score every case alike (rank 2.5 both): --top 2 kept one of them, picked by name
+    from medseg_bench.report import render, report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = [*_rows("T", "dynunet", {c: {"1": s["1"] + 0.05} for c, s in cases.items()}),
+            *_rows("T", "unet", cases), *_rows("T", "segresnet", cases),
+            *_rows("T", "swinunetr", {c: {"1": s["1"] - 0.05} for c, s in cases.items()})]
+    table = leaderboard(pd.DataFrame(rows), metrics=["dice"])
+    assert table["rank"].tolist() == [1, 2.5, 2.5, 4]
+    assert top_k(table, 2)["config"].tolist() == table["config"].tolist()[:3]
+    assert top_k(table, 3)["config"].tolist() == table["config"].tolist()[:3]
+    assert top_k(table, 1)["config"].tolist() == ["3d-dynunet-dice_ce-none"]
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"], top=2)
+    assert len(report.table) == 3 and len(report.ranking) == 3
+    assert set(report.scores["config"]) == set(report.table["config"])
+    assert "and those tied with the 2nd (so a table may hold more)" in render(report, "markdown")
+
+
+def test_top_k_keeps_the_configurations_tied_with_the_kth_across_tasks(fake_results: Path) -> None:
+    from medseg_bench.report import report_from_results
+    from tests.report.fake_results import with_tied_ranking
+
+    tied = with_tied_ranking(load_results(fake_results))
+    report = report_from_results(tied, fake_results, metrics=["dice"], top=2)
+    assert report.ranking["rank"].tolist() == [1, 2.5, 2.5]  # both tied second: neither left out
+    assert len(report_from_results(tied, fake_results, metrics=["dice"], top=1).ranking) == 1
+
+
 def test_report_filters_and_provenance(fake_results: Path) -> None:
     report = build_report(fake_results, task=["Task91_Beta"], top=1)
     assert report.tasks == ["Task91_Beta"] and len(report.table) == 1
