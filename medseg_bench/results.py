@@ -75,6 +75,16 @@ def run_folder_of(path: Path) -> Path | None:
     return None
 
 
+def index_of(path: Path) -> Path | None:
+    """The results dir whose index (`INDEX_NAME`, which `write_index` rebuilds) `path` names, whether it was
+    written yet or not, or None: a folder with a run folder (its `spec.json`) in a task folder."""
+    target = Path(os.path.realpath(path))  # through links, and `missing/..` as a write would take it
+    if target.name != INDEX_NAME:
+        return None
+    folder = target.parent
+    return folder if next(folder.glob("*/*/spec.json"), None) is not None else None
+
+
 def run_state(folder: Path) -> str:
     """One of DISPLAY_STATES, from the run folder alone."""
     if finished_damage(folder):

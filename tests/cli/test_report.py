@@ -177,6 +177,32 @@ def test_output_onto_a_runs_own_file_is_refused(results: Path, tmp_path: Path) -
     assert summary.read_bytes() == before
 
 
+def test_output_onto_the_results_dirs_index_is_refused(results: Path, tmp_path: Path) -> None:
+    # It replaced the per-case scores `status` and `sweep` rebuild with the leaderboard, without a word.
+    import shutil
+
+    from medseg_bench.results import INDEX_NAME, write_index
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    index = write_index(copy)
+    before = index.read_bytes()
+    for out in (index, copy / "Task90_Alpha" / ".." / INDEX_NAME):
+        result = invoke("--results-dir", str(copy), "--output", str(out))
+        assert result.exit_code == 6, result.output
+        assert result.stderr == (f"error: {out}: cannot write (the index of results dir {copy.resolve()}, "
+                                 "which status and sweep rebuild from its run folders; give another name)\n")
+    assert index.read_bytes() == before
+    index.unlink()  # not rebuilt yet: still its name, which the next status would write over the report
+    result = invoke("--results-dir", str(copy), "--output", str(index))
+    assert result.exit_code == 6 and "cannot write (the index of results dir" in result.stderr
+    assert not index.exists()
+    elsewhere = tmp_path / "reports" / INDEX_NAME  # a file of that name in another folder is written
+    result = invoke("--results-dir", str(copy), "--output", str(elsewhere))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(elsewhere)) == 5
+
+
 def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
