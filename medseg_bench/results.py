@@ -75,6 +75,16 @@ def run_folder_of(path: Path) -> Path | None:
     return None
 
 
+def index_of(path: Path) -> Path | None:
+    """The results dir whose index (`INDEX_NAME`, which `write_index` rebuilds) `path` names, whether it was
+    written yet or not, or None: a folder with a run folder (its `spec.json`) in a task folder."""
+    target = Path(os.path.realpath(path))  # through links, and `missing/..` as a write would take it
+    if target.name != INDEX_NAME:
+        return None
+    folder = target.parent
+    return folder if next(folder.glob("*/*/spec.json"), None) is not None else None
+
+
 def run_state(folder: Path) -> str:
     """One of DISPLAY_STATES, from the run folder alone."""
     if finished_damage(folder):
@@ -141,6 +151,10 @@ def finished_runs(results_dir: Path, tasks: Sequence[str] | None = None) -> list
 RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "patch_size", "optimizer", "lr",
                    "num_folds", "pretrained", "class_weights", "tta", "postprocess", "nsd_tolerance_mm",
                    "task_version", "pipeline_version")
+# Of `run_settings`' keys, those that differ from task to task by nature (a task's plan gives its patch,
+# batch, target spacing and preprocessing; a task file its version): the report tells runs apart by them
+# within a task only. Runs of one configuration that differ in any other setting are told apart across tasks.
+TASK_SETTINGS = ("patch_size", "batch_size", "target_spacing", "preprocessing", "task_version")
 
 
 def checked_state(folder: Path) -> tuple[str, str | None]:

@@ -30,8 +30,8 @@ def report(
         help="Also show the marginal effect of one axis: arch, loss, aug, dims or encoder.")] = None,
     top: Annotated[int | None, typer.Option(
         metavar="K", help="Only the K best configurations of each task, and the K best of the ranking "
-                          "across tasks (ranks and tests still count every configuration, and every pair's "
-                          "test is listed).")] = None,
+                          "across tasks, and any tied with the K-th (more than K where they tie; ranks and "
+                          "tests still count every configuration, and every pair's test is listed).")] = None,
     plots: Annotated[Path | None, typer.Option(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,

@@ -20,6 +20,7 @@ from medseg_bench.report.tables import (
     sample_scores,
     shared_cases,
     top_k,
+    top_ranked,
 )
 from medseg_bench.results import finished_runs, load_results
 from medseg_bench.run_folder import read_json
@@ -44,6 +45,9 @@ class Report:
     label_names: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> label value -> name
     # task -> config -> metric -> [runs whose metrics.csv lacks its column, runs]: see `absent_metrics`
     absent_metrics: dict[str, dict[str, dict[str, list[int]]]] = field(default_factory=dict)
+    # `table` and `ranking` before `--top` (None: the same): what is best in a column is decided over them
+    full_table: pd.DataFrame | None = None
+    full_ranking: pd.DataFrame | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -144,15 +148,17 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     shown = pd.MultiIndex.from_frame(table[["task", "config"]])
     scores = scores[pd.MultiIndex.from_frame(scores[["task", "config"]]).isin(shown)].reset_index(drop=True)
     groups = group_effect(full, group_by, chosen) if group_by else None
-    if top is not None:
-        ranking = ranking.head(top).reset_index(drop=True)
+    every = ranking
+    if top is not None:  # and the configurations tied with the top-th
+        ranking = top_ranked(ranking, top).reset_index(drop=True)
     settings = {"metric": ranking_metric, "metrics": chosen, "confidence": confidence,
                 "bootstrap_resamples": n_resamples, "bootstrap_seed": seed, "alpha": alpha,
                 "group_by": group_by, "top": top, "case_sets": full.attrs["case_sets"]}
     return Report(ranking_metric, chosen, table, scores, ranking, pairs, friedman_table, groups,
                   provenance(results_dir, full), settings, results_dir,
                   _label_names(list(full["task"].unique())),
-                  absent_metrics(results.attrs.get("absent_metrics", {}), full, chosen))
+                  absent_metrics(results.attrs.get("absent_metrics", {}), full, chosen),
+                  full_table=full, full_ranking=every)
 
 
 def _task_name(name: str, have: set[str]) -> str:

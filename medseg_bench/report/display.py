@@ -91,6 +91,19 @@ def _label_title(report: Report, task: str, column: str) -> str:
     return report.label_names.get(task, {}).get(label, label)
 
 
+def _best_shown(shown: pd.DataFrame, everyone: pd.DataFrame, column: str, higher: bool) -> set[object]:
+    """Index labels of the rows of `shown` that hold the best value of `column` among `everyone` (a task's
+    rows before --top; all of them when tied, equal but for the last bits: tied), none if it is not shown."""
+    if column not in everyone or column not in shown:
+        return set()
+    values = pd.to_numeric(everyone[column], errors="coerce").round(12).dropna()
+    if values.empty:
+        return set()
+    target = values.max() if higher else values.min()
+    mine = pd.to_numeric(shown[column], errors="coerce").round(12)
+    return set(mine.index[mine == target])
+
+
 def task_table(report: Report, task: str, compact: bool = False, part: str = "all") -> Table:
     """One row per configuration of `task`, best first; bold (best) per metric and cost column.
 
@@ -117,7 +130,11 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
         ("peak mem (MB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
         ("s/epoch", "time_per_epoch_s", False, lambda r: _num(r["time_per_epoch_s"], 1)),
     ]
-    best = {column: best_rows(rows, column, higher) for _, column, higher, _ in columns}
+    # Best over every configuration of the task, also those --top leaves out: a column whose best is not
+    # shown has no bold cell.
+    full = report.full_table if report.full_table is not None else report.table
+    everyone = full[full["task"] == task]
+    best = {column: _best_shown(rows, everyone, column, higher) for _, column, higher, _ in columns}
     out_rows = []
     for idx, row in rows.iterrows():
         cells = [Cell(format_rank(row["rank"])), Cell(row["config"])]
@@ -192,19 +209,15 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
     return notes, Table(headers, rows, ["l", "r", "r", "r", "r", "r", "l"])
 
 
-def _lowest(values: pd.Series) -> set[object]:
-    """Index labels of the lowest value (all of them when tied; equal but for the last bits: tied)."""
-    numbers = pd.to_numeric(values, errors="coerce").round(12).dropna()
-    return set(numbers.index[numbers == numbers.min()]) if len(numbers) else set()
-
-
 def ranking_table(report: Report) -> Table:
     ranking = report.ranking
     task_columns = [c for c in ranking.columns if c.startswith("rank[")]
     headers = ["#", "configuration", "mean rank", "tasks", *[c[5:-1] for c in task_columns]]
     # Bold: the lowest of each column, ties all bold. A task's column holds mean ranks over metrics, so its
     # best can be 1.25, or 1.5 for two configurations each first on half the metrics: not always 1.
-    best = {c: _lowest(ranking[c]) for c in ["mean_rank", *task_columns]}
+    # Over every configuration, also those --top leaves out: a task's best may not be listed (no bold then).
+    everyone = report.full_ranking if report.full_ranking is not None else ranking
+    best = {c: _best_shown(ranking, everyone, c, False) for c in ["mean_rank", *task_columns]}
     rows = []
     for idx, row in ranking.iterrows():
         rows.append([Cell(format_rank(row["rank"])), Cell(row["config"]),
@@ -295,6 +308,11 @@ def _absent_metric_note(report: Report, task: str) -> str | None:
             f"metric, apart from this report, which reads the metrics.csv of each run as it is.")
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def sections(report: Report, compact: bool = False) -> list[Section]:
     """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
 
@@ -306,7 +324,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
         f"task's foreground labels; folds are pooled, and a case's seeds averaged. Cells: mean ± std "
         f"[{confidence_text(s['confidence'])} percentile bootstrap CI of the mean, "
         f"{s['bootstrap_resamples']} resamples, seed {s['bootstrap_seed']}] over cases. Bold: best in its "
-        "column within the task.",
+        "column within the task" + (" (of all its configurations: a column whose best --top leaves out has "
+                                    "none bold)." if s["top"] else "."),
         "empty: label evaluations with an empty reference (in parentheses: both masks empty, scored NaN and "
         "left out of the means). Cost: parameters, training hours per run, peak memory, seconds per epoch.",
     ]
@@ -314,7 +333,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
         intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
         intro.append(f"Only the top {s['top']} configurations of each task, and of the ranking across tasks, "
-                     "are shown; the significance tests cover, and list, every configuration.")
+                     f"are shown, and those tied with the {_ordinal(s['top'])} (so a table may hold more); "
+                     "the significance tests cover, and list, every configuration.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
         items: list[str | Table] = [_settings_note(report, task)]

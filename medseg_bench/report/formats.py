@@ -120,6 +120,8 @@ def flat_table(report: Report) -> pd.DataFrame:
     flat = report.table.copy()
     for column in ("run_ids", "folds", "seeds"):
         flat[column] = flat[column].map(lambda v: ";".join(str(x) for x in v))
+    if "settings" in flat:  # a JSON object per row, as text
+        flat["settings"] = flat["settings"].map(lambda v: "" if v is None else json.dumps(v, sort_keys=True))
     return flat
 
 
@@ -263,9 +265,18 @@ def check_output_file(path: Path) -> None:
 def _check_not_a_runs_file(path: Path) -> None:
     """ResultsError when `path` is an existing file of a run folder (`results.run_folder_of`): `evaluate
     --pred RUN/predictions ... -o RUN/metrics.csv` replaced the run's own scores, `report --output
-    RUN/summary.json` its summary, without a word. A new file in a run folder is written."""
-    from medseg_bench.results import run_folder_of
+    RUN/summary.json` its summary, without a word. A new file in a run folder is written. Or when it is a
+    results dir's index (`results.index_of`), there or not yet: `report --output RESULTS/index.parquet`
+    replaced the per-case scores with the leaderboard, until `status` or a sweep rebuilt them over it."""
+    from medseg_bench.results import index_of, run_folder_of
 
+    try:
+        results_dir = index_of(path)
+    except OSError:
+        results_dir = None
+    if results_dir is not None:
+        raise ResultsError(f"{path}: cannot write (the index of results dir {results_dir}, which status and "
+                           "sweep rebuild from its run folders; give another name)")
     try:
         target = Path(os.path.realpath(path))  # through links, and `missing/..` as the write will take it
         if not target.is_file():

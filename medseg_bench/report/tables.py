@@ -65,22 +65,32 @@ def _with_config(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _told_apart(frame: pd.DataFrame) -> pd.Series:
-    """Configuration names, with `[setting=value, ...]` where runs of one configuration of a task differ in
-    a setting that changes results (epochs, lr, the patch a plan edit changed, ...): never pooled.
+    """Configuration names, with `[setting=value, ...]` where runs of one configuration differ in a setting
+    that changes results (epochs, lr, class weights, the patch a plan edit changed, ...): never pooled, in a
+    task or across tasks.
 
-    The settings shown are those that split the configuration in some task, and they are shown in every
-    task it has, so that the same settings are the same name across tasks (one row of the cross-task
-    ranking); settings that differ only from task to task (the plan's patch) are not shown."""
+    A setting is shown when two runs of the configuration anywhere in the report differ in it (`lr` in one
+    task, class weights in another: two rows of the cross-task ranking, each with one task), and then in
+    every task the configuration has, so that the same settings are the same name across tasks (one row of
+    the ranking). A setting that differs from task to task by nature (`results.TASK_SETTINGS`: the plan's
+    patch, target spacing, ...) is shown only where it splits the configuration within some task."""
     import json
+
+    from medseg_bench.results import TASK_SETTINGS
 
     names = frame["config"].copy()
     for config, group in frame.groupby("config", sort=False):
         parsed = {v: json.loads(v) for v in group["run_settings"].unique()}
-        differing: list[str] = []
-        for _, in_task in group.groupby("task", sort=False):
-            variants = [parsed[v] for v in in_task["run_settings"].unique()]
-            differing += [k for k in variants[0]
-                          if k not in differing and len({json.dumps(p.get(k)) for p in variants}) > 1]
+        keys = sorted({k for settings in parsed.values() for k in settings})
+
+        def differ(variants: list[dict[str, Any]], key: str) -> bool:
+            return len({json.dumps(p.get(key), sort_keys=True) for p in variants}) > 1
+
+        everywhere = list(parsed.values())
+        in_tasks = [[parsed[v] for v in in_task["run_settings"].unique()]
+                    for _, in_task in group.groupby("task", sort=False)]
+        differing = [k for k in keys if (any(differ(v, k) for v in in_tasks) if k in TASK_SETTINGS
+                                         else differ(everywhere, k))]
         if not differing:
             continue
         for variant, settings in parsed.items():
@@ -188,7 +198,8 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     evaluations with an empty reference / both masks empty); per metric, over cases (a case's samples
     averaged first, `case_means`): `<m>_mean`, `<m>_std`, `<m>_ci_low`, `<m>_ci_high` (percentile bootstrap
     of the mean, resampling cases), `<m>_n` (cases with a score) and
-    `<m>_label_<label>` (mean per label or region); cost; `run_ids`. `compared`: `shared_cases(sample_scores(
+    `<m>_label_<label>` (mean per label or region); cost; `settings` (the runs' result-changing settings,
+    `results.run_settings`, or None); `run_ids`. `compared`: `shared_cases(sample_scores(
     results, metrics))` when the caller has it already.
     """
     ranking, chosen = resolve_metrics(results, metric, metrics)
@@ -232,6 +243,7 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
             for label, values in per_case.groupby(level="label", sort=False):
                 row[f"{m}_label_{label}"] = _mean_or_nan(values)
         row.update(_cost(runs.drop_duplicates("run_id")))
+        row["settings"] = _settings_of(runs)
         row["run_ids"] = sorted(runs["run_id"].unique().tolist())
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -244,6 +256,17 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     table.attrs.update(metric=ranking, metrics=chosen, confidence=confidence, n_resamples=n_resamples,
                        seed=seed, case_sets=differ)
     return table
+
+
+def _settings_of(runs: pd.DataFrame) -> dict[str, Any] | None:
+    """The result-changing settings (`results.run_settings`) the runs of one leaderboard row share (runs that
+    differ in one are never one row), or None where the results do not record them."""
+    import json
+
+    if "run_settings" not in runs:
+        return None
+    settings: dict[str, Any] = json.loads(runs["run_settings"].iloc[0])
+    return settings
 
 
 def label_columns(table: pd.DataFrame, metric: str) -> list[str]:
@@ -274,15 +297,23 @@ def _order_labels(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def top_k(table: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    """The first `k` rows of each task (the table is ordered best first)."""
+    """The first `k` rows of each task (the table is ordered best first), and every row tied with the k-th
+    (the same `rank`): a cut never chooses between configurations that tie, so more than `k` may be kept."""
     if k is None:
         return table
     if k < 1:
         raise UsageError(f"--top must be at least 1, got {k}")
-    kept = table.groupby("task", sort=False).head(k)
+    kept = pd.concat([top_ranked(group, k) for _, group in table.groupby("task", sort=False)])
     out = kept.reset_index(drop=True)
     out.attrs.update(table.attrs)
     return out
+
+
+def top_ranked(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The first `k` rows of `frame` (ordered by its `rank`, best first) and those tied with the k-th."""
+    if len(frame) <= k:
+        return frame
+    return frame[frame["rank"] <= frame["rank"].iloc[k - 1]]
 
 
 def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -483,6 +483,22 @@ def test_output_onto_a_runs_own_file_is_refused_and_a_new_file_beside_it_written
     assert pd.read_csv(run / "rescored.csv")["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
 
 
+def test_output_onto_a_results_dirs_index_is_refused(folders, tmp_path):
+    pred_dir, ref_dir = folders
+    results = tmp_path / "results"
+    run = results / "Task04_Hippocampus" / "3d-unet-dice_ce-none-f0-s0-0123456789"
+    run.mkdir(parents=True)
+    for name in ("spec.json", "status.json"):
+        (run / name).write_text("{}")
+    (results / "index.parquet").write_bytes(b"the index")
+    out = results / "index.parquet"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out), "--format", "csv")
+    assert result.exit_code == 6, result.output
+    assert result.stderr == (f"error: {out}: cannot write (the index of results dir {results.resolve()}, "
+                             "which status and sweep rebuild from its run folders; give another name)\n")
+    assert out.read_bytes() == b"the index"
+
+
 def test_output_that_cannot_be_written_fails_before_scoring(folders, tmp_path, monkeypatch):
     """Permission bits do not stop root, so the name is one too long for the file system (260 bytes): only
     trying to create the file finds it out, as the write would, late. (A name of 254 bytes is written: its

@@ -177,6 +177,32 @@ def test_output_onto_a_runs_own_file_is_refused(results: Path, tmp_path: Path) -
     assert summary.read_bytes() == before
 
 
+def test_output_onto_the_results_dirs_index_is_refused(results: Path, tmp_path: Path) -> None:
+    # It replaced the per-case scores `status` and `sweep` rebuild with the leaderboard, without a word.
+    import shutil
+
+    from medseg_bench.results import INDEX_NAME, write_index
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    index = write_index(copy)
+    before = index.read_bytes()
+    for out in (index, copy / "Task90_Alpha" / ".." / INDEX_NAME):
+        result = invoke("--results-dir", str(copy), "--output", str(out))
+        assert result.exit_code == 6, result.output
+        assert result.stderr == (f"error: {out}: cannot write (the index of results dir {copy.resolve()}, "
+                                 "which status and sweep rebuild from its run folders; give another name)\n")
+    assert index.read_bytes() == before
+    index.unlink()  # not rebuilt yet: still its name, which the next status would write over the report
+    result = invoke("--results-dir", str(copy), "--output", str(index))
+    assert result.exit_code == 6 and "cannot write (the index of results dir" in result.stderr
+    assert not index.exists()
+    elsewhere = tmp_path / "reports" / INDEX_NAME  # a file of that name in another folder is written
+    result = invoke("--results-dir", str(copy), "--output", str(elsewhere))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(elsewhere)) == 5
+
+
 def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -291,3 +317,35 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path:
     assert sorted(table["config"]) == ["2d-unet.resnet18-dice_ce-none", "3d-unet-dice_ce-light [epochs=4]",
                                        "3d-unet-dice_ce-light [epochs=8]"]
     assert set(table.loc[table["config"].str.startswith("3d"), "runs"]) == {1}
+
+
+def test_runs_that_differ_in_a_setting_across_tasks_are_never_pooled(results: Path, tmp_path: Path) -> None:
+    # Task91_Beta's 3d-unet-dice_ce-light trained with class weights, Task90_Alpha's without: the ranking
+    # across tasks pooled them as one configuration run on both tasks, and JSON did not say which was which.
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    for run in sorted((copy / "Task91_Beta").glob("3d-unet-dice_ce-light-*")):
+        spec = {k: v for k, v in json.loads((run / "spec.json").read_text()).items() if k != "run_id"}
+        spec["class_weights"] = [1000.0, 1.0]
+        run_id = f"{run.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"
+        (run / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
+        run.rename(run.parent / run_id)
+    result = invoke("--results-dir", str(copy), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    ranking = {row["config"]: row for row in data["ranking"]}
+    weighted, plain = ("3d-unet-dice_ce-light [class_weights=1000.0x1.0]",
+                       "3d-unet-dice_ce-light [class_weights=default]")
+    assert ranking[weighted]["tasks"] == ranking[plain]["tasks"] == 1
+    assert ranking[weighted]["rank[Task90_Alpha]"] is None and ranking[plain]["rank[Task91_Beta]"] is None
+    assert ranking["2d-unet.resnet18-dice_ce-none"]["tasks"] == 2  # the same settings: still one row
+    rows = {(row["task"], row["config"]): row for row in data["leaderboard"]}
+    assert rows[("Task91_Beta", weighted)]["settings"]["class_weights"] == [1000.0, 1.0]
+    assert rows[("Task90_Alpha", plain)]["settings"]["class_weights"] is None
+    assert all(row["settings"]["lr"] == rows[("Task90_Alpha", plain)]["settings"]["lr"] is not None
+               for row in data["leaderboard"])
+    csv = invoke("--results-dir", str(copy), "--format", "csv")
+    table = pd.read_csv(io.StringIO(csv.output)).set_index(["task", "config"])
+    assert json.loads(table.loc[("Task91_Beta", weighted), "settings"])["class_weights"] == [1000.0, 1.0]

@@ -39,7 +39,7 @@ def test_the_confidence_level_is_shown_as_given() -> None:
     assert [confidence_text(c) for c in (0.95, 0.975, 0.999)] == ["95%", "97.5%", "99.9%"]  # once 98%, 100%
 
 
-@pytest.mark.parametrize("top", [None, 2])
+@pytest.mark.parametrize("top", [None, 1, 2])
 def test_configurations_whose_mean_ranks_tie_share_their_place(fake_results: Path, top: int | None) -> None:
     from tests.report.fake_results import with_tied_ranking
 
@@ -49,4 +49,34 @@ def test_configurations_whose_mean_ranks_tie_share_their_place(fake_results: Pat
     places = [(row[0].text, row[1].text) for row in table.rows]
     expected = [("1", "3d-unet-dice_ce-light"), ("2.5", "2d-unet.resnet18-dice_ce-none"),
                 ("2.5", "3d-unet-dice-none")]
-    assert places == expected[:top]  # once 1, 2, 3: the second looked better than the third
+    # once 1, 2, 3: the second looked better than the third; --top 2 keeps both tied second
+    assert places == expected[:{None: 3, 1: 1, 2: 3}[top]]
+
+
+def test_bold_under_top_is_the_best_of_every_configuration_not_of_those_shown(fake_results: Path) -> None:
+    # Under --top 1 bold marked the best of the shown rows only: Task90_Alpha's winner by Dice was bold for
+    # HD95 and params, which a configuration --top left out had better (lower), while the report said
+    # "Bold: best in its column within the task"; and in the ranking, a task's column bolded a rank that
+    # another configuration beat there.
+    from medseg_bench.report import render
+    from medseg_bench.report.display import task_table
+
+    results = load_results(fake_results)
+    hidden = (results["task"] == "Task90_Alpha") & (results["loss"] == "dice")  # 3d-unet-dice-none
+    results.loc[hidden, "hd95"] -= 3
+    results.loc[hidden, "params"] = 1_000_000
+    report = report_from_results(results, fake_results, metrics=["dice", "hd95"], top=1)
+    table = task_table(report, "Task90_Alpha")
+    (row,) = table.rows
+    cell = {header: row[i] for i, header in enumerate(table.headers)}
+    assert row[1].text == "3d-unet-dice_ce-light" and cell["Dice"].best
+    assert not cell["HD95 (mm)"].best and not cell["params (M)"].best  # 3d-unet-dice-none's, not shown
+    full = task_table(report_from_results(results, fake_results, metrics=["dice", "hd95"]), "Task90_Alpha")
+    column = full.headers.index("params (M)")
+    assert [(r[1].text, r[column].best) for r in full.rows if r[column].best] == [("3d-unet-dice-none", True)]
+    ranking = ranking_table(report)
+    (first,) = ranking.rows
+    beta = ranking.headers.index("Task91_Beta")
+    assert first[1].text == "3d-unet-dice_ce-light" and not first[beta].best  # second in Task91_Beta
+    assert first[ranking.headers.index("mean rank")].best
+    assert "a column whose best --top leaves out has none bold" in render(report, "markdown")

@@ -133,6 +133,35 @@ def test_group_effect_and_top_k(fake_results: Path) -> None:
         top_k(table, 0)
 
 
+def test_top_k_keeps_the_configurations_tied_with_the_kth(tmp_path: Path) -> None:
+    # unet and segresnet score every case alike (rank 2.5 both): --top 2 kept one of them, picked by name
+    from medseg_bench.report import render, report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = [*_rows("T", "dynunet", {c: {"1": s["1"] + 0.05} for c, s in cases.items()}),
+            *_rows("T", "unet", cases), *_rows("T", "segresnet", cases),
+            *_rows("T", "swinunetr", {c: {"1": s["1"] - 0.05} for c, s in cases.items()})]
+    table = leaderboard(pd.DataFrame(rows), metrics=["dice"])
+    assert table["rank"].tolist() == [1, 2.5, 2.5, 4]
+    assert top_k(table, 2)["config"].tolist() == table["config"].tolist()[:3]
+    assert top_k(table, 3)["config"].tolist() == table["config"].tolist()[:3]
+    assert top_k(table, 1)["config"].tolist() == ["3d-dynunet-dice_ce-none"]
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"], top=2)
+    assert len(report.table) == 3 and len(report.ranking) == 3
+    assert set(report.scores["config"]) == set(report.table["config"])
+    assert "and those tied with the 2nd (so a table may hold more)" in render(report, "markdown")
+
+
+def test_top_k_keeps_the_configurations_tied_with_the_kth_across_tasks(fake_results: Path) -> None:
+    from medseg_bench.report import report_from_results
+    from tests.report.fake_results import with_tied_ranking
+
+    tied = with_tied_ranking(load_results(fake_results))
+    report = report_from_results(tied, fake_results, metrics=["dice"], top=2)
+    assert report.ranking["rank"].tolist() == [1, 2.5, 2.5]  # both tied second: neither left out
+    assert len(report_from_results(tied, fake_results, metrics=["dice"], top=1).ranking) == 1
+
+
 def test_report_filters_and_provenance(fake_results: Path) -> None:
     report = build_report(fake_results, task=["Task91_Beta"], top=1)
     assert report.tasks == ["Task91_Beta"] and len(report.table) == 1
@@ -307,6 +336,33 @@ def test_one_configuration_is_one_name_across_tasks_and_keeps_its_interval(tmp_p
     old = before.table.set_index(["task", "config"]).loc[("A", "3d-unet-dice_ce-none")]
     new = after.table.set_index(["task", "config"]).loc[("A", "3d-unet-dice_ce-none [epochs=4]")]
     assert (old["dice_ci_low"], old["dice_ci_high"]) == (new["dice_ci_low"], new["dice_ci_high"])
+
+
+def test_a_setting_that_differs_between_tasks_splits_the_configuration_unless_tasks_differ_in_it(
+        tmp_path: Path) -> None:
+    # lr differs only from one task to the other: once one row across tasks (`tasks 2`), now two, each run
+    # on one task; the patch a task's plan gives differs from task to task by nature: one row.
+    from medseg_bench.report import report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = [*_rows("A", "unet", cases, settings='{"lr": 0.001, "patch_size": [64, 64, 64]}'),
+            *_rows("B", "unet", cases, settings='{"lr": 0.01, "patch_size": [32, 32, 32]}'),
+            *_rows("A", "dynunet", cases, settings='{"lr": 0.001, "patch_size": [64, 64, 64]}'),
+            *_rows("B", "dynunet", cases, settings='{"lr": 0.001, "patch_size": [32, 32, 32]}')]
+    report = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    ranking = report.ranking.set_index("config")
+    assert ranking["tasks"].to_dict() == {"3d-dynunet-dice_ce-none": 2, "3d-unet-dice_ce-none [lr=0.001]": 1,
+                                          "3d-unet-dice_ce-none [lr=0.01]": 1}
+    assert ranking.loc["3d-unet-dice_ce-none [lr=0.01]", "rank[A]"] != ranking.loc[
+        "3d-unet-dice_ce-none [lr=0.01]", "rank[A]"]  # NaN: not run on A, so ranked last there
+    settings = report.table.set_index(["task", "config"])["settings"]
+    assert settings[("B", "3d-unet-dice_ce-none [lr=0.01]")] == {"lr": 0.01, "patch_size": [32, 32, 32]}
+    # Within a task the patch still splits a configuration (a plan edit), and is then shown in every task.
+    rows += _rows("A", "dynunet", cases, fold=1, settings='{"lr": 0.001, "patch_size": [48, 48, 48]}')
+    names = set(report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"]).table["config"])
+    assert {n for n in names if "dynunet" in n} == {"3d-dynunet-dice_ce-none [patch_size=64x64x64]",
+                                                    "3d-dynunet-dice_ce-none [patch_size=48x48x48]",
+                                                    "3d-dynunet-dice_ce-none [patch_size=32x32x32]"}
 
 
 def test_per_label_columns_count_a_case_once_as_the_mean_does(tmp_path: Path) -> None:
