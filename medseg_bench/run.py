@@ -26,6 +26,7 @@ from medseg_bench.signals import caused_by_stop, stop_reason
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
+    TrainingFailed,
     build_network,
     network_spacing,
     resolve_patch_and_batch,
@@ -214,7 +215,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         else:
             log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
             # the exception's type, where it says more than the line does (not 'MemoryError: out of memory')
-            error = message if isinstance(exc, MemoryError) else f"{type(exc).__name__}: {message}"
+            error = message if isinstance(exc, MemoryError | TrainingFailed) else (
+                f"{type(exc).__name__}: {message}")
             try:
                 write_status(folder, "failed", error=error)
             except OSError:
