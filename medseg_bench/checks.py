@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import math
 
+MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate past it overflows the step
+
 
 def shown(value: object, limit: int = 60) -> str:
     """`value` as JSON (a tuple as a list), cut to `limit` characters."""

@@ -26,6 +26,7 @@ from medseg_bench.signals import caused_by_stop, stop_reason
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
     EpochReporter,
+    TrainingFailed,
     build_network,
     network_spacing,
     resolve_patch_and_batch,
@@ -119,6 +120,19 @@ def summary_means(foreground: Any) -> dict[str, float]:
     return {m: float(by_case[m].mean().mean()) for m in HEADLINE_METRICS if m in foreground}
 
 
+def failure_text(exc: BaseException) -> str:
+    """The line a failed run reports for `exc`: its message's first line; a file the system named; a
+    MemoryError (numpy's names what it asked for, Python's often nothing: 'MemoryError: MemoryError') as
+    out of memory, with what to lower."""
+    if isinstance(exc, MemoryError):
+        asked = first_line(exc) if str(exc).strip() else "an allocation failed"
+        return f"out of memory ({asked}): lower --batch-size or --patch-size"
+    message = first_line(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+        message = f"{message}: {exc.filename}"
+    return message
+
+
 def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
                 num_workers: int = 0) -> dict[str, Any]:
     """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError."""
@@ -192,9 +206,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                  summary["mean"].get("dice", float("nan")))
         return summary
     except BaseException as exc:
-        message = first_line(exc)
-        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
-            message = f"{message}: {exc.filename}"
+        message = failure_text(exc)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) or caused_by_stop(exc):  # not failed: it resumes
             log.warning("run %s interrupted (%s): it resumes when run again", spec.run_id,
                         stop_reason(exc))
@@ -202,8 +214,11 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
                 raise KeyboardInterrupt(stop_reason(exc)) from exc
         else:
             log.error("run %s failed: %s\n%s", spec.run_id, message, traceback.format_exc())
+            # the exception's type, where it says more than the line does (not 'MemoryError: out of memory')
+            error = message if isinstance(exc, MemoryError | TrainingFailed) else (
+                f"{type(exc).__name__}: {message}")
             try:
-                write_status(folder, "failed", error=f"{type(exc).__name__}: {message}")
+                write_status(folder, "failed", error=error)
             except OSError:
                 pass
         if isinstance(exc, Exception):

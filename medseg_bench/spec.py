@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from medseg_bench.checks import FLOAT32_MAX, MAX_SIZE
 from medseg_bench.errors import UsageError
 from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int, region_name_problem
 
@@ -77,6 +78,7 @@ from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int
 #    without augmentation, train bit-identically to version 12 (the CPU survey's six U-Net rows), and so does
 #    SegResNet (its survey row moved with the machine, not the version: docs/results/README.md).
 PIPELINE_VERSION = 13
+MAX_MINUTES = 1e12  # a run's --max-minutes at most: timedelta, which Lightning's clock takes, ends at 1.44e12
 OWN_SLICE_SPACING_FROM = 11
 
 DIMS = ("2d", "3d")
@@ -250,13 +252,25 @@ class RunSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")
-        for name in ("max_minutes", "lr"):
+        # Past these the run failed after its setup (exit 5): a batch of 3e9 with 'MemoryError', a rate past
+        # float32's largest with 'value cannot be converted to type float without overflow' at the first
+        # step, 1e300 minutes with 'Python int too large to convert to C int' (timedelta).
+        if self.batch_size is not None and self.batch_size > MAX_SIZE:
+            raise UsageError(f"batch_size must be at most {MAX_SIZE}, not {self.batch_size}")
+        limits = (("max_minutes", MAX_MINUTES, "about 1.9 million years"),
+                  ("lr", FLOAT32_MAX, "the largest float32, the type of the network's weights"))
+        for name, most, why in limits:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise UsageError(f"{name} must be a positive number, not {value}")
+            if value is not None and value > most:
+                raise UsageError(f"{name} must be at most {most:.3g} ({why}), not {value:g}")
         sides = 2 if self.dims == "2d" else 3
         if self.patch_size is not None and (len(self.patch_size) != sides or min(self.patch_size) < 1):
             raise UsageError(f"a {self.dims} patch size is {sides} positive sides, not "
+                             f"{','.join(map(str, self.patch_size))}")
+        if self.patch_size is not None and max(self.patch_size) > MAX_SIZE:
+            raise UsageError(f"a patch side must be at most {MAX_SIZE}, not "
                              f"{','.join(map(str, self.patch_size))}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")

@@ -168,7 +168,7 @@ def member(run: TrainedRun, tta: bool | None) -> Any:
     from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.training import run_slice_axis, run_tta
+    from medseg_bench.training import run_slice_axis, run_tta, weights_finite
 
     spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
     patch = trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
@@ -177,6 +177,10 @@ def member(run: TrainedRun, tta: bool | None) -> Any:
     inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
     net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
+    if not weights_finite(net):  # a run that diverged, finished before such runs failed: it predicted NaN
+        raise DataError(f"{run.checkpoint}: the network's weights are not finite (NaN/inf): run "
+                        f"{spec.run_id} diverged in training; move its folder away and train it again with a "
+                        "lower --lr")
     return Member(net, spec.dims, tuple(patch), run_tta(spec, tta), run_slice_axis(spec, plan.target_spacing),
                   spec.pipeline_version, spec.own_slice_spacing)
 

@@ -34,6 +34,7 @@ from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
+from medseg_bench.errors import RunError
 from medseg_bench.inference import NNUNET_INFERENCE_FROM
 from medseg_bench.losses import build_loss
 from medseg_bench.models import (
@@ -55,6 +56,42 @@ GRAD_CLIP = 12.0
 # iterators draw from it), drew other dropout masks than an uninterrupted run (vnet, deeplab, deeplabv3,
 # pspnet, fcn: the archs with dropout; U-Net runs train bit-identically to version 12; see spec.py, 13).
 STEP_SEEDED_FROM = 13
+
+
+class TrainingFailed(RunError):
+    """Training that gave no result to evaluate: its weights diverged, or it took no step. Its message is the
+    run's one line (no exception type before it in `status.json`)."""
+
+
+def weights_finite(net: nn.Module) -> bool:
+    """Whether every floating-point tensor of `net`'s state (weights, and buffers such as BatchNorm's running
+    statistics) is finite. The weights, not a step's loss: with mixed precision GradScaler skips a step whose
+    gradients overflow, so a healthy run can log an inf loss and keep its weights."""
+    tensors = [t for t in net.state_dict().values() if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def diverged(when: str) -> TrainingFailed:
+    return TrainingFailed(f"training diverged: the network's weights are no longer finite {when} (NaN/inf); "
+                          "try a lower --lr")
+
+
+class _FiniteWeights(pl.Callback):
+    """Stops a run whose weights are no longer finite at an epoch's end, once its validation is done, before
+    its checkpoints are written (Lightning runs checkpoint callbacks last): a diverged run (`--lr 1e10`:
+    'loss nan val Dice 0.0000') was evaluated, recorded as done and ranked, and `predict` wrote NaN."""
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._check(trainer, module)  # an epoch without validation too
+
+    @staticmethod
+    def _check(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not weights_finite(module):
+            raise diverged(f"after epoch {trainer.current_epoch + 1}")
 
 
 class EpochReporter(Protocol):
@@ -341,6 +378,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
             ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_dice", mode="max", save_top_k=1,
                             enable_version_counter=False),
             ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False),
+            _FiniteWeights(),  # before `progress`, which reports the epoch
             progress,
             *(extra_callbacks or []),
         ],
@@ -368,6 +406,13 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     _reset_peak_memory(cuda)
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None)
+        # A run that took no step is no result: --max-minutes 1e-9 ran out before the first, and the run was
+        # evaluated (Dice 0.05) with the network's initial weights.
+        if not trainer.global_step:
+            raise TrainingFailed(f"no training step within --max-minutes {spec.max_minutes:g}: raise it"
+                                 if spec.max_minutes else "no training step was taken")
+        if not weights_finite(module):  # stopped by its clock within an epoch, or resumed after its last
+            raise diverged(f"after step {trainer.global_step}")
         # The weights evaluation and `predict` use: the final ones, also when --max-minutes stopped training
         # in the middle of an epoch (after its last epoch-end checkpoint).
         trainer.save_checkpoint(last)

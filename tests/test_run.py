@@ -156,3 +156,35 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
     assert read_status(folder)["state"] == "running"  # as any interrupted run leaves it (not "failed")
     log = (folder / "run.log").read_text()
     assert "interrupted (SIGTERM): it resumes when run again" in log and "failed" not in log
+
+
+@pytest.mark.parametrize(("raised", "asked"), [
+    (MemoryError(), "an allocation failed"),  # Python's own: its line was 'MemoryError: MemoryError'
+    (MemoryError("Unable to allocate 24.4 TiB for an array with shape (1, 40, 56, 3000000000)"),
+     "Unable to allocate 24.4 TiB for an array with shape (1, 40, 56, 3000000000)"),
+])
+def test_a_run_out_of_memory_fails_saying_so_and_what_to_lower(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, raised: MemoryError, asked: str) -> None:
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+    from medseg_bench.results import run_dir
+    from medseg_bench.run_folder import read_status
+    from medseg_bench.spec import RunSpec
+    from medseg_bench.sweep import worker
+
+    def out_of_memory(*args: object) -> None:
+        raise raised
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", batch_size=100_000_000)
+    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}), cache_for=lambda own_slices: None,
+                               splits=[{"train": ["a"], "val": ["b"]}])
+    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 100_000_000))
+    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    monkeypatch.setattr(run_module, "train", out_of_memory)
+    outcome = worker.run_one(spec, prepared, tmp_path)  # type: ignore[arg-type]
+    line = f"out of memory ({asked}): lower --batch-size or --patch-size"
+    folder = run_dir(tmp_path, spec)
+    assert outcome.kind == "failed" and outcome.error is not None
+    assert outcome.error.startswith(f"run {spec.run_id} failed: {line} (log: ")
+    assert read_status(folder)["state"] == "failed" and read_status(folder)["error"] == line

@@ -1,4 +1,6 @@
 
+import re
+
 import pytest
 
 from medseg_bench.errors import UsageError
@@ -41,12 +43,20 @@ def test_known_id_does_not_drift() -> None:
     ({"lr": -1.0}, "lr must be a positive number, not -1.0"),
     ({"lr": float("nan")}, "lr must be a positive number, not nan"),
     ({"max_minutes": 0.0}, "max_minutes must be a positive number"),
+    # past these the run failed after its setup, exit 5: an overflow at the first step, MemoryError, timedelta
+    ({"lr": 1e300}, "lr must be at most 3.4e+38 (the largest float32, the type of the network's weights), "
+                    "not 1e+300"),
+    ({"lr": 3.5e38}, "lr must be at most 3.4e+38"),
+    ({"batch_size": 3_000_000_000}, "batch_size must be at most 2147483647, not 3000000000"),
+    ({"max_minutes": 1e300}, "max_minutes must be at most 1e+12 (about 1.9 million years), not 1e+300"),
+    ({"patch_size": (40, 56, 3_000_000_000)},
+     "a patch side must be at most 2147483647, not 40,56,3000000000"),
     ({"patch_size": (32, 32)}, "a 3d patch size is 3 positive sides, not 32,32"),
     ({"dims": "2d", "patch_size": (32, 0)}, "a 2d patch size is 2 positive sides, not 32,0"),
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
 ])
 def test_invalid_specs(bad: dict[str, object], message: str) -> None:
-    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         _spec(**bad)
 
 
@@ -70,3 +80,8 @@ def test_a_spec_json_lacking_a_required_key_is_a_usage_error_naming_it() -> None
     with pytest.raises(UsageError) as info:
         RunSpec.checked(data)
     assert str(info.value) == "lacks arch, aug" == RunSpec.problem(data)
+
+
+def test_the_largest_values_allowed_make_a_spec() -> None:
+    spec = _spec(lr=3.4e38, batch_size=2**31 - 1, max_minutes=1e12, patch_size=(2**31 - 1, 8, 8))
+    assert (spec.lr, spec.batch_size, spec.max_minutes) == (3.4e38, 2**31 - 1, 1e12)

@@ -281,3 +281,79 @@ def test_a_2d_run_of_pipeline_version_3_keeps_slicing_the_first_axis() -> None:
     assert run_slice_axis(spec, prepared.plan.target_spacing) == 2
     old = RunSpec(**{**spec.to_dict(), "pipeline_version": 3})
     assert run_slice_axis(old, prepared.plan.target_spacing) == 0
+
+
+def test_a_diverged_run_fails_at_the_epoch_its_weights_are_no_longer_finite(prepared, tmp_path: Path) -> None:
+    # --lr 1e10: 'epoch 1/1 loss nan val Dice 0.0000', then 'done, mean Dice 0.0000', ranked by the report
+    from medseg_bench.training import TrainingFailed
+
+    with pytest.raises(TrainingFailed) as failed:
+        train(_spec(lr=1e10), prepared, tmp_path / "run")
+    assert str(failed.value) == ("training diverged: the network's weights are no longer finite after "
+                                 "epoch 1 (NaN/inf); try a lower --lr")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before the epoch's checkpoints
+
+
+def test_a_step_with_an_inf_loss_that_leaves_the_weights_finite_does_not_fail_the_run(
+        prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As with mixed precision on a GPU, where GradScaler skips a step whose gradients overflow: the logged
+    # loss is inf, the weights are as before, and the run trains on.
+    from medseg_bench import training
+
+    real = training.build_loss
+
+    def inf_at_first(*args: object) -> torch.nn.Module:
+        loss_fn = real(*args)  # type: ignore[arg-type]
+        calls = []
+
+        class InfOnce(torch.nn.Module):
+            def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+                calls.append(1)
+                loss = loss_fn(out, label)
+                return loss * 0 + float("inf") if len(calls) == 1 else loss  # no gradient at the first step
+
+        return InfOnce()
+
+    monkeypatch.setattr(training, "build_loss", inf_at_first)
+    result = train(_spec(), prepared, tmp_path / "run")
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert log["train_loss"].dropna().tolist()[0] == float("inf") and result.epochs_done == 2
+
+
+def test_a_run_resumed_from_non_finite_weights_fails_before_it_is_evaluated(prepared, tmp_path: Path) -> None:
+    from medseg_bench.training import TrainingFailed
+
+    train(_spec(), prepared, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    next(iter(checkpoint["state_dict"].values())).fill_(float("nan"))
+    torch.save(checkpoint, last)
+    # resumed after its last epoch: no epoch ends, the weights are checked before they are evaluated
+    with pytest.raises(TrainingFailed, match="no longer finite after step 4 "):
+        train(_spec(), prepared, tmp_path / "run")
+
+
+def test_a_run_that_took_no_training_step_fails(prepared, tmp_path: Path) -> None:
+    # --max-minutes 1e-9: 'Time limit reached' before the first step, and the initial weights were evaluated
+    from medseg_bench.training import TrainingFailed
+
+    with pytest.raises(TrainingFailed) as failed:
+        train(_spec(max_minutes=1e-9), prepared, tmp_path / "run")
+    assert str(failed.value) == "no training step within --max-minutes 1e-09: raise it"
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_run_that_gave_no_result_is_a_failed_run_with_one_line(prepared, tmp_path: Path) -> None:
+    from medseg_bench.results import run_dir
+    from medseg_bench.run_folder import read_events, read_status
+    from medseg_bench.sweep.worker import run_one
+
+    spec = _spec(max_minutes=1e-9)
+    outcome = run_one(spec, prepared, tmp_path / "results")
+    line = "no training step within --max-minutes 1e-09: raise it"
+    assert outcome.kind == "failed" and outcome.error is not None  # exit 5, as every failed run of a sweep
+    assert outcome.error.startswith(f"run {spec.run_id} failed: {line} (log: ")
+    folder = run_dir(tmp_path / "results", spec)
+    assert read_status(folder)["state"] == "failed" and read_status(folder)["error"] == line
+    assert [e["event"] for e in read_events(folder)] == ["start", "failed"]
+    assert not (folder / "summary.json").exists()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_bench.checks import shown
+from medseg_bench.checks import MAX_SIZE, shown
 
 
 def json_kind(value: object) -> str:
@@ -62,8 +62,6 @@ def _check_spacing(key: str, value: object) -> tuple[float, ...]:
         raise ValueError(f"{key} must be positive finite numbers (mm), not {shown(value)}")
     return tuple(v for v in numbers if v is not None)
 
-
-MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
 
 
 def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:

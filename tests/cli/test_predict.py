@@ -1009,3 +1009,22 @@ def test_data_dir_says_where_a_runs_task_was_fetched(run_folder, home: Path, tmp
     found = runner.invoke(app, [*args, "--data-dir", str(elsewhere)])
     assert found.exit_code == 0, found.output
     assert (tmp_path / "p" / "a.nii.gz").is_file()
+
+
+def test_a_finished_run_whose_weights_are_not_finite_is_refused_before_anything_is_written(
+        run_folder, tmp_path: Path) -> None:
+    # A run that diverged (--lr 1e10), finished as done before such runs failed: predict wrote NaN
+    folder, spec, _ = run_folder
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    next(iter(state["state_dict"].values())).fill_(float("nan"))
+    torch.save(state, checkpoint)
+    images = tmp_path / "images"
+    _write_oriented(images / "case.nii.gz", np.zeros((14, 22, 18), np.float32))
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out),
+                                 "--save-probabilities"])
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {checkpoint}: the network's weights are not finite (NaN/inf): run {spec.run_id} diverged in "
+        "training; move its folder away and train it again with a lower --lr\n")
+    assert not out.exists()

@@ -100,6 +100,9 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
     (["--arch", "unet"], "no task given"),
     (["--task", "Task04_Hippocampus", "--batch-size", "0"], "batch_size must be at least 1, not 0"),
     (["--task", "Task04_Hippocampus", "--lr", "-1"], "lr must be a positive number"),
+    # the runs failed (exit 5): an overflow at the first step, MemoryError
+    (["--task", "Task04_Hippocampus", "--lr", "1e300"], "lr must be at most 3.4e+38"),
+    (["--task", "Task04_Hippocampus", "--batch-size", "3000000000"], "batch_size must be at most 2147483647"),
     (["--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be at least 0, not -1"),
     (["--config", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml: cannot read sweep file"),
 ])
@@ -107,6 +110,14 @@ def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message
     result = _sweep(tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_a_sweep_file_past_the_limits_exits_2_before_any_work(home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("task: Task04_Hippocampus\narch: unet\ndims: 3d\nlr: 1e300\n")
+    result = _sweep(tmp_path, "--config", str(config))
+    assert result.exit_code == 2, result.output
+    assert "lr must be at most 3.4e+38" in result.output and "preparing" not in result.output
 
 
 def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
