@@ -8,6 +8,7 @@ import math
 
 MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate past it overflows the step
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a learning rate below it is 0 in a step
 
 
 def shown(value: object, limit: int = 60) -> str:

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.checks import FLOAT32_MAX, MAX_SIZE
+from medseg_bench.checks import FLOAT32_MAX, FLOAT32_TINY, MAX_SIZE
 from medseg_bench.errors import UsageError
 from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int, region_name_problem
 
@@ -265,6 +265,9 @@ class RunSpec:
                 raise UsageError(f"{name} must be a positive number, not {value}")
             if value is not None and value > most:
                 raise UsageError(f"{name} must be at most {most:.3g} ({why}), not {value:g}")
+        if self.lr is not None and self.lr < FLOAT32_TINY:  # 1e-300: accepted, and trained nothing
+            raise UsageError(f"lr must be at least {FLOAT32_TINY:.3g} (the smallest normal float32: a "
+                             f"smaller rate is 0 to the network's weights), not {self.lr:g}")
         sides = 2 if self.dims == "2d" else 3
         if self.patch_size is not None and (len(self.patch_size) != sides or min(self.patch_size) < 1):
             raise UsageError(f"a {self.dims} patch size is {sides} positive sides, not "

@@ -47,6 +47,8 @@ def test_known_id_does_not_drift() -> None:
     ({"lr": 1e300}, "lr must be at most 3.4e+38 (the largest float32, the type of the network's weights), "
                     "not 1e+300"),
     ({"lr": 3.5e38}, "lr must be at most 3.4e+38"),
+    ({"lr": 1e-300}, "lr must be at least 1.18e-38 (the smallest normal float32: a smaller rate is 0 to the "
+                     "network's weights), not 1e-300"),  # accepted, and trained nothing
     ({"batch_size": 3_000_000_000}, "batch_size must be at most 2147483647, not 3000000000"),
     ({"max_minutes": 1e300}, "max_minutes must be at most 1e+12 (about 1.9 million years), not 1e+300"),
     ({"patch_size": (40, 56, 3_000_000_000)},
