@@ -35,6 +35,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+RUN_ID_KEY = "medseg_bench_run_id"  # the run a checkpoint is of (`SegmentationModule.on_save_checkpoint`)
+
+
+def foreign_problem(checkpoint: Path, run_id: str) -> str | None:
+    """Where `checkpoint` records being of another run than `run_id` (one copied into another run's
+    folder), a problem naming both; None where it is of `run_id`, records none (written before 2026-12-02) or
+    cannot be read (loading it says why). Mapped, not read: its tensors stay on disk."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so
+        return None
+    other = state.get(RUN_ID_KEY) if isinstance(state, dict) else None
+    if not isinstance(other, str) or other == run_id:
+        return None
+    return f"{checkpoint}: the weights of run {other}, not of run {run_id}, whose folder it is in"
+
+
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
     """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
     import zipfile

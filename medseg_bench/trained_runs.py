@@ -146,6 +146,7 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
              warn: Callable[[str], object] = lambda line: None, data_dir: Path | None = None) -> TrainedRun:
     """A run given to predict (its folder, or a checkpoint in it), read and checked: a spec of this version,
     finished (or `allow_unfinished`), the plan it trained with; `postprocess`: its decision too."""
+    from medseg_bench.checkpoints import foreign_problem
     from medseg_bench.postprocess import load_decision
     from medseg_bench.spec import RunSpec
 
@@ -157,6 +158,9 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
     except UsageError as exc:
         raise DataError(f"{folder / 'spec.json'}: not a run spec of this version ({exc})") from None
     check_finished(folder, checkpoint, spec, allow_unfinished, warn)
+    foreign = foreign_problem(checkpoint, folder.name)  # copied in from another run: not this run's weights
+    if foreign is not None:
+        raise DataError(f"{foreign}; predict with that run's own folder")
     return TrainedRun(folder, checkpoint, spec, trained_plan(folder, spec.task, data_dir),
                 load_decision(folder) if postprocess else None)
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
-from medseg_bench.checkpoints import AtomicCheckpointIO
+from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
@@ -102,12 +102,19 @@ class SegmentationModule(pl.LightningModule):
     """Optimises `net` with `loss_fn`; logs `train_loss` and the validation pseudo-Dice `val_dice`."""
 
     def __init__(self, net: nn.Module, loss_fn: nn.Module, num_classes: int, optimizer: str, lr: float,
-                 total_steps: int, max_seconds: float | None = None, step_seed: int | None = None) -> None:
+                 total_steps: int, max_seconds: float | None = None, step_seed: int | None = None,
+                 run_id: str | None = None) -> None:
         super().__init__()
         self.net, self.loss_fn, self.num_classes = net, loss_fn, num_classes
         self.optimizer_name, self.lr, self.total_steps = optimizer, lr, max(1, total_steps)
-        self.max_seconds, self.step_seed = max_seconds, step_seed
+        self.max_seconds, self.step_seed, self.run_id = max_seconds, step_seed, run_id
         self._counts = torch.zeros(3, num_classes, dtype=torch.float64)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Each checkpoint names its run (`checkpoints.RUN_ID_KEY`): one copied into another run's folder is
+        refused there, not used as that run's weights."""
+        if self.run_id is not None:
+            checkpoint[RUN_ID_KEY] = self.run_id
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -350,7 +357,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
                                 spec.epochs * spec.iters_per_epoch,
                                 spec.max_minutes * 60 if spec.max_minutes else None,
-                                spec.seed if spec.pipeline_version >= STEP_SEEDED_FROM else None)
+                                spec.seed if spec.pipeline_version >= STEP_SEEDED_FROM else None,
+                                run_id=spec.run_id)
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)

@@ -52,6 +52,20 @@ def test_a_checkpoint_of_another_network_says_which_weights_differ(tmp_path: Pat
                                       "state_dict for Linear: size mismatch for weight")
 
 
+def test_a_checkpoint_of_another_run_is_named_as_such(tmp_path: Path) -> None:
+    from medseg_bench.checkpoints import RUN_ID_KEY, foreign_problem
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}}, ckpt)  # written before checkpoints named their run: taken as it is
+    assert foreign_problem(ckpt, "run-a") is None
+    torch.save({"state_dict": {}, RUN_ID_KEY: "run-a"}, ckpt)
+    assert foreign_problem(ckpt, "run-a") is None
+    assert foreign_problem(ckpt, "run-b") == (f"{ckpt}: the weights of run run-a, not of run run-b, whose "
+                                              "folder it is in")
+    ckpt.write_bytes(b"junk")  # loading it says what is wrong
+    assert foreign_problem(ckpt, "run-b") is None
+
+
 def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Path) -> None:
     # Lightning resumes a run through its CheckpointIO; ours always loads with weights_only=True
     # (Lightning before 2.6 asks nothing, and torch before 2.6 then unpickles anything).

@@ -67,7 +67,9 @@ def test_a_run_finished_training_but_not_evaluation_keeps_its_log_and_cost(prepa
     # the learning curve and the training time of the attempt that did the work.
     first = train(_spec(), prepared, tmp_path / "run")
     log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
-    states = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["medseg_bench_run_id"] == _spec().run_id  # each checkpoint names its run
+    states = saved["callbacks"]
     (carried,) = [state["train_time_s"] for state in states.values() if "train_time_s" in state]
     again = train(_spec(), prepared, tmp_path / "run")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv"), log)

@@ -167,7 +167,7 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     Our checkpoints are written atomically, so a bad one was put there from outside: it is refused, not
     silently replaced, and the message says how to start over.
     """
-    from medseg_bench.checkpoints import load_weights
+    from medseg_bench.checkpoints import foreign_problem, load_weights
     from medseg_bench.errors import DataError
     from medseg_bench.training import build_network
 
@@ -175,7 +175,8 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
         load_weights(build_network(spec, prepared), checkpoint)  # weights_only=True: no code runs
     except DataError as exc:
         return f"{exc}; delete it to train run {spec.run_id} from scratch"
-    return None
+    foreign = foreign_problem(checkpoint, spec.run_id)  # resumed, it would train on as this run
+    return f"{foreign}; delete it to train run {spec.run_id} from scratch" if foreign else None
 
 
 def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:

@@ -463,6 +463,28 @@ def test_an_out_in_a_runs_folder_is_refused(run_folder, tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
+def test_a_checkpoint_copied_in_from_another_run_is_refused(run_folder, tmp_path: Path) -> None:
+    # another fold's last.ckpt copied into a run folder was used as that run's weights, without a word
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "medseg_bench_run_id": "3d-unet-dice_ce-none-f1-s0-0123456789"}, ckpt)
+    for given in (folder, ckpt):
+        result = runner.invoke(app, ["predict", str(given), "--images", str(images), "--out",
+                                     str(tmp_path / "out")])
+        assert result.exit_code == 3, result.output
+        assert result.output == (f"error: {ckpt}: the weights of run 3d-unet-dice_ce-none-f1-s0-0123456789, "
+                                 f"not of run {folder.name}, whose folder it is in; predict with that run's "
+                                 "own folder\n")
+    assert not (tmp_path / "out").exists()
+    torch.save({**state, "medseg_bench_run_id": folder.name}, ckpt)  # its own: predicted
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+
 def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:
     folder, _, _ = run_folder
     images = tmp_path / "images"

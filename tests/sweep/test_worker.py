@@ -220,3 +220,22 @@ def test_a_worker_and_a_slurm_job_prepare_the_cache_their_run_reads(
     with pytest.raises(DataError, match="prepared far enough"):
         SlurmRun(spec.to_dict(), str(tmp_path), str(tmp_path), None)()
     assert asked == [own_slices, own_slices]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # another run's last.ckpt copied into a run folder would have been trained on as this run
+    import torch
+
+    from medseg_bench import checkpoints, training
+    from medseg_bench.sweep.worker import checkpoint_problem
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
+    monkeypatch.setattr(training, "build_network", lambda spec, prepared: torch.nn.Identity())
+    monkeypatch.setattr(checkpoints, "load_weights", lambda net, path: net)  # loadable weights
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, checkpoints.RUN_ID_KEY: "other-run"}, ckpt)
+    assert checkpoint_problem(spec, None, ckpt) == (
+        f"{ckpt}: the weights of run other-run, not of run {spec.run_id}, whose folder it is in; delete it "
+        f"to train run {spec.run_id} from scratch")
+    torch.save({"state_dict": {}, checkpoints.RUN_ID_KEY: spec.run_id}, ckpt)
+    assert checkpoint_problem(spec, None, ckpt) is None
