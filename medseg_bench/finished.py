@@ -224,12 +224,15 @@ def _bad_row(frame: Any, labels: list[str]) -> str | None:
         row = int(twice.to_numpy().argmax())
         return (f"case {frame['case'].iloc[row]!r} is scored for label {frame['label'].iloc[row]!r} twice "
                 f"(again in row {row + 1})")
-    if labels:
-        for case, held in frame.groupby("case", sort=False)["label"]:
+    if labels:  # every label known and none twice: a case with fewer rows lacks one
+        rows = frame.groupby("case", sort=False)["label"]
+        short = rows.size() < len(labels)
+        if short.any():
+            case = short.index[short.to_numpy().argmax()]
+            held = rows.get_group(case)
             lacking = [label for label in labels if label not in set(held)]
-            if lacking:
-                return (f"case {case!r} (row {int(held.index[0]) + 1}) has no row for label(s) "
-                        f"{', '.join(lacking)}")
+            return (f"case {case!r} (row {int(held.index[0]) + 1}) has no row for label(s) "
+                    f"{', '.join(lacking)}")
     return None
 
 

@@ -55,15 +55,13 @@ def report(
         raise UsageError("parquet is a binary format: pass --output FILE.parquet")
     if group_by is not None and group_by not in GROUP_AXES:
         raise UsageError(f"cannot group by '{group_by}'; choose from {', '.join(GROUP_AXES)}")
-    from medseg_bench.cli import check_range
+    from medseg_bench.cli import check_range, comma_list
 
     check_range("--top", top, 1)
     check_range("--seed", seed, 0)
     check_range("--resamples", resamples, 100, 1_000_000)
     if output is not None:
         check_output_file(output)  # before the report is built (bootstrap intervals can take a while)
-
-    from medseg_bench.cli import comma_list
 
     result = build_report(results_dir, metric, comma_list("--task", task),
                           metrics=comma_list("--metrics", metrics), group_by=group_by,

@@ -63,7 +63,6 @@ def _check_spacing(key: str, value: object) -> tuple[float, ...]:
     return tuple(v for v in numbers if v is not None)
 
 
-
 def _check_sizes(length: int) -> Callable[[str, object], tuple[int, ...]]:
     def check(key: str, value: object) -> tuple[int, ...]:
         numbers = [_whole(v) for v in _sequence(key, value, length)]

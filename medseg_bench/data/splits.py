@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> N
         if both:
             raise DataError(f"{path}: fold {index} trains on held-out case(s) {', '.join(both[:5])}")
         for key in ("val", "train"):  # a held-out case twice was scored twice, and its run then "damaged"
-            twice = sorted({case for case in fold[key] if fold[key].count(case) > 1})
+            counts: Counter[str] = Counter(fold[key])
+            twice = sorted(case for case, n in counts.items() if n > 1)
             if twice:
                 raise DataError(f"{path}: fold {index} lists case(s) {', '.join(twice[:5])} twice in its "
                                 f"{key} list")

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from medseg_bench.report.build import Report
-from medseg_bench.report.tables import best_rows, higher_is_better, label_columns
+from medseg_bench.report.tables import best_in, best_rows, higher_is_better, label_columns
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,6 @@ def _label_title(report: Report, task: str, column: str) -> str:
     return report.label_names.get(task, {}).get(label, label)
 
 
-def _best_shown(shown: pd.DataFrame, everyone: pd.DataFrame, column: str, higher: bool) -> set[object]:
-    """Index labels of the rows of `shown` that hold the best value of `column` among `everyone` (a task's
-    rows before --top; all of them when tied, equal but for the last bits: tied), none if it is not shown."""
-    if column not in everyone or column not in shown:
-        return set()
-    values = pd.to_numeric(everyone[column], errors="coerce").round(12).dropna()
-    if values.empty:
-        return set()
-    target = values.max() if higher else values.min()
-    mine = pd.to_numeric(shown[column], errors="coerce").round(12)
-    return set(mine.index[mine == target])
-
-
 def task_table(report: Report, task: str, compact: bool = False, part: str = "all") -> Table:
     """One row per configuration of `task`, best first; bold (best) per metric and cost column.
 
@@ -134,7 +121,7 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     # shown has no bold cell.
     full = report.full_table if report.full_table is not None else report.table
     everyone = full[full["task"] == task]
-    best = {column: _best_shown(rows, everyone, column, higher) for _, column, higher, _ in columns}
+    best = {column: best_in(rows, everyone, column, higher) for _, column, higher, _ in columns}
     out_rows = []
     for idx, row in rows.iterrows():
         cells = [Cell(format_rank(row["rank"])), Cell(row["config"])]
@@ -217,7 +204,7 @@ def ranking_table(report: Report) -> Table:
     # best can be 1.25, or 1.5 for two configurations each first on half the metrics: not always 1.
     # Over every configuration, also those --top leaves out: a task's best may not be listed (no bold then).
     everyone = report.full_ranking if report.full_ranking is not None else ranking
-    best = {c: _best_shown(ranking, everyone, c, False) for c in ["mean_rank", *task_columns]}
+    best = {c: best_in(ranking, everyone, c, False) for c in ["mean_rank", *task_columns]}
     rows = []
     for idx, row in ranking.iterrows():
         rows.append([Cell(format_rank(row["rank"])), Cell(row["config"]),

@@ -380,11 +380,20 @@ def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataF
 def best_rows(table: pd.DataFrame, column: str, higher: bool) -> set[int]:
     """Index labels of the best value of `column` within each task (all of them when tied)."""
     best: set[int] = set()
-    values = pd.to_numeric(table[column], errors="coerce").round(12)  # equal but for the last bits: tied
-    for _, idx in table.groupby("task", sort=False).groups.items():
-        task_values = values.loc[idx].dropna()
-        if task_values.empty:
-            continue
-        target = task_values.max() if higher else task_values.min()
-        best |= set(task_values.index[task_values == target])
+    for _, rows in table.groupby("task", sort=False):
+        best |= best_in(rows, rows, column, higher)
     return best
+
+
+def best_in(shown: pd.DataFrame, everyone: pd.DataFrame, column: str, higher: bool) -> set[Any]:
+    """Index labels of the rows of `shown` that hold the best value of `column` among `everyone` (a task's
+    rows before --top: none when its best is not shown; all of them when tied, equal but for the last bits:
+    tied)."""
+    if column not in everyone or column not in shown:
+        return set()
+    values = pd.to_numeric(everyone[column], errors="coerce").round(12).dropna()
+    if values.empty:
+        return set()
+    target = values.max() if higher else values.min()
+    mine = pd.to_numeric(shown[column], errors="coerce").round(12)
+    return set(mine.index[mine == target])
