@@ -21,6 +21,7 @@ from functools import partial
 import numpy as np
 
 from medseg_bench.data.msd import Case
+from medseg_bench.data.normalize import mean_std
 from medseg_bench.data.parallel import parallel_map
 from medseg_bench.data.resample import nonzero_box
 from medseg_bench.data.validate import read_case
@@ -68,13 +69,15 @@ def case_fingerprint(case: Case, num_samples: int, sampled: tuple[int, ...] | No
 
 
 def _intensity_stats(values: np.ndarray) -> dict[str, float]:
-    """nnU-Net's statistics of the float32 sample (numpy's float32 mean and std, as its fingerprint)."""
+    """nnU-Net's statistics of the float32 sample (numpy's float32 mean and std, as its fingerprint, or
+    float64's where those overflow: `normalize.mean_std`)."""
     if values.size == 0:  # no foreground anywhere: neutral statistics rather than NaN
         return {k: 0.0 for k in ("mean", "std", "median", "p00_5", "p99_5", "min", "max")} | {"std": 1.0}
     p00_5, median, p99_5 = np.percentile(values, (0.5, 50.0, 99.5))
+    mean, std = mean_std(values)
     return {
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values)),
+        "mean": mean,
+        "std": std,
         "median": float(median),
         "p00_5": float(p00_5),
         "p99_5": float(p99_5),

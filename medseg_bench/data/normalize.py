@@ -34,6 +34,18 @@ def channel_schemes(task: TaskSpec, fp: dict) -> tuple[dict[str, Any], ...]:
     return tuple(schemes)
 
 
+def mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of float32 intensities as numpy computes them in float32 (nnU-Net's
+    numbers), or in float64 where those overflow: intensities near 1e30 (squares beyond float32) gave an
+    infinite std, and every voxel normalised to 0 (a network trained on blank images, without a word)."""
+    with np.errstate(over="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        wide = values.astype(np.float64)
+        mean, std = float(wide.mean()), float(wide.std())
+    return mean, std
+
+
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
     """Voxels non-zero in any channel of a (C, Z, Y, X) image, holes filled (nnU-Net's
     `create_nonzero_mask`)."""
@@ -67,7 +79,7 @@ def normalize(image: np.ndarray, plan: Plan, label: np.ndarray | None = None,
         # Skull-stripped MRI (BraTS): statistics over the brain only, background stays 0 (as nnU-Net).
         use_mask = nonzero.mean() < 0.75 and nonzero.any()
         values = channel[nonzero] if use_mask else channel
-        mean, std = float(values.mean()), float(values.std())
+        mean, std = mean_std(values)
         out[c] = (channel - mean) / max(std, 1e-8)
         if use_mask:
             out[c][~nonzero] = 0.0
@@ -94,7 +106,7 @@ def _normalize_channels(image: np.ndarray, plan: Plan, label: np.ndarray | None,
             continue
         inside = mask if scheme["nonzero_mask"] and mask is not None and mask.any() else None
         values = channel[inside] if inside is not None else channel
-        mean, std = float(values.mean()), float(values.std())
+        mean, std = mean_std(values)
         out[c] = (channel - mean) / max(std, 1e-8)
         if inside is not None:
             out[c][~inside] = 0.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medseg_bench.data.catalog import get_task
-from medseg_bench.data.normalize import channel_schemes, normalize
+from medseg_bench.data.normalize import channel_schemes, mean_std, normalize
 from medseg_bench.data.plan import Plan, make_plan
 from medseg_bench.errors import DataError
 from tests.conftest import write_task_file
@@ -72,3 +72,16 @@ def test_foreground_where_the_image_is_zero_is_z_scored_with_the_mask(home: Path
     expected = (image[0] - values.mean()) / values.std()
     np.testing.assert_allclose(with_label[mask], expected[mask], rtol=1e-6)
     assert np.all(with_label[label > 0] < -5) and np.all(with_label[~mask] == 0)
+
+
+def test_intensities_whose_squares_overflow_float32_are_z_scored_in_float64(home: Path) -> None:
+    """Intensities near 1e30 gave float32 an infinite std and a normalised image of zeros (a network trained on
+    blank input without a word); the same image scaled down normalises alike, and ordinary intensities keep
+    numpy's float32 statistics to the bit (nnU-Net's)."""
+    plan = _plan(home, {"scheme": "zscore", "nonzero_mask": False})
+    rng = np.random.default_rng(0)
+    image = rng.normal(5.0, 3.0, (1, 8, 8, 8)).astype(np.float32)
+    huge = normalize(image * np.float32(1e30), plan)
+    assert np.isfinite(huge).all() and float(np.abs(huge).max()) > 1.0
+    np.testing.assert_allclose(huge, normalize(image, plan), rtol=1e-4, atol=1e-5)
+    assert mean_std(image) == (float(image.mean()), float(image.std()))
