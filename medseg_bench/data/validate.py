@@ -292,8 +292,28 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
 def report_warnings(task: TaskSpec, report: ValidationReport, folder: Path) -> list[str]:
     """What fetch and validate warn of for a task they keep: its case count, its dataset.json's labels and
     modalities, and images stored in more than one orientation."""
-    return (case_count_warnings(task, report) + label_warnings(folder, task)
+    return (case_count_warnings(task, report) + label_warnings(folder, task) + header_warnings(folder, task)
             + orientation_warnings(task, report))
+
+
+def header_warnings(folder: Path, task: TaskSpec) -> list[str]:
+    """Warnings when dataset.json's numTraining is not the number of cases it lists, or its tensorImageSize
+    is not its task's (3D for one channel, 4D for several): the listed cases and the task file are used."""
+    path = folder / "dataset.json"
+    data = read_dataset_json(folder)
+    warnings = []
+    count, listed = data.get("numTraining"), data.get("training")
+    if isinstance(count, int) and not isinstance(count, bool) and isinstance(listed, list) \
+            and count != len(listed):
+        warnings.append(f"{path}: numTraining is {count}, 'training' lists {len(listed)} cases; the listed "
+                        "cases are used (an edited or cut-down copy?)")
+    size = data.get("tensorImageSize")
+    expected = "4D" if task.num_channels > 1 else "3D"
+    if isinstance(size, str) and size.strip().upper() in ("3D", "4D") and size.strip().upper() != expected:
+        warnings.append(f"{path}: tensorImageSize is {size}, {task.name}'s task file declares "
+                        f"{task.num_channels} channel(s) ({expected}); each image's channels are checked "
+                        "against the task file")
+    return warnings
 
 
 def orientation_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:

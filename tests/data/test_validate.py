@@ -382,3 +382,20 @@ def test_images_stored_in_more_than_one_orientation_are_warned(synth) -> None:
     cases[1].label.unlink()
     cases[2].label.unlink()  # both excluded: the rest are stored one way
     assert orientation_warnings(task, validate_folder(folder, task)) == []
+
+
+def test_dataset_json_counts_or_dimensions_unlike_its_cases_or_task_file_are_warned(synth) -> None:
+    from medseg_bench.data.validate import header_warnings
+
+    folder, task = synth
+    assert header_warnings(folder, task) == []
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["numTraining"] = 260
+    dataset["tensorImageSize"] = "4D"
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    path = folder / "dataset.json"
+    assert header_warnings(folder, task) == [
+        f"{path}: numTraining is 260, 'training' lists 6 cases; the listed cases are used (an edited or "
+        "cut-down copy?)",
+        f"{path}: tensorImageSize is 4D, Task90_Synth's task file declares 1 channel(s) (3D); each image's "
+        "channels are checked against the task file"]
