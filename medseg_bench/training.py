@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import resource
 import time
 import warnings
@@ -330,6 +331,27 @@ def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
     check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
 
 
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_memory(patch: Sequence[int], batch: int, channels: int, memory: int | None = None) -> None:
+    """MemoryError, before anything is built, when one batch's input (float32 channels and a label map) alone
+    is larger than this machine's memory (`memory`, or `machine_memory`): such a batch (--batch-size 1e8) grew
+    until the kernel killed the sweep, whose run then showed as pending, not failed."""
+    memory = machine_memory() if memory is None else memory
+    needed = batch * math.prod(patch) * (4 * channels + 1)
+    if memory is not None and needed > memory:
+        shape = "x".join(str(p) for p in patch)
+        raise MemoryError(f"one batch of {batch} {shape} patches ({channels} channel(s)) needs "
+                          f"{needed / 2**30:.4g} GiB for its input alone; this machine has "
+                          f"{memory / 2**30:.4g} GiB")
+
+
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     return build_model(spec.arch, spec.dims, model_inputs(spec, prepared))
@@ -345,6 +367,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     patch, batch = resolve_patch_and_batch(spec, prepared)
     check_trainable(spec, prepared)  # also a plan.json edited to batch 1, before anything is written
+    check_batch_memory(patch, batch, prepared.task.num_channels)
     split = prepared.splits[spec.fold]
     train_loader, val_loader = make_loaders(
         prepared.cache_for(spec.own_slice_spacing), split["train"], split["val"], spec.dims, patch, batch,

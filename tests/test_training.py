@@ -359,3 +359,20 @@ def test_a_run_that_gave_no_result_is_a_failed_run_with_one_line(prepared, tmp_p
     assert read_status(folder)["state"] == "failed" and read_status(folder)["error"] == line
     assert [e["event"] for e in read_events(folder)] == ["start", "failed"]
     assert not (folder / "summary.json").exists()
+
+
+def test_a_batch_whose_input_alone_exceeds_the_machines_memory_fails_before_anything_is_built(
+        prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --batch-size 1e8 grew its batch until the kernel killed the sweep: the run showed as pending, not failed
+    from medseg_bench.training import check_batch_memory
+
+    check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5)  # exactly fits
+    with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs 3.815e-05 "
+                       r"GiB for its input alone; this machine has 3.815e-05 GiB$"):
+        check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5 - 1)
+    with pytest.raises(MemoryError, match="one batch of 100000000 16x16x16 patches"):
+        train(_spec(batch_size=100_000_000), prepared, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    monkeypatch.setattr("medseg_bench.training.machine_memory", lambda: 2 * 16**3 * 5 - 1)
+    with pytest.raises(MemoryError, match="one batch of 2 16x16x16 patches"):
+        train(_spec(), prepared, tmp_path / "run")
