@@ -367,8 +367,8 @@ def test_a_batch_whose_input_alone_exceeds_the_machines_memory_fails_before_anyt
     from medseg_bench.training import check_batch_memory
 
     check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5)  # exactly fits
-    with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs 3.815e-05 "
-                       r"GiB for its input alone; this machine has 3.815e-05 GiB$"):
+    with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs "
+                       r"3.815e-05 GiB for its input alone; this machine has 3.815e-05 GiB$"):
         check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5 - 1)
     with pytest.raises(MemoryError, match="one batch of 100000000 16x16x16 patches"):
         train(_spec(batch_size=100_000_000), prepared, tmp_path / "run")

@@ -75,8 +75,8 @@ def test_foreground_where_the_image_is_zero_is_z_scored_with_the_mask(home: Path
 
 
 def test_intensities_whose_squares_overflow_float32_are_z_scored_in_float64(home: Path) -> None:
-    """Intensities near 1e30 gave float32 an infinite std and a normalised image of zeros (a network trained on
-    blank input without a word); the same image scaled down normalises alike, and ordinary intensities keep
+    """Intensities near 1e30 gave float32 an infinite std and a normalised image of zeros (a network trained
+    on blank input without a word); the same image scaled down normalises alike, and ordinary intensities keep
     numpy's float32 statistics to the bit (nnU-Net's)."""
     plan = _plan(home, {"scheme": "zscore", "nonzero_mask": False})
     rng = np.random.default_rng(0)
