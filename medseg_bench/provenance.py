@@ -26,11 +26,16 @@ def git_revision(root: Path = REPO_ROOT) -> str:
     Only a repository whose top folder is `root` is the source: an installed package's folder is often
     inside another repository (a virtual environment in a project's folder), whose commit git would give.
     Git's own variables are left out of its environment: `GIT_DIR` would name another repository too.
+    A checkout owned by another user (a lab's shared one, a container's root over a mounted folder) is
+    trusted at `root` alone (`safe.directory`): git refused it as "dubious ownership", so its runs recorded
+    `unknown`, yet this process runs that checkout's code already.
     """
     env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    trusted = f"safe.directory={root.resolve()}"  # not an enclosing repository: its top is another folder
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", "-c", trusted, *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=5)
 
     try:
         found = git("rev-parse", "--show-toplevel", "HEAD")
