@@ -82,6 +82,18 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
+# What each attempt's `start`/`resume` event records of `environment()` (env.json holds only the last
+# attempt's): a run resumed on another CPU, instruction set or thread count, which changes its last bits, is
+# seen in its events, not only its code and packages.
+ATTEMPT_FIELDS = ("git_revision", "versions", "python", "cpu", "cpu_capability", "isa_limits",
+                  "torch_threads", "gpu")
+
+
+def attempt_record(env: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `environment()` an attempt's event records (`ATTEMPT_FIELDS`)."""
+    return {key: env.get(key) for key in ATTEMPT_FIELDS}
+
+
 def environment() -> dict[str, Any]:
     import torch
 
