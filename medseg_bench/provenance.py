@@ -26,11 +26,16 @@ def git_revision(root: Path = REPO_ROOT) -> str:
     Only a repository whose top folder is `root` is the source: an installed package's folder is often
     inside another repository (a virtual environment in a project's folder), whose commit git would give.
     Git's own variables are left out of its environment: `GIT_DIR` would name another repository too.
+    A checkout owned by another user (a lab's shared one, a container's root over a mounted folder) is
+    trusted at `root` alone (`safe.directory`): git refused it as "dubious ownership", so its runs recorded
+    `unknown`, yet this process runs that checkout's code already.
     """
     env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    trusted = f"safe.directory={root.resolve()}"  # not an enclosing repository: its top is another folder
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", "-c", trusted, *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=5)
 
     try:
         found = git("rev-parse", "--show-toplevel", "HEAD")
@@ -75,6 +80,18 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     if not name:
         return "unknown"
     return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
+# What each attempt's `start`/`resume` event records of `environment()` (env.json holds only the last
+# attempt's): a run resumed on another CPU, instruction set or thread count, which changes its last bits, is
+# seen in its events, not only its code and packages.
+ATTEMPT_FIELDS = ("git_revision", "versions", "python", "cpu", "cpu_capability", "isa_limits",
+                  "torch_threads", "gpu")
+
+
+def attempt_record(env: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `environment()` an attempt's event records (`ATTEMPT_FIELDS`)."""
+    return {key: env.get(key) for key in ATTEMPT_FIELDS}
 
 
 def environment() -> dict[str, Any]:

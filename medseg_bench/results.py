@@ -13,7 +13,9 @@ Run folder:
     splits.json      the fold's train/val case ids
     setup.json       the patch and batch size and preprocessing the run started with (a resumed run is held
                      to them, and to its splits.json), and how its training images are stored (orientation,
-                     e.g. "RAS", for predict's warning; absent in runs started before 2026-12-02)
+                     e.g. "RAS", for predict's warning; absent in runs started before 2026-12-02), and
+                     the data it trained on (`data`: the fold's number of cases and `source_digest` of
+                     their files; absent in runs started before that evening)
     run.log          the run's log
     worker.log       a `--jobs` worker's output, when a sweep ran the run in one
     checkpoints/     last.ckpt, best.ckpt

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.checkpoints import load_weights
-from medseg_bench.data.preprocess import PreparedTask, load_case, stored_orientation
+from medseg_bench.data.preprocess import PreparedTask, load_case, source_digest, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.files import write_csv_atomic, write_json_atomic
 from medseg_bench.provenance import environment
@@ -150,11 +150,14 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it
             patch, batch = resolve_patch_and_batch(spec, prepared)
             # the training images' orientation: predict warns about an image stored otherwise
-            orientation = stored_orientation(prepared.cache_for(spec.own_slice_spacing),
-                                             prepared.splits[spec.fold]["train"])
+            cache, split = prepared.cache_for(spec.own_slice_spacing), prepared.splits[spec.fold]
+            orientation = stored_orientation(cache, split["train"])
+            # the data's identity: its files' md5s, wherever the data dir lies (splits.json: each case's role)
+            data = {"cases": len(split["train"]) + len(split["val"]),
+                    "digest": source_digest(cache, [*split["train"], *split["val"]])}
             write_json_atomic(folder / SETUP_NAME, {"patch_size": list(patch), "batch_size": batch,
                                                     "preprocessing": prepared.plan.preprocessing,
-                                                    "orientation": orientation})
+                                                    "orientation": orientation, "data": data})
         write_status(folder, "running")
         log.info("run %s: training", spec.run_id)
         result = train(spec, prepared, folder, reporter, num_workers)

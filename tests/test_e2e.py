@@ -38,6 +38,8 @@ def test_fetch_sweep_report(shared_task: Path, home: Path, tmp_path: Path) -> No
             assert (run / name).is_file(), name
         setup = json.loads((run / "setup.json").read_text())
         assert setup["orientation"] == "RAS"  # how MSD stores Hippocampus: predict warns about another
+        # the data it trained and was scored on: its fold's 10 cases, by their files' md5s
+        assert setup["data"]["cases"] == 10 and len(setup["data"]["digest"]) == 16
         env = json.loads((run / "env.json").read_text())
         assert env["versions"]["torch"] and env["git_revision"]
         assert json.loads((run / "spec.json").read_text())["run_id"] == run.name

@@ -3,6 +3,8 @@ versions, the checkout's git revision, read once per process)."""
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -66,3 +68,25 @@ def test_git_revision_is_the_checkouts_own_never_an_enclosing_repositorys(
     outside.mkdir()
     assert git_revision(outside) == "unknown"
     assert git_revision(tmp_path / "no such folder") == "unknown"
+
+
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0, reason="chown to another user needs root")
+def test_git_revision_of_a_checkout_another_user_owns(tmp_path: Path) -> None:
+    """A shared checkout, or a container's root over a mounted one: git calls it "dubious ownership" and
+    answers nothing, so its runs recorded `unknown`; it is the code this process runs, so its commit."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    run = functools.partial(subprocess.run, cwd=checkout, check=True, capture_output=True, text=True)
+    run(["git", "init", "-q"])
+    (checkout / "tracked.txt").write_text("a")
+    run(["git", "add", "tracked.txt"])
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "first"])
+    head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+    for path in [checkout, *checkout.rglob("*")]:
+        os.chown(path, 65534, 65534, follow_symlinks=False)  # nobody
+    assert git_revision(checkout) == head
+    (checkout / "tracked.txt").write_text("b")
+    assert git_revision(checkout) == head + "+dirty"
+    inside = checkout / "site-packages"  # still never an enclosing repository's commit
+    inside.mkdir()
+    assert git_revision(inside) == "unknown"

@@ -142,7 +142,8 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
     from tests.conftest import save_cut_by_signal
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
-    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}), cache_for=lambda own_slices: None,
+    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
+                               cache_for=lambda own_slices: tmp_path / "cache",
                                splits=[{"train": ["a"], "val": ["b"]}])
     monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 2))
     monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
@@ -177,7 +178,8 @@ def test_a_run_out_of_memory_fails_saying_so_and_what_to_lower(
         raise raised
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", batch_size=100_000_000)
-    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}), cache_for=lambda own_slices: None,
+    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
+                               cache_for=lambda own_slices: tmp_path / "cache",
                                splits=[{"train": ["a"], "val": ["b"]}])
     monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 100_000_000))
     monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")

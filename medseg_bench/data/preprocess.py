@@ -24,6 +24,7 @@ touched or copied (another time, the same md5), or a data dir moved, is recorded
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -450,6 +451,27 @@ def load_case(cache_dir: Path, case_id: str, mmap: bool = True) -> tuple[np.ndar
 
 def case_geometry(props: dict) -> Geometry:
     return Geometry.from_dict(props["geometry"])
+
+
+def source_digest(cache_dir: Path, case_ids: Sequence[str]) -> str | None:
+    """A digest of the files these cached cases were made from: each case id with its image's and label's md5,
+    as the cache recorded them (`sources`), in case order. The same data gives the same digest wherever its
+    data dir lies; a case replaced, or another subset of the task, another one. None when some case has no
+    entry, or one that records no md5 (a cache from before entries recorded them)."""
+    import hashlib
+
+    entries = []
+    for case_id in sorted(case_ids):
+        try:
+            sources = _case_properties(cache_dir / f"{case_id}.json").get("sources")
+        except DataError:
+            return None
+        md5s = [sources.get(what, {}).get("md5") if isinstance(sources, dict) and isinstance(
+            sources.get(what), dict) else None for what in ("image", "label")]
+        if not all(isinstance(md5, str) for md5 in md5s):
+            return None
+        entries.append([case_id, *md5s])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def stored_orientation(cache_dir: Path, case_ids: Sequence[str]) -> str | None:

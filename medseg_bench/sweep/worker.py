@@ -23,7 +23,7 @@ from medseg_bench.errors import MedsegError, RunError
 from medseg_bench.files import load_json_object
 from medseg_bench.finished import finished_damage
 from medseg_bench.locks import RunLock
-from medseg_bench.provenance import environment
+from medseg_bench.provenance import attempt_record, environment
 from medseg_bench.results import SETUP_NAME, run_dir
 from medseg_bench.run_folder import (
     HEARTBEAT_INTERVAL_S,
@@ -242,9 +242,9 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         # (`undeferred`), but one that lands between the run's end and its last event waits for that event
         # (once, a SIGTERM just after a run finished left it without its `done` event).
         with deferred():
-            env = environment()  # each attempt's versions and revision (env.json holds the last one's)
-            append_event(folder, "resume" if resumed else "start", git_revision=env["git_revision"],
-                         versions=env["versions"], **(extra_event or {}))
+            # each attempt's code, packages and machine (env.json holds the last one's)
+            append_event(folder, "resume" if resumed else "start", **attempt_record(environment()),
+                         **(extra_event or {}))
             beat = Heartbeat(folder, spec.run_id, reporter)
             beat.start()
             stopped: BaseException | None = None

@@ -584,3 +584,36 @@ def test_a_long_case_name_is_cached_and_one_too_long_for_the_cache_is_excluded(h
     assert long in prepared.case_ids and too_long not in prepared.case_ids
     assert (prepared.cache_dir / f"{long}.img.npy").is_file()
     assert not list(prepared.cache_dir.glob(".*.tmp"))
+
+
+def test_the_source_digest_names_the_data_not_where_it_lies(home: Path, tmp_path: Path) -> None:
+    """A run records which data it trained on (setup.json's `data`): the same files in another data dir are
+    the same digest, another subset or a corrected label another one; a cache entry from before entries
+    recorded md5s gives none rather than a digest of nothing."""
+    import shutil
+
+    from medseg_bench.data.preprocess import source_digest
+
+    data = _fetched(home, tmp_path, "Task93_Digest", num_cases=4)
+    task = get_task("Task93_Digest")
+    prepared = prepare_task(task, data, num_folds=2, workers=1)
+    ids = prepared.case_ids
+    digest = source_digest(prepared.cache_dir, ids)
+    assert digest is not None and re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert source_digest(prepared.cache_dir, list(reversed(ids))) == digest  # a set of cases, in case order
+    assert source_digest(prepared.cache_dir, ids[:3]) != digest
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data, moved)
+    assert source_digest(prepare_task(task, moved, num_folds=2, workers=1).cache_dir, ids) == digest
+    label_path = moved / "Task93_Digest" / "labelsTr" / f"{ids[0]}.nii.gz"
+    label, geometry = read_label(label_path)
+    label[label == 2] = 1  # a corrected label: the same case ids, other data
+    write_label(label, geometry, label_path)
+    shutil.rmtree(moved / "preprocessed")
+    assert source_digest(prepare_task(task, moved, num_folds=2, workers=1).cache_dir, ids) != digest
+    entry = prepared.cache_dir / f"{ids[0]}.json"
+    props = json.loads(entry.read_text())
+    del props["sources"]
+    entry.write_text(json.dumps(props))
+    assert source_digest(prepared.cache_dir, ids) is None
+    assert source_digest(prepared.cache_dir, ["no_such_case"]) is None

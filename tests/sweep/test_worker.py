@@ -239,3 +239,28 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path: Path, monkeypatch:
         f"to train run {spec.run_id} from scratch")
     torch.save({"state_dict": {}, checkpoints.RUN_ID_KEY: spec.run_id}, ckpt)
     assert checkpoint_problem(spec, None, ckpt) is None
+
+
+def test_each_attempt_records_the_machine_it_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # env.json holds the last attempt's environment only: a run resumed with another thread count (another
+    # --jobs) or on another CPU (a SLURM requeue onto other nodes), whose last bits then differ, left its
+    # events naming only the code and packages of each attempt.
+    from types import SimpleNamespace
+
+    import torch
+
+    from medseg_bench.provenance import cpu_model, environment
+    from medseg_bench.run_folder import read_events
+    from medseg_bench.sweep.worker import run_one
+
+    monkeypatch.setattr("medseg_bench.run.execute_run", lambda *args: {})
+    spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
+    assert run_one(spec, SimpleNamespace(plan=None), tmp_path).kind == "done"
+    start = read_events(run_dir(tmp_path, spec))[0]
+    recorded = ("git_revision", "versions", "python", "cpu", "cpu_capability", "isa_limits", "torch_threads",
+                "gpu")
+    env = environment()
+    assert start["event"] == "start"
+    assert {key: start.get(key, "absent") for key in recorded} == {key: env[key] for key in recorded}
+    assert start["cpu"] == cpu_model() and start["torch_threads"] == torch.get_num_threads()
+    assert start["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
