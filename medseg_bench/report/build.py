@@ -22,7 +22,7 @@ from medseg_bench.report.tables import (
     top_k,
     top_ranked,
 )
-from medseg_bench.results import finished_runs, load_results
+from medseg_bench.results import SETUP_NAME, finished_runs, load_results
 from medseg_bench.run_folder import read_json
 
 
@@ -62,11 +62,18 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
 
     runs: dict[str, Any] = {}
     conventions: dict[str, list[dict[str, Any]]] = {}
+    data_sets: dict[str, dict[str, dict[str, Any]]] = {}
     for _, row in table.iterrows():
         for run_id in row["run_ids"]:
             folder = results_dir / row["task"] / run_id
-            spec, env, summary = (read_json(folder / n) for n in ("spec.json", "env.json", "summary.json"))
+            spec, env, summary, setup = (read_json(folder / n) for n in
+                                         ("spec.json", "env.json", "summary.json", SETUP_NAME))
             settings = summary.get("metric_settings", {})
+            data = _data_record(setup)
+            if data is not None:
+                seen_data = data_sets.setdefault(row["task"], {}).setdefault(
+                    data["digest"], {"cases": data["cases"], "runs": 0})
+                seen_data["runs"] += 1
             runs[run_id] = {
                 "task": row["task"], "config": row["config"], "fold": spec.get("fold"),
                 "seed": spec.get("seed"), "epochs": spec.get("epochs"), "versions": env.get("versions", {}),
@@ -74,7 +81,7 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                 "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
                 "cpu": env.get("cpu"), "cpu_capability": env.get("cpu_capability"),
                 "isa_limits": env.get("isa_limits") or {},
-                "metric_settings": settings,
+                "metric_settings": settings, "data": data,
             }
             seen = conventions.setdefault(row["task"], [])
             if settings not in seen:
@@ -84,11 +91,23 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                                                                                   time.gmtime())},
         "results_dir": str(results_dir),
         "metric_conventions": conventions,
+        "data_sets": {task: dict(sorted(sets.items())) for task, sets in sorted(data_sets.items())},
         "metrics": {m: {"higher_is_better": METRICS.get(m).higher_is_better, "unit": METRICS.get(m).unit,
                         "description": METRICS.get(m).description}
                     for m in table.attrs.get("metrics", [])},
         "runs": dict(sorted(runs.items())),
     }
+
+
+def _data_record(setup: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run's setup.json says of the data it trained and was scored on (`{"cases", "digest"}`), or None
+    where it says nothing usable (runs started before 2026-12-02, a cache recording no md5s)."""
+    data = setup.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+        return None
+    cases = data.get("cases")
+    return {"cases": cases if isinstance(cases, int) and not isinstance(cases, bool) else None,
+            "digest": data["digest"]}
 
 
 def absent_metrics(absent_columns: dict[str, list[str]], table: pd.DataFrame,

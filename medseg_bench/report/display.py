@@ -257,6 +257,19 @@ def _settings_note(report: Report, task: str) -> str:
            "numbers are not comparable."
 
 
+def _data_note(report: Report, task: str) -> str | None:
+    """A warning when the task's runs trained and were scored on different data (setup.json's digests of
+    their cases' files differ: another subset of the task, a corrected label, another release)."""
+    sets = report.provenance.get("data_sets", {}).get(task, {})
+    if len(sets) < 2:
+        return None
+    listed = "; ".join(f"{digest} ({n['cases']} cases): {n['runs']} run{'s' if n['runs'] != 1 else ''}"
+                       for digest, n in sets.items())
+    return (f"WARNING: runs of this task trained and were scored on {len(sets)} different data sets "
+            f"({listed}; the digest of their cases' image and label files, setup.json's data): their "
+            "numbers are not comparable; each run's is in --format json's provenance.runs.")
+
+
 def _case_set_note(report: Report, task: str) -> str | None:
     sets = report.settings.get("case_sets", {}).get(task)
     if not sets:
@@ -325,10 +338,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
         items: list[str | Table] = [_settings_note(report, task)]
-        case_note = _case_set_note(report, task)
-        items += [case_note] if case_note else []
-        absent_note = _absent_metric_note(report, task)
-        items += [absent_note] if absent_note else []
+        items += [note for note in (_data_note(report, task), _case_set_note(report, task),
+                                    _absent_metric_note(report, task)) if note]
         if compact:  # two narrower tables fit a terminal better than one wide one
             items += [task_table(report, task, True, "quality"), task_table(report, task, True, "cost")]
         else:

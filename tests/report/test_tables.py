@@ -385,3 +385,34 @@ def test_configurations_whose_mean_ranks_tie_share_their_rank(fake_results: Path
     assert ranking["mean_rank"].tolist() == [1, 2.5, 2.5]
     assert ranking["rank"].tolist() == [1, 2.5, 2.5]  # as the leaderboard's ties; once places 1, 2, 3
     assert ranking.columns.tolist()[:2] == ["config", "rank"]
+
+
+def test_runs_of_a_task_trained_on_different_data_are_warned_of(tmp_path: Path) -> None:
+    """setup.json's data digest (the task's cases' files): runs of one task on another subset or on relabelled
+    files were pooled and ranked without a word; runs recording no digest (older ones) are not counted."""
+    import json
+
+    from medseg_bench.report import render, report_from_results
+
+    cases = {f"c{i}": {"1": 0.8 + 0.01 * i} for i in range(6)}
+    rows = _rows("T", "unet", cases) + _rows("T", "segresnet", cases) + _rows("T", "unet", cases, seed=1)
+    ids = list(dict.fromkeys(row["run_id"] for row in rows))
+
+    def record(run_id: str, data: object) -> None:
+        (tmp_path / "T" / run_id).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "T" / run_id / "setup.json").write_text(json.dumps({"data": data}))
+
+    for run_id in ids:
+        record(run_id, {"cases": 12, "digest": "aaaa"})
+    same = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    assert same.provenance["data_sets"] == {"T": {"aaaa": {"cases": 12, "runs": 3}}}
+    assert "different data sets" not in render(same, "markdown")
+    record(ids[1], {"cases": 20, "digest": "bbbb"})
+    record(ids[2], None)  # started before setup.json recorded its data
+    other = report_from_results(pd.DataFrame(rows), tmp_path, metrics=["dice"])
+    assert other.provenance["data_sets"] == {"T": {"aaaa": {"cases": 12, "runs": 1},
+                                                   "bbbb": {"cases": 20, "runs": 1}}}
+    assert other.provenance["runs"][ids[1]]["data"] == {"cases": 20, "digest": "bbbb"}
+    assert other.provenance["runs"][ids[2]]["data"] is None
+    assert ("WARNING: runs of this task trained and were scored on 2 different data sets (aaaa (12 cases): "
+            "1 run; bbbb (20 cases): 1 run; the digest of") in render(other, "markdown").replace("\n", " ")
