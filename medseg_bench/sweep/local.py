@@ -38,6 +38,7 @@ from medseg_bench.sweep.worker import (
     EXIT_DAMAGED,
     EXIT_DONE,
     EXIT_SKIPPED,
+    data_changed_since,
     failure_message,
     plan_changed_since,
     run_one,
@@ -159,10 +160,14 @@ def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str
 
 
 def _plan_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
-    """plan_changed_since, against the task's current plan.json (read, not made: a skip builds nothing)."""
+    """plan_changed_since, against the task's current plan.json (read, not made: a skip builds nothing), or
+    else data_changed_since, against the cache of that plan where it is built."""
     path = data_dir / "preprocessed" / spec.task / "plan.json"
     plan = _current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
-    return plan_changed_since(spec, plan, folder)
+    note = plan_changed_since(spec, plan, folder)
+    if note is None and plan is not None:
+        note = data_changed_since(folder, path.parent / plan.preprocessing_hash)
+    return note
 
 
 @functools.lru_cache(maxsize=16)

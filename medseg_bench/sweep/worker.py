@@ -8,6 +8,7 @@ starts once per run with the spec as JSON (no shell involved).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -204,6 +205,35 @@ def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:
     return (f"trained with patch {'x'.join(map(str, old_patch))}, batch {old_batch}; the plan now says "
             f"{'x'.join(map(str, new_patch))}, batch {new_batch}: --patch-size/--batch-size train those as "
             "runs of their own")
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of(cache_dir: Path, cases: tuple[str, ...], built_ns: int) -> str | None:
+    """`source_digest`, once per cache build and case list (a sweep of finished runs skips hundreds, all of
+    one task's runs listing its every case)."""
+    from medseg_bench.data.preprocess import source_digest
+
+    return source_digest(cache_dir, cases)
+
+
+def data_changed_since(folder: Path, cache_dir: Path) -> str | None:
+    """A note when a finished run trained and was scored on other data than the task's cache now holds (its
+    setup.json's `data` digest against `preprocess.source_digest` of its cases in `cache_dir`: another data
+    dir, a case replaced): it stays as it is, and the report warns of the two. None where either says
+    nothing (a run started before setup.json recorded its data, a cache not built or lacking a case)."""
+    recorded = read_json(folder / SETUP_NAME).get("data")
+    split = read_json(folder / "splits.json")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
+        return None
+    cases = [c for role in ("train", "val") for c in split.get(role, []) if isinstance(c, str)]
+    complete = cache_dir / "complete.json"
+    now = _digest_of(cache_dir, tuple(sorted(cases)), complete.stat().st_mtime_ns) if cases and \
+        complete.is_file() else None
+    if now is None or now == recorded["digest"]:
+        return None
+    return (f"trained on other data than the task's cache now holds (data {recorded['digest']}, now {now}): "
+            "it keeps its result (the report warns of runs on different data); sweep into another "
+            "--results-dir to train it on this data")
 
 
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,

@@ -264,3 +264,40 @@ def test_each_attempt_records_the_machine_it_ran_on(tmp_path: Path, monkeypatch:
     assert {key: start.get(key, "absent") for key in recorded} == {key: env[key] for key in recorded}
     assert start["cpu"] == cpu_model() and start["torch_threads"] == torch.get_num_threads()
     assert start["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_skipped_run_says_when_it_trained_on_other_data_than_the_cache_holds(tmp_path: Path) -> None:
+    # A sweep with another data dir (another subset, a relabelled case) skipped finished runs without a word.
+    import os
+
+    from medseg_bench.data.preprocess import source_digest
+    from medseg_bench.sweep.worker import data_changed_since
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    run.mkdir()
+
+    def build(label_md5: str) -> None:
+        cache.mkdir(exist_ok=True)
+        for case in ("a", "b", "c"):
+            label = label_md5 if case == "b" else f"lab-{case}"
+            write_json_atomic(cache / f"{case}.json", {"case_id": case, "sources": {
+                "image": {"md5": f"img-{case}"}, "label": {"md5": label}}})
+        write_json_atomic(cache / "complete.json", {"label": label_md5})
+        builds.append(label_md5)
+        os.utime(cache / "complete.json", ns=(len(builds), len(builds)))  # a new build, a new time
+
+    builds: list[str] = []
+
+    build("lab-b")
+    write_json_atomic(run / "splits.json", {"train": ["a", "c"], "val": ["b"]})
+    assert data_changed_since(run, cache) is None  # a run started before setup.json recorded its data
+    digest = source_digest(cache, ["a", "b", "c"])
+    write_json_atomic(run / "setup.json", {"data": {"cases": 3, "digest": digest}})
+    assert data_changed_since(run, cache) is None
+    build("relabelled")
+    now = source_digest(cache, ["a", "b", "c"])
+    assert now != digest and data_changed_since(run, cache) == (
+        f"trained on other data than the task's cache now holds (data {digest}, now {now}): it keeps its "
+        "result (the report warns of runs on different data); sweep into another --results-dir to train it "
+        "on this data")
+    assert data_changed_since(run, tmp_path / "not-built") is None
