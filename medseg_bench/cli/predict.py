@@ -82,7 +82,7 @@ def _images(folder: Path, task: Any) -> list[_Image]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: --images is not a folder")
     from medseg_bench.data.io import IMAGE_SUFFIXES, case_name, files_by_case, image_suffix, read_geometry
-    from medseg_bench.data.nnunet_raw import channel_files
+    from medseg_bench.data.nnunet_raw import channel_files, incomplete_channels
 
     # one image per case: `a.nii.gz` and `a.mha` would give two label maps of one case (evaluate refuses such
     # a folder), `A.nii.gz` and `A.NII.GZ` one file, and each its own `a.npz`
@@ -98,6 +98,11 @@ def _images(folder: Path, task: Any) -> list[_Image]:
         typer.echo(f"{folder}: {len(groups)} case(s) in nnU-Net's layout, a file per channel "
                    f"(CASE_0000{suffix}{more}): each label map is named CASE{suffix}")
         return [_Image(name, tuple(files)) for name, files in groups.items()]
+    # channel files of a case that lacks one (every case, as a one-case folder): refused as one channel of
+    # several, naming the first file instead of the one missing
+    gap = "" if note else incomplete_channels(images, task.num_channels)
+    if gap and all(read_geometry(path)[1] == 1 for path in images):
+        raise DataError(gap)
     return [_Image(case_name(path), (path,)) for path in images]
 
 

@@ -217,12 +217,9 @@ def _count_warning(data: dict[str, Any], json_path: Path, labels: list[Path]) ->
             "imported"]
 
 
-def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Path]] | None, str]:
-    """`images` (a folder's image files) grouped by case as nnU-Net v2 names channel files, `CASE_0000...`,
-    each case's files in channel order, and "". None when they are not so named: with "" when no case has
-    exactly the task's channels (a folder of MSD images, one file a case, numbered `img_0000`, `img_0001`
-    or not), with a note naming a file when some are and others are not named so. DataError naming the
-    file when some cases have their channels and another lacks one or has one more."""
+def _channel_groups(images: list[Path]) -> tuple[dict[str, dict[int, Path]], list[Path]]:
+    """`images` grouped by case as nnU-Net v2 names channel files (`CASE_0000`: case, channel, file), and
+    the files not so named."""
     from medseg_bench.data.io import case_name
 
     groups: dict[str, dict[int, Path]] = {}
@@ -233,8 +230,43 @@ def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Pat
             strays.append(path)
         else:
             groups.setdefault(match["case"], {})[int(match["channel"])] = path
+    return groups, strays
+
+
+def _gap(case: str, files: dict[int, Path], channels: int, example: str) -> str:
+    """The first channel file case `case` lacks, or has past the task's `channels`, in one line naming it;
+    "" when it has exactly the task's. `example`: how a file of the layout is named."""
+    from medseg_bench.data.io import case_name
+
     wanted = set(range(channels))
-    complete = [case for case, files in sorted(groups.items()) if set(files) == wanted]
+    if set(files) == wanted:
+        return ""
+    suffix = files[min(files)].name[len(case_name(files[min(files)])):]
+    odd = min(wanted ^ set(files))
+    what = "missing" if odd in wanted else f"a channel past the task's {channels}"
+    where = files[min(files)].parent / f"{case}_{odd:04d}{suffix}"
+    return f"{where}: {what} (nnU-Net's layout, {example}CASE_0000 to CASE_{channels - 1:04d})"
+
+
+def incomplete_channels(images: list[Path], channels: int) -> str:
+    """For a task of several `channels`, where every file of `images` is named as a channel file of one of
+    them (`CASE_0000` to `CASE_{channels - 1}`) and no case has them all, as when a case's folder lacks a
+    file: the first file missing, in one line naming it; "" otherwise (`channel_files` names the gap where
+    some case is complete). The caller checks that each file holds one channel."""
+    groups, strays = _channel_groups(images)
+    if channels < 2 or strays or not groups or any(max(files) >= channels for files in groups.values()):
+        return ""
+    return next(filter(None, (_gap(case, files, channels, "") for case, files in sorted(groups.items()))), "")
+
+
+def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Path]] | None, str]:
+    """`images` (a folder's image files) grouped by case as nnU-Net v2 names channel files, `CASE_0000...`,
+    each case's files in channel order, and "". None when they are not so named: with "" when no case has
+    exactly the task's channels (a folder of MSD images, one file a case, numbered `img_0000`, `img_0001`
+    or not), with a note naming a file when some are and others are not named so. DataError naming the
+    file when some cases have their channels and another lacks one or has one more."""
+    groups, strays = _channel_groups(images)
+    complete = [case for case, files in sorted(groups.items()) if set(files) == set(range(channels))]
     if not complete:
         return None, ""
     example = groups[complete[0]][0].name
@@ -242,11 +274,7 @@ def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Pat
         return None, (f"{strays[0]}: not named as nnU-Net names a channel file (CASE_0000...), as {example} "
                       "is: each file is taken as a case of its own")
     for case, files in sorted(groups.items()):
-        if set(files) != wanted:
-            suffix = files[min(files)].name[len(case_name(files[min(files)])):]
-            odd = min(wanted ^ set(files))
-            what = "missing" if odd in wanted else f"a channel past the task's {channels}"
-            where = files[min(files)].parent / f"{case}_{odd:04d}{suffix}"
-            raise DataError(f"{where}: {what} (nnU-Net's layout, as {example}: CASE_0000 to "
-                            f"CASE_{channels - 1:04d})")
+        gap = _gap(case, files, channels, f"as {example}: ")
+        if gap:
+            raise DataError(gap)
     return {case: [files[index] for index in range(channels)] for case, files in sorted(groups.items())}, ""

@@ -978,6 +978,14 @@ def test_channel_files_in_nnunets_layout_are_one_case_each(run_folder, home: Pat
         assert result.exit_code == 0, result.output
     raw_labels, msd_labels = (read_label(tmp_path / f"p_{name}" / "c.nii.gz")[0] for name in ("raw2", "msd2"))
     assert (raw_labels == msd_labels).all()
+    lacking = tmp_path / "raw3"  # one case, its second channel file missing
+    write_image(lacking / "c_0000.nii.gz", stacked[0], (1.0, 1.0, 1.0))
+    result = runner.invoke(app, ["predict", str(run), "--images", str(lacking), "--out",
+                                 str(tmp_path / "p_lacking"), "--allow-unfinished"])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {lacking / 'c_0001.nii.gz'}: missing (nnU-Net's layout, CASE_0000 to CASE_0001)")
+    assert not (tmp_path / "p_lacking").exists()
     write_image(tmp_path / "raw2" / "c_0001.nii.gz", stacked[1], (1.0, 1.0, 2.0))  # another grid
     result = runner.invoke(app, ["predict", str(run), "--images", str(tmp_path / "raw2"), "--out",
                                  str(tmp_path / "p_bad"), "--allow-unfinished"])

@@ -198,6 +198,25 @@ def test_channel_files_are_grouped_only_where_cases_have_the_tasks_channels() ->
         channel_files(paths("a_0000.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"), 1)
 
 
+def test_a_case_lacking_a_channel_file_is_named_where_no_case_has_them_all() -> None:
+    # A one-case folder of Task01-like channel files lacking its T2w file: no case complete, so the files were
+    # taken as MSD images, and predict blamed CASE_0000 as "1 channel(s), but ... take 4".
+    from medseg_bench.data.nnunet_raw import incomplete_channels
+
+    def paths(*names: str) -> list[Path]:
+        return [Path("images") / name for name in names]
+
+    three = paths("brats_0000.nii.gz", "brats_0001.nii.gz", "brats_0002.nii.gz")
+    assert incomplete_channels(three, 4) == ("images/brats_0003.nii.gz: missing (nnU-Net's layout, "
+                                             "CASE_0000 to CASE_0003)")
+    assert incomplete_channels(paths("a_0001.nii.gz", "b_0000.nii.gz"), 2) == (
+        "images/a_0000.nii.gz: missing (nnU-Net's layout, CASE_0000 to CASE_0001)")
+    assert incomplete_channels(three, 1) == ""  # one channel: every such file is a case of its own
+    assert incomplete_channels(three, 2) == ""  # a channel past the task's: not its layout
+    assert incomplete_channels(paths("brats_0000.nii.gz", "brats.nii.gz"), 4) == ""  # a file not so named
+    assert incomplete_channels(paths("brats_001.nii.gz"), 4) == ""  # MSD's names
+
+
 def _two_channel_source(home: Path, tmp_path: Path, num_cases: int = 3) -> tuple[Path, Path]:
     write_task_file(home, "Task93_Two", channels=2)
     msd = make_synthetic_task(tmp_path / "msd" / "Task93_Two", num_cases=num_cases, channels=2)
