@@ -351,6 +351,14 @@ def source_record(path: Path) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": md5_of(path)}
 
 
+def recorded_source(props: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """A cache entry's record (`source_record`) of the file its `what` ("image" or "label") was made from;
+    None when it has none with an md5 (an entry written before caches recorded `sources`)."""
+    sources = props.get("sources")
+    recorded = sources.get(what) if isinstance(sources, dict) else None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("md5"), str) else None
+
+
 def check_sources(case: Case, props: dict[str, Any], path: Path) -> None:
     """DataError when the case's image or label is not the file its cache entry `path` was made from: replaced
     or edited since, its md5 differs (its size and time are compared first; the md5 is read only when they
@@ -359,13 +367,12 @@ def check_sources(case: Case, props: dict[str, Any], path: Path) -> None:
     not checked; a missing file is left for `read_case` to name."""
     from medseg_bench.data.download import md5_of
 
-    sources = props.get("sources")
     changed = False
     for what, file in (("image", case.image), ("label", case.label)):
         if props.get(what) != str(file):  # the data dir moved (or was copied) since
             props[what], changed = str(file), True
-        recorded = sources.get(what) if isinstance(sources, dict) else None
-        if not isinstance(recorded, dict) or not isinstance(recorded.get("md5"), str):
+        recorded = recorded_source(props, what)
+        if recorded is None:
             continue
         try:
             stat = file.stat()
@@ -463,12 +470,11 @@ def source_digest(cache_dir: Path, case_ids: Sequence[str]) -> str | None:
     entries = []
     for case_id in sorted(case_ids):
         try:
-            sources = _case_properties(cache_dir / f"{case_id}.json").get("sources")
+            props = _case_properties(cache_dir / f"{case_id}.json")
         except DataError:
             return None
-        md5s = [sources.get(what, {}).get("md5") if isinstance(sources, dict) and isinstance(
-            sources.get(what), dict) else None for what in ("image", "label")]
-        if not all(isinstance(md5, str) for md5 in md5s):
+        md5s = [record["md5"] for what in ("image", "label") if (record := recorded_source(props, what))]
+        if len(md5s) < 2:
             return None
         entries.append([case_id, *md5s])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from medseg_bench.checks import is_whole
 from medseg_bench.errors import ResultsError, UsageError
 from medseg_bench.report.significance import significance
 from medseg_bench.report.stats import ALPHA, DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -106,8 +107,7 @@ def _data_record(setup: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
         return None
     cases = data.get("cases")
-    return {"cases": cases if isinstance(cases, int) and not isinstance(cases, bool) else None,
-            "digest": data["digest"]}
+    return {"cases": cases if is_whole(cases) else None, "digest": data["digest"]}
 
 
 def absent_metrics(absent_columns: dict[str, list[str]], table: pd.DataFrame,
