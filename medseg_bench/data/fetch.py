@@ -245,7 +245,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         if conversion is not None:  # a converted image's problem names the user's file too
             report = _with_sources(report, conversion.sources, in_source)
         report = _renamed(report, Relocation(root, str(target)))  # kept: named where they are now
-        warnings = tuple(Relocation(root, str(target))(w) for w in report_warnings(task, report, root))
+        warnings = tuple(Relocation(root, str(target))(w) for w in _users_json(
+            report_warnings(task, report, root), root, in_source if conversion is not None else None))
         if conversion is not None:  # about the dataset the user has: named there
             warnings = tuple(in_source(w) for w in conversion.warnings) + warnings
         _write_marker(root, task, origin, verified, report)
@@ -253,6 +254,16 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
     finally:
         remove_tree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
+
+
+def _users_json(warnings: list[str], root: Path, in_source: Callable[[str], str] | None) -> list[str]:
+    """`warnings`, where the task's dataset.json was written by an import (`in_source` given): those about
+    that file (its labels, its channels: nnU-Net's `channel_names` became its `modality`) name the user's
+    dataset.json it was written from, not the generated one in the data dir."""
+    if in_source is None:
+        return warnings
+    written = f"{root / 'dataset.json'}: "
+    return [in_source(w) if w.startswith(written) else w for w in warnings]
 
 
 def remove_tree(folder: Path, ignore_errors: bool = False) -> None:

@@ -351,3 +351,14 @@ def test_metaimage_channel_files_leave_no_data_file_behind(home: Path, tmp_path:
     assert outcome.report is not None and not outcome.report.problems
     assert sorted(p.name for p in (outcome.folder / "imagesTr").iterdir()) == ["case_000.nii.gz",
                                                                                "case_001.nii.gz"]
+
+
+def test_a_channel_name_warning_names_the_users_dataset_json(shared_task: Path, home: Path,
+                                                             tmp_path: Path) -> None:
+    # It named the dataset.json the import wrote into the data dir, a file the user never made.
+    _, source = _hippocampus_as_nnunet(shared_task, tmp_path, 2)
+    data = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps(data | {"channel_names": {"0": "T2"}}))
+    outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", source=str(source))
+    named = [w for w in outcome.warnings if "names channel 0: 'T2' (task file: 'MRI')" in w]
+    assert len(named) == 1 and named[0].startswith(f"{source / 'dataset.json'}: "), outcome.warnings
