@@ -147,8 +147,11 @@ def sweep(
         from medseg_bench.sweep.dry_run import dry_run_lines
 
         check_results_dir(results_dir)
-        for line in dry_run_lines(runs, results_dir, data):
+        planned = dry_run_lines(runs, results_dir, data)
+        for line in planned.lines:
             typer.echo(line)
+        if planned.exit_code:  # the sweep would stop before training: said above, its exit code here
+            raise typer.Exit(planned.exit_code)
         return
     import signal
 

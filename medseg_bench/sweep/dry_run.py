@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medseg_bench.checks import are_whole, is_whole
-from medseg_bench.errors import ResultsError
+from medseg_bench.errors import DataError, ResultsError, UsageError
 from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
@@ -112,25 +113,39 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path,
     return total, matched
 
 
-def _unfetched(tasks: list[str], data_dir: Path) -> list[str]:
+@dataclass
+class DryRun:
+    """What `sweep --dry-run` prints, and the exit code of what the sweep would stop on before training
+    that is wrong with the sweep or its plan: a plan.json it cannot read (3, a data error) or a run that
+    cannot train on its plan (2, a usage error); 0 when none. A task not fetched yet is a step left to do,
+    not a mistake (a dry run before fetching is how a sweep is sized): its line says so, exit code 0."""
+
+    lines: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def stop(self, line: str, exit_code: int) -> None:
+        self.lines.append(line)
+        self.exit_code = self.exit_code or exit_code  # the first: where the sweep stops
+
+
+def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
     """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop)."""
     from medseg_bench.data.fetch import is_complete, not_fetched
 
-    return [not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1)
-            for task in tasks if not is_complete(data_dir / task)]
+    for task in tasks:
+        if not is_complete(data_dir / task):
+            out.lines.append(not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1))
 
 
-def _unplannable(runs: list[RunSpec], data_dir: Path) -> list[str]:
+def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
     (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
     by the sweep, which checks its runs then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import read_plan
     from medseg_bench.data.preprocess import PreparedTask
-    from medseg_bench.errors import DataError, UsageError
     from medseg_bench.sweep.local import check_runs
 
-    lines = []
     planned: dict[str, PreparedTask] = {}
     for task in sorted({spec.task for spec in runs}):
         path = data_dir / "preprocessed" / task / "plan.json"
@@ -140,12 +155,12 @@ def _unplannable(runs: list[RunSpec], data_dir: Path) -> list[str]:
             planned[task] = PreparedTask(get_task(task), read_plan(path), path.parent, [], [])
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
         except (DataError, UsageError) as exc:
-            lines.append(f"{task}: the sweep would stop: {exc}")
-    return lines
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> list[str]:
-    lines: list[str] = []
+def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> DryRun:
+    out = DryRun()
+    lines = out.lines
     states: Counter[str] = Counter()
     todo = []
     finished: Finished = {}  # the sweep's own finished runs; the others are read only for a cost to estimate
@@ -163,8 +178,8 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     runs_word = "run" if len(runs) == 1 else "runs"
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
-    lines += _unfetched(sorted({spec.task for spec in todo}), data_dir)
-    lines += _unplannable(todo, data_dir)
+    _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
+    _unplannable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
@@ -173,7 +188,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> lis
         left = f"{len(todo)} run" + ("" if len(todo) == 1 else "s")
         lines.append(f"cost of the {left} left: about {_hours(seconds)} on one worker ({matched} estimated "
                      f"from the same dims and arch, {len(todo) - matched} from all finished runs)")
-    return lines
+    return out
 
 
 def _hours(seconds: float) -> str:

@@ -407,7 +407,7 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     # its dry run, once the plan exists, says so (it listed both runs as pending, the sweep would train them)
     dry = runner.invoke(app, [*common, "--arch", "dynunet", "--dims", "3d", "--patch-size", "12,12,12",
                               "--seed", "0,1", "--dry-run"])
-    assert dry.exit_code == 0, dry.output
+    assert dry.exit_code == 2, dry.output  # the sweep's own exit code: it would stop
     assert ("Task04_Hippocampus: the sweep would stop: run 3d-dynunet-dice_ce-none-f0-s0-" in dry.output
             and "cannot train: dynunet pools patch 12x12x12" in dry.output)
     assert not (results / "index.parquet").exists()  # no run finished: no empty index either
@@ -421,7 +421,7 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert not (results / "Task04_Hippocampus").exists()  # the 2D U-Net (first in order) did not train
     plan_path.write_text(json.dumps({**plan, "patch_3d": [0, 8, 8]}))
     dry = runner.invoke(app, [*common, "--arch", "unet", "--dims", "3d", "--dry-run"])
-    assert dry.exit_code == 0, dry.output
+    assert dry.exit_code == 3, dry.output  # a plan.json it cannot read: a data error, as the sweep's
     assert f"Task04_Hippocampus: the sweep would stop: {plan_path}: " in dry.output
 
 

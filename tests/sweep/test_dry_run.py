@@ -44,7 +44,9 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert matched == 2 and seconds == pytest.approx(2 * (4 * 30 + 20) + (10 * 30 + 20))
     capped = estimate_seconds([_spec(3, max_minutes=1.0)], tmp_path)
     assert capped is not None and capped[0] == pytest.approx(60 + 20)
-    lines = dry_run_lines([done, partial, pending], tmp_path, tmp_path / "data")
+    planned = dry_run_lines([done, partial, pending], tmp_path, tmp_path / "data")
+    lines = planned.lines
+    assert planned.exit_code == 0  # not fetched yet: a step left, not a mistake in the sweep
     assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
@@ -66,11 +68,11 @@ def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(
     reads: list[Path] = []
     real = dry_run.read_finished_run
     monkeypatch.setattr(dry_run, "read_finished_run", lambda folder: reads.append(folder) or real(folder))
-    lines = dry_run_lines(specs[:1], tmp_path, tmp_path / "data")
+    lines = dry_run_lines(specs[:1], tmp_path, tmp_path / "data").lines
     assert lines[0].startswith("done ") and lines[-1].startswith("cost of the 0 runs left")
     assert reads == [run_dir(tmp_path, specs[0])]
     reads.clear()
-    lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data")
+    lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data").lines
     assert lines[-1].startswith("cost of the 1 run left")
     assert sorted(reads) == sorted(run_dir(tmp_path, spec) for spec in specs)
 
@@ -106,7 +108,7 @@ def test_the_dry_run_reads_each_finished_run_once(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(results, "read_finished_run", counted)
     monkeypatch.setattr(dry_run, "read_finished_run", counted)
-    lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data")
+    lines = dry_run_lines([done, damaged, pending], tmp_path, tmp_path / "data").lines
     assert [line.split()[0] for line in lines[:3]] == ["done", "damaged", "pending"]
     assert lines[-1].startswith("cost of the 1 run left: about 2 min on one worker (1 estimated")
     assert sorted(reads) == sorted([done.run_id, damaged.run_id])
@@ -118,12 +120,12 @@ def test_a_damaged_finished_run_is_no_basis_for_the_estimate(tmp_path: Path) -> 
     _finish(run_dir(tmp_path, damaged), per_epoch_s=30.0, eval_s=20.0, spec=damaged)
     write_json_atomic(run_dir(tmp_path, damaged) / "summary.json", {"cost": "zzz"})  # was an AttributeError
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
-    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data").lines[1].split()[0] == "damaged"
     # metrics.csv cut short: `status` and a sweep call it damaged; the dry run called it done and used it
     _finish(run_dir(tmp_path, damaged), per_epoch_s=300.0, eval_s=20.0, spec=damaged)
     (run_dir(tmp_path, damaged) / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\nc,1\n")
     assert estimate_seconds([_spec(2)], tmp_path) == (pytest.approx(4 * 30 + 20), 1)
-    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data")[1].split()[0] == "damaged"
+    assert dry_run_lines([done, damaged], tmp_path, tmp_path / "data").lines[1].split()[0] == "damaged"
 
 
 @pytest.mark.parametrize(("edit", "seconds"), [
@@ -151,7 +153,8 @@ def test_dry_run_lines_show_every_setting_that_tells_two_runs_apart() -> None:
 
 
 def test_dry_run_without_history_says_so(tmp_path: Path) -> None:
-    assert dry_run_lines([_spec()], tmp_path, tmp_path / "data")[-1].startswith("cost: no finished runs")
+    lines = dry_run_lines([_spec()], tmp_path, tmp_path / "data").lines
+    assert lines[-1].startswith("cost: no finished runs")
 
 
 def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> None:
@@ -160,6 +163,6 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     folder.mkdir(parents=True)
     write_json_atomic(folder / "summary.json", {"cost": {}})
     append_event(folder, "done")  # finished, then its status.json was lost: never trained again
-    lines = dry_run_lines([spec], tmp_path, tmp_path / "data")
+    lines = dry_run_lines([spec], tmp_path, tmp_path / "data").lines
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
