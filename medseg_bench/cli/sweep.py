@@ -193,7 +193,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
             raise  # a broken install of our own: its traceback, not advice that would not help
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
     from medseg_bench.results import check_run_folders, check_writable
-    from medseg_bench.sweep.local import prepare_locked
+    from medseg_bench.sweep.local import prepare_tasks, prepared_key
 
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
@@ -206,16 +206,9 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
                          "node of the cluster, or use the local launcher")
     check_writable(results_dir)
     check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
-    keys: dict[tuple[str, int], bool] = {}  # whether some run keeps its slices
-    for spec in runs:
-        key = (spec.task, spec.num_folds)
-        keys[key] = keys.get(key, False) or spec.own_slice_spacing
-    prepared: dict[tuple[str, int], Any] = {}
-    for key, own_slices in keys.items():
-        typer.echo(f"preparing {key[0]} (plan, cache, {key[1]}-fold splits) before submitting")
-        prepared[key] = prepare_locked(key[0], data_dir, key[1], progress=True, own_slices=own_slices)
+    prepared = prepare_tasks(runs, data_dir, typer.echo, " before submitting")
     submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,
-                                prepared_for=lambda spec: prepared[spec.task, spec.num_folds])
+                                prepared_for=lambda spec: prepared[prepared_key(spec)])
     if submitted:
         typer.echo(f"{len(submitted)} jobs submitted; follow them with "
                    f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")

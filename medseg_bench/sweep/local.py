@@ -72,19 +72,25 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
-def _key(spec: RunSpec) -> tuple[str, int, bool]:
-    return spec.task, spec.num_folds, spec.own_slice_spacing
+def prepared_key(spec: RunSpec) -> tuple[str, int]:
+    """What a run's `PreparedTask` is shared by: its task and number of folds."""
+    return spec.task, spec.num_folds
 
 
-def _prepare(data_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any], spec: RunSpec) -> Any:
-    key = _key(spec)
-    if key not in prepared:
-        what = ("cache; for 2D runs, each case at its own slice spacing where that differs"
-                if spec.own_slice_spacing else "cache")
-        reporter.say(f"preparing {spec.task} (plan, {what}, {spec.num_folds}-fold splits)")
-        prepared[key] = prepare_locked(spec.task, data_dir, spec.num_folds, progress=True,
-                                       own_slices=spec.own_slice_spacing)
-    return prepared[key]
+def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object],
+                  when: str = "") -> dict[tuple[str, int], Any]:
+    """Plan, cache and split each task of `runs` once (`prepared_key`), with the cache of 2D runs that keep
+    their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it."""
+    own_slices: dict[tuple[str, int], bool] = {}
+    for spec in runs:
+        key = prepared_key(spec)
+        own_slices[key] = own_slices.get(key, False) or spec.own_slice_spacing
+    prepared: dict[tuple[str, int], Any] = {}
+    for (task, folds), own in own_slices.items():
+        what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own else "cache"
+        say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
+        prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own)
+    return prepared
 
 
 def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
@@ -100,10 +106,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     reporter.start(len(runs))
     try:
         todo = _finished(runs, results_dir, data_dir, reporter, outcome)
-        prepared: dict[Any, Any] = {}
-        for spec in todo:  # plan and cache once, here, before any run (or worker) reads them
-            _prepare(data_dir, reporter, prepared, spec)
-        check_runs(todo, lambda spec: prepared[_key(spec)])
+        prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
+        check_runs(todo, lambda spec: prepared[prepared_key(spec)])
         if jobs <= 1:
             _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome)
         else:
@@ -206,7 +210,7 @@ def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> N
 def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
                 fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
     for spec in runs:
-        task = prepared[_key(spec)]
+        task = prepared[prepared_key(spec)]
         workers = default_num_workers(spec) if num_workers is None else num_workers
         result = run_one(spec, task, results_dir, reporter, workers, started=reporter.run_start)
         _record(spec, result.kind, reporter, outcome, result.summary, result.error)

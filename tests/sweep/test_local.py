@@ -118,7 +118,7 @@ def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) 
             reporter.start(1)
             outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy",
                                                                    "damaged", "damage")}
-            local._sequential([spec], tmp_path, reporter, {local._key(spec): None}, False, 0, outcome)
+            local._sequential([spec], tmp_path, reporter, {local.prepared_key(spec): None}, False, 0, outcome)
             reporter.close()
     finally:
         lock.release()
@@ -211,8 +211,7 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     results = tmp_path / "results"
     damaged, failing = _spec(0), _spec(1)
     (_finished_run(results, damaged) / "metrics.csv").unlink()
-    monkeypatch.setattr(local, "_prepare", lambda data_dir, reporter, prepared, spec: prepared.setdefault(
-        local._key(spec), SimpleNamespace()))
+    monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
     with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
@@ -268,3 +267,27 @@ def test_a_jobs_run_held_by_another_sweep_shows_none_of_that_sweeps_training(tmp
     assert outcome["busy"] == [spec.run_id]
     assert said.splitlines()[0] == f"[1/1] {spec.run_id}: skipped (running in another process)", said
     assert "training" not in said and "epoch" not in said
+
+
+def test_a_task_is_prepared_once_for_its_3d_and_2d_runs(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    # `--dims 3d,2d` prepared the task for its 3D runs, then again (also the 2D runs' cache) for its 2D runs.
+    calls: list[tuple[str, int, bool]] = []
+
+    def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
+                       own_slices: bool = False) -> str:
+        calls.append((task, num_folds, own_slices))
+        return f"{task}/{num_folds}/{own_slices}"
+
+    monkeypatch.setattr(local, "prepare_locked", prepare_locked)
+    runs = [RunSpec(task="Task04_Hippocampus", dims=dims, arch="unet", loss="dice_ce", aug="none")
+            for dims in ("3d", "2d", "3d")]
+    runs.append(RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none",
+                        num_folds=3, fold=1))
+    said: list[str] = []
+    prepared = local.prepare_tasks(runs, tmp_path, said.append)
+    assert calls == [("Task04_Hippocampus", 5, True), ("Task04_Hippocampus", 3, False)]
+    assert [prepared[local.prepared_key(spec)] for spec in runs] == [
+        "Task04_Hippocampus/5/True"] * 3 + ["Task04_Hippocampus/3/False"]
+    assert said[0] == ("preparing Task04_Hippocampus (plan, cache; for 2D runs, each case at its own slice "
+                       "spacing where that differs, 5-fold splits)")
