@@ -1,17 +1,26 @@
-"""Provenance: what a run's numbers came from (package versions, the code's git revision, Python, host, CPU
-and the instruction set torch uses, GPU), recorded in each run's `env.json` and in its events."""
+"""Provenance: what a run's numbers came from (package versions, the code's git revision and uncommitted
+change, Python, host, CPU and the instruction set torch uses, GPU), recorded in each run's `env.json` (and
+`source.diff`) and in its events."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
+import re
 import socket
 import subprocess
+import threading
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
 
+from medseg_bench.files import atomic_binary, write_json_atomic
 from medseg_bench.settings import REPO_ROOT
 
 # Every package a run's numbers go through: torchvision (the fcn arch), timm (tu-* encoders), edt (surface
@@ -19,9 +28,125 @@ from medseg_bench.settings import REPO_ROOT
 PACKAGES = ("medseg-bench", "torch", "pytorch-lightning", "monai", "segmentation-models-pytorch", "numpy",
             "scipy", "SimpleITK", "pandas", "torchvision", "timm", "edt")
 
+SOURCE_DIFF_NAME = "source.diff"  # beside env.json: a dirty checkout's `git diff HEAD`
+MAX_DIFF_BYTES = 4 * 2**20  # of it kept; its sha256 and size are of the whole
+GIT_TIMEOUT_S = 5
+DIFF_TIMEOUT_S = 30
+# The diff as git gives it whatever the user's configuration (colour, external diff tools, text conversion,
+# another algorithm or prefixes would change its bytes and sha256), binary files as `git apply` takes them.
+DIFF_ARGS = ("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv",
+             "--no-renames", "--diff-algorithm=myers", "--unified=3", "--src-prefix=a/", "--dst-prefix=b/")
+
+
+@dataclass(frozen=True)
+class SourceDiff:
+    """A dirty checkout's uncommitted change to tracked files (`git diff HEAD`), read with its revision."""
+
+    text: bytes  # the first MAX_DIFF_BYTES of it
+    sha256: str  # of the whole diff
+    size_bytes: int
+
+    @property
+    def cut(self) -> bool:
+        return self.size_bytes > len(self.text)
+
+    def record(self) -> dict[str, Any]:
+        """env.json's `source_diff`."""
+        return {"file": SOURCE_DIFF_NAME, "sha256": self.sha256, "size_bytes": self.size_bytes,
+                "cut": self.cut}
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    """What a run records of the code it ran: `revision` (env.json's `git_revision`), the uncommitted change
+    of a dirty checkout (`diff`: a `SourceDiff`, or why it could not be read), and where pip installed the
+    package from (`installed_from`) when it runs installed."""
+
+    revision: str
+    diff: SourceDiff | str | None = None
+    installed_from: dict[str, Any] | None = None
+
+    def source_diff(self) -> dict[str, Any] | None:
+        """env.json's `source_diff`: None for a clean checkout or an installed package."""
+        if isinstance(self.diff, str):
+            return {"error": self.diff}
+        return None if self.diff is None else self.diff.record()
+
+
+def _git_env() -> dict[str, str]:
+    # Git's own variables are left out: `GIT_DIR` would name another repository.
+    return {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+
+
+def _git_command(root: Path, *args: str) -> list[str]:
+    # not an enclosing repository's folder: its top is another folder
+    return ["git", "-c", f"safe.directory={root.resolve()}", *args]
+
+
+def _read_checkout(root: Path, with_diff: bool) -> CodeRecord:
+    """The checkout whose top folder is `root`: its commit (`+dirty`) and, with `with_diff`, the change."""
+    env = _git_env()
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(_git_command(root, *args), cwd=root, env=env, capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S)
+
+    try:
+        found = git("rev-parse", "--show-toplevel", "HEAD")
+        lines = found.stdout.split("\n")
+        if found.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != root.resolve():
+            return CodeRecord("unknown")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return CodeRecord("unknown")
+    commit = lines[1].strip()
+    if not dirty:
+        return CodeRecord(commit)
+    return CodeRecord(commit + "+dirty", _read_diff(root, commit, env) if with_diff else None)
+
+
+def _read_diff(root: Path, commit: str, env: dict[str, str]) -> SourceDiff | str:
+    """The checkout's tracked files against `commit` (`git diff HEAD`, HEAD as read with the status: a commit
+    made meanwhile changes neither), read as a stream: its first `MAX_DIFF_BYTES` kept, the whole hashed (a
+    changed data file a GB long costs no GB of memory); or why it could not be read."""
+    try:
+        proc = subprocess.Popen(_git_command(root, *DIFF_ARGS, commit, "--"), cwd=root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        return f"git diff did not run ({exc.strerror or exc})"
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(DIFF_TIMEOUT_S, stop)
+    timer.start()
+    digest, kept, size = hashlib.sha256(), bytearray(), 0
+    try:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(kept) < MAX_DIFF_BYTES:
+                kept += chunk[:MAX_DIFF_BYTES - len(kept)]
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if timed_out.is_set():
+        return f"git diff took over {DIFF_TIMEOUT_S} s"
+    if code != 0:
+        return f"git diff failed (exit {code})"
+    return SourceDiff(bytes(kept), digest.hexdigest(), size)
+
 
 def git_revision(root: Path = REPO_ROOT) -> str:
-    """The commit of the source checkout at `root` (with `+dirty`), or `unknown` for an installed package.
+    """The commit of the source checkout at `root` (with `+dirty`), or `unknown` where it is none.
 
     Only a repository whose top folder is `root` is the source: an installed package's folder is often
     inside another repository (a virtual environment in a project's folder), whose commit git would give.
@@ -30,29 +155,94 @@ def git_revision(root: Path = REPO_ROOT) -> str:
     trusted at `root` alone (`safe.directory`): git refused it as "dubious ownership", so its runs recorded
     `unknown`, yet this process runs that checkout's code already.
     """
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
-    trusted = f"safe.directory={root.resolve()}"  # not an enclosing repository: its top is another folder
+    return _read_checkout(root, with_diff=False).revision
 
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-c", trusted, *args], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=5)
 
+def installed_from(root: Path = REPO_ROOT) -> dict[str, Any] | None:
+    """Where pip installed the medseg-bench whose package is `root/medseg_bench` from: its `direct_url.json`
+    (PEP 610) as `{"url", "vcs", "commit_id", "requested_revision", "editable", "archive_hash"}`, the keys it
+    has; None for a wheel from a registry (pip writes none) or where no such installation is this code.
+
+    The installed distribution counts only where its files are the ones this process runs (an editable one:
+    where its folder is `root`): a copy run from elsewhere, with a `git+URL` installation in the environment
+    beside it, is not that commit. A URL's user and password are left out: env.json is shared with results.
+    """
     try:
-        found = git("rev-parse", "--show-toplevel", "HEAD")
-        lines = found.stdout.split("\n")
-        if found.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != root.resolve():
-            return "unknown"
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return lines[1].strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        dist = metadata.distribution("medseg-bench")
+        data = json.loads(dist.read_text("direct_url.json") or "null")
+    except (metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    editable = _field(data, "dir_info").get("editable") is True
+    url = urlsplit(data["url"])
+    if editable:
+        runs_this = url.scheme == "file" and Path(url2pathname(url.path)).resolve() == root.resolve()
+    else:
+        installed = Path(str(dist.locate_file("medseg_bench/__init__.py")))
+        runs_this = installed.resolve() == (root / "medseg_bench" / "__init__.py").resolve()
+    if not runs_this:
+        return None
+    record: dict[str, Any] = {"url": urlunsplit(url._replace(netloc=url.netloc.rpartition("@")[2]))}
+    vcs = _field(data, "vcs_info")
+    record.update({key: vcs[key] for key in ("vcs", "commit_id", "requested_revision")
+                   if isinstance(vcs.get(key), str)})
+    if editable:
+        record["editable"] = True
+    archive = _field(data, "archive_info")
+    if isinstance(archive.get("hash"), str):
+        record["archive_hash"] = archive["hash"]
+    return record
+
+
+def _field(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """`data[key]` where it is an object, else {}."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def read_code(root: Path = REPO_ROOT) -> CodeRecord:
+    """The code this process runs, read now: the checkout at `root` (its commit, and the uncommitted change of
+    a dirty one, in the same moment), else the commit pip installed it from (`installed_from`: a `git+URL`
+    installation's `commit_id`), else `unknown` (a released wheel: `versions` names it)."""
+    checkout = _read_checkout(root, with_diff=True)
+    if checkout.revision != "unknown":
+        return checkout
+    source = installed_from(root)
+    commit = str((source or {}).get("commit_id", ""))
+    from_git = (source or {}).get("vcs") == "git" and _COMMIT.fullmatch(commit) is not None
+    return CodeRecord(commit if from_git else "unknown", None, source)
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object names
 
 
 @functools.cache
+def code_record() -> CodeRecord:
+    """`read_code()` of the code this process runs, read once, when its first run starts (the modules a run
+    uses are imported by then): a commit or an edit made while a sweep goes on is not what its later runs
+    ran. The revision and the diff are cached together, so every run's `source.diff` is its revision's."""
+    return read_code()
+
+
 def code_revision() -> str:
-    """`git_revision()` of the checkout this process runs, read once, when its first run starts (the modules
-    a run uses are imported by then): a commit made while a sweep goes on is not what its later runs ran."""
-    return git_revision()
+    """`code_record()`'s revision: env.json's `git_revision`."""
+    return code_record().revision
+
+
+def write_environment(folder: Path) -> dict[str, Any]:
+    """Write `environment()` to `folder/env.json`, and a dirty checkout's change to `folder/source.diff`
+    (first: env.json names it; an earlier attempt's is removed where this one's code has none); returns it."""
+    env = environment()
+    diff = code_record().diff
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(diff, SourceDiff):
+        with atomic_binary(folder / SOURCE_DIFF_NAME) as fh:
+            fh.write(diff.text)
+    else:
+        (folder / SOURCE_DIFF_NAME).unlink(missing_ok=True)
+    write_json_atomic(folder / "env.json", env)
+    return env
 
 
 # Environment variables that cap the instruction set of torch's CPU kernels (ATen's, oneDNN's, MKL's).
@@ -85,8 +275,8 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 # What each attempt's `start`/`resume` event records of `environment()` (env.json holds only the last
 # attempt's): a run resumed on another CPU, instruction set or thread count, which changes its last bits, is
 # seen in its events, not only its code and packages.
-ATTEMPT_FIELDS = ("git_revision", "versions", "python", "cpu", "cpu_capability", "isa_limits",
-                  "torch_threads", "gpu")
+ATTEMPT_FIELDS = ("git_revision", "source_diff", "versions", "python", "cpu", "cpu_capability",
+                  "isa_limits", "torch_threads", "gpu")
 
 
 def attempt_record(env: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +285,10 @@ def attempt_record(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    """env.json's fields (`write_environment` writes it, with `source.diff`)."""
     import torch
+
+    code = code_record()
 
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -108,7 +301,9 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "git_revision": code_revision(),
+        "git_revision": code.revision,
+        "source_diff": code.source_diff(),  # the change of a dirty checkout, in source.diff beside env.json
+        "installed_from": code.installed_from,
         "cpu_count": os.cpu_count(),
         # The CPU and the instruction set torch's kernels use (oneDNN's convolutions pick theirs from the same
         # CPU unless an ISA_LIMITS variable caps it): floating-point results differ between instruction sets

@@ -4,12 +4,18 @@ Run folder:
     spec.json        the full RunSpec (and run id)
     status.json      {"state": running|done|failed, ...}, written atomically (none yet: pending)
     heartbeat.json   refreshed every few seconds while a process works on the run (pid, host, epoch, loss)
-    events.jsonl     one line per event: start (from scratch) | resume, with the attempt's git revision and
-                     package versions; then done | failed | interrupted; each with time, pid and host
+    events.jsonl     one line per event: start (from scratch) | resume, with the attempt's git revision (and
+                     diff's sha256), package versions and machine; then done | failed | interrupted; each with
+                     time, pid and host
     .lock            the per-run lock file (see locks.py)
     queued.json      the SLURM job id, when the run was submitted to SLURM
-    env.json         package versions, Python, platform, host, git revision, CPU (model, the instruction set
-                     torch uses and the variables capping it), torch threads, GPU name
+    env.json         package versions, Python, platform, host, git revision (`<commit>`, `<commit>+dirty`, or
+                     `unknown`; `source_diff`: a dirty checkout's diff's file, sha256, size and whether it was
+                     cut; `installed_from`: the URL and commit pip installed an installed package from), CPU
+                     (model, the instruction set torch uses and the variables capping it), torch threads, GPU
+    source.diff      a dirty checkout's `git diff HEAD` (tracked files; binary ones as `git apply` takes
+                     them), its first 4 MiB; none for a clean checkout or an installed package (both of the
+                     last attempt, as env.json; absent in runs started before 2026-12-03)
     splits.json      the fold's train/val case ids
     setup.json       the patch and batch size and preprocessing the run started with (a resumed run is held
                      to them, and to its splits.json), and how its training images are stored (orientation,

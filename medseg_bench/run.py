@@ -19,7 +19,7 @@ from medseg_bench.checkpoints import load_weights
 from medseg_bench.data.preprocess import PreparedTask, load_case, source_digest, stored_orientation
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.files import write_csv_atomic, write_json_atomic
-from medseg_bench.provenance import environment
+from medseg_bench.provenance import write_environment
 from medseg_bench.results import SETUP_NAME
 from medseg_bench.run_folder import write_status
 from medseg_bench.signals import caused_by_stop, stop_reason
@@ -144,7 +144,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
     root.setLevel(logging.INFO)
     try:
         write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
-        write_json_atomic(folder / "env.json", environment())
+        write_environment(folder)  # env.json, and source.diff where the checkout is dirty
         write_json_atomic(folder / "splits.json", prepared.splits[spec.fold])
         resuming = (folder / "checkpoints" / "last.ckpt").is_file()
         if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it

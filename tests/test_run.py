@@ -190,3 +190,39 @@ def test_a_run_out_of_memory_fails_saying_so_and_what_to_lower(
     assert outcome.kind == "failed" and outcome.error is not None
     assert outcome.error.startswith(f"run {spec.run_id} failed: {line} (log: ")
     assert read_status(folder)["state"] == "failed" and read_status(folder)["error"] == line
+
+
+def test_a_run_of_a_dirty_checkout_keeps_its_change_beside_env_json(
+        home, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`<commit>+dirty` alone: the code the run ran could not be recovered. Its diff is in the run folder, its
+    sha256 in env.json, in the attempt's event and in the report's provenance."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medseg_bench import provenance
+    from medseg_bench.cli.app import app
+    from medseg_bench.run_folder import read_events
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    change = b"--- a/medseg_bench/losses.py\n+++ b/medseg_bench/losses.py\n-smooth = 1e-5\n+smooth = 1.0\n"
+    code = provenance.CodeRecord("0123abc+dirty", provenance.SourceDiff(change, "d" * 64, len(change)))
+    monkeypatch.setattr(provenance, "code_record", lambda: code)
+    runner = CliRunner()
+    write_task_file(home, "Task95_Dirty")
+    src = make_synthetic_task(tmp_path / "src" / "Task95_Dirty")
+    assert runner.invoke(app, ["fetch", "Task95_Dirty", "--source", str(src)]).exit_code == 0
+    results = tmp_path / "results"
+    sweep = runner.invoke(app, ["sweep", "--task", "Task95_Dirty", "--dims", "3d", "--arch", "unet",
+                                "--loss", "dice_ce", "--aug", "none", "--epochs", "1", "--iters-per-epoch",
+                                "1", "--batch-size", "2", "--num-folds", "2", "--results-dir", str(results)])
+    assert sweep.exit_code == 0, sweep.output
+    (run,) = (results / "Task95_Dirty").iterdir()
+    recorded = {"file": "source.diff", "sha256": "d" * 64, "size_bytes": len(change), "cut": False}
+    assert (run / "source.diff").read_bytes() == change
+    env = json.loads((run / "env.json").read_text())
+    assert env["git_revision"] == "0123abc+dirty" and env["source_diff"] == recorded
+    assert read_events(run)[0]["source_diff"] == recorded
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["provenance"]["runs"][run.name]["source_diff"] == recorded

@@ -56,8 +56,9 @@ class Report:
 
 
 def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
-    """Per run: spec axes, fold, seed, package versions, git revision, device and metric settings; per task:
-    the distinct metric settings (more than one means its numbers are not comparable)."""
+    """Per run: spec axes, fold, seed, package versions, git revision (with a dirty checkout's diff, or where
+    pip installed the code from), device and metric settings; per task: the distinct metric settings (more
+    than one means its numbers are not comparable)."""
     from medseg_bench import __version__
     from medseg_bench.metrics import METRICS
 
@@ -78,7 +79,8 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
             runs[run_id] = {
                 "task": row["task"], "config": row["config"], "fold": spec.get("fold"),
                 "seed": spec.get("seed"), "epochs": spec.get("epochs"), "versions": env.get("versions", {}),
-                "git_revision": env.get("git_revision"), "python": env.get("python"),
+                "git_revision": env.get("git_revision"), "source_diff": _object_or_none(env, "source_diff"),
+                "installed_from": _object_or_none(env, "installed_from"), "python": env.get("python"),
                 "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
                 "cpu": env.get("cpu"), "cpu_capability": env.get("cpu_capability"),
                 "isa_limits": env.get("isa_limits") or {},
@@ -98,6 +100,12 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                     for m in table.attrs.get("metrics", [])},
         "runs": dict(sorted(runs.items())),
     }
+
+
+def _object_or_none(record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """`record[key]` where it is a JSON object, else None (absent from runs made before it was recorded)."""
+    value = record.get(key)
+    return value if isinstance(value, dict) else None
 
 
 def _data_record(setup: dict[str, Any]) -> dict[str, Any] | None:

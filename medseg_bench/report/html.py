@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import Any
 
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections, settings_text
@@ -52,9 +53,26 @@ def _figure(name: str, png: bytes) -> str:
             f"<figcaption>{html.escape(name)}</figcaption></figure>")
 
 
+def revision_text(run: dict[str, Any]) -> str:
+    """A run's git revision as the provenance table shows it: a dirty checkout's with its diff's sha256 (12
+    digits), so runs of one commit with different uncommitted changes are told apart; an installed package's
+    with the URL pip installed it from."""
+    text = str(run.get("git_revision") or "")
+    diff = run.get("source_diff") or {}
+    if isinstance(diff.get("sha256"), str):
+        text += f", diff sha256 {diff['sha256'][:12]}"
+    elif diff.get("error"):
+        text += f", diff not recorded: {diff['error']}"
+    source = run.get("installed_from") or {}
+    if source.get("url"):
+        requested = f" ({source['requested_revision']})" if source.get("requested_revision") else ""
+        text += f", installed from {source['url']}{requested}"
+    return text
+
+
 def _provenance(report: Report) -> str:
     """Every run behind the numbers, folded away: id, fold, seed, device (the GPU, else the CPU and its
-    instruction set, where recorded), git revision, versions, settings."""
+    instruction set, where recorded), git revision (`revision_text`), versions, settings."""
     runs = report.provenance.get("runs", {})
     rows = []
     for run_id, run in runs.items():
@@ -63,7 +81,7 @@ def _provenance(report: Report) -> str:
         limits = " ".join(f"{k}={v}" for k, v in sorted((run.get("isa_limits") or {}).items()))
         cpu = " ".join(str(v) for v in (run.get("cpu"), run.get("cpu_capability"), limits) if v)
         cells = [run_id, run.get("task"), run.get("fold"), run.get("seed"), run.get("device") or "",
-                 run.get("gpu") or cpu, run.get("git_revision") or "", versions, settings]
+                 run.get("gpu") or cpu, revision_text(run), versions, settings]
         rows.append([Cell("" if c is None else str(c)) for c in cells])
     headers = ["run", "task", "fold", "seed", "device", "GPU or CPU", "git revision", "versions",
                "metric settings"]

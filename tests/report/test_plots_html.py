@@ -133,6 +133,37 @@ def test_provenance_names_each_runs_gpu_or_else_its_cpu(fake_results: Path, tmp_
     assert build_report(results).provenance["runs"][env_file.parent.name]["cpu_capability"] == "AVX512"
 
 
+def test_provenance_tells_runs_of_different_uncommitted_changes_apart(fake_results: Path,
+                                                                      tmp_path: Path) -> None:
+    # `0123abc+dirty` twice: one commit, but not necessarily the same code; the diffs' sha256 tell
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    env_files = sorted(results.glob("*/*/env.json"))
+    diffs = {"file": "source.diff", "sha256": "a1" * 32, "size_bytes": 120, "cut": False}, {
+        "file": "source.diff", "sha256": "b2" * 32, "size_bytes": 4 * 2**20 + 1, "cut": True}
+    for env_file, diff in zip(env_files, [*diffs, {"error": "git diff failed (exit 129)"}], strict=False):
+        env = json.loads(env_file.read_text())
+        env.update(git_revision="0123abc+dirty", source_diff=diff)
+        env_file.write_text(json.dumps(env))
+    commit = "4567def" * 5 + "45678"
+    installed = json.loads(env_files[3].read_text())
+    installed.update(git_revision=commit, source_diff=None, installed_from={
+        "url": "https://github.com/lab/medseg-bench.git", "vcs": "git", "commit_id": commit,
+        "requested_revision": "v1.2"})
+    env_files[3].write_text(json.dumps(installed))
+    report = build_report(results)
+    runs = report.provenance["runs"]
+    assert runs[env_files[0].parent.name]["source_diff"] == diffs[0]
+    assert runs[env_files[3].parent.name]["installed_from"]["commit_id"] == commit
+    assert runs[env_files[4].parent.name]["source_diff"] is None  # a run made before it was recorded
+    page = render(report, "html", {})
+    assert page.count("0123abc+dirty, diff sha256 a1a1a1a1a1a1<") == 1
+    assert page.count("0123abc+dirty, diff sha256 b2b2b2b2b2b2<") == 1
+    assert page.count("0123abc+dirty, diff not recorded: git diff failed (exit 129)<") == 1
+    assert page.count(f"{commit}, installed from https://github.com/lab/medseg-bench.git (v1.2)<") == 1
+    assert page.count("0123abc<") == len(env_files) - 4  # the clean ones as before
+
+
 def test_figures_go_with_their_own_task() -> None:
     from medseg_bench.report.plots import task_figures
 

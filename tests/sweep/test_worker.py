@@ -257,8 +257,8 @@ def test_each_attempt_records_the_machine_it_ran_on(tmp_path: Path, monkeypatch:
     spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
     assert run_one(spec, SimpleNamespace(plan=None), tmp_path).kind == "done"
     start = read_events(run_dir(tmp_path, spec))[0]
-    recorded = ("git_revision", "versions", "python", "cpu", "cpu_capability", "isa_limits", "torch_threads",
-                "gpu")
+    recorded = ("git_revision", "source_diff", "versions", "python", "cpu", "cpu_capability", "isa_limits",
+                "torch_threads", "gpu")
     env = environment()
     assert start["event"] == "start"
     assert {key: start.get(key, "absent") for key in recorded} == {key: env[key] for key in recorded}
