@@ -33,7 +33,7 @@ from medseg_bench.data.io import (
 )
 from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
-from medseg_bench.files import write_json_atomic
+from medseg_bench.files import parse_json, write_json_atomic
 
 ORIGINAL_JSON = "dataset.nnunet.json"
 NOT_IMPORTED = "medseg_bench_not_imported"  # dataset.json: [{"case", "image", "label", "problem"}]
@@ -53,7 +53,7 @@ def is_nnunet_raw(root: Path) -> bool:
     """Whether `root` holds an nnU-Net v2 raw dataset: its dataset.json has `file_ending` and no MSD
     `training` list."""
     try:
-        data = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+        data = parse_json((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # MSD's reader names the problem
     return isinstance(data, dict) and "training" not in data and "file_ending" in data
@@ -62,7 +62,7 @@ def is_nnunet_raw(root: Path) -> bool:
 def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Conversion:
     """Turn the nnU-Net v2 raw dataset in `root` (a copy: files are renamed and removed) into MSD's layout."""
     json_path = root / "dataset.json"
-    data = json.loads(json_path.read_text(encoding="utf-8"))
+    data = parse_json(json_path.read_text(encoding="utf-8"))
     if "dataset" in data:
         raise DataError(f"{json_path}: lists its files per case ('dataset'), which medseg-bench does not "
                         "read; lay them out as imagesTr/CASE_0000<file_ending> and "

@@ -289,6 +289,13 @@ def test_structural_problems_are_fatal(synth) -> None:
     (folder / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match="invalid JSON"):
         validate_folder(folder, task)
+    # A hostile dataset.json: nesting past Python's recursion limit, an integer of 5000 digits (each was a
+    # traceback, a RecursionError and a ValueError that was not a JSONDecodeError)
+    for text, why in (("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                      ('{"training": [], "numTraining": ' + "9" * 5000 + "}", "Exceeds the limit")):
+        (folder / "dataset.json").write_text(text)
+        with pytest.raises(DataError, match=rf"dataset.json: invalid JSON \({why}"):
+            validate_folder(folder, task)
     (folder / "dataset.json").unlink()
     with pytest.raises(DataError, match="dataset.json missing"):
         validate_folder(folder, task)
