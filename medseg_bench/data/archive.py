@@ -51,6 +51,9 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
     root = task_root(staging, archive)
+    if root.is_symlink():  # fetch would move the link into place, not the task: DATA_DIR/<Task> -> anywhere
+        raise FetchError(f"{archive}: unsafe archive entry '{root.relative_to(staging).as_posix()}' (the "
+                         "task folder is a link)")
     _check_links(archive, root)
     return root
 

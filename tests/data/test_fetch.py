@@ -563,6 +563,25 @@ def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_
     assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
 
 
+def test_a_task_folder_that_is_a_link_is_refused(hippo_subset: Path, tmp_path: Path,
+                                                 tar_filters: str) -> None:
+    # The link (to a folder inside the archive) was moved into place as DATA_DIR/Task04_Hippocampus, and the
+    # staging folder it led into removed: fetch said "10 usable training cases" and left a link to
+    # DATA_DIR/real/Task04_Hippocampus, a folder outside the task that does not exist (or another one).
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(hippo_subset, arcname="real/Task04_Hippocampus")
+        info = tarfile.TarInfo("Task04_Hippocampus")
+        info.type, info.linkname = tarfile.SYMTYPE, "real/Task04_Hippocampus"
+        tar.addfile(info)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=r"t.tar: unsafe archive entry 'Task04_Hippocampus' \(the task "
+                                         r"folder is a link\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+
+
 @pytest.mark.parametrize(("links", "why"), [
     ([("b/c", ".."), ("a", "b/c/..")], "link pointing outside the task folder"),  # each alone stays inside
     ([("sub", "imagesTr"), ("sub2", "sub/../..")], "link pointing outside the task folder"),
