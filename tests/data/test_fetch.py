@@ -634,6 +634,28 @@ def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Pat
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
 
 
+def test_an_archive_larger_than_the_free_space_is_refused_before_extraction(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tar.gz of zeros (a "tar bomb") filled the disk before extraction failed naming it: now nothing is
+    # written. (On a disk that fills meanwhile, the error above still names it.)
+    import shutil
+
+    from medseg_bench.data import archive as archive_module
+    from medseg_bench.errors import FileSystemError
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    size = sum(p.stat().st_size for p in hippo_subset.rglob("*") if p.is_file())
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: usage._replace(free=size - 1))
+    data = tmp_path / "data"
+    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here \\(its files hold "
+                                              f"{size} bytes, {size - 1} are free\\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: usage._replace(free=size))
+    fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+
+
 @pytest.mark.parametrize(("reply", "reason"), [
     (b"HELLO WORLD\r\n\r\n", "BadStatusLine"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc", "IncompleteRead"),
