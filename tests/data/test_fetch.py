@@ -264,6 +264,29 @@ def test_a_range_answered_from_elsewhere_starts_over(server, tmp_path: Path) -> 
     assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
 
 
+def test_a_partial_reply_that_does_not_say_where_it_starts_starts_over(server, tmp_path: Path) -> None:
+    # A 206 without Content-Range was appended as if it began where asked: here from byte 300, when asked from
+    # 400, so the md5 check discarded the whole download.
+    url, handler = server
+    handler.payload = b"y" * 600 + b"z" * 400
+    (tmp_path / "b.tar.part").write_bytes(b"y" * 400)
+    sent, header = handler.do_GET, handler.send_header
+
+    def from_300(self) -> None:
+        if self.headers.get("Range"):
+            self.headers.replace_header("Range", "bytes=300-")
+        sent(self)
+
+    def no_range(self, name: str, value: str) -> None:
+        if name != "Content-Range":
+            header(self, name, value)
+
+    handler.do_GET, handler.send_header = from_300, no_range
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False)
+    assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
+
+
 def test_http_500_then_success(server, tmp_path: Path) -> None:
     url, handler = server
     handler.payload = b"x" * 1000
@@ -716,6 +739,45 @@ def _raw_server(reply: bytes, hold: bool = False) -> Iterator[str]:
     finally:
         release.set()
         listener.close()
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1:9/x.tar", "file:///etc/passwd", "http"])
+def test_a_redirect_to_another_scheme_than_http_is_refused_at_once(location: str, tmp_path: Path,
+                                                                   server) -> None:
+    # urllib followed a redirect to ftp:// (no Range, no If-Range); one to file:// it refused, but the refusal
+    # was retried as a broken reply, 4 times, then "rerun to resume". One to http(s) is followed.
+    requests: list[str] = []
+    if location == "http":
+        mirror, handler = server
+        handler.payload = b"archive"
+        location = f"{mirror}/elsewhere.tar"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            requests.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/t.tar"
+    try:
+        if location.startswith("http"):
+            md5 = hashlib.md5(b"archive").hexdigest()
+            assert download(url, tmp_path / "t.tar", md5, progress=False).read_bytes() == b"archive"
+            return
+        with pytest.raises(FetchError) as error:
+            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert str(error.value) == f"{url}: the server redirects to {location}: only http(s) URLs are fetched"
+    assert requests == ["/t.tar"] and not (tmp_path / "t.tar.part").exists()
 
 
 @pytest.fixture
