@@ -7,6 +7,7 @@ the image-order values (as ITK reports them) and offers `spacing_zyx` for array-
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,9 @@ def _check_readable(path: Path) -> None:
                         "beside the header")
 
 
-def metaimage_data_file(path: Path) -> Path | None:
-    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
-    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
+def _element_data_file(path: Path) -> tuple[str, list[str]] | None:
+    """A MetaImage header's (`.mhd`, `.mha`) `ElementDataFile` value and the lines after it (a `LIST`'s file
+    names); None for another format, or a header without one."""
     if not path.name.lower().endswith((".mhd", ".mha")):
         return None
     try:
@@ -167,13 +168,39 @@ def metaimage_data_file(path: Path) -> Path | None:
             head = fh.read(65536).decode("latin-1")
     except OSError:
         return None  # the read that follows names the problem
-    for line in head.splitlines():
+    lines = head.splitlines()
+    for at, line in enumerate(lines):
         key, _, value = line.partition("=")
         if key.strip() == "ElementDataFile":
-            name = value.strip()
-            if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
-                return None
-            return path.parent / name
+            return value.strip(), lines[at + 1:]
+    return None
+
+
+def metaimage_data_file(path: Path) -> Path | None:
+    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
+    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
+    found = _element_data_file(path)
+    name = found[0] if found is not None else ""
+    if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
+        return None
+    return path.parent / name
+
+
+def data_file_outside(path: Path, folder: Path) -> str | None:
+    """The name of a file that the MetaImage header `path` takes its voxels from (`ElementDataFile`: one
+    file, a `LIST` of them, or a pattern's `slice%03d.raw`) that lies outside `folder`, links followed; None
+    where there is none. ITK reads whatever the header names, `/home/you/notes.txt` or `../../x` too: a
+    dataset's header read the user's files as voxels, and an import that stacks channel files deleted them."""
+    found = _element_data_file(path)
+    if found is None or not found[0] or found[0].upper() == "LOCAL":
+        return None
+    value, after = found
+    names = ([line.strip() for line in after if line.strip()] if value.split()[0].upper() == "LIST"
+             else [value, value.split()[0]])
+    inside = os.path.realpath(folder)
+    for name in names:
+        if os.path.commonpath([os.path.realpath(path.parent / name), inside]) != inside:
+            return name
     return None
 
 

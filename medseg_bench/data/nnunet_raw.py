@@ -26,6 +26,7 @@ from typing import Any
 from medseg_bench.data.io import (
     IMAGE_SUFFIXES,
     Geometry,
+    data_file_outside,
     metaimage_data_file,
     read_sitk_image,
     sitk_module,
@@ -88,7 +89,7 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
         files = [images_dir / f"{case_id}_{index:04d}{ending}" for index in range(len(channels))]
         image = images_dir / f"{case_id}{ending if len(files) == 1 else '.nii.gz'}"
         entry = {"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"}
-        problem = _join(files, image, done)
+        problem = _join(files, image, done, root)
         if problem:
             at_fault, why = problem
             not_imported.append(entry | {"file": f"./imagesTr/{at_fault.name}", "problem": why})
@@ -107,12 +108,16 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
     return done
 
 
-def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str] | None:
+def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tuple[Path, str] | None:
     """Put a case's channel `files` into `target`: renamed when one, stacked when several. Returns the file
-    at fault and why, when they cannot be."""
+    at fault and why, when they cannot be. A channel file that takes its voxels from a file outside the
+    dataset's folder `root` (a MetaImage's `ElementDataFile`) is one: it was read, then deleted with it."""
     for path in files:
         if not path.is_file():
             return path, "missing (one file per channel: CASE_0000, CASE_0001, ...)"
+        outside = data_file_outside(path, root)
+        if outside is not None:
+            return path, f"its data file {outside} (ElementDataFile) lies outside the dataset's folder"
     if len(files) == 1:
         files[0].rename(target)
         done.sources[target] = str(files[0])
@@ -144,7 +149,7 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
     voxels = joined.GetNumberOfPixels() * joined.GetSizeOfPixelComponent()
     write_checked(joined, target, target, voxels)  # a full disk stops the import, naming the file
     for path in files:
-        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own
+        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own, inside `root`
         path.unlink()
         if data_file is not None and data_file.is_file():
             data_file.unlink()
