@@ -50,6 +50,34 @@ def test_a_case_file_that_is_a_link_to_itself_is_named_and_excluded(synth, sub: 
             in _problem_for(folder, task, "case_001"))
 
 
+@pytest.mark.parametrize("data_file", ["ABSOLUTE", "../../outside.raw", "LIST 2D\n{} ", "../sub/x.raw"])
+def test_a_metaimage_reading_its_voxels_from_outside_the_task_is_excluded(synth, data_file: str) -> None:
+    # ElementDataFile names the file ITK reads the voxels from: any file of the user's was read as a case
+    import SimpleITK as sitk
+
+    folder, task = synth
+    outside = folder.parent / "outside.raw"
+    header = folder / "imagesTr" / "case_001.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(folder / "imagesTr" / "case_001.nii.gz")), str(header))
+    (folder / "imagesTr" / "case_001.raw").rename(outside)
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"][1]["image"] = "./imagesTr/case_001.mhd"
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    name = data_file.replace("ABSOLUTE", str(outside)).format(outside)
+    if data_file == "../sub/x.raw":  # in the task folder, beside imagesTr: read as ever
+        (folder / "sub").mkdir()
+        outside.rename(folder / "sub" / "x.raw")
+    text = header.read_text().replace("ElementDataFile = case_001.raw", f"ElementDataFile = {name}")
+    header.write_text(text)
+    report = validate_folder(folder, task)
+    if data_file == "../sub/x.raw":
+        assert report.problems == []
+        return
+    named = name.split("\n")[-1].strip() if data_file.startswith("LIST") else name
+    assert [str(p) for p in report.problems] == [
+        f"{header}: its data file {named} (ElementDataFile) lies outside the task folder"]
+
+
 @pytest.mark.parametrize(("sub", "kind", "problem"), [
     ("imagesTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
     ("labelsTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
