@@ -117,7 +117,7 @@ def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tupl
             return path, "missing (one file per channel: CASE_0000, CASE_0001, ...)"
         outside = data_file_outside(path, root)
         if outside is not None:
-            return path, f"its data file {outside} (ElementDataFile) lies outside the dataset's folder"
+            return path, f"its data file {outside} lies outside the dataset's folder"
     if len(files) == 1:
         files[0].rename(target)
         done.sources[target] = str(files[0])

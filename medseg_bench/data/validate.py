@@ -259,7 +259,7 @@ def _read_from_outside(case: Case, folder: Path) -> list[Problem]:
     for path in (case.image, case.label):
         name = data_file_outside(path, folder)
         if name is not None:
-            why = f"its data file {name} (ElementDataFile) lies outside the task folder"
+            why = f"its data file {name} lies outside the task folder"
             return [Problem(case.case_id, str(path), why)]
     return []
 

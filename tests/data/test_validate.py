@@ -78,6 +78,26 @@ def test_a_metaimage_reading_its_voxels_from_outside_the_task_is_excluded(synth,
         f"{header}: its data file {named} (ElementDataFile) lies outside the task folder"]
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_nrrd_reading_its_voxels_from_outside_the_task_is_excluded(synth, inside: bool) -> None:
+    # A NRRD file's `data file:` field, as a MetaImage's ElementDataFile, names any file for ITK to read
+    import SimpleITK as sitk
+
+    folder, task = synth
+    nrrd = folder / "imagesTr" / "case_001.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(folder / "imagesTr" / "case_001.nii.gz")), str(nrrd), False)
+    head, voxels = nrrd.read_bytes().split(b"\n\n", 1)
+    data = folder / "imagesTr" / "case_001.raw" if inside else folder.parent / "notes.raw"
+    data.write_bytes(voxels)
+    nrrd.write_bytes(head + f"\ndata file: {data if not inside else data.name}\n\n".encode())
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"][1]["image"] = "./imagesTr/case_001.nrrd"
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    report = validate_folder(folder, task)
+    assert [str(p) for p in report.problems] == ([] if inside else [
+        f"{nrrd}: its data file {data} (data file) lies outside the task folder"])
+
+
 @pytest.mark.parametrize(("sub", "kind", "problem"), [
     ("imagesTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
     ("labelsTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
