@@ -18,12 +18,22 @@ from typing import Any
 from medseg_bench.errors import DataError, exception_chain
 
 
+def parse_json(text: str) -> Any:
+    """`json.loads`, where every malformed text is a ValueError: also JSON nested deeper than Python's
+    recursion limit (`[[[[...`, a RecursionError, was a traceback); an integer of over 4300 digits already
+    is one."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def load_json_object(path: Path) -> tuple[dict[str, Any] | None, str]:
     """(the JSON object in `path`, "") or (None, why not): cannot read, not valid JSON, or not an object.
 
     Callers raise their own error with the reason, each with the advice that fits the file."""
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
     except ValueError as exc:

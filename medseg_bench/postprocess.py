@@ -10,7 +10,6 @@ postprocessed score slightly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,11 +113,12 @@ def save_decision(decision: Decision, folder: Path) -> Path:
 def load_decision(folder: Path) -> Decision | None:
     """The run's decision, or None when the run was not postprocessed."""
     from medseg_bench.errors import DataError
+    from medseg_bench.files import parse_json
 
     path = folder / FILENAME
     if not path.is_file():
         return None
     try:
-        return Decision.from_dict(json.loads(path.read_text()))
+        return Decision.from_dict(parse_json(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: malformed postprocessing decision ({exc})") from None

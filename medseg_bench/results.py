@@ -260,7 +260,9 @@ INDEX_NAME = "index.parquet"
 
 
 def warn_on_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    from medseg_bench.errors import one_line
+
+    print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)  # it names run folders
 
 
 def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr) -> Path:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.files import load_json_object, write_json_atomic
+from medseg_bench.files import load_json_object, parse_json, write_json_atomic
 from medseg_bench.locks import is_locked
 
 STATES = ("pending", "running", "done", "failed")
@@ -48,7 +48,7 @@ def write_heartbeat(folder: Path, **progress: Any) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when missing or unreadable (every such file is written atomically)."""
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -75,7 +75,7 @@ def read_events(folder: Path) -> list[dict[str, Any]]:
     events = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            event = json.loads(line)
+            event = parse_json(line)
         except ValueError:
             continue
         if isinstance(event, dict):  # a line torn by a crash, or edited: skipped

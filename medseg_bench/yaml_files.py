@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# The most values (lists, mappings, their items and keys) a task or sweep file holds once its aliases are
+# followed: each holds tens; ten nested lists of ten aliases each hold 10^10, which printing one in an error
+# message (or checking it item by item) never finished.
+MAX_VALUES = 100_000
+
 
 def load_unique(text: str) -> Any:
     """`yaml.safe_load`, refusing a mapping that gives a key twice (YAML would keep the last, silently:
-    a task file's `imaging: MRI` then `imaging: CT` would change its normalisation without a word).
+    a task file's `imaging: MRI` then `imaging: CT` would change its normalisation without a word), and a
+    document of more than `MAX_VALUES` values, aliases followed ("billion laughs").
     Raises `yaml.YAMLError` (a `ConstructorError` naming the key and its line)."""
     import yaml
 
@@ -27,7 +33,26 @@ def load_unique(text: str) -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+    data = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
+    _check_size(data)
+    return data
+
+
+def _check_size(data: Any) -> None:
+    """`yaml.YAMLError` when `data` holds more than `MAX_VALUES` values, counting a list or mapping reached
+    through several aliases each time (PyYAML shares it, so loading was quick; reading it was not)."""
+    import yaml
+
+    pending, seen = [data], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise yaml.YAMLError(f"more than {MAX_VALUES} values: aliases that repeat a list or mapping?")
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
 
 
 def read_yaml_file(path: Path, kind: str) -> Any:
@@ -45,6 +70,8 @@ def read_yaml_file(path: Path, kind: str) -> Any:
         raise UsageError(f"{path}: cannot read {kind} ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    except RecursionError:  # `[[[[...` past Python's recursion limit: PyYAML composes recursively
+        raise UsageError(f"{path}: not valid YAML (nested too deeply)") from None
 
 
 def yaml_problem(exc: BaseException) -> str:

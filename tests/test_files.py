@@ -123,3 +123,15 @@ def test_a_write_refused_names_the_file_not_its_temp(tmp_path: Path, monkeypatch
             write()
         assert info.value.errno == errno.EROFS and info.value.filename == str(path), info.value
     assert not private_temp(path).exists()
+
+
+def test_json_nested_past_the_recursion_limit_is_malformed_json_not_a_traceback(tmp_path: Path) -> None:
+    from medseg_bench.files import load_json_object
+    from medseg_bench.run_folder import read_events, read_json
+
+    path = tmp_path / "summary.json"
+    path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")  # a results folder from someone else
+    assert load_json_object(path) == (None, "not valid JSON (nested too deeply)")
+    assert read_json(path) == {}
+    (tmp_path / "events.jsonl").write_text("[" * 100_000 + "\n" + '{"event": "done"}\n')
+    assert read_events(tmp_path) == [{"event": "done"}]

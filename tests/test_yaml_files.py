@@ -22,6 +22,12 @@ from medseg_bench.yaml_files import read_yaml_file
                                 "list)"),  # a traceback (unhashable type: 'list')
     (b"{? {a: 1}: c}\n", "not valid YAML (line 1, column 4: a key must be text or a number, not a dict)"),
     (None, "cannot read sweep file (No such file or directory)"),
+    # hostile files: a traceback (RecursionError); 10^9 values through aliases, which an error message
+    # naming the value tried to print (gigabytes, without end)
+    (b"epochs: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "not valid YAML (nested too deeply)"),
+    (b"epochs: [&a0 [x, x, x, x, x, x, x, x, x, x], "
+     + b", ".join(b"&a%d [" % i + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]" for i in range(1, 9))
+     + b"]\n", "not valid YAML (more than 100000 values: aliases that repeat a list or mapping?)"),
 ])
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, content: bytes | None,
                                                           message: str) -> None:

@@ -62,7 +62,7 @@ def evaluate(
 ) -> None:
     """Per case and label (then region): Dice, Jaccard, precision, recall, volume difference, HD, HD95, ASSD
     (mm), NSD; then the means."""
-    from medseg_bench.errors import UsageError
+    from medseg_bench.errors import UsageError, one_line
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
     from medseg_bench.metrics.evaluate import missing_predictions
 
@@ -114,8 +114,8 @@ def evaluate(
         if missing:
             scored = cases["case"].nunique()
             typer.secho(
-                f"note: {len(missing)} reference(s) in {ref} have no prediction in {pred} (first: "
-                f"{missing[0].name}); scored the {scored} case(s) that have one",
+                one_line(f"note: {len(missing)} reference(s) in {ref} have no prediction in {pred} (first: "
+                         f"{missing[0].name}); scored the {scored} case(s) that have one"),  # a file name
                 err=True,
             )
     if task is None and wanted is None:

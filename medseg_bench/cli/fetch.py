@@ -51,6 +51,7 @@ def fetch(
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import MARKER, fetch_task
     from medseg_bench.data.validate import problem_lines
+    from medseg_bench.errors import one_line
     from medseg_bench.settings import get_settings
 
     settings = get_settings()
@@ -65,7 +66,7 @@ def fetch(
         timeout_s=timeout,
         progress=console.is_terminal,
         strict=strict,
-        say=lambda line: console.print(escape(line)),
+        say=lambda line: console.print(escape(one_line(line))),
     )
     if outcome.already_present:
         excluded = (f" ({outcome.excluded} case(s) excluded, listed in {outcome.folder / MARKER})"
@@ -79,7 +80,7 @@ def fetch(
     report = outcome.report
     assert report is not None
     for warning in outcome.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}")  # names from dataset.json
     for line in problem_lines(report.problems, outcome.folder / MARKER):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     typer.echo(

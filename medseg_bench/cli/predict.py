@@ -18,7 +18,13 @@ from typing import Annotated, Any
 import typer
 
 from medseg_bench import trained_runs
-from medseg_bench.errors import DataError, UsageError
+from medseg_bench.errors import DataError, UsageError, one_line
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """A line of predict's output, control characters escaped: it names image files, as a dataset's folder
+    (MSD's imagesTs, an archive's) names them, and runs' folders."""
+    typer.echo(one_line(text), err=err)
 
 
 def _check_device(device: str | None) -> str | None:
@@ -91,11 +97,11 @@ def _images(folder: Path, task: Any) -> list[_Image]:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     groups, note = channel_files(images, task.num_channels)  # a case lacking a channel file: DataError
     if note:
-        typer.echo(note)
+        _echo(note)
     if groups is not None and all(read_geometry(path)[1] == 1 for path in images):
         suffix = image_suffix(images[0])
         more = f", CASE_0001{suffix}, ..." if task.num_channels > 1 else ""
-        typer.echo(f"{folder}: {len(groups)} case(s) in nnU-Net's layout, a file per channel "
+        _echo(f"{folder}: {len(groups)} case(s) in nnU-Net's layout, a file per channel "
                    f"(CASE_0000{suffix}{more}): each label map is named CASE{suffix}")
         return [_Image(name, tuple(files)) for name, files in groups.items()]
     # channel files of a case that lacks one (every case, as a one-case folder): refused as one channel of
@@ -164,10 +170,10 @@ def _orientation_change(path: Path, stored_as: str | None, trained_as: str | Non
     if trained_as is None or stored_as is None or stored_as == trained_as:
         return None
     if reorient:
-        typer.echo(f"{path}: stored {stored_as}, predicted as stored {trained_as} like the training images "
+        _echo(f"{path}: stored {stored_as}, predicted as stored {trained_as} like the training images "
                    "(--reorient); its label map written as the image is stored")
         return reorientation(stored_as, trained_as)
-    typer.echo(f"warning: {path}: its axes are stored {stored_as}, the training images' {trained_as}: the "
+    _echo(f"warning: {path}: its axes are stored {stored_as}, the training images' {trained_as}: the "
                "network sees it turned or mirrored and may segment it badly (predict does not reorient "
                f"unless asked, as nnU-Net); store it {trained_as}, or pass --reorient, to predict it as "
                "trained", err=True)
@@ -225,7 +231,7 @@ def predict(
     device = _check_device(device)
     _check_out_folder(images, out)
     loaded = [trained_runs.read_run(path, postprocess, allow_unfinished,
-                                    lambda line: typer.echo(f"warning: {line}", err=True), data_dir)
+                                    lambda line: _echo(f"warning: {line}", err=True), data_dir)
               for path in runs]
     trained_runs.check_ensemble(loaded)
     task, plan = get_task(loaded[0].spec.task), loaded[0].plan
@@ -238,18 +244,18 @@ def predict(
     members = [trained_runs.member(run, tta) for run in loaded]
     for run, member in zip(loaded, members, strict=True):
         if tta and not member.tta:
-            typer.echo(f"{run.folder}: predicted without --tta: its augmentation '{run.spec.aug}' never "
+            _echo(f"{run.folder}: predicted without --tta: its augmentation '{run.spec.aug}' never "
                        "mirrored a training image (nnU-Net mirrors only along the axes it trained with)")
-    decision = trained_runs.ensemble_decision(loaded, typer.echo)
+    decision = trained_runs.ensemble_decision(loaded, _echo)
     if len(loaded) > 1:
         kept = ", ".join(map(str, decision.labels)) if decision is not None else ""
         post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
-        typer.echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
+        _echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
     # One predict writes into a folder at a time: another's label map, written between this one's check
     # that a file is not there and its write, put two models' label maps in one folder (and lost an .npz).
-    with exclusive_folder(out, on_wait=lambda: typer.echo(
+    with exclusive_folder(out, on_wait=lambda: _echo(
             f"{out}: another predict is writing into it; waiting for it to finish", err=True)):
         written = skipped = 0
         for case in found:
@@ -259,7 +265,7 @@ def predict(
             if target.exists() and not overwrite:
                 missing = f"; its probabilities {saved.name} are not there: --overwrite writes both" if (
                     save_probabilities and not saved.exists()) else ""
-                typer.echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
+                _echo(f"{target}: exists, skipped (use --overwrite to replace){missing}")
                 skipped += 1
                 continue
             image, geometry = _read_channels(case)
@@ -280,9 +286,9 @@ def predict(
                 write_probabilities(probabilities, geometry, saved)
             elif saved.exists():  # an earlier prediction's, not this label map's
                 saved.unlink()
-                typer.echo(f"{saved}: removed, the probabilities of the label map replaced "
+                _echo(f"{saved}: removed, the probabilities of the label map replaced "
                            "(--save-probabilities writes them anew)")
             write_label(labels, geometry, target)
             written += 1
-            typer.echo(f"{target}")
-    typer.echo(f"{written} prediction(s) written to {out}" + (f", {skipped} skipped" if skipped else ""))
+            _echo(f"{target}")
+    _echo(f"{written} prediction(s) written to {out}" + (f", {skipped} skipped" if skipped else ""))

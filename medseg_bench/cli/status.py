@@ -18,7 +18,7 @@ def status(
     lost since) runs, one line each."""
     from collections import Counter
 
-    from medseg_bench.errors import ResultsError
+    from medseg_bench.errors import ResultsError, one_line
     from medseg_bench.results import check_results_dir, checked_state, write_index
     from medseg_bench.run_folder import read_json, read_status, unqueued_state
 
@@ -75,7 +75,7 @@ def status(
             extra += f"  {read_status(folder).get('error', '')}"
         if state == "damaged":
             extra += f"  {damage}"
-        typer.echo(f"{state:8s} {folder.parent.name}/{folder.name}{extra}")
+        typer.echo(one_line(f"{state:8s} {folder.parent.name}/{folder.name}{extra}"))  # names from the folder
     typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:
         try:

@@ -187,7 +187,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
             gpus_per_job: int, cpus_per_job: int, mem_gb: float, array_parallelism: int,
             workers: int | None) -> None:
     try:
-        from medseg_bench.sweep.slurm import SlurmOptions, submit
+        from medseg_bench.sweep.slurm import SlurmOptions, script_value, submit
     except ModuleNotFoundError as exc:
         if exc.name != "submitit":
             raise  # a broken install of our own: its traceback, not advice that would not help
@@ -199,6 +199,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)
     options.check()  # a bad value fails before any work
+    script_value("--results-dir", str(results_dir.resolve()))
     import shutil
 
     if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it

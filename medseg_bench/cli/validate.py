@@ -43,7 +43,7 @@ def validate(
         report_warnings,
         validate_folder,
     )
-    from medseg_bench.errors import DataError
+    from medseg_bench.errors import DataError, one_line
     from medseg_bench.settings import get_settings
 
     spec = get_task(task)
@@ -56,7 +56,7 @@ def validate(
         report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
     changed = record_validation(folder, report)
     for warning in report_warnings(spec, report, folder):
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}")  # names from dataset.json
     problems = report.problems
     if problems and (strict or not report.usable_cases):
         # Fatal: the error line names the first bad file and its problem; the others are listed before it.
@@ -66,10 +66,10 @@ def validate(
     for line in problem_lines(problems, folder / MARKER):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     if report.excluded:
-        excluded = sorted(report.excluded)
+        excluded = sorted(one_line(case) for case in report.excluded)  # case ids are file names
         listed = ", ".join(excluded[:PROBLEMS_SHOWN]) + (
             f" and {len(excluded) - PROBLEMS_SHOWN} more" if len(excluded) > PROBLEMS_SHOWN else "")
-        console.print(f"[yellow]warning:[/yellow] excluded from training: {listed}")
+        console.print(f"[yellow]warning:[/yellow] excluded from training: {escape(listed)}")
     typer.echo(
         f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
         + ("; list of excluded cases updated" if changed else "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ def extract_archive(archive: Path, staging: Path) -> Path:
             for member in tar.getmembers():
                 _check_member(archive, member)
                 _drop_privileges(member)
+            _check_room(archive, staging, tar.getmembers())
             _extract(tar, archive, staging, entry)
     except _FILTER_ERRORS as exc:
         raise FetchError(f"{archive}: unsafe archive entry ({exc})") from None
@@ -51,8 +53,22 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     except (tarfile.TarError, EOFError) as exc:
         raise FetchError(f"{archive}: corrupt or truncated archive ({exc})") from None
     root = task_root(staging, archive)
+    if root.is_symlink():  # fetch would move the link into place, not the task: DATA_DIR/<Task> -> anywhere
+        raise FetchError(f"{archive}: unsafe archive entry '{root.relative_to(staging).as_posix()}' (the "
+                         "task folder is a link)")
     _check_links(archive, root)
     return root
+
+
+def _check_room(archive: Path, staging: Path, members: list[tarfile.TarInfo]) -> None:
+    """FileSystemError, before anything is written, when the archive's files hold more bytes than `staging`'s
+    file system has free: a compressed archive of zeros (a "tar bomb", a thousand times its size) filled the
+    disk, for every process on it, before the extraction failed."""
+    needed = sum(member.size for member in members if member.isreg())
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        raise FileSystemError(f"{staging.parent}: cannot extract {archive} here (its files hold {needed} "
+                              f"bytes, {free} are free)")
 
 
 def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:

@@ -9,12 +9,38 @@ import http.client
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from medseg_bench.errors import FetchError, FileSystemError
 
 CHUNK_BYTES = 1 << 20
+
+
+class RefusedRedirect(FetchError):
+    """A redirect to a URL that is not http(s): not retried."""
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects followed to http(s) URLs only: urllib follows one to `ftp://` (no Range, no If-Range), and
+    refused one to `file://` as an HTTPError that was retried as a broken reply."""
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                       headers: http.client.HTTPMessage) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise RefusedRedirect(f"{req.full_url}: the server redirects to {target}: only http(s) URLs "
+                                      "are fetched")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def md5_of(path: Path) -> str:
@@ -52,6 +78,8 @@ def download(
             _download_once(url, part, timeout_s, progress)
             break
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
+            if isinstance(exc, RefusedRedirect):
+                raise
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             reason = getattr(exc, "reason", None) or exc
@@ -96,7 +124,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             headers["If-Range"] = validator.read_text().strip()
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked by caller)
+        response = _OPENER.open(request, timeout=timeout_s)  # scheme checked by the caller, a redirect's here
     except urllib.error.HTTPError as exc:
         if exc.code == 416:  # range not satisfiable: the part file is already whole (a fetch stopped while
             # it checked the md5), or bad
@@ -109,10 +137,10 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         fresh = not (have and response.status == 206)
         if not fresh:
             start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
-            if start is not None and int(start.group(1)) != have:
+            if start is None or int(start.group(1)) != have:  # none: where its bytes start is not known
                 part.unlink()
-                raise FetchError(f"{url}: the server sent bytes from {start.group(1)} when asked from "
-                                 f"{have}; starting over")
+                sent = f"bytes from {start.group(1)}" if start is not None else "a part without its place"
+                raise FetchError(f"{url}: the server sent {sent} when asked from {have}; starting over")
         else:
             # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
             have = 0

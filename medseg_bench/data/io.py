@@ -7,6 +7,7 @@ the image-order values (as ITK reports them) and offers `spacing_zyx` for array-
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,23 +158,55 @@ def _check_readable(path: Path) -> None:
                         "beside the header")
 
 
-def metaimage_data_file(path: Path) -> Path | None:
-    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
-    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
-    if not path.name.lower().endswith((".mhd", ".mha")):
+def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
+    """The field of a MetaImage header (`.mhd`, `.mha`: `ElementDataFile`) or a NRRD file's (`data file`)
+    that names the file(s) holding the voxels: its value, the lines after it (a `LIST`'s file names) and the
+    field's name; None for another format, or a header without one."""
+    name = path.name.lower()
+    nrrd = name.endswith(".nrrd")
+    if not nrrd and not name.endswith((".mhd", ".mha")):
         return None
     try:
         with open(path, "rb") as fh:
             head = fh.read(65536).decode("latin-1")
     except OSError:
         return None  # the read that follows names the problem
-    for line in head.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            name = value.strip()
-            if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
-                return None
-            return path.parent / name
+    lines = head.splitlines()
+    for at, line in enumerate(lines):
+        if nrrd and at and not line.strip():
+            break  # a NRRD header ends at its first empty line; its voxels follow
+        key, _, value = line.partition(":" if nrrd else "=")
+        if key.strip() in (("data file", "datafile") if nrrd else ("ElementDataFile",)):
+            return value.strip(), lines[at + 1:], key.strip()
+    return None
+
+
+def metaimage_data_file(path: Path) -> Path | None:
+    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
+    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
+    found = _element_data_file(path) if not path.name.lower().endswith(".nrrd") else None
+    name = found[0] if found is not None else ""
+    if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
+        return None
+    return path.parent / name
+
+
+def data_file_outside(path: Path, folder: Path) -> str | None:
+    """"NAME (FIELD)" for a file that the MetaImage header or NRRD file `path` takes its voxels from
+    (`ElementDataFile`, `data file`: one file, a `LIST` of them, or a pattern's `slice%03d.raw`) that lies
+    outside `folder`, links followed; None where there is none. ITK reads whatever the header names,
+    `/home/you/notes.txt` or `../../x` too: a dataset's header read the user's files as voxels, and an import
+    that stacks channel files deleted them."""
+    found = _element_data_file(path)
+    if found is None or not found[0] or found[0].upper() == "LOCAL":
+        return None
+    value, after, field = found
+    names = ([line.strip() for line in after if line.strip()] if value.split()[0].upper() == "LIST"
+             else [value, value.split()[0]])
+    inside = os.path.realpath(folder)
+    for name in names:
+        if os.path.commonpath([os.path.realpath(path.parent / name), inside]) != inside:
+            return f"{name} ({field})"
     return None
 
 

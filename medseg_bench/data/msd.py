@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import DataError
+from medseg_bench.files import parse_json
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ def read_dataset_json(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: dataset.json missing")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON (nested too deeply too), or not UTF-8
         raise DataError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("training"), list):
         if isinstance(data, dict) and "file_ending" in data and "training" not in data:

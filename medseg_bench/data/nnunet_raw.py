@@ -26,6 +26,7 @@ from typing import Any
 from medseg_bench.data.io import (
     IMAGE_SUFFIXES,
     Geometry,
+    data_file_outside,
     metaimage_data_file,
     read_sitk_image,
     sitk_module,
@@ -33,7 +34,7 @@ from medseg_bench.data.io import (
 )
 from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
-from medseg_bench.files import write_json_atomic
+from medseg_bench.files import parse_json, write_json_atomic
 
 ORIGINAL_JSON = "dataset.nnunet.json"
 NOT_IMPORTED = "medseg_bench_not_imported"  # dataset.json: [{"case", "image", "label", "problem"}]
@@ -53,7 +54,7 @@ def is_nnunet_raw(root: Path) -> bool:
     """Whether `root` holds an nnU-Net v2 raw dataset: its dataset.json has `file_ending` and no MSD
     `training` list."""
     try:
-        data = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+        data = parse_json((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # MSD's reader names the problem
     return isinstance(data, dict) and "training" not in data and "file_ending" in data
@@ -62,7 +63,7 @@ def is_nnunet_raw(root: Path) -> bool:
 def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Conversion:
     """Turn the nnU-Net v2 raw dataset in `root` (a copy: files are renamed and removed) into MSD's layout."""
     json_path = root / "dataset.json"
-    data = json.loads(json_path.read_text(encoding="utf-8"))
+    data = parse_json(json_path.read_text(encoding="utf-8"))
     if "dataset" in data:
         raise DataError(f"{json_path}: lists its files per case ('dataset'), which medseg-bench does not "
                         "read; lay them out as imagesTr/CASE_0000<file_ending> and "
@@ -88,7 +89,7 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
         files = [images_dir / f"{case_id}_{index:04d}{ending}" for index in range(len(channels))]
         image = images_dir / f"{case_id}{ending if len(files) == 1 else '.nii.gz'}"
         entry = {"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"}
-        problem = _join(files, image, done)
+        problem = _join(files, image, done, root)
         if problem:
             at_fault, why = problem
             not_imported.append(entry | {"file": f"./imagesTr/{at_fault.name}", "problem": why})
@@ -107,12 +108,16 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
     return done
 
 
-def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str] | None:
+def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tuple[Path, str] | None:
     """Put a case's channel `files` into `target`: renamed when one, stacked when several. Returns the file
-    at fault and why, when they cannot be."""
+    at fault and why, when they cannot be. A channel file that takes its voxels from a file outside the
+    dataset's folder `root` (a MetaImage's `ElementDataFile`) is one: it was read, then deleted with it."""
     for path in files:
         if not path.is_file():
             return path, "missing (one file per channel: CASE_0000, CASE_0001, ...)"
+        outside = data_file_outside(path, root)
+        if outside is not None:
+            return path, f"its data file {outside} lies outside the dataset's folder"
     if len(files) == 1:
         files[0].rename(target)
         done.sources[target] = str(files[0])
@@ -144,7 +149,7 @@ def _join(files: list[Path], target: Path, done: Conversion) -> tuple[Path, str]
     voxels = joined.GetNumberOfPixels() * joined.GetSizeOfPixelComponent()
     write_checked(joined, target, target, voxels)  # a full disk stops the import, naming the file
     for path in files:
-        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own
+        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own, inside `root`
         path.unlink()
         if data_file is not None and data_file.is_file():
             data_file.unlink()

@@ -24,7 +24,7 @@ from medseg_bench.data.normalize import channel_schemes
 from medseg_bench.data.plan_fields import PLAN_FIELD_CHECKS, json_kind
 from medseg_bench.data.resample import ANISOTROPY_THRESHOLD, target_shape
 from medseg_bench.errors import DataError
-from medseg_bench.files import load_json_object, write_json_atomic
+from medseg_bench.files import load_json_object, parse_json, write_json_atomic
 from medseg_bench.spec import TaskSpec
 
 T = TypeVar("T")
@@ -301,7 +301,7 @@ def make_plan(task: TaskSpec, fp: dict, budget: Budget = CPU_BUDGET) -> Plan:
 
 def read_plan(path: Path) -> Plan:
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
         raise DataError(f"{path}: unreadable plan ({exc})") from None
     return Plan.from_dict(data, path)
@@ -412,7 +412,7 @@ def _written_by_this_version(path: Path) -> bool:
     """False only for a plan of the earliest development versions, recognised by its exact set of keys (no
     target spacing, no budget); any other plan, edited by hand or not, is left for `read_plan` to check."""
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (OSError, ValueError):
         return True  # let read_plan name the problem
     return not isinstance(data, dict) or set(data) != _FIRST_PLAN_KEYS

@@ -10,7 +10,6 @@ splits file, once written, is honoured as it is).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.errors import DataError, UsageError
-from medseg_bench.files import write_json_atomic
+from medseg_bench.files import parse_json, write_json_atomic
 
 SPLIT_SEED = 12345
 
@@ -87,7 +86,7 @@ def load_or_make_splits(
     path = folder / f"splits_{num_folds}fold.json"
     if path.is_file():
         try:
-            splits = json.loads(path.read_text())
+            splits = parse_json(path.read_text())
         except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
             raise DataError(f"{path}: unreadable splits file ({exc})") from None
         _check_splits(path, splits, set(case_ids), num_folds)

@@ -12,6 +12,7 @@ import numpy as np
 
 from medseg_bench.data.io import (
     Geometry,
+    data_file_outside,
     read_geometry,
     read_image,
     read_label,
@@ -237,7 +238,8 @@ def validate_folder(
     orientations: dict[str, str | None] = {}
 
     def run(case: Case) -> list[Problem]:
-        found = check_case(case, task, allowed, deep, declared, orientations)
+        found = (_read_from_outside(case, folder)
+                 or check_case(case, task, allowed, deep, declared, orientations))
         if on_case is not None:
             on_case()
         return found
@@ -249,6 +251,17 @@ def validate_folder(
                             problems=[p for found in per_case for p in found]
                             + [Problem(case.case_id, str(path), problem) for case, path, problem in left_out],
                             orientations=orientations)
+
+
+def _read_from_outside(case: Case, folder: Path) -> list[Problem]:
+    """The case's file whose MetaImage header takes its voxels from a file outside the task `folder`
+    (`ElementDataFile = /home/you/notes.txt`): ITK read that file as the case's voxels."""
+    for path in (case.image, case.label):
+        name = data_file_outside(path, folder)
+        if name is not None:
+            why = f"its data file {name} lies outside the task folder"
+            return [Problem(case.case_id, str(path), why)]
+    return []
 
 
 def _same_name(one: str, other: str) -> bool:

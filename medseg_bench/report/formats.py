@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medseg_bench.errors import ResultsError, UsageError
+from medseg_bench.errors import one_line as printable
 from medseg_bench.files import private_temp
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections
@@ -31,8 +32,9 @@ SCHEMA_VERSION = 1
 def one_line(text: str) -> str:
     """`text` with its line breaks as spaces: a label name, case id or version read from a run folder or a
     task file could end a markdown table row, or put a blank line (a paragraph: an error) in a LaTeX table
-    or a line of LaTeX after a `%` comment."""
-    return " ".join(text.splitlines())
+    or a line of LaTeX after a `%` comment; other control characters escaped (`\\x1b`): printed on a
+    terminal, an escape sequence in a run folder's name could rewrite the screen or the window title."""
+    return printable(" ".join(text.splitlines()))
 
 
 def _md_text(text: str, cell: bool = True) -> str:
@@ -327,8 +329,11 @@ def print_rich(report: Report, console: Any = None) -> None:
     """The report as rich tables on the terminal (best values in bold green)."""
     from rich import box
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape as markup
     from rich.table import Table as RichTable
+
+    def escape(text: str) -> str:  # markup and control characters as text; a cell's own lines kept
+        return markup("\n".join(printable(line) for line in text.split("\n")))
 
     console = console or Console()
     narrow_said = False

@@ -214,7 +214,17 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
 
 def make_plots(report: Report) -> dict[str, bytes]:
     """Every figure of the report, by file name: per task box plots (the ranking metric, plus Dice and HD95
-    when in the table), learning curves and cost vs quality; then the rank heat-map."""
+    when in the table), learning curves and cost vs quality; then the rank heat-map. Text is drawn as it is,
+    never as mathtext: a task, configuration or label name from a results folder with two `$` (`$\\foo$`)
+    stopped the report with matplotlib's parse error."""
+    import matplotlib
+
+    _pyplot()
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _make_plots(report)
+
+
+def _make_plots(report: Report) -> dict[str, bytes]:
     plots: dict[str, bytes] = {}
     box_metrics = list(dict.fromkeys([report.metric, *[m for m in ("dice", "hd95") if m in report.metrics]]))
     for task in report.tasks:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import submitit
 
-from medseg_bench.errors import RunError, UsageError, first_line
+from medseg_bench.errors import RunError, UsageError, first_line, one_line
 from medseg_bench.files import write_json_atomic
 from medseg_bench.locks import LOCK_NAME, exclusive
 from medseg_bench.results import check_run_folders, checked_state, run_dir, write_index
@@ -58,6 +58,8 @@ class SlurmOptions:
         """Refuse a value sbatch would refuse only after the cache is built, or would read otherwise than
         meant (`--mem=0` is all of a node's memory), with the option's name."""
         parse_time_minutes(self.time)
+        if self.partition is not None:
+            script_value("--partition", self.partition)
         for option, value, least in (("--gpus-per-job", self.gpus_per_job, 0),
                                      ("--cpus-per-job", self.cpus_per_job, 1),
                                      ("--array-parallelism", self.array_parallelism, 1)):
@@ -67,6 +69,15 @@ class SlurmOptions:
         if not math.isfinite(self.mem_gb) or self.mem_gb * 1024 < 1:
             raise UsageError(f"--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's "
                              f"memory), not {self.mem_gb:g}")
+
+
+def script_value(what: str, value: str) -> None:
+    """UsageError for a value that submitit writes into the job script's `#SBATCH` lines (quoted, so `$(...)`
+    and `;` stay text) holding a line break or another control character: the line after it would be a
+    command of its own, which the job runs."""
+    if not value.isprintable():
+        raise UsageError(f"{what} '{one_line(value)}': a line break or control character cannot go into the "
+                         "SLURM job script (the line after it would run as a command)")
 
 
 # sbatch's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
@@ -230,6 +241,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
 
     One submission to a results dir at a time (`SUBMIT_LOCK`): two at once each found the other's runs not
     queued yet and submitted them too, and one whose sbatch failed deleted the other's new job files."""
+    script_value("--results-dir", str(results_dir.resolve()))  # its job logs: `#SBATCH --output=...`
     with exclusive(results_dir, SUBMIT_LOCK,
                    on_wait=lambda: say("waiting for another submission to this results dir to finish")):
         return _submit(runs, results_dir, data_dir, options, say, prepared_for)

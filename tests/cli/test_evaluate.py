@@ -439,7 +439,11 @@ def test_references_without_prediction_are_an_error_unless_allowed(folders):
            "scored the 2 case(s) that have one" in result.stderr
     assert pd.read_csv(io.StringIO(result.stdout))["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
 
-    (ref_dir / "c.nii.gz").unlink()  # all predicted: no note
+    (ref_dir / "c.nii.gz").rename(ref_dir / "c\x1b[2J.nii.gz")  # a dataset's file name: shown escaped
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--allow-missing")
+    assert result.exit_code == 0 and "(first: c\\x1b[2J.nii.gz)" in result.stderr
+
+    (ref_dir / "c\x1b[2J.nii.gz").unlink()  # all predicted: no note
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--allow-missing")
     assert result.exit_code == 0 and "no prediction" not in result.stderr
 

@@ -111,6 +111,19 @@ def test_predictions_keep_source_geometry(run_folder, tmp_path: Path) -> None:
     assert (read_label(tmp_path / "t" / "new_case.nii.gz")[0] == expected).all()
 
 
+def test_an_image_named_with_escape_sequences_is_named_escaped(run_folder, tmp_path: Path) -> None:
+    # A test set's file names (MSD's imagesTs comes in the archive) reached the terminal as they were
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "c\x1b]0;owned\x07.nii.gz", np.zeros((14, 22, 18), np.float32))
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out",
+                                 str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert f"{tmp_path / 'pred'}/c\\x1b]0;owned\\x07.nii.gz\n" in result.output
+    assert (tmp_path / "pred" / "c\x1b]0;owned\x07.nii.gz").is_file()
+
+
 def test_an_image_stored_otherwise_than_the_training_images_is_named(run_folder, tmp_path: Path) -> None:
     """A Hippocampus image stored LPS (the same scan, its x and y axes reversed) where the training images are
     RAS: the network saw it mirrored and predicted Dice 0.39 and 0.20 instead of 0.87 and 0.85, without a

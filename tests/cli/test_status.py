@@ -147,3 +147,16 @@ def test_status_takes_several_tasks_and_names_a_results_dir_that_is_not_there(
     assert missing.output.strip() == ("error: results: no such results dir (the default, results, is a "
                                       "folder of the current one); pass the sweep's --results-dir")
 
+
+
+def test_names_in_a_results_folder_cannot_forge_lines_or_send_escape_sequences(tmp_path: Path) -> None:
+    # someone else's results folder: its names were printed as they were (a window title set, a line forged)
+    from tests.conftest import fake_finished_run
+
+    task = "T\x1b]0;owned\x07\ndone     forged"
+    fake_finished_run(tmp_path / "results", 0, task)
+    result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "results")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("done     T\\x1b]0;owned\\x07\\ndone     forged/3d-unet")

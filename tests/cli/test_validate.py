@@ -80,3 +80,25 @@ def test_a_damaged_marker_is_named_and_validate_rebuilds_it(home: Path, tmp_path
     assert rebuilt.exit_code == 0 and "list of excluded cases updated" in rebuilt.output
     assert json.loads(marker.read_text())["excluded"] == []
     assert runner.invoke(app, ["plan", "Task90_Synth"]).exit_code == 0
+
+
+def test_names_from_dataset_json_cannot_forge_lines_or_send_escape_sequences(home: Path,
+                                                                             tmp_path: Path) -> None:
+    # A dataset's label and channel names, and a case's file name, were printed as they were: escape sequences
+    # reached the terminal, a line break forged a line, and `[bold]` in a case id was taken as rich markup
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    write_task_file(home, "Task90_Synth")
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["labels"]["1"] = "outer\x1b]0;owned\x07\nwarning: forged"
+    meta["modality"]["0"] = "MR\x1b[2J"
+    gone = "./imagesTr/gone\x1b[2J[bold]\n.nii.gz"
+    meta["training"].append({"image": gone, "label": "./labelsTr/x.nii.gz"})
+    (src / "dataset.json").write_text(json.dumps(meta))
+    for args in (["fetch", "Task90_Synth", "--source", str(src)], ["validate", "Task90_Synth"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+        assert not any(line.startswith("warning: forged") for line in result.output.splitlines())
+        assert "names label 1: 'outer\\x1b]0;owned\\x07\\nwarning: forged'" in result.output
+        assert "names channel 0: 'MR\\x1b[2J'" in result.output
+    assert "excluded from training: gone\\x1b[2J[bold]\\n" in result.output

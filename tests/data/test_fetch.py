@@ -264,6 +264,29 @@ def test_a_range_answered_from_elsewhere_starts_over(server, tmp_path: Path) -> 
     assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
 
 
+def test_a_partial_reply_that_does_not_say_where_it_starts_starts_over(server, tmp_path: Path) -> None:
+    # A 206 without Content-Range was appended as if it began where asked: here from byte 300, when asked from
+    # 400, so the md5 check discarded the whole download.
+    url, handler = server
+    handler.payload = b"y" * 600 + b"z" * 400
+    (tmp_path / "b.tar.part").write_bytes(b"y" * 400)
+    sent, header = handler.do_GET, handler.send_header
+
+    def from_300(self) -> None:
+        if self.headers.get("Range"):
+            self.headers.replace_header("Range", "bytes=300-")
+        sent(self)
+
+    def no_range(self, name: str, value: str) -> None:
+        if name != "Content-Range":
+            header(self, name, value)
+
+    handler.do_GET, handler.send_header = from_300, no_range
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    dest = download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False)
+    assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
+
+
 def test_http_500_then_success(server, tmp_path: Path) -> None:
     url, handler = server
     handler.payload = b"x" * 1000
@@ -563,6 +586,25 @@ def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_
     assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
 
 
+def test_a_task_folder_that_is_a_link_is_refused(hippo_subset: Path, tmp_path: Path,
+                                                 tar_filters: str) -> None:
+    # The link (to a folder inside the archive) was moved into place as DATA_DIR/Task04_Hippocampus, and the
+    # staging folder it led into removed: fetch said "10 usable training cases" and left a link to
+    # DATA_DIR/real/Task04_Hippocampus, a folder outside the task that does not exist (or another one).
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(hippo_subset, arcname="real/Task04_Hippocampus")
+        info = tarfile.TarInfo("Task04_Hippocampus")
+        info.type, info.linkname = tarfile.SYMTYPE, "real/Task04_Hippocampus"
+        tar.addfile(info)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=r"t.tar: unsafe archive entry 'Task04_Hippocampus' \(the task "
+                                         r"folder is a link\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+
+
 @pytest.mark.parametrize(("links", "why"), [
     ([("b/c", ".."), ("a", "b/c/..")], "link pointing outside the task folder"),  # each alone stays inside
     ([("sub", "imagesTr"), ("sub2", "sub/../..")], "link pointing outside the task folder"),
@@ -613,6 +655,28 @@ def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Pat
                                               rf"\({reason}\) and \d+ more file"):
         fetch_task(task, data, str(hippo_subset), progress=False)
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_extraction(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tar.gz of zeros (a "tar bomb") filled the disk before extraction failed naming it: now nothing is
+    # written. (On a disk that fills meanwhile, the error above still names it.)
+    import shutil
+
+    from medseg_bench.data import archive as archive_module
+    from medseg_bench.errors import FileSystemError
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    size = sum(p.stat().st_size for p in hippo_subset.rglob("*") if p.is_file())
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: usage._replace(free=size - 1))
+    data = tmp_path / "data"
+    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here \\(its files hold "
+                                              f"{size} bytes, {size - 1} are free\\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: usage._replace(free=size))
+    fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
 
 
 @pytest.mark.parametrize(("reply", "reason"), [
@@ -675,6 +739,45 @@ def _raw_server(reply: bytes, hold: bool = False) -> Iterator[str]:
     finally:
         release.set()
         listener.close()
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1:9/x.tar", "file:///etc/passwd", "http"])
+def test_a_redirect_to_another_scheme_than_http_is_refused_at_once(location: str, tmp_path: Path,
+                                                                   server) -> None:
+    # urllib followed a redirect to ftp:// (no Range, no If-Range); one to file:// it refused, but the refusal
+    # was retried as a broken reply, 4 times, then "rerun to resume". One to http(s) is followed.
+    requests: list[str] = []
+    if location == "http":
+        mirror, handler = server
+        handler.payload = b"archive"
+        location = f"{mirror}/elsewhere.tar"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            requests.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/t.tar"
+    try:
+        if location.startswith("http"):
+            md5 = hashlib.md5(b"archive").hexdigest()
+            assert download(url, tmp_path / "t.tar", md5, progress=False).read_bytes() == b"archive"
+            return
+        with pytest.raises(FetchError) as error:
+            download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert str(error.value) == f"{url}: the server redirects to {location}: only http(s) URLs are fetched"
+    assert requests == ["/t.tar"] and not (tmp_path / "t.tar.part").exists()
 
 
 @pytest.fixture

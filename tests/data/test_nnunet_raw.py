@@ -362,3 +362,34 @@ def test_a_channel_name_warning_names_the_users_dataset_json(shared_task: Path, 
     outcome = fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", source=str(source))
     named = [w for w in outcome.warnings if "names channel 0: 'T2' (task file: 'MRI')" in w]
     assert len(named) == 1 and named[0].startswith(f"{source / 'dataset.json'}: "), outcome.warnings
+
+
+@pytest.mark.parametrize("named", ["absolute", "relative"])
+def test_a_channel_file_whose_voxels_lie_outside_the_dataset_is_refused_and_that_file_kept(
+        home: Path, tmp_path: Path, named: str) -> None:
+    # A hostile dataset's .mhd channel files named a file of the user's as their voxels: the import read it
+    # into the stacked image, then deleted it with the channel files it had stacked.
+    import SimpleITK as sitk
+
+    _, source = _two_channel_source(home, tmp_path, num_cases=3)
+    for path in sorted(source.glob("*Tr/*.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path.with_name(path.name.replace(".nii.gz", ".mhd"))))
+        path.unlink()
+    data = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps(data | {"file_ending": ".mhd"}))
+    victim = tmp_path / "notes.txt"
+    victim.write_bytes(bytes(range(256)) * 100)
+    for channel in ("case_001_0000.mhd", "case_001_0001.mhd"):
+        header = source / "imagesTr" / channel
+        raw = header.with_suffix(".raw")
+        size = raw.stat().st_size
+        name = str(victim) if named == "absolute" else "../../../../notes.txt"  # from the staging copy
+        header.write_text(re.sub(r"ElementDataFile = .*", f"ElementDataFile = {name}", header.read_text()))
+        raw.unlink()
+        assert victim.stat().st_size >= size
+    outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
+    assert victim.read_bytes() == bytes(range(256)) * 100
+    assert outcome.report is not None
+    assert [(p.case_id, Path(p.file).name, p.message) for p in outcome.report.problems] == [
+        ("case_001", "case_001_0000.mhd",
+         f"its data file {name} (ElementDataFile) lies outside the dataset's folder")]

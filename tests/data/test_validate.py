@@ -50,6 +50,54 @@ def test_a_case_file_that_is_a_link_to_itself_is_named_and_excluded(synth, sub: 
             in _problem_for(folder, task, "case_001"))
 
 
+@pytest.mark.parametrize("data_file", ["ABSOLUTE", "../../outside.raw", "LIST 2D\n{} ", "../sub/x.raw"])
+def test_a_metaimage_reading_its_voxels_from_outside_the_task_is_excluded(synth, data_file: str) -> None:
+    # ElementDataFile names the file ITK reads the voxels from: any file of the user's was read as a case
+    import SimpleITK as sitk
+
+    folder, task = synth
+    outside = folder.parent / "outside.raw"
+    header = folder / "imagesTr" / "case_001.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(folder / "imagesTr" / "case_001.nii.gz")), str(header))
+    (folder / "imagesTr" / "case_001.raw").rename(outside)
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"][1]["image"] = "./imagesTr/case_001.mhd"
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    name = data_file.replace("ABSOLUTE", str(outside)).format(outside)
+    if data_file == "../sub/x.raw":  # in the task folder, beside imagesTr: read as ever
+        (folder / "sub").mkdir()
+        outside.rename(folder / "sub" / "x.raw")
+    text = header.read_text().replace("ElementDataFile = case_001.raw", f"ElementDataFile = {name}")
+    header.write_text(text)
+    report = validate_folder(folder, task)
+    if data_file == "../sub/x.raw":
+        assert report.problems == []
+        return
+    named = name.split("\n")[-1].strip() if data_file.startswith("LIST") else name
+    assert [str(p) for p in report.problems] == [
+        f"{header}: its data file {named} (ElementDataFile) lies outside the task folder"]
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_nrrd_reading_its_voxels_from_outside_the_task_is_excluded(synth, inside: bool) -> None:
+    # A NRRD file's `data file:` field, as a MetaImage's ElementDataFile, names any file for ITK to read
+    import SimpleITK as sitk
+
+    folder, task = synth
+    nrrd = folder / "imagesTr" / "case_001.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(folder / "imagesTr" / "case_001.nii.gz")), str(nrrd), False)
+    head, voxels = nrrd.read_bytes().split(b"\n\n", 1)
+    data = folder / "imagesTr" / "case_001.raw" if inside else folder.parent / "notes.raw"
+    data.write_bytes(voxels)
+    nrrd.write_bytes(head + f"\ndata file: {data if not inside else data.name}\n\n".encode())
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["training"][1]["image"] = "./imagesTr/case_001.nrrd"
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    report = validate_folder(folder, task)
+    assert [str(p) for p in report.problems] == ([] if inside else [
+        f"{nrrd}: its data file {data} (data file) lies outside the task folder"])
+
+
 @pytest.mark.parametrize(("sub", "kind", "problem"), [
     ("imagesTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
     ("labelsTr", "complex", "complex pixels are not supported (one real value per voxel expected)"),
@@ -289,6 +337,13 @@ def test_structural_problems_are_fatal(synth) -> None:
     (folder / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match="invalid JSON"):
         validate_folder(folder, task)
+    # A hostile dataset.json: nesting past Python's recursion limit, an integer of 5000 digits (each was a
+    # traceback, a RecursionError and a ValueError that was not a JSONDecodeError)
+    for text, why in (("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                      ('{"training": [], "numTraining": ' + "9" * 5000 + "}", "Exceeds the limit")):
+        (folder / "dataset.json").write_text(text)
+        with pytest.raises(DataError, match=rf"dataset.json: invalid JSON \({why}"):
+            validate_folder(folder, task)
     (folder / "dataset.json").unlink()
     with pytest.raises(DataError, match="dataset.json missing"):
         validate_folder(folder, task)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medseg_bench.report import Report, build_report, render
-from medseg_bench.report.plots import make_plots, write_plots
+from medseg_bench.report.plots import make_plots, slug, write_plots
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,22 @@ def test_figures_go_with_their_own_task() -> None:
                            "rank_heatmap.png"], b"")
     assert task_figures(plots, "T_A") == ["T_A_dice_cases.png"]
     assert task_figures(plots, "T_A_B") == ["T_A_B_dice_cases.png", "T_A_B_cost_quality.png"]
+
+
+def test_names_from_a_results_folder_are_drawn_and_escaped_as_they_are(tmp_path: Path) -> None:
+    # Someone else's results folder: a task named with two `$` stopped the report with matplotlib's
+    # mathtext error (a traceback, exit 1); markup in it is text in the HTML page, never a tag.
+    from tests.conftest import fake_finished_run
+
+    task = "T<img src=x onerror=alert(1)>$\\foo$"
+    for seed in (1, 2):
+        fake_finished_run(tmp_path / "r", seed, task=task)
+    report = build_report(tmp_path / "r")
+    plots = make_plots(report)
+    assert f"{slug(task)}_dice_cases.png" in plots
+    page = render(report, "html", plots)
+    assert isinstance(page, str)
+    assert "<img src=x" not in page and "T&lt;img src=x onerror=alert(1)&gt;$\\foo$" in page
 
 
 def _chromium() -> str | None:

@@ -27,3 +27,23 @@ def test_terminal_view(fake_results: Path, width: int) -> None:
     else:  # values break inside their cells: said once, with what to do
         assert " ".join(text.split()).count("(tables wider than the terminal's 90 columns wrap inside their "
                                             "cells: widen it, or use --format markdown)") == 1
+
+
+def test_control_characters_in_names_are_shown_escaped(tmp_path: Path) -> None:
+    """A run folder's task name (someone else's results folder) holding escape sequences reached the terminal
+    as it was: it could clear the screen, set the window's title or forge lines; markdown is printed there
+    too."""
+    from medseg_bench.report import render
+    from tests.conftest import fake_finished_run
+
+    task = "T\x1b[2J\x1b]0;owned\x07[bold]x"
+    for seed in (1, 2):
+        fake_finished_run(tmp_path / "r", seed, task=task)
+    report = build_report(tmp_path / "r")
+    buffer = io.StringIO()
+    print_rich(report, Console(file=buffer, width=400, force_terminal=False))
+    markdown = render(report, "markdown")
+    assert isinstance(markdown, str)
+    for text in (buffer.getvalue(), markdown):
+        assert "\x1b" not in text and "\x07" not in text
+        assert "T\\x1b[2J\\x1b]0;owned\\x07[bold]x" in text

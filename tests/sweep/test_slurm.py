@@ -53,10 +53,29 @@ def test_a_time_sbatch_would_read_otherwise_is_refused(value: str, message: str)
     ("mem_gb", 0.0,
      "--mem-gb must be at least 0.001 (1 MB; sbatch reads 0 as all of a node's memory), not 0"),
     ("mem_gb", 0.0005, "not 0.0005"), ("mem_gb", -2.0, "not -2"), ("mem_gb", float("nan"), "not nan"),
-    ("mem_gb", float("inf"), "not inf"), ("time", "soon", "--time takes")])
+    ("mem_gb", float("inf"), "not inf"), ("time", "soon", "--time takes"),
+    ("partition", "gpu\ntouch /tmp/pwned", "--partition 'gpu"),
+    ("partition", "gpu\ntouch /tmp/pwned", "a line break or control character cannot go into the SLURM job "
+                                          "script")])
 def test_options_sbatch_would_refuse_or_misread_are_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SlurmOptions(**{field: value}).check()  # type: ignore[arg-type]
+
+
+def test_a_results_dir_with_a_line_break_is_refused_before_any_submission(tmp_path: Path) -> None:
+    # submitit quotes the job's log paths (`$(touch x)`, `;` stay text) but a line break in them ended the
+    # `#SBATCH --output='...` line: what followed it was a command of the job script. `$(...)` and `;` pass.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string("python job", folder=str(tmp_path / "r$(touch x);y" / ".slurm" / "%j"))
+    assert not any(line.startswith(("touch", "y")) for line in script.splitlines())
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    results = tmp_path / "r\ntouch pwned\n#"
+    with pytest.raises(UsageError, match=r"^--results-dir '.*r\\ntouch pwned\\n#': a line break or control "
+                                         r"character cannot go into the SLURM job script \(the line after it "
+                                         r"would run as a command\)$"):
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert not results.exists()
 
 
 def test_the_defaults_and_the_least_values_pass() -> None:
