@@ -5,6 +5,7 @@ reads them. A finished run that lost or damaged a file since is never trained ag
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,12 +214,12 @@ def _as_written(frame: Any, num_cases: int, labels: list[str]) -> bool:
     if not labels or frame.empty or not all(pd.api.types.is_bool_dtype(dtypes[c]) for c in flags):
         return False
     known = set(labels)
-    cases = frame["case"].tolist()
-    for case, label in zip(cases, frame["label"].tolist(), strict=True):
+    cases, names = frame["case"].tolist(), frame["label"].tolist()
+    for case, label in zip(cases, names, strict=True):
         if not (isinstance(case, str) and case.strip() and isinstance(label, str) and label.strip()
                 and label in known):
             return False
-    if len(set(zip(cases, frame["label"], strict=True))) != len(frame):  # a case's label twice
+    if len(set(zip(cases, names, strict=True))) != len(frame):  # a case's label twice
         return False
     # every label known and none twice: as many rows as cases x labels means every case has each label
     if len(set(cases)) != num_cases or len(frame) != num_cases * len(labels):
@@ -306,3 +307,44 @@ def _bad_cell(frame: Any) -> str | None:
             row = int(bad.to_numpy().argmax())
             return f"{column} is {str(values.iloc[row])!r} in row {row + 1}, not {kind}"
     return None
+
+
+# The files whose contents `read_finished_run` reads (status.json, events.jsonl: `finished_damage`).
+READ_FILES = ("status.json", "events.jsonl", *FINISHED_FILES)
+
+
+def _stamp(folder: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """Each of READ_FILES' inode, size and modification time (None: absent): every one is replaced by a rename
+    or appended to, so a file changed since has another stamp."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for name in READ_FILES:
+        try:
+            found = os.stat(folder / name)
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((found.st_ino, found.st_size, found.st_mtime_ns))
+    return tuple(stamps)
+
+
+class FinishedReads:
+    """`read_finished_run` for a command that reads every finished run twice (`status` checks each, then
+    rebuilds the index from them; it read every run's files and checked every metrics.csv twice): a run is
+    read again only where one of its files changed since (`_stamp`), as one finishing or damaged in between.
+    Holds what it read (each run's metrics table) until it is dropped."""
+
+    def __init__(self) -> None:
+        self._read: dict[Path, tuple[object, Any]] = {}
+
+    def read(self, folder: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        stamp = _stamp(folder)
+        kept = self._read.get(folder)
+        if kept is None or kept[0] != stamp:
+            try:
+                found: Any = read_finished_run(folder)
+            except DamagedRunError as exc:
+                found = exc
+            kept = self._read[folder] = (stamp, found)
+        if isinstance(kept[1], DamagedRunError):
+            raise kept[1]
+        return kept[1]

@@ -51,7 +51,7 @@ from typing import Any
 
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.files import file_in_the_way, kind_of, private_temp, remove_dead_writers_temps
-from medseg_bench.finished import finished_damage, read_finished_run
+from medseg_bench.finished import FinishedReads, finished_damage, read_finished_run
 from medseg_bench.locks import exclusive_folder
 from medseg_bench.run_folder import is_done, unfinished_state
 from medseg_bench.spec import RunSpec
@@ -159,13 +159,14 @@ RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "pa
 TASK_SETTINGS = ("patch_size", "batch_size", "target_spacing", "preprocessing", "task_version")
 
 
-def checked_state(folder: Path) -> tuple[str, str | None]:
+def checked_state(folder: Path, reads: FinishedReads | None = None) -> tuple[str, str | None]:
     """`run_state`, with a finished run read whole as `report` reads it (its metrics.csv rows included), and
     what is damaged ("<file>: <problem>") when the state is `damaged`: `status`, sweeps and SLURM submission
-    agree with `report` on which runs are done. Each run's files are read once."""
+    agree with `report` on which runs are done. Each run's files are read once; with `reads`, kept there for
+    `write_index`."""
     if is_done(folder):
         try:
-            read_finished_run(folder)  # names any damage, `finished_damage`'s included
+            (reads.read if reads else read_finished_run)(folder)  # names any damage, `finished_damage`'s too
         except DamagedRunError as exc:
             return "damaged", exc.damage
         return "done", None
@@ -201,13 +202,14 @@ def run_settings(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any
 
 
 def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None = None,
-                 tasks: Sequence[str] | None = None):
+                 tasks: Sequence[str] | None = None, reads: FinishedReads | None = None):
     """All per-case, per-label scores of finished runs, joined with their specs and cost (a DataFrame).
 
     A damaged run raises ResultsError naming its file; with `skip_damaged`, it is left out and the message
     goes to that callback instead (never silently). `attrs["absent_metrics"]`: "task/run_id" -> the metrics
     its metrics.csv has no column for (scored before they existed; NaN in the frame, as a label with both
-    masks empty is: only the file tells the two apart).
+    masks empty is: only the file tells the two apart). `reads`: runs read already, not read again where
+    their files are unchanged.
     """
 
     from medseg_bench.metrics.info import METRIC_NAMES
@@ -219,7 +221,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
     absent: dict[str, list[str]] = {}
     for folder in finished_runs(results_dir, tasks):
         try:
-            spec, summary, frame = read_finished_run(folder)
+            spec, summary, frame = (reads.read if reads else read_finished_run)(folder)
         except ResultsError as exc:
             if skip_damaged is None:
                 raise
@@ -285,21 +287,23 @@ def warn_on_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr) -> Path:
+def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr,
+                reads: FinishedReads | None = None) -> Path:
     """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
 
     Each writer renames its own complete temp file into place, so concurrent rebuilds never mix; one at a
     time (a flock on the results dir), each reading the runs once it has the lock, so the last to write has
     read the last run to finish (a rebuild that read the folders first, then wrote after another sweep's
     newer index, left a finished run out). A damaged run is left out of the index, and `warn` is told which
-    file and why.
+    file and why. `reads`: runs the caller read already (`checked_state`), read again only where a file of
+    theirs changed since: what the index holds is what the folders hold once the lock is taken.
     """
     import pandas as pd
 
     target = results_dir / INDEX_NAME
     with exclusive_folder(results_dir):
         try:
-            table = load_results(results_dir, skip_damaged=warn)
+            table = load_results(results_dir, skip_damaged=warn, reads=reads)
         except ResultsError:  # no finished run
             table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
         tmp = private_temp(target)

@@ -258,7 +258,7 @@ def test_two_index_rebuilds_at_once_leave_the_later_runs_in(tmp_path: Path,
     reading, release = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def load(results_dir: Path, skip_damaged: object = None) -> pd.DataFrame:
+    def load(results_dir: Path, skip_damaged: object = None, reads: object = None) -> pd.DataFrame:
         calls.append(len(calls))
         if len(calls) == 1:  # the slow rebuild: it has read 1 run
             reading.set()

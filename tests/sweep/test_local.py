@@ -314,3 +314,28 @@ def test_a_sweep_whose_every_run_is_done_imports_no_training_code(tmp_path: Path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.stdout.splitlines()[-1] == "2 []"
+
+
+def test_a_sweep_that_only_skips_reads_each_run_once_also_to_write_a_missing_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each finished run was read whole to be skipped, then again to rebuild the index a results dir lacked.
+    import pandas as pd
+
+    from medseg_bench import finished, results
+    from medseg_bench.results import INDEX_NAME
+
+    folders = [_finished_run(tmp_path / "results", _spec(seed)) for seed in range(3)]
+    reads: list[str] = []
+    real = finished.read_finished_run
+
+    def counted(folder: Path) -> object:
+        reads.append(folder.name)
+        return real(folder)
+
+    for module in (finished, results):
+        monkeypatch.setattr(module, "read_finished_run", counted)
+    outcome = local.run_sweep([_spec(seed) for seed in range(3)], tmp_path / "results", tmp_path / "data",
+                              PlainReporter())
+    assert len(outcome["skipped"]) == 3
+    assert sorted(reads) == sorted(folder.name for folder in folders)
+    assert set(pd.read_parquet(tmp_path / "results" / INDEX_NAME)["run_id"]) == set(reads)
