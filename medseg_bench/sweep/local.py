@@ -104,7 +104,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "busy": [], "damaged": [],
                                      "damage": []}
     reporter.start(len(runs))
-    reads: FinishedReads | None = FinishedReads()  # for the index, when no run trains after the skips
+    # the finished runs as read to be skipped, for an index the results dir lacks when no run trains after
+    reads = FinishedReads() if not (results_dir / INDEX_NAME).is_file() else None
     try:
         todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
         if todo:
