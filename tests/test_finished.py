@@ -282,3 +282,34 @@ def test_metrics_rows_and_per_label_dice_that_disagree_name_the_edited_file(
         tmp_path: Path, name: str, metrics: str, per_label_dice: list[str], problem: str) -> None:
     folder = _run_with(tmp_path, metrics, per_label_dice)
     assert checked_state(folder) == ("damaged", f"{folder / name}: {problem}")
+
+
+def test_a_well_formed_run_is_read_without_the_row_checks_and_its_json_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A report of 1000 runs spent 15 s in the checks that name a damaged metrics.csv's first problem (about
+    # 50 pandas operations a run), and read each run's spec.json and summary.json twice: once to check them,
+    # once to return them. A table as run.py writes it passes one pass over its rows instead; any other
+    # (every damage the tests above name) still goes through the checks.
+    from medseg_bench import files, finished
+
+    folder = _run_with(tmp_path, REGION_ROWS, ["1", "2", "whole tumour"])
+    fake_finished_run(tmp_path, seed=3)  # a run of the `T` task's layout: labels of one value
+
+    def unused(*args: object) -> None:
+        raise AssertionError("a well-formed metrics.csv went through the row checks")
+
+    for name in ("_whole_table", "_bad_row", "_bad_cell"):
+        monkeypatch.setattr(finished, name, unused)
+    reads: list[str] = []
+    real = files.load_json_object
+    monkeypatch.setattr(finished, "load_json_object", lambda path: reads.append(path.name) or real(path))
+    for run in sorted((tmp_path / "T").iterdir()):
+        reads.clear()
+        spec, summary, frame = finished.read_finished_run(run)
+        assert sorted(reads) == ["spec.json", "status.json", "summary.json"]
+        assert spec["run_id"] == run.name and summary["run_id"] == run.name and len(frame) > 1
+    assert checked_state(folder) == ("done", None)
+    monkeypatch.undo()
+    (folder / "metrics.csv").write_text(HEADER + REGION_ROWS.replace("b,2,", "c,2,"))  # the checks name it
+    assert checked_state(folder) == ("damaged", f"{folder / 'metrics.csv'}: case 'b' (row 4) has no row for "
+                                     "label(s) 2")

@@ -87,3 +87,22 @@ def test_a_spec_json_lacking_a_required_key_is_a_usage_error_naming_it() -> None
 def test_the_largest_values_allowed_make_a_spec() -> None:
     spec = _spec(lr=3.4e38, batch_size=2**31 - 1, max_minutes=1e12, patch_size=(2**31 - 1, 8, 8))
     assert (spec.lr, spec.batch_size, spec.max_minutes) == (3.4e38, 2**31 - 1, 1e12)
+
+
+def test_a_specs_hash_is_computed_once_and_a_changed_copy_gets_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sweep skipping 1000 finished runs hashed each run's spec 4 times (its folder, its line, ...).
+    import dataclasses
+    import pickle
+
+    from medseg_bench import spec as spec_module
+
+    calls: list[int] = []
+    real = spec_module.spec_hash_of
+    monkeypatch.setattr(spec_module, "spec_hash_of", lambda data: calls.append(1) or real(data))
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    assert len({spec.run_id for _ in range(4)}) == 1 and len(calls) == 1
+    other = dataclasses.replace(spec, seed=1)
+    assert other.run_id != spec.run_id and other.run_id.endswith(real(other.to_dict()))
+    assert pickle.loads(pickle.dumps(spec)) == spec and pickle.loads(pickle.dumps(spec)).run_id == spec.run_id
+    assert spec == RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")

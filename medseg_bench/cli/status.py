@@ -19,6 +19,7 @@ def status(
     from collections import Counter
 
     from medseg_bench.errors import ResultsError, one_line
+    from medseg_bench.finished import FinishedReads
     from medseg_bench.results import check_results_dir, checked_state, write_index
     from medseg_bench.run_folder import read_json, read_status, unqueued_state
 
@@ -47,8 +48,9 @@ def status(
     jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}
     slurm = _slurm_states([j for j in jobs.values() if j])  # asked before the folders are read
     counts: Counter[str] = Counter()
+    reads = FinishedReads()  # each finished run read once, for its line and the index
     for folder in folders:
-        state, damage = checked_state(folder)
+        state, damage = checked_state(folder, reads)
         job = jobs[folder]
         extra = ""
         if job:
@@ -79,7 +81,7 @@ def status(
     typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:
         try:
-            write_index(results_dir)
+            write_index(results_dir, reads=reads)
         except OSError:
             pass  # status is read-only in spirit; a read-only results dir still gets its answer
 

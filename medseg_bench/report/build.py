@@ -22,6 +22,7 @@ from medseg_bench.report.tables import (
     shared_cases,
     top_k,
     top_ranked,
+    with_config,
 )
 from medseg_bench.results import SETUP_NAME, finished_runs, load_results
 from medseg_bench.run_folder import read_json
@@ -161,8 +162,10 @@ def report_from_results(results: pd.DataFrame, results_dir: Path, metric: str = 
     if not 0 < confidence < 1:
         raise UsageError(f"confidence must be between 0 and 1, got {confidence}")
     ranking_metric, chosen = resolve_metrics(results, metric, metrics)
-    compared = shared_cases(sample_scores(results, chosen))  # the cases the leaderboard compares
-    full = leaderboard(results, ranking_metric, chosen, confidence, n_resamples, seed, compared)
+    configured = with_config(results)  # once for both tables
+    compared = shared_cases(sample_scores(configured, chosen))  # the cases the leaderboard compares
+    full = leaderboard(configured, ranking_metric, chosen, confidence, n_resamples, seed, compared)
+    del configured
     ranking = cross_task_ranking(full, chosen)
     places = ranking.set_index("config")  # each row's configuration's place across tasks: in CSV and parquet
     full["cross_task_rank"] = full["config"].map(places["rank"])

@@ -59,8 +59,9 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     rows = report.table[report.table["task"] == task]
     configs = rows["config"].tolist()
     scores = report.scores[report.scores["task"] == task]
+    of_config = dict(iter(scores.groupby("config", sort=False)))  # split once, not selected per configuration
     # A case's samples (its seeds) averaged first, as every statistic of the table is computed.
-    data = [case_means(scores[scores["config"] == c], metric).dropna().to_numpy(float) for c in configs]
+    data = [case_means(of_config.get(c, scores.iloc[:0]), metric).dropna().to_numpy(float) for c in configs]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(configs)))
     positions = np.arange(len(configs))[::-1]  # rank 1 on top
     nonempty = [i for i, d in enumerate(data) if d.size]
@@ -85,7 +86,12 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
     return _png(fig)
 
 
+LOGGED = ("train_loss", "val_dice")
+
+
 def _epoch_log(folder: Path) -> pd.DataFrame | None:
+    """A run's training log's epoch column and those of `LOGGED` it has (Lightning writes a row for each,
+    per epoch); None where it has none, or cannot be read."""
     path = folder / "logs" / "metrics.csv"
     try:
         frame = pd.read_csv(path)
@@ -93,8 +99,8 @@ def _epoch_log(folder: Path) -> pd.DataFrame | None:
         return None
     if "epoch" not in frame:
         return None
-    columns = [c for c in ("train_loss", "val_dice") if c in frame]
-    return frame.groupby("epoch")[columns].mean() if columns else None
+    columns = [c for c in LOGGED if c in frame]
+    return frame[["epoch", *columns]] if columns else None
 
 
 def learning_curves(report: Report, task: str) -> bytes | None:
@@ -110,7 +116,9 @@ def learning_curves(report: Report, task: str) -> bytes | None:
                 if (log := _epoch_log(report.results_dir / task / run_id)) is not None]
         if not logs:
             continue
-        combined = pd.concat(logs, keys=range(len(logs)), names=["run", "epoch"])
+        logged = pd.concat(logs, keys=range(len(logs)), names=["run", None])
+        # each run's mean per epoch, of every run in one pass (one per run took a third of a report's figures)
+        combined = logged.groupby(["run", "epoch"])[[c for c in LOGGED if c in logged]].mean()
         for ax, column in ((loss_ax, "train_loss"), (dice_ax, "val_dice")):
             if column not in combined:
                 continue

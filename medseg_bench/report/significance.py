@@ -11,10 +11,6 @@ from medseg_bench.report.stats import ALPHA, friedman, holm, paired_wilcoxon
 from medseg_bench.report.tables import case_means, higher_is_better
 
 
-def _by_case(scores: pd.DataFrame, config: str, metric: str) -> pd.Series:
-    return case_means(scores[scores["config"] == config], metric)
-
-
 def significance(scores: pd.DataFrame, table: pd.DataFrame, metric: str,
                  alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per task: the top configuration of `table` against each other one, and a Friedman test.
@@ -32,11 +28,16 @@ def significance(scores: pd.DataFrame, table: pd.DataFrame, metric: str,
     for task, group in table.groupby("task", sort=False):
         configs = group["config"].tolist()
         task_scores = scores[(scores["task"] == task) & scores["config"].isin(configs)]
+        # each configuration's rows, split once (selecting them from the task's rows for each configuration
+        # took time that grew with the square of their number)
+        of_config = dict(iter(task_scores.groupby("config", sort=False)))
+        by_case = {config: case_means(of_config.get(config, task_scores.iloc[:0]), metric)
+                   for config in configs}
         top = configs[0]
-        top_scores = _by_case(task_scores, top, metric)
+        top_scores = by_case[top]
         task_pairs = []
         for other in configs[1:]:
-            test = paired_wilcoxon(top_scores, _by_case(task_scores, other, metric))
+            test = paired_wilcoxon(top_scores, by_case[other])
             task_pairs.append({"task": task, "top": top, "other": other, "n": test.n,
                                "median_diff": test.median_diff, "statistic": test.statistic, "p": test.pvalue,
                                "note": test.note, "favours": test.favours})

@@ -52,13 +52,20 @@ def resolve_metrics(results: pd.DataFrame, metric: str, metrics: list[str] | Non
     return ranking, chosen
 
 
-def _with_config(results: pd.DataFrame) -> pd.DataFrame:
-    frame = results.copy()
+def with_config(results: pd.DataFrame) -> pd.DataFrame:
+    """`load_results`' frame with each row's configuration (`config`, told apart by its settings where runs
+    differ in one, `_told_apart`); a frame that has its `config` already is returned as it is, so that a
+    report names the configurations of its 80 000 rows once, not once per table, and holds no second copy."""
+    if "config" in results:
+        return results
+    frame = results.copy(deep=False)  # columns are replaced or added, never written into: `results` unchanged
     frame["encoder"] = frame["encoder"].fillna("").astype(str)
     for column in ("fold", "seed"):
         if column not in frame:
             frame[column] = 0
-    frame["config"] = [config_name(*values) for values in frame[CONFIG_AXES].itertuples(index=False)]
+    names: dict[tuple[Any, ...], str] = {}  # a name per combination of the axes, not per row
+    frame["config"] = [names[key] if key in names else names.setdefault(key, config_name(*key))
+                       for key in zip(*(frame[axis].tolist() for axis in CONFIG_AXES), strict=True)]
     if "run_settings" in frame:
         frame["config"] = _told_apart(frame)
     return frame
@@ -79,15 +86,20 @@ def _told_apart(frame: pd.DataFrame) -> pd.Series:
     from medseg_bench.results import TASK_SETTINGS
 
     names = frame["config"].copy()
-    for config, group in frame.groupby("config", sort=False):
-        parsed = {v: json.loads(v) for v in group["run_settings"].unique()}
+    # each row's settings as a number: the groups below copy three small columns, not every column (the
+    # settings' text, 350 bytes a row, was 55 MB of a report of 1000 runs)
+    codes, texts = pd.factorize(frame["run_settings"], use_na_sentinel=False)
+    narrow = pd.DataFrame({"config": frame["config"], "task": frame["task"], "settings": codes},
+                          index=frame.index)
+    for config, group in narrow.groupby("config", sort=False):
+        parsed = {v: json.loads(texts[v]) for v in group["settings"].unique()}
         keys = sorted({k for settings in parsed.values() for k in settings})
 
         def differ(variants: list[dict[str, Any]], key: str) -> bool:
             return len({json.dumps(p.get(key), sort_keys=True) for p in variants}) > 1
 
         everywhere = list(parsed.values())
-        in_tasks = [[parsed[v] for v in in_task["run_settings"].unique()]
+        in_tasks = [[parsed[v] for v in in_task["settings"].unique()]
                     for _, in_task in group.groupby("task", sort=False)]
         differing = [k for k in keys if (any(differ(v, k) for v in in_tasks) if k in TASK_SETTINGS
                                          else differ(everywhere, k))]
@@ -95,7 +107,7 @@ def _told_apart(frame: pd.DataFrame) -> pd.Series:
             continue
         for variant, settings in parsed.items():
             shown = ", ".join(f"{k}={_setting_text(settings.get(k))}" for k in differing)
-            names.loc[group.index[group["run_settings"] == variant]] = f"{config} [{shown}]"
+            names.loc[group.index[group["settings"] == variant]] = f"{config} [{shown}]"
     return names
 
 
@@ -111,9 +123,9 @@ def _is_foreground_label(labels: pd.Series) -> pd.Series:
 
 def sample_scores(results: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """One row per (configuration, case, fold, seed): each metric averaged over the foreground labels."""
-    frame = _with_config(results)
-    foreground = frame[_is_foreground_label(frame["label"])]
+    frame = with_config(results)
     keys = ["task", "config", *CONFIG_AXES, *SAMPLE_COLUMNS]
+    foreground = frame.loc[_is_foreground_label(frame["label"]), [*keys, *metrics]]
     # Runs of one configuration that differ only in other spec fields (epochs, ...) are pooled here too.
     scores = foreground.groupby(keys, dropna=False)[metrics].mean().reset_index()
     return scores.sort_values(keys, kind="stable").reset_index(drop=True)
@@ -203,14 +215,13 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
     results, metrics))` when the caller has it already.
     """
     ranking, chosen = resolve_metrics(results, metric, metrics)
-    frame = _with_config(results)
-    scores, differ = compared if compared is not None else shared_cases(sample_scores(results, chosen))
-    label_rows = frame.assign(label=frame["label"].astype(str))
+    frame = with_config(results)
+    scores, differ = compared if compared is not None else shared_cases(sample_scores(frame, chosen))
     fg_mask = _is_foreground_label(frame["label"])
     rows = []
-    runs_of = dict(iter(frame.groupby(["task", "config"], sort=False)))
+    runs_at = frame.groupby(["task", "config"], sort=False).indices  # each configuration's rows, by position
     for (task, config), group in scores.groupby(["task", "config"], sort=True):
-        runs = runs_of[(task, config)]
+        runs = frame.take(runs_at[(task, config)])  # a configuration's rows at a time, not all at once
         scored = runs[runs["case"].isin(set(group["case"]))]  # rows of the cases it is compared on
         first = group.iloc[0]
         row: dict[str, Any] = {"task": task, **{a: first[a] for a in CONFIG_AXES}, "config": config}
@@ -236,7 +247,8 @@ def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] 
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(
                 valid, confidence, n_resamples, seed, key=f"{task}/{key}/{m}")
             row[f"{m}_n"] = int(valid.size)
-        labelled = label_rows.loc[scored.index]
+        labelled = frame.loc[scored.index, ["label", "case", *chosen]]
+        labelled = labelled.assign(label=labelled["label"].astype(str))
         for m in chosen:  # over cases, as the summary: a case's samples (seeds) averaged first
             per_case = labelled.assign(**{m: pd.to_numeric(labelled[m], errors="coerce")}) \
                 .groupby(["label", "case"], sort=False)[m].mean()

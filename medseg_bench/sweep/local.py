@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import RunError, UsageError
-from medseg_bench.finished import damaged_runs_error, finished_damage
+from medseg_bench.finished import FinishedReads, damaged_runs_error, finished_damage
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
     INDEX_NAME,
@@ -104,8 +104,12 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "busy": [], "damaged": [],
                                      "damage": []}
     reporter.start(len(runs))
+    # the finished runs as read to be skipped, for an index the results dir lacks when no run trains after
+    reads = FinishedReads() if not (results_dir / INDEX_NAME).is_file() else None
     try:
-        todo = _finished(runs, results_dir, data_dir, reporter, outcome)
+        todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
+        if todo:
+            reads = None  # no run's table held while others train: the index reads them once they are done
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
         check_runs(todo, lambda spec: prepared[prepared_key(spec)])
         if jobs <= 1:
@@ -116,7 +120,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         reporter.close()
         if outcome["done"] or outcome["skipped"] and not (results_dir / INDEX_NAME).is_file():
             try:
-                write_index(results_dir)
+                write_index(results_dir, reads=reads)
             except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
                 name = exc.filename or results_dir / INDEX_NAME
                 warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
@@ -132,14 +136,14 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 
 def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
-              outcome: dict[str, list[str]]) -> list[RunSpec]:
+              outcome: dict[str, list[str]], reads: FinishedReads | None = None) -> list[RunSpec]:
     """Record the finished runs (skipped, or damaged: never trained again); return the others. A finished run
-    is read as `report` reads it, so a metrics.csv cut short is named here too."""
+    is read as `report` reads it, so a metrics.csv cut short is named here too (and kept in `reads`)."""
     check_run_folders(results_dir, runs)
     todo = []
     for spec in runs:
         folder = run_dir(results_dir, spec)
-        state, damage = checked_state(folder)
+        state, damage = checked_state(folder, reads)
         if state == "damaged":
             _record(spec, "damaged", reporter, outcome, error=damage)
         elif state == "done":
@@ -190,7 +194,10 @@ def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> N
     """UsageError, before any run trains, when some run cannot train on its task's plan (`check_trainable`:
     what `expand` cannot know before the plan exists, such as a patch DynUNet cannot pool at the plan's
     spacing, or a plan.json edited to a batch BatchNorm cannot train on). Names the first such run and
-    counts the others."""
+    counts the others. No run to check imports nothing (training imports torch and Lightning: a sweep whose
+    every run is done took 8 s and 1 GB for it)."""
+    if not runs:
+        return
     from medseg_bench.training import check_trainable
 
     problems: list[tuple[str, str]] = []

@@ -416,3 +416,25 @@ def test_runs_of_a_task_trained_on_different_data_are_warned_of(tmp_path: Path) 
     assert other.provenance["runs"][ids[2]]["data"] is None
     assert ("WARNING: runs of this task trained and were scored on 2 different data sets (aaaa (12 cases): "
             "1 run; bbbb (20 cases): 1 run; the digest of") in render(other, "markdown").replace("\n", " ")
+
+
+def test_a_report_names_each_configuration_once_not_each_row_and_leaves_the_results_as_they_are(
+        fake_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The leaderboard and the per-case scores each copied the results and named every row's configuration
+    # (2 x 80 000 names, and two copies, for 1000 runs of 40 cases x 2 labels); a report now does it once,
+    # per combination of the axes, on a shallow copy.
+    from medseg_bench.report import tables
+    from medseg_bench.report.build import report_from_results
+
+    results = load_results(fake_results)
+    before = results.copy()
+    named: list[tuple[str, ...]] = []
+    real = tables.config_name
+    monkeypatch.setattr(tables, "config_name", lambda *axes: named.append(axes) or real(*axes))
+    report = report_from_results(results, fake_results)
+    configs = results[tables.CONFIG_AXES].fillna("").drop_duplicates()
+    # once per combination in `with_config`, once per leaderboard row for its interval's key
+    assert len(named) == len(configs) + len(report.full_table) < len(results)
+    pd.testing.assert_frame_equal(results, before)  # its encoder column not filled in, no column added
+    configured = tables.with_config(results)
+    assert "config" not in results and tables.with_config(configured) is configured

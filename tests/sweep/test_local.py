@@ -291,3 +291,51 @@ def test_a_task_is_prepared_once_for_its_3d_and_2d_runs(monkeypatch: pytest.Monk
         "Task04_Hippocampus/5/True"] * 3 + ["Task04_Hippocampus/3/False"]
     assert said[0] == ("preparing Task04_Hippocampus (plan, cache; for 2D runs, each case at its own slice "
                        "spacing where that differs, 5-fold splits)")
+
+
+def test_a_sweep_whose_every_run_is_done_imports_no_training_code(tmp_path: Path) -> None:
+    # Checking that its runs can train on their plan imported `training` (torch, Lightning) with no run left
+    # to check: a sweep that only skipped finished runs took 8 s and 1 GB, whatever their number.
+    results = tmp_path / "results"
+    for seed in range(2):
+        _finished_run(results, _spec(seed))
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from medseg_bench.progress import PlainReporter\n"
+        "from medseg_bench.spec import RunSpec\n"
+        "from medseg_bench.sweep.local import run_sweep\n"
+        "specs = [RunSpec(task='Task04_Hippocampus', dims='3d', arch='unet', loss='dice_ce', aug='none', "
+        "seed=seed, epochs=4) for seed in range(2)]\n"
+        f"outcome = run_sweep(specs, Path({str(results)!r}), Path({str(tmp_path / 'data')!r}), "
+        "PlainReporter())\n"
+        "print(len(outcome['skipped']), sorted(m for m in ('torch', 'medseg_bench.training') "
+        "if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.stdout.splitlines()[-1] == "2 []"
+
+
+def test_a_sweep_that_only_skips_reads_each_run_once_also_to_write_a_missing_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each finished run was read whole to be skipped, then again to rebuild the index a results dir lacked.
+    import pandas as pd
+
+    from medseg_bench import finished, results
+    from medseg_bench.results import INDEX_NAME
+
+    folders = [_finished_run(tmp_path / "results", _spec(seed)) for seed in range(3)]
+    reads: list[str] = []
+    real = finished.read_finished_run
+
+    def counted(folder: Path) -> object:
+        reads.append(folder.name)
+        return real(folder)
+
+    for module in (finished, results):
+        monkeypatch.setattr(module, "read_finished_run", counted)
+    outcome = local.run_sweep([_spec(seed) for seed in range(3)], tmp_path / "results", tmp_path / "data",
+                              PlainReporter())
+    assert len(outcome["skipped"]) == 3
+    assert sorted(reads) == sorted(folder.name for folder in folders)
+    assert set(pd.read_parquet(tmp_path / "results" / INDEX_NAME)["run_id"]) == set(reads)
