@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,26 +275,38 @@ def test_a_version_13_runs_decision_is_read_and_applied_per_label(tmp_path) -> N
     assert isinstance(decide_as(NNUNET_POSTPROCESS_FROM, [pred], [pred], [1, 2]), Decision)
 
 
+def _prepared_task(home: Path, tmp_path: Path, **task_fields: object) -> tuple[object, Path]:
+    """Task95_Post (`task_fields` added to its task file), fetched from 4 synthetic cases and prepared for 2
+    folds; and its source folder."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task95_Post", **task_fields)
+    src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
+    fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
+    return prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1), src
+
+
+def _spec(**fields: object) -> object:
+    """A tiny postprocessed run of Task95_Post."""
+    from medseg_bench.spec import RunSpec
+
+    return RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="light", num_folds=2,
+                   epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), postprocess=True,
+                   **fields)  # type: ignore[arg-type]
+
+
 def test_run_records_tta_and_postprocessing_decision(home, tmp_path) -> None:
     """A tiny run with --tta --postprocess: decision, its scores and the applied steps in its outputs."""
     import pandas as pd
 
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import fetch_task
-    from medseg_bench.data.preprocess import prepare_task
     from medseg_bench.run import execute_run
-    from medseg_bench.spec import RunSpec
-    from tests.conftest import make_synthetic_task, write_task_file
 
-    write_task_file(home, "Task95_Post")
-    src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
-    fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
-    prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
-    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="light", num_folds=2,
-                   epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), tta=True,
-                   postprocess=True)
+    prepared, _ = _prepared_task(home, tmp_path)
     folder = tmp_path / "run"
-    summary = execute_run(spec, prepared, folder)
+    summary = execute_run(_spec(tta=True), prepared, folder)
     assert summary["tta"] is True
     post = summary["postprocessing"]
     assert post["format"] == 2 and [c["name"] for c in post["candidates"]] == ["1", "2"]
@@ -320,21 +333,11 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
     from scipy import ndimage
 
     import medseg_bench.postprocess as postprocess
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import fetch_task
     from medseg_bench.data.io import read_label
-    from medseg_bench.data.preprocess import prepare_task
     from medseg_bench.metrics import evaluate_folders
     from medseg_bench.run import execute_run
-    from medseg_bench.spec import RunSpec
-    from tests.conftest import make_synthetic_task, write_task_file
 
-    write_task_file(home, "Task95_Post", regions={"inner": [2], "whole": [1, 2]})
-    src = make_synthetic_task(tmp_path / "src" / "Task95_Post", num_cases=4)
-    fetch_task(get_task("Task95_Post"), home / "data", str(src), progress=False)
-    prepared = prepare_task(get_task("Task95_Post"), home / "data", num_folds=2, workers=1)
-    spec = RunSpec(task="Task95_Post", dims="3d", arch="unet", loss="dice_ce", aug="light", num_folds=2,
-                   epochs=1, iters_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), postprocess=True)
+    prepared, src = _prepared_task(home, tmp_path, regions={"inner": [2], "whole": [1, 2]})
     given = []
 
     def every_label(preds: object, refs: object, labels: list[int], regions: dict[str, list[int]]) -> object:
@@ -346,7 +349,7 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
     for stale in (folder / ".predictions.partial", folder / "predictions"):  # a killed attempt's
         stale.mkdir(parents=True)
         (stale / "stale.nii.gz").write_text("old")
-    execute_run(spec, prepared, folder)
+    execute_run(_spec(), prepared, folder)
     assert given == [([1, 2], {"inner": [2], "whole": [1, 2]})]
     held_out = prepared.splits[0]["val"]
     assert sorted(p.name for p in folder.iterdir() if "predictions" in p.name) == ["predictions"]
@@ -360,3 +363,25 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
                               regions=given[0][1])
     own = pd.read_csv(folder / "metrics.csv")
     assert np.allclose(scored["dice"].to_numpy(float), own["dice"].to_numpy(float), equal_nan=True)
+
+
+def test_a_version_13_run_decides_each_label_on_its_own_as_it_did(home, tmp_path, monkeypatch) -> None:
+    """A run spec of pipeline version 13 run by this code decides, records and scores as that version did:
+    `postprocess_per_label`, on label Dice alone though the task has regions."""
+    import medseg_bench.postprocess_per_label as per_label
+    from medseg_bench.run import execute_run
+
+    prepared, _ = _prepared_task(home, tmp_path, regions={"inner": [2], "whole": [1, 2]})
+    given = []
+    decide_per_label = per_label.decide_per_label
+
+    def recorded(preds: list, refs: list, labels: list[int]) -> PerLabelDecision:
+        given.append(labels)
+        return decide_per_label(preds, refs, labels)
+
+    monkeypatch.setattr(per_label, "decide_per_label", recorded)
+    summary = execute_run(_spec(pipeline_version=13), prepared, tmp_path / "run")
+    assert given == [[1, 2]]
+    post = summary["postprocessing"]
+    assert set(post) == {"apply", "dice_raw", "dice_postprocessed", "labels_postprocessed"}
+    assert isinstance(load_decision(tmp_path / "run"), PerLabelDecision)
