@@ -30,8 +30,9 @@ Run folder:
     metrics.csv      per case and label scores on the held-out fold (written before status becomes done)
     predictions/     the held-out cases' label maps as scored, `<case>.nii.gz` in their label file's geometry
                      (written into `.predictions.partial/`, renamed when complete)
-    postprocessing.json  the largest-component decision per label (runs with `postprocess`), which predict
-                     applies
+    postprocessing.json  the largest-component decision (runs with `postprocess`; `postprocess.py`): the
+                     steps predict applies, in order, and each candidate's mean Dice (per label before
+                     pipeline version 14)
     summary.json     means of dice, jaccard, hd95, nsd (no nsd in runs finished before 2026-12-01), per-label
                      Dice, case count, metric settings, the plan (which report and predict read), TTA and
                      postprocessing, cost (params, wall and evaluation time, time per epoch, epochs done,

@@ -48,8 +48,10 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     `tta`: mirroring test-time augmentation, by default as the spec says (`training.run_tta`).
 
-    With `spec.postprocess`, largest-component postprocessing is decided per label on these cases and the
-    scores are of the decided predictions; the decision is in `frame.attrs["postprocessing"]`.
+    With `spec.postprocess`, largest-component postprocessing is decided on these cases as nnU-Net v2 decides
+    it (on the task's regions where it has any; per label for runs of pipeline version 13 and older:
+    `postprocess.decide_as`) and the scores are of the decided predictions; the decision is in
+    `frame.attrs["postprocessing"]`.
     With `save_to`, each scored prediction is written there as `<case>.nii.gz` in its label file's geometry
     (nnU-Net's `fold_k/validation/`): `medseg-bench evaluate` on that folder gives the same scores.
     """
@@ -60,7 +62,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     from medseg_bench.data.resample import to_original
     from medseg_bench.inference import mapping_back, predict_probabilities
     from medseg_bench.metrics import MetricSettings, evaluate_case
-    from medseg_bench.postprocess import apply_postprocessing, decide
+    from medseg_bench.postprocess import apply_postprocessing, decide_as
 
     task = prepared.task
     patch, _ = resolve_patch_and_batch(spec, prepared)
@@ -90,9 +92,10 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
             score(case_id, pred, label, geometry)
     decision = None
     if spec.postprocess:
-        decision = decide([c[1] for c in kept], [c[2] for c in kept], task.foreground_labels)
+        decision = decide_as(spec.pipeline_version, [c[1] for c in kept], [c[2] for c in kept],
+                             task.foreground_labels, task.regions or None)
         for case_id, pred, label, geometry in kept:
-            score(case_id, apply_postprocessing(pred, decision.labels), label, geometry)
+            score(case_id, apply_postprocessing(pred, decision.steps), label, geometry)
     frame = pd.DataFrame(rows)
     # the regions too, where the task has any: what a region's scores are of, and whether two runs' compare
     # (a list, as JSON files are written with sorted keys: the task file's order)
@@ -200,7 +203,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
             },
             "plan": prepared.plan.to_dict(),
             "tta": run_tta(spec),  # what the evaluation did
-            # Per label: kept only the largest component? with the mean Dice without and with it.
+            # The steps applied, in order, and the mean Dice before and after each tried (postprocess.py).
             "postprocessing": decision.to_dict() if decision is not None else None,
         }
         write_json_atomic(folder / "summary.json", summary)

@@ -78,7 +78,14 @@ from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int
 #    Changes runs of the archs with dropout (vnet, deeplab, deeplabv3, pspnet, fcn). U-Net runs, with and
 #    without augmentation, train bit-identically to version 12 (the CPU survey's six U-Net rows), and so does
 #    SegResNet (its survey row moved with the machine, not the version: docs/results/README.md).
-PIPELINE_VERSION = 13
+# 14: --postprocess decides as nnU-Net v2's `determine_postprocessing` (`postprocess.NNUNET_POSTPROCESS_FROM`
+#    = 14): first the largest component of the whole foreground (applied when the foreground mean Dice rises
+#    and no label's falls), then, with more than one label, each label's on the result so far; on a task
+#    with regions (Task01_BrainTumour) the regions are the candidates and their Dice is compared. It decided
+#    each label on its own, without the foreground step, and on label Dice alone where regions are scored too.
+#    Changes only runs with `postprocess`; the others train and score exactly as in version 13. Runs of
+#    version 13 and older keep their per-label decision (`postprocess_per_label`) and predict as they did.
+PIPELINE_VERSION = 14
 MAX_MINUTES = 1e12  # a run's --max-minutes at most: timedelta, which Lightning's clock takes, ends at 1.44e12
 OWN_SLICE_SPACING_FROM = 11
 
@@ -236,7 +243,7 @@ class RunSpec:
     pretrained: bool = False  # 2D: ImageNet encoder weights (must be available offline)
     class_weights: tuple[float, ...] | None = None  # one per class, background first; None: unweighted
     tta: bool = False  # mirroring test-time augmentation at evaluation
-    postprocess: bool = False  # largest-connected-component per label where it helps on the held-out fold
+    postprocess: bool = False  # largest components where they help on the held-out fold (postprocess.py)
     task_version: int = 1
     pipeline_version: int = PIPELINE_VERSION
 

@@ -139,7 +139,7 @@ class TrainedRun:
     checkpoint: Path
     spec: Any  # RunSpec
     plan: Any  # Plan
-    decision: Any  # postprocess.Decision | None
+    decision: Any  # postprocess.AnyDecision | None
 
 
 def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool = False,
@@ -211,13 +211,17 @@ def check_ensemble(runs: list[TrainedRun]) -> None:
 
 def ensemble_decision(runs: list[TrainedRun], say: Callable[[str], object] = lambda line: None) -> Any:
     """The postprocessing decision of the runs, pooled; None, with a note to `say`, when one of several has
-    none."""
-    from medseg_bench.postprocess import pooled
+    none, or they cannot be pooled (`postprocess.pooling_problem`: runs of pipeline version 13 and 14 on)."""
+    from medseg_bench.postprocess import pooled, pooling_problem
 
     missing = [run.folder for run in runs if run.decision is None]
     if len(missing) == len(runs):
         return None
     if missing:
         say(f"postprocessing: none, {missing[0]} has no decision ({len(missing)} of {len(runs)} runs)")
+        return None
+    problem = pooling_problem([run.decision for run in runs])
+    if problem is not None:
+        say(f"postprocessing: none, {problem}")
         return None
     return pooled([run.decision for run in runs])

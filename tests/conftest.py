@@ -264,3 +264,21 @@ def save_cut_by_signal(signum: int = 15, at_write: int = 3) -> None:
 
     torch.save({"weight": torch.zeros(1000)}, CutWrite())
     raise AssertionError(f"{signal.Signals(signum).name} did not stop torch.save")
+
+
+def postprocessing_decision(foreground: bool, applied: dict[int, bool], cases: int = 4) -> object:
+    """An nnU-Net v2 postprocessing decision (postprocess.Decision) over the labels of `applied`, its records
+    consistent with it: the foreground step where `foreground`, then each label whose value is True."""
+    from medseg_bench.postprocess import Candidate, Decision, Mean, Step, Trial, candidate_steps
+
+    def mean(dice: float) -> Mean:
+        return Mean(dice, cases)
+
+    candidates = []
+    for step in candidate_steps(list(applied)):
+        own = mean(0.7 if applied[int(step.name)] else 0.3)
+        scores = {"raw": mean(0.5), "foreground": mean(0.6 if foreground else 0.4), "own": own,
+                  "foreground_own": own}
+        trial = Trial(scores["foreground" if foreground else "raw"], own) if len(applied) > 1 else None
+        candidates.append(Candidate(step, scores, trial))
+    return Decision.of(Step("foreground", "foreground", tuple(applied)), candidates)

@@ -39,14 +39,16 @@ def test_a_run_is_its_folder_or_a_checkpoint_in_it(tmp_path: Path) -> None:
 
 
 def test_an_ensemble_takes_each_run_once_and_pools_decisions_only_when_all_have_one(tmp_path: Path) -> None:
-    from medseg_bench.postprocess import Decision
+    from medseg_bench.postprocess_per_label import PerLabelDecision
+    from tests.conftest import postprocessing_decision
 
     (one, spec), (two, other) = _folder(tmp_path, 0), _folder(tmp_path, 1)
 
     class Plan:
         preprocessing_hash = "abc"
 
-    runs = [TrainedRun(one, one / "checkpoints" / "last.ckpt", spec, Plan(), Decision({"1": True})),
+    decision = postprocessing_decision(True, {1: True, 2: False})
+    runs = [TrainedRun(one, one / "checkpoints" / "last.ckpt", spec, Plan(), decision),
             TrainedRun(two, two / "checkpoints" / "last.ckpt", other, Plan(), None)]
     check_ensemble(runs)
     with pytest.raises(UsageError, match="the same run and checkpoint as"):
@@ -54,3 +56,10 @@ def test_an_ensemble_takes_each_run_once_and_pools_decisions_only_when_all_have_
     said: list[str] = []
     assert ensemble_decision(runs, said.append) is None
     assert said == [f"postprocessing: none, {two} has no decision (1 of 2 runs)"]
+    runs[1].decision = decision
+    assert ensemble_decision(runs, said.append).steps == decision.steps  # pooled
+    # a run of pipeline version 13 (each label on its own) and one of 14 (nnU-Net v2's): not pooled
+    runs[1].decision = PerLabelDecision({"1": True}, {"1": 0.5}, {"1": 0.6})
+    assert ensemble_decision(runs, said.append) is None
+    assert said[-1] == ("postprocessing: none, their runs decided by different procedures (each label on its "
+                        "own up to pipeline version 13, as nnU-Net v2 from version 14)")

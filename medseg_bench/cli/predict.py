@@ -226,7 +226,7 @@ def predict(
     from medseg_bench.data.orient import ensemble_orientation
     from medseg_bench.inference import predict_ensemble_probabilities
     from medseg_bench.locks import exclusive_folder
-    from medseg_bench.postprocess import apply_postprocessing
+    from medseg_bench.postprocess import apply_postprocessing, describe
 
     device = _check_device(device)
     _check_out_folder(images, out)
@@ -248,8 +248,8 @@ def predict(
                        "mirrored a training image (nnU-Net mirrors only along the axes it trained with)")
     decision = trained_runs.ensemble_decision(loaded, _echo)
     if len(loaded) > 1:
-        kept = ", ".join(map(str, decision.labels)) if decision is not None else ""
-        post = f"; largest component of label(s) {kept} (the runs' decisions pooled)" if kept else ""
+        steps = describe(decision.steps) if decision is not None else ""
+        post = f"; the largest component kept of {steps} (the runs' decisions pooled)" if steps else ""
         _echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +280,8 @@ def predict(
             if change is not None:
                 labels = change.undo(labels)
                 probabilities = change.undo(probabilities) if probabilities is not None else None
-            if decision is not None and decision.labels:
-                labels = apply_postprocessing(labels, decision.labels)
+            if decision is not None:
+                labels = apply_postprocessing(labels, decision.steps)
             if probabilities is not None:  # before the label map: a label map there means both were written
                 write_probabilities(probabilities, geometry, saved)
             elif saved.exists():  # an earlier prediction's, not this label map's

@@ -77,8 +77,9 @@ def sweep(
         = None,
     postprocess: Annotated[bool | None, typer.Option(
         "--postprocess/--no-postprocess",
-        help="Largest-component postprocessing per label where it helps on the held-out fold (nnU-Net); "
-             "decision and both scores in summary.json.")] = None,
+        help="Largest-component postprocessing decided on the held-out fold as nnU-Net v2 decides it (the "
+             "whole foreground, then each label or region where it helps); the steps and their mean Dice in "
+             "postprocessing.json.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("results"),
     data_dir: Annotated[Path | None, typer.Option(help="Data folder. Default: $MEDSEG_BENCH_HOME/data.")] \
         = None,

@@ -17,10 +17,11 @@ from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.io import read_image, read_label
 from medseg_bench.data.preprocess import PreparedTask, prepare_task
 from medseg_bench.inference import predict_image
-from medseg_bench.postprocess import Decision, save_decision
+from medseg_bench.postprocess import save_decision
+from medseg_bench.postprocess_per_label import PerLabelDecision
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import build_network, resolve_patch_and_batch
-from tests.conftest import make_synthetic_task, write_image, write_task_file
+from tests.conftest import make_synthetic_task, postprocessing_decision, write_image, write_task_file
 
 runner = CliRunner()
 TASK = "Task93_Predict"
@@ -253,7 +254,8 @@ def test_save_probabilities_writes_each_images_class_probabilities_on_its_grid(r
     from medseg_bench.postprocess import apply_postprocessing
 
     folder, _, _ = run_folder
-    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
+    decision = postprocessing_decision(True, {1: True, 2: True})
+    save_decision(decision, folder)
     rng = np.random.default_rng(7)
     images = tmp_path / "images"
     array = rng.normal(0, 1, (12, 20, 16)).astype(np.float32)
@@ -274,7 +276,8 @@ def test_save_probabilities_writes_each_images_class_probabilities_on_its_grid(r
             probabilities = stored["probabilities"]
             assert probabilities.dtype == np.float32 and probabilities.shape == (3, *labels.shape)
             assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
-            assert (apply_postprocessing(probabilities.argmax(0).astype(np.uint8), [1, 2]) == labels).all()
+            argmax = probabilities.argmax(0).astype(np.uint8)
+            assert (apply_postprocessing(argmax, decision.steps) == labels).all()
             postprocessed += int((probabilities.argmax(0) != labels).sum())
             assert np.allclose(stored["spacing"], geometry.spacing)
             assert np.allclose(stored["direction"], geometry.direction)
@@ -316,20 +319,36 @@ def test_orientation_names_where_each_axis_points() -> None:
 
 
 def test_postprocessing_decision_is_applied(run_folder, tmp_path: Path) -> None:
+    """The run's steps in order (nnU-Net v2's: here the foreground, then label 1), or a version-13 run's
+    decision (postprocessing.json of that format): each label on its own, as it was decided."""
+    from scipy import ndimage
+
+    from medseg_bench.postprocess import apply_postprocessing
+
     folder, _, _ = run_folder
     images = tmp_path / "images"
     noise = np.random.default_rng(2).normal(0, 1, (12, 20, 20)).astype(np.float32)
     _write_oriented(images / "a.nii.gz", noise)
-    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
     out = tmp_path / "pred"
     checkpoint = folder / "checkpoints" / "last.ckpt"
-    result = runner.invoke(app, ["predict", str(checkpoint), "--images", str(images), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    from scipy import ndimage
-
-    labels, _ = read_label(out / "a.nii.gz")
-    for value in (1, 2):  # an untrained net scatters labels; the decision leaves one component of each
-        assert ndimage.label(labels == value, structure=np.ones((3, 3, 3)))[1] <= 1
+    args = ["predict", str(checkpoint), "--images", str(images), "--out", str(out), "--overwrite"]
+    save_decision(postprocessing_decision(True, {1: True, 2: True}), folder)
+    plain = runner.invoke(app, [*args, "--no-postprocess"])
+    assert plain.exit_code == 0, plain.output
+    raw, _ = read_label(out / "a.nii.gz")
+    cube = np.ones((3, 3, 3))
+    assert [ndimage.label(raw == v, structure=cube)[1] > 1 for v in (1, 2)] == [True, True]  # scattered
+    # components left of the foreground, label 1 and label 2 (None: not the decision's to say)
+    for decision, components in ((postprocessing_decision(True, {1: True, 2: False}), (1, 1, None)),
+                                 (PerLabelDecision({"1": True, "2": True}, {"1": 0.5, "2": 0.5},
+                                                   {"1": 0.6, "2": 0.6}), (None, 1, 1))):
+        save_decision(decision, folder)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        labels, _ = read_label(out / "a.nii.gz")
+        assert (labels == apply_postprocessing(raw, decision.steps)).all() and (labels != raw).any()
+        for values, count in zip(((1, 2), (1,), (2,)), components, strict=True):
+            assert count is None or ndimage.label(np.isin(labels, values), structure=cube)[1] == count
 
 
 def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
@@ -663,15 +682,15 @@ def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(run_folder, tmp
 
     # postprocessing: the runs' decisions pooled; none when one run has no decision
     args.append("--overwrite")
-    save_decision(Decision({"1": True, "2": True}, {"1": 0.5, "2": 0.5}, {"1": 0.6, "2": 0.6}), folder)
+    save_decision(postprocessing_decision(False, {1: True, 2: True}), folder)
     one = runner.invoke(app, args)
     assert one.exit_code == 0
     assert f"postprocessing: none, {other} has no decision (1 of 2 runs)" in one.output
     assert (read_label(out / "a.nii.gz")[0] == expected).all()
-    save_decision(Decision({"1": True, "2": False}, {"1": 0.5, "2": 0.5}, {"1": 0.7, "2": 0.4}), other)
+    save_decision(postprocessing_decision(False, {1: True, 2: False}), other)
     both = runner.invoke(app, args)
     assert both.exit_code == 0
-    assert "largest component of label(s) 1 (the runs' decisions pooled)" in both.output
+    assert "; the largest component kept of label 1 (the runs' decisions pooled)" in both.output
     from scipy import ndimage
 
     pooled_labels, _ = read_label(out / "a.nii.gz")
