@@ -203,7 +203,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     excluded, used = 0, set[int]()
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
-    no_regions = _region_refusals(task_specs, losses, request.class_weights) if "regions" in targets else {}
+    no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
     for task in task_specs:
         for dims in DIMS:
             if request.dims is not None and dims not in request.dims:

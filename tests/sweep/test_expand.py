@@ -220,6 +220,9 @@ def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(
     with pytest.raises(UsageError, match=r"no runs \(--class-weights with --target regions: skipped, class "
                                          r"weights weigh a softmax's classes"):
         expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["regions"], class_weights=(1, 1, 2, 2)))
+    equal, _ = expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["regions"],
+                                   class_weights=(2, 2, 2, 2)))
+    assert equal[0].class_weights is None  # equal weights are no weights (`canonical_weights`)
 
 
 @pytest.mark.parametrize(("request_", "message"), [
