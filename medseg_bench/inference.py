@@ -8,6 +8,12 @@ of each tile (nnU-Net's `_internal_maybe_mirror_and_predict`), then takes the so
 configuration; before, each whole slice went through the network at once, padded to a multiple of 32. Runs
 of version 9 and older are predicted as they were evaluated: MONAI's `sliding_window_inference`, the softmax
 averaged over flips of the whole volume (or slice).
+
+A run with `target: regions` (`regions.py`) is predicted the same way with a sigmoid for the softmax (the
+logits averaged over tiles and flips, then each region's sigmoid, as nnU-Net's predictor for region-based
+training); its probabilities are mapped back to the original grid as logits (`resample.to_original_regions`),
+an ensemble's averaged as probabilities (nnU-Net's ensembling), each region kept over 0.5 and painted into a
+label map (`regions.paint`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg_bench.regions import paint_probabilities
 from medseg_bench.spec import PIPELINE_VERSION
 
 SLICE_MULTIPLE = 32
@@ -53,6 +60,13 @@ def _flip_mean(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fli
         total = out if total is None else total + out
     assert total is not None
     return total / len(flips)
+
+
+def _activation(logits: torch.Tensor, regions: bool) -> torch.Tensor:
+    """Probabilities of (B, K, *spatial) logits: the softmax (float32), or each region's sigmoid (`regions`)
+    in float64, whose logit `resample.to_original_regions` takes again to map it back as nnU-Net maps logits:
+    float32's sigmoid is 1 from a logit of 17 on, a confident network's everyday value (float64's: 37)."""
+    return torch.sigmoid(logits.double()) if regions else torch.softmax(logits, dim=1).float()
 
 
 def mapping_back(pipeline_version: int) -> dict[str, bool]:
@@ -123,12 +137,15 @@ def _sliding_window(x: torch.Tensor, patch: tuple[int, ...],
 @torch.no_grad()
 def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
                           device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0,
-                          pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
+                          pipeline_version: int = PIPELINE_VERSION, regions: bool = False) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) for a normalised (C, Z, Y, X) image; 2D nets see its slices along
     `slice_axis` (`data.plan.slice_axis` of the target spacing). `pipeline_version`: the run's (see the
-    module docstring)."""
+    module docstring). `regions`: a region run's, each channel's sigmoid (R, Z, Y, X), float64 (see
+    `_activation`)."""
     net = net.eval().to(device)
     legacy = pipeline_version < NNUNET_INFERENCE_FROM
+    if regions and legacy:
+        raise ValueError(f"no region run is of pipeline version {pipeline_version}")
     amp = torch.autocast("cuda", dtype=torch.float16) if str(device).startswith("cuda") else nullcontext()
     with amp:
         if dims == "3d":
@@ -146,18 +163,18 @@ def predict_probabilities(net: nn.Module, image: np.ndarray, dims: str, patch_si
                 probs = _flip_mean(run, x, flips, softmax=True)[0]
             else:
                 logits = _sliding_window(x, tuple(patch_size), lambda tile: _flip_mean(net, tile, flips))
-                probs = torch.softmax(logits, dim=1)[0]
-            return probs.float().cpu().numpy()
+                probs = _activation(logits, regions)[0]
+            return probs.cpu().numpy()
         image = np.moveaxis(image, slice_axis + 1, 1)
         if pipeline_version >= SLICE_WINDOW_FROM:
-            slices = _slice_window(net, image, tuple(patch_size), device, tta)
+            slices = _slice_window(net, image, tuple(patch_size), device, tta, regions)
         else:
-            slices = _predict_slices(net, image, patch_size, device, tta, legacy)
+            slices = _predict_slices(net, image, patch_size, device, tta, legacy, regions)
         return np.moveaxis(slices, 1, slice_axis + 1)
 
 
 def _slice_window(net: nn.Module, image: np.ndarray, patch: tuple[int, ...], device: torch.device | str,
-                  tta: bool) -> np.ndarray:
+                  tta: bool, regions: bool = False) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) of a (C, Z, Y, X) image, slice by slice along Z, each slice through
     nnU-Net's sliding window with the 2D `patch` (`_sliding_window`; its tiles' logits averaged over the
     flips of both axes with `tta`), SLICE_BATCH slices per forward pass."""
@@ -167,12 +184,12 @@ def _slice_window(net: nn.Module, image: np.ndarray, patch: tuple[int, ...], dev
     for start in range(0, slices.shape[0], SLICE_BATCH):
         x = slices[start:start + SLICE_BATCH].to(device)
         logits = _sliding_window(x, patch, lambda tile: _flip_mean(net, tile, flips))
-        out.append(torch.softmax(logits, dim=1).float().cpu())
+        out.append(_activation(logits, regions).cpu())
     return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
 
 def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int], device: torch.device | str,
-                    tta: bool, legacy: bool) -> np.ndarray:
+                    tta: bool, legacy: bool, regions: bool = False) -> np.ndarray:
     _, z, h, w = image.shape
     ph = max(int(np.ceil(h / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[0])
     pw = max(int(np.ceil(w / SLICE_MULTIPLE)) * SLICE_MULTIPLE, patch_size[1])
@@ -186,17 +203,35 @@ def _predict_slices(net: nn.Module, image: np.ndarray, patch_size: Sequence[int]
         if legacy:
             probs = _flip_mean(net, x, flips, softmax=True)
         else:
-            probs = torch.softmax(_flip_mean(net, x, flips), dim=1)
-        out.append(probs[:, :, top:top + h, left:left + w].float().cpu())
+            probs = _activation(_flip_mean(net, x, flips), regions)
+        out.append(probs[:, :, top:top + h, left:left + w].cpu())
     return torch.cat(out).permute(1, 0, 2, 3).numpy()
 
 
 def predict_labels(net: nn.Module, image: np.ndarray, dims: str, patch_size: Sequence[int],
                    device: torch.device | str = "cpu", tta: bool = False, slice_axis: int = 0,
-                   pipeline_version: int = PIPELINE_VERSION) -> np.ndarray:
-    """Label map (Z, Y, X) uint8 for a normalised (C, Z, Y, X) image."""
-    probs = predict_probabilities(net, image, dims, patch_size, device, tta, slice_axis, pipeline_version)
+                   pipeline_version: int = PIPELINE_VERSION,
+                   paint: Sequence[int] | None = None) -> np.ndarray:
+    """Label map (Z, Y, X) uint8 for a normalised (C, Z, Y, X) image. `paint`: a region run's label for each
+    region (`regions.region_labels`)."""
+    probs = predict_probabilities(net, image, dims, patch_size, device, tta, slice_axis, pipeline_version,
+                                  regions=paint is not None)
+    if paint is not None:
+        return paint_probabilities(probs, paint)
     return probs.argmax(0).astype(np.uint8)
+
+
+def to_label_map(probabilities: np.ndarray, props: dict, pipeline_version: int,
+                 paint: Sequence[int] | None = None) -> np.ndarray:
+    """The label map on a cached case's original grid of its probabilities in preprocessed space, as
+    `mapping_back` says for the run's version: the class of the resampled softmax, or with `paint` (a region
+    run's) each region whose resampled logit is over 0 (its sigmoid over 0.5), painted in order."""
+    from medseg_bench.data.resample import to_original, to_original_regions
+
+    way = mapping_back(pipeline_version)
+    if paint is None:
+        return to_original(probabilities, props, **way)
+    return paint_probabilities(to_original_regions(probabilities, props, **way), paint)
 
 
 @dataclass(frozen=True)
@@ -210,21 +245,25 @@ class Member:
     slice_axis: int = 0
     pipeline_version: int = PIPELINE_VERSION
     own_slices: bool = False  # sees each image at its own slice spacing (`RunSpec.own_slice_spacing`)
+    paint: tuple[int, ...] | None = None  # a region run's: the label each region paints (`regions.py`)
 
 
 def predict_image(net: nn.Module, image: np.ndarray, spacing_zyx: Sequence[float], plan: Any, dims: str,
                   patch_size: Sequence[int], device: torch.device | str = "cpu",
                   tta: bool = False, slice_axis: int = 0,
-                  pipeline_version: int = PIPELINE_VERSION, own_slices: bool = False) -> np.ndarray:
+                  pipeline_version: int = PIPELINE_VERSION, own_slices: bool = False,
+                  paint: Sequence[int] | None = None) -> np.ndarray:
     """Label map (Z, Y, X) uint8 on the grid of a raw (C, Z, Y, X) image with voxel spacing `spacing_zyx`.
 
     The image goes through what the cache applies (`preprocess.preprocess_image`: crop to the non-zero
     region, normalise, resample to the plan's target spacing, or with `own_slices` in plane only); the
     probabilities are resampled back and the crop is undone (outside: background).
-    A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`).
+    A 2D net slices along `slice_axis`, the run's (`training.run_slice_axis`). `paint`: a region run's label
+    for each region.
     """
     return predict_ensemble([Member(net, dims, tuple(patch_size), tta, slice_axis, pipeline_version,
-                                    own_slices)], image, spacing_zyx, plan, device)
+                                    own_slices, None if paint is None else tuple(paint))],
+                            image, spacing_zyx, plan, device)
 
 
 def predict_ensemble(members: Sequence[Member], image: np.ndarray, spacing_zyx: Sequence[float], plan: Any,
@@ -250,11 +289,18 @@ def predict_ensemble_probabilities(members: Sequence[Member], image: np.ndarray,
 
     Returns the label map and, `with_probabilities`, the class probabilities on the image's grid, (K, Z, Y, X)
     float32 (`to_original_probabilities`, what nnU-Net's `--save_probabilities` exports); else None.
+
+    Region runs (`Member.paint`; an ensemble holds region runs only, of one task) are averaged as sigmoid
+    probabilities, as nnU-Net ensembles them, mapped back as logits (`resample.to_original_regions`) and
+    painted (`regions.paint`); their probabilities are the regions', (R, Z, Y, X), 0 outside the crop box.
     """
     from medseg_bench.data.preprocess import case_target_spacing, crop_box, preprocess_image, resampling
-    from medseg_bench.data.resample import to_original, to_original_probabilities
+    from medseg_bench.data.resample import to_original, to_original_probabilities, to_original_regions
 
     assert members, "an ensemble needs at least one member"
+    paint = members[0].paint
+    if any(m.paint != paint for m in members):
+        raise ValueError("an ensemble of region and label runs (or of regions painted otherwise)")
     cropped = [hi - lo for lo, hi in crop_box(image, plan)]
     groups: dict[tuple[Any, ...], list[Member]] = {}  # by what resampling does: each preprocessed once
     for member in members:
@@ -266,6 +312,10 @@ def predict_ensemble_probabilities(members: Sequence[Member], image: np.ndarray,
         ways = [mapping_back(m.pipeline_version) for m in group]
         way = {option: all(w[option] for w in ways) for option in ways[0]}  # mixed versions: the older way
         mapped.append((_mean_probabilities(group, resampled, device), grid, way, len(group)))
+    if paint is not None:  # regions: painted from the probabilities on the image's grid, one group or more
+        regions = np.asarray(sum(to_original_regions(probs, grid, **way) * (n / len(members))
+                                 for probs, grid, way, n in mapped), dtype=np.float32)
+        return paint_probabilities(regions, paint), (regions if with_probabilities else None)
     if len(mapped) == 1 and not with_probabilities:
         probs, grid, way, _ = mapped[0]
         return to_original(probs, grid, **way), None
@@ -283,7 +333,8 @@ def _mean_probabilities(members: Sequence[Member], image: np.ndarray,
     total: np.ndarray | None = None
     for member in members:
         probs = predict_probabilities(member.net, image, member.dims, member.patch_size, device, member.tta,
-                                      member.slice_axis, member.pipeline_version)
+                                      member.slice_axis, member.pipeline_version,
+                                      regions=member.paint is not None)
         total = probs if total is None else total + probs
     assert total is not None
     return total / len(members) if len(members) > 1 else total

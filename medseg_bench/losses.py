@@ -4,6 +4,10 @@
 classes and optional class weights (one per class, background first); `build_loss` checks the weights and,
 for networks with deep supervision, wraps the loss over their heads with nnU-Net's halving weights.
 
+A loss that can train a run with `target: regions` (`regions.py`) has a region form too, registered under
+its name in `REGION_LOSSES`: a factory `(num_regions) -> nn.Module` of (B, R, *spatial) logits and
+(B, R, *spatial) region masks; `build_loss(..., regions=...)` builds the masks from the label map.
+
 Example:
     >>> loss_fn = build_loss("dice_ce", num_classes=3, class_weights=(0.5, 1.0, 2.0))
 """
@@ -23,6 +27,9 @@ if TYPE_CHECKING:
 Weights = tuple[float, ...] | None
 LossFactory = Callable[[int, Weights], "nn.Module"]
 LOSSES: Registry[LossFactory] = Registry("loss")
+RegionLossFactory = Callable[[int], "nn.Module"]
+# The region form of a loss, under the loss's own name: a loss without one cannot train `target: regions`.
+REGION_LOSSES: Registry[RegionLossFactory] = Registry("region form of a loss")
 
 _SOFTMAX: dict[str, Any] = {"to_onehot_y": True, "softmax": True}
 
@@ -62,6 +69,17 @@ def dice_ce(num_classes: int, class_weights: Weights = None) -> nn.Module:
 
     # MONAI drops the background weight for the Dice term itself.
     return DiceCELoss(**_SOFTMAX, include_background=False, batch=True, weight=_tensor(class_weights))
+
+
+@REGION_LOSSES.register("dice_ce")
+def dice_bce(num_regions: int) -> nn.Module:
+    """Soft Dice over the sigmoid region channels + binary cross-entropy, nnU-Net's `DC_and_BCE_loss`."""
+    from monai.losses import DiceLoss
+    from torch import nn
+
+    # Not MONAI's DiceCELoss(sigmoid=True): its CE term is a softmax cross-entropy for more than one channel.
+    # Every region channel is foreground (nnU-Net's do_bg=True); batch Dice as `dice_ce`'s.
+    return _Sum(DiceLoss(sigmoid=True, include_background=True, batch=True), nn.BCEWithLogitsLoss())
 
 
 @LOSSES.register("focal")
@@ -179,8 +197,47 @@ def _with_deep_supervision(loss: nn.Module) -> nn.Module:
     return DeepSupervision()
 
 
-def build_loss(name: str, num_classes: int, class_weights: Weights = None) -> nn.Module:
-    """Loss `name` with class weights checked against `num_classes`; deep-supervision aware."""
+def region_loss_problem(name: str) -> str | None:
+    """Why loss `name` cannot train a run with `target: regions` (it has no region form), or None."""
+    canonical = LOSSES.canonical(name)
+    if canonical in REGION_LOSSES:
+        return None
+    return (f"loss '{canonical}' has no region form (sigmoid channels, one per region): target regions "
+            f"trains with {', '.join(REGION_LOSSES)}")
+
+
+def _on_regions(loss: nn.Module, members: Sequence[Sequence[int]]) -> nn.Module:
+    from torch import nn
+
+    from medseg_bench.regions import region_targets
+
+    class OnRegions(nn.Module):
+        """`loss` of the logits and the region masks of the (B, 1, *spatial) label map (`region_targets`)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = loss
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return self.inner(logits, region_targets(target, members))
+
+    return OnRegions()
+
+
+def build_loss(name: str, num_classes: int, class_weights: Weights = None,
+               regions: Sequence[Sequence[int]] | None = None) -> nn.Module:
+    """Loss `name` with class weights checked against `num_classes`; deep-supervision aware. `regions`: each
+    region's labels, for a run with `target: regions` (the loss's region form, `REGION_LOSSES`; no class
+    weights: a region is no class)."""
+    if regions is not None:
+        problem = region_loss_problem(name)
+        if problem is not None:
+            raise UsageError(problem)
+        if class_weights is not None:
+            raise UsageError("class weights with target regions: they weigh classes of a softmax, and a "
+                             "region run's channels are regions; drop --class-weights or train target labels")
+        region_form = REGION_LOSSES.get(LOSSES.canonical(name))
+        return _with_deep_supervision(_on_regions(region_form(len(regions)), regions))
     factory = LOSSES.get(name)
     if class_weights is not None:
         if len(class_weights) != num_classes:

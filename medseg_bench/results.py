@@ -158,8 +158,8 @@ def finished_runs(results_dir: Path, tasks: Sequence[str] | None = None) -> list
 # Spec fields besides the configuration axes (dims, arch, encoder, loss, aug) and the pooled ones (fold,
 # seed) that change a run's numbers: runs that differ in one are never pooled as one configuration.
 RESULT_SETTINGS = ("epochs", "iters_per_epoch", "max_minutes", "batch_size", "patch_size", "optimizer", "lr",
-                   "num_folds", "pretrained", "class_weights", "tta", "postprocess", "nsd_tolerance_mm",
-                   "task_version", "pipeline_version")
+                   "num_folds", "pretrained", "class_weights", "tta", "postprocess", "target",
+                   "nsd_tolerance_mm", "task_version", "pipeline_version")
 # Of `run_settings`' keys, those that differ from task to task by nature (a task's plan gives its patch,
 # batch, target spacing and preprocessing; a task file its version): the report tells runs apart by them
 # within a task only. Runs of one configuration that differ in any other setting are told apart across tasks.

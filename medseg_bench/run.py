@@ -20,6 +20,7 @@ from medseg_bench.data.preprocess import PreparedTask, load_case, source_digest,
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.files import write_csv_atomic, write_json_atomic
 from medseg_bench.provenance import write_environment
+from medseg_bench.regions import task_region_labels
 from medseg_bench.results import SETUP_NAME
 from medseg_bench.run_folder import write_status
 from medseg_bench.signals import caused_by_stop, stop_reason
@@ -48,6 +49,9 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     `tta`: mirroring test-time augmentation, by default as the spec says (`training.run_tta`).
 
+    A run with `target: regions` predicts each region's sigmoid and paints the regions into a label map
+    (`regions.py`); it is scored from that label map exactly as a label run is, its labels and regions.
+
     With `spec.postprocess`, largest-component postprocessing is decided on these cases as nnU-Net v2 decides
     it (on the task's regions where it has any; per label for runs of pipeline version 13 and older:
     `postprocess.decide_as`) and the scores are of the decided predictions; the decision is in
@@ -59,13 +63,13 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
-    from medseg_bench.data.resample import to_original
-    from medseg_bench.inference import mapping_back, predict_probabilities
+    from medseg_bench.inference import predict_probabilities, to_label_map
     from medseg_bench.metrics import MetricSettings, evaluate_case
     from medseg_bench.postprocess import apply_postprocessing, decide_as
 
     task = prepared.task
     patch, _ = resolve_patch_and_batch(spec, prepared)
+    paint = task_region_labels(task) if spec.target == "regions" else None
     settings = MetricSettings(nsd_tolerance_mm=spec.nsd_tolerance_mm or task.nsd_tolerance_mm)
     rows: list[dict[str, Any]] = []
 
@@ -83,8 +87,8 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
         image, _, props = load_case(prepared.cache_for(spec.own_slice_spacing), case_id, mmap=False)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
-                                      spec.pipeline_version)
-        pred = to_original(probs, props, **mapping_back(spec.pipeline_version))
+                                      spec.pipeline_version, regions=paint is not None)
+        pred = to_label_map(probs, props, spec.pipeline_version, paint)
         label, geometry = original_label(props)
         if spec.postprocess:
             kept.append((case_id, pred, label, geometry))

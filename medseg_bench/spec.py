@@ -90,6 +90,13 @@ MAX_MINUTES = 1e12  # a run's --max-minutes at most: timedelta, which Lightning'
 OWN_SLICE_SPACING_FROM = 11
 
 DIMS = ("2d", "3d")
+# What a run's network predicts: a softmax over the task's labels, or, as nnU-Net trains a task with regions
+# (BraTS), one sigmoid channel per region of the task file (`regions.py`). From pipeline version 14.
+TARGETS = ("labels", "regions")
+REGIONS_FROM = 14
+# Fields added after pipeline version 14, written (and hashed) only where they differ from their default: a
+# spec that does not use them keeps the run id it had before they existed (its finished runs are skipped).
+WRITTEN_UNLESS_DEFAULT = {"target": "labels"}
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # the learning rate when a run spec gives none
 
 
@@ -244,12 +251,18 @@ class RunSpec:
     class_weights: tuple[float, ...] | None = None  # one per class, background first; None: unweighted
     tta: bool = False  # mirroring test-time augmentation at evaluation
     postprocess: bool = False  # largest components where they help on the held-out fold (postprocess.py)
+    target: str = "labels"  # "regions": one sigmoid channel per task region, as nnU-Net's region training
     task_version: int = 1
     pipeline_version: int = PIPELINE_VERSION
 
     def __post_init__(self) -> None:
         if self.dims not in DIMS:
             raise UsageError(f"unknown dims '{self.dims}'; choose from {', '.join(DIMS)}")
+        if self.target not in TARGETS:
+            raise UsageError(f"unknown target '{self.target}'; choose from {', '.join(TARGETS)}")
+        if self.target == "regions" and self.pipeline_version < REGIONS_FROM:
+            raise UsageError(f"target regions exists from pipeline version {REGIONS_FROM}, not in a spec of "
+                             f"version {self.pipeline_version}")
         if self.num_folds < 2:
             raise UsageError(f"num_folds must be at least 2 (one fold is held out), not {self.num_folds}")
         if not 0 <= self.fold < self.num_folds:
@@ -289,7 +302,12 @@ class RunSpec:
             raise UsageError(f"class weights must be finite and >= 0, not {list(self.class_weights)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as spec.json holds it, and as its hash is taken: every field, but those of
+        `WRITTEN_UNLESS_DEFAULT` only where they are not their default."""
         data = asdict(self)
+        for key, default in WRITTEN_UNLESS_DEFAULT.items():
+            if data[key] == default:
+                del data[key]
         for key in ("patch_size", "class_weights"):
             if data[key] is not None:
                 data[key] = list(data[key])
@@ -340,9 +358,12 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Readable and stable: the axes, then a hash of the whole spec."""
+        """Readable and stable: the axes (`-regions` after the augmentation for a region run), then a hash of
+        the whole spec."""
         arch = self.arch if self.encoder is None else f"{self.arch}.{self.encoder}"
-        return f"{self.dims}-{arch}-{self.loss}-{self.aug}-f{self.fold}-s{self.seed}-{self.spec_hash}"
+        target = "-regions" if self.target == "regions" else ""
+        return (f"{self.dims}-{arch}-{self.loss}-{self.aug}{target}-f{self.fold}-s{self.seed}-"
+                f"{self.spec_hash}")
 
     @property
     def own_slice_spacing(self) -> bool:

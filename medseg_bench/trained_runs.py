@@ -172,13 +172,16 @@ def member(run: TrainedRun, tta: bool | None) -> Any:
     from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
+    from medseg_bench.regions import output_channels, task_region_labels
     from medseg_bench.training import run_slice_axis, run_tta, weights_finite
 
     spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
     patch = trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
         spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
     spacing = model_spacing(plan.target_spacing, spec.dims)
-    inputs = ModelInputs(task.num_channels, task.num_classes, patch, spec.encoder, spacing=spacing,
+    # a region run: a channel per region, painted as the task file orders them (refused where they cannot be)
+    paint = task_region_labels(task) if spec.target == "regions" else None
+    inputs = ModelInputs(task.num_channels, output_channels(spec, task), patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
     net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)
     if not weights_finite(net):  # a run that diverged, finished before such runs failed: it predicted NaN
@@ -186,12 +189,13 @@ def member(run: TrainedRun, tta: bool | None) -> Any:
                         f"{spec.run_id} diverged in training; move its folder away and train it again with a "
                         "lower --lr")
     return Member(net, spec.dims, tuple(patch), run_tta(spec, tta), run_slice_axis(spec, plan.target_spacing),
-                  spec.pipeline_version, spec.own_slice_spacing)
+                  spec.pipeline_version, spec.own_slice_spacing, paint)
 
 
 def check_ensemble(runs: list[TrainedRun]) -> None:
-    """Runs of one ensemble: each run's checkpoint once, one task, one preprocessing (their probabilities are
-    averaged). Checked before any network is loaded."""
+    """Runs of one ensemble: each run's checkpoint once, one task, one preprocessing, one target (their
+    probabilities are averaged: a softmax over labels and regions' sigmoids are not one space). Checked before
+    any network is loaded."""
     first = runs[0]
     seen: dict[tuple[str, str], Path] = {}
     for run in runs:
@@ -203,6 +207,10 @@ def check_ensemble(runs: list[TrainedRun]) -> None:
         if run.spec.task != first.spec.task:
             raise UsageError(f"{run.folder}: a run of {run.spec.task}, but {first.folder} is of "
                              f"{first.spec.task}; an ensemble takes runs of one task")
+        if run.spec.target != first.spec.target:
+            raise UsageError(f"{run.folder}: a run with target {run.spec.target}, but {first.folder} has "
+                             f"target {first.spec.target}; an ensemble averages one kind of probabilities "
+                             "(label softmax or region sigmoids): give runs of one target")
         if run.plan.preprocessing_hash != first.plan.preprocessing_hash:
             raise UsageError(f"{run.folder}: trained on another preprocessing of {run.spec.task} than "
                              f"{first.folder} (plan {run.plan.preprocessing_hash}, not "

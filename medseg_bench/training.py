@@ -47,6 +47,7 @@ from medseg_bench.models import (
     check_patch,
     fit_patch,
 )
+from medseg_bench.regions import output_channels, region_members, task_region_labels
 from medseg_bench.spec import DEFAULT_LR, RunSpec
 from medseg_bench.training_log import keep_csv_log, merge_csv_log
 
@@ -104,11 +105,14 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, net: nn.Module, loss_fn: nn.Module, num_classes: int, optimizer: str, lr: float,
                  total_steps: int, max_seconds: float | None = None, step_seed: int | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, regions: Sequence[Sequence[int]] | None = None) -> None:
+        """`regions`: each region's labels, for a run with `target: regions` (`num_classes` is then the
+        number of regions, the network's sigmoid channels); the pseudo-Dice is then the regions'."""
         super().__init__()
         self.net, self.loss_fn, self.num_classes = net, loss_fn, num_classes
         self.optimizer_name, self.lr, self.total_steps = optimizer, lr, max(1, total_steps)
         self.max_seconds, self.step_seed, self.run_id = max_seconds, step_seed, run_id
+        self.regions = None if regions is None else tuple(tuple(r) for r in regions)
         self._counts = torch.zeros(3, num_classes, dtype=torch.float64)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -138,6 +142,16 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         image, label = batch
+        if self.regions is not None:  # each region: sigmoid over 0.5, against its mask (nnU-Net's)
+            from medseg_bench.regions import region_targets
+
+            predicted, truth = self.net(image) > 0, region_targets(label, self.regions) > 0
+            for k in range(self.num_classes):
+                p, t = predicted[:, k], truth[:, k]
+                self._counts[0, k] += (p & t).sum().item()
+                self._counts[1, k] += (p & ~t).sum().item()
+                self._counts[2, k] += (~p & t).sum().item()
+            return
         pred = self.net(image).argmax(1)
         target = label[:, 0]
         for k in range(1, self.num_classes):
@@ -147,7 +161,7 @@ class SegmentationModule(pl.LightningModule):
             self._counts[2, k] += (~p & t).sum().item()
 
     def on_validation_epoch_end(self) -> None:
-        tp, fp, fn = self._counts[:, 1:]
+        tp, fp, fn = self._counts if self.regions is not None else self._counts[:, 1:]  # label 0: background
         denom = 2 * tp + fp + fn
         present = denom > 0
         dice = (2 * tp[present] / denom[present]).mean().item() if present.any() else float("nan")
@@ -317,7 +331,7 @@ def model_inputs(spec: RunSpec, prepared: PreparedTask) -> ModelInputs:
     """What run `spec`'s network is built from on `prepared`'s plan (its patch, the plan's spacing)."""
     patch, _ = resolve_patch_and_batch(spec, prepared)
     spacing = model_spacing(network_spacing(prepared), spec.dims)
-    return ModelInputs(prepared.task.num_channels, prepared.task.num_classes, patch, spec.encoder,
+    return ModelInputs(prepared.task.num_channels, output_channels(spec, prepared.task), patch, spec.encoder,
                        pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
 
 
@@ -326,6 +340,9 @@ def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
     or batch (given, or the plan's, perhaps edited) its network cannot take, the task's channel count, a
     patch DynUNet cannot pool twice at the plan's spacing. A sweep asks it of every run before any trains."""
     patch, batch = resolve_patch_and_batch(spec, prepared)
+    if spec.target == "regions":  # as `sweep` refuses them; a run given another way, or a task file edited
+        task_region_labels(prepared.task)
+        build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, region_members(prepared.task))
     check_batch(spec.arch, spec.dims, patch, batch)
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
@@ -375,13 +392,14 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         run_slice_axis(spec, network_spacing(prepared)),
         anisotropic_axis(network_spacing(prepared)), pipeline_version=spec.pipeline_version)
     net = build_network(spec, prepared)
-    loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights)
-    module = SegmentationModule(net, loss_fn, prepared.task.num_classes,
+    regions = region_members(prepared.task) if spec.target == "regions" else None
+    loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, regions)
+    module = SegmentationModule(net, loss_fn, output_channels(spec, prepared.task),
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
                                 spec.epochs * spec.iters_per_epoch,
                                 spec.max_minutes * 60 if spec.max_minutes else None,
                                 spec.seed if spec.pipeline_version >= STEP_SEEDED_FROM else None,
-                                run_id=spec.run_id)
+                                run_id=spec.run_id, regions=regions)
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)

@@ -170,3 +170,56 @@ def test_2d_runs_slide_nnunets_window_within_each_slice() -> None:
     old = predict_probabilities(net, image, "2d", (32, 32), pipeline_version=10)
     assert {shape[1:] for shape in seen} == {(1, 96, 32)}  # whole slices, padded to multiples of 32
     assert not np.allclose(old, probs, atol=1e-3)
+
+
+@pytest.mark.parametrize("dims", ["2d", "3d"])
+def test_region_runs_take_each_regions_sigmoid_of_the_logits_averaged_over_mirrorings(dims: str) -> None:
+    """nnU-Net's predictor for region-based training: the logits averaged over tiles and flips, then each
+    channel's sigmoid (not a softmax over them); a region run's labels paint the regions over 0.5."""
+    from medseg_bench.regions import paint
+
+    torch.manual_seed(0)
+    ndim = 2 if dims == "2d" else 3
+    net = _Shifted(ndim).eval()
+    image = np.random.default_rng(0).normal(size=(1, 8, 32, 32)).astype(np.float32)
+    patch = (32, 32) if dims == "2d" else (8, 32, 32)
+    regions = predict_probabilities(net, image, dims, patch, tta=True, regions=True)
+    with torch.no_grad():
+        x = torch.from_numpy(image)
+        x = x.permute(1, 0, 2, 3) if dims == "2d" else x[None]
+        combos = _combos(ndim)
+        logits = sum(torch.flip(net(torch.flip(x, c)), c) for c in combos) / len(combos)
+        ref = torch.sigmoid(logits)
+        ref = ref.permute(1, 0, 2, 3) if dims == "2d" else ref[0]
+    assert regions.shape == (2, 8, 32, 32) and regions.dtype == np.float64
+    assert np.allclose(regions, ref.numpy(), atol=1e-5) and not np.allclose(regions.sum(0), 1, atol=1e-2)
+    labels = predict_labels(net, image, dims, patch, tta=True, paint=(1, 2))
+    assert np.array_equal(labels, paint(ref.numpy() > 0.5, (1, 2)))
+    assert set(np.unique(labels)) == ({0, 1, 2} if dims == "2d" else {1})  # 3D: region 1 everywhere
+    with pytest.raises(ValueError, match="no region run is of pipeline version 9"):
+        predict_probabilities(net, image, dims, patch, pipeline_version=9, regions=True)
+
+
+@pytest.mark.parametrize("log_space", [True, False])
+def test_region_probabilities_map_back_as_logits_and_outside_the_box_are_no_region(log_space: bool) -> None:
+    """nnU-Net resamples a region run's logits to the original grid, then takes their sigmoid; outside the
+    crop box no region is predicted. Through `to_label_map`, the regions over 0.5 painted."""
+    from medseg_bench.data.resample import _class_back, to_original_regions
+    from medseg_bench.inference import to_label_map
+    from medseg_bench.regions import paint
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, (2, 5, 9, 8))
+    probs = 1 / (1 + np.exp(-logits))  # float64, as `predict_probabilities` gives them
+    props = {"crop_box": [[1, 9], [2, 14], [0, 10]], "shape_original_zyx": [10, 16, 10],
+             "spacing_original_zyx": [2.0, 0.75, 0.8], "spacing_preprocessed_zyx": [3.2, 1.0, 1.0]}
+    mapped = to_original_regions(probs, props, log_space, nnunet_resize=True)
+    assert mapped.shape == (2, 10, 16, 10) and mapped.dtype == np.float32
+    assert (mapped[:, 0] == 0).all() and (mapped[:, :, :2] == 0).all()  # outside the box
+    values = logits if log_space else probs
+    back = np.stack([_class_back(v, (8, 12, 10), 0, False, True) for v in values])
+    expected = 1 / (1 + np.exp(-back)) if log_space else back
+    assert np.allclose(mapped[:, 1:9, 2:14], expected, atol=1e-5)
+    labels = to_label_map(probs, props, 12 if log_space else 9, paint=(1, 2))
+    assert np.array_equal(labels, paint(mapped > 0.5, (1, 2)))
+    assert labels[0].max() == 0 and set(np.unique(labels)) == {0, 1, 2}

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from medseg_bench.errors import UsageError
-from medseg_bench.losses import LOSSES, build_loss, deep_supervision_weights
+from medseg_bench.losses import (
+    LOSSES,
+    REGION_LOSSES,
+    build_loss,
+    deep_supervision_weights,
+    region_loss_problem,
+)
 
 WEIGHTABLE = [name for name in LOSSES if name != "generalized_dice"]
 
@@ -96,3 +102,48 @@ def test_equal_class_weights_are_the_unweighted_loss(name: str) -> None:
     logits, target = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
     plain = build_loss(name, 3)(logits, target)
     assert build_loss(name, 3, (2.0, 2.0, 2.0))(logits, target) == pytest.approx(float(plain), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(REGION_LOSSES))
+@pytest.mark.parametrize("shape", [(8, 8), (6, 6, 6)], ids=["2d", "3d"])
+def test_region_form_runs_and_prefers_the_truth(name: str, shape: tuple[int, ...]) -> None:
+    """Every region form (`target: regions`): sigmoid channels, one per region, against the region masks of
+    the label map (BraTS-like nested regions of labels 1-3)."""
+    torch.manual_seed(0)
+    regions = ((1, 2, 3), (2, 3), (3,))
+    target = torch.randint(0, 4, (2, 1, *shape))
+    masks = torch.cat([torch.isin(target, torch.tensor(r)) for r in regions], dim=1).float()
+    loss_fn = build_loss(name, 4, regions=regions)
+    random_logits = torch.randn(2, 3, *shape, requires_grad=True)
+    loss = loss_fn(random_logits, target)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and random_logits.grad is not None
+    assert loss_fn(masks * 20 - 10, target) < loss.detach()
+    heads = (random_logits.detach(), random_logits.detach()[(slice(None), slice(None),
+                                                               *(slice(None, None, 2),) * len(shape))])
+    assert torch.isfinite(loss_fn(heads, target))  # deep supervision: the label map downsampled, then masks
+
+
+def test_dice_ce_on_regions_is_sigmoid_dice_over_every_region_plus_bce() -> None:
+    """nnU-Net's DC_and_BCE_loss (weights 1 and 1, Dice with the batch as one sample, every channel
+    foreground), up to its smoothing; written out by hand."""
+    torch.manual_seed(3)
+    regions = ((1, 2), (2,))
+    logits, target = torch.randn(2, 2, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6))
+    masks = torch.cat([torch.isin(target, torch.tensor(r)) for r in regions], dim=1).float()
+    p = torch.sigmoid(logits)
+    axes = (0, 2, 3, 4)
+    dice = 1 - (2 * (p * masks).sum(axes) + 1e-5) / (p.sum(axes) + masks.sum(axes) + 1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+    expected = dice.mean() + bce
+    found = build_loss("dice_ce", 3, regions=regions)(logits, target)
+    assert found == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions() -> None:
+    assert "focal" not in REGION_LOSSES and region_loss_problem("dice_ce") is None
+    with pytest.raises(UsageError, match=r"^loss 'focal' has no region form \(sigmoid channels, one per "
+                                         r"region\): target regions trains with dice_ce$"):
+        build_loss("focal", 3, regions=((1, 2), (2,)))
+    with pytest.raises(UsageError, match="^class weights with target regions"):
+        build_loss("dice_ce", 3, (1.0, 1.0, 2.0), regions=((1, 2), (2,)))

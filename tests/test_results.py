@@ -132,6 +132,19 @@ def test_run_settings_fill_in_what_a_spec_left_to_defaults_or_the_plan() -> None
     assert run_settings({**written, "lr": 3e-3}, summary) == settings
 
 
+def test_run_settings_tell_region_runs_from_label_runs() -> None:
+    """`target` is one of the settings the report tells runs apart by (`[target=regions]`); a spec.json
+    without it (every label run's: it is written only for regions) is a label run's."""
+    from medseg_bench.results import run_settings
+
+    labels = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none").to_dict()
+    regions = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none",
+                      target="regions").to_dict()
+    summary = {"plan": {"patch_3d": [40, 56, 40], "batch_3d": 2}}
+    assert "target" not in labels and run_settings(labels, summary)["target"] == "labels"
+    assert run_settings(regions, summary) == {**run_settings(labels, summary), "target": "regions"}
+
+
 def test_runs_trained_on_another_preprocessing_are_told_apart() -> None:
     # A plan.json edited between two seeds (another target spacing, normalisation or crop: another cache)
     # pooled both into one leaderboard row.

@@ -26,6 +26,17 @@ def test_every_result_field_changes_the_id(change: dict[str, object]) -> None:
     assert _spec(**change).run_id != _spec().run_id
 
 
+def test_a_region_run_has_its_own_id_and_a_label_run_the_id_it_had_before_targets() -> None:
+    """`target` is written (and hashed) only where it is not "labels": every spec before it keeps its run id
+    (the pinned hash below), and spec.json files without it read as label runs."""
+    labels, regions = _spec(), _spec(target="regions")
+    assert "target" not in labels.to_dict() and labels.spec_hash == _spec(target="labels").spec_hash
+    assert regions.to_dict()["target"] == "regions"
+    assert regions.run_id.startswith("3d-unet-dice_ce-none-regions-f0-s0-")
+    assert regions.spec_hash != labels.spec_hash
+    assert RunSpec.checked(regions.to_dict()) == regions and RunSpec.checked(labels.to_dict()) == labels
+
+
 def test_known_id_does_not_drift() -> None:
     # Guards against accidental changes of the hashing, which would orphan finished runs: change this
     # value only together with PIPELINE_VERSION.
@@ -56,6 +67,9 @@ def test_known_id_does_not_drift() -> None:
     ({"patch_size": (32, 32)}, "a 3d patch size is 3 positive sides, not 32,32"),
     ({"dims": "2d", "patch_size": (32, 0)}, "a 2d patch size is 2 positive sides, not 32,0"),
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+    ({"target": "classes"}, "unknown target 'classes'; choose from labels, regions"),
+    ({"target": "regions", "pipeline_version": 13},
+     "target regions exists from pipeline version 14, not in a spec of version 13"),
 ])
 def test_invalid_specs(bad: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):

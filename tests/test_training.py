@@ -376,3 +376,39 @@ def test_a_batch_whose_input_alone_exceeds_the_machines_memory_fails_before_anyt
     monkeypatch.setattr("medseg_bench.training.machine_memory", lambda: 2 * 16**3 * 5 - 1)
     with pytest.raises(MemoryError, match="one batch of 2 16x16x16 patches"):
         train(_spec(), prepared, tmp_path / "run")
+
+
+def test_a_region_runs_validation_dice_is_each_regions_sigmoid_against_its_mask() -> None:
+    """nnU-Net's pseudo-Dice for region training: each channel over 0 (its sigmoid over 0.5) against the
+    region's mask, every channel counted (no background channel)."""
+    from medseg_bench.training import SegmentationModule
+
+    label = torch.tensor([0, 1, 2, 2, 1, 0]).reshape(1, 1, 6, 1)
+    logits = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0, -1.0],  # whole (1, 2): 2 hits, 1 false, 2 missed
+                           [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0]]).reshape(1, 2, 6, 1)  # inner (2): exact
+    module = SegmentationModule(lambda image: logits, torch.nn.Identity(), 2, "adamw", 1e-3,  # type: ignore[arg-type]
+                                total_steps=1, regions=((1, 2), (2,)))
+    module.on_validation_epoch_start()
+    module.validation_step((torch.zeros(1, 1, 6, 1), label), 0)
+    assert module._counts.tolist() == [[2, 2], [1, 0], [2, 0]]  # tp, fp, fn per region
+
+
+def test_a_region_run_trains_a_sigmoid_channel_per_region(home: Path, tmp_path: Path, prepared) -> None:
+    """Target regions: the network's channels are the task's regions (two here, of three classes), trained
+    with dice_ce's region form; a task without regions is refused before anything is built."""
+    name = "Task94_Regions"
+    task_file = write_task_file(home, name)
+    with task_file.open("a") as fh:  # in this order (yaml.safe_dump would sort them)
+        fh.write("regions:\n  whole: [1, 2]\n  inner: [2]\n")
+    src = make_synthetic_task(tmp_path / "src" / name, num_cases=4)
+    fetch_task(get_task(name), home / "data", str(src), progress=False)
+    regions = prepare_task(get_task(name), home / "data", num_folds=2, workers=1)
+    result = train(_spec(task=name, target="regions", epochs=1, aug="none"), regions, tmp_path / "run")
+    assert result.net.eval()(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert log["train_loss"].dropna().between(0, 10).all() and log["val_dice"].dropna().between(0, 1).all()
+    with pytest.raises(UsageError, match=f"^{TASK}: target regions: it has no regions"):
+        train(_spec(target="regions"), prepared, tmp_path / "refused")
+    with pytest.raises(UsageError, match="^loss 'focal' has no region form"):
+        train(_spec(task=name, target="regions", loss="focal"), regions, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

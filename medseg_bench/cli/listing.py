@@ -60,12 +60,17 @@ def list_items(what: Annotated[str | None, typer.Argument(
         for name, entry in encoders.items():
             row(name, "yes" if "imagenet" in entry["pretrained_settings"] else "no")
     elif chosen is What.losses:
-        from medseg_bench.losses import LOSSES
+        from medseg_bench.losses import LOSSES, REGION_LOSSES
+
+        def first_line(factory: object) -> str:
+            return (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
 
         table.add_column("name")
         table.add_column("description")
+        table.add_column("--target regions (its region form)")
         for name, factory in LOSSES.items():
-            row(name, (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
+            region_form = first_line(REGION_LOSSES.get(name)) if name in REGION_LOSSES else "-"
+            row(name, first_line(factory), region_form)
     elif chosen is What.augs:
         from medseg_bench.augment import AUGS
 

@@ -1,5 +1,7 @@
 """`medseg-bench predict`: label maps for a folder of images from a finished run (or one of its checkpoints),
-or from an ensemble of runs of one task and plan (their softmax probabilities averaged, as nnU-Net ensembles).
+or from an ensemble of runs of one task, plan and target (their softmax probabilities averaged, as nnU-Net
+ensembles; a region run's sigmoid region probabilities, each region over 0.5 painted into a label map in the
+task file's order, `regions.py`).
 A run that has not finished (interrupted, failed, or training now) is refused unless `--allow-unfinished`: its
 last checkpoint is from mid-training, where nnU-Net predicts from `checkpoint_final`.
 
@@ -184,7 +186,8 @@ def predict(
     runs: Annotated[list[Path], typer.Argument(
         metavar="RUN_OR_CHECKPOINT...",
         help="A finished run's folder (uses checkpoints/last.ckpt) or a checkpoint inside one; several: an "
-             "ensemble (the mean of their softmax probabilities, e.g. the folds of a configuration).")],
+             "ensemble (the mean of their softmax probabilities, e.g. the folds of a configuration; of "
+             "region runs, the mean of their region probabilities: runs of one target).")],
     images: Annotated[Path, typer.Option(
         help="Folder of images (NIfTI, NRRD, MHA, MHD); 4D for multi-channel.")],
     out: Annotated[Path, typer.Option(help="Folder for the predicted label maps (same file names).")],
@@ -209,7 +212,9 @@ def predict(
         "--save-probabilities",
         help="Also write NAME.npz beside each label map: the class probabilities on the image's grid "
              "(`probabilities`, K x Z x Y x X float32; an ensemble's averaged), as nnU-Net's "
-             "--save_probabilities, for ensembling or calibration later.")] = False,
+             "--save_probabilities, for ensembling or calibration later. A region run's: each region's "
+             "sigmoid probability, R x Z x Y x X in the task file's order of regions (not classes: they "
+             "overlap and need not sum to 1).")] = False,
     reorient: Annotated[bool, typer.Option(
         "--reorient",
         help="Predict an image stored in another orientation than the run's training images (LPS where "
@@ -250,7 +255,8 @@ def predict(
     if len(loaded) > 1:
         steps = describe(decision.steps) if decision is not None else ""
         post = f"; the largest component kept of {steps} (the runs' decisions pooled)" if steps else ""
-        _echo(f"ensemble of {len(loaded)} runs: the mean of their softmax probabilities{post}")
+        kind = "region probabilities" if loaded[0].spec.target == "regions" else "softmax probabilities"
+        _echo(f"ensemble of {len(loaded)} runs: the mean of their {kind}{post}")
     run_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
     # One predict writes into a folder at a time: another's label map, written between this one's check

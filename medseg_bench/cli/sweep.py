@@ -41,6 +41,10 @@ def sweep(
         help="Loss(es), e.g. dice_ce,focal (`medseg-bench list losses`). Default: dice_ce.")] = None,
     aug: Annotated[str | None, typer.Option(
         help="Augmentation preset(s), e.g. none,light (`medseg-bench list augs`). Default: none.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="labels (softmax over the task's labels) and/or regions (one sigmoid channel per region of the "
+             "task file, as nnU-Net trains BraTS; a task with regions only), comma-separated. Default: "
+             "labels.")] = None,
     dims: Annotated[str | None, typer.Option(
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
     encoder: Annotated[str | None, typer.Option(
@@ -118,6 +122,7 @@ def sweep(
     overrides: dict[str, Any] = {
         "tasks": comma_list("--task", task), "archs": comma_list("--arch", arch),
         "losses": comma_list("--loss", loss), "augs": comma_list("--aug", aug),
+        "targets": comma_list("--target", target),
         "dims": comma_list("--dims", dims), "encoders": comma_list("--encoder", encoder),
         "folds": _ints(folds, "--folds"),
         "seeds": _ints(seed, "--seed"), "num_folds": num_folds, "epochs": epochs, "max_minutes": max_minutes,

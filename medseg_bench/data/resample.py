@@ -281,6 +281,31 @@ def to_original_probabilities(probabilities: np.ndarray, props: dict, log_space:
     return full
 
 
+def to_original_regions(probabilities: np.ndarray, props: dict, log_space: bool = False,
+                        nnunet_resize: bool = False) -> np.ndarray:
+    """(R, Z, Y, X) region (sigmoid) probabilities of a region run in preprocessed space as probabilities on
+    the original grid (float32; outside the crop box: 0, no region).
+
+    `log_space`: each region's logit, log(p / (1 - p)), is resampled, then its sigmoid taken: for the sigmoid
+    of a network's logits that is nnU-Net's export, which resamples the logits and then applies the sigmoid
+    (`inference` gives them in float64, which tells a probability from 1 up to a logit of 37; those within
+    its resolution of 0 or 1 are taken as the nearest it tells apart from them: the side of 0.5 each is on is
+    kept). Else the probabilities are resampled.
+    """
+    box, cropped_shape, separate = _way_back(props)
+    inside = []
+    for p in probabilities.astype(np.float64, copy=False):
+        if log_space:
+            p = np.clip(p, np.finfo(np.float64).tiny, 1 - np.finfo(np.float64).epsneg)
+            logit = _class_back(np.log(p) - np.log1p(-p), cropped_shape, separate, False, nnunet_resize)
+            inside.append((1 / (1 + np.exp(-logit.astype(np.float64)))).astype(np.float32))
+        else:
+            inside.append(_class_back(p, cropped_shape, separate, False, nnunet_resize))
+    full = np.zeros((probabilities.shape[0], *props["shape_original_zyx"]), dtype=np.float32)
+    full[(slice(None), *(slice(lo, hi) for lo, hi in box))] = np.stack(inside) if inside else 0
+    return full
+
+
 def to_original(prediction: np.ndarray, props: dict, log_space: bool = False,
                 nnunet_resize: bool = False) -> np.ndarray:
     """Map a prediction in preprocessed space back to the original image grid of a cached case.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.catalog import task_registry
 from medseg_bench.errors import UsageError
-from medseg_bench.losses import LOSSES
+from medseg_bench.losses import LOSSES, region_loss_problem
 from medseg_bench.models import (
     ARCHS,
     DEFAULT_ENCODER,
@@ -19,10 +19,11 @@ from medseg_bench.models import (
     check_patch,
     variant,
 )
-from medseg_bench.spec import DEFAULT_LR, DIMS, RunSpec
+from medseg_bench.regions import regions_problem
+from medseg_bench.spec import DEFAULT_LR, DIMS, TARGETS, RunSpec, TaskSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
-AXES = ("task", "dims", "arch", "encoder", "loss", "aug", "fold", "seed")
+AXES = ("task", "dims", "arch", "encoder", "loss", "aug", "target", "fold", "seed")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SweepRequest:
     archs: list[str] = field(default_factory=lambda: ["unet"])
     losses: list[str] = field(default_factory=lambda: ["dice_ce"])
     augs: list[str] = field(default_factory=lambda: ["none"])
+    targets: list[str] = field(default_factory=lambda: ["labels"])  # "regions": nnU-Net's region training
     dims: list[str] | None = None  # None: every dims each arch supports
     encoders: list[str] | None = None  # None: each 2D arch's default (resnet34; fcn: resnet50)
     folds: list[int] = field(default_factory=lambda: [0])
@@ -94,6 +96,9 @@ def parse_exclude(rule: str) -> dict[str, str]:
             value = task_registry().get(value).name
         elif key == "dims" and value not in DIMS:
             raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
+        elif key == "target" and value not in TARGETS:
+            raise UsageError(f"exclude rule '{rule}': unknown target '{value}'; choose from "
+                             f"{', '.join(TARGETS)}")
         elif key == "encoder":
             from medseg_bench.models.zoo2d import check_smp_encoder
 
@@ -129,6 +134,28 @@ def canonical_weights(weights: tuple[float, ...] | None) -> tuple[float, ...] | 
     return None if all(w == 1.0 for w in scaled) else scaled
 
 
+def _region_refusals(tasks: list[TaskSpec], losses: list[str],
+                     class_weights: tuple[float, ...] | None) -> dict[tuple[str, str], str]:
+    """(task, loss) -> the line that skips its runs with `target: regions`, for those that cannot have them:
+    a task without regions, or whose regions cannot be painted into a label map (`regions.regions_problem`),
+    a loss without a region form (`losses.REGION_LOSSES`), class weights (a region is no class)."""
+    refusals: dict[tuple[str, str], str] = {}
+    for task in tasks:
+        problem = regions_problem(task.regions, list(task.labels))
+        for loss in losses:
+            if problem is not None:
+                why = f"{task.name} with --target regions: skipped, {problem}"
+            elif (loss_problem := region_loss_problem(loss)) is not None:
+                why = f"loss {loss} with --target regions: skipped, {loss_problem}"
+            elif class_weights is not None:
+                why = ("--class-weights with --target regions: skipped, class weights weigh a softmax's "
+                       "classes, and a region run's channels are regions")
+            else:
+                continue
+            refusals[(task.name, loss)] = why
+    return refusals
+
+
 def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     """All run specs of `request`, plus one line per combination that cannot exist or is excluded.
 
@@ -144,6 +171,12 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     for d in request.dims or []:
         if d not in DIMS:
             raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
+    targets = list(dict.fromkeys(request.targets))
+    for t in targets:
+        if t not in TARGETS:
+            raise UsageError(f"unknown target '{t}'; choose from {', '.join(TARGETS)}")
+    if not targets:
+        raise UsageError("no target given (an empty target list): name labels or regions")
     if request.encoders is not None and not request.encoders:
         raise UsageError("no encoder given (an empty encoder list): name one, or leave it out for the "
                          "default")
@@ -152,7 +185,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
         if "fold" in rule and int(rule["fold"]) >= request.num_folds:
             raise UsageError(f"exclude rule '{given}': fold {rule['fold']} does not exist, the sweep has "
                              f"{request.num_folds} folds (0 to {request.num_folds - 1})")
-    if request.class_weights is not None:
+    if request.class_weights is not None and "labels" in targets:
         from medseg_bench.losses import build_loss
 
         for task in task_specs:  # wrong length or a loss that cannot weight classes: before anything runs
@@ -168,6 +201,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded, used = 0, set[int]()
+    # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
+    # expands to no runs, and says why), as an arch without the dims asked for.
+    no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
     for task in task_specs:
         for dims in DIMS:
             if request.dims is not None and dims not in request.dims:
@@ -194,8 +230,12 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                 except UsageError as exc:  # this task only, as an arch without the dims: a line, not an error
                     skipped.append(f"{entry.name} on {task.name}: skipped, {exc}")
                     continue
-                for encoder, loss, aug, fold, seed in itertools.product(
-                        encoders, losses, augs, request.folds, request.seeds):
+                for encoder, loss, aug, target, fold, seed in itertools.product(
+                        encoders, losses, augs, targets, request.folds, request.seeds):
+                    refusal = no_regions.get((task.name, loss)) if target == "regions" else None
+                    if refusal is not None:
+                        skipped.append(refusal)
+                        continue
                     spec = RunSpec(
                         task=task.name, dims=dims, arch=entry.name, loss=loss, aug=aug, encoder=encoder,
                         fold=fold, num_folds=request.num_folds, seed=seed, epochs=request.epochs,
@@ -203,7 +243,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         batch_size=request.batch_size, patch_size=request.patch_size,
                         optimizer=request.optimizer, lr=lr, task_version=task.version,
                         pretrained=request.pretrained and dims == "2d", class_weights=class_weights,
-                        tta=request.tta and mirrors(aug), postprocess=request.postprocess)
+                        tta=request.tta and mirrors(aug), postprocess=request.postprocess, target=target)
                     if request.tta and not spec.tta:
                         skipped.append(f"--tta with aug {aug}: evaluated without it, '{aug}' never mirrors a "
                                        "training image (nnU-Net mirrors only along the axes it trained with)")

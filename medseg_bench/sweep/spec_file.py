@@ -5,6 +5,7 @@
     arch: [unet, deeplab]
     loss: [dice_ce, focal]
     aug: [none, heavy]
+    target: [labels, regions]        # regions: as nnU-Net trains a task with regions (BraTS)
     exclude: ["arch=deeplab,aug=heavy"]
     epochs: 50                       # a fixed setting: one value
     tta: true                        # every flag of `sweep` that sets runs has its key (--class-weights:
@@ -23,7 +24,7 @@ from medseg_bench.yaml_files import read_yaml_file
 
 # file key -> SweepRequest field; axes take a value or a list, settings one value.
 AXIS_KEYS = {"task": "tasks", "dims": "dims", "arch": "archs", "encoder": "encoders", "loss": "losses",
-             "aug": "augs", "fold": "folds", "seed": "seeds"}
+             "aug": "augs", "target": "targets", "fold": "folds", "seed": "seeds"}
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "num_folds": (int,), "epochs": (int,), "max_minutes": (int, float), "iters_per_epoch": (int,),
     "batch_size": (int,), "patch_size": (list,), "optimizer": (str,), "lr": (int, float)}

@@ -32,6 +32,14 @@ def test_list_shows_every_registered_entry(what: str) -> None:
     assert [name for name in _registered(what) if name not in listed] == []
 
 
+def test_list_losses_shows_which_have_a_region_form() -> None:
+    result = runner.invoke(app, ["list", "losses"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ ")}
+    assert "Soft Dice over the sigmoid region channels + binary cross-entropy" in lines["dice_ce"]
+    assert lines["focal"].rstrip(" │").endswith("-")
+
+
 def test_the_readme_names_every_arch_loss_and_augmentation_preset() -> None:
     # What a contributor adds in one place must still be named where the README lists them by hand.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -1090,3 +1090,81 @@ def test_a_finished_run_whose_weights_are_not_finite_is_refused_before_anything_
         f"error: {checkpoint}: the network's weights are not finite (NaN/inf): run {spec.run_id} diverged in "
         "training; move its folder away and train it again with a lower --lr\n")
     assert not out.exists()
+
+
+REGION_TASK = "Task92_RegionPredict"
+
+
+def _region_runs(home: Path, tmp_path: Path) -> tuple[PreparedTask, list[tuple[Path, RunSpec]]]:
+    """A two-channel task with nested regions (whole: 1, 2; inner: 2), and three untrained 3D UNet runs of
+    it: two with target regions (seeds 0 and 1), one with target labels."""
+    task_file = write_task_file(home, REGION_TASK, channels=2)
+    with task_file.open("a") as fh:  # in this order (yaml.safe_dump would sort them)
+        fh.write("regions:\n  whole: [1, 2]\n  inner: [2]\n")
+    src = make_synthetic_task(tmp_path / "src" / REGION_TASK, num_cases=4, channels=2)
+    fetch_task(get_task(REGION_TASK), home / "data", str(src), progress=False)
+    prepared = prepare_task(get_task(REGION_TASK), home / "data", num_folds=2, workers=1)
+    runs = []
+    for seed, target in ((0, "regions"), (1, "regions"), (0, "labels")):
+        spec = RunSpec(task=REGION_TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                       seed=seed, target=target)
+        folder = tmp_path / "results" / REGION_TASK / spec.run_id
+        (folder / "checkpoints").mkdir(parents=True)
+        torch.manual_seed(seed)
+        net = build_network(spec, prepared)
+        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+                   folder / "checkpoints" / "last.ckpt")
+        (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+        (folder / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
+        runs.append((folder, spec))
+    return prepared, runs
+
+
+def test_region_runs_predict_label_maps_painted_from_their_mean_region_probabilities(home: Path,
+                                                                                     tmp_path: Path) -> None:
+    """An ensemble of region runs averages their sigmoid region probabilities (nnU-Net's ensembling), maps
+    them back as logits, and paints the regions over 0.5 in the task file's order; --save-probabilities
+    writes the regions' probabilities. Region and label runs do not ensemble."""
+    from medseg_bench.data.preprocess import preprocess_image
+    from medseg_bench.data.resample import to_original_regions
+    from medseg_bench.inference import predict_probabilities
+    from medseg_bench.regions import paint
+
+    prepared, [(first, spec), (second, _), (labels_run, _)] = _region_runs(home, tmp_path)
+    images = tmp_path / "images"
+    array = np.random.default_rng(4).normal(0, 1, (2, 14, 22, 18)).astype(np.float32)
+    array[:, 3:9, 5:15, 4:12] += 3.0
+    write_image(images / "a.nii.gz", array, SPACING)
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(first), str(second), "--images", str(images), "--out",
+                                 str(out), "--save-probabilities"])
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 runs: the mean of their region probabilities" in result.output
+
+    image, geometry = read_image(images / "a.nii.gz")
+    resampled, _, grid = preprocess_image(image, geometry.spacing_zyx, prepared.plan)
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    probs = [predict_probabilities(_loaded_net(f, spec, prepared), resampled, "3d", patch, regions=True)
+             for f in (first, second)]
+    expected = to_original_regions((probs[0] + probs[1]) / 2, grid, log_space=True, nnunet_resize=True)
+    labels, _ = read_label(out / "a.nii.gz")
+    assert np.array_equal(labels, paint(expected > 0.5, (1, 2)))
+    assert set(np.unique(labels)) == {0, 1, 2}
+    with np.load(out / "a.npz") as stored:
+        regions = stored["probabilities"]
+    assert regions.shape == (2, *labels.shape) and regions.dtype == np.float32
+    assert np.allclose(regions, expected, atol=1e-6) and np.array_equal(paint(regions > 0.5, (1, 2)), labels)
+    alone = runner.invoke(app, ["predict", str(first), "--images", str(images), "--out",
+                                str(tmp_path / "one")])
+    assert alone.exit_code == 0, alone.output
+    single = paint(to_original_regions(probs[0], grid, log_space=True, nnunet_resize=True) > 0.5, (1, 2))
+    assert np.array_equal(read_label(tmp_path / "one" / "a.nii.gz")[0], single)
+    assert (single != labels).any()  # the ensemble is neither run's own prediction
+
+    mixed = runner.invoke(app, ["predict", str(first), str(labels_run), "--images", str(images), "--out",
+                                str(tmp_path / "mixed")])
+    assert mixed.exit_code == 2
+    assert mixed.stderr == (f"error: {labels_run}: a run with target labels, but {first} has target regions; "
+                            "an ensemble averages one kind of probabilities (label softmax or region "
+                            "sigmoids): give runs of one target\n")
+    assert not (tmp_path / "mixed").exists()

@@ -436,3 +436,23 @@ def test_slurm_options_given_to_the_local_launcher_are_said_to_be_unused(home: P
     plain = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run"])
     assert "SLURM" not in plain.output
 
+
+
+def test_target_flag_and_sweep_file_key_give_the_same_region_runs(home: Path, tmp_path: Path) -> None:
+    flags = ["--task", "Task01_BrainTumour,Task04_Hippocampus", "--dims", "3d", "--target", "labels,regions"]
+    given = _sweep(tmp_path, *flags, "--dry-run")
+    assert given.exit_code == 0, given.output
+    assert ("Task04_Hippocampus with --target regions: skipped, it has no regions (its task file declares "
+            "none)") in given.output
+    ids = sorted(line.split()[1] for line in given.output.splitlines() if line.startswith("pending "))
+    assert [i.split("/")[0] for i in ids] == ["Task01_BrainTumour"] * 2 + ["Task04_Hippocampus"]
+    assert "-none-regions-f0-s0-" in ids[1] and "regions" not in ids[0] + ids[2]
+    config = tmp_path / "sweep.yaml"
+    config.write_text("task: [Task01_BrainTumour, Task04_Hippocampus]\ndims: 3d\ntarget: [labels, regions]\n")
+    from_file = _sweep(tmp_path, "--config", str(config), "--dry-run")
+    assert sorted(line.split()[1] for line in from_file.output.splitlines() if line.startswith("pending ")) \
+        == ids
+    refused = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--target", "regions", "--dry-run")
+    assert refused.exit_code == 2
+    assert refused.stderr == ("error: the sweep expands to no runs (Task04_Hippocampus with --target "
+                              "regions: skipped, it has no regions (its task file declares none))\n")

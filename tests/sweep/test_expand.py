@@ -177,3 +177,59 @@ def test_class_weights_of_the_wrong_length_name_the_task(home: Path) -> None:
                                          r"background first\), got 3"):
         expand(SweepRequest(tasks=["Task04_Hippocampus", "Task01_BrainTumour"], dims=["3d"],
                             class_weights=(1.0, 2.0, 3.0)))
+
+
+BRATS = "Task01_BrainTumour"
+
+
+def test_target_is_an_axis_of_the_sweep(home: Path) -> None:
+    """labels and regions runs of the same configuration, told apart by their ids; labels is the default and
+    keeps the id a run had before targets existed."""
+    runs, notes = expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["labels", "regions"]))
+    assert [r.target for r in runs] == ["labels", "regions"] and not notes
+    assert "-none-regions-f0-s0-" in runs[1].run_id and "regions" not in runs[0].run_id
+    (default,), _ = expand(SweepRequest(tasks=[BRATS], dims=["3d"]))
+    assert default == runs[0]
+    kept, _ = expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["labels", "regions"],
+                                  exclude=["target=regions"]))
+    assert kept == runs[:1]
+
+
+def test_regions_on_a_task_that_cannot_have_them_are_refused_naming_the_task(home: Path) -> None:
+    with pytest.raises(UsageError, match=r"^the sweep expands to no runs \(Task04_Hippocampus with "
+                                         r"--target regions: skipped, it has no regions \(its task file "
+                                         r"declares none\)\)$"):
+        expand(_request(dims=["3d"], targets=["regions"]))
+    with pytest.raises(UsageError, match=r"Task03_Liver with --target regions: skipped, its regions cannot "
+                                         r"be painted into a label map in their order: region "
+                                         r"'liver_and_cancer' adds labels 1, 2 beyond the regions after it"):
+        expand(SweepRequest(tasks=["Task03_Liver"], dims=["3d"], targets=["regions"]))
+    # beside runs that can: a line, and the others run
+    runs, notes = expand(SweepRequest(tasks=[TASK, BRATS], dims=["3d"], targets=["labels", "regions"]))
+    assert [(r.task, r.target) for r in runs] == [(TASK, "labels"), (BRATS, "labels"), (BRATS, "regions")]
+    assert notes == ["Task04_Hippocampus with --target regions: skipped, it has no regions (its task file "
+                     "declares none)"]
+
+
+def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(home: Path) -> None:
+    runs, notes = expand(SweepRequest(tasks=[BRATS], dims=["3d"], losses=["dice_ce", "focal"],
+                                      targets=["regions"]))
+    assert [(r.loss, r.target) for r in runs] == [("dice_ce", "regions")]
+    assert notes == ["loss focal with --target regions: skipped, loss 'focal' has no region form (sigmoid "
+                     "channels, one per region): target regions trains with dice_ce"]
+    with pytest.raises(UsageError, match=r"no runs \(--class-weights with --target regions: skipped, class "
+                                         r"weights weigh a softmax's classes"):
+        expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["regions"], class_weights=(1, 1, 2, 2)))
+    equal, _ = expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["regions"],
+                                   class_weights=(2, 2, 2, 2)))
+    assert equal[0].class_weights is None  # equal weights are no weights (`canonical_weights`)
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"targets": ["classes"]}, "unknown target 'classes'; choose from labels, regions"),
+    ({"targets": []}, "no target given"),
+    ({"exclude": ["target=region"]}, "exclude rule 'target=region': unknown target 'region'"),
+])
+def test_unknown_targets_are_refused(home: Path, request_: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        expand(SweepRequest(tasks=[BRATS], dims=["3d"], **request_))  # type: ignore[arg-type]

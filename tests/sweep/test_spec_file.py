@@ -30,6 +30,19 @@ def test_sweep_file_values_and_flag_overrides(tmp_path: Path, home: Path) -> Non
     assert [(r.loss, r.seed, r.patch_size) for r in runs] == [("dice_ce", 0, (16, 16, 16))]
 
 
+def test_target_is_an_axis_of_a_sweep_file(tmp_path: Path, home: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("task: Task01_BrainTumour\ndims: 3d\ntarget: [labels, regions]\n")
+    values = load_sweep_file(path)
+    assert values["targets"] == ["labels", "regions"]
+    runs, _ = expand(build_request(values, {}))
+    assert [r.target for r in runs] == ["labels", "regions"]
+    assert build_request(values, {"targets": ["regions"]}).targets == ["regions"]  # the flag wins
+    path.write_text("task: Task01_BrainTumour\ntarget: 3\n")
+    with pytest.raises(UsageError, match="'target' takes str values, not 3"):
+        load_sweep_file(path)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("task: T\narchs: [unet]\nepoch: 3\n", "unknown keys archs, epoch; did you mean 'arch' for 'archs', "
                                             "'epochs' for 'epoch' (known: task,"),

@@ -1,0 +1,111 @@
+"""Region-based training (`RunSpec.target == "regions"`), as nnU-Net v2 trains a task with regions (BraTS).
+
+The network has one output channel per region of the task file, in its order; each channel's target is the
+region's mask (the union of its labels), built from the label map on the fly (`region_targets`: the cache
+keeps label maps); the loss is a sigmoid one (`losses.REGION_LOSSES`). A prediction is each region's sigmoid
+probability over 0.5, painted into a label map in the task file's order (`paint`, nnU-Net's
+`regions_class_order`), each region painting the one label it adds: the label of the region that is in no
+later region (`region_labels`). Task01_BrainTumour's whole tumour (1, 2, 3), tumour core (2, 3) and enhancing
+tumour (3) paint 1, 2 and 3: a voxel in all three is 3, later regions painting over earlier ones.
+
+Example:
+    >>> region_labels({"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]})
+    (1, 2, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medseg_bench.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def regions_problem(regions: Mapping[str, Sequence[int]], labels: Sequence[int]) -> str | None:
+    """Why a task with `regions` (its task file's order) and label values `labels` cannot be trained region
+    by region, or None: no regions; a region holding the background; a foreground label in no region (never
+    predicted); a region that adds no label, or more than one, beyond the regions after it (its voxels could
+    not be painted with one label: Task03_Liver's one region, liver and cancer, cannot tell its two labels
+    apart)."""
+    if not regions:
+        return "it has no regions (its task file declares none)"
+    for name, members in regions.items():
+        if 0 in members:
+            return f"region '{name}' holds the background, 0"
+    covered = {label for members in regions.values() for label in members}
+    outside = sorted(set(labels) - {0} - covered)
+    if outside:
+        return f"label(s) {', '.join(map(str, outside))} in no region would never be predicted"
+    names = list(regions)
+    for i, name in enumerate(names):
+        later = {label for other in names[i + 1:] for label in regions[other]}
+        adds = sorted(set(regions[name]) - later)
+        if len(adds) != 1:
+            what = "no label" if not adds else f"labels {', '.join(map(str, adds))}"
+            return (f"its regions cannot be painted into a label map in their order: region '{name}' adds "
+                    f"{what} beyond the regions after it (each must add exactly one)")
+    return None
+
+
+def region_labels(regions: Mapping[str, Sequence[int]],
+                  labels: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The label each region paints, in the task file's order: its one label in no later region (UsageError,
+    saying why, where `regions_problem` finds one; `labels`: the task's label values, default those in the
+    regions)."""
+    covered = sorted({label for members in regions.values() for label in members} | {0})
+    problem = regions_problem(regions, covered if labels is None else labels)
+    if problem is not None:
+        raise UsageError(f"target regions: {problem}")
+    names = list(regions)
+    return tuple(min(set(regions[name]) - {label for other in names[i + 1:] for label in regions[other]})
+                 for i, name in enumerate(names))
+
+
+def task_region_labels(task: Any) -> tuple[int, ...]:
+    """`region_labels` of a `TaskSpec`, its name in the UsageError."""
+    try:
+        return region_labels(task.regions, list(task.labels))
+    except UsageError as exc:
+        raise UsageError(f"{task.name}: {exc}") from None
+
+
+def output_channels(spec: Any, task: Any) -> int:
+    """The channels run `spec`'s network predicts on `task`: one per region, or one per class."""
+    return len(task.regions) if spec.target == "regions" else int(task.num_classes)
+
+
+def region_members(task: Any) -> tuple[tuple[int, ...], ...]:
+    """Each region's labels, in the task file's order."""
+    return tuple(tuple(members) for members in task.regions.values())
+
+
+def region_targets(label: torch.Tensor, members: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, R, *spatial) float masks, one per region (the union of its labels), of a (B, 1, *spatial) label
+    map: nnU-Net's `ConvertSegmentationToRegionsTransform`."""
+    import torch
+
+    masks = [torch.isin(label, torch.tensor(list(labels), dtype=label.dtype, device=label.device))
+             for labels in members]
+    return torch.cat(masks, dim=1).float()
+
+
+def paint(masks: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """A (Z, Y, X) uint8 label map from (R, Z, Y, X) boolean region masks: each region painted with its label
+    (`region_labels`) in order, a later region over an earlier one; no region: background (nnU-Net's
+    `convert_probabilities_to_segmentation` with `regions_class_order`)."""
+    if masks.shape[0] != len(labels):
+        raise ValueError(f"{masks.shape[0]} region masks, {len(labels)} labels to paint them with")
+    out = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for mask, label in zip(masks, labels, strict=True):
+        out[mask] = label
+    return out
+
+
+def paint_probabilities(probabilities: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """`paint` of (R, Z, Y, X) sigmoid probabilities, each region where its probability is over 0.5."""
+    return paint(probabilities > 0.5, labels)
