@@ -109,3 +109,31 @@ def paint(masks: np.ndarray, labels: Sequence[int]) -> np.ndarray:
 def paint_probabilities(probabilities: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """`paint` of (R, Z, Y, X) sigmoid probabilities, each region where its probability is over 0.5."""
     return paint(probabilities > 0.5, labels)
+
+
+def recorded_regions(task: Any) -> list[dict[str, Any]]:
+    """The regions a region run trains on, in order, as its setup.json records them (a list: JSON objects'
+    keys are written sorted; `regions_change` compares them with the task file's later: the network's
+    channels are the regions in this order)."""
+    return [{"name": name, "labels": [int(label) for label in members]}
+            for name, members in task.regions.items()]
+
+
+def regions_change(setup: Mapping[str, Any], task: Any) -> str | None:
+    """What differs between the regions a region run's setup.json recorded and the task file's now (a change
+    of their labels or order would paint its channels as other labels, silently), or None (the same, or a
+    run that recorded none: not a region run)."""
+    then = setup.get("regions")
+    if then is None:
+        return None
+    now = recorded_regions(task)
+    if then == now:
+        return None
+
+    def shown(regions: Any) -> str:
+        try:
+            return "; ".join(f"{r['name']}={','.join(map(str, r['labels']))}" for r in regions)
+        except (TypeError, KeyError):
+            return repr(regions)
+
+    return f"the run trained on regions {shown(then)}; the task file declares {shown(now)}"

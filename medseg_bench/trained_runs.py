@@ -172,15 +172,22 @@ def member(run: TrainedRun, tta: bool | None) -> Any:
     from medseg_bench.data.plan import model_spacing
     from medseg_bench.inference import Member
     from medseg_bench.models import ModelInputs, build_model, fit_patch
-    from medseg_bench.regions import output_channels, task_region_labels
+    from medseg_bench.regions import output_channels, regions_change, task_region_labels
+    from medseg_bench.results import SETUP_NAME
     from medseg_bench.training import run_slice_axis, run_tta, weights_finite
 
     spec, plan, task = run.spec, run.plan, get_task(run.spec.task)
     patch = trained_patch(run.folder, spec) or (tuple(spec.patch_size) if spec.patch_size else fit_patch(
         spec.arch, spec.dims, plan.patch_2d if spec.dims == "2d" else plan.patch_3d))
     spacing = model_spacing(plan.target_spacing, spec.dims)
-    # a region run: a channel per region, painted as the task file orders them (refused where they cannot be)
+    # a region run: a channel per region, painted as the task file orders them (refused where they cannot be,
+    # or where they are not the regions it trained on)
     paint = task_region_labels(task) if spec.target == "regions" else None
+    setup = run.folder / SETUP_NAME
+    change = regions_change(read_json_object(setup), task) if paint and setup.is_file() else None
+    if change:
+        raise DataError(f"{setup}: {change}; restore the task file's regions ({task.source_file}) to predict "
+                        "with this run")
     inputs = ModelInputs(task.num_channels, output_channels(spec, task), patch, spec.encoder, spacing=spacing,
                          pipeline_version=spec.pipeline_version)
     net = load_weights(build_model(spec.arch, spec.dims, inputs), run.checkpoint)

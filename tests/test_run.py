@@ -281,3 +281,14 @@ def test_a_region_run_trains_scores_postprocesses_and_predicts_beside_a_label_ru
         scored, _ = read_label(region_run / "predictions" / f"{case}.nii.gz")
         assert set(np.unique(scored)) <= {0, 1, 2}
         assert np.array_equal(read_label(out / f"{case}.nii.gz")[0], scored)
+    # its setup.json records the regions its channels are: predict refuses a task file that changed them since
+    setup = json.loads((region_run / "setup.json").read_text())
+    assert setup["regions"] == [{"name": "whole", "labels": [1, 2]}, {"name": "inner", "labels": [2]}]
+    assert "regions" not in json.loads((runs["labels"] / "setup.json").read_text())
+    task_file.write_text(task_file.read_text().replace("inner: [2]", "inner: [1]"))
+    changed = runner.invoke(app, ["predict", str(region_run), "--images", str(images), "--out",
+                                  str(tmp_path / "changed")])
+    assert changed.exit_code == 3, changed.output
+    assert changed.stderr == (f"error: {region_run / 'setup.json'}: the run trained on regions whole=1,2; "
+                              "inner=2; the task file declares whole=1,2; inner=1; restore the task file's "
+                              f"regions ({task_file}) to predict with this run\n")

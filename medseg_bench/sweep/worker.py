@@ -130,6 +130,7 @@ def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
     cache) changed since it started (resuming would mix two setups under one run id, and score held-out cases
     it trained on), or the file that records them is damaged."""
     from medseg_bench.data.plan import preprocessing_change
+    from medseg_bench.regions import regions_change
     from medseg_bench.training import resolve_patch_and_batch
 
     then, problem = _started_with(folder / "splits.json", "split", _is_split,
@@ -152,6 +153,11 @@ def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
         setup is not None and "preprocessing" in setup) else ""
     if change:
         return (f"{folder / SETUP_NAME}: the run started with {change}: restore plan.json, or delete the run "
+                "folder to start over")
+    # a region run's channels are its task's regions, in order: another set would train them as others
+    regions = regions_change(setup, prepared.task) if setup is not None and "regions" in setup else None
+    if regions:
+        return (f"{folder / SETUP_NAME}: {regions}: restore the task file's regions, or delete the run "
                 "folder to start over")
     patch, batch = resolve_patch_and_batch(spec, prepared)
     if setup is not None and (setup["patch_size"] != list(patch) or setup["batch_size"] != batch):

@@ -88,6 +88,34 @@ def test_an_interrupted_run_resumes_only_with_the_setup_it_started_with(tmp_path
         "mm: restore plan.json, or delete the run folder to start over")
 
 
+def test_a_region_run_resumes_only_on_the_regions_it_started_with(tmp_path: Path) -> None:
+    # Its network's channels are the task file's regions in their order: an edited task file would have
+    # trained (and painted) each channel as another region's.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.worker import setup_problem
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", target="regions")
+    split = {"train": ["a", "b", "c"], "val": ["d"]}
+    plan = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=4, patch_2d=(64, 64), batch_2d=32)
+    task = SimpleNamespace(regions={"whole": [1, 2], "inner": [2]})
+    prepared = SimpleNamespace(plan=plan, splits=[split], task=task)
+    write_json_atomic(tmp_path / "splits.json", split)
+    write_json_atomic(tmp_path / "setup.json", {"patch_size": [40, 56, 40], "batch_size": 4,
+                                                "regions": [{"name": "whole", "labels": [1, 2]},
+                                                            {"name": "inner", "labels": [2]}]})
+    assert setup_problem(spec, prepared, tmp_path) is None
+    task.regions = {"inner": [2], "whole": [1, 2]}  # the same regions in another order: other channels
+    reordered = setup_problem(spec, prepared, tmp_path)
+    assert reordered is not None and reordered.endswith(
+        "declares inner=2; whole=1,2: restore the task file's regions, or delete the run folder to start "
+        "over")
+    task.regions = {"whole": [1, 2], "inner": [1]}
+    assert setup_problem(spec, prepared, tmp_path) == (
+        f"{tmp_path / 'setup.json'}: the run trained on regions whole=1,2; inner=2; the task file declares "
+        "whole=1,2; inner=1: restore the task file's regions, or delete the run folder to start over")
+
+
 @pytest.mark.parametrize(("name", "text", "problem"), [
     ("setup.json", "{", "not valid JSON"),
     ("setup.json", "[]", "not a JSON object"),
