@@ -239,6 +239,19 @@ def test_a_label_map_with_nan_voxels_exits_3_naming_it(tmp_path):
     assert result.stderr == f"error: {pred / 'a.nii.gz'}: label map holds NaN or inf voxels\n"
 
 
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_a_label_map_declaring_a_huge_volume_exits_3_naming_it(folders, role):
+    from tests.data.test_io import _huge_header
+
+    path = folders[0 if role == "pred" else 1] / "b.nii.gz"
+    _huge_header(path)  # 30000^3 voxels: ITK allocated them, or failed on a line without the file's name
+    result = invoke("--pred", str(folders[0]), "--ref", str(folders[1]))
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"error: {path}: image too large: its header declares 30000 x 30000 x "
+                                    "30000 voxels of 2 bytes (5.029e+04 GiB), more than the ")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
 @pytest.mark.parametrize(("kind", "problem"), [
     ("complex", "complex pixels are not supported (one real value per voxel expected)"),
     ("rgb", "RGB/vector pixels (3 components per voxel); a label map holds one value per voxel"),
