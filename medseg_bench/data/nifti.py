@@ -128,6 +128,7 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
     chunks: list[bytes] = []
     length = 0
     most: int | None = None  # the decompressed bytes the stream may hold, once its header is read
+    past = ""  # what a stream longer than that holds more than
     try:
         with gzip.open(path, "rb") as fh:
             while chunk := fh.read(_GZIP_CHUNK_BYTES):
@@ -135,9 +136,10 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
                     chunks.append(chunk)
                 length += len(chunk)
                 if most is None and length >= NIFTI2_HEADER_BYTES:
-                    most = _stream_bound(path, b"".join(chunks)[:NIFTI2_HEADER_BYTES])
+                    most, past = _stream_bound(path, b"".join(chunks)[:NIFTI2_HEADER_BYTES])
                 if most is not None and length > most:
-                    raise DataError(f"{path}: unreadable ({_past_bound(most)})")
+                    raise DataError(f"{path}: unreadable (its gzip stream holds more than {past}, and "
+                                    f"{GZIP_SLACK_BYTES // 2**20} MiB past them)")
     except EOFError:  # Python's wording: "Compressed file ended before the end-of-stream marker was reached"
         raise DataError(f"{path}: unreadable (gzip stream cut short)") from None
     except zlib.error as exc:
@@ -152,19 +154,17 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
     return b"".join(chunks), length
 
 
-def _stream_bound(path: Path, head: bytes) -> int:
-    """The decompressed bytes a .nii.gz whose stream starts with `head` may hold: its header's declared bytes
-    and GZIP_SLACK_BYTES; an image's limit and as much where its header does not say. A header declaring
-    more than an image may hold is a DataError."""
+def _stream_bound(path: Path, head: bytes) -> tuple[int, str]:
+    """The decompressed bytes a .nii.gz whose stream starts with `head` may hold, and what they are: its
+    header's declared bytes, or where its header does not say an image's limit, and GZIP_SLACK_BYTES. A
+    header declaring more than an image may hold is a DataError."""
     header = parse_nifti_header(head)
     _check_size(path, header)
     declared = header.declared_bytes if header is not None else None
-    return (image_bytes_limit() if declared is None else declared) + GZIP_SLACK_BYTES
-
-
-def _past_bound(most: int) -> str:
-    return (f"its gzip stream holds more than the {most - GZIP_SLACK_BYTES} bytes its header declares, and "
-            f"{GZIP_SLACK_BYTES // 2**20} MiB past them")
+    if declared is None:
+        limit = image_bytes_limit()
+        return limit + GZIP_SLACK_BYTES, f"the {limit} bytes an image may hold"
+    return declared + GZIP_SLACK_BYTES, f"the {declared} bytes its header declares"
 
 
 def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]:

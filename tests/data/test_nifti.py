@@ -137,3 +137,14 @@ def test_a_gzip_stream_longer_than_its_header_declares_is_refused(tmp_path: Path
             check(path)
         assert str(caught.value) == (f"{path}: unreadable (its gzip stream holds more than the {len(raw)} "
                                      "bytes its header declares, and 1 MiB past them)")
+
+
+def test_a_gzip_stream_whose_header_gives_no_size_is_held_to_an_images_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(gzip.compress(b"\0" * (3 << 20)))  # no NIfTI header: its size is not declared
+    monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", 1 << 20)
+    with pytest.raises(DataError) as caught:
+        count_nonfinite(path)
+    assert str(caught.value) == (f"{path}: unreadable (its gzip stream holds more than the {1 << 20} bytes "
+                                 "an image may hold, and 1 MiB past them)")
