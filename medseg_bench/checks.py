@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate past it overflows the step
@@ -43,3 +44,11 @@ def is_spacing(value: object) -> bool:
     """Three positive finite numbers (mm)."""
     return isinstance(value, list) and len(value) == 3 and all(
         is_number(v) and math.isfinite(v) and v > 0 for v in value)
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None

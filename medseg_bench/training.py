@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import resource
 import time
 import warnings
@@ -31,6 +30,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO
+from medseg_bench.checks import machine_memory
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
@@ -346,14 +346,6 @@ def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
     check_batch(spec.arch, spec.dims, patch, batch)
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
-
-
-def machine_memory() -> int | None:
-    """Bytes of physical memory of this machine (None where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_batch_memory(patch: Sequence[int], batch: int, channels: int, memory: int | None = None) -> None:

@@ -231,9 +231,12 @@ def _render(cases: Any, means: Any, settings: dict[str, object], fmt: str) -> st
     import pandas as pd
 
     columns = list(cases.columns)  # case, label, METRIC_NAMES, flags: a run's metrics.csv order
-    if fmt == "csv":
+    if fmt == "csv":  # for people: a case named `=HYPERLINK(...)` is text in a spreadsheet
+        from medseg_bench.report.formats import spreadsheet_table
+
         mean_rows = means.assign(case="mean", ref_empty="", pred_empty="")[columns]
-        return pd.concat([cases.astype(object), mean_rows.astype(object)]).to_csv(index=False)
+        joined = pd.concat([cases.astype(object), mean_rows.astype(object)])
+        return spreadsheet_table(joined).to_csv(index=False)
     if fmt == "json":
         payload = {
             "settings": settings,

@@ -199,6 +199,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
             raise  # a broken install of our own: its traceback, not advice that would not help
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
     from medseg_bench.results import check_run_folders, check_writable
+    from medseg_bench.sweep.job_files import check_private_results
     from medseg_bench.sweep.local import prepare_tasks, prepared_key
 
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
@@ -212,6 +213,8 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
         raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "
                          "node of the cluster, or use the local launcher")
     check_writable(results_dir)
+    # others who can write to it could run code as your jobs: refused, or a warning
+    check_private_results(results_dir, lambda line: typer.secho(line, fg="yellow", err=True))
     check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
     prepared = prepare_tasks(runs, data_dir, typer.echo, " before submitting")
     submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,

@@ -1,5 +1,6 @@
 """Extract an MSD task archive (tar, any compression) safely: no entry lands outside the folder, no link
-points out of it, no device file, no setuid bit; on Pythons with tarfile's "data" filter it checks as well.
+points out of it, no device file, no setuid bit, no more entries than MAX_ARCHIVE_MEMBERS, nor more bytes or
+entries than the disk has room for; on Pythons with tarfile's "data" filter it checks as well.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegEr
 # tarfile's extraction filters came with Python 3.10.12 and 3.11.4; older ones extract with our checks alone.
 TAR_FILTERS = hasattr(tarfile, "data_filter")
 _FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
+# The most entries an archive may hold: MSD's largest task, BrainTumour, has 1,234 images and labels (twice as
+# many with the macOS `._` files some archives carry). A tar of millions of empty files, a few MB compressed,
+# was listed whole before any check, then extracted for hours into as many inodes; it is refused while its
+# entries are listed, at the first past this bound.
+MAX_ARCHIVE_MEMBERS = 100_000
 # An entry that cannot be written for one of these reasons clashes with another entry of the archive.
 _CLASHES = {
     errno.EISDIR: "the archive also holds a folder of that name",
@@ -41,7 +47,10 @@ def extract_archive(archive: Path, staging: Path) -> Path:
     entry: list[str] = []  # the name of the entry being extracted
     try:
         with tar:
-            for member in tar.getmembers():
+            for count, member in enumerate(tar, 1):  # read one at a time: no list of millions first
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise FetchError(f"{archive}: too many entries (more than {MAX_ARCHIVE_MEMBERS}; an MSD "
+                                     "task archive holds a few thousand at most)")
                 _check_member(archive, member)
                 _drop_privileges(member)
             _check_room(archive, staging, tar.getmembers())
@@ -63,12 +72,20 @@ def extract_archive(archive: Path, staging: Path) -> Path:
 def _check_room(archive: Path, staging: Path, members: list[tarfile.TarInfo]) -> None:
     """FileSystemError, before anything is written, when the archive's files hold more bytes than `staging`'s
     file system has free: a compressed archive of zeros (a "tar bomb", a thousand times its size) filled the
-    disk, for every process on it, before the extraction failed."""
+    disk, for every process on it, before the extraction failed; or when its entries outnumber the free
+    inodes (a file system that counts none, as btrfs, says 0 of 0 and is not asked)."""
     needed = sum(member.size for member in members if member.isreg())
     free = shutil.disk_usage(staging).free
     if needed > free:
         raise FileSystemError(f"{staging.parent}: cannot extract {archive} here (its files hold {needed} "
                               f"bytes, {free} are free)")
+    try:
+        counts = os.statvfs(staging)
+    except (AttributeError, OSError):  # no statvfs (Windows): the extraction's own error names a full disk
+        return
+    if counts.f_files and len(members) > counts.f_favail:
+        raise FileSystemError(f"{staging.parent}: cannot extract {archive} here (its {len(members)} entries "
+                              f"need as many inodes, {counts.f_favail} are free)")
 
 
 def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:

