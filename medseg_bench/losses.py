@@ -6,7 +6,11 @@ for networks with deep supervision, wraps the loss over their heads with nnU-Net
 
 A loss that can train a run with `target: regions` (`regions.py`) has a region form too, registered under
 its name in `REGION_LOSSES`: a factory `(num_regions) -> nn.Module` of (B, R, *spatial) logits and
-(B, R, *spatial) region masks; `build_loss(..., regions=...)` builds the masks from the label map.
+(B, R, *spatial) region masks; `build_loss(..., regions=...)` builds the masks from the label map. Every loss
+has one: the sigmoid (multi-label) counterpart of its softmax form, with its hyperparameters. A region form
+has no background channel to drop (every region channel is foreground, nnU-Net's `do_bg=True`), so it
+scores every channel; its Dice-type terms take the batch as one sample, as the softmax forms' do; its
+cross-entropy and focal terms are means over every voxel of every channel.
 
 Example:
     >>> loss_fn = build_loss("dice_ce", num_classes=3, class_weights=(0.5, 1.0, 2.0))
@@ -32,6 +36,11 @@ RegionLossFactory = Callable[[int], "nn.Module"]
 REGION_LOSSES: Registry[RegionLossFactory] = Registry("region form of a loss")
 
 _SOFTMAX: dict[str, Any] = {"to_onehot_y": True, "softmax": True}
+# The region forms' Dice-type terms: a sigmoid per region channel, every channel (none is a background).
+_SIGMOID: dict[str, Any] = {"sigmoid": True, "include_background": True, "batch": True}
+# Shared by a loss's softmax and region forms.
+FOCAL_GAMMA = 2.0
+TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 
 
 def _tensor(weights: Sequence[float] | None) -> torch.Tensor | None:
@@ -54,12 +63,28 @@ def cross_entropy(num_classes: int, class_weights: Weights = None) -> nn.Module:
     return DiceCELoss(**_SOFTMAX, lambda_dice=0.0, lambda_ce=1.0, weight=_tensor(class_weights))
 
 
+@REGION_LOSSES.register("ce")
+def bce(num_regions: int) -> nn.Module:
+    """Binary cross-entropy over the sigmoid region channels (`BCEWithLogitsLoss`, mean over voxels)."""
+    from torch import nn
+
+    return nn.BCEWithLogitsLoss()
+
+
 @LOSSES.register("dice")
 def dice(num_classes: int, class_weights: Weights = None) -> nn.Module:
     """Soft Dice over the batch, foreground classes only (Milletari 2016)."""
     from monai.losses import DiceLoss
 
     return DiceLoss(**_SOFTMAX, include_background=False, batch=True, weight=_foreground(class_weights))
+
+
+@REGION_LOSSES.register("dice")
+def sigmoid_dice(num_regions: int) -> nn.Module:
+    """Soft Dice over the sigmoid region channels, every one (no background channel to drop)."""
+    from monai.losses import DiceLoss
+
+    return DiceLoss(**_SIGMOID)
 
 
 @LOSSES.register("dice_ce")
@@ -74,12 +99,9 @@ def dice_ce(num_classes: int, class_weights: Weights = None) -> nn.Module:
 @REGION_LOSSES.register("dice_ce")
 def dice_bce(num_regions: int) -> nn.Module:
     """Soft Dice over the sigmoid region channels + binary cross-entropy, nnU-Net's `DC_and_BCE_loss`."""
-    from monai.losses import DiceLoss
-    from torch import nn
-
     # Not MONAI's DiceCELoss(sigmoid=True): its CE term is a softmax cross-entropy for more than one channel.
     # Every region channel is foreground (nnU-Net's do_bg=True); batch Dice as `dice_ce`'s.
-    return _Sum(DiceLoss(sigmoid=True, include_background=True, batch=True), nn.BCEWithLogitsLoss())
+    return _Sum(sigmoid_dice(num_regions), bce(num_regions))
 
 
 @LOSSES.register("focal")
@@ -87,7 +109,16 @@ def focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
     """Softmax focal loss, gamma 2 (Lin 2017)."""
     from monai.losses import FocalLoss
 
-    return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=_tensor(class_weights))
+    return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=FOCAL_GAMMA, weight=_tensor(class_weights))
+
+
+@REGION_LOSSES.register("focal")
+def sigmoid_focal(num_regions: int) -> nn.Module:
+    """Sigmoid (binary) focal loss per region channel, gamma 2 (mean over voxels)."""
+    from monai.losses import FocalLoss
+
+    # use_softmax=False: MONAI's sigmoid focal loss, no alpha (as `focal`), every channel.
+    return FocalLoss(include_background=True, use_softmax=False, gamma=FOCAL_GAMMA)
 
 
 @LOSSES.register("dice_focal")
@@ -98,16 +129,30 @@ def dice_focal(num_classes: int, class_weights: Weights = None) -> nn.Module:
     return _Sum(dice(num_classes, class_weights), focal(num_classes, class_weights))
 
 
+@REGION_LOSSES.register("dice_focal")
+def sigmoid_dice_focal(num_regions: int) -> nn.Module:
+    """Soft Dice over the sigmoid region channels + the sigmoid focal loss of `focal`'s region form."""
+    return _Sum(sigmoid_dice(num_regions), sigmoid_focal(num_regions))
+
+
 @LOSSES.register("tversky")
 def tversky(num_classes: int, class_weights: Weights = None) -> nn.Module:
     """Tversky loss, alpha 0.3 / beta 0.7: false negatives weigh more (Salehi 2017)."""
     from monai.losses import TverskyLoss
 
+    tversky_args: dict[str, Any] = {**_SOFTMAX, "include_background": False, "batch": True,
+                                    "alpha": TVERSKY_ALPHA, "beta": TVERSKY_BETA}
     if class_weights is None:
-        return TverskyLoss(**_SOFTMAX, include_background=False, batch=True, alpha=0.3, beta=0.7)
-    per_class = TverskyLoss(**_SOFTMAX, include_background=False, batch=True, alpha=0.3, beta=0.7,
-                            reduction="none")
-    return _WeightedPerClass(per_class, class_weights[1:])
+        return TverskyLoss(**tversky_args)
+    return _WeightedPerClass(TverskyLoss(**tversky_args, reduction="none"), class_weights[1:])
+
+
+@REGION_LOSSES.register("tversky")
+def sigmoid_tversky(num_regions: int) -> nn.Module:
+    """Tversky loss over the sigmoid region channels, every one, alpha 0.3 / beta 0.7 as `tversky`."""
+    from monai.losses import TverskyLoss
+
+    return TverskyLoss(**_SIGMOID, alpha=TVERSKY_ALPHA, beta=TVERSKY_BETA)
 
 
 @LOSSES.register("generalized_dice")
@@ -119,6 +164,15 @@ def generalized_dice(num_classes: int, class_weights: Weights = None) -> nn.Modu
         raise UsageError("loss 'generalized_dice' weights classes itself (inverse squared volume); "
                          "drop --class-weights or choose another loss")
     return GeneralizedDiceLoss(**_SOFTMAX, include_background=False, batch=True)
+
+
+@REGION_LOSSES.register("generalized_dice")
+def sigmoid_generalized_dice(num_regions: int) -> nn.Module:
+    """Generalized Dice over the sigmoid region channels, regions weighted by inverse squared volume."""
+    from monai.losses import GeneralizedDiceLoss
+
+    # Every channel; a region absent from the batch takes the largest weight of the others (MONAI's rule).
+    return GeneralizedDiceLoss(**_SIGMOID)
 
 
 def _Sum(*terms: nn.Module) -> nn.Module:  # noqa: N802 - a factory

@@ -33,6 +33,20 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def softmax_only_loss(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A loss registered for this test only, with no region form: every real loss has one, so this keeps
+    the refusal of `target: regions` for a loss without one tested (`losses.region_loss_problem`)."""
+    from medseg_bench.losses import LOSSES, dice_ce
+
+    def softmax_only(num_classes: int, class_weights: tuple[float, ...] | None = None) -> object:
+        """A softmax-only loss (a test's)."""
+        return dice_ce(num_classes, class_weights)
+
+    monkeypatch.setattr(LOSSES, "_items", {**LOSSES._items, "softmax_only": softmax_only})
+    return "softmax_only"
+
+
 @pytest.fixture(scope="session")
 def shared_task() -> Path:
     if not (SHARED_TASK / "dataset.json").is_file():

@@ -118,32 +118,111 @@ def test_region_form_runs_and_prefers_the_truth(name: str, shape: tuple[int, ...
     loss = loss_fn(random_logits, target)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss) and random_logits.grad is not None
+    assert torch.isfinite(random_logits.grad).all()
     assert loss_fn(masks * 20 - 10, target) < loss.detach()
     heads = (random_logits.detach(), random_logits.detach()[(slice(None), slice(None),
                                                                *(slice(None, None, 2),) * len(shape))])
     assert torch.isfinite(loss_fn(heads, target))  # deep supervision: the label map downsampled, then masks
 
 
-def test_dice_ce_on_regions_is_sigmoid_dice_over_every_region_plus_bce() -> None:
-    """nnU-Net's DC_and_BCE_loss (weights 1 and 1, Dice with the batch as one sample, every channel
-    foreground), up to its smoothing; written out by hand."""
+def test_every_loss_has_a_region_form() -> None:
+    """A user comparing losses on region training has them all (`REGION_LOSSES`, under each loss's name)."""
+    assert list(REGION_LOSSES) == list(LOSSES)
+    assert all(region_loss_problem(name) is None for name in LOSSES)
+
+
+# The region forms written out by hand, in float64, from the sigmoid probabilities `p` of the logits and
+# the region masks `m` (B, R, *spatial): Dice-type terms sum over the batch and space (the batch as one
+# sample) and average over every region channel (none is a background); smoothing 1e-5 as MONAI's.
+SMOOTH = 1e-5
+
+
+def _batch_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=(0, *range(2, x.ndim)))  # one value per region channel
+
+
+def _hand_bce(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return -(m * p.log() + (1 - m) * (1 - p).log()).mean()
+
+
+def _hand_dice(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return (1 - (2 * _batch_sum(p * m) + SMOOTH) / (_batch_sum(p) + _batch_sum(m) + SMOOTH)).mean()
+
+
+def _hand_focal(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    # Lin 2017 with a sigmoid per channel, gamma 2, no alpha: -(1 - p_t)^2 log p_t, a mean over every voxel
+    return -(m * (1 - p) ** 2 * p.log() + (1 - m) * p**2 * (1 - p).log()).mean()
+
+
+def _hand_tversky(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    tp, fp, fn = _batch_sum(p * m), _batch_sum(p * (1 - m)), _batch_sum((1 - p) * m)
+    return (1 - (tp + SMOOTH) / (tp + 0.3 * fp + 0.7 * fn + SMOOTH)).mean()
+
+
+def _hand_generalized_dice(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    # Sudre 2017: one ratio over all regions, each weighted by its inverse squared volume in the batch; a
+    # region absent from the batch takes the largest of the other weights (MONAI's rule for its infinite one)
+    volume = _batch_sum(m)
+    w = torch.where(volume > 0, 1 / volume.clamp_min(1) ** 2, 0.0)
+    w = torch.where(volume > 0, w, w.max())
+    return 1 - (2 * (w * _batch_sum(p * m)).sum() + SMOOTH) / ((w * (_batch_sum(p) + volume)).sum() + SMOOTH)
+
+
+HAND_REGION_FORMS = {
+    "ce": _hand_bce,
+    "dice": _hand_dice,
+    "dice_ce": lambda p, m: _hand_dice(p, m) + _hand_bce(p, m),  # nnU-Net's DC_and_BCE_loss, weights 1 and 1
+    "dice_focal": lambda p, m: _hand_dice(p, m) + _hand_focal(p, m),
+    "focal": _hand_focal,
+    "generalized_dice": _hand_generalized_dice,
+    "tversky": _hand_tversky,
+}
+
+
+@pytest.mark.parametrize("name", list(REGION_LOSSES))
+@pytest.mark.parametrize("labels", [3, 2], ids=["every-region", "a-region-absent"])
+def test_region_form_is_its_formula_written_out_by_hand(name: str, labels: int) -> None:
+    """Each region form against its sigmoid formula on a small tensor; with labels 0-1 only, the second
+    region (label 2) is absent from the batch."""
     torch.manual_seed(3)
     regions = ((1, 2), (2,))
-    logits, target = torch.randn(2, 2, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6))
-    masks = torch.cat([torch.isin(target, torch.tensor(r)) for r in regions], dim=1).float()
-    p = torch.sigmoid(logits)
-    axes = (0, 2, 3, 4)
-    dice = 1 - (2 * (p * masks).sum(axes) + 1e-5) / (p.sum(axes) + masks.sum(axes) + 1e-5)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
-    expected = dice.mean() + bce
-    found = build_loss("dice_ce", 3, regions=regions)(logits, target)
+    logits, target = torch.randn(2, 2, 6, 6, 6), torch.randint(0, labels, (2, 1, 6, 6, 6))
+    masks = torch.cat([torch.isin(target, torch.tensor(r)) for r in regions], dim=1).double()
+    expected = HAND_REGION_FORMS[name](torch.sigmoid(logits.double()), masks)
+    found = build_loss(name, 3, regions=regions)(logits, target)
     assert found == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions() -> None:
-    assert "focal" not in REGION_LOSSES and region_loss_problem("dice_ce") is None
-    with pytest.raises(UsageError, match=r"^loss 'focal' has no region form \(sigmoid channels, one per "
-                                         r"region\): target regions trains with dice_ce$"):
-        build_loss("focal", 3, regions=((1, 2), (2,)))
-    with pytest.raises(UsageError, match="^class weights with target regions"):
-        build_loss("dice_ce", 3, (1.0, 1.0, 2.0), regions=((1, 2), (2,)))
+def test_every_region_form_is_written_out_by_hand() -> None:
+    assert sorted(HAND_REGION_FORMS) == list(REGION_LOSSES)
+
+
+@pytest.mark.parametrize("name", list(REGION_LOSSES))
+def test_region_form_gradients_are_finite_even_for_saturated_logits(name: str) -> None:
+    """Logits of +-60 (a sigmoid of exactly 0 or 1 in float32), right and wrong, beside ordinary ones."""
+    torch.manual_seed(4)
+    regions = ((1, 2, 3), (2, 3), (3,))
+    target = torch.randint(0, 4, (2, 1, 6, 6, 6))
+    masks = torch.cat([torch.isin(target, torch.tensor(r)) for r in regions], dim=1).float()
+    logits = torch.randn(2, 3, 6, 6, 6)
+    logits[0] = (masks[0] * 2 - 1) * 60  # sure and right
+    logits[1, 0] = (1 - masks[1, 0] * 2) * 60  # sure and wrong
+    logits.requires_grad_(True)
+    loss = build_loss(name, 4, regions=regions)(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert logits.grad[1, 0].abs().sum() > 0  # the sure and wrong channel is still trained
+
+
+def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(
+        softmax_only_loss: str) -> None:
+    assert softmax_only_loss in LOSSES and softmax_only_loss not in REGION_LOSSES
+    assert region_loss_problem("dice_ce") is None
+    with pytest.raises(UsageError, match=rf"^loss '{softmax_only_loss}' has no region form \(sigmoid "
+                                         rf"channels, one per region\): target regions trains with ce, dice, "
+                                         rf"dice_ce, dice_focal, focal, generalized_dice, tversky$"):
+        build_loss(softmax_only_loss, 3, regions=((1, 2), (2,)))
+    build_loss(softmax_only_loss, 3)  # as any loss, with target labels
+    for name in REGION_LOSSES:
+        with pytest.raises(UsageError, match="^class weights with target regions"):
+            build_loss(name, 3, (1.0, 1.0, 2.0), regions=((1, 2), (2,)))

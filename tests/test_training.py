@@ -393,9 +393,11 @@ def test_a_region_runs_validation_dice_is_each_regions_sigmoid_against_its_mask(
     assert module._counts.tolist() == [[2, 2], [1, 0], [2, 0]]  # tp, fp, fn per region
 
 
-def test_a_region_run_trains_a_sigmoid_channel_per_region(home: Path, tmp_path: Path, prepared) -> None:
+def test_a_region_run_trains_a_sigmoid_channel_per_region(home: Path, tmp_path: Path, prepared,
+                                                          softmax_only_loss: str) -> None:
     """Target regions: the network's channels are the task's regions (two here, of three classes), trained
-    with dice_ce's region form; a task without regions is refused before anything is built."""
+    with dice_ce's region form, or another loss's (focal's); a task without regions, or a loss without a
+    region form, is refused before anything is built."""
     name = "Task94_Regions"
     task_file = write_task_file(home, name)
     with task_file.open("a") as fh:  # in this order (yaml.safe_dump would sort them)
@@ -409,6 +411,11 @@ def test_a_region_run_trains_a_sigmoid_channel_per_region(home: Path, tmp_path: 
     assert log["train_loss"].dropna().between(0, 10).all() and log["val_dice"].dropna().between(0, 1).all()
     with pytest.raises(UsageError, match=f"^{TASK}: target regions: it has no regions"):
         train(_spec(target="regions"), prepared, tmp_path / "refused")
-    with pytest.raises(UsageError, match="^loss 'focal' has no region form"):
-        train(_spec(task=name, target="regions", loss="focal"), regions, tmp_path / "refused")
+    focal = train(_spec(task=name, target="regions", loss="focal", epochs=1, aug="none"), regions,
+                  tmp_path / "focal")
+    assert focal.net.eval()(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    focal_log = pd.read_csv(tmp_path / "focal" / "logs" / "metrics.csv")
+    assert focal_log["train_loss"].dropna().between(0, 10).all()
+    with pytest.raises(UsageError, match=f"^loss '{softmax_only_loss}' has no region form"):
+        train(_spec(task=name, target="regions", loss=softmax_only_loss), regions, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from medseg_bench.augment import AUGS
 from medseg_bench.cli.app import app
-from medseg_bench.losses import LOSSES
+from medseg_bench.losses import LOSSES, REGION_LOSSES
 from medseg_bench.metrics import METRIC_NAMES
 from medseg_bench.models import ARCHS
 
@@ -32,12 +32,15 @@ def test_list_shows_every_registered_entry(what: str) -> None:
     assert [name for name in _registered(what) if name not in listed] == []
 
 
-def test_list_losses_shows_which_have_a_region_form() -> None:
-    result = runner.invoke(app, ["list", "losses"], terminal_width=250)
+def test_list_losses_shows_each_loss_s_region_form(softmax_only_loss: str) -> None:
+    result = runner.invoke(app, ["list", "losses"], terminal_width=300)
     assert result.exit_code == 0, result.output
     lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ ")}
     assert "Soft Dice over the sigmoid region channels + binary cross-entropy" in lines["dice_ce"]
-    assert lines["focal"].rstrip(" │").endswith("-")
+    for name, region_form in REGION_LOSSES.items():
+        description = (region_form.__doc__ or "").strip().splitlines()[0]
+        assert description and description in lines[name], (name, lines[name])
+    assert lines[softmax_only_loss].rstrip(" │").endswith("-")  # a loss without one (this test's)
 
 
 def test_the_readme_names_every_arch_loss_and_augmentation_preset() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medseg_bench.errors import UsageError
+from medseg_bench.losses import LOSSES, REGION_LOSSES
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.expand import SweepRequest, expand, parse_exclude
 
@@ -211,12 +212,28 @@ def test_regions_on_a_task_that_cannot_have_them_are_refused_naming_the_task(hom
                      "declares none)"]
 
 
-def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(home: Path) -> None:
-    runs, notes = expand(SweepRequest(tasks=[BRATS], dims=["3d"], losses=["dice_ce", "focal"],
-                                      targets=["regions"]))
-    assert [(r.loss, r.target) for r in runs] == [("dice_ce", "regions")]
-    assert notes == ["loss focal with --target regions: skipped, loss 'focal' has no region form (sigmoid "
-                     "channels, one per region): target regions trains with dice_ce"]
+def test_every_loss_trains_region_runs(home: Path) -> None:
+    """Every loss has a region form (`losses.REGION_LOSSES`): none is skipped with --target regions."""
+    losses = list(LOSSES)
+    runs, notes = expand(SweepRequest(tasks=[BRATS], dims=["3d"], losses=losses,
+                                      targets=["labels", "regions"]))
+    assert not notes
+    assert sorted((r.loss, r.target) for r in runs) == [(loss, target) for loss in losses
+                                                          for target in ("labels", "regions")]
+
+
+def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(
+        home: Path, softmax_only_loss: str) -> None:
+    runs, notes = expand(SweepRequest(tasks=[BRATS], dims=["3d"], losses=["dice_ce", softmax_only_loss],
+                                      targets=["labels", "regions"]))
+    assert [(r.loss, r.target) for r in runs] == [("dice_ce", "labels"), ("dice_ce", "regions"),
+                                                  (softmax_only_loss, "labels")]
+    assert notes == [f"loss {softmax_only_loss} with --target regions: skipped, loss '{softmax_only_loss}' "
+                     f"has no region form (sigmoid channels, one per region): target regions trains with "
+                     f"{', '.join(REGION_LOSSES)}"]
+    with pytest.raises(UsageError, match=rf"^the sweep expands to no runs \(loss {softmax_only_loss} with "
+                                         rf"--target regions: skipped"):
+        expand(SweepRequest(tasks=[BRATS], dims=["3d"], losses=[softmax_only_loss], targets=["regions"]))
     with pytest.raises(UsageError, match=r"no runs \(--class-weights with --target regions: skipped, class "
                                          r"weights weigh a softmax's classes"):
         expand(SweepRequest(tasks=[BRATS], dims=["3d"], targets=["regions"], class_weights=(1, 1, 2, 2)))
