@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
+NO_MEMORY_LIMIT_BYTES = 2**62  # cgroup v1 writes "no limit" as 2**63 less a page; any value past this is none
 MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate past it overflows the step
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a learning rate below it is 0 in a step
@@ -52,3 +55,108 @@ def machine_memory() -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A bound on the memory this process may use: `limit_bytes`, and what sets it (`kind`, `origin`)."""
+
+    limit_bytes: int
+    kind: str  # "the machine's memory", "the container's or job's memory limit", ...
+    origin: str = ""  # the file or setting it was read from: "cgroup memory.max", "RLIMIT_AS"
+
+    @property
+    def named(self) -> str:
+        """What sets it, without the number: "the container's or job's memory limit, cgroup memory.max"."""
+        return f"{self.kind}, {self.origin}" if self.origin else self.kind
+
+    def __str__(self) -> str:
+        """What sets it, with its size: "the container's or job's memory limit (cgroup memory.max, 8 GiB)"."""
+        amount = f"{self.limit_bytes / 2**30:.4g} GiB"
+        return f"{self.kind} ({self.origin}, {amount})" if self.origin else f"{self.kind} ({amount})"
+
+
+def usable_memory(root: Path = Path("/")) -> MemoryLimit | None:
+    """The memory this process may use: the least of the machine's physical memory, its cgroup's limit (a
+    container's, a Kubernetes pod's, a SLURM job's `--mem`) and its address-space limit (`ulimit -v`); None
+    where none is known. `root` stands for `/` (tests build a fake `/proc` and `/sys` under it).
+
+    Past a cgroup's limit the kernel kills the process, far below the machine's memory: a sweep killed so
+    loses its last lines and its run shows as pending. A file that cannot be read, or holds anything but a
+    number, counts as no limit: never an exception."""
+    limits = [limit for limit in (_physical(), _cgroup_limit(root), _address_space_limit()) if limit]
+    return min(limits, key=lambda limit: limit.limit_bytes) if limits else None
+
+
+def _physical() -> MemoryLimit | None:
+    memory = machine_memory()
+    return MemoryLimit(memory, "the machine's memory") if memory and memory > 0 else None
+
+
+def _cgroup_limit(root: Path) -> MemoryLimit | None:
+    """The smallest memory limit of this process's cgroup and its ancestors: cgroup v2's `memory.max` (the
+    unified hierarchy, `0::PATH` in /proc/self/cgroup) and cgroup v1's `memory.limit_in_bytes` (the memory
+    controller's `N:memory:PATH`); both where a machine mounts both (hybrid)."""
+    found: list[MemoryLimit] = []
+    for line in _read_small(root / "proc/self/cgroup", 1 << 16).splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            folder, name = root / "sys/fs/cgroup", "memory.max"
+        elif "memory" in controllers.split(","):
+            folder, name = root / "sys/fs/cgroup" / controllers, "memory.limit_in_bytes"
+            if not folder.is_dir():
+                folder = root / "sys/fs/cgroup/memory"  # "cpu,memory" mounted under one name
+        else:
+            continue
+        for limit_bytes in _limits_along(folder, path, name):
+            found.append(MemoryLimit(limit_bytes, "the container's or job's memory limit", f"cgroup {name}"))
+    return min(found, key=lambda limit: limit.limit_bytes) if found else None
+
+
+def _limits_along(folder: Path, path: str, name: str) -> list[int]:
+    """The limits in `name` of cgroup `path` under `folder` and of each of its ancestors. A container's own
+    cgroup is often mounted as `folder` itself, its path on the host not below it: the ancestors' files that
+    do not exist count as no limit, `folder`'s own is read in any case."""
+    parts = [part for part in path.strip().split("/") if part]
+    if any(part in (".", "..") for part in parts):  # not a cgroup path: read nothing outside `folder`
+        parts = []
+    limits = []
+    for depth in range(len(parts), -1, -1):
+        limit_bytes = _limit_in(folder.joinpath(*parts[:depth]) / name)
+        if limit_bytes is not None:
+            limits.append(limit_bytes)
+    return limits
+
+
+def _limit_in(file: Path) -> int | None:
+    """A cgroup limit file's bytes; None for "max", a value past `NO_MEMORY_LIMIT_BYTES`, or anything odd."""
+    text = _read_small(file, 64).strip()
+    if not text.isdigit() or not text.isascii():
+        return None  # "max", missing, unreadable, garbage, negative
+    value = int(text)
+    return value if 0 < value < NO_MEMORY_LIMIT_BYTES else None
+
+
+def _read_small(file: Path, most_bytes: int) -> str:
+    """The first `most_bytes` of `file` as text; "" where it cannot be read."""
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(most_bytes).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+
+
+def _address_space_limit() -> MemoryLimit | None:
+    """`ulimit -v`: past it an allocation fails (MemoryError), it is not killed, but no batch fits past it."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, AttributeError, ValueError, OSError):  # not on Windows
+        return None
+    if soft == resource.RLIM_INFINITY or not 0 < soft < NO_MEMORY_LIMIT_BYTES:
+        return None
+    return MemoryLimit(soft, "the process's address-space limit", "ulimit -v, RLIMIT_AS")

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+from medseg_bench.checks import usable_memory
 from medseg_bench.files import atomic_binary, write_json_atomic
 from medseg_bench.settings import REPO_ROOT
 
@@ -289,6 +290,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     code = code_record()
+    memory = usable_memory()
 
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -313,4 +315,8 @@ def environment() -> dict[str, Any]:
         "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # The memory the batch and image guards held the run to: a container's or SLURM job's limit, where
+        # the kernel kills the process, or the machine's (`checks.usable_memory`)
+        "memory_limit_bytes": memory.limit_bytes if memory else None,
+        "memory_limit": memory.named if memory else None,
     }

@@ -12,7 +12,8 @@ Run folder:
     env.json         package versions, Python, platform, host, git revision (`<commit>`, `<commit>+dirty`, or
                      `unknown`; `source_diff`: a dirty checkout's diff's file, sha256, size and whether it was
                      cut; `installed_from`: the URL and commit pip installed an installed package from), CPU
-                     (model, the instruction set torch uses and the variables capping it), torch threads, GPU
+                     (model, the instruction set torch uses and the variables capping it), torch threads, GPU,
+                     the memory the run was held to and what set it (`memory_limit_bytes`, `memory_limit`)
     source.diff      a dirty checkout's `git diff HEAD` (tracked files; binary ones as `git apply` takes
                      them), its first 4 MiB; none for a clean checkout or an installed package (both of the
                      last attempt, as env.json; absent in runs started before 2026-12-03)

@@ -30,7 +30,7 @@ from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO
-from medseg_bench.checks import machine_memory
+from medseg_bench.checks import MemoryLimit, usable_memory
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
 from medseg_bench.data.preprocess import PreparedTask
@@ -348,17 +348,18 @@ def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
     check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
 
 
-def check_batch_memory(patch: Sequence[int], batch: int, channels: int, memory: int | None = None) -> None:
+def check_batch_memory(patch: Sequence[int], batch: int, channels: int,
+                       memory: MemoryLimit | None = None) -> None:
     """MemoryError, before anything is built, when one batch's input (float32 channels and a label map) alone
-    is larger than this machine's memory (`memory`, or `machine_memory`): such a batch (--batch-size 1e8) grew
-    until the kernel killed the sweep, whose run then showed as pending, not failed."""
-    memory = machine_memory() if memory is None else memory
+    is larger than the memory this process may use (`memory`, or `checks.usable_memory`: the machine's, or a
+    container's or SLURM job's cgroup limit where less): such a batch (--batch-size 1e8) grew until the kernel
+    killed the sweep, whose run then showed as pending, not failed."""
+    memory = usable_memory() if memory is None else memory
     needed = batch * math.prod(patch) * (4 * channels + 1)
-    if memory is not None and needed > memory:
+    if memory is not None and needed > memory.limit_bytes:
         shape = "x".join(str(p) for p in patch)
         raise MemoryError(f"one batch of {batch} {shape} patches ({channels} channel(s)) needs "
-                          f"{needed / 2**30:.4g} GiB for its input alone; this machine has "
-                          f"{memory / 2**30:.4g} GiB")
+                          f"{needed / 2**30:.4g} GiB for its input alone, more than {memory}")
 
 
 def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:

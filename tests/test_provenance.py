@@ -46,6 +46,23 @@ def test_a_run_records_the_cpu_it_ran_on(tmp_path: Path, monkeypatch: pytest.Mon
     assert environment()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
+def test_a_run_records_the_memory_it_was_held_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run killed in a container or a SLURM job left no trace of the limit that killed it
+    from medseg_bench.checks import MemoryLimit, usable_memory
+
+    limit = usable_memory()
+    env = environment()
+    assert env["memory_limit_bytes"] == (limit.limit_bytes if limit else None)
+    assert env["memory_limit"] == (limit.named if limit else None)
+    job = MemoryLimit(8 * 2**30, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(provenance, "usable_memory", lambda: job)
+    env = environment()
+    assert (env["memory_limit_bytes"], env["memory_limit"]) == (
+        8 * 2**30, "the container's or job's memory limit, cgroup memory.max")
+    monkeypatch.setattr(provenance, "usable_memory", lambda: None)
+    assert environment()["memory_limit_bytes"] is None
+
+
 def test_runs_record_the_revision_their_process_started_with(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # A commit, or another edit, made while a sweep goes on: every run records the code the first one ran,

@@ -364,18 +364,43 @@ def test_a_run_that_gave_no_result_is_a_failed_run_with_one_line(prepared, tmp_p
 def test_a_batch_whose_input_alone_exceeds_the_machines_memory_fails_before_anything_is_built(
         prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # --batch-size 1e8 grew its batch until the kernel killed the sweep: the run showed as pending, not failed
+    from medseg_bench.checks import MemoryLimit
     from medseg_bench.training import check_batch_memory
 
-    check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5)  # exactly fits
+    check_batch_memory((16, 16, 16), 2, 1, memory=MemoryLimit(2 * 16**3 * 5, "the machine's memory"))  # fits
     with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs "
-                       r"3.815e-05 GiB for its input alone; this machine has 3.815e-05 GiB$"):
-        check_batch_memory((16, 16, 16), 2, 1, memory=2 * 16**3 * 5 - 1)
+                       r"3.815e-05 GiB for its input alone, more than the machine's memory "
+                       r"\(3.815e-05 GiB\)$"):
+        check_batch_memory((16, 16, 16), 2, 1, memory=MemoryLimit(2 * 16**3 * 5 - 1, "the machine's memory"))
     with pytest.raises(MemoryError, match="one batch of 100000000 16x16x16 patches"):
         train(_spec(batch_size=100_000_000), prepared, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
-    monkeypatch.setattr("medseg_bench.training.machine_memory", lambda: 2 * 16**3 * 5 - 1)
+    monkeypatch.setattr("medseg_bench.training.usable_memory",
+                        lambda: MemoryLimit(2 * 16**3 * 5 - 1, "the machine's memory"))
     with pytest.raises(MemoryError, match="one batch of 2 16x16x16 patches"):
         train(_spec(), prepared, tmp_path / "run")
+
+
+def test_a_batch_past_a_containers_or_jobs_memory_limit_fails_naming_that_limit(
+        prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In a container or a SLURM job with --mem, the kernel kills the process at its cgroup's limit, far below
+    # the machine's memory, which alone was checked: the sweep was killed and its run showed as pending
+    from medseg_bench import checks
+
+    cgroup = tmp_path / "root"
+    (cgroup / "proc/self").mkdir(parents=True)
+    (cgroup / "proc/self/cgroup").write_text("0::/job_7/step_0\n")
+    (cgroup / "sys/fs/cgroup/job_7/step_0").mkdir(parents=True)
+    (cgroup / "sys/fs/cgroup/job_7/step_0/memory.max").write_text("max\n")
+    (cgroup / "sys/fs/cgroup/job_7/memory.max").write_text(f"{2 * 16**3 * 5 - 1}\n")
+    monkeypatch.setattr(checks, "machine_memory", lambda: 64 * 2**30)
+    real = checks.usable_memory
+    monkeypatch.setattr("medseg_bench.training.usable_memory", lambda: real(cgroup))
+    with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs "
+                       r"3.815e-05 GiB for its input alone, more than the container's or job's memory limit "
+                       r"\(cgroup memory.max, 3.815e-05 GiB\)$"):
+        train(_spec(), prepared, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_region_runs_validation_dice_is_each_regions_sigmoid_against_its_mask() -> None:

@@ -12,11 +12,11 @@ import shlex
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medseg_bench.data.archive import extract_archive, task_root
+from medseg_bench.data.archive import MAX_ARCHIVE_MEMBERS, extract_archive, task_root
 from medseg_bench.data.download import download, verify_md5
 from medseg_bench.data.nnunet_raw import convert as convert_nnunet_raw
 from medseg_bench.data.nnunet_raw import is_nnunet_raw
@@ -33,6 +33,9 @@ from medseg_bench.spec import TaskSpec
 from medseg_bench.task_fields import is_md5
 
 MARKER = ".medseg-bench-valid.json"
+# The most entries (files and folders, at any depth) a folder to import may hold, as an archive
+# (`archive.MAX_ARCHIVE_MEMBERS`): a folder of millions of files was walked, then copied, for hours.
+MAX_SOURCE_ENTRIES = MAX_ARCHIVE_MEMBERS
 
 
 @dataclass(frozen=True)
@@ -396,8 +399,8 @@ def import_folder(folder: Path, staging: Path) -> tuple[Path, Path]:
     A folder that holds one task folder (the extracted archive's parent, say) is searched one level down,
     as an archive is."""
     if not (folder / "dataset.json").is_file():
-        inner = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "dataset.json").is_file()) \
-            if folder.is_dir() else []
+        inner = sorted(p for p in _counted(folder, _listed(folder)) if p.is_dir()
+                       and (p / "dataset.json").is_file()) if folder.is_dir() else []
         if len(inner) > 1:
             task_root(folder, folder)  # several: the same one-line error as for an archive
         if not inner:
@@ -426,25 +429,70 @@ def _check_source_entries(folder: Path) -> None:
     copy the tree it leads to (all of it, for a link to `/`; without end, for one to a folder above it).
     A link to a file inside the folder is copied as that file. `._*` files and the marker are not copied."""
     root = folder.resolve()
-    for parent, dirs, names in os.walk(folder):  # links to folders are listed in `dirs`, not followed
-        for name in [*dirs, *names]:
-            link = Path(parent, name)
-            if name.startswith("._") or name == MARKER:
-                continue
-            if not link.is_symlink():
-                _check_plain(link)
-                continue
-            try:
-                target = link.resolve()
-            except (OSError, RuntimeError):  # a loop of links: RuntimeError before Python 3.13
-                raise DataError(f"{link}: a link that leads back to itself") from None
-            if target != root and root not in target.parents:
-                raise DataError(f"{link}: a link to {target}, outside {folder}; fetch copies only what the "
-                                "folder holds: copy the file in its place")
-            if target.is_dir():
-                raise DataError(f"{link}: a link to the folder {target}; fetch copies files, not links to "
-                                "folders: copy the folder in its place")
-            _check_plain(target, link)
+    for link in _counted(folder, _walked(folder)):
+        if link.name.startswith("._") or link.name == MARKER:
+            continue
+        if not link.is_symlink():
+            _check_plain(link)
+            continue
+        try:
+            target = link.resolve()
+        except (OSError, RuntimeError):  # a loop of links: RuntimeError before Python 3.13
+            raise DataError(f"{link}: a link that leads back to itself") from None
+        if target != root and root not in target.parents:
+            raise DataError(f"{link}: a link to {target}, outside {folder}; fetch copies only what the "
+                            "folder holds: copy the file in its place")
+        if target.is_dir():
+            raise DataError(f"{link}: a link to the folder {target}; fetch copies files, not links to "
+                            "folders: copy the folder in its place")
+        _check_plain(target, link)
+
+
+def _counted(folder: Path, entries: Iterator[Path]) -> Iterator[Path]:
+    """`entries` of `folder`, a DataError at the first past `MAX_SOURCE_ENTRIES` (before the rest is
+    listed)."""
+    for count, entry in enumerate(entries, 1):
+        if count > MAX_SOURCE_ENTRIES:
+            raise DataError(f"{folder}: too many entries (more than {MAX_SOURCE_ENTRIES}; an MSD task folder "
+                            "holds a few thousand at most)")
+        yield entry
+
+
+def _listed(folder: Path) -> Iterator[Path]:
+    """`folder`'s entries one at a time, as the system lists them (`os.scandir`; `Path.iterdir` reads a
+    folder's every name first)."""
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            yield Path(entry.path)
+
+
+def _walked(folder: Path) -> Iterator[Path]:
+    """Every entry below `folder`, each folder's before what it holds, listed one at a time (`os.walk` reads
+    a folder's every name before it yields any: millions, for a folder of millions). Links to folders are
+    given, not followed; a folder that cannot be listed is passed over, as by `os.walk` (the copy names
+    it)."""
+    pending = [folder]
+    while pending:
+        parent = pending.pop()
+        try:
+            listing = os.scandir(parent)
+        except OSError:
+            continue
+        with listing:
+            while True:
+                try:
+                    entry = next(listing)
+                except StopIteration:
+                    break
+                except OSError:  # the folder went away, or a read failed, while listed: as os.walk
+                    break
+                try:
+                    is_folder = entry.is_dir(follow_symlinks=False)
+                except OSError:  # as os.walk: not descended into; its own checks name it
+                    is_folder = False
+                if is_folder:
+                    pending.append(Path(entry.path))
+                yield Path(entry.path)
 
 
 def _check_plain(path: Path, named: Path | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.checks import machine_memory
+from medseg_bench.checks import usable_memory
 from medseg_bench.errors import DataError, first_line
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
@@ -20,9 +20,10 @@ _NIFTI1_HEADER_BYTES = 348
 NIFTI2_HEADER_BYTES = 540
 _GZIP_CHUNK_BYTES = 1 << 20
 # The most bytes of voxels (voxels x bytes per value x values per voxel, as the header declares them) one
-# image may hold; less on a machine with less memory (`image_bytes_limit`). A header is read before the
-# voxels, so a small file declaring 50000 x 50000 x 50000 voxels (a decompression bomb) is refused without
-# allocating them: ITK allocated them (MemoryError, or the kernel killed the process, and a sweep with it).
+# image may hold; less where this process may use less memory (`image_bytes_limit`). A header is read
+# before the voxels, so a small file declaring 50000 x 50000 x 50000 voxels (a decompression bomb) is
+# refused without allocating them: ITK allocated them (MemoryError, or the kernel killed the process, and a
+# sweep with it).
 # MSD's largest image (a liver CT, 512 x 512 x 987 int16) holds 0.5 GiB.
 MAX_IMAGE_BYTES = 16 * 2**30
 # What a .nii.gz may decompress to past the bytes its header declares (ITK reads those and ignores the rest):
@@ -82,20 +83,28 @@ def parse_nifti_header(raw: bytes) -> NiftiHeader | None:
 
 
 def image_bytes_limit() -> int:
-    """The most bytes of voxels an image may hold: MAX_IMAGE_BYTES, or this machine's memory where less."""
-    memory = machine_memory()
-    return MAX_IMAGE_BYTES if memory is None else min(MAX_IMAGE_BYTES, memory)
+    """The most bytes of voxels an image may hold: MAX_IMAGE_BYTES, or the memory this process may use where
+    less (`image_bound`)."""
+    return image_bound()[0]
+
+
+def image_bound() -> tuple[int, str]:
+    """`image_bytes_limit` and what sets it: MAX_IMAGE_BYTES, or the memory this process may use
+    (`checks.usable_memory`: the machine's, or a container's or SLURM job's cgroup limit) where less."""
+    memory = usable_memory()
+    if memory is None or memory.limit_bytes >= MAX_IMAGE_BYTES:
+        return MAX_IMAGE_BYTES, "MAX_IMAGE_BYTES"
+    return memory.limit_bytes, memory.named
 
 
 def too_large(size: Sequence[int], value_bytes: int, components: int = 1) -> str:
     """Why an image whose header declares `size` voxels (ITK's order, x first) of `components` values of
     `value_bytes` bytes each is not read, "" when it may be: more bytes than `image_bytes_limit`."""
     declared = math.prod(int(n) for n in size) * value_bytes * components
-    limit = image_bytes_limit()
+    limit, bound = image_bound()
     if declared <= limit:
         return ""
     per_voxel = f"{components} x {value_bytes}" if components > 1 else str(value_bytes)
-    bound = "MAX_IMAGE_BYTES" if limit == MAX_IMAGE_BYTES else "this machine's memory"
     return (f"image too large: its header declares {' x '.join(str(int(n)) for n in size)} voxels of "
             f"{per_voxel} bytes ({declared / 2**30:.4g} GiB), more than the {limit / 2**30:.4g} GiB "
             f"medseg-bench reads of one image ({bound})")

@@ -145,3 +145,15 @@ def test_md5_for_a_folder_is_ignored_with_a_warning(home: Path, tmp_path: Path) 
     without = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--data-dir",
                                   str(tmp_path / "other")])
     assert without.exit_code == 0 and "--md5" not in without.output
+
+
+def test_a_folder_of_too_many_entries_is_one_line_and_a_data_error(home: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=2)
+    write_task_file(home, "Task90_Synth", num_training=2)
+    monkeypatch.setattr("medseg_bench.data.fetch.MAX_SOURCE_ENTRIES", 3, raising=False)
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    assert result.exit_code == 3, result.output
+    assert result.output == (f"error: {src}: too many entries (more than 3; an MSD task folder holds a few "
+                             "thousand at most)\n")
+    assert not (home / "data" / "Task90_Synth").exists()

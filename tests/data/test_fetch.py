@@ -1009,6 +1009,69 @@ def test_a_link_in_an_imported_folder_leading_out_or_to_a_folder_is_refused(kind
     assert not (data / "Task04_Hippocampus").exists()
 
 
+@pytest.mark.parametrize("where", ["task folder", "folder holding it"])
+def test_a_folder_of_too_many_entries_is_refused_while_it_is_walked(
+        where: str, hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An archive of millions of entries is refused at the first past the bound; a folder of millions was
+    # walked whole (os.walk reads a folder's every name first), then copied: hours, and the disk's inodes
+    import os
+    import shutil
+
+    from medseg_bench.data import fetch as fetch_module
+
+    if where == "folder holding it":  # the folder an archive was extracted into: searched one level down
+        for index in range(10):
+            (hippo_subset.parent / f"notes{index}.txt").write_text("x")
+    source = hippo_subset if where == "task folder" else hippo_subset.parent
+    entries = sum(len(dirs) + len(names) for _, dirs, names in os.walk(source))
+    bound = 5
+    monkeypatch.setattr(fetch_module, "MAX_SOURCE_ENTRIES", bound, raising=False)
+    listed: list[str] = []
+    scandir = os.scandir
+
+    class Counted:  # os.scandir's iterator, recording each entry as the system lists it
+        def __init__(self, path: str | os.PathLike[str]) -> None:
+            self.inner = scandir(path)
+
+        def __enter__(self) -> Counted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.close()
+
+        def __iter__(self) -> Counted:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            entry = next(self.inner)
+            if Path(entry.path).is_relative_to(source):
+                listed.append(entry.path)
+            return entry
+
+        def close(self) -> None:
+            self.inner.close()
+
+    copies: list[object] = []
+    copytree = shutil.copytree
+
+    def copied(*args: object, **kwargs: object) -> object:
+        copies.append(args)
+        return copytree(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", Counted)
+    monkeypatch.setattr(shutil, "copytree", copied)
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match=rf"^{source}: too many entries \(more than {bound}; an MSD task "
+                                        r"folder holds a few thousand at most\)$"):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(source), progress=False)
+    assert len(set(listed)) == bound + 1 < entries  # listed no further than the first entry past the bound
+    assert not copies  # nothing copied
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+    monkeypatch.setattr(fetch_module, "MAX_SOURCE_ENTRIES", entries)
+    assert fetch_task(get_task("Task04_Hippocampus"), data, str(source), progress=False).report is not None
+    assert copies
+
+
 def test_a_link_to_a_file_inside_an_imported_folder_is_copied_as_that_file(hippo_subset: Path,
                                                                           tmp_path: Path) -> None:
     (hippo_subset / "imagesTr" / "copy.nii.gz").symlink_to("hippocampus_001.nii.gz")

@@ -254,7 +254,7 @@ def test_a_header_declaring_a_huge_volume_is_refused_from_the_header(name: str, 
         read_geometry(path)  # validate and predict read every header first: nothing is allocated
     assert re.fullmatch(rf"{re.escape(str(path))}: image too large: its header declares 30000 x 30000 x "
                         r"30000 voxels of 2 bytes \(5\.029e\+04 GiB\), more than the [0-9.e+]+ GiB "
-                        r"medseg-bench reads of one image \((MAX_IMAGE_BYTES|this machine's memory)\)",
+                        r"medseg-bench reads of one image \((MAX_IMAGE_BYTES|the .+)\)",
                         str(caught.value))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite, parse_nifti_header
 from medseg_bench.errors import DataError
 
@@ -111,9 +112,20 @@ def test_a_header_declaring_more_than_an_image_may_hold_is_refused_unread(
                                      "of one image (MAX_IMAGE_BYTES)")
     monkeypatch.setattr("medseg_bench.data.nifti.MAX_IMAGE_BYTES", 240)
     check_nifti_complete(path)
-    monkeypatch.setattr("medseg_bench.data.nifti.machine_memory", lambda: 200)
-    with pytest.raises(DataError, match=r"more than the 1.863e-07 GiB .* \(this machine's memory\)$"):
+    machine = MemoryLimit(200, "the machine's memory")
+    monkeypatch.setattr("medseg_bench.data.nifti.usable_memory", lambda: machine)
+    with pytest.raises(DataError, match=r"more than the 1.863e-07 GiB .* \(the machine's memory\)$"):
         count_nonfinite(path)
+    # a container's or SLURM job's cgroup limit, where the kernel kills the process, far below the machine's
+    limit = MemoryLimit(200, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr("medseg_bench.data.nifti.usable_memory", lambda: limit)
+    for check in (check_nifti_complete, count_nonfinite):
+        with pytest.raises(DataError) as caught:
+            check(path)
+        assert str(caught.value) == (f"{path}: image too large: its header declares 5 x 4 x 3 voxels of 4 "
+                                     "bytes (2.235e-07 GiB), more than the 1.863e-07 GiB medseg-bench reads "
+                                     "of one image (the container's or job's memory limit, cgroup "
+                                     "memory.max)")
 
 
 def test_a_huge_volume_with_few_voxels_is_too_large_not_truncated(tmp_path: Path) -> None:
