@@ -49,7 +49,7 @@ from medseg_bench.models import (
 )
 from medseg_bench.regions import output_channels, region_members, task_region_labels
 from medseg_bench.spec import DEFAULT_LR, RunSpec
-from medseg_bench.training_log import keep_csv_log, merge_csv_log
+from medseg_bench.training_log import csv_logger, keep_csv_log, merge_csv_log
 
 log = logging.getLogger("medseg_bench.training")
 GRAD_CLIP = 12.0
@@ -371,7 +371,6 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
           num_workers: int = 0, extra_callbacks: list[pl.Callback] | None = None) -> TrainResult:
     """Train (or resume) one run; checkpoints and logs go into `run_dir`. `extra_callbacks`: benchmarks."""
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     _quiet_lightning()
     pl.seed_everything(spec.seed, workers=True, verbose=False)
@@ -396,7 +395,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
     progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list[Any] = [csv_logger(run_dir)]  # its writes whole, whatever signal lands
     try:
         import tensorboard  # noqa: F401
         from pytorch_lightning.loggers import TensorBoardLogger

@@ -3,9 +3,49 @@ resume: the earlier epochs' rows are set aside and merged back) and its learning
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 from medseg_bench.files import atomic_binary, write_csv_atomic
+
+log = logging.getLogger(__name__)
+
+
+def csv_logger(run_dir: Path) -> Any:
+    """Lightning's CSVLogger, writing `run_dir/logs/metrics.csv`, whose writes a stop signal never cuts in
+    two (`signals.deferred`: it takes effect when the write ends). Cut in two, Lightning had recorded a new
+    column but not yet rewritten the file's header, and its clean-up after the interruption appended rows
+    of four fields under a header of three: the resumed run failed reading its own log."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    from medseg_bench.signals import deferred
+
+    class _WholeWrites(CSVLogger):
+        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+            with deferred():
+                super().log_metrics(metrics, step)
+
+        def save(self) -> None:
+            with deferred():
+                super().save()
+
+    return _WholeWrites(run_dir, name="logs", version="")
+
+
+def read_log(path: Path) -> Any:
+    """A training log as a DataFrame; rows that do not parse (more fields than its header: a log a kill cut
+    in the middle of a rewrite, or written before `csv_logger`) are left out with a warning in the run's log,
+    never the run's failure: the log only draws the learning curves."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except pd.errors.ParserError:
+        bad: list[list[str]] = []
+        frame = pd.read_csv(path, engine="python", on_bad_lines=lambda row: bad.append(row))
+        log.warning("%s: %d malformed row(s) left out of the training log", path, len(bad))
+        return frame
 
 
 def keep_csv_log(log_dir: Path) -> None:
@@ -14,7 +54,7 @@ def keep_csv_log(log_dir: Path) -> None:
     import pandas as pd
 
     current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
-    frames = [pd.read_csv(p) for p in (kept, current) if p.is_file() and p.stat().st_size > 0]
+    frames = [read_log(p) for p in (kept, current) if p.is_file() and p.stat().st_size > 0]
     if len(frames) == 2 and "epoch" in frames[0] and "epoch" in frames[1]:
         # an epoch logged, then redone after a kill before its checkpoint: the later attempt's rows only
         frames[0] = frames[0][~frames[0]["epoch"].isin(frames[1]["epoch"])]
@@ -29,22 +69,20 @@ def merge_csv_log(log_dir: Path, start_epoch: int) -> None:
     current, kept = log_dir / "metrics.csv", log_dir / ".metrics.before_resume.csv"
     if not kept.is_file():
         return
-    old = pd.read_csv(kept)
+    old = read_log(kept)
     old = old[old["epoch"] < start_epoch] if "epoch" in old else old.iloc[0:0]
     old = old.drop_duplicates(keep="last")  # an epoch redone after a second kill logs the same rows (CPU)
-    new = pd.read_csv(current) if current.is_file() and current.stat().st_size > 0 else old.iloc[0:0]
+    new = read_log(current) if current.is_file() and current.stat().st_size > 0 else old.iloc[0:0]
     write_csv_atomic(pd.concat([old, new], ignore_index=True), current)
     kept.unlink()
 
 
 def save_learning_curves(run_dir: Path) -> Path | None:
     """Plot train loss and validation Dice per epoch from the CSV log into `learning_curves.png`."""
-    import pandas as pd
-
-    log = run_dir / "logs" / "metrics.csv"
-    if not log.is_file():
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.is_file():
         return None
-    frame = pd.read_csv(log)
+    frame = read_log(path)
     if "epoch" not in frame:
         return None
     per_epoch = frame.groupby("epoch").agg({c: "max" for c in ("train_loss", "val_dice") if c in frame})
