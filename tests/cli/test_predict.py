@@ -43,9 +43,10 @@ def _untrained_run(home: Path, tmp_path: Path, arch: str) -> tuple[Path, RunSpec
 
 
 def _untrained_run_of(tmp_path: Path, prepared: PreparedTask, arch: str, dims: str = "3d",
-                      seed: int = 0) -> tuple[Path, RunSpec]:
-    spec = RunSpec(task=TASK, dims=dims, arch=arch, loss="dice_ce", aug="none", num_folds=2, seed=seed)
-    folder = tmp_path / "results" / TASK / spec.run_id
+                      seed: int = 0, task: str = TASK, target: str = "labels") -> tuple[Path, RunSpec]:
+    spec = RunSpec(task=task, dims=dims, arch=arch, loss="dice_ce", aug="none", num_folds=2, seed=seed,
+                   target=target)
+    folder = tmp_path / "results" / task / spec.run_id
     (folder / "checkpoints").mkdir(parents=True)
     torch.manual_seed(seed)
     net = build_network(spec, prepared)
@@ -1106,15 +1107,8 @@ def _region_runs(home: Path, tmp_path: Path) -> tuple[PreparedTask, list[tuple[P
     prepared = prepare_task(get_task(REGION_TASK), home / "data", num_folds=2, workers=1)
     runs = []
     for seed, target in ((0, "regions"), (1, "regions"), (0, "labels")):
-        spec = RunSpec(task=REGION_TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
-                       seed=seed, target=target)
-        folder = tmp_path / "results" / REGION_TASK / spec.run_id
-        (folder / "checkpoints").mkdir(parents=True)
-        torch.manual_seed(seed)
-        net = build_network(spec, prepared)
-        torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
-                   folder / "checkpoints" / "last.ckpt")
-        (folder / "spec.json").write_text(json.dumps({"run_id": spec.run_id, **spec.to_dict()}))
+        folder, spec = _untrained_run_of(tmp_path, prepared, "unet", seed=seed, task=REGION_TASK,
+                                         target=target)
         (folder / "summary.json").write_text(json.dumps({"plan": prepared.plan.to_dict()}))
         runs.append((folder, spec))
     return prepared, runs
