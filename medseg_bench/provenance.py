@@ -231,10 +231,11 @@ def code_revision() -> str:
     return code_record().revision
 
 
-def write_environment(folder: Path) -> dict[str, Any]:
-    """Write `environment()` to `folder/env.json`, and a dirty checkout's change to `folder/source.diff`
-    (first: env.json names it; an earlier attempt's is removed where this one's code has none); returns it."""
-    env = environment()
+def write_environment(folder: Path, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `env` (`environment()` when None: the attempt's own, as its `start`/`resume` event recorded it)
+    to `folder/env.json`, and a dirty checkout's change to `folder/source.diff` (first: env.json names it; an
+    earlier attempt's is removed where this one's code has none); returns it."""
+    env = environment() if env is None else env
     diff = code_record().diff
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(diff, SourceDiff):

@@ -141,8 +141,10 @@ def failure_text(exc: BaseException) -> str:
 
 
 def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
-                num_workers: int = 0) -> dict[str, Any]:
-    """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError."""
+                num_workers: int = 0, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError.
+    `env`: the attempt's `provenance.environment()`, as its event recorded it, for env.json (read anew when
+    None)."""
     folder.mkdir(parents=True, exist_ok=True)
     handler = _RunLog(folder / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -151,7 +153,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
     root.setLevel(logging.INFO)
     try:
         write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
-        write_environment(folder)  # env.json, and source.diff where the checkout is dirty
+        write_environment(folder, env)  # env.json, and source.diff where the checkout is dirty
         write_json_atomic(folder / "splits.json", prepared.splits[spec.fold])
         resuming = (folder / "checkpoints" / "last.ckpt").is_file()
         if not resuming or not (folder / SETUP_NAME).is_file():  # this training's: a resume is held to it

@@ -98,6 +98,14 @@ def test_a_run_of_clean_code_has_no_diff_not_even_an_earlier_attempts(
     assert not (tmp_path / SOURCE_DIFF_NAME).exists()
 
 
+def test_env_json_is_the_record_the_attempt_took(tmp_path: Path) -> None:
+    # the worker reads `environment()` once per attempt, for its `start`/`resume` event, and env.json is
+    # written from that same record (read twice, the two could differ: another thread count, a memory limit)
+    attempt = {**environment(), "torch_threads": 12345}
+    assert write_environment(tmp_path, attempt) is attempt
+    assert json.loads((tmp_path / "env.json").read_text()) == attempt
+
+
 def test_git_revision_is_the_checkouts_own_never_an_enclosing_repositorys(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def git(*args: str) -> str:

@@ -49,8 +49,8 @@ def test_a_resumed_runs_log_keeps_the_epochs_before_the_resume_once(tmp_path: Pa
 
 
 
-def test_a_log_with_rows_longer_than_its_header_is_read_without_them(tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_log_with_rows_longer_than_its_header_is_read_without_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A stop signal between Lightning's new column and its header rewrite left rows of four fields under a
     # header of three: the resumed run failed ("ParserError: Expected 3 fields in line 3, saw 4").
     import pandas as pd

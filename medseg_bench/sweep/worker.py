@@ -279,14 +279,15 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         # (once, a SIGTERM just after a run finished left it without its `done` event).
         with deferred():
             # each attempt's code, packages and machine (env.json holds the last one's)
-            append_event(folder, "resume" if resumed else "start", **attempt_record(environment()),
+            env = environment()  # env.json records the same
+            append_event(folder, "resume" if resumed else "start", **attempt_record(env),
                          **(extra_event or {}))
             beat = Heartbeat(folder, spec.run_id, reporter)
             beat.start()
             stopped: BaseException | None = None
             try:
                 with undeferred():
-                    summary = execute_run(spec, prepared, folder, beat, num_workers)
+                    summary = execute_run(spec, prepared, folder, beat, num_workers, env)
             except RunError as exc:
                 beat.stop()
                 append_event(folder, "failed", error=str(exc))

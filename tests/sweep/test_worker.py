@@ -277,14 +277,18 @@ def test_each_attempt_records_the_machine_it_ran_on(tmp_path: Path, monkeypatch:
 
     import torch
 
-    from medseg_bench.provenance import cpu_model, environment
+    from medseg_bench.provenance import ATTEMPT_FIELDS, attempt_record, cpu_model, environment
     from medseg_bench.run_folder import read_events
     from medseg_bench.sweep.worker import run_one
 
-    monkeypatch.setattr("medseg_bench.run.execute_run", lambda *args: {})
+    given: list[object] = []
+    monkeypatch.setattr("medseg_bench.run.execute_run", lambda *args: given.append(args[-1]) or {})
     spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none")
     assert run_one(spec, SimpleNamespace(plan=None), tmp_path).kind == "done"
     start = read_events(run_dir(tmp_path, spec))[0]
+    # env.json is written from the very record the event took (read once per attempt, not twice)
+    assert len(given) == 1 and isinstance(given[0], dict)
+    assert {key: start.get(key, "absent") for key in ATTEMPT_FIELDS} == attempt_record(given[0])
     recorded = ("git_revision", "source_diff", "versions", "python", "cpu", "cpu_capability", "isa_limits",
                 "torch_threads", "gpu")
     env = environment()
