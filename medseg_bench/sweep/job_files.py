@@ -2,8 +2,8 @@
 
 A SLURM job unpickles its callable from a file submitit writes there (submitit's way; no setting replaces it),
 so whoever can write that file runs code as the job's user: the folder is made the submitter's alone
-(`job_folder`), a results dir every user can write to is refused and one a group or another user can write
-to warned of (`check_private_results`).
+(`job_folder`), a results dir every user can write to (or a folder above it) is refused and one a group or
+another user can write to warned of (`check_private_results`).
 """
 
 from __future__ import annotations
@@ -29,25 +29,35 @@ def check_private_results(results_dir: Path, say: Any = print) -> None:
     from renaming or removing the job folder): any of them could put a pickled job of their own where a SLURM
     job unpickles it. Where a group with others in it can (a lab's shared folder), or another user owns the
     folder, `say` a warning: they may be trusted. A user's own group (user private groups, umask 002) is no
-    one else. Nothing is said of a folder that does not exist yet."""
+    one else. The folders above it are held to the same (as ssh holds those above `authorized_keys`): who can
+    rename an entry of one of them can move the results dir away and put a folder of their own in its place.
+    Nothing is said of a folder that does not exist yet."""
+    _check_folder(results_dir, "results dir", results_dir, say)
+    for above in Path(os.path.abspath(results_dir)).resolve().parents:
+        _check_folder(above, f"a folder above results dir {results_dir}", results_dir, say)
+
+
+def _check_folder(folder: Path, what: str, results_dir: Path, say: Any) -> None:
+    """`check_private_results` for one folder, `what` it is to the results dir."""
     try:
-        info = os.stat(results_dir)
+        info = os.stat(folder)
     except OSError:
         return
     mode = stat.S_IMODE(info.st_mode)
+    replace = "replace" if folder == results_dir else "put a results dir of their own in place of yours, with"
     if info.st_uid not in (os.geteuid(), 0):  # a folder's owner renames what is in it, sticky bit or not
-        say(f"warning: {results_dir}: results dir belongs to user {_user_name(info.st_uid)}, who could "
-            f"replace {_pickles(results_dir)}; use a results dir of your own unless you trust them")
+        say(f"warning: {folder}: {what} belongs to user {_user_name(info.st_uid)}, who could {replace} "
+            f"{_pickles(results_dir)}; use a results dir of your own unless you trust them")
     if mode & stat.S_ISVTX:
         return
     if mode & stat.S_IWOTH:
-        raise ResultsError(f"{results_dir}: results dir is writable by every user (mode {mode:o}, no sticky "
-                           f"bit): any of them could replace {_pickles(results_dir)}; `chmod o-w` it (or "
+        raise ResultsError(f"{folder}: {what} is writable by every user (mode {mode:o}, no sticky bit): "
+                           f"any of them could {replace} {_pickles(results_dir)}; `chmod o-w` it (or "
                            "`chmod +t`), or give another --results-dir")
     if mode & stat.S_IWGRP and not _private_group(info.st_gid):
-        say(f"warning: {results_dir}: results dir is writable by group '{_group_name(info.st_gid)}' (mode "
-            f"{mode:o}): its members could replace {_pickles(results_dir)}; `chmod g-w` it unless you trust "
-            "them all")
+        group = _group_name(info.st_gid)
+        say(f"warning: {folder}: {what} is writable by group '{group}' (mode {mode:o}): its members could "
+            f"{replace} {_pickles(results_dir)}; `chmod g-w` it unless you trust them all")
 
 
 def _private_group(gid: int) -> bool:

@@ -488,3 +488,46 @@ def test_a_results_dir_of_another_user_is_warned_of(tmp_path: Path) -> None:
     assert said == [f"warning: {results}: results dir belongs to user 12345, who could replace the jobs "
                     f"submitit pickles in {results / '.slurm'}, which your SLURM jobs unpickle, running "
                     "their code as you; use a results dir of your own unless you trust them"]
+
+
+def test_a_folder_above_the_results_dir_that_others_can_write_is_held_to_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results dir of the user's alone inside a folder every user can write to (no sticky bit): any of them
+    could rename it away and put one of their own, with a pickled job, in its place. Refused as the results
+    dir itself would be, before anything is submitted; a folder a group can write to above it is warned of;
+    the sticky bit (as /tmp's) protects it."""
+    import grp
+    import re
+
+    from medseg_bench.errors import ResultsError
+
+    shared = tmp_path / "shared"
+    results = shared / "lab" / "r"
+    results.mkdir(parents=True, mode=0o700)
+    shared.chmod(0o777)
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    pickles = (f"the jobs submitit pickles in {results / '.slurm'}, which your SLURM jobs unpickle, running "
+               "their code as you")
+    with pytest.raises(ResultsError, match=re.escape(
+            f"{shared}: a folder above results dir {results} is writable by every user (mode 777, no sticky "
+            f"bit): any of them could put a results dir of their own in place of yours, with {pickles}; "
+            "`chmod o-w` it (or `chmod +t`), or give another --results-dir")):
+        submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    assert sbatch_calls == [] and not (results / ".slurm").exists()
+    # a results dir not made yet is judged by the folders above it
+    with pytest.raises(ResultsError, match=rf"^{shared}: a folder above results dir {shared / 'new'} is "):
+        job_files.check_private_results(shared / "new", lambda line: None)
+    shared.chmod(0o775)
+    said: list[str] = []
+    monkeypatch.setattr(job_files, "_private_group", lambda gid: False)
+    job_files.check_private_results(results, said.append)
+    group = grp.getgrgid(shared.stat().st_gid).gr_name
+    assert said == [f"warning: {shared}: a folder above results dir {results} is writable by group "
+                    f"'{group}' (mode 775): its members could put a results dir of their own in place of "
+                    f"yours, with {pickles}; `chmod g-w` it unless you trust them all"]
+    shared.chmod(0o1777)
+    said.clear()
+    job_files.check_private_results(results, said.append)
+    assert said == []
+    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)[0] == [(spec, "9_0")]
