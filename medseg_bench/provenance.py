@@ -11,8 +11,10 @@ import os
 import platform
 import re
 import socket
+import stat
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,8 +31,18 @@ from medseg_bench.settings import REPO_ROOT
 PACKAGES = ("medseg-bench", "torch", "pytorch-lightning", "monai", "segmentation-models-pytorch", "numpy",
             "scipy", "SimpleITK", "pandas", "torchvision", "timm", "edt")
 
-SOURCE_DIFF_NAME = "source.diff"  # beside env.json: a dirty checkout's `git diff HEAD`
+SOURCE_DIFF_NAME = "source.diff"  # beside env.json: a dirty checkout's `git diff HEAD`, then its new files
 MAX_DIFF_BYTES = 4 * 2**20  # of it kept; its sha256 and size are of the whole
+# The folders whose untracked files (those git does not ignore) make a checkout dirty and go into source.diff
+# as new files: what a run reads of the checkout, the package (a new module that an edited tracked file
+# imports) and the task catalog (`settings.packaged_tasks_dir`: a new task file). Not the rest: a notebook or
+# a scratch script beside them is not the code a run ran, yet would make every run of that checkout dirty;
+# a sweep file's settings are in each run's spec.json; results and data are no code and could be GBs.
+UNTRACKED_FOLDERS = ("medseg_bench", "tasks")
+# An untracked file larger than this is not diffed (git would hold all of it in memory, and its patch would
+# mostly not be kept whole): env.json names it with its size and sha256, read as a stream. Code is seldom so
+# long; a checkpoint or a volume left in the package folder is.
+MAX_UNTRACKED_FILE_BYTES = MAX_DIFF_BYTES
 GIT_TIMEOUT_S = 5
 DIFF_TIMEOUT_S = 30
 # The diff as git gives it whatever the user's configuration (colour, external diff tools, text conversion,
@@ -41,20 +53,26 @@ DIFF_ARGS = ("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", 
 
 @dataclass(frozen=True)
 class SourceDiff:
-    """A dirty checkout's uncommitted change to tracked files (`git diff HEAD`), read with its revision."""
+    """A dirty checkout's uncommitted change, read with its revision: its tracked files' (`git diff HEAD`),
+    then its untracked files in `UNTRACKED_FOLDERS` as new files; `untracked_skipped` names those left out."""
 
     text: bytes  # the first MAX_DIFF_BYTES of it
     sha256: str  # of the whole diff
     size_bytes: int
+    # {"path", "reason"} each, a symbolic link's "target", a large file's "size_bytes" and "sha256"
+    untracked_skipped: tuple[dict[str, Any], ...] = ()
 
     @property
     def cut(self) -> bool:
         return self.size_bytes > len(self.text)
 
     def record(self) -> dict[str, Any]:
-        """env.json's `source_diff`."""
-        return {"file": SOURCE_DIFF_NAME, "sha256": self.sha256, "size_bytes": self.size_bytes,
-                "cut": self.cut}
+        """env.json's `source_diff` (`untracked_skipped` only where a file was left out)."""
+        record = {"file": SOURCE_DIFF_NAME, "sha256": self.sha256, "size_bytes": self.size_bytes,
+                  "cut": self.cut}
+        if self.untracked_skipped:
+            record["untracked_skipped"] = list(self.untracked_skipped)
+        return record
 
 
 @dataclass(frozen=True)
@@ -80,39 +98,84 @@ def _git_env() -> dict[str, str]:
 
 
 def _git_command(root: Path, *args: str) -> list[str]:
-    # not an enclosing repository's folder: its top is another folder
-    return ["git", "-c", f"safe.directory={root.resolve()}", *args]
+    # safe.directory: not an enclosing repository's folder, its top is another folder. core.quotePath: a
+    # name's bytes past ASCII quoted in the diff's headers as by default (`DIFF_ARGS`), whatever the user set.
+    return ["git", "-c", f"safe.directory={root.resolve()}", "-c", "core.quotePath=true", *args]
 
 
 def _read_checkout(root: Path, with_diff: bool) -> CodeRecord:
     """The checkout whose top folder is `root`: its commit (`+dirty`) and, with `with_diff`, the change."""
     env = _git_env()
 
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_git_command(root, *args), cwd=root, env=env, capture_output=True, text=True,
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(_git_command(root, *args), cwd=root, env=env, capture_output=True,
                               timeout=GIT_TIMEOUT_S)
 
     try:
         found = git("rev-parse", "--show-toplevel", "HEAD")
-        lines = found.stdout.split("\n")
+        lines = os.fsdecode(found.stdout).split("\n")
         if found.returncode != 0 or len(lines) < 2 or Path(lines[0]).resolve() != root.resolve():
             return CodeRecord("unknown")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        # -z: names as they are (spaces, newlines, bytes that are no UTF-8); sorted: the diff's order is fixed
+        listed = git("ls-files", "--others", "--exclude-standard", "-z", "--", *UNTRACKED_FOLDERS)
+        untracked = sorted(name for name in listed.stdout.split(b"\0") if name and listed.returncode == 0)
     except (OSError, subprocess.SubprocessError):
         return CodeRecord("unknown")
     commit = lines[1].strip()
-    if not dirty:
+    if not dirty and not untracked:
         return CodeRecord(commit)
-    return CodeRecord(commit + "+dirty", _read_diff(root, commit, env) if with_diff else None)
+    return CodeRecord(commit + "+dirty", _read_diff(root, commit, env, untracked) if with_diff else None)
 
 
-def _read_diff(root: Path, commit: str, env: dict[str, str]) -> SourceDiff | str:
+class _Stream:
+    """A diff read in parts as git writes it: its first `MAX_DIFF_BYTES` kept, the whole hashed, counted."""
+
+    def __init__(self) -> None:
+        self.digest, self.kept, self.size = hashlib.sha256(), bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        if len(self.kept) < MAX_DIFF_BYTES:
+            self.kept += chunk[:MAX_DIFF_BYTES - len(self.kept)]
+
+
+def _read_diff(root: Path, commit: str, env: dict[str, str], untracked: list[bytes]) -> SourceDiff | str:
     """The checkout's tracked files against `commit` (`git diff HEAD`, HEAD as read with the status: a commit
-    made meanwhile changes neither), read as a stream: its first `MAX_DIFF_BYTES` kept, the whole hashed (a
-    changed data file a GB long costs no GB of memory); or why it could not be read."""
+    made meanwhile changes neither), then each of `untracked` (paths from the top, sorted) as a new file's
+    patch (`git diff --no-index /dev/null PATH`, headers `a/PATH b/PATH` as `git apply` takes them), read as
+    one stream within `DIFF_TIMEOUT_S`: its first `MAX_DIFF_BYTES` kept, the whole hashed (a changed data
+    file a GB long costs no GB of memory); or why it could not be read. Symbolic links, folders (a nested
+    repository) and files over `MAX_UNTRACKED_FILE_BYTES` are left out, each named in `untracked_skipped`:
+    git would diff a link to a folder as that folder, and hold a large file whole."""
+    diff, skipped = _Stream(), []
+    deadline = time.monotonic() + DIFF_TIMEOUT_S
+    code = _git_into(diff, root, env, [*DIFF_ARGS, commit, "--"], deadline)
+    if code != 0:
+        return code if isinstance(code, str) else f"git diff failed (exit {code})"
+    for path in untracked:
+        left_out = _left_out(root, path)
+        if left_out is not None:
+            skipped.append(left_out)
+            continue
+        before = diff.size
+        name = os.fsdecode(path)  # the same bytes again, as git's argument
+        code = _git_into(diff, root, env, [*DIFF_ARGS, "--no-index", "--", "/dev/null", name], deadline)
+        if isinstance(code, str):
+            return code
+        # 1: a difference, as from /dev/null there always is; git says some errors with 1 too, and no patch
+        if code != 1 or diff.size == before:
+            return f"git diff of untracked {_shown(path)} failed (exit {code})"
+    return SourceDiff(bytes(diff.kept), diff.digest.hexdigest(), diff.size, tuple(skipped))
+
+
+def _git_into(diff: _Stream, root: Path, env: dict[str, str], args: list[str], deadline: float) -> int | str:
+    """Run git with `args` at `root`, its output added to `diff`: its exit status, or why it has none (it did
+    not run, or ran past `deadline`, the whole diff's, and was killed)."""
     try:
-        proc = subprocess.Popen(_git_command(root, *DIFF_ARGS, commit, "--"), cwd=root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(_git_command(root, *args), cwd=root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
     except OSError as exc:
         return f"git diff did not run ({exc.strerror or exc})"
     timed_out = threading.Event()
@@ -121,16 +184,12 @@ def _read_diff(root: Path, commit: str, env: dict[str, str]) -> SourceDiff | str
         timed_out.set()
         proc.kill()
 
-    timer = threading.Timer(DIFF_TIMEOUT_S, stop)
+    timer = threading.Timer(max(deadline - time.monotonic(), 0), stop)
     timer.start()
-    digest, kept, size = hashlib.sha256(), bytearray(), 0
     try:
         assert proc.stdout is not None
         while chunk := proc.stdout.read(1 << 16):
-            digest.update(chunk)
-            size += len(chunk)
-            if len(kept) < MAX_DIFF_BYTES:
-                kept += chunk[:MAX_DIFF_BYTES - len(kept)]
+            diff.add(chunk)
         code = proc.wait()
     finally:
         timer.cancel()
@@ -139,11 +198,34 @@ def _read_diff(root: Path, commit: str, env: dict[str, str]) -> SourceDiff | str
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    if timed_out.is_set():
-        return f"git diff took over {DIFF_TIMEOUT_S} s"
-    if code != 0:
-        return f"git diff failed (exit {code})"
-    return SourceDiff(bytes(kept), digest.hexdigest(), size)
+    return f"git diff took over {DIFF_TIMEOUT_S} s" if timed_out.is_set() else code
+
+
+def _shown(path: bytes) -> str:
+    """A path from git as env.json shows it: bytes that are no UTF-8 as `\\xff`."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _left_out(root: Path, path: bytes) -> dict[str, Any] | None:
+    """Why the untracked file `root/path` is not diffed, None where it is: `SourceDiff.untracked_skipped`."""
+    full = os.path.join(os.fsencode(root), path)
+    record: dict[str, Any] = {"path": _shown(path)}
+    try:
+        found = os.lstat(full)
+        if stat.S_ISLNK(found.st_mode):
+            return {**record, "reason": "a symbolic link", "target": _shown(os.readlink(full))}
+        if not stat.S_ISREG(found.st_mode):
+            return {**record, "reason": "not a file (a folder git lists whole: a nested repository)"}
+        if found.st_size <= MAX_UNTRACKED_FILE_BYTES:
+            return None
+        digest = hashlib.sha256()
+        with open(full, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return {**record, "reason": f"not read ({exc.strerror or exc})"}
+    return {**record, "reason": f"over {MAX_UNTRACKED_FILE_BYTES} bytes", "size_bytes": found.st_size,
+            "sha256": digest.hexdigest()}
 
 
 def git_revision(root: Path = REPO_ROOT) -> str:

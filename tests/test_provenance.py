@@ -232,6 +232,142 @@ def test_a_diff_git_cannot_give_is_said_so(tmp_path: Path, monkeypatch: pytest.M
     assert code.source_diff() == {"error": "git diff failed (exit 129)"}
 
 
+def _git(checkout: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=checkout, check=True, capture_output=True, text=True).stdout
+
+
+def _files(top: Path, *folders: str) -> dict[bytes, bytes]:
+    """The files (and links, as their targets) in `folders` of `top`, by their path's bytes."""
+    found = {}
+    for folder in folders:
+        for path in (top / folder).rglob("*"):
+            if path.is_symlink():
+                found[os.fsencode(path.relative_to(top))] = b"-> " + os.fsencode(os.readlink(path))
+            elif path.is_file():
+                found[os.fsencode(path.relative_to(top))] = path.read_bytes()
+    return found
+
+
+def _package_checkout(checkout: Path) -> str:
+    """A checkout laid out as medseg-bench's: its package, its tasks, a .gitignore; the commit."""
+    (checkout / "medseg_bench" / "models").mkdir(parents=True)
+    (checkout / "medseg_bench" / "__init__.py").write_text("")
+    (checkout / "medseg_bench" / "models" / "__init__.py").write_text("from . import unet\n")
+    (checkout / "medseg_bench" / "models" / "unet.py").write_text("depth = 4\n")
+    (checkout / "tasks").mkdir()
+    (checkout / "tasks" / "Task01_BrainTumour.yaml").write_text("name: Task01_BrainTumour\n")
+    (checkout / ".gitignore").write_text("*.ckpt\n__pycache__/\n")
+    return _commit_all(checkout)
+
+
+def test_untracked_code_and_tasks_are_in_the_change_a_run_records(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new module that an edited tracked file imports, a new task file: the recorded commit and source.diff
+    # did not give the code the run ran, and a checkout whose only change was a new file recorded it clean.
+    checkout = tmp_path / "checkout"
+    head = _package_checkout(checkout)
+    (tmp_path / "home").mkdir()  # a user's configuration changes no byte of it, new files' patches included
+    (tmp_path / "home" / ".gitconfig").write_text("[color]\n\tui = always\n[diff]\n\tnoprefix = true\n"
+                                                  "\tmnemonicPrefix = true\n[core]\n\tquotePath = false\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    models = checkout / "medseg_bench" / "models"
+    (models / "my_arch.py").write_text("depth = 5\n")  # untracked, nothing else changed
+    assert git_revision(checkout) == head + "+dirty"
+    only_new = read_code(checkout)
+    assert only_new.revision == head + "+dirty" and isinstance(only_new.diff, SourceDiff)
+    new_file = b"medseg_bench/models/my_arch.py"
+    assert only_new.diff.text.startswith(b"diff --git a/%s b/%s\nnew file mode 100644\nindex 0000000000" % (
+        new_file, new_file))  # as `git apply` takes a new file
+    assert b"--- /dev/null\n+++ b/%s\n@@ -0,0 +1 @@\n+depth = 5\n" % new_file in only_new.diff.text
+
+    (models / "__init__.py").write_text("from . import my_arch, unet\n")  # the tracked change importing it
+    (models / "my_arch_weights.bin").write_bytes(bytes(range(256)) * 3)  # binary, as git apply takes it
+    (models / "empty.py").write_text("")
+    (models / "run.sh").write_text("#!/bin/sh\n")
+    (models / "run.sh").chmod(0o755)
+    (checkout / "tasks" / "Task99_Mine.yaml").write_text("name: Task99_Mine\n")
+    (checkout / "tasks" / "new folder").mkdir()
+    (checkout / "tasks" / "new folder" / "a task.yaml").write_text("name: spaces\n")
+    (checkout / "tasks" / "two\nlines.yaml").write_text("name: newline\n")
+    with open(os.path.join(os.fsencode(checkout / "tasks"), b"latin-1 \xe9t\xe9.yaml"), "wb") as fh:
+        fh.write(b"name: no UTF-8 name\n")
+    (models / "best.ckpt").write_bytes(b"ignored: .gitignore")  # neither ignored files
+    (models / "__pycache__").mkdir()
+    (models / "__pycache__" / "my_arch.cpython-311.pyc").write_bytes(b"\x00ignored")
+    (checkout / "scratch.py").write_text("untracked, outside the package and tasks\n")  # nor files elsewhere
+    (checkout / "notebooks").mkdir()
+    (checkout / "notebooks" / "try.py").write_text("import medseg_bench\n")
+
+    code, again = read_code(checkout), read_code(checkout)
+    assert isinstance(code.diff, SourceDiff) and code == again  # the same bytes and sha256 at each read
+    assert code.diff.sha256 == hashlib.sha256(code.diff.text).hexdigest() != only_new.diff.sha256
+    assert code.source_diff() == {"file": SOURCE_DIFF_NAME, "sha256": code.diff.sha256,
+                                  "size_bytes": len(code.diff.text), "cut": False}
+    for absent in (b"best.ckpt", b"__pycache__", b"scratch.py", b"notebooks", b"\x1b["):
+        assert absent not in code.diff.text
+    # tracked first, then the new files in their paths' order, named as git quotes them
+    headers = [line for line in code.diff.text.split(b"\n") if line.startswith(b"diff --git ")]
+    assert headers == [b"diff --git a/" + path + b" b/" + path for path in (
+        b"medseg_bench/models/__init__.py", b"medseg_bench/models/empty.py", new_file,
+        b"medseg_bench/models/my_arch_weights.bin", b"medseg_bench/models/run.sh", b"tasks/Task99_Mine.yaml")
+    ] + [b'diff --git "a/tasks/latin-1 \\351t\\351.yaml" "b/tasks/latin-1 \\351t\\351.yaml"',
+         b"diff --git a/tasks/new folder/a task.yaml b/tasks/new folder/a task.yaml",
+         b'diff --git "a/tasks/two\\nlines.yaml" "b/tasks/two\\nlines.yaml"']
+
+    copy = tmp_path / "copy"
+    subprocess.run(["git", "clone", "-q", str(checkout), str(copy)], check=True)
+    _git(copy, "checkout", "-q", head)
+    (tmp_path / SOURCE_DIFF_NAME).write_bytes(code.diff.text)
+    _git(copy, "apply", str(tmp_path / SOURCE_DIFF_NAME))
+    recorded = _files(checkout, "medseg_bench", "tasks")
+    del recorded[b"medseg_bench/models/best.ckpt"], recorded[b"medseg_bench/models/__pycache__/"
+                                                                 b"my_arch.cpython-311.pyc"]
+    assert _files(copy, "medseg_bench", "tasks") == recorded  # byte for byte
+    assert os.stat(copy / "medseg_bench" / "models" / "run.sh").st_mode & 0o111
+    assert not (copy / "scratch.py").exists() and not (copy / "notebooks").exists()
+
+
+def test_untracked_files_ignored_or_elsewhere_leave_a_checkout_clean(tmp_path: Path) -> None:
+    head = _package_checkout(tmp_path)
+    (tmp_path / "medseg_bench" / "best.ckpt").write_bytes(b"\x00" * 100)
+    (tmp_path / "scratch.py").write_text("print(1)\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "summary.json").write_text("{}\n")
+    assert git_revision(tmp_path) == head and read_code(tmp_path) == CodeRecord(head)
+
+
+def test_untracked_links_folders_and_large_files_are_named_not_diffed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # git diffs a link to a folder as that folder, and holds a large file whole: env.json names them instead
+    head = _package_checkout(tmp_path)
+    package = tmp_path / "medseg_bench"
+    (package / "models_link").symlink_to("models")
+    (package / "unet_link.py").symlink_to("models/unet.py")
+    (package / "vendored").mkdir()
+    _git(package / "vendored", "init", "-q")  # a repository of its own: git lists its folder
+    (package / "vendored" / "lib.py").write_text("x = 1\n")
+    (package / "weights.bin").write_bytes(b"\x01" * 101)
+    (package / "small.py").write_text("y = 2\n")
+    monkeypatch.setattr(provenance, "MAX_UNTRACKED_FILE_BYTES", 100)
+    code = read_code(tmp_path)
+    assert code.revision == head + "+dirty" and isinstance(code.diff, SourceDiff)
+    assert code.diff.untracked_skipped == (
+        {"path": "medseg_bench/models_link", "reason": "a symbolic link", "target": "models"},
+        {"path": "medseg_bench/unet_link.py", "reason": "a symbolic link", "target": "models/unet.py"},
+        {"path": "medseg_bench/vendored/",
+         "reason": "not a file (a folder git lists whole: a nested repository)"},
+        {"path": "medseg_bench/weights.bin", "reason": "over 100 bytes", "size_bytes": 101,
+         "sha256": hashlib.sha256(b"\x01" * 101).hexdigest()})
+    assert (code.source_diff() or {})["untracked_skipped"] == list(code.diff.untracked_skipped)  # env.json's
+    headers = [line for line in code.diff.text.split(b"\n") if line.startswith(b"diff --git ")]
+    assert headers == [b"diff --git a/medseg_bench/small.py b/medseg_bench/small.py"]
+    # git's no patch for a file it could not read is said so, never an empty part of the diff
+    monkeypatch.setattr(provenance, "_left_out", lambda root, path: None)
+    assert read_code(tmp_path).diff == "git diff of untracked medseg_bench/models_link failed (exit 1)"
+    monkeypatch.setattr(provenance, "DIFF_TIMEOUT_S", 0)  # one limit for the whole diff
+    assert read_code(tmp_path).diff == "git diff took over 0 s"
+
+
 def _installed(site_packages: Path, direct_url: dict[str, object] | None,
                monkeypatch: pytest.MonkeyPatch) -> None:
     """medseg-bench installed into `site_packages` as pip installs it, `direct_url.json` holding
