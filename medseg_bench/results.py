@@ -10,13 +10,15 @@ Run folder:
     .lock            the per-run lock file (see locks.py)
     queued.json      the SLURM job id, when the run was submitted to SLURM
     env.json         package versions, Python, platform, host, git revision (`<commit>`, `<commit>+dirty`, or
-                     `unknown`; `source_diff`: a dirty checkout's diff's file, sha256, size and whether it was
-                     cut; `installed_from`: the URL and commit pip installed an installed package from), CPU
+                     `unknown`; `source_diff`: a dirty checkout's diff's file, sha256, size, whether it was
+                     cut and the untracked files left out of it, `untracked_skipped`; `installed_from`: the
+                     URL and commit pip installed an installed package from), CPU
                      (model, the instruction set torch uses and the variables capping it), torch threads, GPU,
                      the memory the run was held to and what set it (`memory_limit_bytes`, `memory_limit`)
     source.diff      a dirty checkout's `git diff HEAD` (tracked files; binary ones as `git apply` takes
-                     them), its first 4 MiB; none for a clean checkout or an installed package (both of the
-                     last attempt, as env.json; absent in runs started before 2026-12-03)
+                     them), then its untracked files in medseg_bench/ and tasks/ as new files (since
+                     2026-12-03), its first 4 MiB; none for a clean checkout or an installed package (both of
+                     the last attempt, as env.json; absent in runs started before 2026-12-03)
     splits.json      the fold's train/val case ids
     setup.json       the patch and batch size and preprocessing the run started with (a resumed run is held
                      to them, and to its splits.json), and how its training images are stored (orientation,
