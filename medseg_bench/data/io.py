@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.itk_output import Printed, captured, captured_for
+from medseg_bench.data.metaimage import check_metaimage_complete, separate_data_file
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite, too_large
 from medseg_bench.errors import DataError, FileSystemError
 from medseg_bench.files import atomic_binary, broken_link, failure_names, temp_stem
@@ -186,10 +187,7 @@ def metaimage_data_file(path: Path) -> Path | None:
     """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
     in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
     found = _element_data_file(path) if not path.name.lower().endswith(".nrrd") else None
-    name = found[0] if found is not None else ""
-    if not name or name.upper() in ("LOCAL", "LIST") or " " in name or "%" in name:
-        return None
-    return path.parent / name
+    return separate_data_file(path, found[0]) if found is not None else None
 
 
 def data_file_outside(path: Path, folder: Path) -> str | None:
@@ -445,10 +443,12 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Pat
 def read_sitk_image(path: Path) -> Any:
     """The image `path` as SimpleITK reads it, its header read and checked first (`_read_information`: a
     complex-valued image, `COMPLEX_PIXELS`, and one larger than an image may be, `nifti.too_large`, are
-    refused before its voxels are read), what ITK prints to stderr on its own kept off it (`itk_output`): a
-    file it cannot read is one DataError naming it, what ITK printed about it the reason where its error says
-    less."""
+    refused before its voxels are read, and so is a MetaImage whose voxel data is cut short, which SimpleITK
+    2.2 reads without an error, `metaimage.check_metaimage_complete`), what ITK prints to stderr on its own
+    kept off it (`itk_output`): a file it cannot read is one DataError naming it, what ITK printed about it
+    the reason where its error says less."""
     reader = _read_information(path)
+    check_metaimage_complete(path)
     try:
         with captured_for(path) as printed:
             return reader.Execute()
