@@ -19,6 +19,7 @@ from medseg_bench.data.io import (
     vector_components,
     vector_pixels,
 )
+from medseg_bench.data.metaimage import check_metaimage_complete
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.errors import DataError, one_line
@@ -99,12 +100,13 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, reason(exc))
     if label_vector:
         return problem(case.label, f"{vector_pixels(label_channels)}; a label map holds one value per voxel")
-    for path in (case.image, case.label):
-        if path.name.lower().endswith(".nii"):  # a header read and a stat: cheap enough without `deep`
-            try:
+    for path in (case.image, case.label):  # each a header read and a stat: cheap enough without `deep`
+        try:
+            if path.name.lower().endswith(".nii"):
                 check_nifti_complete(path)
-            except DataError as exc:
-                return problem(path, reason(exc))
+            check_metaimage_complete(path)  # a MetaImage cut short; other formats pass
+        except DataError as exc:
+            return problem(path, reason(exc))
     ndim = 4 if task.tensor_image_size == "4D" else 3
     image_ndim = 4 if channels > 1 or len(image_geom.size) == 4 else len(image_geom.size)
     if image_ndim != ndim and not (ndim == 4 and channels == task.num_channels):

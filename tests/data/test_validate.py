@@ -287,6 +287,31 @@ def test_truncated_uncompressed_nii_is_excluded(synth, which: int) -> None:
         f"{path}: truncated ({size - 1000} bytes of the {size} the header declares)")
 
 
+@pytest.mark.parametrize("deep", [True, False])
+@pytest.mark.parametrize(("sub", "suffix"), [("imagesTr", ".mha"), ("labelsTr", ".mhd")])
+def test_a_metaimage_cut_short_is_excluded(synth, deep: bool, sub: str, suffix: str) -> None:
+    # SimpleITK 2.2 read it without an error; a header read and a stat tell it, also without `deep`
+    import SimpleITK as sitk
+
+    folder, task = synth
+    for each in ("imagesTr", "labelsTr"):
+        gz = folder / each / "case_005.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(gz)), str(gz.with_name(f"case_005{suffix}")), False)
+        gz.unlink()
+    meta_path = folder / "dataset.json"
+    meta_path.write_text(meta_path.read_text().replace("case_005.nii.gz", f"case_005{suffix}"))
+    assert validate_folder(folder, task, deep=deep).problems == []
+    path = folder / sub / f"case_005{suffix}"
+    data_file = path if suffix == ".mha" else path.with_suffix(".raw")
+    size = len(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).tobytes())
+    data_file.write_bytes(data_file.read_bytes()[:-3])
+    report = validate_folder(folder, task, deep=deep)
+    where = "" if data_file == path else f"its data file {data_file.name} holds "
+    assert report.excluded == {"case_005"} and str(report.problems[0]) == (
+        f"{path}: not a readable image (damaged or cut short: data not read completely, {where}{size - 3} of "
+        f"the {size} bytes of voxel data the header declares)")
+
+
 NOT_POSITIVE = "each must be a positive finite number"
 OUT_OF_RANGE = "is outside 0.001-1000 mm (a header in other units, or a broken one)"
 
