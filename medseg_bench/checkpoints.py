@@ -38,12 +38,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 RUN_ID_KEY = "medseg_bench_run_id"  # the run a checkpoint is of (`SegmentationModule.on_save_checkpoint`)
 
 
+def mapped_checkpoint(checkpoint: Path) -> Any:
+    """A checkpoint's contents, tensors and plain data only, its tensors mapped from the file, not read: for
+    the few plain fields beside them (its run, its steps). Raises what `torch.load` raises for a damaged
+    file. The name is passed as a str: torch 2.1 maps only a str ("f must be a string filename in order to
+    use mmap argument", a ValueError for a Path, which its callers took for a damaged file)."""
+    return torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+
+
 def foreign_problem(checkpoint: Path, run_id: str) -> str | None:
     """Where `checkpoint` records being of another run than `run_id` (one copied into another run's
     folder), a problem naming both; None where it is of `run_id`, records none (written before 2026-12-02) or
     cannot be read (loading it says why). Mapped, not read: its tensors stay on disk."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = mapped_checkpoint(checkpoint)
     except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so
         return None
     other = state.get(RUN_ID_KEY) if isinstance(state, dict) else None

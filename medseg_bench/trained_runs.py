@@ -38,12 +38,11 @@ def run_folder_and_checkpoint(run_or_checkpoint: Path) -> tuple[Path, Path]:
 def _epochs_in(checkpoint: Path, iters_per_epoch: int) -> int | None:
     """The epochs the checkpoint's training steps make, or None where it cannot be read (it is mapped, not
     read: its tensors stay on disk)."""
-    import torch
-
+    from medseg_bench.checkpoints import mapped_checkpoint
     from medseg_bench.checks import is_whole
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = mapped_checkpoint(checkpoint)
     except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so, with or without this
         return None
     step = state.get("global_step") if isinstance(state, dict) else None

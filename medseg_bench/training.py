@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from medseg_bench.augment import AUGS, mirrors
-from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO
+from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO, mapped_checkpoint
 from medseg_bench.checks import MemoryLimit, usable_memory
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
@@ -438,7 +438,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         # Lightning sets the epoch on the sampler: set it here, from the steps the checkpoint has done
         # (every epoch is `iters_per_epoch` steps), or that epoch re-draws the first epoch's samples.
         try:
-            done = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+            done = mapped_checkpoint(last).get("global_step", 0)
         except Exception:  # noqa: BLE001 - a bad checkpoint: Lightning's restore says so, below
             done = 0
         if isinstance(train_loader.sampler, EpochSampler):

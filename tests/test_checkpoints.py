@@ -66,6 +66,18 @@ def test_a_checkpoint_of_another_run_is_named_as_such(tmp_path: Path) -> None:
     assert foreign_problem(ckpt, "run-b") is None
 
 
+def test_a_checkpoint_named_by_a_path_is_mapped(tmp_path: Path) -> None:
+    # torch 2.1 maps only a file named by a str: given a Path, every mapped read failed ("f must be a string
+    # filename"), taken for a damaged checkpoint: a resumed run's sampler started at epoch 0, a copied-in
+    # checkpoint went unnamed, an unfinished run's epoch went unsaid
+    from medseg_bench.checkpoints import mapped_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 12, "state_dict": {"net.w": torch.arange(4.0)}}, ckpt)
+    state = mapped_checkpoint(ckpt)
+    assert state["global_step"] == 12 and torch.equal(state["state_dict"]["net.w"], torch.arange(4.0))
+
+
 def test_resuming_reads_a_checkpoint_as_tensors_and_plain_data_only(tmp_path: Path) -> None:
     # Lightning resumes a run through its CheckpointIO; ours always loads with weights_only=True
     # (Lightning before 2.6 asks nothing, and torch before 2.6 then unpickles anything).
