@@ -1,13 +1,31 @@
-"""Sweep progress: a rich live display on a terminal, plain log lines otherwise (CI, SLURM logs)."""
+"""Sweep progress: a rich live display on a terminal, plain log lines otherwise (CI, SLURM logs); a step bar
+on a terminal for the commands' longer loops (`step_bar`)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+
+
+@contextmanager
+def step_bar(description: str, total: int, console: Console, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A transient rich bar of `total` steps on `console` where `enabled` (on a terminal), the block given the
+    function that advances it one step; nothing at all where not: a rich Progress made with `disable=True`
+    still printed an empty line as it stopped (rich 13.0), one per bar in a command's output."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=console) as bar:
+        task_id = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task_id)
 
 
 class PlainReporter:

@@ -102,3 +102,26 @@ def test_messages_are_text_not_markup() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == "[1/2] r0: skipped (held by [pid 12])"
     assert lines[1] == f"[2/2] r1: failed: {error}"
+
+
+def test_a_step_bar_off_a_terminal_prints_nothing() -> None:
+    # a rich Progress made with disable=True printed an empty line as it stopped (rich 13.0): `plan`'s error
+    # came after an empty line, a sweep's output held one per cache bar
+    from medseg_bench.progress import step_bar
+
+    out = io.StringIO()
+    console = Console(file=out)
+    with step_bar("validating", 3, console, console.is_terminal) as advance:
+        for _ in range(3):
+            advance()
+    assert out.getvalue() == ""
+
+
+def test_a_step_bar_on_a_terminal_is_drawn() -> None:
+    from medseg_bench.progress import step_bar
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80)
+    with step_bar("validating", 4, console, console.is_terminal) as advance:
+        advance()
+    assert "validating" in out.getvalue()

@@ -28,7 +28,6 @@ def validate(
     """
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import Progress
 
     from medseg_bench.cli import check_range
 
@@ -44,6 +43,7 @@ def validate(
         validate_folder,
     )
     from medseg_bench.errors import DataError, one_line
+    from medseg_bench.progress import step_bar
     from medseg_bench.settings import get_settings
 
     spec = get_task(task)
@@ -51,9 +51,8 @@ def validate(
     if not is_complete(folder):
         raise DataError(not_fetched(folder))
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
-    with Progress(transient=True, console=console, disable=not console.is_terminal) as bar:
-        bar_id = bar.add_task("validating", total=len(training_cases(folder)))
-        report = validate_folder(folder, spec, workers=workers, on_case=lambda: bar.advance(bar_id))
+    with step_bar("validating", len(training_cases(folder)), console, console.is_terminal) as advance:
+        report = validate_folder(folder, spec, workers=workers, on_case=advance)
     changed = record_validation(folder, report)
     for warning in report_warnings(spec, report, folder):
         console.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}")  # names from dataset.json

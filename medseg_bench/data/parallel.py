@@ -96,20 +96,21 @@ def _map(
     fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str
 ) -> list[R]:
     from rich.console import Console
-    from rich.progress import Progress
+
+    from medseg_bench.progress import step_bar
 
     results: list[R] = []
     console = Console(stderr=True)  # a bar only on a terminal: elsewhere rich left an empty line per bar
-    with Progress(transient=True, console=console, disable=not progress or not console.is_terminal) as bar:
-        task_id = bar.add_task(description or f"{len(items)} items", total=len(items))
+    with step_bar(description or f"{len(items)} items", len(items), console,
+                  progress and console.is_terminal) as advance:
         if pool is None:
             for item in items:
                 results.append(fn(item))
-                bar.advance(task_id)
+                advance()
             return results
         workers = getattr(pool, "_max_workers", 2)
         chunk = max(1, min(16, len(items) // (workers * 4)))
         for result in pool.map(fn, items, chunksize=chunk):
             results.append(result)
-            bar.advance(task_id)
+            advance()
     return results
