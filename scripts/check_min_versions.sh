@@ -2,7 +2,7 @@
 # The default test suite in a fresh venv (in a temp dir, removed after) holding the lowest version of every
 # dependency that pyproject.toml allows: each `name>=X` of [project] dependencies, and of the test tools in
 # the dev extra, is installed as `name==X`; other packages come at whatever version pip picks for them.
-#   scripts/check_min_versions.sh [PYTHON]    # default python3.11; about 6 GB of disk, 5 minutes on 2 cores
+#   scripts/check_min_versions.sh [PYTHON]    # default python3.11; about 6 GB of disk, 17 minutes on 2 cores
 # Not on PyPI for CPython 3.11: SimpleITK 2.2.0 (2.2.1 is used) and a wheel of edt 2.3.0 (built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +27,4 @@ PY
 "${pip[@]}" --no-build-isolation "$(grep '^edt==' <<<"$pins")"
 "${pip[@]}" --no-deps -e .
 "$tmp/venv/bin/pip" list 2>/dev/null | grep -iE '^(torch|torchvision|pytorch-lightning|segmentation.models.pytorch|monai|simpleitk|numpy|scipy|pandas|pyarrow|rich|typer|pyyaml|matplotlib|einops|edt|timm|huggingface.hub|safetensors|click) '
-"$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider
+"$tmp/venv/bin/python" -m pytest -q -rs -p no:cacheprovider  # -rs: each skipped test with its reason
