@@ -155,7 +155,7 @@ def _read_diff(root: Path, commit: str, env: dict[str, str], untracked: list[byt
     if code != 0:
         return code if isinstance(code, str) else f"git diff failed (exit {code})"
     for path in untracked:
-        left_out = _left_out(root, path)
+        left_out = _left_out(root, path, deadline)
         if left_out is not None:
             skipped.append(left_out)
             continue
@@ -206,8 +206,10 @@ def _shown(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _left_out(root: Path, path: bytes) -> dict[str, Any] | None:
-    """Why the untracked file `root/path` is not diffed, None where it is: `SourceDiff.untracked_skipped`."""
+def _left_out(root: Path, path: bytes, deadline: float) -> dict[str, Any] | None:
+    """Why the untracked file `root/path` is not diffed, None where it is: `SourceDiff.untracked_skipped`.
+    A file over the limit is recorded by its size and sha256, hashed until `deadline` (the whole diff's):
+    one many GB long is recorded by its size alone, not hashed past it."""
     full = os.path.join(os.fsencode(root), path)
     record: dict[str, Any] = {"path": _shown(path)}
     try:
@@ -221,6 +223,9 @@ def _left_out(root: Path, path: bytes) -> dict[str, Any] | None:
         digest = hashlib.sha256()
         with open(full, "rb") as fh:
             while chunk := fh.read(1 << 20):
+                if time.monotonic() > deadline:
+                    return {**record, "reason": f"over {MAX_UNTRACKED_FILE_BYTES} bytes, not hashed within "
+                                                f"{DIFF_TIMEOUT_S} s", "size_bytes": found.st_size}
                 digest.update(chunk)
     except OSError as exc:
         return {**record, "reason": f"not read ({exc.strerror or exc})"}

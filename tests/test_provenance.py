@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -362,10 +363,24 @@ def test_untracked_links_folders_and_large_files_are_named_not_diffed(
     headers = [line for line in code.diff.text.split(b"\n") if line.startswith(b"diff --git ")]
     assert headers == [b"diff --git a/medseg_bench/small.py b/medseg_bench/small.py"]
     # git's no patch for a file it could not read is said so, never an empty part of the diff
-    monkeypatch.setattr(provenance, "_left_out", lambda root, path: None)
+    monkeypatch.setattr(provenance, "_left_out", lambda root, path, deadline: None)
     assert read_code(tmp_path).diff == "git diff of untracked medseg_bench/models_link failed (exit 1)"
     monkeypatch.setattr(provenance, "DIFF_TIMEOUT_S", 0)  # one limit for the whole diff
     assert read_code(tmp_path).diff == "git diff took over 0 s"
+
+
+def test_a_large_untracked_file_is_hashed_within_the_diffs_time(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # one of many GB was hashed whole, however long that took, past the 30 s the whole diff is given
+    big = tmp_path / "weights.bin"
+    big.write_bytes(b"\x01" * (3 << 20))
+    monkeypatch.setattr(provenance, "MAX_UNTRACKED_FILE_BYTES", 100)
+    in_time = provenance._left_out(tmp_path, b"weights.bin", time.monotonic() + 60)
+    assert in_time == {"path": "weights.bin", "reason": "over 100 bytes", "size_bytes": 3 << 20,
+                       "sha256": hashlib.sha256(big.read_bytes()).hexdigest()}
+    late = provenance._left_out(tmp_path, b"weights.bin", time.monotonic() - 1)
+    assert late == {"path": "weights.bin", "reason": f"over 100 bytes, not hashed within "
+                                                     f"{provenance.DIFF_TIMEOUT_S} s", "size_bytes": 3 << 20}
 
 
 def _installed(site_packages: Path, direct_url: dict[str, object] | None,
