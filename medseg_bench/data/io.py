@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from medseg_bench.data.itk_output import Printed, captured, captured_for
-from medseg_bench.data.metaimage import check_metaimage_complete, separate_data_file
+from medseg_bench.data.metaimage import (
+    HEADER_SEARCH_BYTES,
+    check_metaimage_complete,
+    is_metaimage,
+    read_header,
+    separate_data_file,
+)
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite, too_large
 from medseg_bench.errors import DataError, FileSystemError
 from medseg_bench.files import atomic_binary, broken_link, failure_names, temp_stem
@@ -164,21 +170,24 @@ def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
     """The field of a MetaImage header (`.mhd`, `.mha`: `ElementDataFile`) or a NRRD file's (`data file`)
     that names the file(s) holding the voxels: its value, the lines after it (a `LIST`'s file names) and the
     field's name; None for another format, or a header without one."""
-    name = path.name.lower()
-    nrrd = name.endswith(".nrrd")
-    if not nrrd and not name.endswith((".mhd", ".mha")):
+    if is_metaimage(path):
+        header = read_header(path)  # None where unreadable: the read that follows names the problem
+        if header is None:
+            return None
+        return header.fields["ElementDataFile"], header.lines_after(), "ElementDataFile"
+    if not path.name.lower().endswith(".nrrd"):
         return None
     try:
         with open(path, "rb") as fh:
-            head = fh.read(65536).decode("latin-1")
+            head = fh.read(HEADER_SEARCH_BYTES).decode("latin-1")
     except OSError:
         return None  # the read that follows names the problem
     lines = head.splitlines()
     for at, line in enumerate(lines):
-        if nrrd and at and not line.strip():
+        if at and not line.strip():
             break  # a NRRD header ends at its first empty line; its voxels follow
-        key, _, value = line.partition(":" if nrrd else "=")
-        if key.strip() in (("data file", "datafile") if nrrd else ("ElementDataFile",)):
+        key, _, value = line.partition(":")
+        if key.strip() in ("data file", "datafile"):
             return value.strip(), lines[at + 1:], key.strip()
     return None
 
@@ -186,8 +195,8 @@ def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
 def metaimage_data_file(path: Path) -> Path | None:
     """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
     in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
-    found = _element_data_file(path) if not path.name.lower().endswith(".nrrd") else None
-    return separate_data_file(path, found[0]) if found is not None else None
+    header = read_header(path)
+    return separate_data_file(path, header.fields["ElementDataFile"]) if header is not None else None
 
 
 def data_file_outside(path: Path, folder: Path) -> str | None:

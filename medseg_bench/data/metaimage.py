@@ -28,10 +28,16 @@ HEADER_SEARCH_BYTES = 65536
 @dataclass(frozen=True)
 class MetaHeader:
     """A MetaImage header's fields, `ElementDataFile` the last, and where in its file the header ends (where
-    `LOCAL` voxels begin: the byte after the `ElementDataFile` line)."""
+    `LOCAL` voxels begin: the byte after the `ElementDataFile` line); `head`: the file's first bytes as read
+    (latin-1: one character a byte)."""
 
     fields: dict[str, str]
     end_offset: int
+    head: str
+
+    def lines_after(self) -> list[str]:
+        """The lines after the header within what was read: a `LIST`'s data file names."""
+        return self.head[self.end_offset:].splitlines()
 
 
 def is_metaimage(path: Path) -> bool:
@@ -49,12 +55,13 @@ def read_header(path: Path) -> MetaHeader | None:
             head = fh.read(HEADER_SEARCH_BYTES)
     except OSError:
         return None
+    text = head.decode("latin-1")
     fields: dict[str, str] = {}
     at = 0
-    while at < len(head):
-        newline = head.find(b"\n", at)
-        end = len(head) if newline < 0 else newline + 1
-        key, equals, value = head[at:end].decode("latin-1").partition("=")
+    while at < len(text):
+        newline = text.find("\n", at)
+        end = len(text) if newline < 0 else newline + 1
+        key, equals, value = text[at:end].partition("=")
         at = end
         if not equals:
             continue
@@ -62,7 +69,7 @@ def read_header(path: Path) -> MetaHeader | None:
         if key.strip() == "ElementDataFile":
             if newline < 0 and len(head) == HEADER_SEARCH_BYTES:
                 return None  # the line goes on past what was read
-            return MetaHeader(fields, at)
+            return MetaHeader(fields, at, text)
     return None
 
 
