@@ -80,20 +80,24 @@ def parallel_map(
     progress: bool = False,
     description: str = "",
     pool: Executor | None = None,
+    at_once: int | None = None,
 ) -> list[R]:
     """`[fn(x) for x in items]` in worker processes (`pool`, else a pool of `workers`; in-process when 1).
 
     Results come in input order. Work is handed out in chunks so that small items (a 40 kB Hippocampus case)
-    do not drown in inter-process overhead.
+    do not drown in inter-process overhead. `at_once`: at most that many items are worked on at the same
+    time, however many workers the pool has (each item needs much memory: `preprocess.build_cache`).
     """
     if pool is None:
-        with worker_pool(1 if len(items) <= 1 else workers or default_workers(len(items))) as own:
-            return _map(fn, items, own, progress, description)
-    return _map(fn, items, pool, progress, description)
+        count = 1 if len(items) <= 1 else workers or default_workers(len(items))
+        with worker_pool(min(count, at_once or count)) as own:
+            return _map(fn, items, own, progress, description, at_once)
+    return _map(fn, items, pool, progress, description, at_once)
 
 
 def _map(
-    fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str
+    fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str,
+    at_once: int | None = None,
 ) -> list[R]:
     from rich.console import Console
 
@@ -109,8 +113,32 @@ def _map(
                 advance()
             return results
         workers = getattr(pool, "_max_workers", 2)
+        if at_once is not None and at_once < workers:
+            return _bounded(fn, items, pool, at_once, advance)
         chunk = max(1, min(16, len(items) // (workers * 4)))
         for result in pool.map(fn, items, chunksize=chunk):
             results.append(result)
             advance()
     return results
+
+
+def _bounded(fn: Callable[[T], R], items: Sequence[T], pool: Executor, at_once: int,
+             advance: Callable[[], object]) -> list[R]:
+    """`[fn(x) for x in items]` in `pool`, never more than `at_once` items at a time (at least one), each
+    handed out as the one before it finishes; the first failure is raised as soon as it is seen."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    results: dict[int, R] = {}
+    running: dict[Future[R], int] = {}
+    queue = iter(enumerate(items))
+    while True:
+        for index, item in queue:
+            running[pool.submit(fn, item)] = index
+            if len(running) >= max(1, at_once):
+                break
+        if not running:
+            return [results[i] for i in range(len(items))]
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            results[running.pop(future)] = future.result()
+            advance()

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medseg_bench.checks import are_whole, is_spacing, shown
+from medseg_bench.checks import are_whole, is_spacing, shown, usable_memory
 from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 from medseg_bench.data.io import Geometry, read_label
 from medseg_bench.data.msd import Case, training_cases
@@ -48,6 +48,7 @@ from medseg_bench.data.plan import (
     load_or_make_plan,
     slice_target_spacing,
 )
+from medseg_bench.data.preprocess_memory import CaseSize, cases_at_once
 from medseg_bench.data.resample import (
     crop,
     nonzero_box,
@@ -291,17 +292,45 @@ def build_cache(
         leftover.unlink()
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
+        running = getattr(pool, "_max_workers", 1) if pool else workers or default_workers(len(todo))
+        at_once = cases_at_once(case_sizes(todo, plan, cache_dir.parent, own_slices), running,
+                                usable_memory(), cache_dir.parent / "plan.json")
+        limited = f", {at_once} at a time (memory)" if at_once < running else ""
         parallel_map(
             partial(preprocess_case, plan=plan, out_dir=cache_dir, own_slices=own_slices, task=task),
             todo,
             workers,
             progress,
-            f"preprocessing {len(todo)} cases",
+            f"preprocessing {len(todo)} cases{limited}",
             pool,
+            at_once,
         )
     check_cache(cache_dir, cases)  # the cases kept from before as well
     record = {"cases": wanted, "plan": plan.to_dict()}
     write_json_atomic(complete, record | {"own_slices": True} if own_slices else record)
+
+
+def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool = False) -> list[CaseSize]:
+    """What each case's voxels become through preprocessing (read, cropped, resampled), from the task's
+    fingerprint in `root`; the cases it does not hold (or all, where it cannot be read) are left out."""
+    fp, _ = load_json_object(root / "fingerprint.json")
+    if fp is None:
+        return []
+    try:
+        index = {case_id: i for i, case_id in enumerate(fp["cases"])}
+        channels = max(1, len(fp["foreground_intensity"]))
+        sizes = []
+        for case in cases:
+            if case.case_id not in index:
+                continue
+            i = index[case.case_id]
+            shape, spacing = tuple(fp["shapes_zyx"][i]), fp["spacings_zyx"][i]
+            cropped = tuple(fp["cropped_shapes_zyx"][i]) if plan.crop_to_nonzero else shape
+            resampled, _ = resampling(cropped, spacing, case_target_spacing(plan, spacing, own_slices))
+            sizes.append(CaseSize(case.image, channels, shape, cropped, resampled))
+        return sizes
+    except (KeyError, IndexError, TypeError, ValueError):  # a damaged fingerprint: nothing known
+        return []
 
 
 def _npy_problem(path: Path) -> str | None:

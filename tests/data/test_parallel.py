@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,35 @@ def test_a_failed_item_stops_the_workers_and_the_pools_manager_thread() -> None:
         list(pool.map(_fail_on_three, range(8)))
     managers = [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread"]
     assert managers == []
+
+
+def _alone(folder_and_item: tuple[str, int]) -> int:
+    """How many items were being worked on at once while this one ran (marker files in a folder)."""
+    import time
+    from pathlib import Path
+
+    folder, item = Path(folder_and_item[0]), folder_and_item[1]
+    marker = folder / f"{item}.running"
+    marker.touch()
+    seen = 0
+    for _ in range(20):
+        seen = max(seen, len(list(folder.glob("*.running"))))
+        time.sleep(0.01)
+    marker.unlink()
+    return seen * 100 + item
+
+
+def test_at_once_bounds_the_items_worked_on_together(tmp_path: Path) -> None:
+    # preprocessing a large case needs memory for several copies of it: `build_cache` lets fewer cases run
+    # at once than the pool has workers
+    items = [(str(tmp_path), i) for i in range(6)]
+    with worker_pool(3) as pool:
+        assert parallel_map(_alone, items, pool=pool, at_once=1) == [100 + i for i in range(6)]
+        assert [r % 100 for r in parallel_map(_alone, items, pool=pool, at_once=2)] == list(range(6))
+        assert max(parallel_map(_alone, items, pool=pool, at_once=2)) // 100 <= 2
+    assert parallel_map(_alone, items[:2], workers=4, at_once=1) == [100, 101]
+
+
+def test_at_once_raises_the_first_failure() -> None:
+    with pytest.raises(ValueError, match="item 3 is bad"), worker_pool(2) as pool:
+        parallel_map(_fail_on_three, [1, 3, 2, 4], pool=pool, at_once=1)

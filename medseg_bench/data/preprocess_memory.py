@@ -1,0 +1,83 @@
+"""What preprocessing one case needs in memory, and so how many cases the cache build works on at once.
+
+Reading, cropping, normalising and resampling a case holds several copies of it at a time: the image as read
+(float32), float64 copies of each channel and of each label's mask while they are resampled (scipy's zoom
+works in float64, its spline prefilter on a copy of its own), the resampled channels before and after they
+are stacked. `peak_bytes` is an upper envelope of the peak resident memory measured above a worker's own
+(`bench/preprocess_memory.py`: 18 cases of 1 to 4 channels, int16/float32/float64, up- and downsampled, with
+and without a separate slice axis; the envelope is 1.0 to 2.6 times what each measured, the most where
+nothing is resampled). `least_bytes` counts only arrays that are certainly held at the same time.
+
+A case whose `least_bytes` exceeds the memory this process may use (`checks.usable_memory`: the machine's,
+a container's or SLURM job's limit) cannot be preprocessed: the cache build stops before it starts, naming
+the case's image (a plan.json edited to a target spacing 10 times finer asks 1000 times the voxels). Else at
+most as many cases as fit by `peak_bytes` are worked on at once (`cases_at_once`), however many workers
+there are: nnU-Net's `-np` left to the user, whose workers the kernel killed on a large CT task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_bench.checks import MemoryLimit
+from medseg_bench.errors import DataError
+
+# bytes per voxel: of each channel as read, of the cropped case (all channels together), of each resampled
+# channel, of the resampled case; the envelope of `bench/preprocess_memory.py`'s measurements, rounded up
+PER_CHANNEL_READ, PER_CROPPED, PER_CHANNEL_RESAMPLED, PER_RESAMPLED = 9, 48, 5, 24
+# a worker's own memory before it reads a case (Python, numpy, scipy, SimpleITK)
+WORKER_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class CaseSize:
+    """A case's voxel counts through preprocessing: as read (`shape`), cropped, and resampled (z, y, x)."""
+
+    image: Path
+    channels: int
+    shape: tuple[int, ...]
+    cropped: tuple[int, ...]
+    resampled: tuple[int, ...]
+
+    @property
+    def is_resampled(self) -> bool:
+        return self.resampled != self.cropped
+
+
+def peak_bytes(size: CaseSize) -> int:
+    """At most the memory a worker uses while it preprocesses the case (`preprocess.preprocess_case`)."""
+    read, cropped, resampled = (math.prod(s) for s in (size.shape, size.cropped, size.resampled))
+    return WORKER_BYTES + (PER_CHANNEL_READ * size.channels * read + PER_CROPPED * cropped
+                           + (PER_CHANNEL_RESAMPLED * size.channels + PER_RESAMPLED) * resampled)
+
+
+def least_bytes(size: CaseSize) -> int:
+    """Memory the case certainly holds at once while resampled: the image as read (float32) and its label map
+    (uint8), the normalised crop (float32), and the resampled channels (float32) before and after they are
+    stacked."""
+    read, cropped, resampled = (math.prod(s) for s in (size.shape, size.cropped, size.resampled))
+    stacked = 8 * size.channels * resampled if size.is_resampled else 0
+    return (4 * size.channels + 1) * read + 4 * size.channels * cropped + stacked
+
+
+def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit | None,
+                  plan_file: Path) -> int:
+    """How many of the cases may be preprocessed at the same time, at most `workers`: as many of the
+    largest as fit into `memory` by `peak_bytes` (at least one). A DataError naming the case's image when one
+    cannot be preprocessed even alone (`least_bytes`)."""
+    if not sizes or memory is None:
+        return workers
+    for size in sizes:
+        need = least_bytes(size)
+        if need > memory.limit_bytes:
+            shown = " x ".join(str(n) for n in size.resampled)
+            raise DataError(
+                f"{size.image}: preprocessing it needs at least {need / 2**30:.3g} GiB at once "
+                f"({size.channels} channel(s), {shown} voxels at the plan's target spacing), more than the "
+                f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more "
+                f"memory, or set a coarser \"target_spacing\" in {plan_file}")
+    largest = max(peak_bytes(size) for size in sizes)
+    return max(1, min(workers, memory.limit_bytes // largest))
