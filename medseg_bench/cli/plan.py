@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from medseg_bench.data.plan import Plan
 
 # Far above any accelerator's memory: a larger value is a typo (or `inf`), and would overflow the sizes.
 MAX_GPU_MEMORY_GB = 10_000.0
@@ -90,6 +93,7 @@ def plan(
     table.add_row("target spacing (z, y, x) mm", fmt(result.target_spacing))
     table.add_row("crop to non-zero region", "yes" if result.crop_to_nonzero else "no")
     table.add_row("median shape in the cache", fmt(result.median_shape))
+    table.add_row("memory to preprocess", _memory_text(cases, result, root, workers))
     if result.channel_normalization is None:  # a plan made before pipeline version 5: one for all channels
         schemes = [{"scheme": "zscore", "nonzero_mask": None} if result.normalization == "zscore" else
                    {"scheme": "ct", "clip": result.ct_clip, "mean": result.ct_mean, "std": result.ct_std}]
@@ -114,6 +118,30 @@ def plan(
             f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases",
         )
     out.print(table)
+
+
+def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> str:
+    """What the cache build counts a case to need at most (`preprocess_memory.peak_bytes`), the largest, and
+    how many cases it preprocesses at once within the memory this process may use."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.parallel import default_workers
+    from medseg_bench.data.preprocess import case_sizes
+    from medseg_bench.data.preprocess_memory import cases_at_once, peak_bytes
+    from medseg_bench.errors import DataError
+
+    sizes = case_sizes(cases, plan, root)
+    if not sizes:
+        return "not known (no fingerprint of these cases)"
+    largest = max(sizes, key=peak_bytes)
+    text = f"at most {peak_bytes(largest) / 2**30:.3g} GiB a case (the largest, {largest.image.name})"
+    memory = usable_memory()
+    if memory is None:
+        return text
+    try:
+        at_once = cases_at_once(sizes, workers or default_workers(len(cases)), memory, root / "plan.json")
+    except DataError as exc:
+        return f"{text}; cannot be built here: {exc}"
+    return f"{text}; {at_once} at once within {memory}"
 
 
 def _scheme_text(scheme: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
@@ -138,3 +139,31 @@ def test_a_task_without_any_foreground_is_refused_not_planned_with_made_up_ct_st
         "foreground label (1 outer, 2 core): nothing to learn, and no foreground to take CT intensity "
         "statistics from\n")
     assert not (home / "data" / "preprocessed" / "Task90_Synth" / "plan.json").exists()
+
+
+def test_the_memory_to_preprocess_a_case_is_shown(home: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+
+    def shown(limit: MemoryLimit | None = None) -> str:
+        if limit is not None:
+            monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: limit)
+        result = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    root = _fetched(home, tmp_path)
+    # six cases of one size, the first named; the worker's own 256 MiB and 1.7 MiB
+    assert ("memory to preprocess        │ at most 0.254 GiB a case (the largest, case_000.nii.gz); 1 at "
+            "once within the machine's memory (") in shown()
+    plan = json.loads((root / "plan.json").read_text())
+    (root / "plan.json").write_text(json.dumps(plan | {"target_spacing": [0.1, 0.1, 0.1]}))
+    job = "the container's or job's memory limit"
+    # 240 x 480 x 400 voxels a case: one at a time
+    assert (f"at most 1.5 GiB a case (the largest, case_000.nii.gz); 1 at once within {job} (cgroup "
+            "memory.max, 1 GiB)") in shown(MemoryLimit(2**30, job, "cgroup memory.max"))
+    output = shown(MemoryLimit(2**28, job, "cgroup memory.max"))
+    assert "at most 1.5 GiB a case (the largest, case_000.nii.gz); cannot be built here: " in output
+    assert ("case_000.nii.gz: preprocessing it needs at least 0.344 GiB at once (1 channel(s), 240 x 480 x "
+            "400 voxels at the plan's target spacing), more than the 0.25 GiB this process may use") in output
