@@ -241,3 +241,27 @@ def test_learning_curves_average_each_runs_epochs_then_the_runs(
     assert list(dice.get_ydata()) == [0.5, 0.7]
     band = loss_axis.collections[0].get_paths()[0].vertices[:, 1]  # min-max over the runs: 2-4, 0.5-1.5
     assert {2.0, 4.0, 0.5, 1.5} <= set(np.round(band, 6))
+
+
+def test_learning_curves_leave_out_what_a_damaged_log_holds_that_is_no_number(
+        fake_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An epoch `abc` (a log edited or damaged after the run) stopped `report --plots` and `--format html` with
+    # a TypeError traceback, exit 1: its row is left out, as is a loss that is no number; the rest is drawn.
+    from medseg_bench.report.plots import learning_curves
+
+    copy = tmp_path / "results"
+    shutil.copytree(fake_results, copy)
+    runs = sorted((copy / "Task91_Beta").glob("2d-*"))
+    lines = ["epoch,step,train_loss,val_dice", "abc,9,7.0,0.9", "0,9,oops,0.5", "0,9,1.0,", "1,19,0.5,0.7"]
+    (runs[0] / "logs" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    for other in (copy / "Task91_Beta").glob("*"):
+        if other.is_dir() and other != runs[0]:
+            (other / "logs" / "metrics.csv").unlink()
+    report = build_report(copy, task="Task91_Beta")
+    figures = _figures(monkeypatch)
+    assert learning_curves(report, "Task91_Beta") is not None
+    loss_axis, dice_axis = figures[0].axes[:2]
+    (loss,), (dice,) = loss_axis.get_lines(), dice_axis.get_lines()
+    assert list(loss.get_xdata()) == [1, 2] and list(loss.get_ydata()) == [1.0, 0.5]
+    assert list(dice.get_ydata()) == [0.5, 0.7]
+    assert "Task91_Beta_learning_curves.png" in make_plots(report)
