@@ -265,3 +265,19 @@ def test_learning_curves_leave_out_what_a_damaged_log_holds_that_is_no_number(
     assert list(loss.get_xdata()) == [1, 2] and list(loss.get_ydata()) == [1.0, 0.5]
     assert list(dice.get_ydata()) == [0.5, 0.7]
     assert "Task91_Beta_learning_curves.png" in make_plots(report)
+
+
+def test_provenance_of_an_env_json_whose_objects_are_not_objects(fake_results: Path, tmp_path: Path) -> None:
+    # env.json is not among the files whose damage stops a report: an edited one whose `versions` or
+    # `isa_limits` is no JSON object stopped `--format html` with an AttributeError traceback (exit 1).
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    env_file = sorted(results.glob("*/*/env.json"))[0]
+    env = json.loads(env_file.read_text())
+    env.update(versions=["torch"], isa_limits=5)
+    env_file.write_text(json.dumps(env))
+    report = build_report(results)
+    run = report.provenance["runs"][env_file.parent.name]
+    assert run["versions"] == {} and run["isa_limits"] == {}
+    assert env_file.parent.name in render(report, "html", {})
+    assert json.loads(render(report, "json"))["provenance"]["runs"][env_file.parent.name]["versions"] == {}
