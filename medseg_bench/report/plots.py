@@ -7,6 +7,7 @@ import inspect
 import io
 import math
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ def _png(fig: Any) -> bytes:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    """`text` as the start of a figure's file name: itself where it holds only letters, digits, `.`, `_` and
+    `-`; else those, the rest as `_`, and 8 hex digits of its CRC32, so that tasks whose names differ only
+    there (`Task 1`, `Task_1`) never share a file (one task's figures took the other's place)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    return safe if safe == text else f"{safe}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
 
 
 def _colors(configs: list[str]) -> dict[str, Any]:

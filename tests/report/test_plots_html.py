@@ -281,3 +281,17 @@ def test_provenance_of_an_env_json_whose_objects_are_not_objects(fake_results: P
     assert run["versions"] == {} and run["isa_limits"] == {}
     assert env_file.parent.name in render(report, "html", {})
     assert json.loads(render(report, "json"))["provenance"]["runs"][env_file.parent.name]["versions"] == {}
+
+
+def test_tasks_whose_names_differ_only_where_a_file_name_cannot_keep_their_figures(tmp_path: Path) -> None:
+    # `T 1` and `T_1` were both `T_1_dice_cases.png`: the second task's figures replaced the first's, in
+    # --plots and in the HTML page (each task's section showing the same plot).
+    from tests.conftest import fake_finished_run
+
+    for task in ("T 1", "T_1"):
+        for seed in (1, 2):
+            fake_finished_run(tmp_path / "r", seed, task=task)
+    plots = make_plots(build_report(tmp_path / "r"))
+    cases = sorted(name for name in plots if name.endswith("_dice_cases.png"))
+    assert len(cases) == 2 and "T_1_dice_cases.png" in cases  # a name a file can hold is kept as it is
+    assert slug("T 1") != slug("T_1") == "T_1"
