@@ -109,6 +109,12 @@ def evaluate(
     check_range("--workers", processes, 1)
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
                              allow_missing=allow_missing, task=spec if task is not None else None)
+    if cases.empty:  # no --labels, --task or --regions, and every label map is background only
+        from medseg_bench.errors import DataError
+
+        raise DataError(f"nothing to score: no reference in {ref} or prediction in {pred} holds a nonzero "
+                        "label; give --labels or --task to score labels that are absent (both masks empty: "
+                        "NaN)")
     if allow_missing:
         missing = missing_predictions(pred, ref)
         if missing:

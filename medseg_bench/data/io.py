@@ -250,6 +250,9 @@ def _read_information(path: Path) -> Any:
         with captured_for(path) as printed:
             reader.ReadImageInformation()
     except RuntimeError as exc:
+        # a NIfTI cut short inside its header: say so, as for one cut later, not ITK's "Unable to determine
+        # ImageIO reader" (`predict` said that of a .nii.gz whose first bytes only were left)
+        check_nifti_complete(path)
         raise DataError(f"{path}: not a readable image ({_itk_reason(exc, printed)})") from None
     if _is_complex(reader.GetPixelID()):
         raise DataError(f"{path}: {COMPLEX_PIXELS}")

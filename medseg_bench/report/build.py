@@ -79,12 +79,13 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                 seen_data["runs"] += 1
             runs[run_id] = {
                 "task": row["task"], "config": row["config"], "fold": spec.get("fold"),
-                "seed": spec.get("seed"), "epochs": spec.get("epochs"), "versions": env.get("versions", {}),
+                "seed": spec.get("seed"), "epochs": spec.get("epochs"),
+                "versions": _object_or_none(env, "versions") or {},
                 "git_revision": env.get("git_revision"), "source_diff": _object_or_none(env, "source_diff"),
                 "installed_from": _object_or_none(env, "installed_from"), "python": env.get("python"),
                 "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
                 "cpu": env.get("cpu"), "cpu_capability": env.get("cpu_capability"),
-                "isa_limits": env.get("isa_limits") or {},
+                "isa_limits": _object_or_none(env, "isa_limits") or {},
                 "metric_settings": settings, "data": data,
             }
             seen = conventions.setdefault(row["task"], [])
@@ -104,7 +105,8 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
 
 
 def _object_or_none(record: dict[str, Any], key: str) -> dict[str, Any] | None:
-    """`record[key]` where it is a JSON object, else None (absent from runs made before it was recorded)."""
+    """`record[key]` where it is a JSON object, else None (absent from runs made before it was recorded, or
+    an env.json edited or damaged since: `"versions": [1]` stopped an HTML report with an AttributeError)."""
     value = record.get(key)
     return value if isinstance(value, dict) else None
 

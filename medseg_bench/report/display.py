@@ -168,8 +168,9 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
     if len(friedman):
         f = friedman.iloc[0]
         if f["note"]:
-            notes.append(f"Friedman test ({metric_title(metric)}): not run, {f['note']} "
-                         f"({f['k']} configurations, {f['n']} complete cases).")
+            k, n = int(f["k"]), int(f["n"])
+            counts = f"{k} configuration{'' if k == 1 else 's'}, {n} complete case{'' if n == 1 else 's'}"
+            notes.append(f"Friedman test ({metric_title(metric)}): not run, {f['note']} ({counts}).")
         else:
             verdict = "the configurations differ" if f["differs"] else "no difference shown"
             p_text = _p_relation(f["p"])

@@ -384,11 +384,14 @@ def print_rich(report: Report, console: Any = None) -> None:
                 continue
             table = item
             out = RichTable(title=table.caption or None, box=box.SIMPLE_HEAD)
-            # Columns as wide as each cell's longest line, so numbers do not break mid-value, when that fits
-            # the terminal; otherwise rich wraps them.
+            # Columns as wide as each cell's longest line, so numbers do not break mid-value, when the table
+            # fits the terminal with its headers (a column: two spaces of padding and a border; one edge);
+            # otherwise rich wraps them. Held to those widths where the headers did not fit, rich narrowed
+            # other columns, widened them again to those widths, and cut off the columns past the edge.
             widths = [min(32, max((len(line) for row in table.rows for line in row[i].text.split("\n")),
                                   default=1)) for i in range(len(table.headers))]
-            fits = sum(widths) + 3 * len(widths) <= console.width
+            needed = [max(width, len(header)) for width, header in zip(widths, table.headers, strict=True)]
+            fits = sum(needed) + 3 * len(needed) + 1 <= console.width
             if not fits and not narrow_said:  # rich then breaks names and numbers inside their cells
                 console.print(f"(tables wider than the terminal's {console.width} columns wrap inside their "
                               "cells: widen it, or use --format markdown)", style="dim")

@@ -7,6 +7,7 @@ import inspect
 import io
 import math
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ def _png(fig: Any) -> bytes:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    """`text` as the start of a figure's file name: itself where it holds only letters, digits, `.`, `_` and
+    `-`; else those, the rest as `_`, and 8 hex digits of its CRC32, so that tasks whose names differ only
+    there (`Task 1`, `Task_1`) never share a file (one task's figures took the other's place)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    return safe if safe == text else f"{safe}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
 
 
 def _colors(configs: list[str]) -> dict[str, Any]:
@@ -91,7 +96,9 @@ LOGGED = ("train_loss", "val_dice")
 
 def _epoch_log(folder: Path) -> pd.DataFrame | None:
     """A run's training log's epoch column and those of `LOGGED` it has (Lightning writes a row for each,
-    per epoch); None where it has none, or cannot be read."""
+    per epoch), as numbers; None where it has none, or cannot be read. A value that is no number (a log
+    edited or damaged: `abc` where an epoch goes) is left out, its row too where it is the epoch: a training
+    log only draws the curves, and such a cell stopped the report with a TypeError."""
     path = folder / "logs" / "metrics.csv"
     try:
         frame = pd.read_csv(path)
@@ -100,7 +107,11 @@ def _epoch_log(folder: Path) -> pd.DataFrame | None:
     if "epoch" not in frame:
         return None
     columns = [c for c in LOGGED if c in frame]
-    return frame[["epoch", *columns]] if columns else None
+    if not columns:
+        return None
+    numbers = frame[["epoch", *columns]].apply(pd.to_numeric, errors="coerce")
+    numbers = numbers[np.isfinite(numbers["epoch"])]
+    return numbers if len(numbers) else None
 
 
 def learning_curves(report: Report, task: str) -> bytes | None:

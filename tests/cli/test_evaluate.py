@@ -684,3 +684,20 @@ def test_a_format_the_output_name_contradicts_is_refused_as_by_report(folders, t
     assert result.output.strip().splitlines()[-1] == (
         f"error: --format csv but --output {output} is a .json name: drop --format, or name the file .csv")
     assert not output.exists()
+
+
+def test_label_maps_of_background_only_are_one_line_not_a_traceback(tmp_path):
+    # No --labels, --task or --regions and no nonzero voxel anywhere: nothing to score (a KeyError traceback,
+    # exit 1, until 2026-12-03); with --labels, the label is scored both-empty as before.
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    empty = np.zeros((4, 6, 6), np.uint8)
+    for name in ("a", "b"):
+        write(pred_dir, name, empty)
+        write(ref_dir, name, empty)
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 3, result.output
+    assert "nothing to score: no reference in" in result.stderr and "give --labels or --task" in result.stderr
+    assert "Traceback" not in result.output
+    labelled = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--labels", "1")
+    assert labelled.exit_code == 0, labelled.output
+    assert pd.read_csv(io.StringIO(labelled.stdout))["label"].tolist() == [1, 1, 1]

@@ -276,3 +276,20 @@ def test_every_read_of_an_image_is_held_to_the_limit(suffix: str, vector: bool, 
     if suffix == ".nii.gz" and not vector:
         with pytest.raises(DataError, match=message):
             read_image(path, check_complete=True)  # its NIfTI check, before ITK
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_nifti_cut_short_inside_its_header_is_named_so(suffix: str, tmp_path: Path) -> None:
+    # Cut within its header, ITK could not read the header at all, and the message was ITK's "Unable to
+    # determine ImageIO reader" (`predict`'s header checks); cut later, "gzip stream cut short": both say it.
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_geometry
+
+    path = tmp_path / f"x{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(path))
+    path.write_bytes(path.read_bytes()[:60])
+    why = (r"unreadable \(gzip stream cut short\)" if suffix == ".nii.gz"
+           else r"truncated NIfTI header \(60 bytes\)")
+    with pytest.raises(DataError, match=rf"^{path}: {why}$"):
+        read_geometry(path)

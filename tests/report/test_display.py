@@ -80,3 +80,15 @@ def test_bold_under_top_is_the_best_of_every_configuration_not_of_those_shown(fa
     assert first[1].text == "3d-unet-dice_ce-light" and not first[beta].best  # second in Task91_Beta
     assert first[ranking.headers.index("mean rank")].best
     assert "a column whose best --top leaves out has none bold" in render(report, "markdown")
+
+
+def test_the_friedman_note_counts_one_configuration_in_the_singular(tmp_path: Path) -> None:
+    # "(1 configurations, 2 complete cases)" on a task with a single configuration
+    from medseg_bench.report import build_report
+    from medseg_bench.report.display import significance_section
+    from tests.conftest import fake_finished_run
+
+    for seed in (1, 2):
+        fake_finished_run(tmp_path / "r", seed)
+    notes, _ = significance_section(build_report(tmp_path / "r"), "T")
+    assert "needs at least 3 configurations (1 configuration, 2 complete cases)." in notes[0]

@@ -241,3 +241,57 @@ def test_learning_curves_average_each_runs_epochs_then_the_runs(
     assert list(dice.get_ydata()) == [0.5, 0.7]
     band = loss_axis.collections[0].get_paths()[0].vertices[:, 1]  # min-max over the runs: 2-4, 0.5-1.5
     assert {2.0, 4.0, 0.5, 1.5} <= set(np.round(band, 6))
+
+
+def test_learning_curves_leave_out_what_a_damaged_log_holds_that_is_no_number(
+        fake_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An epoch `abc` (a log edited or damaged after the run) stopped `report --plots` and `--format html` with
+    # a TypeError traceback, exit 1: its row is left out, as is a loss that is no number; the rest is drawn.
+    from medseg_bench.report.plots import learning_curves
+
+    copy = tmp_path / "results"
+    shutil.copytree(fake_results, copy)
+    runs = sorted((copy / "Task91_Beta").glob("2d-*"))
+    lines = ["epoch,step,train_loss,val_dice", "abc,9,7.0,0.9", "0,9,oops,0.5", "0,9,1.0,", "1,19,0.5,0.7"]
+    (runs[0] / "logs" / "metrics.csv").write_text("\n".join(lines) + "\n")
+    for other in (copy / "Task91_Beta").glob("*"):
+        if other.is_dir() and other != runs[0]:
+            (other / "logs" / "metrics.csv").unlink()
+    report = build_report(copy, task="Task91_Beta")
+    figures = _figures(monkeypatch)
+    assert learning_curves(report, "Task91_Beta") is not None
+    loss_axis, dice_axis = figures[0].axes[:2]
+    (loss,), (dice,) = loss_axis.get_lines(), dice_axis.get_lines()
+    assert list(loss.get_xdata()) == [1, 2] and list(loss.get_ydata()) == [1.0, 0.5]
+    assert list(dice.get_ydata()) == [0.5, 0.7]
+    assert "Task91_Beta_learning_curves.png" in make_plots(report)
+
+
+def test_provenance_of_an_env_json_whose_objects_are_not_objects(fake_results: Path, tmp_path: Path) -> None:
+    # env.json is not among the files whose damage stops a report: an edited one whose `versions` or
+    # `isa_limits` is no JSON object stopped `--format html` with an AttributeError traceback (exit 1).
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    env_file = sorted(results.glob("*/*/env.json"))[0]
+    env = json.loads(env_file.read_text())
+    env.update(versions=["torch"], isa_limits=5)
+    env_file.write_text(json.dumps(env))
+    report = build_report(results)
+    run = report.provenance["runs"][env_file.parent.name]
+    assert run["versions"] == {} and run["isa_limits"] == {}
+    assert env_file.parent.name in render(report, "html", {})
+    assert json.loads(render(report, "json"))["provenance"]["runs"][env_file.parent.name]["versions"] == {}
+
+
+def test_tasks_whose_names_differ_only_where_a_file_name_cannot_keep_their_figures(tmp_path: Path) -> None:
+    # `T 1` and `T_1` were both `T_1_dice_cases.png`: the second task's figures replaced the first's, in
+    # --plots and in the HTML page (each task's section showing the same plot).
+    from tests.conftest import fake_finished_run
+
+    for task in ("T 1", "T_1"):
+        for seed in (1, 2):
+            fake_finished_run(tmp_path / "r", seed, task=task)
+    plots = make_plots(build_report(tmp_path / "r"))
+    cases = sorted(name for name in plots if name.endswith("_dice_cases.png"))
+    assert len(cases) == 2 and "T_1_dice_cases.png" in cases  # a name a file can hold is kept as it is
+    assert slug("T 1") != slug("T_1") == "T_1"

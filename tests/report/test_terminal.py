@@ -47,3 +47,33 @@ def test_control_characters_in_names_are_shown_escaped(tmp_path: Path) -> None:
     for text in (buffer.getvalue(), markdown):
         assert "\x1b" not in text and "\x07" not in text
         assert "T\\x1b[2J\\x1b]0;owned\\x07[bold]x" in text
+
+
+def _digits(text: str) -> int:
+    return sum(ch.isdigit() for ch in text)
+
+
+@pytest.mark.parametrize("width", range(60, 131, 5))
+def test_no_cell_is_cut_off_where_a_tables_headers_are_wider_than_its_cells(fake_results: Path,
+                                                                             width: int) -> None:
+    # The ranking across tasks (cells: ranks; headers: task names) fitted by its cells but not its headers:
+    # held to its cells' widths, rich narrowed some columns, widened them back and cut off the last ones at
+    # the terminal's edge (80 columns: a task's ranks were gone, without a word). Every digit of every
+    # title, note, header and cell must be printed, wrapped or not.
+    from medseg_bench.report.display import Table, sections
+
+    report = build_report(fake_results)
+    expected = 0
+    for section in sections(report, compact=True):
+        expected += _digits(section.title)
+        for item in section.items:
+            if isinstance(item, Table):
+                expected += _digits(item.caption or "") + sum(_digits(h) for h in item.headers)
+                expected += sum(_digits(cell.text) for row in item.rows for cell in row)
+            else:
+                expected += _digits(item)
+    buffer = io.StringIO()
+    print_rich(report, Console(file=buffer, width=width, force_terminal=False))
+    text = buffer.getvalue()
+    narrow = f"(tables wider than the terminal's {width} columns wrap"
+    assert _digits(text) == expected + (_digits(str(width)) if narrow in " ".join(text.split()) else 0)
