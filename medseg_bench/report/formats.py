@@ -99,6 +99,7 @@ def _latex_table(table: Table, caption: str, label: str) -> list[str]:
 def to_latex(report: Report) -> str:
     """Tables for a paper: `\\usepackage{booktabs}`; section notes become comments and captions."""
     lines = ["% medseg-bench report: needs \\usepackage{booktabs}"]
+    used: set[str] = set()
     for section in sections(report):
         lines.append(f"% --- {one_line(section.title)} ---")
         tables = 0
@@ -111,7 +112,12 @@ def to_latex(report: Report) -> str:
                 caption = f"{section.title}: significance of the top configuration against the others"
             tables += 1
             slug = "".join(ch if ch.isalnum() else "-" for ch in caption.lower())[:60].strip("-")
-            lines += [*_latex_table(item, caption, f"tab:{slug}"), ""]
+            label, n = f"tab:{slug}", 1
+            while label in used:  # two long captions alike in their first 60 characters: LaTeX's "multiply
+                n += 1            # defined" label, a \ref to the wrong table
+                label = f"tab:{slug}-{n}"
+            used.add(label)
+            lines += [*_latex_table(item, caption, label), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -169,3 +169,23 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_text(fake_results: Pa
     assert rows[0]["encoder"] == "-0.25" and float(rows[0]["dice_mean"]) == -0.5
     parquet = pd.read_parquet(io.BytesIO(render(report, "parquet")))  # type: ignore[arg-type]
     assert {*FORMULAS, *CONTROLS} <= set(parquet[["task", "config", "arch"]].to_numpy().ravel())
+
+
+def test_latex_labels_stay_unique_when_captions_share_their_first_60_characters(
+        fake_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # labels are the caption's first 60 characters: two tasks of long names alike that far had one \label
+    # (LaTeX: "multiply defined", a \ref pointing at the wrong table)
+    import re
+
+    from medseg_bench.report import formats
+    from medseg_bench.report.display import Cell, Section, Table
+
+    long = "Task90_" + "A" * 70
+    table = Table(["configuration"], [[Cell("3d unet")]], ["l"])
+    monkeypatch.setattr(formats, "sections", lambda report: [
+        Section(f"{long}1 leaderboard", items=[table]), Section(f"{long}2 leaderboard", items=[table]),
+        Section(f"{long}3 leaderboard", items=[table])])
+    latex = formats.to_latex(build_report(fake_results))
+    labels = re.findall(r"\\label\{(.*?)\}", latex)
+    slug = "tab:task90-" + "a" * 53
+    assert labels == [slug, f"{slug}-2", f"{slug}-3"]
