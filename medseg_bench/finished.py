@@ -44,11 +44,17 @@ def _damaged_file(folder: Path) -> tuple[Path, str] | None:
     return _finished_files(folder)[0]
 
 
+def _absent(path: Path) -> str:
+    """Why `path` is not a file to read: "missing", or "not a file" (a folder, a socket, a broken link's
+    target... where one is: `metrics.csv: missing` named a folder that was there)."""
+    return "not a file" if path.exists() else "missing"
+
+
 def _finished_files(folder: Path) -> tuple[tuple[Path, str] | None, dict[str, Any], dict[str, Any]]:
     """(what is damaged, as `_damaged_file`, spec.json, summary.json): the two objects as read for the checks
     (empty where the run has not finished, or a file is damaged), so that a finished run's are read once."""
     status_path = folder / "status.json"
-    status, why = load_json_object(status_path) if status_path.is_file() else (None, "missing")
+    status, why = load_json_object(status_path) if status_path.is_file() else (None, _absent(status_path))
     said_done = status is not None and status.get("state") == "done"
     done_event = any(event.get("event") == "done" for event in read_events(folder))
     if not (said_done or done_event or (status is None and (folder / "summary.json").is_file())):
@@ -60,7 +66,7 @@ def _finished_files(folder: Path) -> tuple[tuple[Path, str] | None, dict[str, An
                 "finished"), {}, {}
     for name in FINISHED_FILES:
         if not (folder / name).is_file():
-            return (folder / name, "missing, but the run finished"), {}, {}
+            return (folder / name, f"{_absent(folder / name)}, but the run finished"), {}, {}
     read: dict[str, dict[str, Any]] = {}
     for name in ("spec.json", "summary.json"):  # cheap to check here; metrics.csv's rows: read_finished_run
         data, why = load_json_object(folder / name)

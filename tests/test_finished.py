@@ -166,15 +166,19 @@ def test_empty_scores_and_null_or_absent_summary_fields_are_no_damage(tmp_path: 
     assert [c for c in numbers if table[c].dtype.kind not in "if"] == []
 
 
+@pytest.mark.parametrize("folder_instead", [False, True])
 @pytest.mark.parametrize("name", ["status.json", "spec.json", "metrics.csv", "summary.json"])
-def test_a_finished_run_that_lost_a_file_is_named_not_dropped(tmp_path: Path, name: str) -> None:
+def test_a_finished_run_that_lost_a_file_is_named_not_dropped(tmp_path: Path, name: str,
+                                                               folder_instead: bool) -> None:
     from medseg_bench.finished import finished_damage
 
     for seed in range(2):
         fake_finished_run(tmp_path, seed)
     damaged = sorted((tmp_path / "T").iterdir())[1]
     (damaged / name).unlink()
-    problem = f"{damaged / name}: missing, but the run finished"
+    if folder_instead:  # named "missing" while it was there
+        (damaged / name).mkdir()
+    problem = f"{damaged / name}: {'not a file' if folder_instead else 'missing'}, but the run finished"
     assert finished_damage(damaged) == problem and run_state(damaged) == "damaged"
     with pytest.raises(ResultsError, match="^" + re.escape(problem)):
         load_results(tmp_path)
