@@ -83,8 +83,9 @@ def fetch(
         console.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}")  # names from dataset.json
     for line in problem_lines(report.problems, outcome.folder / MARKER):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
+    usable = len(report.usable_cases)
     typer.echo(
-        f"{spec.name}: {len(report.usable_cases)} usable training cases in {outcome.folder}"
+        f"{spec.name}: {usable} usable training case{'' if usable == 1 else 's'} in {outcome.folder}"
         + (f" ({len(report.excluded)} excluded)" if report.excluded else "")
     )
 

@@ -157,3 +157,11 @@ def test_a_folder_of_too_many_entries_is_one_line_and_a_data_error(home: Path, t
     assert result.output == (f"error: {src}: too many entries (more than 3; an MSD task folder holds a few "
                              "thousand at most)\n")
     assert not (home / "data" / "Task90_Synth").exists()
+
+
+def test_one_usable_case_is_counted_in_the_singular(home: Path, tmp_path: Path) -> None:
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=1)
+    write_task_file(home, "Task90_Synth")
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    assert result.exit_code == 0, result.output
+    assert f"Task90_Synth: 1 usable training case in {home / 'data' / 'Task90_Synth'}\n" in result.output
