@@ -142,7 +142,7 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
     by the sweep, which checks its runs then."""
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.plan import read_plan
+    from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
     from medseg_bench.sweep.local import check_runs
 
@@ -152,7 +152,9 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
         if not path.is_file():
             continue
         try:  # the checks read the task and its plan alone: no cache, no split
-            planned[task] = PreparedTask(get_task(task), read_plan(path), path.parent, [], [])
+            task_spec = get_task(task)  # a plan of another task, or of other channels: refused
+            plan = plan_for_task(read_plan(path), task_spec, path)
+            planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)

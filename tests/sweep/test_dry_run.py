@@ -166,3 +166,27 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     lines = dry_run_lines([spec], tmp_path, tmp_path / "data").lines
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"task": "Task01_BrainTumour"}, "a plan of task 'Task01_BrainTumour', not of Task04_Hippocampus"),
+    ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}] * 2},
+     "channel_normalization has 2 entries, but Task04_Hippocampus has 1 channel(s)"),
+])
+def test_the_dry_run_stops_on_a_plan_json_that_cannot_be_the_tasks(tmp_path: Path, edit: dict,
+                                                                   problem: str) -> None:
+    """The sweep refuses a plan.json of another task, or of another number of channels (`plan_for_task`):
+    its dry run said nothing of it and exited 0."""
+    plan = {"task": TASK, "normalization": "per_channel", "ct_clip": None, "ct_mean": None, "ct_std": None,
+            "median_spacing": [1.0, 1.0, 1.0], "target_spacing": [1.0, 1.0, 1.0], "crop_to_nonzero": True,
+            "median_shape": [35, 50, 35], "budget": "cpu", "patch_3d": [40, 56, 40], "batch_3d": 4,
+            "patch_2d": [64, 64], "batch_2d": 32,
+            "channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}]}
+    path = tmp_path / "data" / "preprocessed" / TASK / "plan.json"
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, plan)
+    assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0  # as it is: fine
+    write_json_atomic(path, plan | edit)
+    planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
+    assert planned.exit_code == 3, planned.lines
+    assert f"{TASK}: the sweep would stop: {path}: {problem}" in "\n".join(planned.lines)
