@@ -201,6 +201,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded, used = 0, set[int]()
+    takes_encoder = False  # a 2D arch of the sweep (fcn skipped for an encoder it cannot take among them)
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
@@ -214,6 +215,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
+                takes_encoder = takes_encoder or dims == "2d"
                 encoders = _encoders(entry.name, dims, request.encoders, skipped)
                 if request.patch_size is not None:
                     sides = 2 if dims == "2d" else 3
@@ -258,7 +260,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     skipped += [f"exclude rule '{given}' matches no combination of this sweep: nothing removed by it"
                 for i, given in enumerate(request.exclude) if i not in used]
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
-    if request.encoders is not None and not any(r.dims == "2d" for r in runs):
+    if request.encoders is not None and not takes_encoder:
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
     unique = list(dict.fromkeys(runs))

@@ -85,8 +85,15 @@ def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -
     runs, notes = expand(SweepRequest(tasks=tasks, archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34"]))
     assert {(r.arch, r.encoder) for r in runs} == {("unet", "resnet34")}
     assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
-    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped"):
+    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped") as info:
         expand(_request(archs=["fcn"], encoders=["resnet34"]))
+    # the encoder was not taken because fcn cannot take it: it went on "no run of the sweep is 2D (3D nets
+    # take no encoder)", of a sweep whose only arch is 2D
+    assert "no run of the sweep is 2D" not in str(info.value)
+    runs, notes = expand(_request(archs=["fcn", "unet"], dims=["2d", "3d"], encoders=["resnet34"]))
+    assert {(r.dims, r.arch) for r in runs} == {("2d", "unet"), ("3d", "unet")}
+    _, notes = expand(_request(archs=["fcn", "unetr"], encoders=["resnet34"]))
+    assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
     with pytest.raises(UsageError, match="no encoder given"):
         expand(_request(encoders=[]))
 
