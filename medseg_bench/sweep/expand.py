@@ -71,6 +71,17 @@ def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[s
     return usable
 
 
+def _canonical_name(key: str, value: str) -> str:
+    """The registered name of an arch, loss, aug or task given by a name or alias; UsageError if none."""
+    if key == "arch":
+        return ARCHS.get(value).name
+    if key == "loss":
+        return LOSSES.canonical(value)
+    if key == "aug":
+        return AUGS.canonical(value)
+    return task_registry().get(value).name
+
+
 def parse_exclude(rule: str) -> dict[str, str]:
     """`"arch=deeplab,aug=heavy"` -> {"arch": "deeplab", "aug": "heavy"}; names are made canonical."""
     parsed: dict[str, str] = {}
@@ -86,14 +97,11 @@ def parse_exclude(rule: str) -> dict[str, str]:
         if key in parsed:  # the last value won without a word: arch=unet,arch=deeplab dropped deeplab only
             raise UsageError(f"exclude rule '{rule}': {key} is given twice; a rule drops the runs that match "
                              "all its pairs: give one rule for each (--exclude arch=a --exclude arch=b)")
-        if key == "arch":
-            value = ARCHS.get(value).name
-        elif key == "loss":
-            value = LOSSES.canonical(value)
-        elif key == "aug":
-            value = AUGS.canonical(value)
-        elif key == "task":
-            value = task_registry().get(value).name
+        if key in ("arch", "loss", "aug", "task"):
+            try:  # named with its rule, as the other keys' values are (a flag of the sweep had it too)
+                value = _canonical_name(key, value)
+            except UsageError as exc:
+                raise UsageError(f"exclude rule '{rule}': {exc}") from None
         elif key == "dims" and value not in DIMS:
             raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
         elif key == "target" and value not in TARGETS:

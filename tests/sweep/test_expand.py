@@ -30,7 +30,11 @@ def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
 @pytest.mark.parametrize(("rule", "message"), [
     ("arch", "'arch' is not key=value"),
     ("colour=red", "unknown key 'colour'"),
-    ("arch=unte", "did you mean 'unet'"),
+    # a misspelt name is said with its rule, as a bad encoder or dims is (it looked like the --arch flag's)
+    ("arch=unte", r"^exclude rule 'arch=unte': unknown arch 'unte'; did you mean 'unet'"),
+    ("aug=lite", r"^exclude rule 'aug=lite': unknown aug 'lite'"),
+    ("loss=dice_c", r"^exclude rule 'loss=dice_c': unknown loss 'dice_c'"),
+    ("task=Task99", r"^exclude rule 'task=Task99': unknown task 'Task99'"),
     ("dims=4d", "unknown dims '4d'"),
     (",", "is empty"),
     ("arch=unet,arch=deeplab",  # deeplab alone was dropped
