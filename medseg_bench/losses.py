@@ -304,4 +304,14 @@ def build_loss(name: str, num_classes: int, class_weights: Weights = None,
         # entropy does not), so 1,2,2 and 0.5,1,1 would weigh Dice against CE differently.
         mean = sum(class_weights) / len(class_weights)
         class_weights = tuple(w / mean for w in class_weights)
+        # the loss holds them as float32: a positive weight under its smallest normal value was 0 (or lost its
+        # digits) there, so 1,1,1e300 trained as 0,0,1 under its own run id
+        from medseg_bench.checks import FLOAT32_TINY
+
+        if any(0 < w < FLOAT32_TINY for w in class_weights):
+            positive = [w for w in class_weights if w > 0]
+            apart = max(positive) / min(positive)
+            raise UsageError(f"class weights {apart:.3g} apart are more than the loss's float32 holds (the "
+                             "smallest would be 0): keep them within a factor of 1e+37, or give 0 to leave a "
+                             "class out")
     return _with_deep_supervision(factory(num_classes, class_weights))
