@@ -129,12 +129,18 @@ class DryRun:
 
 
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
-    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop)."""
-    from medseg_bench.data.fetch import is_complete, not_fetched
+    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop; a step
+    left, exit code 0), or whose fetch marker is damaged (the sweep stops on it: its exit code)."""
+    from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 
     for task in tasks:
         if not is_complete(data_dir / task):
             out.lines.append(not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1))
+            continue
+        try:
+            read_marker(data_dir / task)  # the excluded cases the sweep reads: it listed the runs, exit 0
+        except DataError as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:

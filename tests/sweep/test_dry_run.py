@@ -190,3 +190,18 @@ def test_the_dry_run_stops_on_a_plan_json_that_cannot_be_the_tasks(tmp_path: Pat
     planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
     assert planned.exit_code == 3, planned.lines
     assert f"{TASK}: the sweep would stop: {path}: {problem}" in "\n".join(planned.lines)
+
+
+def test_the_dry_run_stops_on_a_damaged_fetch_marker(tmp_path: Path) -> None:
+    """The sweep stops on a task folder whose `.medseg-bench-valid.json` is damaged (exit 3, run validate to
+    rebuild it): its dry run listed the runs as pending and exited 0."""
+    from medseg_bench.data.fetch import MARKER
+
+    marker = tmp_path / "data" / TASK / MARKER
+    marker.parent.mkdir(parents=True)
+    write_json_atomic(marker, {"excluded": []})
+    assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0
+    marker.write_text("[]")
+    planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
+    assert planned.exit_code == 3, planned.lines
+    assert any(line.startswith(f"{TASK}: the sweep would stop: {marker}: damaged ") for line in planned.lines)
