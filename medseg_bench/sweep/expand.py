@@ -17,6 +17,7 @@ from medseg_bench.models import (
     check_channels,
     check_encoder,
     check_patch,
+    encoder_problem,
     variant,
 )
 from medseg_bench.regions import regions_problem
@@ -68,7 +69,10 @@ def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[s
     if own is not None and len(usable) < len(requested):
         left_out = ", ".join(e for e in requested if e not in own)
         skipped.append(f"{arch} with --encoder {left_out}: skipped, '{arch}' takes {' or '.join(own)}")
-    return usable
+    # a pair smp refuses to build (unetplusplus over mit_b0) failed its runs after the task was prepared
+    refused = {e: problem for e in usable if e is not None and (problem := encoder_problem(arch, dims, e))}
+    skipped += [f"{arch} with --encoder {e}: skipped, {problem}" for e, problem in refused.items()]
+    return [e for e in usable if e not in refused]
 
 
 def _canonical_name(key: str, value: str) -> str:

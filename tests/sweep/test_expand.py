@@ -102,6 +102,19 @@ def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -
         expand(_request(encoders=[]))
 
 
+def test_an_encoder_smp_refuses_for_an_arch_is_skipped_for_it(home: Path) -> None:
+    # smp's UnetPlusPlus and Linknet refuse a mit_b* encoder in their constructor: the sweep listed the runs,
+    # prepared the task, then each failed (exit 5)
+    request = _request(archs=["unet", "unetplusplus"], dims=["2d"], encoders=["mit_b0", "resnet18"])
+    runs, notes = expand(request)
+    assert sorted((r.arch, r.encoder) for r in runs) == [("unet", "mit_b0"), ("unet", "resnet18"),
+                                                         ("unetplusplus", "resnet18")]
+    assert notes == ["unetplusplus with --encoder mit_b0: skipped, smp refuses it (UnetPlusPlus is not "
+                     "support encoder_name=mit_b0)"]
+    with pytest.raises(UsageError, match=r"no runs \(linknet with --encoder mit_b0: skipped, smp refuses it"):
+        expand(_request(archs=["linknet"], encoders=["mit_b0"]))
+
+
 def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
     # unet runs in 2D and 3D: a 3-sided patch would reach the 2D runs, which fail only once they train.
     with pytest.raises(UsageError, match="--patch-size 32,32,32 has 3 sides, but the sweep has 2d runs"):
