@@ -166,6 +166,33 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
+def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
+    """A line for each splits file of a fetched task (`splits_<k>fold.json`, where it exists) the sweep would
+    stop on: one of the user's that is not k folds of usable cases (a task not split yet is split by the
+    sweep). Read only: a missing file is not made here."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import usable_cases
+    from medseg_bench.data.splits import load_or_make_splits
+
+    for task in sorted({spec.task for spec in runs}):
+        root = data_dir / "preprocessed" / task
+        wanted = sorted({spec.num_folds for spec in runs if spec.task == task})
+        paths = {k: root / f"splits_{k}fold.json" for k in wanted}
+        if not is_complete(data_dir / task) or not any(path.is_file() for path in paths.values()):
+            continue
+        if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):
+            continue  # on its marker or plan, first
+        try:
+            task_spec = get_task(task)
+            case_ids = sorted(c.case_id for c in usable_cases(task_spec, data_dir))
+            for k, path in paths.items():
+                if path.is_file():  # checked as the sweep reads it
+                    load_or_make_splits(root, case_ids, k, task_spec.group_pattern)
+        except DataError as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
 def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> DryRun:
     out = DryRun()
     lines = out.lines
@@ -188,6 +215,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
     _unplannable(todo, data_dir, out)
+    _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")

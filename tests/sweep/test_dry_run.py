@@ -205,3 +205,31 @@ def test_the_dry_run_stops_on_a_damaged_fetch_marker(tmp_path: Path) -> None:
     planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
     assert planned.exit_code == 3, planned.lines
     assert any(line.startswith(f"{TASK}: the sweep would stop: {marker}: damaged ") for line in planned.lines)
+
+
+def test_the_dry_run_stops_on_a_splits_file_the_sweep_refuses(tmp_path: Path) -> None:
+    """A splits file of the user's that trains on a held-out case stops the sweep (exit 3) before training:
+    its dry run listed the runs as pending and exited 0. A task not split yet is split by the sweep: the dry
+    run makes no file."""
+    from medseg_bench.data.fetch import MARKER
+
+    data = tmp_path / "data"
+    task = data / TASK
+    (task / "imagesTr").mkdir(parents=True)
+    cases = [f"hippocampus_{i:03d}" for i in range(4)]
+    write_json_atomic(task / "dataset.json", {"training": [
+        {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]})
+    write_json_atomic(task / MARKER, {"excluded": []})
+    spec = _spec(num_folds=2)
+    assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0
+    splits = data / "preprocessed" / TASK / "splits_2fold.json"
+    assert not splits.exists()  # not made by a dry run
+    splits.parent.mkdir(parents=True)
+    second = {"train": cases[2:], "val": cases[:2]}
+    write_json_atomic(splits, [{"train": cases[:2], "val": cases[2:]}, second])
+    assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0  # a valid file of the user's
+    write_json_atomic(splits, [{"train": cases[:3], "val": cases[2:]}, second])
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 3, planned.lines
+    assert (f"{TASK}: the sweep would stop: {splits}: fold 0 trains on held-out case(s) hippocampus_002"
+            in planned.lines)
