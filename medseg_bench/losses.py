@@ -302,6 +302,15 @@ def build_loss(name: str, num_classes: int, class_weights: Weights = None,
                              f"not {list(class_weights)}")
         # Only their ratios count: MONAI's Dice and focal terms scale with the weights themselves (cross-
         # entropy does not), so 1,2,2 and 0.5,1,1 would weigh Dice against CE differently.
+        given = [w for w in class_weights if w > 0]
         mean = sum(class_weights) / len(class_weights)
         class_weights = tuple(w / mean for w in class_weights)
+        # the loss holds them as float32: a positive weight under its smallest normal value was 0 (or lost its
+        # digits) there, so 1,1,1e300 trained as 0,0,1 under its own run id
+        from medseg_bench.checks import FLOAT32_TINY
+
+        if any(0 < w < FLOAT32_TINY for w in class_weights):
+            raise UsageError(f"class weights from {min(given):g} to {max(given):g} are further apart than "
+                             "the loss's float32 holds (the smallest would be 0): keep them within a factor "
+                             "of 1e+37, or give 0 to leave a class out")
     return _with_deep_supervision(factory(num_classes, class_weights))

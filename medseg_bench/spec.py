@@ -276,8 +276,12 @@ class RunSpec:
         # Past these the run failed after its setup (exit 5): a batch of 3e9 with 'MemoryError', a rate past
         # float32's largest with 'value cannot be converted to type float without overflow' at the first
         # step, 1e300 minutes with 'Python int too large to convert to C int' (timedelta).
-        if self.batch_size is not None and self.batch_size > MAX_SIZE:
-            raise UsageError(f"batch_size must be at most {MAX_SIZE}, not {self.batch_size}")
+        # epochs or iterations past it (1e20): the run trained, then every index write (the sweep's, status',
+        # report's) failed on it with pyarrow's 'Python int too large to convert to C long', a traceback
+        for name in ("num_folds", "epochs", "iters_per_epoch", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_SIZE:
+                raise UsageError(f"{name} must be at most {MAX_SIZE}, not {value}")
         limits = (("max_minutes", MAX_MINUTES, "about 1.9 million years"),
                   ("lr", FLOAT32_MAX, "the largest float32, the type of the network's weights"))
         for name, most, why in limits:

@@ -95,6 +95,16 @@ def test_class_weights_count_by_their_ratios(name: str) -> None:
     assert build_loss(name, 3, (1.0, 2.0, 2.0))(logits, target) == pytest.approx(float(one))
 
 
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1e300), (1e-300, 1.0, 1.0), (1.0, 1e-39, 1.0),
+                                     (1e-320, 1.0, 2.0)])
+def test_class_weights_float32_cannot_hold_are_refused(weights: tuple[float, ...]) -> None:
+    # scaled by their mean and held as float32, 1,1,1e300 was the loss of 0,0,1 under a run id of its own
+    with pytest.raises(UsageError, match=r"^class weights from \S+ to \S+ are further apart than the loss"):
+        build_loss("dice_ce", 3, weights)
+    build_loss("dice_ce", 3, (1.0, 1.0, 1e36))  # within float32's range: taken
+    build_loss("dice_ce", 3, (0.0, 1.0, 2.0))  # 0 leaves a class out, as before
+
+
 @pytest.mark.parametrize("name", WEIGHTABLE)
 def test_equal_class_weights_are_the_unweighted_loss(name: str) -> None:
     # Why `--class-weights 1,1,1` is recorded as no weights (sweep.expand.canonical_weights): the same loss.

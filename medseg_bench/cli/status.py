@@ -78,7 +78,8 @@ def status(
         if state == "damaged":
             extra += f"  {damage}"
         typer.echo(one_line(f"{state:8s} {folder.parent.name}/{folder.name}{extra}"))  # names from the folder
-    typer.echo(f"{len(folders)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    runs_word = "run" if len(folders) == 1 else "runs"  # as `sweep --dry-run` counts them
+    typer.echo(f"{len(folders)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:
         try:
             write_index(results_dir, reads=reads)

@@ -149,6 +149,9 @@ def sweep(
 
     data = data_dir or get_settings().data_dir
     if dry_run:
+        if launcher == "slurm":  # what the submission refuses before any work, the dry run too (it exited 0)
+            _slurm_options(results_dir, partition, time, gpus_per_job, cpus_per_job, mem_gb,
+                           array_parallelism, workers)
         from medseg_bench.results import check_results_dir
         from medseg_bench.sweep.dry_run import dry_run_lines
 
@@ -189,25 +192,35 @@ def sweep(
             signals.exit_now(stop.exit_code)
 
 
-def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str | None, time: str,
-            gpus_per_job: int, cpus_per_job: int, mem_gb: float, array_parallelism: int,
-            workers: int | None) -> None:
+def _slurm_options(results_dir: Path, partition: str | None, time: str, gpus_per_job: int,
+                   cpus_per_job: int, mem_gb: float, array_parallelism: int, workers: int | None) -> Any:
+    """The SLURM options, checked (UsageError for a value sbatch would refuse or misread, as for a results
+    dir that cannot go into the job script), as `SlurmOptions`."""
     try:
-        from medseg_bench.sweep.slurm import SlurmOptions, script_value, submit
+        from medseg_bench.sweep.slurm import SlurmOptions, script_value
     except ModuleNotFoundError as exc:
         if exc.name != "submitit":
             raise  # a broken install of our own: its traceback, not advice that would not help
         raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
-    from medseg_bench.results import check_run_folders, check_writable
-    from medseg_bench.sweep.job_files import check_private_results
-    from medseg_bench.sweep.local import prepare_tasks, prepared_key
-
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)
     options.check()  # a bad value fails before any work
     script_value("--results-dir", str(results_dir.resolve()))
+    return options
+
+
+def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str | None, time: str,
+            gpus_per_job: int, cpus_per_job: int, mem_gb: float, array_parallelism: int,
+            workers: int | None) -> None:
+    options = _slurm_options(results_dir, partition, time, gpus_per_job, cpus_per_job, mem_gb,
+                             array_parallelism, workers)
     import shutil
+
+    from medseg_bench.results import check_run_folders, check_writable
+    from medseg_bench.sweep.job_files import check_private_results
+    from medseg_bench.sweep.local import prepare_tasks, prepared_key
+    from medseg_bench.sweep.slurm import submit
 
     if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it
         raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "

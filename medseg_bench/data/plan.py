@@ -348,12 +348,12 @@ def load_or_make_plan(
     if plan_path.is_file() and not _written_by_this_version(plan_path):
         plan_path.unlink()  # a plan of the earliest development versions (no target spacing): derived again
     if plan_path.is_file() and budget is None:
-        return _for_task(read_plan(plan_path), task, plan_path)
+        return plan_for_task(read_plan(plan_path), task, plan_path)
     fp = load_or_make_fingerprint(task, cases, folder, workers, progress, pool)
     _check_foreground(task, fp, cases)
     plan = make_plan(task, fp, budget or default_budget())
     if plan_path.is_file():  # keep the user's preprocessing choices, re-size patches and batches only
-        old = _for_task(read_plan(plan_path), task, plan_path)
+        old = plan_for_task(read_plan(plan_path), task, plan_path)
         plan = Plan.from_dict(
             old.to_dict()
             | {k: getattr(plan, k) for k in ("budget", "patch_3d", "batch_3d", "patch_2d", "batch_2d")}
@@ -362,8 +362,9 @@ def load_or_make_plan(
     return plan
 
 
-def _for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
-    """`plan`, or DataError when it cannot be `task`'s (an edited or copied plan.json)."""
+def plan_for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
+    """`plan`, or DataError when it cannot be `task`'s (an edited or copied plan.json): what a sweep and
+    `plan` refuse, so `sweep --dry-run` too."""
     if plan.task != task.name:
         raise DataError(f"{path}: a plan of task {plan.task!r}, not of {task.name}: restore its \"task\", or "
                         "delete the file to plan the task again")

@@ -97,9 +97,9 @@ def load_or_make_splits(
 
 
 def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> None:
-    """A splits file a user wrote: `num_folds` folds of usable case ids, each holding out at least one case
-    it does not also train on (a held-out case trained on would inflate every score of that fold) and
-    training on at least one, no case listed twice in a list."""
+    """A splits file a user wrote: `num_folds` folds of usable case ids, each holding out at least one case,
+    training on at least one and on none it holds out (a held-out case trained on would inflate every score
+    of that fold), no case listed twice in a list."""
     fold_shape = '{"train": [case ids], "val": [case ids]}'
     if not isinstance(splits, list):
         raise DataError(f"{path}: not a list of folds, each {fold_shape}")

@@ -165,6 +165,25 @@ def check_channels(name: str, dims: str, in_channels: int, task: str) -> None:
                          f"but {task} has {in_channels}")
 
 
+def encoder_problem(name: str, dims: str, encoder: str) -> str | None:
+    """Why the smp architecture `name` cannot be built over `encoder`, a known smp encoder name (smp refuses
+    some pairs in its constructor: UnetPlusPlus and Linknet a `mit_b*` encoder, a dilated decoder an encoder
+    without dilation), or None. Built on torch's meta device: no weights are allocated. Only smp's own
+    refusal, a ValueError, is a problem; anything else is left to the run."""
+    if dims != "2d" or variant(name, dims).encoders is not None:
+        return None
+    import torch
+
+    try:
+        with torch.device("meta"):
+            variant(name, dims).build(ModelInputs(1, 2, (64, 64), encoder))
+    except ValueError as exc:
+        return f"smp refuses it ({str(exc).strip().splitlines()[0][:150]})"
+    except Exception:  # noqa: BLE001 (not smp's refusal of the pair: the run will say what it is)
+        return None
+    return None
+
+
 def check_inputs(name: str, dims: str, inputs: ModelInputs) -> None:
     """UsageError when the architecture cannot be built for `inputs` (its encoder, its own `check`)."""
     v = variant(name, dims)

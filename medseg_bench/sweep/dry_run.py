@@ -129,12 +129,18 @@ class DryRun:
 
 
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
-    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop)."""
-    from medseg_bench.data.fetch import is_complete, not_fetched
+    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop; a step
+    left, exit code 0), or whose fetch marker is damaged (the sweep stops on it: its exit code)."""
+    from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 
     for task in tasks:
         if not is_complete(data_dir / task):
             out.lines.append(not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1))
+            continue
+        try:
+            read_marker(data_dir / task)  # the excluded cases the sweep reads: it listed the runs, exit 0
+        except DataError as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
@@ -142,7 +148,7 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
     by the sweep, which checks its runs then."""
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.plan import read_plan
+    from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
     from medseg_bench.sweep.local import check_runs
 
@@ -152,9 +158,38 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
         if not path.is_file():
             continue
         try:  # the checks read the task and its plan alone: no cache, no split
-            planned[task] = PreparedTask(get_task(task), read_plan(path), path.parent, [], [])
+            task_spec = get_task(task)  # a plan of another task, or of other channels: refused
+            plan = plan_for_task(read_plan(path), task_spec, path)
+            planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
         except (DataError, UsageError) as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
+def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
+    """A line for each splits file of a fetched task (`splits_<k>fold.json`, where it exists) the sweep would
+    stop on: one of the user's that is not k folds of usable cases (a task not split yet is split by the
+    sweep). Read only: a missing file is not made here."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import usable_cases
+    from medseg_bench.data.splits import load_or_make_splits
+
+    for task in sorted({spec.task for spec in runs}):
+        root = data_dir / "preprocessed" / task
+        wanted = sorted({spec.num_folds for spec in runs if spec.task == task})
+        paths = {k: root / f"splits_{k}fold.json" for k in wanted}
+        if not is_complete(data_dir / task) or not any(path.is_file() for path in paths.values()):
+            continue
+        if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):
+            continue  # on its marker or plan, first
+        try:
+            task_spec = get_task(task)
+            case_ids = sorted(c.case_id for c in usable_cases(task_spec, data_dir))
+            for k, path in paths.items():
+                if path.is_file():  # checked as the sweep reads it
+                    load_or_make_splits(root, case_ids, k, task_spec.group_pattern)
+        except DataError as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
@@ -180,6 +215,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
     _unplannable(todo, data_dir, out)
+    _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")

@@ -17,6 +17,7 @@ from medseg_bench.models import (
     check_channels,
     check_encoder,
     check_patch,
+    encoder_problem,
     variant,
 )
 from medseg_bench.regions import regions_problem
@@ -68,7 +69,21 @@ def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[s
     if own is not None and len(usable) < len(requested):
         left_out = ", ".join(e for e in requested if e not in own)
         skipped.append(f"{arch} with --encoder {left_out}: skipped, '{arch}' takes {' or '.join(own)}")
-    return usable
+    # a pair smp refuses to build (unetplusplus over mit_b0) failed its runs after the task was prepared
+    refused = {e: problem for e in usable if e is not None and (problem := encoder_problem(arch, dims, e))}
+    skipped += [f"{arch} with --encoder {e}: skipped, {problem}" for e, problem in refused.items()]
+    return [e for e in usable if e not in refused]
+
+
+def _canonical_name(key: str, value: str) -> str:
+    """The registered name of an arch, loss, aug or task given by a name or alias; UsageError if none."""
+    if key == "arch":
+        return ARCHS.get(value).name
+    if key == "loss":
+        return LOSSES.canonical(value)
+    if key == "aug":
+        return AUGS.canonical(value)
+    return task_registry().get(value).name
 
 
 def parse_exclude(rule: str) -> dict[str, str]:
@@ -86,14 +101,11 @@ def parse_exclude(rule: str) -> dict[str, str]:
         if key in parsed:  # the last value won without a word: arch=unet,arch=deeplab dropped deeplab only
             raise UsageError(f"exclude rule '{rule}': {key} is given twice; a rule drops the runs that match "
                              "all its pairs: give one rule for each (--exclude arch=a --exclude arch=b)")
-        if key == "arch":
-            value = ARCHS.get(value).name
-        elif key == "loss":
-            value = LOSSES.canonical(value)
-        elif key == "aug":
-            value = AUGS.canonical(value)
-        elif key == "task":
-            value = task_registry().get(value).name
+        if key in ("arch", "loss", "aug", "task"):
+            try:  # named with its rule, as the other keys' values are (a flag of the sweep had it too)
+                value = _canonical_name(key, value)
+            except UsageError as exc:
+                raise UsageError(f"exclude rule '{rule}': {exc}") from None
         elif key == "dims" and value not in DIMS:
             raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
         elif key == "target" and value not in TARGETS:
@@ -201,6 +213,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded, used = 0, set[int]()
+    takes_encoder = False  # a 2D arch of the sweep (fcn skipped for an encoder it cannot take among them)
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
@@ -214,6 +227,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
+                takes_encoder = takes_encoder or dims == "2d"
                 encoders = _encoders(entry.name, dims, request.encoders, skipped)
                 if request.patch_size is not None:
                     sides = 2 if dims == "2d" else 3
@@ -258,7 +272,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     skipped += [f"exclude rule '{given}' matches no combination of this sweep: nothing removed by it"
                 for i, given in enumerate(request.exclude) if i not in used]
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
-    if request.encoders is not None and not any(r.dims == "2d" for r in runs):
+    if request.encoders is not None and not takes_encoder:
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
     unique = list(dict.fromkeys(runs))

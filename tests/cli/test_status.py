@@ -217,3 +217,13 @@ def test_a_run_changed_since_it_was_read_is_read_again(tmp_path: Path) -> None:
     (folder / "events.jsonl").unlink()
     with pytest.raises(DamagedRunError, match="metrics.csv: has 1 rows"):
         reads.read(folder)  # read again (a file is gone), and damaged still
+
+
+def test_one_run_is_counted_as_one_run(tmp_path: Path) -> None:
+    # it said "1 runs: 1 done" (`sweep --dry-run` says "1 run: 1 pending")
+    from tests.conftest import fake_finished_run
+
+    fake_finished_run(tmp_path / "results", 0, "T")
+    result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "results"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "1 run: 1 done"

@@ -112,6 +112,23 @@ def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message
     assert message in result.output
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--time", "soon"], "--time takes"),
+    (["--mem-gb", "0"], "--mem-gb must be at least 0.001"),
+    (["--array-parallelism", "0"], "--array-parallelism must be at least 1, not 0"),
+    (["--partition", "a\nb"], "a line break or control character cannot go into the SLURM job script"),
+])
+def test_a_slurm_dry_run_refuses_what_the_submission_would(home: Path, tmp_path: Path, args: list[str],
+                                                           message: str) -> None:
+    # the dry run listed the runs and exited 0, where the submission refuses the option before any work
+    pytest.importorskip("submitit")
+    result = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--launcher", "slurm", *args, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "pending" not in result.output
+    fine = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--launcher", "slurm", "--dry-run")
+    assert fine.exit_code == 0 and "pending" in fine.output, fine.output
+
+
 def test_a_sweep_file_past_the_limits_exits_2_before_any_work(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "s.yaml"
     config.write_text("task: Task04_Hippocampus\narch: unet\ndims: 3d\nlr: 1e300\n")

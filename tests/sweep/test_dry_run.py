@@ -166,3 +166,70 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     lines = dry_run_lines([spec], tmp_path, tmp_path / "data").lines
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"task": "Task01_BrainTumour"}, "a plan of task 'Task01_BrainTumour', not of Task04_Hippocampus"),
+    ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}] * 2},
+     "channel_normalization has 2 entries, but Task04_Hippocampus has 1 channel(s)"),
+])
+def test_the_dry_run_stops_on_a_plan_json_that_cannot_be_the_tasks(tmp_path: Path, edit: dict,
+                                                                   problem: str) -> None:
+    """The sweep refuses a plan.json of another task, or of another number of channels (`plan_for_task`):
+    its dry run said nothing of it and exited 0."""
+    plan = {"task": TASK, "normalization": "per_channel", "ct_clip": None, "ct_mean": None, "ct_std": None,
+            "median_spacing": [1.0, 1.0, 1.0], "target_spacing": [1.0, 1.0, 1.0], "crop_to_nonzero": True,
+            "median_shape": [35, 50, 35], "budget": "cpu", "patch_3d": [40, 56, 40], "batch_3d": 4,
+            "patch_2d": [64, 64], "batch_2d": 32,
+            "channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}]}
+    path = tmp_path / "data" / "preprocessed" / TASK / "plan.json"
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, plan)
+    assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0  # as it is: fine
+    write_json_atomic(path, plan | edit)
+    planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
+    assert planned.exit_code == 3, planned.lines
+    assert f"{TASK}: the sweep would stop: {path}: {problem}" in "\n".join(planned.lines)
+
+
+def test_the_dry_run_stops_on_a_damaged_fetch_marker(tmp_path: Path) -> None:
+    """The sweep stops on a task folder whose `.medseg-bench-valid.json` is damaged (exit 3, run validate to
+    rebuild it): its dry run listed the runs as pending and exited 0."""
+    from medseg_bench.data.fetch import MARKER
+
+    marker = tmp_path / "data" / TASK / MARKER
+    marker.parent.mkdir(parents=True)
+    write_json_atomic(marker, {"excluded": []})
+    assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0
+    marker.write_text("[]")
+    planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
+    assert planned.exit_code == 3, planned.lines
+    assert any(line.startswith(f"{TASK}: the sweep would stop: {marker}: damaged ") for line in planned.lines)
+
+
+def test_the_dry_run_stops_on_a_splits_file_the_sweep_refuses(tmp_path: Path) -> None:
+    """A splits file of the user's that trains on a held-out case stops the sweep (exit 3) before training:
+    its dry run listed the runs as pending and exited 0. A task not split yet is split by the sweep: the dry
+    run makes no file."""
+    from medseg_bench.data.fetch import MARKER
+
+    data = tmp_path / "data"
+    task = data / TASK
+    (task / "imagesTr").mkdir(parents=True)
+    cases = [f"hippocampus_{i:03d}" for i in range(4)]
+    write_json_atomic(task / "dataset.json", {"training": [
+        {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]})
+    write_json_atomic(task / MARKER, {"excluded": []})
+    spec = _spec(num_folds=2)
+    assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0
+    splits = data / "preprocessed" / TASK / "splits_2fold.json"
+    assert not splits.exists()  # not made by a dry run
+    splits.parent.mkdir(parents=True)
+    second = {"train": cases[2:], "val": cases[:2]}
+    write_json_atomic(splits, [{"train": cases[:2], "val": cases[2:]}, second])
+    assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0  # a valid file of the user's
+    write_json_atomic(splits, [{"train": cases[:3], "val": cases[2:]}, second])
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 3, planned.lines
+    assert (f"{TASK}: the sweep would stop: {splits}: fold 0 trains on held-out case(s) hippocampus_002"
+            in planned.lines)

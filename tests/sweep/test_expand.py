@@ -30,7 +30,11 @@ def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
 @pytest.mark.parametrize(("rule", "message"), [
     ("arch", "'arch' is not key=value"),
     ("colour=red", "unknown key 'colour'"),
-    ("arch=unte", "did you mean 'unet'"),
+    # a misspelt name is said with its rule, as a bad encoder or dims is (it looked like the --arch flag's)
+    ("arch=unte", r"^exclude rule 'arch=unte': unknown arch 'unte'; did you mean 'unet'"),
+    ("aug=lite", r"^exclude rule 'aug=lite': unknown aug 'lite'"),
+    ("loss=dice_c", r"^exclude rule 'loss=dice_c': unknown loss 'dice_c'"),
+    ("task=Task99", r"^exclude rule 'task=Task99': unknown task 'Task99'"),
     ("dims=4d", "unknown dims '4d'"),
     (",", "is empty"),
     ("arch=unet,arch=deeplab",  # deeplab alone was dropped
@@ -85,10 +89,30 @@ def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -
     runs, notes = expand(SweepRequest(tasks=tasks, archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34"]))
     assert {(r.arch, r.encoder) for r in runs} == {("unet", "resnet34")}
     assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
-    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped"):
+    with pytest.raises(UsageError, match="no runs .fcn with --encoder resnet34: skipped") as info:
         expand(_request(archs=["fcn"], encoders=["resnet34"]))
+    # the encoder was not taken because fcn cannot take it: it went on "no run of the sweep is 2D (3D nets
+    # take no encoder)", of a sweep whose only arch is 2D
+    assert "no run of the sweep is 2D" not in str(info.value)
+    runs, notes = expand(_request(archs=["fcn", "unet"], dims=["2d", "3d"], encoders=["resnet34"]))
+    assert {(r.dims, r.arch) for r in runs} == {("2d", "unet"), ("3d", "unet")}
+    _, notes = expand(_request(archs=["fcn", "unetr"], encoders=["resnet34"]))
+    assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
     with pytest.raises(UsageError, match="no encoder given"):
         expand(_request(encoders=[]))
+
+
+def test_an_encoder_smp_refuses_for_an_arch_is_skipped_for_it(home: Path) -> None:
+    # smp's UnetPlusPlus and Linknet refuse a mit_b* encoder in their constructor: the sweep listed the runs,
+    # prepared the task, then each failed (exit 5)
+    request = _request(archs=["unet", "unetplusplus"], dims=["2d"], encoders=["mit_b0", "resnet18"])
+    runs, notes = expand(request)
+    assert sorted((r.arch, r.encoder) for r in runs) == [("unet", "mit_b0"), ("unet", "resnet18"),
+                                                         ("unetplusplus", "resnet18")]
+    assert notes == ["unetplusplus with --encoder mit_b0: skipped, smp refuses it (UnetPlusPlus is not "
+                     "support encoder_name=mit_b0)"]
+    with pytest.raises(UsageError, match=r"no runs \(linknet with --encoder mit_b0: skipped, smp refuses it"):
+        expand(_request(archs=["linknet"], encoders=["mit_b0"]))
 
 
 def test_a_patch_size_must_fit_every_dims_of_the_sweep(home: Path) -> None:
