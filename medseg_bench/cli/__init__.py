@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The most processes (or DataLoader workers) an option may ask for: far above any machine's cores; more is a
+# typo (`--workers 80000`: as many processes started, or a DataLoader's worker per batch)
+MAX_PROCESSES = 1024
+
 
 def check_range(option: str, value: float | None, least: float, most: float | None = None) -> None:
     """UsageError "--OPTION must be at least LEAST, not VALUE" (or "from LEAST to MOST"): every command's

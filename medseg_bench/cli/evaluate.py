@@ -104,9 +104,9 @@ def evaluate(
     else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
     processes = workers if workers is not None else (os.cpu_count() or 1)
-    from medseg_bench.cli import check_range
+    from medseg_bench.cli import MAX_PROCESSES, check_range
 
-    check_range("--workers", processes, 1)
+    check_range("--workers", processes, 1, MAX_PROCESSES)
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,
                              allow_missing=allow_missing, task=spec if task is not None else None)
     if cases.empty:  # no --labels, --task or --regions, and every label map is background only

@@ -49,9 +49,9 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
-    from medseg_bench.cli import check_range
+    from medseg_bench.cli import MAX_PROCESSES, check_range
 
-    check_range("--workers", workers, 1)
+    check_range("--workers", workers, 1, MAX_PROCESSES)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
     from medseg_bench.data.preprocess import excluded_cases, usable_cases

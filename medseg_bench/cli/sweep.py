@@ -115,10 +115,10 @@ def sweep(
 
     if launcher not in ("local", "slurm"):
         raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
-    from medseg_bench.cli import check_range, comma_list
+    from medseg_bench.cli import MAX_PROCESSES, check_range, comma_list
 
-    check_range("--jobs", jobs, 1)
-    check_range("--workers", workers, 0)
+    check_range("--jobs", jobs, 1, MAX_PROCESSES)
+    check_range("--workers", workers, 0, MAX_PROCESSES)
     overrides: dict[str, Any] = {
         "tasks": comma_list("--task", task), "archs": comma_list("--arch", arch),
         "losses": comma_list("--loss", loss), "augs": comma_list("--aug", aug),

@@ -29,9 +29,9 @@ def validate(
     from rich.console import Console
     from rich.markup import escape
 
-    from medseg_bench.cli import check_range
+    from medseg_bench.cli import MAX_PROCESSES, check_range
 
-    check_range("--workers", workers, 1)
+    check_range("--workers", workers, 1, MAX_PROCESSES)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import MARKER, is_complete, not_fetched, record_validation
     from medseg_bench.data.msd import training_cases

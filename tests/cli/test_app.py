@@ -234,10 +234,20 @@ def test_error_lines_honour_no_color(home: Path, tmp_path: Path, no_color: str, 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["validate", "Task04_Hippocampus", "--workers", "0"], "--workers must be at least 1, not 0"),
-    (["plan", "Task04_Hippocampus", "--workers", "0"], "--workers must be at least 1, not 0"),
-    (["evaluate", "--pred", ".", "--ref", ".", "--workers", "0"], "--workers must be at least 1, not 0"),
-    (["sweep", "--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be at least 0, not -1"),
+    (["validate", "Task04_Hippocampus", "--workers", "0"], "--workers must be from 1 to 1024, not 0"),
+    (["plan", "Task04_Hippocampus", "--workers", "0"], "--workers must be from 1 to 1024, not 0"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--workers", "0"], "--workers must be from 1 to 1024, not 0"),
+    (["sweep", "--task", "Task04_Hippocampus", "--workers", "-1"],
+     "--workers must be from 0 to 1024, not -1"),
+    # as many processes (or DataLoader workers) started as a typo asks
+    (["validate", "Task04_Hippocampus", "--workers", "80000"], "--workers must be from 1 to 1024, not 80000"),
+    (["plan", "Task04_Hippocampus", "--workers", "1025"], "--workers must be from 1 to 1024, not 1025"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--workers", "80000"],
+     "--workers must be from 1 to 1024, not 80000"),
+    (["sweep", "--task", "Task04_Hippocampus", "--workers", "80000"],
+     "--workers must be from 0 to 1024, not 80000"),
+    (["sweep", "--task", "Task04_Hippocampus", "--jobs", "80000"],
+     "--jobs must be from 1 to 1024, not 80000"),
     (["report", "--seed", "-1"], "--seed must be at least 0, not -1"),
     (["fetch", "Task04_Hippocampus", "--timeout", "0"], "--timeout must be from 0.1 to 86400, not 0"),
 ])

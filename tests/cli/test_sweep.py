@@ -90,7 +90,7 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--task", "Task04_Hippocampus", "--launcher", "pbs"], "unknown launcher 'pbs'"),
-    (["--task", "Task04_Hippocampus", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--task", "Task04_Hippocampus", "--jobs", "0"], "--jobs must be from 1 to 1024"),
     (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--time", "soon"], "--time takes"),
     (["--task", "Task04_Hippocampus", "--launcher", "slurm", "--mem-gb", "0"],
      "--mem-gb must be at least 0.001"),
@@ -103,7 +103,7 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
     # the runs failed (exit 5): an overflow at the first step, MemoryError
     (["--task", "Task04_Hippocampus", "--lr", "1e300"], "lr must be at most 3.4e+38"),
     (["--task", "Task04_Hippocampus", "--batch-size", "3000000000"], "batch_size must be at most 2147483647"),
-    (["--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be at least 0, not -1"),
+    (["--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be from 0 to 1024, not -1"),
     (["--config", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml: cannot read sweep file"),
 ])
 def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
