@@ -275,6 +275,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     if request.encoders is not None and not takes_encoder:
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
+    if request.pretrained and runs and not any(r.dims == "2d" for r in runs):  # the same run ids without it
+        skipped.append("--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)")
     unique = list(dict.fromkeys(runs))
     if not unique:
         raise UsageError("the sweep expands to no runs" + (f" ({'; '.join(skipped)})" if skipped else ""))

@@ -75,6 +75,15 @@ def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None
     assert notes[-1] == "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
 
 
+def test_pretrained_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
+    # it was ignored without a word: the same run ids as without it
+    runs, notes = expand(_request(dims=["3d"], pretrained=True))
+    assert notes == ["--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)"]
+    assert [r.run_id for r in runs] == [r.run_id for r in expand(_request(dims=["3d"]))[0]]
+    runs, notes = expand(_request(dims=["2d", "3d"], pretrained=True))
+    assert not notes and {r.dims: r.pretrained for r in runs} == {"2d": True, "3d": False}
+
+
 def test_fcn_takes_its_own_encoders_from_a_sweep_that_names_others(home: Path) -> None:
     # fcn has torchvision's ResNet-50/101 backbones: without --encoder it runs its own default, and an encoder
     # axis it cannot take (resnet34, for the smp archs) skips those combinations with a line, not the sweep
