@@ -145,8 +145,9 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
-    (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
-    by the sweep, which checks its runs then."""
+    (`read_plan`), a run that cannot train on it (`local.check_runs`), or a case its cache build cannot fit
+    in memory (`_check_cache_memory`). A task not planned yet is planned by the sweep, which checks its runs
+    then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
@@ -162,8 +163,31 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             plan = plan_for_task(read_plan(path), task_spec, path)
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
+            own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
+            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
+def _check_cache_memory(task: Any, plan: Any, plan_file: Path, data_dir: Path, own_slices: bool) -> None:
+    """The DataError the sweep's cache build stops on before it starts (`preprocess.build_cache`): a case of a
+    cache not built yet that cannot be preprocessed in the memory this process may use (a plan.json edited to
+    a much finer target spacing). A task not fetched is said so by `_unfetched`."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.data.preprocess_memory import cases_at_once
+
+    root = plan_file.parent
+    caches = [(root / plan.preprocessing_hash, False)]
+    if own_slices:
+        caches.append((root / f"{plan.preprocessing_hash}-2d", True))
+    caches = [(folder, own) for folder, own in caches if not (folder / "complete.json").is_file()]
+    if not caches or not is_complete(data_dir / task.name):
+        return
+    cases, memory = usable_cases(task, data_dir), usable_memory()
+    for _, own in caches:
+        cases_at_once(case_sizes(cases, plan, root, own), 1, memory, plan_file)
 
 
 def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
