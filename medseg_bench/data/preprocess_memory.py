@@ -5,7 +5,7 @@ Reading, cropping, normalising and resampling a case holds several copies of it 
 works in float64, its spline prefilter on a copy of its own), the resampled channels before and after they
 are stacked. `peak_bytes` is an upper envelope of the peak resident memory measured above a worker's own
 (`bench/preprocess_memory.py`: 18 cases of 1 to 4 channels, int16/float32/float64, up- and downsampled, with
-and without a separate slice axis; the envelope is 1.0 to 2.6 times what each measured, the most where
+and without a separate slice axis; the envelope is 1.09 to 2.90 times what each measured, the most where
 nothing is resampled). `least_bytes` counts only arrays that are certainly held at the same time.
 
 A case whose `least_bytes` exceeds the memory this process may use (`checks.usable_memory`: the machine's,
