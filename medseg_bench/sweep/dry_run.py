@@ -162,9 +162,9 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             task_spec = get_task(task)  # a plan of another task, or of other channels: refused
             plan = plan_for_task(read_plan(path), task_spec, path)
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
-            check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
             own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
-            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)
+            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)  # the sweep: cache, then runs
+            check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
