@@ -6,14 +6,17 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import DataError, ResultsError, UsageError
 from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
-from medseg_bench.spec import RunSpec
+from medseg_bench.spec import RunSpec, TaskSpec
+
+if TYPE_CHECKING:
+    from medseg_bench.data.plan import Plan
 
 
 def settings_text(spec: RunSpec) -> str:
@@ -169,7 +172,8 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def _check_cache_memory(task: Any, plan: Any, plan_file: Path, data_dir: Path, own_slices: bool) -> None:
+def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: Path,
+                        own_slices: bool) -> None:
     """The DataError the sweep's cache build stops on before it starts (`preprocess.build_cache`): a case of a
     cache not built yet that cannot be preprocessed in the memory this process may use (a plan.json edited to
     a much finer target spacing). A task not fetched is said so by `_unfetched`."""
