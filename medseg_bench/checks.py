@@ -11,6 +11,7 @@ from pathlib import Path
 
 NO_MEMORY_LIMIT_BYTES = 2**62  # cgroup v1 writes "no limit" as 2**63 less a page; any value past this is none
 MAX_SIZE = 2**31 - 1  # a patch side or batch past it is a typo (1e300 is a whole number too)
+MAX_COUNT = 2**63 - 1  # the largest int64, what the results index holds: epochs or iterations past it
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate past it overflows the step
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a learning rate below it is 0 in a step
 

@@ -14,7 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.checks import FLOAT32_MAX, FLOAT32_TINY, MAX_SIZE
+from medseg_bench.checks import FLOAT32_MAX, FLOAT32_TINY, MAX_COUNT, MAX_SIZE
 from medseg_bench.errors import UsageError
 from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int, region_name_problem
 
@@ -276,12 +276,14 @@ class RunSpec:
         # Past these the run failed after its setup (exit 5): a batch of 3e9 with 'MemoryError', a rate past
         # float32's largest with 'value cannot be converted to type float without overflow' at the first
         # step, 1e300 minutes with 'Python int too large to convert to C int' (timedelta).
-        # epochs or iterations past it (1e20): the run trained, then every index write (the sweep's, status',
-        # report's) failed on it with pyarrow's 'Python int too large to convert to C long', a traceback
-        for name in ("num_folds", "epochs", "iters_per_epoch", "batch_size"):
+        # Epochs or iterations past the index's int64 (1e20): the run trained, then every index write (the
+        # sweep's, status', report's) failed on it with pyarrow's 'Python int too large to convert to C
+        # long', a traceback. Not MAX_SIZE: a finished run of 1e10 epochs (a --max-minutes budget) is sound.
+        for name, bound in (("num_folds", MAX_COUNT), ("epochs", MAX_COUNT), ("iters_per_epoch", MAX_COUNT),
+                           ("batch_size", MAX_SIZE)):
             value = getattr(self, name)
-            if value is not None and value > MAX_SIZE:
-                raise UsageError(f"{name} must be at most {MAX_SIZE}, not {value}")
+            if value is not None and value > bound:
+                raise UsageError(f"{name} must be at most {bound}, not {value}")
         limits = (("max_minutes", MAX_MINUTES, "about 1.9 million years"),
                   ("lr", FLOAT32_MAX, "the largest float32, the type of the network's weights"))
         for name, most, why in limits:

@@ -317,3 +317,25 @@ def test_a_well_formed_run_is_read_without_the_row_checks_and_its_json_once(
     (folder / "metrics.csv").write_text(HEADER + REGION_ROWS.replace("b,2,", "c,2,"))  # the checks name it
     assert checked_state(folder) == ("damaged", f"{folder / 'metrics.csv'}: case 'b' (row 4) has no row for "
                                      "label(s) 2")
+
+
+@pytest.mark.parametrize("epochs", [10**10, 2**63 - 1])
+def test_a_finished_run_of_more_epochs_than_an_int32_holds_is_no_damage(tmp_path: Path, epochs: int) -> None:
+    # a budget of --max-minutes alone, with epochs far past what it reaches: trained, reported and indexed
+    # (int64 columns), until epochs past 2^31 - 1 were refused and such a run became damaged (report: exit 6)
+    from medseg_bench.finished import finished_damage
+    from medseg_bench.run_folder import append_event, write_status
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=epochs,
+                   iters_per_epoch=epochs, max_minutes=60.0)
+    folder = tmp_path / "T" / spec.run_id
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    pd.DataFrame({"case": ["a"], "label": [1], "dice": [0.5], "ref_empty": False,
+                  "pred_empty": False}).to_csv(folder / "metrics.csv", index=False)
+    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, num_cases=1))
+    write_status(folder, "done")
+    append_event(folder, "done")
+    assert finished_damage(folder) is None and run_state(folder) == "done"
+    assert load_results(tmp_path)["epochs"].tolist() == [epochs]
+    assert pd.read_parquet(write_index(tmp_path))["epochs"].tolist() == [epochs]

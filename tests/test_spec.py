@@ -62,9 +62,10 @@ def test_known_id_does_not_drift() -> None:
                      "network's weights), not 1e-300"),  # accepted, and trained nothing
     ({"batch_size": 3_000_000_000}, "batch_size must be at most 2147483647, not 3000000000"),
     # these trained, then every write of index.parquet (sweep, status, report) failed on it: a traceback
-    ({"epochs": 10**20}, "epochs must be at most 2147483647, not 100000000000000000000"),
-    ({"iters_per_epoch": 10**20}, "iters_per_epoch must be at most 2147483647, not 100000000000000000000"),
-    ({"num_folds": 10**20}, "num_folds must be at most 2147483647, not 100000000000000000000"),
+    ({"epochs": 10**20}, "epochs must be at most 9223372036854775807, not 100000000000000000000"),
+    ({"iters_per_epoch": 10**20},
+     "iters_per_epoch must be at most 9223372036854775807, not 100000000000000000000"),
+    ({"num_folds": 10**20}, "num_folds must be at most 9223372036854775807, not 100000000000000000000"),
     ({"max_minutes": 1e300}, "max_minutes must be at most 1e+12 (about 1.9 million years), not 1e+300"),
     ({"patch_size": (40, 56, 3_000_000_000)},
      "a patch side must be at most 2147483647, not 40,56,3000000000"),

@@ -103,8 +103,10 @@ def evaluate(
             _check_task_labels("--regions", [v for values in groups.values() for v in values], spec)
     else:  # the task's (--task or --regions-from), if it declares any
         groups = {name: list(v) for name, v in spec.regions.items()} if spec and spec.regions else None
-    processes = workers if workers is not None else (os.cpu_count() or 1)
     from medseg_bench.cli import MAX_PROCESSES, check_range
+
+    # by default one a core, held to what --workers may ask for: a machine of more cores than that is no typo
+    processes = workers if workers is not None else min(os.cpu_count() or 1, MAX_PROCESSES)
 
     check_range("--workers", processes, 1, MAX_PROCESSES)
     cases = evaluate_folders(pred, ref, wanted, settings, workers=processes, regions=groups,

@@ -93,7 +93,8 @@ def plan(
     table.add_row("target spacing (z, y, x) mm", fmt(result.target_spacing))
     table.add_row("crop to non-zero region", "yes" if result.crop_to_nonzero else "no")
     table.add_row("median shape in the cache", fmt(result.median_shape))
-    table.add_row("memory to preprocess", _memory_text(cases, result, root, workers))
+    # its paths and file names are the user's: "[old]" in one is no markup
+    table.add_row("memory to preprocess", escape(_memory_text(cases, result, root, workers)))
     if result.channel_normalization is None:  # a plan made before pipeline version 5: one for all channels
         schemes = [{"scheme": "zscore", "nonzero_mask": None} if result.normalization == "zscore" else
                    {"scheme": "ct", "clip": result.ct_clip, "mean": result.ct_mean, "std": result.ct_std}]

@@ -5,14 +5,15 @@ Reading, cropping, normalising and resampling a case holds several copies of it 
 works in float64, its spline prefilter on a copy of its own), the resampled channels before and after they
 are stacked. `peak_bytes` is an upper envelope of the peak resident memory measured above a worker's own
 (`bench/preprocess_memory.py`: 18 cases of 1 to 4 channels, int16/float32/float64, up- and downsampled, with
-and without a separate slice axis; the envelope is 1.0 to 2.6 times what each measured, the most where
+and without a separate slice axis; the envelope is 1.09 to 2.90 times what each measured, the most where
 nothing is resampled). `least_bytes` counts only arrays that are certainly held at the same time.
 
 A case whose `least_bytes` exceeds the memory this process may use (`checks.usable_memory`: the machine's,
 a container's or SLURM job's limit) cannot be preprocessed: the cache build stops before it starts, naming
 the case's image (a plan.json edited to a target spacing 10 times finer asks 1000 times the voxels). Else at
-most as many cases as fit by `peak_bytes` are worked on at once (`cases_at_once`), however many workers
-there are: nnU-Net's `-np` left to the user, whose workers the kernel killed on a large CT task.
+most as many cases as fit by `peak_bytes` beside every worker's own memory are worked on at once
+(`cases_at_once`), however many workers there are: nnU-Net's `-np` left to the user, whose workers the
+kernel killed on a large CT task.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def least_bytes(size: CaseSize) -> int:
 def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit | None,
                   plan_file: Path) -> int:
     """How many of the cases may be preprocessed at the same time, at most `workers`: as many of the
-    largest as fit into `memory` by `peak_bytes` (at least one). A DataError naming the case's image when one
-    cannot be preprocessed even alone (`least_bytes`)."""
+    largest as fit into `memory` by `peak_bytes` beside the `workers` processes' own memory (`WORKER_BYTES`
+    each, working or not: a shared pool keeps all of them; at least one). A DataError naming the case's image
+    when one cannot be preprocessed even alone (`least_bytes`)."""
     if not sizes or memory is None:
         return workers
     for size in sizes:
@@ -79,5 +81,7 @@ def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit |
                 f"({size.channels} channel(s), {shown} voxels at the plan's target spacing), more than the "
                 f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more "
                 f"memory, or set a coarser \"target_spacing\" in {plan_file}")
-    largest = max(peak_bytes(size) for size in sizes)
-    return max(1, min(workers, memory.limit_bytes // largest))
+    # 8 workers, 2 of them at work: the 6 others hold their own memory too
+    largest = max(peak_bytes(size) for size in sizes) - WORKER_BYTES
+    spare = memory.limit_bytes - workers * WORKER_BYTES
+    return max(1, min(workers, spare // max(1, largest)))

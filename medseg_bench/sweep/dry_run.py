@@ -6,14 +6,17 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import DataError, ResultsError, UsageError
 from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
-from medseg_bench.spec import RunSpec
+from medseg_bench.spec import RunSpec, TaskSpec
+
+if TYPE_CHECKING:
+    from medseg_bench.data.plan import Plan
 
 
 def settings_text(spec: RunSpec) -> str:
@@ -145,8 +148,9 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
-    (`read_plan`), or a run that cannot train on it (`local.check_runs`). A task not planned yet is planned
-    by the sweep, which checks its runs then."""
+    (`read_plan`), a run that cannot train on it (`local.check_runs`), or a case its cache build cannot fit
+    in memory (`_check_cache_memory`). A task not planned yet is planned by the sweep, which checks its runs
+    then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
@@ -161,9 +165,33 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             task_spec = get_task(task)  # a plan of another task, or of other channels: refused
             plan = plan_for_task(read_plan(path), task_spec, path)
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
+            own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
+            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)  # the sweep: cache, then runs
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
+def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: Path,
+                        own_slices: bool) -> None:
+    """The DataError the sweep's cache build stops on before it starts (`preprocess.build_cache`): a case of a
+    cache not built yet that cannot be preprocessed in the memory this process may use (a plan.json edited to
+    a much finer target spacing). A task not fetched is said so by `_unfetched`."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.data.preprocess_memory import cases_at_once
+
+    root = plan_file.parent
+    caches = [(root / plan.preprocessing_hash, False)]
+    if own_slices:
+        caches.append((root / f"{plan.preprocessing_hash}-2d", True))
+    caches = [(folder, own) for folder, own in caches if not (folder / "complete.json").is_file()]
+    if not caches or not is_complete(data_dir / task.name):
+        return
+    cases, memory = usable_cases(task, data_dir), usable_memory()
+    for _, own in caches:
+        cases_at_once(case_sizes(cases, plan, root, own), 1, memory, plan_file)
 
 
 def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:

@@ -137,6 +137,21 @@ def test_bad_options_exit_2_with_one_line(folders, extra, message):
     assert "Traceback" not in result.output
 
 
+def test_the_default_workers_of_a_machine_of_many_cores_is_no_usage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default (one a core) was held to --workers' bound: on 2048 cores, without --workers, it was
+    # "--workers must be from 1 to 1024, not 2048", exit 2
+    labels = np.zeros((6, 10, 10), np.uint8)
+    labels[1:4, 2:7, 2:7] = 1
+    write(tmp_path / "pred", "a", labels)
+    write(tmp_path / "ref", "a", labels)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2048)
+    result = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                                 "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(io.StringIO(result.stdout))["dice"].tolist() == [1.0, 1.0]
+
+
 def test_missing_reference_exits_3_naming_both_files(folders):
     pred_dir, ref_dir = folders
     (ref_dir / "b.nii.gz").unlink()

@@ -167,3 +167,21 @@ def test_the_memory_to_preprocess_a_case_is_shown(home: Path, tmp_path: Path,
     assert "at most 1.5 GiB a case (the largest, case_000.nii.gz); cannot be built here: " in output
     assert ("case_000.nii.gz: preprocessing it needs at least 0.344 GiB at once (1 channel(s), 240 x 480 x "
             "400 voxels at the plan's target spacing), more than the 0.25 GiB this process may use") in output
+
+
+def test_the_memory_row_shows_paths_with_square_brackets_as_they_are(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # the row holds the image's and plan.json's paths: rich read "[old]" in them as markup and dropped it
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+
+    home = tmp_path / "h[old]"
+    monkeypatch.setenv("MEDSEG_BENCH_HOME", str(home))
+    monkeypatch.delenv("MEDSEG_BENCH_MIRROR", raising=False)
+    root = _fetched(home, tmp_path)
+    job = MemoryLimit(2**12, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: job)
+    result = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    assert f"cannot be built here: {home / 'data' / 'Task90_Synth' / 'imagesTr'}" in result.output
+    assert f'set a coarser "target_spacing" in {root / "plan.json"}' in result.output

@@ -46,11 +46,22 @@ def test_least_and_peak_bytes_count_the_copies_of_a_case() -> None:
 def test_cases_at_once_as_many_of_the_largest_as_fit() -> None:
     sizes = [_size((100, 150, 200)), _size((50, 75, 100))]
     peak = peak_bytes(sizes[0])
-    assert cases_at_once(sizes, 8, MemoryLimit(3 * peak + 1, JOB), Path("plan.json")) == 3
+    own = peak - WORKER_BYTES  # a case's, above its worker's own memory
+    assert cases_at_once(sizes, 8, MemoryLimit(8 * WORKER_BYTES + 3 * own + 1, JOB), Path("plan.json")) == 3
+    assert cases_at_once(sizes, 8, MemoryLimit(8 * WORKER_BYTES + 3 * own - 1, JOB), Path("plan.json")) == 2
     assert cases_at_once(sizes, 2, MemoryLimit(3 * peak + 1, JOB), Path("plan.json")) == 2
     assert cases_at_once(sizes, 8, MemoryLimit(peak - 1, JOB), Path("plan.json")) == 1  # alone, may fit
     assert cases_at_once(sizes, 8, None, Path("plan.json")) == 8
     assert cases_at_once([], 8, MemoryLimit(1, JOB), Path("plan.json")) == 8
+
+
+def test_cases_at_once_counts_the_idle_workers_own_memory() -> None:
+    # the cache build's pool keeps every worker (the fingerprint started them all): 3 cases fitted 3 peaks,
+    # but 8 workers hold 8 times their own memory, 5 of them idle
+    size = _size((100, 150, 200))
+    limit = MemoryLimit(3 * peak_bytes(size) + 1, JOB)
+    assert 8 * WORKER_BYTES > limit.limit_bytes  # the workers alone: no room for a second case
+    assert cases_at_once([size], 8, limit, Path("plan.json")) == 1
 
 
 def test_a_case_that_cannot_fit_alone_is_named_with_the_plan_to_change() -> None:

@@ -233,3 +233,35 @@ def test_the_dry_run_stops_on_a_splits_file_the_sweep_refuses(tmp_path: Path) ->
     assert planned.exit_code == 3, planned.lines
     assert (f"{TASK}: the sweep would stop: {splits}: fold 0 trains on held-out case(s) hippocampus_002"
             in planned.lines)
+
+
+def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's cache build refuses a case that cannot fit in memory even alone (a plan.json edited to a
+    much finer target spacing), exit 3: its dry run listed the runs as pending and exited 0."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.errors import DataError
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(src), progress=False)
+    preprocess.prepare_task(task, data, num_folds=3, workers=1)
+    memory = MemoryLimit(32 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
+    assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0  # its cache built at 1 mm
+    plan_file = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"target_spacing": [0.1, 0.1, 0.1]})
+    with pytest.raises(DataError) as refused:
+        preprocess.prepare_task(task, data, num_folds=3, workers=1)  # what the sweep stops on, exit 3
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 3, planned.lines
+    assert f"Task90_Synth: the sweep would stop: {refused.value}" in planned.lines
