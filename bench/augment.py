@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from publish import publish  # noqa: E402
 from train import SHARED, TASK, prepare  # noqa: E402  (bench/train.py: the shared cases, imported once)
 
 from medseg_bench.provenance import cpu_model  # noqa: E402
@@ -120,9 +121,7 @@ def main() -> None:
         f"Reproduce: `.venv/bin/python bench/augment.py --cases {args.cases} --samples {args.samples}"
         + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`",
     ]) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
-    print(report)
+    publish(report, args.output)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/publish.py
+
+from publish import publish  # noqa: E402
+
 from bench.preprocess import NNUNET_VENV, ensure_nnunet  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -436,9 +440,7 @@ def main() -> None:
         "with replacement.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

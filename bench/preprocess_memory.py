@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/publish.py
+
+from publish import publish  # noqa: E402
 
 from medseg_bench.data.preprocess_memory import (  # noqa: E402
     WORKER_BYTES,
@@ -167,9 +170,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

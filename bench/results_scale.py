@@ -42,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/publish.py
+
+from publish import publish  # noqa: E402
 
 if TYPE_CHECKING:
     from medseg_bench.spec import RunSpec
@@ -270,9 +273,7 @@ def main() -> None:
     lines += ["", "Building the synthetic results dir took "
               + ", ".join(f"{built_s[s]:.1f} s ({s} runs)" for s in sizes) + ".", ""]
     text = "\n".join(lines)
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/publish.py
+
+from publish import publish  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 CLI = [sys.executable, "-m", "medseg_bench"]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "sweep.md"
@@ -107,9 +111,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":
