@@ -154,6 +154,28 @@ def _check_images(found: list[_Image], task: Any) -> None:
             raise DataError(f"{image.files[0]}: {problem}")
 
 
+def _check_memory(path: Path, image: Any, spacing_zyx: tuple[float, ...], plan: Any,
+                  members: list[Any]) -> None:
+    """DataError naming the image where preprocessing it as a member sees it cannot fit in the memory this
+    process may use (`preprocess_memory.check_fits`): a header whose spacing is far coarser than the training
+    images' (10 mm for 1 mm: a thousand times the voxels) was numpy's "Unable to allocate", or the kernel's
+    kill in a container or SLURM job, after the images before it were written."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.preprocess import case_target_spacing, crop_box, resampling
+    from medseg_bench.data.preprocess_memory import CaseSize, check_fits
+
+    memory = usable_memory()
+    if memory is None:
+        return
+    cropped = tuple(hi - lo for lo, hi in crop_box(image, plan))
+    shown = " x ".join(f"{s:g}" for s in spacing_zyx)
+    for own_slices in dict.fromkeys(member.own_slices for member in members):
+        resampled, _ = resampling(cropped, spacing_zyx, case_target_spacing(plan, spacing_zyx, own_slices))
+        size = CaseSize(path, int(image.shape[0]), tuple(image.shape[1:]), cropped, tuple(resampled))
+        check_fits(size, memory, f"check its spacing ({shown} mm, z y x; the plan's target "
+                                 f"{' x '.join(f'{s:g}' for s in plan.target_spacing)} mm)")
+
+
 def _read_channels(image: _Image) -> tuple[Any, Any]:
     """A case's (C, Z, Y, X) array and geometry, its channel files stacked in order."""
     import numpy as np
@@ -281,6 +303,7 @@ def predict(
             change = _orientation_change(path, geometry.orientation, trained_as, reorient)
             seen, spacing = (change.apply(image), change.spacing(geometry.spacing_zyx)) if change else (
                 image, geometry.spacing_zyx)
+            _check_memory(path, seen, spacing, plan, members)
             labels, probabilities = predict_ensemble_probabilities(members, seen, spacing, plan, run_device,
                                                                    save_probabilities)
             if change is not None:

@@ -64,6 +64,20 @@ def least_bytes(size: CaseSize) -> int:
     return (4 * size.channels + 1) * read + 4 * size.channels * cropped + stacked
 
 
+def check_fits(size: CaseSize, memory: MemoryLimit | None, advice: str) -> None:
+    """A DataError naming the case's image when it cannot be preprocessed even alone: its `least_bytes` are
+    more than `memory`; `advice`: what else to do than give it more memory."""
+    need = least_bytes(size)
+    if memory is None or need <= memory.limit_bytes:
+        return
+    shown = " x ".join(str(n) for n in size.resampled)
+    raise DataError(
+        f"{size.image}: preprocessing it needs at least {need / 2**30:.3g} GiB at once ({size.channels} "
+        f"channel(s), {shown} voxels at the plan's target spacing), more than the "
+        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory, "
+        f"or {advice}")
+
+
 def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit | None,
                   plan_file: Path) -> int:
     """How many of the cases may be preprocessed at the same time, at most `workers`: as many of the
@@ -73,14 +87,7 @@ def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit |
     if not sizes or memory is None:
         return workers
     for size in sizes:
-        need = least_bytes(size)
-        if need > memory.limit_bytes:
-            shown = " x ".join(str(n) for n in size.resampled)
-            raise DataError(
-                f"{size.image}: preprocessing it needs at least {need / 2**30:.3g} GiB at once "
-                f"({size.channels} channel(s), {shown} voxels at the plan's target spacing), more than the "
-                f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more "
-                f"memory, or set a coarser \"target_spacing\" in {plan_file}")
+        check_fits(size, memory, f"set a coarser \"target_spacing\" in {plan_file}")
     # 8 workers, 2 of them at work: the 6 others hold their own memory too
     largest = max(peak_bytes(size) for size in sizes) - WORKER_BYTES
     spare = memory.limit_bytes - workers * WORKER_BYTES

@@ -1162,3 +1162,30 @@ def test_region_runs_predict_label_maps_painted_from_their_mean_region_probabili
                             "an ensemble averages one kind of probabilities (label softmax or region "
                             "sigmoids): give runs of one target\n")
     assert not (tmp_path / "mixed").exists()
+
+
+def test_an_image_too_large_to_preprocess_in_the_memory_there_is_exits_3_naming_it(
+        run_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a header spacing ten times the training images' (10 mm): a thousand times the voxels once resampled to
+    # the plan's 1 mm; the allocation failed part way through, or the kernel killed predict in a container
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    rng = np.random.default_rng(2)
+    _write_oriented(images / "a_fine.nii.gz", rng.normal(0, 1, (14, 22, 18)).astype(np.float32),
+                    spacing=(1.0, 1.0, 1.0), direction=IDENTITY)
+    coarse = images / "b_coarse.nii.gz"
+    _write_oriented(coarse, rng.normal(0, 1, (14, 22, 18)).astype(np.float32), spacing=(10.0, 10.0, 10.0),
+                    direction=IDENTITY)
+    limit = MemoryLimit(32 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: limit)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (
+        f"error: {coarse}: preprocessing it needs at least 0.0414 GiB at once (1 channel(s), 140 x 220 x "
+        "180 voxels at the plan's target spacing), more than the 0.0312 GiB this process may use (the "
+        "container's or job's memory limit, cgroup memory.max); run with more memory, or check its spacing "
+        "(10 x 10 x 10 mm, z y x; the plan's target 1 x 1 x 1 mm)\n")
+    assert (out / "a_fine.nii.gz").is_file() and not (out / "b_coarse.nii.gz").exists()
