@@ -1,10 +1,10 @@
 """Benchmark: the GPU path on Task04_Hippocampus (3D DynUNet, mixed precision, DataLoader workers).
 
 Made to run on the lent GPU machine in one short call (`bench/gpu_run.sh`, set up by `bench/gpu_kit.sh`; see
-docs/results/gpu.md), and anywhere else with a GPU. Every stage is a real `medseg-bench` command in a
-subprocess, so this checks the GPU code path end to end: fetch, plan and cache, `sweep` (Lightning,
-`16-mixed` precision, pinned memory, DataLoader workers, checkpoints), evaluation on the held-out fold
-(sliding-window inference under autocast, metrics in the original geometry), `report`.
+docs/results/README.md, "The GPU measurement"), and anywhere else with a GPU. Every stage is a real
+`medseg-bench` command in a subprocess, so this checks the GPU code path end to end: fetch, plan and cache,
+`sweep` (Lightning, `16-mixed` precision, pinned memory, DataLoader workers, checkpoints), evaluation on the
+held-out fold (sliding-window inference under autocast, metrics in the original geometry), `report`.
 
 Configuration: nnU-Net's 3d_fullres plan for Hippocampus (patch 40x56x40, batch 9), `dynunet` (nnU-Net's
 topology, deep supervision), Dice+CE, AdamW with cosine decay, nnU-Net's augmentation (`--aug nnunet`, the

@@ -21,15 +21,16 @@ one for the validation batches, next to the training process that uses all cores
 more workers only compete with the network for the CPU; 0 would run augmentation serially in the training
 process.
 
-Probe mode (--probe-steps N): when no epoch fits in the budgets, training to them yields nothing to score
-(on a 2-core CPU one default epoch of the 200-case plans takes about an hour). The probe measures that
-instead: the same conversion, plan/preprocess and split, then per configuration a generated subclass
-`nnUNetTrainer_Probe` with nnU-Net's default plan (patch, batch, augmentation, network) runs one epoch of N
-training and max(1, N // 5) validation iterations, timing each iteration (data-loader wait included; the
-first training iteration is warm-up and excluded when N > 1) into probe_times.json in the fold folder. The
-script projects nnU-Net's default epoch (the installed trainer's 250 training + 50 validation iterations)
-and the wall time of its first epoch end (its first checkpoint, counted from on_train_start as the
-snapshots are) and reports, per budget, how many epochs could have finished. Nothing is predicted or scored.
+Probe mode (--probe-steps N): when no epoch fits in the budgets, training to them yields nothing to score (on
+a 2-core CPU one default epoch of the 200-case plans takes about half an hour: 27 min (2d) and 29 min
+(3d_fullres) projected in bench/results/nnunet_quality.md). The probe measures that instead: the same
+conversion, plan/preprocess and split, then per configuration a generated subclass `nnUNetTrainer_Probe` with
+nnU-Net's default plan (patch, batch, augmentation, network) runs one epoch of N training and max(1, N // 5)
+validation iterations, timing each iteration (data-loader wait included; the first training iteration is
+warm-up and excluded when N > 1) into probe_times.json in the fold folder. The script projects nnU-Net's
+default epoch (the installed trainer's 250 training + 50 validation iterations) and the wall time of its first
+epoch end (its first checkpoint, counted from on_train_start as the snapshots are) and reports, per budget,
+how many epochs could have finished. Nothing is predicted or scored.
 
 Usage:
     .venv/bin/python bench/nnunet_quality.py --minutes 5,10,15 [--configs 2d,3d_fullres] [--cases 200]
