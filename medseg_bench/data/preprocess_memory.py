@@ -78,6 +78,13 @@ def check_fits(size: CaseSize, memory: MemoryLimit | None, advice: str) -> None:
         f"or {advice}")
 
 
+def check_all_fit(sizes: Sequence[CaseSize], memory: MemoryLimit | None, plan_file: Path) -> None:
+    """A DataError naming the first case of a cache to build that cannot be preprocessed even alone
+    (`check_fits`), with the plan whose target spacing to make coarser: what the cache build stops on."""
+    for size in sizes:
+        check_fits(size, memory, f"set a coarser \"target_spacing\" in {plan_file}")
+
+
 def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit | None,
                   plan_file: Path) -> int:
     """How many of the cases may be preprocessed at the same time, at most `workers`: as many of the
@@ -86,8 +93,7 @@ def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit |
     when one cannot be preprocessed even alone (`least_bytes`)."""
     if not sizes or memory is None:
         return workers
-    for size in sizes:
-        check_fits(size, memory, f"set a coarser \"target_spacing\" in {plan_file}")
+    check_all_fit(sizes, memory, plan_file)
     # 8 workers, 2 of them at work: the 6 others hold their own memory too
     largest = max(peak_bytes(size) for size in sizes) - WORKER_BYTES
     spare = memory.limit_bytes - workers * WORKER_BYTES

@@ -180,7 +180,7 @@ def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: P
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.fetch import is_complete
     from medseg_bench.data.preprocess import case_sizes, usable_cases
-    from medseg_bench.data.preprocess_memory import cases_at_once
+    from medseg_bench.data.preprocess_memory import check_all_fit
 
     root = plan_file.parent
     caches = [(root / plan.preprocessing_hash, False)]
@@ -191,7 +191,7 @@ def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: P
         return
     cases, memory = usable_cases(task, data_dir), usable_memory()
     for _, own in caches:
-        cases_at_once(case_sizes(cases, plan, root, own), 1, memory, plan_file)
+        check_all_fit(case_sizes(cases, plan, root, own), memory, plan_file)
 
 
 def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
