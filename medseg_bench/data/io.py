@@ -18,7 +18,8 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.data.metaimage import (
     HEADER_SEARCH_BYTES,
-    check_metaimage_complete,
+    MetaHeader,
+    check_header_complete,
     is_metaimage,
     read_header,
     separate_data_file,
@@ -149,7 +150,11 @@ def sitk_module():  # imported lazily so that `--help` stays fast
     return sitk
 
 
-def _check_readable(path: Path) -> None:
+def _check_readable(path: Path) -> MetaHeader | None:
+    """DataError naming `path` where it is no file ITK should read: missing, a macOS resource fork, a
+    `.nii.gz` that ITK would read another file for, a MetaImage whose data file is missing. Returns its
+    MetaImage header (`metaimage.read_header`; None for another format), read once here and passed on to
+    the read that follows (`_read_checked`), not parsed again."""
     if not path.is_file():
         why = broken_link(path) or "file not found"
         raise DataError(f"{path}: {why}")
@@ -160,10 +165,12 @@ def _check_readable(path: Path) -> None:
         # file would be read in its place without a word
         raise DataError(f"{path}: {path.name[:-3]} lies beside it, and ITK reads that file for either name; "
                         "remove or rename one of the two")
-    data_file = metaimage_data_file(path)
+    header = read_header(path)
+    data_file = separate_data_file(path, header.fields["ElementDataFile"]) if header is not None else None
     if data_file is not None and not data_file.is_file():
         raise DataError(f"{path}: its data file {data_file.name} (ElementDataFile) is missing; keep it "
                         "beside the header")
+    return header
 
 
 def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
@@ -312,10 +319,10 @@ def read_image(
     files of a fetched task were checked when it was validated.
     """
     sitk = sitk_module()
-    _check_readable(path)
+    header = _check_readable(path)
     if check_complete and count_nonfinite(path):
         raise DataError(f"{path}: image holds NaN or inf voxels")
-    image = read_sitk_image(path)
+    image = _read_checked(path, header)
     geom, channels = _geometry_and_channels(
         image.GetSpacing(),
         image.GetOrigin(),
@@ -456,11 +463,17 @@ def read_sitk_image(path: Path) -> Any:
     """The image `path` as SimpleITK reads it, its header read and checked first (`_read_information`: a
     complex-valued image, `COMPLEX_PIXELS`, and one larger than an image may be, `nifti.too_large`, are
     refused before its voxels are read, and so is a MetaImage whose voxel data is cut short, which SimpleITK
-    2.2 reads without an error, `metaimage.check_metaimage_complete`), what ITK prints to stderr on its own
+    2.2 reads without an error, `metaimage.check_header_complete`), what ITK prints to stderr on its own
     kept off it (`itk_output`): a file it cannot read is one DataError naming it, what ITK printed about it
     the reason where its error says less."""
+    return _read_checked(path, read_header(path))
+
+
+def _read_checked(path: Path, header: MetaHeader | None) -> Any:
+    """`read_sitk_image` of `path`, whose MetaImage header the caller read (`read_header`; None for another
+    format), so that one read of an image parses it once."""
     reader = _read_information(path)
-    check_metaimage_complete(path)
+    check_header_complete(path, header)
     try:
         with captured_for(path) as printed:
             return reader.Execute()

@@ -109,14 +109,19 @@ def voxel_bytes(fields: dict[str, str]) -> int | None:
 
 
 def data_problem(path: Path) -> str:
-    """What is wrong with the voxel data of the MetaImage `path`: "" when its file holds at least the bytes
-    its header declares (the voxels, or `CompressedDataSize` bytes of compressed data) past the header
-    (`LOCAL`) or past `HeaderSize` bytes of its data file, and where that cannot be told (another format,
-    voxels as text, a list of data files, an undeclared compressed size), else e.g. "data not read
-    completely, 3740 of the 3840 bytes of voxel data the header declares"."""
+    """What is wrong with the voxel data of the MetaImage `path` (`header_data_problem`), its header read
+    here."""
     header = read_header(path)
-    if header is None:
-        return ""
+    return "" if header is None else header_data_problem(path, header)
+
+
+def header_data_problem(path: Path, header: MetaHeader) -> str:
+    """What is wrong with the voxel data of the MetaImage `path`, whose header `read_header` gave as `header`
+    (passed in, so that a read that parsed it once, `io.read_image`, does not parse it again): "" when its
+    file holds at least the bytes its header declares (the voxels, or `CompressedDataSize` bytes of
+    compressed data) past the header (`LOCAL`) or past `HeaderSize` bytes of its data file, and where that
+    cannot be told (voxels as text, a list of data files, an undeclared compressed size), else e.g. "data not
+    read completely, 3740 of the 3840 bytes of voxel data the header declares"."""
     fields = header.fields
     if not _true(fields.get("BinaryData", "True")):
         return ""  # numbers as text: their length says nothing of their count
@@ -147,6 +152,12 @@ def data_problem(path: Path) -> str:
 def check_metaimage_complete(path: Path) -> None:
     """DataError naming `path` when it is a MetaImage whose voxel data is cut short (`data_problem`), in the
     words of a read through ITK that found it so. Other formats pass; a header read and a stat."""
-    problem = data_problem(path)
+    check_header_complete(path, read_header(path))
+
+
+def check_header_complete(path: Path, header: MetaHeader | None) -> None:
+    """`check_metaimage_complete` of `path` from its header as `read_header` gave it, read by the caller;
+    None (another format, or a header ITK's read will judge) passes. A stat."""
+    problem = header_data_problem(path, header) if header is not None else ""
     if problem:
         raise DataError(f"{path}: not a readable image (damaged or cut short: {problem})")

@@ -122,8 +122,9 @@ def _truncated(path: Path, found: int, declared: int) -> DataError:
     return DataError(f"{path}: truncated ({found} bytes of the {declared} the header declares)")
 
 
-def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
-    """Decompress a whole .gz stream: (the data if `keep`, else its first bytes; the decompressed length).
+def _gunzip(path: Path, keep: bool) -> tuple[bytes, int, NiftiHeader | None]:
+    """Decompress a whole .gz stream: (the data if `keep`, else its first bytes; the decompressed length; its
+    NIfTI header, parsed once, as soon as the stream holds a NIfTI-2 header's bytes, or at its end).
 
     SimpleITK reads a cut-short or damaged gzip stream without an error (the missing voxels become 0), so
     the stream is read to its end here; a damaged one is a DataError naming the file. So is a header that
@@ -136,6 +137,7 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
 
     chunks: list[bytes] = []
     length = 0
+    header: NiftiHeader | None = None
     most: int | None = None  # the decompressed bytes the stream may hold, once its header is read
     past = ""  # what a stream longer than that holds more than
     try:
@@ -145,7 +147,8 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
                     chunks.append(chunk)
                 length += len(chunk)
                 if most is None and length >= NIFTI2_HEADER_BYTES:
-                    most, past = _stream_bound(path, b"".join(chunks)[:NIFTI2_HEADER_BYTES])
+                    header = parse_nifti_header(b"".join(chunks)[:NIFTI2_HEADER_BYTES])
+                    most, past = _stream_bound(path, header)
                 if most is not None and length > most:
                     raise DataError(f"{path}: unreadable (its gzip stream holds more than {past}, and "
                                     f"{GZIP_SLACK_BYTES // 2**20} MiB past them)")
@@ -160,14 +163,17 @@ def _gunzip(path: Path, keep: bool) -> tuple[bytes, int]:
                 gzip_magic = raw_fh.read(2) == b"\x1f\x8b"
             why = "data after the end of the gzip stream" if gzip_magic else "not gzip-compressed data"
         raise DataError(f"{path}: unreadable ({why})") from None
-    return b"".join(chunks), length
+    raw = b"".join(chunks)
+    if most is None:  # a stream shorter than a NIfTI-2 header: its header parsed here
+        header = parse_nifti_header(raw[:NIFTI2_HEADER_BYTES])
+        _check_size(path, header)
+    return raw, length, header
 
 
-def _stream_bound(path: Path, head: bytes) -> tuple[int, str]:
-    """The decompressed bytes a .nii.gz whose stream starts with `head` may hold, and what they are: its
+def _stream_bound(path: Path, header: NiftiHeader | None) -> tuple[int, str]:
+    """The decompressed bytes a .nii.gz whose NIfTI header is `header` may hold, and what they are: its
     header's declared bytes, or where its header does not say an image's limit, and GZIP_SLACK_BYTES. A
     header declaring more than an image may hold is a DataError."""
-    header = parse_nifti_header(head)
     _check_size(path, header)
     declared = header.declared_bytes if header is not None else None
     if declared is None:
@@ -179,25 +185,23 @@ def _stream_bound(path: Path, head: bytes) -> tuple[int, str]:
 def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]:
     """The file's bytes (decompressed; only the header unless `keep_data`) and header, checked complete and
     no larger than an image may be (`too_large`); of an uncompressed file, no more than its header declares
-    is read."""
+    is read. Its header is parsed once."""
     if path.name.lower().endswith(".gz"):
-        raw, length = _gunzip(path, keep_data)
+        raw, length, header = _gunzip(path, keep_data)
     else:
         try:
             length = path.stat().st_size
             with open(path, "rb") as fh:
                 raw = fh.read(NIFTI2_HEADER_BYTES)
-                head = parse_nifti_header(raw)
-                _check_size(path, head)
+                header = parse_nifti_header(raw)
+                _check_size(path, header)
                 if keep_data:
-                    declared = head.declared_bytes if head is not None else None
+                    declared = header.declared_bytes if header is not None else None
                     raw += fh.read(max((image_bytes_limit() if declared is None else declared) - len(raw), 0))
         except OSError as exc:
             raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
     if length < _NIFTI1_HEADER_BYTES:
         raise DataError(f"{path}: truncated NIfTI header ({length} bytes)")
-    header = parse_nifti_header(raw[:NIFTI2_HEADER_BYTES])
-    _check_size(path, header)  # a stream shorter than a NIfTI-2 header: parsed here
     declared = header.declared_bytes if header is not None else None
     if declared is not None and length < declared:
         raise _truncated(path, length, declared)

@@ -159,3 +159,36 @@ def test_other_formats_pass(tmp_path: Path) -> None:
 ])
 def test_voxel_bytes(fields: dict[str, str], expected: int | None) -> None:
     assert voxel_bytes(fields) == expected
+
+
+@pytest.mark.parametrize("name", ["x.mha", "x.mhd"])
+def test_one_read_of_an_image_parses_its_header_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    name: str) -> None:
+    # read_image parsed a MetaImage's header twice: for its data file (`_check_readable`), then for its size
+    # (`check_metaimage_complete`); read_sitk_image, which checks no data file, parses it once
+    import SimpleITK as sitk
+
+    from medseg_bench.data import io, metaimage
+    from medseg_bench.data.io import read_label, read_sitk_image
+
+    parsed: list[Path] = []
+
+    def counted(path: Path) -> metaimage.MetaHeader | None:
+        parsed.append(path)
+        return read_header(path)
+
+    for module in (io, metaimage):  # wherever it is called from
+        monkeypatch.setattr(module, "read_header", counted)
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(VALUES), str(path))
+    for read in (read_image, read_label, read_sitk_image):
+        parsed.clear()
+        read(path)
+        assert parsed == [path]
+    data_file = tmp_path / "x.raw" if name == "x.mhd" else path
+    data_file.write_bytes(data_file.read_bytes()[:-1])
+    parsed.clear()
+    with pytest.raises(DataError) as info:  # parsed once, the header still holds the voxels to its size
+        read_image(path)
+    assert str(info.value) == _refusal(path, 47, 48, data_file if name == "x.mhd" else None)
+    assert parsed == [path]

@@ -160,3 +160,39 @@ def test_a_gzip_stream_whose_header_gives_no_size_is_held_to_an_images_limit(
         count_nonfinite(path)
     assert str(caught.value) == (f"{path}: unreadable (its gzip stream holds more than the {1 << 20} bytes "
                                  "an image may hold, and 1 MiB past them)")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("version", [1, 2])
+def test_one_check_of_a_nifti_parses_its_header_once(suffix: str, version: int, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # its header was parsed twice from the same bytes: once to bound the read, once to check it complete
+    from medseg_bench.data import nifti
+    from medseg_bench.data.io import read_image
+
+    parsed: list[bytes] = []
+
+    def counted(raw: bytes) -> nifti.NiftiHeader | None:
+        parsed.append(raw)
+        return parse_nifti_header(raw)
+
+    monkeypatch.setattr(nifti, "parse_nifti_header", counted)
+    values = np.zeros(SHAPE_XYZ[::-1], np.float32)
+    values[1, 2, 3] = np.nan
+    raw = nifti_bytes(version, "<", values)
+    path = tmp_path / f"x{suffix}"
+    write = gzip.compress if suffix == ".nii.gz" else bytes
+    path.write_bytes(write(raw))
+    for check in (check_nifti_complete, count_nonfinite):
+        parsed.clear()
+        check(path)
+        assert len(parsed) == 1
+    parsed.clear()
+    with pytest.raises(DataError, match="NaN or inf"):
+        read_image(path, check_complete=True)
+    assert len(parsed) == 1
+    path.write_bytes(write(raw[:400 if version == 1 else 300]))  # shorter than a NIfTI-2 header: a gzip
+    parsed.clear()  # stream's is parsed at its end
+    with pytest.raises(DataError, match="truncated"):
+        check_nifti_complete(path)
+    assert len(parsed) == 1
