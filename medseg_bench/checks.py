@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,13 @@ def _physical() -> MemoryLimit | None:
 def _cgroup_limit(root: Path) -> MemoryLimit | None:
     """The smallest memory limit of this process's cgroup and its ancestors: cgroup v2's `memory.max` (the
     unified hierarchy, `0::PATH` in /proc/self/cgroup) and cgroup v1's `memory.limit_in_bytes` (the memory
-    controller's `N:memory:PATH`); both where a machine mounts both (hybrid)."""
+    controller's `N:memory:PATH`); both where a machine mounts both (hybrid). Each is read where
+    /proc/self/mountinfo says its hierarchy is mounted (`_cgroup_mounts`: v2 beside v1 at
+    /sys/fs/cgroup/unified, v1's memory controller at /cgroup/memory or with cpu at
+    /sys/fs/cgroup/cpu,memory), PATH taken below the mount's own root (a container's cgroup mounted as the
+    mount point); at the usual mount point where mountinfo names no mount of the hierarchy that holds
+    PATH."""
+    mounts = _cgroup_mounts(root)
     found: list[MemoryLimit] = []
     for line in _read_small(root / "proc/self/cgroup", 1 << 16).splitlines():
         parts = line.split(":", 2)
@@ -105,22 +112,65 @@ def _cgroup_limit(root: Path) -> MemoryLimit | None:
             continue
         _, controllers, path = parts
         if controllers == "":
-            folder, name = root / "sys/fs/cgroup", "memory.max"
+            kind, usual, name = "cgroup2", root / "sys/fs/cgroup", "memory.max"
         elif "memory" in controllers.split(","):
-            folder, name = root / "sys/fs/cgroup" / controllers, "memory.limit_in_bytes"
-            if not folder.is_dir():
-                folder = root / "sys/fs/cgroup/memory"  # "cpu,memory" mounted under one name
+            kind, usual, name = "memory", root / "sys/fs/cgroup" / controllers, "memory.limit_in_bytes"
+            if not usual.is_dir():
+                usual = root / "sys/fs/cgroup/memory"  # "cpu,memory" mounted under one name
         else:
             continue
-        for limit_bytes in _limits_along(folder, path, name):
-            found.append(MemoryLimit(limit_bytes, "the container's or job's memory limit", f"cgroup {name}"))
+        places = [(point, below) for mount_kind, mount_root, point in mounts
+                  if mount_kind == kind and (below := _path_below(path, mount_root)) is not None]
+        for folder, below in places or [(usual, path)]:
+            found.extend(MemoryLimit(limit_bytes, "the container's or job's memory limit", f"cgroup {name}")
+                         for limit_bytes in _limits_along(folder, below, name))
     return min(found, key=lambda limit: limit.limit_bytes) if found else None
 
 
+def _cgroup_mounts(root: Path) -> list[tuple[str, str, Path]]:
+    """The cgroup hierarchies /proc/self/mountinfo lists that may hold a memory limit, as (kind, the
+    cgroup path mounted, where under `root`): "cgroup2" for v2's unified hierarchy, "memory" for a v1
+    hierarchy with the memory controller; [] where it cannot be read. A line is `ID PARENT MAJ:MIN ROOT
+    MOUNT-POINT OPTIONS [TAGS...] - TYPE SOURCE SUPER-OPTIONS`, a space in a path written `\\040`."""
+    mounts = []
+    for line in _read_small(root / "proc/self/mountinfo", 1 << 22).splitlines():
+        before, dash, after = line.partition(" - ")
+        fields, described = before.split(), after.split()
+        if not dash or len(fields) < 5 or len(described) < 3:
+            continue
+        kind = described[0]
+        if kind == "cgroup" and "memory" in described[2].split(","):
+            kind = "memory"
+        elif kind != "cgroup2":
+            continue
+        point = _unescaped(fields[4])
+        if not point.startswith("/") or ".." in point.split("/"):
+            continue  # not a mount point the kernel writes: read nothing outside `root`
+        mounts.append((kind, _unescaped(fields[3]), root / point.lstrip("/")))
+    return mounts
+
+
+def _unescaped(field: str) -> str:
+    """A mountinfo path with the kernel's octal escapes (`\\040` for a space) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda found: chr(int(found.group(1), 8)), field)
+
+
+def _path_below(path: str, mount_root: str) -> str | None:
+    """Cgroup `path` relative to `mount_root`, the cgroup a mount shows at its mount point ("/" for the whole
+    hierarchy); None where `path` is not at or below it, or not a plain cgroup path ("/../x": a process
+    outside its cgroup namespace's root)."""
+    parts = [part for part in path.strip().split("/") if part]
+    above = [part for part in mount_root.split("/") if part]
+    if any(part in (".", "..") for part in parts + above) or parts[:len(above)] != above:
+        return None
+    return "/".join(parts[len(above):])
+
+
 def _limits_along(folder: Path, path: str, name: str) -> list[int]:
-    """The limits in `name` of cgroup `path` under `folder` and of each of its ancestors. A container's own
-    cgroup is often mounted as `folder` itself, its path on the host not below it: the ancestors' files that
-    do not exist count as no limit, `folder`'s own is read in any case."""
+    """The limits in `name` of cgroup `path` under `folder` and of each of its ancestors up to `folder`. At a
+    usual mount point, whose root mountinfo did not give, a container's own cgroup is often mounted as
+    `folder` itself, its path on the host not below it: the ancestors' files that do not exist count as no
+    limit, `folder`'s own is read in any case."""
     parts = [part for part in path.strip().split("/") if part]
     if any(part in (".", "..") for part in parts):  # not a cgroup path: read nothing outside `folder`
         parts = []

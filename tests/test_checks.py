@@ -72,6 +72,86 @@ def test_a_cgroup_v1_limit_is_read_from_the_memory_controller(tmp_path: Path) ->
     assert usable_memory(root) == MemoryLimit(64 * GIB, "the machine's memory")
 
 
+
+def _mounted(root: Path, cgroup: str, mounts: list[str], files: dict[str, str]) -> Path:
+    """A fake tree whose /proc/self/mountinfo lists `mounts` ("ROOT MOUNT-POINT - TYPE SUPER-OPTIONS"), and
+    `files` by their path from `/`."""
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(cgroup)
+    lines = ["22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw"]
+    for at, mount in enumerate(mounts):
+        where, _, described = mount.partition(" - ")
+        kind, options = described.split()
+        lines.append(f"{30 + at} 22 0:{30 + at} {where} rw,nosuid shared:{at} - {kind} cgroup {options}")
+    (root / "proc/self/mountinfo").write_text("\n".join(lines) + "\n")
+    for name, text in files.items():
+        path = root / name.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_a_v1_memory_controller_is_read_where_mountinfo_says_it_is_mounted(tmp_path: Path) -> None:
+    # mounted with cpu as /cgroup/cpu,mem (not /sys/fs/cgroup/memory): its limits went unread, and the job's
+    # 8 GiB above the step's 32 is the one that kills
+    root = _mounted(tmp_path, "5:cpu,memory:/slurm/uid_1/job_7/step_0\n3:pids:/slurm\n", [
+        "/ /cgroup/cpu,mem - cgroup rw,cpu,memory", "/ /sys/fs/cgroup/pids - cgroup rw,pids"], {
+        "/cgroup/cpu,mem/slurm/uid_1/job_7/step_0/memory.limit_in_bytes": f"{32 * GIB}\n",
+        "/cgroup/cpu,mem/slurm/uid_1/job_7/memory.limit_in_bytes": f"{8 * GIB}\n",
+        "/cgroup/cpu,mem/slurm/memory.limit_in_bytes": "9223372036854771712\n",
+        "/sys/fs/cgroup/pids/slurm/memory.limit_in_bytes": "1\n"})  # no memory controller's: not read
+    assert usable_memory(root) == MemoryLimit(8 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.limit_in_bytes")
+
+
+def test_a_v2_hierarchy_mounted_beside_v1_is_read_there(tmp_path: Path) -> None:
+    # a hybrid machine mounts the unified hierarchy at /sys/fs/cgroup/unified; /sys/fs/cgroup is a tmpfs
+    root = _mounted(tmp_path, "4:memory:/\n0::/user.slice/job\n", [
+        "/ /sys/fs/cgroup/memory - cgroup rw,memory", "/ /sys/fs/cgroup/unified - cgroup2 rw"], {
+        "/sys/fs/cgroup/unified/user.slice/job/memory.max": "max\n",
+        "/sys/fs/cgroup/unified/user.slice/memory.max": f"{5 * GIB}\n",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert usable_memory(root) == MemoryLimit(5 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.max")
+
+
+def test_a_mount_of_a_cgroup_below_the_hierarchys_root_reads_the_path_below_it(tmp_path: Path) -> None:
+    # Docker without a cgroup namespace mounts the container's own cgroup (mountinfo's ROOT): the process's
+    # cgroup below it is found there, up to the mount point, and nothing is read as if the host's path were
+    # below the mount point
+    root = _mounted(tmp_path, "0::/system.slice/docker-abc.scope/init\n", [
+        "/system.slice/docker-abc.scope /sys/fs/cgroup - cgroup2 rw"], {
+        "/sys/fs/cgroup/init/memory.max": "max\n",
+        "/sys/fs/cgroup/memory.max": f"{6 * GIB}\n",
+        "/sys/fs/cgroup/system.slice/memory.max": "1\n"})  # what the host path below the mount point names
+    assert usable_memory(root) == MemoryLimit(6 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.max")
+    (root / "sys/fs/cgroup/init/memory.max").write_text(f"{2 * GIB}\n")
+    assert usable_memory(root) == MemoryLimit(2 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.max")
+
+
+def test_a_mount_point_with_a_space_is_read(tmp_path: Path) -> None:
+    root = _mounted(tmp_path, "0::/job\n", ["/ /run/my\\040cgroups - cgroup2 rw"], {
+        "/run/my cgroups/job/memory.max": f"{3 * GIB}\n"})
+    assert usable_memory(root) == MemoryLimit(3 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.max")
+
+
+@pytest.mark.parametrize("mount", ["/other /sys/fs/cgroup/unified - cgroup2 rw",  # not holding the cgroup
+                                   "/ /sys/fs/cgroup/unified - tmpfs rw",  # not a cgroup
+                                   "/ ../../../elsewhere - cgroup2 rw",  # not a mount point the kernel writes
+                                   "garbage", ""])
+def test_without_a_mount_holding_its_cgroup_the_usual_mount_point_is_read(mount: str, tmp_path: Path) -> None:
+    root = _mounted(tmp_path, "0::/job\n", [mount] if " - " in mount else [], {
+        "/sys/fs/cgroup/job/memory.max": f"{7 * GIB}\n",
+        "/sys/fs/cgroup/unified/job/memory.max": "1\n",
+        "/elsewhere/job/memory.max": "1\n"})
+    if " - " not in mount:
+        (root / "proc/self/mountinfo").write_text(mount)
+    assert usable_memory(root) == MemoryLimit(7 * GIB, "the container's or job's memory limit",
+                                              "cgroup memory.max")
+
 @pytest.mark.parametrize("content", ["max\n", "", "garbage\n", "-1\n", "0\n", "1.5e9\n", "\u0661\u0662\n",
                                      "\x00\xff", "99999999999999999999999999\n"])
 def test_an_odd_or_unlimited_limit_file_means_no_limit(content: str, tmp_path: Path) -> None:
