@@ -1,6 +1,6 @@
 """A run's checkpoints: written atomically, read as tensors and plain data only (a checkpoint never runs
-code), and the network weights loaded from one (`load_weights`, for evaluation, predict and a resume's
-check)."""
+code), and the network weights loaded from one (`load_weights`, for evaluation and predict;
+`resume_problem`, a resume's check)."""
 
 from __future__ import annotations
 
@@ -54,14 +54,41 @@ def foreign_problem(checkpoint: Path, run_id: str) -> str | None:
         state = mapped_checkpoint(checkpoint)
     except Exception:  # noqa: BLE001 - a damaged checkpoint: loading it says so
         return None
+    return _foreign_in(state, checkpoint, run_id)
+
+
+def _foreign_in(state: Any, checkpoint: Path, run_id: str) -> str | None:
+    """`foreign_problem` of `checkpoint` from its contents, `state`."""
     other = state.get(RUN_ID_KEY) if isinstance(state, dict) else None
     if not isinstance(other, str) or other == run_id:
         return None
     return f"{checkpoint}: the weights of run {other}, not of run {run_id}, whose folder it is in"
 
 
+def resume_problem(net: nn.Module, checkpoint: Path, run_id: str) -> str | None:
+    """Why run `run_id`, whose network is `net`, cannot resume from `checkpoint`: the error `load_weights`
+    gives, or `foreign_problem`'s; None where it can. One load serves both, mapped: of its tensors only the
+    weights `net` takes are read, not the optimizer's state (twice their size with Adam), which Lightning's
+    load of it for the resume reads next."""
+    from medseg_bench.errors import DataError
+
+    try:
+        state = _load_into(net, checkpoint, mapped=True)
+    except DataError as exc:
+        return str(exc)
+    return _foreign_in(state, checkpoint, run_id)
+
+
 def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
     """Load the network weights of a Lightning checkpoint, refusing anything but plain tensors."""
+    _load_into(net, checkpoint, mapped=False)
+    return net.eval()
+
+
+def _load_into(net: nn.Module, checkpoint: Path, mapped: bool) -> Any:
+    """`checkpoint`'s contents (its tensors mapped from the file where `mapped`, `mapped_checkpoint`), its
+    network weights loaded into `net`; a DataError naming it where it is no torch archive (refused unread),
+    holds more than tensors and plain data, or does not hold `net`'s weights."""
     import zipfile
 
     from medseg_bench.errors import DataError, first_line
@@ -70,7 +97,7 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
                         "archive; refused unread)")
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = _read(checkpoint, mapped)
         weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not our checkpoint
@@ -83,4 +110,16 @@ def load_weights(net: nn.Module, checkpoint: Path) -> nn.Module:
             first = ("it holds more than tensors and plain data; refused unread: every checkpoint is loaded "
                      "with weights_only=True")
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
-    return net.eval()
+    return state
+
+
+def _read(checkpoint: Path, mapped: bool) -> Any:
+    """`checkpoint`'s contents, tensors and plain data only; mapped where `mapped` and the file can be. A
+    mapped load that fails is tried again unmapped, and its error is the one given: a checkpoint on a file
+    system that cannot map it still resumes, and a damaged one is named in an unmapped load's words."""
+    if mapped:
+        try:
+            return mapped_checkpoint(checkpoint)
+        except Exception:  # noqa: BLE001 - read unmapped below, which says what is wrong, if anything
+            pass
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -168,3 +168,78 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_no_temp_file_and_the_last_one_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left
     monkeypatch.undo()
     assert io.load_checkpoint(ckpt)["epoch"] == 3  # the last good checkpoint is untouched
+
+
+def _saved(ckpt: Path, net: torch.nn.Module, run_id: str) -> None:
+    """A checkpoint of `net` as Lightning writes one: its weights, the optimizer's state beside them."""
+    from medseg_bench.checkpoints import RUN_ID_KEY
+
+    moments = [{"exp_avg": torch.ones_like(p), "exp_avg_sq": torch.ones_like(p)} for p in net.parameters()]
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "global_step": 3,
+                "optimizer_states": [{"state": dict(enumerate(moments))}], RUN_ID_KEY: run_id}, ckpt)
+
+
+def test_a_resumes_check_loads_the_checkpoint_once_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    # it was read whole (optimizer state and all) to check the weights, then mapped again to read its run,
+    # before Lightning read it whole once more to resume
+    from medseg_bench.checkpoints import resume_problem
+
+    ckpt, saved = tmp_path / "last.ckpt", torch.nn.Linear(3, 2)
+    _saved(ckpt, saved, "run-a")
+    loads: list[dict[str, object]] = []
+    real_load = torch.load
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", counted)
+    net = torch.nn.Linear(3, 2)
+    assert resume_problem(net, ckpt, "run-a") is None
+    assert torch.equal(net.weight, saved.weight)  # the weights checked by loading them
+    assert [(kwargs.get("weights_only"), kwargs.get("mmap")) for kwargs in loads] == [(True, True)]
+    loads.clear()
+    assert resume_problem(torch.nn.Linear(3, 2), ckpt, "run-b") == (
+        f"{ckpt}: the weights of run run-a, not of run run-b, whose folder it is in")
+    assert len(loads) == 1
+
+
+def test_a_resumes_check_refuses_as_loading_the_weights_does(tmp_path: Path) -> None:
+    import pickle
+
+    from medseg_bench.checkpoints import load_weights, resume_problem
+    from medseg_bench.errors import DataError
+
+    ckpt, marker = tmp_path / "last.ckpt", tmp_path / "ran"
+    writes = [lambda: ckpt.write_bytes(b"\0not a checkpoint" * 10),  # refused unread
+              lambda: torch.save({"state_dict": _RunsCode(marker)}, ckpt),  # code in a torch archive
+              lambda: ckpt.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)})),
+              lambda: _saved(ckpt, torch.nn.Conv1d(1, 1, 1), "run-a")]  # another network's weights
+    for write in writes:
+        write()
+        marker.unlink(missing_ok=True)
+        with pytest.raises(DataError) as info:
+            load_weights(torch.nn.Linear(3, 2), ckpt)
+        problem = resume_problem(torch.nn.Linear(3, 2), ckpt, "run-a")
+        assert problem == str(info.value) and "not a loadable medseg-bench checkpoint" in problem
+        assert not marker.exists()
+
+
+def test_a_checkpoint_that_cannot_be_mapped_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a file system that cannot map a file: its run resumes all the same, as it did when it was read whole
+    from medseg_bench.checkpoints import resume_problem
+
+    ckpt, saved = tmp_path / "last.ckpt", torch.nn.Linear(3, 2)
+    _saved(ckpt, saved, "run-a")
+    real_load = torch.load
+
+    def unmappable(*args: object, **kwargs: object) -> object:
+        if kwargs.get("mmap"):
+            raise OSError(19, "No such device")  # ENODEV: mmap on a file system that has none
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", unmappable)
+    net = torch.nn.Linear(3, 2)
+    assert resume_problem(net, ckpt, "run-a") is None and torch.equal(net.bias, saved.bias)
+    assert resume_problem(torch.nn.Linear(3, 2), ckpt, "run-b") is not None

@@ -174,16 +174,13 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     Our checkpoints are written atomically, so a bad one was put there from outside: it is refused, not
     silently replaced, and the message says how to start over.
     """
-    from medseg_bench.checkpoints import foreign_problem, load_weights
-    from medseg_bench.errors import DataError
+    from medseg_bench.checkpoints import resume_problem
     from medseg_bench.training import build_network
 
-    try:
-        load_weights(build_network(spec, prepared), checkpoint)  # weights_only=True: no code runs
-    except DataError as exc:
-        return f"{exc}; delete it to train run {spec.run_id} from scratch"
-    foreign = foreign_problem(checkpoint, spec.run_id)  # resumed, it would train on as this run
-    return f"{foreign}; delete it to train run {spec.run_id} from scratch" if foreign else None
+    # weights_only=True: no code runs; a foreign checkpoint, resumed, would train on as this run. Mapped, the
+    # check reads the weights alone: Lightning's load that follows is the one full read of the file.
+    problem = resume_problem(build_network(spec, prepared), checkpoint, spec.run_id)
+    return f"{problem}; delete it to train run {spec.run_id} from scratch" if problem else None
 
 
 def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:

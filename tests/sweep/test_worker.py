@@ -259,14 +259,18 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path: Path, monkeypatch:
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
     monkeypatch.setattr(training, "build_network", lambda spec, prepared: torch.nn.Identity())
-    monkeypatch.setattr(checkpoints, "load_weights", lambda net, path: net)  # loadable weights
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, checkpoints.RUN_ID_KEY: "other-run"}, ckpt)
+    loads: list[bool] = []  # whether each load of it was mapped: it was read whole, then mapped again
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(bool(kwargs.get("mmap"))) or
+                        real_load(*args, **kwargs))
     assert checkpoint_problem(spec, None, ckpt) == (
         f"{ckpt}: the weights of run other-run, not of run {spec.run_id}, whose folder it is in; delete it "
         f"to train run {spec.run_id} from scratch")
     torch.save({"state_dict": {}, checkpoints.RUN_ID_KEY: spec.run_id}, ckpt)
     assert checkpoint_problem(spec, None, ckpt) is None
+    assert loads == [True, True]  # once each, mapped: Lightning's load to resume is the one full read
 
 
 def test_each_attempt_records_the_machine_it_ran_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
