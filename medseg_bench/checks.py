@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 NO_MEMORY_LIMIT_BYTES = 2**62  # cgroup v1 writes "no limit" as 2**63 less a page; any value past this is none
@@ -61,11 +61,27 @@ def machine_memory() -> int | None:
 
 @dataclass(frozen=True)
 class MemoryLimit:
-    """A bound on the memory this process may use: `limit_bytes`, and what sets it (`kind`, `origin`)."""
+    """A bound on the memory this process may use: `limit_bytes`, and what sets it (`kind`, `origin`).
+
+    Most limits are shared: the machine's memory and a cgroup's bound this process and every worker it starts
+    together. `ulimit -v` (`per_process`) bounds each process alone (its workers inherit it, each its own):
+    it bounds what one case may need, not how many worker processes may each hold one; `shared` is then the
+    least limit they do share, which does (None where none is known)."""
 
     limit_bytes: int
     kind: str  # "the machine's memory", "the container's or job's memory limit", ...
     origin: str = ""  # the file or setting it was read from: "cgroup memory.max", "RLIMIT_AS"
+    per_process: bool = False
+    shared: MemoryLimit | None = None
+
+    @property
+    def shared_bytes(self) -> int | None:
+        """What this process and the worker processes it starts may use together: `limit_bytes` of a shared
+        limit, `shared`'s of a per-process one (None where none is known). Threads share their process's
+        memory, a per-process limit too: `limit_bytes` bounds them together."""
+        if not self.per_process:
+            return self.limit_bytes
+        return self.shared.limit_bytes if self.shared is not None else None
 
     @property
     def named(self) -> str:
@@ -85,9 +101,14 @@ def usable_memory(root: Path = Path("/")) -> MemoryLimit | None:
 
     Past a cgroup's limit the kernel kills the process, far below the machine's memory: a sweep killed so
     loses its last lines and its run shows as pending. A file that cannot be read, or holds anything but a
-    number, counts as no limit: never an exception."""
-    limits = [limit for limit in (_physical(), _cgroup_limit(root), _address_space_limit()) if limit]
-    return min(limits, key=lambda limit: limit.limit_bytes) if limits else None
+    number, counts as no limit: never an exception. Where the address-space limit is the least, it carries
+    the least of the others as its `shared` limit (it bounds each process alone, they all of them)."""
+    limits = [limit for limit in (_physical(), _cgroup_limit(root)) if limit]
+    shared = min(limits, key=lambda limit: limit.limit_bytes) if limits else None
+    each = _address_space_limit()
+    if each is not None and (shared is None or each.limit_bytes < shared.limit_bytes):
+        return replace(each, shared=shared)
+    return shared
 
 
 def _physical() -> MemoryLimit | None:
@@ -210,4 +231,4 @@ def _address_space_limit() -> MemoryLimit | None:
         return None
     if soft == resource.RLIM_INFINITY or not 0 < soft < NO_MEMORY_LIMIT_BYTES:
         return None
-    return MemoryLimit(soft, "the process's address-space limit", "ulimit -v, RLIMIT_AS")
+    return MemoryLimit(soft, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True)

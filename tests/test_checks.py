@@ -187,6 +187,22 @@ def test_the_address_space_limit_applies_where_smaller(tmp_path: Path,
                                               "cgroup memory.max")
 
 
+def test_the_address_space_limit_bounds_each_process_and_carries_the_limit_they_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ulimit -v 4G` in a job of 8 GiB: each worker may map 4 GiB, all of them together hold 8 GiB at most
+    job = MemoryLimit(8 * GIB, "the container's or job's memory limit", "cgroup memory.max")
+    root = _tree(tmp_path, "0::/job\n", {"job/memory.max": str(8 * GIB)})
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (4 * GIB, resource.RLIM_INFINITY))
+    limit = usable_memory(root)
+    assert limit == MemoryLimit(4 * GIB, "the process's address-space limit", "ulimit -v, RLIMIT_AS",
+                                per_process=True, shared=job)
+    assert limit.shared_bytes == 8 * GIB
+    assert not job.per_process and job.shared_bytes == 8 * GIB
+    monkeypatch.setattr(checks, "machine_memory", lambda: None)
+    alone = usable_memory(tmp_path / "no cgroup")
+    assert alone is not None and alone.per_process and alone.shared is None and alone.shared_bytes is None
+
+
 def test_no_memory_known_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checks, "machine_memory", lambda: None)
     assert usable_memory(tmp_path) is None

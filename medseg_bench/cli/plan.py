@@ -142,7 +142,11 @@ def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> st
         at_once = cases_at_once(sizes, workers or default_workers(len(cases)), memory, root / "plan.json")
     except DataError as exc:
         return f"{text}; cannot be built here: {exc}"
-    return f"{text}; {at_once} at once within {memory}"
+    if not memory.per_process:
+        return f"{text}; {at_once} at once within {memory}"
+    # `ulimit -v` bounds each worker alone; how many at once, the limit they share (where one is known)
+    shared = f"within {memory.shared}" if memory.shared is not None else "(no limit they share known)"
+    return f"{text}; {at_once} at once {shared}, each case within {memory}"
 
 
 def _scheme_text(scheme: dict) -> str:

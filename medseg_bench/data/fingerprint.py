@@ -11,6 +11,10 @@ number from every case, drawn with replacement from the foreground (label > 0) i
 `RandomState(1234)` made anew for each case, channel after channel (a channel before a CT channel advances it
 as nnU-Net's draw for it would); the statistics are numpy's on the float32 concatenation. So a CT task's clip
 bounds, mean and std are nnU-Net's (`bench/nnunet_parity.py` checks).
+
+Only as many cases are read at once as fit in the memory this process may use, beside every worker's own and
+the sample gathered here (`read_memory.reads_at_once`, from the cases' headers); a case that cannot be read
+even alone stops it before any is read, naming its image.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from functools import partial
 
 import numpy as np
 
+from medseg_bench.checks import usable_memory
 from medseg_bench.data.msd import Case
 from medseg_bench.data.normalize import mean_std
-from medseg_bench.data.parallel import parallel_map
+from medseg_bench.data.parallel import default_workers, parallel_map
+from medseg_bench.data.read_memory import FINGERPRINT, reads_at_once, stored_cases
 from medseg_bench.data.resample import nonzero_box
 from medseg_bench.data.validate import read_case
 from medseg_bench.spec import TaskSpec
@@ -93,11 +99,17 @@ def fingerprint(
     progress: bool = False,
     pool: Executor | None = None,
 ) -> dict:
-    """Fingerprint of `cases` (read in parallel, in `pool` when given)."""
+    """Fingerprint of `cases` (read in parallel, in `pool` when given; as many at once as fit in memory)."""
     per_case_samples = int(FOREGROUND_VOXELS_FOR_STATS // max(len(cases), 1))
     sampled = tuple(c for c in range(task.num_channels) if task.is_ct_channel(c))
     read = partial(case_fingerprint, num_samples=per_case_samples, sampled=sampled, task=task)
-    per_case = parallel_map(read, cases, workers, progress, "fingerprint", pool)
+    running = getattr(pool, "_max_workers", 1) if pool else workers or default_workers(len(cases))
+    # the float32 sample of every sampled channel, gathered here from the workers
+    gathered = 4 * per_case_samples * len(cases) * len(sampled)
+    at_once = reads_at_once(FINGERPRINT, stored_cases(cases), running, usable_memory(),
+                            samples=per_case_samples * len(sampled), held=gathered)
+    limited = f", {at_once} at a time (memory)" if at_once < running else ""
+    per_case = parallel_map(read, cases, workers, progress, f"fingerprint{limited}", pool, at_once)
     total_voxels = sum(int(np.prod(c["shape_zyx"])) for c in per_case)
     labels = sorted({int(v) for c in per_case for v in c["class_voxels"]} | set(task.labels))
     foreground_voxels = sum(n for c in per_case for v, n in c["class_voxels"].items() if v != "0")

@@ -287,14 +287,22 @@ def vector_components(path: Path) -> int:
 def read_geometry(path: Path) -> tuple[Geometry, int]:
     """Read only the header: geometry (spatial axes) and the number of channels (a 4D image's fourth axis, or
     a vector image's values per voxel, `vector_components`); a complex-valued image is a DataError."""
+    geometry, channels, _ = read_geometry_and_type(path)
+    return geometry, channels
+
+
+def read_geometry_and_type(path: Path) -> tuple[Geometry, int, int]:
+    """`read_geometry`, and the bytes of one value as stored (int16: 2): from the header alone, what reading
+    the image will hold (`read_memory.py`)."""
     reader = _header(path)
-    return _geometry_and_channels(
+    geometry, channels = _geometry_and_channels(
         reader.GetSpacing(),
         reader.GetOrigin(),
         reader.GetDirection(),
         reader.GetSize(),
         reader.GetNumberOfComponents(),
     )
+    return geometry, channels, _value_bytes(reader.GetPixelID())
 
 
 def _geometry_and_channels(spacing, origin, direction, size, components: int) -> tuple[Geometry, int]:

@@ -5,15 +5,20 @@ Reading, cropping, normalising and resampling a case holds several copies of it 
 works in float64, its spline prefilter on a copy of its own), the resampled channels before and after they
 are stacked. `peak_bytes` is an upper envelope of the peak resident memory measured above a worker's own
 (`bench/preprocess_memory.py`: 18 cases of 1 to 4 channels, int16/float32/float64, up- and downsampled, with
-and without a separate slice axis; the envelope is 1.09 to 2.90 times what each measured, the most where
-nothing is resampled). `least_bytes` counts only arrays that are certainly held at the same time.
+and without a separate slice axis, each after a small case that loads what a worker loads once; the envelope
+is 1.14 to 2.82 times what each measured, the most where nothing is resampled). `least_bytes` counts only
+arrays that are certainly held at the same time.
 
 A case whose `least_bytes` exceeds the memory this process may use (`checks.usable_memory`: the machine's,
-a container's or SLURM job's limit) cannot be preprocessed: the cache build stops before it starts, naming
-the case's image (a plan.json edited to a target spacing 10 times finer asks 1000 times the voxels). Else at
-most as many cases as fit by `peak_bytes` beside every worker's own memory are worked on at once
-(`cases_at_once`), however many workers there are: nnU-Net's `-np` left to the user, whose workers the
-kernel killed on a large CT task.
+a container's or SLURM job's limit, `ulimit -v`) cannot be preprocessed: the cache build stops before it
+starts, naming the case's image (a plan.json edited to a target spacing 10 times finer asks 1000 times the
+voxels). Else at most as many cases as fit by `peak_bytes` beside every worker's own memory are worked on at
+once (`cases_at_once`, through `items_at_once`, which the stages before it use too: `read_memory.py`),
+however many workers there are: nnU-Net's `-np` left to the user, whose workers the kernel killed on a large
+CT task. A per-process limit (`ulimit -v`) bounds each case alone, not how many run at once: each worker
+process has its own; a case is held to it by `least_bytes`, all of them arrays it allocates, so a case over
+it certainly fails (the worker's own address space, libraries mapped but not resident, thread arenas, is
+larger than its resident memory and varies: left out, a case just under the limit may still fail).
 """
 
 from __future__ import annotations
@@ -67,15 +72,22 @@ def least_bytes(size: CaseSize) -> int:
 def check_fits(size: CaseSize, memory: MemoryLimit | None, advice: str) -> None:
     """A DataError naming the case's image when it cannot be preprocessed even alone: its `least_bytes` are
     more than `memory`; `advice`: what else to do than give it more memory."""
-    need = least_bytes(size)
+    shown = " x ".join(str(n) for n in size.resampled)
+    check_need(size.image, "preprocessing", least_bytes(size),
+               f"{size.channels} channel(s), {shown} voxels at the plan's target spacing", memory, advice)
+
+
+def check_need(image: Path, doing: str, need: int, what: str, memory: MemoryLimit | None,
+               advice: str = "") -> None:
+    """A DataError naming `image` when `doing` it ("preprocessing", "validating") needs `need` bytes at
+    once, more than `memory` (each limit: a per-process one bounds a case alone too); `what`: the sizes that
+    make it so; `advice`: what else to do than give it more memory."""
     if memory is None or need <= memory.limit_bytes:
         return
-    shown = " x ".join(str(n) for n in size.resampled)
     raise DataError(
-        f"{size.image}: preprocessing it needs at least {need / 2**30:.3g} GiB at once ({size.channels} "
-        f"channel(s), {shown} voxels at the plan's target spacing), more than the "
-        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory, "
-        f"or {advice}")
+        f"{image}: {doing} it needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
+        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory"
+        + (f", or {advice}" if advice else ""))
 
 
 def check_all_fit(sizes: Sequence[CaseSize], memory: MemoryLimit | None, plan_file: Path) -> None:
@@ -96,5 +108,17 @@ def cases_at_once(sizes: Sequence[CaseSize], workers: int, memory: MemoryLimit |
     check_all_fit(sizes, memory, plan_file)
     # 8 workers, 2 of them at work: the 6 others hold their own memory too
     largest = max(peak_bytes(size) for size in sizes) - WORKER_BYTES
-    spare = memory.limit_bytes - workers * WORKER_BYTES
-    return max(1, min(workers, spare // max(1, largest)))
+    return items_at_once(largest, workers, memory, workers * WORKER_BYTES)
+
+
+def items_at_once(need: int, workers: int, memory: MemoryLimit | None, held: int,
+                  threads: bool = False) -> int:
+    """How many items needing `need` bytes each may be worked on at the same time, at most `workers` and at
+    least one: as many as fit into the memory the workers share beside `held` bytes held however many are at
+    work (the workers' own memory). Worker processes share `memory.shared_bytes`: a per-process limit
+    (`ulimit -v`) bounds each alone, not how many (all of them where no shared limit is known); `threads`
+    (one process) share every limit, a per-process one too."""
+    total = None if memory is None else memory.limit_bytes if threads else memory.shared_bytes
+    if total is None:
+        return workers
+    return max(1, min(workers, (total - held) // max(1, need)))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_bench.checks import usable_memory
 from medseg_bench.data.io import (
     Geometry,
     data_file_outside,
@@ -22,6 +23,7 @@ from medseg_bench.data.io import (
 from medseg_bench.data.metaimage import check_metaimage_complete
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
+from medseg_bench.data.read_memory import VALIDATION, reads_at_once, stored_cases
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.files import NAME_MAX, broken_link
 from medseg_bench.spec import TaskSpec
@@ -231,7 +233,10 @@ def validate_folder(
     workers: int = 2,
     on_case: Callable[[], None] | None = None,
 ) -> ValidationReport:
-    """Check every training case of an MSD-layout folder. Structural problems raise DataError."""
+    """Check every training case of an MSD-layout folder, `workers` at a time (threads), fewer where `deep`
+    reads of that many would not fit in the memory this process may use (`read_memory.reads_at_once`, from
+    the cases' headers). Structural problems raise DataError, and so does a case whose voxels cannot be read
+    even alone there, naming its image: before any case is read."""
     cases = training_cases(folder)
     declared = declared_labels(folder)
     # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
@@ -246,7 +251,11 @@ def validate_folder(
             on_case()
         return found
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    at_once = max(1, workers)
+    if deep:  # a header naming its voxels outside the folder is not read here either
+        readable = [case for case in cases if not _read_from_outside(case, folder)]
+        at_once = reads_at_once(VALIDATION, stored_cases(readable), at_once, usable_memory(), threads=True)
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
         per_case = list(pool.map(run, cases))
     left_out = not_imported(folder)  # by an import, with the problem it found
     return ValidationReport(cases=cases + [case for case, _, _ in left_out],

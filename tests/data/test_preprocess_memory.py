@@ -64,6 +64,23 @@ def test_cases_at_once_counts_the_idle_workers_own_memory() -> None:
     assert cases_at_once([size], 8, limit, Path("plan.json")) == 1
 
 
+def test_a_per_process_limit_bounds_each_case_not_how_many_run_at_once() -> None:
+    # `ulimit -v` as large as 2 cases in a job of 20: every worker process has its own; the job's bounds them
+    size = _size((100, 150, 200))
+    peak = peak_bytes(size)
+    job = MemoryLimit(8 * WORKER_BYTES + 5 * (peak - WORKER_BYTES), JOB, "cgroup memory.max")
+    each = MemoryLimit(2 * peak, "the process's address-space limit", "ulimit -v, RLIMIT_AS",
+                       per_process=True, shared=job)
+    assert cases_at_once([size], 8, each, Path("plan.json")) == 5
+    assert cases_at_once([size], 8, job, Path("plan.json")) == 5
+    unshared = MemoryLimit(2 * peak, each.kind, each.origin, per_process=True)  # no shared limit known
+    assert cases_at_once([size], 8, unshared, Path("plan.json")) == 8
+    # and it still refuses a case over it alone: what the case certainly holds is mapped in its process
+    tight = MemoryLimit(least_bytes(size) - 1, each.kind, each.origin, per_process=True, shared=job)
+    with pytest.raises(DataError, match=r"\(the process's address-space limit, ulimit -v, RLIMIT_AS\); run"):
+        cases_at_once([size], 8, tight, Path("plan.json"))
+
+
 def test_a_case_that_cannot_fit_alone_is_named_with_the_plan_to_change() -> None:
     huge = _size((1000, 1500, 2000))
     with pytest.raises(DataError) as info:

@@ -1,0 +1,134 @@
+"""What the stages that read every case before the cache need in memory, and so how many cases each reads at
+once: validation (`validate.check_case` with `deep`: the label map and the image read whole, a NIfTI's raw
+bytes read again for NaN and inf) and the fingerprint (`fingerprint.case_fingerprint`: the image as float32,
+the label map, the non-zero box, the foreground sample).
+
+What either holds is known from the case's headers before a voxel is read (`StoredCase`: the image's voxels,
+channels and bytes per value, and the label map's). `ReadStage` counts it per byte stored and per voxel:
+`read_bytes` is an upper envelope of the peak resident memory measured above a worker's own
+(`bench/preprocess_memory.py`, the same cases as the cache build's, stored as NIfTI, gzipped NIfTI and
+MetaImage), `least_read_bytes` counts only arrays certainly held at the same time. Their peaks are a fraction
+of the cache build's, but a large CT case with many workers at once could still pass a container's limit.
+
+A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) stops the
+stage before it reads a voxel, naming the case's image; else as many cases are read at once as fit by
+`read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads share one process
+and so every limit, `ulimit -v` too; the fingerprint's worker processes share the machine's or a cgroup's,
+beside each one's own memory and the intensity sample the fingerprint gathers from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_bench.checks import MemoryLimit
+from medseg_bench.data.io import read_geometry_and_type
+from medseg_bench.data.msd import Case
+from medseg_bench.data.preprocess_memory import WORKER_BYTES, check_need, items_at_once
+from medseg_bench.errors import DataError
+
+
+@dataclass(frozen=True)
+class StoredCase:
+    """A case's image and label map as their headers declare them: the image's shape (z, y, x), channels and
+    bytes per value as stored (int16: 2), and the label map's voxels and bytes per value."""
+
+    image: Path
+    shape: tuple[int, ...]
+    channels: int
+    value_bytes: int
+    label_voxels: int
+    label_value_bytes: int
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class PerVoxel:
+    """Bytes per voxel: `per_channel` for each channel (its float32 copy: 4), `per_value` for each byte a
+    channel's value is stored in (ITK's image and numpy's copy of it: 2), `per_label_value` for each byte a
+    label value is stored in, `per_voxel` for each voxel (the uint8 label map, masks)."""
+
+    per_channel: int
+    per_value: int
+    per_label_value: int
+    per_voxel: int
+
+    def bytes(self, size: StoredCase) -> int:
+        voxels = max(size.voxels, size.label_voxels)
+        return (size.voxels * size.channels * (self.per_channel + self.per_value * size.value_bytes)
+                + size.label_voxels * self.per_label_value * size.label_value_bytes + voxels * self.per_voxel)
+
+
+@dataclass(frozen=True)
+class ReadStage:
+    """A stage that reads every case: what it is called in messages (`doing`), its peak (`peak`, and
+    `per_sample` bytes for each value of the foreground sample it draws: the float32 sample, numpy's int64
+    indices to draw it, its pickled copy on the way back) and what it certainly holds at once (`least`)."""
+
+    doing: str
+    peak: PerVoxel
+    least: PerVoxel
+    per_sample: int = 0
+
+
+# The least coefficients of this form at least 1.1 times every peak `bench/preprocess_memory.py` measured,
+# none below what `least` counts. Validation certainly holds ITK's image and numpy's copy of it; the
+# fingerprint the float32 image beside ITK's label map.
+VALIDATION = ReadStage("validating", peak=PerVoxel(1, 3, 2, 7), least=PerVoxel(0, 2, 0, 0))
+FINGERPRINT = ReadStage("fingerprinting", peak=PerVoxel(4, 0, 4, 1), least=PerVoxel(4, 0, 1, 0),
+                        per_sample=14)
+
+
+def stored_case(case: Case) -> StoredCase | None:
+    """What the case's headers declare; None where either cannot be read (validation names the problem)."""
+    try:
+        geometry, channels, value_bytes = read_geometry_and_type(case.image)
+        label, _, label_value_bytes = read_geometry_and_type(case.label)
+    except (DataError, OSError):
+        return None
+    return StoredCase(case.image, tuple(reversed(geometry.size)), channels, value_bytes,
+                      math.prod(label.size), label_value_bytes)
+
+
+def stored_cases(cases: Sequence[Case]) -> list[StoredCase]:
+    """`stored_case` of each case whose headers can be read."""
+    return [size for size in map(stored_case, cases) if size is not None]
+
+
+def read_bytes(stage: ReadStage, size: StoredCase, samples: int = 0) -> int:
+    """At most the memory a worker uses above its own while `stage` reads the case; `samples`: the values
+    of the foreground sample it draws of the case (of every sampled channel together)."""
+    return stage.peak.bytes(size) + stage.per_sample * samples
+
+
+def least_read_bytes(stage: ReadStage, size: StoredCase) -> int:
+    """Memory `stage` certainly holds at once while it reads the case."""
+    return stage.least.bytes(size)
+
+
+def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> None:
+    """A DataError naming the case's image when `stage` cannot read it even alone (`least_read_bytes`)."""
+    shown = " x ".join(str(n) for n in size.shape)
+    check_need(size.image, stage.doing, least_read_bytes(stage, size),
+               f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
+
+
+def reads_at_once(stage: ReadStage, sizes: Sequence[StoredCase], workers: int, memory: MemoryLimit | None,
+                  threads: bool = False, samples: int = 0, held: int = 0) -> int:
+    """How many of the cases `stage` may read at the same time, at most `workers`: as many of the largest
+    as fit by `read_bytes` beside the workers' own memory (`WORKER_BYTES` each; `threads`: once, they share
+    one process) and `held` bytes more (what the stage's own process gathers). A DataError naming the
+    first case's image that cannot be read even alone (`check_read_fits`)."""
+    if not sizes or memory is None:
+        return workers
+    for size in sizes:
+        check_read_fits(stage, size, memory)
+    largest = max(read_bytes(stage, size, samples) for size in sizes)
+    own = WORKER_BYTES if threads else workers * WORKER_BYTES
+    return items_at_once(largest, workers, memory, own + held, threads)

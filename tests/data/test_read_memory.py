@@ -1,0 +1,194 @@
+"""The memory of the stages that read every case before the cache (validation, the fingerprint): sized from
+the headers, a case that cannot be read even alone named before any is read, fewer cases at once where only
+that many fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medseg_bench.checks import MemoryLimit
+from medseg_bench.data import fingerprint as fingerprint_module
+from medseg_bench.data import validate
+from medseg_bench.data.catalog import get_task
+from medseg_bench.data.fingerprint import fingerprint
+from medseg_bench.data.msd import Case, training_cases
+from medseg_bench.data.preprocess_memory import WORKER_BYTES
+from medseg_bench.data.read_memory import (
+    FINGERPRINT,
+    VALIDATION,
+    StoredCase,
+    least_read_bytes,
+    read_bytes,
+    reads_at_once,
+    stored_case,
+    stored_cases,
+)
+from medseg_bench.data.validate import validate_folder
+from medseg_bench.errors import DataError
+from tests.conftest import make_synthetic_task, write_image, write_task_file
+
+MIB, GIB = 2**20, 2**30
+JOB = "the container's or job's memory limit"
+
+
+def _metaimage(path: Path, size_xyz: tuple[int, ...], element: str, channels: int = 1) -> Path:
+    """A MetaImage header whose data file is empty: only the header can be read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / f"{path.stem}.raw").write_bytes(b"")
+    components = f"ElementNumberOfChannels = {channels}\n" if channels > 1 else ""
+    path.write_text(f"ObjectType = Image\nNDims = {len(size_xyz)}\nDimSize = {' '.join(map(str, size_xyz))}\n"
+                    f"ElementSpacing = {' '.join(['1'] * len(size_xyz))}\n{components}"
+                    f"ElementType = {element}\nElementDataFile = {path.stem}.raw\n")
+    return path
+
+
+def test_a_case_is_sized_from_its_headers_without_reading_a_voxel(tmp_path: Path) -> None:
+    image = _metaimage(tmp_path / "image.mhd", (300, 200, 100), "MET_SHORT")
+    label = _metaimage(tmp_path / "label.mhd", (300, 200, 100), "MET_UCHAR")
+    assert stored_case(Case("a", image, label)) == StoredCase(image, (100, 200, 300), 1, 2, 6_000_000, 1)
+    four = tmp_path / "four.nii.gz"
+    write_image(four, np.zeros((3, 4, 5, 6), np.float64))  # channels along a fourth axis, as MSD's
+    vector = _metaimage(tmp_path / "rgb.mhd", (6, 5, 4), "MET_FLOAT", channels=3)
+    nifti = tmp_path / "label.nii.gz"
+    write_image(nifti, np.zeros((4, 5, 6), np.int16))
+    assert stored_case(Case("b", four, nifti)) == StoredCase(four, (4, 5, 6), 3, 8, 120, 2)
+    assert stored_case(Case("c", vector, nifti)) == StoredCase(vector, (4, 5, 6), 3, 4, 120, 2)
+    missing = Case("d", tmp_path / "none.nii.gz", nifti)
+    assert stored_case(missing) is None  # validation names it; nothing to size
+    assert stored_cases([missing, Case("b", four, nifti)]) == [stored_case(Case("b", four, nifti))]
+
+
+def _stored(shape: tuple[int, int, int] = (100, 200, 300), channels: int = 2, value_bytes: int = 2,
+            label_bytes: int = 1) -> StoredCase:
+    return StoredCase(Path("/data/imagesTr/a.nii.gz"), shape, channels, value_bytes, int(np.prod(shape)),
+                      label_bytes)
+
+
+def test_read_and_least_bytes_count_the_copies_of_a_case() -> None:
+    size = _stored()
+    voxels = 100 * 200 * 300
+    assert read_bytes(VALIDATION, size) == voxels * (2 * (1 + 3 * 2) + 2 * 1 + 7)
+    assert least_read_bytes(VALIDATION, size) == voxels * 2 * 2 * 2  # ITK's image and numpy's copy
+    assert read_bytes(FINGERPRINT, size, samples=1000) == voxels * (2 * 4 + 4 * 1 + 1) + 14 * 1000
+    assert least_read_bytes(FINGERPRINT, size) == voxels * (2 * 4 + 1)  # float32 channels, ITK's label
+    for stage in (VALIDATION, FINGERPRINT):
+        assert read_bytes(stage, size) > least_read_bytes(stage, size)
+
+
+def test_threads_share_every_limit_processes_only_the_shared_one() -> None:
+    size = _stored()
+    need = read_bytes(VALIDATION, size)
+    job = MemoryLimit(WORKER_BYTES + 3 * need + 1, JOB)
+    assert reads_at_once(VALIDATION, [size], 8, job, threads=True) == 3  # one process's own memory
+    assert reads_at_once(VALIDATION, [size], 8, job) == 1  # 8 processes' own memory: room for none more
+    assert reads_at_once(VALIDATION, [size], 8, MemoryLimit(8 * WORKER_BYTES + 2 * need, JOB)) == 2
+    assert reads_at_once(VALIDATION, [size], 8, MemoryLimit(8 * WORKER_BYTES + 2 * need, JOB),
+                         held=need) == 1  # what the stage gathers in its own process
+    # `ulimit -v` as large as 3 cases: each worker process has its own; their threads share it
+    machine = MemoryLimit(64 * GIB, "the machine's memory")
+    each = MemoryLimit(WORKER_BYTES + 3 * need + 1, "the process's address-space limit",
+                       "ulimit -v, RLIMIT_AS", per_process=True, shared=machine)
+    assert reads_at_once(VALIDATION, [size], 8, each) == 8
+    assert reads_at_once(VALIDATION, [size], 8, each, threads=True) == 3
+    alone = MemoryLimit(each.limit_bytes, each.kind, each.origin, per_process=True)  # nothing shared known
+    assert reads_at_once(VALIDATION, [size], 8, alone) == 8
+    assert reads_at_once(VALIDATION, [size], 8, None) == 8 and reads_at_once(VALIDATION, [], 8, job) == 8
+
+
+def test_a_case_that_cannot_be_read_even_alone_is_named() -> None:
+    huge = _stored((1000, 1000, 1000), channels=1, value_bytes=4)
+    for stage, doing, need in ((VALIDATION, "validating", 7.45), (FINGERPRINT, "fingerprinting", 4.66)):
+        with pytest.raises(DataError) as info:
+            reads_at_once(stage, [_stored((10, 10, 10)), huge], 2,
+                          MemoryLimit(4 * GIB, JOB, "cgroup memory.max"))
+        assert str(info.value) == (
+            f"/data/imagesTr/a.nii.gz: {doing} it needs at least {need} GiB at once (1 channel(s), 1000 x "
+            "1000 x 1000 voxels of 4 byte(s)), more than the 4 GiB this process may use (the container's or "
+            "job's memory limit, cgroup memory.max); run with more memory")
+    # a per-process limit bounds a case alone too: its arrays are all in the process's address space
+    each = MemoryLimit(4 * GIB, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True,
+                       shared=MemoryLimit(64 * GIB, "the machine's memory"))
+    with pytest.raises(DataError, match=r"^/data/imagesTr/a\.nii\.gz: validating it needs at least 7\.45 GiB "
+                                        r".*\(the process's address-space limit, ulimit -v, RLIMIT_AS\)"):
+        reads_at_once(VALIDATION, [huge], 8, each)
+
+
+@pytest.fixture
+def synth(home: Path, tmp_path: Path) -> tuple[Path, Any]:
+    write_task_file(home, "Task90_Synth")
+    return make_synthetic_task(tmp_path / "Task90_Synth", num_cases=4), get_task("Task90_Synth")
+
+
+def _thread_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    counts: list[int] = []
+    real = validate.ThreadPoolExecutor
+
+    def counting(max_workers: int) -> Any:
+        counts.append(max_workers)
+        return real(max_workers=max_workers)
+
+    monkeypatch.setattr(validate, "ThreadPoolExecutor", counting)
+    return counts
+
+
+def test_validation_reads_fewer_cases_at_once_where_memory_is_short(
+        synth: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, task = synth
+    counts = _thread_counts(monkeypatch)
+    need = read_bytes(VALIDATION, stored_cases(training_cases(folder))[0])
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(WORKER_BYTES + 2 * need, JOB))
+    assert validate_folder(folder, task, workers=4).problems == []
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(64 * GIB, JOB))
+    assert validate_folder(folder, task, workers=4).problems == []
+    validate_folder(folder, task, deep=False, workers=4)  # headers only: not bounded
+    assert counts == [2, 4, 4]
+
+
+def test_validation_stops_on_a_case_it_cannot_read_before_reading_any(
+        synth: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, task = synth
+    (folder / "imagesTr" / "case_000.nii.gz").unlink()  # no header: named by validation, not sized
+    read: list[Path] = []
+    monkeypatch.setattr(validate, "read_label", lambda path: read.append(path))
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(10_000, JOB, "cgroup memory.max"))
+    with pytest.raises(DataError) as info:
+        validate_folder(folder, task)
+    assert str(info.value).startswith(f"{folder / 'imagesTr' / 'case_001.nii.gz'}: validating it needs at "
+                                      "least ")
+    assert "\n" not in str(info.value) and read == []
+    monkeypatch.undo()  # the real reads, and memory
+    assert validate_folder(folder, task).excluded == {"case_000"}
+
+
+def test_the_fingerprint_reads_fewer_cases_at_once_where_memory_is_short(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_task_file(home, "Task92_CT", ct=True)
+    cases = training_cases(make_synthetic_task(tmp_path / "Task92_CT", num_cases=4, ct=True))
+    task = get_task("Task92_CT")
+    calls: list[tuple[str, int | None]] = []
+    real_map = fingerprint_module.parallel_map
+
+    def spy(fn: Any, items: Any, workers: Any = None, progress: bool = False, description: str = "",
+            pool: Any = None, at_once: int | None = None) -> Any:
+        calls.append((description, at_once))
+        return real_map(fn, items, workers, progress, description, pool, at_once)
+
+    monkeypatch.setattr(fingerprint_module, "parallel_map", spy)
+    samples = 40_000 // 4  # the conftest's sample, of the one CT channel
+    need = read_bytes(FINGERPRINT, stored_cases(cases)[0], samples)
+    gathered = 4 * 40_000
+    monkeypatch.setattr(fingerprint_module, "usable_memory",
+                        lambda: MemoryLimit(2 * WORKER_BYTES + gathered + need, JOB))
+    fp = fingerprint(task, cases, workers=2)
+    monkeypatch.setattr(fingerprint_module, "usable_memory",
+                        lambda: MemoryLimit(2 * WORKER_BYTES + gathered + 2 * need, JOB))
+    assert fingerprint(task, cases, workers=2) == fp
+    assert calls == [("fingerprint, 1 at a time (memory)", 1), ("fingerprint", 2)]
+    monkeypatch.setattr(fingerprint_module, "usable_memory", lambda: MemoryLimit(10_000, JOB))
+    with pytest.raises(DataError, match=rf"^{tmp_path}/Task92_CT/imagesTr/case_000\.nii\.gz: fingerprinting "
+                                        "it needs at least .* GiB at once"):
+        fingerprint(task, cases, workers=2)
