@@ -40,7 +40,7 @@ from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 from medseg_bench.data.io import Geometry, read_label
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.normalize import nonzero_mask, normalize
-from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
+from medseg_bench.data.parallel import default_workers, parallel_map, pool_size, worker_pool
 from medseg_bench.data.plan import (
     Budget,
     Plan,
@@ -292,7 +292,7 @@ def build_cache(
         leftover.unlink()
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
-        running = getattr(pool, "_max_workers", 1) if pool else workers or default_workers(len(todo))
+        running = pool_size(pool, workers, len(todo))
         at_once = cases_at_once(case_sizes(todo, plan, cache_dir.parent, own_slices), running,
                                 usable_memory(), cache_dir.parent / "plan.json")
         limited = f", {at_once} at a time (memory)" if at_once < running else ""
