@@ -280,11 +280,7 @@ def build_cache(
 ) -> None:
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone.
     `own_slices`: each case keeps its slice spacing (`preprocess_image`); `task`: see `preprocess_case`."""
-    complete = cache_dir / "complete.json"
-    wanted = sorted(c.case_id for c in cases)
-    # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
-    marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
-    if marker is not None and marker.get("cases") == wanted:
+    if is_built(cache_dir, cases):
         check_cache(cache_dir, cases)
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -306,8 +302,31 @@ def build_cache(
             at_once,
         )
     check_cache(cache_dir, cases)  # the cases kept from before as well
-    record = {"cases": wanted, "plan": plan.to_dict()}
-    write_json_atomic(complete, record | {"own_slices": True} if own_slices else record)
+    record = {"cases": sorted(c.case_id for c in cases), "plan": plan.to_dict()}
+    write_json_atomic(cache_dir / "complete.json", record | {"own_slices": True} if own_slices else record)
+
+
+def is_built(cache_dir: Path, cases: Sequence[Case]) -> bool:
+    """Whether the cache in `cache_dir` was finished for exactly `cases` (its `complete.json` lists them):
+    `build_cache` then only checks it, else it builds the cases missing. A damaged marker, or one of other
+    cases, reads as an unfinished cache."""
+    complete = cache_dir / "complete.json"
+    marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
+    return marker is not None and marker.get("cases") == sorted(c.case_id for c in cases)
+
+
+def caches_to_build(cases: Sequence[Case], plan: Plan, root: Path,
+                    own_slices: bool = False) -> list[tuple[Path, bool]]:
+    """The caches `prepare_task` would build for `cases` under `root` (each with its `own_slices`), those not
+    built yet (`is_built`): the plan's, and with `own_slices` the one of 2D runs that keep their slices,
+    unless the plan's cache, built, serves them as well (`_same_with_own_slices`). What `sweep --dry-run`
+    checks."""
+    cache_dir = root / plan.preprocessing_hash
+    todo = [] if is_built(cache_dir, cases) else [(cache_dir, False)]
+    if own_slices and (todo or not _same_with_own_slices(cache_dir, list(cases), plan)):
+        own_dir = root / f"{plan.preprocessing_hash}-2d"
+        todo += [] if is_built(own_dir, cases) else [(own_dir, True)]
+    return todo
 
 
 def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool = False) -> list[CaseSize]:

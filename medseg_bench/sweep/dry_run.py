@@ -179,18 +179,13 @@ def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: P
     a much finer target spacing). A task not fetched is said so by `_unfetched`."""
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.fetch import is_complete
-    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.data.preprocess import caches_to_build, case_sizes, usable_cases
     from medseg_bench.data.preprocess_memory import check_all_fit
 
-    root = plan_file.parent
-    caches = [(root / plan.preprocessing_hash, False)]
-    if own_slices:
-        caches.append((root / f"{plan.preprocessing_hash}-2d", True))
-    caches = [(folder, own) for folder, own in caches if not (folder / "complete.json").is_file()]
-    if not caches or not is_complete(data_dir / task.name):
+    if not is_complete(data_dir / task.name):
         return
-    cases, memory = usable_cases(task, data_dir), usable_memory()
-    for _, own in caches:
+    root, cases, memory = plan_file.parent, usable_cases(task, data_dir), usable_memory()
+    for _, own in caches_to_build(cases, plan, root, own_slices):  # as the cache build decides it
         check_all_fit(case_sizes(cases, plan, root, own), memory, plan_file)
 
 

@@ -265,3 +265,32 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
     planned = dry_run_lines([spec], tmp_path / "results", data)
     assert planned.exit_code == 3, planned.lines
     assert f"Task90_Synth: the sweep would stop: {refused.value}" in planned.lines
+
+
+def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2D runs that keep their slices read the 3D cache where no case's slices are resampled (1 mm cases): the
+    dry run checked the memory of a `-2d` cache the sweep never builds, and stopped where the sweep trains."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(src), progress=False)
+    preprocess.prepare_task(task, data, num_folds=3, workers=1)  # the 3D cache only
+    memory = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)  # no case fits: a cache to build stops
+    spec = RunSpec(task="Task90_Synth", dims="2d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                   encoder="resnet34")
+    assert spec.own_slice_spacing
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 0, planned.lines
+    prepared = preprocess.prepare_task(task, data, num_folds=3, workers=1, own_slices=True)  # as the sweep
+    assert prepared.own_slices_dir == prepared.cache_dir  # built nothing, stopped on nothing
