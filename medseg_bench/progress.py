@@ -92,7 +92,8 @@ class PlainReporter:
                   "not reached": self.total - max(self.started, self.finished)}
         parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
         minutes = elapsed / 60
-        self.say(f"sweep finished: {parts or 'nothing to do'} (of {self.total} runs) in {minutes:.1f} min")
+        runs = f"{self.total} run{'' if self.total == 1 else 's'}"
+        self.say(f"sweep finished: {parts or 'nothing to do'} (of {runs}) in {minutes:.1f} min")
 
 
 class LiveReporter(PlainReporter):

@@ -35,6 +35,17 @@ def test_plain_lines_with_counts_and_eta() -> None:
     assert lines[6].startswith("sweep finished: 2 trained, 1 failed, 1 skipped (of 4 runs) in ")
 
 
+def test_a_sweep_of_one_run_says_run() -> None:
+    # "sweep finished: 1 trained (of 1 runs)"
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(1)
+    reporter.run_start("r0")
+    reporter.run_end("r0", {"mean": {"dice": 0.8}})
+    reporter.close()
+    assert out.getvalue().splitlines()[-1].startswith("sweep finished: 1 trained (of 1 run) in ")
+
+
 def test_a_sweep_stopped_mid_run_counts_that_run_apart_from_those_not_reached() -> None:
     # The run a Ctrl-C stopped was counted "not reached" with those never started.
     console, out = _console()

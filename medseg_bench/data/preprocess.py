@@ -297,7 +297,7 @@ def build_cache(
             todo,
             workers,
             progress,
-            f"preprocessing {len(todo)} cases{limited}",
+            f"preprocessing {len(todo)} case{'' if len(todo) == 1 else 's'}{limited}",
             pool,
             at_once,
         )

@@ -129,7 +129,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     if outcome["failed"]:
         if damaged is not None:  # exit 5 names the failed runs; the damaged ones still need this line
             warn_on_stderr(str(damaged))
-        raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
+        of = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
+        raise RunError(f"{len(outcome['failed'])} of {of} failed: {', '.join(outcome['failed'])}")
     if damaged is not None:
         raise damaged
     return outcome

@@ -69,7 +69,7 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     outcome, said = _stopped_parallel(tmp_path, [spec], 1)
     assert outcome["done"] == [spec.run_id] and not outcome["failed"]
     assert f"[1/1] {spec.run_id}: done, mean Dice 0.5000" in said
-    assert "sweep finished: 1 trained (of 1 runs)" in said
+    assert "sweep finished: 1 trained (of 1 run)" in said
 
 
 def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_while_training(
