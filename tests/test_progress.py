@@ -46,6 +46,22 @@ def test_a_sweep_of_one_run_says_run() -> None:
     assert out.getvalue().splitlines()[-1].startswith("sweep finished: 1 trained (of 1 run) in ")
 
 
+def test_a_run_refused_before_it_started_is_said_failed_and_no_basis_of_the_eta() -> None:
+    # an interrupted run whose plan changed since it started fails before the cache is built
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(3)
+    reporter.refuse("r0", "setup.json: the run started with patch 40x56x40")
+    reporter.run_start("r1")
+    reporter.run_end("r1", {"mean": {"dice": 0.8}})
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/3] r0: failed: setup.json: the run started with patch 40x56x40"  # not "training"
+    assert lines[1] == "[2/3] r1: training"
+    assert reporter.ran == 1  # the ETA: r1's time for each run left
+    assert lines[-1].startswith("sweep finished: 1 trained, 1 failed, 1 not reached (of 3 runs) in ")
+
+
 def test_a_sweep_stopped_mid_run_counts_that_run_apart_from_those_not_reached() -> None:
     # The run a Ctrl-C stopped was counted "not reached" with those never started.
     console, out = _console()

@@ -89,6 +89,19 @@ class PreparedTask:
         return self.own_slices_dir
 
 
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task planned and split, its cache not (necessarily) built: what an interrupted run's setup is checked
+    against before a sweep builds the cache (`sweep.worker.setup_problem`), a build a changed target spacing
+    makes long."""
+
+    task: TaskSpec
+    plan: Plan
+    root: Path  # <data_dir>/preprocessed/<Task>: plan.json, the splits files, the caches
+    case_ids: list[str]
+    splits: list[dict[str, list[str]]]
+
+
 class _PythonWrites:
     """A file for `np.save` that is not a file object to numpy: it writes through Python's `write`, whose
     OSError says why (ENOSPC: "No space left on device"), not through C's fwrite, whose short write numpy
@@ -237,11 +250,10 @@ def prepare_task(
     case's slices are resampled in the 3D cache.
     """
     cases = usable_cases(task, data_dir)
-    root = data_dir / "preprocessed" / task.name
     own_slices_dir = None
     with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for every stage
-        plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
-        check_declared_labels(task, cases, root)
+        planned = _plan_and_split(task, cases, data_dir, num_folds, budget, progress, pool)
+        plan, root = planned.plan, planned.root
         cache_dir = root / plan.preprocessing_hash
         build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool, task=task)
         if own_slices:
@@ -250,9 +262,29 @@ def prepare_task(
                 own_slices_dir = root / f"{plan.preprocessing_hash}-2d"
                 build_cache(cases, plan, own_slices_dir, workers=workers, progress=progress, pool=pool,
                             own_slices=True, task=task)
+    return PreparedTask(task, plan, cache_dir, planned.case_ids, planned.splits, own_slices_dir)
+
+
+def plan_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: int | None = None,
+              progress: bool = False) -> PlannedTask:
+    """`prepare_task`'s steps before the cache: fingerprint (where there is no plan), plan and split a
+    fetched task. A sweep checks its interrupted runs against them before it builds the cache."""
+    cases = usable_cases(task, data_dir)
+    # a pool starts no process until it is given work: none where the task has its plan
+    with worker_pool(workers or default_workers(len(cases))) as pool:
+        return _plan_and_split(task, cases, data_dir, num_folds, None, progress, pool)
+
+
+def _plan_and_split(task: TaskSpec, cases: list[Case], data_dir: Path, num_folds: int, budget: Budget | None,
+                    progress: bool, pool: Executor | None) -> PlannedTask:
+    """The plan (made where there is none) and the splits (made where there are none) of `cases`; split before
+    the cache is built, so that a splits file the sweep refuses stops it before that build."""
+    root = data_dir / "preprocessed" / task.name
+    plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
+    check_declared_labels(task, cases, root)
     case_ids = sorted(c.case_id for c in cases)
-    splits = load_or_make_splits(root, case_ids, num_folds, task.group_pattern)
-    return PreparedTask(task, plan, cache_dir, case_ids, splits, own_slices_dir)
+    return PlannedTask(task, plan, root, case_ids, load_or_make_splits(root, case_ids, num_folds,
+                                                                       task.group_pattern))
 
 
 def _same_with_own_slices(cache_dir: Path, cases: list[Case], plan: Plan) -> bool:

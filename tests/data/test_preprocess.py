@@ -635,3 +635,17 @@ def test_the_source_digest_names_the_data_not_where_it_lies(home: Path, tmp_path
     entry.write_text(json.dumps(props))
     assert source_digest(prepared.cache_dir, ids) is None
     assert source_digest(prepared.cache_dir, ["no_such_case"]) is None
+
+
+def test_a_task_is_planned_and_split_without_its_cache(home: Path, tmp_path: Path) -> None:
+    # what a sweep checks its interrupted runs against before it builds the cache (`sweep.local`)
+    from medseg_bench.data.preprocess import plan_task
+
+    data = _fetched(home, tmp_path, "Task90_Synth", num_cases=4)
+    planned = plan_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
+    root = data / "preprocessed" / "Task90_Synth"
+    assert planned.root == root and not [p for p in root.iterdir() if p.is_dir()]  # no cache
+    assert sorted(p.name for p in root.iterdir()) == ["fingerprint.json", "plan.json", "splits_2fold.json"]
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
+    assert (prepared.plan, prepared.case_ids, prepared.splits) == (planned.plan, planned.case_ids,
+                                                                   planned.splits)
