@@ -294,3 +294,29 @@ def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
     assert planned.exit_code == 0, planned.lines
     prepared = preprocess.prepare_task(task, data, num_folds=3, workers=1, own_slices=True)  # as the sweep
     assert prepared.own_slices_dir == prepared.cache_dir  # built nothing, stopped on nothing
+
+
+def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_building_the_cache(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted run whose plan.json changed since it started fails before the sweep builds the cache
+    (`local._refuse_changed`); the dry run says so, and checks the cache only for the runs that go ahead."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from tests.sweep.test_local import REFUSED, _interrupted_on_an_edited_plan
+
+    data, started, fresh, root = _interrupted_on_an_edited_plan(home, tmp_path)
+    (root / "splits_3fold.json").unlink()  # made by the sweep as the run's split was: the same split
+    results = tmp_path / "results"
+    memory = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)  # the new plan's cache cannot be built
+    refused = f"Task90_Synth/{started.run_id}: the sweep would fail it: {run_dir(results, started) / REFUSED}"
+    alone = dry_run_lines([started], results, data)
+    assert refused in alone.lines
+    assert alone.exit_code == 0, alone.lines  # no run left to build the cache for: none is built
+    assert alone.lines[-1].startswith("cost of the 0 runs left: ")
+    both = dry_run_lines([started, fresh], results, data)
+    assert refused in both.lines
+    assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
+    assert not (root / "splits_3fold.json").exists()  # nothing written
