@@ -103,7 +103,7 @@ def test_a_run_found_busy_after_its_start_keeps_its_number() -> None:
 def test_live_display_tracks_parallel_runs() -> None:
     console, out = _console()
     reporter = LiveReporter(console)
-    reporter.start(2)
+    reporter.start(3)
     reporter.run_start("a")
     reporter.run_start("b")
     reporter.epoch_end("b", 1, 3, 0.9, 0.1)
@@ -113,9 +113,12 @@ def test_live_display_tracks_parallel_runs() -> None:
     reporter.run_end("a", {"mean": {"dice": 0.5}})
     assert set(reporter.active) == {"b"}
     reporter.run_end("b", None, "boom")
+    reporter.refuse("c", "[changed] plan")  # refused before it started: counted, never shown as active
+    assert reporter.active == {}
     reporter.close()
     overall = next(t for t in reporter.progress.tasks if t.id == reporter.overall)
-    assert overall.completed == 2 and "b: failed: boom" in out.getvalue()
+    assert overall.completed == 3 and "b: failed: boom" in out.getvalue()
+    assert "c: failed: [changed] plan" in out.getvalue()
 
 
 def test_messages_are_text_not_markup() -> None:
