@@ -38,6 +38,7 @@ class PlainReporter:
         self.started = 0  # runs started or skipped: two that start together (--jobs) get numbers of their own
         self.ran = 0  # finished runs that were executed (not skipped): the basis of the ETA
         self.failed = self.skipped = 0
+        self.refused = 0  # failed before they started (`refuse`): no basis of the ETA
         self._numbered: set[str] = set()  # runs that have their number (a run started, then found busy: one)
         self._start = time.perf_counter()
 
@@ -58,6 +59,14 @@ class PlainReporter:
         self.skipped += 1
         self._number(run_id)
         self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({escape(reason)})")
+
+    def refuse(self, run_id: str, error: str) -> None:
+        """A run failed before it started: an interrupted run that cannot resume (`worker.refuse_changed`),
+        said as a failed run is."""
+        self.finished += 1
+        self.refused += 1
+        self._number(run_id)
+        self.say(f"[{self.finished}/{self.total}] {run_id}: [red]failed[/red]: {escape(error)}")
 
     def run_start(self, run_id: str) -> None:
         self._number(run_id)
@@ -87,12 +96,14 @@ class PlainReporter:
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self._start
-        counts = {"trained": self.ran - self.failed, "failed": self.failed, "skipped": self.skipped,
+        counts = {"trained": self.ran - self.failed, "failed": self.failed + self.refused,
+                  "skipped": self.skipped,
                   "stopped while training": max(0, self.started - self.finished),  # they resume next time
                   "not reached": self.total - max(self.started, self.finished)}
         parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
         minutes = elapsed / 60
-        self.say(f"sweep finished: {parts or 'nothing to do'} (of {self.total} runs) in {minutes:.1f} min")
+        runs = f"{self.total} run{'' if self.total == 1 else 's'}"
+        self.say(f"sweep finished: {parts or 'nothing to do'} (of {runs}) in {minutes:.1f} min")
 
 
 class LiveReporter(PlainReporter):
@@ -119,6 +130,10 @@ class LiveReporter(PlainReporter):
         if run_id in self.active:  # started, then found held by another process
             self.progress.remove_task(self.active.pop(run_id))
         super().skip(run_id, reason)
+        self.progress.advance(self.overall)
+
+    def refuse(self, run_id: str, error: str) -> None:
+        super().refuse(run_id, error)
         self.progress.advance(self.overall)
 
     def run_start(self, run_id: str) -> None:

@@ -33,7 +33,7 @@ from medseg_bench.checkpoints import RUN_ID_KEY, AtomicCheckpointIO, mapped_chec
 from medseg_bench.checks import MemoryLimit, usable_memory
 from medseg_bench.data.datamodule import EpochSampler, make_loaders
 from medseg_bench.data.plan import model_spacing, slice_axis
-from medseg_bench.data.preprocess import PreparedTask
+from medseg_bench.data.preprocess import PlannedTask, PreparedTask
 from medseg_bench.data.resample import anisotropic_axis
 from medseg_bench.errors import RunError
 from medseg_bench.inference import NNUNET_INFERENCE_FROM
@@ -265,9 +265,10 @@ class TrainResult:
     device: str = "cpu"
 
 
-def resolve_patch_and_batch(spec: RunSpec, prepared: PreparedTask) -> tuple[tuple[int, ...], int]:
+def resolve_patch_and_batch(spec: RunSpec,
+                            prepared: PreparedTask | PlannedTask) -> tuple[tuple[int, ...], int]:
     """Patch and batch size of a run: the spec's, else the plan's, rounded up to what the arch accepts
-    (a patch given in the spec must already fit: it is part of the run id)."""
+    (a patch given in the spec must already fit: it is part of the run id). Its plan is all it reads."""
     plan = prepared.plan
     batch = spec.batch_size or (plan.batch_2d if spec.dims == "2d" else plan.batch_3d)
     if spec.patch_size is not None:

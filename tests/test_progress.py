@@ -35,6 +35,33 @@ def test_plain_lines_with_counts_and_eta() -> None:
     assert lines[6].startswith("sweep finished: 2 trained, 1 failed, 1 skipped (of 4 runs) in ")
 
 
+def test_a_sweep_of_one_run_says_run() -> None:
+    # "sweep finished: 1 trained (of 1 runs)"
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(1)
+    reporter.run_start("r0")
+    reporter.run_end("r0", {"mean": {"dice": 0.8}})
+    reporter.close()
+    assert out.getvalue().splitlines()[-1].startswith("sweep finished: 1 trained (of 1 run) in ")
+
+
+def test_a_run_refused_before_it_started_is_said_failed_and_no_basis_of_the_eta() -> None:
+    # an interrupted run whose plan changed since it started fails before the cache is built
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(3)
+    reporter.refuse("r0", "setup.json: the run started with patch 40x56x40")
+    reporter.run_start("r1")
+    reporter.run_end("r1", {"mean": {"dice": 0.8}})
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/3] r0: failed: setup.json: the run started with patch 40x56x40"  # not "training"
+    assert lines[1] == "[2/3] r1: training"
+    assert reporter.ran == 1  # the ETA: r1's time for each run left
+    assert lines[-1].startswith("sweep finished: 1 trained, 1 failed, 1 not reached (of 3 runs) in ")
+
+
 def test_a_sweep_stopped_mid_run_counts_that_run_apart_from_those_not_reached() -> None:
     # The run a Ctrl-C stopped was counted "not reached" with those never started.
     console, out = _console()
@@ -76,7 +103,7 @@ def test_a_run_found_busy_after_its_start_keeps_its_number() -> None:
 def test_live_display_tracks_parallel_runs() -> None:
     console, out = _console()
     reporter = LiveReporter(console)
-    reporter.start(2)
+    reporter.start(3)
     reporter.run_start("a")
     reporter.run_start("b")
     reporter.epoch_end("b", 1, 3, 0.9, 0.1)
@@ -86,9 +113,12 @@ def test_live_display_tracks_parallel_runs() -> None:
     reporter.run_end("a", {"mean": {"dice": 0.5}})
     assert set(reporter.active) == {"b"}
     reporter.run_end("b", None, "boom")
+    reporter.refuse("c", "[changed] plan")  # refused before it started: counted, never shown as active
+    assert reporter.active == {}
     reporter.close()
     overall = next(t for t in reporter.progress.tasks if t.id == reporter.overall)
-    assert overall.completed == 2 and "b: failed: boom" in out.getvalue()
+    assert overall.completed == 3 and "b: failed: boom" in out.getvalue()
+    assert "c: failed: [changed] plan" in out.getvalue()
 
 
 def test_messages_are_text_not_markup() -> None:

@@ -138,8 +138,10 @@ def evaluate(
     for row in means.itertuples():
         if row.n_both_empty:
             kind = "region" if isinstance(row.label, str) else "label"
+            of = f"{row.n_cases} case{'' if row.n_cases == 1 else 's'}"
             typer.secho(
-                f"note: {kind} {row.label}: {row.n_both_empty} of {row.n_cases} cases have both masks empty "
+                f"note: {kind} {row.label}: {row.n_both_empty} of {of} "
+                f"{'has' if row.n_both_empty == 1 else 'have'} both masks empty "
                 "(metrics NaN, left out of the mean)",
                 err=True,
             )

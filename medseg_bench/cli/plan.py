@@ -116,7 +116,8 @@ def plan(
     for value, cls in fp["class_frequencies"].items():
         table.add_row(
             f"class {value} ({cls['name']})",
-            f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} cases",
+            f"{100 * cls['voxel_fraction']:.3g}% of voxels, in {cls['cases_present']} "
+            f"case{'' if cls['cases_present'] == 1 else 's'}",
         )
     out.print(table)
 

@@ -233,7 +233,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,
                                 prepared_for=lambda spec: prepared[prepared_key(spec)])
     if submitted:
-        typer.echo(f"{len(submitted)} jobs submitted; follow them with "
+        typer.echo(f"{len(submitted)} job{'' if len(submitted) == 1 else 's'} submitted; follow them with "
                    f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")
     if damaged:
         from medseg_bench.finished import damaged_runs_error

@@ -27,7 +27,7 @@ import numpy as np
 from medseg_bench.checks import usable_memory
 from medseg_bench.data.msd import Case
 from medseg_bench.data.normalize import mean_std
-from medseg_bench.data.parallel import default_workers, parallel_map
+from medseg_bench.data.parallel import parallel_map, pool_size
 from medseg_bench.data.read_memory import FINGERPRINT, reads_at_once, stored_cases
 from medseg_bench.data.resample import nonzero_box
 from medseg_bench.data.validate import read_case
@@ -103,7 +103,7 @@ def fingerprint(
     per_case_samples = int(FOREGROUND_VOXELS_FOR_STATS // max(len(cases), 1))
     sampled = tuple(c for c in range(task.num_channels) if task.is_ct_channel(c))
     read = partial(case_fingerprint, num_samples=per_case_samples, sampled=sampled, task=task)
-    running = getattr(pool, "_max_workers", 1) if pool else workers or default_workers(len(cases))
+    running = pool_size(pool, workers, len(cases))
     # the float32 sample of every sampled channel, gathered here from the workers
     gathered = 4 * per_case_samples * len(cases) * len(sampled)
     at_once = reads_at_once(FINGERPRINT, stored_cases(cases), running, usable_memory(),

@@ -82,7 +82,8 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
                                 *_count_warning(data, json_path, labels)])
     how = (f"each case's {len(channels)} channel files stacked into one 4D image" if len(channels) > 1
            else "each CASE_0000 image renamed CASE")
-    say(f"{root.name}: an nnU-Net v2 dataset of {len(labels)} cases, imported in MSD's layout ({how})")
+    cases = f"{len(labels)} case{'' if len(labels) == 1 else 's'}"
+    say(f"{root.name}: an nnU-Net v2 dataset of {cases}, imported in MSD's layout ({how})")
     training, not_imported = [], []
     for label in labels:
         case_id = label.name[:-len(ending)]

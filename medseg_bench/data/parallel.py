@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -15,6 +15,24 @@ R = TypeVar("R")
 
 def default_workers(num_items: int) -> int:
     return max(1, min(num_items, os.cpu_count() or 1, 8))
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """A process pool that says how many workers it has (`workers`): a caller sizes its work by them (chunks,
+    cases at once), and ProcessPoolExecutor keeps that number private."""
+
+    def __init__(self, workers: int, **kwargs: Any) -> None:
+        super().__init__(max_workers=workers, **kwargs)
+        self.workers = workers
+
+
+def pool_size(pool: Executor | None, workers: int | None, num_items: int) -> int:
+    """How many processes work on `num_items` items: `pool`'s workers (another kind of executor: one per CPU,
+    an upper bound, so that what is sized by it never counts on fewer), else `workers`, else
+    `default_workers`; one for a single item."""
+    if pool is not None:
+        return pool.workers if isinstance(pool, WorkerPool) else os.cpu_count() or 1
+    return 1 if num_items <= 1 else workers or default_workers(num_items)
 
 
 def _die_with_parent(parent: int, tie: bool, setup: Callable[..., object] | None = None,
@@ -38,7 +56,7 @@ def _die_with_parent(parent: int, tie: bool, setup: Callable[..., object] | None
 
 @contextmanager
 def worker_pool(workers: int, setup: Callable[..., object] | None = None,
-                setup_args: tuple[object, ...] = ()) -> Iterator[Executor | None]:
+                setup_args: tuple[object, ...] = ()) -> Iterator[WorkerPool | None]:
     """A pool of `workers` spawned processes to share between stages (None for in-process work); each worker
     runs `setup(*setup_args)` first (a picklable module-level function).
 
@@ -53,8 +71,8 @@ def worker_pool(workers: int, setup: Callable[..., object] | None = None,
     context = multiprocessing.get_context("spawn")  # fork is unsafe with threads (ITK, torch)
     # The kernel ties a worker to the thread that started it: only the main thread lives as long as we do.
     tie = threading.current_thread() is threading.main_thread()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
-                               initargs=(os.getpid(), tie, setup, setup_args))
+    pool = WorkerPool(workers, mp_context=context, initializer=_die_with_parent,
+                      initargs=(os.getpid(), tie, setup, setup_args))
     try:
         yield pool
     except BaseException:
@@ -88,17 +106,19 @@ def parallel_map(
     do not drown in inter-process overhead. `at_once`: at most that many items are worked on at the same
     time, however many workers the pool has (each item needs much memory: `preprocess.build_cache`).
     """
+    count = pool_size(pool, workers, len(items))
     if pool is None:
-        count = 1 if len(items) <= 1 else workers or default_workers(len(items))
-        with worker_pool(min(count, at_once or count)) as own:
-            return _map(fn, items, own, progress, description, at_once)
-    return _map(fn, items, pool, progress, description, at_once)
+        count = min(count, at_once or count)
+        with worker_pool(count) as own:
+            return _map(fn, items, own, count, progress, description, at_once)
+    return _map(fn, items, pool, count, progress, description, at_once)
 
 
 def _map(
-    fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, progress: bool, description: str,
-    at_once: int | None = None,
+    fn: Callable[[T], R], items: Sequence[T], pool: Executor | None, workers: int, progress: bool,
+    description: str, at_once: int | None = None,
 ) -> list[R]:
+    """`parallel_map` in `pool` (of `workers` processes), or in this process without one."""
     from rich.console import Console
 
     from medseg_bench.progress import step_bar
@@ -112,7 +132,6 @@ def _map(
                 results.append(fn(item))
                 advance()
             return results
-        workers = getattr(pool, "_max_workers", 2)
         if at_once is not None and at_once < workers:
             return _bounded(fn, items, pool, at_once, advance)
         chunk = max(1, min(16, len(items) // (workers * 4)))

@@ -370,7 +370,8 @@ def plan_for_task(plan: Plan, task: TaskSpec, path: Path) -> Plan:
                         "delete the file to plan the task again")
     channels = plan.channel_normalization
     if channels is not None and len(channels) != task.num_channels:
-        raise DataError(f"{path}: channel_normalization has {len(channels)} entries, but {task.name} has "
+        entries = f"{len(channels)} entr{'y' if len(channels) == 1 else 'ies'}"
+        raise DataError(f"{path}: channel_normalization has {entries}, but {task.name} has "
                         f"{task.num_channels} channel(s) ({', '.join(task.modalities)}): one entry per "
                         "channel")
     return plan

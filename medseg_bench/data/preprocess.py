@@ -40,7 +40,7 @@ from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 from medseg_bench.data.io import Geometry, read_label
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.normalize import nonzero_mask, normalize
-from medseg_bench.data.parallel import default_workers, parallel_map, worker_pool
+from medseg_bench.data.parallel import default_workers, parallel_map, pool_size, worker_pool
 from medseg_bench.data.plan import (
     Budget,
     Plan,
@@ -87,6 +87,19 @@ class PreparedTask:
             raise RuntimeError(f"{self.task.name}: prepared without the cache of 2D runs that keep their "
                                "slices (prepare_task(own_slices=True))")
         return self.own_slices_dir
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task planned and split, its cache not (necessarily) built: what an interrupted run's setup is checked
+    against before a sweep builds the cache (`sweep.worker.setup_problem`), a build a changed target spacing
+    makes long."""
+
+    task: TaskSpec
+    plan: Plan
+    root: Path  # <data_dir>/preprocessed/<Task>: plan.json, the splits files, the caches
+    case_ids: list[str]
+    splits: list[dict[str, list[str]]]
 
 
 class _PythonWrites:
@@ -237,11 +250,10 @@ def prepare_task(
     case's slices are resampled in the 3D cache.
     """
     cases = usable_cases(task, data_dir)
-    root = data_dir / "preprocessed" / task.name
     own_slices_dir = None
     with worker_pool(workers or default_workers(len(cases))) as pool:  # one pool for every stage
-        plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
-        check_declared_labels(task, cases, root)
+        planned = _plan_and_split(task, cases, data_dir, num_folds, budget, progress, pool)
+        plan, root = planned.plan, planned.root
         cache_dir = root / plan.preprocessing_hash
         build_cache(cases, plan, cache_dir, workers=workers, progress=progress, pool=pool, task=task)
         if own_slices:
@@ -250,9 +262,29 @@ def prepare_task(
                 own_slices_dir = root / f"{plan.preprocessing_hash}-2d"
                 build_cache(cases, plan, own_slices_dir, workers=workers, progress=progress, pool=pool,
                             own_slices=True, task=task)
+    return PreparedTask(task, plan, cache_dir, planned.case_ids, planned.splits, own_slices_dir)
+
+
+def plan_task(task: TaskSpec, data_dir: Path, num_folds: int = 5, workers: int | None = None,
+              progress: bool = False) -> PlannedTask:
+    """`prepare_task`'s steps before the cache: fingerprint (where there is no plan), plan and split a
+    fetched task. A sweep checks its interrupted runs against them before it builds the cache."""
+    cases = usable_cases(task, data_dir)
+    # a pool starts no process until it is given work: none where the task has its plan
+    with worker_pool(workers or default_workers(len(cases))) as pool:
+        return _plan_and_split(task, cases, data_dir, num_folds, None, progress, pool)
+
+
+def _plan_and_split(task: TaskSpec, cases: list[Case], data_dir: Path, num_folds: int, budget: Budget | None,
+                    progress: bool, pool: Executor | None) -> PlannedTask:
+    """The plan (made where there is none) and the splits (made where there are none) of `cases`; split before
+    the cache is built, so that a splits file the sweep refuses stops it before that build."""
+    root = data_dir / "preprocessed" / task.name
+    plan = load_or_make_plan(task, cases, root, budget, progress=progress, pool=pool)
+    check_declared_labels(task, cases, root)
     case_ids = sorted(c.case_id for c in cases)
-    splits = load_or_make_splits(root, case_ids, num_folds, task.group_pattern)
-    return PreparedTask(task, plan, cache_dir, case_ids, splits, own_slices_dir)
+    return PlannedTask(task, plan, root, case_ids, load_or_make_splits(root, case_ids, num_folds,
+                                                                       task.group_pattern))
 
 
 def _same_with_own_slices(cache_dir: Path, cases: list[Case], plan: Plan) -> bool:
@@ -280,11 +312,7 @@ def build_cache(
 ) -> None:
     """Build the missing cases of the cache (in parallel); finished cases are kept, partial ones redone.
     `own_slices`: each case keeps its slice spacing (`preprocess_image`); `task`: see `preprocess_case`."""
-    complete = cache_dir / "complete.json"
-    wanted = sorted(c.case_id for c in cases)
-    # A damaged marker reads as an unfinished cache: the cases on disk are checked, the missing ones built.
-    marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
-    if marker is not None and marker.get("cases") == wanted:
+    if is_built(cache_dir, cases):
         check_cache(cache_dir, cases)
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +320,7 @@ def build_cache(
         leftover.unlink()
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
-        running = getattr(pool, "_max_workers", 1) if pool else workers or default_workers(len(todo))
+        running = pool_size(pool, workers, len(todo))
         at_once = cases_at_once(case_sizes(todo, plan, cache_dir.parent, own_slices), running,
                                 usable_memory(), cache_dir.parent / "plan.json")
         limited = f", {at_once} at a time (memory)" if at_once < running else ""
@@ -301,13 +329,36 @@ def build_cache(
             todo,
             workers,
             progress,
-            f"preprocessing {len(todo)} cases{limited}",
+            f"preprocessing {len(todo)} case{'' if len(todo) == 1 else 's'}{limited}",
             pool,
             at_once,
         )
     check_cache(cache_dir, cases)  # the cases kept from before as well
-    record = {"cases": wanted, "plan": plan.to_dict()}
-    write_json_atomic(complete, record | {"own_slices": True} if own_slices else record)
+    record = {"cases": sorted(c.case_id for c in cases), "plan": plan.to_dict()}
+    write_json_atomic(cache_dir / "complete.json", record | {"own_slices": True} if own_slices else record)
+
+
+def is_built(cache_dir: Path, cases: Sequence[Case]) -> bool:
+    """Whether the cache in `cache_dir` was finished for exactly `cases` (its `complete.json` lists them):
+    `build_cache` then only checks it, else it builds the cases missing. A damaged marker, or one of other
+    cases, reads as an unfinished cache."""
+    complete = cache_dir / "complete.json"
+    marker, _ = load_json_object(complete) if complete.is_file() else (None, "")
+    return marker is not None and marker.get("cases") == sorted(c.case_id for c in cases)
+
+
+def caches_to_build(cases: Sequence[Case], plan: Plan, root: Path,
+                    own_slices: bool = False) -> list[tuple[Path, bool]]:
+    """The caches `prepare_task` would build for `cases` under `root` (each with its `own_slices`), those not
+    built yet (`is_built`): the plan's, and with `own_slices` the one of 2D runs that keep their slices,
+    unless the plan's cache, built, serves them as well (`_same_with_own_slices`). What `sweep --dry-run`
+    checks."""
+    cache_dir = root / plan.preprocessing_hash
+    todo = [] if is_built(cache_dir, cases) else [(cache_dir, False)]
+    if own_slices and (todo or not _same_with_own_slices(cache_dir, list(cases), plan)):
+        own_dir = root / f"{plan.preprocessing_hash}-2d"
+        todo += [] if is_built(own_dir, cases) else [(own_dir, True)]
+    return todo
 
 
 def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool = False) -> list[CaseSize]:

@@ -47,7 +47,8 @@ def make_splits(
     case_ids: list[str], num_folds: int, group_pattern: str | None = None
 ) -> list[dict[str, list[str]]]:
     if len(case_ids) < num_folds:
-        raise DataError(f"{len(case_ids)} usable cases cannot be split into {num_folds} folds")
+        cases = f"{len(case_ids)} usable case{'' if len(case_ids) == 1 else 's'}"
+        raise DataError(f"{cases} cannot be split into {num_folds} folds")
     ordered = sorted(case_ids)
     if group_pattern:
         folds_of_cases = _grouped_folds(ordered, num_folds, case_groups(ordered, group_pattern))
@@ -68,7 +69,8 @@ def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -
     for case in ordered:
         members.setdefault(groups[case], []).append(case)
     if len(members) < num_folds:
-        raise DataError(f"{len(members)} patients (by group_pattern) cannot be split into {num_folds} folds")
+        patients = f"{len(members)} patient{'' if len(members) == 1 else 's'}"
+        raise DataError(f"{patients} (by group_pattern) cannot be split into {num_folds} folds")
     names = sorted(members)
     shuffled = [names[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(names))]
     shuffled.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
@@ -126,4 +128,5 @@ def _check_splits(path: Path, splits: Any, known: set[str], num_folds: int) -> N
         if not fold["train"]:  # numpy's "high <= 0" when the first batch was drawn
             raise DataError(f"{path}: fold {index} trains on no case")
     if len(splits) != num_folds:
-        raise DataError(f"{path}: holds {len(splits)} folds, expected {num_folds}")
+        folds = f"{len(splits)} fold{'' if len(splits) == 1 else 's'}"
+        raise DataError(f"{path}: holds {folds}, expected {num_folds}")

@@ -264,7 +264,8 @@ def _data_note(report: Report, task: str) -> str | None:
     sets = report.provenance.get("data_sets", {}).get(task, {})
     if len(sets) < 2:
         return None
-    listed = "; ".join(f"{digest} ({n['cases']} cases): {n['runs']} run{'s' if n['runs'] != 1 else ''}"
+    listed = "; ".join(f"{digest} ({n['cases']} case{'s' if n['cases'] != 1 else ''}): "
+                       f"{n['runs']} run{'s' if n['runs'] != 1 else ''}"
                        for digest, n in sets.items())
     return (f"WARNING: runs of this task trained and were scored on {len(sets)} different data sets "
             f"({listed}; the digest of their cases' image and label files, setup.json's data): their "
@@ -280,7 +281,8 @@ def _case_set_note(report: Report, task: str) -> str | None:
         return ("WARNING: the configurations of this task share no scored case: each row is over its own "
                 f"cases, and its ranks compare different cases (cases only some have: {left}).")
     return (f"The configurations of this task scored different cases: every number and test is over the "
-            f"{sets['shared']} cases all of them scored (cases left out: {left}).")
+            f"{sets['shared']} case{'' if sets['shared'] == 1 else 's'} all of them scored (cases left out: "
+            f"{left}).")
 
 
 def _absent_metric_note(report: Report, task: str) -> str | None:
@@ -291,7 +293,8 @@ def _absent_metric_note(report: Report, task: str) -> str | None:
     counts = [counts for metrics in absent.values() for counts in metrics.values()]
 
     def runs(lacking: int, total: int) -> str:
-        return f"all {total} runs" if lacking == total else f"{lacking} of {total} runs"
+        of = f"{total} run{'' if total == 1 else 's'}"
+        return f"all {of}" if lacking == total > 1 else f"{lacking} of {of}"
 
     listed = "; ".join(f"{config}: " + ", ".join(f"{metric_title(m, unit=False)} ({runs(*n)})"
                                                for m, n in metrics.items())

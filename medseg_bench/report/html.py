@@ -86,8 +86,8 @@ def _provenance(report: Report) -> str:
     headers = ["run", "task", "fold", "seed", "device", "GPU or CPU", "git revision", "versions",
                "metric settings"]
     table = Table(headers, rows, ["l", "l", "r", "r", "l", "l", "l", "l", "l"])
-    return (f"<details><summary>Provenance: {len(runs)} runs (package versions, git revisions, metric "
-            f"settings)</summary>{_table(table)}</details>")
+    return (f"<details><summary>Provenance: {len(runs)} run{'' if len(runs) == 1 else 's'} (package "
+            f"versions, git revisions, metric settings)</summary>{_table(table)}</details>")
 
 
 def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
@@ -109,11 +109,11 @@ def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
                 used.add(name)
     parts += [_figure(name, png) for name, png in plots.items() if name not in used]
     parts.append(_provenance(report))
-    generated = report.provenance.get("generated_by", {})
+    generated, runs = report.provenance.get("generated_by", {}), len(report.provenance.get("runs", {}))
     footer = (f"<footer>medseg-bench {html.escape(str(generated.get('medseg_bench', '')))}, "
               f"{html.escape(str(generated.get('time_utc', '')))}; results: "
               f"{html.escape(str(report.results_dir))}; "
-              f"{len(report.provenance.get('runs', {}))} runs.</footer>")
+              f"{runs} run{'' if runs == 1 else 's'}.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>medseg-bench report</title><style>{_CSS}</style></head><body>"

@@ -17,6 +17,7 @@ from medseg_bench.spec import RunSpec, TaskSpec
 
 if TYPE_CHECKING:
     from medseg_bench.data.plan import Plan
+    from medseg_bench.data.preprocess import PlannedTask
 
 
 def settings_text(spec: RunSpec) -> str:
@@ -146,6 +147,57 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
+def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun) -> list[RunSpec]:
+    """`runs` less the interrupted runs the sweep would fail before it builds the cache, each with a line
+    saying why (`local._refuse_changed`: `worker.setup_problem`, against the task's plan.json and splits as
+    they are, or as the sweep would make the splits; nothing is written). A task not planned yet is planned by
+    the sweep, which checks its runs then; one it would stop on is said so by `_unplannable`."""
+    from medseg_bench.sweep.worker import LAST_CHECKPOINT, setup_problem
+
+    planned: dict[tuple[str, int], PlannedTask | None] = {}
+    left = []
+    for spec in runs:
+        folder = run_dir(results_dir, spec)
+        if (folder / LAST_CHECKPOINT).is_file():
+            key = (spec.task, spec.num_folds)
+            if key not in planned:
+                planned[key] = _planned_as_is(spec.task, spec.num_folds, data_dir)
+            task = planned[key]
+            problem = setup_problem(spec, task, folder) if task is not None else None
+            if problem:
+                out.lines.append(f"{spec.task}/{spec.run_id}: the sweep would fail it: {problem}")
+                continue
+        left.append(spec)
+    return left
+
+
+def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | None:
+    """The plan and splits an interrupted run of `task` would be checked against (`preprocess.plan_task`),
+    read, not made: None where the task is not fetched or planned yet, or where the sweep would stop on
+    them (said by `_unplannable` and `_unsplittable`)."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.plan import plan_for_task, read_plan
+    from medseg_bench.data.preprocess import PlannedTask, usable_cases
+    from medseg_bench.data.splits import load_or_make_splits, make_splits
+
+    root = data_dir / "preprocessed" / task
+    path = root / "plan.json"
+    if not is_complete(data_dir / task) or not path.is_file():
+        return None
+    try:
+        task_spec = get_task(task)
+        plan = plan_for_task(read_plan(path), task_spec, path)
+        case_ids = sorted(c.case_id for c in usable_cases(task_spec, data_dir))
+        if (root / f"splits_{num_folds}fold.json").is_file():  # read and checked as the sweep reads it
+            splits = load_or_make_splits(root, case_ids, num_folds, task_spec.group_pattern)
+        else:  # as the sweep would make it
+            splits = make_splits(case_ids, num_folds, task_spec.group_pattern)
+    except DataError:
+        return None
+    return PlannedTask(task_spec, plan, root, case_ids, splits)
+
+
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
     (`read_plan`), a run that cannot train on it (`local.check_runs`), or a case its cache build cannot fit
@@ -179,18 +231,13 @@ def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: P
     a much finer target spacing). A task not fetched is said so by `_unfetched`."""
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.fetch import is_complete
-    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.data.preprocess import caches_to_build, case_sizes, usable_cases
     from medseg_bench.data.preprocess_memory import check_all_fit
 
-    root = plan_file.parent
-    caches = [(root / plan.preprocessing_hash, False)]
-    if own_slices:
-        caches.append((root / f"{plan.preprocessing_hash}-2d", True))
-    caches = [(folder, own) for folder, own in caches if not (folder / "complete.json").is_file()]
-    if not caches or not is_complete(data_dir / task.name):
+    if not is_complete(data_dir / task.name):
         return
-    cases, memory = usable_cases(task, data_dir), usable_memory()
-    for _, own in caches:
+    root, cases, memory = plan_file.parent, usable_cases(task, data_dir), usable_memory()
+    for _, own in caches_to_build(cases, plan, root, own_slices):  # as the cache build decides it
         check_all_fit(case_sizes(cases, plan, root, own), memory, plan_file)
 
 
@@ -225,7 +272,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     out = DryRun()
     lines = out.lines
     states: Counter[str] = Counter()
-    todo = []
+    todo, running = [], set[RunSpec]()
     finished: Finished = {}  # the sweep's own finished runs; the others are read only for a cost to estimate
     check_run_folders(results_dir, runs)  # the sweep would stop on it
     for spec in runs:
@@ -238,9 +285,13 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
         states[state] += 1
         if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
+        if state == "running":  # the sweep leaves it to the process that holds it
+            running.add(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     runs_word = "run" if len(runs) == 1 else "runs"
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out))
+    todo = [spec for spec in todo if spec in kept or spec in running]  # those the sweep goes on with
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
     _unplannable(todo, data_dir, out)
     _unsplittable(todo, data_dir, out)

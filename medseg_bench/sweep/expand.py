@@ -213,7 +213,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded, used = 0, set[int]()
-    takes_encoder = False  # a 2D arch of the sweep (fcn skipped for an encoder it cannot take among them)
+    # a 2D arch skipped for every encoder asked for (fcn given resnet34): its line says why, not "unused"
+    encoder_refused = False
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
@@ -227,8 +228,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
-                takes_encoder = takes_encoder or dims == "2d"
                 encoders = _encoders(entry.name, dims, request.encoders, skipped)
+                encoder_refused = encoder_refused or not encoders
                 if request.patch_size is not None:
                     sides = 2 if dims == "2d" else 3
                     if len(request.patch_size) != sides:
@@ -272,10 +273,12 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     skipped += [f"exclude rule '{given}' matches no combination of this sweep: nothing removed by it"
                 for i, given in enumerate(request.exclude) if i not in used]
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
-    if request.encoders is not None and not takes_encoder:
+    # Both decided on the runs left after --exclude: one that removed every 2D run leaves them unused too.
+    two_d = any(r.dims == "2d" for r in runs)
+    if request.encoders is not None and runs and not two_d and not encoder_refused:
         given = ",".join(request.encoders)
         skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
-    if request.pretrained and runs and not any(r.dims == "2d" for r in runs):  # the same run ids without it
+    if request.pretrained and runs and not two_d:  # the same run ids without it
         skipped.append("--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)")
     unique = list(dict.fromkeys(runs))
     if not unique:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.errors import RunError, UsageError
 from medseg_bench.finished import FinishedReads, damaged_runs_error, finished_damage
@@ -38,11 +38,16 @@ from medseg_bench.sweep.worker import (
     EXIT_DAMAGED,
     EXIT_DONE,
     EXIT_SKIPPED,
+    LAST_CHECKPOINT,
     data_changed_since,
     failure_message,
     plan_changed_since,
+    refuse_changed,
     run_one,
 )
+
+if TYPE_CHECKING:
+    from medseg_bench.data.preprocess import PlannedTask
 
 POLL_S = 1.0
 STOP_GRACE_S = 10.0  # an interrupted worker that has not exited by then is killed
@@ -70,6 +75,18 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
     usable_cases(spec, data_dir)  # not fetched there (a mistyped --data-dir): one line, and no lock file made
     with exclusive(data_dir / "preprocessed", f".{task}.lock"):
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
+
+
+def plan_locked(task: str, data_dir: Path, num_folds: int) -> PlannedTask:
+    """`preprocess.plan_task` (plan and splits, no cache) under the task's lock, as `prepare_locked`."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import plan_task, usable_cases
+    from medseg_bench.locks import exclusive
+
+    spec = get_task(task)
+    usable_cases(spec, data_dir)
+    with exclusive(data_dir / "preprocessed", f".{task}.lock"):
+        return plan_task(spec, data_dir, num_folds, progress=True)
 
 
 def prepared_key(spec: RunSpec) -> tuple[str, int]:
@@ -110,6 +127,9 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
+        todo = _refuse_changed(todo, results_dir, data_dir, reporter, outcome)
+        if fail_fast and outcome["failed"]:
+            todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
         check_runs(todo, lambda spec: prepared[prepared_key(spec)])
         if jobs <= 1:
@@ -129,7 +149,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     if outcome["failed"]:
         if damaged is not None:  # exit 5 names the failed runs; the damaged ones still need this line
             warn_on_stderr(str(damaged))
-        raise RunError(f"{len(outcome['failed'])} of {len(runs)} runs failed: {', '.join(outcome['failed'])}")
+        of = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
+        raise RunError(f"{len(outcome['failed'])} of {of} failed: {', '.join(outcome['failed'])}")
     if damaged is not None:
         raise damaged
     return outcome
@@ -151,6 +172,29 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         else:
             todo.append(spec)
     return todo
+
+
+def _refuse_changed(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
+                    outcome: dict[str, list[str]]) -> list[RunSpec]:
+    """The runs that go ahead: an interrupted run that cannot resume with its task's plan and splits as they
+    are now (`worker.refuse_changed`) fails here, with the message `run_one` gives, before the cache is built:
+    the others train on it, and where no run is left no cache is built. Only a task with interrupted runs is
+    planned here (`plan_locked`)."""
+    interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
+    planned: dict[tuple[str, int], PlannedTask] = {}
+    for spec in runs:  # in the sweep's order: the first task's plan first
+        if spec in interrupted and prepared_key(spec) not in planned:
+            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
+    left = []
+    for spec in runs:
+        refused = refuse_changed(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
+            else None
+        if refused is None:
+            left.append(spec)
+            continue
+        outcome["failed"].append(spec.run_id)
+        reporter.refuse(spec.run_id, refused.error or "")
+    return left
 
 
 def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str, list[str]],

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_bench.checks import are_whole, is_whole
 from medseg_bench.errors import MedsegError, RunError
@@ -37,6 +37,11 @@ from medseg_bench.run_folder import (
 )
 from medseg_bench.signals import deferred, exit_now, interruptible, is_stop, received, stop_reason, undeferred
 from medseg_bench.spec import RunSpec
+
+if TYPE_CHECKING:
+    from medseg_bench.data.preprocess import PlannedTask, PreparedTask
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run folder: an interrupted run resumes from it
 
 # Exit codes of a worker process; the local launcher reads them.
 EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED, EXIT_BUSY, EXIT_DAMAGED = 0, 5, 10, 11, 12
@@ -124,11 +129,12 @@ def _started_with(path: Path, what: str, fits: Callable[[dict[str, Any]], bool],
                   "resumes only with it: restore the file, or delete the run folder to train from scratch")
 
 
-def setup_problem(spec: RunSpec, prepared: Any, folder: Path) -> str | None:
+def setup_problem(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: Path) -> str | None:
     """Why an interrupted run cannot resume with the task as it is now, or None: its fold's split, the patch
     or batch size it took from the plan, or the plan's preprocessing (target spacing, normalisation: another
     cache) changed since it started (resuming would mix two setups under one run id, and score held-out cases
-    it trained on), or the file that records them is damaged."""
+    it trained on), or the file that records them is damaged. It reads the task's plan and splits, not its
+    cache: a sweep asks it before the cache is built (`refuse_changed`), and `run_one` again."""
     from medseg_bench.data.plan import preprocessing_change
     from medseg_bench.regions import regions_change
     from medseg_bench.training import resolve_patch_and_batch
@@ -239,6 +245,35 @@ def data_changed_since(folder: Path, cache_dir: Path) -> str | None:
             "--results-dir to train it on this data")
 
 
+def _not_resumed(folder: Path, problem: str) -> Outcome:
+    """Record that the interrupted run in `folder` (its lock held) is not resumed, and why: failed."""
+    write_status(folder, "failed", error=problem)
+    append_event(folder, "failed", error=problem)
+    with open(folder / "run.log", "a", encoding="utf-8") as log_file:  # where exit 5 points
+        log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR not resumed: {problem}\n")
+    return Outcome("failed", error=problem)
+
+
+def refuse_changed(spec: RunSpec, planned: PlannedTask, results_dir: Path) -> Outcome | None:
+    """The failed Outcome of an interrupted run that cannot resume with the task's plan and splits as they are
+    now (`setup_problem`), recorded in its folder as `run_one` records it, but before the sweep builds the
+    cache (a plan.json edited to another target spacing took hours to build, only for its runs to be refused
+    then). None for a run that may go ahead, and for one another process holds: `run_one` says so."""
+    folder = run_dir(results_dir, spec)
+    if not (folder / LAST_CHECKPOINT).is_file() or setup_problem(spec, planned, folder) is None:
+        return None
+    lock = RunLock(folder)
+    if not lock.acquire():
+        return None
+    try:  # looked at again under the lock: another process may have finished it, or started over
+        if is_done(folder) or not (folder / LAST_CHECKPOINT).is_file():
+            return None
+        problem = setup_problem(spec, planned, folder)
+        return _not_resumed(folder, problem) if problem else None
+    finally:
+        lock.release()
+
+
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
             num_workers: int = 0, extra_event: dict[str, Any] | None = None,
             started: Callable[[str], None] | None = None) -> Outcome:
@@ -261,16 +296,12 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         if started is not None:  # once the run is this process's: never for a run found busy or done
             started(spec.run_id)
         clean_temp_files(folder)
-        last = folder / "checkpoints" / "last.ckpt"
+        last = folder / LAST_CHECKPOINT
         resumed = last.is_file()
         if resumed:
             problem = setup_problem(spec, prepared, folder) or checkpoint_problem(spec, prepared, last)
             if problem:
-                write_status(folder, "failed", error=problem)
-                append_event(folder, "failed", error=problem)
-                with open(folder / "run.log", "a", encoding="utf-8") as log_file:  # where exit 5 points
-                    log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR not resumed: {problem}\n")
-                return Outcome("failed", error=problem)
+                return _not_resumed(folder, problem)
         # The attempt's bookkeeping is never cut in two: a stop signal stops the run itself at once
         # (`undeferred`), but one that lands between the run's end and its last event waits for that event
         # (once, a SIGTERM just after a run finished left it without its `done` event).

@@ -56,7 +56,7 @@ def test_csv_rows_then_means(folders):
     assert frame.loc[0, "hd"] == pytest.approx(2.5)  # moved by one 2.5 mm slice
     assert np.isnan(frame.loc[3, "dice"])  # case b has no label 2
     assert frame.loc[5, "dice"] == pytest.approx(frame.loc[1, "dice"])  # the NaN is left out of the mean
-    assert "label 2: 1 of 2 cases have both masks empty" in result.stderr
+    assert "label 2: 1 of 2 cases has both masks empty" in result.stderr
 
 
 def test_csv_case_names_a_spreadsheet_would_run_are_text(folders):

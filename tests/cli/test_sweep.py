@@ -310,7 +310,7 @@ def test_a_submission_suggests_a_status_command_that_can_be_copied(shared_task: 
     result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last == f"1 jobs submitted; follow them with `medseg-bench status --results-dir '{results}'`"
+    assert last == f"1 job submitted; follow them with `medseg-bench status --results-dir '{results}'`"
     assert shlex.split(last.split("`")[1])[-1] == str(results)
 
 

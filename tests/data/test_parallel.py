@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def test_at_once_bounds_the_items_worked_on_together(tmp_path: Path) -> None:
 def test_at_once_raises_the_first_failure() -> None:
     with pytest.raises(ValueError, match="item 3 is bad"), worker_pool(2) as pool:
         parallel_map(_fail_on_three, [1, 3, 2, 4], pool=pool, at_once=1)
+
+
+def test_a_pool_says_how_many_workers_it_has() -> None:
+    # `build_cache` and `parallel_map` read ProcessPoolExecutor's private `_max_workers`, each with its own
+    # default where it was missing (1 and 2): the count now travels with the pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medseg_bench.data.parallel import WorkerPool, default_workers, pool_size
+
+    with worker_pool(3) as pool:
+        assert isinstance(pool, WorkerPool) and pool.workers == 3
+        assert pool_size(pool, 8, 100) == 3  # the pool's, whatever else is asked
+    with worker_pool(1) as none:
+        assert none is None  # in-process work
+    assert pool_size(None, 4, 100) == 4
+    assert pool_size(None, None, 100) == default_workers(100)
+    assert pool_size(None, 4, 1) == 1  # one item: no pool
+    with ThreadPoolExecutor(2) as threads:  # another kind of executor: taken to have one per CPU
+        assert pool_size(threads, None, 100) == (os.cpu_count() or 1)
+        assert parallel_map(_fail_on_three, [5, 4], pool=threads) == [25, 16]

@@ -12,7 +12,14 @@ import pytest
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.fetch import fetch_task
 from medseg_bench.data.io import read_label, write_label
-from medseg_bench.data.preprocess import load_case, prepare_task, stored_orientation
+from medseg_bench.data.preprocess import (
+    caches_to_build,
+    is_built,
+    load_case,
+    prepare_task,
+    stored_orientation,
+    usable_cases,
+)
 from medseg_bench.data.splits import make_splits
 from medseg_bench.errors import DataError
 from tests.conftest import make_synthetic_task, write_task_file
@@ -292,7 +299,11 @@ def test_a_damaged_cache_marker_is_rebuilt_from_the_cases_on_disk(home: Path, tm
     first = prepared.cache_dir / f"{prepared.case_ids[0]}.img.npy"
     mtime = first.stat().st_mtime_ns
     (prepared.cache_dir / "complete.json").write_text(damage)
+    cases = usable_cases(task, data)
+    assert not is_built(prepared.cache_dir, cases)  # what `sweep --dry-run` counts as a cache to build
+    assert caches_to_build(cases, prepared.plan, prepared.cache_dir.parent) == [(prepared.cache_dir, False)]
     again = prepare_task(task, data, num_folds=3, workers=1)
+    assert is_built(again.cache_dir, cases) and not is_built(again.cache_dir, cases[1:])
     assert first.stat().st_mtime_ns == mtime  # nothing was preprocessed again
     assert json.loads((again.cache_dir / "complete.json").read_text())["cases"] == sorted(prepared.case_ids)
 
@@ -416,7 +427,12 @@ def test_2d_runs_that_keep_their_slices_get_a_cache_of_their_own_on_thick_slices
     without = prepare_task(get_task("Task93_Aniso"), data, num_folds=2, workers=1)
     with pytest.raises(RuntimeError, match="prepared without the cache of 2D runs"):
         without.cache_for(own_slices=True)
+    root, cases = without.cache_dir.parent, usable_cases(get_task("Task93_Aniso"), data)
+    own_dir = without.cache_dir.with_name(without.cache_dir.name + "-2d")
+    assert caches_to_build(cases, without.plan, root) == []
+    assert caches_to_build(cases, without.plan, root, own_slices=True) == [(own_dir, True)]  # what is built
     prepared = prepare_task(get_task("Task93_Aniso"), data, num_folds=2, workers=1, own_slices=True)
+    assert caches_to_build(cases, prepared.plan, root, own_slices=True) == []
     assert prepared.cache_dir == without.cache_dir == prepared.cache_for(own_slices=False)
     assert prepared.own_slices_dir == prepared.cache_dir.with_name(prepared.cache_dir.name + "-2d")
     assert prepared.cache_for(own_slices=True) == prepared.own_slices_dir
@@ -436,6 +452,8 @@ def test_where_no_case_is_resampled_2d_runs_read_the_3d_cache(home: Path, tmp_pa
     data = _fetched(home, tmp_path, "Task90_Synth", num_cases=4)
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1, own_slices=True)
     assert prepared.own_slices_dir == prepared.cache_dir
+    cases, root = usable_cases(get_task("Task90_Synth"), data), prepared.cache_dir.parent
+    assert caches_to_build(cases, prepared.plan, root, own_slices=True) == []  # none to build for them
     assert [p.name for p in prepared.cache_dir.parent.iterdir() if p.is_dir()] == [prepared.cache_dir.name]
 
 
@@ -617,3 +635,17 @@ def test_the_source_digest_names_the_data_not_where_it_lies(home: Path, tmp_path
     entry.write_text(json.dumps(props))
     assert source_digest(prepared.cache_dir, ids) is None
     assert source_digest(prepared.cache_dir, ["no_such_case"]) is None
+
+
+def test_a_task_is_planned_and_split_without_its_cache(home: Path, tmp_path: Path) -> None:
+    # what a sweep checks its interrupted runs against before it builds the cache (`sweep.local`)
+    from medseg_bench.data.preprocess import plan_task
+
+    data = _fetched(home, tmp_path, "Task90_Synth", num_cases=4)
+    planned = plan_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
+    root = data / "preprocessed" / "Task90_Synth"
+    assert planned.root == root and not [p for p in root.iterdir() if p.is_dir()]  # no cache
+    assert sorted(p.name for p in root.iterdir()) == ["fingerprint.json", "plan.json", "splits_2fold.json"]
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
+    assert (prepared.plan, prepared.case_ids, prepared.splits) == (planned.plan, planned.case_ids,
+                                                                   planned.splits)

@@ -150,7 +150,7 @@ def test_an_interrupted_run_whose_setup_record_is_damaged_is_refused_not_resumed
     message = line.split(": failed: ", 1)[1]
     assert message.startswith(f"{folder / name}: {problem}") and message.endswith(advice), message
     assert "Traceback" not in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: 1 of 1 runs failed: {run_id}"]
+    assert result.stderr.strip().splitlines() == [f"error: 1 of 1 run failed: {run_id}"]
     status = read_status(folder)
     assert status["state"] == "failed" and status["error"] == message
     assert [e["event"] for e in read_events(folder)] == ["failed"]  # never started or resumed

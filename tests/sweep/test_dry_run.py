@@ -265,3 +265,58 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
     planned = dry_run_lines([spec], tmp_path / "results", data)
     assert planned.exit_code == 3, planned.lines
     assert f"Task90_Synth: the sweep would stop: {refused.value}" in planned.lines
+
+
+def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2D runs that keep their slices read the 3D cache where no case's slices are resampled (1 mm cases): the
+    dry run checked the memory of a `-2d` cache the sweep never builds, and stopped where the sweep trains."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(src), progress=False)
+    preprocess.prepare_task(task, data, num_folds=3, workers=1)  # the 3D cache only
+    memory = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)  # no case fits: a cache to build stops
+    spec = RunSpec(task="Task90_Synth", dims="2d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                   encoder="resnet34")
+    assert spec.own_slice_spacing
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 0, planned.lines
+    prepared = preprocess.prepare_task(task, data, num_folds=3, workers=1, own_slices=True)  # as the sweep
+    assert prepared.own_slices_dir == prepared.cache_dir  # built nothing, stopped on nothing
+
+
+def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_building_the_cache(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted run whose plan.json changed since it started fails before the sweep builds the cache
+    (`local._refuse_changed`); the dry run says so, and checks the cache only for the runs that go ahead."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from tests.sweep.test_local import REFUSED, _interrupted_on_an_edited_plan
+
+    data, started, fresh, root = _interrupted_on_an_edited_plan(home, tmp_path)
+    (root / "splits_3fold.json").unlink()  # made by the sweep as the run's split was: the same split
+    results = tmp_path / "results"
+    memory = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)  # the new plan's cache cannot be built
+    refused = f"Task90_Synth/{started.run_id}: the sweep would fail it: {run_dir(results, started) / REFUSED}"
+    alone = dry_run_lines([started], results, data)
+    assert refused in alone.lines
+    assert alone.exit_code == 0, alone.lines  # no run left to build the cache for: none is built
+    assert alone.lines[-1].startswith("cost of the 0 runs left: ")
+    both = dry_run_lines([started, fresh], results, data)
+    assert refused in both.lines
+    assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
+    assert not (root / "splits_3fold.json").exists()  # nothing written

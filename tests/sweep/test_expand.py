@@ -75,6 +75,23 @@ def test_an_encoder_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None
     assert notes[-1] == "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
 
 
+def test_an_encoder_is_said_to_be_unused_where_exclude_removed_every_2d_run(home: Path) -> None:
+    # --encoder was decided before --exclude, --pretrained after it: a sweep whose rules removed every 2D run
+    # said --pretrained was unused, and nothing of --encoder
+    unused = "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
+    runs, notes = expand(_request(archs=["unet", "deeplab"], encoders=["resnet50"], pretrained=True,
+                                  exclude=["dims=2d"]))
+    assert {r.dims for r in runs} == {"3d"}
+    assert unused in notes
+    assert "--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)" in notes
+    runs, notes = expand(_request(archs=["unet", "deeplab"], encoders=["resnet50"], exclude=["arch=deeplab"]))
+    assert {r.dims for r in runs} == {"2d", "3d"} and unused not in notes  # unet's 2D runs take it
+    # a 2D arch that cannot take the encoder says so itself: its line, not "unused"
+    _, notes = expand(_request(archs=["unet", "fcn"], encoders=["resnet34"], exclude=["arch=unet,dims=2d"]))
+    assert "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101" in notes
+    assert not any(note.startswith("--encoder") for note in notes)
+
+
 def test_pretrained_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:
     # it was ignored without a word: the same run ids as without it
     runs, notes = expand(_request(dims=["3d"], pretrained=True))

@@ -3,6 +3,7 @@ workers were on, a run held elsewhere), finished runs with a bad value or damage
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -69,7 +70,7 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     outcome, said = _stopped_parallel(tmp_path, [spec], 1)
     assert outcome["done"] == [spec.run_id] and not outcome["failed"]
     assert f"[1/1] {spec.run_id}: done, mean Dice 0.5000" in said
-    assert "sweep finished: 1 trained (of 1 runs)" in said
+    assert "sweep finished: 1 trained (of 1 run)" in said
 
 
 def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_while_training(
@@ -339,3 +340,97 @@ def test_a_sweep_that_only_skips_reads_each_run_once_also_to_write_a_missing_ind
     assert len(outcome["skipped"]) == 3
     assert sorted(reads) == sorted(folder.name for folder in folders)
     assert set(pd.read_parquet(tmp_path / "results" / INDEX_NAME)["run_id"]) == set(reads)
+
+
+def _interrupted_on_an_edited_plan(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, RunSpec, Path]:
+    """A synthetic task planned and cached at 1 mm, an interrupted run that started on that plan (its
+    checkpoint, split and setup recorded), then plan.json edited to 0.5 mm; and a run not started yet.
+    Returns the data dir, the interrupted run, the new one, and the task's preprocessed folder."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from medseg_bench.training import resolve_patch_and_batch
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    data = tmp_path / "data"
+    fetch_task(get_task("Task90_Synth"), data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth",
+                                                                       num_cases=4)), progress=False)
+    prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
+    started, fresh = (RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none",
+                              num_folds=3, seed=seed, epochs=1) for seed in (0, 1))
+    folder = run_dir(tmp_path / "results", started)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    patch, batch = resolve_patch_and_batch(started, prepared)
+    write_json_atomic(folder / "splits.json", prepared.splits[0])
+    write_json_atomic(folder / "setup.json", {"patch_size": list(patch), "batch_size": batch,
+                                              "preprocessing": prepared.plan.preprocessing})
+    plan_file = prepared.cache_dir.parent / "plan.json"
+    write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"target_spacing": [0.5, 0.5, 0.5]})
+    return data, started, fresh, prepared.cache_dir.parent
+
+
+REFUSED = ("setup.json: the run started with target spacing 1x1x1 mm, plan.json now 0.5x0.5x0.5 mm: restore "
+           "plan.json, or delete the run folder to start over")
+
+
+def test_an_interrupted_run_the_plan_changed_under_fails_before_any_cache_is_built(
+        home: Path, tmp_path: Path) -> None:
+    # It failed only once the new plan's cache was built (minutes to hours), and no run was left to read it.
+    from medseg_bench.errors import RunError
+    from medseg_bench.run_folder import read_events, read_status
+
+    data, started, _, root = _interrupted_on_an_edited_plan(home, tmp_path)
+    caches = sorted(p.name for p in root.iterdir() if p.is_dir())
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, soft_wrap=True))
+        with pytest.raises(RunError, match=f"^1 of 1 run failed: {started.run_id}$"):
+            local.run_sweep([started], tmp_path / "results", data, reporter)
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    folder = run_dir(tmp_path / "results", started)
+    assert said[0] == f"[1/1] {started.run_id}: failed: {folder / REFUSED}"  # no "preparing", no "training"
+    assert said[1].startswith("sweep finished: 1 failed (of 1 run) in ")
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == caches  # no cache of the new plan
+    assert read_status(folder)["error"] == str(folder / REFUSED)
+    assert [e["event"] for e in read_events(folder)] == ["failed"]
+    assert f"ERROR not resumed: {folder / REFUSED}" in (folder / "run.log").read_text()
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_the_other_runs_of_a_sweep_go_ahead_after_an_interrupted_run_is_refused(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_fast: bool) -> None:
+    from medseg_bench.errors import RunError
+
+    data, started, fresh, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    prepared_for: list[list[str]] = []
+    trained: list[str] = []
+    monkeypatch.setattr(local, "prepare_tasks", lambda runs, *args: prepared_for.append(
+        [spec.run_id for spec in runs]) or {})
+    monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "_sequential", lambda runs, *args: trained.extend(s.run_id for s in runs))
+    reporter = PlainReporter(Console(file=io.StringIO()))
+    with pytest.raises(RunError, match=f"^1 of 2 runs failed: {started.run_id}$"):
+        local.run_sweep([started, fresh], tmp_path / "results", data, reporter, fail_fast=fail_fast)
+    # the cache is built for the run that goes ahead (with --fail-fast: none goes ahead, none is built)
+    assert prepared_for == [[] if fail_fast else [fresh.run_id]]
+    assert trained == ([] if fail_fast else [fresh.run_id])
+
+
+def test_a_run_held_by_another_process_is_left_to_it_not_refused(home: Path, tmp_path: Path) -> None:
+    from medseg_bench.run_folder import read_status
+    from medseg_bench.sweep.local import plan_locked
+    from medseg_bench.sweep.worker import refuse_changed
+
+    data, started, _, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    folder = run_dir(tmp_path / "results", started)
+    planned = plan_locked("Task90_Synth", data, 3)
+    lock = RunLock(folder)
+    assert lock.acquire()
+    try:
+        assert refuse_changed(started, planned, tmp_path / "results") is None  # `run_one` says it is busy
+        assert read_status(folder).get("state") != "failed"
+    finally:
+        lock.release()
+    refused = refuse_changed(started, planned, tmp_path / "results")
+    assert refused is not None and refused.kind == "failed" and refused.error == str(folder / REFUSED)
