@@ -61,9 +61,11 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     """
     import pandas as pd
 
+    from medseg_bench.checks import usable_memory
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.inference import predict_probabilities, to_label_map
+    from medseg_bench.inference_memory import check_held_out
     from medseg_bench.metrics import MetricSettings, evaluate_case
     from medseg_bench.postprocess import apply_postprocessing, decide_as
 
@@ -82,9 +84,13 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     slice_axis = run_slice_axis(spec, network_spacing(prepared))
     tta = run_tta(spec, tta)
-    kept = []  # only with postprocessing: the decision needs every case first
+    kept: list[tuple[str, np.ndarray, np.ndarray, Any]] = []  # only with postprocessing: every case first
+    memory = usable_memory()
     for case_id in prepared.splits[spec.fold]["val"]:
         image, _, props = load_case(prepared.cache_for(spec.own_slice_spacing), case_id, mmap=False)
+        # a case that cannot fit: a clear failure, not the kernel's kill (the sweep checked, a SLURM job not)
+        held = sum(pred.nbytes + label.nbytes for _, pred, label, _ in kept)
+        check_held_out(spec, prepared, props, image.shape, held, device, memory)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version, regions=paint is not None)

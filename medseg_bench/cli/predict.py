@@ -13,6 +13,7 @@ as stored with a warning, or with `--reorient` as if stored like them (`data/ori
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -154,26 +155,49 @@ def _check_images(found: list[_Image], task: Any) -> None:
             raise DataError(f"{image.files[0]}: {problem}")
 
 
-def _check_memory(path: Path, image: Any, spacing_zyx: tuple[float, ...], plan: Any,
-                  members: list[Any]) -> None:
+def _check_memory(path: Path, image: Any, spacing_zyx: tuple[float, ...], plan: Any, members: list[Any],
+                  classes: int, held: int, probabilities: bool, device: str) -> None:
     """DataError naming the image where preprocessing it as a member sees it cannot fit in the memory this
     process may use (`preprocess_memory.check_fits`): a header whose spacing is far coarser than the training
     images' (10 mm for 1 mm: a thousand times the voxels) was numpy's "Unable to allocate", or the kernel's
-    kill in a container or SLURM job, after the images before it were written."""
+    kill in a container or SLURM job, after the images before it were written. Then the same for predicting
+    it (`inference_memory.check_fits`): every class's probabilities of the whole case, which a large CT case
+    at many classes cannot hold where its preprocessing fit. `classes`: a label run's outputs; `held`: the
+    bytes predict holds through it (the image as read); `probabilities`: --save-probabilities."""
     from medseg_bench.checks import usable_memory
+    from medseg_bench.data import preprocess_memory
     from medseg_bench.data.preprocess import case_target_spacing, crop_box, resampling
-    from medseg_bench.data.preprocess_memory import CaseSize, check_fits
+    from medseg_bench.inference_memory import InferenceSize, check_fits
 
     memory = usable_memory()
     if memory is None:
         return
     cropped = tuple(hi - lo for lo, hi in crop_box(image, plan))
     shown = " x ".join(f"{s:g}" for s in spacing_zyx)
-    for own_slices in dict.fromkeys(member.own_slices for member in members):
-        resampled, _ = resampling(cropped, spacing_zyx, case_target_spacing(plan, spacing_zyx, own_slices))
-        size = CaseSize(path, int(image.shape[0]), tuple(image.shape[1:]), cropped, tuple(resampled))
-        check_fits(size, memory, f"check its spacing ({shown} mm, z y x; the plan's target "
-                                 f"{' x '.join(f'{s:g}' for s in plan.target_spacing)} mm)")
+    advice = (f"check its spacing ({shown} mm, z y x; the plan's target "
+              f"{' x '.join(f'{s:g}' for s in plan.target_spacing)} mm)")
+    groups: dict[tuple[int, ...], list[Any]] = {}  # the members that see it alike: one resampled case each
+    for member in members:
+        resampled, _ = resampling(cropped, spacing_zyx, case_target_spacing(plan, spacing_zyx,
+                                                                            member.own_slices))
+        groups.setdefault(tuple(resampled), []).append(member)
+    channels, shape = int(image.shape[0]), tuple(image.shape[1:])
+    for resampled in groups:
+        preprocess_memory.check_fits(preprocess_memory.CaseSize(path, channels, shape, cropped, resampled),
+                                     memory, advice)
+    regions = members[0].paint is not None
+    outputs = len(members[0].paint) if regions else classes
+    if probabilities:
+        advice += ", or leave out --save-probabilities"
+    earlier = 0  # the probabilities of the groups predicted before, kept to be averaged
+    for resampled, group in groups.items():
+        for member in group:
+            size = InferenceSize(path, channels, outputs, shape, cropped, resampled, tuple(member.patch_size),
+                                 member.dims, member.slice_axis, member.pipeline_version, regions, member.tta,
+                                 probabilities or len(groups) > 1, len(group), device.startswith("cuda"),
+                                 held + earlier)
+            check_fits(size, memory, advice)
+        earlier += (8 if regions else 4) * outputs * math.prod(resampled)
 
 
 def _read_channels(image: _Image) -> tuple[Any, Any]:
@@ -246,6 +270,7 @@ def predict(
     = False,
 ) -> None:
     """Predict label maps for every image in a folder with a trained run, or an ensemble of runs."""
+    import numpy as np
     import torch
 
     from medseg_bench.data.catalog import get_task
@@ -303,7 +328,9 @@ def predict(
             change = _orientation_change(path, geometry.orientation, trained_as, reorient)
             seen, spacing = (change.apply(image), change.spacing(geometry.spacing_zyx)) if change else (
                 image, geometry.spacing_zyx)
-            _check_memory(path, seen, spacing, plan, members)
+            held = image.nbytes + (0 if np.may_share_memory(seen, image) else seen.nbytes)
+            _check_memory(path, seen, spacing, plan, members, task.num_classes, held, save_probabilities,
+                          run_device)
             labels, probabilities = predict_ensemble_probabilities(members, seen, spacing, plan, run_device,
                                                                    save_probabilities)
             if change is not None:

@@ -17,7 +17,7 @@ from medseg_bench.spec import RunSpec, TaskSpec
 
 if TYPE_CHECKING:
     from medseg_bench.data.plan import Plan
-    from medseg_bench.data.preprocess import PlannedTask
+    from medseg_bench.data.preprocess import PlannedTask, PreparedTask
 
 
 def settings_text(spec: RunSpec) -> str:
@@ -200,9 +200,9 @@ def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | N
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
-    (`read_plan`), a run that cannot train on it (`local.check_runs`), or a case its cache build cannot fit
-    in memory (`_check_cache_memory`). A task not planned yet is planned by the sweep, which checks its runs
-    then."""
+    (`read_plan`), a run that cannot train on it (`local.check_runs`), a case its cache build cannot fit
+    in memory (`_check_cache_memory`), or one a run's evaluation cannot (`_check_evaluation_memory`). A task
+    not planned yet is planned by the sweep, which checks its runs then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
@@ -220,6 +220,7 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
             _check_cache_memory(task_spec, plan, path, data_dir, own_slices)  # the sweep: cache, then runs
             check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
+            _check_evaluation_memory([spec for spec in runs if spec.task == task], planned[task], data_dir)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
@@ -239,6 +240,33 @@ def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: P
     root, cases, memory = plan_file.parent, usable_cases(task, data_dir), usable_memory()
     for _, own in caches_to_build(cases, plan, root, own_slices):  # as the cache build decides it
         check_all_fit(case_sizes(cases, plan, root, own), memory, plan_file)
+
+
+def _check_evaluation_memory(runs: list[RunSpec], prepared: PreparedTask, data_dir: Path) -> None:
+    """The DataError the sweep stops on before any run trains (`local.check_evaluation_memory`): a held-out
+    case a run's evaluation cannot predict in the memory this process may use, with the folds the sweep
+    will use: the task's splits file where it exists, else the splits it would make."""
+    import dataclasses
+
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import usable_cases
+    from medseg_bench.data.splits import load_or_make_splits, make_splits
+    from medseg_bench.inference_memory import check_evaluations
+
+    task = prepared.task
+    if not runs or not is_complete(data_dir / task.name):
+        return
+    case_ids = sorted(case.case_id for case in usable_cases(task, data_dir))
+    for folds in sorted({spec.num_folds for spec in runs}):
+        path = prepared.cache_dir / f"splits_{folds}fold.json"
+        try:  # read only: a file not there is not made here
+            splits = (load_or_make_splits(prepared.cache_dir, case_ids, folds, task.group_pattern)
+                      if path.is_file() else make_splits(case_ids, folds, task.group_pattern))
+        except DataError:  # said by `_unsplittable`, which a bad splits file stops on
+            continue
+        check_evaluations([spec for spec in runs if spec.num_folds == folds],
+                          dataclasses.replace(prepared, splits=splits), data_dir, usable_memory())
 
 
 def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:

@@ -132,6 +132,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
         check_runs(todo, lambda spec: prepared[prepared_key(spec)])
+        check_evaluation_memory(todo, prepared, data_dir)
         if jobs <= 1:
             _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome)
         else:
@@ -256,6 +257,20 @@ def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> N
         more = f" ({others} more run{'s' * (others > 1)} cannot train either)" if others else ""
         raise UsageError(f"run {run_id} cannot train: {message}{more}; nothing was trained (leave such "
                          "runs out with --exclude)")
+
+
+def check_evaluation_memory(runs: list[RunSpec], prepared: dict[tuple[str, int], Any],
+                            data_dir: Path) -> None:
+    """DataError, before any run trains, naming a held-out case some run's evaluation cannot predict in the
+    memory this process may use (`inference_memory.check_evaluations`), once per prepared task."""
+    if not runs:
+        return
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.inference_memory import check_evaluations
+
+    memory = usable_memory()
+    for key, task in prepared.items():
+        check_evaluations([spec for spec in runs if prepared_key(spec) == key], task, data_dir, memory)
 
 
 def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],

@@ -1189,3 +1189,33 @@ def test_an_image_too_large_to_preprocess_in_the_memory_there_is_exits_3_naming_
         "container's or job's memory limit, cgroup memory.max); run with more memory, or check its spacing "
         "(10 x 10 x 10 mm, z y x; the plan's target 1 x 1 x 1 mm)\n")
     assert (out / "a_fine.nii.gz").is_file() and not (out / "b_coarse.nii.gz").exists()
+
+
+def test_an_image_whose_inference_cannot_fit_in_the_memory_there_is_exits_3_naming_it(
+        run_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # preprocessing a large case at the plan's own spacing fits; every class's probabilities of it, the
+    # sliding window's logits and their normalised copy do not: refused before any work on it, not killed
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    rng = np.random.default_rng(3)
+    _write_oriented(images / "a_small.nii.gz", rng.normal(0, 1, (14, 22, 18)).astype(np.float32),
+                    spacing=(1.0, 1.0, 1.0), direction=IDENTITY)
+    large = images / "b_large.nii.gz"
+    _write_oriented(large, rng.normal(0, 1, (60, 120, 120)).astype(np.float32), spacing=(1.0, 1.0, 1.0),
+                    direction=IDENTITY)
+    limit = MemoryLimit(16 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: limit)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out),
+                                 "--save-probabilities"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"error: {large}: predicting it needs at least ")
+    assert result.stderr.endswith(
+        " class(es), 60 x 120 x 120 voxels at the plan's target spacing), more than the 0.0156 GiB this "
+        "process may use (the container's or job's memory limit, cgroup memory.max); run with more memory, "
+        "or check its spacing (1 x 1 x 1 mm, z y x; the plan's target 1 x 1 x 1 mm), or leave out "
+        "--save-probabilities\n")
+    assert (out / "a_small.nii.gz").is_file() and not (out / "b_large.nii.gz").exists()
+    assert not (out / "b_large.npz").exists()

@@ -214,6 +214,7 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     (_finished_run(results, damaged) / "metrics.csv").unlink()
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "check_evaluation_memory", lambda runs, prepared, data_dir: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
     with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
         local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())

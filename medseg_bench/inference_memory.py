@@ -1,0 +1,216 @@
+"""What predicting one case needs in memory, once it is preprocessed: a case that cannot fit is refused before
+any work on it (`predict`), or before any run trains (`sweep`, whose runs evaluate their held-out cases).
+
+Inference holds arrays of the whole resampled case for every class (or region): the sliding window's
+Gaussian-weighted logits and their normalised copy, the softmax (a region run's sigmoid in float64, with its
+float64 copy of the logits), an ensemble's running sum; then, mapping back to the original grid, the
+probabilities with each class's resampled scores (`resample.to_original`), and, where the probabilities
+themselves are mapped back (`predict --save-probabilities`, an ensemble of 2D and 3D runs, every region
+run), all of them on the cropped and original grids. On a large CT case at many classes that is many times
+the case, where its preprocessing fit (`preprocess_memory`). On a GPU the sliding window's arrays are the
+GPU's: the host holds the probabilities copied back.
+
+`least_bytes` counts only arrays that are certainly held at the same time (host memory); a case whose
+`least_bytes` exceed what this process may use (`checks.usable_memory`) cannot be predicted. `peak_bytes` is
+an upper envelope of the peak resident memory measured above a process's own (`bench/inference_memory.py`),
+`PEAK_FACTOR` times `least_bytes` and `PEAK_SLACK` above it. Neither counts the network's own activations
+on a batch of tiles: they do not grow with the case, and training held more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg_bench.checks import MemoryLimit
+from medseg_bench.data.preprocess_memory import CaseSize
+from medseg_bench.errors import DataError
+from medseg_bench.spec import PIPELINE_VERSION
+
+# the envelope of `bench/inference_memory.py`'s measurements: `least_bytes` times this, and this much above
+PEAK_FACTOR, PEAK_SLACK = 1.5, 64 * 2**20
+BATCH_COPIES = 5  # of a batch of whole slices (2D, version 10 and older): its logits, flips and softmax
+
+
+@dataclass(frozen=True)
+class InferenceSize:
+    """A case's voxel counts through inference (z, y, x): at the plan's target spacing (`resampled`, what the
+    network sees), cropped (what the prediction is resampled back to) and as stored (`original`), with what
+    decides the arrays held for them: the run's network (its patch, 2D or 3D, pipeline version), its
+    outputs, and what is asked of the prediction."""
+
+    image: Path  # what a refusal names
+    channels: int
+    outputs: int  # classes (the background among them), or a region run's regions
+    original: tuple[int, ...]
+    cropped: tuple[int, ...]
+    resampled: tuple[int, ...]
+    patch: tuple[int, ...]  # the network's patch: 3D, or 2D in the plane of `slice_axis`
+    dims: str = "3d"
+    slice_axis: int = 0
+    pipeline_version: int = PIPELINE_VERSION
+    regions: bool = False
+    tta: bool = False
+    probabilities: bool = False  # the probabilities mapped back too, not only the label map
+    members: int = 1  # networks averaged on this resampled case (an ensemble's)
+    on_gpu: bool = False
+    held: int = 0  # bytes the caller holds throughout (predict: the image as read)
+
+
+def least_bytes(size: InferenceSize) -> int:
+    """Memory the case's inference certainly holds at once, on the host: the resampled image (float32) and
+    `held`, with the larger of the sliding window's arrays (`_window_bytes`; an ensemble's running sum beside
+    them) and what mapping back holds (`_back_bytes`)."""
+    resampled = math.prod(size.resampled)
+    total = (8 if size.regions else 4) * size.outputs * resampled if size.members > 1 else 0
+    return (size.held + 4 * size.channels * resampled
+            + max(total + _window_bytes(size), _back_bytes(size)))
+
+
+def _window_bytes(size: InferenceSize) -> int:
+    """What the sliding window (`inference.predict_probabilities`) certainly holds at once beside its input,
+    on the host: the case padded up to the patch, the stitched logits (float32, for every class) with the
+    window's weight per voxel, their normalised copy, and the probabilities; on a GPU only what is copied
+    back. 2D: each slice batch's probabilities and their concatenation."""
+    from medseg_bench.inference import NNUNET_INFERENCE_FROM, SLICE_WINDOW_FROM
+
+    k, c = size.outputs, size.channels
+    resampled = math.prod(size.resampled)
+    per_class = 8 if size.regions else 4  # the probabilities: a region run's sigmoid in float64
+    if size.dims == "3d":
+        padded = math.prod(max(s, p) for s, p in zip(size.resampled, size.patch, strict=True))
+        if size.on_gpu:
+            return per_class * k * resampled
+        copy = 4 * c * padded if padded != resampled else 0
+        if size.pipeline_version < NNUNET_INFERENCE_FROM:  # MONAI's output and its softmax; a sum over flips
+            return copy + (4 * k * padded + 4 * k * resampled) + 4 * k * resampled * size.tta
+        # the logits and the window's weight, with the logits normalised; then their softmax (a region run's
+        # float64 copy and sigmoid) beside them
+        activation = (16 if size.regions else 4) * k * resampled
+        return copy + max(8 * k * padded + 4 * padded, 4 * k * padded + activation)
+    if size.pipeline_version < SLICE_WINDOW_FROM:  # whole slices, padded to a multiple of 32 and the patch
+        padded = size.resampled[size.slice_axis] * _padded_plane(size)
+        kept = per_class * k * (resampled if size.on_gpu else padded)  # on the host, each batch's padded
+        return 4 * c * padded + kept + per_class * k * resampled
+    moved = 4 * c * resampled if c > 1 or size.slice_axis != 0 else 0  # the slices made contiguous
+    return moved + 2 * per_class * k * resampled
+
+
+def _padded_plane(size: InferenceSize) -> int:
+    """The voxels of one slice as a 2D run of version 10 or older predicts it whole: each side padded up to a
+    multiple of 32 and to the patch (`inference._predict_slices`)."""
+    from medseg_bench.inference import SLICE_MULTIPLE
+
+    plane = [s for axis, s in enumerate(size.resampled) if axis != size.slice_axis]
+    return math.prod(max(-(-s // SLICE_MULTIPLE) * SLICE_MULTIPLE, p)
+                     for s, p in zip(plane, size.patch, strict=True))
+
+
+def _back_bytes(size: InferenceSize) -> int:
+    """What mapping the probabilities back to the original grid certainly holds at once, they among it."""
+    k = size.outputs
+    resampled, cropped, original = (math.prod(s) for s in (size.resampled, size.cropped, size.original))
+    if size.regions:  # float64 probabilities; each region's on the cropped grid, stacked; the original grid
+        return 8 * k * resampled + 8 * k * cropped + 4 * k * original
+    # each class's resampled score beside the best so far (float32), the label and where the class is better
+    labels = 4 * k * resampled + 10 * cropped
+    if not size.probabilities:
+        return labels
+    # all classes' on the cropped grid, normalised (two copies at once); then on the original grid, beside its
+    # weighted copy, or beside the label map's mapping back
+    return 4 * k * resampled + max(8 * k * cropped, 8 * k * original, 4 * k * original + 10 * cropped)
+
+
+def peak_bytes(size: InferenceSize) -> int:
+    """At most the memory the case's inference uses above the process's own: the envelope of the measured,
+    `PEAK_FACTOR` times `least_bytes` and `PEAK_SLACK` above; for a 2D run of version 10 or older, which
+    predicts `SLICE_BATCH` whole slices at once, `BATCH_COPIES` of such a batch's channels and classes too."""
+    from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM
+
+    peak = math.ceil(PEAK_FACTOR * least_bytes(size)) + PEAK_SLACK
+    if size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM:
+        batch = min(SLICE_BATCH, size.resampled[size.slice_axis]) * _padded_plane(size)
+        peak += BATCH_COPIES * 4 * (size.channels + size.outputs) * batch
+    return peak
+
+
+def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str) -> None:
+    """A DataError naming the case's image when its inference cannot fit: its `least_bytes` are more than
+    `memory`; `advice`: what else to do than give it more memory."""
+    need = least_bytes(size)
+    if memory is None or need <= memory.limit_bytes:
+        return
+    shown = " x ".join(str(n) for n in size.resampled)
+    what = "region(s)" if size.regions else "class(es)"
+    raise DataError(
+        f"{size.image}: predicting it needs at least {need / 2**30:.3g} GiB at once ({size.outputs} {what}, "
+        f"{shown} voxels at the plan's target spacing), more than the {memory.limit_bytes / 2**30:.3g} GiB "
+        f"this process may use ({memory.named}); run with more memory, or {advice}")
+
+
+def run_size(spec: Any, prepared: Any, case: CaseSize, held: int = 0, on_gpu: bool = False) -> InferenceSize:
+    """What run `spec`'s evaluation predicts of a cached case of `prepared`'s task (`run.evaluate_fold`):
+    `case`'s voxels through preprocessing, the run's network, outputs and mirroring; `held`: the bytes the
+    evaluation holds beside it (the label maps kept for the postprocessing decision)."""
+    from medseg_bench.regions import output_channels
+    from medseg_bench.training import network_spacing, resolve_patch_and_batch, run_slice_axis, run_tta
+
+    patch, _ = resolve_patch_and_batch(spec, prepared)
+    return InferenceSize(case.image, case.channels, output_channels(spec, prepared.task), case.shape,
+                         case.cropped, case.resampled, patch, spec.dims,
+                         run_slice_axis(spec, network_spacing(prepared)), spec.pipeline_version,
+                         spec.target == "regions", run_tta(spec), on_gpu=on_gpu, held=held)
+
+
+def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory: MemoryLimit | None) -> None:
+    """A DataError, before any of `runs` (of `prepared`'s task) trains, naming the first case a run's
+    evaluation cannot predict in `memory` (`check_fits`): hours of training ended in the kernel's kill, the
+    run left as if pending. Each run predicts its fold's held-out cases in their order (every case of the task
+    where `prepared` has no splits yet), keeping each one's label map and prediction for the postprocessing
+    decision."""
+    if memory is None or not runs:
+        return
+    import torch
+
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+
+    root = data_dir / "preprocessed" / prepared.task.name
+    cases = {case.case_id: case for case in usable_cases(prepared.task, data_dir)}
+    on_gpu = torch.cuda.is_available()
+    sizes: dict[bool, dict[str, CaseSize]] = {}  # by whether the cache keeps each case's slice spacing
+    for spec in runs:
+        own = spec.own_slice_spacing
+        if own not in sizes:
+            found = case_sizes(list(cases.values()), prepared.plan, root, own)
+            by_image = {size.image: size for size in found}
+            sizes[own] = {case_id: by_image[case.image] for case_id, case in cases.items()
+                          if case.image in by_image}
+        held_out = prepared.splits[spec.fold]["val"] if spec.fold < len(prepared.splits) else sorted(cases)
+        advice = (f"set a coarser \"target_spacing\" in {root / 'plan.json'} (run {spec.run_id} predicts it "
+                  "to evaluate, after training; nothing was trained)")
+        kept = 0  # the label maps and predictions of the cases before, kept for the postprocessing decision
+        for case_id in held_out:
+            case = sizes[own].get(case_id)
+            if case is None:
+                continue
+            check_fits(run_size(spec, prepared, case, kept, on_gpu), memory, advice)
+            if spec.postprocess:
+                kept += 2 * math.prod(case.shape)
+
+
+def check_held_out(spec: Any, prepared: Any, props: dict[str, Any], shape: tuple[int, ...], held: int,
+                   device: str, memory: MemoryLimit | None) -> None:
+    """`check_fits` for a cached case run `spec`'s evaluation is about to predict: its properties (`props`),
+    its cached (C, Z, Y, X) `shape`; `held`: the bytes kept for the postprocessing decision so far. What a
+    SLURM job's evaluation meets, whose memory the submitting sweep did not know."""
+    if memory is None:
+        return
+    cropped = tuple(hi - lo for lo, hi in props["crop_box"])
+    case = CaseSize(Path(props.get("image", props.get("case_id", "case"))), shape[0],
+                    tuple(props["shape_original_zyx"]), cropped, tuple(shape[1:]))
+    plan_file = prepared.cache_dir.parent / "plan.json"
+    check_fits(run_size(spec, prepared, case, held, str(device).startswith("cuda")), memory,
+               f"set a coarser \"target_spacing\" in {plan_file}")

@@ -1,0 +1,145 @@
+"""The memory predicting a case needs: a case whose inference cannot fit is named before any work on it
+(predict), or before any run trains (sweep, whose runs evaluate their held-out cases)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from medseg_bench.checks import MemoryLimit
+from medseg_bench.errors import DataError
+from medseg_bench.inference_memory import (
+    PEAK_FACTOR,
+    PEAK_SLACK,
+    InferenceSize,
+    check_evaluations,
+    check_fits,
+    check_held_out,
+    least_bytes,
+    peak_bytes,
+)
+from medseg_bench.spec import RunSpec
+
+MIB = 2**20
+JOB = "the container's or job's memory limit"
+IMAGE = Path("/data/imagesTs/a.nii.gz")
+
+
+def _size(**changes: object) -> InferenceSize:
+    fields: dict = {"image": IMAGE, "channels": 2, "outputs": 3, "original": (100, 200, 200),
+                    "cropped": (100, 150, 200), "resampled": (50, 100, 100), "patch": (32, 64, 64)}
+    return InferenceSize(**(fields | changes))
+
+
+def test_least_bytes_counts_the_window_or_the_mapping_back_whichever_holds_more() -> None:
+    resampled, cropped, original = 50 * 100 * 100, 100 * 150 * 200, 100 * 200 * 200
+    # the stitched logits, the window's weight and the normalised logits, beside the image (2 channels)
+    window = 8 * 3 * resampled + 4 * resampled
+    assert least_bytes(_size(cropped=(50, 100, 100), original=(50, 100, 100))) == 8 * resampled + window
+    back = 4 * 3 * resampled + 10 * cropped  # upsampled back to the crop: more than the window
+    assert least_bytes(_size()) == 8 * resampled + back
+    assert least_bytes(_size(held=1000)) == 8 * resampled + back + 1000
+    probabilities = 4 * 3 * resampled + 8 * 3 * original  # on the original grid, and its weighted copy
+    assert least_bytes(_size(probabilities=True)) == 8 * resampled + probabilities
+
+
+def test_least_bytes_grows_with_what_the_prediction_holds() -> None:
+    same = {"cropped": (50, 100, 100), "original": (50, 100, 100)}
+    label = least_bytes(_size(**same))
+    assert least_bytes(_size(**same, regions=True)) > label  # float64 sigmoids and their logits' copy
+    assert least_bytes(_size(**same, members=2)) > label  # the ensemble's running sum
+    assert least_bytes(_size(**same, outputs=14)) > 3 * label
+    assert least_bytes(_size(**same, on_gpu=True)) < label  # the window's arrays on the GPU
+    padded = _size(**same, patch=(64, 128, 128))  # padded up to the patch: a larger window
+    assert least_bytes(padded) > label + 8 * 3 * (64 * 128 * 128 - 50 * 100 * 100)
+    assert least_bytes(_size(**same, dims="2d", patch=(64, 64))) > 0
+    whole = _size(**same, dims="2d", patch=(64, 64), pipeline_version=9, tta=True)  # padded to 128 x 128
+    assert least_bytes(whole) >= 8 * 50 * 100 * 100 + 4 * 2 * 50 * 128 * 128 + 4 * 3 * 50 * 128 * 128
+
+
+def test_peak_bytes_is_above_least_bytes() -> None:
+    for size in (_size(), _size(regions=True), _size(dims="2d", patch=(64, 64), pipeline_version=10)):
+        assert peak_bytes(size) >= PEAK_FACTOR * least_bytes(size) + PEAK_SLACK
+
+
+def test_check_fits_names_the_image_what_it_needs_and_what_there_is() -> None:
+    size = _size()
+    need = least_bytes(size)
+    check_fits(size, MemoryLimit(need, JOB), "never said")
+    check_fits(size, None, "never said")
+    with pytest.raises(DataError) as refused:
+        check_fits(size, MemoryLimit(need - 1, JOB, "cgroup memory.max"), "check its spacing")
+    assert str(refused.value) == (
+        f"{IMAGE}: predicting it needs at least {need / 2**30:.3g} GiB at once (3 class(es), 50 x 100 x 100 "
+        f"voxels at the plan's target spacing), more than the {(need - 1) / 2**30:.3g} GiB this process may "
+        "use (the container's or job's memory limit, cgroup memory.max); run with more memory, or check its "
+        "spacing")
+    with pytest.raises(DataError, match=r"\(3 region\(s\), "):
+        check_fits(_size(regions=True), MemoryLimit(need - 1, JOB), "check its spacing")
+
+
+@pytest.fixture
+def prepared(home: Path, tmp_path: Path):
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4, shape=(12, 40, 40))
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(src), progress=False)
+    return prepare_task(task, data, num_folds=2, workers=1), data
+
+
+def test_the_sweep_and_its_dry_run_refuse_a_run_whose_evaluation_cannot_fit(
+        prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hours of training, then the kernel's kill in the evaluation: refused before any run trains, once per
+    task, naming a held-out case of the run's fold; the dry run says the same line, exit 3."""
+    import medseg_bench.checks
+    from medseg_bench.sweep.dry_run import dry_run_lines
+    from medseg_bench.sweep.local import check_evaluation_memory
+
+    task, data = prepared
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    check_evaluations([spec], task, data, MemoryLimit(2**40, JOB))
+    check_evaluations([spec], task, data, None)
+    memory = MemoryLimit(100_000, JOB, "cgroup memory.max")  # the cache built: no case fits in 100 kB
+    with pytest.raises(DataError) as refused:
+        check_evaluations([spec], task, data, memory)
+    message = str(refused.value)
+    held_out = task.splits[0]["val"][0]
+    assert message.startswith(f"{data / 'Task90_Synth' / 'imagesTr' / held_out}.nii.gz: predicting it needs ")
+    assert message.endswith(f"; run with more memory, or set a coarser \"target_spacing\" in "
+                            f"{data / 'preprocessed' / 'Task90_Synth' / 'plan.json'} (run {spec.run_id} "
+                            "predicts it to evaluate, after training; nothing was trained)")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: memory)
+    with pytest.raises(DataError) as swept:
+        check_evaluation_memory([spec], {("Task90_Synth", 2): task}, data)
+    assert str(swept.value) == message
+    planned = dry_run_lines([spec], tmp_path / "results", data)
+    assert planned.exit_code == 3, planned.lines
+    assert f"Task90_Synth: the sweep would stop: {message}" in planned.lines
+
+
+def test_an_evaluation_refuses_a_held_out_case_it_cannot_fit(prepared) -> None:
+    """What a SLURM job's evaluation meets, whose memory the sweep that submitted it did not know: a failed
+    run with the line, not the kernel's kill."""
+    from medseg_bench.data.preprocess import load_case
+
+    task, _ = prepared
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    case_id = task.splits[0]["val"][0]
+    image, _, props = load_case(task.cache_dir, case_id)
+    check_held_out(spec, task, props, image.shape, 0, "cpu", MemoryLimit(2**40, JOB))
+    plan_file = task.cache_dir.parent / "plan.json"
+    pattern = rf"^{re.escape(props['image'])}: predicting it needs at least .* in {re.escape(str(plan_file))}"
+    with pytest.raises(DataError, match=pattern + "$"):
+        check_held_out(spec, task, props, image.shape, 0, "cpu", MemoryLimit(100_000, JOB))
+    with pytest.raises(DataError):  # the label maps kept for the postprocessing decision count too
+        check_held_out(spec, task, props, image.shape, 2**40, "cpu", MemoryLimit(2**39, JOB))
+    assert json.loads((task.cache_dir / f"{case_id}.json").read_text())["image"] == props["image"]
