@@ -276,6 +276,7 @@ def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
     from medseg_bench.data import preprocess
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.sweep import dry_run
     from tests.conftest import make_synthetic_task, write_task_file
 
     write_task_file(home, "Task90_Synth")
@@ -287,6 +288,8 @@ def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
     memory = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
     for module in (medseg_bench.checks, preprocess):
         monkeypatch.setattr(module, "usable_memory", lambda: memory)  # no case fits: a cache to build stops
+    # nor would any evaluation: that check (tested on its own) is left out here, the caches' alone tested
+    monkeypatch.setattr(dry_run, "_check_evaluation_memory", lambda *args: None)
     spec = RunSpec(task="Task90_Synth", dims="2d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
                    encoder="resnet34")
     assert spec.own_slice_spacing
