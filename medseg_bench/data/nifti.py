@@ -82,6 +82,23 @@ def parse_nifti_header(raw: bytes) -> NiftiHeader | None:
                        tuple(int(n) for n in sizes))
 
 
+def header_bytes(head: bytes) -> tuple[int, int | None]:
+    """The bytes of the header a NIfTI file starting with `head` holds, and its version (1 or 2): what its
+    sizeof_hdr says (348 or 540, either byte order), or its NIfTI-2 magic ("n+2", "ni2" at byte 4) where
+    sizeof_hdr is neither; else (348, None), the least any NIfTI holds. Its first bytes alone tell: a file cut
+    short inside its header is refused for it (`_read_nifti`), with no header parsed to declare a size."""
+    import struct
+
+    for endian in ("<", ">"):
+        if len(head) >= 4 and struct.unpack(f"{endian}i", head[:4])[0] == _NIFTI1_HEADER_BYTES:
+            return _NIFTI1_HEADER_BYTES, 1
+        if len(head) >= 4 and struct.unpack(f"{endian}i", head[:4])[0] == NIFTI2_HEADER_BYTES:
+            return NIFTI2_HEADER_BYTES, 2
+    if head[4:8] in (b"n+2\0", b"ni2\0"):
+        return NIFTI2_HEADER_BYTES, 2
+    return _NIFTI1_HEADER_BYTES, None
+
+
 def image_bytes_limit() -> int:
     """The most bytes of voxels an image may hold: MAX_IMAGE_BYTES, or the memory this process may use where
     less (`image_bound`)."""
@@ -200,8 +217,11 @@ def _read_nifti(path: Path, keep_data: bool) -> tuple[bytes, NiftiHeader | None]
                     raw += fh.read(max((image_bytes_limit() if declared is None else declared) - len(raw), 0))
         except OSError as exc:
             raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    if length < _NIFTI1_HEADER_BYTES:
-        raise DataError(f"{path}: truncated NIfTI header ({length} bytes)")
+    needed, version = header_bytes(raw)
+    if length < needed:  # a NIfTI-2 cut between 348 and 540 bytes has no header to declare a size: it passed
+        held = (f"{length} of the {needed} bytes of its NIfTI-{version} header" if version
+                else f"{length} bytes, fewer than the {needed} of any NIfTI header")
+        raise DataError(f"{path}: truncated NIfTI header ({held})")
     declared = header.declared_bytes if header is not None else None
     if declared is not None and length < declared:
         raise _truncated(path, length, declared)

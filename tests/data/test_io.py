@@ -290,6 +290,6 @@ def test_a_nifti_cut_short_inside_its_header_is_named_so(suffix: str, tmp_path: 
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10), np.float32)), str(path))
     path.write_bytes(path.read_bytes()[:60])
     why = (r"unreadable \(gzip stream cut short\)" if suffix == ".nii.gz"
-           else r"truncated NIfTI header \(60 bytes\)")
+           else r"truncated NIfTI header \(60 of the 348 bytes of its NIfTI-1 header\)")
     with pytest.raises(DataError, match=rf"^{path}: {why}$"):
         read_geometry(path)

@@ -196,3 +196,81 @@ def test_one_check_of_a_nifti_parses_its_header_once(suffix: str, version: int, 
     with pytest.raises(DataError, match="truncated"):
         check_nifti_complete(path)
     assert len(parsed) == 1
+
+
+def _cut(version: int, endian: str, size: int) -> bytes:
+    return nifti_bytes(version, endian)[:size]
+
+
+def _magic_only(size: int) -> bytes:
+    """A NIfTI-2 whose sizeof_hdr is lost (0), its magic left to say what it is, cut to `size` bytes."""
+    return bytes(4) + nifti_bytes(2, "<")[4:size]
+
+
+def _data_cut(found: int, declared: int) -> str:
+    return f"truncated ({found} bytes of the {declared} the header declares)"
+
+
+def _header_cut(found: int, needed: int, version: int | None) -> str:
+    if version is None:
+        return f"truncated NIfTI header ({found} bytes, fewer than the {needed} of any NIfTI header)"
+    return f"truncated NIfTI header ({found} of the {needed} bytes of its NIfTI-{version} header)"
+
+
+# A file too short for the header its first bytes say it starts: a NIfTI-2 cut between 348 and 540 bytes
+# passed (no header parsed, so no size declared, and taken as complete)
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(("raw", "why"), [
+    pytest.param(b"", _header_cut(0, 348, None), id="empty"),
+    pytest.param(b"\0\0\0\0", _header_cut(4, 348, None), id="4-zero-bytes"),
+    pytest.param(_cut(1, "<", 4), _header_cut(4, 348, 1), id="nifti1-4"),
+    pytest.param(_cut(1, ">", 347), _header_cut(347, 348, 1), id="nifti1-347-be"),
+    pytest.param(_cut(2, "<", 4), _header_cut(4, 540, 2), id="nifti2-4"),
+    pytest.param(_cut(2, "<", 348), _header_cut(348, 540, 2), id="nifti2-348"),
+    pytest.param(_cut(2, ">", 400), _header_cut(400, 540, 2), id="nifti2-400-be"),
+    pytest.param(_cut(2, "<", 539), _header_cut(539, 540, 2), id="nifti2-539"),
+    pytest.param(_magic_only(400), _header_cut(400, 540, 2), id="nifti2-magic-only-400"),
+    # whole headers, cut inside the gap before vox_offset (NIfTI-1's 352, NIfTI-2's 544) or at its start
+    pytest.param(_cut(1, "<", 348), _data_cut(348, 592), id="nifti1-348"),
+    pytest.param(_cut(1, "<", 350), _data_cut(350, 592), id="nifti1-350"),
+    pytest.param(_cut(2, "<", 540), _data_cut(540, 784), id="nifti2-540"),
+    pytest.param(_cut(2, ">", 542), _data_cut(542, 784), id="nifti2-542-be"),
+])
+def test_a_file_cut_short_inside_its_header_or_before_its_voxels_is_refused(
+        suffix: str, raw: bytes, why: str, tmp_path: Path) -> None:
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)  # a whole gzip stream of the cut
+    for check in (check_nifti_complete, count_nonfinite):
+        with pytest.raises(DataError) as caught:
+            check(path)
+        assert str(caught.value) == f"{path}: {why}"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_gzip_stream_cut_inside_the_header_is_cut_short(version: int, tmp_path: Path) -> None:
+    raw = nifti_bytes(version, "<")
+    stored = gzip.compress(raw, compresslevel=0)  # stored blocks: the cut lands 200 bytes into the header
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(stored[:10 + 5 + 200])  # the gzip header, a block's header, 200 bytes of the NIfTI's
+    for check in (check_nifti_complete, count_nonfinite):
+        with pytest.raises(DataError) as caught:
+            check(path)
+        assert str(caught.value) == f"{path}: unreadable (gzip stream cut short)"
+
+
+def test_a_nifti2_cut_inside_its_header_is_named_so_when_read_through_itk(tmp_path: Path) -> None:
+    from medseg_bench.data.io import read_geometry
+
+    path = tmp_path / "x.nii"
+    path.write_bytes(_cut(2, "<", 400))
+    with pytest.raises(DataError) as caught:
+        read_geometry(path)
+    assert str(caught.value) == f"{path}: {_header_cut(400, 540, 2)}"
+
+
+def test_whole_headers_of_either_version_are_sized_from_their_first_bytes() -> None:
+    from medseg_bench.data.nifti import header_bytes
+
+    assert header_bytes(nifti_bytes(1, ">")) == (348, 1)
+    assert header_bytes(nifti_bytes(2, "<")) == (540, 2)
+    assert header_bytes(b"\0" * 600) == (348, None)  # not NIfTI: ITK's read judges it
