@@ -18,10 +18,12 @@ import numpy as np
 from medseg_bench.data.itk_output import Printed, captured, captured_for
 from medseg_bench.data.metaimage import (
     HEADER_SEARCH_BYTES,
+    UNPARSED,
+    Header,
     MetaHeader,
     check_header_complete,
+    header_of,
     is_metaimage,
-    read_header,
     separate_data_file,
 )
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite, too_large
@@ -150,11 +152,11 @@ def sitk_module():  # imported lazily so that `--help` stays fast
     return sitk
 
 
-def _check_readable(path: Path) -> MetaHeader | None:
+def _check_readable(path: Path, header: Header = UNPARSED) -> MetaHeader | None:
     """DataError naming `path` where it is no file ITK should read: missing, a macOS resource fork, a
     `.nii.gz` that ITK would read another file for, a MetaImage whose data file is missing. Returns its
-    MetaImage header (`metaimage.read_header`; None for another format), read once here and passed on to
-    the read that follows (`_read_checked`), not parsed again."""
+    MetaImage header (`metaimage.read_header`; None for another format), read once here (or by the caller,
+    `header`) and passed on to the read that follows (`_read_checked`), not parsed again."""
     if not path.is_file():
         why = broken_link(path) or "file not found"
         raise DataError(f"{path}: {why}")
@@ -165,23 +167,23 @@ def _check_readable(path: Path) -> MetaHeader | None:
         # file would be read in its place without a word
         raise DataError(f"{path}: {path.name[:-3]} lies beside it, and ITK reads that file for either name; "
                         "remove or rename one of the two")
-    header = read_header(path)
-    data_file = separate_data_file(path, header.fields["ElementDataFile"]) if header is not None else None
+    parsed = header_of(path, header)
+    data_file = separate_data_file(path, parsed.fields["ElementDataFile"]) if parsed is not None else None
     if data_file is not None and not data_file.is_file():
         raise DataError(f"{path}: its data file {data_file.name} (ElementDataFile) is missing; keep it "
                         "beside the header")
-    return header
+    return parsed
 
 
-def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
-    """The field of a MetaImage header (`.mhd`, `.mha`: `ElementDataFile`) or a NRRD file's (`data file`)
-    that names the file(s) holding the voxels: its value, the lines after it (a `LIST`'s file names) and the
-    field's name; None for another format, or a header without one."""
+def _element_data_file(path: Path, header: Header = UNPARSED) -> tuple[str, list[str], str] | None:
+    """The field of a MetaImage header (`.mhd`, `.mha`: `ElementDataFile`; `header` where the caller parsed
+    it) or a NRRD file's (`data file`) that names the file(s) holding the voxels: its value, the lines after
+    it (a `LIST`'s file names) and the field's name; None for another format, or a header without one."""
     if is_metaimage(path):
-        header = read_header(path)  # None where unreadable: the read that follows names the problem
-        if header is None:
+        parsed = header_of(path, header)  # None where unreadable: the read that follows names the problem
+        if parsed is None:
             return None
-        return header.fields["ElementDataFile"], header.lines_after(), "ElementDataFile"
+        return parsed.fields["ElementDataFile"], parsed.lines_after(), "ElementDataFile"
     if not path.name.lower().endswith(".nrrd"):
         return None
     try:
@@ -199,20 +201,21 @@ def _element_data_file(path: Path) -> tuple[str, list[str], str] | None:
     return None
 
 
-def metaimage_data_file(path: Path) -> Path | None:
-    """The separate data file a MetaImage header (`.mhd`, `.mha`) names in `ElementDataFile`; None for data
-    in the header file itself (`LOCAL`), a list or pattern of files, or another format."""
-    header = read_header(path)
-    return separate_data_file(path, header.fields["ElementDataFile"]) if header is not None else None
+def metaimage_data_file(path: Path, header: Header = UNPARSED) -> Path | None:
+    """The separate data file a MetaImage header (`.mhd`, `.mha`; `header` where the caller parsed it) names
+    in `ElementDataFile`; None for data in the header file itself (`LOCAL`), a list or pattern of files, or
+    another format."""
+    parsed = header_of(path, header)
+    return separate_data_file(path, parsed.fields["ElementDataFile"]) if parsed is not None else None
 
 
-def data_file_outside(path: Path, folder: Path) -> str | None:
+def data_file_outside(path: Path, folder: Path, header: Header = UNPARSED) -> str | None:
     """"NAME (FIELD)" for a file that the MetaImage header or NRRD file `path` takes its voxels from
     (`ElementDataFile`, `data file`: one file, a `LIST` of them, or a pattern's `slice%03d.raw`) that lies
     outside `folder`, links followed; None where there is none. ITK reads whatever the header names,
     `/home/you/notes.txt` or `../../x` too: a dataset's header read the user's files as voxels, and an import
-    that stacks channel files deleted them."""
-    found = _element_data_file(path)
+    that stacks channel files deleted them. `header`: its MetaImage header where the caller parsed it."""
+    found = _element_data_file(path, header)
     if found is None or not found[0] or found[0].upper() == "LOCAL":
         return None
     value, after, field = found
@@ -238,10 +241,10 @@ def _is_complex(pixel_id: int) -> bool:
     return pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
 
 
-def _header(path: Path) -> Any:
+def _header(path: Path, header: Header = UNPARSED) -> Any:
     """ITK's reader of `path` with its header read (`_read_information`), the file checked first as every
-    read of a user's image is (`_check_readable`)."""
-    _check_readable(path)
+    read of a user's image is (`_check_readable`, from its MetaImage `header` where the caller parsed it)."""
+    _check_readable(path, header)
     return _read_information(path)
 
 
@@ -276,25 +279,27 @@ def _value_bytes(pixel_id: int) -> int:
     return max(int(found.group(1)) // 8, 1) if found else 8
 
 
-def vector_components(path: Path) -> int:
+def vector_components(path: Path, header: Header = UNPARSED) -> int:
     """The values per voxel of a 3D image stored with vector pixels (an RGB image: 3), read from its header;
     1 for one value per voxel and for a 4D image (MSD's channels along the fourth axis). `read_geometry`
-    counts either as channels: this tells the two apart, for a message that says which it is."""
-    reader = _header(path)
+    counts either as channels: this tells the two apart, for a message that says which it is. `header`: its
+    MetaImage header where the caller parsed it (`metaimage.read_header`), not parsed again."""
+    reader = _header(path, header)
     return 1 if reader.GetDimension() == 4 else int(reader.GetNumberOfComponents())
 
 
-def read_geometry(path: Path) -> tuple[Geometry, int]:
+def read_geometry(path: Path, header: Header = UNPARSED) -> tuple[Geometry, int]:
     """Read only the header: geometry (spatial axes) and the number of channels (a 4D image's fourth axis, or
-    a vector image's values per voxel, `vector_components`); a complex-valued image is a DataError."""
-    geometry, channels, _ = read_geometry_and_type(path)
+    a vector image's values per voxel, `vector_components`); a complex-valued image is a DataError. `header`:
+    its MetaImage header where the caller parsed it (`metaimage.read_header`), not parsed again."""
+    geometry, channels, _ = read_geometry_and_type(path, header)
     return geometry, channels
 
 
-def read_geometry_and_type(path: Path) -> tuple[Geometry, int, int]:
+def read_geometry_and_type(path: Path, header: Header = UNPARSED) -> tuple[Geometry, int, int]:
     """`read_geometry`, and the bytes of one value as stored (int16: 2): from the header alone, what reading
     the image will hold (`read_memory.py`)."""
-    reader = _header(path)
+    reader = _header(path, header)
     geometry, channels = _geometry_and_channels(
         reader.GetSpacing(),
         reader.GetOrigin(),
@@ -317,20 +322,22 @@ def _geometry_and_channels(spacing, origin, direction, size, components: int) ->
 
 
 def read_image(
-    path: Path, dtype: type = np.float32, check_complete: bool = False
+    path: Path, dtype: type = np.float32, check_complete: bool = False, header: Header = UNPARSED
 ) -> tuple[np.ndarray, Geometry]:
     """Read an image as a (C, Z, Y, X) array (C=1 for 3D images) plus its spatial geometry.
 
     SimpleITK reads a NIfTI cut short (or with a damaged gzip stream) without an error, the missing voxels 0,
     and a NIfTI's NaN and inf voxels as 0: `check_complete` checks the file first (`count_nonfinite`: a
     `.nii.gz` is decompressed twice) and the values read, for files a user hands in (predict, evaluate);
-    files of a fetched task were checked when it was validated.
+    files of a fetched task were checked when it was validated. `header`: its MetaImage header where the
+    caller parsed it (`metaimage.read_header`; validation's checks of a case share one), else parsed here:
+    once either way.
     """
     sitk = sitk_module()
-    header = _check_readable(path)
+    parsed = _check_readable(path, header)
     if check_complete and count_nonfinite(path):
         raise DataError(f"{path}: image holds NaN or inf voxels")
-    image = _read_checked(path, header)
+    image = _read_checked(path, parsed)
     geom, channels = _geometry_and_channels(
         image.GetSpacing(),
         image.GetOrigin(),
@@ -364,11 +371,13 @@ def layout_problem(size: tuple[int, ...]) -> str:
     return f"{len(size)}D image of size {_fmt(tuple(size))}; a 3D (or 4D multi-modal) image expected"
 
 
-def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a label map as a (Z, Y, X) uint8 array; non-integer values are an error."""
-    array, geom = read_image(path, dtype=np.float32)
+def read_label(path: Path, header: Header = UNPARSED) -> tuple[np.ndarray, Geometry]:
+    """Read a label map as a (Z, Y, X) uint8 array; non-integer values are an error. `header`: as
+    `read_image`'s."""
+    parsed = _check_readable(path, header)  # parsed here where the caller did not: once for both reads
+    array, geom = read_image(path, dtype=np.float32, header=parsed)
     if array.shape[0] != 1:
-        if vector_components(path) > 1:
+        if vector_components(path, parsed) > 1:
             raise DataError(f"{path}: {vector_pixels(array.shape[0])}; a label map holds one value per voxel")
         raise DataError(f"{path}: label map has {array.shape[0]} channels, expected 1")
     return label_values(array[0], path), geom
@@ -467,14 +476,15 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: Pat
                             direction=np.asarray(geometry.direction))
 
 
-def read_sitk_image(path: Path) -> Any:
+def read_sitk_image(path: Path, header: Header = UNPARSED) -> Any:
     """The image `path` as SimpleITK reads it, its header read and checked first (`_read_information`: a
     complex-valued image, `COMPLEX_PIXELS`, and one larger than an image may be, `nifti.too_large`, are
     refused before its voxels are read, and so is a MetaImage whose voxel data is cut short, which SimpleITK
     2.2 reads without an error, `metaimage.check_header_complete`), what ITK prints to stderr on its own
     kept off it (`itk_output`): a file it cannot read is one DataError naming it, what ITK printed about it
-    the reason where its error says less."""
-    return _read_checked(path, read_header(path))
+    the reason where its error says less. `header`: its MetaImage header where the caller parsed it
+    (`metaimage.read_header`), not parsed again."""
+    return _read_checked(path, header_of(path, header))
 
 
 def _read_checked(path: Path, header: MetaHeader | None) -> Any:

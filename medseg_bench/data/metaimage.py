@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from medseg_bench.errors import DataError
@@ -71,6 +72,25 @@ def read_header(path: Path) -> MetaHeader | None:
                 return None  # the line goes on past what was read
             return MetaHeader(fields, at, text)
     return None
+
+
+class Unparsed(Enum):
+    """What a function that reads a MetaImage header gets where its caller parsed none (`UNPARSED`): it
+    parses it itself (`header_of`). A caller that checks a file several ways parses it once and passes the
+    `read_header` result (None too) to each, so that its checks read one header, not a copy each parsed again
+    (no cache: nothing kept past the call that parsed it)."""
+
+    UNPARSED = "unparsed"
+
+
+UNPARSED = Unparsed.UNPARSED
+# A MetaImage header as a caller passes it on: `read_header`'s result, or UNPARSED where it parsed none
+Header = MetaHeader | None | Unparsed
+
+
+def header_of(path: Path, header: Header) -> MetaHeader | None:
+    """`header` as the caller parsed it, or `read_header(path)` where it parsed none (UNPARSED)."""
+    return read_header(path) if isinstance(header, Unparsed) else header
 
 
 def separate_data_file(path: Path, value: str) -> Path | None:

@@ -20,7 +20,7 @@ from medseg_bench.data.io import (
     vector_components,
     vector_pixels,
 )
-from medseg_bench.data.metaimage import check_metaimage_complete
+from medseg_bench.data.metaimage import UNPARSED, Header, MetaHeader, check_header_complete, read_header
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
 from medseg_bench.data.read_memory import VALIDATION, reads_at_once, stored_cases
@@ -60,9 +60,15 @@ class ValidationReport:
 
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
                declared: set[int] | None = None,
-               orientations: dict[str, str | None] | None = None) -> list[Problem]:
+               orientations: dict[str, str | None] | None = None,
+               folder: Path | None = None) -> list[Problem]:
     """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
-    `orientations` gets the image's (`Geometry.orientation`) once its header is read.
+    `orientations` gets the image's (`Geometry.orientation`) once its header is read. `folder`: the task
+    folder, where a file whose header takes its voxels from outside it is a problem (`_read_from_outside`),
+    found before anything reads them.
+
+    Each file's MetaImage header is parsed once (`metaimage.read_header`), and that one passed to every check
+    and read of the file: it was parsed three times without `deep`, five with it.
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
     cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
@@ -84,20 +90,25 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
             return problem(path, f"{what} file is {why}" if why else f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")
+    headers = {path: read_header(path) for path in (case.image, case.label)}  # once both are found files
+    image_header, label_header = headers[case.image], headers[case.label]
+    outside = _read_from_outside(case, folder, headers) if folder is not None else []
+    if outside:
+        return outside
     try:
-        image_geom, channels = read_geometry(case.image)
+        image_geom, channels = read_geometry(case.image, image_header)
     except DataError as exc:
         return problem(case.image, reason(exc))
     if orientations is not None:
         orientations[case.case_id] = image_geom.orientation
     try:  # vector pixels read as channels: "image is 4D, the task declares 3D" was all it said
-        if channels > 1 and channels != task.num_channels and vector_components(case.image) > 1:
+        if channels > 1 and channels != task.num_channels and vector_components(case.image, image_header) > 1:
             return problem(case.image, _modalities_problem(channels, task, vector=True))
     except DataError as exc:
         return problem(case.image, reason(exc))
     try:
-        label_geom, label_channels = read_geometry(case.label)
-        label_vector = label_channels > 1 and vector_components(case.label) > 1
+        label_geom, label_channels = read_geometry(case.label, label_header)
+        label_vector = label_channels > 1 and vector_components(case.label, label_header) > 1
     except DataError as exc:
         return problem(case.label, reason(exc))
     if label_vector:
@@ -106,7 +117,7 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         try:
             if path.name.lower().endswith(".nii"):
                 check_nifti_complete(path)
-            check_metaimage_complete(path)  # a MetaImage cut short; other formats pass
+            check_header_complete(path, headers[path])  # a MetaImage cut short; other formats pass
         except DataError as exc:
             return problem(path, reason(exc))
     ndim = 4 if task.tensor_image_size == "4D" else 3
@@ -125,7 +136,7 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return []
     try:
         nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
-        label, _ = read_label(case.label)
+        label, _ = read_label(case.label, label_header)
     except DataError as exc:
         return problem(case.label, reason(exc))
     if nonfinite:  # read as 0 (background) by ITK's NIfTI reader
@@ -138,7 +149,7 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         also = "" if not declared or set(extra) <= declared else " nor declared in dataset.json"
         return problem(case.label, _foreign_labels_problem(extra, task) + also)
     try:
-        image, _ = read_image(case.image)
+        image, _ = read_image(case.image, header=image_header)
         nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
     except DataError as exc:
         return problem(case.image, reason(exc))
@@ -245,8 +256,7 @@ def validate_folder(
     orientations: dict[str, str | None] = {}
 
     def run(case: Case) -> list[Problem]:
-        found = (_read_from_outside(case, folder)
-                 or check_case(case, task, allowed, deep, declared, orientations))
+        found = check_case(case, task, allowed, deep, declared, orientations, folder)
         if on_case is not None:
             on_case()
         return found
@@ -264,11 +274,14 @@ def validate_folder(
                             orientations=orientations)
 
 
-def _read_from_outside(case: Case, folder: Path) -> list[Problem]:
+def _read_from_outside(case: Case, folder: Path,
+                       headers: dict[Path, MetaHeader | None] | None = None) -> list[Problem]:
     """The case's file whose MetaImage header takes its voxels from a file outside the task `folder`
-    (`ElementDataFile = /home/you/notes.txt`): ITK read that file as the case's voxels."""
+    (`ElementDataFile = /home/you/notes.txt`): ITK read that file as the case's voxels. `headers`: each
+    file's MetaImage header where the caller parsed them (`check_case`)."""
     for path in (case.image, case.label):
-        name = data_file_outside(path, folder)
+        header: Header = headers[path] if headers is not None else UNPARSED
+        name = data_file_outside(path, folder, header)
         if name is not None:
             why = f"its data file {name} lies outside the task folder"
             return [Problem(case.case_id, str(path), why)]

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from medseg_bench.data.io import read_image
-from medseg_bench.data.metaimage import HEADER_SEARCH_BYTES, data_problem, read_header, voxel_bytes
+from medseg_bench.data.metaimage import (
+    HEADER_SEARCH_BYTES,
+    MetaHeader,
+    data_problem,
+    read_header,
+    voxel_bytes,
+)
 from medseg_bench.errors import DataError
 
 VALUES = np.arange(24, dtype=np.int16).reshape(2, 3, 4)  # (z, y, x): 48 bytes
@@ -161,6 +167,23 @@ def test_voxel_bytes(fields: dict[str, str], expected: int | None) -> None:
     assert voxel_bytes(fields) == expected
 
 
+def counted_header_parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths `metaimage.read_header` parses from now on, in order, wherever it is called from: every
+    module of the package that holds it under that name has it replaced by a counting one."""
+    import sys
+
+    parsed: list[Path] = []
+
+    def counted(path: Path) -> MetaHeader | None:
+        parsed.append(path)
+        return read_header(path)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("medseg_bench.") and getattr(module, "read_header", None) is read_header:
+            monkeypatch.setattr(module, "read_header", counted)
+    return parsed
+
+
 @pytest.mark.parametrize("name", ["x.mha", "x.mhd"])
 def test_one_read_of_an_image_parses_its_header_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     name: str) -> None:
@@ -168,27 +191,45 @@ def test_one_read_of_an_image_parses_its_header_once(tmp_path: Path, monkeypatch
     # (`check_metaimage_complete`); read_sitk_image, which checks no data file, parses it once
     import SimpleITK as sitk
 
-    from medseg_bench.data import io, metaimage
-    from medseg_bench.data.io import read_label, read_sitk_image
+    from medseg_bench.data.io import (
+        data_file_outside,
+        read_geometry,
+        read_label,
+        read_sitk_image,
+        vector_components,
+    )
 
-    parsed: list[Path] = []
-
-    def counted(path: Path) -> metaimage.MetaHeader | None:
-        parsed.append(path)
-        return read_header(path)
-
-    for module in (io, metaimage):  # wherever it is called from
-        monkeypatch.setattr(module, "read_header", counted)
+    parsed = counted_header_parses(monkeypatch)
     path = tmp_path / name
     sitk.WriteImage(sitk.GetImageFromArray(VALUES), str(path))
     for read in (read_image, read_label, read_sitk_image):
         parsed.clear()
         read(path)
         assert parsed == [path]
+    header = read_header(path)  # parsed by the caller (validation's checks of a case): not parsed again
+    parsed.clear()
+    read_geometry(path, header), vector_components(path, header), data_file_outside(path, tmp_path, header)
+    read_image(path, header=header), read_label(path, header), read_sitk_image(path, header)
+    assert parsed == []
     data_file = tmp_path / "x.raw" if name == "x.mhd" else path
     data_file.write_bytes(data_file.read_bytes()[:-1])
     parsed.clear()
     with pytest.raises(DataError) as info:  # parsed once, the header still holds the voxels to its size
         read_image(path)
     assert str(info.value) == _refusal(path, 47, 48, data_file if name == "x.mhd" else None)
+    assert parsed == [path]
+
+
+def test_a_vector_label_map_is_refused_from_one_parse_of_its_header(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # read_label parsed it again to tell vector pixels from channels (`vector_components`)
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import read_label
+
+    parsed = counted_header_parses(monkeypatch)
+    path = tmp_path / "x.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 3), np.uint8), isVector=True), str(path))
+    with pytest.raises(DataError, match=r"RGB/vector pixels \(3 components per voxel\); a label map holds"):
+        read_label(path)
     assert parsed == [path]

@@ -313,6 +313,41 @@ def test_a_metaimage_cut_short_is_excluded(synth, deep: bool, sub: str, suffix: 
         f"the {size} bytes of voxel data the header declares)")
 
 
+def test_a_case_s_validation_parses_each_metaimage_header_once(synth,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # parsed for the outside check (`io.data_file_outside`), its geometry, its size
+    # (`check_metaimage_complete`) and again for each of `deep`'s reads: three times a file, five with `deep`
+    import SimpleITK as sitk
+
+    from medseg_bench.data.validate import check_case
+    from tests.data.test_metaimage import counted_header_parses
+
+    folder, task = synth
+    for each, suffix in (("imagesTr", ".mha"), ("labelsTr", ".mhd")):
+        gz = folder / each / "case_005.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(gz)), str(gz.with_name(f"case_005{suffix}")))
+        gz.unlink()
+        meta_path = folder / "dataset.json"
+        meta_path.write_text(meta_path.read_text().replace(f"{each}/case_005.nii.gz",
+                                                           f"{each}/case_005{suffix}"))
+    case = training_cases(folder)[5]
+    assert (case.image.name, case.label.name) == ("case_005.mha", "case_005.mhd")
+    parsed = counted_header_parses(monkeypatch)
+    assert validate_folder(folder, task, deep=False).problems == []
+    # every case's files once (another format's a name's look: no file is read for it)
+    assert sorted(parsed) == sorted(p for each in training_cases(folder) for p in (each.image, each.label))
+    for deep in (False, True):
+        parsed.clear()
+        assert check_case(case, task, set(task.labels), deep, folder=folder) == []
+        assert sorted(parsed) == sorted([case.image, case.label])
+    (case.label.with_suffix(".raw")).rename(folder.parent / "x.raw")  # one parse still finds it outside
+    case.label.write_text(case.label.read_text().replace("case_005.raw", "../../x.raw"))
+    parsed.clear()
+    assert [str(p) for p in check_case(case, task, set(task.labels), True, folder=folder)] == [
+        f"{case.label}: its data file ../../x.raw (ElementDataFile) lies outside the task folder"]
+    assert sorted(parsed) == sorted([case.image, case.label])
+
+
 NOT_POSITIVE = "each must be a positive finite number"
 OUT_OF_RANGE = "is outside 0.001-1000 mm (a header in other units, or a broken one)"
 
