@@ -32,6 +32,7 @@ from medseg_bench.data.io import (
     sitk_module,
     write_checked,
 )
+from medseg_bench.data.metaimage import MetaHeader, read_header
 from medseg_bench.data.nifti import count_nonfinite
 from medseg_bench.errors import DataError
 from medseg_bench.files import parse_json, write_json_atomic
@@ -112,11 +113,15 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
 def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tuple[Path, str] | None:
     """Put a case's channel `files` into `target`: renamed when one, stacked when several. Returns the file
     at fault and why, when they cannot be. A channel file that takes its voxels from a file outside the
-    dataset's folder `root` (a MetaImage's `ElementDataFile`) is one: it was read, then deleted with it."""
+    dataset's folder `root` (a MetaImage's `ElementDataFile`) is one: it was read, then deleted with it.
+    Each file's MetaImage header is parsed once, and that one passed to its checks, its read and its removal.
+    """
+    headers: dict[Path, MetaHeader | None] = {}
     for path in files:
         if not path.is_file():
             return path, "missing (one file per channel: CASE_0000, CASE_0001, ...)"
-        outside = data_file_outside(path, root)
+        headers[path] = read_header(path)
+        outside = data_file_outside(path, root, headers[path])
         if outside is not None:
             return path, f"its data file {outside} lies outside the dataset's folder"
     if len(files) == 1:
@@ -128,7 +133,7 @@ def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tupl
     for path in files:
         try:  # ITK reads a NIfTI cut short, and its NaN voxels, as zeros: each file is checked as stored
             nonfinite = count_nonfinite(path)
-            image = read_sitk_image(path)
+            image = read_sitk_image(path, headers[path])
         except DataError as exc:
             return path, str(exc).removeprefix(f"{path}: ")
         if nonfinite:
@@ -150,7 +155,7 @@ def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tupl
     voxels = joined.GetNumberOfPixels() * joined.GetSizeOfPixelComponent()
     write_checked(joined, target, target, voxels)  # a full disk stops the import, naming the file
     for path in files:
-        data_file = metaimage_data_file(path)  # an .mhd's voxels are a file of their own, inside `root`
+        data_file = metaimage_data_file(path, headers[path])  # an .mhd's voxels: their own file, in `root`
         path.unlink()
         if data_file is not None and data_file.is_file():
             data_file.unlink()

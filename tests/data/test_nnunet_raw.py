@@ -336,10 +336,15 @@ def test_an_nnunet_raw_folder_of_several_datasets_says_which_to_pass(home: Path,
                                 f"pass one of them, as --source {source}")
 
 
-def test_metaimage_channel_files_leave_no_data_file_behind(home: Path, tmp_path: Path) -> None:
-    # A stacked .mhd channel file went, its .raw voxels stayed in the task's imagesTr.
+def test_metaimage_channel_files_leave_no_data_file_behind(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stacked .mhd channel file went, its .raw voxels stayed in the task's imagesTr. Each channel file's
+    # header is parsed once (it was three times: for the outside check, the read and the removal)
     import SimpleITK as sitk
 
+    from tests.data.test_metaimage import counted_header_parses
+
+    parsed = counted_header_parses(monkeypatch)
     _, source = _two_channel_source(home, tmp_path, num_cases=2)
     for path in sorted(source.glob("*Tr/*.nii.gz")):
         sitk.WriteImage(sitk.ReadImage(str(path)), str(path.with_name(path.name.replace(".nii.gz", ".mhd"))))
@@ -351,6 +356,8 @@ def test_metaimage_channel_files_leave_no_data_file_behind(home: Path, tmp_path:
     assert outcome.report is not None and not outcome.report.problems
     assert sorted(p.name for p in (outcome.folder / "imagesTr").iterdir()) == ["case_000.nii.gz",
                                                                                "case_001.nii.gz"]
+    assert sorted(p.name for p in parsed if p.parent.name == "imagesTr" and p.suffix == ".mhd") == [
+        f"case_00{case}_000{channel}.mhd" for case in (0, 1) for channel in (0, 1)]
 
 
 def test_a_channel_name_warning_names_the_users_dataset_json(shared_task: Path, home: Path,
