@@ -196,7 +196,8 @@ def read_finished_run(folder: Path):
                        f"metrics.csv scores {', '.join(sorted(set(frame['label'])))} for each case")
     expected = summary.get("num_cases", 0) * len(labels) or len(frame)
     if len(frame) != expected:
-        raise _corrupt(path, f"has {len(frame)} rows, summary.json counts {expected} (cases x labels)")
+        rows = f"{len(frame)} row{'' if len(frame) == 1 else 's'}"
+        raise _corrupt(path, f"has {rows}, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
     problem = _bad_row(frame, labels) or _bad_cell(frame)

@@ -37,7 +37,7 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
     ("spec.json", '{"task": "T"}', "lacks dims, arch, loss, aug"),
     ("summary.json", "", "not valid JSON"),
     ("metrics.csv", "x,y\n1,2\n", "lacks the column(s) case, label, dice, ref_empty, pred_empty"),
-    ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 rows, summary.json counts 2 (cases x labels)"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\n", "has 1 row, summary.json counts 2 (cases x labels)"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,0.", "a row is cut short"),
     # Rows edited by hand: an empty case name was counted as a case of its own (cases 4, samples 5, the Dice
     # moved), a label the run never scored got a column of its own (dice_label_7), 1.5 too.

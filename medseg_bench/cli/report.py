@@ -73,7 +73,7 @@ def report(
         figures = make_plots(result)
         if plots is not None:
             written = write_plots(figures, plots)
-            typer.echo(f"wrote {len(written)} figures to {plots}", err=True)
+            typer.echo(f"wrote {len(written)} figure{'' if len(written) == 1 else 's'} to {plots}", err=True)
     if rich:
         print_rich(result)
         return

@@ -70,6 +70,7 @@ def validate(
             f" and {len(excluded) - PROBLEMS_SHOWN} more" if len(excluded) > PROBLEMS_SHOWN else "")
         console.print(f"[yellow]warning:[/yellow] excluded from training: {escape(listed)}")
     typer.echo(
-        f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training cases valid in {folder}"
+        f"{spec.name}: {len(report.usable_cases)} of {len(report.cases)} training "
+        f"case{'' if len(report.cases) == 1 else 's'} valid in {folder}"
         + ("; list of excluded cases updated" if changed else "")
     )

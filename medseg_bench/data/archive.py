@@ -84,8 +84,9 @@ def _check_room(archive: Path, staging: Path, members: list[tarfile.TarInfo]) ->
     except (AttributeError, OSError):  # no statvfs (Windows): the extraction's own error names a full disk
         return
     if counts.f_files and len(members) > counts.f_favail:
-        raise FileSystemError(f"{staging.parent}: cannot extract {archive} here (its {len(members)} entries "
-                              f"need as many inodes, {counts.f_favail} are free)")
+        need = f"{len(members)} entr{'y needs' if len(members) == 1 else 'ies need'}"
+        raise FileSystemError(f"{staging.parent}: cannot extract {archive} here (its {need} as many "
+                              f"inodes, {counts.f_favail} are free)")
 
 
 def _extract(tar: tarfile.TarFile, archive: Path, staging: Path, entry: list[str]) -> None:

@@ -91,7 +91,8 @@ def download(
             )
             time.sleep(min(2.0**attempt, 8.0) * 0.25)
     else:
-        raise FetchError(f"{url}: download failed after {attempts} attempts ({last_error}); rerun to resume")
+        tries = f"{attempts} attempt{'' if attempts == 1 else 's'}"
+        raise FetchError(f"{url}: download failed after {tries} ({last_error}); rerun to resume")
     _validator_file(part).unlink(missing_ok=True)
     actual = md5_of(part)
     if actual != md5:

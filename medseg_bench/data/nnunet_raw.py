@@ -224,8 +224,8 @@ def _count_warning(data: dict[str, Any], json_path: Path, labels: list[Path]) ->
     count = data.get("numTraining")
     if count is None or count == len(labels):
         return []
-    return [f"{json_path}: numTraining is {count}, labelsTr holds {len(labels)} label maps: all of them "
-            "imported"]
+    maps = f"{len(labels)} label map{'' if len(labels) == 1 else 's'}"
+    return [f"{json_path}: numTraining is {count}, labelsTr holds {maps}: all of them imported"]
 
 
 def _channel_groups(images: list[Path]) -> tuple[dict[str, dict[int, Path]], list[Path]]:

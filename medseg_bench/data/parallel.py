@@ -125,7 +125,7 @@ def _map(
 
     results: list[R] = []
     console = Console(stderr=True)  # a bar only on a terminal: elsewhere rich left an empty line per bar
-    with step_bar(description or f"{len(items)} items", len(items), console,
+    with step_bar(description or f"{len(items)} item{'' if len(items) == 1 else 's'}", len(items), console,
                   progress and console.is_terminal) as advance:
         if pool is None:
             for item in items:

@@ -391,7 +391,8 @@ def check_declared_labels(task: TaskSpec, cases: list[Case], folder: Path) -> No
     held = {int(value): n for value, n in present.items()
             if value.isdigit() and int(value) not in task.labels and isinstance(n, int) and n > 0}
     if held:
-        values = ", ".join(f"{v} (in {n} of {len(cases)} cases)" for v, n in sorted(held.items()))
+        of = f"{len(cases)} case{'' if len(cases) == 1 else 's'}"
+        values = ", ".join(f"{v} (in {n} of {of})" for v, n in sorted(held.items()))
         labels = ", ".join(str(k) for k in sorted(task.labels))
         raise DataError(f"{task.source_file or task.name}: label value(s) {values} of {task.name}'s "
                         f"label maps not among its labels ({labels}), edited since the task was "
@@ -405,8 +406,9 @@ def _check_foreground(task: TaskSpec, fp: dict, cases: list[Case]) -> None:
     if cases and not any(classes.get(str(v), {}).get("cases_present", 0) for v in task.foreground_labels):
         names = ", ".join(f"{v} {task.labels[v]}" for v in task.foreground_labels)
         ct = any(map(task.is_ct_channel, range(task.num_channels)))
-        raise DataError(f"{cases[0].label.parent}: none of the {len(cases)} training cases holds a "
-                        f"foreground label ({names}): nothing to learn"
+        holds = ("its one training case holds no" if len(cases) == 1
+                 else f"none of the {len(cases)} training cases holds a")
+        raise DataError(f"{cases[0].label.parent}: {holds} foreground label ({names}): nothing to learn"
                         + (", and no foreground to take CT intensity statistics from" if ct else ""))
 
 

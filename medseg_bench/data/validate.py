@@ -201,7 +201,8 @@ def _modalities_problem(channels: int, task: TaskSpec, vector: bool = False) -> 
     if vector:
         declared = "1 modality" if task.num_channels == 1 else f"{task.num_channels} modalities"
         return f"{vector_pixels(channels)}, but the task declares {declared} ({', '.join(task.modalities)})"
-    return f"image has {channels} modalities, the task declares {task.num_channels}"
+    return (f"image has {channels} modalit{'y' if channels == 1 else 'ies'}, the task declares "
+            f"{task.num_channels}")
 
 
 def _foreign_labels_problem(extra: list[int], task: TaskSpec) -> str:
@@ -312,7 +313,8 @@ def label_warnings(folder: Path, task: TaskSpec) -> list[str]:
                             "(check that the label values mean what the task file says)")
     modalities = data.get("modality")
     if isinstance(modalities, dict) and modalities and len(modalities) != task.num_channels:
-        warnings.append(f"{path}: declares {len(modalities)} modalities, {task.name}'s task file "
+        declares = f"{len(modalities)} modalit{'y' if len(modalities) == 1 else 'ies'}"
+        warnings.append(f"{path}: declares {declares}, {task.name}'s task file "
                         f"{task.num_channels}; each image's channels are checked against the task file")
     elif isinstance(modalities, dict) and modalities:
         # Channels are taken in the images' order, named by the task file (a "CT" channel is normalised as
@@ -342,8 +344,9 @@ def header_warnings(folder: Path, task: TaskSpec) -> list[str]:
     count, listed = data.get("numTraining"), data.get("training")
     if isinstance(count, int) and not isinstance(count, bool) and isinstance(listed, list) \
             and count != len(listed):
-        warnings.append(f"{path}: numTraining is {count}, 'training' lists {len(listed)} cases; the listed "
-                        "cases are used (an edited or cut-down copy?)")
+        cases = f"{len(listed)} case{'' if len(listed) == 1 else 's'}"
+        warnings.append(f"{path}: numTraining is {count}, 'training' lists {cases}; the listed cases are "
+                        "used (an edited or cut-down copy?)")
     size = data.get("tensorImageSize")
     expected = "4D" if task.num_channels > 1 else "3D"
     if isinstance(size, str) and size.strip().upper() in ("3D", "4D") and size.strip().upper() != expected:
@@ -365,7 +368,8 @@ def orientation_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
         return []
     (main, count), *others = found.most_common()
     listed = ", ".join(f"{o} ({n}, e.g. {min(c for c, x in seen.items() if x == o)})" for o, n in others)
-    return [f"{task.name}: images stored in {len(found)} orientations: {main} ({count} cases), {listed}; "
+    cases = f"{count} case{'' if count == 1 else 's'}"
+    return [f"{task.name}: images stored in {len(found)} orientations: {main} ({cases}), {listed}; "
             "neither medseg-bench nor nnU-Net reorients them, so networks see these mirrored or turned: "
             f"store every case {main} for comparable training (MONAI's Orientationd, nibabel's "
             "as_closest_canonical)"]
@@ -376,13 +380,14 @@ def case_count_warnings(task: TaskSpec, report: ValidationReport) -> list[str]:
     expected, found = task.num_training, len(report.cases)
     if expected is None or found == expected:
         return []
+    cases = f"{found} training case{'' if found == 1 else 's'}"
     if found < expected:
         return [
-            f"{task.name}: {found} training cases, the catalog lists {expected}: a subset (it works, but "
+            f"{task.name}: {cases}, the catalog lists {expected}: a subset (it works, but "
             "scores are not comparable with results on the full task)"
         ]
     return [
-        f"{task.name}: {found} training cases, more than the {expected} the catalog lists "
+        f"{task.name}: {cases}, more than the {expected} the catalog lists "
         "(another release of the data?)"
     ]
 

@@ -336,7 +336,8 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
     if compact:
         intro.append("Per-label columns: see --format markdown, html or latex.")
     if s["top"]:
-        intro.append(f"Only the top {s['top']} configurations of each task, and of the ranking across tasks, "
+        top = f"{s['top']} configuration{'' if s['top'] == 1 else 's'}"
+        intro.append(f"Only the top {top} of each task, and of the ranking across tasks, "
                      f"are shown, and those tied with the {_ordinal(s['top'])} (so a table may hold more); "
                      "the significance tests cover, and list, every configuration.")
     out = [Section("medseg-bench report", 1, intro)]

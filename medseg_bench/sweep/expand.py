@@ -195,8 +195,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     rules = [parse_exclude(rule) for rule in request.exclude]
     for given, rule in zip(request.exclude, rules, strict=True):
         if "fold" in rule and int(rule["fold"]) >= request.num_folds:
+            folds = f"{request.num_folds} fold{'' if request.num_folds == 1 else 's'}"
             raise UsageError(f"exclude rule '{given}': fold {rule['fold']} does not exist, the sweep has "
-                             f"{request.num_folds} folds (0 to {request.num_folds - 1})")
+                             f"{folds} (0 to {request.num_folds - 1})")
     if request.class_weights is not None and "labels" in targets:
         from medseg_bench.losses import build_loss
 

@@ -145,8 +145,9 @@ def setup_problem(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: P
         return problem
     if then is not None and then != prepared.splits[spec.fold]:
         changed = len(set(then["val"]) ^ set(prepared.splits[spec.fold]["val"]))
+        differ = f"{changed} held-out {'case differs' if changed == 1 else 'cases differ'}"
         return (f"{folder / 'splits.json'}: the run started with another split of fold {spec.fold} than "
-                f"the task's splits file gives now ({changed} held-out cases differ); restore that file, or "
+                f"the task's splits file gives now ({differ}); restore that file, or "
                 "delete the run folder to start over")
     sides = 2 if spec.dims == "2d" else 3  # a patch of other sides was said to differ from the plan's
     setup, problem = _started_with(folder / SETUP_NAME, "patch and batch size",

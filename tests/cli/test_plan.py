@@ -121,13 +121,15 @@ def test_plan_works_under_the_lock_a_sweep_builds_the_task_under(home: Path, tmp
     assert held == [True]
 
 
+@pytest.mark.parametrize(("cases", "holds"), [(3, "none of the 3 training cases holds a"),
+                                               (1, "its one training case holds no")])
 def test_a_task_without_any_foreground_is_refused_not_planned_with_made_up_ct_statistics(
-        home: Path, tmp_path: Path) -> None:
+        home: Path, tmp_path: Path, cases: int, holds: str) -> None:
     import numpy as np
 
     from tests.conftest import write_image
 
-    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=3, ct=True)
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=cases, ct=True)
     for label in (src / "labelsTr").iterdir():
         write_image(label, np.zeros((12, 20, 20), np.uint8))
     write_task_file(home, "Task90_Synth", ct=True)
@@ -135,7 +137,7 @@ def test_a_task_without_any_foreground_is_refused_not_planned_with_made_up_ct_st
     result = runner.invoke(app, ["plan", "Task90_Synth", "--workers", "1"])
     assert result.exit_code == 3, result.output
     assert result.output == (
-        f"error: {home / 'data' / 'Task90_Synth' / 'labelsTr'}: none of the 3 training cases holds a "
+        f"error: {home / 'data' / 'Task90_Synth' / 'labelsTr'}: {holds} "
         "foreground label (1 outer, 2 core): nothing to learn, and no foreground to take CT intensity "
         "statistics from\n")
     assert not (home / "data" / "preprocessed" / "Task90_Synth" / "plan.json").exists()

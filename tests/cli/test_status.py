@@ -212,10 +212,10 @@ def test_a_run_changed_since_it_was_read_is_read_again(tmp_path: Path) -> None:
                                                                 cost={"params": 7}))
     assert reads.read(folder)[1]["cost"]["params"] == 7
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\na,1,0.5,False,False\n")
-    with pytest.raises(DamagedRunError, match="metrics.csv: has 1 rows, summary.json counts 2"):
+    with pytest.raises(DamagedRunError, match="metrics.csv: has 1 row, summary.json counts 2"):
         reads.read(folder)
     (folder / "events.jsonl").unlink()
-    with pytest.raises(DamagedRunError, match="metrics.csv: has 1 rows"):
+    with pytest.raises(DamagedRunError, match="metrics.csv: has 1 row,"):
         reads.read(folder)  # read again (a file is gone), and damaged still
 
 

@@ -31,6 +31,16 @@ def test_clean_task(home: Path, tmp_path: Path) -> None:
         assert f"6 of 6 training cases valid in {folder}" in result.output
 
 
+def test_a_task_of_one_case_says_case(home: Path, tmp_path: Path) -> None:
+    # "1 of 1 training cases valid"
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=1)
+    write_task_file(home, "Task90_Synth")
+    assert runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)]).exit_code == 0
+    result = runner.invoke(app, ["validate", "Task90_Synth"])
+    assert result.exit_code == 0, result.output
+    assert f"1 of 1 training case valid in {home / 'data' / 'Task90_Synth'}" in result.output
+
+
 def test_a_case_broken_after_fetch_is_found_and_excluded(home: Path, tmp_path: Path) -> None:
     folder = _fetched(home, tmp_path)
     label = np.zeros((12, 20, 20), np.uint8)

@@ -761,7 +761,7 @@ def test_a_stalled_download_keeps_every_byte_received(tmp_path: Path) -> None:
     # `read(1 MiB)` waited for a whole MiB: a server that stalled mid-way took what had come with the timeout.
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300_000
     with _raw_server(reply, hold=True) as url, pytest.raises(
-            FetchError, match=r"after 1 attempts \(no data from the server for 0.5 s"):
+            FetchError, match=r"after 1 attempt \(no data from the server for 0.5 s"):
         download(url, tmp_path / "t.tar", "0" * 32, timeout_s=0.5, progress=False, attempts=1)
     assert (tmp_path / "t.tar.part").stat().st_size == 300_000  # the next fetch resumes from there
 

@@ -300,6 +300,15 @@ def test_what_the_dataset_holds_but_is_not_imported_is_said(home: Path, tmp_path
         f"{source / 'dataset.json'}: numTraining is 5, labelsTr holds 3 label maps: all of them imported")
 
 
+def test_a_numtraining_unlike_one_label_map_says_map() -> None:
+    from medseg_bench.data.nnunet_raw import _count_warning
+
+    json_path = Path("/data/Dataset093_Two/dataset.json")
+    assert _count_warning({"numTraining": 2}, json_path, [Path("case_000.nii.gz")]) == [
+        f"{json_path}: numTraining is 2, labelsTr holds 1 label map: all of them imported"]
+    assert _count_warning({"numTraining": 1}, json_path, [Path("case_000.nii.gz")]) == []
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     ({"labels": {"background": 0, "outer": 1, "ignore": 3}}, "labels has nnU-Net's 'ignore' label"),
     ({"labels": {"background": 0, "outer": 1.0}}, "labels must map label names to whole numbers"),

@@ -177,7 +177,7 @@ def test_a_file_replaced_since_validation_is_named_by_the_stage_that_reads_it(
     other = make_synthetic_task(tmp_path / "other", num_cases=2, channels=1)  # the same shape
     if replaced == "image":
         shutil.copy(other / "imagesTr" / "case_001.nii.gz", case)
-        problem = "image has 1 modalities, the task declares 2"
+        problem = "image has 1 modality, the task declares 2"
     else:
         label, geometry = read_label(case)
         label[label == 2] = 5

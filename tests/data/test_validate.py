@@ -526,3 +526,37 @@ def test_dataset_json_counts_or_dimensions_unlike_its_cases_or_task_file_are_war
         "cut-down copy?)",
         f"{path}: tensorImageSize is 4D, Task90_Synth's task file declares 1 channel(s) (3D); each image's "
         "channels are checked against the task file"]
+
+
+def test_counts_of_one_are_said_in_the_singular(home: Path, tmp_path: Path) -> None:
+    # "(1 cases)", "lists 1 cases", "1 training cases, the catalog lists 5", "declares 1 modalities"
+    from dataclasses import replace
+
+    from medseg_bench.data.msd import Case
+    from medseg_bench.data.validate import (
+        case_count_warnings,
+        header_warnings,
+        label_warnings,
+        orientation_warnings,
+    )
+
+    write_task_file(home, "Task91_Two", channels=2, num_training=5)
+    task = get_task("Task91_Two")
+    folder = make_synthetic_task(tmp_path / "Task91_Two", num_cases=1)  # one channel, one case
+    dataset = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(dataset | {"numTraining": 3}))
+    report = validate_folder(folder, task)  # its case excluded (3D): still one of the task's cases
+    path = folder / "dataset.json"
+    assert label_warnings(folder, task) == [
+        f"{path}: declares 1 modality, Task91_Two's task file 2; each image's channels are checked against "
+        "the task file"]
+    assert header_warnings(folder, task)[0] == (
+        f"{path}: numTraining is 3, 'training' lists 1 case; the listed cases are used (an edited or "
+        "cut-down copy?)")
+    assert case_count_warnings(task, report)[0].startswith("Task91_Two: 1 training case, the catalog lists 5")
+    more = case_count_warnings(replace(task, num_training=0), report)[0]
+    assert more.startswith("Task91_Two: 1 training case, more than the 0 the catalog lists")
+    two = [Case(name, tmp_path / f"{name}.nii.gz", tmp_path / f"{name}.nii.gz") for name in ("a", "b")]
+    stored = ValidationReport(two, [], {"a": "LPS", "b": "RAS"})
+    assert orientation_warnings(task, stored)[0].startswith(
+        "Task91_Two: images stored in 2 orientations: LPS (1 case), RAS (1, e.g. b); ")
