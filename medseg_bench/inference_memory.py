@@ -151,10 +151,12 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str) -> 
         f"this process may use ({memory.named}); run with more memory, or {advice}")
 
 
-def run_size(spec: Any, prepared: Any, case: CaseSize, held: int = 0, on_gpu: bool = False) -> InferenceSize:
+def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> InferenceSize:
     """What run `spec`'s evaluation predicts of a cached case of `prepared`'s task (`run.evaluate_fold`):
-    `case`'s voxels through preprocessing, the run's network, outputs and mirroring; `held`: the bytes the
-    evaluation holds beside it (the label maps kept for the postprocessing decision)."""
+    `case`'s voxels through preprocessing, the run's network, outputs and mirroring. The evaluation holds no
+    other case beside it: the postprocessing decision reads the cases back from disk one at a time
+    (`case_spill`). What scoring a case and deciding on it hold afterwards, on its original grid, is not
+    counted."""
     from medseg_bench.regions import output_channels
     from medseg_bench.training import network_spacing, resolve_patch_and_batch, run_slice_axis, run_tta
 
@@ -162,15 +164,14 @@ def run_size(spec: Any, prepared: Any, case: CaseSize, held: int = 0, on_gpu: bo
     return InferenceSize(case.image, case.channels, output_channels(spec, prepared.task), case.shape,
                          case.cropped, case.resampled, patch, spec.dims,
                          run_slice_axis(spec, network_spacing(prepared)), spec.pipeline_version,
-                         spec.target == "regions", run_tta(spec), on_gpu=on_gpu, held=held)
+                         spec.target == "regions", run_tta(spec), on_gpu=on_gpu)
 
 
 def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory: MemoryLimit | None) -> None:
     """A DataError, before any of `runs` (of `prepared`'s task) trains, naming the first case a run's
     evaluation cannot predict in `memory` (`check_fits`): hours of training ended in the kernel's kill, the
-    run left as if pending. Each run predicts its fold's held-out cases in their order (every case of the task
-    where `prepared` has no splits yet), keeping each one's label map and prediction for the postprocessing
-    decision."""
+    run left as if pending. Each run predicts its fold's held-out cases (every case of the task where
+    `prepared` has no splits yet), one at a time (`run_size`)."""
     if memory is None or not runs:
         return
     import torch
@@ -191,26 +192,22 @@ def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory
         held_out = prepared.splits[spec.fold]["val"] if spec.fold < len(prepared.splits) else sorted(cases)
         advice = (f"set a coarser \"target_spacing\" in {root / 'plan.json'} (run {spec.run_id} predicts it "
                   "to evaluate, after training; nothing was trained)")
-        kept = 0  # the label maps and predictions of the cases before, kept for the postprocessing decision
         for case_id in held_out:
             case = sizes[own].get(case_id)
-            if case is None:
-                continue
-            check_fits(run_size(spec, prepared, case, kept, on_gpu), memory, advice)
-            if spec.postprocess:
-                kept += 2 * math.prod(case.shape)
+            if case is not None:
+                check_fits(run_size(spec, prepared, case, on_gpu), memory, advice)
 
 
-def check_held_out(spec: Any, prepared: Any, props: dict[str, Any], shape: tuple[int, ...], held: int,
-                   device: str, memory: MemoryLimit | None) -> None:
+def check_held_out(spec: Any, prepared: Any, props: dict[str, Any], shape: tuple[int, ...], device: str,
+                   memory: MemoryLimit | None) -> None:
     """`check_fits` for a cached case run `spec`'s evaluation is about to predict: its properties (`props`),
-    its cached (C, Z, Y, X) `shape`; `held`: the bytes kept for the postprocessing decision so far. What a
-    SLURM job's evaluation meets, whose memory the submitting sweep did not know."""
+    its cached (C, Z, Y, X) `shape`. What a SLURM job's evaluation meets, whose memory the submitting sweep
+    did not know."""
     if memory is None:
         return
     cropped = tuple(hi - lo for lo, hi in props["crop_box"])
     case = CaseSize(Path(props.get("image", props.get("case_id", "case"))), shape[0],
                     tuple(props["shape_original_zyx"]), cropped, tuple(shape[1:]))
     plan_file = prepared.cache_dir.parent / "plan.json"
-    check_fits(run_size(spec, prepared, case, held, str(device).startswith("cuda")), memory,
+    check_fits(run_size(spec, prepared, case, str(device).startswith("cuda")), memory,
                f"set a coarser \"target_spacing\" in {plan_file}")

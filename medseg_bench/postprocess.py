@@ -33,10 +33,11 @@ without the other regions' steps (an approximation where an applied earlier regi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -46,7 +47,10 @@ from medseg_bench.errors import DataError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from medseg_bench.case_spill import SpilledArrays
     from medseg_bench.postprocess_per_label import PerLabelDecision
+
+T = TypeVar("T")
 
 FILENAME = "postprocessing.json"
 NNUNET_POSTPROCESS_FROM = 14  # pipeline version: nnU-Net v2's procedure; each label on its own before
@@ -246,7 +250,8 @@ def _scores(steps: Sequence[Step], foreground: Step, preds: Sequence[np.ndarray]
     """Each candidate's mean Dice in each of `STATES`; with one candidate (step 2 skipped) the first two."""
     states = STATES if len(steps) > 1 else STATES[:2]
     values: list[dict[str, list[float]]] = [{state: [] for state in states} for _ in steps]
-    for pred, ref in zip(preds, refs, strict=True):
+
+    def score(pred: np.ndarray, ref: np.ndarray) -> None:
         trimmed = keep_largest_component(pred, foreground.labels)
         for step, cell in zip(steps, values, strict=True):
             for source, (before, after) in ((pred, ("raw", "own")),
@@ -255,29 +260,54 @@ def _scores(steps: Sequence[Step], foreground: Step, preds: Sequence[np.ndarray]
                 cell[before].append(dice)
                 if after in cell:
                     cell[after].append(own)
+
+    per_case(score, preds, refs)
     return [{state: Mean.of(v) for state, v in cell.items()} for cell in values]
 
 
+def per_case(function: Callable[[np.ndarray, np.ndarray], T], preds: Sequence[np.ndarray],
+             refs: Sequence[np.ndarray]) -> list[T]:
+    """`function(pred, ref)` for each case in turn, one case's arrays held at a time: the next case is read
+    once the last one's are let go (a loop's variables would hold them while the next are read; where the
+    cases are on disk, `case_spill`, each is read when asked for)."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions, {len(refs)} references")
+    return [function(preds[index], refs[index]) for index in range(len(preds))]
+
+
+def _applied(preds: Sequence[np.ndarray], step: Step, store: SpilledArrays | None) -> Sequence[np.ndarray]:
+    """`preds` after `step`: written into `store` case by case where given (`preds` may be `store` itself),
+    else copies in memory."""
+    if store is None:
+        return [keep_largest_component(pred, step.labels) for pred in preds]
+    for index in range(len(preds)):
+        store[index] = keep_largest_component(preds[index], step.labels)
+    return store
+
+
 def decide(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], labels: Sequence[int],
-           regions: Mapping[str, Sequence[int]] | None = None) -> Decision:
+           regions: Mapping[str, Sequence[int]] | None = None,
+           store: SpilledArrays | None = None) -> Decision:
     """nnU-Net v2's decision on these cases (the module's docstring): `labels`, the task's foreground labels;
-    `regions`, its regions, where it has any (then the candidates)."""
+    `regions`, its regions, where it has any (then the candidates). `store`: where the result so far is kept
+    case by case, as nnU-Net writes it to disk (an evaluation then holds one case at a time; `preds` and
+    `refs` read from disk too, `case_spill`); without it, a copy of every case in memory."""
     foreground = Step("foreground", "foreground", tuple(int(v) for v in labels))
     steps = candidate_steps(labels, regions)
     scored = [Candidate(step, scores) for step, scores in zip(steps, _scores(steps, foreground, preds, refs),
                                                                 strict=True)]
     if len(steps) == 1:
         return Decision.of(foreground, scored)
-    current = list(preds)
+    current = preds
     if _foreground_applies(scored):
-        current = [keep_largest_component(pred, foreground.labels) for pred in current]
+        current = _applied(current, foreground, store)
     candidates = []
     for candidate in scored:  # on the result so far
-        pairs = [dice_before_after(p, r, candidate.step) for p, r in zip(current, refs, strict=True)]
+        pairs = per_case(partial(dice_before_after, step=candidate.step), current, refs)
         trial = Trial(Mean.of([p[0] for p in pairs]), Mean.of([p[1] for p in pairs]))
         candidates.append(Candidate(candidate.step, candidate.scores, trial))
         if trial.applied:
-            current = [keep_largest_component(pred, candidate.step.labels) for pred in current]
+            current = _applied(current, candidate.step, store)
     return Decision.of(foreground, candidates)
 
 
@@ -314,13 +344,14 @@ AnyDecision: TypeAlias = "Decision | PerLabelDecision"
 
 
 def decide_as(pipeline_version: int, preds: Sequence[np.ndarray], refs: Sequence[np.ndarray],
-              labels: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None) -> AnyDecision:
-    """The decision a run of `pipeline_version` makes: nnU-Net v2's from `NNUNET_POSTPROCESS_FROM`, each label
-    on its own before (regions unused)."""
+              labels: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,
+              store: SpilledArrays | None = None) -> AnyDecision:
+    """The decision a run of `pipeline_version` makes: nnU-Net v2's from `NNUNET_POSTPROCESS_FROM` (`store`:
+    `decide`'s), each label on its own before (regions unused; it keeps no result so far)."""
     from medseg_bench.postprocess_per_label import decide_per_label
 
     if pipeline_version >= NNUNET_POSTPROCESS_FROM:
-        return decide(preds, refs, labels, regions)
+        return decide(preds, refs, labels, regions, store)
     return decide_per_label(preds, refs, labels)
 
 

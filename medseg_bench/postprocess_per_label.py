@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from medseg_bench.postprocess import Step, candidate_steps, dice_before_after
+from medseg_bench.postprocess import Step, candidate_steps, dice_before_after, per_case
 
 
 @dataclass
@@ -50,7 +51,7 @@ def decide_per_label(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray],
     """Version 13's decision: per label, whether its largest component alone raises its mean Dice."""
     decision = PerLabelDecision()
     for step in candidate_steps(list(labels)):
-        pairs = [dice_before_after(p, r, step) for p, r in zip(preds, refs, strict=True)]
+        pairs = per_case(partial(dice_before_after, step=step), preds, refs)
         _settle(decision, step.name, [p[0] for p in pairs], [p[1] for p in pairs])
     return decision
 

@@ -41,10 +41,11 @@ log = logging.getLogger("medseg_bench.run")
 
 
 PREDICTIONS = "predictions"
+SPILL = ".evaluation.partial"  # the held-out cases while postprocessing is decided: `case_spill.spill_folder`
 
 
 def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool | None = None,
-                  save_to: Path | None = None):
+                  save_to: Path | None = None, spill_to: Path | None = None):
     """Full-volume predictions on the fold's held-out cases, scored per case and label (a DataFrame).
 
     `tta`: mirroring test-time augmentation, by default as the spec says (`training.run_tta`).
@@ -55,12 +56,15 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     With `spec.postprocess`, largest-component postprocessing is decided on these cases as nnU-Net v2 decides
     it (on the task's regions where it has any; per label for runs of pipeline version 13 and older:
     `postprocess.decide_as`) and the scores are of the decided predictions; the decision is in
-    `frame.attrs["postprocessing"]`.
+    `frame.attrs["postprocessing"]`. As nnU-Net, it decides from the cases on disk, one held at a time: each
+    case's prediction and label map are written to `spill_to` (a temporary folder where None; emptied first,
+    removed at the end: `case_spill.spill_folder`) and read back for each step tried, then for its score.
     With `save_to`, each scored prediction is written there as `<case>.nii.gz` in its label file's geometry
     (nnU-Net's `fold_k/validation/`): `medseg-bench evaluate` on that folder gives the same scores.
     """
     import pandas as pd
 
+    from medseg_bench.case_spill import SpilledArrays, spill_folder
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
@@ -84,28 +88,39 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     slice_axis = run_slice_axis(spec, network_spacing(prepared))
     tta = run_tta(spec, tta)
-    kept: list[tuple[str, np.ndarray, np.ndarray, Any]] = []  # only with postprocessing: every case first
     memory = usable_memory()
-    for case_id in prepared.splits[spec.fold]["val"]:
+
+    def predict(case_id: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The case's prediction, original label map and geometry; its image and probabilities let go on
+        return, before the next case is read."""
         image, _, props = load_case(prepared.cache_for(spec.own_slice_spacing), case_id, mmap=False)
         # a case that cannot fit: a clear failure, not the kernel's kill (the sweep checked, a SLURM job not)
-        held = sum(pred.nbytes + label.nbytes for _, pred, label, _ in kept)
-        check_held_out(spec, prepared, props, image.shape, held, device, memory)
+        check_held_out(spec, prepared, props, image.shape, device, memory)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version, regions=paint is not None)
-        pred = to_label_map(probs, props, spec.pipeline_version, paint)
-        label, geometry = original_label(props)
-        if spec.postprocess:
-            kept.append((case_id, pred, label, geometry))
-        else:
-            score(case_id, pred, label, geometry)
+        return (to_label_map(probs, props, spec.pipeline_version, paint), *original_label(props))
+
+    held_out = prepared.splits[spec.fold]["val"]
     decision = None
-    if spec.postprocess:
-        decision = decide_as(spec.pipeline_version, [c[1] for c in kept], [c[2] for c in kept],
-                             task.foreground_labels, task.regions or None)
-        for case_id, pred, label, geometry in kept:
-            score(case_id, apply_postprocessing(pred, decision.steps), label, geometry)
+    if not spec.postprocess:
+        for case_id in held_out:
+            score(case_id, *predict(case_id))
+    else:
+        with spill_folder(spill_to) as folder:
+            preds, labels = SpilledArrays(folder / "predictions"), SpilledArrays(folder / "labels")
+            geometries = []
+            for case_id in held_out:
+                pred, label, geometry = predict(case_id)
+                preds.append(case_id, pred)
+                labels.append(case_id, label)
+                geometries.append(geometry)
+                del pred, label  # before the next case is predicted
+            decision = decide_as(spec.pipeline_version, preds, labels, task.foreground_labels,
+                                 task.regions or None, SpilledArrays(folder / "postprocessed", held_out))
+            for index, case_id in enumerate(held_out):  # each case read when scored, let go after
+                score(case_id, apply_postprocessing(preds[index], decision.steps), labels[index],
+                      geometries[index])
     frame = pd.DataFrame(rows)
     # the regions too, where the task has any: what a region's scores are of, and whether two runs' compare
     # (a list, as JSON files are written with sorted keys: the task file's order)
@@ -185,7 +200,7 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         # Written under a temporary name, published whole: an attempt cut short leaves only the temporary one.
         partial = folder / f".{PREDICTIONS}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        frame = evaluate_fold(net, spec, prepared, result.device, save_to=partial)
+        frame = evaluate_fold(net, spec, prepared, result.device, save_to=partial, spill_to=folder / SPILL)
         shutil.rmtree(folder / PREDICTIONS, ignore_errors=True)  # an attempt's killed before `done`
         partial.mkdir(exist_ok=True)
         partial.rename(folder / PREDICTIONS)

@@ -135,11 +135,30 @@ def test_an_evaluation_refuses_a_held_out_case_it_cannot_fit(prepared) -> None:
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
     case_id = task.splits[0]["val"][0]
     image, _, props = load_case(task.cache_dir, case_id)
-    check_held_out(spec, task, props, image.shape, 0, "cpu", MemoryLimit(2**40, JOB))
+    check_held_out(spec, task, props, image.shape, "cpu", MemoryLimit(2**40, JOB))
     plan_file = task.cache_dir.parent / "plan.json"
     pattern = rf"^{re.escape(props['image'])}: predicting it needs at least .* in {re.escape(str(plan_file))}"
     with pytest.raises(DataError, match=pattern + "$"):
-        check_held_out(spec, task, props, image.shape, 0, "cpu", MemoryLimit(100_000, JOB))
-    with pytest.raises(DataError):  # the label maps kept for the postprocessing decision count too
-        check_held_out(spec, task, props, image.shape, 2**40, "cpu", MemoryLimit(2**39, JOB))
+        check_held_out(spec, task, props, image.shape, "cpu", MemoryLimit(100_000, JOB))
     assert json.loads((task.cache_dir / f"{case_id}.json").read_text())["image"] == props["image"]
+
+
+def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared) -> None:
+    """The postprocessing decision reads the held-out cases back from disk (`case_spill`): a run that
+    postprocesses needs no more memory to evaluate than its largest case's inference, where the label maps
+    and predictions of the cases before it were counted too."""
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.inference_memory import run_size
+
+    task, data = prepared
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                   postprocess=True)
+    cases = {case.case_id: case for case in usable_cases(task.task, data)}
+    sizes = {size.image: size for size in case_sizes(list(cases.values()), task.plan,
+                                                     data / "preprocessed" / "Task90_Synth", False)}
+    held_out = [sizes[cases[case_id].image] for case_id in task.splits[0]["val"]]
+    assert len(held_out) > 1
+    largest = max(least_bytes(run_size(spec, task, case)) for case in held_out)
+    check_evaluations([spec], task, data, MemoryLimit(largest, JOB))
+    with pytest.raises(DataError):
+        check_evaluations([spec], task, data, MemoryLimit(largest - 1, JOB))

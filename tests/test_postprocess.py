@@ -340,8 +340,10 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
     prepared, src = _prepared_task(home, tmp_path, regions={"inner": [2], "whole": [1, 2]})
     given = []
 
-    def every_label(preds: object, refs: object, labels: list[int], regions: dict[str, list[int]]) -> object:
+    def every_label(preds: object, refs: object, labels: list[int], regions: dict[str, list[int]],
+                    store: object) -> object:
         given.append((labels, regions))
+        assert (folder / ".evaluation.partial" / "predictions").is_dir()  # decided from the cases on disk
         return postprocessing_decision(False, {k: True for k in labels})
 
     monkeypatch.setattr(postprocess, "decide", every_label)
@@ -353,6 +355,7 @@ def test_a_runs_predictions_folder_holds_the_postprocessed_maps_it_scored(home, 
     assert given == [([1, 2], {"inner": [2], "whole": [1, 2]})]
     held_out = prepared.splits[0]["val"]
     assert sorted(p.name for p in folder.iterdir() if "predictions" in p.name) == ["predictions"]
+    assert not (folder / ".evaluation.partial").exists()
     written = sorted(p.name for p in (folder / "predictions").iterdir())
     assert written == sorted(f"{case}.nii.gz" for case in held_out)
     for case in held_out:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -292,3 +295,133 @@ def test_a_region_run_trains_scores_postprocesses_and_predicts_beside_a_label_ru
     assert changed.stderr == (f"error: {region_run / 'setup.json'}: the run trained on regions whole=1,2; "
                               "inner=2; the task file declares whole=1,2; inner=1; restore the task file's "
                               f"regions ({task_file}) to predict with this run\n")
+
+
+SHAPE = (10, 16, 16)
+Cases = dict[str, tuple[np.ndarray, np.ndarray]]  # each case's prediction and label map
+
+
+def _held_out_cases(count: int) -> Cases:
+    """Synthetic held-out cases (prediction, label map) whose postprocessing decision applies steps: labels
+    1 and 2 touching; predicted with specks away from them (the foreground step removes them) and a piece of
+    one label touching the other only (kept by the foreground step, removed by its label's own)."""
+    rng = np.random.default_rng(7)
+    cases = {}
+    for index in range(count):
+        label = np.zeros(SHAPE, np.uint8)
+        top = int(rng.integers(1, 3))
+        label[top:top + 4, 2:8, 2:8] = 1
+        label[top:top + 4, 8:12, 2:8] = 2
+        pred = label.copy()
+        pred[8, int(rng.integers(0, 16)), 14] = int(rng.integers(1, 3))  # a speck
+        if index % 2:
+            pred[top:top + 2, 12, 2:4] = 1  # touching label 2, not label 1
+        else:
+            pred[top:top + 2, 1, 2:4] = 2  # touching label 1, not label 2
+        if index == count - 1:
+            pred[pred == 2] = 0  # label 2 missed: its Dice 0
+        cases[f"case_{index:02d}"] = pred, label
+    return cases
+
+
+def _evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cases: Cases, version: int,
+              regions: dict[str, list[int]], track=None) -> tuple[pd.DataFrame, Path]:
+    """`evaluate_fold` of a postprocessed run on `cases` (each case's prediction and label map as given, new
+    arrays each time they are asked for, passed through `track`), its predictions saved; the frame and where
+    they are."""
+    from types import SimpleNamespace
+
+    import medseg_bench.checks as checks
+    import medseg_bench.data.preprocess as preprocess
+    import medseg_bench.inference as inference
+    import medseg_bench.run as run_module
+    from medseg_bench.data.io import Geometry
+    from medseg_bench.run import evaluate_fold
+    from medseg_bench.spec import RunSpec
+
+    track = track or (lambda array, case: array)
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), SHAPE[::-1])
+    monkeypatch.setattr(checks, "usable_memory", lambda: None)
+    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((16, 16, 16), 2))
+    monkeypatch.setattr(run_module, "network_spacing", lambda *args: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(run_module, "load_case",
+                        lambda cache, case_id, mmap: (np.zeros((1, 2, 2, 2)), None, {"case": case_id}))
+    monkeypatch.setattr(inference, "predict_probabilities", lambda *args, **kwargs: None)
+    monkeypatch.setattr(inference, "to_label_map",
+                        lambda probs, props, *args: track(cases[props["case"]][0].copy(), props["case"]))
+    monkeypatch.setattr(preprocess, "original_label",
+                        lambda props: (track(cases[props["case"]][1].copy(), props["case"]), geometry))
+    task = SimpleNamespace(foreground_labels=(1, 2), regions=regions, nsd_tolerance_mm=1.0)
+    prepared = SimpleNamespace(task=task, splits=[{"train": [], "val": list(cases)}],
+                               cache_for=lambda own: None)
+    spec = RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                   postprocess=True, pipeline_version=version)
+    saved = tmp_path / f"saved-{version}-{len(regions)}"
+    saved.mkdir()
+    spill = tmp_path / "run" / ".evaluation.partial"
+    (spill / "predictions").mkdir(parents=True, exist_ok=True)
+    for case in cases:  # a killed attempt's, of other predictions: never read
+        np.save(spill / "predictions" / f"{case}.npy", np.full(SHAPE, 2, np.uint8))
+    frame = evaluate_fold(None, spec, prepared, "cpu", save_to=saved, spill_to=spill)  # type: ignore[arg-type]
+    assert not spill.exists()
+    return frame, saved
+
+
+@pytest.mark.parametrize("version", [13, 14])
+@pytest.mark.parametrize("regions", [{}, {"whole": [1, 2], "inner": [2]}])
+def test_a_postprocessed_evaluation_decides_and_scores_from_disk_as_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, regions: dict[str, list[int]]) -> None:
+    """The held-out cases written to disk and read back one at a time (`case_spill`) give the decision, the
+    scores and the saved predictions that deciding on them all held in memory gives, for labels and regions,
+    nnU-Net v2's decision and version 13's per label."""
+    import json
+
+    from medseg_bench.data.io import read_label
+    from medseg_bench.metrics import MetricSettings, evaluate_case
+    from medseg_bench.postprocess import apply_postprocessing, decide_as
+
+    cases = _held_out_cases(5)
+    frame, saved = _evaluate(tmp_path, monkeypatch, cases, version, regions)
+    preds, labels = [p for p, _ in cases.values()], [r for _, r in cases.values()]
+    decision = decide_as(version, preds, labels, [1, 2], regions or None)  # every case in memory
+    assert len(decision.steps) >= 2  # the result so far rewritten, foreground first (version 14)
+    assert json.dumps(frame.attrs["postprocessing"].to_dict()) == json.dumps(decision.to_dict())
+    rows = []
+    for case, (pred, label) in cases.items():
+        decided = apply_postprocessing(pred, decision.steps)
+        assert np.array_equal(read_label(saved / f"{case}.nii.gz")[0], decided)
+        rows += [{"case": case, **row} for row in evaluate_case(
+            decided, label, (1.0, 1.0, 1.0), (1, 2), MetricSettings(nsd_tolerance_mm=1.0),
+            regions=regions or None)]
+    pd.testing.assert_frame_equal(frame, pd.DataFrame(rows))
+
+
+@pytest.mark.parametrize("version", [13, 14])
+def test_a_postprocessed_evaluation_holds_one_held_out_case_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """Every array of a case (its prediction and label map, as predicted, read back or postprocessed) is
+    counted while it lives: no two cases' are ever held at once, from predicting to scoring (the decision
+    held every case's prediction and label map: about 5 GiB on a CT fold)."""
+    import weakref
+
+    import medseg_bench.postprocess as postprocess
+    from medseg_bench.case_spill import SpilledArrays
+
+    live: dict[int, str] = {}  # id of each living array -> its case
+    most: list[int] = [0]
+
+    def track(array: np.ndarray, case: str) -> np.ndarray:
+        live[id(array)] = case
+        weakref.finalize(array, live.pop, id(array), None)
+        most[0] = max(most[0], len(set(live.values())))
+        return array
+
+    read, keep = SpilledArrays.__getitem__, postprocess.keep_largest_component
+    monkeypatch.setattr(SpilledArrays, "__getitem__", lambda self, index: track(read(self, index),
+                                                                                 self.cases[index]))
+    monkeypatch.setattr(postprocess, "keep_largest_component",
+                        lambda pred, labels: track(keep(pred, labels), live[id(pred)]))
+    cases = _held_out_cases(6)
+    frame, _ = _evaluate(tmp_path, monkeypatch, cases, version, {}, track)
+    assert frame["case"].nunique() == 6 and frame.attrs["postprocessing"].steps
+    assert most[0] == 1
