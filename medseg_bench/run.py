@@ -22,7 +22,7 @@ from medseg_bench.files import write_csv_atomic, write_json_atomic
 from medseg_bench.provenance import write_environment
 from medseg_bench.regions import recorded_regions, task_region_labels
 from medseg_bench.results import SETUP_NAME
-from medseg_bench.run_folder import write_status
+from medseg_bench.run_folder import SPILL_NAME, write_status
 from medseg_bench.signals import caused_by_stop, stop_reason
 from medseg_bench.spec import RunSpec
 from medseg_bench.training import (
@@ -41,7 +41,6 @@ log = logging.getLogger("medseg_bench.run")
 
 
 PREDICTIONS = "predictions"
-SPILL = ".evaluation.partial"  # the held-out cases while postprocessing is decided: `case_spill.spill_folder`
 
 
 def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, tta: bool | None = None,
@@ -200,7 +199,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         # Written under a temporary name, published whole: an attempt cut short leaves only the temporary one.
         partial = folder / f".{PREDICTIONS}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        frame = evaluate_fold(net, spec, prepared, result.device, save_to=partial, spill_to=folder / SPILL)
+        frame = evaluate_fold(net, spec, prepared, result.device, save_to=partial,
+                              spill_to=folder / SPILL_NAME)
         shutil.rmtree(folder / PREDICTIONS, ignore_errors=True)  # an attempt's killed before `done`
         partial.mkdir(exist_ok=True)
         partial.rename(folder / PREDICTIONS)

@@ -16,6 +16,9 @@ from medseg_bench.locks import is_locked
 
 STATES = ("pending", "running", "done", "failed")
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
+# the held-out cases while postprocessing is decided (`case_spill.spill_folder`); a killed attempt's is
+# removed when the run is next taken up (`worker.clean_temp_files`), not only by its next evaluation
+SPILL_NAME = ".evaluation.partial"
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0  # a heartbeat older than this from another host means its process is gone
 

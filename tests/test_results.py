@@ -75,6 +75,18 @@ def test_clean_temp_files_only_removes_temp_files(tmp_path: Path) -> None:
     assert all(p.exists() for p in keep) and not any(p.exists() for p in leftovers)
 
 
+def test_clean_temp_files_removes_a_killed_evaluations_spilled_cases(tmp_path: Path) -> None:
+    """What `case_spill.spill_folder` held when the run was killed goes when the run is next taken up."""
+    from medseg_bench.run_folder import SPILL_NAME
+
+    spill = tmp_path / SPILL_NAME
+    spill.mkdir()
+    (spill / "case_001.pred.npy").write_bytes(b"x" * 100)
+    (tmp_path / "metrics.csv").write_text("x")
+    assert clean_temp_files(tmp_path) == [spill]
+    assert not spill.exists() and (tmp_path / "metrics.csv").exists()
+
+
 def _rebuild(results: str) -> int:
     for _ in range(5):
         write_index(Path(results))

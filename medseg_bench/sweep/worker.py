@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from medseg_bench.provenance import attempt_record, environment
 from medseg_bench.results import SETUP_NAME, run_dir
 from medseg_bench.run_folder import (
     HEARTBEAT_INTERVAL_S,
+    SPILL_NAME,
     append_event,
     is_done,
     read_json,
@@ -95,10 +97,16 @@ class Heartbeat:
 
 
 def clean_temp_files(folder: Path) -> list[Path]:
-    """Remove temp files that a killed writer left in a run folder (never read: every write renames)."""
+    """Remove temp files that a killed writer left in a run folder (never read: every write renames), and
+    the held-out cases a killed evaluation spilled (`SPILL_NAME`: a fold's predictions and label maps, GBs
+    on a CT task, else kept while the resumed run trains)."""
     leftovers = [p for p in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")] if p.is_file()]
     for path in leftovers:
         path.unlink(missing_ok=True)
+    spill = folder / SPILL_NAME
+    if spill.is_dir() and not spill.is_symlink():
+        shutil.rmtree(spill, ignore_errors=True)
+        leftovers.append(spill)
     return leftovers
 
 
