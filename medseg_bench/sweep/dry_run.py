@@ -149,10 +149,11 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
 
 def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun) -> list[RunSpec]:
     """`runs` less the interrupted runs the sweep would fail before it builds the cache, each with a line
-    saying why (`local._refuse_changed`: `worker.setup_problem`, against the task's plan.json and splits as
-    they are, or as the sweep would make the splits; nothing is written). A task not planned yet is planned by
-    the sweep, which checks its runs then; one it would stop on is said so by `_unplannable`."""
-    from medseg_bench.sweep.worker import LAST_CHECKPOINT, setup_problem
+    saying why (`local.refuse_unresumable_runs`: `worker.early_refusal`, against the task's plan.json and
+    splits as they are, or as the sweep would make the splits, and the run's last checkpoint; nothing is
+    written). A task not planned yet is planned by the sweep, which checks its runs then; one it would stop
+    on is said so by `_unplannable`."""
+    from medseg_bench.sweep.worker import LAST_CHECKPOINT, early_refusal
 
     planned: dict[tuple[str, int], PlannedTask | None] = {}
     left = []
@@ -163,7 +164,7 @@ def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun
             if key not in planned:
                 planned[key] = _planned_as_is(spec.task, spec.num_folds, data_dir)
             task = planned[key]
-            problem = setup_problem(spec, task, folder) if task is not None else None
+            problem = early_refusal(spec, task, folder) if task is not None else None
             if problem:
                 out.lines.append(f"{spec.task}/{spec.run_id}: the sweep would fail it: {problem}")
                 continue

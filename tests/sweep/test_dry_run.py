@@ -302,7 +302,8 @@ def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
 def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_building_the_cache(
         home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted run whose plan.json changed since it started fails before the sweep builds the cache
-    (`local._refuse_changed`); the dry run says so, and checks the cache only for the runs that go ahead."""
+    (`local.refuse_unresumable_runs`); the dry run says so, and checks the cache only for the runs that go
+    ahead."""
     import medseg_bench.checks
     from medseg_bench.checks import MemoryLimit
     from medseg_bench.data import preprocess
@@ -323,3 +324,21 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_bui
     assert refused in both.lines
     assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
     assert not (root / "splits_3fold.json").exists()  # nothing written
+
+
+def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_for_their_checkpoint(
+        home: Path, tmp_path: Path) -> None:
+    """An interrupted run whose last checkpoint is corrupt fails before the sweep builds the cache, as one
+    whose plan changed; the dry run says so, and writes nothing."""
+    from medseg_bench.run_folder import read_events
+    from tests.sweep.test_local import _interrupted_with_a_bad_checkpoint, bad_checkpoint
+
+    data, started, fresh, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    results = tmp_path / "results"
+    folder = run_dir(results, started)
+    planned = dry_run_lines([started, fresh], results, data)
+    assert planned.exit_code == 0, planned.lines
+    assert (f"Task90_Synth/{started.run_id}: the sweep would fail it: {folder}/{bad_checkpoint(started)}"
+            in planned.lines)
+    assert not any("would fail" in line for line in planned.lines if fresh.run_id in line)
+    assert not (folder / "status.json").exists() and read_events(folder) == []  # nothing written
