@@ -199,6 +199,38 @@ def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | N
     return PlannedTask(task_spec, plan, root, case_ids, splits)
 
 
+def _unfingerprintable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
+    """A line for each fetched task not planned yet whose fingerprint the sweep would compute (none saved of
+    its cases, `plan.saved_fingerprint`) and stop on: a case that cannot be read even alone in the memory
+    this process may use (`fingerprint.fingerprint` through `read_memory.reads_at_once`), found from the
+    cases' headers as the sweep finds it; nothing is read past them, nothing written. A task planned already
+    is not fingerprinted again (its cache's memory is `_check_cache_memory`'s)."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.plan import saved_fingerprint
+    from medseg_bench.data.preprocess import usable_cases
+    from medseg_bench.data.read_memory import FINGERPRINT, check_all_read_fit, stored_cases
+
+    memory = usable_memory()
+    for task in sorted({spec.task for spec in runs}):
+        root = data_dir / "preprocessed" / task
+        if memory is None or not is_complete(data_dir / task) or (root / "plan.json").is_file():
+            continue
+        if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):
+            continue  # on its marker, first
+        try:
+            cases = usable_cases(get_task(task), data_dir)
+        except DataError:  # its case list: not the fingerprint's to say
+            continue
+        if saved_fingerprint(cases, root) is not None:
+            continue
+        try:
+            check_all_read_fit(FINGERPRINT, stored_cases(cases), memory)
+        except DataError as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
     (`read_plan`), a run that cannot train on it (`local.check_runs`), a case its cache build cannot fit
@@ -322,6 +354,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out))
     todo = [spec for spec in todo if spec in kept or spec in running]  # those the sweep goes on with
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
+    _unfingerprintable(todo, data_dir, out)
     _unplannable(todo, data_dir, out)
     _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
