@@ -61,8 +61,8 @@ class PlainReporter:
         self.say(f"[{self.finished}/{self.total}] {run_id}: skipped ({escape(reason)})")
 
     def refuse(self, run_id: str, error: str) -> None:
-        """A run failed before it started: an interrupted run that cannot resume (`worker.refuse_changed`),
-        said as a failed run is."""
+        """A run failed before it started: an interrupted run that cannot resume
+        (`worker.refuse_unresumable`), said as a failed run is."""
         self.finished += 1
         self.refused += 1
         self._number(run_id)

@@ -229,13 +229,26 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     # others who can write to it could run code as your jobs: refused, or a warning
     check_private_results(results_dir, lambda line: typer.secho(line, fg="yellow", err=True))
     check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
-    prepared = prepare_tasks(runs, data_dir, typer.echo, " before submitting")
-    submitted, damaged = submit(runs, results_dir, data_dir, options, say=typer.echo,
-                                prepared_for=lambda spec: prepared[prepared_key(spec)])
-    if submitted:
-        typer.echo(f"{len(submitted)} job{'' if len(submitted) == 1 else 's'} submitted; follow them with "
-                   f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")
-    if damaged:
-        from medseg_bench.finished import damaged_runs_error
 
-        raise damaged_runs_error(damaged, "not submitted")
+    def prepare(todo: list[Any]) -> Any:  # the caches of the runs left to submit, once it is known which
+        prepared = prepare_tasks(todo, data_dir, typer.echo, " before submitting")
+        return lambda spec: prepared[prepared_key(spec)]
+
+    summary = submit(runs, results_dir, data_dir, options, say=typer.echo, prepare=prepare)
+    if summary.jobs:
+        count = len(summary.jobs)
+        typer.echo(f"{count} job{'' if count == 1 else 's'} submitted; follow them with "
+                   f"`medseg-bench status --results-dir {shlex.quote(str(results_dir))}`")
+    from medseg_bench.finished import damaged_runs_error
+
+    damaged = damaged_runs_error(summary.damaged, "not submitted") if summary.damaged else None
+    if summary.failed:  # as the local sweep ends: exit 5 names the failed runs, a line names the damaged ones
+        from medseg_bench.errors import RunError
+        from medseg_bench.results import warn_on_stderr
+
+        if damaged is not None:
+            warn_on_stderr(str(damaged))
+        of = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
+        raise RunError(f"{len(summary.failed)} of {of} failed: {', '.join(summary.failed)}")
+    if damaged is not None:
+        raise damaged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -51,8 +53,16 @@ def validate(
     if not is_complete(folder):
         raise DataError(not_fetched(folder))
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
-    with step_bar("validating", len(training_cases(folder)), console, console.is_terminal) as advance:
-        report = validate_folder(folder, spec, workers=workers, on_case=advance)
+    total = len(training_cases(folder))
+    with contextlib.ExitStack() as bar:
+        advance: list[Callable[[], None]] = []
+
+        def start(at_once: int) -> None:  # the bar, once it is known how many cases are read at once
+            limited = f", {at_once} at a time (memory)" if at_once < workers else ""  # why it is slower
+            advance.append(bar.enter_context(step_bar(f"validating{limited}", total, console,
+                                                      console.is_terminal)))
+
+        report = validate_folder(folder, spec, workers=workers, on_case=lambda: advance[0](), on_start=start)
     changed = record_validation(folder, report)
     for warning in report_warnings(spec, report, folder):
         console.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}")  # names from dataset.json

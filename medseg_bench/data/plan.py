@@ -318,17 +318,30 @@ def load_or_make_fingerprint(
 ) -> dict:
     """`fingerprint.json` in `folder` if it covers exactly `cases` in this format (`any_format`: in any, e.g.
     to show the one an existing plan was made from); else computed and written."""
-    from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT, fingerprint
+    from medseg_bench.data.fingerprint import fingerprint
+
+    fp = saved_fingerprint(cases, folder, any_format)
+    if fp is not None:
+        return fp
+    fp = fingerprint(task, cases, workers, progress, pool)
+    write_json_atomic(folder / "fingerprint.json", fp)
+    return fp
+
+
+def saved_fingerprint(cases: list[Case], folder: Path, any_format: bool = False) -> dict | None:
+    """`fingerprint.json` in `folder` where it covers exactly `cases` in this format (`any_format`: in any);
+    None where the fingerprint is to be computed (no file, one unreadable or damaged, of other cases or of an
+    older format): `load_or_make_fingerprint` computes it then, and `sweep --dry-run` checks its memory."""
+    from medseg_bench.data.fingerprint import FINGERPRINT_FORMAT
 
     path = folder / "fingerprint.json"
-    if path.is_file():
-        fp = load_json_object(path)[0] or {}  # unreadable or damaged: computed again
-        if fp.get("cases") == [c.case_id for c in cases] and (
-                fp.get("format") == FINGERPRINT_FORMAT or any_format and "foreground_intensity" in fp):
-            return fp
-    fp = fingerprint(task, cases, workers, progress, pool)
-    write_json_atomic(path, fp)
-    return fp
+    if not path.is_file():
+        return None
+    fp = load_json_object(path)[0] or {}  # unreadable or damaged: computed again
+    if fp.get("cases") == [c.case_id for c in cases] and (
+            fp.get("format") == FINGERPRINT_FORMAT or any_format and "foreground_intensity" in fp):
+        return fp
+    return None
 
 
 def load_or_make_plan(

@@ -119,6 +119,13 @@ def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | No
                f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
 
 
+def check_all_read_fit(stage: ReadStage, sizes: Sequence[StoredCase], memory: MemoryLimit | None) -> None:
+    """A DataError naming the first case's image that `stage` cannot read even alone (`check_read_fits`):
+    what `reads_at_once` stops the stage on before any case is read, and what `sweep --dry-run` says."""
+    for size in sizes:
+        check_read_fits(stage, size, memory)
+
+
 def reads_at_once(stage: ReadStage, sizes: Sequence[StoredCase], workers: int, memory: MemoryLimit | None,
                   threads: bool = False, samples: int = 0, held: int = 0) -> int:
     """How many of the cases `stage` may read at the same time, at most `workers`: as many of the largest
@@ -127,8 +134,7 @@ def reads_at_once(stage: ReadStage, sizes: Sequence[StoredCase], workers: int, m
     first case's image that cannot be read even alone (`check_read_fits`)."""
     if not sizes or memory is None:
         return workers
-    for size in sizes:
-        check_read_fits(stage, size, memory)
+    check_all_read_fit(stage, sizes, memory)
     largest = max(read_bytes(stage, size, samples) for size in sizes)
     own = WORKER_BYTES if threads else workers * WORKER_BYTES
     return items_at_once(largest, workers, memory, own + held, threads)

@@ -244,11 +244,14 @@ def validate_folder(
     deep: bool = True,
     workers: int = 2,
     on_case: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ValidationReport:
     """Check every training case of an MSD-layout folder, `workers` at a time (threads), fewer where `deep`
     reads of that many would not fit in the memory this process may use (`read_memory.reads_at_once`, from
     the cases' headers). Structural problems raise DataError, and so does a case whose voxels cannot be read
-    even alone there, naming its image: before any case is read."""
+    even alone there, naming its image: before any case is read. `on_start(at_once)` is told how many are
+    read at once before the first is (a progress display says why fewer than `workers`), `on_case()` after
+    each."""
     cases = training_cases(folder)
     declared = declared_labels(folder)
     # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
@@ -266,6 +269,8 @@ def validate_folder(
     if deep:  # a header naming its voxels outside the folder is not read here either
         readable = [case for case in cases if not _read_from_outside(case, folder)]
         at_once = reads_at_once(VALIDATION, stored_cases(readable), at_once, usable_memory(), threads=True)
+    if on_start is not None:
+        on_start(at_once)
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         per_case = list(pool.map(run, cases))
     left_out = not_imported(folder)  # by an import, with the problem it found

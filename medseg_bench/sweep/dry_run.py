@@ -149,10 +149,11 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
 
 def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun) -> list[RunSpec]:
     """`runs` less the interrupted runs the sweep would fail before it builds the cache, each with a line
-    saying why (`local._refuse_changed`: `worker.setup_problem`, against the task's plan.json and splits as
-    they are, or as the sweep would make the splits; nothing is written). A task not planned yet is planned by
-    the sweep, which checks its runs then; one it would stop on is said so by `_unplannable`."""
-    from medseg_bench.sweep.worker import LAST_CHECKPOINT, setup_problem
+    saying why (`local.refuse_unresumable_runs`: `worker.early_refusal`, against the task's plan.json and
+    splits as they are, or as the sweep would make the splits, and the run's last checkpoint; nothing is
+    written). A task not planned yet is planned by the sweep, which checks its runs then; one it would stop
+    on is said so by `_unplannable`."""
+    from medseg_bench.sweep.worker import LAST_CHECKPOINT, early_refusal
 
     planned: dict[tuple[str, int], PlannedTask | None] = {}
     left = []
@@ -163,7 +164,7 @@ def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun
             if key not in planned:
                 planned[key] = _planned_as_is(spec.task, spec.num_folds, data_dir)
             task = planned[key]
-            problem = setup_problem(spec, task, folder) if task is not None else None
+            problem = early_refusal(spec, task, folder) if task is not None else None
             if problem:
                 out.lines.append(f"{spec.task}/{spec.run_id}: the sweep would fail it: {problem}")
                 continue
@@ -196,6 +197,38 @@ def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | N
     except DataError:
         return None
     return PlannedTask(task_spec, plan, root, case_ids, splits)
+
+
+def _unfingerprintable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
+    """A line for each fetched task not planned yet whose fingerprint the sweep would compute (none saved of
+    its cases, `plan.saved_fingerprint`) and stop on: a case that cannot be read even alone in the memory
+    this process may use (`fingerprint.fingerprint` through `read_memory.reads_at_once`), found from the
+    cases' headers as the sweep finds it; nothing is read past them, nothing written. A task planned already
+    is not fingerprinted again (its cache's memory is `_check_cache_memory`'s)."""
+    from medseg_bench.checks import usable_memory
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.plan import saved_fingerprint
+    from medseg_bench.data.preprocess import usable_cases
+    from medseg_bench.data.read_memory import FINGERPRINT, check_all_read_fit, stored_cases
+
+    memory = usable_memory()
+    for task in sorted({spec.task for spec in runs}):
+        root = data_dir / "preprocessed" / task
+        if memory is None or not is_complete(data_dir / task) or (root / "plan.json").is_file():
+            continue
+        if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):
+            continue  # on its marker, first
+        try:
+            cases = usable_cases(get_task(task), data_dir)
+        except DataError:  # its case list: not the fingerprint's to say
+            continue
+        if saved_fingerprint(cases, root) is not None:
+            continue
+        try:
+            check_all_read_fit(FINGERPRINT, stored_cases(cases), memory)
+        except DataError as exc:
+            out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
@@ -321,6 +354,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out))
     todo = [spec for spec in todo if spec in kept or spec in running]  # those the sweep goes on with
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
+    _unfingerprintable(todo, data_dir, out)
     _unplannable(todo, data_dir, out)
     _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)

@@ -42,7 +42,7 @@ from medseg_bench.sweep.worker import (
     data_changed_since,
     failure_message,
     plan_changed_since,
-    refuse_changed,
+    refuse_unresumable,
     run_one,
 )
 
@@ -127,7 +127,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
-        todo = _refuse_changed(todo, results_dir, data_dir, reporter, outcome)
+        todo = refuse_unresumable_runs(todo, results_dir, data_dir, lambda spec, error: _refused(
+            spec, error, reporter, outcome))
         if fail_fast and outcome["failed"]:
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
@@ -175,12 +176,14 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     return todo
 
 
-def _refuse_changed(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
-                    outcome: dict[str, list[str]]) -> list[RunSpec]:
-    """The runs that go ahead: an interrupted run that cannot resume with its task's plan and splits as they
-    are now (`worker.refuse_changed`) fails here, with the message `run_one` gives, before the cache is built:
-    the others train on it, and where no run is left no cache is built. Only a task with interrupted runs is
-    planned here (`plan_locked`)."""
+def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,
+                            refused: Callable[[RunSpec, str], object]) -> list[RunSpec]:
+    """The runs that go ahead: an interrupted run that cannot resume (`worker.refuse_unresumable`: its task's
+    plan or splits changed since it started, or its last checkpoint is corrupt or foreign) fails here, with
+    the message `run_one` gives (`refused(spec, message)` is told), before the cache is built: the others
+    train on it, and where no run is left no cache is built. Only a task with interrupted runs is planned
+    here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
+    launchers ask it first."""
     interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
     planned: dict[tuple[str, int], PlannedTask] = {}
     for spec in runs:  # in the sweep's order: the first task's plan first
@@ -188,14 +191,19 @@ def _refuse_changed(runs: list[RunSpec], results_dir: Path, data_dir: Path, repo
             planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
     left = []
     for spec in runs:
-        refused = refuse_changed(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
+        outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
             else None
-        if refused is None:
+        if outcome is None:
             left.append(spec)
-            continue
-        outcome["failed"].append(spec.run_id)
-        reporter.refuse(spec.run_id, refused.error or "")
+        else:
+            refused(spec, outcome.error or "")
     return left
+
+
+def _refused(spec: RunSpec, error: str, reporter: PlainReporter, outcome: dict[str, list[str]]) -> None:
+    """An interrupted run `refuse_unresumable_runs` failed before it started: counted failed, said so."""
+    outcome["failed"].append(spec.run_id)
+    reporter.refuse(spec.run_id, error)
 
 
 def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str, list[str]],

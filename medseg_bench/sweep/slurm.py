@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,25 +234,39 @@ def queued_job(folder: Path) -> str | None:
     return read_json(folder / QUEUED_NAME).get("job_id")
 
 
-def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
-           say: Any = print, prepared_for: Callable[[RunSpec], Any] | None = None
-           ) -> tuple[list[tuple[RunSpec, str]], list[str]]:
-    """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
-    With `prepared_for` (a run's prepared task), each is first checked against its plan (`check_runs`).
+@dataclass
+class Submission:
+    """What a submission did: the runs submitted, with their job ids (`jobs`); what is wrong with each
+    finished run found damaged (`damaged`: never submitted, training it again would overwrite what it
+    wrote); the interrupted runs that cannot resume (`failed`, their run ids: failed before any job was
+    submitted, as the local sweep fails them, `local.refuse_unresumable_runs`)."""
 
-    Returns the submitted (spec, job id) pairs and what is wrong with each finished run found damaged (those
-    are never submitted: training them again would overwrite what they wrote).
+    jobs: list[tuple[RunSpec, str]] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
+           say: Any = print, prepare: Callable[[list[RunSpec]], Callable[[RunSpec], Any]] | None = None
+           ) -> Submission:
+    """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
+    An interrupted run among them that cannot resume fails first, before any cache is built, as in the local
+    sweep (`local.refuse_unresumable_runs`: its folder records why, and its job would only fail). With
+    `prepare` (given the runs left, it builds their tasks' caches and returns a run's prepared task), each
+    run left is then checked against its plan (`check_runs`); where no run is left, nothing is prepared.
 
     One submission to a results dir at a time (`SUBMIT_LOCK`): two at once each found the other's runs not
     queued yet and submitted them too, and one whose sbatch failed deleted the other's new job files."""
     script_value("--results-dir", str(results_dir.resolve()))  # its job logs: `#SBATCH --output=...`
     with exclusive(results_dir, SUBMIT_LOCK,
                    on_wait=lambda: say("waiting for another submission to this results dir to finish")):
-        return _submit(runs, results_dir, data_dir, options, say, prepared_for)
+        return _submit(runs, results_dir, data_dir, options, say, prepare)
 
 
 def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
-            prepared_for: Callable[[RunSpec], Any] | None) -> tuple[list[tuple[RunSpec, str]], list[str]]:
+            prepare: Callable[[list[RunSpec]], Callable[[RunSpec], Any]] | None) -> Submission:
+    from medseg_bench.sweep.local import check_runs, refuse_unresumable_runs
+
     check_private_results(results_dir, say=lambda line: None)  # `sweep` has said its warning already
     check_run_folders(results_dir, runs)
     folders = {spec.run_id: run_dir(results_dir, spec) for spec in runs}
@@ -262,13 +276,13 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
     except RunError as exc:
         in_queue, unknown = {}, str(exc)
     todo = []
-    damaged: list[str] = []
+    summary = Submission()
     for spec in runs:
         state, damage = checked_state(folders[spec.run_id])
         job = queued[spec.run_id]
         if state == "damaged":
-            damaged.append(damage or spec.run_id)
-            say(f"damaged  {spec.task}/{spec.run_id}: {damaged[-1]}; not submitted")
+            summary.damaged.append(damage or spec.run_id)
+            say(f"damaged  {spec.task}/{spec.run_id}: {summary.damaged[-1]}; not submitted")
         elif state in ("done", "running"):
             say(f"{state:8s} {spec.task}/{spec.run_id}: not submitted")
         elif job and unknown:  # submitting blind would put a run whose job is still queued in twice
@@ -278,13 +292,17 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
             say(f"queued   {spec.task}/{spec.run_id}: already in the queue as job {job} ({in_queue[job]})")
         else:
             todo.append(spec)
+
+    def refused(spec: RunSpec, error: str) -> None:
+        summary.failed.append(spec.run_id)
+        say(f"failed   {spec.task}/{spec.run_id}: {error}; not submitted")
+
+    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused)
     if not todo:
         say("nothing to submit")
-        return [], damaged
-    if prepared_for is not None:
-        from medseg_bench.sweep.local import check_runs
-
-        check_runs(todo, prepared_for)
+        return summary
+    if prepare is not None:
+        check_runs(todo, prepare(todo))
     slurm_dir = job_folder(results_dir)
     try:
         executor = submitit.AutoExecutor(folder=slurm_dir / "%j", cluster="slurm")
@@ -318,15 +336,14 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
             if leftover.is_file():  # the pickles and job script of a submission that never happened
                 leftover.unlink(missing_ok=True)
         raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
-    submitted: list[tuple[RunSpec, str]] = []
     with deferred():  # Ctrl-C now waits for every job to be recorded: one left out would be submitted again
         for spec, job in zip(todo, jobs, strict=True):
             folder = run_dir(results_dir, spec)
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / QUEUED_NAME, {"job_id": job.job_id, "time": submitted_at})
-            submitted.append((spec, job.job_id))
+            summary.jobs.append((spec, job.job_id))
             say(f"submitted {spec.task}/{spec.run_id} as job {job.job_id}")
-    return submitted, damaged
+    return summary
 
 
 def _sbatch_reason(exc: BaseException) -> str:

@@ -142,7 +142,7 @@ def setup_problem(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: P
     or batch size it took from the plan, or the plan's preprocessing (target spacing, normalisation: another
     cache) changed since it started (resuming would mix two setups under one run id, and score held-out cases
     it trained on), or the file that records them is damaged. It reads the task's plan and splits, not its
-    cache: a sweep asks it before the cache is built (`refuse_changed`), and `run_one` again."""
+    cache: a sweep asks it before the cache is built (`refuse_unresumable`), and `run_one` again."""
     from medseg_bench.data.plan import preprocessing_change
     from medseg_bench.regions import regions_change
     from medseg_bench.training import resolve_patch_and_batch
@@ -187,7 +187,9 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     """Why `checkpoint` cannot be resumed from (corrupt, foreign, or not plain tensors), or None.
 
     Our checkpoints are written atomically, so a bad one was put there from outside: it is refused, not
-    silently replaced, and the message says how to start over.
+    silently replaced, and the message says how to start over. The network is built from the spec and the
+    plan alone (`training.build_network`: the task's channels and labels, the plan's patch and spacing), so
+    `prepared` may be a `PlannedTask`, its cache not built: a sweep asks it before the build.
     """
     from medseg_bench.checkpoints import resume_problem
     from medseg_bench.training import build_network
@@ -196,6 +198,25 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     # check reads the weights alone: Lightning's load that follows is the one full read of the file.
     problem = resume_problem(build_network(spec, prepared), checkpoint, spec.run_id)
     return f"{problem}; delete it to train run {spec.run_id} from scratch" if problem else None
+
+
+def resume_refusal(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: Path) -> str | None:
+    """Why the interrupted run in `folder` cannot resume: its setup changed (`setup_problem`), else its last
+    checkpoint is corrupt or foreign (`checkpoint_problem`); None where it can. Neither reads the cache."""
+    return (setup_problem(spec, prepared, folder)
+            or checkpoint_problem(spec, prepared, folder / LAST_CHECKPOINT))
+
+
+def early_refusal(spec: RunSpec, planned: PlannedTask, folder: Path) -> str | None:
+    """`resume_refusal` as a sweep asks it before the cache is built: None also for a run that cannot train
+    on its plan at all (a UsageError: a patch its network cannot take, the task's channels), which
+    `local.check_runs` names with every other such run, as for a run not started."""
+    from medseg_bench.errors import UsageError
+
+    try:
+        return resume_refusal(spec, planned, folder)
+    except UsageError:
+        return None
 
 
 def plan_changed_since(spec: RunSpec, plan: Any, folder: Path) -> str | None:
@@ -263,13 +284,14 @@ def _not_resumed(folder: Path, problem: str) -> Outcome:
     return Outcome("failed", error=problem)
 
 
-def refuse_changed(spec: RunSpec, planned: PlannedTask, results_dir: Path) -> Outcome | None:
-    """The failed Outcome of an interrupted run that cannot resume with the task's plan and splits as they are
-    now (`setup_problem`), recorded in its folder as `run_one` records it, but before the sweep builds the
-    cache (a plan.json edited to another target spacing took hours to build, only for its runs to be refused
-    then). None for a run that may go ahead, and for one another process holds: `run_one` says so."""
+def refuse_unresumable(spec: RunSpec, planned: PlannedTask, results_dir: Path) -> Outcome | None:
+    """The failed Outcome of an interrupted run that cannot resume (`early_refusal`: the task's plan and
+    splits changed since it started, or its last checkpoint is corrupt or foreign), recorded in its folder as
+    `run_one` records it, but before the sweep builds the cache (a plan.json edited to another target
+    spacing took hours to build, only for its runs to be refused then). None for a run that may go ahead,
+    and for one another process holds: `run_one` says so."""
     folder = run_dir(results_dir, spec)
-    if not (folder / LAST_CHECKPOINT).is_file() or setup_problem(spec, planned, folder) is None:
+    if not (folder / LAST_CHECKPOINT).is_file() or early_refusal(spec, planned, folder) is None:
         return None
     lock = RunLock(folder)
     if not lock.acquire():
@@ -277,7 +299,7 @@ def refuse_changed(spec: RunSpec, planned: PlannedTask, results_dir: Path) -> Ou
     try:  # looked at again under the lock: another process may have finished it, or started over
         if is_done(folder) or not (folder / LAST_CHECKPOINT).is_file():
             return None
-        problem = setup_problem(spec, planned, folder)
+        problem = early_refusal(spec, planned, folder)
         return _not_resumed(folder, problem) if problem else None
     finally:
         lock.release()
@@ -308,7 +330,7 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         last = folder / LAST_CHECKPOINT
         resumed = last.is_file()
         if resumed:
-            problem = setup_problem(spec, prepared, folder) or checkpoint_problem(spec, prepared, last)
+            problem = resume_refusal(spec, prepared, folder)
             if problem:
                 return _not_resumed(folder, problem)
         # The attempt's bookkeeping is never cut in two: a stop signal stops the run itself at once

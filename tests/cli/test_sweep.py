@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -305,7 +306,8 @@ def test_a_submission_suggests_a_status_command_that_can_be_copied(shared_task: 
 
     fetch_subset(shared_task, tmp_path)
     _unconfigured_sbatch(tmp_path, monkeypatch)  # on PATH; never called: submit is replaced
-    monkeypatch.setattr(slurm, "submit", lambda runs, *args, **kwargs: (list(runs), []))
+    monkeypatch.setattr(slurm, "submit", lambda runs, *args, **kwargs: slurm.Submission(
+        [(spec, "9_0") for spec in runs]))
     results = tmp_path / "my results"
     result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), "--launcher", "slurm"])
     assert result.exit_code == 0, result.output
@@ -334,6 +336,29 @@ def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Pat
     assert "needs submitit" not in broken.output and isinstance(broken.exception, ModuleNotFoundError)
 
 
+def test_slurm_fails_an_interrupted_run_that_cannot_resume_as_the_local_sweep_does(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 5 naming the failed run, as the local sweep ends; its line says why; no cache is built for a task
+    with no run left, and sbatch is not called."""
+    from medseg_bench.results import run_dir
+    from tests.sweep.test_local import REFUSED, _interrupted_on_an_edited_plan
+
+    data, started, _, root = _interrupted_on_an_edited_plan(home, tmp_path)
+    called = _unconfigured_sbatch(tmp_path, monkeypatch)
+    caches = sorted(p.name for p in root.iterdir() if p.is_dir())
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["sweep", "--task", "Task90_Synth", "--dims", "3d", "--arch", "unet",
+                                 "--loss", "dice_ce", "--aug", "none", "--num-folds", "3", "--epochs", "1",
+                                 "--data-dir", str(data), "--results-dir", str(results), "--launcher",
+                                 "slurm"])
+    assert result.exit_code == 5, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-3:] == [f"failed   Task90_Synth/{started.run_id}: {run_dir(results, started) / REFUSED}; "
+                          "not submitted", "nothing to submit", f"error: 1 of 1 run failed: {started.run_id}"]
+    assert "preparing" not in result.output and not called.exists()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == caches
+
+
 @pytest.mark.parametrize(("dims", "own_slices"), [("2d,3d", True), ("3d", False)])
 def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
         dims: str, own_slices: bool, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,9 +376,10 @@ def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
         asked.append((task, own_slices))
 
     def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object,
-               prepared_for: object) -> tuple:
+               prepare: Callable[[list], object]) -> slurm.Submission:
+        prepare(runs)  # the real one asks it of the runs left to submit
         submitted.extend(spec.run_id for spec in runs)
-        return [], []
+        return slurm.Submission()
 
     which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/sbatch" if name == "sbatch" else which(name))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
@@ -112,3 +114,39 @@ def test_names_from_dataset_json_cannot_forge_lines_or_send_escape_sequences(hom
         assert "names label 1: 'outer\\x1b]0;owned\\x07\\nwarning: forged'" in result.output
         assert "names channel 0: 'MR\\x1b[2J'" in result.output
     assert "excluded from training: gone\\x1b[2J[bold]\\n" in result.output
+
+
+def test_validation_cut_by_memory_says_so_in_its_progress(home: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation reads fewer cases at once than --workers where memory is short; its bar said only
+    "validating", so the user saw it slower without a reason. It now says how many, as the fingerprint's."""
+    from contextlib import contextmanager
+
+    from medseg_bench import progress
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import validate
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.data.preprocess_memory import WORKER_BYTES
+    from medseg_bench.data.read_memory import VALIDATION, read_bytes, stored_cases
+
+    folder = _fetched(home, tmp_path)
+    bars: list[tuple[str, int]] = []
+    steps: list[int] = []
+
+    @contextmanager
+    def step_bar(description: str, total: int, console: object,
+                 enabled: bool) -> Iterator[Callable[[], None]]:
+        bars.append((description, total))
+        yield lambda: steps.append(1)
+
+    monkeypatch.setattr(progress, "step_bar", step_bar)
+    need = max(read_bytes(VALIDATION, size) for size in stored_cases(training_cases(folder)))
+    job = "the job's memory limit"
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(WORKER_BYTES + 2 * need, job))
+    for workers in ("4", "2"):
+        result = runner.invoke(app, ["validate", "Task90_Synth", "--workers", workers])
+        assert result.exit_code == 0, result.output
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(2**40, job))
+    assert runner.invoke(app, ["validate", "Task90_Synth", "--workers", "4"]).exit_code == 0
+    assert bars == [("validating, 2 at a time (memory)", 6), ("validating", 6), ("validating", 6)]
+    assert len(steps) == 18  # one step a case

@@ -302,7 +302,8 @@ def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
 def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_building_the_cache(
         home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted run whose plan.json changed since it started fails before the sweep builds the cache
-    (`local._refuse_changed`); the dry run says so, and checks the cache only for the runs that go ahead."""
+    (`local.refuse_unresumable_runs`); the dry run says so, and checks the cache only for the runs that go
+    ahead."""
     import medseg_bench.checks
     from medseg_bench.checks import MemoryLimit
     from medseg_bench.data import preprocess
@@ -323,3 +324,58 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_bui
     assert refused in both.lines
     assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
     assert not (root / "splits_3fold.json").exists()  # nothing written
+
+
+def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_for_their_checkpoint(
+        home: Path, tmp_path: Path) -> None:
+    """An interrupted run whose last checkpoint is corrupt fails before the sweep builds the cache, as one
+    whose plan changed; the dry run says so, and writes nothing."""
+    from medseg_bench.run_folder import read_events
+    from tests.sweep.test_local import _interrupted_with_a_bad_checkpoint, bad_checkpoint
+
+    data, started, fresh, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    results = tmp_path / "results"
+    folder = run_dir(results, started)
+    planned = dry_run_lines([started, fresh], results, data)
+    assert planned.exit_code == 0, planned.lines
+    assert (f"Task90_Synth/{started.run_id}: the sweep would fail it: {folder}/{bad_checkpoint(started)}"
+            in planned.lines)
+    assert not any("would fail" in line for line in planned.lines if fresh.run_id in line)
+    assert not (folder / "status.json").exists() and read_events(folder) == []  # nothing written
+
+
+def test_the_dry_run_stops_where_a_case_cannot_be_fingerprinted_in_memory(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task fetched but not planned yet is fingerprinted first, and the sweep stops on a case that cannot be
+    read even alone in the memory it may use (exit 3, naming its image): its dry run listed the runs as
+    pending and exited 0. Found from the cases' headers; nothing written. A task whose fingerprint is saved
+    is not fingerprinted again: nothing said."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import fingerprint, preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.errors import DataError
+    from tests.sweep.test_local import _synthetic_task
+
+    data = _synthetic_task(home, tmp_path)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
+    results = tmp_path / "results"
+    assert dry_run_lines([spec], results, data).exit_code == 0
+    limit: list[MemoryLimit | None] = [MemoryLimit(1024, "the container's or job's memory limit",
+                                                   "cgroup memory.max")]
+    for module in (medseg_bench.checks, fingerprint):
+        monkeypatch.setattr(module, "usable_memory", lambda: limit[0])
+    planned = dry_run_lines([spec], results, data)
+    assert not (data / "preprocessed").exists()  # nothing written
+    with pytest.raises(DataError) as refused:
+        preprocess.plan_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)  # as the sweep, exit 3
+    assert planned.exit_code == 3, planned.lines
+    assert f"Task90_Synth: the sweep would stop: {refused.value}" in planned.lines
+    assert str(refused.value).startswith(f"{data / 'Task90_Synth' / 'imagesTr'}/")
+    assert " fingerprinting it needs at least " in str(refused.value)
+    limit[0] = None
+    preprocess.plan_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)  # fingerprinted and planned
+    (data / "preprocessed" / "Task90_Synth" / "plan.json").unlink()
+    limit[0] = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
+    assert dry_run_lines([spec], results, data).exit_code == 0  # the saved fingerprint is read, not made
+    preprocess.plan_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)  # as the sweep: no stop

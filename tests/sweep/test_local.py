@@ -343,37 +343,72 @@ def test_a_sweep_that_only_skips_reads_each_run_once_also_to_write_a_missing_ind
     assert set(pd.read_parquet(tmp_path / "results" / INDEX_NAME)["run_id"]) == set(reads)
 
 
-def _interrupted_on_an_edited_plan(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, RunSpec, Path]:
-    """A synthetic task planned and cached at 1 mm, an interrupted run that started on that plan (its
-    checkpoint, split and setup recorded), then plan.json edited to 0.5 mm; and a run not started yet.
-    Returns the data dir, the interrupted run, the new one, and the task's preprocessed folder."""
+def _synthetic_task(home: Path, tmp_path: Path) -> Path:
+    """Task90_Synth (4 cases) fetched into tmp_path/data, which is returned; not planned."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
-    from medseg_bench.data.preprocess import prepare_task
-    from medseg_bench.training import resolve_patch_and_batch
     from tests.conftest import make_synthetic_task, write_task_file
 
     write_task_file(home, "Task90_Synth")
     data = tmp_path / "data"
     fetch_task(get_task("Task90_Synth"), data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth",
                                                                        num_cases=4)), progress=False)
+    return data
+
+
+def _started(results: Path, spec: RunSpec, planned: object) -> Path:
+    """`spec`'s folder as a run interrupted on `planned` leaves it: a checkpoint (empty), the split, patch,
+    batch and preprocessing it started with."""
+    from medseg_bench.training import resolve_patch_and_batch
+
+    folder = run_dir(results, spec)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    patch, batch = resolve_patch_and_batch(spec, planned)  # type: ignore[arg-type]
+    write_json_atomic(folder / "splits.json", planned.splits[spec.fold])  # type: ignore[attr-defined]
+    write_json_atomic(folder / "setup.json", {"patch_size": list(patch), "batch_size": batch,
+                                              "preprocessing": planned.plan.preprocessing})  # type: ignore
+    return folder
+
+
+def _interrupted_on_an_edited_plan(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, RunSpec, Path]:
+    """A synthetic task planned and cached at 1 mm, an interrupted run that started on that plan (its
+    checkpoint, split and setup recorded), then plan.json edited to 0.5 mm; and a run not started yet.
+    Returns the data dir, the interrupted run, the new one, and the task's preprocessed folder."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import prepare_task
+
+    data = _synthetic_task(home, tmp_path)
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)
     started, fresh = (RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none",
                               num_folds=3, seed=seed, epochs=1) for seed in (0, 1))
-    folder = run_dir(tmp_path / "results", started)
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
-    patch, batch = resolve_patch_and_batch(started, prepared)
-    write_json_atomic(folder / "splits.json", prepared.splits[0])
-    write_json_atomic(folder / "setup.json", {"patch_size": list(patch), "batch_size": batch,
-                                              "preprocessing": prepared.plan.preprocessing})
+    _started(tmp_path / "results", started, prepared)
     plan_file = prepared.cache_dir.parent / "plan.json"
     write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"target_spacing": [0.5, 0.5, 0.5]})
     return data, started, fresh, prepared.cache_dir.parent
 
 
+def _interrupted_with_a_bad_checkpoint(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, RunSpec, Path]:
+    """A synthetic task planned and split, its cache not built; an interrupted run that started on that plan,
+    whose checkpoints/last.ckpt is no checkpoint (its setup as the plan gives it); and a run not started yet.
+    Returns the data dir, the interrupted run, the new one, and the task's preprocessed folder."""
+    data = _synthetic_task(home, tmp_path)
+    planned = local.plan_locked("Task90_Synth", data, 3)
+    started, fresh = (RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none",
+                              num_folds=3, seed=seed, epochs=1) for seed in (0, 1))
+    folder = _started(tmp_path / "results", started, planned)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    return data, started, fresh, planned.root
+
+
 REFUSED = ("setup.json: the run started with target spacing 1x1x1 mm, plan.json now 0.5x0.5x0.5 mm: restore "
            "plan.json, or delete the run folder to start over")
+
+
+def bad_checkpoint(spec: RunSpec) -> str:
+    """What follows the run folder in the refusal of `_interrupted_with_a_bad_checkpoint`'s run."""
+    return (f"checkpoints/last.ckpt: not a loadable medseg-bench checkpoint (not a torch checkpoint archive; "
+            f"refused unread); delete it to train run {spec.run_id} from scratch")
 
 
 def test_an_interrupted_run_the_plan_changed_under_fails_before_any_cache_is_built(
@@ -421,7 +456,7 @@ def test_the_other_runs_of_a_sweep_go_ahead_after_an_interrupted_run_is_refused(
 def test_a_run_held_by_another_process_is_left_to_it_not_refused(home: Path, tmp_path: Path) -> None:
     from medseg_bench.run_folder import read_status
     from medseg_bench.sweep.local import plan_locked
-    from medseg_bench.sweep.worker import refuse_changed
+    from medseg_bench.sweep.worker import refuse_unresumable
 
     data, started, _, _ = _interrupted_on_an_edited_plan(home, tmp_path)
     folder = run_dir(tmp_path / "results", started)
@@ -429,9 +464,59 @@ def test_a_run_held_by_another_process_is_left_to_it_not_refused(home: Path, tmp
     lock = RunLock(folder)
     assert lock.acquire()
     try:
-        assert refuse_changed(started, planned, tmp_path / "results") is None  # `run_one` says it is busy
+        # `run_one` says it is busy
+        assert refuse_unresumable(started, planned, tmp_path / "results") is None
         assert read_status(folder).get("state") != "failed"
     finally:
         lock.release()
-    refused = refuse_changed(started, planned, tmp_path / "results")
+    refused = refuse_unresumable(started, planned, tmp_path / "results")
     assert refused is not None and refused.kind == "failed" and refused.error == str(folder / REFUSED)
+
+
+def test_an_interrupted_run_with_a_bad_checkpoint_fails_before_any_cache_is_built(
+        home: Path, tmp_path: Path) -> None:
+    # It was refused only once the cache was built: the network it is checked against is built from the spec
+    # and the plan alone, so the checkpoint is checked with the plan and splits, before the build.
+    from medseg_bench.errors import RunError
+    from medseg_bench.run_folder import read_events, read_status
+
+    data, started, _, root = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    assert [p for p in root.iterdir() if p.is_dir()] == []  # planned and split, no cache
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, soft_wrap=True))
+        with pytest.raises(RunError, match=f"^1 of 1 run failed: {started.run_id}$"):
+            local.run_sweep([started], tmp_path / "results", data, reporter)
+    folder = run_dir(tmp_path / "results", started)
+    refused = f"{folder}/{bad_checkpoint(started)}"
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    assert said[0] == f"[1/1] {started.run_id}: failed: {refused}"  # no "preparing", no "training"
+    assert [p for p in root.iterdir() if p.is_dir()] == []  # still no cache
+    assert read_status(folder)["error"] == refused
+    assert [e["event"] for e in read_events(folder)] == ["failed"]
+    assert f"ERROR not resumed: {refused}" in (folder / "run.log").read_text()
+
+
+def test_an_interrupted_run_with_its_own_checkpoint_goes_ahead(home: Path, tmp_path: Path) -> None:
+    """The early check builds the run's network from the plan (no cache) and loads the checkpoint into it:
+    a checkpoint of this run's network passes it, one of another network's shape does not."""
+    import torch
+
+    from medseg_bench.checkpoints import RUN_ID_KEY
+    from medseg_bench.sweep.worker import refuse_unresumable
+    from medseg_bench.training import build_network
+
+    data, started, _, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    planned = local.plan_locked("Task90_Synth", data, 3)
+    checkpoint = run_dir(tmp_path / "results", started) / "checkpoints" / "last.ckpt"
+    net = build_network(started, planned)  # type: ignore[arg-type]
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                RUN_ID_KEY: started.run_id}, checkpoint)
+    assert refuse_unresumable(started, planned, tmp_path / "results") is None
+    other = RunSpec(task="Task90_Synth", dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=3,
+                    epochs=1)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in build_network(other, planned).state_dict().items()},
+                RUN_ID_KEY: started.run_id}, checkpoint)  # type: ignore[arg-type]
+    refused = refuse_unresumable(started, planned, tmp_path / "results")
+    assert refused is not None and refused.error is not None
+    assert refused.error.startswith(f"{checkpoint}: not a loadable medseg-bench checkpoint (Error(s) in "
+                                    "loading state_dict for ")

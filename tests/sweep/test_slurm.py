@@ -97,7 +97,7 @@ def test_a_run_whose_job_is_still_queued_is_not_submitted_again(tmp_path: Path,
     runs = [_queued_run(results, 0, "42_0"), _queued_run(results, 1, "42_1")]
     fake_squeue(tmp_path, monkeypatch, ["42_0|PENDING|Priority", "42_1|RUNNING|None"])
     said: list[str] = []
-    assert submit(runs, results, tmp_path, SlurmOptions(), say=said.append) == ([], [])
+    assert submit(runs, results, tmp_path, SlurmOptions(), say=said.append) == slurm.Submission()
     assert said == [f"queued   T/{runs[0].run_id}: already in the queue as job 42_0 (PENDING: Priority)",
                     f"queued   T/{runs[1].run_id}: already in the queue as job 42_1 (RUNNING)",
                     "nothing to submit"]
@@ -219,7 +219,7 @@ def test_a_job_that_starts_before_its_submission_is_recorded_is_not_shown_queued
         append_event(run_dir(results, spec), "interrupted")
 
     _fake_sbatch(monkeypatch, job_starts_at_once)
-    submitted, _ = submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)
+    submitted = submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None).jobs
     assert submitted == [(spec, "9_0")]
     assert run_state(run_dir(results, spec)) == "pending"
 
@@ -394,7 +394,7 @@ def test_a_results_dir_every_user_can_write_is_refused_before_any_submission(
         "their code as you; `chmod o-w` it (or `chmod +t`), or give another --results-dir")
     assert sbatch_calls == [] and not (results / ".slurm").exists()
     results.chmod(0o1777)  # sticky, as /tmp: nobody else can rename or remove the .slurm folder made below
-    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)[0] == [(spec, "9_0")]
+    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None).jobs == [(spec, "9_0")]
 
 
 def test_the_job_folder_is_the_submitters_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -530,4 +530,56 @@ def test_a_folder_above_the_results_dir_that_others_can_write_is_held_to_the_sam
     said.clear()
     job_files.check_private_results(results, said.append)
     assert said == []
-    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None)[0] == [(spec, "9_0")]
+    assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None).jobs == [(spec, "9_0")]
+
+
+@pytest.mark.parametrize("why", ["edited plan", "bad checkpoint"])
+def test_an_interrupted_run_that_cannot_resume_fails_before_anything_is_built_or_submitted(
+        why: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the local sweep (`local.refuse_unresumable_runs`): the submitter built the cache first, then
+    submitted a job that could only fail. The run fails with the local sweep's message, status and event;
+    the others are prepared and submitted; with no run left, nothing is."""
+    from medseg_bench.run_folder import read_events, read_status
+    from medseg_bench.sweep import local
+    from tests.sweep.test_local import (
+        REFUSED,
+        _interrupted_on_an_edited_plan,
+        _interrupted_with_a_bad_checkpoint,
+        bad_checkpoint,
+    )
+
+    interrupted = (_interrupted_on_an_edited_plan if why == "edited plan"
+                   else _interrupted_with_a_bad_checkpoint)
+    data, started, fresh, root = interrupted(home, tmp_path)
+    results = tmp_path / "results"
+    folder = run_dir(results, started)
+    refused = f"{folder / REFUSED}" if why == "edited plan" else f"{folder}/{bad_checkpoint(started)}"
+    caches = sorted(p.name for p in root.iterdir() if p.is_dir())
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    prepared: list[list[str]] = []
+
+    def prepare(runs: list[RunSpec]) -> Callable[[RunSpec], object]:
+        prepared.append([spec.run_id for spec in runs])
+        raise AssertionError("prepared with no run left")
+
+    said: list[str] = []
+    alone = submit([started], results, data, SlurmOptions(), say=said.append, prepare=prepare)
+    assert alone == slurm.Submission(failed=[started.run_id])
+    assert said == [f"failed   Task90_Synth/{started.run_id}: {refused}; not submitted", "nothing to submit"]
+    assert prepared == [] and sbatch_calls == [] and not (results / ".slurm").exists()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == caches  # no cache built
+    assert read_status(folder)["error"] == refused
+    assert [e["event"] for e in read_events(folder)] == ["failed"]
+    assert f"ERROR not resumed: {refused}" in (folder / "run.log").read_text()
+    # with a new run: it alone is prepared (checked against its plan) and submitted; the interrupted run is
+    # refused again, as long as what refused it is there
+    planned = local.plan_locked("Task90_Synth", data, 3)
+
+    def prepare_fresh(runs: list[RunSpec]) -> Callable[[RunSpec], object]:
+        prepared.append([spec.run_id for spec in runs])
+        return lambda spec: planned
+
+    both = submit([started, fresh], results, data, SlurmOptions(), say=lambda line: None,
+                  prepare=prepare_fresh)
+    assert both == slurm.Submission(jobs=[(fresh, "9_0")], failed=[started.run_id])
+    assert prepared == [[fresh.run_id]] and sbatch_calls == ["9_0"]
