@@ -156,7 +156,7 @@ def sweep(
         from medseg_bench.sweep.dry_run import dry_run_lines
 
         check_results_dir(results_dir)
-        planned = dry_run_lines(runs, results_dir, data)
+        planned = dry_run_lines(runs, results_dir, data, launcher)
         for line in planned.lines:
             typer.echo(line)
         if planned.exit_code:  # the sweep would stop before training: said above, its exit code here

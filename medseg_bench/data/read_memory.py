@@ -4,10 +4,13 @@ bytes read again for NaN and inf) and the fingerprint (`fingerprint.case_fingerp
 the label map, the non-zero box, the foreground sample).
 
 What either holds is known from the case's headers before a voxel is read (`StoredCase`: the image's voxels,
-channels and bytes per value, and the label map's). `ReadStage` counts it per byte stored and per voxel:
-`read_bytes` is an upper envelope of the peak resident memory measured above a worker's own
-(`bench/preprocess_memory.py`, the same cases as the cache build's, stored as NIfTI, gzipped NIfTI and
-MetaImage), `least_read_bytes` counts only arrays certainly held at the same time. Their peaks are a fraction
+channels and bytes per value, and the label map's). A plain NIfTI header is read here, its first bytes
+(`_nifti_shape_and_type`): through ITK, the headers of Task04_Hippocampus's 200 cases took 0.45 s of the 2.1
+its validation took; any other file is read through ITK (`io.read_geometry_and_type`). `ReadStage` counts
+what a stage holds per byte stored and per voxel: `read_bytes` is an upper envelope of the peak resident
+memory measured above a worker's own (`bench/preprocess_memory.py`, the same cases as the cache build's,
+stored as NIfTI, gzipped NIfTI and MetaImage), `least_read_bytes` counts only arrays certainly held at the
+same time. Their peaks are a fraction
 of the cache build's, but a large CT case with many workers at once could still pass a container's limit.
 
 A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) stops the
@@ -19,7 +22,10 @@ beside each one's own memory and the intensity sample the fingerprint gathers fr
 
 from __future__ import annotations
 
+import gzip
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ from pathlib import Path
 from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.io import read_geometry_and_type
 from medseg_bench.data.msd import Case
+from medseg_bench.data.nifti import image_bytes_limit
 from medseg_bench.data.preprocess_memory import WORKER_BYTES, check_need, items_at_once
 from medseg_bench.errors import DataError
 
@@ -85,20 +92,75 @@ FINGERPRINT = ReadStage("fingerprinting", peak=PerVoxel(4, 0, 4, 1), least=PerVo
                         per_sample=14)
 
 
-def stored_case(case: Case) -> StoredCase | None:
-    """What the case's headers declare; None where either cannot be read (validation names the problem)."""
+def stored_case(case: Case, most_bytes: int | None = None) -> StoredCase | None:
+    """What the case's headers declare; None where either cannot be read (validation names the problem), as
+    one declaring more than `most_bytes` of voxels (`nifti.image_bytes_limit`, found here where not given)."""
+    most = image_bytes_limit() if most_bytes is None else most_bytes
     try:
-        geometry, channels, value_bytes = read_geometry_and_type(case.image)
-        label, _, label_value_bytes = read_geometry_and_type(case.label)
+        shape, channels, value_bytes = _shape_and_type(case.image, most)
+        label, _, label_value_bytes = _shape_and_type(case.label, most)
     except (DataError, OSError):
         return None
-    return StoredCase(case.image, tuple(reversed(geometry.size)), channels, value_bytes,
-                      math.prod(label.size), label_value_bytes)
+    return StoredCase(case.image, shape, channels, value_bytes, math.prod(label), label_value_bytes)
+
+
+def _shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...], int, int]:
+    """The image's shape (z, y, x), channels and bytes per value as ITK reads them: a plain NIfTI's from its
+    first bytes (`_nifti_shape_and_type`), any other's through ITK, which refuses one declaring more than
+    `most_bytes` of voxels (`nifti.too_large`), and what it cannot read."""
+    found = _nifti_shape_and_type(path, most_bytes)
+    if found is not None:
+        return found
+    geometry, channels, value_bytes = read_geometry_and_type(path)
+    return tuple(reversed(geometry.size)), channels, value_bytes
+
+
+# NIfTI datatype codes of one plain number per value, and its bytes: uint8, int16, int32, float32, float64,
+# int8, uint16, uint32, int64, uint64 (not complex, RGB or long double: ITK reads those otherwise)
+_NIFTI_VALUE_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
+
+
+def _nifti_shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...], int, int] | None:
+    """`_shape_and_type` of a `.nii` or `.nii.gz` from its header alone, where ITK reads it as the header
+    says: a single-file NIfTI-1 (MSD's) of 3 or 4 axes, none of a single voxel (ITK drops such an axis),
+    the fourth the channels; one plain number per value (`_NIFTI_VALUE_BYTES`), no intent (a vector's
+    values), unscaled (`scl_slope` 0 or 1 and `scl_inter` 0: ITK reads scaled values as float), of at most
+    `most_bytes` of voxels. None for any other file, one that cannot be read so, or declares more (ITK's read
+    says why, `io.read_geometry_and_type`), and a `.nii.gz` ITK would read its `.nii` for."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        if name.endswith(".gz"):
+            if path.with_name(path.name[:-3]).exists():
+                return None
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read(348)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(raw) < 348 or raw[344:348] != b"n+1\0":  # NIfTI-2, or a header whose voxels lie in another file
+        return None
+    endian = next((order for order in "<>" if struct.unpack(f"{order}i", raw[:4])[0] == 348), None)
+    if endian is None:
+        return None
+    dims = struct.unpack(f"{endian}8h", raw[40:56])
+    intent, datatype = struct.unpack(f"{endian}2h", raw[68:72])
+    slope, inter = struct.unpack(f"{endian}2f", raw[112:120])
+    axes = dims[0]
+    if (axes not in (3, 4) or any(side < 2 for side in dims[1:axes + 1]) or intent != 0
+            or datatype not in _NIFTI_VALUE_BYTES or slope not in (0.0, 1.0) or inter != 0.0
+            or math.prod(dims[1:axes + 1]) * _NIFTI_VALUE_BYTES[datatype] > most_bytes):
+        return None
+    return (dims[3], dims[2], dims[1]), dims[4] if axes == 4 else 1, _NIFTI_VALUE_BYTES[datatype]
 
 
 def stored_cases(cases: Sequence[Case]) -> list[StoredCase]:
     """`stored_case` of each case whose headers can be read."""
-    return [size for size in map(stored_case, cases) if size is not None]
+    most = image_bytes_limit()  # once: each finding reads /proc/self/mountinfo and the cgroup's files
+    return [size for size in (stored_case(case, most) for case in cases) if size is not None]
 
 
 def read_bytes(stage: ReadStage, size: StoredCase, samples: int = 0) -> int:

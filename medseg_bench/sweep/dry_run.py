@@ -231,11 +231,12 @@ def _unfingerprintable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
+def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: bool = True) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
     (`read_plan`), a run that cannot train on it (`local.check_runs`), a case its cache build cannot fit
-    in memory (`_check_cache_memory`), or one a run's evaluation cannot (`_check_evaluation_memory`). A task
-    not planned yet is planned by the sweep, which checks its runs then."""
+    in memory (`_check_cache_memory`), or, with `evaluations` (the local launcher's check), one a run's
+    evaluation cannot (`_check_evaluation_memory`). A task not planned yet is planned by the sweep, which
+    checks its runs then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
@@ -252,8 +253,10 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
             own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
             _check_cache_memory(task_spec, plan, path, data_dir, own_slices)  # the sweep: cache, then runs
-            check_runs([spec for spec in runs if spec.task == task], lambda spec: planned[spec.task])
-            _check_evaluation_memory([spec for spec in runs if spec.task == task], planned[task], data_dir)
+            mine = [spec for spec in runs if spec.task == task]
+            check_runs(mine, lambda spec: planned[spec.task])
+            if evaluations:
+                _check_evaluation_memory(mine, planned[task], data_dir)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
@@ -329,7 +332,10 @@ def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> DryRun:
+def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launcher: str = "local") -> DryRun:
+    """What `sweep` with `launcher` would do with `runs`, and the code it would exit with before training. A
+    SLURM submission does not check the held-out cases' evaluation against this machine's memory: each job
+    checks them on its node, whose memory (`--mem-gb`) is not this machine's."""
     out = DryRun()
     lines = out.lines
     states: Counter[str] = Counter()
@@ -355,7 +361,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path) -> Dry
     todo = [spec for spec in todo if spec in kept or spec in running]  # those the sweep goes on with
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
     _unfingerprintable(todo, data_dir, out)
-    _unplannable(todo, data_dir, out)
+    _unplannable(todo, data_dir, out, evaluations=launcher == "local")
     _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
     if estimate is None:

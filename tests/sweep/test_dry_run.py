@@ -379,3 +379,39 @@ def test_the_dry_run_stops_where_a_case_cannot_be_fingerprinted_in_memory(
     limit[0] = MemoryLimit(1024, "the container's or job's memory limit", "cgroup memory.max")
     assert dry_run_lines([spec], results, data).exit_code == 0  # the saved fingerprint is read, not made
     preprocess.plan_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)  # as the sweep: no stop
+
+
+def test_a_slurm_dry_run_leaves_the_evaluation_memory_to_the_jobs(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SLURM submission does not check the held-out cases against the memory of the machine it submits from
+    (each job checks them on its node, `run.evaluate_fold`): its dry run stopped there, exit 3, on a login
+    node smaller than the nodes, where the submission went ahead."""
+    from typer.testing import CliRunner
+
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.cli.app import app
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    data = tmp_path / "data"
+    fetch_task(get_task("Task90_Synth"), data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth",
+                                                                       num_cases=4)), progress=False)
+    prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)  # built: its memory is not checked
+    memory = MemoryLimit(100_000, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: memory)  # no evaluation fits here
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    results = tmp_path / "results"
+    local = dry_run_lines([spec], results, data)
+    assert local.exit_code == 3 and "predicting it needs at least" in local.lines[-2], local.lines
+    slurm = dry_run_lines([spec], results, data, launcher="slurm")
+    assert slurm.exit_code == 0 and not any("would stop" in line for line in slurm.lines), slurm.lines
+    args = ["sweep", "--task", "Task90_Synth", "--arch", "unet", "--loss", "dice_ce", "--aug", "none",
+            "--dims", "3d", "--folds", "0", "--num-folds", "2", "--results-dir", str(results), "--data-dir",
+            str(data), "--dry-run"]
+    assert CliRunner().invoke(app, args).exit_code == 3
+    said = CliRunner().invoke(app, [*args, "--launcher", "slurm"])
+    assert said.exit_code == 0 and "predicting it needs" not in said.output, said.output
