@@ -278,7 +278,7 @@ def resolve_patch_and_batch(spec: RunSpec,
     return fit_patch(spec.arch, spec.dims, planned), int(batch)
 
 
-def network_spacing(prepared: PreparedTask) -> tuple[float, ...]:
+def network_spacing(prepared: PreparedTask | PlannedTask) -> tuple[float, ...]:
     """Voxel spacing (z, y, x) of the arrays the network sees: the cache's target spacing if it has one."""
     plan = prepared.plan
     return tuple(getattr(plan, "target_spacing", None) or plan.median_spacing)
@@ -328,7 +328,7 @@ def run_tta(spec: RunSpec, requested: bool | None = None) -> bool:
     return tta and (spec.pipeline_version < NNUNET_INFERENCE_FROM or mirrors(spec.aug))
 
 
-def model_inputs(spec: RunSpec, prepared: PreparedTask) -> ModelInputs:
+def model_inputs(spec: RunSpec, prepared: PreparedTask | PlannedTask) -> ModelInputs:
     """What run `spec`'s network is built from on `prepared`'s plan (its patch, the plan's spacing)."""
     patch, _ = resolve_patch_and_batch(spec, prepared)
     spacing = model_spacing(network_spacing(prepared), spec.dims)
@@ -336,7 +336,7 @@ def model_inputs(spec: RunSpec, prepared: PreparedTask) -> ModelInputs:
                        pretrained=spec.pretrained, spacing=spacing, pipeline_version=spec.pipeline_version)
 
 
-def check_trainable(spec: RunSpec, prepared: PreparedTask) -> None:
+def check_trainable(spec: RunSpec, prepared: PreparedTask | PlannedTask) -> None:
     """UsageError when run `spec` cannot train on `prepared`'s plan, found without building anything: a patch
     or batch (given, or the plan's, perhaps edited) its network cannot take, the task's channel count, a
     patch DynUNet cannot pool twice at the plan's spacing. A sweep asks it of every run before any trains."""
@@ -363,7 +363,7 @@ def check_batch_memory(patch: Sequence[int], batch: int, channels: int,
                           f"{needed / 2**30:.4g} GiB for its input alone, more than {memory}")
 
 
-def build_network(spec: RunSpec, prepared: PreparedTask) -> nn.Module:
+def build_network(spec: RunSpec, prepared: PreparedTask | PlannedTask) -> nn.Module:
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     return build_model(spec.arch, spec.dims, model_inputs(spec, prepared))
 

@@ -219,7 +219,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
 
     from medseg_bench.results import check_run_folders, check_writable
     from medseg_bench.sweep.job_files import check_private_results
-    from medseg_bench.sweep.local import prepare_tasks, prepared_key
+    from medseg_bench.sweep.local import prepare_tasks
     from medseg_bench.sweep.slurm import submit
 
     if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it
@@ -230,9 +230,8 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     check_private_results(results_dir, lambda line: typer.secho(line, fg="yellow", err=True))
     check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
 
-    def prepare(todo: list[Any]) -> Any:  # the caches of the runs left to submit, once it is known which
-        prepared = prepare_tasks(todo, data_dir, typer.echo, " before submitting")
-        return lambda spec: prepared[prepared_key(spec)]
+    def prepare(todo: list[Any]) -> None:  # the caches of the runs left to submit, once it is known which
+        prepare_tasks(todo, data_dir, typer.echo, " before submitting")
 
     summary = submit(runs, results_dir, data_dir, options, say=typer.echo, prepare=prepare)
     if summary.jobs:

@@ -89,6 +89,20 @@ def plan_locked(task: str, data_dir: Path, num_folds: int) -> PlannedTask:
         return plan_task(spec, data_dir, num_folds, progress=True)
 
 
+def plan_tasks(runs: list[RunSpec], data_dir: Path,
+               say: Callable[[str], object] | None = None) -> dict[tuple[str, int], PlannedTask]:
+    """`plan_locked` of each task of `runs` once (`prepared_key`): its fingerprint, plan and splits, made
+    where there are none, its cache not built: what `check_runs` and `check_evaluation_memory` read. `say`
+    is told of a task not planned yet (its fingerprint reads every case)."""
+    planned: dict[tuple[str, int], PlannedTask] = {}
+    for spec in runs:
+        if prepared_key(spec) not in planned:
+            if say is not None and not (data_dir / "preprocessed" / spec.task / "plan.json").is_file():
+                say(f"planning {spec.task} (fingerprint, plan, {spec.num_folds}-fold splits)")
+            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
+    return planned
+
+
 def prepared_key(spec: RunSpec) -> tuple[str, int]:
     """What a run's `PreparedTask` is shared by: its task and number of folds."""
     return spec.task, spec.num_folds
@@ -131,9 +145,12 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             spec, error, reporter, outcome))
         if fail_fast and outcome["failed"]:
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
+        # what a run can train on, and whether its evaluation fits, are the plan's and the splits' to say:
+        # checked before the cache is built (an hour of a large task's), not after
+        planned = plan_tasks(todo, data_dir, reporter.say)
+        check_runs(todo, lambda spec: planned[prepared_key(spec)])
+        check_evaluation_memory(todo, planned, data_dir)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
-        check_runs(todo, lambda spec: prepared[prepared_key(spec)])
-        check_evaluation_memory(todo, prepared, data_dir)
         if jobs <= 1:
             _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome)
         else:
@@ -185,10 +202,8 @@ def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Pa
     here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
     launchers ask it first."""
     interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
-    planned: dict[tuple[str, int], PlannedTask] = {}
-    for spec in runs:  # in the sweep's order: the first task's plan first
-        if spec in interrupted and prepared_key(spec) not in planned:
-            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
+    # in the sweep's order: the first task's plan first
+    planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir)
     left = []
     for spec in runs:
         outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
@@ -269,8 +284,10 @@ def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> N
 
 def check_evaluation_memory(runs: list[RunSpec], prepared: dict[tuple[str, int], Any],
                             data_dir: Path) -> None:
-    """DataError, before any run trains, naming a held-out case some run's evaluation cannot predict in the
-    memory this process may use (`inference_memory.check_evaluations`), once per prepared task."""
+    """DataError, before any run trains (and before the cache is built: `prepared` may hold a task's plan and
+    splits alone, `PlannedTask`), naming a held-out case some run's evaluation cannot predict in the memory
+    this process may use (`inference_memory.check_evaluations`, sized from the fingerprint), once per
+    task."""
     if not runs:
         return
     from medseg_bench.checks import usable_memory

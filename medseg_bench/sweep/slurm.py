@@ -247,13 +247,13 @@ class Submission:
 
 
 def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
-           say: Any = print, prepare: Callable[[list[RunSpec]], Callable[[RunSpec], Any]] | None = None
-           ) -> Submission:
+           say: Any = print, prepare: Callable[[list[RunSpec]], object] | None = None) -> Submission:
     """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
     An interrupted run among them that cannot resume fails first, before any cache is built, as in the local
     sweep (`local.refuse_unresumable_runs`: its folder records why, and its job would only fail). With
-    `prepare` (given the runs left, it builds their tasks' caches and returns a run's prepared task), each
-    run left is then checked against its plan (`check_runs`); where no run is left, nothing is prepared.
+    `prepare` (given the runs left, it builds their tasks' caches), each run left is first checked against
+    its plan (`check_runs`, on `local.plan_tasks`: the plan and splits, before any cache is built), then
+    prepared; where no run is left, nothing is planned or prepared.
 
     One submission to a results dir at a time (`SUBMIT_LOCK`): two at once each found the other's runs not
     queued yet and submitted them too, and one whose sbatch failed deleted the other's new job files."""
@@ -264,8 +264,8 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
 
 
 def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
-            prepare: Callable[[list[RunSpec]], Callable[[RunSpec], Any]] | None) -> Submission:
-    from medseg_bench.sweep.local import check_runs, refuse_unresumable_runs
+            prepare: Callable[[list[RunSpec]], object] | None) -> Submission:
+    from medseg_bench.sweep.local import check_runs, plan_tasks, prepared_key, refuse_unresumable_runs
 
     check_private_results(results_dir, say=lambda line: None)  # `sweep` has said its warning already
     check_run_folders(results_dir, runs)
@@ -302,7 +302,9 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         say("nothing to submit")
         return summary
     if prepare is not None:
-        check_runs(todo, prepare(todo))
+        planned = plan_tasks(todo, data_dir, say)  # what a run can train on is the plan's, not the cache's
+        check_runs(todo, lambda spec: planned[prepared_key(spec)])
+        prepare(todo)
     slurm_dir = job_folder(results_dir)
     try:
         executor = submitit.AutoExecutor(folder=slurm_dir / "%j", cluster="slurm")

@@ -237,6 +237,8 @@ def test_slurm_submits_nothing_when_a_run_cannot_train_on_the_plan(shared_task: 
     assert result.exit_code == 2, result.output
     assert "cannot train: dynunet pools patch 12x12x12 fewer than twice" in result.output.splitlines()[-1]
     assert not called.exists() and not (tmp_path / "results" / ".slurm").exists()
+    cached = home / "data" / "preprocessed" / "Task04_Hippocampus"
+    assert not list(cached.glob("*/complete.json"))  # planned and checked before the cache is built
 
 
 def test_slurm_names_a_file_in_a_run_folders_place_before_preparing_the_task(home: Path, tmp_path: Path,
@@ -251,7 +253,8 @@ def test_slurm_names_a_file_in_a_run_folders_place_before_preparing_the_task(hom
 
     _unconfigured_sbatch(tmp_path, monkeypatch)
     prepared: list[str] = []
-    monkeypatch.setattr(local, "prepare_locked", lambda task, *args, **kwargs: prepared.append(task))
+    for step in ("plan_locked", "prepare_locked"):  # planned (checked against its plan), then its cache
+        monkeypatch.setattr(local, step, lambda task, *args, **kwargs: prepared.append(task))
     results = tmp_path / "results"
     args = dict(zip(TINY_SWEEP[::2], TINY_SWEEP[1::2], strict=True))
     (spec,), _ = expand(build_request({}, {"tasks": [args["--task"]], "archs": [args["--arch"]],
@@ -279,7 +282,8 @@ def test_slurm_refuses_a_results_dir_every_user_can_write_before_preparing_the_t
 
     called = _unconfigured_sbatch(tmp_path, monkeypatch)
     prepared: list[str] = []
-    monkeypatch.setattr(local, "prepare_locked", lambda task, *args, **kwargs: prepared.append(task))
+    for step in ("plan_locked", "prepare_locked"):  # planned (checked against its plan), then its cache
+        monkeypatch.setattr(local, step, lambda task, *args, **kwargs: prepared.append(task))
     results = tmp_path / "results"
     results.mkdir()
     results.chmod(0o777)
@@ -472,6 +476,8 @@ def test_runs_that_cannot_train_on_the_plan_stop_the_sweep_before_any_trains(sha
     assert ("cannot train: dynunet pools patch 12x12x12 fewer than twice at spacing 1x1x1 mm" in result.output
             and "(1 more run cannot train either); nothing was trained" in result.output)
     assert not (results / "Task04_Hippocampus").exists()
+    cached = home / "data" / "preprocessed" / "Task04_Hippocampus"
+    assert not list(cached.glob("*/complete.json"))  # planned and checked before the cache is built
     # its dry run, once the plan exists, says so (it listed both runs as pending, the sweep would train them)
     dry = runner.invoke(app, [*common, "--arch", "dynunet", "--dims", "3d", "--patch-size", "12,12,12",
                               "--seed", "0,1", "--dry-run"])

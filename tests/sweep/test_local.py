@@ -212,6 +212,7 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     results = tmp_path / "results"
     damaged, failing = _spec(0), _spec(1)
     (_finished_run(results, damaged) / "metrics.csv").unlink()
+    monkeypatch.setattr(local, "plan_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
     monkeypatch.setattr(local, "check_evaluation_memory", lambda runs, prepared, data_dir: None)
@@ -520,3 +521,27 @@ def test_an_interrupted_run_with_its_own_checkpoint_goes_ahead(home: Path, tmp_p
     assert refused is not None and refused.error is not None
     assert refused.error.startswith(f"{checkpoint}: not a loadable medseg-bench checkpoint (Error(s) in "
                                     "loading state_dict for ")
+
+
+def test_a_run_whose_evaluation_cannot_fit_stops_the_sweep_before_the_cache_is_built(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held-out cases' sizes are the fingerprint's and the plan's, not the cache's: the sweep stopped
+    on them only after building the cache (an hour on a large task). Now it stops first, nothing built."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.preprocess import plan_task
+    from medseg_bench.errors import DataError
+
+    data = _synthetic_task(home, tmp_path)
+    plan_task(get_task("Task90_Synth"), data, num_folds=3, workers=1)  # fingerprinted, planned, split
+    root = data / "preprocessed" / "Task90_Synth"
+    before = sorted(p.name for p in root.iterdir())
+    memory = MemoryLimit(100_000, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: memory)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
+    with pytest.raises(DataError, match=r"predicting it needs at least .*nothing was trained\)$"):
+        local.run_sweep([spec], tmp_path / "results", data, PlainReporter())
+    assert sorted(p.name for p in root.iterdir()) == before  # no cache folder
+    assert not any(p.is_dir() for p in root.iterdir())
+    assert not run_dir(tmp_path / "results", spec).exists()
