@@ -233,10 +233,11 @@ def _unfingerprintable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: bool = True) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
-    (`read_plan`), a run that cannot train on it (`local.check_runs`), a case its cache build cannot fit
-    in memory (`_check_cache_memory`), or, with `evaluations` (the local launcher's check), one a run's
-    evaluation cannot (`_check_evaluation_memory`). A task not planned yet is planned by the sweep, which
-    checks its runs then."""
+    (`read_plan`), a run that cannot train on it (`local.check_runs`), with `evaluations` (the local
+    launcher's check) a held-out case a run's evaluation cannot predict in memory
+    (`_check_evaluation_memory`), or a case its cache build cannot fit in memory (`_check_cache_memory`):
+    the first of these the sweep stops on, in its order. A task not planned yet is planned by the sweep,
+    which checks its runs then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PreparedTask
@@ -251,12 +252,14 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: 
             task_spec = get_task(task)  # a plan of another task, or of other channels: refused
             plan = plan_for_task(read_plan(path), task_spec, path)
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
-            own_slices = any(spec.own_slice_spacing for spec in runs if spec.task == task)
-            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)  # the sweep: cache, then runs
             mine = [spec for spec in runs if spec.task == task]
+            # in the sweep's order (`local.run_sweep`): the runs and their evaluations on the plan, then the
+            # cache it builds
             check_runs(mine, lambda spec: planned[spec.task])
             if evaluations:
                 _check_evaluation_memory(mine, planned[task], data_dir)
+            own_slices = any(spec.own_slice_spacing for spec in mine)
+            _check_cache_memory(task_spec, plan, path, data_dir, own_slices)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 

@@ -245,6 +245,7 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
     from medseg_bench.errors import DataError
+    from medseg_bench.sweep import dry_run
     from tests.conftest import make_synthetic_task, write_task_file
 
     write_task_file(home, "Task90_Synth")
@@ -256,6 +257,8 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
     memory = MemoryLimit(32 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
     for module in (medseg_bench.checks, preprocess):
         monkeypatch.setattr(module, "usable_memory", lambda: memory)
+    # nor would an evaluation at 0.1 mm, which the sweep checks first (tested on its own): the cache alone
+    monkeypatch.setattr(dry_run, "_check_evaluation_memory", lambda *args: None)
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
     assert dry_run_lines([spec], tmp_path / "results", data).exit_code == 0  # its cache built at 1 mm
     plan_file = data / "preprocessed" / "Task90_Synth" / "plan.json"
@@ -265,6 +268,45 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
     planned = dry_run_lines([spec], tmp_path / "results", data)
     assert planned.exit_code == 3, planned.lines
     assert f"Task90_Synth: the sweep would stop: {refused.value}" in planned.lines
+
+
+def test_the_dry_run_stops_on_the_line_the_sweep_stops_on_where_neither_evaluation_nor_cache_fits(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep checks a held-out case's evaluation against the memory before it builds the cache (the
+    evaluation's sizes are the fingerprint's and the plan's): with a plan.json edited to a target spacing
+    10 times finer, where neither fits, the sweep stopped on `predicting it needs ...` while its dry run said
+    it would stop on `preprocessing it needs ...`, the cache build's line, checked first."""
+    import medseg_bench.checks
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.errors import DataError
+    from medseg_bench.sweep.local import check_evaluation_memory, check_runs, plan_tasks, prepared_key
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)),
+               progress=False)
+    preprocess.prepare_task(task, data, num_folds=3, workers=1)
+    plan_file = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"target_spacing": [0.1, 0.1, 0.1]})
+    memory = MemoryLimit(32 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
+    for module in (medseg_bench.checks, preprocess):
+        monkeypatch.setattr(module, "usable_memory", lambda: memory)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
+    with pytest.raises(DataError) as refused:  # as `local.run_sweep`, before `prepare_tasks` builds the cache
+        planned = plan_tasks([spec], data)
+        check_runs([spec], lambda run: planned[prepared_key(run)])
+        check_evaluation_memory([spec], planned, data)
+    assert "predicting it needs at least" in str(refused.value)
+    with pytest.raises(DataError):
+        preprocess.prepare_task(task, data, num_folds=3, workers=1)  # nor would the cache fit: not reached
+    said = dry_run_lines([spec], tmp_path / "results", data)
+    assert said.exit_code == 3, said.lines
+    assert f"Task90_Synth: the sweep would stop: {refused.value}" in said.lines, said.lines
 
 
 def test_the_dry_run_checks_only_the_caches_the_sweep_would_build(
