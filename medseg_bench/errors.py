@@ -114,6 +114,26 @@ class OutOfMemory(MedsegError):
         asked = one_line(str(exc)) or "an allocation failed"
         return cls(f"out of memory: {asked}; check the input's sizes and spacings, or use a larger machine")
 
+    @classmethod
+    def from_import_error(cls, exc: ImportError) -> OutOfMemory | None:
+        """A library the loader could not map into memory (`ulimit -v` below what torch's libraries take,
+        about 5 GiB of address space: `libtorch_cpu.so: failed to map segment from shared object`), or None
+        for any other ImportError."""
+        text = one_line(str(exc))
+        if not any(sign in text.lower() for sign in _LOADER_OUT_OF_MEMORY):
+            return None
+        from medseg_bench.checks import usable_memory
+
+        memory = usable_memory()
+        within = f" within {memory}" if memory is not None else ""
+        return cls(f"out of memory: a library could not be loaded{within} ({text}); run with more memory "
+                   "(torch's libraries alone take about 5 GiB of address space: raise `ulimit -v`)")
+
+
+# what the dynamic loader (glibc's dlopen) says when mapping a shared library fails for want of memory
+_LOADER_OUT_OF_MEMORY = ("failed to map segment from shared object", "cannot allocate memory",
+                         "cannot map zero-fill pages")
+
 
 class Interrupted(MedsegError):
     """A command stopped by SIGINT or SIGTERM: nothing finished is lost; a sweep's interrupted run resumes."""

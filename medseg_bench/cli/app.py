@@ -74,6 +74,12 @@ class _Group(TyperGroup):
                    if isinstance(raised, OSError) else OutOfMemory.from_memory_error(raised))
             print_error(one_line(str(exc)))
             raise typer.Exit(exc.exit_code) from None
+        except ImportError as raised:  # a library the loader could not map (`ulimit -v`): one line, exit 8
+            out_of_memory = OutOfMemory.from_import_error(raised)
+            if out_of_memory is None:
+                raise
+            print_error(out_of_memory.args[0])
+            raise typer.Exit(out_of_memory.exit_code) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             signum = signals.received() or signal.SIGINT
             stop = Interrupted(f"interrupted ({signal.Signals(signum).name}): nothing finished was lost; "

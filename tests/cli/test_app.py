@@ -152,6 +152,29 @@ def test_running_out_of_memory_is_one_line(tmp_path: Path, monkeypatch) -> None:
     assert too_many.exit_code == 2 and "--resamples must be from 100 to 1000000" in too_many.output
 
 
+def test_a_library_that_cannot_be_mapped_in_memory_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    # `ulimit -v 4000000; medseg-bench sweep ...`: torch's libraries did not fit the address space, and the
+    # loader's ImportError escaped as a traceback, exit 1 (a bug's code)
+    from medseg_bench import results
+
+    def unloadable(*args: object, **kwargs: object) -> None:
+        raise ImportError("libtorch_cpu.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(results, "check_results_dir", unloadable)  # the first thing `status` calls
+    result = runner.invoke(app, ["status", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 8, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory: a library could not be loaded")
+    assert "(libtorch_cpu.so: failed to map segment from shared object); run with more memory" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_any_other_import_error_is_not_called_out_of_memory(tmp_path: Path, monkeypatch) -> None:
+    from medseg_bench.errors import OutOfMemory
+
+    assert OutOfMemory.from_import_error(ImportError("No module named 'submitit'")) is None
+
+
 def test_an_error_is_one_line_even_when_a_name_holds_a_newline(home: Path) -> None:
     result = runner.invoke(app, ["fetch", "Task04\nfake: all good"])
     assert result.exit_code == 2
