@@ -361,6 +361,18 @@ def caches_to_build(cases: Sequence[Case], plan: Plan, root: Path,
     return todo
 
 
+def check_caches_fit(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool = False) -> None:
+    """The DataError the cache build stops on before it starts (`build_cache` through `cases_at_once`): a
+    case of a cache not built yet (`caches_to_build`) that cannot be preprocessed even alone in the memory
+    this process may use (a plan.json edited to a much finer target spacing), from the fingerprint. A sweep
+    asks it before it builds anything, and its dry run."""
+    from medseg_bench.data.preprocess_memory import check_all_fit
+
+    memory = usable_memory()
+    for _, own in caches_to_build(cases, plan, root, own_slices):  # as the cache build decides it
+        check_all_fit(case_sizes(cases, plan, root, own), memory, root / "plan.json")
+
+
 def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool = False) -> list[CaseSize]:
     """What each case's voxels become through preprocessing (read, cropped, resampled), from the task's
     fingerprint in `root`; the cases it does not hold (or all, where it cannot be read) are left out."""

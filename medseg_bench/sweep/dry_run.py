@@ -233,10 +233,10 @@ def _unfingerprintable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None
 
 def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: bool = True) -> None:
     """A line for each task whose plan.json, where the sweep finds one, it would stop on: the plan itself
-    (`read_plan`), a run that cannot train on it (`local.check_runs`), with `evaluations` (the local
-    launcher's check) a held-out case a run's evaluation cannot predict in memory
-    (`_check_evaluation_memory`), or a case its cache build cannot fit in memory (`_check_cache_memory`):
-    the first of these the sweep stops on, in its order. A task not planned yet is planned by the sweep,
+    (`read_plan`), a run that cannot train on it (`local.check_runs`), a case its cache build cannot fit
+    in memory (`_check_cache_memory`), or, with `evaluations` (the local launcher's check), a held-out case
+    a run's evaluation cannot predict in memory (`_check_evaluation_memory`): the first of these the sweep
+    stops on, in its order. A task not planned yet is planned by the sweep,
     which checks its runs then."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
@@ -253,32 +253,27 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: 
             plan = plan_for_task(read_plan(path), task_spec, path)
             planned[task] = PreparedTask(task_spec, plan, path.parent, [], [])
             mine = [spec for spec in runs if spec.task == task]
-            # in the sweep's order (`local.run_sweep`): the runs and their evaluations on the plan, then the
-            # cache it builds
+            # in the sweep's order (`local.run_sweep`), all before it builds anything: the runs on the plan,
+            # the caches it would build, the runs' evaluations
             check_runs(mine, lambda spec: planned[spec.task])
-            if evaluations:
-                _check_evaluation_memory(mine, planned[task], data_dir)
             own_slices = any(spec.own_slice_spacing for spec in mine)
             _check_cache_memory(task_spec, plan, path, data_dir, own_slices)
+            if evaluations:
+                _check_evaluation_memory(mine, planned[task], data_dir)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
 def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: Path,
                         own_slices: bool) -> None:
-    """The DataError the sweep's cache build stops on before it starts (`preprocess.build_cache`): a case of a
-    cache not built yet that cannot be preprocessed in the memory this process may use (a plan.json edited to
-    a much finer target spacing). A task not fetched is said so by `_unfetched`."""
-    from medseg_bench.checks import usable_memory
+    """The DataError the sweep stops on before it builds the cache (`preprocess.check_caches_fit`, which
+    `local.check_cache_memory` asks): a case of a cache not built yet that cannot be preprocessed in the
+    memory this process may use. A task not fetched is said so by `_unfetched`."""
     from medseg_bench.data.fetch import is_complete
-    from medseg_bench.data.preprocess import caches_to_build, case_sizes, usable_cases
-    from medseg_bench.data.preprocess_memory import check_all_fit
+    from medseg_bench.data.preprocess import check_caches_fit, usable_cases
 
-    if not is_complete(data_dir / task.name):
-        return
-    root, cases, memory = plan_file.parent, usable_cases(task, data_dir), usable_memory()
-    for _, own in caches_to_build(cases, plan, root, own_slices):  # as the cache build decides it
-        check_all_fit(case_sizes(cases, plan, root, own), memory, plan_file)
+    if is_complete(data_dir / task.name):
+        check_caches_fit(usable_cases(task, data_dir), plan, plan_file.parent, own_slices)
 
 
 def _check_evaluation_memory(runs: list[RunSpec], prepared: PreparedTask, data_dir: Path) -> None:

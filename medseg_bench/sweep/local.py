@@ -145,10 +145,12 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             spec, error, reporter, outcome))
         if fail_fast and outcome["failed"]:
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
-        # what a run can train on, and whether its evaluation fits, are the plan's and the splits' to say:
-        # checked before the cache is built (an hour of a large task's), not after
+        # what a run can train on, whether its cache and its evaluation fit in memory, are the fingerprint's,
+        # the plan's and the splits' to say: checked before the cache is built (an hour of a large task's),
+        # in the order the sweep would meet them
         planned = plan_tasks(todo, data_dir, reporter.say)
         check_runs(todo, lambda spec: planned[prepared_key(spec)])
+        check_cache_memory(todo, planned, data_dir)
         check_evaluation_memory(todo, planned, data_dir)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
         if jobs <= 1:
@@ -280,6 +282,18 @@ def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> N
         more = f" ({others} more run{'s' * (others > 1)} cannot train either)" if others else ""
         raise UsageError(f"run {run_id} cannot train: {message}{more}; nothing was trained (leave such "
                          "runs out with --exclude)")
+
+
+def check_cache_memory(runs: list[RunSpec], planned: dict[tuple[str, int], PlannedTask],
+                       data_dir: Path) -> None:
+    """DataError, before anything is built, naming a case of a cache the sweep would build that cannot be
+    preprocessed even alone in the memory this process may use (`preprocess.check_caches_fit`), once per
+    task, for its 2D runs' own cache too where some run keeps its slices (as `prepare_tasks`)."""
+    from medseg_bench.data.preprocess import check_caches_fit, usable_cases
+
+    for key, task in planned.items():
+        own_slices = any(spec.own_slice_spacing for spec in runs if prepared_key(spec) == key)
+        check_caches_fit(usable_cases(task.task, data_dir), task.plan, task.root, own_slices)
 
 
 def check_evaluation_memory(runs: list[RunSpec], prepared: dict[tuple[str, int], Any],

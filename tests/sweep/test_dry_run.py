@@ -272,17 +272,18 @@ def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
 
 def test_the_dry_run_stops_on_the_line_the_sweep_stops_on_where_neither_evaluation_nor_cache_fits(
         home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sweep checks a held-out case's evaluation against the memory before it builds the cache (the
-    evaluation's sizes are the fingerprint's and the plan's): with a plan.json edited to a target spacing
-    10 times finer, where neither fits, the sweep stopped on `predicting it needs ...` while its dry run said
-    it would stop on `preprocessing it needs ...`, the cache build's line, checked first."""
+    """The sweep checks, before it builds anything, the caches it would build and then the held-out cases'
+    evaluations against the memory (both sized from the fingerprint and the plan): with a plan.json edited to
+    a target spacing 10 times finer, where neither fits, the dry run names the line the sweep stops on (it
+    once named another: the two checked in other orders)."""
     import medseg_bench.checks
     from medseg_bench.checks import MemoryLimit
     from medseg_bench.data import preprocess
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
     from medseg_bench.errors import DataError
-    from medseg_bench.sweep.local import check_evaluation_memory, check_runs, plan_tasks, prepared_key
+    from medseg_bench.progress import PlainReporter
+    from medseg_bench.sweep import local
     from tests.conftest import make_synthetic_task, write_task_file
 
     write_task_file(home, "Task90_Synth")
@@ -297,13 +298,14 @@ def test_the_dry_run_stops_on_the_line_the_sweep_stops_on_where_neither_evaluati
     for module in (medseg_bench.checks, preprocess):
         monkeypatch.setattr(module, "usable_memory", lambda: memory)
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
-    with pytest.raises(DataError) as refused:  # as `local.run_sweep`, before `prepare_tasks` builds the cache
-        planned = plan_tasks([spec], data)
-        check_runs([spec], lambda run: planned[prepared_key(run)])
-        check_evaluation_memory([spec], planned, data)
-    assert "predicting it needs at least" in str(refused.value)
-    with pytest.raises(DataError):
-        preprocess.prepare_task(task, data, num_folds=3, workers=1)  # nor would the cache fit: not reached
+    planned = local.plan_tasks([spec], data)
+    with pytest.raises(DataError, match="predicting it needs at least"):  # nor would an evaluation fit
+        local.check_evaluation_memory([spec], planned, data)
+    caches = sorted(p.name for p in plan_file.parent.iterdir())
+    with pytest.raises(DataError) as refused:
+        local.run_sweep([spec], tmp_path / "results", data, PlainReporter())
+    assert "preprocessing it needs at least" in str(refused.value)  # the first the sweep would meet
+    assert sorted(p.name for p in plan_file.parent.iterdir()) == caches  # nothing built
     said = dry_run_lines([spec], tmp_path / "results", data)
     assert said.exit_code == 3, said.lines
     assert f"Task90_Synth: the sweep would stop: {refused.value}" in said.lines, said.lines

@@ -215,6 +215,7 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     monkeypatch.setattr(local, "plan_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "check_cache_memory", lambda runs, planned, data_dir: None)
     monkeypatch.setattr(local, "check_evaluation_memory", lambda runs, prepared, data_dir: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
     with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
@@ -539,6 +540,8 @@ def test_a_run_whose_evaluation_cannot_fit_stops_the_sweep_before_the_cache_is_b
     before = sorted(p.name for p in root.iterdir())
     memory = MemoryLimit(100_000, "the container's or job's memory limit", "cgroup memory.max")
     monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: memory)
+    # the cache's memory, checked just before (tested on its own): 100 kB fits neither, the evaluation here
+    monkeypatch.setattr(local, "check_cache_memory", lambda *args: None)
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
     with pytest.raises(DataError, match=r"predicting it needs at least .*nothing was trained\)$"):
         local.run_sweep([spec], tmp_path / "results", data, PlainReporter())
