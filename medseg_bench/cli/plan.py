@@ -128,7 +128,7 @@ def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> st
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.parallel import default_workers
     from medseg_bench.data.preprocess import case_sizes
-    from medseg_bench.data.preprocess_memory import cases_at_once, peak_bytes
+    from medseg_bench.data.preprocess_memory import cases_at_once, least_bytes, peak_bytes
     from medseg_bench.errors import DataError
 
     sizes = case_sizes(cases, plan, root)
@@ -145,9 +145,13 @@ def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> st
         return f"{text}; cannot be built here: {exc}"
     if not memory.per_process:
         return f"{text}; {at_once} at once within {memory}"
-    # `ulimit -v` bounds each worker alone; how many at once, the limit they share (where one is known)
+    # `ulimit -v` bounds each worker alone; how many at once, the limit they share (where one is known). A
+    # case is held to it by what it certainly needs (`least_bytes`), below the upper estimate shown first:
+    # "at most 2.36 GiB a case ..., each case within the 0.95 GiB limit" read as a contradiction
     shared = f"within {memory.shared}" if memory.shared is not None else "(no limit they share known)"
-    return f"{text}; {at_once} at once {shared}, each case within {memory}"
+    least = max(least_bytes(size) for size in sizes)
+    return (f"{text}; {at_once} at once {shared}; each case needs at least {least / 2**30:.3g} GiB, within "
+            f"{memory}")
 
 
 def _scheme_text(scheme: dict) -> str:
