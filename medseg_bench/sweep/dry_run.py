@@ -260,8 +260,27 @@ def _unplannable(runs: list[RunSpec], data_dir: Path, out: DryRun, evaluations: 
             _check_cache_memory(task_spec, plan, path, data_dir, own_slices)
             if evaluations:
                 _check_evaluation_memory(mine, planned[task], data_dir)
+            _caches_to_build(task_spec, plan, path, data_dir, own_slices, out)
         except (DataError, UsageError) as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
+
+
+def _caches_to_build(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: Path, own_slices: bool,
+                     out: DryRun) -> None:
+    """A line for each cache of a planned task the sweep would build before its first run trains (a plan.json
+    edited to another target spacing: minutes to hours on a large task, which the cost below leaves out)."""
+    from medseg_bench.data.fetch import is_complete
+    from medseg_bench.data.preprocess import caches_to_build, usable_cases
+
+    if not is_complete(data_dir / task.name):
+        return
+    cases = usable_cases(task, data_dir)
+    target = getattr(plan, "target_spacing", None) or plan.median_spacing
+    count = f"{len(cases)} case{'' if len(cases) == 1 else 's'}"
+    for cache_dir, own in caches_to_build(cases, plan, plan_file.parent, own_slices):
+        which = (f"the cache of 2D runs that keep their slices ({count}, each at its own slice spacing"
+                 if own else f"its cache ({count} at {' x '.join(f'{v:g}' for v in target)} mm")
+        out.lines.append(f"{task.name}: the sweep builds {which}, {cache_dir}) first; not in the cost below")
 
 
 def _check_cache_memory(task: TaskSpec, plan: Plan, plan_file: Path, data_dir: Path,
