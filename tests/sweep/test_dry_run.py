@@ -279,19 +279,11 @@ def test_the_dry_run_stops_on_the_line_the_sweep_stops_on_where_neither_evaluati
     import medseg_bench.checks
     from medseg_bench.checks import MemoryLimit
     from medseg_bench.data import preprocess
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import fetch_task
     from medseg_bench.errors import DataError
     from medseg_bench.progress import PlainReporter
     from medseg_bench.sweep import local
-    from tests.conftest import make_synthetic_task, write_task_file
 
-    write_task_file(home, "Task90_Synth")
-    data = tmp_path / "data"
-    task = get_task("Task90_Synth")
-    fetch_task(task, data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)),
-               progress=False)
-    preprocess.prepare_task(task, data, num_folds=3, workers=1)
+    data = _prepared_synth(home, tmp_path)
     plan_file = data / "preprocessed" / "Task90_Synth" / "plan.json"
     write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"target_spacing": [0.1, 0.1, 0.1]})
     memory = MemoryLimit(32 * 2**20, "the container's or job's memory limit", "cgroup memory.max")
@@ -464,18 +456,9 @@ def test_a_slurm_dry_run_leaves_the_evaluation_memory_to_the_jobs(
 def test_the_dry_run_says_which_caches_the_sweep_builds_first(home: Path, tmp_path: Path) -> None:
     """A plan.json edited to another target spacing makes the sweep build a new cache before its first run
     (minutes to hours on a large task): the dry run said only the runs' cost, as if training began at once."""
-    from medseg_bench.data import preprocess
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import fetch_task
     from medseg_bench.data.plan import read_plan
-    from tests.conftest import make_synthetic_task, write_task_file
 
-    write_task_file(home, "Task90_Synth")
-    data = tmp_path / "data"
-    task = get_task("Task90_Synth")
-    fetch_task(task, data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)),
-               progress=False)
-    preprocess.prepare_task(task, data, num_folds=3, workers=1)
+    data = _prepared_synth(home, tmp_path)
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
     planned = dry_run_lines([spec], tmp_path / "results", data)
     assert not any("builds" in line for line in planned.lines), planned.lines  # built: nothing to say
@@ -487,3 +470,19 @@ def test_the_dry_run_says_which_caches_the_sweep_builds_first(home: Path, tmp_pa
     assert (f"Task90_Synth: the sweep builds its cache (4 cases at 2 x 2 x 2 mm, {new_cache}) first; not in "
             "the cost below") in planned.lines
     assert not new_cache.exists()  # nothing written
+
+
+def _prepared_synth(home: Path, tmp_path: Path) -> Path:
+    """Task90_Synth (4 cases) fetched into tmp_path/data (returned), planned, cached and split in 3."""
+    from medseg_bench.data import preprocess
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4)),
+               progress=False)
+    preprocess.prepare_task(task, data, num_folds=3, workers=1)
+    return data
