@@ -40,6 +40,12 @@ class NiftiHeader:
     vox_offset: int
     data_bytes: int | None  # None when the header does not say (a .hdr/.img pair, odd dims or bitpix)
     sizes: tuple[int, ...] = ()  # the image's axes, x first, where `data_bytes` is known
+    version: int = 1  # 1 or 2
+    # NIfTI-1's intent code and value scaling (ITK reads a vector's values, or scaled ones as float, otherwise
+    # than the datatype says); a NIfTI-2's are not read: 0, 0, 0
+    intent: int = 0
+    scl_slope: float = 0.0
+    scl_inter: float = 0.0
 
     @property
     def declared_bytes(self) -> int | None:
@@ -56,10 +62,10 @@ def parse_nifti_header(raw: bytes) -> NiftiHeader | None:
             if len(raw) < _NIFTI1_HEADER_BYTES:
                 return None
             dims = struct.unpack(f"{endian}8h", raw[40:56])
-            datatype, bitpix = struct.unpack(f"{endian}2h", raw[70:74])
-            vox_offset_float = struct.unpack(f"{endian}f", raw[108:112])[0]
+            intent, datatype, bitpix = struct.unpack(f"{endian}3h", raw[68:74])
+            vox_offset_float, slope, inter = struct.unpack(f"{endian}3f", raw[108:120])
             vox_offset = int(vox_offset_float) if math.isfinite(vox_offset_float) else 0
-            single_file = raw[344:347] == b"n+1"
+            single_file, version = raw[344:347] == b"n+1", 1
             break
         if len(raw) >= 4 and struct.unpack(f"{endian}i", raw[:4])[0] == NIFTI2_HEADER_BYTES:
             if len(raw) < NIFTI2_HEADER_BYTES:
@@ -67,19 +73,20 @@ def parse_nifti_header(raw: bytes) -> NiftiHeader | None:
             datatype, bitpix = struct.unpack(f"{endian}2h", raw[12:16])
             dims = struct.unpack(f"{endian}8q", raw[16:80])
             vox_offset = struct.unpack(f"{endian}q", raw[168:176])[0]
-            single_file = raw[4:7] == b"n+2"
+            single_file, version, intent, slope, inter = raw[4:7] == b"n+2", 2, 0, 0.0, 0.0
             break
     else:
         return None
     ndim = dims[0]
     sizes = dims[1 : ndim + 1]
+    scaling = {"version": version, "intent": intent, "scl_slope": slope, "scl_inter": inter}
     if not single_file or not 1 <= ndim <= 7 or any(n < 1 for n in sizes) or bitpix < 1 or bitpix % 8:
-        return NiftiHeader(endian, datatype, max(vox_offset, 0), None)
+        return NiftiHeader(endian, datatype, max(vox_offset, 0), None, **scaling)
     voxels = 1
     for n in sizes:
         voxels *= int(n)
     return NiftiHeader(endian, datatype, max(vox_offset, 0), voxels * (bitpix // 8),
-                       tuple(int(n) for n in sizes))
+                       tuple(int(n) for n in sizes), **scaling)
 
 
 def header_bytes(head: bytes) -> tuple[int, int | None]:

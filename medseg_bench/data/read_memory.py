@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.io import read_geometry_and_type
 from medseg_bench.data.msd import Case
-from medseg_bench.data.nifti import image_bytes_limit
+from medseg_bench.data.nifti import image_bytes_limit, parse_nifti_header
 from medseg_bench.data.preprocess_memory import WORKER_BYTES, check_need, items_at_once
 from medseg_bench.errors import DataError
 
@@ -121,12 +120,13 @@ _NIFTI_VALUE_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 10
 
 
 def _nifti_shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...], int, int] | None:
-    """`_shape_and_type` of a `.nii` or `.nii.gz` from its header alone, where ITK reads it as the header
-    says: a single-file NIfTI-1 (MSD's) of 3 or 4 axes, none of a single voxel (ITK drops such an axis),
-    the fourth the channels; one plain number per value (`_NIFTI_VALUE_BYTES`), no intent (a vector's
-    values), unscaled (`scl_slope` 0 or 1 and `scl_inter` 0: ITK reads scaled values as float), of at most
-    `most_bytes` of voxels. None for any other file, one that cannot be read so, or declares more (ITK's read
-    says why, `io.read_geometry_and_type`), and a `.nii.gz` ITK would read its `.nii` for."""
+    """`_shape_and_type` of a `.nii` or `.nii.gz` from its header alone (`nifti.parse_nifti_header`), where
+    ITK reads it as the header says: a single-file NIfTI-1 (MSD's) of 3 or 4 axes, none of a single voxel
+    (ITK drops such an axis), the fourth the channels; one plain number per value (`_NIFTI_VALUE_BYTES`), no
+    intent (a vector's values), unscaled (`scl_slope` 0 or 1 and `scl_inter` 0: ITK reads scaled values as
+    float), of at most `most_bytes` of voxels. None for any other file, one that cannot be read so, or
+    declares more (ITK's read says why, `io.read_geometry_and_type`), and a `.nii.gz` ITK would read its
+    `.nii` for."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
@@ -141,20 +141,15 @@ def _nifti_shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...],
                 raw = fh.read(348)
     except (OSError, EOFError, zlib.error):
         return None
-    if len(raw) < 348 or raw[344:348] != b"n+1\0":  # NIfTI-2, or a header whose voxels lie in another file
+    header = parse_nifti_header(raw) if raw[344:348] == b"n+1\0" else None  # NIfTI-2, or a .hdr/.img pair
+    if header is None or header.version != 1 or header.data_bytes is None:
         return None
-    endian = next((order for order in "<>" if struct.unpack(f"{order}i", raw[:4])[0] == 348), None)
-    if endian is None:
+    sizes, value_bytes = header.sizes, _NIFTI_VALUE_BYTES.get(header.datatype)
+    if (len(sizes) not in (3, 4) or any(side < 2 for side in sizes) or header.intent != 0
+            or value_bytes is None or header.scl_slope not in (0.0, 1.0) or header.scl_inter != 0.0
+            or math.prod(sizes) * value_bytes > most_bytes):
         return None
-    dims = struct.unpack(f"{endian}8h", raw[40:56])
-    intent, datatype = struct.unpack(f"{endian}2h", raw[68:72])
-    slope, inter = struct.unpack(f"{endian}2f", raw[112:120])
-    axes = dims[0]
-    if (axes not in (3, 4) or any(side < 2 for side in dims[1:axes + 1]) or intent != 0
-            or datatype not in _NIFTI_VALUE_BYTES or slope not in (0.0, 1.0) or inter != 0.0
-            or math.prod(dims[1:axes + 1]) * _NIFTI_VALUE_BYTES[datatype] > most_bytes):
-        return None
-    return (dims[3], dims[2], dims[1]), dims[4] if axes == 4 else 1, _NIFTI_VALUE_BYTES[datatype]
+    return (sizes[2], sizes[1], sizes[0]), sizes[3] if len(sizes) == 4 else 1, value_bytes
 
 
 def stored_cases(cases: Sequence[Case]) -> list[StoredCase]:
