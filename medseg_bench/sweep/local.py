@@ -89,12 +89,13 @@ def plan_locked(task: str, data_dir: Path, num_folds: int) -> PlannedTask:
         return plan_task(spec, data_dir, num_folds, progress=True)
 
 
-def plan_tasks(runs: list[RunSpec], data_dir: Path,
-               say: Callable[[str], object] | None = None) -> dict[tuple[str, int], PlannedTask]:
+def plan_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object] | None = None,
+               into: dict[tuple[str, int], PlannedTask] | None = None) -> dict[tuple[str, int], PlannedTask]:
     """`plan_locked` of each task of `runs` once (`prepared_key`): its fingerprint, plan and splits, made
     where there are none, its cache not built: what `check_runs` and `check_evaluation_memory` read. `say`
-    is told of a task not planned yet (its fingerprint reads every case)."""
-    planned: dict[tuple[str, int], PlannedTask] = {}
+    is told of a task not planned yet (its fingerprint reads every case). `into`: the tasks planned already
+    (added to, and returned), not planned again."""
+    planned = {} if into is None else into
     for spec in runs:
         if prepared_key(spec) not in planned:
             if say is not None and not (data_dir / "preprocessed" / spec.task / "plan.json").is_file():
@@ -141,14 +142,15 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
+        planned: dict[tuple[str, int], PlannedTask] = {}  # what the refusals planned, not planned again
         todo = refuse_unresumable_runs(todo, results_dir, data_dir, lambda spec, error: _refused(
-            spec, error, reporter, outcome))
+            spec, error, reporter, outcome), planned)
         if fail_fast and outcome["failed"]:
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
         # what a run can train on, whether its cache and its evaluation fit in memory, are the fingerprint's,
         # the plan's and the splits' to say: checked before the cache is built (an hour of a large task's),
         # in the order the sweep would meet them
-        planned = plan_tasks(todo, data_dir, reporter.say)
+        planned = plan_tasks(todo, data_dir, reporter.say, into=planned)
         check_runs(todo, lambda spec: planned[prepared_key(spec)])
         check_cache_memory(todo, planned, data_dir)
         check_evaluation_memory(todo, planned, data_dir)
@@ -196,16 +198,18 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 
 def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,
-                            refused: Callable[[RunSpec, str], object]) -> list[RunSpec]:
+                            refused: Callable[[RunSpec, str], object],
+                            planned: dict[tuple[str, int], PlannedTask] | None = None) -> list[RunSpec]:
     """The runs that go ahead: an interrupted run that cannot resume (`worker.refuse_unresumable`: its task's
     plan or splits changed since it started, or its last checkpoint is corrupt or foreign) fails here, with
     the message `run_one` gives (`refused(spec, message)` is told), before the cache is built: the others
     train on it, and where no run is left no cache is built. Only a task with interrupted runs is planned
     here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
-    launchers ask it first."""
+    launchers ask it first. `planned` keeps the tasks planned here for the checks that follow
+    (`plan_tasks(into=)`)."""
     interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
     # in the sweep's order: the first task's plan first
-    planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir)
+    planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir, into=planned)
     left = []
     for spec in runs:
         outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
@@ -291,7 +295,8 @@ def check_cache_memory(runs: list[RunSpec], planned: dict[tuple[str, int], Plann
     task, for its 2D runs' own cache too where some run keeps its slices (as `prepare_tasks`)."""
     from medseg_bench.data.preprocess import check_caches_fit, usable_cases
 
-    for key, task in planned.items():
+    for key in dict.fromkeys(map(prepared_key, runs)):  # a task whose every run was refused builds nothing
+        task = planned[key]
         own_slices = any(spec.own_slice_spacing for spec in runs if prepared_key(spec) == key)
         check_caches_fit(usable_cases(task.task, data_dir), task.plan, task.root, own_slices)
 

@@ -297,12 +297,13 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         summary.failed.append(spec.run_id)
         say(f"failed   {spec.task}/{spec.run_id}: {error}; not submitted")
 
-    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused)
+    planned: dict[tuple[str, int], Any] = {}  # what the refusals planned, not planned again
+    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused, planned)
     if not todo:
         say("nothing to submit")
         return summary
     if prepare is not None:
-        planned = plan_tasks(todo, data_dir, say)  # what a run can train on is the plan's, not the cache's
+        plan_tasks(todo, data_dir, say, into=planned)  # what a run can train on: the plan's, not the cache's
         check_runs(todo, lambda spec: planned[prepared_key(spec)])
         prepare(todo)
     slurm_dir = job_folder(results_dir)

@@ -291,12 +291,12 @@ def refuse_unresumable(spec: RunSpec, planned: PlannedTask, results_dir: Path) -
     spacing took hours to build, only for its runs to be refused then). None for a run that may go ahead,
     and for one another process holds: `run_one` says so."""
     folder = run_dir(results_dir, spec)
-    if not (folder / LAST_CHECKPOINT).is_file() or early_refusal(spec, planned, folder) is None:
+    if not (folder / LAST_CHECKPOINT).is_file():
         return None
     lock = RunLock(folder)
     if not lock.acquire():
         return None
-    try:  # looked at again under the lock: another process may have finished it, or started over
+    try:  # decided under the lock, once: another process may have finished it, or started over
         if is_done(folder) or not (folder / LAST_CHECKPOINT).is_file():
             return None
         problem = early_refusal(spec, planned, folder)
