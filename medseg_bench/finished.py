@@ -4,6 +4,7 @@ reads them. A finished run that lost or damaged a file since is never trained ag
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -200,7 +201,7 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"has {rows}, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_row(frame, labels) or _bad_cell(frame)
+    problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
@@ -208,7 +209,8 @@ def read_finished_run(folder: Path):
 
 def _as_written(frame: Any, num_cases: int, labels: list[str]) -> bool:
     """Is metrics.csv as run.py writes it: `num_cases` cases, each with one row per label of `labels` and
-    nothing else, every score a number in its metric's range, both flags True or False? Then none of
+    nothing else, every score a number in its metric's range or empty where its row's masks leave it undefined
+    (`_undefined_when`), both flags True or False? Then none of
     `read_finished_run`'s checks of its rows would find a problem, and they are skipped: one pass over the
     rows and one over the scores, where those checks, which name the first problem, take about 50 pandas
     operations (15 ms a run; 15 s of a report of 1000 runs). False sends the table through them."""
@@ -238,9 +240,41 @@ def _as_written(frame: Any, num_cases: int, labels: list[str]) -> bool:
     metrics = [c for c in scores if c in METRIC_NAMES]
     values = frame[metrics].to_numpy(dtype=float)
     high = np.array([1.0 if METRICS.get(m).higher_is_better else np.inf for m in metrics])
+    empty = np.isnan(values)
+    if empty.any() and (empty & ~_may_be_empty(frame, metrics)).any():  # a score emptied by hand
+        return False
     with np.errstate(invalid="ignore"):
-        fits = np.isnan(values) | ((values >= 0.0) & (values <= high) & np.isfinite(values))
+        fits = empty | ((values >= 0.0) & (values <= high) & np.isfinite(values))
     return bool(fits.all())
+
+
+@functools.cache
+def _undefined_when(metrics: tuple[str, ...]) -> tuple[Any, Any]:
+    """For each of `metrics`, whether it is undefined (NaN, an empty cell in metrics.csv) where only the
+    prediction is empty, and where only the reference is: what its definition gives there under the "nan"
+    empty-mask policy, which leaves undefined every score that "penalize" fills in (Dice is 0 under either).
+    Where neither mask is empty every metric is defined (a mask that is not empty has a surface); where both
+    are, none is (`metrics.evaluate._score`)."""
+    import numpy as np
+
+    from medseg_bench.metrics.info import METRICS, Measured, MetricSettings
+
+    settings = MetricSettings(empty_policy="nan")
+
+    def undefined(n_pred: int, n_ref: int) -> Any:
+        measured = Measured(0, n_pred, n_ref, None, settings, math.nan)
+        return np.array([math.isnan(METRICS.get(m).compute(measured)) for m in metrics], dtype=bool)
+
+    return undefined(0, 1), undefined(1, 0)
+
+
+def _may_be_empty(frame: Any, metrics: list[str]) -> Any:
+    """A (rows, metrics) array: may this row's score of this metric be empty, by its row's ref_empty and
+    pred_empty (bool columns)?"""
+    ref_empty, pred_empty = (frame[c].to_numpy(dtype=bool)[:, None] for c in METRICS_COLUMNS[3:])
+    pred_only, ref_only = _undefined_when(tuple(metrics))
+    return ((ref_empty & pred_empty) | (pred_empty & ~ref_empty & pred_only)
+            | (ref_empty & ~pred_empty & ref_only))
 
 
 def _whole_table(frame: Any, num_cases: int) -> bool:
@@ -314,6 +348,29 @@ def _bad_cell(frame: Any) -> str | None:
             row = int(bad.to_numpy().argmax())
             return f"{column} is {str(values.iloc[row])!r} in row {row + 1}, not {kind}"
     return None
+
+
+def _unscored(frame: Any) -> str | None:
+    """The first score of a run's metrics.csv left empty where its row's masks define it, or None: run.py
+    writes an empty cell (NaN) only for a score an empty mask leaves undefined (`_undefined_when`), so one
+    emptied by hand, which the report averaged around, is damage. After `_bad_cell`: numbers and flags."""
+    import numpy as np
+    import pandas as pd
+
+    from medseg_bench.metrics.info import METRIC_NAMES
+
+    metrics = [c for c in frame.columns if c in METRIC_NAMES]
+    # bools, or text _bad_cell took for True or False
+    flags = pd.DataFrame({c: frame[c].astype(str).str.lower() == "true" for c in METRICS_COLUMNS[3:]})
+    values = frame[metrics].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = np.isnan(values) & ~_may_be_empty(flags, metrics)
+    if not bad.any():
+        return None
+    row, column = divmod(int(bad.argmax()), len(metrics))  # the first in reading order
+    ref_empty, pred_empty = bool(flags["ref_empty"].iloc[row]), bool(flags["pred_empty"].iloc[row])
+    masks = ("only the prediction is empty" if pred_empty else "only the reference is empty" if ref_empty
+             else "neither mask is empty")
+    return f"{metrics[column]} is empty in row {row + 1}, where {masks}, which leaves it defined"
 
 
 # The files whose contents `read_finished_run` reads (status.json, events.jsonl: `finished_damage`).

@@ -319,6 +319,52 @@ def test_a_well_formed_run_is_read_without_the_row_checks_and_its_json_once(
                                      "label(s) 2")
 
 
+# Every metric, as run.py writes them; a row of each mask state: its scores where defined, empty where not.
+ALL_HEADER = "case,label,dice,jaccard,precision,recall,volume_diff,hd,hd95,assd,nsd,ref_empty,pred_empty\n"
+ROW = {"both": ",,,,,,,,,True,True", "neither": "0.8,0.7,0.9,0.8,0.1,4,3,1,0.9,False,False",
+       "pred": "0,0,,0,1,,,,0,False,True", "ref": "0,0,0,,,,,,0,True,False",
+       "pred_penalized": "0,0,0,0,1,50,50,50,0,False,True"}  # the "penalize" policy: HD the diagonal
+
+
+def _written(results: Path, rows: str) -> Path:
+    folder = _run_with(results, "", ["1"])
+    (folder / "metrics.csv").write_text(ALL_HEADER + rows)
+    return folder
+
+
+@pytest.mark.parametrize("rows", [("both", "neither"), ("pred", "ref"), ("pred_penalized", "neither")])
+def test_scores_empty_where_a_mask_leaves_them_undefined_are_no_damage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: tuple[str, str]) -> None:
+    from medseg_bench import finished
+
+    folder = _written(tmp_path, f"a,1,{ROW[rows[0]]}\nb,1,{ROW[rows[1]]}\n")
+    for name in ("_whole_table", "_bad_row", "_bad_cell", "_unscored"):  # as written: the fast path
+        monkeypatch.setattr(finished, name, lambda *args: pytest.fail("went through the row checks"))
+    assert checked_state(folder) == ("done", None)
+
+
+@pytest.mark.parametrize(("row", "column", "masks"), [
+    # a Dice emptied by hand was averaged around: the report's mean Dice rose
+    ("neither", "dice", "neither mask is empty"),
+    ("neither", "hd95", "neither mask is empty"),
+    ("neither", "nsd", "neither mask is empty"),
+    ("pred", "dice", "only the prediction is empty"),  # Dice 0, whichever the empty-mask policy
+    ("pred", "recall", "only the prediction is empty"),
+    ("ref", "precision", "only the reference is empty"),
+    ("pred_penalized", "jaccard", "only the prediction is empty"),
+])
+def test_a_score_emptied_where_its_masks_define_it_is_damage(
+        tmp_path: Path, row: str, column: str, masks: str) -> None:
+    cells = ROW[row].split(",")
+    index = ALL_HEADER.strip().split(",").index(column) - 2
+    cells[index] = ""
+    folder = _written(tmp_path, f"a,1,{ROW['both']}\nb,1,{','.join(cells)}\n")
+    problem = f"{column} is empty in row 2, where {masks}, which leaves it defined"
+    assert checked_state(folder) == ("damaged", f"{folder / 'metrics.csv'}: {problem}")
+    with pytest.raises(ResultsError, match=re.escape(problem)):
+        load_results(tmp_path)
+
+
 @pytest.mark.parametrize("epochs", [10**10, 2**63 - 1])
 def test_a_finished_run_of_more_epochs_than_an_int32_holds_is_no_damage(tmp_path: Path, epochs: int) -> None:
     # a budget of --max-minutes alone, with epochs far past what it reaches: trained, reported and indexed
