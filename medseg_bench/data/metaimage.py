@@ -10,6 +10,7 @@ give the one error, with the bytes found and declared.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -140,17 +141,21 @@ def header_data_problem(path: Path, header: MetaHeader) -> str:
     (passed in, so that a read that parsed it once, `io.read_image`, does not parse it again): "" when its
     file holds at least the bytes its header declares (the voxels, or `CompressedDataSize` bytes of
     compressed data) past the header (`LOCAL`) or past `HeaderSize` bytes of its data file, and where that
-    cannot be told (voxels as text, a list of data files, an undeclared compressed size), else e.g. "data not
-    read completely, 3740 of the 3840 bytes of voxel data the header declares"."""
+    cannot be told (voxels as text, a list of data files), else e.g. "data not read completely, 3740 of the
+    3840 bytes of voxel data the header declares". Compressed data without `CompressedDataSize` (other
+    writers than ITK omit it): `_undeclared_compressed_problem`."""
     fields = header.fields
     if not _true(fields.get("BinaryData", "True")):
         return ""  # numbers as text: their length says nothing of their count
-    if _true(fields.get("CompressedData", "False")):
+    value = fields["ElementDataFile"]
+    data_file = path if value.upper() == "LOCAL" else separate_data_file(path, value)
+    compressed = _true(fields.get("CompressedData", "False"))
+    if compressed and fields.get("CompressedDataSize") is None and data_file is not None:
+        return _undeclared_compressed_problem(path, data_file, voxel_bytes(fields))
+    if compressed:
         declared, what = _number(fields.get("CompressedDataSize")), "compressed voxel data"
     else:
         declared, what = voxel_bytes(fields), "voxel data"
-    value = fields["ElementDataFile"]
-    data_file = path if value.upper() == "LOCAL" else separate_data_file(path, value)
     if declared is None or data_file is None:
         return ""
     start = header.end_offset if data_file is path else 0
@@ -167,6 +172,58 @@ def header_data_problem(path: Path, header: MetaHeader) -> str:
         return ""
     where = "" if data_file is path else f"its data file {data_file.name} holds "
     return f"data not read completely, {where}{found} of the {declared} bytes of {what} the header declares"
+
+
+# How much of a compressed data file is read, and inflated, at a time (`_inflated_bytes`)
+INFLATE_CHUNK_BYTES = 1 << 20
+
+
+def _undeclared_compressed_problem(path: Path, data_file: Path, declared: int | None) -> str:
+    """What is wrong with the compressed voxel data of the MetaImage `path` whose header has no
+    `CompressedDataSize`: MetaIO then takes its data file, from its first byte to its last, for one zlib
+    stream, and inflates it into the voxels' bytes. "" where the data file is one zlib stream that inflates to
+    exactly the `declared` voxel bytes (bytes after its end ITK leaves unread), or where the voxel bytes
+    cannot be told (ITK's to judge); a stream cut short, damaged or inflating to another size is named. The
+    header file's own data (`LOCAL`) is refused: MetaIO inflates that file from its first byte, the header's
+    text, and SimpleITK returns whatever its buffer held, with "Uncompress failed" on stderr and no error."""
+    if data_file is path:
+        return ("compressed voxel data in the header file itself without CompressedDataSize, which ITK "
+                "reads wrong (it inflates the file from its first byte, the header); write it with "
+                "CompressedDataSize, or as .mhd with its data in a file of its own")
+    if declared is None:
+        return ""
+    try:
+        inflated, ended = _inflated_bytes(data_file, declared)
+    except OSError:
+        return ""  # a missing data file is named before (`io._check_readable`)
+    except zlib.error as exc:
+        return f"its data file {data_file.name} is not a whole zlib stream ({exc})"
+    if inflated > declared:
+        return (f"its data file {data_file.name} inflates to more than the {declared} bytes of voxel data "
+                "the header declares")
+    if not ended:
+        return (f"data not read completely, its data file {data_file.name} ends inside its zlib stream, "
+                f"{inflated} of the {declared} bytes of voxel data the header declares inflated")
+    if inflated < declared:
+        return (f"data not read completely, its data file {data_file.name} inflates to {inflated} of the "
+                f"{declared} bytes of voxel data the header declares")
+    return ""
+
+
+def _inflated_bytes(data_file: Path, limit: int) -> tuple[int, bool]:
+    """(bytes the zlib stream that `data_file` begins with inflates to, whether the stream ended), read and
+    inflated INFLATE_CHUNK_BYTES at a time, what it inflates to counted and let go: the file is never held
+    whole, nor its voxels. Stops once past `limit` bytes. zlib.error for a stream that is not zlib's."""
+    inflater = zlib.decompressobj()
+    total = 0
+    with open(data_file, "rb") as fh:
+        while not inflater.eof and total <= limit:
+            chunk = inflater.unconsumed_tail or fh.read(INFLATE_CHUNK_BYTES)
+            if not chunk:  # the file read: what zlib still holds of it (less than its window)
+                total += len(inflater.flush())
+                break
+            total += len(inflater.decompress(chunk, INFLATE_CHUNK_BYTES))
+    return total, inflater.eof
 
 
 def check_metaimage_complete(path: Path) -> None:

@@ -6,6 +6,7 @@ numbers to stderr); a whole one, and one whose size its header does not tell, re
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ def test_a_local_header_size_counts_from_the_files_start(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("header", [
     _header().replace(b"BinaryData = True", b"BinaryData = False"),  # voxels as text
-    _header().replace(b"CompressedData = False", b"CompressedData = True"),  # no CompressedDataSize
+    # compressed without CompressedDataSize, in a data file of a type without a size
+    _header(data_file="x.zraw").replace(b"CompressedData = False", b"CompressedData = True")
+    .replace(b"MET_SHORT", b"MET_OTHER"),
     _header().replace(b"MET_SHORT", b"MET_OTHER"),  # a type without a size
     _header().replace(b"DimSize = 4 3 2", b"DimSize = 4 3"),  # fewer sizes than NDims: ITK's to refuse
     _header(data_file="LIST\nslice0.raw\nslice1.raw"),  # a file per slice
@@ -135,6 +138,106 @@ def test_a_header_that_does_not_tell_its_size_is_left_to_itk(tmp_path: Path, hea
     path = tmp_path / "x.mha"
     path.write_bytes(header)
     assert data_problem(path) == ""
+
+
+def _without_compressed_size(tmp_path: Path, layout: str) -> tuple[Path, Path, np.ndarray]:
+    """(header, data file, voxels (z, y, x)) of an image SimpleITK wrote compressed, as `layout` ("mha";
+    "zraw": .mhd with its .zraw; "raw": the data file renamed .raw), its CompressedDataSize line taken out
+    (as other writers than ITK leave it)."""
+    import SimpleITK as sitk
+
+    values = np.random.default_rng(0).integers(-1000, 1000, (20, 30, 40), dtype=np.int16)  # 48000 bytes
+    path = tmp_path / ("x.mha" if layout == "mha" else "x.mhd")
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path), True)
+    text = re.sub(rb"CompressedDataSize = \d+\n", b"", path.read_bytes())
+    data_file = path
+    if layout != "mha":
+        data_file = tmp_path / f"x.{layout}"
+        (tmp_path / "x.zraw").rename(data_file)
+        text = text.replace(b"ElementDataFile = x.zraw", f"ElementDataFile = {data_file.name}".encode())
+    path.write_bytes(text)
+    assert b"CompressedDataSize" not in path.read_bytes() and b"CompressedData = True" in path.read_bytes()
+    return path, data_file, values
+
+
+@pytest.mark.parametrize("layout", ["zraw", "raw"])
+def test_compressed_data_without_its_size_reads_when_it_inflates_to_the_voxels(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], layout: str) -> None:
+    # ITK reads such a file (MetaIO inflates its data file whole); ours once passed it unchecked, so one cut
+    # short was read as whatever ITK's buffer held
+    import SimpleITK as sitk
+
+    path, data_file, values = _without_compressed_size(tmp_path, layout)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), values)
+    assert data_problem(path) == ""
+    assert np.array_equal(read_image(path, dtype=np.int16)[0][0], values)
+    whole = data_file.read_bytes()
+    data_file.write_bytes(whole + b"trailing")  # MetaIO stops at the stream's end, as zlib does
+    assert data_problem(path) == ""
+    name = data_file.name
+    for damaged, problem in [
+        (whole[:-1], f"data not read completely, its data file {name} ends inside its zlib stream"),
+        (whole[:len(whole) // 2], f"data not read completely, its data file {name} ends inside its zlib "
+                                  "stream"),
+        (zlib.compress(values.tobytes()[:-2]),
+         f"data not read completely, its data file {name} inflates to 47998 of the 48000 bytes of voxel data "
+         "the header declares"),
+        (zlib.compress(values.tobytes() + b"xx"), f"its data file {name} inflates to more than the 48000 "
+                                                  "bytes of voxel data the header declares"),
+        (b"J" + whole, f"its data file {name} is not a whole zlib stream (Error -3 while decompressing data: "
+                       "incorrect header check)"),
+        (b"", f"data not read completely, its data file {name} ends inside its zlib stream, 0 of the 48000 "
+              "bytes of voxel data the header declares inflated"),
+    ]:
+        data_file.write_bytes(damaged)
+        capfd.readouterr()
+        with pytest.raises(DataError) as info:
+            read_image(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable image (damaged or cut short: {problem}")
+        assert "\n" not in message and capfd.readouterr().err == ""  # refused before ITK read it
+
+
+def test_compressed_data_without_its_size_is_inflated_a_chunk_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # never the data file whole, nor its voxels: a chunk read, inflated, counted and let go
+    from medseg_bench.data import metaimage
+
+    path, data_file, _ = _without_compressed_size(tmp_path, "zraw")
+    monkeypatch.setattr(metaimage, "INFLATE_CHUNK_BYTES", 1024)
+    sizes: list[int] = []
+    real = zlib.decompressobj
+
+    class Counted:
+        def __init__(self) -> None:
+            self._inflater = real()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inflater, name)
+
+        def decompress(self, data: bytes, max_length: int) -> bytes:
+            out = self._inflater.decompress(data, max_length)
+            sizes.extend((len(data), len(out)))
+            return out
+
+    monkeypatch.setattr(metaimage.zlib, "decompressobj", Counted)
+    assert data_problem(path) == ""
+    assert max(sizes) <= 1024 and len(sizes) >= 2 * 48000 // 1024
+
+
+def test_compressed_data_in_the_header_file_without_its_size_is_refused(tmp_path: Path) -> None:
+    # MetaIO inflates the .mha from its first byte, the header's text: SimpleITK returned other voxels, with
+    # "Uncompress failed" on stderr and no error
+    import SimpleITK as sitk
+
+    path, _, values = _without_compressed_size(tmp_path, "mha")
+    assert not np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), values)
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    assert str(info.value) == (
+        f"{path}: not a readable image (damaged or cut short: compressed voxel data in the header file "
+        "itself without CompressedDataSize, which ITK reads wrong (it inflates the file from its first byte, "
+        "the header); write it with CompressedDataSize, or as .mhd with its data in a file of its own)")
 
 
 def test_a_header_past_the_search_is_left_to_itk(tmp_path: Path) -> None:
