@@ -39,11 +39,13 @@ from medseg_bench.sweep.worker import (
     EXIT_DONE,
     EXIT_SKIPPED,
     LAST_CHECKPOINT,
+    CheckpointStamp,
     data_changed_since,
     failure_message,
     plan_changed_since,
     refuse_unresumable,
     run_one,
+    stamp_argument,
 )
 
 if TYPE_CHECKING:
@@ -143,8 +145,9 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
         planned: dict[tuple[str, int], PlannedTask] = {}  # what the refusals planned, not planned again
+        checked: dict[str, CheckpointStamp] = {}  # checkpoints the refusals passed: not loaded again to check
         todo = refuse_unresumable_runs(todo, results_dir, data_dir, lambda spec, error: _refused(
-            spec, error, reporter, outcome), planned)
+            spec, error, reporter, outcome), planned, checked)
         if fail_fast and outcome["failed"]:
             todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
         # what a run can train on, whether its cache and its evaluation fit in memory, are the fingerprint's,
@@ -156,9 +159,9 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         check_evaluation_memory(todo, planned, data_dir)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
         if jobs <= 1:
-            _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome)
+            _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome, checked)
         else:
-            _parallel(todo, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome)
+            _parallel(todo, results_dir, data_dir, reporter, fail_fast, num_workers, jobs, outcome, checked)
     finally:
         reporter.close()
         if outcome["done"] or outcome["skipped"] and not (results_dir / INDEX_NAME).is_file():
@@ -199,21 +202,23 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,
                             refused: Callable[[RunSpec, str], object],
-                            planned: dict[tuple[str, int], PlannedTask] | None = None) -> list[RunSpec]:
+                            planned: dict[tuple[str, int], PlannedTask] | None = None,
+                            checked: dict[str, CheckpointStamp] | None = None) -> list[RunSpec]:
     """The runs that go ahead: an interrupted run that cannot resume (`worker.refuse_unresumable`: its task's
     plan or splits changed since it started, or its last checkpoint is corrupt or foreign) fails here, with
     the message `run_one` gives (`refused(spec, message)` is told), before the cache is built: the others
     train on it, and where no run is left no cache is built. Only a task with interrupted runs is planned
     here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
     launchers ask it first. `planned` keeps the tasks planned here for the checks that follow
-    (`plan_tasks(into=)`)."""
+    (`plan_tasks(into=)`), and `checked` the stamps of the checkpoints that passed, by run id, for `run_one`
+    (`worker.refuse_unresumable`)."""
     interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
     # in the sweep's order: the first task's plan first
     planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir, into=planned)
     left = []
     for spec in runs:
-        outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
-            else None
+        outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir, checked) \
+            if spec in interrupted else None
         if outcome is None:
             left.append(spec)
         else:
@@ -318,11 +323,13 @@ def check_evaluation_memory(runs: list[RunSpec], prepared: dict[tuple[str, int],
 
 
 def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
-                fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]]) -> None:
+                fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]],
+                checked: dict[str, CheckpointStamp] | None = None) -> None:
     for spec in runs:
         task = prepared[prepared_key(spec)]
         workers = default_num_workers(spec) if num_workers is None else num_workers
-        result = run_one(spec, task, results_dir, reporter, workers, started=reporter.run_start)
+        result = run_one(spec, task, results_dir, reporter, workers, started=reporter.run_start,
+                         checked=(checked or {}).get(spec.run_id))
         _record(spec, result.kind, reporter, outcome, result.summary, result.error)
         if result.kind == "failed" and fail_fast:
             break
@@ -349,7 +356,8 @@ def _slots(jobs: int) -> tuple[int, list[str | None]]:
 
 
 def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
-              fail_fast: bool, num_workers: int | None, jobs: int, outcome: dict[str, list[str]]) -> None:
+              fail_fast: bool, num_workers: int | None, jobs: int, outcome: dict[str, list[str]],
+              checked: dict[str, CheckpointStamp] | None = None) -> None:
     jobs, devices = _slots(jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     todo = list(runs)
@@ -368,7 +376,8 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 workers = default_num_workers(spec) if num_workers is None else num_workers
                 with deferred():  # a stop between the start and the bookkeeping: a worker nobody stops
                     active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir,
-                                                            devices[slot], threads, workers))
+                                                            devices[slot], threads, workers,
+                                                            (checked or {}).get(spec.run_id)))
             if stop and not active:
                 break
             time.sleep(POLL_S)
@@ -434,14 +443,18 @@ def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path, device: str | None,
-                  threads: int, workers: int) -> subprocess.Popen[bytes]:
+                  threads: int, workers: int,
+                  checked: CheckpointStamp | None = None) -> subprocess.Popen[bytes]:
+    """A worker process for `spec`; `checked`: the stamp of its last checkpoint as this sweep's early check
+    passed it (`worker.refuse_unresumable`), which the worker does not load again to check while unchanged."""
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "medseg_bench.sweep", "--spec", json.dumps(spec.to_dict()),
                "--results-dir", str(results_dir), "--data-dir", str(data_dir), "--threads", str(threads),
-               "--workers", str(workers), "--parent", str(os.getpid())]
+               "--workers", str(workers), "--parent", str(os.getpid()),
+               *(["--checked", stamp_argument(checked)] if checked is not None else [])]
     with open(folder / "worker.log", "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 

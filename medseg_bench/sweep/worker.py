@@ -200,11 +200,31 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     return f"{problem}; delete it to train run {spec.run_id} from scratch" if problem else None
 
 
-def resume_refusal(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: Path) -> str | None:
+# A file as a check found it: its device, inode, size and modification time (ns). Every checkpoint is written
+# to a temp file and renamed (another inode), and an edit in place changes its size or time.
+CheckpointStamp = tuple[int, int, int, int]
+
+
+def checkpoint_stamp(path: Path) -> CheckpointStamp | None:
+    """`path`'s `CheckpointStamp`, or None where it cannot be stat'ed."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def resume_refusal(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: Path,
+                   checked: CheckpointStamp | None = None) -> str | None:
     """Why the interrupted run in `folder` cannot resume: its setup changed (`setup_problem`), else its last
-    checkpoint is corrupt or foreign (`checkpoint_problem`); None where it can. Neither reads the cache."""
-    return (setup_problem(spec, prepared, folder)
-            or checkpoint_problem(spec, prepared, folder / LAST_CHECKPOINT))
+    checkpoint is corrupt or foreign (`checkpoint_problem`); None where it can. Neither reads the cache.
+    `checked`: the last checkpoint's stamp when the sweep's early check passed it (`refuse_unresumable`);
+    where the file still has that stamp it is the file checked, and is not loaded again to check it."""
+    last = folder / LAST_CHECKPOINT
+    problem = setup_problem(spec, prepared, folder)  # JSON files: cheap, and read again under the lock
+    if problem or (checked is not None and checkpoint_stamp(last) == checked):
+        return problem
+    return checkpoint_problem(spec, prepared, last)
 
 
 def early_refusal(spec: RunSpec, planned: PlannedTask, folder: Path) -> str | None:
@@ -284,32 +304,48 @@ def _not_resumed(folder: Path, problem: str) -> Outcome:
     return Outcome("failed", error=problem)
 
 
-def refuse_unresumable(spec: RunSpec, planned: PlannedTask, results_dir: Path) -> Outcome | None:
-    """The failed Outcome of an interrupted run that cannot resume (`early_refusal`: the task's plan and
-    splits changed since it started, or its last checkpoint is corrupt or foreign), recorded in its folder as
-    `run_one` records it, but before the sweep builds the cache (a plan.json edited to another target
-    spacing took hours to build, only for its runs to be refused then). None for a run that may go ahead,
-    and for one another process holds: `run_one` says so."""
+def refuse_unresumable(spec: RunSpec, planned: PlannedTask, results_dir: Path,
+                       checked: dict[str, CheckpointStamp] | None = None) -> Outcome | None:
+    """The failed Outcome of an interrupted run that cannot resume (`resume_refusal`, as `early_refusal` asks
+    it: the task's plan and splits changed since it started, or its last checkpoint is corrupt or foreign),
+    recorded in its folder as `run_one` records it, but before the sweep builds the cache (a plan.json
+    edited to another target spacing took hours to build, only for its runs to be refused then). None for a
+    run that may go ahead, and for one another process holds: `run_one` says so. A checkpoint that passed
+    is stamped in `checked` (by run id, `checkpoint_stamp`), for `run_one` under the run's lock: the same
+    file is not loaded again to check it, one replaced or changed since is."""
+    from medseg_bench.errors import UsageError
+
     folder = run_dir(results_dir, spec)
-    if not (folder / LAST_CHECKPOINT).is_file():
+    last = folder / LAST_CHECKPOINT
+    if not last.is_file():
         return None
     lock = RunLock(folder)
     if not lock.acquire():
         return None
     try:  # decided under the lock, once: another process may have finished it, or started over
-        if is_done(folder) or not (folder / LAST_CHECKPOINT).is_file():
+        if is_done(folder) or not last.is_file():
             return None
-        problem = early_refusal(spec, planned, folder)
-        return _not_resumed(folder, problem) if problem else None
+        before = checkpoint_stamp(last)
+        try:
+            problem = resume_refusal(spec, planned, folder)
+        except UsageError:  # as `early_refusal`: `local.check_runs` names it; its checkpoint is unchecked
+            return None
+        if problem:
+            return _not_resumed(folder, problem)
+        if checked is not None and before is not None and checkpoint_stamp(last) == before:
+            checked[spec.run_id] = before  # the file loaded was this one: not replaced during the check
+        return None
     finally:
         lock.release()
 
 
 def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = None,
             num_workers: int = 0, extra_event: dict[str, Any] | None = None,
-            started: Callable[[str], None] | None = None) -> Outcome:
+            started: Callable[[str], None] | None = None, checked: CheckpointStamp | None = None) -> Outcome:
     """Execute `spec` unless it is done or another process holds it; never raises for a failed run.
-    `started(run_id)` is called once the run is this process's to train."""
+    `started(run_id)` is called once the run is this process's to train. `checked`: the stamp of the last
+    checkpoint the sweep's early check passed (`refuse_unresumable`), so that the check under the lock
+    loads it only where it changed since (`resume_refusal`)."""
     from medseg_bench.run import execute_run
 
     folder = run_dir(results_dir, spec)
@@ -330,7 +366,7 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
         last = folder / LAST_CHECKPOINT
         resumed = last.is_file()
         if resumed:
-            problem = resume_refusal(spec, prepared, folder)
+            problem = resume_refusal(spec, prepared, folder, checked)
             if problem:
                 return _not_resumed(folder, problem)
         # The attempt's bookkeeping is never cut in two: a stop signal stops the run itself at once
@@ -374,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--parent", type=int, default=0,
                         help="pid of the launcher: this worker is stopped (SIGTERM) when it dies")
+    parser.add_argument("--checked", type=_stamp_argument, default=None,
+                        help="DEV:INODE:SIZE:MTIME_NS of the last checkpoint the launcher's check passed")
     args = parser.parse_args(argv)
     if args.parent:
         _stop_with_parent(args.parent)
@@ -388,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prepared = prepare_locked(spec.task, args.data_dir, spec.num_folds,
                                       own_slices=spec.own_slice_spacing)
-            outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers)
+            outcome = run_one(spec, prepared, args.results_dir, num_workers=args.workers,
+                              checked=args.checked)
         except BaseException as exc:
             if is_stop(exc):  # also Lightning's exit(1) for a KeyboardInterrupt, or torch.save cut by one
                 exit_now(128 + (received() or 2))
@@ -401,6 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     codes = {"done": EXIT_DONE, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED, "busy": EXIT_BUSY,
              "damaged": EXIT_DAMAGED}
     return codes[outcome.kind]
+
+
+def stamp_argument(stamp: CheckpointStamp) -> str:
+    """`stamp` as the worker's `--checked` takes it."""
+    return ":".join(map(str, stamp))
+
+
+def _stamp_argument(text: str) -> CheckpointStamp:
+    parts = text.split(":")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"not DEV:INODE:SIZE:MTIME_NS: {text!r}")
+    dev, ino, size, mtime = map(int, parts)
+    return dev, ino, size, mtime
 
 
 def _stop_with_parent(parent: int) -> None:

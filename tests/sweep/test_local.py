@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -548,3 +549,107 @@ def test_a_run_whose_evaluation_cannot_fit_stops_the_sweep_before_the_cache_is_b
     assert sorted(p.name for p in root.iterdir()) == before  # no cache folder
     assert not any(p.is_dir() for p in root.iterdir())
     assert not run_dir(tmp_path / "results", spec).exists()
+
+
+
+def _resumable(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               between: Callable[[Path], object] = lambda checkpoint: None
+               ) -> tuple[RunSpec, Path, list[str], list[RunSpec]]:
+    """An interrupted run whose last.ckpt is its own, for a sweep (its cache not built, its training not
+    run): (the run, its checkpoint, each load of that checkpoint to check it, the runs trained). `between`
+    runs after the sweep's early check and before `run_one` (where the sweep builds the cache)."""
+    import torch
+
+    import medseg_bench.run as run_module
+    from medseg_bench import checkpoints
+    from medseg_bench.checkpoints import RUN_ID_KEY
+    from medseg_bench.training import build_network
+
+    data, started, _, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    planned = local.plan_locked("Task90_Synth", data, 3)
+    checkpoint = run_dir(tmp_path / "results", started) / "checkpoints" / "last.ckpt"
+    net = build_network(started, planned)  # type: ignore[arg-type]
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                RUN_ID_KEY: started.run_id}, checkpoint)
+    loads: list[str] = []
+    real = checkpoints._read
+    monkeypatch.setattr(checkpoints, "_read",
+                        lambda path, mapped: loads.append(str(path)) or real(path, mapped))
+
+    def prepare(runs: list[RunSpec], *args: object) -> dict[object, object]:
+        between(checkpoint)
+        return {local.prepared_key(spec): planned for spec in runs}
+
+    trained: list[RunSpec] = []
+    monkeypatch.setattr(local, "prepare_tasks", prepare)
+    monkeypatch.setattr(run_module, "execute_run", lambda spec, *rest: trained.append(spec) or {})
+    return started, checkpoint, loads, trained
+
+
+def test_a_resumed_runs_checkpoint_is_loaded_once_to_check_it(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sweep's early check loaded it, then run_one's check under the run's lock loaded it again: the same
+    # file, unchanged (its inode, size and time), is not loaded again.
+    started, checkpoint, loads, trained = _resumable(home, tmp_path, monkeypatch)
+    local.run_sweep([started], tmp_path / "results", tmp_path / "data",
+                    PlainReporter(Console(file=io.StringIO())))
+    assert loads == [str(checkpoint)] and trained == [started]
+
+
+@pytest.mark.parametrize("replace", ["renamed", "in place"])
+def test_a_checkpoint_replaced_after_the_early_check_is_checked_again(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: str) -> None:
+    # Another run's checkpoint copied over it between the sweep's check and the run's lock: still refused.
+    # In place, it keeps its inode and its size (the same network's weights): its time tells it apart.
+    import torch
+
+    from medseg_bench.checkpoints import RUN_ID_KEY
+    from medseg_bench.errors import RunError
+    from medseg_bench.run_folder import read_status
+
+    def foreign(checkpoint: Path) -> None:
+        state = torch.load(checkpoint, weights_only=True) | {RUN_ID_KEY: "x" * len(started.run_id)}
+        target = checkpoint.with_name("other.ckpt") if replace == "renamed" else checkpoint
+        size = checkpoint.stat().st_size
+        torch.save(state, target)
+        if replace == "renamed":
+            os.replace(target, checkpoint)
+        else:
+            assert checkpoint.stat().st_size == size
+
+    started, checkpoint, loads, trained = _resumable(home, tmp_path, monkeypatch, foreign)
+    with pytest.raises(RunError, match=f"^1 of 1 run failed: {started.run_id}$"):
+        local.run_sweep([started], tmp_path / "results", tmp_path / "data",
+                        PlainReporter(Console(file=io.StringIO())))
+    assert loads == [str(checkpoint)] * 2 and trained == []
+    error = read_status(run_dir(tmp_path / "results", started))["error"]
+    assert error.startswith(f"{checkpoint}: the weights of run {'x' * len(started.run_id)}, not of run "
+                            f"{started.run_id}")
+
+
+def test_a_jobs_worker_is_told_the_checkpoint_the_sweep_checked(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--jobs N`: the stamp travels to the worker process (`--checked`), whose run_one then loads the
+    # checkpoint only where it changed since
+    from medseg_bench.sweep import worker
+
+    started, checkpoint, loads, _ = _resumable(home, tmp_path, monkeypatch)
+    start_worker = local._start_worker
+    stamps: list[object] = []
+    monkeypatch.setattr(local, "_start_worker", lambda spec, folder, *args: stamps.append(args[-1]) or
+                        subprocess.Popen([sys.executable, "-c", f"raise SystemExit({worker.EXIT_SKIPPED})"]))
+    monkeypatch.setattr(local, "POLL_S", 0.01)
+    local.run_sweep([started], tmp_path / "results", tmp_path / "data",
+                    PlainReporter(Console(file=io.StringIO())), jobs=2)
+    assert stamps == [worker.checkpoint_stamp(checkpoint)] and loads == [str(checkpoint)]
+    popen: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, **kw: popen.append(argv))
+    start_worker(started, tmp_path / "run", tmp_path, tmp_path / "data", None, 1, 0, (1, 2, 3, 4))
+    assert popen[0][popen[0].index("--checked") + 1] == "1:2:3:4"
+    passed: list[object] = []
+    monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: None)
+    monkeypatch.setattr(worker, "run_one", lambda *args, **kwargs: passed.append(kwargs["checked"]) or
+                        worker.Outcome("skipped"))
+    argv = ["--spec", json.dumps(started.to_dict()), "--results-dir", str(tmp_path), "--data-dir",
+            str(tmp_path), "--checked", "1:2:3:4"]
+    assert worker.main(argv) == worker.EXIT_SKIPPED and passed == [(1, 2, 3, 4)]
