@@ -238,11 +238,12 @@ def _as_written(frame: Any, num_cases: int, labels: list[str]) -> bool:
                for c in scores):
         return False
     metrics = [c for c in scores if c in METRIC_NAMES]
-    values = frame[metrics].to_numpy(dtype=float)
+    table = frame[[*metrics, *flags]].to_numpy(dtype=float)  # one copy: the scores, then the flags as 0/1
+    values = table[:, :len(metrics)]
     high = np.array([1.0 if METRICS.get(m).higher_is_better else np.inf for m in metrics])
     empty = np.isnan(values)
-    if empty.any() and (empty & ~_may_be_empty(frame, metrics)).any():  # a score emptied by hand
-        return False
+    if empty.any() and (empty & ~_may_be_empty(table[:, len(metrics):] != 0, metrics)).any():
+        return False  # a score emptied by hand
     with np.errstate(invalid="ignore"):
         fits = empty | ((values >= 0.0) & (values <= high) & np.isfinite(values))
     return bool(fits.all())
@@ -268,10 +269,10 @@ def _undefined_when(metrics: tuple[str, ...]) -> tuple[Any, Any]:
     return undefined(0, 1), undefined(1, 0)
 
 
-def _may_be_empty(frame: Any, metrics: list[str]) -> Any:
-    """A (rows, metrics) array: may this row's score of this metric be empty, by its row's ref_empty and
-    pred_empty (bool columns)?"""
-    ref_empty, pred_empty = (frame[c].to_numpy(dtype=bool)[:, None] for c in METRICS_COLUMNS[3:])
+def _may_be_empty(flags: Any, metrics: list[str]) -> Any:
+    """A (rows, metrics) array: may this row's score of this metric be empty, by its row's flags (`flags`: a
+    (rows, 2) bool array, ref_empty and pred_empty)?"""
+    ref_empty, pred_empty = flags[:, :1], flags[:, 1:2]
     pred_only, ref_only = _undefined_when(tuple(metrics))
     return ((ref_empty & pred_empty) | (pred_empty & ~ref_empty & pred_only)
             | (ref_empty & ~pred_empty & ref_only))
@@ -319,8 +320,8 @@ def _bad_row(frame: Any, labels: list[str]) -> str | None:
 
 def _bad_cell(frame: Any) -> str | None:
     """The first cell of a run's metrics.csv that its column cannot hold, or None: every column but case and
-    label holds numbers (an empty cell is NaN: both masks empty), each in its metric's range, the two flags
-    True or False."""
+    label holds numbers (an empty cell is NaN, which `_unscored` holds to an empty mask), each in its
+    metric's range, the two flags True or False."""
     import pandas as pd
 
     from medseg_bench.metrics.info import METRIC_NAMES, METRICS
@@ -361,13 +362,13 @@ def _unscored(frame: Any) -> str | None:
 
     metrics = [c for c in frame.columns if c in METRIC_NAMES]
     # bools, or text _bad_cell took for True or False
-    flags = pd.DataFrame({c: frame[c].astype(str).str.lower() == "true" for c in METRICS_COLUMNS[3:]})
+    flags = np.column_stack([frame[c].astype(str).str.lower() == "true" for c in METRICS_COLUMNS[3:]])
     values = frame[metrics].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = np.isnan(values) & ~_may_be_empty(flags, metrics)
     if not bad.any():
         return None
     row, column = divmod(int(bad.argmax()), len(metrics))  # the first in reading order
-    ref_empty, pred_empty = bool(flags["ref_empty"].iloc[row]), bool(flags["pred_empty"].iloc[row])
+    ref_empty, pred_empty = bool(flags[row, 0]), bool(flags[row, 1])
     masks = ("only the prediction is empty" if pred_empty else "only the reference is empty" if ref_empty
              else "neither mask is empty")
     return f"{metrics[column]} is empty in row {row + 1}, where {masks}, which leaves it defined"
