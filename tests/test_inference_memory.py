@@ -162,3 +162,37 @@ def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared)
     check_evaluations([spec], task, data, MemoryLimit(largest, JOB))
     with pytest.raises(DataError):
         check_evaluations([spec], task, data, MemoryLimit(largest - 1, JOB))
+
+
+def test_an_evaluation_lets_the_probabilities_go_before_it_reads_the_label_map(
+        prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring holds the label map as read beside the prediction, not beside the image and probabilities
+    too: what `inference_memory` counts as the larger of predicting and scoring, not their sum."""
+    import weakref
+
+    import numpy as np
+
+    import medseg_bench.data.preprocess
+    import medseg_bench.inference
+    from medseg_bench.run import evaluate_fold
+
+    task, _ = prepared
+    held: list[weakref.ref] = []
+
+    def predict_probabilities(net, image, *args, **kwargs):
+        probs = np.zeros((3, *image.shape[1:]), np.float32)
+        probs[0] = 1
+        held.extend([weakref.ref(image), weakref.ref(probs)])
+        return probs
+
+    read = medseg_bench.data.preprocess.original_label
+
+    def original_label(props):
+        assert held and all(ref() is None for ref in held), "the image or probabilities still held"
+        return read(props)
+
+    monkeypatch.setattr(medseg_bench.inference, "predict_probabilities", predict_probabilities)
+    monkeypatch.setattr(medseg_bench.data.preprocess, "original_label", original_label)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    frame = evaluate_fold(None, spec, task, "cpu")
+    assert sorted(frame["case"].unique()) == sorted(task.splits[0]["val"])
