@@ -10,11 +10,22 @@ run), all of them on the cropped and original grids. On a large CT case at many 
 the case, where its preprocessing fit (`preprocess_memory`). On a GPU the sliding window's arrays are the
 GPU's: the host holds the probabilities copied back.
 
+An evaluation (`run.evaluate_fold`) then scores the case against its label map on the original grid, its
+image and probabilities let go: reading the label map (`io.read_label`: as float32, checked against its
+rounded copy) beside the prediction holds 11 bytes per voxel as stored (`scoring_bytes`), more than mapping
+back holds where the case was cropped or downsampled; the postprocessing decision's largest component
+(`ndimage.label`'s int32 components, their sizes per voxel in int64) up to 17. The metrics score each label
+and region in turn, on the box of its prediction and reference, at most the grid: their number does not
+count, and they hold less than the label map's reading (`bench/inference_memory.py`'s scoring rows; a
+prediction of many scattered voxels holds more, its surface elements' distances). An evaluation's case needs
+the larger of predicting and scoring it; `predict` scores nothing.
+
 `least_bytes` counts only arrays that are certainly held at the same time (host memory); a case whose
-`least_bytes` exceed what this process may use (`checks.usable_memory`) cannot be predicted. `peak_bytes` is
-an upper envelope of the peak resident memory measured above a process's own (`bench/inference_memory.py`),
-`PEAK_FACTOR` times `least_bytes` and `PEAK_SLACK` above it. Neither counts the network's own activations
-on a batch of tiles: they do not grow with the case, and training held more.
+`least_bytes` exceed what this process may use (`checks.usable_memory`) cannot be predicted (or scored).
+`peak_bytes` is an upper envelope of the peak resident memory measured above a process's own
+(`bench/inference_memory.py`), `PEAK_FACTOR` times what predicting certainly holds and `PEAK_SLACK` above
+it, or scoring's (`scoring_peak_bytes`) where larger. Neither counts the network's own activations on a batch
+of tiles: they do not grow with the case, and training held more.
 """
 
 from __future__ import annotations
@@ -32,6 +43,11 @@ from medseg_bench.spec import PIPELINE_VERSION
 
 # the envelope of `bench/inference_memory.py`'s measurements: `least_bytes` times this, and this much above
 PEAK_FACTOR, PEAK_SLACK = 1.5, 64 * 2**20
+# scoring, per voxel of the original grid: the label map read (float32, its rounded copy, two masks) beside
+# the prediction (uint8), what it certainly holds; the postprocessing decision at its worst (`_largest_only`
+# of a mask of several components: the prediction, its mask and copy, the int32 components, their sizes per
+# voxel (int64) and the mask kept)
+SCORE_BYTES, DECISION_BYTES = 11, 17
 BATCH_COPIES = 5  # of a batch of whole slices (2D, version 10 and older): its logits, flips and softmax
 
 
@@ -58,16 +74,30 @@ class InferenceSize:
     members: int = 1  # networks averaged on this resampled case (an ensemble's)
     on_gpu: bool = False
     held: int = 0  # bytes the caller holds throughout (predict: the image as read)
+    scored: bool = False  # scored against its label map on the original grid, after (an evaluation's case)
+    postprocess: bool = False  # and the postprocessing decided on it (`spec.postprocess`)
 
 
 def least_bytes(size: InferenceSize) -> int:
     """Memory the case's inference certainly holds at once, on the host: the resampled image (float32) and
     `held`, with the larger of the sliding window's arrays (`_window_bytes`; an ensemble's running sum beside
-    them) and what mapping back holds (`_back_bytes`)."""
+    them) and what mapping back holds (`_back_bytes`); for a case `scored`, the larger of that and
+    `scoring_bytes`."""
+    return size.held + max(_predicting_bytes(size), scoring_bytes(size))
+
+
+def _predicting_bytes(size: InferenceSize) -> int:
     resampled = math.prod(size.resampled)
     total = (8 if size.regions else 4) * size.outputs * resampled if size.members > 1 else 0
-    return (size.held + 4 * size.channels * resampled
-            + max(total + _window_bytes(size), _back_bytes(size)))
+    return 4 * size.channels * resampled + max(total + _window_bytes(size), _back_bytes(size))
+
+
+def scoring_bytes(size: InferenceSize) -> int:
+    """What scoring a `scored` case certainly holds at once, its prediction's probabilities let go (0 for a
+    case not scored): `SCORE_BYTES` per voxel of its original grid, the label map read beside the prediction.
+    The same for any number of labels and regions, and with the postprocessing decision (its certain arrays,
+    the int32 components beside the prediction, its mask and copy, are fewer)."""
+    return SCORE_BYTES * math.prod(size.original) if size.scored else 0
 
 
 def _window_bytes(size: InferenceSize) -> int:
@@ -130,33 +160,53 @@ def peak_bytes(size: InferenceSize) -> int:
     predicts `SLICE_BATCH` whole slices at once, `BATCH_COPIES` of such a batch's channels and classes too."""
     from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM
 
-    peak = math.ceil(PEAK_FACTOR * least_bytes(size)) + PEAK_SLACK
+    peak = math.ceil(PEAK_FACTOR * (size.held + _predicting_bytes(size))) + PEAK_SLACK
     if size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM:
         batch = min(SLICE_BATCH, size.resampled[size.slice_axis]) * _padded_plane(size)
         peak += BATCH_COPIES * 4 * (size.channels + size.outputs) * batch
-    return peak
+    return max(peak, scoring_peak_bytes(size))
 
 
-def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str) -> None:
-    """A DataError naming the case's image when its inference cannot fit: its `least_bytes` are more than
-    `memory`; `advice`: what else to do than give it more memory."""
+def scoring_peak_bytes(size: InferenceSize) -> int:
+    """At most what scoring a `scored` case uses (0 for one not scored), the envelope of the measured:
+    `PEAK_FACTOR` times `scoring_bytes`, or with the postprocessing decision `DECISION_BYTES` per voxel of
+    the original grid, and `PEAK_SLACK` above."""
+    if not size.scored:
+        return 0
+    count = DECISION_BYTES * math.prod(size.original) if size.postprocess else scoring_bytes(size)
+    return math.ceil(PEAK_FACTOR * count) + PEAK_SLACK
+
+
+def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run_id: str = "") -> None:
+    """A DataError naming the case's image when its inference, or for a `scored` case its scoring, cannot
+    fit: its `least_bytes` are more than `memory`; `advice`: what else to do than give it more memory, for
+    its prediction (a scoring on the original grid has nothing else); `run_id`: the run whose evaluation it
+    is, where nothing was trained yet."""
     need = least_bytes(size)
     if memory is None or need <= memory.limit_bytes:
         return
-    shown = " x ".join(str(n) for n in size.resampled)
-    what = "region(s)" if size.regions else "class(es)"
+    scoring = size.held + scoring_bytes(size) == need  # scoring holds more than predicting
+    if scoring:
+        shown = " x ".join(str(n) for n in size.original)
+        doing, what = "scoring it", f"{shown} voxels as stored: its label map read beside its prediction"
+    else:
+        shown = " x ".join(str(n) for n in size.resampled)
+        doing, what = "predicting it", (f"{size.outputs} {'region(s)' if size.regions else 'class(es)'}, "
+                                        f"{shown} voxels at the plan's target spacing")
+    verb = "scores" if scoring else "predicts"
+    then = f" (run {run_id} {verb} it to evaluate, after training; nothing was trained)" if run_id else ""
     raise DataError(
-        f"{size.image}: predicting it needs at least {need / 2**30:.3g} GiB at once ({size.outputs} {what}, "
-        f"{shown} voxels at the plan's target spacing), more than the {memory.limit_bytes / 2**30:.3g} GiB "
-        f"this process may use ({memory.named}); run with more memory, or {advice}")
+        f"{size.image}: {doing} needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
+        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory"
+        + ("" if scoring else f", or {advice}") + then)
 
 
 def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> InferenceSize:
-    """What run `spec`'s evaluation predicts of a cached case of `prepared`'s task (`run.evaluate_fold`):
-    `case`'s voxels through preprocessing, the run's network, outputs and mirroring. The evaluation holds no
-    other case beside it: the postprocessing decision reads the cases back from disk one at a time
-    (`case_spill`). What scoring a case and deciding on it hold afterwards, on its original grid, is not
-    counted."""
+    """What run `spec`'s evaluation predicts and scores of a cached case of `prepared`'s task
+    (`run.evaluate_fold`): `case`'s voxels through preprocessing, the run's network, outputs and mirroring,
+    then its scoring on the original grid, after the probabilities are let go (`scored`; `postprocess`:
+    the decision's envelope too). The evaluation holds no other case beside it: the postprocessing decision
+    reads the cases back from disk one at a time (`case_spill`)."""
     from medseg_bench.regions import output_channels
     from medseg_bench.training import network_spacing, resolve_patch_and_batch, run_slice_axis, run_tta
 
@@ -164,14 +214,15 @@ def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> 
     return InferenceSize(case.image, case.channels, output_channels(spec, prepared.task), case.shape,
                          case.cropped, case.resampled, patch, spec.dims,
                          run_slice_axis(spec, network_spacing(prepared)), spec.pipeline_version,
-                         spec.target == "regions", run_tta(spec), on_gpu=on_gpu)
+                         spec.target == "regions", run_tta(spec), on_gpu=on_gpu, scored=True,
+                         postprocess=spec.postprocess)
 
 
 def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory: MemoryLimit | None) -> None:
     """A DataError, before any of `runs` (of `prepared`'s task) trains, naming the first case a run's
-    evaluation cannot predict in `memory` (`check_fits`): hours of training ended in the kernel's kill, the
-    run left as if pending. Each run predicts its fold's held-out cases (every case of the task where
-    `prepared` has no splits yet), one at a time (`run_size`)."""
+    evaluation cannot predict or score in `memory` (`check_fits`): hours of training ended in the kernel's
+    kill, the run left as if pending. Each run predicts and scores its fold's held-out cases (every case of
+    the task where `prepared` has no splits yet), one at a time (`run_size`)."""
     if memory is None or not runs:
         return
     import torch
@@ -190,19 +241,18 @@ def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory
             sizes[own] = {case_id: by_image[case.image] for case_id, case in cases.items()
                           if case.image in by_image}
         held_out = prepared.splits[spec.fold]["val"] if spec.fold < len(prepared.splits) else sorted(cases)
-        advice = (f"set a coarser \"target_spacing\" in {root / 'plan.json'} (run {spec.run_id} predicts it "
-                  "to evaluate, after training; nothing was trained)")
+        advice = f"set a coarser \"target_spacing\" in {root / 'plan.json'}"
         for case_id in held_out:
             case = sizes[own].get(case_id)
             if case is not None:
-                check_fits(run_size(spec, prepared, case, on_gpu), memory, advice)
+                check_fits(run_size(spec, prepared, case, on_gpu), memory, advice, spec.run_id)
 
 
 def check_held_out(spec: Any, prepared: Any, props: dict[str, Any], shape: tuple[int, ...], device: str,
                    memory: MemoryLimit | None) -> None:
-    """`check_fits` for a cached case run `spec`'s evaluation is about to predict: its properties (`props`),
-    its cached (C, Z, Y, X) `shape`. What a SLURM job's evaluation meets, whose memory the submitting sweep
-    did not know."""
+    """`check_fits` for a cached case run `spec`'s evaluation is about to predict and score: its properties
+    (`props`), its cached (C, Z, Y, X) `shape`. What a SLURM job's evaluation meets, whose memory the
+    submitting sweep did not know."""
     if memory is None:
         return
     cropped = tuple(hi - lo for lo, hi in props["crop_box"])

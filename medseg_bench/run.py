@@ -90,15 +90,17 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     memory = usable_memory()
 
     def predict(case_id: str) -> tuple[np.ndarray, np.ndarray, Any]:
-        """The case's prediction, original label map and geometry; its image and probabilities let go on
-        return, before the next case is read."""
+        """The case's prediction, original label map and geometry; its image and probabilities let go before
+        the label map is read (reading it holds several times its voxels: `inference_memory`'s scoring)."""
         image, _, props = load_case(prepared.cache_for(spec.own_slice_spacing), case_id, mmap=False)
         # a case that cannot fit: a clear failure, not the kernel's kill (the sweep checked, a SLURM job not)
         check_held_out(spec, prepared, props, image.shape, device, memory)
         # Scored in the original image geometry against the original label (the cache is cropped/resampled).
         probs = predict_probabilities(net, image, spec.dims, patch, device, tta, slice_axis,
                                       spec.pipeline_version, regions=paint is not None)
-        return (to_label_map(probs, props, spec.pipeline_version, paint), *original_label(props))
+        pred = to_label_map(probs, props, spec.pipeline_version, paint)
+        del image, probs
+        return (pred, *original_label(props))
 
     held_out = prepared.splits[spec.fold]["val"]
     decision = None

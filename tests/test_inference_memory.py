@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,14 +13,18 @@ import pytest
 from medseg_bench.checks import MemoryLimit
 from medseg_bench.errors import DataError
 from medseg_bench.inference_memory import (
+    DECISION_BYTES,
     PEAK_FACTOR,
     PEAK_SLACK,
+    SCORE_BYTES,
     InferenceSize,
     check_evaluations,
     check_fits,
     check_held_out,
     least_bytes,
     peak_bytes,
+    scoring_bytes,
+    scoring_peak_bytes,
 )
 from medseg_bench.spec import RunSpec
 
@@ -79,6 +84,48 @@ def test_check_fits_names_the_image_what_it_needs_and_what_there_is() -> None:
         "spacing")
     with pytest.raises(DataError, match=r"\(3 region\(s\), "):
         check_fits(_size(regions=True), MemoryLimit(need - 1, JOB), "check its spacing")
+
+
+def test_scoring_bytes_counts_the_label_map_read_beside_the_prediction_on_the_original_grid() -> None:
+    original = 100 * 200 * 200
+    assert scoring_bytes(_size()) == 0  # predict scores nothing
+    scored = _size(scored=True)
+    # uint8 prediction, the label map as float32, its rounded copy and two masks: more than those arrays alone
+    assert scoring_bytes(scored) == SCORE_BYTES * original > (1 + 4 + 4) * original
+    assert scoring_bytes(_size(scored=True, outputs=9, regions=True)) == scoring_bytes(scored)  # in turn
+    assert scoring_bytes(_size(scored=True, postprocess=True)) == scoring_bytes(scored)
+    larger = [scoring_bytes(_size(scored=True, original=(n, 200, 200))) for n in (50, 100, 400)]
+    assert larger == sorted(larger) and larger[0] < larger[-1]
+    # the larger of predicting and scoring: not their sum, the probabilities let go before the label is read
+    predicting = least_bytes(_size())
+    assert least_bytes(scored) == max(predicting, scoring_bytes(scored)) == scoring_bytes(scored)
+    upsampled = _size(scored=True, resampled=(200, 400, 400))
+    assert least_bytes(upsampled) == least_bytes(_size(resampled=(200, 400, 400))) > scoring_bytes(upsampled)
+    assert least_bytes(_size(scored=True, held=1000)) == scoring_bytes(scored) + 1000
+
+
+def test_scoring_peak_bytes_is_the_envelope_of_scoring_and_of_the_decision() -> None:
+    original = 100 * 200 * 200
+    assert scoring_peak_bytes(_size()) == 0
+    scored, decided = _size(scored=True), _size(scored=True, postprocess=True)
+    assert scoring_peak_bytes(scored) == PEAK_FACTOR * SCORE_BYTES * original + PEAK_SLACK
+    assert scoring_peak_bytes(decided) == PEAK_FACTOR * DECISION_BYTES * original + PEAK_SLACK
+    assert peak_bytes(decided) == scoring_peak_bytes(decided) > peak_bytes(_size())
+    assert peak_bytes(decided) >= least_bytes(decided)
+
+
+def test_check_fits_names_the_image_and_its_scoring_where_scoring_holds_more() -> None:
+    size = _size(scored=True)
+    need = least_bytes(size)
+    check_fits(size, MemoryLimit(need, JOB), "never said")
+    check_fits(_size(), MemoryLimit(need - 1, JOB), "never said")  # predicting it alone fits
+    with pytest.raises(DataError) as refused:
+        check_fits(size, MemoryLimit(need - 1, JOB), "set a coarser spacing", "RUN")
+    assert str(refused.value) == (
+        f"{IMAGE}: scoring it needs at least {need / 2**30:.3g} GiB at once (100 x 200 x 200 voxels as "
+        f"stored: its label map read beside its prediction), more than the {(need - 1) / 2**30:.3g} GiB this "
+        "process may use (the container's or job's memory limit); run with more memory (run RUN scores it to "
+        "evaluate, after training; nothing was trained)")
 
 
 @pytest.fixture
@@ -162,3 +209,100 @@ def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared)
     check_evaluations([spec], task, data, MemoryLimit(largest, JOB))
     with pytest.raises(DataError):
         check_evaluations([spec], task, data, MemoryLimit(largest - 1, JOB))
+
+
+def test_a_held_out_case_whose_scoring_cannot_fit_is_refused_where_its_prediction_could(
+        prepared, tmp_path: Path) -> None:
+    """A plan whose target spacing is coarser than the images': predicting a case holds little, scoring it
+    against its label map on its own grid more. The sweep's check, before any run trains, and the
+    evaluation's own name the image in one line."""
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.inference_memory import run_size
+
+    task, data = prepared
+    coarse = dataclasses.replace(task, plan=dataclasses.replace(task.plan, target_spacing=(3.0, 3.0, 3.0)))
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
+                   patch_size=(16, 16, 16))
+    cases = {case.case_id: case for case in usable_cases(task.task, data)}
+    by_image = {size.image: size for size in case_sizes(list(cases.values()), coarse.plan,
+                                                        data / "preprocessed" / "Task90_Synth")}
+    held_out = [run_size(spec, coarse, by_image[cases[case_id].image]) for case_id in task.splits[0]["val"]]
+    predicting = max(least_bytes(dataclasses.replace(size, scored=False)) for size in held_out)
+    first = next(size for size in held_out if scoring_bytes(size) > predicting)
+    memory = MemoryLimit(predicting, JOB)
+    with pytest.raises(DataError) as refused:
+        check_evaluations([spec], coarse, data, memory)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{first.image}: scoring it needs at least ")
+    assert message.endswith(f"; run with more memory (run {spec.run_id} scores it to evaluate, after "
+                            "training; nothing was trained)")
+    check_evaluations([spec], coarse, data, MemoryLimit(max(least_bytes(size) for size in held_out), JOB))
+    # the evaluation's own check, before it predicts the case
+    from medseg_bench.data.preprocess import load_case
+
+    case_id = next(c for c in task.splits[0]["val"] if by_image[cases[c].image].image == first.image)
+    _, _, props = load_case(task.cache_dir, case_id)
+    with pytest.raises(DataError, match=rf"^{re.escape(props['image'])}: scoring it needs at least .*more "
+                                        r"memory$"):
+        check_held_out(spec, coarse, props, (1, *first.resampled), "cpu", memory)
+
+
+def test_an_evaluation_lets_the_probabilities_go_before_it_reads_the_label_map(
+        prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring holds the label map as read beside the prediction, not beside the image and probabilities
+    too: what `inference_memory` counts as the larger of predicting and scoring, not their sum."""
+    import weakref
+
+    import numpy as np
+
+    import medseg_bench.data.preprocess
+    import medseg_bench.inference
+    from medseg_bench.run import evaluate_fold
+
+    task, _ = prepared
+    held: list[weakref.ref] = []
+
+    def predict_probabilities(net, image, *args, **kwargs):
+        probs = np.zeros((3, *image.shape[1:]), np.float32)
+        probs[0] = 1
+        held.extend([weakref.ref(image), weakref.ref(probs)])
+        return probs
+
+    read = medseg_bench.data.preprocess.original_label
+
+    def original_label(props):
+        assert held and all(ref() is None for ref in held), "the image or probabilities still held"
+        return read(props)
+
+    monkeypatch.setattr(medseg_bench.inference, "predict_probabilities", predict_probabilities)
+    monkeypatch.setattr(medseg_bench.data.preprocess, "original_label", original_label)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    frame = evaluate_fold(None, spec, task, "cpu")
+    assert sorted(frame["case"].unique()) == sorted(task.splits[0]["val"])
+
+
+@pytest.mark.slow
+def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task: Path, home: Path,
+                                                                    tmp_path: Path) -> None:
+    """The 200 cases of Task04_Hippocampus: each run's held-out cases, predicted and scored, fit in 64 MiB
+    (their need at most a few MiB; the sweep checks this before any run trains)."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import case_sizes, plan_task, usable_cases
+    from medseg_bench.inference_memory import run_size
+
+    data = tmp_path / "data"
+    task = get_task("Task04_Hippocampus")
+    fetch_task(task, data, str(shared_task), progress=False)
+    planned = plan_task(task, data, num_folds=5, workers=1)
+    runs = [RunSpec(task="Task04_Hippocampus", dims=dims, arch="unet", loss="dice_ce", aug="none", fold=fold,
+                    postprocess=postprocess)
+            for dims in ("2d", "3d") for fold in range(5) for postprocess in (False, True)]
+    check_evaluations(runs, planned, data, MemoryLimit(64 * MIB, JOB))
+    cases = usable_cases(task, data)
+    assert len(cases) == 200
+    sizes = case_sizes(cases, planned.plan, planned.root)
+    assert len(sizes) == 200
+    needs = [least_bytes(run_size(spec, planned, size)) for spec in runs[:2] for size in sizes]
+    assert max(needs) < 8 * MIB
