@@ -72,7 +72,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
     cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
-    bytes.
+    bytes. With `deep`, a `.nii` is read once, where its size is checked, its NaN and inf counted then
+    (`count_nonfinite`) and reported after the checks of its headers.
     """
 
     def problem(path: Path, message: str) -> list[Problem]:
@@ -113,9 +114,12 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, reason(exc))
     if label_vector:
         return problem(case.label, f"{vector_pixels(label_channels)}; a label map holds one value per voxel")
+    nonfinite: dict[Path, int] = {}  # a `.nii`'s NaN and inf, counted where `deep` reads it whole here
     for path in (case.image, case.label):  # each a header read and a stat: cheap enough without `deep`
         try:
-            if path.name.lower().endswith(".nii"):
+            if path.name.lower().endswith(".nii") and deep:
+                nonfinite[path] = count_nonfinite(path)  # checks it complete as check_nifti_complete
+            elif path.name.lower().endswith(".nii"):
                 check_nifti_complete(path)
             check_header_complete(path, headers[path])  # a MetaImage cut short; other formats pass
         except DataError as exc:
@@ -135,11 +139,13 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if not deep:
         return []
     try:
-        nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
+        label_nonfinite = nonfinite.get(case.label)
+        if label_nonfinite is None:
+            label_nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
         label, _ = read_label(case.label, label_header)
     except DataError as exc:
         return problem(case.label, reason(exc))
-    if nonfinite:  # read as 0 (background) by ITK's NIfTI reader
+    if label_nonfinite:  # read as 0 (background) by ITK's NIfTI reader
         return problem(case.label, "label map holds NaN or inf voxels")
     extra = sorted(set(_values(label)) - allowed_labels)
     if extra:
@@ -150,10 +156,12 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, _foreign_labels_problem(extra, task) + also)
     try:
         image, _ = read_image(case.image, header=image_header)
-        nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
+        image_nonfinite = nonfinite.get(case.image)
+        if image_nonfinite is None:
+            image_nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
     except DataError as exc:
         return problem(case.image, reason(exc))
-    if nonfinite or not np.all(np.isfinite(image)):
+    if image_nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
 

@@ -288,6 +288,30 @@ def test_truncated_uncompressed_nii_is_excluded(synth, which: int) -> None:
         f"{path}: truncated ({size - 1000} bytes of the {size} the header declares)")
 
 
+def test_deep_validation_reads_an_uncompressed_nii_once(synth, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read for its size (`check_nifti_complete`) and again whole for NaN and inf (`count_nonfinite`)
+    from medseg_bench.data import nifti
+
+    folder, task = synth
+    image, label = _as_uncompressed(folder, "case_001")
+    read: list[Path] = []
+    real = nifti._read_nifti
+    monkeypatch.setattr(nifti, "_read_nifti",
+                        lambda path, keep_data: read.append(path) or real(path, keep_data))
+    assert validate_folder(folder, task).problems == []
+    assert read.count(image) == 1 and read.count(label) == 1
+    read.clear()
+    assert validate_folder(folder, task, deep=False).problems == [] and read.count(image) == 1
+    values = np.zeros((12, 20, 20), np.float32)
+    values[1, 1, 1] = np.inf
+    write_image(image, values)  # found by the same read, named after the checks of its header, as before
+    read.clear()
+    assert _problem_for(folder, task, "case_001") == f"{image}: image holds NaN or inf voxels"
+    assert read.count(image) == 1
+    write_image(label, values[:, :10])
+    assert _problem_for(folder, task, "case_001").startswith(f"{label}: label geometry differs")
+
+
 @pytest.mark.parametrize("deep", [True, False])
 @pytest.mark.parametrize(("sub", "suffix"), [("imagesTr", ".mha"), ("labelsTr", ".mhd")])
 def test_a_metaimage_cut_short_is_excluded(synth, deep: bool, sub: str, suffix: str) -> None:
