@@ -13,11 +13,14 @@ stored as NIfTI, gzipped NIfTI and MetaImage), `least_read_bytes` counts only ar
 same time. Their peaks are a fraction
 of the cache build's, but a large CT case with many workers at once could still pass a container's limit.
 
-A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) stops the
-stage before it reads a voxel, naming the case's image; else as many cases are read at once as fit by
-`read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads share one process
-and so every limit, `ulimit -v` too; the fingerprint's worker processes share the machine's or a cgroup's,
-beside each one's own memory and the intensity sample the fingerprint gathers from them.
+A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) is never
+read: validation lists it as a bad case (`read_problem`: its image, what it needs and what there is),
+excluded from the usable cases as a corrupt one, and reads the others; the fingerprint, which reads only the
+cases validation kept, stops before it reads a voxel, naming the case's image. Else as many cases are read at
+once as fit by `read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads
+share one process and so every limit, `ulimit -v` too; the fingerprint's worker processes share the
+machine's or a cgroup's, beside each one's own memory and the intensity sample the fingerprint gathers from
+them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.io import read_geometry_and_type
 from medseg_bench.data.msd import Case
 from medseg_bench.data.nifti import image_bytes_limit, parse_nifti_header
-from medseg_bench.data.preprocess_memory import WORKER_BYTES, check_need, items_at_once
+from medseg_bench.data.preprocess_memory import WORKER_BYTES, items_at_once, need_problem
 from medseg_bench.errors import DataError
 
 
@@ -169,11 +172,20 @@ def least_read_bytes(stage: ReadStage, size: StoredCase) -> int:
     return stage.least.bytes(size)
 
 
-def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> None:
-    """A DataError naming the case's image when `stage` cannot read it even alone (`least_read_bytes`)."""
+def read_problem(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> str:
+    """Why `stage` cannot read the case even alone (`least_read_bytes` past `memory`), "" where it can:
+    "validating it needs at least 7.45 GiB at once (1 channel(s), 1000 x 1000 x 1000 voxels of 4 byte(s)),
+    more than the 4 GiB this process may use (...); run with more memory", without the image's name."""
     shown = " x ".join(str(n) for n in size.shape)
-    check_need(size.image, stage.doing, least_read_bytes(stage, size),
-               f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
+    return need_problem(stage.doing, least_read_bytes(stage, size),
+                        f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
+
+
+def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> None:
+    """A DataError naming the case's image when `stage` cannot read it even alone (`read_problem`)."""
+    problem = read_problem(stage, size, memory)
+    if problem:
+        raise DataError(f"{size.image}: {problem}")
 
 
 def check_all_read_fit(stage: ReadStage, sizes: Sequence[StoredCase], memory: MemoryLimit | None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.checks import usable_memory
+from medseg_bench.checks import MemoryLimit, usable_memory
 from medseg_bench.data.io import (
     Geometry,
     data_file_outside,
@@ -22,8 +22,8 @@ from medseg_bench.data.io import (
 )
 from medseg_bench.data.metaimage import UNPARSED, Header, MetaHeader, check_header_complete, read_header
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
-from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
-from medseg_bench.data.read_memory import VALIDATION, reads_at_once, stored_cases
+from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite, image_bytes_limit
+from medseg_bench.data.read_memory import VALIDATION, StoredCase, read_problem, reads_at_once, stored_case
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.files import NAME_MAX, broken_link
 from medseg_bench.spec import TaskSpec
@@ -256,36 +256,60 @@ def validate_folder(
 ) -> ValidationReport:
     """Check every training case of an MSD-layout folder, `workers` at a time (threads), fewer where `deep`
     reads of that many would not fit in the memory this process may use (`read_memory.reads_at_once`, from
-    the cases' headers). Structural problems raise DataError, and so does a case whose voxels cannot be read
-    even alone there, naming its image: before any case is read. `on_start(at_once)` is told how many are
-    read at once before the first is (a progress display says why fewer than `workers`), `on_case()` after
-    each."""
+    the cases' headers). Structural problems raise DataError. A case whose voxels cannot be read even alone
+    there is a problem of its image, as a corrupt one (`_memory_problems`): never read, excluded from the
+    usable cases, the others checked. `on_start(at_once)` is told how many are read at once before the first
+    is (a progress display says why fewer than `workers`), `on_case()` after each."""
     cases = training_cases(folder)
     declared = declared_labels(folder)
     # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
     allowed = (declared & set(task.labels)) if declared else set(task.labels)
 
     orientations: dict[str, str | None] = {}
+    too_large: dict[int, list[Problem]] = {}  # by the case's place in `cases`: its one problem
 
-    def run(case: Case) -> list[Problem]:
-        found = check_case(case, task, allowed, deep, declared, orientations, folder)
+    def run(at: int) -> list[Problem]:
+        found = too_large.get(at) or check_case(cases[at], task, allowed, deep, declared, orientations,
+                                                folder)
         if on_case is not None:
             on_case()
         return found
 
     at_once = max(1, workers)
-    if deep:  # a header naming its voxels outside the folder is not read here either
-        readable = [case for case in cases if not _read_from_outside(case, folder)]
-        at_once = reads_at_once(VALIDATION, stored_cases(readable), at_once, usable_memory(), threads=True)
+    if deep:
+        memory = usable_memory()
+        sizes = _memory_problems(cases, folder, memory, too_large)
+        at_once = reads_at_once(VALIDATION, sizes, at_once, memory, threads=True)
     if on_start is not None:
         on_start(at_once)
     with ThreadPoolExecutor(max_workers=at_once) as pool:
-        per_case = list(pool.map(run, cases))
+        per_case = list(pool.map(run, range(len(cases))))
     left_out = not_imported(folder)  # by an import, with the problem it found
     return ValidationReport(cases=cases + [case for case, _, _ in left_out],
                             problems=[p for found in per_case for p in found]
                             + [Problem(case.case_id, str(path), problem) for case, path, problem in left_out],
                             orientations=orientations)
+
+
+def _memory_problems(cases: list[Case], folder: Path, memory: MemoryLimit | None,
+                     too_large: dict[int, list[Problem]]) -> list[StoredCase]:
+    """The sizes of the cases whose voxels validation may read (`read_memory.stored_case`, from their
+    headers), and into `too_large` by its place in `cases` the problem of each that it cannot read even alone
+    in `memory`, the memory this process may use (`read_memory.read_problem`: its image, what it needs and
+    what there is), which is then not read. A case with a file that is none, or whose header takes its voxels
+    from outside the folder, is neither sized nor read here (`check_case` names it)."""
+    most = image_bytes_limit()
+    sizes = []
+    for at, case in enumerate(cases):
+        if not (case.image.is_file() and case.label.is_file()):  # a named pipe would block its read
+            continue
+        size = None if _read_from_outside(case, folder) else stored_case(case, most)
+        problem = read_problem(VALIDATION, size, memory) if size is not None else ""
+        if problem:
+            too_large[at] = [Problem(case.case_id, str(case.image), problem)]
+        elif size is not None:
+            sizes.append(size)
+    return sizes
 
 
 def _read_from_outside(case: Case, folder: Path,
