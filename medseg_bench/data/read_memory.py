@@ -28,12 +28,13 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.io import read_geometry_and_type
+from medseg_bench.data.metaimage import UNPARSED, Header, MetaHeader
 from medseg_bench.data.msd import Case
 from medseg_bench.data.nifti import image_bytes_limit, parse_nifti_header
 from medseg_bench.data.preprocess_memory import WORKER_BYTES, items_at_once, need_problem
@@ -94,26 +95,32 @@ FINGERPRINT = ReadStage("fingerprinting", peak=PerVoxel(4, 0, 4, 1), least=PerVo
                         per_sample=14)
 
 
-def stored_case(case: Case, most_bytes: int | None = None) -> StoredCase | None:
+def stored_case(case: Case, most_bytes: int | None = None,
+                headers: Mapping[Path, MetaHeader | None] | None = None) -> StoredCase | None:
     """What the case's headers declare; None where either cannot be read (validation names the problem), as
-    one declaring more than `most_bytes` of voxels (`nifti.image_bytes_limit`, found here where not given)."""
+    one declaring more than `most_bytes` of voxels (`nifti.image_bytes_limit`, found here where not given).
+    `headers`: its files' MetaImage headers where the caller parsed them (`metaimage.read_header`; validation
+    passes the same to its checks of the case), else parsed here."""
     most = image_bytes_limit() if most_bytes is None else most_bytes
+    known: Mapping[Path, Header] = headers or {}
     try:
-        shape, channels, value_bytes = _shape_and_type(case.image, most)
-        label, _, label_value_bytes = _shape_and_type(case.label, most)
+        shape, channels, value_bytes = _shape_and_type(case.image, most, known.get(case.image, UNPARSED))
+        label, _, label_value_bytes = _shape_and_type(case.label, most, known.get(case.label, UNPARSED))
     except (DataError, OSError):
         return None
     return StoredCase(case.image, shape, channels, value_bytes, math.prod(label), label_value_bytes)
 
 
-def _shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...], int, int]:
+def _shape_and_type(path: Path, most_bytes: int,
+                    header: Header = UNPARSED) -> tuple[tuple[int, ...], int, int]:
     """The image's shape (z, y, x), channels and bytes per value as ITK reads them: a plain NIfTI's from its
-    first bytes (`_nifti_shape_and_type`), any other's through ITK, which refuses one declaring more than
-    `most_bytes` of voxels (`nifti.too_large`), and what it cannot read."""
+    first bytes (`_nifti_shape_and_type`), any other's through ITK (from its MetaImage `header` where the
+    caller parsed it), which refuses one declaring more than `most_bytes` of voxels (`nifti.too_large`), and
+    what it cannot read."""
     found = _nifti_shape_and_type(path, most_bytes)
     if found is not None:
         return found
-    geometry, channels, value_bytes = read_geometry_and_type(path)
+    geometry, channels, value_bytes = read_geometry_and_type(path, header)
     return tuple(reversed(geometry.size)), channels, value_bytes
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +61,16 @@ class ValidationReport:
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
                declared: set[int] | None = None,
                orientations: dict[str, str | None] | None = None,
-               folder: Path | None = None) -> list[Problem]:
+               folder: Path | None = None,
+               headers: Mapping[Path, MetaHeader | None] | None = None) -> list[Problem]:
     """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
     `orientations` gets the image's (`Geometry.orientation`) once its header is read. `folder`: the task
     folder, where a file whose header takes its voxels from outside it is a problem (`_read_from_outside`),
     found before anything reads them.
 
-    Each file's MetaImage header is parsed once (`metaimage.read_header`), and that one passed to every check
-    and read of the file: it was parsed three times without `deep`, five with it.
+    Each file's MetaImage header is parsed once (`metaimage.read_header`; or by the caller, `headers`:
+    `validate_folder`'s memory pre-pass), and that one passed to every check and read of the file: it was
+    parsed three times without `deep`, five with it, and twice more by the pre-pass.
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
     cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
@@ -91,7 +93,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
             return problem(path, f"{what} file is {why}" if why else f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")
-    headers = {path: read_header(path) for path in (case.image, case.label)}  # once both are found files
+    known: Mapping[Path, MetaHeader | None] = headers or {}
+    headers = {path: known[path] if path in known else read_header(path)  # once both are found files
+               for path in (case.image, case.label)}
     image_header, label_header = headers[case.image], headers[case.label]
     outside = _read_from_outside(case, folder, headers) if folder is not None else []
     if outside:
@@ -266,11 +270,12 @@ def validate_folder(
     allowed = (declared & set(task.labels)) if declared else set(task.labels)
 
     orientations: dict[str, str | None] = {}
+    headers: dict[Path, MetaHeader | None] = {}  # each file's MetaImage header, parsed once for both passes
     too_large: dict[int, list[Problem]] = {}  # by the case's place in `cases`: its one problem
 
     def run(at: int) -> list[Problem]:
         found = too_large.get(at) or check_case(cases[at], task, allowed, deep, declared, orientations,
-                                                folder)
+                                                folder, headers)
         if on_case is not None:
             on_case()
         return found
@@ -278,7 +283,7 @@ def validate_folder(
     at_once = max(1, workers)
     if deep:
         memory = usable_memory()
-        sizes = _memory_problems(cases, folder, memory, too_large)
+        sizes = _memory_problems(cases, folder, memory, headers, too_large)
         at_once = reads_at_once(VALIDATION, sizes, at_once, memory, threads=True)
     if on_start is not None:
         on_start(at_once)
@@ -292,18 +297,22 @@ def validate_folder(
 
 
 def _memory_problems(cases: list[Case], folder: Path, memory: MemoryLimit | None,
+                     headers: dict[Path, MetaHeader | None],
                      too_large: dict[int, list[Problem]]) -> list[StoredCase]:
     """The sizes of the cases whose voxels validation may read (`read_memory.stored_case`, from their
     headers), and into `too_large` by its place in `cases` the problem of each that it cannot read even alone
     in `memory`, the memory this process may use (`read_memory.read_problem`: its image, what it needs and
-    what there is), which is then not read. A case with a file that is none, or whose header takes its voxels
-    from outside the folder, is neither sized nor read here (`check_case` names it)."""
+    what there is), which is then not read. `headers` gets each found file's MetaImage header, for
+    `check_case`: parsed once. A case with a file that is none, or whose header takes its voxels from outside
+    the folder, is neither sized nor read here (`check_case` names it)."""
     most = image_bytes_limit()
     sizes = []
     for at, case in enumerate(cases):
         if not (case.image.is_file() and case.label.is_file()):  # a named pipe would block its read
             continue
-        size = None if _read_from_outside(case, folder) else stored_case(case, most)
+        parsed = {path: read_header(path) for path in (case.image, case.label)}
+        headers.update(parsed)
+        size = None if _read_from_outside(case, folder, parsed) else stored_case(case, most, parsed)
         problem = read_problem(VALIDATION, size, memory) if size is not None else ""
         if problem:
             too_large[at] = [Problem(case.case_id, str(case.image), problem)]
@@ -313,7 +322,7 @@ def _memory_problems(cases: list[Case], folder: Path, memory: MemoryLimit | None
 
 
 def _read_from_outside(case: Case, folder: Path,
-                       headers: dict[Path, MetaHeader | None] | None = None) -> list[Problem]:
+                       headers: Mapping[Path, MetaHeader | None] | None = None) -> list[Problem]:
     """The case's file whose MetaImage header takes its voxels from a file outside the task `folder`
     (`ElementDataFile = /home/you/notes.txt`): ITK read that file as the case's voxels. `headers`: each
     file's MetaImage header where the caller parsed them (`check_case`)."""
