@@ -3,6 +3,7 @@ number, a list of sizes or a spacing is, and how a bad value is shown in a one-l
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -148,11 +149,17 @@ def _cgroup_limit(root: Path) -> MemoryLimit | None:
     return min(found, key=lambda limit: limit.limit_bytes) if found else None
 
 
-def _cgroup_mounts(root: Path) -> list[tuple[str, str, Path]]:
+@functools.cache
+def _cgroup_mounts(root: Path) -> tuple[tuple[str, str, Path], ...]:
     """The cgroup hierarchies /proc/self/mountinfo lists that may hold a memory limit, as (kind, the
     cgroup path mounted, where under `root`): "cgroup2" for v2's unified hierarchy, "memory" for a v1
-    hierarchy with the memory controller; [] where it cannot be read. A line is `ID PARENT MAJ:MIN ROOT
-    MOUNT-POINT OPTIONS [TAGS...] - TYPE SOURCE SUPER-OPTIONS`, a space in a path written `\\040`."""
+    hierarchy with the memory controller; () where it cannot be read. A line is `ID PARENT MAJ:MIN ROOT
+    MOUNT-POINT OPTIONS [TAGS...] - TYPE SOURCE SUPER-OPTIONS`, a space in a path written `\\040`.
+
+    Parsed once per process and `root`: the mounts do not change under a running process (validation asked
+    for them at each image it read, 0.1 ms each time), a cgroup's limit may, and its files are read at each
+    call (`_limits_along`). A test that rewrites a fake tree's mountinfo calls `_cgroup_mounts.cache_clear()`.
+    """
     mounts = []
     for line in _read_small(root / "proc/self/mountinfo", 1 << 22).splitlines():
         before, dash, after = line.partition(" - ")
@@ -168,7 +175,7 @@ def _cgroup_mounts(root: Path) -> list[tuple[str, str, Path]]:
         if not point.startswith("/") or ".." in point.split("/"):
             continue  # not a mount point the kernel writes: read nothing outside `root`
         mounts.append((kind, _unescaped(fields[3]), root / point.lstrip("/")))
-    return mounts
+    return tuple(mounts)
 
 
 def _unescaped(field: str) -> str:

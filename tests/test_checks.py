@@ -138,6 +138,23 @@ def test_a_mount_point_with_a_space_is_read(tmp_path: Path) -> None:
                                               "cgroup memory.max")
 
 
+def test_mountinfo_is_parsed_once_and_the_limit_files_read_at_each_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # validation asked at each image it read: /proc/self/mountinfo (0.1 ms) was read and parsed each time
+    root = _mounted(tmp_path, "0::/job\n", ["/ /run/cg - cgroup2 rw"],
+                    {"/run/cg/job/memory.max": f"{3 * GIB}\n"})
+    read: list[str] = []
+    real = checks._read_small
+    monkeypatch.setattr(checks, "_read_small", lambda file, most: read.append(file.name) or real(file, most))
+    assert usable_memory(root).limit_bytes == 3 * GIB  # type: ignore[union-attr]
+    (root / "proc/self/mountinfo").write_text("")  # not read again: the mounts of a running process stay
+    (root / "run/cg/job/memory.max").write_text(f"{2 * GIB}\n")  # a cgroup's limit may change: read again
+    assert usable_memory(root).limit_bytes == 2 * GIB  # type: ignore[union-attr]
+    assert read.count("mountinfo") == 1 and read.count("memory.max") == 4  # the cgroup's and the root's
+    checks._cgroup_mounts.cache_clear()  # what a test that rewrites a tree's mountinfo does
+    assert usable_memory(root) == MemoryLimit(64 * GIB, "the machine's memory")
+
+
 @pytest.mark.parametrize("mount", ["/other /sys/fs/cgroup/unified - cgroup2 rw",  # not holding the cgroup
                                    "/ /sys/fs/cgroup/unified - tmpfs rw",  # not a cgroup
                                    "/ ../../../elsewhere - cgroup2 rw",  # not a mount point the kernel writes

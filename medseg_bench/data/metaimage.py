@@ -31,7 +31,8 @@ HEADER_SEARCH_BYTES = 65536
 class MetaHeader:
     """A MetaImage header's fields, `ElementDataFile` the last, and where in its file the header ends (where
     `LOCAL` voxels begin: the byte after the `ElementDataFile` line); `head`: the file's first bytes as read
-    (latin-1: one character a byte)."""
+    (latin-1: one character a byte), up to that end but for a `LIST` header's, whose data file names follow
+    it (an `.mha`'s voxels are not held: validation keeps every case's header while it runs)."""
 
     fields: dict[str, str]
     end_offset: int
@@ -71,7 +72,8 @@ def read_header(path: Path) -> MetaHeader | None:
         if key.strip() == "ElementDataFile":
             if newline < 0 and len(head) == HEADER_SEARCH_BYTES:
                 return None  # the line goes on past what was read
-            return MetaHeader(fields, at, text)
+            listed = value.upper().split()[:1] == ["LIST"]  # as `io.data_file_outside` reads it
+            return MetaHeader(fields, at, text if listed else text[:at])
     return None
 
 

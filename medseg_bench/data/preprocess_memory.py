@@ -82,12 +82,19 @@ def check_need(image: Path, doing: str, need: int, what: str, memory: MemoryLimi
     """A DataError naming `image` when `doing` it ("preprocessing", "validating") needs `need` bytes at
     once, more than `memory` (each limit: a per-process one bounds a case alone too); `what`: the sizes that
     make it so; `advice`: what else to do than give it more memory."""
+    problem = need_problem(doing, need, what, memory, advice)
+    if problem:
+        raise DataError(f"{image}: {problem}")
+
+
+def need_problem(doing: str, need: int, what: str, memory: MemoryLimit | None, advice: str = "") -> str:
+    """`check_need`'s line without the image's name, "" where `need` fits: for a caller that lists the case
+    as a problem rather than stopping on it (validation)."""
     if memory is None or need <= memory.limit_bytes:
-        return
-    raise DataError(
-        f"{image}: {doing} it needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
-        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory"
-        + (f", or {advice}" if advice else ""))
+        return ""
+    return (f"{doing} it needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
+            f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more "
+            "memory" + (f", or {advice}" if advice else ""))
 
 
 def check_all_fit(sizes: Sequence[CaseSize], memory: MemoryLimit | None, plan_file: Path) -> None:

@@ -13,11 +13,14 @@ stored as NIfTI, gzipped NIfTI and MetaImage), `least_read_bytes` counts only ar
 same time. Their peaks are a fraction
 of the cache build's, but a large CT case with many workers at once could still pass a container's limit.
 
-A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) stops the
-stage before it reads a voxel, naming the case's image; else as many cases are read at once as fit by
-`read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads share one process
-and so every limit, `ulimit -v` too; the fingerprint's worker processes share the machine's or a cgroup's,
-beside each one's own memory and the intensity sample the fingerprint gathers from them.
+A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) is never
+read: validation lists it as a bad case (`read_problem`: its image, what it needs and what there is),
+excluded from the usable cases as a corrupt one, and reads the others; the fingerprint, which reads only the
+cases validation kept, stops before it reads a voxel, naming the case's image. Else as many cases are read at
+once as fit by `read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads
+share one process and so every limit, `ulimit -v` too; the fingerprint's worker processes share the
+machine's or a cgroup's, beside each one's own memory and the intensity sample the fingerprint gathers from
+them.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_bench.checks import MemoryLimit
 from medseg_bench.data.io import read_geometry_and_type
+from medseg_bench.data.metaimage import UNPARSED, Header, MetaHeader
 from medseg_bench.data.msd import Case
 from medseg_bench.data.nifti import image_bytes_limit, parse_nifti_header
-from medseg_bench.data.preprocess_memory import WORKER_BYTES, check_need, items_at_once
+from medseg_bench.data.preprocess_memory import WORKER_BYTES, items_at_once, need_problem
 from medseg_bench.errors import DataError
 
 
@@ -91,26 +95,32 @@ FINGERPRINT = ReadStage("fingerprinting", peak=PerVoxel(4, 0, 4, 1), least=PerVo
                         per_sample=14)
 
 
-def stored_case(case: Case, most_bytes: int | None = None) -> StoredCase | None:
+def stored_case(case: Case, most_bytes: int | None = None,
+                headers: Mapping[Path, MetaHeader | None] | None = None) -> StoredCase | None:
     """What the case's headers declare; None where either cannot be read (validation names the problem), as
-    one declaring more than `most_bytes` of voxels (`nifti.image_bytes_limit`, found here where not given)."""
+    one declaring more than `most_bytes` of voxels (`nifti.image_bytes_limit`, found here where not given).
+    `headers`: its files' MetaImage headers where the caller parsed them (`metaimage.read_header`; validation
+    passes the same to its checks of the case), else parsed here."""
     most = image_bytes_limit() if most_bytes is None else most_bytes
+    known: Mapping[Path, Header] = headers or {}
     try:
-        shape, channels, value_bytes = _shape_and_type(case.image, most)
-        label, _, label_value_bytes = _shape_and_type(case.label, most)
+        shape, channels, value_bytes = _shape_and_type(case.image, most, known.get(case.image, UNPARSED))
+        label, _, label_value_bytes = _shape_and_type(case.label, most, known.get(case.label, UNPARSED))
     except (DataError, OSError):
         return None
     return StoredCase(case.image, shape, channels, value_bytes, math.prod(label), label_value_bytes)
 
 
-def _shape_and_type(path: Path, most_bytes: int) -> tuple[tuple[int, ...], int, int]:
+def _shape_and_type(path: Path, most_bytes: int,
+                    header: Header = UNPARSED) -> tuple[tuple[int, ...], int, int]:
     """The image's shape (z, y, x), channels and bytes per value as ITK reads them: a plain NIfTI's from its
-    first bytes (`_nifti_shape_and_type`), any other's through ITK, which refuses one declaring more than
-    `most_bytes` of voxels (`nifti.too_large`), and what it cannot read."""
+    first bytes (`_nifti_shape_and_type`), any other's through ITK (from its MetaImage `header` where the
+    caller parsed it), which refuses one declaring more than `most_bytes` of voxels (`nifti.too_large`), and
+    what it cannot read."""
     found = _nifti_shape_and_type(path, most_bytes)
     if found is not None:
         return found
-    geometry, channels, value_bytes = read_geometry_and_type(path)
+    geometry, channels, value_bytes = read_geometry_and_type(path, header)
     return tuple(reversed(geometry.size)), channels, value_bytes
 
 
@@ -169,11 +179,20 @@ def least_read_bytes(stage: ReadStage, size: StoredCase) -> int:
     return stage.least.bytes(size)
 
 
-def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> None:
-    """A DataError naming the case's image when `stage` cannot read it even alone (`least_read_bytes`)."""
+def read_problem(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> str:
+    """Why `stage` cannot read the case even alone (`least_read_bytes` past `memory`), "" where it can:
+    "validating it needs at least 7.45 GiB at once (1 channel(s), 1000 x 1000 x 1000 voxels of 4 byte(s)),
+    more than the 4 GiB this process may use (...); run with more memory", without the image's name."""
     shown = " x ".join(str(n) for n in size.shape)
-    check_need(size.image, stage.doing, least_read_bytes(stage, size),
-               f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
+    return need_problem(stage.doing, least_read_bytes(stage, size),
+                        f"{size.channels} channel(s), {shown} voxels of {size.value_bytes} byte(s)", memory)
+
+
+def check_read_fits(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> None:
+    """A DataError naming the case's image when `stage` cannot read it even alone (`read_problem`)."""
+    problem = read_problem(stage, size, memory)
+    if problem:
+        raise DataError(f"{size.image}: {problem}")
 
 
 def check_all_read_fit(stage: ReadStage, sizes: Sequence[StoredCase], memory: MemoryLimit | None) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medseg_bench.checks import usable_memory
+from medseg_bench.checks import MemoryLimit, usable_memory
 from medseg_bench.data.io import (
     Geometry,
     data_file_outside,
@@ -22,8 +22,8 @@ from medseg_bench.data.io import (
 )
 from medseg_bench.data.metaimage import UNPARSED, Header, MetaHeader, check_header_complete, read_header
 from medseg_bench.data.msd import Case, declared_labels, not_imported, read_dataset_json, training_cases
-from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite
-from medseg_bench.data.read_memory import VALIDATION, reads_at_once, stored_cases
+from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite, image_bytes_limit
+from medseg_bench.data.read_memory import VALIDATION, StoredCase, read_problem, reads_at_once, stored_case
 from medseg_bench.errors import DataError, one_line
 from medseg_bench.files import NAME_MAX, broken_link
 from medseg_bench.spec import TaskSpec
@@ -61,18 +61,21 @@ class ValidationReport:
 def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
                declared: set[int] | None = None,
                orientations: dict[str, str | None] | None = None,
-               folder: Path | None = None) -> list[Problem]:
+               folder: Path | None = None,
+               headers: Mapping[Path, MetaHeader | None] | None = None) -> list[Problem]:
     """All problems of one case; `deep` also reads voxels (label values, NaN/inf, damaged gzip streams).
     `orientations` gets the image's (`Geometry.orientation`) once its header is read. `folder`: the task
     folder, where a file whose header takes its voxels from outside it is a problem (`_read_from_outside`),
     found before anything reads them.
 
-    Each file's MetaImage header is parsed once (`metaimage.read_header`), and that one passed to every check
-    and read of the file: it was parsed three times without `deep`, five with it.
+    Each file's MetaImage header is parsed once (`metaimage.read_header`; or by the caller, `headers`:
+    `validate_folder`'s memory pre-pass), and that one passed to every check and read of the file: it was
+    parsed three times without `deep`, five with it, and twice more by the pre-pass.
 
     An uncompressed NIfTI shorter than its header declares is caught either way: SimpleITK reads it, and a
     cut-short `.nii.gz`, without complaint (zero-filling the missing voxels), so both are checked on the raw
-    bytes.
+    bytes. With `deep`, a `.nii` is read once, where its size is checked, its NaN and inf counted then
+    (`count_nonfinite`) and reported after the checks of its headers.
     """
 
     def problem(path: Path, message: str) -> list[Problem]:
@@ -90,7 +93,9 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
             return problem(path, f"{what} file is {why}" if why else f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")
-    headers = {path: read_header(path) for path in (case.image, case.label)}  # once both are found files
+    known: Mapping[Path, MetaHeader | None] = headers or {}
+    headers = {path: known[path] if path in known else read_header(path)  # once both are found files
+               for path in (case.image, case.label)}
     image_header, label_header = headers[case.image], headers[case.label]
     outside = _read_from_outside(case, folder, headers) if folder is not None else []
     if outside:
@@ -113,9 +118,12 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, reason(exc))
     if label_vector:
         return problem(case.label, f"{vector_pixels(label_channels)}; a label map holds one value per voxel")
+    nonfinite: dict[Path, int] = {}  # a `.nii`'s NaN and inf, counted where `deep` reads it whole here
     for path in (case.image, case.label):  # each a header read and a stat: cheap enough without `deep`
         try:
-            if path.name.lower().endswith(".nii"):
+            if path.name.lower().endswith(".nii") and deep:
+                nonfinite[path] = count_nonfinite(path)  # checks it complete as check_nifti_complete
+            elif path.name.lower().endswith(".nii"):
                 check_nifti_complete(path)
             check_header_complete(path, headers[path])  # a MetaImage cut short; other formats pass
         except DataError as exc:
@@ -135,11 +143,13 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if not deep:
         return []
     try:
-        nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
+        label_nonfinite = nonfinite.get(case.label)
+        if label_nonfinite is None:
+            label_nonfinite = count_nonfinite(case.label)  # also checks the raw file complete
         label, _ = read_label(case.label, label_header)
     except DataError as exc:
         return problem(case.label, reason(exc))
-    if nonfinite:  # read as 0 (background) by ITK's NIfTI reader
+    if label_nonfinite:  # read as 0 (background) by ITK's NIfTI reader
         return problem(case.label, "label map holds NaN or inf voxels")
     extra = sorted(set(_values(label)) - allowed_labels)
     if extra:
@@ -150,10 +160,12 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
         return problem(case.label, _foreign_labels_problem(extra, task) + also)
     try:
         image, _ = read_image(case.image, header=image_header)
-        nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
+        image_nonfinite = nonfinite.get(case.image)
+        if image_nonfinite is None:
+            image_nonfinite = count_nonfinite(case.image)  # also checks the raw file complete
     except DataError as exc:
         return problem(case.image, reason(exc))
-    if nonfinite or not np.all(np.isfinite(image)):
+    if image_nonfinite or not np.all(np.isfinite(image)):
         return problem(case.image, "image holds NaN or inf voxels")
     return []
 
@@ -248,31 +260,35 @@ def validate_folder(
 ) -> ValidationReport:
     """Check every training case of an MSD-layout folder, `workers` at a time (threads), fewer where `deep`
     reads of that many would not fit in the memory this process may use (`read_memory.reads_at_once`, from
-    the cases' headers). Structural problems raise DataError, and so does a case whose voxels cannot be read
-    even alone there, naming its image: before any case is read. `on_start(at_once)` is told how many are
-    read at once before the first is (a progress display says why fewer than `workers`), `on_case()` after
-    each."""
+    the cases' headers). Structural problems raise DataError. A case whose voxels cannot be read even alone
+    there is a problem of its image, as a corrupt one (`_memory_problems`): never read, excluded from the
+    usable cases, the others checked. `on_start(at_once)` is told how many are read at once before the first
+    is (a progress display says why fewer than `workers`), `on_case()` after each."""
     cases = training_cases(folder)
     declared = declared_labels(folder)
     # The task file's labels set the number of classes the networks predict: a value beyond them cannot train.
     allowed = (declared & set(task.labels)) if declared else set(task.labels)
 
     orientations: dict[str, str | None] = {}
+    headers: dict[Path, MetaHeader | None] = {}  # each file's MetaImage header, parsed once for both passes
+    too_large: dict[int, list[Problem]] = {}  # by the case's place in `cases`: its one problem
 
-    def run(case: Case) -> list[Problem]:
-        found = check_case(case, task, allowed, deep, declared, orientations, folder)
+    def run(at: int) -> list[Problem]:
+        found = too_large.get(at) or check_case(cases[at], task, allowed, deep, declared, orientations,
+                                                folder, headers)
         if on_case is not None:
             on_case()
         return found
 
     at_once = max(1, workers)
-    if deep:  # a header naming its voxels outside the folder is not read here either
-        readable = [case for case in cases if not _read_from_outside(case, folder)]
-        at_once = reads_at_once(VALIDATION, stored_cases(readable), at_once, usable_memory(), threads=True)
+    if deep:
+        memory = usable_memory()
+        sizes = _memory_problems(cases, folder, memory, headers, too_large)
+        at_once = reads_at_once(VALIDATION, sizes, at_once, memory, threads=True)
     if on_start is not None:
         on_start(at_once)
     with ThreadPoolExecutor(max_workers=at_once) as pool:
-        per_case = list(pool.map(run, cases))
+        per_case = list(pool.map(run, range(len(cases))))
     left_out = not_imported(folder)  # by an import, with the problem it found
     return ValidationReport(cases=cases + [case for case, _, _ in left_out],
                             problems=[p for found in per_case for p in found]
@@ -280,8 +296,33 @@ def validate_folder(
                             orientations=orientations)
 
 
+def _memory_problems(cases: list[Case], folder: Path, memory: MemoryLimit | None,
+                     headers: dict[Path, MetaHeader | None],
+                     too_large: dict[int, list[Problem]]) -> list[StoredCase]:
+    """The sizes of the cases whose voxels validation may read (`read_memory.stored_case`, from their
+    headers), and into `too_large` by its place in `cases` the problem of each that it cannot read even alone
+    in `memory`, the memory this process may use (`read_memory.read_problem`: its image, what it needs and
+    what there is), which is then not read. `headers` gets each found file's MetaImage header, for
+    `check_case`: parsed once. A case with a file that is none, or whose header takes its voxels from outside
+    the folder, is neither sized nor read here (`check_case` names it)."""
+    most = image_bytes_limit()
+    sizes = []
+    for at, case in enumerate(cases):
+        if not (case.image.is_file() and case.label.is_file()):  # a named pipe would block its read
+            continue
+        parsed = {path: read_header(path) for path in (case.image, case.label)}
+        headers.update(parsed)
+        size = None if _read_from_outside(case, folder, parsed) else stored_case(case, most, parsed)
+        problem = read_problem(VALIDATION, size, memory) if size is not None else ""
+        if problem:
+            too_large[at] = [Problem(case.case_id, str(case.image), problem)]
+        elif size is not None:
+            sizes.append(size)
+    return sizes
+
+
 def _read_from_outside(case: Case, folder: Path,
-                       headers: dict[Path, MetaHeader | None] | None = None) -> list[Problem]:
+                       headers: Mapping[Path, MetaHeader | None] | None = None) -> list[Problem]:
     """The case's file whose MetaImage header takes its voxels from a file outside the task `folder`
     (`ElementDataFile = /home/you/notes.txt`): ITK read that file as the case's voxels. `headers`: each
     file's MetaImage header where the caller parsed them (`check_case`)."""

@@ -62,6 +62,48 @@ def test_a_case_broken_after_fetch_is_found_and_excluded(home: Path, tmp_path: P
     assert "case_004" not in prepared.case_ids and len(prepared.case_ids) == 5
 
 
+def test_a_case_too_large_to_read_here_is_excluded_as_a_bad_case(home: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # it stopped all of fetch and validate, exit 3, where a corrupt case is listed and excluded
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.data import validate
+    from medseg_bench.data.msd import training_cases
+    from medseg_bench.data.read_memory import VALIDATION, least_read_bytes, stored_case
+
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth")
+    write_task_file(home, "Task90_Synth")
+    big = src / "imagesTr" / "case_001.nii.gz"
+    write_image(big, np.zeros((24, 40, 40), np.float32))  # eight times the others' voxels
+    write_image(src / "labelsTr" / "case_001.nii.gz", np.zeros((24, 40, 40), np.uint8))
+    size = stored_case(training_cases(src)[1])
+    assert size is not None
+    need = least_read_bytes(VALIDATION, size)
+    memory = MemoryLimit(need - 1, "the job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(validate, "usable_memory", lambda: memory)
+    problem = (f"validating it needs at least {need / 2**30:.3g} GiB at once (1 channel(s), 24 x 40 x 40 "
+               f"voxels of 4 byte(s)), more than the {memory.limit_bytes / 2**30:.3g} GiB this process may "
+               "use (the job's memory limit, cgroup memory.max); run with more memory")
+    folder = home / "data" / "Task90_Synth"
+    fetched = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
+    assert fetched.exit_code == 0, fetched.output
+    assert (f"warning: {folder / 'imagesTr' / 'case_001.nii.gz'}: {problem} (case excluded from training)"
+            in fetched.output.splitlines())
+    assert f"5 usable training cases in {folder} (1 excluded)" in fetched.output
+    relaxed = runner.invoke(app, ["validate", "Task90_Synth"])
+    assert relaxed.exit_code == 0, relaxed.output
+    assert "excluded from training: case_001" in relaxed.output and "5 of 6" in relaxed.output
+    strict = runner.invoke(app, ["validate", "Task90_Synth", "--strict"])
+    assert strict.exit_code == 3
+    assert strict.output.strip().splitlines()[-1] == (
+        f"error: {folder / 'imagesTr' / 'case_001.nii.gz'}: {problem} (--strict)")
+    assert runner.invoke(app, ["validate", "Task90_Synth"]).exit_code == 0
+    marker = json.loads((folder / ".medseg-bench-valid.json").read_text())
+    assert [e["case"] for e in marker["excluded"]] == ["case_001"]
+    # the fingerprint, the plan and the cache take the cases validation kept: it is not read there either
+    prepared = prepare_task(get_task("Task90_Synth"), home / "data", num_folds=2, workers=1)
+    assert "case_001" not in prepared.case_ids and len(prepared.case_ids) == 5
+
+
 def test_data_dir_option_and_unfetched_task(home: Path, tmp_path: Path) -> None:
     _fetched(home, tmp_path)
     moved = tmp_path / "elsewhere"

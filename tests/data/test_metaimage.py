@@ -336,3 +336,16 @@ def test_a_vector_label_map_is_refused_from_one_parse_of_its_header(tmp_path: Pa
     with pytest.raises(DataError, match=r"RGB/vector pixels \(3 components per voxel\); a label map holds"):
         read_label(path)
     assert parsed == [path]
+
+
+@pytest.mark.parametrize("data_file", ["LOCAL", "LIST\na.raw\nb.raw", "list 2D\na.raw"])
+def test_a_header_holds_its_own_bytes_not_the_voxels_after_it(tmp_path: Path, data_file: str) -> None:
+    # validation keeps every case's headers while it runs: each held an .mha's first 64 KiB of voxels
+    path = tmp_path / "a.mha"
+    path.write_bytes(_header(data_file=data_file) + bytes(HEADER_SEARCH_BYTES))
+    header = read_header(path)
+    assert header is not None
+    if data_file == "LOCAL":
+        assert header.head == _header().decode() and header.lines_after() == []
+    else:  # a LIST's data files are named after it
+        assert header.lines_after()[:len(data_file.split("\n")) - 1] == data_file.split("\n")[1:]

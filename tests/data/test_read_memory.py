@@ -205,20 +205,42 @@ def test_validation_reads_fewer_cases_at_once_where_memory_is_short(
     assert counts == [2, 4, 4]
 
 
-def test_validation_stops_on_a_case_it_cannot_read_before_reading_any(
+def _too_large_case(folder: Path) -> Case:
+    """Case 1 of a synthetic task made eight times the others' voxels: the one a memory between theirs and
+    its own cannot read."""
+    write_image(folder / "imagesTr" / "case_001.nii.gz", np.zeros((24, 40, 40), np.float32))
+    write_image(folder / "labelsTr" / "case_001.nii.gz", np.zeros((24, 40, 40), np.uint8))
+    return training_cases(folder)[1]
+
+
+def test_validation_lists_a_case_it_cannot_read_even_alone_and_checks_the_others(
         synth: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # it stopped all of validation, and so fetch, with exit 3, where a corrupt case is listed and excluded
     folder, task = synth
-    (folder / "imagesTr" / "case_000.nii.gz").unlink()  # no header: named by validation, not sized
+    big = _too_large_case(folder)
+    (folder / "labelsTr" / "case_003.nii.gz").write_bytes(b"not an image")  # a corrupt one beside it
+    sizes = stored_cases(training_cases(folder))
+    need = least_read_bytes(VALIDATION, next(size for size in sizes if size.image == big.image))
+    assert max(least_read_bytes(VALIDATION, size) for size in sizes if size.image != big.image) < need - 1
     read: list[Path] = []
-    monkeypatch.setattr(validate, "read_label", lambda path: read.append(path))
-    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(10_000, JOB, "cgroup memory.max"))
-    with pytest.raises(DataError) as info:
-        validate_folder(folder, task)
-    assert str(info.value).startswith(f"{folder / 'imagesTr' / 'case_001.nii.gz'}: validating it needs at "
-                                      "least ")
-    assert "\n" not in str(info.value) and read == []
-    monkeypatch.undo()  # the real reads, and memory
-    assert validate_folder(folder, task).excluded == {"case_000"}
+    for name in ("read_label", "read_image", "count_nonfinite"):
+        real = getattr(validate, name)
+        monkeypatch.setattr(validate, name, lambda path, *args, real=real, **kwargs:
+                            read.append(path) or real(path, *args, **kwargs))
+    memory = MemoryLimit(need - 1, JOB, "cgroup memory.max")
+    monkeypatch.setattr(validate, "usable_memory", lambda: memory)
+    report = validate_folder(folder, task)
+    assert [str(problem) for problem in report.problems] == [
+        f"{big.image}: validating it needs at least {need / GIB:.3g} GiB at once (1 channel(s), 24 x 40 x 40 "
+        f"voxels of 4 byte(s)), more than the {memory.limit_bytes / GIB:.3g} GiB this process may use (the "
+        "container's or job's memory limit, cgroup memory.max); run with more memory",
+        f"{folder / 'labelsTr' / 'case_003.nii.gz'}: unreadable (not gzip-compressed data)"]
+    assert report.excluded == {"case_001", "case_003"}
+    assert [case.case_id for case in report.usable_cases] == ["case_000", "case_002"]
+    assert big.image not in read and big.label not in read  # not a voxel of it read
+    assert {folder / "imagesTr" / "case_000.nii.gz", folder / "imagesTr" / "case_002.nii.gz"} <= set(read)
+    monkeypatch.setattr(validate, "usable_memory", lambda: MemoryLimit(64 * GIB, JOB))
+    assert validate_folder(folder, task).excluded == {"case_003"}  # with the memory it needs, read as any
 
 
 def test_the_fingerprint_reads_fewer_cases_at_once_where_memory_is_short(

@@ -288,6 +288,30 @@ def test_truncated_uncompressed_nii_is_excluded(synth, which: int) -> None:
         f"{path}: truncated ({size - 1000} bytes of the {size} the header declares)")
 
 
+def test_deep_validation_reads_an_uncompressed_nii_once(synth, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read for its size (`check_nifti_complete`) and again whole for NaN and inf (`count_nonfinite`)
+    from medseg_bench.data import nifti
+
+    folder, task = synth
+    image, label = _as_uncompressed(folder, "case_001")
+    read: list[Path] = []
+    real = nifti._read_nifti
+    monkeypatch.setattr(nifti, "_read_nifti",
+                        lambda path, keep_data: read.append(path) or real(path, keep_data))
+    assert validate_folder(folder, task).problems == []
+    assert read.count(image) == 1 and read.count(label) == 1
+    read.clear()
+    assert validate_folder(folder, task, deep=False).problems == [] and read.count(image) == 1
+    values = np.zeros((12, 20, 20), np.float32)
+    values[1, 1, 1] = np.inf
+    write_image(image, values)  # found by the same read, named after the checks of its header, as before
+    read.clear()
+    assert _problem_for(folder, task, "case_001") == f"{image}: image holds NaN or inf voxels"
+    assert read.count(image) == 1
+    write_image(label, values[:, :10])
+    assert _problem_for(folder, task, "case_001").startswith(f"{label}: label geometry differs")
+
+
 @pytest.mark.parametrize("deep", [True, False])
 @pytest.mark.parametrize(("sub", "suffix"), [("imagesTr", ".mha"), ("labelsTr", ".mhd")])
 def test_a_metaimage_cut_short_is_excluded(synth, deep: bool, sub: str, suffix: str) -> None:
@@ -333,9 +357,11 @@ def test_a_case_s_validation_parses_each_metaimage_header_once(synth,
     case = training_cases(folder)[5]
     assert (case.image.name, case.label.name) == ("case_005.mha", "case_005.mhd")
     parsed = counted_header_parses(monkeypatch)
-    assert validate_folder(folder, task, deep=False).problems == []
-    # every case's files once (another format's a name's look: no file is read for it)
-    assert sorted(parsed) == sorted(p for each in training_cases(folder) for p in (each.image, each.label))
+    files = sorted(p for each in training_cases(folder) for p in (each.image, each.label))
+    for deep in (False, True):  # `deep`'s memory pre-pass parsed each twice more (`read_memory.stored_case`)
+        parsed.clear()
+        assert validate_folder(folder, task, deep=deep).problems == []
+        assert sorted(parsed) == files  # every case's files once (another format's: no file read for it)
     for deep in (False, True):
         parsed.clear()
         assert check_case(case, task, set(task.labels), deep, folder=folder) == []
