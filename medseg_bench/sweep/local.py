@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg_bench.errors import RunError, UsageError
+from medseg_bench.errors import MedsegError, RunError, UsageError
 from medseg_bench.finished import FinishedReads, damaged_runs_error, finished_damage
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
@@ -112,17 +112,41 @@ def prepared_key(spec: RunSpec) -> tuple[str, int]:
 def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object],
                   when: str = "") -> dict[tuple[str, int], Any]:
     """Plan, cache and split each task of `runs` once (`prepared_key`), with the cache of 2D runs that keep
-    their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it."""
+    their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it.
+    `say` is told of a task only where something of it is to be built (`_builds_something`); one whose
+    plan, splits and caches all exist is read without a word."""
     own_slices: dict[tuple[str, int], bool] = {}
     for spec in runs:
         key = prepared_key(spec)
         own_slices[key] = own_slices.get(key, False) or spec.own_slice_spacing
     prepared: dict[tuple[str, int], Any] = {}
     for (task, folds), own in own_slices.items():
-        what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own else "cache"
-        say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
+        if _builds_something(task, data_dir, folds, own):
+            what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own \
+                else "cache"
+            say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
         prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own)
     return prepared
+
+
+def _builds_something(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> bool:
+    """Whether `prepare_locked` would build something of `task`: its plan or its splits file where there is
+    none, or a cache not finished (`preprocess.caches_to_build`, as the build decides it); True also where
+    that cannot be told here (a plan or task it cannot read: the preparation says what is wrong)."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.plan import plan_for_task, read_plan
+    from medseg_bench.data.preprocess import caches_to_build, usable_cases
+
+    root = data_dir / "preprocessed" / task
+    path = root / "plan.json"
+    if not path.is_file() or not (root / f"splits_{num_folds}fold.json").is_file():
+        return True
+    try:
+        spec = get_task(task)
+        plan = plan_for_task(read_plan(path), spec, path)
+        return bool(caches_to_build(usable_cases(spec, data_dir), plan, root, own_slices))
+    except (MedsegError, OSError):
+        return True
 
 
 def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,

@@ -358,6 +358,27 @@ def _synthetic_task(home: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(home: Path,
+                                                                            tmp_path: Path) -> None:
+    # "preparing TASK (plan, cache, 5-fold splits)" was said before every sweep, also where all three existed
+    # and nothing was built
+    data = _synthetic_task(home, tmp_path)
+    runs = [RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)]
+    line = "preparing Task90_Synth (plan, cache, 2-fold splits)"
+    said: list[str] = []
+    key = local.prepared_key(runs[0])
+    first = local.prepare_tasks(runs, data, said.append)[key]  # nothing there yet: built, and said
+    assert said == [line]
+    said.clear()
+    assert local.prepare_tasks(runs, data, said.append)[key].splits == first.splits and said == []
+    for missing in ("splits_2fold.json", f"{first.plan.preprocessing_hash}/complete.json"):
+        # each one thing to build: said again
+        (data / "preprocessed" / "Task90_Synth" / missing).unlink()
+        local.prepare_tasks(runs, data, said.append)
+        assert said == [line], missing
+        said.clear()
+
+
 def _started(results: Path, spec: RunSpec, planned: object) -> Path:
     """`spec`'s folder as a run interrupted on `planned` leaves it: a checkpoint (empty), the split, patch,
     batch and preprocessing it started with."""
