@@ -359,6 +359,7 @@ class _Job:
     epoch: int = 0
     started: float = field(default_factory=time.time)  # older heartbeats are an earlier attempt's
     announced: bool = False  # "training" said: once its worker's own heartbeat shows it holds the run
+    evaluating: bool = False  # its heartbeat's stage said so: the reporter told once
 
 
 def _slots(jobs: int) -> tuple[int, list[str | None]]:
@@ -408,7 +409,7 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 todo.clear()
     finally:
         _stop_workers([job.process for job in active.values()])
-        for job in active.values():  # held by its worker before the loop saw so: stopped while training
+        for job in active.values():  # held by its worker before the loop saw so, or evaluating since
             _forward_epochs(job, results_dir, reporter)
         for job in active.values():  # stopped: a run that had finished first is recorded as it ended, also
             code = job.process.poll()  # where the signal reached its worker after the run was done
@@ -472,7 +473,8 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
 
 def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> None:
     """Say "training" once the job's worker holds its run (its own heartbeat, by pid: another process's
-    is not this job's, nor is an earlier attempt's), then each epoch it finishes."""
+    is not this job's, nor is an earlier attempt's), then each epoch it finishes, then that it evaluates
+    (the heartbeat's `stage`: a stop after it is counted as one while evaluating)."""
     beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
     beat_time = beat.get("time")
     if not isinstance(beat_time, int | float) or beat_time < job.started:
@@ -487,3 +489,6 @@ def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> No
         job.epoch = epoch
         reporter.epoch_end(job.spec.run_id, epoch, int(beat.get("epochs") or job.spec.epochs),
                            float(beat.get("loss", float("nan"))), float(beat.get("val_dice", float("nan"))))
+    if beat.get("stage") == "evaluating" and not job.evaluating:
+        job.evaluating = True
+        reporter.evaluating(job.spec.run_id)
