@@ -167,10 +167,10 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
         planned: dict[tuple[str, int], PlannedTask] = {}  # what the refusals planned, not planned again
+        # with fail_fast, stopped at the first run failed there, before any other trains (or any cache is
+        # built), the other interrupted runs left as they are
         todo = refuse_unresumable_runs(todo, results_dir, data_dir, lambda spec, error: _refused(
-            spec, error, reporter, outcome), planned)
-        if fail_fast and outcome["failed"]:
-            todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
+            spec, error, reporter, outcome), planned, fail_fast)
         # what a run can train on, whether its cache and its evaluation fit in memory, are the fingerprint's,
         # the plan's and the splits' to say: checked before the cache is built (an hour of a large task's),
         # in the order the sweep would meet them
@@ -223,25 +223,29 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,
                             refused: Callable[[RunSpec, str], object],
-                            planned: dict[tuple[str, int], PlannedTask] | None = None) -> list[RunSpec]:
+                            planned: dict[tuple[str, int], PlannedTask] | None = None,
+                            fail_fast: bool = False) -> list[RunSpec]:
     """The runs that go ahead: an interrupted run that cannot resume (`worker.refuse_unresumable`: its task's
     plan or splits changed since it started, or its last checkpoint is corrupt or foreign) fails here, with
     the message `run_one` gives (`refused(spec, message)` is told), before the cache is built: the others
     train on it, and where no run is left no cache is built. Only a task with interrupted runs is planned
     here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
     launchers ask it first. `planned` keeps the tasks planned here for the checks that follow
-    (`plan_tasks(into=)`)."""
-    interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
-    # in the sweep's order: the first task's plan first
-    planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir, into=planned)
+    (`plan_tasks(into=)`). With `fail_fast`, the first run it fails is the last it looks at: none goes
+    ahead, and the interrupted runs after it are left as they are (no task planned for them either)."""
+    planned = {} if planned is None else planned
     left = []
-    for spec in runs:
-        outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir) if spec in interrupted \
-            else None
+    for spec in runs:  # in the sweep's order: the first task's plan first
+        outcome = None
+        if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file():
+            plan_tasks([spec], data_dir, into=planned)
+            outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir)
         if outcome is None:
             left.append(spec)
-        else:
-            refused(spec, outcome.error or "")
+            continue
+        refused(spec, outcome.error or "")
+        if fail_fast:
+            return []
     return left
 
 

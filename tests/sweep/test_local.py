@@ -548,6 +548,40 @@ def test_the_other_runs_of_a_sweep_go_ahead_after_an_interrupted_run_is_refused(
     assert trained == ([] if fail_fast else [fresh.run_id])
 
 
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_fail_fast_fails_the_first_interrupted_run_that_cannot_resume_and_leaves_the_others(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_fast: bool) -> None:
+    # --fail-fast failed every interrupted run the plan changed under, each recorded failed in its folder,
+    # where it stops at the first failed run of a sweep
+    import shutil
+
+    from medseg_bench.errors import RunError
+    from medseg_bench.run_folder import read_status
+
+    data, first, fresh, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    trained: list[str] = []
+    monkeypatch.setattr(local, "prepare_tasks", lambda runs, *args: {})
+    monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "_sequential", lambda runs, *args: trained.extend(s.run_id for s in runs))
+    second = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                     seed=2, epochs=1)  # interrupted on the same plan as the first
+    shutil.copytree(run_dir(tmp_path / "results", first), run_dir(tmp_path / "results", second))
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, soft_wrap=True))
+        failed = first.run_id if fail_fast else f"{first.run_id}, {second.run_id}"
+        with pytest.raises(RunError, match=f"^{1 if fail_fast else 2} of 3 runs failed: {failed}$"):
+            local.run_sweep([first, second, fresh], tmp_path / "results", data, reporter, fail_fast=fail_fast)
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    folder = run_dir(tmp_path / "results", second)
+    assert trained == ([] if fail_fast else [fresh.run_id])
+    if fail_fast:
+        assert said[-1].startswith("sweep finished: 1 failed, 2 not reached (of 3 runs) in ")
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "setup.json", "splits.json"]
+        assert (folder / "checkpoints" / "last.ckpt").is_file()  # interrupted as it was: it resumes later
+    else:
+        assert read_status(folder)["error"] == str(folder / REFUSED)
+
+
 def test_a_run_held_by_another_process_is_left_to_it_not_refused(home: Path, tmp_path: Path) -> None:
     from medseg_bench.run_folder import read_status
     from medseg_bench.sweep.local import plan_locked
