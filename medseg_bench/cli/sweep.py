@@ -156,10 +156,10 @@ def sweep(
         from medseg_bench.sweep.dry_run import dry_run_lines
 
         check_results_dir(results_dir)
-        planned = dry_run_lines(runs, results_dir, data, launcher)
+        planned = dry_run_lines(runs, results_dir, data, launcher, fail_fast)
         for line in planned.lines:
             typer.echo(line)
-        if planned.exit_code:  # the sweep would stop before training: said above, its exit code here
+        if planned.exit_code:  # what the sweep would end with (a stop, runs it fails): said above
             raise typer.Exit(planned.exit_code)
         return
     import signal
