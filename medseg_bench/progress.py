@@ -40,6 +40,7 @@ class PlainReporter:
         self.failed = self.skipped = 0
         self.refused = 0  # failed before they started (`refuse`): no basis of the ETA
         self._numbered: set[str] = set()  # runs that have their number (a run started, then found busy: one)
+        self._evaluating: set[str] = set()  # runs trained and evaluating, not ended: a stop counts them apart
         self._start = time.perf_counter()
 
     def say(self, message: str) -> None:
@@ -55,6 +56,7 @@ class PlainReporter:
             self.started += 1
 
     def skip(self, run_id: str, reason: str) -> None:
+        self._evaluating.discard(run_id)
         self.finished += 1
         self.skipped += 1
         self._number(run_id)
@@ -75,6 +77,11 @@ class PlainReporter:
     def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
         self.say(f"  {run_id} epoch {epoch}/{epochs}  loss {train_loss:.4f}  val Dice {val_dice:.4f}")
 
+    def evaluating(self, run_id: str) -> None:
+        """`run_id` finished training and evaluates its held-out cases: stopped now, it is counted as stopped
+        while evaluating."""
+        self._evaluating.add(run_id)
+
     def eta_s(self) -> float | None:
         """Seconds left: elapsed time per executed run times the runs left (parallel jobs included)."""
         if not self.ran:
@@ -82,6 +89,7 @@ class PlainReporter:
         return (time.perf_counter() - self._start) / self.ran * (self.total - self.finished)
 
     def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
+        self._evaluating.discard(run_id)
         self.finished += 1
         self.ran += 1
         self.failed += bool(error)
@@ -96,9 +104,11 @@ class PlainReporter:
 
     def close(self) -> None:
         elapsed = time.perf_counter() - self._start
+        stopped = max(0, self.started - self.finished)  # they resume next time
+        evaluating = min(stopped, len(self._evaluating))
         counts = {"trained": self.ran - self.failed, "failed": self.failed + self.refused,
-                  "skipped": self.skipped,
-                  "stopped while training": max(0, self.started - self.finished),  # they resume next time
+                  "skipped": self.skipped, "stopped while training": stopped - evaluating,
+                  "stopped while evaluating": evaluating,
                   "not reached": self.total - max(self.started, self.finished)}
         parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
         minutes = elapsed / 60
@@ -144,6 +154,11 @@ class LiveReporter(PlainReporter):
         if run_id in self.active:
             self.progress.update(self.active[run_id], total=epochs, completed=epoch,
                                  description=f"  {run_id} loss {train_loss:.3f} val Dice {val_dice:.3f}")
+
+    def evaluating(self, run_id: str) -> None:
+        super().evaluating(run_id)
+        if run_id in self.active:
+            self.progress.update(self.active[run_id], description=f"  {run_id} evaluating")
 
     def run_end(self, run_id: str, summary: dict[str, Any] | None, error: str | None = None) -> None:
         if run_id in self.active:

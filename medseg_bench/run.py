@@ -11,7 +11,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -162,7 +162,15 @@ def failure_text(exc: BaseException) -> str:
     return message
 
 
-def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: EpochReporter | None = None,
+class RunReporter(EpochReporter, Protocol):
+    """What a run tells of its progress: each epoch (`EpochReporter`), then that its training is over and
+    its evaluation (predicting and scoring the held-out cases) begins: a stop after it is one while
+    evaluating."""
+
+    def evaluating(self, run_id: str) -> None: ...
+
+
+def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: RunReporter | None = None,
                 num_workers: int = 0, env: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run `spec` in `folder` (resuming from its last checkpoint); returns the summary. Raises RunError.
     `env`: the attempt's `provenance.environment()`, as its event recorded it, for env.json (read anew when
@@ -194,6 +202,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: E
         write_status(folder, "running")
         log.info("run %s: training", spec.run_id)
         result = train(spec, prepared, folder, reporter, num_workers)
+        if reporter is not None:
+            reporter.evaluating(spec.run_id)
         save_learning_curves(folder)
         log.info("run %s: evaluating %d held-out cases", spec.run_id, len(prepared.splits[spec.fold]["val"]))
         net = load_weights(build_network(spec, prepared), folder / "checkpoints" / "last.ckpt")

@@ -75,6 +75,23 @@ def test_a_sweep_stopped_mid_run_counts_that_run_apart_from_those_not_reached() 
         "sweep finished: 1 trained, 1 stopped while training, 1 not reached (of 3 runs) in ")
 
 
+def test_a_stopped_sweep_counts_runs_stopped_while_evaluating_apart_from_those_training() -> None:
+    # A run stopped after its training, while it predicted its held-out cases, was "stopped while training".
+    console, out = _console()
+    reporter = PlainReporter(console)
+    reporter.start(4)
+    reporter.run_start("r0")
+    reporter.evaluating("r0")
+    reporter.run_end("r0", {"mean": {"dice": 0.8}})  # evaluated, then done: trained
+    reporter.run_start("r1")
+    reporter.evaluating("r1")
+    reporter.run_start("r2")
+    reporter.close()
+    assert out.getvalue().splitlines()[-1].startswith(
+        "sweep finished: 1 trained, 1 stopped while training, 1 stopped while evaluating, 1 not reached "
+        "(of 4 runs) in ")
+
+
 def test_runs_that_start_together_get_numbers_of_their_own() -> None:
     console, out = _console()
     reporter = PlainReporter(console)

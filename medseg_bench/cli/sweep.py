@@ -156,10 +156,10 @@ def sweep(
         from medseg_bench.sweep.dry_run import dry_run_lines
 
         check_results_dir(results_dir)
-        planned = dry_run_lines(runs, results_dir, data, launcher)
+        planned = dry_run_lines(runs, results_dir, data, launcher, fail_fast)
         for line in planned.lines:
             typer.echo(line)
-        if planned.exit_code:  # the sweep would stop before training: said above, its exit code here
+        if planned.exit_code:  # what the sweep would end with (a stop, runs it fails): said above
             raise typer.Exit(planned.exit_code)
         return
     import signal
@@ -169,7 +169,7 @@ def sweep(
         try:
             if launcher == "slurm":
                 _submit(runs, results_dir, data, partition, time, gpus_per_job, cpus_per_job, mem_gb,
-                        array_parallelism, workers)
+                        array_parallelism, workers, fail_fast)
                 return
             from medseg_bench.progress import make_reporter
             from medseg_bench.sweep.local import run_sweep
@@ -212,7 +212,7 @@ def _slurm_options(results_dir: Path, partition: str | None, time: str, gpus_per
 
 def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str | None, time: str,
             gpus_per_job: int, cpus_per_job: int, mem_gb: float, array_parallelism: int,
-            workers: int | None) -> None:
+            workers: int | None, fail_fast: bool = False) -> None:
     options = _slurm_options(results_dir, partition, time, gpus_per_job, cpus_per_job, mem_gb,
                              array_parallelism, workers)
     import shutil
@@ -233,7 +233,8 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     def prepare(todo: list[Any]) -> None:  # the caches of the runs left to submit, once it is known which
         prepare_tasks(todo, data_dir, typer.echo, " before submitting")
 
-    summary = submit(runs, results_dir, data_dir, options, say=typer.echo, prepare=prepare)
+    summary = submit(runs, results_dir, data_dir, options, say=typer.echo, prepare=prepare,
+                     fail_fast=fail_fast)
     if summary.jobs:
         count = len(summary.jobs)
         typer.echo(f"{count} job{'' if count == 1 else 's'} submitted; follow them with "

@@ -119,17 +119,34 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path,
 
 @dataclass
 class DryRun:
-    """What `sweep --dry-run` prints, and the exit code of what the sweep would stop on before training
-    that is wrong with the sweep or its plan: a plan.json it cannot read (3, a data error) or a run that
-    cannot train on its plan (2, a usage error); 0 when none. A task not fetched yet is a step left to do,
-    not a mistake (a dry run before fetching is how a sweep is sized): its line says so, exit code 0."""
+    """What `sweep --dry-run` prints, and the exit code the sweep would end with (`exit_code`): that of what
+    it would stop on before training that is wrong with the sweep or its plan (`stop_code`: a plan.json it
+    cannot read, 3, a data error; a run that cannot train on its plan, 2, a usage error), else 5 where it
+    would fail runs (`failed`: interrupted runs that cannot resume, failed before any trains), else 6 where
+    it would end on finished runs found damaged (`damaged`), else 0. A task not fetched yet is a step left
+    to do, not a mistake (a dry run before fetching is how a sweep is sized): its line says so, exit code
+    0."""
 
     lines: list[str] = field(default_factory=list)
-    exit_code: int = 0
+    stop_code: int = 0
+    failed: int = 0
+    damaged: int = 0
 
     def stop(self, line: str, exit_code: int) -> None:
         self.lines.append(line)
-        self.exit_code = self.exit_code or exit_code  # the first: where the sweep stops
+        self.stop_code = self.stop_code or exit_code  # the first: where the sweep stops
+
+    @property
+    def exit_code(self) -> int:
+        """As `local.run_sweep` ends: a stop before training first, then exit 5 for failed runs (its error
+        names them; the damaged ones a line), then 6 for damaged runs alone."""
+        from medseg_bench.errors import ResultsError, RunError
+
+        if self.stop_code:
+            return self.stop_code
+        if self.failed:
+            return RunError.exit_code
+        return ResultsError.exit_code if self.damaged else 0
 
 
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
@@ -147,12 +164,14 @@ def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun) -> list[RunSpec]:
+def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun,
+             fail_fast: bool = False) -> list[RunSpec]:
     """`runs` less the interrupted runs the sweep would fail before it builds the cache, each with a line
     saying why (`local.refuse_unresumable_runs`: `worker.early_refusal`, against the task's plan.json and
     splits as they are, or as the sweep would make the splits, and the run's last checkpoint; nothing is
-    written). A task not planned yet is planned by the sweep, which checks its runs then; one it would stop
-    on is said so by `_unplannable`."""
+    written), counted in `out.failed`. With `fail_fast`, as the sweep, the first such run is the last looked
+    at, and none goes ahead. A task not planned yet is planned by the sweep, which checks its runs then; one
+    it would stop on is said so by `_unplannable`."""
     from medseg_bench.sweep.worker import LAST_CHECKPOINT, early_refusal
 
     planned: dict[tuple[str, int], PlannedTask | None] = {}
@@ -167,6 +186,10 @@ def _refused(runs: list[RunSpec], results_dir: Path, data_dir: Path, out: DryRun
             problem = early_refusal(spec, task, folder) if task is not None else None
             if problem:
                 out.lines.append(f"{spec.task}/{spec.run_id}: the sweep would fail it: {problem}")
+                out.failed += 1
+                if fail_fast:
+                    out.lines.append("--fail-fast: the sweep would stop at that run, no other run trains")
+                    return []
                 continue
         left.append(spec)
     return left
@@ -349,10 +372,11 @@ def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 
 
-def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launcher: str = "local") -> DryRun:
-    """What `sweep` with `launcher` would do with `runs`, and the code it would exit with before training. A
-    SLURM submission does not check the held-out cases' evaluation against this machine's memory: each job
-    checks them on its node, whose memory (`--mem-gb`) is not this machine's."""
+def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launcher: str = "local",
+                  fail_fast: bool = False) -> DryRun:
+    """What `sweep` with `launcher` (and `fail_fast`) would do with `runs`, and the code it would end with
+    (`DryRun.exit_code`). A SLURM submission does not check the held-out cases' evaluation against this
+    machine's memory: each job checks them on its node, whose memory (`--mem-gb`) is not this machine's."""
     out = DryRun()
     lines = out.lines
     states: Counter[str] = Counter()
@@ -367,6 +391,7 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launch
         else:
             state, _ = checked_state(folder)
         states[state] += 1
+        out.damaged += state == "damaged"
         if state not in ("done", "damaged"):  # damaged: never trained again
             todo.append(spec)
         if state == "running":  # the sweep leaves it to the process that holds it
@@ -374,8 +399,10 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launch
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
     runs_word = "run" if len(runs) == 1 else "runs"
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
-    kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out))
-    todo = [spec for spec in todo if spec in kept or spec in running]  # those the sweep goes on with
+    kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out,
+                        fail_fast))
+    # those the sweep goes on with: none where --fail-fast stops it at a run it fails
+    todo = [] if fail_fast and out.failed else [spec for spec in todo if spec in kept or spec in running]
     _unfetched(sorted({spec.task for spec in todo}), data_dir, out)
     _unfingerprintable(todo, data_dir, out)
     _unplannable(todo, data_dir, out, evaluations=launcher == "local")

@@ -75,6 +75,22 @@ def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[s
     return [e for e in usable if e not in refused]
 
 
+def _unused_encoders(given: list[str], runs: list[RunSpec], accepted: set[str], two_d_archs: bool,
+                     two_d: bool) -> list[str]:
+    """The line, if any, for the `given` encoders no run of `runs` uses, each named once: not one every 2D
+    arch of the sweep refused (their lines say so), but one a 2D arch takes whose runs are gone, or any where
+    the sweep has no 2D arch at all. `accepted`: the encoders some 2D arch takes; `two_d_archs`: whether any
+    2D arch was asked for; `two_d`: whether a 2D run is left."""
+    used = {spec.encoder for spec in runs}
+    unused = [e for e in dict.fromkeys(given) if e not in used and (e in accepted or not two_d_archs)]
+    if not unused:
+        return []
+    names = ",".join(unused)
+    if not two_d:
+        return [f"--encoder {names}: unused, no run of the sweep is 2D (3D nets take no encoder)"]
+    return [f"--encoder {names}: unused, --exclude removed every run that takes it"]
+
+
 def _canonical_name(key: str, value: str) -> str:
     """The registered name of an arch, loss, aug or task given by a name or alias; UsageError if none."""
     if key == "arch":
@@ -214,8 +230,10 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     runs: list[RunSpec] = []
     skipped: list[str] = []
     excluded, used = 0, set[int]()
-    # a 2D arch skipped for every encoder asked for (fcn given resnet34): its line says why, not "unused"
-    encoder_refused = False
+    # the encoders asked for that some 2D arch of the sweep takes (before --exclude); one every 2D arch
+    # refused (fcn alone given resnet34) is named by their lines, not said to be unused as well
+    accepted: set[str] = set()
+    two_d_archs = False
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
@@ -230,7 +248,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                                        f"variant (it supports {', '.join(entry.dims)})")
                     continue
                 encoders = _encoders(entry.name, dims, request.encoders, skipped)
-                encoder_refused = encoder_refused or not encoders
+                if dims == "2d":
+                    two_d_archs = True
+                    accepted.update(e for e in encoders if e is not None)
                 if request.patch_size is not None:
                     sides = 2 if dims == "2d" else 3
                     if len(request.patch_size) != sides:
@@ -276,9 +296,8 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     skipped = list(dict.fromkeys(skipped))  # a line per arch and dims, not per task
     # Both decided on the runs left after --exclude: one that removed every 2D run leaves them unused too.
     two_d = any(r.dims == "2d" for r in runs)
-    if request.encoders is not None and runs and not two_d and not encoder_refused:
-        given = ",".join(request.encoders)
-        skipped.append(f"--encoder {given}: unused, no run of the sweep is 2D (3D nets take no encoder)")
+    if request.encoders is not None and runs:
+        skipped += _unused_encoders(request.encoders, runs, accepted, two_d_archs, two_d)
     if request.pretrained and runs and not two_d:  # the same run ids without it
         skipped.append("--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)")
     unique = list(dict.fromkeys(runs))

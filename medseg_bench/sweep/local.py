@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg_bench.errors import RunError, UsageError
+from medseg_bench.errors import MedsegError, RunError, UsageError
 from medseg_bench.finished import FinishedReads, damaged_runs_error, finished_damage
 from medseg_bench.progress import PlainReporter
 from medseg_bench.results import (
@@ -114,17 +114,41 @@ def prepared_key(spec: RunSpec) -> tuple[str, int]:
 def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object],
                   when: str = "") -> dict[tuple[str, int], Any]:
     """Plan, cache and split each task of `runs` once (`prepared_key`), with the cache of 2D runs that keep
-    their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it."""
+    their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it.
+    `say` is told of a task only where something of it is to be built (`_builds_something`); one whose
+    plan, splits and caches all exist is read without a word."""
     own_slices: dict[tuple[str, int], bool] = {}
     for spec in runs:
         key = prepared_key(spec)
         own_slices[key] = own_slices.get(key, False) or spec.own_slice_spacing
     prepared: dict[tuple[str, int], Any] = {}
     for (task, folds), own in own_slices.items():
-        what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own else "cache"
-        say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
+        if _builds_something(task, data_dir, folds, own):
+            what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own \
+                else "cache"
+            say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
         prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own)
     return prepared
+
+
+def _builds_something(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> bool:
+    """Whether `prepare_locked` would build something of `task`: its plan or its splits file where there is
+    none, or a cache not finished (`preprocess.caches_to_build`, as the build decides it); True also where
+    that cannot be told here (a plan or task it cannot read: the preparation says what is wrong)."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.plan import plan_for_task, read_plan
+    from medseg_bench.data.preprocess import caches_to_build, usable_cases
+
+    root = data_dir / "preprocessed" / task
+    path = root / "plan.json"
+    if not path.is_file() or not (root / f"splits_{num_folds}fold.json").is_file():
+        return True
+    try:
+        spec = get_task(task)
+        plan = plan_for_task(read_plan(path), spec, path)
+        return bool(caches_to_build(usable_cases(spec, data_dir), plan, root, own_slices))
+    except (MedsegError, OSError):
+        return True
 
 
 def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
@@ -146,10 +170,10 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             reads = None  # no run's table held while others train: the index reads them once they are done
         planned: dict[tuple[str, int], PlannedTask] = {}  # what the refusals planned, not planned again
         checked: dict[str, CheckpointStamp] = {}  # checkpoints the refusals passed: not loaded again to check
+        # with fail_fast, stopped at the first run failed there, before any other trains (or any cache is
+        # built), the other interrupted runs left as they are
         todo = refuse_unresumable_runs(todo, results_dir, data_dir, lambda spec, error: _refused(
-            spec, error, reporter, outcome), planned, checked)
-        if fail_fast and outcome["failed"]:
-            todo = []  # stopped at the first failed run, before any other trains (or any cache is built)
+            spec, error, reporter, outcome), planned, checked, fail_fast=fail_fast)
         # what a run can train on, whether its cache and its evaluation fit in memory, are the fingerprint's,
         # the plan's and the splits' to say: checked before the cache is built (an hour of a large task's),
         # in the order the sweep would meet them
@@ -203,7 +227,8 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,
                             refused: Callable[[RunSpec, str], object],
                             planned: dict[tuple[str, int], PlannedTask] | None = None,
-                            checked: dict[str, CheckpointStamp] | None = None) -> list[RunSpec]:
+                            checked: dict[str, CheckpointStamp] | None = None,
+                            fail_fast: bool = False) -> list[RunSpec]:
     """The runs that go ahead: an interrupted run that cannot resume (`worker.refuse_unresumable`: its task's
     plan or splits changed since it started, or its last checkpoint is corrupt or foreign) fails here, with
     the message `run_one` gives (`refused(spec, message)` is told), before the cache is built: the others
@@ -211,18 +236,21 @@ def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Pa
     here (`plan_locked`), and only then is torch imported (a sweep of finished runs imports none). Both
     launchers ask it first. `planned` keeps the tasks planned here for the checks that follow
     (`plan_tasks(into=)`), and `checked` the stamps of the checkpoints that passed, by run id, for `run_one`
-    (`worker.refuse_unresumable`)."""
-    interrupted = {spec for spec in runs if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file()}
-    # in the sweep's order: the first task's plan first
-    planned = plan_tasks([spec for spec in runs if spec in interrupted], data_dir, into=planned)
+    (`worker.refuse_unresumable`). With `fail_fast`, the first run it fails is the last it looks at: none goes
+    ahead, and the interrupted runs after it are left as they are (no task planned for them either)."""
+    planned = {} if planned is None else planned
     left = []
-    for spec in runs:
-        outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir, checked) \
-            if spec in interrupted else None
+    for spec in runs:  # in the sweep's order: the first task's plan first
+        outcome = None
+        if (run_dir(results_dir, spec) / LAST_CHECKPOINT).is_file():
+            plan_tasks([spec], data_dir, into=planned)
+            outcome = refuse_unresumable(spec, planned[prepared_key(spec)], results_dir, checked)
         if outcome is None:
             left.append(spec)
-        else:
-            refused(spec, outcome.error or "")
+            continue
+        refused(spec, outcome.error or "")
+        if fail_fast:
+            return []
     return left
 
 
@@ -342,6 +370,7 @@ class _Job:
     epoch: int = 0
     started: float = field(default_factory=time.time)  # older heartbeats are an earlier attempt's
     announced: bool = False  # "training" said: once its worker's own heartbeat shows it holds the run
+    evaluating: bool = False  # its heartbeat's stage said so: the reporter told once
 
 
 def _slots(jobs: int) -> tuple[int, list[str | None]]:
@@ -393,7 +422,7 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 todo.clear()
     finally:
         _stop_workers([job.process for job in active.values()])
-        for job in active.values():  # held by its worker before the loop saw so: stopped while training
+        for job in active.values():  # held by its worker before the loop saw so, or evaluating since
             _forward_epochs(job, results_dir, reporter)
         for job in active.values():  # stopped: a run that had finished first is recorded as it ended, also
             code = job.process.poll()  # where the signal reached its worker after the run was done
@@ -461,7 +490,8 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
 
 def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> None:
     """Say "training" once the job's worker holds its run (its own heartbeat, by pid: another process's
-    is not this job's, nor is an earlier attempt's), then each epoch it finishes."""
+    is not this job's, nor is an earlier attempt's), then each epoch it finishes, then that it evaluates
+    (the heartbeat's `stage`: a stop after it is counted as one while evaluating)."""
     beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
     beat_time = beat.get("time")
     if not isinstance(beat_time, int | float) or beat_time < job.started:
@@ -476,3 +506,6 @@ def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> No
         job.epoch = epoch
         reporter.epoch_end(job.spec.run_id, epoch, int(beat.get("epochs") or job.spec.epochs),
                            float(beat.get("loss", float("nan"))), float(beat.get("val_dice", float("nan"))))
+    if beat.get("stage") == "evaluating" and not job.evaluating:
+        job.evaluating = True
+        reporter.evaluating(job.spec.run_id)

@@ -247,10 +247,13 @@ class Submission:
 
 
 def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions,
-           say: Any = print, prepare: Callable[[list[RunSpec]], object] | None = None) -> Submission:
+           say: Any = print, prepare: Callable[[list[RunSpec]], object] | None = None,
+           fail_fast: bool = False) -> Submission:
     """Submit the runs that are neither done, running, nor already in the SLURM queue, as one job array.
     An interrupted run among them that cannot resume fails first, before any cache is built, as in the local
-    sweep (`local.refuse_unresumable_runs`: its folder records why, and its job would only fail). With
+    sweep (`local.refuse_unresumable_runs`: its folder records why, and its job would only fail); with
+    `fail_fast`, as the local sweep too, the first such run is failed and nothing else is looked at, prepared
+    or submitted (the jobs themselves, once submitted, run apart: `--fail-fast` stops none of them). With
     `prepare` (given the runs left, it builds their tasks' caches), each run left is first checked against
     its plan (`check_runs`, on `local.plan_tasks`: the plan and splits, before any cache is built), then
     prepared; where no run is left, nothing is planned or prepared.
@@ -260,11 +263,11 @@ def submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slur
     script_value("--results-dir", str(results_dir.resolve()))  # its job logs: `#SBATCH --output=...`
     with exclusive(results_dir, SUBMIT_LOCK,
                    on_wait=lambda: say("waiting for another submission to this results dir to finish")):
-        return _submit(runs, results_dir, data_dir, options, say, prepare)
+        return _submit(runs, results_dir, data_dir, options, say, prepare, fail_fast)
 
 
 def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: SlurmOptions, say: Any,
-            prepare: Callable[[list[RunSpec]], object] | None) -> Submission:
+            prepare: Callable[[list[RunSpec]], object] | None, fail_fast: bool) -> Submission:
     from medseg_bench.sweep.local import check_runs, plan_tasks, prepared_key, refuse_unresumable_runs
 
     check_private_results(results_dir, say=lambda line: None)  # `sweep` has said its warning already
@@ -298,7 +301,10 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         say(f"failed   {spec.task}/{spec.run_id}: {error}; not submitted")
 
     planned: dict[tuple[str, int], Any] = {}  # what the refusals planned, not planned again
-    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused, planned)
+    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused, planned, fail_fast=fail_fast)
+    if fail_fast and summary.failed:
+        say("nothing submitted: --fail-fast stops at the first failed run")
+        return summary
     if not todo:
         say("nothing to submit")
         return summary

@@ -57,9 +57,12 @@ class Outcome:
 
 
 class Heartbeat:
-    """Rewrites `heartbeat.json` every `interval_s` from a thread, and at each epoch end with its progress.
+    """Rewrites `heartbeat.json` every `interval_s` from a thread, and at each epoch end with its progress;
+    from the end of training on, with `"stage": "evaluating"` (how a `--jobs` launcher tells a run stopped
+    while evaluating from one stopped while training).
 
-    It is the EpochReporter the run sees; it forwards epochs to the sweep's reporter, if any.
+    It is the `run.RunReporter` the run sees; it forwards epochs and the evaluation's start to the sweep's
+    reporter, if any.
     """
 
     def __init__(self, folder: Path, run_id: str, forward: Any = None,
@@ -94,6 +97,12 @@ class Heartbeat:
         self._beat()
         if self.forward is not None:
             self.forward.epoch_end(run_id, epoch, epochs, train_loss, val_dice)
+
+    def evaluating(self, run_id: str) -> None:
+        self.progress.update(stage="evaluating")
+        self._beat()
+        if self.forward is not None:
+            self.forward.evaluating(run_id)
 
 
 def clean_temp_files(folder: Path) -> list[Path]:

@@ -380,7 +380,7 @@ def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
         asked.append((task, own_slices))
 
     def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object,
-               prepare: Callable[[list], object]) -> slurm.Submission:
+               prepare: Callable[[list], object], fail_fast: bool) -> slurm.Submission:
         prepare(runs)  # the real one asks it of the runs left to submit
         submitted.extend(spec.run_id for spec in runs)
         return slurm.Submission()
@@ -530,3 +530,23 @@ def test_target_flag_and_sweep_file_key_give_the_same_region_runs(home: Path, tm
     assert refused.exit_code == 2
     assert refused.stderr == ("error: the sweep expands to no runs (Task04_Hippocampus with --target "
                               "regions: skipped, it has no regions (its task file declares none))\n")
+
+
+def test_the_dry_run_exits_5_where_the_sweep_would_fail_an_interrupted_run(home: Path,
+                                                                          tmp_path: Path) -> None:
+    # The sweep fails an interrupted run its plan changed under and exits 5; its dry run listed the run as one
+    # the sweep would fail, and exited 0. --fail-fast reaches the dry run: it stops there, as the sweep.
+    from tests.sweep.test_local import _interrupted_on_an_edited_plan
+
+    data, started, fresh, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    args = ["sweep", "--results-dir", str(tmp_path / "results"), "--data-dir", str(data), "--task",
+            "Task90_Synth", "--dims", "3d", "--arch", "unet", "--num-folds", "3", "--epochs", "1", "--seed",
+            "0,1", "--dry-run"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 5, result.output
+    assert f"pending  Task90_Synth/{fresh.run_id}" in result.output  # the sweep's runs, one of them refused
+    assert f"Task90_Synth/{started.run_id}: the sweep would fail it: " in result.output
+    assert "--fail-fast" not in result.output
+    fast = runner.invoke(app, [*args, "--fail-fast"])
+    assert fast.exit_code == 5, fast.output
+    assert "--fail-fast: the sweep would stop at that run, no other run trains" in fast.output

@@ -163,9 +163,11 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     folder.mkdir(parents=True)
     write_json_atomic(folder / "summary.json", {"cost": {}})
     append_event(folder, "done")  # finished, then its status.json was lost: never trained again
-    lines = dry_run_lines([spec], tmp_path, tmp_path / "data").lines
+    planned = dry_run_lines([spec], tmp_path, tmp_path / "data")
+    lines = planned.lines
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
     assert lines[-1].startswith("cost of the 0 runs left")
+    assert planned.exit_code == 6  # as the sweep ends on a damaged run (the dry run exited 0)
 
 
 @pytest.mark.parametrize("edit, problem", [
@@ -354,11 +356,17 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_bui
     refused = f"Task90_Synth/{started.run_id}: the sweep would fail it: {run_dir(results, started) / REFUSED}"
     alone = dry_run_lines([started], results, data)
     assert refused in alone.lines
-    assert alone.exit_code == 0, alone.lines  # no run left to build the cache for: none is built
+    # no run left to build the cache for: none is built; the sweep ends failing the run, exit 5 (it was 0)
+    assert alone.exit_code == 5, alone.lines
     assert alone.lines[-1].startswith("cost of the 0 runs left: ")
     both = dry_run_lines([started, fresh], results, data)
     assert refused in both.lines
     assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
+    # --fail-fast: the sweep fails the interrupted run and stops there, before the new run's cache
+    fast = dry_run_lines([started, fresh], results, data, fail_fast=True)
+    assert fast.exit_code == 5, fast.lines
+    assert fast.lines[-2:] == ["--fail-fast: the sweep would stop at that run, no other run trains",
+                               fast.lines[-1]] and fast.lines[-1].startswith("cost of the 0 runs left: ")
     assert not (root / "splits_3fold.json").exists()  # nothing written
 
 
@@ -373,7 +381,7 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_for_their_
     results = tmp_path / "results"
     folder = run_dir(results, started)
     planned = dry_run_lines([started, fresh], results, data)
-    assert planned.exit_code == 0, planned.lines
+    assert planned.exit_code == 5, planned.lines  # as the sweep ends, having trained the other run
     assert (f"Task90_Synth/{started.run_id}: the sweep would fail it: {folder}/{bad_checkpoint(started)}"
             in planned.lines)
     assert not any("would fail" in line for line in planned.lines if fresh.run_id in line)

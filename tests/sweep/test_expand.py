@@ -86,10 +86,32 @@ def test_an_encoder_is_said_to_be_unused_where_exclude_removed_every_2d_run(home
     assert "--pretrained: unused, no run of the sweep is 2D (3D nets have no pretrained encoder)" in notes
     runs, notes = expand(_request(archs=["unet", "deeplab"], encoders=["resnet50"], exclude=["arch=deeplab"]))
     assert {r.dims for r in runs} == {"2d", "3d"} and unused not in notes  # unet's 2D runs take it
-    # a 2D arch that cannot take the encoder says so itself: its line, not "unused"
-    _, notes = expand(_request(archs=["unet", "fcn"], encoders=["resnet34"], exclude=["arch=unet,dims=2d"]))
+    # a 2D arch that cannot take the encoder says so itself: its line, not "unused" as well
+    _, notes = expand(_request(archs=["fcn", "dynunet"], encoders=["resnet34"]))
     assert "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101" in notes
     assert not any(note.startswith("--encoder") for note in notes)
+
+
+def test_an_encoder_one_2d_arch_refuses_and_exclude_takes_from_the_others_is_said_to_be_unused(
+        home: Path) -> None:
+    # fcn refused resnet34 and --exclude removed unet's 2D runs, which took it: fcn's line alone was said (the
+    # refusal silenced "unused"), so the user read that unet's 2D runs trained on resnet34
+    fcn = "fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"
+    runs, notes = expand(_request(archs=["unet", "fcn"], encoders=["resnet34"],
+                                  exclude=["arch=unet,dims=2d"]))
+    assert {r.dims for r in runs} == {"3d"}
+    assert notes == [fcn, "1 combination(s) removed by --exclude",
+                     "--encoder resnet34: unused, no run of the sweep is 2D (3D nets take no encoder)"]
+    # each value once: resnet34 by fcn's line alone (no 2D arch takes it), resnet50 (fcn's, excluded) here
+    runs, notes = expand(_request(archs=["fcn", "dynunet"], encoders=["resnet34", "resnet50"],
+                                  exclude=["arch=fcn"]))
+    assert notes[-1] == "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
+    assert [note for note in notes if "--encoder" in note] == [fcn, notes[-1]]
+    # 2D runs left, but none on resnet34: said, not left to the count of combinations removed
+    runs, notes = expand(_request(archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34", "resnet50"],
+                                  exclude=["arch=unet"]))
+    assert {r.encoder for r in runs} == {"resnet50"}
+    assert notes[-1] == "--encoder resnet34: unused, --exclude removed every run that takes it"
 
 
 def test_pretrained_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:

@@ -106,6 +106,78 @@ def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_whil
     assert "sweep finished: 1 stopped while training, 1 not reached (of 2 runs)" in said
 
 
+def test_a_run_stopped_while_its_worker_evaluates_is_counted_stopped_while_evaluating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --jobs: a run stopped after its training, while its worker predicted and scored the held-out cases, was
+    # summed up as "stopped while training"
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def evaluating_worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
+        folder.mkdir(parents=True, exist_ok=True)
+        workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        write_json_atomic(folder / "heartbeat.json", {"time": time.time() + 1, "pid": workers[-1].pid,
+                                                      "host": socket.gethostname(), "epoch": 1, "epochs": 1,
+                                                      "stage": "evaluating"})
+        return workers[-1]
+
+    sleep = time.sleep
+    calls = []
+
+    def stopped(seconds: float) -> None:  # Ctrl-C in the loop's second sleep, once it has seen the stage
+        calls.append(seconds)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(local, "_start_worker", evaluating_worker)
+    monkeypatch.setattr(local.time, "sleep", stopped)
+    monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
+    _, said = _stopped_parallel(tmp_path, [spec], 2)
+    assert workers[-1].poll() is not None  # stopped
+    assert "sweep finished: 1 stopped while evaluating, 1 not reached (of 2 runs)" in said
+
+
+@pytest.mark.parametrize("stage", ["training", "evaluating"])
+def test_a_run_stopped_in_this_process_is_counted_by_the_stage_it_was_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    # The sequential sweep: a Ctrl-C while the run predicted its held-out cases was summed up as "stopped
+    # while training"
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("SIGINT")
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
+    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
+                               cache_for=lambda own_slices: tmp_path / "cache",
+                               splits=[{"train": ["a"], "val": ["b"]}])
+    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 2))
+    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    monkeypatch.setattr(run_module, "train", interrupt if stage == "training" else (
+        lambda *args: SimpleNamespace(device="cpu")))
+    monkeypatch.setattr(run_module, "save_learning_curves", lambda folder: None)
+    monkeypatch.setattr(run_module, "build_network", lambda *args: None)
+    monkeypatch.setattr(run_module, "load_weights", lambda net, path: net)
+    monkeypatch.setattr(run_module, "evaluate_fold", interrupt)  # predicting the held-out cases
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(2)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        with pytest.raises(KeyboardInterrupt):
+            local._sequential([spec, _spec()], tmp_path, reporter, {local.prepared_key(spec): prepared,
+                                                                   local.prepared_key(_spec()): prepared},
+                              False, 0, outcome)
+        reporter.close()
+    said = (tmp_path / "out.txt").read_text()
+    assert f"sweep finished: 1 stopped while {stage}, 1 not reached (of 2 runs)" in said
+    beat = json.loads((run_dir(tmp_path, spec) / "heartbeat.json").read_text())
+    assert beat.get("stage") == ("evaluating" if stage == "evaluating" else None)  # what --jobs reads
+
+
 def test_a_run_held_by_another_sweep_is_not_said_to_be_training(tmp_path: Path) -> None:
     # Two sweeps on one results dir: the one that found the run held printed "[1/1] RUN: training" and then
     # "RUN: skipped (running in another process)".
@@ -359,6 +431,27 @@ def _synthetic_task(home: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(home: Path,
+                                                                            tmp_path: Path) -> None:
+    # "preparing TASK (plan, cache, 5-fold splits)" was said before every sweep, also where all three existed
+    # and nothing was built
+    data = _synthetic_task(home, tmp_path)
+    runs = [RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)]
+    line = "preparing Task90_Synth (plan, cache, 2-fold splits)"
+    said: list[str] = []
+    key = local.prepared_key(runs[0])
+    first = local.prepare_tasks(runs, data, said.append)[key]  # nothing there yet: built, and said
+    assert said == [line]
+    said.clear()
+    assert local.prepare_tasks(runs, data, said.append)[key].splits == first.splits and said == []
+    for missing in ("splits_2fold.json", f"{first.plan.preprocessing_hash}/complete.json"):
+        # each one thing to build: said again
+        (data / "preprocessed" / "Task90_Synth" / missing).unlink()
+        local.prepare_tasks(runs, data, said.append)
+        assert said == [line], missing
+        said.clear()
+
+
 def _started(results: Path, spec: RunSpec, planned: object) -> Path:
     """`spec`'s folder as a run interrupted on `planned` leaves it: a checkpoint (empty), the split, patch,
     batch and preprocessing it started with."""
@@ -454,6 +547,40 @@ def test_the_other_runs_of_a_sweep_go_ahead_after_an_interrupted_run_is_refused(
     # the cache is built for the run that goes ahead (with --fail-fast: none goes ahead, none is built)
     assert prepared_for == [[] if fail_fast else [fresh.run_id]]
     assert trained == ([] if fail_fast else [fresh.run_id])
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_fail_fast_fails_the_first_interrupted_run_that_cannot_resume_and_leaves_the_others(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_fast: bool) -> None:
+    # --fail-fast failed every interrupted run the plan changed under, each recorded failed in its folder,
+    # where it stops at the first failed run of a sweep
+    import shutil
+
+    from medseg_bench.errors import RunError
+    from medseg_bench.run_folder import read_status
+
+    data, first, fresh, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    trained: list[str] = []
+    monkeypatch.setattr(local, "prepare_tasks", lambda runs, *args: {})
+    monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
+    monkeypatch.setattr(local, "_sequential", lambda runs, *args: trained.extend(s.run_id for s in runs))
+    second = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                     seed=2, epochs=1)  # interrupted on the same plan as the first
+    shutil.copytree(run_dir(tmp_path / "results", first), run_dir(tmp_path / "results", second))
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, soft_wrap=True))
+        failed = first.run_id if fail_fast else f"{first.run_id}, {second.run_id}"
+        with pytest.raises(RunError, match=f"^{1 if fail_fast else 2} of 3 runs failed: {failed}$"):
+            local.run_sweep([first, second, fresh], tmp_path / "results", data, reporter, fail_fast=fail_fast)
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    folder = run_dir(tmp_path / "results", second)
+    assert trained == ([] if fail_fast else [fresh.run_id])
+    if fail_fast:
+        assert said[-1].startswith("sweep finished: 1 failed, 2 not reached (of 3 runs) in ")
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "setup.json", "splits.json"]
+        assert (folder / "checkpoints" / "last.ckpt").is_file()  # interrupted as it was: it resumes later
+    else:
+        assert read_status(folder)["error"] == str(folder / REFUSED)
 
 
 def test_a_run_held_by_another_process_is_left_to_it_not_refused(home: Path, tmp_path: Path) -> None:

@@ -533,6 +533,32 @@ def test_a_folder_above_the_results_dir_that_others_can_write_is_held_to_the_sam
     assert submit([spec], results, tmp_path, SlurmOptions(), say=lambda line: None).jobs == [(spec, "9_0")]
 
 
+def test_fail_fast_fails_the_first_interrupted_run_that_cannot_resume_and_submits_nothing(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local sweep with --fail-fast (`local.refuse_unresumable_runs`): the first such run fails, the
+    next is left interrupted as it was, and nothing is prepared or submitted; --fail-fast was not passed to
+    the submission at all, which failed every such run and submitted the others."""
+    import shutil
+
+    from tests.sweep.test_local import REFUSED, _interrupted_on_an_edited_plan
+
+    data, first, fresh, _ = _interrupted_on_an_edited_plan(home, tmp_path)
+    results = tmp_path / "results"
+    second = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                     seed=2, epochs=1)
+    shutil.copytree(run_dir(results, first), run_dir(results, second))
+    sbatch_calls = _fake_sbatch(monkeypatch)
+    said: list[str] = []
+    done = submit([first, second, fresh], results, data, SlurmOptions(), say=said.append,
+                  prepare=lambda runs: pytest.fail("prepared"), fail_fast=True)
+    assert done == slurm.Submission(failed=[first.run_id]) and sbatch_calls == []
+    refused = run_dir(results, first) / REFUSED
+    assert said == [f"failed   Task90_Synth/{first.run_id}: {refused}; not submitted",
+                    "nothing submitted: --fail-fast stops at the first failed run"]
+    assert sorted(p.name for p in run_dir(results, second).iterdir()) == ["checkpoints", "setup.json",
+                                                                          "splits.json"]
+
+
 @pytest.mark.parametrize("why", ["edited plan", "bad checkpoint"])
 def test_an_interrupted_run_that_cannot_resume_fails_before_anything_is_built_or_submitted(
         why: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
