@@ -69,6 +69,8 @@ def status(
                 loss = beat.get("loss")
                 shown = f"{loss:.4f}" if isinstance(loss, int | float) and not isinstance(loss, bool) else "?"
                 extra += f"  epoch {beat['epoch']}/{beat.get('epochs')} loss {shown}"
+            if beat.get("stage") == "evaluating":  # trained: predicting and scoring its held-out cases
+                extra += "  evaluating"
         if state == "queued" and read_status(folder).get("state") == "failed":
             extra += "  retries a failed run"
         elif state == "queued" and (folder / "checkpoints" / "last.ckpt").is_file():

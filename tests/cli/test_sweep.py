@@ -189,6 +189,11 @@ def test_status_shows_a_running_runs_heartbeat_even_a_hand_edited_one(tmp_path: 
         result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "r")])
         assert result.exit_code == 0, result.output  # was a ValueError traceback for "abc"
         assert f"running  T/e  epoch 2/5 loss {shown}" in result.output.splitlines()
+    # trained, evaluating its held-out cases (the heartbeat's stage from the end of training on)
+    beat = {"time": time.time(), "pid": 1, "host": "elsewhere", "epoch": 5, "epochs": 5, "loss": 0.5}
+    write_json_atomic(folder / "heartbeat.json", {**beat, "stage": "evaluating"})
+    result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "r")])
+    assert "running  T/e  epoch 5/5 loss 0.5000  evaluating" in result.output.splitlines()
 
 
 def _unconfigured_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
