@@ -52,6 +52,7 @@ from medseg_bench.inference_memory import (  # noqa: E402
     PEAK_FACTOR,
     PEAK_SLACK,
     SCORE_BYTES,
+    SCORE_PEAK_BYTES,
     InferenceSize,
     least_bytes,
     peak_bytes,
@@ -345,10 +346,11 @@ def main() -> None:
         "prediction of a case: the prediction (uint8) held while the label map is read from its `.nii.gz`, "
         "written, and scored on every metric for each label (and region); postprocessed, the decision from "
         "the case spilled to disk, then the decided prediction scored (the module docstring says how the "
-        f"cases are made). `scoring_bytes` ({SCORE_BYTES} bytes per voxel as stored) is what an evaluation "
-        "counts scoring to hold certainly, beside what predicting holds (the larger refuses a case); "
-        f"`scoring_peak_bytes` ({PEAK_FACTOR:g} times it, or postprocessed {PEAK_FACTOR:g} times "
-        f"{DECISION_BYTES} bytes per voxel, and {PEAK_SLACK // MiB} MiB) the envelope.",
+        f"cases are made). `scoring_bytes` ({SCORE_BYTES} bytes per voxel as stored: the label map read "
+        "beside the prediction) is what an evaluation counts scoring to hold certainly, beside what "
+        "predicting holds (the larger refuses a case); `scoring_peak_bytes` the envelope, "
+        f"{PEAK_FACTOR:g} times {SCORE_PEAK_BYTES} bytes per voxel (the metrics), or postprocessed "
+        f"{DECISION_BYTES}, and {PEAK_SLACK // MiB} MiB.",
         "",
         "| case | spacing (mm) | voxels (M) | measured | bytes per voxel | scoring_bytes "
         "| scoring_peak_bytes |",

@@ -11,14 +11,17 @@ the case, where its preprocessing fit (`preprocess_memory`). On a GPU the slidin
 GPU's: the host holds the probabilities copied back.
 
 An evaluation (`run.evaluate_fold`) then scores the case against its label map on the original grid, its
-image and probabilities let go: reading the label map (`io.read_label`: as float32, checked against its
-rounded copy) beside the prediction holds 11 bytes per voxel as stored (`scoring_bytes`), more than mapping
-back holds where the case was cropped or downsampled; the postprocessing decision's largest component
-(`ndimage.label`'s int32 components, their sizes per voxel in int64) up to 17. The metrics score each label
-and region in turn, on the box of its prediction and reference, at most the grid: their number does not
-count, and they hold less than the label map's reading (`bench/inference_memory.py`'s scoring rows; a
-prediction of many scattered voxels holds more, its surface elements' distances). An evaluation's case needs
-the larger of predicting and scoring it; `predict` scores nothing.
+image and probabilities let go: reading the label map (`io.read_label`: ITK's buffer, checked in its own
+type, and its uint8 copy) beside the prediction certainly holds 3 bytes per voxel as stored (`scoring_bytes`),
+more than mapping back holds (10 bytes a voxel of the crop) where the case was cropped to a small part of its
+grid and resampled coarser. The metrics then score each
+label and region in turn, on the box of its prediction and reference, at most the grid: their number does
+not count, but what they hold on a box as large as the grid is more than the reading, up to 10 bytes per
+voxel with regions (`SCORE_PEAK_BYTES`), and the postprocessing decision's largest component
+(`ndimage.label`'s int32 components, their sizes per voxel in int64) up to 17, both in the envelope only: a
+box may be small (`bench/inference_memory.py`'s scoring rows; a prediction of many scattered voxels holds
+more, its surface elements' distances). An evaluation's case needs the larger of predicting and scoring it;
+`predict` scores nothing.
 
 `least_bytes` counts only arrays that are certainly held at the same time (host memory); a case whose
 `least_bytes` exceed what this process may use (`checks.usable_memory`) cannot be predicted (or scored).
@@ -43,11 +46,12 @@ from medseg_bench.spec import PIPELINE_VERSION
 
 # the envelope of `bench/inference_memory.py`'s measurements: `least_bytes` times this, and this much above
 PEAK_FACTOR, PEAK_SLACK = 1.5, 64 * 2**20
-# scoring, per voxel of the original grid: the label map read (float32, its rounded copy, two masks) beside
-# the prediction (uint8), what it certainly holds; the postprocessing decision at its worst (`_largest_only`
-# of a mask of several components: the prediction, its mask and copy, the int32 components, their sizes per
-# voxel (int64) and the mask kept)
-SCORE_BYTES, DECISION_BYTES = 11, 17
+# scoring, per voxel of the original grid: the label map read (ITK's buffer, at least a byte a voxel, and
+# its uint8 copy) beside the prediction (uint8), what it certainly holds; the metrics at their most measured
+# (each region's masks of a prediction and label map whose boxes are the grid); the postprocessing decision
+# at its worst (`_largest_only` of a mask of several components: the prediction, its mask and copy, the
+# int32 components, their sizes per voxel (int64) and the mask kept)
+SCORE_BYTES, SCORE_PEAK_BYTES, DECISION_BYTES = 3, 10, 17
 BATCH_COPIES = 5  # of a batch of whole slices (2D, version 10 and older): its logits, flips and softmax
 
 
@@ -95,8 +99,9 @@ def _predicting_bytes(size: InferenceSize) -> int:
 def scoring_bytes(size: InferenceSize) -> int:
     """What scoring a `scored` case certainly holds at once, its prediction's probabilities let go (0 for a
     case not scored): `SCORE_BYTES` per voxel of its original grid, the label map read beside the prediction.
-    The same for any number of labels and regions, and with the postprocessing decision (its certain arrays,
-    the int32 components beside the prediction, its mask and copy, are fewer)."""
+    The same for any number of labels and regions, and with the postprocessing decision: what the metrics
+    and the decision hold grows with the boxes of what they score, which may be small, and is counted in
+    the envelope only (`scoring_peak_bytes`)."""
     return SCORE_BYTES * math.prod(size.original) if size.scored else 0
 
 
@@ -169,11 +174,11 @@ def peak_bytes(size: InferenceSize) -> int:
 
 def scoring_peak_bytes(size: InferenceSize) -> int:
     """At most what scoring a `scored` case uses (0 for one not scored), the envelope of the measured:
-    `PEAK_FACTOR` times `scoring_bytes`, or with the postprocessing decision `DECISION_BYTES` per voxel of
-    the original grid, and `PEAK_SLACK` above."""
+    `PEAK_FACTOR` times `SCORE_PEAK_BYTES` (the metrics), or with the postprocessing decision
+    `DECISION_BYTES`, per voxel of the original grid, and `PEAK_SLACK` above."""
     if not size.scored:
         return 0
-    count = DECISION_BYTES * math.prod(size.original) if size.postprocess else scoring_bytes(size)
+    count = (DECISION_BYTES if size.postprocess else SCORE_PEAK_BYTES) * math.prod(size.original)
     return math.ceil(PEAK_FACTOR * count) + PEAK_SLACK
 
 

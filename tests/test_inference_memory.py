@@ -17,6 +17,7 @@ from medseg_bench.inference_memory import (
     PEAK_FACTOR,
     PEAK_SLACK,
     SCORE_BYTES,
+    SCORE_PEAK_BYTES,
     InferenceSize,
     check_evaluations,
     check_fits,
@@ -90,35 +91,42 @@ def test_scoring_bytes_counts_the_label_map_read_beside_the_prediction_on_the_or
     original = 100 * 200 * 200
     assert scoring_bytes(_size()) == 0  # predict scores nothing
     scored = _size(scored=True)
-    # uint8 prediction, the label map as float32, its rounded copy and two masks: more than those arrays alone
-    assert scoring_bytes(scored) == SCORE_BYTES * original > (1 + 4 + 4) * original
+    # the uint8 prediction, the label map as ITK holds it (a byte a voxel at least) and its uint8 copy: no
+    # float32 copy, nor its rounded one, counted any longer (they are not made for an integer label map)
+    assert scoring_bytes(scored) == SCORE_BYTES * original == (1 + 1 + 1) * original
     assert scoring_bytes(_size(scored=True, outputs=9, regions=True)) == scoring_bytes(scored)  # in turn
     assert scoring_bytes(_size(scored=True, postprocess=True)) == scoring_bytes(scored)
     larger = [scoring_bytes(_size(scored=True, original=(n, 200, 200))) for n in (50, 100, 400)]
     assert larger == sorted(larger) and larger[0] < larger[-1]
-    # the larger of predicting and scoring: not their sum, the probabilities let go before the label is read
-    predicting = least_bytes(_size())
+    # the larger of predicting and scoring: not their sum, the probabilities let go before the label is read;
+    # scoring the larger where the case was cropped much (mapping back holds 10 bytes a voxel of the crop)
+    assert least_bytes(scored) == least_bytes(_size()) > scoring_bytes(scored)
+    cropped = {"cropped": (50, 100, 100), "resampled": (25, 50, 50)}
+    predicting = least_bytes(_size(**cropped))
+    scored = _size(scored=True, **cropped)
     assert least_bytes(scored) == max(predicting, scoring_bytes(scored)) == scoring_bytes(scored)
     upsampled = _size(scored=True, resampled=(200, 400, 400))
     assert least_bytes(upsampled) == least_bytes(_size(resampled=(200, 400, 400))) > scoring_bytes(upsampled)
-    assert least_bytes(_size(scored=True, held=1000)) == scoring_bytes(scored) + 1000
+    assert least_bytes(_size(scored=True, held=1000, **cropped)) == scoring_bytes(scored) + 1000
 
 
 def test_scoring_peak_bytes_is_the_envelope_of_scoring_and_of_the_decision() -> None:
     original = 100 * 200 * 200
     assert scoring_peak_bytes(_size()) == 0
     scored, decided = _size(scored=True), _size(scored=True, postprocess=True)
-    assert scoring_peak_bytes(scored) == PEAK_FACTOR * SCORE_BYTES * original + PEAK_SLACK
+    assert scoring_peak_bytes(scored) == PEAK_FACTOR * SCORE_PEAK_BYTES * original + PEAK_SLACK
+    assert scoring_peak_bytes(scored) > PEAK_FACTOR * scoring_bytes(scored)  # the metrics hold more
     assert scoring_peak_bytes(decided) == PEAK_FACTOR * DECISION_BYTES * original + PEAK_SLACK
     assert peak_bytes(decided) == scoring_peak_bytes(decided) > peak_bytes(_size())
     assert peak_bytes(decided) >= least_bytes(decided)
 
 
 def test_check_fits_names_the_image_and_its_scoring_where_scoring_holds_more() -> None:
-    size = _size(scored=True)
+    cropped = {"cropped": (50, 100, 100), "resampled": (25, 50, 50)}  # scoring holds more than predicting
+    size = _size(scored=True, **cropped)
     need = least_bytes(size)
     check_fits(size, MemoryLimit(need, JOB), "never said")
-    check_fits(_size(), MemoryLimit(need - 1, JOB), "never said")  # predicting it alone fits
+    check_fits(_size(**cropped), MemoryLimit(need - 1, JOB), "never said")  # predicting it alone fits
     with pytest.raises(DataError) as refused:
         check_fits(size, MemoryLimit(need - 1, JOB), "set a coarser spacing", "RUN")
     assert str(refused.value) == (
@@ -211,15 +219,39 @@ def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared)
         check_evaluations([spec], task, data, MemoryLimit(largest - 1, JOB))
 
 
+@pytest.fixture
+def cropped(home: Path, tmp_path: Path):
+    """A task whose images are zero outside their label's box, an eighth of the grid: cropped to it."""
+    import SimpleITK as sitk
+
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.fetch import fetch_task
+    from medseg_bench.data.preprocess import prepare_task
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4, shape=(24, 80, 80))
+    for image in sorted((src / "imagesTr").iterdir()):
+        read = sitk.ReadImage(str(image))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "labelsTr" / image.name)))
+        inside = sitk.GetImageFromArray(sitk.GetArrayFromImage(read) * (label > 0))
+        inside.CopyInformation(read)
+        sitk.WriteImage(inside, str(image))
+    data = tmp_path / "data"
+    task = get_task("Task90_Synth")
+    fetch_task(task, data, str(src), progress=False)
+    return prepare_task(task, data, num_folds=2, workers=1), data
+
+
 def test_a_held_out_case_whose_scoring_cannot_fit_is_refused_where_its_prediction_could(
-        prepared, tmp_path: Path) -> None:
-    """A plan whose target spacing is coarser than the images': predicting a case holds little, scoring it
-    against its label map on its own grid more. The sweep's check, before any run trains, and the
-    evaluation's own name the image in one line."""
+        cropped, tmp_path: Path) -> None:
+    """A case cropped to an eighth of its grid, at a target spacing coarser than the images': predicting it
+    holds little, scoring it against its label map on its own grid more. The sweep's check, before any run
+    trains, and the evaluation's own name the image in one line."""
     from medseg_bench.data.preprocess import case_sizes, usable_cases
     from medseg_bench.inference_memory import run_size
 
-    task, data = prepared
+    task, data = cropped
     coarse = dataclasses.replace(task, plan=dataclasses.replace(task.plan, target_spacing=(3.0, 3.0, 3.0)))
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
                    patch_size=(16, 16, 16))

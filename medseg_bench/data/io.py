@@ -372,28 +372,80 @@ def layout_problem(size: tuple[int, ...]) -> str:
 
 
 def read_label(path: Path, header: Header = UNPARSED) -> tuple[np.ndarray, Geometry]:
-    """Read a label map as a (Z, Y, X) uint8 array; non-integer values are an error. `header`: as
-    `read_image`'s."""
+    """Read a label map as a (Z, Y, X) uint8 array; a value that is not an integer in 0..255 is an error.
+    `header`: as `read_image`'s.
+
+    Its values are checked on ITK's own buffer, in its pixel type (`label_values`): a map stored as integers
+    (uint8 to int64, as its header says) is never copied to float, the uint8 array the only copy made; one
+    stored as float, or a NIfTI whose `scl_slope`/`scl_inter` scale its values (ITK reads them as float), is
+    checked as float32, a chunk at a time."""
+    sitk = sitk_module()
     parsed = _check_readable(path, header)  # parsed here where the caller did not: once for both reads
-    array, geom = read_image(path, dtype=np.float32, header=parsed)
-    if array.shape[0] != 1:
+    image = _read_checked(path, parsed)
+    geom, channels = _geometry_and_channels(
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+        image.GetSize(),
+        image.GetNumberOfComponentsPerPixel(),
+    )
+    problem = layout_problem(image.GetSize())
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    if channels != 1:
         if vector_components(path, parsed) > 1:
-            raise DataError(f"{path}: {vector_pixels(array.shape[0])}; a label map holds one value per voxel")
-        raise DataError(f"{path}: label map has {array.shape[0]} channels, expected 1")
-    return label_values(array[0], path), geom
+            raise DataError(f"{path}: {vector_pixels(channels)}; a label map holds one value per voxel")
+        raise DataError(f"{path}: label map has {channels} channels, expected 1")
+    stored = sitk.GetArrayViewFromImage(image)  # ITK's buffer, no copy: valid while `image` is held
+    return label_values(stored[0] if stored.ndim == 4 else stored, path), geom
+
+
+# voxels of a label map checked at a time: the float checks' temporaries (float32, its rounded copy, masks)
+# are a few MiB, not as many full-size arrays
+LABEL_CHUNK_VOXELS = 2**20
 
 
 def label_values(values: np.ndarray, path: Path) -> np.ndarray:
-    """`values` as uint8 labels; DataError naming `path` and the first few values that are not an integer
-    in 0..255 (a float label file's rounding artefact, 0.99999994 for 1, shows as such)."""
-    if values.size:
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255)
-        if bad.any():
-            found = np.unique(values[bad])  # NaN sorts last
-            listed = ", ".join(f"{v:.9g}" for v in found[:3].tolist()) + (", ..." if found.size > 3 else "")
-            raise DataError(f"{path}: label map holds non-integer or out-of-range values ({listed})")
-    return values.astype(np.uint8)
+    """`values` (any integer or float type) as a new uint8 array; DataError naming `path` and the first few
+    values that are not an integer in 0..255 (a float label file's rounding artefact, 0.99999994 for 1,
+    shows as such). Checked a chunk of `LABEL_CHUNK_VOXELS` at a time: integers in their own type (only the
+    values out of range copied), floats as float32, so that the values listed are float32's, as for either
+    type they always were."""
+    labels = np.empty(values.shape, np.uint8)
+    flat, out = values.reshape(-1), labels.reshape(-1)
+    integer = np.issubdtype(values.dtype, np.integer)
+    found = np.empty(0, np.float32)  # the smallest bad values so far, at most four: enough to list three
+    for start in range(0, flat.size, LABEL_CHUNK_VOXELS):
+        chunk = flat[start:start + LABEL_CHUNK_VOXELS]
+        if not integer:
+            chunk = chunk.astype(np.float32, copy=False)
+        bad = _out_of_range(chunk) if integer else _not_labels(chunk)
+        if bad is not None:
+            found = np.unique(np.concatenate([found, bad.astype(np.float32)]))[:4]  # NaN sorts last
+        elif not found.size:
+            out[start:start + chunk.size] = chunk
+    if found.size:
+        listed = ", ".join(f"{v:.9g}" for v in found[:3].tolist()) + (", ..." if found.size > 3 else "")
+        raise DataError(f"{path}: label map holds non-integer or out-of-range values ({listed})")
+    return labels
+
+
+def _not_labels(chunk: np.ndarray) -> np.ndarray | None:
+    """The float32 values of `chunk` that are not an integer in 0..255 (NaN, inf too), None where none."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(chunk) | (chunk != np.round(chunk)) | (chunk < 0) | (chunk > 255)
+    return chunk[bad] if bad.any() else None
+
+
+def _out_of_range(chunk: np.ndarray) -> np.ndarray | None:
+    """The integers of `chunk` outside 0..255, None where there are none (uint8's never are): its least and
+    most value first, no full-size mask where every value is in range."""
+    info = np.iinfo(chunk.dtype)
+    if not chunk.size or (info.min >= 0 and info.max <= 255):
+        return None
+    if chunk.min() >= 0 and chunk.max() <= 255:
+        return None
+    return chunk[(chunk < 0) | (chunk > 255)]
 
 
 def write_label(array: np.ndarray, geometry: Geometry, path: Path) -> None:

@@ -6,7 +6,7 @@ works in float64, its spline prefilter on a copy of its own), the resampled chan
 are stacked. `peak_bytes` is an upper envelope of the peak resident memory measured above a worker's own
 (`bench/preprocess_memory.py`: 18 cases of 1 to 4 channels, int16/float32/float64, up- and downsampled, with
 and without a separate slice axis, each after a small case that loads what a worker loads once; the envelope
-is 1.14 to 2.82 times what each measured, the most where nothing is resampled). `least_bytes` counts only
+is 1.13 to 2.78 times what each measured, the most where nothing is resampled). `least_bytes` counts only
 arrays that are certainly held at the same time.
 
 A case whose `least_bytes` exceeds the memory this process may use (`checks.usable_memory`: the machine's,

@@ -309,7 +309,8 @@ def _read_2d_label(path: Path, geometry: Geometry) -> tuple[np.ndarray, Geometry
     """A 2D single-channel label map as a (Y, X) uint8 array, checked as read_label checks 3D ones."""
     from medseg_bench.data.io import label_values, read_sitk_image, sitk_module
 
-    values = sitk_module().GetArrayFromImage(read_sitk_image(path)).astype(np.float32, copy=False)
+    image = read_sitk_image(path)
+    values = sitk_module().GetArrayViewFromImage(image)  # ITK's buffer: `image` held while it is checked
     if values.ndim != 2:
         raise DataError(f"{path}: unsupported image layout with array shape {values.shape}")
     return label_values(values, path), geometry

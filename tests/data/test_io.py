@@ -293,3 +293,87 @@ def test_a_nifti_cut_short_inside_its_header_is_named_so(suffix: str, tmp_path: 
            else r"truncated NIfTI header \(60 of the 348 bytes of its NIfTI-1 header\)")
     with pytest.raises(DataError, match=rf"^{path}: {why}$"):
         read_geometry(path)
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(np.int16, 300), (np.int16, -1), (np.uint16, 300)])
+def test_an_integer_label_map_out_of_range_is_refused_in_the_same_line(
+    dtype: type, value: int, tmp_path: Path
+) -> None:
+    """A label map stored as integers is checked in its own type, no longer as float32: a value outside
+    0..255 is refused with the line its float32 copy gave."""
+    import SimpleITK as sitk
+
+    path = tmp_path / "L.nii.gz"
+    label = np.zeros((4, 5, 6), dtype)
+    label[2, 3, 4] = value
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    assert sitk.ReadImage(str(path)).GetPixelID() == sitk.GetImageFromArray(label).GetPixelID()
+    with pytest.raises(DataError) as error:
+        read_label(path)
+    assert str(error.value) == f"{path}: label map holds non-integer or out-of-range values ({value})"
+
+
+def test_a_float_label_maps_rounding_artefact_is_still_refused_and_shown(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    path = tmp_path / "L.nii.gz"
+    label = np.ones((4, 5, 6), np.float32)
+    label[1, 1, 1] = np.float32(0.99999994)
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    with pytest.raises(DataError) as error:
+        read_label(path)
+    assert str(error.value) == f"{path}: label map holds non-integer or out-of-range values (0.99999994)"
+
+
+@pytest.mark.parametrize(("slope", "inter", "listed"), [(2.0, 0.0, ""), (1.0, 0.5, "0.5, 1.5, 2.5"),
+                                                        (300.0, 0.0, "300, 600")])
+def test_a_scaled_nifti_label_map_is_checked_on_its_scaled_values(
+    slope: float, inter: float, listed: str, tmp_path: Path
+) -> None:
+    """A NIfTI of int16 whose `scl_slope`/`scl_inter` scale its values is read by ITK as float: its scaled
+    values are the ones checked, as float32."""
+    import SimpleITK as sitk
+
+    path = tmp_path / "L.nii"
+    label = (np.arange(60) % 3).reshape(3, 4, 5).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    raw = bytearray(path.read_bytes())
+    raw[112:120] = struct.pack("<ff", slope, inter)  # scl_slope, scl_inter
+    path.write_bytes(bytes(raw))
+    if not listed:
+        assert (read_label(path)[0] == 2 * label).all()
+        return
+    with pytest.raises(DataError) as error:
+        read_label(path)
+    assert str(error.value) == f"{path}: label map holds non-integer or out-of-range values ({listed})"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_a_label_map_is_read_without_full_size_float_copies(dtype: type, tmp_path: Path) -> None:
+    """Read as float32 and checked against its rounded copy, a label map held about 10 bytes a voxel in
+    numpy's arrays beside ITK's: now an integer one holds its uint8 array alone, a float one that and a
+    chunk's temporaries (`LABEL_CHUNK_VOXELS`); its values still checked in every chunk."""
+    import tracemalloc
+
+    import SimpleITK as sitk
+
+    from medseg_bench.data.io import LABEL_CHUNK_VOXELS
+
+    path = tmp_path / "L.nii"
+    label = (np.arange(4 * 2**20) % 5).reshape(64, 256, 256).astype(dtype)
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    tracemalloc.start()
+    try:
+        read, _ = read_label(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read.dtype == np.uint8 and (read == label).all()
+    chunk = 12 * LABEL_CHUNK_VOXELS if dtype == np.float32 else 2**16
+    assert peak <= label.size + chunk, peak
+    if dtype == np.uint8:
+        return  # every value of it is a label
+    label[-1, -1, -1] = 300  # in the last chunk
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(path))
+    with pytest.raises(DataError, match=r"values \(300\)$"):
+        read_label(path)
