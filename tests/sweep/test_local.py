@@ -444,11 +444,12 @@ def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(hom
     assert said == [line]
     said.clear()
     assert local.prepare_tasks(runs, data, said.append)[key].splits == first.splits and said == []
-    for missing in ("splits_2fold.json", f"{first.plan.preprocessing_hash}/complete.json"):
-        # each one thing to build: said again
+    for missing, what in (("splits_2fold.json", "2-fold splits"),
+                          (f"{first.plan.preprocessing_hash}/complete.json", "cache")):
+        # each one thing to build: said again, naming only it (the plan was named where it existed)
         (data / "preprocessed" / "Task90_Synth" / missing).unlink()
         local.prepare_tasks(runs, data, said.append)
-        assert said == [line], missing
+        assert said == [f"preparing Task90_Synth ({what})"], missing
         said.clear()
 
 
