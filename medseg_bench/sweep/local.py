@@ -79,14 +79,19 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
-def plan_locked(task: str, data_dir: Path, num_folds: int) -> PlannedTask:
-    """`preprocess.plan_task` (plan and splits, no cache) under the task's lock, as `prepare_locked`."""
+def plan_locked(task: str, data_dir: Path, num_folds: int,
+                say: Callable[[str], object] | None = None) -> PlannedTask:
+    """`preprocess.plan_task` (plan and splits, no cache) under the task's lock, as `prepare_locked`. `say` is
+    told of a task not planned yet (its fingerprint reads every case), once it is known to be fetched: a task
+    not fetched was said to be planned, then stopped the sweep as not fetched."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import plan_task, usable_cases
     from medseg_bench.locks import exclusive
 
     spec = get_task(task)
     usable_cases(spec, data_dir)
+    if say is not None and not (data_dir / "preprocessed" / task / "plan.json").is_file():
+        say(f"planning {task} (fingerprint, plan, {num_folds}-fold splits)")
     with exclusive(data_dir / "preprocessed", f".{task}.lock"):
         return plan_task(spec, data_dir, num_folds, progress=True)
 
@@ -100,9 +105,7 @@ def plan_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object]
     planned = {} if into is None else into
     for spec in runs:
         if prepared_key(spec) not in planned:
-            if say is not None and not (data_dir / "preprocessed" / spec.task / "plan.json").is_file():
-                say(f"planning {spec.task} (fingerprint, plan, {spec.num_folds}-fold splits)")
-            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
+            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds, say)
     return planned
 
 

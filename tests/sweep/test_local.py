@@ -431,6 +431,17 @@ def _synthetic_task(home: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_a_task_not_fetched_is_not_said_to_be_planned(home: Path, tmp_path: Path) -> None:
+    # "planning Task05_Prostate (fingerprint, plan, 5-fold splits)" came before the error: not fetched
+    from medseg_bench.errors import DataError
+
+    runs = [RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none")]
+    said: list[str] = []
+    with pytest.raises(DataError, match="task not fetched"):
+        local.plan_tasks(runs, tmp_path / "data", said.append)
+    assert said == []
+
+
 def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(home: Path,
                                                                             tmp_path: Path) -> None:
     # "preparing TASK (plan, cache, 5-fold splits)" was said before every sweep, also where all three existed
