@@ -61,8 +61,8 @@ class StoredCase:
 @dataclass(frozen=True)
 class PerVoxel:
     """Bytes per voxel: `per_channel` for each channel (its float32 copy: 4), `per_value` for each byte a
-    channel's value is stored in (ITK's image and numpy's copy of it: 2), `per_label_value` for each byte a
-    label value is stored in, `per_voxel` for each voxel (the uint8 label map, masks)."""
+    channel's value is stored in (ITK's image: 1; with a copy of its stored type: 2), `per_label_value` for
+    each byte a label value is stored in, `per_voxel` for each voxel (the uint8 label map, masks)."""
 
     per_channel: int
     per_value: int
