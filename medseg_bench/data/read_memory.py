@@ -61,8 +61,8 @@ class StoredCase:
 @dataclass(frozen=True)
 class PerVoxel:
     """Bytes per voxel: `per_channel` for each channel (its float32 copy: 4), `per_value` for each byte a
-    channel's value is stored in (ITK's image and numpy's copy of it: 2), `per_label_value` for each byte a
-    label value is stored in, `per_voxel` for each voxel (the uint8 label map, masks)."""
+    channel's value is stored in (ITK's image: 1; with a copy of its stored type: 2), `per_label_value` for
+    each byte a label value is stored in, `per_voxel` for each voxel (the uint8 label map, masks)."""
 
     per_channel: int
     per_value: int
@@ -91,9 +91,12 @@ class ReadStage:
 # what `least` counts, the least sum of their ratios to it. The label map is read in its stored type, no
 # float32 copy of it made (`io.read_label`; its copies and masks counted 2 bytes a stored value and 7 a voxel
 # in validation's, 4 and 1 in the fingerprint's, before): validation's peak is where the image is read beside
-# it. Validation certainly holds ITK's image and numpy's copy of it; the fingerprint the float32 image beside
-# ITK's label map and its uint8 copy.
-VALIDATION = ReadStage("validating", peak=PerVoxel(2, 3, 1, 5), least=PerVoxel(0, 2, 0, 0))
+# it. Validation certainly holds, as it reads the image (`io.read_image`), ITK's image, numpy's float32 copy
+# of it (a stored float32's copy: as large) and the uint8 label map read before (it counted ITK's image and a
+# copy of its stored type: 2 bytes a voxel of a uint8 image, which read as float32 beside ITK's held 5, and a
+# case that fit by it failed with numpy's `Unable to allocate`, exit 8); the fingerprint the float32 image
+# beside ITK's label map and its uint8 copy.
+VALIDATION = ReadStage("validating", peak=PerVoxel(2, 3, 1, 5), least=PerVoxel(4, 1, 0, 1))
 FINGERPRINT = ReadStage("fingerprinting", peak=PerVoxel(4, 0, 2, 3), least=PerVoxel(4, 0, 1, 1),
                         per_sample=14)
 
@@ -184,7 +187,7 @@ def least_read_bytes(stage: ReadStage, size: StoredCase) -> int:
 
 def read_problem(stage: ReadStage, size: StoredCase, memory: MemoryLimit | None) -> str:
     """Why `stage` cannot read the case even alone (`least_read_bytes` past `memory`), "" where it can:
-    "validating it needs at least 7.45 GiB at once (1 channel(s), 1000 x 1000 x 1000 voxels of 4 byte(s)),
+    "validating it needs at least 8.38 GiB at once (1 channel(s), 1000 x 1000 x 1000 voxels of 4 byte(s)),
     more than the 4 GiB this process may use (...); run with more memory", without the image's name."""
     shown = " x ".join(str(n) for n in size.shape)
     return need_problem(stage.doing, least_read_bytes(stage, size),

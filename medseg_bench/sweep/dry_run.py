@@ -408,7 +408,9 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launch
     _unplannable(todo, data_dir, out, evaluations=launcher == "local")
     _unsplittable(todo, data_dir, out)
     estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
-    if estimate is None:
+    if not todo:  # it said "cost of the 0 runs left: about 0 s on one worker (0 estimated ..., 0 from ...)"
+        lines.append("cost: none, no run left to train")
+    elif estimate is None:
         lines.append(f"cost: no finished runs under {results_dir} to estimate from")
     else:
         seconds, matched = estimate

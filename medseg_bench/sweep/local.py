@@ -79,14 +79,19 @@ def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = F
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
-def plan_locked(task: str, data_dir: Path, num_folds: int) -> PlannedTask:
-    """`preprocess.plan_task` (plan and splits, no cache) under the task's lock, as `prepare_locked`."""
+def plan_locked(task: str, data_dir: Path, num_folds: int,
+                say: Callable[[str], object] | None = None) -> PlannedTask:
+    """`preprocess.plan_task` (plan and splits, no cache) under the task's lock, as `prepare_locked`. `say` is
+    told of a task not planned yet (its fingerprint reads every case), once it is known to be fetched: a task
+    not fetched was said to be planned, then stopped the sweep as not fetched."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import plan_task, usable_cases
     from medseg_bench.locks import exclusive
 
     spec = get_task(task)
     usable_cases(spec, data_dir)
+    if say is not None and not (data_dir / "preprocessed" / task / "plan.json").is_file():
+        say(f"planning {task} (fingerprint, plan, {num_folds}-fold splits)")
     with exclusive(data_dir / "preprocessed", f".{task}.lock"):
         return plan_task(spec, data_dir, num_folds, progress=True)
 
@@ -100,9 +105,7 @@ def plan_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], object]
     planned = {} if into is None else into
     for spec in runs:
         if prepared_key(spec) not in planned:
-            if say is not None and not (data_dir / "preprocessed" / spec.task / "plan.json").is_file():
-                say(f"planning {spec.task} (fingerprint, plan, {spec.num_folds}-fold splits)")
-            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds)
+            planned[prepared_key(spec)] = plan_locked(spec.task, data_dir, spec.num_folds, say)
     return planned
 
 
@@ -115,7 +118,7 @@ def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], obje
                   when: str = "") -> dict[tuple[str, int], Any]:
     """Plan, cache and split each task of `runs` once (`prepared_key`), with the cache of 2D runs that keep
     their slices where some run needs it: `--dims 3d,2d` prepared a task twice, the second time for it.
-    `say` is told of a task only where something of it is to be built (`_builds_something`); one whose
+    `say` is told of a task only where something of it is to be built, and of what (`_to_build`); one whose
     plan, splits and caches all exist is read without a word."""
     own_slices: dict[tuple[str, int], bool] = {}
     for spec in runs:
@@ -123,32 +126,39 @@ def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], obje
         own_slices[key] = own_slices.get(key, False) or spec.own_slice_spacing
     prepared: dict[tuple[str, int], Any] = {}
     for (task, folds), own in own_slices.items():
-        if _builds_something(task, data_dir, folds, own):
-            what = "cache; for 2D runs, each case at its own slice spacing where that differs" if own \
-                else "cache"
-            say(f"preparing {task} (plan, {what}, {folds}-fold splits){when}")
+        building = _to_build(task, data_dir, folds, own)
+        if building:
+            say(f"preparing {task} ({', '.join(building)}){when}")
         prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own)
     return prepared
 
 
-def _builds_something(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> bool:
-    """Whether `prepare_locked` would build something of `task`: its plan or its splits file where there is
-    none, or a cache not finished (`preprocess.caches_to_build`, as the build decides it); True also where
-    that cannot be told here (a plan or task it cannot read: the preparation says what is wrong)."""
+def _to_build(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> list[str]:
+    """What `prepare_locked` would build of `task`, in the order it builds them: its plan where there is none,
+    a cache not finished (`preprocess.caches_to_build`, as the build decides it), its splits file where there
+    is none; nothing where all are there. A sweep plans and splits a task (`plan_tasks`, "planning ...")
+    before it prepares it, so this is mostly the cache alone: it said "(plan, cache, 5-fold splits)" after
+    them. All three where that cannot be told here (a plan or task it cannot read: the preparation says what
+    is wrong)."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import caches_to_build, usable_cases
 
+    cache = "cache; for 2D runs, each case at its own slice spacing where that differs" if own_slices \
+        else "cache"
+    splits = f"{num_folds}-fold splits"
     root = data_dir / "preprocessed" / task
     path = root / "plan.json"
-    if not path.is_file() or not (root / f"splits_{num_folds}fold.json").is_file():
-        return True
+    if not path.is_file():
+        return ["plan", cache, splits]
     try:
         spec = get_task(task)
         plan = plan_for_task(read_plan(path), spec, path)
-        return bool(caches_to_build(usable_cases(spec, data_dir), plan, root, own_slices))
+        caches = caches_to_build(usable_cases(spec, data_dir), plan, root, own_slices)
     except (MedsegError, OSError):
-        return True
+        return ["plan", cache, splits]
+    return [what for what, due in ((cache, bool(caches)),
+                                   (splits, not (root / f"splits_{num_folds}fold.json").is_file())) if due]
 
 
 def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,

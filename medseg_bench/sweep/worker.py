@@ -209,9 +209,11 @@ def checkpoint_problem(spec: RunSpec, prepared: Any, checkpoint: Path) -> str | 
     return f"{problem}; delete it to train run {spec.run_id} from scratch" if problem else None
 
 
-# A file as a check found it: its device, inode, size and modification time (ns). Every checkpoint is written
-# to a temp file and renamed (another inode), and an edit in place changes its size or time.
-CheckpointStamp = tuple[int, int, int, int]
+# A file as a check found it: its device, inode, size, modification and change times (ns). Every checkpoint is
+# written to a temp file and renamed (another inode), and an edit in place changes its size or times: its
+# change time also where the modification time is set back (another run's checkpoint of the same network,
+# written over it in place, then `touch -r`: of its size, inode and time, it was evaluated as this run's).
+CheckpointStamp = tuple[int, int, int, int, int]
 
 
 def checkpoint_stamp(path: Path) -> CheckpointStamp | None:
@@ -220,7 +222,7 @@ def checkpoint_stamp(path: Path) -> CheckpointStamp | None:
         found = os.stat(path)
     except OSError:
         return None
-    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
 
 
 def resume_refusal(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: Path,
@@ -420,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=0,
                         help="pid of the launcher: this worker is stopped (SIGTERM) when it dies")
     parser.add_argument("--checked", type=_stamp_argument, default=None,
-                        help="DEV:INODE:SIZE:MTIME_NS of the last checkpoint the launcher's check passed")
+                        help="DEV:INODE:SIZE:MTIME_NS:CTIME_NS of the last checkpoint the launcher's "
+                        "check passed")
     args = parser.parse_args(argv)
     if args.parent:
         _stop_with_parent(args.parent)
@@ -458,10 +461,10 @@ def stamp_argument(stamp: CheckpointStamp) -> str:
 
 def _stamp_argument(text: str) -> CheckpointStamp:
     parts = text.split(":")
-    if len(parts) != 4 or not all(part.isdigit() for part in parts):
-        raise argparse.ArgumentTypeError(f"not DEV:INODE:SIZE:MTIME_NS: {text!r}")
-    dev, ino, size, mtime = map(int, parts)
-    return dev, ino, size, mtime
+    if len(parts) != 5 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"not DEV:INODE:SIZE:MTIME_NS:CTIME_NS: {text!r}")
+    dev, ino, size, mtime, ctime = map(int, parts)
+    return dev, ino, size, mtime, ctime
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -24,6 +24,7 @@ from medseg_bench.data.read_memory import (
     StoredCase,
     least_read_bytes,
     read_bytes,
+    read_problem,
     reads_at_once,
     stored_case,
     stored_cases,
@@ -129,12 +130,24 @@ def test_read_and_least_bytes_count_the_copies_of_a_case() -> None:
     size = _stored()
     voxels = 100 * 200 * 300
     assert read_bytes(VALIDATION, size) == voxels * (2 * (2 + 3 * 2) + 1 * 1 + 5)
-    assert least_read_bytes(VALIDATION, size) == voxels * 2 * 2 * 2  # ITK's image and numpy's copy
+    # ITK's image, numpy's float32 copy of it, the uint8 label map read before
+    assert least_read_bytes(VALIDATION, size) == voxels * (2 * (4 + 2) + 1)
     assert read_bytes(FINGERPRINT, size, samples=1000) == voxels * (2 * 4 + 2 * 1 + 3) + 14 * 1000
     # float32 channels, ITK's label map and its uint8 copy (no float32 copy of it: `io.read_label`)
     assert least_read_bytes(FINGERPRINT, size) == voxels * (2 * 4 + 1 + 1)
     for stage in (VALIDATION, FINGERPRINT):
         assert read_bytes(stage, size) > least_read_bytes(stage, size)
+
+
+def test_validation_counts_the_float32_copy_of_an_image_stored_in_fewer_bytes() -> None:
+    # validation reads the image as float32 (`io.read_image`) beside ITK's image and the label map read
+    # before: a 500 x 1000 x 1000 uint8 case was counted 0.93 GiB, passed a 2 GiB `ulimit -v` and failed
+    # with numpy's "Unable to allocate 1.86 GiB ... float32", exit 8, where it is one bad case
+    voxels = 500 * 1000 * 1000
+    size = _stored((500, 1000, 1000), channels=1, value_bytes=1)
+    assert least_read_bytes(VALIDATION, size) == voxels * (4 + 1 + 1)
+    each = MemoryLimit(2 * GIB, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True)
+    assert read_problem(VALIDATION, size, each).startswith("validating it needs at least 2.79 GiB at once")
 
 
 def test_threads_share_every_limit_processes_only_the_shared_one() -> None:
@@ -159,7 +172,7 @@ def test_threads_share_every_limit_processes_only_the_shared_one() -> None:
 
 def test_a_case_that_cannot_be_read_even_alone_is_named() -> None:
     huge = _stored((1000, 1000, 1000), channels=1, value_bytes=4)
-    for stage, doing, need in ((VALIDATION, "validating", 7.45), (FINGERPRINT, "fingerprinting", 5.59)):
+    for stage, doing, need in ((VALIDATION, "validating", 8.38), (FINGERPRINT, "fingerprinting", 5.59)):
         with pytest.raises(DataError) as info:
             reads_at_once(stage, [_stored((10, 10, 10)), huge], 2,
                           MemoryLimit(4 * GIB, JOB, "cgroup memory.max"))
@@ -170,7 +183,7 @@ def test_a_case_that_cannot_be_read_even_alone_is_named() -> None:
     # a per-process limit bounds a case alone too: its arrays are all in the process's address space
     each = MemoryLimit(4 * GIB, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True,
                        shared=MemoryLimit(64 * GIB, "the machine's memory"))
-    with pytest.raises(DataError, match=r"^/data/imagesTr/a\.nii\.gz: validating it needs at least 7\.45 GiB "
+    with pytest.raises(DataError, match=r"^/data/imagesTr/a\.nii\.gz: validating it needs at least 8\.38 GiB "
                                         r".*\(the process's address-space limit, ulimit -v, RLIMIT_AS\)"):
         reads_at_once(VALIDATION, [huge], 8, each)
 

@@ -69,7 +69,7 @@ def test_a_dry_run_reads_each_finished_run_once_and_others_only_for_a_cost(
     real = dry_run.read_finished_run
     monkeypatch.setattr(dry_run, "read_finished_run", lambda folder: reads.append(folder) or real(folder))
     lines = dry_run_lines(specs[:1], tmp_path, tmp_path / "data").lines
-    assert lines[0].startswith("done ") and lines[-1].startswith("cost of the 0 runs left")
+    assert lines[0].startswith("done ") and lines[-1] == "cost: none, no run left to train"
     assert reads == [run_dir(tmp_path, specs[0])]
     reads.clear()
     lines = dry_run_lines([specs[0], _spec(9)], tmp_path, tmp_path / "data").lines
@@ -166,7 +166,7 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     planned = dry_run_lines([spec], tmp_path, tmp_path / "data")
     lines = planned.lines
     assert lines[0].startswith("damaged  T/") and lines[1] == "1 run: 1 damaged"
-    assert lines[-1].startswith("cost of the 0 runs left")
+    assert lines[-1] == "cost: none, no run left to train"
     assert planned.exit_code == 6  # as the sweep ends on a damaged run (the dry run exited 0)
 
 
@@ -358,7 +358,7 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_bui
     assert refused in alone.lines
     # no run left to build the cache for: none is built; the sweep ends failing the run, exit 5 (it was 0)
     assert alone.exit_code == 5, alone.lines
-    assert alone.lines[-1].startswith("cost of the 0 runs left: ")
+    assert alone.lines[-1] == "cost: none, no run left to train"
     both = dry_run_lines([started, fresh], results, data)
     assert refused in both.lines
     assert both.exit_code == 3, both.lines  # the new run's cache is built, and stops the sweep
@@ -366,7 +366,7 @@ def test_the_dry_run_says_which_interrupted_runs_the_sweep_would_fail_before_bui
     fast = dry_run_lines([started, fresh], results, data, fail_fast=True)
     assert fast.exit_code == 5, fast.lines
     assert fast.lines[-2:] == ["--fail-fast: the sweep would stop at that run, no other run trains",
-                               fast.lines[-1]] and fast.lines[-1].startswith("cost of the 0 runs left: ")
+                               fast.lines[-1]] and fast.lines[-1] == "cost: none, no run left to train"
     assert not (root / "splits_3fold.json").exists()  # nothing written
 
 

@@ -431,6 +431,17 @@ def _synthetic_task(home: Path, tmp_path: Path) -> Path:
     return data
 
 
+def test_a_task_not_fetched_is_not_said_to_be_planned(home: Path, tmp_path: Path) -> None:
+    # "planning Task05_Prostate (fingerprint, plan, 5-fold splits)" came before the error: not fetched
+    from medseg_bench.errors import DataError
+
+    runs = [RunSpec(task="Task04_Hippocampus", dims="3d", arch="unet", loss="dice_ce", aug="none")]
+    said: list[str] = []
+    with pytest.raises(DataError, match="task not fetched"):
+        local.plan_tasks(runs, tmp_path / "data", said.append)
+    assert said == []
+
+
 def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(home: Path,
                                                                             tmp_path: Path) -> None:
     # "preparing TASK (plan, cache, 5-fold splits)" was said before every sweep, also where all three existed
@@ -444,11 +455,12 @@ def test_a_task_whose_plan_cache_and_splits_exist_is_not_said_to_be_prepared(hom
     assert said == [line]
     said.clear()
     assert local.prepare_tasks(runs, data, said.append)[key].splits == first.splits and said == []
-    for missing in ("splits_2fold.json", f"{first.plan.preprocessing_hash}/complete.json"):
-        # each one thing to build: said again
+    for missing, what in (("splits_2fold.json", "2-fold splits"),
+                          (f"{first.plan.preprocessing_hash}/complete.json", "cache")):
+        # each one thing to build: said again, naming only it (the plan was named where it existed)
         (data / "preprocessed" / "Task90_Synth" / missing).unlink()
         local.prepare_tasks(runs, data, said.append)
-        assert said == [line], missing
+        assert said == [f"preparing Task90_Synth ({what})"], missing
         said.clear()
 
 
@@ -723,11 +735,13 @@ def test_a_resumed_runs_checkpoint_is_loaded_once_to_check_it(
     assert loads == [str(checkpoint)] and trained == [started]
 
 
-@pytest.mark.parametrize("replace", ["renamed", "in place"])
+@pytest.mark.parametrize("replace", ["renamed", "in place", "in place, its time set back"])
 def test_a_checkpoint_replaced_after_the_early_check_is_checked_again(
         home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: str) -> None:
     # Another run's checkpoint copied over it between the sweep's check and the run's lock: still refused.
-    # In place, it keeps its inode and its size (the same network's weights): its time tells it apart.
+    # In place, it keeps its inode and its size (the same network's weights): its time tells it apart, and
+    # its change time where its modification time is set back (`touch -r`: the run was evaluated, done, with
+    # the other run's weights).
     import torch
 
     from medseg_bench.checkpoints import RUN_ID_KEY
@@ -737,12 +751,15 @@ def test_a_checkpoint_replaced_after_the_early_check_is_checked_again(
     def foreign(checkpoint: Path) -> None:
         state = torch.load(checkpoint, weights_only=True) | {RUN_ID_KEY: "x" * len(started.run_id)}
         target = checkpoint.with_name("other.ckpt") if replace == "renamed" else checkpoint
-        size = checkpoint.stat().st_size
+        before = checkpoint.stat()
         torch.save(state, target)
         if replace == "renamed":
             os.replace(target, checkpoint)
         else:
-            assert checkpoint.stat().st_size == size
+            assert checkpoint.stat().st_size == before.st_size
+        if replace.endswith("set back"):
+            os.utime(checkpoint, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert checkpoint.stat().st_mtime_ns == before.st_mtime_ns
 
     started, checkpoint, loads, trained = _resumable(home, tmp_path, monkeypatch, foreign)
     with pytest.raises(RunError, match=f"^1 of 1 run failed: {started.run_id}$"):
@@ -771,12 +788,12 @@ def test_a_jobs_worker_is_told_the_checkpoint_the_sweep_checked(
     assert stamps == [worker.checkpoint_stamp(checkpoint)] and loads == [str(checkpoint)]
     popen: list[list[str]] = []
     monkeypatch.setattr(subprocess, "Popen", lambda argv, **kw: popen.append(argv))
-    start_worker(started, tmp_path / "run", tmp_path, tmp_path / "data", None, 1, 0, (1, 2, 3, 4))
-    assert popen[0][popen[0].index("--checked") + 1] == "1:2:3:4"
+    start_worker(started, tmp_path / "run", tmp_path, tmp_path / "data", None, 1, 0, (1, 2, 3, 4, 5))
+    assert popen[0][popen[0].index("--checked") + 1] == "1:2:3:4:5"
     passed: list[object] = []
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: None)
     monkeypatch.setattr(worker, "run_one", lambda *args, **kwargs: passed.append(kwargs["checked"]) or
                         worker.Outcome("skipped"))
     argv = ["--spec", json.dumps(started.to_dict()), "--results-dir", str(tmp_path), "--data-dir",
-            str(tmp_path), "--checked", "1:2:3:4"]
-    assert worker.main(argv) == worker.EXIT_SKIPPED and passed == [(1, 2, 3, 4)]
+            str(tmp_path), "--checked", "1:2:3:4:5"]
+    assert worker.main(argv) == worker.EXIT_SKIPPED and passed == [(1, 2, 3, 4, 5)]
