@@ -5,7 +5,7 @@ On the CPU, predicting a case runs the network on a batch of tiles (`inference._
 `torch.no_grad` in float32: each layer's output lives until the layers that read it are done (a U-Net's skip
 connections until the decoder takes them), so the peak is several full-resolution feature maps per tile, not
 one. `forward_bytes` counts it: one tile (1, C, *patch) goes through the network on torch's meta device
-(shapes only, no arithmetic: milliseconds), a dispatch mode noting each tensor each operation makes and
+(shapes only, no arithmetic: well under a second), a dispatch mode noting each tensor each operation makes and
 letting it go when its storage is freed; the most bytes alive at once (`peak`) and the largest single
 tensor (`largest`). Every operation is the one the CPU runs, so every tensor counted is held at once there
 too: a DynUNet at a 128^3 tile holds 1.3 GiB of them. The CPU's peak, measured, is 1.0 to 2.1 times the
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,21 +46,66 @@ class ForwardBytes:
 def forward_bytes(net: nn.Module, channels: int, patch: Sequence[int]) -> ForwardBytes | None:
     """What `net` holds at once on one (1, `channels`, *`patch`) float32 tile in eval mode under no_grad,
     counted on the meta device: its parameters and buffers stood in for by meta tensors of their shapes
-    (`torch.func.functional_call`), so a trained network on the CPU is neither copied nor run. None where
+    (`_on_meta`), so a trained network on the CPU is neither copied nor run, and left as it was. None where
     an operation has no meta form (a network that cannot be counted: its activations are left out)."""
-    meta = {name: torch.empty_like(value, device="meta")
-            for name, value in [*net.named_parameters(), *net.named_buffers()]}
-    tile = torch.empty((1, channels, *patch), device="meta")
     training = net.training
-    counter = _LiveTensors([*meta.values(), tile])
+    kept = _kept_state(net)
+    stand_ins = _on_meta(net)
+    tile = torch.empty((1, channels, *patch), device="meta")
+    counter = _LiveTensors([*net.parameters(), *net.buffers(), tile])
     try:
         with torch.no_grad(), counter:
-            torch.func.functional_call(net.eval(), meta, (tile,))
+            net.eval()(tile)
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
         return None
     finally:
+        stand_ins()
+        kept()
         net.train(training)
     return ForwardBytes(counter.peak, counter.largest)
+
+
+def _on_meta(net: nn.Module) -> Callable[[], None]:
+    """Puts a meta tensor of each parameter's and buffer's shape in its place (one for a tensor shared by
+    several modules, as DynUNet's encoder is), and returns what puts the tensors back. (torch's
+    `functional_call` left half of DynUNet's shared parameters meta.)"""
+    swapped: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    stand_in: dict[int, torch.Tensor] = {}
+    for module in net.modules():
+        groups: list[tuple[dict[str, Any], bool]] = [(module._parameters, True), (module._buffers, False)]
+        for group, parameters in groups:
+            for name, value in group.items():
+                if value is None:
+                    continue
+                if id(value) not in stand_in:
+                    meta = torch.empty_like(value, device="meta")
+                    stand_in[id(value)] = nn.Parameter(meta, requires_grad=False) if parameters else meta
+                swapped.append((group, name, value))
+                group[name] = stand_in[id(value)]
+
+    def restore() -> None:
+        for group, name, value in swapped:
+            group[name] = value
+
+    return restore
+
+
+def _kept_state(net: nn.Module) -> Callable[[], None]:
+    """What puts back each module's own attributes as they are now: a network may keep tensors of its last
+    forward pass (DynUNet its deep-supervision heads, in a list its skip layers share), which would be meta
+    tensors after counting, and its next pass on the CPU fail on them. Lists are restored in place."""
+    saved = [(module, dict(vars(module))) for module in net.modules()]
+    lists = [(value, list(value)) for _, attributes in saved for value in attributes.values()
+             if isinstance(value, list)]
+
+    def restore() -> None:
+        for module, attributes in saved:
+            vars(module).clear()
+            vars(module).update(attributes)
+        for value, contents in lists:
+            value[:] = contents
+
+    return restore
 
 
 @functools.lru_cache(maxsize=64)

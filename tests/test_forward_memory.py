@@ -28,10 +28,17 @@ def test_a_trained_network_is_counted_as_the_same_network_built_on_the_meta_devi
     network on the meta device, weightless: the same count. The network's mode is left as it was."""
     inputs = ModelInputs(1, 3, (32, 48, 32), spacing=(1.0, 1.0, 1.0), tiny=True)
     net = ARCHS.get("dynunet").variants["3d"].build(inputs)
+    tile = torch.randn(1, 1, *inputs.patch_size)
+    with torch.no_grad():
+        before = net.eval()(tile)
     net.train()
     counted = forward_bytes(net, 1, inputs.patch_size)
     assert net.training
     assert counted == planned_forward_bytes("dynunet", "3d", inputs)
+    # its weights (some shared by two modules) and the heads it keeps between passes are its own again
+    assert not any(tensor.is_meta for tensor in [*net.parameters(), *net.buffers(), *net.heads])
+    with torch.no_grad():
+        assert torch.equal(net.eval()(tile), before)
     assert counted is not None and counted.peak > 2 * counted.largest  # skip connections held to the decoder
 
 
