@@ -147,10 +147,10 @@ def _window_bytes(size: InferenceSize, forward: int) -> int:
 
 
 def _tiles(size: InferenceSize) -> tuple[int, int]:
-    """The tiles the sliding window cuts the (padded) case into, and how many go through the network at once
-    (`inference._sliding_window`: `TILE_BATCH`, 2D: each batch of `SLICE_BATCH` slices one tile at a time,
-    or `TILE_BATCH` slices' tiles; MONAI's window of version 9 and older, 4); a 2D run of version 10 and
-    older: its batch of whole slices, as one tile each."""
+    """The tiles the sliding window cuts the (padded) case into (2D: a batch of slices into), and how many go
+    through the network at once (`inference._sliding_window`: `TILE_BATCH`; 2D, each batch of `SLICE_BATCH`
+    slices one tile at a time, or `TILE_BATCH` slices' tiles; MONAI's window of version 9 and older, 4); a
+    2D run of version 10 and older: its batch of whole slices, as one tile each."""
     from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM, TILE_BATCH, _tile_starts
 
     if size.dims == "3d":
