@@ -2,8 +2,9 @@
 
 Each case runs `inference.predict_ensemble_probabilities` (what `predict` runs for an image; the sweep's
 evaluation runs the same sliding window and mapping back) in a process of its own, on the CPU, with networks
-of one 1 x 1 (x 1) convolution: their activations on a batch of tiles are small, as `least_bytes` and
-`peak_bytes` leave a network's own out. Preprocessing is stood in for by a random resampled image of the
+of one 1 x 1 (x 1) convolution, whose activations on a batch of tiles are small, and then (`NETWORK_CASES`)
+with the registry's networks, random weights, whose activations `least_bytes` counts (`tile_forward`, from
+`forward_memory`). Preprocessing is stood in for by a random resampled image of the
 case's shape at the plan's target spacing, made inside the measured call, as predict makes it there. The
 peak resident memory of that call is read above the process's memory before it (Linux:
 `/proc/self/clear_refs` resets the peak, `VmHWM` reads it), every array of 64 KiB or more mapped on its own
@@ -15,7 +16,12 @@ measured peak, `least_bytes` (what the case certainly holds at once: a case over
 use is refused) and `peak_bytes` (the envelope), and their ratios to the measured peak: `least_bytes` must
 be at most 1, `peak_bytes` at least 1.
 
-A second table measures what an evaluation (`run.evaluate_fold`) holds after predicting a case, as it calls
+A second table measures one forward pass of a network on a batch of tiles in a process of its own
+(`FORWARD_CASES`: the registry's 3D and 2D networks, tiles of 64^3 to 128^3 and 128^2 to 256^2, 1 to 32 at
+once), against `forward_memory`'s count of it on the meta device (what it certainly holds), the largest
+single tensor, and the envelope `peak_bytes` takes for it (`FORWARD_FACTOR`).
+
+A third table measures what an evaluation (`run.evaluate_fold`) holds after predicting a case, as it calls
 them: its prediction (uint8, on the original grid) read beside the label map (`io.read_label`, from a
 `.nii.gz`), the prediction written (`io.write_label`) and every metric of `evaluate_case` for each label (and
 region); with postprocessing, both spilled to disk (`case_spill`), the decision (`postprocess.decide_as`)
@@ -47,8 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/publish.py
 
 from publish import publish  # noqa: E402
 
+from medseg_bench.forward_memory import planned_forward_bytes  # noqa: E402
 from medseg_bench.inference_memory import (  # noqa: E402
     DECISION_BYTES,
+    FORWARD_FACTOR,
     PEAK_FACTOR,
     PEAK_SLACK,
     SCORE_BYTES,
@@ -59,6 +67,7 @@ from medseg_bench.inference_memory import (  # noqa: E402
     scoring_bytes,
     scoring_peak_bytes,
 )
+from medseg_bench.models import ModelInputs, variant  # noqa: E402
 from medseg_bench.provenance import cpu_model  # noqa: E402
 from medseg_bench.spec import PIPELINE_VERSION  # noqa: E402
 
@@ -90,6 +99,40 @@ CASES: list[tuple[str, int, int, bool, tuple[int, int, int], tuple[float, ...], 
     ("2d", 1, 3, False, (48, 200, 200), (1, 1, 1), (1, 1, 1), 9, True, False, 1),
 ]
 PATCH = {"3d": (48, 64, 64), "2d": (64, 64)}
+# predicting with the registry's networks (random weights) on the CPU, their activations among what is held:
+# arch, dims, channels, classes, shape as stored (z, y, x) at 1 mm, patch, pipeline version
+NETWORK_CASES: list[tuple[str, str, int, int, tuple[int, int, int], tuple[int, ...], int]] = [
+    ("dynunet", "3d", 1, 3, (96, 96, 96), (64, 64, 64), V),
+    ("dynunet", "3d", 1, 3, (128, 128, 128), (128, 128, 128), V),
+    ("unet", "3d", 1, 2, (128, 128, 128), (96, 96, 96), V),
+    ("unet", "2d", 1, 3, (40, 256, 256), (256, 256), V),
+    ("unet", "2d", 1, 3, (40, 200, 200), (128, 128), 10),
+]
+# one forward pass of a batch of tiles, as the sliding window makes it (`torch.cat`) and runs it on the CPU:
+# arch, dims, classes, patch, tiles at once
+FORWARD_CASES: list[tuple[str, str, int, tuple[int, ...], int]] = [
+    ("dynunet", "3d", 3, (64, 64, 64), 1),
+    ("dynunet", "3d", 3, (64, 64, 64), 4),
+    ("dynunet", "3d", 3, (96, 96, 96), 2),
+    ("dynunet", "3d", 3, (128, 128, 128), 1),
+    ("dynunet", "3d", 3, (128, 128, 128), 2),
+    ("unet", "3d", 2, (96, 96, 96), 4),
+    ("unet", "3d", 14, (96, 96, 96), 1),
+    ("segresnet", "3d", 3, (96, 96, 96), 2),
+    ("basicunet", "3d", 3, (96, 96, 96), 1),
+    ("attentionunet", "3d", 3, (96, 96, 96), 1),
+    ("vnet", "3d", 3, (64, 64, 64), 2),
+    ("unetr", "3d", 3, (96, 96, 96), 1),
+    ("swinunetr", "3d", 3, (64, 64, 64), 1),
+    ("unet", "2d", 3, (128, 128), 32),
+    ("unet", "2d", 3, (256, 256), 8),
+    ("unet", "2d", 3, (256, 256), 32),
+    ("unetplusplus", "2d", 3, (256, 256), 8),
+    ("upernet", "2d", 3, (256, 256), 8),
+    ("segformer", "2d", 3, (256, 256), 8),
+    ("deeplab", "2d", 3, (256, 256), 8),
+    ("fcn", "2d", 3, (256, 256), 4),  # over its default encoder, ResNet-50
+]
 # shape as stored (z, y, x), labels, with regions (each label with those above it, as BraTS's), postprocessed,
 # spacing (mm), the share of voxels a stray label
 SCORING_CASES: list[tuple[tuple[int, int, int], int, bool, bool, tuple[float, ...], float]] = [
@@ -122,8 +165,8 @@ from medseg_bench.data import preprocess
 from medseg_bench.data.resample import nonzero_box
 from medseg_bench.inference import Member, predict_ensemble_probabilities
 
-dims, channels, outputs, regions, shape, spacing, target, version, tta, probabilities, members, patch = (
-    json.loads(sys.argv[1]))
+(dims, channels, outputs, regions, shape, spacing, target, version, tta, probabilities, members, patch,
+ arch) = json.loads(sys.argv[1])
 torch.set_num_threads(1)
 torch.manual_seed(0)
 rng = np.random.default_rng(0)
@@ -155,8 +198,18 @@ def predict(shape):
 
 conv = nn.Conv3d if dims == "3d" else nn.Conv2d
 paint = tuple(range(1, outputs + 1)) if regions else None
-ensemble = [Member(conv(channels, outputs, 1), dims, tuple(patch), tta, 0, version, False, paint)
-            for _ in range(members)]
+
+
+def network():
+    if arch is None:
+        return conv(channels, outputs, 1)
+    from medseg_bench.models import ModelInputs, build_model
+
+    return build_model(arch, dims, ModelInputs(channels, outputs, tuple(patch), spacing=tuple(target),
+                                               pipeline_version=version)).eval()
+
+
+ensemble = [Member(network(), dims, tuple(patch), tta, 0, version, False, paint) for _ in range(members)]
 plan = SimpleNamespace(target_spacing=tuple(target))
 # the process's own: what the first prediction imports and sets up (scipy.ndimage, MONAI, torch's threads)
 predict([max(2, s // 8) for s in shape])
@@ -261,12 +314,45 @@ with tempfile.TemporaryDirectory() as temporary:
 """
 
 
+_FORWARD_CHILD = r"""
+import gc, json, sys
+import torch
+from medseg_bench.models import ModelInputs, build_model
+
+arch, dims, classes, patch, tiles = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+from medseg_bench.models import variant
+
+encoder = variant(arch, dims).encoders[0] if variant(arch, dims).encoders else None
+net = build_model(arch, dims, ModelInputs(1, classes, tuple(patch), encoder,
+                                          spacing=(1.0,) * len(patch))).eval()
+
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key))
+
+
+with torch.no_grad():
+    net(torch.randn(1, 1, *patch))  # the process's own: what the first pass sets up
+parts = [torch.randn(1, 1, *patch) for _ in range(tiles)]
+gc.collect()
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+before = status("VmRSS:")
+with torch.no_grad():
+    out = net(torch.cat(parts))
+print(json.dumps({"peak": status("VmHWM:") - before}))
+"""
+
+
 def measure(case: tuple, child: str = _CHILD) -> dict:
     # every array of 64 KiB or more mapped for itself and returned when freed: else glibc serves arrays up to
     # 32 MiB from memory the warm-up freed, already counted in the process's own, and a case's arrays of
     # that size went uncounted (measured below the arrays it certainly held)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-    arguments = [*case, PATCH[case[0]]] if child == _CHILD else list(case)
+    arguments = [*case, PATCH[case[0]], None] if child == _CHILD and len(case) == 11 else list(case)
     out = subprocess.run([sys.executable, "-c", child, json.dumps(arguments)], env=env,
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -299,6 +385,22 @@ def main() -> None:
                f"{envelope / MiB:.0f} ({envelope / found['peak']:.2f}) |")
         rows.append((row, least / found["peak"], envelope / found["peak"]))
         print(row, flush=True)
+    for arch, dims, channels, outputs, shape, patch, version in NETWORK_CASES:
+        case = (dims, channels, outputs, False, shape, (1.0,) * 3, (1.0,) * 3, version, False, False, 1)
+        found = measure((*case, patch, arch))
+        inputs = ModelInputs(channels, outputs, patch, spacing=(1.0,) * len(patch), pipeline_version=version)
+        counted = planned_forward_bytes(arch, dims, inputs)
+        size = InferenceSize(Path("image.nii"), channels, outputs, shape, tuple(found["cropped"]),
+                             tuple(found["resampled"]), patch, dims, 0, version,
+                             tile_forward=counted.peak if counted else 0)
+        least, envelope = least_bytes(size), peak_bytes(size)
+        named = _describe(case).replace(dims, f"{dims} {arch}", 1)
+        row = (f"| {named}, patch {' x '.join(map(str, patch))} | "
+               f"1 x 1 x 1 to 1 x 1 x 1 | {' x '.join(map(str, found['resampled']))} | "
+               f"{found['peak'] / MiB:.0f} | {least / MiB:.0f} ({least / found['peak']:.2f}) | "
+               f"{envelope / MiB:.0f} ({envelope / found['peak']:.2f}) |")
+        rows.append((row, least / found["peak"], envelope / found["peak"]))
+        print(row, flush=True)
     worst_least, worst_peak = max(r[1] for r in rows), min(r[2] for r in rows)
     scoring = []
     for case in SCORING_CASES:
@@ -316,6 +418,22 @@ def main() -> None:
                f"{envelope / MiB:.0f} ({envelope / peak:.2f}) |")
         scoring.append((row, least / peak, envelope / peak, noise))
         print(row, flush=True)
+    forward = []
+    for arch, dims, classes, patch, tiles in FORWARD_CASES:
+        peak = measure((arch, dims, classes, patch, tiles), _FORWARD_CHILD)["peak"]
+        encoder = variant(arch, dims).encoders[0] if variant(arch, dims).encoders else None
+        inputs = ModelInputs(1, classes, patch, encoder, spacing=(1.0,) * len(patch))
+        counted = planned_forward_bytes(arch, dims, inputs)
+        assert counted is not None
+        least = tiles * (counted.peak + 4 * math.prod(patch))
+        envelope = FORWARD_FACTOR * least + PEAK_SLACK
+        row = (f"| {arch} {dims}, {classes} classes | {' x '.join(map(str, patch))} | {tiles} | "
+               f"{peak / MiB:.0f} | {least / MiB:.0f} ({least / peak:.2f}) | "
+               f"{tiles * counted.largest / MiB:.0f} | {envelope / MiB:.0f} ({envelope / peak:.2f}) |")
+        forward.append((row, least / peak, envelope / peak, least <= peak + MiB))
+        print(row, flush=True)
+    forward_least, forward_peak = max(r[1] for r in forward), min(r[2] for r in forward)
+    counted_within = all(r[3] for r in forward)
     bounded = [r for r in scoring if r[3] <= NOISE_BOUND]
     scoring_least, scoring_peak = max(r[1] for r in bounded), min(r[2] for r in bounded)
     noisy = [r for r in scoring if r[3] > NOISE_BOUND]
@@ -327,7 +445,9 @@ def main() -> None:
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores "
         f"(`{platform.platform()}`, {cpu_model()}), Python {platform.python_version()}, on the CPU. Command: "
         f"`.venv/bin/python {command}`. Peak resident memory of `predict_ensemble_probabilities` above the "
-        "process's own (MiB), networks of one 1 x 1 convolution; in brackets, the ratio to it. "
+        "process's own (MiB), networks of one 1 x 1 convolution, or where named the registry's with random "
+        "weights (their activations on a batch of tiles counted, `tile_forward`); in brackets, the ratio to "
+        "it. "
         "`least_bytes` refuses a case that cannot fit and must be at most the measured peak (ratio 1 or "
         f"less); `peak_bytes` ({PEAK_FACTOR:g} times it and {PEAK_SLACK // MiB} MiB) is the envelope and "
         "must be at least it.",
@@ -339,6 +459,27 @@ def main() -> None:
         f"Largest ratio of `least_bytes`: {worst_least:.2f}; smallest of `peak_bytes`: {worst_peak:.2f}"
         + ("." if worst_peak >= 1 and worst_least <= 1 else " (out of bounds: the coefficients in "
            "`medseg_bench/inference_memory.py` need measuring again)."),
+        "",
+        "## One forward pass of the network on a batch of tiles, on the CPU",
+        "",
+        "Peak resident memory above the process's own (MiB) of one forward pass under `torch.no_grad` in "
+        "float32 (as `inference._sliding_window` runs it on the CPU: the tiles concatenated, one channel), "
+        "in a process of its own, against what `forward_memory.forward_bytes` counts on the meta device "
+        "(`forward_pass_bytes`: each tile's activations and input, what the pass certainly holds; in "
+        "brackets its ratio to the measured, at most 1 give or take the measurement's 1 MiB), the largest "
+        "single tensor of the pass, and the "
+        f"envelope `peak_bytes` takes for it, {FORWARD_FACTOR:g} times the count and {PEAK_SLACK // MiB} MiB "
+        "(`FORWARD_FACTOR`, `PEAK_SLACK`; at least 1). oneDNN "
+        "converts a convolution's input of few channels (a 3D U-Net's last, of 2 or 3 classes) to a blocked "
+        "layout of 16 channels, unseen by the count.",
+        "",
+        "| network | tile | tiles at once | measured | counted | largest tensor | envelope |",
+        "|---|---|---|---|---|---|---|",
+        *(r[0] for r in forward),
+        "",
+        f"Largest ratio of the count: {forward_least:.2f}; smallest of the envelope: {forward_peak:.2f}"
+        + ("." if forward_peak >= 1 and counted_within else " (out of bounds: `FORWARD_FACTOR` or "
+           "`forward_memory` need measuring again)."),
         "",
         "## Scoring one case on its original grid, as an evaluation does after predicting it",
         "",

@@ -7,8 +7,12 @@ float64 copy of the logits), an ensemble's running sum; then, mapping back to th
 probabilities with each class's resampled scores (`resample.to_original`), and, where the probabilities
 themselves are mapped back (`predict --save-probabilities`, an ensemble of 2D and 3D runs, every region
 run), all of them on the cropped and original grids. On a large CT case at many classes that is many times
-the case, where its preprocessing fit (`preprocess_memory`). On a GPU the sliding window's arrays are the
-GPU's: the host holds the probabilities copied back.
+the case, where its preprocessing fit (`preprocess_memory`). On the CPU the network's own activations on a
+batch of tiles (`forward_pass_bytes`: `inference.TILE_BATCH` tiles at once, 2D a batch of slices' tiles)
+are held beside the window's arrays: they do not grow with the case, but a DynUNet's at 128^3 tiles hold
+1.3 GiB each, counted on the meta device from the network itself (`forward_memory`; `tile_forward`). On a
+GPU the sliding window's arrays and the activations are the GPU's: the host holds the probabilities copied
+back.
 
 An evaluation (`run.evaluate_fold`) then scores the case against its label map on the original grid, its
 image and probabilities let go: reading the label map (`io.read_label`: ITK's buffer, checked in its own
@@ -26,13 +30,15 @@ more, its surface elements' distances). An evaluation's case needs the larger of
 `least_bytes` counts only arrays that are certainly held at the same time (host memory); a case whose
 `least_bytes` exceed what this process may use (`checks.usable_memory`) cannot be predicted (or scored).
 `peak_bytes` is an upper envelope of the peak resident memory measured above a process's own
-(`bench/inference_memory.py`), `PEAK_FACTOR` times what predicting certainly holds and `PEAK_SLACK` above
-it, or scoring's (`scoring_peak_bytes`) where larger. Neither counts the network's own activations on a batch
-of tiles: they do not grow with the case, and training held more.
+(`bench/inference_memory.py`), `PEAK_FACTOR` times what predicting certainly holds (the network's forward
+pass `FORWARD_FACTOR` times: measured 1.0 to 2.1 times its count) and `PEAK_SLACK` above it, or scoring's
+(`scoring_peak_bytes`) where larger. Neither counts the network's weights, held by the process before and
+after each case as its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +52,9 @@ from medseg_bench.spec import PIPELINE_VERSION
 
 # the envelope of `bench/inference_memory.py`'s measurements: `least_bytes` times this, and this much above
 PEAK_FACTOR, PEAK_SLACK = 1.5, 64 * 2**20
+# and of a network's forward pass on the CPU against what it certainly holds (`forward_pass_bytes`): oneDNN
+# converts a convolution's input of few channels to its blocked layout, channels padded to 16, unseen
+FORWARD_FACTOR = 2.5
 # scoring, per voxel of the original grid: the label map read (ITK's buffer, at least a byte a voxel, and
 # its uint8 copy) beside the prediction (uint8), what it certainly holds; the metrics at their most measured
 # (each region's masks of a prediction and label map whose boxes are the grid); the postprocessing decision
@@ -80,6 +89,9 @@ class InferenceSize:
     held: int = 0  # bytes the caller holds throughout (predict: the image as read)
     scored: bool = False  # scored against its label map on the original grid, after (an evaluation's case)
     postprocess: bool = False  # and the postprocessing decided on it (`spec.postprocess`)
+    # what one tile's forward pass through the network holds at once (`forward_memory.forward_bytes`), on the
+    # CPU; 0: not counted (on a GPU, the activations are the GPU's)
+    tile_forward: int = 0
 
 
 def least_bytes(size: InferenceSize) -> int:
@@ -87,13 +99,14 @@ def least_bytes(size: InferenceSize) -> int:
     `held`, with the larger of the sliding window's arrays (`_window_bytes`; an ensemble's running sum beside
     them) and what mapping back holds (`_back_bytes`); for a case `scored`, the larger of that and
     `scoring_bytes`."""
-    return size.held + max(_predicting_bytes(size), scoring_bytes(size))
+    return size.held + max(_predicting_bytes(size, forward_pass_bytes(size)), scoring_bytes(size))
 
 
-def _predicting_bytes(size: InferenceSize) -> int:
+def _predicting_bytes(size: InferenceSize, forward: int) -> int:
+    """What predicting holds at once, with `forward` bytes for one forward pass of the network."""
     resampled = math.prod(size.resampled)
     total = (8 if size.regions else 4) * size.outputs * resampled if size.members > 1 else 0
-    return 4 * size.channels * resampled + max(total + _window_bytes(size), _back_bytes(size))
+    return 4 * size.channels * resampled + max(total + _window_bytes(size, forward), _back_bytes(size))
 
 
 def scoring_bytes(size: InferenceSize) -> int:
@@ -105,11 +118,13 @@ def scoring_bytes(size: InferenceSize) -> int:
     return SCORE_BYTES * math.prod(size.original) if size.scored else 0
 
 
-def _window_bytes(size: InferenceSize) -> int:
+def _window_bytes(size: InferenceSize, forward: int) -> int:
     """What the sliding window (`inference.predict_probabilities`) certainly holds at once beside its input,
     on the host: the case padded up to the patch, the stitched logits (float32, for every class) with the
-    window's weight per voxel, their normalised copy, and the probabilities; on a GPU only what is copied
-    back. 2D: each slice batch's probabilities and their concatenation."""
+    window's weight per voxel, their normalised copy, and the probabilities; or while the network runs, its
+    activations on a batch of tiles (`forward`, `forward_pass_bytes`) beside the window's weight (and the
+    logits, where there is more than one batch); on a GPU only what is copied back. 2D: each slice batch's
+    probabilities and their concatenation, or the network's activations beside the slices."""
     from medseg_bench.inference import NNUNET_INFERENCE_FROM, SLICE_WINDOW_FROM
 
     k, c = size.outputs, size.channels
@@ -121,27 +136,69 @@ def _window_bytes(size: InferenceSize) -> int:
             return per_class * k * resampled
         copy = 4 * c * padded if padded != resampled else 0
         if size.pipeline_version < NNUNET_INFERENCE_FROM:  # MONAI's output and its softmax; a sum over flips
-            return copy + (4 * k * padded + 4 * k * resampled) + 4 * k * resampled * size.tta
+            return copy + max(4 * k * padded + 4 * k * resampled + 4 * k * resampled * size.tta, forward)
         # the logits and the window's weight, with the logits normalised; then their softmax (a region run's
         # float64 copy and sigmoid) beside them
         activation = (16 if size.regions else 4) * k * resampled
-        return copy + max(8 * k * padded + 4 * padded, 4 * k * padded + activation)
+        tiles, per_pass = _tiles(size)
+        running = 4 * padded + (4 * k * padded if tiles > per_pass else 0) + forward
+        return copy + max(8 * k * padded + 4 * padded, 4 * k * padded + activation, running)
     if size.pipeline_version < SLICE_WINDOW_FROM:  # whole slices, padded to a multiple of 32 and the patch
         padded = size.resampled[size.slice_axis] * _padded_plane(size)
         kept = per_class * k * (resampled if size.on_gpu else padded)  # on the host, each batch's padded
-        return 4 * c * padded + kept + per_class * k * resampled
+        return 4 * c * padded + max(kept + per_class * k * resampled, forward)
     moved = 4 * c * resampled if c > 1 or size.slice_axis != 0 else 0  # the slices made contiguous
-    return moved + 2 * per_class * k * resampled
+    return moved + max(2 * per_class * k * resampled, forward)
+
+
+def _tiles(size: InferenceSize) -> tuple[int, int]:
+    """The tiles the sliding window cuts the (padded) case into (2D: a batch of slices into), and how many go
+    through the network at once (`inference._sliding_window`: `TILE_BATCH`; 2D, each batch of `SLICE_BATCH`
+    slices one tile at a time, or `TILE_BATCH` slices' tiles; MONAI's window of version 9 and older, 4); a
+    2D run of version 10 and older: its batch of whole slices, as one tile each."""
+    from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM, TILE_BATCH, _tile_starts
+
+    if size.dims == "3d":
+        tiles = math.prod(len(_tile_starts(max(s, p), p))
+                          for s, p in zip(size.resampled, size.patch, strict=True))
+        return tiles, min(TILE_BATCH, tiles)
+    slices = min(SLICE_BATCH, size.resampled[size.slice_axis])
+    if size.pipeline_version < SLICE_WINDOW_FROM:
+        return slices, slices
+    plane = [s for axis, s in enumerate(size.resampled) if axis != size.slice_axis]
+    boxes = math.prod(len(_tile_starts(max(s, p), p)) for s, p in zip(plane, size.patch, strict=True))
+    return slices * boxes, slices * min(max(1, TILE_BATCH // slices), boxes)
+
+
+def forward_pass_bytes(size: InferenceSize) -> int:
+    """What one forward pass of the sliding window holds on the host: its batch of tiles (float32, as
+    `torch.cat` makes it) and the network's activations on them, `tile_forward` for each tile (0 on a GPU,
+    or not counted). A 2D run of version 10 or older passes whole slices padded to a multiple of 32 (and the
+    patch): a tile's activations scaled to the slice's area."""
+    from medseg_bench.inference import SLICE_WINDOW_FROM
+
+    if size.on_gpu or not size.tile_forward:
+        return 0
+    _, per_pass = _tiles(size)
+    tile = math.prod(size.patch)
+    if size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM:
+        whole = _padded_plane(size)
+        return per_pass * (4 * size.channels * whole + math.ceil(size.tile_forward * whole / tile))
+    return per_pass * (4 * size.channels * tile + size.tile_forward)
 
 
 def _padded_plane(size: InferenceSize) -> int:
     """The voxels of one slice as a 2D run of version 10 or older predicts it whole: each side padded up to a
     multiple of 32 and to the patch (`inference._predict_slices`)."""
+    return math.prod(_padded_sides(size))
+
+
+def _padded_sides(size: InferenceSize) -> tuple[int, ...]:
     from medseg_bench.inference import SLICE_MULTIPLE
 
     plane = [s for axis, s in enumerate(size.resampled) if axis != size.slice_axis]
-    return math.prod(max(-(-s // SLICE_MULTIPLE) * SLICE_MULTIPLE, p)
-                     for s, p in zip(plane, size.patch, strict=True))
+    return tuple(max(-(-s // SLICE_MULTIPLE) * SLICE_MULTIPLE, p)
+                 for s, p in zip(plane, size.patch, strict=True))
 
 
 def _back_bytes(size: InferenceSize) -> int:
@@ -161,11 +218,14 @@ def _back_bytes(size: InferenceSize) -> int:
 
 def peak_bytes(size: InferenceSize) -> int:
     """At most the memory the case's inference uses above the process's own: the envelope of the measured,
-    `PEAK_FACTOR` times `least_bytes` and `PEAK_SLACK` above; for a 2D run of version 10 or older, which
+    `PEAK_FACTOR` times `least_bytes` (its network's forward pass `FORWARD_FACTOR` times) and `PEAK_SLACK`
+    above; for a 2D run of version 10 or older, which
     predicts `SLICE_BATCH` whole slices at once, `BATCH_COPIES` of such a batch's channels and classes too."""
     from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM
 
-    peak = math.ceil(PEAK_FACTOR * (size.held + _predicting_bytes(size))) + PEAK_SLACK
+    # the network's forward pass at FORWARD_FACTOR times its count, the rest at PEAK_FACTOR
+    forward = math.ceil(forward_pass_bytes(size) * FORWARD_FACTOR / PEAK_FACTOR)
+    peak = math.ceil(PEAK_FACTOR * (size.held + _predicting_bytes(size, forward))) + PEAK_SLACK
     if size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM:
         batch = min(SLICE_BATCH, size.resampled[size.slice_axis]) * _padded_plane(size)
         peak += BATCH_COPIES * 4 * (size.channels + size.outputs) * batch
@@ -187,13 +247,23 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run
     fit: its `least_bytes` are more than `memory`; `advice`: what else to do than give it more memory, for
     its prediction (a scoring on the original grid has nothing else); `run_id`: the run whose evaluation it
     is, where nothing was trained yet."""
+    from medseg_bench.inference import SLICE_WINDOW_FROM
+
     need = least_bytes(size)
     if memory is None or need <= memory.limit_bytes:
         return
     scoring = size.held + scoring_bytes(size) == need  # scoring holds more than predicting
+    network = least_bytes(dataclasses.replace(size, tile_forward=0)) <= memory.limit_bytes
     if scoring:
         shown = " x ".join(str(n) for n in size.original)
         doing, what = "scoring it", f"{shown} voxels as stored: its label map read beside its prediction"
+    elif network:  # it would fit but for the network's activations: no coarser spacing makes them less
+        _, per_pass = _tiles(size)
+        whole = size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM  # whole slices, padded
+        shown = " x ".join(str(n) for n in (_padded_sides(size) if whole else size.patch))
+        doing, what = "predicting it", (f"the network's activations on {per_pass} tile(s) of {shown} voxels "
+                                        "at once, on the CPU")
+        advice = "predict on a GPU"
     else:
         shown = " x ".join(str(n) for n in size.resampled)
         doing, what = "predicting it", (f"{size.outputs} {'region(s)' if size.regions else 'class(es)'}, "
@@ -211,16 +281,31 @@ def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> 
     (`run.evaluate_fold`): `case`'s voxels through preprocessing, the run's network, outputs and mirroring,
     then its scoring on the original grid, after the probabilities are let go (`scored`; `postprocess`:
     the decision's envelope too). The evaluation holds no other case beside it: the postprocessing decision
-    reads the cases back from disk one at a time (`case_spill`)."""
+    reads the cases back from disk one at a time (`case_spill`). On the CPU, the network's activations on a
+    tile (`tile_forward`) are counted from the network the run builds on its plan, on the meta device
+    (`forward_memory.planned_forward_bytes`, once per network: a DynUNet at a 128^3 tile holds 1.3 GiB, 4
+    such tiles at once; `bench/inference_memory.py`); on a GPU they are the GPU's, not counted."""
     from medseg_bench.regions import output_channels
-    from medseg_bench.training import network_spacing, resolve_patch_and_batch, run_slice_axis, run_tta
+    from medseg_bench.training import (
+        model_inputs,
+        network_spacing,
+        resolve_patch_and_batch,
+        run_slice_axis,
+        run_tta,
+    )
 
     patch, _ = resolve_patch_and_batch(spec, prepared)
+    tile_forward = 0
+    if not on_gpu:
+        from medseg_bench.forward_memory import planned_forward_bytes
+
+        counted = planned_forward_bytes(spec.arch, spec.dims, model_inputs(spec, prepared))
+        tile_forward = counted.peak if counted is not None else 0
     return InferenceSize(case.image, case.channels, output_channels(spec, prepared.task), case.shape,
                          case.cropped, case.resampled, patch, spec.dims,
                          run_slice_axis(spec, network_spacing(prepared)), spec.pipeline_version,
                          spec.target == "regions", run_tta(spec), on_gpu=on_gpu, scored=True,
-                         postprocess=spec.postprocess)
+                         postprocess=spec.postprocess, tile_forward=tile_forward)
 
 
 def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory: MemoryLimit | None) -> None:

@@ -14,6 +14,7 @@ from medseg_bench.checks import MemoryLimit
 from medseg_bench.errors import DataError
 from medseg_bench.inference_memory import (
     DECISION_BYTES,
+    FORWARD_FACTOR,
     PEAK_FACTOR,
     PEAK_SLACK,
     SCORE_BYTES,
@@ -22,6 +23,7 @@ from medseg_bench.inference_memory import (
     check_evaluations,
     check_fits,
     check_held_out,
+    forward_pass_bytes,
     least_bytes,
     peak_bytes,
     scoring_bytes,
@@ -69,6 +71,33 @@ def test_least_bytes_grows_with_what_the_prediction_holds() -> None:
 def test_peak_bytes_is_above_least_bytes() -> None:
     for size in (_size(), _size(regions=True), _size(dims="2d", patch=(64, 64), pipeline_version=10)):
         assert peak_bytes(size) >= PEAK_FACTOR * least_bytes(size) + PEAK_SLACK
+
+
+def test_the_networks_activations_count_for_each_tile_of_a_forward_pass_on_the_cpu() -> None:
+    """The sliding window passes `TILE_BATCH` tiles at once (fewer where the case has fewer), 2D up to
+    `SLICE_BATCH` slices' tiles: each holds the network's activations (`tile_forward`) and its input."""
+    tile = 32 * 64 * 64
+    one = _size(resampled=(32, 64, 64), tile_forward=10**8)  # the case is one tile
+    assert forward_pass_bytes(one) == 10**8 + 4 * 2 * tile
+    many = _size(tile_forward=10**8)  # 50 x 100 x 100: 3 tiles along each axis, 4 at once
+    assert forward_pass_bytes(many) == 4 * (10**8 + 4 * 2 * tile)
+    resampled, k = 50 * 100 * 100, 3
+    # beside the image (2 channels), the window's weight and logits, while the network runs
+    assert least_bytes(many) == 8 * resampled + 4 * resampled + 4 * k * resampled + forward_pass_bytes(many)
+    assert least_bytes(_size(tile_forward=2 * 10**8)) == least_bytes(many) + 4 * 10**8  # a wider network
+    assert peak_bytes(many) >= FORWARD_FACTOR * forward_pass_bytes(many)
+    assert least_bytes(_size(tile_forward=0)) < least_bytes(many)
+    # on a GPU the activations are the GPU's
+    gpu = dataclasses.replace(many, on_gpu=True)
+    assert forward_pass_bytes(gpu) == 0 and least_bytes(gpu) == least_bytes(_size(on_gpu=True))
+    # 2D: 32 slices of 50, one tile of each at once; 2 slices: 2 tiles of each (4 at once)
+    plane = _size(dims="2d", patch=(64, 64), tile_forward=10**6)
+    assert forward_pass_bytes(plane) == 32 * (10**6 + 4 * 2 * 64 * 64)
+    two = dataclasses.replace(plane, resampled=(2, 100, 100))
+    assert forward_pass_bytes(two) == 4 * (10**6 + 8 * 64 * 64)
+    # version 10 and older: 32 whole slices padded to 128 x 128, a tile's activations scaled to them
+    whole = dataclasses.replace(plane, pipeline_version=10)
+    assert forward_pass_bytes(whole) == 32 * (4 * 2 * 128 * 128 + 4 * 10**6)
 
 
 def test_check_fits_names_the_image_what_it_needs_and_what_there_is() -> None:
@@ -198,6 +227,45 @@ def test_an_evaluation_refuses_a_held_out_case_it_cannot_fit(prepared) -> None:
     assert json.loads((task.cache_dir / f"{case_id}.json").read_text())["image"] == props["image"]
 
 
+def test_a_case_only_the_networks_activations_cannot_fit_is_refused_naming_them(prepared) -> None:
+    """On the CPU, the network's feature maps on a batch of tiles are host memory: a case whose arrays fit
+    but not beside them is refused in one line naming the image and the activations, before any run trains
+    and by the evaluation itself; on a GPU they are the GPU's."""
+    from medseg_bench.data.preprocess import case_sizes, load_case, usable_cases
+    from medseg_bench.forward_memory import planned_forward_bytes
+    from medseg_bench.inference_memory import run_size
+    from medseg_bench.training import model_inputs
+
+    task, data = prepared
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=2)
+    cases = {case.case_id: case for case in usable_cases(task.task, data)}
+    by_image = {size.image: size for size in case_sizes(list(cases.values()), task.plan,
+                                                        data / "preprocessed" / "Task90_Synth")}
+    held_out = [run_size(spec, task, by_image[cases[case_id].image]) for case_id in task.splits[0]["val"]]
+    counted = planned_forward_bytes("dynunet", "3d", model_inputs(spec, task))
+    assert counted is not None and all(size.tile_forward == counted.peak > 0 for size in held_out)
+    without = max(least_bytes(dataclasses.replace(size, tile_forward=0)) for size in held_out)
+    first = held_out[0]
+    need = least_bytes(first)
+    assert need > without  # every case fits but for the activations
+    memory = MemoryLimit(without, JOB)
+    patch = " x ".join(map(str, first.patch))
+    line = (f"{first.image}: predicting it needs at least {need / 2**30:.3g} GiB at once (the network's "
+            f"activations on 1 tile(s) of {patch} voxels at once, on the CPU), more than the "
+            f"{without / 2**30:.3g} GiB this process may use ({JOB}); run with more memory, or predict on a "
+            "GPU")
+    with pytest.raises(DataError) as refused:
+        check_evaluations([spec], task, data, memory)
+    assert str(refused.value) == line + (f" (run {spec.run_id} predicts it to evaluate, after training; "
+                                         "nothing was trained)")
+    case_id = task.splits[0]["val"][0]
+    image, _, props = load_case(task.cache_dir, case_id)
+    with pytest.raises(DataError) as evaluating:
+        check_held_out(spec, task, props, image.shape, "cpu", memory)
+    assert str(evaluating.value) == line.replace(str(first.image), props["image"])
+    check_held_out(spec, task, props, image.shape, "cuda:0", memory)
+
+
 def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared) -> None:
     """The postprocessing decision reads the held-out cases back from disk (`case_spill`): a run that
     postprocesses needs no more memory to evaluate than its largest case's inference, where the label maps
@@ -244,13 +312,17 @@ def cropped(home: Path, tmp_path: Path):
 
 
 def test_a_held_out_case_whose_scoring_cannot_fit_is_refused_where_its_prediction_could(
-        cropped, tmp_path: Path) -> None:
+        cropped, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A case cropped to an eighth of its grid, at a target spacing coarser than the images': predicting it
     holds little, scoring it against its label map on its own grid more. The sweep's check, before any run
-    trains, and the evaluation's own name the image in one line."""
+    trains, and the evaluation's own name the image in one line. (The network's activations on a tile, more
+    than these tiny cases' scoring, are left out here: the test of a case only the network's activations
+    cannot fit has them.)"""
+    import medseg_bench.forward_memory
     from medseg_bench.data.preprocess import case_sizes, usable_cases
     from medseg_bench.inference_memory import run_size
 
+    monkeypatch.setattr(medseg_bench.forward_memory, "planned_forward_bytes", lambda *args: None)
     task, data = cropped
     coarse = dataclasses.replace(task, plan=dataclasses.replace(task.plan, target_spacing=(3.0, 3.0, 3.0)))
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
@@ -318,7 +390,8 @@ def test_an_evaluation_lets_the_probabilities_go_before_it_reads_the_label_map(
 def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task: Path, home: Path,
                                                                     tmp_path: Path) -> None:
     """The 200 cases of Task04_Hippocampus: each run's held-out cases, predicted and scored, fit in 64 MiB
-    (their need at most a few MiB; the sweep checks this before any run trains)."""
+    (the sweep checks this before any run trains): a few MiB of arrays, and on the CPU the network's
+    activations, 2D the most (the smp U-Net's on 32 slices' 64 x 64 tiles at once: 48 MiB)."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
     from medseg_bench.data.preprocess import case_sizes, plan_task, usable_cases
@@ -336,5 +409,6 @@ def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task:
     assert len(cases) == 200
     sizes = case_sizes(cases, planned.plan, planned.root)
     assert len(sizes) == 200
-    needs = [least_bytes(run_size(spec, planned, size)) for spec in runs[:2] for size in sizes]
-    assert max(needs) < 8 * MIB
+    counted = [run_size(spec, planned, size) for spec in (runs[0], runs[10]) for size in sizes]  # 2D, 3D
+    assert max(least_bytes(dataclasses.replace(size, tile_forward=0)) for size in counted) < 8 * MIB
+    assert 40 * MIB < max(least_bytes(size) for size in counted) < 56 * MIB

@@ -14,6 +14,7 @@ as stored with a warning, or with `--reorient` as if stored like them (`data/ori
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,9 @@ import typer
 
 from medseg_bench import trained_runs
 from medseg_bench.errors import DataError, UsageError, one_line
+
+# each network's activations on a tile, by patch and channels (`_tile_forward`)
+_TILE_FORWARD: weakref.WeakKeyDictionary[Any, dict[tuple[Any, int], int]] = weakref.WeakKeyDictionary()
 
 
 def _echo(text: str, err: bool = False) -> None:
@@ -190,14 +194,28 @@ def _check_memory(path: Path, image: Any, spacing_zyx: tuple[float, ...], plan: 
     if probabilities:
         advice += ", or leave out --save-probabilities"
     earlier = 0  # the probabilities of the groups predicted before, kept to be averaged
+    on_gpu = device.startswith("cuda")
     for resampled, group in groups.items():
         for member in group:
             size = InferenceSize(path, channels, outputs, shape, cropped, resampled, tuple(member.patch_size),
                                  member.dims, member.slice_axis, member.pipeline_version, regions, member.tta,
-                                 probabilities or len(groups) > 1, len(group), device.startswith("cuda"),
-                                 held + earlier)
+                                 probabilities or len(groups) > 1, len(group), on_gpu, held + earlier,
+                                 tile_forward=0 if on_gpu else _tile_forward(member, channels))
             check_fits(size, memory, advice)
         earlier += (8 if regions else 4) * outputs * math.prod(resampled)
+
+
+def _tile_forward(member: Any, channels: int) -> int:
+    """What `member`'s network holds at once on one tile on the CPU (`forward_memory.forward_bytes`; 0 where
+    it cannot be counted), counted once per network and patch: predict checks every image."""
+    key = (member.patch_size, channels)
+    counted = _TILE_FORWARD.setdefault(member.net, {})
+    if key not in counted:
+        from medseg_bench.forward_memory import forward_bytes
+
+        found = forward_bytes(member.net, channels, member.patch_size)
+        counted[key] = found.peak if found is not None else 0
+    return counted[key]
 
 
 def _read_channels(image: _Image) -> tuple[Any, Any]:

@@ -1219,3 +1219,47 @@ def test_an_image_whose_inference_cannot_fit_in_the_memory_there_is_exits_3_nami
         "--save-probabilities\n")
     assert (out / "a_small.nii.gz").is_file() and not (out / "b_large.nii.gz").exists()
     assert not (out / "b_large.npz").exists()
+
+
+def test_an_image_only_the_networks_activations_cannot_fit_exits_3_naming_them(
+        run_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the network's feature maps on a batch of tiles are host memory: predict counts them from
+    the loaded network (`forward_memory.forward_bytes`), and an image whose arrays would fit but not beside
+    them is refused naming them; a coarser spacing would not help."""
+    import dataclasses
+
+    import medseg_bench.checks
+    import medseg_bench.inference_memory
+    from medseg_bench.checks import MemoryLimit
+    from medseg_bench.forward_memory import planned_forward_bytes
+    from medseg_bench.inference_memory import least_bytes
+    from medseg_bench.training import model_inputs
+
+    folder, spec, prepared = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    image = images / "a.nii.gz"
+    _write_oriented(image, np.random.default_rng(5).normal(0, 1, (14, 22, 18)).astype(np.float32),
+                    spacing=(1.0, 1.0, 1.0), direction=IDENTITY)
+    checked = []
+    check_fits = medseg_bench.inference_memory.check_fits
+    monkeypatch.setattr(medseg_bench.inference_memory, "check_fits",
+                        lambda size, *args: checked.append(size) or check_fits(size, *args))
+    limit = MemoryLimit(2**40, "the container's or job's memory limit", "cgroup memory.max")
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: limit)
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    [size] = checked
+    counted = planned_forward_bytes(spec.arch, spec.dims, model_inputs(spec, prepared))
+    assert counted is not None and size.tile_forward == counted.peak > 0
+    need, without = least_bytes(size), least_bytes(dataclasses.replace(size, tile_forward=0))
+    assert need > without
+    limit = MemoryLimit(without, "the container's or job's memory limit", "cgroup memory.max")
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out",
+                                 str(tmp_path / "b")])
+    assert result.exit_code == 3, result.output
+    patch = " x ".join(map(str, size.patch))
+    assert result.stderr == (
+        f"error: {image}: predicting it needs at least {need / 2**30:.3g} GiB at once (the network's "
+        f"activations on 1 tile(s) of {patch} voxels at once, on the CPU), more than the "
+        f"{without / 2**30:.3g} GiB this process may use (the container's or job's memory limit, cgroup "
+        "memory.max); run with more memory, or predict on a GPU\n")
