@@ -62,36 +62,71 @@ def machine_memory() -> int | None:
 
 @dataclass(frozen=True)
 class MemoryLimit:
-    """A bound on the memory this process may use: `limit_bytes`, and what sets it (`kind`, `origin`).
+    """A bound on the memory this process may use: `limit_bytes`, and what sets it (`kind`, `origin`), of
+    which the process held `held_bytes` already when it was read (`usable_memory`): what is left for a case is
+    `available_bytes`.
 
     Most limits are shared: the machine's memory and a cgroup's bound this process and every worker it starts
     together. `ulimit -v` (`per_process`) bounds each process alone (its workers inherit it, each its own):
     it bounds what one case may need, not how many worker processes may each hold one; `shared` is then the
-    least limit they do share, which does (None where none is known)."""
+    least limit they do share, which does (None where none is known).
+
+    What a process holds of a limit: of `ulimit -v`, its whole address space (VmSize: the interpreter, numpy,
+    SimpleITK's libraries; torch's mappings, about 5 GiB, in a process that imported it), which the limit
+    bounds whether touched or not; of a shared limit, its resident memory (VmRSS; not the cgroup's whole
+    usage, which counts reclaimable page cache and other processes). A check made in a worker process reads
+    its own; one made in the parent for its pool's workers counts the parent's, a fair upper estimate of a
+    spawned worker's that does not import torch (the parent's libraries and more)."""
 
     limit_bytes: int
     kind: str  # "the machine's memory", "the container's or job's memory limit", ...
     origin: str = ""  # the file or setting it was read from: "cgroup memory.max", "RLIMIT_AS"
     per_process: bool = False
     shared: MemoryLimit | None = None
+    held_bytes: int = 0  # of it held by the process already (VmSize of `ulimit -v`, else VmRSS); 0: not known
+
+    @property
+    def available_bytes(self) -> int:
+        """What is left of the limit for a case: `limit_bytes` less what the process holds (at least 0). The
+        one place a limit becomes the bytes a check holds a need to."""
+        return max(0, self.limit_bytes - self.held_bytes)
 
     @property
     def shared_bytes(self) -> int | None:
-        """What this process and the worker processes it starts may use together: `limit_bytes` of a shared
-        limit, `shared`'s of a per-process one (None where none is known). Threads share their process's
-        memory, a per-process limit too: `limit_bytes` bounds them together."""
+        """What this process and the worker processes it starts may use together: `available_bytes` of a
+        shared limit, `shared`'s of a per-process one (None where none is known). Threads share their
+        process's memory, a per-process limit too: `available_bytes` bounds them together."""
         if not self.per_process:
-            return self.limit_bytes
-        return self.shared.limit_bytes if self.shared is not None else None
+            return self.available_bytes
+        return self.shared.available_bytes if self.shared is not None else None
 
     @property
     def named(self) -> str:
         """What sets it, without the number: "the container's or job's memory limit, cgroup memory.max"."""
         return f"{self.kind}, {self.origin}" if self.origin else self.kind
 
+    @property
+    def accounted(self) -> str:
+        """`named`, with the limit and what the process held of it where it held some: "the process's
+        address-space limit, ulimit -v, RLIMIT_AS: 2.86 GiB, 1.25 GiB of it held already"."""
+        if not self.held_bytes:
+            return self.named
+        return f"{self.named}: {self.limit_bytes / 2**30:.3g} GiB, {self._held_text}"
+
+    @property
+    def room(self) -> str:
+        """What a need is held to, for a message: "the 1.61 GiB this process may use (the process's
+        address-space limit, ulimit -v, RLIMIT_AS: 2.86 GiB, 1.25 GiB of it held already)"."""
+        return f"the {self.available_bytes / 2**30:.3g} GiB this process may use ({self.accounted})"
+
+    @property
+    def _held_text(self) -> str:
+        return f"{self.held_bytes / 2**30:.3g} GiB of it held already"
+
     def __str__(self) -> str:
-        """What sets it, with its size: "the container's or job's memory limit (cgroup memory.max, 8 GiB)"."""
-        amount = f"{self.limit_bytes / 2**30:.4g} GiB"
+        """What sets it, with its size: "the container's or job's memory limit (cgroup memory.max, 8 GiB)",
+        and what the process held of it where it held some ("..., 8 GiB, 0.3 GiB of it held already)")."""
+        amount = f"{self.limit_bytes / 2**30:.4g} GiB" + (f", {self._held_text}" if self.held_bytes else "")
         return f"{self.kind} ({self.origin}, {amount})" if self.origin else f"{self.kind} ({amount})"
 
 
@@ -102,14 +137,35 @@ def usable_memory(root: Path = Path("/")) -> MemoryLimit | None:
 
     Past a cgroup's limit the kernel kills the process, far below the machine's memory: a sweep killed so
     loses its last lines and its run shows as pending. A file that cannot be read, or holds anything but a
-    number, counts as no limit: never an exception. Where the address-space limit is the least, it carries
-    the least of the others as its `shared` limit (it bounds each process alone, they all of them)."""
+    number, counts as no limit: never an exception. Where the address-space limit leaves the least, it carries
+    the least of the others as its `shared` limit (it bounds each process alone, they all of them). Each
+    carries what the process holds of it now (`MemoryLimit.held_bytes`: /proc/self/status's VmSize of the
+    address-space limit, VmRSS of a shared one), read at each call: a worker process's check counts its
+    own."""
     limits = [limit for limit in (_physical(), _cgroup_limit(root)) if limit]
     shared = min(limits, key=lambda limit: limit.limit_bytes) if limits else None
+    held = _held_bytes(root)
+    if shared is not None:
+        shared = replace(shared, held_bytes=held.get("VmRSS", 0))
     each = _address_space_limit()
-    if each is not None and (shared is None or each.limit_bytes < shared.limit_bytes):
-        return replace(each, shared=shared)
+    if each is not None:
+        # the least by what is left: torch's 5 GiB of mappings count against `ulimit -v` alone
+        each = replace(each, shared=shared, held_bytes=held.get("VmSize", 0))
+        if shared is None or each.available_bytes < shared.available_bytes:
+            return each
     return shared
+
+
+def _held_bytes(root: Path) -> dict[str, int]:
+    """What this process holds, from /proc/self/status under `root`: its address space ("VmSize") and
+    resident memory ("VmRSS"), in bytes; a field missing or odd (not Linux, no /proc) is left out: held 0."""
+    held = {}
+    for line in _read_small(root / "proc/self/status", 1 << 16).splitlines():
+        name, _, value = line.partition(":")
+        amount, _, unit = value.strip().partition(" ")
+        if name in ("VmSize", "VmRSS") and amount.isdigit() and amount.isascii() and unit == "kB":
+            held[name] = int(amount) * 1024
+    return held
 
 
 def _physical() -> MemoryLimit | None:

@@ -244,13 +244,14 @@ def scoring_peak_bytes(size: InferenceSize) -> int:
 
 def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run_id: str = "") -> None:
     """A DataError naming the case's image when its inference, or for a `scored` case its scoring, cannot
-    fit: its `least_bytes` are more than `memory`; `advice`: what else to do than give it more memory, for
+    fit: its `least_bytes` are more than `memory` leaves (`MemoryLimit.available_bytes`: a torch process holds
+    about 5 GiB of `ulimit -v` already); `advice`: what else to do than give it more memory, for
     its prediction (a scoring on the original grid has nothing else); `run_id`: the run whose evaluation it
     is, where nothing was trained yet."""
     from medseg_bench.inference import SLICE_WINDOW_FROM
 
     need = least_bytes(size)
-    if memory is None or need <= memory.limit_bytes:
+    if memory is None or need <= memory.available_bytes:
         return
     scoring = size.held + scoring_bytes(size) == need  # scoring holds more than predicting
     network = least_bytes(dataclasses.replace(size, tile_forward=0)) <= memory.limit_bytes
@@ -271,8 +272,8 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run
     verb = "scores" if scoring else "predicts"
     then = f" (run {run_id} {verb} it to evaluate, after training; nothing was trained)" if run_id else ""
     raise DataError(
-        f"{size.image}: {doing} needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
-        f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more memory"
+        f"{size.image}: {doing} needs at least {need / 2**30:.3g} GiB at once ({what}), more than "
+        f"{memory.room}; run with more memory"
         + ("" if scoring else f", or {advice}") + then)
 
 

@@ -353,14 +353,15 @@ def check_batch_memory(patch: Sequence[int], batch: int, channels: int,
                        memory: MemoryLimit | None = None) -> None:
     """MemoryError, before anything is built, when one batch's input (float32 channels and a label map) alone
     is larger than the memory this process may use (`memory`, or `checks.usable_memory`: the machine's, or a
-    container's or SLURM job's cgroup limit where less): such a batch (--batch-size 1e8) grew until the kernel
-    killed the sweep, whose run then showed as pending, not failed."""
+    container's or SLURM job's cgroup limit where less, less what the process holds of it): such a batch
+    (--batch-size 1e8) grew until the kernel killed the sweep, whose run then showed as pending, not
+    failed."""
     memory = usable_memory() if memory is None else memory
     needed = batch * math.prod(patch) * (4 * channels + 1)
-    if memory is not None and needed > memory.limit_bytes:
+    if memory is not None and needed > memory.available_bytes:
         shape = "x".join(str(p) for p in patch)
         raise MemoryError(f"one batch of {batch} {shape} patches ({channels} channel(s)) needs "
-                          f"{needed / 2**30:.4g} GiB for its input alone, more than {memory}")
+                          f"{needed / 2**30:.4g} GiB for its input alone, more than {memory.room}")
 
 
 def build_network(spec: RunSpec, prepared: PreparedTask | PlannedTask) -> nn.Module:

@@ -230,3 +230,53 @@ def test_this_machines_files_give_a_limit_no_larger_than_its_memory(monkeypatch:
     limit = usable_memory()
     physical = checks.machine_memory()
     assert limit is not None and physical is not None and 0 < limit.limit_bytes <= physical
+
+
+def _status(root: Path, size_kb: int, rss_kb: int) -> None:
+    (root / "proc/self").mkdir(parents=True, exist_ok=True)
+    (root / "proc/self/status").write_text(f"Name:\tpython\nVmPeak:\t{2 * size_kb} kB\n"
+                                           f"VmSize:\t {size_kb} kB\nVmHWM:\t{2 * rss_kb} kB\n"
+                                           f"VmRSS:\t  {rss_kb} kB\nThreads:\t3\n")
+
+
+def test_what_the_process_holds_counts_against_its_limits(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ulimit -v` bounds the interpreter's and libraries' address space too (VmSize: torch's mappings alone
+    # are 5 GiB); a cgroup's or the machine's memory, what the process has resident (VmRSS)
+    root = _tree(tmp_path, "0::/job\n", {"job/memory.max": str(8 * GIB)})
+    _status(root, size_kb=1280 * 1024, rss_kb=256 * 1024)
+    job = usable_memory(root)
+    assert job == MemoryLimit(8 * GIB, "the container's or job's memory limit", "cgroup memory.max",
+                              held_bytes=GIB // 4)
+    assert job is not None and job.available_bytes == job.shared_bytes == 8 * GIB - GIB // 4
+    assert str(job) == ("the container's or job's memory limit (cgroup memory.max, 8 GiB, 0.25 GiB of it "
+                        "held already)")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (4 * GIB, resource.RLIM_INFINITY))
+    each = usable_memory(root)
+    assert each == MemoryLimit(4 * GIB, "the process's address-space limit", "ulimit -v, RLIMIT_AS",
+                               per_process=True, shared=job, held_bytes=5 * GIB // 4)
+    assert each is not None and each.available_bytes == 4 * GIB - 5 * GIB // 4
+    assert each.shared_bytes == 8 * GIB - GIB // 4  # the workers and this process, each holding its own
+    assert each.room == ("the 2.75 GiB this process may use (the process's address-space limit, ulimit -v, "
+                         "RLIMIT_AS: 4 GiB, 1.25 GiB of it held already)")
+
+
+def test_an_address_space_limit_binds_by_what_it_leaves(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process that imported torch holds 5 GiB of a 10 GiB `ulimit -v`: less left than of an 8 GiB job
+    root = _tree(tmp_path, "0::/job\n", {"job/memory.max": str(8 * GIB)})
+    _status(root, size_kb=5 * 1024 * 1024, rss_kb=1024 * 1024)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10 * GIB, resource.RLIM_INFINITY))
+    limit = usable_memory(root)
+    assert limit is not None and limit.per_process and limit.available_bytes == 5 * GIB
+    _status(root, size_kb=2 * 1024 * 1024, rss_kb=1024 * 1024)
+    limit = usable_memory(root)  # read at each call: 8 GiB left of it, 7 of the job's
+    assert limit is not None and not limit.per_process and limit.available_bytes == 7 * GIB
+
+
+def test_an_odd_or_missing_status_holds_nothing(tmp_path: Path) -> None:
+    root = _tree(tmp_path, "0::/job\n", {})
+    (root / "proc/self/status").write_text("VmSize:\t-5 kB\nVmRSS:\t12 MB\nVmSize 7 kB\n")
+    assert usable_memory(root) == MemoryLimit(64 * GIB, "the machine's memory")
+    limit = MemoryLimit(GIB, "the machine's memory", held_bytes=2 * GIB)  # more held than the limit
+    assert limit.available_bytes == 0 and limit.room.startswith("the 0 GiB this process may use")

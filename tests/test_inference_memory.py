@@ -114,6 +114,15 @@ def test_check_fits_names_the_image_what_it_needs_and_what_there_is() -> None:
         "spacing")
     with pytest.raises(DataError, match=r"\(3 region\(s\), "):
         check_fits(_size(regions=True), MemoryLimit(need - 1, JOB), "check its spacing")
+    # torch's 5 GiB of mappings count against `ulimit -v`: what the process holds is not the case's
+    each = MemoryLimit(need + 5 * 2**30, "the process's address-space limit", "ulimit -v, RLIMIT_AS",
+                       per_process=True, held_bytes=5 * 2**30)
+    check_fits(size, each, "never said")
+    limit = f"{(need + 5 * 2**30) / 2**30:.3g}"
+    with pytest.raises(DataError, match=rf"more than the {(need - 1) / 2**30:.3g} GiB this process may use "
+                                        rf"\(the process's address-space limit, ulimit -v, RLIMIT_AS: "
+                                        rf"{limit} GiB, 5 GiB of it held already\); "):
+        check_fits(size, dataclasses.replace(each, held_bytes=5 * 2**30 + 1), "check its spacing")
 
 
 def test_scoring_bytes_counts_the_label_map_read_beside_the_prediction_on_the_original_grid() -> None:

@@ -369,9 +369,15 @@ def test_a_batch_whose_input_alone_exceeds_the_machines_memory_fails_before_anyt
 
     check_batch_memory((16, 16, 16), 2, 1, memory=MemoryLimit(2 * 16**3 * 5, "the machine's memory"))  # fits
     with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs "
-                       r"3.815e-05 GiB for its input alone, more than the machine's memory "
-                       r"\(3.815e-05 GiB\)$"):
+                       r"3.815e-05 GiB for its input alone, more than the 3.81e-05 GiB this process may use "
+                       r"\(the machine's memory\)$"):
         check_batch_memory((16, 16, 16), 2, 1, memory=MemoryLimit(2 * 16**3 * 5 - 1, "the machine's memory"))
+    # the limit would hold it, not beside what the process holds of it already
+    with pytest.raises(MemoryError, match=r"more than the 3.81e-05 GiB this process may use \(the process's "
+                       r"address-space limit, ulimit -v, RLIMIT_AS: 1 GiB, 1 GiB of it held already\)$"):
+        check_batch_memory((16, 16, 16), 2, 1, memory=MemoryLimit(
+            2**30, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True,
+            held_bytes=2**30 - 2 * 16**3 * 5 + 1))
     with pytest.raises(MemoryError, match="one batch of 100000000 16x16x16 patches"):
         train(_spec(batch_size=100_000_000), prepared, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -397,8 +403,8 @@ def test_a_batch_past_a_containers_or_jobs_memory_limit_fails_naming_that_limit(
     real = checks.usable_memory
     monkeypatch.setattr("medseg_bench.training.usable_memory", lambda: real(cgroup))
     with pytest.raises(MemoryError, match=r"^one batch of 2 16x16x16 patches \(1 channel\(s\)\) needs "
-                       r"3.815e-05 GiB for its input alone, more than the container's or job's memory limit "
-                       r"\(cgroup memory.max, 3.815e-05 GiB\)$"):
+                       r"3.815e-05 GiB for its input alone, more than the 3.81e-05 GiB this process may use "
+                       r"\(the container's or job's memory limit, cgroup memory.max\)$"):
         train(_spec(), prepared, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -126,6 +126,7 @@ def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> st
     """What the cache build counts a case to need at most (`preprocess_memory.peak_bytes`), the largest, and
     how many cases it preprocesses at once within the memory this process may use."""
     from medseg_bench.checks import usable_memory
+    from medseg_bench.data.io import sitk_module
     from medseg_bench.data.parallel import default_workers
     from medseg_bench.data.preprocess import case_sizes
     from medseg_bench.data.preprocess_memory import cases_at_once, least_bytes, peak_bytes
@@ -136,6 +137,7 @@ def _memory_text(cases: list, plan: Plan, root: Path, workers: int | None) -> st
         return "not known (no fingerprint of these cases)"
     largest = max(sizes, key=peak_bytes)
     text = f"at most {peak_bytes(largest) / 2**30:.3g} GiB a case (the largest, {largest.image.name})"
+    sitk_module()  # as the cache build maps it before it counts what the process holds
     memory = usable_memory()
     if memory is None:
         return text

@@ -25,6 +25,7 @@ from functools import partial
 import numpy as np
 
 from medseg_bench.checks import usable_memory
+from medseg_bench.data.io import sitk_module
 from medseg_bench.data.msd import Case
 from medseg_bench.data.normalize import mean_std
 from medseg_bench.data.parallel import parallel_map, pool_size
@@ -106,6 +107,7 @@ def fingerprint(
     running = pool_size(pool, workers, len(cases))
     # the float32 sample of every sampled channel, gathered here from the workers
     gathered = 4 * per_case_samples * len(cases) * len(sampled)
+    sitk_module()  # mapped before `usable_memory` counts what the process holds: a worker reads through it
     at_once = reads_at_once(FINGERPRINT, stored_cases(cases), running, usable_memory(),
                             samples=per_case_samples * len(sampled), held=gathered)
     limited = f", {at_once} at a time (memory)" if at_once < running else ""

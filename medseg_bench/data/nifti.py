@@ -114,11 +114,12 @@ def image_bytes_limit() -> int:
 
 def image_bound() -> tuple[int, str]:
     """`image_bytes_limit` and what sets it: MAX_IMAGE_BYTES, or the memory this process may use
-    (`checks.usable_memory`: the machine's, or a container's or SLURM job's cgroup limit) where less."""
+    (`checks.usable_memory`: the machine's, or a container's or SLURM job's cgroup limit, less what the
+    process holds of it, `MemoryLimit.available_bytes`) where less."""
     memory = usable_memory()
-    if memory is None or memory.limit_bytes >= MAX_IMAGE_BYTES:
+    if memory is None or memory.available_bytes >= MAX_IMAGE_BYTES:
         return MAX_IMAGE_BYTES, "MAX_IMAGE_BYTES"
-    return memory.limit_bytes, memory.named
+    return memory.available_bytes, memory.accounted
 
 
 def too_large(size: Sequence[int], value_bytes: int, components: int = 1) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 
 from medseg_bench.checks import are_whole, is_spacing, shown, usable_memory
 from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
-from medseg_bench.data.io import Geometry, read_label
+from medseg_bench.data.io import Geometry, read_label, sitk_module
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.normalize import nonzero_mask, normalize
 from medseg_bench.data.parallel import default_workers, parallel_map, pool_size, worker_pool
@@ -321,6 +321,7 @@ def build_cache(
     todo = [c for c in cases if not (cache_dir / f"{c.case_id}.json").is_file()]
     if todo:
         running = pool_size(pool, workers, len(todo))
+        sitk_module()  # mapped before `usable_memory` counts what the process holds: a worker reads by it
         at_once = cases_at_once(case_sizes(todo, plan, cache_dir.parent, own_slices), running,
                                 usable_memory(), cache_dir.parent / "plan.json")
         limited = f", {at_once} at a time (memory)" if at_once < running else ""

@@ -80,7 +80,8 @@ def check_fits(size: CaseSize, memory: MemoryLimit | None, advice: str) -> None:
 def check_need(image: Path, doing: str, need: int, what: str, memory: MemoryLimit | None,
                advice: str = "") -> None:
     """A DataError naming `image` when `doing` it ("preprocessing", "validating") needs `need` bytes at
-    once, more than `memory` (each limit: a per-process one bounds a case alone too); `what`: the sizes that
+    once, more than `memory` leaves (`MemoryLimit.available_bytes`: each limit less what the process holds of
+    it; a per-process one bounds a case alone too); `what`: the sizes that
     make it so; `advice`: what else to do than give it more memory."""
     problem = need_problem(doing, need, what, memory, advice)
     if problem:
@@ -90,11 +91,10 @@ def check_need(image: Path, doing: str, need: int, what: str, memory: MemoryLimi
 def need_problem(doing: str, need: int, what: str, memory: MemoryLimit | None, advice: str = "") -> str:
     """`check_need`'s line without the image's name, "" where `need` fits: for a caller that lists the case
     as a problem rather than stopping on it (validation)."""
-    if memory is None or need <= memory.limit_bytes:
+    if memory is None or need <= memory.available_bytes:
         return ""
-    return (f"{doing} it needs at least {need / 2**30:.3g} GiB at once ({what}), more than the "
-            f"{memory.limit_bytes / 2**30:.3g} GiB this process may use ({memory.named}); run with more "
-            "memory" + (f", or {advice}" if advice else ""))
+    return (f"{doing} it needs at least {need / 2**30:.3g} GiB at once ({what}), more than {memory.room}; "
+            "run with more memory" + (f", or {advice}" if advice else ""))
 
 
 def check_all_fit(sizes: Sequence[CaseSize], memory: MemoryLimit | None, plan_file: Path) -> None:
@@ -124,8 +124,9 @@ def items_at_once(need: int, workers: int, memory: MemoryLimit | None, held: int
     least one: as many as fit into the memory the workers share beside `held` bytes held however many are at
     work (the workers' own memory). Worker processes share `memory.shared_bytes`: a per-process limit
     (`ulimit -v`) bounds each alone, not how many (all of them where no shared limit is known); `threads`
-    (one process) share every limit, a per-process one too."""
-    total = None if memory is None else memory.limit_bytes if threads else memory.shared_bytes
+    (one process) share every limit, a per-process one too. Either is what is left of it beside what the
+    process holds already (`MemoryLimit.available_bytes`)."""
+    total = None if memory is None else memory.available_bytes if threads else memory.shared_bytes
     if total is None:
         return workers
     return max(1, min(workers, (total - held) // max(1, need)))

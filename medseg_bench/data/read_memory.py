@@ -13,9 +13,10 @@ stored as NIfTI, gzipped NIfTI and MetaImage), `least_read_bytes` counts only ar
 same time. Their peaks are a fraction
 of the cache build's, but a large CT case with many workers at once could still pass a container's limit.
 
-A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`) is never
-read: validation lists it as a bad case (`read_problem`: its image, what it needs and what there is),
-excluded from the usable cases as a corrupt one, and reads the others; the fingerprint, which reads only the
+A case whose `least_read_bytes` exceed the memory this process may use (`checks.usable_memory`, less what
+the process holds of it already, SimpleITK's libraries mapped first: `io.sitk_module`) is never read:
+validation lists it as a bad case (`read_problem`: its image, what it needs and what there is), excluded
+from the usable cases as a corrupt one, and reads the others; the fingerprint, which reads only the
 cases validation kept, stops before it reads a voxel, naming the case's image. Else as many cases are read at
 once as fit by `read_bytes` (`preprocess_memory.items_at_once`, as the cache build): validation's threads
 share one process and so every limit, `ulimit -v` too; the fingerprint's worker processes share the
@@ -212,11 +213,12 @@ def reads_at_once(stage: ReadStage, sizes: Sequence[StoredCase], workers: int, m
                   threads: bool = False, samples: int = 0, held: int = 0) -> int:
     """How many of the cases `stage` may read at the same time, at most `workers`: as many of the largest
     as fit by `read_bytes` beside the workers' own memory (`WORKER_BYTES` each; `threads`: once, they share
-    one process) and `held` bytes more (what the stage's own process gathers). A DataError naming the
-    first case's image that cannot be read even alone (`check_read_fits`)."""
+    one process, whose own is what `memory` says it holds, `WORKER_BYTES` where it says less) and `held`
+    bytes more (what the stage's own process gathers). A DataError naming the first case's image that
+    cannot be read even alone (`check_read_fits`)."""
     if not sizes or memory is None:
         return workers
     check_all_read_fit(stage, sizes, memory)
     largest = max(read_bytes(stage, size, samples) for size in sizes)
-    own = WORKER_BYTES if threads else workers * WORKER_BYTES
+    own = max(0, WORKER_BYTES - memory.held_bytes) if threads else workers * WORKER_BYTES
     return items_at_once(largest, workers, memory, own + held, threads)

@@ -17,6 +17,7 @@ from medseg_bench.data.io import (
     read_geometry,
     read_image,
     read_label,
+    sitk_module,
     vector_components,
     vector_pixels,
 )
@@ -282,6 +283,7 @@ def validate_folder(
 
     at_once = max(1, workers)
     if deep:
+        sitk_module()  # mapped before `memory` counts what the process holds: every read holds it
         memory = usable_memory()
         sizes = _memory_problems(cases, folder, memory, headers, too_large)
         at_once = reads_at_once(VALIDATION, sizes, at_once, memory, threads=True)

@@ -146,6 +146,7 @@ def test_a_task_without_any_foreground_is_refused_not_planned_with_made_up_ct_st
 def test_the_memory_to_preprocess_a_case_is_shown(home: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import medseg_bench.checks
+    import medseg_bench.data.io
     from medseg_bench.checks import MemoryLimit
 
     def shown(limit: MemoryLimit | None = None) -> str:
@@ -170,6 +171,14 @@ def test_the_memory_to_preprocess_a_case_is_shown(home: Path, tmp_path: Path,
     # the limit each case is held to by what it certainly needs, 0.344 GiB: not by the 1.5 GiB at most
     assert (f"1 at once within {job} (cgroup memory.max, 8 GiB); each case needs at least 0.344 GiB, within "
             "the process's address-space limit (ulimit -v, RLIMIT_AS, 1.75 GiB)") in shown(each)
+    # what the process holds of it, SimpleITK mapped first as the cache build maps it, is not there for a case
+    order: list[str] = []
+    real_sitk = medseg_bench.data.io.sitk_module
+    monkeypatch.setattr(medseg_bench.data.io, "sitk_module", lambda: order.append("SimpleITK") or real_sitk())
+    held = MemoryLimit(2**30, job, "cgroup memory.max", held_bytes=2**28)
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: order.append("memory") or held)
+    assert (f"1 at once within {job} (cgroup memory.max, 1 GiB, 0.25 GiB of it held already)") in shown()
+    assert order == ["SimpleITK", "memory"]
     output = shown(MemoryLimit(2**28, job, "cgroup memory.max"))
     assert "at most 1.5 GiB a case (the largest, case_000.nii.gz); cannot be built here: " in output
     assert ("case_000.nii.gz: preprocessing it needs at least 0.344 GiB at once (1 channel(s), 240 x 480 x "

@@ -126,6 +126,14 @@ def test_a_header_declaring_more_than_an_image_may_hold_is_refused_unread(
                                      "bytes (2.235e-07 GiB), more than the 1.863e-07 GiB medseg-bench reads "
                                      "of one image (the container's or job's memory limit, cgroup "
                                      "memory.max)")
+    # what the process holds of it already is not there for the image: 240 bytes of which 100 are held
+    held = MemoryLimit(240, "the process's address-space limit", "ulimit -v, RLIMIT_AS", per_process=True,
+                       held_bytes=100)
+    monkeypatch.setattr("medseg_bench.data.nifti.usable_memory", lambda: held)
+    with pytest.raises(DataError, match=r"more than the 1.304e-07 GiB medseg-bench reads of one image \(the "
+                                        r"process's address-space limit, ulimit -v, RLIMIT_AS: 2.24e-07 GiB, "
+                                        r"9.31e-08 GiB of it held already\)$"):
+        count_nonfinite(path)
 
 
 def test_a_huge_volume_with_few_voxels_is_too_large_not_truncated(tmp_path: Path) -> None:

@@ -142,8 +142,13 @@ def test_fewer_cases_at_once_than_workers_where_memory_is_short(
         return real_map(fn, items, workers, progress, description, pool, at_once)
 
     monkeypatch.setattr(preprocess, "parallel_map", spy)
-    monkeypatch.setattr(preprocess, "usable_memory", lambda: MemoryLimit(WORKER_BYTES + 4 * MIB, JOB))
+    order: list[str] = []  # SimpleITK, which a worker reads through, mapped before what is held is read
+    real_sitk = preprocess.sitk_module
+    monkeypatch.setattr(preprocess, "sitk_module", lambda: order.append("SimpleITK") or real_sitk())
+    monkeypatch.setattr(preprocess, "usable_memory",
+                        lambda: order.append("memory") or MemoryLimit(WORKER_BYTES + 4 * MIB, JOB))
     prepared = prepare_task(task, data, num_folds=3, workers=2)
+    assert order == ["SimpleITK", "memory"]
     assert [c["at_once"] for c in calls] == [1]
     assert calls[0]["pool"] is not None
     assert calls[0]["description"] == "preprocessing 4 cases, 1 at a time (memory)"

@@ -4,6 +4,8 @@ that many fit."""
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,36 @@ def test_validation_counts_the_float32_copy_of_an_image_stored_in_fewer_bytes() 
     assert read_problem(VALIDATION, size, each).startswith("validating it needs at least 2.79 GiB at once")
 
 
+
+def test_a_case_that_fits_the_limit_but_not_beside_what_the_process_holds_is_refused() -> None:
+    # `ulimit -v 3000000` (2.86 GiB): the 2.79 GiB that validating a 500 x 1000 x 1000 uint8 case certainly
+    # holds fit the limit, not beside the interpreter's, numpy's and SimpleITK's address space; the case was
+    # read and failed with numpy's "Unable to allocate 3.73 GiB", exit 8, where it is one bad case
+    size = _stored((500, 1000, 1000), channels=1, value_bytes=1)
+    ulimit = dict(limit_bytes=3000000 * 1024, kind="the process's address-space limit",
+                  origin="ulimit -v, RLIMIT_AS", per_process=True)
+    assert read_problem(VALIDATION, size, MemoryLimit(**ulimit)) == ""  # nothing held: it fits
+    held = MemoryLimit(**ulimit, held_bytes=int(1.25 * GIB))
+    assert read_problem(VALIDATION, size, held) == (
+        "validating it needs at least 2.79 GiB at once (1 channel(s), 500 x 1000 x 1000 voxels of 1 "
+        "byte(s)), more than the 1.61 GiB this process may use (the process's address-space limit, "
+        "ulimit -v, RLIMIT_AS: 2.86 GiB, 1.25 GiB of it held already); run with more memory")
+
+
+def test_the_memory_a_process_holds_is_its_threads_own() -> None:
+    # threads share one process, whose own memory is what it holds (`WORKER_BYTES` where it says less: not
+    # counted twice); worker processes each hold their own besides what the parent holds of a shared limit
+    size = _stored()
+    need = read_bytes(VALIDATION, size)
+    assert reads_at_once(VALIDATION, [size], 8, MemoryLimit(GIB + 3 * need, JOB, held_bytes=GIB),
+                         threads=True) == 3
+    assert reads_at_once(VALIDATION, [size], 8, MemoryLimit(GIB + 3 * need, JOB, held_bytes=GIB + need),
+                         threads=True) == 2
+    assert reads_at_once(VALIDATION, [size], 8, MemoryLimit(WORKER_BYTES + 3 * need, JOB, held_bytes=1),
+                         threads=True) == 3
+    job = MemoryLimit(8 * WORKER_BYTES + 2 * need + GIB, JOB, held_bytes=GIB)  # the parent's resident memory
+    assert reads_at_once(VALIDATION, [size], 8, job) == 2
+
 def test_threads_share_every_limit_processes_only_the_shared_one() -> None:
     size = _stored()
     need = read_bytes(VALIDATION, size)
@@ -285,3 +317,64 @@ def test_the_fingerprint_reads_fewer_cases_at_once_where_memory_is_short(
     with pytest.raises(DataError, match=rf"^{tmp_path}/Task92_CT/imagesTr/case_000\.nii\.gz: fingerprinting "
                                         "it needs at least .* GiB at once"):
         fingerprint(task, cases, workers=2)
+
+
+def test_fetch_under_ulimit_excludes_a_case_that_fits_the_limit_only_without_the_process(
+        home: Path, tmp_path: Path) -> None:
+    # `ulimit -v` bounds the interpreter's, numpy's and SimpleITK's own address space: a case whose least
+    # need fit the limit passed validation's check and its read failed with numpy's "Unable to allocate",
+    # exit 8. The limit here: the case's least need and half of what the process holds before it fetches.
+    import subprocess
+    import sys
+
+    write_task_file(home, "Task90_Synth")
+    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=3)
+    big = _too_large_case(src)
+    write_image(big.image, np.zeros((64, 1024, 1024), np.uint8))  # 0.38 GiB as validation reads it
+    write_image(big.label, np.zeros((64, 1024, 1024), np.uint8))
+    script = """
+import resource, sys
+from pathlib import Path
+import SimpleITK
+import medseg_bench.data.fetch, medseg_bench.data.validate
+from medseg_bench.cli.app import main
+from medseg_bench.data.msd import training_cases
+from medseg_bench.data.read_memory import VALIDATION, least_read_bytes, stored_case
+
+case = next(case for case in training_cases(Path(sys.argv[1])) if case.case_id == "case_001")
+need = least_read_bytes(VALIDATION, stored_case(case))
+status = Path("/proc/self/status").read_text()
+held = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (need + held // 2, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["medseg-bench", "fetch", "Task90_Synth", "--source", sys.argv[1]]
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(src)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "400",
+                                            "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    image = home / "data" / "Task90_Synth" / "imagesTr" / "case_001.nii.gz"
+    assert re.search(rf"^warning: {re.escape(str(image))}: validating it needs at least 0\.375 GiB at once "
+                     r"\(1 channel\(s\), 64 x 1024 x 1024 voxels of 1 byte\(s\)\), more than the [0-9.]+ GiB "
+                     r"this process may use \(the process's address-space limit, ulimit -v, RLIMIT_AS: "
+                     r"[0-9.]+ GiB, [0-9.]+ GiB of it held already\); run with more memory \(case excluded "
+                     r"from training\)$", output, re.MULTILINE), output
+    assert "2 usable training cases" in output and "(1 excluded)" in output
+
+
+def test_simpleitk_is_mapped_before_what_the_process_holds_is_read(
+        home: Path, tmp_path: Path, synth: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # every read maps SimpleITK's libraries (0.27 GiB of address space): counted as held before a case is
+    # held to what is left, not found mapped once the case's read began
+    folder, task = synth
+    order: list[str] = []
+    for module in (validate, fingerprint_module):
+        real = module.sitk_module
+        monkeypatch.setattr(module, "sitk_module", lambda real=real: order.append("SimpleITK") or real())
+        monkeypatch.setattr(module, "usable_memory", lambda: order.append("memory") or None)
+    validate_folder(folder, task, workers=2)
+    assert order[:2] == ["SimpleITK", "memory"]
+    order.clear()
+    fingerprint(task, training_cases(folder), workers=1)
+    assert order[:2] == ["SimpleITK", "memory"]
