@@ -254,7 +254,7 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run
     if memory is None or need <= memory.available_bytes:
         return
     scoring = size.held + scoring_bytes(size) == need  # scoring holds more than predicting
-    network = least_bytes(dataclasses.replace(size, tile_forward=0)) <= memory.limit_bytes
+    network = least_bytes(dataclasses.replace(size, tile_forward=0)) <= memory.available_bytes
     if scoring:
         shown = " x ".join(str(n) for n in size.original)
         doing, what = "scoring it", f"{shown} voxels as stored: its label map read beside its prediction"
