@@ -35,10 +35,12 @@ def finished_damage(folder: Path) -> str | None:
 
 def damaged_runs_error(damage: list[str], fate: str) -> ResultsError:
     """The one error a sweep ends with when it left finished runs as they are (`fate`: "not trained again",
-    "not submitted"): the first run's damage, and how many more."""
-    more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
-    return ResultsError(f"{damage[0]}{more}; left as it is, {fate}: restore the file, move the run folder "
-                        "away, or delete it to run it again")
+    "not submitted"): how many, and what to do. Each run's `damage` is named by the sweep's line for it, not
+    here again (it was said twice: that line, then this error naming the first run's)."""
+    runs = "1 finished run is" if len(damage) == 1 else f"{len(damage)} finished runs are"
+    left = "it is" if len(damage) == 1 else "they are"
+    return ResultsError(f"{runs} damaged (named above), left as {left}, {fate}: restore the file, move the "
+                        "run folder away, or delete it to run it again")
 
 
 def _damaged_file(folder: Path) -> tuple[Path, str] | None:

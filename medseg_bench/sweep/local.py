@@ -200,14 +200,14 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         reporter.close()
         if outcome["done"] or outcome["skipped"] and not (results_dir / INDEX_NAME).is_file():
             try:
-                write_index(results_dir, reads=reads)
+                write_index(results_dir, reads=reads, named=outcome["damage"])  # each said by its line
             except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
                 name = exc.filename or results_dir / INDEX_NAME
                 warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
                                "`medseg-bench status` rebuilds it")
     damaged = damaged_runs_error(outcome["damage"], "not trained again") if outcome["damage"] else None
     if outcome["failed"]:
-        if damaged is not None:  # exit 5 names the failed runs; the damaged ones still need this line
+        if damaged is not None:  # exit 5 names the failed runs; the damaged ones' fate still needs this line
             warn_on_stderr(str(damaged))
         of = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
         raise RunError(f"{len(outcome['failed'])} of {of} failed: {', '.join(outcome['failed'])}")

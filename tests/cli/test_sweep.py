@@ -457,8 +457,11 @@ def test_a_finished_run_with_a_damaged_file_is_named_never_trained_again(
     damaged.write_text(damaged.read_text()[:keep])
     again = runner.invoke(app, command)
     assert again.exit_code == 6, again.output
-    assert again.output.strip().splitlines()[-1].startswith(f"error: {damaged}: {problem}")
-    assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output
+    assert again.output.strip().splitlines()[-1] == (
+        "error: 1 finished run is damaged (named above), left as it is, not trained again: restore the file, "
+        "move the run folder away, or delete it to run it again")
+    assert again.output.count(f"{damaged}: {problem}") == 1, again.output  # by its line, once
+    assert ": done, mean Dice" not in again.output
     assert (folder / "summary.json").read_bytes() == summary
     assert [e["event"] for e in read_events(folder)] == ["start", "done"]
     report = runner.invoke(app, ["report", "--results-dir", str(results)])

@@ -263,18 +263,20 @@ def test_a_sweep_names_a_finished_run_with_a_bad_value_and_carries_on(
     before = {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()}
     with pytest.raises(ResultsError) as info:
         run_sweep(specs, results, tmp_path / "data", PlainReporter())
-    assert str(info.value).startswith(f"{damaged}: {problem}; left as it is, not trained again")
+    assert str(info.value) == ("1 finished run is damaged (named above), left as it is, not trained again: "
+                               "restore the file, move the run folder away, or delete it to run it again")
     out, err = capsys.readouterr()
     assert f"{specs[1].run_id}: skipped (finished, but damaged: {damaged}: {problem})" in out
     assert out.count("skipped (already done)") == 2 and "sweep finished: 3 skipped" in out
-    assert f"warning: {damaged}: {problem}" in err  # the index leaves it out, and says so
+    assert err == ""  # the index leaves it out: its line said what is damaged, not a warning again
     assert set(pd.read_parquet(results / INDEX_NAME)["run_id"]) == {specs[0].run_id, specs[2].run_id}
     assert {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()} == before
 
 
 def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed.
+    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed. Then its
+    # damage was named twice, by its line and by that warning (three times with the index's warning).
     from types import SimpleNamespace
 
     from medseg_bench.errors import RunError
@@ -283,19 +285,23 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     from medseg_bench.sweep.worker import Outcome
 
     results = tmp_path / "results"
-    damaged, failing = _spec(0), _spec(1)
+    damaged, failing, done = _spec(0), _spec(1), _spec(2)
     (_finished_run(results, damaged) / "metrics.csv").unlink()
+    _finished_run(results, done)  # skipped: the sweep writes the index, which leaves the damaged run out
     monkeypatch.setattr(local, "plan_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
     monkeypatch.setattr(local, "check_cache_memory", lambda runs, planned, data_dir: None)
     monkeypatch.setattr(local, "check_evaluation_memory", lambda runs, prepared, data_dir: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
-    with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
-        local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())
-    err = capsys.readouterr().err
-    assert err.startswith(f"warning: {run_dir(results, damaged) / 'metrics.csv'}: ")
-    assert "; left as it is, not trained again: restore the file" in err
+    with pytest.raises(RunError, match=f"1 of 3 runs failed: {failing.run_id}"):
+        local.run_sweep([damaged, failing, done], results, tmp_path / "data", PlainReporter())
+    out, err = capsys.readouterr()
+    assert err == ("warning: 1 finished run is damaged (named above), left as it is, not trained again: "
+                   "restore the file, move the run folder away, or delete it to run it again\n")
+    missing = f"{run_dir(results, damaged) / 'metrics.csv'}: missing, but the run finished"
+    assert f"{damaged.run_id}: skipped (finished, but damaged: {missing})" in out
+    assert (out + err).count(str(run_dir(results, damaged))) == 1, out + err
 
 
 def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
