@@ -352,6 +352,62 @@ def test_a_jobs_run_held_by_another_sweep_shows_none_of_that_sweeps_training(tmp
     assert "training" not in said and "epoch" not in said
 
 
+def test_a_run_that_fails_its_resume_check_under_the_lock_is_never_said_to_be_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "[1/1] RUN: training" was said before the check under the lock (a checkpoint changed since the early
+    # check), then "failed": said as a run failed before it started, as the early check's refusal is.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep import worker
+
+    spec = _spec(0)
+    folder = run_dir(tmp_path, spec)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"changed since")
+    monkeypatch.setattr(worker, "resume_refusal", lambda *args: "last.ckpt: not a checkpoint")
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(1)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        local._sequential([spec], tmp_path, reporter, {local.prepared_key(spec): SimpleNamespace(plan=None)},
+                          False, 0, outcome)
+        reporter.close()
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    assert outcome["failed"] == [spec.run_id]
+    assert said == [f"[1/1] {spec.run_id}: failed: last.ckpt: not a checkpoint",
+                    "sweep finished: 1 failed (of 1 run) in 0.0 min"], said
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_jobs_run_is_said_to_be_training_only_where_its_worker_held_it(tmp_path: Path, held: bool) -> None:
+    # A worker whose run failed its resume check under the lock (no heartbeat of its own: `run_one` starts it
+    # after the check) ended with "training", then "failed"; one that held the run and ended before the loop
+    # saw its heartbeat is still said to be training first.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import _Job, _settle
+    from medseg_bench.sweep.worker import EXIT_FAILED
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_status(folder, "failed", error="last.ckpt: not a checkpoint")
+    if held:
+        write_heartbeat(folder)  # this process's pid: the job's worker below
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(1)
+        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        assert not _settle(job, EXIT_FAILED, tmp_path, reporter, outcome)
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    assert outcome["failed"] == [spec.run_id]
+    failed = f"[1/1] {spec.run_id}: failed: last.ckpt: not a checkpoint"
+    assert said == ([f"[1/1] {spec.run_id}: training"] if held else []) + [failed], said
+
+
 def test_a_task_is_prepared_once_for_its_3d_and_2d_runs(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
     # `--dims 3d,2d` prepared the task for its 3D runs, then again (also the 2D runs' cache) for its 2D runs.
