@@ -343,9 +343,9 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     # where it (or others) matched every one, the line is moot, and they are removed by --exclude (an arch
     # the user excluded was said to be skipped, then the rule to match nothing)
     for line, combinations in skips.combinations.items():
-        matched = [[i for i, rule in enumerate(rules) if _matches(c, rule)] for c in combinations]
-        used.update(i for rule_ids in matched for i in rule_ids)
-        if combinations and all(matched):
+        matching = [[i for i, rule in enumerate(rules) if _matches(c, rule)] for c in combinations]
+        used.update(i for rule_ids in matching for i in rule_ids)
+        if combinations and all(matching):
             skipped = [kept for kept in skipped if kept != line]
             excluded += len(combinations)
             accepted.update(skips.encoders.get(line, []))  # taken by --exclude: "unused" where no run has it
