@@ -35,10 +35,12 @@ def finished_damage(folder: Path) -> str | None:
 
 def damaged_runs_error(damage: list[str], fate: str) -> ResultsError:
     """The one error a sweep ends with when it left finished runs as they are (`fate`: "not trained again",
-    "not submitted"): the first run's damage, and how many more."""
-    more = f" (and {len(damage) - 1} more finished run(s) like it)" if len(damage) > 1 else ""
-    return ResultsError(f"{damage[0]}{more}; left as it is, {fate}: restore the file, move the run folder "
-                        "away, or delete it to run it again")
+    "not submitted"): how many, and what to do. Each run's `damage` is named by the sweep's line for it, not
+    here again (it was said twice: that line, then this error naming the first run's)."""
+    runs = "1 finished run is" if len(damage) == 1 else f"{len(damage)} finished runs are"
+    left = "it is" if len(damage) == 1 else "they are"
+    return ResultsError(f"{runs} damaged (named above), left as {left}, {fate}: restore the file, move the "
+                        "run folder away, or delete it to run it again")
 
 
 def _damaged_file(folder: Path) -> tuple[Path, str] | None:
@@ -201,7 +203,7 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"has {rows}, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame)
+    problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame, path)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
@@ -351,10 +353,11 @@ def _bad_cell(frame: Any) -> str | None:
     return None
 
 
-def _unscored(frame: Any) -> str | None:
-    """The first score of a run's metrics.csv left empty where its row's masks define it, or None: run.py
-    writes an empty cell (NaN) only for a score an empty mask leaves undefined (`_undefined_when`), so one
-    emptied by hand, which the report averaged around, is damage. After `_bad_cell`: numbers and flags."""
+def _unscored(frame: Any, path: Path) -> str | None:
+    """The first score of a run's metrics.csv (`path`, read into `frame`) left empty, or NaN, where its row's
+    masks define it, or None: run.py writes an empty cell (NaN) only for a score an empty mask leaves
+    undefined (`_undefined_when`), so one emptied by hand, which the report averaged around, is damage.
+    After `_bad_cell`: numbers and flags."""
     import numpy as np
     import pandas as pd
 
@@ -371,7 +374,26 @@ def _unscored(frame: Any) -> str | None:
     ref_empty, pred_empty = bool(flags[row, 0]), bool(flags[row, 1])
     masks = ("only the prediction is empty" if pred_empty else "only the reference is empty" if ref_empty
              else "neither mask is empty")
-    return f"{metrics[column]} is empty in row {row + 1}, where {masks}, which leaves it defined"
+    return f"{metrics[column]} is {_no_score(path, row, metrics[column])} in row {row + 1}, where {masks}, " \
+        "which leaves it defined"
+
+
+def _no_score(path: Path, row: int, column: str) -> str:
+    """What the cell of `row`, `column` of `path` holds, that pandas read as NaN: "empty", "NaN" (`nan`, as
+    a float reads it), or the text itself (`NA`, `null`): a cell of `nan` was said to be empty. Read again as
+    text, only for the message."""
+    import pandas as pd
+
+    try:
+        text = str(pd.read_csv(path, dtype=str, keep_default_na=False)[column].iloc[row]).strip()
+    except (OSError, ValueError, KeyError, IndexError):  # changed since: what was read is all there is
+        return "empty or NaN"
+    if not text:
+        return "empty"
+    try:
+        return "NaN" if math.isnan(float(text)) else repr(text)
+    except ValueError:
+        return repr(text)
 
 
 # The files whose contents `read_finished_run` reads (status.json, events.jsonl: `finished_damage`).

@@ -55,7 +55,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -327,22 +327,28 @@ def warn_on_stderr(message: str) -> None:
 
 
 def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr,
-                reads: FinishedReads | None = None) -> Path:
+                reads: FinishedReads | None = None, named: Collection[str] = ()) -> Path:
     """Rebuild `index.parquet` (every finished run's per-case scores) from the run folders, atomically.
 
     Each writer renames its own complete temp file into place, so concurrent rebuilds never mix; one at a
     time (a flock on the results dir), each reading the runs once it has the lock, so the last to write has
     read the last run to finish (a rebuild that read the folders first, then wrote after another sweep's
     newer index, left a finished run out). A damaged run is left out of the index, and `warn` is told which
-    file and why. `reads`: runs the caller read already (`checked_state`), read again only where a file of
-    theirs changed since: what the index holds is what the folders hold once the lock is taken.
+    file and why, unless the caller named that damage already (`named`: "<file>: <problem>", as
+    `checked_state` gives it; a sweep's line for the run). `reads`: runs the caller read already
+    (`checked_state`), read again only where a file of theirs changed since: what the index holds is what
+    the folders hold once the lock is taken.
     """
     import pandas as pd
+
+    def left_out(message: str) -> None:
+        if not any(message == damage or message.startswith(f"{damage}; ") for damage in named):
+            warn(message)
 
     target = results_dir / INDEX_NAME
     with exclusive_folder(results_dir):
         try:
-            table = load_results(results_dir, skip_damaged=warn, reads=reads)
+            table = load_results(results_dir, skip_damaged=left_out, reads=reads)
         except ResultsError:  # no finished run
             table = pd.DataFrame({"run_id": pd.Series(dtype=str)})
         tmp = private_temp(target)

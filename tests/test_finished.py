@@ -365,6 +365,17 @@ def test_a_score_emptied_where_its_masks_define_it_is_damage(
         load_results(tmp_path)
 
 
+@pytest.mark.parametrize(("cell", "said"), [("", "empty"), ("nan", "NaN"), ("-NaN", "NaN"), ("NA", "'NA'")])
+def test_a_score_left_out_where_its_masks_define_it_is_named_as_the_cell_holds_it(
+        tmp_path: Path, cell: str, said: str) -> None:
+    # pandas reads `nan` (and `NA`) as NaN: a cell holding the text nan was said to be empty
+    cells = ROW["neither"].split(",")
+    cells[ALL_HEADER.strip().split(",").index("dice") - 2] = cell
+    folder = _written(tmp_path, f"a,1,{ROW['both']}\nb,1,{','.join(cells)}\n")
+    problem = f"dice is {said} in row 2, where neither mask is empty, which leaves it defined"
+    assert checked_state(folder) == ("damaged", f"{folder / 'metrics.csv'}: {problem}")
+
+
 @pytest.mark.parametrize("epochs", [10**10, 2**63 - 1])
 def test_a_finished_run_of_more_epochs_than_an_int32_holds_is_no_damage(tmp_path: Path, epochs: int) -> None:
     # a budget of --max-minutes alone, with epochs far past what it reaches: trained, reported and indexed

@@ -123,9 +123,9 @@ class DryRun:
     it would stop on before training that is wrong with the sweep or its plan (`stop_code`: a plan.json it
     cannot read, 3, a data error; a run that cannot train on its plan, 2, a usage error), else 5 where it
     would fail runs (`failed`: interrupted runs that cannot resume, failed before any trains), else 6 where
-    it would end on finished runs found damaged (`damaged`), else 0. A task not fetched yet is a step left
-    to do, not a mistake (a dry run before fetching is how a sweep is sized): its line says so, exit code
-    0."""
+    it would end on finished runs found damaged (`damaged`), else 0. A task not fetched yet is such a stop
+    (3, as the sweep's): its line says how to fetch it, and the other lines are printed as ever, so a dry
+    run before fetching still sizes the sweep (it exited 0 there until 2026-12-03)."""
 
     lines: list[str] = field(default_factory=list)
     stop_code: int = 0
@@ -150,13 +150,14 @@ class DryRun:
 
 
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
-    """A line for each task with runs left that is not fetched into `data_dir` (the sweep would stop; a step
-    left, exit code 0), or whose fetch marker is damaged (the sweep stops on it: its exit code)."""
+    """A line for each task with runs left that is not fetched into `data_dir`, or whose fetch marker is
+    damaged: the sweep stops on either (exit 3, a data error), so the dry run ends with that code."""
     from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
 
     for task in tasks:
         if not is_complete(data_dir / task):
-            out.lines.append(not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1))
+            line = not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1)
+            out.stop(line, DataError.exit_code)
             continue
         try:
             read_marker(data_dir / task)  # the excluded cases the sweep reads: it listed the runs, exit 0

@@ -55,24 +55,64 @@ class SweepRequest:
     exclude: list[str] = field(default_factory=list)  # rules like "arch=deeplab,aug=heavy"
 
 
-def _encoders(arch: str, dims: str, requested: list[str] | None, skipped: list[str]) -> list[str | None]:
-    """The encoders `arch` runs with in `dims`: the requested ones it can take (the others skipped with a
-    line, as an arch without that dims is), or its default; [None] for 3D."""
+# One combination of the axes, as an --exclude rule reads it: each of `AXES` -> its value as text.
+Combination = dict[str, str]
+
+
+@dataclass
+class _Skips:
+    """The lines of combinations that cannot exist (an arch without the dims, an encoder it refuses, ...),
+    each with the combinations it skips: a rule of --exclude that names some of them matches them too (it
+    was said to match no combination where the user excluded an arch the encoder had skipped already), and
+    a line whose every combination is excluded is moot: left out, its combinations counted as excluded."""
+
+    request: SweepRequest
+    targets: list[str]
+    combinations: dict[str, list[Combination]] = field(default_factory=dict)  # line -> what it skips
+    encoders: dict[str, list[str]] = field(default_factory=dict)  # an encoder's line -> the encoders it names
+
+    def add(self, line: str, task: str, dims: str, arch: str, encoders: list[str | None],
+            losses: list[str], augs: list[str], named: list[str] | None = None) -> None:
+        """`line`, skipping `arch` in `dims` on `task` with each of `encoders`, `losses`, `augs` and each of
+        the sweep's targets, folds and seeds; `named`: the encoders the line names."""
+        for encoder, loss, aug, target, fold, seed in itertools.product(
+                encoders, losses, augs, self.targets, self.request.folds, self.request.seeds):
+            self.add_one(line, {"task": task, "dims": dims, "arch": arch, "encoder": str(encoder),
+                                "loss": loss, "aug": aug, "target": target, "fold": str(fold),
+                                "seed": str(seed)})
+        if named:
+            self.encoders.setdefault(line, []).extend(named)
+
+    def add_one(self, line: str, combination: Combination) -> None:
+        self.combinations.setdefault(line, []).append(combination)
+
+
+def _matches(combination: Combination, rule: dict[str, str]) -> bool:
+    return all(combination[key] == value for key, value in rule.items())
+
+
+def _encoders(arch: str, dims: str,
+              requested: list[str] | None) -> tuple[list[str | None], list[tuple[str, list[str]]]]:
+    """The encoders `arch` runs with in `dims`: the requested ones it can take, or its default; [None] for
+    3D. With them, a line for the others (skipped, as an arch without that dims is), each with the encoders
+    it names."""
     if dims != "2d":
-        return [None]
+        return [None], []
     own = variant(arch, dims).encoders  # None: any smp encoder
     if requested is None:
-        return [own[0] if own else DEFAULT_ENCODER]
+        return [own[0] if own else DEFAULT_ENCODER], []
+    skips: list[tuple[str, list[str]]] = []
     usable: list[str | None] = [e for e in requested if own is None or e in own]
     for encoder in usable:
         check_encoder(arch, dims, encoder)  # an unknown smp name: did-you-mean, exit 2
     if own is not None and len(usable) < len(requested):
-        left_out = ", ".join(e for e in requested if e not in own)
-        skipped.append(f"{arch} with --encoder {left_out}: skipped, '{arch}' takes {' or '.join(own)}")
+        left_out = [e for e in requested if e not in own]
+        skips.append((f"{arch} with --encoder {', '.join(left_out)}: skipped, '{arch}' takes "
+                      f"{' or '.join(own)}", left_out))
     # a pair smp refuses to build (unetplusplus over mit_b0) failed its runs after the task was prepared
     refused = {e: problem for e in usable if e is not None and (problem := encoder_problem(arch, dims, e))}
-    skipped += [f"{arch} with --encoder {e}: skipped, {problem}" for e, problem in refused.items()]
-    return [e for e in usable if e not in refused]
+    skips += [(f"{arch} with --encoder {e}: skipped, {problem}", [e]) for e, problem in refused.items()]
+    return [e for e in usable if e not in refused], skips
 
 
 def _unused_encoders(given: list[str], runs: list[RunSpec], accepted: set[str], two_d_archs: bool,
@@ -237,6 +277,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
+    skips = _Skips(request, targets)
     for task in task_specs:
         for dims in DIMS:
             if request.dims is not None and dims not in request.dims:
@@ -244,10 +285,15 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
             for entry in archs:
                 if dims not in entry.builders:
                     if request.dims is not None:
-                        skipped.append(f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} "
-                                       f"variant (it supports {', '.join(entry.dims)})")
+                        line = (f"{entry.name} in {dims}: skipped, '{entry.name}' has no {dims} variant (it "
+                                f"supports {', '.join(entry.dims)})")
+                        skipped.append(line)
+                        skips.add(line, task.name, dims, entry.name, [None], losses, augs)
                     continue
-                encoders = _encoders(entry.name, dims, request.encoders, skipped)
+                encoders, encoder_skips = _encoders(entry.name, dims, request.encoders)
+                for line, named in encoder_skips:
+                    skipped.append(line)
+                    skips.add(line, task.name, dims, entry.name, [*named], losses, augs, named=named)
                 if dims == "2d":
                     two_d_archs = True
                     accepted.update(e for e in encoders if e is not None)
@@ -264,13 +310,17 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                 try:
                     check_channels(entry.name, dims, task.num_channels, task.name)
                 except UsageError as exc:  # this task only, as an arch without the dims: a line, not an error
-                    skipped.append(f"{entry.name} on {task.name}: skipped, {exc}")
+                    skipped.append(line := f"{entry.name} on {task.name}: skipped, {exc}")
+                    skips.add(line, task.name, dims, entry.name, encoders, losses, augs)
                     continue
                 for encoder, loss, aug, target, fold, seed in itertools.product(
                         encoders, losses, augs, targets, request.folds, request.seeds):
                     refusal = no_regions.get((task.name, loss)) if target == "regions" else None
                     if refusal is not None:
                         skipped.append(refusal)
+                        skips.add_one(refusal, {"task": task.name, "dims": dims, "arch": entry.name,
+                                                "encoder": str(encoder), "loss": loss, "aug": aug,
+                                                "target": target, "fold": str(fold), "seed": str(seed)})
                         continue
                     spec = RunSpec(
                         task=task.name, dims=dims, arch=entry.name, loss=loss, aug=aug, encoder=encoder,
@@ -289,6 +339,16 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                         used.update(matched)
                         continue
                     runs.append(spec)
+    # a line of combinations skipped for another reason, which a rule excludes too: the rule matched them;
+    # where it (or others) matched every one, the line is moot, and they are removed by --exclude (an arch
+    # the user excluded was said to be skipped, then the rule to match nothing)
+    for line, combinations in skips.combinations.items():
+        matching = [[i for i, rule in enumerate(rules) if _matches(c, rule)] for c in combinations]
+        used.update(i for rule_ids in matching for i in rule_ids)
+        if combinations and all(matching):
+            skipped = [kept for kept in skipped if kept != line]
+            excluded += len(combinations)
+            accepted.update(skips.encoders.get(line, []))  # taken by --exclude: "unused" where no run has it
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")
     skipped += [f"exclude rule '{given}' matches no combination of this sweep: nothing removed by it"

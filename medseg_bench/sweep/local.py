@@ -200,14 +200,14 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         reporter.close()
         if outcome["done"] or outcome["skipped"] and not (results_dir / INDEX_NAME).is_file():
             try:
-                write_index(results_dir, reads=reads)
+                write_index(results_dir, reads=reads, named=outcome["damage"])  # each said by its line
             except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
                 name = exc.filename or results_dir / INDEX_NAME
                 warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
                                "`medseg-bench status` rebuilds it")
     damaged = damaged_runs_error(outcome["damage"], "not trained again") if outcome["damage"] else None
     if outcome["failed"]:
-        if damaged is not None:  # exit 5 names the failed runs; the damaged ones still need this line
+        if damaged is not None:  # exit 5 names the failed runs; the damaged ones' fate still needs this line
             warn_on_stderr(str(damaged))
         of = f"{len(runs)} run{'' if len(runs) == 1 else 's'}"
         raise RunError(f"{len(outcome['failed'])} of {of} failed: {', '.join(outcome['failed'])}")
@@ -363,12 +363,21 @@ def check_evaluation_memory(runs: list[RunSpec], prepared: dict[tuple[str, int],
 def _sequential(runs: list[RunSpec], results_dir: Path, reporter: PlainReporter, prepared: dict[Any, Any],
                 fail_fast: bool, num_workers: int | None, outcome: dict[str, list[str]],
                 checked: dict[str, CheckpointStamp] | None = None) -> None:
+    began: set[str] = set()  # said to be training: the others that fail, failed before they started
+
+    def start(run_id: str) -> None:
+        began.add(run_id)
+        reporter.run_start(run_id)
+
     for spec in runs:
         task = prepared[prepared_key(spec)]
         workers = default_num_workers(spec) if num_workers is None else num_workers
-        result = run_one(spec, task, results_dir, reporter, workers, started=reporter.run_start,
+        result = run_one(spec, task, results_dir, reporter, workers, started=start,
                          checked=(checked or {}).get(spec.run_id))
-        _record(spec, result.kind, reporter, outcome, result.summary, result.error)
+        if result.kind == "failed" and spec.run_id not in began:  # its resume check, under the lock
+            _refused(spec, result.error or "", reporter, outcome)
+        else:
+            _record(spec, result.kind, reporter, outcome, result.summary, result.error)
         if result.kind == "failed" and fail_fast:
             break
 
@@ -447,7 +456,12 @@ def _settle(job: _Job, code: int, results_dir: Path, reporter: PlainReporter,
     """Record how a worker's run ended (its exit `code`); False when it failed."""
     folder = run_dir(results_dir, job.spec)
     ran = code not in (EXIT_SKIPPED, EXIT_BUSY, EXIT_DAMAGED)
-    if ran and not job.announced:  # ended before the loop saw its heartbeat
+    if ran and not job.announced:
+        if code != EXIT_DONE and not _holds_run(job, results_dir):  # failed before it trained: its resume
+            outcome["failed"].append(job.spec.run_id)  # check under the lock, or an error before it held it
+            reporter.refuse(job.spec.run_id, failure_message(folder, code))
+            return False
+        job.announced = True  # ended before the loop saw its heartbeat
         reporter.run_start(job.spec.run_id)
     if code == EXIT_SKIPPED or (code == EXIT_DONE and is_done(folder)):
         kind = "done" if code == EXIT_DONE else "skipped"
@@ -502,11 +516,8 @@ def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> No
     """Say "training" once the job's worker holds its run (its own heartbeat, by pid: another process's
     is not this job's, nor is an earlier attempt's), then each epoch it finishes, then that it evaluates
     (the heartbeat's `stage`: a stop after it is counted as one while evaluating)."""
-    beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
-    beat_time = beat.get("time")
-    if not isinstance(beat_time, int | float) or beat_time < job.started:
-        return
-    if beat.get("pid") != job.process.pid or beat.get("host") != socket.gethostname():
+    beat = _own_heartbeat(job, results_dir)
+    if beat is None:
         return
     if not job.announced:
         job.announced = True
@@ -519,3 +530,20 @@ def _forward_epochs(job: _Job, results_dir: Path, reporter: PlainReporter) -> No
     if beat.get("stage") == "evaluating" and not job.evaluating:
         job.evaluating = True
         reporter.evaluating(job.spec.run_id)
+
+
+def _own_heartbeat(job: _Job, results_dir: Path) -> dict[str, Any] | None:
+    """The heartbeat of the job's run where its worker wrote it in this attempt (by pid and host, since the
+    job started), else None: its worker held the run and passed its resume check (`run_one` starts the
+    heartbeat then)."""
+    beat = read_json(run_dir(results_dir, job.spec) / "heartbeat.json")
+    beat_time = beat.get("time")
+    if not isinstance(beat_time, int | float) or beat_time < job.started:
+        return None
+    if beat.get("pid") != job.process.pid or beat.get("host") != socket.gethostname():
+        return None
+    return beat
+
+
+def _holds_run(job: _Job, results_dir: Path) -> bool:
+    return _own_heartbeat(job, results_dir) is not None

@@ -354,7 +354,9 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
             num_workers: int = 0, extra_event: dict[str, Any] | None = None,
             started: Callable[[str], None] | None = None, checked: CheckpointStamp | None = None) -> Outcome:
     """Execute `spec` unless it is done or another process holds it; never raises for a failed run.
-    `started(run_id)` is called once the run is this process's to train. `checked`: the stamp of the last
+    `started(run_id)` is called once the run is this process's to train: it holds the run, and an
+    interrupted run passed its resume check (a run that failed it was said to be training, then failed, and
+    none is called for it). `checked`: the stamp of the last
     checkpoint the sweep's early check passed (`refuse_unresumable`), so that the check under the lock
     loads it only where it changed since (`resume_refusal`)."""
     from medseg_bench.run import execute_run
@@ -371,8 +373,6 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
     try:
         if is_done(folder):  # finished by another process between the check above and the lock
             return Outcome("skipped", error=plan_changed_since(spec, prepared.plan, folder))
-        if started is not None:  # once the run is this process's: never for a run found busy or done
-            started(spec.run_id)
         clean_temp_files(folder)
         last = folder / LAST_CHECKPOINT
         resumed = last.is_file()
@@ -380,6 +380,8 @@ def run_one(spec: RunSpec, prepared: Any, results_dir: Path, reporter: Any = Non
             problem = resume_refusal(spec, prepared, folder, checked)
             if problem:
                 return _not_resumed(folder, problem)
+        if started is not None:  # the run is this process's to train: never for one busy, done or refused
+            started(spec.run_id)
         # The attempt's bookkeeping is never cut in two: a stop signal stops the run itself at once
         # (`undeferred`), but one that lands between the run's end and its last event waits for that event
         # (once, a SIGTERM just after a run finished left it without its `done` event).

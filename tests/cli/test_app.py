@@ -72,7 +72,7 @@ def test_sweep_on_unfetched_task_is_a_data_error(home: Path, tmp_path: Path) -> 
 def test_dry_run_lists_runs_with_skips(home: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["sweep", "--task", "Task04_Hippocampus", "--arch", "unet,deeplab",
                                  "--dims", "2d,3d", "--dry-run", "--results-dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # listed, then as the sweep: the task is not fetched here
     assert "deeplab in 3d: skipped" in result.output
     assert "pending  Task04_Hippocampus/2d-unet.resnet34-dice_ce-none-f0-s0-" in result.output
     assert "3 runs" in result.output

@@ -25,6 +25,9 @@ from tests.conftest import TINY_SWEEP, fake_squeue, fetch_subset, finished_summa
 
 runner = CliRunner()
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+# a dry run in a home where no task is fetched: it lists the runs, then ends as the sweep would, on the task
+# not fetched (a data error)
+NOT_FETCHED = 3
 
 
 def _sweep(tmp_path: Path, *args: str) -> object:
@@ -34,12 +37,12 @@ def _sweep(tmp_path: Path, *args: str) -> object:
 def test_config_with_flag_overrides_and_exclude(home: Path, tmp_path: Path) -> None:
     quick = str(SWEEPS / "quick.yaml")
     result = _sweep(tmp_path, "--config", quick, "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == NOT_FETCHED, result.output
     assert "4 runs: 4 pending" in result.output and "2d-unet.resnet18-focal-none-f0-s0-" in result.output
     assert "epochs=3 iters=10 opt=adamw batch_size=4" in result.output
     result = _sweep(tmp_path, "--config", quick, "--loss", "dice_ce", "--epochs", "1", "--exclude", "dims=2d",
                     "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == NOT_FETCHED, result.output
     assert "1 run: 1 pending" in result.output and "3d-unet-dice_ce-none-f0-s0-" in result.output
     assert "epochs=1 " in result.output and "1 combination(s) removed by --exclude" in result.output
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
@@ -57,7 +60,7 @@ def test_a_sweep_file_or_flags_in_any_order_give_the_same_run_ids(home: Path, tm
              "--aug", "light", "--epochs", "1", "--iters-per-epoch", "5", "--seed", "0,1", "--tta",
              "--postprocess", "--class-weights", "0.5,1,2", "--lr", "1e-3"]
     given = _sweep(tmp_path, *flags, "--dry-run")
-    assert given.exit_code == 0, given.output
+    assert given.exit_code == NOT_FETCHED, given.output
     ids = _run_ids(given.output)
     assert len(ids) == 8 and all("-light-" in i for i in ids)
     pairs = [flags[i:i + 2] if flags[i + 1:i + 2] and not flags[i + 1].startswith("--") else [flags[i]]
@@ -69,10 +72,10 @@ def test_a_sweep_file_or_flags_in_any_order_give_the_same_run_ids(home: Path, tm
                       "iters_per_epoch: 5\nepochs: 1\naug: light\nloss: [focal, dice_ce]\ndims: [2d, 3d]\n"
                       "arch: unet\ntask: Task04_Hippocampus\npretrained: false\n")
     from_file = _sweep(tmp_path, "--config", str(config), "--dry-run")
-    assert from_file.exit_code == 0, from_file.output
+    assert from_file.exit_code == NOT_FETCHED, from_file.output
     assert _run_ids(from_file.output) == ids
     untested = _sweep(tmp_path, "--config", str(config), "--no-tta", "--dry-run")  # a flag overrides
-    assert untested.exit_code == 0 and not set(_run_ids(untested.output)) & set(ids)
+    assert untested.exit_code == NOT_FETCHED and not set(_run_ids(untested.output)) & set(ids)
     without = _sweep(tmp_path, *[flag for flag in flags if flag != "--tta"], "--dry-run")
     assert _run_ids(untested.output) == _run_ids(without.output)
     config.write_text("task: Task04_Hippocampus\ntta: yes please\n")
@@ -127,7 +130,7 @@ def test_a_slurm_dry_run_refuses_what_the_submission_would(home: Path, tmp_path:
     assert result.exit_code == 2, result.output
     assert message in result.output and "pending" not in result.output
     fine = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--launcher", "slurm", "--dry-run")
-    assert fine.exit_code == 0 and "pending" in fine.output, fine.output
+    assert fine.exit_code == NOT_FETCHED and "pending" in fine.output, fine.output
 
 
 def test_a_sweep_file_past_the_limits_exits_2_before_any_work(home: Path, tmp_path: Path) -> None:
@@ -143,7 +146,7 @@ def test_survey_sweep_dry_run(home: Path, tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"architectures not registered yet: {', '.join(missing)}")
     result = _sweep(tmp_path, "--config", str(SWEEPS / "survey.yaml"), "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == NOT_FETCHED, result.output
     assert "360 runs: 360 pending" in result.output
 
 
@@ -454,8 +457,11 @@ def test_a_finished_run_with_a_damaged_file_is_named_never_trained_again(
     damaged.write_text(damaged.read_text()[:keep])
     again = runner.invoke(app, command)
     assert again.exit_code == 6, again.output
-    assert again.output.strip().splitlines()[-1].startswith(f"error: {damaged}: {problem}")
-    assert "left as it is, not trained again" in again.output and ": done, mean Dice" not in again.output
+    assert again.output.strip().splitlines()[-1] == (
+        "error: 1 finished run is damaged (named above), left as it is, not trained again: restore the file, "
+        "move the run folder away, or delete it to run it again")
+    assert again.output.count(f"{damaged}: {problem}") == 1, again.output  # by its line, once
+    assert ": done, mean Dice" not in again.output
     assert (folder / "summary.json").read_bytes() == summary
     assert [e["event"] for e in read_events(folder)] == ["start", "done"]
     report = runner.invoke(app, ["report", "--results-dir", str(results)])
@@ -509,7 +515,7 @@ def test_slurm_options_given_to_the_local_launcher_are_said_to_be_unused(home: P
 
     result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run",
                                  "--time", "99", "--mem-gb", "4"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == NOT_FETCHED, result.output
     assert result.output.splitlines()[0] == ("--mem-gb, --time: for SLURM only, unused by the local launcher "
                                              "(--launcher slurm submits to SLURM)")
     plain = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run"])
@@ -520,7 +526,7 @@ def test_slurm_options_given_to_the_local_launcher_are_said_to_be_unused(home: P
 def test_target_flag_and_sweep_file_key_give_the_same_region_runs(home: Path, tmp_path: Path) -> None:
     flags = ["--task", "Task01_BrainTumour,Task04_Hippocampus", "--dims", "3d", "--target", "labels,regions"]
     given = _sweep(tmp_path, *flags, "--dry-run")
-    assert given.exit_code == 0, given.output
+    assert given.exit_code == NOT_FETCHED, given.output
     assert ("Task04_Hippocampus with --target regions: skipped, it has no regions (its task file declares "
             "none)") in given.output
     ids = sorted(line.split()[1] for line in given.output.splitlines() if line.startswith("pending "))

@@ -46,7 +46,9 @@ def test_dry_run_states_and_cost_estimate(tmp_path: Path) -> None:
     assert capped is not None and capped[0] == pytest.approx(60 + 20)
     planned = dry_run_lines([done, partial, pending], tmp_path, tmp_path / "data")
     lines = planned.lines
-    assert planned.exit_code == 0  # not fetched yet: a step left, not a mistake in the sweep
+    # not fetched yet: the sweep stops there (exit 3), and so ends the dry run, having listed every run and
+    # the cost all the same (it exited 0, a step left, while the sweep exited 3)
+    assert planned.exit_code == 3
     assert [line.split()[0] for line in lines[:3]] == ["done", "partial", "pending"]
     assert "3 runs: 1 done, 1 partial, 1 pending" in lines
     assert lines[-1].startswith("cost of the 2 runs left: about 5 min on one worker (2 estimated")
@@ -170,6 +172,25 @@ def test_dry_run_leaves_damaged_runs_out_of_the_work_left(tmp_path: Path) -> Non
     assert planned.exit_code == 6  # as the sweep ends on a damaged run (the dry run exited 0)
 
 
+def test_a_task_not_fetched_ends_the_dry_run_as_the_sweep_after_every_line(tmp_path: Path) -> None:
+    """A damaged run of one task and a task not fetched: the sweep stops on the task (exit 3), its dry run
+    exited 6 (it took a task not fetched for a step left, exit 0). Still a preview: every run is listed, the
+    line that says how to fetch the task, and the cost."""
+    damaged = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    folder = run_dir(tmp_path, damaged)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "summary.json", {"cost": {}})
+    append_event(folder, "done")
+    other = RunSpec(task="Task05_Prostate", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    planned = dry_run_lines([damaged, other], tmp_path, tmp_path / "data")
+    assert planned.exit_code == 3, planned.lines
+    assert [line.split()[0] for line in planned.lines[:3]] == ["damaged", "pending", "2"]
+    assert any(line.startswith(f"{tmp_path / 'data' / 'Task05_Prostate'}: task not fetched (or incomplete); "
+                               "the sweep would stop: run `medseg-bench fetch Task05_Prostate")
+               for line in planned.lines), planned.lines
+    assert planned.lines[-1].startswith("cost: no finished runs")
+
+
 @pytest.mark.parametrize("edit, problem", [
     ({"task": "Task01_BrainTumour"}, "a plan of task 'Task01_BrainTumour', not of Task04_Hippocampus"),
     ({"channel_normalization": [{"scheme": "zscore", "nonzero_mask": False}] * 2},
@@ -187,7 +208,8 @@ def test_the_dry_run_stops_on_a_plan_json_that_cannot_be_the_tasks(tmp_path: Pat
     path = tmp_path / "data" / "preprocessed" / TASK / "plan.json"
     path.parent.mkdir(parents=True)
     write_json_atomic(path, plan)
-    assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0  # as it is: fine
+    as_is = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")  # fine, but not fetched here
+    assert not any(line.startswith(f"{TASK}: the sweep would stop") for line in as_is.lines), as_is.lines
     write_json_atomic(path, plan | edit)
     planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
     assert planned.exit_code == 3, planned.lines

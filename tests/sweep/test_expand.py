@@ -102,16 +102,35 @@ def test_an_encoder_one_2d_arch_refuses_and_exclude_takes_from_the_others_is_sai
     assert {r.dims for r in runs} == {"3d"}
     assert notes == [fcn, "1 combination(s) removed by --exclude",
                      "--encoder resnet34: unused, no run of the sweep is 2D (3D nets take no encoder)"]
-    # each value once: resnet34 by fcn's line alone (no 2D arch takes it), resnet50 (fcn's, excluded) here
+    # each value once: fcn excluded, its line for resnet34 is moot, and neither encoder has a run
     runs, notes = expand(_request(archs=["fcn", "dynunet"], encoders=["resnet34", "resnet50"],
                                   exclude=["arch=fcn"]))
-    assert notes[-1] == "--encoder resnet50: unused, no run of the sweep is 2D (3D nets take no encoder)"
-    assert [note for note in notes if "--encoder" in note] == [fcn, notes[-1]]
+    assert notes == ["2 combination(s) removed by --exclude",
+                     "--encoder resnet34,resnet50: unused, no run of the sweep is 2D (3D nets take no "
+                     "encoder)"]
     # 2D runs left, but none on resnet34: said, not left to the count of combinations removed
     runs, notes = expand(_request(archs=["unet", "fcn"], dims=["2d"], encoders=["resnet34", "resnet50"],
                                   exclude=["arch=unet"]))
     assert {r.encoder for r in runs} == {"resnet50"}
     assert notes[-1] == "--encoder resnet34: unused, --exclude removed every run that takes it"
+
+
+def test_a_rule_that_excludes_combinations_skipped_already_matches_them(home: Path) -> None:
+    # fcn refuses resnet34: its line was said, then "exclude rule 'arch=fcn' matches no combination of this
+    # sweep", as if the rule did nothing. The user excluded fcn: its skip is moot, the rule removed it.
+    runs, notes = expand(_request(archs=["unet", "fcn"], encoders=["resnet34"], exclude=["arch=fcn"]))
+    assert {r.arch for r in runs} == {"unet"}
+    assert notes == ["1 combination(s) removed by --exclude"]
+    # some of fcn's combinations excluded, not all: its line stands, and the rule is not said to match none
+    _, notes = expand(_request(archs=["unet", "fcn"], encoders=["resnet34"], seeds=[0, 1],
+                               exclude=["arch=fcn,seed=1"]))
+    assert notes == ["fcn with --encoder resnet34: skipped, 'fcn' takes resnet50 or resnet101"]
+    # an arch without the dims asked for, and regions on a task without them: the same
+    _, notes = expand(_request(archs=["deeplab", "unet"], dims=["2d", "3d"],
+                               exclude=["arch=deeplab,dims=3d"]))
+    assert notes == ["1 combination(s) removed by --exclude"]
+    _, notes = expand(_request(dims=["3d"], targets=["labels", "regions"], exclude=["target=regions"]))
+    assert notes == ["1 combination(s) removed by --exclude"]
 
 
 def test_pretrained_for_a_3d_only_sweep_is_said_to_be_unused(home: Path) -> None:

@@ -263,18 +263,20 @@ def test_a_sweep_names_a_finished_run_with_a_bad_value_and_carries_on(
     before = {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()}
     with pytest.raises(ResultsError) as info:
         run_sweep(specs, results, tmp_path / "data", PlainReporter())
-    assert str(info.value).startswith(f"{damaged}: {problem}; left as it is, not trained again")
+    assert str(info.value) == ("1 finished run is damaged (named above), left as it is, not trained again: "
+                               "restore the file, move the run folder away, or delete it to run it again")
     out, err = capsys.readouterr()
     assert f"{specs[1].run_id}: skipped (finished, but damaged: {damaged}: {problem})" in out
     assert out.count("skipped (already done)") == 2 and "sweep finished: 3 skipped" in out
-    assert f"warning: {damaged}: {problem}" in err  # the index leaves it out, and says so
+    assert err == ""  # the index leaves it out: its line said what is damaged, not a warning again
     assert set(pd.read_parquet(results / INDEX_NAME)["run_id"]) == {specs[0].run_id, specs[2].run_id}
     assert {p.name: p.read_bytes() for p in folders[1].iterdir() if p.is_file()} == before
 
 
 def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed.
+    # Exit 5 named the failed run; the damaged one's "restore the file ..." line was never printed. Then its
+    # damage was named twice, by its line and by that warning (three times with the index's warning).
     from types import SimpleNamespace
 
     from medseg_bench.errors import RunError
@@ -283,19 +285,23 @@ def test_a_sweep_with_a_failed_and_a_damaged_run_names_both(
     from medseg_bench.sweep.worker import Outcome
 
     results = tmp_path / "results"
-    damaged, failing = _spec(0), _spec(1)
+    damaged, failing, done = _spec(0), _spec(1), _spec(2)
     (_finished_run(results, damaged) / "metrics.csv").unlink()
+    _finished_run(results, done)  # skipped: the sweep writes the index, which leaves the damaged run out
     monkeypatch.setattr(local, "plan_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: SimpleNamespace())
     monkeypatch.setattr(local, "check_runs", lambda runs, prepared_for: None)
     monkeypatch.setattr(local, "check_cache_memory", lambda runs, planned, data_dir: None)
     monkeypatch.setattr(local, "check_evaluation_memory", lambda runs, prepared, data_dir: None)
     monkeypatch.setattr(local, "run_one", lambda spec, *args, **kwargs: Outcome("failed", error="boom"))
-    with pytest.raises(RunError, match=f"1 of 2 runs failed: {failing.run_id}"):
-        local.run_sweep([damaged, failing], results, tmp_path / "data", PlainReporter())
-    err = capsys.readouterr().err
-    assert err.startswith(f"warning: {run_dir(results, damaged) / 'metrics.csv'}: ")
-    assert "; left as it is, not trained again: restore the file" in err
+    with pytest.raises(RunError, match=f"1 of 3 runs failed: {failing.run_id}"):
+        local.run_sweep([damaged, failing, done], results, tmp_path / "data", PlainReporter())
+    out, err = capsys.readouterr()
+    assert err == ("warning: 1 finished run is damaged (named above), left as it is, not trained again: "
+                   "restore the file, move the run folder away, or delete it to run it again\n")
+    missing = f"{run_dir(results, damaged) / 'metrics.csv'}: missing, but the run finished"
+    assert f"{damaged.run_id}: skipped (finished, but damaged: {missing})" in out
+    assert (out + err).count(str(run_dir(results, damaged))) == 1, out + err
 
 
 def test_a_resumed_workers_display_ignores_the_earlier_attempts_heartbeat(tmp_path: Path) -> None:
@@ -344,6 +350,62 @@ def test_a_jobs_run_held_by_another_sweep_shows_none_of_that_sweeps_training(tmp
     assert outcome["busy"] == [spec.run_id]
     assert said.splitlines()[0] == f"[1/1] {spec.run_id}: skipped (running in another process)", said
     assert "training" not in said and "epoch" not in said
+
+
+def test_a_run_that_fails_its_resume_check_under_the_lock_is_never_said_to_be_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "[1/1] RUN: training" was said before the check under the lock (a checkpoint changed since the early
+    # check), then "failed": said as a run failed before it started, as the early check's refusal is.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep import worker
+
+    spec = _spec(0)
+    folder = run_dir(tmp_path, spec)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"changed since")
+    monkeypatch.setattr(worker, "resume_refusal", lambda *args: "last.ckpt: not a checkpoint")
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(1)
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        local._sequential([spec], tmp_path, reporter, {local.prepared_key(spec): SimpleNamespace(plan=None)},
+                          False, 0, outcome)
+        reporter.close()
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    assert outcome["failed"] == [spec.run_id]
+    assert said == [f"[1/1] {spec.run_id}: failed: last.ckpt: not a checkpoint",
+                    "sweep finished: 1 failed (of 1 run) in 0.0 min"], said
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_jobs_run_is_said_to_be_training_only_where_its_worker_held_it(tmp_path: Path, held: bool) -> None:
+    # A worker whose run failed its resume check under the lock (no heartbeat of its own: `run_one` starts it
+    # after the check) ended with "training", then "failed"; one that held the run and ended before the loop
+    # saw its heartbeat is still said to be training first.
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import _Job, _settle
+    from medseg_bench.sweep.worker import EXIT_FAILED
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_status(folder, "failed", error="last.ckpt: not a checkpoint")
+    if held:
+        write_heartbeat(folder)  # this process's pid: the job's worker below
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(1)
+        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        assert not _settle(job, EXIT_FAILED, tmp_path, reporter, outcome)
+    said = (tmp_path / "out.txt").read_text().splitlines()
+    assert outcome["failed"] == [spec.run_id]
+    failed = f"[1/1] {spec.run_id}: failed: last.ckpt: not a checkpoint"
+    assert said == ([f"[1/1] {spec.run_id}: training"] if held else []) + [failed], said
 
 
 def test_a_task_is_prepared_once_for_its_3d_and_2d_runs(monkeypatch: pytest.MonkeyPatch,
