@@ -337,17 +337,7 @@ def read_image(
     parsed = _check_readable(path, header)
     if check_complete and count_nonfinite(path):
         raise DataError(f"{path}: image holds NaN or inf voxels")
-    image = _read_checked(path, parsed)
-    geom, channels = _geometry_and_channels(
-        image.GetSpacing(),
-        image.GetOrigin(),
-        image.GetDirection(),
-        image.GetSize(),
-        image.GetNumberOfComponentsPerPixel(),
-    )
-    problem = layout_problem(image.GetSize())
-    if problem:
-        raise DataError(f"{path}: {problem}")
+    image, geom, channels = _read_laid_out(path, parsed)
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 4:
         pass  # already (C, Z, Y, X)
@@ -361,6 +351,23 @@ def read_image(
     if check_complete and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{path}: image holds NaN or inf voxels")  # another format keeps them as read
     return array, geom
+
+
+def _read_laid_out(path: Path, parsed: MetaHeader | None) -> tuple[Any, Geometry, int]:
+    """ITK's image of `path` (its MetaImage header `parsed`, as `_check_readable` gives it), its geometry and
+    channels; DataError naming the file where its layout is not a case's (`layout_problem`)."""
+    image = _read_checked(path, parsed)
+    geom, channels = _geometry_and_channels(
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+        image.GetSize(),
+        image.GetNumberOfComponentsPerPixel(),
+    )
+    problem = layout_problem(image.GetSize())
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return image, geom, channels
 
 
 def layout_problem(size: tuple[int, ...]) -> str:
@@ -381,17 +388,7 @@ def read_label(path: Path, header: Header = UNPARSED) -> tuple[np.ndarray, Geome
     checked as float32, a chunk at a time."""
     sitk = sitk_module()
     parsed = _check_readable(path, header)  # parsed here where the caller did not: once for both reads
-    image = _read_checked(path, parsed)
-    geom, channels = _geometry_and_channels(
-        image.GetSpacing(),
-        image.GetOrigin(),
-        image.GetDirection(),
-        image.GetSize(),
-        image.GetNumberOfComponentsPerPixel(),
-    )
-    problem = layout_problem(image.GetSize())
-    if problem:
-        raise DataError(f"{path}: {problem}")
+    image, geom, channels = _read_laid_out(path, parsed)
     if channels != 1:
         if vector_components(path, parsed) > 1:
             raise DataError(f"{path}: {vector_pixels(channels)}; a label map holds one value per voxel")
