@@ -74,68 +74,43 @@ def test_a_run_finished_before_the_stop_reached_the_loop_is_recorded_done(
     assert "sweep finished: 1 trained (of 1 run)" in said
 
 
-def test_a_run_stopped_before_the_loop_saw_its_heartbeat_is_counted_stopped_while_training(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("beat", "stop_at", "stopped_while"), [
+    ({"epoch": 0}, 1, "training"),
+    ({"epoch": 1, "epochs": 1, "stage": "evaluating"}, 2, "evaluating"),
+])
+def test_a_run_stopped_with_jobs_is_counted_by_the_stage_its_heartbeat_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beat: dict[str, object], stop_at: int,
+        stopped_while: str) -> None:
     # Ctrl-C with --jobs within a poll of a worker's first heartbeat: its run, which had started (and resumes
-    # next time), was summed up as "not reached", with the runs no worker had begun.
+    # next time), was summed up as "not reached", with the runs no worker had begun. A run stopped after its
+    # training, while its worker predicted and scored the held-out cases, was summed up as "stopped while
+    # training".
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
     workers: list[subprocess.Popen[bytes]] = []
 
-    def training_worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
+    def worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
         folder.mkdir(parents=True, exist_ok=True)
         workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
         write_json_atomic(folder / "heartbeat.json", {"time": time.time() + 1, "pid": workers[-1].pid,
-                                                      "host": socket.gethostname(), "epoch": 0})
+                                                      "host": socket.gethostname(), **beat})
         return workers[-1]
 
     sleep = time.sleep
     calls = []
 
-    def stopped(seconds: float) -> None:  # Ctrl-C in the loop's first sleep (the stop's waits sleep too)
+    def stopped(seconds: float) -> None:  # Ctrl-C in the loop's stop_at-th sleep (the stop's waits sleep too)
         calls.append(seconds)
-        if len(calls) == 1:
+        if len(calls) == stop_at:
             raise KeyboardInterrupt
-        sleep(seconds)
+        sleep(min(seconds, 0.01) if len(calls) < stop_at else seconds)
 
-    monkeypatch.setattr(local, "_start_worker", training_worker)
+    monkeypatch.setattr(local, "_start_worker", worker)
     monkeypatch.setattr(local.time, "sleep", stopped)
     monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
     _, said = _stopped_parallel(tmp_path, [spec], 2)
     assert workers[-1].poll() is not None  # stopped
     assert f"{spec.run_id}: training" in said
-    assert "sweep finished: 1 stopped while training, 1 not reached (of 2 runs)" in said
-
-
-def test_a_run_stopped_while_its_worker_evaluates_is_counted_stopped_while_evaluating(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # --jobs: a run stopped after its training, while its worker predicted and scored the held-out cases, was
-    # summed up as "stopped while training"
-    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
-    workers: list[subprocess.Popen[bytes]] = []
-
-    def evaluating_worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
-        folder.mkdir(parents=True, exist_ok=True)
-        workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
-        write_json_atomic(folder / "heartbeat.json", {"time": time.time() + 1, "pid": workers[-1].pid,
-                                                      "host": socket.gethostname(), "epoch": 1, "epochs": 1,
-                                                      "stage": "evaluating"})
-        return workers[-1]
-
-    sleep = time.sleep
-    calls = []
-
-    def stopped(seconds: float) -> None:  # Ctrl-C in the loop's second sleep, once it has seen the stage
-        calls.append(seconds)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        sleep(min(seconds, 0.01))
-
-    monkeypatch.setattr(local, "_start_worker", evaluating_worker)
-    monkeypatch.setattr(local.time, "sleep", stopped)
-    monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
-    _, said = _stopped_parallel(tmp_path, [spec], 2)
-    assert workers[-1].poll() is not None  # stopped
-    assert "sweep finished: 1 stopped while evaluating, 1 not reached (of 2 runs)" in said
+    assert f"sweep finished: 1 stopped while {stopped_while}, 1 not reached (of 2 runs)" in said
 
 
 @pytest.mark.parametrize("stage", ["training", "evaluating"])
