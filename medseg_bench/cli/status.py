@@ -49,6 +49,7 @@ def status(
     slurm = _slurm_states([j for j in jobs.values() if j])  # asked before the folders are read
     counts: Counter[str] = Counter()
     reads = FinishedReads()  # each finished run read once, for its line and the index
+    named: list[str] = []  # damage said on a run's line (not with --quiet, where the warning is all)
     for folder in folders:
         state, damage = checked_state(folder, reads)
         job = jobs[folder]
@@ -79,12 +80,13 @@ def status(
             extra += f"  {read_status(folder).get('error', '')}"
         if state == "damaged":
             extra += f"  {damage}"
+            named.append(str(damage))  # said on its line: the index rebuild's warning does not say it again
         typer.echo(one_line(f"{state:8s} {folder.parent.name}/{folder.name}{extra}"))  # names from the folder
     runs_word = "run" if len(folders) == 1 else "runs"  # as `sweep --dry-run` counts them
     typer.echo(f"{len(folders)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts["done"]:
         try:
-            write_index(results_dir, reads=reads)
+            write_index(results_dir, reads=reads, named=named)
         except OSError:
             pass  # status is read-only in spirit; a read-only results dir still gets its answer
 

@@ -262,6 +262,9 @@ def test_a_damaged_run_stops_the_report_and_status_names_it(
     run = f"{damaged.parent.parent.name}/{damaged.parent.name}"
     assert f"damaged  {run}  {damaged}: {problem}\n" in status.output
     assert "10 runs: 1 damaged, 9 done" in status.output
+    assert status.output.count(f"{damaged}: {problem}") == 1  # its line; not the index rebuild's warning too
+    quiet = runner.invoke(app, ["status", "--results-dir", str(copy), "-q"])
+    assert quiet.output.count(f"{damaged}: {problem}") == 1  # no line: the warning says it
     index = pd.read_parquet(copy / "index.parquet")  # rebuilt by status, without it
     assert index["run_id"].nunique() == 9 and damaged.parent.name not in set(index["run_id"])
 
