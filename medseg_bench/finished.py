@@ -203,7 +203,7 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"has {rows}, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame, path)
+    problem = _bad_row(frame, labels, path) or _bad_cell(frame) or _unscored(frame, path)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
@@ -288,15 +288,20 @@ def _whole_table(frame: Any, num_cases: int) -> bool:
     return len(per_case) == num_cases and per_case.nunique() == 1
 
 
-def _bad_row(frame: Any, labels: list[str]) -> str | None:
-    """The first row of a run's metrics.csv that names no case, or no label the run scored (`labels`, the
-    keys of summary.json's per_label_dice: run.py writes one per label and region it scored), or repeats a
-    case's label, or a case that lacks one of those labels; None when every case has each label once.
-    Labels are compared as text: a region's name (Task01's "whole tumour"), or a label value as written."""
+def _bad_row(frame: Any, labels: list[str], path: Path) -> str | None:
+    """The first row of a run's metrics.csv (`path`) that names no case, or no label the run scored
+    (`labels`, the keys of summary.json's per_label_dice: run.py writes one per label and region it scored),
+    or repeats a case's label, or a case that lacks one of those labels; None when every case has each label
+    once. Labels are compared as text: a region's name (Task01's "whole tumour"), or a label value as
+    written."""
     for column in ("case", "label"):
         empty = frame[column].isna() | (frame[column].str.strip() == "")
         if empty.any():
-            return f"{column} is empty in row {int(empty.to_numpy().argmax()) + 1}"
+            row = int(empty.to_numpy().argmax())
+            text = _cell_text(path, row, column)
+            if not text:
+                return f"{column} is empty in row {row + 1}"
+            return f"{column} is {text!r} in row {row + 1}, which reads as missing"  # pandas' `nan`, `NA`
     if labels:
         unknown = ~frame["label"].isin(labels)
         if unknown.any():
@@ -382,11 +387,8 @@ def _no_score(path: Path, row: int, column: str) -> str:
     """What the cell of `row`, `column` of `path` holds, that pandas read as NaN: "empty", "NaN" (`nan`, as
     a float reads it), or the text itself (`NA`, `null`): a cell of `nan` was said to be empty. Read again as
     text, only for the message."""
-    import pandas as pd
-
-    try:
-        text = str(pd.read_csv(path, dtype=str, keep_default_na=False)[column].iloc[row]).strip()
-    except (OSError, ValueError, KeyError, IndexError):  # changed since: what was read is all there is
+    text = _cell_text(path, row, column)
+    if text is None:
         return "empty or NaN"
     if not text:
         return "empty"
@@ -394,6 +396,17 @@ def _no_score(path: Path, row: int, column: str) -> str:
         return "NaN" if math.isnan(float(text)) else repr(text)
     except ValueError:
         return repr(text)
+
+
+def _cell_text(path: Path, row: int, column: str) -> str | None:
+    """The text of the cell of `row`, `column` of the CSV `path`, stripped, as written (pandas reads `nan`,
+    `NA`, `null`, ... as missing); None where it cannot be read again (changed since). Only for messages."""
+    import pandas as pd
+
+    try:
+        return str(pd.read_csv(path, dtype=str, keep_default_na=False)[column].iloc[row]).strip()
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 # The files whose contents `read_finished_run` reads (status.json, events.jsonl: `finished_damage`).

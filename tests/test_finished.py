@@ -44,6 +44,11 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n,1,0.5,False,False\n", "case is empty in row 2"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n  ,1,0.5,False,False\n", "case is empty in row 2"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,,0.5,False,False\n", "label is empty in row 2"),
+    # text pandas reads as missing: said as written (a case of `nan` was said to be empty)
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nnan,1,0.5,False,False\n",
+     "case is 'nan' in row 2, which reads as missing"),
+    ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,NA,0.5,False,False\n",
+     "label is 'NA' in row 2, which reads as missing"),
     *[("metrics.csv", HEADER + f"a,1,0.5,False,False\nb,{label},0.5,False,False\n",
        f"label '{label}' in row 2 is none of the run's labels (1, as summary.json's per_label_dice holds "
        "them)")
