@@ -45,7 +45,7 @@ from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.job_files import check_private_results, job_folder
 
 if TYPE_CHECKING:
-    from medseg_bench.sweep.worker import Outcome
+    from medseg_bench.sweep.worker import CheckpointStamp, Outcome
 
 
 @dataclass
@@ -120,9 +120,13 @@ class SlurmRun(submitit.helpers.Checkpointable):
     """One run as a SLURM job; requeued (same callable) on timeout or preemption, then resumes."""
 
     def __init__(self, spec: dict[str, Any], results_dir: str, data_dir: str,
-                 num_workers: int | None) -> None:
+                 num_workers: int | None, checked: CheckpointStamp | None = None) -> None:
         self.spec, self.results_dir, self.data_dir = spec, results_dir, data_dir
         self.num_workers = num_workers
+        # the stamp of the last checkpoint the submission's check passed (`local.refuse_unresumable_runs`):
+        # the job's check loads it only where it changed since (a requeued attempt's newer one), or where
+        # its node stats it otherwise (a network file system's device number)
+        self.checked = checked
 
     def __call__(self) -> str:
         import torch
@@ -144,7 +148,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 workers = default_num_workers(spec) if self.num_workers is None else self.num_workers
                 outcome = until_free(spec, Path(self.results_dir), env.job_id, lambda: run_one(
                     spec, prepared, Path(self.results_dir), num_workers=workers,
-                    extra_event={"job_id": env.job_id}))
+                    extra_event={"job_id": env.job_id}, checked=getattr(self, "checked", None)))
             except BaseException as exc:  # a stop, as `signals.is_stop` tells it: submitit requeues
                 if not is_stop(exc) or received() != warning or not callable(requeue):
                     raise
@@ -301,7 +305,9 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         say(f"failed   {spec.task}/{spec.run_id}: {error}; not submitted")
 
     planned: dict[tuple[str, int], Any] = {}  # what the refusals planned, not planned again
-    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused, planned, fail_fast=fail_fast)
+    checked: dict[str, CheckpointStamp] = {}  # checkpoints the refusals passed: their jobs load them no more
+    todo = refuse_unresumable_runs(todo, results_dir, data_dir, refused, planned, checked,
+                                   fail_fast=fail_fast)
     if fail_fast and summary.failed:
         say("nothing submitted: --fail-fast stops at the first failed run")
         return summary
@@ -339,7 +345,8 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
         with contextlib.redirect_stderr(io.StringIO()), executor.batch():
             for spec in todo:
                 jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
-                                                     str(data_dir.resolve()), options.num_workers)))
+                                                     str(data_dir.resolve()), options.num_workers,
+                                                     checked.get(spec.run_id))))
     except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
         for leftover in set(slurm_dir.iterdir()) - before if slurm_dir.is_dir() else ():
             if leftover.is_file():  # the pickles and job script of a submission that never happened

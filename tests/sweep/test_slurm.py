@@ -609,3 +609,30 @@ def test_an_interrupted_run_that_cannot_resume_fails_before_anything_is_built_or
                   prepare=prepare_fresh)
     assert both == slurm.Submission(jobs=[(fresh, "9_0")], failed=[started.run_id])
     assert prepared == [[fresh.run_id]] and sbatch_calls == ["9_0"]
+
+
+@pytest.mark.parametrize("pickled", ["now", "before the stamp was passed"])
+def test_a_job_is_told_the_checkpoint_its_submission_checked(
+        pickled: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a --jobs worker (`--checked`): the submission's early check loaded the interrupted run's last
+    checkpoint, and its job loaded it again under the run's lock though the file had not changed. A job
+    pickled without the stamp (submitted by an earlier version, then requeued) loads it as before."""
+    from medseg_bench.sweep import local, worker
+    from tests.sweep.test_local import _resumable
+
+    started, checkpoint, loads, trained = _resumable(home, tmp_path, monkeypatch)
+    results, data = tmp_path / "results", tmp_path / "data"
+    planned = local.plan_locked("Task90_Synth", data, 3)
+    _fake_sbatch(monkeypatch)
+    made: list[slurm.SlurmRun] = []
+    real = slurm.SlurmRun
+    monkeypatch.setattr(slurm, "SlurmRun", lambda *args: made.append(real(*args)) or made[-1])
+    done = submit([started], results, data, SlurmOptions(), say=lambda line: None, prepare=lambda runs: None)
+    assert done.jobs == [(started, "9_0")] and loads == [str(checkpoint)]
+    assert made[0].checked == worker.checkpoint_stamp(checkpoint)
+    if pickled != "now":
+        del made[0].checked
+    monkeypatch.setattr(local, "prepare_locked", lambda *args, **kwargs: planned)
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="9_0"))
+    assert made[0]() == "done" and trained == [started]
+    assert loads == [str(checkpoint)] * (1 if pickled == "now" else 2)
