@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/preprocess_memory.py
 	$(BIN)/python bench/inference_memory.py
+	$(BIN)/python bench/held_memory.py
 	$(BIN)/python bench/nnunet_parity.py
 	$(BIN)/python bench/results_scale.py --repeats 3
 	$(BIN)/python bench/train.py --cases 24 --epochs 3 --iters 15 --repeats 4

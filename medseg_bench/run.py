@@ -64,7 +64,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
     import pandas as pd
 
     from medseg_bench.case_spill import SpilledArrays, spill_folder
-    from medseg_bench.checks import usable_memory
+    from medseg_bench.checks import release_freed_memory, usable_memory
     from medseg_bench.data.io import write_label
     from medseg_bench.data.preprocess import original_label
     from medseg_bench.inference import predict_probabilities, to_label_map
@@ -87,6 +87,7 @@ def evaluate_fold(net: Any, spec: RunSpec, prepared: PreparedTask, device: str, 
 
     slice_axis = run_slice_axis(spec, network_spacing(prepared))
     tta = run_tta(spec, tta)
+    release_freed_memory()  # what training freed: not counted as held against the cases' memory
     memory = usable_memory()
 
     def predict(case_id: str) -> tuple[np.ndarray, np.ndarray, Any]:

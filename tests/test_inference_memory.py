@@ -395,6 +395,29 @@ def test_an_evaluation_lets_the_probabilities_go_before_it_reads_the_label_map(
     assert sorted(frame["case"].unique()) == sorted(task.splits[0]["val"])
 
 
+def test_an_evaluation_hands_back_what_training_freed_before_it_reads_what_the_process_holds(
+        prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`checks.release_freed_memory` before `usable_memory`: what the allocator kept after training is not
+    counted against the held-out cases' memory."""
+    import numpy as np
+
+    import medseg_bench.inference
+    from medseg_bench import checks
+    from medseg_bench.run import evaluate_fold
+
+    task, _ = prepared
+    calls: list[str] = []
+    usable = checks.usable_memory
+    monkeypatch.setattr(checks, "release_freed_memory", lambda: calls.append("released"))
+    monkeypatch.setattr(checks, "usable_memory", lambda: calls.append("read") or usable())
+    monkeypatch.setattr(medseg_bench.inference, "predict_probabilities",
+                        lambda net, image, *args, **kwargs: np.eye(3, dtype=np.float32)[
+                            np.zeros(image.shape[1:], np.int64)].transpose(3, 0, 1, 2))
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2)
+    evaluate_fold(None, spec, task, "cpu")
+    assert calls[:2] == ["released", "read"]
+
+
 @pytest.mark.slow
 def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task: Path, home: Path,
                                                                     tmp_path: Path) -> None:
