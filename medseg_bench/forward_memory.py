@@ -14,7 +14,9 @@ oneDNN's copy of a convolution's input of few channels in its blocked layout of 
 convolution, of 2 or 3 classes). Each sample of a batch goes through alone (instance norm, eval-mode batch
 norm, attention within a sample): a batch of n tiles holds n times one tile's.
 
-The network's weights are not counted: the process holds them before and after each case, as its own.
+The network's weights are not among them: a process predicting with it holds them before and after each
+case, as its own; a sweep's check before training, when no network is built yet, counts them apart
+(`planned_weight_bytes`).
 """
 
 from __future__ import annotations
@@ -111,15 +113,33 @@ def _kept_state(net: nn.Module) -> Callable[[], None]:
 @functools.lru_cache(maxsize=64)
 def planned_forward_bytes(arch: str, dims: str, inputs: ModelInputs) -> ForwardBytes | None:
     """`forward_bytes` of the network `arch` builds for `inputs` (a run's, `training.model_inputs`), built on
-    the meta device without weights (one that cannot be, SwinUNETR, on the CPU) and without pretrained
-    ones, which change no shape. Once per network: a sweep's pre-check asks it for every run's cases."""
+    the meta device (`_planned_network`). Once per network: a sweep's pre-check asks it for every run's
+    cases."""
+    return forward_bytes(_planned_network(arch, dims, inputs), inputs.in_channels, inputs.patch_size)
+
+
+@functools.lru_cache(maxsize=64)
+def planned_weight_bytes(arch: str, dims: str, inputs: ModelInputs) -> int:
+    """`weight_bytes` of the network `arch` builds for `inputs`, built on the meta device
+    (`_planned_network`): what a process that builds and loads it holds of it on the CPU (the 2D U-Net's
+    ResNet-34: 93 MiB). Once per network."""
+    return weight_bytes(_planned_network(arch, dims, inputs))
+
+
+def weight_bytes(net: nn.Module) -> int:
+    """The bytes of `net`'s parameters and buffers, each tensor once (DynUNet's encoder shares some)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in [*net.parameters(), *net.buffers()])
+
+
+def _planned_network(arch: str, dims: str, inputs: ModelInputs) -> nn.Module:
+    """The network `arch` builds for `inputs`, on the meta device without weights (one that cannot be,
+    SwinUNETR, on the CPU) and without pretrained ones, which change no shape."""
     inputs = dataclasses.replace(inputs, pretrained=False)
     try:
         with torch.device("meta"):
-            net = build_model(arch, dims, inputs)
+            return build_model(arch, dims, inputs)
     except (NotImplementedError, RuntimeError):  # an initialisation that reads values (`.item()`)
-        net = build_model(arch, dims, inputs)
-    return forward_bytes(net, inputs.in_channels, inputs.patch_size)
+        return build_model(arch, dims, inputs)
 
 
 class _LiveTensors(TorchDispatchMode):

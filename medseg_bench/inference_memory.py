@@ -92,14 +92,18 @@ class InferenceSize:
     # what one tile's forward pass through the network holds at once (`forward_memory.forward_bytes`), on the
     # CPU; 0: not counted (on a GPU, the activations are the GPU's)
     tile_forward: int = 0
+    # the network's weights on the CPU where the process does not hold them yet (the sweep's check before
+    # training, `forward_memory.weight_bytes`); 0 where it holds them (its own already) or they are the GPU's
+    weights: int = 0
 
 
 def least_bytes(size: InferenceSize) -> int:
-    """Memory the case's inference certainly holds at once, on the host: the resampled image (float32) and
-    `held`, with the larger of the sliding window's arrays (`_window_bytes`; an ensemble's running sum beside
-    them) and what mapping back holds (`_back_bytes`); for a case `scored`, the larger of that and
-    `scoring_bytes`."""
-    return size.held + max(_predicting_bytes(size, forward_pass_bytes(size)), scoring_bytes(size))
+    """Memory the case's inference certainly holds at once, on the host: the resampled image (float32),
+    `held` and the network's `weights`, with the larger of the sliding window's arrays (`_window_bytes`; an
+    ensemble's running sum beside them) and what mapping back holds (`_back_bytes`); for a case `scored`, the
+    larger of that and `scoring_bytes`."""
+    predicting = _predicting_bytes(size, forward_pass_bytes(size))
+    return size.held + size.weights + max(predicting, scoring_bytes(size))
 
 
 def _predicting_bytes(size: InferenceSize, forward: int) -> int:
@@ -220,7 +224,8 @@ def peak_bytes(size: InferenceSize) -> int:
     """At most the memory the case's inference uses above the process's own: the envelope of the measured,
     `PEAK_FACTOR` times `least_bytes` (its network's forward pass `FORWARD_FACTOR` times) and `PEAK_SLACK`
     above; for a 2D run of version 10 or older, which
-    predicts `SLICE_BATCH` whole slices at once, `BATCH_COPIES` of such a batch's channels and classes too."""
+    predicts `SLICE_BATCH` whole slices at once, `BATCH_COPIES` of such a batch's channels and classes too;
+    the network's `weights` beside it where they are counted."""
     from medseg_bench.inference import SLICE_BATCH, SLICE_WINDOW_FROM
 
     # the network's forward pass at FORWARD_FACTOR times its count, the rest at PEAK_FACTOR
@@ -229,7 +234,7 @@ def peak_bytes(size: InferenceSize) -> int:
     if size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM:
         batch = min(SLICE_BATCH, size.resampled[size.slice_axis]) * _padded_plane(size)
         peak += BATCH_COPIES * 4 * (size.channels + size.outputs) * batch
-    return max(peak, scoring_peak_bytes(size))
+    return size.weights + max(peak, scoring_peak_bytes(size))
 
 
 def scoring_peak_bytes(size: InferenceSize) -> int:
@@ -253,17 +258,19 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run
     need = least_bytes(size)
     if memory is None or need <= memory.available_bytes:
         return
-    scoring = size.held + scoring_bytes(size) == need  # scoring holds more than predicting
-    network = least_bytes(dataclasses.replace(size, tile_forward=0)) <= memory.available_bytes
+    scoring = size.held + size.weights + scoring_bytes(size) == need  # scoring holds more than predicting
+    network = least_bytes(dataclasses.replace(size, tile_forward=0, weights=0)) <= memory.available_bytes
     if scoring:
         shown = " x ".join(str(n) for n in size.original)
         doing, what = "scoring it", f"{shown} voxels as stored: its label map read beside its prediction"
-    elif network:  # it would fit but for the network's activations: no coarser spacing makes them less
-        _, per_pass = _tiles(size)
-        whole = size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM  # whole slices, padded
-        shown = " x ".join(str(n) for n in (_padded_sides(size) if whole else size.patch))
-        doing, what = "predicting it", (f"the network's activations on {per_pass} tile(s) of {shown} voxels "
-                                        "at once, on the CPU")
+    elif network:  # it would fit but for the network's weights or activations: no coarser spacing helps
+        held = [f"weights ({size.weights / 2**20:.3g} MiB)"] if size.weights else []
+        if forward_pass_bytes(size):
+            _, per_pass = _tiles(size)
+            whole = size.dims == "2d" and size.pipeline_version < SLICE_WINDOW_FROM  # whole slices, padded
+            shown = " x ".join(str(n) for n in (_padded_sides(size) if whole else size.patch))
+            held.append(f"activations on {per_pass} tile(s) of {shown} voxels at once")
+        doing, what = "predicting it", f"the network's {' and '.join(held)}, on the CPU"
         advice = "predict on a GPU"
     else:
         shown = " x ".join(str(n) for n in size.resampled)
@@ -277,7 +284,8 @@ def check_fits(size: InferenceSize, memory: MemoryLimit | None, advice: str, run
         + ("" if scoring else f", or {advice}") + then)
 
 
-def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> InferenceSize:
+def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False,
+             built: bool = True) -> InferenceSize:
     """What run `spec`'s evaluation predicts and scores of a cached case of `prepared`'s task
     (`run.evaluate_fold`): `case`'s voxels through preprocessing, the run's network, outputs and mirroring,
     then its scoring on the original grid, after the probabilities are let go (`scored`; `postprocess`:
@@ -285,7 +293,10 @@ def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> 
     reads the cases back from disk one at a time (`case_spill`). On the CPU, the network's activations on a
     tile (`tile_forward`) are counted from the network the run builds on its plan, on the meta device
     (`forward_memory.planned_forward_bytes`, once per network: a DynUNet at a 128^3 tile holds 1.3 GiB, 4
-    such tiles at once; `bench/inference_memory.py`); on a GPU they are the GPU's, not counted."""
+    such tiles at once; `bench/inference_memory.py`); on a GPU they are the GPU's, not counted. Where the
+    network is not `built` yet (the sweep's check before training: the evaluation's process will hold it, as
+    it holds what the check counts), its weights on the CPU are counted (`weights`,
+    `forward_memory.planned_weight_bytes`); a process that built it holds them already."""
     from medseg_bench.regions import output_channels
     from medseg_bench.training import (
         model_inputs,
@@ -296,24 +307,27 @@ def run_size(spec: Any, prepared: Any, case: CaseSize, on_gpu: bool = False) -> 
     )
 
     patch, _ = resolve_patch_and_batch(spec, prepared)
-    tile_forward = 0
+    tile_forward = weights = 0
     if not on_gpu:
-        from medseg_bench.forward_memory import planned_forward_bytes
+        from medseg_bench.forward_memory import planned_forward_bytes, planned_weight_bytes
 
-        counted = planned_forward_bytes(spec.arch, spec.dims, model_inputs(spec, prepared))
+        inputs = model_inputs(spec, prepared)
+        counted = planned_forward_bytes(spec.arch, spec.dims, inputs)
         tile_forward = counted.peak if counted is not None else 0
+        weights = 0 if built else planned_weight_bytes(spec.arch, spec.dims, inputs)
     return InferenceSize(case.image, case.channels, output_channels(spec, prepared.task), case.shape,
                          case.cropped, case.resampled, patch, spec.dims,
                          run_slice_axis(spec, network_spacing(prepared)), spec.pipeline_version,
                          spec.target == "regions", run_tta(spec), on_gpu=on_gpu, scored=True,
-                         postprocess=spec.postprocess, tile_forward=tile_forward)
+                         postprocess=spec.postprocess, tile_forward=tile_forward, weights=weights)
 
 
 def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory: MemoryLimit | None) -> None:
     """A DataError, before any of `runs` (of `prepared`'s task) trains, naming the first case a run's
     evaluation cannot predict or score in `memory` (`check_fits`): hours of training ended in the kernel's
     kill, the run left as if pending. Each run predicts and scores its fold's held-out cases (every case of
-    the task where `prepared` has no splits yet), one at a time (`run_size`)."""
+    the task where `prepared` has no splits yet), one at a time, beside its network's weights on the CPU
+    (`run_size(built=False)`)."""
     if memory is None or not runs:
         return
     import torch
@@ -336,7 +350,7 @@ def check_evaluations(runs: Sequence[Any], prepared: Any, data_dir: Path, memory
         for case_id in held_out:
             case = sizes[own].get(case_id)
             if case is not None:
-                check_fits(run_size(spec, prepared, case, on_gpu), memory, advice, spec.run_id)
+                check_fits(run_size(spec, prepared, case, on_gpu, built=False), memory, advice, spec.run_id)
 
 
 def check_held_out(spec: Any, prepared: Any, props: dict[str, Any], shape: tuple[int, ...], device: str,

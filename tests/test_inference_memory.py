@@ -239,40 +239,69 @@ def test_an_evaluation_refuses_a_held_out_case_it_cannot_fit(prepared) -> None:
 def test_a_case_only_the_networks_activations_cannot_fit_is_refused_naming_them(prepared) -> None:
     """On the CPU, the network's feature maps on a batch of tiles are host memory: a case whose arrays fit
     but not beside them is refused in one line naming the image and the activations, before any run trains
-    and by the evaluation itself; on a GPU they are the GPU's."""
+    (beside the network's weights, which the evaluation's process will hold: none is built yet) and by the
+    evaluation itself (whose process holds its network already); on a GPU they are the GPU's."""
     from medseg_bench.data.preprocess import case_sizes, load_case, usable_cases
-    from medseg_bench.forward_memory import planned_forward_bytes
+    from medseg_bench.forward_memory import planned_forward_bytes, planned_weight_bytes
     from medseg_bench.inference_memory import run_size
-    from medseg_bench.training import model_inputs
+    from medseg_bench.training import build_network, model_inputs
 
     task, data = prepared
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=2)
     cases = {case.case_id: case for case in usable_cases(task.task, data)}
     by_image = {size.image: size for size in case_sizes(list(cases.values()), task.plan,
                                                         data / "preprocessed" / "Task90_Synth")}
-    held_out = [run_size(spec, task, by_image[cases[case_id].image]) for case_id in task.splits[0]["val"]]
+    held_out = [run_size(spec, task, by_image[cases[case_id].image], built=False)
+                for case_id in task.splits[0]["val"]]
     counted = planned_forward_bytes("dynunet", "3d", model_inputs(spec, task))
+    weights = planned_weight_bytes("dynunet", "3d", model_inputs(spec, task))
+    built = build_network(spec, task)
+    assert weights == sum(t.numel() * 4 for t in [*built.parameters(), *built.buffers()]) > 2**20
     assert counted is not None and all(size.tile_forward == counted.peak > 0 for size in held_out)
-    without = max(least_bytes(dataclasses.replace(size, tile_forward=0)) for size in held_out)
+    assert all(size.weights == weights for size in held_out)
+    without = max(least_bytes(dataclasses.replace(size, tile_forward=0, weights=0)) for size in held_out)
     first = held_out[0]
     need = least_bytes(first)
-    assert need > without  # every case fits but for the activations
+    assert need > without + weights  # every case fits but for the network
     memory = MemoryLimit(without, JOB)
     patch = " x ".join(map(str, first.patch))
-    line = (f"{first.image}: predicting it needs at least {need / 2**30:.3g} GiB at once (the network's "
-            f"activations on 1 tile(s) of {patch} voxels at once, on the CPU), more than the "
-            f"{without / 2**30:.3g} GiB this process may use ({JOB}); run with more memory, or predict on a "
-            "GPU")
+    activations = f"activations on 1 tile(s) of {patch} voxels at once, on the CPU"
+    room = (f"more than the {without / 2**30:.3g} GiB this process may use ({JOB}); run with more memory, "
+            "or predict on a GPU")
     with pytest.raises(DataError) as refused:
         check_evaluations([spec], task, data, memory)
-    assert str(refused.value) == line + (f" (run {spec.run_id} predicts it to evaluate, after training; "
-                                         "nothing was trained)")
+    assert str(refused.value) == (
+        f"{first.image}: predicting it needs at least {need / 2**30:.3g} GiB at once (the network's weights "
+        f"({weights / 2**20:.3g} MiB) and {activations}), {room} (run {spec.run_id} predicts it to evaluate, "
+        "after training; nothing was trained)")
     case_id = task.splits[0]["val"][0]
     image, _, props = load_case(task.cache_dir, case_id)
     with pytest.raises(DataError) as evaluating:
         check_held_out(spec, task, props, image.shape, "cpu", memory)
-    assert str(evaluating.value) == line.replace(str(first.image), props["image"])
+    need = least_bytes(dataclasses.replace(first, weights=0))
+    assert str(evaluating.value) == (f"{props['image']}: predicting it needs at least {need / 2**30:.3g} GiB "
+                                     f"at once (the network's {activations}), {room}")
     check_held_out(spec, task, props, image.shape, "cuda:0", memory)
+
+
+def test_the_networks_weights_alone_are_named_where_its_activations_are_not_counted(prepared,
+                                                                                     monkeypatch) -> None:
+    # a network whose forward pass has no meta form (its activations not counted): its weights still are
+    import medseg_bench.forward_memory
+    from medseg_bench.data.preprocess import case_sizes, usable_cases
+    from medseg_bench.inference_memory import run_size
+
+    task, data = prepared
+    monkeypatch.setattr(medseg_bench.forward_memory, "planned_forward_bytes", lambda *args: None)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=2)
+    cases = {case.case_id: case for case in usable_cases(task.task, data)}
+    sizes = case_sizes(list(cases.values()), task.plan, data / "preprocessed" / "Task90_Synth")
+    counted = [run_size(spec, task, size, built=False) for size in sizes]
+    without = max(least_bytes(dataclasses.replace(size, weights=0)) for size in counted)
+    with pytest.raises(DataError, match=r"GiB at once \(the network's weights \([0-9.]+ MiB\), on the CPU\), "
+                                        r"more than"):
+        check_evaluations([spec], task, data, MemoryLimit(without, JOB))
+    check_evaluations([spec], task, data, MemoryLimit(max(least_bytes(size) for size in counted), JOB))
 
 
 def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared) -> None:
@@ -290,7 +319,7 @@ def test_a_postprocessed_evaluation_counts_one_held_out_case_at_a_time(prepared)
                                                      data / "preprocessed" / "Task90_Synth", False)}
     held_out = [sizes[cases[case_id].image] for case_id in task.splits[0]["val"]]
     assert len(held_out) > 1
-    largest = max(least_bytes(run_size(spec, task, case)) for case in held_out)
+    largest = max(least_bytes(run_size(spec, task, case, built=False)) for case in held_out)
     check_evaluations([spec], task, data, MemoryLimit(largest, JOB))
     with pytest.raises(DataError):
         check_evaluations([spec], task, data, MemoryLimit(largest - 1, JOB))
@@ -324,14 +353,15 @@ def test_a_held_out_case_whose_scoring_cannot_fit_is_refused_where_its_predictio
         cropped, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A case cropped to an eighth of its grid, at a target spacing coarser than the images': predicting it
     holds little, scoring it against its label map on its own grid more. The sweep's check, before any run
-    trains, and the evaluation's own name the image in one line. (The network's activations on a tile, more
-    than these tiny cases' scoring, are left out here: the test of a case only the network's activations
-    cannot fit has them.)"""
+    trains, and the evaluation's own name the image in one line. (The network's activations on a tile and
+    its weights, more than these tiny cases' scoring, are left out here: the test of a case only the
+    network's activations cannot fit has them.)"""
     import medseg_bench.forward_memory
     from medseg_bench.data.preprocess import case_sizes, usable_cases
     from medseg_bench.inference_memory import run_size
 
     monkeypatch.setattr(medseg_bench.forward_memory, "planned_forward_bytes", lambda *args: None)
+    monkeypatch.setattr(medseg_bench.forward_memory, "planned_weight_bytes", lambda *args: 0)
     task, data = cropped
     coarse = dataclasses.replace(task, plan=dataclasses.replace(task.plan, target_spacing=(3.0, 3.0, 3.0)))
     spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2,
@@ -421,9 +451,10 @@ def test_an_evaluation_hands_back_what_training_freed_before_it_reads_what_the_p
 @pytest.mark.slow
 def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task: Path, home: Path,
                                                                     tmp_path: Path) -> None:
-    """The 200 cases of Task04_Hippocampus: each run's held-out cases, predicted and scored, fit in 64 MiB
+    """The 200 cases of Task04_Hippocampus: each run's held-out cases, predicted and scored, fit in 160 MiB
     (the sweep checks this before any run trains): a few MiB of arrays, and on the CPU the network's
-    activations, 2D the most (the smp U-Net's on 32 slices' 64 x 64 tiles at once: 48 MiB)."""
+    activations and weights, 2D the most (the smp U-Net's on 32 slices' 64 x 64 tiles at once: 48 MiB; its
+    weights, 93 MiB); once the network is built (the evaluation's own check), 56 MiB."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
     from medseg_bench.data.preprocess import case_sizes, plan_task, usable_cases
@@ -436,7 +467,9 @@ def test_every_case_of_the_real_hippocampus_task_fits_an_evaluation(shared_task:
     runs = [RunSpec(task="Task04_Hippocampus", dims=dims, arch="unet", loss="dice_ce", aug="none", fold=fold,
                     postprocess=postprocess)
             for dims in ("2d", "3d") for fold in range(5) for postprocess in (False, True)]
-    check_evaluations(runs, planned, data, MemoryLimit(64 * MIB, JOB))
+    check_evaluations(runs, planned, data, MemoryLimit(160 * MIB, JOB))
+    with pytest.raises(DataError, match=r"the network's weights \(93.3 MiB\) and activations on 32 tile"):
+        check_evaluations(runs, planned, data, MemoryLimit(140 * MIB, JOB))
     cases = usable_cases(task, data)
     assert len(cases) == 200
     sizes = case_sizes(cases, planned.plan, planned.root)
