@@ -167,12 +167,14 @@ def _check_memory(path: Path, image: Any, spacing_zyx: tuple[float, ...], plan: 
     kill in a container or SLURM job, after the images before it were written. Then the same for predicting
     it (`inference_memory.check_fits`): every class's probabilities of the whole case, which a large CT case
     at many classes cannot hold where its preprocessing fit. `classes`: a label run's outputs; `held`: the
-    bytes predict holds through it (the image as read); `probabilities`: --save-probabilities."""
-    from medseg_bench.checks import usable_memory
+    bytes predict holds through it (the image as read); `probabilities`: --save-probabilities. What the
+    process holds is read once it has handed back what it freed (`checks.release_freed_memory`, 0.1 s)."""
+    from medseg_bench.checks import release_freed_memory, usable_memory
     from medseg_bench.data import preprocess_memory
     from medseg_bench.data.preprocess import case_target_spacing, crop_box, resampling
     from medseg_bench.inference_memory import InferenceSize, check_fits
 
+    release_freed_memory()  # what the networks' loading and the images before it freed: not counted held
     memory = usable_memory()
     if memory is None:
         return

@@ -1221,6 +1221,27 @@ def test_an_image_whose_inference_cannot_fit_in_the_memory_there_is_exits_3_nami
     assert not (out / "b_large.npz").exists()
 
 
+def test_predict_hands_back_what_it_freed_before_it_reads_what_it_holds_for_each_image(
+        run_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # loading the networks, and predicting the image before, free much that glibc's allocator keeps: counted
+    # as held (VmRSS) against each image's memory, it was not free for it
+    import medseg_bench.checks
+
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        _write_oriented(images / f"{name}.nii.gz", np.zeros((14, 22, 18), np.float32),
+                        spacing=(1.0, 1.0, 1.0), direction=IDENTITY)
+    calls: list[str] = []
+    usable = medseg_bench.checks.usable_memory
+    monkeypatch.setattr(medseg_bench.checks, "release_freed_memory", lambda: calls.append("released"))
+    monkeypatch.setattr(medseg_bench.checks, "usable_memory", lambda: calls.append("read") or usable())
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out",
+                                 str(tmp_path / "pred")])
+    assert result.exit_code == 0, result.output
+    assert calls == ["released", "read"] * 2
+
+
 def test_an_image_only_the_networks_activations_cannot_fit_exits_3_naming_them(
         run_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU the network's feature maps on a batch of tiles are host memory: predict counts them from
