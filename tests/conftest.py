@@ -296,3 +296,18 @@ def postprocessing_decision(foreground: bool, applied: dict[int, bool], cases: i
         trial = Trial(scores["foreground" if foreground else "raw"], own) if len(applied) > 1 else None
         candidates.append(Candidate(step, scores, trial))
     return Decision.of(Step("foreground", "foreground", tuple(applied)), candidates)
+
+
+def stand_in_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int = 2) -> object:
+    """A prepared task for `run.execute_run` where a test replaces training: a plan without preprocessing
+    fields, a cache without entries, one training and one held-out case, a (32, 48, 32) patch and `batch`,
+    every image stored RAS."""
+    from types import SimpleNamespace
+
+    import medseg_bench.run as run_module
+
+    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), batch))
+    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    return SimpleNamespace(plan=SimpleNamespace(preprocessing={}),
+                           cache_for=lambda own_slices: tmp_path / "cache",
+                           splits=[{"train": ["a"], "val": ["b"]}])

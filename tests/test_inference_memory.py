@@ -174,19 +174,26 @@ def test_check_fits_names_the_image_and_its_scoring_where_scoring_holds_more() -
         "evaluate, after training; nothing was trained)")
 
 
-@pytest.fixture
-def prepared(home: Path, tmp_path: Path):
+def _fetched_and_prepared(src: Path, tmp_path: Path):
+    """Task90_Synth fetched from `src` into `tmp_path / "data"` and prepared, 2 folds: (the task, its data
+    dir)."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import fetch_task
     from medseg_bench.data.preprocess import prepare_task
-    from tests.conftest import make_synthetic_task, write_task_file
 
-    write_task_file(home, "Task90_Synth")
-    src = make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4, shape=(12, 40, 40))
     data = tmp_path / "data"
     task = get_task("Task90_Synth")
     fetch_task(task, data, str(src), progress=False)
     return prepare_task(task, data, num_folds=2, workers=1), data
+
+
+@pytest.fixture
+def prepared(home: Path, tmp_path: Path):
+    from tests.conftest import make_synthetic_task, write_task_file
+
+    write_task_file(home, "Task90_Synth")
+    return _fetched_and_prepared(make_synthetic_task(tmp_path / "src" / "Task90_Synth", num_cases=4,
+                                                     shape=(12, 40, 40)), tmp_path)
 
 
 def test_the_sweep_and_its_dry_run_refuse_a_run_whose_evaluation_cannot_fit(
@@ -330,9 +337,6 @@ def cropped(home: Path, tmp_path: Path):
     """A task whose images are zero outside their label's box, an eighth of the grid: cropped to it."""
     import SimpleITK as sitk
 
-    from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import fetch_task
-    from medseg_bench.data.preprocess import prepare_task
     from tests.conftest import make_synthetic_task, write_task_file
 
     write_task_file(home, "Task90_Synth")
@@ -343,10 +347,7 @@ def cropped(home: Path, tmp_path: Path):
         inside = sitk.GetImageFromArray(sitk.GetArrayFromImage(read) * (label > 0))
         inside.CopyInformation(read)
         sitk.WriteImage(inside, str(image))
-    data = tmp_path / "data"
-    task = get_task("Task90_Synth")
-    fetch_task(task, data, str(src), progress=False)
-    return prepare_task(task, data, num_folds=2, workers=1), data
+    return _fetched_and_prepared(src, tmp_path)
 
 
 def test_a_held_out_case_whose_scoring_cannot_fit_is_refused_where_its_prediction_could(

@@ -134,7 +134,6 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
     # zip writer raised RuntimeError in the KeyboardInterrupt's place, and the run was marked failed (a rerun
     # skipped it as failed) instead of interrupted (a rerun resumes it).
     import signal
-    from types import SimpleNamespace
 
     import medseg_bench.run as run_module
     from medseg_bench import signals
@@ -142,14 +141,10 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
     from medseg_bench.run_folder import read_events, read_status
     from medseg_bench.spec import RunSpec
     from medseg_bench.sweep import worker
-    from tests.conftest import save_cut_by_signal
+    from tests.conftest import save_cut_by_signal, stand_in_task
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
-    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
-                               cache_for=lambda own_slices: tmp_path / "cache",
-                               splits=[{"train": ["a"], "val": ["b"]}])
-    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 2))
-    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    prepared = stand_in_task(tmp_path, monkeypatch)
     monkeypatch.setattr(run_module, "train", lambda *args: save_cut_by_signal(signal.SIGTERM))
     with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped, signals.interruptible():
         worker.run_one(spec, prepared, tmp_path)  # type: ignore[arg-type]
@@ -169,23 +164,19 @@ def test_a_checkpoint_save_cut_by_sigterm_leaves_the_run_interrupted_not_failed(
 ])
 def test_a_run_out_of_memory_fails_saying_so_and_what_to_lower(
         tmp_path, monkeypatch: pytest.MonkeyPatch, raised: MemoryError, asked: str) -> None:
-    from types import SimpleNamespace
 
     import medseg_bench.run as run_module
     from medseg_bench.results import run_dir
     from medseg_bench.run_folder import read_status
     from medseg_bench.spec import RunSpec
     from medseg_bench.sweep import worker
+    from tests.conftest import stand_in_task
 
     def out_of_memory(*args: object) -> None:
         raise raised
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", batch_size=100_000_000)
-    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
-                               cache_for=lambda own_slices: tmp_path / "cache",
-                               splits=[{"train": ["a"], "val": ["b"]}])
-    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 100_000_000))
-    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    prepared = stand_in_task(tmp_path, monkeypatch, batch=100_000_000)
     monkeypatch.setattr(run_module, "train", out_of_memory)
     outcome = worker.run_one(spec, prepared, tmp_path)  # type: ignore[arg-type]
     line = f"out of memory ({asked}): lower --batch-size or --patch-size"

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -23,7 +24,7 @@ from medseg_bench.results import run_dir
 from medseg_bench.run_folder import append_event, write_heartbeat, write_status
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep import local
-from tests.conftest import finished_summary
+from tests.conftest import finished_summary, stand_in_task
 
 
 def _spec(seed: int = 0) -> RunSpec:
@@ -126,11 +127,7 @@ def test_a_run_stopped_in_this_process_is_counted_by_the_stage_it_was_in(
         raise KeyboardInterrupt("SIGINT")
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1)
-    prepared = SimpleNamespace(plan=SimpleNamespace(preprocessing={}),  # a cache without entries
-                               cache_for=lambda own_slices: tmp_path / "cache",
-                               splits=[{"train": ["a"], "val": ["b"]}])
-    monkeypatch.setattr(run_module, "resolve_patch_and_batch", lambda *args: ((32, 48, 32), 2))
-    monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
+    prepared = stand_in_task(tmp_path, monkeypatch)
     monkeypatch.setattr(run_module, "train", interrupt if stage == "training" else (
         lambda *args: SimpleNamespace(device="cpu")))
     monkeypatch.setattr(run_module, "save_learning_curves", lambda folder: None)
@@ -675,6 +672,23 @@ def test_an_interrupted_run_with_a_bad_checkpoint_fails_before_any_cache_is_buil
     assert f"ERROR not resumed: {refused}" in (folder / "run.log").read_text()
 
 
+def _with_its_own_checkpoint(home: Path, tmp_path: Path) -> tuple[Path, RunSpec, Any, Path]:
+    """An interrupted run whose last.ckpt is its own network's, its task planned (no cache): (the data dir,
+    the run, its plan, its checkpoint)."""
+    import torch
+
+    from medseg_bench.checkpoints import RUN_ID_KEY
+    from medseg_bench.training import build_network
+
+    data, started, _, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
+    planned = local.plan_locked("Task90_Synth", data, 3)
+    checkpoint = run_dir(tmp_path / "results", started) / "checkpoints" / "last.ckpt"
+    net = build_network(started, planned)  # type: ignore[arg-type]
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                RUN_ID_KEY: started.run_id}, checkpoint)
+    return data, started, planned, checkpoint
+
+
 def test_an_interrupted_run_with_its_own_checkpoint_goes_ahead(home: Path, tmp_path: Path) -> None:
     """The early check builds the run's network from the plan (no cache) and loads the checkpoint into it:
     a checkpoint of this run's network passes it, one of another network's shape does not."""
@@ -684,12 +698,7 @@ def test_an_interrupted_run_with_its_own_checkpoint_goes_ahead(home: Path, tmp_p
     from medseg_bench.sweep.worker import refuse_unresumable
     from medseg_bench.training import build_network
 
-    data, started, _, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
-    planned = local.plan_locked("Task90_Synth", data, 3)
-    checkpoint = run_dir(tmp_path / "results", started) / "checkpoints" / "last.ckpt"
-    net = build_network(started, planned)  # type: ignore[arg-type]
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                RUN_ID_KEY: started.run_id}, checkpoint)
+    _, started, planned, checkpoint = _with_its_own_checkpoint(home, tmp_path)
     assert refuse_unresumable(started, planned, tmp_path / "results") is None
     other = RunSpec(task="Task90_Synth", dims="3d", arch="dynunet", loss="dice_ce", aug="none", num_folds=3,
                     epochs=1)
@@ -734,19 +743,10 @@ def _resumable(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     """An interrupted run whose last.ckpt is its own, for a sweep (its cache not built, its training not
     run): (the run, its checkpoint, each load of that checkpoint to check it, the runs trained). `between`
     runs after the sweep's early check and before `run_one` (where the sweep builds the cache)."""
-    import torch
-
     import medseg_bench.run as run_module
     from medseg_bench import checkpoints
-    from medseg_bench.checkpoints import RUN_ID_KEY
-    from medseg_bench.training import build_network
 
-    data, started, _, _ = _interrupted_with_a_bad_checkpoint(home, tmp_path)
-    planned = local.plan_locked("Task90_Synth", data, 3)
-    checkpoint = run_dir(tmp_path / "results", started) / "checkpoints" / "last.ckpt"
-    net = build_network(started, planned)  # type: ignore[arg-type]
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                RUN_ID_KEY: started.run_id}, checkpoint)
+    _, started, planned, checkpoint = _with_its_own_checkpoint(home, tmp_path)
     loads: list[str] = []
     real = checkpoints._read
     monkeypatch.setattr(checkpoints, "_read",
