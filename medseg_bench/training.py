@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import math
 import resource
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -306,7 +307,9 @@ def _peak_memory_mb(cuda: bool) -> float:
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: since the process started
+    # Elsewhere since the process started; getrusage gives kilobytes on Linux, bytes on macOS (getrusage(2)).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def run_slice_axis(spec: RunSpec, spacing_zyx: Sequence[float]) -> int:

@@ -183,6 +183,29 @@ def test_a_runs_peak_memory_is_its_own() -> None:
     assert before - after > 300, (before, after)
 
 
+@pytest.mark.parametrize(("platform", "maxrss", "mb"), [("linux", 2048, 2.0), ("darwin", 2 * 2**20, 2.0)])
+def test_the_peak_without_proc_is_in_mb_on_each_platform(
+    monkeypatch: pytest.MonkeyPatch, platform: str, maxrss: int, mb: float
+) -> None:
+    # Where /proc/self/status cannot be read, getrusage's ru_maxrss is kilobytes on Linux, bytes on macOS.
+    import types
+
+    from medseg_bench import training
+
+    real_read = Path.read_text
+
+    def no_proc(self: Path, *args: object, **kwargs: object) -> str:
+        if str(self).startswith("/proc/"):
+            raise OSError("no /proc here")
+        return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    usage = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
+    monkeypatch.setattr(training, "resource", usage)
+    monkeypatch.setattr(training.sys, "platform", platform)
+    assert training._peak_memory_mb(cuda=False) == mb
+
+
 class _StopAtEpoch(pl.Callback):
     """Stops training as epoch `epoch` (0-based) starts, after the previous epoch's checkpoint: a kill."""
 
