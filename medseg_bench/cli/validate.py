@@ -35,7 +35,7 @@ def validate(
 
     check_range("--workers", workers, 1, MAX_PROCESSES)
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.fetch import MARKER, is_complete, not_fetched, record_validation
+    from medseg_bench.data.fetch import MARKER, is_complete, record_validation, unfetched
     from medseg_bench.data.msd import training_cases
     from medseg_bench.data.validate import (
         PROBLEMS_SHOWN,
@@ -44,14 +44,14 @@ def validate(
         report_warnings,
         validate_folder,
     )
-    from medseg_bench.errors import DataError, one_line
+    from medseg_bench.errors import one_line
     from medseg_bench.progress import step_bar
     from medseg_bench.settings import get_settings
 
     spec = get_task(task)
     folder = (data_dir or get_settings().data_dir) / spec.name
     if not is_complete(folder):
-        raise DataError(not_fetched(folder))
+        raise unfetched(folder)
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, file names whole
     total = len(training_cases(folder))
     with contextlib.ExitStack() as bar:

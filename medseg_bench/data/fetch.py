@@ -26,7 +26,7 @@ from medseg_bench.data.validate import (
     report_warnings,
     validate_folder,
 )
-from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegError, UsageError
 from medseg_bench.files import file_in_the_way, load_json_object, write_json_atomic
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
@@ -51,19 +51,47 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def fetch_command(task: str, data_dir: Path) -> str:
-    """The command that fetches `task` into `data_dir`: `--data-dir` only where it is not the default one
-    (`medseg-bench fetch T` alone would fetch into the default data folder, not the one asked for)."""
+def task_command(command: str, task: str, data_dir: Path, *options: str) -> str:
+    """`medseg-bench COMMAND TASK OPTIONS` for the task in `data_dir`: `--data-dir` only where it is not the
+    default one (without it the command would act on the default data folder, not the one asked for)."""
     from medseg_bench.settings import get_settings
 
     default = Path(os.path.abspath(get_settings().data_dir)) == Path(os.path.abspath(data_dir))
-    return f"medseg-bench fetch {task}" + ("" if default else f" --data-dir {shlex.quote(str(data_dir))}")
+    words = [command, shlex.quote(task), *options]
+    if not default:
+        words += ["--data-dir", shlex.quote(str(data_dir))]
+    return "medseg-bench " + " ".join(words)
 
 
-def not_fetched(folder: Path) -> str:
-    """The problem of a task folder `DATA_DIR/<Task>` that is not fetched, with the command to fetch it."""
-    command = fetch_command(folder.name, folder.parent)
-    return f"{folder}: task not fetched (or incomplete); run `{command}` first"
+def fetch_command(task: str, data_dir: Path) -> str:
+    """The command that fetches `task` into `data_dir`."""
+    return task_command("fetch", task, data_dir)
+
+
+def check_in_place_command(folder: Path) -> str:
+    """The command that checks a task folder `DATA_DIR/<Task>` put there by hand in place, and marks it."""
+    return task_command("fetch", folder.name, folder.parent, "--source", shlex.quote(str(folder)))
+
+
+def unfetched(folder: Path, stop: str = "") -> MedsegError:
+    """The error of a task folder `DATA_DIR/<Task>` that is not fetched (`not_fetched`), a usage error where
+    the data folder is a file or under one (exit 2, as fetch says it)."""
+    problem = _data_dir_problem(folder.parent)
+    if problem is not None:
+        return UsageError(problem + (f" ({stop})" if stop else ""))
+    return DataError(not_fetched(folder, stop))
+
+
+def not_fetched(folder: Path, stop: str = "") -> str:
+    """The problem of a task folder `DATA_DIR/<Task>` that is not fetched, `stop` (what that stops, if
+    said), and the command that mends it: fetch the task; where a folder fetch did not make is there, check
+    it in place (a plain fetch refuses it)."""
+    stop = f"{stop}: " if stop else ""
+    if folder.is_dir():
+        return (f"{folder}: a folder that `medseg-bench fetch` did not make (no {MARKER}); {stop}check it in "
+                f"place with `{check_in_place_command(folder)}`")
+    return (f"{folder}: task not fetched (or incomplete); {stop}run "
+            f"`{fetch_command(folder.name, folder.parent)}` first")
 
 
 def _check_url(url: str) -> None:
@@ -142,12 +170,20 @@ def fetch_task(
 def _check_data_dir(data_dir: Path) -> None:
     """UsageError when the data folder is a file, or cannot be made because a file is on its path (mkdir
     said "File exists" or "Not a directory", exit 7)."""
+    problem = _data_dir_problem(data_dir)
+    if problem is not None:
+        raise UsageError(problem)
+
+
+def _data_dir_problem(data_dir: Path) -> str | None:
+    """Why `data_dir` cannot be the data folder: it is a file, or a file is on its path."""
     blocker = file_in_the_way(data_dir, itself=True)
     if blocker == data_dir:
-        raise UsageError(f"{data_dir}: the data folder is not a folder; choose another --data-dir")
+        return f"{data_dir}: the data folder is not a folder; choose another --data-dir"
     if blocker is not None:
-        raise UsageError(f"{data_dir}: the data folder cannot be made ({blocker} is not a folder); choose "
-                         "another --data-dir")
+        return (f"{data_dir}: the data folder cannot be made ({blocker} is not a folder); choose another "
+                "--data-dir")
+    return None
 
 
 def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutcome | None:
@@ -162,7 +198,7 @@ def _already_present(task: TaskSpec, data_dir: Path, strict: bool) -> FetchOutco
         raise DataError(f"{first.get('file')}: {first.get('problem')}" + (
             f" and {len(excluded) - 1} more excluded case(s)" if len(excluded) > 1 else "")
             + f" (--strict: {target} was fetched with excluded cases; fix them, then run "
-            f"`medseg-bench validate {task.name} --strict`)")
+            f"`{task_command('validate', task.name, data_dir, '--strict')}`)")
     return FetchOutcome(target, True, None, excluded=len(excluded))
 
 
@@ -173,8 +209,8 @@ def read_marker(folder: Path) -> dict:
     excluded = data.get("excluded", []) if data is not None else None
     if not isinstance(excluded, list) or not all(isinstance(e, dict) and isinstance(e.get("case"), str)
                                                  for e in excluded):
-        raise DataError(f"{path}: damaged ({why or 'not the marker the fetch wrote'}); run `medseg-bench "
-                        f"validate {folder.name}` to rebuild it")
+        raise DataError(f"{path}: damaged ({why or 'not the marker the fetch wrote'}); run "
+                        f"`{task_command('validate', folder.name, folder.parent)}` to rebuild it")
     assert data is not None
     return data
 
@@ -191,8 +227,8 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
         if local is not None and local.is_dir() and local.resolve() == target.resolve():
             return _validate_in_place(task, target, origin, strict)
         raise DataError(f"{target}: a folder that `medseg-bench fetch` did not make (no {MARKER}) is in the "
-                        f"way; nothing was touched: move it away, or check it in place with `medseg-bench "
-                        f"fetch {shlex.quote(task.name)} --source {shlex.quote(str(target))}`")
+                        f"way; nothing was touched: move it away, or check it in place with "
+                        f"`{check_in_place_command(target)}`")
     data_dir.mkdir(parents=True, exist_ok=True)
     if staging.exists() or staging.is_symlink():
         try:

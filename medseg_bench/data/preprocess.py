@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medseg_bench.checks import are_whole, is_spacing, shown, usable_memory
-from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
+from medseg_bench.data.fetch import is_complete, read_marker, unfetched
 from medseg_bench.data.io import Geometry, read_label, sitk_module
 from medseg_bench.data.msd import Case, training_cases
 from medseg_bench.data.normalize import nonzero_mask, normalize
@@ -226,7 +226,7 @@ def usable_cases(task: TaskSpec, data_dir: Path) -> list[Case]:
     """The training cases of a fetched task, less those its validation excluded."""
     folder = data_dir / task.name
     if not is_complete(folder):
-        raise DataError(not_fetched(folder))
+        raise unfetched(folder)
     excluded = excluded_cases(folder)
     cases = [c for c in training_cases(folder) if c.case_id not in excluded]
     if not cases:

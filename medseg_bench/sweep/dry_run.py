@@ -152,12 +152,12 @@ class DryRun:
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
     """A line for each task with runs left that is not fetched into `data_dir`, or whose fetch marker is
     damaged: the sweep stops on either (exit 3, a data error), so the dry run ends with that code."""
-    from medseg_bench.data.fetch import is_complete, not_fetched, read_marker
+    from medseg_bench.data.fetch import is_complete, read_marker, unfetched
 
     for task in tasks:
         if not is_complete(data_dir / task):
-            line = not_fetched(data_dir / task).replace("; run", "; the sweep would stop: run", 1)
-            out.stop(line, DataError.exit_code)
+            error = unfetched(data_dir / task, stop="the sweep would stop")
+            out.stop(str(error), error.exit_code)
             continue
         try:
             read_marker(data_dir / task)  # the excluded cases the sweep reads: it listed the runs, exit 0

@@ -121,6 +121,35 @@ def test_data_dir_option_and_unfetched_task(home: Path, tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "did you mean" in unknown.output
 
 
+def test_a_folder_put_in_place_by_hand_is_named_with_the_command_that_checks_it(home: Path,
+                                                                               tmp_path: Path) -> None:
+    # Asked to fetch it, the fetch refused the folder as in its way: the line names what does work.
+    data = tmp_path / "my data"
+    placed = make_synthetic_task(data / "Task90_Synth")
+    write_task_file(home, "Task90_Synth")
+    for command in (["validate", "Task90_Synth"], ["plan", "Task90_Synth"]):
+        result = runner.invoke(app, [*command, "--data-dir", str(data)])
+        assert result.exit_code == 3 and result.output.strip() == (
+            f"error: {placed}: a folder that `medseg-bench fetch` did not make (no .medseg-bench-valid.json); "
+            f"check it in place with `medseg-bench fetch Task90_Synth --source '{placed}' --data-dir '{data}'`")
+    checked = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(placed), "--data-dir", str(data)])
+    assert checked.exit_code == 0, checked.output
+    assert runner.invoke(app, ["validate", "Task90_Synth", "--data-dir", str(data)]).exit_code == 0
+    assert not (home / "data" / "Task90_Synth").exists()  # checked where it is, not copied to the default
+
+
+def test_a_data_folder_that_is_a_file_is_a_usage_error_as_in_fetch(home: Path, tmp_path: Path) -> None:
+    write_task_file(home, "Task90_Synth")
+    (tmp_path / "a file").write_text("")
+    for data, line in ((tmp_path / "a file", "the data folder is not a folder"),
+                       (tmp_path / "a file" / "data", f"the data folder cannot be made ({tmp_path / 'a file'} "
+                                                      "is not a folder)")):
+        for command in ("fetch", "validate", "plan"):
+            result = runner.invoke(app, [command, "Task90_Synth", "--data-dir", str(data)])
+            assert result.exit_code == 2, (command, result.output)
+            assert result.output.strip() == f"error: {data}: {line}; choose another --data-dir", command
+
+
 def test_a_damaged_marker_is_named_and_validate_rebuilds_it(home: Path, tmp_path: Path) -> None:
     folder = _fetched(home, tmp_path)
     marker = folder / ".medseg-bench-valid.json"

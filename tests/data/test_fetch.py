@@ -502,7 +502,9 @@ def test_an_unmarked_task_folder_is_never_deleted_it_can_be_checked_in_place(hip
     shutil.copytree(hippo_subset, placed)
     files = sorted(p.relative_to(placed) for p in placed.rglob("*"))
     for source in (None, str(hippo_subset), str(tmp_path / "missing.tar")):
-        with pytest.raises(DataError, match=f"{placed}: a folder that `medseg-bench fetch` did not make"):
+        with pytest.raises(DataError, match=f"{placed}: a folder that `medseg-bench fetch` did not make .* "
+                                            f"`medseg-bench fetch Task04_Hippocampus --source {placed} "
+                                            f"--data-dir {data}`"):
             fetch_task(task, data, source, "0" * 32, mirror="http://127.0.0.1:9", progress=False)
         assert sorted(p.relative_to(placed) for p in placed.rglob("*")) == files
     in_place = fetch_task(task, data, str(placed), progress=False)
@@ -520,7 +522,7 @@ def test_strict_refuses_a_complete_task_that_has_excluded_cases(hippo_subset: Pa
     fetch_task(task, data, str(hippo_subset), progress=False)
     with pytest.raises(DataError, match=r"hippocampus_001.nii.gz: label file missing \(--strict: .* was "
                                         r"fetched with excluded cases; fix them, then run `medseg-bench "
-                                        r"validate Task04_Hippocampus --strict`\)"):
+                                        rf"validate Task04_Hippocampus --strict --data-dir {data}`\)"):
         fetch_task(task, data, None, progress=False, strict=True)
     assert fetch_task(task, data, None, progress=False).already_present
 
@@ -985,8 +987,8 @@ def test_the_command_suggested_for_a_folder_in_the_way_can_be_copied(hippo_subse
     with pytest.raises(DataError) as info:
         fetch_task(get_task("Task04_Hippocampus"), data, str(hippo_subset), progress=False)
     command = str(info.value).split("`")[-2]
-    assert command == f"medseg-bench fetch Task04_Hippocampus --source '{placed}'"
-    assert shlex.split(command)[-1] == str(placed)
+    assert command == f"medseg-bench fetch Task04_Hippocampus --source '{placed}' --data-dir '{data}'"
+    assert shlex.split(command)[-3:] == [str(placed), "--data-dir", str(data)]
 
 
 @pytest.mark.parametrize("kind", ["file outside", "folder outside", "folder above", "loop"])
