@@ -10,8 +10,8 @@ import typer
 
 def status(
     results_dir: Annotated[Path, typer.Option(help="The sweep's results dir.")] = Path("results"),
-    task: Annotated[str | None, typer.Option(help="Only these tasks, comma-separated (as sweep's --task).")] \
-        = None,
+    task: Annotated[list[str] | None, typer.Option(
+        metavar="TASK,...", help="Only these tasks (repeat or comma-separate, as sweep's --task).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the counts.")] = False,
 ) -> None:
     """Queued, running, partial (interrupted, resumes), pending, done, failed and damaged (finished, a file

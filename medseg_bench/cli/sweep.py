@@ -11,13 +11,14 @@ import typer
 from medseg_bench.errors import UsageError
 
 
-def _ints(value: str | None, option: str) -> list[int] | None:
+def _ints(value: str | list[str] | None, option: str) -> list[int] | None:
     from medseg_bench.cli import comma_list
 
     try:
         return [int(v) for v in comma_list(option, value) or []] or None
     except ValueError:
-        raise UsageError(f"{option} takes comma-separated integers, not '{value}'") from None
+        shown = value if isinstance(value, str) else ",".join(value or [])
+        raise UsageError(f"{option} takes comma-separated integers, not '{shown}'") from None
 
 
 def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
@@ -33,29 +34,36 @@ def sweep(
     config: Annotated[Path | None, typer.Option(
         help="Sweep file (YAML): axes and settings; flags override it.")] = None,
     # The names are examples: `list` prints what the registries hold (importing them here would slow --help).
-    task: Annotated[str | None, typer.Option(
-        help="Task name(s), comma-separated (`medseg-bench list tasks`).")] = None,
-    arch: Annotated[str | None, typer.Option(
+    task: Annotated[list[str] | None, typer.Option(
+        metavar="TASK,...",
+        help="Task name(s), comma-separated or repeated, as every axis (`medseg-bench list tasks`).")] = None,
+    arch: Annotated[list[str] | None, typer.Option(
+        metavar="ARCH,...",
         help="Architecture(s), e.g. unet,deeplab (`medseg-bench list archs`). Default: unet.")] = None,
-    loss: Annotated[str | None, typer.Option(
+    loss: Annotated[list[str] | None, typer.Option(
+        metavar="LOSS,...",
         help="Loss(es), e.g. dice_ce,focal (`medseg-bench list losses`). Default: dice_ce.")] = None,
-    aug: Annotated[str | None, typer.Option(
+    aug: Annotated[list[str] | None, typer.Option(
+        metavar="AUG,...",
         help="Augmentation preset(s), e.g. none,light (`medseg-bench list augs`). Default: none.")] = None,
-    target: Annotated[str | None, typer.Option(
+    target: Annotated[list[str] | None, typer.Option(
+        metavar="TARGET,...",
         help="labels (softmax over the task's labels) and/or regions (one sigmoid channel per region of the "
              "task file, as nnU-Net trains BraTS; a task with regions only), comma-separated. Default: "
              "labels.")] = None,
-    dims: Annotated[str | None, typer.Option(
+    dims: Annotated[list[str] | None, typer.Option(
+        metavar="DIMS,...",
         help="2d and/or 3d. Default: each arch in every dims it supports, 2D first.")] = None,
-    encoder: Annotated[str | None, typer.Option(
+    encoder: Annotated[list[str] | None, typer.Option(
+        metavar="ENCODER,...",
         help="2D encoder(s) (smp names; fcn: resnet50, resnet101). Default: resnet34 (fcn: resnet50).",
     )] = None,
-    folds: Annotated[str | None, typer.Option(help="Fold(s) to hold out, comma-separated. Default: 0.")] \
-        = None,
+    folds: Annotated[list[str] | None, typer.Option(
+        metavar="FOLD,...", help="Fold(s) to hold out, comma-separated. Default: 0.")] = None,
     num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] \
         = None,
-    seed: Annotated[str | None, typer.Option(help="Seed(s), comma-separated: a sweep axis. Default: 0.")] \
-        = None,
+    seed: Annotated[list[str] | None, typer.Option(
+        metavar="SEED,...", help="Seed(s), comma-separated: a sweep axis. Default: 0.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(
         help="Drop combinations matching every key=value, e.g. 'arch=deeplab,aug=heavy'. Repeatable; added "
              "to the sweep file's rules.")] = None,
