@@ -290,14 +290,18 @@ def _plan_and_split(task: TaskSpec, cases: list[Case], data_dir: Path, num_folds
 def _same_with_own_slices(cache_dir: Path, cases: list[Case], plan: Plan) -> bool:
     """Whether every case of the (built) 3D cache would be resampled alike at its own slice spacing: then
     2D runs that keep their slices read the 3D cache (Task04_Hippocampus: no case is resampled at all)."""
+    geometries = []
     for case in cases:
         props = _case_properties(cache_dir / f"{case.case_id}.json")
-        cropped = [hi - lo for lo, hi in props["crop_box"]]
-        spacing = props["spacing_original_zyx"]
-        if resampling(cropped, spacing, case_target_spacing(plan, spacing)) != resampling(
-                cropped, spacing, case_target_spacing(plan, spacing, own_slices=True)):
-            return False
-    return True
+        geometries.append(([hi - lo for lo, hi in props["crop_box"]], props["spacing_original_zyx"]))
+    return _resampled_alike(geometries, plan)
+
+
+def _resampled_alike(geometries: Sequence[tuple[Sequence[int], Sequence[float]]], plan: Plan) -> bool:
+    """Whether every case of these (cropped shape, spacing) is resampled alike at its own slice spacing."""
+    return all(resampling(cropped, spacing, case_target_spacing(plan, spacing))
+               == resampling(cropped, spacing, case_target_spacing(plan, spacing, own_slices=True))
+               for cropped, spacing in geometries)
 
 
 def build_cache(
@@ -356,9 +360,16 @@ def caches_to_build(cases: Sequence[Case], plan: Plan, root: Path,
     checks."""
     cache_dir = root / plan.preprocessing_hash
     todo = [] if is_built(cache_dir, cases) else [(cache_dir, False)]
-    if own_slices and (todo or not _same_with_own_slices(cache_dir, list(cases), plan)):
-        own_dir = root / f"{plan.preprocessing_hash}-2d"
-        todo += [] if is_built(own_dir, cases) else [(own_dir, True)]
+    if own_slices:
+        if todo:  # the plan's cache not built: each case's geometry from the fingerprint, where it has all
+            known = _fingerprint_geometries(cases, plan, root)
+            same = len(known) == len(cases) and _resampled_alike(
+                [(cropped, spacing) for _, cropped, spacing in known.values()], plan)
+        else:
+            same = _same_with_own_slices(cache_dir, list(cases), plan)
+        if not same:
+            own_dir = root / f"{plan.preprocessing_hash}-2d"
+            todo += [] if is_built(own_dir, cases) else [(own_dir, True)]
     return todo
 
 
@@ -378,23 +389,42 @@ def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool =
     """What each case's voxels become through preprocessing (read, cropped, resampled), from the task's
     fingerprint in `root`; the cases it does not hold (or all, where it cannot be read) are left out."""
     fp, _ = load_json_object(root / "fingerprint.json")
-    if fp is None:
+    known = _fingerprint_geometries(cases, plan, root, fp)
+    if not known:
         return []
-    try:
-        index = {case_id: i for i, case_id in enumerate(fp["cases"])}
-        channels = max(1, len(fp["foreground_intensity"]))
-        sizes = []
-        for case in cases:
-            if case.case_id not in index:
-                continue
-            i = index[case.case_id]
-            shape, spacing = tuple(fp["shapes_zyx"][i]), fp["spacings_zyx"][i]
-            cropped = tuple(fp["cropped_shapes_zyx"][i]) if plan.crop_to_nonzero else shape
+    assert fp is not None
+    channels = max(1, len(fp.get("foreground_intensity") or []))
+    sizes = []
+    for case in cases:
+        if case.case_id in known:
+            shape, cropped, spacing = known[case.case_id]
             resampled, _ = resampling(cropped, spacing, case_target_spacing(plan, spacing, own_slices))
             sizes.append(CaseSize(case.image, channels, shape, cropped, resampled))
-        return sizes
+    return sizes
+
+
+def _fingerprint_geometries(cases: Sequence[Case], plan: Plan, root: Path, fp: dict | None = None,
+                            ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], list[float]]]:
+    """Each case's shape, shape cropped as the plan crops it, and spacing (z, y, x), from the task's
+    fingerprint in `root` (`fp`, where read already); those it does not hold (all, where it is damaged) are
+    left out."""
+    if fp is None:
+        fp, _ = load_json_object(root / "fingerprint.json")
+    if fp is None:
+        return {}
+    try:
+        index = {case_id: i for i, case_id in enumerate(fp["cases"])}
+        known = {}
+        for case in cases:
+            if case.case_id in index:
+                i = index[case.case_id]
+                shape = tuple(int(n) for n in fp["shapes_zyx"][i])
+                cropped = (tuple(int(n) for n in fp["cropped_shapes_zyx"][i]) if plan.crop_to_nonzero
+                           else shape)
+                known[case.case_id] = (shape, cropped, [float(v) for v in fp["spacings_zyx"][i]])
+        return known
     except (KeyError, IndexError, TypeError, ValueError):  # a damaged fingerprint: nothing known
-        return []
+        return {}
 
 
 def _npy_problem(path: Path) -> str | None:

@@ -429,6 +429,12 @@ def test_2d_runs_that_keep_their_slices_get_a_cache_of_their_own_on_thick_slices
         without.cache_for(own_slices=True)
     root, cases = without.cache_dir.parent, usable_cases(get_task("Task93_Aniso"), data)
     own_dir = without.cache_dir.with_name(without.cache_dir.name + "-2d")
+    # before the 3D cache is built, the fingerprint tells as much (what a dry run and the memory check read)
+    built = without.cache_dir.with_name("built")
+    without.cache_dir.rename(built)
+    assert caches_to_build(cases, without.plan, root, own_slices=True) == [(without.cache_dir, False),
+                                                                           (own_dir, True)]
+    built.rename(without.cache_dir)
     assert caches_to_build(cases, without.plan, root) == []
     assert caches_to_build(cases, without.plan, root, own_slices=True) == [(own_dir, True)]  # what is built
     prepared = prepare_task(get_task("Task93_Aniso"), data, num_folds=2, workers=1, own_slices=True)
@@ -455,6 +461,17 @@ def test_where_no_case_is_resampled_2d_runs_read_the_3d_cache(home: Path, tmp_pa
     cases, root = usable_cases(get_task("Task90_Synth"), data), prepared.cache_dir.parent
     assert caches_to_build(cases, prepared.plan, root, own_slices=True) == []  # none to build for them
     assert [p.name for p in prepared.cache_dir.parent.iterdir() if p.is_dir()] == [prepared.cache_dir.name]
+    # nor before the 3D cache is built (a dry run announced a `-2d` cache the sweep never built), unless the
+    # fingerprint does not hold every case: then the larger outcome is counted
+    import shutil
+
+    shutil.rmtree(prepared.cache_dir)
+    assert caches_to_build(cases, prepared.plan, root, own_slices=True) == [(prepared.cache_dir, False)]
+    fingerprint = root / "fingerprint.json"
+    fp = json.loads(fingerprint.read_text())
+    fingerprint.write_text(json.dumps(fp | {"cases": fp["cases"][1:]}))
+    assert caches_to_build(cases, prepared.plan, root, own_slices=True)[1:] == [
+        (prepared.cache_dir.with_name(prepared.cache_dir.name + "-2d"), True)]
 
 
 def test_the_non_zero_mask_is_filled_once_and_equals_the_whole_images_cropped(
