@@ -24,15 +24,35 @@ def run_folder_and_checkpoint(run_or_checkpoint: Path) -> tuple[Path, Path]:
     else:
         raise UsageError(f"{run_or_checkpoint}: no such run folder or checkpoint")
     if not (folder / "spec.json").is_file():
-        raise DataError(f"{folder}: not a run folder (no spec.json next to the checkpoint)")
+        where = "in it: a run folder is RESULTS/TASK/RUN_ID" if run_or_checkpoint.is_dir() \
+            else "next to the checkpoint"
+        raise DataError(f"{folder}: not a run folder (no spec.json {where})")
     if not checkpoint.is_file():
-        from medseg_bench.results import run_state
-
-        if run_state(folder) in ("done", "damaged"):  # it said "the run has not finished an epoch"
-            raise DataError(f"{checkpoint}: checkpoint missing (deleted since the run finished; restore it, "
-                            "or move the run folder away and train it again with `medseg-bench sweep`)")
-        raise DataError(f"{checkpoint}: checkpoint missing (the run has not finished an epoch)")
+        raise DataError(f"{checkpoint}: checkpoint missing ({_why_no_checkpoint(folder)})")
     return folder, checkpoint
+
+
+def _why_no_checkpoint(folder: Path) -> str:
+    """Why a run folder has no checkpoint, by the run's state: deleted since it finished, it failed without
+    one (with its error: it said "the run has not finished an epoch" of a run that diverged after one), it is
+    being trained or queued, or it has not finished an epoch."""
+    from medseg_bench.results import run_state
+    from medseg_bench.run_folder import read_status
+
+    state = run_state(folder)
+    if state in ("done", "damaged"):  # it said "the run has not finished an epoch"
+        return ("deleted since the run finished; restore it, or move the run folder away and train it again "
+                "with `medseg-bench sweep`")
+    if state == "failed":
+        error = str(read_status(folder).get("error") or "").strip().splitlines()
+        said = f": {error[0]}" if error else ""
+        return (f"the run failed without one{said}; see {folder / 'run.log'}; the same `medseg-bench sweep` "
+                "command retries it")
+    if state == "running":
+        return "a process is training the run now and has not saved one yet"
+    if state == "queued":
+        return "the run is submitted to SLURM and has not saved one yet"
+    return "the run has not finished an epoch"
 
 
 def _epochs_in(checkpoint: Path, iters_per_epoch: int) -> int | None:

@@ -34,8 +34,26 @@ def test_a_run_is_its_folder_or_a_checkpoint_in_it(tmp_path: Path) -> None:
     best = folder / "checkpoints" / "best.ckpt"
     best.write_bytes(b"")
     assert run_folder_and_checkpoint(best) == (folder, best)
-    with pytest.raises(DataError, match="not a run folder \\(no spec.json"):
-        run_folder_and_checkpoint(tmp_path)
+    with pytest.raises(DataError, match="not a run folder \\(no spec.json in it: a run folder is "
+                                        "RESULTS/TASK/RUN_ID\\)"):
+        run_folder_and_checkpoint(tmp_path)  # a task folder given for a run folder: no checkpoint was given
+    (tmp_path / "other.ckpt").write_bytes(b"")
+    with pytest.raises(DataError, match="not a run folder \\(no spec.json next to the checkpoint\\)"):
+        run_folder_and_checkpoint(tmp_path / "other.ckpt")
+
+
+@pytest.mark.parametrize(("state", "why"), [
+    ("running", "a process is training the run now and has not saved one yet"),
+    ("queued", "the run is submitted to SLURM and has not saved one yet"),
+    ("partial", "the run has not finished an epoch")])
+def test_a_missing_checkpoint_is_explained_by_the_runs_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             state: str, why: str) -> None:
+    from medseg_bench import results
+
+    folder, _ = _folder(tmp_path)
+    monkeypatch.setattr(results, "run_state", lambda _: state)
+    with pytest.raises(DataError, match=f"checkpoint missing \\({why}\\)$"):
+        run_folder_and_checkpoint(folder)
 
 
 def test_an_ensemble_takes_each_run_once_and_pools_decisions_only_when_all_have_one(tmp_path: Path) -> None:

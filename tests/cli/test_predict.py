@@ -929,11 +929,17 @@ def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_
     assert result.exit_code == 3 and result.stderr == (
         f"error: {checkpoint}: checkpoint missing (deleted since the run finished; restore it, or move the "
         "run folder away and train it again with `medseg-bench sweep`)\n")
-    write_status(folder, "failed")
     (folder / "summary.json").unlink()
+    write_status(folder, "pending")
     result = runner.invoke(app, args)
     assert result.exit_code == 3 and result.stderr == (
         f"error: {checkpoint}: checkpoint missing (the run has not finished an epoch)\n")
+    # a run that diverged after its first epoch fails without a checkpoint: it said "not finished an epoch"
+    write_status(folder, "failed", error="training loss is no longer finite after epoch 1\nTraceback ...")
+    result = runner.invoke(app, [*args, "--allow-unfinished"])
+    assert result.exit_code == 3 and result.stderr == (
+        f"error: {checkpoint}: checkpoint missing (the run failed without one: training loss is no longer "
+        f"finite after epoch 1; see {folder / 'run.log'}; the same `medseg-bench sweep` command retries it)\n")
 
 
 def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_wrote(run_folder,
