@@ -48,7 +48,7 @@ def make_splits(
 ) -> list[dict[str, list[str]]]:
     if len(case_ids) < num_folds:
         cases = f"{len(case_ids)} usable case{'' if len(case_ids) == 1 else 's'}"
-        raise DataError(f"{cases} cannot be split into {num_folds} folds")
+        raise DataError(f"{cases} cannot be split into {num_folds} folds{_fewer_folds(len(case_ids))}")
     ordered = sorted(case_ids)
     if group_pattern:
         folds_of_cases = _grouped_folds(ordered, num_folds, case_groups(ordered, group_pattern))
@@ -63,6 +63,11 @@ def make_splits(
     return splits
 
 
+def _fewer_folds(most: int) -> str:
+    """The advice for a split into more folds than there are cases (or patients) to hold out."""
+    return f"; use --num-folds {most} or fewer (at least 2)" if most >= 2 else " (2 are the fewest there are)"
+
+
 def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -> list[list[str]]:
     """Whole patients to folds: shuffled (seeded), then largest first into the smallest fold."""
     members: dict[str, list[str]] = {}
@@ -70,7 +75,8 @@ def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -
         members.setdefault(groups[case], []).append(case)
     if len(members) < num_folds:
         patients = f"{len(members)} patient{'' if len(members) == 1 else 's'}"
-        raise DataError(f"{patients} (by group_pattern) cannot be split into {num_folds} folds")
+        raise DataError(f"{patients} (by group_pattern) cannot be split into {num_folds} folds"
+                        f"{_fewer_folds(len(members))}")
     names = sorted(members)
     shuffled = [names[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(names))]
     shuffled.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the shuffled order
@@ -93,7 +99,10 @@ def load_or_make_splits(
             raise DataError(f"{path}: unreadable splits file ({exc})") from None
         _check_splits(path, splits, set(case_ids), num_folds)
         return splits
-    splits = make_splits(case_ids, num_folds, group_pattern)
+    try:
+        splits = make_splits(case_ids, num_folds, group_pattern)
+    except DataError as exc:  # the task it is of: a sweep of several tasks named none
+        raise DataError(f"{folder.name}: {exc}") from None
     write_json_atomic(path, splits)
     return splits
 

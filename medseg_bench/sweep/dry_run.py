@@ -347,19 +347,19 @@ def _check_evaluation_memory(runs: list[RunSpec], prepared: PreparedTask, data_d
 
 
 def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
-    """A line for each splits file of a fetched task (`splits_<k>fold.json`, where it exists) the sweep would
-    stop on: one of the user's that is not k folds of usable cases (a task not split yet is split by the
-    sweep). Read only: a missing file is not made here."""
+    """A line for each split of a fetched task the sweep would stop on: a splits file of the user's
+    (`splits_<k>fold.json`) that is not k folds of usable cases, or, where there is none, k folds the sweep
+    cannot make (fewer usable cases, or patients, than folds). Read only: a missing file is not made here."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import is_complete
     from medseg_bench.data.preprocess import usable_cases
-    from medseg_bench.data.splits import load_or_make_splits
+    from medseg_bench.data.splits import load_or_make_splits, make_splits
 
     for task in sorted({spec.task for spec in runs}):
         root = data_dir / "preprocessed" / task
         wanted = sorted({spec.num_folds for spec in runs if spec.task == task})
         paths = {k: root / f"splits_{k}fold.json" for k in wanted}
-        if not is_complete(data_dir / task) or not any(path.is_file() for path in paths.values()):
+        if not is_complete(data_dir / task):
             continue
         if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):
             continue  # on its marker or plan, first
@@ -369,6 +369,8 @@ def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
             for k, path in paths.items():
                 if path.is_file():  # checked as the sweep reads it
                     load_or_make_splits(root, case_ids, k, task_spec.group_pattern)
+                else:  # as the sweep would make it
+                    make_splits(case_ids, k, task_spec.group_pattern)
         except DataError as exc:
             out.stop(f"{task}: the sweep would stop: {exc}", exc.exit_code)
 

@@ -75,3 +75,23 @@ def test_a_splits_file_naming_excluded_cases_says_how_to_make_new_ones(tmp_path:
     (tmp_path / "splits_2fold.json").unlink()
     remade = load_or_make_splits(tmp_path, cases[1:], 2)
     assert all("c0" not in fold["train"] + fold["val"] for fold in remade)
+
+
+def test_too_many_folds_names_the_task_and_the_folds_that_can_be_made(tmp_path: Path) -> None:
+    # A sweep of several tasks said "4 usable cases cannot be split into 5 folds": of which task, and what
+    # to do, it did not say.
+    from medseg_bench.data.splits import load_or_make_splits
+
+    folder = tmp_path / "preprocessed" / "Task90_Synth"
+    folder.mkdir(parents=True)
+    cases = [f"case_{i}" for i in range(4)]
+    with pytest.raises(DataError, match=r"^Task90_Synth: 4 usable cases cannot be split into 5 folds; use "
+                                        r"--num-folds 4 or fewer \(at least 2\)$"):
+        load_or_make_splits(folder, cases, 5)
+    assert not (folder / "splits_5fold.json").exists()
+    with pytest.raises(DataError, match=r"^1 usable case cannot be split into 2 folds \(2 are the fewest "):
+        make_splits(cases[:1], 2)
+    with pytest.raises(DataError, match=r"^2 patients \(by group_pattern\) cannot be split into 3 folds; use "
+                                        r"--num-folds 2 or fewer"):
+        make_splits(["a_1", "a_2", "b_1"], 3, group_pattern=r"^[a-z]+")
+    assert len(load_or_make_splits(folder, cases, 4)) == 4

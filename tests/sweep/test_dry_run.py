@@ -224,6 +224,8 @@ def test_the_dry_run_stops_on_a_damaged_fetch_marker(tmp_path: Path) -> None:
     marker = tmp_path / "data" / TASK / MARKER
     marker.parent.mkdir(parents=True)
     write_json_atomic(marker, {"excluded": []})
+    write_json_atomic(marker.parent / "dataset.json", {"training": [
+        {"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"} for i in range(5)]})
     assert dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data").exit_code == 0
     marker.write_text("[]")
     planned = dry_run_lines([_spec()], tmp_path / "results", tmp_path / "data")
@@ -257,6 +259,13 @@ def test_the_dry_run_stops_on_a_splits_file_the_sweep_refuses(tmp_path: Path) ->
     assert planned.exit_code == 3, planned.lines
     assert (f"{TASK}: the sweep would stop: {splits}: fold 0 trains on held-out case(s) hippocampus_002"
             in planned.lines)
+    # more folds than usable cases: the sweep stops as it would make the splits (the dry run said all was
+    # well); nothing is written
+    more = dry_run_lines([_spec(num_folds=5)], tmp_path / "results", data)
+    assert more.exit_code == 3, more.lines
+    assert (f"{TASK}: the sweep would stop: 4 usable cases cannot be split into 5 folds; use --num-folds 4 or "
+            "fewer (at least 2)") in more.lines
+    assert not (splits.parent / "splits_5fold.json").exists()
 
 
 def test_the_dry_run_stops_where_a_case_cannot_be_preprocessed_in_memory(
