@@ -118,6 +118,30 @@ def check_results_dir(results_dir: Path) -> None:
                            "folder)")
 
 
+def require_results_dir(results_dir: Path) -> None:
+    """`check_results_dir`, and a ResultsError where `results_dir` does not exist: `report` said "no finished
+    runs to report" of a mistyped --results-dir, where `status` said what was wrong."""
+    check_results_dir(results_dir)
+    if not results_dir.exists():
+        from medseg_bench.settings import DEFAULT_RESULTS_DIR
+
+        default = (" (the default, results, is a folder of the current one)"
+                   if results_dir == DEFAULT_RESULTS_DIR else "")
+        raise ResultsError(f"{results_dir}: no such results dir{default}; pass the sweep's --results-dir")
+
+
+def no_finished_runs(results_dir: Path, of: str = "") -> str:
+    """"RESULTS: no finished runs[ of TASK] here", and `task_folder_hint`."""
+    return f"{results_dir}: no finished runs{f' of {of}' if of else ''} here{task_folder_hint(results_dir)}"
+
+
+def task_folder_hint(results_dir: Path) -> str:
+    """Where `results_dir` is a task's folder of runs (RESULTS/TASK given for RESULTS), a note saying so."""
+    if any(results_dir.glob("*/spec.json")):
+        return f" (it holds run folders itself: pass the results dir above it, {results_dir.parent})"
+    return ""
+
+
 def check_run_folders(results_dir: Path, runs: Sequence[RunSpec]) -> None:
     """ResultsError naming the first run whose folder under `results_dir` is a file (or lies below one):
     each such run failed "File exists" and was counted as stopped while training; a dry run listed it as
@@ -255,7 +279,7 @@ def load_results(results_dir: Path, skip_damaged: Callable[[str], None] | None =
         runs["run_settings"].append(json.dumps(run_settings(spec, summary), sort_keys=True))
         rows.add(frame)
     if not rows.lengths:
-        raise ResultsError(f"{results_dir}: no finished runs to report")
+        raise ResultsError(no_finished_runs(results_dir))
     table = rows.joined(runs)
     table["encoder"] = table["encoder"].fillna("")
     table.attrs["absent_metrics"] = absent

@@ -20,16 +20,10 @@ def status(
 
     from medseg_bench.errors import ResultsError, one_line
     from medseg_bench.finished import FinishedReads
-    from medseg_bench.results import check_results_dir, checked_state, write_index
+    from medseg_bench.results import checked_state, require_results_dir, task_folder_hint, write_index
     from medseg_bench.run_folder import read_json, read_status, unqueued_state
 
-    check_results_dir(results_dir)
-    if not results_dir.exists():
-        from medseg_bench.settings import DEFAULT_RESULTS_DIR
-
-        default = (" (the default, results, is a folder of the current one)"
-                   if results_dir == DEFAULT_RESULTS_DIR else "")
-        raise ResultsError(f"{results_dir}: no such results dir{default}; pass the sweep's --results-dir")
+    require_results_dir(results_dir)
     from medseg_bench.cli import comma_list
 
     wanted = comma_list("--task", task) or ["*"]
@@ -42,9 +36,9 @@ def status(
         known = [task_registry().canonical(name) for name in wanted]  # an unknown name: did-you-mean, exit 2
         tasks = sorted({p.parent.parent.name for p in results_dir.glob("*/*/spec.json")})
         raise ResultsError(f"{results_dir}: no runs of {', '.join(known)} here"
-                           + (f" (runs of: {', '.join(tasks)})" if tasks else ""))
+                           + (f" (runs of: {', '.join(tasks)})" if tasks else task_folder_hint(results_dir)))
     if not folders:
-        raise ResultsError(f"{results_dir}: no runs here")
+        raise ResultsError(f"{results_dir}: no runs here{task_folder_hint(results_dir)}")
     jobs = {f: read_json(f / "queued.json").get("job_id") for f in folders}
     slurm = _slurm_states([j for j in jobs.values() if j])  # asked before the folders are read
     counts: Counter[str] = Counter()

@@ -24,7 +24,13 @@ from medseg_bench.report.tables import (
     top_ranked,
     with_config,
 )
-from medseg_bench.results import SETUP_NAME, finished_runs, load_results
+from medseg_bench.results import (
+    SETUP_NAME,
+    finished_runs,
+    load_results,
+    no_finished_runs,
+    require_results_dir,
+)
 from medseg_bench.run_folder import read_json
 
 
@@ -207,12 +213,13 @@ def build_report(results_dir: Path, metric: str = "dice", task: list[str] | str 
                  **options: Any) -> Report:
     """Load the finished runs under `results_dir` (only those of `task`, when given: a damaged run of another
     task does not stop it) and build their Report."""
+    require_results_dir(results_dir)
     if not task:
         return report_from_results(load_results(results_dir), results_dir, metric, **options)
     have = {folder.parent.name for folder in finished_runs(results_dir)}
     wanted = [_task_name(t, have) for t in ([task] if isinstance(task, str) else list(task))]
     unknown = [t for t in wanted if t not in have]
     if unknown:  # a known task without runs here: nothing to report (as `status --task` says it)
-        raise ResultsError(f"{results_dir}: no finished runs of {unknown[0]} here "
+        raise ResultsError(f"{no_finished_runs(results_dir, unknown[0])} "
                            f"(tasks with results: {', '.join(sorted(have)) or 'none'})")
     return report_from_results(load_results(results_dir, tasks=wanted), results_dir, metric, **options)

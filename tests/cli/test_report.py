@@ -300,7 +300,25 @@ def test_bad_input_is_one_line_and_an_exit_code(results: Path, args: list[str], 
 
 def test_no_results(tmp_path: Path) -> None:
     result = invoke("--results-dir", str(tmp_path))
-    assert result.exit_code == 6 and "no finished runs" in result.output
+    assert result.exit_code == 6 and result.output == f"error: {tmp_path}: no finished runs here\n"
+
+
+def test_a_missing_results_dir_or_a_tasks_folder_given_for_it_is_said_as_status_says_it(tmp_path: Path) -> None:
+    # Both said "no finished runs to report": a mistyped --results-dir, and RESULTS/TASK given for RESULTS.
+    from tests.conftest import fake_finished_run
+
+    missing = invoke("--results-dir", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 6 and missing.output == (
+        f"error: {tmp_path / 'nowhere'}: no such results dir; pass the sweep's --results-dir\n")
+    assert runner.invoke(app, ["status", "--results-dir", str(tmp_path / "nowhere")]).output == missing.output
+    results = tmp_path / "results"
+    fake_finished_run(results, 0, "T")
+    hint = f" (it holds run folders itself: pass the results dir above it, {results})\n"
+    given = invoke("--results-dir", str(results / "T"))
+    assert given.exit_code == 6 and given.output == f"error: {results / 'T'}: no finished runs here{hint}"
+    status = runner.invoke(app, ["status", "--results-dir", str(results / "T")])
+    assert status.exit_code == 6 and status.output == f"error: {results / 'T'}: no runs here{hint}"
+    assert invoke("--results-dir", str(results)).exit_code == 0
 
 
 def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path: Path) -> None:
