@@ -393,7 +393,10 @@ def case_sizes(cases: Sequence[Case], plan: Plan, root: Path, own_slices: bool =
     if not known:
         return []
     assert fp is not None
-    channels = max(1, len(fp.get("foreground_intensity") or []))
+    try:
+        channels = max(1, len(fp["foreground_intensity"]))
+    except (KeyError, TypeError):  # a damaged fingerprint: nothing known
+        return []
     sizes = []
     for case in cases:
         if case.case_id in known:
