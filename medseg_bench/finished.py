@@ -169,6 +169,12 @@ def _corrupt(path: Path, problem: str) -> DamagedRunError:
                            "the folder to run it again")
 
 
+# The cell texts pandas reads as missing by default (`pandas._libs.parsers.STR_NA_VALUES`, private): how a
+# metrics.csv's score columns are read.
+NA_TEXTS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+            "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
 def read_finished_run(folder: Path):
     """A finished run's spec, summary and per-case scores; ResultsError naming the file when one is damaged.
 
@@ -182,8 +188,13 @@ def read_finished_run(folder: Path):
     path = folder / "metrics.csv"
     try:
         # Text, whatever the task: a label column of numbers (Task09) and one with region names (Task01)
-        # must concatenate into one index.
-        frame = pd.read_csv(path, dtype={"case": str, "label": str})
+        # must concatenate into one index. Names as written: a case or region named `NA` or `None` is no
+        # missing cell (pandas' default reading made every run that scored one damaged); scores as pandas
+        # reads numbers (`nan`, `NA`, ... missing).
+        names = {"case": [""], "label": [""]}
+        numbers = {column: NA_TEXTS for column in pd.read_csv(path, nrows=0).columns if column not in names}
+        frame = pd.read_csv(path, dtype={"case": str, "label": str}, keep_default_na=False,
+                            na_values=numbers | names)
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
         raise _corrupt(path, f"cannot be read as CSV ({str(exc).splitlines()[0]})") from None
     absent = [c for c in METRICS_COLUMNS if c not in frame.columns]
@@ -203,7 +214,7 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"has {rows}, summary.json counts {expected} (cases x labels)")
     if frame[list(METRICS_COLUMNS[3:])].isna().any().any():
         raise _corrupt(path, "a row is cut short (truncated?)")
-    problem = _bad_row(frame, labels, path) or _bad_cell(frame) or _unscored(frame, path)
+    problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame, path)
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
@@ -288,20 +299,16 @@ def _whole_table(frame: Any, num_cases: int) -> bool:
     return len(per_case) == num_cases and per_case.nunique() == 1
 
 
-def _bad_row(frame: Any, labels: list[str], path: Path) -> str | None:
-    """The first row of a run's metrics.csv (`path`) that names no case, or no label the run scored
+def _bad_row(frame: Any, labels: list[str]) -> str | None:
+    """The first row of a run's metrics.csv that names no case, or no label the run scored
     (`labels`, the keys of summary.json's per_label_dice: run.py writes one per label and region it scored),
     or repeats a case's label, or a case that lacks one of those labels; None when every case has each label
     once. Labels are compared as text: a region's name (Task01's "whole tumour"), or a label value as
     written."""
-    for column in ("case", "label"):
+    for column in ("case", "label"):  # read as written: only an empty cell is missing
         empty = frame[column].isna() | (frame[column].str.strip() == "")
         if empty.any():
-            row = int(empty.to_numpy().argmax())
-            text = _cell_text(path, row, column)
-            if not text:
-                return f"{column} is empty in row {row + 1}"
-            return f"{column} is {text!r} in row {row + 1}, which reads as missing"  # pandas' `nan`, `NA`
+            return f"{column} is empty in row {int(empty.to_numpy().argmax()) + 1}"
     if labels:
         unknown = ~frame["label"].isin(labels)
         if unknown.any():

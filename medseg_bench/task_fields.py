@@ -21,6 +21,8 @@ def region_name_problem(name: str, labels: dict[int, str]) -> str | None:
     """Why a region's name cannot be told apart from a label in results and reports, or None: a region's
     scores are rows of metrics.csv's `label` column and report columns `<metric>_label_<name>`, titled by
     name, as a label's are by its value and its name."""
+    if not name.strip():
+        return "is empty: give the region a name"
     try:
         float(name)
     except ValueError:
@@ -148,6 +150,8 @@ def _regions(key: str, value: object, source_file: Path) -> dict[str, list[int]]
         raise _bad(source_file, key, "a mapping of region names to label lists", value)
     regions: dict[str, list[int]] = {}
     for region, members in value.items():
+        if region is None:  # `null:` or `~:`, which str() made a region named "None"
+            raise _bad(source_file, key, "a mapping of region names to label lists (a name is missing)", value)
         if not isinstance(members, list) or not members or not all(is_int(m) for m in members):
             raise _bad(source_file, f"{key}: {region}", "a non-empty list of label values", members)
         regions[str(region)] = [int(m) for m in members]

@@ -44,11 +44,9 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n,1,0.5,False,False\n", "case is empty in row 2"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\n  ,1,0.5,False,False\n", "case is empty in row 2"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,,0.5,False,False\n", "label is empty in row 2"),
-    # text pandas reads as missing: said as written (a case of `nan` was said to be empty)
-    ("metrics.csv", HEADER + "a,1,0.5,False,False\nnan,1,0.5,False,False\n",
-     "case is 'nan' in row 2, which reads as missing"),
+    # text pandas reads as missing by default is read as written: a label the run never scored
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,NA,0.5,False,False\n",
-     "label is 'NA' in row 2, which reads as missing"),
+     "label 'NA' in row 2 is none of the run's labels (1, as summary.json's per_label_dice holds them)"),
     *[("metrics.csv", HEADER + f"a,1,0.5,False,False\nb,{label},0.5,False,False\n",
        f"label '{label}' in row 2 is none of the run's labels (1, as summary.json's per_label_dice holds "
        "them)")
@@ -401,3 +399,20 @@ def test_a_finished_run_of_more_epochs_than_an_int32_holds_is_no_damage(tmp_path
     assert finished_damage(folder) is None and run_state(folder) == "done"
     assert load_results(tmp_path)["epochs"].tolist() == [epochs]
     assert pd.read_parquet(write_index(tmp_path))["epochs"].tolist() == [epochs]
+
+
+def test_cases_and_regions_named_as_pandas_reads_missing_cells_are_read_as_written(tmp_path: Path) -> None:
+    # A region named `NA` (or `None`, `null`) and a case named `nan` were read as missing cells: every run
+    # that scored one was damaged as soon as it finished, and training it again did the same.
+    fake_finished_run(tmp_path, 0)
+    folder = next((tmp_path / "T").iterdir())
+    pd.DataFrame({"case": ["nan", "None", "nan", "None"], "label": ["NA", "NA", "null", "null"],
+                  "dice": [0.5, 0.25, math.nan, 1.0], "ref_empty": [False, False, True, False],
+                  "pred_empty": [False, False, True, False]}).to_csv(folder / "metrics.csv", index=False)
+    write_json_atomic(folder / "summary.json", json.loads((folder / "summary.json").read_text())
+                      | {"per_label_dice": {"NA": 0.375, "null": 1.0}})
+    assert checked_state(folder) == ("done", None)
+    table = load_results(tmp_path)
+    assert sorted(zip(table["case"], table["label"], strict=True)) == [
+        ("None", "NA"), ("None", "null"), ("nan", "NA"), ("nan", "null")]
+    assert table["dice"].isna().sum() == 1  # a score left empty where both masks are is still missing

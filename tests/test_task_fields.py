@@ -42,6 +42,11 @@ labels: {0: background, 1: outer, 2: core}
     ("regions: {'2.0': [1, 2]}", "'regions: 2.0' is a number, which the report reads as a label value"),
     ("regions: {core: [1, 2]}", "'regions: core' is also label 2's name: the report could not tell their"),
     ("regions: {a_label_b: [1, 2]}", "'regions: a_label_b' holds '_label_', which separates a metric from"),
+    # a `null:` key was a region named "None"; an empty name was no column title (and a missing cell)
+    ("regions: {null: [1, 2]}", "'regions' must be a mapping of region names to label lists (a name is "
+                                "missing), not {None: [1, 2]}"),
+    ("regions: {'': [1, 2]}", "'regions: ' is empty: give the region a name"),
+    ("regions: {'  ': [1, 2]}", "'regions:   ' is empty: give the region a name"),
     ("reference_dice: {outer: 90}", "'reference_dice: outer' must be a Dice score in 0..1, not 90"),
     ("group_pattern: '('", "'group_pattern' '(' is not a valid regular expression"),
     ("description: [a]", "'description' must be a string, not ['a']"),
