@@ -151,7 +151,8 @@ def _regions(key: str, value: object, source_file: Path) -> dict[str, list[int]]
     regions: dict[str, list[int]] = {}
     for region, members in value.items():
         if region is None:  # `null:` or `~:`, which str() made a region named "None"
-            raise _bad(source_file, key, "a mapping of region names to label lists (a name is missing)", value)
+            raise _bad(source_file, key, "a mapping of region names to label lists (a name is missing)",
+                       value)
         if not isinstance(members, list) or not members or not all(is_int(m) for m in members):
             raise _bad(source_file, f"{key}: {region}", "a non-empty list of label values", members)
         regions[str(region)] = [int(m) for m in members]

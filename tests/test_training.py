@@ -200,7 +200,8 @@ def test_the_peak_without_proc_is_in_mb_on_each_platform(
         return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Path, "read_text", no_proc)
-    usage = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
+    usage = types.SimpleNamespace(RUSAGE_SELF=0,
+                                  getrusage=lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
     monkeypatch.setattr(training, "resource", usage)
     monkeypatch.setattr(training.sys, "platform", platform)
     assert training._peak_memory_mb(cuda=False) == mb

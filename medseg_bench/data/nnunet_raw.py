@@ -80,6 +80,7 @@ def convert(root: Path, say: Callable[[str], object] = lambda line: None) -> Con
     if not labels:
         raise DataError(f"{labels_dir}: no label maps ending in {ending} (dataset.json's file_ending)")
     done = Conversion(warnings=[*_unlabelled(images_dir, labels, ending),
+                                *_past_channels(images_dir, labels, ending, len(channels)),
                                 *_count_warning(data, json_path, labels)])
     how = (f"each case's {len(channels)} channel files stacked into one 4D image" if len(channels) > 1
            else "each CASE_0000 image renamed CASE")
@@ -165,8 +166,9 @@ def _join(files: list[Path], target: Path, done: Conversion, root: Path) -> tupl
 
 def channel_mismatch(first: Path, first_geometry: Geometry, geometry: Geometry) -> str:
     """How a case's channel file's geometry differs from its first channel file's (`first`), for one line
-    naming the file; "" when within the tolerance of a label against its image."""
-    differs = first_geometry.mismatch(geometry)
+    naming the file, its own value first (as validation names a label's against its image's; it was said
+    second); "" when within the tolerance of a label against its image."""
+    differs = geometry.mismatch(first_geometry)
     return f"its geometry is not {first.name}'s: {differs}" if differs else ""
 
 
@@ -220,6 +222,19 @@ def _unlabelled(images_dir: Path, labels: list[Path], ending: str) -> list[str]:
     return [f"{orphans[0]}{more}: no label map in labelsTr for its case: not imported"]
 
 
+def _past_channels(images_dir: Path, labels: list[Path], ending: str, channels: int) -> list[str]:
+    """A warning naming channel files of labelled cases past dataset.json's `channels` (`CASE_0004` of four
+    channel_names): not imported, as nnU-Net reads none of them (it was said nowhere)."""
+    cases = {label.name[:-len(ending)] for label in labels}
+    past = sorted(path for path in images_dir.glob(f"*{ending}") if not path.name.startswith(".")
+                  and (match := CHANNEL_FILE.match(path.name[:-len(ending)]))
+                  and match["case"] in cases and int(match["channel"]) >= channels)
+    if not past:
+        return []
+    more = f" and {len(past) - 1} more" if len(past) > 1 else ""
+    return [f"{past[0]}{more}: a channel past the {channels} of dataset.json's channel_names: not imported"]
+
+
 def _count_warning(data: dict[str, Any], json_path: Path, labels: list[Path]) -> list[str]:
     count = data.get("numTraining")
     if count is None or count == len(labels):
@@ -262,12 +277,20 @@ def _gap(case: str, files: dict[int, Path], channels: int, example: str) -> str:
 def incomplete_channels(images: list[Path], channels: int) -> str:
     """For a task of several `channels`, where every file of `images` is named as a channel file of one of
     them (`CASE_0000` to `CASE_{channels - 1}`) and no case has them all, as when a case's folder lacks a
-    file: the first file missing, in one line naming it; "" otherwise (`channel_files` names the gap where
-    some case is complete). The caller checks that each file holds one channel."""
+    file: the first file missing, in one line naming it; where a case has all of the task's channel files
+    and more (`CASE_0004` of a 4-channel task: its first file was blamed for holding one channel), the first
+    file past them; "" otherwise (`channel_files` names the gap where some case is complete). The caller
+    checks that each file holds one channel."""
     groups, strays = _channel_groups(images)
-    if channels < 2 or strays or not groups or any(max(files) >= channels for files in groups.values()):
+    if channels < 2 or strays or not groups:
         return ""
-    return next(filter(None, (_gap(case, files, channels, "") for case, files in sorted(groups.items()))), "")
+    cases = sorted(groups.items())
+    past = [(case, files) for case, files in cases if set(range(channels)) < set(files)]
+    if past:
+        return _gap(*past[0], channels, "")
+    if any(max(files) >= channels for files in groups.values()):
+        return ""
+    return next(filter(None, (_gap(case, files, channels, "") for case, files in cases)), "")
 
 
 def channel_files(images: list[Path], channels: int) -> tuple[dict[str, list[Path]] | None, str]:

@@ -939,7 +939,8 @@ def test_a_finished_runs_deleted_checkpoint_is_named_as_deleted(run_folder, tmp_
     result = runner.invoke(app, [*args, "--allow-unfinished"])
     assert result.exit_code == 3 and result.stderr == (
         f"error: {checkpoint}: checkpoint missing (the run failed without one: training loss is no longer "
-        f"finite after epoch 1; see {folder / 'run.log'}; the same `medseg-bench sweep` command retries it)\n")
+        f"finite after epoch 1; see {folder / 'run.log'}; the same `medseg-bench sweep` command retries "
+        "it)\n")
 
 
 def test_a_second_predict_into_the_same_folder_waits_then_skips_what_the_first_wrote(run_folder,
@@ -1025,13 +1026,22 @@ def test_channel_files_in_nnunets_layout_are_one_case_each(run_folder, home: Pat
     assert result.output.strip().splitlines()[-1] == (
         f"error: {lacking / 'c_0001.nii.gz'}: missing (nnU-Net's layout, CASE_0000 to CASE_0001)")
     assert not (tmp_path / "p_lacking").exists()
+    # one case with a channel file past the task's: it blamed c_0000 for holding one channel
+    write_image(lacking / "c_0001.nii.gz", stacked[1], (1.0, 1.0, 1.0))
+    write_image(lacking / "c_0002.nii.gz", stacked[1], (1.0, 1.0, 1.0))
+    result = runner.invoke(app, ["predict", str(run), "--images", str(lacking), "--out",
+                                 str(tmp_path / "p_lacking"), "--allow-unfinished"])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {lacking / 'c_0002.nii.gz'}: a channel past the task's 2 (nnU-Net's layout, CASE_0000 to "
+        "CASE_0001)")
     write_image(tmp_path / "raw2" / "c_0001.nii.gz", stacked[1], (1.0, 1.0, 2.0))  # another grid
     result = runner.invoke(app, ["predict", str(run), "--images", str(tmp_path / "raw2"), "--out",
                                  str(tmp_path / "p_bad"), "--allow-unfinished"])
     assert result.exit_code == 3, result.output
     assert result.output.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'raw2' / 'c_0001.nii.gz'}: its geometry is not c_0000.nii.gz's: spacing "
-        "(1, 1, 1) vs (1, 1, 2)")
+        "(1, 1, 2) vs (1, 1, 1)")
 
 
 def test_a_folder_partly_in_nnunets_layout_is_named(run_folder, tmp_path: Path) -> None:

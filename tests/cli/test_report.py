@@ -303,7 +303,8 @@ def test_no_results(tmp_path: Path) -> None:
     assert result.exit_code == 6 and result.output == f"error: {tmp_path}: no finished runs here\n"
 
 
-def test_a_missing_results_dir_or_a_tasks_folder_given_for_it_is_said_as_status_says_it(tmp_path: Path) -> None:
+def test_a_missing_results_dir_or_a_tasks_folder_given_for_it_is_said_as_status_says_it(
+        tmp_path: Path) -> None:
     # Both said "no finished runs to report": a mistyped --results-dir, and RESULTS/TASK given for RESULTS.
     from tests.conftest import fake_finished_run
 

@@ -141,7 +141,8 @@ def test_status_takes_several_tasks_and_names_a_results_dir_that_is_not_there(
     result = runner.invoke(app, ["status", "--results-dir", str(results), "--task", "T,U", "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith("2 runs: 2 done")
-    repeated = runner.invoke(app, ["status", "--results-dir", str(results), "--task", "T", "--task", "U", "-q"])
+    repeated = runner.invoke(app, ["status", "--results-dir", str(results), "--task", "T", "--task", "U",
+                                   "-q"])
     assert repeated.output == result.output  # a repeated --task kept its last value alone
     monkeypatch.chdir(tmp_path / "results" / "T")
     missing = runner.invoke(app, ["status"])

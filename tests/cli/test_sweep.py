@@ -86,14 +86,14 @@ def test_a_sweep_file_or_flags_in_any_order_give_the_same_run_ids(home: Path, tm
 def test_a_repeated_axis_flag_adds_its_values_as_a_comma_does(home: Path, tmp_path: Path) -> None:
     # `--arch unet --arch deeplab` kept the last value alone (click's default for a one-value option), and
     # said nothing: a sweep of half the runs asked for.
-    commas = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--arch", "unet,deeplab", "--loss", "dice_ce,ce",
-                    "--dims", "2d", "--seed", "0,1", "--folds", "0,1", "--dry-run")
+    commas = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--arch", "unet,deeplab", "--loss",
+                    "dice_ce,ce", "--dims", "2d", "--seed", "0,1", "--folds", "0,1", "--dry-run")
     assert commas.exit_code == NOT_FETCHED, commas.output
     ids = _run_ids(commas.output)
     assert len(ids) == 16
-    repeated = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--arch", "unet", "--arch", "deeplab", "--loss",
-                      "dice_ce", "--loss", "ce", "--dims", "2d", "--seed", "0", "--seed", "1", "--folds", "0",
-                      "--folds", "1", "--dry-run")
+    repeated = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--arch", "unet", "--arch", "deeplab",
+                      "--loss", "dice_ce", "--loss", "ce", "--dims", "2d", "--seed", "0", "--seed", "1",
+                      "--folds", "0", "--folds", "1", "--dry-run")
     assert repeated.exit_code == NOT_FETCHED, repeated.output
     assert _run_ids(repeated.output) == ids
     bad = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--seed", "0", "--seed", "x", "--dry-run")

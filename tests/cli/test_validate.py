@@ -130,8 +130,9 @@ def test_a_folder_put_in_place_by_hand_is_named_with_the_command_that_checks_it(
     for command in (["validate", "Task90_Synth"], ["plan", "Task90_Synth"]):
         result = runner.invoke(app, [*command, "--data-dir", str(data)])
         assert result.exit_code == 3 and result.output.strip() == (
-            f"error: {placed}: a folder that `medseg-bench fetch` did not make (no .medseg-bench-valid.json); "
-            f"check it in place with `medseg-bench fetch Task90_Synth --source '{placed}' --data-dir '{data}'`")
+            f"error: {placed}: a folder that `medseg-bench fetch` did not make (no "
+            f".medseg-bench-valid.json); check it in place with `medseg-bench fetch Task90_Synth --source "
+            f"'{placed}' --data-dir '{data}'`")
     checked = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(placed), "--data-dir", str(data)])
     assert checked.exit_code == 0, checked.output
     assert runner.invoke(app, ["validate", "Task90_Synth", "--data-dir", str(data)]).exit_code == 0
@@ -141,9 +142,9 @@ def test_a_folder_put_in_place_by_hand_is_named_with_the_command_that_checks_it(
 def test_a_data_folder_that_is_a_file_is_a_usage_error_as_in_fetch(home: Path, tmp_path: Path) -> None:
     write_task_file(home, "Task90_Synth")
     (tmp_path / "a file").write_text("")
+    blocked = f"the data folder cannot be made ({tmp_path / 'a file'} is not a folder)"
     for data, line in ((tmp_path / "a file", "the data folder is not a folder"),
-                       (tmp_path / "a file" / "data", f"the data folder cannot be made ({tmp_path / 'a file'} "
-                                                      "is not a folder)")):
+                       (tmp_path / "a file" / "data", blocked)):
         for command in ("fetch", "validate", "plan"):
             result = runner.invoke(app, [command, "Task90_Synth", "--data-dir", str(data)])
             assert result.exit_code == 2, (command, result.output)

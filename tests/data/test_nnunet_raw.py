@@ -94,7 +94,7 @@ def test_channel_files_are_stacked_as_msd_stores_them_and_bad_cases_are_named(ho
         "case_001": f"{images}/case_001_0001.nii.gz: missing (one file per channel: CASE_0000, CASE_0001, "
                     "...)",
         "case_002": f"{images}/case_002_0001.nii.gz: its geometry is not case_002_0000.nii.gz's: spacing "
-                    "(1, 1, 1) vs (1, 1, 2)"}
+                    "(1, 1, 2) vs (1, 1, 1)"}  # the file's own first, as a label's against its image
     assert [c.case_id for c in outcome.report.usable_cases] == ["case_000", "case_003"]
     for case in (c for c in training_cases(outcome.folder) if c.case_id in ("case_000", "case_003")):
         image, geometry = read_image(case.image)
@@ -212,7 +212,11 @@ def test_a_case_lacking_a_channel_file_is_named_where_no_case_has_them_all() -> 
     assert incomplete_channels(paths("a_0001.nii.gz", "b_0000.nii.gz"), 2) == (
         "images/a_0000.nii.gz: missing (nnU-Net's layout, CASE_0000 to CASE_0001)")
     assert incomplete_channels(three, 1) == ""  # one channel: every such file is a case of its own
-    assert incomplete_channels(three, 2) == ""  # a channel past the task's: not its layout
+    # a case with all of the task's channel files and more: the first past them (the first file was blamed
+    # for holding one channel), as where some other case is complete
+    assert incomplete_channels(three, 2) == ("images/brats_0002.nii.gz: a channel past the task's 2 "
+                                             "(nnU-Net's layout, CASE_0000 to CASE_0001)")
+    assert incomplete_channels(paths("a_0000.nii.gz", "a_0002.nii.gz"), 2) == ""  # neither: taken as MSD's
     assert incomplete_channels(paths("brats_0000.nii.gz", "brats.nii.gz"), 4) == ""  # a file not so named
     assert incomplete_channels(paths("brats_001.nii.gz"), 4) == ""  # MSD's names
 
@@ -290,14 +294,19 @@ def test_a_stacked_image_the_disk_cannot_take_stops_the_import(home: Path, tmp_p
 def test_what_the_dataset_holds_but_is_not_imported_is_said(home: Path, tmp_path: Path) -> None:
     _, source = _two_channel_source(home, tmp_path)
     shutil.copy(source / "imagesTr" / "case_000_0000.nii.gz", source / "imagesTr" / "orphan_0000.nii.gz")
+    for case in ("case_000", "case_002"):  # channel files past channel_names' two were left out unsaid
+        shutil.copy(source / "imagesTr" / f"{case}_0000.nii.gz", source / "imagesTr" / f"{case}_0002.nii.gz")
     data = json.loads((source / "dataset.json").read_text())
     data["numTraining"] = 5
     data["modality"] = data.pop("channel_names")  # nnU-Net v2 still reads the older key
     (source / "dataset.json").write_text(json.dumps(data))
     outcome = fetch_task(get_task("Task93_Two"), tmp_path / "data", source=str(source))
-    assert outcome.warnings[:2] == (
+    assert outcome.warnings[:3] == (
         f"{source / 'imagesTr' / 'orphan_0000.nii.gz'}: no label map in labelsTr for its case: not imported",
+        f"{source / 'imagesTr' / 'case_000_0002.nii.gz'} and 1 more: a channel past the 2 of dataset.json's "
+        "channel_names: not imported",
         f"{source / 'dataset.json'}: numTraining is 5, labelsTr holds 3 label maps: all of them imported")
+    assert outcome.report is not None and len(outcome.report.usable_cases) == 3  # imported all the same
 
 
 def test_a_numtraining_unlike_one_label_map_says_map() -> None:

@@ -263,8 +263,8 @@ def test_the_dry_run_stops_on_a_splits_file_the_sweep_refuses(tmp_path: Path) ->
     # well); nothing is written
     more = dry_run_lines([_spec(num_folds=5)], tmp_path / "results", data)
     assert more.exit_code == 3, more.lines
-    assert (f"{TASK}: the sweep would stop: 4 usable cases cannot be split into 5 folds; use --num-folds 4 or "
-            "fewer (at least 2)") in more.lines
+    assert (f"{TASK}: the sweep would stop: 4 usable cases cannot be split into 5 folds; use --num-folds 4 "
+            "or fewer (at least 2)") in more.lines
     assert not (splits.parent / "splits_5fold.json").exists()
 
 
