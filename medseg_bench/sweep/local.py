@@ -175,7 +175,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     # the finished runs as read to be skipped, for an index the results dir lacks when no run trains after
     reads = FinishedReads() if not (results_dir / INDEX_NAME).is_file() else None
     try:
-        todo = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
+        todo, unnoted = _finished(runs, results_dir, data_dir, reporter, outcome, reads)
         if todo:
             reads = None  # no run's table held while others train: the index reads them once they are done
         planned: dict[tuple[str, int], PlannedTask] = {}  # what the refusals planned, not planned again
@@ -192,6 +192,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         check_cache_memory(todo, planned, data_dir)
         check_evaluation_memory(todo, planned, data_dir)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
+        _late_notes(unnoted, results_dir, data_dir, reporter)
         if jobs <= 1:
             _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome, checked)
         else:
@@ -217,21 +218,36 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
 
 
 def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,
-              outcome: dict[str, list[str]], reads: FinishedReads | None = None) -> list[RunSpec]:
-    """Record the finished runs (skipped, or damaged: never trained again); return the others. A finished run
-    is read as `report` reads it, so a metrics.csv cut short is named here too (and kept in `reads`)."""
+              outcome: dict[str, list[str]], reads: FinishedReads | None = None,
+              ) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Record the finished runs (skipped, or damaged: never trained again); return the others, and the runs
+    skipped without a note (`_late_notes`). A finished run is read as `report` reads it, so a metrics.csv cut
+    short is named here too (and kept in `reads`)."""
     check_run_folders(results_dir, runs)
-    todo = []
+    todo, unnoted = [], []
     for spec in runs:
         folder = run_dir(results_dir, spec)
         state, damage = checked_state(folder, reads)
         if state == "damaged":
             _record(spec, "damaged", reporter, outcome, error=damage)
         elif state == "done":
-            _record(spec, "skipped", reporter, outcome, error=_plan_note(spec, data_dir, folder))
+            note = _plan_note(spec, data_dir, folder)
+            _record(spec, "skipped", reporter, outcome, error=note)
+            if note is None:
+                unnoted.append(spec)
         else:
             todo.append(spec)
-    return todo
+    return todo, unnoted
+
+
+def _late_notes(skipped: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter) -> None:
+    """A line for each run skipped without a note that has one once the sweep built its task's cache: one
+    trained on other data than the cache now holds, where no cache was built when it was skipped (a
+    preprocessed folder deleted, a case replaced since: said only by the next sweep)."""
+    for spec in skipped:
+        note = _plan_note(spec, data_dir, run_dir(results_dir, spec))
+        if note is not None:
+            reporter.say(f"{spec.task}/{spec.run_id} (skipped, already done): {note}")
 
 
 def refuse_unresumable_runs(runs: list[RunSpec], results_dir: Path, data_dir: Path,

@@ -834,3 +834,27 @@ def test_a_jobs_worker_is_told_the_checkpoint_the_sweep_checked(
     argv = ["--spec", json.dumps(started.to_dict()), "--results-dir", str(tmp_path), "--data-dir",
             str(tmp_path), "--checked", "1:2:3:4:5"]
     assert worker.main(argv) == worker.EXIT_SKIPPED and passed == [(1, 2, 3, 4, 5)]
+
+
+def test_a_finished_runs_note_that_the_built_cache_gives_is_said_after_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A task's preprocessed folder deleted and a case replaced: the finished run was skipped without a word
+    (no cache to compare its data with), the cache rebuilt from the new data, and only the next sweep said
+    the run had trained on other data."""
+    from tests.conftest import fake_finished_run
+
+    results = tmp_path / "results"
+    fake_finished_run(results, 0)
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=0)
+    note = "trained on other data than the task's cache now holds (data a, now b): ..."
+    built: list[bool] = []
+    monkeypatch.setattr(local, "_plan_note", lambda spec, data_dir, folder: note if built else None)
+    for step in ("plan_tasks", "check_cache_memory", "check_evaluation_memory"):
+        monkeypatch.setattr(local, step, lambda *args, **kwargs: {})
+    monkeypatch.setattr(local, "check_runs", lambda *args: None)
+    monkeypatch.setattr(local, "prepare_tasks", lambda *args: built.append(True) or {})
+    outcome = local.run_sweep([spec], results, tmp_path / "data", PlainReporter())
+    assert outcome["skipped"] == [spec.run_id]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.index(f"T/{spec.run_id} (skipped, already done): {note}") > next(
+        i for i, line in enumerate(lines) if "already done" in line and spec.run_id in line)
