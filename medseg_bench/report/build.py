@@ -92,6 +92,7 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                 "device": summary.get("cost", {}).get("device"), "gpu": env.get("gpu"),
                 "cpu": env.get("cpu"), "cpu_capability": env.get("cpu_capability"),
                 "isa_limits": _object_or_none(env, "isa_limits") or {},
+                "torch_threads": env.get("torch_threads"),
                 "metric_settings": settings, "data": data,
             }
             seen = conventions.setdefault(row["task"], [])

@@ -125,12 +125,16 @@ def test_provenance_names_each_runs_gpu_or_else_its_cpu(fake_results: Path, tmp_
     env_file = sorted(results.glob("*/*/env.json"))[0]
     env = json.loads(env_file.read_text())
     env.update(gpu=None, cpu="AMD EPYC (cpu family 25, model 17)", cpu_capability="AVX512",
-               isa_limits={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+               isa_limits={"ONEDNN_MAX_CPU_ISA": "AVX2"}, torch_threads=2)
     env_file.write_text(json.dumps(env))
     page = render(build_report(results), "html", {})
     assert page.count("NVIDIA A100") == 9
     assert page.count("AMD EPYC (cpu family 25, model 17) AVX512 ONEDNN_MAX_CPU_ISA=AVX2") == 1
-    assert build_report(results).provenance["runs"][env_file.parent.name]["cpu_capability"] == "AVX512"
+    runs = build_report(results).provenance["runs"]
+    assert runs[env_file.parent.name]["cpu_capability"] == "AVX512"
+    # the threads change results in the last digits: recorded in env.json, left out of the report
+    assert runs[env_file.parent.name]["torch_threads"] == 2
+    assert {run["torch_threads"] for name, run in runs.items() if name != env_file.parent.name} == {None}
 
 
 def test_provenance_tells_runs_of_different_uncommitted_changes_apart(fake_results: Path,
