@@ -39,11 +39,15 @@ def _die_with_parent(parent: int, tie: bool, setup: Callable[..., object] | None
                      setup_args: tuple[object, ...] = ()) -> None:
     """Pool initializer. With `tie` (Linux), the kernel kills this worker as soon as the process that started
     it dies, kill -9 included: a killed command leaves no worker behind, blocked on a dead pipe or still
-    writing into a folder that the next command rebuilds."""
+    writing into a folder that the next command rebuilds. Ctrl-C (SIGINT to the terminal's process group) is
+    left to the parent, which stops the workers (`worker_pool`): each worker printed its own KeyboardInterrupt
+    traceback before the command's one-line error."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if tie:
         try:
             import ctypes
-            import signal
 
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # not Linux

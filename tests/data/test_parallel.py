@@ -32,6 +32,50 @@ def test_a_failed_item_stops_the_workers_and_the_pools_manager_thread() -> None:
     assert managers == []
 
 
+_INTERRUPTED = """
+import signal, sys, time
+from medseg_bench.data.parallel import worker_pool
+
+def square(x):
+    return x * x
+
+def late(*args):  # the parent stops its workers a second after Ctrl-C, not before they could print
+    time.sleep(1)
+    raise KeyboardInterrupt
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, late)  # not the workers': a spawned process starts with Python's own
+    try:
+        with worker_pool(2) as pool:
+            assert list(pool.map(square, range(4))) == [0, 1, 4, 9]  # both workers started, now idle
+            print("started", flush=True)
+            time.sleep(60)  # the parent's own work: the next stage
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_leaves_the_message_to_the_parent(tmp_path: Path) -> None:
+    # Ctrl-C (SIGINT to the process group) while the cache was built: each worker printed a KeyboardInterrupt
+    # traceback before the sweep's one line.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED)
+    root = str(Path(__file__).resolve().parents[2])
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, env=os.environ | {"PYTHONPATH": root})
+    assert process.stdout is not None and process.stdout.readline().strip() == "started"
+    time.sleep(1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr == "error: interrupted\n", stderr
+
+
 def _alone(folder_and_item: tuple[str, int]) -> int:
     """How many items were being worked on at once while this one ran (marker files in a folder)."""
     import time
