@@ -192,7 +192,8 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         check_cache_memory(todo, planned, data_dir)
         check_evaluation_memory(todo, planned, data_dir)
         prepared = prepare_tasks(todo, data_dir, reporter.say)  # here, before any run (or worker) reads them
-        _late_notes(unnoted, results_dir, data_dir, reporter)
+        built = {task for task, _ in prepared}  # a task with runs to train: its cache may be new
+        _late_notes([spec for spec in unnoted if spec.task in built], results_dir, data_dir, reporter)
         if jobs <= 1:
             _sequential(todo, results_dir, reporter, prepared, fail_fast, num_workers, outcome, checked)
         else:

@@ -852,9 +852,12 @@ def test_a_finished_runs_note_that_the_built_cache_gives_is_said_after_the_build
     for step in ("plan_tasks", "check_cache_memory", "check_evaluation_memory"):
         monkeypatch.setattr(local, step, lambda *args, **kwargs: {})
     monkeypatch.setattr(local, "check_runs", lambda *args: None)
-    monkeypatch.setattr(local, "prepare_tasks", lambda *args: built.append(True) or {})
-    outcome = local.run_sweep([spec], results, tmp_path / "data", PlainReporter())
-    assert outcome["skipped"] == [spec.run_id]
+    pending = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=1)
+    monkeypatch.setattr(local, "prepare_tasks", lambda *args: built.append(True) or {("T", 5): None})
+    trained: list[list[RunSpec]] = []
+    monkeypatch.setattr(local, "_sequential", lambda todo, *args: trained.append(todo))
+    outcome = local.run_sweep([spec, pending], results, tmp_path / "data", PlainReporter())
+    assert outcome["skipped"] == [spec.run_id] and trained == [[pending]]
     lines = capsys.readouterr().out.splitlines()
     assert lines.index(f"T/{spec.run_id} (skipped, already done): {note}") > next(
         i for i, line in enumerate(lines) if "already done" in line and spec.run_id in line)
