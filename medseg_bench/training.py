@@ -208,6 +208,7 @@ class _ProgressCallback(pl.Callback):
         self.epochs_trained = 0  # by this attempt
         self._start = 0.0
         self._epoch_open = False
+        self._pending: tuple[int, float, float] | None = None  # an ended epoch not said: epoch, loss, dice
         self._attempt_start = time.perf_counter()
 
     def start_attempt(self) -> float:
@@ -216,7 +217,8 @@ class _ProgressCallback(pl.Callback):
         return self._attempt_start
 
     def state_dict(self) -> dict[str, Any]:
-        # Saved at the end of an epoch's validation, before on_train_epoch_end: that epoch is still open.
+        # Saved after on_train_epoch_end (Lightning runs checkpoint callbacks last), or at the end of an
+        # epoch's validation, before it, where that epoch is still open.
         now = time.perf_counter()
         current = [now - self._start] if self._epoch_open else []
         return {"epoch_times_s": [*self.epoch_times_s, *current],
@@ -233,6 +235,7 @@ class _ProgressCallback(pl.Callback):
                      self.start_epoch + 1, self.epochs)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._report()
         self._start = time.perf_counter()
         self._epoch_open = True
 
@@ -248,8 +251,20 @@ class _ProgressCallback(pl.Callback):
         metrics = trainer.callback_metrics
         loss = float(metrics.get("train_loss", float("nan")))
         dice = float(metrics.get("val_dice", float("nan")))
-        if self.reporter is not None:
-            self.reporter.epoch_end(self.run_id, trainer.current_epoch + 1, self.epochs, loss, dice)
+        # Said once the epoch's checkpoint is written: Lightning runs checkpoint callbacks after the others,
+        # so a line said here named an epoch that a kill in the next half second took back (resumed before
+        # it).
+        self._pending = (trainer.current_epoch + 1, loss, dice)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        """Say the epoch that ended last, now that its checkpoint is on disk (the next epoch starts, or
+        training ends); a run that fails writing it says nothing of it."""
+        if self._pending is not None and self.reporter is not None:
+            self.reporter.epoch_end(self.run_id, self._pending[0], self.epochs, *self._pending[1:])
+        self._pending = None
 
 
 @dataclass

@@ -82,6 +82,25 @@ def test_a_run_finished_training_but_not_evaluation_keeps_its_log_and_cost(prepa
     assert first.resumed_at_epoch is None and again.resumed_at_epoch == 3  # resumed after its 2 epochs
 
 
+class _CheckpointAtEachLine:
+    """A reporter that notes, as each epoch's line is said, which epoch `last.ckpt` holds then."""
+
+    def __init__(self, last: Path) -> None:
+        self.last, self.seen = last, []  # type: ignore[var-annotated]
+
+    def epoch_end(self, run_id: str, epoch: int, epochs: int, train_loss: float, val_dice: float) -> None:
+        held = torch.load(self.last, weights_only=True)["epoch"] + 1 if self.last.is_file() else None
+        self.seen.append((epoch, held))
+
+
+def test_an_epochs_line_is_said_once_its_checkpoint_is_written(prepared, tmp_path: Path) -> None:
+    # The line was said before Lightning's checkpoint callbacks wrote the epoch: a kill right after it
+    # resumed the run an epoch before the one it said was done.
+    reporter = _CheckpointAtEachLine(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    train(_spec(epochs=3, iters_per_epoch=1), prepared, tmp_path / "run", reporter=reporter)
+    assert reporter.seen == [(1, 1), (2, 2), (3, 3)]
+
+
 def test_dynunet_trains_with_deep_supervision(prepared, tmp_path: Path) -> None:
     # 32^3 at 1 mm: three poolings, so one extra head at 1/2 resolution besides the output (nnU-Net's rule).
     spec = _spec(arch="dynunet", patch_size=(32, 32, 32), epochs=1, class_weights=(0.5, 1.0, 2.0))

@@ -758,8 +758,8 @@ def test_an_ensemble_takes_runs_trained_on_images_stored_one_way(run_folder, hom
 
 
 class _StopAtEndOfEpoch:
-    """A sweep's reporter that interrupts its run, as Ctrl-C would, as epoch `epoch` (1-based) ends: before
-    that epoch's checkpoint (Lightning's checkpoint callbacks run after the others), after the one before."""
+    """A sweep's reporter that interrupts its run, as Ctrl-C would, as epoch `epoch` (1-based) is said to have
+    ended: after that epoch's checkpoint, as the next epoch starts."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -779,7 +779,7 @@ def test_an_unfinished_run_is_refused_unless_allowed_and_then_named(run_folder, 
     spec = RunSpec(task=TASK, dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=2, epochs=3,
                    iters_per_epoch=1, batch_size=2, patch_size=(16, 16, 16))
     with pytest.raises((KeyboardInterrupt, SystemExit)):  # Lightning may turn Ctrl-C into exit(1)
-        run_one(spec, prepared, tmp_path / "results", reporter=_StopAtEndOfEpoch(2))
+        run_one(spec, prepared, tmp_path / "results", reporter=_StopAtEndOfEpoch(1))
     folder = tmp_path / "results" / TASK / spec.run_id
     assert run_state(folder) == "partial" and (folder / "checkpoints" / "last.ckpt").is_file()
     images = tmp_path / "images"
