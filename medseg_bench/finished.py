@@ -4,6 +4,7 @@ reads them. A finished run that lost or damaged a file since is never trained ag
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 import os
@@ -192,7 +193,7 @@ def read_finished_run(folder: Path):
         # missing cell (pandas' default reading made every run that scored one damaged); scores as pandas
         # reads numbers (`nan`, `NA`, ... missing).
         names = {"case": [""], "label": [""]}
-        numbers = {column: NA_TEXTS for column in pd.read_csv(path, nrows=0).columns if column not in names}
+        numbers = {column: NA_TEXTS for column in _header(path) if column not in names}
         frame = pd.read_csv(path, dtype={"case": str, "label": str}, keep_default_na=False,
                             na_values=numbers | names)
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
@@ -218,6 +219,13 @@ def read_finished_run(folder: Path):
     if problem:
         raise _corrupt(path, problem)
     return spec, summary, frame
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of the CSV `path`, as pandas reads them (its first line; none for an empty file, which
+    pandas refuses next): read alone, not through pandas, which costs a read of its own."""
+    with open(path, newline="", encoding="utf-8-sig") as file:  # a BOM, as pandas, dropped
+        return next(csv.reader(file), [])
 
 
 def _as_written(frame: Any, num_cases: int, labels: list[str]) -> bool:
