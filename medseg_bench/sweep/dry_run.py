@@ -14,6 +14,7 @@ from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
 from medseg_bench.spec import RunSpec, TaskSpec
+from medseg_bench.sweep.worker import skip_note
 
 if TYPE_CHECKING:
     from medseg_bench.data.plan import Plan
@@ -400,6 +401,9 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launch
         if state == "running":  # the sweep leaves it to the process that holds it
             running.add(spec)
         lines.append(f"{state:8s} {spec.task}/{spec.run_id}  {settings_text(spec)}")
+        note = skip_note(spec, data_dir, folder) if state == "done" else None
+        if note:  # as the sweep's skip line says it: a plan or the data changed since the run trained
+            lines.append(f"{'':8s} {note}")
     runs_word = "run" if len(runs) == 1 else "runs"
     lines.append(f"{len(runs)} {runs_word}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     kept = set(_refused([spec for spec in todo if spec not in running], results_dir, data_dir, out,

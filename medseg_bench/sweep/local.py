@@ -6,7 +6,6 @@ With GPUs each worker sees one GPU (CUDA_VISIBLE_DEVICES); on a CPU the cores ar
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -40,11 +39,10 @@ from medseg_bench.sweep.worker import (
     EXIT_SKIPPED,
     LAST_CHECKPOINT,
     CheckpointStamp,
-    data_changed_since,
     failure_message,
-    plan_changed_since,
     refuse_unresumable,
     run_one,
+    skip_note,
     stamp_argument,
 )
 
@@ -232,7 +230,7 @@ def _finished(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
         if state == "damaged":
             _record(spec, "damaged", reporter, outcome, error=damage)
         elif state == "done":
-            note = _plan_note(spec, data_dir, folder)
+            note = skip_note(spec, data_dir, folder)
             _record(spec, "skipped", reporter, outcome, error=note)
             if note is None:
                 unnoted.append(spec)
@@ -246,7 +244,7 @@ def _late_notes(skipped: list[RunSpec], results_dir: Path, data_dir: Path, repor
     trained on other data than the cache now holds, where no cache was built when it was skipped (a
     preprocessed folder deleted, a case replaced since: said only by the next sweep)."""
     for spec in skipped:
-        note = _plan_note(spec, data_dir, run_dir(results_dir, spec))
+        note = skip_note(spec, data_dir, run_dir(results_dir, spec))
         if note is not None:
             reporter.say(f"{spec.task}/{spec.run_id} (skipped, already done): {note}")
 
@@ -299,29 +297,6 @@ def _record(spec: RunSpec, kind: str, reporter: PlainReporter, outcome: dict[str
         reporter.skip(spec.run_id, f"finished, but damaged: {error}")
     else:
         reporter.run_end(spec.run_id, summary, error)
-
-
-def _plan_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
-    """plan_changed_since, against the task's current plan.json (read, not made: a skip builds nothing), or
-    else data_changed_since, against the cache of that plan where it is built."""
-    path = data_dir / "preprocessed" / spec.task / "plan.json"
-    plan = _current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
-    note = plan_changed_since(spec, plan, folder)
-    if note is None and plan is not None:
-        note = data_changed_since(folder, path.parent / plan.preprocessing_hash)
-    return note
-
-
-@functools.lru_cache(maxsize=16)
-def _current_plan(path: Path, mtime_ns: int) -> Any:
-    """The plan in `path`, parsed once per version of the file (a sweep of finished runs skips hundreds)."""
-    from medseg_bench.data.plan import read_plan
-    from medseg_bench.errors import DataError
-
-    try:
-        return read_plan(path)
-    except DataError:
-        return None
 
 
 def check_runs(runs: list[RunSpec], prepared_for: Callable[[RunSpec], Any]) -> None:

@@ -306,6 +306,30 @@ def data_changed_since(folder: Path, cache_dir: Path) -> str | None:
             "--results-dir to train it on this data")
 
 
+def skip_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
+    """What a skipped finished run in `folder` is said with: `plan_changed_since`, against the task's current
+    plan.json (read, not made: a skip builds nothing), or else `data_changed_since`, against the cache of that
+    plan where it is built; None where neither has a note. The sweep's skip line and its dry run's."""
+    path = data_dir / "preprocessed" / spec.task / "plan.json"
+    plan = _current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
+    note = plan_changed_since(spec, plan, folder)
+    if note is None and plan is not None:
+        note = data_changed_since(folder, path.parent / plan.preprocessing_hash)
+    return note
+
+
+@functools.lru_cache(maxsize=16)
+def _current_plan(path: Path, mtime_ns: int) -> Any:
+    """The plan in `path`, parsed once per version of the file (a sweep of finished runs skips hundreds)."""
+    from medseg_bench.data.plan import read_plan
+    from medseg_bench.errors import DataError
+
+    try:
+        return read_plan(path)
+    except DataError:
+        return None
+
+
 def _not_resumed(folder: Path, problem: str) -> Outcome:
     """Record that the interrupted run in `folder` (its lock held) is not resumed, and why: failed."""
     write_status(folder, "failed", error=problem)

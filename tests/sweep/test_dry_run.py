@@ -525,3 +525,27 @@ def _prepared_synth(home: Path, tmp_path: Path) -> Path:
                progress=False)
     preprocess.prepare_task(task, data, num_folds=3, workers=1)
     return data
+
+
+def test_the_dry_run_says_what_the_sweep_says_of_a_finished_run_trained_on_another_plan(
+        home: Path, tmp_path: Path) -> None:
+    # The sweep's skip line says a finished run trained with a patch or batch the plan no longer gives (it is
+    # kept, not trained again); its dry run listed the run as `done` without a word.
+    from medseg_bench.data.plan import read_plan
+
+    data = _prepared_synth(home, tmp_path)
+    spec = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3)
+    folder = run_dir(tmp_path / "results", spec)
+    _finish(folder, per_epoch_s=1.0, eval_s=1.0, spec=spec)
+    plan = read_plan(data / "preprocessed" / "Task90_Synth" / "plan.json")
+    trained = plan.to_dict()  # what run.py records in summary.json
+    summary = json.loads((folder / "summary.json").read_text())
+    write_json_atomic(folder / "summary.json", summary | {"plan": trained})
+    lines = dry_run_lines([spec], tmp_path / "results", data).lines
+    assert lines[0].startswith(f"done     Task90_Synth/{spec.run_id}") and lines[1].startswith("1 run: ")
+    write_json_atomic(folder / "summary.json", summary | {"plan": trained | {"batch_3d": plan.batch_3d + 1}})
+    lines = dry_run_lines([spec], tmp_path / "results", data).lines
+    assert lines[1] == " " * 9 + (
+        f"trained with patch {'x'.join(map(str, plan.patch_3d))}, batch {plan.batch_3d + 1}; the plan now "
+        f"says {'x'.join(map(str, plan.patch_3d))}, batch {plan.batch_3d}: --patch-size/--batch-size train "
+        "those as runs of their own")

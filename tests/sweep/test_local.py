@@ -848,7 +848,7 @@ def test_a_finished_runs_note_that_the_built_cache_gives_is_said_after_the_build
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=0)
     note = "trained on other data than the task's cache now holds (data a, now b): ..."
     built: list[bool] = []
-    monkeypatch.setattr(local, "_plan_note", lambda spec, data_dir, folder: note if built else None)
+    monkeypatch.setattr(local, "skip_note", lambda spec, data_dir, folder: note if built else None)
     for step in ("plan_tasks", "check_cache_memory", "check_evaluation_memory"):
         monkeypatch.setattr(local, step, lambda *args, **kwargs: {})
     monkeypatch.setattr(local, "check_runs", lambda *args: None)
