@@ -137,6 +137,9 @@ def _check_destination(archive: Path, inside: str, member: tarfile.TarInfo) -> N
     if os.path.commonpath([os.path.realpath(path), inside]) != inside:
         raise FetchError(f"{archive}: unsafe archive entry '{member.name}' (written through a link pointing "
                          "outside)")
+    if member.isreg() and os.path.islink(path):  # tarfile opens the link and writes into what it points to
+        raise FetchError(f"{archive}: entry '{member.name}' cannot be extracted (the archive holds a link of "
+                         "that name before it, which it would be written through, over another file)")
     if member.issym() or member.islnk():
         target = os.path.join(os.path.dirname(path) if member.issym() else inside, member.linkname)
         if os.path.commonpath([os.path.realpath(target), inside]) != inside:

@@ -4,6 +4,7 @@ retried, md5-verified before it is kept.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import re
@@ -67,9 +68,14 @@ def download(
     since, the server sends all of it and the download starts over instead of splicing two files.
     """
     if dest.is_file():
-        if md5_of(dest) == md5:
+        actual = md5_of(dest)
+        if actual == md5:
             return dest
-        dest.unlink()
+        _keep(dest, actual)  # verified for another --md5 before: kept, as one that did not match is
+    kept = _kept_name(dest, md5)
+    if kept.is_file() and md5_of(kept) == md5:  # a download that did not match the md5 asked for then
+        kept.replace(dest)
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last_error = ""
@@ -82,10 +88,15 @@ def download(
                 raise
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:  # urllib's loop check
+                limit = _HttpOnlyRedirects.max_redirections
+                raise FetchError(f"{url}: the server redirects in a loop (back to a URL it redirected from, "
+                                 f"or more than {limit} times)") from None
             reason = getattr(exc, "reason", None) or exc
             last_error = (
                 f"no data from the server for {timeout_s:g} s (timed out)"
                 if isinstance(reason, TimeoutError)
+                else f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError)
                 else f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException)
                 else str(reason)
             )
@@ -96,10 +107,29 @@ def download(
     _validator_file(part).unlink(missing_ok=True)
     actual = md5_of(part)
     if actual != md5:
-        part.unlink()
-        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); the download was discarded")
+        kept = _keep(part, actual)
+        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); the download is kept as "
+                         f"{kept}: if it is the archive you meant, rerun with --md5 {actual}, which uses it "
+                         "(not downloaded again); else delete it")
     part.replace(dest)
     return dest
+
+
+def _kept_name(dest: Path, md5: str) -> Path:
+    """Where a whole download of `dest` whose md5 is `md5` is kept when another md5 was asked for."""
+    return dest.with_name(f"{dest.name}.md5-{md5}")
+
+
+def _keep(path: Path, md5: str) -> Path:
+    """Keep the whole download `path` (of md5 `md5`) under `_kept_name`, for a fetch that asks for its md5
+    (a mistyped --md5 discarded a 7 GB download, and the rerun with the right one downloaded it again); one
+    such file per archive, the latest: the others are removed."""
+    kept = _kept_name(path.with_suffix("") if path.suffix == ".part" else path, md5)
+    for other in kept.parent.glob(f"{glob.escape(kept.name.rsplit('.md5-', 1)[0])}.md5-*"):
+        if other != kept:
+            other.unlink(missing_ok=True)
+    path.replace(kept)
+    return kept
 
 
 def _validator_file(part: Path) -> Path:
@@ -137,6 +167,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
     with response:
         fresh = not (have and response.status == 206)
         if not fresh:
+            _check_same_file(url, part, response.headers)
             start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
             if start is None or int(start.group(1)) != have:  # none: where its bytes start is not known
                 part.unlink()
@@ -166,6 +197,20 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
                 advance(len(chunk))
         if length is not None and received < length:
             raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+
+
+def _check_same_file(url: str, part: Path, headers: http.client.HTTPMessage) -> None:
+    """FetchError, the part file removed to start over, when a resumed reply names another version of the file
+    than the part began with (its validator, `If-Range`'s): a server that ignores If-Range sent the rest of
+    the new file, spliced onto the old one's start, which only the md5 check found, a whole download later."""
+    saved = _validator_file(part)
+    then = saved.read_text().strip() if saved.is_file() else None
+    now = _validator(headers)
+    if then and now and now != then:
+        part.unlink()
+        saved.unlink(missing_ok=True)
+        raise FetchError(f"{url}: the file on the server changed since the download began ({then}, now "
+                         f"{now}); starting over")
 
 
 def _content_length(headers: http.client.HTTPMessage) -> int | None:

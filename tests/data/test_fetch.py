@@ -161,7 +161,9 @@ def test_wrong_md5_leaves_nothing_marked(server, hippo_subset: Path, tmp_path: P
         fetch_task(get_task("Task04_Hippocampus"), data, f"{url}/t.tar", "0" * 32, progress=False)
     assert not (data / "Task04_Hippocampus").exists()
     assert not list(data.rglob(MARKER))
-    assert not list((data / ".downloads").iterdir())
+    # the download is kept under its own md5, not as the archive asked for
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    assert [p.name for p in (data / ".downloads").iterdir()] == [f"Task04_Hippocampus.tar.md5-{md5}"]
 
 
 def test_mirror_env_is_used_and_catalog_md5_checked(server, hippo_subset: Path, tmp_path: Path) -> None:
@@ -295,6 +297,78 @@ def test_http_500_then_success(server, tmp_path: Path) -> None:
         f"{url}/blob", tmp_path / "b.tar", hashlib.md5(handler.payload).hexdigest(), progress=False
     )
     assert dest.read_bytes() == handler.payload and len(handler.requests) == 3
+
+
+def test_a_download_that_fails_its_md5_is_kept_for_the_md5_it_has(server, tmp_path: Path) -> None:
+    """A mistyped --md5 discarded the whole download (7 GB for Task01), and the rerun with the right one
+    downloaded it again; an archive verified for one md5 was deleted when a fetch asked for another."""
+    url, handler = server
+    handler.payload = b"x" * 1000
+    right, dest = hashlib.md5(handler.payload).hexdigest(), tmp_path / "b.tar"
+    kept = tmp_path / f"b.tar.md5-{right}"
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", dest, "0" * 32, progress=False)
+    assert str(info.value) == (f"{url}/blob: md5 mismatch (expected {'0' * 32}, got {right}); the download "
+                               f"is kept as {kept}: if it is the archive you meant, rerun with --md5 "
+                               f"{right}, which uses it (not downloaded again); else delete it")
+    assert kept.read_bytes() == handler.payload and not dest.exists()
+    assert download(f"{url}/blob", dest, right, progress=False).read_bytes() == handler.payload
+    assert len(handler.requests) == 1 and not kept.exists()  # not downloaded again
+    with pytest.raises(FetchError, match="md5 mismatch"):  # the kept archive asked for with another md5
+        download(f"{url}/blob", dest, "1" * 32, progress=False)
+    assert len(handler.requests) == 2 and [p.name for p in tmp_path.iterdir()] == [kept.name]  # one kept
+    assert download(f"{url}/blob", dest, right, progress=False).read_bytes() == handler.payload
+    assert len(handler.requests) == 2
+
+
+def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> None:
+    # urllib's loop error was retried 4 times and quoted as three lines, ending "rerun to resume".
+    url, handler = server
+
+    def loop(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = loop
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == (f"{url}/blob: the server redirects in a loop (back to a URL it redirected "
+                               "from, or more than 10 times)")
+    assert len(handler.requests) <= 10
+
+
+def test_a_server_error_names_its_status(server, tmp_path: Path) -> None:
+    url, handler = server
+    handler.fail_first = 10
+    with pytest.raises(FetchError, match=r"download failed after 2 attempts \(HTTP 500 Internal Server "
+                                         r"Error\); rerun to resume$"):
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False, attempts=2)
+
+
+def test_a_resumed_reply_of_another_version_of_the_file_starts_over(server, tmp_path: Path) -> None:
+    """A server that ignores If-Range sent the rest of a changed file as a 206, spliced onto the old one's
+    start: only the md5 check found it, a whole download later. Its ETag tells it apart at once."""
+    url, handler = server
+    old, new = b"a" * 1000, b"b" * 1000
+    handler.payload, handler.etag, handler.drop_after = old, '"v1"', 400
+    md5_new = hashlib.md5(new).hexdigest()
+    with pytest.raises(FetchError, match="rerun to resume"):
+        download(f"{url}/blob", tmp_path / "b.tar", md5_new, timeout_s=5, progress=False, attempts=1)
+    handler.payload, handler.etag = new, '"v2"'
+    sent = handler.do_GET
+
+    def ignores_if_range(self) -> None:
+        if self.headers.get("If-Range"):
+            del self.headers["If-Range"]
+            self.headers["If-Range"] = '"v2"'
+        sent(self)
+
+    handler.do_GET = ignores_if_range
+    dest = download(f"{url}/blob", tmp_path / "b.tar", md5_new, timeout_s=5, progress=False)
+    assert dest.read_bytes() == new and handler.requests[1:] == ["bytes=400-", None]
 
 
 def test_local_folder_and_local_tar(hippo_subset: Path, tmp_path: Path) -> None:
@@ -574,15 +648,23 @@ def test_bad_sources_are_one_line_errors(kind: str, error: type[Exception], mess
     assert not (hippo_subset / "data").exists()
 
 
+def _tar_with_link(task: Path, archive: Path, name: str, target: str, then: bytes | None = None) -> str:
+    """Write `archive`: the task folder, then a link `name` (in it) to `target`, then, with `then`, a file
+    of the link's name holding it; returns its md5."""
+    with tarfile.open(archive, "w") as tar:
+        tar.add(task, arcname="Task04_Hippocampus")
+        info = tarfile.TarInfo(f"Task04_Hippocampus/{name}")
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar.addfile(info)
+        if then is not None:
+            _add_bytes(tar, f"Task04_Hippocampus/{name}", then)
+    return hashlib.md5(archive.read_bytes()).hexdigest()
+
+
 def test_a_link_that_stays_inside_the_task_is_extracted(hippo_subset: Path, tmp_path: Path,
                                                          tar_filters: str) -> None:
     archive = tmp_path / "t.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(hippo_subset, arcname="Task04_Hippocampus")
-        info = tarfile.TarInfo("Task04_Hippocampus/imagesTs/alias.nii.gz")
-        info.type, info.linkname = tarfile.SYMTYPE, "../imagesTr/hippocampus_001.nii.gz"
-        tar.addfile(info)
-    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    md5 = _tar_with_link(hippo_subset, archive, "imagesTs/alias.nii.gz", "../imagesTr/hippocampus_001.nii.gz")
     fetch_task(get_task("Task04_Hippocampus"), tmp_path / "data", str(archive), md5, progress=False)
     alias = tmp_path / "data" / "Task04_Hippocampus" / "imagesTs" / "alias.nii.gz"
     assert alias.is_symlink() and alias.read_bytes()[:2] == b"\x1f\x8b"
@@ -919,6 +1001,19 @@ def test_a_path_through_links_that_lead_out_later_is_refused(tmp_path: Path, tar
                                          r"\(written through a link pointing outside\)$"):
         fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
     assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_a_file_entry_after_a_link_of_its_name_is_refused(hippo_subset: Path, tmp_path: Path,
+                                                          tar_filters: str) -> None:
+    """A link `imagesTr/zz.nii.gz -> ../dataset.json`, then a file of that name: tarfile wrote the file
+    through the link, over dataset.json, and fetch blamed the archive's dataset.json, which is intact."""
+    archive = tmp_path / "dup.tar"
+    md5 = _tar_with_link(hippo_subset, archive, "imagesTr/zz.nii.gz", "../dataset.json", then=b"overwritten!")
+    data = tmp_path / "data"
+    with pytest.raises(FetchError, match=r"dup.tar: entry 'Task04_Hippocampus/imagesTr/zz.nii.gz' cannot be "
+                                         r"extracted \(the archive holds a link of that name before it, "):
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]  # staging removed
 
 
 def test_extracted_entries_are_the_owners_without_setuid_bits(hippo_subset: Path, tmp_path: Path,
