@@ -37,11 +37,24 @@ def one_line(text: str) -> str:
     return printable(" ".join(text.splitlines()))
 
 
-def _md_text(text: str, cell: bool = True) -> str:
+def _md_text(text: str, cell: bool = True, names: bool = True) -> str:
     """Text for markdown: one line; a `<` that could open an HTML tag escaped (markdown passes HTML through to
-    the page it renders); in a table, `|` escaped."""
-    text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", one_line(text))
+    the page it renders); in a table, `|` escaped. `names` (headings, captions, cells: names from task files
+    and run folders among them, never markup of the report's own): what else markdown would render as markup
+    is escaped too (`_md_names`); not in the notes, whose code spans are the report's."""
+    text = one_line(text)
+    text = _md_names(text) if names else text
+    text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)
     return text.replace("|", "\\|") if cell else text
+
+
+def _md_names(text: str) -> str:
+    """`text` shown as it is by markdown (GitHub's too): a backslash, `*`, a backtick, `$` (math), `&` (an
+    entity: `&amp;` showed `&`) and `~` escaped, `_` where it could open or close emphasis (not within a word:
+    `dice_ce` stays as it is), and `]` before `(` (a link: a label name put one in a published report)."""
+    text = re.sub(r"([\\*`$&~])", r"\\\1", text)
+    text = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
+    return text.replace("](", "\\](")
 
 
 def _md_cell(cell: Cell) -> str:
@@ -64,7 +77,8 @@ def to_markdown(report: Report) -> str:
     for section in sections(report):
         lines += ["#" * section.level + " " + _md_text(section.title, cell=False), ""]
         for item in section.items:
-            lines += [*(_md_table(item) if isinstance(item, Table) else [_md_text(item, cell=False)]), ""]
+            text = _md_table(item) if isinstance(item, Table) else [_md_text(item, cell=False, names=False)]
+            lines += [*text, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -121,6 +121,26 @@ def test_names_from_task_files_keep_every_table_whole(fake_results: Path, tmp_pa
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_markdown_shows_names_as_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label named `**bold** [l](http://x.y) `c` &amp; $x$_%` rendered on GitHub as bold text, a live link,
+    code, `&` and math: names are escaped; the report's own notes keep their code spans."""
+    from medseg_bench.report import formats
+    from medseg_bench.report.display import Cell, Section, Table
+
+    name = "**bold** [l](http://x.y) `c` &amp; $x$_% ~s~ a\\b dice_ce _e_"
+    escaped = r"\*\*bold\*\* [l\](http://x.y) \`c\` \&amp; \$x\$\_% \~s\~ a\\b dice_ce \_e\_"
+    assert formats._md_text(name) == escaped
+    interval = "0.873 ± 0.012 [0.851, 0.894]"
+    assert formats._md_text(interval) == interval  # numbers as they are
+    table = Table([f"Dice {name}"], [[Cell(name, best=True)]], ["l"], caption=name)
+    monkeypatch.setattr(formats, "sections",
+                        lambda report: [Section(name, 2, ["run `medseg-bench x`", table])])
+    markdown = formats.to_markdown(None)  # type: ignore[arg-type]
+    assert f"## {escaped}\n" in markdown and f"**{escaped}**\n" in markdown
+    assert f"| Dice {escaped} |" in markdown and f"| **{escaped}** |" in markdown
+    assert "\nrun `medseg-bench x`\n" in markdown
+
+
 def test_latex_escape_writes_every_special_character_as_one_that_prints() -> None:
     """`<`, `>` and `|` typed in LaTeX text print as ¡, ¿ and — (OT1 has no such glyphs); the ten characters
     LaTeX reads as commands are escaped; symbols of the report's own text are math."""
@@ -189,3 +209,19 @@ def test_latex_labels_stay_unique_when_captions_share_their_first_60_characters(
     labels = re.findall(r"\\label\{(.*?)\}", latex)
     slug = "tab:task90-" + "a" * 53
     assert labels == [slug, f"{slug}-2", f"{slug}-3"]
+
+
+def test_a_task_file_the_catalog_cannot_load_stops_the_report(fake_results: Path, tmp_path: Path) -> None:
+    """One bad file among the user's task files (of a task without runs) made every task's label names
+    missing: each table headed by label values, exit 0, without a word; `list tasks` stops on it."""
+    from medseg_bench.errors import UsageError
+    from tests.conftest import write_task_file
+
+    write_task_file(tmp_path / "home", "Task90_Alpha", labels={0: "background", 1: "edema", 2: "core"})
+    bad = tmp_path / "home" / "tasks" / "Task80_Bad.yaml"
+    bad.write_text("name: Task80_Bad\nlabels:\n  0: background\n")
+    with pytest.raises(UsageError, match=f"^{bad}: "):
+        build_report(fake_results)
+    bad.unlink()
+    assert build_report(fake_results).label_names == {"Task90_Alpha": {"0": "background", "1": "edema",
+                                                                       "2": "core"}}
