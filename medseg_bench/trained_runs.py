@@ -24,9 +24,12 @@ def run_folder_and_checkpoint(run_or_checkpoint: Path) -> tuple[Path, Path]:
     else:
         raise UsageError(f"{run_or_checkpoint}: no such run folder or checkpoint")
     if not (folder / "spec.json").is_file():
-        where = "in it: a run folder is RESULTS/TASK/RUN_ID" if run_or_checkpoint.is_dir() \
-            else "next to the checkpoint"
-        raise DataError(f"{folder}: not a run folder (no spec.json {where})")
+        if run_or_checkpoint.is_dir():
+            raise DataError(f"{folder}: not a run folder (no spec.json in it: a run folder is "
+                            "RESULTS/TASK/RUN_ID)")
+        # the file given, named: its folder alone was, as if the user had given that
+        raise DataError(f"{run_or_checkpoint}: not a run's checkpoint (no spec.json in {folder}: give a run "
+                        "folder, RESULTS/TASK/RUN_ID, or a checkpoint in its checkpoints/)")
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint missing ({_why_no_checkpoint(folder)})")
     return folder, checkpoint

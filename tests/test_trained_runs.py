@@ -38,8 +38,11 @@ def test_a_run_is_its_folder_or_a_checkpoint_in_it(tmp_path: Path) -> None:
                                         "RESULTS/TASK/RUN_ID\\)"):
         run_folder_and_checkpoint(tmp_path)  # a task folder given for a run folder: no checkpoint was given
     (tmp_path / "other.ckpt").write_bytes(b"")
-    with pytest.raises(DataError, match="not a run folder \\(no spec.json next to the checkpoint\\)"):
+    with pytest.raises(DataError) as info:  # its folder alone was named, as if given for a run folder
         run_folder_and_checkpoint(tmp_path / "other.ckpt")
+    assert str(info.value) == (f"{tmp_path / 'other.ckpt'}: not a run's checkpoint (no spec.json in "
+                               f"{tmp_path}: give a run folder, RESULTS/TASK/RUN_ID, or a checkpoint in its "
+                               "checkpoints/)")
 
 
 @pytest.mark.parametrize(("state", "why"), [

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # The most processes (or DataLoader workers) an option may ask for: far above any machine's cores; more is a
 # typo (`--workers 80000`: as many processes started, or a DataLoader's worker per batch)
 MAX_PROCESSES = 1024
+
+
+def print_coloured(text: str, colour: str) -> None:
+    """`text` on stderr, in `colour` unless NO_COLOR is set: click's `secho` ends a line with its reset code
+    on a terminal even without a colour, and takes no notice of NO_COLOR."""
+    import typer
+
+    from medseg_bench.settings import get_settings
+
+    if get_settings().no_color:
+        typer.echo(text, err=True)
+    else:
+        typer.secho(text, fg=colour, err=True)
+
+
+def check_folder(option: str, path: Path) -> None:
+    """UsageError "PATH: --OPTION is not a folder (a file)" (or "no such folder", or a broken link named as
+    such): a folder a command reads, given as an option, checked before any work."""
+    from medseg_bench.errors import UsageError
+    from medseg_bench.files import kind_of
+
+    if not path.is_dir():
+        what = kind_of(path) if path.exists() or path.is_symlink() else "no such folder"
+        raise UsageError(f"{path}: {option} is not a folder ({what})")
 
 
 def check_range(option: str, value: float | None, least: float, most: float | None = None) -> None:

@@ -10,7 +10,18 @@ import typer
 from typer.core import TyperGroup
 
 from medseg_bench import __version__, signals
-from medseg_bench.cli import evaluate, fetch, listing, plan, predict, report, status, sweep, validate
+from medseg_bench.cli import (
+    evaluate,
+    fetch,
+    listing,
+    plan,
+    predict,
+    print_coloured,
+    report,
+    status,
+    sweep,
+    validate,
+)
 from medseg_bench.errors import FileSystemError, Interrupted, MedsegError, OutOfMemory, one_line
 
 BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a program stopped by SIGPIPE
@@ -18,9 +29,7 @@ BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what a shell reports for a progr
 
 def print_error(message: str) -> None:
     """`error: MESSAGE` on stderr, in red unless NO_COLOR is set: how every command ends on an error."""
-    from medseg_bench.settings import get_settings
-
-    typer.secho(f"error: {message}", fg=None if get_settings().no_color else "red", err=True)
+    print_coloured(f"error: {message}", "red")
 
 
 class _Group(TyperGroup):

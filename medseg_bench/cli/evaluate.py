@@ -62,10 +62,13 @@ def evaluate(
 ) -> None:
     """Per case and label (then region): Dice, Jaccard, precision, recall, volume difference, HD, HD95, ASSD
     (mm), NSD; then the means."""
+    from medseg_bench.cli import check_folder
     from medseg_bench.errors import UsageError, one_line
     from medseg_bench.metrics import MetricSettings, evaluate_folders, summarize_cases
     from medseg_bench.metrics.evaluate import missing_predictions
 
+    check_folder("--pred", pred)  # a file given for either was "prediction folder not found", exit 3
+    check_folder("--ref", ref)
     if output is not None:
         from medseg_bench.report.formats import check_output_file
 

@@ -92,8 +92,6 @@ class _Image:
 
 
 def _images(folder: Path, task: Any) -> list[_Image]:
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: --images is not a folder")
     from medseg_bench.data.io import IMAGE_SUFFIXES, case_name, files_by_case, image_suffix, read_geometry
     from medseg_bench.data.nnunet_raw import channel_files, incomplete_channels
 
@@ -293,6 +291,7 @@ def predict(
     import numpy as np
     import torch
 
+    from medseg_bench.cli import check_folder
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.io import image_suffix, write_label, write_probabilities
     from medseg_bench.data.orient import ensemble_orientation
@@ -301,6 +300,7 @@ def predict(
     from medseg_bench.postprocess import apply_postprocessing, describe
 
     device = _check_device(device)
+    check_folder("--images", images)  # before a run is read
     _check_out_folder(images, out)
     loaded = [trained_runs.read_run(path, postprocess, allow_unfinished,
                                     lambda line: _echo(f"warning: {line}", err=True), data_dir)

@@ -36,7 +36,8 @@ def report(
         help="Write the report's figures (PNG) to this folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap confidence intervals.")] = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples per interval (100 to 1000000).")] = 5000,
-    confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    confidence: Annotated[float, typer.Option(
+        help="Confidence level of the intervals (between 0 and 1).")] = 0.95,
 ) -> None:
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
@@ -60,6 +61,12 @@ def report(
     check_range("--top", top, 1)
     check_range("--seed", seed, 0)
     check_range("--resamples", resamples, 100, 1_000_000)
+    if not 0 < confidence < 1:  # before the results are read, as every other value
+        raise UsageError(f"--confidence must be between 0 and 1 (0.95: 95 % intervals), not {confidence:g}")
+    from medseg_bench.metrics import METRICS
+
+    for name in [metric, *(comma_list("--metrics", metrics) or [])]:
+        METRICS.get(name)  # an unknown name: did-you-mean, exit 2 (it was "no finished runs" where none)
     if output is not None:
         check_output_file(output)  # before the report is built (bootstrap intervals can take a while)
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from medseg_bench.cli import print_coloured
+
 
 def status(
     results_dir: Annotated[Path, typer.Option(help="The sweep's results dir.")] = Path("results"),
@@ -101,5 +103,5 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
     try:
         return squeue_states(job_ids)
     except RunError as exc:
-        typer.secho(f"warning: {exc}: the SLURM state of queued runs is unknown", fg="yellow", err=True)
+        print_coloured(f"warning: {exc}: the SLURM state of queued runs is unknown", "yellow")
         return None

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medseg_bench.cli import print_coloured
 from medseg_bench.errors import UsageError
 
 
@@ -235,7 +236,7 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
                          "node of the cluster, or use the local launcher")
     check_writable(results_dir)
     # others who can write to it could run code as your jobs: refused, or a warning
-    check_private_results(results_dir, lambda line: typer.secho(line, fg="yellow", err=True))
+    check_private_results(results_dir, lambda line: print_coloured(line, "yellow"))
     check_run_folders(results_dir, runs)  # before the cache is built, as the local sweep does
 
     def prepare(todo: list[Any]) -> None:  # the caches of the runs left to submit, once it is known which

@@ -254,6 +254,7 @@ def test_error_lines_honour_no_color(home: Path, tmp_path: Path, no_color: str, 
                                       str(tmp_path)], color=True, env={"NO_COLOR": no_color})
     assert result.exit_code == 2
     assert ("\x1b[31m" in result.output) is red and "error: unknown task" in result.output
+    assert ("\x1b[" in result.output) is red  # not even click's reset code at the end of the line
 
 
 @pytest.mark.parametrize(("args", "message"), [

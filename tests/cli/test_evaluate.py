@@ -716,3 +716,24 @@ def test_label_maps_of_background_only_are_one_line_not_a_traceback(tmp_path):
     labelled = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--labels", "1")
     assert labelled.exit_code == 0, labelled.output
     assert pd.read_csv(io.StringIO(labelled.stdout))["label"].tolist() == [1, 1, 1]
+
+
+def test_a_pred_or_ref_that_is_no_folder_is_named_with_its_option(tmp_path: Path) -> None:
+    # A file given for --pred was "prediction folder not found", exit 3; predict's --images said it as here.
+    afile, folder = tmp_path / "afile", tmp_path / "folder"
+    afile.write_text("x")
+    folder.mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for args, line in (
+            (["--pred", str(afile), "--ref", str(folder)], f"{afile}: --pred is not a folder (a file)"),
+            (["--pred", str(folder), "--ref", str(tmp_path / "nope")],
+             f"{tmp_path / 'nope'}: --ref is not a folder (no such folder)"),
+            (["--pred", str(tmp_path / "dangling"), "--ref", str(folder)],
+             f"{tmp_path / 'dangling'}: --pred is not a folder (a link to {tmp_path / 'gone'}, which does "
+             "not exist)")):
+        result = runner.invoke(app, ["evaluate", *args])
+        assert result.exit_code == 2 and result.stderr == f"error: {line}\n", result.output
+    predicted = runner.invoke(app, ["predict", str(folder), "--images", str(afile), "--out",
+                                    str(tmp_path / "o")])
+    assert predicted.exit_code == 2
+    assert predicted.stderr == f"error: {afile}: --images is not a folder (a file)\n"

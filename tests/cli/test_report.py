@@ -298,6 +298,20 @@ def test_bad_input_is_one_line_and_an_exit_code(results: Path, args: list[str], 
     assert message in result.output and result.output.count("\n") == 1
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--metric", "dicee"], "unknown metric 'dicee'; did you mean 'dice'?"),
+    (["--metrics", "dice,foo"], "unknown metric 'foo'"),
+    (["--confidence", "1.5"], "--confidence must be between 0 and 1 (0.95: 95 % intervals), not 1.5"),
+    (["--confidence", "nan"], "--confidence must be between 0 and 1 (0.95: 95 % intervals), not nan"),
+])
+def test_a_bad_value_is_named_before_the_results_are_read(tmp_path: Path, args: list[str],
+                                                          message: str) -> None:
+    # They were checked once the results were read: an empty results dir said "no finished runs here", exit 6.
+    result = invoke("--results-dir", str(tmp_path), *args)
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+    assert result.output.count("\n") == 1
+
+
 def test_no_results(tmp_path: Path) -> None:
     result = invoke("--results-dir", str(tmp_path))
     assert result.exit_code == 6 and result.output == f"error: {tmp_path}: no finished runs here\n"
