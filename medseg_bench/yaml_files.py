@@ -15,7 +15,7 @@ def load_unique(text: str) -> Any:
     """`yaml.safe_load`, refusing a mapping that gives a key twice (YAML would keep the last, silently:
     a task file's `imaging: MRI` then `imaging: CT` would change its normalisation without a word), and a
     document of more than `MAX_VALUES` values, aliases followed ("billion laughs").
-    Raises `yaml.YAMLError` (a `ConstructorError` naming the key and its line)."""
+    Raises `yaml.YAMLError` (a `ConstructorError` naming the key and its line), or `TooManyValues`."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -38,17 +38,20 @@ def load_unique(text: str) -> Any:
     return data
 
 
-def _check_size(data: Any) -> None:
-    """`yaml.YAMLError` when `data` holds more than `MAX_VALUES` values, counting a list or mapping reached
-    through several aliases each time (PyYAML shares it, so loading was quick; reading it was not)."""
-    import yaml
+class TooManyValues(Exception):
+    """A YAML document past `MAX_VALUES` values: valid YAML, but no task or sweep file."""
 
+
+def _check_size(data: Any) -> None:
+    """`TooManyValues` when `data` holds more than `MAX_VALUES` values, counting a list or mapping reached
+    through several aliases each time (PyYAML shares it, so loading was quick; reading it was not)."""
     pending, seen = [data], 0
     while pending:
         item = pending.pop()
         seen += 1
         if seen > MAX_VALUES:
-            raise yaml.YAMLError(f"more than {MAX_VALUES} values: aliases that repeat a list or mapping?")
+            raise TooManyValues(f"more than {MAX_VALUES} values (a task or sweep file holds tens: a list "
+                                "that long, or aliases that repeat a list or mapping?)")
         if isinstance(item, dict):
             pending += [*item.keys(), *item.values()]
         elif isinstance(item, list):
@@ -70,6 +73,8 @@ def read_yaml_file(path: Path, kind: str) -> Any:
         raise UsageError(f"{path}: cannot read {kind} ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    except TooManyValues as exc:  # it said "not valid YAML" of a long list
+        raise UsageError(f"{path}: too many values for a {kind}: {exc}") from None
     except RecursionError:  # `[[[[...` past Python's recursion limit: PyYAML composes recursively
         raise UsageError(f"{path}: not valid YAML (nested too deeply)") from None
 

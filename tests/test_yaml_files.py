@@ -27,7 +27,11 @@ from medseg_bench.yaml_files import read_yaml_file
     (b"epochs: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "not valid YAML (nested too deeply)"),
     (b"epochs: [&a0 [x, x, x, x, x, x, x, x, x, x], "
      + b", ".join(b"&a%d [" % i + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]" for i in range(1, 9))
-     + b"]\n", "not valid YAML (more than 100000 values: aliases that repeat a list or mapping?)"),
+     + b"]\n", "too many values for a sweep file: more than 100000 values (a task or sweep file holds tens: "
+                "a list that long, or aliases that repeat a list or mapping?)"),
+    # valid YAML, a list that long: it was "not valid YAML"
+    (b"seed: [" + b",".join(b"%d" % i for i in range(100_001)) + b"]\n",
+     "too many values for a sweep file: "),
 ])
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path, content: bytes | None,
                                                           message: str) -> None:

@@ -60,7 +60,8 @@ def sweep(
         help="2D encoder(s) (smp names; fcn: resnet50, resnet101). Default: resnet34 (fcn: resnet50).",
     )] = None,
     folds: Annotated[list[str] | None, typer.Option(
-        metavar="FOLD,...", help="Fold(s) to hold out, comma-separated. Default: 0.")] = None,
+        "--folds", "--fold", metavar="FOLD,...",
+        help="Fold(s) to hold out, comma-separated (--fold too: the sweep file's key). Default: 0.")] = None,
     num_folds: Annotated[int | None, typer.Option(help="Number of cross-validation folds. Default: 5.")] \
         = None,
     seed: Annotated[list[str] | None, typer.Option(

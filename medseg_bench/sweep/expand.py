@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from medseg_bench.augment import AUGS, mirrors
 from medseg_bench.data.catalog import task_registry
@@ -62,29 +62,40 @@ Combination = dict[str, str]
 @dataclass
 class _Skips:
     """The lines of combinations that cannot exist (an arch without the dims, an encoder it refuses, ...),
-    each with the combinations it skips: a rule of --exclude that names some of them matches them too (it
-    was said to match no combination where the user excluded an arch the encoder had skipped already), and
-    a line whose every combination is excluded is moot: left out, its combinations counted as excluded."""
+    each with how many combinations it skips and how many of them a rule of --exclude names: a rule that names
+    some matches them too (it was said to match no combination where the user excluded an arch the encoder had
+    skipped already), and a line whose every combination is excluded is moot: left out, its combinations
+    counted as excluded. Counted as they come, not kept (a large grid kept hundreds of MB of them), and not
+    even counted without rules."""
 
     request: SweepRequest
     targets: list[str]
-    combinations: dict[str, list[Combination]] = field(default_factory=dict)  # line -> what it skips
+    rules: list[dict[str, str]]
+    counts: dict[str, list[int]] = field(default_factory=dict)  # line -> [combinations, those a rule names]
+    used: set[int] = field(default_factory=set)  # the rules that name some
     encoders: dict[str, list[str]] = field(default_factory=dict)  # an encoder's line -> the encoders it names
 
     def add(self, line: str, task: str, dims: str, arch: str, encoders: list[str | None],
             losses: list[str], augs: list[str], named: list[str] | None = None) -> None:
         """`line`, skipping `arch` in `dims` on `task` with each of `encoders`, `losses`, `augs` and each of
         the sweep's targets, folds and seeds; `named`: the encoders the line names."""
+        if named:
+            self.encoders.setdefault(line, []).extend(named)
+        if not self.rules:
+            return
         for encoder, loss, aug, target, fold, seed in itertools.product(
                 encoders, losses, augs, self.targets, self.request.folds, self.request.seeds):
             self.add_one(line, {"task": task, "dims": dims, "arch": arch, "encoder": str(encoder),
                                 "loss": loss, "aug": aug, "target": target, "fold": str(fold),
                                 "seed": str(seed)})
-        if named:
-            self.encoders.setdefault(line, []).extend(named)
 
     def add_one(self, line: str, combination: Combination) -> None:
-        self.combinations.setdefault(line, []).append(combination)
+        counts = self.counts.setdefault(line, [0, 0])
+        counts[0] += 1
+        matched = [i for i, rule in enumerate(self.rules) if _matches(combination, rule)]
+        if matched:
+            counts[1] += 1
+            self.used.update(matched)
 
 
 def _matches(combination: Combination, rule: dict[str, str]) -> bool:
@@ -232,10 +243,15 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     if not request.tasks:
         raise UsageError("no task given: use --task or `task:` in the sweep file")
     tasks = task_registry()
-    task_specs = [tasks.get(t) for t in request.tasks]
-    archs = [ARCHS.get(a) for a in request.archs]
-    losses = [LOSSES.canonical(x) for x in request.losses]
-    augs = [AUGS.canonical(x) for x in request.augs]
+    # each value once, by its registered name (`--seed 0,0,1`, `--arch deeplab,deeplabv3plus`: the runs were
+    # one, but "removed by --exclude" counted each spelling)
+    task_specs = list({spec.name: spec for spec in (tasks.get(t) for t in request.tasks)}.values())
+    archs = list({entry.name: entry for entry in (ARCHS.get(a) for a in request.archs)}.values())
+    losses = list(dict.fromkeys(LOSSES.canonical(x) for x in request.losses))
+    augs = list(dict.fromkeys(AUGS.canonical(x) for x in request.augs))
+    request = replace(request, folds=list(dict.fromkeys(request.folds)),
+                      seeds=list(dict.fromkeys(request.seeds)),
+                      encoders=None if request.encoders is None else list(dict.fromkeys(request.encoders)))
     for d in request.dims or []:
         if d not in DIMS:
             raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
@@ -248,6 +264,11 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     if request.encoders is not None and not request.encoders:
         raise UsageError("no encoder given (an empty encoder list): name one, or leave it out for the "
                          "default")
+    if request.encoders:  # every name, also where no run is 2D (a typo was said to be unused, and ignored)
+        from medseg_bench.models.zoo2d import check_smp_encoder
+
+        for name in request.encoders:
+            check_smp_encoder(name)
     rules = [parse_exclude(rule) for rule in request.exclude]
     for given, rule in zip(request.exclude, rules, strict=True):
         if "fold" in rule and int(rule["fold"]) >= request.num_folds:
@@ -277,7 +298,7 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     # Combinations that cannot train region by region: skipped with a line each (all of them: the sweep
     # expands to no runs, and says why), as an arch without the dims asked for.
     no_regions = _region_refusals(task_specs, losses, class_weights) if "regions" in targets else {}
-    skips = _Skips(request, targets)
+    skips = _Skips(request, targets, rules)
     for task in task_specs:
         for dims in DIMS:
             if request.dims is not None and dims not in request.dims:
@@ -342,12 +363,11 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
     # a line of combinations skipped for another reason, which a rule excludes too: the rule matched them;
     # where it (or others) matched every one, the line is moot, and they are removed by --exclude (an arch
     # the user excluded was said to be skipped, then the rule to match nothing)
-    for line, combinations in skips.combinations.items():
-        matching = [[i for i, rule in enumerate(rules) if _matches(c, rule)] for c in combinations]
-        used.update(i for rule_ids in matching for i in rule_ids)
-        if combinations and all(matching):
+    used.update(skips.used)
+    for line, (combinations, ruled_out) in skips.counts.items():
+        if combinations and ruled_out == combinations:
             skipped = [kept for kept in skipped if kept != line]
-            excluded += len(combinations)
+            excluded += combinations
             accepted.update(skips.encoders.get(line, []))  # taken by --exclude: "unused" where no run has it
     if excluded:
         skipped.append(f"{excluded} combination(s) removed by --exclude")

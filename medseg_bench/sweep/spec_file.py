@@ -33,8 +33,12 @@ FLAG_KEYS = ("pretrained", "tta", "postprocess")  # true or false
 KNOWN_KEYS = (*AXIS_KEYS, *SETTING_TYPES, *FLAG_KEYS, "class_weights", "exclude")
 
 
-def _as_list(path: Path, key: str, value: Any, kind: type) -> list[Any]:
+def _as_list(path: Path, key: str, value: Any, kind: type, empty: bool = False) -> list[Any]:
+    """`value`, one or a list, each of `kind`; an empty list refused unless `empty` (an axis of none made
+    "the sweep expands to no runs", naming neither the file nor the key)."""
     values = value if isinstance(value, list) else [value]
+    if not values and not empty:
+        raise UsageError(f"{path}: '{key}' is an empty list: give it a value, or leave the key out")
     for item in values:
         if not isinstance(item, kind) or isinstance(item, bool):
             raise UsageError(f"{path}: '{key}' takes {kind.__name__} values, not {item!r}")
@@ -76,14 +80,17 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
             kind = int if key in ("fold", "seed") else str
             values[AXIS_KEYS[key]] = _as_list(path, key, value, kind)
         elif key == "exclude":
-            values["exclude"] = _as_list(path, key, value, str)
+            values["exclude"] = _as_list(path, key, value, str, empty=True)  # no rules
         elif key in FLAG_KEYS:
             if not isinstance(value, bool):
                 raise UsageError(f"{path}: '{key}' takes true or false, not {value!r}")
             values[key] = value
         elif key == "class_weights":  # one per class, background first, as --class-weights
             weights = value if isinstance(value, list) else [value]
-            values[key] = tuple(_number(path, key, w, "numbers, one per class") for w in weights) or None
+            if not weights:  # it was no weights (another run id), where --class-weights "" is refused
+                raise UsageError(f"{path}: '{key}' is an empty list: give one number per class, or leave the "
+                                 "key out")
+            values[key] = tuple(_number(path, key, w, "numbers, one per class") for w in weights)
         elif float in SETTING_TYPES[key]:
             values[key] = _number(path, key, value, "one number")
         else:

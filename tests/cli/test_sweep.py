@@ -93,7 +93,7 @@ def test_a_repeated_axis_flag_adds_its_values_as_a_comma_does(home: Path, tmp_pa
     assert len(ids) == 16
     repeated = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--arch", "unet", "--arch", "deeplab",
                       "--loss", "dice_ce", "--loss", "ce", "--dims", "2d", "--seed", "0", "--seed", "1",
-                      "--folds", "0", "--folds", "1", "--dry-run")
+                      "--folds", "0", "--fold", "1", "--dry-run")  # --fold: the sweep file's key
     assert repeated.exit_code == NOT_FETCHED, repeated.output
     assert _run_ids(repeated.output) == ids
     bad = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--seed", "0", "--seed", "x", "--dry-run")

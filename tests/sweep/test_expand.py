@@ -27,6 +27,22 @@ def test_exclude_removes_exactly_the_matching_combinations(home: Path) -> None:
     assert "1 combination(s) removed by --exclude" in notes
 
 
+def test_a_value_given_twice_is_one_value_and_excluded_once(home: Path) -> None:
+    # `--seed 0,0,1 --exclude seed=0` said 4 combinations were removed (one run was); an arch and its alias
+    # were two archs to the count.
+    kept, notes = expand(_request(archs=["deeplab", "deeplabv3plus"], dims=["2d"], seeds=[0, 0, 1],
+                                  exclude=["seed=0"]))
+    assert [(r.arch, r.seed) for r in kept] == [("deeplab", 1)]
+    assert notes == ["1 combination(s) removed by --exclude"]
+    _, notes = expand(SweepRequest(tasks=[TASK, TASK], archs=["deeplab", "deeplabv3plus", "unet"],
+                                   dims=["2d"], exclude=["arch=deeplab"]))
+    assert notes == ["1 combination(s) removed by --exclude"]
+    # a line of combinations that cannot exist, every one excluded: counted once each, as before
+    _, notes = expand(_request(archs=["fcn", "unet"], dims=["2d"], encoders=["resnet34", "resnet34"],
+                               seeds=[0, 1, 1], exclude=["arch=fcn"]))
+    assert notes == ["2 combination(s) removed by --exclude"]
+
+
 @pytest.mark.parametrize(("rule", "message"), [
     ("arch", "'arch' is not key=value"),
     ("colour=red", "unknown key 'colour'"),
@@ -241,7 +257,13 @@ def test_encoders_are_checked_before_anything_runs(home: Path) -> None:
         expand(_request(dims=["2d"], encoders=["tu-convnxt_tiny"]))
     runs, _ = expand(_request(dims=["2d"], encoders=["efficientnet-b0", "tu-convnext_tiny"]))
     assert [r.encoder for r in runs] == ["efficientnet-b0", "tu-convnext_tiny"]
-    assert len(expand(_request(dims=["3d"], encoders=["resnet999"]))[0]) == 1  # 3D nets take no encoder
+    # a sweep of 3D runs alone takes no encoder, but a typo is one there too (it was said to be unused, and
+    # `--exclude encoder=resnet999` was refused where `--encoder resnet999` passed)
+    with pytest.raises(UsageError, match="unknown smp encoder 'resnet999'; did you mean 'resnet50'"):
+        expand(_request(dims=["3d"], encoders=["resnet999"]))
+    runs, lines = expand(_request(dims=["3d"], encoders=["resnet18"]))
+    assert len(runs) == 1 and lines == ["--encoder resnet18: unused, no run of the sweep is 2D (3D nets take "
+                                        "no encoder)"]
 
 
 def test_the_default_learning_rate_given_explicitly_is_the_same_run(home: Path) -> None:

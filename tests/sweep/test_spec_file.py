@@ -60,6 +60,13 @@ def test_target_is_an_axis_of_a_sweep_file(tmp_path: Path, home: Path) -> None:
     # YAML keeps the last
     ("task: A\nepochs: 3\ntask: B\n", "not valid YAML (line 3, column 1: key 'task' given twice)"),
     ("\udcff\udcfe task: T\n", "not UTF-8 text"),
+    # an empty axis said "the sweep expands to no runs" alone; empty class weights were no weights (another
+    # run id), where --class-weights "" is refused; an empty patch size named "--patch-size" with no value
+    *[(f"task: T\n{key}: []\n", f"'{key}' is an empty list: give it a value, or leave the key out")
+      for key in ("seed", "arch", "loss", "aug", "fold", "dims", "patch_size")],
+    ("task: []\n", "'task' is an empty list: give it a value, or leave the key out"),
+    ("task: T\nclass_weights: []\n", "'class_weights' is an empty list: give one number per class, or leave "
+                                      "the key out"),
 ])
 def test_bad_sweep_files_name_the_file_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
