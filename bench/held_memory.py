@@ -78,18 +78,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--source", type=Path, default=SHARED,
+                        help="Task04_Hippocampus's MSD folder (its 200 cases); default: ../shared's")
     args = parser.parse_args()
+    if not (args.source / "dataset.json").is_file():
+        sys.exit(f"{args.source}: Task04_Hippocampus not found (no dataset.json): pass --source")
     workdir = Path(tempfile.mkdtemp(prefix="medseg-bench-held-"))
     env = {**os.environ, "MEDSEG_BENCH_HOME": str(workdir / "home")}
     try:
-        subprocess.run([*CLI, "fetch", "Task04_Hippocampus", "--source", str(SHARED)], check=True, env=env,
-                       capture_output=True)
+        fetched = subprocess.run([*CLI, "fetch", "Task04_Hippocampus", "--source", str(args.source)], env=env,
+                                 capture_output=True, text=True)
+        if fetched.returncode:  # fetch's line, not a CalledProcessError traceback hiding it
+            sys.exit(f"fetch {args.source}: exit {fetched.returncode}: {fetched.stderr.strip()}")
         rows = {dims: measure(dims, args.epochs, args.iters, workdir, env) for dims in ("2d", "3d")}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     mib = 2**20
     command = (f".venv/bin/python bench/held_memory.py --epochs {args.epochs} --iters {args.iters}"
-               + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}"))
+               + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}")
+               + ("" if args.source == SHARED else f" --source {args.source}"))
     lines = [
         "# Memory held when the evaluation starts",
         "",

@@ -71,6 +71,7 @@ GEOMETRIES = [("isotropic 1.25 -> 1 mm", (24, 30, 28), (1.25, 1.25, 1.25), (1.0,
               # mapped back from 20 slices to 22: a halfway coordinate again (pipeline version 12)
               ("22 thick slices -> 20", (22, 36, 32), (4.0, 0.8, 0.8), (4.4, 0.8, 0.8))]
 
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "nnunet_parity.md"
 NNUNET_SIDE = """
 import json
 import os
@@ -318,7 +319,7 @@ def _preprocessing_rows(task: object, dataset_fingerprint: dict, cases: list, th
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "nnunet_parity.md")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     ensure_nnunet(args.nnunet_venv)
     from medseg_bench.data.fingerprint import fingerprint
@@ -417,11 +418,15 @@ def main() -> None:
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.2e}"
 
+    command = ".venv/bin/python bench/nnunet_parity.py" + "".join(  # every option not at its default
+        f" {flag} {value}" for flag, value, default in (("--nnunet-venv", args.nnunet_venv, NNUNET_VENV),
+                                                        ("--output", args.output, DEFAULT_OUTPUT))
+        if value != default)
     lines = [
         "# Parity with nnU-Net v2",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, torch {torch.__version__}, nnU-Net side "
-        f"{nnunet_s:.1f} s. Command: `.venv/bin/python bench/nnunet_parity.py`.",
+        f"{nnunet_s:.1f} s. Command: `{command}`.",
         "",
         "| check | shape (fingerprint: our value) | max abs difference | voxels of another class | voxels |",
         "|---|---|---|---|---|",

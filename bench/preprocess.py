@@ -11,8 +11,9 @@ torchvision==0.29.1 first (served from the local package index; any other versio
 nnunetv2.
 
     .venv/bin/python bench/preprocess.py [--source ../shared/data/Task04_Hippocampus] [--repeats 3]
+        [--output bench/results/preprocess.md]
 
-Prints a table and writes bench/results/preprocess.md.
+Prints a table and writes it to --output (bench/results/preprocess.md, which the README quotes).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DATASET_ID = 4
 DEFAULT_TASK = "Task04_Hippocampus"
 DEFAULT_REPEATS = 3
 DEFAULT_WORKERS = os.cpu_count() or 1
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "preprocess.md"
 
 OURS = """
 import sys
@@ -136,7 +138,7 @@ def reproduce(args: argparse.Namespace) -> str:
     command = ".venv/bin/python bench/preprocess.py"
     options = (("--source", args.source, DEFAULT_SOURCE), ("--task", args.task, DEFAULT_TASK),
                ("--repeats", args.repeats, DEFAULT_REPEATS), ("--nnunet-venv", args.nnunet_venv, NNUNET_VENV),
-               ("--workers", args.workers, DEFAULT_WORKERS))
+               ("--workers", args.workers, DEFAULT_WORKERS), ("--output", args.output, DEFAULT_OUTPUT))
     for flag, value, default in options:
         if value != default:
             command += f" {flag} {value}"
@@ -155,6 +157,9 @@ def main() -> None:
     parser.add_argument("--nnunet-venv", type=Path, default=NNUNET_VENV)
     parser.add_argument("--skip-nnunet", action="store_true")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="where the table goes (default: bench/results/preprocess.md, which the README "
+                             "quotes: a trial run elsewhere keeps it)")
     args = parser.parse_args()
     if not (args.source / "dataset.json").is_file():
         sys.exit(f"{args.source}: no dataset.json")
@@ -231,7 +236,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    out = REPO / "bench" / "results" / "preprocess.md"
+    out = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text(text)

@@ -47,13 +47,19 @@ def launch_latency(args: list[str], repeats: int) -> float:
     return statistics.median(times)
 
 
-def small_task(workdir: Path, env: dict[str, str]) -> None:
+def small_task(workdir: Path, env: dict[str, str], source: Path) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.conftest import copy_subset
 
-    src = copy_subset(SHARED, workdir / "src" / "Task04_Hippocampus", 10)
-    subprocess.run([*CLI, "fetch", "Task04_Hippocampus", "--source", str(src)], check=True, env=env,
-                   capture_output=True)
+    src = copy_subset(source, workdir / "src" / "Task04_Hippocampus", 10)
+    fetch_or_exit([*CLI, "fetch", "Task04_Hippocampus", "--source", str(src)], env)
+
+
+def fetch_or_exit(command: list[str], env: dict[str, str]) -> None:
+    """Run `medseg-bench fetch`; its error line, not a traceback, where it fails."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command[-4:])}: exit {done.returncode}: {done.stderr.strip()}")
 
 
 def run_overhead(workdir: Path, env: dict[str, str], seed: int) -> tuple[float, float, float]:
@@ -77,13 +83,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--source", type=Path, default=SHARED,
+                        help="Task04_Hippocampus's MSD folder (10 of its cases are used); default: "
+                             "../shared's")
     args = parser.parse_args()
+    if not (args.source / "dataset.json").is_file():
+        sys.exit(f"{args.source}: Task04_Hippocampus not found (no dataset.json): pass --source")
     help_s = launch_latency(["--help"], args.repeats)
     version_s = launch_latency(["--version"], args.repeats)
     workdir = Path(tempfile.mkdtemp(prefix="medseg-bench-sweep-"))
     env = {**os.environ, "MEDSEG_BENCH_HOME": str(workdir / "home")}
     try:
-        small_task(workdir, env)
+        small_task(workdir, env, args.source)
         run_overhead(workdir, env, seed=100)  # builds plan, cache and splits; not timed
         rows = [run_overhead(workdir, env, seed) for seed in range(args.repeats)]
     finally:
@@ -98,7 +109,8 @@ def main() -> None:
         f"(`{platform.platform()}`, {cpu_model()}), "
         f"Python {platform.python_version()}, "
         f"median of {args.repeats}. Command: `.venv/bin/python bench/sweep.py --repeats {args.repeats}"
-        + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}") + "`.",
+        + ("" if args.output == DEFAULT_OUTPUT else f" --output {args.output}")
+        + ("" if args.source == SHARED else f" --source {args.source}") + "`.",
         "",
         "| what | seconds |",
         "|---|---|",
