@@ -402,11 +402,11 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     todo = list(runs)
     active: dict[int, _Job] = {}
-    stop = False
+    failed = False
     try:
         while todo or active:
             free = [slot for slot in range(jobs) if slot not in active]
-            while free and todo and not stop:
+            while free and todo:
                 spec = todo.pop(0)
                 folder = run_dir(results_dir, spec)
                 if is_live(folder):
@@ -418,8 +418,6 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                     active[slot] = _Job(spec, _start_worker(spec, folder, results_dir, data_dir,
                                                             devices[slot], threads, workers,
                                                             (checked or {}).get(spec.run_id)))
-            if stop and not active:
-                break
             time.sleep(POLL_S)
             for slot, job in list(active.items()):
                 _forward_epochs(job, results_dir, reporter)
@@ -427,10 +425,12 @@ def _parallel(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
                 if code is None:
                     continue
                 del active[slot]
-                if not _settle(job, code, results_dir, reporter, outcome):
-                    stop = stop or fail_fast
-            if stop:
-                todo.clear()
+                failed = not _settle(job, code, results_dir, reporter, outcome) or failed
+            if failed and fail_fast:
+                # no other run starts, and the runs training beside the failed one are stopped, as an
+                # interruption stops them (they resume next time): they trained on to their end, where the
+                # help says the sweep stops at the first failed run
+                break
     finally:
         _stop_workers([job.process for job in active.values()])
         for job in active.values():  # held by its worker before the loop saw so, or evaluating since
@@ -496,6 +496,11 @@ def _start_worker(spec: RunSpec, folder: Path, results_dir: Path, data_dir: Path
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "spec.json").is_file():  # `status` lists the run (pending) while its worker starts: it
+        # said "no runs here" for the seconds a worker takes to import torch and hold its run
+        from medseg_bench.files import write_json_atomic
+
+        write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
     command = [sys.executable, "-m", "medseg_bench.sweep", "--spec", json.dumps(spec.to_dict()),
                "--results-dir", str(results_dir), "--data-dir", str(data_dir), "--threads", str(threads),
                "--workers", str(workers), "--parent", str(os.getpid()),

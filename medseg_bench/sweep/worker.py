@@ -508,9 +508,22 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def failure_message(folder: Path, returncode: int) -> str:
-    """Why a worker process failed, from its run folder (or its exit code if it died first)."""
+    """Why a worker process failed, from its run folder (or its exit code, or the signal that killed it, if
+    it died first: "exited with code -9" pointed at a run.log that said nothing of it)."""
+    import signal
+
     status = read_status(folder)
     if status.get("state") == "failed" and status.get("error"):
         return str(status["error"])
-    return f"worker exited with code {returncode} (log: {folder / 'run.log'})"
+    output = f"its output: {folder / 'worker.log'}"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        oom = -returncode == signal.SIGKILL
+        why = " (the kernel's out-of-memory killer sends it: see `dmesg`)" if oom else ""
+        return (f"worker killed by {name}{why} before it recorded an error ({output}); the next sweep "
+                "retries it")
+    return f"worker exited with code {returncode} ({output}; the run's log: {folder / 'run.log'})"
 

@@ -114,6 +114,43 @@ def test_a_run_stopped_with_jobs_is_counted_by_the_stage_its_heartbeat_shows(
     assert f"sweep finished: 1 stopped while {stopped_while}, 1 not reached (of 2 runs)" in said
 
 
+def test_fail_fast_with_jobs_stops_the_runs_training_beside_the_failed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run training beside the failed one trained on to its end (the help: "stop at the first failed run").
+    specs = [RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=1, seed=seed)
+             for seed in (0, 1, 2)]
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def worker(spec: RunSpec, folder: Path, *args: object) -> subprocess.Popen[bytes]:
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.seed == 0:  # fails at once, its error recorded
+            write_status(folder, "failed", error="boom")
+            workers.append(subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]))
+        else:  # trains for a minute
+            workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+            write_json_atomic(folder / "heartbeat.json", {"time": time.time() + 1, "pid": workers[-1].pid,
+                                                          "host": socket.gethostname(), "epoch": 0})
+        return workers[-1]
+
+    sleep = time.sleep
+    monkeypatch.setattr(local, "_start_worker", worker)
+    monkeypatch.setattr(local.time, "sleep", lambda seconds: sleep(min(seconds, 0.2)))
+    monkeypatch.setattr(local, "_slots", lambda jobs: (jobs, [None] * jobs))
+    outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                           "damage")}
+    started = time.monotonic()
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
+        reporter.start(3)
+        local._parallel(specs, tmp_path, tmp_path / "data", reporter, True, 0, 2, outcome)
+        reporter.close()
+    assert time.monotonic() - started < 30 and len(workers) == 2  # the third never started
+    assert all(process.poll() is not None for process in workers)  # the second stopped, not waited for
+    assert outcome["failed"] == [specs[0].run_id] and not outcome["done"]
+    assert "sweep finished: 1 failed, 1 stopped while training, 1 not reached (of 3 runs)" in (
+        tmp_path / "out.txt").read_text()
+
+
 @pytest.mark.parametrize("stage", ["training", "evaluating"])
 def test_a_run_stopped_in_this_process_is_counted_by_the_stage_it_was_in(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
@@ -193,6 +230,12 @@ def test_parallel_slots_one_gpu_each_or_cpu_threads(monkeypatch: pytest.MonkeyPa
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
     assert argv[1:3] == ["-m", "medseg_bench.sweep"] and argv[argv.index("--threads") + 1] == "4"
     assert RunSpec.from_dict(json.loads(argv[argv.index("--spec") + 1])) == _spec()
+    # the run's spec is in its folder before the worker starts: `status` listed no run for the seconds a
+    # worker took to import torch and hold it ("no runs here", exit 6); it lists it pending
+    assert json.loads((tmp_path / "run" / "spec.json").read_text())["run_id"] == _spec().run_id
+    from medseg_bench.results import run_state
+
+    assert run_state(tmp_path / "run") == "pending"
 
 
 def _finished_run(results: Path, spec: RunSpec) -> Path:

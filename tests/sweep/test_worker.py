@@ -337,3 +337,19 @@ def test_a_skipped_run_says_when_it_trained_on_other_data_than_the_cache_holds(t
         "result (the report warns of runs on different data); sweep into another --results-dir to train it "
         "on this data")
     assert data_changed_since(run, tmp_path / "not-built") is None
+
+
+def test_a_worker_that_died_without_a_word_is_named_by_its_signal_or_exit_code(tmp_path: Path) -> None:
+    # "worker exited with code -9 (log: RUN/run.log)": a run.log that said nothing of a kill from outside.
+    from medseg_bench.run_folder import write_status
+    from medseg_bench.sweep.worker import failure_message
+
+    output = tmp_path / "worker.log"
+    assert failure_message(tmp_path, -9) == (
+        "worker killed by SIGKILL (the kernel's out-of-memory killer sends it: see `dmesg`) before it "
+        f"recorded an error (its output: {output}); the next sweep retries it")
+    assert failure_message(tmp_path, -15).startswith("worker killed by SIGTERM before it recorded an error")
+    assert failure_message(tmp_path, 3) == (f"worker exited with code 3 (its output: {output}; the run's "
+                                            f"log: {tmp_path / 'run.log'})")
+    write_status(tmp_path, "failed", error="training diverged")
+    assert failure_message(tmp_path, -9) == "training diverged"  # what the run recorded comes first
