@@ -14,7 +14,7 @@ from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
 from medseg_bench.spec import RunSpec, TaskSpec
-from medseg_bench.sweep.worker import skip_note
+from medseg_bench.sweep.worker import current_plan, skip_note
 
 if TYPE_CHECKING:
     from medseg_bench.data.plan import Plan
@@ -91,8 +91,8 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def estimate_seconds(specs: list[RunSpec], results_dir: Path,
-                     finished: Finished | None = None) -> tuple[float, int] | None:
+def estimate_seconds(specs: list[RunSpec], results_dir: Path, finished: Finished | None = None,
+                     data_dir: Path | None = None) -> tuple[float, int] | None:
     """Estimated seconds for `specs`, from finished runs of the same (dims, arch), else all finished runs
     (`finished`, those under `results_dir` when not given).
 
@@ -107,8 +107,13 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path,
         basis = costs.get((spec.dims, spec.arch))
         matched += basis is not None
         basis = basis or pooled
-        # Per iteration, scaled by the work of a step where both the spec and a finished run give it.
-        voxels = _voxels_per_iteration(spec.batch_size, spec.patch_size)
+        # Per iteration, scaled by the work of a step where both the run (its spec, else its task's plan
+        # in `data_dir`: a plan.json edited to a patch 700 times larger was estimated as the runs before
+        # it) and a finished run give it.
+        batch, patch = spec.batch_size, spec.patch_size
+        plan = _current_plan(data_dir, spec.task) if data_dir is not None and not (batch and patch) else None
+        voxels = _voxels_per_iteration(batch or getattr(plan, f"batch_{spec.dims}", None),
+                                       patch or getattr(plan, f"patch_{spec.dims}", None))
         per_iteration = sum(c[0] * (voxels / c[2] if voxels and c[2] else 1.0) for c in basis) / len(basis)
         evaluation = sum(c[1] for c in basis) / len(basis)
         epochs_s = per_iteration * spec.iters_per_epoch * spec.epochs
@@ -116,6 +121,15 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path,
             epochs_s = min(epochs_s, spec.max_minutes * 60)
         total += epochs_s + evaluation
     return total, matched
+
+
+def _current_plan(data_dir: Path, task: str) -> Any:
+    """The task's plan.json in `data_dir` as it is now (read once per version of the file), or None."""
+    path = data_dir / "preprocessed" / task / "plan.json"
+    try:
+        return current_plan(path, path.stat().st_mtime_ns)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -414,7 +428,8 @@ def dry_run_lines(runs: list[RunSpec], results_dir: Path, data_dir: Path, launch
     _unfingerprintable(todo, data_dir, out)
     _unplannable(todo, data_dir, out, evaluations=launcher == "local")
     _unsplittable(todo, data_dir, out)
-    estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished)) if todo else (0.0, 0)
+    estimate = estimate_seconds(todo, results_dir, read_finished(results_dir, finished),
+                                data_dir) if todo else (0.0, 0)
     if not todo:  # it said "cost of the 0 runs left: about 0 s on one worker (0 estimated ..., 0 from ...)"
         lines.append("cost: none, no run left to train")
     elif estimate is None:

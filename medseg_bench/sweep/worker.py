@@ -311,7 +311,7 @@ def skip_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
     plan.json (read, not made: a skip builds nothing), or else `data_changed_since`, against the cache of that
     plan where it is built; None where neither has a note. The sweep's skip line and its dry run's."""
     path = data_dir / "preprocessed" / spec.task / "plan.json"
-    plan = _current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
+    plan = current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
     note = plan_changed_since(spec, plan, folder)
     if note is None and plan is not None:
         note = data_changed_since(folder, path.parent / plan.preprocessing_hash)
@@ -319,7 +319,7 @@ def skip_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _current_plan(path: Path, mtime_ns: int) -> Any:
+def current_plan(path: Path, mtime_ns: int) -> Any:
     """The plan in `path`, parsed once per version of the file (a sweep of finished runs skips hundreds)."""
     from medseg_bench.data.plan import read_plan
     from medseg_bench.errors import DataError

@@ -549,3 +549,27 @@ def test_the_dry_run_says_what_the_sweep_says_of_a_finished_run_trained_on_anoth
         f"trained with patch {'x'.join(map(str, plan.patch_3d))}, batch {plan.batch_3d + 1}; the plan now "
         f"says {'x'.join(map(str, plan.patch_3d))}, batch {plan.batch_3d}: --patch-size/--batch-size train "
         "those as runs of their own")
+
+
+def test_the_estimate_takes_a_runs_patch_and_batch_from_its_tasks_plan(home: Path, tmp_path: Path) -> None:
+    # A plan.json edited to a larger patch was estimated as the runs of the plan before it: the spec alone,
+    # which gives no patch, was read for the work of a step.
+    from medseg_bench.data.plan import read_plan
+
+    data = _prepared_synth(home, tmp_path)
+    plan_file = data / "preprocessed" / "Task90_Synth" / "plan.json"
+    plan = read_plan(plan_file)
+    done = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                   epochs=4)
+    folder = run_dir(tmp_path / "results", done)
+    _finish(folder, per_epoch_s=30.0, eval_s=0.0, spec=done)
+    summary = json.loads((folder / "summary.json").read_text())
+    write_json_atomic(folder / "summary.json", summary | {"plan": plan.to_dict()})
+    left = RunSpec(task="Task90_Synth", dims="3d", arch="unet", loss="dice_ce", aug="none", num_folds=3,
+                   epochs=4, seed=1)
+    assert estimate_seconds([left], tmp_path / "results", data_dir=data) == (pytest.approx(4 * 30), 1)
+    patch = list(plan.patch_3d)
+    write_json_atomic(plan_file, json.loads(plan_file.read_text()) | {"patch_3d": [patch[0] * 2, *patch[1:]]})
+    assert estimate_seconds([left], tmp_path / "results", data_dir=data) == (pytest.approx(4 * 60), 1)
+    line = dry_run_lines([done, left], tmp_path / "results", data).lines[-1]
+    assert line.startswith("cost of the 1 run left: about 4 min on one worker")
