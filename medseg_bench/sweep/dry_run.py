@@ -14,7 +14,7 @@ from medseg_bench.finished import finished_damage, read_finished_run
 from medseg_bench.results import check_run_folders, checked_state, finished_runs, run_dir
 from medseg_bench.run_folder import is_done
 from medseg_bench.spec import RunSpec, TaskSpec
-from medseg_bench.sweep.worker import current_plan, skip_note
+from medseg_bench.sweep.worker import skip_note, task_plan
 
 if TYPE_CHECKING:
     from medseg_bench.data.plan import Plan
@@ -111,7 +111,7 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path, finished: Finished
         # in `data_dir`: a plan.json edited to a patch 700 times larger was estimated as the runs before
         # it) and a finished run give it.
         batch, patch = spec.batch_size, spec.patch_size
-        plan = _current_plan(data_dir, spec.task) if data_dir is not None and not (batch and patch) else None
+        plan = task_plan(data_dir, spec.task) if data_dir is not None and not (batch and patch) else None
         voxels = _voxels_per_iteration(batch or getattr(plan, f"batch_{spec.dims}", None),
                                        patch or getattr(plan, f"patch_{spec.dims}", None))
         per_iteration = sum(c[0] * (voxels / c[2] if voxels and c[2] else 1.0) for c in basis) / len(basis)
@@ -121,15 +121,6 @@ def estimate_seconds(specs: list[RunSpec], results_dir: Path, finished: Finished
             epochs_s = min(epochs_s, spec.max_minutes * 60)
         total += epochs_s + evaluation
     return total, matched
-
-
-def _current_plan(data_dir: Path, task: str) -> Any:
-    """The task's plan.json in `data_dir` as it is now (read once per version of the file), or None."""
-    path = data_dir / "preprocessed" / task / "plan.json"
-    try:
-        return current_plan(path, path.stat().st_mtime_ns)
-    except OSError:
-        return None
 
 
 @dataclass

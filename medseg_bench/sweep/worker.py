@@ -310,16 +310,25 @@ def skip_note(spec: RunSpec, data_dir: Path, folder: Path) -> str | None:
     """What a skipped finished run in `folder` is said with: `plan_changed_since`, against the task's current
     plan.json (read, not made: a skip builds nothing), or else `data_changed_since`, against the cache of that
     plan where it is built; None where neither has a note. The sweep's skip line and its dry run's."""
-    path = data_dir / "preprocessed" / spec.task / "plan.json"
-    plan = current_plan(path, path.stat().st_mtime_ns) if path.is_file() else None
+    plan = task_plan(data_dir, spec.task)
     note = plan_changed_since(spec, plan, folder)
     if note is None and plan is not None:
-        note = data_changed_since(folder, path.parent / plan.preprocessing_hash)
+        note = data_changed_since(folder, data_dir / "preprocessed" / spec.task / plan.preprocessing_hash)
     return note
 
 
+def task_plan(data_dir: Path, task: str) -> Any:
+    """`task`'s plan.json in `data_dir` as it is now (read, not made), or None where there is none or it
+    cannot be read: for the notes of skipped runs and the dry run's cost estimate."""
+    path = data_dir / "preprocessed" / task / "plan.json"
+    try:
+        return _parsed_plan(path, path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=16)
-def current_plan(path: Path, mtime_ns: int) -> Any:
+def _parsed_plan(path: Path, mtime_ns: int) -> Any:
     """The plan in `path`, parsed once per version of the file (a sweep of finished runs skips hundreds)."""
     from medseg_bench.data.plan import read_plan
     from medseg_bench.errors import DataError
