@@ -15,6 +15,8 @@ from medseg_bench.files import load_json_object, parse_json, write_json_atomic
 from medseg_bench.locks import is_locked
 
 STATES = ("pending", "running", "done", "failed")
+ATTEMPT_EVENTS = ("start", "resume")  # the events that begin an attempt, and those that end one
+END_EVENTS = ("done", "failed", "interrupted")
 QUEUED_NAME = "queued.json"  # {"job_id", "time"}: written by the SLURM launcher when it submits the run
 # the held-out cases while postprocessing is decided (`case_spill.spill_folder`); a killed attempt's is
 # removed when the run is next taken up (`worker.clean_temp_files`), not only by its next evaluation
@@ -120,6 +122,19 @@ def unfinished_state(folder: Path, queue: bool = True) -> str:
     if (folder / "checkpoints" / "last.ckpt").is_file():
         return "partial"
     return "pending"
+
+
+def unrecorded_end(folder: Path, held_here: bool = False) -> dict[str, Any] | None:
+    """The start or resume event of the run's last attempt where nothing recorded how it ended (no `done`,
+    `failed` or `interrupted` after it) and no process holds the run (`held_here`: the caller holds its lock,
+    no other can): its process was killed (SIGKILL, the kernel's out-of-memory killer, a node lost). None
+    otherwise."""
+    if not held_here and is_locked(folder):
+        return None
+    events = [e for e in read_events(folder) if e.get("event") in ATTEMPT_EVENTS + END_EVENTS]
+    if events and events[-1].get("event") in ATTEMPT_EVENTS:
+        return events[-1]
+    return None
 
 
 def unqueued_state(folder: Path) -> str:

@@ -23,7 +23,7 @@ def status(
     from medseg_bench.errors import ResultsError, one_line
     from medseg_bench.finished import FinishedReads
     from medseg_bench.results import checked_state, require_results_dir, task_folder_hint, write_index
-    from medseg_bench.run_folder import read_json, read_status, unqueued_state
+    from medseg_bench.run_folder import read_json, read_status, unqueued_state, unrecorded_end
 
     require_results_dir(results_dir)
     from medseg_bench.cli import comma_list
@@ -74,6 +74,9 @@ def status(
             extra += "  resumes from its checkpoint"
         if state == "failed":
             extra += f"  {read_status(folder).get('error', '')}"
+        if state in ("partial", "pending") and unrecorded_end(folder):
+            extra += ("  its last attempt ended without a record: its process was killed (kill -9, the "
+                      "out-of-memory killer: see `dmesg`, or its SLURM job's end)")
         if state == "damaged":
             extra += f"  {damage}"
             named.append(str(damage))  # said on its line: the index rebuild's warning does not say it again

@@ -40,6 +40,7 @@ from medseg_bench.sweep.worker import (
     LAST_CHECKPOINT,
     CheckpointStamp,
     failure_message,
+    record_unrecorded_failure,
     refuse_unresumable,
     run_one,
     skip_note,
@@ -451,7 +452,7 @@ def _settle(job: _Job, code: int, results_dir: Path, reporter: PlainReporter,
     if ran and not job.announced:
         if code != EXIT_DONE and not _holds_run(job, results_dir):  # failed before it trained: its resume
             outcome["failed"].append(job.spec.run_id)  # check under the lock, or an error before it held it
-            reporter.refuse(job.spec.run_id, failure_message(folder, code))
+            reporter.refuse(job.spec.run_id, _failed(folder, code))
             return False
         job.announced = True  # ended before the loop saw its heartbeat
         reporter.run_start(job.spec.run_id)
@@ -463,9 +464,17 @@ def _settle(job: _Job, code: int, results_dir: Path, reporter: PlainReporter,
     elif code == EXIT_DAMAGED:  # lost a file after this sweep looked: named as such, not "failed"
         _record(job.spec, "damaged", reporter, outcome, error=finished_damage(folder))
     else:
-        _record(job.spec, "failed", reporter, outcome, error=failure_message(folder, code))
+        _record(job.spec, "failed", reporter, outcome, error=_failed(folder, code))
         return False
     return True
+
+
+def _failed(folder: Path, code: int) -> str:
+    """Why the worker of the run in `folder` failed (exit `code`), recorded in the run folder where the
+    worker was killed before it could record it, so that `status` shows the run failed with this line."""
+    message = failure_message(folder, code)
+    record_unrecorded_failure(folder, message)
+    return message
 
 
 def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:

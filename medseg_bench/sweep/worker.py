@@ -32,8 +32,10 @@ from medseg_bench.run_folder import (
     SPILL_NAME,
     append_event,
     is_done,
+    read_events,
     read_json,
     read_status,
+    unrecorded_end,
     write_heartbeat,
     write_status,
 )
@@ -525,6 +527,10 @@ def failure_message(folder: Path, returncode: int) -> str:
     if status.get("state") == "failed" and status.get("error"):
         return str(status["error"])
     output = f"its output: {folder / 'worker.log'}"
+    events = read_events(folder)
+    if events and events[-1].get("event") == "interrupted":  # stopped by a signal from outside this sweep
+        reason = events[-1].get("reason") or "a stop signal"
+        return f"worker interrupted by {reason} ({output}); the next sweep resumes it"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -536,3 +542,22 @@ def failure_message(folder: Path, returncode: int) -> str:
                 "retries it")
     return f"worker exited with code {returncode} ({output}; the run's log: {folder / 'run.log'})"
 
+
+def record_unrecorded_failure(folder: Path, error: str) -> bool:
+    """Record `error` as the failure of a run whose worker died in an attempt without recording how it ended
+    (`unrecorded_end`: killed), so that `status` says what the sweep said (it showed such a run `partial`
+    or `pending`, with no word of why). Under the run's lock: a run another process holds now, or one done
+    or failed since, is left as it is. True when recorded."""
+    if unrecorded_end(folder) is None:
+        return False
+    lock = RunLock(folder)
+    if not lock.acquire():
+        return False
+    try:
+        if is_done(folder) or unrecorded_end(folder, held_here=True) is None:  # none else writes it now
+            return False
+        write_status(folder, "failed", error=error)
+        append_event(folder, "failed", error=error)
+        return True
+    finally:
+        lock.release()

@@ -52,6 +52,7 @@ def test_status_without_an_answer_from_squeue_says_so_and_keeps_queued(
     _queued(results, "a", "42_0")
     started = _queued(results, "b", "42_1")
     append_event(started, "start")  # started since: no longer queued, whatever squeue says
+    append_event(started, "interrupted", reason="SIGTERM")
     fake_squeue(tmp_path, monkeypatch, None)
     result = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
@@ -230,3 +231,28 @@ def test_one_run_is_counted_as_one_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "results"), "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "1 run: 1 done"
+
+
+@pytest.mark.parametrize("ended", [None, "interrupted"])
+def test_a_run_whose_last_attempt_ended_unrecorded_says_its_process_was_killed(
+        tmp_path: Path, ended: str | None) -> None:
+    # A sequential sweep killed -9 (or by the out-of-memory killer) mid-run left `running` and a `start`
+    # event: status showed it `partial` like any interrupted run, with no word of why it stopped.
+    from medseg_bench.run_folder import write_status
+
+    folder = tmp_path / "T" / "run-a"
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": "run-a", "task": "T"})
+    write_status(folder, "running")
+    append_event(folder, "start")
+    append_event(folder, "interrupted", reason="SIGINT")
+    append_event(folder, "resume")
+    if ended:
+        append_event(folder, ended, reason="SIGTERM")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    result = runner.invoke(app, ["status", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    killed = ("partial  T/run-a  its last attempt ended without a record: its process was killed (kill -9, "
+              "the out-of-memory killer: see `dmesg`, or its SLURM job's end)")
+    assert result.output.splitlines()[0] == (killed if ended is None else "partial  T/run-a")

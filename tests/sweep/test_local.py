@@ -904,3 +904,68 @@ def test_a_finished_runs_note_that_the_built_cache_gives_is_said_after_the_build
     lines = capsys.readouterr().out.splitlines()
     assert lines.index(f"T/{spec.run_id} (skipped, already done): {note}") > next(
         i for i, line in enumerate(lines) if "already done" in line and spec.run_id in line)
+
+
+@pytest.mark.parametrize("code", [-9, 143])
+def test_a_jobs_worker_killed_in_its_run_leaves_the_run_failed_with_the_sweeps_line(
+        tmp_path: Path, code: int) -> None:
+    # A --jobs worker SIGKILLed (the out-of-memory killer) mid-run: the sweep said "failed: worker killed by
+    # SIGKILL ...", but the run folder still said `running`, and `status` showed it `partial` with no word
+    # of why. One SIGTERMed from outside records `interrupted` itself: the sweep says so, the folder keeps it.
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from medseg_bench.cli.app import app
+    from medseg_bench.run_folder import read_events, read_status
+    from medseg_bench.sweep.local import _Job, _settle
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
+    folder = run_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    write_status(folder, "running")
+    append_event(folder, "start")
+    if code == 143:
+        append_event(folder, "interrupted", reason="SIGTERM")
+    write_heartbeat(folder)  # this process's pid: the job's worker below
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=1000))
+        reporter.start(1)
+        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        assert not _settle(job, code, tmp_path, reporter, outcome)
+    said = (tmp_path / "out.txt").read_text()
+    output = folder / "worker.log"
+    shown = CliRunner().invoke(app, ["status", "--results-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    if code == -9:
+        error = (f"worker killed by SIGKILL (the kernel's out-of-memory killer sends it: see `dmesg`) before "
+                 f"it recorded an error (its output: {output}); the next sweep retries it")
+        assert f"{spec.run_id}: failed: {error}" in said
+        assert read_status(folder) == {**read_status(folder), "state": "failed", "error": error}
+        assert read_events(folder)[-1]["event"] == "failed"
+        assert f"failed   T/{spec.run_id}  {error}" in shown.output
+    else:
+        error = f"worker interrupted by SIGTERM (its output: {output}); the next sweep resumes it"
+        assert f"{spec.run_id}: failed: {error}" in said
+        assert read_status(folder)["state"] == "running" and read_events(folder)[-1]["event"] == "interrupted"
+        assert f"pending  T/{spec.run_id}\n" in shown.output  # no checkpoint; nothing unrecorded to name
+
+
+def test_a_worker_held_by_another_process_now_is_not_recorded_failed(tmp_path: Path) -> None:
+    from medseg_bench.run_folder import read_status
+    from medseg_bench.sweep.worker import record_unrecorded_failure
+
+    write_status(tmp_path, "running")
+    append_event(tmp_path, "start")
+    lock = RunLock(tmp_path)
+    assert lock.acquire()
+    try:
+        assert not record_unrecorded_failure(tmp_path, "killed")  # retried by another sweep already
+    finally:
+        lock.release()
+    assert read_status(tmp_path)["state"] == "running"
+    assert record_unrecorded_failure(tmp_path, "killed") and read_status(tmp_path)["error"] == "killed"
+    assert not record_unrecorded_failure(tmp_path, "again")  # recorded: its last attempt's end is known
