@@ -143,6 +143,19 @@ def broken_link(path: Path) -> str | None:
     return None
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why `path`, where a file should be, is none: a broken link (`broken_link`), a folder, or another kind
+    of entry (a named pipe would block its read); None for a file, or for nothing at all (missing)."""
+    why = broken_link(path)
+    if why is not None:
+        return why
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.exists() and not path.is_file():
+        return "not a regular file (a named pipe, socket or device)"
+    return None
+
+
 def kind_of(path: Path) -> str:
     """What `path`, standing where a folder should be (`file_in_the_way`), is: a broken link, or a file."""
     return broken_link(path) or "a file"

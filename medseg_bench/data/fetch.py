@@ -395,8 +395,13 @@ def _renamed(report: ValidationReport, rename: Callable[[str], str]) -> Validati
 
 def _with_sources(report: ValidationReport, sources: dict[Path, str],
                   in_source: Callable[[str], str]) -> ValidationReport:
+    """Each problem of a converted file with the user's file it came from. Both sides' paths resolved: a
+    problem names its file resolved (`msd`'s entries are), the conversion as the staging folder was given,
+    relative under a relative --data-dir (whose problems named no source until 2026-12-04)."""
+    resolved = {path.resolve(): source for path, source in sources.items()}
     return replace(report, problems=[
-        replace(p, imported_from=in_source(sources[Path(p.file)])) if Path(p.file) in sources else p
+        replace(p, imported_from=in_source(resolved[Path(p.file).resolve()]))
+        if Path(p.file).resolve() in resolved else p
         for p in report.problems])
 
 

@@ -28,7 +28,7 @@ from medseg_bench.data.metaimage import (
 )
 from medseg_bench.data.nifti import NIFTI2_HEADER_BYTES, check_nifti_complete, count_nonfinite, too_large
 from medseg_bench.errors import DataError, FileSystemError
-from medseg_bench.files import atomic_binary, broken_link, failure_names, temp_stem
+from medseg_bench.files import atomic_binary, failure_names, not_a_file, temp_stem
 
 # The image files medseg-bench reads (through SimpleITK) in folders given to it: predict's images, evaluate's
 # label maps, a task's cases
@@ -50,16 +50,16 @@ def case_name(path: Path) -> str:
 
 def image_files(folder: Path) -> list[Path]:
     """The image files of a folder (IMAGE_SUFFIXES, in any case: ITK reads `.NII.GZ` too), sorted; hidden
-    ones (temporary files, macOS `._` forks) left out; a broken link is a DataError naming it."""
+    ones (temporary files, macOS `._` forks) left out; a broken link, or a folder or a named pipe of such a
+    name (left out without a word until 2026-12-04), is a DataError naming it."""
     found = []
     for path in sorted(folder.iterdir()):
         if not path.name.lower().endswith(IMAGE_SUFFIXES) or path.name.startswith("."):
             continue
-        why = broken_link(path)
+        why = not_a_file(path)
         if why is not None:  # it was left out without a word: a case less to predict, or to score
             raise DataError(f"{path}: {why}")
-        if path.is_file():
-            found.append(path)
+        found.append(path)
     return found
 
 
@@ -158,7 +158,7 @@ def _check_readable(path: Path, header: Header = UNPARSED) -> MetaHeader | None:
     MetaImage header (`metaimage.read_header`; None for another format), read once here (or by the caller,
     `header`) and passed on to the read that follows (`_read_checked`), not parsed again."""
     if not path.is_file():
-        why = broken_link(path) or "file not found"
+        why = not_a_file(path) or "file not found"
         raise DataError(f"{path}: {why}")
     if path.name.startswith("._"):
         raise DataError(f"{path}: macOS resource-fork file, not an image")

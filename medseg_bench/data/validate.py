@@ -26,7 +26,7 @@ from medseg_bench.data.msd import Case, declared_labels, not_imported, read_data
 from medseg_bench.data.nifti import check_nifti_complete, count_nonfinite, image_bytes_limit
 from medseg_bench.data.read_memory import VALIDATION, StoredCase, read_problem, reads_at_once, stored_case
 from medseg_bench.errors import DataError, one_line
-from medseg_bench.files import NAME_MAX, broken_link
+from medseg_bench.files import NAME_MAX, not_a_file
 from medseg_bench.spec import TaskSpec
 
 
@@ -89,8 +89,8 @@ def check_case(case: Case, task: TaskSpec, allowed_labels: set[int], deep: bool,
     if too_long:
         return problem(case.image, too_long)
     for path, what in ((case.image, "image"), (case.label, "label")):
-        if not path.is_file():
-            why = broken_link(path)
+        if not path.is_file():  # a folder of its name was "missing" until 2026-12-04
+            why = not_a_file(path)
             return problem(path, f"{what} file is {why}" if why else f"{what} file missing")
     if case.label.samefile(case.image):  # read as a label, an image is "non-integer" or a flood of values
         return problem(case.label, "label is the image file itself (dataset.json names one file for both)")

@@ -117,17 +117,22 @@ def test_a_problem_found_by_validation_names_the_users_channel_file(shared_task:
     assert not (tmp_path / "data" / "Task04_Hippocampus").exists()
 
 
-def test_a_case_excluded_from_a_kept_import_names_the_users_file_too(shared_task: Path, home: Path,
-                                                                    tmp_path: Path) -> None:
-    # It named only the converted file in the data dir (CASE.nii.gz), a name the user's dataset does not hold.
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_case_excluded_from_a_kept_import_names_the_users_file_too(
+        shared_task: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        relative: bool) -> None:
+    # It named only the converted file in the data dir (CASE.nii.gz), a name the user's dataset does not hold;
+    # until 2026-12-04 it did so still under a relative --data-dir.
     _, source = _hippocampus_as_nnunet(shared_task, tmp_path, 3)
     image = sorted((source / "imagesTr").iterdir())[0]
     image.write_bytes(image.read_bytes()[:300])  # cut short
     case = image.name.removesuffix("_0000.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    data = Path("data") if relative else tmp_path / "data"
     result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", str(source), "--data-dir",
-                                 str(tmp_path / "data")], env={"COLUMNS": "400"})
+                                 str(data)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    kept = tmp_path / "data" / "Task04_Hippocampus" / "imagesTr" / f"{case}.nii.gz"
+    kept = data / "Task04_Hippocampus" / "imagesTr" / f"{case}.nii.gz"
     warning = next(line for line in result.output.splitlines() if case in line)
     assert warning.startswith(f"warning: {kept} (imported from {image}): ")
     assert "(case excluded from training)" in warning

@@ -50,6 +50,18 @@ def test_a_case_file_that_is_a_link_to_itself_is_named_and_excluded(synth, sub: 
             in _problem_for(folder, task, "case_001"))
 
 
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_a_folder_of_a_case_files_name_is_named_as_such_not_missing(synth, sub: str) -> None:
+    # "label file missing", of a path that is there: a folder the user made, or an archive tool's slip.
+    folder, task = synth
+    path = folder / sub / "case_001.nii.gz"
+    path.unlink()
+    path.mkdir()
+    what = "image" if sub == "imagesTr" else "label"
+    problem = _problem_for(folder, task, "case_001")
+    assert f"{sub}/case_001.nii.gz: {what} file is a folder, not a file" in problem
+
+
 @pytest.mark.parametrize("data_file", ["ABSOLUTE", "../../outside.raw", "LIST 2D\n{} ", "../sub/x.raw"])
 def test_a_metaimage_reading_its_voxels_from_outside_the_task_is_excluded(synth, data_file: str) -> None:
     # ElementDataFile names the file ITK reads the voxels from: any file of the user's was read as a case
