@@ -162,6 +162,11 @@ def sweep(
         if launcher == "slurm":  # what the submission refuses before any work, the dry run too (it exited 0)
             _slurm_options(results_dir, partition, time, gpus_per_job, cpus_per_job, mem_gb,
                            array_parallelism, workers)
+            from medseg_bench.sweep.job_files import check_job_folder, check_private_results
+
+            # a results dir others can write to, or a RESULTS/.slurm not yours: exit 6 (0 until 2026-12-04)
+            check_private_results(results_dir, lambda line: print_coloured(line, "yellow"))
+            check_job_folder(results_dir)
         from medseg_bench.results import check_results_dir
         from medseg_bench.sweep.dry_run import dry_run_lines
 

@@ -90,14 +90,15 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def job_folder(results_dir: Path) -> Path:
-    """`RESULTS/.slurm`, made the submitter's alone (0o700; an older one, made with the umask, tightened),
-    before submitit writes a job into it; ResultsError naming it where it is not a folder of this user's (a
-    link, a file, another user's: what it holds, another could have written)."""
+def check_job_folder(results_dir: Path) -> os.stat_result | None:
+    """ResultsError where `RESULTS/.slurm` is there and not a folder of this user's (`job_folder`'s check,
+    which `sweep --dry-run --launcher slurm` makes without making the folder); its lstat, None where it is not
+    there."""
     folder = results_dir / JOB_FOLDER
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    info = os.lstat(folder)
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return None
     why = ""
     if stat.S_ISLNK(info.st_mode):
         why = f"a link to {os.readlink(folder)}"
@@ -108,6 +109,17 @@ def job_folder(results_dir: Path) -> Path:
     if why:
         raise ResultsError(f"{folder}: not a folder of yours ({why}); submitit keeps the jobs your SLURM "
                            "jobs unpickle in it: move it away")
-    if stat.S_IMODE(info.st_mode) != 0o700:
+    return info
+
+
+def job_folder(results_dir: Path) -> Path:
+    """`RESULTS/.slurm`, made the submitter's alone (0o700; an older one, made with the umask, tightened),
+    before submitit writes a job into it; ResultsError naming it where it is not a folder of this user's (a
+    link, a file, another user's: what it holds, another could have written)."""
+    folder = results_dir / JOB_FOLDER
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = check_job_folder(results_dir)
+    if info is not None and stat.S_IMODE(info.st_mode) != 0o700:
         folder.chmod(0o700)
     return folder

@@ -341,18 +341,21 @@ def _submit(runs: list[RunSpec], results_dir: Path, data_dir: Path, options: Slu
     # before sbatch: a job may start (and record its attempt) before queued.json is written, and `queued`
     # means submitted and not started since
     submitted_at = time.time()
-    try:  # submitit prints a failed sbatch's stderr before raising it: the error below quotes its reason
-        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-            for spec in todo:
-                jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
-                                                     str(data_dir.resolve()), options.num_workers,
-                                                     checked.get(spec.run_id))))
-    except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
-        for leftover in set(slurm_dir.iterdir()) - before if slurm_dir.is_dir() else ():
-            if leftover.is_file():  # the pickles and job script of a submission that never happened
-                leftover.unlink(missing_ok=True)
-        raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
-    with deferred():  # Ctrl-C now waits for every job to be recorded: one left out would be submitted again
+    # A Ctrl-C from here takes effect once every job sbatch made is recorded: submitit runs sbatch as its
+    # batch ends, then moves each job's files into place; one interrupted there (until 2026-12-04) left a job
+    # no queued.json names, and its run was submitted again.
+    with deferred():
+        try:  # submitit prints a failed sbatch's stderr before raising it: the error below quotes its reason
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                for spec in todo:
+                    jobs.append(executor.submit(SlurmRun(spec.to_dict(), str(results_dir.resolve()),
+                                                         str(data_dir.resolve()), options.num_workers,
+                                                         checked.get(spec.run_id))))
+        except Exception as exc:  # noqa: BLE001 - sbatch errors come as several submitit exception types
+            for leftover in set(slurm_dir.iterdir()) - before if slurm_dir.is_dir() else ():
+                if leftover.is_file():  # the pickles and job script of a submission that never happened
+                    leftover.unlink(missing_ok=True)
+            raise RunError(f"sbatch failed: {_sbatch_reason(exc)}") from None
         for spec, job in zip(todo, jobs, strict=True):
             folder = run_dir(results_dir, spec)
             folder.mkdir(parents=True, exist_ok=True)

@@ -150,6 +150,26 @@ def test_a_slurm_dry_run_refuses_what_the_submission_would(home: Path, tmp_path:
     assert fine.exit_code == NOT_FETCHED and "pending" in fine.output, fine.output
 
 
+@pytest.mark.parametrize("unsafe", ["mode 777", ".slurm a link"])
+def test_a_slurm_dry_run_refuses_a_results_dir_the_submission_refuses(home: Path, tmp_path: Path,
+                                                                      unsafe: str) -> None:
+    # the dry run listed the runs and exited 0, where the submission refused the results dir with exit 6
+    pytest.importorskip("submitit")
+    results = tmp_path / "r"
+    results.mkdir()
+    if unsafe == "mode 777":
+        results.chmod(0o777)
+        said = f"{results}: results dir is writable by every user (mode 777, no sticky bit)"
+    else:
+        (results / ".slurm").symlink_to(tmp_path)
+        said = f"{results / '.slurm'}: not a folder of yours (a link to {tmp_path})"
+    result = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--launcher", "slurm", "--dry-run")
+    assert result.exit_code == 6, result.output
+    assert said in result.output and "pending" not in result.output
+    if unsafe == "mode 777":
+        assert not (results / ".slurm").exists()  # checked, not made
+
+
 def test_a_sweep_file_past_the_limits_exits_2_before_any_work(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "s.yaml"
     config.write_text("task: Task04_Hippocampus\narch: unet\ndims: 3d\nlr: 1e300\n")

@@ -180,9 +180,11 @@ def test_a_job_that_leaves_its_run_to_another_process_says_so(
 
 
 def _fake_sbatch(monkeypatch: pytest.MonkeyPatch,
-                 on_submit: Callable[[], object] = lambda: None) -> list[str]:
+                 on_submit: Callable[[], object] = lambda: None,
+                 on_answer: Callable[[], object] = lambda: None) -> list[str]:
     """submitit's executor without SLURM: each job submitted calls `on_submit` and gets the next id of array
-    9; the list returned fills with them."""
+    9; the list returned fills with them; `on_answer` is called as the batch ends (submitit runs sbatch
+    there, then moves each job's files into place)."""
     job_ids: list[str] = []
 
     class Executor:
@@ -195,6 +197,7 @@ def _fake_sbatch(monkeypatch: pytest.MonkeyPatch,
         @contextmanager
         def batch(self) -> Iterator[None]:
             yield
+            on_answer()
 
         def submit(self, job: object) -> SimpleNamespace:
             on_submit()
@@ -269,6 +272,25 @@ def test_ctrl_c_while_jobs_are_recorded_waits_until_every_one_is(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt), interruptible():
         submit(specs, results, tmp_path, SlurmOptions(), say=say)
     assert [slurm.queued_job(run_dir(results, spec)) for spec in specs] == ["9_0", "9_1"]
+
+
+def test_ctrl_c_as_sbatch_answers_waits_until_every_job_is_recorded(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C after sbatch answered, while submitit still moved the array's files into place (the batch's
+    end): the sweep left at once, no queued.json named the jobs, and the next sweep submitted the runs again
+    (and submitit's files were left in RESULTS/.slurm)."""
+    import signal
+
+    from medseg_bench.signals import interruptible
+
+    results = tmp_path / "r"
+    specs = [RunSpec(task="T", dims="3d", arch="unet", loss=loss, aug="none") for loss in ("dice_ce", "dice")]
+    _fake_sbatch(monkeypatch, on_answer=lambda: os.kill(os.getpid(), signal.SIGINT))
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        submit(specs, results, tmp_path, SlurmOptions(), say=said.append)
+    assert [slurm.queued_job(run_dir(results, spec)) for spec in specs] == ["9_0", "9_1"]
+    assert said[-2:] == [f"submitted T/{spec.run_id} as job 9_{i}" for i, spec in enumerate(specs)]
 
 
 @pytest.mark.parametrize("requeue_fails", [False, True])
