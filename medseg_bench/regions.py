@@ -137,3 +137,33 @@ def regions_change(setup: Mapping[str, Any], task: Any) -> str | None:
             return repr(regions)
 
     return f"the run trained on regions {shown(then)}; the task file declares {shown(now)}"
+
+
+def recorded_labels(task: Any) -> list[dict[str, Any]]:
+    """The task's labels as a run's setup.json records them, by value (`labels_change` compares them with
+    the task file's later: a label network's channels are these values, and a region run paints them)."""
+    return [{"value": int(value), "name": str(name)} for value, name in sorted(task.labels.items())]
+
+
+def labels_change(setup: Mapping[str, Any], task_version: int, task: Any) -> str | None:
+    """What differs between the labels a run's setup.json recorded and the task file's now, or None. A run
+    started before 2026-12-04 recorded none: the task file's `version` it trained on (its spec's
+    `task_version`) stands for them. A label removed made predict's checkpoint load fail with PyTorch's
+    "size mismatch" (blamed on the checkpoint); two names swapped painted each as the other, silently."""
+    then = setup.get("labels")
+    if then is None:
+        if task_version != task.version:
+            return (f"the run trained on version {task_version} of the task file, which is version "
+                    f"{task.version} now (its labels may differ; the run recorded none)")
+        return None
+    now = recorded_labels(task)
+    if then == now:
+        return None
+
+    def shown(labels: Any) -> str:
+        try:
+            return ", ".join(f"{label['value']}={label['name']}" for label in labels)
+        except (TypeError, KeyError):
+            return repr(labels)
+
+    return f"the run trained on labels {shown(then)}; the task file declares {shown(now)}"

@@ -20,7 +20,7 @@ from medseg_bench.data.preprocess import PreparedTask, load_case, source_digest,
 from medseg_bench.errors import RunError, first_line
 from medseg_bench.files import write_csv_atomic, write_json_atomic
 from medseg_bench.provenance import write_environment
-from medseg_bench.regions import recorded_regions, task_region_labels
+from medseg_bench.regions import recorded_labels, recorded_regions, task_region_labels
 from medseg_bench.results import SETUP_NAME
 from medseg_bench.run_folder import SPILL_NAME, write_status
 from medseg_bench.signals import caused_by_stop, stop_reason
@@ -196,7 +196,8 @@ def execute_run(spec: RunSpec, prepared: PreparedTask, folder: Path, reporter: R
             data = {"cases": len(split["train"]) + len(split["val"]),
                     "digest": source_digest(cache, [*split["train"], *split["val"]])}
             setup = {"patch_size": list(patch), "batch_size": batch,
-                     "preprocessing": prepared.plan.preprocessing, "orientation": orientation, "data": data}
+                     "preprocessing": prepared.plan.preprocessing, "orientation": orientation, "data": data,
+                     "labels": recorded_labels(prepared.task)}  # what its channels mean: predict checks
             if spec.target == "regions":  # its channels, in order: predict refuses a task file changed since
                 setup["regions"] = recorded_regions(prepared.task)
             write_json_atomic(folder / SETUP_NAME, setup)

@@ -183,8 +183,24 @@ def read_run(run_or_checkpoint: Path, postprocess: bool, allow_unfinished: bool 
     foreign = foreign_problem(checkpoint, folder.name)  # copied in from another run: not this run's weights
     if foreign is not None:
         raise DataError(f"{foreign}; predict with that run's own folder")
+    check_labels(folder, spec)
     return TrainedRun(folder, checkpoint, spec, trained_plan(folder, spec.task, data_dir),
                 load_decision(folder) if postprocess else None)
+
+
+def check_labels(folder: Path, spec: Any) -> None:
+    """DataError, before any network is loaded, where the task file's labels are not those the run trained on
+    (`regions.labels_change`): its channels would be painted as other labels."""
+    from medseg_bench.data.catalog import get_task
+    from medseg_bench.regions import labels_change
+    from medseg_bench.results import SETUP_NAME
+
+    task = get_task(spec.task)
+    setup = folder / SETUP_NAME
+    change = labels_change(read_json_object(setup) if setup.is_file() else {}, spec.task_version, task)
+    if change:
+        raise DataError(f"{setup}: {change}; restore the task file's labels ({task.source_file}) to predict "
+                        "with this run")
 
 
 def member(run: TrainedRun, tta: bool | None) -> Any:

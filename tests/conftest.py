@@ -301,7 +301,7 @@ def postprocessing_decision(foreground: bool, applied: dict[int, bool], cases: i
 def stand_in_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int = 2) -> object:
     """A prepared task for `run.execute_run` where a test replaces training: a plan without preprocessing
     fields, a cache without entries, one training and one held-out case, a (32, 48, 32) patch and `batch`,
-    every image stored RAS."""
+    every image stored RAS, labels 0 and 1."""
     from types import SimpleNamespace
 
     import medseg_bench.run as run_module
@@ -310,4 +310,5 @@ def stand_in_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int = 
     monkeypatch.setattr(run_module, "stored_orientation", lambda *args: "RAS")
     return SimpleNamespace(plan=SimpleNamespace(preprocessing={}),
                            cache_for=lambda own_slices: tmp_path / "cache",
-                           splits=[{"train": ["a"], "val": ["b"]}])
+                           splits=[{"train": ["a"], "val": ["b"]}],
+                           task=SimpleNamespace(labels={0: "background", 1: "a"}))

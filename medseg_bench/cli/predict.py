@@ -136,6 +136,7 @@ def _check_images(found: list[_Image], task: Any) -> None:
     the task's, from its header, before anything is predicted: a wrong image late in the folder would
     otherwise stop the command with half of it written. A case's channel files share their geometry."""
     from medseg_bench.data.io import layout_problem, read_geometry, vector_components
+    from medseg_bench.data.nifti import check_nifti_complete, is_nifti
     from medseg_bench.data.nnunet_raw import channel_mismatch
     from medseg_bench.data.validate import spacing_problem
 
@@ -143,6 +144,10 @@ def _check_images(found: list[_Image], task: Any) -> None:
         first: Any = None
         channels = 0
         for path in image.files:
+            if is_nifti(path) and not path.name.lower().endswith(".gz"):
+                # a `.nii` cut short, from its size (until 2026-12-04 named at its turn, the images before it
+                # written); a `.nii.gz` is decompressed to its end to tell, so its turn tells
+                check_nifti_complete(path)
             geometry, count = read_geometry(path)  # a 4D image's geometry: its three spatial axes
             problem = layout_problem(geometry.size) or spacing_problem(geometry.spacing)
             if not problem and first is not None:

@@ -155,7 +155,7 @@ def setup_problem(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: P
     it trained on), or the file that records them is damaged. It reads the task's plan and splits, not its
     cache: a sweep asks it before the cache is built (`refuse_unresumable`), and `run_one` again."""
     from medseg_bench.data.plan import preprocessing_change
-    from medseg_bench.regions import regions_change
+    from medseg_bench.regions import labels_change, regions_change
     from medseg_bench.training import resolve_patch_and_batch
 
     then, problem = _started_with(folder / "splits.json", "split", _is_split,
@@ -185,6 +185,11 @@ def setup_problem(spec: RunSpec, prepared: PlannedTask | PreparedTask, folder: P
     if regions:
         return (f"{folder / SETUP_NAME}: {regions}: restore the task file's regions, or delete the run "
                 "folder to start over")
+    # the same for its labels, recorded from 2026-12-04 (the task file's version is in the run id)
+    labels = labels_change(setup, spec.task_version, prepared.task) if setup and "labels" in setup else None
+    if labels:  # a label network's channels are the labels: two swapped resumed, training each as the other
+        return (f"{folder / SETUP_NAME}: {labels}: restore the task file's labels, or delete the run folder "
+                "to start over")
     patch, batch = resolve_patch_and_batch(spec, prepared)
     if setup is not None and (setup["patch_size"] != list(patch) or setup["batch_size"] != batch):
         old = "x".join(map(str, setup["patch_size"]))

@@ -401,6 +401,22 @@ def test_an_image_cut_short_exits_3_naming_it(run_folder, tmp_path: Path) -> Non
     assert not (out / "cut.nii.gz").exists()
 
 
+def test_an_uncompressed_image_cut_short_is_named_before_anything_is_written(run_folder,
+                                                                             tmp_path: Path) -> None:
+    # It was named at its turn, after the label maps of the images before it were written.
+    folder, _, _ = run_folder
+    images, out = tmp_path / "images", tmp_path / "pred"
+    _write_oriented(images / "a.nii.gz", np.zeros((14, 22, 18), np.float32))
+    path = images / "z.nii"
+    _write_oriented(path, np.zeros((14, 22, 18), np.float32))
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-500])
+    result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr == f"error: {path}: truncated ({size - 500} bytes of the {size} the header declares)\n"
+    assert not out.exists() or not list(out.iterdir())
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
 def test_an_image_with_nan_voxels_exits_3_naming_it(run_folder, tmp_path: Path, suffix: str) -> None:
     # A label map was written (exit 0): ITK reads a NIfTI's NaN as 0, another format keeps it as NaN.
@@ -516,6 +532,44 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused(run_folder, tmp_path
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_run_is_refused_where_the_task_files_labels_are_not_those_it_trained_on(
+        run_folder, home: Path, tmp_path: Path, recorded: bool) -> None:
+    # Two label names swapped in the task file predicted each as the other, silently; a label removed failed
+    # the checkpoint's load with PyTorch's "size mismatch", blamed on the checkpoint. A run from before
+    # 2026-12-04 recorded no labels: the task file's version it trained on stands for them.
+    import yaml
+
+    from medseg_bench.regions import recorded_labels
+
+    folder, _, prepared = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    setup = folder / "setup.json"
+    if recorded:
+        setup.write_text(json.dumps({"patch_size": list(prepared.plan.patch_3d),
+                                     "labels": recorded_labels(get_task(TASK))}))
+    task_file = home / "tasks" / f"{TASK}.yaml"
+    data = yaml.safe_load(task_file.read_text())
+    args = ["predict", str(folder), "--images", str(images), "--out", str(tmp_path / "out")]
+    task_file.write_text(yaml.safe_dump({**data, "version": 2}))  # the same labels: a recorded run predicts
+    result = runner.invoke(app, args)
+    assert result.exit_code == (0 if recorded else 3), result.output
+    if not recorded:
+        assert result.output == (f"error: {setup}: the run trained on version 1 of the task file, which is "
+                                 "version 2 now (its labels may differ; the run recorded none); restore the "
+                                 f"task file's labels ({task_file}) to predict with this run\n")
+    task_file.write_text(yaml.safe_dump({**data, "labels": {0: "background", 1: "core", 2: "outer"}}))
+    result = runner.invoke(app, [*args, "--overwrite"])
+    if recorded:
+        assert result.exit_code == 3, result.output
+        assert result.output == (f"error: {setup}: the run trained on labels 0=background, 1=outer, 2=core; "
+                                 "the task file declares 0=background, 1=core, 2=outer; restore the task "
+                                 f"file's labels ({task_file}) to predict with this run\n")
+    else:  # nothing to tell it by: the version is the one it trained on
+        assert result.exit_code == 0, result.output
 
 
 def test_device_is_checked_before_any_work(run_folder, tmp_path: Path, monkeypatch) -> None:

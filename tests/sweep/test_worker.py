@@ -202,7 +202,8 @@ def test_an_attempt_that_starts_over_records_its_own_setup(tmp_path: Path,
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
     plan = SimpleNamespace(patch_3d=(32, 32, 32), batch_3d=4, preprocessing={"target_spacing": [1, 1, 1]})
     prepared = SimpleNamespace(plan=plan, splits=[{"train": ["a"], "val": ["b"]}],
-                               cache_for=lambda own_slices: tmp_path / "cache")  # no entries: no orientation
+                               cache_for=lambda own_slices: tmp_path / "cache",  # no entries: no orientation
+                               task=SimpleNamespace(labels={0: "background", 1: "a"}))
     for batch in (4, 2):  # a first attempt, then one from scratch after a plan edit
         plan.batch_3d = batch
         with pytest.raises(KeyboardInterrupt):
@@ -210,6 +211,7 @@ def test_an_attempt_that_starts_over_records_its_own_setup(tmp_path: Path,
         setup = json.loads((tmp_path / "setup.json").read_text())
         assert setup["batch_size"] == batch and setup["preprocessing"] == {"target_spacing": [1, 1, 1]}
         assert setup["orientation"] is None
+        assert setup["labels"] == [{"value": 0, "name": "background"}, {"value": 1, "name": "a"}]
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # now it resumes: held to batch 2
     plan.batch_3d = 4
@@ -353,3 +355,27 @@ def test_a_worker_that_died_without_a_word_is_named_by_its_signal_or_exit_code(t
                                             f"log: {tmp_path / 'run.log'})")
     write_status(tmp_path, "failed", error="training diverged")
     assert failure_message(tmp_path, -9) == "training diverged"  # what the run recorded comes first
+
+
+def test_a_run_resumes_only_on_the_labels_it_started_with(tmp_path: Path) -> None:
+    # Two label names swapped in the task file (its version kept): the run resumed, training each channel
+    # as the other label, and predict painted them so.
+    from types import SimpleNamespace
+
+    from medseg_bench.regions import recorded_labels
+    from medseg_bench.sweep.worker import setup_problem
+
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
+    split = {"train": ["a", "b", "c"], "val": ["d"]}
+    plan = SimpleNamespace(patch_3d=(40, 56, 40), batch_3d=4, patch_2d=(64, 64), batch_2d=32)
+    task = SimpleNamespace(labels={0: "background", 1: "Anterior", 2: "Posterior"}, version=1)
+    prepared = SimpleNamespace(plan=plan, splits=[split], task=task)
+    write_json_atomic(tmp_path / "splits.json", split)
+    write_json_atomic(tmp_path / "setup.json", {"patch_size": [40, 56, 40], "batch_size": 4,
+                                                "labels": recorded_labels(task)})
+    assert setup_problem(spec, prepared, tmp_path) is None
+    task.labels = {0: "background", 1: "Posterior", 2: "Anterior"}
+    assert setup_problem(spec, prepared, tmp_path) == (
+        f"{tmp_path / 'setup.json'}: the run trained on labels 0=background, 1=Anterior, 2=Posterior; the "
+        "task file declares 0=background, 1=Posterior, 2=Anterior: restore the task file's labels, or delete "
+        "the run folder to start over")
