@@ -413,7 +413,8 @@ def test_an_uncompressed_image_cut_short_is_named_before_anything_is_written(run
     path.write_bytes(path.read_bytes()[:-500])
     result = runner.invoke(app, ["predict", str(folder), "--images", str(images), "--out", str(out)])
     assert result.exit_code == 3, result.output
-    assert result.stderr == f"error: {path}: truncated ({size - 500} bytes of the {size} the header declares)\n"
+    assert result.stderr == (f"error: {path}: truncated ({size - 500} bytes of the {size} the header "
+                             "declares)\n")
     assert not out.exists() or not list(out.iterdir())
 
 
