@@ -167,6 +167,11 @@ def sweep(
             # a results dir others can write to, or a RESULTS/.slurm not yours: exit 6 (0 until 2026-12-04)
             check_private_results(results_dir, lambda line: print_coloured(line, "yellow"))
             check_job_folder(results_dir)
+            from medseg_bench.sweep.slurm import partition_problem
+
+            unknown = partition_problem(partition)
+            if unknown:
+                raise UsageError(unknown)
         from medseg_bench.results import check_results_dir
         from medseg_bench.sweep.dry_run import dry_run_lines
 
@@ -240,6 +245,11 @@ def _submit(runs: list[Any], results_dir: Path, data_dir: Path, partition: str |
     if shutil.which("sbatch") is None:  # before the cache is built: submitit would fail after it
         raise UsageError("--launcher slurm: no SLURM client here (sbatch is not on PATH); run on a login "
                          "node of the cluster, or use the local launcher")
+    from medseg_bench.sweep.slurm import partition_problem
+
+    unknown = partition_problem(options.partition)  # sbatch refused it only after the caches were built
+    if unknown:
+        raise UsageError(unknown)
     check_writable(results_dir)
     # others who can write to it could run code as your jobs: refused, or a warning
     check_private_results(results_dir, lambda line: print_coloured(line, "yellow"))

@@ -234,6 +234,23 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def partition_problem(partition: str | None) -> str | None:
+    """Why SLURM has no partition `partition`, from `scontrol show partition` (`Partition P not found`), or
+    None: it has it, none was given, or scontrol cannot say (not on PATH, no answer, another error: sbatch
+    then tells). Asked before a sweep builds its caches: sbatch refused an unknown partition only after."""
+    if not partition or shutil.which("scontrol") is None:
+        return None
+    try:
+        done = subprocess.run(["scontrol", "show", "partition", partition], capture_output=True, text=True,
+                              timeout=30)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    said = [line.strip() for line in f"{done.stderr}\n{done.stdout}".splitlines() if line.strip()]
+    if done.returncode != 0 and said and "not found" in said[0]:
+        return one_line(f"--partition {partition}: SLURM has no such partition (scontrol: {said[0]})")
+    return None
+
+
 def queued_job(folder: Path) -> str | None:
     return read_json(folder / QUEUED_NAME).get("job_id")
 

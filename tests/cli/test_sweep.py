@@ -598,3 +598,21 @@ def test_the_dry_run_exits_5_where_the_sweep_would_fail_an_interrupted_run(home:
     fast = runner.invoke(app, [*args, "--fail-fast"])
     assert fast.exit_code == 5, fast.output
     assert "--fail-fast: the sweep would stop at that run, no other run trains" in fast.output
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_slurm_sweep_names_an_unknown_partition_before_any_work(home: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 dry_run: bool) -> None:
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("scontrol", "echo 'Partition nope not found'; exit 1"), ("sbatch", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = _sweep(tmp_path, "--task", "Task04_Hippocampus", "--launcher", "slurm", "--partition", "nope",
+                    *(["--dry-run"] if dry_run else []))
+    assert result.exit_code == 2, result.output
+    assert result.output == ("error: --partition nope: SLURM has no such partition (scontrol: Partition nope "
+                             "not found)\n")

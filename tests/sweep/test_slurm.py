@@ -658,3 +658,23 @@ def test_a_job_is_told_the_checkpoint_its_submission_checked(
     monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(job_id="9_0"))
     assert made[0]() == "done" and trained == [started]
     assert loads == [str(checkpoint)] * (1 if pickled == "now" else 2)
+
+
+@pytest.mark.parametrize(("answer", "problem"), [
+    ("echo 'Partition nope not found'; exit 1",
+     "--partition nope: SLURM has no such partition (scontrol: Partition nope not found)"),
+    ("echo 'PartitionName=nope'", None),
+    ("echo 'scontrol: fatal: Could not establish a configuration source' >&2; exit 1", None),  # sbatch tells
+    (None, None),  # no scontrol on PATH
+])
+def test_an_unknown_partition_is_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       answer: str | None, problem: str | None) -> None:
+    # sbatch refused it only after the sweep had built the task's caches (minutes to hours on a large task)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if answer is not None:
+        (bin_dir / "scontrol").write_text(f"#!/bin/sh\n{answer}\n")
+        (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir) if answer is None else f"{bin_dir}:{os.environ['PATH']}")
+    assert slurm.partition_problem("nope") == problem
+    assert slurm.partition_problem(None) is None
