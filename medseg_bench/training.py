@@ -199,9 +199,15 @@ class _ProgressCallback(pl.Callback):
     """Epoch times and training time, carried in the checkpoint, so a resumed run's cost counts every
     checkpointed epoch of every attempt (an epoch cut short by a kill is redone, and counted once)."""
 
-    def __init__(self, run_id: str, epochs: int, reporter: EpochReporter | None) -> None:
+    def __init__(self, run_id: str, epochs: int, reporter: EpochReporter | None, iters_per_epoch: int = 0,
+                 cuda: bool = False) -> None:
         self.run_id, self.epochs, self.reporter = run_id, epochs, reporter
-        self.epoch_times_s: list[float] = []  # every epoch of the run, earlier attempts' first
+        self.iters_per_epoch, self.cuda = iters_per_epoch, cuda
+        # every whole epoch of the run, earlier attempts' first: one --max-minutes cut short is left out (its
+        # time made the mean, `time_per_epoch_s`, and the dry run's seconds per iteration, too small)
+        self.epoch_times_s: list[float] = []
+        self.earlier_peak_mb = 0.0  # the memory peak of earlier attempts, up to their last checkpoint
+        self._steps = 0  # in the open epoch
         self.start_epoch = 0
         self.first_step_at: float | None = None  # wall clock (epoch seconds) of this process's first step
         self.earlier_train_time_s = 0.0  # training time of earlier attempts, up to their last checkpoint
@@ -220,13 +226,28 @@ class _ProgressCallback(pl.Callback):
         # Saved after on_train_epoch_end (Lightning runs checkpoint callbacks last), or at the end of an
         # epoch's validation, before it, where that epoch is still open.
         now = time.perf_counter()
-        current = [now - self._start] if self._epoch_open else []
-        return {"epoch_times_s": [*self.epoch_times_s, *current],
-                "train_time_s": self.earlier_train_time_s + now - self._attempt_start}
+        current = [now - self._start] if self._epoch_open and self._whole_epoch() else []
+        return {"epoch_times_s": [*self.epoch_times_s, *current], "train_time_s": self.train_time_s(now),
+                "peak_memory_mb": self.peak_memory_mb()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epoch_times_s = [float(t) for t in state_dict.get("epoch_times_s", [])]
         self.earlier_train_time_s = float(state_dict.get("train_time_s", 0.0))
+        self.earlier_peak_mb = float(state_dict.get("peak_memory_mb", 0.0))
+
+    def train_time_s(self, now: float) -> float:
+        """Training time of every attempt: this one's only where it took a step (one that resumed to
+        evaluate, after the last epoch, added its restore to the run's training time)."""
+        stepped = self.first_step_at is not None
+        return self.earlier_train_time_s + (now - self._attempt_start if stepped else 0.0)
+
+    def peak_memory_mb(self) -> float:
+        """The run's memory peak over every attempt (a resumed run's was its last attempt's alone: one that
+        only evaluated was charged its checkpoint's restore, and ranked best)."""
+        return max(self.earlier_peak_mb, _peak_memory_mb(self.cuda))
+
+    def _whole_epoch(self) -> bool:
+        return not self.iters_per_epoch or self._steps >= self.iters_per_epoch
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start_epoch = trainer.current_epoch
@@ -238,14 +259,17 @@ class _ProgressCallback(pl.Callback):
         self._report()
         self._start = time.perf_counter()
         self._epoch_open = True
+        self._steps = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time()
+        self._steps += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.epoch_times_s.append(time.perf_counter() - self._start)
+        if self._whole_epoch():
+            self.epoch_times_s.append(time.perf_counter() - self._start)
         self._epoch_open = False
         self.epochs_trained += 1
         metrics = trainer.callback_metrics
@@ -414,7 +438,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
                                 run_id=spec.run_id, regions=regions)
     cuda = torch.cuda.is_available()
     ckpt_dir = run_dir / "checkpoints"
-    progress = _ProgressCallback(spec.run_id, spec.epochs, reporter)
+    progress = _ProgressCallback(spec.run_id, spec.epochs, reporter, spec.iters_per_epoch, cuda)
     loggers: list[Any] = [csv_logger(run_dir)]  # its writes whole, whatever signal lands
     try:
         import tensorboard  # noqa: F401
@@ -463,7 +487,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
             done = 0
         if isinstance(train_loader.sampler, EpochSampler):
             train_loader.sampler.set_epoch(int(done) // spec.iters_per_epoch)
-    start = progress.start_attempt()
+    progress.start_attempt()
     _reset_peak_memory(cuda)
     with _no_nan_fill():
         trainer.fit(module, train_loader, val_loader, ckpt_path=last if last.is_file() else None)
@@ -477,7 +501,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         # The weights evaluation and `predict` use: the final ones, also when --max-minutes stopped training
         # in the middle of an epoch (after its last epoch-end checkpoint).
         trainer.save_checkpoint(last)
-    train_time_s = progress.earlier_train_time_s + time.perf_counter() - start
+    train_time_s = progress.train_time_s(time.perf_counter())
     # The first epoch this attempt trained; when it trained none (killed during evaluation, after the last
     # epoch's checkpoint), every logged epoch is from before.
     first = progress.start_epoch if progress.epochs_trained else trainer.current_epoch
@@ -487,7 +511,7 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         resumed_at = trainer.current_epoch + 1
         log.info("run %s: resumed from checkpoints/last.ckpt after its last epoch (%d of %d): evaluating",
                  spec.run_id, trainer.current_epoch, spec.epochs)
-    peak_mb = _peak_memory_mb(cuda)
+    peak_mb = progress.peak_memory_mb()
     return TrainResult(
         net=module.net.eval(),
         params=sum(p.numel() for p in net.parameters()),

@@ -78,7 +78,11 @@ def test_a_run_finished_training_but_not_evaluation_keeps_its_log_and_cost(prepa
     # the first attempt's training time, as its checkpoint carries it (taken after both epochs, before the
     # final save: 90% of the first attempt's total, asserted here before, failed once on a busy disk)
     assert sum(first.epoch_times_s) < carried <= first.train_time_s
-    assert again.train_time_s > carried
+    # an attempt that took no step adds no training time (it added its restore), and keeps the memory peak of
+    # the attempt that trained (it reported its restore's alone, and ranked best)
+    assert again.train_time_s == carried
+    (peak,) = [state["peak_memory_mb"] for state in states.values() if "peak_memory_mb" in state]
+    assert 0 < peak <= first.peak_memory_mb and again.peak_memory_mb >= peak
     assert first.resumed_at_epoch is None and again.resumed_at_epoch == 3  # resumed after its 2 epochs
 
 
@@ -493,3 +497,22 @@ def test_a_region_run_trains_a_sigmoid_channel_per_region(home: Path, tmp_path: 
     with pytest.raises(UsageError, match=f"^loss '{softmax_only_loss}' has no region form"):
         train(_spec(task=name, target="regions", loss=softmax_only_loss), regions, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_an_epoch_cut_short_by_the_clock_is_not_counted_as_an_epochs_time() -> None:
+    # --max-minutes stopping within an epoch: its 3 of 5 steps were averaged in as an epoch, and the mean
+    # time per epoch (and the dry run's seconds per iteration) came out too small.
+    from types import SimpleNamespace
+
+    from medseg_bench.training import _ProgressCallback
+
+    progress = _ProgressCallback("r", 3, None, iters_per_epoch=5)
+    trainer = SimpleNamespace(callback_metrics={}, current_epoch=0)
+    for steps in (5, 3):
+        progress.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
+        for index in range(steps):
+            progress.on_train_batch_start(trainer, None, None, index)  # type: ignore[arg-type]
+        if steps == 3:
+            assert progress.state_dict()["epoch_times_s"] == progress.epoch_times_s  # a checkpoint now
+        progress.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert len(progress.epoch_times_s) == 1

@@ -114,7 +114,7 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     columns += [] if part == "quality" else [
         ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
         (f"{compute}-h/run", "train_hours", False, lambda r: _significant(r["train_hours"])),
-        ("peak mem (MB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
+        ("peak mem (MiB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
         ("s/epoch", "time_per_epoch_s", False, lambda r: _num(r["time_per_epoch_s"], 1)),
     ]
     # Best over every configuration of the task, also those --top leaves out: a column whose best is not
@@ -219,7 +219,10 @@ def group_table(report: Report, task: str) -> Table:
     assert groups is not None
     axis = groups.attrs["group_by"]
     rows_frame = groups[groups["task"] == task]
-    headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics], "train h/run"]
+    configs = report.table[report.table["task"] == task]
+    compute = "/".join(sorted({c for c in configs["compute"] if c})) if "compute" in configs else ""
+    headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics],
+               f"{compute or 'compute'}-h/run"]  # the leaderboard's column (it said "train h/run")
     best = {m: best_rows(rows_frame, f"{m}_mean", higher_is_better(m)) for m in report.metrics}
     rows = []
     for idx, row in rows_frame.iterrows():
