@@ -126,17 +126,24 @@ def regions_change(setup: Mapping[str, Any], task: Any) -> str | None:
     then = setup.get("regions")
     if then is None:
         return None
-    now = recorded_regions(task)
+    return _recorded_change("regions", then, recorded_regions(task),
+                            lambda regions: "; ".join(f"{r['name']}={','.join(map(str, r['labels']))}"
+                                                      for r in regions))
+
+
+def _recorded_change(what: str, then: Any, now: Any, show: Any) -> str | None:
+    """"the run trained on WHAT THEN; the task file declares NOW", each as `show` writes it (a value it cannot
+    write, from an edited setup.json, as Python's repr), or None where they are the same."""
     if then == now:
         return None
 
-    def shown(regions: Any) -> str:
+    def shown(recorded: Any) -> str:
         try:
-            return "; ".join(f"{r['name']}={','.join(map(str, r['labels']))}" for r in regions)
+            return str(show(recorded))
         except (TypeError, KeyError):
-            return repr(regions)
+            return repr(recorded)
 
-    return f"the run trained on regions {shown(then)}; the task file declares {shown(now)}"
+    return f"the run trained on {what} {shown(then)}; the task file declares {shown(now)}"
 
 
 def recorded_labels(task: Any) -> list[dict[str, Any]]:
@@ -156,14 +163,5 @@ def labels_change(setup: Mapping[str, Any], task_version: int, task: Any) -> str
             return (f"the run trained on version {task_version} of the task file, which is version "
                     f"{task.version} now (its labels may differ; the run recorded none)")
         return None
-    now = recorded_labels(task)
-    if then == now:
-        return None
-
-    def shown(labels: Any) -> str:
-        try:
-            return ", ".join(f"{label['value']}={label['name']}" for label in labels)
-        except (TypeError, KeyError):
-            return repr(labels)
-
-    return f"the run trained on labels {shown(then)}; the task file declares {shown(now)}"
+    return _recorded_change("labels", then, recorded_labels(task),
+                            lambda labels: ", ".join(f"{label['value']}={label['name']}" for label in labels))
