@@ -394,14 +394,29 @@ def test_a_run_that_fails_its_resume_check_under_the_lock_is_never_said_to_be_tr
                     "sweep finished: 1 failed (of 1 run) in 0.0 min"], said
 
 
+def _settled(tmp_path: Path, spec: RunSpec, code: int) -> tuple[dict[str, list[str]], str]:
+    """`local._settle` of a failed worker of `spec` whose pid is this process's (a heartbeat written by this
+    process is its own); (outcome, what was said)."""
+    from types import SimpleNamespace
+
+    from medseg_bench.sweep.local import _Job, _settle
+
+    with open(tmp_path / "out.txt", "w") as out:
+        reporter = PlainReporter(Console(file=out, highlight=False, width=1000))
+        reporter.start(1)
+        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
+        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
+                                                               "damage")}
+        assert not _settle(job, code, tmp_path, reporter, outcome)
+    return outcome, (tmp_path / "out.txt").read_text()
+
+
 @pytest.mark.parametrize("held", [False, True])
 def test_a_jobs_run_is_said_to_be_training_only_where_its_worker_held_it(tmp_path: Path, held: bool) -> None:
     # A worker whose run failed its resume check under the lock (no heartbeat of its own: `run_one` starts it
     # after the check) ended with "training", then "failed"; one that held the run and ended before the loop
     # saw its heartbeat is still said to be training first.
-    from types import SimpleNamespace
 
-    from medseg_bench.sweep.local import _Job, _settle
     from medseg_bench.sweep.worker import EXIT_FAILED
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
@@ -410,14 +425,8 @@ def test_a_jobs_run_is_said_to_be_training_only_where_its_worker_held_it(tmp_pat
     write_status(folder, "failed", error="last.ckpt: not a checkpoint")
     if held:
         write_heartbeat(folder)  # this process's pid: the job's worker below
-    with open(tmp_path / "out.txt", "w") as out:
-        reporter = PlainReporter(Console(file=out, highlight=False, width=200))
-        reporter.start(1)
-        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
-        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
-                                                               "damage")}
-        assert not _settle(job, EXIT_FAILED, tmp_path, reporter, outcome)
-    said = (tmp_path / "out.txt").read_text().splitlines()
+    outcome, said_text = _settled(tmp_path, spec, EXIT_FAILED)
+    said = said_text.splitlines()
     assert outcome["failed"] == [spec.run_id]
     failed = f"[1/1] {spec.run_id}: failed: last.ckpt: not a checkpoint"
     assert said == ([f"[1/1] {spec.run_id}: training"] if held else []) + [failed], said
@@ -912,13 +921,11 @@ def test_a_jobs_worker_killed_in_its_run_leaves_the_run_failed_with_the_sweeps_l
     # A --jobs worker SIGKILLed (the out-of-memory killer) mid-run: the sweep said "failed: worker killed by
     # SIGKILL ...", but the run folder still said `running`, and `status` showed it `partial` with no word
     # of why. One SIGTERMed from outside records `interrupted` itself: the sweep says so, the folder keeps it.
-    from types import SimpleNamespace
 
     from typer.testing import CliRunner
 
     from medseg_bench.cli.app import app
     from medseg_bench.run_folder import read_events, read_status
-    from medseg_bench.sweep.local import _Job, _settle
 
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", epochs=3)
     folder = run_dir(tmp_path, spec)
@@ -929,14 +936,7 @@ def test_a_jobs_worker_killed_in_its_run_leaves_the_run_failed_with_the_sweeps_l
     if code == 143:
         append_event(folder, "interrupted", reason="SIGTERM")
     write_heartbeat(folder)  # this process's pid: the job's worker below
-    with open(tmp_path / "out.txt", "w") as out:
-        reporter = PlainReporter(Console(file=out, highlight=False, width=1000))
-        reporter.start(1)
-        job = _Job(spec, process=SimpleNamespace(pid=os.getpid()), started=time.time() - 1)  # type: ignore[arg-type]
-        outcome: dict[str, list[str]] = {kind: [] for kind in ("done", "skipped", "failed", "busy", "damaged",
-                                                               "damage")}
-        assert not _settle(job, code, tmp_path, reporter, outcome)
-    said = (tmp_path / "out.txt").read_text()
+    _, said = _settled(tmp_path, spec, code)
     output = folder / "worker.log"
     shown = CliRunner().invoke(app, ["status", "--results-dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
