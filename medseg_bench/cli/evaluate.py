@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 FORMATS = ("csv", "json", "markdown")
+MEAN_CASE = ""  # the `case` of the CSV's mean rows: no case id is empty
 
 
 def evaluate(
@@ -247,7 +248,9 @@ def _render(cases: Any, means: Any, settings: dict[str, object], fmt: str) -> st
     if fmt == "csv":  # for people: a case named `=HYPERLINK(...)` is text in a spreadsheet
         from medseg_bench.report.formats import spreadsheet_table
 
-        mean_rows = means.assign(case="mean", ref_empty="", pred_empty="")[columns]
+        # a mean row's case is empty: "mean" was also the row of a case named so (`mean.nii.gz`), while no
+        # case id is empty (`.nii.gz` is a hidden file, never read)
+        mean_rows = means.assign(case=MEAN_CASE, ref_empty="", pred_empty="")[columns]
         joined = pd.concat([cases.astype(object), mean_rows.astype(object)])
         return spreadsheet_table(joined).to_csv(index=False)
     if fmt == "json":
@@ -280,10 +283,15 @@ def _records(frame: Any) -> list[dict[str, object]]:
 
 
 def _markdown(frame: Any) -> str:
+    """A markdown table of `frame`; its text cells (case ids from file names, region names) escaped as the
+    report's names are (`md_text`): a case `a|b` added a column, `**x**` was bold, an escape code reached the
+    terminal or the `--output` file."""
+    from medseg_bench.report.formats import md_text
+
     def cell(value: object) -> str:
         if isinstance(value, float):
             return "NaN" if value != value else f"{value:.4f}"
-        return str(value)
+        return md_text(value) if isinstance(value, str) else str(value)
 
     header = "| " + " | ".join(frame.columns) + " |\n"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|\n"

@@ -238,10 +238,13 @@ def _file_pairs(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, Path, Pa
     for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise DataError(f"{folder}: {role} folder not found")
+    suffixes = ", ".join("*" + s for s in IMAGE_SUFFIXES)
     preds = files_by_case(pred_dir, "a prediction")
     if not preds:
-        raise DataError(f"{pred_dir}: no prediction files ({', '.join('*' + s for s in IMAGE_SUFFIXES)})")
+        raise DataError(f"{pred_dir}: no prediction files ({suffixes})")
     refs = files_by_case(ref_dir, "a reference")
+    if not refs:  # else the first prediction's "no reference of case ...", as if one case lacked its file
+        raise DataError(f"{ref_dir}: no reference files ({suffixes})")
     pairs = []
     for case, pred in preds.items():
         if case not in refs:

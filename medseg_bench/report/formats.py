@@ -37,11 +37,12 @@ def one_line(text: str) -> str:
     return printable(" ".join(text.splitlines()))
 
 
-def _md_text(text: str, cell: bool = True, names: bool = True) -> str:
+def md_text(text: str, cell: bool = True, names: bool = True) -> str:
     """Text for markdown: one line; a `<` that could open an HTML tag escaped (markdown passes HTML through to
-    the page it renders); in a table, `|` escaped. `names` (headings, captions, cells: names from task files
-    and run folders among them, never markup of the report's own): what else markdown would render as markup
-    is escaped too (`_md_names`); not in the notes, whose code spans are the report's."""
+    the page it renders); in a table, `|` escaped. `names` (headings, captions, cells: names from task files,
+    run folders and case files among them, never markup of the report's own): what else markdown would render
+    as markup is escaped too (`_md_names`); not in the notes, whose code spans are the report's. Public:
+    `evaluate`'s markdown tables escape their case ids and region names with it."""
     text = one_line(text)
     text = _md_names(text) if names else text
     text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)
@@ -58,15 +59,15 @@ def _md_names(text: str) -> str:
 
 
 def _md_cell(cell: Cell) -> str:
-    text = _md_text(cell.text)
+    text = md_text(cell.text)
     return f"**{text}**" if cell.best and text != "–" else text
 
 
 def _md_table(table: Table) -> list[str]:
     lines = []
     if table.caption:
-        lines += [f"**{_md_text(table.caption, cell=False)}**", ""]
-    lines.append("| " + " | ".join(_md_text(h) for h in table.headers) + " |")
+        lines += [f"**{md_text(table.caption, cell=False)}**", ""]
+    lines.append("| " + " | ".join(md_text(h) for h in table.headers) + " |")
     lines.append("|" + "|".join("---:" if a == "r" else "---" for a in table.align) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     return lines
@@ -75,9 +76,9 @@ def _md_table(table: Table) -> list[str]:
 def to_markdown(report: Report) -> str:
     lines: list[str] = []
     for section in sections(report):
-        lines += ["#" * section.level + " " + _md_text(section.title, cell=False), ""]
+        lines += ["#" * section.level + " " + md_text(section.title, cell=False), ""]
         for item in section.items:
-            text = _md_table(item) if isinstance(item, Table) else [_md_text(item, cell=False, names=False)]
+            text = _md_table(item) if isinstance(item, Table) else [md_text(item, cell=False, names=False)]
             lines += [*text, ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 

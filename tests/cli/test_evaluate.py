@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,19 @@ def invoke(*args: str):
     return runner.invoke(app, ["evaluate", *args, "--workers", "1"])
 
 
+def read_scores(source) -> pd.DataFrame:
+    """evaluate's CSV, the means' empty case as "" (pandas reads it as NaN)."""
+    return pd.read_csv(source).fillna({"case": ""})
+
+
 def test_csv_rows_then_means(folders):
     pred_dir, ref_dir = folders
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
     assert result.exit_code == 0, result.output
-    frame = pd.read_csv(io.StringIO(result.stdout))
+    frame = read_scores(io.StringIO(result.stdout))
     # a run's metrics.csv columns: one per metric, in registration order (`list metrics`)
     assert list(frame.columns) == ["case", "label", *METRIC_NAMES, "ref_empty", "pred_empty"]
-    assert frame["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+    assert frame["case"].tolist() == ["a", "a", "b", "b", "", ""]  # the means: no case
     assert frame["label"].tolist() == [1, 2, 1, 2, 1, 2]
     assert frame.loc[0, "hd"] == pytest.approx(2.5)  # moved by one 2.5 mm slice
     assert np.isnan(frame.loc[3, "dice"])  # case b has no label 2
@@ -72,7 +78,7 @@ def test_csv_case_names_a_spreadsheet_would_run_are_text(folders):
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert {row["case"] for row in rows} == {"a", "b", "mean", *("'" + name for name in names)}
+    assert {row["case"] for row in rows} == {"a", "b", "", *("'" + name for name in names)}
     assert {row["label"] for row in rows} == {"1", "2"}
     assert not [cell for row in rows for cell in row.values() if cell[:1] in ("=", "+", "@")]
     frame = pd.read_csv(io.StringIO(result.stdout))
@@ -220,7 +226,7 @@ def test_label_maps_in_other_formats_pair_by_case_name(folders, tmp_path):
     (other / "b.mha").unlink()
     scored = invoke("--pred", str(other), "--ref", str(refs), "--format", "csv")
     assert scored.exit_code == 0, scored.output
-    assert set(pd.read_csv(io.StringIO(scored.stdout))["case"]) == {"a", "mean"}
+    assert set(read_scores(io.StringIO(scored.stdout))["case"]) == {"a", ""}
     sitk.WriteImage(sitk.ReadImage(str(pred_dir / "a.nii.gz")), str(other / "a.nii.gz"))
     twice = invoke("--pred", str(other), "--ref", str(refs))
     assert twice.exit_code == 3
@@ -348,7 +354,7 @@ def test_regions_are_rows_after_the_labels_with_their_name_as_label(tumour_folde
     for name, dice in HAND_DICE.items():
         assert cases.loc[name, "dice"] == pytest.approx(dice), name
     assert cases.loc["2", "dice"] == 0  # label 2 is never predicted
-    means = frame[frame["case"] == "mean"].set_index("label")
+    means = frame[frame["case"].isna()].set_index("label")
     assert means.loc["core", "dice"] == pytest.approx(HAND_DICE["core"])
 
 
@@ -445,8 +451,8 @@ def test_2d_label_maps_are_scored_in_2d(tmp_path, surface):
     write(ref_dir, "slab", ref[None], spacing=(1.0, 2.5, 7.0))
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--surface", surface)
     assert result.exit_code == 0, result.output
-    frame = pd.read_csv(io.StringIO(result.stdout)).set_index("case")
-    assert frame.index.tolist() == ["flat", "slab", "mean"]
+    frame = read_scores(io.StringIO(result.stdout)).set_index("case")
+    assert frame.index.tolist() == ["flat", "slab", ""]
     for case in ("flat", "slab"):
         for name, value in WORKED[surface].items():
             assert frame.loc[case, name] == pytest.approx(value, abs=1e-3), (case, name)
@@ -485,7 +491,7 @@ def test_references_without_prediction_are_an_error_unless_allowed(folders):
     assert result.exit_code == 0, result.output
     assert f"note: 1 reference(s) in {ref_dir} have no prediction in {pred_dir} (first: c.nii.gz); " \
            "scored the 2 case(s) that have one" in result.stderr
-    assert pd.read_csv(io.StringIO(result.stdout))["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+    assert read_scores(io.StringIO(result.stdout))["case"].tolist() == ["a", "a", "b", "b", "", ""]
 
     (ref_dir / "c.nii.gz").rename(ref_dir / "c\x1b[2J.nii.gz")  # a dataset's file name: shown escaped
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv", "--allow-missing")
@@ -532,7 +538,7 @@ def test_output_onto_a_runs_own_file_is_refused_and_a_new_file_beside_it_written
     assert (run / "metrics.csv").read_text() == "the run's scores"
     result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(run / "rescored.csv"))
     assert result.exit_code == 0, result.output
-    assert pd.read_csv(run / "rescored.csv")["case"].tolist() == ["a", "a", "b", "b", "mean", "mean"]
+    assert read_scores(run / "rescored.csv")["case"].tolist() == ["a", "a", "b", "b", "", ""]
 
 
 def test_output_onto_a_results_dirs_index_is_refused(folders, tmp_path):
@@ -737,3 +743,82 @@ def test_a_pred_or_ref_that_is_no_folder_is_named_with_its_option(tmp_path: Path
                                     str(tmp_path / "o")])
     assert predicted.exit_code == 2
     assert predicted.stderr == f"error: {afile}: --images is not a folder (a file)\n"
+
+
+def test_markdown_escapes_case_names_as_the_report_does(folders, tmp_path: Path) -> None:
+    # a case `a|b` added a column to its row, `**bold**` rendered bold and an escape code reached the file
+    pred_dir, ref_dir = folders
+    names = ["a|b", "**bold**", "ev\x1b[31mil"]
+    for name in names:
+        for folder in (pred_dir, ref_dir):
+            (folder / f"{name}.nii.gz").write_bytes((folder / "b.nii.gz").read_bytes())
+    out = tmp_path / "scores.md"
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert {len(re.findall(r"(?<!\\)\|", row)) for row in rows[:2 + 2 * 5]} == {len(METRIC_NAMES) + 5}
+    assert "| a\\|b | 1 |" in text and "| \\*\\*bold\\*\\* | 1 |" in text
+    assert "\x1b" not in text and "| ev\\\\x1b[31mil | 1 |" in text  # shows as `ev\x1b[31mil`
+
+
+def test_a_case_named_mean_is_told_from_the_means(folders, tmp_path: Path) -> None:
+    # its rows were `mean,1,...` as the means' were: the means' case is empty now, which no case id is
+    import csv
+
+    pred_dir, ref_dir = folders
+    for folder in (pred_dir, ref_dir):
+        (folder / "mean.nii.gz").write_bytes((folder / "a.nii.gz").read_bytes())
+    result = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["case"], row["label"]) for row in rows] == [
+        ("a", "1"), ("a", "2"), ("b", "1"), ("b", "2"), ("mean", "1"), ("mean", "2"), ("", "1"), ("", "2")]
+    assert [row["ref_empty"] for row in rows[-2:]] == ["", ""]
+    as_json = invoke("--pred", str(pred_dir), "--ref", str(ref_dir), "--format", "json")
+    payload = json.loads(as_json.stdout)  # cases and means apart, as they were
+    assert [row["case"] for row in payload["cases"]].count("mean") == 2
+    assert [row["label"] for row in payload["means"]] == [1, 2] and "case" not in payload["means"][0]
+
+
+def test_an_empty_ref_folder_is_named_as_an_empty_pred_folder_is(folders, tmp_path: Path) -> None:
+    # it was the first prediction's "no reference of case 'a' in EMPTY", as if one case lacked its file
+    pred_dir, ref_dir = folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    suffixes = "(*.nii.gz, *.nii, *.nrrd, *.mha, *.mhd)"
+    no_refs = invoke("--pred", str(pred_dir), "--ref", str(empty))
+    assert no_refs.exit_code == 3 and no_refs.stderr == f"error: {empty}: no reference files {suffixes}\n"
+    no_preds = invoke("--pred", str(empty), "--ref", str(ref_dir))
+    assert no_preds.exit_code == 3 and no_preds.stderr == f"error: {empty}: no prediction files {suffixes}\n"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_slightly_non_orthogonal_direction_prints_nothing_on_stderr(folders, workers, capfd) -> None:
+    """A direction 5e-4 off orthogonal, within the 1e-3 tolerance: scored without a word. ITK's warning
+    "Non-orthogonal direction matrix coerced to orthogonal" is its NIfTI writer's (SimpleITK's WriteImage
+    that made the file prints it); evaluate only reads. Run in a new process, where ITK's warnings are on
+    until medseg-bench turns them off, and read at the file descriptor, where ITK writes."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    pred_dir, ref_dir = folders
+    image = sitk.ReadImage(str(pred_dir / "a.nii.gz"))
+    direction = list(image.GetDirection())
+    direction[1] = 5e-4
+    image.SetDirection(direction)
+    (pred_dir / "a.nii.gz").unlink()
+    sitk.WriteImage(image, str(pred_dir / "a.mha"))  # kept as it is: ITK reads it 5e-4 off orthogonal
+    sitk.WriteImage(image, str(pred_dir / "c.nii.gz"))  # coerced to orthogonal as written
+    sitk.WriteImage(sitk.ReadImage(str(ref_dir / "a.nii.gz")), str(ref_dir / "c.nii.gz"))
+    capfd.readouterr()  # what the writes printed
+    result = subprocess.run([sys.executable, "-m", "medseg_bench", "evaluate", "--pred", str(pred_dir),
+                             "--ref", str(ref_dir), "--workers", workers, "--format", "csv"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("note: label 2: 1 of 3 cases has both masks empty (metrics NaN, left out of the "
+                             "mean)\n")
+    rows_of = pd.read_csv(io.StringIO(result.stdout))["case"].value_counts()
+    assert rows_of[["a", "b", "c"]].tolist() == [2, 2, 2]

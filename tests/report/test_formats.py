@@ -129,9 +129,9 @@ def test_markdown_shows_names_as_they_are_written(monkeypatch: pytest.MonkeyPatc
 
     name = "**bold** [l](http://x.y) `c` &amp; $x$_% ~s~ a\\b dice_ce _e_"
     escaped = r"\*\*bold\*\* [l\](http://x.y) \`c\` \&amp; \$x\$\_% \~s\~ a\\b dice_ce \_e\_"
-    assert formats._md_text(name) == escaped
+    assert formats.md_text(name) == escaped
     interval = "0.873 ± 0.012 [0.851, 0.894]"
-    assert formats._md_text(interval) == interval  # numbers as they are
+    assert formats.md_text(interval) == interval  # numbers as they are
     table = Table([f"Dice {name}"], [[Cell(name, best=True)]], ["l"], caption=name)
     monkeypatch.setattr(formats, "sections",
                         lambda report: [Section(name, 2, ["run `medseg-bench x`", table])])
