@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from medseg_bench import __version__, signals
 from medseg_bench.cli import (
@@ -97,6 +97,27 @@ class _Group(TyperGroup):
             raise typer.Exit(stop.exit_code) from None
 
 
+class _Command(TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # A `~` the shell left as it is (`--data-dir=~/data`, quoted '~/res') is the home folder, as in
+        # `fetch --source` and MEDSEG_BENCH_HOME: not a folder named `~` made in the current one.
+        rest = super().parse_args(ctx, args)
+        ctx.params = {name: _home_expanded(value) for name, value in ctx.params.items()}
+        return rest
+
+
+def _home_expanded(value: Any) -> Any:
+    """A path (or a list or tuple of paths) with a leading `~` or `~user` expanded; any other value as is."""
+    import os
+    from pathlib import PurePath
+
+    if isinstance(value, PurePath):
+        return type(value)(os.path.expanduser(value))  # Path.expanduser raises on an unknown `~user`
+    if isinstance(value, (list, tuple)):
+        return type(value)(_home_expanded(item) for item in value)
+    return value
+
+
 app = typer.Typer(
     cls=_Group,
     name="medseg-bench",
@@ -145,7 +166,7 @@ def _reflowed(function: Callable[..., Any]) -> str:
 
 
 for _name, _help, _function in COMMANDS:  # the one-liner in the command list, the docstring in CMD --help
-    app.command(_name, short_help=_help, help=_reflowed(_function))(_function)
+    app.command(_name, cls=_Command, short_help=_help, help=_reflowed(_function))(_function)
 
 def main() -> None:
     import sys

@@ -27,7 +27,7 @@ from medseg_bench.data.validate import (
     validate_folder,
 )
 from medseg_bench.errors import DataError, FetchError, FileSystemError, MedsegError, UsageError
-from medseg_bench.files import file_in_the_way, load_json_object, write_json_atomic
+from medseg_bench.files import file_in_the_way, kind_of, load_json_object, write_json_atomic
 from medseg_bench.locks import exclusive
 from medseg_bench.spec import TaskSpec
 from medseg_bench.task_fields import is_md5
@@ -176,13 +176,14 @@ def _check_data_dir(data_dir: Path) -> None:
 
 
 def _data_dir_problem(data_dir: Path) -> str | None:
-    """Why `data_dir` cannot be the data folder: it is a file, or a file is on its path."""
+    """Why `data_dir` cannot be the data folder: it is a file or a broken link, or one is on its path (which,
+    worded as for `--results-dir`: `files.kind_of`)."""
     blocker = file_in_the_way(data_dir, itself=True)
     if blocker == data_dir:
-        return f"{data_dir}: the data folder is not a folder; choose another --data-dir"
+        return f"{data_dir}: the data folder is {kind_of(data_dir)}, not a folder; choose another --data-dir"
     if blocker is not None:
-        return (f"{data_dir}: the data folder cannot be made ({blocker} is not a folder); choose another "
-                "--data-dir")
+        return (f"{data_dir}: the data folder cannot be made ({blocker} is {kind_of(blocker)}, not a "
+                "folder); choose another --data-dir")
     return None
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench import __version__
-from medseg_bench.cli.app import app
+from medseg_bench.cli.app import COMMANDS, app
 
 runner = CliRunner()
 
@@ -300,3 +300,45 @@ def test_a_list_option_of_commas_only_is_refused(home: Path, tmp_path: Path, arg
     assert result.output.startswith(f"error: {option} "), result.output
     assert result.output.rstrip().endswith(": no value in it; give one or more, comma-separated")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _path_parameters(function: object) -> dict[str, str]:
+    """A command's parameters that take paths (Path, Path | None, list[Path]): name -> `list` or `one`."""
+    import typing
+
+    found = {}
+    for name, hint in typing.get_type_hints(function).items():
+        kinds = set(typing.get_args(hint)) or {hint}  # Path | None: {Path, None}; list[Path]: {Path}
+        if Path in kinds or list[Path] in kinds:
+            found[name] = "list" if list in (hint, typing.get_origin(hint)) or list[Path] in kinds else "one"
+    return found
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in COMMANDS])
+def test_a_tilde_in_any_path_option_of_any_command_is_the_home_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # bash leaves `--data-dir=~/data` and a quoted '~/res' as they are: fetch made a folder named `~` in the
+    # current folder (where `fetch --source` and MEDSEG_BENCH_HOME expanded it), status read ./~/res
+    import typer
+
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    function = next(function for command, _, function in COMMANDS if command == name)
+    group = typer.main.get_command(app)
+    command = group.commands[name]  # type: ignore[attr-defined]
+    paths = _path_parameters(function)
+    args: list[str] = []
+    for param in command.params:
+        if param.name in paths:
+            given = f"~/{param.name}"
+            args += [f"{param.opts[0]}={given}"] if param.param_type_name == "option" else [given]
+        elif param.required:
+            args.append("Task04_Hippocampus")
+    seen: dict[str, object] = {}
+    command.callback = lambda **values: seen.update(values)
+    group.main([name, *args], standalone_mode=False)
+    for parameter, kind in paths.items():
+        expected = tmp_path / "user" / parameter
+        value = seen[parameter]
+        assert (list(value) if kind == "list" else value) == ([expected] if kind == "list" else expected), (
+            parameter, value)
+    assert name == "list" or paths  # every command but `list` takes a path

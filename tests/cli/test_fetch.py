@@ -127,7 +127,7 @@ def test_a_data_dir_that_is_a_file_is_a_usage_error(home: Path, tmp_path: Path, 
     data = afile / under if under else afile
     result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src), "--data-dir", str(data)])
     assert result.exit_code == 2, result.output
-    blocked = "is not a folder" if not under else f"cannot be made ({afile} is not a folder)"
+    blocked = "is a file, not a folder" if not under else f"cannot be made ({afile} is a file, not a folder)"
     expected = f"error: {data}: the data folder {blocked}; choose another --data-dir"
     assert result.output.splitlines() == [expected]
     assert afile.read_text() == ""
@@ -165,3 +165,20 @@ def test_one_usable_case_is_counted_in_the_singular(home: Path, tmp_path: Path) 
     result = runner.invoke(app, ["fetch", "Task90_Synth", "--source", str(src)])
     assert result.exit_code == 0, result.output
     assert f"Task90_Synth: 1 usable training case in {home / 'data' / 'Task90_Synth'}\n" in result.output
+
+
+def test_a_tilde_in_data_dir_is_the_home_folder_as_in_source(home: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # bash leaves `--data-dir=~/data` as it is: fetch made a folder named `~` in the current folder and said
+    # "in ~/data/Task90_Synth", where --source's `~` was the home folder
+    user = tmp_path / "user"
+    make_synthetic_task(user / "src" / "Task90_Synth", num_cases=2)
+    write_task_file(home, "Task90_Synth", num_training=2)
+    monkeypatch.setenv("HOME", str(user))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["fetch", "Task90_Synth", "--source=~/src/Task90_Synth", "--data-dir=~/data"])
+    assert result.exit_code == 0, result.output
+    folder = user / "data" / "Task90_Synth"
+    assert result.output.splitlines()[-1] == f"Task90_Synth: 2 usable training cases in {folder}"
+    assert (folder / ".medseg-bench-valid.json").is_file()
+    assert not (tmp_path / "~").exists()

@@ -142,8 +142,8 @@ def test_a_folder_put_in_place_by_hand_is_named_with_the_command_that_checks_it(
 def test_a_data_folder_that_is_a_file_is_a_usage_error_as_in_fetch(home: Path, tmp_path: Path) -> None:
     write_task_file(home, "Task90_Synth")
     (tmp_path / "a file").write_text("")
-    blocked = f"the data folder cannot be made ({tmp_path / 'a file'} is not a folder)"
-    for data, line in ((tmp_path / "a file", "the data folder is not a folder"),
+    blocked = f"the data folder cannot be made ({tmp_path / 'a file'} is a file, not a folder)"
+    for data, line in ((tmp_path / "a file", "the data folder is a file, not a folder"),
                        (tmp_path / "a file" / "data", blocked)):
         for command in ("fetch", "validate", "plan"):
             result = runner.invoke(app, [command, "Task90_Synth", "--data-dir", str(data)])
@@ -222,3 +222,36 @@ def test_validation_cut_by_memory_says_so_in_its_progress(home: Path, tmp_path: 
     assert runner.invoke(app, ["validate", "Task90_Synth", "--workers", "4"]).exit_code == 0
     assert bars == [("validating, 2 at a time (memory)", 6), ("validating", 6), ("validating", 6)]
     assert len(steps) == 18  # one step a case
+
+
+def test_a_tilde_in_data_dir_is_the_home_folder_in_the_command_it_suggests(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--data-dir '~/data'` suggested `fetch ... --data-dir '~/data'`, which made ./~/data
+    write_task_file(home, "Task90_Synth")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "user" / "data"
+    for command in ("validate", "plan"):
+        result = runner.invoke(app, [command, "Task90_Synth", "--data-dir", "~/data"])
+        assert result.exit_code == 3, result.output
+        assert result.output.strip() == (
+            f"error: {data / 'Task90_Synth'}: task not fetched (or incomplete); run `medseg-bench fetch "
+            f"Task90_Synth --data-dir {data}` first")
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_data_folder_that_is_a_broken_link_says_why_as_a_results_dir_does(home: Path, tmp_path: Path,
+                                                                          loop: bool) -> None:
+    # it was "the data folder is not a folder", where --results-dir said where the link leads
+    write_task_file(home, "Task90_Synth")
+    data = tmp_path / "data"
+    data.symlink_to(data if loop else tmp_path / "gone")
+    gone = f"a link to {tmp_path / 'gone'}, which does not exist"
+    why = "a link that leads back to itself" if loop else gone
+    for command in ("fetch", "validate", "plan"):
+        result = runner.invoke(app, [command, "Task90_Synth", "--data-dir", str(data)])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.strip() == (
+            f"error: {data}: the data folder is {why}, not a folder; choose another --data-dir"), command
+    assert not (tmp_path / "gone").exists()
