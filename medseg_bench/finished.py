@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medseg_bench.checks import are_whole, is_amount, is_whole, shown
+from medseg_bench.checks import are_whole, is_amount, is_number, is_whole, shown
 from medseg_bench.errors import DamagedRunError, ResultsError
 from medseg_bench.files import load_json_object
 from medseg_bench.run_folder import read_events
@@ -76,7 +76,7 @@ def _finished_files(folder: Path) -> tuple[tuple[Path, str] | None, dict[str, An
         data, why = load_json_object(folder / name)
         if data is None:
             return (folder / name, f"{why}, but the run finished"), {}, {}
-        problem = summary_problem(data) if name == "summary.json" else spec_problem(data, folder)
+        problem = summary_problem(data, folder) if name == "summary.json" else spec_problem(data, folder)
         if problem:
             return (folder / name, problem), {}, {}
         read[name] = data
@@ -99,6 +99,9 @@ def _optional(fits: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or fits(value)
 
 _OBJECT = (lambda value: isinstance(value, dict)), "an object"
+# scores: NaN where no case defined one (json writes it as NaN)
+_SCORES = (lambda value: isinstance(value, dict) and all(map(is_number, value.values())),
+           "an object of numbers")
 _AMOUNT = _optional(is_amount), "a finite number of at least 0"
 # A count of parameters a float64 holds exactly (2**53, 9e15; the largest networks have ~1e12): the report
 # and the index take it as a number (pyarrow failed on 2**64, pandas on 10**400).
@@ -124,7 +127,8 @@ SUMMARY_ALWAYS_WRITTEN = (
 # what it must be; null only where every version may have written it (a cost it did not measure).
 SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "num_cases": (is_whole, "a whole number"),
-    "per_label_dice": _OBJECT,
+    "mean": _SCORES,
+    "per_label_dice": _SCORES,
     "metric_settings": _OBJECT,
     "cost": _OBJECT,
     "cost.params": (_optional(_is_params_count), "a whole number from 0 to 2**53"),
@@ -142,9 +146,11 @@ SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def summary_problem(summary: dict[str, Any]) -> str | None:
+def summary_problem(summary: dict[str, Any], folder: Path) -> str | None:
     """What is wrong with a finished run's summary.json: a field every version writes missing
-    (`SUMMARY_ALWAYS_WRITTEN`), or one of the wrong type (`SUMMARY_FIELDS`); None when nothing is."""
+    (`SUMMARY_ALWAYS_WRITTEN`), one of the wrong type (`SUMMARY_FIELDS`), or a run id not its folder's
+    (another run's summary copied in: its costs and metric settings reported as this run's); None when
+    nothing is."""
     for key, (fits, kind) in SUMMARY_FIELDS.items():
         holder, name = _holder(summary, key)
         if isinstance(holder, dict) and name in holder and not fits(holder[name]):
@@ -153,6 +159,8 @@ def summary_problem(summary: dict[str, Any]) -> str | None:
         holder, name = _holder(summary, key)
         if isinstance(holder, dict) and name not in holder:
             return f"lacks {key!r}, which every finished run writes"
+    if summary["run_id"] != folder.name:
+        return f"its run_id {shown(summary['run_id'])} is not its folder's name"
     return None
 
 
@@ -203,6 +211,7 @@ def read_finished_run(folder: Path):
         raise _corrupt(path, f"lacks the column(s) {', '.join(absent)}")
     labels = list(summary.get("per_label_dice") or {})
     if _as_written(frame, summary["num_cases"], labels):
+        _check_dice_means(frame, summary, path)
         return spec, summary, frame
     if labels and _whole_table(frame, summary["num_cases"]) and set(frame["label"]) != set(labels):
         # metrics.csv scores every case for the same labels, and as many cases as the summary counts: the
@@ -218,7 +227,22 @@ def read_finished_run(folder: Path):
     problem = _bad_row(frame, labels) or _bad_cell(frame) or _unscored(frame, path)
     if problem:
         raise _corrupt(path, problem)
+    _check_dice_means(frame, summary, path)
     return spec, summary, frame
+
+
+def _check_dice_means(frame: Any, summary: dict[str, Any], path: Path) -> None:
+    """Refuse a metrics.csv whose mean Dice of a label is not the one summary.json's `per_label_dice` gives:
+    run.py writes both from the same table (the mean over the cases that define it), so one of them was edited
+    since; the report ranks by the rows (a column of Dice set to 1 ranked a run first, its summary 0.06)."""
+    means = frame.groupby("label", sort=False)["dice"].mean()
+    for label, written in summary["per_label_dice"].items():
+        mean = means.get(label)
+        if mean is None or (math.isnan(mean) and math.isnan(written)):
+            continue
+        if not math.isclose(mean, written, rel_tol=1e-9, abs_tol=1e-9):
+            raise _corrupt(path, f"its mean Dice of label {label} is {mean:.6g}, but summary.json, written "
+                           f"from the same scores, says {written:.6g}: one of the two was edited")
 
 
 def _header(path: Path) -> list[str]:

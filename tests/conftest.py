@@ -153,6 +153,16 @@ def finished_summary(**fields: object) -> dict[str, object]:
     return summary
 
 
+def dice_means(folder: Path) -> dict[str, float]:
+    """summary.json's `per_label_dice` as run.py writes it from the scores in `folder`'s metrics.csv (each
+    label's mean Dice), which `finished.read_finished_run` holds it to."""
+    import pandas as pd
+
+    frame = pd.read_csv(folder / "metrics.csv", dtype={"label": str, "dice": str}, keep_default_na=False)
+    dice = pd.to_numeric(frame["dice"], errors="coerce")  # an empty cell, or text: none
+    return {str(label): float(mean) for label, mean in dice.groupby(frame["label"]).mean().items()}
+
+
 def fake_finished_run(results: Path, seed: int, task: str = "T") -> None:
     """A finished run of `task` (two cases, label 1; Dice 0.5 and seed / 10) under `results`, as run.py leaves
     it."""
@@ -169,7 +179,8 @@ def fake_finished_run(results: Path, seed: int, task: str = "T") -> None:
     frame = pd.DataFrame({"case": ["a", "b"], "label": [1, 1], "dice": [0.5, seed / 10], "ref_empty": False,
                           "pred_empty": False})
     frame.to_csv(folder / "metrics.csv", index=False)
-    write_json_atomic(folder / "summary.json", finished_summary(run_id=spec.run_id, num_cases=2))
+    write_json_atomic(folder / "summary.json", finished_summary(
+        run_id=spec.run_id, num_cases=2, per_label_dice=dice_means(folder)))
     write_status(folder, "done")
     append_event(folder, "done")
 

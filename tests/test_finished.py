@@ -20,7 +20,7 @@ from medseg_bench.results import (
     write_index,
 )
 from medseg_bench.spec import RunSpec
-from tests.conftest import fake_finished_run, finished_summary
+from tests.conftest import dice_means, fake_finished_run, finished_summary
 
 HEADER = "case,label,dice,ref_empty,pred_empty\n"
 _PARAMS, _FINITE = "a whole number from 0 to 2**53", "a finite number of at least 0"
@@ -67,6 +67,9 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
      "dice is 'inf' in row 2, not a score from 0 to 1"),
     ("metrics.csv", HEADER + "a,1,0.5,False,False\nb,1,5,False,False\n",
      "dice is '5.0' in row 2, not a score from 0 to 1"),
+    # Every Dice set to 1 ranked the run first, its summary.json (written from the same scores) saying less.
+    ("metrics.csv", HEADER + "a,1,1.0,False,False\nb,1,1.0,False,False\n",
+     "its mean Dice of label 1 is 1, but summary.json, written from the same scores, says 0."),
     ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,-1,False,False",
      "hd95 is '-1' in row 2, not a finite value of at least 0"),
     ("metrics.csv", HEADER.replace("dice,", "dice,hd95,") + "a,1,0.5,1,False,False\nb,1,0.5,-inf,False,False",
@@ -86,7 +89,14 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
       for fields, problem in [
           ({"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
           ({"cost": None}, "'cost' must be an object, not null"),
-          ({"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
+          ({"per_label_dice": 5}, "'per_label_dice' must be an object of numbers, not 5"),
+          # Text where a mean belongs passed as finished (the report read its scores from metrics.csv).
+          ({"per_label_dice": {"1": "x"}},
+           "'per_label_dice' must be an object of numbers, not {\"1\": \"x\"}"),
+          ({"mean": []}, "'mean' must be an object of numbers, not []"),
+          ({"mean": {"dice": "0.9"}}, "'mean' must be an object of numbers, not {\"dice\": \"0.9\"}"),
+          # Another run's summary copied in passed: its costs and metric settings reported as this run's.
+          ({"run_id": "zzz"}, "its run_id \"zzz\" is not its folder's name"),
           ({"num_cases": "2"}, "'num_cases' must be a whole number, not \"2\""),
           ({"num_cases": None}, "'num_cases' must be a whole number, not null"),
           ({"cost": {"params": "24M"}}, f"'cost.params' must be {_PARAMS}, not \"24M\""),
@@ -109,7 +119,7 @@ _SPEC = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", se
           ({"plan": {"patch_2d": [64, "64"]}},
            "'plan.patch_2d' must be 2 positive whole numbers, not [64, \"64\"]"),
           ({"plan": {"batch_3d": 0}}, "'plan.batch_3d' must be a positive whole number, not 0"),
-          ({"per_label_dice": None}, "'per_label_dice' must be an object, not null"),
+          ({"per_label_dice": None}, "'per_label_dice' must be an object of numbers, not null"),
           ({"plan": {"patch_2d": None}}, "'plan.patch_2d' must be 2 positive whole numbers, not null"),
       ]],
     # A summary emptied or cut down to a few fields read as a finished run (every version wrote these).
@@ -156,8 +166,9 @@ def test_empty_scores_and_null_or_absent_summary_fields_are_no_damage(tmp_path: 
         fake_finished_run(tmp_path, seed)
     first, second = sorted((tmp_path / "T").iterdir())
     (first / "metrics.csv").write_text(HEADER + "a,1,,True,True\nb,1,0.5,false,FALSE\n")
+    _with_dice_means(first)
     cost = {"params": None, "peak_memory_mb": 1.5e3, "device": None, "time_per_epoch_s": None}
-    summary = finished_summary(num_cases=2, cost=cost)
+    summary = finished_summary(run_id=second.name, num_cases=2, cost=cost, per_label_dice=dice_means(second))
     assert "tta" not in summary and "postprocessing" not in summary and "first_step_at" not in summary["cost"]
     write_json_atomic(second / "summary.json", summary)
     assert checked_state(first) == ("done", None) and checked_state(second) == ("done", None)
@@ -227,6 +238,8 @@ def test_a_finished_runs_spec_edited_after_the_run_is_damaged_an_older_versions_
     old_id = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(old)}"
     edited.rename(edited.parent / old_id)
     write_json_atomic(edited.parent / old_id / "spec.json", {"run_id": old_id, **old})
+    summary = json.loads((edited.parent / old_id / "summary.json").read_text())
+    write_json_atomic(edited.parent / old_id / "summary.json", summary | {"run_id": old_id})
     assert checked_state(edited.parent / old_id)[0] == "done"
     assert load_results(tmp_path)["run_id"].nunique() == 2
 
@@ -332,6 +345,13 @@ ROW = {"both": ",,,,,,,,,True,True", "neither": "0.8,0.7,0.9,0.8,0.1,4,3,1,0.9,F
 def _written(results: Path, rows: str) -> Path:
     folder = _run_with(results, "", ["1"])
     (folder / "metrics.csv").write_text(ALL_HEADER + rows)
+    return _with_dice_means(folder)
+
+
+def _with_dice_means(folder: Path) -> Path:
+    """`folder` with its summary.json's per-label Dice as run.py would write them from its metrics.csv."""
+    summary = json.loads((folder / "summary.json").read_text())
+    write_json_atomic(folder / "summary.json", summary | {"per_label_dice": dice_means(folder)})
     return folder
 
 

@@ -27,7 +27,7 @@ from medseg_bench.run_folder import append_event, read_events, write_heartbeat, 
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.dry_run import dry_run_lines
 from medseg_bench.sweep.worker import Heartbeat, clean_temp_files
-from tests.conftest import fake_finished_run, finished_summary
+from tests.conftest import dice_means, fake_finished_run, finished_summary
 
 
 class _Recorder:
@@ -186,7 +186,7 @@ def test_the_index_holds_tasks_with_and_without_named_regions(tmp_path: Path) ->
         pd.DataFrame({"case": ["a", "b"] if task == "T9" else ["a", "a"], "label": labels, "dice": [0.5, 0.6],
                       "ref_empty": False, "pred_empty": False}).to_csv(folder / "metrics.csv", index=False)
         write_json_atomic(folder / "summary.json", finished_summary(
-            num_cases=2 if task == "T9" else 1, per_label_dice={label: 0.5 for label in labels}))
+            run_id=spec.run_id, num_cases=2 if task == "T9" else 1, per_label_dice=dice_means(folder)))
         write_status(folder, "done")
     write_index(tmp_path)
     index = pd.read_parquet(tmp_path / INDEX_NAME)
@@ -330,9 +330,12 @@ def test_load_results_joins_the_runs_as_concatenating_each_with_its_columns_woul
         fake_finished_run(results, seed)
     plain, extra, empty = sorted((results / "T").iterdir())
     write_json_atomic(plain / "summary.json", finished_summary(
-        run_id=plain.name, num_cases=2, cost={"params": None, "device": None, "time_per_epoch_s": None}))
+        run_id=plain.name, num_cases=2, cost={"params": None, "device": None, "time_per_epoch_s": None},
+        per_label_dice=dice_means(plain)))
     (extra / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty,extra\na,1,,True,True,1\n"
                                        "b,1,0.5,false,FALSE,2\n")
+    write_json_atomic(extra / "summary.json", finished_summary(run_id=extra.name, num_cases=2,
+                                                               per_label_dice=dice_means(extra)))
     (empty / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\n")
     write_json_atomic(empty / "summary.json", finished_summary(run_id=empty.name, num_cases=0,
                                                                per_label_dice={}))

@@ -12,8 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg_bench.cli.app import app
-from medseg_bench.spec import spec_hash_of
-from tests.report.fake_results import write_fake_results
+from tests.report.fake_results import respecified, write_fake_results
 
 runner = CliRunner()
 
@@ -240,7 +239,7 @@ def _summary_with(**fields: object) -> Callable[[str], str]:
     ("metrics.csv", lambda text: text[:40], "lacks the column(s) ref_empty, pred_empty"),  # cut short
     ("metrics.csv", _text_in_row_2, "dice is 'abc' in row 2, not a number"),
     ("summary.json", _summary_with(cost="zzz"), "'cost' must be an object, not \"zzz\""),
-    ("summary.json", _summary_with(per_label_dice=5), "'per_label_dice' must be an object, not 5"),
+    ("summary.json", _summary_with(per_label_dice=5), "'per_label_dice' must be an object of numbers, not 5"),
 ])
 def test_a_damaged_run_stops_the_report_and_status_names_it(
         results: Path, tmp_path: Path, name: str, edit: Callable[[str], str], problem: str) -> None:
@@ -342,11 +341,7 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(results: Path, tmp_path:
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
     longer = sorted((copy / "Task91_Beta").glob("3d-*"))[0]  # one of its two runs: trained longer
-    spec = {k: v for k, v in json.loads((longer / "spec.json").read_text()).items() if k != "run_id"}
-    spec["epochs"] = 8
-    run_id = f"{longer.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"  # a run of its own: its own id
-    (longer / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
-    longer.rename(longer.parent / run_id)
+    respecified(longer, epochs=8)
     result = invoke("--results-dir", str(copy), "--task", "Task91_Beta", "--format", "csv")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.output))
@@ -363,11 +358,7 @@ def test_runs_that_differ_in_a_setting_across_tasks_are_never_pooled(results: Pa
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
     for run in sorted((copy / "Task91_Beta").glob("3d-unet-dice_ce-light-*")):
-        spec = {k: v for k, v in json.loads((run / "spec.json").read_text()).items() if k != "run_id"}
-        spec["class_weights"] = [1000.0, 1.0]
-        run_id = f"{run.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"
-        (run / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
-        run.rename(run.parent / run_id)
+        respecified(run, class_weights=[1000.0, 1.0])
     result = invoke("--results-dir", str(copy), "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

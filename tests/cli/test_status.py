@@ -205,15 +205,15 @@ def test_a_run_changed_since_it_was_read_is_read_again(tmp_path: Path) -> None:
     from medseg_bench.errors import DamagedRunError
     from medseg_bench.files import write_json_atomic
     from medseg_bench.finished import FinishedReads
-    from tests.conftest import fake_finished_run, finished_summary
+    from tests.conftest import dice_means, fake_finished_run, finished_summary
 
     fake_finished_run(tmp_path, 0)
     (folder,) = (tmp_path / "T").iterdir()
     reads = FinishedReads()
     first = reads.read(folder)
     assert reads.read(folder) is first
-    write_json_atomic(folder / "summary.json", finished_summary(run_id=folder.name, num_cases=2,
-                                                                cost={"params": 7}))
+    write_json_atomic(folder / "summary.json", finished_summary(
+        run_id=folder.name, num_cases=2, cost={"params": 7}, per_label_dice=dice_means(folder)))
     assert reads.read(folder)[1]["cost"]["params"] == 7
     (folder / "metrics.csv").write_text("case,label,dice,ref_empty,pred_empty\na,1,0.5,False,False\n")
     with pytest.raises(DamagedRunError, match="metrics.csv: has 1 row, summary.json counts 2"):

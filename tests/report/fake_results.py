@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_bench.spec import spec_hash_of
-from tests.conftest import finished_summary
+from tests.conftest import dice_means, finished_summary
 
 METRIC_COLUMNS = ["dice", "jaccard", "precision", "recall", "volume_diff", "hd", "hd95", "assd", "nsd"]
 # (task, dims, arch, encoder, loss, aug): quality offset, params, train seconds per run, device
@@ -72,7 +72,7 @@ def write_fake_results(root: Path, seed: int = 7) -> Path:
                     "peak_memory_mb": params / 10_000, "device": device, "epochs_done": 4}
             _write(folder / "summary.json", json.dumps(finished_summary(
                 run_id=run_id, cost=cost, num_cases=CASES_PER_FOLD,
-                per_label_dice={str(label): offset for label in LABELS[task]},
+                per_label_dice=dice_means(folder),
                 metric_settings={"empty_policy": "penalize", "nsd_tolerance_mm": 1.0, "surface": "area"})))
             _write(folder / "env.json", json.dumps({
                 "versions": {"medseg-bench": "0.1.0", "torch": "2.4.0"}, "git_revision": "0123abc",
@@ -84,6 +84,18 @@ def write_fake_results(root: Path, seed: int = 7) -> Path:
             _write(folder / "logs" / "metrics.csv", "\n".join(log) + "\n")
             _write(folder / "status.json", json.dumps({"state": "done"}))
     return root
+
+
+def respecified(folder: Path, **settings: object) -> Path:
+    """A fake run's folder made a run of `settings` (its spec's), as if trained with them: its own run id, in
+    its spec.json, its summary.json and its folder's name (renamed; the new folder returned)."""
+    spec = {k: v for k, v in json.loads((folder / "spec.json").read_text()).items() if k != "run_id"}
+    spec.update(settings)
+    run_id = f"{folder.name.rsplit('-', 1)[0]}-{spec_hash_of(spec)}"
+    (folder / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "run_id": run_id}))
+    return folder.rename(folder.parent / run_id)
 
 
 def with_tied_ranking(results: pd.DataFrame) -> pd.DataFrame:

@@ -250,7 +250,7 @@ def _finished_run(results: Path, spec: RunSpec) -> Path:
 
 
 @pytest.mark.parametrize(("name", "damage", "problem"), [
-    ("summary.json", {"per_label_dice": 5}, "'per_label_dice' must be an object, not 5"),
+    ("summary.json", {"per_label_dice": 5}, "'per_label_dice' must be an object of numbers, not 5"),
     ("summary.json", {"cost": "zzz"}, "'cost' must be an object, not \"zzz\""),
     ("summary.json", {"num_cases": "1"}, "'num_cases' must be a whole number, not \"1\""),
     ("metrics.csv", None, "dice is 'abc' in row 1, not a number"),
