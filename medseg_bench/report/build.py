@@ -11,6 +11,7 @@ import pandas as pd
 
 from medseg_bench.checks import is_whole
 from medseg_bench.errors import ResultsError, UsageError
+from medseg_bench.files import load_json_object
 from medseg_bench.report.significance import significance
 from medseg_bench.report.stats import ALPHA, DEFAULT_RESAMPLES, DEFAULT_SEED
 from medseg_bench.report.tables import (
@@ -30,6 +31,7 @@ from medseg_bench.results import (
     load_results,
     no_finished_runs,
     require_results_dir,
+    warn_on_stderr,
 )
 from medseg_bench.run_folder import read_json
 
@@ -75,8 +77,8 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
     for _, row in table.iterrows():
         for run_id in row["run_ids"]:
             folder = results_dir / row["task"] / run_id
-            spec, env, summary, setup = (read_json(folder / n) for n in
-                                         ("spec.json", "env.json", "summary.json", SETUP_NAME))
+            spec, summary = (read_json(folder / n) for n in ("spec.json", "summary.json"))  # checked as read
+            env, setup = _record(folder / "env.json"), _record(folder / SETUP_NAME)
             settings = summary.get("metric_settings", {})
             data = _data_record(setup)
             if data is not None:
@@ -109,6 +111,24 @@ def provenance(results_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
                     for m in table.attrs.get("metrics", [])},
         "runs": dict(sorted(runs.items())),
     }
+
+
+# What the report leaves out of a run's provenance when its file cannot be read.
+RECORDED = {"env.json": "its package versions, git revision and machine",
+            SETUP_NAME: "the data it trained on"}
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """A run's env.json or setup.json, or {} with a warning naming it where it is there but damaged (an empty
+    or edited file emptied the report's provenance without a word: versions {}, git revision null); {} without
+    one where it is absent (setup.json: runs started before 2026-12-02)."""
+    if not path.exists():
+        return {}
+    data, why = load_json_object(path)
+    if data is None:
+        warn_on_stderr(f"{path}: {why}: {RECORDED[path.name]} left out of the report's provenance")
+        return {}
+    return data
 
 
 def _object_or_none(record: dict[str, Any], key: str) -> dict[str, Any] | None:

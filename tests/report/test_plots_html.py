@@ -287,6 +287,30 @@ def test_provenance_of_an_env_json_whose_objects_are_not_objects(fake_results: P
     assert json.loads(render(report, "json"))["provenance"]["runs"][env_file.parent.name]["versions"] == {}
 
 
+@pytest.mark.parametrize("damage", ["", "[]", "{\"versions\": "])
+@pytest.mark.parametrize("name", ["env.json", "setup.json"])
+def test_a_damaged_env_or_setup_json_is_named_where_its_provenance_is_left_out(
+        fake_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+        damage: str) -> None:
+    # An emptied env.json gave a report without its run's versions and git revision, and a setup.json the
+    # data digest the different-data warning is made from, without a word.
+    results = tmp_path / "results"
+    shutil.copytree(fake_results, results)
+    folder = sorted(results.glob("*/*/env.json"))[0].parent
+    build_report(results)
+    assert capsys.readouterr().err == ""  # a fake run has no setup.json: absent is no damage
+    (folder / name).write_text(damage)
+    report = build_report(results)
+    assert report.provenance["runs"][folder.name]["versions"] == ({} if name == "env.json" else {
+        "medseg-bench": "0.1.0", "torch": "2.4.0"})
+    why = {"": "not valid JSON", "[]": "not a JSON object", "{\"versions\": ": "not valid JSON"}[damage]
+    left_out = {"env.json": "its package versions, git revision and machine",
+                "setup.json": "the data it trained on"}
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: {folder / name}: {why}") and line.endswith(
+        f"{left_out[name]} left out of the report's provenance")
+
+
 def test_tasks_whose_names_differ_only_where_a_file_name_cannot_keep_their_figures(tmp_path: Path) -> None:
     # `T 1` and `T_1` were both `T_1_dice_cases.png`: the second task's figures replaced the first's, in
     # --plots and in the HTML page (each task's section showing the same plot).
