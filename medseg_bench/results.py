@@ -60,8 +60,14 @@ from pathlib import Path
 from typing import Any
 
 from medseg_bench.errors import DamagedRunError, ResultsError
-from medseg_bench.files import file_in_the_way, kind_of, private_temp, remove_dead_writers_temps
-from medseg_bench.finished import FinishedReads, finished_damage, read_finished_run
+from medseg_bench.files import (
+    file_in_the_way,
+    kind_of,
+    load_json_object,
+    private_temp,
+    remove_dead_writers_temps,
+)
+from medseg_bench.finished import FinishedReads, finished_damage, read_finished_run, spec_problem
 from medseg_bench.locks import exclusive_folder
 from medseg_bench.run_folder import is_done, unfinished_state
 from medseg_bench.spec import RunSpec
@@ -95,6 +101,23 @@ def index_of(path: Path) -> Path | None:
         return None
     folder = target.parent
     return folder if next(folder.glob("*/*/spec.json"), None) is not None else None
+
+
+def not_a_run(folder: Path) -> str | None:
+    """Why `folder`, which holds a spec.json but has not finished, is no run's folder ("<its spec.json>: not
+    a run's spec (<problem>)", `finished.spec_problem`'s, as for a finished run), or None. A stray folder with
+    a spec.json (`{}`, or a run's copied into another name) was listed by `status` as a pending run that no
+    sweep trains and no report reads. An unfinished run's spec.json is `run.py`'s (or a `--jobs` sweep's, as
+    its worker starts), written before anything else of the run: a run of an older version still passes (its
+    keys take their defaults, its id is its own spec's hash). A finished run's spec is checked with it
+    (`checked_state`: damaged); a folder without a spec.json (a run SLURM queued, not started yet) is left
+    to its other files."""
+    path = folder / "spec.json"
+    if not path.is_file() or is_done(folder) or finished_damage(folder):
+        return None
+    data, why = load_json_object(path)
+    problem = why if data is None else spec_problem(data, folder)
+    return f"{path}: not a run's spec ({problem})" if problem else None
 
 
 def run_state(folder: Path) -> str:
@@ -348,6 +371,15 @@ def warn_on_stderr(message: str) -> None:
     from medseg_bench.errors import one_line
 
     print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)  # it names run folders
+
+
+def index_not_rebuilt(results_dir: Path, exc: OSError) -> str:
+    """"RESULTS/index.parquet: index not rebuilt (WHY)", the warning of a sweep or `status` that could not
+    rebuild the index (a read-only results dir, a full disk). WHY is the OS's word for the error: pyarrow's
+    own message names the temp file it opened ("Failed to open local file '.../.index.parquet.HOST.PID.tmp'.
+    Detail: [errno 30] Read-only file system"), which `write_index` has removed by then."""
+    why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+    return f"{results_dir / INDEX_NAME}: index not rebuilt ({why})"
 
 
 def write_index(results_dir: Path, warn: Callable[[str], None] = warn_on_stderr,

@@ -22,7 +22,15 @@ def status(
 
     from medseg_bench.errors import ResultsError, one_line
     from medseg_bench.finished import FinishedReads
-    from medseg_bench.results import checked_state, require_results_dir, task_folder_hint, write_index
+    from medseg_bench.results import (
+        checked_state,
+        index_not_rebuilt,
+        not_a_run,
+        require_results_dir,
+        task_folder_hint,
+        warn_on_stderr,
+        write_index,
+    )
     from medseg_bench.run_folder import read_json, read_status, unqueued_state, unrecorded_end
 
     require_results_dir(results_dir)
@@ -32,6 +40,11 @@ def status(
     folders = sorted({p.parent for glob in wanted
                       for name in ("spec.json", "queued.json", "status.json", "summary.json")
                       for p in results_dir.glob(f"{glob}/*/{name}")})
+    # a stray folder holding a spec.json was counted as a pending run, that no sweep trains, no report reads
+    strays = {folder: why for folder in folders if (why := not_a_run(folder))}
+    for why in strays.values():
+        warn_on_stderr(f"{why}: not counted as a run")
+    folders = [folder for folder in folders if folder not in strays]
     if not folders and task:
         from medseg_bench.data.catalog import task_registry
 
@@ -86,8 +99,8 @@ def status(
     if counts["done"]:
         try:
             write_index(results_dir, reads=reads, named=named)
-        except OSError:
-            pass  # status is read-only in spirit; a read-only results dir still gets its answer
+        except OSError as exc:  # a read-only results dir, a full disk: its answer above stands, as it was
+            warn_on_stderr(index_not_rebuilt(results_dir, exc))
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:

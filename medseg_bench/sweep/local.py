@@ -25,6 +25,7 @@ from medseg_bench.results import (
     check_run_folders,
     check_writable,
     checked_state,
+    index_not_rebuilt,
     run_dir,
     warn_on_stderr,
     write_index,
@@ -203,9 +204,7 @@ def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: 
             try:
                 write_index(results_dir, reads=reads, named=outcome["damage"])  # each said by its line
             except OSError as exc:  # a full disk: say so, but never in place of the runs' own outcome
-                name = exc.filename or results_dir / INDEX_NAME
-                warn_on_stderr(f"{name}: index not rebuilt ({exc.strerror or exc}); "
-                               "`medseg-bench status` rebuilds it")
+                warn_on_stderr(f"{index_not_rebuilt(results_dir, exc)}; `medseg-bench status` rebuilds it")
     damaged = damaged_runs_error(outcome["damage"], "not trained again") if outcome["damage"] else None
     if outcome["failed"]:
         if damaged is not None:  # exit 5 names the failed runs; the damaged ones' fate still needs this line

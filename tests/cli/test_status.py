@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -11,16 +14,26 @@ from typer.testing import CliRunner
 from medseg_bench.cli.app import app
 from medseg_bench.files import write_json_atomic
 from medseg_bench.run_folder import append_event
+from medseg_bench.spec import spec_hash_of
 from tests.conftest import fake_squeue
 
 runner = CliRunner()
 
 
-def _queued(results: Path, name: str, job: str) -> Path:
-    folder = results / "T" / name
+SPEC = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
+HASH = spec_hash_of(SPEC)  # a run id ends in its spec's hash (`status` lists no folder without a run's)
+
+
+def _run(results: Path, name: str) -> Path:
+    """The folder of an unfinished run, `T/<name>-HASH`, with the spec.json a run writes first."""
+    folder = results / "T" / f"{name}-{HASH}"
     folder.mkdir(parents=True)
-    write_json_atomic(folder / "spec.json", {"run_id": name, "task": "T", "dims": "3d", "arch": "unet",
-                                             "loss": "dice_ce", "aug": "none"})
+    write_json_atomic(folder / "spec.json", {"run_id": folder.name, **SPEC})
+    return folder
+
+
+def _queued(results: Path, name: str, job: str) -> Path:
+    folder = _run(results, name)
     write_json_atomic(folder / "queued.json", {"job_id": job, "time": time.time()})
     return folder
 
@@ -39,10 +52,10 @@ def test_status_names_a_pending_jobs_reason_and_a_job_gone_without_starting_its_
     result = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "queued   T/a  job 42_0 (PENDING: PartitionTimeLimit)" in lines  # one that cannot start: why
-    assert "queued   T/b  job 42_1 (RUNNING)" in lines
+    assert f"queued   T/a-{HASH}  job 42_0 (PENDING: PartitionTimeLimit)" in lines  # cannot start: why
+    assert f"queued   T/b-{HASH}  job 42_1 (RUNNING)" in lines
     # Cancelled while pending, or dead before its run began: it said `queued` for ever, with nothing to run it
-    assert f"pending  T/c  job 42_2 left the queue without starting the run (its log: {log})" in lines
+    assert f"pending  T/c-{HASH}  job 42_2 left the queue without starting the run (its log: {log})" in lines
     assert lines[-1] == "3 runs: 1 pending, 2 queued"
 
 
@@ -59,7 +72,7 @@ def test_status_without_an_answer_from_squeue_says_so_and_keeps_queued(
     assert ("warning: squeue failed: slurm_load_jobs error: Unable to contact slurm controller (connect "
             "failure): the SLURM state of queued runs is unknown") in result.output
     lines = result.output.splitlines()
-    assert "queued   T/a  job 42_0" in lines and "pending  T/b  job 42_1" in lines
+    assert f"queued   T/a-{HASH}  job 42_0" in lines and f"pending  T/b-{HASH}  job 42_1" in lines
     assert lines[-1] == "2 runs: 1 pending, 1 queued"
 
 
@@ -72,9 +85,8 @@ def test_a_run_submitted_again_is_queued_and_says_it_resumes_or_retries(
     from medseg_bench.run_folder import write_status
 
     results = tmp_path / "r"
-    stopped, failed, gone = (results / "T" / name for name in ("stopped", "failed", "gone"))
+    stopped, failed, gone = (_run(results, name) for name in ("stopped", "failed", "gone"))
     for folder in (stopped, failed, gone):
-        folder.mkdir(parents=True)
         append_event(folder, "start")
         append_event(folder, "interrupted" if folder != failed else "failed")
     for folder in (stopped, gone):
@@ -94,10 +106,10 @@ def test_a_run_submitted_again_is_queued_and_says_it_resumes_or_retries(
     result = runner.invoke(app, ["status", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "queued   T/stopped  job 43_0 (PENDING: Priority)  resumes from its checkpoint" in lines
-    assert "queued   T/failed  job 43_1 (PENDING: Priority)  retries a failed run" in lines
-    assert "partial  T/gone  job 43_2 left the queue without starting the run" in lines
-    assert "partial  T/requeued  job 44_0 (PENDING: BeginTime)" in lines
+    assert f"queued   T/stopped-{HASH}  job 43_0 (PENDING: Priority)  resumes from its checkpoint" in lines
+    assert f"queued   T/failed-{HASH}  job 43_1 (PENDING: Priority)  retries a failed run" in lines
+    assert f"partial  T/gone-{HASH}  job 43_2 left the queue without starting the run" in lines
+    assert f"partial  T/requeued-{HASH}  job 44_0 (PENDING: BeginTime)" in lines
     assert lines[-1] == "4 runs: 2 partial, 2 queued"
 
 
@@ -240,9 +252,7 @@ def test_a_run_whose_last_attempt_ended_unrecorded_says_its_process_was_killed(
     # event: status showed it `partial` like any interrupted run, with no word of why it stopped.
     from medseg_bench.run_folder import write_status
 
-    folder = tmp_path / "T" / "run-a"
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / "spec.json", {"run_id": "run-a", "task": "T"})
+    folder = _run(tmp_path, "run-a")
     write_status(folder, "running")
     append_event(folder, "start")
     append_event(folder, "interrupted", reason="SIGINT")
@@ -253,6 +263,87 @@ def test_a_run_whose_last_attempt_ended_unrecorded_says_its_process_was_killed(
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
     result = runner.invoke(app, ["status", "--results-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    killed = ("partial  T/run-a  its last attempt ended without a record: its process was killed (kill -9, "
-              "the out-of-memory killer: see `dmesg`, or its SLURM job's end)")
-    assert result.output.splitlines()[0] == (killed if ended is None else "partial  T/run-a")
+    killed = (f"partial  T/run-a-{HASH}  its last attempt ended without a record: its process was killed "
+              "(kill -9, the out-of-memory killer: see `dmesg`, or its SLURM job's end)")
+    assert result.output.splitlines()[0] == (killed if ended is None else f"partial  T/run-a-{HASH}")
+
+
+def test_a_stray_folder_holding_a_spec_json_is_no_run_and_is_named(tmp_path: Path) -> None:
+    # `mkdir junk2 && echo '{}' > junk2/spec.json` beside finished runs: status listed `pending  T/junk2` and
+    # counted 3 runs, where report and `sweep --dry-run` saw none; a finished run's spec.json copied into
+    # another folder was a pending run too. An unfinished run's spec.json, of this version or an older one
+    # (keys added since absent), is a run's as before.
+    from medseg_bench.run_folder import write_status
+    from medseg_bench.spec import RunSpec
+    from tests.conftest import fake_finished_run
+
+    results = tmp_path / "r"
+    for seed in range(2):
+        fake_finished_run(results, seed)
+    finished = sorted((results / "T").iterdir())
+    junk, copied = results / "T" / "junk2", results / "T" / "copied"
+    for folder in (junk, copied):
+        folder.mkdir()
+    (junk / "spec.json").write_text("{}\n")
+    (copied / "spec.json").write_bytes((finished[0] / "spec.json").read_bytes())
+    older = _run(results, "older")  # its spec lacks every key with a default, as an older version's
+    write_status(older, "running")
+    append_event(older, "start")
+    append_event(older, "interrupted", reason="SIGTERM")
+    spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none", seed=7)
+    starting = results / "T" / spec.run_id  # a `--jobs` sweep writes its spec.json as its worker starts
+    starting.mkdir()
+    write_json_atomic(starting / "spec.json", {"run_id": spec.run_id, **spec.to_dict()})
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (f"warning: {junk / 'spec.json'}: not a run's spec (lacks task, dims, arch, loss, aug): not "
+            "counted as a run") in lines
+    copied_id = json.dumps(finished[0].name)
+    assert (f"warning: {copied / 'spec.json'}: not a run's spec (its run_id {copied_id} is not its folder's "
+            "name): not counted as a run") in lines
+    assert not any("junk2" in line or "copied" in line for line in lines if not line.startswith("warning: "))
+    assert f"pending  T/older-{HASH}" in lines and f"pending  T/{spec.run_id}" in lines
+    assert lines[-1] == "4 runs: 2 done, 2 pending"
+    (results / "index.parquet").unlink()
+    for folder in (*finished, older, starting):
+        shutil.rmtree(folder)
+    alone = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert alone.exit_code == 6, alone.output  # as for no runs at all
+    assert alone.output.splitlines()[-1] == f"error: {results}: no runs here"
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.EROFS, "Failed to open local file '{tmp}'. Detail: [errno 30] Read-only file system"),
+    OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device"),
+])
+def test_status_says_when_it_cannot_rebuild_the_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError) -> None:
+    # A read-only results dir or a full disk: status said nothing (`except OSError: pass`) and left the index
+    # as it was, where a sweep warns. Its answer and exit code stand; the index is untouched, no temp is left.
+    import pandas as pd
+
+    from medseg_bench.results import INDEX_NAME
+    from tests.conftest import fake_finished_run
+
+    results = tmp_path / "r"
+    fake_finished_run(results, 0)
+    assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 0
+    index = results / INDEX_NAME
+    before = index.read_bytes()
+    fake_finished_run(results, 1)
+
+    def failing(frame: pd.DataFrame, path: Path, **kwargs: object) -> None:
+        if error.errno == errno.ENOSPC:
+            Path(path).write_bytes(b"PAR1 half")  # a full disk stops it part way
+        raise OSError(error.errno, str(error.strerror).format(tmp=path))  # as pyarrow words it
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", failing)
+    result = runner.invoke(app, ["status", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    why = "Read-only file system" if error.errno == errno.EROFS else "No space left on device"
+    lines = result.output.splitlines()
+    assert lines[-1] == f"warning: {index}: index not rebuilt ({why})", result.output
+    assert lines[-2] == "2 runs: 2 done"
+    assert index.read_bytes() == before
+    assert sorted(p.name for p in results.iterdir()) == ["T", INDEX_NAME]

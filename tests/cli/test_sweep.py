@@ -192,8 +192,9 @@ def test_status_shows_every_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     fake_squeue(tmp_path, monkeypatch, ["42_3|PENDING|Priority"])  # whatever SLURM this machine has
     assert runner.invoke(app, ["status", "--results-dir", str(results)]).exit_code == 6
     spec = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
-    done = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(spec)}"  # a finished run's spec.json matches its id
-    for name, state in [(done, "done"), ("b", "failed"), ("c", "running"), ("d", None)]:
+    done = f"3d-unet-dice_ce-none-f0-s0-{spec_hash_of(spec)}"  # a run's spec.json matches its id
+    b, c, d = (f"{name}-{spec_hash_of(spec)}" for name in "bcd")
+    for name, state in [(done, "done"), (b, "failed"), (c, "running"), (d, None)]:
         folder = results / "T" / name
         folder.mkdir(parents=True)
         write_json_atomic(folder / "spec.json", {"run_id": name, **spec})
@@ -209,31 +210,31 @@ def test_status_shows_every_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert f"done     T/{done}" in lines
-    assert "failed   T/b  RuntimeError: out of memory" in lines
-    assert "pending  T/c" in lines  # said running, but its process is gone and it has no checkpoint
-    assert "queued   T/d  job 42_3 (PENDING: Priority)" in lines
+    assert f"failed   T/{b}  RuntimeError: out of memory" in lines
+    assert f"pending  T/{c}" in lines  # said running, but its process is gone and it has no checkpoint
+    assert f"queued   T/{d}  job 42_3 (PENDING: Priority)" in lines
     assert lines[-1] == "4 runs: 1 done, 1 failed, 1 pending, 1 queued"  # no warning: nothing is damaged
     assert pd.read_parquet(results / "index.parquet")["run_id"].tolist() == [done]
 
 
 def test_status_shows_a_running_runs_heartbeat_even_a_hand_edited_one(tmp_path: Path) -> None:
-    folder = tmp_path / "r" / "T" / "e"
+    spec = {"task": "T", "dims": "3d", "arch": "unet", "loss": "dice_ce", "aug": "none"}
+    folder = tmp_path / "r" / "T" / f"e-{spec_hash_of(spec)}"  # a run's spec.json matches its id
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    write_json_atomic(folder / "spec.json", {"run_id": "e", "task": "T", "dims": "3d", "arch": "unet",
-                                             "loss": "dice_ce", "aug": "none"})
+    write_json_atomic(folder / "spec.json", {"run_id": folder.name, **spec})
     write_status(folder, "running")
     for loss, shown in ((0.25, "0.2500"), ("abc", "?"), (None, "?")):
         write_json_atomic(folder / "heartbeat.json", {"time": time.time(), "pid": 1, "host": "elsewhere",
                                                       "epoch": 2, "epochs": 5, "loss": loss})
         result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "r")])
         assert result.exit_code == 0, result.output  # was a ValueError traceback for "abc"
-        assert f"running  T/e  epoch 2/5 loss {shown}" in result.output.splitlines()
+        assert f"running  T/{folder.name}  epoch 2/5 loss {shown}" in result.output.splitlines()
     # trained, evaluating its held-out cases (the heartbeat's stage from the end of training on)
     beat = {"time": time.time(), "pid": 1, "host": "elsewhere", "epoch": 5, "epochs": 5, "loss": 0.5}
     write_json_atomic(folder / "heartbeat.json", {**beat, "stage": "evaluating"})
     result = runner.invoke(app, ["status", "--results-dir", str(tmp_path / "r")])
-    assert "running  T/e  epoch 5/5 loss 0.5000  evaluating" in result.output.splitlines()
+    assert f"running  T/{folder.name}  epoch 5/5 loss 0.5000  evaluating" in result.output.splitlines()
 
 
 def _unconfigured_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
