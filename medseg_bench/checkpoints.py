@@ -96,6 +96,9 @@ def _load_into(net: nn.Module, checkpoint: Path, mapped: bool) -> Any:
     if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
                         "archive; refused unread)")
+    if checkpoint.is_file() and not _has_torch_records(checkpoint):
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
+                        "archive: a zip without torch's records; refused unread)")
     try:
         state = _read(checkpoint, mapped)
         weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
@@ -111,6 +114,25 @@ def _load_into(net: nn.Module, checkpoint: Path, mapped: bool) -> Any:
                      "with weights_only=True")
         raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({first[:200]})") from None
     return state
+
+
+def _has_torch_records(checkpoint: Path) -> bool:
+    """Whether the zip archive `checkpoint` holds the records torch.load requires: every entry in one folder,
+    which holds `data.pkl` and `version` (or `.data/version`). Any other zip got torch's own text ('Expected
+    hasRecord("version") to be true ... please report an enhancement request to PyTorch'), an empty one was
+    read as a legacy pickle and called "more than tensors". True where the listing cannot be read: torch's
+    load says what is wrong with a damaged zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True
+    folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
+    if folder is None or not all(name.startswith(folder) for name in names):
+        return False
+    return f"{folder}data.pkl" in names and bool({f"{folder}version", f"{folder}.data/version"} & set(names))
 
 
 def _read(checkpoint: Path, mapped: bool) -> Any:

@@ -38,6 +38,44 @@ def test_a_checkpoint_holding_code_is_refused_unread(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("entries", [{"notes.txt": b"hi"}, {"a/notes.txt": b"hi"}, {},
+                                     {"a/version": b"3\n"}, {"a/.format_version": b"1", "a/data.pkl": b"x"}])
+def test_a_zip_without_torchs_records_is_refused_unread_in_the_projects_words(
+        tmp_path: Path, entries: dict[str, bytes]) -> None:
+    # PyTorch's own text came through: 'Expected hasRecord("version") to be true, ... please report an
+    # enhancement request to PyTorch'; an empty zip was read as a legacy pickle, called "more than tensors"
+    import zipfile
+
+    from medseg_bench.checkpoints import load_weights
+    from medseg_bench.errors import DataError
+
+    ckpt = tmp_path / "last.ckpt"
+    with zipfile.ZipFile(ckpt, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(DataError) as info:
+        load_weights(torch.nn.Linear(1, 1), ckpt)
+    assert str(info.value) == (f"{ckpt}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
+                               "archive: a zip without torch's records; refused unread)")
+
+
+def test_a_torch_archive_of_any_folder_name_or_version_record_is_loaded(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from medseg_bench.checkpoints import load_weights
+
+    net = torch.nn.Linear(1, 1)
+    buffer = io.BytesIO()  # saved to a file object: its folder is "archive", not the file's name
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, buffer)
+    saved = zipfile.ZipFile(buffer)
+    ckpt = tmp_path / "last.ckpt"
+    with zipfile.ZipFile(ckpt, "w") as archive:  # `.data/version`, which torch reads in place of `version`
+        for name in saved.namelist():
+            archive.writestr(name.replace("/version", "/.data/version"), saved.read(name))
+    assert torch.equal(load_weights(torch.nn.Linear(1, 1), ckpt).weight, net.weight)
+
+
 def test_a_checkpoint_of_another_network_says_which_weights_differ(tmp_path: Path) -> None:
     # it said "(Error(s) in loading state_dict for Linear:)", cut at the colon before the keys
     from medseg_bench.checkpoints import load_weights

@@ -289,11 +289,23 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
             report_warnings(task, report, root), root, in_source if conversion is not None else None))
         if conversion is not None:  # about the dataset the user has: named there
             warnings = tuple(in_source(w) for w in conversion.warnings) + warnings
-        _write_marker(root, task, origin, verified, report)
-        root.rename(target)
+        try:
+            _write_marker(root, task, origin, verified, report)
+            root.rename(target)
+        except OSError as exc:
+            raise _unfinished(exc, root, target) from None
     finally:
         remove_tree(staging, ignore_errors=True)
     return FetchOutcome(target, False, report, warnings)
+
+
+def _unfinished(exc: OSError, root: Path, target: Path) -> FileSystemError:
+    """The error of a marker not written or a rename into place that failed (a disk that held the cases
+    but not the marker), named where it would have been, `target`'s: the staging copy `root` is removed and
+    the user never saw it."""
+    where = Relocation(root, str(target))(str(exc.filename)) if exc.filename else str(target)
+    return FileSystemError(f"{where}: {exc.strerror or exc}; the task folder could not be finished, nothing "
+                           "was kept")
 
 
 def _users_json(warnings: list[str], root: Path, in_source: Callable[[str], str] | None) -> list[str]:

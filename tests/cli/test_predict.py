@@ -374,6 +374,27 @@ def test_errors_name_the_problem(run_folder, tmp_path: Path) -> None:
 
 
 
+def test_a_zip_that_is_no_torch_checkpoint_is_named_in_the_projects_words(run_folder, tmp_path: Path) -> None:
+    # It printed PyTorch's text: 'Expected hasRecord("version") to be true, but got false.  (Could this error
+    # message be improved?  If so, please report an enhancement request to PyTorch.)'
+    import zipfile
+
+    folder, _, _ = run_folder
+    images = tmp_path / "images"
+    _write_oriented(images / "a.nii.gz", np.zeros((12, 20, 20), np.float32))
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    ckpt.unlink()
+    with zipfile.ZipFile(ckpt, "w") as archive:
+        archive.writestr("notes/readme.txt", "not weights")
+    for given in (folder, ckpt):
+        result = runner.invoke(app, ["predict", str(given), "--images", str(images), "--out",
+                                     str(tmp_path / "out")])
+        assert result.exit_code == 3, result.output
+        assert result.stderr == (f"error: {ckpt}: not a loadable medseg-bench checkpoint (not a torch "
+                                 "checkpoint archive: a zip without torch's records; refused unread)\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_spec_json_lacking_a_key_exits_3_naming_it(tmp_path: Path) -> None:
     # It was a TypeError's traceback (RunSpec's missing positional arguments), exit 1.
     folder, images = tmp_path / "run", tmp_path / "images"

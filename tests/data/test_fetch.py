@@ -741,6 +741,30 @@ def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Pat
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
 
 
+def test_a_full_disk_at_the_marker_names_it_in_the_task_folder_not_the_staging_copy(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A disk that held the cases but not the marker said
+    # "DATA/.Task04_Hippocampus.partial/Task04_Hippocampus/.medseg-bench-valid.json: No space left on device"
+    import errno
+
+    from medseg_bench.data import fetch
+    from medseg_bench.errors import FileSystemError
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    task, data = get_task("Task04_Hippocampus"), tmp_path / "data"
+    monkeypatch.setattr(fetch, "write_json_atomic", full)
+    for source, checksum in ((str(hippo_subset), None), (str(archive), md5)):
+        with pytest.raises(FileSystemError) as info:
+            fetch_task(task, data, source, checksum, progress=False)
+        assert str(info.value) == (f"{data / 'Task04_Hippocampus' / MARKER}: No space left on device; the "
+                                   "task folder could not be finished, nothing was kept")
+        assert info.value.exit_code == 7
+        assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]
+
+
 def test_an_archive_larger_than_the_free_space_is_refused_before_extraction(
         hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tar.gz of zeros (a "tar bomb") filled the disk before extraction failed naming it: now nothing is
