@@ -1,3 +1,3 @@
-from medseg_bench.cli.app import main
+from medseg_bench.cli import run
 
-main()
+run()

@@ -28,11 +28,22 @@ def step_bar(description: str, total: int, console: Console, enabled: bool) -> I
         yield lambda: bar.advance(task_id)
 
 
+class StdoutConsole(Console):
+    """A rich Console on stdout whose closed pipe stops the command as SIGPIPE would (`signals.pipe_closed`),
+    where rich's own `on_broken_pipe` raised SystemExit(1)."""
+
+    def on_broken_pipe(self) -> None:
+        from medseg_bench import signals
+
+        self.quiet = True
+        signals.pipe_closed()
+
+
 class PlainReporter:
     """One line per event, flushed: for logs."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.console = console or StdoutConsole(highlight=False, soft_wrap=True)
         self.total = 0
         self.finished = 0
         self.started = 0  # runs started or skipped: two that start together (--jobs) get numbers of their own

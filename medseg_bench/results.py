@@ -183,8 +183,28 @@ def check_run_folders(results_dir: Path, runs: Sequence[RunSpec]) -> None:
                                "move it away")
 
 
-def check_writable(results_dir: Path) -> None:
+def check_writable(results_dir: Path, make: bool = True) -> None:
+    """ResultsError "RESULTS: results dir is not writable (why)" where a sweep could not write its runs: a
+    file written and removed in it, which it makes first. With `make=False` (the dry run) a results dir not
+    there yet is left so: the first of its missing folders is made and removed again, the same test without
+    a trace (the dry run exited 0 where the sweep exited 6 until 2026-12-04)."""
     check_results_dir(results_dir)
+    if not make and not results_dir.exists():
+        missing = results_dir.absolute()
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        try:
+            missing.mkdir()
+        except FileExistsError:
+            return  # made meanwhile: by a sweep, which could
+        except OSError as exc:
+            raise ResultsError(f"{results_dir}: results dir is not writable ({exc.strerror or exc})") \
+                from None
+        try:
+            missing.rmdir()
+        except OSError:
+            pass  # another process made something in it meanwhile: theirs
+        return
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         probe = results_dir / f".write-test-{os.getpid()}"

@@ -93,6 +93,22 @@ def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def pipe_closed() -> None:
+    """The reader of stdout has gone (`medseg-bench sweep | head -3`): stdout is pointed at /dev/null, so no
+    later write fails, and the command stops as SIGPIPE stops `cat`, but through the clean-up Ctrl-C gets
+    (inside `interruptible()`: a run in progress records `interrupted` and keeps its checkpoint; `received()`
+    then says SIGPIPE, exit 141). rich's own reaction, SystemExit(1), left a sweep's run as a killed one and
+    exited 1 without a word; a BrokenPipeError raised in a training callback would have failed the run."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    if signal.getsignal(signal.SIGINT) is not _stop:  # outside `interruptible()`: an error as any other
+        raise BrokenPipeError(32, "Broken pipe")
+    _stop(signal.SIGPIPE, None)
+
+
 def caused_by_stop(exc: BaseException) -> bool:
     """Whether `exc` is a stop signal's KeyboardInterrupt, or an exception raised while one unwound: a
     `torch.save` cut by the signal mid-write raises RuntimeError ("unexpected pos") from its zip writer's

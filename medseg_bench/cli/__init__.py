@@ -9,6 +9,20 @@ from pathlib import Path
 MAX_PROCESSES = 1024
 
 
+def run() -> None:
+    """The `medseg-bench` entry point (and `python -m medseg_bench`'s): the app and the libraries it imports
+    are loaded here, so that Ctrl-C while they load (the first 0.2 s or so) is one line and exit 130, as
+    every later interruption is (`app._Group.invoke`), not a KeyboardInterrupt's 30-line traceback."""
+    try:
+        from medseg_bench.cli.app import main
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("error: interrupted (SIGINT) while starting: nothing was done\n")
+        raise SystemExit(130) from None
+    main()
+
+
 def print_coloured(text: str, colour: str) -> None:
     """`text` on stderr, in `colour` unless NO_COLOR is set: click's `secho` ends a line with its reset code
     on a terminal even without a colour, and takes no notice of NO_COLOR."""

@@ -47,11 +47,15 @@ class _Group(TyperGroup):
         try:
             code = super().main(**given, standalone_mode=False)
         except _click_errors() as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C as click parsed (before typer 0.29)
+                _interrupted_starting()
             if type(exc).__name__ != "NoArgsIsHelpError":  # no arguments: typer printed the help making it
                 given_args = list(args) if args is not None else sys.argv[1:]
                 command = given_args[0] if given_args and given_args[0] in self.commands else None
                 print_error(_click_message(exc, f"medseg-bench {command}" if command else None))
             sys.exit(getattr(exc, "exit_code", 1))
+        if code == 128 + signal.SIGINT and not self.invoked:  # as typer 0.29 parsed: its silent Exit(130)
+            _interrupted_starting()
         sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit(n) comes back as n
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -63,7 +67,10 @@ class _Group(TyperGroup):
         return super().parse_args(ctx, args)
 
     # `ctx: Any`: a `click.Context` before typer 0.29, a `typer._click.Context` (its vendored click) since.
+    invoked = False  # whether parsing was done and the command began: a Ctrl-C before is one line here
+
     def invoke(self, ctx: Any) -> Any:
+        self.invoked = True
         try:
             with signals.interruptible():  # SIGTERM too runs every `finally` (staging folders, locks)
                 try:
@@ -91,10 +98,20 @@ class _Group(TyperGroup):
             raise typer.Exit(out_of_memory.exit_code) from None
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             signum = signals.received() or signal.SIGINT
+            if signum == signal.SIGPIPE:  # stdout's reader gone (`signals.pipe_closed`): quietly, as `cat`
+                raise typer.Exit(BROKEN_PIPE_EXIT) from None
             stop = Interrupted(f"interrupted ({signal.Signals(signum).name}): nothing finished was lost; "
                                "rerun the same command to carry on", signum)
             print_error(str(stop))
             raise typer.Exit(stop.exit_code) from None
+
+
+def _interrupted_starting() -> None:
+    """Ctrl-C before the command began (its libraries loading, its options parsing): one line, exit 130."""
+    import sys
+
+    print_error("interrupted (SIGINT) while starting: nothing was done")
+    sys.exit(128 + signal.SIGINT)
 
 
 class _Command(TyperCommand):

@@ -80,7 +80,9 @@ def plan(
         return
     from rich.markup import escape
 
-    out = Console(highlight=False)
+    from medseg_bench.progress import StdoutConsole
+
+    out = StdoutConsole(highlight=False)  # `plan | head`: 141 as `cat`, not rich's exit 1
     table = Table(title=escape(f"plan of {spec.name} ({root / 'plan.json'})"), show_header=False)
     table.add_column("key")
     table.add_column("value")

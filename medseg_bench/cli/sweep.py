@@ -172,14 +172,17 @@ def sweep(
             unknown = partition_problem(partition)
             if unknown:
                 raise UsageError(unknown)
-        from medseg_bench.results import check_results_dir
+        from medseg_bench.results import check_writable
         from medseg_bench.sweep.dry_run import dry_run_lines
 
-        check_results_dir(results_dir)
+        check_writable(results_dir, make=False)  # as the sweep begins, both launchers: exit 6
         planned = dry_run_lines(runs, results_dir, data, launcher, fail_fast)
         for line in planned.lines:
             typer.echo(line)
         if planned.exit_code:  # what the sweep would end with (a stop, runs it fails): said above
+            from medseg_bench.cli.app import print_error
+
+            print_error(planned.verdict)
             raise typer.Exit(planned.exit_code)
         return
     import signal

@@ -385,14 +385,15 @@ def _probe_folder(folder: Path) -> None:
 def print_rich(report: Report, console: Any = None) -> None:
     """The report as rich tables on the terminal (best values in bold green)."""
     from rich import box
-    from rich.console import Console
     from rich.markup import escape as markup
     from rich.table import Table as RichTable
+
+    from medseg_bench.progress import StdoutConsole
 
     def escape(text: str) -> str:  # markup and control characters as text; a cell's own lines kept
         return markup("\n".join(printable(line) for line in text.split("\n")))
 
-    console = console or Console()
+    console = console or StdoutConsole()  # `report | head`: 141 as `cat`, not rich's exit 1
     narrow_said = False
     for section in sections(report, compact=True):
         if section.level > 1:

@@ -154,6 +154,21 @@ class DryRun:
             return RunError.exit_code
         return ResultsError.exit_code if self.damaged else 0
 
+    @property
+    def verdict(self) -> str:
+        """The error line the dry run ends with on stderr where `exit_code` is not 0: how the sweep would
+        end, the lines above saying why (until 2026-12-04 it exited 2, 3, 5 or 6 with stdout alone)."""
+        code = self.exit_code
+        if self.stop_code:
+            return f"the sweep would stop before training (exit {code}): see the line that says so above"
+        if self.failed:
+            return f"the sweep would fail {_runs(self.failed)} (exit {code}): see the lines above"
+        return f"the sweep would find {_runs(self.damaged, 'finished run')} damaged (exit {code}): see above"
+
+
+def _runs(count: int, noun: str = "run") -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
 
 def _unfetched(tasks: list[str], data_dir: Path, out: DryRun) -> None:
     """A line for each task with runs left that is not fetched into `data_dir`, or whose fetch marker is

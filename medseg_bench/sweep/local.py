@@ -31,7 +31,7 @@ from medseg_bench.results import (
     write_index,
 )
 from medseg_bench.run_folder import is_done, is_live, read_json
-from medseg_bench.signals import deferred, received
+from medseg_bench.signals import STOP_SIGNALS, deferred, received
 from medseg_bench.spec import RunSpec
 from medseg_bench.sweep.worker import (
     EXIT_BUSY,
@@ -482,7 +482,9 @@ def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
     there after STOP_GRACE_S. Their runs resume next time."""
     import signal
 
-    signum = received() or signal.SIGTERM
+    # stopped by its closed stdout (SIGPIPE, `signals.pipe_closed`), which workers ignore: SIGTERM
+    got = received()
+    signum = got if got is not None and got in STOP_SIGNALS else signal.SIGTERM
     for process in processes:
         if process.poll() is None:
             process.send_signal(signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,73 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(home: Path, tmp_path:
                             capture_output=True, text=True, cwd=Path(__file__).parents[2],
                             env={**os.environ, "MEDSEG_BENCH_HOME": str(home)}, timeout=120)
     assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+
+
+def _into_a_closed_pipe(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`argv` run with its stdout a pipe no one reads any more (the reader of `... | head` gone)."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, **env})
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("args", [["report"], ["report", "--format", "markdown"], ["status"]])
+def test_a_table_printed_into_a_closed_pipe_exits_as_a_shell_reports_sigpipe(tmp_path: Path,
+                                                                              args: list[str]) -> None:
+    # rich's Console on a closed pipe raised SystemExit(1): `report | head` exited 1 (`plan` too)
+    import sys
+
+    from tests.conftest import fake_finished_run
+
+    results = tmp_path / "results"
+    for seed in range(3):
+        fake_finished_run(results, seed, "T")
+    exe = Path(sys.executable).with_name("medseg-bench")
+    result = _into_a_closed_pipe([str(exe), *args, "--results-dir", str(results)],
+                                 {"MEDSEG_BENCH_HOME": str(tmp_path / "home")})
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+
+
+def test_ctrl_c_while_the_app_loads_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C in the first 0.15 s (typer, rich and our modules importing) printed a 36-line traceback
+    import builtins
+    import sys
+
+    from medseg_bench.cli import run
+
+    real_import = builtins.__import__
+
+    def interrupted(name: str, *args: object, **kwargs: object) -> object:
+        if name == "medseg_bench.cli.app":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "medseg_bench.cli.app")
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        run()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted (SIGINT) while starting: nothing was done\n"
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # typer 0.29 turns it into a silent exit 130, click before it into "Aborted!" and exit 1
+    from typer.core import TyperGroup
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "parse_args", interrupted)  # the command line, before the command
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 130
+    assert result.output == "error: interrupted (SIGINT) while starting: nothing was done\n"
 
 
 @pytest.mark.parametrize("args", ["--help", "--version", "list archs", "sweep --help"])

@@ -617,3 +617,24 @@ def test_a_slurm_sweep_names_an_unknown_partition_before_any_work(home: Path, tm
     assert result.exit_code == 2, result.output
     assert result.output == ("error: --partition nope: SLURM has no such partition (scontrol: Partition nope "
                              "not found)\n")
+
+
+def test_a_dry_run_that_ends_as_the_sweep_would_fail_says_so_on_stderr(home: Path, tmp_path: Path) -> None:
+    # it exited 3 (the task not fetched) with its explanation on stdout alone: `2>err` showed nothing
+    result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--dry-run"])
+    assert result.exit_code == NOT_FETCHED, result.output
+    assert "the sweep would stop" in result.stdout and "error:" not in result.stdout
+    assert result.stderr == ("error: the sweep would stop before training (exit 3): see the line that says "
+                             "so above\n")
+
+
+def test_a_dry_run_names_a_results_dir_the_sweep_could_not_write_to(home: Path, tmp_path: Path) -> None:
+    # /proc/self takes no folder, for root too; the dry run exited 0 where the sweep exits 6
+    results = Path("/proc/self/medseg-bench-results/r")
+    for dry_run in ([], ["--dry-run"]):
+        result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(results), *dry_run])
+        assert result.exit_code == 6, result.output
+        assert result.output.startswith(f"error: {results}: results dir is not writable ("), result.output
+    made = tmp_path / "new" / "results"
+    assert runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(made), "--dry-run"]).exit_code == 3
+    assert not (tmp_path / "new").exists()  # the test left no trace: a dry run writes nothing

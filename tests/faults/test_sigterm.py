@@ -223,3 +223,41 @@ def test_a_worker_cut_by_sigterm_while_preparing_exits_143_as_a_stop(monkeypatch
     spec = RunSpec(task="T", dims="3d", arch="unet", loss="dice_ce", aug="none")
     with pytest.raises(SystemExit, match=r"exit_now\(143\)"):
         worker.main(["--spec", json.dumps(spec.to_dict()), "--results-dir", "r", "--data-dir", "d"])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_sweep_whose_reader_goes_away_stops_as_on_a_signal_and_resumes(fetched: Path, tmp_path: Path,
+                                                                           ledger: Ledger, jobs: str) -> None:
+    """`medseg-bench sweep ... | head -1`: the reader gone, the sweep stops at its next line as SIGPIPE would
+    stop it, through the clean-up of a stop signal (exit 141, its line on stderr, the run interrupted and
+    resumable), where rich exited 1 without a word and left the run as a killed one's."""
+    results = tmp_path / "results"
+    args = ("--seed", "0,1", "--epochs", "3", "--jobs", jobs)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(sweep_argv(results, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, start_new_session=True)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # `head -1` has its line and leaves
+        errors = process.stderr.read()
+        process.wait(timeout=60)
+        left = wait_for_no_processes(process.pid, timeout_s=2)
+    finally:
+        kill9(process)
+    ledger.injected += 1
+    assert first.startswith("[1/2] ") and first.rstrip().endswith(": training"), first
+    assert process.returncode == 141, errors
+    assert errors.strip().splitlines()[-1] == ("error: sweep interrupted (SIGPIPE): finished runs are kept; "
+                                               "rerun the same command to resume the others"), errors
+    assert left == [], f"worker processes outlived the sweep: {left}"
+    interrupted = [f for f in run_folders(results) if read_events(f)[-1]["event"] == "interrupted"]
+    assert interrupted, [(f.name, read_events(f)) for f in run_folders(results)]
+    for folder in interrupted:  # a worker ignores SIGPIPE: it got SIGTERM
+        assert read_events(folder)[-1]["reason"] == ("SIGPIPE" if jobs == "1" else "SIGTERM")
+        assert not is_locked(folder) and run_state(folder) in ("partial", "pending")
+    again = run_cli(sweep_argv(results, *args))
+    assert again.returncode == 0, again.stdout + again.stderr
+    check_done_once(results, 2, ledger)
+    assert temp_files(results) == []
