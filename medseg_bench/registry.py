@@ -10,12 +10,25 @@ Example:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from medseg_bench.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def choice_hint(name: str, choices: Sequence[str], listed: Sequence[str] | None = None) -> str:
+    """"did you mean 'X'?" for a `name` not among `choices`, else "choose from A, B" (`listed`, else
+    `choices`): the words for every unknown name, a registry's and a command's fixed choices alike. The same
+    name in other case ("UNet" for unet), then a unique prefix of a listed one ("Task04" for
+    Task04_Hippocampus), beat spelling similarity (which offered 'vnet' for "UNet")."""
+    shown = list(listed if listed is not None else choices)
+    same = [c for c in choices if c.lower() == name.lower()]
+    prefixed = [c for c in shown if name and c.lower().startswith(name.lower())]
+    close = same[:1] or (prefixed if len(prefixed) == 1 else
+                         difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5))
+    return f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(shown)}"
 
 
 class Registry(Generic[T]):
@@ -50,15 +63,8 @@ class Registry(Generic[T]):
             return name
         if name in self._aliases:
             return self._aliases[name]
-        choices = [*self._items, *self._aliases]
-        # The same name in other case ("UNet" for unet), then a unique prefix ("Task04" for
-        # Task04_Hippocampus), beat spelling similarity (which offered 'vnet' for "UNet").
-        same = [c for c in choices if c.lower() == name.lower()]
-        prefixed = [c for c in self._items if name and c.lower().startswith(name.lower())]
-        close = same[:1] or (prefixed if len(prefixed) == 1 else
-                             difflib.get_close_matches(name, choices, n=1, cutoff=0.5))
-        hint = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(sorted(self._items))}"
-        raise UnknownNameError(f"unknown {self.kind} '{name}'{hint}")
+        hint = choice_hint(name, [*self._items, *self._aliases], sorted(self._items))
+        raise UnknownNameError(f"unknown {self.kind} '{name}'; {hint}")
 
     def get(self, name: str) -> T:
         return self._items[self.canonical(name)]

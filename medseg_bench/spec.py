@@ -16,6 +16,7 @@ from typing import Any
 
 from medseg_bench.checks import FLOAT32_MAX, FLOAT32_TINY, MAX_COUNT, MAX_SIZE
 from medseg_bench.errors import UsageError
+from medseg_bench.registry import choice_hint
 from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int, region_name_problem
 
 # Bump when a change to the pipeline changes results for the same spec (old runs then get new ids).
@@ -90,6 +91,7 @@ MAX_MINUTES = 1e12  # a run's --max-minutes at most: timedelta, which Lightning'
 OWN_SLICE_SPACING_FROM = 11
 
 DIMS = ("2d", "3d")
+OPTIMIZERS = ("adamw", "sgd")  # adamw: cosine schedule; sgd: Nesterov 0.99, poly (nnU-Net's)
 # What a run's network predicts: a softmax over the task's labels, or, as nnU-Net trains a task with regions
 # (BraTS), one sigmoid channel per region of the task file (`regions.py`). From pipeline version 14.
 TARGETS = ("labels", "regions")
@@ -257,9 +259,9 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if self.dims not in DIMS:
-            raise UsageError(f"unknown dims '{self.dims}'; choose from {', '.join(DIMS)}")
+            raise UsageError(f"unknown dims '{self.dims}'; {choice_hint(self.dims, DIMS)}")
         if self.target not in TARGETS:
-            raise UsageError(f"unknown target '{self.target}'; choose from {', '.join(TARGETS)}")
+            raise UsageError(f"unknown target '{self.target}'; {choice_hint(self.target, TARGETS)}")
         if self.target == "regions" and self.pipeline_version < REGIONS_FROM:
             raise UsageError(f"target regions exists from pipeline version {REGIONS_FROM}, not in a spec of "
                              f"version {self.pipeline_version}")
@@ -302,8 +304,9 @@ class RunSpec:
         if self.patch_size is not None and max(self.patch_size) > MAX_SIZE:
             raise UsageError(f"a patch side must be at most {MAX_SIZE}, not "
                              f"{','.join(map(str, self.patch_size))}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise UsageError(f"unknown optimizer '{self.optimizer}'; choose from adamw, sgd")
+        if self.optimizer not in OPTIMIZERS:
+            hint = choice_hint(self.optimizer, OPTIMIZERS)
+            raise UsageError(f"unknown optimizer '{self.optimizer}'; {hint}")
         if self.class_weights is not None and not all(0 <= w < float("inf") for w in self.class_weights):
             raise UsageError(f"class weights must be finite and >= 0, not {list(self.class_weights)}")
 

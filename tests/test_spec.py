@@ -72,7 +72,8 @@ def test_known_id_does_not_drift() -> None:
     ({"patch_size": (32, 32)}, "a 3d patch size is 3 positive sides, not 32,32"),
     ({"dims": "2d", "patch_size": (32, 0)}, "a 2d patch size is 2 positive sides, not 32,0"),
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
-    ({"target": "classes"}, "unknown target 'classes'; choose from labels, regions"),
+    ({"target": "classes"}, "unknown target 'classes'; did you mean 'labels'?"),
+    ({"target": "x"}, "unknown target 'x'; choose from labels, regions"),
     ({"target": "regions", "pipeline_version": 13},
      "target regions exists from pipeline version 14, not in a spec of version 13"),
 ])

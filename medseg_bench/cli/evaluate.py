@@ -83,7 +83,9 @@ def evaluate(
                              ".json, .md): pass --format or change the name")
     fmt = fmt or "markdown"
     if fmt not in FORMATS:
-        raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+        from medseg_bench.registry import choice_hint
+
+        raise UsageError(f"unknown format '{fmt}'; {choice_hint(fmt, FORMATS)}")
     if output is not None:
         from medseg_bench.report.formats import check_output_format
 

@@ -91,8 +91,6 @@ def list_items(what: Annotated[str | None, typer.Argument(
 
 def _what(name: str | None) -> What:
     """`name` as a What; a UsageError with a did-you-mean for a typo (`task`), as every name elsewhere."""
-    import difflib
-
     from medseg_bench.errors import UsageError
 
     choices = [item.value for item in What]
@@ -100,7 +98,7 @@ def _what(name: str | None) -> What:
         raise UsageError(f"say what to list: {', '.join(choices)}")
     if name in choices:
         return What(name)
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(choices)}"
-    raise UsageError(f"unknown list '{name}'; {hint}")
+    from medseg_bench.registry import choice_hint
+
+    raise UsageError(f"unknown list '{name}'; {choice_hint(name, choices)}")
 

@@ -41,11 +41,12 @@ def report(
 ) -> None:
     """Leaderboards per task (mean ± std, bootstrap CI, cost), significance tests, ranking across tasks."""
     from medseg_bench.errors import UsageError
+    from medseg_bench.registry import choice_hint
     from medseg_bench.report import FORMATS, GROUP_AXES, build_report, format_for, print_rich, render
     from medseg_bench.report.formats import check_output_file, check_output_format, write_atomic
 
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format '{fmt}'; {choice_hint(fmt, FORMATS)}")
     if fmt is not None and output is not None:
         check_output_format(fmt, output)
     # On a terminal, without --format or --output: rich tables; an explicit --format markdown is markdown.
@@ -55,7 +56,7 @@ def report(
     if fmt == "parquet" and output is None:
         raise UsageError("parquet is a binary format: pass --output FILE.parquet")
     if group_by is not None and group_by not in GROUP_AXES:
-        raise UsageError(f"cannot group by '{group_by}'; choose from {', '.join(GROUP_AXES)}")
+        raise UsageError(f"cannot group by '{group_by}'; {choice_hint(group_by, GROUP_AXES)}")
     from medseg_bench.cli import check_range, comma_list
 
     check_range("--top", top, 1)

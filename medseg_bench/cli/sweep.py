@@ -11,6 +11,8 @@ import typer
 from medseg_bench.cli import print_coloured
 from medseg_bench.errors import UsageError
 
+LAUNCHERS = ("local", "slurm")
+
 
 def _ints(value: str | list[str] | None, option: str) -> list[int] | None:
     from medseg_bench.cli import comma_list
@@ -123,8 +125,10 @@ def sweep(
     from medseg_bench.sweep.expand import expand
     from medseg_bench.sweep.spec_file import build_request, load_sweep_file
 
-    if launcher not in ("local", "slurm"):
-        raise UsageError(f"unknown launcher '{launcher}'; choose from local, slurm")
+    if launcher not in LAUNCHERS:
+        from medseg_bench.registry import choice_hint
+
+        raise UsageError(f"unknown launcher '{launcher}'; {choice_hint(launcher, LAUNCHERS)}")
     from medseg_bench.cli import MAX_PROCESSES, check_range, comma_list
 
     check_range("--jobs", jobs, 1, MAX_PROCESSES)

@@ -19,7 +19,7 @@ from medseg_bench.metrics.surface import (
     compute_hd95,
     compute_nsd,
 )
-from medseg_bench.registry import Registry
+from medseg_bench.registry import Registry, choice_hint
 
 SURFACE_CONVENTIONS = ("area", "voxel")
 EMPTY_POLICIES = ("penalize", "nan")
@@ -43,9 +43,11 @@ class MetricSettings:
 
     def __post_init__(self) -> None:
         if self.surface not in SURFACE_CONVENTIONS:
-            raise UsageError(f"unknown surface convention '{self.surface}'; choose area or voxel")
+            raise UsageError(f"unknown surface convention '{self.surface}'; "
+                             f"{choice_hint(self.surface, SURFACE_CONVENTIONS)}")
         if self.empty_policy not in EMPTY_POLICIES:
-            raise UsageError(f"unknown empty-mask policy '{self.empty_policy}'; choose penalize or nan")
+            raise UsageError(f"unknown empty-mask policy '{self.empty_policy}'; "
+                             f"{choice_hint(self.empty_policy, EMPTY_POLICIES)}")
         if not (math.isfinite(self.nsd_tolerance_mm) and self.nsd_tolerance_mm >= 0):
             raise UsageError(f"NSD tolerance must be a finite distance >= 0 mm, got {self.nsd_tolerance_mm}")
 

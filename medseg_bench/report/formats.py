@@ -20,6 +20,7 @@ import pandas as pd
 from medseg_bench.errors import ResultsError, UsageError
 from medseg_bench.errors import one_line as printable
 from medseg_bench.files import private_temp
+from medseg_bench.registry import choice_hint
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections
 
@@ -247,7 +248,7 @@ def render(report: Report, fmt: str, plots: dict[str, bytes] | None = None) -> s
     renderers: dict[str, Callable[[Report], str | bytes]] = {
         "markdown": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex, "parquet": to_parquet}
     if fmt not in renderers:
-        raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format '{fmt}'; {choice_hint(fmt, FORMATS)}")
     return renderers[fmt](report)
 
 

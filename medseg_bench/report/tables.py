@@ -16,6 +16,7 @@ import pandas as pd
 
 from medseg_bench.errors import UsageError
 from medseg_bench.metrics.info import HEADLINE_METRICS
+from medseg_bench.registry import choice_hint
 from medseg_bench.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci, rank_values
 
 CONFIG_AXES = ["dims", "arch", "encoder", "loss", "aug"]
@@ -368,7 +369,7 @@ def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataF
     """Marginal effect of one axis: per task and axis value, the mean over the configurations that have it
     (each configuration weighted equally, whatever else it varies), their spread, and their mean rank."""
     if axis not in GROUP_AXES:
-        raise UsageError(f"cannot group by '{axis}'; choose from {', '.join(GROUP_AXES)}")
+        raise UsageError(f"cannot group by '{axis}'; {choice_hint(axis, GROUP_AXES)}")
     ranking = table.attrs.get("metric", metrics[0])
     rows = []
     for (task, level), group in table.groupby(["task", axis], sort=True):

@@ -21,6 +21,7 @@ from medseg_bench.models import (
     variant,
 )
 from medseg_bench.regions import regions_problem
+from medseg_bench.registry import choice_hint
 from medseg_bench.spec import DEFAULT_LR, DIMS, TARGETS, RunSpec, TaskSpec
 
 # The axes a sweep varies and an --exclude rule can name (RunSpec field names).
@@ -164,7 +165,7 @@ def parse_exclude(rule: str) -> dict[str, str]:
         if not sep or not value:
             raise UsageError(f"exclude rule '{rule}': '{part}' is not key=value")
         if key not in AXES:
-            raise UsageError(f"exclude rule '{rule}': unknown key '{key}'; choose from {', '.join(AXES)}")
+            raise UsageError(f"exclude rule '{rule}': unknown key '{key}'; {choice_hint(key, AXES)}")
         if key in parsed:  # the last value won without a word: arch=unet,arch=deeplab dropped deeplab only
             raise UsageError(f"exclude rule '{rule}': {key} is given twice; a rule drops the runs that match "
                              "all its pairs: give one rule for each (--exclude arch=a --exclude arch=b)")
@@ -174,10 +175,10 @@ def parse_exclude(rule: str) -> dict[str, str]:
             except UsageError as exc:
                 raise UsageError(f"exclude rule '{rule}': {exc}") from None
         elif key == "dims" and value not in DIMS:
-            raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; choose from {', '.join(DIMS)}")
+            raise UsageError(f"exclude rule '{rule}': unknown dims '{value}'; {choice_hint(value, DIMS)}")
         elif key == "target" and value not in TARGETS:
-            raise UsageError(f"exclude rule '{rule}': unknown target '{value}'; choose from "
-                             f"{', '.join(TARGETS)}")
+            raise UsageError(f"exclude rule '{rule}': unknown target '{value}'; "
+                             f"{choice_hint(value, TARGETS)}")
         elif key == "encoder":
             from medseg_bench.models.zoo2d import check_smp_encoder
 
@@ -254,11 +255,11 @@ def expand(request: SweepRequest) -> tuple[list[RunSpec], list[str]]:
                       encoders=None if request.encoders is None else list(dict.fromkeys(request.encoders)))
     for d in request.dims or []:
         if d not in DIMS:
-            raise UsageError(f"unknown dims '{d}'; choose from {', '.join(DIMS)}")
+            raise UsageError(f"unknown dims '{d}'; {choice_hint(d, DIMS)}")
     targets = list(dict.fromkeys(request.targets))
     for t in targets:
         if t not in TARGETS:
-            raise UsageError(f"unknown target '{t}'; choose from {', '.join(TARGETS)}")
+            raise UsageError(f"unknown target '{t}'; {choice_hint(t, TARGETS)}")
     if not targets:
         raise UsageError("no target given (an empty target list): name labels or regions")
     if request.encoders is not None and not request.encoders:

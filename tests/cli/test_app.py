@@ -410,3 +410,27 @@ def test_a_tilde_in_any_path_option_of_any_command_is_the_home_folder(
         assert (list(value) if kind == "list" else value) == ([expected] if kind == "list" else expected), (
             parameter, value)
     assert name == "list" or paths  # every command but `list` takes a path
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["report", "--format", "mardown"], "unknown format 'mardown'; did you mean 'markdown'?"),
+    (["report", "--group-by", "arc"], "cannot group by 'arc'; did you mean 'arch'?"),
+    (["sweep", "--task", "Task04_Hippocampus", "--optimizer", "adamm", "--dry-run"],
+     "unknown optimizer 'adamm'; did you mean 'adamw'?"),
+    (["sweep", "--task", "Task04_Hippocampus", "--launcher", "slrum"],
+     "unknown launcher 'slrum'; did you mean 'slurm'?"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--surface", "aera"],
+     "unknown surface convention 'aera'; did you mean 'area'?"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--empty-policy", "penalise"],
+     "unknown empty-mask policy 'penalise'; did you mean 'penalize'?"),
+    (["evaluate", "--pred", ".", "--ref", ".", "--format", "jsn"],
+     "unknown format 'jsn'; did you mean 'json'?"),
+    (["sweep", "--task", "Task04_Hippocampus", "--dims", "3D", "--dry-run"],
+     "unknown dims '3D'; did you mean '3d'?"),
+])
+def test_a_mistyped_choice_gets_a_did_you_mean_as_a_mistyped_name_does(home: Path, tmp_path: Path,
+                                                                      args: list[str], said: str) -> None:
+    # these listed their choices only, where an architecture, loss or task name got a did-you-mean
+    result = runner.invoke(app, [*args, "--results-dir", str(tmp_path)] if args[0] == "report" else args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {said}\n"

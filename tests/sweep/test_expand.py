@@ -377,7 +377,8 @@ def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(
 
 
 @pytest.mark.parametrize(("request_", "message"), [
-    ({"targets": ["classes"]}, "unknown target 'classes'; choose from labels, regions"),
+    ({"targets": ["classes"]}, "unknown target 'classes'; did you mean 'labels'?"),
+    ({"targets": ["x"]}, "unknown target 'x'; choose from labels, regions"),
     ({"targets": []}, "no target given"),
     ({"exclude": ["target=region"]}, "exclude rule 'target=region': unknown target 'region'"),
 ])
