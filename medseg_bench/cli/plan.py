@@ -54,9 +54,8 @@ def plan(
     check_range("--workers", workers, 1, MAX_PROCESSES)
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import CPU_BUDGET, gpu_budget, load_or_make_fingerprint, load_or_make_plan
-    from medseg_bench.data.preprocess import excluded_cases, usable_cases
+    from medseg_bench.data.preprocess import excluded_cases, task_lock, usable_cases
     from medseg_bench.errors import UsageError
-    from medseg_bench.locks import exclusive
     from medseg_bench.settings import get_settings
 
     if cpu and gpu_memory_gb is not None:
@@ -71,7 +70,8 @@ def plan(
     root = data / "preprocessed" / spec.name
     console = Console(stderr=True, highlight=False)
     budget = CPU_BUDGET if cpu else gpu_budget(gpu_memory_gb) if gpu_memory_gb is not None else None
-    with exclusive(data / "preprocessed", f".{spec.name}.lock"):  # the lock a sweep builds the task under
+    # the lock a sweep builds the task under; a line on stderr where another process holds it
+    with task_lock(spec.name, data, lambda line: console.print(line, markup=False)):
         result = load_or_make_plan(spec, cases, root, budget, workers, progress=console.is_terminal)
         # the fingerprint the plan was made from, even in an older format
         fp = None if as_json else load_or_make_fingerprint(spec, cases, root, workers, any_format=True)

@@ -234,6 +234,21 @@ def usable_cases(task: TaskSpec, data_dir: Path) -> list[Case]:
     return cases
 
 
+def task_lock(task: str, data_dir: Path,
+              say: Callable[[str], object] | None = None) -> contextlib.AbstractContextManager[None]:
+    """The lock a task is planned and its caches built under (`DATA_DIR/preprocessed/.<Task>.lock`): by a
+    sweep, its `--jobs` workers and SLURM jobs, and `plan`, one at a time. `say` is told once where another
+    process holds it: a sweep started beside another one sat silent for the minutes the other took."""
+    from medseg_bench.locks import exclusive
+
+    def waiting() -> None:
+        if say is not None:
+            say(f"{task}: another process is planning it or building its cache in "
+                f"{data_dir / 'preprocessed'}; waiting for it")
+
+    return exclusive(data_dir / "preprocessed", f".{task}.lock", on_wait=waiting)
+
+
 def prepare_task(
     task: TaskSpec,
     data_dir: Path,

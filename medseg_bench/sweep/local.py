@@ -65,17 +65,17 @@ def default_num_workers(spec: RunSpec) -> int:
 
 
 def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
-                   own_slices: bool = False) -> Any:
+                   own_slices: bool = False, say: Callable[[str], object] | None = None) -> Any:
     """`prepare_task` under a lock per task in the data dir: concurrent sweeps (or array jobs) starting on a
-    fresh cache take turns; the first builds it, the others find it complete. `own_slices`: also the cache
-    of 2D runs that keep their slices (`RunSpec.own_slice_spacing`)."""
+    fresh cache take turns; the first builds it, the others find it complete (`say` told that they wait,
+    `preprocess.task_lock`). `own_slices`: also the cache of 2D runs that keep their slices
+    (`RunSpec.own_slice_spacing`)."""
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.preprocess import prepare_task, usable_cases
-    from medseg_bench.locks import exclusive
+    from medseg_bench.data.preprocess import prepare_task, task_lock, usable_cases
 
     spec = get_task(task)
     usable_cases(spec, data_dir)  # not fetched there (a mistyped --data-dir): one line, and no lock file made
-    with exclusive(data_dir / "preprocessed", f".{task}.lock"):
+    with task_lock(task, data_dir, say):
         return prepare_task(spec, data_dir, num_folds, progress=progress, own_slices=own_slices)
 
 
@@ -85,14 +85,13 @@ def plan_locked(task: str, data_dir: Path, num_folds: int,
     told of a task not planned yet (its fingerprint reads every case), once it is known to be fetched: a task
     not fetched was said to be planned, then stopped the sweep as not fetched."""
     from medseg_bench.data.catalog import get_task
-    from medseg_bench.data.preprocess import plan_task, usable_cases
-    from medseg_bench.locks import exclusive
+    from medseg_bench.data.preprocess import plan_task, task_lock, usable_cases
 
     spec = get_task(task)
     usable_cases(spec, data_dir)
     if say is not None and not (data_dir / "preprocessed" / task / "plan.json").is_file():
         say(f"planning {task} (fingerprint, plan, {num_folds}-fold splits)")
-    with exclusive(data_dir / "preprocessed", f".{task}.lock"):
+    with task_lock(task, data_dir, say):
         return plan_task(spec, data_dir, num_folds, progress=True)
 
 
@@ -129,7 +128,7 @@ def prepare_tasks(runs: list[RunSpec], data_dir: Path, say: Callable[[str], obje
         building = _to_build(task, data_dir, folds, own)
         if building:
             say(f"preparing {task} ({', '.join(building)}){when}")
-        prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own)
+        prepared[task, folds] = prepare_locked(task, data_dir, folds, progress=True, own_slices=own, say=say)
     return prepared
 
 

@@ -666,3 +666,27 @@ def test_a_task_is_planned_and_split_without_its_cache(home: Path, tmp_path: Pat
     prepared = prepare_task(get_task("Task90_Synth"), data, num_folds=2, workers=1)
     assert (prepared.plan, prepared.case_ids, prepared.splits) == (planned.plan, planned.case_ids,
                                                                    planned.splits)
+
+
+def test_a_task_whose_lock_another_process_holds_is_waited_for_with_a_line(tmp_path: Path) -> None:
+    # A sweep started beside another one that was building the task's cache sat silent for minutes.
+    import threading
+
+    from medseg_bench.data.preprocess import task_lock
+
+    lines: list[str] = []
+    asked = threading.Event()
+
+    def second() -> None:
+        with task_lock("Task04_Hippocampus", tmp_path, lambda line: (lines.append(line), asked.set())):
+            lines.append("held")
+
+    with task_lock("Task04_Hippocampus", tmp_path, lines.append):  # free: nothing said
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert asked.wait(timeout=30)  # a flock of another open file blocks, in one process too
+        assert lines == [f"Task04_Hippocampus: another process is planning it or building its cache in "
+                         f"{tmp_path / 'preprocessed'}; waiting for it"]
+    waiter.join(timeout=30)
+    assert lines[1:] == ["held"]
+    assert (tmp_path / "preprocessed" / ".Task04_Hippocampus.lock").is_file()
