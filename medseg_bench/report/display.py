@@ -111,17 +111,25 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
             if rows[col].notna().any():
                 title = f"{metric_title(m, unit=False)} {_label_title(report, task, col)}"
                 columns.append((title, col, higher, lambda r, col=col, m=m: _num(r[col], _digits(m))))
+    full = report.full_table if report.full_table is not None else report.table
+    everyone = full[full["task"] == task]
+    # CPU and GPU rows side by side: their hours, memory and epoch times are not one measure; each such cell
+    # says its kind, and none is bold (a CPU-hour was bolded over GPU-hours)
+    mixed = len({c for c in everyone["compute"] if c}) > 1
+
+    def kind(r: pd.Series, text: str) -> str:
+        return f"{text} {r['compute']}" if mixed and r["compute"] and text != "–" else text
+
     columns += [] if part == "quality" else [
         ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
-        (f"{compute}-h/run", "train_hours", False, lambda r: _significant(r["train_hours"])),
-        ("peak mem (MiB)", "peak_memory_mb", False, lambda r: _num(r["peak_memory_mb"], 0)),
-        ("s/epoch", "time_per_epoch_s", False, lambda r: _num(r["time_per_epoch_s"], 1)),
+        (f"{compute}-h/run", "train_hours", False, lambda r: kind(r, _significant(r["train_hours"]))),
+        ("peak mem (MiB)", "peak_memory_mb", False, lambda r: kind(r, _num(r["peak_memory_mb"], 0))),
+        ("s/epoch", "time_per_epoch_s", False, lambda r: kind(r, _num(r["time_per_epoch_s"], 1))),
     ]
     # Best over every configuration of the task, also those --top leaves out: a column whose best is not
     # shown has no bold cell.
-    full = report.full_table if report.full_table is not None else report.table
-    everyone = full[full["task"] == task]
-    best = {column: best_in(rows, everyone, column, higher) for _, column, higher, _ in columns}
+    best = {column: set() if mixed and column in HARDWARE_BOUND else best_in(rows, everyone, column, higher)
+            for _, column, higher, _ in columns}
     out_rows = []
     for idx, row in rows.iterrows():
         cells = [Cell(format_rank(row["rank"])), Cell(row["config"])]
@@ -134,6 +142,10 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     headers += [h for h, _, _, _ in columns]
     align += ["r"] * len(columns)
     return Table(headers, out_rows, align)
+
+
+# Cost columns whose values depend on the hardware a run trained on (CPU or GPU): compared within a kind only
+HARDWARE_BOUND = ("train_hours", "peak_memory_mb", "time_per_epoch_s")
 
 
 def _p(value: float) -> str:

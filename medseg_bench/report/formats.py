@@ -141,11 +141,21 @@ def flat_table(report: Report) -> pd.DataFrame:
     """What CSV and parquet hold: the leaderboard (the group effect with --group-by), plain numbers."""
     if report.groups is not None:
         return report.groups.copy()
-    flat = report.table.copy()
+    flat = whole_params(report.table)
     for column in ("run_ids", "folds", "seeds"):
         flat[column] = flat[column].map(lambda v: ";".join(str(x) for x in v))
     if "settings" in flat:  # a JSON object per row, as text
         flat["settings"] = flat["settings"].map(lambda v: "" if v is None else json.dumps(v, sort_keys=True))
+    return flat
+
+
+def whole_params(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the leaderboard `table` whose `params` are whole numbers or None: a configuration without a
+    count (a summary.json with `cost.params: null`) made the column float, so CSV wrote 4812345 as 4.81234e+06
+    and JSON as 4812345.0."""
+    flat = table.copy()
+    if "params" in flat:
+        flat["params"] = flat["params"].astype("Int64")  # nullable: an absent count stays empty
     return flat
 
 
@@ -200,7 +210,9 @@ def to_parquet(report: Report) -> bytes:
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe: NaN -> null, numpy scalars -> Python."""
+    """JSON-safe: NaN and pandas' NA -> null, numpy scalars -> Python."""
+    if value is pd.NA:
+        return None
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -228,7 +240,7 @@ def to_json(report: Report) -> str:
         "settings": report.settings,
         "tasks": report.tasks,
         "label_names": report.label_names,
-        "leaderboard": _records(report.table),
+        "leaderboard": _records(whole_params(report.table)),
         "ranking": _records(report.ranking),
         "significance": {"pairs": _records(report.pairs), "friedman": _records(report.friedman)},
         "groups": _records(report.groups) if report.groups is not None else None,

@@ -92,3 +92,26 @@ def test_the_friedman_note_counts_one_configuration_in_the_singular(tmp_path: Pa
         fake_finished_run(tmp_path / "r", seed)
     notes, _ = significance_section(build_report(tmp_path / "r"), "T")
     assert "needs at least 3 configurations (1 configuration, 2 complete cases)." in notes[0]
+
+
+def test_cpu_and_gpu_costs_side_by_side_say_their_kind_and_none_is_bold(fake_results: Path) -> None:
+    # A CPU run's 0.713 h was bolded over GPU runs' hours under one "CPU/GPU-h/run" header, and nothing on
+    # the row said which was which; peak memory (RAM or GPU memory) and s/epoch alike.
+    from medseg_bench.report.display import task_table
+
+    results = load_results(fake_results)
+    on_cpu = (results["task"] == "Task90_Alpha") & (results["loss"] == "dice")  # 3d-unet-dice-none
+    results.loc[on_cpu, "device"] = "cpu"
+    table = task_table(report_from_results(results, fake_results, metrics=["dice"]), "Task90_Alpha")
+    cells = {row[1].text: {h: row[i] for i, h in enumerate(table.headers)} for row in table.rows}
+    assert "CPU/GPU-h/run" in table.headers
+    for config, row in cells.items():
+        kind = "CPU" if config == "3d-unet-dice-none" else "GPU"
+        for header in ("CPU/GPU-h/run", "peak mem (MiB)", "s/epoch"):
+            assert row[header].text.endswith(f" {kind}") and not row[header].best, (config, header)
+    assert any(row["params (M)"].best for row in cells.values())  # a count is one measure on any machine
+    one_kind = task_table(report_from_results(load_results(fake_results), fake_results, metrics=["dice"]),
+                          "Task90_Alpha")
+    hours = one_kind.headers.index("GPU-h/run")
+    assert [row[hours].best for row in one_kind.rows].count(True) == 1
+    assert not any(row[hours].text.endswith("GPU") for row in one_kind.rows)

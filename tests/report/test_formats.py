@@ -225,3 +225,21 @@ def test_a_task_file_the_catalog_cannot_load_stops_the_report(fake_results: Path
     bad.unlink()
     assert build_report(fake_results).label_names == {"Task90_Alpha": {"0": "background", "1": "edema",
                                                                        "2": "core"}}
+
+
+def test_parameter_counts_stay_whole_numbers_where_a_configuration_has_none(fake_results: Path) -> None:
+    # one configuration without a count (a summary.json's `cost.params: null`) made the column float: CSV
+    # wrote 4812345 as 4.81234e+06, JSON as 4812345.0
+    results = load_results(fake_results)
+    results["params"] = results["params"].astype(float)
+    first = results["dims"] == "2d"  # the 2D runs: no count
+    results.loc[first, "params"] = float("nan")
+    results.loc[~first, "params"] = 4_812_345.0
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    flat = pd.read_csv(io.StringIO(render(report, "csv")), dtype={"params": str})  # type: ignore[arg-type]
+    assert set(flat["params"].fillna("")) == {"", "4812345"}
+    data = json.loads(render(report, "json"))  # type: ignore[arg-type]
+    assert {row["params"] for row in data["leaderboard"]} == {None, 4812345}
+    assert all(isinstance(row["params"], (int, type(None))) for row in data["leaderboard"])
+    parquet = pd.read_parquet(io.BytesIO(render(report, "parquet")))  # type: ignore[arg-type]
+    assert set(parquet["params"].dropna().tolist()) == {4812345}
