@@ -422,7 +422,7 @@ def test_slurm_submitter_prepares_the_cache_its_2d_runs_read(
     submitted: list[str] = []
 
     def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
-                       own_slices: bool = False) -> None:
+                       own_slices: bool = False, say: object = None) -> None:
         asked.append((task, own_slices))
 
     def submit(runs: list, results_dir: Path, data_dir: Path, options: object, say: object,

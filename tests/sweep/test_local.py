@@ -441,7 +441,7 @@ def test_a_task_is_prepared_once_for_its_3d_and_2d_runs(monkeypatch: pytest.Monk
     calls: list[tuple[str, int, bool]] = []
 
     def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
-                       own_slices: bool = False) -> str:
+                       own_slices: bool = False, say: object = None) -> str:
         calls.append((task, num_folds, own_slices))
         return f"{task}/{num_folds}/{own_slices}"
 

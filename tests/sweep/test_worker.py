@@ -236,7 +236,7 @@ def test_a_worker_and_a_slurm_job_prepare_the_cache_their_run_reads(
     asked: list[bool] = []
 
     def prepare_locked(task: str, data_dir: Path, num_folds: int, progress: bool = False,
-                       own_slices: bool = False) -> None:
+                       own_slices: bool = False, say: object = None) -> None:
         asked.append(own_slices)
         raise DataError("prepared far enough")
 
