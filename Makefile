@@ -45,7 +45,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/sweep.py --repeats 3
-	$(BIN)/python bench/metrics.py --repeats 5
+	$(BIN)/python bench/metrics.py --repeats 5 --skip-medpy
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/preprocess_memory.py
 	$(BIN)/python bench/inference_memory.py

@@ -87,11 +87,16 @@ def _grouped_folds(ordered: list[str], num_folds: int, groups: dict[str, str]) -
     return folds
 
 
+def splits_file(folder: Path, num_folds: int) -> Path:
+    """Where a task's `num_folds`-fold splits are kept in its preprocessed `folder`."""
+    return folder / f"splits_{num_folds}fold.json"
+
+
 def load_or_make_splits(
     folder: Path, case_ids: list[str], num_folds: int, group_pattern: str | None = None
 ) -> list[dict[str, list[str]]]:
     """`splits_<k>fold.json` in `folder`: made once, then honoured (a user may replace it with their own)."""
-    path = folder / f"splits_{num_folds}fold.json"
+    path = splits_file(folder, num_folds)
     if path.is_file():
         try:
             splits = parse_json(path.read_text())

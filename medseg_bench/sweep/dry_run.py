@@ -225,7 +225,7 @@ def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | N
     from medseg_bench.data.fetch import is_complete
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import PlannedTask, usable_cases
-    from medseg_bench.data.splits import load_or_make_splits, make_splits
+    from medseg_bench.data.splits import load_or_make_splits, make_splits, splits_file
 
     root = data_dir / "preprocessed" / task
     path = root / "plan.json"
@@ -235,7 +235,7 @@ def _planned_as_is(task: str, num_folds: int, data_dir: Path) -> PlannedTask | N
         task_spec = get_task(task)
         plan = plan_for_task(read_plan(path), task_spec, path)
         case_ids = sorted(c.case_id for c in usable_cases(task_spec, data_dir))
-        if (root / f"splits_{num_folds}fold.json").is_file():  # read and checked as the sweep reads it
+        if splits_file(root, num_folds).is_file():  # read and checked as the sweep reads it
             splits = load_or_make_splits(root, case_ids, num_folds, task_spec.group_pattern)
         else:  # as the sweep would make it
             splits = make_splits(case_ids, num_folds, task_spec.group_pattern)
@@ -349,7 +349,7 @@ def _check_evaluation_memory(runs: list[RunSpec], prepared: PreparedTask, data_d
     from medseg_bench.checks import usable_memory
     from medseg_bench.data.fetch import is_complete
     from medseg_bench.data.preprocess import usable_cases
-    from medseg_bench.data.splits import load_or_make_splits, make_splits
+    from medseg_bench.data.splits import load_or_make_splits, make_splits, splits_file
     from medseg_bench.inference_memory import check_evaluations
 
     task = prepared.task
@@ -357,7 +357,7 @@ def _check_evaluation_memory(runs: list[RunSpec], prepared: PreparedTask, data_d
         return
     case_ids = sorted(case.case_id for case in usable_cases(task, data_dir))
     for folds in sorted({spec.num_folds for spec in runs}):
-        path = prepared.cache_dir / f"splits_{folds}fold.json"
+        path = splits_file(prepared.cache_dir, folds)
         try:  # read only: a file not there is not made here
             splits = (load_or_make_splits(prepared.cache_dir, case_ids, folds, task.group_pattern)
                       if path.is_file() else make_splits(case_ids, folds, task.group_pattern))
@@ -374,12 +374,12 @@ def _unsplittable(runs: list[RunSpec], data_dir: Path, out: DryRun) -> None:
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.fetch import is_complete
     from medseg_bench.data.preprocess import usable_cases
-    from medseg_bench.data.splits import load_or_make_splits, make_splits
+    from medseg_bench.data.splits import load_or_make_splits, make_splits, splits_file
 
     for task in sorted({spec.task for spec in runs}):
         root = data_dir / "preprocessed" / task
         wanted = sorted({spec.num_folds for spec in runs if spec.task == task})
-        paths = {k: root / f"splits_{k}fold.json" for k in wanted}
+        paths = {k: splits_file(root, k) for k in wanted}
         if not is_complete(data_dir / task):
             continue
         if any(line.startswith(f"{task}: the sweep would stop: ") for line in out.lines):

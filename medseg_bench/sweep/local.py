@@ -86,11 +86,15 @@ def plan_locked(task: str, data_dir: Path, num_folds: int,
     not fetched was said to be planned, then stopped the sweep as not fetched."""
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.preprocess import plan_task, task_lock, usable_cases
+    from medseg_bench.data.splits import splits_file
 
     spec = get_task(task)
     usable_cases(spec, data_dir)
-    if say is not None and not (data_dir / "preprocessed" / task / "plan.json").is_file():
+    root = data_dir / "preprocessed" / task
+    if say is not None and not (root / "plan.json").is_file():
         say(f"planning {task} (fingerprint, plan, {num_folds}-fold splits)")
+    elif say is not None and not splits_file(root, num_folds).is_file():  # the plan `plan` made
+        say(f"planning {task} ({num_folds}-fold splits)")
     with task_lock(task, data_dir, say):
         return plan_task(spec, data_dir, num_folds, progress=True)
 
@@ -142,6 +146,7 @@ def _to_build(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> li
     from medseg_bench.data.catalog import get_task
     from medseg_bench.data.plan import plan_for_task, read_plan
     from medseg_bench.data.preprocess import caches_to_build, usable_cases
+    from medseg_bench.data.splits import splits_file
 
     cache = "cache; for 2D runs, each case at its own slice spacing where that differs" if own_slices \
         else "cache"
@@ -157,7 +162,7 @@ def _to_build(task: str, data_dir: Path, num_folds: int, own_slices: bool) -> li
     except (MedsegError, OSError):
         return ["plan", cache, splits]
     return [what for what, due in ((cache, bool(caches)),
-                                   (splits, not (root / f"splits_{num_folds}fold.json").is_file())) if due]
+                                   (splits, not splits_file(root, num_folds).is_file())) if due]
 
 
 def run_sweep(runs: list[RunSpec], results_dir: Path, data_dir: Path, reporter: PlainReporter,

@@ -972,3 +972,20 @@ def test_a_worker_held_by_another_process_now_is_not_recorded_failed(tmp_path: P
     assert read_status(tmp_path)["state"] == "running"
     assert record_unrecorded_failure(tmp_path, "killed") and read_status(tmp_path)["error"] == "killed"
     assert not record_unrecorded_failure(tmp_path, "again")  # recorded: its last attempt's end is known
+
+
+def test_a_sweep_says_it_makes_the_splits_of_a_task_plan_made_the_plan_of(home: Path, shared_task: Path,
+                                                                           tmp_path: Path) -> None:
+    # `fetch`, `plan`, `sweep` (the README's order): the sweep made splits_5fold.json without a word
+    from medseg_bench.settings import get_settings
+    from tests.conftest import fetch_subset
+
+    fetch_subset(shared_task, tmp_path)
+    data = get_settings().data_dir
+    said: list[str] = []
+    local.plan_locked("Task04_Hippocampus", data, 2, said.append)
+    local.plan_locked("Task04_Hippocampus", data, 3, said.append)  # plan there, 3-fold splits not
+    local.plan_locked("Task04_Hippocampus", data, 3, said.append)  # all there: nothing to say
+    assert said == ["planning Task04_Hippocampus (fingerprint, plan, 2-fold splits)",
+                    "planning Task04_Hippocampus (3-fold splits)"]
+    assert (data / "preprocessed" / "Task04_Hippocampus" / "splits_3fold.json").is_file()
