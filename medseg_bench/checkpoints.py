@@ -89,16 +89,11 @@ def _load_into(net: nn.Module, checkpoint: Path, mapped: bool) -> Any:
     """`checkpoint`'s contents (its tensors mapped from the file where `mapped`, `mapped_checkpoint`), its
     network weights loaded into `net`; a DataError naming it where it is no torch archive (refused unread),
     holds more than tensors and plain data, or does not hold `net`'s weights."""
-    import zipfile
-
     from medseg_bench.errors import DataError, first_line
 
-    if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):  # what torch.save writes: a zip archive
-        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
-                        "archive; refused unread)")
-    if checkpoint.is_file() and not _has_torch_records(checkpoint):
-        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint (not a torch checkpoint "
-                        "archive: a zip without torch's records; refused unread)")
+    unread = _not_torch_archive(checkpoint)
+    if unread:
+        raise DataError(f"{checkpoint}: not a loadable medseg-bench checkpoint ({unread}; refused unread)")
     try:
         state = _read(checkpoint, mapped)
         weights = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
@@ -116,23 +111,29 @@ def _load_into(net: nn.Module, checkpoint: Path, mapped: bool) -> Any:
     return state
 
 
-def _has_torch_records(checkpoint: Path) -> bool:
-    """Whether the zip archive `checkpoint` holds the records torch.load requires: every entry in one folder,
-    which holds `data.pkl` and `version` (or `.data/version`). Any other zip got torch's own text ('Expected
-    hasRecord("version") to be true ... please report an enhancement request to PyTorch'), an empty one was
-    read as a legacy pickle and called "more than tensors". True where the listing cannot be read: torch's
-    load says what is wrong with a damaged zip."""
+def _not_torch_archive(checkpoint: Path) -> str | None:
+    """Why the file `checkpoint` is no archive torch.save writes, to refuse it unread, or None: no zip at all,
+    or a zip without the records torch.load requires (every entry in one folder, which holds `data.pkl` and
+    `version` or `.data/version`; any other zip got torch's own text, 'Expected hasRecord("version") to be
+    true ... please report an enhancement request to PyTorch', an empty one was read as a legacy pickle and
+    called "more than tensors"). None where it is no file or its listing cannot be read: torch's load says
+    what is wrong with those."""
     import zipfile
 
+    if not checkpoint.is_file():
+        return None
+    if not zipfile.is_zipfile(checkpoint):
+        return "not a torch checkpoint archive"
     try:
         with zipfile.ZipFile(checkpoint) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
-        return True
+        return None
     folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
-    if folder is None or not all(name.startswith(folder) for name in names):
-        return False
-    return f"{folder}data.pkl" in names and bool({f"{folder}version", f"{folder}.data/version"} & set(names))
+    if (folder is not None and all(name.startswith(folder) for name in names) and f"{folder}data.pkl" in names
+            and {f"{folder}version", f"{folder}.data/version"} & set(names)):
+        return None
+    return "not a torch checkpoint archive: a zip without torch's records"
 
 
 def _read(checkpoint: Path, mapped: bool) -> Any:

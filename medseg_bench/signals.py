@@ -93,17 +93,23 @@ def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: its reader has gone, and no later write (the interpreter's flush at exit
+    among them) may fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def pipe_closed() -> None:
     """The reader of stdout has gone (`medseg-bench sweep | head -3`): stdout is pointed at /dev/null, so no
     later write fails, and the command stops as SIGPIPE stops `cat`, but through the clean-up Ctrl-C gets
     (inside `interruptible()`: a run in progress records `interrupted` and keeps its checkpoint; `received()`
     then says SIGPIPE, exit 141). rich's own reaction, SystemExit(1), left a sweep's run as a killed one and
     exited 1 without a word; a BrokenPipeError raised in a training callback would have failed the run."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    finally:
-        os.close(devnull)
+    stdout_to_devnull()
     if signal.getsignal(signal.SIGINT) is not _stop:  # outside `interruptible()`: an error as any other
         raise BrokenPipeError(32, "Broken pipe")
     _stop(signal.SIGPIPE, None)

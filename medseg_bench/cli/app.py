@@ -80,10 +80,7 @@ class _Group(TyperGroup):
                         raise KeyboardInterrupt(signals.stop_reason(raised)) from raised
                     raise
         except BrokenPipeError:  # `medseg-bench ... | head`: the reader has gone; stop quietly, as `cat` does
-            import os
-            import sys
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            signals.stdout_to_devnull()  # no second error at exit's flush
             raise typer.Exit(BROKEN_PIPE_EXIT) from None
         except (MedsegError, OSError, MemoryError) as raised:
             exc = (raised if isinstance(raised, MedsegError) else FileSystemError.from_os_error(raised)

@@ -150,9 +150,9 @@ def flat_table(report: Report) -> pd.DataFrame:
 
 
 def whole_params(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy of the leaderboard `table` whose `params` are whole numbers or None: a configuration without a
-    count (a summary.json with `cost.params: null`) made the column float, so CSV wrote 4812345 as 4.81234e+06
-    and JSON as 4812345.0."""
+    """A copy of the leaderboard `table` whose `params` are whole numbers or missing: a configuration without
+    a count (a summary.json with `cost.params: null`) made the column float, so CSV wrote 4812345 as
+    4.81234e+06 and JSON as 4812345.0."""
     flat = table.copy()
     if "params" in flat:
         flat["params"] = flat["params"].astype("Int64")  # nullable: an absent count stays empty
