@@ -112,7 +112,8 @@ def _extraction_error(archive: Path, staging: Path, exc: OSError, entry: str | N
         named = f"entry '{entry}'" if entry is not None else "an entry"
         return FetchError(f"{archive}: {named} cannot be extracted ({reason}: {_CLASHES[exc.errno]})")
     if exc.errno is not None:  # writing failed (disk full, permissions): not the archive's fault
-        return FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason})")
+        at = f", at entry '{entry}'" if entry is not None else ""
+        return FileSystemError(f"{staging.parent}: cannot extract {archive} here ({reason}{at})")
     return FetchError(f"{archive}: corrupt or truncated archive ({exc})")  # e.g. a bad gzip
 
 

@@ -738,6 +738,34 @@ def test_a_full_disk_is_named_as_such_not_blamed_on_the_source(hippo_subset: Pat
     with pytest.raises(FileSystemError, match=rf"hippocampus_\d+.nii.gz: cannot copy it into .*data "
                                               rf"\({reason}\) and \d+ more file"):
         fetch_task(task, data, str(hippo_subset), progress=False)
+
+
+def test_a_disk_that_fills_during_the_extraction_names_the_entry_it_was_writing(
+        hippo_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room is checked before anything is written; another process can still fill the disk after it."""
+    import errno
+
+    from medseg_bench.errors import FileSystemError
+
+    archive, md5 = make_tar(hippo_subset, tmp_path / "t.tar")
+    written = []
+    makefile = tarfile.TarFile.makefile
+
+    def fills(self: tarfile.TarFile, tarinfo: tarfile.TarInfo, targetpath: str) -> None:
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(tarinfo.name)
+        makefile(self, tarinfo, targetpath)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", fills)
+    data = tmp_path / "data"
+    with pytest.raises(FileSystemError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), data, str(archive), md5, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{data}: cannot extract {archive} here (No space left on device, at entry "
+                              "'Task04_Hippocampus/"), message
+    assert message.endswith(".nii.gz')") and "\n" not in message
+    assert [p.name for p in data.iterdir()] == [".Task04_Hippocampus.fetch.lock"]  # staging removed
     assert not (data / "Task04_Hippocampus").exists() and not list(data.glob(".*.partial"))
 
 
