@@ -3,6 +3,7 @@ cells are text plus a `best` flag. Markdown, LaTeX, HTML and the terminal each r
 
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,10 +69,20 @@ def confidence_text(level: float) -> str:
     return f"{round(level * 100, 6):g}%"
 
 
+def mean_rank_text(value: float) -> str:
+    """A mean rank to two places, halves rounded up: mean ranks are fractions with small denominators, so
+    exact halves are common and Python's rounding (half to even, 2.125 -> 2.12, 2.375 -> 2.38) read as
+    inconsistent; 2.125 -> 2.13."""
+    if value is None or math.isnan(value):
+        return "–"
+    exact = decimal.Decimal(repr(round(float(value), 9)))
+    return str(exact.quantize(decimal.Decimal("0.01"), rounding=decimal.ROUND_HALF_UP))
+
+
 def format_rank(value: float) -> str:
     if value is None or math.isnan(value):
         return "–"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+    return f"{value:.0f}" if float(value).is_integer() else mean_rank_text(value).rstrip("0")
 
 
 def _summary_cell(row: pd.Series, metric: str, compact: bool = False) -> str:
@@ -221,7 +232,7 @@ def ranking_table(report: Report) -> Table:
     rows = []
     for idx, row in ranking.iterrows():
         rows.append([Cell(format_rank(row["rank"])), Cell(row["config"]),
-                     Cell(f"{row['mean_rank']:.2f}", idx in best["mean_rank"]), Cell(str(row["tasks"])),
+                     Cell(mean_rank_text(row['mean_rank']), idx in best["mean_rank"]), Cell(str(row["tasks"])),
                      *[Cell(format_rank(row[c]), idx in best[c]) for c in task_columns]])
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
@@ -238,7 +249,8 @@ def group_table(report: Report, task: str) -> Table:
     best = {m: best_rows(rows_frame, f"{m}_mean", higher_is_better(m)) for m in report.metrics}
     rows = []
     for idx, row in rows_frame.iterrows():
-        cells = [Cell(str(row[axis]) or "(none)"), Cell(str(row["configs"])), Cell(f"{row['mean_rank']:.2f}")]
+        cells = [Cell(str(row[axis]) or "(none)"), Cell(str(row["configs"])),
+                 Cell(mean_rank_text(row['mean_rank']))]
         for m in report.metrics:
             d = _digits(m)
             text = _num(row[f"{m}_mean"], d)

@@ -33,6 +33,17 @@ def test_the_ranking_bolds_the_best_of_each_column_also_when_it_is_not_rank_1(fa
     assert [row[mean_rank].best for row in table.rows] == [True, False, False]
 
 
+def test_a_mean_rank_rounds_its_halves_up() -> None:
+    from medseg_bench.report.display import format_rank, mean_rank_text
+
+    # mean ranks are fractions of small denominators: 2.125 is exact, and Python's rounding gave 2.12 beside
+    # 2.375 -> 2.38
+    assert [mean_rank_text(v) for v in (2.125, 2.375, 1.0, 2 / 3, 12.005)] == ["2.13", "2.38", "1.00", "0.67",
+                                                                             "12.01"]
+    assert [format_rank(v) for v in (2.125, 1.5, 3.0, float("nan"))] == ["2.13", "1.5", "3", "–"]
+    assert mean_rank_text(float("nan")) == "–"
+
+
 def test_the_confidence_level_is_shown_as_given() -> None:
     from medseg_bench.report.display import confidence_text
 
