@@ -10,7 +10,8 @@ Exit codes (documented in the README):
     7  file system error not caught more precisely: a file or folder could not be read or written (missing
        folder, permission denied, disk full, read-only file system); the message names the path
     8  out of memory: an allocation the machine could not make (a failed run in a sweep: 5)
-  130  any command interrupted by Ctrl-C (SIGINT); 143: by SIGTERM (128 + the signal number, as shells say)
+  130  any command interrupted by Ctrl-C (SIGINT); 143: by SIGTERM; 129: by SIGHUP, its terminal closed
+       (128 + the signal number, as shells say)
   141  the reader of the output went away (SIGPIPE, `... | head`): stops quietly
 """
 

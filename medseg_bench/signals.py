@@ -1,8 +1,10 @@
-"""SIGTERM stops any command exactly as Ctrl-C does (`cli/app.py` wraps every command; a sweep's workers too).
+"""SIGTERM and SIGHUP stop any command exactly as Ctrl-C does (`cli/app.py` wraps every command; a sweep's
+workers too).
 
 Without this, SIGTERM killed the local launcher outright (its `--jobs` workers trained on, orphaned), and
 inside a training run Lightning only noted it and stopped after the current batch, as a plain `exit`.
-`interruptible()` makes SIGINT and SIGTERM raise KeyboardInterrupt in the main thread at once (Lightning's
+`interruptible()` makes SIGINT, SIGTERM and SIGHUP (a terminal that closed: until 2026-12-04 it killed a sweep
+as kill -9 does) raise KeyboardInterrupt in the main thread at once (Lightning's
 own SIGTERM handler calls ours), so every `finally` runs: the run in progress records `interrupted` and
 keeps its last checkpoint, locks are released, worker processes are terminated. `received()` then tells
 the command which signal it was, for its exit code (128 + the signal number, as a shell reports it).
@@ -19,10 +21,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TextIO
 
 from medseg_bench.errors import exception_chain
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal closed (an ssh connection dropped); ignored where it is (`nohup`), see `interruptible`
+_SIGHUP: int | None = getattr(signal, "SIGHUP", None)  # none on Windows
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, *([_SIGHUP] if _SIGHUP is not None else []))
 _received: list[int] = []
 _deferring = {"depth": 0, "pending": False}
 
@@ -40,6 +45,20 @@ def _stop(signum: int, frame: FrameType | None) -> None:
         _deferring["pending"] = True  # raised when the `deferred()` block ends
         return
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _hung_up(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP: the terminal is gone, so stdout and stderr, where they were it, are pointed at /dev/null (a
+    write to a closed terminal fails with EIO) before the stop; where they are files (`> sweep.log`), the
+    stop's line still goes there."""
+    if not _received:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if os.isatty(stream.fileno()):
+                    stream_to_devnull(stream)
+            except (OSError, ValueError):  # closed, or no file descriptor
+                pass
+    _stop(signum, frame)
 
 
 @contextmanager
@@ -76,16 +95,18 @@ def undeferred() -> Iterator[None]:
 
 @contextmanager
 def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM (or `signums`) raise KeyboardInterrupt (the first one; later ones
-    are ignored while the clean-up runs). The previous handlers are restored afterwards."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP (or `signums`) raise KeyboardInterrupt (the first one;
+    later ones are ignored while the clean-up runs). The previous handlers are restored afterwards. A SIGHUP
+    the process ignores (started under `nohup`) stays ignored."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
         return
     _received.clear()
     _deferring.update(depth=0, pending=False)
-    previous = {signum: signal.getsignal(signum) for signum in signums}
-    for signum in signums:
-        signal.signal(signum, _stop)
+    previous = {signum: signal.getsignal(signum) for signum in signums
+                if not (signum == _SIGHUP and signal.getsignal(signum) == signal.SIG_IGN)}
+    for signum in previous:
+        signal.signal(signum, _hung_up if signum == _SIGHUP else _stop)
     try:
         yield
     finally:
@@ -96,9 +117,14 @@ def interruptible(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
 def stdout_to_devnull() -> None:
     """Point stdout at /dev/null: its reader has gone, and no later write (the interpreter's flush at exit
     among them) may fail again."""
+    stream_to_devnull(sys.stdout)
+
+
+def stream_to_devnull(stream: TextIO) -> None:
+    """Point `stream`'s file descriptor at /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
 

@@ -232,7 +232,8 @@ def ranking_table(report: Report) -> Table:
     rows = []
     for idx, row in ranking.iterrows():
         rows.append([Cell(format_rank(row["rank"])), Cell(row["config"]),
-                     Cell(mean_rank_text(row['mean_rank']), idx in best["mean_rank"]), Cell(str(row["tasks"])),
+                     Cell(mean_rank_text(row["mean_rank"]), idx in best["mean_rank"]),
+                     Cell(str(row["tasks"])),
                      *[Cell(format_rank(row[c]), idx in best[c]) for c in task_columns]])
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
@@ -250,7 +251,7 @@ def group_table(report: Report, task: str) -> Table:
     rows = []
     for idx, row in rows_frame.iterrows():
         cells = [Cell(str(row[axis]) or "(none)"), Cell(str(row["configs"])),
-                 Cell(mean_rank_text(row['mean_rank']))]
+                 Cell(mean_rank_text(row["mean_rank"]))]
         for m in report.metrics:
             d = _digits(m)
             text = _num(row[f"{m}_mean"], d)

@@ -481,7 +481,7 @@ def _failed(folder: Path, code: int) -> str:
 
 
 def _stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Interrupted: each worker gets the signal the sweep got (SIGINT or SIGTERM; SIGTERM otherwise): it
+    """Interrupted: each worker gets the signal the sweep got (SIGINT, SIGTERM or SIGHUP; else SIGTERM): it
     records `interrupted` with that reason, keeps its last checkpoint and exits at once; SIGKILL for any still
     there after STOP_GRACE_S. Their runs resume next time."""
     import signal

@@ -82,17 +82,23 @@ def _wait_until(process: subprocess.Popen[str], output: _Output, ready: Callable
 
 @pytest.mark.faults
 @pytest.mark.parametrize(("jobs", "signum"), [("1", signal.SIGTERM), ("2", signal.SIGTERM),
-                                              ("2", signal.SIGINT)],  # `kill -INT PID`: the sweep alone
-                         ids=["jobs1-SIGTERM", "jobs2-SIGTERM", "jobs2-SIGINT"])
+                                              ("2", signal.SIGINT),  # `kill -INT PID`: the sweep alone
+                                              ("1", signal.SIGHUP)],  # a closed terminal: every process
+                         ids=["jobs1-SIGTERM", "jobs2-SIGTERM", "jobs2-SIGINT", "jobs1-SIGHUP-group"])
 def test_sigterm_stops_the_sweep_at_once_and_it_resumes(fetched: Path, tmp_path: Path, ledger: Ledger,
                                                         jobs: str, signum: signal.Signals) -> None:
     results = tmp_path / "results"
-    args = ("--seed", SEEDS[jobs], "--epochs", "3", "--jobs", jobs)
+    # SIGHUP: with DataLoader workers, which a terminal's hang-up reaches too
+    args = ("--seed", SEEDS[jobs], "--epochs", "3", "--jobs", jobs,
+            *(["--workers", "1"] if signum == signal.SIGHUP else []))
     process = start_cli(sweep_argv(results, *args))
     try:
         output = _Output(process)
         _wait_until(process, output, lambda: _one_done_one_training(results))
-        os.kill(process.pid, signum)  # the sweep only, as `kill PID` does
+        if signum == signal.SIGHUP:  # as a shell passes its terminal's hang-up on: to the job's process group
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)  # the sweep only, as `kill PID` does
         start = time.monotonic()
         process.wait(timeout=30)
         stopped_s = time.monotonic() - start
