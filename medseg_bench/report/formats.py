@@ -42,12 +42,19 @@ def md_text(text: str, cell: bool = True, names: bool = True) -> str:
     """Text for markdown: one line; a `<` that could open an HTML tag escaped (markdown passes HTML through to
     the page it renders); in a table, `|` escaped. `names` (headings, captions, cells: names from task files,
     run folders and case files among them, never markup of the report's own): what else markdown would render
-    as markup is escaped too (`_md_names`); not in the notes, whose code spans are the report's. Public:
+    as markup is escaped too (`_md_names`); not in the notes, whose code spans are the report's (the names in
+    them are escaped as `display.sections` writes them in, `md_name`). Public:
     `evaluate`'s markdown tables escape their case ids and region names with it."""
     text = one_line(text)
     text = _md_names(text) if names else text
     text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)
     return text.replace("|", "\\|") if cell else text
+
+
+def md_name(text: str) -> str:
+    """A name from the results as a markdown note shows it as written (`md_text`'s escapes of names): what
+    `display.sections` writes the names in notes through, for `to_markdown`."""
+    return _md_names(one_line(text))
 
 
 def _md_names(text: str) -> str:
@@ -76,7 +83,7 @@ def _md_table(table: Table) -> list[str]:
 
 def to_markdown(report: Report) -> str:
     lines: list[str] = []
-    for section in sections(report):
+    for section in sections(report, name=md_name):
         lines += ["#" * section.level + " " + md_text(section.title, cell=False), ""]
         for item in section.items:
             text = _md_table(item) if isinstance(item, Table) else [md_text(item, cell=False, names=False)]
