@@ -298,9 +298,10 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     A link to a file is written through (the file it names is replaced, the link kept); a path that is
     neither a file nor a folder (a FIFO, `/dev/stdout`, a device) is written into, as a shell would."""
     data = content.encode("utf-8") if isinstance(content, str) else content
-    target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
-    tmp = private_temp(target)
-    try:
+    tmp: Path | None = None
+    try:  # all of it: a name too long fails the first look at `path` (it escaped as exit 7)
+        target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
+        tmp = private_temp(target)
         if path.exists() and not path.is_file() and not path.is_dir():
             with open(path, "wb") as stream:
                 stream.write(data)
@@ -314,12 +315,16 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     except OSError as exc:
         from medseg_bench.files import file_in_the_way
 
-        blocker = file_in_the_way(path)
+        try:
+            blocker = file_in_the_way(path)
+        except OSError:
+            blocker = None
         reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
         raise ResultsError(f"{path}: cannot write ({reason})") from None
     finally:
         with contextlib.suppress(OSError):  # not only "missing": its folder may not be one
-            tmp.unlink()
+            if tmp is not None:
+                tmp.unlink()
 
 
 def check_output_file(path: Path) -> None:

@@ -44,12 +44,20 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+# The most characters of a figure's name a task's name gives: file systems take 255 bytes a name, and a
+# longer task name stopped `--plots` (`File name too long`)
+SLUG_MAX = 120
+
+
 def slug(text: str) -> str:
     """`text` as the start of a figure's file name: itself where it holds only letters, digits, `.`, `_` and
-    `-`; else those, the rest as `_`, and 8 hex digits of its CRC32, so that tasks whose names differ only
-    there (`Task 1`, `Task_1`) never share a file (one task's figures took the other's place)."""
+    `-` and is at most `SLUG_MAX` long; else those, the rest as `_`, cut to leave room for `-` and 8 hex
+    digits of its CRC32, which end it, so that tasks whose names differ only there (`Task 1`, `Task_1`), or
+    past the cut, never share a file (one task's figures took the other's place)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-    return safe if safe == text else f"{safe}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
+    if safe == text and len(safe) <= SLUG_MAX:
+        return safe
+    return f"{safe[:SLUG_MAX - 9]}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
 
 
 def _colors(configs: list[str]) -> dict[str, Any]:

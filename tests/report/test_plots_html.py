@@ -323,3 +323,24 @@ def test_tasks_whose_names_differ_only_where_a_file_name_cannot_keep_their_figur
     cases = sorted(name for name in plots if name.endswith("_dice_cases.png"))
     assert len(cases) == 2 and "T_1_dice_cases.png" in cases  # a name a file can hold is kept as it is
     assert slug("T 1") != slug("T_1") == "T_1"
+
+
+def test_figures_of_a_long_task_name_have_names_a_file_system_takes(tmp_path: Path) -> None:
+    # a task named with 300 characters made 320-character file names: --plots stopped with exit 7, "File name
+    # too long"; two names alike in their first 120 characters still get files of their own
+    long = "Task" + "x" * 300
+    assert len(slug(long)) == len(slug(long + "y")) == 120 and slug(long) != slug(long + "y")
+    assert slug(long)[:111] == long[:111] and slug("Task_1") == "Task_1"
+    assert len(slug("ü" * 300)) <= 120 and len(slug("üa" * 300)) == 120
+    plots = {f"{slug(name)}_learning_curves.png": b"png" for name in (long, long + "y")}
+    written = write_plots(plots, tmp_path / "figs")
+    assert len({p.name for p in written}) == 2 and all(p.read_bytes() == b"png" for p in written)
+
+
+def test_a_figure_that_cannot_be_written_is_a_results_error(tmp_path: Path) -> None:
+    # `write_atomic` looked at the path before its `try`: a name too long escaped as an OSError (exit 7)
+    from medseg_bench.errors import ResultsError
+
+    target = tmp_path / ("x" * 300 + ".png")
+    with pytest.raises(ResultsError, match=r"cannot write \(File name too long\)"):
+        write_plots({target.name: b"png"}, tmp_path)
