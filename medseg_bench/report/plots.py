@@ -49,6 +49,14 @@ def _png(fig: Any) -> bytes:
 SLUG_MAX = 120
 
 
+def shown(text: str) -> str:
+    """A name from the results as a figure draws it: on one line, its control characters escaped (`\\x1b`)
+    as the tables write them (the font has no glyph for them: matplotlib warned, in several lines each)."""
+    from medseg_bench.report.formats import one_line
+
+    return one_line(text)
+
+
 def slug(text: str) -> str:
     """`text` as the start of a figure's file name: itself where it holds only letters, digits, `.`, `_` and
     `-` and is at most `SLUG_MAX` long; else those, the rest as `_`, cut to leave room for `-` and 8 hex
@@ -88,12 +96,12 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
         jitter = rng.uniform(-0.18, 0.18, values.size)
         ax.scatter(values, y + jitter, s=12, color="#1f3b57", alpha=0.6, zorder=3)
     # The table's rank, ties shared (1.5), not the row's position
-    labels = [f"{format_rank(r)}. {c}" for r, c in zip(rows["rank"], configs, strict=True)]
+    labels = [f"{format_rank(r)}. {shown(c)}" for r, c in zip(rows["rank"], configs, strict=True)]
     ax.set_yticks(positions, labels, fontsize=9)
     ax.set_ylim(-0.7, len(configs) - 0.3)
     ax.set_xlabel(f"per-case {metric_title(metric)} (mean over foreground labels)")
     better = "higher" if higher_is_better(metric) else "lower"
-    ax.set_title(f"{task}: {metric_title(metric)} per case ({better} is better; "
+    ax.set_title(f"{shown(task)}: {metric_title(metric)} per case ({better} is better; "
                  f"ordered by {metric_title(report.metric)} rank)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -145,7 +153,8 @@ def learning_curves(report: Report, task: str) -> bytes | None:
             if stats.empty:
                 continue
             epochs = stats.index.to_numpy() + 1
-            ax.plot(epochs, stats["mean"], "o-", ms=3, color=colors[row["config"]], label=row["config"])
+            ax.plot(epochs, stats["mean"], "o-", ms=3, color=colors[row["config"]],
+                    label=shown(row["config"]))
             if len(logs) > 1:
                 # arrays: under pandas 2, numpy.ma (in fill_between) mistakes Series._data for the values
                 ax.fill_between(epochs, stats["min"].to_numpy(), stats["max"].to_numpy(),
@@ -164,7 +173,7 @@ def learning_curves(report: Report, task: str) -> bytes | None:
         handles, labels = dice_ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 3)))
-    fig.suptitle(f"{task}: learning curves (mean over runs; band: min–max)", fontsize=10)
+    fig.suptitle(f"{shown(task)}: learning curves (mean over runs; band: min–max)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -176,12 +185,12 @@ def rank_heatmap(report: Report) -> bytes:
     ranking = report.ranking
     task_columns = [c for c in ranking.columns if c.startswith("rank[")]
     values = ranking[[*task_columns, "mean_rank"]].to_numpy(float)
-    labels = [c[5:-1] for c in task_columns] + ["mean rank"]
+    labels = [shown(c[5:-1]) for c in task_columns] + ["mean rank"]
     fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(labels), 1.2 + 0.5 * len(ranking)))
     cmap = plt.get_cmap("viridis_r").with_extremes(bad="#eeeeee")  # grey: not run on that task
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
-    ax.set_yticks(range(len(ranking)), ranking["config"], fontsize=9)
+    ax.set_yticks(range(len(ranking)), [shown(c) for c in ranking["config"]], fontsize=9)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for (i, j), value in np.ndenumerate(values):
@@ -224,7 +233,7 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
         if np.isfinite([low, high]).all():
             err = [[max(0.0, quality[i] - low)], [max(0.0, high - quality[i])]]
         ax.errorbar(cost[i], quality[i], yerr=err, fmt="o", ms=7, capsize=3, color=colors[row["config"]],
-                    label=row["config"])
+                    label=shown(row["config"]))
     front = pareto_front(cost, quality, higher_is_better(metric))
     if front.size:
         ax.plot(cost[front], quality[front], "--", color="#c0392b", linewidth=1.2, label="Pareto front")
@@ -232,7 +241,7 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
                    linewidths=1.5, zorder=4)
     ax.set_xlabel(f"{compute}-hours per training run")
     ax.set_ylabel(f"mean {metric_title(metric)} ({confidence_text(report.settings['confidence'])} CI)")
-    ax.set_title(f"{task}: cost vs quality", fontsize=10)
+    ax.set_title(f"{shown(task)}: cost vs quality", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

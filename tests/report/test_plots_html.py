@@ -344,3 +344,27 @@ def test_a_figure_that_cannot_be_written_is_a_results_error(tmp_path: Path) -> N
     target = tmp_path / ("x" * 300 + ".png")
     with pytest.raises(ResultsError, match=r"cannot write \(File name too long\)"):
         write_plots({target.name: b"png"}, tmp_path)
+
+
+def test_control_characters_in_names_are_escaped_in_the_page_and_the_figures(fake_results: Path) -> None:
+    # An escape sequence in a configuration's or task's name reached the HTML page raw, and each figure that
+    # drew it had matplotlib warn, in several lines, `Glyph 27 missing from font`
+    import warnings
+
+    from medseg_bench.report import report_from_results
+    from medseg_bench.results import load_results
+
+    results = load_results(fake_results)
+    results.loc[results["loss"] == "dice", "loss"] = "dice\x1b[31mRED\x0c"
+    results.loc[results["task"] == "Task91_Beta", "task"] = "Task91\x1b]0;title\x07"
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots = make_plots(report)
+    assert [str(w.message) for w in caught] == []
+    assert "Task90_Alpha_learning_curves.png" in plots  # the renamed configuration's curves drawn
+    page = render(report, "html", plots)
+    assert isinstance(page, str)
+    assert not any(ch in page for ch in "\x1b\x07\x0c")
+    assert "3d-unet-dice\\x1b[31mRED -none" in page  # a form feed breaks a line: a space, as in markdown
+    assert "Task91\\x1b]0;title\\x07" in page
