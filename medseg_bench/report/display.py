@@ -246,15 +246,24 @@ def ranking_table(report: Report) -> Table:
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
 
+def _group_kinds(rows: pd.DataFrame) -> list[str]:
+    """The kinds of compute (`CPU`, `GPU`) that the groups `rows` of a task trained on."""
+    kinds = {str(c) for c in rows.get("compute", []) if c}
+    return sorted(kinds - {"mixed"} | ({"CPU", "GPU"} if "mixed" in kinds else set()))
+
+
 def group_table(report: Report, task: str) -> Table:
     groups = report.groups
     assert groups is not None
     axis = groups.attrs["group_by"]
     rows_frame = groups[groups["task"] == task]
-    configs = report.table[report.table["task"] == task]
-    compute = "/".join(sorted({c for c in configs["compute"] if c})) if "compute" in configs else ""
+    # The kinds of the groups themselves (of every configuration, as their numbers: the header took the kind
+    # of those --top shows); where they differ each cell says its kind, and a group that trained on both
+    # shows – (a CPU-hour and a GPU-hour are not one measure: their mean was shown)
+    shown_kinds = _group_kinds(rows_frame)
+    mixed = len(shown_kinds) > 1
     headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics],
-               f"{compute or 'compute'}-h/run"]  # the leaderboard's column (it said "train h/run")
+               f"{'/'.join(shown_kinds) or 'compute'}-h/run"]  # the leaderboard's (it said "train h/run")
     best = {m: best_rows(rows_frame, f"{m}_mean", higher_is_better(m)) for m in report.metrics}
     rows = []
     for idx, row in rows_frame.iterrows():
@@ -266,7 +275,8 @@ def group_table(report: Report, task: str) -> Table:
             if not math.isnan(row[f"{m}_std"]):
                 text += f" ± {row[f'{m}_std']:.{d}f} ({_num(row[f'{m}_min'], d)}–{_num(row[f'{m}_max'], d)})"
             cells.append(Cell(text, idx in best[m]))
-        cells.append(Cell(_significant(row["train_hours"])))
+        hours, kind = _significant(row["train_hours"]), str(row.get("compute") or "")
+        cells.append(Cell(f"{hours} {kind}" if mixed and kind and hours != "–" else hours))
         rows.append(cells)
     return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
 
@@ -401,6 +411,11 @@ def sections(report: Report, compact: bool = False, name: Callable[[str], str] =
             f"Per task and {axis}: the mean over the configurations with that {axis} of their mean score "
             "(each configuration weighted equally, whatever else it varies) ± the std across them (min–max), "
             "and their mean rank within the task."])
+        of_task = report.groups.groupby("task", sort=False)
+        if any(len(_group_kinds(rows)) > 1 for _, rows in of_task):
+            groups.items.append("Hours: where a task's configurations trained on CPU and on GPU, each cell "
+                                f"says its kind, and a {axis} whose configurations trained on both shows –: "
+                                "a CPU-hour and a GPU-hour are not one measure.")
         for task in report.tasks:
             table = group_table(report, task)
             table.caption = task
