@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import decimal
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,11 @@ class Section:
     level: int = 2
     items: list[str | Table] = field(default_factory=list)
     task: str | None = None  # the task this section is about (its plots go with it)
+
+
+def as_written(text: str) -> str:
+    """A name as it is: what `sections` puts in its notes by default (markdown escapes them, `md_name`)."""
+    return text
 
 
 def metric_title(metric: str, unit: bool = True) -> str:
@@ -183,7 +189,9 @@ def _unlisted_note(report: Report, task: str, pairs: pd.DataFrame) -> str:
             "table above.")
 
 
-def significance_section(report: Report, task: str) -> tuple[list[str], Table | None]:
+def significance_section(report: Report, task: str,
+                         name: Callable[[str], str] = as_written) -> tuple[list[str], Table | None]:
+    """Notes (configuration names in them through `name`) and the table of the winner's paired tests."""
     metric = report.metric
     alpha = report.settings["alpha"]
     notes = []
@@ -205,9 +213,9 @@ def significance_section(report: Report, task: str) -> tuple[list[str], Table | 
         return notes, None
     top = pairs.iloc[0]["top"]
     differing = pairs[pairs["differs"]]["other"].tolist()
-    notes.append(f"Paired Wilcoxon signed-rank tests of {top} against each other configuration on "
+    notes.append(f"Paired Wilcoxon signed-rank tests of {name(top)} against each other configuration on "
                  f"per-case {metric_title(metric)} (paired by case, its seeds averaged; Holm-corrected): "
-                 + (f"differs at α = {alpha} from {', '.join(differing)}." if differing
+                 + (f"differs at α = {alpha} from {', '.join(map(name, differing))}." if differing
                     else f"no pair differs at α = {alpha}.") + _unlisted_note(report, task, pairs))
     rows = []
     for _, pair in pairs.iterrows():
@@ -238,15 +246,24 @@ def ranking_table(report: Report) -> Table:
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
 
+def _group_kinds(rows: pd.DataFrame) -> list[str]:
+    """The kinds of compute (`CPU`, `GPU`) that the groups `rows` of a task trained on."""
+    kinds = {str(c) for c in rows.get("compute", []) if c}
+    return sorted(kinds - {"mixed"} | ({"CPU", "GPU"} if "mixed" in kinds else set()))
+
+
 def group_table(report: Report, task: str) -> Table:
     groups = report.groups
     assert groups is not None
     axis = groups.attrs["group_by"]
     rows_frame = groups[groups["task"] == task]
-    configs = report.table[report.table["task"] == task]
-    compute = "/".join(sorted({c for c in configs["compute"] if c})) if "compute" in configs else ""
+    # The kinds of the groups themselves (of every configuration, as their numbers: the header took the kind
+    # of those --top shows); where they differ each cell says its kind, and a group that trained on both
+    # shows – (a CPU-hour and a GPU-hour are not one measure: their mean was shown)
+    shown_kinds = _group_kinds(rows_frame)
+    mixed = len(shown_kinds) > 1
     headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics],
-               f"{compute or 'compute'}-h/run"]  # the leaderboard's column (it said "train h/run")
+               f"{'/'.join(shown_kinds) or 'compute'}-h/run"]  # the leaderboard's (it said "train h/run")
     best = {m: best_rows(rows_frame, f"{m}_mean", higher_is_better(m)) for m in report.metrics}
     rows = []
     for idx, row in rows_frame.iterrows():
@@ -258,7 +275,8 @@ def group_table(report: Report, task: str) -> Table:
             if not math.isnan(row[f"{m}_std"]):
                 text += f" ± {row[f'{m}_std']:.{d}f} ({_num(row[f'{m}_min'], d)}–{_num(row[f'{m}_max'], d)})"
             cells.append(Cell(text, idx in best[m]))
-        cells.append(Cell(_significant(row["train_hours"])))
+        hours, kind = _significant(row["train_hours"]), str(row.get("compute") or "")
+        cells.append(Cell(f"{hours} {kind}" if mixed and kind and hours != "–" else hours))
         rows.append(cells)
     return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
 
@@ -275,24 +293,24 @@ def settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={shown(v)}" for k, v in sorted(settings.items()))
 
 
-def _settings_note(report: Report, task: str) -> str:
+def _settings_note(report: Report, task: str, name: Callable[[str], str]) -> str:
     conventions = report.provenance["metric_conventions"].get(task, [])
     if not conventions:
         return "Metric settings: not recorded."
-    parts = [settings_text(c) or "not recorded" for c in conventions]
+    parts = [name(settings_text(c)) or "not recorded" for c in conventions]  # region names among them
     if len(parts) == 1:
         return f"Metric settings: {parts[0]}."
     return "WARNING: runs of this task used different metric settings (" + "; ".join(parts) + "): their " \
            "numbers are not comparable."
 
 
-def _data_note(report: Report, task: str) -> str | None:
+def _data_note(report: Report, task: str, name: Callable[[str], str]) -> str | None:
     """A warning when the task's runs trained and were scored on different data (setup.json's digests of
     their cases' files differ: another subset of the task, a corrected label, another release)."""
     sets = report.provenance.get("data_sets", {}).get(task, {})
     if len(sets) < 2:
         return None
-    listed = "; ".join(f"{digest} ({n['cases']} case{'s' if n['cases'] != 1 else ''}): "
+    listed = "; ".join(f"{name(digest)} ({n['cases']} case{'s' if n['cases'] != 1 else ''}): "
                        f"{n['runs']} run{'s' if n['runs'] != 1 else ''}"
                        for digest, n in sets.items())
     return (f"WARNING: runs of this task trained and were scored on {len(sets)} different data sets "
@@ -300,11 +318,11 @@ def _data_note(report: Report, task: str) -> str | None:
             "numbers are not comparable; each run's is in --format json's provenance.runs.")
 
 
-def _case_set_note(report: Report, task: str) -> str | None:
+def _case_set_note(report: Report, task: str, name: Callable[[str], str]) -> str | None:
     sets = report.settings.get("case_sets", {}).get(task)
     if not sets:
         return None
-    left = "; ".join(f"{config}: {n}" for config, n in sets["left_out"].items())
+    left = "; ".join(f"{name(config)}: {n}" for config, n in sets["left_out"].items())
     if not sets["shared"]:
         return ("WARNING: the configurations of this task share no scored case: each row is over its own "
                 f"cases, and its ranks compare different cases (cases only some have: {left}).")
@@ -313,8 +331,9 @@ def _case_set_note(report: Report, task: str) -> str | None:
             f"{left}).")
 
 
-def _absent_metric_note(report: Report, task: str) -> str | None:
-    """Which configurations have runs scored before a metric existed; how to score their predictions."""
+def _absent_metric_note(report: Report, task: str, name: Callable[[str], str]) -> str | None:
+    """Which configurations have runs scored before a metric existed; how to score their predictions (its
+    code span holds the task's name as it is: markdown shows a code span's text as written)."""
     absent = report.absent_metrics.get(task)
     if not absent:
         return None
@@ -324,7 +343,7 @@ def _absent_metric_note(report: Report, task: str) -> str | None:
         of = f"{total} run{'' if total == 1 else 's'}"
         return f"all {of}" if lacking == total > 1 else f"{lacking} of {of}"
 
-    listed = "; ".join(f"{config}: " + ", ".join(f"{metric_title(m, unit=False)} ({runs(*n)})"
+    listed = "; ".join(f"{name(config)}: " + ", ".join(f"{metric_title(m, unit=False)} ({runs(*n)})"
                                                for m, n in metrics.items())
                        for config, metrics in absent.items())
     effects = []
@@ -345,10 +364,13 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def sections(report: Report, compact: bool = False) -> list[Section]:
+def sections(report: Report, compact: bool = False, name: Callable[[str], str] = as_written) -> list[Section]:
     """The report as sections: an introduction, one per task, the group effect, the ranking across tasks.
 
-    `compact` leaves out the per-label columns (for the terminal)."""
+    `compact` leaves out the per-label columns (for the terminal). `name`: how a name from the results (a
+    configuration, region, task) is written into a note, whose own text is the report's (markdown escapes
+    the names, `formats.md_name`, and keeps the notes' code spans); titles, captions and cells are names or
+    numbers, which each format escapes whole."""
     s = report.settings
     direction = "higher" if higher_is_better(report.metric) else "lower"
     intro: list[str | Table] = [
@@ -370,15 +392,15 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
                      "the significance tests cover, and list, every configuration.")
     out = [Section("medseg-bench report", 1, intro)]
     for task in report.tasks:
-        items: list[str | Table] = [_settings_note(report, task)]
-        items += [note for note in (_data_note(report, task), _case_set_note(report, task),
-                                    _absent_metric_note(report, task)) if note]
+        items: list[str | Table] = [_settings_note(report, task, name)]
+        items += [note for note in (_data_note(report, task, name), _case_set_note(report, task, name),
+                                    _absent_metric_note(report, task, name)) if note]
         if compact:  # two narrower tables fit a terminal better than one wide one
             items += [task_table(report, task, True, "quality"), task_table(report, task, True, "cost")]
         else:
             items.append(task_table(report, task))
         section = Section(task, 2, items, task=task)
-        notes, table = significance_section(report, task)
+        notes, table = significance_section(report, task, name)
         section.items += notes
         if table is not None:
             section.items.append(table)
@@ -389,6 +411,11 @@ def sections(report: Report, compact: bool = False) -> list[Section]:
             f"Per task and {axis}: the mean over the configurations with that {axis} of their mean score "
             "(each configuration weighted equally, whatever else it varies) ± the std across them (min–max), "
             "and their mean rank within the task."])
+        of_task = report.groups.groupby("task", sort=False)
+        if any(len(_group_kinds(rows)) > 1 for _, rows in of_task):
+            groups.items.append("Hours: where a task's configurations trained on CPU and on GPU, each cell "
+                                f"says its kind, and a {axis} whose configurations trained on both shows –: "
+                                "a CPU-hour and a GPU-hour are not one measure.")
         for task in report.tasks:
             table = group_table(report, task)
             table.caption = task

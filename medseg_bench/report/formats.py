@@ -42,12 +42,19 @@ def md_text(text: str, cell: bool = True, names: bool = True) -> str:
     """Text for markdown: one line; a `<` that could open an HTML tag escaped (markdown passes HTML through to
     the page it renders); in a table, `|` escaped. `names` (headings, captions, cells: names from task files,
     run folders and case files among them, never markup of the report's own): what else markdown would render
-    as markup is escaped too (`_md_names`); not in the notes, whose code spans are the report's. Public:
+    as markup is escaped too (`_md_names`); not in the notes, whose code spans are the report's (the names in
+    them are escaped as `display.sections` writes them in, `md_name`). Public:
     `evaluate`'s markdown tables escape their case ids and region names with it."""
     text = one_line(text)
     text = _md_names(text) if names else text
     text = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text)
     return text.replace("|", "\\|") if cell else text
+
+
+def md_name(text: str) -> str:
+    """A name from the results as a markdown note shows it as written (`md_text`'s escapes of names): what
+    `display.sections` writes the names in notes through, for `to_markdown`."""
+    return _md_names(one_line(text))
 
 
 def _md_names(text: str) -> str:
@@ -76,7 +83,7 @@ def _md_table(table: Table) -> list[str]:
 
 def to_markdown(report: Report) -> str:
     lines: list[str] = []
-    for section in sections(report):
+    for section in sections(report, name=md_name):
         lines += ["#" * section.level + " " + md_text(section.title, cell=False), ""]
         for item in section.items:
             text = _md_table(item) if isinstance(item, Table) else [md_text(item, cell=False, names=False)]
@@ -291,9 +298,10 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     A link to a file is written through (the file it names is replaced, the link kept); a path that is
     neither a file nor a folder (a FIFO, `/dev/stdout`, a device) is written into, as a shell would."""
     data = content.encode("utf-8") if isinstance(content, str) else content
-    target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
-    tmp = private_temp(target)
-    try:
+    tmp: Path | None = None
+    try:  # all of it: a name too long fails the first look at `path` (it escaped as exit 7)
+        target = Path(os.path.realpath(path)) if path.is_symlink() and path.is_file() else path
+        tmp = private_temp(target)
         if path.exists() and not path.is_file() and not path.is_dir():
             with open(path, "wb") as stream:
                 stream.write(data)
@@ -307,12 +315,16 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     except OSError as exc:
         from medseg_bench.files import file_in_the_way
 
-        blocker = file_in_the_way(path)
+        try:
+            blocker = file_in_the_way(path)
+        except OSError:
+            blocker = None
         reason = f"{blocker} is not a folder" if blocker else exc.strerror or str(exc)
         raise ResultsError(f"{path}: cannot write ({reason})") from None
     finally:
         with contextlib.suppress(OSError):  # not only "missing": its folder may not be one
-            tmp.unlink()
+            if tmp is not None:
+                tmp.unlink()
 
 
 def check_output_file(path: Path) -> None:

@@ -1,4 +1,7 @@
-"""One self-contained HTML file: the report's tables and its figures as base64 PNGs (nothing to fetch)."""
+"""One self-contained HTML file: the report's tables and its figures as base64 PNGs (nothing to fetch).
+
+Every text goes through `_text`: on one line, control characters escaped as the other formats write them
+(`\\x1b`: an escape sequence from a run folder's name reached the page raw), then `html.escape`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import Cell, Table, sections, settings_text
+from medseg_bench.report.formats import one_line
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -31,26 +35,30 @@ footer { margin-top: 3em; font-size: .8em; color: #6b7280; }
 """
 
 
+def _text(text: str) -> str:
+    return html.escape(one_line(text))
+
+
 def _cell(cell: Cell, align: str) -> str:
     classes = " ".join(c for c in (align if align == "r" else "", "best" if cell.best else "") if c)
     attr = f' class="{classes}"' if classes else ""
-    return f"<td{attr}>{html.escape(cell.text)}</td>"
+    return f"<td{attr}>{_text(cell.text)}</td>"
 
 
 def _table(table: Table) -> str:
-    head = "".join(f'<th class="{a}">{html.escape(h)}</th>'
+    head = "".join(f'<th class="{a}">{_text(h)}</th>'
                    for h, a in zip(table.headers, table.align, strict=True))
     body = "".join("<tr>" + "".join(_cell(c, a) for c, a in zip(row, table.align, strict=True)) + "</tr>"
                    for row in table.rows)
-    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
+    caption = f"<caption>{_text(table.caption)}</caption>" if table.caption else ""
     return (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
 
 
 def _figure(name: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    return (f'<figure><img alt="{_text(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_text(name)}</figcaption></figure>")
 
 
 def revision_text(run: dict[str, Any]) -> str:
@@ -100,8 +108,8 @@ def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
     parts = []
     for section in sections(report):
         level = min(section.level, 3)
-        parts.append(f"<h{level}>{html.escape(section.title)}</h{level}>")
-        parts += [_table(item) if isinstance(item, Table) else f'<p class="note">{html.escape(item)}</p>'
+        parts.append(f"<h{level}>{_text(section.title)}</h{level}>")
+        parts += [_table(item) if isinstance(item, Table) else f'<p class="note">{_text(item)}</p>'
                   for item in section.items]
         if section.task is not None:
             for name in task_figures(plots, section.task):
@@ -110,9 +118,9 @@ def to_html(report: Report, plots: dict[str, bytes] | None = None) -> str:
     parts += [_figure(name, png) for name, png in plots.items() if name not in used]
     parts.append(_provenance(report))
     generated, runs = report.provenance.get("generated_by", {}), len(report.provenance.get("runs", {}))
-    footer = (f"<footer>medseg-bench {html.escape(str(generated.get('medseg_bench', '')))}, "
-              f"{html.escape(str(generated.get('time_utc', '')))}; results: "
-              f"{html.escape(str(report.results_dir))}; "
+    footer = (f"<footer>medseg-bench {_text(str(generated.get('medseg_bench', '')))}, "
+              f"{_text(str(generated.get('time_utc', '')))}; results: "
+              f"{_text(str(report.results_dir))}; "
               f"{runs} run{'' if runs == 1 else 's'}.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -9,7 +9,7 @@ import math
 import re
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,18 +44,54 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+# The most characters of a figure's name a task's name gives: file systems take 255 bytes a name, and a
+# longer task name stopped `--plots` (`File name too long`)
+SLUG_MAX = 120
+
+
+def shown(text: str) -> str:
+    """A name from the results as a figure draws it: on one line, its control characters escaped (`\\x1b`)
+    as the tables write them (the font has no glyph for them: matplotlib warned, in several lines each)."""
+    from medseg_bench.report.formats import one_line
+
+    return one_line(text)
+
+
 def slug(text: str) -> str:
     """`text` as the start of a figure's file name: itself where it holds only letters, digits, `.`, `_` and
-    `-`; else those, the rest as `_`, and 8 hex digits of its CRC32, so that tasks whose names differ only
-    there (`Task 1`, `Task_1`) never share a file (one task's figures took the other's place)."""
+    `-` and is at most `SLUG_MAX` long; else those, the rest as `_`, cut to leave room for `-` and 8 hex
+    digits of its CRC32, which end it, so that tasks whose names differ only there (`Task 1`, `Task_1`), or
+    past the cut, never share a file (one task's figures took the other's place)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-    return safe if safe == text else f"{safe}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
+    if safe == text and len(safe) <= SLUG_MAX:
+        return safe
+    return f"{safe[:SLUG_MAX - 9]}-{zlib.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
 
 
-def _colors(configs: list[str]) -> dict[str, Any]:
+class Style(NamedTuple):
+    """How a configuration is drawn: its colour, its points' marker and fill, its line's style."""
+
+    color: Any
+    marker: str
+    fill: str
+    linestyle: str
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+FILLS = ("full", "none", "left", "right", "bottom", "top")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _styles(configs: list[str]) -> dict[str, Style]:
+    """A colour per configuration (tab10, or tab20 past 10), and past the palette's last colour a marker, fill
+    and line style of each round of colours: configurations 0, 20 and 40 had one colour and looked alike.
+    Distinct for 240 configurations (12 markers and 4 line styles, whose rounds repeat together after 12)."""
     plt = _pyplot()
     cmap = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
-    return {c: cmap(i % cmap.N) for i, c in enumerate(configs)}
+    rounds = [i // cmap.N for i in range(len(configs))]
+    return {c: Style(cmap(i % cmap.N), MARKERS[r % len(MARKERS)], FILLS[r % len(FILLS)],
+                     LINESTYLES[r % len(LINESTYLES)])
+            for (i, c), r in zip(enumerate(configs), rounds, strict=True)}
 
 
 def case_distribution(report: Report, task: str, metric: str) -> bytes:
@@ -80,12 +116,12 @@ def case_distribution(report: Report, task: str, metric: str) -> bytes:
         jitter = rng.uniform(-0.18, 0.18, values.size)
         ax.scatter(values, y + jitter, s=12, color="#1f3b57", alpha=0.6, zorder=3)
     # The table's rank, ties shared (1.5), not the row's position
-    labels = [f"{format_rank(r)}. {c}" for r, c in zip(rows["rank"], configs, strict=True)]
+    labels = [f"{format_rank(r)}. {shown(c)}" for r, c in zip(rows["rank"], configs, strict=True)]
     ax.set_yticks(positions, labels, fontsize=9)
     ax.set_ylim(-0.7, len(configs) - 0.3)
     ax.set_xlabel(f"per-case {metric_title(metric)} (mean over foreground labels)")
     better = "higher" if higher_is_better(metric) else "lower"
-    ax.set_title(f"{task}: {metric_title(metric)} per case ({better} is better; "
+    ax.set_title(f"{shown(task)}: {metric_title(metric)} per case ({better} is better; "
                  f"ordered by {metric_title(report.metric)} rank)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -119,7 +155,7 @@ def learning_curves(report: Report, task: str) -> bytes | None:
     min–max)."""
     plt = _pyplot()
     rows = report.table[report.table["task"] == task]
-    colors = _colors(rows["config"].tolist())
+    styles = _styles(rows["config"].tolist())
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(11, 4))
     drawn = False
     for _, row in rows.iterrows():
@@ -137,11 +173,13 @@ def learning_curves(report: Report, task: str) -> bytes | None:
             if stats.empty:
                 continue
             epochs = stats.index.to_numpy() + 1
-            ax.plot(epochs, stats["mean"], "o-", ms=3, color=colors[row["config"]], label=row["config"])
+            style = styles[row["config"]]
+            ax.plot(epochs, stats["mean"], marker=style.marker, linestyle=style.linestyle, ms=3,
+                    color=style.color, label=shown(row["config"]))
             if len(logs) > 1:
                 # arrays: under pandas 2, numpy.ma (in fill_between) mistakes Series._data for the values
                 ax.fill_between(epochs, stats["min"].to_numpy(), stats["max"].to_numpy(),
-                                color=colors[row["config"]], alpha=0.15)
+                                color=styles[row["config"]].color, alpha=0.15)
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -156,7 +194,7 @@ def learning_curves(report: Report, task: str) -> bytes | None:
         handles, labels = dice_ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 3)))
-    fig.suptitle(f"{task}: learning curves (mean over runs; band: min–max)", fontsize=10)
+    fig.suptitle(f"{shown(task)}: learning curves (mean over runs; band: min–max)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -168,12 +206,12 @@ def rank_heatmap(report: Report) -> bytes:
     ranking = report.ranking
     task_columns = [c for c in ranking.columns if c.startswith("rank[")]
     values = ranking[[*task_columns, "mean_rank"]].to_numpy(float)
-    labels = [c[5:-1] for c in task_columns] + ["mean rank"]
+    labels = [shown(c[5:-1]) for c in task_columns] + ["mean rank"]
     fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(labels), 1.2 + 0.5 * len(ranking)))
     cmap = plt.get_cmap("viridis_r").with_extremes(bad="#eeeeee")  # grey: not run on that task
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=9)
-    ax.set_yticks(range(len(ranking)), ranking["config"], fontsize=9)
+    ax.set_yticks(range(len(ranking)), [shown(c) for c in ranking["config"]], fontsize=9)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for (i, j), value in np.ndenumerate(values):
@@ -198,33 +236,57 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray, higher: bool = True) -> 
     return np.array(front, dtype=int)
 
 
+# Where a task's configurations trained on CPU and on GPU: each kind's marker (a configuration's colour and
+# fill stay its own), and each kind's Pareto front
+KIND_MARKERS = {"GPU": "o", "CPU": "s", "mixed": "X", "": "d"}
+FRONT_STYLES = {"GPU": ("--", "#c0392b"), "CPU": (":", "#6c3483")}
+
+
 def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
     """Training hours per run vs mean score (bars: the report's bootstrap CI); the Pareto front joined and
-    ringed."""
+    ringed. Where the task's configurations trained on CPU and on GPU (a CPU-hour and a GPU-hour are not one
+    measure: one front put both on one axis), each kind has its marker and its own front; a configuration
+    whose runs trained on both (`mixed`), or that records no device, is in neither."""
     plt = _pyplot()
     rows = report.table[report.table["task"] == task].reset_index(drop=True)
     cost = rows["train_hours"].to_numpy(float)
     quality = rows[f"{metric}_mean"].to_numpy(float)
     if not np.isfinite(cost).any() or not np.isfinite(quality).any():
         return None
-    compute = "/".join(sorted({c for c in rows["compute"] if c})) or "compute"
-    colors = _colors(rows["config"].tolist())
+    kinds = rows["compute"].fillna("").astype(str).to_numpy() if "compute" in rows else np.full(len(rows), "")
+    recorded = sorted({k for k in kinds if k})
+    several = len(recorded) > 1
+    compute = "/".join(sorted({*recorded} - {"mixed"} | ({"CPU", "GPU"} if "mixed" in recorded else set())))
+    styles = _styles(rows["config"].tolist())
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, row in rows.iterrows():
         low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
         err = None
         if np.isfinite([low, high]).all():
             err = [[max(0.0, quality[i] - low)], [max(0.0, high - quality[i])]]
-        ax.errorbar(cost[i], quality[i], yerr=err, fmt="o", ms=7, capsize=3, color=colors[row["config"]],
-                    label=row["config"])
-    front = pareto_front(cost, quality, higher_is_better(metric))
-    if front.size:
-        ax.plot(cost[front], quality[front], "--", color="#c0392b", linewidth=1.2, label="Pareto front")
-        ax.scatter(cost[front], quality[front], s=160, facecolors="none", edgecolors="#c0392b",
-                   linewidths=1.5, zorder=4)
-    ax.set_xlabel(f"{compute}-hours per training run")
+        style = styles[row["config"]]
+        kind = str(kinds[i])
+        marker = KIND_MARKERS.get(kind, "d") if several else style.marker
+        ax.errorbar(cost[i], quality[i], yerr=err, fmt=marker, fillstyle=style.fill, ms=7, capsize=3,
+                    color=style.color,
+                    label=shown(row["config"]) + (f" ({kind})" if several and kind else ""))
+    fronts = [(k, np.flatnonzero(kinds == k)) for k in ("CPU", "GPU") if k in recorded] if several \
+        else [("", np.arange(len(rows)))]
+    for kind, members in fronts:
+        front = members[pareto_front(cost[members], quality[members], higher_is_better(metric))]
+        if not front.size:
+            continue
+        linestyle, color = FRONT_STYLES.get(kind, FRONT_STYLES["GPU"])
+        ax.plot(cost[front], quality[front], linestyle, color=color, linewidth=1.2,
+                label=f"Pareto front ({kind})" if kind else "Pareto front")
+        ax.scatter(cost[front], quality[front], s=160, facecolors="none", edgecolors=color, linewidths=1.5,
+                   zorder=4)
+    ax.set_xlabel(f"{compute or 'compute'}-hours per training run")
     ax.set_ylabel(f"mean {metric_title(metric)} ({confidence_text(report.settings['confidence'])} CI)")
-    ax.set_title(f"{task}: cost vs quality", fontsize=10)
+    title = f"{shown(task)}: cost vs quality"
+    if several:
+        title += " (a CPU-hour and a GPU-hour are not one measure: circles GPU, squares CPU, a front of each)"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -367,7 +367,9 @@ def cross_task_ranking(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataFrame:
     """Marginal effect of one axis: per task and axis value, the mean over the configurations that have it
-    (each configuration weighted equally, whatever else it varies), their spread, and their mean rank."""
+    (each configuration weighted equally, whatever else it varies), their spread, and their mean rank; their
+    kind of compute (`compute`: `CPU`, `GPU`, `mixed`, or empty where unrecorded) and mean training hours per
+    run, NaN for `mixed` (until 2026-12-04 a mean of CPU- and GPU-hours)."""
     if axis not in GROUP_AXES:
         raise UsageError(f"cannot group by '{axis}'; {choice_hint(axis, GROUP_AXES)}")
     ranking = table.attrs.get("metric", metrics[0])
@@ -381,7 +383,10 @@ def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataF
             row[f"{m}_std"] = float(means.std(ddof=1)) if len(means) > 1 else math.nan
             row[f"{m}_min"] = float(means.min()) if len(means) else math.nan
             row[f"{m}_max"] = float(means.max()) if len(means) else math.nan
-        row["train_hours"] = float(group["train_hours"].mean())
+        # CPU- and GPU-hours are not one measure: a group of configurations that trained on both has none
+        kinds = {str(k) for k in group["compute"] if k} if "compute" in group else set()
+        row["compute"] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+        row["train_hours"] = math.nan if row["compute"] == "mixed" else float(group["train_hours"].mean())
         rows.append(row)
     out = pd.DataFrame(rows)
     out = out.sort_values(["task", f"{ranking}_mean"], ascending=[True, not higher_is_better(ranking)],

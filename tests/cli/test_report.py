@@ -215,6 +215,15 @@ def test_an_unwritable_output_or_plots_folder_is_one_line(results: Path, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
+def test_a_plots_folder_whose_name_is_too_long_is_exit_6(results: Path, tmp_path: Path) -> None:
+    # the figure's path was looked at outside write_atomic's handling: OSError, exit 7, not README's 6
+    target = tmp_path / ("x" * 300)
+    result = invoke("--results-dir", str(results), "--task", "Task91_Beta", "--plots", str(target))
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines()[-1].endswith(": cannot write (File name too long)")
+    assert "Traceback" not in result.output
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_the_report_is_built(tmp_path: Path) -> None:
     # was found only after the runs were read and the intervals bootstrapped (a name too long, here: a
     # permission bit stops no root)

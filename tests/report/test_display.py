@@ -126,3 +126,37 @@ def test_cpu_and_gpu_costs_side_by_side_say_their_kind_and_none_is_bold(fake_res
     hours = one_kind.headers.index("GPU-h/run")
     assert [row[hours].best for row in one_kind.rows].count(True) == 1
     assert not any(row[hours].text.endswith("GPU") for row in one_kind.rows)
+
+
+def test_the_group_effect_never_averages_cpu_and_gpu_hours(fake_results: Path) -> None:
+    # `--group-by` averaged CPU- and GPU-hours of a group's configurations under "CPU/GPU-h/run", its cells
+    # saying no kind; with `--top 1` the header's kind was that of the configurations shown, the numbers
+    # those of all of them
+    import math
+
+    from medseg_bench.report.display import group_table, sections
+
+    results = load_results(fake_results)
+    on_cpu = (results["task"] == "Task90_Alpha") & (results["loss"] == "dice")  # 3d-unet-dice-none
+    results.loc[on_cpu, "device"] = "cpu"
+    by_dims = report_from_results(results, fake_results, metrics=["dice"], group_by="dims")
+    groups = by_dims.groups.set_index(["task", "dims"])  # type: ignore[union-attr]
+    assert groups.loc[("Task90_Alpha", "3d"), "compute"] == "mixed"  # 3d-unet-dice_ce-light on GPU
+    assert math.isnan(groups.loc[("Task90_Alpha", "3d"), "train_hours"])
+    assert groups.loc[("Task90_Alpha", "2d"), "compute"] == "GPU"
+    table = group_table(by_dims, "Task90_Alpha")
+    hours = {row[0].text: row[-1].text for row in table.rows}
+    assert table.headers[-1] == "CPU/GPU-h/run" and hours["3d"] == "–" and hours["2d"].endswith(" GPU")
+    notes = [item for s in sections(by_dims) for item in s.items if isinstance(item, str)]
+    assert any("a CPU-hour and a GPU-hour are not one measure" in note for note in notes)
+    by_loss = report_from_results(results, fake_results, metrics=["dice"], group_by="loss", top=1)
+    table = group_table(by_loss, "Task90_Alpha")  # --top 1 shows a GPU configuration only
+    hours = {row[0].text: row[-1].text for row in table.rows}
+    assert table.headers[-1] == "CPU/GPU-h/run"
+    assert hours["dice"].endswith(" CPU") and hours["dice_ce"].endswith(" GPU")
+    one_kind = report_from_results(load_results(fake_results), fake_results, metrics=["dice"],
+                                   group_by="loss")
+    table = group_table(one_kind, "Task90_Alpha")
+    assert table.headers[-1] == "GPU-h/run" and not any(row[-1].text.endswith("GPU") for row in table.rows)
+    assert not any("not one measure" in item for s in sections(one_kind) for item in s.items
+                   if isinstance(item, str))

@@ -134,7 +134,7 @@ def test_markdown_shows_names_as_they_are_written(monkeypatch: pytest.MonkeyPatc
     assert formats.md_text(interval) == interval  # numbers as they are
     table = Table([f"Dice {name}"], [[Cell(name, best=True)]], ["l"], caption=name)
     monkeypatch.setattr(formats, "sections",
-                        lambda report: [Section(name, 2, ["run `medseg-bench x`", table])])
+                        lambda report, **_: [Section(name, 2, ["run `medseg-bench x`", table])])
     markdown = formats.to_markdown(None)  # type: ignore[arg-type]
     assert f"## {escaped}\n" in markdown and f"**{escaped}**\n" in markdown
     assert f"| Dice {escaped} |" in markdown and f"| **{escaped}** |" in markdown
@@ -243,3 +243,28 @@ def test_parameter_counts_stay_whole_numbers_where_a_configuration_has_none(fake
     assert all(isinstance(row["params"], (int, type(None))) for row in data["leaderboard"])
     parquet = pd.read_parquet(io.BytesIO(render(report, "parquet")))  # type: ignore[arg-type]
     assert set(parquet["params"].dropna().tolist()) == {4812345}
+
+
+def test_markdown_notes_show_the_names_in_them_as_written(fake_results: Path) -> None:
+    """A configuration or region named `**x** [l](http://e.x) &amp;` was escaped in the tables but rendered
+    bold, as a live link and as `&` in the notes (metric settings, the paired tests, the cases left out)."""
+    hostile = "**x** [l](http://e.x) &amp;"
+    results = load_results(fake_results)
+    mine = results["loss"] == "dice"  # Task90_Alpha's 3d-unet-dice-none
+    results.loc[mine, "loss"] = hostile
+    results.loc[mine, "dice"] += 0.1  # the winner: its name opens the paired tests' note
+    others = (results["task"] == "Task90_Alpha") & ~mine
+    results = results[~(others & (results["case"] == "case_000"))]  # a case only it has: left out
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    regions = [{"name": hostile, "labels": [1]}]
+    report.provenance["metric_conventions"]["Task90_Alpha"] = [{"regions": regions}]
+    markdown = render(report, "markdown")
+    assert isinstance(markdown, str)
+    written = r"\*\*x\*\* [l\](http://e.x) \&amp;"
+    escaped = f"3d-unet-{written}-none"
+    assert hostile not in markdown
+    assert f"Metric settings: regions=({written}: 1)." in markdown
+    assert f"Paired Wilcoxon signed-rank tests of {escaped} against" in markdown
+    assert f"(cases left out: {escaped}: 1)." in markdown
+    page = render(report, "html", {})
+    assert isinstance(page, str) and f"tests of 3d-unet-{hostile.replace('&', '&amp;')}-none" in page

@@ -323,3 +323,109 @@ def test_tasks_whose_names_differ_only_where_a_file_name_cannot_keep_their_figur
     cases = sorted(name for name in plots if name.endswith("_dice_cases.png"))
     assert len(cases) == 2 and "T_1_dice_cases.png" in cases  # a name a file can hold is kept as it is
     assert slug("T 1") != slug("T_1") == "T_1"
+
+
+def test_figures_of_a_long_task_name_have_names_a_file_system_takes(tmp_path: Path) -> None:
+    # a task named with 300 characters made 320-character file names: --plots stopped with exit 7, "File name
+    # too long"; two names alike in their first 120 characters still get files of their own
+    long = "Task" + "x" * 300
+    assert len(slug(long)) == len(slug(long + "y")) == 120 and slug(long) != slug(long + "y")
+    assert slug(long)[:111] == long[:111] and slug("Task_1") == "Task_1"
+    assert len(slug("ü" * 300)) <= 120 and len(slug("üa" * 300)) == 120
+    plots = {f"{slug(name)}_learning_curves.png": b"png" for name in (long, long + "y")}
+    written = write_plots(plots, tmp_path / "figs")
+    assert len({p.name for p in written}) == 2 and all(p.read_bytes() == b"png" for p in written)
+
+
+def test_a_figure_that_cannot_be_written_is_a_results_error(tmp_path: Path) -> None:
+    # `write_atomic` looked at the path before its `try`: a name too long escaped as an OSError (exit 7)
+    from medseg_bench.errors import ResultsError
+
+    target = tmp_path / ("x" * 300 + ".png")
+    with pytest.raises(ResultsError, match=r"cannot write \(File name too long\)"):
+        write_plots({target.name: b"png"}, tmp_path)
+
+
+def test_control_characters_in_names_are_escaped_in_the_page_and_the_figures(fake_results: Path) -> None:
+    # An escape sequence in a configuration's or task's name reached the HTML page raw, and each figure that
+    # drew it had matplotlib warn, in several lines, `Glyph 27 missing from font`
+    import warnings
+
+    from medseg_bench.report import report_from_results
+    from medseg_bench.results import load_results
+
+    results = load_results(fake_results)
+    results.loc[results["loss"] == "dice", "loss"] = "dice\x1b[31mRED\x0c"
+    results.loc[results["task"] == "Task91_Beta", "task"] = "Task91\x1b]0;title\x07"
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots = make_plots(report)
+    assert [str(w.message) for w in caught] == []
+    assert "Task90_Alpha_learning_curves.png" in plots  # the renamed configuration's curves drawn
+    page = render(report, "html", plots)
+    assert isinstance(page, str)
+    assert not any(ch in page for ch in "\x1b\x07\x0c")
+    assert "3d-unet-dice\\x1b[31mRED -none" in page  # a form feed breaks a line: a space, as in markdown
+    assert "Task91\\x1b]0;title\\x07" in page
+
+
+def _many(n: int, kinds: list[str], results_dir: Path) -> Any:
+    """A report of `n` configurations of task T, the i-th trained on `kinds[i % len(kinds)]`, each with a
+    run whose training log has two epochs: what the cost and curve figures read."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    configs = [f"c{i:03d}" for i in range(n)]
+    for config in configs:
+        log = results_dir / "T" / f"{config}-run" / "logs" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch,train_loss,val_dice\n0,1.0,0.5\n1,0.8,0.6\n")
+    quality = np.linspace(0.5, 0.9, n)
+    table = pd.DataFrame({"task": "T", "config": configs, "rank": np.arange(n, 0, -1.0),
+                          "train_hours": np.linspace(1, 2, n),
+                          "compute": [kinds[i % len(kinds)] for i in range(n)],
+                          "dice_mean": quality, "dice_ci_low": quality - 0.01, "dice_ci_high": quality + 0.01,
+                          "run_ids": [[f"{c}-run"] for c in configs]})
+    return SimpleNamespace(table=table, results_dir=results_dir, settings={"confidence": 0.95})
+
+
+def test_a_hundred_configurations_are_told_apart_in_the_figures(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # tab20 and `i % 20`: configurations 0, 20, 40, ... were drawn alike, in colour and marker
+    from medseg_bench.report.plots import cost_quality, learning_curves
+
+    figures = _figures(monkeypatch)
+    report = _many(100, ["GPU"], tmp_path)
+    cost_quality(report, "T", "dice")
+    learning_curves(report, "T")
+    points = [c.lines[0] for c in figures[0].axes[0].containers]
+    lines = figures[1].axes[0].lines
+    assert len(points) == len(lines) == 100
+    assert len({(str(p.get_color()), p.get_marker(), p.get_fillstyle()) for p in points}) == 100
+    assert len({(str(line.get_color()), line.get_marker(), line.get_linestyle()) for line in lines}) == 100
+    assert points[0].get_marker() == "o" and lines[0].get_linestyle() == "-"  # the first 20 as before
+
+
+def test_cpu_and_gpu_hours_have_their_own_markers_and_pareto_fronts(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPU- and GPU-hours on one axis with one Pareto front: a cheap CPU run "beat" costlier GPU runs
+    from medseg_bench.report.plots import cost_quality
+
+    figures = _figures(monkeypatch)
+    cost_quality(_many(6, ["GPU", "CPU"], tmp_path), "T", "dice")
+    ax = figures[0].axes[0]
+    points = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert {label: p.get_marker() for label, p in points.items() if label.startswith("c000")} == \
+        {"c000 (GPU)": "o"}
+    assert {p.get_marker() for label, p in points.items() if label.endswith("(CPU)")} == {"s"}
+    fronts = {line.get_label(): line for line in ax.lines if line.get_label().startswith("Pareto")}
+    assert sorted(fronts) == ["Pareto front (CPU)", "Pareto front (GPU)"]
+    # hours 1 to 2 and quality rising with them: every configuration is on its kind's front
+    assert len(fronts["Pareto front (GPU)"].get_xdata()) == len(fronts["Pareto front (CPU)"].get_xdata()) == 3
+    assert "not one measure" in ax.get_title()
+    figures.clear()
+    cost_quality(_many(3, ["GPU"], tmp_path / "one"), "T", "dice")
+    assert [line.get_label() for line in figures[0].axes[0].lines if line.get_label().startswith("Pareto")] \
+        == ["Pareto front"]
