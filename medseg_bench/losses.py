@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from medseg_bench.errors import UsageError
 from medseg_bench.registry import Registry
+from medseg_bench.spec import PIPELINE_VERSION
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +42,8 @@ _SIGMOID: dict[str, Any] = {"sigmoid": True, "include_background": True, "batch"
 # Shared by a loss's softmax and region forms.
 FOCAL_GAMMA = 2.0
 TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
+# From this pipeline version a weighted cross-entropy is 0, not 0 / 0, on a batch of classes weighted 0 only.
+ZERO_WEIGHT_SAFE_FROM = 15
 
 
 def _tensor(weights: Sequence[float] | None) -> torch.Tensor | None:
@@ -279,10 +282,11 @@ def _on_regions(loss: nn.Module, members: Sequence[Sequence[int]]) -> nn.Module:
 
 
 def build_loss(name: str, num_classes: int, class_weights: Weights = None,
-               regions: Sequence[Sequence[int]] | None = None) -> nn.Module:
+               regions: Sequence[Sequence[int]] | None = None,
+               pipeline_version: int = PIPELINE_VERSION) -> nn.Module:
     """Loss `name` with class weights checked against `num_classes`; deep-supervision aware. `regions`: each
     region's labels, for a run with `target: regions` (the loss's region form, `REGION_LOSSES`; no class
-    weights: a region is no class)."""
+    weights: a region is no class). `pipeline_version`: that version's loss (a resumed run keeps its own)."""
     if regions is not None:
         problem = region_loss_problem(name)
         if problem is not None:
@@ -313,4 +317,31 @@ def build_loss(name: str, num_classes: int, class_weights: Weights = None,
             raise UsageError(f"class weights from {min(given):g} to {max(given):g} are further apart than "
                              "the loss's float32 holds (the smallest would be 0): keep them within a factor "
                              "of 1e+37, or give 0 to leave a class out")
-    return _with_deep_supervision(factory(num_classes, class_weights))
+    loss = factory(num_classes, class_weights)
+    if class_weights is not None and 0 in class_weights and pipeline_version >= ZERO_WEIGHT_SAFE_FROM:
+        _zero_weight_safe(loss)
+    return _with_deep_supervision(loss)
+
+
+def _zero_weight_safe(loss: nn.Module) -> None:
+    """Each weighted `nn.CrossEntropyLoss` inside `loss` (MONAI's DiceCELoss holds one) whose weights hold a 0
+    swapped, in place, for one whose value on a batch of classes weighted 0 only is 0: torch's weighted mean
+    divides by the weights of the voxels' classes, 0 there (NaN: a CPU run failed, a GPU run skipped its
+    step). Same weights, same state-dict keys (a checkpoint loads either way); any other batch is unchanged,
+    to the bit."""
+    from torch import nn
+
+    class ZeroWeightSafeCrossEntropy(nn.CrossEntropyLoss):
+        def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if (self.weight is not None and self.reduction == "mean" and not target.is_floating_point()
+                    and not bool((self.weight > 0)[target].any())):
+                return (input * 0).sum()  # no voxel weighs: nothing to learn from, a gradient of 0
+            return super().forward(input, target)
+
+    for parent in list(loss.modules()):
+        for child_name, child in list(parent.named_children()):
+            if (type(child) is nn.CrossEntropyLoss and child.weight is not None
+                    and bool((child.weight == 0).any())):
+                setattr(parent, child_name, ZeroWeightSafeCrossEntropy(
+                    weight=child.weight, ignore_index=child.ignore_index, reduction=child.reduction,
+                    label_smoothing=child.label_smoothing))

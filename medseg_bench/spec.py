@@ -86,7 +86,12 @@ from medseg_bench.task_fields import REQUIRED_TASK_KEYS, TASK_KEY_CHECKS, is_int
 #    each label on its own, without the foreground step, and on label Dice alone where regions are scored too.
 #    Changes only runs with `postprocess`; the others train and score exactly as in version 13. Runs of
 #    version 13 and older keep their per-label decision (`postprocess_per_label`) and predict as they did.
-PIPELINE_VERSION = 14
+# 15: with a class weight of 0 (`--class-weights 0,1,1`), `ce` and `dice_ce` give a batch whose every voxel is
+#    of a class weighted 0 a cross-entropy of 0 (`losses.ZERO_WEIGHT_SAFE_FROM`): torch's weighted mean was
+#    0 / 0, NaN, so a CPU run failed on its weights and a GPU run's mixed precision skipped the step and
+#    halved its loss scale. Changes only runs with a zero class weight; the others train exactly as in
+#    version 14. Runs of version 14 and older build their loss as they did.
+PIPELINE_VERSION = 15
 MAX_MINUTES = 1e12  # a run's --max-minutes at most: timedelta, which Lightning's clock takes, ends at 1.44e12
 OWN_SLICE_SPACING_FROM = 11
 

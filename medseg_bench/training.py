@@ -385,7 +385,8 @@ def check_trainable(spec: RunSpec, prepared: PreparedTask | PlannedTask) -> None
     patch, batch = resolve_patch_and_batch(spec, prepared)
     if spec.target == "regions":  # as `sweep` refuses them; a run given another way, or a task file edited
         task_region_labels(prepared.task)
-        build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, region_members(prepared.task))
+        build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, region_members(prepared.task),
+                   spec.pipeline_version)
     check_batch(spec.arch, spec.dims, patch, batch)
     check_channels(spec.arch, spec.dims, prepared.task.num_channels, prepared.task.name)
     check_inputs(spec.arch, spec.dims, model_inputs(spec, prepared))
@@ -429,7 +430,8 @@ def train(spec: RunSpec, prepared: PreparedTask, run_dir: Path, reporter: EpochR
         anisotropic_axis(network_spacing(prepared)), pipeline_version=spec.pipeline_version)
     net = build_network(spec, prepared)
     regions = region_members(prepared.task) if spec.target == "regions" else None
-    loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, regions)
+    loss_fn = build_loss(spec.loss, prepared.task.num_classes, spec.class_weights, regions,
+                         spec.pipeline_version)
     module = SegmentationModule(net, loss_fn, output_channels(spec, prepared.task),
                                 spec.optimizer, spec.lr or DEFAULT_LR[spec.optimizer],
                                 spec.epochs * spec.iters_per_epoch,

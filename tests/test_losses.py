@@ -240,3 +240,25 @@ def test_a_loss_without_a_region_form_and_class_weights_are_refused_for_regions(
     for name in REGION_LOSSES:
         with pytest.raises(UsageError, match="^class weights with target regions"):
             build_loss(name, 3, (1.0, 1.0, 2.0), regions=((1, 2), (2,)))
+
+
+@pytest.mark.parametrize("name", ["ce", "dice_ce"])
+def test_a_batch_of_classes_weighted_0_only_gives_a_finite_loss_from_version_15(name: str) -> None:
+    """torch's weighted cross-entropy divides by the weights of the voxels' classes: 0 / 0 where each is 0
+    (NaN: a CPU run failed on its weights, a GPU run skipped the step). Version 14's loss is kept as it
+    was."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    background = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    loss = build_loss(name, 3, (0.0, 1.0, 1.0))(logits, background)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    if name == "ce":
+        assert float(loss) == 0.0 and not logits.grad.any()
+    assert torch.isnan(build_loss(name, 3, (0.0, 1.0, 1.0), pipeline_version=14)(logits, background))
+    # any other batch: the same loss, to the bit, as version 14's, and the same state-dict keys
+    mixed = torch.randint(0, 3, (2, 1, 4, 4))
+    now = build_loss(name, 3, (0.0, 1.0, 1.0))
+    then = build_loss(name, 3, (0.0, 1.0, 1.0), pipeline_version=14)
+    assert torch.equal(now(logits, mixed), then(logits, mixed))
+    assert now.state_dict().keys() == then.state_dict().keys()
