@@ -67,13 +67,19 @@ def download(
     the part file began with, kept beside it in `dest.part.validator`: if the file on the server has changed
     since, the server sends all of it and the download starts over instead of splicing two files.
     """
+    kept = _kept_name(dest, md5)  # a download that did not match the md5 asked for then
     if dest.is_file():
         actual = md5_of(dest)
         if actual == md5:
             return dest
-        _keep(dest, actual)  # verified for another --md5 before: kept, as one that did not match is
-    kept = _kept_name(dest, md5)
-    if kept.is_file() and md5_of(kept) == md5:  # a download that did not match the md5 asked for then
+        # verified for another --md5 before: kept, as one that did not match is; swapped with the kept one
+        # asked for now, which must be looked up first (`_keep` removes the other kept ones)
+        usable = kept.is_file() and md5_of(kept) == md5
+        _keep(dest, actual, spare=kept if usable else None)
+        if usable:
+            kept.replace(dest)
+            return dest
+    elif kept.is_file() and md5_of(kept) == md5:
         kept.replace(dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -120,13 +126,13 @@ def _kept_name(dest: Path, md5: str) -> Path:
     return dest.with_name(f"{dest.name}.md5-{md5}")
 
 
-def _keep(path: Path, md5: str) -> Path:
+def _keep(path: Path, md5: str, spare: Path | None = None) -> Path:
     """Keep the whole download `path` (of md5 `md5`) under `_kept_name`, for a fetch that asks for its md5
     (a mistyped --md5 discarded a 7 GB download, and the rerun with the right one downloaded it again); one
-    such file per archive, the latest: the others are removed."""
+    such file per archive, the latest: the others are removed, but `spare` (about to be used)."""
     kept = _kept_name(path.with_suffix("") if path.suffix == ".part" else path, md5)
     for other in kept.parent.glob(f"{glob.escape(kept.name.rsplit('.md5-', 1)[0])}.md5-*"):
-        if other != kept:
+        if other not in (kept, spare):
             other.unlink(missing_ok=True)
     path.replace(kept)
     return kept

@@ -321,6 +321,21 @@ def test_a_download_that_fails_its_md5_is_kept_for_the_md5_it_has(server, tmp_pa
     assert len(handler.requests) == 2
 
 
+def test_a_kept_download_is_used_when_another_verified_one_is_in_its_place(server, tmp_path: Path) -> None:
+    """The archive verified for one md5 was kept first, which removed the kept archive of the md5 now asked
+    for before it was looked up: downloaded again. They are swapped."""
+    url, handler = server
+    handler.payload = b"x" * 1000
+    right, dest = hashlib.md5(handler.payload).hexdigest(), tmp_path / "b.tar"
+    dest.write_bytes(b"other archive")
+    other = hashlib.md5(b"other archive").hexdigest()
+    (tmp_path / f"b.tar.md5-{right}").write_bytes(handler.payload)
+    assert download(f"{url}/blob", dest, right, progress=False).read_bytes() == handler.payload
+    assert handler.requests == []  # not downloaded again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar", f"b.tar.md5-{other}"]
+    assert (tmp_path / f"b.tar.md5-{other}").read_bytes() == b"other archive"
+
+
 def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> None:
     # urllib's loop error was retried 4 times and quoted as three lines, ending "rerun to resume".
     url, handler = server
