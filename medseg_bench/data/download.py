@@ -44,6 +44,42 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
+def request_url(url: str) -> str:
+    """`url` as it is sent: http.client sends ASCII alone (a UnicodeEncodeError traceback for `/ök`), so a
+    non-ASCII host is written in IDNA and non-ASCII characters and spaces elsewhere percent-encoded (UTF-8).
+    ValueError, saying why, where it cannot be: a control character (http.client refuses it, which was retried
+    as a broken reply), or a host name IDNA cannot write."""
+    if re.search(r"[\x00-\x1f\x7f]", url):
+        raise ValueError("it holds a control character")
+    head = re.fullmatch(r"([^:/?#]+://)([^/?#]*)(.*)", url, re.S)
+    if head is None:
+        return url  # no host: the caller's own check says so
+    scheme, netloc, rest = head.groups()
+    userinfo, at, host_port = netloc.rpartition("@")
+    if not host_port.startswith("["):  # an IPv6 address is ASCII, or urlsplit refused it
+        host, colon, port = host_port.partition(":")
+        try:
+            host = host.encode("idna").decode("ascii") if not host.isascii() else host
+        except UnicodeError as exc:
+            raise ValueError(f"its host {host} is not a host name ({exc})") from None
+        if not re.fullmatch(r"[\x21-\x7e]*", host):
+            raise ValueError(f"its host {host!r} holds a space")
+        host_port = host + colon + port
+    quote = urllib.parse.quote
+    rest = re.sub(r"[^\x21-\x7e]+", lambda m: quote(m.group(), safe="", errors="surrogateescape"), rest)
+    return scheme + userinfo + at + host_port + rest
+
+
+def shown_url(url: str) -> str:
+    """`url` with the password it holds, if any, shown as `***`: for messages."""
+    head = re.fullmatch(r"([^:/?#]+://)([^/?#]*)(.*)", url, re.S)
+    if head is None or "@" not in head.group(2):
+        return url
+    userinfo, _, host_port = head.group(2).rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{head.group(1)}{user}{colon}{'***' if colon else ''}@{host_port}{head.group(3)}"
+
+
 def md5_of(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
@@ -82,6 +118,10 @@ def download(
     elif kept.is_file() and md5_of(kept) == md5:
         kept.replace(dest)
         return dest
+    try:
+        request_url(url)
+    except ValueError as exc:
+        raise FetchError(f"{shown_url(url)}: not a valid URL ({exc})") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last_error = ""
@@ -159,7 +199,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         validator = _validator_file(part)
         if validator.is_file():
             headers["If-Range"] = validator.read_text().strip()
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(request_url(url), headers=headers)
     try:
         response = _OPENER.open(request, timeout=timeout_s)  # scheme checked by the caller, a redirect's here
     except urllib.error.HTTPError as exc:

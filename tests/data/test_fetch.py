@@ -36,9 +36,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     etag: str | None = None  # sent as ETag, and a Range is honoured only if If-Range (when sent) matches it
     last_modified: str | None = None  # sent as Last-Modified, and matched by If-Range as well
     if_ranges: list[str | None] = []
+    paths: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802
         cls = type(self)
+        cls.paths.append(self.path)
         cls.requests.append(self.headers.get("Range"))
         cls.if_ranges.append(self.headers.get("If-Range"))
         if cls.fail_first > 0:
@@ -87,7 +89,7 @@ def server() -> Iterator[tuple[str, type[_Handler]]]:
     handler = type(
         "Handler", (_Handler,),
         {"payload": b"", "drop_after": None, "fail_first": 0, "requests": [], "gate": None, "etag": None,
-         "last_modified": None, "if_ranges": []}
+         "last_modified": None, "if_ranges": [], "paths": []}
     )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -410,11 +412,47 @@ def test_only_http_urls(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc/x.tar", "https://h:99999/x.tar",
-                                 "http:///x.tar"])
+                                 "http:///x.tar", "http://127.0.0.1:9/a\x01b", "http://127.0.0.1:9/a\tb",
+                                 "http://127.0.0.1:9/a\x7f", "http://a b/x.tar",
+                                 "http://" + "a" * 70 + "ö/x"])
 def test_a_malformed_url_is_one_line_before_any_download(tmp_path: Path, url: str) -> None:
+    # A control character was refused by http.client as a broken reply, retried 4 times.
     with pytest.raises(UsageError, match=r"^.*: not a valid URL \("):
         fetch_task(get_task("Task04_Hippocampus"), tmp_path, url, "0" * 32, progress=False)
     assert not (tmp_path / ".downloads").exists()
+
+
+def test_a_url_of_non_ascii_characters_is_sent_percent_encoded(server, tmp_path: Path) -> None:
+    # http.client sends ASCII only: a UnicodeEncodeError traceback.
+    url, handler = server
+    handler.payload = b"x" * 100
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    assert download(f"{url}/ök a.tar?b=ü", tmp_path / "t.tar", md5, progress=False).read_bytes() == b"x" * 100
+    assert handler.paths == ["/%C3%B6k%20a.tar?b=%C3%BC"]
+
+
+def test_an_upper_case_scheme_is_an_http_url(server, tmp_path: Path) -> None:
+    # "HTTP://..." was refused: only http(s) URLs and local paths are accepted.
+    url, handler = server
+    handler.payload = b"x" * 100
+    with pytest.raises(FetchError, match="md5 mismatch"):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, "HTTP" + url[4:] + "/t.tar", "0" * 32,
+                   progress=False)
+    assert handler.paths == ["/t.tar"]
+
+
+@pytest.mark.parametrize("userinfo", ["user:secret@", "user@", ":secret@"])
+def test_a_url_with_a_user_or_password_is_refused_without_showing_it(server, tmp_path: Path,
+                                                                      userinfo: str) -> None:
+    # urllib sends neither (it looked up the host "user:secret@127.0.0.1"): retried 4 times, then "rerun".
+    url, handler = server
+    given = url.replace("://", f"://{userinfo}") + "/t.tar"
+    with pytest.raises(UsageError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, given, "0" * 32, progress=False)
+    shown = given.replace("secret", "***")
+    assert str(info.value) == (f"{shown}: a URL with a user or password is not fetched (they would not be "
+                               "sent); download the archive yourself and pass it with --source FILE")
+    assert handler.paths == [] and not (tmp_path / ".downloads").exists()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
