@@ -8,6 +8,7 @@ import glob
 import hashlib
 import http.client
 import re
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -20,23 +21,48 @@ from medseg_bench.errors import FetchError, FileSystemError
 CHUNK_BYTES = 1 << 20
 
 
-class RefusedRedirect(FetchError):
-    """A redirect to a URL that is not http(s): not retried."""
+class Refused(FetchError):
+    """A reply no retry can change (a redirect elsewhere than http(s), a page instead of the file): not
+    retried."""
+
+
+class RefusedRedirect(Refused):
+    """A redirect to a URL that is not http(s), or not a URL: not retried."""
+
+
+class _TargetFailed(urllib.error.URLError):
+    """A redirect's target that could not be reached, `url`: the error named only the URL asked for."""
+
+    def __init__(self, url: str, reason: Any) -> None:
+        super().__init__(reason)
+        self.url = url
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Redirects followed to http(s) URLs only: urllib follows one to `ftp://` (no Range, no If-Range), and
-    refused one to `file://` as an HTTPError that was retried as a broken reply."""
+    refused one to `file://` as an HTTPError that was retried as a broken reply; a Location that is not a URL
+    (`http://[::1`) raised a ValueError traceback."""
 
     def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                        headers: http.client.HTTPMessage) -> Any:
         location = headers.get("location") or headers.get("uri")
-        if location:
+        if not location:
+            return super().http_error_302(req, fp, code, msg, headers)  # None: not followed
+        try:
             target = urllib.parse.urljoin(req.full_url, location)
-            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
-                raise RefusedRedirect(f"{req.full_url}: the server redirects to {target}: only http(s) URLs "
-                                      "are fetched")
-        return super().http_error_302(req, fp, code, msg, headers)
+            urllib.parse.urlsplit(target).port  # noqa: B018 (ValueError for a port that is not a number)
+        except ValueError as exc:
+            raise RefusedRedirect(f"{req.full_url}: the server redirects to {location}, not a valid URL "
+                                  f"({exc})") from None
+        if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+            raise RefusedRedirect(f"{req.full_url}: the server redirects to {target}: only http(s) URLs "
+                                  "are fetched")
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.URLError as exc:  # named where it failed, the innermost redirect's target
+            if isinstance(exc, urllib.error.HTTPError | _TargetFailed):
+                raise
+            raise _TargetFailed(target, exc.reason) from exc
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
@@ -130,16 +156,17 @@ def download(
             _download_once(url, part, timeout_s, progress)
             break
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
-            if isinstance(exc, RefusedRedirect):
+            if isinstance(exc, Refused):
                 raise
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 416:
                 raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:  # urllib's loop check
-                limit = _HttpOnlyRedirects.max_redirections
-                raise FetchError(f"{url}: the server redirects in a loop (back to a URL it redirected from, "
-                                 f"or more than {limit} times)") from None
+            if isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400:
+                raise FetchError(_not_followed(url, exc)) from None
             reason = getattr(exc, "reason", None) or exc
-            last_error = (
+            where = f"redirected to {exc.url}: " if isinstance(exc, _TargetFailed) else ""
+            if isinstance(exc, urllib.error.URLError) and _tls_failed(reason):  # at the handshake
+                raise FetchError(f"{url}: {where}TLS failed ({reason}); not retried") from None
+            last_error = where + (
                 f"no data from the server for {timeout_s:g} s (timed out)"
                 if isinstance(reason, TimeoutError)
                 else f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError)
@@ -159,6 +186,27 @@ def download(
                          "(not downloaded again); else delete it")
     part.replace(dest)
     return dest
+
+
+def _not_followed(url: str, exc: urllib.error.HTTPError) -> str:
+    """The message of a 3xx reply urllib did not follow: a redirect loop (its check), or a 3xx that goes
+    nowhere (a 302 without Location, 300, 304), which was said to be a loop as well."""
+    location = exc.headers.get("Location") or exc.headers.get("URI") if exc.headers else None
+    if location and exc.code in (301, 302, 303, 307, 308):
+        limit = _HttpOnlyRedirects.max_redirections
+        return (f"{url}: the server redirects in a loop (back to a URL it redirected from, or more than "
+                f"{limit} times)")
+    at = f" (redirected to {exc.url})" if exc.url != request_url(url) else ""
+    what = ": not the file, and not a redirect that is followed" if location else (
+        ", without a Location: no place to go for the file")
+    return f"{url}: the server answered HTTP {exc.code} {exc.reason}{at}{what}"
+
+
+def _tls_failed(reason: object) -> bool:
+    """Whether a connection failed in TLS itself (a port that speaks plain HTTP, a certificate not trusted),
+    which no retry mends; not a connection closed during the handshake."""
+    closed = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+    return isinstance(reason, ssl.SSLError) and not isinstance(reason, closed)
 
 
 def _kept_name(dest: Path, md5: str) -> Path:

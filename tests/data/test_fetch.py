@@ -357,6 +357,83 @@ def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> 
     assert len(handler.requests) <= 10
 
 
+@pytest.mark.parametrize(("code", "location", "said"), [
+    (302, None, "HTTP 302 Found, without a Location: no place to go for the file"),
+    (300, "/elsewhere", "HTTP 300 Multiple Choices: not the file, and not a redirect that is followed"),
+    (304, None, "HTTP 304 Not Modified, without a Location: no place to go for the file"),
+])
+def test_a_3xx_reply_that_is_not_followed_says_what_it_is(server, tmp_path: Path, code: int,
+                                                          location: str | None, said: str) -> None:
+    # Each was "the server redirects in a loop".
+    url, handler = server
+
+    def answer(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(code)
+        if location is not None:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = answer
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == f"{url}/blob: the server answered {said}"
+    assert handler.requests == ["/blob"]
+
+
+def test_a_redirect_to_a_location_that_is_not_a_url_is_one_line_not_retried(server, tmp_path: Path) -> None:
+    # urljoin's ValueError ("Invalid IPv6 URL") was a traceback.
+    url, handler = server
+
+    def bad_location(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", "http://[::1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = bad_location
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == (f"{url}/blob: the server redirects to http://[::1, not a valid URL (Invalid "
+                               "IPv6 URL)")
+    assert handler.requests == ["/blob"]
+
+
+def test_a_redirect_target_that_refuses_the_connection_is_named(server, tmp_path: Path) -> None:
+    # The error named the URL asked for alone, whose server answered.
+    import socket
+
+    url, handler = server
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    target = f"http://127.0.0.1:{port}/x.tar"
+
+    def redirect(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = redirect
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False, attempts=1)
+    assert str(info.value) == (f"{url}/blob: download failed after 1 attempt (redirected to {target}: "
+                               "[Errno 111] Connection refused); rerun to resume")
+
+
+def test_a_tls_failure_is_one_line_not_retried(server, tmp_path: Path) -> None:
+    # https to a port that speaks plain HTTP: WRONG_VERSION_NUMBER, retried 4 times, then "rerun to resume".
+    url, handler = server
+    https = "https" + url[4:] + "/blob"
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=rf"^{https}: TLS failed \(\[SSL: WRONG_VERSION_NUMBER\] .*\); not "
+                                         "retried$"):
+        download(https, tmp_path / "b.tar", "0" * 32, timeout_s=5, progress=False)
+    assert time.monotonic() - started < 2  # the retries sleep 3.75 s
+
+
 def test_a_server_error_names_its_status(server, tmp_path: Path) -> None:
     url, handler = server
     handler.fail_first = 10
