@@ -259,6 +259,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             part.unlink(missing_ok=True)  # start over
         raise
     with response:
+        _check_body(url, response.headers)
         fresh = not (have and response.status == 206)
         if not fresh:
             _check_same_file(url, part, response.headers)
@@ -291,6 +292,19 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
                 advance(len(chunk))
         if length is not None and received < length:
             raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+
+
+def _check_body(url: str, headers: http.client.HTTPMessage) -> None:
+    """Refused, before the part file is touched, where the reply is not the file's bytes: an HTML page (a
+    login or error page sent as 200) or a body in a Content-Encoding (urllib asks for identity and decodes
+    none); only the md5 check found them, and its message offered to use them."""
+    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise Refused(f"{url}: the server sent the file with Content-Encoding: {encoding}, not its own bytes "
+                      "(not decoded)")
+    if headers.get_content_type() == "text/html":
+        raise Refused(f"{url}: the server sent an HTML page (Content-Type: text/html), not the file: a login "
+                      "or error page?")
 
 
 def _check_same_file(url: str, part: Path, headers: http.client.HTTPMessage) -> None:

@@ -434,6 +434,33 @@ def test_a_tls_failure_is_one_line_not_retried(server, tmp_path: Path) -> None:
     assert time.monotonic() - started < 2  # the retries sleep 3.75 s
 
 
+@pytest.mark.parametrize(("header", "said"), [
+    (("Content-Type", "text/html; charset=utf-8"), "an HTML page (Content-Type: text/html), not the file: a "
+                                                   "login or error page?"),
+    (("Content-Encoding", "gzip"), "the file with Content-Encoding: gzip, not its own bytes (not decoded)"),
+])
+def test_a_reply_that_is_not_the_files_bytes_is_refused_when_it_comes(server, tmp_path: Path,
+                                                                        header: tuple[str, str],
+                                                                        said: str) -> None:
+    # Only the md5 check found them, and its message offered to use the page with --md5.
+    url, handler = server
+    handler.payload = b"<html>sign in</html>"
+    (tmp_path / "b.tar.part").write_bytes(b"x" * 10)  # a download begun: kept
+    sent = handler.send_header
+
+    def with_header(self, name: str, value: str) -> None:
+        sent(self, name, value)
+        if name == "Content-Length":
+            sent(self, *header)
+
+    handler.send_header = with_header
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == f"{url}/blob: the server sent {said}"
+    assert len(handler.requests) == 1 and [p.name for p in tmp_path.iterdir()] == ["b.tar.part"]
+    assert (tmp_path / "b.tar.part").read_bytes() == b"x" * 10
+
+
 def test_a_server_error_names_its_status(server, tmp_path: Path) -> None:
     url, handler = server
     handler.fail_first = 10
