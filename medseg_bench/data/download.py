@@ -8,11 +8,13 @@ import glob
 import hashlib
 import http.client
 import re
+import shutil
 import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,8 @@ def download(
 
     A resumed request carries `If-Range` with the validator (strong ETag, else Last-Modified) of the response
     the part file began with, kept beside it in `dest.part.validator`: if the file on the server has changed
-    since, the server sends all of it and the download starts over instead of splicing two files.
+    since, the server sends all of it and the download starts over instead of splicing two files. The size of
+    that file, kept in `dest.part.size`, is compared with a resumed reply's too.
     """
     kept = _kept_name(dest, md5)  # a download that did not match the md5 asked for then
     if dest.is_file():
@@ -171,13 +174,14 @@ def download(
                 if isinstance(reason, TimeoutError)
                 else f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError)
                 else f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException)
-                else str(reason)
+                else str(reason).removeprefix(f"{url}: ")  # ours: named once
             )
             time.sleep(min(2.0**attempt, 8.0) * 0.25)
     else:
         tries = f"{attempts} attempt{'' if attempts == 1 else 's'}"
         raise FetchError(f"{url}: download failed after {tries} ({last_error}); rerun to resume")
-    _validator_file(part).unlink(missing_ok=True)
+    for sidecar in _sidecars(part):
+        sidecar.unlink(missing_ok=True)
     actual = md5_of(part)
     if actual != md5:
         kept = _keep(part, actual)
@@ -230,6 +234,30 @@ def _validator_file(part: Path) -> Path:
     return part.with_name(part.name + ".validator")
 
 
+def _size_file(part: Path) -> Path:
+    """Beside the part file: the size of the whole file it began with (part files of older versions have
+    none: then it is not compared)."""
+    return part.with_name(part.name + ".size")
+
+
+def _sibling(part: Path) -> Path:
+    """Where a whole reply to a resumed request is written until it has grown past the part file."""
+    return part.with_name(part.name + ".new")
+
+
+def _sidecars(part: Path) -> tuple[Path, Path, Path]:
+    return _validator_file(part), _size_file(part), _sibling(part)
+
+
+def _saved(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def _saved_size(part: Path) -> int | None:
+    size = _saved(_size_file(part))
+    return int(size) if size is not None and size.isdigit() else None
+
+
 def _validator(headers: http.client.HTTPMessage) -> str | None:
     """What identifies this version of the file for `If-Range` (RFC 9110 13.1.5): a strong ETag; without
     one, Last-Modified; nothing when the ETag is weak (neither may then be sent)."""
@@ -239,14 +267,24 @@ def _validator(headers: http.client.HTTPMessage) -> str | None:
     return headers.get("Last-Modified")
 
 
+def _content_range(headers: http.client.HTTPMessage) -> tuple[int, int, int | None] | None:
+    """A 206's `Content-Range: bytes START-END/TOTAL` (TOTAL `*`: None), or None where it is absent or
+    malformed: then where its bytes start is not known."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (headers.get("Content-Range") or "").strip())
+    if match is None or int(match.group(2)) < int(match.group(1)):
+        return None
+    total = match.group(3)
+    return int(match.group(1)), int(match.group(2)), int(total) if total != "*" else None
+
+
 def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
     have = part.stat().st_size if part.exists() else 0
     headers = {}
     if have:
         headers["Range"] = f"bytes={have}-"
-        validator = _validator_file(part)
-        if validator.is_file():
-            headers["If-Range"] = validator.read_text().strip()
+        validator = _saved(_validator_file(part))
+        if validator is not None:
+            headers["If-Range"] = validator
     request = urllib.request.Request(request_url(url), headers=headers)
     try:
         response = _OPENER.open(request, timeout=timeout_s)  # scheme checked by the caller, a redirect's here
@@ -260,38 +298,112 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         raise
     with response:
         _check_body(url, response.headers)
-        fresh = not (have and response.status == 206)
-        if not fresh:
-            _check_same_file(url, part, response.headers)
-            start = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
-            if start is None or int(start.group(1)) != have:  # none: where its bytes start is not known
-                part.unlink()
-                sent = f"bytes from {start.group(1)}" if start is not None else "a part without its place"
+        length = _content_length(response.headers)
+        place = _content_range(response.headers)
+        partial = response.status == 206 and (have > 0 or place is not None)
+        if partial:
+            if have:
+                _check_same_file(url, part, response.headers, place[2] if place is not None else None)
+            if place is None or place[0] != have:  # none: where its bytes start is not known
+                part.unlink(missing_ok=True)
+                sent = f"bytes from {place[0]}" if place is not None else "a part without its place"
                 raise FetchError(f"{url}: the server sent {sent} when asked from {have}; starting over")
+            length = length if length is not None else place[1] + 1 - have
+            size = place[2]
         else:
             # a whole file: the server ignored the range, or the file changed since the part began (If-Range)
-            have = 0
-        length = _content_length(response.headers)
-        total = have + length if length is not None else None
-        mode = "ab" if have else "wb"
-        try:
-            fh = open(part, mode)  # noqa: SIM115 - closed below; its write errors are ours, not the server's
-        except OSError as exc:
-            raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
-        if fresh:  # once the part file holds this response's start (truncated), not before
-            _remember_validator(part, _validator(response.headers))
-        with fh, _progress(progress, url, total, have) as advance:
-            received = 0
-            while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it
-                try:
-                    fh.write(chunk)
-                except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume
-                    raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc}); "
-                                          "rerun to resume once there is room") from None
-                received += len(chunk)
-                advance(len(chunk))
-        if length is not None and received < length:
-            raise FetchError(f"{url}: connection closed after {have + received} of {total} bytes")
+            size = length
+        # A whole reply to a resumed request of the same file (the server ignores Range) is written beside
+        # the part file, which it replaces once longer: truncating it first lost it where the reply dropped.
+        aside = not partial and have > 0 and not _changed(part, response.headers, length)
+        _check_room(part, length, have if not partial and not aside else 0)
+        body = _Body(partial, aside, have if partial else 0, length, size)
+        _write_body(url, response, part, body, progress)
+
+
+@dataclass(frozen=True)
+class _Body:
+    """How a reply's body is written: after the part file's `start` bytes (`partial`), or over it, at once
+    or (`aside`) once it is longer; `length` bytes of a file of `size` (None: not known)."""
+
+    partial: bool
+    aside: bool
+    start: int
+    length: int | None
+    size: int | None
+
+
+def _write_body(url: str, response: http.client.HTTPResponse, part: Path, body: _Body,
+                progress: bool) -> None:
+    have = part.stat().st_size if body.aside else 0  # the part file kept until the reply is past it
+    target = _sibling(part) if body.aside else part
+    fh = _open(part, target, "ab" if body.partial else "wb")
+    if body.start == 0 and not body.aside:  # once the part file holds this response's start (truncated)
+        _remember(part, response.headers, body.size)
+    elif body.partial and _saved_size(part) is None and body.size is not None:  # an older version's part
+        _remember_size(part, body.size)
+    received = 0
+    try:
+        with _progress(progress, url, body.size, body.start) as advance:
+            try:
+                while chunk := response.read1(CHUNK_BYTES):  # what has come: a stall keeps it
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:  # disk full: retrying cannot help; the part file is kept to resume
+                        raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc}); "
+                                              "rerun to resume once there is room") from None
+                    received += len(chunk)
+                    advance(len(chunk))
+                    if target != part and received > have:  # past the part file: it is replaced
+                        fh.close()
+                        target.replace(part)
+                        target = part
+                        _remember(part, response.headers, body.size)
+                        fh = _open(part, part, "ab")
+            finally:
+                fh.close()
+        done = body.start + received
+        if body.length is not None and received < body.length:
+            raise FetchError(f"{url}: connection closed after {done} of {body.start + body.length} bytes")
+        if target != part:  # the whole file, no longer than the part file was
+            target.replace(part)
+            target = part
+            _remember(part, response.headers, body.size)
+        if body.partial and body.size is not None and done < body.size:  # a part of the rest only
+            raise FetchError(f"{url}: the server's partial reply ended after {done} of {body.size} bytes")
+    finally:
+        if target != part:
+            target.unlink(missing_ok=True)
+
+
+def _open(part: Path, path: Path, mode: str) -> Any:
+    try:
+        return open(path, mode)  # noqa: SIM115 - closed by the caller; its write errors are ours
+    except OSError as exc:
+        raise FileSystemError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
+
+
+def _changed(part: Path, headers: http.client.HTTPMessage, length: int | None) -> bool:
+    """Whether a whole reply to a resumed request is another version of the file than the part file began
+    with (its validator or size differs from the saved one: `If-Range` did its work); where not, the server
+    may just ignore Range."""
+    then, now, size = _saved(_validator_file(part)), _validator(headers), _saved_size(part)
+    return bool(then and now and now != then) or (size is not None and length is not None and length != size)
+
+
+def _check_room(part: Path, length: int | None, reclaimed: int) -> None:
+    """FileSystemError, before anything is written, where the reply's length is more than the free space of
+    the part file's disk (with the part file's `reclaimed` bytes, which it replaces): a `Content-Length` of
+    10^15 filled the disk first."""
+    if length is None:
+        return
+    try:
+        free = shutil.disk_usage(part.parent).free + reclaimed
+    except OSError:
+        return  # the write's own error says it
+    if length > free:
+        raise FileSystemError(f"{part}: no room for the download ({length} bytes to come, {free} free); "
+                              "nothing was written: make room, then rerun")
 
 
 def _check_body(url: str, headers: http.client.HTTPMessage) -> None:
@@ -307,18 +419,24 @@ def _check_body(url: str, headers: http.client.HTTPMessage) -> None:
                       "or error page?")
 
 
-def _check_same_file(url: str, part: Path, headers: http.client.HTTPMessage) -> None:
+def _check_same_file(url: str, part: Path, headers: http.client.HTTPMessage, size: int | None) -> None:
     """FetchError, the part file removed to start over, when a resumed reply names another version of the file
-    than the part began with (its validator, `If-Range`'s): a server that ignores If-Range sent the rest of
-    the new file, spliced onto the old one's start, which only the md5 check found, a whole download later."""
-    saved = _validator_file(part)
-    then = saved.read_text().strip() if saved.is_file() else None
-    now = _validator(headers)
+    than the part began with (its validator, `If-Range`'s, or the whole file's size): a server that ignores
+    If-Range sent the rest of the new file, spliced onto the old one's start, which only the md5 check found,
+    a whole download later."""
+    then, now = _saved(_validator_file(part)), _validator(headers)
+    size_then = _saved_size(part)
     if then and now and now != then:
-        part.unlink()
-        saved.unlink(missing_ok=True)
-        raise FetchError(f"{url}: the file on the server changed since the download began ({then}, now "
-                         f"{now}); starting over")
+        change = f"{then}, now {now}"
+    elif size_then is not None and size is not None and size != size_then:
+        change = f"{size_then} bytes, now {size}"
+    else:
+        return
+    part.unlink()
+    for sidecar in _sidecars(part):
+        sidecar.unlink(missing_ok=True)
+    raise FetchError(f"{url}: the file on the server changed since the download began ({change}); starting "
+                     "over")
 
 
 def _content_length(headers: http.client.HTTPMessage) -> int | None:
@@ -326,6 +444,23 @@ def _content_length(headers: http.client.HTTPMessage) -> int | None:
     until the server closes it, and the md5 check decides."""
     value = (headers.get("Content-Length") or "").strip()
     return int(value) if value.isdigit() else None
+
+
+def _remember(part: Path, headers: http.client.HTTPMessage, size: int | None) -> None:
+    """Keep the validator and size of the response the part file now begins with."""
+    _remember_validator(part, _validator(headers))
+    _remember_size(part, size)
+
+
+def _remember_size(part: Path, size: int | None) -> None:
+    path = _size_file(part)
+    try:
+        if size is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(str(size))
+    except OSError as exc:
+        raise FileSystemError(f"{path}: cannot write the download's size ({exc.strerror or exc})") from None
 
 
 def _remember_validator(part: Path, validator: str | None) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.download import download
 from medseg_bench.data.fetch import MARKER, FetchOutcome, fetch_task, is_complete
-from medseg_bench.errors import DataError, FetchError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 
 
 def make_tar(folder: Path, dest: Path) -> tuple[Path, str]:
@@ -289,6 +290,101 @@ def test_a_partial_reply_that_does_not_say_where_it_starts_starts_over(server, t
     md5 = hashlib.md5(handler.payload).hexdigest()
     dest = download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False)
     assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
+
+
+def test_a_partial_reply_that_ends_short_of_the_file_is_resumed_not_taken_whole(server,
+                                                                               tmp_path: Path) -> None:
+    # A 206 of bytes 400-1399/3000 was taken as the rest of the file: "md5 mismatch", the part file kept as a
+    # finished download.
+    url, handler = server
+    handler.payload = bytes(range(250)) * 12
+    (tmp_path / "b.tar.part").write_bytes(handler.payload[:400])
+    sent = handler.do_GET
+
+    def capped(self) -> None:  # at most 1000 bytes a reply, as it says
+        start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+        end = min(start + 1000, len(handler.payload)) - 1
+        type(self).requests.append(self.headers["Range"])
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(handler.payload)}")
+        self.send_header("Content-Length", str(end + 1 - start))
+        self.end_headers()
+        self.wfile.write(handler.payload[start:end + 1])
+
+    handler.do_GET = capped
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False).read_bytes() == handler.payload
+    assert handler.requests == ["bytes=400-", "bytes=1400-", "bytes=2400-"]
+    handler.do_GET, handler.requests = sent, []
+    (tmp_path / "c.tar.part").write_bytes(handler.payload[:400])
+    handler.do_GET = capped
+    with pytest.raises(FetchError, match=r"after 1 attempt \(the server's partial reply ended after 1400 of "
+                                         r"3000 bytes\); rerun to resume$"):
+        download(f"{url}/blob", tmp_path / "c.tar", md5, progress=False, attempts=1)
+    assert (tmp_path / "c.tar.part").read_bytes() == handler.payload[:1400]
+
+
+def test_a_resumed_reply_of_a_file_of_another_size_starts_over(server, tmp_path: Path) -> None:
+    """Without a validator, a file changed on the server was spliced on where its size changed too: the size
+    of the file the part began with is kept beside it (`.part.size`)."""
+    url, handler = server
+    old, new = b"a" * 1000, b"b" * 1500
+    handler.payload, handler.drop_after = old, 400
+    md5_new = hashlib.md5(new).hexdigest()
+    with pytest.raises(FetchError, match="rerun to resume"):
+        download(f"{url}/blob", tmp_path / "b.tar", md5_new, timeout_s=5, progress=False, attempts=1)
+    assert (tmp_path / "b.tar.part.size").read_text() == "1000"
+    handler.payload = new
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5_new, progress=False).read_bytes() == new
+    assert handler.requests == [None, "bytes=400-", None] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "b.tar"]
+
+
+@pytest.mark.parametrize("drop", [300, 800])
+def test_a_whole_reply_to_a_resumed_request_keeps_the_part_until_it_is_longer(server, tmp_path: Path,
+                                                                             drop: int) -> None:
+    # A server that ignores Range sends the whole file again: the part file was truncated before any byte
+    # came, so a reply that dropped lost the bytes the part held.
+    url, handler = server
+    handler.payload, handler.drop_after = bytes(range(200)) * 5, drop
+    part = tmp_path / "b.tar.part"
+    part.write_bytes(handler.payload[:600])
+    sent, ranges = handler.do_GET, []
+
+    def ignores_range(self) -> None:
+        ranges.append(self.headers.get("Range"))
+        del self.headers["Range"]
+        sent(self)
+
+    handler.do_GET = ignores_range
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    with pytest.raises(FetchError, match=rf"connection closed after {drop} of 1000 bytes"):
+        download(f"{url}/blob", tmp_path / "b.tar", md5, timeout_s=5, progress=False, attempts=1)
+    assert part.read_bytes() == handler.payload[:max(drop, 600)]  # replaced once the reply was longer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.part"] + ["b.tar.part.size"] * (drop > 600)
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False).read_bytes() == handler.payload
+    assert ranges == ["bytes=600-", f"bytes={max(drop, 600)}-"]
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_download_larger_than_the_free_space_is_refused_before_writing(tmp_path: Path,
+                                                                        resumed: bool) -> None:
+    # A Content-Length of 10^15 filled the disk first.
+    size = 10**15
+    if resumed:
+        (tmp_path / "t.tar.part").write_bytes(b"x" * 400)
+        head = (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 400-{size - 1}/{size}\r\n"
+                f"Content-Length: {size - 400}\r\n\r\n")
+    else:
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n"
+    with _raw_server(head.encode() + b"x" * 1000) as url, pytest.raises(FileSystemError) as info:
+        download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False)
+    part = tmp_path / "t.tar.part"
+    coming = size - 400 * resumed
+    assert re.fullmatch(rf"{part}: no room for the download \({coming} bytes to come, \d+ free\); nothing "
+                        "was written: make room, then rerun", str(info.value))
+    assert [p.name for p in tmp_path.iterdir()] == (["t.tar.part"] if resumed else [])
+    assert not resumed or part.read_bytes() == b"x" * 400
 
 
 def test_http_500_then_success(server, tmp_path: Path) -> None:
