@@ -49,6 +49,7 @@ def fetch(
 
     check_range("--timeout", timeout, 0.1, 86400)
     from medseg_bench.data.catalog import get_task
+    from medseg_bench.data.download import shown_url
     from medseg_bench.data.fetch import MARKER, fetch_task
     from medseg_bench.data.validate import problem_lines
     from medseg_bench.errors import one_line
@@ -73,7 +74,8 @@ def fetch(
                     if outcome.excluded else "")
         ignored = ""
         if source is not None and not _same_place(source, outcome.folder):  # it went unsaid
-            ignored = f"; --source {source} not imported (move {outcome.folder} away to import it instead)"
+            ignored = (f"; --source {shown_url(source)} not imported (move {outcome.folder} away to import "
+                       "it instead)")
         typer.echo(f"{spec.name}: already fetched and validated in {outcome.folder}{excluded}; nothing to do"
                    + ignored)
         return

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg_bench.data.archive import MAX_ARCHIVE_MEMBERS, extract_archive, task_root
-from medseg_bench.data.download import download, verify_md5
+from medseg_bench.data.download import download, request_url, shown_url, verify_md5
 from medseg_bench.data.nnunet_raw import convert as convert_nnunet_raw
 from medseg_bench.data.nnunet_raw import is_nnunet_raw
 from medseg_bench.data.validate import (
@@ -95,16 +95,23 @@ def not_fetched(folder: Path, stop: str = "") -> str:
 
 
 def _check_url(url: str) -> None:
-    """UsageError unless `url` parses as an http(s) URL with a host (and a numeric port, if any)."""
+    """UsageError unless `url` parses as an http(s) URL with a host (and a numeric port, if any) that can be
+    sent (`download.request_url`), without a user or password: urllib sends neither (it asked the host
+    `user:secret@host`), which was retried 4 times; the password is never shown."""
     from urllib.parse import urlsplit
 
+    shown = shown_url(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+        request_url(url)
     except ValueError as exc:
-        raise UsageError(f"{url}: not a valid URL ({exc})") from None
+        raise UsageError(f"{shown}: not a valid URL ({exc})") from None
     if not parts.hostname:
-        raise UsageError(f"{url}: not a valid URL (no host)")
+        raise UsageError(f"{shown}: not a valid URL (no host)")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(f"{shown}: a URL with a user or password is not fetched (they would not be sent); "
+                         "download the archive yourself and pass it with --source FILE")
 
 
 def resolve_source(task: TaskSpec, source: str | None, mirror: str | None) -> str:
@@ -241,7 +248,7 @@ def _fetch_locked(task: TaskSpec, data_dir: Path, origin: str, md5: str | None, 
     staging.mkdir()
     in_source: Callable[[str], str]  # names a file of the copy as the user has it (folder, ARCHIVE:member)
     try:
-        if origin.startswith(("http://", "https://")):
+        if origin.lower().startswith(("http://", "https://")):  # a scheme's case does not matter
             _check_url(origin)
             verified = _expected_md5(task, md5, origin)
             archive = download(origin, data_dir / ".downloads" / f"{task.name}.tar", verified, timeout_s,

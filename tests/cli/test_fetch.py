@@ -182,3 +182,15 @@ def test_a_tilde_in_data_dir_is_the_home_folder_as_in_source(home: Path, tmp_pat
     assert result.output.splitlines()[-1] == f"Task90_Synth: 2 usable training cases in {folder}"
     assert (folder / ".medseg-bench-valid.json").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:secret@127.0.0.1:9/t.tar", "http://user:***@127.0.0.1:9/t.tar"),
+    ("http://127.0.0.1:9/a\x01.tar", "http://127.0.0.1:9/a\\x01.tar"),
+])
+def test_a_url_that_cannot_be_fetched_as_given_is_a_usage_error(home: Path, url: str, shown: str) -> None:
+    """A user or password in the URL (never shown), a control character: one line, exit 2, not retried."""
+    result = runner.invoke(app, ["fetch", "Task04_Hippocampus", "--source", url, "--md5", "0" * 32])
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {shown}: ") and "secret" not in result.output

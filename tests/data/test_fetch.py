@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from medseg_bench.data.catalog import get_task
 from medseg_bench.data.download import download
 from medseg_bench.data.fetch import MARKER, FetchOutcome, fetch_task, is_complete
-from medseg_bench.errors import DataError, FetchError, UsageError
+from medseg_bench.errors import DataError, FetchError, FileSystemError, UsageError
 
 
 def make_tar(folder: Path, dest: Path) -> tuple[Path, str]:
@@ -36,9 +37,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     etag: str | None = None  # sent as ETag, and a Range is honoured only if If-Range (when sent) matches it
     last_modified: str | None = None  # sent as Last-Modified, and matched by If-Range as well
     if_ranges: list[str | None] = []
+    paths: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802
         cls = type(self)
+        cls.paths.append(self.path)
         cls.requests.append(self.headers.get("Range"))
         cls.if_ranges.append(self.headers.get("If-Range"))
         if cls.fail_first > 0:
@@ -87,7 +90,7 @@ def server() -> Iterator[tuple[str, type[_Handler]]]:
     handler = type(
         "Handler", (_Handler,),
         {"payload": b"", "drop_after": None, "fail_first": 0, "requests": [], "gate": None, "etag": None,
-         "last_modified": None, "if_ranges": []}
+         "last_modified": None, "if_ranges": [], "paths": []}
     )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -289,6 +292,101 @@ def test_a_partial_reply_that_does_not_say_where_it_starts_starts_over(server, t
     assert dest.read_bytes() == handler.payload and handler.requests == ["bytes=300-", None]
 
 
+def test_a_partial_reply_that_ends_short_of_the_file_is_resumed_not_taken_whole(server,
+                                                                               tmp_path: Path) -> None:
+    # A 206 of bytes 400-1399/3000 was taken as the rest of the file: "md5 mismatch", the part file kept as a
+    # finished download.
+    url, handler = server
+    handler.payload = bytes(range(250)) * 12
+    (tmp_path / "b.tar.part").write_bytes(handler.payload[:400])
+    sent = handler.do_GET
+
+    def capped(self) -> None:  # at most 1000 bytes a reply, as it says
+        start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+        end = min(start + 1000, len(handler.payload)) - 1
+        type(self).requests.append(self.headers["Range"])
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(handler.payload)}")
+        self.send_header("Content-Length", str(end + 1 - start))
+        self.end_headers()
+        self.wfile.write(handler.payload[start:end + 1])
+
+    handler.do_GET = capped
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False).read_bytes() == handler.payload
+    assert handler.requests == ["bytes=400-", "bytes=1400-", "bytes=2400-"]
+    handler.do_GET, handler.requests = sent, []
+    (tmp_path / "c.tar.part").write_bytes(handler.payload[:400])
+    handler.do_GET = capped
+    with pytest.raises(FetchError, match=r"after 1 attempt \(the server's partial reply ended after 1400 of "
+                                         r"3000 bytes\); rerun to resume$"):
+        download(f"{url}/blob", tmp_path / "c.tar", md5, progress=False, attempts=1)
+    assert (tmp_path / "c.tar.part").read_bytes() == handler.payload[:1400]
+
+
+def test_a_resumed_reply_of_a_file_of_another_size_starts_over(server, tmp_path: Path) -> None:
+    """Without a validator, a file changed on the server was spliced on where its size changed too: the size
+    of the file the part began with is kept beside it (`.part.size`)."""
+    url, handler = server
+    old, new = b"a" * 1000, b"b" * 1500
+    handler.payload, handler.drop_after = old, 400
+    md5_new = hashlib.md5(new).hexdigest()
+    with pytest.raises(FetchError, match="rerun to resume"):
+        download(f"{url}/blob", tmp_path / "b.tar", md5_new, timeout_s=5, progress=False, attempts=1)
+    assert (tmp_path / "b.tar.part.size").read_text() == "1000"
+    handler.payload = new
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5_new, progress=False).read_bytes() == new
+    assert handler.requests == [None, "bytes=400-", None] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "b.tar"]
+
+
+@pytest.mark.parametrize("drop", [300, 800])
+def test_a_whole_reply_to_a_resumed_request_keeps_the_part_until_it_is_longer(server, tmp_path: Path,
+                                                                             drop: int) -> None:
+    # A server that ignores Range sends the whole file again: the part file was truncated before any byte
+    # came, so a reply that dropped lost the bytes the part held.
+    url, handler = server
+    handler.payload, handler.drop_after = bytes(range(200)) * 5, drop
+    part = tmp_path / "b.tar.part"
+    part.write_bytes(handler.payload[:600])
+    sent, ranges = handler.do_GET, []
+
+    def ignores_range(self) -> None:
+        ranges.append(self.headers.get("Range"))
+        del self.headers["Range"]
+        sent(self)
+
+    handler.do_GET = ignores_range
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    with pytest.raises(FetchError, match=rf"connection closed after {drop} of 1000 bytes"):
+        download(f"{url}/blob", tmp_path / "b.tar", md5, timeout_s=5, progress=False, attempts=1)
+    assert part.read_bytes() == handler.payload[:max(drop, 600)]  # replaced once the reply was longer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.part"] + ["b.tar.part.size"] * (drop > 600)
+    assert download(f"{url}/blob", tmp_path / "b.tar", md5, progress=False).read_bytes() == handler.payload
+    assert ranges == ["bytes=600-", f"bytes={max(drop, 600)}-"]
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_download_larger_than_the_free_space_is_refused_before_writing(tmp_path: Path,
+                                                                        resumed: bool) -> None:
+    # A Content-Length of 10^15 filled the disk first.
+    size = 10**15
+    if resumed:
+        (tmp_path / "t.tar.part").write_bytes(b"x" * 400)
+        head = (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 400-{size - 1}/{size}\r\n"
+                f"Content-Length: {size - 400}\r\n\r\n")
+    else:
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n"
+    with _raw_server(head.encode() + b"x" * 1000) as url, pytest.raises(FileSystemError) as info:
+        download(url, tmp_path / "t.tar", "0" * 32, timeout_s=5, progress=False)
+    part = tmp_path / "t.tar.part"
+    coming = size - 400 * resumed
+    assert re.fullmatch(rf"{part}: no room for the download \({coming} bytes to come, \d+ free\); nothing "
+                        "was written: make room, then rerun", str(info.value))
+    assert [p.name for p in tmp_path.iterdir()] == (["t.tar.part"] if resumed else [])
+    assert not resumed or part.read_bytes() == b"x" * 400
+
+
 def test_http_500_then_success(server, tmp_path: Path) -> None:
     url, handler = server
     handler.payload = b"x" * 1000
@@ -321,6 +419,21 @@ def test_a_download_that_fails_its_md5_is_kept_for_the_md5_it_has(server, tmp_pa
     assert len(handler.requests) == 2
 
 
+def test_a_kept_download_is_used_when_another_verified_one_is_in_its_place(server, tmp_path: Path) -> None:
+    """The archive verified for one md5 was kept first, which removed the kept archive of the md5 now asked
+    for before it was looked up: downloaded again. They are swapped."""
+    url, handler = server
+    handler.payload = b"x" * 1000
+    right, dest = hashlib.md5(handler.payload).hexdigest(), tmp_path / "b.tar"
+    dest.write_bytes(b"other archive")
+    other = hashlib.md5(b"other archive").hexdigest()
+    (tmp_path / f"b.tar.md5-{right}").write_bytes(handler.payload)
+    assert download(f"{url}/blob", dest, right, progress=False).read_bytes() == handler.payload
+    assert handler.requests == []  # not downloaded again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar", f"b.tar.md5-{other}"]
+    assert (tmp_path / f"b.tar.md5-{other}").read_bytes() == b"other archive"
+
+
 def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> None:
     # urllib's loop error was retried 4 times and quoted as three lines, ending "rerun to resume".
     url, handler = server
@@ -338,6 +451,110 @@ def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> 
     assert str(info.value) == (f"{url}/blob: the server redirects in a loop (back to a URL it redirected "
                                "from, or more than 10 times)")
     assert len(handler.requests) <= 10
+
+
+@pytest.mark.parametrize(("code", "location", "said"), [
+    (302, None, "HTTP 302 Found, without a Location: no place to go for the file"),
+    (300, "/elsewhere", "HTTP 300 Multiple Choices: not the file, and not a redirect that is followed"),
+    (304, None, "HTTP 304 Not Modified, without a Location: no place to go for the file"),
+])
+def test_a_3xx_reply_that_is_not_followed_says_what_it_is(server, tmp_path: Path, code: int,
+                                                          location: str | None, said: str) -> None:
+    # Each was "the server redirects in a loop".
+    url, handler = server
+
+    def answer(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(code)
+        if location is not None:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = answer
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == f"{url}/blob: the server answered {said}"
+    assert handler.requests == ["/blob"]
+
+
+def test_a_redirect_to_a_location_that_is_not_a_url_is_one_line_not_retried(server, tmp_path: Path) -> None:
+    # urljoin's ValueError ("Invalid IPv6 URL") was a traceback.
+    url, handler = server
+
+    def bad_location(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", "http://[::1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = bad_location
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == (f"{url}/blob: the server redirects to http://[::1, not a valid URL (Invalid "
+                               "IPv6 URL)")
+    assert handler.requests == ["/blob"]
+
+
+def test_a_redirect_target_that_refuses_the_connection_is_named(server, tmp_path: Path) -> None:
+    # The error named the URL asked for alone, whose server answered.
+    import socket
+
+    url, handler = server
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    target = f"http://127.0.0.1:{port}/x.tar"
+
+    def redirect(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = redirect
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False, attempts=1)
+    assert str(info.value) == (f"{url}/blob: download failed after 1 attempt (redirected to {target}: "
+                               "[Errno 111] Connection refused); rerun to resume")
+
+
+def test_a_tls_failure_is_one_line_not_retried(server, tmp_path: Path) -> None:
+    # https to a port that speaks plain HTTP: WRONG_VERSION_NUMBER, retried 4 times, then "rerun to resume".
+    url, handler = server
+    https = "https" + url[4:] + "/blob"
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=rf"^{https}: TLS failed \(\[SSL: WRONG_VERSION_NUMBER\] .*\); not "
+                                         "retried$"):
+        download(https, tmp_path / "b.tar", "0" * 32, timeout_s=5, progress=False)
+    assert time.monotonic() - started < 2  # the retries sleep 3.75 s
+
+
+@pytest.mark.parametrize(("header", "said"), [
+    (("Content-Type", "text/html; charset=utf-8"), "an HTML page (Content-Type: text/html), not the file: a "
+                                                   "login or error page?"),
+    (("Content-Encoding", "gzip"), "the file with Content-Encoding: gzip, not its own bytes (not decoded)"),
+])
+def test_a_reply_that_is_not_the_files_bytes_is_refused_when_it_comes(server, tmp_path: Path,
+                                                                        header: tuple[str, str],
+                                                                        said: str) -> None:
+    # Only the md5 check found them, and its message offered to use the page with --md5.
+    url, handler = server
+    handler.payload = b"<html>sign in</html>"
+    (tmp_path / "b.tar.part").write_bytes(b"x" * 10)  # a download begun: kept
+    sent = handler.send_header
+
+    def with_header(self, name: str, value: str) -> None:
+        sent(self, name, value)
+        if name == "Content-Length":
+            sent(self, *header)
+
+    handler.send_header = with_header
+    with pytest.raises(FetchError) as info:
+        download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
+    assert str(info.value) == f"{url}/blob: the server sent {said}"
+    assert len(handler.requests) == 1 and [p.name for p in tmp_path.iterdir()] == ["b.tar.part"]
+    assert (tmp_path / "b.tar.part").read_bytes() == b"x" * 10
 
 
 def test_a_server_error_names_its_status(server, tmp_path: Path) -> None:
@@ -395,11 +612,47 @@ def test_only_http_urls(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc/x.tar", "https://h:99999/x.tar",
-                                 "http:///x.tar"])
+                                 "http:///x.tar", "http://127.0.0.1:9/a\x01b", "http://127.0.0.1:9/a\tb",
+                                 "http://127.0.0.1:9/a\x7f", "http://a b/x.tar",
+                                 "http://" + "a" * 70 + "ö/x"])
 def test_a_malformed_url_is_one_line_before_any_download(tmp_path: Path, url: str) -> None:
+    # A control character was refused by http.client as a broken reply, retried 4 times.
     with pytest.raises(UsageError, match=r"^.*: not a valid URL \("):
         fetch_task(get_task("Task04_Hippocampus"), tmp_path, url, "0" * 32, progress=False)
     assert not (tmp_path / ".downloads").exists()
+
+
+def test_a_url_of_non_ascii_characters_is_sent_percent_encoded(server, tmp_path: Path) -> None:
+    # http.client sends ASCII only: a UnicodeEncodeError traceback.
+    url, handler = server
+    handler.payload = b"x" * 100
+    md5 = hashlib.md5(handler.payload).hexdigest()
+    assert download(f"{url}/ök a.tar?b=ü", tmp_path / "t.tar", md5, progress=False).read_bytes() == b"x" * 100
+    assert handler.paths == ["/%C3%B6k%20a.tar?b=%C3%BC"]
+
+
+def test_an_upper_case_scheme_is_an_http_url(server, tmp_path: Path) -> None:
+    # "HTTP://..." was refused: only http(s) URLs and local paths are accepted.
+    url, handler = server
+    handler.payload = b"x" * 100
+    with pytest.raises(FetchError, match="md5 mismatch"):
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, "HTTP" + url[4:] + "/t.tar", "0" * 32,
+                   progress=False)
+    assert handler.paths == ["/t.tar"]
+
+
+@pytest.mark.parametrize("userinfo", ["user:secret@", "user@", ":secret@"])
+def test_a_url_with_a_user_or_password_is_refused_without_showing_it(server, tmp_path: Path,
+                                                                      userinfo: str) -> None:
+    # urllib sends neither (it looked up the host "user:secret@127.0.0.1"): retried 4 times, then "rerun".
+    url, handler = server
+    given = url.replace("://", f"://{userinfo}") + "/t.tar"
+    with pytest.raises(UsageError) as info:
+        fetch_task(get_task("Task04_Hippocampus"), tmp_path, given, "0" * 32, progress=False)
+    shown = given.replace("secret", "***")
+    assert str(info.value) == (f"{shown}: a URL with a user or password is not fetched (they would not be "
+                               "sent); download the archive yourself and pass it with --source FILE")
+    assert handler.paths == [] and not (tmp_path / ".downloads").exists()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
