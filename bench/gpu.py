@@ -26,6 +26,7 @@ the CPU when there is no GPU: a check that the script works before device time i
 
 Usage:
     .venv/bin/python bench/gpu.py --smoke --out /tmp/gpu-smoke
+    .venv/bin/python bench/gpu.py --tables-from bench/results/gpu/gpu.json   # gpu.md again, nothing measured
     python3 bench/gpu.py --source .gpu-kit/Task04_Hippocampus --out "$OUT" [--minutes 3] [--workers 8]
 """
 
@@ -221,6 +222,12 @@ def write_tables(out: Path, facts: dict[str, Any]) -> None:
     budget = facts.get("budget_run")
     if budget:
         labels, epochs = budget["per_label_dice"], budget["epochs_done"] or 0
+        # The budget cuts the last epoch short: it is counted in epochs_done, not in the epoch times (whole
+        # epochs only), and how many of its iterations ran is not recorded.
+        whole = len(budget["epoch_times_s"] or [])
+        per = conf["budget_iters"]
+        epochs_text, iters_text = ((f"{whole} + 1 cut short", f"{whole * per} + part of {per}")
+                                   if epochs > whole else (str(epochs), str(epochs * per)))
         lines += [
             f"## Budget run ({conf['minutes']:g} minutes of training, {budget['workers']} DataLoader "
             "workers)",
@@ -228,7 +235,7 @@ def write_tables(out: Path, facts: dict[str, Any]) -> None:
             "| epochs done | iterations | s/epoch (median) | GPU util % (mean) | Dice (mean fg) | anterior "
             "| posterior | HD95 (mm) | evaluation s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {epochs} | {epochs * conf['budget_iters']} | {fmt(budget['s_per_epoch'])} | "
+            f"| {epochs_text} | {iters_text} | {fmt(budget['s_per_epoch'])} | "
             f"{fmt(budget['gpu']['util_mean'], 0)} | {fmt(budget['dice'], 4)} | {fmt(labels.get('1'), 4)} | "
             f"{fmt(labels.get('2'), 4)} | {fmt(budget['hd95'])} | {fmt(budget['eval_time_s'], 1)} |",
             "",
@@ -266,7 +273,14 @@ def main() -> None:
     parser.add_argument("--patch-size", default="40,56,40", help="nnU-Net's 3d_fullres patch (Hippocampus)")
     parser.add_argument("--aug", default="nnunet", help="augmentation preset of every run (default: nnunet)")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick, CPU allowed (see above)")
+    parser.add_argument("--tables-from", type=Path, metavar="GPU_JSON",
+                        help="measure nothing: write gpu.md again from a gpu.json this script wrote, into --out")
     args = parser.parse_args()
+    if args.tables_from:
+        facts = json.loads(args.tables_from.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_tables(args.out, facts)
+        return
     if args.smoke:
         args.cases, args.probe_epochs, args.probe_iters = args.cases or 12, 2, 2
         args.minutes, args.batch_size, args.workers = 0.2, 2, min(args.workers, 2)

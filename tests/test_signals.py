@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import os, signal, sys, time
 from medseg_bench import signals
-if len(sys.argv) > 2:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts it
+# as a terminal starts it, or (with an argument more) as `nohup` does, whatever the test runner inherited
+signal.signal(signal.SIGHUP, signal.SIG_IGN if len(sys.argv) > 2 else signal.SIG_DFL)
 try:
     with signals.interruptible():
         print("before", flush=True)
@@ -87,6 +87,7 @@ def test_the_app_exits_129_on_a_hang_up(tmp_path: Path, command: list[str]) -> N
     """The app's exit code and line for SIGHUP: the child hangs itself up as soon as the command is inside
     `interruptible()`."""
     script = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGHUP, signal.SIG_DFL)  # not ignored, as under a `nohup` test runner\n"
               "import medseg_bench.cli.app as app\n"
               "from medseg_bench import signals\n"
               "real = signals.interruptible\n"

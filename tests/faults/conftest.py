@@ -90,10 +90,15 @@ def run_cli(argv: list[str], timeout_s: float = 600) -> subprocess.CompletedProc
 
 
 def start_cli(argv: list[str]) -> subprocess.Popen[str]:
-    """Started in its own process group, so that a kill reaches its loader workers too."""
+    """Started in its own process group, so that a kill reaches its loader workers too; SIGHUP as a terminal
+    leaves it, not ignored as under a test runner started with `nohup`."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_hang_up_as_a_terminal_does)
+
+
+def _hang_up_as_a_terminal_does() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def kill9(process: subprocess.Popen[str]) -> None:
