@@ -274,7 +274,7 @@ def main() -> None:
     parser.add_argument("--aug", default="nnunet", help="augmentation preset of every run (default: nnunet)")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick, CPU allowed (see above)")
     parser.add_argument("--tables-from", type=Path, metavar="GPU_JSON",
-                        help="measure nothing: write gpu.md again from a gpu.json this script wrote, into --out")
+                        help="measure nothing: write gpu.md again, in --out, from a gpu.json this wrote")
     args = parser.parse_args()
     if args.tables_from:
         facts = json.loads(args.tables_from.read_text())
