@@ -46,3 +46,9 @@ def packaged_tasks_dir() -> Path:
     """Task YAML files shipped with the package (wheel) or the source checkout (editable install)."""
     bundled = Path(__file__).resolve().parent / "_tasks"
     return bundled if bundled.is_dir() else REPO_ROOT / "tasks"
+
+
+def packaged_sweeps_dir() -> Path:
+    """The sweep files shipped with the package (`sweeps/` of the checkout; `--config quick`)."""
+    bundled = Path(__file__).resolve().parent / "_sweeps"
+    return bundled if bundled.is_dir() else REPO_ROOT / "sweeps"

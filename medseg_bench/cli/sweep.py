@@ -35,7 +35,8 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
 
 def sweep(
     config: Annotated[Path | None, typer.Option(
-        help="Sweep file (YAML): axes and settings; flags override it.")] = None,
+        help="Sweep file (YAML): axes and settings; flags override it. A bare name (quick, survey) is the "
+             "package's own sweep file of that name.")] = None,
     # The names are examples: `list` prints what the registries hold (importing them here would slow --help).
     task: Annotated[list[str] | None, typer.Option(
         metavar="TASK,...",
@@ -228,7 +229,8 @@ def _slurm_options(results_dir: Path, partition: str | None, time: str, gpus_per
     except ModuleNotFoundError as exc:
         if exc.name != "submitit":
             raise  # a broken install of our own: its traceback, not advice that would not help
-        raise UsageError("--launcher slurm needs submitit: pip install 'medseg-bench[slurm]'") from None
+        raise UsageError("--launcher slurm needs submitit: pip install submitit (in a checkout: pip install "
+                         "-e '.[slurm]')") from None
     options = SlurmOptions(partition=partition, time=time, gpus_per_job=gpus_per_job,
                            cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
                            num_workers=workers)

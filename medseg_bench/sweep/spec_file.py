@@ -56,8 +56,35 @@ def _number(path: Path, key: str, value: Any, wanted: str) -> float:
     return float(value)
 
 
+def packaged_sweep_files() -> dict[str, Path]:
+    """The sweep files shipped with the package, by name (`quick`: `quick.yaml`)."""
+    from medseg_bench.settings import packaged_sweeps_dir
+
+    folder = packaged_sweeps_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def sweep_file(config: Path) -> Path:
+    """The sweep file `--config` names: the file at that path; where none is, a bare name (`quick`,
+    `quick.yaml`) is the package's own sweep file of that name (an installed package has no `sweeps/`
+    folder to point at). A missing file is named with the package's sweep files, so that a user of an
+    installed package who copied `--config sweeps/quick.yaml` from the README learns of `--config quick`."""
+    if config.exists() or config.is_symlink():
+        return config
+    packaged = packaged_sweep_files()
+    name = config.name.removesuffix(".yaml")
+    if str(config) in (name, config.name) and name in packaged:
+        return packaged[name]
+    if packaged:
+        names = ", ".join(packaged)
+        raise UsageError(f"{config}: no such sweep file (the package's own, by name: {names}; e.g. "
+                         f"--config {next(iter(packaged))})")
+    return config  # its read says what is wrong
+
+
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """SweepRequest field values from a sweep file; unknown keys and wrong types fail with exit code 2."""
+    path = sweep_file(path)
     data = read_yaml_file(path, "sweep file")
     if data is None:
         data = {}

@@ -125,7 +125,9 @@ def test_config_with_unknown_keys_exit_2_listing_them(home: Path, tmp_path: Path
     (["--task", "Task04_Hippocampus", "--lr", "1e300"], "lr must be at most 3.4e+38"),
     (["--task", "Task04_Hippocampus", "--batch-size", "3000000000"], "batch_size must be at most 2147483647"),
     (["--task", "Task04_Hippocampus", "--workers", "-1"], "--workers must be from 0 to 1024, not -1"),
-    (["--config", "/nonexistent/sweep.yaml"], "/nonexistent/sweep.yaml: cannot read sweep file"),
+    (["--config", "/nonexistent/sweep.yaml"],
+     "/nonexistent/sweep.yaml: no such sweep file (the package's own, by name: quick, survey; e.g. "
+     "--config quick)"),
 ])
 def test_bad_options_exit_2(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
     result = _sweep(tmp_path, *args)
@@ -377,7 +379,8 @@ def test_slurm_without_submitit_says_how_to_install_it(home: Path, tmp_path: Pat
     result = runner.invoke(app, ["sweep", *TINY_SWEEP, "--results-dir", str(tmp_path / "r"), "--launcher",
                                  "slurm"])
     assert result.exit_code == 2, result.output
-    assert result.output == "error: --launcher slurm needs submitit: pip install 'medseg-bench[slurm]'\n"
+    assert result.output == ("error: --launcher slurm needs submitit: pip install submitit (in a checkout: "
+                             "pip install -e '.[slurm]')\n")
     # Any other import failure is a broken install of ours, not a missing extra: not blamed on submitit.
     monkeypatch.setitem(sys.modules, "submitit", None)
     monkeypatch.setitem(sys.modules, "medseg_bench.sweep.slurm", None)

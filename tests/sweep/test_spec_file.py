@@ -90,3 +90,31 @@ def test_shipped_sweep_files_parse() -> None:
                                     "swinunetr"}
     assert survey["losses"] == ["dice_ce", "focal", "tversky"]
     assert survey["augs"] == ["none", "light", "heavy"]
+
+
+def test_a_bare_name_is_the_package_s_own_sweep_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package has no `sweeps/` folder beside the user: `--config quick` reads its own copy."""
+    from medseg_bench.settings import REPO_ROOT
+    from medseg_bench.sweep.spec_file import packaged_sweep_files, sweep_file
+
+    assert set(packaged_sweep_files()) == {p.stem for p in (REPO_ROOT / "sweeps").glob("*.yaml")} >= {
+        "quick", "survey"}
+    monkeypatch.chdir(tmp_path)
+    for name in ("quick", "quick.yaml"):
+        assert load_sweep_file(Path(name)) == load_sweep_file(REPO_ROOT / "sweeps" / "quick.yaml")
+    (tmp_path / "quick.yaml").write_text("epochs: 7\n")  # a file of that name here is the one meant
+    assert load_sweep_file(Path("quick.yaml")) == {"epochs": 7}
+    assert sweep_file(Path("quick.yaml")) == Path("quick.yaml")
+    with pytest.raises(UsageError, match=r"^sweeps/quick.yaml: no such sweep file \(the package's own, by "
+                                         r"name: quick, survey; e.g. --config quick\)$"):
+        load_sweep_file(Path("sweeps/quick.yaml"))
+    with pytest.raises(UsageError, match="^nightly: no such sweep file"):
+        load_sweep_file(Path("nightly"))
+
+
+def test_the_wheel_ships_the_sweep_files_as_the_task_files() -> None:
+    from medseg_bench.settings import REPO_ROOT
+
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()  # tomllib: Python 3.11 on
+    section = pyproject.split("[tool.hatch.build.targets.wheel.force-include]\n", 1)[1].split("\n\n", 1)[0]
+    assert section.splitlines() == ['"tasks" = "medseg_bench/_tasks"', '"sweeps" = "medseg_bench/_sweeps"']
