@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -453,6 +454,20 @@ def test_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path: Path) -> 
     assert len(handler.requests) <= 10
 
 
+def _empty_reply(code: int, location: str | None) -> Callable[[Any], None]:
+    """A test server's GET answering `code` with no body, and `location` as its Location, if any."""
+
+    def answer(self: Any) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(code)
+        if location is not None:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    return answer
+
+
 @pytest.mark.parametrize(("code", "location", "said"), [
     (302, None, "HTTP 302 Found, without a Location: no place to go for the file"),
     (300, "/elsewhere", "HTTP 300 Multiple Choices: not the file, and not a redirect that is followed"),
@@ -462,16 +477,7 @@ def test_a_3xx_reply_that_is_not_followed_says_what_it_is(server, tmp_path: Path
                                                           location: str | None, said: str) -> None:
     # Each was "the server redirects in a loop".
     url, handler = server
-
-    def answer(self) -> None:
-        type(self).requests.append(self.path)
-        self.send_response(code)
-        if location is not None:
-            self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    handler.do_GET = answer
+    handler.do_GET = _empty_reply(code, location)
     with pytest.raises(FetchError) as info:
         download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
     assert str(info.value) == f"{url}/blob: the server answered {said}"
@@ -481,15 +487,7 @@ def test_a_3xx_reply_that_is_not_followed_says_what_it_is(server, tmp_path: Path
 def test_a_redirect_to_a_location_that_is_not_a_url_is_one_line_not_retried(server, tmp_path: Path) -> None:
     # urljoin's ValueError ("Invalid IPv6 URL") was a traceback.
     url, handler = server
-
-    def bad_location(self) -> None:
-        type(self).requests.append(self.path)
-        self.send_response(302)
-        self.send_header("Location", "http://[::1")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    handler.do_GET = bad_location
+    handler.do_GET = _empty_reply(302, "http://[::1")
     with pytest.raises(FetchError) as info:
         download(f"{url}/blob", tmp_path / "b.tar", "0" * 32, progress=False)
     assert str(info.value) == (f"{url}/blob: the server redirects to http://[::1, not a valid URL (Invalid "
