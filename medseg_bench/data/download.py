@@ -154,9 +154,10 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last_error = ""
+    encoding: str | None = None
     for attempt in range(attempts):
         try:
-            _download_once(url, part, timeout_s, progress)
+            encoding = _download_once(url, part, timeout_s, progress)
             break
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, FetchError) as exc:
             if isinstance(exc, Refused):
@@ -185,9 +186,11 @@ def download(
     actual = md5_of(part)
     if actual != md5:
         kept = _keep(part, actual)
-        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); the download is kept as "
-                         f"{kept}: if it is the archive you meant, rerun with --md5 {actual}, which uses it "
-                         "(not downloaded again); else delete it")
+        encoded = (f"; the server sent it with Content-Encoding: {encoding}, so these may be compressed "
+                   "bytes, not the archive's own" if encoding else "")
+        raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}){encoded}; the download is kept "
+                         f"as {kept}: if it is the archive you meant, rerun with --md5 {actual}, which uses "
+                         "it (not downloaded again); else delete it")
     part.replace(dest)
     return dest
 
@@ -277,7 +280,8 @@ def _content_range(headers: http.client.HTTPMessage) -> tuple[int, int, int | No
     return int(match.group(1)), int(match.group(2)), int(total) if total != "*" else None
 
 
-def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
+def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> str | None:
+    """Download what `part` lacks; the reply's Content-Encoding, where it says one (urllib decodes none)."""
     have = part.stat().st_size if part.exists() else 0
     headers = {}
     if have:
@@ -293,7 +297,7 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
             # it checked the md5), or bad
             whole = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range") or "").strip())
             if whole is not None and int(whole.group(1)) == have:
-                return  # every byte is here: the md5 check decides
+                return None  # every byte is here: the md5 check decides
             part.unlink(missing_ok=True)  # start over
         raise
     with response:
@@ -316,9 +320,14 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> No
         # A whole reply to a resumed request of the same file (the server ignores Range) is written beside
         # the part file, which it replaces once longer: truncating it first lost it where the reply dropped.
         aside = not partial and have > 0 and not _changed(part, response.headers, length)
-        _check_room(part, length, have if not partial and not aside else 0)
+        # the disk holds, at most: the reply over the part file (written over it), beside it (the part freed
+        # once the reply is past it: `have` + `have`, then `length`), or after it (the rest)
+        _check_room(part, max(have, length - have) if aside and length is not None else length,
+                    have if not partial and not aside else 0)
         body = _Body(partial, aside, have if partial else 0, length, size)
         _write_body(url, response, part, body, progress)
+        encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+        return None if encoding == "identity" else encoding
 
 
 @dataclass(frozen=True)
@@ -365,8 +374,11 @@ def _write_body(url: str, response: http.client.HTTPResponse, part: Path, body: 
         done = body.start + received
         if body.length is not None and received < body.length:
             raise FetchError(f"{url}: connection closed after {done} of {body.start + body.length} bytes")
-        if target != part:  # the whole file, no longer than the part file was
-            target.replace(part)
+        if target != part:  # the reply never grew past the part file
+            if body.length is None:  # no length said: its end may be a dropped connection, not the file's
+                raise FetchError(f"{url}: the server's reply (no Content-Length) ended after {received} "
+                                 f"bytes, short of the {have} already downloaded, which are kept")
+            target.replace(part)  # the whole file, no longer than the part file was
             target = part
             _remember(part, response.headers, body.size)
         if body.partial and body.size is not None and done < body.size:  # a part of the rest only
@@ -407,13 +419,11 @@ def _check_room(part: Path, length: int | None, reclaimed: int) -> None:
 
 
 def _check_body(url: str, headers: http.client.HTTPMessage) -> None:
-    """Refused, before the part file is touched, where the reply is not the file's bytes: an HTML page (a
-    login or error page sent as 200) or a body in a Content-Encoding (urllib asks for identity and decodes
-    none); only the md5 check found them, and its message offered to use them."""
-    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding != "identity":
-        raise Refused(f"{url}: the server sent the file with Content-Encoding: {encoding}, not its own bytes "
-                      "(not decoded)")
+    """Refused, before the part file is touched, where the reply is an HTML page (a login or error page sent
+    as 200): only the md5 check found it, and its message offered to use it. A body with a Content-Encoding
+    is downloaded as it comes (urllib decodes none) and the md5 decides: a server that says `gzip` of a
+    `.tar.gz` (Apache's `AddEncoding`) sends the file's own bytes; the md5 mismatch line names the
+    encoding."""
     if headers.get_content_type() == "text/html":
         raise Refused(f"{url}: the server sent an HTML page (Content-Type: text/html), not the file: a login "
                       "or error page?")
