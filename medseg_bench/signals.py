@@ -51,13 +51,12 @@ def _hung_up(signum: int, frame: FrameType | None) -> None:
     """SIGHUP: the terminal is gone, so stdout and stderr, where they were it, are pointed at /dev/null (a
     write to a closed terminal fails with EIO) before the stop; where they are files (`> sweep.log`), the
     stop's line still goes there."""
-    if not _received:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if os.isatty(stream.fileno()):
-                    stream_to_devnull(stream)
-            except (OSError, ValueError):  # closed, or no file descriptor
-                pass
+    for stream in (sys.stdout, sys.stderr):  # also in the clean-up of an earlier stop, which writes on
+        try:
+            if stream is not None and os.isatty(stream.fileno()):
+                stream_to_devnull(stream)
+        except (OSError, ValueError, AttributeError):  # closed, or no file descriptor
+            pass
     _stop(signum, frame)
 
 

@@ -74,6 +74,15 @@ def test_a_hang_up_keeps_streams_that_are_files(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == ["after the stop"]
 
 
+def test_a_hang_up_stops_a_process_whose_streams_were_closed(tmp_path: Path) -> None:
+    # started with `1>&- 2>&-`: sys.stdout is None, and its fileno() was an AttributeError in the handler
+    said = tmp_path / "received"
+    done = subprocess.run([sys.executable, "-c", CHILD, str(said)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=_env(), timeout=60,
+                          preexec_fn=lambda: (os.close(1), os.close(2)))
+    assert done.returncode == 0 and said.read_text() == "1"
+
+
 def test_a_process_started_under_nohup_ignores_the_hang_up(tmp_path: Path) -> None:
     said = tmp_path / "received"
     done = subprocess.run([sys.executable, "-c", CHILD, str(said), "nohup"], capture_output=True, text=True,
