@@ -69,12 +69,18 @@ def sweep_file(config: Path) -> Path:
     `quick.yaml`) is the package's own sweep file of that name (an installed package has no `sweeps/`
     folder to point at). A missing file is named with the package's sweep files, so that a user of an
     installed package who copied `--config sweeps/quick.yaml` from the README learns of `--config quick`."""
-    if config.exists() or config.is_symlink():
+    try:
+        if config.is_file():
+            return config
+        there = config.exists() or config.is_symlink()  # a folder, a broken link: not a sweep file
+    except OSError:  # a name too long, a folder not searchable: its read names the problem
         return config
     packaged = packaged_sweep_files()
     name = config.name.removesuffix(".yaml")
     if str(config) in (name, config.name) and name in packaged:
         return packaged[name]
+    if there:
+        return config
     if packaged:
         names = ", ".join(packaged)
         raise UsageError(f"{config}: no such sweep file (the package's own, by name: {names}; e.g. "

@@ -110,6 +110,28 @@ def test_a_bare_name_is_the_package_s_own_sweep_file(tmp_path: Path, monkeypatch
         load_sweep_file(Path("sweeps/quick.yaml"))
     with pytest.raises(UsageError, match="^nightly: no such sweep file"):
         load_sweep_file(Path("nightly"))
+    (tmp_path / "survey").mkdir()  # a folder of that name (`--results-dir survey`) is no sweep file
+    assert sweep_file(Path("survey")) == packaged_sweep_files()["survey"]
+    with pytest.raises(UsageError, match=r"^x+: cannot read sweep file \(File name too long\)$"):
+        load_sweep_file(Path("x" * 300))  # exit 2, as before: Path.exists raised, exit 7
+
+
+def test_an_installed_package_reads_its_own_sweep_and_task_folders(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the wheel puts them (`medseg_bench/_sweeps`, `_tasks`), not the checkout's folders."""
+    from medseg_bench import settings
+    from medseg_bench.sweep.spec_file import packaged_sweep_files
+
+    installed = tmp_path / "site-packages" / "medseg_bench"
+    (installed / "_sweeps").mkdir(parents=True)
+    (installed / "_tasks").mkdir()
+    (installed / "_sweeps" / "nightly.yaml").write_text("epochs: 3\n")
+    monkeypatch.setattr(settings, "__file__", str(installed / "settings.py"))
+    assert settings.packaged_sweeps_dir() == installed / "_sweeps"
+    assert settings.packaged_tasks_dir() == installed / "_tasks"
+    monkeypatch.chdir(tmp_path)
+    assert packaged_sweep_files() == {"nightly": installed / "_sweeps" / "nightly.yaml"}
+    assert load_sweep_file(Path("nightly")) == {"epochs": 3}
 
 
 def test_the_wheel_ships_the_sweep_files_as_the_task_files() -> None:
