@@ -12,7 +12,14 @@ from typing import Any
 import pandas as pd
 
 from medseg_bench.report.build import Report
-from medseg_bench.report.tables import best_in, best_rows, higher_is_better, label_columns
+from medseg_bench.report.tables import (
+    HARDWARE_BOUND,
+    best_in,
+    best_rows,
+    compute_kinds,
+    higher_is_better,
+    label_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     """
     rows = report.table[report.table["task"] == task]
     show_samples = bool((rows["samples"] != rows["cases"]).any()) and part != "cost"
-    compute = "/".join(sorted({c for c in rows["compute"] if c})) or "compute"
+    compute = "/".join(compute_kinds(rows["compute"])) or "compute"
     counts = [] if part == "cost" else ["runs", "cases", *(["samples"] if show_samples else []), "empty"]
     headers = ["#", "configuration", *counts]
     align = ["r", "l", *["r"] * len(counts)]
@@ -132,7 +139,7 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     everyone = full[full["task"] == task]
     # CPU and GPU rows side by side: their hours, memory and epoch times are not one measure; each such cell
     # says its kind, and none is bold (a CPU-hour was bolded over GPU-hours)
-    mixed = len({c for c in everyone["compute"] if c}) > 1
+    mixed = len(compute_kinds(everyone["compute"])) > 1
 
     def kind(r: pd.Series, text: str) -> str:
         return f"{text} {r['compute']}" if mixed and r["compute"] and text != "–" else text
@@ -162,7 +169,6 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
 
 
 # Cost columns whose values depend on the hardware a run trained on (CPU or GPU): compared within a kind only
-HARDWARE_BOUND = ("train_hours", "peak_memory_mb", "time_per_epoch_s")
 
 
 def _p(value: float) -> str:
@@ -246,12 +252,6 @@ def ranking_table(report: Report) -> Table:
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
 
-def _group_kinds(rows: pd.DataFrame) -> list[str]:
-    """The kinds of compute (`CPU`, `GPU`) that the groups `rows` of a task trained on."""
-    kinds = {str(c) for c in rows.get("compute", []) if c}
-    return sorted(kinds - {"mixed"} | ({"CPU", "GPU"} if "mixed" in kinds else set()))
-
-
 def group_table(report: Report, task: str) -> Table:
     groups = report.groups
     assert groups is not None
@@ -260,7 +260,7 @@ def group_table(report: Report, task: str) -> Table:
     # The kinds of the groups themselves (of every configuration, as their numbers: the header took the kind
     # of those --top shows); where they differ each cell says its kind, and a group that trained on both
     # shows – (a CPU-hour and a GPU-hour are not one measure: their mean was shown)
-    shown_kinds = _group_kinds(rows_frame)
+    shown_kinds = compute_kinds(rows_frame.get("compute", []))
     mixed = len(shown_kinds) > 1
     headers = [axis, "configs", "mean rank", *[metric_title(m) for m in report.metrics],
                f"{'/'.join(shown_kinds) or 'compute'}-h/run"]  # the leaderboard's (it said "train h/run")
@@ -412,7 +412,7 @@ def sections(report: Report, compact: bool = False, name: Callable[[str], str] =
             "(each configuration weighted equally, whatever else it varies) ± the std across them (min–max), "
             "and their mean rank within the task."])
         of_task = report.groups.groupby("task", sort=False)
-        if any(len(_group_kinds(rows)) > 1 for _, rows in of_task):
+        if any(len(compute_kinds(rows.get("compute", []))) > 1 for _, rows in of_task):
             groups.items.append("Hours: where a task's configurations trained on CPU and on GPU, each cell "
                                 f"says its kind, and a {axis} whose configurations trained on both shows –: "
                                 "a CPU-hour and a GPU-hour are not one measure.")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from medseg_bench.report.build import Report
 from medseg_bench.report.display import confidence_text, format_rank, metric_title
-from medseg_bench.report.tables import case_means, higher_is_better
+from medseg_bench.report.tables import case_means, compute_kinds, higher_is_better
 
 DPI = 110
 
@@ -239,6 +239,7 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray, higher: bool = True) -> 
 # Where a task's configurations trained on CPU and on GPU: each kind's marker (a configuration's colour and
 # fill stay its own), and each kind's Pareto front
 KIND_MARKERS = {"GPU": "o", "CPU": "s", "mixed": "X", "": "d"}
+KIND_NAMES = {"GPU": "circles", "CPU": "squares"}
 FRONT_STYLES = {"GPU": ("--", "#c0392b"), "CPU": (":", "#6c3483")}
 
 
@@ -254,9 +255,9 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
     if not np.isfinite(cost).any() or not np.isfinite(quality).any():
         return None
     kinds = rows["compute"].fillna("").astype(str).to_numpy() if "compute" in rows else np.full(len(rows), "")
-    recorded = sorted({k for k in kinds if k})
+    recorded = compute_kinds(kinds)
     several = len(recorded) > 1
-    compute = "/".join(sorted({*recorded} - {"mixed"} | ({"CPU", "GPU"} if "mixed" in recorded else set())))
+    compute = "/".join(recorded)
     styles = _styles(rows["config"].tolist())
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, row in rows.iterrows():
@@ -270,8 +271,9 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
         ax.errorbar(cost[i], quality[i], yerr=err, fmt=marker, fillstyle=style.fill, ms=7, capsize=3,
                     color=style.color,
                     label=shown(row["config"]) + (f" ({kind})" if several and kind else ""))
-    fronts = [(k, np.flatnonzero(kinds == k)) for k in ("CPU", "GPU") if k in recorded] if several \
-        else [("", np.arange(len(rows)))]
+    # a configuration that trained on both has no hours (NaN: no point) and is on no front
+    fronts = [(k, np.flatnonzero(kinds == k)) for k in recorded] if several \
+        else [("", np.flatnonzero(kinds != "mixed"))]
     for kind, members in fronts:
         front = members[pareto_front(cost[members], quality[members], higher_is_better(metric))]
         if not front.size:
@@ -285,7 +287,8 @@ def cost_quality(report: Report, task: str, metric: str) -> bytes | None:
     ax.set_ylabel(f"mean {metric_title(metric)} ({confidence_text(report.settings['confidence'])} CI)")
     title = f"{shown(task)}: cost vs quality"
     if several:
-        title += " (a CPU-hour and a GPU-hour are not one measure: circles GPU, squares CPU, a front of each)"
+        marks = [f"{KIND_NAMES[k]} {k}" for k in ("GPU", "CPU") if k in kinds]
+        title += f" (a CPU-hour and a GPU-hour are not one measure: {', '.join(marks)}, a front of each)"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.15)

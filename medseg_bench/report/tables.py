@@ -170,6 +170,16 @@ def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
     return values.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])
 
 
+# A run's costs that depend on its hardware: a CPU's and a GPU's are not one measure
+HARDWARE_BOUND = ("train_hours", "peak_memory_mb", "time_per_epoch_s")
+
+
+def compute_kinds(values: Any) -> list[str]:
+    """The kinds of compute, `CPU` and `GPU`, of a `compute` column's values (`mixed`: both; empty: none)."""
+    kinds = {str(c) for c in values if c}
+    return sorted(kinds - {"mixed"} | ({"CPU", "GPU"} if "mixed" in kinds else set()))
+
+
 def _device_kind(devices: pd.Series) -> str:
     kinds = {"CPU" if str(d).lower().startswith("cpu") else "GPU" for d in devices.dropna()}
     return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
@@ -187,17 +197,24 @@ def _numbers(runs: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _cost(runs: pd.DataFrame) -> dict[str, Any]:
-    """Cost of one configuration from its runs (one row per run): hours are per run and in total."""
+    """Cost of one configuration from its runs (one row per run): hours are per run and in total. Where its
+    runs trained on CPU and on GPU (`mixed`), the costs the hardware bounds are NaN: a mean of CPU- and
+    GPU-hours, or the larger of a process's and a GPU's memory, is no measure (until 2026-12-04 they were
+    shown)."""
     params, train_s = _numbers(runs, "params"), _numbers(runs, "train_time_s")
     memory, epoch_s = _numbers(runs, "peak_memory_mb"), _numbers(runs, "time_per_epoch_s")
-    return {
+    compute = _device_kind(runs["device"]) if "device" in runs else ""
+    cost = {
         "params": int(params.iloc[0]) if len(params) else None,
         "train_hours": float(train_s.mean() / 3600) if len(train_s) else math.nan,
         "train_hours_total": float(train_s.sum() / 3600) if len(train_s) else math.nan,
-        "compute": _device_kind(runs["device"]) if "device" in runs else "",
+        "compute": compute,
         "peak_memory_mb": float(memory.max()) if len(memory) else math.nan,
         "time_per_epoch_s": float(epoch_s.mean()) if len(epoch_s) else math.nan,
     }
+    if compute == "mixed":
+        cost.update(dict.fromkeys([*HARDWARE_BOUND, "train_hours_total"], math.nan))
+    return cost
 
 
 def leaderboard(results: pd.DataFrame, metric: str = "dice", metrics: list[str] | None = None,

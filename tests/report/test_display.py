@@ -160,3 +160,27 @@ def test_the_group_effect_never_averages_cpu_and_gpu_hours(fake_results: Path) -
     assert table.headers[-1] == "GPU-h/run" and not any(row[-1].text.endswith("GPU") for row in table.rows)
     assert not any("not one measure" in item for s in sections(one_kind) for item in s.items
                    if isinstance(item, str))
+
+
+def test_a_configuration_trained_on_cpu_and_on_gpu_has_no_hardware_bound_cost(fake_results: Path) -> None:
+    # its hours were a mean of CPU- and GPU-hours, its peak memory the larger of RAM and GPU memory, under a
+    # "GPU/mixed-h/run" header
+    import math
+
+    from medseg_bench.report.display import task_table
+
+    results = load_results(fake_results)
+    config = (results["task"] == "Task90_Alpha") & (results["loss"] == "dice")  # 3d-unet-dice-none
+    one_run = results.loc[config, "run_id"].iloc[0]
+    results.loc[config & (results["run_id"] == one_run), "device"] = "cpu"
+    assert results.loc[config, "run_id"].nunique() > 1  # the others stay on the GPU
+    report = report_from_results(results, fake_results, metrics=["dice"])
+    table = report.table
+    row = table[(table["task"] == "Task90_Alpha") & (table["config"] == "3d-unet-dice-none")]
+    assert row["compute"].item() == "mixed"
+    assert all(math.isnan(row[c].item()) for c in ("train_hours", "train_hours_total", "peak_memory_mb",
+                                                    "time_per_epoch_s"))
+    table = task_table(report, "Task90_Alpha")
+    assert "CPU/GPU-h/run" in table.headers and not any("mixed" in h for h in table.headers)
+    cells = {r[1].text: r for r in table.rows}
+    assert cells["3d-unet-dice-none"][table.headers.index("CPU/GPU-h/run")].text == "–"

@@ -429,3 +429,25 @@ def test_cpu_and_gpu_hours_have_their_own_markers_and_pareto_fronts(tmp_path: Pa
     cost_quality(_many(3, ["GPU"], tmp_path / "one"), "T", "dice")
     assert [line.get_label() for line in figures[0].axes[0].lines if line.get_label().startswith("Pareto")] \
         == ["Pareto front"]
+
+
+def test_a_configuration_trained_on_cpu_and_gpu_is_on_no_front(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # an all-mixed task had one front over averaged CPU+GPU hours; {GPU, mixed}'s title named squares CPU
+    import math
+
+    from medseg_bench.report.plots import cost_quality
+
+    figures = _figures(monkeypatch)
+    for kinds in (["mixed"], ["GPU", "mixed"]):
+        report = _many(4, kinds, tmp_path / kinds[0])
+        report.table.loc[report.table["compute"] == "mixed", "train_hours"] = math.nan  # as tables._cost
+        drawn = cost_quality(report, "T", "dice")
+        if kinds == ["mixed"]:  # no configuration has hours of one kind: no figure
+            assert drawn is None and not figures
+            continue
+        ax = figures[0].axes[0]
+        assert [line.get_label() for line in ax.lines if line.get_label().startswith("Pareto")] == [
+            "Pareto front (GPU)"]
+        said = "(a CPU-hour and a GPU-hour are not one measure: circles GPU, a front of each)"
+        assert said in ax.get_title()
