@@ -44,11 +44,16 @@ def get_settings() -> Settings:
 
 def packaged_tasks_dir() -> Path:
     """Task YAML files shipped with the package (wheel) or the source checkout (editable install)."""
-    bundled = Path(__file__).resolve().parent / "_tasks"
-    return bundled if bundled.is_dir() else REPO_ROOT / "tasks"
+    return _packaged("tasks")
 
 
 def packaged_sweeps_dir() -> Path:
     """The sweep files shipped with the package (`sweeps/` of the checkout; `--config quick`)."""
-    bundled = Path(__file__).resolve().parent / "_sweeps"
-    return bundled if bundled.is_dir() else REPO_ROOT / "sweeps"
+    return _packaged("sweeps")
+
+
+def _packaged(folder: str) -> Path:
+    """The checkout's top-level `folder` as the package holds it: `medseg_bench/_<folder>` in a wheel
+    (pyproject.toml's force-include), else the checkout's own."""
+    bundled = Path(__file__).resolve().parent / f"_{folder}"
+    return bundled if bundled.is_dir() else REPO_ROOT / folder

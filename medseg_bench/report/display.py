@@ -142,7 +142,7 @@ def task_table(report: Report, task: str, compact: bool = False, part: str = "al
     mixed = len(compute_kinds(everyone["compute"])) > 1
 
     def kind(r: pd.Series, text: str) -> str:
-        return f"{text} {r['compute']}" if mixed and r["compute"] and text != "–" else text
+        return with_kind(text, r["compute"], mixed)
 
     columns += [] if part == "quality" else [
         ("params (M)", "params", False, lambda r: _num(r["params"] / 1e6 if r["params"] else None, 2)),
@@ -252,6 +252,12 @@ def ranking_table(report: Report) -> Table:
     return Table(headers, rows, ["r", "l", "r", "r", *["r"] * len(task_columns)])
 
 
+def with_kind(text: str, kind: object, several: bool) -> str:
+    """A hardware-bound cost's cell: where a task's rows trained on `several` kinds of compute, with its
+    row's kind (`0.713 CPU`), but for a cell without a number."""
+    return f"{text} {kind}" if several and kind and text != "–" else text
+
+
 def group_table(report: Report, task: str) -> Table:
     groups = report.groups
     assert groups is not None
@@ -275,8 +281,7 @@ def group_table(report: Report, task: str) -> Table:
             if not math.isnan(row[f"{m}_std"]):
                 text += f" ± {row[f'{m}_std']:.{d}f} ({_num(row[f'{m}_min'], d)}–{_num(row[f'{m}_max'], d)})"
             cells.append(Cell(text, idx in best[m]))
-        hours, kind = _significant(row["train_hours"]), str(row.get("compute") or "")
-        cells.append(Cell(f"{hours} {kind}" if mixed and kind and hours != "–" else hours))
+        cells.append(Cell(with_kind(_significant(row["train_hours"]), row.get("compute"), mixed)))
         rows.append(cells)
     return Table(headers, rows, ["l", "r", "r", *["r"] * (len(report.metrics) + 1)])
 

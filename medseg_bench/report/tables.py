@@ -181,7 +181,11 @@ def compute_kinds(values: Any) -> list[str]:
 
 
 def _device_kind(devices: pd.Series) -> str:
-    kinds = {"CPU" if str(d).lower().startswith("cpu") else "GPU" for d in devices.dropna()}
+    return _one_kind({"CPU" if str(d).lower().startswith("cpu") else "GPU" for d in devices.dropna()})
+
+
+def _one_kind(kinds: set[str]) -> str:
+    """The kind of compute of runs or configurations whose kinds are `kinds`: `mixed` for more than one."""
     return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
 
 
@@ -401,8 +405,7 @@ def group_effect(table: pd.DataFrame, axis: str, metrics: list[str]) -> pd.DataF
             row[f"{m}_min"] = float(means.min()) if len(means) else math.nan
             row[f"{m}_max"] = float(means.max()) if len(means) else math.nan
         # CPU- and GPU-hours are not one measure: a group of configurations that trained on both has none
-        kinds = {str(k) for k in group["compute"] if k} if "compute" in group else set()
-        row["compute"] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+        row["compute"] = _one_kind({str(k) for k in group["compute"] if k} if "compute" in group else set())
         row["train_hours"] = math.nan if row["compute"] == "mixed" else float(group["train_hours"].mean())
         rows.append(row)
     out = pd.DataFrame(rows)
